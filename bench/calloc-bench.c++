@@ -1,0 +1,708 @@
+// calloc-bench — an allocator micro-benchmark that calls only the plain C malloc and free.
+//
+// It includes no libcalloc header on purpose: any allocator can be put under it with LD_PRELOAD
+// (glibc with none, jemalloc, tcmalloc, mimalloc, libcalloc), and scripts/bench-compare runs it under
+// each of them in one invocation, so that every figure becomes a ratio against the rivals.
+//
+// The harness keeps its own memory (random sequences, slot tables, the hand-over ring) out of the
+// allocator under test: it comes from mmap with MAP_POPULATE and is prepared before the clock starts,
+// so the only malloc/free calls in a timed section are the measured ones and the only page faults in
+// it are the allocator's. Every block has its first and last byte written with a pattern that is
+// checked just before the block is freed (producer-consumer checks the last byte of one block in
+// eight), so an allocator that hands out overlapping or too-small blocks ends with verify=FAIL and
+// exit status 2 instead of winning.
+//
+// Each run prints one line of key=value fields:
+//   workload=NAME [alloc=$BENCH_ALLOCATOR] ns_per_op=X ops=N peak_rss_kb=K ... cpu_ns_per_op=Y ...
+// ns_per_op is wall time; cpu_ns_per_op is the CPU time of the timed threads, which leaves out the
+// time they sat descheduled while other tenants used the machine (see bench/README.md).
+//
+// Workloads; one op is always one malloc plus one free:
+//   pairs64            one thread, malloc(64)/free pairs
+//   random-window      one thread, 1 000 live blocks of 16 B..1 KiB; each op replaces a random one
+//   threads-own        two threads doing random-window on their own blocks at once; ns_per_op is
+//                      wall time / ops per thread, the per-op time each thread sees
+//   producer-consumer  two threads: one allocates and hands the blocks over in batches of 256
+//                      through a lock-free ring, the other frees them, so every free is remote;
+//                      ns_per_op is wall time / blocks
+//   peak-rss           allocate N (default 1 M) blocks of 16 B..1 KiB, then free them in random
+//                      order; peak_rss_kb (VmHWM) is the figure that matters, ns_per_op is per block
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <thread>
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+constexpr std::uint32_t min_block_size = 16;
+constexpr std::uint32_t max_block_size = 1024;
+constexpr std::uint32_t window_slots = 1000;
+constexpr std::uint32_t handover_batch = 256;
+constexpr std::uint32_t handover_ring_batches = 16;
+constexpr unsigned worker_threads = 2;
+
+[[noreturn]] void die(const char* message) {
+    std::fprintf(stderr, "calloc-bench: %s\n", message);
+    std::exit(3);
+}
+
+// Harness memory: straight from the kernel, populated up front, never from the allocator measured.
+void* harness_map(std::size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                   -1, 0);
+    if (p == MAP_FAILED) die("mmap of harness memory failed");
+    return p;
+}
+
+template <typename T> T* harness_array(std::size_t count) {
+    return static_cast<T*>(harness_map(count * sizeof(T)));
+}
+
+// Tells the compiler that p escapes and that memory may have changed, so malloc/free pairs and the
+// pattern stores and loads can be neither elided nor folded.
+inline void escape(void* p) { asm volatile("" : : "r"(p) : "memory"); }
+
+// xorshift64*: deterministic, the same stream for every allocator; used only before the clock starts.
+struct xorshift64star {
+    std::uint64_t state;
+    explicit xorshift64star(std::uint64_t seed) : state(seed ? seed : 0x9E3779B97F4A7C15ull) {}
+    std::uint64_t next() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        return state * 0x2545F4914F6CDD1Dull;
+    }
+    // Uniform in [0, bound) by multiply-shift; its bias is far too small to matter here.
+    std::uint32_t below(std::uint32_t bound) {
+        return static_cast<std::uint32_t>(((next() >> 32) * static_cast<std::uint64_t>(bound)) >> 32);
+    }
+    std::uint32_t block_size() { return min_block_size + below(max_block_size - min_block_size + 1); }
+};
+
+// A block's pattern byte: follows from the allocation's sequence number, never zero.
+inline unsigned char pattern_for(std::uint64_t serial) {
+    return static_cast<unsigned char>((serial * 0x9Du) % 255u + 1u);
+}
+
+struct check_counters {
+    std::uint64_t pattern_errors = 0;
+    std::uint64_t misaligned = 0;  // pointers not 16-byte aligned (reported, not fatal)
+};
+
+inline unsigned char* checked_malloc(std::size_t size) {
+    auto* p = static_cast<unsigned char*>(std::malloc(size));
+    if (p == nullptr) die("malloc returned NULL");
+    return p;
+}
+
+inline void stamp(unsigned char* p, std::uint32_t size, unsigned char pattern, check_counters& c) {
+    c.misaligned += (reinterpret_cast<std::uintptr_t>(p) & 15u) != 0;
+    p[0] = pattern;
+    p[size - 1] = pattern;
+    escape(p);
+}
+
+inline void verify(const unsigned char* p, std::uint32_t size, unsigned char pattern, check_counters& c) {
+    c.pattern_errors += (p[0] != pattern) | (p[size - 1] != pattern);
+}
+
+inline void verify_first_byte(const unsigned char* p, unsigned char pattern, check_counters& c) {
+    c.pattern_errors += p[0] != pattern;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Memory and time figures, read without calling malloc (no stdio FILE, no std::string).
+
+struct memory_figures {
+    long peak_rss_kb = -1;     // VmHWM, else getrusage's ru_maxrss
+    long current_rss_kb = -1;  // VmRSS
+};
+
+long status_field_kb(const char* text, const char* key) {
+    const char* at = std::strstr(text, key);
+    if (at == nullptr) return -1;
+    at += std::strlen(key);
+    while (*at == ' ' || *at == '\t') ++at;
+    return std::strtol(at, nullptr, 10);
+}
+
+memory_figures read_memory_figures() {
+    memory_figures figures;
+    char text[8192];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        std::size_t total = 0;
+        for (;;) {
+            ssize_t got = read(fd, text + total, sizeof text - 1 - total);
+            if (got <= 0) break;
+            total += static_cast<std::size_t>(got);
+            if (total >= sizeof text - 1) break;
+        }
+        close(fd);
+        text[total] = '\0';
+        figures.peak_rss_kb = status_field_kb(text, "VmHWM:");
+        figures.current_rss_kb = status_field_kb(text, "VmRSS:");
+    }
+    if (figures.peak_rss_kb < 0) {
+        rusage usage{};
+        if (getrusage(RUSAGE_SELF, &usage) == 0) figures.peak_rss_kb = usage.ru_maxrss;
+    }
+    return figures;
+}
+
+double seconds_between(clock_type::time_point a, clock_type::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+}
+
+double thread_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+long minor_faults_now() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_minflt;
+}
+
+// What one thread spent in a timed section besides wall time: its CPU time (user and system, which
+// leaves out the time it sat descheduled on this shared machine), how often the kernel took the CPU
+// away from it (preemptions) and how often it went to sleep on its own (sleeps: a lock, a futex).
+struct thread_meter {
+    clock_type::time_point wall_start, wall_end;
+    double cpu_start = 0, cpu_seconds = 0;
+    long preemptions = 0, sleeps = 0;
+
+    static rusage thread_usage() {
+        rusage usage{};
+        getrusage(RUSAGE_THREAD, &usage);
+        return usage;
+    }
+    void start() {
+        rusage usage = thread_usage();
+        preemptions = -usage.ru_nivcsw;
+        sleeps = -usage.ru_nvcsw;
+        cpu_start = thread_cpu_seconds();
+        wall_start = clock_type::now();
+    }
+    void stop() {
+        wall_end = clock_type::now();
+        cpu_seconds = thread_cpu_seconds() - cpu_start;
+        rusage usage = thread_usage();
+        preemptions += usage.ru_nivcsw;
+        sleeps += usage.ru_nvcsw;
+    }
+};
+
+struct result {
+    double ns_per_op = 0;      // wall time per op (per thread in threads-own)
+    double cpu_ns_per_op = 0;  // CPU time per op of the timed threads (see each workload)
+    std::uint64_t ops = 0;
+    unsigned threads = 1;
+    double wall_seconds = 0;
+    long baseline_rss_kb = -1;  // RSS just before the timed section
+    long preemptions = 0;       // involuntary context switches of the timed threads
+    long sleeps = 0;            // voluntary context switches of the timed threads
+    long minor_faults = 0;      // page faults of the whole process during the timed section
+    long requested_kb = -1;     // peak-rss: the bytes the program asked for, all blocks live at once
+    check_counters checks;
+};
+
+void finish_single_thread(result& r, std::uint64_t ops, const thread_meter& meter, long faults_before) {
+    r.ops = ops;
+    r.wall_seconds = seconds_between(meter.wall_start, meter.wall_end);
+    r.ns_per_op = r.wall_seconds * 1e9 / static_cast<double>(ops);
+    r.cpu_ns_per_op = meter.cpu_seconds * 1e9 / static_cast<double>(ops);
+    r.preemptions = meter.preemptions;
+    r.sleeps = meter.sleeps;
+    r.minor_faults = minor_faults_now() - faults_before;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Threads: placement, a barrier, waiting.
+
+// The two-thread workloads put their threads on two different CPUs (when two are allowed), so that
+// they always measure two cores working at once: left alone, the scheduler of a 2-core machine
+// sometimes runs both on one core, which turns the cross-core traffic into cache hits and makes the
+// figure bimodal (30 ns or 250 ns per op for the same allocator). --no-pin turns this off.
+bool pin_threads = true;
+int thread_cpus[worker_threads] = {-1, -1};
+
+void choose_cpus_for_threads() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (!pin_threads || sched_getaffinity(0, sizeof set, &set) != 0) return;
+    unsigned found = 0;
+    for (int cpu = 0; cpu < CPU_SETSIZE && found < worker_threads; ++cpu)
+        if (CPU_ISSET(cpu, &set)) thread_cpus[found++] = cpu;
+    if (found < worker_threads)
+        for (int& cpu : thread_cpus) cpu = -1;
+}
+
+bool threads_are_pinned() { return thread_cpus[0] >= 0; }
+
+void pin_this_thread(unsigned index) {
+    if (index >= worker_threads || thread_cpus[index] < 0) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(thread_cpus[index], &set);
+    sched_setaffinity(0, sizeof set, &set);  // best effort: an unpinned run is still a valid run
+}
+
+inline void wait_a_little(unsigned& spins) {
+    if (++spins < 256) __builtin_ia32_pause();
+    else sched_yield();  // a noisy 2-core machine: let whoever holds this core run
+}
+
+struct spin_barrier {
+    alignas(64) std::atomic<unsigned> arrived{0};
+    alignas(64) std::atomic<unsigned> generation{0};
+    unsigned parties;
+    explicit spin_barrier(unsigned n) : parties(n) {}
+    void wait() {
+        unsigned gen = generation.load(std::memory_order_acquire);
+        if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == parties) {
+            arrived.store(0, std::memory_order_relaxed);
+            generation.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        unsigned spins = 0;
+        while (generation.load(std::memory_order_acquire) == gen) wait_a_little(spins);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// pairs64
+
+__attribute__((noinline)) void pairs64_loop(std::uint64_t first, std::uint64_t count, check_counters& c) {
+    for (std::uint64_t i = first; i < first + count; ++i) {
+        unsigned char* p = checked_malloc(64);
+        unsigned char pattern = pattern_for(i);
+        stamp(p, 64, pattern, c);
+        verify(p, 64, pattern, c);
+        std::free(p);
+    }
+}
+
+result run_pairs64(std::uint64_t ops, std::uint64_t /*seed*/) {
+    result r;
+    std::uint64_t warmup = ops / 10 < 100000 ? ops / 10 : 100000;
+    pairs64_loop(0, warmup, r.checks);
+    r.baseline_rss_kb = read_memory_figures().current_rss_kb;
+    thread_meter meter;
+    long faults_before = minor_faults_now();
+    meter.start();
+    pairs64_loop(warmup, ops, r.checks);
+    meter.stop();
+    finish_single_thread(r, ops, meter, faults_before);
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// random-window (also the body of each thread of threads-own)
+
+struct window_state {
+    unsigned char* block[window_slots];
+    std::uint32_t size[window_slots];
+    unsigned char pattern[window_slots];
+    std::uint32_t* steps = nullptr;  // warmup + timed ops: slot in the low 10 bits, size above
+    std::uint64_t warmup = 0;
+    std::uint64_t ops = 0;
+    std::uint64_t serial = 0;
+    check_counters checks;
+};
+
+void window_prepare(window_state& w, std::uint64_t ops, std::uint64_t seed) {
+    xorshift64star rng(seed);
+    w.ops = ops;
+    w.warmup = ops / 10 < 200000 ? ops / 10 : 200000;
+    w.steps = harness_array<std::uint32_t>(w.warmup + ops);
+    for (std::uint64_t i = 0; i < w.warmup + ops; ++i) {
+        std::uint32_t slot = rng.below(window_slots);
+        w.steps[i] = slot | (rng.block_size() << 10);
+    }
+    for (std::uint32_t s = 0; s < window_slots; ++s) {
+        w.size[s] = rng.block_size();
+        w.pattern[s] = pattern_for(w.serial++);
+        w.block[s] = checked_malloc(w.size[s]);
+        stamp(w.block[s], w.size[s], w.pattern[s], w.checks);
+    }
+}
+
+__attribute__((noinline)) void window_steps(window_state& w, std::uint64_t first, std::uint64_t count) {
+    for (std::uint64_t i = first; i < first + count; ++i) {
+        std::uint32_t step = w.steps[i];
+        std::uint32_t slot = step & 1023u;
+        std::uint32_t size = step >> 10;
+        verify(w.block[slot], w.size[slot], w.pattern[slot], w.checks);
+        std::free(w.block[slot]);
+        unsigned char pattern = pattern_for(w.serial++);
+        unsigned char* p = checked_malloc(size);
+        stamp(p, size, pattern, w.checks);
+        w.block[slot] = p;
+        w.size[slot] = size;
+        w.pattern[slot] = pattern;
+    }
+}
+
+void window_release(window_state& w) {
+    for (std::uint32_t s = 0; s < window_slots; ++s) {
+        verify(w.block[s], w.size[s], w.pattern[s], w.checks);
+        std::free(w.block[s]);
+    }
+    munmap(w.steps, (w.warmup + w.ops) * sizeof(std::uint32_t));
+}
+
+result run_random_window(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    auto* w = harness_array<window_state>(1);
+    window_prepare(*w, ops, seed);
+    window_steps(*w, 0, w->warmup);
+    r.baseline_rss_kb = read_memory_figures().current_rss_kb;
+    thread_meter meter;
+    long faults_before = minor_faults_now();
+    meter.start();
+    window_steps(*w, w->warmup, ops);
+    meter.stop();
+    finish_single_thread(r, ops, meter, faults_before);
+    window_release(*w);
+    r.checks = w->checks;
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// threads-own: wall = first start to last end; cpu = mean of the two threads' CPU time.
+
+result run_threads_own(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    r.threads = worker_threads;
+    window_state* w[worker_threads];
+    for (auto& state : w) state = harness_array<window_state>(1);
+    thread_meter meter[worker_threads];
+    long faults = 0;
+    spin_barrier barrier(worker_threads);
+
+    auto body = [&](unsigned t) {
+        pin_this_thread(t);
+        // Each thread fills its own window, so the blocks belong to its own heap.
+        window_prepare(*w[t], ops, seed + 0x1000193ull * (t + 1));
+        window_steps(*w[t], 0, w[t]->warmup);
+        barrier.wait();
+        if (t == 0) faults = minor_faults_now();
+        meter[t].start();
+        window_steps(*w[t], w[t]->warmup, ops);
+        meter[t].stop();
+        barrier.wait();  // nothing is freed and no thread exits while the other is still measured
+        if (t == 0) faults = minor_faults_now() - faults;
+        window_release(*w[t]);
+    };
+    std::thread workers[worker_threads];
+    for (unsigned t = 0; t < worker_threads; ++t) workers[t] = std::thread(body, t);
+    for (auto& worker : workers) worker.join();
+
+    clock_type::time_point first_start = meter[0].wall_start, last_end = meter[0].wall_end;
+    double cpu_seconds = 0;
+    for (unsigned t = 0; t < worker_threads; ++t) {
+        if (meter[t].wall_start < first_start) first_start = meter[t].wall_start;
+        if (meter[t].wall_end > last_end) last_end = meter[t].wall_end;
+        cpu_seconds += meter[t].cpu_seconds;
+        r.preemptions += meter[t].preemptions;
+        r.sleeps += meter[t].sleeps;
+        r.checks.pattern_errors += w[t]->checks.pattern_errors;
+        r.checks.misaligned += w[t]->checks.misaligned;
+    }
+    r.ops = ops;
+    r.wall_seconds = seconds_between(first_start, last_end);
+    r.ns_per_op = r.wall_seconds * 1e9 / static_cast<double>(ops);
+    r.cpu_ns_per_op = cpu_seconds / worker_threads * 1e9 / static_cast<double>(ops);
+    r.minor_faults = faults;
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// producer-consumer: wall = first start to the consumer's end, per block; cpu = the busier thread's
+// CPU time per block, leaving out the CPU time it spent waiting for the other (it spins), so that the
+// figure is the pipeline's bottleneck stage and not the scheduler's luck.
+
+struct handover_ring {
+    alignas(64) std::atomic<std::uint64_t> produced{0};  // batches published
+    alignas(64) std::atomic<std::uint64_t> consumed{0};  // batches freed
+    alignas(64) unsigned char* blocks[handover_ring_batches][handover_batch];
+};
+
+struct producer_consumer_plan {
+    std::uint32_t* sizes = nullptr;  // one per block, the warmup blocks first
+    std::uint64_t warmup_batches = 0;
+    std::uint64_t timed_batches = 0;
+};
+
+// Blocks are numbered globally; the consumer recomputes each block's size and pattern from its number.
+void produce(handover_ring& ring, const producer_consumer_plan& plan, std::uint64_t first_batch,
+             std::uint64_t batches, check_counters& c, double& waited_cpu) {
+    for (std::uint64_t b = first_batch; b < first_batch + batches; ++b) {
+        if (b - ring.consumed.load(std::memory_order_acquire) >= handover_ring_batches) {
+            double since = thread_cpu_seconds();
+            unsigned spins = 0;
+            while (b - ring.consumed.load(std::memory_order_acquire) >= handover_ring_batches)
+                wait_a_little(spins);
+            waited_cpu += thread_cpu_seconds() - since;
+        }
+        unsigned char** slot = ring.blocks[b % handover_ring_batches];
+        for (std::uint32_t i = 0; i < handover_batch; ++i) {
+            std::uint64_t n = b * handover_batch + i;
+            std::uint32_t size = plan.sizes[n];
+            unsigned char* p = checked_malloc(size);
+            stamp(p, size, pattern_for(n), c);
+            slot[i] = p;
+        }
+        ring.produced.store(b + 1, std::memory_order_release);
+    }
+}
+
+void consume(handover_ring& ring, const producer_consumer_plan& plan, std::uint64_t first_batch,
+             std::uint64_t batches, check_counters& c, double& waited_cpu) {
+    for (std::uint64_t b = first_batch; b < first_batch + batches; ++b) {
+        if (ring.produced.load(std::memory_order_acquire) <= b) {
+            double since = thread_cpu_seconds();
+            unsigned spins = 0;
+            while (ring.produced.load(std::memory_order_acquire) <= b) wait_a_little(spins);
+            waited_cpu += thread_cpu_seconds() - since;
+        }
+        unsigned char** slot = ring.blocks[b % handover_ring_batches];
+        for (std::uint32_t i = 0; i < handover_batch; ++i) {
+            std::uint64_t n = b * handover_batch + i;
+            // The first byte of every block, the last byte of one in eight: each extra line read
+            // here is a cross-core transfer that every allocator pays alike, diluting the ratios.
+            if (n % 8 == 0) verify(slot[i], plan.sizes[n], pattern_for(n), c);
+            else verify_first_byte(slot[i], pattern_for(n), c);
+            std::free(slot[i]);
+        }
+        ring.consumed.store(b + 1, std::memory_order_release);
+    }
+}
+
+result run_producer_consumer(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    r.threads = 2;
+    producer_consumer_plan plan;
+    plan.timed_batches = (ops + handover_batch - 1) / handover_batch;
+    plan.warmup_batches = plan.timed_batches / 10 < 400 ? plan.timed_batches / 10 : 400;
+    std::uint64_t total_blocks = (plan.warmup_batches + plan.timed_batches) * handover_batch;
+    plan.sizes = harness_array<std::uint32_t>(total_blocks);
+    xorshift64star rng(seed);
+    for (std::uint64_t n = 0; n < total_blocks; ++n) plan.sizes[n] = rng.block_size();
+    auto* ring = new (harness_array<handover_ring>(1)) handover_ring;
+
+    spin_barrier barrier(2);
+    check_counters producer_checks, consumer_checks;
+    thread_meter producer_meter, consumer_meter;
+    double producer_waited = 0, consumer_waited = 0, unused_wait = 0;
+    long faults = 0;
+    std::thread producer([&] {
+        pin_this_thread(0);
+        produce(*ring, plan, 0, plan.warmup_batches, producer_checks, unused_wait);
+        barrier.wait();
+        producer_meter.start();
+        produce(*ring, plan, plan.warmup_batches, plan.timed_batches, producer_checks, producer_waited);
+        producer_meter.stop();
+    });
+    std::thread consumer([&] {
+        double warmup_wait = 0;
+        pin_this_thread(1);
+        consume(*ring, plan, 0, plan.warmup_batches, consumer_checks, warmup_wait);
+        barrier.wait();
+        faults = minor_faults_now();
+        consumer_meter.start();
+        consume(*ring, plan, plan.warmup_batches, plan.timed_batches, consumer_checks, consumer_waited);
+        consumer_meter.stop();
+        faults = minor_faults_now() - faults;
+    });
+    producer.join();
+    consumer.join();
+
+    r.checks.pattern_errors = producer_checks.pattern_errors + consumer_checks.pattern_errors;
+    r.checks.misaligned = producer_checks.misaligned + consumer_checks.misaligned;
+    r.ops = plan.timed_batches * handover_batch;
+    auto start = producer_meter.wall_start < consumer_meter.wall_start ? producer_meter.wall_start
+                                                                       : consumer_meter.wall_start;
+    r.wall_seconds = seconds_between(start, consumer_meter.wall_end);
+    r.ns_per_op = r.wall_seconds * 1e9 / static_cast<double>(r.ops);
+    double producer_busy = producer_meter.cpu_seconds - producer_waited;
+    double consumer_busy = consumer_meter.cpu_seconds - consumer_waited;
+    double bottleneck = producer_busy > consumer_busy ? producer_busy : consumer_busy;
+    r.cpu_ns_per_op = bottleneck * 1e9 / static_cast<double>(r.ops);
+    r.preemptions = producer_meter.preemptions + consumer_meter.preemptions;
+    r.sleeps = producer_meter.sleeps + consumer_meter.sleeps;
+    r.minor_faults = faults;
+    munmap(plan.sizes, total_blocks * sizeof(std::uint32_t));
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// peak-rss
+
+result run_peak_rss(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    xorshift64star rng(seed);
+    auto* sizes = harness_array<std::uint16_t>(ops);
+    auto* order = harness_array<std::uint32_t>(ops);
+    auto* blocks = harness_array<unsigned char*>(ops);
+    std::uint64_t requested = 0;
+    for (std::uint64_t i = 0; i < ops; ++i) {
+        sizes[i] = static_cast<std::uint16_t>(rng.block_size());
+        requested += sizes[i];
+        order[i] = static_cast<std::uint32_t>(i);
+    }
+    r.requested_kb = static_cast<long>(requested / 1024);
+    for (std::uint64_t i = ops; i > 1; --i) {  // Fisher-Yates: the order of the frees
+        std::uint64_t j = rng.next() % i;
+        std::uint32_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+    r.baseline_rss_kb = read_memory_figures().current_rss_kb;
+    thread_meter meter;
+    long faults_before = minor_faults_now();
+    meter.start();
+    for (std::uint64_t i = 0; i < ops; ++i) {
+        unsigned char* p = checked_malloc(sizes[i]);
+        stamp(p, sizes[i], pattern_for(i), r.checks);
+        blocks[i] = p;
+    }
+    for (std::uint64_t k = 0; k < ops; ++k) {
+        std::uint32_t i = order[k];
+        verify(blocks[i], sizes[i], pattern_for(i), r.checks);
+        std::free(blocks[i]);
+    }
+    meter.stop();
+    finish_single_thread(r, ops, meter, faults_before);
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+struct workload {
+    const char* name;
+    result (*run)(std::uint64_t ops, std::uint64_t seed);
+    std::uint64_t default_ops;
+};
+
+constexpr workload workloads[] = {
+    {"pairs64", run_pairs64, 50000000},
+    {"random-window", run_random_window, 10000000},
+    {"threads-own", run_threads_own, 10000000},
+    {"producer-consumer", run_producer_consumer, 2000000},
+    {"peak-rss", run_peak_rss, 1000000},
+};
+
+void usage(FILE* to) {
+    std::fprintf(to,
+                 "usage: calloc-bench WORKLOAD [--ops N] [--seed S] [--no-pin]\n"
+                 "workloads (default ops):\n");
+    for (const auto& w : workloads) std::fprintf(to, "  %-18s %" PRIu64 "\n", w.name, w.default_ops);
+    std::fprintf(to,
+                 "one op = one malloc + one free. Prints one line of key=value fields:\n"
+                 "  workload=NAME [alloc=$BENCH_ALLOCATOR] ns_per_op=X ops=N peak_rss_kb=K ...\n"
+                 "exit status 2 if a block's pattern bytes were corrupted (verify=FAIL)\n"
+                 "--no-pin: leave the two threads of the 2-thread workloads where the scheduler puts them\n");
+}
+
+bool parse_u64(const char* text, std::uint64_t& out) {
+    if (text == nullptr || *text == '\0' || *text == '-') return false;
+    char* end = nullptr;
+    errno = 0;
+    unsigned long long value = std::strtoull(text, &end, 0);
+    if (errno != 0 || *end != '\0') return false;
+    out = value;
+    return true;
+}
+
+// The file name of the shared object whose malloc this process calls: tells whether LD_PRELOAD took.
+const char* malloc_provider() {
+    Dl_info info{};
+    void* (*volatile fn)(std::size_t) = &std::malloc;
+    if (dladdr(reinterpret_cast<void*>(fn), &info) != 0 && info.dli_fname != nullptr) {
+        const char* slash = std::strrchr(info.dli_fname, '/');
+        return slash ? slash + 1 : info.dli_fname;
+    }
+    return "unknown";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    const workload* chosen = nullptr;
+    for (const auto& w : workloads)
+        if (std::strcmp(argv[1], w.name) == 0) chosen = &w;
+    if (chosen == nullptr) {
+        std::fprintf(stderr, "calloc-bench: unknown workload '%s'\n", argv[1]);
+        usage(stderr);
+        return 1;
+    }
+    std::uint64_t ops = chosen->default_ops;
+    std::uint64_t seed = 42;
+    for (int i = 2; i < argc; ++i) {
+        bool ok = false;
+        if (std::strcmp(argv[i], "--ops") == 0 && i + 1 < argc) {
+            ok = parse_u64(argv[++i], ops) && ops > 0 && ops < 0xFFFFFFFFull;
+        } else if (std::strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            ok = parse_u64(argv[++i], seed);
+        } else if (std::strcmp(argv[i], "--no-pin") == 0) {
+            pin_threads = false;
+            ok = true;
+        }
+        if (!ok) {
+            std::fprintf(stderr, "calloc-bench: bad argument '%s'\n", argv[i]);
+            usage(stderr);
+            return 1;
+        }
+    }
+
+    choose_cpus_for_threads();
+    result r = chosen->run(ops, seed);
+    memory_figures after = read_memory_figures();
+
+    const char* alloc = std::getenv("BENCH_ALLOCATOR");
+    char alloc_field[128] = "";
+    if (alloc != nullptr && *alloc != '\0') std::snprintf(alloc_field, sizeof alloc_field, " alloc=%s", alloc);
+    bool ok = r.checks.pattern_errors == 0;
+    std::printf("workload=%s%s ns_per_op=%.3f ops=%" PRIu64 " peak_rss_kb=%ld cpu_ns_per_op=%.3f threads=%u"
+                " pinned=%d seed=%" PRIu64 " wall_s=%.6f preemptions=%ld sleeps=%ld minor_faults=%ld"
+                " baseline_rss_kb=%ld end_rss_kb=%ld requested_kb=%ld misaligned=%" PRIu64
+                " malloc_from=%s verify=%s",
+                chosen->name, alloc_field, r.ns_per_op, r.ops, after.peak_rss_kb, r.cpu_ns_per_op, r.threads,
+                r.threads > 1 && threads_are_pinned() ? 1 : 0, seed, r.wall_seconds, r.preemptions, r.sleeps,
+                r.minor_faults, r.baseline_rss_kb, after.current_rss_kb, r.requested_kb, r.checks.misaligned,
+                malloc_provider(), ok ? "ok" : "FAIL");
+    if (!ok) std::printf(" pattern_errors=%" PRIu64, r.checks.pattern_errors);
+    std::printf("\n");
+    std::fflush(stdout);
+    return ok ? 0 : 2;
+}

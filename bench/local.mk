@@ -1,0 +1,29 @@
+# bench/local.mk -- the benchmark (included by Makefile.am).
+#
+# calloc-bench calls only the plain C malloc/free and links nothing but libc and
+# pthread: scripts/bench-compare runs it under LD_PRELOAD of each allocator (none =
+# glibc, jemalloc, tcmalloc, mimalloc, libcalloc) in one invocation.
+
+noinst_PROGRAMS += bench/calloc-bench
+bench_calloc_bench_SOURCES = bench/calloc-bench.c++
+# Own flags: no Check, no libcalloc headers or internals.
+bench_calloc_bench_CPPFLAGS =
+bench_calloc_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+bench_calloc_bench_LDFLAGS = $(PTHREAD_CFLAGS)
+bench_calloc_bench_LDADD = $(PTHREAD_LIBS)
+
+# make bench [BENCH_ARGS=...]: runs scripts/bench-compare from the top build
+# directory.  It gets, in its environment, the paths of the benchmark program
+# (CALLOC_BENCH) and of the freshly built libcalloc.so (LIBCALLOC_SO), plus
+# top_srcdir and top_builddir (absolute); BENCH_ARGS are passed as arguments.
+bench: bench/calloc-bench$(EXEEXT) src/libcalloc.la
+	$(AM_V_at)if test ! -f '$(top_srcdir)/scripts/bench-compare'; then \
+	  echo "bench: $(top_srcdir)/scripts/bench-compare does not exist yet" >&2; \
+	  exit 1; \
+	fi
+	CALLOC_BENCH='$(abs_top_builddir)/bench/calloc-bench$(EXEEXT)' \
+	LIBCALLOC_SO='$(abs_top_builddir)/src/.libs/libcalloc.so' \
+	top_srcdir='$(abs_top_srcdir)' top_builddir='$(abs_top_builddir)' \
+	  '$(abs_top_srcdir)/scripts/bench-compare' $(BENCH_ARGS)
+.PHONY: bench
+CLEANFILES += bench-results.csv

@@ -1,0 +1,5 @@
+// custom_alloc.h++ -- the C++ API of libcalloc (namespace custom_alloc).
+#ifndef CUSTOM_ALLOC_HXX
+#define CUSTOM_ALLOC_HXX
+#include <custom_alloc/memory_allocator.h++>
+#endif

@@ -1,0 +1,107 @@
+// allocator.c++ -- custom_alloc::MemoryAllocator, the C++ face of a domain.
+//
+// instance() wraps the process domain (the heap behind malloc); a default-
+// constructed MemoryAllocator owns a private domain and unmaps it on destruction.
+#include <cerrno>
+#include <new>
+
+#include <custom_alloc/memory_allocator.h++>
+
+#include "config.h"
+#include "os.h++"
+#include "stats.h++"
+#include "tcache.h++"
+
+namespace custom_alloc {
+
+namespace {
+constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
+}
+
+MemoryAllocator& MemoryAllocator::instance() noexcept {
+  // Placement-constructed and never destroyed: free() may run after static
+  // destructors, and the process heap must outlive them all.
+  alignas(MemoryAllocator) static unsigned char storage[sizeof(MemoryAllocator)];
+  static MemoryAllocator* const process_heap = new (storage) MemoryAllocator(ProcessHeapTag{});
+  return *process_heap;
+}
+
+MemoryAllocator::MemoryAllocator(ProcessHeapTag) noexcept : domain_(&lca::g_process_domain) {}
+
+MemoryAllocator::MemoryAllocator() : domain_(lca::domain_create()) {
+  if (!domain_) throw std::bad_alloc();
+}
+
+MemoryAllocator::~MemoryAllocator() {
+  if (domain_ != &lca::g_process_domain) lca::domain_destroy(domain_);
+}
+
+void* MemoryAllocator::allocate(std::size_t size, std::size_t alignment) {
+  if (!lca::is_power_of_two(alignment)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (alignment < ALIGNMENT) alignment = ALIGNMENT;
+  void* p = lca::domain_alloc(domain_, size, alignment);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+void MemoryAllocator::deallocate(void* ptr) {
+  if (ptr) lca::block_free(ptr);
+}
+
+std::size_t MemoryAllocator::get_allocation_size(void* ptr) const {
+  if (!ptr) return 0;
+  lca::BlockRef ref;
+  lca::block_lookup(ptr, &ref, "get_allocation_size");
+  return ref.usable;
+}
+
+void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {
+  if (!ptr) return allocate(new_size);
+  if (new_size == 0) {
+    deallocate(ptr);
+    return nullptr;
+  }
+  if (new_size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  lca::ResizeResult how;
+  void* p = lca::block_realloc(domain_, ptr, new_size, true, &how);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+void* MemoryAllocator::try_realloc_inplace(void* ptr, std::size_t new_size) {
+  if (!ptr || new_size == 0 || new_size > kMaxRequest) return nullptr;
+  lca::ResizeResult how;
+  return lca::block_realloc(domain_, ptr, new_size, false, &how);
+}
+
+MemoryAllocator::Stats MemoryAllocator::get_stats() const {
+  lca_stats s{};
+  lca::stats_fill(domain_, &s);
+  Stats out;
+  out.total_allocated = s.total_allocated;
+  out.total_freed = s.total_freed;
+  out.active_allocations = s.active_allocations;
+  out.os_memory_mapped = s.os_memory_mapped;
+  out.fragmentation_bytes = s.fragmentation_bytes;
+  out.allocation_count = s.allocation_count;
+  out.free_count = s.free_count;
+  out.realloc_in_place = s.realloc_in_place;
+  out.realloc_moved = s.realloc_moved;
+  out.realloc_remapped = s.realloc_remapped;
+  out.large_mappings = s.large_mappings;
+  return out;
+}
+
+void MemoryAllocator::trim() { lca::domain_trim(domain_); }
+
+}  // namespace custom_alloc

@@ -1,0 +1,294 @@
+// arena.c++ -- two-level segregated fit (TLSF) over arena chunks.
+//
+// Mapping: sizes below 256 B use first level 0 with one list per 16 bytes;
+// above, the first level is the power of two and the second splits it in 16.  A
+// search rounds the request up to the next list boundary, so any block of the
+// list found fits: "good fit" in O(1), as in Masmano et al.'s TLSF.
+#include "arena.h++"
+
+#include <cstring>
+
+#include "report.h++"
+
+namespace lca {
+namespace {
+
+constexpr std::size_t kFree = 1;
+constexpr std::size_t kPrevFree = 2;
+constexpr std::size_t kFlagMask = 15;
+
+struct FreeLinks {
+  BlockTag* next;
+  BlockTag* prev;
+};
+
+inline std::size_t block_size(const BlockTag* b) { return b->size_flags & ~kFlagMask; }
+inline bool is_free(const BlockTag* b) { return b->size_flags & kFree; }
+inline bool is_prev_free(const BlockTag* b) { return b->size_flags & kPrevFree; }
+inline FreeLinks* links(BlockTag* b) { return reinterpret_cast<FreeLinks*>(b + 1); }
+inline BlockTag* next_block(BlockTag* b) {
+  return reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(b) + block_size(b));
+}
+inline BlockTag* tag_of(const void* p) {
+  return reinterpret_cast<BlockTag*>(const_cast<char*>(static_cast<const char*>(p)) - kArenaTag);
+}
+inline void* payload(BlockTag* b) { return reinterpret_cast<char*>(b) + kArenaTag; }
+
+inline ArenaChunk* chunk_of(const void* p) {
+  return reinterpret_cast<ArenaChunk*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));
+}
+inline std::size_t granule(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & (kChunkSize - 1)) >> 4;
+}
+// The owner writes the bitmap with load + store (no read-modify-write); other
+// threads only read it, to validate a remote free.
+inline void set_live(ArenaChunk* c, const void* p) {
+  std::size_t g = granule(p);
+  auto& w = c->live[g >> 6];
+  w.store(w.load(std::memory_order_relaxed) | (std::uint64_t{1} << (g & 63)), std::memory_order_relaxed);
+}
+inline void clear_live(ArenaChunk* c, const void* p) {
+  std::size_t g = granule(p);
+  auto& w = c->live[g >> 6];
+  w.store(w.load(std::memory_order_relaxed) & ~(std::uint64_t{1} << (g & 63)), std::memory_order_relaxed);
+}
+inline bool is_live(const ArenaChunk* c, const void* p) {
+  std::size_t g = granule(p);
+  return (c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1;
+}
+
+inline unsigned msb(std::size_t v) { return 63u - static_cast<unsigned>(__builtin_clzll(v)); }
+
+inline void mapping(std::size_t size, unsigned* fl, unsigned* sl) {
+  if (size < 256) {
+    *fl = 0;
+    *sl = static_cast<unsigned>(size >> 4);
+  } else {
+    unsigned f = msb(size);
+    *fl = f - 7;
+    *sl = static_cast<unsigned>(size >> (f - 4)) - 16;
+  }
+}
+
+void insert_free(Arena* a, BlockTag* b) {
+  unsigned fl, sl;
+  mapping(block_size(b), &fl, &sl);
+  FreeLinks* l = links(b);
+  l->prev = nullptr;
+  l->next = a->lists[fl][sl];
+  if (l->next) links(l->next)->prev = b;
+  a->lists[fl][sl] = b;
+  a->fl_bitmap |= 1u << fl;
+  a->sl_bitmap[fl] |= 1u << sl;
+}
+
+void remove_free(Arena* a, BlockTag* b) {
+  unsigned fl, sl;
+  mapping(block_size(b), &fl, &sl);
+  FreeLinks* l = links(b);
+  if (l->next) links(l->next)->prev = l->prev;
+  if (l->prev)
+    links(l->prev)->next = l->next;
+  else {
+    a->lists[fl][sl] = l->next;
+    if (!l->next) {
+      a->sl_bitmap[fl] &= ~(1u << sl);
+      if (!a->sl_bitmap[fl]) a->fl_bitmap &= ~(1u << fl);
+    }
+  }
+}
+
+BlockTag* find_fit(Arena* a, std::size_t size) {
+  if (size >= 256) size += (std::size_t{1} << (msb(size) - 4)) - 1;
+  unsigned fl, sl;
+  mapping(size, &fl, &sl);
+  if (fl >= kArenaFlCount) return nullptr;
+  std::uint32_t sl_map = a->sl_bitmap[fl] & (~0u << sl);
+  if (!sl_map) {
+    std::uint32_t fl_map = fl + 1 < 32 ? a->fl_bitmap & (~0u << (fl + 1)) : 0;
+    if (!fl_map) return nullptr;
+    fl = static_cast<unsigned>(__builtin_ctz(fl_map));
+    sl_map = a->sl_bitmap[fl];
+  }
+  sl = static_cast<unsigned>(__builtin_ctz(sl_map));
+  return a->lists[fl][sl];
+}
+
+// Marks b (size already set) free and tells its successor.
+void mark_free(BlockTag* b) {
+  b->size_flags |= kFree;
+  BlockTag* n = next_block(b);
+  n->prev_size = block_size(b);
+  n->size_flags |= kPrevFree;
+}
+
+// Splits `size` bytes off the front of allocated block b; the rest becomes free.
+void split_tail(Arena* a, ArenaChunk* c, BlockTag* b, std::size_t size) {
+  std::size_t total = block_size(b);
+  if (total - size < kArenaMinBlock) return;
+  b->size_flags = size | (b->size_flags & kPrevFree);
+  auto* rest = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(b) + size);
+  rest->size_flags = (total - size);
+  BlockTag* n = next_block(rest);
+  if (is_free(n)) {  // merge the remainder with a free successor
+    remove_free(a, n);
+    rest->size_flags += block_size(n);
+  }
+  mark_free(rest);
+  insert_free(a, rest);
+  c->free_bytes += total - size;
+}
+
+inline std::size_t block_size_for(std::size_t request) {
+  std::size_t s = (request + kArenaTag + 15) & ~std::size_t{15};
+  return s < kArenaMinBlock ? kArenaMinBlock : s;
+}
+
+}  // namespace
+
+void arena_add_chunk(Arena* a, ArenaChunk* c) {
+  char* base = reinterpret_cast<char*>(c);
+  auto* first = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
+  auto* sentinel = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+  first->prev_size = 0;
+  first->size_flags = kArenaChunkCapacity;
+  sentinel->size_flags = 0;  // size 0, allocated: coalescing stops here
+  mark_free(first);
+  insert_free(a, first);
+  c->free_bytes = kArenaChunkCapacity;
+  a->chunks.push(&c->header);
+}
+
+bool arena_chunk_is_empty(const ArenaChunk* c) { return c->free_bytes == kArenaChunkCapacity; }
+
+void arena_remove_chunk(Arena* a, ArenaChunk* c) {
+  auto* first = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(c) + kChunkHeaderSize);
+  remove_free(a, first);
+  a->chunks.remove(&c->header);
+}
+
+void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
+  if (size > kArenaChunkCapacity) return nullptr;
+  std::size_t need = block_size_for(size);
+  std::size_t search = alignment > 16 ? need + alignment + kArenaMinBlock : need;
+  BlockTag* b = find_fit(a, search);
+  if (!b) return nullptr;
+  remove_free(a, b);
+  ArenaChunk* c = chunk_of(b);
+  c->free_bytes -= block_size(b);
+  if (alignment > 16) {
+    auto p = reinterpret_cast<std::uintptr_t>(payload(b));
+    std::uintptr_t aligned = (p + alignment - 1) & ~(alignment - 1);
+    if (aligned != p) {
+      if (aligned - p < kArenaMinBlock) aligned += alignment;
+      // The gap before the aligned payload becomes a free block of its own.
+      std::size_t gap = aligned - p;
+      std::size_t total = block_size(b);
+      b->size_flags = gap | (b->size_flags & kPrevFree);
+      mark_free(b);
+      insert_free(a, b);
+      c->free_bytes += gap;
+      b = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(b) + gap);
+      b->size_flags = (total - gap) | kPrevFree;
+    }
+  }
+  b->size_flags &= ~kFree;
+  next_block(b)->size_flags &= ~kPrevFree;
+  split_tail(a, c, b, need);
+  set_live(c, payload(b));
+  return payload(b);
+}
+
+ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
+  auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
+  if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag)
+    return ArenaCheck::not_block_start;
+  if (is_live(c, p)) return ArenaCheck::ok;
+  const BlockTag* t = tag_of(p);
+  std::size_t size = block_size(t);
+  if (is_free(t) && size >= kArenaMinBlock && off - kArenaTag + size <= kChunkSize - kArenaTag)
+    return ArenaCheck::already_free;
+  if (static_cast<const std::uintptr_t*>(p)[1] == (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p)))
+    return ArenaCheck::already_free;  // freed by another thread, not collected yet
+  return ArenaCheck::not_block_start;
+}
+
+bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
+  std::size_t g = granule(p);
+  std::uint64_t m = std::uint64_t{1} << (g & 63);
+  return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
+}
+
+std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
+
+std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
+  BlockTag* b = tag_of(p);
+  std::size_t usable = block_size(b) - kArenaTag;
+  clear_live(c, p);
+  c->free_bytes += block_size(b);
+  BlockTag* n = next_block(b);
+  if (is_free(n)) {
+    remove_free(a, n);
+    b->size_flags += block_size(n);
+  }
+  if (is_prev_free(b)) {
+    auto* prev = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(b) - b->prev_size);
+    remove_free(a, prev);
+    prev->size_flags = (block_size(prev) + block_size(b)) | (prev->size_flags & kPrevFree);
+    b = prev;
+  } else {
+    b->size_flags &= ~kFree;
+  }
+  mark_free(b);
+  insert_free(a, b);
+  return usable;
+}
+
+bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size) {
+  if (new_size > kArenaChunkCapacity) return false;
+  BlockTag* b = tag_of(p);
+  std::size_t need = block_size_for(new_size);
+  std::size_t have = block_size(b);
+  if (need <= have) {
+    split_tail(a, c, b, need);
+    return true;
+  }
+  BlockTag* n = next_block(b);
+  if (!is_free(n) || have + block_size(n) < need) return false;
+  remove_free(a, n);
+  c->free_bytes -= block_size(n);
+  b->size_flags += block_size(n);
+  next_block(b)->size_flags &= ~kPrevFree;
+  split_tail(a, c, b, need);
+  return true;
+}
+
+bool arena_verify(const Arena* a, const char** why) {
+  for (ChunkHeader* h = a->chunks.head; h; h = h->next) {
+    auto* c = reinterpret_cast<const ArenaChunk*>(h);
+    char* base = reinterpret_cast<char*>(h);
+    auto* b = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
+    auto* end = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+    bool prev_free = false;
+    std::size_t free_bytes = 0;
+    while (b < end) {
+      std::size_t s = block_size(b);
+      if (s < kArenaMinBlock || (s & 15)) return *why = "block size corrupt", false;
+      if (is_prev_free(b) != prev_free) return *why = "prev-free flag disagrees", false;
+      if (is_free(b)) {
+        if (prev_free) return *why = "two adjacent free blocks", false;
+        if (is_live(c, payload(b))) return *why = "free block marked live", false;
+        free_bytes += s;
+      } else if (!is_live(c, payload(b))) {
+        return *why = "allocated block not marked live", false;
+      }
+      prev_free = is_free(b);
+      b = next_block(b);
+    }
+    if (b != end) return *why = "blocks overrun the chunk", false;
+    if (free_bytes != c->free_bytes) return *why = "free byte count disagrees", false;
+  }
+  return true;
+}
+
+}  // namespace lca

@@ -1,0 +1,103 @@
+// arena.h++ -- the coalescing arena for medium blocks: two-level segregated fit.
+//
+// Blocks live in arena chunks and carry a 16-byte boundary tag {previous block's
+// size, own size | flags}.  Free blocks are kept in 16 x 16 segregated lists found
+// with two bitmaps and count-trailing-zeros, so allocation and free are O(1) worst
+// case; a freed block merges at once with free neighbours.  A bitmap of allocated
+// block starts in the chunk header (out of band, so an overflow cannot forge it)
+// validates every free.  An arena belongs to one heap; other threads free into it
+// through its lock-free remote list.
+#ifndef LCA_ARENA_HXX
+#define LCA_ARENA_HXX
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "chunk.h++"
+#include "span.h++"
+
+namespace lca {
+
+constexpr std::size_t kArenaTag = 16;
+constexpr std::size_t kArenaMinBlock = 32;
+constexpr unsigned kArenaFlCount = 16;
+constexpr unsigned kArenaSlCount = 16;
+// The largest block an arena chunk can hold.
+constexpr std::size_t kArenaChunkCapacity = kChunkSize - kChunkHeaderSize - kArenaTag;
+// Requests up to this size may be served by the arena (realloc-grown blocks);
+// fresh requests go to the arena only up to 64 KiB.
+constexpr std::size_t kArenaMaxRequest = 1u << 20;
+
+struct BlockTag {
+  std::size_t prev_size;   // valid when this block's kPrevFree flag is set
+  std::size_t size_flags;  // block size including the tag | flags
+};
+
+struct ArenaChunk {
+  ChunkHeader header;
+  std::size_t free_bytes;
+  // Bit g: an allocated block's payload starts at granule g (16 bytes each).
+  std::atomic<std::uint64_t> live[kChunkSize / 16 / 64];
+};
+static_assert(sizeof(ArenaChunk) <= kChunkHeaderSize, "arena bitmap must fit in slot 0");
+
+struct Arena {
+  std::uint32_t fl_bitmap;
+  std::uint32_t sl_bitmap[kArenaFlCount];
+  BlockTag* lists[kArenaFlCount][kArenaSlCount];
+  ChunkList chunks;
+  alignas(64) std::atomic<FreeObject*> remote_free;
+};
+
+inline ArenaChunk* arena_chunk_of(ChunkHeader* c) { return reinterpret_cast<ArenaChunk*>(c); }
+
+void arena_add_chunk(Arena* a, ArenaChunk* c);
+// Detaches an entirely free chunk from the arena.
+void arena_remove_chunk(Arena* a, ArenaChunk* c);
+bool arena_chunk_is_empty(const ArenaChunk* c);
+
+// A block of at least `size` usable bytes aligned to `alignment`; nullptr when no
+// chunk of the arena has room (the caller adds a chunk and retries).
+void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment);
+
+enum class ArenaCheck { ok, not_block_start, already_free };
+ArenaCheck arena_check(const ArenaChunk* c, const void* p);
+
+// Frees a checked block; returns its usable size.
+std::size_t arena_free(Arena* a, ArenaChunk* c, void* p);
+std::size_t arena_usable_size(const void* p);
+
+// Resizes in place: shrinks by splitting, grows into a free successor.
+bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size);
+
+// Clears p's live bit from a thread that does not own the arena (atomically);
+// false when it was clear already: a double free.
+bool arena_clear_live_remote(ArenaChunk* c, const void* p);
+
+// A block freed by another thread and not yet taken back by the owner keeps its
+// allocated tag; this mark in its second word (freed memory: ours to write) lets a
+// second free of it be named a double free.
+constexpr std::uintptr_t kRemoteFreedMark = 0x5fee4d0b10c4ed11ull;
+
+inline void arena_push_remote(Arena* a, void* p) {
+  static_cast<std::uintptr_t*>(p)[1] = kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p);
+  auto* o = static_cast<FreeObject*>(p);
+  FreeObject* head = a->remote_free.load(std::memory_order_relaxed);
+  do {
+    o->next = head;
+  } while (!a->remote_free.compare_exchange_weak(head, o, std::memory_order_release,
+                                                 std::memory_order_relaxed));
+}
+
+// Walks every block of a chunk (for statistics and consistency checks).
+template <class F>
+void arena_for_each_block(const ArenaChunk* c, F&& f);
+
+// Consistency check of the whole arena (debug builds and tests): returns false and
+// names the problem in *why when a tag, list or bitmap disagrees.
+bool arena_verify(const Arena* a, const char** why);
+
+}  // namespace lca
+
+#endif

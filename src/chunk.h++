@@ -1,0 +1,84 @@
+// chunk.h++ -- 4 MiB aligned chunks and the registry that says which are ours.
+//
+// Every span and arena block lives in a chunk: a 4 MiB region aligned to 4 MiB
+// whose first 64 KiB hold its header (out-of-band metadata: span descriptors or the
+// arena's block bitmap).  `ptr & ~(4 MiB - 1)` is the header of any block, but it is
+// only followed after the registry, a two-level radix table indexed by ptr >> 22,
+// confirms the chunk is libcalloc's: a foreign pointer is reported, never
+// dereferenced.
+#ifndef LCA_CHUNK_HXX
+#define LCA_CHUNK_HXX
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace lca {
+
+constexpr unsigned kChunkShift = 22;
+constexpr std::size_t kChunkSize = std::size_t{1} << kChunkShift;
+constexpr unsigned kSpanShift = 16;
+constexpr std::size_t kSpanSize = std::size_t{1} << kSpanShift;
+constexpr unsigned kSpansPerChunk = kChunkSize / kSpanSize;
+constexpr std::size_t kChunkHeaderSize = kSpanSize;  // slot 0 of every chunk
+constexpr std::uint64_t kChunkMagic = 0x6c6963616c6c6f63ull;  // "liccalloc"
+
+enum class ChunkKind : std::uint32_t { spans = 1, arena = 2 };
+
+struct Heap;
+struct Domain;
+
+struct ChunkHeader {
+  std::uint64_t magic;
+  ChunkKind kind;
+  std::uint32_t reserved;
+  Domain* domain;
+  Heap* heap;  // the heap that carves this chunk
+  ChunkHeader* next;
+  ChunkHeader* prev;
+};
+
+// A fresh, zeroed, registered chunk; nullptr when the OS refuses.
+ChunkHeader* chunk_map(ChunkKind kind, Domain* domain);
+// Unregisters and unmaps a chunk.
+void chunk_unmap(ChunkHeader* chunk);
+// Returns the chunk's data pages (beyond its header) to the OS.
+void chunk_purge_data(ChunkHeader* chunk);
+
+// --- registry -------------------------------------------------------------
+constexpr unsigned kAddressBits = 48;
+constexpr unsigned kRegistryLeafBits = 13;
+constexpr unsigned kRegistryTopBits = kAddressBits - kChunkShift - kRegistryLeafBits;
+using RegistryLeaf = std::atomic<ChunkHeader*>[std::size_t{1} << kRegistryLeafBits];
+extern std::atomic<RegistryLeaf*> g_registry_top[std::size_t{1} << kRegistryTopBits];
+
+inline ChunkHeader* registry_lookup(const void* p) {
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  if (a >> kAddressBits) return nullptr;
+  std::uintptr_t slot = a >> kChunkShift;
+  RegistryLeaf* leaf = g_registry_top[slot >> kRegistryLeafBits].load(std::memory_order_acquire);
+  if (!leaf) return nullptr;
+  return (*leaf)[slot & ((std::uintptr_t{1} << kRegistryLeafBits) - 1)].load(
+      std::memory_order_acquire);
+}
+
+// Number of chunks registered now (all heaps).
+std::size_t registry_chunk_count();
+
+// Doubly linked lists of chunk headers, used by heaps and domains.
+struct ChunkList {
+  ChunkHeader* head = nullptr;
+  std::size_t count = 0;
+  void push(ChunkHeader* c);
+  void remove(ChunkHeader* c);
+  ChunkHeader* pop();
+};
+
+// fork() support: the registry lock is held across fork.
+void registry_lock();
+void registry_unlock();
+void registry_reinit_after_fork();
+
+}  // namespace lca
+
+#endif

@@ -1,0 +1,283 @@
+// large.c++ -- dedicated mappings, their out-of-band table and the mapping cache.
+#include "large.h++"
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <pthread.h>
+
+#include "os.h++"
+
+namespace lca {
+namespace {
+
+struct Slot {
+  void* user;  // nullptr: empty
+  void* base;
+  std::size_t map_size;
+  Domain* domain;
+};
+
+constinit pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit Slot* g_slots = nullptr;
+constinit std::size_t g_capacity = 0;  // power of two
+constinit std::size_t g_used = 0;
+
+inline std::size_t hash_of(const void* p) {
+  return static_cast<std::size_t>((reinterpret_cast<std::uintptr_t>(p) >> 12) *
+                                  0x9E3779B97F4A7C15ull >> 17);
+}
+
+Slot* find_slot(const void* p) {
+  if (!g_capacity) return nullptr;
+  std::size_t mask = g_capacity - 1;
+  for (std::size_t i = hash_of(p) & mask;; i = (i + 1) & mask) {
+    if (g_slots[i].user == p) return &g_slots[i];
+    if (!g_slots[i].user) return nullptr;
+  }
+}
+
+bool insert_slot(const Slot& s) {
+  if ((g_used + 1) * 2 > g_capacity) {
+    std::size_t cap = g_capacity ? g_capacity * 2 : 256;
+    auto* fresh = static_cast<Slot*>(os_map(cap * sizeof(Slot)));
+    if (!fresh) return false;
+    Slot* old = g_slots;
+    std::size_t old_cap = g_capacity;
+    g_slots = fresh;
+    g_capacity = cap;
+    for (std::size_t i = 0; i < old_cap; ++i)
+      if (old[i].user) {
+        std::size_t j = hash_of(old[i].user) & (cap - 1);
+        while (g_slots[j].user) j = (j + 1) & (cap - 1);
+        g_slots[j] = old[i];
+      }
+    if (old) os_unmap(old, old_cap * sizeof(Slot));
+  }
+  std::size_t mask = g_capacity - 1;
+  std::size_t i = hash_of(s.user) & mask;
+  while (g_slots[i].user) i = (i + 1) & mask;
+  g_slots[i] = s;
+  ++g_used;
+  return true;
+}
+
+// Linear-probing deletion by backward shift: no tombstones, lookups stay short.
+void erase_slot(Slot* s) {
+  std::size_t mask = g_capacity - 1;
+  std::size_t i = static_cast<std::size_t>(s - g_slots);
+  std::size_t j = i;
+  for (;;) {
+    j = (j + 1) & mask;
+    if (!g_slots[j].user) break;
+    std::size_t home = hash_of(g_slots[j].user) & mask;
+    bool movable = (j > i) ? (home <= i || home > j) : (home <= i && home > j);
+    if (movable) {
+      g_slots[i] = g_slots[j];
+      i = j;
+    }
+  }
+  g_slots[i].user = nullptr;
+  --g_used;
+}
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+void cache_drop(LargeCache* c, unsigned i) {
+  os_unmap(c->entries[i].base, c->entries[i].map_size);
+  c->bytes -= c->entries[i].map_size;
+  c->mapped_bytes -= c->entries[i].map_size;
+  c->entries[i] = c->entries[--c->count];
+}
+
+void expire(LargeCache* c, std::uint64_t now) {
+  for (unsigned i = 0; i < c->count;)
+    if (now - c->entries[i].freed_at_ns > kLargeCacheDecayNs)
+      cache_drop(c, i);
+    else
+      ++i;
+}
+
+// Best-fitting cached mapping: big enough, at most a quarter larger, aligned.
+void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got) {
+  int best = -1;
+  for (unsigned i = 0; i < c->count; ++i) {
+    const auto& e = c->entries[i];
+    if (e.map_size < map_size || e.map_size > map_size + map_size / 4) continue;
+    if (reinterpret_cast<std::uintptr_t>(e.base) & (alignment - 1)) continue;
+    if (best < 0 || e.map_size < c->entries[best].map_size) best = static_cast<int>(i);
+  }
+  if (best < 0) return nullptr;
+  void* base = c->entries[best].base;
+  *got = c->entries[best].map_size;
+  c->bytes -= *got;
+  c->entries[best] = c->entries[--c->count];
+  return base;
+}
+
+// Eight mapping sizes per doubling, page granular.
+std::size_t mapping_size_for(std::size_t size, std::size_t page) {
+  unsigned top = 63u - static_cast<unsigned>(__builtin_clzll(size));
+  std::size_t step = top >= 3 ? std::size_t{1} << (top - 3) : 1;
+  return align_up(size, step > page ? step : page);
+}
+
+}  // namespace
+
+bool large_lookup(const void* p, LargeInfo* out) {
+  pthread_mutex_lock(&g_lock);
+  Slot* s = find_slot(p);
+  if (s) *out = LargeInfo{s->base, s->map_size, s->map_size - (static_cast<const char*>(p) - static_cast<char*>(s->base)), s->domain};
+  pthread_mutex_unlock(&g_lock);
+  return s != nullptr;
+}
+
+void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t alignment,
+                  bool* fresh_zero) {
+  std::size_t page = os_page_size();
+  if (alignment < page) alignment = page;
+  if (size > (std::size_t{1} << 47)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t map_size = mapping_size_for(size, page);
+  pthread_mutex_lock(&g_lock);
+  std::uint64_t now = now_ns();
+  expire(cache, now);
+  std::size_t got = 0;
+  void* base = cache_take(cache, map_size, alignment, &got);
+  *fresh_zero = false;
+  if (!base) {
+    pthread_mutex_unlock(&g_lock);  // no system call under the lock
+    base = os_map_aligned(map_size, alignment);
+    if (!base) return nullptr;
+    got = map_size;
+    *fresh_zero = true;
+    pthread_mutex_lock(&g_lock);
+    cache->mapped_bytes += got;
+  }
+  if (!insert_slot(Slot{base, base, got, d})) {
+    cache->mapped_bytes -= got;
+    pthread_mutex_unlock(&g_lock);
+    os_unmap(base, got);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  ++cache->live_count;
+  ++cache->alloc_count;
+  cache->alloc_bytes += got;
+  pthread_mutex_unlock(&g_lock);
+  return base;
+}
+
+std::size_t large_free(LargeCache* cache, void* p) {
+  pthread_mutex_lock(&g_lock);
+  Slot* s = find_slot(p);
+  if (!s) {
+    pthread_mutex_unlock(&g_lock);
+    return 0;
+  }
+  void* base = s->base;
+  std::size_t map_size = s->map_size;
+  erase_slot(s);
+  --cache->live_count;
+  ++cache->free_count;
+  cache->free_bytes += map_size;
+  std::uint64_t now = now_ns();
+  expire(cache, now);
+  bool keep = map_size <= kLargeCacheBytes / 4;
+  if (keep) {
+    while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > kLargeCacheBytes))
+      cache_drop(cache, 0);  // the oldest sits first: entries are appended
+    cache->entries[cache->count++] = LargeCache::Entry{base, map_size, now};
+    cache->bytes += map_size;
+    pthread_mutex_unlock(&g_lock);
+  } else {
+    cache->mapped_bytes -= map_size;
+    pthread_mutex_unlock(&g_lock);
+    os_unmap(base, map_size);
+  }
+  return map_size;
+}
+
+LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool may_move,
+                         void** result) {
+  std::size_t page = os_page_size();
+  std::size_t want = mapping_size_for(new_size, page);
+  pthread_mutex_lock(&g_lock);
+  Slot* s = find_slot(p);
+  if (!s || s->base != p) {
+    pthread_mutex_unlock(&g_lock);
+    return LargeResize::failed;
+  }
+  std::size_t have = s->map_size;
+  Slot copy = *s;
+  pthread_mutex_unlock(&g_lock);
+  *result = p;
+  // Within the mapping already, or shrinking by less than a quarter: keep it.
+  if (want == have || (want < have && want >= have - have / 4)) return LargeResize::in_place;
+  // The block is live and owned by the caller, so nobody else touches its slot
+  // while the lock is released for the system call.
+  void* moved = os_remap(p, have, want, false);
+  LargeResize how = LargeResize::in_place;
+  if (!moved && may_move) {
+    moved = os_remap(p, have, want, true);
+    how = LargeResize::remapped;
+  }
+  if (!moved) return LargeResize::failed;
+  pthread_mutex_lock(&g_lock);
+  s = find_slot(p);
+  erase_slot(s);
+  copy.user = copy.base = moved;
+  copy.map_size = want;
+  insert_slot(copy);  // cannot fail: one slot was just freed
+  cache->mapped_bytes += want;
+  cache->mapped_bytes -= have;
+  cache->alloc_bytes += want > have ? want - have : 0;
+  cache->free_bytes += want < have ? have - want : 0;
+  pthread_mutex_unlock(&g_lock);
+  *result = moved;
+  return how;
+}
+
+void large_release_domain(Domain* d, LargeCache* cache) {
+  pthread_mutex_lock(&g_lock);
+  for (std::size_t i = 0; i < g_capacity;) {
+    if (g_slots[i].user && g_slots[i].domain == d) {
+      os_unmap(g_slots[i].base, g_slots[i].map_size);
+      erase_slot(&g_slots[i]);  // may shift a later entry into i: look at i again
+    } else {
+      ++i;
+    }
+  }
+  while (cache->count) cache_drop(cache, 0);
+  cache->live_count = 0;
+  cache->mapped_bytes = 0;
+  pthread_mutex_unlock(&g_lock);
+}
+
+void large_trim(LargeCache* cache, bool all) {
+  pthread_mutex_lock(&g_lock);
+  if (all)
+    while (cache->count) cache_drop(cache, 0);
+  else
+    expire(cache, now_ns());
+  pthread_mutex_unlock(&g_lock);
+}
+
+LargeCache large_counters(const LargeCache* cache) {
+  pthread_mutex_lock(&g_lock);
+  LargeCache copy = *cache;
+  pthread_mutex_unlock(&g_lock);
+  return copy;
+}
+
+void large_lock_all() { pthread_mutex_lock(&g_lock); }
+void large_unlock_all() { pthread_mutex_unlock(&g_lock); }
+void large_reinit_after_fork() { pthread_mutex_init(&g_lock, nullptr); }
+
+}  // namespace lca

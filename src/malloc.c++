@@ -1,0 +1,276 @@
+// malloc.c++ -- the C API (lca_*), the malloc-family override and operator
+// new/delete.
+//
+// These are the only entry points of the process heap.  malloc's fast path is
+// inline here: thread heap -> size class -> span pop, with no lock and no atomic
+// read-modify-write; everything else goes to the slow paths in tcache.c++.
+// With the override on (configure's default), malloc, free, ... are aliases of
+// the lca_* functions, so the two families are one allocator.
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <libcalloc.h>
+
+#include "config.h"
+#include "options.h++"
+#include "os.h++"
+#include "stats.h++"
+#include "tcache.h++"
+
+using namespace lca;
+
+namespace {
+
+constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
+
+__attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  void* p = domain_alloc(&g_process_domain, size, alignment);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+inline void* fast_malloc(std::size_t size) {
+  Heap* h = tls_heap;
+  if (__builtin_expect(h != nullptr && size <= kSlabMax, 1)) {
+    unsigned c = size_to_class(size);
+    void* p = span_pop(h->head[c]);
+    if (__builtin_expect(p != nullptr, 1)) {
+      h->counters.class_allocs[c].add(1);
+      return p;
+    }
+  }
+  return malloc_slow(size, 16);
+}
+
+inline void fast_free(void* p) { block_free(p); }
+
+void* aligned_malloc(std::size_t alignment, std::size_t size) {
+  if (!is_power_of_two(alignment)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (alignment <= 16) return fast_malloc(size);
+  return malloc_slow(size, alignment);
+}
+
+void* calloc_impl(std::size_t count, std::size_t size) {
+  std::size_t total;
+  if (__builtin_mul_overflow(count, size, &total) || total > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (total > kLargeThreshold) {
+    // A fresh mapping is zero already: skip the memset when the block is one.
+    bool zero = false;
+    void* p = large_alloc(&g_process_domain, &g_process_domain.large, total, 16, &zero);
+    if (!p) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    if (!zero) std::memset(p, 0, total);
+    return p;
+  }
+  void* p = fast_malloc(total);
+  if (p) std::memset(p, 0, total);
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
+
+LCA_EXPORT void* lca_malloc(std::size_t size) { return fast_malloc(size); }
+
+LCA_EXPORT void lca_free(void* ptr) {
+  if (ptr) fast_free(ptr);
+}
+
+LCA_EXPORT void* lca_calloc(std::size_t count, std::size_t size) { return calloc_impl(count, size); }
+
+LCA_EXPORT void* lca_realloc(void* ptr, std::size_t size) {
+  if (!ptr) return fast_malloc(size);
+  if (size == 0) {
+    fast_free(ptr);
+    return nullptr;
+  }
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  ResizeResult how;
+  void* p = block_realloc(&g_process_domain, ptr, size, true, &how);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+LCA_EXPORT void* lca_reallocarray(void* ptr, std::size_t count, std::size_t size) {
+  std::size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return lca_realloc(ptr, total);
+}
+
+LCA_EXPORT void* lca_aligned_alloc(std::size_t alignment, std::size_t size) {
+  return aligned_malloc(alignment, size);
+}
+
+LCA_EXPORT int lca_posix_memalign(void** result, std::size_t alignment, std::size_t size) {
+  if (!is_power_of_two(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
+  int saved = errno;
+  void* p = aligned_malloc(alignment, size);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *result = p;
+  return 0;
+}
+
+LCA_EXPORT void* lca_memalign(std::size_t alignment, std::size_t size) {
+  // Stricter than glibc, which rounds a bad alignment up: a non-power-of-two
+  // alignment is a caller's bug, reported as EINVAL like aligned_alloc's.
+  return aligned_malloc(alignment, size);
+}
+
+LCA_EXPORT std::size_t lca_usable_size(const void* ptr) {
+  if (!ptr) return 0;
+  BlockRef ref;
+  block_lookup(ptr, &ref, "malloc_usable_size");
+  return ref.usable;
+}
+
+LCA_EXPORT void lca_get_stats(struct lca_stats* out) {
+  if (out) stats_fill(&g_process_domain, out);
+}
+
+LCA_EXPORT void lca_print_stats(int fd) { stats_print(&g_process_domain, fd); }
+
+LCA_EXPORT void lca_trim(void) { domain_trim(&g_process_domain); }
+
+LCA_EXPORT const char* lca_version(void) { return PACKAGE_VERSION; }
+
+}  // extern "C"
+
+namespace {
+
+void* valloc_impl(std::size_t size) { return aligned_malloc(os_page_size(), size); }
+
+void* pvalloc_impl(std::size_t size) {
+  std::size_t page = os_page_size();
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return aligned_malloc(page, size ? align_up(size, page) : page);
+}
+
+__attribute__((constructor)) void libcalloc_init() {
+  options_init();
+  pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
+}
+
+__attribute__((destructor)) void libcalloc_fini() {
+  if (g_options.stats) lca_print_stats(2);
+}
+
+}  // namespace
+
+#if CALLOC_OVERRIDE
+// The malloc family.  Aliases, not wrappers: one symbol, no extra call.
+#define LCA_ALIAS(target) __attribute__((alias(#target), visibility("default"), used))
+extern "C" {
+void* malloc(std::size_t) noexcept LCA_ALIAS(lca_malloc);
+void free(void*) noexcept LCA_ALIAS(lca_free);
+void* calloc(std::size_t, std::size_t) noexcept LCA_ALIAS(lca_calloc);
+void* realloc(void*, std::size_t) noexcept LCA_ALIAS(lca_realloc);
+void* reallocarray(void*, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_reallocarray);
+void* aligned_alloc(std::size_t, std::size_t) noexcept LCA_ALIAS(lca_aligned_alloc);
+int posix_memalign(void**, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_posix_memalign);
+void* memalign(std::size_t, std::size_t) noexcept LCA_ALIAS(lca_memalign);
+std::size_t malloc_usable_size(void*) noexcept LCA_ALIAS(lca_usable_size);
+
+__attribute__((visibility("default"))) void* valloc(std::size_t size) noexcept { return valloc_impl(size); }
+__attribute__((visibility("default"))) void* pvalloc(std::size_t size) noexcept { return pvalloc_impl(size); }
+}
+
+// operator new/delete: the new-handler loop of [new.delete.single], then bad_alloc.
+namespace {
+__attribute__((noinline)) void* new_slow(std::size_t size, std::size_t alignment) {
+  for (;;) {
+    void* p = alignment <= 16 ? fast_malloc(size) : aligned_malloc(alignment, size);
+    if (p) return p;
+    std::new_handler handler = std::get_new_handler();
+    if (!handler) throw std::bad_alloc();
+    handler();
+  }
+}
+
+inline void* new_impl(std::size_t size) {
+  void* p = fast_malloc(size);
+  return __builtin_expect(p != nullptr, 1) ? p : new_slow(size, 16);
+}
+
+inline void* new_aligned(std::size_t size, std::align_val_t al) {
+  std::size_t a = static_cast<std::size_t>(al);
+  void* p = aligned_malloc(a, size);
+  return p ? p : new_slow(size, a);
+}
+}  // namespace
+
+#define LCA_NEW_EXPORT __attribute__((visibility("default")))
+LCA_NEW_EXPORT void* operator new(std::size_t size) { return new_impl(size); }
+LCA_NEW_EXPORT void* operator new[](std::size_t size) { return new_impl(size); }
+LCA_NEW_EXPORT void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
+  try {
+    return new_impl(size);
+  } catch (...) {
+    return nullptr;
+  }
+}
+LCA_NEW_EXPORT void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
+  try {
+    return new_impl(size);
+  } catch (...) {
+    return nullptr;
+  }
+}
+LCA_NEW_EXPORT void* operator new(std::size_t size, std::align_val_t al) { return new_aligned(size, al); }
+LCA_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t al) { return new_aligned(size, al); }
+LCA_NEW_EXPORT void* operator new(std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  try {
+    return new_aligned(size, al);
+  } catch (...) {
+    return nullptr;
+  }
+}
+LCA_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  try {
+    return new_aligned(size, al);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+LCA_NEW_EXPORT void operator delete(void* p) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::size_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p, std::size_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::size_t, std::align_val_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { lca_free(p); }
+#endif

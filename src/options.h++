@@ -1,0 +1,22 @@
+// options.h++ -- run-time options from LIBCALLOC_OPTIONS.
+#ifndef LCA_OPTIONS_HXX
+#define LCA_OPTIONS_HXX
+
+namespace lca {
+
+struct Options {
+  bool stats = false;    // print statistics at exit
+  bool verbose = false;  // report option parsing and heap events
+};
+
+extern Options g_options;
+
+// Parses LIBCALLOC_OPTIONS ("key=value,key=value"; a bare key means 1) once.
+// Unknown keys and bad values are warned about on stderr and ignored.
+void options_init();
+// Parses one option string (exposed for tests).  Returns the number of problems.
+int options_parse(const char* text, Options* out);
+
+}  // namespace lca
+
+#endif

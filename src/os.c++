@@ -1,0 +1,92 @@
+// os.c++ -- every mmap, munmap, madvise, mremap and mprotect of libcalloc.
+//
+// Nothing here allocates; failures are reported to the caller as nullptr with
+// errno = ENOMEM, never as an abort, so that malloc can return NULL under memory
+// exhaustion (RLIMIT_AS, overcommit limits).
+#include "os.h++"
+
+#include <cerrno>
+#include <cstdint>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace lca {
+namespace {
+constinit std::atomic<std::size_t> g_mapped{0};
+constinit std::atomic<std::size_t> g_page_size{0};
+}  // namespace
+
+std::size_t os_page_size() {
+  std::size_t p = g_page_size.load(std::memory_order_relaxed);
+  if (__builtin_expect(p == 0, 0)) {
+    long v = sysconf(_SC_PAGESIZE);
+    p = v > 0 ? static_cast<std::size_t>(v) : 4096;
+    g_page_size.store(p, std::memory_order_relaxed);
+  }
+  return p;
+}
+
+void* os_map(std::size_t size) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  g_mapped.fetch_add(size, std::memory_order_relaxed);
+  return p;
+}
+
+void* os_map_aligned(std::size_t size, std::size_t alignment) {
+  if (alignment <= os_page_size()) return os_map(size);
+  if (size + alignment < size) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  // Over-map by the alignment, then trim both ends: the kernel keeps no trace of
+  // the trimmed parts, so only `size` bytes stay mapped.
+  std::size_t span = size + alignment;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  auto base = reinterpret_cast<std::uintptr_t>(raw);
+  std::uintptr_t aligned = (base + alignment - 1) & ~(alignment - 1);
+  std::size_t head = aligned - base;
+  std::size_t tail = span - head - size;
+  if (head) munmap(raw, head);
+  if (tail) munmap(reinterpret_cast<void*>(aligned + size), tail);
+  g_mapped.fetch_add(size, std::memory_order_relaxed);
+  return reinterpret_cast<void*>(aligned);
+}
+
+void os_unmap(void* addr, std::size_t size) {
+  if (!addr || !size) return;
+  munmap(addr, size);
+  g_mapped.fetch_sub(size, std::memory_order_relaxed);
+}
+
+void os_purge(void* addr, std::size_t size) {
+  if (size) madvise(addr, size, MADV_DONTNEED);
+}
+
+void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move) {
+  void* p = mremap(addr, old_size, new_size, may_move ? MREMAP_MAYMOVE : 0);
+  if (p == MAP_FAILED) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (new_size >= old_size)
+    g_mapped.fetch_add(new_size - old_size, std::memory_order_relaxed);
+  else
+    g_mapped.fetch_sub(old_size - new_size, std::memory_order_relaxed);
+  return p;
+}
+
+bool os_protect(void* addr, std::size_t size, bool accessible) {
+  return mprotect(addr, size, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
+}
+
+std::size_t os_mapped_bytes() { return g_mapped.load(std::memory_order_relaxed); }
+
+}  // namespace lca

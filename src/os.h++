@@ -1,0 +1,33 @@
+// os.h++ -- the only module that talks to the kernel about memory.
+#ifndef LCA_OS_HXX
+#define LCA_OS_HXX
+
+#include <atomic>
+#include <cstddef>
+
+namespace lca {
+
+std::size_t os_page_size();
+
+// Fresh read-write anonymous memory, zero-filled; nullptr (errno ENOMEM) on failure.
+void* os_map(std::size_t size);
+// As os_map, with the start aligned to `alignment` (a power of two >= page size).
+void* os_map_aligned(std::size_t size, std::size_t alignment);
+void os_unmap(void* addr, std::size_t size);
+// Gives the pages back to the kernel; the range stays mapped and reads as zero.
+void os_purge(void* addr, std::size_t size);
+// Resizes a mapping: in place only, or allowed to move (the data moves with the
+// pages, nothing is copied).  nullptr on failure, the old mapping intact.
+void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move);
+// Makes a range inaccessible (guard pages) or accessible again.
+bool os_protect(void* addr, std::size_t size, bool accessible);
+
+// Bytes this process holds from os_map*/os_remap, all heaps together.
+std::size_t os_mapped_bytes();
+
+inline std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) & ~(a - 1); }
+inline bool is_power_of_two(std::size_t n) { return n && !(n & (n - 1)); }
+
+}  // namespace lca
+
+#endif

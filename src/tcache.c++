@@ -1,0 +1,800 @@
+// tcache.c++ -- thread heaps, span queues, chunk supply, thread exit and fork.
+//
+// Each heap keeps, per size class, a queue of spans; the head is the current span.
+// When the head runs dry the slow path collects its remote frees, then rotates a
+// bounded number of spans (kQueueProbe) from the head to the tail looking for free
+// objects -- the head after a rotation is the span that has waited longest for
+// frees, the best bet -- and only then carves a new span.  A span whose last object
+// is freed (and is not the head) is retired at once: its slot returns to its chunk,
+// and a chunk with no span left returns to the domain.  Every path is O(1) apart
+// from system calls and the bounded sweeps of abandoned heaps.
+#include "tcache.h++"
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <sys/mman.h>
+
+#include "os.h++"
+
+namespace lca {
+
+constinit Domain g_process_domain{true};
+constinit Span g_empty_span{};
+constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = nullptr;
+
+namespace {
+
+constexpr unsigned kQueueProbe = 4;
+constexpr std::size_t kMaxDirtySlots = 32;     // 2 MiB of empty spans kept per heap
+constexpr std::size_t kDomainCachedChunks = 4;  // free chunks a domain keeps
+constexpr unsigned kAbandonedSweep = 4;
+
+constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit pthread_key_t g_heap_key;
+constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
+
+class DomainLock {
+ public:
+  explicit DomainLock(Domain* d, bool take = true) : d_(take ? d : nullptr) {
+    if (d_) pthread_mutex_lock(&d_->lock);
+  }
+  ~DomainLock() {
+    if (d_) pthread_mutex_unlock(&d_->lock);
+  }
+  DomainLock(const DomainLock&) = delete;
+  DomainLock& operator=(const DomainLock&) = delete;
+
+ private:
+  Domain* d_;
+};
+
+void init_recursive(pthread_mutex_t* m) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(m, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+// --- span queues ------------------------------------------------------------
+bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
+
+void queue_push_front(Heap* h, unsigned c, Span* s) {
+  s->prev = nullptr;
+  if (queue_empty(h, c)) {
+    s->next = nullptr;
+    h->head[c] = h->tail[c] = s;
+  } else {
+    s->next = h->head[c];
+    h->head[c]->prev = s;
+    h->head[c] = s;
+  }
+}
+
+void queue_remove(Heap* h, unsigned c, Span* s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    h->head[c] = s->next ? s->next : &g_empty_span;
+  if (s->next)
+    s->next->prev = s->prev;
+  else
+    h->tail[c] = s->prev;
+  s->next = s->prev = nullptr;
+}
+
+void queue_push_back(Heap* h, unsigned c, Span* s) {
+  if (queue_empty(h, c)) return queue_push_front(h, c, s);
+  s->next = nullptr;
+  s->prev = h->tail[c];
+  h->tail[c]->next = s;
+  h->tail[c] = s;
+}
+
+void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
+  queue_remove(h, c, s);
+  if (queue_empty(h, c)) return queue_push_front(h, c, s);
+  Span* head = h->head[c];
+  s->prev = head;
+  s->next = head->next;
+  if (head->next)
+    head->next->prev = s;
+  else
+    h->tail[c] = s;
+  head->next = s;
+}
+
+// --- chunks -----------------------------------------------------------------
+void release_chunk(Domain* d, ChunkHeader* c);
+
+// Gives the empty spans of abandoned heaps back (domain lock held).
+void sweep_abandoned(Domain* d);
+
+ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
+  ChunkHeader* c;
+  bool fresh = false;
+  {
+    DomainLock lock(d);
+    c = d->free_chunks.pop();
+    if (!c && d->abandoned) {
+      sweep_abandoned(d);
+      c = d->free_chunks.pop();
+    }
+  }
+  if (c) {
+    if (c->kind != kind) {
+      // The header of the other kind is meaningless here: let it read as zero.
+      os_purge(c, kChunkHeaderSize);
+      c->magic = kChunkMagic;
+      c->domain = d;
+      c->kind = kind;
+    }
+  } else {
+    c = chunk_map(kind, d);
+    if (!c) return nullptr;
+    fresh = true;
+    d->chunk_bytes.fetch_add(kChunkSize, std::memory_order_relaxed);
+  }
+  c->heap = h;
+  if (kind == ChunkKind::spans) {
+    SpanChunk* sc = span_chunk_of(c);
+    sc->free_slots = ~std::uint64_t{1};
+    sc->dirty_slots = fresh ? 0 : ~std::uint64_t{1};
+    sc->active_spans = 0;
+    if (!fresh) h->dirty_slots += kSpansPerChunk - 1;
+  }
+  return c;
+}
+
+void release_chunk(Domain* d, ChunkHeader* c) {
+  bool unmap = false;
+  {
+    DomainLock lock(d);
+    c->heap = nullptr;
+    if (d->free_chunks.count >= kDomainCachedChunks) {
+      unmap = true;
+    } else {
+      d->free_chunks.push(c);  // kept resident: the next chunk request costs no page faults
+    }
+  }
+  if (unmap) {
+    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
+    chunk_unmap(c);
+  }
+}
+
+void purge_dirty_slots(Heap* h) {
+  for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) {
+    SpanChunk* sc = span_chunk_of(ch);
+    std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
+    while (dirty) {
+      unsigned first = static_cast<unsigned>(__builtin_ctzll(dirty));
+      unsigned last = first;
+      while (last + 1 < kSpansPerChunk && (dirty >> (last + 1)) & 1) ++last;
+      os_purge(reinterpret_cast<char*>(sc) + (std::size_t{first} << kSpanShift),
+               std::size_t{last - first + 1} << kSpanShift);
+      for (unsigned i = first; i <= last; ++i) dirty &= ~(std::uint64_t{1} << i);
+    }
+    sc->dirty_slots = 0;
+  }
+  h->dirty_slots = 0;
+}
+
+Span* new_span(Heap* h, unsigned c) {
+  ChunkHeader* ch = h->span_chunks_avail.head;
+  if (!ch) {
+    ch = acquire_chunk(h->domain, ChunkKind::spans, h);
+    if (!ch) return nullptr;
+    h->span_chunks_avail.push(ch);
+  }
+  SpanChunk* sc = span_chunk_of(ch);
+  std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
+  unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
+  std::uint64_t bit = std::uint64_t{1} << slot;
+  if (sc->dirty_slots & bit) {
+    sc->dirty_slots &= ~bit;
+    if (h->dirty_slots) --h->dirty_slots;
+  }
+  sc->free_slots &= ~bit;
+  ++sc->active_spans;
+  if (!sc->free_slots) {
+    h->span_chunks_avail.remove(ch);
+    h->span_chunks_full.push(ch);
+  }
+  Span* s = &sc->spans[slot];
+  span_init(s, sc, slot, c, h);
+  return s;
+}
+
+// Releases span chunks without active spans; keep_one leaves one for reuse.
+void release_empty_span_chunks(Heap* h, bool keep_one) {
+  for (ChunkHeader* ch = h->span_chunks_avail.head; ch;) {
+    ChunkHeader* next = ch->next;
+    SpanChunk* sc = span_chunk_of(ch);
+    if (sc->active_spans == 0 && (!keep_one || h->span_chunks_avail.count > 1)) {
+      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+      h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
+      h->span_chunks_avail.remove(ch);
+      release_chunk(h->domain, ch);
+    }
+    ch = next;
+  }
+}
+
+void retire_span(Heap* h, Span* s) {
+  queue_remove(h, s->size_class, s);
+  s->flags = kSpanInactive;
+  auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
+  unsigned slot = static_cast<unsigned>(s - sc->spans);
+  std::uint64_t bit = std::uint64_t{1} << slot;
+  if (!sc->free_slots) {
+    h->span_chunks_full.remove(&sc->header);
+    h->span_chunks_avail.push(&sc->header);
+  }
+  sc->free_slots |= bit;
+  sc->dirty_slots |= bit;
+  ++h->dirty_slots;
+  --sc->active_spans;
+  if (sc->active_spans == 0 && h->span_chunks_avail.count > 1) {
+    std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+    h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
+    h->span_chunks_avail.remove(&sc->header);
+    release_chunk(h->domain, &sc->header);
+  } else if (h->dirty_slots > 2 * kMaxDirtySlots) {
+    purge_dirty_slots(h);
+  }
+}
+
+void collect_span(Heap* h, Span* s) {
+  std::size_t extra = 0;
+  span_collect_remote(s, &extra);
+  if (extra) h->counters.extra_bytes_freed.add(extra);
+}
+
+// --- arena ------------------------------------------------------------------
+void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
+  arena_free(&h->arena, c, p);
+  if (arena_chunk_is_empty(c) && h->arena.chunks.count > 1) {
+    arena_remove_chunk(&h->arena, c);
+    release_chunk(h->domain, &c->header);
+  }
+}
+
+void drain_arena_remote(Heap* h) {
+  FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
+  while (list) {
+    FreeObject* next = list->next;
+    // The freeing thread cleared the live bit and caught double frees already.
+    arena_free_owned(h, arena_chunk_of(registry_lookup(list)), list);
+    list = next;
+  }
+}
+
+void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
+  if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
+  void* p = arena_alloc(&h->arena, size, alignment);
+  if (!p) {
+    ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
+    if (!ch) return nullptr;
+    arena_add_chunk(&h->arena, arena_chunk_of(ch));
+    p = arena_alloc(&h->arena, size, alignment);
+    if (!p) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  h->counters.arena_allocs.add(1);
+  h->counters.extra_bytes_allocated.add(arena_usable_size(p));
+  return p;
+}
+
+// Smallest size class >= the request whose objects are all aligned to alignment.
+int aligned_class(std::size_t size, std::size_t alignment) {
+  for (unsigned c = size_to_class(size); c < kNumClasses; ++c)
+    if ((class_to_size(c) & (alignment - 1)) == 0) return static_cast<int>(c);
+  return -1;
+}
+
+// Collects everything a heap can give back: remote frees, empty spans, empty
+// chunks.  Used at thread exit, by sweeps and by trim (which also purges).
+void heap_collect_all(Heap* h, bool keep_one_chunk, bool purge) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    Span* s = queue_empty(h, c) ? nullptr : h->head[c];
+    while (s) {
+      Span* next = s->next;
+      collect_span(h, s);
+      if (s->used == 0) retire_span(h, s);
+      s = next;
+    }
+  }
+  drain_arena_remote(h);
+  for (ChunkHeader* ch = h->arena.chunks.head; ch;) {
+    ChunkHeader* next = ch->next;
+    ArenaChunk* ac = arena_chunk_of(ch);
+    if (arena_chunk_is_empty(ac) && (!keep_one_chunk || h->arena.chunks.count > 1)) {
+      arena_remove_chunk(&h->arena, ac);
+      release_chunk(h->domain, ch);
+    }
+    ch = next;
+  }
+  release_empty_span_chunks(h, keep_one_chunk);
+  if (purge || h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
+}
+
+void sweep_abandoned(Domain* d) {
+  // Rotate through at most kAbandonedSweep heaps so a sweep stays bounded.
+  for (unsigned n = 0; n < kAbandonedSweep && d->abandoned; ++n) {
+    Heap* h = d->abandoned;
+    heap_collect_all(h, false, false);
+    if (!h->next_abandoned) break;
+    d->abandoned = h->next_abandoned;
+    Heap* last = d->abandoned;
+    while (last->next_abandoned) last = last->next_abandoned;
+    last->next_abandoned = h;
+    h->next_abandoned = nullptr;
+  }
+}
+
+void heap_init(Heap* h, Domain* d) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    h->head[c] = &g_empty_span;
+    h->tail[c] = nullptr;
+  }
+  h->domain = d;
+}
+
+Heap* heap_create_locked(Domain* d) {
+  void* mem = os_map(align_up(sizeof(Heap), os_page_size()));
+  if (!mem) return nullptr;
+  Heap* h = new (mem) Heap{};
+  heap_init(h, d);
+  h->next_in_domain = d->heaps;
+  d->heaps = h;
+  return h;
+}
+
+void heap_abandon(Heap* h) {
+  Domain* d = h->domain;
+  DomainLock lock(d);
+  heap_collect_all(h, false, false);
+  h->abandoned = true;
+  h->next_abandoned = d->abandoned;
+  d->abandoned = h;
+}
+
+void on_thread_exit(void* value) {
+  auto* h = static_cast<Heap*>(value);
+  if (tls_heap == h) tls_heap = nullptr;
+  heap_abandon(h);
+}
+
+void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
+
+void link_domain(Domain* d) {
+  pthread_mutex_lock(&g_domains_lock);
+  d->prev = &g_process_domain;
+  d->next = g_process_domain.next;
+  if (d->next) d->next->prev = d;
+  g_process_domain.next = d;
+  pthread_mutex_unlock(&g_domains_lock);
+}
+
+void unlink_domain(Domain* d) {
+  pthread_mutex_lock(&g_domains_lock);
+  d->prev->next = d->next;
+  if (d->next) d->next->prev = d->prev;
+  pthread_mutex_unlock(&g_domains_lock);
+}
+
+void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t bytes) {
+  Heap* me = tls_heap;
+  if (me && me->domain == d) {
+    if (small) {
+      me->counters.class_frees[size_class].add(1);
+    } else {
+      me->counters.arena_frees.add(1);
+      me->counters.extra_bytes_freed.add(bytes);
+    }
+  } else {
+    d->orphan_frees.fetch_add(1, std::memory_order_relaxed);
+    d->orphan_free_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace
+
+// --- public entry points ------------------------------------------------------
+
+Heap* heap_for_thread() {
+  Heap* h = tls_heap;
+  if (h) return h;
+  pthread_once(&g_heap_key_once, make_heap_key);
+  Domain* d = &g_process_domain;
+  {
+    DomainLock lock(d);
+    h = d->abandoned;
+    if (h) {
+      d->abandoned = h->next_abandoned;
+      h->next_abandoned = nullptr;
+      h->abandoned = false;
+    } else {
+      h = heap_create_locked(d);
+    }
+  }
+  if (!h) return nullptr;
+  tls_heap = h;
+  pthread_setspecific(g_heap_key, h);
+  return h;
+}
+
+Domain* domain_create() {
+  std::size_t size = align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size());
+  void* mem = os_map(size);
+  if (!mem) return nullptr;
+  Domain* d = new (mem) Domain();
+  init_recursive(&d->lock);
+  auto* h = new (static_cast<char*>(mem) + align_up(sizeof(Domain), 64)) Heap{};
+  heap_init(h, d);
+  h->next_in_domain = nullptr;
+  d->heaps = h;
+  d->single = h;
+  link_domain(d);
+  return d;
+}
+
+void domain_destroy(Domain* d) {
+  unlink_domain(d);
+  {
+    DomainLock lock(d);
+    Heap* h = d->single;
+    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full, &h->arena.chunks, &d->free_chunks};
+    for (ChunkList* l : lists)
+      while (ChunkHeader* c = l->pop()) chunk_unmap(c);
+    large_release_domain(d, &d->large);
+  }
+  pthread_mutex_destroy(&d->lock);
+  os_unmap(d, align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size()));
+}
+
+void* heap_alloc_small_slow(Heap* h, unsigned c) {
+  Span* s = h->head[c];
+  if (s != &g_empty_span) {
+    for (unsigned probe = 0;; ++probe) {
+      if (s->remote_free.load(std::memory_order_relaxed)) collect_span(h, s);
+      if (void* p = span_pop(s)) {
+        s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+        return p;
+      }
+      // A local free into it will bring it back behind the head.
+      s->flags |= kSpanExhausted;
+      if (probe == kQueueProbe || !s->next) break;
+      queue_remove(h, c, s);
+      queue_push_back(h, c, s);
+      s = h->head[c];
+    }
+  }
+  s = new_span(h, c);
+  if (!s) return nullptr;
+  queue_push_front(h, c, s);
+  return span_pop(s);
+}
+
+void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
+  if (size <= kSlabMax && !grown) {
+    int c = alignment <= 16 ? static_cast<int>(size_to_class(size)) : aligned_class(size, alignment);
+    if (c >= 0) {
+      void* p = span_pop(h->head[c]);
+      if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
+      if (!p) return nullptr;
+      h->counters.class_allocs[c].add(1);
+      return p;
+    }
+  }
+  std::size_t arena_limit = grown ? kArenaMaxRequest : kLargeThreshold;
+  if (size <= arena_limit && alignment <= kSpanSize) return alloc_arena(h, size, alignment);
+  bool zero;
+  return large_alloc(h->domain, &h->domain->large, size, alignment, &zero);
+}
+
+void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
+  if (d->per_thread) {
+    Heap* h = heap_for_thread();
+    if (!h) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    return heap_alloc(h, size, alignment, false);
+  }
+  DomainLock lock(d);
+  return heap_alloc(d->single, size, alignment, false);
+}
+
+void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
+  std::size_t bytes = span_push_local(s, p, i);
+  h->counters.class_frees[s->size_class].add(1);
+  if (__builtin_expect(bytes != s->obj_size, 0)) h->counters.extra_bytes_freed.add(bytes - s->obj_size);
+  span_after_local_free(h, s);
+}
+
+void span_after_local_free(Heap* h, Span* s) {
+  unsigned c = s->size_class;
+  if (h->head[c] == s) {
+    s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+    return;
+  }
+  if (s->used == 0) {
+    retire_span(h, s);
+  } else if (s->flags & kSpanExhausted) {
+    s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+    queue_insert_after_head(h, c, s);
+  }
+}
+
+void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
+  if (why == SpanCheck::not_live) {
+    // Inside an object that grew over several slots?
+    for (unsigned k = 0; k < s->multislot_count; ++k) {
+      const char* first = s->base + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
+      if (p > first && p < first + static_cast<std::size_t>(s->multislot[k].slots) * s->obj_size)
+        report_fatal("Invalid free", p, "pointer into the middle of a block");
+    }
+    report_fatal("Double free", p, "the block is not allocated (freed already)");
+  }
+  report_fatal("Invalid free", p, "not the start of a block allocated by libcalloc");
+}
+
+void block_lookup(const void* p, BlockRef* out, const char* what) {
+  bool is_free_op = what[0] == 'f';
+  ChunkHeader* ch = registry_lookup(p);
+  if (ch && ch->kind == ChunkKind::spans) {
+    Span* s = span_of(span_chunk_of(ch), p);
+    std::uint32_t i;
+    SpanCheck why = span_check(s, p, &i);
+    if (why != SpanCheck::ok) {
+      if (is_free_op) report_span_free_error(s, p, why);
+      report_fatal(why == SpanCheck::not_live ? "Use after free" : "Invalid pointer", p, what);
+    }
+    *out = BlockRef{BlockRef::Kind::span, ch, s, i, span_usable_size(s, i), ch->domain};
+    return;
+  }
+  if (ch && ch->kind == ChunkKind::arena) {
+    ArenaCheck why = arena_check(arena_chunk_of(ch), p);
+    if (why == ArenaCheck::already_free)
+      report_fatal(is_free_op ? "Double free" : "Use after free", p,
+                   is_free_op ? "the block is not allocated (freed already)" : what);
+    if (why != ArenaCheck::ok)
+      report_fatal(is_free_op ? "Invalid free" : "Invalid pointer", p,
+                   is_free_op ? "not the start of a block allocated by libcalloc" : what);
+    *out = BlockRef{BlockRef::Kind::arena, ch, nullptr, 0, arena_usable_size(p), ch->domain};
+    return;
+  }
+  LargeInfo info;
+  if (!ch && large_lookup(p, &info)) {
+    *out = BlockRef{BlockRef::Kind::large, nullptr, nullptr, 0, info.usable, info.domain};
+    return;
+  }
+  report_fatal(is_free_op ? "Invalid free" : "Invalid pointer", p,
+               is_free_op ? "not a block allocated by libcalloc" : what);
+}
+
+void free_slow(void* p) {
+  BlockRef r;
+  block_lookup(p, &r, "free");
+  Domain* d = r.domain;
+  if (!d->per_thread) {
+    DomainLock lock(d);
+    Heap* h = d->single;
+    switch (r.kind) {
+      case BlockRef::Kind::span:
+        free_span_local(h, r.span, p, r.index);
+        break;
+      case BlockRef::Kind::arena:
+        h->counters.arena_frees.add(1);
+        h->counters.extra_bytes_freed.add(r.usable);
+        arena_free_owned(h, arena_chunk_of(r.chunk), p);
+        break;
+      case BlockRef::Kind::large:
+        large_free(&d->large, p);
+        break;
+    }
+    return;
+  }
+  Heap* me = tls_heap;
+  switch (r.kind) {
+    case BlockRef::Kind::span:
+      if (r.span->heap == me) {
+        free_span_local(me, r.span, p, r.index);
+      } else {
+        if (!live_clear_remote(p))
+          report_fatal("Double free", p, "the block is not allocated (freed already)");
+        count_foreign_free(d, r.span->size_class, true, r.span->obj_size);
+        span_push_remote(r.span, p);
+      }
+      break;
+    case BlockRef::Kind::arena: {
+      Heap* owner = r.chunk->heap;
+      if (owner == me) {
+        me->counters.arena_frees.add(1);
+        me->counters.extra_bytes_freed.add(r.usable);
+        arena_free_owned(me, arena_chunk_of(r.chunk), p);
+      } else {
+        if (!arena_clear_live_remote(arena_chunk_of(r.chunk), p))
+          report_fatal("Double free", p, "the block is not allocated (freed already)");
+        count_foreign_free(d, 0, false, r.usable);
+        arena_push_remote(&owner->arena, p);
+      }
+      break;
+    }
+    case BlockRef::Kind::large:
+      large_free(&d->large, p);
+      break;
+  }
+}
+
+void free_cold(void* p) {
+  int saved = errno;
+  free_slow(p);
+  errno = saved;
+}
+
+void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
+  *how = ResizeResult::failed;
+  if (!p) {
+    if (!may_move) return nullptr;
+    void* q = domain_alloc(d, size, 16);
+    if (q) *how = ResizeResult::moved;
+    return q;
+  }
+  BlockRef r;
+  block_lookup(p, &r, "realloc");
+  Domain* bd = r.domain;
+  DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock
+  Heap* h = bd->per_thread ? heap_for_thread() : bd->single;
+  if (!h) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t old_usable = r.usable;
+  bool in_place = false;
+  switch (r.kind) {
+    case BlockRef::Kind::span: {
+      Span* s = r.span;
+      if (size <= old_usable) {
+        in_place = true;
+      } else if (s->heap == h && span_grow_at_frontier(s, p, r.index, size)) {
+        h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
+        in_place = true;
+      }
+      break;
+    }
+    case BlockRef::Kind::arena: {
+      ArenaChunk* c = arena_chunk_of(r.chunk);
+      if (r.chunk->heap == h) {
+        if (arena_resize_in_place(&h->arena, c, p, size)) {
+          std::size_t now = arena_usable_size(p);
+          if (now > old_usable)
+            h->counters.extra_bytes_allocated.add(now - old_usable);
+          else
+            h->counters.extra_bytes_freed.add(old_usable - now);
+          in_place = true;
+        }
+      } else if (size <= old_usable) {
+        in_place = true;
+      }
+      break;
+    }
+    case BlockRef::Kind::large: {
+      if (size > kLargeThreshold / 2 || !may_move) {
+        void* q = nullptr;
+        LargeResize lr = large_resize(&bd->large, p, size, may_move, &q);
+        if (lr == LargeResize::in_place) {
+          in_place = true;
+        } else if (lr == LargeResize::remapped) {
+          h->counters.realloc_remapped.add(1);
+          *how = ResizeResult::remapped;
+          return q;
+        }
+      }
+      break;
+    }
+  }
+  if (in_place) {
+    h->counters.realloc_in_place.add(1);
+    *how = ResizeResult::in_place;
+    return p;
+  }
+  if (!may_move) return nullptr;
+  void* q = heap_alloc(h, size, 16, size > old_usable);
+  if (!q) return nullptr;
+  std::memcpy(q, p, size < old_usable ? size : old_usable);
+  block_free(p);
+  h->counters.realloc_moved.add(1);
+  *how = ResizeResult::moved;
+  return q;
+}
+
+void domain_trim(Domain* d) {
+  if (d->per_thread) {
+    if (Heap* h = tls_heap) {
+      DomainLock lock(d);
+      heap_collect_all(h, false, true);
+    }
+  } else {
+    DomainLock lock(d);
+    heap_collect_all(d->single, false, true);
+  }
+  ChunkList doomed;
+  {
+    DomainLock lock(d);
+    while (ChunkHeader* c = d->free_chunks.pop()) doomed.push(c);
+  }
+  while (ChunkHeader* c = doomed.pop()) {
+    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
+    chunk_unmap(c);
+  }
+  large_trim(&d->large, true);
+}
+
+DomainStats domain_stats(Domain* d) {
+  DomainStats st{};
+  DomainLock lock(d);
+  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+    const HeapCounters& k = h->counters;
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
+      st.allocation_count += a;
+      st.free_count += f;
+      st.total_allocated += a * class_to_size(c);
+      st.total_freed += f * class_to_size(c);
+    }
+    st.allocation_count += k.arena_allocs.get();
+    st.free_count += k.arena_frees.get();
+    st.total_allocated += k.extra_bytes_allocated.get();
+    st.total_freed += k.extra_bytes_freed.get();
+    st.realloc_in_place += k.realloc_in_place.get();
+    st.realloc_moved += k.realloc_moved.get();
+    st.realloc_remapped += k.realloc_remapped.get();
+  }
+  st.free_count += d->orphan_frees.load(std::memory_order_relaxed);
+  st.total_freed += d->orphan_free_bytes.load(std::memory_order_relaxed);
+  LargeCache large = large_counters(&d->large);
+  st.allocation_count += large.alloc_count;
+  st.free_count += large.free_count;
+  st.total_allocated += large.alloc_bytes;
+  st.total_freed += large.free_bytes;
+  st.large_mappings = large.live_count;
+  st.os_memory_mapped = d->chunk_bytes.load(std::memory_order_relaxed) + large.mapped_bytes;
+  return st;
+}
+
+void domains_prefork() {
+  pthread_mutex_lock(&g_domains_lock);
+  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
+  large_lock_all();
+  registry_lock();
+}
+
+void domains_postfork_parent() {
+  registry_unlock();
+  large_unlock_all();
+  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
+  pthread_mutex_unlock(&g_domains_lock);
+}
+
+void domains_postfork_child() {
+  registry_reinit_after_fork();
+  large_reinit_after_fork();
+  for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
+  pthread_mutex_init(&g_domains_lock, nullptr);
+  // The other threads are gone in the child: their heaps become adoptable.
+  Domain* d = &g_process_domain;
+  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+    if (h == tls_heap || h->abandoned) continue;
+    h->abandoned = true;
+    h->next_abandoned = d->abandoned;
+    d->abandoned = h;
+  }
+}
+
+}  // namespace lca

@@ -1,0 +1,173 @@
+// tcache.h++ -- heaps: per-thread caches over spans and arenas, and the domains
+// (MemoryAllocator instances) that own them.
+//
+// A Domain is one independent heap in the C++ sense: the process domain behind
+// malloc, or a `MemoryAllocator alloc;`.  The process domain gives each thread a
+// Heap of its own (thread_local, initial-exec TLS), so a thread's allocations and
+// frees of its own memory touch no lock and no atomic read-modify-write; a free
+// from another thread is one lock-free push onto the span's (or arena's) remote
+// list.  A private domain has one Heap guarded by the domain's mutex.
+// At thread exit the Heap is abandoned to its domain with whatever it still holds;
+// the next new thread adopts it whole, and threads that need memory sweep abandoned
+// heaps for empty chunks first, so memory is not lost when threads come and go.
+#ifndef LCA_TCACHE_HXX
+#define LCA_TCACHE_HXX
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <pthread.h>
+
+#include "arena.h++"
+#include "chunk.h++"
+#include "large.h++"
+#include "report.h++"
+#include "sizeclass.h++"
+#include "span.h++"
+
+namespace lca {
+
+// Per-thread counters: written by the owner with load + store (no RMW), read by
+// anyone summing statistics.
+struct Counter {
+  std::atomic<std::size_t> v{0};
+  void add(std::size_t d) { v.store(v.load(std::memory_order_relaxed) + d, std::memory_order_relaxed); }
+  std::size_t get() const { return v.load(std::memory_order_relaxed); }
+};
+
+struct HeapCounters {
+  Counter class_allocs[kNumClasses];
+  Counter class_frees[kNumClasses];
+  Counter extra_bytes_allocated;  // multislot growth, arena blocks
+  Counter extra_bytes_freed;
+  Counter arena_allocs, arena_frees;
+  Counter remote_small_frees;     // small frees pushed to another heap (counted here)
+  Counter realloc_in_place, realloc_moved, realloc_remapped;
+};
+
+struct Heap {
+  Span* head[kNumClasses];  // current span of each class (a sentinel when none)
+  Span* tail[kNumClasses];
+  Domain* domain;
+  Arena arena;
+  ChunkList span_chunks_avail;  // span chunks with unused slots
+  ChunkList span_chunks_full;
+  std::size_t dirty_slots;      // unused span slots not yet purged
+  Heap* next_in_domain;
+  Heap* next_abandoned;
+  bool abandoned;
+  HeapCounters counters;
+};
+
+struct Domain {
+  constexpr Domain() = default;
+  constexpr explicit Domain(bool thread_heaps) : per_thread(thread_heaps) {}
+  Domain(const Domain&) = delete;
+  Domain& operator=(const Domain&) = delete;
+
+  pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+  bool per_thread = false;
+  ChunkList free_chunks;
+  Heap* heaps = nullptr;
+  Heap* abandoned = nullptr;
+  Heap* single = nullptr;  // private domains
+  LargeCache large{};
+  std::atomic<std::size_t> chunk_bytes{0};
+  // Frees by threads that have no heap in this domain any more (thread exit).
+  std::atomic<std::size_t> orphan_frees{0};
+  std::atomic<std::size_t> orphan_free_bytes{0};
+  Domain* next = nullptr;
+  Domain* prev = nullptr;
+};
+
+extern Domain g_process_domain;
+extern Span g_empty_span;
+extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec")));
+
+// The calling thread's heap in the process domain, created or adopted on first use;
+// nullptr when the OS has no memory for it.
+Heap* heap_for_thread();
+
+// Private domains.
+Domain* domain_create();
+void domain_destroy(Domain* d);
+
+// --- allocation ---------------------------------------------------------
+// Allocation in a heap the caller owns (its thread heap, or a private heap under
+// its domain lock).  `grown` marks a block being made for a realloc that grows.
+void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
+void* heap_alloc_small_slow(Heap* h, unsigned size_class);
+
+// The whole allocate path of a domain (locks a private domain).
+void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment);
+
+// --- free and lookup ------------------------------------------------------
+struct BlockRef {
+  enum class Kind { span, arena, large } kind;
+  ChunkHeader* chunk;  // span and arena blocks
+  Span* span;
+  std::uint32_t index;
+  std::size_t usable;
+  Domain* domain;
+};
+
+// Finds the block that starts at p; reports and aborts on an invalid pointer or a
+// block already freed.  `what` names the operation in the message.
+void block_lookup(const void* p, BlockRef* out, const char* what);
+void free_slow(void* p);
+// free_slow preserving errno: the out-of-line half of every free.
+void free_cold(void* p);
+void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i);
+// Queue upkeep after a local free made a span empty or un-exhausted it.
+void span_after_local_free(Heap* h, Span* s);
+[[noreturn]] void report_span_free_error(const Span* s, const void* p, SpanCheck why);
+
+// Frees any libcalloc block, whichever heap or domain it belongs to.  The inline
+// part handles the common case -- a small object of the calling thread's own span
+// with no flag set -- with no atomic and no call; everything else, errors
+// included, goes to free_cold.
+inline void block_free(void* p) {
+  ChunkHeader* ch = registry_lookup(p);
+  if (__builtin_expect(ch != nullptr && ch->kind == ChunkKind::spans &&
+                           (reinterpret_cast<std::uintptr_t>(p) & 15) == 0 && live_test(p),
+                       1)) {
+    Span* s = span_of(span_chunk_of(ch), p);
+    Heap* h = tls_heap;
+    if (__builtin_expect(s->flags == 0 && s->heap == h, 1)) {
+      live_clear(p);
+      auto* o = static_cast<FreeObject*>(p);
+      o->next = s->free;
+      s->free = o;
+      h->counters.class_frees[s->size_class].add(1);
+      if (__builtin_expect(--s->used == 0, 0) && h->head[s->size_class] != s) span_after_local_free(h, s);
+      return;
+    }
+  }
+  free_cold(p);
+}
+
+// --- realloc ------------------------------------------------------------
+enum class ResizeResult { failed, in_place, moved, remapped };
+// Resizes p (a live block).  When may_move is false, only in-place resizing is
+// tried.  d is the domain a null p allocates from.
+void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how);
+
+// --- maintenance ----------------------------------------------------------
+// Returns empty cached memory of the domain to the OS (and the caller's own heap's).
+void domain_trim(Domain* d);
+
+struct DomainStats {
+  std::size_t total_allocated, total_freed, allocation_count, free_count;
+  std::size_t os_memory_mapped, realloc_in_place, realloc_moved, realloc_remapped;
+  std::size_t large_mappings;
+};
+DomainStats domain_stats(Domain* d);
+
+// fork() support for every domain.
+void domains_prefork();
+void domains_postfork_parent();
+void domains_postfork_child();
+
+}  // namespace lca
+
+#endif

@@ -1,0 +1,112 @@
+# tests/local.mk -- the test suites (included by Makefile.am).
+#
+# make check            unit suites, integration scripts and the short stress tests
+# make check-stress     the stress tests again, at CALLOC_TEST_SCALE=1000 (soak)
+# make check-valgrind   the unit suites under memcheck and helgrind, scale 5
+#
+# Unit suites are Check programs that print TAP on stdout (their main calls
+# srunner_set_tap(sr, "-")), read by automake's tap-driver.sh: every Check test is
+# one PASS/FAIL line, and a nonzero exit status or a crash is an ERROR.  The
+# integration checks are shell scripts run by the plain test-driver: exit 0 passes,
+# 77 skips, anything else fails.  tests/README.md has the conventions.
+
+# One Check program per suite: tests/unit/NAME from tests/unit/NAME.c++.
+calloc_unit_tests = \
+	tests/unit/core \
+	tests/unit/realloc \
+	tests/unit/alignment \
+	tests/unit/capi \
+	tests/unit/threads \
+	tests/unit/errors
+
+tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
+tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
+tests_unit_alignment_SOURCES = tests/unit/alignment.c++ tests/test-util.h++
+tests_unit_capi_SOURCES = tests/unit/capi.c++ tests/test-util.h++
+tests_unit_threads_SOURCES = tests/unit/threads.c++ tests/test-util.h++
+tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
+
+# Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
+# at the default scale, so `make check' runs them too; add each one here.
+calloc_stress_tests =
+
+calloc_script_tests = tests/integration/symbols.sh
+if CALLOC_OVERRIDE
+# LD_PRELOAD only means something when libcalloc.so provides malloc.
+calloc_script_tests += tests/integration/preload.sh
+endif
+EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh
+
+# calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
+# CALLOC_VALGRIND_RUN_RULES in configure.ac).
+if HAVE_CHECK
+check_PROGRAMS += $(calloc_unit_tests) $(calloc_stress_tests)
+TESTS += $(calloc_unit_tests) $(calloc_stress_tests)
+calloc_valgrind_tests = $(calloc_unit_tests)
+else
+calloc_valgrind_tests =
+check_DATA += calloc-need-check
+calloc-need-check:
+	@echo "error: the unit tests need Check (>= 0.10), which configure did not find." >&2
+	@echo "error: install it (scripts/install-deps; Debian package 'check') and run ./configure again." >&2
+	@exit 1
+endif
+TESTS += $(calloc_script_tests)
+
+# Defaults for every test program that does not say otherwise: the test programs
+# link the convenience library statically, so with the override on libcalloc is
+# the program's malloc and operator new, and internals are reachable.
+AM_CPPFLAGS = \
+	$(CHECK_CFLAGS) \
+	-I$(top_srcdir)/include -I$(top_srcdir)/src -I$(top_builddir)
+AM_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+LDADD = src/libcalloc-core.la $(CHECK_LIBS) $(PTHREAD_CFLAGS) $(PTHREAD_LIBS)
+
+# Binaries (no extension): TAP, through build-aux/tap-driver.sh (kept in git:
+# automake does not install it).  Scripts (.sh): exit status, through automake's
+# default SH_LOG_DRIVER, build-aux/test-driver (installed by automake).
+LOG_DRIVER = env AM_TAP_AWK='$(AWK)' $(SHELL) $(top_srcdir)/build-aux/tap-driver.sh
+# Show the suites' "# ..." diagnostic lines (skips, notes) in the console too.
+AM_LOG_DRIVER_FLAGS = --comments
+TEST_EXTENSIONS = .sh
+SH_LOG_COMPILER = $(SHELL)
+
+# CALLOC_TEST_SCALE: percentage applied by heavy tests to their loop counts; taken
+# from the environment, else 100 (5 in a Valgrind run).  The scripts also get
+# absolute top_builddir/top_srcdir and whether the malloc override is built.
+calloc_default_test_scale = 100
+if CALLOC_OVERRIDE
+calloc_override_built = 1
+else
+calloc_override_built = 0
+endif
+AM_TESTS_ENVIRONMENT = \
+	top_builddir='$(abs_top_builddir)'; export top_builddir; \
+	top_srcdir='$(abs_top_srcdir)'; export top_srcdir; \
+	CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-$(calloc_default_test_scale)}; \
+	export CALLOC_TEST_SCALE; \
+	CALLOC_OVERRIDE=$(calloc_override_built); export CALLOC_OVERRIDE;
+
+# make check-stress: the stress programs at a soak scale (CALLOC_TEST_SCALE from
+# the environment, default 1000), results in test-suite-stress.log.
+check-stress: all
+	@if test -z '$(calloc_stress_tests)'; then \
+	  echo "check-stress: no stress programs yet (calloc_stress_tests is empty)"; \
+	else \
+	  CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-1000}; export CALLOC_TEST_SCALE; \
+	  $(MAKE) $(AM_MAKEFLAGS) check-TESTS \
+	    TESTS='$(calloc_stress_tests)' TEST_SUITE_LOG=test-suite-stress.log; \
+	fi
+.PHONY: check-stress calloc-need-check
+MOSTLYCLEANFILES = test-suite-stress.log
+
+# make check-valgrind (memcheck + helgrind), check-valgrind-memcheck, ...:
+# AX_VALGRIND_CHECK (see VALGRIND.md).  The synonym makes Valgrind leave libcalloc's
+# malloc in place instead of substituting its own.
+@VALGRIND_CHECK_RULES@
+@CALLOC_VALGRIND_RUN_RULES@
+VALGRIND_FLAGS = \
+	--num-callers=30 \
+	--soname-synonyms=somalloc=nouserintercepts \
+	--error-exitcode=1
+VALGRIND_SUPPRESSIONS_FILES = $(top_srcdir)/contrib/libcalloc.supp

@@ -1,0 +1,690 @@
+// tests/unit/capi.c++ -- the "capi" suite: the C API (lca_*) and the malloc family
+// libcalloc replaces when the override is on.
+//
+// Basics, calloc zeroing (also of recycled dirty memory) and overflow, impossible
+// sizes, malloc(0), free(NULL) and errno, usable sizes, the lca_* and plain names
+// being one allocator, behaviour under RLIMIT_AS exhaustion (NULL + ENOMEM,
+// std::bad_alloc, memory usable again after freeing), statistics, version, the
+// statistics report and lca_trim.
+//
+// Note: Check's own messaging (every ck_assert) allocates and frees, so counters of
+// the process heap are read before and after a sequence with no ck_assert between.
+#include <custom_alloc/memory_allocator.h++>
+#include <libcalloc.h>
+
+#include <malloc.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config.h"
+
+#include "../test-util.h++"
+
+using custom_alloc::MemoryAllocator;
+using test_util::Failure;
+using test_util::launder;
+using test_util::scaled;
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * 1024;
+
+#ifdef CALLOC_OVERRIDE
+constexpr bool kOverride = true;
+#else
+constexpr bool kOverride = false;
+#endif
+
+lca_stats stats_now() {
+  lca_stats s;
+  lca_get_stats(&s);
+  return s;
+}
+
+// One allocator family: its malloc, free, calloc, realloc and usable-size.
+struct Family {
+  const char* name;
+  void* (*malloc_fn)(std::size_t);
+  void (*free_fn)(void*);
+  void* (*calloc_fn)(std::size_t, std::size_t);
+  void* (*realloc_fn)(void*, std::size_t);
+  std::size_t (*usable_fn)(const void*);
+};
+
+std::size_t plain_usable(const void* p) { return malloc_usable_size(const_cast<void*>(p)); }
+void* plain_malloc(std::size_t n) { return launder(malloc(n)); }
+void plain_free(void* p) { free(launder(p)); }
+void* plain_calloc(std::size_t n, std::size_t s) { return launder(calloc(n, s)); }
+void* plain_realloc(void* p, std::size_t n) { return launder(realloc(launder(p), n)); }
+
+const Family kLca = {"lca_", lca_malloc, lca_free, lca_calloc, lca_realloc, lca_usable_size};
+const Family kPlain = {"plain ", plain_malloc, plain_free, plain_calloc, plain_realloc, plain_usable};
+const Family* const kFamilies[] = {&kLca, &kPlain};
+
+}  // namespace
+
+START_TEST(test_malloc_free_basic) {
+  for (const Family* fam : kFamilies) {
+    std::vector<void*> ps;
+    for (std::size_t size : {1ul, 8ul, 24ul, 64ul, 100ul, 1000ul, 5000ul, 40 * KiB, 100 * KiB, 3 * MiB}) {
+      void* p = fam->malloc_fn(size);
+      ck_assert_msg(p != nullptr, "%smalloc(%zu) returned NULL", fam->name, size);
+      ck_assert_msg(reinterpret_cast<std::uintptr_t>(p) % 16 == 0, "%smalloc(%zu) = %p not 16-aligned", fam->name,
+                    size, p);
+      test_util::fill_pattern(p, size, size);
+      ps.push_back(p);
+    }
+    std::size_t i = 0;
+    for (std::size_t size : {1ul, 8ul, 24ul, 64ul, 100ul, 1000ul, 5000ul, 40 * KiB, 100 * KiB, 3 * MiB}) {
+      ck_assert_msg(test_util::check_pattern(ps[i], size, size) == -1, "%smalloc(%zu): block overwritten", fam->name,
+                    size);
+      fam->free_fn(ps[i++]);
+    }
+  }
+}
+END_TEST
+
+// calloc returns zeroed memory -- also when it recycles a block just filled with
+// junk and freed, in every tier.
+START_TEST(test_calloc_zeroes) {
+  const std::size_t sizes[] = {1, 16, 64, 100, 1000, 4096, 20000, 65536, 200 * KiB, 4 * MiB};
+  const std::size_t rounds = scaled(100);
+  for (const Family* fam : kFamilies) {
+    Failure f;
+    for (std::size_t size : sizes) {
+      for (std::size_t r = 0; r < rounds; r++) {
+        void* dirty = fam->malloc_fn(size);
+        if (dirty == nullptr) {
+          f.note("%smalloc(%zu) failed", fam->name, size);
+          break;
+        }
+        std::memset(dirty, 0xA5, fam->usable_fn(dirty));
+        test_util::escape(dirty);
+        fam->free_fn(dirty);
+        // alternate the split between count and size
+        std::size_t count = (r % 2 == 0 || size % 4 != 0) ? 1 : 4;
+        void* z = fam->calloc_fn(count, size / count);
+        if (z == nullptr) {
+          f.note("%scalloc(%zu, %zu) failed", fam->name, count, size / count);
+          break;
+        }
+        test_util::escape(z);
+        const unsigned char* c = static_cast<const unsigned char*>(z);
+        for (std::size_t k = 0; k < size; k++)
+          if (c[k] != 0) {
+            f.note("%scalloc(%zu, %zu) = %p: byte %zu is 0x%02x, not zero (round %zu)", fam->name, count,
+                   size / count, z, k, c[k], r);
+            break;
+          }
+        fam->free_fn(z);
+      }
+    }
+    ASSERT_NO_FAILURE(f);
+  }
+}
+END_TEST
+
+// calloc(n, size) with n * size overflowing: NULL and ENOMEM.
+START_TEST(test_calloc_overflow) {
+  volatile std::size_t half = SIZE_MAX / 2, max = SIZE_MAX, big = std::size_t{1} << 33;
+  for (const Family* fam : kFamilies) {
+    errno = 0;
+    ck_assert_msg(fam->calloc_fn(half, 3) == nullptr, "%scalloc(SIZE_MAX/2, 3) did not fail", fam->name);
+    ck_assert_int_eq(errno, ENOMEM);
+    errno = 0;
+    ck_assert_msg(fam->calloc_fn(3, half) == nullptr, "%scalloc(3, SIZE_MAX/2) did not fail", fam->name);
+    ck_assert_int_eq(errno, ENOMEM);
+    errno = 0;
+    ck_assert_msg(fam->calloc_fn(max, max) == nullptr, "%scalloc(SIZE_MAX, SIZE_MAX) did not fail", fam->name);
+    ck_assert_int_eq(errno, ENOMEM);
+    errno = 0;
+    ck_assert_msg(fam->calloc_fn(big, big) == nullptr, "%scalloc(2^33, 2^33) did not fail", fam->name);
+    ck_assert_int_eq(errno, ENOMEM);
+  }
+}
+END_TEST
+
+// Impossible sizes fail with NULL and ENOMEM -- including sizes just below SIZE_MAX,
+// where rounding up to a page or a huge page would wrap around.
+START_TEST(test_malloc_huge) {
+  const std::size_t sizes[] = {SIZE_MAX,
+                               SIZE_MAX - 1,
+                               SIZE_MAX - 15,
+                               SIZE_MAX - 4096,
+                               SIZE_MAX - 2 * MiB,
+                               static_cast<std::size_t>(PTRDIFF_MAX),
+                               static_cast<std::size_t>(PTRDIFF_MAX) + 1};
+  for (std::size_t s : sizes) {
+    volatile std::size_t size = s;
+    for (const Family* fam : kFamilies) {
+      errno = 0;
+      void* p = fam->malloc_fn(size);
+      ck_assert_msg(p == nullptr, "%smalloc(%zu) returned %p", fam->name, s, p);
+      ck_assert_msg(errno == ENOMEM, "%smalloc(%zu): errno %d, expected ENOMEM", fam->name, s, errno);
+
+      void* keep = fam->malloc_fn(100);
+      ck_assert_ptr_nonnull(keep);
+      test_util::fill_pattern(keep, 100, 7);
+      errno = 0;
+      void* r = fam->realloc_fn(keep, size);
+      ck_assert_msg(r == nullptr, "%srealloc(p, %zu) returned %p", fam->name, s, r);
+      ck_assert_msg(errno == ENOMEM, "%srealloc(p, %zu): errno %d", fam->name, s, errno);
+      ck_assert_msg(test_util::check_pattern(keep, 100, 7) == -1, "%srealloc failure damaged the block", fam->name);
+      fam->free_fn(keep);
+    }
+    errno = 0;
+    void* p = MemoryAllocator::instance().allocate(size);
+    ck_assert_msg(p == nullptr, "MemoryAllocator::allocate(%zu) returned %p", s, p);
+    ck_assert_int_eq(errno, ENOMEM);
+    MemoryAllocator own;
+    errno = 0;
+    p = own.allocate(size);
+    ck_assert_msg(p == nullptr, "independent heap: allocate(%zu) returned %p", s, p);
+    ck_assert_int_eq(errno, ENOMEM);
+    bool threw = false;
+    try {
+      void* q = ::operator new(size);
+      test_util::escape(q);
+      ::operator delete(q);
+    } catch (const std::bad_alloc&) {
+      threw = true;
+    }
+    ck_assert_msg(threw, "operator new(%zu) did not throw std::bad_alloc", s);
+    ck_assert_ptr_null(launder(::operator new(size, std::nothrow)));
+  }
+}
+END_TEST
+
+// malloc(0) returns a unique non-NULL pointer that can be freed.
+START_TEST(test_malloc_zero) {
+  for (const Family* fam : kFamilies) {
+    std::vector<void*> ps;
+    for (int i = 0; i < 100; i++) {
+      void* p = fam->malloc_fn(0);
+      ck_assert_msg(p != nullptr, "%smalloc(0) returned NULL", fam->name);
+      for (void* q : ps) ck_assert_msg(q != p, "%smalloc(0) returned %p twice", fam->name, p);
+      ps.push_back(p);
+    }
+    for (void* p : ps) fam->free_fn(p);
+    void* z = fam->calloc_fn(0, 0);
+    ck_assert_msg(z != nullptr, "%scalloc(0, 0) returned NULL", fam->name);
+    fam->free_fn(z);
+  }
+}
+END_TEST
+
+// free(NULL) does nothing, and leaves errno alone.
+START_TEST(test_free_null) {
+  errno = ERANGE;
+  lca_free(nullptr);
+  free(launder(static_cast<void*>(nullptr)));
+  MemoryAllocator::instance().deallocate(nullptr);
+  ck_assert_int_eq(errno, ERANGE);
+}
+END_TEST
+
+// free preserves errno, whatever tier the block is in (munmap, madvise must not
+// leak their errno).
+START_TEST(test_free_preserves_errno) {
+  for (const Family* fam : kFamilies) {
+    for (std::size_t size : {16ul, 3000ul, 40 * KiB, 1 * MiB, 16 * MiB}) {
+      void* p = fam->malloc_fn(size);
+      ck_assert_ptr_nonnull(p);
+      test_util::touch_range(p, size, 1);
+      errno = EILSEQ;
+      fam->free_fn(p);
+      int seen = errno;
+      ck_assert_msg(seen == EILSEQ, "%sfree of a %zu-byte block changed errno to %d", fam->name, size, seen);
+    }
+  }
+  // many large frees in a row (the large-mapping cache evicts, the OS is called)
+  std::vector<void*> ps;
+  for (int i = 0; i < 64; i++) ps.push_back(lca_malloc(3 * MiB + static_cast<std::size_t>(i) * 4096));
+  errno = EILSEQ;
+  for (void* p : ps) lca_free(p);
+  ck_assert_int_eq(errno, EILSEQ);
+}
+END_TEST
+
+// The usable size covers the request.
+START_TEST(test_usable_size) {
+  Failure f;
+  for (const Family* fam : kFamilies) {
+    for (std::size_t size = 0; size <= 5000; size++) {
+      void* p = fam->malloc_fn(size);
+      if (p == nullptr) {
+        f.note("%smalloc(%zu) failed", fam->name, size);
+        continue;
+      }
+      std::size_t u = fam->usable_fn(p);
+      if (u < size) f.note("%susable size of a %zu-byte block is %zu", fam->name, size, u);
+      if (u > 0) static_cast<unsigned char*>(p)[u - 1] = 1;  // the usable size is the caller's
+      fam->free_fn(p);
+    }
+    for (std::size_t size : {65535ul, 65536ul, 65537ul, 1 * MiB, 1 * MiB + 1, 5 * MiB + 17}) {
+      void* p = fam->malloc_fn(size);
+      if (p == nullptr) {
+        f.note("%smalloc(%zu) failed", fam->name, size);
+        continue;
+      }
+      std::size_t u = fam->usable_fn(p);
+      if (u < size) f.note("%susable size of a %zu-byte block is %zu", fam->name, size, u);
+      static_cast<unsigned char*>(p)[u - 1] = 1;
+      fam->free_fn(p);
+    }
+  }
+  ASSERT_NO_FAILURE(f);
+  ck_assert_uint_eq(malloc_usable_size(nullptr), 0);
+}
+END_TEST
+
+// With the override on, malloc and lca_malloc are one allocator: blocks cross
+// freely between free, lca_free and MemoryAllocator::instance().  (lca_* and the
+// process heap are one in both builds.)
+START_TEST(test_interop) {
+  auto& heap = MemoryAllocator::instance();
+  void* a = lca_malloc(100);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_uint_ge(heap.get_allocation_size(a), 100);
+  heap.deallocate(a);
+  void* b = heap.allocate(200);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_uint_ge(lca_usable_size(b), 200);
+  b = lca_realloc(b, 50000);
+  ck_assert_ptr_nonnull(b);
+  lca_free(b);
+
+  if (!kOverride) TEST_SKIP("built with --disable-override: malloc is glibc's, no mixing with lca_*");
+
+  // malloc really is libcalloc: the process heap counts it.
+  const lca_stats s0 = stats_now();
+  void* p = launder(malloc(100));
+  const lca_stats s1 = stats_now();
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_eq(s1.allocation_count - s0.allocation_count, 1);
+  ck_assert_uint_ge(lca_usable_size(p), 100);
+  lca_free(p);
+
+  void* q = lca_malloc(300);
+  ck_assert_uint_ge(malloc_usable_size(q), 300);
+  free(launder(q));
+  void* r = launder(malloc(40000));
+  heap.deallocate(r);
+  void* s = heap.allocate(2 * MiB);
+  free(launder(s));
+  void* t = launder(malloc(10));
+  t = lca_realloc(t, 1 * MiB);
+  ck_assert_ptr_nonnull(t);
+  t = launder(realloc(launder(t), 10));
+  ck_assert_ptr_nonnull(t);
+  lca_free(t);
+  char* n = new char[1000];
+  ck_assert_uint_ge(lca_usable_size(n), 1000);
+  delete[] n;
+}
+END_TEST
+
+namespace {
+
+// A growable list of pointers kept outside the heap under test, so that recording a
+// block never allocates (the array is mapped before the limit is set).
+struct PtrArray {
+  void** items = nullptr;
+  std::size_t count = 0, capacity = 0;
+  explicit PtrArray(std::size_t cap) : capacity(cap) {
+    void* m = mmap(nullptr, cap * sizeof(void*), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    items = m == MAP_FAILED ? nullptr : static_cast<void**>(m);
+  }
+  ~PtrArray() {
+    if (items != nullptr) munmap(items, capacity * sizeof(void*));
+  }
+  bool push(void* p) {
+    if (count == capacity) return false;
+    items[count++] = p;
+    return true;
+  }
+};
+
+struct Limit {
+  rlimit saved{};
+  bool set = false;
+  // RLIMIT_AS = current VmSize + headroom (the soft limit only, so it can be restored).
+  bool apply(std::size_t headroom) {
+    if (getrlimit(RLIMIT_AS, &saved) != 0) return false;
+    rlimit l = saved;
+    l.rlim_cur = test_util::mapped_bytes() + headroom;
+    if (saved.rlim_max != RLIM_INFINITY && l.rlim_cur > saved.rlim_max) return false;
+    set = setrlimit(RLIMIT_AS, &l) == 0;
+    return set;
+  }
+  void restore() {
+    if (set) setrlimit(RLIMIT_AS, &saved);
+    set = false;
+  }
+};
+
+// Allocates blocks of `size` until NULL (or the array is full); every NULL must come
+// with ENOMEM.  Returns the number of successes.
+std::size_t fill_until_null(const Family& fam, std::size_t size, PtrArray& ptrs, Failure& f) {
+  std::size_t ok = 0;
+  for (;;) {
+    errno = 0;
+    void* p = fam.malloc_fn(size);
+    if (p == nullptr) {
+      if (errno != ENOMEM) f.note("%smalloc(%zu) returned NULL with errno %d, not ENOMEM", fam.name, size, errno);
+      // a few more attempts: still NULL/ENOMEM or a success, never a crash
+      for (int k = 0; k < 3; k++) {
+        errno = 0;
+        void* q = fam.malloc_fn(size);
+        if (q == nullptr && errno != ENOMEM)
+          f.note("%smalloc(%zu) (again) returned NULL with errno %d", fam.name, size, errno);
+        if (q != nullptr && !ptrs.push(q)) fam.free_fn(q);
+      }
+      return ok;
+    }
+    static_cast<volatile unsigned char*>(p)[0] = 1;
+    static_cast<volatile unsigned char*>(p)[size - 1] = 1;
+    ok++;
+    if (!ptrs.push(p)) {
+      fam.free_fn(p);
+      f.note("%smalloc(%zu) never failed within the limit (%zu blocks)", fam.name, size, ok);
+      return ok;
+    }
+  }
+}
+
+void free_all(const Family& fam, PtrArray& ptrs) {
+  for (std::size_t i = 0; i < ptrs.count; i++) fam.free_fn(ptrs.items[i]);
+  ptrs.count = 0;
+}
+
+}  // namespace
+
+// RLIMIT_AS exhaustion: with the address space capped at VmSize + 64 MiB, blocks of
+// 1 MiB, then 32 KiB, then 64 B are allocated until NULL; every NULL has errno
+// ENOMEM, nothing crashes, and after everything is freed (nothing raised) the memory
+// serves allocations again and the heap counts no leftover block.
+START_TEST(test_rlimit_as_exhaustion) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind RLIMIT_AS would cap Valgrind's own memory too");
+  struct Round {
+    std::size_t size, min_successes;
+  };
+  const Round rounds[] = {{1 * MiB, 8}, {32 * KiB, 256}, {64, 10000}};
+  PtrArray ptrs(4 * 1024 * 1024);
+  ck_assert_ptr_nonnull(ptrs.items);
+  std::size_t successes[2][3] = {};
+  std::size_t after_free_ok[2][3] = {};
+  std::size_t active_before = 0, active_after = 0;
+  Failure f;
+
+  // warm up every tier before measuring
+  for (const Round& r : rounds) lca_free(lca_malloc(r.size));
+  free(launder(malloc(64)));
+  active_before = stats_now().active_allocations;
+
+  Limit limit;
+  ck_assert_msg(limit.apply(64 * MiB), "setrlimit(RLIMIT_AS) failed: %s", std::strerror(errno));
+  for (int fi = 0; fi < 2; fi++) {
+    const Family& fam = *kFamilies[fi];
+    for (int ri = 0; ri < 3; ri++) {
+      successes[fi][ri] = fill_until_null(fam, rounds[ri].size, ptrs, f);
+      free_all(fam, ptrs);
+      // the memory is usable again: a good share of the same blocks fit once more
+      for (std::size_t k = 0; k < rounds[ri].min_successes; k++) {
+        void* p = fam.malloc_fn(rounds[ri].size);
+        if (p == nullptr) break;
+        after_free_ok[fi][ri]++;
+        ptrs.push(p);
+      }
+      free_all(fam, ptrs);
+    }
+  }
+  // and small blocks work after all that
+  std::size_t small_ok = 0;
+  for (int k = 0; k < 1000; k++) {
+    void* p = lca_malloc(48);
+    if (p != nullptr) small_ok++;
+    ptrs.push(p);
+  }
+  free_all(kLca, ptrs);
+  active_after = stats_now().active_allocations;
+  limit.restore();
+
+  ASSERT_NO_FAILURE(f);
+  for (int fi = 0; fi < 2; fi++)
+    for (int ri = 0; ri < 3; ri++) {
+      ck_assert_msg(successes[fi][ri] >= rounds[ri].min_successes,
+                    "%smalloc(%zu): only %zu blocks fitted in 64 MiB of address space", kFamilies[fi]->name,
+                    rounds[ri].size, successes[fi][ri]);
+      ck_assert_msg(after_free_ok[fi][ri] == rounds[ri].min_successes,
+                    "%smalloc(%zu): after freeing everything only %zu of %zu blocks could be allocated again",
+                    kFamilies[fi]->name, rounds[ri].size, after_free_ok[fi][ri], rounds[ri].min_successes);
+    }
+  ck_assert_uint_eq(small_ok, 1000);
+  ck_assert_msg(active_after == active_before, "active allocations %zu after freeing everything, %zu before",
+                active_after, active_before);
+}
+END_TEST
+
+// Memory freed in one size class serves another: after 64-byte blocks exhaust the
+// address space and are all freed, 1 MiB and 32 KiB blocks can be allocated.
+START_TEST(test_rlimit_as_reuse_across_sizes) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind RLIMIT_AS would cap Valgrind's own memory too");
+  PtrArray ptrs(4 * 1024 * 1024);
+  ck_assert_ptr_nonnull(ptrs.items);
+  lca_free(lca_malloc(64));
+  lca_free(lca_malloc(1 * MiB));
+  Failure f;
+  Limit limit;
+  ck_assert_msg(limit.apply(64 * MiB), "setrlimit(RLIMIT_AS) failed");
+  std::size_t small = fill_until_null(kLca, 64, ptrs, f);
+  free_all(kLca, ptrs);
+  void* big = lca_malloc(1 * MiB);
+  void* medium = lca_malloc(32 * KiB);
+  const int big_errno = errno;
+  lca_free(big);
+  lca_free(medium);
+  std::size_t medium_small = fill_until_null(kLca, 32 * KiB, ptrs, f);
+  free_all(kLca, ptrs);
+  void* big2 = lca_malloc(1 * MiB);
+  lca_free(big2);
+  limit.restore();
+  ASSERT_NO_FAILURE(f);
+  ck_assert_uint_ge(small, 10000);
+  ck_assert_msg(big != nullptr, "after %zu 64-byte blocks were allocated and all freed, malloc(1 MiB) failed (errno %d)",
+                small, big_errno);
+  ck_assert_ptr_nonnull(medium);
+  ck_assert_uint_ge(medium_small, 256);
+  ck_assert_msg(big2 != nullptr, "after %zu 32 KiB blocks were allocated and all freed, malloc(1 MiB) failed",
+                medium_small);
+}
+END_TEST
+
+namespace {
+int new_handler_calls = 0;
+void counting_new_handler() {
+  // first call: pretend to free something and retry; second: give up
+  if (++new_handler_calls >= 2) std::set_new_handler(nullptr);
+}
+}  // namespace
+
+// Under exhaustion operator new calls the new-handler, then throws std::bad_alloc;
+// the nothrow forms return nullptr; nothing crashes.
+START_TEST(test_rlimit_as_operator_new) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind RLIMIT_AS would cap Valgrind's own memory too");
+  PtrArray ptrs(1 << 20);
+  ck_assert_ptr_nonnull(ptrs.items);
+  Failure f;
+  Limit limit;
+  ck_assert_msg(limit.apply(64 * MiB), "setrlimit(RLIMIT_AS) failed");
+  fill_until_null(kPlain, 1 * MiB, ptrs, f);  // 1 MiB blocks no longer fit
+
+  volatile std::size_t mib = 1 * MiB;
+  bool threw = false, threw_array = false, threw_aligned = false;
+  try {
+    test_util::escape(::operator new(mib));
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  try {
+    test_util::escape(::operator new[](mib));
+  } catch (const std::bad_alloc&) {
+    threw_array = true;
+  }
+  try {
+    test_util::escape(::operator new(mib, std::align_val_t(4096)));
+  } catch (const std::bad_alloc&) {
+    threw_aligned = true;
+  }
+  void* nothrow1 = launder(::operator new(mib, std::nothrow));
+  void* nothrow2 = launder(::operator new[](mib, std::nothrow));
+  void* nothrow3 = launder(::operator new(mib, std::align_val_t(64), std::nothrow));
+  std::set_new_handler(counting_new_handler);
+  bool threw_after_handler = false;
+  try {
+    test_util::escape(::operator new(mib));
+  } catch (const std::bad_alloc&) {
+    threw_after_handler = true;
+  }
+  std::set_new_handler(nullptr);
+  free_all(kPlain, ptrs);
+  // after freeing, new works again
+  void* again = nullptr;
+  try {
+    again = ::operator new(mib);
+  } catch (const std::bad_alloc&) {
+  }
+  ::operator delete(again);
+  limit.restore();
+
+  ASSERT_NO_FAILURE(f);
+  ck_assert_msg(threw, "operator new(1 MiB) did not throw under exhaustion");
+  ck_assert_msg(threw_array, "operator new[](1 MiB) did not throw under exhaustion");
+  ck_assert_msg(threw_aligned, "operator new(1 MiB, align 4096) did not throw under exhaustion");
+  ck_assert_ptr_null(nothrow1);
+  ck_assert_ptr_null(nothrow2);
+  ck_assert_ptr_null(nothrow3);
+  ck_assert_msg(threw_after_handler, "operator new did not throw after the new-handler gave up");
+  ck_assert_msg(new_handler_calls == 2, "the new-handler was called %d times, expected 2 (retry, then give up)",
+                new_handler_calls);
+  ck_assert_msg(again != nullptr, "operator new(1 MiB) failed after everything was freed");
+}
+END_TEST
+
+// lca_get_stats reflects one allocation and one free (through malloc with the
+// override, always through lca_malloc).
+START_TEST(test_stats_reflect_malloc) {
+  void* (*alloc_fns[2])(std::size_t) = {lca_malloc, plain_malloc};
+  void (*free_fns[2])(void*) = {lca_free, plain_free};
+  for (int i = 0; i < (kOverride ? 2 : 1); i++) {
+    const lca_stats s0 = stats_now();
+    void* p = alloc_fns[i](1000);
+    const lca_stats s1 = stats_now();
+    const std::size_t usable = lca_usable_size(p);
+    free_fns[i](p);
+    const lca_stats s2 = stats_now();
+    void* big = alloc_fns[i](1 * MiB);
+    const lca_stats s3 = stats_now();
+    free_fns[i](big);
+    const lca_stats s4 = stats_now();
+
+    const char* how = i == 0 ? "lca_malloc" : "malloc";
+    ck_assert_ptr_nonnull(p);
+    ck_assert_msg(s1.allocation_count - s0.allocation_count == 1, "%s: allocation_count moved by %zu", how,
+                  s1.allocation_count - s0.allocation_count);
+    ck_assert_uint_eq(s1.active_allocations - s0.active_allocations, 1);
+    ck_assert_uint_eq(s1.total_allocated - s0.total_allocated, usable);
+    ck_assert_uint_ge(s1.os_memory_mapped, usable);
+    ck_assert_uint_eq(s2.free_count - s1.free_count, 1);
+    ck_assert_uint_eq(s2.total_freed - s1.total_freed, usable);
+    ck_assert_uint_eq(s2.active_allocations, s0.active_allocations);
+    ck_assert_uint_eq(s3.large_mappings - s2.large_mappings, 1);
+    ck_assert_uint_eq(s4.large_mappings, s2.large_mappings);
+    ck_assert_uint_eq(s4.active_allocations, s0.active_allocations);
+    ck_assert_uint_le(s3.fragmentation_bytes, s3.os_memory_mapped);
+  }
+  if (!kOverride) TEST_SKIP("built with --disable-override: malloc is glibc's, only lca_malloc was checked");
+}
+END_TEST
+
+START_TEST(test_version) {
+  const char* v = lca_version();
+  ck_assert_ptr_nonnull(v);
+  ck_assert_uint_gt(std::strlen(v), 0);
+  ck_assert_str_eq(v, PACKAGE_VERSION);
+}
+END_TEST
+
+// lca_print_stats(fd) writes a non-empty report.
+START_TEST(test_print_stats) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  void* p = lca_malloc(12345);
+  std::string report;
+  std::thread reader([&] { test_util::slurp_fd(fds[0], report); });
+  lca_print_stats(fds[1]);
+  close(fds[1]);
+  reader.join();
+  close(fds[0]);
+  lca_free(p);
+  ck_assert_msg(!report.empty(), "lca_print_stats wrote nothing");
+  ck_assert_msg(report.find('\n') != std::string::npos, "the report is not a text with lines: \"%s\"",
+                report.c_str());
+}
+END_TEST
+
+// lca_trim returns cached memory: mapped bytes do not grow, and the heap still works.
+START_TEST(test_trim) {
+  std::vector<void*> ps;
+  for (int i = 0; i < 20000; i++) ps.push_back(lca_malloc(1000));
+  for (int i = 0; i < 32; i++) ps.push_back(lca_malloc(1 * MiB));
+  for (void* p : ps) lca_free(p);
+  const lca_stats before = stats_now();
+  lca_trim();
+  const lca_stats after = stats_now();
+  ck_assert_uint_le(after.os_memory_mapped, before.os_memory_mapped);
+  ck_assert_uint_eq(after.active_allocations, before.active_allocations);
+  void* p = lca_malloc(1000);
+  void* q = lca_malloc(1 * MiB);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_ptr_nonnull(q);
+  std::memset(p, 1, 1000);
+  std::memset(q, 1, MiB);
+  lca_free(p);
+  lca_free(q);
+}
+END_TEST
+
+int main() {
+  TCase* tc;
+  Suite* s = test_util::make_suite("capi", &tc);
+  tcase_add_test(tc, test_malloc_free_basic);
+  tcase_add_test(tc, test_calloc_zeroes);
+  tcase_add_test(tc, test_calloc_overflow);
+  tcase_add_test(tc, test_malloc_huge);
+  tcase_add_test(tc, test_malloc_zero);
+  tcase_add_test(tc, test_free_null);
+  tcase_add_test(tc, test_free_preserves_errno);
+  tcase_add_test(tc, test_usable_size);
+  tcase_add_test(tc, test_interop);
+  tcase_add_test(tc, test_rlimit_as_exhaustion);
+  tcase_add_test(tc, test_rlimit_as_reuse_across_sizes);
+  tcase_add_test(tc, test_rlimit_as_operator_new);
+  tcase_add_test(tc, test_stats_reflect_malloc);
+  tcase_add_test(tc, test_version);
+  tcase_add_test(tc, test_print_stats);
+  tcase_add_test(tc, test_trim);
+  return test_util::run_suite(s);
+}

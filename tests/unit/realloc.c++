@@ -1,0 +1,377 @@
+// tests/unit/realloc.c++ -- the "realloc" suite: MemoryAllocator::reallocate,
+// try_realloc_inplace and lca_realloc / lca_reallocarray.
+//
+// The request's tests (TURN 4: InPlaceGrowth, VectorGrowth) plus the realloc
+// contract: NULL and 0 arguments with glibc semantics, shrinking in place, data kept
+// across every tier (slab -> arena -> large mapping), large blocks grown by mremap
+// without a copy, try_realloc_inplace refusing cleanly, same-size realloc a no-op,
+// and reallocarray overflow.
+#include <custom_alloc/memory_allocator.h++>
+#include <libcalloc.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../test-util.h++"
+
+using custom_alloc::MemoryAllocator;
+using test_util::Failure;
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * 1024;
+
+// The realloc counters of a heap, or of the process heap through lca_get_stats.
+struct ReallocCounts {
+  std::size_t in_place, moved, remapped;
+};
+ReallocCounts counts_of(const MemoryAllocator& heap) {
+  auto s = heap.get_stats();
+  return {s.realloc_in_place, s.realloc_moved, s.realloc_remapped};
+}
+ReallocCounts process_counts() {
+  lca_stats s;
+  lca_get_stats(&s);
+  return {s.realloc_in_place, s.realloc_moved, s.realloc_remapped};
+}
+
+}  // namespace
+
+// Realloc.InPlaceGrowth, as in the request.
+START_TEST(test_in_place_growth) {
+  MemoryAllocator alloc;
+
+  void* ptr = alloc.allocate(1024);
+  ck_assert_ptr_nonnull(ptr);
+  void* orig_ptr = ptr;
+  std::memset(ptr, 0xAA, 1024);
+
+  ptr = alloc.reallocate(ptr, 2048);
+  ck_assert_ptr_nonnull(ptr);
+  ck_assert_ptr_eq(ptr, orig_ptr);  // same address
+  for (int i = 0; i < 1024; i++) ck_assert_int_eq(static_cast<char*>(ptr)[i], static_cast<char>(0xAA));
+  ck_assert_uint_ge(alloc.get_allocation_size(ptr), 2048);
+
+  alloc.deallocate(ptr);
+}
+END_TEST
+
+// Realloc.VectorGrowth: a vector of ints grown by doubling from 10 to 1000 elements;
+// at least half of the growths keep the address, and the heap's realloc_in_place
+// counter agrees with what the test saw.
+START_TEST(test_vector_growth) {
+  struct CustomVector {
+    void* data = nullptr;
+    std::size_t size = 0;
+    std::size_t capacity = 0;
+    MemoryAllocator& alloc;
+    int growths = 0;        // reallocations of an existing buffer
+    int same_address = 0;   // ... that kept the address
+    bool failed = false;
+
+    void push_back(int val) {
+      if (size == capacity) {
+        std::size_t new_cap = capacity == 0 ? 10 : capacity * 2;
+        void* new_data = alloc.reallocate(data, new_cap * sizeof(int));
+        if (new_data == nullptr) {
+          failed = true;
+          return;
+        }
+        if (data != nullptr) {
+          growths++;
+          if (new_data == data) same_address++;
+        }
+        data = new_data;
+        capacity = new_cap;
+      }
+      static_cast<int*>(data)[size++] = val;
+    }
+  };
+
+  MemoryAllocator alloc;
+  const ReallocCounts before = counts_of(alloc);
+  CustomVector vec{nullptr, 0, 0, alloc};
+  for (int i = 0; i < 1000 && !vec.failed; i++) vec.push_back(i);
+  ck_assert_msg(!vec.failed, "reallocate returned nullptr");
+  for (int i = 0; i < 1000; i++) ck_assert_int_eq(static_cast<int*>(vec.data)[i], i);
+
+  const ReallocCounts after = counts_of(alloc);
+  ck_assert_int_eq(vec.growths, 7);  // 10 -> 20 -> ... -> 1280
+  ck_assert_msg(vec.same_address * 2 >= vec.growths, "only %d of %d growths were in place", vec.same_address,
+                vec.growths);
+  ck_assert_uint_eq(after.in_place - before.in_place, static_cast<std::size_t>(vec.same_address));
+  ck_assert_uint_eq((after.in_place - before.in_place) + (after.moved - before.moved) +
+                        (after.remapped - before.remapped),
+                    static_cast<std::size_t>(vec.growths));
+  alloc.deallocate(vec.data);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// realloc(NULL, n) allocates.
+START_TEST(test_realloc_null) {
+  void* p = lca_realloc(nullptr, 100);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_ge(lca_usable_size(p), 100);
+  std::memset(p, 1, 100);
+  lca_free(p);
+
+  MemoryAllocator alloc;
+  void* q = alloc.reallocate(nullptr, 5000);
+  ck_assert_ptr_nonnull(q);
+  ck_assert_uint_ge(alloc.get_allocation_size(q), 5000);
+  ck_assert_uint_eq(alloc.get_stats().allocation_count.load(), 1);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 1);
+  std::memset(q, 1, 5000);
+  alloc.deallocate(q);
+}
+END_TEST
+
+// realloc(p, 0) frees p and returns NULL (glibc semantics).
+START_TEST(test_realloc_to_zero) {
+  for (std::size_t size : {64ul, 20 * KiB, 1 * MiB}) {
+    void* p = lca_malloc(size);
+    ck_assert_ptr_nonnull(p);
+    lca_stats before;
+    lca_get_stats(&before);
+    void* r = lca_realloc(p, 0);
+    ck_assert_msg(r == nullptr, "lca_realloc(p of %zu, 0) returned %p, expected NULL", size, r);
+    lca_stats after;
+    lca_get_stats(&after);
+    ck_assert_uint_eq(after.free_count - before.free_count, 1);
+    ck_assert_uint_eq(before.active_allocations - after.active_allocations, 1);
+
+    MemoryAllocator alloc;
+    void* q = alloc.allocate(size);
+    ck_assert_ptr_nonnull(q);
+    void* r2 = alloc.reallocate(q, 0);
+    ck_assert_msg(r2 == nullptr, "reallocate(p of %zu, 0) returned %p, expected nullptr", size, r2);
+    ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 0);
+    ck_assert_uint_eq(alloc.get_stats().free_count.load(), 1);
+  }
+}
+END_TEST
+
+// Shrinking an arena block or a large block keeps its address and its data.
+START_TEST(test_shrink_in_place) {
+  struct Case {
+    std::size_t from, to;
+  };
+  const Case cases[] = {{40 * KiB, 20 * KiB}, {60 * KiB, 8 * KiB}, {200 * KiB, 100 * KiB},
+                        {1 * MiB, 512 * KiB}, {8 * MiB, 3 * MiB}};
+  MemoryAllocator alloc;
+  for (const Case& c : cases) {
+    for (int api = 0; api < 2; api++) {
+      void* p = api == 0 ? alloc.allocate(c.from) : lca_malloc(c.from);
+      ck_assert_ptr_nonnull(p);
+      test_util::fill_pattern(p, c.from, c.from);
+      void* q = api == 0 ? alloc.reallocate(p, c.to) : lca_realloc(p, c.to);
+      const char* how = api == 0 ? "reallocate" : "lca_realloc";
+      ck_assert_msg(q == p, "%s(%zu -> %zu) moved the block from %p to %p", how, c.from, c.to, p, q);
+      long bad = test_util::check_pattern(q, c.to, c.from);
+      ck_assert_msg(bad < 0, "%s(%zu -> %zu) lost data at offset %ld", how, c.from, c.to, bad);
+      std::size_t usable = api == 0 ? alloc.get_allocation_size(q) : lca_usable_size(q);
+      ck_assert_uint_ge(usable, c.to);
+      ck_assert_msg(usable < c.from, "%s(%zu -> %zu): usable size still %zu: nothing was released", how, c.from,
+                    c.to, usable);
+      if (api == 0)
+        alloc.deallocate(q);
+      else
+        lca_free(q);
+    }
+  }
+  ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// Growing keeps the data through every tier: 16 B slab -> 2 KiB -> 40 KiB arena ->
+// 200 KiB large -> 50 MiB large.
+START_TEST(test_grow_across_tiers) {
+  const std::size_t steps[] = {16, 2 * KiB, 40 * KiB, 200 * KiB, 50 * MiB};
+  MemoryAllocator alloc;
+  for (int api = 0; api < 2; api++) {
+    const char* how = api == 0 ? "reallocate" : "lca_realloc";
+    unsigned char* p = static_cast<unsigned char*>(api == 0 ? alloc.allocate(steps[0]) : lca_malloc(steps[0]));
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, steps[0], 99);
+    std::size_t filled = steps[0];
+    for (std::size_t i = 1; i < sizeof steps / sizeof steps[0]; i++) {
+      unsigned char* q = static_cast<unsigned char*>(api == 0 ? alloc.reallocate(p, steps[i]) : lca_realloc(p, steps[i]));
+      ck_assert_msg(q != nullptr, "%s(%zu -> %zu) failed", how, steps[i - 1], steps[i]);
+      long bad = test_util::check_pattern(q, filled, 99);
+      ck_assert_msg(bad < 0, "%s(%zu -> %zu): byte %ld of the old contents changed", how, steps[i - 1], steps[i], bad);
+      std::size_t usable = api == 0 ? alloc.get_allocation_size(q) : lca_usable_size(q);
+      ck_assert_uint_ge(usable, steps[i]);
+      // extend the pattern over the new part
+      test_util::fill_pattern(q, steps[i], 99);
+      filled = steps[i];
+      p = q;
+    }
+    long bad = test_util::check_pattern(p, filled, 99);
+    ck_assert_msg(bad < 0, "%s: final block corrupted at %ld", how, bad);
+    if (api == 0)
+      alloc.deallocate(p);
+    else
+      lca_free(p);
+  }
+}
+END_TEST
+
+// A large block (8 MiB, patterned) grown to 64, 128 and 256 MiB keeps its data and is
+// never copied: every step counts as realloc_remapped or realloc_in_place.
+START_TEST(test_large_grow_no_copy) {
+  const std::size_t steps[] = {8 * MiB, 64 * MiB, 128 * MiB, 256 * MiB};
+  constexpr std::size_t kSteps = sizeof steps / sizeof steps[0];
+  MemoryAllocator alloc;
+  for (int api = 0; api < 2; api++) {
+    const char* how = api == 0 ? "reallocate" : "lca_realloc";
+    const ReallocCounts before = api == 0 ? counts_of(alloc) : process_counts();
+    void* p = api == 0 ? alloc.allocate(steps[0]) : lca_malloc(steps[0]);
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, steps[0], 8);
+    for (std::size_t i = 1; i < kSteps; i++) {
+      // mark one byte per 64 pages of the part added by the previous step
+      void* q = api == 0 ? alloc.reallocate(p, steps[i]) : lca_realloc(p, steps[i]);
+      ck_assert_msg(q != nullptr, "%s(%zu MiB -> %zu MiB) failed", how, steps[i - 1] / MiB, steps[i] / MiB);
+      long bad = test_util::check_pattern(q, steps[0], 8);
+      ck_assert_msg(bad < 0, "%s(%zu MiB -> %zu MiB) lost data at offset %ld", how, steps[i - 1] / MiB,
+                    steps[i] / MiB, bad);
+      unsigned char* c = static_cast<unsigned char*>(q);
+      for (std::size_t k = 1; k < i; k++)
+        for (std::size_t off = steps[k - 1]; off < steps[k]; off += 64 * 4096)
+          ck_assert_msg(c[off] == static_cast<unsigned char>(k), "%s: grown part at offset %zu lost its mark", how,
+                        off);
+      for (std::size_t off = steps[i - 1]; off < steps[i]; off += 64 * 4096) c[off] = static_cast<unsigned char>(i);
+      c[steps[i] - 1] = 1;  // the whole new size is writable
+      p = q;
+    }
+    const ReallocCounts after = api == 0 ? counts_of(alloc) : process_counts();
+    ck_assert_msg(after.moved == before.moved, "%s: %zu of the %zu growths copied the block", how,
+                  after.moved - before.moved, kSteps - 1);
+    ck_assert_uint_eq((after.remapped - before.remapped) + (after.in_place - before.in_place), kSteps - 1);
+    if (api == 0)
+      alloc.deallocate(p);
+    else
+      lca_free(p);
+  }
+}
+END_TEST
+
+// try_realloc_inplace resizes without moving, or returns nullptr and leaves the
+// block exactly as it was.
+START_TEST(test_try_realloc_inplace) {
+  MemoryAllocator alloc;
+  // A slab object cannot grow past its class into a large block in place.
+  void* p = alloc.allocate(64);
+  void* neighbour = alloc.allocate(64);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_ptr_nonnull(neighbour);
+  test_util::fill_pattern(p, 64, 1);
+  test_util::fill_pattern(neighbour, 64, 2);
+  const std::size_t usable = alloc.get_allocation_size(p);
+  const auto s0 = alloc.get_stats();
+
+  void* r = alloc.try_realloc_inplace(p, 100 * KiB);
+  ck_assert_msg(r == nullptr, "try_realloc_inplace(64-byte block, 100 KiB) returned %p, expected nullptr", r);
+  // An impossible size is refused too, without side effects.
+  r = alloc.try_realloc_inplace(p, SIZE_MAX / 2);
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(test_util::check_pattern(p, 64, 1), -1);
+  ck_assert_int_eq(test_util::check_pattern(neighbour, 64, 2), -1);
+  ck_assert_uint_eq(alloc.get_allocation_size(p), usable);
+  const auto s1 = alloc.get_stats();
+  ck_assert_uint_eq(s1.active_allocations, s0.active_allocations);
+  ck_assert_uint_eq(s1.allocation_count, s0.allocation_count);
+  ck_assert_uint_eq(s1.free_count, s0.free_count);
+
+  // Within the block's own class it succeeds and returns the same pointer.
+  r = alloc.try_realloc_inplace(p, 50);
+  ck_assert_ptr_eq(r, p);
+  ck_assert_int_eq(test_util::check_pattern(p, 50, 1), -1);
+
+  // An arena block shrinks in place.
+  void* m = alloc.allocate(40 * KiB);
+  ck_assert_ptr_nonnull(m);
+  test_util::fill_pattern(m, 40 * KiB, 3);
+  r = alloc.try_realloc_inplace(m, 20 * KiB);
+  ck_assert_ptr_eq(r, m);
+  ck_assert_int_eq(test_util::check_pattern(m, 20 * KiB, 3), -1);
+  ck_assert_uint_ge(alloc.get_allocation_size(m), 20 * KiB);
+
+  alloc.deallocate(p);
+  alloc.deallocate(neighbour);
+  alloc.deallocate(m);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// Realloc to the same size returns the same pointer, in every tier.
+START_TEST(test_realloc_same_size) {
+  MemoryAllocator alloc;
+  for (std::size_t size : {16ul, 64ul, 1000ul, 2 * KiB, 40 * KiB, 1 * MiB, 8 * MiB}) {
+    void* p = alloc.allocate(size);
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, size, size);
+    void* q = alloc.reallocate(p, size);
+    ck_assert_msg(q == p, "reallocate(p of %zu, %zu) moved it from %p to %p", size, size, p, q);
+    ck_assert_int_eq(test_util::check_pattern(q, size, size), -1);
+    alloc.deallocate(q);
+
+    p = lca_malloc(size);
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, size, size);
+    q = lca_realloc(p, size);
+    ck_assert_msg(q == p, "lca_realloc(p of %zu, %zu) moved it from %p to %p", size, size, p, q);
+    ck_assert_int_eq(test_util::check_pattern(q, size, size), -1);
+    lca_free(q);
+  }
+}
+END_TEST
+
+// reallocarray(p, n, size) with n * size overflowing: NULL, errno ENOMEM, p intact.
+START_TEST(test_reallocarray_overflow) {
+  void* p = lca_malloc(100);
+  ck_assert_ptr_nonnull(p);
+  test_util::fill_pattern(p, 100, 5);
+  errno = 0;
+  void* r = lca_reallocarray(p, SIZE_MAX / 2, 3);
+  ck_assert_ptr_null(r);
+  ck_assert_int_eq(errno, ENOMEM);
+  ck_assert_int_eq(test_util::check_pattern(p, 100, 5), -1);
+  // and a valid reallocarray works
+  r = lca_reallocarray(p, 50, 4);
+  ck_assert_ptr_nonnull(r);
+  ck_assert_int_eq(test_util::check_pattern(r, 100, 5), -1);
+  ck_assert_uint_ge(lca_usable_size(r), 200);
+  lca_free(r);
+
+  void* q = test_util::launder(std::malloc(100));
+  ck_assert_ptr_nonnull(q);
+  errno = 0;
+  volatile std::size_t huge = SIZE_MAX / 2;
+  void* r2 = test_util::launder(reallocarray(test_util::launder(q), huge, 3));
+  ck_assert_ptr_null(r2);
+  ck_assert_int_eq(errno, ENOMEM);
+  std::free(q);  // still ours: the failed reallocarray left it alone
+}
+END_TEST
+
+int main() {
+  TCase* tc;
+  Suite* s = test_util::make_suite("realloc", &tc);
+  tcase_add_test(tc, test_in_place_growth);
+  tcase_add_test(tc, test_vector_growth);
+  tcase_add_test(tc, test_realloc_null);
+  tcase_add_test(tc, test_realloc_to_zero);
+  tcase_add_test(tc, test_shrink_in_place);
+  tcase_add_test(tc, test_grow_across_tiers);
+  tcase_add_test(tc, test_large_grow_no_copy);
+  tcase_add_test(tc, test_try_realloc_inplace);
+  tcase_add_test(tc, test_realloc_same_size);
+  tcase_add_test(tc, test_reallocarray_overflow);
+  return test_util::run_suite(s);
+}
