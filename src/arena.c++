@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "config.h"
 #include "report.h++"
 
 namespace lca {
@@ -144,6 +145,17 @@ inline std::size_t block_size_for(std::size_t request) {
   return s < kArenaMinBlock ? kArenaMinBlock : s;
 }
 
+// Debug builds: the tags around a block must agree with each other.
+void debug_check_block([[maybe_unused]] BlockTag* b) {
+#if CALLOC_DEBUG
+  std::size_t size = block_size(b);
+  BlockTag* n = next_block(b);
+  if (size < kArenaMinBlock || (size & 15) || is_prev_free(n) != is_free(b) ||
+      (is_free(b) && n->prev_size != size))
+    report_fatal("Internal error", payload(b), "arena boundary tags disagree (heap corrupted by an overflow?)");
+#endif
+}
+
 }  // namespace
 
 void arena_add_chunk(Arena* a, ArenaChunk* c) {
@@ -196,6 +208,7 @@ void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
   next_block(b)->size_flags &= ~kPrevFree;
   split_tail(a, c, b, need);
   set_live(c, payload(b));
+  debug_check_block(b);
   return payload(b);
 }
 
@@ -241,6 +254,7 @@ std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
   }
   mark_free(b);
   insert_free(a, b);
+  debug_check_block(b);
   return usable;
 }
 

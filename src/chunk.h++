@@ -46,21 +46,27 @@ void chunk_unmap(ChunkHeader* chunk);
 void chunk_purge_data(ChunkHeader* chunk);
 
 // --- registry -------------------------------------------------------------
+// One byte per 4 MiB of the 48-bit user address space (64 MiB of zero-filled
+// BSS: address space only, a page becomes resident when a chunk in its 16 GiB
+// range is registered): the ChunkKind of the chunk there, 0 when it is not ours.
+// A lookup is one load, and a foreign pointer is never dereferenced.
 constexpr unsigned kAddressBits = 48;
-constexpr unsigned kRegistryLeafBits = 13;
-constexpr unsigned kRegistryTopBits = kAddressBits - kChunkShift - kRegistryLeafBits;
-using RegistryLeaf = std::atomic<ChunkHeader*>[std::size_t{1} << kRegistryLeafBits];
-extern std::atomic<RegistryLeaf*> g_registry_top[std::size_t{1} << kRegistryTopBits];
+constexpr std::size_t kRegistrySlots = std::size_t{1} << (kAddressBits - kChunkShift);
+extern std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots];
 
-inline ChunkHeader* registry_lookup(const void* p) {
+inline ChunkKind chunk_kind_of(const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
-  if (a >> kAddressBits) return nullptr;
-  std::uintptr_t slot = a >> kChunkShift;
-  RegistryLeaf* leaf = g_registry_top[slot >> kRegistryLeafBits].load(std::memory_order_acquire);
-  if (!leaf) return nullptr;
-  return (*leaf)[slot & ((std::uintptr_t{1} << kRegistryLeafBits) - 1)].load(
-      std::memory_order_acquire);
+  if (a >> kAddressBits) return ChunkKind{};
+  return static_cast<ChunkKind>(g_chunk_kind[a >> kChunkShift].load(std::memory_order_acquire));
 }
+inline ChunkHeader* chunk_base(const void* p) {
+  return reinterpret_cast<ChunkHeader*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));
+}
+inline ChunkHeader* registry_lookup(const void* p) {
+  return chunk_kind_of(p) != ChunkKind{} ? chunk_base(p) : nullptr;
+}
+// Records a chunk's (new) kind.
+void registry_set_kind(ChunkHeader* chunk, ChunkKind kind);
 
 // Number of chunks registered now (all heaps).
 std::size_t registry_chunk_count();
@@ -74,10 +80,6 @@ struct ChunkList {
   ChunkHeader* pop();
 };
 
-// fork() support: the registry lock is held across fork.
-void registry_lock();
-void registry_unlock();
-void registry_reinit_after_fork();
 
 }  // namespace lca
 

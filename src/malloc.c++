@@ -70,7 +70,7 @@ void* calloc_impl(std::size_t count, std::size_t size) {
   if (total > kLargeThreshold) {
     // A fresh mapping is zero already: skip the memset when the block is one.
     bool zero = false;
-    void* p = large_alloc(&g_process_domain, &g_process_domain.large, total, 16, &zero);
+    void* p = domain_alloc_large(&g_process_domain, total, 16, &zero);
     if (!p) {
       errno = ENOMEM;
       return nullptr;

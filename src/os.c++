@@ -47,6 +47,14 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
   std::size_t span = size + alignment;
   void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) {
+    // Near an address-space limit the over-mapping may not fit where the block
+    // itself would: try the exact size, which the kernel may place aligned.
+    raw = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED && (reinterpret_cast<std::uintptr_t>(raw) & (alignment - 1)) == 0) {
+      g_mapped.fetch_add(size, std::memory_order_relaxed);
+      return raw;
+    }
+    if (raw != MAP_FAILED) munmap(raw, size);
     errno = ENOMEM;
     return nullptr;
   }

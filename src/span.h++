@@ -15,6 +15,8 @@
 #include <cstdint>
 
 #include "chunk.h++"
+#include "config.h"
+#include "report.h++"
 #include "sizeclass.h++"
 
 namespace lca {
@@ -122,6 +124,12 @@ inline void* span_pop(Span* s) {
   } else {
     return nullptr;
   }
+#if CALLOC_DEBUG
+  // A corrupted free list (a write after free) would hand out foreign memory.
+  std::size_t off = static_cast<std::size_t>(reinterpret_cast<char*>(o) - s->base);
+  if (off >= static_cast<std::size_t>(s->end - s->base) || off % s->obj_size || live_test(o))
+    report_fatal("Internal error", o, "span free list holds a bad object (heap corrupted by a write after free?)");
+#endif
   ++s->used;
   live_set(o);
   return o;

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <ctime>
 #include <sys/mman.h>
 
 #include "os.h++"
@@ -26,9 +27,10 @@ constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec")))
 namespace {
 
 constexpr unsigned kQueueProbe = 4;
-constexpr std::size_t kMaxDirtySlots = 32;     // 2 MiB of empty spans kept per heap
+constexpr std::size_t kMaxDirtySlots = 64;     // 4 MiB of empty spans kept per heap (8 MiB before a purge)
 constexpr std::size_t kDomainCachedChunks = 4;  // free chunks a domain keeps
 constexpr unsigned kAbandonedSweep = 4;
+constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 
 constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit pthread_key_t g_heap_key;
@@ -106,6 +108,21 @@ void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
 }
 
 // --- chunks -----------------------------------------------------------------
+// Out of memory or address space: unmap what the domain keeps cached (free chunks,
+// large mappings) so that a retry can succeed.
+void release_cached(Domain* d) {
+  ChunkList doomed;
+  {
+    DomainLock lock(d);
+    while (ChunkHeader* c = d->free_chunks.pop()) doomed.push(c);
+  }
+  while (ChunkHeader* c = doomed.pop()) {
+    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
+    chunk_unmap(c);
+  }
+  large_trim(&d->large, true);
+}
+
 void release_chunk(Domain* d, ChunkHeader* c);
 
 // Gives the empty spans of abandoned heaps back (domain lock held).
@@ -128,10 +145,16 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       os_purge(c, kChunkHeaderSize);
       c->magic = kChunkMagic;
       c->domain = d;
-      c->kind = kind;
+      registry_set_kind(c, kind);
     }
   } else {
     c = chunk_map(kind, d);
+    if (!c) {
+      // Out of memory or address space (RLIMIT_AS): give back the cached large
+      // mappings, then try once more.
+      release_cached(d);
+      c = chunk_map(kind, d);
+    }
     if (!c) return nullptr;
     fresh = true;
     d->chunk_bytes.fetch_add(kChunkSize, std::memory_order_relaxed);
@@ -147,20 +170,36 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   return c;
 }
 
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// Memory goes back to the OS at most once per kDecayNs per heap or domain: a burst
+// of frees (a program tearing down a big structure) costs no system calls while
+// it lasts, and what it left is returned by the first release after the pause.
+// Page faults cost ~10-60 us here, so returning memory that is about to be reused
+// is the expensive mistake.
+bool decay_due(std::uint64_t* last) {
+  std::uint64_t now = now_ns();
+  if (now - *last < kDecayNs) return false;
+  *last = now;
+  return true;
+}
+
 void release_chunk(Domain* d, ChunkHeader* c) {
-  bool unmap = false;
+  ChunkList doomed;
   {
     DomainLock lock(d);
     c->heap = nullptr;
-    if (d->free_chunks.count >= kDomainCachedChunks) {
-      unmap = true;
-    } else {
-      d->free_chunks.push(c);  // kept resident: the next chunk request costs no page faults
-    }
+    d->free_chunks.push(c);  // kept resident: the next chunk request costs no page faults
+    if (d->free_chunks.count > kDomainCachedChunks && decay_due(&d->last_release_ns))
+      while (d->free_chunks.count > kDomainCachedChunks) doomed.push(d->free_chunks.pop());
   }
-  if (unmap) {
+  while (ChunkHeader* victim = doomed.pop()) {
     d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
-    chunk_unmap(c);
+    chunk_unmap(victim);
   }
 }
 
@@ -241,7 +280,7 @@ void retire_span(Heap* h, Span* s) {
     h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
     h->span_chunks_avail.remove(&sc->header);
     release_chunk(h->domain, &sc->header);
-  } else if (h->dirty_slots > 2 * kMaxDirtySlots) {
+  } else if (h->dirty_slots > 2 * kMaxDirtySlots && decay_due(&h->last_purge_ns)) {
     purge_dirty_slots(h);
   }
 }
@@ -494,7 +533,16 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
   std::size_t arena_limit = grown ? kArenaMaxRequest : kLargeThreshold;
   if (size <= arena_limit && alignment <= kSpanSize) return alloc_arena(h, size, alignment);
   bool zero;
-  return large_alloc(h->domain, &h->domain->large, size, alignment, &zero);
+  return domain_alloc_large(h->domain, size, alignment, &zero);
+}
+
+void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
+  void* p = large_alloc(d, &d->large, size, alignment, fresh_zero);
+  if (!p) {
+    release_cached(d);
+    p = large_alloc(d, &d->large, size, alignment, fresh_zero);
+  }
+  return p;
 }
 
 void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
@@ -772,18 +820,15 @@ void domains_prefork() {
   pthread_mutex_lock(&g_domains_lock);
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
   large_lock_all();
-  registry_lock();
 }
 
 void domains_postfork_parent() {
-  registry_unlock();
   large_unlock_all();
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
   pthread_mutex_unlock(&g_domains_lock);
 }
 
 void domains_postfork_child() {
-  registry_reinit_after_fork();
   large_reinit_after_fork();
   for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
   pthread_mutex_init(&g_domains_lock, nullptr);

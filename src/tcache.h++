@@ -53,6 +53,7 @@ struct Heap {
   ChunkList span_chunks_avail;  // span chunks with unused slots
   ChunkList span_chunks_full;
   std::size_t dirty_slots;      // unused span slots not yet purged
+  std::uint64_t last_purge_ns;  // decay of dirty slots
   Heap* next_in_domain;
   Heap* next_abandoned;
   bool abandoned;
@@ -68,6 +69,7 @@ struct Domain {
   pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
   bool per_thread = false;
   ChunkList free_chunks;
+  std::uint64_t last_release_ns = 0;  // decay of free chunks
   Heap* heaps = nullptr;
   Heap* abandoned = nullptr;
   Heap* single = nullptr;  // private domains
@@ -98,6 +100,10 @@ void domain_destroy(Domain* d);
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
 void* heap_alloc_small_slow(Heap* h, unsigned size_class);
 
+// A dedicated mapping (above the large threshold); on failure the domain's cached
+// memory is returned to the OS and the mapping tried again.
+void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero);
+
 // The whole allocate path of a domain (locks a private domain).
 void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment);
 
@@ -127,11 +133,10 @@ void span_after_local_free(Heap* h, Span* s);
 // with no flag set -- with no atomic and no call; everything else, errors
 // included, goes to free_cold.
 inline void block_free(void* p) {
-  ChunkHeader* ch = registry_lookup(p);
-  if (__builtin_expect(ch != nullptr && ch->kind == ChunkKind::spans &&
+  if (__builtin_expect(chunk_kind_of(p) == ChunkKind::spans &&
                            (reinterpret_cast<std::uintptr_t>(p) & 15) == 0 && live_test(p),
                        1)) {
-    Span* s = span_of(span_chunk_of(ch), p);
+    Span* s = span_of(span_chunk_of(chunk_base(p)), p);
     Heap* h = tls_heap;
     if (__builtin_expect(s->flags == 0 && s->heap == h, 1)) {
       live_clear(p);

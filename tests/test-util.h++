@@ -31,6 +31,7 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -155,24 +156,30 @@ inline long check_pattern(const void* p, std::size_t n, std::uint64_t seed) {
   return -1;
 }
 
-// Writes one byte in every page of [p, p+n) and the last byte (proves the range is
-// mapped writable); with a reduced CALLOC_TEST_SCALE the stride between touched pages
-// grows, the first and last bytes are always written.
-inline void touch_range(void* p, std::size_t n, unsigned char value) {
-  if (n == 0) return;
-  volatile unsigned char* b = static_cast<volatile unsigned char*>(p);
+// The stride between the bytes touch_range writes: a page; more with a reduced
+// CALLOC_TEST_SCALE, and more when max_touches (0: no limit) caps the count.
+inline std::size_t touch_stride(std::size_t n, std::size_t max_touches) {
   std::size_t stride = 4096;
   if (scale_percent() < 100) stride *= static_cast<std::size_t>(100 / scale_percent());
+  if (max_touches != 0 && n / max_touches > stride) stride = (n / max_touches + 4095) & ~std::size_t{4095};
+  return stride;
+}
+
+// Writes one byte in every page of [p, p+n) (or in pages spread evenly over it, see
+// touch_stride) and the last byte: proves the range is mapped writable.
+inline void touch_range(void* p, std::size_t n, unsigned char value, std::size_t max_touches = 0) {
+  if (n == 0) return;
+  volatile unsigned char* b = static_cast<volatile unsigned char*>(p);
+  const std::size_t stride = touch_stride(n, max_touches);
   for (std::size_t off = 0; off < n; off += stride) b[off] = value;
   b[n - 1] = value;
 }
 
 // Reads back what touch_range wrote; true when every touched byte holds value.
-inline bool touched_range_ok(const void* p, std::size_t n, unsigned char value) {
+inline bool touched_range_ok(const void* p, std::size_t n, unsigned char value, std::size_t max_touches = 0) {
   if (n == 0) return true;
   const volatile unsigned char* b = static_cast<const volatile unsigned char*>(p);
-  std::size_t stride = 4096;
-  if (scale_percent() < 100) stride *= static_cast<std::size_t>(100 / scale_percent());
+  const std::size_t stride = touch_stride(n, max_touches);
   for (std::size_t off = 0; off < n; off += stride)
     if (b[off] != value) return false;
   return b[n - 1] == value;
@@ -233,6 +240,47 @@ inline bool running_on_valgrind() {
 // VmSize (mapped_bytes) says something about the allocator only outside Valgrind:
 // under it, Valgrind's own shadow memory grows and never shrinks.
 inline bool vm_size_meaningful() { return !running_on_valgrind(); }
+
+// --- threads ----------------------------------------------------------------------
+
+// glibc keeps the stacks of joined threads in a cache (up to 40 MiB), each with its
+// DTV, which it callocs -- with the override on, from libcalloc: a program's first
+// threads leave a few blocks live in the process heap for good.  A test comparing
+// active_allocations across threads calls this first: n threads alive at once fill
+// the cache, after which the count of cached DTVs stays put.
+inline void warm_thread_stack_cache(int n = 16) {
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+  int arrived = 0;
+  struct Arg {
+    pthread_mutex_t* m;
+    pthread_cond_t* cv;
+    int* arrived;
+    int n;
+  } arg{&m, &cv, &arrived, n};
+  auto body = [](void* p) -> void* {
+    Arg* a = static_cast<Arg*>(p);
+    std::free(launder(std::malloc(64)));
+    pthread_mutex_lock(a->m);
+    if (++*a->arrived == a->n) pthread_cond_broadcast(a->cv);
+    while (*a->arrived < a->n) pthread_cond_wait(a->cv, a->m);
+    pthread_mutex_unlock(a->m);
+    return nullptr;
+  };
+  pthread_t ids[64];
+  if (n > 64) n = 64;
+  arg.n = n;
+  int made = 0;
+  for (; made < n; made++)
+    if (pthread_create(&ids[made], nullptr, body, &arg) != 0) break;
+  if (made < n) {  // could not make them all: release the ones waiting
+    pthread_mutex_lock(&m);
+    arrived = n;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&m);
+  }
+  for (int i = 0; i < made; i++) pthread_join(ids[i], nullptr);
+}
 
 // --- death tests ---------------------------------------------------------------------
 

@@ -413,7 +413,7 @@ void free_all(const Family& fam, PtrArray& ptrs) {
 }  // namespace
 
 // RLIMIT_AS exhaustion: with the address space capped at VmSize + 64 MiB, blocks of
-// 1 MiB, then 32 KiB, then 64 B are allocated until NULL; every NULL has errno
+// 4 MiB, 1 MiB, 32 KiB, then 64 B are allocated until NULL; every NULL has errno
 // ENOMEM, nothing crashes, and after everything is freed (nothing raised) the memory
 // serves allocations again and the heap counts no leftover block.
 START_TEST(test_rlimit_as_exhaustion) {
@@ -421,11 +421,12 @@ START_TEST(test_rlimit_as_exhaustion) {
   struct Round {
     std::size_t size, min_successes;
   };
-  const Round rounds[] = {{1 * MiB, 8}, {32 * KiB, 256}, {64, 10000}};
+  const Round rounds[] = {{4 * MiB, 4}, {1 * MiB, 8}, {32 * KiB, 256}, {64, 10000}};
+  constexpr int kRounds = sizeof rounds / sizeof rounds[0];
   PtrArray ptrs(4 * 1024 * 1024);
   ck_assert_ptr_nonnull(ptrs.items);
-  std::size_t successes[2][3] = {};
-  std::size_t after_free_ok[2][3] = {};
+  std::size_t successes[2][kRounds] = {};
+  std::size_t after_free_ok[2][kRounds] = {};
   std::size_t active_before = 0, active_after = 0;
   Failure f;
 
@@ -438,7 +439,7 @@ START_TEST(test_rlimit_as_exhaustion) {
   ck_assert_msg(limit.apply(64 * MiB), "setrlimit(RLIMIT_AS) failed: %s", std::strerror(errno));
   for (int fi = 0; fi < 2; fi++) {
     const Family& fam = *kFamilies[fi];
-    for (int ri = 0; ri < 3; ri++) {
+    for (int ri = 0; ri < kRounds; ri++) {
       successes[fi][ri] = fill_until_null(fam, rounds[ri].size, ptrs, f);
       free_all(fam, ptrs);
       // the memory is usable again: a good share of the same blocks fit once more
@@ -463,15 +464,21 @@ START_TEST(test_rlimit_as_exhaustion) {
   limit.restore();
 
   ASSERT_NO_FAILURE(f);
+  // One message with every round, in order, so a failure shows the whole story.
+  std::string table;
+  bool all_ok = true;
   for (int fi = 0; fi < 2; fi++)
-    for (int ri = 0; ri < 3; ri++) {
-      ck_assert_msg(successes[fi][ri] >= rounds[ri].min_successes,
-                    "%smalloc(%zu): only %zu blocks fitted in 64 MiB of address space", kFamilies[fi]->name,
-                    rounds[ri].size, successes[fi][ri]);
-      ck_assert_msg(after_free_ok[fi][ri] == rounds[ri].min_successes,
-                    "%smalloc(%zu): after freeing everything only %zu of %zu blocks could be allocated again",
-                    kFamilies[fi]->name, rounds[ri].size, after_free_ok[fi][ri], rounds[ri].min_successes);
+    for (int ri = 0; ri < kRounds; ri++) {
+      const bool ok = successes[fi][ri] >= rounds[ri].min_successes &&
+                      after_free_ok[fi][ri] == rounds[ri].min_successes;
+      all_ok = all_ok && ok;
+      char line[200];
+      std::snprintf(line, sizeof line, "%s%smalloc(%zu): %zu fitted (want >= %zu), %zu/%zu again after free%s",
+                    table.empty() ? "" : "; ", kFamilies[fi]->name, rounds[ri].size, successes[fi][ri],
+                    rounds[ri].min_successes, after_free_ok[fi][ri], rounds[ri].min_successes, ok ? "" : " <- FAIL");
+      table += line;
     }
+  ck_assert_msg(all_ok, "in 64 MiB of address space, rounds in this order: %s", table.c_str());
   ck_assert_uint_eq(small_ok, 1000);
   ck_assert_msg(active_after == active_before, "active allocations %zu after freeing everything, %zu before",
                 active_after, active_before);
@@ -479,7 +486,8 @@ START_TEST(test_rlimit_as_exhaustion) {
 END_TEST
 
 // Memory freed in one size class serves another: after 64-byte blocks exhaust the
-// address space and are all freed, 1 MiB and 32 KiB blocks can be allocated.
+// address space and are all freed, 1 MiB, 4 MiB and 32 KiB blocks can be allocated
+// (an allocator that keeps freed chunks must give them back when the OS says no).
 START_TEST(test_rlimit_as_reuse_across_sizes) {
   if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind RLIMIT_AS would cap Valgrind's own memory too");
   PtrArray ptrs(4 * 1024 * 1024);
@@ -492,9 +500,12 @@ START_TEST(test_rlimit_as_reuse_across_sizes) {
   std::size_t small = fill_until_null(kLca, 64, ptrs, f);
   free_all(kLca, ptrs);
   void* big = lca_malloc(1 * MiB);
-  void* medium = lca_malloc(32 * KiB);
   const int big_errno = errno;
+  void* huge = lca_malloc(4 * MiB);  // a dedicated mapping: new address space needed
+  const int huge_errno = errno;
+  void* medium = lca_malloc(32 * KiB);
   lca_free(big);
+  lca_free(huge);
   lca_free(medium);
   std::size_t medium_small = fill_until_null(kLca, 32 * KiB, ptrs, f);
   free_all(kLca, ptrs);
@@ -505,6 +516,10 @@ START_TEST(test_rlimit_as_reuse_across_sizes) {
   ck_assert_uint_ge(small, 10000);
   ck_assert_msg(big != nullptr, "after %zu 64-byte blocks were allocated and all freed, malloc(1 MiB) failed (errno %d)",
                 small, big_errno);
+  ck_assert_msg(huge != nullptr,
+                "after %zu 64-byte blocks were allocated and all freed, malloc(4 MiB) failed (errno %d): the freed "
+                "memory is kept from the OS and not reusable",
+                small, huge_errno);
   ck_assert_ptr_nonnull(medium);
   ck_assert_uint_ge(medium_small, 256);
   ck_assert_msg(big2 != nullptr, "after %zu 32 KiB blocks were allocated and all freed, malloc(1 MiB) failed",
@@ -595,7 +610,7 @@ START_TEST(test_stats_reflect_malloc) {
     const std::size_t usable = lca_usable_size(p);
     free_fns[i](p);
     const lca_stats s2 = stats_now();
-    void* big = alloc_fns[i](1 * MiB);
+    void* big = alloc_fns[i](4 * MiB);  // a dedicated mapping under any threshold
     const lca_stats s3 = stats_now();
     free_fns[i](big);
     const lca_stats s4 = stats_now();

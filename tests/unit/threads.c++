@@ -8,8 +8,9 @@
 // Blocks come from four sources -- the process heap (MemoryAllocator::instance()),
 // lca_malloc, plain malloc and an independent heap shared by all threads -- and carry
 // a pattern checked before they are freed.  The independent heap's counters are
-// exact; the process heap's may include a few blocks glibc keeps per cached thread
-// stack (its DTVs), hence the small slack on those.
+// exact, and so are the process heap's once glibc's thread-stack cache is warm
+// (test_util::warm_thread_stack_cache: glibc keeps a calloc'd DTV with each cached
+// stack).
 #include <custom_alloc/memory_allocator.h++>
 #include <libcalloc.h>
 
@@ -40,8 +41,6 @@ namespace {
 
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * 1024;
-// Blocks the process heap may count for glibc's own per-thread data (see above).
-constexpr std::size_t kGlibcSlack = 64;
 
 MemoryAllocator* shared_heap = nullptr;  // an independent heap, made by each test
 
@@ -134,6 +133,7 @@ START_TEST(test_producer_consumer) {
   // Counters are plain: each thread keeps its own and adds them under the mutex
   // (Helgrind, in the Valgrind run, does not take atomics as synchronisation).
   std::size_t consumed = 0, corrupted = 0, null_blocks = 0;
+  test_util::warm_thread_stack_cache();
   const std::size_t active_before = process_active();
   {
     std::mutex m;
@@ -206,8 +206,8 @@ START_TEST(test_producer_consumer) {
   ck_assert_uint_eq(heap_stats.active_allocations.load(), 0);
   ck_assert_uint_eq(heap_stats.allocation_count.load(), heap_stats.free_count.load());
   ck_assert_uint_gt(heap_stats.free_count.load(), 0);
-  ck_assert_msg(active_after <= active_before + kGlibcSlack && active_after + kGlibcSlack >= active_before,
-                "process heap: %zu active blocks before, %zu after", active_before, active_after);
+  ck_assert_msg(active_after == active_before, "process heap: %zu active blocks before, %zu after", active_before,
+                active_after);
 }
 END_TEST
 
@@ -227,6 +227,7 @@ START_TEST(test_oversubscribed_threads) {
     std::size_t allocated = 0, freed = 0, corrupted = 0, foreign_frees = 0, null_blocks = 0;
   };
   std::vector<Counts> counts(kThreads + 1);
+  test_util::warm_thread_stack_cache();
   const std::size_t active_before = process_active();
 
   auto free_checked = [&](void* p, int self, Counts& c) {
@@ -253,7 +254,7 @@ START_TEST(test_oversubscribed_threads) {
           std::size_t size = pick < 70   ? log_uniform(rng, 16, 256)
                              : pick < 95 ? log_uniform(rng, 256, 16 * KiB)
                              : pick < 99 ? log_uniform(rng, 16 * KiB, 64 * KiB)
-                                         : log_uniform(rng, 64 * KiB, 512 * KiB);
+                                         : log_uniform(rng, 64 * KiB, 4 * MiB);
           // the seed names the owner thread in its top byte
           std::uint64_t seed = (static_cast<std::uint64_t>(t) << 56) | (rng() >> 8);
           void* p = alloc_via(via_of(seed), size);
@@ -306,8 +307,8 @@ START_TEST(test_oversubscribed_threads) {
   ck_assert_msg(total.foreign_frees > iterations, "only %zu frees of another thread's block: the test did not mix",
                 total.foreign_frees);
   ck_assert_uint_eq(heap_stats.active_allocations.load(), 0);
-  ck_assert_msg(active_after <= active_before + kGlibcSlack && active_after + kGlibcSlack >= active_before,
-                "process heap: %zu active blocks before, %zu after", active_before, active_after);
+  ck_assert_msg(active_after == active_before, "process heap: %zu active blocks before, %zu after", active_before,
+                active_after);
 }
 END_TEST
 
@@ -328,6 +329,7 @@ START_TEST(test_short_lived_threads) {
   std::vector<void*> left[kWave];  // handed from wave w to wave w+1 (joins order them)
   for (auto& l : left) l.reserve(kLeft);
   std::size_t corrupted_in[kWave] = {}, null_in[kWave] = {};  // per slot: waves are joined
+  test_util::warm_thread_stack_cache();
   const std::size_t active_before = process_active();
   std::size_t vm_base = 0, os_base = 0, heap_base = 0;
   std::size_t vm_peak = 0, os_peak = 0, heap_peak = 0;
@@ -347,7 +349,7 @@ START_TEST(test_short_lived_threads) {
     std::mt19937_64 rng(wave * kWave + static_cast<std::size_t>(slot));
     void* mine[kPerThread];
     for (int i = 0; i < kPerThread; i++) {
-      std::size_t size = i == 0 ? 200 * KiB : log_uniform(rng, 16, 64 * KiB);
+      std::size_t size = i == 0 ? 2 * MiB + 4096 : log_uniform(rng, 16, 64 * KiB);  // one large block each
       std::uint64_t seed = rng();
       mine[i] = alloc_via(via_of(seed), size);
       if (mine[i] == nullptr) {
@@ -416,8 +418,8 @@ START_TEST(test_short_lived_threads) {
   ck_assert_msg(heap_peak <= heap_base + 64 * MiB, "shared heap os_memory_mapped: %zu MiB at baseline, peak %zu MiB",
                 heap_base / MiB, heap_peak / MiB);
   ck_assert_uint_eq(heap_active, 0);
-  ck_assert_msg(active_after <= active_before + kGlibcSlack && active_after + kGlibcSlack >= active_before,
-                "process heap: %zu active blocks before, %zu after", active_before, active_after);
+  ck_assert_msg(active_after == active_before, "process heap: %zu active blocks before, %zu after", active_before,
+                active_after);
 }
 END_TEST
 
@@ -543,6 +545,7 @@ START_TEST(test_thread_exit_handoff) {
   };
   std::vector<Rec> recs;
   recs.reserve(kBlocks);
+  test_util::warm_thread_stack_cache();
   const std::size_t active_before = process_active();
   std::size_t peak_process[2] = {0, 0}, peak_heap[2] = {0, 0};
   std::size_t corrupted = 0, null_blocks = 0;
@@ -582,8 +585,8 @@ START_TEST(test_thread_exit_handoff) {
   ck_assert_uint_eq(corrupted, 0);
   ck_assert_uint_eq(hs.active_allocations.load(), 0);
   ck_assert_uint_eq(hs.allocation_count.load(), hs.free_count.load());
-  ck_assert_msg(active_after <= active_before + kGlibcSlack && active_after + kGlibcSlack >= active_before,
-                "process heap: %zu active blocks before, %zu after", active_before, active_after);
+  ck_assert_msg(active_after == active_before, "process heap: %zu active blocks before, %zu after", active_before,
+                active_after);
   ck_assert_msg(peak_process[1] <= peak_process[0] + 4 * MiB,
                 "process heap: the second thread needed %zu MiB mapped, the first %zu MiB: memory of the exited "
                 "thread was stranded",
