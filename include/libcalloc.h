@@ -46,7 +46,7 @@ struct lca_stats {
   size_t realloc_in_place;    /* reallocs that kept their address */
   size_t realloc_moved;       /* reallocs that copied to a new block */
   size_t realloc_remapped;    /* large reallocs moved by mremap, no copy */
-  size_t large_mappings;      /* live dedicated mappings (blocks > 64 KiB) */
+  size_t large_mappings;      /* live dedicated mappings (blocks > 1 MiB) */
 };
 LCA_EXPORT void lca_get_stats(struct lca_stats *out);
 

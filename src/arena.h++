@@ -26,7 +26,7 @@ constexpr unsigned kArenaSlCount = 16;
 // The largest block an arena chunk can hold.
 constexpr std::size_t kArenaChunkCapacity = kChunkSize - kChunkHeaderSize - kArenaTag;
 // Requests up to this size may be served by the arena (realloc-grown blocks);
-// fresh requests go to the arena only up to 64 KiB.
+// fresh requests go to the arena up to the large threshold (kLargeThreshold).
 constexpr std::size_t kArenaMaxRequest = 1u << 20;
 
 struct BlockTag {
