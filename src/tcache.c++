@@ -772,16 +772,7 @@ void domain_trim(Domain* d) {
     DomainLock lock(d);
     heap_collect_all(d->single, false, true);
   }
-  ChunkList doomed;
-  {
-    DomainLock lock(d);
-    while (ChunkHeader* c = d->free_chunks.pop()) doomed.push(c);
-  }
-  while (ChunkHeader* c = doomed.pop()) {
-    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
-    chunk_unmap(c);
-  }
-  large_trim(&d->large, true);
+  release_cached(d);
 }
 
 DomainStats domain_stats(Domain* d) {
