@@ -246,12 +246,12 @@ Span* new_span(Heap* h, unsigned c) {
   return s;
 }
 
-// Releases span chunks without active spans; keep_one leaves one for reuse.
-void release_empty_span_chunks(Heap* h, bool keep_one) {
+// Releases the span chunks that hold no active span.
+void release_empty_span_chunks(Heap* h) {
   for (ChunkHeader* ch = h->span_chunks_avail.head; ch;) {
     ChunkHeader* next = ch->next;
     SpanChunk* sc = span_chunk_of(ch);
-    if (sc->active_spans == 0 && (!keep_one || h->span_chunks_avail.count > 1)) {
+    if (sc->active_spans == 0) {
       std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
       h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
       h->span_chunks_avail.remove(ch);
@@ -337,7 +337,7 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
-void heap_collect_all(Heap* h, bool keep_one_chunk, bool purge) {
+void heap_collect_all(Heap* h, bool purge) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     Span* s = queue_empty(h, c) ? nullptr : h->head[c];
     while (s) {
@@ -351,13 +351,13 @@ void heap_collect_all(Heap* h, bool keep_one_chunk, bool purge) {
   for (ChunkHeader* ch = h->arena.chunks.head; ch;) {
     ChunkHeader* next = ch->next;
     ArenaChunk* ac = arena_chunk_of(ch);
-    if (arena_chunk_is_empty(ac) && (!keep_one_chunk || h->arena.chunks.count > 1)) {
+    if (arena_chunk_is_empty(ac)) {
       arena_remove_chunk(&h->arena, ac);
       release_chunk(h->domain, ch);
     }
     ch = next;
   }
-  release_empty_span_chunks(h, keep_one_chunk);
+  release_empty_span_chunks(h);
   if (purge || h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
 }
 
@@ -365,7 +365,7 @@ void sweep_abandoned(Domain* d) {
   // Rotate through at most kAbandonedSweep heaps so a sweep stays bounded.
   for (unsigned n = 0; n < kAbandonedSweep && d->abandoned; ++n) {
     Heap* h = d->abandoned;
-    heap_collect_all(h, false, false);
+    heap_collect_all(h, false);
     if (!h->next_abandoned) break;
     d->abandoned = h->next_abandoned;
     Heap* last = d->abandoned;
@@ -396,7 +396,7 @@ Heap* heap_create_locked(Domain* d) {
 void heap_abandon(Heap* h) {
   Domain* d = h->domain;
   DomainLock lock(d);
-  heap_collect_all(h, false, false);
+  heap_collect_all(h, false);
   h->abandoned = true;
   h->next_abandoned = d->abandoned;
   d->abandoned = h;
@@ -766,11 +766,11 @@ void domain_trim(Domain* d) {
   if (d->per_thread) {
     if (Heap* h = tls_heap) {
       DomainLock lock(d);
-      heap_collect_all(h, false, true);
+      heap_collect_all(h, true);
     }
   } else {
     DomainLock lock(d);
-    heap_collect_all(d->single, false, true);
+    heap_collect_all(d->single, true);
   }
   release_cached(d);
 }
