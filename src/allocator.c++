@@ -14,9 +14,7 @@
 
 namespace custom_alloc {
 
-namespace {
-constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
-}
+using lca::kMaxRequest;
 
 MemoryAllocator& MemoryAllocator::instance() noexcept {
   // Placement-constructed and never destroyed: free() may run after static

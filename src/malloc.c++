@@ -25,8 +25,6 @@ using namespace lca;
 
 namespace {
 
-constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
-
 __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
   if (size > kMaxRequest) {
     errno = ENOMEM;

@@ -86,6 +86,10 @@ extern Domain g_process_domain;
 extern Span g_empty_span;
 extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec")));
 
+// Requests above this fail with ENOMEM before any system call (no mapping of
+// 128 TiB can succeed, and rounding a size near SIZE_MAX would wrap).
+constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
+
 // The calling thread's heap in the process domain, created or adopted on first use;
 // nullptr when the OS has no memory for it.
 Heap* heap_for_thread();
