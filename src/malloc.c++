@@ -174,6 +174,7 @@ void* pvalloc_impl(std::size_t size) {
 
 __attribute__((constructor)) void libcalloc_init() {
   options_init();
+  if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
   pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
 }
 

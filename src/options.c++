@@ -54,6 +54,13 @@ int options_parse(const char* text, Options* out) {
   return problems;
 }
 
+void options_print(const Options& o, const char* version, int fd) {
+  char line[128];
+  Writer w{line, sizeof line};
+  w.str("libcalloc ").str(version).str(": options stats=").num(o.stats).str(" verbose=").num(o.verbose).str("\n");
+  w.flush_to(fd);
+}
+
 void options_init() {
   const char* text = std::getenv("LIBCALLOC_OPTIONS");
   if (text) options_parse(text, &g_options);

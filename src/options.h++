@@ -6,7 +6,7 @@ namespace lca {
 
 struct Options {
   bool stats = false;    // print statistics at exit
-  bool verbose = false;  // report option parsing and heap events
+  bool verbose = false;  // print the version and the options in force at start-up
 };
 
 extern Options g_options;
@@ -16,6 +16,8 @@ extern Options g_options;
 void options_init();
 // Parses one option string (exposed for tests).  Returns the number of problems.
 int options_parse(const char* text, Options* out);
+// Writes "libcalloc VERSION: stats=N verbose=N" to fd.
+void options_print(const Options& o, const char* version, int fd);
 
 }  // namespace lca
 

@@ -29,6 +29,7 @@
 #include "config.h"
 
 #include "../test-util.h++"
+#include "options.h++"
 
 using custom_alloc::MemoryAllocator;
 using test_util::Failure;
@@ -637,6 +638,21 @@ START_TEST(test_stats_reflect_malloc) {
 }
 END_TEST
 
+// LIBCALLOC_OPTIONS parsing: known keys, bare keys, bad values and unknown keys
+// (each counted as a problem and warned about, the rest still applied).
+START_TEST(test_options_parse) {
+  lca::Options o{};
+  ck_assert_int_eq(lca::options_parse("stats=1,verbose", &o), 0);
+  ck_assert(o.stats);
+  ck_assert(o.verbose);
+  lca::Options p{};
+  p.verbose = true;
+  ck_assert_int_eq(lca::options_parse("stats=yes,bogus=3,verbose=maybe,,verbose=off", &p), 2);
+  ck_assert(p.stats);
+  ck_assert(!p.verbose);
+}
+END_TEST
+
 START_TEST(test_version) {
   const char* v = lca_version();
   ck_assert_ptr_nonnull(v);
@@ -701,6 +717,7 @@ int main() {
   tcase_add_test(tc, test_rlimit_as_reuse_across_sizes);
   tcase_add_test(tc, test_rlimit_as_operator_new);
   tcase_add_test(tc, test_stats_reflect_malloc);
+  tcase_add_test(tc, test_options_parse);
   tcase_add_test(tc, test_version);
   tcase_add_test(tc, test_print_stats);
   tcase_add_test(tc, test_trim);
