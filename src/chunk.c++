@@ -15,10 +15,15 @@ namespace {
 constinit std::atomic<std::size_t> g_chunk_count{0};
 }  // namespace
 
+namespace {
+void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
+  g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift].store(kind, std::memory_order_release);
+}
+}  // namespace
+
 void registry_set_kind(ChunkHeader* chunk, ChunkKind kind) {
   chunk->kind = kind;
-  g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift].store(
-      static_cast<std::uint8_t>(kind), std::memory_order_release);
+  registry_store(chunk, static_cast<std::uint8_t>(kind));
 }
 
 ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
@@ -37,7 +42,7 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
 }
 
 void chunk_unmap(ChunkHeader* chunk) {
-  g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift].store(0, std::memory_order_release);
+  registry_store(chunk, 0);
   g_chunk_count.fetch_sub(1, std::memory_order_relaxed);
   os_unmap(chunk, kChunkSize);
 }
@@ -71,6 +76,5 @@ ChunkHeader* ChunkList::pop() {
   if (c) remove(c);
   return c;
 }
-
 
 }  // namespace lca

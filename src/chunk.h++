@@ -80,7 +80,6 @@ struct ChunkList {
   ChunkHeader* pop();
 };
 
-
 }  // namespace lca
 
 #endif

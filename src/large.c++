@@ -3,7 +3,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 #include <pthread.h>
 
 #include "os.h++"
@@ -81,12 +80,6 @@ void erase_slot(Slot* s) {
   --g_used;
 }
 
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
 void cache_drop(LargeCache* c, unsigned i) {
   os_unmap(c->entries[i].base, c->entries[i].map_size);
   c->bytes -= c->entries[i].map_size;
@@ -146,7 +139,7 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   }
   std::size_t map_size = mapping_size_for(size, page);
   pthread_mutex_lock(&g_lock);
-  std::uint64_t now = now_ns();
+  std::uint64_t now = os_now_ns();
   expire(cache, now);
   std::size_t got = 0;
   void* base = cache_take(cache, map_size, alignment, &got);
@@ -187,7 +180,7 @@ std::size_t large_free(LargeCache* cache, void* p) {
   --cache->live_count;
   ++cache->free_count;
   cache->free_bytes += map_size;
-  std::uint64_t now = now_ns();
+  std::uint64_t now = os_now_ns();
   expire(cache, now);
   bool keep = map_size <= kLargeCacheBytes / 4;
   if (keep) {
@@ -265,7 +258,7 @@ void large_trim(LargeCache* cache, bool all) {
   if (all)
     while (cache->count) cache_drop(cache, 0);
   else
-    expire(cache, now_ns());
+    expire(cache, os_now_ns());
   pthread_mutex_unlock(&g_lock);
 }
 

@@ -1,4 +1,5 @@
-// os.c++ -- every mmap, munmap, madvise, mremap and mprotect of libcalloc.
+// os.c++ -- every mmap, munmap, madvise, mremap and mprotect of libcalloc, and the
+// coarse clock that times the return of cached memory to the OS.
 //
 // Nothing here allocates; failures are reported to the caller as nullptr with
 // errno = ENOMEM, never as an abort, so that malloc can return NULL under memory
@@ -7,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <ctime>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -93,6 +95,12 @@ void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_
 
 bool os_protect(void* addr, std::size_t size, bool accessible) {
   return mprotect(addr, size, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
+}
+
+std::uint64_t os_now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 std::size_t os_mapped_bytes() { return g_mapped.load(std::memory_order_relaxed); }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 namespace lca {
 
@@ -21,6 +22,10 @@ void os_purge(void* addr, std::size_t size);
 void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move);
 // Makes a range inaccessible (guard pages) or accessible again.
 bool os_protect(void* addr, std::size_t size, bool accessible);
+
+// A cheap monotonic clock (CLOCK_MONOTONIC_COARSE, vDSO) in nanoseconds, for the
+// decay of cached memory.
+std::uint64_t os_now_ns();
 
 // Bytes this process holds from os_map*/os_remap, all heaps together.
 std::size_t os_mapped_bytes();

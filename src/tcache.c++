@@ -13,7 +13,6 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
-#include <ctime>
 #include <sys/mman.h>
 
 #include "os.h++"
@@ -151,7 +150,7 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
     c = chunk_map(kind, d);
     if (!c) {
       // Out of memory or address space (RLIMIT_AS): give back the cached large
-      // mappings, then try once more.
+      // mappings and free chunks, then try once more.
       release_cached(d);
       c = chunk_map(kind, d);
     }
@@ -170,19 +169,13 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   return c;
 }
 
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
 // Memory goes back to the OS at most once per kDecayNs per heap or domain: a burst
 // of frees (a program tearing down a big structure) costs no system calls while
 // it lasts, and what it left is returned by the first release after the pause.
 // Page faults cost ~10-60 us here, so returning memory that is about to be reused
 // is the expensive mistake.
 bool decay_due(std::uint64_t* last) {
-  std::uint64_t now = now_ns();
+  std::uint64_t now = os_now_ns();
   if (now - *last < kDecayNs) return false;
   *last = now;
   return true;
