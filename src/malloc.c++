@@ -39,11 +39,23 @@ inline void* fast_malloc(std::size_t size) {
   Heap* h = tls_heap;
   if (__builtin_expect(h != nullptr && size <= kSlabMax, 1)) {
     unsigned c = size_to_class(size);
-    void* p = span_pop(h->head[c]);
-    if (__builtin_expect(p != nullptr, 1)) {
-      h->counters.class_allocs[c].add(1);
-      return p;
+    Span* s = h->head[c];
+    FreeObject* o = s->free;
+    if (__builtin_expect(o != nullptr, 1)) {
+#if CALLOC_DEBUG
+      span_debug_check_free(s, o);
+#endif
+      s->free = o->next;
+    } else if (s->bump < s->end) {
+      o = reinterpret_cast<FreeObject*>(s->bump);
+      s->bump += s->obj_size;
+    } else {
+      return malloc_slow(size, 16);
     }
+    ++s->used;
+    o->guard = 0;
+    h->counters.class_allocs[c].add(1);
+    return o;
   }
   return malloc_slow(size, 16);
 }

@@ -4,8 +4,34 @@
 // this file holds the rarer ones.
 #include "span.h++"
 
+#include <pthread.h>
+#include <sys/random.h>
+#include <time.h>
+
 
 namespace lca {
+
+// Until free_guard_init runs no object has been freed, so the value does not matter.
+constinit std::uintptr_t g_free_guard_key = std::uintptr_t{1} << 63;
+
+namespace {
+constinit pthread_once_t g_guard_once = PTHREAD_ONCE_INIT;
+
+void make_guard_key() {
+  std::uint64_t key = 0;
+  if (getrandom(&key, sizeof key, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof key)) {
+    // No entropy yet (early boot): mix the clock and an address; still not a
+    // value user data holds by accident.
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    key = (static_cast<std::uint64_t>(ts.tv_nsec) << 32 ^ static_cast<std::uint64_t>(ts.tv_sec)) *
+              0x9e3779b97f4a7c15ull ^ reinterpret_cast<std::uintptr_t>(&key);
+  }
+  g_free_guard_key = static_cast<std::uintptr_t>(key) | std::uintptr_t{1} << 63;
+}
+}  // namespace
+
+void free_guard_init() { pthread_once(&g_guard_once, make_guard_key); }
 
 void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap) {
   char* base = reinterpret_cast<char*>(chunk) + (static_cast<std::size_t>(slot) << kSpanShift);
@@ -23,10 +49,27 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->heap = heap;
   s->next = s->prev = nullptr;
   s->remote_free.store(nullptr, std::memory_order_relaxed);
-  // The span's granules of the chunk bitmap are all clear: a retired span's
-  // objects were all freed.
-  s->flags = 0;
+  span_set_flags(s, 0);
 }
+
+SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
+  if ((s->flags & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
+  std::uint32_t i = span_index(s, p);
+  // Inside an object that grew over several slots: a slot boundary, not a block.
+  for (unsigned k = 0; k < s->multislot_count; ++k)
+    if (i > s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots)
+      return SpanCheck::not_object_start;
+  *index = i;
+  return is_free_object(p) ? SpanCheck::not_live : SpanCheck::ok;
+}
+
+#if CALLOC_DEBUG
+void span_debug_check_free(const Span* s, const FreeObject* o) {
+  std::size_t off = span_offset(s, o);
+  if (off >= static_cast<std::size_t>(s->end - s->base) || off % s->obj_size || !is_free_object(o))
+    report_fatal("Internal error", o, "span free list holds a bad object (heap corrupted by a write after free?)");
+}
+#endif
 
 std::uint32_t span_object_slots(const Span* s, std::uint32_t i) {
   for (unsigned k = 0; k < s->multislot_count; ++k)
@@ -42,11 +85,12 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
     for (std::uint32_t j = 1; j < slots; ++j) {
       auto* o = reinterpret_cast<FreeObject*>(s->base + static_cast<std::size_t>(i + j) * s->obj_size);
       o->next = s->free;
+      o->guard = free_guard(o);
       s->free = o;
     }
     s->used -= slots - 1;
     s->multislot[k] = s->multislot[--s->multislot_count];
-    if (!s->multislot_count) s->flags &= static_cast<std::uint8_t>(~kSpanMultislot);
+    if (!s->multislot_count) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanMultislot));
     return static_cast<std::size_t>(slots) * s->obj_size;
   }
   return s->obj_size;
@@ -80,7 +124,7 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
     if (k == kMaxMultislot) return false;
     s->multislot[k].first = i;
     ++s->multislot_count;
-    s->flags |= kSpanMultislot;
+    span_set_flags(s, s->flags | kSpanMultislot);
   }
   s->multislot[k].slots = static_cast<std::uint32_t>(need);
   s->bump += extra;

@@ -6,7 +6,11 @@
 // list runs dry.  Objects are carved lazily from a bump pointer, so a fresh span
 // touches only the pages it hands out, and the object just below the bump pointer
 // can grow in place over the uncarved slots after it (realloc).
-// A bitmap of live objects, also out of band, catches double and invalid frees.
+// Frees are checked without any per-object metadata: a pointer must be the start
+// of a carved object (one multiply against the span's reciprocal, one compare with
+// the bump pointer), and a free object carries a guard word -- its address xor a
+// per-process random key -- in its second word, which malloc clears: a free that
+// finds the guard in place is a double free.
 #ifndef LCA_SPAN_HXX
 #define LCA_SPAN_HXX
 
@@ -21,14 +25,28 @@
 
 namespace lca {
 
+// Every object on a free list (local or remote) has this layout; every allocated
+// object has something other than its guard in `guard` (malloc stores 0 there and
+// the user cannot guess the key).  Objects are at least 16 bytes.
 struct FreeObject {
   FreeObject* next;
+  std::uintptr_t guard;
 };
+
+// The random key of the guard words: set once, before the first heap exists
+// (free_guard_init), never changed after.  Its top bit is set, so no guard is 0.
+extern std::uintptr_t g_free_guard_key;
+void free_guard_init();
+inline std::uintptr_t free_guard(const void* p) { return reinterpret_cast<std::uintptr_t>(p) ^ g_free_guard_key; }
+inline bool is_free_object(const void* p) {
+  return static_cast<const FreeObject*>(p)->guard == free_guard(p);
+}
 
 constexpr unsigned kMaxObjectsPerSpan = kSpanSize / 16;
 constexpr unsigned kMaxMultislot = 4;
 
-// Span::flags: any bit set sends a free to the slow path.
+// Span::flags: any bit set sends a free to the slow path (fast_heap is then
+// no_fast_heap(), so the fast path tests one field).
 constexpr std::uint8_t kSpanInactive = 1;   // the slot holds no span
 constexpr std::uint8_t kSpanMultislot = 2;  // an object grew over several slots
 constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when it ran dry
@@ -41,6 +59,7 @@ struct alignas(128) Span {
   char* end;   // end of the last whole object
   char* base;
   Heap* heap;
+  Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
   std::uint32_t used;  // live objects, including remote frees not yet collected
   std::uint32_t obj_size;
   std::uint32_t reciprocal;  // ceil(2^32 / obj_size): offset -> index without a division
@@ -63,11 +82,7 @@ struct SpanChunk {
   std::uint64_t free_slots;   // bit i: span slot i unused
   std::uint64_t dirty_slots;  // unused slots whose pages may be resident
   std::uint32_t active_spans;
-  Span spans[kSpansPerChunk];  // spans[0] describes nothing: slot 0 is the header
-  // One bit per 16-byte granule of the chunk: set where an allocated object
-  // starts.  Indexed straight from the address (see live_word), so a free checks
-  // "start of a live object" with one load and no division.
-  std::atomic<std::uint64_t> live[kChunkSize / 16 / 64];
+  Span spans[kSpansPerChunk];  // spans[0] describes nothing (all zero): slot 0 is the header
 };
 static_assert(sizeof(SpanChunk) <= kChunkHeaderSize, "span descriptors must fit in slot 0");
 
@@ -78,45 +93,44 @@ inline Span* span_of(SpanChunk* c, const void* p) {
 
 void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap);
 
+// A pointer no thread heap equals (and not nullptr, which a thread without a heap has).
+inline Heap* no_fast_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{1}); }
+inline void span_set_flags(Span* s, std::uint8_t flags) {
+  s->flags = flags;
+  s->fast_heap = flags ? no_fast_heap() : s->heap;
+}
+
 inline std::uint32_t span_index(const Span* s, const void* p) {
   auto off = static_cast<std::uint64_t>(static_cast<const char*>(p) - s->base);
   return static_cast<std::uint32_t>((off * s->reciprocal) >> 32);
 }
 
-inline std::atomic<std::uint64_t>& live_word(const void* p) {
-  auto a = reinterpret_cast<std::uintptr_t>(p);
-  return reinterpret_cast<SpanChunk*>(a & ~(kChunkSize - 1))->live[(a & (kChunkSize - 1)) >> 10];
-}
-inline std::uint64_t live_mask(const void* p) {
-  return std::uint64_t{1} << ((reinterpret_cast<std::uintptr_t>(p) >> 4) & 63);
-}
-inline bool live_test(const void* p) {
-  return live_word(p).load(std::memory_order_relaxed) & live_mask(p);
-}
-// The owner writes with load + store, no read-modify-write.
-inline void live_set(const void* p) {
-  auto& w = live_word(p);
-  w.store(w.load(std::memory_order_relaxed) | live_mask(p), std::memory_order_relaxed);
-}
-inline void live_clear(const void* p) {
-  auto& w = live_word(p);
-  w.store(w.load(std::memory_order_relaxed) & ~live_mask(p), std::memory_order_relaxed);
-}
-// Clears the bit from a thread that does not own the span, atomically, so that of
-// two racing frees of one object exactly one finds the bit set.  Returns whether
-// it was set (false: a double free).
-inline bool live_clear_remote(const void* p) {
-  std::uint64_t m = live_mask(p);
-  return live_word(p).fetch_and(~m, std::memory_order_relaxed) & m;
+// Whether p is the start of an object carved from s: below the bump pointer, and
+// its offset in the span a multiple of the object size.  The multiple test needs
+// no division: with r = ceil(2^32 / size), the low 32 bits of offset * r are below
+// 2^16 exactly when size divides offset, for every offset in a 64 KiB span and
+// every class (checked exhaustively in tests/unit/core).  Says nothing about
+// inactive spans (bump is then nullptr or stale: callers check flags first).
+inline bool span_is_object_start(const Span* s, const void* p) {
+  auto off = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(p) & (kSpanSize - 1));
+  return static_cast<const char*>(p) < s->bump && off * s->reciprocal < (std::uint32_t{1} << 16);
 }
 inline std::size_t span_offset(const Span* s, const void* p) {
   return static_cast<std::size_t>(static_cast<const char*>(p) - s->base);
 }
 
+#if CALLOC_DEBUG
+// Aborts unless o is a free object of s (a write after free can corrupt a list).
+void span_debug_check_free(const Span* s, const FreeObject* o);
+#endif
+
 // Pops an object (owner only); nullptr when the span has nothing local left.
 inline void* span_pop(Span* s) {
   FreeObject* o = s->free;
   if (__builtin_expect(o != nullptr, 1)) {
+#if CALLOC_DEBUG
+    span_debug_check_free(s, o);
+#endif
     s->free = o->next;
   } else if (s->bump < s->end) {
     o = reinterpret_cast<FreeObject*>(s->bump);
@@ -124,14 +138,8 @@ inline void* span_pop(Span* s) {
   } else {
     return nullptr;
   }
-#if CALLOC_DEBUG
-  // A corrupted free list (a write after free) would hand out foreign memory.
-  std::size_t off = static_cast<std::size_t>(reinterpret_cast<char*>(o) - s->base);
-  if (off >= static_cast<std::size_t>(s->end - s->base) || off % s->obj_size || live_test(o))
-    report_fatal("Internal error", o, "span free list holds a bad object (heap corrupted by a write after free?)");
-#endif
   ++s->used;
-  live_set(o);
+  o->guard = 0;
   return o;
 }
 
@@ -139,15 +147,7 @@ inline void* span_pop(Span* s) {
 enum class SpanCheck { ok, not_object_start, not_live };
 
 // Checks that p is the start of a live object of s; `index` receives its index.
-inline SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
-  std::size_t off = span_offset(s, p);  // wraps to huge below base
-  if ((s->flags & kSpanInactive) || off >= static_cast<std::size_t>(s->end - s->base))
-    return SpanCheck::not_object_start;
-  std::uint32_t i = span_index(s, p);
-  if (static_cast<std::size_t>(i) * s->obj_size != off) return SpanCheck::not_object_start;
-  *index = i;
-  return live_test(p) ? SpanCheck::ok : SpanCheck::not_live;
-}
+SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index);
 
 // Slots covered by object i (1 unless it grew in place).
 std::uint32_t span_object_slots(const Span* s, std::uint32_t i);
@@ -160,19 +160,20 @@ inline std::size_t span_usable_size(const Span* s, std::uint32_t i) {
 // Frees object i at p (owner only; p already checked).  Returns the bytes freed.
 std::size_t span_release_multislot(Span* s, std::uint32_t i);
 inline std::size_t span_push_local(Span* s, void* p, std::uint32_t i) {
-  live_clear(p);
   std::size_t bytes = s->obj_size;
   if (__builtin_expect(s->flags & kSpanMultislot, 0)) bytes = span_release_multislot(s, i);
   auto* o = static_cast<FreeObject*>(p);
   o->next = s->free;
+  o->guard = free_guard(o);
   s->free = o;
   --s->used;
   return bytes;
 }
 
-// Lock-free push by a thread that does not own the span.
+// Lock-free push by a thread that does not own the span (p already checked).
 inline void span_push_remote(Span* s, void* p) {
   auto* o = static_cast<FreeObject*>(p);
+  o->guard = free_guard(o);
   FreeObject* head = s->remote_free.load(std::memory_order_relaxed);
   do {
     o->next = head;
@@ -180,8 +181,8 @@ inline void span_push_remote(Span* s, void* p) {
                                                  std::memory_order_relaxed));
 }
 
-// Moves the remote frees onto the local list (owner only).  Their live bits were
-// cleared (and double frees caught) by the freeing threads.  Returns the number collected; *extra_bytes receives the
+// Moves the remote frees onto the local list (owner only).  The freeing threads
+// checked them and set their guards.  Returns the number collected; *extra_bytes receives the
 // bytes freed beyond one slot per object (objects that grew in place).
 std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes);
 

@@ -256,7 +256,7 @@ void release_empty_span_chunks(Heap* h) {
 
 void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
-  s->flags = kSpanInactive;
+  span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
   unsigned slot = static_cast<unsigned>(s - sc->spans);
   std::uint64_t bit = std::uint64_t{1} << slot;
@@ -297,7 +297,7 @@ void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
   while (list) {
     FreeObject* next = list->next;
-    // The freeing thread cleared the live bit and caught double frees already.
+    // The freeing thread cleared the allocated bit and caught double frees already.
     arena_free_owned(h, arena_chunk_of(registry_lookup(list)), list);
     list = next;
   }
@@ -442,6 +442,7 @@ Heap* heap_for_thread() {
   Heap* h = tls_heap;
   if (h) return h;
   pthread_once(&g_heap_key_once, make_heap_key);
+  free_guard_init();  // before the first object of any heap can be freed
   Domain* d = &g_process_domain;
   {
     DomainLock lock(d);
@@ -461,6 +462,7 @@ Heap* heap_for_thread() {
 }
 
 Domain* domain_create() {
+  free_guard_init();
   std::size_t size = align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size());
   void* mem = os_map(size);
   if (!mem) return nullptr;
@@ -495,11 +497,11 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
     for (unsigned probe = 0;; ++probe) {
       if (s->remote_free.load(std::memory_order_relaxed)) collect_span(h, s);
       if (void* p = span_pop(s)) {
-        s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+        if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
         return p;
       }
       // A local free into it will bring it back behind the head.
-      s->flags |= kSpanExhausted;
+      span_set_flags(s, s->flags | kSpanExhausted);
       if (probe == kQueueProbe || !s->next) break;
       queue_remove(h, c, s);
       queue_push_back(h, c, s);
@@ -561,26 +563,26 @@ void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
 void span_after_local_free(Heap* h, Span* s) {
   unsigned c = s->size_class;
   if (h->head[c] == s) {
-    s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+    if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     return;
   }
   if (s->used == 0) {
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {
-    s->flags &= static_cast<std::uint8_t>(~kSpanExhausted);
+    span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     queue_insert_after_head(h, c, s);
   }
 }
 
 void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
-  if (why == SpanCheck::not_live) {
+  if (why == SpanCheck::not_live) report_fatal("Double free", p, "the block is not allocated (freed already)");
+  if (!(s->flags & kSpanInactive) && p < s->bump) {
     // Inside an object that grew over several slots?
     for (unsigned k = 0; k < s->multislot_count; ++k) {
       const char* first = s->base + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
       if (p > first && p < first + static_cast<std::size_t>(s->multislot[k].slots) * s->obj_size)
         report_fatal("Invalid free", p, "pointer into the middle of a block");
     }
-    report_fatal("Double free", p, "the block is not allocated (freed already)");
   }
   report_fatal("Invalid free", p, "not the start of a block allocated by libcalloc");
 }
@@ -647,8 +649,8 @@ void free_slow(void* p) {
       if (r.span->heap == me) {
         free_span_local(me, r.span, p, r.index);
       } else {
-        if (!live_clear_remote(p))
-          report_fatal("Double free", p, "the block is not allocated (freed already)");
+        // block_lookup found no guard: not freed already (two threads freeing one
+        // block at the same instant is the one double free this cannot see).
         count_foreign_free(d, r.span->size_class, true, r.span->obj_size);
         span_push_remote(r.span, p);
       }

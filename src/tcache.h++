@@ -27,12 +27,21 @@
 
 namespace lca {
 
-// Per-thread counters: written by the owner with load + store (no RMW), read by
-// anyone summing statistics.
+// Per-thread counters: written only by the owning thread, read by anyone summing
+// statistics.  The owner's add is a single plain add to memory (on x86-64 one
+// instruction, no lock prefix: a reader sees the old or the new value, never a
+// torn one); elsewhere a relaxed load + store.  No read-modify-write is atomic
+// because no two threads ever write one counter.
 struct Counter {
-  std::atomic<std::size_t> v{0};
-  void add(std::size_t d) { v.store(v.load(std::memory_order_relaxed) + d, std::memory_order_relaxed); }
-  std::size_t get() const { return v.load(std::memory_order_relaxed); }
+  std::size_t v = 0;
+  void add(std::size_t d) {
+#if defined(__x86_64__)
+    asm("addq %1, %0" : "+m"(v) : "er"(d));
+#else
+    __atomic_store_n(&v, __atomic_load_n(&v, __ATOMIC_RELAXED) + d, __ATOMIC_RELAXED);
+#endif
+  }
+  std::size_t get() const { return __atomic_load_n(&v, __ATOMIC_RELAXED); }
 };
 
 struct HeapCounters {
@@ -135,17 +144,18 @@ void span_after_local_free(Heap* h, Span* s);
 // Frees any libcalloc block, whichever heap or domain it belongs to.  The inline
 // part handles the common case -- a small object of the calling thread's own span
 // with no flag set -- with no atomic and no call; everything else, errors
-// included, goes to free_cold.
+// included, goes to free_cold.  The checks: the chunk registry says "spans" (one
+// byte load), the span is the caller's (fast_heap), p is the start of a carved
+// object (span_is_object_start) and does not carry its free guard (not freed
+// already).
 inline void block_free(void* p) {
-  if (__builtin_expect(chunk_kind_of(p) == ChunkKind::spans &&
-                           (reinterpret_cast<std::uintptr_t>(p) & 15) == 0 && live_test(p),
-                       1)) {
+  if (__builtin_expect(chunk_kind_of(p) == ChunkKind::spans, 1)) {
     Span* s = span_of(span_chunk_of(chunk_base(p)), p);
     Heap* h = tls_heap;
-    if (__builtin_expect(s->flags == 0 && s->heap == h, 1)) {
-      live_clear(p);
-      auto* o = static_cast<FreeObject*>(p);
+    auto* o = static_cast<FreeObject*>(p);
+    if (__builtin_expect(s->fast_heap == h && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
       o->next = s->free;
+      o->guard = free_guard(p);
       s->free = o;
       h->counters.class_frees[s->size_class].add(1);
       if (__builtin_expect(--s->used == 0, 0) && h->head[s->size_class] != s) span_after_local_free(h, s);

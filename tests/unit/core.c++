@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "../test-util.h++"
+#include "chunk.h++"
+#include "span.h++"
 
 using custom_alloc::MemoryAllocator;
 using test_util::Failure;
@@ -425,6 +427,29 @@ START_TEST(test_stats_accounting) {
 }
 END_TEST
 
+// free() recognises a block start with one multiply (span_is_object_start): check
+// it against the plain definition for every offset of a span of every size class.
+START_TEST(test_object_start_exact) {
+  MemoryAllocator own;
+  for (unsigned c = 0; c < lca::kNumClasses; ++c) {
+    std::size_t size = lca::class_to_size(c);
+    void* p = own.allocate(size);
+    ck_assert_ptr_nonnull(p);
+    lca::ChunkHeader* ch = lca::registry_lookup(p);
+    ck_assert_ptr_nonnull(ch);
+    lca::Span* s = lca::span_of(lca::span_chunk_of(ch), p);
+    ck_assert_uint_eq(s->obj_size, size);
+    std::size_t carved = static_cast<std::size_t>(s->bump - s->base);
+    for (std::size_t off = 0; off < lca::kSpanSize; ++off) {
+      bool expect = off % size == 0 && off < carved;
+      if (lca::span_is_object_start(s, s->base + off) != expect)
+        ck_abort_msg("class %u (size %zu): offset %zu judged %d", c, size, off, !expect);
+    }
+    own.deallocate(p);
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("core", &tc);
@@ -438,5 +463,6 @@ int main() {
   tcase_add_test(tc, test_power_of_two_exact);
   tcase_add_test(tc, test_alignment_16);
   tcase_add_test(tc, test_stats_accounting);
+  tcase_add_test(tc, test_object_start_exact);
   return test_util::run_suite(s);
 }

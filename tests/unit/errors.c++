@@ -5,7 +5,9 @@
 // mapping, a forged copy of one of our chunks) prints a line with "Invalid free" and
 // the address (as printf("%p") prints it) and aborts; a double free (small, 4 KiB,
 // medium, large, and one whose first free came from another thread) prints "Double
-// free" and the address and aborts.  Each case runs through free() (when libcalloc
+// free" and the address and aborts; so does a second free from another thread.  A
+// slot boundary inside a block grown in place and a slot not carved yet are invalid
+// frees too, and the free guards never make a valid free look like a double one.  Each case runs through free() (when libcalloc
 // is the malloc), lca_free, MemoryAllocator::instance().deallocate and an
 // independent heap's deallocate.  Every case runs in a forked child: it must die of
 // SIGABRT -- a SIGSEGV inside the allocator, a silent return or a hang fail.
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "config.h"
+#include "span.h++"
 
 #include "../test-util.h++"
 
@@ -288,6 +291,104 @@ START_TEST(test_double_free_large) {
 }
 END_TEST
 
+// Every block of the smallest class keeps its free guard in its second word.
+START_TEST(test_double_free_tiny) {
+  double_free_case(0);
+  double_free_case(1);
+  double_free_case(16);
+  SKIP_PLAIN_FREE_NOTE();
+}
+END_TEST
+
+// The owner frees first, another thread second: the remote free finds the guard.
+START_TEST(test_double_free_second_remote) {
+  for (std::size_t size : {16ul, 64ul, 20 * KiB}) {
+    for (Api api : apis()) {
+      MemoryAllocator own;
+      Via via{api, &own};
+      void* p = via.alloc(size);
+      ck_assert_ptr_nonnull(p);
+      DeathResult r = expect_death(
+          [&] {
+            via.release(p);
+            std::thread t([&] { via.release(p); });
+            t.join();
+          },
+          "Double free");
+      ASSERT_DIED(r, api, "Double free", p);
+      via.release(p);
+    }
+  }
+  SKIP_PLAIN_FREE_NOTE();
+}
+END_TEST
+
+// In a fresh independent heap the first 48-byte block is at the start of a new
+// span: the slots after it are not carved yet, and freeing one is an invalid free
+// although it is an object boundary.
+START_TEST(test_invalid_free_uncarved_slot) {
+  MemoryAllocator own;
+  char* p = static_cast<char*>(own.allocate(48));
+  ck_assert_ptr_nonnull(p);
+  for (std::size_t k : {1ul, 10ul, 100ul}) {
+    void* bad = p + k * 48;
+    DeathResult r = expect_death([&] { own.deallocate(bad); }, "Invalid free");
+    ASSERT_DIED(r, Api::own_heap, "Invalid free", bad);
+  }
+  own.deallocate(p);
+}
+END_TEST
+
+// A block grown in place over the uncarved slots after it (realloc at the carving
+// frontier) covers several slots; a slot boundary inside it is not a block.
+START_TEST(test_invalid_free_inside_grown_block) {
+  MemoryAllocator own;
+  char* p = static_cast<char*>(own.allocate(48));
+  ck_assert_ptr_nonnull(p);
+  ck_assert_ptr_eq(own.try_realloc_inplace(p, 200), p);
+  ck_assert_uint_ge(own.get_allocation_size(p), 200);
+  std::memset(p, 0x11, 200);
+  for (std::size_t k : {1ul, 2ul, 4ul}) {
+    void* bad = p + k * 48;
+    DeathResult r = expect_death([&] { own.deallocate(bad); }, "Invalid free");
+    ASSERT_DIED(r, Api::own_heap, "Invalid free", bad);
+    ck_assert_msg(line_with(r.output, "Invalid free").find("middle of a block") != std::string::npos,
+                  "message does not say 'middle of a block': %s", r.description.c_str());
+  }
+  own.deallocate(p);
+  // Its slots are ordinary free blocks again: each can be allocated and freed.
+  std::vector<void*> again;
+  for (int i = 0; i < 8; ++i) again.push_back(own.allocate(48));
+  for (void* q : again) own.deallocate(q);
+}
+END_TEST
+
+// The guard word is the second word of a free block and malloc clears it: blocks
+// whose users never write past their first word are freed and reused many times
+// over without a false "Double free"; a block whose user stored there what a
+// free block's link and guard look like for another address is still live.
+START_TEST(test_guard_word_no_false_double_free) {
+  for (std::size_t size : {16ul, 48ul, 1024ul, 8192ul}) {
+    for (int round = 0; round < 1000; ++round) {
+      auto* p = static_cast<std::uintptr_t*>(lca_malloc(size));
+      ck_assert_ptr_nonnull(p);
+      ck_assert_uint_eq(p[1], 0);  // the guard of its last free is gone
+      p[0] = round;
+      lca_free(p);
+    }
+  }
+  // A live block holding the guard of another block (its neighbour's) is live.
+  auto* a = static_cast<std::uintptr_t*>(lca_malloc(64));
+  auto* b = static_cast<std::uintptr_t*>(lca_malloc(64));
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(b);
+  b[0] = reinterpret_cast<std::uintptr_t>(a);
+  b[1] = lca::free_guard(a);
+  lca_free(a);
+  lca_free(b);
+}
+END_TEST
+
 // The first free comes from another thread (a remote free onto the owner's list),
 // the second from the owner.
 START_TEST(test_double_free_remote) {
@@ -328,5 +429,10 @@ int main() {
   tcase_add_test(tc, test_double_free_medium);
   tcase_add_test(tc, test_double_free_large);
   tcase_add_test(tc, test_double_free_remote);
+  tcase_add_test(tc, test_double_free_tiny);
+  tcase_add_test(tc, test_double_free_second_remote);
+  tcase_add_test(tc, test_invalid_free_uncarved_slot);
+  tcase_add_test(tc, test_invalid_free_inside_grown_block);
+  tcase_add_test(tc, test_guard_word_no_false_double_free);
   return test_util::run_suite(s);
 }
