@@ -13,6 +13,10 @@
 #include <cstddef>
 #include <cstdint>
 
+// For the globals the inline fast paths read: a hidden symbol is addressed
+// relative to the code, without a load from the GOT.
+#define LCA_HIDDEN __attribute__((visibility("hidden")))
+
 namespace lca {
 
 constexpr unsigned kChunkShift = 22;
@@ -52,7 +56,7 @@ void chunk_purge_data(ChunkHeader* chunk);
 // A lookup is one load, and a foreign pointer is never dereferenced.
 constexpr unsigned kAddressBits = 48;
 constexpr std::size_t kRegistrySlots = std::size_t{1} << (kAddressBits - kChunkShift);
-extern std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots];
+extern std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] LCA_HIDDEN;
 
 inline ChunkKind chunk_kind_of(const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);

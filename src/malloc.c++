@@ -36,8 +36,8 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
 }
 
 inline void* fast_malloc(std::size_t size) {
-  Heap* h = tls_heap;
-  if (__builtin_expect(h != nullptr && size <= kSlabMax, 1)) {
+  Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
+  if (__builtin_expect(size <= kSlabMax, 1)) {
     unsigned c = size_to_class(size);
     Span* s = h->head[c];
     FreeObject* o = s->free;

@@ -35,7 +35,7 @@ struct FreeObject {
 
 // The random key of the guard words: set once, before the first heap exists
 // (free_guard_init), never changed after.  Its top bit is set, so no guard is 0.
-extern std::uintptr_t g_free_guard_key;
+extern std::uintptr_t g_free_guard_key LCA_HIDDEN;
 void free_guard_init();
 inline std::uintptr_t free_guard(const void* p) { return reinterpret_cast<std::uintptr_t>(p) ^ g_free_guard_key; }
 inline bool is_free_object(const void* p) {
@@ -88,7 +88,11 @@ static_assert(sizeof(SpanChunk) <= kChunkHeaderSize, "span descriptors must fit 
 
 inline SpanChunk* span_chunk_of(ChunkHeader* c) { return reinterpret_cast<SpanChunk*>(c); }
 inline Span* span_of(SpanChunk* c, const void* p) {
-  return &c->spans[(reinterpret_cast<std::uintptr_t>(p) >> kSpanShift) & (kSpansPerChunk - 1)];
+  // &c->spans[slot of p], with the shift and the scaling folded into one shift.
+  static_assert(sizeof(Span) == 128);
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  return reinterpret_cast<Span*>(reinterpret_cast<char*>(c->spans) +
+                                 ((a >> (kSpanShift - 7)) & ((kSpansPerChunk - 1) << 7)));
 }
 
 void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap);

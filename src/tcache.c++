@@ -21,7 +21,9 @@ namespace lca {
 
 constinit Domain g_process_domain{true};
 constinit Span g_empty_span{};
-constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = nullptr;
+
+constinit Heap g_no_heap{NoHeapTag{}};
+constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = &g_no_heap;
 
 namespace {
 
@@ -397,7 +399,7 @@ void heap_abandon(Heap* h) {
 
 void on_thread_exit(void* value) {
   auto* h = static_cast<Heap*>(value);
-  if (tls_heap == h) tls_heap = nullptr;
+  if (tls_heap == h) tls_heap = &g_no_heap;
   heap_abandon(h);
 }
 
@@ -420,7 +422,7 @@ void unlink_domain(Domain* d) {
 }
 
 void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t bytes) {
-  Heap* me = tls_heap;
+  Heap* me = thread_heap_if_any();
   if (me && me->domain == d) {
     if (small) {
       me->counters.class_frees[size_class].add(1);
@@ -439,7 +441,7 @@ void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t 
 // --- public entry points ------------------------------------------------------
 
 Heap* heap_for_thread() {
-  Heap* h = tls_heap;
+  Heap* h = thread_heap_if_any();
   if (h) return h;
   pthread_once(&g_heap_key_once, make_heap_key);
   free_guard_init();  // before the first object of any heap can be freed
@@ -759,7 +761,7 @@ void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeR
 
 void domain_trim(Domain* d) {
   if (d->per_thread) {
-    if (Heap* h = tls_heap) {
+    if (Heap* h = thread_heap_if_any()) {
       DomainLock lock(d);
       heap_collect_all(h, true);
     }

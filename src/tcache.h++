@@ -54,7 +54,18 @@ struct HeapCounters {
   Counter realloc_in_place, realloc_moved, realloc_remapped;
 };
 
+struct NoHeapTag {};
+extern Span g_empty_span LCA_HIDDEN;
+
 struct Heap {
+  Heap() = default;
+  // g_no_heap (below): every head is the empty span.
+  constexpr explicit Heap(NoHeapTag)
+      : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
+        last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{} {
+    for (Span*& s : head) s = &g_empty_span;
+  }
+
   Span* head[kNumClasses];  // current span of each class (a sentinel when none)
   Span* tail[kNumClasses];
   Domain* domain;
@@ -91,9 +102,19 @@ struct Domain {
   Domain* prev = nullptr;
 };
 
-extern Domain g_process_domain;
-extern Span g_empty_span;
-extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec")));
+extern Domain g_process_domain LCA_HIDDEN;
+// The heap of a thread that has none: every class's head is g_empty_span and it
+// owns no span, so malloc's fast path needs no null test (it finds nothing to pop
+// and takes the slow path) and free's never matches it.
+extern Heap g_no_heap LCA_HIDDEN;
+// The calling thread's heap in the process domain; &g_no_heap until its first
+// allocation (and again after its exit handler ran).
+extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+// tls_heap, or nullptr when the thread has no heap.
+inline Heap* thread_heap_if_any() {
+  Heap* h = tls_heap;
+  return h == &g_no_heap ? nullptr : h;
+}
 
 // Requests above this fail with ENOMEM before any system call (no mapping of
 // 128 TiB can succeed, and rounding a size near SIZE_MAX would wrap).
