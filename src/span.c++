@@ -42,6 +42,7 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->bump = base;
   s->end = base + static_cast<std::size_t>(count) * size;
   s->used = 0;
+  s->head_mark = 0;
   s->obj_size = size;
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
   s->size_class = static_cast<std::uint16_t>(size_class);

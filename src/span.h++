@@ -57,17 +57,22 @@ struct alignas(128) Span {
   FreeObject* free;
   char* bump;  // next uncarved object
   char* end;   // end of the last whole object
-  char* base;
   Heap* heap;
   Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
   std::uint32_t used;  // live objects, including remote frees not yet collected
+  // Nonzero while the span heads its class's queue (the current span): free's fast
+  // path tests (used | head_mark) == 0 to find a span to retire, with no branch
+  // taken when the current span empties.
+  std::uint32_t head_mark;
   std::uint32_t obj_size;
   std::uint32_t reciprocal;  // ceil(2^32 / obj_size): offset -> index without a division
   std::uint16_t size_class;
   std::uint8_t flags;
   std::uint8_t multislot_count;
+  std::uint32_t reserved;
   // Written by other threads.
   alignas(64) std::atomic<FreeObject*> remote_free;
+  char* base;  // == the span's slot address
   Span* next;  // in the heap's queue for this class
   Span* prev;
   struct Multislot {

@@ -63,23 +63,31 @@ void init_recursive(pthread_mutex_t* m) {
 // --- span queues ------------------------------------------------------------
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
+// Every change of a queue's head goes through here, keeping head_mark true.
+void set_head(Heap* h, unsigned c, Span* s) {
+  Span* old = h->head[c];
+  if (old != &g_empty_span) old->head_mark = 0;
+  if (s != &g_empty_span) s->head_mark = 1;
+  h->head[c] = s;
+}
+
 void queue_push_front(Heap* h, unsigned c, Span* s) {
   s->prev = nullptr;
   if (queue_empty(h, c)) {
     s->next = nullptr;
-    h->head[c] = h->tail[c] = s;
+    h->tail[c] = s;
   } else {
     s->next = h->head[c];
     h->head[c]->prev = s;
-    h->head[c] = s;
   }
+  set_head(h, c, s);
 }
 
 void queue_remove(Heap* h, unsigned c, Span* s) {
   if (s->prev)
     s->prev->next = s->next;
   else
-    h->head[c] = s->next ? s->next : &g_empty_span;
+    set_head(h, c, s->next ? s->next : &g_empty_span);
   if (s->next)
     s->next->prev = s->prev;
   else

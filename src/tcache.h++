@@ -179,7 +179,9 @@ inline void block_free(void* p) {
       o->guard = free_guard(p);
       s->free = o;
       h->counters.class_frees[s->size_class].add(1);
-      if (__builtin_expect(--s->used == 0, 0) && h->head[s->size_class] != s) span_after_local_free(h, s);
+      std::uint32_t left = s->used - 1;
+      s->used = left;
+      if (__builtin_expect((left | s->head_mark) == 0, 0)) span_after_local_free(h, s);
       return;
     }
   }
