@@ -55,9 +55,7 @@ void MemoryAllocator::deallocate(void* ptr) {
 
 std::size_t MemoryAllocator::get_allocation_size(void* ptr) const {
   if (!ptr) return 0;
-  lca::BlockRef ref;
-  lca::block_lookup(ptr, &ref, "get_allocation_size");
-  return ref.usable;
+  return lca::block_usable_size(ptr, "get_allocation_size");
 }
 
 void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {

@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 #include "os.h++"
+#include "vg.h++"
 
 namespace lca {
 namespace {
@@ -241,6 +242,7 @@ void large_release_domain(Domain* d, LargeCache* cache) {
   pthread_mutex_lock(&g_lock);
   for (std::size_t i = 0; i < g_capacity;) {
     if (g_slots[i].user && g_slots[i].domain == d) {
+      vg_block_forgotten(g_slots[i].user);
       os_unmap(g_slots[i].base, g_slots[i].map_size);
       erase_slot(&g_slots[i]);  // may shift a later entry into i: look at i again
     } else {

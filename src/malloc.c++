@@ -20,6 +20,7 @@
 #include "os.h++"
 #include "stats.h++"
 #include "tcache.h++"
+#include "vg.h++"
 
 using namespace lca;
 
@@ -77,7 +78,7 @@ void* calloc_impl(std::size_t count, std::size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (total > kLargeThreshold) {
+  if (total > kLargeThreshold && !on_valgrind()) {
     // A fresh mapping is zero already: skip the memset when the block is one.
     bool zero = false;
     void* p = domain_alloc_large(&g_process_domain, total, 16, &zero);
@@ -172,9 +173,7 @@ LCA_EXPORT void* lca_memalign(std::size_t alignment, std::size_t size) {
 
 LCA_EXPORT std::size_t lca_usable_size(const void* ptr) {
   if (!ptr) return 0;
-  BlockRef ref;
-  block_lookup(ptr, &ref, "malloc_usable_size");
-  return ref.usable;
+  return block_usable_size(ptr, "malloc_usable_size");
 }
 
 LCA_EXPORT void lca_get_stats(struct lca_stats* out) {

@@ -3,6 +3,7 @@
 // The hot operations (pop, local push, remote push) are inline in span.h++;
 // this file holds the rarer ones.
 #include "span.h++"
+#include "vg.h++"
 
 #include <pthread.h>
 #include <sys/random.h>
@@ -38,7 +39,6 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   std::uint32_t size = static_cast<std::uint32_t>(class_to_size(size_class));
   std::uint32_t count = static_cast<std::uint32_t>(kSpanSize / size);
   s->free = nullptr;
-  s->base = base;
   s->bump = base;
   s->end = base + static_cast<std::size_t>(count) * size;
   s->used = 0;
@@ -61,13 +61,16 @@ SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
     if (i > s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots)
       return SpanCheck::not_object_start;
   *index = i;
-  return is_free_object(p) ? SpanCheck::not_live : SpanCheck::ok;
+  // Valgrind mode: the guard word of a live block is user data, perhaps undefined.
+  std::uintptr_t guard = on_valgrind() ? vg_peek_word(&static_cast<const FreeObject*>(p)->guard)
+                                       : static_cast<const FreeObject*>(p)->guard;
+  return guard == free_guard(p) ? SpanCheck::not_live : SpanCheck::ok;
 }
 
 #if CALLOC_DEBUG
 void span_debug_check_free(const Span* s, const FreeObject* o) {
   std::size_t off = span_offset(s, o);
-  if (off >= static_cast<std::size_t>(s->end - s->base) || off % s->obj_size || !is_free_object(o))
+  if (off >= static_cast<std::size_t>(s->end - span_base(s)) || off % s->obj_size || !is_free_object(o))
     report_fatal("Internal error", o, "span free list holds a bad object (heap corrupted by a write after free?)");
 }
 #endif
@@ -84,7 +87,7 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
     std::uint32_t slots = s->multislot[k].slots;
     // The extra slots go back on the free list as ordinary objects.
     for (std::uint32_t j = 1; j < slots; ++j) {
-      auto* o = reinterpret_cast<FreeObject*>(s->base + static_cast<std::size_t>(i + j) * s->obj_size);
+      auto* o = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(i + j) * s->obj_size);
       o->next = s->free;
       o->guard = free_guard(o);
       s->free = o;

@@ -72,7 +72,6 @@ struct alignas(128) Span {
   std::uint32_t reserved;
   // Written by other threads.
   alignas(64) std::atomic<FreeObject*> remote_free;
-  char* base;  // == the span's slot address
   Span* next;  // in the heap's queue for this class
   Span* prev;
   struct Multislot {
@@ -109,8 +108,19 @@ inline void span_set_flags(Span* s, std::uint8_t flags) {
   s->fast_heap = flags ? no_fast_heap() : s->heap;
 }
 
+// The span's first object: the start of its 64 KiB slot, computed from the
+// descriptor's place in the chunk header.  (Not stored: under Valgrind a stored
+// pointer to the first object would make a leaked first object look reachable.)
+inline char* span_base(const Span* s) {
+  auto a = reinterpret_cast<std::uintptr_t>(s);
+  std::uintptr_t chunk = a & ~(kChunkSize - 1);
+  std::uintptr_t slot = (a - reinterpret_cast<std::uintptr_t>(span_chunk_of(reinterpret_cast<ChunkHeader*>(chunk))->spans)) /
+                        sizeof(Span);
+  return reinterpret_cast<char*>(chunk + (slot << kSpanShift));
+}
+
 inline std::uint32_t span_index(const Span* s, const void* p) {
-  auto off = static_cast<std::uint64_t>(static_cast<const char*>(p) - s->base);
+  auto off = static_cast<std::uint64_t>(static_cast<const char*>(p) - span_base(s));
   return static_cast<std::uint32_t>((off * s->reciprocal) >> 32);
 }
 
@@ -125,7 +135,7 @@ inline bool span_is_object_start(const Span* s, const void* p) {
   return static_cast<const char*>(p) < s->bump && off * s->reciprocal < (std::uint32_t{1} << 16);
 }
 inline std::size_t span_offset(const Span* s, const void* p) {
-  return static_cast<std::size_t>(static_cast<const char*>(p) - s->base);
+  return static_cast<std::size_t>(static_cast<const char*>(p) - span_base(s));
 }
 
 #if CALLOC_DEBUG

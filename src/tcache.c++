@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 
 #include "os.h++"
+#include "vg.h++"
 
 namespace lca {
 
@@ -24,6 +25,7 @@ constinit Span g_empty_span{};
 
 constinit Heap g_no_heap{NoHeapTag{}};
 constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = &g_no_heap;
+constinit thread_local Heap* tls_owned_heap __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 
@@ -168,6 +170,7 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
     fresh = true;
     d->chunk_bytes.fetch_add(kChunkSize, std::memory_order_relaxed);
   }
+  vg_chunk_added(d, c, kChunkSize);
   c->heap = h;
   if (kind == ChunkKind::spans) {
     SpanChunk* sc = span_chunk_of(c);
@@ -195,6 +198,7 @@ void release_chunk(Domain* d, ChunkHeader* c) {
   ChunkList doomed;
   {
     DomainLock lock(d);
+    vg_chunk_removed(d, c);
     c->heap = nullptr;
     d->free_chunks.push(c);  // kept resident: the next chunk request costs no page faults
     if (d->free_chunks.count > kDomainCachedChunks && decay_due(&d->last_release_ns))
@@ -407,7 +411,10 @@ void heap_abandon(Heap* h) {
 
 void on_thread_exit(void* value) {
   auto* h = static_cast<Heap*>(value);
-  if (tls_heap == h) tls_heap = &g_no_heap;
+  if (tls_owned_heap == h) {
+    tls_owned_heap = nullptr;
+    tls_heap = &g_no_heap;
+  }
   heap_abandon(h);
 }
 
@@ -453,6 +460,7 @@ Heap* heap_for_thread() {
   if (h) return h;
   pthread_once(&g_heap_key_once, make_heap_key);
   free_guard_init();  // before the first object of any heap can be freed
+  vg_init();
   Domain* d = &g_process_domain;
   {
     DomainLock lock(d);
@@ -466,13 +474,15 @@ Heap* heap_for_thread() {
     }
   }
   if (!h) return nullptr;
-  tls_heap = h;
+  tls_owned_heap = h;
+  if (!on_valgrind()) tls_heap = h;
   pthread_setspecific(g_heap_key, h);
   return h;
 }
 
 Domain* domain_create() {
   free_guard_init();
+  vg_init();
   std::size_t size = align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size());
   void* mem = os_map(size);
   if (!mem) return nullptr;
@@ -484,19 +494,27 @@ Domain* domain_create() {
   d->heaps = h;
   d->single = h;
   link_domain(d);
+  vg_domain_created(d);
   return d;
 }
 
 void domain_destroy(Domain* d) {
+  vg_domain_destroying(d);
   unlink_domain(d);
   {
     DomainLock lock(d);
     Heap* h = d->single;
-    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full, &h->arena.chunks, &d->free_chunks};
-    for (ChunkList* l : lists)
-      while (ChunkHeader* c = l->pop()) chunk_unmap(c);
+    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full, &h->arena.chunks};
+    for (ChunkList* l : lists) {
+      while (ChunkHeader* c = l->pop()) {
+        vg_chunk_removed(d, c);  // frees, for memcheck, the blocks still in it
+        chunk_unmap(c);
+      }
+    }
+    while (ChunkHeader* c = d->free_chunks.pop()) chunk_unmap(c);
     large_release_domain(d, &d->large);
   }
+  vg_domain_destroyed(d);
   pthread_mutex_destroy(&d->lock);
   os_unmap(d, align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size()));
 }
@@ -550,7 +568,8 @@ void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, boo
   return p;
 }
 
-void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
+namespace {
+void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
   if (d->per_thread) {
     Heap* h = heap_for_thread();
     if (!h) {
@@ -561,6 +580,27 @@ void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
   }
   DomainLock lock(d);
   return heap_alloc(d->single, size, alignment, false);
+}
+}  // namespace
+
+void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
+  vg_init();
+  if (!on_valgrind()) return domain_alloc_raw(d, size, alignment);
+  void* p = domain_alloc_raw(d, size + kVgRedzone, alignment);
+  if (p) {
+    BlockRef r;
+    block_lookup(p, &r, "malloc");
+    vg_block_allocated(p, size, r.usable, false);
+    d->vg.allocs.fetch_add(1, std::memory_order_relaxed);
+    d->vg.bytes_allocated.fetch_add(size, std::memory_order_relaxed);
+  }
+  return p;
+}
+
+std::size_t block_usable_size(const void* p, const char* what) {
+  BlockRef r;
+  block_lookup(p, &r, what);
+  return on_valgrind() ? vg_block_size(p, r.usable) : r.usable;
 }
 
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
@@ -589,7 +629,7 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   if (!(s->flags & kSpanInactive) && p < s->bump) {
     // Inside an object that grew over several slots?
     for (unsigned k = 0; k < s->multislot_count; ++k) {
-      const char* first = s->base + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
+      const char* first = span_base(s) + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
       if (p > first && p < first + static_cast<std::size_t>(s->multislot[k].slots) * s->obj_size)
         report_fatal("Invalid free", p, "pointer into the middle of a block");
     }
@@ -632,6 +672,11 @@ void block_lookup(const void* p, BlockRef* out, const char* what) {
 }
 
 void free_slow(void* p) {
+  if (on_valgrind()) return vg_free(p, free_now);
+  free_now(p);
+}
+
+void free_now(void* p) {
   BlockRef r;
   block_lookup(p, &r, "free");
   Domain* d = r.domain;
@@ -653,7 +698,7 @@ void free_slow(void* p) {
     }
     return;
   }
-  Heap* me = tls_heap;
+  Heap* me = thread_heap_if_any();
   switch (r.kind) {
     case BlockRef::Kind::span:
       if (r.span->heap == me) {
@@ -691,7 +736,78 @@ void free_cold(void* p) {
   errno = saved;
 }
 
+namespace {
+// Valgrind mode: a resize in place is a VALGRIND_RESIZEINPLACE_BLOCK; a move is
+// malloc, a copy of the requested bytes, free (the order VALGRIND.md gives).
+void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
+  (void)d;
+  BlockRef r;
+  block_lookup(p, &r, "realloc");
+  Domain* bd = r.domain;
+  std::size_t old_size = vg_block_size(p, r.usable);
+  auto count_resize = [&](std::size_t now) {
+    if (now > old_size)
+      bd->vg.bytes_allocated.fetch_add(now - old_size, std::memory_order_relaxed);
+    else
+      bd->vg.bytes_freed.fetch_add(old_size - now, std::memory_order_relaxed);
+  };
+  *how = ResizeResult::failed;
+  if (r.kind == BlockRef::Kind::large && (size + kVgRedzone > kLargeThreshold / 2 || !may_move)) {
+    // mremap keeps the pages and memcheck their V bits; MALLOCLIKE would reset
+    // them, so they are saved and put back (VALGRIND.md).
+    std::size_t keep = size < old_size ? size : old_size;
+    void* vbits = os_map(align_up(keep ? keep : 1, os_page_size()));
+    if (!vbits) return nullptr;
+    vg_save_vbits(p, vbits, keep);
+    void* q = nullptr;
+    LargeResize lr = large_resize(&bd->large, p, size + kVgRedzone, may_move, &q);
+    if (lr != LargeResize::failed) {
+      LargeInfo info;
+      large_lookup(q, &info);
+      if (lr == LargeResize::in_place) {
+        vg_block_resized(q, old_size, size, info.usable, info.usable);
+        bd->vg.in_place.fetch_add(1, std::memory_order_relaxed);
+        *how = ResizeResult::in_place;
+      } else {
+        vg_block_forgotten(p);
+        vg_block_allocated(q, size, info.usable, false);
+        bd->vg.remapped.fetch_add(1, std::memory_order_relaxed);
+        *how = ResizeResult::remapped;
+      }
+      vg_restore_vbits(q, vbits, keep);
+      count_resize(size);
+    }
+    os_unmap(vbits, align_up(keep ? keep : 1, os_page_size()));
+    if (lr != LargeResize::failed) return q;
+  } else {
+    ResizeResult inner;
+    if (block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
+      BlockRef now;
+      block_lookup(p, &now, "realloc");
+      vg_block_resized(p, old_size, size, r.usable, now.usable);
+      bd->vg.in_place.fetch_add(1, std::memory_order_relaxed);
+      count_resize(size);
+      *how = ResizeResult::in_place;
+      return p;
+    }
+  }
+  if (!may_move) return nullptr;
+  void* q = domain_alloc(bd, size, 16);
+  if (!q) return nullptr;
+  std::memcpy(q, p, size < old_size ? size : old_size);
+  free_slow(p);
+  bd->vg.moved.fetch_add(1, std::memory_order_relaxed);
+  *how = ResizeResult::moved;
+  return q;
+}
+}  // namespace
+
 void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
+  if (p && on_valgrind()) return vg_realloc(d, p, size, may_move, how);
+  return block_realloc_raw(d, p, size, may_move, how);
+}
+
+void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
   *how = ResizeResult::failed;
   if (!p) {
     if (!may_move) return nullptr;
@@ -808,6 +924,16 @@ DomainStats domain_stats(Domain* d) {
   st.total_allocated += large.alloc_bytes;
   st.total_freed += large.free_bytes;
   st.large_mappings = large.live_count;
+  if (on_valgrind()) {
+    // What the user asked for, not the redzones around it (vg.h++).
+    st.allocation_count = d->vg.allocs.load(std::memory_order_relaxed);
+    st.free_count = d->vg.frees.load(std::memory_order_relaxed);
+    st.total_allocated = d->vg.bytes_allocated.load(std::memory_order_relaxed);
+    st.total_freed = d->vg.bytes_freed.load(std::memory_order_relaxed);
+    st.realloc_in_place = d->vg.in_place.load(std::memory_order_relaxed);
+    st.realloc_moved = d->vg.moved.load(std::memory_order_relaxed);
+    st.realloc_remapped = d->vg.remapped.load(std::memory_order_relaxed);
+  }
   st.os_memory_mapped = d->chunk_bytes.load(std::memory_order_relaxed) + large.mapped_bytes;
   return st;
 }
@@ -816,22 +942,25 @@ void domains_prefork() {
   pthread_mutex_lock(&g_domains_lock);
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
   large_lock_all();
+  vg_prefork();
 }
 
 void domains_postfork_parent() {
+  vg_postfork_parent();
   large_unlock_all();
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
   pthread_mutex_unlock(&g_domains_lock);
 }
 
 void domains_postfork_child() {
+  vg_postfork_child();
   large_reinit_after_fork();
   for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
   pthread_mutex_init(&g_domains_lock, nullptr);
   // The other threads are gone in the child: their heaps become adoptable.
   Domain* d = &g_process_domain;
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
-    if (h == tls_heap || h->abandoned) continue;
+    if (h == tls_owned_heap || h->abandoned) continue;
     h->abandoned = true;
     h->next_abandoned = d->abandoned;
     d->abandoned = h;

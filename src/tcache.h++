@@ -98,6 +98,12 @@ struct Domain {
   // Frees by threads that have no heap in this domain any more (thread exit).
   std::atomic<std::size_t> orphan_frees{0};
   std::atomic<std::size_t> orphan_free_bytes{0};
+  // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
+  // sizes, and a free counted when the block enters the quarantine.
+  struct VgCounters {
+    std::atomic<std::size_t> allocs{0}, frees{0}, bytes_allocated{0}, bytes_freed{0};
+    std::atomic<std::size_t> in_place{0}, moved{0}, remapped{0};
+  } vg;
   Domain* next = nullptr;
   Domain* prev = nullptr;
 };
@@ -107,14 +113,13 @@ extern Domain g_process_domain LCA_HIDDEN;
 // owns no span, so malloc's fast path needs no null test (it finds nothing to pop
 // and takes the slow path) and free's never matches it.
 extern Heap g_no_heap LCA_HIDDEN;
-// The calling thread's heap in the process domain; &g_no_heap until its first
-// allocation (and again after its exit handler ran).
+// What the fast paths use: the calling thread's heap in the process domain;
+// &g_no_heap until its first allocation, after its exit handler ran, and always
+// in Valgrind mode (vg.h++), which keeps every call on the slow paths.
 extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
-// tls_heap, or nullptr when the thread has no heap.
-inline Heap* thread_heap_if_any() {
-  Heap* h = tls_heap;
-  return h == &g_no_heap ? nullptr : h;
-}
+// The calling thread's heap in the process domain, or nullptr when it has none.
+extern constinit thread_local Heap* tls_owned_heap __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+inline Heap* thread_heap_if_any() { return tls_owned_heap; }
 
 // Requests above this fail with ENOMEM before any system call (no mapping of
 // 128 TiB can succeed, and rounding a size near SIZE_MAX would wrap).
@@ -155,6 +160,11 @@ struct BlockRef {
 // block already freed.  `what` names the operation in the message.
 void block_lookup(const void* p, BlockRef* out, const char* what);
 void free_slow(void* p);
+// free_slow without the Valgrind-mode quarantine.
+void free_now(void* p);
+// The bytes a live block offers its user (the requested size in Valgrind mode);
+// aborts like block_lookup on a bad pointer.
+std::size_t block_usable_size(const void* p, const char* what);
 // free_slow preserving errno: the out-of-line half of every free.
 void free_cold(void* p);
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i);
@@ -193,6 +203,8 @@ enum class ResizeResult { failed, in_place, moved, remapped };
 // Resizes p (a live block).  When may_move is false, only in-place resizing is
 // tried.  d is the domain a null p allocates from.
 void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how);
+// block_realloc without Valgrind-mode handling.
+void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how);
 
 // --- maintenance ----------------------------------------------------------
 // Returns empty cached memory of the domain to the OS (and the caller's own heap's).

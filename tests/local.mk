@@ -35,7 +35,21 @@ if CALLOC_OVERRIDE
 # LD_PRELOAD only means something when libcalloc.so provides malloc.
 calloc_script_tests += tests/integration/preload.sh
 endif
-EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh
+# A user's bugs under memcheck (issue 4): tests/valgrind/buggy, linked with the
+# shared libcalloc like a user's program (-no-install: a real binary, not a
+# libtool wrapper script, so that valgrind runs the program itself).
+calloc_script_tests += tests/integration/valgrind-user.sh
+check_PROGRAMS += tests/valgrind/buggy
+tests_valgrind_buggy_SOURCES = tests/valgrind/buggy.c++
+tests_valgrind_buggy_CPPFLAGS = -I$(top_srcdir)/include -I$(top_builddir)
+# Its bugs are deliberate: GCC sees some of them.
+tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS) \
+	-Wno-use-after-free -Wno-free-nonheap-object -Wno-array-bounds -Wno-stringop-overflow \
+	-Wno-maybe-uninitialized
+tests_valgrind_buggy_LDFLAGS = -no-install
+tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
+EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
+	tests/integration/valgrind-user.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
@@ -75,6 +89,11 @@ SH_LOG_COMPILER = $(SHELL)
 # from the environment, else 100 (5 in a Valgrind run).  The scripts also get
 # absolute top_builddir/top_srcdir and whether the malloc override is built.
 calloc_default_test_scale = 100
+if CALLOC_VALGRIND
+calloc_valgrind_built = 1
+else
+calloc_valgrind_built = 0
+endif
 if CALLOC_OVERRIDE
 calloc_override_built = 1
 else
@@ -85,7 +104,8 @@ AM_TESTS_ENVIRONMENT = \
 	top_srcdir='$(abs_top_srcdir)'; export top_srcdir; \
 	CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-$(calloc_default_test_scale)}; \
 	export CALLOC_TEST_SCALE; \
-	CALLOC_OVERRIDE=$(calloc_override_built); export CALLOC_OVERRIDE;
+	CALLOC_OVERRIDE=$(calloc_override_built); export CALLOC_OVERRIDE; \
+	CALLOC_VALGRIND_BUILT=$(calloc_valgrind_built); export CALLOC_VALGRIND_BUILT;
 
 # make check-stress: the stress programs at a soak scale (CALLOC_TEST_SCALE from
 # the environment, default 1000), results in test-suite-stress.log.

@@ -1,0 +1,238 @@
+// vg.c++ -- Valgrind mode (see vg.h++).
+#include "vg.h++"
+
+#include <pthread.h>
+#include <cstdlib>
+#include <cstring>
+
+#include "report.h++"
+#include "tcache.h++"
+
+#if CALLOC_VALGRIND
+#include <valgrind/helgrind.h>
+#endif
+
+namespace lca {
+
+#if CALLOC_VALGRIND
+
+constinit bool g_on_valgrind = false;
+constinit bool g_vg_decided = false;
+
+namespace {
+
+// The quarantine: a ring of freed blocks, oldest first, bounded by count and by
+// bytes (kVgQuarantineBytes, as memcheck's own --freelist-vol).  One lock:
+// Valgrind runs one thread at a time anyway.
+constexpr std::size_t kVgQuarantineBytes = std::size_t{16} << 20;
+struct QuarantineEntry {
+  void* p;
+  std::size_t bytes;
+};
+constinit pthread_mutex_t g_quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit QuarantineEntry g_quarantine[kVgQuarantine] = {};
+constinit std::size_t g_quarantine_head = 0;  // oldest entry
+constinit std::size_t g_quarantine_count = 0;
+constinit std::size_t g_quarantine_bytes = 0;
+
+// The requested size lives in the last word of the block's usable bytes.
+std::size_t* size_slot(const void* p, std::size_t usable) {
+  return reinterpret_cast<std::size_t*>(const_cast<char*>(static_cast<const char*>(p)) + usable -
+                                        sizeof(std::size_t));
+}
+
+void store_size(void* p, std::size_t size, std::size_t usable) {
+  std::size_t* slot = size_slot(p, usable);
+  vg_in_free_memory(slot, sizeof *slot, [&] { *slot = size; });
+}
+
+}  // namespace
+
+void vg_decide() {
+  bool on = false;
+  if (RUNNING_ON_VALGRIND) {
+    // Valgrind puts the tool's own preload library (the one that replaces malloc)
+    // in LD_PRELOAD; the tools without one do not care about heap blocks.
+    const char* preload = std::getenv("LD_PRELOAD");
+    for (const char* tool : {"vgpreload_memcheck", "vgpreload_helgrind", "vgpreload_drd", "vgpreload_massif",
+                             "vgpreload_dhat"})
+      if (preload && std::strstr(preload, tool)) on = true;
+  }
+  g_on_valgrind = on;
+  g_vg_decided = true;
+}
+
+std::uintptr_t vg_peek_word(const void* p) {
+  if (!on_valgrind()) return *static_cast<const std::uintptr_t*>(p);
+  // Byte by byte: a block of 9 bytes has one addressable byte in its second word.
+  constexpr std::size_t n = sizeof(std::uintptr_t);
+  const auto* b = static_cast<const unsigned char*>(p);
+  unsigned char vbits[n];
+  bool addressable[n];
+  for (std::size_t i = 0; i < n; ++i)
+    addressable[i] = VALGRIND_GET_VBITS(b + i, &vbits[i], 1) == 1;  // 3: not addressable
+  (void)VALGRIND_MAKE_MEM_DEFINED(p, n);
+  std::uintptr_t v = *static_cast<const std::uintptr_t*>(p);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (addressable[i])
+      (void)VALGRIND_SET_VBITS(b + i, &vbits[i], 1);
+    else
+      (void)VALGRIND_MAKE_MEM_NOACCESS(b + i, 1);
+  }
+  return v;
+}
+
+void vg_block_allocated(void* p, std::size_t size, std::size_t usable, bool zeroed) {
+  if (!on_valgrind() || !p) return;
+  (void)VALGRIND_MAKE_MEM_NOACCESS(p, usable);
+  store_size(p, size, usable);
+  VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, zeroed);
+  VALGRIND_HG_CLEAN_MEMORY(p, size);
+}
+
+std::size_t vg_block_size(const void* p, std::size_t usable) {
+  const std::size_t* slot = size_slot(p, usable);
+  return vg_in_free_memory(slot, sizeof *slot, [&] { return *slot; });
+}
+
+void vg_block_resized(void* p, std::size_t old_size, std::size_t size, std::size_t old_usable,
+                      std::size_t usable) {
+  if (!on_valgrind()) return;
+  VALGRIND_RESIZEINPLACE_BLOCK(p, old_size, size, 0);
+  if (usable > size) (void)VALGRIND_MAKE_MEM_NOACCESS(static_cast<char*>(p) + size, usable - size);
+  // A shrink split the tail off as a free block: its tag and links are ours.
+  if (old_usable > usable) (void)VALGRIND_MAKE_MEM_DEFINED(static_cast<char*>(p) + usable, old_usable - usable);
+  store_size(p, size, usable);
+}
+
+void vg_free(void* p, void (*release)(void*)) {
+  pthread_mutex_lock(&g_quarantine_lock);
+  for (std::size_t k = 0; k < g_quarantine_count; ++k) {
+    if (g_quarantine[(g_quarantine_head + k) % kVgQuarantine].p == p) {
+      pthread_mutex_unlock(&g_quarantine_lock);
+      VALGRIND_FREELIKE_BLOCK(p, 0);  // memcheck's report: "Invalid free()", with both stacks
+      report_fatal("Double free", p, "the block is not allocated (freed already)");
+    }
+  }
+  pthread_mutex_unlock(&g_quarantine_lock);
+  // memcheck's own report first ("Invalid free()" for anything but a live block),
+  // then libcalloc's check, which aborts with its message on a bad pointer.
+  VALGRIND_FREELIKE_BLOCK(p, 0);
+  BlockRef r;
+  block_lookup(p, &r, "free");
+  r.domain->vg.frees.fetch_add(1, std::memory_order_relaxed);
+  r.domain->vg.bytes_freed.fetch_add(vg_block_size(p, r.usable), std::memory_order_relaxed);
+  if (r.kind == BlockRef::Kind::large) {
+    // A mapping of its own: freed at once (memcheck still describes a later
+    // access as inside a freed block, or the unmapped page faults).
+    (void)VALGRIND_MAKE_MEM_DEFINED(p, r.usable);
+    release(p);
+    return;
+  }
+  void* due[kVgQuarantine];
+  std::size_t n_due = 0;
+  pthread_mutex_lock(&g_quarantine_lock);
+  if (g_quarantine_count == kVgQuarantine) {
+    QuarantineEntry& e = g_quarantine[g_quarantine_head];
+    due[n_due++] = e.p;
+    g_quarantine_bytes -= e.bytes;
+    g_quarantine_head = (g_quarantine_head + 1) % kVgQuarantine;
+    --g_quarantine_count;
+  }
+  g_quarantine[(g_quarantine_head + g_quarantine_count) % kVgQuarantine] = QuarantineEntry{p, r.usable};
+  ++g_quarantine_count;
+  g_quarantine_bytes += r.usable;
+  while (g_quarantine_bytes > kVgQuarantineBytes && g_quarantine_count > 1) {
+    QuarantineEntry& e = g_quarantine[g_quarantine_head];
+    due[n_due++] = e.p;
+    g_quarantine_bytes -= e.bytes;
+    g_quarantine_head = (g_quarantine_head + 1) % kVgQuarantine;
+    --g_quarantine_count;
+  }
+  pthread_mutex_unlock(&g_quarantine_lock);
+  for (std::size_t k = 0; k < n_due; ++k) {
+    // Its memory is libcalloc's again (defined: the free lists live there).
+    BlockRef d;
+    block_lookup(due[k], &d, "free");
+    (void)VALGRIND_MAKE_MEM_DEFINED(due[k], d.usable);
+    release(due[k]);
+  }
+}
+
+void vg_save_vbits(const void* p, void* buf, std::size_t n) {
+  if (on_valgrind() && n) (void)VALGRIND_GET_VBITS(p, buf, n);
+}
+
+void vg_restore_vbits(const void* p, const void* buf, std::size_t n) {
+  if (on_valgrind() && n) (void)VALGRIND_SET_VBITS(p, buf, n);
+}
+
+void vg_block_forgotten(const void* p) {
+  if (on_valgrind()) VALGRIND_FREELIKE_BLOCK(p, 0);
+}
+
+void vg_prefork() { pthread_mutex_lock(&g_quarantine_lock); }
+void vg_postfork_parent() { pthread_mutex_unlock(&g_quarantine_lock); }
+void vg_postfork_child() { pthread_mutex_init(&g_quarantine_lock, nullptr); }
+
+void vg_domain_created(Domain* d) {
+  if (on_valgrind()) VALGRIND_CREATE_MEMPOOL_EXT(d, 0, 0, VALGRIND_MEMPOOL_METAPOOL | VALGRIND_MEMPOOL_AUTO_FREE);
+}
+
+void vg_domain_destroying(Domain* d) {
+  if (!on_valgrind()) return;
+  // Blocks of this heap still in the quarantine go with it.
+  pthread_mutex_lock(&g_quarantine_lock);
+  std::size_t kept = 0;
+  for (std::size_t k = 0; k < g_quarantine_count; ++k) {
+    QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kVgQuarantine];
+    ChunkHeader* ch = registry_lookup(e.p);
+    if (ch && ch->domain == d) {
+      g_quarantine_bytes -= e.bytes;
+      continue;
+    }
+    g_quarantine[(g_quarantine_head + kept++) % kVgQuarantine] = e;
+  }
+  g_quarantine_count = kept;
+  pthread_mutex_unlock(&g_quarantine_lock);
+}
+
+void vg_domain_destroyed(Domain* d) {
+  if (on_valgrind()) VALGRIND_DESTROY_MEMPOOL(d);
+}
+
+void vg_chunk_added(Domain* d, const void* chunk, std::size_t size) {
+  if (!on_valgrind()) return;
+  if (!d->per_thread) VALGRIND_MEMPOOL_ALLOC(d, chunk, size);
+  // libcalloc's memory until a block is handed out (MEMPOOL_ALLOC made it undefined).
+  (void)VALGRIND_MAKE_MEM_DEFINED(chunk, size);
+}
+
+void vg_chunk_removed(Domain* d, const void* chunk) {
+  if (!on_valgrind()) return;
+  if (!d->per_thread) VALGRIND_MEMPOOL_FREE(d, chunk);  // AUTO_FREE: its blocks go too
+  (void)VALGRIND_MAKE_MEM_DEFINED(chunk, kChunkSize);
+}
+
+#else  // !CALLOC_VALGRIND
+
+std::uintptr_t vg_peek_word(const void* p) { return *static_cast<const std::uintptr_t*>(p); }
+void vg_block_allocated(void*, std::size_t, std::size_t, bool) {}
+std::size_t vg_block_size(const void*, std::size_t usable) { return usable; }
+void vg_block_resized(void*, std::size_t, std::size_t, std::size_t, std::size_t) {}
+void vg_free(void* p, void (*release)(void*)) { release(p); }
+void vg_save_vbits(const void*, void*, std::size_t) {}
+void vg_restore_vbits(const void*, const void*, std::size_t) {}
+void vg_block_forgotten(const void*) {}
+void vg_prefork() {}
+void vg_postfork_parent() {}
+void vg_postfork_child() {}
+void vg_domain_created(Domain*) {}
+void vg_domain_destroying(Domain*) {}
+void vg_domain_destroyed(Domain*) {}
+void vg_chunk_added(Domain*, const void*, std::size_t) {}
+void vg_chunk_removed(Domain*, const void*) {}
+
+#endif
+
+}  // namespace lca

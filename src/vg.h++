@@ -1,0 +1,133 @@
+// vg.h++ -- what Valgrind sees of libcalloc (configure --enable-valgrind-annotations).
+//
+// Under a Valgrind tool that tracks heap blocks -- memcheck, helgrind, DRD, massif,
+// DHAT: RUNNING_ON_VALGRIND, and the tool's preload library in LD_PRELOAD, checked
+// once, on the first allocation -- libcalloc works in "Valgrind mode" (callgrind
+// and cachegrind profile the allocator as it runs natively):
+//  - the fast paths are never taken: tls_heap stays the empty g_no_heap, so every
+//    malloc and free goes through the slow paths, where the client requests are
+//    (the fast paths carry no annotation and no extra test);
+//  - every block is a VALGRIND_MALLOCLIKE_BLOCK of exactly the requested size,
+//    followed by at least kVgRedzone bytes that stay no-access (a one-byte
+//    overflow is reported as "0 bytes after a block of size N"); the requested
+//    size is kept in the last word of the slot, inside that slack;
+//  - free is a VALGRIND_FREELIKE_BLOCK, and the block waits in a FIFO quarantine
+//    (kVgQuarantine blocks) before its memory is reused, so a use after free is
+//    reported as "inside a block of size N free'd" rather than hitting a new block;
+//  - free memory is no-access, and libcalloc brackets its own accesses to the
+//    links kept in free memory (make defined, access, make no-access again);
+//  - each independent heap (MemoryAllocator) is a METAPOOL|AUTO_FREE mempool whose
+//    chunks are its spans' and arena's chunks and its large mappings, so
+//    destroying the heap frees, for memcheck too, every block still in it.
+// Without the annotations compiled in, every function here is an empty inline.
+#ifndef LCA_VG_HXX
+#define LCA_VG_HXX
+
+#include <cstddef>
+#include <cstdint>
+
+#include "chunk.h++"
+#include "config.h"
+
+#if CALLOC_VALGRIND
+#include <valgrind/memcheck.h>
+#include <valgrind/valgrind.h>
+#endif
+
+namespace lca {
+
+// Bytes after each block that the user may not touch (and where the requested size
+// is kept).  A multiple of 16, so that alignment is unaffected.
+constexpr std::size_t kVgRedzone = 16;
+constexpr std::size_t kVgQuarantine = 512;
+
+#if CALLOC_VALGRIND
+extern bool g_on_valgrind LCA_HIDDEN;
+extern bool g_vg_decided LCA_HIDDEN;
+inline bool on_valgrind() { return __builtin_expect(g_on_valgrind, false); }
+// Decides Valgrind mode: called on the allocation slow path, so that the very
+// first block (allocated before any constructor of ours ran) is annotated.
+// Every thread reaches the same answer: racing is harmless.
+void vg_decide();
+inline void vg_init() {
+  if (__builtin_expect(!g_vg_decided, false)) vg_decide();
+}
+#else
+constexpr bool on_valgrind() { return false; }
+inline void vg_init() {}
+#endif
+
+#if CALLOC_VALGRIND
+inline void vg_noaccess(const void* p, std::size_t n) {
+  if (on_valgrind()) (void)VALGRIND_MAKE_MEM_NOACCESS(p, n);
+}
+inline void vg_undefined(const void* p, std::size_t n) {
+  if (on_valgrind()) (void)VALGRIND_MAKE_MEM_UNDEFINED(p, n);
+}
+inline void vg_defined(const void* p, std::size_t n) {
+  if (on_valgrind()) (void)VALGRIND_MAKE_MEM_DEFINED(p, n);
+}
+#else
+inline void vg_noaccess(const void*, std::size_t) {}
+inline void vg_undefined(const void*, std::size_t) {}
+inline void vg_defined(const void*, std::size_t) {}
+#endif
+
+// Reads or writes n bytes of libcalloc's own data inside free (no-access) memory.
+// The bytes are no-access again afterwards.
+template <typename F>
+inline auto vg_in_free_memory(const void* p, std::size_t n, F&& access) -> decltype(access()) {
+  if (!on_valgrind()) return access();
+  vg_defined(p, n);
+  struct Restore {
+    const void* p;
+    std::size_t n;
+    ~Restore() { vg_noaccess(p, n); }
+  } restore{p, n};
+  return access();
+}
+
+// Reads a word of a block that may be live (user data, perhaps undefined) or free
+// (no-access), without changing what memcheck knows of it.
+std::uintptr_t vg_peek_word(const void* p);
+
+// --- Valgrind mode: the API-level events (no-ops outside it) ----------------
+struct Domain;
+// The request a block is made with in Valgrind mode (size plus the redzone).
+inline std::size_t vg_inner_size(std::size_t size) { return on_valgrind() ? size + kVgRedzone : size; }
+// A block of `usable` bytes at p was just made for a request of `size`.
+void vg_block_allocated(void* p, std::size_t size, std::size_t usable, bool zeroed);
+// The requested size of a live block (Valgrind mode only).
+std::size_t vg_block_size(const void* p, std::size_t usable);
+// A block was resized in place from old_size to size bytes (its usable bytes from
+// old_usable to usable; what it gave up is libcalloc's memory again).
+void vg_block_resized(void* p, std::size_t old_size, std::size_t size, std::size_t old_usable,
+                      std::size_t usable);
+// Free in Valgrind mode: reports double frees of quarantined blocks, validates,
+// tells memcheck, and quarantines p; the block whose turn has come is returned to
+// the heap through `release` (a full free without Valgrind-mode handling).
+void vg_free(void* p, void (*release)(void*));
+
+// Copies the V bits of n bytes at p to buf, and back (n may be 0).
+void vg_save_vbits(const void* p, void* buf, std::size_t n);
+void vg_restore_vbits(const void* p, const void* buf, std::size_t n);
+// A block that goes away without a free (its heap is destroyed).
+void vg_block_forgotten(const void* p);
+
+// fork(): the quarantine lock is held across it.
+void vg_prefork();
+void vg_postfork_parent();
+void vg_postfork_child();
+
+// Independent heaps as mempools.
+void vg_domain_created(Domain* d);
+// Before the heap's memory goes: its blocks leave the quarantine.
+void vg_domain_destroying(Domain* d);
+// After: the mempool goes.
+void vg_domain_destroyed(Domain* d);
+void vg_chunk_added(Domain* d, const void* chunk, std::size_t size);
+void vg_chunk_removed(Domain* d, const void* chunk);
+
+}  // namespace lca
+
+#endif

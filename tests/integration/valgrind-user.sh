@@ -1,0 +1,109 @@
+#!/bin/sh
+# tests/integration/valgrind-user.sh -- a user's bugs, seen by memcheck on libcalloc.
+#
+# Runs tests/valgrind/buggy (a program linked with libcalloc, one deliberate bug
+# per run) under memcheck and checks memcheck's report: the kind of error, the
+# block's size and the user's function in the stack -- and, for a correct program,
+# "ERROR SUMMARY: 0 errors" with no leak.  libcalloc's own malloc runs
+# (--soname-synonyms=somalloc=nouserintercepts: Valgrind must not replace it), so
+# what is tested is libcalloc's Valgrind mode (src/vg.h++).  One run uses
+# lca_malloc under plain `valgrind' (no option), as a user would.
+#
+# Skips (77) when valgrind is not installed or the annotations were not built.
+# Environment (set by tests/local.mk): top_builddir, CALLOC_VALGRIND_BUILT (1/0).
+
+set -u
+top_builddir=${top_builddir:-.}
+buggy=$top_builddir/tests/valgrind/buggy
+
+if test "${CALLOC_VALGRIND_BUILT:-1}" != 1; then
+  echo "SKIP: built without --enable-valgrind-annotations"
+  exit 77
+fi
+if ! command -v valgrind >/dev/null 2>&1; then
+  echo "SKIP: valgrind is not installed (Debian package: valgrind)"
+  exit 77
+fi
+if test ! -x "$buggy"; then
+  echo "FAIL: $buggy was not built"
+  exit 1
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/calloc-vguser.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+
+failures=0
+report=
+
+# run KIND [valgrind options...]: memcheck's report of `buggy KIND' in $report.
+run() {
+  kind=$1
+  shift
+  report=$tmp/$kind.txt
+  valgrind --num-callers=30 "$@" "$buggy" "$kind" >"$tmp/$kind.out" 2>"$report"
+  echo "--- $kind: exit status $?"
+}
+
+# expect TEXT...: each TEXT must appear in the report.
+expect() {
+  for text in "$@"; do
+    if ! grep -F -q -- "$text" "$report"; then
+      echo "FAIL: no \"$text\" in memcheck's report:"
+      sed 's/^/    /' "$report"
+      failures=$((failures + 1))
+      return
+    fi
+    echo "ok: \"$text\""
+  done
+}
+
+# expect_not TEXT: TEXT must not appear.
+expect_not() {
+  if grep -F -q -- "$1" "$report"; then
+    echo "FAIL: \"$1\" in memcheck's report:"
+    sed 's/^/    /' "$report"
+    failures=$((failures + 1))
+    return
+  fi
+  echo "ok: no \"$1\""
+}
+
+vg="--soname-synonyms=somalloc=nouserintercepts --leak-check=full"
+
+run clean $vg
+expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are possible"
+
+run use-after-free $vg
+expect "Invalid read of size 1" "is 3 bytes inside a block of size 32 free'd" "use_after_free"
+
+run overflow $vg
+expect "Invalid write of size 1" "is 0 bytes after a block of size 64 alloc'd" "heap_overflow"
+
+run leak $vg
+expect "48 bytes in 1 blocks are definitely lost" "leak_a_block"
+
+run uninitialised $vg
+expect "Conditional jump or move depends on uninitialised value" "read_uninitialised"
+
+run double-free $vg
+expect "Invalid free()" "free_twice" "libcalloc: Double free of"
+
+run interior-free $vg
+expect "Invalid free()" "is 16 bytes inside a block of size 80 alloc'd" "free_interior" "libcalloc: Invalid free of"
+
+run heap-uaf $vg
+expect "Invalid read of size 1" "is 100 bytes inside a block of size 200 free'd" "use_after_free_in_heap"
+
+run heap-destroyed $vg
+expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are possible"
+
+run lca-uaf --leak-check=full
+expect "Invalid read of size 1" "is 39 bytes inside a block of size 40 free'd" "use_after_free_lca"
+expect_not "definitely lost"
+
+if test "$failures" -gt 0; then
+  echo "$failures check(s) failed"
+  exit 1
+fi
+echo "all checks passed"
+exit 0

@@ -1,0 +1,165 @@
+// tests/valgrind/buggy.c++ -- a user program on libcalloc with one deliberate bug
+// per run, for tests/integration/valgrind-user.sh to run under memcheck.
+//
+//   buggy KIND    KIND: clean, use-after-free, overflow, leak, uninitialised,
+//                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf
+//
+// Each bug sits in a function of its own, named after it, so that the script can
+// check that memcheck's report shows the user's function in the stack.  The
+// program is linked with libcalloc (the shared library): with the override on,
+// malloc and operator new are libcalloc's; without it the plain-malloc cases use
+// lca_malloc/lca_free instead.
+#include <custom_alloc/memory_allocator.h++>
+#include <libcalloc.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "config.h"
+
+#ifdef CALLOC_OVERRIDE
+#define USER_MALLOC std::malloc
+#define USER_FREE std::free
+#define USER_REALLOC std::realloc
+#define USER_CALLOC std::calloc
+#else
+#define USER_MALLOC lca_malloc
+#define USER_FREE lca_free
+#define USER_REALLOC lca_realloc
+#define USER_CALLOC lca_calloc
+#endif
+
+// The compiler must not see through the bugs (it would fold or drop them).
+template <typename T>
+T* opaque(T* p) {
+  asm volatile("" : "+r"(p));
+  return p;
+}
+
+__attribute__((noinline)) int use_after_free() {
+  auto* p = opaque(static_cast<volatile char*>(USER_MALLOC(32)));
+  std::memset(const_cast<char*>(p), 7, 32);
+  USER_FREE(const_cast<char*>(p));
+  return p[3];  // BUG: read after free
+}
+
+__attribute__((noinline)) void heap_overflow() {
+  auto* p = opaque(static_cast<volatile char*>(USER_MALLOC(64)));
+  p[64] = 1;  // BUG: one byte past the end
+  USER_FREE(const_cast<char*>(p));
+}
+
+void* g_leak_sink;
+__attribute__((noinline)) void leak_a_block() {
+  g_leak_sink = opaque(USER_MALLOC(48));
+  static_cast<char*>(g_leak_sink)[0] = 1;
+  g_leak_sink = nullptr;  // BUG: the only pointer to the block is gone
+}
+
+__attribute__((noinline)) int read_uninitialised() {
+  auto* p = opaque(static_cast<volatile char*>(USER_MALLOC(16)));
+  int r = 0;
+  if (p[3] == 42) {  // BUG: p[3] was never written
+    std::puts("forty-two");
+    r = 1;
+  }
+  USER_FREE(const_cast<char*>(p));
+  return r;
+}
+
+__attribute__((noinline)) void free_twice() {
+  void* p = opaque(USER_MALLOC(24));
+  USER_FREE(p);
+  USER_FREE(opaque(p));  // BUG: double free
+}
+
+__attribute__((noinline)) void free_interior() {
+  char* p = opaque(static_cast<char*>(USER_MALLOC(80)));
+  USER_FREE(opaque(p + 16));  // BUG: not the start of the block
+}
+
+__attribute__((noinline)) int use_after_free_in_heap() {
+  custom_alloc::MemoryAllocator heap;
+  auto* p = opaque(static_cast<volatile char*>(heap.allocate(200)));
+  std::memset(const_cast<char*>(p), 5, 200);
+  heap.deallocate(const_cast<char*>(p));
+  return p[100];  // BUG: read after free, in an independent heap
+}
+
+// Not a bug: destroying an independent heap frees every block still in it, so
+// memcheck must report no leak for them.
+__attribute__((noinline)) void heap_destroyed_with_blocks() {
+  custom_alloc::MemoryAllocator heap;
+  for (int i = 0; i < 100; i++) static_cast<char*>(heap.allocate(16 + 37 * i))[0] = 1;
+  static_cast<char*>(heap.allocate(3 << 20))[0] = 1;  // a large mapping too
+}
+
+__attribute__((noinline)) int use_after_free_lca() {
+  auto* p = opaque(static_cast<volatile char*>(lca_malloc(40)));
+  std::memset(const_cast<char*>(p), 9, 40);
+  lca_free(const_cast<char*>(p));
+  return p[39];  // BUG: read after free (lca_malloc is never intercepted by Valgrind)
+}
+
+// A correct program that exercises every path: sizes from every tier, realloc
+// in place and moving, calloc, aligned allocation, operator new, containers.
+__attribute__((noinline)) int correct_program() {
+  std::vector<void*> blocks;
+  for (int i = 0; i < 300; i++) {
+    std::size_t size = static_cast<std::size_t>(i) * 97 % 20000 + 1;
+    auto* p = static_cast<unsigned char*>(USER_MALLOC(size));
+    if (!p) return 1;
+    std::memset(p, i & 255, size);
+    blocks.push_back(p);
+  }
+  for (std::size_t i = 0; i < blocks.size(); i++) {
+    std::size_t size = i * 97 % 20000 + 1;
+    auto* q = static_cast<unsigned char*>(USER_REALLOC(blocks[i], size * 2 + 1));
+    if (!q) return 1;
+    if (q[size - 1] != (i & 255)) return 1;
+    blocks[i] = q;
+  }
+  for (void* p : blocks) USER_FREE(p);
+  auto* z = static_cast<unsigned char*>(USER_CALLOC(1000, 3));
+  for (int i = 0; i < 3000; i++)
+    if (z[i]) return 1;
+  USER_FREE(z);
+  void* big = USER_MALLOC(5 << 20);
+  std::memset(big, 1, 5 << 20);
+  big = USER_REALLOC(big, 9 << 20);  // mremap
+  if (static_cast<unsigned char*>(big)[(5 << 20) - 1] != 1) return 1;
+  USER_FREE(big);
+  void* a = nullptr;
+  if (lca_posix_memalign(&a, 4096, 1000) != 0) return 1;
+  std::memset(a, 3, 1000);
+  lca_free(a);
+  std::string s;
+  for (int i = 0; i < 1000; i++) s += std::to_string(i);
+  auto* v = new std::vector<int>(1000, 4);
+  int sum = 0;
+  for (int x : *v) sum += x;
+  delete v;
+  custom_alloc::MemoryAllocator heap;
+  void* h = heap.allocate(100);
+  h = heap.reallocate(h, 5000);
+  heap.deallocate(h);
+  return sum == 4000 && s.size() > 1000 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  std::string kind = argc > 1 ? argv[1] : "clean";
+  if (kind == "clean") return correct_program();
+  if (kind == "use-after-free") return use_after_free() == 99;
+  if (kind == "overflow") heap_overflow();
+  if (kind == "leak") leak_a_block();
+  if (kind == "uninitialised") return read_uninitialised();
+  if (kind == "double-free") free_twice();
+  if (kind == "interior-free") free_interior();
+  if (kind == "heap-uaf") return use_after_free_in_heap() == 99;
+  if (kind == "heap-destroyed") heap_destroyed_with_blocks();
+  if (kind == "lca-uaf") return use_after_free_lca() == 99;
+  return 0;
+}
