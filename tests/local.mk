@@ -34,8 +34,11 @@ calloc_script_tests = tests/integration/symbols.sh
 if CALLOC_OVERRIDE
 # LD_PRELOAD only means something when libcalloc.so provides malloc.
 calloc_script_tests += tests/integration/preload.sh
+# bench/calloc-workloads, every workload small, on libcalloc (verify OK, deterministic).
+calloc_script_tests += tests/integration/workloads.sh
 endif
-EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh
+EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
+	tests/integration/workloads.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
