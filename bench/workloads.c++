@@ -642,7 +642,7 @@ AllocationBenchmark::WorkloadResult gameengine(const AllocationBenchmark::Option
 // Four persistent tensors (weights, gradients, two optimizer moments) of max/16..max bytes; 8 steps,
 // each allocating three activation tensors and 1 000 small graph nodes (32-256 B), reallocating two
 // of the persistent tensors to new sizes, then freeing the step's activations and nodes. max is
-// 96 MiB x scale (at least 16 MiB), or --max-tensor-mib (up to 4096): at most 7 tensors are live at
+// 96 MiB x scale (at least 16 MiB), or --max-tensor-mib (up to 2048): at most 7 tensors are live at
 // once (672 MiB at scale 1; --max-tensor-mib 256 stays under 2 GiB). Every page of a tensor is
 // touched, so an allocator that gives large blocks back to the kernel pays page faults again.
 
@@ -753,8 +753,9 @@ AllocationBenchmark::WorkloadResult producer_consumer(const AllocationBenchmark:
 // A live set of 32 MiB (x scale, at least 4 MiB) whose blocks move from one band of size classes to
 // the next over eight phases, shrinking to a quarter in one of them and growing back: in each phase
 // random live blocks are freed and blocks of the phase's band allocated until the live bytes are
-// back at the phase's target, for 1.5 times as many frees as the phase's target holds blocks of its
-// band (so that by its end nearly every block is of the phase's band).
+// back at the phase's target, for 1.5 times as many frees as there are blocks live at its start or
+// as its target holds blocks of its band, whichever is more (so that by its end most blocks are of
+// the phase's band, whether the band is larger or smaller than the one before).
 
 AllocationBenchmark::WorkloadResult fragmentation(const AllocationBenchmark::Options& o) {
     struct phase {
@@ -781,6 +782,7 @@ AllocationBenchmark::WorkloadResult fragmentation(const AllocationBenchmark::Opt
         for (unsigned b = ph.lo_log2; b < ph.hi_log2; ++b) mean_size += 1.5 * static_cast<double>(1u << b);
         mean_size /= ph.hi_log2 - ph.lo_log2;
         std::uint64_t frees = static_cast<std::uint64_t>(1.5 * static_cast<double>(target) / mean_size) + 1;
+        frees = std::max<std::uint64_t>(frees, count + count / 2);
         std::uint64_t mark_every = every(frees, 16);
         auto refill = [&] {
             while (live_bytes < target && count < capacity) {
@@ -1118,7 +1120,7 @@ int main(int argc, char** argv) {
             ok = parse_u64(argv[++i], v) && v >= 1 && v <= max_threads;
             o.threads = static_cast<unsigned>(v);
         } else if (std::strcmp(argv[i], "--max-tensor-mib") == 0 && i + 1 < argc) {
-            ok = parse_u64(argv[++i], v) && v <= 4096;
+            ok = parse_u64(argv[++i], v) && v <= 2048;  // block sizes are 32-bit
             o.max_tensor_mib = static_cast<unsigned>(v);
         } else if (std::strcmp(argv[i], "--series") == 0) {
             o.series = true;
