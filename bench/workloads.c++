@@ -13,9 +13,9 @@
 // realloc, over the part that realloc must preserve.
 //
 // Latency: one allocator call in 16 is timed with the TSC (converted to ns by a calibration against
-// CLOCK_MONOTONIC over the run, the cost of reading the clock itself taken off); when a thread's sample buffer fills up, every other sample is
-// dropped and the stride doubles, so the samples stay spread evenly over the run. max is the largest
-// sampled call, not necessarily the largest of all calls.
+// CLOCK_MONOTONIC over the run, the cost of reading the clock itself taken off); when a thread's
+// sample buffer fills up, every other sample is dropped and the stride doubles, so the samples stay
+// spread evenly over the run. max is the largest sampled call, not necessarily the largest of all.
 //
 // Memory: VmHWM is reset (echo 5 > /proc/self/clear_refs) just before the timed section, so the peak
 // RSS is the workload's; baseline RSS (the program and the harness) is measured then too, and "heap
@@ -223,7 +223,10 @@ struct alignas(64) thread_meter {
         }
         samples[sample_count++] = t > 0xFFFFFFFFu ? 0xFFFFFFFFu : static_cast<std::uint32_t>(t);
     }
-    void add_live(std::int64_t delta) { live.store(live.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed); }
+    // Only its own thread writes `live`: a load and a store, no read-modify-write.
+    void add_live(std::int64_t delta) {
+        live.store(live.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+    }
 
     unsigned char* malloc_block(std::size_t size) {
         void* p;
