@@ -27,3 +27,27 @@ bench: bench/calloc-bench$(EXEEXT) src/libcalloc.la
 	  '$(abs_top_srcdir)/scripts/bench-compare' $(BENCH_ARGS)
 .PHONY: bench
 CLEANFILES += bench-results.csv
+
+# calloc-workloads: the real-world allocation patterns of issue 3 (database, web
+# server, game engine, ML training, producer/consumer, fragmentation churn), also
+# only plain malloc/free/realloc; scripts/bench-workloads runs the matrix.
+noinst_PROGRAMS += bench/calloc-workloads
+bench_calloc_workloads_SOURCES = bench/workloads.c++ bench/allocation_benchmark.h++
+bench_calloc_workloads_CPPFLAGS =
+bench_calloc_workloads_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+bench_calloc_workloads_LDFLAGS = $(PTHREAD_CFLAGS)
+bench_calloc_workloads_LDADD = $(PTHREAD_LIBS)
+EXTRA_DIST += bench/README.md
+
+# make bench-workloads [BENCH_ARGS=...]: scripts/bench-workloads with the build's
+# paths (CALLOC_WORKLOADS, LIBCALLOC_SO); results in bench-workloads/.
+bench-workloads: bench/calloc-workloads$(EXEEXT) src/libcalloc.la
+	CALLOC_WORKLOADS='$(abs_top_builddir)/bench/calloc-workloads$(EXEEXT)' \
+	LIBCALLOC_SO='$(abs_top_builddir)/src/.libs/libcalloc.so' \
+	top_srcdir='$(abs_top_srcdir)' top_builddir='$(abs_top_builddir)' \
+	  '$(abs_top_srcdir)/scripts/bench-workloads' $(BENCH_ARGS)
+.PHONY: bench-workloads
+clean-local: clean-bench-workloads
+clean-bench-workloads:
+	-rm -rf bench-workloads
+.PHONY: clean-bench-workloads

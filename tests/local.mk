@@ -34,6 +34,8 @@ calloc_script_tests = tests/integration/symbols.sh
 if CALLOC_OVERRIDE
 # LD_PRELOAD only means something when libcalloc.so provides malloc.
 calloc_script_tests += tests/integration/preload.sh
+# bench/calloc-workloads, every workload small, on libcalloc (verify OK, deterministic).
+calloc_script_tests += tests/integration/workloads.sh
 endif
 # A user's bugs under memcheck (issue 4): tests/valgrind/buggy, linked with the
 # shared libcalloc like a user's program (-no-install: a real binary, not a
@@ -49,7 +51,7 @@ tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
-	tests/integration/valgrind-user.sh
+	tests/integration/valgrind-user.sh tests/integration/workloads.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
