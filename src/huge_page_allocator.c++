@@ -2,6 +2,7 @@
 // huge-block table (huge.c++) on top of an independent heap.
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <new>
 
 #include <custom_alloc/huge_page_allocator.h++>
@@ -63,7 +64,9 @@ void HugePageAllocator::deallocate_huge(void* ptr) {
 }
 
 void HugePageAllocator::deallocate(void* ptr) {
-  if (ptr && lca::huge_free(huge_, ptr)) return;
+  // Huge blocks start at least 2 MiB-aligned: other pointers skip the table's lock.
+  bool may_be_huge = ptr && (reinterpret_cast<std::uintptr_t>(ptr) & (lca::kHugePage2M - 1)) == 0;
+  if (may_be_huge && lca::huge_free(huge_, ptr)) return;
   MemoryAllocator::deallocate(ptr);
 }
 
