@@ -53,7 +53,7 @@ class CUSTOM_ALLOC_EXPORT HugePageAllocator : public MemoryAllocator {
     std::size_t hugetlb_total;   // pages reserved in the pool (nr_hugepages)
     std::size_t hugetlb_free;    // ... not in use (free_hugepages)
     ThpMode thp_mode;
-    bool thp_usable;             // THP can back this page size (2 MiB only) in this process
+    bool thp_usable;             // the system's THP can back this page size (2 MiB only) in this process
     bool built_with_huge_pages;  // false when configured with --disable-huge
   };
 

@@ -105,10 +105,14 @@ std::string thp_mode_word() {
   return s.substr(open + 1, close - open - 1);
 }
 
-bool thp_usable_here() {
+// THP can back MADV_HUGEPAGE ranges of this process (whatever the build).
+bool thp_usable_on_system() {
   std::string mode = thp_mode_word();
-  return kBuiltHuge && (mode == "always" || mode == "madvise") && prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 0;
+  return (mode == "always" || mode == "madvise") && prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 0;
 }
+
+// ... and allocate_huge uses it.
+bool thp_usable_here() { return kBuiltHuge && thp_usable_on_system(); }
 
 // The backing a block gets when hugetlb is not tried.
 Backing expected_fallback() { return thp_usable_here() ? Backing::transparent : Backing::normal; }
@@ -238,7 +242,7 @@ START_TEST(test_huge_pages_available_matches_sys) {
     ck_assert_uint_eq(info.hugetlb_total, total >= 0 ? static_cast<std::size_t>(total) : 0);
     ck_assert_uint_eq(info.hugetlb_free, avail > 0 ? static_cast<std::size_t>(avail) : 0);
     ck_assert_int_eq(static_cast<int>(info.thp_mode), static_cast<int>(expected_mode));
-    bool thp = bytes == 2 * MiB && thp_usable_here();
+    bool thp = bytes == 2 * MiB && thp_usable_on_system();
     ck_assert_int_eq(info.thp_usable, thp);
     ck_assert_int_eq(info.built_with_huge_pages, kBuiltHuge);
     bool expected = kBuiltHuge && (avail > 0 || thp);
@@ -264,6 +268,7 @@ START_TEST(test_normal_fallback) { check_forced_path(0, Backing::normal, "hugetl
 END_TEST
 
 START_TEST(test_thp_disabled_for_process_gives_normal) {
+  if (!kBuiltHuge) TEST_SKIP("built with --disable-huge: THP is never asked for");
   if (!thp_usable_here()) TEST_SKIP("THP is not usable here (mode [%s]): nothing to switch off", thp_mode_word().c_str());
   ck_assert_int_eq(prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0), 0);
   check_forced_path(lca::kHugeTryTransparent, Backing::normal, "THP disabled by prctl");
