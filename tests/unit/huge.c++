@@ -31,6 +31,7 @@
 
 #include "config.h"
 #include "huge.h++"
+#include "options.h++"
 #include "os.h++"
 
 #include "../test-util.h++"
@@ -615,6 +616,70 @@ START_TEST(test_deallocate_huge_foreign_and_double_dies) {
 }
 END_TEST
 
+// --- the heap's chunks: LIBCALLOC_OPTIONS=huge_heap ---------------------------------------
+
+namespace {
+
+// The VmFlags line of the mapping of /proc/self/smaps that contains p ("" if none).
+std::string vm_flags_of(const void* p) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  while (std::getline(in, line)) {
+    unsigned long lo, hi;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+      inside = lo <= a && a < hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line + " ";
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+START_TEST(test_huge_heap_option_parses) {
+  lca::Options o;
+  ck_assert_int_eq(o.huge_heap, -1);
+  ck_assert_int_eq(lca::options_parse("huge_heap=1", &o), 0);
+  ck_assert_int_eq(o.huge_heap, 1);
+  ck_assert_int_eq(lca::options_parse("stats=1,huge_heap=0", &o), 0);
+  ck_assert_int_eq(o.huge_heap, 0);
+  ck_assert_int_eq(lca::options_parse("huge_heap", &o), 0);  // a bare key means 1
+  ck_assert_int_eq(o.huge_heap, 1);
+  lca::Options bad;
+  ck_assert_int_eq(lca::options_parse("huge_heap=maybe", &bad), 1);
+  ck_assert_int_eq(bad.huge_heap, -1);
+}
+END_TEST
+
+START_TEST(test_huge_heap_option_advises_chunks) {
+  // Each test runs in a child of its own: changing the global options is local.
+  const struct {
+    signed char value;
+    const char* flag;   // what VmFlags must show for the heap's chunk
+    const char* other;  // ... and must not
+  } cases[] = {{1, " hg", " nh"}, {0, " nh", " hg"}};
+  for (const auto& c : cases) {
+    if (c.value == 1 && !kBuiltHuge) continue;  // ignored in that build
+    lca::g_options.huge_heap = c.value;
+    std::string flags;
+    {
+      custom_alloc::MemoryAllocator heap;  // fresh chunks of its own
+      void* p = heap.allocate(100);
+      ck_assert_ptr_nonnull(p);
+      flags = vm_flags_of(p);
+      heap.deallocate(p);
+    }
+    lca::g_options.huge_heap = -1;
+    ck_assert_msg(!flags.empty(), "no smaps entry for the heap's chunk");
+    ck_assert_msg(flags.find(c.flag) != std::string::npos && flags.find(c.other) == std::string::npos,
+                  "huge_heap=%d: chunk flags \"%s\"", c.value, flags.c_str());
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("huge", &tc);
@@ -636,5 +701,7 @@ int main() {
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_deallocate_huge_invalid_dies);
   tcase_add_test(tc, test_deallocate_huge_foreign_and_double_dies);
+  tcase_add_test(tc, test_huge_heap_option_parses);
+  tcase_add_test(tc, test_huge_heap_option_advises_chunks);
   return test_util::run_suite(s);
 }
