@@ -51,7 +51,7 @@ class CUSTOM_ALLOC_EXPORT HugePageAllocator : public MemoryAllocator {
   struct HugePageInfo {
     bool hugetlb_supported;      // the kernel has a pool of this page size
     std::size_t hugetlb_total;   // pages reserved in the pool (nr_hugepages)
-    std::size_t hugetlb_free;    // ... not in use (free_hugepages)
+    std::size_t hugetlb_free;    // ... a new mapping can still get (free_hugepages - resv_hugepages)
     ThpMode thp_mode;
     bool thp_usable;             // the system's THP can back this page size (2 MiB only) in this process
     bool built_with_huge_pages;  // false when configured with --disable-huge
