@@ -20,6 +20,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "chunk.h++"
 #include "config.h"
 #include "os.h++"
 
@@ -406,6 +407,15 @@ std::size_t huge_smaps_anon_huge_bytes(const void* start, std::size_t size) {
   std::size_t total = 0;
   smaps_for_each([&](std::uintptr_t vma_start, std::uintptr_t, std::size_t anon_huge) {
     if (vma_start >= lo && vma_start < lo + size) total += anon_huge;
+  });
+  return total;
+}
+
+std::size_t huge_heap_anon_huge_bytes() {
+  std::size_t total = 0;
+  smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
+    if (anon_huge && (start & (kChunkSize - 1)) == 0 && registry_lookup(reinterpret_cast<void*>(start)))
+      total += anon_huge;
   });
   return total;
 }

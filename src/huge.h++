@@ -68,6 +68,12 @@ unsigned huge_backings(const HugeState* s);
 // (AnonHugePages of their mappings).  `of` selects one backing (none: all).
 std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of);
 
+// Bytes of the heap's chunks (all heaps) that THP backs now: AnonHugePages of the
+// mappings of /proc/self/smaps that start at a registered chunk.  Neighbouring
+// chunks with the same advice merge into one mapping, counted once; a mapping
+// that merged with a foreign neighbour is counted whole (an upper bound).
+std::size_t huge_heap_anon_huge_bytes();
+
 // --- what the system offers --------------------------------------------------
 enum class ThpMode { unsupported, always, madvise, never };
 // /sys/kernel/mm/transparent_hugepage/enabled, the bracketed word.

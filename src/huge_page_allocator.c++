@@ -124,6 +124,8 @@ void HugePageAllocator::enable_transparent_huge_pages() {
   if (lca::huge_built()) lca::huge_thp_enable_for_process();
 }
 
+std::size_t HugePageAllocator::heap_huge_backed_bytes() { return lca::huge_heap_anon_huge_bytes(); }
+
 HugePageAllocator::ThpStatus HugePageAllocator::transparent_huge_page_status() {
   if (!g_thp_requested.load(std::memory_order_relaxed)) return ThpStatus::not_requested;
   if (!lca::huge_built()) return ThpStatus::not_built;

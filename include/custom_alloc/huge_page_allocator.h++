@@ -111,6 +111,10 @@ class CUSTOM_ALLOC_EXPORT HugePageAllocator : public MemoryAllocator {
   // PR_SET_THP_DISABLE flag (allocate_huge advises its own blocks MADV_HUGEPAGE).
   // What the system-wide mode prevents is in transparent_huge_page_status().
   static void enable_transparent_huge_pages();
+  // Bytes of libcalloc's heaps (the chunks of every MemoryAllocator, the process
+  // heap included) that transparent huge pages back now, from /proc/self/smaps:
+  // the coverage that LIBCALLOC_OPTIONS=huge_heap=1 buys.
+  static std::size_t heap_huge_backed_bytes();
   static ThpStatus transparent_huge_page_status();
 
   // Internal: the block table.

@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "chunk.h++"
 #include "config.h"
 #include "huge.h++"
 #include "options.h++"
@@ -684,6 +685,34 @@ START_TEST(test_huge_heap_option_advises_chunks) {
 }
 END_TEST
 
+START_TEST(test_heap_huge_backed_bytes) {
+  std::string mode = thp_mode_word();
+  // Without advice, THP in mode madvise (or never) backs none of the heap.
+  std::size_t unadvised = HugePageAllocator::heap_huge_backed_bytes();
+  if (mode == "madvise" || mode == "never") ck_assert_uint_eq(unadvised, 0);
+  if (!kBuiltHuge) TEST_SKIP("built with --disable-huge: huge_heap=1 is ignored");
+  lca::g_options.huge_heap = 1;
+  std::size_t covered, chunk_bytes;
+  {
+    custom_alloc::MemoryAllocator heap;
+    std::vector<void*> blocks;
+    for (int i = 0; i < 3000; ++i) {  // ~3 MiB of 1 KiB blocks, written
+      void* p = heap.allocate(1024);
+      if (p) std::memset(p, 1, 1024);
+      blocks.push_back(p);
+    }
+    covered = HugePageAllocator::heap_huge_backed_bytes();
+    chunk_bytes = lca::registry_chunk_count() * lca::kChunkSize;
+    for (void* p : blocks) heap.deallocate(p);
+  }
+  lca::g_options.huge_heap = -1;
+  std::printf("# heap chunks %zu MiB, %zu MiB of them backed by THP (mode [%s], huge_heap=1)\n", chunk_bytes / MiB,
+              covered / MiB, mode.c_str());
+  ck_assert_msg(covered <= chunk_bytes, "%zu bytes covered, more than the %zu bytes of chunks", covered, chunk_bytes);
+  ck_assert_msg(covered % (2 * MiB) == 0, "%zu bytes covered: not whole 2 MiB pages", covered);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("huge", &tc);
@@ -707,5 +736,6 @@ int main() {
   tcase_add_test(tc, test_deallocate_huge_foreign_and_double_dies);
   tcase_add_test(tc, test_huge_heap_option_parses);
   tcase_add_test(tc, test_huge_heap_option_advises_chunks);
+  tcase_add_test(tc, test_heap_huge_backed_bytes);
   return test_util::run_suite(s);
 }
