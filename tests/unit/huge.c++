@@ -12,6 +12,10 @@
 // provide such pages.  Whether THP really backs a transparent block depends on the
 // kernel's memory at that moment: it is printed, never asserted.  What is asserted
 // is what the kernel guarantees: a normal block (MADV_NOHUGEPAGE) has no huge page.
+// LIBCALLOC_OPTIONS=huge_heap: parsing, the advice a fresh chunk gets (VmFlags hg or
+// nh in /proc/self/smaps), and heap_huge_backed_bytes().  The hugetlb tests change a
+// system-wide setting for a moment: two runs of this suite at once on one machine
+// (as root) can disturb each other's pool counts.
 #include <custom_alloc/huge_page_allocator.h++>
 
 #include <sys/mman.h>
