@@ -51,3 +51,14 @@ clean-local: clean-bench-workloads
 clean-bench-workloads:
 	-rm -rf bench-workloads
 .PHONY: clean-bench-workloads
+
+# bench/huge-bench: the request's HugePageVsNormalPage (4 KiB pages vs transparent
+# vs hugetlb huge pages: fault-in time and random reads over 1 GiB).  It links the
+# core library to reach HugePageAllocator's internals (forcing the THP path).
+noinst_PROGRAMS += bench/huge-bench
+bench_huge_bench_SOURCES = bench/huge-bench.c++
+bench_huge_bench_CPPFLAGS = -I$(top_builddir) -I$(top_srcdir)/include -I$(top_srcdir)/src
+bench_huge_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+bench_huge_bench_LDFLAGS = $(PTHREAD_CFLAGS)
+bench_huge_bench_LDADD = src/libcalloc-core.la $(PTHREAD_LIBS)
+CLEANFILES += huge-bench.csv

@@ -2,4 +2,5 @@
 #ifndef CUSTOM_ALLOC_HXX
 #define CUSTOM_ALLOC_HXX
 #include <custom_alloc/memory_allocator.h++>
+#include <custom_alloc/huge_page_allocator.h++>
 #endif

@@ -5,6 +5,8 @@
 // lookup is one load and never races with the table changing shape.
 #include "chunk.h++"
 
+#include "config.h"
+#include "options.h++"
 #include "os.h++"
 
 namespace lca {
@@ -33,6 +35,14 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
     os_unmap(mem, kChunkSize);
     return nullptr;
   }
+  // LIBCALLOC_OPTIONS=huge_heap=0|1: chunks are 4 MiB-aligned, so each holds two
+  // whole 2 MiB ranges that THP can back (or is kept from backing).
+  // Built with --disable-huge, only huge_heap=0 has an effect.
+#ifdef CALLOC_HUGE
+  if (g_options.huge_heap >= 0) os_advise_huge(mem, kChunkSize, g_options.huge_heap > 0);
+#else
+  if (g_options.huge_heap == 0) os_advise_huge(mem, kChunkSize, false);
+#endif
   auto* chunk = static_cast<ChunkHeader*>(mem);
   chunk->magic = kChunkMagic;
   chunk->domain = domain;

@@ -36,6 +36,8 @@ int options_parse(const char* text, Options* out) {
     std::size_t value_len = eq ? len - key_len - 1 : 0;
     auto key_is = [&](const char* k) { return std::strlen(k) == key_len && std::strncmp(p, k, key_len) == 0; };
     bool* target = key_is("stats") ? &out->stats : key_is("verbose") ? &out->verbose : nullptr;
+    bool huge_heap_value = false;
+    if (key_is("huge_heap")) target = &huge_heap_value;
     char name[64];
     std::size_t copy = key_len < sizeof name - 1 ? key_len : sizeof name - 1;
     std::memcpy(name, p, copy);
@@ -48,6 +50,8 @@ int options_parse(const char* text, Options* out) {
     } else if (!parse_bool(value, value_len, target)) {
       report_warning("LIBCALLOC_OPTIONS: expected 0 or 1 for ", name);
       ++problems;
+    } else if (target == &huge_heap_value) {
+      out->huge_heap = huge_heap_value ? 1 : 0;
     }
     p = end ? end + 1 : nullptr;
   }
@@ -57,7 +61,11 @@ int options_parse(const char* text, Options* out) {
 void options_print(const Options& o, const char* version, int fd) {
   char line[128];
   Writer w{line, sizeof line};
-  w.str("libcalloc ").str(version).str(": options stats=").num(o.stats).str(" verbose=").num(o.verbose).str("\n");
+  w.str("libcalloc ").str(version).str(": options stats=").num(o.stats).str(" verbose=").num(o.verbose);
+  w.str(" huge_heap=");
+  if (o.huge_heap < 0) w.str("system");
+  else w.num(static_cast<unsigned>(o.huge_heap));
+  w.str("\n");
   w.flush_to(fd);
 }
 

@@ -7,6 +7,10 @@ namespace lca {
 struct Options {
   bool stats = false;    // print statistics at exit
   bool verbose = false;  // print the version and the options in force at start-up
+  // huge_heap: 1 advises the heap's chunks MADV_HUGEPAGE (transparent huge pages
+  // where the system mode is madvise or always), 0 MADV_NOHUGEPAGE (none even under
+  // always); -1, the default, leaves the system's mode alone (chunk.c++).
+  signed char huge_heap = -1;
 };
 
 extern Options g_options;
@@ -16,7 +20,7 @@ extern Options g_options;
 void options_init();
 // Parses one option string (exposed for tests).  Returns the number of problems.
 int options_parse(const char* text, Options* out);
-// Writes "libcalloc VERSION: stats=N verbose=N" to fd.
+// Writes "libcalloc VERSION: options stats=N verbose=N huge_heap=N|system" to fd.
 void options_print(const Options& o, const char* version, int fd);
 
 }  // namespace lca

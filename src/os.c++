@@ -93,6 +93,36 @@ void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_
   return p;
 }
 
+void* os_map_hugetlb(std::size_t size, unsigned page_shift) {
+#if defined(MAP_HUGETLB) && defined(MAP_HUGE_SHIFT)
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |
+              static_cast<int>(page_shift << MAP_HUGE_SHIFT);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  g_mapped.fetch_add(size, std::memory_order_relaxed);
+  return p;
+#else
+  (void)size;
+  (void)page_shift;
+  errno = ENOMEM;
+  return nullptr;
+#endif
+}
+
+bool os_advise_huge(void* addr, std::size_t size, bool want) {
+#ifdef MADV_HUGEPAGE
+  return madvise(addr, size, want ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0;
+#else
+  (void)addr;
+  (void)size;
+  (void)want;
+  return false;
+#endif
+}
+
 bool os_protect(void* addr, std::size_t size, bool accessible) {
   return mprotect(addr, size, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
 }

@@ -20,6 +20,14 @@ void os_purge(void* addr, std::size_t size);
 // Resizes a mapping: in place only, or allowed to move (the data moves with the
 // pages, nothing is copied).  nullptr on failure, the old mapping intact.
 void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move);
+// Huge pages (used by huge.c++).  os_map_hugetlb maps size bytes (a multiple of
+// the page size 1 << page_shift) from the hugetlbfs pool of that page size; the
+// kernel reserves the pages at mmap time, so nullptr (errno ENOMEM) means the pool
+// cannot provide them and a later fault cannot fail.  os_unmap releases it.
+void* os_map_hugetlb(std::size_t size, unsigned page_shift);
+// MADV_HUGEPAGE (want) or MADV_NOHUGEPAGE on a range: asks for transparent huge
+// pages.  False when the kernel refuses (no THP support).
+bool os_advise_huge(void* addr, std::size_t size, bool want);
 // Makes a range inaccessible (guard pages) or accessible again.
 bool os_protect(void* addr, std::size_t size, bool accessible);
 

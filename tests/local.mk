@@ -17,7 +17,8 @@ calloc_unit_tests = \
 	tests/unit/alignment \
 	tests/unit/capi \
 	tests/unit/threads \
-	tests/unit/errors
+	tests/unit/errors \
+	tests/unit/huge
 
 tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
 tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
@@ -25,6 +26,7 @@ tests_unit_alignment_SOURCES = tests/unit/alignment.c++ tests/test-util.h++
 tests_unit_capi_SOURCES = tests/unit/capi.c++ tests/test-util.h++
 tests_unit_threads_SOURCES = tests/unit/threads.c++ tests/test-util.h++
 tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
+tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.

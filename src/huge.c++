@@ -1,0 +1,473 @@
+// huge.c++ -- huge-page blocks: the placement policy behind HugePageAllocator.
+//
+// huge_alloc tries, in order: the hugetlbfs pool of the requested page size
+// (MAP_HUGETLB | MAP_HUGE_2MB/1GB; the kernel reserves the pages at mmap time, so
+// an empty or exhausted pool is a clean ENOMEM here, never a SIGBUS at first
+// touch), then an ordinary mapping aligned to the page size and advised
+// MADV_HUGEPAGE (transparent huge pages, when the system mode is `always` or
+// `madvise` and the process has not switched THP off), then the same mapping
+// advised MADV_NOHUGEPAGE, so that a block reported as `normal` really is made of
+// 4 KiB pages even when the system mode is `always`.  Each block is recorded in
+// its allocator's table (see huge.h++).  Reading /sys and /proc uses fixed
+// buffers: nothing here calls malloc.
+#include "huge.h++"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <new>
+#include <pthread.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "chunk.h++"
+#include "config.h"
+#include "os.h++"
+
+namespace lca {
+
+struct HugeState {
+  pthread_mutex_t lock;
+  HugeBlock* slots;      // capacity entries; base == nullptr marks a free slot
+  std::size_t capacity;  // a power of two
+  std::size_t count;
+  unsigned try_mask;
+  HugeCounters counters;
+};
+
+namespace {
+
+#ifdef CALLOC_HUGE
+constexpr unsigned kBuiltBackings = kHugeTryAll;
+#else
+constexpr unsigned kBuiltBackings = 0;
+#endif
+
+int backing_slot(HugeBacking b) { return static_cast<int>(b) - 1; }
+
+std::size_t slot_of(const void* p, std::size_t capacity) {
+  // Blocks start at least 2 MiB-aligned: the low bits carry no information.
+  auto a = reinterpret_cast<std::uintptr_t>(p) >> 21;
+  return static_cast<std::size_t>((a * 0x9E3779B97F4A7C15ull) >> 20) & (capacity - 1);
+}
+
+HugeBlock* alloc_slots(std::size_t capacity) {
+  return static_cast<HugeBlock*>(os_map(capacity * sizeof(HugeBlock)));  // zero-filled
+}
+
+// The slot holding p, or the free slot where p would go.
+std::size_t find_slot(const HugeState* s, const void* p) {
+  std::size_t i = slot_of(p, s->capacity);
+  while (s->slots[i].base && s->slots[i].base != p) i = (i + 1) & (s->capacity - 1);
+  return i;
+}
+
+// Called with the lock held; false when a bigger table cannot be mapped.
+bool table_insert(HugeState* s, const HugeBlock& b) {
+  if ((s->count + 1) * 2 > s->capacity) {
+    std::size_t new_capacity = s->capacity * 2;
+    HugeBlock* fresh = alloc_slots(new_capacity);
+    if (!fresh) return false;
+    HugeBlock* old = s->slots;
+    std::size_t old_capacity = s->capacity;
+    s->slots = fresh;
+    s->capacity = new_capacity;
+    for (std::size_t i = 0; i < old_capacity; ++i)
+      if (old[i].base) s->slots[find_slot(s, old[i].base)] = old[i];
+    os_unmap(old, old_capacity * sizeof(HugeBlock));
+  }
+  s->slots[find_slot(s, b.base)] = b;
+  ++s->count;
+  return true;
+}
+
+// Called with the lock held: empties slot i and shifts back the entries of its
+// probe chain that would no longer be found.
+void table_remove(HugeState* s, std::size_t i) {
+  const std::size_t mask = s->capacity - 1;
+  std::size_t hole = i;
+  for (std::size_t j = (i + 1) & mask; s->slots[j].base; j = (j + 1) & mask) {
+    std::size_t home = slot_of(s->slots[j].base, s->capacity);
+    // Move j into the hole unless its home lies cyclically in (hole, j].
+    bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    if (!stays) {
+      s->slots[hole] = s->slots[j];
+      hole = j;
+    }
+  }
+  s->slots[hole] = HugeBlock{};
+  --s->count;
+}
+
+// Reads a small /sys file into buf (NUL-terminated); false when it cannot.
+bool read_small_file(const char* path, char* buf, std::size_t cap) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::size_t len = 0;
+  while (len + 1 < cap) {
+    ssize_t n = read(fd, buf + len, cap - 1 - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += static_cast<std::size_t>(n);
+  }
+  close(fd);
+  buf[len] = 0;
+  return true;
+}
+
+bool read_number_file(const char* path, std::size_t* out) {
+  char buf[64];
+  if (!read_small_file(path, buf, sizeof buf)) return false;
+  std::size_t v = 0;
+  const char* p = buf;
+  if (*p < '0' || *p > '9') return false;
+  for (; *p >= '0' && *p <= '9'; ++p) v = v * 10 + static_cast<std::size_t>(*p - '0');
+  *out = v;
+  return true;
+}
+
+// "/sys/kernel/mm/hugepages/hugepages-2048kB/" + leaf
+void pool_path(char* out, std::size_t cap, std::size_t page_size, const char* leaf) {
+  char digits[24];
+  int n = 0;
+  std::size_t kb = page_size >> 10;
+  do {
+    digits[n++] = static_cast<char>('0' + kb % 10);
+    kb /= 10;
+  } while (kb);
+  std::size_t len = 0;
+  auto put = [&](const char* s) {
+    while (*s && len + 1 < cap) out[len++] = *s++;
+  };
+  put("/sys/kernel/mm/hugepages/hugepages-");
+  while (n && len + 1 < cap) out[len++] = digits[--n];
+  put("kB/");
+  put(leaf);
+  out[len] = 0;
+}
+
+unsigned page_shift_of(std::size_t page_size) { return static_cast<unsigned>(__builtin_ctzll(page_size)); }
+
+// One pass over /proc/self/smaps: calls fn(start, end, anon_huge_bytes) for every
+// mapping.  Lines are read into a fixed buffer; an over-long line (a long path
+// name) is cut, which loses nothing: only the address range at its start matters.
+template <class Fn>
+bool smaps_for_each(Fn&& fn) {
+  int fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[8192];
+  std::size_t have = 0;
+  bool in_vma = false, skipping = false, eof = false;
+  std::uintptr_t start = 0, end = 0;
+  std::size_t anon_huge = 0;
+  auto flush = [&] {
+    if (in_vma) fn(start, end, anon_huge);
+    in_vma = false;
+  };
+  auto hexval = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  auto handle_line = [&](const char* line, std::size_t len) {
+    std::size_t i = 0;
+    std::uintptr_t a = 0;
+    while (i < len && hexval(line[i]) >= 0) a = a * 16 + static_cast<std::uintptr_t>(hexval(line[i++]));
+    if (i > 0 && i < len && line[i] == '-') {  // "start-end perms ..."
+      flush();
+      std::uintptr_t b = 0;
+      ++i;
+      while (i < len && hexval(line[i]) >= 0) b = b * 16 + static_cast<std::uintptr_t>(hexval(line[i++]));
+      start = a;
+      end = b;
+      anon_huge = 0;
+      in_vma = true;
+      return;
+    }
+    static const char key[] = "AnonHugePages:";
+    if (len > sizeof key - 1 && std::memcmp(line, key, sizeof key - 1) == 0) {
+      std::size_t k = sizeof key - 1, kb = 0;
+      while (k < len && line[k] == ' ') ++k;
+      while (k < len && line[k] >= '0' && line[k] <= '9') kb = kb * 10 + static_cast<std::size_t>(line[k++] - '0');
+      anon_huge = kb << 10;
+    }
+  };
+  while (!eof || have) {
+    if (!eof && have < sizeof buf) {
+      ssize_t n = read(fd, buf + have, sizeof buf - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) eof = true;
+      else have += static_cast<std::size_t>(n);
+    }
+    std::size_t pos = 0;
+    for (;;) {
+      char* nl = static_cast<char*>(std::memchr(buf + pos, '\n', have - pos));
+      if (!nl) break;
+      std::size_t len = static_cast<std::size_t>(nl - (buf + pos));
+      if (!skipping) handle_line(buf + pos, len);
+      skipping = false;
+      pos += len + 1;
+    }
+    if (pos == 0 && have == sizeof buf) {  // one line fills the buffer: keep its start only
+      if (!skipping) handle_line(buf, have);
+      skipping = true;
+      pos = have;
+    }
+    if (eof && pos == 0 && have) {  // a last line without newline
+      if (!skipping) handle_line(buf, have);
+      pos = have;
+    }
+    std::memmove(buf, buf + pos, have - pos);
+    have -= pos;
+  }
+  close(fd);
+  flush();
+  return true;
+}
+
+// Maps size bytes for page_size with the first backing allowed by try_mask that
+// works.  *fell_back: hugetlb was tried and refused.
+void* map_block(std::size_t size, std::size_t page_size, unsigned try_mask, HugeBacking* backing,
+                bool* fell_back) {
+  *fell_back = false;
+  if (try_mask & kHugeTryHugetlb) {
+    if (void* p = os_map_hugetlb(size, page_shift_of(page_size))) {
+      *backing = HugeBacking::hugetlb;
+      return p;
+    }
+    *fell_back = true;
+  }
+  void* p = os_map_aligned(size, page_size);
+  if (!p) return nullptr;
+  if ((try_mask & kHugeTryTransparent) && huge_thp_usable() && os_advise_huge(p, size, true)) {
+    *backing = HugeBacking::transparent;
+    return p;
+  }
+  os_advise_huge(p, size, false);  // fails harmlessly where the kernel has no THP
+  *backing = HugeBacking::normal;
+  return p;
+}
+
+}  // namespace
+
+bool huge_built() { return kBuiltBackings != 0; }
+
+HugeState* huge_state_create() {
+  void* mem = os_map(sizeof(HugeState));
+  if (!mem) return nullptr;
+  auto* s = new (mem) HugeState{};
+  pthread_mutex_init(&s->lock, nullptr);
+  s->capacity = os_page_size() / sizeof(HugeBlock);
+  if (s->capacity < 8) s->capacity = 8;
+  s->capacity = std::size_t{1} << (63 - __builtin_clzll(s->capacity));  // a power of two
+  s->slots = alloc_slots(s->capacity);
+  if (!s->slots) {
+    pthread_mutex_destroy(&s->lock);
+    os_unmap(mem, sizeof(HugeState));
+    return nullptr;
+  }
+  s->try_mask = kBuiltBackings;
+  return s;
+}
+
+void huge_state_destroy(HugeState* s) {
+  if (!s) return;
+  for (std::size_t i = 0; i < s->capacity; ++i)
+    if (s->slots[i].base) os_unmap(s->slots[i].base, s->slots[i].size);
+  os_unmap(s->slots, s->capacity * sizeof(HugeBlock));
+  pthread_mutex_destroy(&s->lock);
+  s->~HugeState();
+  os_unmap(s, sizeof(HugeState));
+}
+
+void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
+  if (page_size != kHugePage2M && page_size != kHugePage1G) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (size > kHugeMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (size == 0) size = 1;
+  size = align_up(size, page_size);
+  pthread_mutex_lock(&s->lock);
+  unsigned try_mask = s->try_mask;
+  pthread_mutex_unlock(&s->lock);
+
+  HugeBacking backing = HugeBacking::normal;
+  bool fell_back = false;
+  void* p = map_block(size, page_size, try_mask, &backing, &fell_back);
+  if (!p) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  HugeBlock b{p, size, page_size, backing};
+  pthread_mutex_lock(&s->lock);
+  bool recorded = table_insert(s, b);
+  if (recorded) {
+    HugeCounters& c = s->counters;
+    c.live_blocks[backing_slot(backing)] += 1;
+    c.live_bytes[backing_slot(backing)] += size;
+    c.allocations += 1;
+    c.hugetlb_fallbacks += fell_back ? 1 : 0;
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (!recorded) {
+    os_unmap(p, size);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return p;
+}
+
+bool huge_free(HugeState* s, void* p) {
+  pthread_mutex_lock(&s->lock);
+  std::size_t i = find_slot(s, p);
+  if (!p || s->slots[i].base != p) {
+    pthread_mutex_unlock(&s->lock);
+    return false;
+  }
+  HugeBlock b = s->slots[i];
+  table_remove(s, i);
+  HugeCounters& c = s->counters;
+  c.live_blocks[backing_slot(b.backing)] -= 1;
+  c.live_bytes[backing_slot(b.backing)] -= b.size;
+  c.deallocations += 1;
+  pthread_mutex_unlock(&s->lock);
+  os_unmap(b.base, b.size);
+  return true;
+}
+
+bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
+  auto* m = const_cast<pthread_mutex_t*>(&s->lock);
+  pthread_mutex_lock(m);
+  std::size_t i = find_slot(s, p);
+  bool found = p && s->slots[i].base == p;
+  if (found) *out = s->slots[i];
+  pthread_mutex_unlock(m);
+  return found;
+}
+
+HugeCounters huge_counters(const HugeState* s) {
+  auto* m = const_cast<pthread_mutex_t*>(&s->lock);
+  pthread_mutex_lock(m);
+  HugeCounters c = s->counters;
+  pthread_mutex_unlock(m);
+  return c;
+}
+
+void huge_set_backings(HugeState* s, unsigned try_mask) {
+  pthread_mutex_lock(&s->lock);
+  s->try_mask = try_mask & kBuiltBackings;
+  pthread_mutex_unlock(&s->lock);
+}
+
+unsigned huge_backings(const HugeState* s) {
+  auto* m = const_cast<pthread_mutex_t*>(&s->lock);
+  pthread_mutex_lock(m);
+  unsigned mask = s->try_mask;
+  pthread_mutex_unlock(m);
+  return mask;
+}
+
+std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
+  auto* m = const_cast<pthread_mutex_t*>(&s->lock);
+  std::size_t total = 0;
+  if (of == HugeBacking::none || of == HugeBacking::hugetlb) {
+    pthread_mutex_lock(m);
+    total += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
+    pthread_mutex_unlock(m);
+  }
+  if (of == HugeBacking::hugetlb) return total;
+  // A mapping counts when it starts inside one of our transparent or normal
+  // blocks: blocks are advised as a whole, so the kernel splits mappings at their
+  // edges (two neighbouring blocks with the same advice may merge into one mapping,
+  // which then starts in the first of them and is counted once).
+  smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
+    if (anon_huge == 0) return;
+    pthread_mutex_lock(m);
+    for (std::size_t i = 0; i < s->capacity; ++i) {
+      const HugeBlock& b = s->slots[i];
+      if (!b.base || b.backing == HugeBacking::hugetlb) continue;
+      if (of != HugeBacking::none && b.backing != of) continue;
+      auto base = reinterpret_cast<std::uintptr_t>(b.base);
+      if (start >= base && start < base + b.size) {
+        total += anon_huge;
+        break;
+      }
+    }
+    pthread_mutex_unlock(m);
+  });
+  return total;
+}
+
+std::size_t huge_smaps_anon_huge_bytes(const void* start, std::size_t size) {
+  auto lo = reinterpret_cast<std::uintptr_t>(start);
+  std::size_t total = 0;
+  smaps_for_each([&](std::uintptr_t vma_start, std::uintptr_t, std::size_t anon_huge) {
+    if (vma_start >= lo && vma_start < lo + size) total += anon_huge;
+  });
+  return total;
+}
+
+std::size_t huge_heap_anon_huge_bytes() {
+  std::size_t total = 0;
+  smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
+    if (anon_huge && (start & (kChunkSize - 1)) == 0 && registry_lookup(reinterpret_cast<void*>(start)))
+      total += anon_huge;
+  });
+  return total;
+}
+
+ThpMode huge_thp_mode() {
+  char buf[128];
+  if (!read_small_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf))
+    return ThpMode::unsupported;
+  if (std::strstr(buf, "[always]")) return ThpMode::always;
+  if (std::strstr(buf, "[madvise]")) return ThpMode::madvise;
+  if (std::strstr(buf, "[never]")) return ThpMode::never;
+  return ThpMode::unsupported;
+}
+
+bool huge_thp_disabled_for_process() {
+#ifdef PR_GET_THP_DISABLE
+  return prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1;
+#else
+  return false;
+#endif
+}
+
+bool huge_thp_usable() {
+  ThpMode mode = huge_thp_mode();
+  return (mode == ThpMode::always || mode == ThpMode::madvise) && !huge_thp_disabled_for_process();
+}
+
+bool huge_thp_enable_for_process() {
+#ifdef PR_SET_THP_DISABLE
+  return prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0) == 0 && !huge_thp_disabled_for_process();
+#else
+  return true;
+#endif
+}
+
+HugePool huge_pool(std::size_t page_size) {
+  HugePool pool{};
+  char path[128];
+  pool_path(path, sizeof path, page_size, "nr_hugepages");
+  std::size_t v = 0;
+  if (!read_number_file(path, &v)) return pool;
+  pool.supported = true;
+  pool.total = v;
+  pool_path(path, sizeof path, page_size, "free_hugepages");
+  std::size_t free_pages = 0, reserved = 0;
+  if (read_number_file(path, &v)) free_pages = v;
+  // Pages promised to existing mappings but not faulted in yet are still counted
+  // as free by the kernel; a new mapping cannot have them.
+  pool_path(path, sizeof path, page_size, "resv_hugepages");
+  if (read_number_file(path, &v)) reserved = v;
+  pool.free = free_pages > reserved ? free_pages - reserved : 0;
+  return pool;
+}
+
+}  // namespace lca
