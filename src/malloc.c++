@@ -47,14 +47,15 @@ inline void* fast_malloc(std::size_t size) {
       span_debug_check_free(s, o);
 #endif
       s->free = o->next;
+      o->guard = 0;
     } else if (s->bump < s->end) {
       o = reinterpret_cast<FreeObject*>(s->bump);
       s->bump += s->obj_size;
+      if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
     } else {
       return malloc_slow(size, 16);
     }
     ++s->used;
-    o->guard = 0;
     h->counters.class_allocs[c].add(1);
     return o;
   }

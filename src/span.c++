@@ -34,7 +34,7 @@ void make_guard_key() {
 
 void free_guard_init() { pthread_once(&g_guard_once, make_guard_key); }
 
-void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap) {
+void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed) {
   char* base = reinterpret_cast<char*>(chunk) + (static_cast<std::size_t>(slot) << kSpanShift);
   std::uint32_t size = static_cast<std::uint32_t>(class_to_size(size_class));
   std::uint32_t count = static_cast<std::uint32_t>(kSpanSize / size);
@@ -43,6 +43,7 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->end = base + static_cast<std::size_t>(count) * size;
   s->used = 0;
   s->head_mark = 0;
+  s->zeroed = zeroed;
   s->obj_size = size;
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
   s->size_class = static_cast<std::uint16_t>(size_class);

@@ -69,7 +69,11 @@ struct alignas(128) Span {
   std::uint16_t size_class;
   std::uint8_t flags;
   std::uint8_t multislot_count;
-  std::uint32_t reserved;
+  // The slot's memory was zero when the span was made (a fresh or purged slot):
+  // objects carved from it need no guard clearing, so the page faults of a new
+  // span happen in the program's first write, not inside malloc.
+  std::uint8_t zeroed;
+  std::uint8_t reserved[3];
   // Written by other threads.
   alignas(64) std::atomic<FreeObject*> remote_free;
   Span* next;  // in the heap's queue for this class
@@ -99,7 +103,7 @@ inline Span* span_of(SpanChunk* c, const void* p) {
                                  ((a >> (kSpanShift - 7)) & ((kSpansPerChunk - 1) << 7)));
 }
 
-void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap);
+void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed);
 
 // A pointer no thread heap equals (and not nullptr, which a thread without a heap has).
 inline Heap* no_fast_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{1}); }
@@ -151,14 +155,15 @@ inline void* span_pop(Span* s) {
     span_debug_check_free(s, o);
 #endif
     s->free = o->next;
+    o->guard = 0;
   } else if (s->bump < s->end) {
     o = reinterpret_cast<FreeObject*>(s->bump);
     s->bump += s->obj_size;
+    if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
   } else {
     return nullptr;
   }
   ++s->used;
-  o->guard = 0;
   return o;
 }
 

@@ -238,7 +238,8 @@ Span* new_span(Heap* h, unsigned c) {
   std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
   unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
   std::uint64_t bit = std::uint64_t{1} << slot;
-  if (sc->dirty_slots & bit) {
+  bool zeroed = !(sc->dirty_slots & bit);  // never used since mapped, or purged
+  if (!zeroed) {
     sc->dirty_slots &= ~bit;
     if (h->dirty_slots) --h->dirty_slots;
   }
@@ -249,7 +250,7 @@ Span* new_span(Heap* h, unsigned c) {
     h->span_chunks_full.push(ch);
   }
   Span* s = &sc->spans[slot];
-  span_init(s, sc, slot, c, h);
+  span_init(s, sc, slot, c, h, zeroed);
   return s;
 }
 
