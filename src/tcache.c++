@@ -310,6 +310,7 @@ void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
 
 void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
+  vg_happens_after(&h->arena.remote_free);
   while (list) {
     FreeObject* next = list->next;
     // The freeing thread cleared the allocated bit and caught double frees already.

@@ -30,6 +30,7 @@
 #include "config.h"
 
 #if CALLOC_VALGRIND
+#include <valgrind/helgrind.h>
 #include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
 #endif
@@ -71,6 +72,21 @@ inline void vg_defined(const void* p, std::size_t n) {
 inline void vg_noaccess(const void*, std::size_t) {}
 inline void vg_undefined(const void*, std::size_t) {}
 inline void vg_defined(const void*, std::size_t) {}
+#endif
+
+// Helgrind and DRD do not take std::atomic for synchronisation: the lock-free
+// remote-free lists say what they publish (before the CAS that pushes) and what
+// they take (after the exchange that empties the list).
+#if CALLOC_VALGRIND
+inline void vg_happens_before(const void* obj) {
+  if (on_valgrind()) ANNOTATE_HAPPENS_BEFORE(obj);
+}
+inline void vg_happens_after(const void* obj) {
+  if (on_valgrind()) ANNOTATE_HAPPENS_AFTER(obj);
+}
+#else
+inline void vg_happens_before(const void*) {}
+inline void vg_happens_after(const void*) {}
 #endif
 
 // Reads or writes n bytes of libcalloc's own data inside free (no-access) memory.
