@@ -110,6 +110,13 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
 inline Heap* no_fast_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{1}); }
 inline void span_set_flags(Span* s, std::uint8_t flags) {
   s->flags = flags;
+  if (on_valgrind()) {
+    // No fast path in Valgrind mode: fast_heap is no_fast_heap() from the span's
+    // first use on and never written again, so that free's unlocked read of it
+    // (block_free) is no race for helgrind and DRD.
+    if (s->fast_heap != no_fast_heap()) s->fast_heap = no_fast_heap();
+    return;
+  }
   s->fast_heap = flags ? no_fast_heap() : s->heap;
 }
 

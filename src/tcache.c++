@@ -412,6 +412,7 @@ void heap_abandon(Heap* h) {
 }
 
 void on_thread_exit(void* value) {
+  VgSerial serial;
   auto* h = static_cast<Heap*>(value);
   if (tls_owned_heap == h) {
     tls_owned_heap = nullptr;
@@ -463,6 +464,7 @@ Heap* heap_for_thread() {
   pthread_once(&g_heap_key_once, make_heap_key);
   free_guard_init();  // before the first object of any heap can be freed
   vg_init();
+  VgSerial serial;
   Domain* d = &g_process_domain;
   {
     DomainLock lock(d);
@@ -485,6 +487,7 @@ Heap* heap_for_thread() {
 Domain* domain_create() {
   free_guard_init();
   vg_init();
+  VgSerial serial;
   std::size_t size = align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size());
   void* mem = os_map(size);
   if (!mem) return nullptr;
@@ -501,6 +504,7 @@ Domain* domain_create() {
 }
 
 void domain_destroy(Domain* d) {
+  VgSerial serial;
   vg_domain_destroying(d);
   unlink_domain(d);
   {
@@ -588,6 +592,7 @@ void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
 void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
   vg_init();
   if (!on_valgrind()) return domain_alloc_raw(d, size, alignment);
+  VgSerial serial;
   void* p = domain_alloc_raw(d, size + kVgRedzone, alignment);
   if (p) {
     BlockRef r;
@@ -600,6 +605,7 @@ void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
 }
 
 std::size_t block_usable_size(const void* p, const char* what) {
+  VgSerial serial;
   BlockRef r;
   block_lookup(p, &r, what);
   return on_valgrind() ? vg_block_size(p, r.usable) : r.usable;
@@ -674,7 +680,10 @@ void block_lookup(const void* p, BlockRef* out, const char* what) {
 }
 
 void free_slow(void* p) {
-  if (on_valgrind()) return vg_free(p, free_now);
+  if (on_valgrind()) {
+    VgSerial serial;
+    return vg_free(p, free_now);
+  }
   free_now(p);
 }
 
@@ -805,7 +814,10 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
 }  // namespace
 
 void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
-  if (p && on_valgrind()) return vg_realloc(d, p, size, may_move, how);
+  if (p && on_valgrind()) {
+    VgSerial serial;
+    return vg_realloc(d, p, size, may_move, how);
+  }
   return block_realloc_raw(d, p, size, may_move, how);
 }
 
@@ -886,6 +898,7 @@ void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, Res
 }
 
 void domain_trim(Domain* d) {
+  VgSerial serial;
   if (d->per_thread) {
     if (Heap* h = thread_heap_if_any()) {
       DomainLock lock(d);
@@ -899,6 +912,7 @@ void domain_trim(Domain* d) {
 }
 
 DomainStats domain_stats(Domain* d) {
+  VgSerial serial;
   DomainStats st{};
   DomainLock lock(d);
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
@@ -940,7 +954,14 @@ DomainStats domain_stats(Domain* d) {
   return st;
 }
 
+// In Valgrind mode the serialising lock alone is held across fork(): every path
+// that takes the other locks holds it first, so none of them is held by another
+// thread at the fork, and the child, whose one thread took it, just unlocks it
+// (plain mutexes) -- re-initialising held locks, as outside Valgrind mode, would
+// leave helgrind and DRD believing the parent's threads still hold them.
 void domains_prefork() {
+  vg_prefork_first();
+  if (on_valgrind()) return vg_prefork();
   pthread_mutex_lock(&g_domains_lock);
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
   large_lock_all();
@@ -949,16 +970,18 @@ void domains_prefork() {
 
 void domains_postfork_parent() {
   vg_postfork_parent();
+  if (on_valgrind()) return;
   large_unlock_all();
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
   pthread_mutex_unlock(&g_domains_lock);
 }
 
 void domains_postfork_child() {
-  vg_postfork_child();
-  large_reinit_after_fork();
-  for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
-  pthread_mutex_init(&g_domains_lock, nullptr);
+  if (!on_valgrind()) {
+    large_reinit_after_fork();
+    for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
+    pthread_mutex_init(&g_domains_lock, nullptr);
+  }
   // The other threads are gone in the child: their heaps become adoptable.
   Domain* d = &g_process_domain;
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
@@ -967,6 +990,7 @@ void domains_postfork_child() {
     h->next_abandoned = d->abandoned;
     d->abandoned = h;
   }
+  vg_postfork_child();
 }
 
 }  // namespace lca

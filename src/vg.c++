@@ -18,6 +18,8 @@ namespace lca {
 
 constinit bool g_on_valgrind = false;
 constinit bool g_vg_decided = false;
+constinit pthread_mutex_t g_vg_serial = PTHREAD_MUTEX_INITIALIZER;
+constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
 
@@ -171,9 +173,20 @@ void vg_block_forgotten(const void* p) {
   if (on_valgrind()) VALGRIND_FREELIKE_BLOCK(p, 0);
 }
 
+// The serialising lock is taken first (it is outermost everywhere), the
+// quarantine's last (it is innermost).
+void vg_prefork_first() {
+  if (on_valgrind() && tls_vg_serial_depth++ == 0) pthread_mutex_lock(&g_vg_serial);
+}
 void vg_prefork() { pthread_mutex_lock(&g_quarantine_lock); }
-void vg_postfork_parent() { pthread_mutex_unlock(&g_quarantine_lock); }
-void vg_postfork_child() { pthread_mutex_init(&g_quarantine_lock, nullptr); }
+void vg_postfork_parent() {
+  pthread_mutex_unlock(&g_quarantine_lock);
+  if (on_valgrind() && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+}
+void vg_postfork_child() {
+  pthread_mutex_unlock(&g_quarantine_lock);
+  if (on_valgrind() && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+}
 
 void vg_domain_created(Domain* d) {
   if (on_valgrind()) VALGRIND_CREATE_MEMPOOL_EXT(d, 0, 0, VALGRIND_MEMPOOL_METAPOOL | VALGRIND_MEMPOOL_AUTO_FREE);
@@ -224,6 +237,7 @@ void vg_free(void* p, void (*release)(void*)) { release(p); }
 void vg_save_vbits(const void*, void*, std::size_t) {}
 void vg_restore_vbits(const void*, const void*, std::size_t) {}
 void vg_block_forgotten(const void*) {}
+void vg_prefork_first() {}
 void vg_prefork() {}
 void vg_postfork_parent() {}
 void vg_postfork_child() {}

@@ -30,6 +30,7 @@
 #include "config.h"
 
 #if CALLOC_VALGRIND
+#include <pthread.h>
 #include <valgrind/helgrind.h>
 #include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
@@ -72,6 +73,43 @@ inline void vg_defined(const void* p, std::size_t n) {
 inline void vg_noaccess(const void*, std::size_t) {}
 inline void vg_undefined(const void*, std::size_t) {}
 inline void vg_defined(const void*, std::size_t) {}
+#endif
+
+// Valgrind mode serialises libcalloc: every entry point that reaches shared state
+// (allocation, free, realloc, usable size, trim, statistics, heap creation and
+// destruction, thread exit, fork) holds one recursive lock, outermost, for its
+// whole run (a plain mutex and a per-thread depth, so that nested entries -- a
+// realloc that allocates and frees -- take it once, and so that a forked child
+// can simply unlock it).  Valgrind runs one thread at a time anyway, so the lock costs next to
+// nothing there, and helgrind and DRD then see every access libcalloc makes to its
+// own state -- the owner's unlocked span and arena fields, the per-thread counters,
+// the lock-free remote-free lists -- ordered by a lock they understand, instead of
+// reporting the lock-free design as races.  Outside Valgrind mode it is one
+// predictable branch on the slow paths only.
+#if CALLOC_VALGRIND
+extern pthread_mutex_t g_vg_serial LCA_HIDDEN;
+extern constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+class VgSerial {
+ public:
+  VgSerial() : held_(on_valgrind()) {
+    if (held_ && tls_vg_serial_depth++ == 0) pthread_mutex_lock(&g_vg_serial);
+  }
+  ~VgSerial() {
+    if (held_ && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+  }
+  VgSerial(const VgSerial&) = delete;
+  VgSerial& operator=(const VgSerial&) = delete;
+
+ private:
+  bool held_;
+};
+#else
+class VgSerial {
+ public:
+  VgSerial() {}
+  VgSerial(const VgSerial&) = delete;
+  VgSerial& operator=(const VgSerial&) = delete;
+};
 #endif
 
 // Helgrind and DRD do not take std::atomic for synchronisation: the lock-free
@@ -130,7 +168,10 @@ void vg_restore_vbits(const void* p, const void* buf, std::size_t n);
 // A block that goes away without a free (its heap is destroyed).
 void vg_block_forgotten(const void* p);
 
-// fork(): the quarantine lock is held across it.
+// fork(): the serialising lock and the quarantine lock are held across it
+// (vg_prefork_first before libcalloc's other locks, vg_prefork after them).  The
+// child's one thread is the thread that took them, so it unlocks them.
+void vg_prefork_first();
 void vg_prefork();
 void vg_postfork_parent();
 void vg_postfork_child();

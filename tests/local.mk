@@ -2,7 +2,7 @@
 #
 # make check            unit suites, integration scripts and the short stress tests
 # make check-stress     the stress tests again, at CALLOC_TEST_SCALE=1000 (soak)
-# make check-valgrind   the unit suites under memcheck (helgrind, drd on demand), scale 5
+# make check-valgrind   the unit suites under memcheck and helgrind (drd on demand), scale 5
 #
 # Unit suites are Check programs that print TAP on stdout (their main calls
 # srunner_set_tap(sr, "-")), read by automake's tap-driver.sh: every Check test is
@@ -124,7 +124,7 @@ check-stress: all
 .PHONY: check-stress calloc-need-check
 MOSTLYCLEANFILES = test-suite-stress.log
 
-# make check-valgrind (memcheck; helgrind and drd when enabled), check-valgrind-memcheck, ...:
+# make check-valgrind (memcheck and helgrind; drd when enabled), check-valgrind-memcheck, ...:
 # AX_VALGRIND_CHECK (see VALGRIND.md).  The synonym makes Valgrind leave libcalloc's
 # malloc in place instead of substituting its own.
 @VALGRIND_CHECK_RULES@
