@@ -38,6 +38,9 @@ if CALLOC_OVERRIDE
 calloc_script_tests += tests/integration/preload.sh
 # bench/calloc-workloads, every workload small, on libcalloc (verify OK, deterministic).
 calloc_script_tests += tests/integration/workloads.sh
+# python3, sqlite3, g++, git, sort, gzip and redis-server under LD_PRELOAD, output
+# compared with glibc's, times and peak RSS printed (issue 4; about 35 s).
+calloc_script_tests += tests/integration/real-programs.sh
 endif
 # A user's bugs under memcheck (issue 4): tests/valgrind/buggy, linked with the
 # shared libcalloc like a user's program (-no-install: a real binary, not a
@@ -53,7 +56,8 @@ tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
-	tests/integration/valgrind-user.sh tests/integration/workloads.sh
+	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
+	tests/integration/real-programs.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
