@@ -50,8 +50,32 @@ struct lca_stats {
 };
 LCA_EXPORT void lca_get_stats(struct lca_stats *out);
 
-/* Writes a human-readable statistics report to the file descriptor fd.  Used at
-   exit when LIBCALLOC_OPTIONS contains stats=1.  */
+/* How much of libcalloc's memory huge pages back, for the whole process (every
+   heap, the large blocks, every HugePageAllocator), and what purging did about
+   huge pages.  The byte figures are computed when asked, from /proc/self/smaps
+   (AnonHugePages of each mapping): a read of the whole file, about a millisecond
+   per thousand mappings -- not for a hot loop.  Where the kernel merged one of
+   libcalloc's mappings with a foreign one (same flags, adjacent), the mapping's
+   huge pages are shared out in proportion to the 2 MiB ranges each part holds.  */
+struct lca_huge_stats {
+  size_t huge_backed_bytes;    /* thp_backed_bytes + hugetlb_bytes */
+  size_t thp_backed_bytes;     /* transparent huge pages in libcalloc's mappings: */
+  size_t thp_heap_bytes;       /*   in the heaps' 4 MiB chunks */
+  size_t thp_large_bytes;      /*   in large blocks (own mappings, > 1 MiB; cached ones too) */
+  size_t thp_huge_block_bytes; /*   in HugePageAllocator blocks that are not hugetlb */
+  size_t hugetlb_bytes;        /* live HugePageAllocator blocks on hugetlb pages */
+  size_t mapped_bytes;         /* everything libcalloc maps now, for comparison */
+  size_t hugetlb_fallbacks;    /* allocate_huge calls the hugetlb pool refused (since start) */
+  size_t purged_huge_ranges;   /* whole free 2 MiB ranges returned to the OS (since start) */
+  size_t purge_kept_ranges;    /* partly used 2 MiB ranges a purge left resident (since start) */
+  size_t purge_kept_bytes;     /* the free bytes those ranges kept resident (summed) */
+  int smaps_readable;          /* 0: /proc/self/smaps could not be read, the thp_* are 0 */
+};
+LCA_EXPORT void lca_get_huge_stats(struct lca_huge_stats *out);
+
+/* Writes a human-readable statistics report to the file descriptor fd, with the
+   huge-page figures of lca_get_huge_stats.  Used at exit when LIBCALLOC_OPTIONS
+   contains stats=1.  */
 LCA_EXPORT void lca_print_stats(int fd);
 
 /* Returns cached memory (empty spans, cached large mappings) to the OS.  */

@@ -98,6 +98,25 @@ MemoryAllocator::Stats MemoryAllocator::get_stats() const {
   return out;
 }
 
+MemoryAllocator::HugePageCoverage MemoryAllocator::huge_page_coverage() {
+  lca_huge_stats s{};
+  lca::huge_stats_fill(&s);
+  HugePageCoverage out{};
+  out.huge_backed_bytes = s.huge_backed_bytes;
+  out.thp_backed_bytes = s.thp_backed_bytes;
+  out.thp_heap_bytes = s.thp_heap_bytes;
+  out.thp_large_bytes = s.thp_large_bytes;
+  out.thp_huge_block_bytes = s.thp_huge_block_bytes;
+  out.hugetlb_bytes = s.hugetlb_bytes;
+  out.mapped_bytes = s.mapped_bytes;
+  out.hugetlb_fallbacks = s.hugetlb_fallbacks;
+  out.purged_huge_ranges = s.purged_huge_ranges;
+  out.purge_kept_ranges = s.purge_kept_ranges;
+  out.purge_kept_bytes = s.purge_kept_bytes;
+  out.smaps_readable = s.smaps_readable != 0;
+  return out;
+}
+
 void MemoryAllocator::trim() { lca::domain_trim(domain_); }
 
 }  // namespace custom_alloc

@@ -5,7 +5,10 @@
 // lookup is one load and never races with the table changing shape.
 #include "chunk.h++"
 
+#include <cstring>
+
 #include "config.h"
+#include "huge.h++"
 #include "options.h++"
 #include "os.h++"
 
@@ -39,11 +42,14 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
   // whole 2 MiB ranges that THP can back (or is kept from backing).
   // Built with --disable-huge, only huge_heap=0 has an effect.
 #ifdef CALLOC_HUGE
-  if (g_options.huge_heap >= 0) os_advise_huge(mem, kChunkSize, g_options.huge_heap > 0);
+  bool advised = g_options.huge_heap > 0;
+  if (g_options.huge_heap >= 0) os_advise_huge(mem, kChunkSize, advised);
 #else
+  constexpr bool advised = false;
   if (g_options.huge_heap == 0) os_advise_huge(mem, kChunkSize, false);
 #endif
   auto* chunk = static_cast<ChunkHeader*>(mem);
+  if (g_options.huge_heap != 0 && huge_may_back(huge_thp_policy(), advised)) chunk->flags = kChunkMayBeHuge;
   chunk->magic = kChunkMagic;
   chunk->domain = domain;
   registry_set_kind(chunk, kind);
@@ -58,7 +64,23 @@ void chunk_unmap(ChunkHeader* chunk) {
 }
 
 void chunk_purge_data(ChunkHeader* chunk) {
-  os_purge(reinterpret_cast<char*>(chunk) + kChunkHeaderSize, kChunkSize - kChunkHeaderSize);
+  // The header keeps the first 2 MiB range in use: with huge pages, only the
+  // second range goes.
+  std::size_t from = (chunk->flags & kChunkMayBeHuge) ? kHugePage2M : kChunkHeaderSize;
+  if (from != kChunkHeaderSize) huge_count_purge(1, 1, kHugePage2M - kChunkHeaderSize);
+  os_purge(reinterpret_cast<char*>(chunk) + from, kChunkSize - from);
+}
+
+void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std::size_t used_bytes) {
+  std::uint32_t flags = chunk->flags;
+  if (flags & kChunkMayBeHuge)
+    std::memset(static_cast<void*>(chunk), 0, used_bytes);
+  else
+    os_purge(chunk, kChunkHeaderSize);  // the rest of slot 0 reads as zero too
+  chunk->magic = kChunkMagic;
+  chunk->flags = flags;
+  chunk->domain = domain;
+  registry_set_kind(chunk, kind);
 }
 
 std::size_t registry_chunk_count() { return g_chunk_count.load(std::memory_order_relaxed); }

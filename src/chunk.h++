@@ -29,13 +29,21 @@ constexpr std::uint64_t kChunkMagic = 0x6c6963616c6c6f63ull;  // "liccalloc"
 
 enum class ChunkKind : std::uint32_t { spans = 1, arena = 2 };
 
+// ChunkHeader::flags
+enum : std::uint32_t {
+  // Transparent huge pages may back the chunk (advised MADV_HUGEPAGE, or the THP
+  // mode is `always` and it was not advised MADV_NOHUGEPAGE): purges return whole
+  // free 2 MiB ranges only (huge.h++).
+  kChunkMayBeHuge = 1,
+};
+
 struct Heap;
 struct Domain;
 
 struct ChunkHeader {
   std::uint64_t magic;
   ChunkKind kind;
-  std::uint32_t reserved;
+  std::uint32_t flags;  // kChunkMayBeHuge; kept for the chunk's whole life
   Domain* domain;
   Heap* heap;  // the heap that carves this chunk
   ChunkHeader* next;
@@ -48,6 +56,11 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain);
 void chunk_unmap(ChunkHeader* chunk);
 // Returns the chunk's data pages (beyond its header) to the OS.
 void chunk_purge_data(ChunkHeader* chunk);
+// Zeroes the chunk's header (slot 0) for a chunk that changes kind, and writes its
+// identity again (magic, domain, flags, kind).  With kChunkMayBeHuge the bytes
+// are cleared with stores: a purge would split the huge page the chunk's first
+// 2 MiB may sit on.
+void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std::size_t used_bytes);
 
 // --- registry -------------------------------------------------------------
 // One byte per 4 MiB of the 48-bit user address space (64 MiB of zero-filled

@@ -12,6 +12,7 @@
 // buffers: nothing here calls malloc.
 #include "huge.h++"
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -22,6 +23,7 @@
 
 #include "chunk.h++"
 #include "config.h"
+#include "large.h++"
 #include "os.h++"
 
 namespace lca {
@@ -33,6 +35,8 @@ struct HugeState {
   std::size_t count;
   unsigned try_mask;
   HugeCounters counters;
+  HugeState* next;  // every live HugeState, for huge_coverage()
+  HugeState* prev;
 };
 
 namespace {
@@ -44,6 +48,18 @@ constexpr unsigned kBuiltBackings = 0;
 #endif
 
 int backing_slot(HugeBacking b) { return static_cast<int>(b) - 1; }
+
+// Every live HugeState (huge_coverage walks them), and what outlives them.
+constinit pthread_mutex_t g_states_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit HugeState* g_states = nullptr;
+constinit std::atomic<std::size_t> g_hugetlb_fallbacks{0};
+
+// huge_thp_policy(), once read: bit 0 valid, bit 1 usable, bit 2 always.
+constinit std::atomic<unsigned> g_thp_policy{0};
+
+constinit std::atomic<std::size_t> g_purged_ranges{0};
+constinit std::atomic<std::size_t> g_kept_ranges{0};
+constinit std::atomic<std::size_t> g_kept_bytes{0};
 
 std::size_t slot_of(const void* p, std::size_t capacity) {
   // Blocks start at least 2 MiB-aligned: the low bits carry no information.
@@ -267,11 +283,23 @@ HugeState* huge_state_create() {
     return nullptr;
   }
   s->try_mask = kBuiltBackings;
+  pthread_mutex_lock(&g_states_lock);
+  s->next = g_states;
+  if (g_states) g_states->prev = s;
+  g_states = s;
+  pthread_mutex_unlock(&g_states_lock);
   return s;
 }
 
 void huge_state_destroy(HugeState* s) {
   if (!s) return;
+  pthread_mutex_lock(&g_states_lock);
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    g_states = s->next;
+  if (s->next) s->next->prev = s->prev;
+  pthread_mutex_unlock(&g_states_lock);
   for (std::size_t i = 0; i < s->capacity; ++i)
     if (s->slots[i].base) os_unmap(s->slots[i].base, s->slots[i].size);
   os_unmap(s->slots, s->capacity * sizeof(HugeBlock));
@@ -313,6 +341,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
     c.hugetlb_fallbacks += fell_back ? 1 : 0;
   }
   pthread_mutex_unlock(&s->lock);
+  if (recorded && fell_back) g_hugetlb_fallbacks.fetch_add(1, std::memory_order_relaxed);
   if (!recorded) {
     os_unmap(p, size);
     errno = ENOMEM;
@@ -411,13 +440,99 @@ std::size_t huge_smaps_anon_huge_bytes(const void* start, std::size_t size) {
   return total;
 }
 
-std::size_t huge_heap_anon_huge_bytes() {
-  std::size_t total = 0;
-  smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
-    if (anon_huge && (start & (kChunkSize - 1)) == 0 && registry_lookup(reinterpret_cast<void*>(start)))
-      total += anon_huge;
+std::size_t huge_heap_anon_huge_bytes() { return huge_coverage().thp_heap; }
+
+namespace {
+
+// Whole 2 MiB ranges of registered chunks inside [lo, hi).
+std::size_t chunk_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
+  constexpr std::uintptr_t kTop = std::uintptr_t{1} << kAddressBits;
+  if (hi > kTop) hi = kTop;
+  std::size_t n = 0;
+  for (std::uintptr_t c = lo & ~(std::uintptr_t{kChunkSize} - 1); c < hi; c += kChunkSize) {
+    if (chunk_kind_of(reinterpret_cast<void*>(c)) == ChunkKind{}) continue;
+    n += huge_whole_ranges(c > lo ? c : lo, c + kChunkSize < hi ? c + kChunkSize : hi);
+  }
+  return n;
+}
+
+// Whole 2 MiB ranges of transparent and normal blocks of every HugeState inside
+// [lo, hi) (hugetlb mappings report no AnonHugePages).
+std::size_t block_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
+  std::size_t n = 0;
+  pthread_mutex_lock(&g_states_lock);
+  for (HugeState* s = g_states; s; s = s->next) {
+    pthread_mutex_lock(&s->lock);
+    for (std::size_t i = 0; i < s->capacity; ++i) {
+      const HugeBlock& b = s->slots[i];
+      if (!b.base || b.backing == HugeBacking::hugetlb) continue;
+      auto base = reinterpret_cast<std::uintptr_t>(b.base);
+      std::uintptr_t a = base > lo ? base : lo, z = base + b.size < hi ? base + b.size : hi;
+      if (a < z) n += huge_whole_ranges(a, z);
+    }
+    pthread_mutex_unlock(&s->lock);
+  }
+  pthread_mutex_unlock(&g_states_lock);
+  return n;
+}
+
+}  // namespace
+
+HugeCoverage huge_coverage() {
+  HugeCoverage cov{};
+  cov.smaps_read = smaps_for_each([&](std::uintptr_t start, std::uintptr_t end, std::size_t anon_huge) {
+    if (anon_huge == 0) return;
+    std::size_t total = huge_whole_ranges(start, end);
+    if (total == 0) return;
+    std::size_t ranges[3] = {chunk_ranges_in(start, end), large_huge_ranges_in(start, end),
+                             block_ranges_in(start, end)};
+    std::size_t pages = anon_huge / kHugePage2M;
+    std::size_t share[3], given = 0, ours = 0, biggest = 0;
+    for (int k = 0; k < 3; ++k) {
+      share[k] = pages * ranges[k] / total;
+      given += share[k];
+      ours += ranges[k];
+      if (ranges[k] > ranges[biggest]) biggest = k;
+    }
+    // A mapping of ours alone: the rounding remainder is ours too.
+    if (ours >= total && given < pages) share[biggest] += pages - given;
+    cov.thp_heap += share[0] * kHugePage2M;
+    cov.thp_large += share[1] * kHugePage2M;
+    cov.thp_blocks += share[2] * kHugePage2M;
   });
-  return total;
+  pthread_mutex_lock(&g_states_lock);
+  for (HugeState* s = g_states; s; s = s->next) {
+    pthread_mutex_lock(&s->lock);
+    cov.hugetlb += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
+    pthread_mutex_unlock(&s->lock);
+  }
+  pthread_mutex_unlock(&g_states_lock);
+  return cov;
+}
+
+std::size_t huge_total_hugetlb_fallbacks() { return g_hugetlb_fallbacks.load(std::memory_order_relaxed); }
+
+ThpPolicy huge_thp_policy() {
+  unsigned bits = g_thp_policy.load(std::memory_order_relaxed);
+  if (__builtin_expect(!(bits & 1), 0)) {
+    ThpMode mode = huge_thp_mode();
+    bool usable = (mode == ThpMode::always || mode == ThpMode::madvise) && !huge_thp_disabled_for_process();
+    bits = 1u | (usable ? 2u : 0u) | (mode == ThpMode::always ? 4u : 0u);
+    g_thp_policy.store(bits, std::memory_order_relaxed);  // racing first calls store the same
+  }
+  return ThpPolicy{(bits & 2u) != 0, (bits & 4u) != 0};
+}
+
+void huge_count_purge(std::size_t purged_ranges, std::size_t kept_ranges, std::size_t kept_bytes) {
+  if (purged_ranges) g_purged_ranges.fetch_add(purged_ranges, std::memory_order_relaxed);
+  if (kept_ranges) g_kept_ranges.fetch_add(kept_ranges, std::memory_order_relaxed);
+  if (kept_bytes) g_kept_bytes.fetch_add(kept_bytes, std::memory_order_relaxed);
+}
+
+HugePurgeCounters huge_purge_counters() {
+  return HugePurgeCounters{g_purged_ranges.load(std::memory_order_relaxed),
+                           g_kept_ranges.load(std::memory_order_relaxed),
+                           g_kept_bytes.load(std::memory_order_relaxed)};
 }
 
 ThpMode huge_thp_mode() {

@@ -68,11 +68,61 @@ unsigned huge_backings(const HugeState* s);
 // (AnonHugePages of their mappings).  `of` selects one backing (none: all).
 std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of);
 
-// Bytes of the heap's chunks (all heaps) that THP backs now: AnonHugePages of the
-// mappings of /proc/self/smaps that start at a registered chunk.  Neighbouring
-// chunks with the same advice merge into one mapping, counted once; a mapping
-// that merged with a foreign neighbour is counted whole (an upper bound).
+// Bytes of the heap's chunks (all heaps) that THP backs now: huge_coverage().thp_heap.
 std::size_t huge_heap_anon_huge_bytes();
+
+// --- coverage: how much of libcalloc's memory huge pages back now ---------------
+// Read from /proc/self/smaps when asked (a read of the whole file: about a
+// millisecond per thousand mappings), never kept up to date.  smaps gives the
+// transparent huge pages (AnonHugePages) per mapping (VMA), and the kernel merges
+// neighbouring mappings with the same flags into one VMA: a VMA's huge pages are
+// shared out among heap chunks (the registry), large blocks (their table), the
+// blocks of every HugePageAllocator and foreign memory in proportion to the whole
+// 2 MiB ranges each holds in it -- exact for a VMA of one kind, an estimate for a
+// mixed one.  hugetlb blocks are counted whole (their pages are reserved at mmap).
+struct HugeCoverage {
+  std::size_t thp_heap;    // AnonHugePages in heap chunks
+  std::size_t thp_large;   // ... in large blocks (own mappings above 1 MiB)
+  std::size_t thp_blocks;  // ... in transparent and normal HugePageAllocator blocks
+  std::size_t hugetlb;     // live hugetlb blocks of every HugePageAllocator
+  bool smaps_read;         // false: /proc/self/smaps unreadable, the thp_* are 0
+};
+HugeCoverage huge_coverage();
+
+// Process-wide counters (all HugePageAllocators, alive or destroyed).
+std::size_t huge_total_hugetlb_fallbacks();
+
+// --- purging memory that huge pages may back ----------------------------------
+// Returning part of a transparent huge page to the OS (MADV_DONTNEED, munmap)
+// splits it into 4 KiB pages, and the rest of it stays resident anyway.  So where
+// memory may be backed by THP, libcalloc purges only the whole 2 MiB ranges that
+// are entirely free and leaves a partly used range resident (tcache.c++ span
+// purges, large.c++ shrinks).  Elsewhere purges stay 4 KiB-granular.
+struct ThpPolicy {
+  bool usable;  // mode always or madvise, and the process has not switched THP off
+  bool always;  // mode always: unadvised anonymous memory may get huge pages too
+};
+// Read once, at the first call (the heap asks on every chunk and large mapping;
+// a change of the system mode or of PR_SET_THP_DISABLE later is not seen).
+ThpPolicy huge_thp_policy();
+// Whether a mapping advised MADV_HUGEPAGE (advised) or not advised at all may be
+// backed by transparent huge pages under the policy.
+inline bool huge_may_back(ThpPolicy p, bool advised) { return p.usable && (advised || p.always); }
+
+// Number of whole, 2 MiB-aligned 2 MiB ranges inside [lo, hi).
+inline std::size_t huge_whole_ranges(std::uintptr_t lo, std::uintptr_t hi) {
+  std::uintptr_t a = (lo + kHugePage2M - 1) & ~(std::uintptr_t{kHugePage2M} - 1);
+  std::uintptr_t b = hi & ~(std::uintptr_t{kHugePage2M} - 1);
+  return b > a ? (b - a) / kHugePage2M : 0;
+}
+
+struct HugePurgeCounters {
+  std::size_t purged_ranges;  // whole 2 MiB ranges returned to the OS
+  std::size_t kept_ranges;    // partly used 2 MiB ranges whose free part a purge left resident
+  std::size_t kept_bytes;     // the free bytes of those ranges (summed over the purges)
+};
+void huge_count_purge(std::size_t purged_ranges, std::size_t kept_ranges, std::size_t kept_bytes);
+HugePurgeCounters huge_purge_counters();
 
 // --- what the system offers --------------------------------------------------
 enum class ThpMode { unsupported, always, madvise, never };

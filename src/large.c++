@@ -9,6 +9,7 @@
 #include "vg.h++"
 #include "config.h"
 #include "options.h++"
+#include "huge.h++"
 
 namespace lca {
 namespace {
@@ -18,12 +19,39 @@ struct Slot {
   void* base;
   std::size_t map_size;
   Domain* domain;
+  bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
 };
 
 constinit pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit Slot* g_slots = nullptr;
 constinit std::size_t g_capacity = 0;  // power of two
 constinit std::size_t g_used = 0;
+constinit LargeCache* g_caches = nullptr;  // caches that hold or held mappings
+
+void list_cache(LargeCache* c) {
+  if (c->listed) return;
+  c->listed = true;
+  c->prev_listed = nullptr;
+  c->next_listed = g_caches;
+  if (g_caches) g_caches->prev_listed = c;
+  g_caches = c;
+}
+
+void unlist_cache(LargeCache* c) {
+  if (!c->listed) return;
+  if (c->prev_listed)
+    c->prev_listed->next_listed = c->next_listed;
+  else
+    g_caches = c->next_listed;
+  if (c->next_listed) c->next_listed->prev_listed = c->prev_listed;
+  c->listed = false;
+}
+
+std::size_t ranges_of(const void* base, std::size_t size, std::uintptr_t lo, std::uintptr_t hi) {
+  auto b = reinterpret_cast<std::uintptr_t>(base);
+  std::uintptr_t a = b > lo ? b : lo, z = b + size < hi ? b + size : hi;
+  return a < z ? huge_whole_ranges(a, z) : 0;
+}
 
 inline std::size_t hash_of(const void* p) {
   return static_cast<std::size_t>((reinterpret_cast<std::uintptr_t>(p) >> 12) *
@@ -99,7 +127,7 @@ void expire(LargeCache* c, std::uint64_t now) {
 }
 
 // Best-fitting cached mapping: big enough, at most a quarter larger, aligned.
-void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got) {
+void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got, bool* huge) {
   int best = -1;
   for (unsigned i = 0; i < c->count; ++i) {
     const auto& e = c->entries[i];
@@ -110,6 +138,7 @@ void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std
   if (best < 0) return nullptr;
   void* base = c->entries[best].base;
   *got = c->entries[best].map_size;
+  *huge = c->entries[best].huge;
   c->bytes -= *got;
   c->entries[best] = c->entries[--c->count];
   return base;
@@ -161,11 +190,12 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   std::uint64_t now = os_now_ns();
   expire(cache, now);
   std::size_t got = 0;
-  void* base = cache_take(cache, map_size, alignment, &got);
+  bool huge = false;
+  void* base = cache_take(cache, map_size, alignment, &got, &huge);
   *fresh_zero = false;
   if (!base) {
     pthread_mutex_unlock(&g_lock);  // no system call under the lock
-    bool huge = huge_large_blocks() && map_size >= kHugePage;
+    huge = huge_large_blocks() && map_size >= kHugePage;
     base = os_map_aligned(map_size, huge && alignment < kHugePage ? kHugePage : alignment);
     if (!base) return nullptr;
     if (huge) os_advise_huge(base, map_size, true);
@@ -174,7 +204,7 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
     pthread_mutex_lock(&g_lock);
     cache->mapped_bytes += got;
   }
-  if (!insert_slot(Slot{base, base, got, d})) {
+  if (!insert_slot(Slot{base, base, got, d, huge})) {
     cache->mapped_bytes -= got;
     pthread_mutex_unlock(&g_lock);
     os_unmap(base, got);
@@ -197,6 +227,7 @@ std::size_t large_free(LargeCache* cache, void* p) {
   }
   void* base = s->base;
   std::size_t map_size = s->map_size;
+  bool huge = s->huge;
   erase_slot(s);
   --cache->live_count;
   ++cache->free_count;
@@ -207,8 +238,9 @@ std::size_t large_free(LargeCache* cache, void* p) {
   if (keep) {
     while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > kLargeCacheBytes))
       cache_drop(cache, 0);  // the oldest sits first: entries are appended
-    cache->entries[cache->count++] = LargeCache::Entry{base, map_size, now};
+    cache->entries[cache->count++] = LargeCache::Entry{base, map_size, now, huge};
     cache->bytes += map_size;
+    list_cache(cache);
     pthread_mutex_unlock(&g_lock);
   } else {
     cache->mapped_bytes -= map_size;
@@ -234,6 +266,16 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   *result = p;
   // Within the mapping already, or shrinking by less than a quarter: keep it.
   if (want == have || (want < have && want >= have - have / 4)) return LargeResize::in_place;
+  if (want < have && huge_may_back(huge_thp_policy(), copy.huge)) {
+    // Transparent huge pages may back it: unmap whole 2 MiB ranges only, keep the
+    // rest of the range the block now ends in (it is partly in use).
+    auto base = reinterpret_cast<std::uintptr_t>(p);
+    std::size_t keep = align_up(base + want, kHugePage) - base;
+    if (keep > have) keep = have;
+    huge_count_purge(huge_whole_ranges(base + keep, base + have), keep > want ? 1 : 0, keep - want);
+    want = keep;
+    if (want == have) return LargeResize::in_place;
+  }
   // The block is live and owned by the caller, so nobody else touches its slot
   // while the lock is released for the system call.
   void* moved = os_remap(p, have, want, false);
@@ -272,6 +314,7 @@ void large_release_domain(Domain* d, LargeCache* cache) {
   while (cache->count) cache_drop(cache, 0);
   cache->live_count = 0;
   cache->mapped_bytes = 0;
+  unlist_cache(cache);
   pthread_mutex_unlock(&g_lock);
 }
 
@@ -289,6 +332,17 @@ LargeCache large_counters(const LargeCache* cache) {
   LargeCache copy = *cache;
   pthread_mutex_unlock(&g_lock);
   return copy;
+}
+
+std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
+  std::size_t n = 0;
+  pthread_mutex_lock(&g_lock);
+  for (std::size_t i = 0; i < g_capacity; ++i)
+    if (g_slots[i].user) n += ranges_of(g_slots[i].base, g_slots[i].map_size, lo, hi);
+  for (const LargeCache* c = g_caches; c; c = c->next_listed)
+    for (unsigned i = 0; i < c->count; ++i) n += ranges_of(c->entries[i].base, c->entries[i].map_size, lo, hi);
+  pthread_mutex_unlock(&g_lock);
+  return n;
 }
 
 void large_lock_all() { pthread_mutex_lock(&g_lock); }

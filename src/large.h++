@@ -30,9 +30,14 @@ struct LargeCache {
     void* base;
     std::size_t map_size;
     std::uint64_t freed_at_ns;
+    bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
   } entries[kLargeCacheEntries];
   unsigned count;
   std::size_t bytes;
+  // Every cache that ever held a mapping is on one list (large_huge_ranges_in).
+  bool listed;
+  LargeCache* next_listed;
+  LargeCache* prev_listed;
   // Counters of this heap's large blocks (guarded by the large lock).
   std::size_t live_count, alloc_count, free_count;
   std::size_t alloc_bytes, free_bytes, mapped_bytes;
@@ -58,7 +63,9 @@ std::size_t large_free(LargeCache* cache, void* p);
 
 enum class LargeResize { failed, in_place, remapped };
 // Resizes without copying: in place, or (may_move) by mremap.  *result receives the
-// new address.
+// new address.  A shrink of a mapping that transparent huge pages may back keeps
+// the rest of the 2 MiB range the block now ends in (huge.h++: no huge page that
+// is still partly in use is split).
 LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool may_move,
                          void** result);
 
@@ -68,6 +75,9 @@ void large_release_domain(Domain* d, LargeCache* cache);
 void large_trim(LargeCache* cache, bool all);
 // Snapshot of the counters under the lock.
 LargeCache large_counters(const LargeCache* cache);
+// Whole 2 MiB ranges of large mappings (live blocks and cached mappings of every
+// heap) inside [lo, hi): huge_coverage() attributes smaps' huge pages with it.
+std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi);
 
 void large_lock_all();
 void large_unlock_all();

@@ -181,6 +181,10 @@ LCA_EXPORT void lca_get_stats(struct lca_stats* out) {
   if (out) stats_fill(&g_process_domain, out);
 }
 
+LCA_EXPORT void lca_get_huge_stats(struct lca_huge_stats* out) {
+  if (out) huge_stats_fill(out);
+}
+
 LCA_EXPORT void lca_print_stats(int fd) { stats_print(&g_process_domain, fd); }
 
 LCA_EXPORT void lca_trim(void) { domain_trim(&g_process_domain); }

@@ -8,6 +8,8 @@
 namespace lca {
 
 void stats_fill(Domain* d, lca_stats* out);
+// Process-wide; reads /proc/self/smaps (huge.h++, huge_coverage).
+void huge_stats_fill(lca_huge_stats* out);
 void stats_print(Domain* d, int fd);
 
 }  // namespace lca

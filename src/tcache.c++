@@ -15,6 +15,7 @@
 #include <new>
 #include <sys/mman.h>
 
+#include "huge.h++"
 #include "os.h++"
 #include "vg.h++"
 
@@ -153,10 +154,8 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   if (c) {
     if (c->kind != kind) {
       // The header of the other kind is meaningless here: let it read as zero.
-      os_purge(c, kChunkHeaderSize);
-      c->magic = kChunkMagic;
-      c->domain = d;
-      registry_set_kind(c, kind);
+      constexpr std::size_t used = sizeof(SpanChunk) > sizeof(ArenaChunk) ? sizeof(SpanChunk) : sizeof(ArenaChunk);
+      chunk_reset_header(c, kind, d, used);
     }
   } else {
     c = chunk_map(kind, d);
@@ -210,9 +209,42 @@ void release_chunk(Domain* d, ChunkHeader* c) {
   }
 }
 
+// A chunk that transparent huge pages may back (kChunkMayBeHuge) is purged in
+// whole 2 MiB ranges: a range all of whose slots are free goes back to the OS
+// in one piece, a range that still holds a span (or the header: the first range
+// of every chunk) keeps its free slots resident and dirty -- purging them would
+// split the huge page under them while the rest of it stays resident, and
+// khugepaged would fill them in again.  Returns the dirty slots left.
+std::size_t purge_huge_ranges(SpanChunk* sc) {
+  constexpr unsigned kSlotsPerRange = kHugePage2M / kSpanSize;
+  static_assert(kSpansPerChunk % kSlotsPerRange == 0);
+  std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
+  std::size_t purged = 0, kept = 0, kept_slots = 0;
+  for (unsigned first = 0; first < kSpansPerChunk; first += kSlotsPerRange) {
+    std::uint64_t range = (~std::uint64_t{0} >> (64 - kSlotsPerRange)) << first;
+    if (!(dirty & range)) continue;
+    if ((sc->free_slots & range) == range) {
+      os_purge(reinterpret_cast<char*>(sc) + (std::size_t{first} << kSpanShift), kHugePage2M);
+      dirty &= ~range;
+      ++purged;
+    } else {
+      ++kept;
+      kept_slots += static_cast<std::size_t>(__builtin_popcountll(dirty & range));
+    }
+  }
+  sc->dirty_slots = dirty;
+  huge_count_purge(purged, kept, kept_slots << kSpanShift);
+  return kept_slots;
+}
+
 void purge_dirty_slots(Heap* h) {
+  std::size_t left = 0;
   for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) {
     SpanChunk* sc = span_chunk_of(ch);
+    if (ch->flags & kChunkMayBeHuge) {
+      left += purge_huge_ranges(sc);
+      continue;
+    }
     std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
     while (dirty) {
       unsigned first = static_cast<unsigned>(__builtin_ctzll(dirty));
@@ -224,7 +256,7 @@ void purge_dirty_slots(Heap* h) {
     }
     sc->dirty_slots = 0;
   }
-  h->dirty_slots = 0;
+  h->dirty_slots = left;
 }
 
 Span* new_span(Heap* h, unsigned c) {

@@ -113,7 +113,9 @@ class CUSTOM_ALLOC_EXPORT HugePageAllocator : public MemoryAllocator {
   static void enable_transparent_huge_pages();
   // Bytes of libcalloc's heaps (the chunks of every MemoryAllocator, the process
   // heap included) that transparent huge pages back now, from /proc/self/smaps:
-  // the coverage that LIBCALLOC_OPTIONS=huge_heap=1 buys.
+  // the coverage that LIBCALLOC_OPTIONS=huge_heap=1 buys.  The thp_heap_bytes of
+  // MemoryAllocator::huge_page_coverage(), which has the rest (large blocks,
+  // huge blocks of every allocator, hugetlb, purge counters).
   static std::size_t heap_huge_backed_bytes();
   static ThpStatus transparent_huge_page_status();
 

@@ -56,6 +56,28 @@ class CUSTOM_ALLOC_EXPORT MemoryAllocator {
     Counter large_mappings;       // live dedicated mappings
   };
 
+  // How much of libcalloc's memory huge pages back, for the whole process (every
+  // heap, the large blocks, every HugePageAllocator), and what purging did about
+  // huge pages.  Computed when asked from /proc/self/smaps (AnonHugePages of each
+  // mapping): a read of the whole file, about a millisecond per thousand mappings.
+  // A mapping the kernel merged with a foreign neighbour has its huge pages shared
+  // out in proportion to the 2 MiB ranges each part holds.  (lca_get_huge_stats in C.)
+  struct HugePageCoverage {
+    std::size_t huge_backed_bytes;     // thp_backed_bytes + hugetlb_bytes
+    std::size_t thp_backed_bytes;      // transparent huge pages in libcalloc's mappings:
+    std::size_t thp_heap_bytes;        //   in the heaps' 4 MiB chunks
+    std::size_t thp_large_bytes;       //   in large blocks (own mappings above 1 MiB, cached ones too)
+    std::size_t thp_huge_block_bytes;  //   in HugePageAllocator blocks that are not hugetlb
+    std::size_t hugetlb_bytes;         // live HugePageAllocator blocks on hugetlb pages
+    std::size_t mapped_bytes;          // everything libcalloc maps now, for comparison
+    std::size_t hugetlb_fallbacks;     // allocate_huge calls the hugetlb pool refused (since start)
+    std::size_t purged_huge_ranges;    // whole free 2 MiB ranges returned to the OS (since start)
+    std::size_t purge_kept_ranges;     // partly used 2 MiB ranges a purge left resident (since start)
+    std::size_t purge_kept_bytes;      // the free bytes those ranges kept resident (summed)
+    bool smaps_readable;               // false: /proc/self/smaps unreadable, the thp_* are 0
+  };
+  static HugePageCoverage huge_page_coverage();
+
   static MemoryAllocator& instance() noexcept;
 
   MemoryAllocator();

@@ -13,10 +13,19 @@
 // kernel's memory at that moment: it is printed, never asserted.  What is asserted
 // is what the kernel guarantees: a normal block (MADV_NOHUGEPAGE) has no huge page.
 // LIBCALLOC_OPTIONS=huge_heap: parsing, the advice a fresh chunk gets (VmFlags hg or
-// nh in /proc/self/smaps), and heap_huge_backed_bytes().  The hugetlb tests change a
+// nh in /proc/self/smaps), and heap_huge_backed_bytes().  Purging: with huge pages
+// possible (huge_heap=1 and THP usable) a span purge returns whole free 2 MiB ranges
+// only and leaves the free slots of a partly used range resident (mincore); with
+// huge_heap=0 it stays 4 KiB-granular; a large block that shrinks keeps the rest
+// of its last 2 MiB range.  Coverage: MemoryAllocator::huge_page_coverage() /
+// lca_get_huge_stats() see the THP of a touched huge-advised large block (skipped
+// with a message where the kernel gave none) and count hugetlb blocks and
+// fallbacks process-wide; lca_print_stats prints them.  The hugetlb tests change a
 // system-wide setting for a moment: two runs of this suite at once on one machine
 // (as root) can disturb each other's pool counts.
 #include <custom_alloc/huge_page_allocator.h++>
+
+#include <libcalloc.h>
 
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -28,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -38,6 +48,7 @@
 #include "huge.h++"
 #include "options.h++"
 #include "os.h++"
+#include "span.h++"
 
 #include "../test-util.h++"
 
@@ -310,12 +321,15 @@ START_TEST(test_hugetlb_exhaustion_falls_back) {
   // time (nothing is touched), and the block falls back to the next backing.
   HugePageAllocator alloc;
   std::size_t size = static_cast<std::size_t>(avail + 1) * 2 * MiB;
+  std::size_t process_fallbacks = custom_alloc::MemoryAllocator::huge_page_coverage().hugetlb_fallbacks;
   void* p = alloc.allocate_huge(size);
   ck_assert_msg(p != nullptr, "allocate_huge(%zu) failed instead of falling back", size);
   ck_assert(alloc.backing_of(p) == expected_fallback());
   ck_assert(aligned_to(p, 2 * MiB));
   HugePageAllocator::HugeStats st = alloc.huge_stats();
   ck_assert_uint_eq(st.hugetlb_fallbacks, 1);
+  // ... and so does the process-wide count (lca_get_huge_stats).
+  ck_assert_uint_eq(custom_alloc::MemoryAllocator::huge_page_coverage().hugetlb_fallbacks, process_fallbacks + 1);
   test_util::touch_range(p, size, 0x3c, 64);
   ck_assert(test_util::touched_range_ok(p, size, 0x3c, 64));
   alloc.deallocate_huge(p);
@@ -332,6 +346,8 @@ START_TEST(test_hugetlb_2mb) {
   {
     HugePageAllocator alloc;
     long before = pool_available(2 * MiB);
+    lca_huge_stats process_before{};
+    lca_get_huge_stats(&process_before);
     void* p = alloc.allocate_huge(3 * MiB + 1);
     long during = pool_available(2 * MiB);
     void* q = nullptr;
@@ -353,6 +369,16 @@ START_TEST(test_hugetlb_2mb) {
       HugePageAllocator::HugeStats st = alloc.huge_stats();
       if (st.hugetlb_fallbacks != 1) f.note("hugetlb_fallbacks %zu, not 1", st.hugetlb_fallbacks);
       if (st.live_blocks[HugePageAllocator::backing_index(Backing::hugetlb)] != 1) f.note("live hugetlb blocks != 1");
+      // The process-wide view says the same (this is the only allocator).
+      lca_huge_stats process{};
+      lca_get_huge_stats(&process);
+      if (process.hugetlb_bytes != 4 * MiB) f.note("lca_get_huge_stats: hugetlb_bytes %zu, not 4 MiB", process.hugetlb_bytes);
+      if (process.hugetlb_fallbacks != process_before.hugetlb_fallbacks + 1)
+        f.note("lca_get_huge_stats: hugetlb_fallbacks %zu, was %zu: not one more", process.hugetlb_fallbacks,
+               process_before.hugetlb_fallbacks);
+      if (process.huge_backed_bytes != process.thp_backed_bytes + process.hugetlb_bytes)
+        f.note("huge_backed_bytes %zu != thp %zu + hugetlb %zu", process.huge_backed_bytes, process.thp_backed_bytes,
+               process.hugetlb_bytes);
     }
     alloc.deallocate_huge(q);
     alloc.deallocate_huge(p);
@@ -717,6 +743,347 @@ START_TEST(test_heap_huge_backed_bytes) {
 }
 END_TEST
 
+// --- purging where huge pages may back the memory ---------------------------------------
+
+namespace {
+
+std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Pages of [p, p + n) resident now (mincore); SIZE_MAX when mincore fails.
+std::size_t resident_pages(const void* p, std::size_t n) {
+  std::vector<unsigned char> v(n / page_bytes());
+  if (mincore(const_cast<void*>(p), n, v.data()) != 0) return SIZE_MAX;
+  std::size_t k = 0;
+  for (unsigned char c : v) k += c & 1;
+  return k;
+}
+
+constexpr std::size_t kSlot = 64 * KiB;  // a span slot (lca::kSpanSize)
+
+struct Resident {
+  std::size_t resident, pages;
+};
+
+Resident resident_slots(std::uintptr_t chunk, unsigned first, unsigned count) {
+  const void* p = reinterpret_cast<const void*>(chunk + first * kSlot);
+  return Resident{resident_pages(p, count * kSlot), count * kSlot / page_bytes()};
+}
+
+// Two chunks of an independent heap filled with 4 KiB blocks (written, so every
+// page is resident), then freed but for one block: chunk A keeps one in slot 1 (its
+// second 2 MiB range is then entirely free), chunk B one in slot 40 (both ranges
+// partly used: the first holds the chunk header).  Then trim() purges.
+struct PurgeOutcome {
+  std::string problem;  // non-empty: the pattern could not be laid out
+  bool may_be_huge[2];  // kChunkMayBeHuge of A and B
+  Resident a_low_free;  // A, slots 2..31: free, in the range of the live slot 1
+  Resident a_high;      // A, slots 32..63: the whole second range, free
+  Resident b_low_free;  // B, slots 1..31: free, in the range of the header
+  Resident b_high_free; // B, slots 32..63 but 40: free, in the range of the live slot 40
+  lca::HugePurgeCounters before, after;
+  std::size_t thp_before, thp_after;  // THP in heap chunks around the trim (printed, not asserted)
+  bool live_intact;
+};
+
+PurgeOutcome run_purge_pattern(signed char huge_heap) {
+  PurgeOutcome out{};
+  lca::g_options.huge_heap = huge_heap;
+  {
+    custom_alloc::MemoryAllocator heap;
+    constexpr std::size_t obj = 4096;
+    const std::size_t per_chunk = (lca::kSpansPerChunk - 1) * (lca::kSpanSize / obj);
+    std::vector<char*> blocks;
+    for (std::size_t i = 0; i < 2 * per_chunk + 100; ++i) {
+      auto* p = static_cast<char*>(heap.allocate(obj));
+      if (!p) {
+        out.problem = "allocation failed";
+        break;
+      }
+      std::memset(p, 0x5a, obj);
+      blocks.push_back(p);
+    }
+    std::map<std::uintptr_t, std::vector<char*>> by_chunk;
+    for (char* p : blocks) by_chunk[reinterpret_cast<std::uintptr_t>(p) & ~(lca::kChunkSize - 1)].push_back(p);
+    std::vector<std::uintptr_t> full;
+    for (auto& [c, v] : by_chunk)
+      if (v.size() == per_chunk) full.push_back(c);
+    if (out.problem.empty() && full.size() < 2)
+      out.problem = "only " + std::to_string(full.size()) + " chunk(s) filled with the test's blocks";
+    std::vector<char*> rest;
+    if (out.problem.empty()) {
+      const std::uintptr_t a = full[0], b = full[1];
+      auto slot_of = [](const char* p) { return (reinterpret_cast<std::uintptr_t>(p) >> 16) & 63; };
+      char* keep_a = nullptr;
+      char* keep_b = nullptr;
+      out.before = lca::huge_purge_counters();
+      for (char* p : by_chunk[a]) {
+        if (!keep_a && slot_of(p) == 1) keep_a = p;
+        else heap.deallocate(p);
+      }
+      for (char* p : by_chunk[b]) {
+        if (!keep_b && slot_of(p) == 40) keep_b = p;
+        else heap.deallocate(p);
+      }
+      out.thp_before = lca::huge_coverage().thp_heap;
+      heap.trim();
+      out.after = lca::huge_purge_counters();
+      out.thp_after = lca::huge_coverage().thp_heap;
+      out.may_be_huge[0] = lca::registry_lookup(keep_a)->flags & lca::kChunkMayBeHuge;
+      out.may_be_huge[1] = lca::registry_lookup(keep_b)->flags & lca::kChunkMayBeHuge;
+      out.a_low_free = resident_slots(a, 2, 30);
+      out.a_high = resident_slots(a, 32, 32);
+      out.b_low_free = resident_slots(b, 1, 31);
+      Resident b1 = resident_slots(b, 32, 8), b2 = resident_slots(b, 41, 23);
+      out.b_high_free = Resident{b1.resident + b2.resident, b1.pages + b2.pages};
+      out.live_intact = true;
+      for (char* k : {keep_a, keep_b})
+        for (std::size_t i = 0; i < obj; ++i)
+          if (static_cast<unsigned char>(k[i]) != 0x5a) out.live_intact = false;
+      heap.deallocate(keep_a);
+      heap.deallocate(keep_b);
+      for (auto& [c, v] : by_chunk)
+        if (c != a && c != b) rest.insert(rest.end(), v.begin(), v.end());
+    } else {
+      rest = blocks;
+    }
+    for (char* p : rest) heap.deallocate(p);
+  }
+  lca::g_options.huge_heap = -1;
+  return out;
+}
+
+// Nothing of the free slots in partly used ranges was purged; the free range was.
+void check_whole_range_purge(const PurgeOutcome& o, const char* what) {
+  ck_assert_msg(o.problem.empty(), "%s: %s", what, o.problem.c_str());
+  std::printf("# %s: resident pages after trim: A free range %zu/%zu, A partly used %zu/%zu, B %zu/%zu and %zu/%zu;"
+              " 2 MiB ranges purged +%zu, kept +%zu (%zu KiB free); THP in heap chunks %zu -> %zu MiB\n",
+              what, o.a_high.resident, o.a_high.pages, o.a_low_free.resident, o.a_low_free.pages, o.b_low_free.resident,
+              o.b_low_free.pages, o.b_high_free.resident, o.b_high_free.pages,
+              o.after.purged_ranges - o.before.purged_ranges, o.after.kept_ranges - o.before.kept_ranges,
+              (o.after.kept_bytes - o.before.kept_bytes) / KiB, o.thp_before / MiB, o.thp_after / MiB);
+  std::fflush(stdout);  // before an assertion can end the process
+  ck_assert_msg(o.may_be_huge[0] && o.may_be_huge[1], "%s: the chunks are not marked kChunkMayBeHuge", what);
+  ck_assert_msg(o.live_intact, "%s: a live block lost its contents", what);
+  ck_assert_msg(o.a_high.resident == 0, "%s: the entirely free 2 MiB range keeps %zu pages resident", what,
+                o.a_high.resident);
+  ck_assert_msg(o.a_low_free.resident == o.a_low_free.pages && o.b_low_free.resident == o.b_low_free.pages &&
+                    o.b_high_free.resident == o.b_high_free.pages,
+                "%s: a partly used 2 MiB range was purged in part (split)", what);
+  ck_assert_uint_ge(o.after.purged_ranges - o.before.purged_ranges, 1);
+  ck_assert_uint_ge(o.after.kept_ranges - o.before.kept_ranges, 3);
+  ck_assert_uint_ge(o.after.kept_bytes - o.before.kept_bytes,
+                    (o.a_low_free.pages + o.b_low_free.pages + o.b_high_free.pages) * page_bytes());
+}
+
+// Every free slot was purged, 64 KiB at a time; no huge-range accounting.
+void check_small_page_purge(const PurgeOutcome& o, const char* what) {
+  ck_assert_msg(o.problem.empty(), "%s: %s", what, o.problem.c_str());
+  std::printf("# %s: resident pages after trim: A %zu/%zu and %zu/%zu, B %zu/%zu and %zu/%zu\n", what,
+              o.a_high.resident, o.a_high.pages, o.a_low_free.resident, o.a_low_free.pages, o.b_low_free.resident,
+              o.b_low_free.pages, o.b_high_free.resident, o.b_high_free.pages);
+  std::fflush(stdout);
+  ck_assert_msg(!o.may_be_huge[0] && !o.may_be_huge[1], "%s: the chunks are marked kChunkMayBeHuge", what);
+  ck_assert_msg(o.live_intact, "%s: a live block lost its contents", what);
+  ck_assert_msg(o.a_high.resident == 0 && o.a_low_free.resident == 0 && o.b_low_free.resident == 0 &&
+                    o.b_high_free.resident == 0,
+                "%s: free slots still resident after the purge", what);
+  ck_assert_uint_eq(o.after.purged_ranges, o.before.purged_ranges);
+  ck_assert_uint_eq(o.after.kept_ranges, o.before.kept_ranges);
+}
+
+// The VMA of /proc/self/smaps that contains p: its range and AnonHugePages.
+struct Vma {
+  std::uintptr_t start = 0, end = 0;
+  std::size_t anon_huge = 0;
+  bool found = false;
+};
+
+Vma vma_of(const void* p) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  Vma v;
+  bool inside = false;
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  while (std::getline(in, line)) {
+    unsigned long lo, hi;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < 17) {
+      if (inside) break;
+      inside = lo <= a && a < hi;
+      if (inside) {
+        v.start = lo;
+        v.end = hi;
+        v.found = true;
+      }
+    } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
+      v.anon_huge = std::strtoul(line.c_str() + 14, nullptr, 10) * KiB;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+START_TEST(test_huge_policy_helpers) {
+  ck_assert_uint_eq(lca::huge_whole_ranges(0, 2 * MiB), 1);
+  ck_assert_uint_eq(lca::huge_whole_ranges(4096, 4 * MiB), 1);
+  ck_assert_uint_eq(lca::huge_whole_ranges(4096, 4 * MiB - 4096), 0);
+  ck_assert_uint_eq(lca::huge_whole_ranges(2 * MiB, 9 * MiB), 3);
+  ck_assert_uint_eq(lca::huge_whole_ranges(6 * MiB, 2 * MiB), 0);
+  ck_assert(lca::huge_may_back({true, false}, true));
+  ck_assert(!lca::huge_may_back({true, false}, false));
+  ck_assert(lca::huge_may_back({true, true}, false));
+  ck_assert(!lca::huge_may_back({false, true}, true));
+  // The policy follows the system (read once per process).
+  lca::ThpPolicy p = lca::huge_thp_policy();
+  ck_assert_int_eq(p.usable, thp_usable_on_system());
+  ck_assert_int_eq(p.always, thp_mode_word() == "always");
+}
+END_TEST
+
+START_TEST(test_purge_keeps_partly_used_huge_ranges) {
+  if (running_on_valgrind()) TEST_SKIP("Valgrind mode: freed blocks wait in a quarantine, the spans do not empty");
+  if (!thp_usable_here())
+    TEST_SKIP("THP cannot back the heap here (mode [%s]%s): purges stay 4 KiB-granular", thp_mode_word().c_str(),
+              kBuiltHuge ? "" : ", built with --disable-huge");
+  PurgeOutcome o = run_purge_pattern(1);
+  check_whole_range_purge(o, "huge_heap=1");
+}
+END_TEST
+
+START_TEST(test_purge_small_pages_without_huge_heap) {
+  if (running_on_valgrind()) TEST_SKIP("Valgrind mode: freed blocks wait in a quarantine, the spans do not empty");
+  check_small_page_purge(run_purge_pattern(0), "huge_heap=0");
+  // Unset, the system's mode decides: huge pages for unadvised memory only under [always].
+  std::string mode = thp_mode_word();
+  if (mode == "always" && thp_usable_on_system())
+    check_whole_range_purge(run_purge_pattern(-1), "huge_heap unset, THP [always]");
+  else
+    check_small_page_purge(run_purge_pattern(-1), "huge_heap unset");
+}
+END_TEST
+
+START_TEST(test_large_shrink_keeps_partly_used_huge_range) {
+  if (running_on_valgrind()) TEST_SKIP("Valgrind mode: blocks carry a redzone, the mapping sizes differ");
+  for (int value : {-1, 0}) {
+    const auto option = static_cast<signed char>(value);
+    lca::g_options.huge_heap = option;
+    bool advised = kBuiltHuge && option != 0;
+    bool huge = lca::huge_may_back(lca::huge_thp_policy(), advised);
+    {
+      custom_alloc::MemoryAllocator heap;
+      auto* p = static_cast<char*>(heap.allocate(9 * MiB));
+      ck_assert_ptr_nonnull(p);
+      if (advised) ck_assert(aligned_to(p, 2 * MiB));
+      std::memset(p, 0x77, 9 * MiB);
+      const std::size_t have = heap.get_allocation_size(p), small = 3 * MiB + 256 * KiB;
+      ck_assert_uint_eq(have, 9 * MiB);
+      lca::HugePurgeCounters before = lca::huge_purge_counters();
+      auto* q = static_cast<char*>(heap.reallocate(p, 3 * MiB + 100 * KiB));
+      lca::HugePurgeCounters after = lca::huge_purge_counters();
+      ck_assert_ptr_eq(q, p);  // a shrink stays in place
+      auto base = reinterpret_cast<std::uintptr_t>(p);
+      std::size_t expected = huge ? ((base + small + 2 * MiB - 1) & ~(2 * MiB - 1)) - base : small;
+      if (expected > have) expected = have;
+      std::printf("# huge_heap=%d: 9 MiB block shrunk to 3.1 MiB keeps a %zu KiB mapping (THP may back it: %s)\n",
+                  value, heap.get_allocation_size(q) / KiB, huge ? "yes" : "no");
+      ck_assert_uint_eq(heap.get_allocation_size(q), expected);
+      if (huge) {
+        ck_assert_uint_eq(after.kept_ranges - before.kept_ranges, expected > small ? 1 : 0);
+        ck_assert_uint_eq(after.kept_bytes - before.kept_bytes, expected - small);
+        ck_assert_uint_eq(after.purged_ranges - before.purged_ranges, lca::huge_whole_ranges(base + expected, base + have));
+      } else {
+        ck_assert_uint_eq(after.kept_ranges, before.kept_ranges);
+      }
+      ck_assert_msg(test_util::touched_range_ok(q, 3 * MiB + 100 * KiB, 0x77), "the block lost its contents");
+      heap.deallocate(q);
+    }
+    lca::g_options.huge_heap = -1;
+  }
+}
+END_TEST
+
+// --- coverage: huge_page_coverage / lca_get_huge_stats -------------------------------------
+
+namespace {
+
+void check_coverage_sums(const custom_alloc::MemoryAllocator::HugePageCoverage& c) {
+  ck_assert_uint_eq(c.thp_backed_bytes, c.thp_heap_bytes + c.thp_large_bytes + c.thp_huge_block_bytes);
+  ck_assert_uint_eq(c.huge_backed_bytes, c.thp_backed_bytes + c.hugetlb_bytes);
+  ck_assert_uint_eq(c.thp_backed_bytes % (2 * MiB), 0);
+  ck_assert_uint_le(c.huge_backed_bytes, c.mapped_bytes);
+  lca_huge_stats s{};
+  lca_get_huge_stats(&s);
+  ck_assert_int_eq(s.smaps_readable, c.smaps_readable);
+}
+
+}  // namespace
+
+START_TEST(test_huge_coverage_sees_large_block) {
+  using custom_alloc::MemoryAllocator;
+  MemoryAllocator::HugePageCoverage c0 = MemoryAllocator::huge_page_coverage();
+  ck_assert_msg(c0.smaps_readable, "/proc/self/smaps unreadable");
+  check_coverage_sums(c0);
+  if (!kBuiltHuge) TEST_SKIP("built with --disable-huge: large blocks are not advised for huge pages");
+  if (!thp_usable_on_system()) TEST_SKIP("THP mode [%s]: no transparent huge pages to see", thp_mode_word().c_str());
+  const std::size_t size = 8 * MiB;
+  auto* p = static_cast<char*>(lca_malloc(size));
+  ck_assert_ptr_nonnull(p);
+  ck_assert(aligned_to(p, 2 * MiB));
+  std::memset(p, 7, size);
+  MemoryAllocator::HugePageCoverage c1 = MemoryAllocator::huge_page_coverage();
+  Vma v = vma_of(p);
+  std::printf("# 8 MiB block %p: its mapping %#lx-%#lx has %zu KiB AnonHugePages; coverage: large %zu KiB, heap %zu"
+              " KiB, all %zu KiB of %zu KiB mapped\n",
+              static_cast<void*>(p), static_cast<unsigned long>(v.start), static_cast<unsigned long>(v.end),
+              v.anon_huge / KiB, c1.thp_large_bytes / KiB, c1.thp_heap_bytes / KiB, c1.huge_backed_bytes / KiB,
+              c1.mapped_bytes / KiB);
+  ck_assert(v.found);
+  check_coverage_sums(c1);
+  if (v.anon_huge == 0) {
+    lca_free(p);
+    TEST_SKIP("the kernel backed the touched block with no huge page (fragmented memory?): nothing to count");
+  }
+  ck_assert_msg(c1.thp_large_bytes > 0, "THP backs %zu bytes of the block, the coverage says 0", v.anon_huge);
+  auto base = reinterpret_cast<std::uintptr_t>(p);
+  if (v.start >= base && v.end <= base + size)  // a mapping of the block alone
+    ck_assert_uint_ge(c1.thp_large_bytes, v.anon_huge);
+  lca_free(p);  // cached: still mapped, still counted
+  lca_trim();   // unmapped
+  MemoryAllocator::HugePageCoverage c2 = MemoryAllocator::huge_page_coverage();
+  check_coverage_sums(c2);
+  ck_assert_msg(c2.thp_large_bytes < c1.thp_large_bytes, "large THP bytes %zu after the block went, %zu before",
+                c2.thp_large_bytes, c1.thp_large_bytes);
+
+  // A transparent block of a HugePageAllocator is counted apart.
+  HugePageAllocator alloc;
+  lca::huge_set_backings(alloc.huge_state(), lca::kHugeTryTransparent);
+  void* q = alloc.allocate_huge(4 * MiB);
+  ck_assert_ptr_nonnull(q);
+  std::memset(q, 3, 4 * MiB);
+  MemoryAllocator::HugePageCoverage c3 = MemoryAllocator::huge_page_coverage();
+  check_coverage_sums(c3);
+  std::size_t own = alloc.huge_backed_bytes();
+  std::printf("# 4 MiB transparent block: %zu KiB huge by the allocator, coverage of huge blocks %zu KiB\n", own / KiB,
+              c3.thp_huge_block_bytes / KiB);
+  if (own > 0) ck_assert_uint_gt(c3.thp_huge_block_bytes, 0);
+  alloc.deallocate_huge(q);
+}
+END_TEST
+
+START_TEST(test_print_stats_shows_huge_pages) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  lca_print_stats(fds[1]);  // about 1.5 KB: fits in the pipe
+  close(fds[1]);
+  std::string report;
+  test_util::slurp_fd(fds[0], report);
+  close(fds[0]);
+  for (const char* want : {"huge pages, whole process", "huge-page backed", "THP, large blocks", "hugetlb fallbacks",
+                           "2 MiB ranges purged", "partly used, kept"})
+    ck_assert_msg(report.find(want) != std::string::npos, "no \"%s\" in the report:\n%s", want, report.c_str());
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("huge", &tc);
@@ -741,5 +1108,11 @@ int main() {
   tcase_add_test(tc, test_huge_heap_option_parses);
   tcase_add_test(tc, test_huge_heap_option_advises_chunks);
   tcase_add_test(tc, test_heap_huge_backed_bytes);
+  tcase_add_test(tc, test_huge_policy_helpers);
+  tcase_add_test(tc, test_purge_keeps_partly_used_huge_ranges);
+  tcase_add_test(tc, test_purge_small_pages_without_huge_heap);
+  tcase_add_test(tc, test_large_shrink_keeps_partly_used_huge_range);
+  tcase_add_test(tc, test_huge_coverage_sees_large_block);
+  tcase_add_test(tc, test_print_stats_shows_huge_pages);
   return test_util::run_suite(s);
 }
