@@ -82,6 +82,9 @@ expect "Invalid write of size 1" "is 0 bytes after a block of size 64 alloc'd" "
 run leak $vg
 expect "48 bytes in 1 blocks are definitely lost" "leak_a_block"
 
+run leak-big $vg
+expect "200,000 bytes in 1 blocks are definitely lost" "3,145,728 bytes in 1 blocks are definitely lost" "leak_big_blocks"
+
 run uninitialised $vg
 expect "Conditional jump or move depends on uninitialised value" "read_uninitialised"
 

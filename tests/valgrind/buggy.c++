@@ -1,7 +1,7 @@
 // tests/valgrind/buggy.c++ -- a user program on libcalloc with one deliberate bug
 // per run, for tests/integration/valgrind-user.sh to run under memcheck.
 //
-//   buggy KIND    KIND: clean, use-after-free, overflow, leak, uninitialised,
+//   buggy KIND    KIND: clean, use-after-free, overflow, leak, leak-big, uninitialised,
 //                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf
 //
 // Each bug sits in a function of its own, named after it, so that the script can
@@ -57,6 +57,16 @@ __attribute__((noinline)) void leak_a_block() {
   g_leak_sink = opaque(USER_MALLOC(48));
   static_cast<char*>(g_leak_sink)[0] = 1;
   g_leak_sink = nullptr;  // BUG: the only pointer to the block is gone
+}
+
+// A medium (arena) block and a large (mapped) one: libcalloc's tables must not
+// make them look reachable.
+__attribute__((noinline)) void leak_big_blocks() {
+  g_leak_sink = opaque(USER_MALLOC(200000));
+  static_cast<char*>(g_leak_sink)[0] = 1;
+  g_leak_sink = opaque(USER_MALLOC(3 << 20));
+  static_cast<char*>(g_leak_sink)[0] = 1;
+  g_leak_sink = nullptr;  // BUG: the only pointers to both blocks are gone
 }
 
 __attribute__((noinline)) int read_uninitialised() {
@@ -155,6 +165,7 @@ int main(int argc, char** argv) {
   if (kind == "use-after-free") return use_after_free() == 99;
   if (kind == "overflow") heap_overflow();
   if (kind == "leak") leak_a_block();
+  if (kind == "leak-big") leak_big_blocks();
   if (kind == "uninitialised") return read_uninitialised();
   if (kind == "double-free") free_twice();
   if (kind == "interior-free") free_interior();
