@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 
 #include "os.h++"
+#include "sanitizer.h++"
 #include "vg.h++"
 
 namespace lca {
@@ -754,6 +755,11 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
       bd->vg.bytes_freed.fetch_add(old_size - now, std::memory_order_relaxed);
   };
   *how = ResizeResult::failed;
+  // During a resize the bytes after the requested ones are libcalloc's (an arena
+  // split writes a tag there, mremap moves or drops them, and ASan must not keep
+  // their poison at the old address); no-access again if the block stays as it was.
+  char* slack = static_cast<char*>(p) + old_size;
+  std::size_t slack_bytes = r.usable - old_size;
   if (r.kind == BlockRef::Kind::large && (size + kVgRedzone > kLargeThreshold / 2 || !may_move)) {
     // mremap keeps the pages and memcheck their V bits; MALLOCLIKE would reset
     // them, so they are saved and put back (VALGRIND.md).
@@ -762,7 +768,9 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
     if (!vbits) return nullptr;
     vg_save_vbits(p, vbits, keep);
     void* q = nullptr;
+    vg_defined(slack, slack_bytes);
     LargeResize lr = large_resize(&bd->large, p, size + kVgRedzone, may_move, &q);
+    if (lr == LargeResize::failed) vg_noaccess(slack, slack_bytes);
     if (lr != LargeResize::failed) {
       LargeInfo info;
       large_lookup(q, &info);
@@ -783,7 +791,10 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
     if (lr != LargeResize::failed) return q;
   } else {
     ResizeResult inner;
-    if (block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
+    vg_defined(slack, slack_bytes);
+    if (!block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
+      vg_noaccess(slack, slack_bytes);
+    } else {
       BlockRef now;
       block_lookup(p, &now, "realloc");
       vg_block_resized(p, old_size, size, r.usable, now.usable);
@@ -957,7 +968,11 @@ void domains_postfork_parent() {
 void domains_postfork_child() {
   vg_postfork_child();
   large_reinit_after_fork();
-  for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
+  for (Domain* d = &g_process_domain; d; d = d->next) {
+    tsan_released_at_fork(&d->lock);
+    init_recursive(&d->lock);
+  }
+  tsan_released_at_fork(&g_domains_lock);
   pthread_mutex_init(&g_domains_lock, nullptr);
   // The other threads are gone in the child: their heaps become adoptable.
   Domain* d = &g_process_domain;
