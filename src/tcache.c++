@@ -974,14 +974,13 @@ void domains_postfork_child() {
   }
   tsan_released_at_fork(&g_domains_lock);
   pthread_mutex_init(&g_domains_lock, nullptr);
-  // The other threads are gone in the child: their heaps become adoptable.
-  Domain* d = &g_process_domain;
-  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
-    if (h == tls_owned_heap || h->abandoned) continue;
-    h->abandoned = true;
-    h->next_abandoned = d->abandoned;
-    d->abandoned = h;
-  }
+  // The other threads are gone in the child, but their heaps are not adopted: a
+  // thread heap changes without a lock, so the fork may have caught one in the
+  // middle of an operation (a span or arena list half updated), and a thread of
+  // the child working on it would corrupt memory.  Their memory stays mapped and
+  // unused in the child (frees of their blocks go to their remote lists); heaps
+  // that were abandoned before the fork were consistent (the domain lock was
+  // held) and stay adoptable.
 }
 
 }  // namespace lca
