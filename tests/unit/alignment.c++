@@ -43,7 +43,7 @@ constexpr bool kOverride = false;
 // -- so the tests of edge cases check them only when they are libcalloc's.
 const char* const kPlainNotOurs =
     "built with --disable-override: aligned_alloc, posix_memalign, memalign and aligned operator new are not "
-    "libcalloc's (glibc's, or ASan's in a sanitizer build) and were not checked; the lca_* entry points and "
+    "libcalloc's (glibc's, or the sanitizer's in a sanitizer build) and were not checked; the lca_* entry points and "
     "MemoryAllocator were";
 
 bool aligned_to(const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; }

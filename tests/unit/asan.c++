@@ -54,7 +54,9 @@ constexpr std::size_t MiB = 1024 * 1024;
 #if defined(ASAN_POISON_MEMORY_REGION)
 bool poisoned(const void* p) { return __asan_address_is_poisoned(p) != 0; }
 // The first poisoned byte of [p, p+n), or nullptr.
-const void* first_poisoned(const void* p, std::size_t n) { return n ? __asan_region_is_poisoned(const_cast<void*>(p), n) : nullptr; }
+const void* first_poisoned(const void* p, std::size_t n) {
+  return n ? __asan_region_is_poisoned(const_cast<void*>(p), n) : nullptr;
+}
 #else
 bool poisoned(const void*) { return false; }
 const void* first_poisoned(const void*, std::size_t) { return nullptr; }
@@ -158,7 +160,8 @@ START_TEST(test_poisoning_is_exact) {
   for (std::size_t n : sizes) {
     void* p = lca_malloc(n);
     check_exact(f, "lca_malloc", p, n);
-    if (p && lca_usable_size(p) != n) f.note("lca_usable_size of an lca_malloc(%zu) block is %zu", n, lca_usable_size(p));
+    if (p && lca_usable_size(p) != n)
+      f.note("lca_usable_size of an lca_malloc(%zu) block is %zu", n, lca_usable_size(p));
     lca_free(p);
     check_freed(f, "lca_malloc", p, n);
 
@@ -235,7 +238,8 @@ START_TEST(test_quarantine_delays_reuse) {
     if (p == victim) f.note("lca_malloc(48) returned the freed block again after %d allocations", i);
     lca_free(p);
   }
-  if (!poisoned(victim)) f.note("the freed block %p is addressable after 10000 other frees", static_cast<void*>(victim));
+  if (!poisoned(victim))
+    f.note("the freed block %p is addressable after 10000 other frees", static_cast<void*>(victim));
   ASSERT_NO_FAILURE(f);
 }
 END_TEST

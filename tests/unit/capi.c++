@@ -80,7 +80,7 @@ const std::vector<const Family*> kOurFamilies =
     kOverride ? std::vector<const Family*>{&kLca, &kPlain} : std::vector<const Family*>{&kLca};
 const char* const kPlainNotOurs =
     "built with --disable-override: malloc, calloc, realloc and operator new are not libcalloc's (glibc's and "
-    "libstdc++'s, or ASan's in a sanitizer build) and were not checked; lca_* and MemoryAllocator were";
+    "libstdc++'s, or the sanitizer's in a sanitizer build) and were not checked; lca_* and MemoryAllocator were";
 
 }  // namespace
 
