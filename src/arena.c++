@@ -217,11 +217,15 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
   if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag)
     return ArenaCheck::not_block_start;
   if (is_live(c, p)) return ArenaCheck::ok;
+  // Not a live block's start: in Valgrind and ASan mode the words read below may
+  // lie in a block's redzone or in a quarantined block, so they are read unchecked.
   const BlockTag* t = tag_of(p);
-  std::size_t size = block_size(t);
-  if (is_free(t) && size >= kArenaMinBlock && off - kArenaTag + size <= kChunkSize - kArenaTag)
+  const std::uintptr_t* mark = static_cast<const std::uintptr_t*>(p) + 1;
+  std::size_t size_flags = on_valgrind() ? vg_peek_word(&t->size_flags) : t->size_flags;
+  std::size_t size = size_flags & ~kFlagMask;
+  if ((size_flags & kFree) && size >= kArenaMinBlock && off - kArenaTag + size <= kChunkSize - kArenaTag)
     return ArenaCheck::already_free;
-  if (static_cast<const std::uintptr_t*>(p)[1] == (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p)))
+  if ((on_valgrind() ? vg_peek_word(mark) : *mark) == (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p)))
     return ArenaCheck::already_free;  // freed by another thread, not collected yet
   return ArenaCheck::not_block_start;
 }

@@ -6,6 +6,7 @@
 #include <pthread.h>
 
 #include "os.h++"
+#include "sanitizer.h++"
 #include "vg.h++"
 #include "config.h"
 #include "options.h++"
@@ -364,6 +365,9 @@ std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
 
 void large_lock_all() { pthread_mutex_lock(&g_lock); }
 void large_unlock_all() { pthread_mutex_unlock(&g_lock); }
-void large_reinit_after_fork() { pthread_mutex_init(&g_lock, nullptr); }
+void large_reinit_after_fork() {
+  tsan_released_at_fork(&g_lock);
+  pthread_mutex_init(&g_lock, nullptr);
+}
 
 }  // namespace lca

@@ -195,9 +195,10 @@ LCA_EXPORT const char* lca_version(void) { return PACKAGE_VERSION; }
 
 namespace {
 
-void* valloc_impl(std::size_t size) { return aligned_malloc(os_page_size(), size); }
+// Only the override uses these (--disable-override builds with -Werror too).
+[[maybe_unused]] void* valloc_impl(std::size_t size) { return aligned_malloc(os_page_size(), size); }
 
-void* pvalloc_impl(std::size_t size) {
+[[maybe_unused]] void* pvalloc_impl(std::size_t size) {
   std::size_t page = os_page_size();
   if (size > kMaxRequest) {
     errno = ENOMEM;

@@ -6,6 +6,8 @@
 // exhaustion (RLIMIT_AS, overcommit limits).
 #include "os.h++"
 
+#include "sanitizer.h++"
+
 #include <cerrno>
 #include <cstdint>
 #include <ctime>
@@ -72,6 +74,9 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
 
 void os_unmap(void* addr, std::size_t size) {
   if (!addr || !size) return;
+  // ASan builds: the shadow of unmapped memory keeps its poison, which a later
+  // mapping at the same address would inherit (sanitizer.h++).
+  asan_unpoison(addr, size);
   munmap(addr, size);
   g_mapped.fetch_sub(size, std::memory_order_relaxed);
 }

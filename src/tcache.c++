@@ -17,6 +17,7 @@
 
 #include "huge.h++"
 #include "os.h++"
+#include "sanitizer.h++"
 #include "vg.h++"
 
 namespace lca {
@@ -795,6 +796,11 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
       bd->vg.bytes_freed.fetch_add(old_size - now, std::memory_order_relaxed);
   };
   *how = ResizeResult::failed;
+  // During a resize the bytes after the requested ones are libcalloc's (an arena
+  // split writes a tag there, mremap moves or drops them, and ASan must not keep
+  // their poison at the old address); no-access again if the block stays as it was.
+  char* slack = static_cast<char*>(p) + old_size;
+  std::size_t slack_bytes = r.usable - old_size;
   if (r.kind == BlockRef::Kind::large && (size + kVgRedzone > kLargeThreshold / 2 || !may_move)) {
     // mremap keeps the pages and memcheck their V bits; MALLOCLIKE would reset
     // them, so they are saved and put back (VALGRIND.md).
@@ -803,7 +809,9 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
     if (!vbits) return nullptr;
     vg_save_vbits(p, vbits, keep);
     void* q = nullptr;
+    vg_defined(slack, slack_bytes);
     LargeResize lr = large_resize(&bd->large, p, size + kVgRedzone, may_move, &q);
+    if (lr == LargeResize::failed) vg_noaccess(slack, slack_bytes);
     if (lr != LargeResize::failed) {
       LargeInfo info;
       large_lookup(q, &info);
@@ -824,7 +832,10 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
     if (lr != LargeResize::failed) return q;
   } else {
     ResizeResult inner;
-    if (block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
+    vg_defined(slack, slack_bytes);
+    if (!block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
+      vg_noaccess(slack, slack_bytes);
+    } else {
       BlockRef now;
       block_lookup(p, &now, "realloc");
       vg_block_resized(p, old_size, size, r.usable, now.usable);
@@ -993,7 +1004,7 @@ DomainStats domain_stats(Domain* d) {
 // leave helgrind and DRD believing the parent's threads still hold them.
 void domains_prefork() {
   vg_prefork_first();
-  if (on_valgrind()) return vg_prefork();
+  if (vg_serialised()) return vg_prefork();
   pthread_mutex_lock(&g_domains_lock);
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
   large_lock_all();
@@ -1002,26 +1013,29 @@ void domains_prefork() {
 
 void domains_postfork_parent() {
   vg_postfork_parent();
-  if (on_valgrind()) return;
+  if (vg_serialised()) return;
   large_unlock_all();
   for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
   pthread_mutex_unlock(&g_domains_lock);
 }
 
 void domains_postfork_child() {
-  if (!on_valgrind()) {
+  if (!vg_serialised()) {
     large_reinit_after_fork();
-    for (Domain* d = &g_process_domain; d; d = d->next) init_recursive(&d->lock);
+    for (Domain* d = &g_process_domain; d; d = d->next) {
+      tsan_released_at_fork(&d->lock);
+      init_recursive(&d->lock);
+    }
+    tsan_released_at_fork(&g_domains_lock);
     pthread_mutex_init(&g_domains_lock, nullptr);
   }
-  // The other threads are gone in the child: their heaps become adoptable.
-  Domain* d = &g_process_domain;
-  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
-    if (h == tls_owned_heap || h->abandoned) continue;
-    h->abandoned = true;
-    h->next_abandoned = d->abandoned;
-    d->abandoned = h;
-  }
+  // The other threads are gone in the child, but their heaps are not adopted: a
+  // thread heap changes without a lock, so the fork may have caught one in the
+  // middle of an operation (a span or arena list half updated), and a thread of
+  // the child working on it would corrupt memory.  Their memory stays mapped and
+  // unused in the child (frees of their blocks go to their remote lists); heaps
+  // that were abandoned before the fork were consistent (the domain lock was
+  // held) and stay adoptable.
   vg_postfork_child();
 }
 

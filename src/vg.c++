@@ -227,7 +227,7 @@ void vg_chunk_removed(Domain* d, const void* chunk) {
   (void)VALGRIND_MAKE_MEM_DEFINED(chunk, kChunkSize);
 }
 
-#else  // !CALLOC_VALGRIND
+#elif !LCA_ASAN  // neither Valgrind nor ASan mode (ASan mode: asan.c++)
 
 std::uintptr_t vg_peek_word(const void* p) { return *static_cast<const std::uintptr_t*>(p); }
 void vg_block_allocated(void*, std::size_t, std::size_t, bool) {}

@@ -19,15 +19,22 @@
 //  - each independent heap (MemoryAllocator) is a METAPOOL|AUTO_FREE mempool whose
 //    chunks are its spans' and arena's chunks and its large mappings, so
 //    destroying the heap frees, for memcheck too, every block still in it.
-// Without the annotations compiled in, every function here is an empty inline.
+// Without the annotations compiled in, every function here is an empty inline --
+// except in an AddressSanitizer build, where Valgrind mode is "ASan mode", always
+// on: the same hooks, implemented in asan.c++ with ASan's poisoning (sanitizer.h++).
 #ifndef LCA_VG_HXX
 #define LCA_VG_HXX
 
 #include <cstddef>
 #include <cstdint>
 
+#include "sanitizer.h++"
 #include "chunk.h++"
 #include "config.h"
+
+#if CALLOC_VALGRIND && LCA_ASAN
+#error "Valgrind annotations and AddressSanitizer do not mix: put -fsanitize=address in CXXFLAGS when running configure (it then leaves the annotations out)"
+#endif
 
 #if CALLOC_VALGRIND
 #include <pthread.h>
@@ -55,7 +62,8 @@ inline void vg_init() {
   if (__builtin_expect(!g_vg_decided, false)) vg_decide();
 }
 #else
-constexpr bool on_valgrind() { return false; }
+// ASan mode (sanitizer.h++) takes every path Valgrind mode takes.
+constexpr bool on_valgrind() { return LCA_ASAN; }
 inline void vg_init() {}
 #endif
 
@@ -70,9 +78,10 @@ inline void vg_defined(const void* p, std::size_t n) {
   if (on_valgrind()) (void)VALGRIND_MAKE_MEM_DEFINED(p, n);
 }
 #else
-inline void vg_noaccess(const void*, std::size_t) {}
-inline void vg_undefined(const void*, std::size_t) {}
-inline void vg_defined(const void*, std::size_t) {}
+// ASan has no "undefined": both make the bytes addressable.
+inline void vg_noaccess(const void* p, std::size_t n) { asan_poison(p, n); }
+inline void vg_undefined(const void* p, std::size_t n) { asan_unpoison(p, n); }
+inline void vg_defined(const void* p, std::size_t n) { asan_unpoison(p, n); }
 #endif
 
 // Valgrind mode serialises libcalloc: every entry point that reaches shared state
@@ -87,6 +96,7 @@ inline void vg_defined(const void*, std::size_t) {}
 // reporting the lock-free design as races.  Outside Valgrind mode it is one
 // predictable branch on the slow paths only.
 #if CALLOC_VALGRIND
+inline bool vg_serialised() { return on_valgrind(); }
 extern pthread_mutex_t g_vg_serial LCA_HIDDEN;
 extern constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 class VgSerial {
@@ -104,6 +114,7 @@ class VgSerial {
   bool held_;
 };
 #else
+constexpr bool vg_serialised() { return false; }  // ASan mode is not serialised
 class VgSerial {
  public:
   VgSerial() {}

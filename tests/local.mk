@@ -3,6 +3,8 @@
 # make check            unit suites, integration scripts and the short stress tests
 # make check-stress     the stress tests again, at CALLOC_TEST_SCALE=1000 (soak)
 # make check-valgrind   the unit suites under memcheck and helgrind (drd on demand), scale 5
+# make check-asan       (check-ubsan, check-asan-ubsan, check-tsan, check-sanitizers)
+#                       a sanitizer build of its own and its tests: scripts/check-sanitizers
 #
 # Unit suites are Check programs that print TAP on stdout (their main calls
 # srunner_set_tap(sr, "-")), read by automake's tap-driver.sh: every Check test is
@@ -18,7 +20,8 @@ calloc_unit_tests = \
 	tests/unit/capi \
 	tests/unit/threads \
 	tests/unit/errors \
-	tests/unit/huge
+	tests/unit/huge \
+	tests/unit/asan
 
 tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
 tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
@@ -27,6 +30,7 @@ tests_unit_capi_SOURCES = tests/unit/capi.c++ tests/test-util.h++
 tests_unit_threads_SOURCES = tests/unit/threads.c++ tests/test-util.h++
 tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
+tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
@@ -95,7 +99,10 @@ SH_LOG_COMPILER = $(SHELL)
 
 # CALLOC_TEST_SCALE: percentage applied by heavy tests to their loop counts; taken
 # from the environment, else 100 (5 in a Valgrind run).  The scripts also get
-# absolute top_builddir/top_srcdir and whether the malloc override is built.
+# absolute top_builddir/top_srcdir, whether the malloc override is built and the
+# sanitizers of the build (CALLOC_SANITIZERS: address, thread, undefined); a UBSan
+# or TSan report fails the test unless UBSAN_OPTIONS / TSAN_OPTIONS say otherwise
+# (TSan: with the suppressions of contrib/tsan.supp, libcalloc's by-design races).
 calloc_default_test_scale = 100
 if CALLOC_VALGRIND
 calloc_valgrind_built = 1
@@ -113,7 +120,11 @@ AM_TESTS_ENVIRONMENT = \
 	CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-$(calloc_default_test_scale)}; \
 	export CALLOC_TEST_SCALE; \
 	CALLOC_OVERRIDE=$(calloc_override_built); export CALLOC_OVERRIDE; \
-	CALLOC_VALGRIND_BUILT=$(calloc_valgrind_built); export CALLOC_VALGRIND_BUILT;
+	CALLOC_VALGRIND_BUILT=$(calloc_valgrind_built); export CALLOC_VALGRIND_BUILT; \
+	CALLOC_SANITIZERS='$(CALLOC_SANITIZERS)'; export CALLOC_SANITIZERS; \
+	UBSAN_OPTIONS=$${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}; export UBSAN_OPTIONS; \
+	TSAN_OPTIONS=$${TSAN_OPTIONS:-halt_on_error=1:history_size=7:suppressions=$(abs_top_srcdir)/contrib/tsan.supp}; \
+	export TSAN_OPTIONS;
 
 # make check-stress: the stress programs at a soak scale (CALLOC_TEST_SCALE from
 # the environment, default 1000), results in test-suite-stress.log.
@@ -127,6 +138,15 @@ check-stress: all
 	fi
 .PHONY: check-stress calloc-need-check
 MOSTLYCLEANFILES = test-suite-stress.log
+
+# make check-asan, check-ubsan, check-asan-ubsan, check-tsan, check-sanitizers (all
+# three): scripts/check-sanitizers, which configures a build of its own (out of
+# tree, --disable-override, -fsanitize=...) and runs its tests.
+check-asan check-ubsan check-asan-ubsan check-tsan:
+	$(top_srcdir)/scripts/check-sanitizers $(@:check-%=%)
+check-sanitizers:
+	$(top_srcdir)/scripts/check-sanitizers all
+.PHONY: check-asan check-ubsan check-asan-ubsan check-tsan check-sanitizers
 
 # make check-valgrind (memcheck and helgrind; drd when enabled), check-valgrind-memcheck, ...:
 # AX_VALGRIND_CHECK (see VALGRIND.md).  The synonym makes Valgrind leave libcalloc's

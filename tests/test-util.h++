@@ -12,6 +12,9 @@
 //  - expect_death(fn, text): runs fn in a forked child with stderr captured and
 //    reports whether it died of SIGABRT with `text` on stderr;
 //  - mapped_bytes(), rss_bytes(), running_on_valgrind();
+//  - kAsanBuild, kTsanBuild: compiled with -fsanitize=address / thread;
+//    expect_report(fn, text): fn in a forked child that must die (any way) with
+//    `text` on stderr -- for sanitizer reports;
 //  - TEST_SKIP(...): the TAP-visible way to skip (Check has no skip), and
 //    run_suite(), the common main() body (TAP on stdout, exit status).
 #ifndef CALLOC_TESTS_TEST_UTIL_HXX
@@ -27,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -56,6 +60,34 @@
 #endif
 
 namespace test_util {
+
+// --- sanitizers ----------------------------------------------------------------
+
+// Compiled with -fsanitize=address (GCC: __SANITIZE_ADDRESS__; Clang: __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsanBuild = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsanBuild = true;
+#else
+constexpr bool kAsanBuild = false;
+#endif
+#else
+constexpr bool kAsanBuild = false;
+#endif
+
+// Compiled with -fsanitize=thread.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kTsanBuild = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kTsanBuild = true;
+#else
+constexpr bool kTsanBuild = false;
+#endif
+#else
+constexpr bool kTsanBuild = false;
+#endif
 
 // --- scale ------------------------------------------------------------------
 
@@ -237,9 +269,19 @@ inline bool running_on_valgrind() {
   return on;
 }
 
-// VmSize (mapped_bytes) says something about the allocator only outside Valgrind:
-// under it, Valgrind's own shadow memory grows and never shrinks.
-inline bool vm_size_meaningful() { return !running_on_valgrind(); }
+// VmSize (mapped_bytes) says something about the allocator only outside Valgrind
+// and the ASan and TSan builds: Valgrind's shadow memory grows and never shrinks,
+// and the sanitizers reserve terabytes of shadow and map memory of their own
+// (their allocator, quarantine, per-thread state) as the program runs.  Compare
+// the heap's os_memory_mapped there instead.
+inline bool vm_size_meaningful() { return !running_on_valgrind() && !kAsanBuild && !kTsanBuild; }
+
+// Why vm_size_meaningful() is false, for skip messages.
+inline const char* vm_size_not_meaningful_why() {
+  if (running_on_valgrind()) return "under Valgrind VmSize includes Valgrind's shadow memory, which never shrinks";
+  if (kAsanBuild) return "in an ASan build VmSize includes ASan's shadow memory, allocator and quarantine";
+  return "in a TSan build VmSize includes TSan's shadow memory and per-thread state";
+}
 
 // --- threads ----------------------------------------------------------------------
 
@@ -345,6 +387,34 @@ DeathResult expect_death(Fn&& fn, const char* expected) {
     std::snprintf(what, sizeof what, "child status 0x%x", r.status);
   r.description = std::string(what) + "; expected SIGABRT and \"" + expected + "\" on stderr; stderr was: \"" +
                   r.output + "\"";
+  return r;
+}
+
+// For sanitizer reports: forks, runs fn in the child (stderr captured), and says
+// whether the child died -- killed by a signal or exited nonzero: ASan and UBSan
+// exit with status 1 after a report unless abort_on_error=1 -- with every text of
+// `expected` on stderr.  died_of_sigabrt is set for a death by any signal.
+template <class Fn>
+DeathResult expect_report(Fn&& fn, std::initializer_list<std::string> expected) {
+  std::string first = expected.size() ? *expected.begin() : std::string();
+  DeathResult r = expect_death(std::forward<Fn>(fn), first.c_str());
+  const bool died = WIFSIGNALED(r.status) || (WIFEXITED(r.status) && WEXITSTATUS(r.status) != 0);
+  r.died_of_sigabrt = died;
+  r.matched = true;
+  std::string missing;
+  for (const std::string& text : expected)
+    if (!r.output_contains(text)) {
+      r.matched = false;
+      missing += (missing.empty() ? "\"" : ", \"") + text + "\"";
+    }
+  char what[160];
+  if (WIFSIGNALED(r.status))
+    std::snprintf(what, sizeof what, "child killed by signal %d (%s)", WTERMSIG(r.status), strsignal(WTERMSIG(r.status)));
+  else
+    std::snprintf(what, sizeof what, "child exited with status %d%s", WEXITSTATUS(r.status),
+                  died ? "" : " (no report, no death)");
+  r.description = std::string(what) + (missing.empty() ? "" : "; missing on stderr: " + missing) +
+                  "; stderr was: \"" + r.output + "\"";
   return r;
 }
 

@@ -9,12 +9,20 @@
 # what is tested is libcalloc's Valgrind mode (src/vg.h++).  One run uses
 # lca_malloc under plain `valgrind' (no option), as a user would.
 #
-# Skips (77) when valgrind is not installed or the annotations were not built.
-# Environment (set by tests/local.mk): top_builddir, CALLOC_VALGRIND_BUILT (1/0).
+# Skips (77) in ASan and TSan builds, when valgrind is not installed or the
+# annotations were not built.
+# Environment (set by tests/local.mk): top_builddir, CALLOC_VALGRIND_BUILT (1/0),
+# CALLOC_SANITIZERS (the -fsanitize= kinds of the build).
 
 set -u
 top_builddir=${top_builddir:-.}
 buggy=$top_builddir/tests/valgrind/buggy
+
+case " ${CALLOC_SANITIZERS:-} " in
+  *" address "*|*" thread "*)
+    echo "SKIP: a sanitizer build (${CALLOC_SANITIZERS}): Valgrind cannot run programs built with ASan or TSan (their shadow memory and runtime do not mix with Valgrind's); tests/unit/asan checks ASan's view of the same bugs"
+    exit 77 ;;
+esac
 
 if test "${CALLOC_VALGRIND_BUILT:-1}" != 1; then
   echo "SKIP: built without --enable-valgrind-annotations"
