@@ -90,8 +90,20 @@ expect "Invalid write of size 1" "is 0 bytes after a block of size 64 alloc'd" "
 run leak $vg
 expect "48 bytes in 1 blocks are definitely lost" "leak_a_block"
 
+# The large block must be lost, not "still reachable" (libcalloc's block table
+# hides its addresses).  memcheck's scan is conservative: the block is mapped
+# low under Valgrind, where ld.so's tables hold GNU symbol hashes that may fall
+# inside it by chance, and then it says "possibly lost" -- also a leak report.
 run leak-big $vg
-expect "200,000 bytes in 1 blocks are definitely lost" "3,145,728 bytes in 1 blocks are definitely lost" "leak_big_blocks"
+expect "200,000 bytes in 1 blocks are definitely lost" "leak_big_blocks"
+if grep -E -q -- "3,145,728 bytes in 1 blocks are (definitely|possibly) lost" "$report"; then
+  echo "ok: the 3 MiB block is reported lost"
+else
+  echo "FAIL: the 3 MiB block is not reported lost:"
+  sed 's/^/    /' "$report"
+  failures=$((failures + 1))
+fi
+expect_not "still reachable: 3,"
 
 run uninitialised $vg
 expect "Conditional jump or move depends on uninitialised value" "read_uninitialised"
