@@ -1,5 +1,6 @@
 #!/bin/sh
-# tests/integration/valgrind-user.sh -- a user's bugs, seen by memcheck on libcalloc.
+# tests/integration/valgrind-user.sh -- a user's bugs, seen by memcheck (and
+# helgrind) on libcalloc.
 #
 # Runs tests/valgrind/buggy (a program linked with libcalloc, one deliberate bug
 # per run) under memcheck and checks memcheck's report: the kind of error, the
@@ -123,6 +124,15 @@ expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are pos
 run lca-uaf --leak-check=full
 expect "Invalid read of size 1" "is 39 bytes inside a block of size 40 free'd" "use_after_free_lca"
 expect_not "definitely lost"
+
+# helgrind: libcalloc serialises itself in Valgrind mode, so a correct threaded
+# program gets no report, and the program's own race is reported in its function.
+hg="--tool=helgrind --soname-synonyms=somalloc=nouserintercepts"
+run threads-clean $hg
+expect "ERROR SUMMARY: 0 errors"
+
+run race $hg
+expect "Possible data race" "racy_increment"
 
 if test "$failures" -gt 0; then
   echo "$failures check(s) failed"

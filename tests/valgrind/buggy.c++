@@ -2,7 +2,8 @@
 // per run, for tests/integration/valgrind-user.sh to run under memcheck.
 //
 //   buggy KIND    KIND: clean, use-after-free, overflow, leak, leak-big, uninitialised,
-//                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf
+//                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf,
+//                 threads-clean, race (these two for helgrind)
 //
 // Each bug sits in a function of its own, named after it, so that the script can
 // check that memcheck's report shows the user's function in the stack.  The
@@ -12,10 +13,14 @@
 #include <custom_alloc/memory_allocator.h++>
 #include <libcalloc.h>
 
+#include <pthread.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config.h"
@@ -114,6 +119,60 @@ __attribute__((noinline)) int use_after_free_lca() {
   return p[39];  // BUG: read after free (lca_malloc is never intercepted by Valgrind)
 }
 
+// For helgrind.  Not a bug: six threads (more than the machine's cores) allocate
+// blocks of every tier and hand them, under a mutex, to the next thread, which
+// frees them (remote frees) -- helgrind must report nothing of libcalloc.
+__attribute__((noinline)) int threads_handing_blocks_over() {
+  constexpr int kThreads = 6, kRounds = 200;
+  std::mutex lock;
+  std::vector<void*> mailbox[kThreads];
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; t++) {
+    pool.emplace_back([&, t] {
+      for (int r = 0; r < kRounds; r++) {
+        std::size_t size = static_cast<std::size_t>(r * 131 + t * 7) % 3000 + 1;
+        if (r % 50 == 0) size = static_cast<std::size_t>(200000 + (r % 3) * (1 << 20));
+        auto* p = static_cast<unsigned char*>(USER_MALLOC(size));
+        std::memset(p, t, size);
+        std::vector<void*> mine;
+        {
+          std::lock_guard<std::mutex> g(lock);
+          mailbox[(t + 1) % kThreads].push_back(p);
+          mine.swap(mailbox[t]);
+        }
+        for (void* q : mine) USER_FREE(q);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (auto& box : mailbox)
+    for (void* q : box) USER_FREE(q);
+  return 0;
+}
+
+// For helgrind.  BUG: two threads increment a counter in a malloc'd block without
+// a lock; helgrind must report the race, in this function.  They start together
+// (a barrier) and call no allocator function while they race: in Valgrind mode
+// libcalloc serialises its calls with one lock, which helgrind takes as ordering
+// two threads that both call the allocator between their accesses (README).
+pthread_barrier_t g_race_start;
+__attribute__((noinline)) void racy_increment(int* counter) {
+  pthread_barrier_wait(&g_race_start);
+  for (int i = 0; i < 1000; i++) ++*opaque(counter);
+}
+__attribute__((noinline)) int threads_racing_on_a_block() {
+  auto* counter = static_cast<int*>(USER_MALLOC(sizeof(int)));
+  *counter = 0;
+  pthread_barrier_init(&g_race_start, nullptr, 2);
+  std::thread a(racy_increment, counter), b(racy_increment, counter);
+  a.join();
+  b.join();
+  pthread_barrier_destroy(&g_race_start);
+  int seen = *counter;
+  USER_FREE(counter);
+  return seen > 0 ? 0 : 1;
+}
+
 // A correct program that exercises every path: sizes from every tier, realloc
 // in place and moving, calloc, aligned allocation, operator new, containers.
 __attribute__((noinline)) int correct_program() {
@@ -172,5 +231,7 @@ int main(int argc, char** argv) {
   if (kind == "heap-uaf") return use_after_free_in_heap() == 99;
   if (kind == "heap-destroyed") heap_destroyed_with_blocks();
   if (kind == "lca-uaf") return use_after_free_lca() == 99;
+  if (kind == "threads-clean") return threads_handing_blocks_over();
+  if (kind == "race") return threads_racing_on_a_block();
   return 0;
 }
