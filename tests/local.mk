@@ -158,3 +158,6 @@ VALGRIND_FLAGS = \
 	--soname-synonyms=somalloc=nouserintercepts \
 	--error-exitcode=1
 VALGRIND_SUPPRESSIONS_FILES = $(top_srcdir)/contrib/libcalloc.supp
+# Helgrind: fair scheduling, or a test thread that spins on sched_yield waiting
+# for others can be handed the CPU back forever (seen in the threads suite).
+VALGRIND_helgrind_FLAGS = --history-level=approx --fair-sched=yes
