@@ -942,6 +942,7 @@ END_TEST
 
 START_TEST(test_purge_keeps_partly_used_huge_ranges) {
   if (running_on_valgrind()) TEST_SKIP("Valgrind mode: freed blocks wait in a quarantine, the spans do not empty");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode: freed blocks wait in a quarantine, the spans do not empty");
   if (!thp_usable_here())
     TEST_SKIP("THP cannot back the heap here (mode [%s]%s): purges stay 4 KiB-granular", thp_mode_word().c_str(),
               kBuiltHuge ? "" : ", built with --disable-huge");
@@ -952,6 +953,7 @@ END_TEST
 
 START_TEST(test_purge_small_pages_without_huge_heap) {
   if (running_on_valgrind()) TEST_SKIP("Valgrind mode: freed blocks wait in a quarantine, the spans do not empty");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode: freed blocks wait in a quarantine, the spans do not empty");
   check_small_page_purge(run_purge_pattern(0), "huge_heap=0");
   // Unset, the system's mode decides: huge pages for unadvised memory only under [always].
   std::string mode = thp_mode_word();
@@ -964,6 +966,7 @@ END_TEST
 
 START_TEST(test_large_shrink_keeps_partly_used_huge_range) {
   if (running_on_valgrind()) TEST_SKIP("Valgrind mode: blocks carry a redzone, the mapping sizes differ");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode: blocks carry a redzone, the mapping sizes differ");
   for (int value : {-1, 0}) {
     const auto option = static_cast<signed char>(value);
     lca::g_options.huge_heap = option;
