@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -473,9 +474,11 @@ START_TEST(test_fork_while_threads_allocate) {
   int failures = 0;
   int first_status = 0;
   for (int i = 0; i < 20; i++) {
-    // let the hammers run into the middle of their work
+    // Let the hammers run into the middle of their work.  Sleep, not yield:
+    // under Valgrind's default scheduler a yielding thread can be handed the big
+    // lock back indefinitely and starve the hammers (seen under helgrind).
     std::size_t r0 = rounds.load();
-    while (rounds.load() < r0 + 100) std::this_thread::yield();
+    while (rounds.load() < r0 + 100) std::this_thread::sleep_for(std::chrono::microseconds(200));
     std::fflush(stdout);
     std::fflush(stderr);
     int report[2];
