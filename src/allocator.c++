@@ -11,6 +11,7 @@
 #include "os.h++"
 #include "stats.h++"
 #include "tcache.h++"
+#include "vg.h++"
 
 namespace custom_alloc {
 
@@ -20,8 +21,17 @@ MemoryAllocator& MemoryAllocator::instance() noexcept {
   // Placement-constructed and never destroyed: free() may run after static
   // destructors, and the process heap must outlive them all.
   alignas(MemoryAllocator) static unsigned char storage[sizeof(MemoryAllocator)];
-  static MemoryAllocator* const process_heap = new (storage) MemoryAllocator(ProcessHeapTag{});
-  return *process_heap;
+  [[maybe_unused]] static const bool constructed = [] {
+    new (storage) MemoryAllocator(ProcessHeapTag{});
+    lca::vg_happens_before(storage);
+    return true;
+  }();
+  // Helgrind and DRD do not see the guard of a function-local static as
+  // synchronisation: without this edge a thread's first call, racing the one
+  // that constructed the heap, reads as a data race on it.  (Nothing written
+  // after the edge -- `constructed` -- is read.)
+  lca::vg_happens_after(storage);
+  return *std::launder(reinterpret_cast<MemoryAllocator*>(storage));
 }
 
 MemoryAllocator::MemoryAllocator(ProcessHeapTag) noexcept : domain_(&lca::g_process_domain) {}

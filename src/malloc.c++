@@ -46,7 +46,9 @@ inline void* fast_malloc(std::size_t size) {
 #if CALLOC_DEBUG
       span_debug_check_free(s, o);
 #endif
-      s->free = o->next;
+      FreeObject* next = o->next;
+      s->free = next;
+      if (next) __builtin_prefetch(next, 1);  // as in span_pop
       o->guard = 0;
     } else if (s->bump < s->end) {
       o = reinterpret_cast<FreeObject*>(s->bump);

@@ -50,7 +50,7 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->multislot_count = 0;
   s->heap = heap;
   s->next = s->prev = nullptr;
-  s->remote_free.store(nullptr, std::memory_order_relaxed);
+  s->remote_free.store(0, std::memory_order_relaxed);
   span_set_flags(s, 0);
 }
 
@@ -102,16 +102,26 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
 }
 
 std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
-  FreeObject* list = s->remote_free.exchange(nullptr, std::memory_order_acquire);
+  std::uint64_t w = s->remote_free.exchange(0, std::memory_order_acquire);
   vg_happens_after(&s->remote_free);
-  std::uint32_t n = 0;
   *extra_bytes = 0;
-  while (list) {
-    FreeObject* next = list->next;
-    std::uint32_t i = span_index(s, list);
-    *extra_bytes += span_push_local(s, list, i) - s->obj_size;
-    list = next;
-    ++n;
+  std::uint32_t n = remote_word_count(w);
+  if (n == 0) return 0;
+  char* base = span_base(s);
+  auto* head = reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(remote_word_head(w) - 1) * s->obj_size);
+  if (__builtin_expect(!(s->flags & kSpanMultislot), 1)) {
+    // The freeing threads checked the objects and set their guards: splice.
+    auto* tail = reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(remote_word_tail(w) - 1) * s->obj_size);
+    tail->next = s->free;
+    s->free = head;
+    s->used -= n;
+    return n;
+  }
+  // Objects that grew over several slots give their extra slots back one by one.
+  for (FreeObject* o = head; o;) {
+    FreeObject* next = o->next;
+    *extra_bytes += span_push_local(s, o, span_index(s, o)) - s->obj_size;
+    o = next;
   }
   return n;
 }

@@ -75,8 +75,10 @@ struct alignas(128) Span {
   // span happen in the program's first write, not inside malloc.
   std::uint8_t zeroed;
   std::uint8_t reserved[3];
-  // Written by other threads.
-  alignas(64) std::atomic<FreeObject*> remote_free;
+  // Written by other threads: the remote-free list, as one word (remote_word_*
+  // below) naming its head, its tail and its length, so the owner splices the
+  // whole list onto its local one in O(1) instead of walking it.
+  alignas(64) std::atomic<std::uint64_t> remote_free;
   Span* next;  // in the heap's queue for this class
   Span* prev;
   struct Multislot {
@@ -162,7 +164,11 @@ inline void* span_pop(Span* s) {
 #if CALLOC_DEBUG
     span_debug_check_free(s, o);
 #endif
-    s->free = o->next;
+    FreeObject* next = o->next;
+    s->free = next;
+    // The next malloc reads next's link: fetch its line now (an object a
+    // remote free gave back is in the freeing core's cache).
+    if (next) __builtin_prefetch(next, 1);
     o->guard = 0;
   } else if (s->bump < s->end) {
     o = reinterpret_cast<FreeObject*>(s->bump);
@@ -202,17 +208,46 @@ inline std::size_t span_push_local(Span* s, void* p, std::uint32_t i) {
   return bytes;
 }
 
-// Lock-free push by a thread that does not own the span (p already checked).
-inline void span_push_remote(Span* s, void* p) {
+// The remote-free word: bits 0-15 the head's object index + 1 (0: empty), bits
+// 16-31 the tail's index + 1, bits 32-47 the number of objects on the list.  A
+// pusher links its object to the head the word names and derives the new word
+// from the old one alone -- it reads nothing on the list -- so the CAS has no ABA
+// hazard: whenever it succeeds, the word it replaces describes the list as it is.
+constexpr std::uint64_t kRemoteIndexMask = 0xffff;
+inline std::uint32_t remote_word_head(std::uint64_t w) { return static_cast<std::uint32_t>(w & kRemoteIndexMask); }
+inline std::uint32_t remote_word_tail(std::uint64_t w) {
+  return static_cast<std::uint32_t>((w >> 16) & kRemoteIndexMask);
+}
+inline std::uint32_t remote_word_count(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
+static_assert(kMaxObjectsPerSpan < kRemoteIndexMask, "object index + 1 fits 16 bits");
+
+// Lock-free push of a chain of n objects, linked through next from the object
+// of index head_i to `tail` (index tail_i), by a thread that does not own the
+// span.  The objects are checked and carry their guards.
+inline void span_push_remote_chain(Span* s, std::uint32_t head_i, FreeObject* tail, std::uint32_t tail_i,
+                                   std::uint32_t n) {
+  char* base = span_base(s);
+  std::uint64_t first = std::uint64_t{head_i} + 1;
+  std::uint64_t old = s->remote_free.load(std::memory_order_relaxed);
+  std::uint64_t w;
+  do {
+    std::uint32_t old_head = remote_word_head(old);
+    tail->next =
+        old_head ? reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(old_head - 1) * s->obj_size) : nullptr;
+    std::uint64_t last = old_head ? remote_word_tail(old) : std::uint64_t{tail_i} + 1;
+    w = first | last << 16 | std::uint64_t{remote_word_count(old) + n} << 32;
+    vg_happens_before(&s->remote_free);
+  } while (!s->remote_free.compare_exchange_weak(old, w, std::memory_order_release, std::memory_order_relaxed));
+}
+
+// Lock-free push of one object (p already checked; i is its object index).
+inline void span_push_remote(Span* s, void* p, std::uint32_t i) {
   auto* o = static_cast<FreeObject*>(p);
   o->guard = free_guard(o);
-  FreeObject* head = s->remote_free.load(std::memory_order_relaxed);
-  do {
-    o->next = head;
-    vg_happens_before(&s->remote_free);
-  } while (!s->remote_free.compare_exchange_weak(head, o, std::memory_order_release,
-                                                 std::memory_order_relaxed));
+  span_push_remote_chain(s, i, o, i, 1);
 }
+
+inline bool span_has_remote(const Span* s) { return s->remote_free.load(std::memory_order_relaxed) != 0; }
 
 // Moves the remote frees onto the local list (owner only).  The freeing threads
 // checked them and set their guards.  Returns the number collected; *extra_bytes receives the

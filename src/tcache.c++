@@ -447,6 +447,7 @@ void heap_abandon(Heap* h) {
 void on_thread_exit(void* value) {
   VgSerial serial;
   auto* h = static_cast<Heap*>(value);
+  remote_batch_flush_all(h);
   if (tls_owned_heap == h) {
     tls_owned_heap = nullptr;
     tls_heap = &g_no_heap;
@@ -562,7 +563,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
   if (s != &g_empty_span) {
     for (unsigned probe = 0;; ++probe) {
-      if (s->remote_free.load(std::memory_order_relaxed)) collect_span(h, s);
+      if (span_has_remote(s)) collect_span(h, s);
       if (void* p = span_pop(s)) {
         if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
         return p;
@@ -751,7 +752,7 @@ void free_now(void* p) {
         // block_lookup found no guard: not freed already (two threads freeing one
         // block at the same instant is the one double free this cannot see).
         count_foreign_free(d, r.span->size_class, true, r.span->obj_size);
-        span_push_remote(r.span, p);
+        span_push_remote(r.span, p, r.index);
       }
       break;
     case BlockRef::Kind::arena: {
@@ -774,9 +775,53 @@ void free_now(void* p) {
   }
 }
 
+namespace {
+inline void remote_batch_flush(RemoteBatch* b) {
+  span_push_remote_chain(b->span, b->head_index, b->tail, b->tail_index, b->count);
+  b->span = nullptr;
+}
+
+// The remote free of a small object of the process domain by a thread with a
+// heap, with the checks block_lookup makes: false sends p to free_slow, which
+// handles (or reports) everything else.
+inline bool free_remote_batched(void* p) {
+  if (chunk_kind_of(p) != ChunkKind::spans) return false;
+  Heap* me = tls_heap;  // g_no_heap in Valgrind mode and in threads without a heap
+  if (me == &g_no_heap) return false;
+  ChunkHeader* ch = chunk_base(p);
+  if (ch->domain != &g_process_domain) return false;
+  Span* s = span_of(span_chunk_of(ch), p);
+  // The owner may change the flags meanwhile, but not the bits that matter for p:
+  // the span stays active while p is live, and p grew over several slots (if it
+  // did) before the user handed it to this thread.
+  if (s->heap == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
+  auto* o = static_cast<FreeObject*>(p);
+  if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
+  o->guard = free_guard(p);
+  std::uint32_t i = span_index(s, p);
+  me->counters.class_frees[s->size_class].add(1);
+  RemoteBatch* b = &me->remote_batch[(reinterpret_cast<std::uintptr_t>(s) >> 7) % kRemoteBatchSlots];
+  if (b->span == s) {
+    o->next = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(b->head_index) * s->obj_size);
+    b->head_index = static_cast<std::uint16_t>(i);
+    if (++b->count == kRemoteBatchMax) remote_batch_flush(b);
+    return true;
+  }
+  if (b->span) remote_batch_flush(b);
+  o->next = nullptr;
+  *b = RemoteBatch{s, o, static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(i), 1};
+  return true;
+}
+}  // namespace
+
+void remote_batch_flush_all(Heap* h) {
+  for (RemoteBatch& b : h->remote_batch)
+    if (b.span) remote_batch_flush(&b);
+}
+
 void free_cold(void* p) {
   int saved = errno;
-  free_slow(p);
+  if (!free_remote_batched(p)) free_slow(p);
   errno = saved;
 }
 
@@ -944,6 +989,7 @@ void domain_trim(Domain* d) {
   VgSerial serial;
   if (d->per_thread) {
     if (Heap* h = thread_heap_if_any()) {
+      remote_batch_flush_all(h);
       DomainLock lock(d);
       heap_collect_all(h, true);
     }

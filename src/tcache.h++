@@ -54,6 +54,23 @@ struct HeapCounters {
   Counter realloc_in_place, realloc_moved, realloc_remapped;
 };
 
+// A thread's remote frees of small objects wait in a small table keyed by span
+// and go to each span's remote list as one chain: one compare-and-swap per
+// chain instead of one per object, and no locked instruction (which waits for
+// the freeing core's pending stores) in the common remote free.  A slot holds
+// the chain of one span; a free into another span of the same slot, a chain of
+// kRemoteBatchMax objects, thread exit and trim flush it.  At most
+// kRemoteBatchSlots * kRemoteBatchMax objects wait per thread.
+constexpr unsigned kRemoteBatchSlots = 64;
+constexpr unsigned kRemoteBatchMax = 16;
+struct RemoteBatch {
+  Span* span;
+  FreeObject* tail;  // the chain's last object (its first is head_index)
+  std::uint16_t head_index;
+  std::uint16_t tail_index;
+  std::uint32_t count;
+};
+
 struct NoHeapTag {};
 extern Span g_empty_span LCA_HIDDEN;
 
@@ -62,7 +79,7 @@ struct Heap {
   // g_no_heap (below): every head is the empty span.
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
-        last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{} {
+        last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -78,6 +95,7 @@ struct Heap {
   Heap* next_abandoned;
   bool abandoned;
   HeapCounters counters;
+  RemoteBatch remote_batch[kRemoteBatchSlots];  // this thread's frees into other heaps' spans
 };
 
 struct Domain {
@@ -165,8 +183,11 @@ void free_now(void* p);
 // The bytes a live block offers its user (the requested size in Valgrind mode);
 // aborts like block_lookup on a bad pointer.
 std::size_t block_usable_size(const void* p, const char* what);
-// free_slow preserving errno: the out-of-line half of every free.
+// free_slow preserving errno: the out-of-line half of every free.  A remote
+// free of a small object goes through the thread's RemoteBatch table.
 void free_cold(void* p);
+// Pushes every chain waiting in h's RemoteBatch table (h's thread only).
+void remote_batch_flush_all(Heap* h);
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i);
 // Queue upkeep after a local free made a span empty or un-exhausted it.
 void span_after_local_free(Heap* h, Span* s);

@@ -18,9 +18,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -415,6 +417,54 @@ START_TEST(test_double_free_remote) {
 }
 END_TEST
 
+// A remote free waits in the freeing thread's batch (RemoteBatch, tcache.h++)
+// before it reaches the owner's span: a second free while it waits is still a
+// double free, by the same thread or by the owner.
+START_TEST(test_double_free_while_remote_batched) {
+  for (std::size_t size : {16ul, 64ul, 1000ul}) {
+    for (Api api : apis()) {
+      MemoryAllocator own;
+      Via via{api, &own};
+      void* p = via.alloc(size);
+      ck_assert_ptr_nonnull(p);
+      DeathResult twice = expect_death(
+          [&] {
+            std::thread t([&] {
+              via.release(p);
+              via.release(p);
+            });
+            t.join();
+          },
+          "Double free");
+      ASSERT_DIED(twice, api, "Double free", p);
+      DeathResult by_owner = expect_death(
+          [&] {
+            std::mutex m;
+            std::condition_variable cv;
+            bool freed = false;
+            std::thread t([&] {
+              via.release(p);
+              std::unique_lock<std::mutex> lock(m);
+              freed = true;
+              cv.notify_all();
+              cv.wait(lock, [] { return false; });  // alive (its batch unflushed) until the process dies
+            });
+            {
+              std::unique_lock<std::mutex> lock(m);
+              cv.wait(lock, [&] { return freed; });
+            }
+            via.release(p);
+            t.detach();
+          },
+          "Double free");
+      ASSERT_DIED(by_owner, api, "Double free", p);
+      via.release(p);
+    }
+  }
+  SKIP_PLAIN_FREE_NOTE();
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("errors", &tc);
@@ -436,5 +486,6 @@ int main() {
   tcase_add_test(tc, test_invalid_free_uncarved_slot);
   tcase_add_test(tc, test_invalid_free_inside_grown_block);
   tcase_add_test(tc, test_guard_word_no_false_double_free);
+  tcase_add_test(tc, test_double_free_while_remote_batched);
   return test_util::run_suite(s);
 }
