@@ -61,7 +61,7 @@ tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
-	tests/integration/real-programs.sh
+	tests/integration/real-programs.sh tests/integration/preload-common.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).

@@ -16,25 +16,7 @@
 # CALLOC_OVERRIDE (1/0; read from config.h when unset).
 
 set -u
-top_builddir=${top_builddir:-.}
-scale=${CALLOC_TEST_SCALE:-100}
-case $scale in '' | *[!0-9]*) scale=100 ;; esac
-test "$scale" -gt 0 || scale=100
-
-if test ! -f "$top_builddir/src/.libs/libcalloc.so"; then
-  echo "SKIP: $top_builddir/src/.libs/libcalloc.so was not built"
-  exit 77
-fi
-so=$(cd "$top_builddir/src/.libs" && pwd)/libcalloc.so
-
-override=${CALLOC_OVERRIDE:-}
-if test -z "$override"; then
-  if grep -q '^#define CALLOC_OVERRIDE 1' "$top_builddir/config.h" 2>/dev/null; then override=1; else override=0; fi
-fi
-if test "$override" != 1; then
-  echo "SKIP: built with --disable-override: libcalloc.so provides no malloc to preload"
-  exit 77
-fi
+. "$(dirname "$0")/preload-common.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/calloc-preload.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT

@@ -12,25 +12,10 @@
 # from config.h when unset).  Exit 77 (skip) when the override is not built.
 
 set -u
-top_builddir=${top_builddir:-.}
+. "$(dirname "$0")/preload-common.sh"
 bench=$top_builddir/bench/calloc-workloads
-so_dir=$top_builddir/src/.libs
-
 if test ! -x "$bench"; then
   echo "SKIP: $bench was not built"
-  exit 77
-fi
-if test ! -f "$so_dir/libcalloc.so"; then
-  echo "SKIP: $so_dir/libcalloc.so was not built"
-  exit 77
-fi
-so=$(cd "$so_dir" && pwd)/libcalloc.so
-override=${CALLOC_OVERRIDE:-}
-if test -z "$override"; then
-  if grep -q '^#define CALLOC_OVERRIDE 1' "$top_builddir/config.h" 2>/dev/null; then override=1; else override=0; fi
-fi
-if test "$override" != 1; then
-  echo "SKIP: built with --disable-override: libcalloc.so provides no malloc to preload"
   exit 77
 fi
 
