@@ -50,7 +50,11 @@ inline void* fast_malloc(std::size_t size) {
       s->free = next;
       if (next) __builtin_prefetch(next, 1);  // as in span_pop
       o->guard = 0;
-    } else if (s->bump < s->end) {
+    } else if (s->bump < s->end && !span_has_remote(s)) {
+      // Carve only when no remote frees wait: else the slow path collects them
+      // first, or a span whose objects other threads free would be carved to its
+      // end before any came back (producer-consumer: every class's span fully
+      // carved, 15 MiB of heap for 6 MiB live).
       o = reinterpret_cast<FreeObject*>(s->bump);
       s->bump += s->obj_size;
       if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
