@@ -62,7 +62,8 @@ struct HeapCounters {
 // kRemoteBatchMax objects, thread exit and trim flush it.  At most
 // kRemoteBatchSlots * kRemoteBatchMax objects wait per thread.
 constexpr unsigned kRemoteBatchSlots = 64;
-constexpr unsigned kRemoteBatchMax = 16;
+constexpr unsigned kRemoteBatchMax = 8;
+static_assert(kRemoteBatchMax >= 2, "a chain is flushed when a free makes it this long");
 struct RemoteBatch {
   Span* span;
   FreeObject* tail;  // the chain's last object (its first is head_index)

@@ -134,7 +134,7 @@ std::size_t process_mapped() {
 // Valgrind and ASan mode every free takes the slow path and the quarantine, so
 // only the end state is checked there.)
 START_TEST(test_remote_frees_reach_owner) {
-  constexpr int kBlocks = 10;  // fewer than kRemoteBatchMax: one chain per span
+  constexpr int kBlocks = static_cast<int>(lca::kRemoteBatchMax) - 1;  // one chain per span, not flushed
   void* blocks[2][kBlocks];
   for (auto& round : blocks)
     for (void*& p : round) {
