@@ -616,7 +616,8 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
       // As in fast_malloc: no carving while remote frees wait (the slow path
       // collects them first).
       Span* s = h->head[c];
-      void* p = s->free || !span_has_remote(s) ? span_pop(s) : nullptr;
+      void* p = s->free ? span_pop(s) : heap_pop_foreign(h, static_cast<unsigned>(c));
+      if (!p && !span_has_remote(s)) p = span_pop(s);
       if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
       if (!p) return nullptr;
       h->counters.class_allocs[c].add(1);
@@ -811,6 +812,8 @@ inline void remote_batch_flush(RemoteBatch* b) {
   b->span = nullptr;
 }
 
+void remote_batch_add(Heap* me, Span* s, FreeObject* o);
+
 // The remote free of a small object of the process domain by a thread with a
 // heap, with the checks block_lookup makes: false sends p to free_slow, which
 // handles (or reports) everything else.
@@ -828,23 +831,43 @@ inline bool free_remote_batched(void* p) {
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
   o->guard = free_guard(p);
-  std::uint32_t i = span_index(s, p);
-  me->counters.class_frees[s->size_class].add(1);
+  unsigned c = s->size_class;
+  me->counters.class_frees[c].add(1);
+  if (me->foreign_count[c] < kForeignClassBytes / s->obj_size) {
+    o->next = me->foreign[c];
+    me->foreign[c] = o;
+    ++me->foreign_count[c];
+    return true;
+  }
+  remote_batch_add(me, s, o);
+  return true;
+}
+
+// Adds o (a checked object of s, another heap's span, its guard set) to its
+// span's chain in h's RemoteBatch table.
+void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
+  std::uint32_t i = span_index(s, o);
   RemoteBatch* b = &me->remote_batch[(reinterpret_cast<std::uintptr_t>(s) >> 7) % kRemoteBatchSlots];
   if (b->span == s) {
     o->next = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(b->head_index) * s->obj_size);
     b->head_index = static_cast<std::uint16_t>(i);
     if (++b->count == kRemoteBatchMax) remote_batch_flush(b);
-    return true;
+    return;
   }
   if (b->span) remote_batch_flush(b);
   o->next = nullptr;
   *b = RemoteBatch{s, o, static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(i), 1};
-  return true;
 }
 }  // namespace
 
 void remote_batch_flush_all(Heap* h) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    while (FreeObject* o = h->foreign[c]) {
+      h->foreign[c] = o->next;
+      remote_batch_add(h, span_of(span_chunk_of(chunk_base(o)), o), o);
+    }
+    h->foreign_count[c] = 0;
+  }
   for (RemoteBatch& b : h->remote_batch)
     if (b.span) remote_batch_flush(&b);
 }

@@ -72,6 +72,16 @@ struct RemoteBatch {
   std::uint32_t count;
 };
 
+// A thread keeps the small objects of other threads' spans that it frees, up to
+// kForeignClassBytes per class, and reuses them for its own allocations of the
+// class (after its own span's free list): a block handed from one thread to
+// another and freed there is allocated again where its cache lines are, instead
+// of travelling back to its owner first.  The owner's span still counts the
+// object as used all along (it never learns of the round trip), so the
+// accounting needs nothing; a free beyond the limit goes to the owner through
+// the RemoteBatch table, and thread exit and trim send the whole list there.
+constexpr std::size_t kForeignClassBytes = 16 * 1024;
+
 struct NoHeapTag {};
 extern Span g_empty_span LCA_HIDDEN;
 
@@ -80,7 +90,8 @@ struct Heap {
   // g_no_heap (below): every head is the empty span.
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
-        last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{} {
+        last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
+        foreign_count{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -97,7 +108,21 @@ struct Heap {
   bool abandoned;
   HeapCounters counters;
   RemoteBatch remote_batch[kRemoteBatchSlots];  // this thread's frees into other heaps' spans
+  FreeObject* foreign[kNumClasses];  // objects of other heaps' spans this thread freed (guards set)
+  std::uint32_t foreign_count[kNumClasses];
 };
+
+// Pops an object of another heap's span from h's foreign list of class c
+// (h's thread only); nullptr when the list is empty.
+inline void* heap_pop_foreign(Heap* h, unsigned c) {
+  FreeObject* o = h->foreign[c];
+  if (o) {
+    h->foreign[c] = o->next;
+    --h->foreign_count[c];
+    o->guard = 0;
+  }
+  return o;
+}
 
 struct Domain {
   constexpr Domain() = default;
@@ -187,7 +212,8 @@ std::size_t block_usable_size(const void* p, const char* what);
 // free_slow preserving errno: the out-of-line half of every free.  A remote
 // free of a small object goes through the thread's RemoteBatch table.
 void free_cold(void* p);
-// Pushes every chain waiting in h's RemoteBatch table (h's thread only).
+// Sends h's foreign objects to their owners and pushes every chain waiting in
+// h's RemoteBatch table (h's thread only).
 void remote_batch_flush_all(Heap* h);
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i);
 // Queue upkeep after a local free made a span empty or un-exhausted it.

@@ -129,21 +129,24 @@ std::size_t process_mapped() {
 
 }  // namespace
 
-// A thread's remote frees of small blocks wait in its batch table and reach the
-// owner's span as one chain: when the thread trims, and at its exit.  (In
-// Valgrind and ASan mode every free takes the slow path and the quarantine, so
-// only the end state is checked there.)
+// A thread keeps the small blocks of other threads that it frees, up to
+// kForeignClassBytes per class, and sends the rest to their owners in chains
+// (its RemoteBatch table); trim and thread exit send everything.  The owner's
+// spans see nothing before that.  (In Valgrind and ASan mode every free takes the
+// slow path and the quarantine, so only the end state is checked there.)
 START_TEST(test_remote_frees_reach_owner) {
-  constexpr int kBlocks = static_cast<int>(lca::kRemoteBatchMax) - 1;  // one chain per span, not flushed
-  void* blocks[2][kBlocks];
-  for (auto& round : blocks)
-    for (void*& p : round) {
-      p = lca_malloc(208);  // a class std::thread's own state (freed by the thread) is not in
+  constexpr std::size_t kSize = 208;  // a class std::thread's own state (freed by the thread) is not in
+  const std::uint32_t kept = static_cast<std::uint32_t>(lca::kForeignClassBytes / kSize);
+  const std::uint32_t chained = lca::kRemoteBatchMax - 1;  // one chain per span, not flushed
+  std::vector<void*> first(kept + chained), second(chained);
+  for (auto* round : {&first, &second})
+    for (void*& p : *round) {
+      p = lca_malloc(kSize);
       ck_assert_ptr_nonnull(p);
     }
   std::vector<lca::Span*> spans;
-  for (auto& round : blocks)
-    for (void* p : round) {
+  for (auto* round : {&first, &second})
+    for (void* p : *round) {
       lca::Span* s = lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p);
       if (std::find(spans.begin(), spans.end(), s) == spans.end()) spans.push_back(s);
     }
@@ -155,27 +158,67 @@ START_TEST(test_remote_frees_reach_owner) {
     return n;
   };
   const bool batching = !test_util::running_on_valgrind() && !test_util::kAsanBuild;
+  // With all `first` blocks in one span the chain is one; spread over several,
+  // none is longer: nothing reaches a span before the trim either way.
   std::uint32_t before_trim = 0, after_trim = 0;
   std::thread t([&] {
     void* own = lca_malloc(16);  // the thread has a heap of its own
-    for (void* p : blocks[0]) lca_free(p);
+    for (void* p : first) lca_free(p);
     before_trim = delivered();
     lca_trim();
     after_trim = delivered();
-    for (void* p : blocks[1]) lca_free(p);
+    for (void* p : second) lca_free(p);
     lca_free(own);
   });
   t.join();
   const std::uint32_t after_exit = delivered();
   if (batching) {
     ck_assert_uint_eq(before_trim, 0);
-    ck_assert_uint_eq(after_trim, kBlocks);
-    ck_assert_uint_eq(after_exit, 2 * kBlocks);
+    ck_assert_uint_eq(after_trim, kept + chained);
+    ck_assert_uint_eq(after_exit, kept + 2 * chained);
   }
   lca_trim();  // the owner collects them
   ck_assert_uint_eq(delivered(), 0);
   // Every block was freed once: reusing the memory finds no guard problem.
-  for (int k = 0; k < 4 * kBlocks; k++) lca_free(lca_malloc(208));
+  for (std::uint32_t k = 0; k < 2 * (kept + chained); k++) lca_free(lca_malloc(kSize));
+}
+END_TEST
+
+// A block freed by a thread that does not own it is that thread's next block of
+// its size class (when its own span of the class has nothing free): the block is
+// reused where its cache lines are.
+START_TEST(test_foreign_free_reused_locally) {
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode a freed block waits in the quarantine, it is not reused at once");
+  constexpr std::size_t kSize = 400;
+  void* p = lca_malloc(kSize);
+  ck_assert_ptr_nonnull(p);
+  std::memset(p, 0x5A, kSize);
+  void* q = nullptr;
+  void* r = nullptr;
+  bool own_span_empty = false;
+  std::thread t([&] {
+    // The thread's heap (perhaps one adopted from a thread gone before) must have
+    // no free object of the class in its current span: take them all.
+    std::vector<void*> drained{lca_malloc(kSize)};
+    lca::Heap* h = lca::thread_heap_if_any();
+    const unsigned c = lca::size_to_class(kSize);
+    while (h->head[c]->free != nullptr) drained.push_back(lca_malloc(kSize));
+    own_span_empty = h->head[c]->free == nullptr;
+    lca_free(p);
+    q = lca_malloc(kSize);
+    std::memset(q, 0x3C, kSize);
+    r = lca_malloc(kSize);  // not p again: from the thread's own span
+    lca_free(q);
+    lca_free(r);
+    for (void* d : drained) lca_free(d);
+  });
+  t.join();
+  ck_assert(own_span_empty);
+  ck_assert_ptr_eq(q, p);
+  ck_assert_ptr_ne(r, p);
+  // p is still the main thread's block: its span's owner never changed.
+  ck_assert_ptr_eq(lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p)->heap, lca::thread_heap_if_any());
 }
 END_TEST
 
@@ -758,6 +801,7 @@ int main() {
   Suite* s = test_util::make_suite("threads", &tc);
   tcase_add_test(tc, test_producer_consumer);
   tcase_add_test(tc, test_remote_frees_reach_owner);
+  tcase_add_test(tc, test_foreign_free_reused_locally);
   tcase_add_test(tc, test_oversubscribed_threads);
   tcase_add_test(tc, test_short_lived_threads);
   tcase_add_test(tc, test_fork_while_threads_allocate);
