@@ -80,7 +80,7 @@ struct RemoteBatch {
 // object as used all along (it never learns of the round trip), so the
 // accounting needs nothing; a free beyond the limit goes to the owner through
 // the RemoteBatch table, and thread exit and trim send the whole list there.
-constexpr std::size_t kForeignClassBytes = 16 * 1024;
+constexpr std::size_t kForeignClassBytes = 8 * 1024;
 
 struct NoHeapTag {};
 extern Span g_empty_span LCA_HIDDEN;
