@@ -103,7 +103,6 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
 
 std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
   FreeObject* list = s->remote_free.exchange(nullptr, std::memory_order_acquire);
-  vg_happens_after(&s->remote_free);
   std::uint32_t n = 0;
   *extra_bytes = 0;
   while (list) {

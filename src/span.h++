@@ -209,7 +209,6 @@ inline void span_push_remote(Span* s, void* p) {
   FreeObject* head = s->remote_free.load(std::memory_order_relaxed);
   do {
     o->next = head;
-    vg_happens_before(&s->remote_free);
   } while (!s->remote_free.compare_exchange_weak(head, o, std::memory_order_release,
                                                  std::memory_order_relaxed));
 }

@@ -3,7 +3,7 @@
 //
 //   buggy KIND    KIND: clean, use-after-free, overflow, leak, leak-big, uninitialised,
 //                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf,
-//                 threads-clean, race (these two for helgrind)
+//                 threads-clean, race, race-malloc (these three for helgrind)
 //
 // Each bug sits in a function of its own, named after it, so that the script can
 // check that memcheck's report shows the user's function in the stack.  The
@@ -152,9 +152,7 @@ __attribute__((noinline)) int threads_handing_blocks_over() {
 
 // For helgrind.  BUG: two threads increment a counter in a malloc'd block without
 // a lock; helgrind must report the race, in this function.  They start together
-// (a barrier) and call no allocator function while they race: in Valgrind mode
-// libcalloc serialises its calls with one lock, which helgrind takes as ordering
-// two threads that both call the allocator between their accesses (README).
+// (a barrier) and call no allocator function while they race.
 pthread_barrier_t g_race_start;
 __attribute__((noinline)) void racy_increment(int* counter) {
   pthread_barrier_wait(&g_race_start);
@@ -168,6 +166,30 @@ __attribute__((noinline)) int threads_racing_on_a_block() {
   a.join();
   b.join();
   pthread_barrier_destroy(&g_race_start);
+  int seen = *counter;
+  USER_FREE(counter);
+  return seen > 0 ? 0 : 1;
+}
+
+// For helgrind.  BUG: as `race', but each thread calls malloc and free between
+// its increments, as real programs do: libcalloc's serialising lock in Valgrind
+// mode is invisible to helgrind, so these calls must not order the two threads'
+// accesses, and the race must be reported, in this function.
+__attribute__((noinline)) void racy_increment_between_calls(int* counter) {
+  for (int i = 0; i < 200; i++) {
+    void* scratch = USER_MALLOC(static_cast<std::size_t>(i % 7) * 40 + 8);
+    USER_FREE(opaque(scratch));
+    ++*opaque(counter);
+    scratch = USER_MALLOC(24);
+    USER_FREE(opaque(scratch));
+  }
+}
+__attribute__((noinline)) int threads_racing_between_allocations() {
+  auto* counter = static_cast<int*>(USER_MALLOC(sizeof(int)));
+  *counter = 0;
+  std::thread a(racy_increment_between_calls, counter), b(racy_increment_between_calls, counter);
+  a.join();
+  b.join();
   int seen = *counter;
   USER_FREE(counter);
   return seen > 0 ? 0 : 1;
@@ -233,5 +255,6 @@ int main(int argc, char** argv) {
   if (kind == "lca-uaf") return use_after_free_lca() == 99;
   if (kind == "threads-clean") return threads_handing_blocks_over();
   if (kind == "race") return threads_racing_on_a_block();
+  if (kind == "race-malloc") return threads_racing_between_allocations();
   return 0;
 }
