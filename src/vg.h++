@@ -18,7 +18,9 @@
 //    links kept in free memory (make defined, access, make no-access again);
 //  - each independent heap (MemoryAllocator) is a METAPOOL|AUTO_FREE mempool whose
 //    chunks are its spans' and arena's chunks and its large mappings, so
-//    destroying the heap frees, for memcheck too, every block still in it.
+//    destroying the heap frees, for memcheck too, every block still in it;
+//  - libcalloc serialises itself with a lock helgrind and DRD do not see, and
+//    keeps its own memory out of their race checking (VgSerial, vg_hide below).
 // Without the annotations compiled in, every function here is an empty inline --
 // except in an AddressSanitizer build, where Valgrind mode is "ASan mode", always
 // on: the same hooks, implemented in asan.c++ with ASan's poisoning (sanitizer.h++).

@@ -14,6 +14,7 @@
 #include <libcalloc.h>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -171,28 +172,40 @@ __attribute__((noinline)) int threads_racing_on_a_block() {
   return seen > 0 ? 0 : 1;
 }
 
-// For helgrind.  BUG: as `race', but each thread calls malloc and free between
-// its increments, as real programs do: libcalloc's serialising lock in Valgrind
-// mode is invisible to helgrind, so these calls must not order the two threads'
-// accesses, and the race must be reported, in this function.
-__attribute__((noinline)) void racy_increment_between_calls(int* counter) {
-  for (int i = 0; i < 200; i++) {
-    void* scratch = USER_MALLOC(static_cast<std::size_t>(i % 7) * 40 + 8);
+// For helgrind.  BUG: as `race', but the two threads take turns (three each),
+// handing the turn over through pipes, which helgrind does not take as
+// synchronisation, and call malloc and free between taking the turn and their
+// increment and again before handing it over -- so only libcalloc's calls lie
+// between the two threads' accesses.  Had libcalloc a lock helgrind sees (it
+// used to), helgrind would take it as ordering them and report nothing; the race
+// must be reported, in this function.
+int g_turn[2][2];  // g_turn[t]: the pipe that gives thread t its turn
+__attribute__((noinline)) void racy_increment_between_calls(int* counter, int me) {
+  char token = 0;
+  for (int round = 0; round < 3; round++) {
+    if ((me == 1 || round > 0) && read(g_turn[me][0], &token, 1) != 1) return;
+    void* scratch = USER_MALLOC(40);
     USER_FREE(opaque(scratch));
-    ++*opaque(counter);
+    ++*opaque(counter);  // BUG: no lock, and no synchronisation helgrind sees
     scratch = USER_MALLOC(24);
     USER_FREE(opaque(scratch));
+    if (write(g_turn[1 - me][1], &token, 1) != 1) return;
   }
 }
 __attribute__((noinline)) int threads_racing_between_allocations() {
+  if (pipe(g_turn[0]) != 0 || pipe(g_turn[1]) != 0) return 1;
   auto* counter = static_cast<int*>(USER_MALLOC(sizeof(int)));
   *counter = 0;
-  std::thread a(racy_increment_between_calls, counter), b(racy_increment_between_calls, counter);
+  std::thread a(racy_increment_between_calls, counter, 0), b(racy_increment_between_calls, counter, 1);
   a.join();
   b.join();
   int seen = *counter;
   USER_FREE(counter);
-  return seen > 0 ? 0 : 1;
+  for (auto& p : g_turn) {
+    close(p[0]);
+    close(p[1]);
+  }
+  return seen == 6 ? 0 : 1;
 }
 
 // A correct program that exercises every path: sizes from every tier, realloc
