@@ -87,7 +87,6 @@ inline void arena_push_remote(Arena* a, void* p) {
   FreeObject* head = a->remote_free.load(std::memory_order_relaxed);
   do {
     o->next = head;
-    vg_happens_before(&a->remote_free);
   } while (!a->remote_free.compare_exchange_weak(head, o, std::memory_order_release,
                                                  std::memory_order_relaxed));
 }

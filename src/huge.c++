@@ -25,6 +25,7 @@
 #include "config.h"
 #include "large.h++"
 #include "os.h++"
+#include "vg.h++"
 
 namespace lca {
 
@@ -283,23 +284,23 @@ HugeState* huge_state_create() {
     return nullptr;
   }
   s->try_mask = kBuiltBackings;
-  pthread_mutex_lock(&g_states_lock);
+  lca_mutex_lock(&g_states_lock);
   s->next = g_states;
   if (g_states) g_states->prev = s;
   g_states = s;
-  pthread_mutex_unlock(&g_states_lock);
+  lca_mutex_unlock(&g_states_lock);
   return s;
 }
 
 void huge_state_destroy(HugeState* s) {
   if (!s) return;
-  pthread_mutex_lock(&g_states_lock);
+  lca_mutex_lock(&g_states_lock);
   if (s->prev)
     s->prev->next = s->next;
   else
     g_states = s->next;
   if (s->next) s->next->prev = s->prev;
-  pthread_mutex_unlock(&g_states_lock);
+  lca_mutex_unlock(&g_states_lock);
   for (std::size_t i = 0; i < s->capacity; ++i)
     if (s->slots[i].base) os_unmap(s->slots[i].base, s->slots[i].size);
   os_unmap(s->slots, s->capacity * sizeof(HugeBlock));
@@ -319,9 +320,9 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
   }
   if (size == 0) size = 1;
   size = align_up(size, page_size);
-  pthread_mutex_lock(&s->lock);
+  lca_mutex_lock(&s->lock);
   unsigned try_mask = s->try_mask;
-  pthread_mutex_unlock(&s->lock);
+  lca_mutex_unlock(&s->lock);
 
   HugeBacking backing = HugeBacking::normal;
   bool fell_back = false;
@@ -331,7 +332,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
     return nullptr;
   }
   HugeBlock b{p, size, page_size, backing};
-  pthread_mutex_lock(&s->lock);
+  lca_mutex_lock(&s->lock);
   bool recorded = table_insert(s, b);
   if (recorded) {
     HugeCounters& c = s->counters;
@@ -340,21 +341,22 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
     c.allocations += 1;
     c.hugetlb_fallbacks += fell_back ? 1 : 0;
   }
-  pthread_mutex_unlock(&s->lock);
+  lca_mutex_unlock(&s->lock);
   if (recorded && fell_back) g_hugetlb_fallbacks.fetch_add(1, std::memory_order_relaxed);
   if (!recorded) {
     os_unmap(p, size);
     errno = ENOMEM;
     return nullptr;
   }
+  vg_show_clean(p, size);  // the user's memory (the OS layer hid the mapping)
   return p;
 }
 
 bool huge_free(HugeState* s, void* p) {
-  pthread_mutex_lock(&s->lock);
+  lca_mutex_lock(&s->lock);
   std::size_t i = find_slot(s, p);
   if (!p || s->slots[i].base != p) {
-    pthread_mutex_unlock(&s->lock);
+    lca_mutex_unlock(&s->lock);
     return false;
   }
   HugeBlock b = s->slots[i];
@@ -363,40 +365,40 @@ bool huge_free(HugeState* s, void* p) {
   c.live_blocks[backing_slot(b.backing)] -= 1;
   c.live_bytes[backing_slot(b.backing)] -= b.size;
   c.deallocations += 1;
-  pthread_mutex_unlock(&s->lock);
+  lca_mutex_unlock(&s->lock);
   os_unmap(b.base, b.size);
   return true;
 }
 
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  pthread_mutex_lock(m);
+  lca_mutex_lock(m);
   std::size_t i = find_slot(s, p);
   bool found = p && s->slots[i].base == p;
   if (found) *out = s->slots[i];
-  pthread_mutex_unlock(m);
+  lca_mutex_unlock(m);
   return found;
 }
 
 HugeCounters huge_counters(const HugeState* s) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  pthread_mutex_lock(m);
+  lca_mutex_lock(m);
   HugeCounters c = s->counters;
-  pthread_mutex_unlock(m);
+  lca_mutex_unlock(m);
   return c;
 }
 
 void huge_set_backings(HugeState* s, unsigned try_mask) {
-  pthread_mutex_lock(&s->lock);
+  lca_mutex_lock(&s->lock);
   s->try_mask = try_mask & kBuiltBackings;
-  pthread_mutex_unlock(&s->lock);
+  lca_mutex_unlock(&s->lock);
 }
 
 unsigned huge_backings(const HugeState* s) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  pthread_mutex_lock(m);
+  lca_mutex_lock(m);
   unsigned mask = s->try_mask;
-  pthread_mutex_unlock(m);
+  lca_mutex_unlock(m);
   return mask;
 }
 
@@ -404,9 +406,9 @@ std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
   std::size_t total = 0;
   if (of == HugeBacking::none || of == HugeBacking::hugetlb) {
-    pthread_mutex_lock(m);
+    lca_mutex_lock(m);
     total += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
-    pthread_mutex_unlock(m);
+    lca_mutex_unlock(m);
   }
   if (of == HugeBacking::hugetlb) return total;
   // A mapping counts when it starts inside one of our transparent or normal
@@ -415,7 +417,7 @@ std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
   // which then starts in the first of them and is counted once).
   smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
     if (anon_huge == 0) return;
-    pthread_mutex_lock(m);
+    lca_mutex_lock(m);
     for (std::size_t i = 0; i < s->capacity; ++i) {
       const HugeBlock& b = s->slots[i];
       if (!b.base || b.backing == HugeBacking::hugetlb) continue;
@@ -426,7 +428,7 @@ std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
         break;
       }
     }
-    pthread_mutex_unlock(m);
+    lca_mutex_unlock(m);
   });
   return total;
 }
@@ -460,9 +462,9 @@ std::size_t chunk_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
 // [lo, hi) (hugetlb mappings report no AnonHugePages).
 std::size_t block_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
   std::size_t n = 0;
-  pthread_mutex_lock(&g_states_lock);
+  lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) {
-    pthread_mutex_lock(&s->lock);
+    lca_mutex_lock(&s->lock);
     for (std::size_t i = 0; i < s->capacity; ++i) {
       const HugeBlock& b = s->slots[i];
       if (!b.base || b.backing == HugeBacking::hugetlb) continue;
@@ -470,9 +472,9 @@ std::size_t block_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
       std::uintptr_t a = base > lo ? base : lo, z = base + b.size < hi ? base + b.size : hi;
       if (a < z) n += huge_whole_ranges(a, z);
     }
-    pthread_mutex_unlock(&s->lock);
+    lca_mutex_unlock(&s->lock);
   }
-  pthread_mutex_unlock(&g_states_lock);
+  lca_mutex_unlock(&g_states_lock);
   return n;
 }
 
@@ -500,13 +502,13 @@ HugeCoverage huge_coverage() {
     cov.thp_large += share[1] * kHugePage2M;
     cov.thp_blocks += share[2] * kHugePage2M;
   });
-  pthread_mutex_lock(&g_states_lock);
+  lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) {
-    pthread_mutex_lock(&s->lock);
+    lca_mutex_lock(&s->lock);
     cov.hugetlb += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
-    pthread_mutex_unlock(&s->lock);
+    lca_mutex_unlock(&s->lock);
   }
-  pthread_mutex_unlock(&g_states_lock);
+  lca_mutex_unlock(&g_states_lock);
   return cov;
 }
 

@@ -172,10 +172,10 @@ std::size_t mapping_size_for(std::size_t size, std::size_t page) {
 }  // namespace
 
 bool large_lookup(const void* p, LargeInfo* out) {
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (s) *out = LargeInfo{s->base, s->map_size, s->map_size - (static_cast<const char*>(p) - s->base.bytes()), s->domain};
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   return s != nullptr;
 }
 
@@ -204,7 +204,7 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
     return nullptr;
   }
   std::size_t map_size = mapping_size_for(size, page);
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   std::uint64_t now = os_now_ns();
   expire(cache, now);
   std::size_t got = 0;
@@ -212,19 +212,19 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   void* base = cache_take(cache, map_size, alignment, &got, &huge);
   *fresh_zero = false;
   if (!base) {
-    pthread_mutex_unlock(&g_lock);  // no system call under the lock
+    lca_mutex_unlock(&g_lock);  // no system call under the lock
     huge = huge_large_blocks() && map_size >= kHugePage;
     base = os_map_aligned(map_size, huge && alignment < kHugePage ? kHugePage : alignment);
     if (!base) return nullptr;
     if (huge) os_advise_huge(base, map_size, true);
     got = map_size;
     *fresh_zero = true;
-    pthread_mutex_lock(&g_lock);
+    lca_mutex_lock(&g_lock);
     cache->mapped_bytes += got;
   }
   if (!insert_slot(Slot{base, base, got, d, huge})) {
     cache->mapped_bytes -= got;
-    pthread_mutex_unlock(&g_lock);
+    lca_mutex_unlock(&g_lock);
     os_unmap(base, got);
     errno = ENOMEM;
     return nullptr;
@@ -232,15 +232,15 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   ++cache->live_count;
   ++cache->alloc_count;
   cache->alloc_bytes += got;
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   return base;
 }
 
 std::size_t large_free(LargeCache* cache, void* p) {
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (!s) {
-    pthread_mutex_unlock(&g_lock);
+    lca_mutex_unlock(&g_lock);
     return 0;
   }
   void* base = s->base;
@@ -259,10 +259,10 @@ std::size_t large_free(LargeCache* cache, void* p) {
     cache->entries[cache->count++] = LargeCache::Entry{base, map_size, now, huge};
     cache->bytes += map_size;
     list_cache(cache);
-    pthread_mutex_unlock(&g_lock);
+    lca_mutex_unlock(&g_lock);
   } else {
     cache->mapped_bytes -= map_size;
-    pthread_mutex_unlock(&g_lock);
+    lca_mutex_unlock(&g_lock);
     os_unmap(base, map_size);
   }
   return map_size;
@@ -272,15 +272,15 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
                          void** result) {
   std::size_t page = os_page_size();
   std::size_t want = mapping_size_for(new_size, page);
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (!s || s->base != p) {
-    pthread_mutex_unlock(&g_lock);
+    lca_mutex_unlock(&g_lock);
     return LargeResize::failed;
   }
   std::size_t have = s->map_size;
   Slot copy = *s;
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   *result = p;
   // Within the mapping already, or shrinking by less than a quarter: keep it.
   if (want == have || (want < have && want >= have - have / 4)) return LargeResize::in_place;
@@ -303,7 +303,7 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
     how = LargeResize::remapped;
   }
   if (!moved) return LargeResize::failed;
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   s = find_slot(p);
   erase_slot(s);
   copy.user = copy.base = moved;
@@ -313,13 +313,13 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   cache->mapped_bytes -= have;
   cache->alloc_bytes += want > have ? want - have : 0;
   cache->free_bytes += want < have ? have - want : 0;
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   *result = moved;
   return how;
 }
 
 void large_release_domain(Domain* d, LargeCache* cache) {
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   for (std::size_t i = 0; i < g_capacity;) {
     if (g_slots[i].user && g_slots[i].domain == d) {
       vg_block_forgotten(g_slots[i].user);
@@ -333,38 +333,38 @@ void large_release_domain(Domain* d, LargeCache* cache) {
   cache->live_count = 0;
   cache->mapped_bytes = 0;
   unlist_cache(cache);
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
 }
 
 void large_trim(LargeCache* cache, bool all) {
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   if (all)
     while (cache->count) cache_drop(cache, 0);
   else
     expire(cache, os_now_ns());
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
 }
 
 LargeCache large_counters(const LargeCache* cache) {
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   LargeCache copy = *cache;
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   return copy;
 }
 
 std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
   std::size_t n = 0;
-  pthread_mutex_lock(&g_lock);
+  lca_mutex_lock(&g_lock);
   for (std::size_t i = 0; i < g_capacity; ++i)
     if (g_slots[i].user) n += ranges_of(g_slots[i].base, g_slots[i].map_size, lo, hi);
   for (const LargeCache* c = g_caches; c; c = c->next_listed)
     for (unsigned i = 0; i < c->count; ++i) n += ranges_of(c->entries[i].base, c->entries[i].map_size, lo, hi);
-  pthread_mutex_unlock(&g_lock);
+  lca_mutex_unlock(&g_lock);
   return n;
 }
 
-void large_lock_all() { pthread_mutex_lock(&g_lock); }
-void large_unlock_all() { pthread_mutex_unlock(&g_lock); }
+void large_lock_all() { lca_mutex_lock(&g_lock); }
+void large_unlock_all() { lca_mutex_unlock(&g_lock); }
 void large_reinit_after_fork() {
   tsan_released_at_fork(&g_lock);
   pthread_mutex_init(&g_lock, nullptr);

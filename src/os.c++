@@ -7,6 +7,7 @@
 #include "os.h++"
 
 #include "sanitizer.h++"
+#include "vg.h++"
 
 #include <cerrno>
 #include <cstdint>
@@ -37,6 +38,7 @@ void* os_map(std::size_t size) {
     return nullptr;
   }
   g_mapped.fetch_add(size, std::memory_order_relaxed);
+  vg_hide(p, size);  // libcalloc's memory until a block in it is handed out
   return p;
 }
 
@@ -56,6 +58,7 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
     raw = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw != MAP_FAILED && (reinterpret_cast<std::uintptr_t>(raw) & (alignment - 1)) == 0) {
       g_mapped.fetch_add(size, std::memory_order_relaxed);
+      vg_hide(raw, size);
       return raw;
     }
     if (raw != MAP_FAILED) munmap(raw, size);
@@ -69,6 +72,7 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
   if (head) munmap(raw, head);
   if (tail) munmap(reinterpret_cast<void*>(aligned + size), tail);
   g_mapped.fetch_add(size, std::memory_order_relaxed);
+  vg_hide(reinterpret_cast<void*>(aligned), size);
   return reinterpret_cast<void*>(aligned);
 }
 
@@ -108,6 +112,7 @@ void* os_map_hugetlb(std::size_t size, unsigned page_shift) {
     return nullptr;
   }
   g_mapped.fetch_add(size, std::memory_order_relaxed);
+  vg_hide(p, size);
   return p;
 #else
   (void)size;

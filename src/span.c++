@@ -103,7 +103,6 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
 
 std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
   std::uint64_t w = s->remote_free.exchange(0, std::memory_order_acquire);
-  vg_happens_after(&s->remote_free);
   *extra_bytes = 0;
   std::uint32_t n = remote_word_count(w);
   if (n == 0) return 0;

@@ -236,7 +236,6 @@ inline void span_push_remote_chain(Span* s, std::uint32_t head_i, FreeObject* ta
         old_head ? reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(old_head - 1) * s->obj_size) : nullptr;
     std::uint64_t last = old_head ? remote_word_tail(old) : std::uint64_t{tail_i} + 1;
     w = first | last << 16 | std::uint64_t{remote_word_count(old) + n} << 32;
-    vg_happens_before(&s->remote_free);
   } while (!s->remote_free.compare_exchange_weak(old, w, std::memory_order_release, std::memory_order_relaxed));
 }
 

@@ -46,10 +46,10 @@ constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 class DomainLock {
  public:
   explicit DomainLock(Domain* d, bool take = true) : d_(take ? d : nullptr) {
-    if (d_) pthread_mutex_lock(&d_->lock);
+    if (d_) lca_mutex_lock(&d_->lock);
   }
   ~DomainLock() {
-    if (d_) pthread_mutex_unlock(&d_->lock);
+    if (d_) lca_mutex_unlock(&d_->lock);
   }
   DomainLock(const DomainLock&) = delete;
   DomainLock& operator=(const DomainLock&) = delete;
@@ -345,7 +345,6 @@ void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
 
 void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
-  vg_happens_after(&h->arena.remote_free);
   while (list) {
     FreeObject* next = list->next;
     // The freeing thread cleared the allocated bit and caught double frees already.
@@ -460,19 +459,19 @@ void on_thread_exit(void* value) {
 void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
 
 void link_domain(Domain* d) {
-  pthread_mutex_lock(&g_domains_lock);
+  lca_mutex_lock(&g_domains_lock);
   d->prev = &g_process_domain;
   d->next = g_process_domain.next;
   if (d->next) d->next->prev = d;
   g_process_domain.next = d;
-  pthread_mutex_unlock(&g_domains_lock);
+  lca_mutex_unlock(&g_domains_lock);
 }
 
 void unlink_domain(Domain* d) {
-  pthread_mutex_lock(&g_domains_lock);
+  lca_mutex_lock(&g_domains_lock);
   d->prev->next = d->next;
   if (d->next) d->next->prev = d->prev;
-  pthread_mutex_unlock(&g_domains_lock);
+  lca_mutex_unlock(&g_domains_lock);
 }
 
 void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t bytes) {
@@ -1096,11 +1095,11 @@ DomainStats domain_stats(Domain* d) {
   return st;
 }
 
-// In Valgrind mode the serialising lock alone is held across fork(): every path
-// that takes the other locks holds it first, so none of them is held by another
-// thread at the fork, and the child, whose one thread took it, just unlocks it
-// (plain mutexes) -- re-initialising held locks, as outside Valgrind mode, would
-// leave helgrind and DRD believing the parent's threads still hold them.
+// In Valgrind mode the serialising lock alone is held across fork(): every other
+// lock of libcalloc is that lock there (vg.h++), and the child, whose one thread
+// took it, releases it as the parent does (a futex word: no owner to forget) --
+// re-initialising held pthread mutexes, as outside Valgrind mode, would leave
+// helgrind and DRD believing the parent's threads still hold them.
 void domains_prefork() {
   vg_prefork_first();
   if (vg_serialised()) return vg_prefork();

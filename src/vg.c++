@@ -1,7 +1,11 @@
 // vg.c++ -- Valgrind mode (see vg.h++).
 #include "vg.h++"
 
+#include <link.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <cstdlib>
 #include <cstring>
 
@@ -18,14 +22,13 @@ namespace lca {
 
 constinit bool g_on_valgrind = false;
 constinit bool g_vg_decided = false;
-constinit pthread_mutex_t g_vg_serial = PTHREAD_MUTEX_INITIALIZER;
 constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
 
 // The quarantine: a ring of freed blocks, oldest first, bounded by count and by
-// bytes (kVgQuarantineBytes, as memcheck's own --freelist-vol).  One lock:
-// Valgrind runs one thread at a time anyway.
+// bytes (kVgQuarantineBytes, as memcheck's own --freelist-vol).  Its lock is
+// the serialising lock (lca_mutex_lock).
 constexpr std::size_t kVgQuarantineBytes = std::size_t{16} << 20;
 struct QuarantineEntry {
   void* p;
@@ -48,7 +51,67 @@ void store_size(void* p, std::size_t size, std::size_t usable) {
   vg_in_free_memory(slot, sizeof *slot, [&] { *slot = size; });
 }
 
+// The serialising lock: a futex word, 0 free, 1 held, 2 held and perhaps waited
+// for (the mutex of Drepper's "Futexes Are Tricky").  Neither helgrind nor DRD
+// sees it: it orders libcalloc's own work, which they do not check, and gives
+// them no happens-before edge between the user's threads.
+constinit int g_serial_word = 0;
+
+long futex(int* word, int op, int value) { return syscall(SYS_futex, word, op, value, nullptr, nullptr, 0); }
+
+// DRD's requests (valgrind/drd.h cannot be included with helgrind.h: both define
+// the ANNOTATE_* macros).
+constexpr unsigned kDrdStartSuppression = VG_USERREQ_TOOL_BASE('D', 'R') + 2;
+constexpr unsigned kDrdFinishSuppression = VG_USERREQ_TOOL_BASE('D', 'R') + 3;
+
+// Hides the writable segments (data, bss, relro) of the object libcalloc's code
+// is in: its globals.  When libcalloc is linked statically, that object is the
+// program, whose own globals are then hidden too.
+int hide_own_segments(dl_phdr_info* info, std::size_t, void*) {
+  auto here = reinterpret_cast<ElfW(Addr)>(&vg_decide);
+  bool ours = false;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    ElfW(Addr) start = info->dlpi_addr + ph.p_vaddr;
+    if (ph.p_type == PT_LOAD && here >= start && here < start + ph.p_memsz) ours = true;
+  }
+  if (!ours) return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_W))
+      vg_hide(reinterpret_cast<const void*>(info->dlpi_addr + ph.p_vaddr), ph.p_memsz);
+  }
+  return 1;
+}
+
 }  // namespace
+
+void vg_serial_lock() {
+  int c = 0;
+  if (__atomic_compare_exchange_n(&g_serial_word, &c, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return;
+  if (c != 2) c = __atomic_exchange_n(&g_serial_word, 2, __ATOMIC_ACQUIRE);
+  while (c != 0) {
+    futex(&g_serial_word, FUTEX_WAIT_PRIVATE, 2);
+    c = __atomic_exchange_n(&g_serial_word, 2, __ATOMIC_ACQUIRE);
+  }
+}
+
+void vg_serial_unlock() {
+  if (__atomic_exchange_n(&g_serial_word, 0, __ATOMIC_RELEASE) == 2) futex(&g_serial_word, FUTEX_WAKE_PRIVATE, 1);
+}
+
+void vg_hide(const void* p, std::size_t n) {
+  if (!on_valgrind() || !n) return;
+  VALGRIND_HG_DISABLE_CHECKING(p, n);
+  VALGRIND_DO_CLIENT_REQUEST_STMT(kDrdStartSuppression, p, n, 0, 0, 0);
+}
+
+void vg_show_clean(const void* p, std::size_t n) {
+  if (!on_valgrind() || !n) return;
+  VALGRIND_HG_ENABLE_CHECKING(p, n);
+  VALGRIND_DO_CLIENT_REQUEST_STMT(kDrdFinishSuppression, p, n, 0, 0, 0);
+  VALGRIND_HG_CLEAN_MEMORY(p, n);  // DRD's ANNOTATE_NEW_MEMORY too
+}
 
 void vg_decide() {
   bool on = false;
@@ -61,6 +124,7 @@ void vg_decide() {
       if (preload && std::strstr(preload, tool)) on = true;
   }
   g_on_valgrind = on;
+  if (on) dl_iterate_phdr(hide_own_segments, nullptr);
   g_vg_decided = true;
 }
 
@@ -89,7 +153,9 @@ void vg_block_allocated(void* p, std::size_t size, std::size_t usable, bool zero
   (void)VALGRIND_MAKE_MEM_NOACCESS(p, usable);
   store_size(p, size, usable);
   VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, zeroed);
-  VALGRIND_HG_CLEAN_MEMORY(p, size);
+  // The requested bytes are the user's, the slack after them stays libcalloc's.
+  vg_hide(p, usable);
+  vg_show_clean(p, size);
 }
 
 std::size_t vg_block_size(const void* p, std::size_t usable) {
@@ -101,6 +167,9 @@ void vg_block_resized(void* p, std::size_t old_size, std::size_t size, std::size
                       std::size_t usable) {
   if (!on_valgrind()) return;
   VALGRIND_RESIZEINPLACE_BLOCK(p, old_size, size, 0);
+  std::size_t most = usable > old_usable ? usable : old_usable;
+  if (most > size) vg_hide(static_cast<char*>(p) + size, most - size);
+  if (size > old_size) vg_show_clean(static_cast<char*>(p) + old_size, size - old_size);
   if (usable > size) (void)VALGRIND_MAKE_MEM_NOACCESS(static_cast<char*>(p) + size, usable - size);
   // A shrink split the tail off as a free block: its tag and links are ours.
   if (old_usable > usable) (void)VALGRIND_MAKE_MEM_DEFINED(static_cast<char*>(p) + usable, old_usable - usable);
@@ -108,20 +177,21 @@ void vg_block_resized(void* p, std::size_t old_size, std::size_t size, std::size
 }
 
 void vg_free(void* p, void (*release)(void*)) {
-  pthread_mutex_lock(&g_quarantine_lock);
+  lca_mutex_lock(&g_quarantine_lock);
   for (std::size_t k = 0; k < g_quarantine_count; ++k) {
     if (g_quarantine[(g_quarantine_head + k) % kVgQuarantine].p == p) {
-      pthread_mutex_unlock(&g_quarantine_lock);
+      lca_mutex_unlock(&g_quarantine_lock);
       VALGRIND_FREELIKE_BLOCK(p, 0);  // memcheck's report: "Invalid free()", with both stacks
       report_fatal("Double free", p, "the block is not allocated (freed already)");
     }
   }
-  pthread_mutex_unlock(&g_quarantine_lock);
+  lca_mutex_unlock(&g_quarantine_lock);
   // memcheck's own report first ("Invalid free()" for anything but a live block),
   // then libcalloc's check, which aborts with its message on a bad pointer.
   VALGRIND_FREELIKE_BLOCK(p, 0);
   BlockRef r;
   block_lookup(p, &r, "free");
+  vg_hide(p, r.usable);  // libcalloc's memory again, for helgrind and DRD
   r.domain->vg.frees.fetch_add(1, std::memory_order_relaxed);
   r.domain->vg.bytes_freed.fetch_add(vg_block_size(p, r.usable), std::memory_order_relaxed);
   if (r.kind == BlockRef::Kind::large) {
@@ -133,7 +203,7 @@ void vg_free(void* p, void (*release)(void*)) {
   }
   void* due[kVgQuarantine];
   std::size_t n_due = 0;
-  pthread_mutex_lock(&g_quarantine_lock);
+  lca_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kVgQuarantine) {
     QuarantineEntry& e = g_quarantine[g_quarantine_head];
     due[n_due++] = e.p;
@@ -151,7 +221,7 @@ void vg_free(void* p, void (*release)(void*)) {
     g_quarantine_head = (g_quarantine_head + 1) % kVgQuarantine;
     --g_quarantine_count;
   }
-  pthread_mutex_unlock(&g_quarantine_lock);
+  lca_mutex_unlock(&g_quarantine_lock);
   for (std::size_t k = 0; k < n_due; ++k) {
     // Its memory is libcalloc's again (defined: the free lists live there).
     BlockRef d;
@@ -173,19 +243,17 @@ void vg_block_forgotten(const void* p) {
   if (on_valgrind()) VALGRIND_FREELIKE_BLOCK(p, 0);
 }
 
-// The serialising lock is taken first (it is outermost everywhere), the
-// quarantine's last (it is innermost).
+// The serialising lock alone is held across fork() (the quarantine's is the same
+// lock); the child's one thread took it and releases it as the parent does.
 void vg_prefork_first() {
-  if (on_valgrind() && tls_vg_serial_depth++ == 0) pthread_mutex_lock(&g_vg_serial);
+  if (on_valgrind()) vg_serial_enter();
 }
-void vg_prefork() { pthread_mutex_lock(&g_quarantine_lock); }
+void vg_prefork() {}
 void vg_postfork_parent() {
-  pthread_mutex_unlock(&g_quarantine_lock);
-  if (on_valgrind() && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+  if (on_valgrind()) vg_serial_leave();
 }
 void vg_postfork_child() {
-  pthread_mutex_unlock(&g_quarantine_lock);
-  if (on_valgrind() && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+  if (on_valgrind()) vg_serial_leave();
 }
 
 void vg_domain_created(Domain* d) {
@@ -195,7 +263,7 @@ void vg_domain_created(Domain* d) {
 void vg_domain_destroying(Domain* d) {
   if (!on_valgrind()) return;
   // Blocks of this heap still in the quarantine go with it.
-  pthread_mutex_lock(&g_quarantine_lock);
+  lca_mutex_lock(&g_quarantine_lock);
   std::size_t kept = 0;
   for (std::size_t k = 0; k < g_quarantine_count; ++k) {
     QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kVgQuarantine];
@@ -207,7 +275,7 @@ void vg_domain_destroying(Domain* d) {
     g_quarantine[(g_quarantine_head + kept++) % kVgQuarantine] = e;
   }
   g_quarantine_count = kept;
-  pthread_mutex_unlock(&g_quarantine_lock);
+  lca_mutex_unlock(&g_quarantine_lock);
 }
 
 void vg_domain_destroyed(Domain* d) {

@@ -18,7 +18,9 @@
 //    links kept in free memory (make defined, access, make no-access again);
 //  - each independent heap (MemoryAllocator) is a METAPOOL|AUTO_FREE mempool whose
 //    chunks are its spans' and arena's chunks and its large mappings, so
-//    destroying the heap frees, for memcheck too, every block still in it.
+//    destroying the heap frees, for memcheck too, every block still in it;
+//  - libcalloc serialises itself with a lock helgrind and DRD do not see, and
+//    keeps its own memory out of their race checking (VgSerial, vg_hide below).
 // Without the annotations compiled in, every function here is an empty inline --
 // except in an AddressSanitizer build, where Valgrind mode is "ASan mode", always
 // on: the same hooks, implemented in asan.c++ with ASan's poisoning (sanitizer.h++).
@@ -36,8 +38,9 @@
 #error "Valgrind annotations and AddressSanitizer do not mix: put -fsanitize=address in CXXFLAGS when running configure (it then leaves the annotations out)"
 #endif
 
-#if CALLOC_VALGRIND
 #include <pthread.h>
+
+#if CALLOC_VALGRIND
 #include <valgrind/helgrind.h>
 #include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
@@ -87,25 +90,39 @@ inline void vg_defined(const void* p, std::size_t n) { asan_unpoison(p, n); }
 // Valgrind mode serialises libcalloc: every entry point that reaches shared state
 // (allocation, free, realloc, usable size, trim, statistics, heap creation and
 // destruction, thread exit, fork) holds one recursive lock, outermost, for its
-// whole run (a plain mutex and a per-thread depth, so that nested entries -- a
-// realloc that allocates and frees -- take it once, and so that a forked child
-// can simply unlock it).  Valgrind runs one thread at a time anyway, so the lock costs next to
-// nothing there, and helgrind and DRD then see every access libcalloc makes to its
-// own state -- the owner's unlocked span and arena fields, the per-thread counters,
-// the lock-free remote-free lists -- ordered by a lock they understand, instead of
-// reporting the lock-free design as races.  Outside Valgrind mode it is one
-// predictable branch on the slow paths only.
+// whole run (a per-thread depth, so that nested entries -- a realloc that
+// allocates and frees -- take it once), and libcalloc's inner mutexes (the
+// domain locks, the large-block table's, the huge-page tables', the
+// quarantine's: lca_mutex_lock) are that same lock.  The lock is a futex word
+// the tools do not see (not a spinlock: Valgrind's scheduler hands the CPU
+// straight back to a thread that yields, so spinning livelocks), so it gives
+// helgrind and DRD no happens-before edge between two threads' allocator calls:
+// a user's race stays visible when both threads call malloc or free between
+// their accesses.  libcalloc's own memory is kept out of their race checking
+// instead (vg_hide: its writable segments, every mapping it makes, each freed
+// block; vg_show_clean on a block handed out), so that its lock-free design is
+// not reported either.  Valgrind runs one thread at a time anyway, so the lock
+// costs next to nothing there.  Outside Valgrind mode it is one predictable
+// branch on the slow paths only.
 #if CALLOC_VALGRIND
 inline bool vg_serialised() { return on_valgrind(); }
-extern pthread_mutex_t g_vg_serial LCA_HIDDEN;
 extern constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+// The futex word itself (0 free, 1 held, 2 held with waiters).
+void vg_serial_lock();
+void vg_serial_unlock();
+inline void vg_serial_enter() {
+  if (tls_vg_serial_depth++ == 0) vg_serial_lock();
+}
+inline void vg_serial_leave() {
+  if (--tls_vg_serial_depth == 0) vg_serial_unlock();
+}
 class VgSerial {
  public:
   VgSerial() : held_(on_valgrind()) {
-    if (held_ && tls_vg_serial_depth++ == 0) pthread_mutex_lock(&g_vg_serial);
+    if (held_) vg_serial_enter();
   }
   ~VgSerial() {
-    if (held_ && --tls_vg_serial_depth == 0) pthread_mutex_unlock(&g_vg_serial);
+    if (held_) vg_serial_leave();
   }
   VgSerial(const VgSerial&) = delete;
   VgSerial& operator=(const VgSerial&) = delete;
@@ -113,6 +130,25 @@ class VgSerial {
  private:
   bool held_;
 };
+// libcalloc's inner mutexes.  Valgrind mode is decided on the first allocation,
+// before any of them is taken, and never changes.
+inline void lca_mutex_lock(pthread_mutex_t* m) {
+  if (vg_serialised())
+    vg_serial_enter();
+  else
+    pthread_mutex_lock(m);
+}
+inline void lca_mutex_unlock(pthread_mutex_t* m) {
+  if (vg_serialised())
+    vg_serial_leave();
+  else
+    pthread_mutex_unlock(m);
+}
+// libcalloc's own memory, n bytes at p: no race checking by helgrind and DRD.
+void vg_hide(const void* p, std::size_t n);
+// A user's block (or the part of it that grew), n bytes at p: checked, from a
+// clean state (a block reused by another thread is no race).
+void vg_show_clean(const void* p, std::size_t n);
 #else
 constexpr bool vg_serialised() { return false; }  // ASan mode is not serialised
 class VgSerial {
@@ -121,21 +157,10 @@ class VgSerial {
   VgSerial(const VgSerial&) = delete;
   VgSerial& operator=(const VgSerial&) = delete;
 };
-#endif
-
-// Helgrind and DRD do not take std::atomic for synchronisation: the lock-free
-// remote-free lists say what they publish (before the CAS that pushes) and what
-// they take (after the exchange that empties the list).
-#if CALLOC_VALGRIND
-inline void vg_happens_before(const void* obj) {
-  if (on_valgrind()) ANNOTATE_HAPPENS_BEFORE(obj);
-}
-inline void vg_happens_after(const void* obj) {
-  if (on_valgrind()) ANNOTATE_HAPPENS_AFTER(obj);
-}
-#else
-inline void vg_happens_before(const void*) {}
-inline void vg_happens_after(const void*) {}
+inline void lca_mutex_lock(pthread_mutex_t* m) { pthread_mutex_lock(m); }
+inline void lca_mutex_unlock(pthread_mutex_t* m) { pthread_mutex_unlock(m); }
+inline void vg_hide(const void*, std::size_t) {}
+inline void vg_show_clean(const void*, std::size_t) {}
 #endif
 
 // Reads or writes n bytes of libcalloc's own data inside free (no-access) memory.
@@ -179,9 +204,10 @@ void vg_restore_vbits(const void* p, const void* buf, std::size_t n);
 // A block that goes away without a free (its heap is destroyed).
 void vg_block_forgotten(const void* p);
 
-// fork(): the serialising lock and the quarantine lock are held across it
-// (vg_prefork_first before libcalloc's other locks, vg_prefork after them).  The
-// child's one thread is the thread that took them, so it unlocks them.
+// fork(): in Valgrind mode the serialising lock alone is held across it (the
+// quarantine lock is the same lock there; in ASan mode it is a mutex of its own,
+// taken after libcalloc's other locks).  The child's one thread is the thread
+// that took it, so it releases it as the parent does.
 void vg_prefork_first();
 void vg_prefork();
 void vg_postfork_parent();

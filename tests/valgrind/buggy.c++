@@ -3,7 +3,7 @@
 //
 //   buggy KIND    KIND: clean, use-after-free, overflow, leak, leak-big, uninitialised,
 //                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf,
-//                 threads-clean, race (these two for helgrind)
+//                 threads-clean, race, race-malloc (these three for helgrind)
 //
 // Each bug sits in a function of its own, named after it, so that the script can
 // check that memcheck's report shows the user's function in the stack.  The
@@ -14,6 +14,7 @@
 #include <libcalloc.h>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -152,9 +153,7 @@ __attribute__((noinline)) int threads_handing_blocks_over() {
 
 // For helgrind.  BUG: two threads increment a counter in a malloc'd block without
 // a lock; helgrind must report the race, in this function.  They start together
-// (a barrier) and call no allocator function while they race: in Valgrind mode
-// libcalloc serialises its calls with one lock, which helgrind takes as ordering
-// two threads that both call the allocator between their accesses (README).
+// (a barrier) and call no allocator function while they race.
 pthread_barrier_t g_race_start;
 __attribute__((noinline)) void racy_increment(int* counter) {
   pthread_barrier_wait(&g_race_start);
@@ -171,6 +170,42 @@ __attribute__((noinline)) int threads_racing_on_a_block() {
   int seen = *counter;
   USER_FREE(counter);
   return seen > 0 ? 0 : 1;
+}
+
+// For helgrind.  BUG: as `race', but the two threads take turns (three each),
+// handing the turn over through pipes, which helgrind does not take as
+// synchronisation, and call malloc and free between taking the turn and their
+// increment and again before handing it over -- so only libcalloc's calls lie
+// between the two threads' accesses.  Had libcalloc a lock helgrind sees (it
+// used to), helgrind would take it as ordering them and report nothing; the race
+// must be reported, in this function.
+int g_turn[2][2];  // g_turn[t]: the pipe that gives thread t its turn
+__attribute__((noinline)) void racy_increment_between_calls(int* counter, int me) {
+  char token = 0;
+  for (int round = 0; round < 3; round++) {
+    if ((me == 1 || round > 0) && read(g_turn[me][0], &token, 1) != 1) return;
+    void* scratch = USER_MALLOC(40);
+    USER_FREE(opaque(scratch));
+    ++*opaque(counter);  // BUG: no lock, and no synchronisation helgrind sees
+    scratch = USER_MALLOC(24);
+    USER_FREE(opaque(scratch));
+    if (write(g_turn[1 - me][1], &token, 1) != 1) return;
+  }
+}
+__attribute__((noinline)) int threads_racing_between_allocations() {
+  if (pipe(g_turn[0]) != 0 || pipe(g_turn[1]) != 0) return 1;
+  auto* counter = static_cast<int*>(USER_MALLOC(sizeof(int)));
+  *counter = 0;
+  std::thread a(racy_increment_between_calls, counter, 0), b(racy_increment_between_calls, counter, 1);
+  a.join();
+  b.join();
+  int seen = *counter;
+  USER_FREE(counter);
+  for (auto& p : g_turn) {
+    close(p[0]);
+    close(p[1]);
+  }
+  return seen == 6 ? 0 : 1;
 }
 
 // A correct program that exercises every path: sizes from every tier, realloc
@@ -233,5 +268,6 @@ int main(int argc, char** argv) {
   if (kind == "lca-uaf") return use_after_free_lca() == 99;
   if (kind == "threads-clean") return threads_handing_blocks_over();
   if (kind == "race") return threads_racing_on_a_block();
+  if (kind == "race-malloc") return threads_racing_between_allocations();
   return 0;
 }
