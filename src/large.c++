@@ -181,14 +181,16 @@ bool large_lookup(const void* p, LargeInfo* out) {
 
 namespace {
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
-// Blocks of 2 MiB and more start on a 2 MiB boundary and are advised for
-// transparent huge pages, unless LIBCALLOC_OPTIONS=huge_heap=0 (or the build has
-// no huge-page support): faulting them in costs one fault per 2 MiB instead of
-// 512 (bench/calloc-workloads, docs/design.md: ml-training 3-4x, gameengine 4x
-// less CPU time, peak RSS +1.5 %).
+// With LIBCALLOC_OPTIONS=huge_heap=1 (and huge-page support built in), blocks of
+// 2 MiB and more start on a 2 MiB boundary and are advised for transparent huge
+// pages: faulting them in costs one fault per 2 MiB instead of 512.  Not by
+// default, as none of the rivals does: whether it pays depends on where the
+// kernel finds free 2 MiB pages (docs/design.md: ml-training 3-4x less CPU time
+// in one session on this VM, 1.3-2.5x more in another, where 97 % of the time
+// went to clearing huge pages the hypervisor had to back again).
 bool huge_large_blocks() {
 #ifdef CALLOC_HUGE
-  return g_options.huge_heap != 0;
+  return g_options.huge_heap == 1;
 #else
   return false;
 #endif

@@ -967,10 +967,10 @@ END_TEST
 START_TEST(test_large_shrink_keeps_partly_used_huge_range) {
   if (running_on_valgrind()) TEST_SKIP("Valgrind mode: blocks carry a redzone, the mapping sizes differ");
   if (test_util::kAsanBuild) TEST_SKIP("ASan mode: blocks carry a redzone, the mapping sizes differ");
-  for (int value : {-1, 0}) {
+  for (int value : {1, -1, 0}) {
     const auto option = static_cast<signed char>(value);
     lca::g_options.huge_heap = option;
-    bool advised = kBuiltHuge && option != 0;
+    bool advised = kBuiltHuge && option == 1;  // only huge_heap=1 advises large blocks
     bool huge = lca::huge_may_back(lca::huge_thp_policy(), advised);
     {
       custom_alloc::MemoryAllocator heap;
@@ -1029,7 +1029,9 @@ START_TEST(test_huge_coverage_sees_large_block) {
   if (!kBuiltHuge) TEST_SKIP("built with --disable-huge: large blocks are not advised for huge pages");
   if (!thp_usable_on_system()) TEST_SKIP("THP mode [%s]: no transparent huge pages to see", thp_mode_word().c_str());
   const std::size_t size = 8 * MiB;
+  lca::g_options.huge_heap = 1;  // large blocks are advised only with huge_heap=1
   auto* p = static_cast<char*>(lca_malloc(size));
+  lca::g_options.huge_heap = -1;
   ck_assert_ptr_nonnull(p);
   ck_assert(aligned_to(p, 2 * MiB));
   std::memset(p, 7, size);
