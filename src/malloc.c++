@@ -50,12 +50,9 @@ inline void* fast_malloc(std::size_t size) {
       s->free = next;
       if (next) __builtin_prefetch(next, 1);  // as in span_pop
       o->guard = 0;
-    } else if (FreeObject* f = h->foreign[c]) {
+    } else if (void* f = heap_pop_foreign(h, c)) {
       // An object of another thread's span that this thread freed: its span
       // counts it as used already.
-      h->foreign[c] = f->next;
-      --h->foreign_count[c];
-      f->guard = 0;
       h->counters.class_allocs[c].add(1);
       return f;
     } else if (s->bump < s->end && !span_has_remote(s)) {

@@ -210,7 +210,8 @@ void free_now(void* p);
 // aborts like block_lookup on a bad pointer.
 std::size_t block_usable_size(const void* p, const char* what);
 // free_slow preserving errno: the out-of-line half of every free.  A remote
-// free of a small object goes through the thread's RemoteBatch table.
+// free of a small object goes to the thread's foreign list of its class, or
+// beyond kForeignClassBytes through its RemoteBatch table.
 void free_cold(void* p);
 // Sends h's foreign objects to their owners and pushes every chain waiting in
 // h's RemoteBatch table (h's thread only).

@@ -417,7 +417,7 @@ START_TEST(test_double_free_remote) {
 }
 END_TEST
 
-// A remote free waits in the freeing thread's batch (RemoteBatch, tcache.h++)
+// A remote free waits in the freeing thread's foreign list or batch (tcache.h++)
 // before it reaches the owner's span: a second free while it waits is still a
 // double free, by the same thread or by the owner.
 START_TEST(test_double_free_while_remote_batched) {
