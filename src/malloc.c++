@@ -19,6 +19,7 @@
 #include "options.h++"
 #include "os.h++"
 #include "stats.h++"
+#include "lifecycle.h++"
 #include "tcache.h++"
 #include "vg.h++"
 

@@ -1,4 +1,5 @@
-// tcache.c++ -- thread heaps, span queues, chunk supply, thread exit and fork.
+// tcache.c++ -- thread heaps, span queues and chunk supply (thread exit,
+// adoption and fork: lifecycle.c++).
 //
 // Each heap keeps, per size class, a queue of spans; the head is the current span.
 // When the head runs dry the slow path collects its remote frees, then rotates a
@@ -39,24 +40,9 @@ constexpr std::size_t kDomainCachedChunks = 4;  // free chunks a domain keeps
 constexpr unsigned kAbandonedSweep = 4;
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 
+}  // namespace
+
 constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
-constinit pthread_key_t g_heap_key;
-constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
-
-class DomainLock {
- public:
-  explicit DomainLock(Domain* d, bool take = true) : d_(take ? d : nullptr) {
-    if (d_) lca_mutex_lock(&d_->lock);
-  }
-  ~DomainLock() {
-    if (d_) lca_mutex_unlock(&d_->lock);
-  }
-  DomainLock(const DomainLock&) = delete;
-  DomainLock& operator=(const DomainLock&) = delete;
-
- private:
-  Domain* d_;
-};
 
 void init_recursive(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
@@ -65,6 +51,8 @@ void init_recursive(pthread_mutex_t* m) {
   pthread_mutex_init(m, &attr);
   pthread_mutexattr_destroy(&attr);
 }
+
+namespace {
 
 // --- span queues ------------------------------------------------------------
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -378,6 +366,8 @@ int aligned_class(std::size_t size, std::size_t alignment) {
   return -1;
 }
 
+}  // namespace
+
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
 void heap_collect_all(Heap* h, bool purge) {
@@ -404,6 +394,8 @@ void heap_collect_all(Heap* h, bool purge) {
   if (purge || h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
 }
 
+namespace {
+
 void sweep_abandoned(Domain* d) {
   // Rotate through at most kAbandonedSweep heaps so a sweep stays bounded.
   for (unsigned n = 0; n < kAbandonedSweep && d->abandoned; ++n) {
@@ -426,6 +418,8 @@ void heap_init(Heap* h, Domain* d) {
   h->domain = d;
 }
 
+}  // namespace
+
 Heap* heap_create_locked(Domain* d) {
   void* mem = os_map(align_up(sizeof(Heap), os_page_size()));
   if (!mem) return nullptr;
@@ -436,27 +430,7 @@ Heap* heap_create_locked(Domain* d) {
   return h;
 }
 
-void heap_abandon(Heap* h) {
-  Domain* d = h->domain;
-  DomainLock lock(d);
-  heap_collect_all(h, false);
-  h->abandoned = true;
-  h->next_abandoned = d->abandoned;
-  d->abandoned = h;
-}
-
-void on_thread_exit(void* value) {
-  VgSerial serial;
-  auto* h = static_cast<Heap*>(value);
-  remote_batch_flush_all(h);
-  if (tls_owned_heap == h) {
-    tls_owned_heap = nullptr;
-    tls_heap = &g_no_heap;
-  }
-  heap_abandon(h);
-}
-
-void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
+namespace {
 
 void link_domain(Domain* d) {
   lca_mutex_lock(&g_domains_lock);
@@ -492,32 +466,6 @@ void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t 
 }  // namespace
 
 // --- public entry points ------------------------------------------------------
-
-Heap* heap_for_thread() {
-  Heap* h = thread_heap_if_any();
-  if (h) return h;
-  pthread_once(&g_heap_key_once, make_heap_key);
-  free_guard_init();  // before the first object of any heap can be freed
-  vg_init();
-  VgSerial serial;
-  Domain* d = &g_process_domain;
-  {
-    DomainLock lock(d);
-    h = d->abandoned;
-    if (h) {
-      d->abandoned = h->next_abandoned;
-      h->next_abandoned = nullptr;
-      h->abandoned = false;
-    } else {
-      h = heap_create_locked(d);
-    }
-  }
-  if (!h) return nullptr;
-  tls_owned_heap = h;
-  if (!on_valgrind()) tls_heap = h;
-  pthread_setspecific(g_heap_key, h);
-  return h;
-}
 
 Domain* domain_create() {
   free_guard_init();
@@ -1093,48 +1041,6 @@ DomainStats domain_stats(Domain* d) {
   }
   st.os_memory_mapped = d->chunk_bytes.load(std::memory_order_relaxed) + large.mapped_bytes;
   return st;
-}
-
-// In Valgrind mode the serialising lock alone is held across fork(): every other
-// lock of libcalloc is that lock there (vg.h++), and the child, whose one thread
-// took it, releases it as the parent does (a futex word: no owner to forget) --
-// re-initialising held pthread mutexes, as outside Valgrind mode, would leave
-// helgrind and DRD believing the parent's threads still hold them.
-void domains_prefork() {
-  vg_prefork_first();
-  if (vg_serialised()) return vg_prefork();
-  pthread_mutex_lock(&g_domains_lock);
-  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
-  large_lock_all();
-  vg_prefork();
-}
-
-void domains_postfork_parent() {
-  vg_postfork_parent();
-  if (vg_serialised()) return;
-  large_unlock_all();
-  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
-  pthread_mutex_unlock(&g_domains_lock);
-}
-
-void domains_postfork_child() {
-  if (!vg_serialised()) {
-    large_reinit_after_fork();
-    for (Domain* d = &g_process_domain; d; d = d->next) {
-      tsan_released_at_fork(&d->lock);
-      init_recursive(&d->lock);
-    }
-    tsan_released_at_fork(&g_domains_lock);
-    pthread_mutex_init(&g_domains_lock, nullptr);
-  }
-  // The other threads are gone in the child, but their heaps are not adopted: a
-  // thread heap changes without a lock, so the fork may have caught one in the
-  // middle of an operation (a span or arena list half updated), and a thread of
-  // the child working on it would corrupt memory.  Their memory stays mapped and
-  // unused in the child (frees of their blocks go to their remote lists); heaps
-  // that were abandoned before the fork were consistent (the domain lock was
-  // held) and stay adoptable.
-  vg_postfork_child();
 }
 
 }  // namespace lca

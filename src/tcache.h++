@@ -24,6 +24,7 @@
 #include "report.h++"
 #include "sizeclass.h++"
 #include "span.h++"
+#include "vg.h++"
 
 namespace lca {
 
@@ -170,7 +171,7 @@ inline Heap* thread_heap_if_any() { return tls_owned_heap; }
 constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
 
 // The calling thread's heap in the process domain, created or adopted on first use;
-// nullptr when the OS has no memory for it.
+// nullptr when the OS has no memory for it (lifecycle.c++).
 Heap* heap_for_thread();
 
 // Private domains.
@@ -266,10 +267,30 @@ struct DomainStats {
 };
 DomainStats domain_stats(Domain* d);
 
-// fork() support for every domain.
-void domains_prefork();
-void domains_postfork_parent();
-void domains_postfork_child();
+// --- heap-layer internals shared with lifecycle.c++ ------------------------
+// Guards the list of domains (g_process_domain.next ...).
+extern pthread_mutex_t g_domains_lock LCA_HIDDEN;
+void init_recursive(pthread_mutex_t* m);
+// Collects everything a heap can give back: remote frees, empty spans, empty
+// chunks (under the domain lock for a heap that is not the caller's own).
+void heap_collect_all(Heap* h, bool purge);
+// A new heap of d, linked into d->heaps (d's lock held).
+Heap* heap_create_locked(Domain* d);
+
+class DomainLock {
+ public:
+  explicit DomainLock(Domain* d, bool take = true) : d_(take ? d : nullptr) {
+    if (d_) lca_mutex_lock(&d_->lock);
+  }
+  ~DomainLock() {
+    if (d_) lca_mutex_unlock(&d_->lock);
+  }
+  DomainLock(const DomainLock&) = delete;
+  DomainLock& operator=(const DomainLock&) = delete;
+
+ private:
+  Domain* d_;
+};
 
 }  // namespace lca
 
