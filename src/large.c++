@@ -136,6 +136,13 @@ void cache_drop(LargeCache* c, unsigned i) {
   c->entries[i] = c->entries[--c->count];
 }
 
+unsigned oldest_entry(const LargeCache* c) {
+  unsigned oldest = 0;
+  for (unsigned i = 1; i < c->count; ++i)
+    if (c->entries[i].freed_at_ns < c->entries[oldest].freed_at_ns) oldest = i;
+  return oldest;
+}
+
 void expire(LargeCache* c, std::uint64_t now) {
   for (unsigned i = 0; i < c->count;)
     if (now - c->entries[i].freed_at_ns > kLargeCacheDecayNs)
@@ -144,22 +151,78 @@ void expire(LargeCache* c, std::uint64_t now) {
       ++i;
 }
 
-// Best-fitting cached mapping: big enough, at most a quarter larger, aligned.
+// A cached mapping for a block of map_size bytes, aligned to alignment: the
+// smallest that holds it.  Its pages are resident already, so reusing even a much
+// longer one saves faults: the front becomes the block and a tail of an eighth or
+// more stays cached as an entry of its own (a page-granular split of the
+// mapping's range, which costs no system call).  *got receives the bytes taken.
 void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got, bool* huge) {
   int best = -1;
   for (unsigned i = 0; i < c->count; ++i) {
     const auto& e = c->entries[i];
-    if (e.map_size < map_size || e.map_size > map_size + map_size / 4) continue;
+    if (e.map_size < map_size) continue;
     if (reinterpret_cast<std::uintptr_t>(e.base) & (alignment - 1)) continue;
     if (best < 0 || e.map_size < c->entries[best].map_size) best = static_cast<int>(i);
   }
   if (best < 0) return nullptr;
-  void* base = c->entries[best].base;
-  *got = c->entries[best].map_size;
-  *huge = c->entries[best].huge;
-  c->bytes -= *got;
+  LargeCache::Entry e = c->entries[best];
   c->entries[best] = c->entries[--c->count];
-  return base;
+  std::size_t excess = e.map_size - map_size;
+  *got = e.map_size;
+  if (excess >= map_size / 8 && c->count < kLargeCacheEntries) {
+    c->entries[c->count++] = LargeCache::Entry{static_cast<char*>(e.base) + map_size, excess, e.freed_at_ns, e.huge};
+    *got = map_size;
+  }
+  c->bytes -= *got;
+  *huge = e.huge;
+  return e.base;
+}
+
+// Caches a freed mapping (room for it made already), merged with the cached
+// neighbours it touches: the pieces of a mapping that cache_take split come
+// together again, so the cache does not crumble into pieces too short to reuse.
+// (Address ranges that touch are normally one kernel mapping; when they are not,
+// the mremap that would grow one fails and large_alloc maps afresh.)
+void cache_put(LargeCache* c, LargeCache::Entry e) {
+  c->bytes += e.map_size;
+  for (unsigned i = 0; i < c->count;) {
+    LargeCache::Entry& n = c->entries[i];
+    if (static_cast<char*>(n.base) + n.map_size == e.base) {
+      e.base = n.base;
+    } else if (static_cast<char*>(e.base) + e.map_size != n.base) {
+      ++i;
+      continue;
+    }
+    e.map_size += n.map_size;
+    e.huge = e.huge && n.huge;
+    c->entries[i] = c->entries[--c->count];
+  }
+  c->entries[c->count++] = e;
+}
+
+// The longest cached mapping shorter than map_size, taken out of the cache for
+// growing with mremap (its resident pages kept, only the new tail faults in);
+// nullptr when there is none or the block needs more than page alignment.
+LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::size_t alignment,
+                                      LargeCache::Entry* out) {
+  if (alignment > os_page_size()) return nullptr;
+  int best = -1;
+  for (unsigned i = 0; i < c->count; ++i)
+    if (c->entries[i].map_size < map_size && (best < 0 || c->entries[i].map_size > c->entries[best].map_size))
+      best = static_cast<int>(i);
+  if (best < 0) return nullptr;
+  *out = c->entries[best];
+  c->entries[best] = c->entries[--c->count];
+  c->bytes -= out->map_size;
+  return out;
+}
+
+// How many bytes of freed mappings a heap keeps: kLargeCacheBytes, plus a quarter
+// of its live large blocks, so that a program churning big buffers reuses resident
+// pages instead of faulting them in again (docs/design.md: large-churn).
+std::size_t cache_limit(const LargeCache* c) {
+  std::size_t live = c->alloc_bytes - c->free_bytes;
+  return kLargeCacheBytes + live / 4;
 }
 
 // Eight mapping sizes per doubling, page granular.
@@ -213,6 +276,22 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   bool huge = false;
   void* base = cache_take(cache, map_size, alignment, &got, &huge);
   *fresh_zero = false;
+  LargeCache::Entry shorter;
+  if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, &shorter)) {
+    lca_mutex_unlock(&g_lock);  // no system call under the lock
+    base = os_remap(shorter.base, shorter.map_size, map_size, true);
+    lca_mutex_lock(&g_lock);
+    if (base) {
+      got = map_size;
+      huge = shorter.huge;
+      cache->mapped_bytes += map_size - shorter.map_size;
+    } else {
+      cache->mapped_bytes -= shorter.map_size;
+      lca_mutex_unlock(&g_lock);
+      os_unmap(shorter.base, shorter.map_size);
+      lca_mutex_lock(&g_lock);
+    }
+  }
   if (!base) {
     lca_mutex_unlock(&g_lock);  // no system call under the lock
     huge = huge_large_blocks() && map_size >= kHugePage;
@@ -254,12 +333,12 @@ std::size_t large_free(LargeCache* cache, void* p) {
   cache->free_bytes += map_size;
   std::uint64_t now = os_now_ns();
   expire(cache, now);
-  bool keep = map_size <= kLargeCacheBytes / 4;
+  std::size_t limit = cache_limit(cache);
+  bool keep = map_size <= limit;
   if (keep) {
-    while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > kLargeCacheBytes))
-      cache_drop(cache, 0);  // the oldest sits first: entries are appended
-    cache->entries[cache->count++] = LargeCache::Entry{base, map_size, now, huge};
-    cache->bytes += map_size;
+    while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > limit))
+      cache_drop(cache, oldest_entry(cache));
+    cache_put(cache, LargeCache::Entry{base, map_size, now, huge});
     list_cache(cache);
     lca_mutex_unlock(&g_lock);
   } else {
