@@ -19,7 +19,12 @@ namespace lca {
 namespace {
 constinit std::atomic<std::size_t> g_mapped{0};
 constinit std::atomic<std::size_t> g_page_size{0};
+// Calls of each kind, for the test that a warmed-up program makes none.
+constinit std::atomic<std::size_t> g_calls[static_cast<unsigned>(OsCall::kinds)]{};
+inline void count(OsCall kind) { g_calls[static_cast<unsigned>(kind)].fetch_add(1, std::memory_order_relaxed); }
 }  // namespace
+
+std::size_t os_calls(OsCall kind) { return g_calls[static_cast<unsigned>(kind)].load(std::memory_order_relaxed); }
 
 std::size_t os_page_size() {
   std::size_t p = g_page_size.load(std::memory_order_relaxed);
@@ -32,6 +37,7 @@ std::size_t os_page_size() {
 }
 
 void* os_map(std::size_t size) {
+  count(OsCall::map);
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     errno = ENOMEM;
@@ -44,6 +50,7 @@ void* os_map(std::size_t size) {
 
 void* os_map_aligned(std::size_t size, std::size_t alignment) {
   if (alignment <= os_page_size()) return os_map(size);
+  count(OsCall::map);
   if (size + alignment < size) {
     errno = ENOMEM;
     return nullptr;
@@ -78,6 +85,7 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
 
 void os_unmap(void* addr, std::size_t size) {
   if (!addr || !size) return;
+  count(OsCall::unmap);
   // ASan builds: the shadow of unmapped memory keeps its poison, which a later
   // mapping at the same address would inherit (sanitizer.h++).
   asan_unpoison(addr, size);
@@ -86,10 +94,13 @@ void os_unmap(void* addr, std::size_t size) {
 }
 
 void os_purge(void* addr, std::size_t size) {
-  if (size) madvise(addr, size, MADV_DONTNEED);
+  if (!size) return;
+  count(OsCall::purge);
+  madvise(addr, size, MADV_DONTNEED);
 }
 
 void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move) {
+  count(OsCall::remap);
   void* p = mremap(addr, old_size, new_size, may_move ? MREMAP_MAYMOVE : 0);
   if (p == MAP_FAILED) {
     errno = ENOMEM;
@@ -103,6 +114,7 @@ void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_
 }
 
 void* os_map_hugetlb(std::size_t size, unsigned page_shift) {
+  count(OsCall::map);
 #if defined(MAP_HUGETLB) && defined(MAP_HUGE_SHIFT)
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |
               static_cast<int>(page_shift << MAP_HUGE_SHIFT);
@@ -123,6 +135,7 @@ void* os_map_hugetlb(std::size_t size, unsigned page_shift) {
 }
 
 bool os_advise_huge(void* addr, std::size_t size, bool want) {
+  count(OsCall::advise);
 #ifdef MADV_HUGEPAGE
   return madvise(addr, size, want ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0;
 #else
@@ -134,6 +147,7 @@ bool os_advise_huge(void* addr, std::size_t size, bool want) {
 }
 
 bool os_protect(void* addr, std::size_t size, bool accessible) {
+  count(OsCall::protect);
   return mprotect(addr, size, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
 }
 

@@ -35,6 +35,11 @@ bool os_protect(void* addr, std::size_t size, bool accessible);
 // decay of cached memory.
 std::uint64_t os_now_ns();
 
+// How many calls of each kind this process made through this module (every
+// os_map* is one map, however many mmap/munmap it takes to align it).
+enum class OsCall : unsigned { map, unmap, purge, remap, advise, protect, kinds };
+std::size_t os_calls(OsCall kind);
+
 // Bytes this process holds from os_map*/os_remap, all heaps together.
 std::size_t os_mapped_bytes();
 
