@@ -119,13 +119,17 @@ struct Heap {
 
 // Brackets a change of h's foreign lists or RemoteBatch table (h's thread only).
 // A fork snapshots each thread's stores in program order up to some instant;
-// the fences keep the compiler (and, beyond x86, the CPU) from moving the
+// the barriers keep the compiler (and, beyond x86, the CPU) from moving the
 // list's stores out of the bracket.  Two plain stores on x86-64.
 class RemoteBusy {
  public:
   explicit RemoteBusy(Heap* h) : h_(h) {
     __atomic_store_n(&h_->remote_busy, 1, __ATOMIC_RELAXED);
+#if defined(__x86_64__) || defined(__i386__) || LCA_TSAN
+    asm volatile("" ::: "memory");  // x86 keeps stores in program order (TSan rejects fences)
+#else
     __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
   }
   ~RemoteBusy() { __atomic_store_n(&h_->remote_busy, 0, __ATOMIC_RELEASE); }
   RemoteBusy(const RemoteBusy&) = delete;
