@@ -342,7 +342,10 @@ START_TEST(test_fork_in_signal_handler) {
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGALRM, &sa, nullptr);
-    itimerval it{{0, 1000}, {0, 1000}};
+    // 1 ms; under Valgrind a fork takes ~100 ms, and a 1 ms timer would leave the
+    // main loop a few instructions between two handlers.
+    const long interval_us = g_on_valgrind ? 100000 : 1000;
+    itimerval it{{0, interval_us}, {0, interval_us}};
     setitimer(ITIMER_REAL, &it, nullptr);
     static const std::size_t kSizes[] = {24, 200, 5000, 70000, 300000, 3 << 20};
     void* keep[16] = {};
