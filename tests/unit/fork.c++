@@ -49,6 +49,10 @@
 #include "config.h"
 #include "huge.h++"
 
+#if CALLOC_VALGRIND
+#include <valgrind/valgrind.h>
+#endif
+
 #include "../test-util.h++"
 
 using custom_alloc::HugePageAllocator;
@@ -143,7 +147,19 @@ void run_with_deadline(const char* what, double seconds, Fn&& fn) {
   ck_assert_msg(pid >= 0, "%s: fork failed", what);
   if (pid == 0) {
     close(result[0]);
+#if CALLOC_VALGRIND
+    const unsigned errors_before = VALGRIND_COUNT_ERRORS;
+#endif
     int rc = fn();
+#if CALLOC_VALGRIND
+    // The process ends by SIGKILL under Valgrind, so --error-exitcode cannot
+    // speak for it: the tool's errors in it fail the scenario here.
+    if (rc == 0 && VALGRIND_COUNT_ERRORS != errors_before) {
+      std::fprintf(stderr, "%s: %u Valgrind errors in the scenario's process\n", what,
+                   VALGRIND_COUNT_ERRORS - errors_before);
+      rc = 98;
+    }
+#endif
     std::fflush(stdout);
     std::fflush(stderr);
     if (write(result[1], &rc, sizeof rc) != sizeof rc) _exit(99);
