@@ -25,6 +25,7 @@
 #include "config.h"
 #include "large.h++"
 #include "os.h++"
+#include "sanitizer.h++"
 #include "vg.h++"
 
 namespace lca {
@@ -307,6 +308,25 @@ void huge_state_destroy(HugeState* s) {
   pthread_mutex_destroy(&s->lock);
   s->~HugeState();
   os_unmap(s, sizeof(HugeState));
+}
+
+void huge_lock_all() {
+  lca_mutex_lock(&g_states_lock);
+  for (HugeState* s = g_states; s; s = s->next) lca_mutex_lock(&s->lock);
+}
+
+void huge_unlock_all() {
+  for (HugeState* s = g_states; s; s = s->next) lca_mutex_unlock(&s->lock);
+  lca_mutex_unlock(&g_states_lock);
+}
+
+void huge_reinit_after_fork() {
+  for (HugeState* s = g_states; s; s = s->next) {
+    tsan_released_at_fork(&s->lock);
+    pthread_mutex_init(&s->lock, nullptr);
+  }
+  tsan_released_at_fork(&g_states_lock);
+  pthread_mutex_init(&g_states_lock, nullptr);
 }
 
 void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {

@@ -52,6 +52,12 @@ struct HugeState;
 HugeState* huge_state_create();
 // Unmaps every live block, then the table.
 void huge_state_destroy(HugeState* s);
+// fork() (lifecycle.c++): every table's lock and the list's, taken before the
+// fork in the parent (after the domain and large-block locks) and released
+// after it, or made new in the child.
+void huge_lock_all();
+void huge_unlock_all();
+void huge_reinit_after_fork();
 
 // A zero-filled block of at least size bytes (0 counts as 1) rounded up to and
 // aligned to page_size (kHugePage2M or kHugePage1G).  nullptr with errno = EINVAL

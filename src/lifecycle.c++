@@ -10,6 +10,8 @@
 
 #include <pthread.h>
 
+#include "config.h"
+#include "huge.h++"
 #include "large.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
@@ -72,30 +74,188 @@ Heap* heap_for_thread() {
   return h;
 }
 
-// In Valgrind mode the serialising lock alone is held across fork(): every other
-// lock of libcalloc is that lock there (vg.h++), and the child, whose one thread
-// took it, releases it as the parent does (a futex word: no owner to forget) --
-// re-initialising held pthread mutexes, as outside Valgrind mode, would leave
-// helgrind and DRD believing the parent's threads still hold them.
+// --- fork() ---------------------------------------------------------------
+//
+// Which locks are held across fork(), and in which order:
+//
+// - A single-threaded process (__libc_single_threaded) takes none.  No other
+//   thread can hold one, and the one thread may be inside libcalloc itself when
+//   a signal handler forks (POSIX lists fork as async-signal-safe): taking a lock
+//   the interrupted code holds would wait forever.  The child goes on from the
+//   same state as the parent, as with glibc's malloc.
+// - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
+//   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
+//   the domain list's, every domain's, the large-block table's, the huge-page
+//   tables' (list first), the ASan quarantine's.  glibc's fork() takes the list
+//   lock itself only after the pthread_atfork prepare handlers ran; taken
+//   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
+//   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
+//   for that FILE lock.  Taken first (it is recursive: fork takes it again),
+//   the forking thread waits for stdio holding nothing of libcalloc's, as
+//   glibc's fork does for its own malloc's locks.
+//
+// In Valgrind mode the serialising lock alone is held of libcalloc's: every
+// other lock of libcalloc is that lock there (vg.h++), and the child, whose one
+// thread took it, releases it as the parent does (a futex word: no owner to
+// forget) -- re-initialising held pthread mutexes, as outside Valgrind mode,
+// would leave helgrind and DRD believing the parent's threads still hold them.
+
+#if HAVE_DECL___LIBC_SINGLE_THREADED
+}  // namespace lca
+#include <sys/single_threaded.h>
+namespace lca {
+namespace {
+bool process_single_threaded() { return __libc_single_threaded != 0; }
+}  // namespace
+#else
+namespace {
+// No way to tell: every fork takes the locks (a fork from a signal handler can
+// then wait for a lock the interrupted code holds).
+bool process_single_threaded() { return false; }
+}  // namespace
+#endif
+
+#if CALLOC_STDIO_LIST_LOCK
+}  // namespace lca
+// glibc exports them (GLIBC_2.2.5) without declaring them in any header since
+// 2.28; weak, so that a C library without them leaves them null at run time.
+extern "C" void _IO_list_lock() __attribute__((weak));
+extern "C" void _IO_list_unlock() __attribute__((weak));
+extern "C" void _IO_list_resetlock() __attribute__((weak));
+namespace lca {
+namespace {
+bool stdio_list_lock_available() { return _IO_list_lock && _IO_list_unlock && _IO_list_resetlock; }
+void stdio_list_lock() { _IO_list_lock(); }
+void stdio_list_unlock() { _IO_list_unlock(); }
+// glibc has reset it in the child already, before the child handlers run, when
+// its fork took it; resetting again is harmless and covers a fork that did not.
+void stdio_list_reset() { _IO_list_resetlock(); }
+}  // namespace
+#else
+namespace {
+bool stdio_list_lock_available() { return false; }
+void stdio_list_lock() {}
+void stdio_list_unlock() {}
+void stdio_list_reset() {}
+}  // namespace
+#endif
+
+namespace {
+
+// What the prepare handler of this thread's fork did, for the two others.  A
+// thread: a signal handler may fork while its thread is between the handlers
+// of another fork (single-threaded only: glibc's own fork lock forbids it
+// otherwise).
+struct ForkState {
+  bool locked;  // libcalloc's locks were taken
+  bool stdio;   // and stdio's list lock before them
+};
+constinit thread_local ForkState tls_fork __attribute__((tls_model("initial-exec"))) = {};
+
+// Whether o, found on a list of heap h of class c in the child, is a free object
+// of another heap's span of the process domain, of that class: what
+// free_remote_batched checked before it put o there.
+bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) {
+  if (!o || chunk_kind_of(o) != ChunkKind::spans) return false;
+  ChunkHeader* ch = chunk_base(o);
+  if (ch->domain != &g_process_domain) return false;
+  Span* s = span_of(span_chunk_of(ch), o);
+  if ((s->flags & kSpanInactive) || s->heap == h || s->size_class != c || !span_is_object_start(s, o) ||
+      !is_free_object(o))
+    return false;
+  *span = s;
+  return true;
+}
+
+// In the child: sends the objects that h's thread (gone in the child) had freed
+// into other heaps' spans -- its foreign lists and the chains waiting in its
+// RemoteBatch table -- to their spans' remote lists, where the owner (the child's
+// thread, for the blocks it allocated) collects them.  Without this they stay
+// counted as used for ever.  Every object is checked first; a list the fork
+// caught in a change (remote_busy) is left alone, and a walk stops at the first
+// object that fails a check: an object lost is better than one freed twice.
+void send_orphaned_frees(Heap* h) {
+  if (__atomic_load_n(&h->remote_busy, __ATOMIC_RELAXED)) return;
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    FreeObject* o = h->foreign[c];
+    // A pop the fork caught may leave one object more on the list than counted.
+    for (std::uint32_t n = 0; o && n <= h->foreign_count[c]; ++n) {
+      Span* s;
+      if (!orphan_object_valid(h, o, c, &s)) break;
+      FreeObject* next = o->next;
+      std::uint32_t i = span_index(s, o);
+      span_push_remote_chain(s, i, o, i, 1);
+      o = next;
+    }
+    h->foreign[c] = nullptr;
+    h->foreign_count[c] = 0;
+  }
+  for (RemoteBatch& b : h->remote_batch) {
+    Span* s = b.span;
+    b.span = nullptr;
+    if (!s || chunk_kind_of(s) != ChunkKind::spans || b.count == 0 || b.count >= kRemoteBatchMax) continue;
+    // s must be a span descriptor of its chunk's header.
+    auto* sc = span_chunk_of(chunk_base(s));
+    auto off = reinterpret_cast<std::uintptr_t>(s) - reinterpret_cast<std::uintptr_t>(sc->spans);
+    if (reinterpret_cast<std::uintptr_t>(s) < reinterpret_cast<std::uintptr_t>(sc->spans) || off % sizeof(Span) ||
+        off / sizeof(Span) >= kSpansPerChunk || (s->flags & kSpanInactive) || s->obj_size == 0)
+      continue;
+    auto* o = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(b.head_index) * s->obj_size);
+    // The chain must hold exactly count checked objects of s and end at tail.
+    FreeObject* p = o;
+    std::uint32_t n = 0;
+    Span* ps;
+    while (n < b.count && orphan_object_valid(h, p, s->size_class, &ps) && ps == s) {
+      ++n;
+      if (p == b.tail) break;
+      p = p->next;
+    }
+    if (n != b.count || p != b.tail || span_index(s, p) != b.tail_index) continue;
+    span_push_remote_chain(s, b.head_index, b.tail, b.tail_index, b.count);
+  }
+}
+
+}  // namespace
+
 void domains_prefork() {
-  vg_prefork_first();
-  if (vg_serialised()) return vg_prefork();
-  pthread_mutex_lock(&g_domains_lock);
-  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
-  large_lock_all();
-  vg_prefork();
+  ForkState st{};
+  if (!process_single_threaded()) {
+    st.locked = true;
+    st.stdio = stdio_list_lock_available();
+    if (st.stdio) stdio_list_lock();
+    vg_prefork_first();
+    if (!vg_serialised()) {
+      pthread_mutex_lock(&g_domains_lock);
+      for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
+      large_lock_all();
+      huge_lock_all();
+    }
+    vg_prefork();
+  }
+  tls_fork = st;
 }
 
 void domains_postfork_parent() {
+  ForkState st = tls_fork;
+  tls_fork = ForkState{};
+  if (!st.locked) return;
   vg_postfork_parent();
-  if (vg_serialised()) return;
-  large_unlock_all();
-  for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
-  pthread_mutex_unlock(&g_domains_lock);
+  if (!vg_serialised()) {
+    huge_unlock_all();
+    large_unlock_all();
+    for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
+    pthread_mutex_unlock(&g_domains_lock);
+  }
+  if (st.stdio) stdio_list_unlock();
 }
 
 void domains_postfork_child() {
+  ForkState st = tls_fork;
+  tls_fork = ForkState{};
+  if (!st.locked) return;  // the same state as the parent, one thread
+  if (st.stdio) stdio_list_reset();
   if (!vg_serialised()) {
+    huge_reinit_after_fork();
     large_reinit_after_fork();
     for (Domain* d = &g_process_domain; d; d = d->next) {
       tsan_released_at_fork(&d->lock);
@@ -110,7 +270,11 @@ void domains_postfork_child() {
   // the child working on it would corrupt memory.  Their memory stays mapped and
   // unused in the child (frees of their blocks go to their remote lists); heaps
   // that were abandoned before the fork were consistent (the domain lock was
-  // held) and stay adoptable.
+  // held, and their frees were sent) and stay adoptable.  What the gone threads
+  // had freed into other heaps' spans goes back to those spans.
+  Heap* mine = thread_heap_if_any();
+  for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)
+    if (h != mine && !h->abandoned) send_orphaned_frees(h);
   vg_postfork_child();
 }
 

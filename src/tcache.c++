@@ -777,6 +777,7 @@ inline bool free_remote_batched(void* p) {
   if (s->heap == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
+  RemoteBusy busy(me);
   o->guard = free_guard(p);
   unsigned c = s->size_class;
   me->counters.class_frees[c].add(1);
@@ -808,6 +809,7 @@ void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
 }  // namespace
 
 void remote_batch_flush_all(Heap* h) {
+  RemoteBusy busy(h);
   for (unsigned c = 0; c < kNumClasses; ++c) {
     while (FreeObject* o = h->foreign[c]) {
       h->foreign[c] = o->next;

@@ -92,7 +92,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{} {
+        foreign_count{}, remote_busy{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -111,6 +111,32 @@ struct Heap {
   RemoteBatch remote_batch[kRemoteBatchSlots];  // this thread's frees into other heaps' spans
   FreeObject* foreign[kNumClasses];  // objects of other heaps' spans this thread freed (guards set)
   std::uint32_t foreign_count[kNumClasses];
+  // Nonzero while the owner changes its foreign lists or RemoteBatch table other
+  // than by a pop: the child of a fork() leaves alone the lists of a heap whose
+  // thread the fork caught in such a change (lifecycle.c++).
+  std::uint8_t remote_busy;
+};
+
+// Brackets a change of h's foreign lists or RemoteBatch table (h's thread only).
+// A fork snapshots each thread's stores in program order up to some instant;
+// the barriers keep the compiler (and, beyond x86, the CPU) from moving the
+// list's stores out of the bracket.  Two plain stores on x86-64.
+class RemoteBusy {
+ public:
+  explicit RemoteBusy(Heap* h) : h_(h) {
+    __atomic_store_n(&h_->remote_busy, 1, __ATOMIC_RELAXED);
+#if defined(__x86_64__) || defined(__i386__) || LCA_TSAN
+    asm volatile("" ::: "memory");  // x86 keeps stores in program order (TSan rejects fences)
+#else
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
+  }
+  ~RemoteBusy() { __atomic_store_n(&h_->remote_busy, 0, __ATOMIC_RELEASE); }
+  RemoteBusy(const RemoteBusy&) = delete;
+  RemoteBusy& operator=(const RemoteBusy&) = delete;
+
+ private:
+  Heap* h_;
 };
 
 // Pops an object of another heap's span from h's foreign list of class c

@@ -21,7 +21,8 @@ calloc_unit_tests = \
 	tests/unit/threads \
 	tests/unit/errors \
 	tests/unit/huge \
-	tests/unit/asan
+	tests/unit/asan \
+	tests/unit/fork
 
 tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
 tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
@@ -31,6 +32,7 @@ tests_unit_threads_SOURCES = tests/unit/threads.c++ tests/test-util.h++
 tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
+tests_unit_fork_SOURCES = tests/unit/fork.c++ tests/test-util.h++
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
@@ -45,6 +47,12 @@ calloc_script_tests += tests/integration/workloads.sh
 # python3, sqlite3, g++, git, sort, gzip and redis-server under LD_PRELOAD, output
 # compared with glibc's, times and peak RSS printed (issue 4; about 35 s).
 calloc_script_tests += tests/integration/real-programs.sh
+# Issue 11: fork() with stdio threads and from a signal handler, under LD_PRELOAD
+# and `timeout' (a plain program: glibc's malloc unless preloaded).
+calloc_script_tests += tests/integration/fork-deadlock.sh
+check_PROGRAMS += tests/integration/fork-repro
+tests_integration_fork_repro_SOURCES = tests/integration/fork-repro.c++
+tests_integration_fork_repro_LDADD = $(PTHREAD_LIBS)
 endif
 # A user's bugs under memcheck (issue 4): tests/valgrind/buggy, linked with the
 # shared libcalloc like a user's program (-no-install: a real binary, not a
@@ -61,7 +69,8 @@ tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
-	tests/integration/real-programs.sh tests/integration/preload-common.sh
+	tests/integration/real-programs.sh tests/integration/preload-common.sh \
+	tests/integration/fork-deadlock.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
