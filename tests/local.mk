@@ -31,6 +31,9 @@ tests_unit_threads_SOURCES = tests/unit/threads.c++ tests/test-util.h++
 tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
+# SecureAllocator and the hardened heap (issue 13).
+calloc_unit_tests += tests/unit/secure
+tests_unit_secure_SOURCES = tests/unit/secure.c++ tests/test-util.h++
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
