@@ -489,6 +489,15 @@ inline void* slot_addr(const ChunkMeta* m, std::uint32_t slab, std::uint32_t i) 
   return m->base + os_page_size() + slab * m->stride + std::size_t{i} * m->slot_size;
 }
 
+// Chunks are placed at random in a 64 GiB window of the address space, itself at
+// a random 64 GiB-aligned place in [1 TiB, 64 TiB): 16384 places for a chunk in
+// ~1000 windows, and the radix map needs at most 8 leaves (16 KiB each) for it.
+constexpr std::uintptr_t kWindow = std::uintptr_t{64} << 30;
+std::uintptr_t secure_window() {
+  constexpr std::uintptr_t lo = std::uintptr_t{1} << 40, hi = std::uintptr_t{1} << 46;
+  return lo + (mix64(secrets().seed) % ((hi - lo) / kWindow)) * kWindow;
+}
+
 // A new chunk for class c of h (under the class lock); nullptr when out of memory.
 ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   const std::size_t page = os_page_size();
@@ -510,7 +519,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   char* meta_mem = static_cast<char*>(os_map(meta_bytes));
   if (!meta_mem) return nullptr;
 
-  // Random placement: a 4 MiB-aligned address in [1 TiB, 64 TiB) when the kernel
+  // Random placement: a 4 MiB-aligned address in the process's window when the kernel
   // takes it, else where the kernel puts it.  (Not under Valgrind or ASan, whose
   // address-space managers and shadow memory own parts of that range.)
   std::uintptr_t hint = 0;
@@ -518,8 +527,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
     lca_mutex_lock(&h->placement_lock);
     std::uint64_t r = next_random(&h->placement_rng);
     lca_mutex_unlock(&h->placement_lock);
-    constexpr std::uintptr_t lo = std::uintptr_t{1} << 40, hi = std::uintptr_t{1} << 46;
-    hint = (lo + r % (hi - lo)) & ~(kSecChunk - 1);
+    hint = (secure_window() + r % kWindow) & ~(kSecChunk - 1);
   }
   char* base = static_cast<char*>(os_reserve(kSecChunk, kSecChunk, hint));
   if (!base) {

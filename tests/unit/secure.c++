@@ -545,9 +545,10 @@ START_TEST(test_chunk_placement_randomised) {
   }
   ck_assert_uint_ge(chunks.size(), 4);
   std::uintptr_t lo = *chunks.begin(), hi = *chunks.rbegin();
-  // Kernel-chosen (top-down, adjacent) placement would span a few chunks; random
-  // placement spreads them over tens of TiB.
-  ck_assert_msg(hi - lo > std::uintptr_t{64} * MiB * 1024, "chunks span only %#lx bytes",
+  // Kernel-chosen (top-down, adjacent) placement would span a few chunks (tens of
+  // MiB); random placement spreads them over a 64 GiB window (four places in it
+  // all within 1 GiB: odds below one in 10^4).
+  ck_assert_msg(hi - lo > std::uintptr_t{1024} * MiB, "chunks span only %#lx bytes",
                 static_cast<unsigned long>(hi - lo));
 }
 END_TEST
@@ -605,7 +606,12 @@ START_TEST(test_stats_and_destroy_unmaps) {
     alloc.trim();
     for (int i = 0; i < 10; ++i) alloc.allocate(i * 1000);  // left live: the destructor unmaps them
   }
-  ck_assert_uint_eq(lca::os_mapped_bytes(), before);
+  // Everything the heap mapped is gone; what may remain is process-wide: leaves of
+  // the chunk map (16 KiB per 8 GiB of the 64 GiB placement window, 8 at most) and
+  // the large-block table (12 KiB for 256 blocks).
+  std::size_t after = lca::os_mapped_bytes();
+  ck_assert_msg(after <= before + 8 * 16 * KiB + 12 * KiB, "%zu bytes still mapped after destruction",
+                after - before);
 }
 END_TEST
 
