@@ -62,6 +62,22 @@ tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 	-Wno-maybe-uninitialized
 tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
+# The secure build's malloc and new under LD_PRELOAD, one misuse per case (issue
+# 13; skips unless --enable-secure).  The victim is a plain program, not linked
+# with libcalloc: the preloaded library is its malloc.
+if CALLOC_OVERRIDE
+calloc_script_tests += tests/integration/secure-malloc.sh
+endif
+check_PROGRAMS += tests/integration/secure-victim
+tests_integration_secure_victim_SOURCES = tests/integration/secure-victim.c++
+tests_integration_secure_victim_CPPFLAGS =
+tests_integration_secure_victim_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) \
+	-Wno-use-after-free -Wno-free-nonheap-object -Wno-array-bounds -Wno-stringop-overflow \
+	-Wno-mismatched-new-delete
+tests_integration_secure_victim_LDFLAGS = -no-install
+tests_integration_secure_victim_LDADD = -ldl
+EXTRA_DIST += tests/integration/secure-malloc.sh
+
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh
