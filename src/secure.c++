@@ -768,11 +768,56 @@ void slab_free(ChunkMeta* m, void* p, std::size_t size, std::size_t alignment, c
 // The class for a request (kNumClasses: a large block).
 inline unsigned class_for_request(std::size_t size, std::size_t alignment) {
   if (size == 0 && alignment <= 16) return 0;
-  if (size > kMaxSmall) return kNumClasses;
+  // Slabs start on page boundaries only: a larger alignment takes a mapping.
+  if (size > kMaxSmall || alignment > os_page_size()) return kNumClasses;
   unsigned c = class_for(size + kCanary);
   if (alignment > 16)
     while (c < kNumClasses && class_slot(c) % alignment) ++c;
   return c;
+}
+
+// Out of memory (RLIMIT_AS, overcommit): give back what the heap holds in reserve
+// -- every quarantined slot (checked as it leaves), every chunk with no slot in
+// use, every quarantined large block -- so that the allocation can be retried.
+// Delayed reuse is the price, paid only when memory has run out.
+void release_reserves(SecureHeap* h) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    ClassState* cs = &h->classes[c];
+    lca_mutex_lock(&cs->lock);
+    while (cs->q_count) quarantine_release(h, cs, c, --cs->q_count);
+    for (ChunkMeta** link = &cs->chunks; *link;) {
+      ChunkMeta* m = *link;
+      bool empty = true;
+      for (std::uint32_t k = 0; k < m->nslabs && empty; ++k)
+        if (m->slabs[k].active && m->slabs[k].free_slots != m->slots_per_slab) empty = false;
+      if (!empty) {
+        link = &m->next;
+        continue;
+      }
+      *link = m->next;
+      for (std::uint32_t k = 0; k < m->nslabs; ++k)
+        if (m->slabs[k].in_partial) partial_remove(cs, &m->slabs[k]);
+      if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
+        slot->store(0, std::memory_order_release);
+      h->mapped_bytes.fetch_sub(kSecChunk + m->meta_bytes, std::memory_order_relaxed);
+      os_unmap(m->base, kSecChunk);
+      os_unmap(m, m->meta_bytes);
+    }
+    lca_mutex_unlock(&cs->lock);
+  }
+  for (;;) {
+    std::uintptr_t base = 0;
+    std::size_t size = 0;
+    SecureHeap* owner = nullptr;
+    lca_mutex_lock(&g_large_lock);
+    bool any = large_evict_oldest(&base, &size, &owner);
+    lca_mutex_unlock(&g_large_lock);
+    if (!any) break;
+    if (base) {
+      os_unmap(reinterpret_cast<void*>(base), size);
+      owner->mapped_bytes.fetch_sub(size, std::memory_order_relaxed);
+    }
+  }
 }
 
 void heap_lock_all(SecureHeap* h) {
@@ -868,11 +913,13 @@ void* secure_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
     return nullptr;
   }
   unsigned c = class_for_request(size, alignment);
-  void* p;
-  if (c < kNumClasses)
-    p = slab_alloc(h, c, size, alignment > 16 ? static_cast<unsigned>(__builtin_ctzll(alignment)) : 0);
-  else
-    p = large_alloc(h, size, alignment);
+  unsigned align_log = alignment > 16 ? static_cast<unsigned>(__builtin_ctzll(alignment)) : 0;
+  void* p = c < kNumClasses ? slab_alloc(h, c, size, align_log) : large_alloc(h, size, alignment);
+  if (__builtin_expect(!p, 0)) {
+    release_reserves(h);
+    p = c < kNumClasses ? slab_alloc(h, c, size, align_log) : large_alloc(h, size, alignment);
+    if (!p) errno = ENOMEM;
+  }
   if (p && size) vg_show_clean(p, size);
   return p;
 }
@@ -950,8 +997,10 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
   }
   if (e->state != kLive) report_fatal("Use after free", p, "realloc: the large block was freed");
   large_check_slack(*e);
+  bool same = size == e->size;
   lca_mutex_unlock(&g_large_lock);
-  *out = nullptr;  // large blocks always move: the block ends at its guard page
+  // Any other size moves: the block ends at its guard page.
+  *out = same ? p : nullptr;
   return true;
 }
 
