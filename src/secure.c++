@@ -750,6 +750,9 @@ void slab_free(ChunkMeta* m, void* p, std::size_t size, std::size_t alignment, c
   check_size_alignment(p, requested, info_align(m, g), size, alignment, what);
   check_canary(m, p, requested);
   clear_bit(m->live, g);
+  // The slot is the heap's again: out of helgrind's and DRD's race checking (the
+  // heap's lock is invisible to them in Valgrind mode, vg.h++).
+  vg_hide(p, m->slot_size);
   if (c) std::memset(p, 0, requested + kCanary);  // the rest of the slot is zero already
   // Quarantine: the new entry takes a random position; the one there leaves.
   if (cs->q_count < cs->q_cap) {
@@ -979,6 +982,7 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
     }
     char* c = static_cast<char*>(p);
     std::size_t lo = old < size ? old : size;
+    if (size < old) vg_hide(c + size, old - size);
     std::memset(c + lo, 0, old + kCanary - lo);
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
