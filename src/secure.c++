@@ -1047,6 +1047,8 @@ void secure_stats_fill(SecureHeap* h, lca_stats* out) {
 }
 
 void secure_trim(SecureHeap* h) {
+  // Quarantined slots are checked and freed, empty chunks unmapped.
+  release_reserves(h);
   // Slabs with no live and no quarantined slot give their pages back (they read
   // as zero afterwards, which is what a free slot holds).
   for (auto& cs : h->classes) {

@@ -60,7 +60,9 @@ class CUSTOM_ALLOC_EXPORT SecureAllocator : public MemoryAllocator {
   void* reallocate(void* ptr, std::size_t new_size);
   void* try_realloc_inplace(void* ptr, std::size_t new_size);
   Stats get_stats() const;
-  // Returns empty slabs' pages and quarantined large blocks to the OS.
+  // Empties the quarantine (each block in it is checked for writes after free
+  // first), unmaps chunks with no live block and quarantined large blocks, and
+  // returns the pages of empty slabs to the OS.
   void trim();
 
   // Internal: the heap.
