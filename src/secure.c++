@@ -15,8 +15,9 @@
 // after the requested size hold a canary (per-process secret mixed with the
 // slot's address, first byte zero), checked on free and realloc.  Freed slots are
 // zero-filled and wait in a per-class quarantine (bounded in slots and bytes,
-// eviction at a random position); they are checked to still be zero when they
-// leave it and again when handed out (write after free), so fresh memory is zero.
+// eviction at a random position); they are checked to still be zero when handed
+// out again and when trim empties the quarantine (write after free), so fresh
+// memory is zero.
 // Slots are picked at a random position in the slab.  The pointers to ChunkMeta
 // (the radix map from chunk address to metadata) and the quarantine entries are
 // stored xor-ed with a per-process secret and their own address, and checked

@@ -9,8 +9,8 @@
 //   "Double free"        any second deallocate of a block, however late;
 //   "Invalid free"       a pointer it never returned (interior, unaligned, a
 //                        guard page, another mapping, the stack, ...);
-//   "Write after free"   a write into a freed block, found when the block leaves
-//                        the quarantine or is handed out again;
+//   "Write after free"   a write into a freed block, found when its memory is
+//                        handed out again or trim() empties the quarantine;
 //   "Use after free"     get_allocation_size/reallocate of a freed block;
 //   "Size mismatch", "Alignment mismatch"   deallocate(p, size, alignment) with
 //                        values the block was not allocated with.
