@@ -1042,7 +1042,13 @@ bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** o
   std::size_t old = 0;
   secure_usable_size_if_secure(p, &old, "realloc");
   // A block moves within its own heap.
-  if (ChunkMeta* m = chunk_lookup(p)) h = m->heap;
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    h = m->heap;
+  } else {
+    lca_mutex_lock(&g_large_lock);
+    if (LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p))) h = e->heap;
+    lca_mutex_unlock(&g_large_lock);
+  }
   void* q = secure_alloc(h, size, 16);
   if (!q) {
     *out = nullptr;
