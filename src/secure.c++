@@ -269,7 +269,7 @@ struct SecureHeap {
   std::atomic<std::size_t> allocated_bytes, freed_bytes, alloc_count, free_count;
   std::atomic<std::size_t> realloc_in_place, realloc_moved;
   std::atomic<std::size_t> mapped_bytes, large_live;
-  std::uint64_t placement_rng;  // under classes[0].lock's sibling: see new_chunk
+  std::uint64_t placement_rng;  // under placement_lock (new_chunk)
   pthread_mutex_t placement_lock;
   SecureHeap* next;
   SecureHeap* prev;
