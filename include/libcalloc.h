@@ -32,6 +32,12 @@ LCA_EXPORT void *lca_aligned_alloc(size_t alignment, size_t size);
 LCA_EXPORT int lca_posix_memalign(void **result, size_t alignment, size_t size);
 LCA_EXPORT void *lca_memalign(size_t alignment, size_t size);
 LCA_EXPORT size_t lca_usable_size(const void *ptr);
+/* C23 free_sized and free_aligned_sized (exported as those names too, with the
+   override): size (and alignment) must be what the block was allocated with.  A
+   build configured with --enable-secure checks them and aborts with "Size
+   mismatch" or "Alignment mismatch"; otherwise they free like lca_free.  */
+LCA_EXPORT void lca_free_sized(void *ptr, size_t size);
+LCA_EXPORT void lca_free_aligned_sized(void *ptr, size_t alignment, size_t size);
 
 /* Counters of the process heap (the one behind malloc).  They are kept per thread
    and summed on read: exact when the other threads are quiet.  */

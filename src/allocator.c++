@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "os.h++"
+#include "secure.h++"
 #include "stats.h++"
 #include "tcache.h++"
 
@@ -46,17 +47,30 @@ void* MemoryAllocator::allocate(std::size_t size, std::size_t alignment) {
     return nullptr;
   }
   if (alignment < ALIGNMENT) alignment = ALIGNMENT;
+#if CALLOC_SECURE
+  // --enable-secure: the process heap is the hardened heap, as malloc's is.
+  if (domain_ == &lca::g_process_domain) {
+    lca::SecureHeap* h = lca::secure_process_heap();
+    return h ? lca::secure_alloc(h, size, alignment) : (errno = ENOMEM, nullptr);
+  }
+#endif
   void* p = lca::domain_alloc(domain_, size, alignment);
   if (!p) errno = ENOMEM;
   return p;
 }
 
 void MemoryAllocator::deallocate(void* ptr) {
+#if CALLOC_SECURE
+  if (ptr && lca::secure_free_if_secure(ptr, lca::kAnySize, lca::kAnyAlignment, "deallocate")) return;
+#endif
   if (ptr) lca::block_free(ptr);
 }
 
 std::size_t MemoryAllocator::get_allocation_size(void* ptr) const {
   if (!ptr) return 0;
+#if CALLOC_SECURE
+  if (std::size_t n; lca::secure_usable_size_if_secure(ptr, &n, "get_allocation_size")) return n;
+#endif
   return lca::block_usable_size(ptr, "get_allocation_size");
 }
 
@@ -70,6 +84,12 @@ void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {
     errno = ENOMEM;
     return nullptr;
   }
+#if CALLOC_SECURE
+  if (void* out; lca::secure_realloc_if_secure(lca::secure_process_heap(), ptr, new_size, &out)) {
+    if (!out) errno = ENOMEM;
+    return out;
+  }
+#endif
   lca::ResizeResult how;
   void* p = lca::block_realloc(domain_, ptr, new_size, true, &how);
   if (!p) errno = ENOMEM;
@@ -78,13 +98,21 @@ void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {
 
 void* MemoryAllocator::try_realloc_inplace(void* ptr, std::size_t new_size) {
   if (!ptr || new_size == 0 || new_size > kMaxRequest) return nullptr;
+#if CALLOC_SECURE
+  if (void* out; lca::secure_resize_in_place_if_secure(ptr, new_size, &out)) return out;
+#endif
   lca::ResizeResult how;
   return lca::block_realloc(domain_, ptr, new_size, false, &how);
 }
 
 MemoryAllocator::Stats MemoryAllocator::get_stats() const {
   lca_stats s{};
-  lca::stats_fill(domain_, &s);
+#if CALLOC_SECURE
+  if (domain_ == &lca::g_process_domain && lca::secure_process_heap())
+    lca::secure_stats_fill(lca::secure_process_heap(), &s);
+  else
+#endif
+    lca::stats_fill(domain_, &s);
   Stats out;
   out.total_allocated = s.total_allocated;
   out.total_freed = s.total_freed;
@@ -119,6 +147,11 @@ MemoryAllocator::HugePageCoverage MemoryAllocator::huge_page_coverage() {
   return out;
 }
 
-void MemoryAllocator::trim() { lca::domain_trim(domain_); }
+void MemoryAllocator::trim() {
+#if CALLOC_SECURE
+  if (domain_ == &lca::g_process_domain && lca::secure_process_heap()) lca::secure_trim(lca::secure_process_heap());
+#endif
+  lca::domain_trim(domain_);
+}
 
 }  // namespace custom_alloc

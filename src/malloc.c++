@@ -18,6 +18,7 @@
 #include "config.h"
 #include "options.h++"
 #include "os.h++"
+#include "secure.h++"
 #include "stats.h++"
 #include "lifecycle.h++"
 #include "tcache.h++"
@@ -27,7 +28,31 @@ using namespace lca;
 
 namespace {
 
+#if CALLOC_SECURE
+// --enable-secure: every block of the malloc family and of operator new comes
+// from the process's secure heap (secure.c++).  These hooks are the only trace of
+// it here; without the flag they are not compiled and the paths below are as
+// they were.  A pointer the secure heap does not own (a block of an independent
+// MemoryAllocator, or garbage) goes to the core heap, which frees or reports it.
+__attribute__((noinline)) void* secure_malloc(std::size_t size, std::size_t alignment) {
+  SecureHeap* h = secure_process_heap();
+  if (!h) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return secure_alloc(h, size, alignment);
+}
+__attribute__((noinline)) void secure_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
+  int saved = errno;
+  if (!secure_free_if_secure(p, size, alignment, what)) block_free(p);
+  errno = saved;
+}
+#endif
+
 __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
+#if CALLOC_SECURE
+  return secure_malloc(size, alignment);
+#endif
   if (size > kMaxRequest) {
     errno = ENOMEM;
     return nullptr;
@@ -38,6 +63,9 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
 }
 
 inline void* fast_malloc(std::size_t size) {
+#if CALLOC_SECURE
+  return secure_malloc(size, 16);
+#endif
   Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
   if (__builtin_expect(size <= kSlabMax, 1)) {
     unsigned c = size_to_class(size);
@@ -74,7 +102,12 @@ inline void* fast_malloc(std::size_t size) {
   return malloc_slow(size, 16);
 }
 
-inline void fast_free(void* p) { block_free(p); }
+inline void fast_free(void* p) {
+#if CALLOC_SECURE
+  return secure_free(p, kAnySize, kAnyAlignment, "free");
+#endif
+  block_free(p);
+}
 
 void* aligned_malloc(std::size_t alignment, std::size_t size) {
   if (!is_power_of_two(alignment)) {
@@ -91,6 +124,9 @@ void* calloc_impl(std::size_t count, std::size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
+#if CALLOC_SECURE
+  return secure_malloc(total, 16);  // secure blocks are zero-filled
+#endif
   if (total > kLargeThreshold && !on_valgrind()) {
     // A fresh mapping is zero already: skip the memset when the block is one.
     bool zero = false;
@@ -147,6 +183,12 @@ LCA_EXPORT void* lca_realloc(void* ptr, std::size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
+#if CALLOC_SECURE
+  if (void* out; secure_realloc_if_secure(secure_process_heap(), ptr, size, &out)) {
+    if (!out) errno = ENOMEM;
+    return out;
+  }
+#endif
   ResizeResult how;
   void* p = block_realloc(&g_process_domain, ptr, size, true, &how);
   if (!p) errno = ENOMEM;
@@ -186,10 +228,16 @@ LCA_EXPORT void* lca_memalign(std::size_t alignment, std::size_t size) {
 
 LCA_EXPORT std::size_t lca_usable_size(const void* ptr) {
   if (!ptr) return 0;
+#if CALLOC_SECURE
+  if (std::size_t n; secure_usable_size_if_secure(ptr, &n, "malloc_usable_size")) return n;
+#endif
   return block_usable_size(ptr, "malloc_usable_size");
 }
 
 LCA_EXPORT void lca_get_stats(struct lca_stats* out) {
+#if CALLOC_SECURE
+  if (out && secure_process_heap()) return secure_stats_fill(secure_process_heap(), out);
+#endif
   if (out) stats_fill(&g_process_domain, out);
 }
 
@@ -199,7 +247,34 @@ LCA_EXPORT void lca_get_huge_stats(struct lca_huge_stats* out) {
 
 LCA_EXPORT void lca_print_stats(int fd) { stats_print(&g_process_domain, fd); }
 
-LCA_EXPORT void lca_trim(void) { domain_trim(&g_process_domain); }
+LCA_EXPORT void lca_trim(void) {
+#if CALLOC_SECURE
+  if (secure_process_heap()) secure_trim(secure_process_heap());
+#endif
+  domain_trim(&g_process_domain);
+}
+
+// C23 free_sized and free_aligned_sized: the size (and alignment) the block was
+// allocated with.  With --enable-secure they are checked ("Size mismatch",
+// "Alignment mismatch"); otherwise they free like lca_free.
+LCA_EXPORT void lca_free_sized(void* ptr, std::size_t size) {
+  if (!ptr) return;
+#if CALLOC_SECURE
+  return secure_free(ptr, size, 16, "free_sized");
+#endif
+  (void)size;
+  fast_free(ptr);
+}
+
+LCA_EXPORT void lca_free_aligned_sized(void* ptr, std::size_t alignment, std::size_t size) {
+  if (!ptr) return;
+#if CALLOC_SECURE
+  return secure_free(ptr, size, alignment, "free_aligned_sized");
+#endif
+  (void)size;
+  (void)alignment;
+  fast_free(ptr);
+}
 
 LCA_EXPORT const char* lca_version(void) { return PACKAGE_VERSION; }
 
@@ -223,6 +298,9 @@ __attribute__((constructor)) void libcalloc_init() {
   options_init();
   if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
   pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
+#if CALLOC_SECURE
+  pthread_atfork(secure_prefork, secure_postfork_parent, secure_postfork_child);
+#endif
 }
 
 __attribute__((destructor)) void libcalloc_fini() {
@@ -244,6 +322,8 @@ void* aligned_alloc(std::size_t, std::size_t) noexcept LCA_ALIAS(lca_aligned_all
 int posix_memalign(void**, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_posix_memalign);
 void* memalign(std::size_t, std::size_t) noexcept LCA_ALIAS(lca_memalign);
 std::size_t malloc_usable_size(void*) noexcept LCA_ALIAS(lca_usable_size);
+void free_sized(void*, std::size_t) noexcept LCA_ALIAS(lca_free_sized);
+void free_aligned_sized(void*, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_free_aligned_sized);
 
 __attribute__((visibility("default"))) void* valloc(std::size_t size) noexcept { return valloc_impl(size); }
 __attribute__((visibility("default"))) void* pvalloc(std::size_t size) noexcept { return pvalloc_impl(size); }
@@ -307,16 +387,35 @@ LCA_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t al, const
   }
 }
 
+#if CALLOC_SECURE
+// Sized and aligned delete check what they are told against the block
+// ("Size mismatch", "Alignment mismatch"); a plain new has the default alignment.
+#define LCA_DELETE(p, size, al) (p ? secure_free(p, size, al, "operator delete") : void())
+#else
+#define LCA_DELETE(p, size, al) ((void)(size), (void)(al), lca_free(p))
+#endif
 LCA_NEW_EXPORT void operator delete(void* p) noexcept { lca_free(p); }
 LCA_NEW_EXPORT void operator delete[](void* p) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete(void* p, std::size_t) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete[](void* p, std::size_t) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::size_t n) noexcept { LCA_DELETE(p, n, 16); }
+LCA_NEW_EXPORT void operator delete[](void* p, std::size_t n) noexcept { LCA_DELETE(p, n, 16); }
 LCA_NEW_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { lca_free(p); }
 LCA_NEW_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete(void* p, std::size_t, std::align_val_t) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { lca_free(p); }
-LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { lca_free(p); }
+LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t al) noexcept {
+  LCA_DELETE(p, kAnySize, static_cast<std::size_t>(al));
+}
+LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t al) noexcept {
+  LCA_DELETE(p, kAnySize, static_cast<std::size_t>(al));
+}
+LCA_NEW_EXPORT void operator delete(void* p, std::size_t n, std::align_val_t al) noexcept {
+  LCA_DELETE(p, n, static_cast<std::size_t>(al));
+}
+LCA_NEW_EXPORT void operator delete[](void* p, std::size_t n, std::align_val_t al) noexcept {
+  LCA_DELETE(p, n, static_cast<std::size_t>(al));
+}
+LCA_NEW_EXPORT void operator delete(void* p, std::align_val_t al, const std::nothrow_t&) noexcept {
+  LCA_DELETE(p, kAnySize, static_cast<std::size_t>(al));
+}
+LCA_NEW_EXPORT void operator delete[](void* p, std::align_val_t al, const std::nothrow_t&) noexcept {
+  LCA_DELETE(p, kAnySize, static_cast<std::size_t>(al));
+}
 #endif

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <ctime>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 namespace lca {
@@ -149,6 +150,59 @@ bool os_advise_huge(void* addr, std::size_t size, bool want) {
 bool os_protect(void* addr, std::size_t size, bool accessible) {
   count(OsCall::protect);
   return mprotect(addr, size, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) == 0;
+}
+
+void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint) {
+  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  if (hint) {
+#ifdef MAP_FIXED_NOREPLACE
+    void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
+#else
+    void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_NONE, flags, -1, 0);
+#endif
+    if (p != MAP_FAILED) {
+      // A kernel older than MAP_FIXED_NOREPLACE takes the address as a mere hint.
+      if (reinterpret_cast<std::uintptr_t>(p) == hint) {
+        g_mapped.fetch_add(size, std::memory_order_relaxed);
+        vg_hide(p, size);
+        return p;
+      }
+      munmap(p, size);
+    }
+  }
+  if (size + alignment < size) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t span = size + alignment;
+  void* raw = mmap(nullptr, span, PROT_NONE, flags, -1, 0);
+  if (raw == MAP_FAILED) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  auto base = reinterpret_cast<std::uintptr_t>(raw);
+  std::uintptr_t aligned = (base + alignment - 1) & ~(alignment - 1);
+  std::size_t head = aligned - base;
+  std::size_t tail = span - head - size;
+  if (head) munmap(raw, head);
+  if (tail) munmap(reinterpret_cast<void*>(aligned + size), tail);
+  g_mapped.fetch_add(size, std::memory_order_relaxed);
+  vg_hide(reinterpret_cast<void*>(aligned), size);
+  return reinterpret_cast<void*>(aligned);
+}
+
+bool os_random(void* buf, std::size_t n) {
+  auto* out = static_cast<unsigned char*>(buf);
+  while (n) {
+    ssize_t got = getrandom(out, n, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    out += got;
+    n -= static_cast<std::size_t>(got);
+  }
+  return true;
 }
 
 std::uint64_t os_now_ns() {

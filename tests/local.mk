@@ -33,6 +33,9 @@ tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
 tests_unit_fork_SOURCES = tests/unit/fork.c++ tests/test-util.h++
+# SecureAllocator and the hardened heap (issue 13).
+calloc_unit_tests += tests/unit/secure
+tests_unit_secure_SOURCES = tests/unit/secure.c++ tests/test-util.h++
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
@@ -67,6 +70,22 @@ tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 	-Wno-maybe-uninitialized
 tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
+# The secure build's malloc and new under LD_PRELOAD, one misuse per case (issue
+# 13; skips unless --enable-secure).  The victim is a plain program, not linked
+# with libcalloc: the preloaded library is its malloc.
+if CALLOC_OVERRIDE
+calloc_script_tests += tests/integration/secure-malloc.sh
+endif
+check_PROGRAMS += tests/integration/secure-victim
+tests_integration_secure_victim_SOURCES = tests/integration/secure-victim.c++
+tests_integration_secure_victim_CPPFLAGS =
+tests_integration_secure_victim_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) \
+	-Wno-use-after-free -Wno-free-nonheap-object -Wno-array-bounds -Wno-stringop-overflow \
+	-Wno-mismatched-new-delete
+tests_integration_secure_victim_LDFLAGS = -no-install
+tests_integration_secure_victim_LDADD = -ldl
+EXTRA_DIST += tests/integration/secure-malloc.sh
+
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh \

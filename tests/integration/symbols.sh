@@ -51,6 +51,8 @@ awk 'NF >= 2 { name = $NF; sub(/@.*/, "", name); print $(NF-1), name }' "$tmp/nm
 awk '{ print $2 }' "$tmp/syms" | sort -u >"$tmp/names"
 
 malloc_family="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size"
+# C23 (issue 13): in every build with the override.
+malloc_family="$malloc_family free_sized free_aligned_sized"
 # operator new/delete: plain, array, nothrow, sized, aligned, aligned nothrow, sized aligned
 operators="_Znwm _Znam _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm
 _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t
@@ -66,7 +68,8 @@ if test -f "$header"; then
 else
   echo "note: $header not found, using the built-in list of lca_* functions"
   lca_functions="lca_malloc lca_calloc lca_realloc lca_reallocarray lca_free lca_aligned_alloc
-lca_posix_memalign lca_memalign lca_usable_size lca_get_stats lca_print_stats lca_trim lca_version"
+lca_posix_memalign lca_memalign lca_usable_size lca_get_stats lca_print_stats lca_trim lca_version
+lca_free_sized lca_free_aligned_sized"
 fi
 
 # The C++ API, demangled prefixes that must be present.
@@ -81,7 +84,11 @@ custom_alloc::MemoryAllocator::try_realloc_inplace(
 custom_alloc::MemoryAllocator::get_stats()
 custom_alloc::MemoryAllocator::trim()
 vtable for custom_alloc::MemoryAllocator
-typeinfo for custom_alloc::MemoryAllocator"
+typeinfo for custom_alloc::MemoryAllocator
+custom_alloc::SecureAllocator::SecureAllocator()
+custom_alloc::SecureAllocator::allocate(
+custom_alloc::SecureAllocator::deallocate(
+vtable for custom_alloc::SecureAllocator"
 
 status=0
 fail() {

@@ -1,0 +1,1164 @@
+// secure.c++ -- the hardened heap: SecureAllocator's in every build, malloc's with
+// --enable-secure.
+//
+// It shares no code path with the core heap (span, arena, tcache), whose free
+// links live inside freed objects: here nothing about the heap is stored in the
+// memory users can reach.  Small and medium blocks (up to 65528 bytes) live in
+// slots of 45 size classes; each 4 MiB chunk serves one class and is reserved
+// no-access at a random address (getrandom), then opened one slab at a time (64
+// KiB or 8 slots, whichever is larger), every slab between no-access guard
+// pages, slabs opened in random order.  The state of each slot is three bits in
+// bitmaps kept in a separate mapping (the chunk's ChunkMeta): `ever` (handed out
+// once), `used` (live or in quarantine), `live`; plus the requested size and
+// alignment.  So a double free is exact, and a pointer into a guard, the middle of
+// a slot, an unopened slab or a never-used slot is an invalid free.  The 8 bytes
+// after the requested size hold a canary (per-process secret mixed with the
+// slot's address, first byte zero), checked on free and realloc.  Freed slots are
+// zero-filled and wait in a per-class quarantine (bounded in slots and bytes,
+// eviction at a random position); they are checked to still be zero when handed
+// out again and when trim empties the quarantine (write after free), so fresh
+// memory is zero.
+// Slots are picked at a random position in the slab.  The pointers to ChunkMeta
+// (the radix map from chunk address to metadata) and the quarantine entries are
+// stored xor-ed with a per-process secret and their own address, and checked
+// against a magic word on use: a forged entry is reported, not followed.
+// Size 0 gets a slot in a chunk that is never opened (no access at all).
+// Large blocks get a mapping of their own between two no-access guard pages, the
+// block ending at the trailing guard (rounded to 16 bytes); the slack on either
+// side is filled with canary bytes and checked on free.  A freed large block is
+// made no-access and its pages returned (MADV_DONTNEED); it stays reserved, in a
+// bounded quarantine, so a later use faults and a double free is named; then it
+// is unmapped.  Locks: one per size class per heap, one for large blocks.
+// docs/design.md ("Secure heap") gives the thresholds and their measurements,
+// docs/SECURITY.md the threat model.
+#include "secure.h++"
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <new>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <libcalloc.h>
+
+#include "os.h++"
+#include "report.h++"
+#include "vg.h++"
+
+namespace lca {
+namespace {
+
+constexpr std::size_t kSecChunk = std::size_t{4} << 20;
+constexpr unsigned kNumClasses = 45;       // class 0: size 0; classes 1..44: 16 B .. 64 KiB
+constexpr std::size_t kMaxSlot = 65536;
+constexpr std::size_t kCanary = 8;         // canary bytes after each small block
+constexpr std::size_t kMaxSmall = kMaxSlot - kCanary;
+constexpr std::size_t kMinSlab = 64 * 1024;
+constexpr unsigned kMinSlotsPerSlab = 8;
+constexpr unsigned kQuarantineMax = 256;                 // slots per class
+constexpr std::size_t kQuarantineBytes = 256 * 1024;     // bytes per class
+constexpr unsigned kLargeQuarantine = 64;                // large blocks, process-wide
+
+// Slot size of class c: multiples of 16 up to 128, then four per doubling.
+constexpr std::size_t class_slot(unsigned c) {
+  if (c == 0) return 16;
+  if (c <= 8) return std::size_t{16} * c;
+  unsigned j = c - 9, k = 7 + j / 4, sub = j % 4;
+  return (std::size_t{1} << k) + (sub + 1) * (std::size_t{1} << (k - 2));
+}
+static_assert(class_slot(44) == kMaxSlot);
+static_assert(class_slot(9) == 160 && class_slot(12) == 256 && class_slot(13) == 320);
+
+// The class for n bytes (slot content: request plus canary), 1 <= n <= kMaxSlot.
+inline unsigned class_for(std::size_t n) {
+  if (n <= 128) return static_cast<unsigned>((n + 15) >> 4);
+  unsigned k = 63u - static_cast<unsigned>(__builtin_clzll(n - 1));
+  std::size_t step = std::size_t{1} << (k - 2);
+  auto sub = static_cast<unsigned>((n - 1 - (std::size_t{1} << k)) / step);
+  return 9 + (k - 7) * 4 + sub;
+}
+
+// --- secrets and randomness ------------------------------------------------------
+
+struct Secrets {
+  std::uint64_t canary;  // mixed with a slot's address into its canary
+  std::uint64_t meta;    // encodes metadata pointers
+  std::uint64_t seed;    // first rng seed
+};
+constinit Secrets g_secrets{};
+constinit std::atomic<int> g_secrets_state{0};  // 0 none, 1 making, 2 ready
+
+inline std::uint64_t mix64(std::uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+const Secrets& secrets() {
+  if (__builtin_expect(g_secrets_state.load(std::memory_order_acquire) == 2, 1)) return g_secrets;
+  int expected = 0;
+  if (g_secrets_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+    Secrets s{};
+    if (!os_random(&s, sizeof s)) {
+      // No getrandom (seccomp, very old kernel): weaker, but still per process.
+      timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      std::uint64_t x = static_cast<std::uint64_t>(ts.tv_nsec) ^ (static_cast<std::uint64_t>(getpid()) << 32) ^
+                        reinterpret_cast<std::uintptr_t>(&ts);
+      s.canary = mix64(x);
+      s.meta = mix64(x + 1);
+      s.seed = mix64(x + 2);
+    }
+    s.meta |= 1;  // never zero: a zero entry means "no chunk"
+    g_secrets = s;
+    g_secrets_state.store(2, std::memory_order_release);
+  } else {
+    while (g_secrets_state.load(std::memory_order_acquire) != 2) sched_yield();
+  }
+  return g_secrets;
+}
+
+// The canary after the block in the slot at `slot`: first byte (lowest, on a
+// little-endian machine the first in memory) zero, so a string read stops there.
+inline std::uint64_t canary_for(std::uintptr_t slot) {
+  return mix64(secrets().canary ^ slot) & ~std::uint64_t{0xff};
+}
+
+// xorshift64*: per class, under its lock.
+inline std::uint64_t next_random(std::uint64_t* state) {
+  std::uint64_t x = *state;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *state = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+// A random number below n without a division (Lemire's multiply-shift).
+inline std::uint32_t random_below(std::uint64_t* state, std::uint32_t n) {
+  return static_cast<std::uint32_t>(((next_random(state) >> 32) * n) >> 32);
+}
+
+// --- chunk metadata ----------------------------------------------------------------
+
+struct ChunkMeta;
+struct SlabMeta {
+  ChunkMeta* chunk;
+  SlabMeta* next;  // in the class's list of slabs with free slots
+  SlabMeta* prev;
+  std::uint32_t index;
+  std::uint32_t free_slots;  // neither live nor quarantined
+  bool active;               // opened (read-write)
+  bool in_partial;
+};
+
+struct ChunkMeta {
+  std::uintptr_t check;  // (uintptr_t)this ^ meta secret ^ base
+  char* base;
+  SecureHeap* heap;
+  unsigned cls;
+  std::uint32_t slot_size;
+  std::uint32_t slots_per_slab;
+  std::uint32_t nslabs;
+  std::uint32_t inactive;  // slabs not opened yet
+  std::size_t slab_bytes;
+  std::size_t stride;      // slab plus its guard page
+  std::size_t meta_bytes;
+  ChunkMeta* next;         // the class's chunks
+  SlabMeta* slabs;
+  std::uint64_t* ever;
+  std::uint64_t* used;
+  std::uint64_t* live;
+  std::uint32_t* info;     // requested size (low 16 bits), log2 of a requested alignment > 16 (bits 16..23)
+};
+
+inline bool bit(const std::uint64_t* bm, std::uint32_t i) { return (bm[i >> 6] >> (i & 63)) & 1; }
+inline void set_bit(std::uint64_t* bm, std::uint32_t i) { bm[i >> 6] |= std::uint64_t{1} << (i & 63); }
+inline void clear_bit(std::uint64_t* bm, std::uint32_t i) { bm[i >> 6] &= ~(std::uint64_t{1} << (i & 63)); }
+
+// The first clear bit in [a, b), or b.
+std::uint32_t first_clear(const std::uint64_t* bm, std::uint32_t a, std::uint32_t b) {
+  while (a < b) {
+    std::uint32_t sh = a & 63;
+    std::uint64_t inv = ~bm[a >> 6] >> sh;
+    if (inv) {
+      std::uint32_t pos = a + static_cast<std::uint32_t>(__builtin_ctzll(inv));
+      return pos < b ? pos : b;
+    }
+    a += 64 - sh;
+  }
+  return b;
+}
+
+// --- the radix map: chunk address -> encoded ChunkMeta* -----------------------------
+// 47-bit addresses: 14 bits pick a leaf (8 GiB each), 11 bits a 4 MiB chunk in it.
+constexpr unsigned kRadixTopBits = 14;
+constexpr unsigned kRadixLeafBits = 11;
+using RadixLeaf = std::atomic<std::uintptr_t>[std::size_t{1} << kRadixLeafBits];
+constinit std::atomic<RadixLeaf*> g_radix[std::size_t{1} << kRadixTopBits]{};
+constinit pthread_mutex_t g_radix_lock = PTHREAD_MUTEX_INITIALIZER;
+
+inline std::atomic<std::uintptr_t>* radix_slot(std::uintptr_t addr, bool create) {
+  if (addr >> 47) return nullptr;
+  std::size_t top = addr >> (22 + kRadixLeafBits);
+  RadixLeaf* leaf = g_radix[top].load(std::memory_order_acquire);
+  if (!leaf) {
+    if (!create) return nullptr;
+    lca_mutex_lock(&g_radix_lock);
+    leaf = g_radix[top].load(std::memory_order_acquire);
+    if (!leaf) {
+      leaf = static_cast<RadixLeaf*>(os_map(sizeof(RadixLeaf)));
+      if (leaf) g_radix[top].store(leaf, std::memory_order_release);
+    }
+    lca_mutex_unlock(&g_radix_lock);
+    if (!leaf) return nullptr;
+  }
+  return &(*leaf)[(addr >> 22) & ((std::size_t{1} << kRadixLeafBits) - 1)];
+}
+
+inline std::uintptr_t encode_meta(const ChunkMeta* m, std::uintptr_t base) {
+  return reinterpret_cast<std::uintptr_t>(m) ^ secrets().meta ^ base;
+}
+
+// The metadata of the secure chunk holding p, or nullptr.  A radix entry or a
+// ChunkMeta that does not decode to a consistent pair is corruption.
+ChunkMeta* chunk_lookup(const void* p) {
+  auto addr = reinterpret_cast<std::uintptr_t>(p);
+  std::atomic<std::uintptr_t>* slot = radix_slot(addr, false);
+  if (!slot) return nullptr;
+  std::uintptr_t v = slot->load(std::memory_order_acquire);
+  if (!v) return nullptr;
+  std::uintptr_t base = addr & ~(kSecChunk - 1);
+  auto* m = reinterpret_cast<ChunkMeta*>(v ^ secrets().meta ^ base);
+  if ((reinterpret_cast<std::uintptr_t>(m) & 7) != 0 || reinterpret_cast<std::uintptr_t>(m) >> 47)
+    report_fatal("Corrupted heap metadata", p, "the secure heap's chunk map entry does not decode");
+  if (m->check != (reinterpret_cast<std::uintptr_t>(m) ^ secrets().meta ^ base) ||
+      reinterpret_cast<std::uintptr_t>(m->base) != base)
+    report_fatal("Corrupted heap metadata", p, "the secure heap's chunk descriptor fails its check");
+  return m;
+}
+
+// --- heaps -----------------------------------------------------------------------------
+
+inline void bump(std::atomic<std::size_t>& c, std::size_t n) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+struct ClassState {
+  pthread_mutex_t lock;
+  ChunkMeta* chunks;
+  SlabMeta* partial;  // active slabs with free slots
+  std::uint64_t rng;
+  // Counters, written under the lock (plain load and store: no atomic
+  // read-modify-write on the hot path), read without it by the statistics.
+  std::atomic<std::size_t> allocs, frees, alloc_bytes, free_bytes;
+  std::uint32_t q_count;
+  std::uint32_t q_cap;
+  std::uintptr_t quarantine[kQuarantineMax];  // slot address ^ meta secret ^ &entry
+};
+
+}  // namespace
+
+struct SecureHeap {
+  ClassState classes[kNumClasses];
+  std::atomic<std::size_t> allocated_bytes, freed_bytes, alloc_count, free_count;
+  std::atomic<std::size_t> realloc_in_place, realloc_moved;
+  std::atomic<std::size_t> mapped_bytes, large_live;
+  std::uint64_t placement_rng;  // under placement_lock (new_chunk)
+  pthread_mutex_t placement_lock;
+  SecureHeap* next;
+  SecureHeap* prev;
+  std::size_t self_bytes;
+};
+
+namespace {
+
+constinit pthread_mutex_t g_heaps_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit SecureHeap* g_heaps = nullptr;
+constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
+
+// --- large blocks (process-wide table) -----------------------------------------------
+
+enum : std::uint8_t { kEmpty = 0, kLive = 1, kQuarantined = 2, kGone = 3 };
+
+struct LargeEntry {
+  std::uintptr_t user;
+  std::uintptr_t base;
+  std::size_t map_size;
+  std::size_t size;
+  SecureHeap* heap;
+  std::uint8_t align_log;
+  std::uint8_t state;
+};
+
+struct LargeTable {
+  LargeEntry* slots;
+  std::size_t cap;    // a power of two
+  std::size_t count;  // live + quarantined
+  std::size_t gone;   // tombstones
+  std::uintptr_t ring[kLargeQuarantine];  // quarantined user pointers, oldest at ring_head
+  unsigned ring_head, ring_count;
+};
+constinit pthread_mutex_t g_large_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit LargeTable g_large{};
+
+inline std::size_t large_hash(std::uintptr_t u) { return static_cast<std::size_t>(mix64(u >> 4)); }
+
+LargeEntry* large_find(std::uintptr_t u) {
+  if (!g_large.cap) return nullptr;
+  std::size_t mask = g_large.cap - 1;
+  for (std::size_t i = large_hash(u) & mask;; i = (i + 1) & mask) {
+    LargeEntry* e = &g_large.slots[i];
+    if (e->state == kEmpty) return nullptr;
+    if (e->state != kGone && e->user == u) return e;
+  }
+}
+
+// Makes room for one more entry (under g_large_lock); false when out of memory.
+bool large_reserve() {
+  if (g_large.cap && (g_large.count + g_large.gone + 1) * 4 < g_large.cap * 3) return true;
+  std::size_t cap = g_large.cap ? g_large.cap : 256;
+  while ((g_large.count + 1) * 2 > cap) cap *= 2;
+  auto* slots = static_cast<LargeEntry*>(os_map(cap * sizeof(LargeEntry)));
+  if (!slots) return false;
+  for (std::size_t i = 0; i < g_large.cap; ++i) {
+    LargeEntry& e = g_large.slots[i];
+    if (e.state != kLive && e.state != kQuarantined) continue;
+    for (std::size_t j = large_hash(e.user) & (cap - 1);; j = (j + 1) & (cap - 1))
+      if (slots[j].state == kEmpty) {
+        slots[j] = e;
+        break;
+      }
+  }
+  if (g_large.slots) os_unmap(g_large.slots, g_large.cap * sizeof(LargeEntry));
+  g_large.slots = slots;
+  g_large.cap = cap;
+  g_large.gone = 0;
+  return true;
+}
+
+// Byte i of the pattern in a large block's slack (trailing slack: byte 0 is zero).
+inline unsigned char slack_byte(std::uint64_t canary, std::size_t i) {
+  return static_cast<unsigned char>(canary >> ((i & 7) * 8));
+}
+
+void large_check_slack(const LargeEntry& e) {
+  std::size_t page = os_page_size();
+  std::uint64_t c = canary_for(e.base);
+  auto* data = reinterpret_cast<const unsigned char*>(e.base + page);
+  auto* user = reinterpret_cast<const unsigned char*>(e.user);
+  for (const unsigned char* q = data; q < user; ++q)
+    if (*q != slack_byte(c, static_cast<std::size_t>(user - q)))
+      report_fatal("Canary corrupted", reinterpret_cast<const void*>(e.user),
+                   "a write before the start of a large block (underflow)");
+  const unsigned char* end = reinterpret_cast<const unsigned char*>(e.base + e.map_size - page);
+  for (const unsigned char* q = user + e.size; q < end; ++q)
+    if (*q != slack_byte(c, static_cast<std::size_t>(q - (user + e.size))))
+      report_fatal("Canary corrupted", reinterpret_cast<const void*>(e.user),
+                   "a write past the end of a large block (overflow)");
+}
+
+void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
+  std::size_t page = os_page_size();
+  std::size_t a = alignment < 16 ? 16 : alignment;
+  std::size_t data = align_up(size + (a > page ? a : 0), page);
+  std::size_t map_size = data + 2 * page;
+  if (data < size || map_size < data) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  char* base = static_cast<char*>(os_reserve(map_size, page, 0));
+  if (!base) return nullptr;
+  if (!os_protect(base + page, data, true)) {
+    os_unmap(base, map_size);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::uintptr_t end = reinterpret_cast<std::uintptr_t>(base) + page + data;
+  std::uintptr_t user = (end - size) & ~(a - 1);
+  LargeEntry e{user, reinterpret_cast<std::uintptr_t>(base), map_size, size, h,
+               static_cast<std::uint8_t>(a > 16 ? __builtin_ctzll(a) : 0), kLive};
+  std::uint64_t c = canary_for(e.base);
+  auto* d = reinterpret_cast<unsigned char*>(base + page);
+  auto* u = reinterpret_cast<unsigned char*>(user);
+  for (unsigned char* q = d; q < u; ++q) *q = slack_byte(c, static_cast<std::size_t>(u - q));
+  for (unsigned char* q = u + size; q < reinterpret_cast<unsigned char*>(end); ++q)
+    *q = slack_byte(c, static_cast<std::size_t>(q - (u + size)));
+  lca_mutex_lock(&g_large_lock);
+  if (!large_reserve()) {
+    lca_mutex_unlock(&g_large_lock);
+    os_unmap(base, map_size);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t mask = g_large.cap - 1;
+  for (std::size_t i = large_hash(user) & mask;; i = (i + 1) & mask) {
+    LargeEntry& s = g_large.slots[i];
+    if (s.state == kEmpty || s.state == kGone) {
+      if (s.state == kGone) --g_large.gone;
+      s = e;
+      break;
+    }
+  }
+  ++g_large.count;
+  lca_mutex_unlock(&g_large_lock);
+  h->mapped_bytes.fetch_add(map_size, std::memory_order_relaxed);
+  h->large_live.fetch_add(1, std::memory_order_relaxed);
+  h->allocated_bytes.fetch_add(size, std::memory_order_relaxed);
+  h->alloc_count.fetch_add(1, std::memory_order_relaxed);
+  return reinterpret_cast<void*>(user);
+}
+
+// Removes the oldest quarantined large block from the ring and the table (under
+// the lock); its mapping is returned in *base / *size for the caller to unmap.
+bool large_evict_oldest(std::uintptr_t* base, std::size_t* size, SecureHeap** heap) {
+  if (!g_large.ring_count) return false;
+  std::uintptr_t u = g_large.ring[g_large.ring_head];
+  g_large.ring_head = (g_large.ring_head + 1) % kLargeQuarantine;
+  --g_large.ring_count;
+  LargeEntry* e = large_find(u);
+  if (!e || e->state != kQuarantined) return true;  // its heap was destroyed meanwhile
+  *base = e->base;
+  *size = e->map_size;
+  *heap = e->heap;
+  e->state = kGone;
+  --g_large.count;
+  ++g_large.gone;
+  return true;
+}
+
+void check_size_alignment(const void* p, std::size_t requested, unsigned align_log, std::size_t size,
+                          std::size_t alignment, const char* what) {
+  char detail[160];
+  if (size != kAnySize && size != requested) {
+    Writer w{detail, sizeof detail};
+    w.str(what).str(" was given size ").num(size).str(", the block was allocated with ").num(requested);
+    detail[w.len] = '\0';
+    report_fatal("Size mismatch", p, detail);
+  }
+  if (alignment != kAnyAlignment) {
+    std::size_t had = align_log ? std::size_t{1} << align_log : 16;
+    std::size_t given = alignment < 16 ? 16 : alignment;
+    if (had != given) {
+      Writer w{detail, sizeof detail};
+      w.str(what).str(" was given alignment ").num(alignment).str(", the block was allocated with ");
+      if (align_log)
+        w.num(had);
+      else
+        w.str("the default alignment");
+      detail[w.len] = '\0';
+      report_fatal("Alignment mismatch", p, detail);
+    }
+  }
+}
+
+// Frees a large block: false when p is not one.
+bool large_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
+  auto u = reinterpret_cast<std::uintptr_t>(p);
+  lca_mutex_lock(&g_large_lock);
+  LargeEntry* e = large_find(u);
+  if (!e) {
+    lca_mutex_unlock(&g_large_lock);
+    return false;
+  }
+  if (e->state == kQuarantined) report_fatal("Double free", p, "the large block was freed already");
+  check_size_alignment(p, e->size, e->align_log, size, alignment, what);
+  large_check_slack(*e);
+  e->state = kQuarantined;
+  LargeEntry copy = *e;
+  lca_mutex_unlock(&g_large_lock);
+
+  std::size_t page = os_page_size();
+  void* data = reinterpret_cast<void*>(copy.base + page);
+  os_protect(data, copy.map_size - 2 * page, false);
+  os_purge(data, copy.map_size - 2 * page);
+  copy.heap->freed_bytes.fetch_add(copy.size, std::memory_order_relaxed);
+  copy.heap->free_count.fetch_add(1, std::memory_order_relaxed);
+  copy.heap->large_live.fetch_sub(1, std::memory_order_relaxed);
+
+  std::uintptr_t old_base = 0;
+  std::size_t old_size = 0;
+  SecureHeap* old_heap = nullptr;
+  lca_mutex_lock(&g_large_lock);
+  if (g_large.ring_count == kLargeQuarantine) large_evict_oldest(&old_base, &old_size, &old_heap);
+  g_large.ring[(g_large.ring_head + g_large.ring_count) % kLargeQuarantine] = u;
+  ++g_large.ring_count;
+  lca_mutex_unlock(&g_large_lock);
+  if (old_base) {
+    os_unmap(reinterpret_cast<void*>(old_base), old_size);
+    old_heap->mapped_bytes.fetch_sub(old_size, std::memory_order_relaxed);
+  }
+  return true;
+}
+
+// --- slabs ----------------------------------------------------------------------------
+
+inline void* slot_addr(const ChunkMeta* m, std::uint32_t slab, std::uint32_t i) {
+  return m->base + os_page_size() + slab * m->stride + std::size_t{i} * m->slot_size;
+}
+
+// Chunks are placed at random in a 64 GiB window of the address space, itself at
+// a random 64 GiB-aligned place in [1 TiB, 64 TiB): 16384 places for a chunk in
+// ~1000 windows, and the radix map needs at most 8 leaves (16 KiB each) for it.
+constexpr std::uintptr_t kWindow = std::uintptr_t{64} << 30;
+std::uintptr_t secure_window() {
+  constexpr std::uintptr_t lo = std::uintptr_t{1} << 40, hi = std::uintptr_t{1} << 46;
+  return lo + (mix64(secrets().seed) % ((hi - lo) / kWindow)) * kWindow;
+}
+
+// A new chunk for class c of h (under the class lock); nullptr when out of memory.
+ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
+  const std::size_t page = os_page_size();
+  const std::size_t slot = class_slot(c);
+  std::size_t slab_bytes, nslabs;
+  if (c == 0) {
+    slab_bytes = kSecChunk - 2 * page;
+    nslabs = 1;
+  } else {
+    slab_bytes = align_up(slot * kMinSlotsPerSlab > kMinSlab ? slot * kMinSlotsPerSlab : kMinSlab, page);
+    nslabs = (kSecChunk - page) / (slab_bytes + page);
+  }
+  const auto spp = static_cast<std::uint32_t>(slab_bytes / slot);
+  const std::size_t total = nslabs * spp;
+  const std::size_t words = (total + 63) / 64;
+  std::size_t meta_bytes = align_up(sizeof(ChunkMeta), 16) + align_up(nslabs * sizeof(SlabMeta), 16) +
+                           3 * words * 8 + (c ? total * 4 : 0);
+  meta_bytes = align_up(meta_bytes, page);
+  char* meta_mem = static_cast<char*>(os_map(meta_bytes));
+  if (!meta_mem) return nullptr;
+
+  // Random placement: a 4 MiB-aligned address in the process's window when the kernel
+  // takes it, else where the kernel puts it.  (Not under Valgrind or ASan, whose
+  // address-space managers and shadow memory own parts of that range.)
+  std::uintptr_t hint = 0;
+  if (!on_valgrind()) {
+    lca_mutex_lock(&h->placement_lock);
+    std::uint64_t r = next_random(&h->placement_rng);
+    lca_mutex_unlock(&h->placement_lock);
+    hint = (secure_window() + r % kWindow) & ~(kSecChunk - 1);
+  }
+  char* base = static_cast<char*>(os_reserve(kSecChunk, kSecChunk, hint));
+  if (!base) {
+    os_unmap(meta_mem, meta_bytes);
+    return nullptr;
+  }
+  std::atomic<std::uintptr_t>* rslot = radix_slot(reinterpret_cast<std::uintptr_t>(base), true);
+  if (!rslot) {
+    os_unmap(base, kSecChunk);
+    os_unmap(meta_mem, meta_bytes);
+    return nullptr;
+  }
+  auto* m = reinterpret_cast<ChunkMeta*>(meta_mem);
+  char* q = meta_mem + align_up(sizeof(ChunkMeta), 16);
+  m->slabs = reinterpret_cast<SlabMeta*>(q);
+  q += align_up(nslabs * sizeof(SlabMeta), 16);
+  m->ever = reinterpret_cast<std::uint64_t*>(q);
+  m->used = m->ever + words;
+  m->live = m->used + words;
+  m->info = c ? reinterpret_cast<std::uint32_t*>(m->live + words) : nullptr;
+  m->base = base;
+  m->heap = h;
+  m->cls = c;
+  m->slot_size = static_cast<std::uint32_t>(slot);
+  m->slots_per_slab = spp;
+  m->nslabs = static_cast<std::uint32_t>(nslabs);
+  m->inactive = m->nslabs;
+  m->slab_bytes = slab_bytes;
+  m->stride = slab_bytes + page;
+  m->meta_bytes = meta_bytes;
+  for (std::uint32_t i = 0; i < nslabs; ++i) {
+    m->slabs[i].chunk = m;
+    m->slabs[i].index = i;
+  }
+  m->check = reinterpret_cast<std::uintptr_t>(m) ^ secrets().meta ^ reinterpret_cast<std::uintptr_t>(base);
+  rslot->store(encode_meta(m, reinterpret_cast<std::uintptr_t>(base)), std::memory_order_release);
+  m->next = h->classes[c].chunks;
+  h->classes[c].chunks = m;
+  h->mapped_bytes.fetch_add(kSecChunk + meta_bytes, std::memory_order_relaxed);
+  return m;
+}
+
+void partial_push(ClassState* cs, SlabMeta* s) {
+  s->prev = nullptr;
+  s->next = cs->partial;
+  if (cs->partial) cs->partial->prev = s;
+  cs->partial = s;
+  s->in_partial = true;
+}
+
+void partial_remove(ClassState* cs, SlabMeta* s) {
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    cs->partial = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->next = s->prev = nullptr;
+  s->in_partial = false;
+}
+
+// Opens a slab at a random position of a chunk of the class (a new chunk when all
+// are open); nullptr when out of memory.
+SlabMeta* open_slab(SecureHeap* h, unsigned c) {
+  ClassState* cs = &h->classes[c];
+  ChunkMeta* m = cs->chunks;
+  while (m && !m->inactive) m = m->next;
+  if (!m && !(m = new_chunk(h, c))) return nullptr;
+  std::uint32_t start = random_below(&cs->rng, m->nslabs);
+  std::uint32_t k = start;
+  while (m->slabs[k].active) k = (k + 1) % m->nslabs;
+  SlabMeta* s = &m->slabs[k];
+  if (c != 0 && !os_protect(slot_addr(m, k, 0), m->slab_bytes, true)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  s->active = true;
+  s->free_slots = m->slots_per_slab;
+  --m->inactive;
+  partial_push(cs, s);
+  return s;
+}
+
+// Reports unless the n bytes at p are all zero.
+void check_zero(const void* p, std::size_t n, const char* detail) {
+  // OR-reduce without an early exit: the compiler vectorises it.
+  const auto* w = static_cast<const std::uint64_t*>(p);
+  std::uint64_t acc = 0;
+  for (std::size_t i = 0; i < n / 8; ++i) acc |= w[i];
+  if (acc) report_fatal("Write after free", p, detail);
+}
+
+// A slot leaves the quarantine (under the class lock) and becomes free.  With
+// `check`, it must still be zero; otherwise the check waits until the slot is
+// handed out again (slab_alloc always checks): checking a cold slot on every
+// eviction as well cost 30 % of the time of a malloc/free pair (perf, 2026-12-04).
+void release_slot(ClassState* cs, ChunkMeta* m, std::uint32_t g, bool check) {
+  std::uint32_t slab = g / m->slots_per_slab, i = g % m->slots_per_slab;
+  if (check && m->cls)
+    check_zero(slot_addr(m, slab, i), m->slot_size, "a freed block was written to while in quarantine");
+  clear_bit(m->used, g);
+  SlabMeta* s = &m->slabs[slab];
+  ++s->free_slots;
+  if (!s->in_partial) partial_push(cs, s);
+}
+
+inline std::uintptr_t q_encode(const ClassState* cs, unsigned i, std::uintptr_t slot) {
+  return slot ^ secrets().meta ^ reinterpret_cast<std::uintptr_t>(&cs->quarantine[i]);
+}
+
+// The slot encoded in quarantine entry i, checked: it must be a quarantined slot
+// of this heap's class (a forged entry is corruption, never followed).
+void quarantine_release(SecureHeap* h, ClassState* cs, unsigned c, unsigned i, bool check) {
+  std::uintptr_t slot = cs->quarantine[i] ^ secrets().meta ^ reinterpret_cast<std::uintptr_t>(&cs->quarantine[i]);
+  ChunkMeta* m = chunk_lookup(reinterpret_cast<void*>(slot));
+  if (!m || m->heap != h || m->cls != c)
+    report_fatal("Corrupted heap metadata", reinterpret_cast<void*>(slot), "a quarantine entry does not decode");
+  // 32-bit arithmetic: offsets in a chunk are below 4 MiB, and 32-bit divisions
+  // are several times faster than 64-bit ones on common x86 cores.
+  auto off = static_cast<std::uint32_t>(slot - reinterpret_cast<std::uintptr_t>(m->base) - os_page_size());
+  const auto stride = static_cast<std::uint32_t>(m->stride);
+  std::uint32_t slab = off / stride;
+  std::uint32_t g = slab * m->slots_per_slab + (off - slab * stride) / m->slot_size;
+  if (!bit(m->used, g) || bit(m->live, g))
+    report_fatal("Corrupted heap metadata", reinterpret_cast<void*>(slot), "a quarantine entry names a slot not in quarantine");
+  release_slot(cs, m, g, check);
+}
+
+void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log) {
+  ClassState* cs = &h->classes[c];
+  lca_mutex_lock(&cs->lock);
+  SlabMeta* s = cs->partial;
+  if (!s && !(s = open_slab(h, c))) {
+    // Out of memory: what waits in quarantine is better than nothing.
+    while (!cs->partial && cs->q_count) quarantine_release(h, cs, c, --cs->q_count, true);
+    s = cs->partial;
+    if (!s) {
+      lca_mutex_unlock(&cs->lock);
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+  ChunkMeta* m = s->chunk;
+  const std::uint32_t spp = m->slots_per_slab, g0 = s->index * spp;
+  std::uint32_t r = random_below(&cs->rng, spp);
+  std::uint32_t g = first_clear(m->used, g0 + r, g0 + spp);
+  if (g == g0 + spp) g = first_clear(m->used, g0, g0 + r);
+  set_bit(m->used, g);
+  set_bit(m->live, g);
+  set_bit(m->ever, g);
+  if (m->info) m->info[g] = static_cast<std::uint32_t>(size) | (align_log << 16);
+  if (--s->free_slots == 0) partial_remove(cs, s);
+  bump(cs->allocs, 1);
+  bump(cs->alloc_bytes, size);
+  lca_mutex_unlock(&cs->lock);
+
+  char* p = static_cast<char*>(slot_addr(m, s->index, g - g0));
+  if (c) {
+    check_zero(p, m->slot_size, "a free block was written to (use after free)");
+    std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
+    std::memcpy(p + size, &canary, kCanary);
+  }
+  return p;
+}
+
+// Where p is in chunk m: its global slot index; reports a pointer that is not
+// the start of a slot.
+std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free, const char* what) {
+  const char* problem = is_free ? "Invalid free" : "Invalid pointer";
+  char detail[128];
+  // 32-bit arithmetic (see quarantine_release): the offset is below 4 MiB.
+  auto off = static_cast<std::uint32_t>(static_cast<const char*>(p) - m->base);
+  const auto page = static_cast<std::uint32_t>(os_page_size());
+  const auto stride = static_cast<std::uint32_t>(m->stride);
+  std::uint32_t slab = (off - page) / stride;
+  std::uint32_t in_slab = (off - page) - slab * stride;
+  if (off < page || slab >= m->nslabs || in_slab >= m->slots_per_slab * m->slot_size ||
+      !m->slabs[slab].active) {
+    Writer w{detail, sizeof detail};
+    w.str(what).str(": not a block (a guard page or unused part of a secure heap chunk)");
+    detail[w.len] = '\0';
+    report_fatal(problem, p, detail);
+  }
+  if (in_slab % m->slot_size) {
+    Writer w{detail, sizeof detail};
+    w.str(what).str(": pointer into the middle of a block");
+    detail[w.len] = '\0';
+    report_fatal(problem, p, detail);
+  }
+  return slab * m->slots_per_slab + in_slab / m->slot_size;
+}
+
+// Under the class lock: reports unless slot g holds a live block.
+void require_live(const ChunkMeta* m, std::uint32_t g, const void* p, bool is_free, const char* what) {
+  if (bit(m->live, g)) return;
+  char detail[128];
+  Writer w{detail, sizeof detail};
+  if (bit(m->ever, g)) {
+    w.str(what).str(": the block was freed already");
+    detail[w.len] = '\0';
+    report_fatal(is_free ? "Double free" : "Use after free", p, detail);
+  }
+  w.str(what).str(": no block was allocated there");
+  detail[w.len] = '\0';
+  report_fatal(is_free ? "Invalid free" : "Invalid pointer", p, detail);
+}
+
+inline std::size_t info_size(const ChunkMeta* m, std::uint32_t g) { return m->info ? (m->info[g] & 0xffff) : 0; }
+inline unsigned info_align(const ChunkMeta* m, std::uint32_t g) { return m->info ? (m->info[g] >> 16) & 0xff : 0; }
+
+void check_canary(const ChunkMeta* m, const void* p, std::size_t size) {
+  if (!m->cls) return;
+  std::uint64_t have;
+  std::memcpy(&have, static_cast<const char*>(p) + size, kCanary);
+  if (have != canary_for(reinterpret_cast<std::uintptr_t>(p))) {
+    char detail[96];
+    Writer w{detail, sizeof detail};
+    w.str("a write past the end of a block of ").num(size).str(" bytes (overflow)");
+    detail[w.len] = '\0';
+    report_fatal("Canary corrupted", p, detail);
+  }
+}
+
+void slab_free(ChunkMeta* m, void* p, std::size_t size, std::size_t alignment, const char* what) {
+  std::uint32_t g = slot_index(m, p, true, what);
+  SecureHeap* h = m->heap;
+  const unsigned c = m->cls;
+  ClassState* cs = &h->classes[c];
+  lca_mutex_lock(&cs->lock);
+  require_live(m, g, p, true, what);
+  std::size_t requested = info_size(m, g);
+  check_size_alignment(p, requested, info_align(m, g), size, alignment, what);
+  check_canary(m, p, requested);
+  clear_bit(m->live, g);
+  // The slot is the heap's again: out of helgrind's and DRD's race checking (the
+  // heap's lock is invisible to them in Valgrind mode, vg.h++).
+  vg_hide(p, m->slot_size);
+  if (c) std::memset(p, 0, requested + kCanary);  // the rest of the slot is zero already
+  // Quarantine: the new entry takes a random position; the one there leaves.
+  if (cs->q_count < cs->q_cap) {
+    unsigned i = cs->q_count++;
+    cs->quarantine[i] = q_encode(cs, i, reinterpret_cast<std::uintptr_t>(p));
+  } else {
+    unsigned i = random_below(&cs->rng, cs->q_cap);
+    quarantine_release(h, cs, c, i, false);
+    cs->quarantine[i] = q_encode(cs, i, reinterpret_cast<std::uintptr_t>(p));
+  }
+  bump(cs->frees, 1);
+  bump(cs->free_bytes, requested);
+  lca_mutex_unlock(&cs->lock);
+}
+
+// The class for a request (kNumClasses: a large block).
+inline unsigned class_for_request(std::size_t size, std::size_t alignment) {
+  if (size == 0 && alignment <= 16) return 0;
+  // Slabs start on page boundaries only: a larger alignment takes a mapping.
+  if (size > kMaxSmall || alignment > os_page_size()) return kNumClasses;
+  unsigned c = class_for(size + kCanary);
+  if (alignment > 16)
+    while (c < kNumClasses && class_slot(c) % alignment) ++c;
+  return c;
+}
+
+// Out of memory (RLIMIT_AS, overcommit): give back what the heap holds in reserve
+// -- every quarantined slot (checked as it leaves), every chunk with no slot in
+// use, every quarantined large block -- so that the allocation can be retried.
+// Delayed reuse is the price, paid only when memory has run out.
+void release_reserves(SecureHeap* h) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    ClassState* cs = &h->classes[c];
+    lca_mutex_lock(&cs->lock);
+    while (cs->q_count) quarantine_release(h, cs, c, --cs->q_count, true);
+    for (ChunkMeta** link = &cs->chunks; *link;) {
+      ChunkMeta* m = *link;
+      bool empty = true;
+      for (std::uint32_t k = 0; k < m->nslabs && empty; ++k)
+        if (m->slabs[k].active && m->slabs[k].free_slots != m->slots_per_slab) empty = false;
+      if (!empty) {
+        link = &m->next;
+        continue;
+      }
+      *link = m->next;
+      for (std::uint32_t k = 0; k < m->nslabs; ++k)
+        if (m->slabs[k].in_partial) partial_remove(cs, &m->slabs[k]);
+      if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
+        slot->store(0, std::memory_order_release);
+      h->mapped_bytes.fetch_sub(kSecChunk + m->meta_bytes, std::memory_order_relaxed);
+      os_unmap(m->base, kSecChunk);
+      os_unmap(m, m->meta_bytes);
+    }
+    lca_mutex_unlock(&cs->lock);
+  }
+  for (;;) {
+    std::uintptr_t base = 0;
+    std::size_t size = 0;
+    SecureHeap* owner = nullptr;
+    lca_mutex_lock(&g_large_lock);
+    bool any = large_evict_oldest(&base, &size, &owner);
+    lca_mutex_unlock(&g_large_lock);
+    if (!any) break;
+    if (base) {
+      os_unmap(reinterpret_cast<void*>(base), size);
+      owner->mapped_bytes.fetch_sub(size, std::memory_order_relaxed);
+    }
+  }
+}
+
+void heap_lock_all(SecureHeap* h) {
+  for (auto& cs : h->classes) lca_mutex_lock(&cs.lock);
+  lca_mutex_lock(&h->placement_lock);
+}
+void heap_unlock_all(SecureHeap* h) {
+  lca_mutex_unlock(&h->placement_lock);
+  for (unsigned c = kNumClasses; c-- > 0;) lca_mutex_unlock(&h->classes[c].lock);
+}
+
+}  // namespace
+
+// --- entry points ------------------------------------------------------------------------
+
+SecureHeap* secure_heap_create() {
+  vg_init();
+  const Secrets& sec = secrets();
+  std::size_t bytes = align_up(sizeof(SecureHeap), os_page_size());
+  void* mem = os_map(bytes);
+  if (!mem) return nullptr;
+  auto* h = new (mem) SecureHeap();
+  h->self_bytes = bytes;
+  std::uint64_t seed[2] = {0, 0};
+  if (!os_random(seed, sizeof seed)) {
+    seed[0] = mix64(sec.seed ^ reinterpret_cast<std::uintptr_t>(h));
+    seed[1] = mix64(seed[0]);
+  }
+  h->placement_rng = seed[0] | 1;
+  pthread_mutex_init(&h->placement_lock, nullptr);
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    ClassState& cs = h->classes[c];
+    pthread_mutex_init(&cs.lock, nullptr);
+    cs.rng = mix64(seed[1] + c) | 1;
+    std::size_t cap = kQuarantineBytes / class_slot(c);
+    cs.q_cap = static_cast<std::uint32_t>(cap > kQuarantineMax ? kQuarantineMax : cap < 4 ? 4 : cap);
+  }
+  h->mapped_bytes.store(bytes, std::memory_order_relaxed);
+  lca_mutex_lock(&g_heaps_lock);
+  h->next = g_heaps;
+  if (g_heaps) g_heaps->prev = h;
+  g_heaps = h;
+  lca_mutex_unlock(&g_heaps_lock);
+  return h;
+}
+
+void secure_heap_destroy(SecureHeap* h) {
+  if (!h) return;
+  lca_mutex_lock(&g_heaps_lock);
+  if (h->prev)
+    h->prev->next = h->next;
+  else
+    g_heaps = h->next;
+  if (h->next) h->next->prev = h->prev;
+  lca_mutex_unlock(&g_heaps_lock);
+  for (auto& cs : h->classes) {
+    for (ChunkMeta* m = cs.chunks; m;) {
+      ChunkMeta* next = m->next;
+      if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
+        slot->store(0, std::memory_order_release);
+      os_unmap(m->base, kSecChunk);
+      os_unmap(m, m->meta_bytes);
+      m = next;
+    }
+    pthread_mutex_destroy(&cs.lock);
+  }
+  // Large blocks, live or quarantined: unmapped; their table entries go.
+  lca_mutex_lock(&g_large_lock);
+  for (std::size_t i = 0; i < g_large.cap; ++i) {
+    LargeEntry& e = g_large.slots[i];
+    if ((e.state == kLive || e.state == kQuarantined) && e.heap == h) {
+      os_unmap(reinterpret_cast<void*>(e.base), e.map_size);
+      e.state = kGone;
+      --g_large.count;
+      ++g_large.gone;
+    }
+  }
+  lca_mutex_unlock(&g_large_lock);
+  pthread_mutex_destroy(&h->placement_lock);
+  std::size_t bytes = h->self_bytes;
+  h->~SecureHeap();
+  os_unmap(h, bytes);
+}
+
+void* secure_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
+  vg_init();
+  if (!is_power_of_two(alignment)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (size >= (std::size_t{1} << 47)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  unsigned c = class_for_request(size, alignment);
+  unsigned align_log = alignment > 16 ? static_cast<unsigned>(__builtin_ctzll(alignment)) : 0;
+  void* p = c < kNumClasses ? slab_alloc(h, c, size, align_log) : large_alloc(h, size, alignment);
+  if (__builtin_expect(!p, 0)) {
+    release_reserves(h);
+    p = c < kNumClasses ? slab_alloc(h, c, size, align_log) : large_alloc(h, size, alignment);
+    if (!p) errno = ENOMEM;
+  }
+  if (p && size) vg_show_clean(p, size);
+  return p;
+}
+
+bool secure_owns(const void* p) {
+  if (chunk_lookup(p)) return true;
+  lca_mutex_lock(&g_large_lock);
+  bool found = large_find(reinterpret_cast<std::uintptr_t>(p)) != nullptr;
+  lca_mutex_unlock(&g_large_lock);
+  return found;
+}
+
+bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, const char* what) {
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    slab_free(m, p, size, alignment, what);
+    return true;
+  }
+  return large_free(p, size, alignment, what);
+}
+
+bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* what) {
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    std::uint32_t g = slot_index(m, p, false, what);
+    ClassState* cs = &m->heap->classes[m->cls];
+    lca_mutex_lock(&cs->lock);
+    require_live(m, g, p, false, what);
+    *out = info_size(m, g);
+    lca_mutex_unlock(&cs->lock);
+    return true;
+  }
+  lca_mutex_lock(&g_large_lock);
+  LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
+  if (!e) {
+    lca_mutex_unlock(&g_large_lock);
+    return false;
+  }
+  if (e->state != kLive) report_fatal("Use after free", p, "the large block was freed");
+  *out = e->size;
+  lca_mutex_unlock(&g_large_lock);
+  return true;
+}
+
+// In place when the new size needs the same class (the canary moves).
+bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    std::uint32_t g = slot_index(m, p, false, "realloc");
+    ClassState* cs = &m->heap->classes[m->cls];
+    lca_mutex_lock(&cs->lock);
+    require_live(m, g, p, false, "realloc");
+    std::size_t old = info_size(m, g);
+    check_canary(m, p, old);
+    unsigned align_log = info_align(m, g);
+    if (m->cls == 0 || size == 0 || class_for_request(size, align_log ? std::size_t{1} << align_log : 16) != m->cls) {
+      lca_mutex_unlock(&cs->lock);
+      *out = nullptr;
+      return true;
+    }
+    char* c = static_cast<char*>(p);
+    std::size_t lo = old < size ? old : size;
+    if (size < old) vg_hide(c + size, old - size);
+    std::memset(c + lo, 0, old + kCanary - lo);
+    std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
+    std::memcpy(c + size, &canary, kCanary);
+    m->info[g] = static_cast<std::uint32_t>(size) | (align_log << 16);
+    lca_mutex_unlock(&cs->lock);
+    m->heap->realloc_in_place.fetch_add(1, std::memory_order_relaxed);
+    if (size > old) vg_show_clean(c + old, size - old);
+    *out = p;
+    return true;
+  }
+  lca_mutex_lock(&g_large_lock);
+  LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
+  if (!e) {
+    lca_mutex_unlock(&g_large_lock);
+    return false;
+  }
+  if (e->state != kLive) report_fatal("Use after free", p, "realloc: the large block was freed");
+  large_check_slack(*e);
+  bool same = size == e->size;
+  lca_mutex_unlock(&g_large_lock);
+  // Any other size moves: the block ends at its guard page.
+  *out = same ? p : nullptr;
+  return true;
+}
+
+bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out) {
+  void* same;
+  if (!secure_resize_in_place_if_secure(p, size, &same)) return false;
+  if (same) {
+    *out = same;
+    return true;
+  }
+  std::size_t old = 0;
+  secure_usable_size_if_secure(p, &old, "realloc");
+  // A block moves within its own heap.
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    h = m->heap;
+  } else {
+    lca_mutex_lock(&g_large_lock);
+    if (LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p))) h = e->heap;
+    lca_mutex_unlock(&g_large_lock);
+  }
+  void* q = secure_alloc(h, size, 16);
+  if (!q) {
+    *out = nullptr;
+    return true;
+  }
+  std::memcpy(q, p, old < size ? old : size);
+  secure_free_if_secure(p, kAnySize, kAnyAlignment, "realloc");
+  h->realloc_moved.fetch_add(1, std::memory_order_relaxed);
+  *out = q;
+  return true;
+}
+
+void secure_stats_fill(SecureHeap* h, lca_stats* out) {
+  *out = lca_stats{};
+  // Large blocks count in the heap's atomics, small ones per class.
+  out->total_allocated = h->allocated_bytes.load(std::memory_order_relaxed);
+  out->total_freed = h->freed_bytes.load(std::memory_order_relaxed);
+  out->allocation_count = h->alloc_count.load(std::memory_order_relaxed);
+  out->free_count = h->free_count.load(std::memory_order_relaxed);
+  for (const auto& cs : h->classes) {
+    out->total_allocated += cs.alloc_bytes.load(std::memory_order_relaxed);
+    out->total_freed += cs.free_bytes.load(std::memory_order_relaxed);
+    out->allocation_count += cs.allocs.load(std::memory_order_relaxed);
+    out->free_count += cs.frees.load(std::memory_order_relaxed);
+  }
+  out->active_allocations = out->allocation_count - out->free_count;
+  out->os_memory_mapped = h->mapped_bytes.load(std::memory_order_relaxed);
+  std::size_t live = out->total_allocated - out->total_freed;
+  out->fragmentation_bytes = out->os_memory_mapped > live ? out->os_memory_mapped - live : 0;
+  out->realloc_in_place = h->realloc_in_place.load(std::memory_order_relaxed);
+  out->realloc_moved = h->realloc_moved.load(std::memory_order_relaxed);
+  out->large_mappings = h->large_live.load(std::memory_order_relaxed);
+}
+
+void secure_trim(SecureHeap* h) {
+  // Quarantined slots are checked and freed, empty chunks unmapped.
+  release_reserves(h);
+  // Slabs with no live and no quarantined slot give their pages back (they read
+  // as zero afterwards, which is what a free slot holds).
+  for (auto& cs : h->classes) {
+    lca_mutex_lock(&cs.lock);
+    for (ChunkMeta* m = cs.chunks; m; m = m->next)
+      if (m->cls)
+        for (std::uint32_t k = 0; k < m->nslabs; ++k)
+          if (m->slabs[k].active && m->slabs[k].free_slots == m->slots_per_slab)
+            os_purge(slot_addr(m, k, 0), m->slab_bytes);
+    lca_mutex_unlock(&cs.lock);
+  }
+  // Quarantined large blocks of this heap: unmapped now.
+  for (;;) {
+    std::uintptr_t base = 0;
+    std::size_t size = 0;
+    SecureHeap* owner = nullptr;
+    lca_mutex_lock(&g_large_lock);
+    bool any = large_evict_oldest(&base, &size, &owner);
+    lca_mutex_unlock(&g_large_lock);
+    if (!any) break;
+    if (base) {
+      os_unmap(reinterpret_cast<void*>(base), size);
+      owner->mapped_bytes.fetch_sub(size, std::memory_order_relaxed);
+    }
+  }
+}
+
+SecureHeap* secure_process_heap() {
+  SecureHeap* h = g_process_heap.load(std::memory_order_acquire);
+  if (__builtin_expect(h != nullptr, 1)) return h;
+  SecureHeap* made = secure_heap_create();
+  if (!made) return nullptr;
+  SecureHeap* expected = nullptr;
+  if (g_process_heap.compare_exchange_strong(expected, made, std::memory_order_acq_rel)) return made;
+  secure_heap_destroy(made);
+  return expected;
+}
+
+void secure_prefork() {
+  lca_mutex_lock(&g_heaps_lock);
+  for (SecureHeap* h = g_heaps; h; h = h->next) heap_lock_all(h);
+  lca_mutex_lock(&g_large_lock);
+  lca_mutex_lock(&g_radix_lock);
+}
+
+void secure_postfork_parent() {
+  lca_mutex_unlock(&g_radix_lock);
+  lca_mutex_unlock(&g_large_lock);
+  for (SecureHeap* h = g_heaps; h; h = h->next) heap_unlock_all(h);
+  lca_mutex_unlock(&g_heaps_lock);
+}
+
+void secure_postfork_child() { secure_postfork_parent(); }
+
+std::size_t secure_heap_footprint(const SecureHeap* h) { return h->self_bytes; }
+
+bool secure_block_info(const void* p, SecureBlockInfo* out) {
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    std::uint32_t g = slot_index(m, p, false, "secure_block_info");
+    ClassState* cs = &m->heap->classes[m->cls];
+    lca_mutex_lock(&cs->lock);
+    require_live(m, g, p, false, "secure_block_info");
+    out->slot_size = m->cls ? m->slot_size : 0;
+    out->requested = info_size(m, g);
+    out->chunk = m->base;
+    out->canary = m->cls ? canary_for(reinterpret_cast<std::uintptr_t>(p)) : 0;
+    lca_mutex_unlock(&cs->lock);
+    return true;
+  }
+  std::size_t n;
+  if (!secure_usable_size_if_secure(p, &n, "secure_block_info")) return false;
+  *out = SecureBlockInfo{0, n, nullptr, 0};
+  return true;
+}
+
+}  // namespace lca

@@ -1,0 +1,83 @@
+// secure.h++ -- the hardened heap (secure.c++): SecureAllocator's heap in every
+// build, and with --enable-secure (CALLOC_SECURE) the heap behind malloc and new.
+//
+// The entry points below validate every pointer they are given and report misuse
+// through report.c++ ("Double free", "Invalid free", "Canary corrupted", "Write
+// after free", "Use after free", "Invalid pointer", "Size mismatch",
+// "Alignment mismatch"), then abort.  A pointer that is not a secure block is
+// not judged here: the *_if_secure functions return false for it, so the caller
+// hands it to the core heap (which reports it if it is nobody's).
+#ifndef LCA_SECURE_HXX
+#define LCA_SECURE_HXX
+
+#include <cstddef>
+#include <cstdint>
+
+#include "config.h"
+
+struct lca_stats;
+
+namespace lca {
+
+struct SecureHeap;
+
+// A heap of its own (SecureAllocator); nullptr with errno = ENOMEM.
+SecureHeap* secure_heap_create();
+// Unmaps every chunk, slab table and large block of the heap.
+void secure_heap_destroy(SecureHeap* h);
+
+// size bytes aligned to `alignment` (a power of two), zero-filled; nullptr with
+// errno = ENOMEM.  Size 0 gives a distinct pointer into no-access memory.
+void* secure_alloc(SecureHeap* h, std::size_t size, std::size_t alignment);
+
+// What a free checks besides the pointer: the size and alignment the caller says
+// the block was allocated with (sized/aligned operator delete, free_sized,
+// free_aligned_sized); kAnySize / kAnyAlignment check nothing.
+constexpr std::size_t kAnySize = ~std::size_t{0};
+constexpr std::size_t kAnyAlignment = 0;
+
+// Frees p if it lies in a secure heap (any of them): true.  False when p is not
+// a secure heap's, for the caller to route elsewhere.  `what` names the call in
+// messages ("free", "operator delete", ...).
+bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, const char* what);
+// The requested size of a live secure block, in *out: true; false when p is not
+// a secure heap's.
+bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* what);
+// realloc of a secure block (h allocates the new block when it moves); false when
+// p is not a secure heap's.  *out is nullptr (errno ENOMEM, p intact) on failure.
+bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out);
+// Resize without moving: *out is p or nullptr.  False when p is not secure.
+bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out);
+// Whether p lies in any secure heap's memory (a slab chunk, or a large block,
+// live or quarantined).
+bool secure_owns(const void* p);
+
+// Counters in lca_stats form.
+void secure_stats_fill(SecureHeap* h, lca_stats* out);
+// Returns the heap's empty slabs' pages and quarantined large blocks to the OS.
+void secure_trim(SecureHeap* h);
+
+// The process's secure heap (created on first use): the heap behind malloc with
+// --enable-secure.
+SecureHeap* secure_process_heap();
+
+// fork(): every secure heap's locks are held across it.
+void secure_prefork();
+void secure_postfork_parent();
+void secure_postfork_child();
+
+// For the tests: the slot size and chunk of a live small block, the canary that
+// follows it, and whether free slots are handed out in random order.
+struct SecureBlockInfo {
+  std::size_t slot_size;      // 0 for a large block
+  std::size_t requested;
+  const void* chunk;          // the 4 MiB chunk of a small block
+  std::uint64_t canary;       // the 8 bytes expected after the requested size
+};
+bool secure_block_info(const void* p, SecureBlockInfo* out);
+// The bytes of the heap's own descriptor (its quarantines), which start at h.
+std::size_t secure_heap_footprint(const SecureHeap* h);
+
+}  // namespace lca
+
+#endif
