@@ -3,4 +3,6 @@
 #define CUSTOM_ALLOC_HXX
 #include <custom_alloc/memory_allocator.h++>
 #include <custom_alloc/huge_page_allocator.h++>
+// Allocation tracking (symbols only in --enable-tracking builds).
+#include <custom_alloc/allocation_tracker.h++>
 #endif

@@ -19,6 +19,9 @@
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
+#if CALLOC_TRACKING
+#include "track.h++"
+#endif
 
 namespace lca {
 
@@ -514,7 +517,12 @@ Heap* heap_for_thread() {
   }
   if (!h) return nullptr;
   tls_owned_heap = h;
+#if CALLOC_TRACKING
+  // Full tracking keeps every call on the slow paths, as Valgrind mode does.
+  if (!on_valgrind() && !track_full()) tls_heap = h;
+#else
   if (!on_valgrind()) tls_heap = h;
+#endif
   pthread_setspecific(g_heap_key, h);
   return h;
 }
@@ -873,6 +881,9 @@ void remote_batch_flush_all(Heap* h) {
 
 void free_cold(void* p) {
   int saved = errno;
+#if CALLOC_TRACKING
+  if (track_active()) track_free(p);
+#endif
   if (!free_remote_batched(p)) free_slow(p);
   errno = saved;
 }
@@ -1135,6 +1146,14 @@ void domains_postfork_child() {
   // that were abandoned before the fork were consistent (the domain lock was
   // held) and stay adoptable.
   vg_postfork_child();
+}
+
+void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) {
+  vg_init();
+  if (on_valgrind() || !d->per_thread) return domain_alloc(d, size, alignment);
+  Heap* h = heap_for_thread();
+  if (!h) return nullptr;
+  return heap_alloc(h, size, alignment, true);
 }
 
 }  // namespace lca
