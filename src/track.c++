@@ -374,8 +374,11 @@ void reset_countdown() {
 // --- capture ---------------------------------------------------------------------
 
 // The stack above the allocator: frames in skipped text are dropped from the
-// top; without such text (libcalloc linked into the program) the frames up to
-// and including `marker`, a return address into libcalloc, are dropped.
+// top.  Without such text (libcalloc linked into the program) the frames above
+// the one whose address is `marker` -- track_malloc's return address -- are
+// dropped: that frame is the libcalloc entry point (malloc, operator new) that
+// called track_malloc, or the user's when the entry point tail-called it, so
+// such a stack may begin with one libcalloc frame but never loses a user's.
 __attribute__((noinline)) unsigned capture_user_stack(void** out, const void* marker) {
   void* raw[kCaptureFrames];
   int n = unw_backtrace(raw, static_cast<int>(kCaptureFrames));
@@ -385,8 +388,7 @@ __attribute__((noinline)) unsigned capture_user_stack(void** out, const void* ma
   } else {
     int m = 0;
     while (m < n && raw[m] != marker) ++m;
-    i = m < n ? m + 1 : 0;
-    while (i < n && in_skipped_text(raw[i])) ++i;
+    i = m < n ? m : (n < 3 ? n : 3);
   }
   unsigned k = 0;
   for (; i < n && k < kMaxFrames; ++i) out[k++] = raw[i];

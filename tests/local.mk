@@ -32,6 +32,14 @@ tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
 
+# Allocation tracking (issue 14): --enable-tracking builds only.
+if CALLOC_TRACKING
+calloc_unit_tests += tests/unit/track
+tests_unit_track_SOURCES = tests/unit/track.c++ tests/test-util.h++
+tests_unit_track_CPPFLAGS = $(AM_CPPFLAGS) $(LIBUNWIND_CFLAGS)
+endif
+EXTRA_DIST += tests/unit/track.c++
+
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =
