@@ -37,8 +37,15 @@ if CALLOC_TRACKING
 calloc_unit_tests += tests/unit/track
 tests_unit_track_SOURCES = tests/unit/track.c++ tests/test-util.h++
 tests_unit_track_CPPFLAGS = $(AM_CPPFLAGS) $(LIBUNWIND_CFLAGS)
+# The program tests/integration/track*.sh run under LD_PRELOAD (no libcalloc).
+check_PROGRAMS += tests/track/track-demo
+tests_track_track_demo_SOURCES = tests/track/track-demo.c++
+tests_track_track_demo_CPPFLAGS =
+tests_track_track_demo_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+tests_track_track_demo_LDFLAGS = -no-install $(PTHREAD_CFLAGS)
+tests_track_track_demo_LDADD = $(PTHREAD_LIBS)
 endif
-EXTRA_DIST += tests/unit/track.c++
+EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
@@ -67,6 +74,13 @@ tests_valgrind_buggy_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 	-Wno-maybe-uninitialized
 tests_valgrind_buggy_LDFLAGS = -no-install
 tests_valgrind_buggy_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
+# Allocation tracking (issue 14): LD_PRELOAD programs with LIBCALLOC_OPTIONS=
+# leak_report/profile/sample, python3, and google-pprof reading our heap profile.
+if CALLOC_TRACKING
+if CALLOC_OVERRIDE
+calloc_script_tests += tests/integration/track.sh tests/integration/track-pprof.sh
+endif
+endif
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh
