@@ -182,8 +182,16 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
+// libunwind's caches per thread: no lock shared by the allocating threads (and
+// nothing shared for helgrind and DRD to report).
+void init_unwinder() {
+  static std::atomic<bool> done{false};
+  if (!done.exchange(true)) unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+}
+
 void init_skip_ranges() {
   Busy busy;
+  init_unwinder();
   skip_object_of(reinterpret_cast<const void*>(&unw_backtrace));
   Dl_info self;
   link_map* lm_self = nullptr;
@@ -962,6 +970,7 @@ TrackTotals track_totals() {
 }
 
 __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, unsigned skip) {
+  init_unwinder();
   void* raw[64];
   unsigned want = max + skip + 2;
   int n = unw_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
