@@ -112,9 +112,14 @@ void AllocationTracker::print_report(std::ostream& out) const {
   });
   auto print_stack = [&](const std::vector<void*>& stack) {
     for (std::size_t i = 0; i < stack.size(); ++i) {
+      std::string name = symbol_name(stack[i]);
       char head[64];
-      std::snprintf(head, sizeof head, "    #%zu %p in ", i, stack[i]);
-      out << head << symbol_name(stack[i]) << '\n';
+      // An unknown function is "0xADDR (module+0xOFF)" already.
+      if (name.compare(0, 2, "0x") == 0)
+        std::snprintf(head, sizeof head, "    #%zu ", i);
+      else
+        std::snprintf(head, sizeof head, "    #%zu %p in ", i, stack[i]);
+      out << head << name << '\n';
     }
     if (stack.empty()) out << "    [no stack]\n";
   };
@@ -142,8 +147,9 @@ void AllocationTracker::print_report(std::ostream& out) const {
   if (leaked_blocks == 0)
     out << "SUMMARY: no leaks (" << profile.total_allocations << " allocations tracked)\n";
   else
-    out << "SUMMARY: " << leaked_bytes << " bytes leaked in " << leaked_blocks << " blocks from " << sorted.size()
-        << " allocation stacks\n";
+    out << "SUMMARY: " << leaked_bytes << " bytes leaked in " << leaked_blocks
+        << (leaked_blocks == 1 ? " block from " : " blocks from ") << sorted.size()
+        << (sorted.size() == 1 ? " allocation stack\n" : " allocation stacks\n");
 }
 
 }  // namespace custom_alloc

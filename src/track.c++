@@ -71,7 +71,7 @@ constexpr std::size_t kSites = std::size_t{1} << 16;
 constexpr unsigned kMaxProbe = 64;
 // Block table shards: threads freeing and allocating at once rarely meet.
 constexpr unsigned kShards = 64;
-constexpr std::size_t kInitialBuckets = 1024;
+constexpr std::size_t kInitialBuckets = 256;
 constexpr std::size_t kNodePoolBytes = 64 * 1024;
 // Weights are fixed-point (1 << kWeightShift is one block), so that live
 // counts add and subtract exactly.
@@ -810,6 +810,9 @@ bool tables_ready() {
   if (g_sites) return true;
   g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
   if (!g_sites) return false;
+  // Sites are spread over the table by their hash: with transparent huge pages
+  // each would fault in 2 MiB instead of 4 KiB.
+  os_advise_huge(g_sites, kSites * sizeof(Site), false);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   return true;
 }
