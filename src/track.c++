@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <vector>
 
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
@@ -433,6 +434,15 @@ struct FuncSym {
   const char* name;
 };
 
+// A row of a DWARF line table: code from addr on comes from file:line (until
+// the next row); an end row closes its sequence.
+struct LineRow {
+  std::uintptr_t addr;
+  const char* file;  // into the module's mapping
+  std::uint32_t line;
+  bool end;
+};
+
 struct ElfModule {
   std::uintptr_t base = 0;  // dli_fbase
   bool loaded = false;
@@ -441,8 +451,242 @@ struct ElfModule {
   std::size_t map_len = 0;
   FuncSym* syms = nullptr;  // sorted by value
   std::size_t nsyms = 0;
+  LineRow* rows = nullptr;  // sorted by address; none without .debug_line
+  std::size_t nrows = 0;
   char path[256] = "";
 };
+
+// --- DWARF line tables (.debug_line, versions 2 to 5) ---------------------------
+
+struct Reader {
+  const unsigned char* p;
+  const unsigned char* end;
+  bool ok = true;
+  bool has(std::size_t n) {
+    if (static_cast<std::size_t>(end - p) < n) ok = false;
+    return ok;
+  }
+  std::uint64_t fixed(unsigned n) {
+    if (!has(n)) return 0;
+    std::uint64_t v = 0;
+    for (unsigned i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+    p += n;
+    return v;
+  }
+  std::uint64_t uleb() {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0; has(1); shift += 7) {
+      unsigned char b = *p++;
+      if (shift < 64) v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) break;
+    }
+    return v;
+  }
+  std::int64_t sleb() {
+    std::int64_t v = 0;
+    unsigned shift = 0;
+    unsigned char b = 0;
+    while (has(1)) {
+      b = *p++;
+      if (shift < 64) v |= static_cast<std::int64_t>(b & 0x7f) << shift;
+      shift += 7;
+      if (!(b & 0x80)) break;
+    }
+    if (shift < 64 && (b & 0x40)) v |= -(std::int64_t{1} << shift);
+    return v;
+  }
+  const char* cstr() {
+    auto* s = reinterpret_cast<const char*>(p);
+    while (has(1) && *p) ++p;
+    if (has(1)) ++p;
+    return s;
+  }
+};
+
+struct Sections {
+  const unsigned char *line = nullptr, *line_str = nullptr, *str = nullptr;
+  std::size_t line_len = 0, line_str_len = 0, str_len = 0;
+};
+
+// One attribute value of a DWARF 5 directory or file entry; a string where the
+// form is one, else nullptr (numbers are read and dropped).
+const char* read_form(Reader& r, std::uint64_t form, bool dwarf64, const Sections& sec) {
+  switch (form) {
+    case 0x08: return r.cstr();  // DW_FORM_string
+    case 0x1f:                   // DW_FORM_line_strp
+    case 0x0e: {                 // DW_FORM_strp
+      std::uint64_t off = r.fixed(dwarf64 ? 8 : 4);
+      const unsigned char* base = form == 0x1f ? sec.line_str : sec.str;
+      std::size_t len = form == 0x1f ? sec.line_str_len : sec.str_len;
+      return base && off < len ? reinterpret_cast<const char*>(base + off) : nullptr;
+    }
+    case 0x0f: r.uleb(); return nullptr;      // udata
+    case 0x0b: r.fixed(1); return nullptr;    // data1
+    case 0x05: r.fixed(2); return nullptr;    // data2
+    case 0x06: r.fixed(4); return nullptr;    // data4
+    case 0x07: r.fixed(8); return nullptr;    // data8
+    case 0x1e: r.has(16) ? (void)(r.p += 16) : void(); return nullptr;  // data16 (MD5)
+    case 0x09: {                               // block
+      std::uint64_t n = r.uleb();
+      if (r.has(n)) r.p += n;
+      return nullptr;
+    }
+    default: r.ok = false; return nullptr;
+  }
+}
+
+// Appends the rows of every unit of .debug_line to rows.
+void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
+  Reader all{sec.line, sec.line + sec.line_len};
+  std::vector<const char*> files;
+  while (all.ok && all.p < all.end) {
+    std::uint64_t unit_len = all.fixed(4);
+    bool dwarf64 = unit_len == 0xffffffffu;
+    if (dwarf64) unit_len = all.fixed(8);
+    if (!all.has(unit_len) || unit_len < 2) return;
+    Reader r{all.p, all.p + unit_len};
+    all.p += unit_len;
+    unsigned version = static_cast<unsigned>(r.fixed(2));
+    if (version < 2 || version > 5) continue;
+    unsigned address_size = 8;
+    if (version >= 5) {
+      address_size = static_cast<unsigned>(r.fixed(1));
+      r.fixed(1);  // segment selector size
+    }
+    std::uint64_t header_len = r.fixed(dwarf64 ? 8 : 4);
+    if (!r.has(header_len)) continue;
+    const unsigned char* program = r.p + header_len;
+    unsigned min_inst = static_cast<unsigned>(r.fixed(1));
+    if (version >= 4) r.fixed(1);  // maximum operations per instruction (VLIW only)
+    bool default_is_stmt = r.fixed(1) != 0;
+    (void)default_is_stmt;
+    auto line_base = static_cast<std::int8_t>(r.fixed(1));
+    unsigned line_range = static_cast<unsigned>(r.fixed(1));
+    unsigned opcode_base = static_cast<unsigned>(r.fixed(1));
+    if (line_range == 0 || opcode_base == 0) continue;
+    unsigned char std_lengths[256] = {};
+    for (unsigned i = 1; i < opcode_base; ++i) std_lengths[i] = static_cast<unsigned char>(r.fixed(1));
+    files.clear();
+    if (version >= 5) {
+      for (int table = 0; table < 2 && r.ok; ++table) {  // directories, then files
+        unsigned nformats = static_cast<unsigned>(r.fixed(1));
+        std::uint64_t formats[16][2];
+        if (nformats > 16) {
+          r.ok = false;
+          break;
+        }
+        for (unsigned i = 0; i < nformats; ++i) formats[i][0] = r.uleb(), formats[i][1] = r.uleb();
+        std::uint64_t count = r.uleb();
+        for (std::uint64_t e = 0; e < count && r.ok; ++e) {
+          const char* path = nullptr;
+          for (unsigned i = 0; i < nformats; ++i) {
+            const char* v = read_form(r, formats[i][1], dwarf64, sec);
+            if (formats[i][0] == 1) path = v;  // DW_LNCT_path
+          }
+          if (table == 1) files.push_back(path ? path : "?");
+        }
+      }
+    } else {
+      while (r.ok && r.has(1) && *r.p) r.cstr();  // include directories
+      if (r.has(1)) ++r.p;
+      files.push_back("?");  // file numbers start at 1
+      while (r.ok && r.has(1) && *r.p) {
+        files.push_back(r.cstr());
+        r.uleb(), r.uleb(), r.uleb();
+      }
+    }
+    if (!r.ok) continue;
+    r.p = program;
+    std::uintptr_t addr = 0;
+    std::uint64_t file = 1;
+    std::int64_t line = 1;
+    auto emit = [&](bool end) {
+      const char* f = file < files.size() ? files[file] : "?";
+      rows.push_back(LineRow{addr, f, static_cast<std::uint32_t>(line > 0 ? line : 0), end});
+    };
+    while (r.ok && r.p < r.end) {
+      unsigned op = *r.p++;
+      if (op >= opcode_base) {
+        unsigned adj = op - opcode_base;
+        addr += (adj / line_range) * min_inst;
+        line += line_base + static_cast<int>(adj % line_range);
+        emit(false);
+        continue;
+      }
+      switch (op) {
+        case 0: {  // extended
+          std::uint64_t len = r.uleb();
+          if (!r.has(len) || len == 0) {
+            r.ok = false;
+            break;
+          }
+          const unsigned char* next = r.p + len;
+          unsigned sub = *r.p++;
+          if (sub == 1) {  // end_sequence
+            emit(true);
+            addr = 0, file = 1, line = 1;
+          } else if (sub == 2) {  // set_address
+            addr = static_cast<std::uintptr_t>(r.fixed(address_size));
+          }
+          r.p = next;
+          break;
+        }
+        case 1: emit(false); break;                                     // copy
+        case 2: addr += r.uleb() * min_inst; break;                     // advance_pc
+        case 3: line += r.sleb(); break;                                // advance_line
+        case 4: file = r.uleb(); break;                                 // set_file
+        case 8: addr += ((255 - opcode_base) / line_range) * min_inst; break;  // const_add_pc
+        case 9: addr += r.fixed(2); break;                              // fixed_advance_pc
+        default:
+          for (unsigned i = 0; i < std_lengths[op]; ++i) r.uleb();  // set_column, isa, flags...
+          break;
+      }
+    }
+  }
+}
+
+void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
+  if (eh->e_shstrndx >= eh->e_shnum) return;
+  const ElfW(Shdr)& names = sh[eh->e_shstrndx];
+  if (names.sh_offset + names.sh_size > m.map_len) return;
+  auto* base = static_cast<const unsigned char*>(m.map);
+  Sections sec;
+  for (unsigned i = 0; i < eh->e_shnum; ++i) {
+    if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || (sh[i].sh_flags & SHF_COMPRESSED) ||
+        sh[i].sh_offset + sh[i].sh_size > m.map_len)
+      continue;
+    const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
+    if (std::strcmp(name, ".debug_line") == 0) sec.line = base + sh[i].sh_offset, sec.line_len = sh[i].sh_size;
+    if (std::strcmp(name, ".debug_line_str") == 0)
+      sec.line_str = base + sh[i].sh_offset, sec.line_str_len = sh[i].sh_size;
+    if (std::strcmp(name, ".debug_str") == 0) sec.str = base + sh[i].sh_offset, sec.str_len = sh[i].sh_size;
+  }
+  if (!sec.line) return;
+  std::vector<LineRow> rows;
+  parse_line_tables(sec, rows);
+  // Sort by address; an end row sorts before a row starting at the same address.
+  std::stable_sort(rows.begin(), rows.end(), [](const LineRow& a, const LineRow& b) {
+    return a.addr != b.addr ? a.addr < b.addr : a.end > b.end;
+  });
+  auto* out = static_cast<LineRow*>(std::malloc((rows.size() ? rows.size() : 1) * sizeof(LineRow)));
+  if (!out) return;
+  std::copy(rows.begin(), rows.end(), out);
+  m.rows = out;
+  m.nrows = rows.size();
+}
+
+// The source line of rel (a module-relative address), or nullptr.
+const LineRow* find_line(const ElfModule& m, std::uintptr_t rel) {
+  const LineRow* begin = m.rows;
+  const LineRow* end = m.rows + m.nrows;
+  const LineRow* it =
+      std::upper_bound(begin, end, rel, [](std::uintptr_t v, const LineRow& r) { return v < r.addr; });
+  if (it == begin) return nullptr;
+  --it;
+  // A row is followed, in its sequence, by the next row or its end row; an end
+  // row found first means rel lies between sequences.
+  return it->end || it + 1 == end ? nullptr : it;
+}
 
 constexpr unsigned kModules = 64;
 ElfModule g_modules[kModules];
@@ -493,6 +737,7 @@ void load_elf(ElfModule& m, const char* path) {
   std::sort(out, out + k, [](const FuncSym& a, const FuncSym& b) { return a.value < b.value; });
   m.syms = out;
   m.nsyms = k;
+  load_lines(m, eh, sh);
 }
 
 // The function containing rel (a module-relative address), or nullptr.
@@ -510,6 +755,8 @@ const FuncSym* find_func(const ElfModule& m, std::uintptr_t rel) {
 
 struct Symbol {
   char function[512];  // demangled, "" when unknown
+  const char* file;    // source file (DWARF line table), nullptr when unknown
+  unsigned line;
   std::uintptr_t offset;
   char module[256];
   std::uintptr_t module_offset;
@@ -517,6 +764,8 @@ struct Symbol {
 
 void symbolize(const void* addr, Symbol* out) {
   out->function[0] = 0;
+  out->file = nullptr;
+  out->line = 0;
   out->module[0] = 0;
   out->offset = out->module_offset = 0;
   // A return address: the call is the byte before it (a noreturn call may be
@@ -551,6 +800,12 @@ void symbolize(const void* addr, Symbol* out) {
     if (const FuncSym* f = find_func(*m, rel)) {
       raw_name = f->name;
       start = (m->relative ? fbase : 0) + f->value;
+    }
+  }
+  if (m && m->rows) {
+    if (const LineRow* row = find_line(*m, m->relative ? look - fbase : look)) {
+      out->file = row->file;  // the mapping stays for the life of the process
+      out->line = row->line;
     }
   }
   pthread_mutex_unlock(&g_sym_lock);
@@ -622,9 +877,11 @@ FILE* open_output(const char* pattern, bool* is_stderr) {
 void print_frame(FILE* f, unsigned i, const void* ip) {
   Symbol s;
   symbolize(ip, &s);
+  char where[320] = "";
+  if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
-    std::fprintf(f, "    #%u %p in %s+0x%lx (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
-                 s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
+    std::fprintf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
+                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
   else
     std::fprintf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
                  static_cast<unsigned long>(s.module_offset));
@@ -990,8 +1247,10 @@ __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, un
 void track_symbolize(const void* addr, char* buf, std::size_t cap) {
   Symbol s;
   symbolize(addr, &s);
+  char where[320] = "";
+  if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
-    std::snprintf(buf, cap, "%s+0x%lx (%s)", s.function, static_cast<unsigned long>(s.offset), s.module);
+    std::snprintf(buf, cap, "%s+0x%lx%s (%s)", s.function, static_cast<unsigned long>(s.offset), where, s.module);
   else
     std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module[0] ? s.module : "unknown module",
                   static_cast<unsigned long>(s.module_offset));

@@ -3,7 +3,7 @@
 # programs under LD_PRELOAD of libcalloc.so (an --enable-tracking build):
 #   - tests/track/track-demo leak: leak_report=1 prints, on stderr at exit, the
 #     leaked 4242 bytes with the leaking function's name (demo::leak_some_memory,
-#     demangled) and a summary line with the exact bytes;
+#     demangled), the file:line of its malloc and a summary line with the exact bytes;
 #   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
 #   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
@@ -53,6 +53,10 @@ run leak_report=1 leak
 expect "$tmp/err" "4242 bytes in 1 block allocated at:" "leak"
 expect "$tmp/err" "demo::leak_some_memory(unsigned long)" "leak: function name"
 expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack" "leak: summary"
+# file:line from the demo's DWARF line table (it is built with -g): the malloc
+# in leak_some_memory.
+line=$(grep -n 'void\* p = std::malloc(n);' "$top_srcdir/tests/track/track-demo.c++" | head -n 1 | cut -d: -f1)
+expect "$tmp/err" "demo::leak_some_memory(unsigned long)+0x9 at track-demo.c++:$line" "leak: file:line"
 cp "$tmp/err" "$tmp/leak.report"
 
 # 2. No leak; the report in a file.
