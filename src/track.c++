@@ -1058,6 +1058,7 @@ void track_postfork_parent() {
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
+  tls_rng = 0;  // the child samples other allocations than its parent
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
