@@ -37,8 +37,12 @@ extern constinit thread_local std::int64_t tls_track_countdown __attribute__((tl
 
 // The fast path's test: true when this allocation of `size` bytes must go to
 // track_malloc.  One thread-local subtract and a branch.
+// Unsigned arithmetic: a request near SIZE_MAX wraps instead of overflowing,
+// and goes to track_malloc, which refuses it as malloc_slow would.
 inline bool track_countdown(std::size_t size) {
-  return __builtin_expect((tls_track_countdown -= static_cast<std::int64_t>(size)) < 0, 0);
+  auto left = static_cast<std::int64_t>(static_cast<std::uint64_t>(tls_track_countdown) - size);
+  tls_track_countdown = left;
+  return __builtin_expect(left < 0, 0);
 }
 inline bool track_full() { return g_track_mode == TrackMode::full; }
 inline bool track_active() { return g_track_mode != TrackMode::off; }
