@@ -43,7 +43,13 @@ tests_track_track_demo_SOURCES = tests/track/track-demo.c++
 tests_track_track_demo_CPPFLAGS =
 tests_track_track_demo_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 tests_track_track_demo_LDFLAGS = -no-install $(PTHREAD_CFLAGS)
-tests_track_track_demo_LDADD = $(PTHREAD_LIBS)
+tests_track_track_demo_LDADD = $(PTHREAD_LIBS) -ldl
+# The shared object track-demo dlopens (a libtool module, never installed).
+check_LTLIBRARIES = tests/track/libtrackplugin.la
+tests_track_libtrackplugin_la_SOURCES = tests/track/plugin.c++
+tests_track_libtrackplugin_la_CPPFLAGS =
+tests_track_libtrackplugin_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 

@@ -6,6 +6,7 @@
 #     demangled), the file:line of its malloc and a summary line with the exact bytes;
 #   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
 #   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
+#   - dlopen: a leak in a dlopen'ed library names its function and module;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
 #     (PATH.PID) its 1111 bytes and not the parent's;
 #   - hot: profile=PATH (text) names hot_allocator first; profile_format=collapsed
@@ -72,6 +73,17 @@ fi
 run leak_report=1 threads
 expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"
 expect "$tmp/err" "demo::thread_leak(unsigned long)" "threads: function name"
+
+# 3b. dlopen'ed code: its function and module are named.
+plugin=$top_builddir/tests/track/.libs/libtrackplugin.so
+if test -f "$plugin"; then
+  run leak_report=1 dlopen "$plugin"
+  expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlopen"
+  expect "$tmp/err" "in plugin_leak+" "dlopen: function name"
+  expect "$tmp/err" "libtrackplugin.so+" "dlopen: module"
+else
+  fail "dlopen: $plugin was not built"
+fi
 
 # 4. fork: each process reports its own blocks.
 run leak_report="$tmp/fork.txt" fork

@@ -9,7 +9,10 @@
 //   signal   raises SIGUSR2 (profile dump request), allocates, checks that the
 //            profile file named in argv[2] exists before exit
 //   threads  8 threads each leak 100 bytes from demo::thread_leak, free the rest
+//   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
+//            through its plugin_leak
 // It writes nothing with stdio (stdout's buffer would be a live block at exit).
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -112,6 +115,13 @@ int main(int argc, char** argv) {
     for (auto& th : t)
       if (pthread_create(&th, nullptr, thread_main, nullptr) != 0) return fail("pthread_create\n");
     for (auto& th : t) pthread_join(th, nullptr);
+  } else if (mode == "dlopen") {
+    if (argc < 3) return fail("dlopen: give the plugin's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    g_sink = leak(3333);  // the library stays loaded: its symbols are there at exit
   } else {
     return fail("unknown mode\n");
   }
