@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <new>
 
 #include "track.h++"
 
@@ -28,6 +29,12 @@ __attribute__((noinline)) std::vector<void*> AllocationTracker::capture_stack_tr
   // allocating function comes first in the result.
   unsigned n = lca::track_capture(frames, want, 2);
   return std::vector<void*>(frames, frames + n);
+}
+
+AllocationTracker& AllocationTracker::global() {
+  alignas(AllocationTracker) static unsigned char storage[sizeof(AllocationTracker)];
+  static AllocationTracker* tracker = new (storage) AllocationTracker();  // never destroyed
+  return *tracker;
 }
 
 std::string AllocationTracker::resolve_symbol(void* addr) { return symbol_name(addr); }

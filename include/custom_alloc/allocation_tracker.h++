@@ -79,6 +79,10 @@ class CUSTOM_ALLOC_EXPORT AllocationTracker {
   // " (module)"; "0xADDR (module+0xOFF)" when no symbol is known.
   static std::string symbol_name(void* addr);
 
+  // The program-wide tracker (the request's g_allocation_tracker): made on
+  // first use and never destroyed, so static destructors may still use it.
+  static AllocationTracker& global();
+
  private:
   // Per-stack totals since the tracker was made.
   struct SiteTotals {
@@ -112,5 +116,14 @@ enum class ProfileFormat {
 CUSTOM_ALLOC_EXPORT bool dump_process_profile(const char* path, ProfileFormat format = ProfileFormat::text);
 
 }  // namespace custom_alloc
+
+// Global tracker (optional compilation flag), as in the request: define
+// ENABLE_ALLOCATION_TRACKING before including this header.  A name for
+// AllocationTracker::global() rather than an object defined in the library,
+// which would be destroyed at exit while other static destructors may still
+// report their frees to it, and could be used before its construction.
+#ifdef ENABLE_ALLOCATION_TRACKING
+#define g_allocation_tracker (::custom_alloc::AllocationTracker::global())
+#endif
 
 #endif

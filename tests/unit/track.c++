@@ -5,13 +5,16 @@
 // found with its address and size, and the hot site of 1 000 allocations is
 // function A's (its symbolised stack says so), not B's (10); the report names the
 // leaking function; bad input (a null pointer, an address never tracked) loses
-// nothing; many threads (more than cores) tracking at once keep exact totals.
+// nothing; many threads (more than cores) tracking at once keep exact totals;
+// g_allocation_tracker (ENABLE_ALLOCATION_TRACKING) is the program-wide tracker.
 // The process heap's tracker, switched on in a forked child (track_start_for_test):
 // full mode sees exactly the bytes a function leaks, among blocks that are freed,
 // from threads too; sampling estimates total calls and bytes of a known workload
 // within 10 %; fork while other threads allocate leaves the child's tracker usable
 // (no lock inherited held), with its own totals.  The LD_PRELOAD tests (leak report
 // of a real program, python3, pprof) are tests/integration/track*.sh.
+// The request's global tracker, g_allocation_tracker (test_global_tracker).
+#define ENABLE_ALLOCATION_TRACKING 1
 #include <custom_alloc/allocation_tracker.h++>
 #include <custom_alloc/memory_allocator.h++>
 
@@ -263,6 +266,19 @@ START_TEST(test_threads_keep_exact_totals) {
 }
 END_TEST
 
+START_TEST(test_global_tracker) {
+  void* p = lca_malloc(77);
+  g_allocation_tracker.track_allocation(p, 77);
+  ck_assert_ptr_eq(&g_allocation_tracker, &AllocationTracker::global());
+  bool found = false;
+  for (const auto& leak : g_allocation_tracker.get_leaks()) found |= leak.address == p && leak.size == 77;
+  ck_assert(found);
+  g_allocation_tracker.track_deallocation(p);
+  lca_free(p);
+  for (const auto& leak : AllocationTracker::global().get_leaks()) ck_assert_ptr_ne(leak.address, p);
+}
+END_TEST
+
 namespace {
 __attribute__((noinline)) void* process_leak(std::size_t n) {
   void* p = lca_malloc(n);
@@ -421,6 +437,7 @@ int main() {
   tcase_add_test(tc, test_report_names_leaking_function);
   tcase_add_test(tc, test_bad_input_loses_nothing);
   tcase_add_test(tc, test_threads_keep_exact_totals);
+  tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
