@@ -48,9 +48,10 @@ bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, 
     if (n == 0 || i != n) {
       report_warning("LIBCALLOC_OPTIONS: expected a number for ", what);
       ++*problems;
-      return;
+      return false;
     }
     *dst = x;
+    return true;
   };
   if (key_is("leak_report")) {
     copy_path(out->leak_report, sizeof out->leak_report);
@@ -68,8 +69,14 @@ bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, 
     number(&out->sample, "sample");
   } else if (key_is("profile_signal")) {
     unsigned long long sig = 0;
-    number(&sig, "profile_signal");
-    out->profile_signal = sig < 65 ? static_cast<int>(sig) : -1;
+    if (number(&sig, "profile_signal")) {
+      if (sig < 65) {
+        out->profile_signal = static_cast<int>(sig);
+      } else {
+        report_warning("LIBCALLOC_OPTIONS: no such signal for ", "profile_signal");
+        ++*problems;
+      }
+    }
   } else {
     return false;
   }

@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "options.h++"
 #include "track.h++"
 
 #include "../test-util.h++"
@@ -266,6 +267,28 @@ START_TEST(test_threads_keep_exact_totals) {
 }
 END_TEST
 
+START_TEST(test_options_parse_tracking) {
+  lca::Options o{};
+  ck_assert_int_eq(lca::options_parse("leak_report=1,profile=/tmp/p-%p.heap,profile_format=pprof,sample=4096,"
+                                      "profile_signal=10", &o), 0);
+  ck_assert_str_eq(o.leak_report, "-");  // 1: stderr
+  ck_assert_str_eq(o.profile, "/tmp/p-%p.heap");
+  ck_assert_uint_eq(o.profile_format, 2);
+  ck_assert_uint_eq(o.sample, 4096);
+  ck_assert_int_eq(o.profile_signal, 10);
+  lca::Options p{};
+  ck_assert_int_eq(lca::options_parse("leak_report=/tmp/leaks.txt,profile_format=collapsed,leak_report=0", &p), 0);
+  ck_assert_str_eq(p.leak_report, "");  // the last one wins: off
+  ck_assert_uint_eq(p.profile_format, 1);
+  // Bad values are warned about and change nothing.
+  lca::Options q{};
+  ck_assert_int_eq(lca::options_parse("profile_format=xml,sample=lots,sample=,profile_signal=x", &q), 4);
+  ck_assert_uint_eq(q.profile_format, 0);
+  ck_assert_uint_eq(q.sample, 0);
+  ck_assert_int_eq(q.profile_signal, -1);
+}
+END_TEST
+
 START_TEST(test_global_tracker) {
   void* p = lca_malloc(77);
   g_allocation_tracker.track_allocation(p, 77);
@@ -438,6 +461,7 @@ int main() {
   tcase_add_test(tc, test_bad_input_loses_nothing);
   tcase_add_test(tc, test_threads_keep_exact_totals);
   tcase_add_test(tc, test_global_tracker);
+  tcase_add_test(tc, test_options_parse_tracking);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
