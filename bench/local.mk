@@ -62,3 +62,7 @@ bench_huge_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 bench_huge_bench_LDFLAGS = $(PTHREAD_CFLAGS)
 bench_huge_bench_LDADD = src/libcalloc-core.la $(PTHREAD_LIBS)
 CLEANFILES += huge-bench.csv
+
+# bench/track-cost.sh: what allocation tracking (--enable-tracking) costs,
+# compiled out / in but off / sampling / full / heaptrack (issue 14); run by hand.
+EXTRA_DIST += bench/track-cost.sh

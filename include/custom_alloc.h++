@@ -4,4 +4,6 @@
 #include <custom_alloc/memory_allocator.h++>
 #include <custom_alloc/huge_page_allocator.h++>
 #include <custom_alloc/secure_allocator.h++>
+// Allocation tracking (symbols only in --enable-tracking builds).
+#include <custom_alloc/allocation_tracker.h++>
 #endif

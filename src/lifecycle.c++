@@ -11,8 +11,12 @@
 #include <pthread.h>
 
 #include "config.h"
+#if CALLOC_TRACKING
+#include "track.h++"
+#endif
 #include "huge.h++"
 #include "large.h++"
+#include "secure.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
 #include "vg.h++"
@@ -69,7 +73,12 @@ Heap* heap_for_thread() {
   }
   if (!h) return nullptr;
   tls_owned_heap = h;
+#if CALLOC_TRACKING
+  // Full tracking keeps every call on the slow paths, as Valgrind mode does.
+  if (!on_valgrind() && !track_full()) tls_heap = h;
+#else
   if (!on_valgrind()) tls_heap = h;
+#endif
   pthread_setspecific(g_heap_key, h);
   return h;
 }
@@ -217,6 +226,12 @@ void send_orphaned_frees(Heap* h) {
 
 }  // namespace
 
+// The one set of fork handlers of libcalloc (malloc.c++ registers them; the
+// modules register none of their own, so that their locks too are taken after
+// stdio's and never when the process is single-threaded).  Lock order: stdio's
+// list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
+// hardened heaps' (secure.c++), then the core's: the domain list, each domain,
+// the large-block table, the huge-page tables.
 void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
@@ -224,7 +239,11 @@ void domains_prefork() {
     st.stdio = stdio_list_lock_available();
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();
+#if CALLOC_TRACKING
+    if (track_active()) track_prefork();
+#endif
     if (!vg_serialised()) {
+      secure_prefork();  // the hardened heaps (SecureAllocator in every build)
       pthread_mutex_lock(&g_domains_lock);
       for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
       large_lock_all();
@@ -245,13 +264,20 @@ void domains_postfork_parent() {
     large_unlock_all();
     for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
     pthread_mutex_unlock(&g_domains_lock);
+    secure_postfork_parent();
   }
+#if CALLOC_TRACKING
+  if (track_active()) track_postfork_parent();
+#endif
   if (st.stdio) stdio_list_unlock();
 }
 
 void domains_postfork_child() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
+#if CALLOC_TRACKING
+  if (track_active()) track_postfork_child();  // also when nothing was locked: reseeds sampling
+#endif
   if (!st.locked) return;  // the same state as the parent, one thread
   if (st.stdio) stdio_list_reset();
   if (!vg_serialised()) {
@@ -263,6 +289,7 @@ void domains_postfork_child() {
     }
     tsan_released_at_fork(&g_domains_lock);
     pthread_mutex_init(&g_domains_lock, nullptr);
+    secure_postfork_child();
   }
   // The other threads are gone in the child, but their heaps are not adopted: a
   // thread heap changes without a lock, so the fork may have caught one in the

@@ -23,6 +23,9 @@
 #include "lifecycle.h++"
 #include "tcache.h++"
 #include "vg.h++"
+#if CALLOC_TRACKING
+#include "track.h++"
+#endif
 
 using namespace lca;
 
@@ -57,6 +60,9 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
     errno = ENOMEM;
     return nullptr;
   }
+#if CALLOC_TRACKING
+  if (track_full()) return track_malloc(size, alignment);
+#endif
   void* p = domain_alloc(&g_process_domain, size, alignment);
   if (!p) errno = ENOMEM;
   return p;
@@ -65,6 +71,10 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
 inline void* fast_malloc(std::size_t size) {
 #if CALLOC_SECURE
   return secure_malloc(size, 16);
+#endif
+#if CALLOC_TRACKING
+  // Sampling: one per-thread byte countdown (track.h++).
+  if (track_countdown(size)) return track_malloc(size, 16);
 #endif
   Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
   if (__builtin_expect(size <= kSlabMax, 1)) {
@@ -115,6 +125,9 @@ void* aligned_malloc(std::size_t alignment, std::size_t size) {
     return nullptr;
   }
   if (alignment <= 16) return fast_malloc(size);
+#if CALLOC_TRACKING
+  if (track_countdown(size)) return track_malloc(size, alignment);
+#endif
   return malloc_slow(size, alignment);
 }
 
@@ -126,6 +139,13 @@ void* calloc_impl(std::size_t count, std::size_t size) {
   }
 #if CALLOC_SECURE
   return secure_malloc(total, 16);  // secure blocks are zero-filled
+#endif
+#if CALLOC_TRACKING
+  if (track_active() && total > kLargeThreshold) {
+    void* p = fast_malloc(total);
+    if (p) std::memset(p, 0, total);
+    return p;
+  }
 #endif
   if (total > kLargeThreshold && !on_valgrind()) {
     // A fresh mapping is zero already: skip the memset when the block is one.
@@ -188,6 +208,9 @@ LCA_EXPORT void* lca_realloc(void* ptr, std::size_t size) {
     if (!out) errno = ENOMEM;
     return out;
   }
+#endif
+#if CALLOC_TRACKING
+  if (track_active()) return track_realloc(ptr, size);
 #endif
   ResizeResult how;
   void* p = block_realloc(&g_process_domain, ptr, size, true, &how);
@@ -298,13 +321,16 @@ __attribute__((constructor)) void libcalloc_init() {
   options_init();
   if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
   pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
-#if CALLOC_SECURE
-  pthread_atfork(secure_prefork, secure_postfork_parent, secure_postfork_child);
+#if CALLOC_TRACKING
+  track_init(g_options);
 #endif
 }
 
 __attribute__((destructor)) void libcalloc_fini() {
   if (g_options.stats) lca_print_stats(2);
+#if CALLOC_TRACKING
+  track_at_exit();
+#endif
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "config.h"
 #include "report.h++"
 
 namespace lca {
@@ -20,6 +21,70 @@ bool parse_bool(const char* v, std::size_t n, bool* out) {
   if (n == 0 || is("1") || is("true") || is("yes") || is("on")) return *out = true, true;
   if (is("0") || is("false") || is("no") || is("off")) return *out = false, true;
   return false;
+}
+
+// Tracking options (values that are not booleans).  True when key is one of
+// them; problems are counted in *problems.
+bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, std::size_t n, Options* out,
+                           int* problems) {
+  auto key_is = [&](const char* k) { return std::strlen(k) == key_len && std::strncmp(key, k, key_len) == 0; };
+  auto is = [&](const char* word) { return std::strlen(word) == n && std::strncmp(v, word, n) == 0; };
+  auto copy_path = [&](char* dst, std::size_t cap) {
+    bool flag;
+    if (parse_bool(v, n, &flag)) {
+      std::strcpy(dst, flag ? "-" : "");
+    } else if (n >= cap) {
+      report_warning("LIBCALLOC_OPTIONS: path too long for ", key_len == 7 ? "profile" : "leak_report");
+      ++*problems;
+    } else {
+      std::memcpy(dst, v, n);
+      dst[n] = 0;
+    }
+  };
+  auto number = [&](unsigned long long* dst, const char* what) {
+    unsigned long long x = 0;
+    std::size_t i = 0;
+    for (; i < n && v[i] >= '0' && v[i] <= '9' && x < (1ull << 50); ++i) x = x * 10 + static_cast<unsigned>(v[i] - '0');
+    if (n == 0 || i != n) {
+      report_warning("LIBCALLOC_OPTIONS: expected a number for ", what);
+      ++*problems;
+      return false;
+    }
+    *dst = x;
+    return true;
+  };
+  if (key_is("leak_report")) {
+    copy_path(out->leak_report, sizeof out->leak_report);
+  } else if (key_is("profile")) {
+    copy_path(out->profile, sizeof out->profile);
+  } else if (key_is("profile_format")) {
+    if (is("text")) out->profile_format = 0;
+    else if (is("collapsed")) out->profile_format = 1;
+    else if (is("pprof")) out->profile_format = 2;
+    else {
+      report_warning("LIBCALLOC_OPTIONS: expected text, collapsed or pprof for ", "profile_format");
+      ++*problems;
+    }
+  } else if (key_is("sample")) {
+    number(&out->sample, "sample");
+  } else if (key_is("profile_signal")) {
+    unsigned long long sig = 0;
+    if (number(&sig, "profile_signal")) {
+      if (sig < 65) {
+        out->profile_signal = static_cast<int>(sig);
+      } else {
+        report_warning("LIBCALLOC_OPTIONS: no such signal for ", "profile_signal");
+        ++*problems;
+      }
+    }
+  } else {
+    return false;
+  }
+#if !CALLOC_TRACKING
+  report_warning("LIBCALLOC_OPTIONS: allocation tracking is not built in (configure --enable-tracking), ignored: ",
+                 key_len == 6 ? "sample" : "tracking option");
+#endif
+  return true;
 }
 
 }  // namespace
@@ -42,7 +107,9 @@ int options_parse(const char* text, Options* out) {
     std::size_t copy = key_len < sizeof name - 1 ? key_len : sizeof name - 1;
     std::memcpy(name, p, copy);
     name[copy] = 0;
-    if (key_len == 0) {
+    if (parse_tracking_option(p, key_len, value, value_len, out, &problems)) {
+      // done
+    } else if (key_len == 0) {
       // empty item, e.g. a trailing comma
     } else if (!target) {
       report_warning("LIBCALLOC_OPTIONS: unknown option ", name);

@@ -11,6 +11,15 @@ struct Options {
   // where the system mode is madvise or always), 0 MADV_NOHUGEPAGE (none even under
   // always); -1, the default, leaves the system's mode alone (chunk.c++).
   signed char huge_heap = -1;
+  // Allocation tracking (track.c++; a build without --enable-tracking warns
+  // that these are not built in).  leak_report and profile: "" off, "-"
+  // stderr, else a path ("%p" becomes the process id).  sample: the mean bytes
+  // between samples, 0 when not given (1 means every allocation).
+  char leak_report[256] = "";
+  char profile[256] = "";
+  unsigned char profile_format = 0;  // 0 text, 1 collapsed, 2 pprof
+  unsigned long long sample = 0;
+  int profile_signal = -1;  // -1: SIGUSR2 when profile is set; 0: none
 };
 
 extern Options g_options;

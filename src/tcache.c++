@@ -20,6 +20,9 @@
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
+#if CALLOC_TRACKING
+#include "track.h++"
+#endif
 
 namespace lca {
 
@@ -823,6 +826,9 @@ void remote_batch_flush_all(Heap* h) {
 
 void free_cold(void* p) {
   int saved = errno;
+#if CALLOC_TRACKING
+  if (track_active()) track_free(p);
+#endif
   if (!free_remote_batched(p)) free_slow(p);
   errno = saved;
 }
@@ -1043,6 +1049,14 @@ DomainStats domain_stats(Domain* d) {
   }
   st.os_memory_mapped = d->chunk_bytes.load(std::memory_order_relaxed) + large.mapped_bytes;
   return st;
+}
+
+void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) {
+  vg_init();
+  if (on_valgrind() || !d->per_thread) return domain_alloc(d, size, alignment);
+  Heap* h = heap_for_thread();
+  if (!h) return nullptr;
+  return heap_alloc(h, size, alignment, true);
 }
 
 }  // namespace lca

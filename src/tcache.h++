@@ -317,6 +317,15 @@ class DomainLock {
  private:
   Domain* d_;
 };
+// Allocation tracking (track.c++): a block of domain d that is never a span
+// object, so that its free always reaches free_cold (an arena block, or a
+// mapping above the arena's limit); in Valgrind mode a plain domain_alloc.
+void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment);
+
+// fork() support for every domain.
+void domains_prefork();
+void domains_postfork_parent();
+void domains_postfork_child();
 
 }  // namespace lca
 

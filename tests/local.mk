@@ -37,6 +37,27 @@ tests_unit_fork_SOURCES = tests/unit/fork.c++ tests/test-util.h++
 calloc_unit_tests += tests/unit/secure
 tests_unit_secure_SOURCES = tests/unit/secure.c++ tests/test-util.h++
 
+# Allocation tracking (issue 14): --enable-tracking builds only.
+if CALLOC_TRACKING
+calloc_unit_tests += tests/unit/track
+tests_unit_track_SOURCES = tests/unit/track.c++ tests/test-util.h++
+tests_unit_track_CPPFLAGS = $(AM_CPPFLAGS) $(LIBUNWIND_CFLAGS)
+# The program tests/integration/track*.sh run under LD_PRELOAD (no libcalloc).
+check_PROGRAMS += tests/track/track-demo
+tests_track_track_demo_SOURCES = tests/track/track-demo.c++
+tests_track_track_demo_CPPFLAGS =
+tests_track_track_demo_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+tests_track_track_demo_LDFLAGS = -no-install $(PTHREAD_CFLAGS)
+tests_track_track_demo_LDADD = $(PTHREAD_LIBS) -ldl
+# The shared object track-demo dlopens (a libtool module, never installed).
+check_LTLIBRARIES = tests/track/libtrackplugin.la
+tests_track_libtrackplugin_la_SOURCES = tests/track/plugin.c++
+tests_track_libtrackplugin_la_CPPFLAGS =
+tests_track_libtrackplugin_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+endif
+EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
+
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =
@@ -86,6 +107,13 @@ tests_integration_secure_victim_LDFLAGS = -no-install
 tests_integration_secure_victim_LDADD = -ldl
 EXTRA_DIST += tests/integration/secure-malloc.sh
 
+# Allocation tracking (issue 14): LD_PRELOAD programs with LIBCALLOC_OPTIONS=
+# leak_report/profile/sample, python3, and google-pprof reading our heap profile.
+if CALLOC_TRACKING
+if CALLOC_OVERRIDE
+calloc_script_tests += tests/integration/track.sh tests/integration/track-pprof.sh
+endif
+endif
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh \

@@ -1,0 +1,1271 @@
+// track.c++ -- allocation tracking of the process heap: leak reports at exit,
+// hot-site profiles, sampling (configure --enable-tracking; LIBCALLOC_OPTIONS).
+//
+// This module owns what the tracker knows: a table of allocation stacks
+// ("sites", interned, never removed; per site: calls, bytes, live blocks, live
+// bytes) and a table of the live tracked blocks (address -> site, size,
+// weight), both in memory from the OS layer, so the tracker never calls malloc
+// while malloc runs.  Stacks are captured with libunwind's unw_backtrace (its
+// frame cache: no DWARF interpretation on the common path) and symbolised only
+// when a report is written (dladdr for the module, the module's ELF symbol
+// table for the function -- static functions too --, __cxa_demangle).  The
+// report writers allocate (stdio, demangling) with the thread marked busy, so
+// their own allocations are not tracked.
+//
+// Sampling follows the Poisson-process scheme of tcmalloc and jemalloc: each
+// thread counts allocated bytes down from an exponentially distributed interval
+// of mean `sample` bytes; the allocation that crosses zero is recorded with the
+// weight 1 / (1 - exp(-size / sample)), the inverse of its probability of being
+// sampled, so calls and bytes are unbiased estimates whatever the sizes.
+//
+// Locks: the block table is split into kShards shards, each with a mutex; site
+// insertion takes one mutex (lookups are lock-free).  fork() takes them all
+// before and re-initialises them in the child, which goes on tracking its own
+// blocks and writes its own report (to PATH.PID when PATH has no %p).
+#include "track.h++"
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
+
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+
+#include <custom_alloc/allocation_tracker.h++>
+
+#include "os.h++"
+#include "report.h++"
+#include "tcache.h++"
+#include "vg.h++"
+
+namespace lca {
+
+TrackMode g_track_mode = TrackMode::off;
+constinit thread_local std::int64_t tls_track_countdown __attribute__((tls_model("initial-exec"))) = 0;
+
+namespace {
+
+// Frames kept per stack, and captured (the allocator's own are dropped).
+constexpr unsigned kMaxFrames = 32;
+constexpr unsigned kCaptureFrames = kMaxFrames + 16;
+// Distinct stacks kept (open addressing; 20 MiB of address space, touched as
+// used).  Stacks beyond it, or after kMaxProbe collisions, are counted under
+// the overflow site 0, printed as "[stack table full]".
+constexpr std::size_t kSites = std::size_t{1} << 16;
+constexpr unsigned kMaxProbe = 64;
+// Block table shards: threads freeing and allocating at once rarely meet.
+constexpr unsigned kShards = 64;
+constexpr std::size_t kInitialBuckets = 256;
+constexpr std::size_t kNodePoolBytes = 64 * 1024;
+// Weights are fixed-point (1 << kWeightShift is one block), so that live
+// counts add and subtract exactly.
+constexpr unsigned kWeightShift = 16;
+constexpr double kWeightOne = static_cast<double>(1u << kWeightShift);
+// A human report lists at most this many stacks (the summary counts them all).
+constexpr std::size_t kReportStacks = 200;
+// profile=PATH without sample=: one sample per 512 KiB on average, the rate of
+// gperftools and jemalloc's default: at under one sample per 100 000 small
+// allocations its cost is far below noise, and a site that allocates 10 MiB
+// is seen about 20 times (docs/design.md, "Tracking").
+constexpr std::uint64_t kDefaultSampleBytes = 512 * 1024;
+
+struct Site {
+  std::atomic<std::uint64_t> key;  // 0: empty; else the stack's hash | 1, set once the frames are written
+  std::uint32_t depth;
+  void* frames[kMaxFrames];
+  std::atomic<std::uint64_t> calls_fx;  // estimated allocations, fixed-point
+  std::atomic<std::uint64_t> bytes;     // estimated bytes allocated
+  std::atomic<std::int64_t> live_fx;    // estimated live blocks, fixed-point
+  std::atomic<std::int64_t> live_bytes;
+};
+
+struct BlockNode {
+  std::uintptr_t addr;
+  BlockNode* next;
+  std::uint32_t site;
+  std::uint64_t weight_fx;  // this block's share of its site's counts
+  std::uint64_t bytes;      // its estimated bytes (size * weight)
+};
+
+struct Shard {
+  pthread_mutex_t lock;
+  BlockNode** buckets;
+  std::size_t nbuckets;
+  std::size_t count;
+  BlockNode* free_nodes;
+  char* pool;
+  char* pool_end;
+  char pad[64];
+};
+
+Site* g_sites;  // kSites entries, os_map'ed at track_init
+pthread_mutex_t g_site_lock = PTHREAD_MUTEX_INITIALIZER;
+Shard g_shards[kShards];
+std::uint64_t g_sample_bytes;
+std::atomic<std::uint64_t> g_samples{0};
+pid_t g_start_pid;
+Options g_opts;  // a copy of the tracking options
+volatile sig_atomic_t g_dump_pending;
+
+// Text ranges to drop from the top of captured stacks: libunwind's, and
+// libcalloc's own when it is a shared object of its own (else the caller's
+// return address marks where the user's frames start).
+struct TextRange {
+  std::uintptr_t lo = 0, hi = 0;
+};
+TextRange g_skip_ranges[8];
+unsigned g_nskip;
+bool g_lib_is_main;
+
+constinit thread_local bool tls_track_busy __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local std::uint64_t tls_rng __attribute__((tls_model("initial-exec"))) = 0;
+
+// Marks the thread busy in the tracker for a scope: allocations made meanwhile
+// (by libunwind, stdio, the demangler) are not tracked, and cannot recurse.
+struct Busy {
+  bool was;
+  Busy() : was(tls_track_busy) { tls_track_busy = true; }
+  ~Busy() { tls_track_busy = was; }
+};
+
+// --- text ranges -------------------------------------------------------------
+
+struct RangeQuery {
+  std::uintptr_t base;
+  TextRange* out;
+  unsigned* n;
+  unsigned cap;
+};
+
+int collect_text(dl_phdr_info* info, std::size_t, void* data) {
+  auto* q = static_cast<RangeQuery*>(data);
+  if (info->dlpi_addr != q->base) return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X) || *q->n >= q->cap) continue;
+    TextRange& r = q->out[(*q->n)++];
+    r.lo = info->dlpi_addr + ph.p_vaddr;
+    r.hi = r.lo + ph.p_memsz;
+  }
+  return 1;
+}
+
+// Adds the executable segments of the object containing fn.
+void skip_object_of(const void* fn) {
+  Dl_info dl;
+  link_map* lm = nullptr;
+  if (!dladdr1(fn, &dl, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm) return;
+  RangeQuery q{lm->l_addr, g_skip_ranges, &g_nskip, sizeof g_skip_ranges / sizeof g_skip_ranges[0]};
+  dl_iterate_phdr(collect_text, &q);
+}
+
+bool in_skipped_text(const void* ip) {
+  auto a = reinterpret_cast<std::uintptr_t>(ip);
+  for (unsigned i = 0; i < g_nskip; ++i)
+    if (a >= g_skip_ranges[i].lo && a < g_skip_ranges[i].hi) return true;
+  return false;
+}
+
+// libunwind's caches per thread: no lock shared by the allocating threads (and
+// nothing shared for helgrind and DRD to report).
+void init_unwinder() {
+  static std::atomic<bool> done{false};
+  if (!done.exchange(true)) unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+}
+
+void init_skip_ranges() {
+  Busy busy;
+  init_unwinder();
+  skip_object_of(reinterpret_cast<const void*>(&unw_backtrace));
+  Dl_info self;
+  link_map* lm_self = nullptr;
+  dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
+  void* main_handle = dlopen(nullptr, RTLD_LAZY | RTLD_NOLOAD);
+  auto* lm_main = static_cast<link_map*>(main_handle);
+  g_lib_is_main = !lm_self || lm_self == lm_main;
+  if (main_handle) dlclose(main_handle);
+  if (!g_lib_is_main) skip_object_of(reinterpret_cast<const void*>(&track_init));
+}
+
+// --- sites --------------------------------------------------------------------
+
+std::uint64_t hash_stack(void* const* frames, unsigned n) {
+  std::uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+  for (unsigned i = 0; i < n; ++i) {
+    h ^= reinterpret_cast<std::uintptr_t>(frames[i]);
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+  }
+  return h | 1;
+}
+
+bool same_stack(const Site& s, void* const* frames, unsigned n) {
+  return s.depth == n && std::memcmp(s.frames, frames, n * sizeof(void*)) == 0;
+}
+
+// The site of a stack, created on first sight; 0 (the overflow site) when the
+// table has no room for it.
+std::uint32_t intern_site(void* const* frames, unsigned n) {
+  std::uint64_t h = hash_stack(frames, n);
+  std::size_t i = (h >> 1) & (kSites - 1);
+  for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & (kSites - 1)) {
+    if (i == 0) continue;
+    std::uint64_t k = g_sites[i].key.load(std::memory_order_acquire);
+    if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+    if (k == 0) {
+      pthread_mutex_lock(&g_site_lock);
+      k = g_sites[i].key.load(std::memory_order_relaxed);
+      if (k == 0) {
+        g_sites[i].depth = n;
+        std::memcpy(g_sites[i].frames, frames, n * sizeof(void*));
+        g_sites[i].key.store(h, std::memory_order_release);
+        pthread_mutex_unlock(&g_site_lock);
+        return static_cast<std::uint32_t>(i);
+      }
+      pthread_mutex_unlock(&g_site_lock);
+      if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+    }
+  }
+  return 0;
+}
+
+// --- blocks ---------------------------------------------------------------------
+
+Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards]; }
+std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
+
+bool shard_grow(Shard& s) {
+  std::size_t n = s.nbuckets ? s.nbuckets * 2 : kInitialBuckets;
+  auto** b = static_cast<BlockNode**>(os_map(n * sizeof(BlockNode*)));
+  if (!b) return false;
+  for (std::size_t i = 0; i < s.nbuckets; ++i) {
+    BlockNode* node = s.buckets[i];
+    while (node) {
+      BlockNode* next = node->next;
+      std::size_t j = bucket_of(node->addr, n);
+      node->next = b[j];
+      b[j] = node;
+      node = next;
+    }
+  }
+  if (s.buckets) os_unmap(s.buckets, s.nbuckets * sizeof(BlockNode*));
+  s.buckets = b;
+  s.nbuckets = n;
+  return true;
+}
+
+BlockNode* node_alloc(Shard& s) {
+  if (BlockNode* n = s.free_nodes) {
+    s.free_nodes = n->next;
+    return n;
+  }
+  if (s.pool + sizeof(BlockNode) > s.pool_end) {
+    auto* p = static_cast<char*>(os_map(kNodePoolBytes));
+    if (!p) return nullptr;
+    s.pool = p;
+    s.pool_end = p + kNodePoolBytes;
+  }
+  auto* n = reinterpret_cast<BlockNode*>(s.pool);
+  s.pool += sizeof(BlockNode);
+  return n;
+}
+
+void site_add(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+  Site& s = g_sites[site];
+  s.calls_fx.fetch_add(weight_fx, std::memory_order_relaxed);
+  s.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  s.live_fx.fetch_add(static_cast<std::int64_t>(weight_fx), std::memory_order_relaxed);
+  s.live_bytes.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
+}
+
+void site_release(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+  Site& s = g_sites[site];
+  s.live_fx.fetch_sub(static_cast<std::int64_t>(weight_fx), std::memory_order_relaxed);
+  s.live_bytes.fetch_sub(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
+}
+
+void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  Shard& s = shard_of(a);
+  pthread_mutex_lock(&s.lock);
+  if (s.count >= s.nbuckets && !shard_grow(s) && s.nbuckets == 0) {
+    pthread_mutex_unlock(&s.lock);
+    return;  // no memory for the table: the block goes untracked
+  }
+  BlockNode* n = node_alloc(s);
+  if (!n) {
+    pthread_mutex_unlock(&s.lock);
+    return;
+  }
+  *n = BlockNode{a, nullptr, site, weight_fx, bytes};
+  std::size_t b = bucket_of(a, s.nbuckets);
+  n->next = s.buckets[b];
+  s.buckets[b] = n;
+  ++s.count;
+  pthread_mutex_unlock(&s.lock);
+  site_add(site, weight_fx, bytes);
+}
+
+// Removes p's record; false when p is not tracked.
+bool block_take(void* p, BlockNode* out) {
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  Shard& s = shard_of(a);
+  pthread_mutex_lock(&s.lock);
+  if (s.count == 0) {
+    pthread_mutex_unlock(&s.lock);
+    return false;
+  }
+  BlockNode** link = &s.buckets[bucket_of(a, s.nbuckets)];
+  while (BlockNode* n = *link) {
+    if (n->addr == a) {
+      *link = n->next;
+      *out = *n;
+      n->next = s.free_nodes;
+      s.free_nodes = n;
+      --s.count;
+      pthread_mutex_unlock(&s.lock);
+      site_release(out->site, out->weight_fx, out->bytes);
+      return true;
+    }
+    link = &n->next;
+  }
+  pthread_mutex_unlock(&s.lock);
+  return false;
+}
+
+// --- sampling ---------------------------------------------------------------------
+
+std::uint64_t rng_next() {
+  std::uint64_t x = tls_rng;
+  if (x == 0) {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    x = static_cast<std::uint64_t>(ts.tv_nsec) ^ (reinterpret_cast<std::uintptr_t>(&tls_rng) << 16) ^
+        static_cast<std::uint64_t>(gettid()) * 0x9e3779b97f4a7c15ull;
+    if (x == 0) x = 1;
+  }
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  tls_rng = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+// The next interval: exponential with mean g_sample_bytes.
+std::int64_t next_interval() {
+  double u = (static_cast<double>(rng_next() >> 11) + 1.0) / 9007199254740993.0;  // (0, 1]
+  double v = -std::log(u) * static_cast<double>(g_sample_bytes);
+  if (v > 4e18) v = 4e18;
+  return static_cast<std::int64_t>(v);
+}
+
+void reset_countdown() {
+  tls_track_countdown = g_track_mode == TrackMode::sample ? next_interval() : INT64_MAX;
+}
+
+// --- capture ---------------------------------------------------------------------
+
+// The stack above the allocator: frames in skipped text are dropped from the
+// top.  Without such text (libcalloc linked into the program) the frames above
+// the one whose address is `marker` -- track_malloc's return address -- are
+// dropped: that frame is the libcalloc entry point (malloc, operator new) that
+// called track_malloc, or the user's when the entry point tail-called it, so
+// such a stack may begin with one libcalloc frame but never loses a user's.
+__attribute__((noinline)) unsigned capture_user_stack(void** out, const void* marker) {
+  void* raw[kCaptureFrames];
+  int n = unw_backtrace(raw, static_cast<int>(kCaptureFrames));
+  int i = 0;
+  if (!g_lib_is_main) {
+    while (i < n && in_skipped_text(raw[i])) ++i;
+  } else {
+    int m = 0;
+    while (m < n && raw[m] != marker) ++m;
+    i = m < n ? m : (n < 3 ? n : 3);
+  }
+  unsigned k = 0;
+  for (; i < n && k < kMaxFrames; ++i) out[k++] = raw[i];
+  return k;
+}
+
+void record(void* p, std::size_t size, std::uint64_t weight_fx, std::uint64_t bytes, const void* marker) {
+  void* frames[kMaxFrames];
+  unsigned n = capture_user_stack(frames, marker);
+  block_insert(p, intern_site(frames, n), weight_fx, bytes);
+  (void)size;
+  g_samples.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Weight of a sampled allocation of `size` bytes: 1 / P(sampled).
+void sample_weight(std::size_t size, std::uint64_t* weight_fx, std::uint64_t* bytes) {
+  if (g_track_mode == TrackMode::full) {
+    *weight_fx = 1u << kWeightShift;
+    *bytes = size;
+    return;
+  }
+  double s = static_cast<double>(size ? size : 1);
+  double p = -std::expm1(-s / static_cast<double>(g_sample_bytes));
+  *weight_fx = static_cast<std::uint64_t>(kWeightOne / p + 0.5);
+  *bytes = static_cast<std::uint64_t>(s / p + 0.5);
+}
+
+void dump_if_requested();
+
+// --- symbolisation --------------------------------------------------------------
+
+struct FuncSym {
+  std::uintptr_t value, size;
+  const char* name;
+};
+
+// A row of a DWARF line table: code from addr on comes from file:line (until
+// the next row); an end row closes its sequence.
+struct LineRow {
+  std::uintptr_t addr;
+  const char* file;  // into the module's mapping
+  std::uint32_t line;
+  bool end;
+};
+
+struct ElfModule {
+  std::uintptr_t base = 0;  // dli_fbase
+  bool loaded = false;
+  bool relative = true;  // ET_DYN: symbol values are offsets from base
+  void* map = nullptr;
+  std::size_t map_len = 0;
+  FuncSym* syms = nullptr;  // sorted by value
+  std::size_t nsyms = 0;
+  LineRow* rows = nullptr;  // sorted by address; none without .debug_line
+  std::size_t nrows = 0;
+  char path[256] = "";
+};
+
+// --- DWARF line tables (.debug_line, versions 2 to 5) ---------------------------
+
+struct Reader {
+  const unsigned char* p;
+  const unsigned char* end;
+  bool ok = true;
+  bool has(std::size_t n) {
+    if (static_cast<std::size_t>(end - p) < n) ok = false;
+    return ok;
+  }
+  std::uint64_t fixed(unsigned n) {
+    if (!has(n)) return 0;
+    std::uint64_t v = 0;
+    for (unsigned i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+    p += n;
+    return v;
+  }
+  std::uint64_t uleb() {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0; has(1); shift += 7) {
+      unsigned char b = *p++;
+      if (shift < 64) v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) break;
+    }
+    return v;
+  }
+  std::int64_t sleb() {
+    std::int64_t v = 0;
+    unsigned shift = 0;
+    unsigned char b = 0;
+    while (has(1)) {
+      b = *p++;
+      if (shift < 64) v |= static_cast<std::int64_t>(b & 0x7f) << shift;
+      shift += 7;
+      if (!(b & 0x80)) break;
+    }
+    if (shift < 64 && (b & 0x40)) v |= -(std::int64_t{1} << shift);
+    return v;
+  }
+  const char* cstr() {
+    auto* s = reinterpret_cast<const char*>(p);
+    while (has(1) && *p) ++p;
+    if (has(1)) ++p;
+    return s;
+  }
+};
+
+struct Sections {
+  const unsigned char *line = nullptr, *line_str = nullptr, *str = nullptr;
+  std::size_t line_len = 0, line_str_len = 0, str_len = 0;
+};
+
+// One attribute value of a DWARF 5 directory or file entry; a string where the
+// form is one, else nullptr (numbers are read and dropped).
+const char* read_form(Reader& r, std::uint64_t form, bool dwarf64, const Sections& sec) {
+  switch (form) {
+    case 0x08: return r.cstr();  // DW_FORM_string
+    case 0x1f:                   // DW_FORM_line_strp
+    case 0x0e: {                 // DW_FORM_strp
+      std::uint64_t off = r.fixed(dwarf64 ? 8 : 4);
+      const unsigned char* base = form == 0x1f ? sec.line_str : sec.str;
+      std::size_t len = form == 0x1f ? sec.line_str_len : sec.str_len;
+      return base && off < len ? reinterpret_cast<const char*>(base + off) : nullptr;
+    }
+    case 0x0f: r.uleb(); return nullptr;      // udata
+    case 0x0b: r.fixed(1); return nullptr;    // data1
+    case 0x05: r.fixed(2); return nullptr;    // data2
+    case 0x06: r.fixed(4); return nullptr;    // data4
+    case 0x07: r.fixed(8); return nullptr;    // data8
+    case 0x1e: r.has(16) ? (void)(r.p += 16) : void(); return nullptr;  // data16 (MD5)
+    case 0x09: {                               // block
+      std::uint64_t n = r.uleb();
+      if (r.has(n)) r.p += n;
+      return nullptr;
+    }
+    default: r.ok = false; return nullptr;
+  }
+}
+
+// Appends the rows of every unit of .debug_line to rows.
+void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
+  Reader all{sec.line, sec.line + sec.line_len};
+  std::vector<const char*> files;
+  while (all.ok && all.p < all.end) {
+    std::uint64_t unit_len = all.fixed(4);
+    bool dwarf64 = unit_len == 0xffffffffu;
+    if (dwarf64) unit_len = all.fixed(8);
+    if (!all.has(unit_len) || unit_len < 2) return;
+    Reader r{all.p, all.p + unit_len};
+    all.p += unit_len;
+    unsigned version = static_cast<unsigned>(r.fixed(2));
+    if (version < 2 || version > 5) continue;
+    unsigned address_size = 8;
+    if (version >= 5) {
+      address_size = static_cast<unsigned>(r.fixed(1));
+      r.fixed(1);  // segment selector size
+    }
+    std::uint64_t header_len = r.fixed(dwarf64 ? 8 : 4);
+    if (!r.has(header_len)) continue;
+    const unsigned char* program = r.p + header_len;
+    unsigned min_inst = static_cast<unsigned>(r.fixed(1));
+    if (version >= 4) r.fixed(1);  // maximum operations per instruction (VLIW only)
+    bool default_is_stmt = r.fixed(1) != 0;
+    (void)default_is_stmt;
+    auto line_base = static_cast<std::int8_t>(r.fixed(1));
+    unsigned line_range = static_cast<unsigned>(r.fixed(1));
+    unsigned opcode_base = static_cast<unsigned>(r.fixed(1));
+    if (line_range == 0 || opcode_base == 0) continue;
+    unsigned char std_lengths[256] = {};
+    for (unsigned i = 1; i < opcode_base; ++i) std_lengths[i] = static_cast<unsigned char>(r.fixed(1));
+    files.clear();
+    if (version >= 5) {
+      for (int table = 0; table < 2 && r.ok; ++table) {  // directories, then files
+        unsigned nformats = static_cast<unsigned>(r.fixed(1));
+        std::uint64_t formats[16][2];
+        if (nformats > 16) {
+          r.ok = false;
+          break;
+        }
+        for (unsigned i = 0; i < nformats; ++i) formats[i][0] = r.uleb(), formats[i][1] = r.uleb();
+        std::uint64_t count = r.uleb();
+        for (std::uint64_t e = 0; e < count && r.ok; ++e) {
+          const char* path = nullptr;
+          for (unsigned i = 0; i < nformats; ++i) {
+            const char* v = read_form(r, formats[i][1], dwarf64, sec);
+            if (formats[i][0] == 1) path = v;  // DW_LNCT_path
+          }
+          if (table == 1) files.push_back(path ? path : "?");
+        }
+      }
+    } else {
+      while (r.ok && r.has(1) && *r.p) r.cstr();  // include directories
+      if (r.has(1)) ++r.p;
+      files.push_back("?");  // file numbers start at 1
+      while (r.ok && r.has(1) && *r.p) {
+        files.push_back(r.cstr());
+        r.uleb(), r.uleb(), r.uleb();
+      }
+    }
+    if (!r.ok) continue;
+    r.p = program;
+    std::uintptr_t addr = 0;
+    std::uint64_t file = 1;
+    std::int64_t line = 1;
+    auto emit = [&](bool end) {
+      const char* f = file < files.size() ? files[file] : "?";
+      rows.push_back(LineRow{addr, f, static_cast<std::uint32_t>(line > 0 ? line : 0), end});
+    };
+    while (r.ok && r.p < r.end) {
+      unsigned op = *r.p++;
+      if (op >= opcode_base) {
+        unsigned adj = op - opcode_base;
+        addr += (adj / line_range) * min_inst;
+        line += line_base + static_cast<int>(adj % line_range);
+        emit(false);
+        continue;
+      }
+      switch (op) {
+        case 0: {  // extended
+          std::uint64_t len = r.uleb();
+          if (!r.has(len) || len == 0) {
+            r.ok = false;
+            break;
+          }
+          const unsigned char* next = r.p + len;
+          unsigned sub = *r.p++;
+          if (sub == 1) {  // end_sequence
+            emit(true);
+            addr = 0, file = 1, line = 1;
+          } else if (sub == 2) {  // set_address
+            addr = static_cast<std::uintptr_t>(r.fixed(address_size));
+          }
+          r.p = next;
+          break;
+        }
+        case 1: emit(false); break;                                     // copy
+        case 2: addr += r.uleb() * min_inst; break;                     // advance_pc
+        case 3: line += r.sleb(); break;                                // advance_line
+        case 4: file = r.uleb(); break;                                 // set_file
+        case 8: addr += ((255 - opcode_base) / line_range) * min_inst; break;  // const_add_pc
+        case 9: addr += r.fixed(2); break;                              // fixed_advance_pc
+        default:
+          for (unsigned i = 0; i < std_lengths[op]; ++i) r.uleb();  // set_column, isa, flags...
+          break;
+      }
+    }
+  }
+}
+
+void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
+  if (eh->e_shstrndx >= eh->e_shnum) return;
+  const ElfW(Shdr)& names = sh[eh->e_shstrndx];
+  if (names.sh_offset + names.sh_size > m.map_len) return;
+  auto* base = static_cast<const unsigned char*>(m.map);
+  Sections sec;
+  for (unsigned i = 0; i < eh->e_shnum; ++i) {
+    if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || (sh[i].sh_flags & SHF_COMPRESSED) ||
+        sh[i].sh_offset + sh[i].sh_size > m.map_len)
+      continue;
+    const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
+    if (std::strcmp(name, ".debug_line") == 0) sec.line = base + sh[i].sh_offset, sec.line_len = sh[i].sh_size;
+    if (std::strcmp(name, ".debug_line_str") == 0)
+      sec.line_str = base + sh[i].sh_offset, sec.line_str_len = sh[i].sh_size;
+    if (std::strcmp(name, ".debug_str") == 0) sec.str = base + sh[i].sh_offset, sec.str_len = sh[i].sh_size;
+  }
+  if (!sec.line) return;
+  std::vector<LineRow> rows;
+  parse_line_tables(sec, rows);
+  // Sort by address; an end row sorts before a row starting at the same address.
+  std::stable_sort(rows.begin(), rows.end(), [](const LineRow& a, const LineRow& b) {
+    return a.addr != b.addr ? a.addr < b.addr : a.end > b.end;
+  });
+  auto* out = static_cast<LineRow*>(std::malloc((rows.size() ? rows.size() : 1) * sizeof(LineRow)));
+  if (!out) return;
+  std::copy(rows.begin(), rows.end(), out);
+  m.rows = out;
+  m.nrows = rows.size();
+}
+
+// The source line of rel (a module-relative address), or nullptr.
+const LineRow* find_line(const ElfModule& m, std::uintptr_t rel) {
+  const LineRow* begin = m.rows;
+  const LineRow* end = m.rows + m.nrows;
+  const LineRow* it =
+      std::upper_bound(begin, end, rel, [](std::uintptr_t v, const LineRow& r) { return v < r.addr; });
+  if (it == begin) return nullptr;
+  --it;
+  // A row is followed, in its sequence, by the next row or its end row; an end
+  // row found first means rel lies between sequences.
+  return it->end || it + 1 == end ? nullptr : it;
+}
+
+constexpr unsigned kModules = 64;
+ElfModule g_modules[kModules];
+pthread_mutex_t g_sym_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void load_elf(ElfModule& m, const char* path) {
+  m.loaded = true;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    close(fd);
+    return;
+  }
+  void* map = mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) return;
+  m.map = map;
+  m.map_len = static_cast<std::size_t>(st.st_size);
+  auto* base = static_cast<const char*>(map);
+  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) ||
+      eh->e_shoff == 0 || eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) > m.map_len)
+    return;
+  m.relative = eh->e_type == ET_DYN;
+  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+  const ElfW(Shdr)* table = nullptr;
+  for (unsigned want : {static_cast<unsigned>(SHT_SYMTAB), static_cast<unsigned>(SHT_DYNSYM)}) {
+    for (unsigned i = 0; i < eh->e_shnum && !table; ++i)
+      if (sh[i].sh_type == want && sh[i].sh_link < eh->e_shnum) table = &sh[i];
+    if (table) break;
+  }
+  if (!table || table->sh_offset + table->sh_size > m.map_len) return;
+  const ElfW(Shdr)& strs = sh[table->sh_link];
+  if (strs.sh_offset + strs.sh_size > m.map_len) return;
+  auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
+  std::size_t count = table->sh_size / sizeof(ElfW(Sym));
+  auto* out = static_cast<FuncSym*>(std::malloc((count ? count : 1) * sizeof(FuncSym)));
+  if (!out) return;
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    unsigned type = ELF64_ST_TYPE(syms[i].st_info);
+    if ((type != STT_FUNC && type != STT_GNU_IFUNC) || syms[i].st_shndx == SHN_UNDEF ||
+        syms[i].st_name >= strs.sh_size)
+      continue;
+    out[k++] = FuncSym{syms[i].st_value, syms[i].st_size, base + strs.sh_offset + syms[i].st_name};
+  }
+  std::sort(out, out + k, [](const FuncSym& a, const FuncSym& b) { return a.value < b.value; });
+  m.syms = out;
+  m.nsyms = k;
+  load_lines(m, eh, sh);
+}
+
+// The function containing rel (a module-relative address), or nullptr.
+const FuncSym* find_func(const ElfModule& m, std::uintptr_t rel) {
+  const FuncSym* begin = m.syms;
+  const FuncSym* end = m.syms + m.nsyms;
+  const FuncSym* it = std::upper_bound(begin, end, rel, [](std::uintptr_t v, const FuncSym& s) { return v < s.value; });
+  while (it != begin) {
+    --it;
+    if (rel < it->value + (it->size ? it->size : 1)) return it;
+    if (it->size) return nullptr;  // rel lies past a sized function: in no function
+  }
+  return nullptr;
+}
+
+struct Symbol {
+  char function[512];  // demangled, "" when unknown
+  const char* file;    // source file (DWARF line table), nullptr when unknown
+  unsigned line;
+  std::uintptr_t offset;
+  char module[256];
+  std::uintptr_t module_offset;
+};
+
+void symbolize(const void* addr, Symbol* out) {
+  out->function[0] = 0;
+  out->file = nullptr;
+  out->line = 0;
+  out->module[0] = 0;
+  out->offset = out->module_offset = 0;
+  // A return address: the call is the byte before it (a noreturn call may be
+  // the last instruction of its function).
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  std::uintptr_t look = a ? a - 1 : a;
+  Dl_info dl;
+  if (!dladdr(reinterpret_cast<void*>(look), &dl) || !dl.dli_fbase) return;
+  const char* path = dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "/proc/self/exe";
+  std::snprintf(out->module, sizeof out->module, "%s", dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "[main]");
+  auto fbase = reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
+  out->module_offset = a - fbase;
+  const char* raw_name = nullptr;
+  std::uintptr_t start = 0;
+  pthread_mutex_lock(&g_sym_lock);
+  ElfModule* m = nullptr;
+  for (ElfModule& e : g_modules) {
+    if (e.loaded && e.base == fbase) {
+      m = &e;
+      break;
+    }
+    if (!e.loaded) {
+      e.base = fbase;
+      std::snprintf(e.path, sizeof e.path, "%s", path);
+      load_elf(e, path);
+      m = &e;
+      break;
+    }
+  }
+  if (m && m->syms) {
+    std::uintptr_t rel = m->relative ? look - fbase : look;
+    if (const FuncSym* f = find_func(*m, rel)) {
+      raw_name = f->name;
+      start = (m->relative ? fbase : 0) + f->value;
+    }
+  }
+  if (m && m->rows) {
+    if (const LineRow* row = find_line(*m, m->relative ? look - fbase : look)) {
+      out->file = row->file;  // the mapping stays for the life of the process
+      out->line = row->line;
+    }
+  }
+  pthread_mutex_unlock(&g_sym_lock);
+  if (!raw_name && dl.dli_sname) {
+    raw_name = dl.dli_sname;
+    start = reinterpret_cast<std::uintptr_t>(dl.dli_saddr);
+  }
+  if (!raw_name) return;
+  int status = -1;
+  char* demangled = abi::__cxa_demangle(raw_name, nullptr, nullptr, &status);
+  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : raw_name);
+  std::free(demangled);
+  out->offset = a - start;
+}
+
+// --- report writing ---------------------------------------------------------------
+
+struct SiteView {
+  std::uint32_t index;
+  double calls, bytes, live_blocks, live_bytes;
+};
+
+// A snapshot of every site with something to report, in memory of its own
+// (from the OS layer); `n` entries.
+SiteView* snapshot_sites(std::size_t* n, std::size_t* map_bytes) {
+  *map_bytes = align_up(kSites * sizeof(SiteView), os_page_size());
+  auto* v = static_cast<SiteView*>(os_map(*map_bytes));
+  *n = 0;
+  if (!v) return nullptr;
+  for (std::size_t i = 0; i < kSites; ++i) {
+    const Site& s = g_sites[i];
+    std::uint64_t calls = s.calls_fx.load(std::memory_order_relaxed);
+    if (calls == 0) continue;
+    v[(*n)++] = SiteView{static_cast<std::uint32_t>(i), static_cast<double>(calls) / kWeightOne,
+                         static_cast<double>(s.bytes.load(std::memory_order_relaxed)),
+                         static_cast<double>(s.live_fx.load(std::memory_order_relaxed)) / kWeightOne,
+                         static_cast<double>(s.live_bytes.load(std::memory_order_relaxed))};
+  }
+  return v;
+}
+
+// The path for writing: "%p" replaced by the pid; in a forked child, ".PID"
+// appended when the path has no %p (the child's report is its own).
+void expand_path(const char* pattern, char* out, std::size_t cap) {
+  std::size_t k = 0;
+  bool had_pid = false;
+  for (const char* p = pattern; *p && k + 24 < cap; ++p) {
+    if (p[0] == '%' && p[1] == 'p') {
+      k += static_cast<std::size_t>(std::snprintf(out + k, cap - k, "%d", static_cast<int>(getpid())));
+      ++p;
+      had_pid = true;
+    } else {
+      out[k++] = *p;
+    }
+  }
+  out[k] = 0;
+  if (!had_pid && getpid() != g_start_pid)
+    std::snprintf(out + k, cap - k, ".%d", static_cast<int>(getpid()));
+}
+
+FILE* open_output(const char* pattern, bool* is_stderr) {
+  *is_stderr = !pattern || !*pattern || std::strcmp(pattern, "-") == 0;
+  if (*is_stderr) return stderr;
+  char path[512];
+  expand_path(pattern, path, sizeof path);
+  return std::fopen(path, "w");
+}
+
+void print_frame(FILE* f, unsigned i, const void* ip) {
+  Symbol s;
+  symbolize(ip, &s);
+  char where[320] = "";
+  if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
+  if (s.function[0])
+    std::fprintf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
+                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
+  else
+    std::fprintf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
+                 static_cast<unsigned long>(s.module_offset));
+}
+
+void print_stack(FILE* f, std::uint32_t site) {
+  if (site == 0) {
+    std::fprintf(f, "    [stack table full: stacks not kept]\n");
+    return;
+  }
+  const Site& s = g_sites[site];
+  if (s.depth == 0) std::fprintf(f, "    [no stack]\n");
+  for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i]);
+}
+
+const char* mode_text(char* buf, std::size_t cap) {
+  if (g_track_mode == TrackMode::full)
+    std::snprintf(buf, cap, "every allocation tracked");
+  else
+    std::snprintf(buf, cap, "sampled, one per %llu bytes on average: figures are estimates",
+                  static_cast<unsigned long long>(g_sample_bytes));
+  return buf;
+}
+
+bool write_leak_report(const char* pattern) {
+  Busy busy;
+  bool is_stderr;
+  FILE* f = open_output(pattern, &is_stderr);
+  if (!f) return false;
+  std::size_t n, map_bytes;
+  SiteView* v = snapshot_sites(&n, &map_bytes);
+  if (!v) {
+    if (!is_stderr) std::fclose(f);
+    return false;
+  }
+  std::size_t k = 0;
+  double blocks = 0, bytes = 0, calls = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    calls += v[i].calls;
+    if (v[i].live_bytes <= 0 && v[i].live_blocks < 0.5) continue;
+    blocks += v[i].live_blocks;
+    bytes += v[i].live_bytes;
+    v[k++] = v[i];
+  }
+  std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
+    return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
+  });
+  char mode[128];
+  std::fprintf(f, "libcalloc leak report (pid %d; %s)\n", static_cast<int>(getpid()), mode_text(mode, sizeof mode));
+  for (std::size_t i = 0; i < k && i < kReportStacks; ++i) {
+    std::fprintf(f, "%.0f bytes in %.0f block%s allocated at:\n", v[i].live_bytes, v[i].live_blocks,
+                 v[i].live_blocks >= 0.5 && v[i].live_blocks < 1.5 ? "" : "s");
+    print_stack(f, v[i].index);
+  }
+  if (k > kReportStacks) {
+    double rest = 0;
+    for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
+    std::fprintf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
+  }
+  if (k == 0)
+    std::fprintf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
+  else
+    std::fprintf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
+                 bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", calls);
+  os_unmap(v, map_bytes);
+  if (is_stderr) return std::fflush(f) == 0;
+  return std::fclose(f) == 0;
+}
+
+// The name of a frame for collapsed stacks: the function, or module+offset.
+void frame_name(const void* ip, char* buf, std::size_t cap) {
+  Symbol s;
+  symbolize(ip, &s);
+  if (s.function[0]) {
+    std::snprintf(buf, cap, "%s", s.function);
+  } else {
+    const char* base = std::strrchr(s.module, '/');
+    std::snprintf(buf, cap, "%s+0x%lx", base ? base + 1 : (s.module[0] ? s.module : "?"),
+                  static_cast<unsigned long>(s.module_offset));
+  }
+  for (char* c = buf; *c; ++c)
+    if (*c == ';' || *c == '\n') *c = ',';
+}
+
+bool write_profile(const char* pattern, int format) {
+  Busy busy;
+  bool is_stderr;
+  FILE* f = open_output(pattern, &is_stderr);
+  if (!f) return false;
+  std::size_t n, map_bytes;
+  SiteView* v = snapshot_sites(&n, &map_bytes);
+  if (!v) {
+    if (!is_stderr) std::fclose(f);
+    return false;
+  }
+  std::sort(v, v + n, [](const SiteView& a, const SiteView& b) {
+    return a.bytes != b.bytes ? a.bytes > b.bytes : a.index < b.index;
+  });
+  double calls = 0, bytes = 0, live_blocks = 0, live_bytes = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    calls += v[i].calls;
+    bytes += v[i].bytes;
+    live_blocks += v[i].live_blocks;
+    live_bytes += v[i].live_bytes;
+  }
+  if (format == 1) {  // collapsed: root first, bytes allocated
+    char name[512];
+    for (std::size_t i = 0; i < n; ++i) {
+      const Site& s = g_sites[v[i].index];
+      if (v[i].index == 0) {
+        std::fprintf(f, "[stack table full]");
+      } else {
+        for (unsigned j = s.depth; j-- > 0;) {
+          frame_name(s.frames[j], name, sizeof name);
+          std::fprintf(f, "%s%s", name, j ? ";" : "");
+        }
+        if (s.depth == 0) std::fprintf(f, "[no stack]");
+      }
+      std::fprintf(f, " %.0f\n", v[i].bytes);
+    }
+  } else if (format == 2) {  // gperftools heap profile (legacy text format)
+    std::fprintf(f, "heap profile: %6.0f: %8.0f [%6.0f: %8.0f] @ heapprofile\n", live_blocks, live_bytes, calls, bytes);
+    for (std::size_t i = 0; i < n; ++i) {
+      const Site& s = g_sites[v[i].index];
+      std::fprintf(f, "%6.0f: %8.0f [%6.0f: %8.0f] @", v[i].live_blocks > 0 ? v[i].live_blocks : 0,
+                   v[i].live_bytes > 0 ? v[i].live_bytes : 0, v[i].calls, v[i].bytes);
+      for (unsigned j = 0; j < s.depth; ++j) std::fprintf(f, " %p", s.frames[j]);
+      std::fprintf(f, "\n");
+    }
+    std::fprintf(f, "\nMAPPED_LIBRARIES:\n");
+    int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps >= 0) {
+      char buf[4096];
+      ssize_t r;
+      while ((r = read(maps, buf, sizeof buf)) > 0) std::fwrite(buf, 1, static_cast<std::size_t>(r), f);
+      close(maps);
+    }
+  } else {
+    char mode[128];
+    std::fprintf(f, "libcalloc allocation profile (pid %d; %s)\n", static_cast<int>(getpid()),
+                 mode_text(mode, sizeof mode));
+    std::fprintf(f, "total: %.0f allocations, %.0f bytes; live: %.0f blocks, %.0f bytes; %zu stacks\n", calls, bytes,
+                 live_blocks, live_bytes, n);
+    for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
+      std::fprintf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
+                   v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);
+      print_stack(f, v[i].index);
+    }
+    if (n > kReportStacks) std::fprintf(f, "... and %zu more stacks\n", n - kReportStacks);
+  }
+  os_unmap(v, map_bytes);
+  if (is_stderr) return std::fflush(f) == 0;
+  return std::fclose(f) == 0;
+}
+
+void dump_if_requested() {
+  if (__builtin_expect(!g_dump_pending, 1) || tls_track_busy) return;
+  g_dump_pending = 0;
+  if (!write_profile(g_opts.profile, g_opts.profile_format)) report_warning("cannot write the profile to ", g_opts.profile);
+}
+
+void on_profile_signal(int) { g_dump_pending = 1; }
+
+// --- fork ---------------------------------------------------------------------------
+
+void track_prefork() {
+  pthread_mutex_lock(&g_sym_lock);
+  pthread_mutex_lock(&g_site_lock);
+  for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
+}
+void track_postfork_parent() {
+  for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
+  pthread_mutex_unlock(&g_site_lock);
+  pthread_mutex_unlock(&g_sym_lock);
+}
+void track_postfork_child() {
+  tls_rng = 0;  // the child samples other allocations than its parent
+  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
+  pthread_mutex_init(&g_site_lock, nullptr);
+  pthread_mutex_init(&g_sym_lock, nullptr);
+}
+
+bool tables_ready() {
+  if (g_sites) return true;
+  g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
+  if (!g_sites) return false;
+  // Sites are spread over the table by their hash: with transparent huge pages
+  // each would fault in 2 MiB instead of 4 KiB.
+  os_advise_huge(g_sites, kSites * sizeof(Site), false);
+  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
+  return true;
+}
+
+void start(TrackMode mode, std::uint64_t sample_bytes) {
+  if (!tables_ready()) {
+    report_warning("allocation tracking is off: no memory for its tables");
+    return;
+  }
+  init_skip_ranges();
+  g_start_pid = getpid();
+  g_sample_bytes = sample_bytes ? sample_bytes : kDefaultSampleBytes;
+  g_track_mode = mode;
+  reset_countdown();
+  // Full mode keeps every call on the slow paths, as Valgrind mode does: the
+  // calling thread gives up its fast paths now (threads made later never get
+  // them: heap_for_thread).
+  if (mode == TrackMode::full) tls_heap = &g_no_heap;
+}
+
+}  // namespace
+
+// --- entry points ----------------------------------------------------------------------
+
+void track_init(const Options& o) {
+  g_opts = o;
+  bool leaks = o.leak_report[0] != 0;
+  bool profile = o.profile[0] != 0;
+  if (!leaks && !profile && o.sample == 0) return;
+  // leak_report needs every block; so does sample=1.  profile alone samples.
+  TrackMode mode = (leaks && o.sample == 0) || o.sample == 1 ? TrackMode::full : TrackMode::sample;
+  start(mode, o.sample);
+  if (g_track_mode == TrackMode::off) return;
+  int sig = o.profile_signal < 0 ? SIGUSR2 : o.profile_signal;
+  if (profile && sig > 0) {
+    struct sigaction sa{};
+    sa.sa_handler = on_profile_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
+  }
+}
+
+void track_at_exit() {
+  if (g_track_mode == TrackMode::off) return;
+  if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
+    report_warning("cannot write the leak report to ", g_opts.leak_report);
+  if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
+    report_warning("cannot write the profile to ", g_opts.profile);
+}
+
+__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  TrackMode mode = g_track_mode;
+  // A thread's first allocation in sample mode sets its countdown up (its
+  // generator is not seeded yet) and is not a sample.
+  bool sampled = mode == TrackMode::full || (mode == TrackMode::sample && tls_track_countdown < 0 && tls_rng != 0);
+  if (tls_track_busy || !sampled) {
+    // Busy: the countdown stays as it is, so the next allocation is the sample.
+    if (!tls_track_busy) reset_countdown();
+    void* p = domain_alloc(&g_process_domain, size, alignment);
+    if (!p) errno = ENOMEM;
+    return p;
+  }
+  Busy busy;
+  // A sampled block comes from the arena (or a mapping), never a span, so its
+  // free always reaches free_cold, where track_free sees it.
+  void* p = mode == TrackMode::full ? domain_alloc(&g_process_domain, size, alignment)
+                                    : domain_alloc_unpooled(&g_process_domain, size, alignment);
+  if (!p) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::uint64_t w, bytes;
+  sample_weight(size, &w, &bytes);
+  record(p, size, w, bytes, __builtin_return_address(0));
+  if (mode == TrackMode::sample) tls_track_countdown = next_interval();
+  tls_track_busy = busy.was;
+  dump_if_requested();
+  return p;
+}
+
+void track_free(void* p) {
+  if (tls_track_busy || g_track_mode == TrackMode::off) return;
+  BlockNode old;
+  block_take(p, &old);
+  dump_if_requested();
+}
+
+__attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
+  ResizeResult how;
+  if (tls_track_busy) return block_realloc(&g_process_domain, p, size, true, &how);
+  if (size > kMaxRequest) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  const void* marker = __builtin_return_address(0);
+  BlockNode old;
+  bool was_tracked = block_take(p, &old);
+  bool sample_now = g_track_mode == TrackMode::full || track_countdown(size);
+  if (!sample_now) {
+    void* q = block_realloc(&g_process_domain, p, size, true, &how);
+    if (!q) {
+      if (was_tracked) block_insert(p, old.site, old.weight_fx, old.bytes);
+      errno = ENOMEM;
+    }
+    return q;
+  }
+  Busy busy;
+  void* q;
+  if (g_track_mode == TrackMode::full) {
+    q = block_realloc(&g_process_domain, p, size, true, &how);
+  } else {
+    std::size_t old_size = block_usable_size(p, "realloc");
+    q = domain_alloc_unpooled(&g_process_domain, size, 16);
+    if (q) {
+      std::memcpy(q, p, old_size < size ? old_size : size);
+      block_free(p);
+    }
+    tls_track_countdown = next_interval();
+  }
+  if (!q) {
+    if (was_tracked) block_insert(p, old.site, old.weight_fx, old.bytes);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::uint64_t w, bytes;
+  sample_weight(size, &w, &bytes);
+  record(q, size, w, bytes, marker);
+  return q;
+}
+
+void track_start_for_test(TrackMode mode, std::size_t sample_bytes) {
+  if (mode == TrackMode::off) {
+    g_track_mode = TrackMode::off;
+    tls_track_countdown = INT64_MAX;
+    return;
+  }
+  start(mode, sample_bytes);
+}
+
+TrackTotals track_totals() {
+  TrackTotals t{};
+  if (!g_sites) return t;
+  for (std::size_t i = 0; i < kSites; ++i) {
+    const Site& s = g_sites[i];
+    t.calls += static_cast<double>(s.calls_fx.load(std::memory_order_relaxed)) / kWeightOne;
+    t.bytes += static_cast<double>(s.bytes.load(std::memory_order_relaxed));
+    t.live_blocks += static_cast<double>(s.live_fx.load(std::memory_order_relaxed)) / kWeightOne;
+    t.live_bytes += static_cast<double>(s.live_bytes.load(std::memory_order_relaxed));
+  }
+  t.samples = g_samples.load(std::memory_order_relaxed);
+  return t;
+}
+
+__attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, unsigned skip) {
+  init_unwinder();
+  void* raw[64];
+  unsigned want = max + skip + 2;
+  int n = unw_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
+  // raw[0] may lie in libunwind; the first frame of ours is this function's.
+  const void* mine = __builtin_return_address(0);
+  int i = 0;
+  while (i < n && raw[i] != mine) ++i;
+  i = i < n ? i + static_cast<int>(skip) : static_cast<int>(skip) + 1;
+  unsigned k = 0;
+  for (; i < n && k < max; ++i) frames[k++] = raw[i];
+  return k;
+}
+
+void track_symbolize(const void* addr, char* buf, std::size_t cap) {
+  Symbol s;
+  symbolize(addr, &s);
+  char where[320] = "";
+  if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
+  if (s.function[0])
+    std::snprintf(buf, cap, "%s+0x%lx%s (%s)", s.function, static_cast<unsigned long>(s.offset), where, s.module);
+  else
+    std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module[0] ? s.module : "unknown module",
+                  static_cast<unsigned long>(s.module_offset));
+}
+
+}  // namespace lca
+
+namespace custom_alloc {
+
+bool dump_process_profile(const char* path, ProfileFormat format) {
+  if (lca::g_track_mode == lca::TrackMode::off) {
+    errno = ENOTSUP;
+    return false;
+  }
+  return lca::write_profile(path ? path : "-", static_cast<int>(format));
+}
+
+}  // namespace custom_alloc

@@ -1,0 +1,88 @@
+// track.h++ -- allocation tracking of the process heap (configure --enable-tracking).
+//
+// Included only where CALLOC_TRACKING is defined; the hooks in malloc.c++ and
+// tcache.c++ sit behind #if CALLOC_TRACKING, so a build without the module
+// carries no trace of it.  Two modes, chosen once from LIBCALLOC_OPTIONS:
+//  - full (leak_report, or sample=1): every malloc and free of the process heap
+//    goes through the slow paths, as in Valgrind mode (tls_heap stays
+//    &g_no_heap), where track_malloc records the block and free_cold forgets it;
+//  - sample (profile, sample=BYTES): the fast path counts bytes down per thread
+//    (tls_track_countdown); when the count passes zero the allocation is made
+//    by track_malloc from the arena (whose frees always reach free_cold) and
+//    recorded with the weight that makes the estimates unbiased.
+#ifndef LCA_TRACK_HXX
+#define LCA_TRACK_HXX
+
+#include <cstddef>
+#include <cstdint>
+
+#include "config.h"
+#include "options.h++"
+
+#if !CALLOC_TRACKING
+#error "track.h++ is part of --enable-tracking builds only"
+#endif
+
+
+
+namespace lca {
+
+enum class TrackMode : unsigned char { off, sample, full };
+extern TrackMode g_track_mode;
+
+// Bytes the calling thread may still allocate before its next sample.  Starts
+// at 0, so a thread's first allocation reaches track_malloc, which sets it up:
+// to the next sampling interval, or out of reach when sampling is off.
+extern constinit thread_local std::int64_t tls_track_countdown __attribute__((tls_model("initial-exec")));
+
+// The fast path's test: true when this allocation of `size` bytes must go to
+// track_malloc.  One thread-local subtract and a branch.
+// Unsigned arithmetic: a request near SIZE_MAX wraps instead of overflowing,
+// and goes to track_malloc, which refuses it as malloc_slow would.
+inline bool track_countdown(std::size_t size) {
+  auto left = static_cast<std::int64_t>(static_cast<std::uint64_t>(tls_track_countdown) - size);
+  tls_track_countdown = left;
+  return __builtin_expect(left < 0, 0);
+}
+inline bool track_full() { return g_track_mode == TrackMode::full; }
+inline bool track_active() { return g_track_mode != TrackMode::off; }
+
+// Reads the tracking options and starts tracking (the library constructor).
+void track_init(const Options& o);
+// Writes the reports that the options ask for (the library destructor).
+void track_at_exit();
+// fork(): called by lifecycle.c++'s handlers (in the lock order they set), not
+// registered with pthread_atfork of their own: prefork takes the tracker's locks,
+// the parent releases them, the child re-initialises them and reseeds sampling.
+void track_prefork();
+void track_postfork_parent();
+void track_postfork_child();
+
+// An allocation of the process heap that tracking must see (the countdown
+// passed zero, or full mode).  Returns the block, or nullptr with errno ENOMEM.
+void* track_malloc(std::size_t size, std::size_t alignment);
+// A free of any block, before the allocator releases it (free_cold).
+void track_free(void* p);
+// realloc of a live block p of the process heap while tracking is active.
+void* track_realloc(void* p, std::size_t size);
+
+// Test hooks: switch tracking of the process heap on or off now, in a
+// single-threaded process (a forked child); sample_bytes 0 means full mode.
+void track_start_for_test(TrackMode mode, std::size_t sample_bytes);
+struct TrackTotals {
+  double calls, bytes, live_blocks, live_bytes;  // estimates when sampling
+  std::size_t samples;                           // blocks recorded
+};
+TrackTotals track_totals();
+
+// Stack capture and symbolisation, shared with AllocationTracker
+// (allocation_tracker.c++).  track_capture fills up to max frames (return
+// addresses) after skipping `skip` frames above its caller's; returns the count.
+unsigned track_capture(void** frames, unsigned max, unsigned skip);
+// "function+0xOFF (module)" of a return address, demangled, into buf (with a
+// final NUL; truncated if long).  Allocates (demangling): never from malloc.
+void track_symbolize(const void* addr, char* buf, std::size_t cap);
+
+}  // namespace lca
+
+#endif

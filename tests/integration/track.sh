@@ -1,0 +1,158 @@
+#!/bin/sh
+# tests/integration/track.sh -- the process heap's tracker (issue 14) on real
+# programs under LD_PRELOAD of libcalloc.so (an --enable-tracking build):
+#   - tests/track/track-demo leak: leak_report=1 prints, on stderr at exit, the
+#     leaked 4242 bytes with the leaking function's name (demo::leak_some_memory,
+#     demangled), the file:line of its malloc and a summary line with the exact bytes;
+#   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
+#   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
+#   - dlopen: a leak in a dlopen'ed library names its function and module;
+#   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
+#     (PATH.PID) its 1111 bytes and not the parent's;
+#   - hot: profile=PATH (text) names hot_allocator first; profile_format=collapsed
+#     gives "...;main;hot_allocator BYTES" lines; sample=4096 estimates within 10 %;
+#   - signal: SIGUSR2 writes the profile while the program runs;
+#   - python3 (when installed) runs a small workload with leak_report and with
+#     profile on, its output identical to a run on glibc.
+# Exits 77 when libcalloc.so, the override or tracking is missing.
+
+set -u
+. "$(dirname "$0")/preload-common.sh"
+if ! grep -q '^#define CALLOC_TRACKING 1' "$top_builddir/config.h" 2>/dev/null; then
+  echo "SKIP: built without --enable-tracking"
+  exit 77
+fi
+demo=$top_builddir/tests/track/track-demo
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/calloc-track.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+status=0
+
+fail() {
+  echo "FAIL: $*"
+  status=1
+}
+# expect FILE TEXT WHAT: FILE contains TEXT (fixed string)
+expect() {
+  if ! grep -qF -- "$2" "$1"; then
+    fail "$3: \"$2\" not in the output:"
+    head -n 40 "$1"
+  fi
+}
+run() { # run OPTIONS ARGS...: the demo under LD_PRELOAD, stderr into $tmp/err
+  opts=$1
+  shift
+  env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="$opts" "$demo" "$@" 2>"$tmp/err"
+  rc=$?
+  if test $rc != 0; then
+    fail "track-demo $* with $opts exited $rc:"
+    cat "$tmp/err"
+  fi
+}
+
+# 1. A leak, on stderr.
+run leak_report=1 leak
+expect "$tmp/err" "4242 bytes in 1 block allocated at:" "leak"
+expect "$tmp/err" "demo::leak_some_memory(unsigned long)" "leak: function name"
+expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack" "leak: summary"
+# file:line from the demo's DWARF line table (it is built with -g): the malloc
+# in leak_some_memory.
+line=$(grep -n 'void\* p = std::malloc(n);' "$top_srcdir/tests/track/track-demo.c++" | head -n 1 | cut -d: -f1)
+expect "$tmp/err" "demo::leak_some_memory(unsigned long)+0x9 at track-demo.c++:$line" "leak: file:line"
+cp "$tmp/err" "$tmp/leak.report"
+
+# 2. No leak; the report in a file.
+run leak_report="$tmp/noleak.txt" noleak
+test -s "$tmp/err" && fail "noleak: unexpected stderr: $(cat "$tmp/err")"
+if test -f "$tmp/noleak.txt"; then
+  expect "$tmp/noleak.txt" "libcalloc: no leaks: every tracked block was freed" "noleak"
+else
+  fail "noleak: leak_report=PATH wrote no file"
+fi
+
+# 3. Threads.
+run leak_report=1 threads
+expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"
+expect "$tmp/err" "demo::thread_leak(unsigned long)" "threads: function name"
+
+# 3b. dlopen'ed code: its function and module are named.
+plugin=$top_builddir/tests/track/.libs/libtrackplugin.so
+if test -f "$plugin"; then
+  run leak_report=1 dlopen "$plugin"
+  expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlopen"
+  expect "$tmp/err" "in plugin_leak+" "dlopen: function name"
+  expect "$tmp/err" "libtrackplugin.so+" "dlopen: module"
+else
+  fail "dlopen: $plugin was not built"
+fi
+
+# 4. fork: each process reports its own blocks.
+run leak_report="$tmp/fork.txt" fork
+expect "$tmp/fork.txt" "2222 bytes in 1 block" "fork: parent"
+child_report=$(ls "$tmp"/fork.txt.* 2>/dev/null | head -n 1)
+if test -z "$child_report"; then
+  fail "fork: the child wrote no report (fork.txt.PID)"
+else
+  expect "$child_report" "1111 bytes in 1 block" "fork: child"
+  expect "$child_report" "demo::child_leak" "fork: child's function"
+  if grep -q "2222 bytes" "$child_report"; then fail "fork: the child's report has the parent's leak"; fi
+fi
+
+# 5. Profiles: text, collapsed, sampled.
+run profile="$tmp/hot.txt",sample=1 hot
+expect "$tmp/hot.txt" "every allocation tracked" "profile"
+first_site=$(grep -A1 '^site 1:' "$tmp/hot.txt" | tail -n 1)
+case $first_site in
+  *hot_allocator*) ;;
+  *) fail "profile: the top site is not hot_allocator: $first_site" ;;
+esac
+expect "$tmp/hot.txt" "site 1: 20000 calls, 20000000 bytes" "profile: exact counts"
+run profile="$tmp/hot.folded",profile_format=collapsed,sample=1 hot
+if ! grep -qE '(^|;)main;hot_allocator\(unsigned long\) 20000000$' "$tmp/hot.folded"; then
+  fail "collapsed: no 'main;hot_allocator(unsigned long) 20000000' line:"
+  head -n 5 "$tmp/hot.folded"
+fi
+run profile="$tmp/sampled.txt",sample=4096 hot
+est=$(sed -n 's/^total: \([0-9]*\) allocations, \([0-9]*\) bytes.*/\2/p' "$tmp/sampled.txt")
+# The truth: the hot and cold loops (20 010 000 bytes) plus churn()'s and the
+# vector's, which the exact profile counts.
+run profile="$tmp/exact.txt",sample=1 hot
+truth=$(sed -n 's/^total: \([0-9]*\) allocations, \([0-9]*\) bytes.*/\2/p' "$tmp/exact.txt")
+if test -z "$est" || test -z "$truth"; then
+  fail "sampled profile: no total line"
+else
+  echo "sampled estimate: $est bytes, exact: $truth bytes"
+  diff=$((est > truth ? est - truth : truth - est))
+  test $((diff * 10)) -le "$truth" || fail "sampled estimate $est is not within 10 % of $truth"
+fi
+
+# 6. SIGUSR2 writes the profile while the program runs.
+run profile="$tmp/sig.txt" signal "$tmp/sig.txt"
+
+# 7. python3 with tracking on.
+if command -v python3 >/dev/null 2>&1; then
+  py='import json, threading
+d = [json.dumps({"k": list(range(i % 50))}) for i in range(20000)]
+def work(n):
+    return sum(len(str(x)) for x in range(n))
+ts = [threading.Thread(target=work, args=(50000,)) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(len(d), sum(map(len, d)), work(1000))'
+  python3 -c "$py" >"$tmp/py.glibc" 2>&1
+  for opts in leak_report="$tmp/py.leaks" profile="$tmp/py.prof" profile="$tmp/py.prof2",sample=1; do
+    env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="$opts" python3 -c "$py" >"$tmp/py.lib" 2>"$tmp/py.err"
+    rc=$?
+    if test $rc != 0 || ! cmp -s "$tmp/py.glibc" "$tmp/py.lib"; then
+      fail "python3 with $opts: exit $rc, output differs from glibc's:"
+      cat "$tmp/py.lib" "$tmp/py.err"
+    fi
+  done
+  expect "$tmp/py.leaks" "libcalloc: leak summary:" "python3 leak report"
+  expect "$tmp/py.prof" "libcalloc allocation profile" "python3 profile"
+  expect "$tmp/py.prof2" "every allocation tracked" "python3 full profile"
+  echo "python3: $(tail -n 1 "$tmp/py.leaks")"
+else
+  echo "python3 not installed: its checks are skipped"
+fi
+
+test $status = 0 && echo "PASS: leak reports, profiles, fork, threads, signal and python3 under tracking"
+exit $status

@@ -1,0 +1,129 @@
+// tests/track/track-demo.c++ -- a plain program (not linked with libcalloc) that
+// tests/integration/track*.sh run under LD_PRELOAD of libcalloc.so with
+// LIBCALLOC_OPTIONS=leak_report=...,profile=..., to check what the process heap's
+// tracker reports.  argv[1] picks the behaviour:
+//   leak     leaks 4242 bytes from demo::leak_some_memory, frees everything else
+//   noleak   frees everything it allocates
+//   hot      hot_allocator: 20 000 blocks of 1 000 bytes, cold_allocator: 100 of 100
+//   fork     the parent leaks 2222 bytes (demo::parent_leak), its child 1111 (demo::child_leak)
+//   signal   raises SIGUSR2 (profile dump request), allocates, checks that the
+//            profile file named in argv[2] exists before exit
+//   threads  8 threads each leak 100 bytes from demo::thread_leak, free the rest
+//   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
+//            through its plugin_leak
+// It writes nothing with stdio (stdout's buffer would be a live block at exit).
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace demo {
+__attribute__((noinline)) void* leak_some_memory(std::size_t n) {
+  void* p = std::malloc(n);
+  std::memset(p, 1, n);
+  return p;
+}
+// Not tail calls (the asm runs after the call), so each keeps a frame of its own.
+#define DEMO_WRAPPER(name)                                   \
+  __attribute__((noinline)) void* name(std::size_t n) {      \
+    void* p = leak_some_memory(n);                           \
+    asm volatile("" : : "r"(p) : "memory");                  \
+    return p;                                                \
+  }
+DEMO_WRAPPER(parent_leak)
+DEMO_WRAPPER(child_leak)
+DEMO_WRAPPER(thread_leak)
+}  // namespace demo
+
+__attribute__((noinline)) void* hot_allocator(std::size_t n) {
+  void* p = std::malloc(n);
+  std::memset(p, 0, 1);
+  return p;
+}
+__attribute__((noinline)) void* cold_allocator(std::size_t n) {
+  void* p = std::malloc(n);
+  std::memset(p, 0, 1);
+  return p;
+}
+
+namespace {
+void* volatile g_sink;
+
+__attribute__((noinline)) void churn() {
+  for (int i = 0; i < 1000; ++i) {
+    std::vector<int> v(static_cast<std::size_t>(i) + 1);
+    std::string s(static_cast<std::size_t>(i % 64) + 20, 'x');
+    g_sink = v.data();
+    g_sink = s.data();
+    std::free(std::realloc(std::malloc(16), static_cast<std::size_t>(i) * 8 + 32));
+  }
+}
+
+void* thread_main(void*) {
+  churn();
+  g_sink = demo::thread_leak(100);
+  return nullptr;
+}
+
+int fail(const char* why) {
+  if (write(2, why, std::strlen(why)) < 0) return 2;
+  return 1;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "leak";
+  churn();
+  if (mode == "leak") {
+    g_sink = demo::leak_some_memory(4242);
+  } else if (mode == "noleak") {
+  } else if (mode == "hot") {
+    std::vector<void*> keep;
+    keep.reserve(2000);
+    for (int i = 0; i < 20000; ++i) {
+      void* p = hot_allocator(1000);
+      if (i % 10 == 0) keep.push_back(p);
+      else std::free(p);
+    }
+    for (int i = 0; i < 100; ++i) std::free(cold_allocator(100));
+    for (void* p : keep) std::free(p);
+  } else if (mode == "fork") {
+    pid_t pid = fork();
+    if (pid == 0) {
+      g_sink = demo::child_leak(1111);
+      std::exit(0);  // exit, not _exit: the child writes its report
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    g_sink = demo::parent_leak(2222);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return fail("child failed\n");
+  } else if (mode == "signal") {
+    if (argc < 3) return fail("signal: give the profile path\n");
+    std::raise(SIGUSR2);
+    for (int i = 0; i < 2000; ++i) std::free(hot_allocator(4096));  // the dump happens on an allocation
+    struct stat st;
+    if (stat(argv[2], &st) != 0 || st.st_size == 0) return fail("no profile written on SIGUSR2\n");
+  } else if (mode == "threads") {
+    pthread_t t[8];
+    for (auto& th : t)
+      if (pthread_create(&th, nullptr, thread_main, nullptr) != 0) return fail("pthread_create\n");
+    for (auto& th : t) pthread_join(th, nullptr);
+  } else if (mode == "dlopen") {
+    if (argc < 3) return fail("dlopen: give the plugin's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    g_sink = leak(3333);  // the library stays loaded: its symbols are there at exit
+  } else {
+    return fail("unknown mode\n");
+  }
+  return 0;
+}

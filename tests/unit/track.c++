@@ -1,0 +1,469 @@
+// tests/unit/track.c++ -- the "track" suite: allocation tracking (src/track.c++,
+// src/allocation_tracker.c++; configure --enable-tracking).
+//
+// AllocationTracker as the request's TURN 6 uses it: a leak among freed blocks is
+// found with its address and size, and the hot site of 1 000 allocations is
+// function A's (its symbolised stack says so), not B's (10); the report names the
+// leaking function; bad input (a null pointer, an address never tracked) loses
+// nothing; many threads (more than cores) tracking at once keep exact totals;
+// g_allocation_tracker (ENABLE_ALLOCATION_TRACKING) is the program-wide tracker.
+// The process heap's tracker, switched on in a forked child (track_start_for_test):
+// full mode sees exactly the bytes a function leaks, among blocks that are freed,
+// from threads too; sampling estimates total calls and bytes of a known workload
+// within 10 %; fork while other threads allocate leaves the child's tracker usable
+// (no lock inherited held), with its own totals.  The LD_PRELOAD tests (leak report
+// of a real program, python3, pprof) are tests/integration/track*.sh.
+// The request's global tracker, g_allocation_tracker (test_global_tracker).
+#define ENABLE_ALLOCATION_TRACKING 1
+#include <custom_alloc/allocation_tracker.h++>
+#include <custom_alloc/memory_allocator.h++>
+
+#include <libcalloc.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "options.h++"
+#include "track.h++"
+
+#include "../test-util.h++"
+
+using custom_alloc::AllocationTracker;
+using custom_alloc::MemoryAllocator;
+using test_util::scaled;
+
+namespace {
+
+// The request's lambdas become functions: inlined lambdas leave no frame of
+// their own and have no name a symbol table could give, and the test asserts on
+// the name of the hot site's function.
+__attribute__((noinline)) void* allocate_from_function_A(MemoryAllocator& alloc, AllocationTracker& tracker) {
+  void* ptr = alloc.allocate(64);
+  tracker.track_allocation(ptr, 64);
+  test_util::escape(ptr);
+  return ptr;
+}
+
+__attribute__((noinline)) void* allocate_from_function_B(MemoryAllocator& alloc, AllocationTracker& tracker) {
+  void* ptr = alloc.allocate(128);
+  tracker.track_allocation(ptr, 128);
+  test_util::escape(ptr);
+  return ptr;
+}
+
+__attribute__((noinline)) void* leak_from_here(MemoryAllocator& alloc, AllocationTracker& tracker, std::size_t n) {
+  void* ptr = alloc.allocate(n);
+  tracker.track_allocation(ptr, n);
+  test_util::escape(ptr);
+  return ptr;
+}
+
+bool stack_names(const std::vector<void*>& stack, const char* function) {
+  for (void* f : stack)
+    if (AllocationTracker::symbol_name(f).find(function) != std::string::npos) return true;
+  return false;
+}
+
+// Runs fn in a forked child; fn returns "" on success, else what failed.
+template <class Fn>
+std::string in_child(Fn&& fn) {
+  int fds[2];
+  if (pipe(fds) != 0) return "pipe failed";
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    close(fds[0]);
+    alarm(test_util::running_on_valgrind() ? 900 : 120);
+    std::string err = fn();
+    if (!err.empty() && write(fds[1], err.data(), err.size()) < 0) _exit(3);
+    _exit(err.empty() ? 0 : 1);
+  }
+  close(fds[1]);
+  std::string out;
+  test_util::slurp_fd(fds[0], out);
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status)) + ": " + out;
+  if (WEXITSTATUS(status) != 0) return out.empty() ? "child exited " + std::to_string(WEXITSTATUS(status)) : out;
+  return "";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+START_TEST(test_detects_memory_leak) {
+  AllocationTracker tracker;
+  MemoryAllocator alloc;
+
+  // Intentionally leak
+  void* ptr1 = alloc.allocate(128);
+  tracker.track_allocation(ptr1, 128);
+
+  void* ptr2 = alloc.allocate(256);
+  tracker.track_allocation(ptr2, 256);
+  alloc.deallocate(ptr2);
+  tracker.track_deallocation(ptr2);
+
+  // ptr1 not freed - should be detected
+  auto leaks = tracker.get_leaks();
+  ck_assert_uint_eq(leaks.size(), 1);
+  ck_assert_ptr_eq(leaks[0].address, ptr1);
+  ck_assert_uint_eq(leaks[0].size, 128);
+  ck_assert(leaks[0].thread_id == std::this_thread::get_id());
+  ck_assert(!leaks[0].stack_trace.empty());
+  ck_assert(stack_names(leaks[0].stack_trace, "test_detects_memory_leak"));
+
+  std::ostringstream report;
+  tracker.print_report(report);
+  std::cout << "# " << report.str().substr(0, report.str().find('\n')) << '\n';
+  ck_assert_msg(report.str().find("128 bytes in 1 block leaked") != std::string::npos, "%s", report.str().c_str());
+  alloc.deallocate(ptr1);
+}
+END_TEST
+
+START_TEST(test_identifies_hot_sites) {
+  AllocationTracker tracker;
+  MemoryAllocator alloc;
+
+  // Function A called 1000 times
+  std::vector<void*> ptrs_a;
+  for (int i = 0; i < 1000; i++) ptrs_a.push_back(allocate_from_function_A(alloc, tracker));
+
+  // Function B called 10 times
+  std::vector<void*> ptrs_b;
+  for (int i = 0; i < 10; i++) ptrs_b.push_back(allocate_from_function_B(alloc, tracker));
+
+  auto profile = tracker.generate_profile();
+  ck_assert_uint_eq(profile.total_allocations, 1010);
+  ck_assert_uint_eq(profile.total_bytes_allocated, 1000 * 64 + 10 * 128);
+
+  // Top allocation site should be function A: its stack starts in A (the
+  // loop calls A from one place, so all 1000 share one stack).
+  const std::vector<void*>* top = nullptr;
+  std::size_t top_count = 0, b_count = 0;
+  for (const auto& [stack, count] : profile.allocation_sites) {
+    if (count > top_count) top = &stack, top_count = count;
+    if (!stack.empty() && AllocationTracker::symbol_name(stack[0]).find("allocate_from_function_B") != std::string::npos)
+      b_count += count;
+  }
+  ck_assert_ptr_nonnull(top);
+  ck_assert_uint_eq(top_count, 1000);
+  ck_assert_uint_eq(b_count, 10);
+  std::string first = AllocationTracker::symbol_name((*top)[0]);
+  ck_assert_msg(first.find("allocate_from_function_A") != std::string::npos, "top site's frame 0 is %s", first.c_str());
+  ck_assert(stack_names(*top, "test_identifies_hot_sites"));
+  ck_assert_uint_eq(profile.bytes_per_site.at(*top), 64000);
+  ck_assert_uint_eq(profile.live_allocations, 1010);
+
+  for (void* p : ptrs_a) alloc.deallocate(p), tracker.track_deallocation(p);
+  for (void* p : ptrs_b) alloc.deallocate(p), tracker.track_deallocation(p);
+  ck_assert_uint_eq(tracker.get_leaks().size(), 0);
+  ck_assert_uint_eq(tracker.generate_profile().untracked_frees, 0);
+}
+END_TEST
+
+START_TEST(test_report_names_leaking_function) {
+  AllocationTracker tracker;
+  MemoryAllocator alloc;
+  void* big = leak_from_here(alloc, tracker, 5000);
+  void* small1 = leak_from_here(alloc, tracker, 24);
+  void* freed = allocate_from_function_B(alloc, tracker);
+  alloc.deallocate(freed);
+  tracker.track_deallocation(freed);
+  auto leaks = tracker.get_leaks();
+  ck_assert_uint_eq(leaks.size(), 2);
+  ck_assert_ptr_eq(leaks[0].address, big);  // largest first
+  ck_assert_ptr_eq(leaks[1].address, small1);
+  std::ostringstream out;
+  tracker.print_report(out);
+  std::string r = out.str();
+  ck_assert_msg(r.find("leak_from_here") != std::string::npos, "%s", r.c_str());
+  ck_assert_msg(r.find("5000 bytes in 1 block leaked") < r.find("24 bytes in 1 block leaked"), "%s", r.c_str());
+  ck_assert_msg(r.find("SUMMARY: 5024 bytes leaked in 2 blocks") != std::string::npos, "%s", r.c_str());
+  alloc.deallocate(big);
+  alloc.deallocate(small1);
+}
+END_TEST
+
+START_TEST(test_bad_input_loses_nothing) {
+  AllocationTracker tracker;
+  int on_stack = 0;
+  tracker.track_allocation(nullptr, 100);  // ignored
+  tracker.track_deallocation(nullptr);     // ignored
+  tracker.track_deallocation(&on_stack);   // never tracked: counted, nothing lost
+  void* p = lca_malloc(40);
+  tracker.track_allocation(p, 40);
+  tracker.track_deallocation(&on_stack);
+  auto profile = tracker.generate_profile();
+  ck_assert_uint_eq(profile.total_allocations, 1);
+  ck_assert_uint_eq(profile.untracked_frees, 2);
+  ck_assert_uint_eq(profile.live_allocations, 1);
+  ck_assert_uint_eq(profile.live_bytes, 40);
+  // The same address again without a deallocation: the record is replaced.
+  tracker.track_allocation(p, 48);
+  auto leaks = tracker.get_leaks();
+  ck_assert_uint_eq(leaks.size(), 1);
+  ck_assert_uint_eq(leaks[0].size, 48);
+  std::ostringstream out;
+  AllocationTracker empty;
+  empty.print_report(out);
+  ck_assert_msg(out.str().find("SUMMARY: no leaks") != std::string::npos, "%s", out.str().c_str());
+  lca_free(p);
+}
+END_TEST
+
+START_TEST(test_threads_keep_exact_totals) {
+  AllocationTracker tracker;
+  const unsigned threads = 8;  // more than the cores
+  const std::size_t per_thread = scaled(2000);
+  std::vector<std::thread> pool;
+  std::vector<std::vector<void*>> kept(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      MemoryAllocator& heap = MemoryAllocator::instance();
+      for (std::size_t i = 0; i < per_thread; ++i) {
+        void* p = heap.allocate(16 + t);
+        tracker.track_allocation(p, 16 + t);
+        if (i % 4 == 0) {
+          kept[t].push_back(p);
+        } else {
+          tracker.track_deallocation(p);
+          heap.deallocate(p);
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  auto profile = tracker.generate_profile();
+  ck_assert_uint_eq(profile.total_allocations, threads * per_thread);
+  std::size_t expect_live = 0, expect_bytes = 0;
+  for (unsigned t = 0; t < threads; ++t) expect_live += kept[t].size(), expect_bytes += kept[t].size() * (16 + t);
+  ck_assert_uint_eq(profile.live_allocations, expect_live);
+  ck_assert_uint_eq(profile.live_bytes, expect_bytes);
+  ck_assert_uint_eq(tracker.get_leaks().size(), expect_live);
+  for (auto& v : kept)
+    for (void* p : v) MemoryAllocator::instance().deallocate(p);
+}
+END_TEST
+
+START_TEST(test_options_parse_tracking) {
+  lca::Options o{};
+  ck_assert_int_eq(lca::options_parse("leak_report=1,profile=/tmp/p-%p.heap,profile_format=pprof,sample=4096,"
+                                      "profile_signal=10", &o), 0);
+  ck_assert_str_eq(o.leak_report, "-");  // 1: stderr
+  ck_assert_str_eq(o.profile, "/tmp/p-%p.heap");
+  ck_assert_uint_eq(o.profile_format, 2);
+  ck_assert_uint_eq(o.sample, 4096);
+  ck_assert_int_eq(o.profile_signal, 10);
+  lca::Options p{};
+  ck_assert_int_eq(lca::options_parse("leak_report=/tmp/leaks.txt,profile_format=collapsed,leak_report=0", &p), 0);
+  ck_assert_str_eq(p.leak_report, "");  // the last one wins: off
+  ck_assert_uint_eq(p.profile_format, 1);
+  // Bad values are warned about and change nothing.
+  lca::Options q{};
+  ck_assert_int_eq(lca::options_parse("profile_format=xml,sample=lots,sample=,profile_signal=x", &q), 4);
+  ck_assert_uint_eq(q.profile_format, 0);
+  ck_assert_uint_eq(q.sample, 0);
+  ck_assert_int_eq(q.profile_signal, -1);
+}
+END_TEST
+
+START_TEST(test_global_tracker) {
+  void* p = lca_malloc(77);
+  g_allocation_tracker.track_allocation(p, 77);
+  ck_assert_ptr_eq(&g_allocation_tracker, &AllocationTracker::global());
+  bool found = false;
+  for (const auto& leak : g_allocation_tracker.get_leaks()) found |= leak.address == p && leak.size == 77;
+  ck_assert(found);
+  g_allocation_tracker.track_deallocation(p);
+  lca_free(p);
+  for (const auto& leak : AllocationTracker::global().get_leaks()) ck_assert_ptr_ne(leak.address, p);
+}
+END_TEST
+
+namespace {
+__attribute__((noinline)) void* process_leak(std::size_t n) {
+  void* p = lca_malloc(n);
+  test_util::escape(p);
+  return p;
+}
+}  // namespace
+
+// Full tracking of the process heap: exactly the leaked blocks are live.
+START_TEST(test_process_heap_full_tracking) {
+  std::string err = in_child([]() -> std::string {
+    std::vector<void*> freed;
+    freed.reserve(500);  // before tracking starts: only the blocks below count
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    for (int i = 0; i < 500; ++i) freed.push_back(lca_malloc(static_cast<std::size_t>(i % 300) + 1));
+    void* leaked = process_leak(777);
+    void* leaked_big = process_leak(3 << 20);  // a mapping
+    void* r = lca_realloc(lca_malloc(10), 5000);  // realloc: 10 freed, 5000 live
+    for (void* p : freed) lca_free(p);
+    char* c = static_cast<char*>(lca_calloc(10, 10));
+    lca_free(c);
+    lca::TrackTotals t = lca::track_totals();
+    if (t.live_blocks != 3 || t.live_bytes != 777 + (3 << 20) + 5000)
+      return "live " + std::to_string(t.live_blocks) + " blocks, " + std::to_string(t.live_bytes) + " bytes";
+    if (t.calls != 500 + 2 + 2 + 1) return "calls " + std::to_string(t.calls);
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-test-%d.txt", static_cast<int>(getpid()));
+    if (!custom_alloc::dump_process_profile(path, custom_alloc::ProfileFormat::text)) return "dump failed";
+    {
+      std::string text = read_file(path);  // tracked too, and freed at the end of the scope
+      unlink(path);
+      if (text.find("process_leak") == std::string::npos) return "profile does not name process_leak: " + text;
+      if (text.find("live 1 blocks, 777 bytes") == std::string::npos) return "no 777-byte site: " + text;
+    }
+    lca_free(leaked);
+    lca_free(leaked_big);
+    lca_free(r);
+    t = lca::track_totals();
+    if (t.live_blocks != 0 || t.live_bytes != 0) return "not all freed: " + std::to_string(t.live_bytes);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+START_TEST(test_process_heap_threads_and_fork) {
+  std::string err = in_child([]() -> std::string {
+    const unsigned threads = 6;
+    const std::size_t per_thread = scaled(3000);
+    std::vector<std::thread> pool;
+    std::vector<std::vector<void*>> kept(threads);
+    // Before tracking starts: only the blocks of the loop below count.
+    pool.reserve(threads);
+    for (auto& v : kept) v.reserve(per_thread);
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    for (unsigned t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        for (std::size_t i = 0; i < per_thread; ++i) {
+          void* p = lca_malloc(32);
+          if (i % 3 == 0) kept[t].push_back(p);
+          else lca_free(p);
+        }
+      });
+    // Forks while the threads allocate: the child's tracker must work.  The
+    // child answers through a pipe and dies of SIGKILL: under memcheck a normal
+    // exit would run a leak check, which finds the blocks that the parent's
+    // threads held in registers at the fork "definitely lost".
+    std::string failure;
+    for (int f = 0; f < 3 && failure.empty(); ++f) {
+      int fds[2];
+      if (pipe(fds) != 0) {
+        failure = "pipe failed";
+        break;
+      }
+      std::fflush(stdout);
+      pid_t pid = fork();
+      if (pid == 0) {
+        double before = lca::track_totals().live_bytes;
+        void* p = process_leak(12345);
+        double after = lca::track_totals().live_bytes;
+        lca_free(p);
+        char answer = after - before == 12345 ? 'y' : 'n';
+        if (write(fds[1], &answer, 1) != 1) _exit(1);
+        raise(SIGKILL);
+      }
+      close(fds[1]);
+      char answer = 0;
+      if (read(fds[0], &answer, 1) != 1) answer = 0;
+      close(fds[0]);
+      waitpid(pid, nullptr, 0);
+      if (answer != 'y') failure = answer ? "the forked child's tracker miscounted" : "the forked child died";
+    }
+    for (auto& th : pool) th.join();
+    if (!failure.empty()) return failure;
+    std::size_t live = 0;
+    for (auto& v : kept) live += v.size();
+    lca::TrackTotals t = lca::track_totals();
+    // glibc keeps a block per thread (its TLS vector, with the cached stack of
+    // the thread that exited): at most one more per thread than the loop's.
+    if (t.live_blocks < static_cast<double>(live) || t.live_blocks > static_cast<double>(live + threads) ||
+        t.live_bytes < static_cast<double>(live * 32))
+      return "live " + std::to_string(t.live_blocks) + " blocks, expected " + std::to_string(live);
+    for (auto& v : kept)
+      for (void* p : v) lca_free(p);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// Sampling: the estimates of calls and bytes of a known workload are within
+// 10 % of the truth.  One sample per 2 KiB: the ~54 000 small blocks give ~3 600
+// samples, so the estimate of calls has a relative error of ~1.6 % (10 % is six
+// standard deviations) and that of bytes (~36 000 samples) less.
+START_TEST(test_sampling_estimates_unbiased) {
+  std::string err = in_child([]() -> std::string {
+    const std::size_t mean = 2048;
+    lca::track_start_for_test(lca::TrackMode::sample, mean);
+    double truth_bytes = 0, truth_calls = 0;
+    std::uint64_t x = 12345;
+    std::vector<void*> live;
+    for (int i = 0; i < 60000; ++i) {
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      // Mostly small, some medium and a few large: sizes from 8 B to 64 KiB.
+      std::size_t size = (x >> 33) % 100 < 90 ? 8 + (x >> 40) % 256 : (x >> 45) % 100 < 90 ? 1024 + (x >> 20) % 8192 : 65536;
+      void* p = lca_malloc(size);
+      truth_bytes += static_cast<double>(size);
+      truth_calls += 1;
+      if (i % 16 == 0) live.push_back(p);
+      else lca_free(p);
+    }
+    lca::TrackTotals t = lca::track_totals();
+    char msg[256];
+    std::snprintf(msg, sizeof msg, "estimated %.0f calls / %.0f bytes, truth %.0f / %.0f, %zu samples", t.calls,
+                  t.bytes, truth_calls, truth_bytes, t.samples);
+    std::printf("# %s\n", msg);
+    std::fflush(stdout);
+    for (void* p : live) lca_free(p);
+    std::vector<void*>().swap(live);
+    if (std::fabs(t.bytes - truth_bytes) > 0.10 * truth_bytes) return msg;
+    if (std::fabs(t.calls - truth_calls) > 0.10 * truth_calls) return msg;
+    if (t.samples < 500) return std::string("too few samples: ") + msg;
+    lca::TrackTotals after = lca::track_totals();
+    if (std::fabs(after.live_bytes) > 0.5) return "live bytes after freeing everything: " + std::to_string(after.live_bytes);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+int main() {
+  TCase* tc;
+  Suite* s = test_util::make_suite("track", &tc);
+  tcase_add_test(tc, test_detects_memory_leak);
+  tcase_add_test(tc, test_identifies_hot_sites);
+  tcase_add_test(tc, test_report_names_leaking_function);
+  tcase_add_test(tc, test_bad_input_loses_nothing);
+  tcase_add_test(tc, test_threads_keep_exact_totals);
+  tcase_add_test(tc, test_global_tracker);
+  tcase_add_test(tc, test_options_parse_tracking);
+  tcase_add_test(tc, test_process_heap_full_tracking);
+  tcase_add_test(tc, test_process_heap_threads_and_fork);
+  tcase_add_test(tc, test_sampling_estimates_unbiased);
+  return test_util::run_suite(s);
+}
