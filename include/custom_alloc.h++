@@ -3,4 +3,5 @@
 #define CUSTOM_ALLOC_HXX
 #include <custom_alloc/memory_allocator.h++>
 #include <custom_alloc/huge_page_allocator.h++>
+#include <custom_alloc/numa_allocator.h++>
 #endif

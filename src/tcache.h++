@@ -110,6 +110,9 @@ struct Heap {
   RemoteBatch remote_batch[kRemoteBatchSlots];  // this thread's frees into other heaps' spans
   FreeObject* foreign[kNumClasses];  // objects of other heaps' spans this thread freed (guards set)
   std::uint32_t foreign_count[kNumClasses];
+  // NUMA (LIBCALLOC_OPTIONS=numa=1, process domain): the node whose chunks this
+  // heap carves, -1 when node-local heaps are off.
+  std::int32_t node = -1;
 };
 
 // Pops an object of another heap's span from h's foreign list of class c
@@ -150,6 +153,11 @@ struct Domain {
   } vg;
   Domain* next = nullptr;
   Domain* prev = nullptr;
+  // NUMA: the node a private domain's chunks and large mappings are bound to
+  // (NUMAAllocator's per-node heaps), and how many bindings the kernel refused
+  // (that memory stays first-touch: the documented fallback).
+  NodePlacement placement{};
+  std::atomic<std::size_t> bind_fallbacks{0};
 };
 
 extern Domain g_process_domain LCA_HIDDEN;
@@ -175,6 +183,12 @@ Heap* heap_for_thread();
 
 // Private domains.
 Domain* domain_create();
+// Binds the domain's future chunks and large mappings to a NUMA node (before its
+// first allocation).
+void domain_set_placement(Domain* d, NodePlacement where);
+// Calls fn for every range of memory the domain holds now (its chunks and large
+// blocks), under its lock: NUMA asks the kernel where those pages are.
+void domain_for_each_range(Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx);
 void domain_destroy(Domain* d);
 
 // --- allocation ---------------------------------------------------------
