@@ -11,6 +11,9 @@ struct Options {
   // where the system mode is madvise or always), 0 MADV_NOHUGEPAGE (none even under
   // always); -1, the default, leaves the system's mode alone (chunk.c++).
   signed char huge_heap = -1;
+  // numa: node-local thread heaps in the process heap (numa.h++); no effect on a
+  // machine with one usable node or when built with --disable-numa.
+  bool numa = false;
 };
 
 extern Options g_options;
@@ -20,7 +23,7 @@ extern Options g_options;
 void options_init();
 // Parses one option string (exposed for tests).  Returns the number of problems.
 int options_parse(const char* text, Options* out);
-// Writes "libcalloc VERSION: options stats=N verbose=N huge_heap=N|system" to fd.
+// Writes "libcalloc VERSION: options stats=N verbose=N huge_heap=N|system numa=N" to fd.
 void options_print(const Options& o, const char* version, int fd);
 
 }  // namespace lca

@@ -22,6 +22,10 @@ calloc_unit_tests = \
 	tests/unit/errors \
 	tests/unit/huge \
 	tests/unit/asan
+# NUMA (issue 15): also run in multi-node QEMU guests by make check-numa-vm.
+calloc_unit_tests += tests/unit/numa
+tests_unit_numa_SOURCES = tests/unit/numa.c++ tests/test-util.h++
+tests_unit_numa_LDADD = $(LDADD) $(NUMA_LIBS)
 
 tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
 tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
