@@ -132,6 +132,20 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
       nodes[n] = node;
     }
     if (move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) return errno;
+    // -EBUSY: the page was held for a moment (fresh pages wait in a per-CPU list
+    // before they reach the LRU, where migration finds them): try those again.
+    for (int retry = 0; retry < 3; ++retry) {
+      std::size_t busy = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        if (status[i] == -EBUSY) ++busy;
+      if (!busy) break;
+      sched_yield();
+      for (std::size_t i = 0; i < n; ++i) {
+        if (status[i] != -EBUSY) continue;
+        int one_status = 0;
+        if (move_pages(0, 1, &pages[i], &nodes[i], &one_status, MPOL_MF_MOVE) == 0) status[i] = one_status;
+      }
+    }
     for (std::size_t i = 0; i < n; ++i) {
       if (status[i] == node)
         ++*moved;
