@@ -2,16 +2,22 @@
 // nodes: mbind for fresh chunks and large mappings, move_pages for migration,
 // get_mempolicy / move_pages without a target to ask the kernel where pages are.
 //
-// The topology is read once by numa_init() (from the library constructor, or the
-// first NUMAAllocator), into constinit tables: libnuma allocates while it parses
-// /sys, so it is never called from a malloc path.  The calls the heap makes later
-// are raw system calls through libnuma's wrappers (numaif.h), which allocate
-// nothing, and getcpu() for the caller's node.
+// libnuma is loaded with dlopen by numa_init(), the first time NUMA is asked
+// for (a NUMAAllocator, LIBCALLOC_OPTIONS=numa=1), not linked: libnuma's own
+// constructor allocates and reads /proc and /sys when it is loaded, and every
+// program linked with libcalloc would pay that at start-up, NUMA used or not
+// (docs/design.md has the case that showed it).  The topology is read once, into
+// constinit tables: libnuma allocates while it parses /sys, so it is never
+// called from a malloc path.  The calls the heap makes later are libnuma's
+// system-call wrappers (numaif.h: mbind, move_pages, get_mempolicy), which
+// allocate nothing, and getcpu() for the caller's node.
 #include "numa.h++"
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <dlfcn.h>
+#include <type_traits>
 #include <numa.h>
 #include <numaif.h>
 #include <pthread.h>
@@ -20,10 +26,57 @@
 
 #include "chunk.h++"
 #include "os.h++"
+#include "report.h++"
 
 namespace lca {
 
 namespace {
+
+// The libnuma functions used, resolved by dlsym (the names of numa.h / numaif.h).
+struct Libnuma {
+  decltype(&::numa_available) available;
+  decltype(&::numa_max_node) max_node;
+  decltype(&::numa_node_size64) node_size64;
+  decltype(&::numa_get_mems_allowed) get_mems_allowed;
+  decltype(&::numa_bitmask_isbitset) bitmask_isbitset;
+  decltype(&::numa_bitmask_free) bitmask_free;
+  decltype(&::numa_distance) distance;
+  decltype(&::mbind) mbind;
+  decltype(&::move_pages) move_pages;
+  decltype(&::get_mempolicy) get_mempolicy;
+  struct bitmask** nodes_ptr;  // numa_nodes_ptr: the nodes that exist
+};
+constinit Libnuma g_lib{};
+// libnuma's soname on every distribution we know (Debian: libnuma1).
+constexpr const char* kLibnumaSoname = "libnuma.so.1";
+
+bool load_libnuma() {
+  void* h = dlopen(kLibnumaSoname, RTLD_NOW | RTLD_LOCAL);
+  if (!h) return false;
+  Libnuma l{};
+  bool ok = true;
+  auto get = [&](auto& fn, const char* name) {
+    fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(h, name));
+    ok = ok && fn;
+  };
+  get(l.available, "numa_available");
+  get(l.max_node, "numa_max_node");
+  get(l.node_size64, "numa_node_size64");
+  get(l.get_mems_allowed, "numa_get_mems_allowed");
+  get(l.bitmask_isbitset, "numa_bitmask_isbitset");
+  get(l.bitmask_free, "numa_bitmask_free");
+  get(l.distance, "numa_distance");
+  get(l.mbind, "mbind");
+  get(l.move_pages, "move_pages");
+  get(l.get_mempolicy, "get_mempolicy");
+  get(l.nodes_ptr, "numa_nodes_ptr");
+  if (!ok) {
+    dlclose(h);
+    return false;
+  }
+  g_lib = l;  // kept loaded for the life of the process
+  return true;
+}
 
 constinit NumaTopology g_topology{};
 constinit pthread_once_t g_topology_once = PTHREAD_ONCE_INIT;
@@ -38,25 +91,29 @@ void read_topology() {
   t.node_count = 1;
   t.usable = 1;
   t.distance[0][0] = 10;
-  if (numa_available() < 0) return;
+  if (!load_libnuma()) {
+    report_warning("NUMA: cannot load libnuma (libnuma.so.1): one node, nothing bound: ", dlerror());
+    return;
+  }
+  if (g_lib.available() < 0) return;
   t.numa_available = true;
-  int max = numa_max_node();
+  int max = g_lib.max_node();
   if (max >= kNumaMaxNodes) max = kNumaMaxNodes - 1;
   t.node_count = max + 1;
   t.usable = 0;
-  struct bitmask* allowed = numa_get_mems_allowed();
+  struct bitmask* allowed = g_lib.get_mems_allowed();
   for (int n = 0; n <= max; ++n) {
     long long free_bytes = 0;
-    bool has_memory = numa_bitmask_isbitset(numa_nodes_ptr, static_cast<unsigned>(n)) &&
-                      numa_node_size64(n, &free_bytes) > 0;
-    bool is_allowed = allowed && numa_bitmask_isbitset(allowed, static_cast<unsigned>(n));
+    bool has_memory = g_lib.bitmask_isbitset(*g_lib.nodes_ptr, static_cast<unsigned>(n)) &&
+                      g_lib.node_size64(n, &free_bytes) > 0;
+    bool is_allowed = allowed && g_lib.bitmask_isbitset(allowed, static_cast<unsigned>(n));
     if (has_memory && is_allowed) t.usable |= std::uint64_t{1} << n;
     for (int m = 0; m <= max; ++m) {
-      int d = numa_distance(n, m);
+      int d = g_lib.distance(n, m);
       t.distance[n][m] = static_cast<std::uint8_t>(d > 0 && d < 256 ? d : (n == m ? 10 : 20));
     }
   }
-  if (allowed) numa_bitmask_free(allowed);
+  if (allowed) g_lib.bitmask_free(allowed);
   if (!t.usable) t.usable = 1;  // nothing readable: behave as one node
 }
 
@@ -112,12 +169,14 @@ int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move) {
   unsigned long mask[kMaskWords] = {};
   mask[node / 64] = 1ul << (node % 64);
   unsigned flags = move ? MPOL_MF_MOVE : 0;
-  if (mbind(addr, len, strict ? MPOL_BIND : MPOL_PREFERRED, mask, kNumaMaxNodes + 1, flags) != 0) return errno;
+  if (!g_lib.mbind) return ENOSYS;
+  if (g_lib.mbind(addr, len, strict ? MPOL_BIND : MPOL_PREFERRED, mask, kNumaMaxNodes + 1, flags) != 0) return errno;
   return 0;
 }
 
 int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::size_t* failed) {
   *moved = *failed = 0;
+  if (!g_lib.move_pages) return ENOSYS;
   std::size_t page = os_page_size();
   auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
   auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
@@ -131,7 +190,7 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
       pages[n] = reinterpret_cast<void*>(lo);
       nodes[n] = node;
     }
-    if (move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) return errno;
+    if (g_lib.move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) return errno;
     // -EBUSY: the page was held for a moment (fresh pages wait in a per-CPU list
     // before they reach the LRU, where migration finds them): try those again.
     for (int retry = 0; retry < 3; ++retry) {
@@ -143,7 +202,7 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
       for (std::size_t i = 0; i < n; ++i) {
         if (status[i] != -EBUSY) continue;
         int one_status = 0;
-        if (move_pages(0, 1, &pages[i], &nodes[i], &one_status, MPOL_MF_MOVE) == 0) status[i] = one_status;
+        if (g_lib.move_pages(0, 1, &pages[i], &nodes[i], &one_status, MPOL_MF_MOVE) == 0) status[i] = one_status;
       }
     }
     for (std::size_t i = 0; i < n; ++i) {
@@ -158,11 +217,13 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
 
 int numa_node_of_address(const void* p) {
   int node = -1;
-  if (get_mempolicy(&node, nullptr, 0, const_cast<void*>(p), MPOL_F_NODE | MPOL_F_ADDR) != 0) return -1;
+  if (!g_lib.get_mempolicy) return numa_node_usable(0) ? 0 : -1;
+  if (g_lib.get_mempolicy(&node, nullptr, 0, const_cast<void*>(p), MPOL_F_NODE | MPOL_F_ADDR) != 0) return -1;
   return node;
 }
 
 void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_node) {
+  if (!g_lib.move_pages) return numa_resident_on_node0(addr, len, per_node);
   std::size_t page = os_page_size();
   auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
   auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
@@ -172,7 +233,7 @@ void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_n
   while (lo < hi) {
     std::size_t n = 0;
     for (; n < kBatch && lo < hi; ++n, lo += page) pages[n] = reinterpret_cast<void*>(lo);
-    if (move_pages(0, n, pages, nullptr, status, 0) < 0) return;
+    if (g_lib.move_pages(0, n, pages, nullptr, status, 0) < 0) return;
     for (std::size_t i = 0; i < n; ++i)
       if (status[i] >= 0 && status[i] < kNumaMaxNodes) per_node[status[i]] += page;
   }

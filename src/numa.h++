@@ -18,8 +18,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <sys/mman.h>
 
 #include "config.h"
+#include "os.h++"
 
 namespace lca {
 
@@ -41,9 +43,25 @@ struct NumaPlacementCounters {
   std::size_t refused;  // mbind calls the kernel refused (memory left first-touch)
 };
 
+// Without libnuma everything is on node 0: mincore says what is resident.
+inline void numa_resident_on_node0(const void* addr, std::size_t len, std::size_t* per_node) {
+  std::size_t page = os_page_size();
+  auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
+  auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
+  unsigned char vec[256];
+  while (lo < hi) {
+    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
+    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0) return;
+    for (std::size_t i = 0; i < n; ++i)
+      if (vec[i] & 1) per_node[0] += page;
+    lo += n * page;
+  }
+}
+
 #ifdef CALLOC_NUMA
-// Reads the topology (once; later calls return at once) and installs the
-// placement policy into chunk.  Not from a malloc path: libnuma allocates.
+// Loads libnuma (dlopen), reads the topology (once; later calls return at once)
+// and installs the placement policy into chunk.  Not from a malloc path: libnuma
+// allocates.  Without libnuma.so.1 at run time: one node, a warning.
 void numa_init();
 // The topology; numa_init() must have run.
 const NumaTopology& numa_topology();
@@ -84,7 +102,9 @@ inline int numa_move(void*, std::size_t, int, std::size_t* moved, std::size_t* f
   return 0;
 }
 inline int numa_node_of_address(const void*) { return 0; }
-void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_node);
+inline void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_node) {
+  numa_resident_on_node0(addr, len, per_node);
+}
 inline NumaPlacementCounters numa_placement_counters() { return {}; }
 inline bool numa_thread_heaps() { return false; }
 inline void numa_enable_thread_heaps() {}

@@ -6,7 +6,6 @@
 // node, 0, and nothing is bound or moved.
 #include <cerrno>
 #include <new>
-#include <sys/mman.h>
 
 #include <custom_alloc/numa_allocator.h++>
 
@@ -22,20 +21,6 @@ const NumaTopology& numa_topology() {
   return one;
 }
 
-// Without libnuma everything is on node 0: mincore says what is resident.
-void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_node) {
-  std::size_t page = os_page_size();
-  auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
-  auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
-  unsigned char vec[256];
-  while (lo < hi) {
-    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
-    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0) return;
-    for (std::size_t i = 0; i < n; ++i)
-      if (vec[i] & 1) per_node[0] += page;
-    lo += n * page;
-  }
-}
 #endif
 }  // namespace lca
 
