@@ -85,6 +85,11 @@ void local_vs_remote(const std::vector<int>& nodes) {
   std::printf("\n1. first touch and random reads, %zu MiB, median of %d\n", g_mib, g_runs);
   std::printf("%-9s %-9s %9s %12s %12s %10s\n", "cpu node", "mem node", "distance", "touch ns/pg", "read ns", "ratio");
   for (int c : nodes) {
+    struct Row {
+      int m;
+      double touch, read;
+    };
+    std::vector<Row> rows;
     double local_read = 0;
     for (int m : nodes) {
       std::vector<double> touch, read;
@@ -114,11 +119,12 @@ void local_vs_remote(const std::vector<int>& nodes) {
         g_sink = at;
         alloc.deallocate(p);
       }
-      double rd = median(read);
-      if (c == m) local_read = rd;
-      std::printf("%-9d %-9d %9d %12.1f %12.1f %10s\n", c, m, NUMAAllocator::node_distance(c, m), median(touch), rd,
-                  local_read > 0 ? (std::to_string(rd / local_read).substr(0, 4) + "x").c_str() : "-");
+      rows.push_back(Row{m, median(touch), median(read)});
+      if (c == m) local_read = rows.back().read;
     }
+    for (const Row& r : rows)
+      std::printf("%-9d %-9d %9d %12.1f %12.1f %9.2fx\n", c, r.m, NUMAAllocator::node_distance(c, r.m), r.touch,
+                  r.read, local_read > 0 ? r.read / local_read : 0.0);
   }
   std::printf("\n2. migrate_to_node, %zu MiB, median of %d\n", g_mib, g_runs);
   for (int m : nodes) {
@@ -157,7 +163,7 @@ void* worker(void* arg) {
   std::uint64_t seed = 0x9E3779B97F4A7C15ull ^ static_cast<std::uint64_t>(w->node);
   std::vector<void*> mine;
   std::size_t local = 0, remote = 0;
-  for (int i = 0; i < 4000; ++i) {
+  for (int i = 0; i < 2000; ++i) {
     seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
     std::size_t size = (seed % 8 == 0) ? 4096 + seed % (256 * 1024) : 32 + seed % 2000;
     void* p = std::malloc(size);
@@ -180,7 +186,6 @@ void* worker(void* arg) {
 double run_rounds(const std::vector<int>& nodes) {
   Locality loc;
   std::vector<void*> kept[64];
-  std::size_t k = 0;
   for (int round = 0; round < g_rounds; ++round) {
     std::size_t threads = nodes.size();
     std::vector<pthread_t> ids(threads);
@@ -192,10 +197,13 @@ double run_rounds(const std::vector<int>& nodes) {
       pthread_create(&ids[t], nullptr, worker, &ws[t]);
     }
     for (pthread_t id : ids) pthread_join(id, nullptr);
-    k = threads;
+    // The kept quarter is freed by the main thread (remote frees into heaps
+    // whose threads have exited: those heaps wait for adoption).
+    for (std::size_t t = 0; t < threads; ++t) {
+      for (void* p : kept[t]) std::free(p);
+      kept[t].clear();
+    }
   }
-  for (std::size_t t = 0; t < k; ++t)
-    for (void* p : kept[t]) std::free(p);
   double total = static_cast<double>(loc.local_bytes + loc.remote_bytes);
   return total > 0 ? static_cast<double>(loc.local_bytes) / total : 1.0;
 }
