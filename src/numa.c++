@@ -185,11 +185,23 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
   int nodes[kBatch];
   int status[kBatch];
   while (lo < hi) {
+    // First ask where the pages are: only resident pages on another node move
+    // (and count as moved).
     std::size_t n = 0;
-    for (; n < kBatch && lo < hi; ++n, lo += page) {
-      pages[n] = reinterpret_cast<void*>(lo);
-      nodes[n] = node;
+    void* query[kBatch];
+    for (std::size_t k = 0; k < kBatch && lo < hi; ++k, lo += page) query[k] = reinterpret_cast<void*>(lo), ++n;
+    if (g_lib.move_pages(0, n, query, nullptr, status, 0) < 0) return errno;
+    std::size_t queried = n;
+    n = 0;
+    for (std::size_t k = 0; k < queried; ++k) {
+      if (status[k] >= 0 && status[k] != node) {
+        pages[n] = query[k];
+        nodes[n++] = node;
+      } else if (status[k] < 0 && status[k] != -ENOENT && status[k] != -EFAULT) {
+        ++*failed;  // (-ENOENT: never touched; -EFAULT: the shared zero page, no data)
+      }
     }
+    if (!n) continue;
     if (g_lib.move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) return errno;
     // -EBUSY: the page was held for a moment (fresh pages wait in a per-CPU list
     // before they reach the LRU, where migration finds them): try those again.

@@ -74,8 +74,8 @@ int numa_current_node();
 int numa_nearest_usable(int node);
 // mbind: MPOL_BIND (strict) or MPOL_PREFERRED.  0, or the errno of the refusal.
 int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move);
-// move_pages of the resident pages of [addr, addr + len) to node: counts the pages
-// that are on node afterwards and those that could not be moved.  0, or the
+// move_pages of the pages of [addr, addr + len) that are resident on another
+// node to node: counts the pages moved and those that could not be.  0, or the
 // errno of a refused call.
 int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::size_t* failed);
 // The node of the page holding p (get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR): the
