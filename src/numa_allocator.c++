@@ -12,6 +12,7 @@
 #include "numa.h++"
 #include "os.h++"
 #include "report.h++"
+#include "stats.h++"
 #include "tcache.h++"
 #include "vg.h++"
 
@@ -167,6 +168,51 @@ NUMAAllocator::NUMAStats NUMAAllocator::get_numa_stats() const {
   for (int n = 0; n < lca::kNumaMaxNodes; ++n)
     if (usage.bytes[n]) s.per_node_usage[n] = usage.bytes[n];
   return s;
+}
+
+MemoryAllocator::Stats NUMAAllocator::get_stats() const {
+  lca_stats sum{};
+  auto add = [&sum](lca::Domain* d) {
+    lca_stats one{};
+    lca::stats_fill(d, &one);
+    sum.total_allocated += one.total_allocated;
+    sum.total_freed += one.total_freed;
+    sum.active_allocations += one.active_allocations;
+    sum.os_memory_mapped += one.os_memory_mapped;
+    sum.fragmentation_bytes += one.fragmentation_bytes;
+    sum.allocation_count += one.allocation_count;
+    sum.free_count += one.free_count;
+    sum.realloc_in_place += one.realloc_in_place;
+    sum.realloc_moved += one.realloc_moved;
+    sum.realloc_remapped += one.realloc_remapped;
+    sum.large_mappings += one.large_mappings;
+  };
+  add(domain());
+  {
+    std::lock_guard<std::mutex> guard(lock_);
+    for (const auto& slot : nodes_)
+      if (lca::Domain* d = slot.load(std::memory_order_acquire)) add(d);
+  }
+  Stats out;
+  out.total_allocated = sum.total_allocated;
+  out.total_freed = sum.total_freed;
+  out.active_allocations = sum.active_allocations;
+  out.os_memory_mapped = sum.os_memory_mapped;
+  out.fragmentation_bytes = sum.fragmentation_bytes;
+  out.allocation_count = sum.allocation_count;
+  out.free_count = sum.free_count;
+  out.realloc_in_place = sum.realloc_in_place;
+  out.realloc_moved = sum.realloc_moved;
+  out.realloc_remapped = sum.realloc_remapped;
+  out.large_mappings = sum.large_mappings;
+  return out;
+}
+
+void NUMAAllocator::trim() {
+  MemoryAllocator::trim();
+  std::lock_guard<std::mutex> guard(lock_);
+  for (const auto& slot : nodes_)
+    if (lca::Domain* d = slot.load(std::memory_order_acquire)) lca::domain_trim(d);
 }
 
 int NUMAAllocator::get_current_node() const { return lca::numa_current_node(); }

@@ -69,6 +69,11 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
   void migrate_to_node(void* ptr, std::size_t size, int target_node);
 
   NUMAStats get_numa_stats() const;
+  // MemoryAllocator's statistics and trim() over every node heap of this
+  // allocator (MemoryAllocator's own, called through a base reference, see only
+  // the base heap, which serves nothing but a node heap's failures).
+  Stats get_stats() const;
+  void trim();
 
   // The request declares these two private; they are public here so that tests
   // and users can check and pin placement themselves.

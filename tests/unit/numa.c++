@@ -531,6 +531,26 @@ START_TEST(test_refused_bind_falls_back) {
 }
 END_TEST
 
+// get_stats() and trim() of a NUMAAllocator cover its node heaps.
+START_TEST(test_stats_cover_node_heaps) {
+  NUMAAllocator alloc;
+  std::vector<void*> live;
+  for (int node : usable_nodes())
+    for (int i = 0; i < 10; ++i) live.push_back(alloc.allocate_on_node(100 + static_cast<std::size_t>(i) * 1000, node));
+  live.push_back(alloc.allocate(2 * MiB));
+  custom_alloc::MemoryAllocator::Stats s = alloc.get_stats();
+  ck_assert_uint_eq(s.active_allocations, live.size());
+  ck_assert_uint_eq(s.allocation_count, live.size());
+  ck_assert_uint_eq(s.large_mappings, 1);
+  ck_assert_uint_ge(s.os_memory_mapped, 2 * MiB);
+  for (void* p : live) alloc.deallocate(p);
+  alloc.trim();
+  s = alloc.get_stats();
+  ck_assert_uint_eq(s.active_allocations, 0);
+  ck_assert_uint_eq(s.free_count, live.size());
+}
+END_TEST
+
 // The topology as /sys describes it; with --disable-numa, one node 0.
 START_TEST(test_topology_matches_sys) {
   int count = NUMAAllocator::node_count();
@@ -639,6 +659,7 @@ int main() {
   tcase_add_test(tc, test_moved_thread_rehomes);
   tcase_add_test(tc, test_invalid_nodes);
   tcase_add_test(tc, test_refused_bind_falls_back);
+  tcase_add_test(tc, test_stats_cover_node_heaps);
   tcase_add_test(tc, test_topology_matches_sys);
   tcase_add_test(tc, test_threads_cross_node_handoff);
   return test_util::run_suite(s);
