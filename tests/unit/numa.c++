@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "numa.h++"
+#include "sanitizer.h++"
 #include "sizeclass.h++"
 #include "tcache.h++"
 #ifdef CALLOC_NUMA
@@ -324,6 +325,7 @@ START_TEST(test_remote_frees_go_home) {
   run_pinned(other_cpu, [&] {  // another thread, on the other node, frees them
     for (void* p : blocks) alloc.deallocate(p);
   });
+  lca::asan_flush_quarantine();  // ASan mode keeps freed blocks from reuse likewise
   if (test_util::running_on_valgrind()) {
     // Valgrind mode quarantines freed blocks (512 at most) before their memory is
     // reused: push the 200 out of it with frees of another size class.
