@@ -66,3 +66,13 @@ CLEANFILES += huge-bench.csv
 # bench/track-cost.sh: what allocation tracking (--enable-tracking) costs,
 # compiled out / in but off / sampling / full / heaptrack (issue 14); run by hand.
 EXTRA_DIST += bench/track-cost.sh
+# bench/numa-bench (issue 15): local vs remote first touch and reads, migrate_to_node
+# MB/s, process-heap locality with and without numa=1, and a labelled model of a
+# two-socket server.  Run it on the host, or in a NUMA guest:
+#   scripts/numa-vm --nodes 4 bench/numa-bench
+noinst_PROGRAMS += bench/numa-bench
+bench_numa_bench_SOURCES = bench/numa-bench.c++
+bench_numa_bench_CPPFLAGS = -I$(top_builddir) -I$(top_srcdir)/include -I$(top_srcdir)/src
+bench_numa_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+bench_numa_bench_LDFLAGS = $(PTHREAD_CFLAGS)
+bench_numa_bench_LDADD = src/libcalloc-core.la $(NUMA_LIBS) $(PTHREAD_LIBS)

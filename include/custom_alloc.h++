@@ -6,4 +6,5 @@
 #include <custom_alloc/secure_allocator.h++>
 // Allocation tracking (symbols only in --enable-tracking builds).
 #include <custom_alloc/allocation_tracker.h++>
+#include <custom_alloc/numa_allocator.h++>
 #endif

@@ -18,7 +18,16 @@ constinit std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] = {};
 
 namespace {
 constinit std::atomic<std::size_t> g_chunk_count{0};
+constinit std::atomic<PlaceFunction> g_place{nullptr};
 }  // namespace
+
+void chunk_set_placement(PlaceFunction bind) { g_place.store(bind, std::memory_order_release); }
+
+bool chunk_place(void* addr, std::size_t len, NodePlacement where) {
+  if (where.node < 0) return false;
+  PlaceFunction bind = g_place.load(std::memory_order_acquire);
+  return bind && bind(addr, len, where);
+}
 
 namespace {
 void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
@@ -31,7 +40,7 @@ void registry_set_kind(ChunkHeader* chunk, ChunkKind kind) {
   registry_store(chunk, static_cast<std::uint8_t>(kind));
 }
 
-ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
+ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where) {
   void* mem = os_map_aligned(kChunkSize, kChunkSize);
   if (!mem) return nullptr;
   if (reinterpret_cast<std::uintptr_t>(mem) >> kAddressBits) {  // beyond the registry
@@ -48,8 +57,11 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain) {
   constexpr bool advised = false;
   if (g_options.huge_heap == 0) os_advise_huge(mem, kChunkSize, false);
 #endif
+  // Bound before the header is written: its page is the first to fault in.
+  bool bound = chunk_place(mem, kChunkSize, where);
   auto* chunk = static_cast<ChunkHeader*>(mem);
   if (g_options.huge_heap != 0 && huge_may_back(huge_thp_policy(), advised)) chunk->flags = kChunkMayBeHuge;
+  chunk->node = bound ? where.node : -1;
   chunk->magic = kChunkMagic;
   chunk->domain = domain;
   registry_set_kind(chunk, kind);
@@ -73,12 +85,14 @@ void chunk_purge_data(ChunkHeader* chunk) {
 
 void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std::size_t used_bytes) {
   std::uint32_t flags = chunk->flags;
+  std::int32_t node = chunk->node;
   if (flags & kChunkMayBeHuge)
     std::memset(static_cast<void*>(chunk), 0, used_bytes);
   else
     os_purge(chunk, kChunkHeaderSize);  // the rest of slot 0 reads as zero too
   chunk->magic = kChunkMagic;
   chunk->flags = flags;
+  chunk->node = node;
   chunk->domain = domain;
   registry_set_kind(chunk, kind);
 }

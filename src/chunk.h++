@@ -40,6 +40,22 @@ enum : std::uint32_t {
 struct Heap;
 struct Domain;
 
+// Where a heap wants its memory: a NUMA node (-1: anywhere, the kernel's
+// first-touch default), bound preferred (the kernel may fall back to another node
+// when this one is full) or strict.  numa.c++ is the policy that binds: it hands
+// chunk_set_placement() its function once, and chunk and large call it for fresh
+// memory without knowing NUMA (no upward include).
+struct NodePlacement {
+  int node = -1;
+  bool strict = false;
+};
+using PlaceFunction = bool (*)(void* addr, std::size_t len, NodePlacement where);
+void chunk_set_placement(PlaceFunction bind);
+// Binds [addr, addr + len) as `where` says.  True when bound; false (the memory
+// stays first-touch) when where.node < 0, no policy is installed, or the kernel
+// refused (the caller counts that as a fallback).
+bool chunk_place(void* addr, std::size_t len, NodePlacement where);
+
 struct ChunkHeader {
   std::uint64_t magic;
   ChunkKind kind;
@@ -48,10 +64,12 @@ struct ChunkHeader {
   Heap* heap;  // the heap that carves this chunk
   ChunkHeader* next;
   ChunkHeader* prev;
+  std::int32_t node;  // the NUMA node the chunk is bound to, -1 when unbound
 };
 
-// A fresh, zeroed, registered chunk; nullptr when the OS refuses.
-ChunkHeader* chunk_map(ChunkKind kind, Domain* domain);
+// A fresh, zeroed, registered chunk, bound as `where` says (chunk_place; its
+// header's node is -1 when it is not bound); nullptr when the OS refuses.
+ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where = {});
 // Unregisters and unmaps a chunk.
 void chunk_unmap(ChunkHeader* chunk);
 // Returns the chunk's data pages (beyond its header) to the OS.

@@ -298,10 +298,12 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
     base = os_map_aligned(map_size, huge && alignment < kHugePage ? kHugePage : alignment);
     if (!base) return nullptr;
     if (huge) os_advise_huge(base, map_size, true);
+    bool fallback = cache->placement.node >= 0 && !chunk_place(base, map_size, cache->placement);
     got = map_size;
     *fresh_zero = true;
     lca_mutex_lock(&g_lock);
     cache->mapped_bytes += got;
+    cache->bind_fallbacks += fallback;
   }
   if (!insert_slot(Slot{base, base, got, d, huge})) {
     cache->mapped_bytes -= got;
@@ -397,6 +399,13 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   lca_mutex_unlock(&g_lock);
   *result = moved;
   return how;
+}
+
+void large_for_each_block(const Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx) {
+  lca_mutex_lock(&g_lock);
+  for (std::size_t i = 0; i < g_capacity; ++i)
+    if (g_slots[i].user && g_slots[i].domain == d) fn(ctx, g_slots[i].base, g_slots[i].map_size);
+  lca_mutex_unlock(&g_lock);
 }
 
 void large_release_domain(Domain* d, LargeCache* cache) {

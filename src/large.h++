@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "chunk.h++"
+
 namespace lca {
 
 struct Domain;
@@ -41,6 +43,10 @@ struct LargeCache {
   // Counters of this heap's large blocks (guarded by the large lock).
   std::size_t live_count, alloc_count, free_count;
   std::size_t alloc_bytes, free_bytes, mapped_bytes;
+  // NUMA: the node fresh mappings are bound to (chunk_place), and the bindings
+  // the kernel refused.
+  NodePlacement placement;
+  std::size_t bind_fallbacks;
 };
 
 struct LargeInfo {
@@ -69,6 +75,8 @@ enum class LargeResize { failed, in_place, remapped };
 LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool may_move,
                          void** result);
 
+// Calls fn for every live block of the domain (under the large lock).
+void large_for_each_block(const Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx);
 // Unmaps every block and cached mapping of the domain (heap destruction).
 void large_release_domain(Domain* d, LargeCache* cache);
 // Unmaps the cached mappings (all, or only the expired ones).

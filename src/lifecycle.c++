@@ -16,6 +16,7 @@
 #endif
 #include "huge.h++"
 #include "large.h++"
+#include "numa.h++"
 #include "secure.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
@@ -60,15 +61,20 @@ Heap* heap_for_thread() {
   vg_init();
   VgSerial serial;
   Domain* d = &g_process_domain;
+  // numa=1 on a machine with several nodes: a heap of the node the thread runs on.
+  int node = numa_thread_heaps() ? numa_nearest_usable(numa_current_node()) : -1;
   {
     DomainLock lock(d);
-    h = d->abandoned;
+    Heap** link = &d->abandoned;
+    while (*link && (*link)->node != node) link = &(*link)->next_abandoned;
+    h = *link;
     if (h) {
-      d->abandoned = h->next_abandoned;
+      *link = h->next_abandoned;
       h->next_abandoned = nullptr;
       h->abandoned = false;
     } else {
       h = heap_create_locked(d);
+      if (h) h->node = node;
     }
   }
   if (!h) return nullptr;
@@ -81,6 +87,21 @@ Heap* heap_for_thread() {
 #endif
   pthread_setspecific(g_heap_key, h);
   return h;
+}
+
+// numa=1: a thread that now runs on another node than its heap's leaves that
+// heap to its domain (like a thread exit: its blocks stay valid, other threads
+// adopt it) and takes one of its new node.  Asked on the process heap's slow path
+// only: the fast path never sees NUMA.
+Heap* heap_rehome_if_moved(Heap* h) {
+  int node = numa_nearest_usable(numa_current_node());
+  if (node == h->node) return h;
+  remote_batch_flush_all(h);
+  tls_owned_heap = nullptr;
+  tls_heap = &g_no_heap;
+  pthread_setspecific(g_heap_key, nullptr);
+  heap_abandon(h);
+  return heap_for_thread();
 }
 
 // --- fork() ---------------------------------------------------------------

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "options.h++"
+#include "numa.h++"
 #include "os.h++"
 #include "secure.h++"
 #include "stats.h++"
@@ -320,6 +321,7 @@ namespace {
 __attribute__((constructor)) void libcalloc_init() {
   options_init();
   if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
+  if (g_options.numa) numa_enable_thread_heaps();  // reads the topology: libnuma allocates
   pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
 #if CALLOC_TRACKING
   track_init(g_options);

@@ -101,6 +101,7 @@ int options_parse(const char* text, Options* out) {
     std::size_t value_len = eq ? len - key_len - 1 : 0;
     auto key_is = [&](const char* k) { return std::strlen(k) == key_len && std::strncmp(p, k, key_len) == 0; };
     bool* target = key_is("stats") ? &out->stats : key_is("verbose") ? &out->verbose : nullptr;
+    if (key_is("numa")) target = &out->numa;
     bool huge_heap_value = false;
     if (key_is("huge_heap")) target = &huge_heap_value;
     char name[64];
@@ -132,6 +133,7 @@ void options_print(const Options& o, const char* version, int fd) {
   w.str(" huge_heap=");
   if (o.huge_heap < 0) w.str("system");
   else w.num(static_cast<unsigned>(o.huge_heap));
+  w.str(" numa=").num(o.numa);
   w.str("\n");
   w.flush_to(fd);
 }

@@ -20,6 +20,9 @@ struct Options {
   unsigned char profile_format = 0;  // 0 text, 1 collapsed, 2 pprof
   unsigned long long sample = 0;
   int profile_signal = -1;  // -1: SIGUSR2 when profile is set; 0: none
+  // numa: node-local thread heaps in the process heap (numa.h++); no effect on a
+  // machine with one usable node or when built with --disable-numa.
+  bool numa = false;
 };
 
 extern Options g_options;
@@ -29,7 +32,7 @@ extern Options g_options;
 void options_init();
 // Parses one option string (exposed for tests).  Returns the number of problems.
 int options_parse(const char* text, Options* out);
-// Writes "libcalloc VERSION: options stats=N verbose=N huge_heap=N|system" to fd.
+// Writes "libcalloc VERSION: options stats=N verbose=N huge_heap=N|system numa=N" to fd.
 void options_print(const Options& o, const char* version, int fd);
 
 }  // namespace lca

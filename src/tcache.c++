@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 
 #include "huge.h++"
+#include "numa.h++"
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
@@ -134,15 +135,36 @@ void release_chunk(Domain* d, ChunkHeader* c);
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
 
+// The node a heap's next chunk goes to: its domain's (a NUMAAllocator node heap)
+// or, with node-local thread heaps (numa=1), the heap's own.
+NodePlacement chunk_placement_for(const Domain* d, const Heap* h) {
+  NodePlacement where = d->placement;
+  if (where.node < 0 && h && h->node >= 0) where.node = h->node;
+  return where;
+}
+
+// A cached free chunk on the wanted node (any when no node is wanted).
+ChunkHeader* pop_free_chunk(Domain* d, int node) {
+  if (node < 0) return d->free_chunks.pop();
+  for (ChunkHeader* c = d->free_chunks.head; c; c = c->next) {
+    if (c->node == node) {
+      d->free_chunks.remove(c);
+      return c;
+    }
+  }
+  return nullptr;
+}
+
 ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   ChunkHeader* c;
   bool fresh = false;
+  NodePlacement where = chunk_placement_for(d, h);
   {
     DomainLock lock(d);
-    c = d->free_chunks.pop();
+    c = pop_free_chunk(d, where.node);
     if (!c && d->abandoned) {
       sweep_abandoned(d);
-      c = d->free_chunks.pop();
+      c = pop_free_chunk(d, where.node);
     }
   }
   if (c) {
@@ -152,14 +174,15 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       chunk_reset_header(c, kind, d, used);
     }
   } else {
-    c = chunk_map(kind, d);
+    c = chunk_map(kind, d, where);
     if (!c) {
       // Out of memory or address space (RLIMIT_AS): give back the cached large
       // mappings and free chunks, then try once more.
       release_cached(d);
-      c = chunk_map(kind, d);
+      c = chunk_map(kind, d, where);
     }
     if (!c) return nullptr;
+    if (where.node >= 0 && c->node != where.node) d->bind_fallbacks.fetch_add(1, std::memory_order_relaxed);
     fresh = true;
     d->chunk_bytes.fetch_add(kChunkSize, std::memory_order_relaxed);
   }
@@ -489,6 +512,25 @@ Domain* domain_create() {
   return d;
 }
 
+void domain_set_placement(Domain* d, NodePlacement where) {
+  DomainLock lock(d);
+  d->placement = where;
+  d->large.placement = where;  // read by large_alloc outside its lock: set before any allocation
+}
+
+void domain_for_each_range(Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx) {
+  {
+    DomainLock lock(d);
+    for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+      const ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full, &h->arena.chunks};
+      for (const ChunkList* l : lists)
+        for (ChunkHeader* c = l->head; c; c = c->next) fn(ctx, c, kChunkSize);
+    }
+    for (ChunkHeader* c = d->free_chunks.head; c; c = c->next) fn(ctx, c, kChunkSize);
+  }
+  large_for_each_block(d, fn, ctx);
+}
+
 void domain_destroy(Domain* d) {
   VgSerial serial;
   vg_domain_destroying(d);
@@ -590,9 +632,11 @@ void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, boo
 }
 
 namespace {
+
 void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
   if (d->per_thread) {
     Heap* h = heap_for_thread();
+    if (h && h->node >= 0) h = heap_rehome_if_moved(h);
     if (!h) {
       errno = ENOMEM;
       return nullptr;

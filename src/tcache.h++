@@ -115,6 +115,9 @@ struct Heap {
   // than by a pop: the child of a fork() leaves alone the lists of a heap whose
   // thread the fork caught in such a change (lifecycle.c++).
   std::uint8_t remote_busy;
+  // NUMA (LIBCALLOC_OPTIONS=numa=1, process domain): the node whose chunks this
+  // heap carves, -1 when node-local heaps are off.
+  std::int32_t node = -1;
 };
 
 // Brackets a change of h's foreign lists or RemoteBatch table (h's thread only).
@@ -177,6 +180,11 @@ struct Domain {
   } vg;
   Domain* next = nullptr;
   Domain* prev = nullptr;
+  // NUMA: the node a private domain's chunks and large mappings are bound to
+  // (NUMAAllocator's per-node heaps), and how many bindings the kernel refused
+  // (that memory stays first-touch: the documented fallback).
+  NodePlacement placement{};
+  std::atomic<std::size_t> bind_fallbacks{0};
 };
 
 extern Domain g_process_domain LCA_HIDDEN;
@@ -199,9 +207,18 @@ constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
 // The calling thread's heap in the process domain, created or adopted on first use;
 // nullptr when the OS has no memory for it (lifecycle.c++).
 Heap* heap_for_thread();
+// numa=1: when the calling thread now runs on another node than its heap h's,
+// abandons h (as at thread exit) and returns a heap of the new node; else h.
+Heap* heap_rehome_if_moved(Heap* h);
 
 // Private domains.
 Domain* domain_create();
+// Binds the domain's future chunks and large mappings to a NUMA node (before its
+// first allocation).
+void domain_set_placement(Domain* d, NodePlacement where);
+// Calls fn for every range of memory the domain holds now (its chunks and large
+// blocks), under its lock: NUMA asks the kernel where those pages are.
+void domain_for_each_range(Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx);
 void domain_destroy(Domain* d);
 
 // --- allocation ---------------------------------------------------------

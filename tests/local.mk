@@ -23,6 +23,11 @@ calloc_unit_tests = \
 	tests/unit/huge \
 	tests/unit/asan \
 	tests/unit/fork
+	tests/unit/asan
+# NUMA (issue 15): also run in multi-node QEMU guests by make check-numa-vm.
+calloc_unit_tests += tests/unit/numa
+tests_unit_numa_SOURCES = tests/unit/numa.c++ tests/test-util.h++
+tests_unit_numa_LDADD = $(LDADD) $(NUMA_LIBS)
 
 tests_unit_core_SOURCES = tests/unit/core.c++ tests/test-util.h++
 tests_unit_realloc_SOURCES = tests/unit/realloc.c++ tests/test-util.h++
@@ -203,6 +208,21 @@ check-asan check-ubsan check-asan-ubsan check-tsan:
 check-sanitizers:
 	$(top_srcdir)/scripts/check-sanitizers all
 .PHONY: check-asan check-ubsan check-asan-ubsan check-tsan check-sanitizers
+
+# make check-numa-vm (issue 15): tests/unit/numa on real NUMA nodes, in QEMU
+# guests with 2 and 4 nodes (scripts/numa-vm: Debian's kernel, fetched once with
+# apt-get download into numa-vm/ or $NUMA_VM_CACHE; busybox-static; cpio), the
+# TAP of each guest read by tap-driver.sh; results in test-suite-numa-vm.log.
+calloc_numa_vm_tests = tests/numa-vm/nodes-2.numavm tests/numa-vm/nodes-4.numavm
+TEST_EXTENSIONS += .numavm
+NUMAVM_LOG_DRIVER = $(LOG_DRIVER)
+NUMAVM_LOG_COMPILER = $(SHELL)
+AM_NUMAVM_LOG_DRIVER_FLAGS = --comments
+check-numa-vm: tests/unit/numa
+	$(MAKE) $(AM_MAKEFLAGS) check-TESTS TESTS='$(calloc_numa_vm_tests)' TEST_SUITE_LOG=test-suite-numa-vm.log
+.PHONY: check-numa-vm
+MOSTLYCLEANFILES += test-suite-numa-vm.log
+EXTRA_DIST += $(calloc_numa_vm_tests)
 
 # make check-valgrind (memcheck and helgrind; drd when enabled), check-valgrind-memcheck, ...:
 # AX_VALGRIND_CHECK (see VALGRIND.md).  The synonym makes Valgrind leave libcalloc's
