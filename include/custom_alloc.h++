@@ -3,4 +3,6 @@
 #define CUSTOM_ALLOC_HXX
 #include <custom_alloc/memory_allocator.h++>
 #include <custom_alloc/huge_page_allocator.h++>
+// Smart pointers and standard-library adapters (issue 16).
+#include <custom_alloc/memory.h++>
 #endif

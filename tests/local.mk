@@ -32,6 +32,10 @@ tests_unit_errors_SOURCES = tests/unit/errors.c++ tests/test-util.h++
 tests_unit_huge_SOURCES = tests/unit/huge.c++ tests/test-util.h++
 tests_unit_asan_SOURCES = tests/unit/asan.c++ tests/test-util.h++
 
+# Smart pointers and standard-library adapters (issue 16).
+calloc_unit_tests += tests/unit/memory
+tests_unit_memory_SOURCES = tests/unit/memory.c++ tests/test-util.h++
+
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =
