@@ -39,6 +39,10 @@ tests_unit_memory_SOURCES = tests/unit/memory.c++ tests/test-util.h++
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =
+# FullSystem.StressTestAllComponents (issue 16): 2 s in `make check', 60 s in
+# `make check-stress' (CALLOC_STRESS_SECONDS).
+calloc_stress_tests += tests/stress/full_system
+tests_stress_full_system_SOURCES = tests/stress/full_system.c++ tests/test-util.h++
 
 calloc_script_tests = tests/integration/symbols.sh
 if CALLOC_OVERRIDE
@@ -137,6 +141,7 @@ check-stress: all
 	  echo "check-stress: no stress programs yet (calloc_stress_tests is empty)"; \
 	else \
 	  CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-1000}; export CALLOC_TEST_SCALE; \
+	  CALLOC_STRESS_SECONDS=$${CALLOC_STRESS_SECONDS:-60}; export CALLOC_STRESS_SECONDS; \
 	  $(MAKE) $(AM_MAKEFLAGS) check-TESTS \
 	    TESTS='$(calloc_stress_tests)' TEST_SUITE_LOG=test-suite-stress.log; \
 	fi
