@@ -148,6 +148,17 @@ check-stress: all
 .PHONY: check-stress calloc-need-check
 MOSTLYCLEANFILES = test-suite-stress.log
 
+# make soak (issue 16; not in CI): tests/stress/soak, a multi-threaded random
+# workload for CALLOC_SOAK_SECONDS (default 600) in CALLOC_SOAK_PHASES phases
+# (default 10), the RSS back to its baseline after each.  Built by `make check'
+# so that it keeps compiling.
+check_PROGRAMS += tests/stress/soak
+tests_stress_soak_SOURCES = tests/stress/soak.c++
+tests_stress_soak_LDADD = src/libcalloc-core.la $(PTHREAD_CFLAGS) $(PTHREAD_LIBS)
+soak: tests/stress/soak
+	./tests/stress/soak
+.PHONY: soak
+
 # make check-asan, check-ubsan, check-asan-ubsan, check-tsan, check-sanitizers (all
 # three): scripts/check-sanitizers, which configures a build of its own (out of
 # tree, --disable-override, -fsanitize=...) and runs its tests.
