@@ -71,6 +71,14 @@ EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/pre
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh
 
+# Installed documentation and calloc-run (issue 16): the user guide's examples
+# compile and run, the man pages are well formed and complete, calloc-run works.
+calloc_script_tests += tests/integration/guide-examples.sh tests/integration/man-pages.sh \
+	tests/integration/calloc-run.sh
+check_SCRIPTS = calloc-run
+EXTRA_DIST += tests/integration/guide-examples.sh tests/integration/man-pages.sh \
+	tests/integration/calloc-run.sh
+
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
 if HAVE_CHECK

@@ -1,28 +1,31 @@
 // custom_alloc/memory.h++ -- smart pointers and standard-library adapters over
 // libcalloc heaps.
 //
-// This header owns the C++ ownership types of libcalloc: unique_ptr (also T[] and
-// custom deleters), shared_ptr and weak_ptr (thread-safe counts, a correct weak
-// count, aliasing, conversions to base classes), make_unique and make_shared
-// (object and control block in one allocation), the standard Allocator
-// custom_alloc::allocator<T> (every std container, std::allocate_shared) and
-// heap_resource, a std::pmr::memory_resource.  Each works with any heap
-// instance (a MemoryAllocator&: the process heap by default, or an independent
-// `MemoryAllocator heap;`, or a heap with a policy derived from it): the `_in`
-// forms -- make_unique_in(heap, ...), make_shared_in(heap, ...) -- and the
-// constructors that take a heap say where memory comes from.
-//
-// Header-only: nothing here is compiled into libcalloc, so it adds no exported
-// symbol.  Errors follow the standard library's: a failed allocation throws
-// std::bad_alloc (std::bad_array_new_length for an array too large to size),
-// shared_ptr from an expired weak_ptr throws std::bad_weak_ptr.  The memory of
-// a smart pointer goes back with MemoryAllocator::deallocate, which routes a
-// block to the heap that owns it; destroying a heap destroys the blocks still
-// in it, so a smart pointer must not outlive its heap.
-//
-// A pointer to an object that a future defragmenting heap may move is not the
-// business of these types: they hold raw addresses, and a heap that moves
-// objects must pin what they point to (see the defragmentation chapter).
+/// @file
+/// Smart pointers and standard-library adapters over libcalloc heaps.
+///
+/// This header owns the C++ ownership types of libcalloc: unique_ptr (also T[] and
+/// custom deleters), shared_ptr and weak_ptr (thread-safe counts, a correct weak
+/// count, aliasing, conversions to base classes), make_unique and make_shared
+/// (object and control block in one allocation), the standard Allocator
+/// custom_alloc::allocator<T> (every std container, std::allocate_shared) and
+/// heap_resource, a std::pmr::memory_resource.  Each works with any heap
+/// instance (a MemoryAllocator&: the process heap by default, or an independent
+/// `MemoryAllocator heap;`, or a heap with a policy derived from it): the `_in`
+/// forms -- make_unique_in(heap, ...), make_shared_in(heap, ...) -- and the
+/// constructors that take a heap say where memory comes from.
+///
+/// Header-only: nothing here is compiled into libcalloc, so it adds no exported
+/// symbol.  Errors follow the standard library's: a failed allocation throws
+/// std::bad_alloc (std::bad_array_new_length for an array too large to size),
+/// shared_ptr from an expired weak_ptr throws std::bad_weak_ptr.  The memory of
+/// a smart pointer goes back with MemoryAllocator::deallocate, which routes a
+/// block to the heap that owns it; destroying a heap destroys the blocks still
+/// in it, so a smart pointer must not outlive its heap.
+///
+/// A pointer to an object that a future defragmenting heap may move is not the
+/// business of these types: they hold raw addresses, and a heap that moves
+/// objects must pin what they point to (see the defragmentation chapter).
 #ifndef CUSTOM_ALLOC_MEMORY_HXX
 #define CUSTOM_ALLOC_MEMORY_HXX
 
@@ -44,10 +47,10 @@ namespace custom_alloc {
 
 namespace detail {
 
-// The heap a default-constructed pointer or allocator uses.
+/// The heap a default-constructed pointer or allocator uses.
 inline MemoryAllocator& process_heap() noexcept { return MemoryAllocator::instance(); }
 
-// Memory from `heap` or std::bad_alloc.
+/// Memory from `heap` or std::bad_alloc.
 inline void* allocate_or_throw(MemoryAllocator& heap, std::size_t size, std::size_t alignment) {
   if (alignment < ALIGNMENT) alignment = ALIGNMENT;
   void* p = heap.allocate(size, alignment);
@@ -55,9 +58,9 @@ inline void* allocate_or_throw(MemoryAllocator& heap, std::size_t size, std::siz
   return p;
 }
 
-// The address a block was allocated at, given a pointer to (a base of) the
-// object in it: for a polymorphic type the most-derived object's address, so
-// that deleting through a secondary base class frees the right block.
+/// The address a block was allocated at, given a pointer to (a base of) the
+/// object in it: for a polymorphic type the most-derived object's address, so
+/// that deleting through a secondary base class frees the right block.
 template <class T>
 inline void* block_address(T* p) noexcept {
   if constexpr (std::is_polymorphic_v<T>)
@@ -66,9 +69,9 @@ inline void* block_address(T* p) noexcept {
     return const_cast<void*>(static_cast<const volatile void*>(p));
 }
 
-// Array blocks made by make_unique<T[]>: a header before the elements records
-// the element count, so that the deleter can destroy them (like the C++ ABI's
-// array cookie).  Elements start at the header's size rounded to alignof(T).
+/// Array blocks made by make_unique<T[]>: a header before the elements records
+/// the element count, so that the deleter can destroy them (like the C++ ABI's
+/// array cookie).  Elements start at the header's size rounded to alignof(T).
 template <class T>
 struct array_layout {
   static constexpr std::size_t alignment = alignof(T) > ALIGNMENT ? alignof(T) : ALIGNMENT;
@@ -84,8 +87,8 @@ struct array_layout {
 
 // --- deleters --------------------------------------------------------------------
 
-// Destroys the object and returns its block to its heap.  Converts from the
-// deleter of a derived class, as std::default_delete does.
+/// Destroys the object and returns its block to its heap.  Converts from the
+/// deleter of a derived class, as std::default_delete does.
 template <class T>
 struct heap_delete {
   MemoryAllocator* heap = nullptr;  // informational: deallocate routes to the owner
@@ -104,8 +107,8 @@ struct heap_delete {
   }
 };
 
-// For arrays made by make_unique<T[]> / make_unique_in<T[]>: destroys the
-// elements (their count is in the block's header) and frees the block.
+/// For arrays made by make_unique<T[]> / make_unique_in<T[]>: destroys the
+/// elements (their count is in the block's header) and frees the block.
 template <class T>
 struct heap_delete<T[]> {
   MemoryAllocator* heap = nullptr;
@@ -126,10 +129,10 @@ struct heap_delete<T[]> {
 
 // --- unique_ptr ------------------------------------------------------------------
 
-// Sole ownership, like std::unique_ptr; the default deleter returns the object
-// to its libcalloc heap.  unique_ptr<T>(p) takes a pointer to an object
-// constructed in memory from a libcalloc heap (MemoryAllocator::allocate or
-// malloc with the override on).
+/// Sole ownership, like std::unique_ptr; the default deleter returns the object
+/// to its libcalloc heap.  unique_ptr<T>(p) takes a pointer to an object
+/// constructed in memory from a libcalloc heap (MemoryAllocator::allocate or
+/// malloc with the override on).
 template <class T, class D = heap_delete<T>>
 class unique_ptr {
  public:
@@ -144,7 +147,7 @@ class unique_ptr {
   unique_ptr(T* ptr, D&& d) noexcept : ptr_(ptr), deleter_(std::move(d)) {}
 
   unique_ptr(unique_ptr&& other) noexcept : ptr_(other.release()), deleter_(std::move(other.deleter_)) {}
-  // From a unique_ptr to a derived class.
+  /// From a unique_ptr to a derived class.
   template <class U, class E,
             class = std::enable_if_t<std::is_convertible_v<U*, T*> && !std::is_array_v<U> &&
                                      std::is_convertible_v<E, D>>>
@@ -182,10 +185,10 @@ class unique_ptr {
   D& get_deleter() noexcept { return deleter_; }
   const D& get_deleter() const noexcept { return deleter_; }
 
-  // Gives up ownership without destroying.
+  /// Gives up ownership without destroying.
   T* release() noexcept { return std::exchange(ptr_, nullptr); }
-  // Destroys the owned object (if any) and owns `ptr` instead.  The old object
-  // is destroyed after the new pointer is stored, as std::unique_ptr does.
+  /// Destroys the owned object (if any) and owns `ptr` instead.  The old object
+  /// is destroyed after the new pointer is stored, as std::unique_ptr does.
   void reset(T* ptr = nullptr) noexcept {
     T* old = std::exchange(ptr_, ptr);
     if (old) deleter_(old);
@@ -200,7 +203,7 @@ class unique_ptr {
   [[no_unique_address]] D deleter_;
 };
 
-// Arrays: operator[] instead of -> and *, and no conversion from derived types.
+/// Arrays: operator[] instead of -> and *, and no conversion from derived types.
 template <class T, class D>
 class unique_ptr<T[], D> {
  public:
@@ -212,9 +215,9 @@ class unique_ptr<T[], D> {
   constexpr unique_ptr(std::nullptr_t) noexcept : unique_ptr() {}
   unique_ptr(T* ptr, const D& d) noexcept : ptr_(ptr), deleter_(d) {}
   unique_ptr(T* ptr, D&& d) noexcept : ptr_(ptr), deleter_(std::move(d)) {}
-  // Only with a deleter that knows how the array was made: heap_delete<T[]>
-  // expects make_unique<T[]>'s layout, so the raw-pointer constructor exists
-  // only for custom deleters.
+  /// Only with a deleter that knows how the array was made: heap_delete<T[]>
+  /// expects make_unique<T[]>'s layout, so the raw-pointer constructor exists
+  /// only for custom deleters.
   template <class DD = D, class = std::enable_if_t<!std::is_same_v<DD, heap_delete<T[]>>>>
   explicit unique_ptr(T* ptr) noexcept : ptr_(ptr), deleter_() {}
 
@@ -271,8 +274,8 @@ auto operator<=>(const unique_ptr<T, D>& a, const unique_ptr<U, E>& b) noexcept 
   return std::compare_three_way()(a.get(), b.get());
 }
 
-// make_unique_in<T>(heap, args...): a T constructed in `heap`.
-// make_unique_in<T[]>(heap, n): n value-initialised elements in `heap`.
+/// make_unique_in<T>(heap, args...): a T constructed in `heap`.
+/// make_unique_in<T[]>(heap, n): n value-initialised elements in `heap`.
 template <class T, class... Args>
 std::enable_if_t<!std::is_array_v<T>, unique_ptr<T>> make_unique_in(MemoryAllocator& heap, Args&&... args) {
   void* mem = detail::allocate_or_throw(heap, sizeof(T), alignof(T));
@@ -307,7 +310,7 @@ std::enable_if_t<std::is_unbounded_array_v<T>, unique_ptr<T>> make_unique_in(Mem
   return unique_ptr<T>(elements, heap_delete<T>(heap));
 }
 
-// make_unique on the process heap (the heap behind malloc).
+/// make_unique on the process heap (the heap behind malloc).
 template <class T, class... Args>
 std::enable_if_t<!std::is_array_v<T>, unique_ptr<T>> make_unique(Args&&... args) {
   return make_unique_in<T>(detail::process_heap(), std::forward<Args>(args)...);
@@ -325,9 +328,9 @@ std::enable_if_t<std::extent_v<T> != 0> make_unique_in(MemoryAllocator&, Args&&.
 
 namespace detail {
 
-// The shared state: strong count (owners), weak count (weak_ptrs, plus one for
-// all the owners together, so the block lives until the last of either goes).
-// Lives in a libcalloc heap; destroy_self returns it there.
+/// The shared state: strong count (owners), weak count (weak_ptrs, plus one for
+/// all the owners together, so the block lives until the last of either goes).
+/// Lives in a libcalloc heap; destroy_self returns it there.
 class control_block {
  public:
   explicit control_block(MemoryAllocator& heap) noexcept : heap_(&heap) {}
@@ -335,7 +338,7 @@ class control_block {
   control_block& operator=(const control_block&) = delete;
 
   void add_strong() noexcept { strong_.fetch_add(1, std::memory_order_relaxed); }
-  // weak_ptr::lock: a new owner unless the object is already gone.
+  /// weak_ptr::lock: a new owner unless the object is already gone.
   bool add_strong_if_alive() noexcept {
     long n = strong_.load(std::memory_order_relaxed);
     while (n != 0)
@@ -354,7 +357,7 @@ class control_block {
     if (weak_.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy_self();
   }
   long use_count() const noexcept { return strong_.load(std::memory_order_relaxed); }
-  // weak_ptrs alive (the owners' shared reference is not counted).
+  /// weak_ptrs alive (the owners' shared reference is not counted).
   long weak_count() const noexcept {
     long w = weak_.load(std::memory_order_relaxed);
     return use_count() > 0 ? w - 1 : w;
@@ -364,7 +367,7 @@ class control_block {
  protected:
   virtual ~control_block() = default;
   virtual void dispose() noexcept = 0;  // destroys the object
-  // Destroys the control block and returns its memory to its heap.
+  /// Destroys the control block and returns its memory to its heap.
   virtual void destroy_self() noexcept = 0;
   MemoryAllocator& heap() const noexcept { return *heap_; }
 
@@ -374,7 +377,7 @@ class control_block {
   MemoryAllocator* heap_;
 };
 
-// Owns a separately allocated object through a deleter.
+/// Owns a separately allocated object through a deleter.
 template <class P, class D>
 class control_block_pointer final : public control_block {
  public:
@@ -395,7 +398,7 @@ class control_block_pointer final : public control_block {
   [[no_unique_address]] D deleter_;
 };
 
-// Holds the object itself, after the counts: make_shared's single allocation.
+/// Holds the object itself, after the counts: make_shared's single allocation.
 template <class T>
 class control_block_inplace final : public control_block {
  public:
@@ -429,9 +432,9 @@ template <class T, class U>
 void hook_shared_from_this(const shared_ptr<T>& owner, U* p) noexcept;
 }
 
-// Shared ownership, like std::shared_ptr: the object is destroyed when the last
-// owner goes, the control block when the last weak_ptr goes as well.  Counts
-// are atomic: copies of one shared_ptr may be made and dropped concurrently.
+/// Shared ownership, like std::shared_ptr: the object is destroyed when the last
+/// owner goes, the control block when the last weak_ptr goes as well.  Counts
+/// are atomic: copies of one shared_ptr may be made and dropped concurrently.
 template <class T>
 class shared_ptr {
   template <class U>
@@ -444,13 +447,13 @@ class shared_ptr {
   constexpr shared_ptr() noexcept = default;
   constexpr shared_ptr(std::nullptr_t) noexcept {}
 
-  // Takes ownership of p (an object in a libcalloc heap); the control block
-  // comes from the process heap.  If it cannot be allocated, p is destroyed and
-  // std::bad_alloc thrown.
+  /// Takes ownership of p (an object in a libcalloc heap); the control block
+  /// comes from the process heap.  If it cannot be allocated, p is destroyed and
+  /// std::bad_alloc thrown.
   template <class U, class = compatible<U>>
   explicit shared_ptr(U* p) : shared_ptr(p, heap_delete<U>(), detail::process_heap()) {}
-  // With a deleter of the caller's (called as d(p) by the last owner), and the
-  // heap for the control block.
+  /// With a deleter of the caller's (called as d(p) by the last owner), and the
+  /// heap for the control block.
   template <class U, class D, class = compatible<U>>
   shared_ptr(U* p, D d, MemoryAllocator& heap = detail::process_heap()) : ptr_(p) {
     using block = detail::control_block_pointer<U*, D>;
@@ -466,8 +469,8 @@ class shared_ptr {
   shared_ptr(std::nullptr_t, D d, MemoryAllocator& heap = detail::process_heap())
       : shared_ptr(static_cast<T*>(nullptr), std::move(d), heap) {}
 
-  // Aliasing: shares r's ownership but points at p (a member of r's object,
-  // typically).
+  /// Aliasing: shares r's ownership but points at p (a member of r's object,
+  /// typically).
   template <class U>
   shared_ptr(const shared_ptr<U>& r, T* p) noexcept : ptr_(p), control_(r.control_) {
     if (control_) control_->add_strong();
@@ -490,12 +493,12 @@ class shared_ptr {
   shared_ptr(shared_ptr<U>&& r) noexcept
       : ptr_(std::exchange(r.ptr_, nullptr)), control_(std::exchange(r.control_, nullptr)) {}
 
-  // From a weak_ptr: throws std::bad_weak_ptr when the object is gone.
+  /// From a weak_ptr: throws std::bad_weak_ptr when the object is gone.
   template <class U, class = compatible<U>>
   explicit shared_ptr(const weak_ptr<U>& r) : ptr_(r.ptr_), control_(r.control_) {
     if (control_ == nullptr || !control_->add_strong_if_alive()) throw std::bad_weak_ptr();
   }
-  // From a unique_ptr: takes over its object and deleter.
+  /// From a unique_ptr: takes over its object and deleter.
   template <class U, class D, class = compatible<U>>
   shared_ptr(unique_ptr<U, D>&& r) : ptr_(nullptr) {
     if (r.get() != nullptr) {
@@ -555,7 +558,7 @@ class shared_ptr {
   }
   T* operator->() const noexcept { return ptr_; }
   long use_count() const noexcept { return control_ ? control_->use_count() : 0; }
-  // How many weak_ptrs share this object's control block (not in std).
+  /// How many weak_ptrs share this object's control block (not in std).
   long weak_count() const noexcept { return control_ ? control_->weak_count() : 0; }
   explicit operator bool() const noexcept { return ptr_ != nullptr; }
   template <class U>
@@ -581,8 +584,8 @@ class shared_ptr {
   detail::control_block* control_ = nullptr;
 };
 
-// Observes a shared_ptr's object without owning it: lock() gives an owner
-// while the object lives, an empty shared_ptr after.
+/// Observes a shared_ptr's object without owning it: lock() gives an owner
+/// while the object lives, an empty shared_ptr after.
 template <class T>
 class weak_ptr {
   template <class U>
@@ -634,8 +637,8 @@ class weak_ptr {
   }
   long use_count() const noexcept { return control_ ? control_->use_count() : 0; }
   bool expired() const noexcept { return use_count() == 0; }
-  // An owner of the object, or an empty shared_ptr if it is gone; safe against
-  // the last owner going away in another thread at the same moment.
+  /// An owner of the object, or an empty shared_ptr if it is gone; safe against
+  /// the last owner going away in another thread at the same moment.
   shared_ptr<T> lock() const noexcept {
     shared_ptr<T> r;
     if (control_ && control_->add_strong_if_alive()) {
@@ -664,7 +667,7 @@ class weak_ptr {
   detail::control_block* control_ = nullptr;
 };
 
-// Derive from it to get shared_from_this() in objects owned by shared_ptr.
+/// Derive from it to get shared_from_this() in objects owned by shared_ptr.
 template <class T>
 class enable_shared_from_this {
  public:
@@ -685,13 +688,13 @@ class enable_shared_from_this {
 };
 
 namespace detail {
-// Declared only: deduces X when U derives (unambiguously) from
-// enable_shared_from_this<X>.
+/// Declared only: deduces X when U derives (unambiguously) from
+/// enable_shared_from_this<X>.
 template <class X>
 X* shared_from_this_base(const enable_shared_from_this<X>*);
 
-// A new owner of an object that derives from enable_shared_from_this records
-// itself in the object (the first owner wins, as in std).
+/// A new owner of an object that derives from enable_shared_from_this records
+/// itself in the object (the first owner wins, as in std).
 template <class T, class U>
 void hook_shared_from_this(const shared_ptr<T>& owner, U* p) noexcept {
   if constexpr (requires { detail::shared_from_this_base(p); }) {
@@ -704,9 +707,9 @@ void hook_shared_from_this(const shared_ptr<T>& owner, U* p) noexcept {
 }
 }  // namespace detail
 
-// make_shared_in<T>(heap, args...): a T and its control block in one block of
-// `heap`.  The memory goes back when the last owner and the last weak_ptr are
-// gone (a weak_ptr keeps the whole block, as with std::make_shared).
+/// make_shared_in<T>(heap, args...): a T and its control block in one block of
+/// `heap`.  The memory goes back when the last owner and the last weak_ptr are
+/// gone (a weak_ptr keeps the whole block, as with std::make_shared).
 template <class T, class... Args>
 shared_ptr<T> make_shared_in(MemoryAllocator& heap, Args&&... args) {
   static_assert(!std::is_array_v<T>, "make_shared_in<T[]> is not provided");
@@ -777,11 +780,11 @@ auto operator<=>(const shared_ptr<T>& a, const shared_ptr<U>& b) noexcept {
 
 // --- the standard Allocator ------------------------------------------------------
 
-// custom_alloc::allocator<T>: a standard Allocator over a libcalloc heap, for
-// every std container and std::allocate_shared.  A default-constructed one uses
-// the process heap; allocator<T>(heap) another.  Two allocators are equal when
-// they use the same heap.  Copies, moves and swaps of containers take the heap
-// with them (propagate_on_container_* are true).
+/// custom_alloc::allocator<T>: a standard Allocator over a libcalloc heap, for
+/// every std container and std::allocate_shared.  A default-constructed one uses
+/// the process heap; allocator<T>(heap) another.  Two allocators are equal when
+/// they use the same heap.  Copies, moves and swaps of containers take the heap
+/// with them (propagate_on_container_* are true).
 template <class T>
 class allocator {
  public:
@@ -821,10 +824,10 @@ class allocator {
 
 // --- std::pmr ----------------------------------------------------------------------
 
-// A std::pmr::memory_resource over a libcalloc heap: std::pmr containers and
-// std::pmr::polymorphic_allocator take their memory from it.  Any power-of-two
-// alignment is honoured.  Two heap_resources are equal when they use the same
-// heap.  The resource does not own the heap.
+/// A std::pmr::memory_resource over a libcalloc heap: std::pmr containers and
+/// std::pmr::polymorphic_allocator take their memory from it.  Any power-of-two
+/// alignment is honoured.  Two heap_resources are equal when they use the same
+/// heap.  The resource does not own the heap.
 class heap_resource : public std::pmr::memory_resource {
  public:
   heap_resource() noexcept : heap_(&detail::process_heap()) {}
@@ -844,8 +847,8 @@ class heap_resource : public std::pmr::memory_resource {
   MemoryAllocator* heap_;
 };
 
-// The resource of the process heap (one per program; never destroyed, so it
-// may serve static objects' destructors).
+/// The resource of the process heap (one per program; never destroyed, so it
+/// may serve static objects' destructors).
 inline heap_resource* process_heap_resource() noexcept {
   alignas(heap_resource) static unsigned char storage[sizeof(heap_resource)];
   static heap_resource* r = ::new (static_cast<void*>(storage)) heap_resource();
