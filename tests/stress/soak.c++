@@ -102,7 +102,7 @@ std::size_t pick_size(Rng& rng) {
   return lo + (r >> 32) % lo;
 }
 
-constexpr std::size_t kMailbox = 4096;
+constexpr std::size_t kMailbox = 512;  // at most 32 MiB in transit (blocks <= 64 KiB)
 std::atomic<void*> g_mailbox[kMailbox];
 
 void phase_worker(int id, int phase, std::size_t budget_bytes, std::atomic<bool>* stop) {
