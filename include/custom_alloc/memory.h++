@@ -877,4 +877,18 @@ inline heap_resource* process_heap_resource() noexcept {
 
 }  // namespace custom_alloc
 
+/// Hashes of the smart pointers, by address, as for the std ones.
+template <class T, class D>
+struct std::hash<custom_alloc::unique_ptr<T, D>> {
+  std::size_t operator()(const custom_alloc::unique_ptr<T, D>& p) const noexcept {
+    return std::hash<T*>()(p.get());
+  }
+};
+template <class T>
+struct std::hash<custom_alloc::shared_ptr<T>> {
+  std::size_t operator()(const custom_alloc::shared_ptr<T>& p) const noexcept {
+    return std::hash<T*>()(p.get());
+  }
+};
+
 #endif

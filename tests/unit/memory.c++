@@ -426,6 +426,7 @@ START_TEST(test_shared_ptr_conversions) {
     ck_assert(!b.owner_before(d) && !d.owner_before(b));  // one owner group
     shared_ptr<void> v = d;
     ck_assert_int_eq(v.use_count(), 7);
+    ck_assert_uint_eq(std::hash<shared_ptr<Base>>()(b), std::hash<Base*>()(b.get()));
   }
   ck_assert_int_eq(Derived::destroyed, 1);
   ck_assert_int_eq(Base::destroyed, 2);  // the Derived and the plain Base of the failed cast
