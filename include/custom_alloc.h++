@@ -7,4 +7,6 @@
 // Allocation tracking (symbols only in --enable-tracking builds).
 #include <custom_alloc/allocation_tracker.h++>
 #include <custom_alloc/numa_allocator.h++>
+// Smart pointers and standard-library adapters (issue 16).
+#include <custom_alloc/memory.h++>
 #endif

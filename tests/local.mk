@@ -63,9 +63,17 @@ tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 
+# Smart pointers and standard-library adapters (issue 16).
+calloc_unit_tests += tests/unit/memory
+tests_unit_memory_SOURCES = tests/unit/memory.c++ tests/test-util.h++
+
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =
+# FullSystem.StressTestAllComponents (issue 16): 2 s in `make check', 60 s in
+# `make check-stress' (CALLOC_STRESS_SECONDS).
+calloc_stress_tests += tests/stress/full_system
+tests_stress_full_system_SOURCES = tests/stress/full_system.c++ tests/test-util.h++
 
 calloc_script_tests = tests/integration/symbols.sh
 if CALLOC_OVERRIDE
@@ -123,6 +131,14 @@ EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/pre
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh \
 	tests/integration/fork-deadlock.sh
+
+# Installed documentation and calloc-run (issue 16): the user guide's examples
+# compile and run, the man pages are well formed and complete, calloc-run works.
+calloc_script_tests += tests/integration/guide-examples.sh tests/integration/man-pages.sh \
+	tests/integration/calloc-run.sh
+check_SCRIPTS = calloc-run
+EXTRA_DIST += tests/integration/guide-examples.sh tests/integration/man-pages.sh \
+	tests/integration/calloc-run.sh
 
 # calloc_valgrind_tests: what a `make check-valgrind*' run executes (see
 # CALLOC_VALGRIND_RUN_RULES in configure.ac).
@@ -194,11 +210,23 @@ check-stress: all
 	  echo "check-stress: no stress programs yet (calloc_stress_tests is empty)"; \
 	else \
 	  CALLOC_TEST_SCALE=$${CALLOC_TEST_SCALE:-1000}; export CALLOC_TEST_SCALE; \
+	  CALLOC_STRESS_SECONDS=$${CALLOC_STRESS_SECONDS:-60}; export CALLOC_STRESS_SECONDS; \
 	  $(MAKE) $(AM_MAKEFLAGS) check-TESTS \
 	    TESTS='$(calloc_stress_tests)' TEST_SUITE_LOG=test-suite-stress.log; \
 	fi
 .PHONY: check-stress calloc-need-check
 MOSTLYCLEANFILES = test-suite-stress.log
+
+# make soak (issue 16; not in CI): tests/stress/soak, a multi-threaded random
+# workload for CALLOC_SOAK_SECONDS (default 600) in CALLOC_SOAK_PHASES phases
+# (default 10), the RSS back to its baseline after each.  Built by `make check'
+# so that it keeps compiling.
+check_PROGRAMS += tests/stress/soak
+tests_stress_soak_SOURCES = tests/stress/soak.c++
+tests_stress_soak_LDADD = src/libcalloc-core.la $(PTHREAD_CFLAGS) $(PTHREAD_LIBS)
+soak: tests/stress/soak
+	./tests/stress/soak
+.PHONY: soak
 
 # make check-asan, check-ubsan, check-asan-ubsan, check-tsan, check-sanitizers (all
 # three): scripts/check-sanitizers, which configures a build of its own (out of

@@ -806,6 +806,45 @@ START_TEST(test_fork_child_heaps_consistent) {
 }
 END_TEST
 
+// trim returns the memory of exited threads' heaps (issue 16's soak found it
+// kept): one thread allocates 64 MiB of small and medium blocks and exits, a
+// second thread frees them all and exits, then lca_trim() from this thread must
+// bring the process heap's mapped bytes back to within 16 MiB of where they
+// started.  Before the fix, trim looked only at the calling thread's heap and
+// all 64 MiB stayed mapped until some thread adopted the abandoned heap.
+START_TEST(test_trim_releases_abandoned_heaps) {
+  if (test_util::running_on_valgrind())
+    TEST_SKIP("in Valgrind mode freed blocks wait in a quarantine (up to 16 MiB) before their memory is reusable");
+  if (test_util::kAsanBuild)
+    TEST_SKIP("in ASan mode freed blocks wait in a quarantine (up to 32 MiB) before their memory is reusable");
+  lca_trim();
+  const std::size_t base = process_mapped();
+  std::vector<void*> blocks;
+  blocks.reserve(200000);
+  std::thread owner([&] {
+    std::size_t total = 0, i = 0;
+    while (total < 64 * MiB) {
+      std::size_t n = 32 + (i++ * 7919) % 20000;
+      void* p = lca_malloc(n);
+      if (!p) break;
+      blocks.push_back(p);
+      total += n;
+    }
+  });
+  owner.join();
+  const std::size_t peak = process_mapped();
+  std::thread freer([&] {
+    for (void* p : blocks) lca_free(p);
+  });
+  freer.join();
+  lca_trim();
+  const std::size_t after = process_mapped();
+  ck_assert_msg(peak >= base + 64 * MiB, "the blocks were not mapped: %zu -> %zu bytes", base, peak);
+  ck_assert_msg(after <= base + 16 * MiB, "lca_trim left %zu MiB mapped (baseline %zu MiB, peak %zu MiB)",
+                after / MiB, base / MiB, peak / MiB);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("threads", &tc);
@@ -817,5 +856,6 @@ int main() {
   tcase_add_test(tc, test_fork_while_threads_allocate);
   tcase_add_test(tc, test_thread_exit_handoff);
   tcase_add_test(tc, test_fork_child_heaps_consistent);
+  tcase_add_test(tc, test_trim_releases_abandoned_heaps);
   return test_util::run_suite(s);
 }
