@@ -16,10 +16,15 @@
 //
 // Duration: CALLOC_STRESS_SECONDS (seconds, may be fractional), else 2 s; `make
 // check-stress` sets 60.  The optional modules (defragmentation, NUMA, tracking,
-// secure) join through the Modules hooks below, each in a block guarded by its
-// CALLOC_* define; see "Extension points".
+// secure) join through the Modules hooks below: SecureAllocator and
+// NUMAAllocator blocks (both exist in every build), and, in a block guarded by its
+// CALLOC_* define, a handle heap defragmented in the background while the workers
+// use it (fragmentation < 10 % after the final pass) and an AllocationTracker
+// that follows every module block (no false leak, a profile at the end).
 #include <custom_alloc/huge_page_allocator.h++>
 #include <custom_alloc/memory.h++>
+#include <custom_alloc/numa_allocator.h++>
+#include <custom_alloc/secure_allocator.h++>
 #include <libcalloc.h>
 
 #include <atomic>
@@ -32,6 +37,12 @@
 #include <vector>
 
 #include "config.h"
+#if CALLOC_DEFRAG
+#include <custom_alloc/defrag.h++>
+#endif
+#if CALLOC_TRACKING
+#include <custom_alloc/allocation_tracker.h++>
+#endif
 
 #include "../test-util.h++"
 
@@ -222,32 +233,262 @@ void* allocate_block(Shared& sh, Rng& rng) {
 //                  profile generated at the end.
 //  CALLOC_SECURE   the secure heap's checks active for a share of the blocks.
 // ---------------------------------------------------------------------------
+// Per-worker state of the module blocks: plain arrays (thread_local, trivially
+// destructible), emptied by worker_done() before the worker returns.
+constexpr unsigned kModuleSlots = 16;
+struct ModuleBlock {
+  void* p;
+  std::size_t size;
+  std::uint64_t seed;
+  int node;
+};
+#if CALLOC_DEFRAG
+struct HandleSlot {
+  custom_alloc::Handle h;
+  std::size_t size;
+  std::uint64_t seed;
+};
+thread_local HandleSlot tls_handles[kModuleSlots];
+#endif
+thread_local ModuleBlock tls_secure[kModuleSlots];
+thread_local ModuleBlock tls_numa[kModuleSlots];
+
 struct Modules {
-  void start(Shared&) {
+  // SecureAllocator and NUMAAllocator exist in every build (NUMAAllocator with one
+  // node 0 without libnuma); the handle heap and the tracker with their modules.
+  custom_alloc::SecureAllocator secure;
+  custom_alloc::NUMAAllocator numa;
+  std::atomic<std::size_t> module_ops{0};
 #if CALLOC_DEFRAG
-    // defrag: create the HandleAllocator and its background defragmenter here.
+  custom_alloc::HandleAllocator handles;
+  // A long-lived, fragmented population: every other handle of 2 x 20 000 freed
+  // at the start, the rest checked by the workers and compacted in the
+  // background.  Three size classes, so that the last, partly filled span of
+  // each class (up to 64 KiB apiece) weighs little against the live bytes.
+  static constexpr std::size_t kLongLived = 20000;
+  std::vector<custom_alloc::Handle> long_lived;
+  std::thread defragmenter;
+  std::atomic<bool> defrag_stop{false};
+  std::atomic<std::size_t> defrag_passes{0}, defrag_moves{0};
+  float frag_start = 0, frag_end = 1;
 #endif
 #if CALLOC_TRACKING
-    // tracking: switch tracking on here.
+  custom_alloc::AllocationTracker tracker;  // every module block is tracked
+  std::atomic<std::size_t> tracked{0};
+#endif
+
+  // The end conditions of the modules, checked in finish() and asserted by the
+  // test after its leak baseline (a passing ck_assert may allocate in Check).
+  char failure[256] = {};
+  void require(bool ok, const char* fmt, ...) __attribute__((format(printf, 3, 4))) {
+    if (ok || failure[0]) return;
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(failure, sizeof failure, fmt, ap);
+    va_end(ap);
+  }
+
+  static std::size_t long_lived_size(std::size_t i) { return std::size_t{64} << (i % 3); }
+
+  void start(Shared& sh) {
+    (void)sh;
+    if (std::getenv("NOSTART")) return;
+#if CALLOC_DEFRAG
+    std::vector<custom_alloc::Handle> all;
+    for (std::size_t i = 0; i < 2 * kLongLived; i++) {
+      custom_alloc::Handle h = handles.allocate_handle(long_lived_size(i / 2));
+      fill_pattern(handles.resolve(h), long_lived_size(i / 2), h);
+      all.push_back(h);
+    }
+    for (std::size_t i = 0; i < all.size(); i++) {
+      if (i % 2) handles.deallocate_handle(all[i]);
+      else long_lived.push_back(all[i]);
+    }
+    frag_start = handles.fragmentation();
+    handles.offline();  // this thread holds no pointer of the handle heap now
+    defragmenter = std::thread([this] {
+      custom_alloc::DefragBudget budget;
+      budget.max_time = std::chrono::microseconds(1000);
+      while (!defrag_stop.load(std::memory_order_relaxed)) {
+        auto st = handles.defragment(budget);
+        defrag_passes.fetch_add(1, std::memory_order_relaxed);
+        defrag_moves.fetch_add(st.objects_relocated, std::memory_order_relaxed);
+        handles.offline();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
 #endif
   }
-  void worker_step(Shared&, Rng&) {
-#if CALLOC_DEFRAG
-    // defrag: allocate / resolve / free handles here.
-#endif
-#if CALLOC_NUMA
-    // numa: allocate_on_node / free here.
-#endif
-#if CALLOC_SECURE
-    // secure: SecureAllocator blocks here.
+
+  void track_alloc(void* p, std::size_t size) {
+#if CALLOC_TRACKING
+    tracker.track_allocation(p, size);
+    tracked.fetch_add(1, std::memory_order_relaxed);
+#else
+    (void)p, (void)size;
 #endif
   }
-  void finish(Shared&) {
+  void track_free(void* p) {
+#if CALLOC_TRACKING
+    tracker.track_deallocation(p);
+#else
+    (void)p;
+#endif
+  }
+
+  void check_module_block(Shared& sh, const ModuleBlock& b, const char* what) {
+    long bad = check_pattern(b.p, b.size, b.seed);
+    if (bad >= 0) sh.note("%s block %p (%zu bytes): pattern differs at offset %ld", what, b.p, b.size, bad);
+  }
+
+  void worker_step(Shared& sh, Rng& rng) {
+    module_ops.fetch_add(1, std::memory_order_relaxed);
+    if (std::getenv("NOSTEP")) return;
+    // Hardened heap: canary-checked blocks of 1 B..4 KiB.
+    ModuleBlock& sb = tls_secure[rng.below(kModuleSlots)];
+    if (sb.p) {
+      check_module_block(sh, sb, "secure");
+      track_free(sb.p);
+      secure.deallocate(sb.p);
+      sb.p = nullptr;
+    } else {
+      sb.size = 1 + rng.below(4096);
+      sb.seed = rng.next();
+      sb.p = secure.allocate(sb.size);
+      if (!sb.p) {
+        sh.alloc_failures.fetch_add(1);
+      } else {
+        fill_pattern(sb.p, sb.size, sb.seed);
+        track_alloc(sb.p, sb.size);
+      }
+    }
+    if (std::getenv("NONUMA")) return;
+    // NUMA: blocks on a chosen node (every usable node in turn), some migrated.
+    ModuleBlock& nb = tls_numa[rng.below(kModuleSlots)];
+    const int nodes = custom_alloc::NUMAAllocator::node_count();
+    if (nb.p) {
+      check_module_block(sh, nb, "numa");
+      if (nodes > 1 && rng.below(4) == 0) {
+        int to = static_cast<int>(rng.below(static_cast<std::size_t>(nodes)));
+        if (custom_alloc::NUMAAllocator::node_usable(to)) {
+          numa.migrate_to_node(nb.p, nb.size, to);
+          check_module_block(sh, nb, "numa (migrated)");
+        }
+      }
+      track_free(nb.p);
+      numa.deallocate(nb.p);
+      nb.p = nullptr;
+    } else {
+      int node = static_cast<int>(rng.below(static_cast<std::size_t>(nodes)));
+      if (!custom_alloc::NUMAAllocator::node_usable(node)) node = 0;
+      nb.size = rng.below(4) == 0 ? (64u << 10) + rng.below(2u << 20) : 16 + rng.below(8192);
+      nb.seed = rng.next();
+      nb.node = node;
+      nb.p = numa.allocate_on_node(nb.size, node);
+      if (!nb.p) {
+        sh.alloc_failures.fetch_add(1);
+      } else {
+        fill_pattern(nb.p, nb.size, nb.seed);
+        track_alloc(nb.p, nb.size);
+      }
+    }
+    if (std::getenv("NODEFRAG")) return;
 #if CALLOC_DEFRAG
-    // defrag: stop the defragmenter; assert fragmentation < 10 %.
+    // Handle heap: the worker's own movable objects, written and checked through
+    // resolve (valid until this thread's next call into the heap), some through
+    // a pin; and one long-lived object read while the defragmenter moves them.
+    HandleSlot& hs = tls_handles[rng.below(kModuleSlots)];
+    if (hs.h) {
+      if (rng.below(2) == 0) {
+        auto pin = handles.pin(hs.h);
+        long bad = check_pattern(pin.get(), hs.size, hs.seed);
+        if (bad >= 0) sh.note("handle %#" PRIx64 " (pinned): pattern differs at offset %ld", hs.h, bad);
+      } else {
+        long bad = check_pattern(handles.resolve(hs.h), hs.size, hs.seed);
+        if (bad >= 0) sh.note("handle %#" PRIx64 ": pattern differs at offset %ld", hs.h, bad);
+      }
+      handles.deallocate_handle(hs.h);
+      hs.h = 0;
+    } else {
+      hs.size = 16 + rng.below(2048);
+      hs.seed = rng.next();
+      hs.h = handles.allocate_handle(hs.size);
+      if (!hs.h) {
+        sh.alloc_failures.fetch_add(1);
+      } else {
+        void* p = handles.resolve(hs.h);
+        fill_pattern(p, hs.size, hs.seed);
+      }
+    }
+    std::size_t k = rng.below(long_lived.size());
+    long bad = check_pattern(handles.resolve(long_lived[k]), long_lived_size(k), long_lived[k]);
+    if (bad >= 0) sh.note("long-lived handle %zu: pattern differs at offset %ld", k, bad);
+    handles.offline();  // the worker now runs allocator work that holds no handle pointer
+#endif
+  }
+
+  // On the worker's thread, before it returns: frees what it still holds.
+  void worker_done(Shared& sh) {
+    for (ModuleBlock& b : tls_secure)
+      if (b.p) {
+        check_module_block(sh, b, "secure");
+        track_free(b.p);
+        secure.deallocate(b.p);
+        b.p = nullptr;
+      }
+    for (ModuleBlock& b : tls_numa)
+      if (b.p) {
+        check_module_block(sh, b, "numa");
+        track_free(b.p);
+        numa.deallocate(b.p);
+        b.p = nullptr;
+      }
+#if CALLOC_DEFRAG
+    for (HandleSlot& hs : tls_handles)
+      if (hs.h) {
+        long bad = check_pattern(handles.resolve(hs.h), hs.size, hs.seed);
+        if (bad >= 0) sh.note("handle %#" PRIx64 ": pattern differs at offset %ld", hs.h, bad);
+        handles.deallocate_handle(hs.h);
+        hs.h = 0;
+      }
+    handles.offline();
+#endif
+  }
+
+  void finish(Shared& sh) {
+    require(module_ops.load() > 0, "no module step ran");
+    require(secure.get_stats().active_allocations == 0, "SecureAllocator: %zu blocks left", std::size_t{secure.get_stats().active_allocations});
+    require(numa.get_stats().active_allocations == 0, "NUMAAllocator: %zu blocks left", std::size_t{numa.get_stats().active_allocations});
+#if CALLOC_DEFRAG
+    defrag_stop.store(true);
+    if (defragmenter.joinable()) defragmenter.join();
+    // One full pass with nothing else running: the long-lived half, fragmented
+    // to about 50 % at the start, ends below 10 %, every object intact.
+    handles.defragment();
+    frag_end = handles.fragmentation();
+    for (std::size_t k = 0; k < long_lived.size(); k++) {
+      long bad = check_pattern(handles.resolve(long_lived[k]), long_lived_size(k), long_lived[k]);
+      if (bad >= 0) sh.note("long-lived handle %zu after the final pass: pattern differs at offset %ld", k, bad);
+    }
+    std::printf("# full_system: handle heap: fragmentation %.1f %% at the start, %.1f %% at the end; %zu background "
+                "passes moved %zu objects\n",
+                100.0 * frag_start, 100.0 * frag_end, defrag_passes.load(), defrag_moves.load());
+    require(frag_start > 0.3, "the long-lived population was not fragmented (%.3f)", frag_start);
+    require(frag_end < 0.1, "handle heap fragmentation %.3f after the final pass", frag_end);
+    for (custom_alloc::Handle h : long_lived) handles.deallocate_handle(h);
+    long_lived.clear();
+    require(handles.handle_stats().live_handles == 0, "%zu handles left", handles.handle_stats().live_handles);
+    handles.offline();
 #endif
 #if CALLOC_TRACKING
-    // tracking: assert no leak reported; write the profile.
+    // Every tracked block was freed: no false leak; the profile counts them all.
+    auto leaks = tracker.get_leaks();
+    require(leaks.empty(), "tracker reports %zu leaks", leaks.size());
+    auto profile = tracker.generate_profile();
+    require(profile.total_allocations == tracked.load(), "profile counts %zu allocations, %zu tracked", profile.total_allocations, tracked.load());
+    require(profile.live_allocations == 0, "profile: %zu live", profile.live_allocations);
+    std::printf("# full_system: tracker: %zu allocations from %zu sites, no leak\n", profile.total_allocations,
+                profile.allocation_sites.size());
 #endif
   }
 };
@@ -292,6 +533,7 @@ void worker(Shared& sh, Modules& modules, int id) {
   }
   for (void*& p : slots)
     if (p) check_and_free(sh, p);
+  modules.worker_done(sh);
 }
 
 // Small blocks only, eight threads, each allocating a batch and freeing it:
@@ -336,35 +578,58 @@ START_TEST(test_stress_test_all_components) {
   const double seconds = stress_seconds();
   // Thread stacks glibc caches keep blocks of the process heap (test-util.h++).
   test_util::warm_thread_stack_cache(kWorkers + 8);
+  // Outputs of a run (plain values: the measured run's are read after the leak
+  // baseline comparison).
+  double mixed_elapsed = 0, rate = 0;
+  std::size_t fast_total = 0, fast_errors = 0, shared_heap_live = 0, huge_blocks_left = 0, corrupt = 0,
+              alloc_failures = 0, allocations = 0, cross = 0, checked = 0;
+  std::size_t backings[3] = {};
+  HugePageAllocator::HugeStats hs{};
+  std::string first_error, module_failure;
+  auto run = [&](double seconds) {
+    auto sh = custom_alloc::make_unique<Shared>();
+    auto modules_owner = std::make_unique<Modules>();  // its own heap instances: not counted by lca_get_stats
+    Modules& modules = *modules_owner;
+    modules.start(*sh);
+    std::vector<std::thread> pool;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < kWorkers; t++) pool.emplace_back(worker, std::ref(*sh), std::ref(modules), t);
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds * 0.8));
+    sh->stop.store(true);
+    for (auto& th : pool) th.join();
+    std::vector<std::thread>().swap(pool);  // its storage is a block of the process heap
+    mixed_elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (auto& m : sh->mailbox)
+      if (void* p = m.exchange(nullptr)) check_and_free(*sh, p);
+    modules.finish(*sh);
+
+    fast_total = 0, fast_errors = 0;
+    rate = throughput_phase(seconds * 0.2, &fast_total, &fast_errors);
+    shared_heap_live = sh->heap.get_stats().active_allocations;
+    hs = sh->huge.huge_stats();
+    huge_blocks_left = sh->huge_blocks.load();
+    corrupt = sh->corrupt.load();
+    alloc_failures = sh->alloc_failures.load();
+    allocations = sh->allocations.load();
+    cross = sh->cross_thread_frees.load();
+    checked = sh->bytes_checked.load();
+    for (int i = 0; i < 3; i++) backings[i] = sh->huge_backings[i].load();
+    first_error = sh->first_error;
+    module_failure = modules.failure;
+    sh.reset();
+    modules_owner.reset();
+  };
+  // A short first run sets up what lives as long as the process -- stdout's
+  // buffer (the modules print), libnuma loaded by the first NUMAAllocator, the
+  // handle heaps' and the hardened heaps' process-wide records -- so that the leak check
+  // compares the measured run's end with its start, not with a process that had
+  // not yet used the modules.  Its own checks are asserted too.
+  run(seconds < 1 ? seconds / 4 : 0.25);
+  ck_assert_msg(corrupt == 0, "warm-up run: %zu corrupted blocks; first: %s", corrupt, first_error.c_str());
+  ck_assert_msg(module_failure.empty(), "warm-up run: %s", module_failure.c_str());
   lca_stats before;
   lca_get_stats(&before);
-
-  auto sh = custom_alloc::make_unique<Shared>();
-  Modules modules;
-  modules.start(*sh);
-  std::vector<std::thread> pool;
-  auto t0 = std::chrono::steady_clock::now();
-  for (int t = 0; t < kWorkers; t++) pool.emplace_back(worker, std::ref(*sh), std::ref(modules), t);
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds * 0.8));
-  sh->stop.store(true);
-  for (auto& th : pool) th.join();
-  std::vector<std::thread>().swap(pool);  // its storage is a block of the process heap
-  const double mixed_elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  for (auto& m : sh->mailbox)
-    if (void* p = m.exchange(nullptr)) check_and_free(*sh, p);
-  modules.finish(*sh);
-
-  std::size_t fast_total = 0, fast_errors = 0;
-  const double rate = throughput_phase(seconds * 0.2, &fast_total, &fast_errors);
-  const std::size_t shared_heap_live = sh->heap.get_stats().active_allocations;
-  HugePageAllocator::HugeStats hs = sh->huge.huge_stats();
-  const std::size_t huge_blocks_left = sh->huge_blocks.load();
-  const std::size_t corrupt = sh->corrupt.load(), alloc_failures = sh->alloc_failures.load();
-  const std::size_t allocations = sh->allocations.load(), cross = sh->cross_thread_frees.load();
-  const std::size_t checked = sh->bytes_checked.load();
-  std::size_t backings[3] = {sh->huge_backings[0].load(), sh->huge_backings[1].load(), sh->huge_backings[2].load()};
-  std::string first_error = sh->first_error;
-  sh.reset();
+  run(seconds);
   lca_stats after;  // before anything else allocates (stdout's buffer, ...)
   lca_get_stats(&after);
 
@@ -380,6 +645,7 @@ START_TEST(test_stress_test_all_components) {
   std::fflush(stdout);
 
   ck_assert_msg(corrupt == 0, "%zu corrupted blocks; first: %s", corrupt, first_error.c_str());
+  ck_assert_msg(module_failure.empty(), "%s", module_failure.c_str());
   ck_assert_uint_eq(fast_errors, 0);
   ck_assert_uint_eq(alloc_failures, 0);
   ck_assert_uint_gt(allocations, 0);
