@@ -1045,25 +1045,6 @@ void dump_if_requested() {
 
 void on_profile_signal(int) { g_dump_pending = 1; }
 
-// --- fork ---------------------------------------------------------------------------
-
-void track_prefork() {
-  pthread_mutex_lock(&g_sym_lock);
-  pthread_mutex_lock(&g_site_lock);
-  for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
-}
-void track_postfork_parent() {
-  for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
-  pthread_mutex_unlock(&g_site_lock);
-  pthread_mutex_unlock(&g_sym_lock);
-}
-void track_postfork_child() {
-  tls_rng = 0;  // the child samples other allocations than its parent
-  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
-  pthread_mutex_init(&g_site_lock, nullptr);
-  pthread_mutex_init(&g_sym_lock, nullptr);
-}
-
 bool tables_ready() {
   if (g_sites) return true;
   g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
@@ -1092,6 +1073,26 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
 }
 
 }  // namespace
+
+// --- fork (called by lifecycle.c++'s handlers) ------------------------------------
+
+void track_prefork() {
+  pthread_mutex_lock(&g_sym_lock);
+  pthread_mutex_lock(&g_site_lock);
+  for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
+}
+void track_postfork_parent() {
+  for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
+  pthread_mutex_unlock(&g_site_lock);
+  pthread_mutex_unlock(&g_sym_lock);
+}
+void track_postfork_child() {
+  tls_rng = 0;  // the child samples other allocations than its parent
+  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
+  pthread_mutex_init(&g_site_lock, nullptr);
+  pthread_mutex_init(&g_sym_lock, nullptr);
+}
+
 
 // --- entry points ----------------------------------------------------------------------
 
