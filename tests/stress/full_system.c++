@@ -455,7 +455,7 @@ struct Modules {
 #endif
   }
 
-  void finish(Shared& sh) {
+  void finish([[maybe_unused]] Shared& sh) {
     require(module_ops.load() > 0, "no module step ran");
     require(secure.get_stats().active_allocations == 0, "SecureAllocator: %zu blocks left", std::size_t{secure.get_stats().active_allocations});
     require(numa.get_stats().active_allocations == 0, "NUMAAllocator: %zu blocks left", std::size_t{numa.get_stats().active_allocations});
