@@ -5,8 +5,9 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libunwind's unw_backtrace (its
-// frame cache: no DWARF interpretation on the common path) and symbolised only
+// while malloc runs.  Stacks are captured with libunwind's unw_backtrace
+// (loaded with dlopen: see init_unwinder; its frame cache: no DWARF
+// interpretation on the common path) and symbolised only
 // when a report is written (dladdr for the module, the module's ELF symbol
 // table for the function -- static functions too --, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
@@ -183,17 +184,47 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
-// libunwind's caches per thread: no lock shared by the allocating threads (and
-// nothing shared for helgrind and DRD to report).
+// libunwind is loaded with dlopen(RTLD_LOCAL) at the first capture, not linked:
+// it also defines the _Unwind_* functions of the C++ exception ABI (and a weak
+// backtrace()), and linked in it came before libgcc_s among the dependencies of
+// programs linked with libcalloc, so that every exception of the program
+// unwound through libunwind's implementation (memcheck reported its reads below
+// the stack pointer at each throw).  Loaded locally, it serves our captures
+// only.  Its caches are per thread: no lock shared by the allocating threads
+// (and nothing shared for helgrind and DRD to report).
+#define TRACK_STR2(x) #x
+#define TRACK_STR(x) TRACK_STR2(x)
+using BacktraceFn = int (*)(void**, int);
+constinit BacktraceFn g_unw_backtrace = nullptr;
+constinit std::atomic<bool> g_unw_tried{false};
+
 void init_unwinder() {
-  static std::atomic<bool> done{false};
-  if (!done.exchange(true)) unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+  if (g_unw_tried.exchange(true)) return;
+  Busy busy;
+  void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    report_warning("allocation tracking: cannot load libunwind: ", dlerror());
+    return;
+  }
+  using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
+  auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
+  auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
+  if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
+  __atomic_store_n(&g_unw_backtrace, reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace")),
+                   __ATOMIC_RELEASE);
+}
+
+// unw_backtrace through the loaded library; 0 frames when it could not be loaded.
+inline int unwind_backtrace(void** out, int max) {
+  auto fn = __atomic_load_n(&g_unw_backtrace, __ATOMIC_ACQUIRE);
+  return fn ? fn(out, max) : 0;
 }
 
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  skip_object_of(reinterpret_cast<const void*>(&unw_backtrace));
+  if (g_unw_backtrace) skip_object_of(reinterpret_cast<const void*>(g_unw_backtrace));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -390,7 +421,7 @@ void reset_countdown() {
 // such a stack may begin with one libcalloc frame but never loses a user's.
 __attribute__((noinline)) unsigned capture_user_stack(void** out, const void* marker) {
   void* raw[kCaptureFrames];
-  int n = unw_backtrace(raw, static_cast<int>(kCaptureFrames));
+  int n = unwind_backtrace(raw, static_cast<int>(kCaptureFrames));
   int i = 0;
   if (!g_lib_is_main) {
     while (i < n && in_skipped_text(raw[i])) ++i;
@@ -1234,7 +1265,7 @@ __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, un
   init_unwinder();
   void* raw[64];
   unsigned want = max + skip + 2;
-  int n = unw_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
+  int n = unwind_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
   // raw[0] may lie in libunwind; the first frame of ours is this function's.
   const void* mine = __builtin_return_address(0);
   int i = 0;
