@@ -76,3 +76,15 @@ bench_numa_bench_CPPFLAGS = -I$(top_builddir) -I$(top_srcdir)/include -I$(top_sr
 bench_numa_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
 bench_numa_bench_LDFLAGS = $(PTHREAD_CFLAGS)
 bench_numa_bench_LDADD = src/libcalloc-core.la $(NUMA_LIBS) $(PTHREAD_LIBS)
+# defrag-bench (issue 12): pass pauses under budgets, resolve and pin cost, mover
+# throughput, and the RSS of a fragmented heap before and after a pass;
+# bench/defrag-compare.sh runs the same pattern under each rival's LD_PRELOAD.
+if CALLOC_DEFRAG
+noinst_PROGRAMS += bench/defrag-bench
+endif
+bench_defrag_bench_SOURCES = bench/defrag-bench.c++
+bench_defrag_bench_CPPFLAGS = -I$(top_srcdir)/include
+bench_defrag_bench_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) $(PTHREAD_CFLAGS)
+bench_defrag_bench_LDFLAGS = -no-install $(PTHREAD_CFLAGS)
+bench_defrag_bench_LDADD = src/libcalloc.la $(PTHREAD_LIBS)
+EXTRA_DIST += bench/defrag-compare.sh

@@ -9,4 +9,8 @@
 #include <custom_alloc/numa_allocator.h++>
 // Smart pointers and standard-library adapters (issue 16).
 #include <custom_alloc/memory.h++>
+// Defragmentation: installed only when libcalloc was built with it (--enable-defrag).
+#if __has_include(<custom_alloc/defrag.h++>)
+#include <custom_alloc/defrag.h++>
+#endif
 #endif

@@ -309,4 +309,52 @@ bool arena_verify(const Arena* a, const char** why) {
   return true;
 }
 
+// --- defragmentation support (defrag.c++) -----------------------------------
+
+void arena_walk(const ArenaChunk* c, void (*visit)(void* ctx, void* payload, std::size_t usable, bool free),
+                void* ctx) {
+  char* base = reinterpret_cast<char*>(const_cast<ArenaChunk*>(c));
+  auto* b = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
+  auto* end = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+  while (b < end) {
+    BlockTag* next = next_block(b);  // read before visit: it may free or carve b
+    visit(ctx, payload(b), block_size(b) - kArenaTag, is_free(b));
+    b = next;
+  }
+}
+
+void* arena_alloc_in(Arena* a, void* hole, std::size_t size, std::size_t alignment) {
+  BlockTag* b = tag_of(hole);
+  if (!is_free(b) || size > kArenaChunkCapacity) return nullptr;
+  std::size_t need = block_size_for(size);
+  auto p = reinterpret_cast<std::uintptr_t>(hole);
+  std::uintptr_t aligned = (p + alignment - 1) & ~(alignment - 1);
+  if (aligned != p && aligned - p < kArenaMinBlock) aligned += alignment;
+  std::size_t gap = aligned - p;
+  if (gap + need > block_size(b)) return nullptr;
+  ArenaChunk* c = chunk_of(b);
+  remove_free(a, b);
+  c->free_bytes -= block_size(b);
+  if (gap) {
+    std::size_t total = block_size(b);
+    b->size_flags = gap | (b->size_flags & kPrevFree);
+    mark_free(b);
+    insert_free(a, b);
+    c->free_bytes += gap;
+    b = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(b) + gap);
+    b->size_flags = (total - gap) | kPrevFree;
+  }
+  b->size_flags &= ~kFree;
+  next_block(b)->size_flags &= ~kPrevFree;
+  split_tail(a, c, b, need);
+  set_live(c, payload(b));
+  debug_check_block(b);
+  return payload(b);
+}
+
+unsigned arena_free_neighbours(const void* p) {
+  BlockTag* b = tag_of(p);
+  return (is_free(next_block(b)) ? 1u : 0u) + (is_prev_free(b) ? 1u : 0u);
+}
+
 }  // namespace lca

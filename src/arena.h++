@@ -99,6 +99,17 @@ void arena_for_each_block(const ArenaChunk* c, F&& f);
 // names the problem in *why when a tag, list or bitmap disagrees.
 bool arena_verify(const Arena* a, const char** why);
 
+// --- defragmentation support (defrag.c++) -----------------------------------
+// Calls visit(ctx, payload, usable, free) for every block of c in address order.
+void arena_walk(const ArenaChunk* c, void (*visit)(void* ctx, void* payload, std::size_t usable, bool free),
+                void* ctx);
+// Carves a block of `size` usable bytes aligned to `alignment` from the front of
+// the free block whose payload is hole (the lowest fitting address in it); the
+// rest stays free.  nullptr when it does not fit.  Owner only.
+void* arena_alloc_in(Arena* a, void* hole, std::size_t size, std::size_t alignment);
+// How many free neighbours the block at p has (0..2): a free of it merges them.
+unsigned arena_free_neighbours(const void* p);
+
 }  // namespace lca
 
 #endif

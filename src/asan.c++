@@ -264,6 +264,29 @@ void vg_domain_destroying(Domain* d) {
 
 void vg_domain_destroyed(Domain*) {}
 
+void vg_quarantine_release_domain(Domain* d) {
+  for (;;) {
+    void* due[kMaxDuePerFree];
+    std::size_t n_due = 0;
+    pthread_mutex_lock(&g_quarantine_lock);
+    std::size_t kept = 0, k = 0;
+    for (; k < g_quarantine_count; ++k) {
+      QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kAsanQuarantine];
+      ChunkHeader* ch = registry_lookup(e.p);
+      if (n_due < kMaxDuePerFree && ch && ch->domain == d) {
+        g_quarantine_bytes -= e.bytes;
+        due[n_due++] = e.p;
+        continue;
+      }
+      g_quarantine[(g_quarantine_head + kept++) % kAsanQuarantine] = e;
+    }
+    g_quarantine_count = kept;
+    pthread_mutex_unlock(&g_quarantine_lock);
+    if (!n_due) return;
+    for (std::size_t i = 0; i < n_due; ++i) release_from_quarantine(due[i], free_now);
+  }
+}
+
 // A chunk is libcalloc's memory whole when a heap takes it and when it leaves one.
 void vg_chunk_added(Domain*, const void* chunk, std::size_t size) { asan_unpoison(chunk, size); }
 void vg_chunk_removed(Domain*, const void* chunk) { asan_unpoison(chunk, kChunkSize); }

@@ -4,6 +4,9 @@
 // this file holds the rarer ones.
 #include "span.h++"
 #include "vg.h++"
+#include "os.h++"
+
+#include <algorithm>
 
 #include <pthread.h>
 #include <sys/random.h>
@@ -145,6 +148,49 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
   s->bump += extra;
   s->used += static_cast<std::uint32_t>(need - slots);
   return true;
+}
+
+// --- defragmentation support (defrag.c++) -----------------------------------
+
+void span_sort_free_list(Span* s) {
+  FreeObject* objs[kMaxObjectsPerSpan];
+  std::uint32_t n = 0;
+  for (FreeObject* o = s->free; o && n < kMaxObjectsPerSpan; o = o->next) objs[n++] = o;
+  if (n < 2) return;
+  std::sort(objs, objs + n);
+  for (std::uint32_t k = 0; k + 1 < n; ++k) objs[k]->next = objs[k + 1];
+  objs[n - 1]->next = nullptr;
+  s->free = objs[0];
+}
+
+std::uint32_t span_trim_tail(Span* s) {
+  if ((s->flags & (kSpanInactive | kSpanMultislot)) || span_has_remote(s) || s->used == 0) return 0;
+  char* base = span_base(s);
+  std::uint32_t carved = static_cast<std::uint32_t>((s->bump - base) / s->obj_size);
+  std::uint32_t keep = carved;
+  while (keep > 0) {
+    const char* p = base + static_cast<std::size_t>(keep - 1) * s->obj_size;
+    std::uintptr_t guard =
+        on_valgrind() ? vg_peek_word(&reinterpret_cast<const FreeObject*>(p)->guard) : reinterpret_cast<const FreeObject*>(p)->guard;
+    if (guard != free_guard(p)) break;  // live
+    --keep;
+  }
+  if (keep == carved) return 0;
+  char* new_bump = base + static_cast<std::size_t>(keep) * s->obj_size;
+  FreeObject** link = &s->free;
+  while (FreeObject* o = *link) {
+    if (reinterpret_cast<char*>(o) >= new_bump)
+      *link = o->next;
+    else
+      link = &o->next;
+  }
+  s->bump = new_bump;
+  s->zeroed = 0;  // the uncarved slots hold old bytes: carving clears guards again
+  std::uintptr_t page = os_page_size();
+  std::uintptr_t from = (reinterpret_cast<std::uintptr_t>(new_bump) + page - 1) & ~(page - 1);
+  std::uintptr_t to = reinterpret_cast<std::uintptr_t>(base) + kSpanSize;
+  if (to > from) os_purge(reinterpret_cast<void*>(from), to - from);
+  return carved - keep;
 }
 
 }  // namespace lca

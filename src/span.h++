@@ -257,6 +257,15 @@ std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes);
 // by claiming uncarved slots.  Owner only.  False when it cannot.
 bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_size);
 
+// --- defragmentation support (defrag.c++) -----------------------------------
+// Relinks the local free list in address order, so that pops fill the lowest
+// slots first.  Owner only.
+void span_sort_free_list(Span* s);
+// Uncarves the free slots above the last live object (they leave the free list,
+// the bump pointer comes down, whole pages above it go back to the OS).  Owner
+// only, no remote frees waiting.  Returns the slots uncarved.
+std::uint32_t span_trim_tail(Span* s);
+
 }  // namespace lca
 
 #endif

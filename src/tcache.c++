@@ -1111,4 +1111,17 @@ void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) 
   return heap_alloc(h, size, alignment, true);
 }
 
+// --- defragmentation support (defrag.c++) -----------------------------------
+
+void heap_queue_to_front(Heap* h, Span* s) {
+  unsigned c = s->size_class;
+  if (h->head[c] == s) return;
+  queue_remove(h, c, s);
+  queue_push_front(h, c, s);
+  if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+}
+
+void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }
+void domain_unlock(Domain* d) { lca_mutex_unlock(&d->lock); }
+
 }  // namespace lca

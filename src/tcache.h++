@@ -338,6 +338,13 @@ class DomainLock {
 // object, so that its free always reaches free_cold (an arena block, or a
 // mapping above the arena's limit); in Valgrind mode a plain domain_alloc.
 void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment);
+// --- defragmentation support (defrag.c++) -----------------------------------
+// Makes s, an active span of h, the current span of its class (h's owner, under
+// the domain lock for a private heap): allocations then fill it first.
+void heap_queue_to_front(Heap* h, Span* s);
+// The domain lock of a private domain (the serialising lock in Valgrind mode).
+void domain_lock(Domain* d);
+void domain_unlock(Domain* d);
 
 // fork() support for every domain.
 void domains_prefork();

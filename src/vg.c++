@@ -282,6 +282,32 @@ void vg_domain_destroyed(Domain* d) {
   if (on_valgrind()) VALGRIND_DESTROY_MEMPOOL(d);
 }
 
+void vg_quarantine_release_domain(Domain* d) {
+  if (!on_valgrind()) return;
+  void* due[kVgQuarantine];
+  std::size_t n_due = 0;
+  lca_mutex_lock(&g_quarantine_lock);
+  std::size_t kept = 0;
+  for (std::size_t k = 0; k < g_quarantine_count; ++k) {
+    QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kVgQuarantine];
+    ChunkHeader* ch = registry_lookup(e.p);
+    if (ch ? ch->domain == d : false) {
+      g_quarantine_bytes -= e.bytes;
+      due[n_due++] = e.p;
+      continue;
+    }
+    g_quarantine[(g_quarantine_head + kept++) % kVgQuarantine] = e;
+  }
+  g_quarantine_count = kept;
+  lca_mutex_unlock(&g_quarantine_lock);
+  for (std::size_t k = 0; k < n_due; ++k) {
+    BlockRef r;
+    block_lookup(due[k], &r, "free");
+    (void)VALGRIND_MAKE_MEM_DEFINED(due[k], r.usable);
+    free_now(due[k]);
+  }
+}
+
 void vg_chunk_added(Domain* d, const void* chunk, std::size_t size) {
   if (!on_valgrind()) return;
   if (!d->per_thread) VALGRIND_MEMPOOL_ALLOC(d, chunk, size);
@@ -312,6 +338,7 @@ void vg_postfork_child() {}
 void vg_domain_created(Domain*) {}
 void vg_domain_destroying(Domain*) {}
 void vg_domain_destroyed(Domain*) {}
+void vg_quarantine_release_domain(Domain*) {}
 void vg_chunk_added(Domain*, const void*, std::size_t) {}
 void vg_chunk_removed(Domain*, const void*) {}
 

@@ -222,6 +222,11 @@ void vg_domain_destroyed(Domain* d);
 void vg_chunk_added(Domain* d, const void* chunk, std::size_t size);
 void vg_chunk_removed(Domain* d, const void* chunk);
 
+// Defragmentation (defrag.c++): the heap's blocks waiting in the quarantine
+// are freed for good now, so that every block its spans and arena chunks hold is
+// live.  No-op outside Valgrind and ASan mode.
+void vg_quarantine_release_domain(Domain* d);
+
 }  // namespace lca
 
 #endif

@@ -67,6 +67,12 @@ EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/
 calloc_unit_tests += tests/unit/memory
 tests_unit_memory_SOURCES = tests/unit/memory.c++ tests/test-util.h++
 
+# Defragmentation (--enable-defrag): DefragmentationEngine and HandleAllocator.
+if CALLOC_DEFRAG
+calloc_unit_tests += tests/unit/defrag
+endif
+tests_unit_defrag_SOURCES = tests/unit/defrag.c++ tests/test-util.h++
+
 # Stress programs (tests/stress/NAME.c++, Check/TAP like the unit suites): short
 # at the default scale, so `make check' runs them too; add each one here.
 calloc_stress_tests =

@@ -1,0 +1,1324 @@
+// defrag.c++ -- the fragmentation metric, the relocation engine and the handle
+// heap (configure --enable-defrag; include/custom_alloc/defrag.h++ is the contract).
+//
+// This module owns no memory of the heaps it works on: it plans and performs
+// moves inside an independent heap through small hooks of the layers below
+// (span pops, arena_alloc_in, heap_queue_to_front, free_slow), under the heap's
+// domain lock.  A plan, made afresh for each pass or batch, is:
+//   - per size class: the spans sorted densest first; the first ceil(used /
+//     objects per span) of them are destinations, the rest sources.  (Redis asks
+//     jemalloc to move an object only when its slab is emptier than the class's
+//     average; that rule leaves a heap of uniformly sparse spans as it is, which
+//     is exactly the 90 %-fragmented heap we must compact, so the rule here is
+//     "not among the spans the live objects need".)  Objects go from the sparsest
+//     source to the densest destination with room; an emptied span is retired.
+//   - arena: chunks ranked densest first, blocks in (rank, address) order; a block
+//     moves into the first free hole that comes before it in that order and fits
+//     (two-finger compaction), keeping the alignment its address has (up to a
+//     page).  Emptied chunks are released, the tails of the others shrink.
+// After a pass domain_trim() returns the emptied spans and chunks to the OS.
+//
+// The handle heap (HandleAllocator) moves objects while other threads use them,
+// with userspace RCU's quiescent-state rule: each thread has a record per heap
+// holding the heap's epoch at its last call into the heap (a quiescent point:
+// the thread holds no pointer from before it).  The mover marks a batch of
+// objects, advances the epoch and waits -- holding no lock -- until every online
+// thread has announced the new epoch; then it commits each object (marked ->
+// copying), copies it, publishes the new address and frees the old place.  A
+// reader that finds an object marked waits a little, then takes it back (the
+// move is abandoned); one that finds it copying waits for that one copy.  So
+// resolve is a few loads and a store, no reader blocks for longer than one
+// object's copy, and the mover gives up (never waits forever) when a thread does
+// not pass a quiescent point in time.
+#include "config.h"
+
+#include <custom_alloc/defrag.h++>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <new>
+#include <vector>
+
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
+
+#include "arena.h++"
+#include "large.h++"
+#include "os.h++"
+#include "report.h++"
+#include "span.h++"
+#include "tcache.h++"
+#include "vg.h++"
+
+#if CALLOC_VALGRIND
+#define LCA_HB_BEFORE(a)                          \
+  do {                                            \
+    if (::lca::on_valgrind()) ANNOTATE_HAPPENS_BEFORE(a); \
+  } while (0)
+#define LCA_HB_AFTER(a)                          \
+  do {                                           \
+    if (::lca::on_valgrind()) ANNOTATE_HAPPENS_AFTER(a); \
+  } while (0)
+#else
+#define LCA_HB_BEFORE(a) ((void)(a))
+#define LCA_HB_AFTER(a) ((void)(a))
+#endif
+
+namespace lca {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class HeapLock {
+ public:
+  explicit HeapLock(Domain* d) : d_(d) { domain_lock(d_); }
+  ~HeapLock() { domain_unlock(d_); }
+  HeapLock(const HeapLock&) = delete;
+  HeapLock& operator=(const HeapLock&) = delete;
+
+ private:
+  Domain* d_;
+};
+
+// --- walking a heap -----------------------------------------------------------
+
+std::size_t span_capacity(const Span* s) { return static_cast<std::size_t>(s->end - span_base(s)) / s->obj_size; }
+std::size_t span_carved(const Span* s) { return static_cast<std::size_t>(s->bump - span_base(s)) / s->obj_size; }
+bool span_has_room(const Span* s) { return s->free != nullptr || s->bump < s->end; }
+
+// Whether object i of s is a live block's start; *slots receives the slots it covers.
+bool span_object_live(const Span* s, std::uint32_t i, std::uint32_t* slots) {
+  *slots = 1;
+  for (unsigned k = 0; k < s->multislot_count; ++k) {
+    if (i > s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots) {
+      *slots = 0;  // inside a grown object
+      return false;
+    }
+    if (i == s->multislot[k].first) *slots = s->multislot[k].slots;
+  }
+  const char* p = span_base(s) + static_cast<std::size_t>(i) * s->obj_size;
+  const auto* o = reinterpret_cast<const FreeObject*>(p);
+  std::uintptr_t guard = on_valgrind() ? vg_peek_word(&o->guard) : o->guard;
+  return guard != free_guard(p);
+}
+
+template <class F>
+void for_each_span(Heap* h, F&& f) {
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    if (h->head[c] == &g_empty_span) continue;
+    for (Span* s = h->head[c]; s;) {
+      Span* next = s->next;
+      f(c, s);
+      s = next;
+    }
+  }
+}
+
+struct ArenaBlock {
+  char* p;
+  std::size_t usable;
+  bool free;
+};
+
+std::vector<ArenaBlock> arena_blocks(const ArenaChunk* c) {
+  std::vector<ArenaBlock> out;
+  arena_walk(
+      c,
+      [](void* ctx, void* payload, std::size_t usable, bool free) {
+        static_cast<std::vector<ArenaBlock>*>(ctx)->push_back(ArenaBlock{static_cast<char*>(payload), usable, free});
+      },
+      &out);
+  return out;
+}
+
+// walk_objects: also find the largest free run inside spans, which reads every
+// object's guard word -- never while other threads may be writing the objects
+// (the handle heap's pass), where the run is taken from the arena alone.
+custom_alloc::FragmentationReport analyze_locked(Domain* d, bool walk_objects = true) {
+  custom_alloc::FragmentationReport r{};
+  Heap* h = d->single;
+  for_each_span(h, [&](unsigned, Span* s) {
+    std::size_t carved = span_carved(s);
+    std::size_t live = static_cast<std::size_t>(s->used) * s->obj_size;
+    if (s->used == 0) return;  // an empty head span holds nothing live: not held
+    ++r.spans_in_use;
+    r.held_bytes += carved * s->obj_size;
+    r.live_bytes += live;
+    r.trapped_bytes += carved * s->obj_size - live;
+    if (!walk_objects) return;
+    std::size_t run = 0;
+    for (std::uint32_t i = 0; i < carved; ++i) {
+      std::uint32_t slots;
+      if (span_object_live(s, i, &slots) || slots == 0) {
+        run = 0;
+      } else {
+        run += s->obj_size;
+        r.largest_free_run = std::max(r.largest_free_run, run);
+      }
+    }
+  });
+  for (ChunkHeader* ch = h->arena.chunks.head; ch; ch = ch->next) {
+    std::vector<ArenaBlock> blocks = arena_blocks(arena_chunk_of(ch));
+    std::size_t last_live = blocks.size();
+    for (std::size_t i = blocks.size(); i-- > 0;)
+      if (!blocks[i].free) {
+        last_live = i;
+        break;
+      }
+    if (last_live == blocks.size()) continue;  // an empty chunk
+    ++r.arena_chunks_in_use;
+    for (std::size_t i = 0; i <= last_live; ++i) {
+      std::size_t bytes = blocks[i].usable + kArenaTag;
+      r.held_bytes += bytes;
+      if (blocks[i].free) {
+        r.trapped_bytes += bytes;
+        r.largest_free_run = std::max(r.largest_free_run, bytes);
+      } else {
+        r.live_bytes += bytes;
+      }
+    }
+  }
+  LargeCache large = large_counters(&d->large);
+  std::size_t large_live = large.alloc_bytes - large.free_bytes;
+  r.held_bytes += large_live;
+  r.live_bytes += large_live;
+  r.os_memory_mapped = domain_stats(d).os_memory_mapped;
+  r.fragmentation = r.held_bytes ? 1.0 - static_cast<double>(r.live_bytes) / static_cast<double>(r.held_bytes) : 0.0;
+  return r;
+}
+
+// The counts a pass reports without walking the objects (fragmentation -1).
+custom_alloc::FragmentationReport cheap_report(Domain* d) {
+  VgSerial serial;
+  HeapLock lock(d);
+  custom_alloc::FragmentationReport r{};
+  for_each_span(d->single, [&](unsigned, Span* s) { r.spans_in_use += s->used != 0; });
+  r.os_memory_mapped = domain_stats(d).os_memory_mapped;
+  r.fragmentation = -1;
+  return r;
+}
+
+// --- the plan -------------------------------------------------------------------
+
+// Where blocks go, for one batch, made under the domain lock and valid while it is
+// held.  dest_for() hands out the new place of a block of a source span or of an
+// arena block that has a hole before it.
+class Plan {
+ public:
+  explicit Plan(Heap* h) : h_(h) {
+    build_spans();
+    build_arena();
+  }
+
+  // Source spans, sparsest first.
+  const std::vector<Span*>& sources() const { return sources_; }
+  // Every span of class c, in destination order.
+  const std::vector<Span*>& order(unsigned c) const { return classes_[c].all; }
+  bool is_source(const Span* s) const { return std::binary_search(source_set_.begin(), source_set_.end(), s); }
+
+  // A new place in a destination span of s's class (s a source); nullptr when
+  // the destinations are full.
+  void* span_dest(const Span* s) {
+    Classes& k = classes_[s->size_class];
+    while (k.cursor < k.dests.size() && !span_has_room(k.dests[k.cursor])) ++k.cursor;
+    if (k.cursor == k.dests.size()) return nullptr;
+    Span* d = k.dests[k.cursor];
+    void* p = span_pop(d);
+    if (p) h_->counters.class_allocs[s->size_class].add(1);
+    return p;
+  }
+
+  // Arena blocks from the last in (rank, address) order.
+  const std::vector<ArenaBlock>& arena_sources() const { return arena_live_; }
+
+  // A new place for the arena block p (usable bytes needed: need) in a hole
+  // before it; nullptr when there is none.
+  void* arena_dest(const char* p, std::size_t need) {
+    std::uint64_t pos = position(p);
+    std::size_t align = std::size_t{1} << __builtin_ctzll(reinterpret_cast<std::uintptr_t>(p));
+    align = std::clamp<std::size_t>(align, 16, 4096);
+    while (first_hole_ < holes_.size() && holes_[first_hole_].usable < kArenaMinBlock) ++first_hole_;
+    for (std::size_t i = first_hole_; i < holes_.size(); ++i) {
+      Hole& hole = holes_[i];
+      if (position(hole.p) >= pos) break;
+      if (hole.usable < need) continue;
+      void* q = arena_alloc_in(&h_->arena, hole.p, need, align);
+      if (!q) continue;
+      // What is left of the hole follows the new block (if anything is left).
+      char* after = static_cast<char*>(q) + arena_usable_size(q) + kArenaTag;
+      char* hole_end = hole.p + hole.usable + kArenaTag;
+      if (after < hole_end) {
+        hole.p = after;
+        hole.usable = static_cast<std::size_t>(hole_end - after) - kArenaTag;
+      } else {
+        hole.usable = 0;
+      }
+      h_->counters.arena_allocs.add(1);
+      h_->counters.extra_bytes_allocated.add(arena_usable_size(q));
+      return q;
+    }
+    return nullptr;
+  }
+
+ private:
+  struct Classes {
+    std::vector<Span*> all;  // destination order: densest chunk, then densest span
+    std::vector<Span*> dests;
+    std::size_t cursor = 0;
+  };
+  struct Hole {
+    char* p;
+    std::size_t usable;
+  };
+
+  // Destinations are chosen to fill the densest chunks first (then the densest
+  // spans), so that the sources empty whole chunks, which go back to the OS.
+  void build_spans() {
+    std::map<const ChunkHeader*, std::size_t> chunk_live;
+    for_each_span(h_, [&](unsigned, Span* s) {
+      chunk_live[chunk_base(s)] += static_cast<std::size_t>(s->used) * s->obj_size;
+    });
+    struct Ranked {
+      Span* s;
+      std::size_t chunk;
+    };
+    std::vector<Ranked> spans;
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      if (h_->head[c] == &g_empty_span) continue;
+      spans.clear();
+      std::size_t used = 0;
+      for (Span* s = h_->head[c]; s; s = s->next) {
+        spans.push_back(Ranked{s, chunk_live[chunk_base(s)]});
+        used += s->used;
+      }
+      std::sort(spans.begin(), spans.end(), [](const Ranked& a, const Ranked& b) {
+        if (a.chunk != b.chunk) return a.chunk > b.chunk;
+        return a.s->used != b.s->used ? a.s->used > b.s->used : a.s < b.s;
+      });
+      for (const Ranked& r : spans) classes_[c].all.push_back(r.s);
+      if (spans.size() < 2) continue;
+      std::size_t per_span = span_capacity(spans[0].s);
+      std::size_t needed = (used + per_span - 1) / per_span;
+      if (needed == 0) needed = 1;
+      if (needed >= spans.size()) continue;
+      for (std::size_t i = 0; i < needed; ++i) classes_[c].dests.push_back(spans[i].s);
+      // Sources, sparsest first.
+      std::size_t first = sources_.size();
+      for (std::size_t i = needed; i < spans.size(); ++i)
+        if (spans[i].s->used) sources_.push_back(spans[i].s);
+      std::sort(sources_.begin() + static_cast<std::ptrdiff_t>(first), sources_.end(),
+                [](const Span* a, const Span* b) { return a->used < b->used; });
+    }
+    source_set_ = sources_;
+    std::sort(source_set_.begin(), source_set_.end());
+  }
+
+  void build_arena() {
+    struct Ranked {
+      ArenaChunk* c;
+      std::size_t live;
+    };
+    std::vector<Ranked> chunks;
+    for (ChunkHeader* ch = h_->arena.chunks.head; ch; ch = ch->next) {
+      ArenaChunk* c = arena_chunk_of(ch);
+      chunks.push_back(Ranked{c, kArenaChunkCapacity - c->free_bytes});
+    }
+    std::sort(chunks.begin(), chunks.end(), [](const Ranked& a, const Ranked& b) {
+      return a.live != b.live ? a.live > b.live : a.c < b.c;
+    });
+    for (std::size_t r = 0; r < chunks.size(); ++r) {
+      rank_of_.push_back(RankEntry{chunks[r].c, static_cast<std::uint32_t>(r)});
+      for (const ArenaBlock& b : arena_blocks(chunks[r].c)) {
+        if (b.free)
+          holes_.push_back(Hole{b.p, b.usable});
+        else
+          arena_live_.push_back(b);
+      }
+    }
+    std::sort(rank_of_.begin(), rank_of_.end(), [](const RankEntry& a, const RankEntry& b) { return a.c < b.c; });
+    // The last block first: it has the most holes before it.
+    std::reverse(arena_live_.begin(), arena_live_.end());
+  }
+
+  struct RankEntry {
+    ArenaChunk* c;
+    std::uint32_t rank;
+  };
+  std::uint64_t position(const char* p) const {
+    auto* c = reinterpret_cast<ArenaChunk*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));
+    auto it = std::lower_bound(rank_of_.begin(), rank_of_.end(), c,
+                               [](const RankEntry& e, const ArenaChunk* k) { return e.c < k; });
+    std::uint64_t rank = it != rank_of_.end() && it->c == c ? it->rank : ~std::uint32_t{0};
+    return rank << kChunkShift | (reinterpret_cast<std::uintptr_t>(p) & (kChunkSize - 1));
+  }
+
+  Heap* h_;
+  Classes classes_[kNumClasses];
+  std::vector<Span*> sources_, source_set_;
+  std::vector<RankEntry> rank_of_;
+  std::vector<Hole> holes_;
+  std::size_t first_hole_ = 0;
+  std::vector<ArenaBlock> arena_live_;
+};
+
+// The user's size of a live block of `usable` bytes (the requested size in
+// Valgrind and ASan mode, where the rest is a redzone).
+std::size_t user_size(const void* p, std::size_t usable) { return on_valgrind() ? vg_block_size(p, usable) : usable; }
+
+// The bytes of the new place a block of user size n needs.
+std::size_t inner_size(std::size_t n) { return vg_inner_size(n); }
+
+// The new place q (raw) becomes a block of n user bytes.
+void announce_block(Domain* d, void* q, std::size_t n, std::size_t usable) {
+  if (!on_valgrind()) return;
+  vg_block_allocated(q, n, usable, false);
+  d->vg.allocs.fetch_add(1, std::memory_order_relaxed);
+  d->vg.bytes_allocated.fetch_add(n, std::memory_order_relaxed);
+}
+
+std::size_t raw_usable(const void* q) {
+  BlockRef r;
+  block_lookup(q, &r, "defragment");
+  return r.usable;
+}
+
+// Frees a moved block's old place at once.  In Valgrind and ASan mode a free
+// waits in the quarantine, whose oldest blocks are released by later frees: a
+// release in the middle of a pass could retire a span the pass is walking.
+// memcheck is still told the block is freed.
+void release_now(Domain* d, void* p) {
+  if (on_valgrind()) {
+    std::size_t usable = raw_usable(p);
+    d->vg.frees.fetch_add(1, std::memory_order_relaxed);
+    d->vg.bytes_freed.fetch_add(vg_block_size(p, usable), std::memory_order_relaxed);
+    vg_block_forgotten(p);  // VALGRIND_FREELIKE_BLOCK
+    vg_defined(p, usable);  // libcalloc's memory again (ASan: unpoisoned)
+  }
+  free_now(p);
+}
+
+struct PassState {
+  const custom_alloc::DefragBudget* budget;
+  Clock::time_point deadline;
+  custom_alloc::DefragmentationEngine::DefragStats* stats;
+  bool stopped = false;
+
+  // The time budget lets every pass move one object, so that passes converge
+  // however small it is (under Valgrind planning alone can take a millisecond).
+  bool over_budget() {
+    if (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes ||
+        (stats->objects_relocated > 0 && Clock::now() >= deadline)) {
+      stopped = true;
+      return true;
+    }
+    return false;
+  }
+};
+
+Clock::time_point deadline_of(Clock::time_point start, std::chrono::microseconds limit) {
+  if (limit >= std::chrono::duration_cast<std::chrono::microseconds>(Clock::time_point::max() - start))
+    return Clock::time_point::max();
+  return start + limit;
+}
+
+// --- the relocation engine (raw pointers) ---------------------------------------
+
+// Copies the block at p into q, tells the callback, frees p.  If the callback
+// throws, q is freed and p stays (the exception goes on).
+void move_raw(Domain* d, void* p, void* q, std::size_t n, const custom_alloc::DefragmentationEngine::RelocationCallback& cb,
+              PassState* st, bool arena) {
+  announce_block(d, q, n, raw_usable(q));
+  std::memcpy(q, p, n);
+  if (cb) {
+    try {
+      cb(p, q, n);
+    } catch (...) {
+      free_slow(q);
+      throw;
+    }
+  }
+  if (arena) st->stats->free_blocks_merged += arena_free_neighbours(p);
+  release_now(d, p);
+  st->stats->objects_relocated += 1;
+  st->stats->bytes_moved += n;
+}
+
+// Compacts class c: two fingers over its spans in destination order, the free
+// one rising through the first spans' lowest free slots, the live one falling
+// from the last span's highest object; they meet in the span that stays partly
+// full, whose live objects end up at its start (its free tail is uncarved after
+// the pass).  Objects grown over several slots stay where they are.
+void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
+                   const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st) {
+  if (spans.empty()) return;
+  std::size_t di = 0, si = spans.size() - 1;
+  span_sort_free_list(spans[0]);  // each destination when the free finger reaches it
+  std::uint32_t top = static_cast<std::uint32_t>(span_carved(spans[si]));
+  unsigned c = spans[0]->size_class;
+  // Where the fingers meet, the free slots below the live finger are taken off
+  // the list at once (lowest first): the old places freed meanwhile go to the
+  // list's head, above them.
+  std::vector<void*> lows;
+  std::size_t next_low = 0;
+  while (!st->stopped) {
+    Span* src = spans[si];
+    std::uint32_t slots = 1;
+    while (top > 0) {
+      if (span_object_live(src, top - 1, &slots) && slots == 1) break;
+      if (slots != 1 && si == di) {
+        top = 0;  // an immovable object where the fingers meet: done
+        break;
+      }
+      --top;
+    }
+    if (top == 0) {
+      if (si == di) break;
+      --si;
+      top = static_cast<std::uint32_t>(span_carved(spans[si]));
+      continue;
+    }
+    if (di < si && !span_has_room(spans[di])) {
+      span_sort_free_list(spans[++di]);
+      continue;
+    }
+    if (st->over_budget()) break;
+    std::uint32_t i = top - 1;
+    void* p = span_base(src) + static_cast<std::size_t>(i) * src->obj_size;
+    Span* dst = spans[di];
+    void* q;
+    if (dst != src) {
+      q = span_pop(dst);
+      if (!q) break;
+    } else {
+      if (lows.empty()) {
+        while (void* low = span_pop(src)) {
+          if (span_index(src, low) >= i) {
+            span_push_local(src, low, span_index(src, low));
+            break;
+          }
+          // Reads as free to the live finger until it is used.
+          static_cast<FreeObject*>(low)->guard = free_guard(low);
+          lows.push_back(low);
+        }
+        if (lows.empty()) break;
+      }
+      if (next_low == lows.size() || span_index(src, lows[next_low]) >= i) break;
+      q = lows[next_low++];
+      static_cast<FreeObject*>(q)->guard = 0;
+    }
+    h->counters.class_allocs[c].add(1);
+    bool emptied = src != dst && src->used == 1;
+    try {
+      move_raw(d, p, q, user_size(p, src->obj_size), cb, st, false);
+    } catch (...) {
+      for (std::size_t k = lows.size(); k-- > next_low;)
+        span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
+      throw;
+    }
+    top = i;
+    if (emptied) {
+      // Retired (its chunk perhaps released): do not touch it again.
+      if (si == di) break;
+      --si;
+      top = static_cast<std::uint32_t>(span_carved(spans[si]));
+    }
+  }
+  // Unused low slots go back, the lowest ending at the list's head.
+  for (std::size_t k = lows.size(); k-- > next_low;) span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
+}
+
+void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st) {
+  HeapLock lock(d);
+  Heap* h = d->single;
+  // Blocks freed by the user wait in the quarantine in Valgrind and ASan mode:
+  // free them for good, so that every block the walk finds is live.
+  vg_quarantine_release_domain(d);
+  Plan plan(h);
+  for (unsigned c = 0; c < kNumClasses && !st->stopped; ++c) compact_class(d, h, plan.order(c), cb, st);
+  if (!st->stopped) {
+    for (const ArenaBlock& b : plan.arena_sources()) {
+      if (st->over_budget()) break;
+      std::size_t n = user_size(b.p, b.usable);
+      void* q = plan.arena_dest(b.p, on_valgrind() ? inner_size(n) : b.usable);
+      if (!q) continue;
+      move_raw(d, b.p, q, n, cb, st, true);
+    }
+  }
+}
+
+// Uncarves the free tails of the heap's spans (after a pass, the quarantine
+// emptied): the slots above each span's last live object are not held any more.
+void trim_span_tails(Domain* d) {
+  HeapLock lock(d);
+  for_each_span(d->single, [](unsigned, Span* s) { span_trim_tail(s); });
+}
+
+// --- the handle heap ------------------------------------------------------------
+
+constexpr std::uint64_t kLive = 1;
+constexpr std::uint64_t kMarked = 2;
+constexpr std::uint64_t kCopying = 4;
+constexpr std::uint64_t kPinUnit = 1 << 8;
+constexpr std::uint64_t kPinMask = 0xffffff00ull;
+constexpr std::uint64_t kOffline = ~std::uint64_t{0};
+constexpr unsigned kSegmentShift = 12;
+constexpr std::uint32_t kSegmentSlots = 1u << kSegmentShift;
+constexpr std::uint32_t kMaxSegments = 1u << 16;
+// A batch of marked objects shares one grace period.
+constexpr std::size_t kBatchObjects = 64;
+constexpr std::size_t kBatchBytes = 256 * 1024;
+
+inline std::uint32_t gen_of(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
+
+}  // namespace
+
+struct HandleSlot {
+  std::atomic<std::uint64_t> word;  // generation << 32 | pins | flags
+  std::atomic<void*> ptr;
+  std::size_t size;
+  std::uint32_t next_free;  // index + 1 of the next free slot (table lock)
+  std::uint32_t reserved;
+};
+static_assert(sizeof(HandleSlot) == 32);
+
+struct alignas(64) ThreadRecord {
+  std::atomic<std::uint64_t> seen;  // the epoch at the thread's last quiescent point, or kOffline
+  std::atomic<std::uint32_t> in_use;
+  ThreadRecord* next;  // every record of the table
+};
+
+struct HandleTable {
+  std::uint64_t id;  // unique, never reused: threads' caches key on it
+  Domain* domain;
+  std::atomic<std::uint64_t> epoch;
+  std::atomic<std::uint32_t> slot_count;
+  pthread_mutex_t table_lock;  // free slots, growth, records
+  pthread_mutex_t mover_lock;  // one mover at a time
+  std::uint32_t free_head;     // index + 1
+  std::atomic<ThreadRecord*> records;
+  std::atomic<std::size_t> live, moves, abandoned, reader_waits;
+  HandleTable* next_live;
+  HandleTable* prev_live;
+  std::atomic<HandleSlot*> segments[kMaxSegments];
+};
+
+namespace {
+
+// Every live table, for thread exit (a thread's records die with their table).
+constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit HandleTable* g_tables = nullptr;
+constinit std::atomic<std::uint64_t> g_next_table_id{1};
+
+// A thread's records, one per table it used.
+struct TlsEntry {
+  std::uint64_t id;
+  ThreadRecord* rec;
+};
+struct TlsRecords {
+  std::size_t count, cap;
+  TlsEntry* entries;
+};
+constinit thread_local std::uint64_t tls_last_id __attribute__((tls_model("initial-exec"))) = 0;
+constinit thread_local ThreadRecord* tls_last_rec __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local TlsRecords* tls_records __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit pthread_key_t g_records_key;
+constinit pthread_once_t g_records_once = PTHREAD_ONCE_INIT;
+
+void records_thread_exit(void* value) {
+  auto* tr = static_cast<TlsRecords*>(value);
+  pthread_mutex_lock(&g_tables_lock);
+  for (std::size_t i = 0; i < tr->count; ++i) {
+    for (HandleTable* t = g_tables; t; t = t->next_live) {
+      if (t->id != tr->entries[i].id) continue;
+      ThreadRecord* r = tr->entries[i].rec;
+      LCA_HB_BEFORE(r);
+      r->seen.store(kOffline, std::memory_order_release);
+      r->in_use.store(0, std::memory_order_release);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&g_tables_lock);
+  tls_records = nullptr;
+  tls_last_id = 0;
+  tls_last_rec = nullptr;
+  std::free(tr->entries);
+  std::free(tr);
+}
+
+void make_records_key() { pthread_key_create(&g_records_key, records_thread_exit); }
+
+void pause_briefly(unsigned round) {
+  if (!on_valgrind() && round < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    return;
+  }
+  if (!on_valgrind() && round < 128) {
+    sched_yield();
+    return;
+  }
+  // Valgrind runs one thread at a time and hands the CPU straight back to a
+  // thread that yields: sleep instead.
+  timespec ts{0, 20'000};
+  nanosleep(&ts, nullptr);
+}
+
+ThreadRecord* register_thread(HandleTable* t) {
+  pthread_once(&g_records_once, make_records_key);
+  if (!tls_records) {
+    auto* tr = static_cast<TlsRecords*>(std::calloc(1, sizeof(TlsRecords)));
+    if (!tr) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
+    tls_records = tr;
+    pthread_setspecific(g_records_key, tr);
+  }
+  TlsRecords* tr = tls_records;
+  for (std::size_t i = 0; i < tr->count; ++i)
+    if (tr->entries[i].id == t->id) return tr->entries[i].rec;
+  ThreadRecord* rec = nullptr;
+  pthread_mutex_lock(&t->table_lock);
+  for (ThreadRecord* r = t->records.load(std::memory_order_relaxed); r; r = r->next)
+    if (r->in_use.load(std::memory_order_relaxed) == 0) {
+      rec = r;
+      break;
+    }
+  if (!rec) {
+    void* mem = os_map(os_page_size());
+    if (!mem) {
+      pthread_mutex_unlock(&t->table_lock);
+      report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
+    }
+    rec = new (mem) ThreadRecord{};
+    rec->seen.store(kOffline, std::memory_order_relaxed);
+    rec->next = t->records.load(std::memory_order_relaxed);
+    t->records.store(rec, std::memory_order_release);
+  }
+  rec->seen.store(kOffline, std::memory_order_relaxed);
+  rec->in_use.store(1, std::memory_order_release);
+  pthread_mutex_unlock(&t->table_lock);
+  if (tr->count == tr->cap) {
+    std::size_t cap = tr->cap ? tr->cap * 2 : 4;
+    auto* e = static_cast<TlsEntry*>(std::realloc(tr->entries, cap * sizeof(TlsEntry)));
+    if (!e) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
+    tr->entries = e;
+    tr->cap = cap;
+  }
+  tr->entries[tr->count++] = TlsEntry{t->id, rec};
+  return rec;
+}
+
+inline ThreadRecord* thread_record(HandleTable* t) {
+  if (__builtin_expect(tls_last_id == t->id, 1)) return tls_last_rec;
+  ThreadRecord* rec = register_thread(t);
+  tls_last_id = t->id;
+  tls_last_rec = rec;
+  return rec;
+}
+
+// A quiescent point of the calling thread: it holds no pointer from before.
+inline void announce(HandleTable* t, ThreadRecord* rec) {
+  std::uint64_t e = t->epoch.load(std::memory_order_acquire);
+  LCA_HB_BEFORE(rec);
+  if (__builtin_expect(rec->seen.load(std::memory_order_relaxed) == kOffline, 0)) {
+    // Coming online: the mover may have read kOffline and skipped us, so what
+    // we read next must see the marks it made before.  Store and reload are
+    // sequentially consistent, as are the mover's epoch bump and its reads of
+    // the records: if it read kOffline, the reload sees its bump (and so its
+    // marks).  (No fence: ThreadSanitizer does not model fences.)
+    rec->seen.store(e, std::memory_order_seq_cst);
+    e = t->epoch.load(std::memory_order_seq_cst);
+  }
+  rec->seen.store(e, std::memory_order_release);
+}
+
+// The end of a call that returns no pointer: the thread holds nothing of the
+// heap now, so the mover need not wait for it until its next call.
+inline void leave(ThreadRecord* rec) {
+  LCA_HB_BEFORE(rec);
+  rec->seen.store(kOffline, std::memory_order_release);
+}
+
+inline ThreadRecord* enter(HandleTable* t) {
+  ThreadRecord* rec = thread_record(t);
+  announce(t, rec);
+  return rec;
+}
+
+inline HandleSlot* slot_at(HandleTable* t, std::uint32_t i) {
+  HandleSlot* seg = t->segments[i >> kSegmentShift].load(std::memory_order_acquire);
+  return &seg[i & (kSegmentSlots - 1)];
+}
+
+[[noreturn]] void bad_handle(custom_alloc::Handle h, bool stale, const char* what) {
+  report_fatal(stale ? "Stale handle" : "Invalid handle", reinterpret_cast<const void*>(h), what);
+}
+
+// The slot of h, or nullptr (with *stale set) when h is not a live handle.
+HandleSlot* find_slot(HandleTable* t, custom_alloc::Handle h, bool* stale) {
+  auto i = static_cast<std::uint32_t>(h);
+  std::uint32_t gen = static_cast<std::uint32_t>(h >> 32);
+  *stale = false;
+  if (gen == 0 || i >= t->slot_count.load(std::memory_order_acquire)) return nullptr;
+  HandleSlot* s = slot_at(t, i);
+  std::uint64_t w = s->word.load(std::memory_order_acquire);
+  if (gen_of(w) == gen && (w & kLive)) return s;
+  // A generation this slot has had (or, retired, reached): freed; a later one: forged.
+  *stale = gen < gen_of(w);
+  return nullptr;
+}
+
+HandleSlot* checked_slot(HandleTable* t, custom_alloc::Handle h, const char* what) {
+  bool stale;
+  HandleSlot* s = find_slot(t, h, &stale);
+  if (!s) bad_handle(h, stale, stale ? "the handle was freed (its slot has moved on)" : what);
+  return s;
+}
+
+// How long a reader lets a mover hold an object it wants before taking it back.
+std::chrono::microseconds reader_patience() {
+  return on_valgrind() ? std::chrono::microseconds(20'000) : std::chrono::microseconds(50);
+}
+// How long a mover waits for the other threads' quiescent points.
+std::chrono::microseconds grace_timeout() {
+  return on_valgrind() ? std::chrono::microseconds(500'000) : std::chrono::microseconds(5'000);
+}
+
+// Waits until the object of s is neither being copied nor (after a little
+// patience) marked, taking a mark back if need be.  Returns its word, which is
+// live with generation gen; aborts when the handle died meanwhile.
+std::uint64_t stable_word(HandleTable* t, ThreadRecord* rec, HandleSlot* s, custom_alloc::Handle h) {
+  std::uint32_t gen = static_cast<std::uint32_t>(h >> 32);
+  std::uint64_t w = s->word.load(std::memory_order_acquire);
+  if (__builtin_expect(!(w & (kMarked | kCopying)), 1)) {
+    if (gen_of(w) != gen || !(w & kLive)) bad_handle(h, true, "the handle was freed");
+    return w;
+  }
+  t->reader_waits.fetch_add(1, std::memory_order_relaxed);
+  Clock::time_point give_up = Clock::now() + reader_patience();
+  for (unsigned round = 0;; ++round) {
+    if (gen_of(w) != gen || !(w & kLive)) bad_handle(h, true, "the handle was freed");
+    if (!(w & (kMarked | kCopying))) break;
+    // Waiting, the thread holds nothing: the mover need not wait for it.
+    announce(t, rec);
+    if ((w & kMarked) && !(w & kCopying) && Clock::now() >= give_up) {
+      if (s->word.compare_exchange_strong(w, w & ~kMarked, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        w &= ~kMarked;
+        break;
+      }
+      continue;
+    }
+    pause_briefly(round);
+    w = s->word.load(std::memory_order_acquire);
+  }
+  LCA_HB_AFTER(s);
+  return w;
+}
+
+// Waits until every online thread but the caller has passed a quiescent point
+// after the epoch became `target`; false when one did not in time.
+bool wait_for_readers(HandleTable* t, std::uint64_t target, const ThreadRecord* self) {
+  Clock::time_point give_up = Clock::now() + grace_timeout();
+  for (ThreadRecord* r = t->records.load(std::memory_order_acquire); r; r = r->next) {
+    if (r == self) continue;
+    for (unsigned round = 0;; ++round) {
+      std::uint64_t seen = r->seen.load(std::memory_order_seq_cst);
+      if (seen == kOffline || seen >= target || r->in_use.load(std::memory_order_acquire) == 0) break;
+      if (Clock::now() >= give_up) return false;
+      pause_briefly(round);
+    }
+    LCA_HB_AFTER(r);
+  }
+  return true;
+}
+
+struct Move {
+  HandleSlot* slot;
+  std::uint64_t word;  // live, unpinned, unmarked: what the mark expects
+  void* from;
+  void* to;
+  std::size_t size;
+  bool marked;
+};
+
+// Moves a batch: mark, one grace period, then each object: commit, copy,
+// publish; frees the old places (and the new places of abandoned moves).
+// Returns false when the grace period timed out.
+bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* self,
+                custom_alloc::DefragmentationEngine::DefragStats* st) {
+  std::size_t marked = 0;
+  for (Move& m : batch) {
+    std::uint64_t w = m.word;
+    m.marked = m.slot->word.compare_exchange_strong(w, w | kMarked, std::memory_order_acq_rel);
+    if (m.marked) ++marked;
+  }
+  bool in_time = true;
+  if (marked) {
+    std::uint64_t target = t->epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
+    in_time = wait_for_readers(t, target, self);
+  }
+  for (Move& m : batch) {
+    if (m.marked) {
+      std::uint64_t w = m.word | kMarked;
+      if (in_time && m.slot->word.compare_exchange_strong(w, m.word | kCopying, std::memory_order_acq_rel)) {
+        announce_block(t->domain, m.to, m.size, raw_usable(m.to));
+        std::memcpy(m.to, m.from, m.size);
+        m.slot->ptr.store(m.to, std::memory_order_release);
+        LCA_HB_BEFORE(m.slot);
+        m.slot->word.store(m.word, std::memory_order_release);
+        t->moves.fetch_add(1, std::memory_order_relaxed);
+        if (st) {
+          ++st->objects_relocated;
+          st->bytes_moved += m.size;
+        }
+        continue;
+      }
+      if (!in_time) {
+        // Nobody else clears the mark: take it back (a reader may have already).
+        w = m.word | kMarked;
+        m.slot->word.compare_exchange_strong(w, m.word, std::memory_order_acq_rel);
+      }
+      t->abandoned.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (st) ++st->objects_skipped;
+    m.from = m.to;  // free the unused new place instead
+    m.to = nullptr;
+  }
+  HeapLock lock(t->domain);
+  for (Move& m : batch) {
+    if (!m.to) {
+      // An unused new place: raw memory, never announced as a block.
+      if (on_valgrind()) announce_block(t->domain, m.from, m.size, raw_usable(m.from));
+      free_slow(m.from);
+      continue;
+    }
+    if (st) {
+      BlockRef r;
+      block_lookup(m.from, &r, "defragment");
+      if (r.kind == BlockRef::Kind::arena) st->free_blocks_merged += arena_free_neighbours(m.from);
+    }
+    free_slow(m.from);
+  }
+  return in_time;
+}
+
+// A raw new place for a block of n user bytes, anywhere in the heap.
+void* raw_place(Domain* d, std::size_t n) {
+  HeapLock lock(d);
+  return heap_alloc(d->single, inner_size(n), 16, false);
+}
+
+}  // namespace
+}  // namespace lca
+
+namespace custom_alloc {
+
+using lca::Clock;
+
+namespace {
+
+lca::Domain* private_domain(const MemoryAllocator& a, const char* what) {
+  lca::Domain* d = a.domain();
+  if (d == &lca::g_process_domain)
+    lca::report_fatal("Defragmentation refused", &a,
+                      "this is the process heap (the one behind malloc), whose pointers libcalloc cannot update; "
+                      "defragment an independent MemoryAllocator");
+  (void)what;
+  return d;
+}
+
+DefragmentationEngine::DefragStats empty_stats() {
+  DefragmentationEngine::DefragStats s{};
+  s.duration = std::chrono::microseconds(0);
+  return s;
+}
+
+FragmentationReport analyze_domain(lca::Domain* d) {
+  lca::VgSerial serial;
+  lca::HeapLock lock(d);
+  lca::vg_quarantine_release_domain(d);
+  return lca::analyze_locked(d);
+}
+
+}  // namespace
+
+FragmentationReport DefragmentationEngine::analyze(const MemoryAllocator& allocator) {
+  return analyze_domain(private_domain(allocator, "analyze"));
+}
+
+float DefragmentationEngine::calculate_fragmentation(const MemoryAllocator& allocator) {
+  return static_cast<float>(analyze(allocator).fragmentation);
+}
+
+DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAllocator& allocator,
+                                                                     RelocationCallback callback) {
+  return defragment(allocator, std::move(callback), DefragBudget{});
+}
+
+DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAllocator& allocator,
+                                                                     RelocationCallback callback,
+                                                                     const DefragBudget& budget) {
+  lca::Domain* d = private_domain(allocator, "defragment");
+  if (dynamic_cast<HandleAllocator*>(&allocator))
+    lca::report_fatal("Defragmentation refused", &allocator,
+                      "a HandleAllocator moves its objects itself: call its defragment()");
+  Clock::time_point start = Clock::now();
+  DefragStats stats = empty_stats();
+  FragmentationReport before = budget.measure ? analyze_domain(d) : lca::cheap_report(d);
+  stats.fragmentation_before = before.fragmentation;
+  // The time budget bounds the pass itself (planning and moving, under the
+  // heap's lock), not the two measurements around it.
+  lca::PassState st{&budget, lca::deadline_of(Clock::now(), budget.max_time), &stats};
+  {
+    lca::VgSerial serial;
+    struct Finish {
+      lca::Domain* d;
+      const lca::PassState* st;
+      ~Finish() {  // also when the callback threw
+        lca::vg_quarantine_release_domain(d);
+        // Uncarving and purging cost system calls: a budgeted pass that stopped
+        // early leaves them to the pass that completes.
+        if (!st->stopped) lca::trim_span_tails(d);
+      }
+    } finish{d, &st};
+    lca::engine_pass(d, callback, &st);  // may throw (the callback's exception)
+  }
+  if (!st.stopped) lca::domain_trim(d);
+  FragmentationReport after = budget.measure ? analyze_domain(d) : lca::cheap_report(d);
+  stats.fragmentation_after = after.fragmentation;
+  stats.bytes_released =
+      before.os_memory_mapped > after.os_memory_mapped ? before.os_memory_mapped - after.os_memory_mapped : 0;
+  if (before.spans_in_use > after.spans_in_use) stats.free_blocks_merged += before.spans_in_use - after.spans_in_use;
+  stats.work_remaining = st.stopped;
+  stats.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  return stats;
+}
+
+// --- HandleAllocator -------------------------------------------------------------
+
+HandleAllocator::PinGuard& HandleAllocator::PinGuard::operator=(PinGuard&& o) noexcept {
+  if (this != &o) {
+    release();
+    table_ = o.table_;
+    handle_ = o.handle_;
+    ptr_ = o.ptr_;
+    o.table_ = nullptr;
+  }
+  return *this;
+}
+
+void HandleAllocator::PinGuard::release() noexcept {
+  if (!table_) return;
+  bool stale;
+  lca::HandleSlot* s = lca::find_slot(table_, handle_, &stale);
+  if (s) s->word.fetch_sub(lca::kPinUnit, std::memory_order_release);
+  table_ = nullptr;
+  ptr_ = nullptr;
+}
+
+HandleAllocator::HandleAllocator() : MemoryAllocator() {
+  std::size_t bytes = lca::align_up(sizeof(lca::HandleTable), lca::os_page_size());
+  void* mem = lca::os_map(bytes);
+  if (!mem) throw std::bad_alloc();
+  auto* t = new (mem) lca::HandleTable{};
+  t->id = lca::g_next_table_id.fetch_add(1, std::memory_order_relaxed);
+  t->domain = domain();
+  t->epoch.store(1, std::memory_order_relaxed);
+  pthread_mutex_init(&t->table_lock, nullptr);
+  pthread_mutex_init(&t->mover_lock, nullptr);
+  pthread_mutex_lock(&lca::g_tables_lock);
+  t->next_live = lca::g_tables;
+  if (lca::g_tables) lca::g_tables->prev_live = t;
+  lca::g_tables = t;
+  pthread_mutex_unlock(&lca::g_tables_lock);
+  table_ = t;
+}
+
+HandleAllocator::~HandleAllocator() {
+  lca::HandleTable* t = table_;
+  pthread_mutex_lock(&lca::g_tables_lock);
+  if (t->prev_live)
+    t->prev_live->next_live = t->next_live;
+  else
+    lca::g_tables = t->next_live;
+  if (t->next_live) t->next_live->prev_live = t->prev_live;
+  pthread_mutex_unlock(&lca::g_tables_lock);
+  // The objects go with the heap (~MemoryAllocator); the table and records here.
+  for (lca::ThreadRecord* r = t->records.load(std::memory_order_relaxed); r;) {
+    lca::ThreadRecord* next = r->next;
+    lca::os_unmap(r, lca::os_page_size());
+    r = next;
+  }
+  std::uint32_t segs = (t->slot_count.load(std::memory_order_relaxed) + lca::kSegmentSlots - 1) >> lca::kSegmentShift;
+  for (std::uint32_t i = 0; i < segs; ++i)
+    lca::os_unmap(t->segments[i].load(std::memory_order_relaxed), lca::kSegmentSlots * sizeof(lca::HandleSlot));
+  pthread_mutex_destroy(&t->table_lock);
+  pthread_mutex_destroy(&t->mover_lock);
+  lca::os_unmap(t, lca::align_up(sizeof(lca::HandleTable), lca::os_page_size()));
+}
+
+Handle HandleAllocator::allocate_handle(std::size_t size) {
+  lca::HandleTable* t = table_;
+  struct Leave {
+    lca::ThreadRecord* rec;
+    ~Leave() { lca::leave(rec); }
+  } leave{lca::enter(t)};
+  void* p = allocate(size);
+  if (!p) return 0;
+  pthread_mutex_lock(&t->table_lock);
+  std::uint32_t i;
+  if (t->free_head) {
+    i = t->free_head - 1;
+    t->free_head = lca::slot_at(t, i)->next_free;
+  } else {
+    i = t->slot_count.load(std::memory_order_relaxed);
+    if (i == lca::kMaxSegments * lca::kSegmentSlots) {
+      pthread_mutex_unlock(&t->table_lock);
+      deallocate(p);
+      errno = ENOMEM;
+      return 0;
+    }
+    if ((i & (lca::kSegmentSlots - 1)) == 0) {
+      void* seg = lca::os_map(lca::kSegmentSlots * sizeof(lca::HandleSlot));
+      if (!seg) {
+        pthread_mutex_unlock(&t->table_lock);
+        deallocate(p);
+        errno = ENOMEM;
+        return 0;
+      }
+      t->segments[i >> lca::kSegmentShift].store(static_cast<lca::HandleSlot*>(seg), std::memory_order_release);
+    }
+    lca::HandleSlot* s = lca::slot_at(t, i);
+    s->word.store(std::uint64_t{1} << 32, std::memory_order_relaxed);
+    t->slot_count.store(i + 1, std::memory_order_release);
+  }
+  lca::HandleSlot* s = lca::slot_at(t, i);
+  std::uint64_t gen = s->word.load(std::memory_order_relaxed) >> 32;
+  s->size = size;
+  s->next_free = 0;
+  s->ptr.store(p, std::memory_order_relaxed);
+  s->word.store(gen << 32 | lca::kLive, std::memory_order_release);
+  pthread_mutex_unlock(&t->table_lock);
+  t->live.fetch_add(1, std::memory_order_relaxed);
+  return gen << 32 | i;
+}
+
+void HandleAllocator::deallocate_handle(Handle h) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  struct Leave {
+    lca::ThreadRecord* rec;
+    ~Leave() { lca::leave(rec); }
+  } leave{rec};
+  lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
+  void* p;
+  for (;;) {
+    std::uint64_t w = lca::stable_word(t, rec, s, h);
+    if (w & lca::kPinMask) lca::report_fatal("Invalid free", reinterpret_cast<const void*>(h), "the handle is pinned");
+    std::uint64_t next_gen = (w >> 32) + 1;
+    if (next_gen > 0xffffffffull) next_gen = 0xffffffffull;  // retired below
+    p = s->ptr.load(std::memory_order_acquire);
+    if (s->word.compare_exchange_strong(w, next_gen << 32, std::memory_order_acq_rel)) break;
+  }
+  deallocate(p);
+  t->live.fetch_sub(1, std::memory_order_relaxed);
+  if ((s->word.load(std::memory_order_relaxed) >> 32) == 0xffffffffull) return;  // worn out: never reused
+  pthread_mutex_lock(&t->table_lock);
+  s->next_free = t->free_head;
+  t->free_head = static_cast<std::uint32_t>(h) + 1;
+  pthread_mutex_unlock(&t->table_lock);
+}
+
+void* HandleAllocator::resolve(Handle h) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
+  lca::stable_word(t, rec, s, h);
+  void* p = s->ptr.load(std::memory_order_acquire);
+  LCA_HB_AFTER(s);
+  return p;
+}
+
+void* HandleAllocator::try_resolve(Handle h) noexcept {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  bool stale;
+  lca::HandleSlot* s = lca::find_slot(t, h, &stale);
+  if (!s) return nullptr;
+  std::uint32_t gen = static_cast<std::uint32_t>(h >> 32);
+  // As stable_word, but a handle freed meanwhile gives nullptr.
+  std::uint64_t w = s->word.load(std::memory_order_acquire);
+  Clock::time_point give_up = Clock::now() + lca::reader_patience();
+  for (unsigned round = 0; w & (lca::kMarked | lca::kCopying); ++round) {
+    if (lca::gen_of(w) != gen || !(w & lca::kLive)) return nullptr;
+    lca::announce(t, rec);
+    if (!(w & lca::kCopying) && Clock::now() >= give_up) {
+      if (s->word.compare_exchange_strong(w, w & ~lca::kMarked, std::memory_order_acq_rel)) break;
+      continue;
+    }
+    lca::pause_briefly(round);
+    w = s->word.load(std::memory_order_acquire);
+  }
+  if (lca::gen_of(w) != gen || !(w & lca::kLive)) return nullptr;
+  void* p = s->ptr.load(std::memory_order_acquire);
+  LCA_HB_AFTER(s);
+  return p;
+}
+
+std::size_t HandleAllocator::handle_size(Handle h) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  std::size_t n = lca::checked_slot(t, h, "not a handle of this heap")->size;
+  lca::leave(rec);
+  return n;
+}
+
+HandleAllocator::PinGuard HandleAllocator::pin(Handle h) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
+  for (;;) {
+    std::uint64_t w = lca::stable_word(t, rec, s, h);
+    if ((w & lca::kPinMask) == lca::kPinMask)
+      lca::report_fatal("Invalid pin", reinterpret_cast<const void*>(h), "too many pins of one handle");
+    if (s->word.compare_exchange_strong(w, w + lca::kPinUnit, std::memory_order_acq_rel)) break;
+  }
+  void* p = s->ptr.load(std::memory_order_acquire);
+  LCA_HB_AFTER(s);
+  return PinGuard(t, h, p);
+}
+
+void HandleAllocator::offline() noexcept {
+  lca::HandleTable* t = table_;
+  if (lca::tls_last_id != t->id) {
+    // Not the cached table: a thread that never used it holds nothing.
+    if (!lca::tls_records) return;
+    for (std::size_t i = 0; i < lca::tls_records->count; ++i)
+      if (lca::tls_records->entries[i].id == t->id) {
+        LCA_HB_BEFORE(lca::tls_records->entries[i].rec);
+        lca::tls_records->entries[i].rec->seen.store(lca::kOffline, std::memory_order_release);
+      }
+    return;
+  }
+  LCA_HB_BEFORE(lca::tls_last_rec);
+  lca::tls_last_rec->seen.store(lca::kOffline, std::memory_order_release);
+}
+
+bool HandleAllocator::relocate(Handle h) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
+  pthread_mutex_lock(&t->mover_lock);
+  std::uint64_t w = s->word.load(std::memory_order_acquire);
+  bool moved = false;
+  if (lca::gen_of(w) == static_cast<std::uint32_t>(h >> 32) && (w & lca::kLive) &&
+      !(w & (lca::kPinMask | lca::kMarked | lca::kCopying))) {
+    std::size_t size = s->size;
+    void* q = lca::raw_place(t->domain, size);
+    if (q) {
+      std::vector<lca::Move> batch{lca::Move{s, w, s->ptr.load(std::memory_order_acquire), q, size, false}};
+      std::size_t before = t->moves.load(std::memory_order_relaxed);
+      lca::move_batch(t, batch, rec, nullptr);
+      moved = t->moves.load(std::memory_order_relaxed) != before;
+    }
+  }
+  pthread_mutex_unlock(&t->mover_lock);
+  lca::leave(rec);
+  return moved;
+}
+
+void HandleAllocator::defragment() { defragment(DefragBudget{}); }
+
+DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudget& budget) {
+  lca::HandleTable* t = table_;
+  lca::ThreadRecord* rec = lca::enter(t);
+  lca::Domain* d = t->domain;
+  Clock::time_point start = Clock::now();
+  DefragmentationEngine::DefragStats stats = empty_stats();
+  lca::PassState st{&budget, lca::deadline_of(start, budget.max_time), &stats};
+  pthread_mutex_lock(&t->mover_lock);
+  FragmentationReport before;
+  {
+    lca::VgSerial serial;
+    lca::HeapLock lock(d);
+    before = lca::analyze_locked(d, false);
+  }
+  stats.fragmentation_before = before.fragmentation;
+  // Candidates: live, unpinned handles, in slot order; each batch re-plans under
+  // the lock and takes those whose block lies in a source span or has an arena
+  // hole before it.
+  std::uint32_t n = t->slot_count.load(std::memory_order_acquire);
+  std::uint32_t next = 0;
+  bool in_time = true;
+  while (next < n && in_time && !st.over_budget()) {
+    std::vector<lca::Move> batch;
+    std::size_t batch_bytes = 0;
+    {
+      lca::VgSerial serial;
+      lca::HeapLock lock(d);
+      lca::Plan plan(d->single);
+      for (; next < n && batch.size() < lca::kBatchObjects && batch_bytes < lca::kBatchBytes; ++next) {
+        if (stats.objects_relocated + batch.size() >= budget.max_objects ||
+            stats.bytes_moved + batch_bytes >= budget.max_bytes)
+          break;
+        lca::HandleSlot* s = lca::slot_at(t, next);
+        std::uint64_t w = s->word.load(std::memory_order_acquire);
+        if (!(w & lca::kLive) || (w & (lca::kPinMask | lca::kMarked | lca::kCopying))) continue;
+        void* p = s->ptr.load(std::memory_order_acquire);
+        std::size_t size = s->size;
+        lca::ChunkHeader* ch = lca::registry_lookup(p);
+        if (!ch) continue;  // a large block: never moves
+        void* q = nullptr;
+        if (ch->kind == lca::ChunkKind::spans) {
+          lca::Span* sp = lca::span_of(lca::span_chunk_of(ch), p);
+          if (!plan.is_source(sp)) continue;
+          q = plan.span_dest(sp);
+        } else {
+          q = plan.arena_dest(static_cast<char*>(p), lca::inner_size(size));
+        }
+        if (!q) continue;
+        batch.push_back(lca::Move{s, w, p, q, size, false});
+        batch_bytes += size;
+      }
+    }
+    if (batch.empty()) break;
+    in_time = lca::move_batch(t, batch, rec, &stats);
+  }
+  pthread_mutex_unlock(&t->mover_lock);
+  if (!in_time || next < n) stats.work_remaining = true;
+  lca::domain_trim(d);
+  {
+    lca::VgSerial serial;
+    lca::HeapLock lock(d);
+    FragmentationReport after = lca::analyze_locked(d, false);
+    stats.fragmentation_after = after.fragmentation;
+    stats.bytes_released =
+        before.os_memory_mapped > after.os_memory_mapped ? before.os_memory_mapped - after.os_memory_mapped : 0;
+    if (before.spans_in_use > after.spans_in_use) stats.free_blocks_merged += before.spans_in_use - after.spans_in_use;
+  }
+  stats.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  lca::leave(rec);
+  return stats;
+}
+
+HandleAllocator::HandleStats HandleAllocator::handle_stats() const {
+  lca::HandleTable* t = table_;
+  HandleStats s{};
+  s.live_handles = t->live.load(std::memory_order_relaxed);
+  s.moves = t->moves.load(std::memory_order_relaxed);
+  s.moves_abandoned = t->abandoned.load(std::memory_order_relaxed);
+  s.reader_waits = t->reader_waits.load(std::memory_order_relaxed);
+  return s;
+}
+
+float HandleAllocator::fragmentation() const {
+  lca::VgSerial serial;
+  lca::HeapLock lock(table_->domain);
+  return static_cast<float>(lca::analyze_locked(table_->domain, false).fragmentation);
+}
+
+}  // namespace custom_alloc

@@ -1,0 +1,814 @@
+// tests/unit/defrag.c++ -- the "defrag" suite: DefragmentationEngine and
+// HandleAllocator (src/defrag.c++).
+//
+// The request's three tests (TURN 2 and 3) first, then: one pass takes a heap of
+// slab objects and one of arena blocks from >= 90 % fragmentation to < 10 %, every
+// moved byte intact and the callback called once per move with the addresses it
+// reports; emptied memory goes back to the OS; budgets (objects, bytes, time) are
+// respected per pass and repeated passes converge; a throwing callback loses
+// nothing; the process heap and handle heaps are refused by the raw engine;
+// freed, stale, forged and pinned handles are rejected with their messages; a
+// handle heap compacts with handles and bytes intact; the failure of TURN 3 shown
+// and prevented (a raw pointer kept across moves against the rule loses writes, the
+// same access within the rule or pinned loses none); 4 threads allocate, resolve,
+// write, verify, pin and free handles while a 5th defragments; under memcheck a
+// stale pointer into a moved object's old place is reported.
+#include <custom_alloc/defrag.h++>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "../test-util.h++"
+
+using custom_alloc::DefragBudget;
+using custom_alloc::DefragmentationEngine;
+using custom_alloc::Handle;
+using custom_alloc::HandleAllocator;
+using custom_alloc::MemoryAllocator;
+using test_util::check_pattern;
+using test_util::expect_death;
+using test_util::fill_pattern;
+using test_util::running_on_valgrind;
+using test_util::scaled;
+
+namespace {
+
+// Valgrind and ASan mode: a freed block waits in libcalloc's quarantine and
+// every block carries a redzone, so memory figures differ (the metric does not).
+bool checked_mode() { return running_on_valgrind() || test_util::kAsanBuild; }
+
+// A set of blocks of one heap that follows the engine's moves.
+struct Tracked {
+  std::map<void*, std::uint64_t> seed_of;  // current address -> pattern seed
+  std::map<void*, std::size_t> size_of;
+  std::set<void*> moved_from;
+  std::size_t calls = 0;
+  test_util::Failure f;
+
+  DefragmentationEngine::RelocationCallback callback() {
+    return [this](void* old_addr, void* new_addr, std::size_t size) {
+      ++calls;
+      auto it = seed_of.find(old_addr);
+      if (it == seed_of.end()) {
+        f.note("callback for %p, not a live block of the test (or called twice)", old_addr);
+        return;
+      }
+      if (seed_of.count(new_addr)) f.note("moved %p onto the live block %p", old_addr, new_addr);
+      if (size != size_of[old_addr]) f.note("size %zu for a block of %zu bytes", size, size_of[old_addr]);
+      long bad = check_pattern(new_addr, size, it->second);
+      if (bad >= 0) f.note("block moved from %p to %p differs at byte %ld", old_addr, new_addr, bad);
+      seed_of[new_addr] = it->second;
+      size_of[new_addr] = size;
+      seed_of.erase(it);
+      size_of.erase(old_addr);
+      moved_from.insert(old_addr);
+    };
+  }
+
+  void verify_all() {
+    for (auto& [p, seed] : seed_of) {
+      long bad = check_pattern(p, size_of[p], seed);
+      if (bad >= 0) f.note("block %p (%zu bytes) differs at byte %ld", p, size_of[p], bad);
+    }
+  }
+};
+
+// Allocates n blocks of `size`, keeps one in `keep_every`, frees the others
+// (after all are made, so that the holes stay holes).
+void fragment(MemoryAllocator& alloc, Tracked& t, std::size_t n, std::size_t size, unsigned keep_every,
+              std::uint64_t seed0) {
+  std::vector<void*> all;
+  for (std::size_t i = 0; i < n; ++i) {
+    void* p = alloc.allocate(size);
+    ck_assert_ptr_nonnull(p);
+    all.push_back(p);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i % keep_every == 0) {
+      fill_pattern(all[i], size, seed0 + i);
+      t.seed_of[all[i]] = seed0 + i;
+      t.size_of[all[i]] = size;
+    } else {
+      alloc.deallocate(all[i]);
+    }
+  }
+}
+
+}  // namespace
+
+// --- the request's tests ----------------------------------------------------------
+
+// Defragmentation.ReducesFragmentation.  The request frees p2 right after
+// allocating it: our span free lists are LIFO, so the next allocate(64) takes the
+// same slot back and the heap never fragments.  To keep the test's intent (every
+// other block free), the second blocks are freed after the loop; the assertions
+// are the request's, and every kept block is freed through the address the
+// callback reported.
+START_TEST(test_reduces_fragmentation) {
+  MemoryAllocator alloc;
+  std::vector<void*> keep, drop;
+  for (int i = 0; i < 1000; i++) {
+    void* p1 = alloc.allocate(64);
+    void* p2 = alloc.allocate(64);
+    keep.push_back(p1);
+    drop.push_back(p2);
+  }
+  for (void* p2 : drop) alloc.deallocate(p2);  // free every other allocation
+
+  float frag_before = DefragmentationEngine{}.calculate_fragmentation(alloc);
+  ck_assert_float_gt(frag_before, 0.4f);
+
+  DefragmentationEngine engine;
+  std::map<void*, void*> moved;
+  auto stats = engine.defragment(alloc, [&](void* old, void* now, size_t size) {
+    ck_assert_uint_eq(size, 64);
+    moved[old] = now;
+  });
+  float frag_after = engine.calculate_fragmentation(alloc);
+  ck_assert_float_lt(frag_after, 0.1f);
+  ck_assert_uint_eq(stats.objects_relocated, moved.size());
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  std::printf("# ReducesFragmentation: %.3f -> %.3f, %zu moved in %lld us\n", frag_before, frag_after,
+              stats.objects_relocated, static_cast<long long>(stats.duration.count()));
+
+  for (void*& ptr : keep) {
+    auto it = moved.find(ptr);
+    if (it != moved.end()) ptr = it->second;
+  }
+  for (void* ptr : keep) alloc.deallocate(ptr);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
+// HandleAllocator.DefragmentationPreservesHandles, as written.
+START_TEST(test_defragmentation_preserves_handles) {
+  HandleAllocator alloc;
+  std::vector<Handle> handles;
+  for (int i = 0; i < 1000; i++) handles.push_back(alloc.allocate_handle(128));
+  for (Handle h : handles) {
+    uint64_t* ptr = static_cast<uint64_t*>(alloc.resolve(h));
+    *ptr = h;
+  }
+  alloc.defragment();
+  for (Handle h : handles) {
+    uint64_t* ptr = static_cast<uint64_t*>(alloc.resolve(h));
+    ck_assert_uint_eq(*ptr, h);
+  }
+  for (Handle h : handles) alloc.deallocate_handle(h);
+}
+END_TEST
+
+// DefragmentationRace.UseAfterMove, as written (the validity rule of resolve makes
+// it correct: the writer's pointer is valid until its next resolve).  Helgrind and
+// DRD do not see std::atomic as synchronisation: `stop` is annotated.
+START_TEST(test_use_after_move) {
+  HandleAllocator alloc;
+  Handle h = alloc.allocate_handle(1024);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> corruption_count{0};
+  TEST_BENIGN_RACE(&stop, "the stop flag");
+
+  std::thread writer([&]() {
+    uint64_t counter = 0;
+    while (!stop) {
+      uint64_t* ptr = static_cast<uint64_t*>(alloc.resolve(h));
+      for (int i = 0; i < 128; i++) ptr[i] = counter++;
+      ptr = static_cast<uint64_t*>(alloc.resolve(h));
+      for (int i = 1; i < 128; i++)
+        if (ptr[i] != ptr[i - 1] + 1) corruption_count++;
+    }
+  });
+  std::thread defragmenter([&]() {
+    for (int i = 0; i < 100; i++) {
+      alloc.defragment();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    stop = true;
+  });
+  writer.join();
+  defragmenter.join();
+  ck_assert_int_eq(corruption_count.load(), 0);
+  alloc.deallocate_handle(h);
+}
+END_TEST
+
+// --- the relocation engine -----------------------------------------------------------
+
+// Slab classes: 90 % of each of several classes freed at random -> < 10 % in one
+// pass, every byte intact, one callback per move, memory back to the OS.  The
+// compaction leaves each class's objects at the start of its spans, and the
+// free tail of the last one is uncarved, so the result does not depend on the
+// (scaled) number of spans.
+START_TEST(test_slab_ninety_to_ten) {
+  MemoryAllocator alloc;
+  Tracked t;
+  std::mt19937_64 rng(42);
+  const std::size_t sizes[] = {64, 256, 1024, 4096};
+  std::vector<void*> all;
+  std::vector<std::size_t> size_at;
+  for (std::size_t size : sizes) {
+    std::size_t n = (scaled(128) + 8) * 65536 / size;
+    for (std::size_t i = 0; i < n; ++i) {
+      void* p = alloc.allocate(size);
+      ck_assert_ptr_nonnull(p);
+      all.push_back(p);
+      size_at.push_back(size);
+    }
+  }
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (rng() % 10 == 0) {
+      fill_pattern(all[i], size_at[i], i);
+      t.seed_of[all[i]] = i;
+      t.size_of[all[i]] = size_at[i];
+    } else {
+      alloc.deallocate(all[i]);
+    }
+  }
+  DefragmentationEngine engine;
+  auto before = engine.analyze(alloc);
+  ck_assert_msg(before.fragmentation >= 0.85, "fragmentation before %.3f", before.fragmentation);
+  auto stats = engine.defragment(alloc, t.callback());
+  auto after = engine.analyze(alloc);
+  std::printf("# slab: %.3f -> %.3f (held %zu -> %zu KiB, mapped %zu -> %zu KiB), %zu moved, %zu KiB, %lld us\n",
+              before.fragmentation, after.fragmentation, before.held_bytes / 1024, after.held_bytes / 1024,
+              before.os_memory_mapped / 1024, after.os_memory_mapped / 1024, stats.objects_relocated,
+              stats.bytes_moved / 1024, static_cast<long long>(stats.duration.count()));
+  ck_assert_msg(after.fragmentation < 0.10, "fragmentation after %.3f", after.fragmentation);
+  ck_assert_uint_eq(t.calls, stats.objects_relocated);
+  ck_assert_uint_eq(t.moved_from.size(), stats.objects_relocated);
+  ck_assert(!stats.work_remaining);
+  ck_assert_uint_gt(stats.free_blocks_merged, 0);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  if (!checked_mode()) {
+    ck_assert_uint_lt(after.os_memory_mapped, before.os_memory_mapped);
+    ck_assert_uint_gt(stats.bytes_released, 0);
+  }
+  for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
+// Arena blocks (above the 8 KiB slab limit): 90 % freed -> < 10 % in one pass.
+START_TEST(test_arena_ninety_to_ten) {
+  MemoryAllocator alloc;
+  Tracked t;
+  std::mt19937_64 rng(7);
+  std::vector<void*> all;
+  std::vector<std::size_t> size_at;
+  std::size_t n = scaled(3000) + 50;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t size = 9000 + (rng() % 24) * 1024;
+    void* p = alloc.allocate(size);
+    ck_assert_ptr_nonnull(p);
+    all.push_back(p);
+    size_at.push_back(size);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i % 10 == 3) {
+      fill_pattern(all[i], size_at[i], i);
+      t.seed_of[all[i]] = i;
+      t.size_of[all[i]] = alloc.get_allocation_size(all[i]);
+      fill_pattern(all[i], t.size_of[all[i]], i);
+    } else {
+      alloc.deallocate(all[i]);
+    }
+  }
+  DefragmentationEngine engine;
+  auto before = engine.analyze(alloc);
+  ck_assert_msg(before.fragmentation >= 0.85, "fragmentation before %.3f", before.fragmentation);
+  auto stats = engine.defragment(alloc, t.callback());
+  auto after = engine.analyze(alloc);
+  std::printf("# arena: %.3f -> %.3f (held %zu -> %zu KiB, chunks %zu -> %zu), %zu moved, %lld us\n",
+              before.fragmentation, after.fragmentation, before.held_bytes / 1024, after.held_bytes / 1024,
+              before.arena_chunks_in_use, after.arena_chunks_in_use, stats.objects_relocated,
+              static_cast<long long>(stats.duration.count()));
+  ck_assert_msg(after.fragmentation < 0.10, "fragmentation after %.3f", after.fragmentation);
+  ck_assert_uint_eq(t.calls, stats.objects_relocated);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  if (!checked_mode() && before.arena_chunks_in_use > 1) ck_assert_uint_lt(after.os_memory_mapped, before.os_memory_mapped);
+  for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+}
+END_TEST
+
+// Budgets: each pass stays within its object, byte and time budget and says that
+// work remains; repeated small passes converge to the full pass's result.
+START_TEST(test_budgets_respected_and_converge) {
+  MemoryAllocator alloc;
+  Tracked t;
+  fragment(alloc, t, scaled(100000) + 5000, 96, 10, 1);
+  DefragmentationEngine engine;
+  DefragBudget objects;
+  objects.max_objects = 25;
+  auto s1 = engine.defragment(alloc, t.callback(), objects);
+  ck_assert_uint_le(s1.objects_relocated, 25);
+  ck_assert_uint_gt(s1.objects_relocated, 0);
+  ck_assert(s1.work_remaining);
+
+  DefragBudget bytes;
+  bytes.max_bytes = 96 * 10;
+  auto s2 = engine.defragment(alloc, t.callback(), bytes);
+  ck_assert_uint_le(s2.bytes_moved, 96 * 10);
+  ck_assert(s2.work_remaining);
+
+  DefragBudget none;
+  none.max_time = std::chrono::microseconds(0);
+  auto s3 = engine.defragment(alloc, t.callback(), none);
+  ck_assert_uint_eq(s3.objects_relocated, 1);  // one move at least: passes converge
+  ck_assert(s3.work_remaining);
+
+  DefragBudget slice;
+  slice.max_objects = 100;
+  slice.max_time = std::chrono::microseconds(1000);
+  unsigned passes = 0;
+  for (;;) {
+    auto s = engine.defragment(alloc, t.callback(), slice);
+    ++passes;
+    ck_assert_uint_le(s.objects_relocated, 100);
+    if (!s.work_remaining) break;
+    ck_assert_uint_lt(passes, 100000);
+  }
+  float frag = engine.calculate_fragmentation(alloc);
+  std::printf("# %u passes of <= 100 objects: fragmentation %.3f\n", passes, frag);
+  ck_assert_float_lt(frag, 0.10f);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+}
+END_TEST
+
+// A callback that throws stops the pass: the block it was told of stays where it
+// was, the blocks moved before keep their new places, nothing is lost.
+START_TEST(test_callback_throws) {
+  MemoryAllocator alloc;
+  Tracked t;
+  fragment(alloc, t, 4000, 64, 10, 99);
+  DefragmentationEngine engine;
+  auto inner = t.callback();
+  std::size_t calls = 0;
+  bool thrown = false;
+  try {
+    engine.defragment(alloc, [&](void* o, void* n, std::size_t size) {
+      if (++calls == 5) throw std::runtime_error("owner cannot update");
+      inner(o, n, size);
+    });
+  } catch (const std::runtime_error&) {
+    thrown = true;
+  }
+  ck_assert(thrown);
+  ck_assert_uint_eq(t.moved_from.size(), 4);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, t.seed_of.size());
+  // The heap is consistent: a full pass now completes (400 live blocks of 64
+  // bytes: one span of 1024, fully carved, is what is left).
+  auto stats = engine.defragment(alloc, t.callback());
+  ck_assert(!stats.work_remaining);
+  ck_assert_float_lt(stats.fragmentation_after, stats.fragmentation_before);
+  ck_assert_uint_eq(engine.analyze(alloc).spans_in_use, 1);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
+START_TEST(test_process_heap_refused) {
+  auto r = expect_death(
+      [] {
+        DefragmentationEngine engine;
+        engine.defragment(MemoryAllocator::instance(), nullptr);
+      },
+      "libcalloc: Defragmentation refused of ");
+  ck_assert_msg(r.ok(), "%s", r.description.c_str());
+  ck_assert(r.output_contains("process heap"));
+  auto r2 = expect_death(
+      [] {
+        HandleAllocator handles;
+        DefragmentationEngine engine;
+        engine.defragment(handles, nullptr);
+      },
+      "libcalloc: Defragmentation refused of ");
+  ck_assert_msg(r2.ok(), "%s", r2.description.c_str());
+}
+END_TEST
+
+// --- the handle heap ---------------------------------------------------------------
+
+START_TEST(test_handle_heap_compacts) {
+  HandleAllocator alloc;
+  std::mt19937_64 rng(3);
+  std::vector<Handle> all, kept;
+  std::size_t n = scaled(20000) + 1000;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t size = (i % 3 == 0) ? 200 : (i % 3 == 1 ? 64 : 12000);
+    Handle h = alloc.allocate_handle(size);
+    ck_assert_uint_ne(h, 0);
+    ck_assert_uint_eq(alloc.handle_size(h), size);
+    all.push_back(h);
+  }
+  std::vector<Handle> freed;
+  for (Handle h : all) {
+    if (rng() % 10 == 0) {
+      kept.push_back(h);
+      fill_pattern(alloc.resolve(h), alloc.handle_size(h), h);
+    } else {
+      alloc.deallocate_handle(h);
+      freed.push_back(h);
+    }
+  }
+  float before = alloc.fragmentation();
+  auto stats = alloc.defragment(DefragBudget{});
+  float after = alloc.fragmentation();
+  std::printf("# handle heap: %.3f -> %.3f, %zu moved, %zu skipped, %lld us\n", before, after, stats.objects_relocated,
+              stats.objects_skipped, static_cast<long long>(stats.duration.count()));
+  // (In Valgrind and ASan mode the freed blocks wait in the quarantine, still
+  // counted as live.)
+  if (!checked_mode()) ck_assert_float_gt(before, 0.8f);
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  if (!checked_mode()) ck_assert_float_lt(after, 0.10f);  // old places wait in the quarantine there
+  test_util::Failure f;
+  for (Handle h : kept) {
+    long bad = check_pattern(alloc.resolve(h), alloc.handle_size(h), h);
+    if (bad >= 0) f.note("handle %llx differs at byte %ld", static_cast<unsigned long long>(h), bad);
+  }
+  ASSERT_NO_FAILURE(f);
+  for (Handle h : freed) ck_assert_ptr_null(alloc.try_resolve(h));
+  ck_assert_uint_eq(alloc.handle_stats().live_handles, kept.size());
+  for (Handle h : kept) alloc.deallocate_handle(h);
+  ck_assert_uint_eq(alloc.handle_stats().live_handles, 0);
+}
+END_TEST
+
+START_TEST(test_pins_keep_objects_in_place) {
+  HandleAllocator alloc;
+  Handle h = alloc.allocate_handle(256);
+  fill_pattern(alloc.resolve(h), 256, 5);
+  {
+    auto g = alloc.pin(h);
+    void* p = g.get();
+    ck_assert(!alloc.relocate(h));  // pinned: stays
+    ck_assert_ptr_eq(alloc.resolve(h), p);
+    auto g2 = std::move(g);
+    ck_assert(!g);
+    ck_assert(g2);
+    ck_assert(!alloc.relocate(h));
+  }
+  void* before = alloc.resolve(h);
+  ck_assert(alloc.relocate(h));  // unpinned: moves
+  void* after = alloc.resolve(h);
+  ck_assert_ptr_ne(before, after);
+  ck_assert_int_eq(check_pattern(after, 256, 5), -1);
+  alloc.deallocate_handle(h);
+}
+END_TEST
+
+START_TEST(test_bad_handles_die) {
+  struct Case {
+    const char* what;
+    const char* expected;
+    void (*fn)();
+  } cases[] = {
+      {"resolve freed", "libcalloc: Stale handle of ",
+       [] {
+         HandleAllocator a;
+         Handle h = a.allocate_handle(32);
+         a.deallocate_handle(h);
+         a.resolve(h);
+       }},
+      {"resolve reused slot", "libcalloc: Stale handle of ",
+       [] {
+         HandleAllocator a;
+         Handle h = a.allocate_handle(32);
+         a.deallocate_handle(h);
+         Handle h2 = a.allocate_handle(32);
+         if (static_cast<std::uint32_t>(h2) != static_cast<std::uint32_t>(h)) std::abort();
+         a.resolve(h);
+       }},
+      {"resolve forged", "libcalloc: Invalid handle of ",
+       [] {
+         HandleAllocator a;
+         a.allocate_handle(32);
+         a.resolve(0x0000000700000000ull);
+       }},
+      {"resolve out of range", "libcalloc: Invalid handle of ",
+       [] {
+         HandleAllocator a;
+         a.resolve(0x00000001000f0000ull);
+       }},
+      {"resolve zero", "libcalloc: Invalid handle of ",
+       [] {
+         HandleAllocator a;
+         a.resolve(0);
+       }},
+      {"pin freed", "libcalloc: Stale handle of ",
+       [] {
+         HandleAllocator a;
+         Handle h = a.allocate_handle(32);
+         a.deallocate_handle(h);
+         a.pin(h);
+       }},
+      {"double deallocate", "libcalloc: Stale handle of ",
+       [] {
+         HandleAllocator a;
+         Handle h = a.allocate_handle(32);
+         a.deallocate_handle(h);
+         a.deallocate_handle(h);
+       }},
+      {"deallocate forged", "libcalloc: Invalid handle of ",
+       [] {
+         HandleAllocator a;
+         a.deallocate_handle(0x1234);
+       }},
+      {"deallocate pinned", "libcalloc: Invalid free of ",
+       [] {
+         HandleAllocator a;
+         Handle h = a.allocate_handle(32);
+         auto g = a.pin(h);
+         a.deallocate_handle(h);
+       }},
+  };
+  for (const Case& c : cases) {
+    auto r = expect_death(c.fn, c.expected);
+    ck_assert_msg(r.ok(), "%s: %s", c.what, r.description.c_str());
+  }
+  HandleAllocator a;
+  Handle h = a.allocate_handle(32);
+  a.deallocate_handle(h);
+  ck_assert_ptr_null(a.try_resolve(h));
+  ck_assert_ptr_null(a.try_resolve(0));
+  ck_assert_ptr_null(a.try_resolve(0xffffffff00001234ull));
+}
+END_TEST
+
+// TURN 3's failure, shown and prevented.  A writer writes a sequence number into
+// words 2..127 of a 1 KiB object (words 0 and 1 hold the free-list link once the
+// old place is free: the demonstration must not corrupt the heap it runs on),
+// calls into the heap (resolve of another handle, which ends the validity of its
+// pointers), and checks the object through a fresh resolve.  Another thread moves
+// the object again and again (relocate).  Keeping the first pointer against the
+// rule loses writes; resolving each time (the rule) or pinning loses none.
+namespace {
+enum class Access { against_rule, within_rule, pinned };
+struct RaceResult {
+  std::size_t lost = 0, iterations = 0, moves = 0;
+};
+RaceResult race(Access how, std::chrono::milliseconds length) {
+  HandleAllocator alloc;
+  Handle h = alloc.allocate_handle(1024);
+  Handle other = alloc.allocate_handle(16);
+  std::memset(alloc.resolve(h), 0, 1024);
+  alloc.offline();  // this thread's pointer from resolve would hold the object in place
+  std::atomic<bool> stop{false}, ready{false};
+  std::atomic<std::size_t> moves{0};
+  TEST_BENIGN_RACE(&stop, "the stop flag");
+  TEST_BENIGN_RACE(&ready, "the start flag");
+  RaceResult r;
+  std::thread writer([&] {
+    HandleAllocator::PinGuard g;
+    std::uint64_t* p = nullptr;
+    if (how == Access::pinned) {
+      g = alloc.pin(h);
+      p = g.as<std::uint64_t>();
+    } else {
+      p = static_cast<std::uint64_t*>(alloc.resolve(h));
+    }
+    ready = true;
+    for (std::uint64_t n = 1; !stop.load(std::memory_order_relaxed); ++n) {
+      if (how == Access::within_rule) p = static_cast<std::uint64_t*>(alloc.resolve(h));
+      for (int i = 2; i < 128; i++) p[i] = n;
+      alloc.resolve(other);  // a call into the heap: a quiescent point
+      auto* q = static_cast<std::uint64_t*>(alloc.resolve(h));
+      for (int i = 2; i < 128; i++)
+        if (q[i] != n) {
+          ++r.lost;
+          break;
+        }
+      ++r.iterations;
+    }
+    alloc.offline();
+  });
+  std::thread mover([&] {
+    while (!ready) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    auto end = std::chrono::steady_clock::now() + length;
+    while (std::chrono::steady_clock::now() < end) {
+      if (alloc.relocate(h)) moves.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    stop = true;
+  });
+  writer.join();
+  mover.join();
+  r.moves = moves.load();
+  alloc.deallocate_handle(other);
+  alloc.deallocate_handle(h);
+  return r;
+}
+}  // namespace
+
+START_TEST(test_rule_broken_loses_writes) {
+  if (running_on_valgrind())
+    TEST_SKIP("memcheck reports the writes into the freed old place (test_stale_pointer_reported shows that)");
+  if (test_util::kAsanBuild || test_util::kTsanBuild)
+    TEST_SKIP("the sanitizer reports the deliberate use after move and stops the program");
+  RaceResult r = race(Access::against_rule, std::chrono::milliseconds(300));
+  std::printf("# against the rule: %zu lost of %zu iterations, %zu moves\n", r.lost, r.iterations, r.moves);
+  ck_assert_uint_gt(r.moves, 0);
+  ck_assert_uint_gt(r.lost, 0);
+}
+END_TEST
+
+START_TEST(test_rule_kept_loses_nothing) {
+  RaceResult r = race(Access::within_rule, std::chrono::milliseconds(scaled(300) + 100));
+  std::printf("# within the rule: %zu lost of %zu iterations, %zu moves\n", r.lost, r.iterations, r.moves);
+  ck_assert_uint_eq(r.lost, 0);
+  if (!running_on_valgrind()) ck_assert_uint_gt(r.moves, 0);
+  RaceResult p = race(Access::pinned, std::chrono::milliseconds(scaled(200) + 50));
+  std::printf("# pinned: %zu lost of %zu iterations, %zu moves\n", p.lost, p.iterations, p.moves);
+  ck_assert_uint_eq(p.lost, 0);
+  ck_assert_uint_eq(p.moves, 0);
+}
+END_TEST
+
+// 4 threads allocate, resolve, write, verify, pin and free handles while a 5th
+// defragments continuously: no lost object, no corruption, stale handles rejected.
+START_TEST(test_concurrent_defragmentation) {
+  HandleAllocator alloc;
+  std::atomic<bool> stop{false};
+  TEST_BENIGN_RACE(&stop, "the stop flag");
+  constexpr int kWorkers = 4;
+  test_util::Failure failures[kWorkers];
+  std::size_t ops[kWorkers] = {};
+  std::thread workers[kWorkers];
+  for (int w = 0; w < kWorkers; ++w) {
+    workers[w] = std::thread([&, w] {
+      std::mt19937_64 rng(100 + w);
+      struct Obj {
+        Handle h;
+        std::size_t size;
+        std::uint64_t seed;
+      };
+      std::vector<Obj> mine;
+      std::vector<Handle> dead;
+      test_util::Failure& f = failures[w];
+      std::uint64_t next_seed = static_cast<std::uint64_t>(w) << 40;
+      while (!stop.load(std::memory_order_relaxed)) {
+        unsigned op = static_cast<unsigned>(rng() % 100);
+        if (op < 30 || mine.size() < 50) {
+          // A burst, then free most of it: fragmentation for the mover.
+          std::size_t sizes[] = {24, 64, 200, 1000, 10000};
+          for (int k = 0; k < 8; ++k) {
+            std::size_t size = sizes[rng() % 5];
+            Handle h = alloc.allocate_handle(size);
+            if (!h) {
+              f.note("allocate_handle(%zu) failed", size);
+              continue;
+            }
+            std::uint64_t seed = ++next_seed;
+            fill_pattern(alloc.resolve(h), size, seed);
+            mine.push_back(Obj{h, size, seed});
+          }
+        } else if (op < 55) {
+          Obj& o = mine[rng() % mine.size()];
+          long bad = check_pattern(alloc.resolve(o.h), o.size, o.seed);
+          if (bad >= 0) f.note("handle %llx differs at byte %ld", static_cast<unsigned long long>(o.h), bad);
+        } else if (op < 70) {
+          Obj& o = mine[rng() % mine.size()];
+          auto g = alloc.pin(o.h);
+          long bad = check_pattern(g.get(), o.size, o.seed);
+          if (bad >= 0) f.note("pinned handle differs at byte %ld", bad);
+          alloc.resolve(mine[0].h);  // other calls: the pinned pointer stays valid
+          o.seed = ++next_seed;
+          fill_pattern(g.get(), o.size, o.seed);
+        } else if (op < 80) {
+          Obj& o = mine[rng() % mine.size()];
+          o.seed = ++next_seed;
+          fill_pattern(alloc.resolve(o.h), o.size, o.seed);
+        } else {
+          std::size_t i = rng() % mine.size();
+          long bad = check_pattern(alloc.resolve(mine[i].h), mine[i].size, mine[i].seed);
+          if (bad >= 0) f.note("freed handle differed at byte %ld", bad);
+          alloc.deallocate_handle(mine[i].h);
+          dead.push_back(mine[i].h);
+          mine[i] = mine.back();
+          mine.pop_back();
+          if (dead.size() > 64) dead.erase(dead.begin());
+        }
+        if (!dead.empty() && rng() % 8 == 0) {
+          // A freed handle stays dead, even when its slot was reused.
+          if (alloc.try_resolve(dead[rng() % dead.size()]) != nullptr) f.note("a freed handle resolved");
+        }
+        ++ops[w];
+      }
+      for (const Obj& o : mine) {
+        long bad = check_pattern(alloc.resolve(o.h), o.size, o.seed);
+        if (bad >= 0) f.note("handle differs at byte %ld at the end", bad);
+        alloc.deallocate_handle(o.h);
+      }
+      alloc.offline();
+    });
+  }
+  std::size_t passes = 0, moved = 0;
+  std::thread mover([&] {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(scaled(3000) + 100);
+    while (std::chrono::steady_clock::now() < end) {
+      DefragBudget b;
+      b.max_time = std::chrono::microseconds(1000);
+      auto s = alloc.defragment(b);
+      moved += s.objects_relocated;
+      ++passes;
+    }
+    stop = true;
+  });
+  mover.join();
+  for (auto& t : workers) t.join();
+  auto hs = alloc.handle_stats();
+  std::size_t total = 0;
+  for (std::size_t n : ops) total += n;
+  std::printf("# %zu passes, %zu moved (%zu abandoned, %zu reader waits), %zu worker operations\n", passes, moved,
+              hs.moves_abandoned, hs.reader_waits, total);
+  for (auto& f : failures) ASSERT_NO_FAILURE(f);
+  ck_assert_uint_eq(hs.live_handles, 0);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+  // (In ASan and Valgrind mode freed blocks wait in the quarantine, still used:
+  // the spans rarely look sparse enough to move from.)
+  if (!checked_mode()) ck_assert_uint_gt(moved, 0);
+}
+END_TEST
+
+// Valgrind: the old place of a moved object is a freed block to memcheck, so a
+// stale pointer into it is reported.  Run in a child; memcheck's report and its
+// error exit status (--error-exitcode=1) are what the test looks for.
+namespace {
+// memcheck (not helgrind or DRD, which do not check accesses to freed blocks).
+bool running_on_memcheck() {
+  if (!running_on_valgrind()) return false;
+  int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::string maps;
+  bool ok = test_util::slurp_fd(fd, maps);
+  ::close(fd);
+  return ok && maps.find("vgpreload_memcheck") != std::string::npos;
+}
+}  // namespace
+
+START_TEST(test_stale_pointer_reported) {
+  if (running_on_valgrind() && !running_on_memcheck())
+    TEST_SKIP("this Valgrind tool does not check accesses to freed blocks (memcheck does)");
+  if (!running_on_valgrind() && !test_util::kAsanBuild)
+    TEST_SKIP("needs memcheck or ASan to see the stale access (natively it reads freed memory silently)");
+  auto stale_read = [] {
+    HandleAllocator a;
+    Handle h = a.allocate_handle(128);
+    auto* p = static_cast<volatile std::uint64_t*>(a.resolve(h));
+    p[3] = 42;
+    if (!a.relocate(h)) std::_Exit(3);
+    std::uint64_t v = p[3];  // against the rule: p is the old place
+    test_util::escape(&v);
+    std::_Exit(0);
+  };
+  if (test_util::kAsanBuild) {
+    auto r = test_util::expect_report(stale_read, {"ERROR: AddressSanitizer: use-after-poison"});
+    ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+    return;
+  }
+  // memcheck writes its report ("Invalid read of size 8 ... inside a block of
+  // size 128 free'd") to its own log descriptor, not to the child's stderr: the
+  // child's exit status says it found an error (--error-exitcode=1; the child
+  // itself exits 0).
+  auto r = test_util::expect_report(stale_read, {});
+  ck_assert_msg(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 1, "%s", r.description.c_str());
+}
+END_TEST
+
+int main() {
+  TCase* tc;
+  Suite* s = test_util::make_suite("defrag", &tc);
+  tcase_add_test(tc, test_reduces_fragmentation);
+  tcase_add_test(tc, test_defragmentation_preserves_handles);
+  tcase_add_test(tc, test_use_after_move);
+  tcase_add_test(tc, test_slab_ninety_to_ten);
+  tcase_add_test(tc, test_arena_ninety_to_ten);
+  tcase_add_test(tc, test_budgets_respected_and_converge);
+  tcase_add_test(tc, test_callback_throws);
+  tcase_add_test(tc, test_process_heap_refused);
+  tcase_add_test(tc, test_handle_heap_compacts);
+  tcase_add_test(tc, test_pins_keep_objects_in_place);
+  tcase_add_test(tc, test_bad_handles_die);
+  tcase_add_test(tc, test_rule_broken_loses_writes);
+  tcase_add_test(tc, test_rule_kept_loses_nothing);
+  tcase_add_test(tc, test_concurrent_defragmentation);
+  tcase_add_test(tc, test_stale_pointer_reported);
+  return test_util::run_suite(s);
+}
