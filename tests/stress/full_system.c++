@@ -473,8 +473,13 @@ struct Modules {
     std::printf("# full_system: handle heap: fragmentation %.1f %% at the start, %.1f %% at the end; %zu background "
                 "passes moved %zu objects\n",
                 100.0 * frag_start, 100.0 * frag_end, defrag_passes.load(), defrag_moves.load());
-    require(frag_start > 0.3, "the long-lived population was not fragmented (%.3f)", frag_start);
-    require(frag_end < 0.1, "handle heap fragmentation %.3f after the final pass", frag_end);
+    // ASan and Valgrind modes keep freed blocks in a quarantine, where they
+    // still count as used: the freed half leaves no hole to measure or close
+    // there (the contents are checked all the same).
+    if (!test_util::kAsanBuild && !test_util::running_on_valgrind()) {
+      require(frag_start > 0.3, "the long-lived population was not fragmented (%.3f)", frag_start);
+      require(frag_end < 0.1, "handle heap fragmentation %.3f after the final pass", frag_end);
+    }
     for (custom_alloc::Handle h : long_lived) handles.deallocate_handle(h);
     long_lived.clear();
     require(handles.handle_stats().live_handles == 0, "%zu handles left", handles.handle_stats().live_handles);
