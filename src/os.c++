@@ -107,6 +107,12 @@ void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_
     errno = ENOMEM;
     return nullptr;
   }
+  // ASan builds: the range the mapping left keeps its shadow, poisoned or not,
+  // for whatever is mapped there next (as in os_unmap).
+  if (p != addr)
+    asan_unpoison(addr, old_size);
+  else if (new_size < old_size)
+    asan_unpoison(static_cast<char*>(addr) + new_size, old_size - new_size);
   if (new_size >= old_size)
     g_mapped.fetch_add(new_size - old_size, std::memory_order_relaxed);
   else

@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 
 #include "../test-util.h++"
+#include "config.h"
 #include "chunk.h++"
 #include "os.h++"
 #include "span.h++"
@@ -531,6 +532,9 @@ static void mixed_round(unsigned seed, std::size_t ops) {
 START_TEST(test_steady_state_no_system_calls) {
   if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
   if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: the hardened heap behind malloc protects and unmaps freed memory by design");
+#endif
   const std::size_t ops = 4000;
   // Warm-up: the first round maps what the workload needs; the second may still
   // grow one cached large mapping (mremap), because it starts from the cache the

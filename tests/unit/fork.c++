@@ -495,6 +495,9 @@ START_TEST(test_pending_remote_frees_reach_child) {
   if (running_on_valgrind())
     TEST_SKIP("in Valgrind mode frees wait in a quarantine and no thread keeps foreign lists");
   if (test_util::kAsanBuild) TEST_SKIP("in ASan mode frees wait in a quarantine before reuse");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which keeps no thread-local foreign lists or remote batches");
+#endif
   run_with_deadline("pending remote frees in the child", 60, [] {
     constexpr int kObjects = 128 + 5;
     std::vector<void*> objs(kObjects);
