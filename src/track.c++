@@ -195,36 +195,41 @@ bool in_skipped_text(const void* ip) {
 #define TRACK_STR2(x) #x
 #define TRACK_STR(x) TRACK_STR2(x)
 using BacktraceFn = int (*)(void**, int);
-constinit BacktraceFn g_unw_backtrace = nullptr;
-constinit std::atomic<bool> g_unw_tried{false};
 
-void init_unwinder() {
-  if (g_unw_tried.exchange(true)) return;
+BacktraceFn load_unwinder() {
   Busy busy;
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     report_warning("allocation tracking: cannot load libunwind: ", dlerror());
-    return;
+    return nullptr;
   }
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
   if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
-  __atomic_store_n(&g_unw_backtrace, reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace")),
-                   __ATOMIC_RELEASE);
+  return reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
 }
+
+// Loaded once; a thread that asks while another loads waits for it (a
+// function-local static), so no capture runs before the library is there.
+BacktraceFn unwinder() {
+  static const BacktraceFn fn = load_unwinder();
+  return fn;
+}
+
+void init_unwinder() { (void)unwinder(); }
 
 // unw_backtrace through the loaded library; 0 frames when it could not be loaded.
 inline int unwind_backtrace(void** out, int max) {
-  auto fn = __atomic_load_n(&g_unw_backtrace, __ATOMIC_ACQUIRE);
+  BacktraceFn fn = unwinder();
   return fn ? fn(out, max) : 0;
 }
 
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  if (g_unw_backtrace) skip_object_of(reinterpret_cast<const void*>(g_unw_backtrace));
+  if (BacktraceFn fn = unwinder()) skip_object_of(reinterpret_cast<const void*>(fn));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
