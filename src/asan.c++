@@ -49,12 +49,22 @@ static_assert(kMaxRequest < kFreedBit);
 struct QuarantineEntry {
   void* p;
   std::size_t bytes;
+  Domain* domain;
 };
 constinit pthread_mutex_t g_quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit QuarantineEntry g_quarantine[kAsanQuarantine] = {};
 constinit std::size_t g_quarantine_head = 0;  // oldest entry
 constinit std::size_t g_quarantine_count = 0;
 constinit std::size_t g_quarantine_bytes = 0;
+
+// The oldest entry may leave unless a defragmentation pass walks its heap
+// (Domain::quarantine_hold; the pass's thread itself frees through here, and a
+// release would coalesce the free runs it has planned into): eviction stops
+// there, over the byte limit for a while.  (g_quarantine_lock held, the
+// quarantine not empty.)
+bool head_may_leave() {
+  return g_quarantine[g_quarantine_head].domain->quarantine_hold.load(std::memory_order_relaxed) == 0;
+}
 
 std::size_t* size_slot(const void* p, std::size_t usable) {
   return reinterpret_cast<std::size_t*>(const_cast<char*>(static_cast<const char*>(p)) + usable -
@@ -191,19 +201,28 @@ void vg_free(void* p, void (*release)(void*)) {
   std::size_t n_due = 0;
   pthread_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kAsanQuarantine) {
+    if (!head_may_leave() && r.domain->quarantine_hold.load(std::memory_order_relaxed) == 0) {
+      // Full, and its oldest block belongs to a heap being defragmented: this
+      // block skips the quarantine instead.
+      pthread_mutex_unlock(&g_quarantine_lock);
+      release_from_quarantine(p, release);
+      return;
+    }
+    // (A pass frees blocks of its own heap only where it walks nothing.)
     QuarantineEntry& e = g_quarantine[g_quarantine_head];
     due[n_due++] = e.p;
     g_quarantine_bytes -= e.bytes;
     g_quarantine_head = (g_quarantine_head + 1) % kAsanQuarantine;
     --g_quarantine_count;
   }
-  g_quarantine[(g_quarantine_head + g_quarantine_count) % kAsanQuarantine] = QuarantineEntry{p, r.usable};
+  g_quarantine[(g_quarantine_head + g_quarantine_count) % kAsanQuarantine] = QuarantineEntry{p, r.usable, r.domain};
   ++g_quarantine_count;
   g_quarantine_bytes += r.usable;
   // The oldest entries leave until the bytes fit again, at most kMaxDuePerFree
   // per free (a big block may push out thousands of small ones: the following
   // frees finish the job).
-  while (g_quarantine_bytes > kAsanQuarantineBytes && g_quarantine_count > 1 && n_due < kMaxDuePerFree) {
+  while (g_quarantine_bytes > kAsanQuarantineBytes && g_quarantine_count > 1 && n_due < kMaxDuePerFree &&
+         head_may_leave()) {
     QuarantineEntry& e = g_quarantine[g_quarantine_head];
     due[n_due++] = e.p;
     g_quarantine_bytes -= e.bytes;

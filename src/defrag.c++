@@ -76,8 +76,14 @@ using Clock = std::chrono::steady_clock;
 
 class HeapLock {
  public:
-  explicit HeapLock(Domain* d) : d_(d) { domain_lock(d_); }
-  ~HeapLock() { domain_unlock(d_); }
+  explicit HeapLock(Domain* d) : d_(d) {
+    domain_lock(d_);
+    d_->quarantine_hold.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~HeapLock() {
+    d_->quarantine_hold.fetch_sub(1, std::memory_order_relaxed);
+    domain_unlock(d_);
+  }
   HeapLock(const HeapLock&) = delete;
   HeapLock& operator=(const HeapLock&) = delete;
 

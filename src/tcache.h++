@@ -172,6 +172,12 @@ struct Domain {
   // Frees by threads that have no heap in this domain any more (thread exit).
   std::atomic<std::size_t> orphan_frees{0};
   std::atomic<std::size_t> orphan_free_bytes{0};
+  // Valgrind and ASan mode: nonzero while a defragmentation pass walks this heap
+  // (defrag.c++'s HeapLock).  The quarantine (vg.c++, asan.c++) then keeps this
+  // heap's blocks: releasing one -- on any free, of any heap, the pass's own
+  // vector reallocations included -- would coalesce the free runs the pass has
+  // planned into.  Changed and read with the domain lock or the serial lock held.
+  std::atomic<unsigned> quarantine_hold{0};
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
   struct VgCounters {

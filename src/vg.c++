@@ -33,12 +33,21 @@ constexpr std::size_t kVgQuarantineBytes = std::size_t{16} << 20;
 struct QuarantineEntry {
   void* p;
   std::size_t bytes;
+  Domain* domain;
 };
+
 constinit pthread_mutex_t g_quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit QuarantineEntry g_quarantine[kVgQuarantine] = {};
 constinit std::size_t g_quarantine_head = 0;  // oldest entry
 constinit std::size_t g_quarantine_count = 0;
 constinit std::size_t g_quarantine_bytes = 0;
+
+// The oldest entry may leave unless a defragmentation pass walks its heap
+// (Domain::quarantine_hold): eviction stops there, over the byte limit for a
+// while.  (g_quarantine_lock held, the quarantine not empty.)
+bool head_may_leave() {
+  return g_quarantine[g_quarantine_head].domain->quarantine_hold.load(std::memory_order_relaxed) == 0;
+}
 
 // The requested size lives in the last word of the block's usable bytes.
 std::size_t* size_slot(const void* p, std::size_t usable) {
@@ -205,16 +214,25 @@ void vg_free(void* p, void (*release)(void*)) {
   std::size_t n_due = 0;
   lca_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kVgQuarantine) {
+    if (!head_may_leave() && r.domain->quarantine_hold.load(std::memory_order_relaxed) == 0) {
+      // Full, and its oldest block belongs to a heap being defragmented: this
+      // block skips the quarantine instead.
+      lca_mutex_unlock(&g_quarantine_lock);
+      (void)VALGRIND_MAKE_MEM_DEFINED(p, r.usable);
+      release(p);
+      return;
+    }
+    // (A pass frees blocks of its own heap only where it walks nothing.)
     QuarantineEntry& e = g_quarantine[g_quarantine_head];
     due[n_due++] = e.p;
     g_quarantine_bytes -= e.bytes;
     g_quarantine_head = (g_quarantine_head + 1) % kVgQuarantine;
     --g_quarantine_count;
   }
-  g_quarantine[(g_quarantine_head + g_quarantine_count) % kVgQuarantine] = QuarantineEntry{p, r.usable};
+  g_quarantine[(g_quarantine_head + g_quarantine_count) % kVgQuarantine] = QuarantineEntry{p, r.usable, r.domain};
   ++g_quarantine_count;
   g_quarantine_bytes += r.usable;
-  while (g_quarantine_bytes > kVgQuarantineBytes && g_quarantine_count > 1) {
+  while (g_quarantine_bytes > kVgQuarantineBytes && g_quarantine_count > 1 && head_may_leave()) {
     QuarantineEntry& e = g_quarantine[g_quarantine_head];
     due[n_due++] = e.p;
     g_quarantine_bytes -= e.bytes;
