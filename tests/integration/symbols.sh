@@ -3,7 +3,10 @@
 #
 # The dynamic symbol table of src/.libs/libcalloc.so must hold:
 #   - every lca_* function declared in include/libcalloc.h;
-#   - the C++ API: custom_alloc::MemoryAllocator's members, its vtable and typeinfo;
+#   - the C++ API: custom_alloc::MemoryAllocator's members, its vtable and typeinfo,
+#     SecureAllocator's and NUMAAllocator's, and those of the optional modules
+#     that config.h says are built (defrag: DefragmentationEngine and
+#     HandleAllocator; tracking: AllocationTracker);
 #   - with the malloc override on (the default), the whole malloc family and every
 #     operator new/delete; with --disable-override, none of them;
 # and nothing else but the standard linker symbols (_init, _fini, _edata, _end,
@@ -88,7 +91,33 @@ typeinfo for custom_alloc::MemoryAllocator
 custom_alloc::SecureAllocator::SecureAllocator()
 custom_alloc::SecureAllocator::allocate(
 custom_alloc::SecureAllocator::deallocate(
-vtable for custom_alloc::SecureAllocator"
+vtable for custom_alloc::SecureAllocator
+custom_alloc::NUMAAllocator::NUMAAllocator(
+custom_alloc::NUMAAllocator::allocate_on_node(
+custom_alloc::NUMAAllocator::migrate_to_node(
+custom_alloc::NUMAAllocator::get_numa_stats(
+custom_alloc::NUMAAllocator::get_current_node(
+custom_alloc::NUMAAllocator::bind_memory_to_node("
+# The optional modules' classes, when config.h says they are built.
+defined_in_config() { grep -q "^#define $1 1" "$top_builddir/config.h" 2>/dev/null; }
+if defined_in_config CALLOC_DEFRAG; then
+  required_cxx="$required_cxx
+custom_alloc::DefragmentationEngine::defragment(
+custom_alloc::DefragmentationEngine::calculate_fragmentation(
+custom_alloc::HandleAllocator::HandleAllocator(
+custom_alloc::HandleAllocator::allocate_handle(
+custom_alloc::HandleAllocator::deallocate_handle(
+custom_alloc::HandleAllocator::resolve(
+custom_alloc::HandleAllocator::pin(
+custom_alloc::HandleAllocator::defragment("
+fi
+if defined_in_config CALLOC_TRACKING; then
+  required_cxx="$required_cxx
+custom_alloc::AllocationTracker::track_allocation(
+custom_alloc::AllocationTracker::track_deallocation(
+custom_alloc::AllocationTracker::get_leaks(
+custom_alloc::AllocationTracker::generate_profile("
+fi
 
 status=0
 fail() {
