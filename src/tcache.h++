@@ -176,7 +176,9 @@ struct Domain {
   // (defrag.c++'s HeapLock).  The quarantine (vg.c++, asan.c++) then keeps this
   // heap's blocks: releasing one -- on any free, of any heap, the pass's own
   // vector reallocations included -- would coalesce the free runs the pass has
-  // planned into.  Changed and read with the domain lock or the serial lock held.
+  // planned into.  Changed with the domain lock held, read with the quarantine's
+  // lock held (another thread's release of one of these blocks would wait for
+  // the domain lock anyway: only the pass's own thread could change the heap).
   std::atomic<unsigned> quarantine_hold{0};
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
