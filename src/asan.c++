@@ -63,7 +63,7 @@ constinit std::size_t g_quarantine_bytes = 0;
 // there, over the byte limit for a while.  (g_quarantine_lock held, the
 // quarantine not empty.)
 bool head_may_leave() {
-  return g_quarantine[g_quarantine_head].domain->quarantine_hold.load(std::memory_order_relaxed) == 0;
+  return !g_quarantine[g_quarantine_head].domain->quarantine_held();
 }
 
 std::size_t* size_slot(const void* p, std::size_t usable) {
@@ -201,7 +201,7 @@ void vg_free(void* p, void (*release)(void*)) {
   std::size_t n_due = 0;
   pthread_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kAsanQuarantine) {
-    if (!head_may_leave() && r.domain->quarantine_hold.load(std::memory_order_relaxed) == 0) {
+    if (!head_may_leave() && !r.domain->quarantine_held()) {
       // Full, and its oldest block belongs to a heap being defragmented: this
       // block skips the quarantine instead.
       pthread_mutex_unlock(&g_quarantine_lock);

@@ -180,6 +180,7 @@ struct Domain {
   // lock held (another thread's release of one of these blocks would wait for
   // the domain lock anyway: only the pass's own thread could change the heap).
   std::atomic<unsigned> quarantine_hold{0};
+  bool quarantine_held() const { return quarantine_hold.load(std::memory_order_relaxed) != 0; }
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
   struct VgCounters {

@@ -46,7 +46,7 @@ constinit std::size_t g_quarantine_bytes = 0;
 // (Domain::quarantine_hold): eviction stops there, over the byte limit for a
 // while.  (g_quarantine_lock held, the quarantine not empty.)
 bool head_may_leave() {
-  return g_quarantine[g_quarantine_head].domain->quarantine_hold.load(std::memory_order_relaxed) == 0;
+  return !g_quarantine[g_quarantine_head].domain->quarantine_held();
 }
 
 // The requested size lives in the last word of the block's usable bytes.
@@ -214,7 +214,7 @@ void vg_free(void* p, void (*release)(void*)) {
   std::size_t n_due = 0;
   lca_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kVgQuarantine) {
-    if (!head_may_leave() && r.domain->quarantine_hold.load(std::memory_order_relaxed) == 0) {
+    if (!head_may_leave() && !r.domain->quarantine_held()) {
       // Full, and its oldest block belongs to a heap being defragmented: this
       // block skips the quarantine instead.
       lca_mutex_unlock(&g_quarantine_lock);
