@@ -12,5 +12,6 @@
 // Defragmentation: installed only when libcalloc was built with it (--enable-defrag).
 #if __has_include(<custom_alloc/defrag.h++>)
 #include <custom_alloc/defrag.h++>
+#include <custom_alloc/handle_ptr.h++>
 #endif
 #endif

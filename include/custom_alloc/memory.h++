@@ -23,9 +23,11 @@
 /// block to the heap that owns it; destroying a heap destroys the blocks still
 /// in it, so a smart pointer must not outlive its heap.
 ///
-/// A pointer to an object that a future defragmenting heap may move is not the
-/// business of these types: they hold raw addresses, and a heap that moves
-/// objects must pin what they point to (see the defragmentation chapter).
+/// These types hold raw addresses, so they never point to an object that may
+/// move: on a HandleAllocator they own its raw-pointer blocks, which never move.
+/// Owners of movable objects in a HandleAllocator are unique_handle and
+/// shared_handle (custom_alloc/handle_ptr.h++), which pin or resolve through
+/// the handle on every access.
 #ifndef CUSTOM_ALLOC_MEMORY_HXX
 #define CUSTOM_ALLOC_MEMORY_HXX
 
