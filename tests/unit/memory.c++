@@ -1146,7 +1146,7 @@ START_TEST(test_shared_array_thread_safe_counts) {
   ck_assert_int_eq(bad_reads.load(), 0);
   ck_assert_int_eq(Seq::destroyed, static_cast<int>(n) + 1);
   ck_assert_uint_eq(live(heap), 0);
-  const std::size_t rounds = scaled(20);
+  const std::size_t rounds = scaled(100);
   for (std::size_t r = 0; r < rounds; r++) {
     Seq::reset();
     {
