@@ -586,9 +586,10 @@ class shared_ptr {
 
   /// Takes ownership of p (an object in a libcalloc heap); the control block
   /// comes from the process heap.  If it cannot be allocated, p is destroyed and
-  /// std::bad_alloc thrown.  Not for arrays: their memory has no layout this
-  /// header could free without being told, so they take a deleter (the next
-  /// constructor) or come from make_shared<T[]> or a unique_ptr<T[]>.
+  /// std::bad_alloc thrown.  Not for arrays (as for unique_ptr<T[]>): a raw
+  /// pointer does not say how its array was made, so a shared_ptr<U[]> takes a
+  /// deleter with it (the next constructor), or comes from make_shared<U[]> or
+  /// a unique_ptr<U[]>.
   template <class U, class = std::enable_if_t<!std::is_array_v<T> && std::is_convertible_v<U*, T*>>>
   explicit shared_ptr(U* p) : shared_ptr(p, heap_delete<U>(), detail::process_heap()) {}
   /// With a deleter of the caller's (called as d(p) by the last owner), and the
