@@ -5,9 +5,10 @@
 /// Smart pointers and standard-library adapters over libcalloc heaps.
 ///
 /// This header owns the C++ ownership types of libcalloc: unique_ptr (also T[] and
-/// custom deleters), shared_ptr and weak_ptr (thread-safe counts, a correct weak
-/// count, aliasing, conversions to base classes), make_unique and make_shared
-/// (object and control block in one allocation), the standard Allocator
+/// custom deleters), shared_ptr and weak_ptr (also T[] and T[N]; thread-safe
+/// counts, a correct weak count, aliasing, conversions to base classes),
+/// make_unique and make_shared (object or array and control block in one
+/// allocation), the standard Allocator
 /// custom_alloc::allocator<T> (every std container, std::allocate_shared) and
 /// heap_resource, a std::pmr::memory_resource.  Each works with any heap
 /// instance (a MemoryAllocator&: the process heap by default, or an independent
@@ -480,6 +481,69 @@ class control_block_inplace final : public control_block {
   alignas(T) unsigned char storage_[sizeof(T)];
 };
 
+/// make_shared<T[]>'s single allocation: the counts, then `count` objects of B,
+/// the array's scalar type (std::remove_all_extents_t<T> without cv: a T[n][m]
+/// is n * m of them).  Elements are built first to last and destroyed last to
+/// first, which for a multidimensional array is the order std requires.
+template <class B>
+class control_block_array final : public control_block {
+ public:
+  /// Where the elements start: after the block, at B's alignment.
+  static constexpr std::size_t elements_offset() noexcept {
+    return (sizeof(control_block_array) + alignof(B) - 1) / alignof(B) * alignof(B);
+  }
+  /// The alignment of the whole block.
+  static constexpr std::size_t alignment() noexcept {
+    return alignof(B) > alignof(control_block_array) ? alignof(B) : alignof(control_block_array);
+  }
+  /// `init(elements, made)` constructs the `count` elements in order and counts
+  /// each one built in `made`; if it throws, the ones built are destroyed, last
+  /// first, and the exception goes on (the caller frees the memory).
+  template <class Init>
+  control_block_array(MemoryAllocator& heap, std::size_t count, Init& init) : control_block(heap), count_(count) {
+    std::size_t made = 0;
+    try {
+      init(elements(), made);
+    } catch (...) {
+      destroy(elements(), made);
+      throw;
+    }
+  }
+  B* elements() noexcept { return reinterpret_cast<B*>(reinterpret_cast<char*>(this) + elements_offset()); }
+
+ private:
+  static void destroy(B* e, std::size_t n) noexcept {
+    if constexpr (!std::is_trivially_destructible_v<B>)
+      while (n > 0) e[--n].~B();
+  }
+  void dispose() noexcept override { destroy(elements(), count_); }
+  void destroy_self() noexcept override {
+    MemoryAllocator& h = heap();
+    this->~control_block_array();
+    release(h, this);
+  }
+  std::size_t count_;
+};
+
+/// std's "Y* is compatible with T*": Y* converts to T*, or Y is U[N] and T is
+/// cv U[].  Governs the conversions between shared_ptrs and weak_ptrs.
+template <class Y, class T>
+inline constexpr bool sp_compatible = std::is_convertible_v<Y*, T*>;
+template <class U, std::size_t N, class V>
+inline constexpr bool sp_compatible<U[N], V[]> = std::is_convertible_v<U (*)[N], V (*)[N]>;
+
+/// Which raw pointers a shared_ptr<T> takes: Y* converting to T*, and for an
+/// array T only a pointer to its own element type (no derived-to-base
+/// conversion, whose element size would differ), as std says.
+template <class Y, class T>
+inline constexpr bool sp_pointer_ok = std::is_convertible_v<Y*, T*>;
+template <class Y, class U, std::size_t N>
+inline constexpr bool sp_pointer_ok<Y, U[N]> = std::is_convertible_v<Y (*)[N], U (*)[N]>;
+template <class Y, class U>
+inline constexpr bool sp_pointer_ok<Y, U[]> = std::is_convertible_v<Y (*)[], U (*)[]>;
+
+struct shared_access;
+
 }  // namespace detail
 
 template <class T>
@@ -497,13 +561,26 @@ void hook_shared_from_this(const shared_ptr<T>& owner, U* p) noexcept;
 /// Shared ownership, like std::shared_ptr: the object is destroyed when the last
 /// owner goes, the control block when the last weak_ptr goes as well.  Counts
 /// are atomic: copies of one shared_ptr may be made and dropped concurrently.
+///
+/// Arrays as in C++20's std: shared_ptr<U[]> and shared_ptr<U[N]> own an array
+/// (made by make_shared<U[]>(n) or make_shared<U[N]>(), taken over from a
+/// unique_ptr<U[]>, or given with a deleter), point at its first element
+/// (element_type is U), have operator[] and no operator* or operator->.  A
+/// shared_ptr<U[N]> converts to shared_ptr<U[]> (and const is added), never to
+/// an array of a base class.
 template <class T>
 class shared_ptr {
   template <class U>
-  using compatible = std::enable_if_t<std::is_convertible_v<U*, T*>>;
+  using compatible = std::enable_if_t<detail::sp_compatible<U, T>>;
+  template <class U>
+  using pointer_ok = std::enable_if_t<detail::sp_pointer_ok<U, T>>;
+  template <class U, class D>
+  using from_unique = std::enable_if_t<detail::sp_compatible<U, T> &&
+                                       std::is_convertible_v<typename unique_ptr<U, D>::pointer, std::remove_extent_t<T>*>>;
 
  public:
-  using element_type = T;
+  /// T, or U for an array T of U.
+  using element_type = std::remove_extent_t<T>;
   using weak_type = weak_ptr<T>;
 
   constexpr shared_ptr() noexcept = default;
@@ -511,12 +588,16 @@ class shared_ptr {
 
   /// Takes ownership of p (an object in a libcalloc heap); the control block
   /// comes from the process heap.  If it cannot be allocated, p is destroyed and
-  /// std::bad_alloc thrown.
-  template <class U, class = compatible<U>>
+  /// std::bad_alloc thrown.  Not for arrays (as for unique_ptr<T[]>): a raw
+  /// pointer does not say how its array was made, so a shared_ptr<U[]> takes a
+  /// deleter with it (the next constructor), or comes from make_shared<U[]> or
+  /// a unique_ptr<U[]>.
+  template <class U, class = std::enable_if_t<!std::is_array_v<T> && std::is_convertible_v<U*, T*>>>
   explicit shared_ptr(U* p) : shared_ptr(p, heap_delete<U>(), detail::process_heap()) {}
   /// With a deleter of the caller's (called as d(p) by the last owner), and the
-  /// heap for the control block.
-  template <class U, class D, class = compatible<U>>
+  /// heap for the control block.  For shared_ptr<U[]> and shared_ptr<U[N]>, p
+  /// points to the first U of the array.
+  template <class U, class D, class = pointer_ok<U>>
   shared_ptr(U* p, D d, MemoryAllocator& heap = detail::process_heap()) : ptr_(p) {
     using block = detail::control_block_pointer<U*, D>;
     void* mem;
@@ -527,20 +608,20 @@ class shared_ptr {
       throw;
     }
     control_ = ::new (mem) block(heap, p, std::move(d));
-    detail::hook_shared_from_this(*this, p);
+    if constexpr (!std::is_array_v<T>) detail::hook_shared_from_this(*this, p);
   }
   template <class D>
   shared_ptr(std::nullptr_t, D d, MemoryAllocator& heap = detail::process_heap())
-      : shared_ptr(static_cast<T*>(nullptr), std::move(d), heap) {}
+      : shared_ptr(static_cast<element_type*>(nullptr), std::move(d), heap) {}
 
   /// Aliasing: shares r's ownership but points at p (a member of r's object,
   /// typically).
   template <class U>
-  shared_ptr(const shared_ptr<U>& r, T* p) noexcept : ptr_(p), control_(r.control_) {
+  shared_ptr(const shared_ptr<U>& r, element_type* p) noexcept : ptr_(p), control_(r.control_) {
     if (control_) control_->add_strong();
   }
   template <class U>
-  shared_ptr(shared_ptr<U>&& r, T* p) noexcept : ptr_(p), control_(std::exchange(r.control_, nullptr)) {
+  shared_ptr(shared_ptr<U>&& r, element_type* p) noexcept : ptr_(p), control_(std::exchange(r.control_, nullptr)) {
     r.ptr_ = nullptr;
   }
 
@@ -562,11 +643,11 @@ class shared_ptr {
   explicit shared_ptr(const weak_ptr<U>& r) : ptr_(r.ptr_), control_(r.control_) {
     if (control_ == nullptr || !control_->add_strong_if_alive()) throw std::bad_weak_ptr();
   }
-  /// From a unique_ptr: takes over its object and deleter.
-  template <class U, class D, class = compatible<U>>
+  /// From a unique_ptr: takes over its object (or array) and deleter.
+  template <class U, class D, class = from_unique<U, D>>
   shared_ptr(unique_ptr<U, D>&& r) : ptr_(nullptr) {
     if (r.get() != nullptr) {
-      U* raw = r.get();
+      typename unique_ptr<U, D>::pointer raw = r.get();
       shared_ptr tmp(raw, std::move(r.get_deleter()));
       r.release();
       swap(tmp);
@@ -595,18 +676,18 @@ class shared_ptr {
     shared_ptr(std::move(r)).swap(*this);
     return *this;
   }
-  template <class U, class D, class = compatible<U>>
+  template <class U, class D, class = from_unique<U, D>>
   shared_ptr& operator=(unique_ptr<U, D>&& r) {
     shared_ptr(std::move(r)).swap(*this);
     return *this;
   }
 
   void reset() noexcept { shared_ptr().swap(*this); }
-  template <class U, class = compatible<U>>
+  template <class U, class = std::enable_if_t<!std::is_array_v<T> && std::is_convertible_v<U*, T*>>>
   void reset(U* p) {
     shared_ptr(p).swap(*this);
   }
-  template <class U, class D, class = compatible<U>>
+  template <class U, class D, class = pointer_ok<U>>
   void reset(U* p, D d, MemoryAllocator& heap = detail::process_heap()) {
     shared_ptr(p, std::move(d), heap).swap(*this);
   }
@@ -615,12 +696,21 @@ class shared_ptr {
     std::swap(control_, r.control_);
   }
 
-  T* get() const noexcept { return ptr_; }
-  template <class U = T, class = std::enable_if_t<!std::is_void_v<U>>>
+  /// The object, or for an array its first element.
+  element_type* get() const noexcept { return ptr_; }
+  template <class U = T, class = std::enable_if_t<!std::is_void_v<U> && !std::is_array_v<U>>>
   U& operator*() const noexcept {
     return *ptr_;
   }
-  T* operator->() const noexcept { return ptr_; }
+  template <class U = T, class = std::enable_if_t<!std::is_array_v<U>>>
+  element_type* operator->() const noexcept {
+    return ptr_;
+  }
+  /// Element i of an owned array (0 <= i, and i < N for T = U[N]).
+  template <class U = T, class = std::enable_if_t<std::is_array_v<U>>>
+  std::remove_extent_t<U>& operator[](std::ptrdiff_t i) const noexcept {
+    return ptr_[i];
+  }
   long use_count() const noexcept { return control_ ? control_->use_count() : 0; }
   /// How many weak_ptrs share this object's control block (not in std).
   long weak_count() const noexcept { return control_ ? control_->weak_count() : 0; }
@@ -639,24 +729,25 @@ class shared_ptr {
   friend class shared_ptr;
   template <class U>
   friend class weak_ptr;
-  template <class U, class... Args>
-  friend shared_ptr<U> make_shared_in(MemoryAllocator& heap, Args&&... args);
+  friend struct detail::shared_access;
   template <class D, class U>
   friend D* get_deleter(const shared_ptr<U>& p) noexcept;
 
-  T* ptr_ = nullptr;
+  element_type* ptr_ = nullptr;
   detail::control_block* control_ = nullptr;
 };
 
 /// Observes a shared_ptr's object without owning it: lock() gives an owner
-/// while the object lives, an empty shared_ptr after.
+/// while the object lives, an empty shared_ptr after.  weak_ptr<U[]> and
+/// weak_ptr<U[N]> observe arrays, with shared_ptr's conversions.
 template <class T>
 class weak_ptr {
   template <class U>
-  using compatible = std::enable_if_t<std::is_convertible_v<U*, T*>>;
+  using compatible = std::enable_if_t<detail::sp_compatible<U, T>>;
 
  public:
-  using element_type = T;
+  /// T, or U for an array T of U.
+  using element_type = std::remove_extent_t<T>;
 
   constexpr weak_ptr() noexcept = default;
   template <class U, class = compatible<U>>
@@ -727,7 +818,7 @@ class weak_ptr {
   friend class weak_ptr;
   friend class enable_shared_from_this<T>;
 
-  T* ptr_ = nullptr;
+  element_type* ptr_ = nullptr;
   detail::control_block* control_ = nullptr;
 };
 
@@ -771,12 +862,65 @@ void hook_shared_from_this(const shared_ptr<T>& owner, U* p) noexcept {
 }
 }  // namespace detail
 
+namespace detail {
+/// Builds a shared_ptr from parts: the make_shared functions' way in.
+struct shared_access {
+  template <class T>
+  static shared_ptr<T> adopt(typename shared_ptr<T>::element_type* p, control_block* c) noexcept {
+    shared_ptr<T> r;
+    r.ptr_ = p;
+    r.control_ = c;
+    return r;
+  }
+};
+
+/// Copy-constructs the scalars of `value` (an element of the array being made,
+/// itself an array for a multidimensional one) at e[made], e[made + 1], ...
+template <class B, class V>
+void construct_copies(B* e, std::size_t& made, const V& value) {
+  if constexpr (std::is_array_v<V>) {
+    for (const auto& sub : value) construct_copies(e, made, sub);
+  } else {
+    ::new (static_cast<void*>(e + made)) B(value);
+    ++made;
+  }
+}
+
+/// The block of make_shared_in<T>(heap, ...) for an array type T of `n`
+/// elements (n is N for T = U[N]): the counts, then the elements,
+/// value-initialised or, if `value` is not null, copies of *value.  On any
+/// failure nothing is left allocated.
+template <class T>
+shared_ptr<T> make_shared_array(MemoryAllocator& heap, std::size_t n, const std::remove_extent_t<T>* value) {
+  using E = std::remove_extent_t<T>;
+  using B = std::remove_cv_t<std::remove_all_extents_t<T>>;
+  using block = control_block_array<B>;
+  if (n > (std::numeric_limits<std::size_t>::max() - block::elements_offset()) / sizeof(E))
+    throw std::bad_array_new_length();
+  const std::size_t count = n * (sizeof(E) / sizeof(B));
+  auto init = [n, count, value](B* e, std::size_t& made) {
+    if (value == nullptr)
+      for (; made < count; ++made) ::new (static_cast<void*>(e + made)) B();
+    else
+      for (std::size_t i = 0; i < n; ++i) construct_copies(e, made, *value);
+  };
+  void* mem = allocate_or_throw(heap, block::elements_offset() + n * sizeof(E), block::alignment());
+  block* b;
+  try {
+    b = ::new (mem) block(heap, count, init);
+  } catch (...) {
+    release(heap, mem);
+    throw;
+  }
+  return shared_access::adopt<T>(reinterpret_cast<E*>(b->elements()), b);
+}
+}  // namespace detail
+
 /// make_shared_in<T>(heap, args...): a T and its control block in one block of
 /// `heap`.  The memory goes back when the last owner and the last weak_ptr are
 /// gone (a weak_ptr keeps the whole block, as with std::make_shared).
 template <class T, class... Args>
-shared_ptr<T> make_shared_in(MemoryAllocator& heap, Args&&... args) {
-  static_assert(!std::is_array_v<T>, "make_shared_in<T[]> is not provided");
+std::enable_if_t<!std::is_array_v<T>, shared_ptr<T>> make_shared_in(MemoryAllocator& heap, Args&&... args) {
   using block = detail::control_block_inplace<T>;
   void* mem = detail::allocate_or_throw(heap, sizeof(block), alignof(block));
   block* b;
@@ -786,16 +930,64 @@ shared_ptr<T> make_shared_in(MemoryAllocator& heap, Args&&... args) {
     detail::release(heap, mem);
     throw;
   }
-  shared_ptr<T> r;
-  r.ptr_ = b->object();
-  r.control_ = b;
-  detail::hook_shared_from_this(r, r.ptr_);
+  shared_ptr<T> r = detail::shared_access::adopt<T>(b->object(), b);
+  detail::hook_shared_from_this(r, r.get());
   return r;
 }
 
+/// make_shared_in<U[]>(heap, n): n value-initialised U and the counts in one
+/// block of `heap`.  The elements are constructed in order; if a constructor
+/// throws, those already made are destroyed in reverse order, the block is
+/// freed and the exception goes on.  The last owner destroys the elements in
+/// reverse order; the block goes back with the last weak_ptr.  Throws
+/// std::bad_array_new_length if the size cannot be represented.
+template <class T>
+std::enable_if_t<std::is_unbounded_array_v<T>, shared_ptr<T>> make_shared_in(MemoryAllocator& heap,
+                                                                               std::size_t n) {
+  return detail::make_shared_array<T>(heap, n, nullptr);
+}
+/// make_shared_in<U[]>(heap, n, value): n copies of value (for U = V[M], each
+/// element's M scalars are copies of value's), as make_shared_in<U[]>(heap, n).
+template <class T>
+std::enable_if_t<std::is_unbounded_array_v<T>, shared_ptr<T>> make_shared_in(MemoryAllocator& heap, std::size_t n,
+                                                                               const std::remove_extent_t<T>& value) {
+  return detail::make_shared_array<T>(heap, n, std::addressof(value));
+}
+/// make_shared_in<U[N]>(heap): N value-initialised U, as make_shared_in<U[]>.
+template <class T>
+std::enable_if_t<std::is_bounded_array_v<T>, shared_ptr<T>> make_shared_in(MemoryAllocator& heap) {
+  return detail::make_shared_array<T>(heap, std::extent_v<T>, nullptr);
+}
+/// make_shared_in<U[N]>(heap, value): N copies of value, as make_shared_in<U[]>.
+template <class T>
+std::enable_if_t<std::is_bounded_array_v<T>, shared_ptr<T>> make_shared_in(MemoryAllocator& heap,
+                                                                             const std::remove_extent_t<T>& value) {
+  return detail::make_shared_array<T>(heap, std::extent_v<T>, std::addressof(value));
+}
+
+/// make_shared on the process heap (the heap behind malloc): make_shared<T>(args...),
+/// make_shared<U[]>(n), make_shared<U[]>(n, value), make_shared<U[N]>() and
+/// make_shared<U[N]>(value), as the make_shared_in forms.
 template <class T, class... Args>
-shared_ptr<T> make_shared(Args&&... args) {
+std::enable_if_t<!std::is_array_v<T>, shared_ptr<T>> make_shared(Args&&... args) {
   return make_shared_in<T>(detail::process_heap(), std::forward<Args>(args)...);
+}
+template <class T>
+std::enable_if_t<std::is_unbounded_array_v<T>, shared_ptr<T>> make_shared(std::size_t n) {
+  return make_shared_in<T>(detail::process_heap(), n);
+}
+template <class T>
+std::enable_if_t<std::is_unbounded_array_v<T>, shared_ptr<T>> make_shared(std::size_t n,
+                                                                            const std::remove_extent_t<T>& value) {
+  return make_shared_in<T>(detail::process_heap(), n, value);
+}
+template <class T>
+std::enable_if_t<std::is_bounded_array_v<T>, shared_ptr<T>> make_shared() {
+  return make_shared_in<T>(detail::process_heap());
+}
+template <class T>
+std::enable_if_t<std::is_bounded_array_v<T>, shared_ptr<T>> make_shared(const std::remove_extent_t<T>& value) {
+  return make_shared_in<T>(detail::process_heap(), value);
 }
 
 template <class D, class T>
@@ -805,19 +997,19 @@ D* get_deleter(const shared_ptr<T>& p) noexcept {
 
 template <class T, class U>
 shared_ptr<T> static_pointer_cast(const shared_ptr<U>& r) noexcept {
-  return shared_ptr<T>(r, static_cast<T*>(r.get()));
+  return shared_ptr<T>(r, static_cast<typename shared_ptr<T>::element_type*>(r.get()));
 }
 template <class T, class U>
 shared_ptr<T> const_pointer_cast(const shared_ptr<U>& r) noexcept {
-  return shared_ptr<T>(r, const_cast<T*>(r.get()));
+  return shared_ptr<T>(r, const_cast<typename shared_ptr<T>::element_type*>(r.get()));
 }
 template <class T, class U>
 shared_ptr<T> reinterpret_pointer_cast(const shared_ptr<U>& r) noexcept {
-  return shared_ptr<T>(r, reinterpret_cast<T*>(r.get()));
+  return shared_ptr<T>(r, reinterpret_cast<typename shared_ptr<T>::element_type*>(r.get()));
 }
 template <class T, class U>
 shared_ptr<T> dynamic_pointer_cast(const shared_ptr<U>& r) noexcept {
-  if (T* p = dynamic_cast<T*>(r.get())) return shared_ptr<T>(r, p);
+  if (auto* p = dynamic_cast<typename shared_ptr<T>::element_type*>(r.get())) return shared_ptr<T>(r, p);
   return shared_ptr<T>();
 }
 
@@ -930,7 +1122,9 @@ struct hash<custom_alloc::unique_ptr<T, D>> {
 };
 template <class T>
 struct hash<custom_alloc::shared_ptr<T>> {
-  size_t operator()(const custom_alloc::shared_ptr<T>& p) const noexcept { return hash<T*>()(p.get()); }
+  size_t operator()(const custom_alloc::shared_ptr<T>& p) const noexcept {
+    return hash<typename custom_alloc::shared_ptr<T>::element_type*>()(p.get());
+  }
 };
 }  // namespace std
 /// @endcond

@@ -13,6 +13,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstring>
 #include <deque>
 #include <list>
 #include <map>
@@ -90,6 +91,58 @@ struct ThirdThrows {
 struct alignas(64) Aligned64 {
   std::array<char, 64> bytes;
 };
+
+struct alignas(256) Aligned256 {
+  std::array<char, 32> bytes;  // sizeof is 256: alignment pads it
+};
+
+// Array elements: each takes the next number of a global sequence when it is
+// constructed (copies too), so element i of a correctly built array holds
+// first + i; destruction records the numbers in order.  The construction
+// numbered `throw_at` throws instead (after the ones before it were made).
+struct Seq {
+  static inline int next = 0;
+  static inline int constructed = 0;
+  static inline int destroyed = 0;
+  static inline int throw_at = -1;
+  static inline std::array<int, 256> order{};
+  static void reset(int throw_when = -1) {
+    next = constructed = destroyed = 0;
+    throw_at = throw_when;
+    order.fill(-1);
+  }
+  int seq;
+  int value;
+  Seq() : Seq(0, 0) {}
+  explicit Seq(int v) : Seq(0, v) {}
+  Seq(const Seq& o) : Seq(0, o.value) {}
+  Seq& operator=(const Seq&) = delete;
+  ~Seq() {
+    if (destroyed < static_cast<int>(order.size())) order[static_cast<std::size_t>(destroyed)] = seq;
+    ++destroyed;
+  }
+
+ private:
+  Seq(int, int v) : seq(next), value(v) {
+    if (next == throw_at) throw std::runtime_error("element constructor failed");
+    ++next;
+    ++constructed;
+  }
+};
+
+// What a smart pointer type offers.
+template <class P>
+concept indexable = requires(const P& p) { p[0]; };
+template <class P>
+concept dereferenceable = requires(const P& p) { *p; };
+template <class P>
+concept has_arrow = requires(const P& p) { p.operator->(); };
+
+// Bytes a heap has handed out and not had back.
+std::size_t live_bytes(const MemoryAllocator& heap) {
+  auto st = heap.get_stats();
+  return st.total_allocated - st.total_freed;
+}
 
 }  // namespace
 
@@ -728,6 +781,446 @@ START_TEST(test_process_heap_default) {
 }
 END_TEST
 
+// --- shared_ptr<T[]> and shared_ptr<T[N]> -------------------------------------------
+
+// make_shared_in<T[]>(heap, n): one allocation holds counts and elements; the
+// elements are built first to last and destroyed last to first, once, when
+// the last owner goes.
+START_TEST(test_shared_array_construction_order) {
+  using custom_alloc::shared_ptr;
+  MemoryAllocator heap;
+  const std::size_t before = allocations(heap);
+  Seq::reset();
+  {
+    shared_ptr<Seq[]> a = custom_alloc::make_shared_in<Seq[]>(heap, 10);
+    ck_assert_uint_eq(allocations(heap) - before, 1);
+    ck_assert_uint_eq(live(heap), 1);
+    ck_assert_int_eq(Seq::constructed, 10);
+    for (std::ptrdiff_t i = 0; i < 10; i++) {
+      ck_assert_int_eq(a[i].seq, static_cast<int>(i));  // built in index order
+      ck_assert_int_eq(a[i].value, 0);
+      ck_assert_ptr_eq(&a[i], a.get() + i);
+    }
+    shared_ptr<Seq[]> b = a;
+    ck_assert_int_eq(a.use_count(), 2);
+    a.reset();
+    ck_assert_int_eq(Seq::destroyed, 0);
+    ck_assert_int_eq(b.use_count(), 1);
+  }
+  ck_assert_int_eq(Seq::destroyed, 10);
+  for (int i = 0; i < 10; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(i)], 9 - i);
+  ck_assert_uint_eq(live(heap), 0);
+  ck_assert_uint_eq(live_bytes(heap), 0);
+  // The bounded form, and a multidimensional array: its scalars are built in
+  // row-major order and destroyed in the reverse of that order.
+  Seq::reset();
+  {
+    auto fixed = custom_alloc::make_shared_in<Seq[6]>(heap);
+    auto grid = custom_alloc::make_shared_in<Seq[][3]>(heap, 2);
+    ck_assert_uint_eq(live(heap), 2);
+    ck_assert_int_eq(Seq::constructed, 12);
+    ck_assert_int_eq(fixed[5].seq, 5);
+    ck_assert_int_eq(grid[0][0].seq, 6);
+    ck_assert_int_eq(grid[1][2].seq, 11);
+    fixed.reset();
+    ck_assert_int_eq(Seq::destroyed, 6);
+    for (int i = 0; i < 6; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(i)], 5 - i);
+  }
+  ck_assert_int_eq(Seq::destroyed, 12);
+  for (int i = 0; i < 6; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(6 + i)], 11 - i);
+  ck_assert_uint_eq(live(heap), 0);
+  // The empty array is a real owner of a real (empty) block.
+  {
+    auto none = custom_alloc::make_shared_in<Seq[]>(heap, 0);
+    ck_assert_ptr_nonnull(none.get());
+    ck_assert_int_eq(none.use_count(), 1);
+    ck_assert_uint_eq(live(heap), 1);
+  }
+  ck_assert_uint_eq(live(heap), 0);
+  static_assert(std::is_same_v<shared_ptr<Seq[]>::element_type, Seq>);
+  static_assert(std::is_same_v<shared_ptr<Seq[4]>::element_type, Seq>);
+  static_assert(std::is_same_v<shared_ptr<Seq[][3]>::element_type, Seq[3]>);
+  static_assert(std::is_same_v<custom_alloc::weak_ptr<Seq[]>::element_type, Seq>);
+}
+END_TEST
+
+// Elements are value-initialised (zero for scalars, even in memory that held
+// something else) or copies of a given value; T[N] and T[][M] forms too.
+START_TEST(test_shared_array_value_fill) {
+  using custom_alloc::make_shared_in;
+  MemoryAllocator heap;
+  // Dirty the heap's block of that size first, so zeroes are not an accident.
+  void* dirty = heap.allocate(4096);
+  std::memset(dirty, 0xa5, 4096);
+  heap.deallocate(dirty);
+  {
+    auto zeros = make_shared_in<unsigned[]>(heap, 1000);
+    for (std::ptrdiff_t i = 0; i < 1000; i++) ck_assert_uint_eq(zeros[i], 0);
+    auto filled = make_shared_in<long[]>(heap, 1000, -42);
+    for (std::ptrdiff_t i = 0; i < 1000; i++) ck_assert_int_eq(filled[i], -42);
+    auto fixed = make_shared_in<int[7]>(heap);
+    auto fixed_filled = make_shared_in<int[7]>(heap, 3);
+    for (std::ptrdiff_t i = 0; i < 7; i++) {
+      ck_assert_int_eq(fixed[i], 0);
+      ck_assert_int_eq(fixed_filled[i], 3);
+    }
+    auto rows = make_shared_in<int[][3]>(heap, 4, {1, 2, 3});
+    auto grid = make_shared_in<int[2][3]>(heap, {4, 5, 6});
+    for (std::ptrdiff_t r = 0; r < 4; r++)
+      for (int c = 0; c < 3; c++) ck_assert_int_eq(rows[r][c], c + 1);
+    for (std::ptrdiff_t r = 0; r < 2; r++)
+      for (int c = 0; c < 3; c++) ck_assert_int_eq(grid[r][c], c + 4);
+    using string = std::basic_string<char, std::char_traits<char>, custom_alloc::allocator<char>>;
+    const string text("a string long enough to live in the heap", custom_alloc::allocator<char>(heap));
+    auto strings = make_shared_in<string[]>(heap, 5, text);
+    for (std::ptrdiff_t i = 0; i < 5; i++) ck_assert(strings[i] == text);
+    ck_assert_ptr_ne(strings[0].data(), strings[1].data());  // copies, not shared
+    auto constant = make_shared_in<const double[]>(heap, 3, 2.5);
+    ck_assert(constant[2] == 2.5);
+  }
+  ck_assert_uint_eq(live(heap), 0);
+  // The value is copied once per element.
+  Seq::reset();
+  {
+    auto copies = make_shared_in<Seq[]>(heap, 5, Seq(9));  // the temporary takes seq 0
+    ck_assert_int_eq(Seq::constructed, 6);
+    for (std::ptrdiff_t i = 0; i < 5; i++) {
+      ck_assert_int_eq(copies[i].value, 9);
+      ck_assert_int_eq(copies[i].seq, static_cast<int>(i) + 1);
+    }
+  }
+  ck_assert_int_eq(Seq::destroyed, 6);
+  ck_assert_uint_eq(live(heap), 0);
+  // Too many elements to size, and more than the machine has.
+  bool threw = false;
+  try {
+    (void)make_shared_in<Seq[]>(heap, SIZE_MAX / 2);
+  } catch (const std::bad_array_new_length&) {
+    threw = true;
+  }
+  ck_assert(threw);
+  threw = false;
+  try {
+    (void)make_shared_in<char[]>(heap, SIZE_MAX / 8);
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  ck_assert(threw);
+  ck_assert_uint_eq(live(heap), 0);
+}
+END_TEST
+
+// An element constructor that throws mid-array: the ones already made are
+// destroyed (last first), the block goes back (the heap's counters say so)
+// and the exception reaches the caller.
+START_TEST(test_shared_array_throwing_element) {
+  using custom_alloc::make_shared_in;
+  MemoryAllocator heap;
+  const std::size_t before = allocations(heap);
+  auto expect_throw = [](auto&& make) {
+    bool caught = false;
+    try {
+      make();
+    } catch (const std::runtime_error&) {
+      caught = true;
+    }
+    ck_assert(caught);
+  };
+  Seq::reset(4);  // the fifth construction throws
+  expect_throw([&] { (void)make_shared_in<Seq[]>(heap, 10); });
+  ck_assert_int_eq(Seq::constructed, 4);
+  ck_assert_int_eq(Seq::destroyed, 4);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(i)], 3 - i);
+  ck_assert_uint_eq(allocations(heap) - before, 1);  // the block was allocated ...
+  ck_assert_uint_eq(live(heap), 0);                  // ... and given back
+  ck_assert_uint_eq(live_bytes(heap), 0);
+  // Copies of a value: the value takes seq 0, the third copy throws.
+  Seq::reset(3);
+  expect_throw([&] { (void)make_shared_in<Seq[]>(heap, 6, Seq(1)); });
+  ck_assert_int_eq(Seq::destroyed, 3);  // two copies and the value
+  ck_assert_int_eq(Seq::order[0], 2);
+  ck_assert_int_eq(Seq::order[1], 1);
+  ck_assert_uint_eq(live(heap), 0);
+  // T[N] and T[][M] (the failure in the second row).
+  Seq::reset(7);
+  expect_throw([&] { (void)make_shared_in<Seq[8]>(heap); });
+  ck_assert_int_eq(Seq::destroyed, 7);
+  Seq::reset(4);
+  expect_throw([&] { (void)make_shared_in<Seq[][3]>(heap, 3); });
+  ck_assert_int_eq(Seq::destroyed, 4);
+  ck_assert_int_eq(Seq::order[0], 3);
+  ck_assert_uint_eq(live(heap), 0);
+  ck_assert_uint_eq(live_bytes(heap), 0);
+  // On the process heap, and with an over-aligned element type.
+  MemoryAllocator& process = MemoryAllocator::instance();
+  const std::size_t process_before = live(process);
+  Seq::reset(2);
+  expect_throw([&] { (void)custom_alloc::make_shared<Seq[]>(3); });
+  ck_assert_int_eq(Seq::destroyed, 2);
+  ck_assert_uint_eq(live(process), process_before);
+  struct alignas(64) Wide {
+    Seq s;
+  };
+  Seq::reset(5);
+  expect_throw([&] { (void)make_shared_in<Wide[]>(heap, 9); });
+  ck_assert_int_eq(Seq::destroyed, 5);
+  ck_assert_uint_eq(live(heap), 0);
+  ck_assert_uint_eq(live_bytes(heap), 0);
+}
+END_TEST
+
+// weak_ptr of an array: lock() gives an owner while the array lives; after
+// the last owner the elements are gone, the weak_ptr is expired, and the one
+// block stays until the last weak_ptr goes.
+START_TEST(test_shared_array_weak_expiry) {
+  using custom_alloc::shared_ptr;
+  using custom_alloc::weak_ptr;
+  MemoryAllocator heap;
+  Seq::reset();
+  weak_ptr<Seq[]> w;
+  weak_ptr<Seq[4]> wn;
+  {
+    shared_ptr<Seq[4]> fixed = custom_alloc::make_shared_in<Seq[4]>(heap, Seq(5));
+    wn = fixed;
+    w = fixed;  // weak_ptr<T[]> from shared_ptr<T[N]>
+    weak_ptr<Seq[]> from_weak = wn;
+    ck_assert_int_eq(fixed.weak_count(), 3);
+    shared_ptr<Seq[]> locked = w.lock();
+    ck_assert_ptr_eq(locked.get(), fixed.get());
+    ck_assert_int_eq(locked[3].value, 5);
+    ck_assert_int_eq(fixed.use_count(), 2);
+    shared_ptr<Seq[4]> again(wn);
+    ck_assert_int_eq(again[0].value, 5);
+    ck_assert_int_eq(fixed.use_count(), 3);
+  }
+  ck_assert_int_eq(Seq::destroyed, 5);  // the four elements and the value
+  ck_assert(w.expired());
+  ck_assert(wn.expired());
+  ck_assert_ptr_null(w.lock().get());
+  ck_assert_int_eq(w.use_count(), 0);
+  bool threw = false;
+  try {
+    shared_ptr<Seq[]> s(w);
+  } catch (const std::bad_weak_ptr&) {
+    threw = true;
+  }
+  ck_assert(threw);
+  ck_assert_uint_eq(live(heap), 1);  // counts and (dead) elements: one block
+  w.reset();
+  ck_assert_uint_eq(live(heap), 1);
+  wn.reset();
+  ck_assert_uint_eq(live(heap), 0);
+  ck_assert_int_eq(Seq::destroyed, 5);
+  // An array given with a deleter: its memory goes with the last owner, the
+  // control block with the last weak_ptr.
+  {
+    weak_ptr<int[]> wd;
+    {
+      int* raw = static_cast<int*>(heap.allocate(100 * sizeof(int)));
+      shared_ptr<int[]> s(raw, [&heap](int* p) { heap.deallocate(p); }, heap);
+      wd = s;
+      ck_assert_uint_eq(live(heap), 2);
+    }
+    ck_assert(wd.expired());
+    ck_assert_uint_eq(live(heap), 1);
+  }
+  ck_assert_uint_eq(live(heap), 0);
+}
+END_TEST
+
+// The conversions std allows for arrays, and only those.
+START_TEST(test_shared_array_conversions) {
+  using custom_alloc::shared_ptr;
+  using custom_alloc::unique_ptr;
+  MemoryAllocator heap;
+  Seq::reset();
+  {
+    shared_ptr<Seq[3]> fixed = custom_alloc::make_shared_in<Seq[3]>(heap);
+    shared_ptr<Seq[]> unbounded = fixed;
+    shared_ptr<const Seq[]> readonly = unbounded;
+    shared_ptr<const Seq[3]> readonly_fixed = fixed;
+    shared_ptr<void> erased = fixed;
+    ck_assert_int_eq(fixed.use_count(), 5);
+    ck_assert_ptr_eq(readonly.get(), fixed.get());
+    ck_assert(unbounded == fixed);
+    shared_ptr<Seq[]> moved = std::move(unbounded);
+    ck_assert_ptr_null(unbounded.get());
+    ck_assert_int_eq(moved[2].seq, 2);
+    shared_ptr<Seq[]> back = custom_alloc::const_pointer_cast<Seq[]>(readonly);
+    ck_assert_ptr_eq(back.get(), fixed.get());
+    shared_ptr<const Seq[]> cast = custom_alloc::static_pointer_cast<const Seq[]>(moved);
+    ck_assert_int_eq(cast[1].seq, 1);
+    // Aliasing an element keeps the whole array.
+    shared_ptr<Seq> second(fixed, &fixed[1]);
+    fixed.reset();
+    moved.reset();
+    back.reset();
+    cast.reset();
+    readonly.reset();
+    readonly_fixed.reset();
+    erased.reset();
+    ck_assert_int_eq(Seq::destroyed, 0);
+    ck_assert_int_eq(second->seq, 1);
+    ck_assert_uint_eq(std::hash<shared_ptr<Seq>>()(second), std::hash<Seq*>()(second.get()));
+  }
+  ck_assert_int_eq(Seq::destroyed, 3);
+  ck_assert_uint_eq(live(heap), 0);
+  // From a unique_ptr<T[]>: the shared_ptr takes over the array and its
+  // deleter, which destroys all elements and frees the block in its heap.
+  // The control block comes from the process heap, as for objects.
+  MemoryAllocator& process = MemoryAllocator::instance();
+  const std::size_t process_before = live(process);
+  Seq::reset();
+  {
+    unique_ptr<Seq[]> u = custom_alloc::make_unique_in<Seq[]>(heap, 4);
+    Seq* elements = u.get();
+    shared_ptr<Seq[]> s(std::move(u));
+    ck_assert(!u);
+    ck_assert_ptr_eq(s.get(), elements);
+    ck_assert_uint_eq(live(heap), 1);
+    ck_assert_uint_eq(live(process), process_before + 1);
+    auto* d = custom_alloc::get_deleter<custom_alloc::heap_delete<Seq[]>>(s);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_ptr_eq(d->heap, &heap);
+    shared_ptr<const Seq[]> c;
+    c = custom_alloc::make_unique_in<Seq[]>(heap, 2);
+    ck_assert_uint_eq(live(heap), 2);
+    ck_assert_uint_eq(live(process), process_before + 2);
+  }
+  ck_assert_uint_eq(live(process), process_before);
+  ck_assert_int_eq(Seq::destroyed, 6);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(2 + i)], 3 - i);
+  ck_assert_uint_eq(live(heap), 0);
+  // What std refuses: no arrays of a base class, no bound made up or changed,
+  // no array/object mix, no const dropped; a raw pointer only with a deleter;
+  // operator[] for arrays, operator* and -> for objects.
+  static_assert(std::is_convertible_v<shared_ptr<int[3]>, shared_ptr<int[]>>);
+  static_assert(std::is_convertible_v<shared_ptr<int[3]>, shared_ptr<const int[]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<Derived[]>, shared_ptr<Base[]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<Derived[2]>, shared_ptr<Base[]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<int[]>, shared_ptr<int[3]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<int[3]>, shared_ptr<int[4]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<int[]>, shared_ptr<int>>);
+  static_assert(!std::is_convertible_v<shared_ptr<int>, shared_ptr<int[]>>);
+  static_assert(!std::is_convertible_v<shared_ptr<const int[]>, shared_ptr<int[]>>);
+  static_assert(!std::is_convertible_v<custom_alloc::weak_ptr<Derived[]>, custom_alloc::weak_ptr<Base[]>>);
+  static_assert(!std::is_convertible_v<unique_ptr<int[]>, shared_ptr<int>>);
+  static_assert(!std::is_constructible_v<shared_ptr<int[]>, int*>);
+  static_assert(std::is_constructible_v<shared_ptr<int[]>, int*, std::default_delete<int[]>>);
+  static_assert(!std::is_constructible_v<shared_ptr<Base[]>, Derived*, std::default_delete<Derived[]>>);
+  static_assert(indexable<shared_ptr<int[]>> && indexable<shared_ptr<int[2]>> && !indexable<shared_ptr<int>>);
+  static_assert(!dereferenceable<shared_ptr<int[]>> && dereferenceable<shared_ptr<int>>);
+  static_assert(!has_arrow<shared_ptr<Base[]>> && has_arrow<shared_ptr<Base>>);
+}
+END_TEST
+
+// Copies of one shared array made and dropped in 8 threads (2 cores); then
+// rounds in which the last owner is whichever worker finishes last: the
+// elements are intact while owned, and destroyed exactly once, all of them,
+// last first.
+START_TEST(test_shared_array_thread_safe_counts) {
+  using custom_alloc::shared_ptr;
+  MemoryAllocator heap;
+  const int threads = 8;
+  const std::size_t n = 16;
+  Seq::reset();
+  std::atomic<int> bad_reads{0};
+  {
+    shared_ptr<Seq[]> shared = custom_alloc::make_shared_in<Seq[]>(heap, n, Seq(3));
+    const std::size_t rounds = scaled(10000);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; t++)
+      pool.emplace_back([&, t] {
+        custom_alloc::weak_ptr<Seq[]> w = shared;
+        for (std::size_t i = 0; i < rounds; i++) {
+          shared_ptr<Seq[]> copy = shared;
+          shared_ptr<const Seq[]> locked = w.lock();
+          const std::ptrdiff_t k = static_cast<std::ptrdiff_t>((i + static_cast<std::size_t>(t)) % n);
+          if (copy[k].value != 3 || !locked || locked[k].value != 3) bad_reads.fetch_add(1);
+        }
+      });
+    for (auto& th : pool) th.join();
+    ck_assert_int_eq(shared.use_count(), 1);
+    ck_assert_int_eq(shared.weak_count(), 0);
+  }
+  ck_assert_int_eq(bad_reads.load(), 0);
+  ck_assert_int_eq(Seq::destroyed, static_cast<int>(n) + 1);
+  ck_assert_uint_eq(live(heap), 0);
+  const std::size_t rounds = scaled(100);
+  for (std::size_t r = 0; r < rounds; r++) {
+    Seq::reset();
+    {
+      std::vector<shared_ptr<Seq[]>> copies;
+      auto owner = custom_alloc::make_shared_in<Seq[8]>(heap, Seq(r % 100));
+      for (int t = 0; t < threads; t++) copies.push_back(owner);
+      std::vector<std::thread> pool;
+      for (int t = 0; t < threads; t++)
+        pool.emplace_back([&, t] {
+          shared_ptr<Seq[]> mine = std::move(copies[static_cast<std::size_t>(t)]);
+          for (int i = 0; i < 200; i++) {
+            shared_ptr<Seq[]> copy = mine;
+            if (copy[i % 8].value != static_cast<int>(r % 100)) bad_reads.fetch_add(1);
+          }
+        });  // `mine` dies here, in the worker
+      owner.reset();
+      for (auto& th : pool) th.join();
+    }
+    ck_assert_int_eq(Seq::destroyed, 9);  // the eight elements and the value, once each
+    for (int i = 0; i < 8; i++) ck_assert_int_eq(Seq::order[static_cast<std::size_t>(1 + i)], 8 - i);
+    ck_assert_uint_eq(live(heap), 0);
+  }
+  ck_assert_int_eq(bad_reads.load(), 0);
+}
+END_TEST
+
+// Over-aligned element types: every element at its alignment, on an
+// independent heap and on the process heap, for each form.
+START_TEST(test_shared_array_alignment) {
+  MemoryAllocator heap;
+  auto aligned = [](const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; };
+  for (std::size_t n : {1, 3, 17, 100}) {
+    auto a = custom_alloc::make_shared_in<Aligned64[]>(heap, n);
+    auto b = custom_alloc::make_shared_in<Aligned256[]>(heap, n);
+    auto c = custom_alloc::make_shared<Aligned256[]>(n);
+    for (std::size_t i = 0; i < n; i++) {
+      const auto k = static_cast<std::ptrdiff_t>(i);
+      ck_assert(aligned(&a[k], 64));
+      ck_assert(aligned(&b[k], 256));
+      ck_assert(aligned(&c[k], 256));
+    }
+  }
+  auto d = custom_alloc::make_shared_in<Aligned256[2]>(heap);
+  auto e = custom_alloc::make_shared<Aligned64[5]>(Aligned64{});
+  ck_assert(aligned(d.get(), 256));
+  ck_assert(aligned(&e[4], 64));
+  d.reset();
+  ck_assert_uint_eq(live(heap), 0);
+}
+END_TEST
+
+// The process-heap forms: make_shared<T[]>(n), (n, value), <T[N]>(), (value);
+// each is one block of the process heap, and all of it goes back.
+START_TEST(test_shared_array_process_heap) {
+  MemoryAllocator& process = MemoryAllocator::instance();
+  const std::size_t before = live(process);
+  Seq::reset();
+  {
+    auto a = custom_alloc::make_shared<Seq[]>(5);
+    auto b = custom_alloc::make_shared<int[]>(300, 7);
+    auto c = custom_alloc::make_shared<double[4]>();
+    auto d = custom_alloc::make_shared<Seq[2]>(Seq(6));
+    ck_assert_uint_eq(live(process), before + 4);
+    ck_assert_int_eq(Seq::constructed, 8);
+    ck_assert_int_eq(b[299], 7);
+    ck_assert(c[3] == 0.0);
+    ck_assert_int_eq(d[1].value, 6);
+    ck_assert_int_eq(a[4].seq, 4);
+  }
+  ck_assert_int_eq(Seq::destroyed, 8);
+  ck_assert_uint_eq(live(process), before);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("memory", &tc);
@@ -751,5 +1244,13 @@ int main() {
   tcase_add_test(tc, test_std_allocate_shared);
   tcase_add_test(tc, test_pmr_resource);
   tcase_add_test(tc, test_process_heap_default);
+  tcase_add_test(tc, test_shared_array_construction_order);
+  tcase_add_test(tc, test_shared_array_value_fill);
+  tcase_add_test(tc, test_shared_array_throwing_element);
+  tcase_add_test(tc, test_shared_array_weak_expiry);
+  tcase_add_test(tc, test_shared_array_conversions);
+  tcase_add_test(tc, test_shared_array_thread_safe_counts);
+  tcase_add_test(tc, test_shared_array_alignment);
+  tcase_add_test(tc, test_shared_array_process_heap);
   return test_util::run_suite(s);
 }
