@@ -39,7 +39,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <new>
 #include <vector>
 
@@ -198,12 +197,10 @@ custom_alloc::FragmentationReport analyze_locked(Domain* d, bool walk_objects = 
   return r;
 }
 
-// The counts a pass reports without walking the objects (fragmentation -1).
+// What a pass reports without walking the objects: the heap's mapping only
+// (fragmentation -1).
 custom_alloc::FragmentationReport cheap_report(Domain* d) {
-  VgSerial serial;
-  HeapLock lock(d);
   custom_alloc::FragmentationReport r{};
-  for_each_span(d->single, [&](unsigned, Span* s) { r.spans_in_use += s->used != 0; });
   r.os_memory_mapped = domain_stats(d).os_memory_mapped;
   r.fragmentation = -1;
   return r;
@@ -211,20 +208,30 @@ custom_alloc::FragmentationReport cheap_report(Domain* d) {
 
 // --- the plan -------------------------------------------------------------------
 
-// Where blocks go, for one batch, made under the domain lock and valid while it is
-// held.  dest_for() hands out the new place of a block of a source span or of an
+// Where blocks go, made under the domain lock and valid while it is held.  The
+// handle heap builds it whole for each batch (sources(), is_source(),
+// span_dest()); the raw engine asks for one class at a time (order(c)) and for
+// the arena last, so that a budgeted pass plans only what it reaches.
+// dest_for() hands out the new place of a block of a source span or of an
 // arena block that has a hole before it.
 class Plan {
  public:
-  explicit Plan(Heap* h) : h_(h) {
-    build_spans();
+  enum class Build { whole, lazy };
+  Plan(Heap* h, Build how) : h_(h) {
+    if (how == Build::lazy) return;
+    for (unsigned c = 0; c < kNumClasses; ++c) build_class(c, true);
+    source_set_ = sources_;
+    std::sort(source_set_.begin(), source_set_.end());
     build_arena();
   }
 
-  // Source spans, sparsest first.
+  // Source spans, sparsest first (whole plans).
   const std::vector<Span*>& sources() const { return sources_; }
   // Every span of class c, in destination order.
-  const std::vector<Span*>& order(unsigned c) const { return classes_[c].all; }
+  const std::vector<Span*>& order(unsigned c) {
+    if (!classes_[c].built) build_class(c, false);
+    return classes_[c].all;
+  }
   bool is_source(const Span* s) const { return std::binary_search(source_set_.begin(), source_set_.end(), s); }
 
   // A new place in a destination span of s's class (s a source); nullptr when
@@ -240,11 +247,15 @@ class Plan {
   }
 
   // Arena blocks from the last in (rank, address) order.
-  const std::vector<ArenaBlock>& arena_sources() const { return arena_live_; }
+  const std::vector<ArenaBlock>& arena_sources() {
+    if (!arena_built_) build_arena();
+    return arena_live_;
+  }
 
   // A new place for the arena block p (usable bytes needed: need) in a hole
   // before it; nullptr when there is none.
   void* arena_dest(const char* p, std::size_t need) {
+    if (!arena_built_) build_arena();
     std::uint64_t pos = position(p);
     std::size_t align = std::size_t{1} << __builtin_ctzll(reinterpret_cast<std::uintptr_t>(p));
     align = std::clamp<std::size_t>(align, 16, 4096);
@@ -273,6 +284,7 @@ class Plan {
 
  private:
   struct Classes {
+    bool built = false;
     std::vector<Span*> all;  // destination order: densest chunk, then densest span
     std::vector<Span*> dests;
     std::size_t cursor = 0;
@@ -282,49 +294,50 @@ class Plan {
     std::size_t usable;
   };
 
-  // Destinations are chosen to fill the densest chunks first (then the densest
-  // spans), so that the sources empty whole chunks, which go back to the OS.
-  void build_spans() {
-    std::map<const ChunkHeader*, std::size_t> chunk_live;
-    for_each_span(h_, [&](unsigned, Span* s) {
-      chunk_live[chunk_base(s)] += static_cast<std::size_t>(s->used) * s->obj_size;
-    });
+  // Class c's spans in destination order: the fullest chunks first (the most
+  // spans in use: a count in the chunk's header, where adding up the chunk's
+  // live bytes reads 63 descriptors -- 4 ms per plan at 1 GiB), then the
+  // densest spans, so that the sources empty whole chunks, which go back to
+  // the OS.  With `sources`, also its destinations (as many spans as its
+  // objects need) and its source spans (the rest, sparsest first).
+  void build_class(unsigned c, bool sources) {
+    Classes& k = classes_[c];
+    k.built = true;
+    if (h_->head[c] == &g_empty_span) return;
     struct Ranked {
       Span* s;
       std::size_t chunk;
+      std::uint32_t used;
     };
     std::vector<Ranked> spans;
-    for (unsigned c = 0; c < kNumClasses; ++c) {
-      if (h_->head[c] == &g_empty_span) continue;
-      spans.clear();
-      std::size_t used = 0;
-      for (Span* s = h_->head[c]; s; s = s->next) {
-        spans.push_back(Ranked{s, chunk_live[chunk_base(s)]});
-        used += s->used;
-      }
-      std::sort(spans.begin(), spans.end(), [](const Ranked& a, const Ranked& b) {
-        if (a.chunk != b.chunk) return a.chunk > b.chunk;
-        return a.s->used != b.s->used ? a.s->used > b.s->used : a.s < b.s;
-      });
-      for (const Ranked& r : spans) classes_[c].all.push_back(r.s);
-      if (spans.size() < 2) continue;
-      std::size_t per_span = span_capacity(spans[0].s);
-      std::size_t needed = (used + per_span - 1) / per_span;
-      if (needed == 0) needed = 1;
-      if (needed >= spans.size()) continue;
-      for (std::size_t i = 0; i < needed; ++i) classes_[c].dests.push_back(spans[i].s);
-      // Sources, sparsest first.
-      std::size_t first = sources_.size();
-      for (std::size_t i = needed; i < spans.size(); ++i)
-        if (spans[i].s->used) sources_.push_back(spans[i].s);
-      std::sort(sources_.begin() + static_cast<std::ptrdiff_t>(first), sources_.end(),
-                [](const Span* a, const Span* b) { return a->used < b->used; });
+    std::size_t used = 0;
+    for (Span* s = h_->head[c]; s; s = s->next) {
+      spans.push_back(Ranked{s, 0, s->used});
+      used += s->used;
     }
-    source_set_ = sources_;
-    std::sort(source_set_.begin(), source_set_.end());
+    if (spans.size() > 1)
+      for (Ranked& r : spans) r.chunk = span_chunk_of(chunk_base(r.s))->active_spans;
+    std::sort(spans.begin(), spans.end(), [](const Ranked& a, const Ranked& b) {
+      if (a.chunk != b.chunk) return a.chunk > b.chunk;
+      return a.used != b.used ? a.used > b.used : a.s < b.s;
+    });
+    k.all.reserve(spans.size());
+    for (const Ranked& r : spans) k.all.push_back(r.s);
+    if (!sources || spans.size() < 2) return;
+    std::size_t per_span = span_capacity(spans[0].s);
+    std::size_t needed = (used + per_span - 1) / per_span;
+    if (needed == 0) needed = 1;
+    if (needed >= spans.size()) return;
+    for (std::size_t i = 0; i < needed; ++i) k.dests.push_back(spans[i].s);
+    std::size_t first = sources_.size();
+    for (std::size_t i = needed; i < spans.size(); ++i)
+      if (spans[i].used) sources_.push_back(spans[i].s);
+    std::sort(sources_.begin() + static_cast<std::ptrdiff_t>(first), sources_.end(),
+              [](const Span* a, const Span* b) { return a->used < b->used; });
   }
 
   void build_arena() {
+    arena_built_ = true;
     struct Ranked {
       ArenaChunk* c;
       std::size_t live;
@@ -365,6 +378,7 @@ class Plan {
 
   Heap* h_;
   Classes classes_[kNumClasses];
+  bool arena_built_ = false;
   std::vector<Span*> sources_, source_set_;
   std::vector<RankEntry> rank_of_;
   std::vector<Hole> holes_;
@@ -413,16 +427,31 @@ struct PassState {
   Clock::time_point deadline;
   custom_alloc::DefragmentationEngine::DefragStats* stats;
   bool stopped = false;
+  bool advanced = false;  // the pass got to a later stage than it began in
 
-  // The time budget lets every pass move one object, so that passes converge
-  // however small it is (under Valgrind planning alone can take a millisecond).
+  // The time budget lets every pass move one object or finish a stage, so that
+  // passes converge however small it is (under Valgrind planning alone can take
+  // a millisecond).
   bool over_budget() {
     if (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes ||
-        (stats->objects_relocated > 0 && Clock::now() >= deadline)) {
+        ((stats->objects_relocated > 0 || advanced) && Clock::now() >= deadline)) {
       stopped = true;
       return true;
     }
     return false;
+  }
+  // For the trim, which makes its own progress (a piece per call): stops when
+  // a piece as long as the last one would end past the deadline (unmapping a
+  // resident chunk costs 130-230 us here).
+  Clock::time_point piece_start{};
+  static bool out_of_time(void* self) {
+    auto* st = static_cast<PassState*>(self);
+    Clock::time_point now = Clock::now();
+    Clock::duration piece = now - st->piece_start;
+    st->piece_start = now;
+    if (now < st->deadline && st->deadline - now > piece) return false;
+    st->stopped = true;
+    return true;
   }
 };
 
@@ -528,6 +557,7 @@ void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
     }
     top = i;
     if (emptied) {
+      st->stats->free_blocks_merged += 1;
       // Retired (its chunk perhaps released): do not touch it again.
       if (si == di) break;
       --si;
@@ -538,30 +568,63 @@ void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
   for (std::size_t k = lows.size(); k-- > next_low;) span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
 }
 
-void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st) {
+// A round of budgeted passes goes through these stages (Domain::defrag_resume):
+// the size classes in order, then the arena, then the trim; a pass starts where
+// the last one stopped, so that no pass plans the classes compacted before it.
+constexpr unsigned kStageArena = kNumClasses;
+constexpr unsigned kStageTrim = kNumClasses + 1;
+
+// The moving stages, from d->defrag_resume (0 with `from_start`) on.
+void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st,
+                 bool from_start) {
   HeapLock lock(d);
   Heap* h = d->single;
   // Blocks freed by the user wait in the quarantine in Valgrind and ASan mode:
   // free them for good, so that every block the walk finds is live.
   vg_quarantine_release_domain(d);
-  Plan plan(h);
-  for (unsigned c = 0; c < kNumClasses && !st->stopped; ++c) compact_class(d, h, plan.order(c), cb, st);
-  if (!st->stopped) {
+  if (from_start || d->defrag_resume > kStageTrim) d->defrag_resume = 0;
+  unsigned& stage = d->defrag_resume;  // kept current: a callback may throw
+  Plan plan(h, Plan::Build::lazy);
+  while (stage < kStageArena) {
+    if (st->over_budget()) return;
+    compact_class(d, h, plan.order(stage), cb, st);
+    if (st->stopped) return;
+    ++stage;
+    st->advanced = true;
+  }
+  if (stage == kStageArena) {
     for (const ArenaBlock& b : plan.arena_sources()) {
-      if (st->over_budget()) break;
+      if (st->over_budget()) return;
       std::size_t n = user_size(b.p, b.usable);
       void* q = plan.arena_dest(b.p, on_valgrind() ? inner_size(n) : b.usable);
       if (!q) continue;
       move_raw(d, b.p, q, n, cb, st, true);
     }
+    stage = kStageTrim;
+    st->advanced = true;
+    // The moves are done: uncarve the free tails of the spans (their last
+    // objects now at their starts), once per round.
+    vg_quarantine_release_domain(d);
+    for_each_span(h, [](unsigned, Span* s) { span_trim_tail(s); });
   }
 }
 
-// Uncarves the free tails of the heap's spans (after a pass, the quarantine
-// emptied): the slots above each span's last live object are not held any more.
-void trim_span_tails(Domain* d) {
+// The trim stage: returns the emptied spans and chunks to the OS, a piece at a
+// time within the pass's budget; the round ends when all of it is done.
+void engine_trim(Domain* d, PassState* st) {
+  {
+    HeapLock lock(d);
+    if (d->defrag_resume != kStageTrim) return;
+  }
+  st->piece_start = Clock::now();
+  bool done = domain_trim_some(d, &PassState::out_of_time, st);
   HeapLock lock(d);
-  for_each_span(d->single, [](unsigned, Span* s) { span_trim_tail(s); });
+  if (done) {
+    d->defrag_resume = 0;
+    st->stopped = false;  // a budget that ran out on the last piece stopped nothing
+  } else {
+    st->stopped = true;
+  }
 }
 
 // --- the handle heap ------------------------------------------------------------
@@ -979,26 +1042,25 @@ DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAlloc
   // The time budget bounds the pass itself (planning and moving, under the
   // heap's lock), not the two measurements around it.
   lca::PassState st{&budget, lca::deadline_of(Clock::now(), budget.max_time), &stats};
+  // A pass without limits does the whole heap; a budgeted one resumes the
+  // round where the last one stopped.
+  bool unlimited = budget.max_bytes == SIZE_MAX && budget.max_objects == SIZE_MAX &&
+                   budget.max_time == std::chrono::microseconds::max();
   {
     lca::VgSerial serial;
     struct Finish {
       lca::Domain* d;
-      const lca::PassState* st;
-      ~Finish() {  // also when the callback threw
-        lca::vg_quarantine_release_domain(d);
-        // Uncarving and purging cost system calls: a budgeted pass that stopped
-        // early leaves them to the pass that completes.
-        if (!st->stopped) lca::trim_span_tails(d);
-      }
-    } finish{d, &st};
-    lca::engine_pass(d, callback, &st);  // may throw (the callback's exception)
+      ~Finish() { lca::vg_quarantine_release_domain(d); }  // also when the callback threw
+    } finish{d};
+    lca::engine_pass(d, callback, &st, unlimited);  // may throw (the callback's exception)
   }
-  if (!st.stopped) lca::domain_trim(d);
+  // Purging and unmapping cost system calls: the trim ends a round, a piece
+  // per pass within the budget.
+  if (!st.stopped) lca::engine_trim(d, &st);
   FragmentationReport after = budget.measure ? analyze_domain(d) : lca::cheap_report(d);
   stats.fragmentation_after = after.fragmentation;
   stats.bytes_released =
       before.os_memory_mapped > after.os_memory_mapped ? before.os_memory_mapped - after.os_memory_mapped : 0;
-  if (before.spans_in_use > after.spans_in_use) stats.free_blocks_merged += before.spans_in_use - after.spans_in_use;
   stats.work_remaining = st.stopped;
   stats.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
   return stats;
@@ -1266,7 +1328,7 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
     {
       lca::VgSerial serial;
       lca::HeapLock lock(d);
-      lca::Plan plan(d->single);
+      lca::Plan plan(d->single, lca::Plan::Build::whole);
       for (; next < n && batch.size() < lca::kBatchObjects && batch_bytes < lca::kBatchBytes; ++next) {
         if (stats.objects_relocated + batch.size() >= budget.max_objects ||
             stats.bytes_moved + batch_bytes >= budget.max_bytes)

@@ -217,7 +217,10 @@ void release_chunk(Domain* d, ChunkHeader* c) {
     vg_chunk_removed(d, c);
     c->heap = nullptr;
     d->free_chunks.push(c);  // kept resident: the next chunk request costs no page faults
-    if (d->free_chunks.count > kDomainCachedChunks && decay_due(&d->last_release_ns))
+    // Not while a defragmentation pass holds the heap (quarantine_hold): its
+    // moves empty chunk after chunk, and unmapping them all at once (130-230 us
+    // each) would blow its time budget; its trim unmaps them a piece at a time.
+    if (d->free_chunks.count > kDomainCachedChunks && !d->quarantine_held() && decay_due(&d->last_release_ns))
       while (d->free_chunks.count > kDomainCachedChunks) doomed.push(d->free_chunks.pop());
   }
   while (ChunkHeader* victim = doomed.pop()) {
@@ -254,25 +257,27 @@ std::size_t purge_huge_ranges(SpanChunk* sc) {
   return kept_slots;
 }
 
+// Purges one span chunk's dirty free slots; returns how many stay dirty (a
+// chunk that may be on huge pages gives back whole free 2 MiB ranges only).
+std::size_t purge_chunk_dirty(ChunkHeader* ch) {
+  SpanChunk* sc = span_chunk_of(ch);
+  if (ch->flags & kChunkMayBeHuge) return purge_huge_ranges(sc);
+  std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
+  while (dirty) {
+    unsigned first = static_cast<unsigned>(__builtin_ctzll(dirty));
+    unsigned last = first;
+    while (last + 1 < kSpansPerChunk && (dirty >> (last + 1)) & 1) ++last;
+    os_purge(reinterpret_cast<char*>(sc) + (std::size_t{first} << kSpanShift),
+             std::size_t{last - first + 1} << kSpanShift);
+    for (unsigned i = first; i <= last; ++i) dirty &= ~(std::uint64_t{1} << i);
+  }
+  sc->dirty_slots = 0;
+  return 0;
+}
+
 void purge_dirty_slots(Heap* h) {
   std::size_t left = 0;
-  for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) {
-    SpanChunk* sc = span_chunk_of(ch);
-    if (ch->flags & kChunkMayBeHuge) {
-      left += purge_huge_ranges(sc);
-      continue;
-    }
-    std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
-    while (dirty) {
-      unsigned first = static_cast<unsigned>(__builtin_ctzll(dirty));
-      unsigned last = first;
-      while (last + 1 < kSpansPerChunk && (dirty >> (last + 1)) & 1) ++last;
-      os_purge(reinterpret_cast<char*>(sc) + (std::size_t{first} << kSpanShift),
-               std::size_t{last - first + 1} << kSpanShift);
-      for (unsigned i = first; i <= last; ++i) dirty &= ~(std::uint64_t{1} << i);
-    }
-    sc->dirty_slots = 0;
-  }
+  for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) left += purge_chunk_dirty(ch);
   h->dirty_slots = left;
 }
 
@@ -396,7 +401,8 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
-void heap_collect_all(Heap* h, bool purge) {
+// heap_collect_all without the purge of dirty span slots.
+void heap_collect_empty(Heap* h) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     Span* s = queue_empty(h, c) ? nullptr : h->head[c];
     while (s) {
@@ -417,6 +423,10 @@ void heap_collect_all(Heap* h, bool purge) {
     ch = next;
   }
   release_empty_span_chunks(h);
+}
+
+void heap_collect_all(Heap* h, bool purge) {
+  heap_collect_empty(h);
   if (purge || h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
 }
 
@@ -1058,6 +1068,43 @@ void domain_trim(Domain* d) {
     for (Heap* h = d->abandoned; h; h = h->next_abandoned) heap_collect_all(h, true);
   }
   release_cached(d);
+}
+
+bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx) {
+  VgSerial serial;
+  Heap* h = d->single;
+  {
+    DomainLock lock(d);
+    // The chunks emptied here are unmapped below, one at a time: not all at
+    // once by release_chunk's decay.
+    d->last_release_ns = os_now_ns();
+    heap_collect_empty(h);
+    std::size_t left = 0;
+    for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) {
+      const SpanChunk* sc = span_chunk_of(ch);
+      std::uint64_t before = sc->dirty_slots & sc->free_slots;
+      left += purge_chunk_dirty(ch);
+      // Something purged: time to stop?  (h->dirty_slots keeps its count, an
+      // overestimate, until a walk gets to the end.)
+      if ((sc->dirty_slots & sc->free_slots) != before && ch->next && stop(ctx)) return false;
+    }
+    h->dirty_slots = left;
+  }
+  for (;;) {
+    ChunkHeader* c;
+    bool more;
+    {
+      DomainLock lock(d);
+      c = d->free_chunks.pop();
+      more = d->free_chunks.head != nullptr;
+    }
+    if (!c) break;
+    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
+    chunk_unmap(c);
+    if (more && stop(ctx)) return false;
+  }
+  large_trim(&d->large, true);
+  return true;
 }
 
 DomainStats domain_stats(Domain* d) {

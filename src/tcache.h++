@@ -181,6 +181,10 @@ struct Domain {
   // the domain lock anyway: only the pass's own thread could change the heap).
   std::atomic<unsigned> quarantine_hold{0};
   bool quarantine_held() const { return quarantine_hold.load(std::memory_order_relaxed) != 0; }
+  // Where the next budgeted defragmentation pass of this (private) heap starts
+  // (defrag.c++, with the heap's lock held): a size class, the arena, or the
+  // trim that ends a round of passes.
+  unsigned defrag_resume = 0;
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
   struct VgCounters {
@@ -311,6 +315,11 @@ void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, Res
 // --- maintenance ----------------------------------------------------------
 // Returns empty cached memory of the domain to the OS (and the caller's own heap's).
 void domain_trim(Domain* d);
+// domain_trim of a private domain a piece at a time (defrag.c++'s budgeted
+// passes): after each span chunk purged and each chunk unmapped, stop(ctx) says
+// whether to return.  True when all of it is done; every call does one piece at
+// least, so repeated calls finish.
+bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx);
 
 struct DomainStats {
   std::size_t total_allocated, total_freed, allocation_count, free_count;

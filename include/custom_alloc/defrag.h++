@@ -62,7 +62,14 @@ namespace custom_alloc {
 
 // What one pass may do before it returns (a pass stops at the first limit it
 // reaches and says whether work remains; the time limit lets it move one object
-// at least, so that passes converge).  The defaults: no limit.
+// or finish one piece of work at least, so that passes converge).  The
+// defaults: no limit.  Budgeted passes of the raw engine make a round: each
+// resumes where the previous one stopped -- the size classes in order, the
+// arena blocks, then returning the emptied memory to the OS, itself a piece
+// (a chunk purged or unmapped) per pass -- until one ends with work_remaining
+// false.  A pass may overrun max_time by one piece: one move, one size class's
+// plan, one chunk unmapped.  A pass with no limit does the whole heap from the
+// start, whatever a round left.
 struct DefragBudget {
   std::size_t max_bytes = SIZE_MAX;    // bytes moved
   std::size_t max_objects = SIZE_MAX;  // objects moved
