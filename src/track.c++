@@ -27,7 +27,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -66,15 +65,22 @@ namespace {
 // Frames kept per stack, and captured (the allocator's own are dropped).
 constexpr unsigned kMaxFrames = 32;
 constexpr unsigned kCaptureFrames = kMaxFrames + 16;
-// Distinct stacks kept (open addressing; 20 MiB of address space, touched as
-// used).  Stacks beyond it, or after kMaxProbe collisions, are counted under
-// the overflow site 0, printed as "[stack table full]".
+// Distinct stacks kept: a dense array (20 MiB of address space, touched in
+// order: 304 bytes a stack) found through an open-addressing index of 4-byte
+// slots that starts at kInitialIndex slots (4 KiB) and doubles at half full.
+// Stacks beyond kSites, or after kMaxProbe collisions, are counted under the
+// overflow site 0, printed as "[stack table full]".
 constexpr std::size_t kSites = std::size_t{1} << 16;
 constexpr unsigned kMaxProbe = 64;
+constexpr std::size_t kInitialIndex = 1024;
 // Block table shards: threads freeing and allocating at once rarely meet.
+// Their buckets (kInitialBuckets at first) and nodes (kNodeBatch at a time)
+// come from one pool of small pieces (kPoolChunk mappings, touched as carved),
+// so that a shard holding one sampled block costs ~600 bytes, not pages.
 constexpr unsigned kShards = 64;
-constexpr std::size_t kInitialBuckets = 256;
-constexpr std::size_t kNodePoolBytes = 64 * 1024;
+constexpr std::size_t kInitialBuckets = 32;
+constexpr unsigned kNodeBatch = 8;
+constexpr std::size_t kPoolChunk = 64 * 1024;
 // Weights are fixed-point (1 << kWeightShift is one block), so that live
 // counts add and subtract exactly.
 constexpr unsigned kWeightShift = 16;
@@ -111,13 +117,28 @@ struct Shard {
   std::size_t nbuckets;
   std::size_t count;
   BlockNode* free_nodes;
-  char* pool;
-  char* pool_end;
   char pad[64];
 };
 
-Site* g_sites;  // kSites entries, os_map'ed at track_init
+// The site index: slots hold dense site numbers (0: empty).  Replaced by a
+// table twice its size at half full; old tables are kept (readers may still
+// be probing them; a reader that misses there retries under g_site_lock in the
+// current one), so all of them together stay under twice the last one.
+struct SiteIndex {
+  std::size_t mask;
+  std::atomic<std::uint32_t> slots[1];
+};
+
+Site* g_sites;  // kSites entries, os_map'ed at track_init; 0 is the overflow site
+std::atomic<SiteIndex*> g_site_index{nullptr};
+std::atomic<std::uint32_t> g_nsites{1};  // sites in use, the overflow site included
 pthread_mutex_t g_site_lock = PTHREAD_MUTEX_INITIALIZER;
+// The pool of small pieces (buckets, nodes); g_pool_lock is taken under a
+// shard's lock, never the other way round.
+pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+char* g_pool_cur;
+char* g_pool_end;
+void* g_pool_free[8];  // freed bucket arrays by log2(bytes / 256)
 Shard g_shards[kShards];
 std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
@@ -192,44 +213,106 @@ bool in_skipped_text(const void* ip) {
 // the stack pointer at each throw).  Loaded locally, it serves our captures
 // only.  Its caches are per thread: no lock shared by the allocating threads
 // (and nothing shared for helgrind and DRD to report).
+//
+// Two ways to walk the stack, both libunwind's.  unw_backtrace is the fast one
+// (0.1-0.4 us a capture here) thanks to a per-thread frame cache that
+// libunwind maps and fills eagerly at a thread's first call: 2^14 entries of
+// 16 bytes, 256 KiB of anonymous memory per thread, which it cannot be asked
+// to size.  The unw_step loop uses only the (small, sized below) register-state
+// cache, at 4-10 us a capture.  A thread's first kSlowCaptures samples use the
+// loop; after them (16 MiB allocated in expectation at the default rate) the
+// thread has shown it allocates enough for the fast path to pay, and takes it.
+// Full mode captures every allocation: the fast path from the start.
 #define TRACK_STR2(x) #x
 #define TRACK_STR(x) TRACK_STR2(x)
 using BacktraceFn = int (*)(void**, int);
+using GetContextFn = int (*)(unw_context_t*);
+using InitLocalFn = int (*)(unw_cursor_t*, unw_context_t*);
+using StepFn = int (*)(unw_cursor_t*);
+using GetRegFn = int (*)(unw_cursor_t*, unw_regnum_t, unw_word_t*);
 
-BacktraceFn load_unwinder() {
+struct Unwinder {
+  BacktraceFn backtrace = nullptr;  // null: libunwind could not be loaded
+  GetContextFn getcontext = nullptr;
+  InitLocalFn init_local = nullptr;
+  StepFn step = nullptr;
+  GetRegFn get_reg = nullptr;
+};
+
+// Slow (unw_step) captures a thread makes before it switches to unw_backtrace:
+// at most ~32 x 10 us of extra time per thread, and a thread that allocates
+// less than ~16 MiB at the default rate never pays for the 256 KiB cache.
+constexpr unsigned kSlowCaptures = 32;
+// Entries of libunwind's register-state cache (per thread; 128 by default).
+constexpr std::size_t kRsCacheEntries = 32;
+constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
+
+Unwinder load_unwinder() {
   Busy busy;
+  Unwinder u;
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     report_warning("allocation tracking: cannot load libunwind: ", dlerror());
-    return nullptr;
+    return u;
   }
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
+  using SetCacheSize = int (*)(unw_addr_space_t, std::size_t, int);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
+  auto set_size = reinterpret_cast<SetCacheSize>(dlsym(lib, TRACK_STR(unw_set_cache_size)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
   if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
-  return reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  if (set_size && local_as) set_size(*local_as, kRsCacheEntries, 0);
+  u.getcontext = reinterpret_cast<GetContextFn>(dlsym(lib, TRACK_STR(unw_tdep_getcontext)));
+  u.init_local = reinterpret_cast<InitLocalFn>(dlsym(lib, TRACK_STR(unw_init_local)));
+  u.step = reinterpret_cast<StepFn>(dlsym(lib, TRACK_STR(unw_step)));
+  u.get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, TRACK_STR(unw_get_reg)));
+  if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
+  u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  return u;
 }
 
 // Loaded once; a thread that asks while another loads waits for it (a
 // function-local static), so no capture runs before the library is there.
-BacktraceFn unwinder() {
-  static const BacktraceFn fn = load_unwinder();
-  return fn;
+const Unwinder& unwinder() {
+  static const Unwinder u = load_unwinder();
+  return u;
 }
 
 void init_unwinder() { (void)unwinder(); }
 
-// unw_backtrace through the loaded library; 0 frames when it could not be loaded.
+// The unw_step loop, in the shape of unw_backtrace's result: return addresses
+// from this function's caller up (this frame is dropped, as unw_backtrace drops
+// its own).
+__attribute__((noinline)) int step_backtrace(const Unwinder& u, void** out, int max) {
+  unw_context_t uc;
+  unw_cursor_t cursor;
+  if (u.getcontext(&uc) < 0 || u.init_local(&cursor, &uc) < 0) return 0;
+  int n = 0;
+  while (n < max && u.step(&cursor) > 0) {
+    unw_word_t ip = 0;
+    if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
+    out[n++] = reinterpret_cast<void*>(ip);
+  }
+  return n;
+}
+
+// A capture through the loaded library (see above for which walk); 0 frames
+// when it could not be loaded.
 inline int unwind_backtrace(void** out, int max) {
-  BacktraceFn fn = unwinder();
-  return fn ? fn(out, max) : 0;
+  const Unwinder& u = unwinder();
+  if (!u.backtrace) return 0;
+  if (u.step && g_track_mode != TrackMode::full && tls_slow_captures < kSlowCaptures) {
+    ++tls_slow_captures;
+    return step_backtrace(u, out, max);
+  }
+  return u.backtrace(out, max);
 }
 
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  if (BacktraceFn fn = unwinder()) skip_object_of(reinterpret_cast<const void*>(fn));
+  if (BacktraceFn fn = unwinder().backtrace) skip_object_of(reinterpret_cast<const void*>(fn));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -256,30 +339,71 @@ bool same_stack(const Site& s, void* const* frames, unsigned n) {
   return s.depth == n && std::memcmp(s.frames, frames, n * sizeof(void*)) == 0;
 }
 
-// The site of a stack, created on first sight; 0 (the overflow site) when the
-// table has no room for it.
-std::uint32_t intern_site(void* const* frames, unsigned n) {
-  std::uint64_t h = hash_stack(frames, n);
-  std::size_t i = (h >> 1) & (kSites - 1);
-  for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & (kSites - 1)) {
-    if (i == 0) continue;
-    std::uint64_t k = g_sites[i].key.load(std::memory_order_acquire);
-    if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+SiteIndex* index_create(std::size_t nslots) {
+  return static_cast<SiteIndex*>(os_map(sizeof(SiteIndex) + (nslots - 1) * sizeof(std::atomic<std::uint32_t>)));
+}
+
+// The slot of a stack with hash h in t: its site, or 0 with *free_slot set to
+// the empty slot where it would go (kMaxProbe collisions: 0 and no slot).
+std::uint32_t index_probe(const SiteIndex* t, std::uint64_t h, void* const* frames, unsigned n, std::size_t* free_slot) {
+  std::size_t i = (h >> 1) & t->mask;
+  *free_slot = ~std::size_t{0};
+  for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & t->mask) {
+    std::uint32_t k = t->slots[i].load(std::memory_order_acquire);
     if (k == 0) {
-      pthread_mutex_lock(&g_site_lock);
-      k = g_sites[i].key.load(std::memory_order_relaxed);
-      if (k == 0) {
-        g_sites[i].depth = n;
-        std::memcpy(g_sites[i].frames, frames, n * sizeof(void*));
-        g_sites[i].key.store(h, std::memory_order_release);
-        pthread_mutex_unlock(&g_site_lock);
-        return static_cast<std::uint32_t>(i);
-      }
-      pthread_mutex_unlock(&g_site_lock);
-      if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+      *free_slot = i;
+      return 0;
     }
+    const Site& s = g_sites[k];
+    if (s.key.load(std::memory_order_relaxed) == h && same_stack(s, frames, n)) return k;
   }
   return 0;
+}
+
+// Doubles the index (under g_site_lock); false when out of memory.
+bool index_grow() {
+  SiteIndex* old = g_site_index.load(std::memory_order_relaxed);
+  std::size_t nslots = (old->mask + 1) * 2;
+  SiteIndex* t = index_create(nslots);
+  if (!t) return false;
+  t->mask = nslots - 1;
+  std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
+  for (std::uint32_t k = 1; k < used; ++k) {
+    std::size_t i = (g_sites[k].key.load(std::memory_order_relaxed) >> 1) & t->mask;
+    while (t->slots[i].load(std::memory_order_relaxed) != 0) i = (i + 1) & t->mask;
+    t->slots[i].store(k, std::memory_order_relaxed);
+  }
+  g_site_index.store(t, std::memory_order_release);
+  return true;
+}
+
+// The site of a stack, created on first sight; 0 (the overflow site) when the
+// table has no room for it.  Lookups take no lock.
+std::uint32_t intern_site(void* const* frames, unsigned n) {
+  std::uint64_t h = hash_stack(frames, n);
+  std::size_t slot;
+  if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
+  pthread_mutex_lock(&g_site_lock);
+  SiteIndex* t = g_site_index.load(std::memory_order_relaxed);
+  std::uint32_t k = index_probe(t, h, frames, n, &slot);
+  std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
+  if (k == 0 && used < kSites) {
+    if ((used + 1) * 2 > t->mask + 1 && t->mask + 1 < 2 * kSites && index_grow()) {
+      t = g_site_index.load(std::memory_order_relaxed);
+      index_probe(t, h, frames, n, &slot);
+    }
+    if (slot != ~std::size_t{0}) {
+      Site& s = g_sites[used];
+      s.depth = n;
+      std::memcpy(s.frames, frames, n * sizeof(void*));
+      s.key.store(h, std::memory_order_relaxed);
+      g_nsites.store(used + 1, std::memory_order_release);
+      t->slots[slot].store(used, std::memory_order_release);
+      k = used;
+    }
+  }
+  pthread_mutex_unlock(&g_site_lock);
+  return k;
 }
 
 // --- blocks ---------------------------------------------------------------------
@@ -287,9 +411,53 @@ std::uint32_t intern_site(void* const* frames, unsigned n) {
 Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards]; }
 std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
 
+// A piece of `bytes` (a multiple of 16) from the pool, zero-filled; nullptr
+// when out of memory.  Bucket arrays of 256 bytes to 32 KiB are reused when a
+// shard outgrows them; larger ones are mappings of their own.
+std::size_t bucket_class(std::size_t bytes) {
+  unsigned c = 0;
+  while ((std::size_t{256} << c) < bytes) ++c;
+  return c;
+}
+
+void* pool_alloc(std::size_t bytes) {
+  if (bytes > kPoolChunk / 2) return os_map(bytes);
+  pthread_mutex_lock(&g_pool_lock);
+  void* p = nullptr;
+  std::size_t c = bucket_class(bytes);
+  if (bytes == (std::size_t{256} << c) && c < 8 && g_pool_free[c]) {
+    p = g_pool_free[c];
+    g_pool_free[c] = *static_cast<void**>(p);
+    std::memset(p, 0, bytes);
+  } else {
+    if (static_cast<std::size_t>(g_pool_end - g_pool_cur) < bytes) {
+      auto* chunk = static_cast<char*>(os_map(kPoolChunk));
+      if (chunk) g_pool_cur = chunk, g_pool_end = chunk + kPoolChunk;
+    }
+    if (static_cast<std::size_t>(g_pool_end - g_pool_cur) >= bytes) {
+      p = g_pool_cur;
+      g_pool_cur += bytes;
+    }
+  }
+  pthread_mutex_unlock(&g_pool_lock);
+  return p;
+}
+
+void pool_free_buckets(void* p, std::size_t bytes) {
+  if (bytes > kPoolChunk / 2) {
+    os_unmap(p, bytes);
+    return;
+  }
+  std::size_t c = bucket_class(bytes);
+  pthread_mutex_lock(&g_pool_lock);
+  *static_cast<void**>(p) = g_pool_free[c];
+  g_pool_free[c] = p;
+  pthread_mutex_unlock(&g_pool_lock);
+}
+
 bool shard_grow(Shard& s) {
   std::size_t n = s.nbuckets ? s.nbuckets * 2 : kInitialBuckets;
-  auto** b = static_cast<BlockNode**>(os_map(n * sizeof(BlockNode*)));
+  auto** b = static_cast<BlockNode**>(pool_alloc(n * sizeof(BlockNode*)));
   if (!b) return false;
   for (std::size_t i = 0; i < s.nbuckets; ++i) {
     BlockNode* node = s.buckets[i];
@@ -301,25 +469,24 @@ bool shard_grow(Shard& s) {
       node = next;
     }
   }
-  if (s.buckets) os_unmap(s.buckets, s.nbuckets * sizeof(BlockNode*));
+  if (s.buckets) pool_free_buckets(s.buckets, s.nbuckets * sizeof(BlockNode*));
   s.buckets = b;
   s.nbuckets = n;
   return true;
 }
 
 BlockNode* node_alloc(Shard& s) {
-  if (BlockNode* n = s.free_nodes) {
-    s.free_nodes = n->next;
-    return n;
+  if (!s.free_nodes) {
+    static_assert(sizeof(BlockNode) % 8 == 0);
+    auto* batch = static_cast<BlockNode*>(pool_alloc(align_up(kNodeBatch * sizeof(BlockNode), 16)));
+    if (!batch) return nullptr;
+    for (unsigned i = 0; i < kNodeBatch; ++i) {
+      batch[i].next = s.free_nodes;
+      s.free_nodes = &batch[i];
+    }
   }
-  if (s.pool + sizeof(BlockNode) > s.pool_end) {
-    auto* p = static_cast<char*>(os_map(kNodePoolBytes));
-    if (!p) return nullptr;
-    s.pool = p;
-    s.pool_end = p + kNodePoolBytes;
-  }
-  auto* n = reinterpret_cast<BlockNode*>(s.pool);
-  s.pool += sizeof(BlockNode);
+  BlockNode* n = s.free_nodes;
+  s.free_nodes = n->next;
   return n;
 }
 
@@ -404,10 +571,61 @@ std::uint64_t rng_next() {
   return x * 0x2545f4914f6cdd1dull;
 }
 
+// log and 1 - exp(-x) of our own, without tables: libm's log and expm1 read
+// their lookup tables from libm's .rodata, which faulted ~150 KiB of file
+// pages into every sampled process (the kernel maps 64 KiB around a fault).
+// Both are exact to ~1e-15 relative, far below what sampling needs.
+double split_exponent(double x, int* e) {  // x = m * 2^e, m in [sqrt(1/2), sqrt(2)); x normal, > 0
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  *e = static_cast<int>((bits >> 52) & 0x7ff) - 1023;
+  bits = (bits & ((std::uint64_t{1} << 52) - 1)) | (std::uint64_t{1023} << 52);  // [1, 2)
+  double m;
+  std::memcpy(&m, &bits, sizeof m);
+  if (m > 1.4142135623730951) m *= 0.5, ++*e;
+  return m;
+}
+
+// Natural logarithm of x in (0, 1] (interval draws: x >= 2^-53).
+double ln(double x) {
+  int e;
+  double m = split_exponent(x, &e);
+  double t = (m - 1) / (m + 1), t2 = t * t;  // |t| <= 0.1716
+  double sum = 0;
+  for (int k = 19; k >= 1; k -= 2) sum = sum * t2 + 1.0 / k;  // atanh series
+  return 2 * t * sum + e * 0.6931471805599453;
+}
+
+// 1 - exp(-x) for x >= 0.
+double one_minus_exp_neg(double x) {
+  if (x < 0.5) {  // -(expm1(-x)) by its series, no cancellation
+    double term = x, sum = 0;
+    for (int k = 1; k <= 18; ++k) {
+      sum += term;
+      term *= -x / (k + 1);
+    }
+    return sum;
+  }
+  if (x > 745) return 1.0;
+  // exp(-x) = 2^-k * exp(-r), x = k ln 2 + r, 0 <= r < ln 2.
+  int k = static_cast<int>(x / 0.6931471805599453);
+  double r = x - k * 0.6931471805599453;
+  double term = 1, e = 0;
+  for (int i = 1; i <= 22; ++i) {
+    e += term;
+    term *= -r / i;
+  }
+  std::uint64_t bits = static_cast<std::uint64_t>(1023 - k) << 52;  // 2^-k, k <= 1075: normal for k < 1023
+  double scale;
+  if (k >= 1022) return 1.0;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return 1.0 - e * scale;
+}
+
 // The next interval: exponential with mean g_sample_bytes.
 std::int64_t next_interval() {
   double u = (static_cast<double>(rng_next() >> 11) + 1.0) / 9007199254740993.0;  // (0, 1]
-  double v = -std::log(u) * static_cast<double>(g_sample_bytes);
+  double v = -ln(u) * static_cast<double>(g_sample_bytes);
   if (v > 4e18) v = 4e18;
   return static_cast<std::int64_t>(v);
 }
@@ -456,7 +674,7 @@ void sample_weight(std::size_t size, std::uint64_t* weight_fx, std::uint64_t* by
     return;
   }
   double s = static_cast<double>(size ? size : 1);
-  double p = -std::expm1(-s / static_cast<double>(g_sample_bytes));
+  double p = one_minus_exp_neg(s / static_cast<double>(g_sample_bytes));
   *weight_fx = static_cast<std::uint64_t>(kWeightOne / p + 0.5);
   *bytes = static_cast<std::uint64_t>(s / p + 0.5);
 }
@@ -867,11 +1085,12 @@ struct SiteView {
 // A snapshot of every site with something to report, in memory of its own
 // (from the OS layer); `n` entries.
 SiteView* snapshot_sites(std::size_t* n, std::size_t* map_bytes) {
-  *map_bytes = align_up(kSites * sizeof(SiteView), os_page_size());
+  std::size_t used = g_nsites.load(std::memory_order_acquire);
+  *map_bytes = align_up(used * sizeof(SiteView), os_page_size());
   auto* v = static_cast<SiteView*>(os_map(*map_bytes));
   *n = 0;
   if (!v) return nullptr;
-  for (std::size_t i = 0; i < kSites; ++i) {
+  for (std::size_t i = 0; i < used; ++i) {
     const Site& s = g_sites[i];
     std::uint64_t calls = s.calls_fx.load(std::memory_order_relaxed);
     if (calls == 0) continue;
@@ -1085,9 +1304,17 @@ bool tables_ready() {
   if (g_sites) return true;
   g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
   if (!g_sites) return false;
-  // Sites are spread over the table by their hash: with transparent huge pages
-  // each would fault in 2 MiB instead of 4 KiB.
+  // Touched in order as stacks appear: with transparent huge pages the first
+  // stack would fault in 2 MiB instead of 4 KiB.
   os_advise_huge(g_sites, kSites * sizeof(Site), false);
+  SiteIndex* index = index_create(kInitialIndex);
+  if (!index) {
+    os_unmap(g_sites, kSites * sizeof(Site));
+    g_sites = nullptr;
+    return false;
+  }
+  index->mask = kInitialIndex - 1;
+  g_site_index.store(index, std::memory_order_release);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   return true;
 }
@@ -1116,14 +1343,17 @@ void track_prefork() {
   pthread_mutex_lock(&g_sym_lock);
   pthread_mutex_lock(&g_site_lock);
   for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
+  pthread_mutex_lock(&g_pool_lock);
 }
 void track_postfork_parent() {
+  pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
   pthread_mutex_unlock(&g_site_lock);
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
   tls_rng = 0;  // the child samples other allocations than its parent
+  pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
@@ -1255,7 +1485,8 @@ void track_start_for_test(TrackMode mode, std::size_t sample_bytes) {
 TrackTotals track_totals() {
   TrackTotals t{};
   if (!g_sites) return t;
-  for (std::size_t i = 0; i < kSites; ++i) {
+  std::size_t used = g_nsites.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < used; ++i) {
     const Site& s = g_sites[i];
     t.calls += static_cast<double>(s.calls_fx.load(std::memory_order_relaxed)) / kWeightOne;
     t.bytes += static_cast<double>(s.bytes.load(std::memory_order_relaxed));
