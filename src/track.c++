@@ -683,31 +683,33 @@ void dump_if_requested();
 
 // --- symbolisation --------------------------------------------------------------
 
-struct FuncSym {
-  std::uintptr_t value, size;
-  const char* name;
-};
-
-// A row of a DWARF line table: code from addr on comes from file:line (until
-// the next row); an end row closes its sequence.
-struct LineRow {
-  std::uintptr_t addr;
-  const char* file;  // into the module's mapping
+// Symbolisation works in batches: a report first lists every return address
+// it will print (prepare_symbols), and each module's ELF file is read once
+// for all of them -- its symbol table and its .debug_line streamed through,
+// with no table of all symbols or all line rows kept (a library with debug
+// information has millions of rows: python3's libpython made 34 MB of them)
+// -- then unmapped.  What each address resolved to is kept in g_syms, sorted
+// by address, with its strings copied into g_strs; symbolize() reads it.
+struct SymResult {
+  std::uintptr_t addr;       // the return address
+  std::uintptr_t fbase;      // its module's load address (0: no module)
+  std::uintptr_t start;      // its function's address (0: unknown)
+  const char* raw_name;      // mangled, in g_strs; nullptr when unknown
+  const char* file;          // source file, in g_strs; nullptr when unknown
+  const char* module;        // the module's path, in g_strs
   std::uint32_t line;
-  bool end;
 };
 
-struct ElfModule {
-  std::uintptr_t base = 0;  // dli_fbase
-  bool loaded = false;
-  bool relative = true;  // ET_DYN: symbol values are offsets from base
-  void* map = nullptr;
-  std::size_t map_len = 0;
-  FuncSym* syms = nullptr;  // sorted by value
-  std::size_t nsyms = 0;
-  LineRow* rows = nullptr;  // sorted by address; none without .debug_line
-  std::size_t nrows = 0;
-  char path[256] = "";
+// A target of one module's pass: its module-relative address and what the
+// pass found (pointers into the module's mapping until copied).
+struct Target {
+  std::uintptr_t rel;
+  std::size_t result;        // index into the batch's results
+  std::uintptr_t sym_value;  // best containing symbol so far
+  const char* sym_name;
+  bool has_sym;
+  const char* file;
+  std::uint32_t line;
 };
 
 // --- DWARF line tables (.debug_line, versions 2 to 5) ---------------------------
@@ -789,11 +791,31 @@ const char* read_form(Reader& r, std::uint64_t form, bool dwarf64, const Section
   }
 }
 
-// Appends the rows of every unit of .debug_line to rows.
-void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
+// Gives the pages of a read-only file mapping in [from, to) back (whole pages
+// only): they leave the process's RSS and are read again if touched.
+void release_file_pages(const void* from, const void* to) {
+  std::uintptr_t pg = os_page_size();
+  std::uintptr_t lo = align_up(reinterpret_cast<std::uintptr_t>(from), pg);
+  std::uintptr_t hi = reinterpret_cast<std::uintptr_t>(to) & ~(pg - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
+// Bytes of .debug_line read between two releases of the pages behind.
+constexpr std::size_t kLineWindow = 512 * 1024;
+
+// Runs every unit of .debug_line and gives each target (sorted by rel) the
+// file and line of the row covering it: a row covers the addresses from its
+// own up to the next row of its sequence.
+void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntargets) {
   Reader all{sec.line, sec.line + sec.line_len};
+  const unsigned char* released = sec.line;
   std::vector<const char*> files;
+  auto covers = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
   while (all.ok && all.p < all.end) {
+    if (static_cast<std::size_t>(all.p - released) > kLineWindow) {
+      release_file_pages(released, all.p);
+      released = all.p;
+    }
     std::uint64_t unit_len = all.fixed(4);
     bool dwarf64 = unit_len == 0xffffffffu;
     if (dwarf64) unit_len = all.fixed(8);
@@ -854,9 +876,19 @@ void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
     std::uintptr_t addr = 0;
     std::uint64_t file = 1;
     std::int64_t line = 1;
+    bool have_prev = false;  // a row of this sequence was emitted
+    std::uintptr_t prev_addr = 0;
+    const char* prev_file = nullptr;
+    std::uint32_t prev_line = 0;
     auto emit = [&](bool end) {
-      const char* f = file < files.size() ? files[file] : "?";
-      rows.push_back(LineRow{addr, f, static_cast<std::uint32_t>(line > 0 ? line : 0), end});
+      if (have_prev && addr > prev_addr) {
+        Target* t = std::lower_bound(targets, targets + ntargets, prev_addr, covers);
+        for (; t < targets + ntargets && t->rel < addr; ++t) t->file = prev_file, t->line = prev_line;
+      }
+      have_prev = !end;
+      prev_addr = addr;
+      prev_file = file < files.size() ? files[file] : "?";
+      prev_line = static_cast<std::uint32_t>(line > 0 ? line : 0);
     };
     while (r.ok && r.p < r.end) {
       unsigned op = *r.p++;
@@ -899,15 +931,17 @@ void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
   }
 }
 
-void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
+// The .debug_line pass of one module (its mapping at base, len bytes).
+void module_lines(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
+  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
   if (eh->e_shstrndx >= eh->e_shnum) return;
   const ElfW(Shdr)& names = sh[eh->e_shstrndx];
-  if (names.sh_offset + names.sh_size > m.map_len) return;
-  auto* base = static_cast<const unsigned char*>(m.map);
+  if (names.sh_offset + names.sh_size > len) return;
   Sections sec;
   for (unsigned i = 0; i < eh->e_shnum; ++i) {
     if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || (sh[i].sh_flags & SHF_COMPRESSED) ||
-        sh[i].sh_offset + sh[i].sh_size > m.map_len)
+        sh[i].sh_offset + sh[i].sh_size > len)
       continue;
     const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
     if (std::strcmp(name, ".debug_line") == 0) sec.line = base + sh[i].sh_offset, sec.line_len = sh[i].sh_size;
@@ -915,57 +949,14 @@ void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
       sec.line_str = base + sh[i].sh_offset, sec.line_str_len = sh[i].sh_size;
     if (std::strcmp(name, ".debug_str") == 0) sec.str = base + sh[i].sh_offset, sec.str_len = sh[i].sh_size;
   }
-  if (!sec.line) return;
-  std::vector<LineRow> rows;
-  parse_line_tables(sec, rows);
-  // Sort by address; an end row sorts before a row starting at the same address.
-  std::stable_sort(rows.begin(), rows.end(), [](const LineRow& a, const LineRow& b) {
-    return a.addr != b.addr ? a.addr < b.addr : a.end > b.end;
-  });
-  auto* out = static_cast<LineRow*>(std::malloc((rows.size() ? rows.size() : 1) * sizeof(LineRow)));
-  if (!out) return;
-  std::copy(rows.begin(), rows.end(), out);
-  m.rows = out;
-  m.nrows = rows.size();
+  if (sec.line) parse_line_tables(sec, targets, n);
 }
 
-// The source line of rel (a module-relative address), or nullptr.
-const LineRow* find_line(const ElfModule& m, std::uintptr_t rel) {
-  const LineRow* begin = m.rows;
-  const LineRow* end = m.rows + m.nrows;
-  const LineRow* it =
-      std::upper_bound(begin, end, rel, [](std::uintptr_t v, const LineRow& r) { return v < r.addr; });
-  if (it == begin) return nullptr;
-  --it;
-  // A row is followed, in its sequence, by the next row or its end row; an end
-  // row found first means rel lies between sequences.
-  return it->end || it + 1 == end ? nullptr : it;
-}
-
-constexpr unsigned kModules = 64;
-ElfModule g_modules[kModules];
-pthread_mutex_t g_sym_lock = PTHREAD_MUTEX_INITIALIZER;
-
-void load_elf(ElfModule& m, const char* path) {
-  m.loaded = true;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    close(fd);
-    return;
-  }
-  void* map = mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
-  if (map == MAP_FAILED) return;
-  m.map = map;
-  m.map_len = static_cast<std::size_t>(st.st_size);
-  auto* base = static_cast<const char*>(map);
+// The symbol pass of one module: each target gets the function symbol with
+// the highest address among those containing it (.symtab, else .dynsym), so
+// static functions are named too.  The table's pages are released after.
+void module_symbols(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
   auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) ||
-      eh->e_shoff == 0 || eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) > m.map_len)
-    return;
-  m.relative = eh->e_type == ET_DYN;
   auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
   const ElfW(Shdr)* table = nullptr;
   for (unsigned want : {static_cast<unsigned>(SHT_SYMTAB), static_cast<unsigned>(SHT_DYNSYM)}) {
@@ -973,106 +964,199 @@ void load_elf(ElfModule& m, const char* path) {
       if (sh[i].sh_type == want && sh[i].sh_link < eh->e_shnum) table = &sh[i];
     if (table) break;
   }
-  if (!table || table->sh_offset + table->sh_size > m.map_len) return;
+  if (!table || table->sh_offset + table->sh_size > len) return;
   const ElfW(Shdr)& strs = sh[table->sh_link];
-  if (strs.sh_offset + strs.sh_size > m.map_len) return;
+  if (strs.sh_offset + strs.sh_size > len) return;
   auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
   std::size_t count = table->sh_size / sizeof(ElfW(Sym));
-  auto* out = static_cast<FuncSym*>(std::malloc((count ? count : 1) * sizeof(FuncSym)));
-  if (!out) return;
-  std::size_t k = 0;
+  auto below = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
   for (std::size_t i = 0; i < count; ++i) {
     unsigned type = ELF64_ST_TYPE(syms[i].st_info);
     if ((type != STT_FUNC && type != STT_GNU_IFUNC) || syms[i].st_shndx == SHN_UNDEF ||
         syms[i].st_name >= strs.sh_size)
       continue;
-    out[k++] = FuncSym{syms[i].st_value, syms[i].st_size, base + strs.sh_offset + syms[i].st_name};
+    std::uintptr_t lo = syms[i].st_value, hi = lo + (syms[i].st_size ? syms[i].st_size : 1);
+    for (Target* t = std::lower_bound(targets, targets + n, lo, below); t < targets + n && t->rel < hi; ++t) {
+      if (t->has_sym && t->sym_value >= lo) continue;
+      t->has_sym = true;
+      t->sym_value = lo;
+      t->sym_name = reinterpret_cast<const char*>(base + strs.sh_offset + syms[i].st_name);
+    }
   }
-  std::sort(out, out + k, [](const FuncSym& a, const FuncSym& b) { return a.value < b.value; });
-  m.syms = out;
-  m.nsyms = k;
-  load_lines(m, eh, sh);
+  release_file_pages(syms, syms + count);
 }
 
-// The function containing rel (a module-relative address), or nullptr.
-const FuncSym* find_func(const ElfModule& m, std::uintptr_t rel) {
-  const FuncSym* begin = m.syms;
-  const FuncSym* end = m.syms + m.nsyms;
-  const FuncSym* it = std::upper_bound(begin, end, rel, [](std::uintptr_t v, const FuncSym& s) { return v < s.value; });
-  while (it != begin) {
-    --it;
-    if (rel < it->value + (it->size ? it->size : 1)) return it;
-    if (it->size) return nullptr;  // rel lies past a sized function: in no function
+// --- the symbol cache ---------------------------------------------------------------
+
+pthread_mutex_t g_sym_lock = PTHREAD_MUTEX_INITIALIZER;
+constexpr unsigned kSymModules = 64;  // modules per batch (more: left unnamed)
+SymResult* g_syms;  // sorted by addr
+std::size_t g_nsyms, g_syms_bytes;
+char* g_strs;  // the current string chunk
+std::size_t g_strs_left;
+constexpr std::size_t kStrChunk = 64 * 1024;
+
+// A copy of s (at most 511 bytes kept) in the string chunks; nullptr for nullptr.
+const char* keep_string(const char* s) {
+  if (!s) return nullptr;
+  std::size_t n = strnlen(s, 511);
+  if (g_strs_left < n + 1) {
+    auto* chunk = static_cast<char*>(os_map(kStrChunk));
+    if (!chunk) return nullptr;
+    g_strs = chunk, g_strs_left = kStrChunk;
   }
-  return nullptr;
+  char* out = g_strs;
+  std::memcpy(out, s, n);
+  out[n] = 0;
+  g_strs += n + 1, g_strs_left -= n + 1;
+  return out;
+}
+
+const SymResult* find_result(std::uintptr_t a) {
+  const SymResult* it = std::lower_bound(g_syms, g_syms + g_nsyms, a,
+                                         [](const SymResult& r, std::uintptr_t v) { return r.addr < v; });
+  return it < g_syms + g_nsyms && it->addr == a ? it : nullptr;
+}
+
+// Resolves one module's targets: maps its file, runs the two passes, copies
+// what they found, unmaps it.
+void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    close(fd);
+    return;
+  }
+  std::size_t len = static_cast<std::size_t>(st.st_size);
+  void* map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) return;
+  auto* base = static_cast<const unsigned char*>(map);
+  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+      eh->e_ident[EI_CLASS] == (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) && eh->e_shoff != 0 &&
+      eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) <= len) {
+    *relative = eh->e_type == ET_DYN;
+    if (!*relative)  // ET_EXEC: symbol values and line rows are absolute addresses
+      for (std::size_t i = 0; i < n; ++i) targets[i].rel += results[targets[i].result].fbase;
+    module_symbols(base, len, targets, n);
+    module_lines(base, len, targets, n);
+    for (std::size_t i = 0; i < n; ++i) {
+      SymResult& r = results[targets[i].result];
+      if (targets[i].has_sym) {
+        r.raw_name = keep_string(targets[i].sym_name);
+        r.start = (*relative ? r.fbase : 0) + targets[i].sym_value;
+      }
+      if (targets[i].file) {
+        r.file = keep_string(targets[i].file);
+        r.line = targets[i].line;
+      }
+    }
+  }
+  munmap(map, len);
+}
+
+// Symbolises every address of addrs[0..n) not yet in g_syms (they may repeat).
+// Allocates (the module files' names vector; demangling happens later), so
+// never from malloc: report writers and AllocationTracker only.
+void prepare_symbols(void* const* addrs, std::size_t n) {
+  if (n == 0) return;
+  pthread_mutex_lock(&g_sym_lock);
+  std::size_t bytes = align_up(n * (sizeof(SymResult) + sizeof(Target)), os_page_size());
+  auto* results = static_cast<SymResult*>(os_map(bytes));
+  if (!results) {
+    pthread_mutex_unlock(&g_sym_lock);
+    return;
+  }
+  auto* targets = reinterpret_cast<Target*>(results + n);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    auto a = reinterpret_cast<std::uintptr_t>(addrs[i]);
+    if (!find_result(a)) results[k++].addr = a;
+  }
+  std::sort(results, results + k, [](const SymResult& x, const SymResult& y) { return x.addr < y.addr; });
+  k = static_cast<std::size_t>(std::unique(results, results + k, [](const SymResult& x, const SymResult& y) {
+                                 return x.addr == y.addr;
+                               }) - results);
+  // A return address: the call is the byte before it (a noreturn call may be
+  // the last instruction of its function).
+  char paths[kSymModules][256];
+  std::uintptr_t bases[kSymModules];
+  unsigned nmodules = 0;
+  for (std::size_t i = 0; i < k; ++i) {
+    SymResult& r = results[i];
+    std::uintptr_t look = r.addr ? r.addr - 1 : 0;
+    Dl_info dl;
+    if (!dladdr(reinterpret_cast<void*>(look), &dl) || !dl.dli_fbase) continue;
+    r.fbase = reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
+    r.module = keep_string(dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "[main]");
+    if (dl.dli_sname) {  // the dynamic symbol, until the module's own tables say better
+      r.raw_name = keep_string(dl.dli_sname);
+      r.start = reinterpret_cast<std::uintptr_t>(dl.dli_saddr);
+    }
+    unsigned m = 0;
+    while (m < nmodules && bases[m] != r.fbase) ++m;
+    if (m == nmodules && nmodules < kSymModules) {
+      bases[m] = r.fbase;
+      std::snprintf(paths[m], sizeof paths[m], "%s", dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "/proc/self/exe");
+      ++nmodules;
+    }
+  }
+  for (unsigned m = 0; m < nmodules; ++m) {
+    std::size_t nt = 0;
+    for (std::size_t i = 0; i < k; ++i)
+      if (results[i].fbase == bases[m]) targets[nt++] = Target{results[i].addr - 1 - bases[m], i, 0, nullptr, false, nullptr, 0};
+    bool relative = true;
+    resolve_module(paths[m], &relative, targets, nt, results);  // targets stay sorted: results are
+  }
+  // Merge into the cache.
+  std::size_t total = g_nsyms + k;
+  std::size_t merged_bytes = align_up(total * sizeof(SymResult), os_page_size());
+  auto* merged = static_cast<SymResult*>(os_map(merged_bytes));
+  if (merged) {
+    std::merge(g_syms, g_syms + g_nsyms, results, results + k, merged,
+               [](const SymResult& x, const SymResult& y) { return x.addr < y.addr; });
+    if (g_syms) os_unmap(g_syms, g_syms_bytes);
+    g_syms = merged, g_nsyms = total, g_syms_bytes = merged_bytes;
+  }
+  os_unmap(results, bytes);
+  pthread_mutex_unlock(&g_sym_lock);
 }
 
 struct Symbol {
   char function[512];  // demangled, "" when unknown
-  const char* file;    // source file (DWARF line table), nullptr when unknown
+  const char* file;    // source file, nullptr when unknown
   unsigned line;
   std::uintptr_t offset;
   char module[256];
   std::uintptr_t module_offset;
 };
 
+// What prepare_symbols found for addr (which it must have been given).
 void symbolize(const void* addr, Symbol* out) {
   out->function[0] = 0;
   out->file = nullptr;
   out->line = 0;
   out->module[0] = 0;
   out->offset = out->module_offset = 0;
-  // A return address: the call is the byte before it (a noreturn call may be
-  // the last instruction of its function).
   auto a = reinterpret_cast<std::uintptr_t>(addr);
-  std::uintptr_t look = a ? a - 1 : a;
-  Dl_info dl;
-  if (!dladdr(reinterpret_cast<void*>(look), &dl) || !dl.dli_fbase) return;
-  const char* path = dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "/proc/self/exe";
-  std::snprintf(out->module, sizeof out->module, "%s", dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "[main]");
-  auto fbase = reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
-  out->module_offset = a - fbase;
-  const char* raw_name = nullptr;
-  std::uintptr_t start = 0;
   pthread_mutex_lock(&g_sym_lock);
-  ElfModule* m = nullptr;
-  for (ElfModule& e : g_modules) {
-    if (e.loaded && e.base == fbase) {
-      m = &e;
-      break;
-    }
-    if (!e.loaded) {
-      e.base = fbase;
-      std::snprintf(e.path, sizeof e.path, "%s", path);
-      load_elf(e, path);
-      m = &e;
-      break;
-    }
-  }
-  if (m && m->syms) {
-    std::uintptr_t rel = m->relative ? look - fbase : look;
-    if (const FuncSym* f = find_func(*m, rel)) {
-      raw_name = f->name;
-      start = (m->relative ? fbase : 0) + f->value;
-    }
-  }
-  if (m && m->rows) {
-    if (const LineRow* row = find_line(*m, m->relative ? look - fbase : look)) {
-      out->file = row->file;  // the mapping stays for the life of the process
-      out->line = row->line;
-    }
-  }
+  const SymResult* r = find_result(a);
+  SymResult copy{};
+  if (r) copy = *r;
   pthread_mutex_unlock(&g_sym_lock);
-  if (!raw_name && dl.dli_sname) {
-    raw_name = dl.dli_sname;
-    start = reinterpret_cast<std::uintptr_t>(dl.dli_saddr);
-  }
-  if (!raw_name) return;
+  if (!r || !copy.fbase) return;
+  std::snprintf(out->module, sizeof out->module, "%s", copy.module ? copy.module : "?");
+  out->module_offset = a - copy.fbase;
+  out->file = copy.file;  // the string chunks are never unmapped
+  out->line = copy.line;
+  if (!copy.raw_name) return;
   int status = -1;
-  char* demangled = abi::__cxa_demangle(raw_name, nullptr, nullptr, &status);
-  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : raw_name);
+  char* demangled = abi::__cxa_demangle(copy.raw_name, nullptr, nullptr, &status);
+  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : copy.raw_name);
   std::free(demangled);
-  out->offset = a - start;
+  out->offset = a - copy.start;
 }
 
 // --- report writing ---------------------------------------------------------------
@@ -1081,6 +1165,23 @@ struct SiteView {
   std::uint32_t index;
   double calls, bytes, live_blocks, live_bytes;
 };
+
+// Symbolises the frames of the sites v[0..n) in one batch (see prepare_symbols).
+void prepare_sites(const SiteView* v, std::size_t n) {
+  std::size_t nframes = 0;
+  for (std::size_t i = 0; i < n; ++i) nframes += g_sites[v[i].index].depth;
+  if (nframes == 0) return;
+  std::size_t bytes = align_up(nframes * sizeof(void*), os_page_size());
+  auto* frames = static_cast<void**>(os_map(bytes));
+  if (!frames) return;
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Site& s = g_sites[v[i].index];
+    for (unsigned j = 0; j < s.depth; ++j) frames[k++] = s.frames[j];
+  }
+  prepare_symbols(frames, k);
+  os_unmap(frames, bytes);
+}
 
 // A snapshot of every site with something to report, in memory of its own
 // (from the OS layer); `n` entries.
@@ -1184,6 +1285,7 @@ bool write_leak_report(const char* pattern) {
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
+  prepare_sites(v, k < kReportStacks ? k : kReportStacks);
   char mode[128];
   std::fprintf(f, "libcalloc leak report (pid %d; %s)\n", static_cast<int>(getpid()), mode_text(mode, sizeof mode));
   for (std::size_t i = 0; i < k && i < kReportStacks; ++i) {
@@ -1243,6 +1345,7 @@ bool write_profile(const char* pattern, int format) {
     live_bytes += v[i].live_bytes;
   }
   if (format == 1) {  // collapsed: root first, bytes allocated
+    prepare_sites(v, n);
     char name[512];
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
@@ -1275,6 +1378,7 @@ bool write_profile(const char* pattern, int format) {
       close(maps);
     }
   } else {
+    prepare_sites(v, n < kReportStacks ? n : kReportStacks);
     char mode[128];
     std::fprintf(f, "libcalloc allocation profile (pid %d; %s)\n", static_cast<int>(getpid()),
                  mode_text(mode, sizeof mode));
@@ -1512,7 +1616,11 @@ __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, un
   return k;
 }
 
+void track_prepare_symbols(void* const* addrs, std::size_t n) { prepare_symbols(addrs, n); }
+
 void track_symbolize(const void* addr, char* buf, std::size_t cap) {
+  void* one = const_cast<void*>(addr);
+  prepare_symbols(&one, 1);  // nothing to do when a batch had it
   Symbol s;
   symbolize(addr, &s);
   char where[320] = "";
