@@ -218,8 +218,10 @@ bool in_skipped_text(const void* ip) {
 // (0.1-0.4 us a capture here) thanks to a per-thread frame cache that
 // libunwind maps and fills eagerly at a thread's first call: 2^14 entries of
 // 16 bytes, 256 KiB of anonymous memory per thread, which it cannot be asked
-// to size.  The unw_step loop uses only the (small, sized below) register-state
-// cache, at 4-10 us a capture.  A thread's first kSlowCaptures samples use the
+// to size.  The unw_step loop uses only the register-state cache, at 4-10 us a
+// capture; that cache cost no memory we could measure (8 threads capturing:
+// RssAnon +4 KiB, unw_set_cache_size made no difference), libunwind's data
+// ~36 KiB whichever walk.  A thread's first kSlowCaptures samples use the
 // loop; after them (16 MiB allocated in expectation at the default rate) the
 // thread has shown it allocates enough for the fast path to pay, and takes it.
 // Full mode captures every allocation: the fast path from the start.
@@ -243,8 +245,6 @@ struct Unwinder {
 // at most ~32 x 10 us of extra time per thread, and a thread that allocates
 // less than ~16 MiB at the default rate never pays for the 256 KiB cache.
 constexpr unsigned kSlowCaptures = 32;
-// Entries of libunwind's register-state cache (per thread; 128 by default).
-constexpr std::size_t kRsCacheEntries = 32;
 constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
 
 Unwinder load_unwinder() {
@@ -257,12 +257,9 @@ Unwinder load_unwinder() {
     return u;
   }
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
-  using SetCacheSize = int (*)(unw_addr_space_t, std::size_t, int);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
-  auto set_size = reinterpret_cast<SetCacheSize>(dlsym(lib, TRACK_STR(unw_set_cache_size)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
   if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
-  if (set_size && local_as) set_size(*local_as, kRsCacheEntries, 0);
   u.getcontext = reinterpret_cast<GetContextFn>(dlsym(lib, TRACK_STR(unw_tdep_getcontext)));
   u.init_local = reinterpret_cast<InitLocalFn>(dlsym(lib, TRACK_STR(unw_init_local)));
   u.step = reinterpret_cast<StepFn>(dlsym(lib, TRACK_STR(unw_step)));
@@ -800,8 +797,9 @@ void release_file_pages(const void* from, const void* to) {
   if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
-// Bytes of .debug_line read between two releases of the pages behind.
-constexpr std::size_t kLineWindow = 512 * 1024;
+// Bytes of .debug_line (and of a symbol table) read between two releases of
+// the pages behind.
+constexpr std::size_t kLineWindow = 256 * 1024;
 
 // Runs every unit of .debug_line and gives each target (sorted by rel) the
 // file and line of the row covering it: a row covers the addresses from its
@@ -970,7 +968,9 @@ void module_symbols(const unsigned char* base, std::size_t len, Target* targets,
   auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
   std::size_t count = table->sh_size / sizeof(ElfW(Sym));
   auto below = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
+  constexpr std::size_t kWindowSyms = kLineWindow / sizeof(ElfW(Sym));
   for (std::size_t i = 0; i < count; ++i) {
+    if (i % kWindowSyms == 0 && i) release_file_pages(syms + (i - kWindowSyms), syms + i);
     unsigned type = ELF64_ST_TYPE(syms[i].st_info);
     if ((type != STT_FUNC && type != STT_GNU_IFUNC) || syms[i].st_shndx == SHN_UNDEF ||
         syms[i].st_name >= strs.sh_size)
