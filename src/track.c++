@@ -1598,6 +1598,7 @@ TrackTotals track_totals() {
     t.live_bytes += static_cast<double>(s.live_bytes.load(std::memory_order_relaxed));
   }
   t.samples = g_samples.load(std::memory_order_relaxed);
+  t.stacks = used > 0 ? used - 1 : 0;
   return t;
 }
 

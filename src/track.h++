@@ -72,6 +72,7 @@ void track_start_for_test(TrackMode mode, std::size_t sample_bytes);
 struct TrackTotals {
   double calls, bytes, live_blocks, live_bytes;  // estimates when sampling
   std::size_t samples;                           // blocks recorded
+  std::size_t stacks;                            // distinct stacks interned
 };
 TrackTotals track_totals();
 
