@@ -1179,6 +1179,9 @@ void prepare_sites(const SiteView* v, std::size_t n) {
     const Site& s = g_sites[v[i].index];
     for (unsigned j = 0; j < s.depth; ++j) frames[k++] = s.frames[j];
   }
+  // Stacks share most frames: the batch is sized by the distinct ones.
+  std::sort(frames, frames + k);
+  k = static_cast<std::size_t>(std::unique(frames, frames + k) - frames);
   prepare_symbols(frames, k);
   os_unmap(frames, bytes);
 }
