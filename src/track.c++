@@ -126,7 +126,7 @@ struct Shard {
 // current one), so all of them together stay under twice the last one.
 struct SiteIndex {
   std::size_t mask;
-  std::atomic<std::uint32_t> slots[1];
+  std::atomic<std::uint32_t>* slots;  // mask + 1 of them, right after this header
 };
 
 Site* g_sites;  // kSites entries, os_map'ed at track_init; 0 is the overflow site
@@ -336,8 +336,13 @@ bool same_stack(const Site& s, void* const* frames, unsigned n) {
   return s.depth == n && std::memcmp(s.frames, frames, n * sizeof(void*)) == 0;
 }
 
+// An empty index of nslots (a power of two) slots.
 SiteIndex* index_create(std::size_t nslots) {
-  return static_cast<SiteIndex*>(os_map(sizeof(SiteIndex) + (nslots - 1) * sizeof(std::atomic<std::uint32_t>)));
+  auto* t = static_cast<SiteIndex*>(os_map(sizeof(SiteIndex) + nslots * sizeof(std::atomic<std::uint32_t>)));
+  if (!t) return nullptr;
+  t->mask = nslots - 1;
+  t->slots = reinterpret_cast<std::atomic<std::uint32_t>*>(t + 1);
+  return t;
 }
 
 // The slot of a stack with hash h in t: its site, or 0 with *free_slot set to
@@ -363,7 +368,6 @@ bool index_grow() {
   std::size_t nslots = (old->mask + 1) * 2;
   SiteIndex* t = index_create(nslots);
   if (!t) return false;
-  t->mask = nslots - 1;
   std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
   for (std::uint32_t k = 1; k < used; ++k) {
     std::size_t i = (g_sites[k].key.load(std::memory_order_relaxed) >> 1) & t->mask;
@@ -1420,7 +1424,6 @@ bool tables_ready() {
     g_sites = nullptr;
     return false;
   }
-  index->mask = kInitialIndex - 1;
   g_site_index.store(index, std::memory_order_release);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   return true;
