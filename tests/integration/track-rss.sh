@@ -8,9 +8,9 @@
 #     KiB, of which libunwind's own data ~36 KiB; before the change +212 KiB:
 #     libunwind's 256 KiB frame cache per sampling thread) and the growth of
 #     the peak RSS (file pages and the exit-time report included) at most 1 MiB
-#     (measured 560-640 KiB; before, 1.3-1.4 MiB);
+#     (measured 444-660 KiB; before, 1.3-1.5 MiB);
 #   - python3 -c pass (when installed): peak growth at most 1 MiB (measured
-#     330-550 KiB; before, +34 MB: the report built a table of every line row
+#     330-650 KiB; before, +34 MB: the report built a table of every line row
 #     of libpython's debug information).
 # Each figure is the smallest of 3 runs (memory, not time: stable on a busy
 # machine).  docs/design.md ("Tracking", sampling's memory) has the figures.
