@@ -5,11 +5,11 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libunwind's unw_backtrace
-// (loaded with dlopen: see init_unwinder; its frame cache: no DWARF
-// interpretation on the common path) and symbolised only
-// when a report is written (dladdr for the module, the module's ELF symbol
-// table for the function -- static functions too --, __cxa_demangle).  The
+// while malloc runs.  Stacks are captured with libunwind (loaded with dlopen:
+// see load_unwinder; unw_step for a thread's first samples, then unw_backtrace
+// and its frame cache) and symbolised only when a report is written, in one
+// batch (dladdr for the module, the module's ELF symbol table for the function
+// -- static functions too --, its .debug_line, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
 // their own allocations are not tracked.
 //
