@@ -130,6 +130,18 @@ void AllocationTracker::print_report(std::ostream& out) const {
     }
     if (stack.empty()) out << "    [no stack]\n";
   };
+  // Hot sites: the ten stacks with the most allocations.
+  std::vector<std::pair<std::size_t, const std::vector<void*>*>> hot;
+  for (const auto& [stack, count] : profile.allocation_sites) hot.push_back({count, &stack});
+  std::sort(hot.begin(), hot.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : *a.second < *b.second;
+  });
+  {  // every address printed below, symbolised in one pass over each module
+    std::vector<void*> all;
+    for (const auto& [stack, g] : sorted) all.insert(all.end(), stack->begin(), stack->end());
+    for (std::size_t i = 0; i < hot.size() && i < 10; ++i) all.insert(all.end(), hot[i].second->begin(), hot[i].second->end());
+    lca::track_prepare_symbols(all.data(), all.size());
+  }
   out << "AllocationTracker report\n";
   std::size_t leaked_blocks = 0, leaked_bytes = 0;
   for (const auto& [stack, g] : sorted) {
@@ -139,12 +151,6 @@ void AllocationTracker::print_report(std::ostream& out) const {
     leaked_blocks += g.blocks;
     leaked_bytes += g.bytes;
   }
-  // Hot sites: the ten stacks with the most allocations.
-  std::vector<std::pair<std::size_t, const std::vector<void*>*>> hot;
-  for (const auto& [stack, count] : profile.allocation_sites) hot.push_back({count, &stack});
-  std::sort(hot.begin(), hot.end(), [](const auto& a, const auto& b) {
-    return a.first != b.first ? a.first > b.first : *a.second < *b.second;
-  });
   out << "Hot allocation sites (" << profile.total_allocations << " allocations, " << profile.total_bytes_allocated
       << " bytes, " << profile.total_allocation_time.count() << " us spent tracking):\n";
   for (std::size_t i = 0; i < hot.size() && i < 10; ++i) {

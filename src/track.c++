@@ -5,11 +5,11 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libunwind's unw_backtrace
-// (loaded with dlopen: see init_unwinder; its frame cache: no DWARF
-// interpretation on the common path) and symbolised only
-// when a report is written (dladdr for the module, the module's ELF symbol
-// table for the function -- static functions too --, __cxa_demangle).  The
+// while malloc runs.  Stacks are captured with libunwind (loaded with dlopen:
+// see load_unwinder; unw_step for a thread's first samples, then unw_backtrace
+// and its frame cache) and symbolised only when a report is written, in one
+// batch (dladdr for the module, the module's ELF symbol table for the function
+// -- static functions too --, its .debug_line, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
 // their own allocations are not tracked.
 //
@@ -27,7 +27,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -66,15 +65,22 @@ namespace {
 // Frames kept per stack, and captured (the allocator's own are dropped).
 constexpr unsigned kMaxFrames = 32;
 constexpr unsigned kCaptureFrames = kMaxFrames + 16;
-// Distinct stacks kept (open addressing; 20 MiB of address space, touched as
-// used).  Stacks beyond it, or after kMaxProbe collisions, are counted under
-// the overflow site 0, printed as "[stack table full]".
+// Distinct stacks kept: a dense array (20 MiB of address space, touched in
+// order: 304 bytes a stack) found through an open-addressing index of 4-byte
+// slots that starts at kInitialIndex slots (4 KiB) and doubles at half full.
+// Stacks beyond kSites, or after kMaxProbe collisions, are counted under the
+// overflow site 0, printed as "[stack table full]".
 constexpr std::size_t kSites = std::size_t{1} << 16;
 constexpr unsigned kMaxProbe = 64;
+constexpr std::size_t kInitialIndex = 1024;
 // Block table shards: threads freeing and allocating at once rarely meet.
+// Their buckets (kInitialBuckets at first) and nodes (kNodeBatch at a time)
+// come from one pool of small pieces (kPoolChunk mappings, touched as carved),
+// so that a shard holding one sampled block costs ~600 bytes, not pages.
 constexpr unsigned kShards = 64;
-constexpr std::size_t kInitialBuckets = 256;
-constexpr std::size_t kNodePoolBytes = 64 * 1024;
+constexpr std::size_t kInitialBuckets = 32;
+constexpr unsigned kNodeBatch = 8;
+constexpr std::size_t kPoolChunk = 64 * 1024;
 // Weights are fixed-point (1 << kWeightShift is one block), so that live
 // counts add and subtract exactly.
 constexpr unsigned kWeightShift = 16;
@@ -111,13 +117,28 @@ struct Shard {
   std::size_t nbuckets;
   std::size_t count;
   BlockNode* free_nodes;
-  char* pool;
-  char* pool_end;
   char pad[64];
 };
 
-Site* g_sites;  // kSites entries, os_map'ed at track_init
+// The site index: slots hold dense site numbers (0: empty).  Replaced by a
+// table twice its size at half full; old tables are kept (readers may still
+// be probing them; a reader that misses there retries under g_site_lock in the
+// current one), so all of them together stay under twice the last one.
+struct SiteIndex {
+  std::size_t mask;
+  std::atomic<std::uint32_t>* slots;  // mask + 1 of them, right after this header
+};
+
+Site* g_sites;  // kSites entries, os_map'ed at track_init; 0 is the overflow site
+std::atomic<SiteIndex*> g_site_index{nullptr};
+std::atomic<std::uint32_t> g_nsites{1};  // sites in use, the overflow site included
 pthread_mutex_t g_site_lock = PTHREAD_MUTEX_INITIALIZER;
+// The pool of small pieces (buckets, nodes); g_pool_lock is taken under a
+// shard's lock, never the other way round.
+pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+char* g_pool_cur;
+char* g_pool_end;
+void* g_pool_free[8];  // freed bucket arrays by log2(bytes / 256)
 Shard g_shards[kShards];
 std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
@@ -192,44 +213,103 @@ bool in_skipped_text(const void* ip) {
 // the stack pointer at each throw).  Loaded locally, it serves our captures
 // only.  Its caches are per thread: no lock shared by the allocating threads
 // (and nothing shared for helgrind and DRD to report).
+//
+// Two ways to walk the stack, both libunwind's.  unw_backtrace is the fast one
+// (0.1-0.4 us a capture here) thanks to a per-thread frame cache that
+// libunwind maps and fills eagerly at a thread's first call: 2^14 entries of
+// 16 bytes, 256 KiB of anonymous memory per thread, which it cannot be asked
+// to size.  The unw_step loop uses only the register-state cache, at 4-10 us a
+// capture; that cache cost no memory we could measure (8 threads capturing:
+// RssAnon +4 KiB, unw_set_cache_size made no difference), libunwind's data
+// ~36 KiB whichever walk.  A thread's first kSlowCaptures samples use the
+// loop; after them (16 MiB allocated in expectation at the default rate) the
+// thread has shown it allocates enough for the fast path to pay, and takes it.
+// Full mode captures every allocation: the fast path from the start.
 #define TRACK_STR2(x) #x
 #define TRACK_STR(x) TRACK_STR2(x)
 using BacktraceFn = int (*)(void**, int);
+using GetContextFn = int (*)(unw_context_t*);
+using InitLocalFn = int (*)(unw_cursor_t*, unw_context_t*);
+using StepFn = int (*)(unw_cursor_t*);
+using GetRegFn = int (*)(unw_cursor_t*, unw_regnum_t, unw_word_t*);
 
-BacktraceFn load_unwinder() {
+struct Unwinder {
+  BacktraceFn backtrace = nullptr;  // null: libunwind could not be loaded
+  GetContextFn getcontext = nullptr;
+  InitLocalFn init_local = nullptr;
+  StepFn step = nullptr;
+  GetRegFn get_reg = nullptr;
+};
+
+// Slow (unw_step) captures a thread makes before it switches to unw_backtrace:
+// at most ~32 x 10 us of extra time per thread, and a thread that allocates
+// less than ~16 MiB at the default rate never pays for the 256 KiB cache.
+constexpr unsigned kSlowCaptures = 32;
+constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
+
+Unwinder load_unwinder() {
   Busy busy;
+  Unwinder u;
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     report_warning("allocation tracking: cannot load libunwind: ", dlerror());
-    return nullptr;
+    return u;
   }
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
   if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
-  return reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  u.getcontext = reinterpret_cast<GetContextFn>(dlsym(lib, TRACK_STR(unw_tdep_getcontext)));
+  u.init_local = reinterpret_cast<InitLocalFn>(dlsym(lib, TRACK_STR(unw_init_local)));
+  u.step = reinterpret_cast<StepFn>(dlsym(lib, TRACK_STR(unw_step)));
+  u.get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, TRACK_STR(unw_get_reg)));
+  if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
+  u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  return u;
 }
 
 // Loaded once; a thread that asks while another loads waits for it (a
 // function-local static), so no capture runs before the library is there.
-BacktraceFn unwinder() {
-  static const BacktraceFn fn = load_unwinder();
-  return fn;
+const Unwinder& unwinder() {
+  static const Unwinder u = load_unwinder();
+  return u;
 }
 
 void init_unwinder() { (void)unwinder(); }
 
-// unw_backtrace through the loaded library; 0 frames when it could not be loaded.
+// The unw_step loop, in the shape of unw_backtrace's result: return addresses
+// from this function's caller up (this frame is dropped, as unw_backtrace drops
+// its own).
+__attribute__((noinline)) int step_backtrace(const Unwinder& u, void** out, int max) {
+  unw_context_t uc;
+  unw_cursor_t cursor;
+  if (u.getcontext(&uc) < 0 || u.init_local(&cursor, &uc) < 0) return 0;
+  int n = 0;
+  while (n < max && u.step(&cursor) > 0) {
+    unw_word_t ip = 0;
+    if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
+    out[n++] = reinterpret_cast<void*>(ip);
+  }
+  return n;
+}
+
+// A capture through the loaded library (see above for which walk); 0 frames
+// when it could not be loaded.
 inline int unwind_backtrace(void** out, int max) {
-  BacktraceFn fn = unwinder();
-  return fn ? fn(out, max) : 0;
+  const Unwinder& u = unwinder();
+  if (!u.backtrace) return 0;
+  if (u.step && g_track_mode != TrackMode::full && tls_slow_captures < kSlowCaptures) {
+    ++tls_slow_captures;
+    return step_backtrace(u, out, max);
+  }
+  return u.backtrace(out, max);
 }
 
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  if (BacktraceFn fn = unwinder()) skip_object_of(reinterpret_cast<const void*>(fn));
+  if (BacktraceFn fn = unwinder().backtrace) skip_object_of(reinterpret_cast<const void*>(fn));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -256,30 +336,75 @@ bool same_stack(const Site& s, void* const* frames, unsigned n) {
   return s.depth == n && std::memcmp(s.frames, frames, n * sizeof(void*)) == 0;
 }
 
-// The site of a stack, created on first sight; 0 (the overflow site) when the
-// table has no room for it.
-std::uint32_t intern_site(void* const* frames, unsigned n) {
-  std::uint64_t h = hash_stack(frames, n);
-  std::size_t i = (h >> 1) & (kSites - 1);
-  for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & (kSites - 1)) {
-    if (i == 0) continue;
-    std::uint64_t k = g_sites[i].key.load(std::memory_order_acquire);
-    if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+// An empty index of nslots (a power of two) slots.
+SiteIndex* index_create(std::size_t nslots) {
+  auto* t = static_cast<SiteIndex*>(os_map(sizeof(SiteIndex) + nslots * sizeof(std::atomic<std::uint32_t>)));
+  if (!t) return nullptr;
+  t->mask = nslots - 1;
+  t->slots = reinterpret_cast<std::atomic<std::uint32_t>*>(t + 1);
+  return t;
+}
+
+// The slot of a stack with hash h in t: its site, or 0 with *free_slot set to
+// the empty slot where it would go (kMaxProbe collisions: 0 and no slot).
+std::uint32_t index_probe(const SiteIndex* t, std::uint64_t h, void* const* frames, unsigned n, std::size_t* free_slot) {
+  std::size_t i = (h >> 1) & t->mask;
+  *free_slot = ~std::size_t{0};
+  for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & t->mask) {
+    std::uint32_t k = t->slots[i].load(std::memory_order_acquire);
     if (k == 0) {
-      pthread_mutex_lock(&g_site_lock);
-      k = g_sites[i].key.load(std::memory_order_relaxed);
-      if (k == 0) {
-        g_sites[i].depth = n;
-        std::memcpy(g_sites[i].frames, frames, n * sizeof(void*));
-        g_sites[i].key.store(h, std::memory_order_release);
-        pthread_mutex_unlock(&g_site_lock);
-        return static_cast<std::uint32_t>(i);
-      }
-      pthread_mutex_unlock(&g_site_lock);
-      if (k == h && same_stack(g_sites[i], frames, n)) return static_cast<std::uint32_t>(i);
+      *free_slot = i;
+      return 0;
     }
+    const Site& s = g_sites[k];
+    if (s.key.load(std::memory_order_relaxed) == h && same_stack(s, frames, n)) return k;
   }
   return 0;
+}
+
+// Doubles the index (under g_site_lock); false when out of memory.
+bool index_grow() {
+  SiteIndex* old = g_site_index.load(std::memory_order_relaxed);
+  std::size_t nslots = (old->mask + 1) * 2;
+  SiteIndex* t = index_create(nslots);
+  if (!t) return false;
+  std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
+  for (std::uint32_t k = 1; k < used; ++k) {
+    std::size_t i = (g_sites[k].key.load(std::memory_order_relaxed) >> 1) & t->mask;
+    while (t->slots[i].load(std::memory_order_relaxed) != 0) i = (i + 1) & t->mask;
+    t->slots[i].store(k, std::memory_order_relaxed);
+  }
+  g_site_index.store(t, std::memory_order_release);
+  return true;
+}
+
+// The site of a stack, created on first sight; 0 (the overflow site) when the
+// table has no room for it.  Lookups take no lock.
+std::uint32_t intern_site(void* const* frames, unsigned n) {
+  std::uint64_t h = hash_stack(frames, n);
+  std::size_t slot;
+  if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
+  pthread_mutex_lock(&g_site_lock);
+  SiteIndex* t = g_site_index.load(std::memory_order_relaxed);
+  std::uint32_t k = index_probe(t, h, frames, n, &slot);
+  std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
+  if (k == 0 && used < kSites) {
+    if ((used + 1) * 2 > t->mask + 1 && t->mask + 1 < 2 * kSites && index_grow()) {
+      t = g_site_index.load(std::memory_order_relaxed);
+      index_probe(t, h, frames, n, &slot);
+    }
+    if (slot != ~std::size_t{0}) {
+      Site& s = g_sites[used];
+      s.depth = n;
+      std::memcpy(s.frames, frames, n * sizeof(void*));
+      s.key.store(h, std::memory_order_relaxed);
+      g_nsites.store(used + 1, std::memory_order_release);
+      t->slots[slot].store(used, std::memory_order_release);
+      k = used;
+    }
+  }
+  pthread_mutex_unlock(&g_site_lock);
+  return k;
 }
 
 // --- blocks ---------------------------------------------------------------------
@@ -287,9 +412,53 @@ std::uint32_t intern_site(void* const* frames, unsigned n) {
 Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards]; }
 std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
 
+// A piece of `bytes` (a multiple of 16) from the pool, zero-filled; nullptr
+// when out of memory.  Bucket arrays of 256 bytes to 32 KiB are reused when a
+// shard outgrows them; larger ones are mappings of their own.
+std::size_t bucket_class(std::size_t bytes) {
+  unsigned c = 0;
+  while ((std::size_t{256} << c) < bytes) ++c;
+  return c;
+}
+
+void* pool_alloc(std::size_t bytes) {
+  if (bytes > kPoolChunk / 2) return os_map(bytes);
+  pthread_mutex_lock(&g_pool_lock);
+  void* p = nullptr;
+  std::size_t c = bucket_class(bytes);
+  if (bytes == (std::size_t{256} << c) && c < 8 && g_pool_free[c]) {
+    p = g_pool_free[c];
+    g_pool_free[c] = *static_cast<void**>(p);
+    std::memset(p, 0, bytes);
+  } else {
+    if (static_cast<std::size_t>(g_pool_end - g_pool_cur) < bytes) {
+      auto* chunk = static_cast<char*>(os_map(kPoolChunk));
+      if (chunk) g_pool_cur = chunk, g_pool_end = chunk + kPoolChunk;
+    }
+    if (static_cast<std::size_t>(g_pool_end - g_pool_cur) >= bytes) {
+      p = g_pool_cur;
+      g_pool_cur += bytes;
+    }
+  }
+  pthread_mutex_unlock(&g_pool_lock);
+  return p;
+}
+
+void pool_free_buckets(void* p, std::size_t bytes) {
+  if (bytes > kPoolChunk / 2) {
+    os_unmap(p, bytes);
+    return;
+  }
+  std::size_t c = bucket_class(bytes);
+  pthread_mutex_lock(&g_pool_lock);
+  *static_cast<void**>(p) = g_pool_free[c];
+  g_pool_free[c] = p;
+  pthread_mutex_unlock(&g_pool_lock);
+}
+
 bool shard_grow(Shard& s) {
   std::size_t n = s.nbuckets ? s.nbuckets * 2 : kInitialBuckets;
-  auto** b = static_cast<BlockNode**>(os_map(n * sizeof(BlockNode*)));
+  auto** b = static_cast<BlockNode**>(pool_alloc(n * sizeof(BlockNode*)));
   if (!b) return false;
   for (std::size_t i = 0; i < s.nbuckets; ++i) {
     BlockNode* node = s.buckets[i];
@@ -301,25 +470,24 @@ bool shard_grow(Shard& s) {
       node = next;
     }
   }
-  if (s.buckets) os_unmap(s.buckets, s.nbuckets * sizeof(BlockNode*));
+  if (s.buckets) pool_free_buckets(s.buckets, s.nbuckets * sizeof(BlockNode*));
   s.buckets = b;
   s.nbuckets = n;
   return true;
 }
 
 BlockNode* node_alloc(Shard& s) {
-  if (BlockNode* n = s.free_nodes) {
-    s.free_nodes = n->next;
-    return n;
+  if (!s.free_nodes) {
+    static_assert(sizeof(BlockNode) % 8 == 0);
+    auto* batch = static_cast<BlockNode*>(pool_alloc(align_up(kNodeBatch * sizeof(BlockNode), 16)));
+    if (!batch) return nullptr;
+    for (unsigned i = 0; i < kNodeBatch; ++i) {
+      batch[i].next = s.free_nodes;
+      s.free_nodes = &batch[i];
+    }
   }
-  if (s.pool + sizeof(BlockNode) > s.pool_end) {
-    auto* p = static_cast<char*>(os_map(kNodePoolBytes));
-    if (!p) return nullptr;
-    s.pool = p;
-    s.pool_end = p + kNodePoolBytes;
-  }
-  auto* n = reinterpret_cast<BlockNode*>(s.pool);
-  s.pool += sizeof(BlockNode);
+  BlockNode* n = s.free_nodes;
+  s.free_nodes = n->next;
   return n;
 }
 
@@ -404,10 +572,61 @@ std::uint64_t rng_next() {
   return x * 0x2545f4914f6cdd1dull;
 }
 
+// log and 1 - exp(-x) of our own, without tables: libm's log and expm1 read
+// their lookup tables from libm's .rodata, which faulted ~150 KiB of file
+// pages into every sampled process (the kernel maps 64 KiB around a fault).
+// Both are exact to ~1e-15 relative, far below what sampling needs.
+double split_exponent(double x, int* e) {  // x = m * 2^e, m in [sqrt(1/2), sqrt(2)); x normal, > 0
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  *e = static_cast<int>((bits >> 52) & 0x7ff) - 1023;
+  bits = (bits & ((std::uint64_t{1} << 52) - 1)) | (std::uint64_t{1023} << 52);  // [1, 2)
+  double m;
+  std::memcpy(&m, &bits, sizeof m);
+  if (m > 1.4142135623730951) m *= 0.5, ++*e;
+  return m;
+}
+
+// Natural logarithm of x in (0, 1] (interval draws: x >= 2^-53).
+double ln(double x) {
+  int e;
+  double m = split_exponent(x, &e);
+  double t = (m - 1) / (m + 1), t2 = t * t;  // |t| <= 0.1716
+  double sum = 0;
+  for (int k = 19; k >= 1; k -= 2) sum = sum * t2 + 1.0 / k;  // atanh series
+  return 2 * t * sum + e * 0.6931471805599453;
+}
+
+// 1 - exp(-x) for x >= 0.
+double one_minus_exp_neg(double x) {
+  if (x < 0.5) {  // -(expm1(-x)) by its series, no cancellation
+    double term = x, sum = 0;
+    for (int k = 1; k <= 18; ++k) {
+      sum += term;
+      term *= -x / (k + 1);
+    }
+    return sum;
+  }
+  if (x > 745) return 1.0;
+  // exp(-x) = 2^-k * exp(-r), x = k ln 2 + r, 0 <= r < ln 2.
+  int k = static_cast<int>(x / 0.6931471805599453);
+  double r = x - k * 0.6931471805599453;
+  double term = 1, e = 0;
+  for (int i = 1; i <= 22; ++i) {
+    e += term;
+    term *= -r / i;
+  }
+  std::uint64_t bits = static_cast<std::uint64_t>(1023 - k) << 52;  // 2^-k, k <= 1075: normal for k < 1023
+  double scale;
+  if (k >= 1022) return 1.0;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return 1.0 - e * scale;
+}
+
 // The next interval: exponential with mean g_sample_bytes.
 std::int64_t next_interval() {
   double u = (static_cast<double>(rng_next() >> 11) + 1.0) / 9007199254740993.0;  // (0, 1]
-  double v = -std::log(u) * static_cast<double>(g_sample_bytes);
+  double v = -ln(u) * static_cast<double>(g_sample_bytes);
   if (v > 4e18) v = 4e18;
   return static_cast<std::int64_t>(v);
 }
@@ -456,7 +675,7 @@ void sample_weight(std::size_t size, std::uint64_t* weight_fx, std::uint64_t* by
     return;
   }
   double s = static_cast<double>(size ? size : 1);
-  double p = -std::expm1(-s / static_cast<double>(g_sample_bytes));
+  double p = one_minus_exp_neg(s / static_cast<double>(g_sample_bytes));
   *weight_fx = static_cast<std::uint64_t>(kWeightOne / p + 0.5);
   *bytes = static_cast<std::uint64_t>(s / p + 0.5);
 }
@@ -465,31 +684,33 @@ void dump_if_requested();
 
 // --- symbolisation --------------------------------------------------------------
 
-struct FuncSym {
-  std::uintptr_t value, size;
-  const char* name;
-};
-
-// A row of a DWARF line table: code from addr on comes from file:line (until
-// the next row); an end row closes its sequence.
-struct LineRow {
-  std::uintptr_t addr;
-  const char* file;  // into the module's mapping
+// Symbolisation works in batches: a report first lists every return address
+// it will print (prepare_symbols), and each module's ELF file is read once
+// for all of them -- its symbol table and its .debug_line streamed through,
+// with no table of all symbols or all line rows kept (a library with debug
+// information has millions of rows: python3's libpython made 34 MB of them)
+// -- then unmapped.  What each address resolved to is kept in g_syms, sorted
+// by address, with its strings copied into g_strs; symbolize() reads it.
+struct SymResult {
+  std::uintptr_t addr;       // the return address
+  std::uintptr_t fbase;      // its module's load address (0: no module)
+  std::uintptr_t start;      // its function's address (0: unknown)
+  const char* raw_name;      // mangled, in g_strs; nullptr when unknown
+  const char* file;          // source file, in g_strs; nullptr when unknown
+  const char* module;        // the module's path, in g_strs
   std::uint32_t line;
-  bool end;
 };
 
-struct ElfModule {
-  std::uintptr_t base = 0;  // dli_fbase
-  bool loaded = false;
-  bool relative = true;  // ET_DYN: symbol values are offsets from base
-  void* map = nullptr;
-  std::size_t map_len = 0;
-  FuncSym* syms = nullptr;  // sorted by value
-  std::size_t nsyms = 0;
-  LineRow* rows = nullptr;  // sorted by address; none without .debug_line
-  std::size_t nrows = 0;
-  char path[256] = "";
+// A target of one module's pass: its module-relative address and what the
+// pass found (pointers into the module's mapping until copied).
+struct Target {
+  std::uintptr_t rel;
+  std::size_t result;        // index into the batch's results
+  std::uintptr_t sym_value;  // best containing symbol so far
+  const char* sym_name;
+  bool has_sym;
+  const char* file;
+  std::uint32_t line;
 };
 
 // --- DWARF line tables (.debug_line, versions 2 to 5) ---------------------------
@@ -571,11 +792,32 @@ const char* read_form(Reader& r, std::uint64_t form, bool dwarf64, const Section
   }
 }
 
-// Appends the rows of every unit of .debug_line to rows.
-void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
+// Gives the pages of a read-only file mapping in [from, to) back (whole pages
+// only): they leave the process's RSS and are read again if touched.
+void release_file_pages(const void* from, const void* to) {
+  std::uintptr_t pg = os_page_size();
+  std::uintptr_t lo = align_up(reinterpret_cast<std::uintptr_t>(from), pg);
+  std::uintptr_t hi = reinterpret_cast<std::uintptr_t>(to) & ~(pg - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
+// Bytes of .debug_line (and of a symbol table) read between two releases of
+// the pages behind.
+constexpr std::size_t kLineWindow = 256 * 1024;
+
+// Runs every unit of .debug_line and gives each target (sorted by rel) the
+// file and line of the row covering it: a row covers the addresses from its
+// own up to the next row of its sequence.
+void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntargets) {
   Reader all{sec.line, sec.line + sec.line_len};
+  const unsigned char* released = sec.line;
   std::vector<const char*> files;
+  auto covers = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
   while (all.ok && all.p < all.end) {
+    if (static_cast<std::size_t>(all.p - released) > kLineWindow) {
+      release_file_pages(released, all.p);
+      released = all.p;
+    }
     std::uint64_t unit_len = all.fixed(4);
     bool dwarf64 = unit_len == 0xffffffffu;
     if (dwarf64) unit_len = all.fixed(8);
@@ -636,9 +878,19 @@ void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
     std::uintptr_t addr = 0;
     std::uint64_t file = 1;
     std::int64_t line = 1;
+    bool have_prev = false;  // a row of this sequence was emitted
+    std::uintptr_t prev_addr = 0;
+    const char* prev_file = nullptr;
+    std::uint32_t prev_line = 0;
     auto emit = [&](bool end) {
-      const char* f = file < files.size() ? files[file] : "?";
-      rows.push_back(LineRow{addr, f, static_cast<std::uint32_t>(line > 0 ? line : 0), end});
+      if (have_prev && addr > prev_addr) {
+        Target* t = std::lower_bound(targets, targets + ntargets, prev_addr, covers);
+        for (; t < targets + ntargets && t->rel < addr; ++t) t->file = prev_file, t->line = prev_line;
+      }
+      have_prev = !end;
+      prev_addr = addr;
+      prev_file = file < files.size() ? files[file] : "?";
+      prev_line = static_cast<std::uint32_t>(line > 0 ? line : 0);
     };
     while (r.ok && r.p < r.end) {
       unsigned op = *r.p++;
@@ -681,15 +933,17 @@ void parse_line_tables(const Sections& sec, std::vector<LineRow>& rows) {
   }
 }
 
-void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
+// The .debug_line pass of one module (its mapping at base, len bytes).
+void module_lines(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
+  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
   if (eh->e_shstrndx >= eh->e_shnum) return;
   const ElfW(Shdr)& names = sh[eh->e_shstrndx];
-  if (names.sh_offset + names.sh_size > m.map_len) return;
-  auto* base = static_cast<const unsigned char*>(m.map);
+  if (names.sh_offset + names.sh_size > len) return;
   Sections sec;
   for (unsigned i = 0; i < eh->e_shnum; ++i) {
     if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || (sh[i].sh_flags & SHF_COMPRESSED) ||
-        sh[i].sh_offset + sh[i].sh_size > m.map_len)
+        sh[i].sh_offset + sh[i].sh_size > len)
       continue;
     const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
     if (std::strcmp(name, ".debug_line") == 0) sec.line = base + sh[i].sh_offset, sec.line_len = sh[i].sh_size;
@@ -697,57 +951,14 @@ void load_lines(ElfModule& m, const ElfW(Ehdr)* eh, const ElfW(Shdr)* sh) {
       sec.line_str = base + sh[i].sh_offset, sec.line_str_len = sh[i].sh_size;
     if (std::strcmp(name, ".debug_str") == 0) sec.str = base + sh[i].sh_offset, sec.str_len = sh[i].sh_size;
   }
-  if (!sec.line) return;
-  std::vector<LineRow> rows;
-  parse_line_tables(sec, rows);
-  // Sort by address; an end row sorts before a row starting at the same address.
-  std::stable_sort(rows.begin(), rows.end(), [](const LineRow& a, const LineRow& b) {
-    return a.addr != b.addr ? a.addr < b.addr : a.end > b.end;
-  });
-  auto* out = static_cast<LineRow*>(std::malloc((rows.size() ? rows.size() : 1) * sizeof(LineRow)));
-  if (!out) return;
-  std::copy(rows.begin(), rows.end(), out);
-  m.rows = out;
-  m.nrows = rows.size();
+  if (sec.line) parse_line_tables(sec, targets, n);
 }
 
-// The source line of rel (a module-relative address), or nullptr.
-const LineRow* find_line(const ElfModule& m, std::uintptr_t rel) {
-  const LineRow* begin = m.rows;
-  const LineRow* end = m.rows + m.nrows;
-  const LineRow* it =
-      std::upper_bound(begin, end, rel, [](std::uintptr_t v, const LineRow& r) { return v < r.addr; });
-  if (it == begin) return nullptr;
-  --it;
-  // A row is followed, in its sequence, by the next row or its end row; an end
-  // row found first means rel lies between sequences.
-  return it->end || it + 1 == end ? nullptr : it;
-}
-
-constexpr unsigned kModules = 64;
-ElfModule g_modules[kModules];
-pthread_mutex_t g_sym_lock = PTHREAD_MUTEX_INITIALIZER;
-
-void load_elf(ElfModule& m, const char* path) {
-  m.loaded = true;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    close(fd);
-    return;
-  }
-  void* map = mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
-  if (map == MAP_FAILED) return;
-  m.map = map;
-  m.map_len = static_cast<std::size_t>(st.st_size);
-  auto* base = static_cast<const char*>(map);
+// The symbol pass of one module: each target gets the function symbol with
+// the highest address among those containing it (.symtab, else .dynsym), so
+// static functions are named too.  The table's pages are released after.
+void module_symbols(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
   auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) ||
-      eh->e_shoff == 0 || eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) > m.map_len)
-    return;
-  m.relative = eh->e_type == ET_DYN;
   auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
   const ElfW(Shdr)* table = nullptr;
   for (unsigned want : {static_cast<unsigned>(SHT_SYMTAB), static_cast<unsigned>(SHT_DYNSYM)}) {
@@ -755,106 +966,201 @@ void load_elf(ElfModule& m, const char* path) {
       if (sh[i].sh_type == want && sh[i].sh_link < eh->e_shnum) table = &sh[i];
     if (table) break;
   }
-  if (!table || table->sh_offset + table->sh_size > m.map_len) return;
+  if (!table || table->sh_offset + table->sh_size > len) return;
   const ElfW(Shdr)& strs = sh[table->sh_link];
-  if (strs.sh_offset + strs.sh_size > m.map_len) return;
+  if (strs.sh_offset + strs.sh_size > len) return;
   auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
   std::size_t count = table->sh_size / sizeof(ElfW(Sym));
-  auto* out = static_cast<FuncSym*>(std::malloc((count ? count : 1) * sizeof(FuncSym)));
-  if (!out) return;
-  std::size_t k = 0;
+  auto below = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
+  constexpr std::size_t kWindowSyms = kLineWindow / sizeof(ElfW(Sym));
   for (std::size_t i = 0; i < count; ++i) {
+    if (i % kWindowSyms == 0 && i) release_file_pages(syms + (i - kWindowSyms), syms + i);
     unsigned type = ELF64_ST_TYPE(syms[i].st_info);
     if ((type != STT_FUNC && type != STT_GNU_IFUNC) || syms[i].st_shndx == SHN_UNDEF ||
         syms[i].st_name >= strs.sh_size)
       continue;
-    out[k++] = FuncSym{syms[i].st_value, syms[i].st_size, base + strs.sh_offset + syms[i].st_name};
+    std::uintptr_t lo = syms[i].st_value, hi = lo + (syms[i].st_size ? syms[i].st_size : 1);
+    for (Target* t = std::lower_bound(targets, targets + n, lo, below); t < targets + n && t->rel < hi; ++t) {
+      if (t->has_sym && t->sym_value >= lo) continue;
+      t->has_sym = true;
+      t->sym_value = lo;
+      t->sym_name = reinterpret_cast<const char*>(base + strs.sh_offset + syms[i].st_name);
+    }
   }
-  std::sort(out, out + k, [](const FuncSym& a, const FuncSym& b) { return a.value < b.value; });
-  m.syms = out;
-  m.nsyms = k;
-  load_lines(m, eh, sh);
+  release_file_pages(syms, syms + count);
 }
 
-// The function containing rel (a module-relative address), or nullptr.
-const FuncSym* find_func(const ElfModule& m, std::uintptr_t rel) {
-  const FuncSym* begin = m.syms;
-  const FuncSym* end = m.syms + m.nsyms;
-  const FuncSym* it = std::upper_bound(begin, end, rel, [](std::uintptr_t v, const FuncSym& s) { return v < s.value; });
-  while (it != begin) {
-    --it;
-    if (rel < it->value + (it->size ? it->size : 1)) return it;
-    if (it->size) return nullptr;  // rel lies past a sized function: in no function
+// --- the symbol cache ---------------------------------------------------------------
+
+pthread_mutex_t g_sym_lock = PTHREAD_MUTEX_INITIALIZER;
+constexpr unsigned kSymModules = 64;  // modules per batch (more: left unnamed)
+SymResult* g_syms;  // sorted by addr
+std::size_t g_nsyms, g_syms_bytes;
+char* g_strs;  // the current string chunk
+std::size_t g_strs_left;
+constexpr std::size_t kStrChunk = 64 * 1024;
+
+// A copy of s (at most 511 bytes kept) in the string chunks; nullptr for nullptr.
+const char* keep_string(const char* s) {
+  if (!s) return nullptr;
+  std::size_t n = strnlen(s, 511);
+  if (g_strs_left < n + 1) {
+    auto* chunk = static_cast<char*>(os_map(kStrChunk));
+    if (!chunk) return nullptr;
+    g_strs = chunk, g_strs_left = kStrChunk;
   }
-  return nullptr;
+  char* out = g_strs;
+  std::memcpy(out, s, n);
+  out[n] = 0;
+  g_strs += n + 1, g_strs_left -= n + 1;
+  return out;
+}
+
+const SymResult* find_result(std::uintptr_t a) {
+  const SymResult* it = std::lower_bound(g_syms, g_syms + g_nsyms, a,
+                                         [](const SymResult& r, std::uintptr_t v) { return r.addr < v; });
+  return it < g_syms + g_nsyms && it->addr == a ? it : nullptr;
+}
+
+// Resolves one module's targets: maps its file, runs the two passes, copies
+// what they found, unmaps it.
+void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    close(fd);
+    return;
+  }
+  std::size_t len = static_cast<std::size_t>(st.st_size);
+  void* map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) return;
+  auto* base = static_cast<const unsigned char*>(map);
+  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+      eh->e_ident[EI_CLASS] == (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) && eh->e_shoff != 0 &&
+      eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) <= len) {
+    *relative = eh->e_type == ET_DYN;
+    if (!*relative)  // ET_EXEC: symbol values and line rows are absolute addresses
+      for (std::size_t i = 0; i < n; ++i) targets[i].rel += results[targets[i].result].fbase;
+    module_symbols(base, len, targets, n);
+    module_lines(base, len, targets, n);
+    for (std::size_t i = 0; i < n; ++i) {
+      SymResult& r = results[targets[i].result];
+      if (targets[i].has_sym) {
+        r.raw_name = keep_string(targets[i].sym_name);
+        r.start = (*relative ? r.fbase : 0) + targets[i].sym_value;
+      }
+      if (targets[i].file) {
+        r.file = keep_string(targets[i].file);
+        r.line = targets[i].line;
+      }
+    }
+  }
+  munmap(map, len);
+}
+
+// Symbolises every address of addrs[0..n) not yet in g_syms (they may repeat).
+// Allocates (the module files' names vector; demangling happens later), so
+// never from malloc: report writers and AllocationTracker only.
+void prepare_symbols(void* const* addrs, std::size_t n) {
+  if (n == 0) return;
+  pthread_mutex_lock(&g_sym_lock);
+  std::size_t bytes = align_up(n * (sizeof(SymResult) + sizeof(Target)), os_page_size());
+  auto* results = static_cast<SymResult*>(os_map(bytes));
+  if (!results) {
+    pthread_mutex_unlock(&g_sym_lock);
+    return;
+  }
+  auto* targets = reinterpret_cast<Target*>(results + n);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    auto a = reinterpret_cast<std::uintptr_t>(addrs[i]);
+    if (!find_result(a)) results[k++].addr = a;
+  }
+  std::sort(results, results + k, [](const SymResult& x, const SymResult& y) { return x.addr < y.addr; });
+  k = static_cast<std::size_t>(std::unique(results, results + k, [](const SymResult& x, const SymResult& y) {
+                                 return x.addr == y.addr;
+                               }) - results);
+  // A return address: the call is the byte before it (a noreturn call may be
+  // the last instruction of its function).
+  char paths[kSymModules][256];
+  std::uintptr_t bases[kSymModules];
+  unsigned nmodules = 0;
+  for (std::size_t i = 0; i < k; ++i) {
+    SymResult& r = results[i];
+    std::uintptr_t look = r.addr ? r.addr - 1 : 0;
+    Dl_info dl;
+    if (!dladdr(reinterpret_cast<void*>(look), &dl) || !dl.dli_fbase) continue;
+    r.fbase = reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
+    r.module = keep_string(dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "[main]");
+    if (dl.dli_sname) {  // the dynamic symbol, until the module's own tables say better
+      r.raw_name = keep_string(dl.dli_sname);
+      r.start = reinterpret_cast<std::uintptr_t>(dl.dli_saddr);
+    }
+    unsigned m = 0;
+    while (m < nmodules && bases[m] != r.fbase) ++m;
+    if (m == nmodules && nmodules < kSymModules) {
+      bases[m] = r.fbase;
+      std::snprintf(paths[m], sizeof paths[m], "%s", dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "/proc/self/exe");
+      ++nmodules;
+    }
+  }
+  for (unsigned m = 0; m < nmodules; ++m) {
+    std::size_t nt = 0;
+    for (std::size_t i = 0; i < k; ++i)
+      if (results[i].fbase == bases[m]) targets[nt++] = Target{results[i].addr - 1 - bases[m], i, 0, nullptr, false, nullptr, 0};
+    bool relative = true;
+    resolve_module(paths[m], &relative, targets, nt, results);  // targets stay sorted: results are
+  }
+  // Merge into the cache.
+  std::size_t total = g_nsyms + k;
+  std::size_t merged_bytes = align_up(total * sizeof(SymResult), os_page_size());
+  auto* merged = static_cast<SymResult*>(os_map(merged_bytes));
+  if (merged) {
+    std::merge(g_syms, g_syms + g_nsyms, results, results + k, merged,
+               [](const SymResult& x, const SymResult& y) { return x.addr < y.addr; });
+    if (g_syms) os_unmap(g_syms, g_syms_bytes);
+    g_syms = merged, g_nsyms = total, g_syms_bytes = merged_bytes;
+  }
+  os_unmap(results, bytes);
+  pthread_mutex_unlock(&g_sym_lock);
 }
 
 struct Symbol {
   char function[512];  // demangled, "" when unknown
-  const char* file;    // source file (DWARF line table), nullptr when unknown
+  const char* file;    // source file, nullptr when unknown
   unsigned line;
   std::uintptr_t offset;
   char module[256];
   std::uintptr_t module_offset;
 };
 
+// What prepare_symbols found for addr (which it must have been given).
 void symbolize(const void* addr, Symbol* out) {
   out->function[0] = 0;
   out->file = nullptr;
   out->line = 0;
   out->module[0] = 0;
   out->offset = out->module_offset = 0;
-  // A return address: the call is the byte before it (a noreturn call may be
-  // the last instruction of its function).
   auto a = reinterpret_cast<std::uintptr_t>(addr);
-  std::uintptr_t look = a ? a - 1 : a;
-  Dl_info dl;
-  if (!dladdr(reinterpret_cast<void*>(look), &dl) || !dl.dli_fbase) return;
-  const char* path = dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "/proc/self/exe";
-  std::snprintf(out->module, sizeof out->module, "%s", dl.dli_fname && *dl.dli_fname ? dl.dli_fname : "[main]");
-  auto fbase = reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
-  out->module_offset = a - fbase;
-  const char* raw_name = nullptr;
-  std::uintptr_t start = 0;
   pthread_mutex_lock(&g_sym_lock);
-  ElfModule* m = nullptr;
-  for (ElfModule& e : g_modules) {
-    if (e.loaded && e.base == fbase) {
-      m = &e;
-      break;
-    }
-    if (!e.loaded) {
-      e.base = fbase;
-      std::snprintf(e.path, sizeof e.path, "%s", path);
-      load_elf(e, path);
-      m = &e;
-      break;
-    }
-  }
-  if (m && m->syms) {
-    std::uintptr_t rel = m->relative ? look - fbase : look;
-    if (const FuncSym* f = find_func(*m, rel)) {
-      raw_name = f->name;
-      start = (m->relative ? fbase : 0) + f->value;
-    }
-  }
-  if (m && m->rows) {
-    if (const LineRow* row = find_line(*m, m->relative ? look - fbase : look)) {
-      out->file = row->file;  // the mapping stays for the life of the process
-      out->line = row->line;
-    }
-  }
+  const SymResult* r = find_result(a);
+  SymResult copy{};
+  if (r) copy = *r;
   pthread_mutex_unlock(&g_sym_lock);
-  if (!raw_name && dl.dli_sname) {
-    raw_name = dl.dli_sname;
-    start = reinterpret_cast<std::uintptr_t>(dl.dli_saddr);
-  }
-  if (!raw_name) return;
+  if (!r || !copy.fbase) return;
+  std::snprintf(out->module, sizeof out->module, "%s", copy.module ? copy.module : "?");
+  out->module_offset = a - copy.fbase;
+  out->file = copy.file;  // the string chunks are never unmapped
+  out->line = copy.line;
+  if (!copy.raw_name) return;
   int status = -1;
-  char* demangled = abi::__cxa_demangle(raw_name, nullptr, nullptr, &status);
-  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : raw_name);
+  char* demangled = abi::__cxa_demangle(copy.raw_name, nullptr, nullptr, &status);
+  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : copy.raw_name);
   std::free(demangled);
-  out->offset = a - start;
+  out->offset = a - copy.start;
 }
 
 // --- report writing ---------------------------------------------------------------
@@ -864,14 +1170,35 @@ struct SiteView {
   double calls, bytes, live_blocks, live_bytes;
 };
 
+// Symbolises the frames of the sites v[0..n) in one batch (see prepare_symbols).
+void prepare_sites(const SiteView* v, std::size_t n) {
+  std::size_t nframes = 0;
+  for (std::size_t i = 0; i < n; ++i) nframes += g_sites[v[i].index].depth;
+  if (nframes == 0) return;
+  std::size_t bytes = align_up(nframes * sizeof(void*), os_page_size());
+  auto* frames = static_cast<void**>(os_map(bytes));
+  if (!frames) return;
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Site& s = g_sites[v[i].index];
+    for (unsigned j = 0; j < s.depth; ++j) frames[k++] = s.frames[j];
+  }
+  // Stacks share most frames: the batch is sized by the distinct ones.
+  std::sort(frames, frames + k);
+  k = static_cast<std::size_t>(std::unique(frames, frames + k) - frames);
+  prepare_symbols(frames, k);
+  os_unmap(frames, bytes);
+}
+
 // A snapshot of every site with something to report, in memory of its own
 // (from the OS layer); `n` entries.
 SiteView* snapshot_sites(std::size_t* n, std::size_t* map_bytes) {
-  *map_bytes = align_up(kSites * sizeof(SiteView), os_page_size());
+  std::size_t used = g_nsites.load(std::memory_order_acquire);
+  *map_bytes = align_up(used * sizeof(SiteView), os_page_size());
   auto* v = static_cast<SiteView*>(os_map(*map_bytes));
   *n = 0;
   if (!v) return nullptr;
-  for (std::size_t i = 0; i < kSites; ++i) {
+  for (std::size_t i = 0; i < used; ++i) {
     const Site& s = g_sites[i];
     std::uint64_t calls = s.calls_fx.load(std::memory_order_relaxed);
     if (calls == 0) continue;
@@ -965,6 +1292,7 @@ bool write_leak_report(const char* pattern) {
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
+  prepare_sites(v, k < kReportStacks ? k : kReportStacks);
   char mode[128];
   std::fprintf(f, "libcalloc leak report (pid %d; %s)\n", static_cast<int>(getpid()), mode_text(mode, sizeof mode));
   for (std::size_t i = 0; i < k && i < kReportStacks; ++i) {
@@ -1024,6 +1352,7 @@ bool write_profile(const char* pattern, int format) {
     live_bytes += v[i].live_bytes;
   }
   if (format == 1) {  // collapsed: root first, bytes allocated
+    prepare_sites(v, n);
     char name[512];
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
@@ -1056,6 +1385,7 @@ bool write_profile(const char* pattern, int format) {
       close(maps);
     }
   } else {
+    prepare_sites(v, n < kReportStacks ? n : kReportStacks);
     char mode[128];
     std::fprintf(f, "libcalloc allocation profile (pid %d; %s)\n", static_cast<int>(getpid()),
                  mode_text(mode, sizeof mode));
@@ -1085,9 +1415,16 @@ bool tables_ready() {
   if (g_sites) return true;
   g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
   if (!g_sites) return false;
-  // Sites are spread over the table by their hash: with transparent huge pages
-  // each would fault in 2 MiB instead of 4 KiB.
+  // Touched in order as stacks appear: with transparent huge pages the first
+  // stack would fault in 2 MiB instead of 4 KiB.
   os_advise_huge(g_sites, kSites * sizeof(Site), false);
+  SiteIndex* index = index_create(kInitialIndex);
+  if (!index) {
+    os_unmap(g_sites, kSites * sizeof(Site));
+    g_sites = nullptr;
+    return false;
+  }
+  g_site_index.store(index, std::memory_order_release);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   return true;
 }
@@ -1116,14 +1453,17 @@ void track_prefork() {
   pthread_mutex_lock(&g_sym_lock);
   pthread_mutex_lock(&g_site_lock);
   for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
+  pthread_mutex_lock(&g_pool_lock);
 }
 void track_postfork_parent() {
+  pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
   pthread_mutex_unlock(&g_site_lock);
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
   tls_rng = 0;  // the child samples other allocations than its parent
+  pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
@@ -1255,7 +1595,8 @@ void track_start_for_test(TrackMode mode, std::size_t sample_bytes) {
 TrackTotals track_totals() {
   TrackTotals t{};
   if (!g_sites) return t;
-  for (std::size_t i = 0; i < kSites; ++i) {
+  std::size_t used = g_nsites.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < used; ++i) {
     const Site& s = g_sites[i];
     t.calls += static_cast<double>(s.calls_fx.load(std::memory_order_relaxed)) / kWeightOne;
     t.bytes += static_cast<double>(s.bytes.load(std::memory_order_relaxed));
@@ -1263,6 +1604,7 @@ TrackTotals track_totals() {
     t.live_bytes += static_cast<double>(s.live_bytes.load(std::memory_order_relaxed));
   }
   t.samples = g_samples.load(std::memory_order_relaxed);
+  t.stacks = used > 0 ? used - 1 : 0;
   return t;
 }
 
@@ -1281,7 +1623,11 @@ __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, un
   return k;
 }
 
+void track_prepare_symbols(void* const* addrs, std::size_t n) { prepare_symbols(addrs, n); }
+
 void track_symbolize(const void* addr, char* buf, std::size_t cap) {
+  void* one = const_cast<void*>(addr);
+  prepare_symbols(&one, 1);  // nothing to do when a batch had it
   Symbol s;
   symbolize(addr, &s);
   char where[320] = "";

@@ -72,6 +72,7 @@ void track_start_for_test(TrackMode mode, std::size_t sample_bytes);
 struct TrackTotals {
   double calls, bytes, live_blocks, live_bytes;  // estimates when sampling
   std::size_t samples;                           // blocks recorded
+  std::size_t stacks;                            // distinct stacks interned
 };
 TrackTotals track_totals();
 
@@ -81,7 +82,11 @@ TrackTotals track_totals();
 unsigned track_capture(void** frames, unsigned max, unsigned skip);
 // "function+0xOFF (module)" of a return address, demangled, into buf (with a
 // final NUL; truncated if long).  Allocates (demangling): never from malloc.
+// Each call for an address not seen before reads the module's symbol and line
+// tables; track_prepare_symbols reads them once for many addresses, which
+// later track_symbolize calls then find.
 void track_symbolize(const void* addr, char* buf, std::size_t cap);
+void track_prepare_symbols(void* const* addrs, std::size_t n);
 
 }  // namespace lca
 

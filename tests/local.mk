@@ -62,6 +62,7 @@ tests_track_libtrackplugin_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
 tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
+EXTRA_DIST += tests/integration/track-rss.sh
 
 # Smart pointers and standard-library adapters (issue 16).
 calloc_unit_tests += tests/unit/memory
@@ -131,6 +132,7 @@ EXTRA_DIST += tests/integration/secure-malloc.sh
 if CALLOC_TRACKING
 if CALLOC_OVERRIDE
 calloc_script_tests += tests/integration/track.sh tests/integration/track-pprof.sh
+calloc_script_tests += tests/integration/track-rss.sh
 endif
 endif
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \

@@ -347,6 +347,53 @@ START_TEST(test_process_heap_full_tracking) {
 }
 END_TEST
 
+// walk(bits, level) allocates under a stack that spells `bits` in its return
+// addresses: one of two callers per level (noipa: not folded into one
+// function), bit 0 innermost.  At 16 levels the 32 frames kept are all walk's,
+// so the stacks do not depend on the caller's frames (the compiler unrolls
+// the test's two passes into two call sites).
+__attribute__((noipa)) void* walk(unsigned bits, int level);
+__attribute__((noipa)) void* walk_one(unsigned bits, int level) {
+  void* p = walk(bits, level);
+  test_util::escape(p);
+  return p;
+}
+__attribute__((noipa)) void* walk_zero(unsigned bits, int level) {
+  void* p = walk(bits, level);
+  test_util::escape(&bits);
+  return p;
+}
+__attribute__((noipa)) void* walk(unsigned bits, int level) {
+  if (level == 0) return lca_malloc(16);
+  void* p = bits >> (level - 1) & 1 ? walk_one(bits, level - 1) : walk_zero(bits, level - 1);
+  test_util::escape(p);
+  return p;
+}
+
+// The site table starts small (an index of 1 024 slots, grown at half full):
+// 2 048 distinct stacks make it grow twice, and each stack seen again after
+// the growth is found, not added a second time.
+START_TEST(test_many_stacks_grow_the_site_index) {
+  std::string err = in_child([]() -> std::string {
+    constexpr unsigned kBits = 11, kStacks = 1u << kBits;
+    static void* blocks[2 * kStacks];
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    std::size_t before = lca::track_totals().stacks;
+    for (unsigned pass = 0; pass < 2; ++pass)
+      for (unsigned i = 0; i < kStacks; ++i) blocks[pass * kStacks + i] = walk(i, 16);
+    lca::TrackTotals t = lca::track_totals();
+    for (void* p : blocks) lca_free(p);
+    if (t.stacks - before != kStacks) return "stacks added: " + std::to_string(t.stacks - before);
+    if (t.calls != 2 * kStacks || t.live_bytes != 2 * kStacks * 16)
+      return "calls " + std::to_string(t.calls) + ", live bytes " + std::to_string(t.live_bytes);
+    t = lca::track_totals();
+    if (t.live_blocks != 0) return "not all freed: " + std::to_string(t.live_blocks);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
 START_TEST(test_process_heap_threads_and_fork) {
   std::string err = in_child([]() -> std::string {
     const unsigned threads = 6;
@@ -465,5 +512,6 @@ int main() {
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
+  tcase_add_test(tc, test_many_stacks_grow_the_site_index);
   return test_util::run_suite(s);
 }
