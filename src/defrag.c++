@@ -228,9 +228,9 @@ class Plan {
   // Source spans, sparsest first (whole plans).
   const std::vector<Span*>& sources() const { return sources_; }
   // Every span of class c, in destination order.
-  const std::vector<Span*>& order(unsigned c) {
+  std::vector<Span*> take_order(unsigned c) {
     if (!classes_[c].built) build_class(c, false);
-    return classes_[c].all;
+    return std::move(classes_[c].all);
   }
   bool is_source(const Span* s) const { return std::binary_search(source_set_.begin(), source_set_.end(), s); }
 
@@ -444,6 +444,16 @@ struct PassState {
   // a piece as long as the last one would end past the deadline (unmapping a
   // resident chunk costs 130-230 us here).
   Clock::time_point piece_start{};
+  // Whether to leave the next size class's plan (up to 0.8 ms for a class of
+  // thousands of spans) to the next pass: past the middle of the time budget,
+  // once this pass has done something.
+  bool no_time_to_plan() {
+    if (!(stats->objects_relocated > 0 || advanced) || deadline == Clock::time_point::max()) return false;
+    Clock::time_point now = Clock::now();
+    if (now < deadline && deadline - now > budget->max_time / 2) return false;
+    stopped = true;
+    return true;
+  }
   static bool out_of_time(void* self) {
     auto* st = static_cast<PassState*>(self);
     Clock::time_point now = Clock::now();
@@ -483,18 +493,37 @@ void move_raw(Domain* d, void* p, void* q, std::size_t n, const custom_alloc::De
   st->stats->bytes_moved += n;
 }
 
+// Whether s, from a plan made in an earlier pass of the round, is still a
+// span of class c of heap h: its chunk may have been emptied and unmapped or
+// reused since (the registry says which chunks are span chunks; a released
+// chunk's descriptors are all inactive), the span retired or remade.
+bool span_still(const Span* s, const Heap* h, unsigned c) {
+  if (chunk_kind_of(s) != ChunkKind::spans || chunk_base(s)->heap != h) return false;
+  return !(s->flags & kSpanInactive) && s->heap == h && s->size_class == c;
+}
+
 // Compacts class c: two fingers over its spans in destination order, the free
 // one rising through the first spans' lowest free slots, the live one falling
 // from the last span's highest object; they meet in the span that stays partly
 // full, whose live objects end up at its start (its free tail is uncarved after
-// the pass).  Objects grown over several slots stay where they are.
-void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
-                   const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st) {
-  if (spans.empty()) return;
-  std::size_t di = 0, si = spans.size() - 1;
-  span_sort_free_list(spans[0]);  // each destination when the free finger reaches it
+// the pass).  Objects grown over several slots stay where they are.  The plan
+// may come from an earlier pass of the round: [*lo, *hi) is the part the
+// fingers have not passed, and says on return what is left of it; spans that
+// are not the class's any more are skipped.
+void compact_class(Domain* d, Heap* h, unsigned c, const std::vector<Span*>& spans, std::size_t* lo,
+                   std::size_t* hi, const custom_alloc::DefragmentationEngine::RelocationCallback& cb,
+                   PassState* st) {
+  if (*lo >= *hi) return;
+  auto still = [&](std::size_t k) { return span_still(spans[k], h, c); };
+  std::size_t di = *lo, si = *hi - 1;
+  while (di < si && !still(di)) ++di;
+  while (si > di && !still(si)) --si;
+  if (!still(si)) {
+    *lo = *hi = si;  // nothing left
+    return;
+  }
+  span_sort_free_list(spans[di]);  // each destination when the free finger reaches it
   std::uint32_t top = static_cast<std::uint32_t>(span_carved(spans[si]));
-  unsigned c = spans[0]->size_class;
   // Where the fingers meet, the free slots below the live finger are taken off
   // the list at once (lowest first): the old places freed meanwhile go to the
   // list's head, above them.
@@ -513,12 +542,15 @@ void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
     }
     if (top == 0) {
       if (si == di) break;
-      --si;
+      do --si;
+      while (si > di && !still(si));
       top = static_cast<std::uint32_t>(span_carved(spans[si]));
       continue;
     }
     if (di < si && !span_has_room(spans[di])) {
-      span_sort_free_list(spans[++di]);
+      do ++di;
+      while (di < si && !still(di));
+      span_sort_free_list(spans[di]);
       continue;
     }
     if (st->over_budget()) break;
@@ -559,13 +591,19 @@ void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
     if (emptied) {
       st->stats->free_blocks_merged += 1;
       // Retired (its chunk perhaps released): do not touch it again.
-      if (si == di) break;
-      --si;
+      if (si == di) {
+        *lo = *hi = si;
+        return;  // (no low slots taken: they are taken where the fingers meet)
+      }
+      do --si;
+      while (si > di && !still(si));
       top = static_cast<std::uint32_t>(span_carved(spans[si]));
     }
   }
   // Unused low slots go back, the lowest ending at the list's head.
   for (std::size_t k = lows.size(); k-- > next_low;) span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
+  *lo = di;
+  *hi = si + 1;
 }
 
 // A round of budgeted passes goes through these stages (Domain::defrag_resume):
@@ -573,6 +611,19 @@ void compact_class(Domain* d, Heap* h, const std::vector<Span*>& spans,
 // the last one stopped, so that no pass plans the classes compacted before it.
 constexpr unsigned kStageArena = kNumClasses;
 constexpr unsigned kStageTrim = kNumClasses + 1;
+
+// The plan of the size class a round is in, kept from pass to pass
+// (Domain::defrag_round): making it walks and sorts the class's spans, 0.1-0.8
+// ms of CPU for the 1 300-8 700 spans of a class of a 1 GiB heap, which a
+// 100 us pass would otherwise pay every time.  What the fingers passed is cut
+// off ([lo, hi)); what changed between passes is checked span by span
+// (span_still) as the fingers reach it.
+constexpr unsigned kNoClass = ~0u;
+struct RoundPlan {
+  unsigned cls = kNoClass;
+  std::vector<Span*> order;
+  std::size_t lo = 0, hi = 0;
+};
 
 // The moving stages, from d->defrag_resume (0 with `from_start`) on.
 void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st,
@@ -582,13 +633,26 @@ void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::Relocatio
   // Blocks freed by the user wait in the quarantine in Valgrind and ASan mode:
   // free them for good, so that every block the walk finds is live.
   vg_quarantine_release_domain(d);
-  if (from_start || d->defrag_resume > kStageTrim) d->defrag_resume = 0;
+  if (!d->defrag_round) d->defrag_round = new RoundPlan;
+  RoundPlan& round = *static_cast<RoundPlan*>(d->defrag_round);
+  if (from_start || d->defrag_resume > kStageTrim) {
+    d->defrag_resume = 0;
+    round.cls = kNoClass;
+  }
   unsigned& stage = d->defrag_resume;  // kept current: a callback may throw
   Plan plan(h, Plan::Build::lazy);
   while (stage < kStageArena) {
     if (st->over_budget()) return;
-    compact_class(d, h, plan.order(stage), cb, st);
+    if (round.cls != stage) {
+      if (st->no_time_to_plan()) return;
+      round.order = plan.take_order(stage);
+      round.cls = stage;
+      round.lo = 0;
+      round.hi = round.order.size();
+    }
+    compact_class(d, h, stage, round.order, &round.lo, &round.hi, cb, st);
     if (st->stopped) return;
+    round.cls = kNoClass;
     ++stage;
     st->advanced = true;
   }
@@ -645,6 +709,11 @@ constexpr std::size_t kBatchBytes = 256 * 1024;
 inline std::uint32_t gen_of(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
 
 }  // namespace
+
+void defrag_domain_destroyed(Domain* d) {
+  delete static_cast<RoundPlan*>(d->defrag_round);
+  d->defrag_round = nullptr;
+}
 
 struct HandleSlot {
   std::atomic<std::uint64_t> word;  // generation << 32 | pins | flags

@@ -545,6 +545,9 @@ void domain_destroy(Domain* d) {
   VgSerial serial;
   vg_domain_destroying(d);
   unlink_domain(d);
+#if CALLOC_DEFRAG
+  defrag_domain_destroyed(d);
+#endif
   {
     DomainLock lock(d);
     Heap* h = d->single;

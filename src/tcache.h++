@@ -181,10 +181,14 @@ struct Domain {
   // the domain lock anyway: only the pass's own thread could change the heap).
   std::atomic<unsigned> quarantine_hold{0};
   bool quarantine_held() const { return quarantine_hold.load(std::memory_order_relaxed) != 0; }
-  // Where the next budgeted defragmentation pass of this (private) heap starts
-  // (defrag.c++, with the heap's lock held): a size class, the arena, or the
-  // trim that ends a round of passes.
+#if CALLOC_DEFRAG
+  // The raw defragmentation engine's round of budgeted passes over this
+  // (private) heap (defrag.c++, with the heap's lock held): where the next
+  // pass starts -- a size class, the arena, or the trim that ends the round --
+  // and the plan of the class it is in (freed with the domain).
   unsigned defrag_resume = 0;
+  void* defrag_round = nullptr;
+#endif
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
   struct VgCounters {
@@ -320,6 +324,10 @@ void domain_trim(Domain* d);
 // whether to return.  True when all of it is done; every call does one piece at
 // least, so repeated calls finish.
 bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx);
+#if CALLOC_DEFRAG
+// Frees the defragmentation engine's state of a domain being destroyed (defrag.c++).
+void defrag_domain_destroyed(Domain* d);
+#endif
 
 struct DomainStats {
   std::size_t total_allocated, total_freed, allocation_count, free_count;

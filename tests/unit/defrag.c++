@@ -432,6 +432,71 @@ START_TEST(test_budgeted_round_resumes_and_trims) {
 }
 END_TEST
 
+// The heap changes between the passes of a round -- blocks freed (spans of the
+// plan emptied and retired, chunks returned to the OS by trim()) and new ones
+// allocated -- and the round goes on from the plan it kept: nothing is lost or
+// corrupted, and the round still ends compact.
+START_TEST(test_round_survives_changes_between_passes) {
+  MemoryAllocator alloc;
+  Tracked t;
+  const std::size_t n = scaled(80000) + 4000;
+  fragment(alloc, t, n, 64, 10, 1);
+  fragment(alloc, t, n, 640, 10, 1u << 30);
+  DefragmentationEngine engine;
+  DefragBudget slice;
+  slice.max_objects = 40;
+  slice.measure = false;
+  std::mt19937_64 rng(7);
+  std::uint64_t next_seed = 5u << 30;
+  std::size_t passes = 0, freed = 0, made = 0, trims = 0;
+  for (;;) {
+    auto s = engine.defragment(alloc, t.callback(), slice);
+    ++passes;
+    if (!s.work_remaining) break;
+    ck_assert_uint_lt(passes, 100000);
+    // Free 2 % of the blocks at random, make a few new ones of both sizes.
+    std::vector<void*> live;
+    for (auto& [p, seed] : t.seed_of) live.push_back(p);
+    for (std::size_t k = 0; k < live.size() / 50; ++k) {
+      void* p = live[rng() % live.size()];
+      if (!t.seed_of.count(p)) continue;
+      alloc.deallocate(p);
+      t.seed_of.erase(p);
+      t.size_of.erase(p);
+      ++freed;
+    }
+    for (int k = 0; k < 8; ++k) {
+      std::size_t size = k % 2 ? 64 : 640;
+      void* p = alloc.allocate(size);
+      ck_assert_ptr_nonnull(p);
+      fill_pattern(p, size, ++next_seed);
+      t.seed_of[p] = next_seed;
+      t.size_of[p] = size;
+      ++made;
+    }
+    if (passes % 16 == 0) {
+      alloc.trim();  // emptied chunks go back to the OS under the kept plan
+      ++trims;
+    }
+  }
+  float frag = engine.calculate_fragmentation(alloc);
+  std::printf("# %zu passes, %zu blocks freed and %zu made between them, %zu trims: fragmentation %.3f\n", passes,
+              freed, made, trims, frag);
+  ck_assert_uint_gt(freed, 0);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  // The last pass compacted what it found: whatever the frees left, a pass
+  // without limits finds (almost) nothing more to move.
+  auto last = engine.defragment(alloc, t.callback());
+  ck_assert_float_lt(engine.calculate_fragmentation(alloc), 0.10f);
+  std::printf("# then one pass without limits: %zu moves\n", last.objects_relocated);
+  t.verify_all();
+  ASSERT_NO_FAILURE(t.f);
+  for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
 // A callback that throws stops the pass: the block it was told of stays where it
 // was, the blocks moved before keep their new places, nothing is lost.
 START_TEST(test_callback_throws) {
@@ -1241,6 +1306,7 @@ int main() {
   tcase_add_test(tc, test_arena_ninety_to_ten);
   tcase_add_test(tc, test_budgets_respected_and_converge);
   tcase_add_test(tc, test_budgeted_round_resumes_and_trims);
+  tcase_add_test(tc, test_round_survives_changes_between_passes);
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
   tcase_add_test(tc, test_handle_heap_compacts);
