@@ -1550,6 +1550,26 @@ void secure_postfork_child() {
 
 std::size_t secure_heap_footprint(const SecureHeap* h) { return h->self_bytes; }
 
+std::size_t secure_cached_ready(std::size_t size, void** out, std::size_t max) {
+  ThreadCache* tc = tls_tc;
+  unsigned c = class_for_request(size, 16);
+  if (reinterpret_cast<std::uintptr_t>(tc) <= 1 || c >= kNumClasses) return 0;
+  TcClass& t = tc->cls[c];
+  std::size_t n = 0;
+  for (std::uint32_t i = 0; i < t.n_ready && n < max; ++i) out[n++] = entry_decode(&t.ready[i]);
+  return n;
+}
+
+std::size_t secure_cached_elsewhere() {
+  std::size_t n = 0;
+  lca_mutex_lock(&g_tc_lock);
+  for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
+    if (tc != tls_tc)
+      for (const TcClass& t : tc->cls) n += t.n_ready + t.n_freed;
+  lca_mutex_unlock(&g_tc_lock);
+  return n;
+}
+
 bool secure_block_info(const void* p, SecureBlockInfo* out) {
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "secure_block_info");
