@@ -787,7 +787,7 @@ inline void quarantine_put(SecureHeap* h, ClassState* cs, unsigned c, const void
 
 // Under the class lock: a free slot of class c, taken (`used`) but not live yet,
 // at a random position of a slab with free slots; nullptr when out of memory.
-char* take_slot(SecureHeap* h, ClassState* cs, unsigned c) {
+char* take_slot(SecureHeap* h, ClassState* cs, unsigned c, ChunkMeta** mo = nullptr, std::uint32_t* go = nullptr) {
   SlabMeta* s = cs->partial;
   if (!s && !(s = open_slab(h, c))) {
     // Out of memory: what waits in quarantine is better than nothing.
@@ -802,6 +802,10 @@ char* take_slot(SecureHeap* h, ClassState* cs, unsigned c) {
   if (g == g0 + spp) g = first_clear(m->used, g0, g0 + r);
   set_bit(m->used, g);
   if (--s->free_slots == 0) partial_remove(cs, s);
+  if (mo) {
+    *mo = m;
+    *go = g;
+  }
   return static_cast<char*>(slot_addr(m, s->index, g - g0));
 }
 
@@ -826,7 +830,9 @@ inline void* hand_out(ChunkMeta* m, std::uint32_t g, char* p, std::size_t size, 
 void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log) {
   ClassState* cs = &h->classes[c];
   lca_mutex_lock(&cs->lock);
-  char* p = take_slot(h, cs, c);
+  ChunkMeta* m = nullptr;
+  std::uint32_t g = 0;
+  char* p = take_slot(h, cs, c, &m, &g);
   if (!p) {
     lca_mutex_unlock(&cs->lock);
     errno = ENOMEM;
@@ -835,9 +841,6 @@ void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log
   bump(cs->allocs, 1);
   bump(cs->alloc_bytes, size);
   lca_mutex_unlock(&cs->lock);
-  ChunkMeta* m = chunk_lookup(p);
-  std::uint32_t g = 0;
-  slot_of(m, p, &g);
   return hand_out(m, g, p, size, align_log);
 }
 
