@@ -9,15 +9,18 @@
 // KiB or 8 slots, whichever is larger), every slab between no-access guard
 // pages, slabs opened in random order.  The state of each slot is three bits in
 // bitmaps kept in a separate mapping (the chunk's ChunkMeta): `ever` (handed out
-// once), `used` (live or in quarantine), `live`; plus the requested size and
-// alignment.  So a double free is exact, and a pointer into a guard, the middle of
-// a slot, an unopened slab or a never-used slot is an invalid free.  The 8 bytes
-// after the requested size hold a canary (per-process secret mixed with the
-// slot's address, first byte zero), checked on free and realloc.  Freed slots are
-// zero-filled and wait in a per-class quarantine (bounded in slots and bytes,
-// eviction at a random position); they are checked to still be zero when handed
-// out again and when trim empties the quarantine (write after free), so fresh
-// memory is zero.
+// once), `used` (live, in a thread's cache or in quarantine), `live` (set and
+// cleared by atomic bit operations, so that a free claims a block exactly once
+// without a lock); plus the requested size and alignment of its last use.  So a
+// double free is exact, and a pointer into a guard, the middle of a slot, an
+// unopened slab or a never-used slot is an invalid free.  The 8 bytes after the
+// requested size hold a canary (per-process secret mixed with the slot's address,
+// first byte zero), checked on free and realloc.  Freed blocks are zeroed (with
+// their canary) and wait in a per-class quarantine (bounded in slots and bytes,
+// eviction at a random position); a slot handed out again is checked to be still
+// zero wherever its last block or the new one reaches (the rest of the slot was
+// zero and no block reached it since), and trim checks whole slots as they leave
+// the quarantine (write after free), so fresh memory is zero.
 // Slots are picked at a random position in the slab.  The pointers to ChunkMeta
 // (the radix map from chunk address to metadata) and the quarantine entries are
 // stored xor-ed with a per-process secret and their own address, and checked
@@ -28,7 +31,9 @@
 // side is filled with canary bytes and checked on free.  A freed large block is
 // made no-access and its pages returned (MADV_DONTNEED); it stays reserved, in a
 // bounded quarantine, so a later use faults and a double free is named; then it
-// is unmapped.  Locks: one per size class per heap, one for large blocks.
+// is unmapped.  Locks: one per size class per heap, one for large blocks.  The
+// process heap adds per-thread caches ("thread caches" below): a few taken slots
+// and a few freed blocks per class, moved under one lock acquisition per batch.
 // docs/design.md ("Secure heap") gives the thresholds and their measurements,
 // docs/SECURITY.md the threat model.
 #include "secure.h++"
@@ -943,8 +948,8 @@ void slab_free(ChunkMeta* m, std::uint32_t g, void* p, std::size_t size, std::si
 // destructor gives a thread's slots back when it exits; fork's child gives back
 // the caches of the threads it does not have (secure_postfork_child).  Not in
 // Valgrind mode (nor ASan's): every call there takes the locked path.
-constexpr unsigned kTcMax = 16;
-constexpr std::size_t kTcBytes = 16 * 1024;  // at most this many bytes of a class per list (or 2 slots)
+constexpr unsigned kTcMax = 32;
+constexpr std::size_t kTcBytes = 32 * 1024;  // at most this many bytes of a class per list (or 2 slots); docs/design.md
 
 constexpr std::uint32_t tc_cap(unsigned c) {
   if (c == 0) return kTcMax;
