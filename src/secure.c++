@@ -777,15 +777,27 @@ void quarantine_release(SecureHeap* h, ClassState* cs, unsigned c, unsigned i, b
   release_slot(cs, m, g, check);
 }
 
+struct TcClass;
+inline bool tc_keep(TcClass* t, unsigned c, char* slot);
+
 // Under the class lock: a freed (claimed and wiped) slot enters the quarantine at
-// a random position; the one there leaves.
-inline void quarantine_put(SecureHeap* h, ClassState* cs, unsigned c, const void* p) {
+// a random position; the one there leaves, checked: back to the free slots, or
+// with `keep` (a thread cache moving its frees in) straight into that cache's
+// ready slots while it has room -- it stays taken, and is checked for writes
+// after free when handed out like any slot.  (The reuse order stays random: the
+// slot leaving is a random one of the quarantine's.)
+inline void quarantine_put(SecureHeap* h, ClassState* cs, unsigned c, const void* p, TcClass* keep = nullptr) {
   unsigned i;
   if (cs->q_count < cs->q_cap) {
     i = cs->q_count++;
   } else {
     i = random_below(&cs->rng, cs->q_cap);
-    quarantine_release(h, cs, c, i, false);
+    char* old = entry_decode(&cs->quarantine[i]);
+    ChunkMeta* m;
+    std::uint32_t g;
+    if (!entry_slot(h, c, old, &m, &g))
+      report_fatal("Corrupted heap metadata", old, "a quarantine entry does not name a quarantined slot");
+    if (!keep || !tc_keep(keep, c, old)) release_slot(cs, m, g, false);
   }
   cs->quarantine[i] = entry_encode(&cs->quarantine[i], p);
 }
@@ -996,7 +1008,7 @@ constinit pthread_once_t g_tc_key_once = PTHREAD_ONCE_INIT;
 // `lenient` (fork's child: the cache belonged to a thread that may have been
 // half-way through an operation), an entry that does not name a slot in the
 // expected state is skipped (the slot stays taken); otherwise it is reported.
-void tc_drain_locked(SecureHeap* h, ThreadCache* tc, unsigned c, bool ready, bool lenient) {
+void tc_drain_locked(SecureHeap* h, ThreadCache* tc, unsigned c, bool ready, bool lenient, bool keep = false) {
   ClassState* cs = &h->classes[c];
   TcClass& t = tc->cls[c];
   for (std::uint32_t i = 0; i < t.n_freed; ++i) {
@@ -1006,7 +1018,7 @@ void tc_drain_locked(SecureHeap* h, ThreadCache* tc, unsigned c, bool ready, boo
     ChunkMeta* m;
     std::uint32_t g;
     if (lenient && !entry_slot(h, c, p, &m, &g)) continue;
-    quarantine_put(h, cs, c, p);
+    quarantine_put(h, cs, c, p, keep ? &t : nullptr);
   }
   t.n_freed = 0;
   if (!ready) return;
@@ -1021,6 +1033,14 @@ void tc_drain_locked(SecureHeap* h, ThreadCache* tc, unsigned c, bool ready, boo
     release_slot(cs, m, g, false);
   }
   t.n_ready = 0;
+}
+
+// A slot leaving the quarantine joins t's ready slots if there is room.
+inline bool tc_keep(TcClass* t, unsigned c, char* slot) {
+  if (t->n_ready >= kTcCaps.cap[c]) return false;
+  t->ready[t->n_ready] = entry_encode(&t->ready[t->n_ready], slot);
+  ++t->n_ready;
+  return true;
 }
 
 // Every class's entries of the calling thread's cache go back (trim, out of memory,
@@ -1122,7 +1142,7 @@ __attribute__((noinline)) bool tc_refill(SecureHeap* h, ThreadCache* tc, unsigne
   TcClass& t = tc->cls[c];
   const std::uint32_t cap = kTcCaps.cap[c];
   lca_mutex_lock(&cs->lock);
-  tc_drain_locked(h, tc, c, false, false);
+  tc_drain_locked(h, tc, c, false, false, true);
   while (t.n_ready < cap) {
     char* p = take_slot(h, cs, c);
     if (!p) break;
@@ -1135,7 +1155,7 @@ __attribute__((noinline)) bool tc_refill(SecureHeap* h, ThreadCache* tc, unsigne
 
 __attribute__((noinline)) void tc_flush_freed(SecureHeap* h, ThreadCache* tc, unsigned c) {
   lca_mutex_lock(&h->classes[c].lock);
-  tc_drain_locked(h, tc, c, false, false);
+  tc_drain_locked(h, tc, c, false, false, true);
   lca_mutex_unlock(&h->classes[c].lock);
 }
 
