@@ -7,11 +7,11 @@
 // slots of 45 size classes; each 4 MiB chunk serves one class and is reserved
 // no-access at a random address (getrandom), then opened one slab at a time (64
 // KiB or 8 slots, whichever is larger), every slab between no-access guard
-// pages, slabs opened in random order.  The state of each slot is three bits in
-// bitmaps kept in a separate mapping (the chunk's ChunkMeta): `ever` (handed out
-// once), `used` (live, in a thread's cache or in quarantine), `live` (set and
-// cleared by atomic bit operations, so that a free claims a block exactly once
-// without a lock); plus the requested size and alignment of its last use.  So a
+// pages, slabs opened in random order.  The state of each slot is kept in a
+// separate mapping (the chunk's ChunkMeta): a `used` bit (live, in a thread's
+// cache or in quarantine) and a state byte -- never handed out, live, freed --
+// that a free changes with one atomic exchange, so that it claims a block exactly
+// once without a lock; plus the requested size and alignment of its last use.  So a
 // double free is exact, and a pointer into a guard, the middle of a slot, an
 // unopened slab or a never-used slot is an invalid free.  The 8 bytes after the
 // requested size hold a canary (per-process secret mixed with the slot's address,
@@ -191,14 +191,22 @@ struct ChunkMeta {
   std::uint64_t slot_inv;    // by multiplication (div44)
   std::uint64_t spp_inv;     // ceil(2^44 / slots_per_slab)
   std::uint64_t* used;     // live, in a thread's cache or in quarantine: under the class lock
-  // `live` and `ever` bits, changed by atomic read-modify-write only (lock bts /
-  // btr), so that a free claims a live slot exactly once without the class lock (a
-  // second free of it, from any thread, sees the bit clear) and a slot a thread's
-  // cache holds is not live.  `ever` (handed out once) is set once per slot.
-  std::atomic<std::uint64_t>* live;
-  std::atomic<std::uint64_t>* ever;
-  std::uint32_t* info;     // requested size of the last use (low 16 bits), log2 of a requested alignment > 16 (bits 16..23)
+  struct SlotInfo* info;   // per slot
 };
+
+// Per slot, 4 bytes: the requested size and alignment of its last block, and its
+// state: kNever (never handed out), kLiveBlock, kFreed.  The state byte is its own
+// atomic: the thread handing a taken slot out stores kLiveBlock (no other thread
+// may touch a taken slot), and a free claims the block with one exchange, so of
+// two frees of a block, from any threads, exactly one sees kLiveBlock and the
+// other is reported; a slot a thread's cache holds is not live.
+enum : std::uint8_t { kNever = 0, kLiveBlock = 1, kFreed = 2 };
+struct SlotInfo {
+  std::uint16_t size;
+  std::uint8_t align_log;  // log2 of a requested alignment > 16, else 0
+  std::atomic<std::uint8_t> state;
+};
+static_assert(sizeof(SlotInfo) == 4);
 
 // n / d for n < 2^22 and 16 <= d < 2^22, with inv = ceil(2^44 / d): the error of
 // n * inv / 2^44 is below n / 2^44 < 2^-22 < 1/d, so the floor is exact.
@@ -220,23 +228,8 @@ inline void clear_bit(std::uint64_t* bm, std::uint32_t i) {
   __atomic_store_n(&bm[i >> 6], bm[i >> 6] & ~(std::uint64_t{1} << (i & 63)), __ATOMIC_RELAXED);
 }
 
-constexpr std::uint64_t kStLive = 1, kStEver = 2;
-inline std::uint64_t state_of(const ChunkMeta* m, std::uint32_t g) {
-  std::uint64_t mask = std::uint64_t{1} << (g & 63);
-  return ((m->live[g >> 6].load(std::memory_order_relaxed) & mask) ? kStLive : 0) |
-         ((m->ever[g >> 6].load(std::memory_order_relaxed) & mask) ? kStEver : 0);
-}
-// Sets live (and ever); returns whether live was set before.
-inline bool state_make_live(ChunkMeta* m, std::uint32_t g) {
-  std::uint64_t mask = std::uint64_t{1} << (g & 63);
-  if (!(m->ever[g >> 6].load(std::memory_order_relaxed) & mask))
-    m->ever[g >> 6].fetch_or(mask, std::memory_order_relaxed);
-  return (m->live[g >> 6].fetch_or(mask, std::memory_order_acq_rel) & mask) != 0;
-}
-// Clears live; returns whether it was set before.
-inline bool state_clear_live(ChunkMeta* m, std::uint32_t g) {
-  std::uint64_t mask = std::uint64_t{1} << (g & 63);
-  return (m->live[g >> 6].fetch_and(~mask, std::memory_order_acq_rel) & mask) != 0;
+inline std::uint8_t state_of(const ChunkMeta* m, std::uint32_t g) {
+  return m->info[g].state.load(std::memory_order_acquire);
 }
 
 // The first clear bit in [a, b), or b.
@@ -585,7 +578,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   const std::size_t total = nslabs * spp;
   const std::size_t words = (total + 63) / 64;
   std::size_t meta_bytes = align_up(sizeof(ChunkMeta), 16) + align_up(nslabs * sizeof(SlabMeta), 16) +
-                           3 * words * 8 + (c ? total * 4 : 0);
+                           words * 8 + total * sizeof(SlotInfo);
   meta_bytes = align_up(meta_bytes, page);
   char* meta_mem = static_cast<char*>(os_map(meta_bytes));
   if (!meta_mem) return nullptr;
@@ -616,9 +609,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   m->slabs = reinterpret_cast<SlabMeta*>(q);
   q += align_up(nslabs * sizeof(SlabMeta), 16);
   m->used = reinterpret_cast<std::uint64_t*>(q);
-  m->live = reinterpret_cast<std::atomic<std::uint64_t>*>(m->used + words);  // zero: os_map
-  m->ever = m->live + words;
-  m->info = c ? reinterpret_cast<std::uint32_t*>(m->used + 3 * words) : nullptr;
+  m->info = reinterpret_cast<SlotInfo*>(m->used + words);  // zero (kNever): os_map
   m->base = base;
   m->heap = h;
   m->cls = c;
@@ -763,7 +754,7 @@ inline bool entry_slot(SecureHeap* h, unsigned c, const void* slot, ChunkMeta** 
   ChunkMeta* cm = chunk_lookup(slot);
   if (!cm || cm->heap != h || cm->cls != c || slot_of(cm, slot, g) != 0) return false;
   *m = cm;
-  return bit(cm->used, *g) && !(state_of(cm, *g) & kStLive);
+  return bit(cm->used, *g) && state_of(cm, *g) != kLiveBlock;
 }
 
 // The slot in quarantine entry i, checked (a forged entry is corruption, never
@@ -831,13 +822,18 @@ char* take_slot(SecureHeap* h, ClassState* cs, unsigned c, ChunkMeta** mo = null
 // the new one reaches -- the rest of the slot was zero before and no block
 // reached it since -- and its canary written.
 inline void* hand_out(ChunkMeta* m, std::uint32_t g, char* p, std::size_t size, unsigned align_log) {
-  if (__builtin_expect(state_make_live(m, g), 0))
+  SlotInfo& si = m->info[g];
+  if (__builtin_expect(si.state.load(std::memory_order_relaxed) == kLiveBlock, 0))
     report_fatal("Corrupted heap metadata", p, "a slot taken for an allocation is live");
-  if (m->info) {
-    std::size_t last = m->info[g] & 0xffff;
+  if (m->cls) {
+    std::size_t last = si.size;
     std::size_t n = align_up((last > size ? last : size) + kCanary, 16);
     check_zero(p, n < m->slot_size ? n : m->slot_size, "a free block was written to (use after free)");
-    m->info[g] = static_cast<std::uint32_t>(size) | (align_log << 16);
+  }
+  si.size = static_cast<std::uint16_t>(size);
+  si.align_log = static_cast<std::uint8_t>(align_log);
+  si.state.store(kLiveBlock, std::memory_order_release);
+  if (m->cls) {
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(p + size, &canary, kCanary);
   }
@@ -880,11 +876,11 @@ std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free, const 
 
 // Slot g's state bits `before` show no live block: a double free (or use after
 // free) when it held one once, an invalid free (or pointer) otherwise.
-[[noreturn]] __attribute__((noinline, cold)) void report_not_live(std::uint64_t before, const void* p, bool is_free,
+[[noreturn]] __attribute__((noinline, cold)) void report_not_live(std::uint8_t before, const void* p, bool is_free,
                                                                  const char* what) {
   char detail[128];
   Writer w{detail, sizeof detail};
-  if (before & kStEver) {
+  if (before != kNever) {
     w.str(what).str(": the block was freed already");
     detail[w.len] = '\0';
     report_fatal(is_free ? "Double free" : "Use after free", p, detail);
@@ -896,12 +892,12 @@ std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free, const 
 
 // Reports unless slot g holds a live block.
 inline void require_live(const ChunkMeta* m, std::uint32_t g, const void* p, bool is_free, const char* what) {
-  std::uint64_t st = state_of(m, g);
-  if (!(st & kStLive)) report_not_live(st, p, is_free, what);
+  std::uint8_t st = state_of(m, g);
+  if (st != kLiveBlock) report_not_live(st, p, is_free, what);
 }
 
-inline std::size_t info_size(const ChunkMeta* m, std::uint32_t g) { return m->info ? (m->info[g] & 0xffff) : 0; }
-inline unsigned info_align(const ChunkMeta* m, std::uint32_t g) { return m->info ? (m->info[g] >> 16) & 0xff : 0; }
+inline std::size_t info_size(const ChunkMeta* m, std::uint32_t g) { return m->info[g].size; }
+inline unsigned info_align(const ChunkMeta* m, std::uint32_t g) { return m->info[g].align_log; }
 
 [[noreturn]] __attribute__((noinline, cold)) void report_canary(const void* p, std::size_t size) {
   char detail[96];
@@ -924,7 +920,8 @@ inline void check_canary(const ChunkMeta* m, const void* p, std::size_t size) {
 // checked, and the block wiped.  Returns the requested size.
 __attribute__((always_inline)) inline std::size_t free_claim(ChunkMeta* m, std::uint32_t g, void* p, std::size_t size, std::size_t alignment,
                               const char* what) {
-  if (__builtin_expect(!state_clear_live(m, g), 0)) report_not_live(state_of(m, g), p, true, what);
+  std::uint8_t before = m->info[g].state.exchange(kFreed, std::memory_order_acq_rel);
+  if (__builtin_expect(before != kLiveBlock, 0)) report_not_live(before, p, true, what);
   std::size_t requested = info_size(m, g);
   if (__builtin_expect(size != kAnySize || alignment != kAnyAlignment, 0))
     check_size_alignment(p, requested, info_align(m, g), size, alignment, what);
@@ -1419,7 +1416,7 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
     std::memset(c + lo, 0, old + kCanary - lo);
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
-    m->info[g] = static_cast<std::uint32_t>(size) | (align_log << 16);
+    m->info[g].size = static_cast<std::uint16_t>(size);
     lca_mutex_unlock(&cs->lock);
     m->heap->realloc_in_place.fetch_add(1, std::memory_order_relaxed);
     if (size > old) vg_show_clean(c + old, size - old);
