@@ -278,7 +278,7 @@ inline std::uintptr_t encode_meta(const ChunkMeta* m, std::uintptr_t base) {
 
 // The metadata of the secure chunk holding p, or nullptr.  A radix entry or a
 // ChunkMeta that does not decode to a consistent pair is corruption.
-inline ChunkMeta* chunk_lookup(const void* p) {
+__attribute__((always_inline)) inline ChunkMeta* chunk_lookup(const void* p) {
   auto addr = reinterpret_cast<std::uintptr_t>(p);
   std::atomic<std::uintptr_t>* slot = radix_slot(addr, false);
   if (!slot) return nullptr;
@@ -872,10 +872,8 @@ void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log
 
 // Where p is in chunk m: its global slot index; reports a pointer that is not
 // the start of a slot.
-std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free, const char* what) {
-  std::uint32_t g;
-  int where = slot_of(m, p, &g);
-  if (__builtin_expect(where == 0, 1)) return g;
+[[noreturn]] __attribute__((noinline, cold)) void report_not_slot(int where, const void* p, bool is_free,
+                                                                 const char* what) {
   const char* problem = is_free ? "Invalid free" : "Invalid pointer";
   char detail[128];
   Writer w{detail, sizeof detail};
@@ -885,6 +883,14 @@ std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free, const 
     w.str(what).str(": pointer into the middle of a block");
   detail[w.len] = '\0';
   report_fatal(problem, p, detail);
+}
+
+__attribute__((always_inline)) inline std::uint32_t slot_index(const ChunkMeta* m, const void* p, bool is_free,
+                                                              const char* what) {
+  std::uint32_t g;
+  int where = slot_of(m, p, &g);
+  if (__builtin_expect(where != 0, 0)) report_not_slot(where, p, is_free, what);
+  return g;
 }
 
 // Slot g's state bits `before` show no live block: a double free (or use after
