@@ -77,6 +77,12 @@ struct SecureBlockInfo {
 bool secure_block_info(const void* p, SecureBlockInfo* out);
 // The bytes of the heap's own descriptor (its quarantines), which start at h.
 std::size_t secure_heap_footprint(const SecureHeap* h);
+// The process heap's thread caches (none in Valgrind mode): the slots the calling
+// thread's cache holds ready for requests of `size` bytes (taken from the class,
+// not handed out yet), up to max of them in out; and how many slots (ready or
+// freed) the caches of all other threads hold.
+std::size_t secure_cached_ready(std::size_t size, void** out, std::size_t max);
+std::size_t secure_cached_elsewhere();
 
 }  // namespace lca
 
