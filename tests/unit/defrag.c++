@@ -1074,7 +1074,10 @@ START_TEST(test_unique_handle_owns_across_moves) {
     ck_assert(heap.relocate(objs[1000].handle()));
     ck_assert_ptr_ne(objs[1000].get(), before);
     heap.defragment();
-    ck_assert_uint_gt(heap.handle_stats().moves, 1);
+    // (In ASan and Valgrind mode the freed fillers wait in the quarantine,
+    // still used: the spans do not look sparse, and only relocate() moved.)
+    ck_assert_uint_ge(heap.handle_stats().moves, 1);
+    if (!checked_mode()) ck_assert_uint_gt(heap.handle_stats().moves, 1);
     for (std::uint64_t i = 0; i < objs.size(); ++i) {
       ck_assert_uint_eq(objs[i]->value, i);  // pinned access
       ck_assert(objs[i].get()->intact());    // resolved access
