@@ -410,6 +410,14 @@ START_TEST(test_fork_during_slow_paths) {
     lca::huge_set_backings(huge.huge_state(), 0);  // normal pages: quick everywhere
     std::atomic<bool> stop{false};
     std::vector<std::thread> threads;
+    // Under Valgrind every thread runs inside libcalloc's one serialising lock
+    // (Valgrind mode), which is not fair: five threads that take it back at
+    // once starved the forking main thread for 20 minutes under helgrind in
+    // CI (10-20 s in other runs).  A pause per round lets the forks in; the
+    // workers still spend their time in the slow paths.
+    auto breathe = [] {
+      if (running_on_valgrind()) usleep(200);
+    };
     // Chunk supply: many spans of many classes made and emptied, then trimmed.
     threads.emplace_back([&] {
       std::vector<void*> v;
@@ -418,6 +426,7 @@ START_TEST(test_fork_during_slow_paths) {
         for (void* p : v) lca_free(p);
         v.clear();
         lca_trim();
+        breathe();
       }
     });
     // Large blocks: made, grown, freed.
@@ -426,6 +435,7 @@ START_TEST(test_fork_during_slow_paths) {
         void* p = lca_malloc(300000);
         p = lca_realloc(p, 5000000);
         lca_free(p);
+        breathe();
       }
     });
     // Huge-page blocks of a shared HugePageAllocator.
@@ -433,6 +443,7 @@ START_TEST(test_fork_during_slow_paths) {
       while (!stop.load(std::memory_order_relaxed)) {
         void* p = huge.allocate_huge(4 << 20);
         if (p) huge.deallocate_huge(p);
+        breathe();
       }
     });
     // Private heaps made and destroyed (the list of domains).
@@ -440,6 +451,7 @@ START_TEST(test_fork_during_slow_paths) {
       while (!stop.load(std::memory_order_relaxed)) {
         MemoryAllocator heap;
         heap.deallocate(heap.allocate(100));
+        breathe();
       }
     });
     // Threads that allocate and exit (heap abandonment and adoption).
@@ -447,6 +459,7 @@ START_TEST(test_fork_during_slow_paths) {
       while (!stop.load(std::memory_order_relaxed)) {
         std::thread t([] { lca_free(lca_malloc(200)); });
         t.join();
+        breathe();
       }
     });
     int bad = 0, first_status = 0;
