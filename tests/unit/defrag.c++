@@ -1213,12 +1213,17 @@ START_TEST(test_shared_handles_under_mover) {
   std::atomic<int> mover_rounds{0};
   std::vector<std::thread> pool;
   const std::size_t rounds = scaled(20000);
+  // The mover's rounds (a pass and single moves, each waiting for the workers
+  // to pass a quiescent point): fewer under Valgrind, whose threads run one at
+  // a time (DRD took minutes for 20 rounds of 32).
+  const int mover_goal = running_on_valgrind() ? 3 : 20;
+  const int singles = running_on_valgrind() ? 4 : 32;
   for (int t = 0; t < kThreads; ++t)
     pool.emplace_back([&, t] {
       std::mt19937_64 rng(t);
       std::vector<shared_handle<Counted>> mine;
-      // At least `rounds` rounds, and until the mover has been round 20 times.
-      for (std::size_t r = 0; r < rounds || mover_rounds.load() < 20; ++r) {
+      // At least `rounds` rounds, and until the mover has made its rounds.
+      for (std::size_t r = 0; r < rounds || mover_rounds.load() < mover_goal; ++r) {
         std::size_t i = rng() % kObjects;
         if (rng() % 2) {
           if (common[i]->value != i) bad.fetch_add(1);
@@ -1242,7 +1247,7 @@ START_TEST(test_shared_handles_under_mover) {
       heap.defragment();
       ++passes;
       // Single moves keep objects moving after the pass has compacted them.
-      for (int k = 0; k < 32; ++k) relocated += heap.relocate(common[rng() % kObjects].handle());
+      for (int k = 0; k < singles; ++k) relocated += heap.relocate(common[rng() % kObjects].handle());
       mover_rounds.fetch_add(1);
     }
     heap.offline();
