@@ -137,7 +137,7 @@ endif
 endif
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
-	tests/integration/real-programs.sh tests/integration/preload-common.sh \
+	tests/integration/real-programs.sh tests/integration/preload-common.sh tests/integration/track-common.sh \
 	tests/integration/fork-deadlock.sh
 
 # Installed documentation and calloc-run (issue 16): the user guide's examples

@@ -6,18 +6,12 @@
 # Exits 77 (skip) without google-pprof, libcalloc.so, the override or tracking.
 
 set -u
-. "$(dirname "$0")/preload-common.sh"
-if ! grep -q '^#define CALLOC_TRACKING 1' "$top_builddir/config.h" 2>/dev/null; then
-  echo "SKIP: built without --enable-tracking"
-  exit 77
-fi
+name=pprof
+. "$(dirname "$0")/track-common.sh"
 pprof=$(command -v google-pprof || command -v pprof) || {
   echo "SKIP: google-pprof is not installed (Debian package google-perftools)"
   exit 77
 }
-demo=$top_builddir/tests/track/track-demo
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/calloc-pprof.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
 
 env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="profile=$tmp/demo.heap,profile_format=pprof,sample=1" "$demo" hot || {
   echo "FAIL: track-demo hot exited $?"

@@ -17,14 +17,8 @@
 # Exits 77 when libcalloc.so, the override or tracking is missing.
 
 set -u
-. "$(dirname "$0")/preload-common.sh"
-if ! grep -q '^#define CALLOC_TRACKING 1' "$top_builddir/config.h" 2>/dev/null; then
-  echo "SKIP: built without --enable-tracking"
-  exit 77
-fi
-demo=$top_builddir/tests/track/track-demo
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/calloc-track.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
+name=track
+. "$(dirname "$0")/track-common.sh"
 status=0
 
 fail() {
