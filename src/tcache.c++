@@ -115,6 +115,12 @@ void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
 }
 
 // --- chunks -----------------------------------------------------------------
+// Gives a free chunk, off the domain's lists, back to the OS.
+void unmap_free_chunk(Domain* d, ChunkHeader* c) {
+  d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
+  chunk_unmap(c);
+}
+
 // Out of memory or address space: unmap what the domain keeps cached (free chunks,
 // large mappings) so that a retry can succeed.
 void release_cached(Domain* d) {
@@ -123,10 +129,7 @@ void release_cached(Domain* d) {
     DomainLock lock(d);
     while (ChunkHeader* c = d->free_chunks.pop()) doomed.push(c);
   }
-  while (ChunkHeader* c = doomed.pop()) {
-    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
-    chunk_unmap(c);
-  }
+  while (ChunkHeader* c = doomed.pop()) unmap_free_chunk(d, c);
   large_trim(&d->large, true);
 }
 
@@ -223,10 +226,7 @@ void release_chunk(Domain* d, ChunkHeader* c) {
     if (d->free_chunks.count > kDomainCachedChunks && !d->quarantine_held() && decay_due(&d->last_release_ns))
       while (d->free_chunks.count > kDomainCachedChunks) doomed.push(d->free_chunks.pop());
   }
-  while (ChunkHeader* victim = doomed.pop()) {
-    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
-    chunk_unmap(victim);
-  }
+  while (ChunkHeader* victim = doomed.pop()) unmap_free_chunk(d, victim);
 }
 
 // A chunk that transparent huge pages may back (kChunkMayBeHuge) is purged in
@@ -1102,8 +1102,7 @@ bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx) {
       more = d->free_chunks.head != nullptr;
     }
     if (!c) break;
-    d->chunk_bytes.fetch_sub(kChunkSize, std::memory_order_relaxed);
-    chunk_unmap(c);
+    unmap_free_chunk(d, c);
     if (more && stop(ctx)) return false;
   }
   large_trim(&d->large, true);
