@@ -88,6 +88,8 @@ if CALLOC_OVERRIDE
 calloc_script_tests += tests/integration/preload.sh
 # bench/calloc-workloads, every workload small, on libcalloc (verify OK, deterministic).
 calloc_script_tests += tests/integration/workloads.sh
+# scripts/bench-compare and scripts/bench-workloads run to their end on a tiny workload.
+calloc_script_tests += tests/integration/bench-scripts.sh
 # python3, sqlite3, g++, git, sort, gzip and redis-server under LD_PRELOAD, output
 # compared with glibc's, times and peak RSS printed (issue 4; about 35 s).
 calloc_script_tests += tests/integration/real-programs.sh
@@ -138,7 +140,7 @@ endif
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh tests/integration/track-common.sh \
-	tests/integration/fork-deadlock.sh
+	tests/integration/fork-deadlock.sh tests/integration/bench-scripts.sh
 
 # Installed documentation and calloc-run (issue 16): the user guide's examples
 # compile and run, the man pages are well formed and complete, calloc-run works.
