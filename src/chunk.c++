@@ -52,15 +52,20 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where) {
   // Built with --disable-huge, only huge_heap=0 has an effect.
 #ifdef CALLOC_HUGE
   bool advised = g_options.huge_heap > 0;
-  if (g_options.huge_heap >= 0) os_advise_huge(mem, kChunkSize, advised);
+  // A small heap stays on 4 KiB pages under THP `always` (huge.h++).
+  bool small_heap = huge_small_heap_no_thp(huge_thp_policy(), g_options.huge_heap,
+                                           g_chunk_count.load(std::memory_order_relaxed));
+  if (g_options.huge_heap >= 0 || small_heap) os_advise_huge(mem, kChunkSize, advised);
 #else
   constexpr bool advised = false;
+  constexpr bool small_heap = false;
   if (g_options.huge_heap == 0) os_advise_huge(mem, kChunkSize, false);
 #endif
   // Bound before the header is written: its page is the first to fault in.
   bool bound = chunk_place(mem, kChunkSize, where);
   auto* chunk = static_cast<ChunkHeader*>(mem);
-  if (g_options.huge_heap != 0 && huge_may_back(huge_thp_policy(), advised)) chunk->flags = kChunkMayBeHuge;
+  if (g_options.huge_heap != 0 && !small_heap && huge_may_back(huge_thp_policy(), advised))
+    chunk->flags = kChunkMayBeHuge;
   chunk->node = bound ? where.node : -1;
   chunk->magic = kChunkMagic;
   chunk->domain = domain;

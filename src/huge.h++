@@ -114,6 +114,15 @@ ThpPolicy huge_thp_policy();
 // Whether a mapping advised MADV_HUGEPAGE (advised) or not advised at all may be
 // backed by transparent huge pages under the policy.
 inline bool huge_may_back(ThpPolicy p, bool advised) { return p.usable && (advised || p.always); }
+// A small heap stays on 4 KiB pages (issue 17): with the THP mode `always` and
+// huge_heap unset, the process's first kSmallHeapChunks chunks are advised
+// MADV_NOHUGEPAGE, so a program whose heap fits in them never pays 2 MiB per
+// touched range (a small program's peak RSS 1.6-3.3 x glibc's, docs/design.md
+// "Linkage and a small program's fixed memory"); later chunks follow the mode.
+constexpr std::size_t kSmallHeapChunks = 2;
+inline bool huge_small_heap_no_thp(ThpPolicy p, int huge_heap_option, std::size_t chunks_before) {
+  return huge_heap_option < 0 && p.usable && p.always && chunks_before < kSmallHeapChunks;
+}
 
 // Number of whole, 2 MiB-aligned 2 MiB ranges inside [lo, hi).
 inline std::size_t huge_whole_ranges(std::uintptr_t lo, std::uintptr_t hi) {

@@ -358,42 +358,48 @@ __attribute__((visibility("default"))) void* pvalloc(std::size_t size) noexcept 
 }
 
 // operator new/delete: the new-handler loop of [new.delete.single], then bad_alloc.
+// The new-handler and the throw go through src/cxxrt.c++ (libcalloc.so does not
+// link the C++ runtime); the nothrow forms return null without an exception.
 namespace {
-__attribute__((noinline)) void* new_slow(std::size_t size, std::size_t alignment) {
+__attribute__((noinline)) void* new_slow(std::size_t size, std::size_t alignment, bool nothrow) {
   for (;;) {
     void* p = alignment <= 16 ? fast_malloc(size) : aligned_malloc(alignment, size);
     if (p) return p;
-    std::new_handler handler = std::get_new_handler();
-    if (!handler) throw std::bad_alloc();
+    lca::CxxNewHandler handler = lca::cxx_get_new_handler();
+    if (!handler) {
+      if (nothrow) return nullptr;
+      lca::cxx_throw_bad_alloc();
+    }
     handler();
   }
 }
 
-inline void* new_impl(std::size_t size) {
+inline void* new_impl(std::size_t size, bool nothrow = false) {
   void* p = fast_malloc(size);
-  return __builtin_expect(p != nullptr, 1) ? p : new_slow(size, 16);
+  return __builtin_expect(p != nullptr, 1) ? p : new_slow(size, 16, nothrow);
 }
 
-inline void* new_aligned(std::size_t size, std::align_val_t al) {
+inline void* new_aligned(std::size_t size, std::align_val_t al, bool nothrow = false) {
   std::size_t a = static_cast<std::size_t>(al);
   void* p = aligned_malloc(a, size);
-  return p ? p : new_slow(size, a);
+  return p ? p : new_slow(size, a, nothrow);
 }
 }  // namespace
 
+// The nothrow forms still catch: a new-handler may throw bad_alloc.
 #define LCA_NEW_EXPORT __attribute__((visibility("default")))
 LCA_NEW_EXPORT void* operator new(std::size_t size) { return new_impl(size); }
 LCA_NEW_EXPORT void* operator new[](std::size_t size) { return new_impl(size); }
 LCA_NEW_EXPORT void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
   try {
-    return new_impl(size);
+    return new_impl(size, true);
   } catch (...) {
     return nullptr;
   }
 }
 LCA_NEW_EXPORT void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
   try {
-    return new_impl(size);
+    return new_impl(size, true);
   } catch (...) {
     return nullptr;
   }
@@ -402,14 +408,14 @@ LCA_NEW_EXPORT void* operator new(std::size_t size, std::align_val_t al) { retur
 LCA_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t al) { return new_aligned(size, al); }
 LCA_NEW_EXPORT void* operator new(std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
   try {
-    return new_aligned(size, al);
+    return new_aligned(size, al, true);
   } catch (...) {
     return nullptr;
   }
 }
 LCA_NEW_EXPORT void* operator new[](std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
   try {
-    return new_aligned(size, al);
+    return new_aligned(size, al, true);
   } catch (...) {
     return nullptr;
   }

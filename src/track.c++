@@ -31,7 +31,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cxxabi.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
@@ -269,11 +268,16 @@ Unwinder load_unwinder() {
   return u;
 }
 
-// Loaded once; a thread that asks while another loads waits for it (a
-// function-local static), so no capture runs before the library is there.
+// Loaded once; a thread that asks while another loads waits for it
+// (pthread_once, not a function-local static: its guard is in the C++ runtime,
+// which a C program does not have, src/cxxrt.h++), so no capture runs before
+// the library is there.
+Unwinder g_unwinder;
+pthread_once_t g_unwinder_once = PTHREAD_ONCE_INIT;
+void load_unwinder_once() { g_unwinder = load_unwinder(); }
 const Unwinder& unwinder() {
-  static const Unwinder u = load_unwinder();
-  return u;
+  pthread_once(&g_unwinder_once, load_unwinder_once);
+  return g_unwinder;
 }
 
 void init_unwinder() { (void)unwinder(); }
@@ -1156,9 +1160,8 @@ void symbolize(const void* addr, Symbol* out) {
   out->file = copy.file;  // the string chunks are never unmapped
   out->line = copy.line;
   if (!copy.raw_name) return;
-  int status = -1;
-  char* demangled = abi::__cxa_demangle(copy.raw_name, nullptr, nullptr, &status);
-  std::snprintf(out->function, sizeof out->function, "%s", status == 0 && demangled ? demangled : copy.raw_name);
+  char* demangled = cxx_demangle(copy.raw_name);  // null in a C program
+  std::snprintf(out->function, sizeof out->function, "%s", demangled ? demangled : copy.raw_name);
   std::free(demangled);
   out->offset = a - copy.start;
 }

@@ -282,3 +282,31 @@ VALGRIND_memcheck_FLAGS = --fair-sched=yes
 # DRD likewise: without fair scheduling the threads suite made no progress in
 # 13 minutes; with it, 173 s at CALLOC_TEST_SCALE=1.
 VALGRIND_drd_FLAGS = --fair-sched=yes
+
+# No C++ runtime in C programs (issue 17): libcalloc.so's NEEDED, a C program's
+# maps under LD_PRELOAD and linked, and operator new's failure behaviour in a
+# C++ program and in a C++ plugin that a C program loads with RTLD_LOCAL.
+# The programs are not linked with the convenience library (LDADD below).
+calloc_script_tests += tests/integration/nostdcxx.sh
+check_PROGRAMS += tests/integration/nostdcxx-c tests/integration/nostdcxx-linked \
+	tests/integration/nostdcxx-cxx
+tests_integration_nostdcxx_c_SOURCES = tests/integration/nostdcxx-c.c
+tests_integration_nostdcxx_c_CPPFLAGS =
+tests_integration_nostdcxx_c_LDADD = -ldl
+tests_integration_nostdcxx_linked_SOURCES = tests/integration/nostdcxx-c.c
+tests_integration_nostdcxx_linked_CPPFLAGS =
+tests_integration_nostdcxx_linked_LDFLAGS = -no-install
+tests_integration_nostdcxx_linked_LDADD = src/libcalloc.la -ldl
+tests_integration_nostdcxx_cxx_SOURCES = tests/integration/nostdcxx-cxx.c++
+tests_integration_nostdcxx_cxx_CPPFLAGS =
+tests_integration_nostdcxx_cxx_LDADD =
+# (check_LTLIBRARIES is first set under CALLOC_TRACKING above.)
+if CALLOC_TRACKING
+check_LTLIBRARIES += tests/integration/nostdcxx-plugin.la
+else
+check_LTLIBRARIES = tests/integration/nostdcxx-plugin.la
+endif
+tests_integration_nostdcxx_plugin_la_SOURCES = tests/integration/nostdcxx-cxx.c++
+tests_integration_nostdcxx_plugin_la_CPPFLAGS = -DNOSTDCXX_PLUGIN
+tests_integration_nostdcxx_plugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+EXTRA_DIST += tests/integration/nostdcxx.sh

@@ -940,6 +940,35 @@ START_TEST(test_huge_policy_helpers) {
 }
 END_TEST
 
+// Issue 17: under THP `always`, the process's first chunks stay on 4 KiB pages
+// (a small program's heap would otherwise cost 2 MiB per touched range), unless
+// huge_heap says otherwise; later chunks follow the mode.
+START_TEST(test_small_heap_stays_on_small_pages) {
+  const lca::ThpPolicy always{true, true}, madvise{true, false}, off{false, true};
+  for (std::size_t before = 0; before < lca::kSmallHeapChunks; ++before) {
+    ck_assert(lca::huge_small_heap_no_thp(always, -1, before));
+    ck_assert(!lca::huge_small_heap_no_thp(always, 1, before));   // huge_heap=1 asked for THP
+    ck_assert(!lca::huge_small_heap_no_thp(always, 0, before));   // huge_heap=0 advises NOHUGEPAGE anyway
+    ck_assert(!lca::huge_small_heap_no_thp(madvise, -1, before));  // unadvised memory gets no THP there
+    ck_assert(!lca::huge_small_heap_no_thp(off, -1, before));
+  }
+  ck_assert(!lca::huge_small_heap_no_thp(always, -1, lca::kSmallHeapChunks));
+  ck_assert(!lca::huge_small_heap_no_thp(always, -1, lca::kSmallHeapChunks + 10));
+  // The rule's effect is only visible on a system in mode always (a fresh heap's
+  // chunk shows "nh" in VmFlags when it is among the process's first two).
+  if (thp_mode_word() != "always") TEST_SKIP("THP mode is [%s], not [always]: no chunk is advised", thp_mode_word().c_str());
+  if (!kBuiltHuge) TEST_SKIP("built with --disable-huge");
+  if (lca::registry_chunk_count() >= lca::kSmallHeapChunks)
+    TEST_SKIP("the test process already has %zu chunks", lca::registry_chunk_count());
+  custom_alloc::MemoryAllocator heap;
+  void* p = heap.allocate(100);
+  ck_assert_ptr_nonnull(p);
+  std::string flags = vm_flags_of(p);
+  heap.deallocate(p);
+  ck_assert_msg(flags.find(" nh") != std::string::npos, "first chunk under THP always: flags \"%s\"", flags.c_str());
+}
+END_TEST
+
 START_TEST(test_purge_keeps_partly_used_huge_ranges) {
   if (running_on_valgrind()) TEST_SKIP("Valgrind mode: freed blocks wait in a quarantine, the spans do not empty");
   if (test_util::kAsanBuild) TEST_SKIP("ASan mode: freed blocks wait in a quarantine, the spans do not empty");
@@ -1117,6 +1146,7 @@ int main() {
   tcase_add_test(tc, test_huge_heap_option_advises_chunks);
   tcase_add_test(tc, test_heap_huge_backed_bytes);
   tcase_add_test(tc, test_huge_policy_helpers);
+  tcase_add_test(tc, test_small_heap_stays_on_small_pages);
   tcase_add_test(tc, test_purge_keeps_partly_used_huge_ranges);
   tcase_add_test(tc, test_purge_small_pages_without_huge_heap);
   tcase_add_test(tc, test_large_shrink_keeps_partly_used_huge_range);
