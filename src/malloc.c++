@@ -38,17 +38,12 @@ namespace {
 // it here; without the flag they are not compiled and the paths below are as
 // they were.  A pointer the secure heap does not own (a block of an independent
 // MemoryAllocator, or garbage) goes to the core heap, which frees or reports it.
-__attribute__((noinline)) void* secure_malloc(std::size_t size, std::size_t alignment) {
-  SecureHeap* h = secure_process_heap();
-  if (!h) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  return secure_alloc(h, size, alignment);
-}
-__attribute__((noinline)) void secure_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
+inline void* secure_malloc(std::size_t size, std::size_t alignment) { return secure_process_alloc(size, alignment); }
+// secure_free_if_secure keeps errno itself.
+inline void secure_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
+  if (__builtin_expect(secure_free_if_secure(p, size, alignment, what), 1)) return;
   int saved = errno;
-  if (!secure_free_if_secure(p, size, alignment, what)) block_free(p);
+  block_free(p);
   errno = saved;
 }
 #endif

@@ -38,7 +38,7 @@ constexpr std::size_t kAnyAlignment = 0;
 
 // Frees p if it lies in a secure heap (any of them): true.  False when p is not
 // a secure heap's, for the caller to route elsewhere.  `what` names the call in
-// messages ("free", "operator delete", ...).
+// messages ("free", "operator delete", ...).  errno is kept.
 bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, const char* what);
 // The requested size of a live secure block, in *out: true; false when p is not
 // a secure heap's.
@@ -60,6 +60,9 @@ void secure_trim(SecureHeap* h);
 // The process's secure heap (created on first use): the heap behind malloc with
 // --enable-secure.
 SecureHeap* secure_process_heap();
+// secure_alloc(secure_process_heap(), size, alignment), its common case (a thread
+// whose cache holds a slot of the class) in one call; nullptr with errno set.
+void* secure_process_alloc(std::size_t size, std::size_t alignment);
 
 // fork(): every secure heap's locks are held across it.
 void secure_prefork();
