@@ -280,3 +280,7 @@ VALGRIND_memcheck_FLAGS = --fair-sched=yes
 # DRD likewise: without fair scheduling the threads suite made no progress in
 # 13 minutes; with it, 173 s at CALLOC_TEST_SCALE=1.
 VALGRIND_drd_FLAGS = --fair-sched=yes
+
+# Medium blocks: the arena behind the heap's medium cache (issue 17).
+calloc_unit_tests += tests/unit/arena
+tests_unit_arena_SOURCES = tests/unit/arena.c++ tests/test-util.h++
