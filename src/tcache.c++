@@ -455,7 +455,9 @@ bool heap_free_medium(Heap* h, void* p) {
   std::size_t usable = arena_usable_size(p);
   h->counters.arena_frees.add(1);
   h->counters.extra_bytes_freed.add(usable);
-  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= kMediumCacheBytes) {
+  // (Node-local heaps allocate through domain_alloc, which does not look here.)
+  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= kMediumCacheBytes &&
+      h->node < 0) {
     arena_hold(c, p);
     auto* m = static_cast<MediumFree*>(p);
     unsigned b = medium_bin(usable);
