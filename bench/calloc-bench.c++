@@ -106,7 +106,7 @@ struct xorshift64star {
     std::uint32_t block_size() { return min_block_size + below(max_block_size - min_block_size + 1); }
     // heavy-tail's sizes: 90 % as block_size() (16 B..1 KiB uniform), 10 % log-uniform over
     // 1 KiB..64 KiB (density ~ 1/size, a Pareto tail of index 0 cut at 64 KiB), so 5 % of the requests
-    // fall in 8..64 KiB: few in number, but they hold most of the live bytes (about three quarters of
+    // fall in 8..64 KiB: few in number, but they hold most of the live bytes (about two thirds of
     // the window's), as in a server's or parser's mix of small objects and buffers.
     std::uint32_t heavy_tail_size() {
         if (below(10) != 0) return block_size();
