@@ -31,6 +31,9 @@
 //                      4 KiB page of it, check its ends, free it, over and over -- the big-buffer
 //                      pattern of image, ML and parser code; minor_faults shows what the allocator
 //                      made the kernel fault in again
+//   heavy-tail         random-window with heavy-tailed sizes: 90 % 16 B..1 KiB uniform, 10 %
+//                      log-uniform 1..64 KiB (so 5 % of the requests are 8..64 KiB blocks)
+//   heavy-tail-2t      two threads doing heavy-tail on their own blocks at once (as threads-own)
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -44,6 +47,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +62,7 @@ using clock_type = std::chrono::steady_clock;
 constexpr std::uint32_t min_block_size = 16;
 constexpr std::uint32_t max_block_size = 1024;
 constexpr std::uint32_t window_slots = 1000;
+constexpr std::uint32_t heavy_tail_max = 65536;
 constexpr std::uint32_t handover_batch = 256;
 constexpr std::uint32_t handover_ring_batches = 16;
 constexpr unsigned worker_threads = 2;
@@ -99,6 +104,17 @@ struct xorshift64star {
         return static_cast<std::uint32_t>(((next() >> 32) * static_cast<std::uint64_t>(bound)) >> 32);
     }
     std::uint32_t block_size() { return min_block_size + below(max_block_size - min_block_size + 1); }
+    // heavy-tail's sizes: 90 % as block_size() (16 B..1 KiB uniform), 10 % log-uniform over
+    // 1 KiB..64 KiB (density ~ 1/size, a Pareto tail of index 0 cut at 64 KiB), so 5 % of the requests
+    // fall in 8..64 KiB: few in number, but they hold most of the live bytes (about two thirds of
+    // the window's), as in a server's or parser's mix of small objects and buffers.
+    std::uint32_t heavy_tail_size() {
+        if (below(10) != 0) return block_size();
+        // 2^(10 + 6u) for u uniform in [0, 1), from 24 random bits: 1024 .. 65535, log-uniform.
+        double u = static_cast<double>(next() >> 40) / static_cast<double>(1u << 24);
+        auto size = static_cast<std::uint32_t>(std::exp2(10.0 + 6.0 * u));
+        return size < heavy_tail_max ? size : heavy_tail_max;
+    }
 };
 
 // A block's pattern byte: follows from the allocation's sequence number, never zero.
@@ -329,6 +345,7 @@ struct window_state {
     std::uint32_t size[window_slots];
     unsigned char pattern[window_slots];
     std::uint32_t* steps = nullptr;  // warmup + timed ops: slot in the low 10 bits, size above
+    bool heavy_tail = false;         // sizes from heavy_tail_size() instead of block_size()
     std::uint64_t warmup = 0;
     std::uint64_t ops = 0;
     std::uint64_t serial = 0;
@@ -342,10 +359,10 @@ void window_prepare(window_state& w, std::uint64_t ops, std::uint64_t seed) {
     w.steps = harness_array<std::uint32_t>(w.warmup + ops);
     for (std::uint64_t i = 0; i < w.warmup + ops; ++i) {
         std::uint32_t slot = rng.below(window_slots);
-        w.steps[i] = slot | (rng.block_size() << 10);
+        w.steps[i] = slot | ((w.heavy_tail ? rng.heavy_tail_size() : rng.block_size()) << 10);
     }
     for (std::uint32_t s = 0; s < window_slots; ++s) {
-        w.size[s] = rng.block_size();
+        w.size[s] = w.heavy_tail ? rng.heavy_tail_size() : rng.block_size();
         w.pattern[s] = pattern_for(w.serial++);
         w.block[s] = checked_malloc(w.size[s]);
         stamp(w.block[s], w.size[s], w.pattern[s], w.checks);
@@ -376,9 +393,10 @@ void window_release(window_state& w) {
     munmap(w.steps, (w.warmup + w.ops) * sizeof(std::uint32_t));
 }
 
-result run_random_window(std::uint64_t ops, std::uint64_t seed) {
+result run_window_one_thread(std::uint64_t ops, std::uint64_t seed, bool heavy_tail) {
     result r;
     auto* w = harness_array<window_state>(1);
+    w->heavy_tail = heavy_tail;
     window_prepare(*w, ops, seed);
     window_steps(*w, 0, w->warmup);
     r.baseline_rss_kb = read_memory_figures().current_rss_kb;
@@ -393,14 +411,22 @@ result run_random_window(std::uint64_t ops, std::uint64_t seed) {
     return r;
 }
 
-// ---------------------------------------------------------------------------------------------------
-// threads-own: wall = first start to last end; cpu = mean of the two threads' CPU time.
+result run_random_window(std::uint64_t ops, std::uint64_t seed) { return run_window_one_thread(ops, seed, false); }
 
-result run_threads_own(std::uint64_t ops, std::uint64_t seed) {
+// heavy-tail: random-window with heavy_tail_size()'s sizes (mostly small, 5 % of 8..64 KiB).
+result run_heavy_tail(std::uint64_t ops, std::uint64_t seed) { return run_window_one_thread(ops, seed, true); }
+
+// ---------------------------------------------------------------------------------------------------
+// threads-own (and heavy-tail-2t): wall = first start to last end; cpu = mean of the two threads' CPU time.
+
+result run_window_two_threads(std::uint64_t ops, std::uint64_t seed, bool heavy_tail) {
     result r;
     r.threads = worker_threads;
     window_state* w[worker_threads];
-    for (auto& state : w) state = harness_array<window_state>(1);
+    for (auto& state : w) {
+        state = harness_array<window_state>(1);
+        state->heavy_tail = heavy_tail;
+    }
     thread_meter meter[worker_threads];
     long faults = 0;
     spin_barrier barrier(worker_threads);
@@ -441,6 +467,11 @@ result run_threads_own(std::uint64_t ops, std::uint64_t seed) {
     r.minor_faults = faults;
     return r;
 }
+
+result run_threads_own(std::uint64_t ops, std::uint64_t seed) { return run_window_two_threads(ops, seed, false); }
+
+// heavy-tail-2t: two threads, each doing heavy-tail on its own blocks (as threads-own).
+result run_heavy_tail_2t(std::uint64_t ops, std::uint64_t seed) { return run_window_two_threads(ops, seed, true); }
 
 // ---------------------------------------------------------------------------------------------------
 // producer-consumer: wall = first start to the consumer's end, per block; cpu = the busier thread's
@@ -714,6 +745,8 @@ constexpr workload workloads[] = {
     {"peak-rss", run_peak_rss, 1000000},
     {"large-churn", run_large_churn, 400},
     {"small-objects", run_small_objects, 5000000},
+    {"heavy-tail", run_heavy_tail, 10000000},
+    {"heavy-tail-2t", run_heavy_tail_2t, 10000000},
 };
 
 void usage(FILE* to) {

@@ -236,6 +236,16 @@ bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
   return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
 }
 
+void arena_hold(ArenaChunk* c, void* p) {
+  clear_live(c, p);
+  static_cast<std::uintptr_t*>(p)[1] = kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p);
+}
+
+void arena_unhold(ArenaChunk* c, void* p) {
+  static_cast<std::uintptr_t*>(p)[1] = 0;
+  set_live(c, p);
+}
+
 std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
 
 std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
@@ -297,7 +307,11 @@ bool arena_verify(const Arena* a, const char** why) {
         if (prev_free) return *why = "two adjacent free blocks", false;
         if (is_live(c, payload(b))) return *why = "free block marked live", false;
         free_bytes += s;
-      } else if (!is_live(c, payload(b))) {
+      } else if (!is_live(c, payload(b)) &&
+                 vg_peek_word(static_cast<const std::uintptr_t*>(payload(b)) + 1) !=
+                     (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(payload(b)))) {
+        // (A block freed by another thread and not yet collected, or held in the
+        // owner's medium cache, is allocated, not live and marked.)
         return *why = "allocated block not marked live", false;
       }
       prev_free = is_free(b);

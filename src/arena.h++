@@ -91,6 +91,16 @@ inline void arena_push_remote(Arena* a, void* p) {
                                                  std::memory_order_relaxed));
 }
 
+// The heap's medium cache (tcache.h++) keeps freed blocks of its own arena aside,
+// still allocated in the arena's tags, in the state of a block freed by another
+// thread and not yet taken back: live bit clear, kRemoteFreedMark in its second
+// word (so a second free, a realloc or malloc_usable_size of it is reported as a
+// double free or use after free).  arena_hold puts a checked live block p of c
+// in that state; arena_unhold makes it live again for its next owner.  A held
+// block goes back to the arena with arena_free.  Owner only.
+void arena_hold(ArenaChunk* c, void* p);
+void arena_unhold(ArenaChunk* c, void* p);
+
 // Walks every block of a chunk (for statistics and consistency checks).
 template <class F>
 void arena_for_each_block(const ArenaChunk* c, F&& f);

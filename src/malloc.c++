@@ -59,6 +59,11 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
 #if CALLOC_TRACKING
   if (track_full()) return track_malloc(size, alignment);
 #endif
+  // Medium sizes in a thread that has a heap (never in Valgrind or ASan mode,
+  // whose tls_heap is &g_no_heap): straight to the heap's medium cache or arena.
+  Heap* h = tls_heap;
+  if (size > kSlabMax && size <= kLargeThreshold && alignment <= 16 && h != &g_no_heap && h->node < 0)
+    return heap_alloc_medium(h, size);
   void* p = domain_alloc(&g_process_domain, size, alignment);
   if (!p) errno = ENOMEM;
   return p;

@@ -372,9 +372,17 @@ void drain_arena_remote(Heap* h) {
   }
 }
 
+void medium_cache_flush_locked(Heap* h);
+
 void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
   if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
   void* p = arena_alloc(&h->arena, size, alignment);
+  if (!p && h->medium.bytes) {
+    // The blocks the medium cache holds may merge into room enough: a chunk
+    // mapped for want of them would hold them for good.
+    medium_cache_flush_locked(h);
+    p = arena_alloc(&h->arena, size, alignment);
+  }
   if (!p) {
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
@@ -390,6 +398,19 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
   return p;
 }
 
+// --- medium cache (tcache.h++) ------------------------------------------------
+// (No RemoteBusy bracket: the child of a fork never reads the medium cache of
+// another thread's heap -- those heaps are left alone there, lifecycle.c++.)
+void medium_cache_flush_locked(Heap* h) {
+  for (MediumFree*& head : h->medium.bin) {
+    while (MediumFree* m = head) {
+      head = m->next;
+      arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
+    }
+  }
+  h->medium.bytes = 0;
+}
+
 // Smallest size class >= the request whose objects are all aligned to alignment.
 int aligned_class(std::size_t size, std::size_t alignment) {
   for (unsigned c = size_to_class(size); c < kNumClasses; ++c)
@@ -398,6 +419,57 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 }
 
 }  // namespace
+
+void medium_cache_flush(Heap* h) { medium_cache_flush_locked(h); }
+
+void* heap_alloc_medium(Heap* h, std::size_t size) {
+  if (size < kMediumCacheMax) {
+    // The bin of size may hold blocks just short of it: its first fits or not;
+    // every block of the next bin fits.
+    unsigned b = medium_bin(size);
+    MediumFree* m = h->medium.bin[b];
+    if (!m || m->usable < size) {
+      m = nullptr;
+      if (b + 1 < kMediumBins) m = h->medium.bin[++b];
+    }
+    if (m) {
+      h->medium.bin[b] = m->next;
+      std::size_t usable = m->usable;
+      h->medium.bytes -= usable;
+      arena_unhold(arena_chunk_of(chunk_base(m)), m);
+      h->counters.arena_allocs.add(1);
+      h->counters.extra_bytes_allocated.add(usable);
+      return m;
+    }
+  }
+  void* p = alloc_arena(h, size, 16);
+  if (!p) errno = ENOMEM;
+  return p;
+}
+
+bool heap_free_medium(Heap* h, void* p) {
+  ChunkHeader* ch = chunk_base(p);
+  if (ch->heap != h) return false;
+  ArenaChunk* c = arena_chunk_of(ch);
+  if (arena_check(c, p) != ArenaCheck::ok) return false;
+  std::size_t usable = arena_usable_size(p);
+  h->counters.arena_frees.add(1);
+  h->counters.extra_bytes_freed.add(usable);
+  // (Node-local heaps allocate through domain_alloc, which does not look here.)
+  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= kMediumCacheBytes &&
+      h->node < 0) {
+    arena_hold(c, p);
+    auto* m = static_cast<MediumFree*>(p);
+    unsigned b = medium_bin(usable);
+    m->usable = usable;
+    m->next = h->medium.bin[b];
+    h->medium.bin[b] = m;
+    h->medium.bytes += usable;
+    return true;
+  }
+  arena_free_owned(h, c, p);
+  return true;
+}
 
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
@@ -412,6 +484,7 @@ void heap_collect_empty(Heap* h) {
       s = next;
     }
   }
+  medium_cache_flush_locked(h);
   drain_arena_remote(h);
   for (ChunkHeader* ch = h->arena.chunks.head; ch;) {
     ChunkHeader* next = ch->next;
@@ -886,7 +959,10 @@ void free_cold(void* p) {
 #if CALLOC_TRACKING
   if (track_active()) track_free(p);
 #endif
-  if (!free_remote_batched(p)) free_slow(p);
+  // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
+  // ASan mode, and in a thread without a heap: no chunk names it as its heap).
+  bool done = chunk_kind_of(p) == ChunkKind::arena ? heap_free_medium(tls_heap, p) : free_remote_batched(p);
+  if (!done) free_slow(p);
   errno = saved;
 }
 

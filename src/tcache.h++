@@ -83,6 +83,44 @@ struct RemoteBatch {
 // the RemoteBatch table, and thread exit and trim send the whole list there.
 constexpr std::size_t kForeignClassBytes = 8 * 1024;
 
+// A thread keeps the medium blocks of its own arena that it frees -- usable sizes
+// kMediumCacheMin..kMediumCacheMax-1, 8 KiB to 64 KiB -- in bins of eight per
+// doubling, up to kMediumCacheBytes in all, and serves its next medium requests
+// from them: a hit costs a list pop instead of a TLSF search, split and boundary
+// tag updates (docs/design.md, "Medium cache").  A held block stays allocated in
+// the arena (arena_hold: live bit clear, marked as freed, so a second free is a
+// double free).  The cache goes back to the arena before the arena maps a chunk,
+// at thread exit, on trim and whenever the heap is collected.
+constexpr std::size_t kMediumCacheMin = 8 * 1024;
+constexpr std::size_t kMediumCacheMax = 64 * 1024;
+constexpr unsigned kMediumBinsPerDoubling = 8;
+constexpr unsigned kMediumBins = 3 * kMediumBinsPerDoubling;  // 8-16, 16-32, 32-64 KiB
+constexpr std::size_t kMediumCacheBytes = 256 * 1024;
+static_assert(kMediumCacheMax == kMediumCacheMin << 3, "three doublings of bins");
+
+// A held block's first words (its second is the arena's freed mark).
+struct MediumFree {
+  MediumFree* next;
+  std::uintptr_t mark;
+  std::size_t usable;
+};
+
+struct MediumCache {
+  MediumFree* bin[kMediumBins];
+  std::size_t bytes;  // usable bytes held, at most kMediumCacheBytes
+};
+
+// The bin of a usable size in [kMediumCacheMin, kMediumCacheMax): its blocks have
+// at least medium_bin_floor(bin) usable bytes.
+inline unsigned medium_bin(std::size_t usable) {
+  unsigned f = 63u - static_cast<unsigned>(__builtin_clzll(usable));
+  return (f - 13) * kMediumBinsPerDoubling + static_cast<unsigned>((usable >> (f - 3)) & 7);
+}
+inline std::size_t medium_bin_floor(unsigned bin) {
+  return (kMediumCacheMin + (kMediumCacheMin / kMediumBinsPerDoubling) * (bin % kMediumBinsPerDoubling))
+         << (bin / kMediumBinsPerDoubling);
+}
+
 struct NoHeapTag {};
 extern Span g_empty_span LCA_HIDDEN;
 
@@ -92,7 +130,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{}, remote_busy{} {
+        foreign_count{}, remote_busy{}, medium{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -118,6 +156,7 @@ struct Heap {
   // NUMA (LIBCALLOC_OPTIONS=numa=1, process domain): the node whose chunks this
   // heap carves, -1 when node-local heaps are off.
   std::int32_t node = -1;
+  MediumCache medium;  // this thread's freed medium blocks (owner only)
 };
 
 // Brackets a change of h's foreign lists or RemoteBatch table (h's thread only).
@@ -243,6 +282,13 @@ void domain_destroy(Domain* d);
 // its domain lock).  `grown` marks a block being made for a realloc that grows.
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
 void* heap_alloc_small_slow(Heap* h, unsigned size_class);
+// malloc of kSlabMax < size <= kLargeThreshold by a thread with a heap (tls_heap,
+// not &g_no_heap, node-local heaps off): the medium cache, else the arena.
+// nullptr with errno ENOMEM when the OS has no memory.
+void* heap_alloc_medium(Heap* h, std::size_t size);
+// Returns h's medium cache to its arena (h's owner, or under the domain lock for
+// an abandoned heap).
+void medium_cache_flush(Heap* h);
 
 // A dedicated mapping (above the large threshold); on failure the domain's cached
 // memory is returned to the OS and the mapping tried again.
@@ -274,6 +320,10 @@ std::size_t block_usable_size(const void* p, const char* what);
 // free of a small object goes to the thread's foreign list of its class, or
 // beyond kForeignClassBytes through its RemoteBatch table.
 void free_cold(void* p);
+// The part of free_cold for a block of the calling thread's own arena (h is
+// tls_heap): into the medium cache or the arena.  False when p is not a live
+// block of h's arena (free_slow then frees or reports it).
+bool heap_free_medium(Heap* h, void* p);
 // Sends h's foreign objects to their owners and pushes every chain waiting in
 // h's RemoteBatch table (h's thread only).
 void remote_batch_flush_all(Heap* h);

@@ -310,3 +310,6 @@ tests_integration_nostdcxx_plugin_la_SOURCES = tests/integration/nostdcxx-cxx.c+
 tests_integration_nostdcxx_plugin_la_CPPFLAGS = -DNOSTDCXX_PLUGIN
 tests_integration_nostdcxx_plugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 EXTRA_DIST += tests/integration/nostdcxx.sh
+# Medium blocks: the arena behind the heap's medium cache (issue 17).
+calloc_unit_tests += tests/unit/arena
+tests_unit_arena_SOURCES = tests/unit/arena.c++ tests/test-util.h++

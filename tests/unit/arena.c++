@@ -1,0 +1,333 @@
+// tests/unit/arena.c++ -- the "arena" suite: medium blocks (8 KiB - 1 MiB) of the
+// process heap, served by the thread's TLSF arena (src/arena.c++) behind the
+// medium cache of its heap (src/tcache.c++, tcache.h++).
+//
+// What is checked: a freed medium block is held by the thread's cache and the
+// next request of its size gets it back; the cache never holds more than
+// kMediumCacheBytes; a held block is still a freed block for every check -- a
+// second free (by the owner or by another thread), a realloc and
+// malloc_usable_size of it are reported as in the arena -- and the arena's
+// consistency check (arena_verify) accepts held blocks; thread exit and trim
+// hand every held block back to the arena; a request that does not fit in the
+// arena beside the held blocks takes them back before a chunk is mapped.  Blocks
+// are checked for overlap with a pattern.  The cache is off in Valgrind and ASan
+// mode (every call takes the slow paths there, whose quarantine keeps freed
+// blocks): its tests skip there, the reuse and error tests run everywhere.
+#include <libcalloc.h>
+#include <malloc.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "../test-util.h++"
+#include "config.h"
+#include "arena.h++"
+#include "chunk.h++"
+#include "tcache.h++"
+#include "vg.h++"
+
+using test_util::scaled;
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+
+// The medium cache is in use: not in Valgrind or ASan mode (tls_heap is the
+// empty heap there) nor behind --enable-secure's heap.
+const char* cache_off_why() {
+  if (test_util::running_on_valgrind()) return "under Valgrind every call takes the slow paths (no medium cache)";
+  if (test_util::kAsanBuild) return "ASan mode takes the slow paths (no medium cache)";
+#if CALLOC_SECURE
+  return "--enable-secure: malloc's blocks come from the hardened heap";
+#else
+  return nullptr;
+#endif
+}
+
+lca::Heap* my_heap() { return lca::thread_heap_if_any(); }
+
+// Blocks held by h's medium cache, and their usable bytes.
+std::size_t held_blocks(const lca::Heap* h, std::size_t* bytes) {
+  std::size_t n = 0, b = 0;
+  for (const lca::MediumFree* m : h->medium.bin)
+    for (; m; m = m->next) {
+      ++n;
+      b += m->usable;
+    }
+  *bytes = b;
+  return n;
+}
+
+}  // namespace
+
+// The bin arithmetic: every usable size of a bin is at least its floor, and the
+// next bin's floor is above every size of the bin.
+START_TEST(test_medium_bins) {
+  for (std::size_t u = lca::kMediumCacheMin; u < lca::kMediumCacheMax; u += 16) {
+    unsigned b = lca::medium_bin(u);
+    ck_assert_uint_lt(b, lca::kMediumBins);
+    ck_assert_uint_ge(u, lca::medium_bin_floor(b));
+    if (b + 1 < lca::kMediumBins) ck_assert_uint_lt(u, lca::medium_bin_floor(b + 1));
+  }
+  ck_assert_uint_eq(lca::medium_bin_floor(0), 8 * KiB);
+  ck_assert_uint_eq(lca::medium_bin_floor(lca::kMediumBins - 1), 60 * KiB);
+}
+END_TEST
+
+// A medium block freed and asked for again: the same block, held in between.
+START_TEST(test_freed_block_reused) {
+  const std::size_t sizes[] = {8 * KiB + 1, 10000, 20000, 33 * KiB, 64 * KiB - 100};
+  for (std::size_t size : sizes) {
+    auto* p = static_cast<unsigned char*>(lca_malloc(size));
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, size, size);
+    ck_assert_int_eq(test_util::check_pattern(p, size, size), -1);
+    lca_free(p);
+    if (const char* why = cache_off_why()) {
+      (void)why;
+    } else {
+      std::size_t bytes;
+      ck_assert_uint_ge(held_blocks(my_heap(), &bytes), 1);
+      ck_assert_uint_eq(bytes, my_heap()->medium.bytes);
+      ck_assert_uint_ge(bytes, size);
+    }
+    void* q = lca_malloc(size);
+    ck_assert_ptr_nonnull(q);
+    if (!cache_off_why()) ck_assert_ptr_eq(q, p);
+    ck_assert_uint_ge(lca_usable_size(q), size);
+    std::memset(q, 0x5a, size);
+    lca_free(q);
+  }
+  if (const char* why = cache_off_why()) TEST_SKIP("%s: reuse of the same block not asserted", why);
+}
+END_TEST
+
+// However many medium blocks a thread frees, its cache holds at most
+// kMediumCacheBytes; the rest goes to the arena at once.  Every held block is
+// a freed block for arena_check, and the arena stays consistent.
+START_TEST(test_cache_bounded) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  constexpr std::size_t n = 96;
+  std::vector<void*> blocks;
+  blocks.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t size = 8 * KiB + (i * 7919) % (56 * KiB);
+    void* p = lca_malloc(size);
+    ck_assert_ptr_nonnull(p);
+    test_util::fill_pattern(p, size, i);
+    blocks.push_back(p);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t size = 8 * KiB + (i * 7919) % (56 * KiB);
+    ck_assert_int_eq(test_util::check_pattern(blocks[i], size, i), -1);
+    lca_free(blocks[i]);
+    ck_assert_uint_le(my_heap()->medium.bytes, lca::kMediumCacheBytes);
+  }
+  lca::Heap* h = my_heap();
+  std::size_t bytes;
+  std::size_t held = held_blocks(h, &bytes);
+  ck_assert_uint_eq(bytes, h->medium.bytes);
+  // ~3 MiB freed: the cache is full up to less than one block.
+  ck_assert_uint_gt(bytes, lca::kMediumCacheBytes - lca::kMediumCacheMax);
+  ck_assert_uint_lt(held, n);
+  for (const lca::MediumFree* m : h->medium.bin)
+    for (; m; m = m->next) {
+      lca::ChunkHeader* ch = lca::registry_lookup(m);
+      ck_assert_ptr_nonnull(ch);
+      ck_assert_ptr_eq(ch->heap, h);
+      ck_assert(lca::arena_check(lca::arena_chunk_of(ch), m) == lca::ArenaCheck::already_free);
+    }
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&h->arena, &why), "arena_verify: %s", why);
+}
+END_TEST
+
+// A second free of a held block is a double free, whoever makes it.
+START_TEST(test_double_free_of_held_block) {
+  auto r = test_util::expect_death(
+      [] {
+        void* p = lca_malloc(20000);
+        lca_free(p);
+        lca_free(p);
+      },
+      "Double free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+}
+END_TEST
+
+START_TEST(test_remote_double_free_of_held_block) {
+  if (test_util::kAsanBuild) TEST_SKIP("a thread started in a forked child of an ASan build may hang in libasan");
+  auto r = test_util::expect_death(
+      [] {
+        void* p = lca_malloc(40000);
+        lca_free(p);
+        std::thread([p] { lca_free(p); }).join();
+      },
+      "Double free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+}
+END_TEST
+
+START_TEST(test_realloc_of_held_block) {
+  if (test_util::running_on_valgrind())
+    TEST_SKIP("in Valgrind mode a freed block waits in the quarantine, and memcheck reports its realloc itself");
+  auto r = test_util::expect_death(
+      [] {
+        void* p = lca_malloc(30000);
+        lca_free(p);
+        test_util::escape(lca_realloc(p, 40000));
+      },
+      "Use after free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+  r = test_util::expect_death(
+      [] {
+        void* p = lca_malloc(30000);
+        lca_free(p);
+        test_util::escape(reinterpret_cast<void*>(lca_usable_size(p)));
+      },
+      "Use after free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+}
+END_TEST
+
+// Thread exit hands the held blocks back to the arena: the heap the next thread
+// adopts holds none, and its empty arena chunks went back to the domain.
+START_TEST(test_thread_exit_returns_cache) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  lca::Heap* seen = nullptr;
+  std::size_t held_before_exit = 0;
+  std::thread([&] {
+    std::vector<void*> blocks;
+    for (unsigned i = 0; i < 6; ++i) blocks.push_back(lca_malloc(9 * KiB + i * 5 * KiB));
+    for (void* p : blocks) lca_free(p);
+    seen = my_heap();
+    held_before_exit = seen->medium.bytes;
+  }).join();
+  ck_assert_uint_gt(held_before_exit, 0);
+  ck_assert_ptr_nonnull(seen);
+  // Abandoned now (no thread runs on it until another thread adopts it).
+  ck_assert_uint_eq(seen->medium.bytes, 0);
+  std::size_t bytes;
+  ck_assert_uint_eq(held_blocks(seen, &bytes), 0);
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&seen->arena, &why), "arena_verify: %s", why);
+}
+END_TEST
+
+// lca_trim (malloc_trim) returns the held blocks, and so the arena chunks they
+// kept from being empty.
+START_TEST(test_trim_returns_cache) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  void* p = lca_malloc(50000);
+  void* q = lca_malloc(12000);
+  lca_free(p);
+  lca_free(q);
+  ck_assert_uint_gt(my_heap()->medium.bytes, 0);
+  lca_trim();
+  ck_assert_uint_eq(my_heap()->medium.bytes, 0);
+  std::size_t bytes;
+  ck_assert_uint_eq(held_blocks(my_heap(), &bytes), 0);
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&my_heap()->arena, &why), "arena_verify: %s", why);
+}
+END_TEST
+
+// A request that fits in the arena only once the held blocks are merged back
+// takes them back before a chunk is mapped.  The thread fills its arena chunk
+// with blocks of 1 MiB and less until what is free beside the held blocks is
+// smaller than the request.
+START_TEST(test_cache_yields_before_new_chunk) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  std::thread([] {
+    lca_free(lca_malloc(64));  // the thread's heap
+    lca_trim();
+    lca::Heap* h = my_heap();
+    // Four neighbours of 60 000 bytes, held once freed: ~240 KiB.
+    void* held[4];
+    for (void*& p : held) p = lca_malloc(60000);
+    lca::ArenaChunk* c = lca::arena_chunk_of(lca::chunk_base(held[0]));
+    std::vector<void*> fill;
+    // Fill the rest of every arena chunk of the heap (blocks up to 1 MiB).
+    for (;;) {
+      std::size_t largest_free = 0;
+      for (lca::ChunkHeader* ch = h->arena.chunks.head; ch; ch = ch->next) {
+        auto* ac = lca::arena_chunk_of(ch);
+        largest_free = ac->free_bytes > largest_free ? ac->free_bytes : largest_free;
+      }
+      if (largest_free < 64 * KiB) break;
+      std::size_t size = largest_free > 1024 * KiB ? 1024 * KiB : largest_free - 32 * KiB;
+      void* f = lca_malloc(size);
+      ck_assert_ptr_nonnull(f);
+      fill.push_back(f);
+      if (fill.size() > 64) break;  // (cannot happen: a chunk is 4 MiB)
+    }
+    for (void* p : held) lca_free(p);
+    ck_assert_uint_ge(h->medium.bytes, 4 * 60000);
+    std::size_t chunks = lca::registry_chunk_count();
+    // 200 KiB: room enough only where the four held blocks merge.
+    void* big = lca_malloc(200 * KiB);
+    ck_assert_ptr_nonnull(big);
+    ck_assert_uint_eq(h->medium.bytes, 0);
+    ck_assert_uint_eq(lca::registry_chunk_count(), chunks);
+    ck_assert_ptr_eq(lca::arena_chunk_of(lca::chunk_base(big)), c);
+    lca_free(big);
+    for (void* p : fill) lca_free(p);
+    const char* why = "";
+    ck_assert_msg(lca::arena_verify(&h->arena, &why), "arena_verify: %s", why);
+  }).join();
+}
+END_TEST
+
+// Medium churn in more threads than cores, each on its own blocks (the cache's
+// owner-only lists), and blocks freed by other threads: contents stay intact.
+START_TEST(test_threads_churn) {
+  constexpr unsigned kThreads = 4;
+  const std::size_t ops = scaled(20000);
+  std::vector<std::thread> pool;
+  std::atomic<unsigned> bad{0};
+  void* handoff[kThreads] = {};
+  for (unsigned t = 0; t < kThreads; ++t)
+    pool.emplace_back([&, t] {
+      constexpr unsigned kSlots = 32;
+      void* slot[kSlots] = {};
+      std::size_t size[kSlots] = {};
+      std::uint64_t x = 0x9E3779B97F4A7C15ull * (t + 1);
+      for (std::size_t i = 0; i < ops; ++i) {
+        x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+        unsigned k = static_cast<unsigned>(x % kSlots);
+        if (slot[k] && test_util::check_pattern(slot[k], size[k], k + 100 * t) != -1) bad++;
+        lca_free(slot[k]);
+        size[k] = 8 * KiB + (x >> 20) % (60 * KiB);
+        slot[k] = lca_malloc(size[k]);
+        test_util::fill_pattern(slot[k], size[k], k + 100 * t);
+      }
+      // One block for the next thread to free (a remote free of a medium block).
+      handoff[t] = slot[0];
+      slot[0] = nullptr;
+      for (void* p : slot) lca_free(p);
+    });
+  for (auto& th : pool) th.join();
+  for (void* p : handoff) lca_free(p);
+  ck_assert_uint_eq(bad.load(), 0);
+}
+END_TEST
+
+int main() {
+  TCase* tc;
+  Suite* s = test_util::make_suite("arena", &tc);
+  tcase_add_test(tc, test_medium_bins);
+  tcase_add_test(tc, test_freed_block_reused);
+  tcase_add_test(tc, test_cache_bounded);
+  tcase_add_test(tc, test_double_free_of_held_block);
+  tcase_add_test(tc, test_remote_double_free_of_held_block);
+  tcase_add_test(tc, test_realloc_of_held_block);
+  tcase_add_test(tc, test_thread_exit_returns_cache);
+  tcase_add_test(tc, test_trim_returns_cache);
+  tcase_add_test(tc, test_cache_yields_before_new_chunk);
+  tcase_add_test(tc, test_threads_churn);
+  return test_util::run_suite(s);
+}
