@@ -47,6 +47,7 @@
 
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
+#include <unwind.h>
 
 #include <custom_alloc/allocation_tracker.h++>
 
@@ -205,26 +206,32 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
-// libunwind is loaded with dlopen(RTLD_LOCAL) at the first capture, not linked:
-// it also defines the _Unwind_* functions of the C++ exception ABI (and a weak
-// backtrace()), and linked in it came before libgcc_s among the dependencies of
-// programs linked with libcalloc, so that every exception of the program
-// unwound through libunwind's implementation (memcheck reported its reads below
-// the stack pointer at each throw).  Loaded locally, it serves our captures
-// only.  Its caches are per thread: no lock shared by the allocating threads
-// (and nothing shared for helgrind and DRD to report).
+// Two unwinders, both loaded with dlopen(RTLD_LOCAL) when tracking starts (or
+// at AllocationTracker's first capture), neither linked.
 //
-// Two ways to walk the stack, both libunwind's.  unw_backtrace is the fast one
-// (0.1-0.4 us a capture here) thanks to a per-thread frame cache that
-// libunwind maps and fills eagerly at a thread's first call: 2^14 entries of
-// 16 bytes, 256 KiB of anonymous memory per thread, which it cannot be asked
-// to size.  The unw_step loop uses only the register-state cache, at 4-10 us a
-// capture; that cache cost no memory we could measure (8 threads capturing:
-// RssAnon +4 KiB, unw_set_cache_size made no difference), libunwind's data
-// ~36 KiB whichever walk.  A thread's first kSlowCaptures samples use the
-// loop; after them (16 MiB allocated in expectation at the default rate) the
-// thread has shown it allocates enough for the fast path to pay, and takes it.
-// Full mode captures every allocation: the fast path from the start.
+// Sampling uses the compiler's unwinder, libgcc_s's _Unwind_Backtrace: it reads
+// the same .eh_frame tables as libunwind, finds them through glibc's
+// _dl_find_object, and keeps nothing between captures (no allocation, no
+// cache, no lock on the dl_find_object path), ~2-5 us a capture here.
+// libgcc_s is mapped in every C++ program and in every program that cancels a
+// thread or calls backtrace(), so loading it costs nothing or little; loading
+// libunwind cost ~160 KiB of mapped file pages (itself and liblzma, its
+// dependency) and ~36 KiB of its own data, and its fast path a 256 KiB frame
+// cache per thread (2^14 entries of 16 bytes, filled at a thread's first
+// unw_backtrace; no API sizes it): the bulk of what sampling cost a small
+// program in memory (docs/design.md, "Tracking").
+//
+// Full mode captures every allocation, where libunwind's cached fast path
+// (unw_backtrace, 0.1-0.4 us) is worth its memory: full mode loads libunwind
+// and uses it, per-thread caches (UNW_CACHE_PER_THREAD: no lock shared between
+// allocating threads, and nothing shared for helgrind and DRD to report).
+// libunwind is not linked because it also defines the _Unwind_* functions of
+// the C++ exception ABI (and a weak backtrace()): linked in, it came before
+// libgcc_s among the dependencies of programs linked with libcalloc, so that
+// every exception of the program unwound through libunwind's implementation.
+// When one library is missing, the other serves every mode (libunwind's slow
+// unw_step loop for a thread's first kSlowCaptures samples, as before libgcc
+// was used: see step_backtrace).
 #define TRACK_STR2(x) #x
 #define TRACK_STR(x) TRACK_STR2(x)
 using BacktraceFn = int (*)(void**, int);
@@ -232,30 +239,40 @@ using GetContextFn = int (*)(unw_context_t*);
 using InitLocalFn = int (*)(unw_cursor_t*, unw_context_t*);
 using StepFn = int (*)(unw_cursor_t*);
 using GetRegFn = int (*)(unw_cursor_t*, unw_regnum_t, unw_word_t*);
+using GccBacktraceFn = _Unwind_Reason_Code (*)(_Unwind_Trace_Fn, void*);
+using GccGetIpFn = _Unwind_Ptr (*)(_Unwind_Context*);
 
 struct Unwinder {
-  BacktraceFn backtrace = nullptr;  // null: libunwind could not be loaded
+  GccBacktraceFn gcc_backtrace = nullptr;  // null: libgcc_s could not be loaded
+  GccGetIpFn gcc_get_ip = nullptr;
+  BacktraceFn backtrace = nullptr;  // null: libunwind not loaded
   GetContextFn getcontext = nullptr;
   InitLocalFn init_local = nullptr;
   StepFn step = nullptr;
   GetRegFn get_reg = nullptr;
 };
 
-// Slow (unw_step) captures a thread makes before it switches to unw_backtrace:
-// at most ~32 x 10 us of extra time per thread, and a thread that allocates
-// less than ~16 MiB at the default rate never pays for the 256 KiB cache.
+// Slow (unw_step) captures a thread makes before it switches to unw_backtrace
+// when libunwind serves sampling (libgcc_s missing): at most ~32 x 10 us of
+// extra time per thread, and a thread that allocates less than ~16 MiB at the
+// default rate never pays for the 256 KiB cache.
 constexpr unsigned kSlowCaptures = 32;
 constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
 
-Unwinder load_unwinder() {
-  Busy busy;
-  Unwinder u;
+// Set before the unwinder is loaded: full mode loads libunwind as well.
+bool g_unwind_full;
+
+void load_libgcc(Unwinder& u) {
+  void* lib = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return;
+  u.gcc_get_ip = reinterpret_cast<GccGetIpFn>(dlsym(lib, "_Unwind_GetIP"));
+  u.gcc_backtrace = u.gcc_get_ip ? reinterpret_cast<GccBacktraceFn>(dlsym(lib, "_Unwind_Backtrace")) : nullptr;
+}
+
+bool load_libunwind(Unwinder& u) {
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
-    report_warning("allocation tracking: cannot load libunwind: ", dlerror());
-    return u;
-  }
+  if (!lib) return false;
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
@@ -266,6 +283,33 @@ Unwinder load_unwinder() {
   u.get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, TRACK_STR(unw_get_reg)));
   if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
   u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  // Its frames (unw_backtrace's own) are dropped from the top of stacks.
+  if (u.backtrace) skip_object_of(reinterpret_cast<const void*>(u.backtrace));
+  return u.backtrace != nullptr;
+}
+
+_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg);
+int gcc_backtrace(const Unwinder& u, void** out, int max);
+
+Unwinder load_unwinder() {
+  Busy busy;
+  Unwinder u;
+  load_libgcc(u);
+  // One capture now, inside the one-time initialisation: libgcc fills its
+  // table of register sizes at its first unwind (pthread_once, which helgrind
+  // and DRD do not see), so every later capture happens after that in their
+  // eyes as in fact.
+  if (u.gcc_backtrace) {
+    void* warm[4];
+    (void)gcc_backtrace(u, warm, 4);
+  }
+#if CALLOC_VALGRIND
+  // The function-local static's guard orders this before every later use,
+  // but helgrind and DRD do not see the guard's fast path: say it.
+  ANNOTATE_HAPPENS_BEFORE(&g_unwind_full);
+#endif
+  if ((g_unwind_full || !u.gcc_backtrace) && !load_libunwind(u) && !u.gcc_backtrace)
+    report_warning("allocation tracking: cannot load libgcc_s nor libunwind: ", dlerror());
   return u;
 }
 
@@ -273,6 +317,9 @@ Unwinder load_unwinder() {
 // function-local static), so no capture runs before the library is there.
 const Unwinder& unwinder() {
   static const Unwinder u = load_unwinder();
+#if CALLOC_VALGRIND
+  ANNOTATE_HAPPENS_AFTER(&g_unwind_full);
+#endif
   return u;
 }
 
@@ -294,12 +341,38 @@ __attribute__((noinline)) int step_backtrace(const Unwinder& u, void** out, int 
   return n;
 }
 
+struct GccTrace {
+  GccGetIpFn get_ip;
+  void** out;
+  int n, max;
+};
+
+_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
+  auto* t = static_cast<GccTrace*>(arg);
+  if (t->n >= t->max) return _URC_END_OF_STACK;
+  _Unwind_Ptr ip = t->get_ip(ctx);
+  if (ip == 0) return _URC_END_OF_STACK;
+  t->out[t->n++] = reinterpret_cast<void*>(ip);
+  return _URC_NO_REASON;
+}
+
+// _Unwind_Backtrace, in the same shape as unw_backtrace: from the return
+// address in its caller up.  Inlined, down to track_malloc (see
+// capture_user_stack): each frame walked costs ~2 000 instructions.
+__attribute__((always_inline)) inline int gcc_backtrace(const Unwinder& u, void** out, int max) {
+  GccTrace t{u.gcc_get_ip, out, 0, max};
+  u.gcc_backtrace(gcc_frame, &t);
+  return t.n;
+}
+
 // A capture through the loaded library (see above for which walk); 0 frames
-// when it could not be loaded.
-inline int unwind_backtrace(void** out, int max) {
+// when none could be loaded.
+__attribute__((always_inline)) inline int unwind_backtrace(void** out, int max) {
   const Unwinder& u = unwinder();
+  bool full = g_track_mode == TrackMode::full;
+  if (u.gcc_backtrace && (!full || !u.backtrace)) return gcc_backtrace(u, out, max);
   if (!u.backtrace) return 0;
-  if (u.step && g_track_mode != TrackMode::full && tls_slow_captures < kSlowCaptures) {
+  if (u.step && !full && tls_slow_captures < kSlowCaptures) {
     ++tls_slow_captures;
     return step_backtrace(u, out, max);
   }
@@ -309,7 +382,6 @@ inline int unwind_backtrace(void** out, int max) {
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  if (BacktraceFn fn = unwinder().backtrace) skip_object_of(reinterpret_cast<const void*>(fn));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -643,7 +715,9 @@ void reset_countdown() {
 // dropped: that frame is the libcalloc entry point (malloc, operator new) that
 // called track_malloc, or the user's when the entry point tail-called it, so
 // such a stack may begin with one libcalloc frame but never loses a user's.
-__attribute__((noinline)) unsigned capture_user_stack(void** out, const void* marker) {
+// Inlined with record() into track_malloc: libgcc's unwinder walks every frame
+// between it and the user's code, at ~2 000 instructions each.
+__attribute__((always_inline)) inline unsigned capture_user_stack(void** out, const void* marker) {
   void* raw[kCaptureFrames];
   int n = unwind_backtrace(raw, static_cast<int>(kCaptureFrames));
   int i = 0;
@@ -659,7 +733,8 @@ __attribute__((noinline)) unsigned capture_user_stack(void** out, const void* ma
   return k;
 }
 
-void record(void* p, std::size_t size, std::uint64_t weight_fx, std::uint64_t bytes, const void* marker) {
+__attribute__((always_inline)) inline void record(void* p, std::size_t size, std::uint64_t weight_fx, std::uint64_t bytes,
+                                                  const void* marker) {
   void* frames[kMaxFrames];
   unsigned n = capture_user_stack(frames, marker);
   block_insert(p, intern_site(frames, n), weight_fx, bytes);
@@ -1434,6 +1509,7 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
     report_warning("allocation tracking is off: no memory for its tables");
     return;
   }
+  g_unwind_full = mode == TrackMode::full;
   init_skip_ranges();
   g_start_pid = getpid();
   g_sample_bytes = sample_bytes ? sample_bytes : kDefaultSampleBytes;
