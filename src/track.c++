@@ -1025,6 +1025,62 @@ void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntarget
   }
 }
 
+// An ELF file of our class, mapped piece by piece: its whole length is
+// reserved (PROT_NONE) and only what a pass reads -- the headers, then each
+// section it asks for with need() -- is mapped from the file, each piece a
+// mapping of its own.  The kernel maps up to 64 KiB of file pages around each
+// page fault, but never beyond the mapping: with the whole file mapped, the
+// exit-time report of `git status` faulted in ~200 KB for headers and tables
+// (docs/design.md, "Tracking").
+struct ElfFile {
+  const unsigned char* base = nullptr;
+  std::size_t len = 0;
+  int fd = -1;
+  const ElfW(Ehdr)* eh() const { return reinterpret_cast<const ElfW(Ehdr)*>(base); }
+  const ElfW(Shdr)* sh() const { return reinterpret_cast<const ElfW(Shdr)*>(base + eh()->e_shoff); }
+  // Maps bytes [off, off + size) of the file at base + off; false when they
+  // are not all in the file or cannot be mapped.
+  bool need(std::uint64_t off, std::uint64_t size) const {
+    if (off > len || size > len - off) return false;
+    if (size == 0) return true;
+    std::uintptr_t pg = os_page_size();
+    std::uint64_t lo = off & ~static_cast<std::uint64_t>(pg - 1), hi = align_up(off + size, pg);
+    return mmap(const_cast<unsigned char*>(base) + lo, hi - lo, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
+                static_cast<off_t>(lo)) != MAP_FAILED;
+  }
+  bool need(const ElfW(Shdr)& s) const { return need(s.sh_offset, s.sh_size); }
+};
+
+void unmap_elf(ElfFile* f) {
+  if (f->base) munmap(const_cast<unsigned char*>(f->base), f->len);
+  if (f->fd >= 0) close(f->fd);
+  f->base = nullptr, f->fd = -1;
+}
+
+bool map_elf(const char* path, ElfFile* f) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    close(fd);
+    return false;
+  }
+  std::size_t len = static_cast<std::size_t>(st.st_size);
+  void* map = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) {
+    close(fd);
+    return false;
+  }
+  f->base = static_cast<const unsigned char*>(map), f->len = len, f->fd = fd;
+  auto* eh = f->eh();
+  bool ok = f->need(0, sizeof(ElfW(Ehdr))) && std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+            eh->e_ident[EI_CLASS] == (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) && eh->e_shoff != 0 &&
+            eh->e_shstrndx < eh->e_shnum && f->need(eh->e_shoff, eh->e_shnum * sizeof(ElfW(Shdr))) &&
+            f->need(f->sh()[eh->e_shstrndx]);
+  if (!ok) unmap_elf(f);
+  return ok;
+}
+
 const char* keep_string(const char* s);
 
 // --- compressed debug sections (SHF_COMPRESSED with zlib, or GNU .zdebug_*) ----
@@ -1145,9 +1201,11 @@ bool compressed_data(const unsigned char* p, std::size_t len, bool gnu, const un
 // The .debug_line pass of one module (its mapping at base, len bytes); false
 // when the file has no line table it can read (none, or compressed with a
 // method it does not know).
-bool module_lines(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+bool module_lines(const ElfFile& f, Target* targets, std::size_t n) {
+  const unsigned char* base = f.base;
+  std::size_t len = f.len;
+  auto* eh = f.eh();
+  auto* sh = f.sh();
   if (eh->e_shstrndx >= eh->e_shnum) return false;
   const ElfW(Shdr)& names = sh[eh->e_shstrndx];
   if (names.sh_offset + names.sh_size > len) return false;
@@ -1176,6 +1234,7 @@ bool module_lines(const unsigned char* base, std::size_t len, Target* targets, s
     bool is_line = std::strcmp(name, "debug_line") == 0;
     bool is_line_str = std::strcmp(name, "debug_line_str") == 0, is_str = std::strcmp(name, "debug_str") == 0;
     if (!is_line && !is_line_str && !is_str) continue;
+    if (!f.need(sh[i])) continue;
     // A compressed .debug_str (megabytes inflated) only for line tables that
     // name files through it: not when .debug_line_str exists (DWARF 5 line
     // tables use that one; DWARF 2-4 ones have the names inline).
@@ -1204,9 +1263,11 @@ bool module_lines(const unsigned char* base, std::size_t len, Target* targets, s
 // The symbol pass of one module: each target gets the function symbol with
 // the highest address among those containing it (.symtab, else .dynsym), so
 // static functions are named too.  The table's pages are released after.
-void module_symbols(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+void module_symbols(const ElfFile& f, Target* targets, std::size_t n) {
+  const unsigned char* base = f.base;
+  std::size_t len = f.len;
+  auto* eh = f.eh();
+  auto* sh = f.sh();
   const ElfW(Shdr)* table = nullptr;
   for (unsigned want : {static_cast<unsigned>(SHT_SYMTAB), static_cast<unsigned>(SHT_DYNSYM)}) {
     for (unsigned i = 0; i < eh->e_shnum && !table; ++i)
@@ -1215,7 +1276,7 @@ void module_symbols(const unsigned char* base, std::size_t len, Target* targets,
   }
   if (!table || table->sh_offset + table->sh_size > len) return;
   const ElfW(Shdr)& strs = sh[table->sh_link];
-  if (strs.sh_offset + strs.sh_size > len) return;
+  if (strs.sh_offset + strs.sh_size > len || !f.need(*table) || !f.need(strs)) return;
   auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
   std::size_t count = table->sh_size / sizeof(ElfW(Sym));
   auto below = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
@@ -1275,44 +1336,6 @@ const SymResult* find_result(std::uintptr_t a) {
 
 // --- module files and their separate debug files ---------------------------------
 
-// A read-only mapping of a whole ELF file of our class.
-struct ElfFile {
-  const unsigned char* base = nullptr;
-  std::size_t len = 0;
-  const ElfW(Ehdr)* eh() const { return reinterpret_cast<const ElfW(Ehdr)*>(base); }
-  const ElfW(Shdr)* sh() const { return reinterpret_cast<const ElfW(Shdr)*>(base + eh()->e_shoff); }
-};
-
-bool map_elf(const char* path, ElfFile* f) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    close(fd);
-    return false;
-  }
-  std::size_t len = static_cast<std::size_t>(st.st_size);
-  void* map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
-  if (map == MAP_FAILED) return false;
-  auto* base = static_cast<const unsigned char*>(map);
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
-      eh->e_ident[EI_CLASS] != (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) || eh->e_shoff == 0 ||
-      eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) > len || eh->e_shstrndx >= eh->e_shnum ||
-      reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff)[eh->e_shstrndx].sh_offset >= len) {
-    munmap(map, len);
-    return false;
-  }
-  f->base = base, f->len = len;
-  return true;
-}
-
-void unmap_elf(ElfFile* f) {
-  if (f->base) munmap(const_cast<unsigned char*>(f->base), f->len);
-  f->base = nullptr;
-}
-
 // The section called name (with data in the file), or nullptr.
 const ElfW(Shdr)* elf_section(const ElfFile& f, const char* name) {
   const ElfW(Shdr)* sh = f.sh();
@@ -1341,7 +1364,7 @@ bool has_line_table(const ElfFile& f) {
 std::size_t build_id(const ElfFile& f, char* hex) {
   for (unsigned i = 0; i < f.eh()->e_shnum; ++i) {
     const ElfW(Shdr)& s = f.sh()[i];
-    if (s.sh_type != SHT_NOTE || s.sh_offset + s.sh_size > f.len) continue;
+    if (s.sh_type != SHT_NOTE || !f.need(s)) continue;
     const unsigned char* p = f.base + s.sh_offset;
     const unsigned char* end = p + s.sh_size;
     while (end - p >= 12) {
@@ -1403,7 +1426,7 @@ bool open_debug_file(const char* path, const ElfFile& module, ElfFile* out) {
     }
   }
   const ElfW(Shdr)* link = elf_section(module, ".gnu_debuglink");
-  if (!link || link->sh_size < 8) return false;
+  if (!link || link->sh_size < 8 || !module.need(*link)) return false;
   const char* name = reinterpret_cast<const char*>(module.base + link->sh_offset);
   std::size_t name_len = strnlen(name, link->sh_size);
   if (name_len == 0 || align_up(name_len + 1, 4) + 4 > link->sh_size || std::strchr(name, '/')) return false;
@@ -1437,8 +1460,8 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
   bool mod_symtab = has_symtab(mod);
   if ((!mod_symtab || !has_line_table(mod)) && g_track_mode != TrackMode::sample) open_debug_file(path, mod, &dbg);
   const ElfFile& syms = !mod_symtab && dbg.base && has_symtab(dbg) ? dbg : mod;
-  module_symbols(syms.base, syms.len, targets, n);
-  if (!module_lines(mod.base, mod.len, targets, n) && dbg.base) module_lines(dbg.base, dbg.len, targets, n);
+  module_symbols(syms, targets, n);
+  if (!module_lines(mod, targets, n) && dbg.base) module_lines(dbg, targets, n);
   for (std::size_t i = 0; i < n; ++i) {
     SymResult& r = results[targets[i].result];
     if (targets[i].has_sym) {
