@@ -275,7 +275,7 @@ void load_libgcc(Unwinder& u) {
   u.gcc_backtrace = u.gcc_get_ip ? reinterpret_cast<GccBacktraceFn>(dlsym(lib, "_Unwind_Backtrace")) : nullptr;
 }
 
-bool load_libunwind(Unwinder& u) {
+bool load_libunwind(Unwinder& u, bool skip_its_text = true) {
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
   if (!lib) return false;
@@ -290,8 +290,54 @@ bool load_libunwind(Unwinder& u) {
   if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
   u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
   // Its frames (unw_backtrace's own) are dropped from the top of stacks.
-  if (u.backtrace) skip_object_of(reinterpret_cast<const void*>(u.backtrace));
+  if (u.backtrace && skip_its_text) skip_object_of(reinterpret_cast<const void*>(u.backtrace));
   return u.backtrace != nullptr;
+}
+
+// libunwind loaded late, for a thread that has sampled kGccCaptures times
+// (~32 MiB allocated at the default rate): libgcc's walk costs ~10 000
+// instructions a capture (callgrind, calloc-bench 2 M ops, sampling against
+// compiled in but off: random-window +11.9 % with libgcc only, +2.2 % with
+// libunwind), libunwind's cached one ~1 500.  Small programs never get there
+// (python3 -c pass, git status, sort: 1-16 samples) and never map it.  It is
+// loaded from malloc, so never while the thread may be inside the dynamic
+// loader (safe_to_load), and no thread ever waits for it: g_lu_state 0 (not
+// loaded), 1 (a thread is loading it: the others keep libgcc meanwhile),
+// 2 (loaded: g_lu_backtrace set), 3 (could not be loaded).
+constexpr unsigned kGccCaptures = 64;
+constinit thread_local std::uint32_t tls_gcc_captures __attribute__((tls_model("initial-exec"))) = 0;
+std::atomic<int> g_lu_state{0};
+BacktraceFn g_lu_backtrace;
+
+// True when no frame of the stack is in the dynamic loader or in a libdl
+// function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
+bool safe_to_load(void* const* frames, int n) {
+  for (int i = 0; i < n; ++i) {
+    Dl_info dl;
+    if (!dladdr(frames[i], &dl) || !dl.dli_fname) return false;
+    const char* base = std::strrchr(dl.dli_fname, '/');
+    base = base ? base + 1 : dl.dli_fname;
+    if (std::strncmp(base, "ld-linux", 8) == 0 || std::strncmp(base, "ld.so", 5) == 0) return false;
+    if (!dl.dli_sname) continue;
+    if (std::strncmp(dl.dli_sname, "_dl", 3) == 0 || std::strncmp(dl.dli_sname, "__libc_dl", 9) == 0) return false;
+    for (const char* f : {"dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror",
+                          "dl_iterate_phdr"})
+      if (std::strcmp(dl.dli_sname, f) == 0) return false;
+  }
+  return true;
+}
+
+void load_libunwind_late() {
+  int expected = 0;
+  if (!g_lu_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) return;
+  Busy busy;
+  Unwinder u;
+  bool ok = load_libunwind(u, false);
+  g_lu_backtrace = u.backtrace;
+#if CALLOC_VALGRIND
+  ANNOTATE_HAPPENS_BEFORE(&g_lu_state);
+#endif
+  g_lu_state.store(ok ? 2 : 3, std::memory_order_release);
 }
 
 _Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg);
@@ -376,7 +422,27 @@ __attribute__((always_inline)) inline int gcc_backtrace(const Unwinder& u, void*
 __attribute__((always_inline)) inline int unwind_backtrace(void** out, int max) {
   const Unwinder& u = unwinder();
   bool full = g_track_mode == TrackMode::full;
-  if (u.gcc_backtrace && (!full || !u.backtrace)) return gcc_backtrace(u, out, max);
+  if (u.gcc_backtrace && (!full || !u.backtrace)) {
+    if (tls_gcc_captures < kGccCaptures) {
+      ++tls_gcc_captures;
+      return gcc_backtrace(u, out, max);
+    }
+    int state = g_lu_state.load(std::memory_order_acquire);
+    if (state == 2) {
+#if CALLOC_VALGRIND
+      ANNOTATE_HAPPENS_AFTER(&g_lu_state);
+#endif
+      return g_lu_backtrace(out, max);
+    }
+    int n = gcc_backtrace(u, out, max);
+    if (state == 0) {
+      if (safe_to_load(out, n))
+        load_libunwind_late();
+      else
+        tls_gcc_captures = kGccCaptures - 16;  // tries again 16 captures later
+    }
+    return n;
+  }
   if (!u.backtrace) return 0;
   if (u.step && !full && tls_slow_captures < kSlowCaptures) {
     ++tls_slow_captures;
@@ -728,6 +794,10 @@ __attribute__((always_inline)) inline unsigned capture_user_stack(void** out, co
   int n = unwind_backtrace(raw, static_cast<int>(kCaptureFrames));
   int i = 0;
   if (!g_lib_is_main) {
+    // libunwind loaded late (its text is not among the skipped): its frames
+    // come before libcalloc's.
+    while (i < n && !in_skipped_text(raw[i])) ++i;
+    if (i == n) i = 0;
     while (i < n && in_skipped_text(raw[i])) ++i;
   } else {
     int m = 0;
@@ -1883,6 +1953,8 @@ void track_postfork_parent() {
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
+  int loading = 1;  // a thread of the parent was loading libunwind: the child may try again
+  g_lu_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
