@@ -5,10 +5,11 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libunwind (loaded with dlopen:
-// see load_unwinder; unw_step for a thread's first samples, then unw_backtrace
-// and its frame cache) and symbolised only when a report is written, in one
-// batch (dladdr for the module, the module's ELF symbol table for the function
+// while malloc runs.  Stacks are captured with libgcc_s's _Unwind_Backtrace
+// for a thread's first samples, then libunwind's unw_backtrace and its frame
+// cache (both loaded with dlopen: see load_unwinder) and symbolised only when a
+// report is written, in one batch (dladdr for the module, the module's ELF
+// symbol table for the function (or its separate debug file's)
 // -- static functions too --, its .debug_line, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
 // their own allocations are not tracked.
@@ -212,13 +213,15 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
-// Two unwinders, both loaded with dlopen(RTLD_LOCAL) when tracking starts (or
-// at AllocationTracker's first capture), neither linked.
+// Two unwinders, loaded with dlopen(RTLD_LOCAL), neither linked: libgcc_s
+// when tracking starts (or at AllocationTracker's first capture), libunwind
+// then in full mode (or without libgcc_s), else when a thread first needs it.
 //
-// Sampling uses the compiler's unwinder, libgcc_s's _Unwind_Backtrace: it reads
-// the same .eh_frame tables as libunwind, finds them through glibc's
+// Sampling uses, for a thread's first kGccCaptures samples (then libunwind:
+// see load_libunwind_late), the compiler's unwinder, libgcc_s's
+// _Unwind_Backtrace: it reads the same .eh_frame tables as libunwind, finds them through glibc's
 // _dl_find_object, and keeps nothing between captures (no allocation, no
-// cache, no lock on the dl_find_object path), ~2-5 us a capture here.
+// cache, no lock on the dl_find_object path), ~10 000 instructions a capture.
 // libgcc_s is mapped in every C++ program and in every program that cancels a
 // thread or calls backtrace(), so loading it costs nothing or little; loading
 // libunwind cost ~160 KiB of mapped file pages (itself and liblzma, its
