@@ -14,6 +14,8 @@
 #     wrapper script): peak growth at most 768 KiB (measured 228-340 KiB; with
 #     libunwind 192-460 KiB; before, +34 MB: the report built a table of every
 #     line row of libpython's debug information).
+#   - at the default rate no thread loads libunwind; at sample=4096 they do,
+#     and every sampled stack still starts in the demo's own code.
 # Each figure is the smallest of 3 runs (memory, not time: stable on a busy
 # machine).  docs/design.md ("Tracking", sampling's memory) has the figures.
 # Exits 77 when libcalloc.so, the override or tracking is missing.
@@ -72,6 +74,22 @@ check "track-demo rss: RssAnon at the end of main" "$anon_off" "$anon_on" $anon_
 check "track-demo rss: peak RSS" "$peak_off" "$peak_on" $peak_bound
 # Sampling did run: the profile has sites (~20 MB allocated: ~40 samples).
 grep -q '^site 1:' "$tmp/demo.prof" 2>/dev/null || fail "track-demo rss: the profile has no site"
+# No thread sampled 64 times: libunwind was never loaded (libgcc_s unwound).
+test "$(field libunwind)" = 0 || fail "track-demo rss: libunwind mapped at the default rate"
+# sample=4096 (~5 000 samples): the threads switch to libunwind, loaded then,
+# and every stack still starts in the demo's code (no unwinder or libcalloc
+# frame on top).
+if env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="profile=$tmp/busy.prof,sample=4096" "$demo" rss >"$tmp/out" 2>"$tmp/err"; then
+  test "$(field libunwind)" = 1 || fail "track-demo rss, sample=4096: libunwind not loaded after 64 samples"
+  grep -A1 '^site ' "$tmp/busy.prof" | grep '#0 ' >"$tmp/tops"
+  test -s "$tmp/tops" || fail "track-demo rss, sample=4096: no stacks"
+  if grep -v -e 'churn()' -e 'rss_mode()' "$tmp/tops"; then
+    fail "track-demo rss, sample=4096: stacks above start outside the demo"
+  fi
+else
+  fail "track-demo rss with sample=4096 failed:"
+  cat "$tmp/err"
+fi
 
 py=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)
 if test -n "$py" && test -x "$py"; then
