@@ -2106,6 +2106,14 @@ TrackTotals track_totals() {
 
 __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, unsigned skip) {
   init_unwinder();
+  // AllocationTracker captures every allocation it is told about, as full
+  // mode does, and outside malloc: libunwind's fast walk from the first one
+  // (loaded here, so that what dlopen keeps for the process is there from the
+  // tracker's first use, not from some later capture).
+  if (tls_gcc_captures < kGccCaptures) {
+    if (g_lu_state.load(std::memory_order_acquire) == 0) load_libunwind_late();
+    tls_gcc_captures = kGccCaptures;
+  }
   void* raw[64];
   unsigned want = max + skip + 2;
   int n = unwind_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
