@@ -5,10 +5,11 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libunwind (loaded with dlopen:
-// see load_unwinder; unw_step for a thread's first samples, then unw_backtrace
-// and its frame cache) and symbolised only when a report is written, in one
-// batch (dladdr for the module, the module's ELF symbol table for the function
+// while malloc runs.  Stacks are captured with libgcc_s's _Unwind_Backtrace
+// for a thread's first samples, then libunwind's unw_backtrace and its frame
+// cache (both loaded with dlopen: see load_unwinder) and symbolised only when a
+// report is written, in one batch (dladdr for the module, the module's ELF
+// symbol table for the function (or its separate debug file's)
 // -- static functions too --, its .debug_line, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
 // their own allocations are not tracked.
@@ -46,6 +47,13 @@
 
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
+#include <unwind.h>
+#if __has_include(<zlib.h>)
+#include <zlib.h>  // types only: libz.so.1 is loaded with dlopen (see Zlib)
+#define CALLOC_TRACK_ZLIB 1
+#else
+#define CALLOC_TRACK_ZLIB 0
+#endif
 
 #include <custom_alloc/allocation_tracker.h++>
 
@@ -204,26 +212,34 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
-// libunwind is loaded with dlopen(RTLD_LOCAL) at the first capture, not linked:
-// it also defines the _Unwind_* functions of the C++ exception ABI (and a weak
-// backtrace()), and linked in it came before libgcc_s among the dependencies of
-// programs linked with libcalloc, so that every exception of the program
-// unwound through libunwind's implementation (memcheck reported its reads below
-// the stack pointer at each throw).  Loaded locally, it serves our captures
-// only.  Its caches are per thread: no lock shared by the allocating threads
-// (and nothing shared for helgrind and DRD to report).
+// Two unwinders, loaded with dlopen(RTLD_LOCAL), neither linked: libgcc_s
+// when tracking starts (or at AllocationTracker's first capture), libunwind
+// then in full mode (or without libgcc_s), else when a thread first needs it.
 //
-// Two ways to walk the stack, both libunwind's.  unw_backtrace is the fast one
-// (0.1-0.4 us a capture here) thanks to a per-thread frame cache that
-// libunwind maps and fills eagerly at a thread's first call: 2^14 entries of
-// 16 bytes, 256 KiB of anonymous memory per thread, which it cannot be asked
-// to size.  The unw_step loop uses only the register-state cache, at 4-10 us a
-// capture; that cache cost no memory we could measure (8 threads capturing:
-// RssAnon +4 KiB, unw_set_cache_size made no difference), libunwind's data
-// ~36 KiB whichever walk.  A thread's first kSlowCaptures samples use the
-// loop; after them (16 MiB allocated in expectation at the default rate) the
-// thread has shown it allocates enough for the fast path to pay, and takes it.
-// Full mode captures every allocation: the fast path from the start.
+// Sampling uses, for a thread's first kGccCaptures samples (then libunwind:
+// see load_libunwind_late), the compiler's unwinder, libgcc_s's
+// _Unwind_Backtrace: it reads the same .eh_frame tables as libunwind, finds them through glibc's
+// _dl_find_object, and keeps nothing between captures (no allocation, no
+// cache, no lock on the dl_find_object path), ~10 000 instructions a capture.
+// libgcc_s is mapped in every C++ program and in every program that cancels a
+// thread or calls backtrace(), so loading it costs nothing or little; loading
+// libunwind cost ~160 KiB of mapped file pages (itself and liblzma, its
+// dependency) and ~36 KiB of its own data, and its fast path a 256 KiB frame
+// cache per thread (2^14 entries of 16 bytes, filled at a thread's first
+// unw_backtrace; no API sizes it): the bulk of what sampling cost a small
+// program in memory (docs/design.md, "Tracking").
+//
+// Full mode captures every allocation, where libunwind's cached fast path
+// (unw_backtrace, 0.1-0.4 us) is worth its memory: full mode loads libunwind
+// and uses it, per-thread caches (UNW_CACHE_PER_THREAD: no lock shared between
+// allocating threads, and nothing shared for helgrind and DRD to report).
+// libunwind is not linked because it also defines the _Unwind_* functions of
+// the C++ exception ABI (and a weak backtrace()): linked in, it came before
+// libgcc_s among the dependencies of programs linked with libcalloc, so that
+// every exception of the program unwound through libunwind's implementation.
+// When one library is missing, the other serves every mode (libunwind's slow
+// unw_step loop for a thread's first kSlowCaptures samples, as before libgcc
+// was used: see step_backtrace).
 #define TRACK_STR2(x) #x
 #define TRACK_STR(x) TRACK_STR2(x)
 using BacktraceFn = int (*)(void**, int);
@@ -231,30 +247,40 @@ using GetContextFn = int (*)(unw_context_t*);
 using InitLocalFn = int (*)(unw_cursor_t*, unw_context_t*);
 using StepFn = int (*)(unw_cursor_t*);
 using GetRegFn = int (*)(unw_cursor_t*, unw_regnum_t, unw_word_t*);
+using GccBacktraceFn = _Unwind_Reason_Code (*)(_Unwind_Trace_Fn, void*);
+using GccGetIpFn = _Unwind_Ptr (*)(_Unwind_Context*);
 
 struct Unwinder {
-  BacktraceFn backtrace = nullptr;  // null: libunwind could not be loaded
+  GccBacktraceFn gcc_backtrace = nullptr;  // null: libgcc_s could not be loaded
+  GccGetIpFn gcc_get_ip = nullptr;
+  BacktraceFn backtrace = nullptr;  // null: libunwind not loaded
   GetContextFn getcontext = nullptr;
   InitLocalFn init_local = nullptr;
   StepFn step = nullptr;
   GetRegFn get_reg = nullptr;
 };
 
-// Slow (unw_step) captures a thread makes before it switches to unw_backtrace:
-// at most ~32 x 10 us of extra time per thread, and a thread that allocates
-// less than ~16 MiB at the default rate never pays for the 256 KiB cache.
+// Slow (unw_step) captures a thread makes before it switches to unw_backtrace
+// when libunwind serves sampling (libgcc_s missing): at most ~32 x 10 us of
+// extra time per thread, and a thread that allocates less than ~16 MiB at the
+// default rate never pays for the 256 KiB cache.
 constexpr unsigned kSlowCaptures = 32;
 constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
 
-Unwinder load_unwinder() {
-  Busy busy;
-  Unwinder u;
+// Set before the unwinder is loaded: full mode loads libunwind as well.
+bool g_unwind_full;
+
+void load_libgcc(Unwinder& u) {
+  void* lib = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return;
+  u.gcc_get_ip = reinterpret_cast<GccGetIpFn>(dlsym(lib, "_Unwind_GetIP"));
+  u.gcc_backtrace = u.gcc_get_ip ? reinterpret_cast<GccBacktraceFn>(dlsym(lib, "_Unwind_Backtrace")) : nullptr;
+}
+
+bool load_libunwind(Unwinder& u, bool skip_its_text = true) {
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
-    report_warning("allocation tracking: cannot load libunwind: ", dlerror());
-    return u;
-  }
+  if (!lib) return false;
   using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
   auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
   auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
@@ -265,6 +291,79 @@ Unwinder load_unwinder() {
   u.get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, TRACK_STR(unw_get_reg)));
   if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
   u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+  // Its frames (unw_backtrace's own) are dropped from the top of stacks.
+  if (u.backtrace && skip_its_text) skip_object_of(reinterpret_cast<const void*>(u.backtrace));
+  return u.backtrace != nullptr;
+}
+
+// libunwind loaded late, for a thread that has sampled kGccCaptures times
+// (~32 MiB allocated at the default rate): libgcc's walk costs ~10 000
+// instructions a capture (callgrind, calloc-bench 2 M ops, sampling against
+// compiled in but off: random-window +11.9 % with libgcc only, +2.2 % with
+// libunwind), libunwind's cached one ~1 500.  Small programs never get there
+// (python3 -c pass, git status, sort: 1-16 samples) and never map it.  It is
+// loaded from malloc, so never while the thread may be inside the dynamic
+// loader (safe_to_load), and no thread ever waits for it: g_lu_state 0 (not
+// loaded), 1 (a thread is loading it: the others keep libgcc meanwhile),
+// 2 (loaded: g_lu_backtrace set), 3 (could not be loaded).
+constexpr unsigned kGccCaptures = 64;
+constinit thread_local std::uint32_t tls_gcc_captures __attribute__((tls_model("initial-exec"))) = 0;
+std::atomic<int> g_lu_state{0};
+BacktraceFn g_lu_backtrace;
+
+// True when no frame of the stack is in the dynamic loader or in a libdl
+// function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
+bool safe_to_load(void* const* frames, int n) {
+  for (int i = 0; i < n; ++i) {
+    Dl_info dl;
+    if (!dladdr(frames[i], &dl) || !dl.dli_fname) return false;
+    const char* base = std::strrchr(dl.dli_fname, '/');
+    base = base ? base + 1 : dl.dli_fname;
+    if (std::strncmp(base, "ld-linux", 8) == 0 || std::strncmp(base, "ld.so", 5) == 0) return false;
+    if (!dl.dli_sname) continue;
+    if (std::strncmp(dl.dli_sname, "_dl", 3) == 0 || std::strncmp(dl.dli_sname, "__libc_dl", 9) == 0) return false;
+    for (const char* f : {"dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror",
+                          "dl_iterate_phdr"})
+      if (std::strcmp(dl.dli_sname, f) == 0) return false;
+  }
+  return true;
+}
+
+void load_libunwind_late() {
+  int expected = 0;
+  if (!g_lu_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) return;
+  Busy busy;
+  Unwinder u;
+  bool ok = load_libunwind(u, false);
+  g_lu_backtrace = u.backtrace;
+#if CALLOC_VALGRIND
+  ANNOTATE_HAPPENS_BEFORE(&g_lu_state);
+#endif
+  g_lu_state.store(ok ? 2 : 3, std::memory_order_release);
+}
+
+_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg);
+int gcc_backtrace(const Unwinder& u, void** out, int max);
+
+Unwinder load_unwinder() {
+  Busy busy;
+  Unwinder u;
+  load_libgcc(u);
+  // One capture now, inside the one-time initialisation: libgcc fills its
+  // table of register sizes at its first unwind (pthread_once, which helgrind
+  // and DRD do not see), so every later capture happens after that in their
+  // eyes as in fact.
+  if (u.gcc_backtrace) {
+    void* warm[4];
+    (void)gcc_backtrace(u, warm, 4);
+  }
+#if CALLOC_VALGRIND
+  // pthread_once orders this before every later use, but helgrind and DRD
+  // do not see its fast path (a plain load of the once word): say it.
+  ANNOTATE_HAPPENS_BEFORE(&g_unwind_full);
+#endif
+  if ((g_unwind_full || !u.gcc_backtrace) && !load_libunwind(u) && !u.gcc_backtrace)
+    report_warning("allocation tracking: cannot load libgcc_s nor libunwind: ", dlerror());
   return u;
 }
 
@@ -277,6 +376,9 @@ pthread_once_t g_unwinder_once = PTHREAD_ONCE_INIT;
 void load_unwinder_once() { g_unwinder = load_unwinder(); }
 const Unwinder& unwinder() {
   pthread_once(&g_unwinder_once, load_unwinder_once);
+#if CALLOC_VALGRIND
+  ANNOTATE_HAPPENS_AFTER(&g_unwind_full);
+#endif
   return g_unwinder;
 }
 
@@ -298,12 +400,58 @@ __attribute__((noinline)) int step_backtrace(const Unwinder& u, void** out, int 
   return n;
 }
 
+struct GccTrace {
+  GccGetIpFn get_ip;
+  void** out;
+  int n, max;
+};
+
+_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
+  auto* t = static_cast<GccTrace*>(arg);
+  if (t->n >= t->max) return _URC_END_OF_STACK;
+  _Unwind_Ptr ip = t->get_ip(ctx);
+  if (ip == 0) return _URC_END_OF_STACK;
+  t->out[t->n++] = reinterpret_cast<void*>(ip);
+  return _URC_NO_REASON;
+}
+
+// _Unwind_Backtrace, in the same shape as unw_backtrace: from the return
+// address in its caller up.  Inlined, down to track_malloc (see
+// capture_user_stack): each frame walked costs ~2 000 instructions.
+__attribute__((always_inline)) inline int gcc_backtrace(const Unwinder& u, void** out, int max) {
+  GccTrace t{u.gcc_get_ip, out, 0, max};
+  u.gcc_backtrace(gcc_frame, &t);
+  return t.n;
+}
+
 // A capture through the loaded library (see above for which walk); 0 frames
-// when it could not be loaded.
-inline int unwind_backtrace(void** out, int max) {
+// when none could be loaded.
+__attribute__((always_inline)) inline int unwind_backtrace(void** out, int max) {
   const Unwinder& u = unwinder();
+  bool full = g_track_mode == TrackMode::full;
+  if (u.gcc_backtrace && (!full || !u.backtrace)) {
+    if (tls_gcc_captures < kGccCaptures) {
+      ++tls_gcc_captures;
+      return gcc_backtrace(u, out, max);
+    }
+    int state = g_lu_state.load(std::memory_order_acquire);
+    if (state == 2) {
+#if CALLOC_VALGRIND
+      ANNOTATE_HAPPENS_AFTER(&g_lu_state);
+#endif
+      return g_lu_backtrace(out, max);
+    }
+    int n = gcc_backtrace(u, out, max);
+    if (state == 0) {
+      if (safe_to_load(out, n))
+        load_libunwind_late();
+      else
+        tls_gcc_captures = kGccCaptures - 16;  // tries again 16 captures later
+    }
+    return n;
+  }
   if (!u.backtrace) return 0;
-  if (u.step && g_track_mode != TrackMode::full && tls_slow_captures < kSlowCaptures) {
+  if (u.step && !full && tls_slow_captures < kSlowCaptures) {
     ++tls_slow_captures;
     return step_backtrace(u, out, max);
   }
@@ -313,7 +461,6 @@ inline int unwind_backtrace(void** out, int max) {
 void init_skip_ranges() {
   Busy busy;
   init_unwinder();
-  if (BacktraceFn fn = unwinder().backtrace) skip_object_of(reinterpret_cast<const void*>(fn));
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -647,11 +794,17 @@ void reset_countdown() {
 // dropped: that frame is the libcalloc entry point (malloc, operator new) that
 // called track_malloc, or the user's when the entry point tail-called it, so
 // such a stack may begin with one libcalloc frame but never loses a user's.
-__attribute__((noinline)) unsigned capture_user_stack(void** out, const void* marker) {
+// Inlined with record() into track_malloc: libgcc's unwinder walks every frame
+// between it and the user's code, at ~2 000 instructions each.
+__attribute__((always_inline)) inline unsigned capture_user_stack(void** out, const void* marker) {
   void* raw[kCaptureFrames];
   int n = unwind_backtrace(raw, static_cast<int>(kCaptureFrames));
   int i = 0;
   if (!g_lib_is_main) {
+    // libunwind loaded late (its text is not among the skipped): its frames
+    // come before libcalloc's.
+    while (i < n && !in_skipped_text(raw[i])) ++i;
+    if (i == n) i = 0;
     while (i < n && in_skipped_text(raw[i])) ++i;
   } else {
     int m = 0;
@@ -663,7 +816,8 @@ __attribute__((noinline)) unsigned capture_user_stack(void** out, const void* ma
   return k;
 }
 
-void record(void* p, std::size_t size, std::uint64_t weight_fx, std::uint64_t bytes, const void* marker) {
+__attribute__((always_inline)) inline void record(void* p, std::size_t size, std::uint64_t weight_fx, std::uint64_t bytes,
+                                                  const void* marker) {
   void* frames[kMaxFrames];
   unsigned n = capture_user_stack(frames, marker);
   block_insert(p, intern_site(frames, n), weight_fx, bytes);
@@ -713,6 +867,7 @@ struct Target {
   std::uintptr_t sym_value;  // best containing symbol so far
   const char* sym_name;
   bool has_sym;
+  bool sym_global;  // the symbol is global or weak (preferred among aliases)
   const char* file;
   std::uint32_t line;
 };
@@ -764,9 +919,13 @@ struct Reader {
   }
 };
 
+struct Inflater;
+bool inflate_upto(Inflater* z, std::size_t upto);
+
 struct Sections {
   const unsigned char *line = nullptr, *line_str = nullptr, *str = nullptr;
   std::size_t line_len = 0, line_str_len = 0, str_len = 0;
+  Inflater* line_feed = nullptr;  // .debug_line compressed: bytes appear as inflated
 };
 
 // One attribute value of a DWARF 5 directory or file entry; a string where the
@@ -807,7 +966,10 @@ void release_file_pages(const void* from, const void* to) {
 
 // Bytes of .debug_line (and of a symbol table) read between two releases of
 // the pages behind.
-constexpr std::size_t kLineWindow = 256 * 1024;
+// 64 KiB, the kernel's fault-around: reading libc6-dbg's compressed line table
+// (1.3 MB inflated) for a report of `git status` raised the peak RSS by 1.3 MB
+// with 256 KiB windows, by 0.34 MB with 64 KiB ones.
+constexpr std::size_t kLineWindow = 64 * 1024;
 
 // Runs every unit of .debug_line and gives each target (sorted by rel) the
 // file and line of the row covering it: a row covers the addresses from its
@@ -822,10 +984,14 @@ void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntarget
       release_file_pages(released, all.p);
       released = all.p;
     }
+    auto ready = [&](std::size_t more) {  // a compressed section: inflate that far
+      return !sec.line_feed || inflate_upto(sec.line_feed, static_cast<std::size_t>(all.p - sec.line) + more);
+    };
+    if (!ready(12)) return;
     std::uint64_t unit_len = all.fixed(4);
     bool dwarf64 = unit_len == 0xffffffffu;
     if (dwarf64) unit_len = all.fixed(8);
-    if (!all.has(unit_len) || unit_len < 2) return;
+    if (unit_len > sec.line_len || !ready(unit_len) || !all.has(unit_len) || unit_len < 2) return;
     Reader r{all.p, all.p + unit_len};
     all.p += unit_len;
     unsigned version = static_cast<unsigned>(r.fixed(2));
@@ -937,33 +1103,249 @@ void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntarget
   }
 }
 
-// The .debug_line pass of one module (its mapping at base, len bytes).
-void module_lines(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
-  if (eh->e_shstrndx >= eh->e_shnum) return;
+// An ELF file of our class, mapped piece by piece: its whole length is
+// reserved (PROT_NONE) and only what a pass reads -- the headers, then each
+// section it asks for with need() -- is mapped from the file, each piece a
+// mapping of its own.  The kernel maps up to 64 KiB of file pages around each
+// page fault, but never beyond the mapping: with the whole file mapped, the
+// exit-time report of `git status` faulted in ~200 KB for headers and tables
+// (docs/design.md, "Tracking").
+struct ElfFile {
+  const unsigned char* base = nullptr;
+  std::size_t len = 0;
+  int fd = -1;
+  const ElfW(Ehdr)* eh() const { return reinterpret_cast<const ElfW(Ehdr)*>(base); }
+  const ElfW(Shdr)* sh() const { return reinterpret_cast<const ElfW(Shdr)*>(base + eh()->e_shoff); }
+  // Maps bytes [off, off + size) of the file at base + off; false when they
+  // are not all in the file or cannot be mapped.
+  bool need(std::uint64_t off, std::uint64_t size) const {
+    if (off > len || size > len - off) return false;
+    if (size == 0) return true;
+    std::uintptr_t pg = os_page_size();
+    std::uint64_t lo = off & ~static_cast<std::uint64_t>(pg - 1), hi = align_up(off + size, pg);
+    return mmap(const_cast<unsigned char*>(base) + lo, hi - lo, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
+                static_cast<off_t>(lo)) != MAP_FAILED;
+  }
+  bool need(const ElfW(Shdr)& s) const { return need(s.sh_offset, s.sh_size); }
+};
+
+void unmap_elf(ElfFile* f) {
+  if (f->base) munmap(const_cast<unsigned char*>(f->base), f->len);
+  if (f->fd >= 0) close(f->fd);
+  f->base = nullptr, f->fd = -1;
+}
+
+bool map_elf(const char* path, ElfFile* f) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+    close(fd);
+    return false;
+  }
+  std::size_t len = static_cast<std::size_t>(st.st_size);
+  void* map = mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) {
+    close(fd);
+    return false;
+  }
+  f->base = static_cast<const unsigned char*>(map), f->len = len, f->fd = fd;
+  auto* eh = f->eh();
+  bool ok = f->need(0, sizeof(ElfW(Ehdr))) && std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+            eh->e_ident[EI_CLASS] == (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) && eh->e_shoff != 0 &&
+            eh->e_shstrndx < eh->e_shnum && f->need(eh->e_shoff, eh->e_shnum * sizeof(ElfW(Shdr))) &&
+            f->need(f->sh()[eh->e_shstrndx]);
+  if (!ok) unmap_elf(f);
+  return ok;
+}
+
+const char* keep_string(const char* s);
+
+// --- compressed debug sections (SHF_COMPRESSED with zlib, or GNU .zdebug_*) ----
+//
+// zlib is not linked: libz.so.1 is loaded with dlopen by the first report that
+// meets a compressed section (it is on every Debian system: dpkg needs it), and
+// only when libcalloc was built with zlib.h at hand.  A compressed .debug_line
+// is inflated as the line-table reader asks for it, into a mapping whose pages
+// are released behind the reader (libc6-dbg's is 1.3 MB inflated); the string
+// sections it refers to are inflated whole.  zstd-compressed sections are not
+// read (their lines are left out; symbols still come from the symbol table).
+#if CALLOC_TRACK_ZLIB
+struct Zlib {
+  decltype(&inflateInit_) init = nullptr;
+  decltype(&inflate) run = nullptr;
+  decltype(&inflateEnd) end = nullptr;
+};
+
+const Zlib* zlib() {
+  static Zlib z = [] {
+    Zlib r;
+    void* lib = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return r;
+    r.init = reinterpret_cast<decltype(&inflateInit_)>(dlsym(lib, "inflateInit_"));
+    r.run = reinterpret_cast<decltype(&inflate)>(dlsym(lib, "inflate"));
+    r.end = reinterpret_cast<decltype(&inflateEnd)>(dlsym(lib, "inflateEnd"));
+    if (!r.run || !r.end) r.init = nullptr;
+    return r;
+  }();
+  return z.init ? &z : nullptr;
+}
+
+struct Inflater {
+  z_stream zs{};
+  unsigned char* out = nullptr;  // size bytes, os_map'ed
+  std::size_t size = 0, done = 0;
+  const unsigned char* in_released = nullptr;  // compressed input before this is released
+  bool ok = false;
+};
+
+// Starts inflating a compressed section's data (zlib stream at in, in_len
+// bytes) whose inflated size is size.
+bool inflater_open(Inflater* z, const unsigned char* in, std::size_t in_len, std::size_t size) {
+  const Zlib* lib = zlib();
+  if (!lib || size == 0 || size > (std::size_t{1} << 32)) return false;
+  z->out = static_cast<unsigned char*>(os_map(align_up(size, os_page_size())));
+  if (!z->out) return false;
+  z->size = size;
+  z->zs.next_in = const_cast<unsigned char*>(in);
+  z->in_released = in;
+  z->zs.avail_in = static_cast<uInt>(in_len);
+  z->ok = lib->init(&z->zs, ZLIB_VERSION, static_cast<int>(sizeof(z_stream))) == Z_OK;
+  if (!z->ok) {
+    os_unmap(z->out, align_up(size, os_page_size()));
+    z->out = nullptr;
+  }
+  return z->ok;
+}
+
+bool inflate_upto(Inflater* z, std::size_t upto) {
+  if (upto > z->size) upto = z->size;
+  while (z->ok && z->done < upto) {
+    std::size_t step = z->size - z->done < kLineWindow ? z->size - z->done : kLineWindow;
+    z->zs.next_out = z->out + z->done;
+    z->zs.avail_out = static_cast<uInt>(step);
+    const unsigned char* in = z->zs.next_in;
+    int rc = zlib()->run(&z->zs, Z_NO_FLUSH);
+    z->done += step - z->zs.avail_out;
+    // The compressed bytes read are not read again: their file pages go.
+    if (z->zs.next_in - z->in_released > static_cast<std::ptrdiff_t>(kLineWindow)) {
+      release_file_pages(z->in_released, in);
+      z->in_released = in;
+    }
+    if (rc == Z_STREAM_END) {
+      if (z->done < upto) z->ok = false;
+      break;
+    }
+    if (rc != Z_OK) z->ok = false;
+  }
+  return z->done >= upto;
+}
+
+void inflater_close(Inflater* z) {
+  if (!z->out) return;
+  zlib()->end(&z->zs);
+  os_unmap(z->out, align_up(z->size, os_page_size()));
+  z->out = nullptr;
+}
+#else
+struct Inflater {
+  unsigned char* out = nullptr;
+  std::size_t size = 0;
+};
+bool inflater_open(Inflater*, const unsigned char*, std::size_t, std::size_t) { return false; }
+bool inflate_upto(Inflater*, std::size_t) { return false; }
+void inflater_close(Inflater*) {}
+#endif
+
+// A compressed section's data and inflated size: the ELF compression header
+// (zlib only) or the GNU .zdebug header ("ZLIB", 8-byte big-endian size).
+bool compressed_data(const unsigned char* p, std::size_t len, bool gnu, const unsigned char** data,
+                     std::size_t* data_len, std::size_t* size) {
+  if (gnu) {
+    if (len < 12 || std::memcmp(p, "ZLIB", 4) != 0) return false;
+    std::uint64_t v = 0;
+    for (int i = 4; i < 12; ++i) v = v << 8 | p[i];
+    *data = p + 12, *data_len = len - 12, *size = static_cast<std::size_t>(v);
+    return true;
+  }
+  ElfW(Chdr) ch;
+  if (len < sizeof ch) return false;
+  std::memcpy(&ch, p, sizeof ch);
+  if (ch.ch_type != ELFCOMPRESS_ZLIB) return false;
+  *data = p + sizeof ch, *data_len = len - sizeof ch, *size = static_cast<std::size_t>(ch.ch_size);
+  return true;
+}
+
+// The .debug_line pass of one module (its mapping at base, len bytes); false
+// when the file has no line table it can read (none, or compressed with a
+// method it does not know).
+bool module_lines(const ElfFile& f, Target* targets, std::size_t n) {
+  const unsigned char* base = f.base;
+  std::size_t len = f.len;
+  auto* eh = f.eh();
+  auto* sh = f.sh();
+  if (eh->e_shstrndx >= eh->e_shnum) return false;
   const ElfW(Shdr)& names = sh[eh->e_shstrndx];
-  if (names.sh_offset + names.sh_size > len) return;
+  if (names.sh_offset + names.sh_size > len) return false;
   Sections sec;
+  Inflater zline, zstrs[2];
+  unsigned nz = 0;
+  bool elf_has_line_str = false;
+  for (unsigned i = 0; i < eh->e_shnum; ++i)
+    if (sh[i].sh_name < names.sh_size && sh[i].sh_type != SHT_NOBITS) {
+      const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
+      if (std::strcmp(name, ".debug_line_str") == 0 || std::strcmp(name, ".zdebug_line_str") == 0) elf_has_line_str = true;
+    }
   for (unsigned i = 0; i < eh->e_shnum; ++i) {
-    if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || (sh[i].sh_flags & SHF_COMPRESSED) ||
-        sh[i].sh_offset + sh[i].sh_size > len)
+    if (sh[i].sh_name >= names.sh_size || sh[i].sh_type == SHT_NOBITS || sh[i].sh_offset + sh[i].sh_size > len)
       continue;
     const char* name = reinterpret_cast<const char*>(base + names.sh_offset + sh[i].sh_name);
-    if (std::strcmp(name, ".debug_line") == 0) sec.line = base + sh[i].sh_offset, sec.line_len = sh[i].sh_size;
-    if (std::strcmp(name, ".debug_line_str") == 0)
-      sec.line_str = base + sh[i].sh_offset, sec.line_str_len = sh[i].sh_size;
-    if (std::strcmp(name, ".debug_str") == 0) sec.str = base + sh[i].sh_offset, sec.str_len = sh[i].sh_size;
+    bool gnu = std::strncmp(name, ".zdebug_", 8) == 0;
+    if (gnu) name += 2;  // ".zdebug_line" -> "debug_line", compared below without the dot
+    else if (name[0] == '.') name += 1;
+    else continue;
+    const unsigned char* data = base + sh[i].sh_offset;
+    std::size_t size = sh[i].sh_size;
+    bool compressed = gnu || (sh[i].sh_flags & SHF_COMPRESSED);
+    const unsigned char* zdata = nullptr;
+    std::size_t zlen = 0;
+    bool is_line = std::strcmp(name, "debug_line") == 0;
+    bool is_line_str = std::strcmp(name, "debug_line_str") == 0, is_str = std::strcmp(name, "debug_str") == 0;
+    if (!is_line && !is_line_str && !is_str) continue;
+    if (!f.need(sh[i])) continue;
+    // A compressed .debug_str (megabytes inflated) only for line tables that
+    // name files through it: not when .debug_line_str exists (DWARF 5 line
+    // tables use that one; DWARF 2-4 ones have the names inline).
+    if (compressed && is_str && elf_has_line_str) continue;
+    if (compressed) {
+      if (!compressed_data(data, size, gnu, &zdata, &zlen, &size)) continue;
+      Inflater* z = is_line ? &zline : nz < 2 ? &zstrs[nz++] : nullptr;
+      if (!z || !inflater_open(z, zdata, zlen, size)) continue;
+      // String sections are read at random: inflated whole.
+      if (!is_line && !inflate_upto(z, size)) continue;
+      data = z->out;
+      if (is_line) sec.line_feed = &zline;
+    }
+    if (is_line) sec.line = data, sec.line_len = size;
+    if (is_line_str) sec.line_str = data, sec.line_str_len = size;
+    if (is_str) sec.str = data, sec.str_len = size;
   }
   if (sec.line) parse_line_tables(sec, targets, n);
+  // File names point into the sections: copied before they are unmapped.
+  for (std::size_t i = 0; i < n; ++i) targets[i].file = keep_string(targets[i].file);
+  inflater_close(&zline);
+  for (unsigned i = 0; i < nz; ++i) inflater_close(&zstrs[i]);
+  return sec.line != nullptr;
 }
 
 // The symbol pass of one module: each target gets the function symbol with
 // the highest address among those containing it (.symtab, else .dynsym), so
 // static functions are named too.  The table's pages are released after.
-void module_symbols(const unsigned char* base, std::size_t len, Target* targets, std::size_t n) {
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+void module_symbols(const ElfFile& f, Target* targets, std::size_t n) {
+  const unsigned char* base = f.base;
+  std::size_t len = f.len;
+  auto* eh = f.eh();
+  auto* sh = f.sh();
   const ElfW(Shdr)* table = nullptr;
   for (unsigned want : {static_cast<unsigned>(SHT_SYMTAB), static_cast<unsigned>(SHT_DYNSYM)}) {
     for (unsigned i = 0; i < eh->e_shnum && !table; ++i)
@@ -972,7 +1354,7 @@ void module_symbols(const unsigned char* base, std::size_t len, Target* targets,
   }
   if (!table || table->sh_offset + table->sh_size > len) return;
   const ElfW(Shdr)& strs = sh[table->sh_link];
-  if (strs.sh_offset + strs.sh_size > len) return;
+  if (strs.sh_offset + strs.sh_size > len || !f.need(*table) || !f.need(strs)) return;
   auto* syms = reinterpret_cast<const ElfW(Sym)*>(base + table->sh_offset);
   std::size_t count = table->sh_size / sizeof(ElfW(Sym));
   auto below = [](const Target& t, std::uintptr_t v) { return t.rel < v; };
@@ -985,8 +1367,12 @@ void module_symbols(const unsigned char* base, std::size_t len, Target* targets,
       continue;
     std::uintptr_t lo = syms[i].st_value, hi = lo + (syms[i].st_size ? syms[i].st_size : 1);
     for (Target* t = std::lower_bound(targets, targets + n, lo, below); t < targets + n && t->rel < hi; ++t) {
-      if (t->has_sym && t->sym_value >= lo) continue;
+      // The innermost symbol; among aliases (same address), a global one
+      // (__libc_start_main rather than a local __libc_start_main_alias_2).
+      bool global = ELF64_ST_BIND(syms[i].st_info) != STB_LOCAL;
+      if (t->has_sym && (t->sym_value > lo || (t->sym_value == lo && (t->sym_global || !global)))) continue;
       t->has_sym = true;
+      t->sym_global = global;
       t->sym_value = lo;
       t->sym_name = reinterpret_cast<const char*>(base + strs.sh_offset + syms[i].st_name);
     }
@@ -1026,43 +1412,151 @@ const SymResult* find_result(std::uintptr_t a) {
   return it < g_syms + g_nsyms && it->addr == a ? it : nullptr;
 }
 
-// Resolves one module's targets: maps its file, runs the two passes, copies
-// what they found, unmaps it.
-void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    close(fd);
-    return;
+// --- module files and their separate debug files ---------------------------------
+
+// The section called name (with data in the file), or nullptr.
+const ElfW(Shdr)* elf_section(const ElfFile& f, const char* name) {
+  const ElfW(Shdr)* sh = f.sh();
+  const ElfW(Shdr)& names = sh[f.eh()->e_shstrndx];
+  for (unsigned i = 0; i < f.eh()->e_shnum; ++i) {
+    if (sh[i].sh_type == SHT_NOBITS || sh[i].sh_name >= names.sh_size || sh[i].sh_offset + sh[i].sh_size > f.len ||
+        names.sh_offset + names.sh_size > f.len)
+      continue;
+    if (strncmp(reinterpret_cast<const char*>(f.base + names.sh_offset + sh[i].sh_name), name, names.sh_size - sh[i].sh_name) == 0)
+      return &sh[i];
   }
-  std::size_t len = static_cast<std::size_t>(st.st_size);
-  void* map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
-  close(fd);
-  if (map == MAP_FAILED) return;
-  auto* base = static_cast<const unsigned char*>(map);
-  auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
-      eh->e_ident[EI_CLASS] == (sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32) && eh->e_shoff != 0 &&
-      eh->e_shoff + eh->e_shnum * sizeof(ElfW(Shdr)) <= len) {
-    *relative = eh->e_type == ET_DYN;
-    if (!*relative)  // ET_EXEC: symbol values and line rows are absolute addresses
-      for (std::size_t i = 0; i < n; ++i) targets[i].rel += results[targets[i].result].fbase;
-    module_symbols(base, len, targets, n);
-    module_lines(base, len, targets, n);
-    for (std::size_t i = 0; i < n; ++i) {
-      SymResult& r = results[targets[i].result];
-      if (targets[i].has_sym) {
-        r.raw_name = keep_string(targets[i].sym_name);
-        r.start = (*relative ? r.fbase : 0) + targets[i].sym_value;
+  return nullptr;
+}
+
+bool has_symtab(const ElfFile& f) {
+  for (unsigned i = 0; i < f.eh()->e_shnum; ++i)
+    if (f.sh()[i].sh_type == SHT_SYMTAB) return true;
+  return false;
+}
+
+bool has_line_table(const ElfFile& f) {
+  return elf_section(f, ".debug_line") != nullptr || elf_section(f, ".zdebug_line") != nullptr;
+}
+
+// The GNU build ID, as hex, into hex (2 * 64 + 1 bytes); its length in bytes, 0 when none.
+std::size_t build_id(const ElfFile& f, char* hex) {
+  for (unsigned i = 0; i < f.eh()->e_shnum; ++i) {
+    const ElfW(Shdr)& s = f.sh()[i];
+    if (s.sh_type != SHT_NOTE || !f.need(s)) continue;
+    const unsigned char* p = f.base + s.sh_offset;
+    const unsigned char* end = p + s.sh_size;
+    while (end - p >= 12) {
+      ElfW(Nhdr) nh;
+      std::memcpy(&nh, p, sizeof nh);
+      const unsigned char* name = p + sizeof nh;
+      const unsigned char* desc = name + align_up(nh.n_namesz, 4);
+      if (desc > end || nh.n_descsz > static_cast<std::size_t>(end - desc)) break;
+      if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0 && nh.n_descsz > 1 &&
+          nh.n_descsz <= 64) {
+        for (unsigned k = 0; k < nh.n_descsz; ++k) std::snprintf(hex + 2 * k, 3, "%02x", desc[k]);
+        return nh.n_descsz;
       }
-      if (targets[i].file) {
-        r.file = keep_string(targets[i].file);
-        r.line = targets[i].line;
-      }
+      p = desc + align_up(nh.n_descsz, 4);
     }
   }
-  munmap(map, len);
+  return 0;
+}
+
+// The CRC-32 of a file (the one .gnu_debuglink records), read in pieces (not
+// mapped: a debug file is megabytes).  False when it cannot be read.
+bool file_crc32(const char* path, std::uint32_t* out) {
+  std::uint32_t table[256];
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  constexpr std::size_t kBuf = 64 * 1024;
+  auto* buf = static_cast<unsigned char*>(os_map(kBuf));
+  if (!buf) {
+    close(fd);
+    return false;
+  }
+  std::uint32_t crc = 0xffffffffu;
+  ssize_t r;
+  while ((r = read(fd, buf, kBuf)) > 0)
+    for (ssize_t i = 0; i < r; ++i) crc = table[(crc ^ buf[i]) & 0xff] ^ (crc >> 8);
+  os_unmap(buf, kBuf);
+  close(fd);
+  *out = ~crc;
+  return r == 0;
+}
+
+// Where distributions put a module's debug information when they strip it
+// (gdb's rules): /usr/lib/debug/.build-id/xx/yyyy.debug named by the build ID,
+// checked to carry the same ID; else the file .gnu_debuglink names, next to the
+// module, in its .debug directory, or under /usr/lib/debug, checked by its CRC.
+bool open_debug_file(const char* path, const ElfFile& module, ElfFile* out) {
+  char id[2 * 64 + 1], candidate[768];
+  if (std::size_t n = build_id(module, id)) {
+    std::snprintf(candidate, sizeof candidate, "/usr/lib/debug/.build-id/%.2s/%s.debug", id, id + 2);
+    if (map_elf(candidate, out)) {
+      char other[2 * 64 + 1];
+      if (build_id(*out, other) == n && std::strcmp(id, other) == 0) return true;
+      unmap_elf(out);
+    }
+  }
+  const ElfW(Shdr)* link = elf_section(module, ".gnu_debuglink");
+  if (!link || link->sh_size < 8 || !module.need(*link)) return false;
+  const char* name = reinterpret_cast<const char*>(module.base + link->sh_offset);
+  std::size_t name_len = strnlen(name, link->sh_size);
+  if (name_len == 0 || align_up(name_len + 1, 4) + 4 > link->sh_size || std::strchr(name, '/')) return false;
+  std::uint32_t want;
+  std::memcpy(&want, module.base + link->sh_offset + align_up(name_len + 1, 4), 4);
+  const char* slash = std::strrchr(path, '/');
+  int dir_len = slash ? static_cast<int>(slash - path) : 0;
+  const char* forms[] = {"%.*s/%s", "%.*s/.debug/%s", "/usr/lib/debug%.*s/%s"};
+  for (const char* form : forms) {
+    if (std::snprintf(candidate, sizeof candidate, form, dir_len, path, name) >= static_cast<int>(sizeof candidate) ||
+        std::strcmp(candidate, path) == 0)
+      continue;
+    std::uint32_t crc;
+    if (file_crc32(candidate, &crc) && crc == want && map_elf(candidate, out)) return true;
+  }
+  return false;
+}
+
+// Resolves one module's targets: maps its file (and its separate debug file
+// when the module has no symbol table or no line table of its own), runs the
+// two passes, copies what they found, unmaps them.
+void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
+  ElfFile mod, dbg;
+  if (!map_elf(path, &mod)) return;
+  *relative = mod.eh()->e_type == ET_DYN;
+  if (!*relative)  // ET_EXEC: symbol values and line rows are absolute addresses
+    for (std::size_t i = 0; i < n; ++i) targets[i].rel += results[targets[i].result].fbase;
+  // Not for sampled profiles: reading libc6-dbg's file (symbol table, 1.3 MB
+  // of compressed line tables) raised the exit-time peak RSS of `git status`
+  // by ~0.6 MB, against sampling's budget of 1 % (docs/design.md, "Tracking").
+  bool mod_symtab = has_symtab(mod);
+  if ((!mod_symtab || !has_line_table(mod)) && g_track_mode != TrackMode::sample) open_debug_file(path, mod, &dbg);
+  const ElfFile& syms = !mod_symtab && dbg.base && has_symtab(dbg) ? dbg : mod;
+  module_symbols(syms, targets, n);
+  if (!module_lines(mod, targets, n) && dbg.base) module_lines(dbg, targets, n);
+  for (std::size_t i = 0; i < n; ++i) {
+    SymResult& r = results[targets[i].result];
+    if (targets[i].has_sym) {
+      // Without a symbol version ("__libc_start_main@@GLIBC_2.34" in .symtab).
+      char name[512];
+      std::snprintf(name, sizeof name, "%.*s", static_cast<int>(std::strcspn(targets[i].sym_name, "@")),
+                    targets[i].sym_name);
+      r.raw_name = keep_string(name);
+      r.start = (*relative ? r.fbase : 0) + targets[i].sym_value;
+    }
+    if (targets[i].file) {
+      r.file = targets[i].file;  // copied by module_lines
+      r.line = targets[i].line;
+    }
+  }
+  unmap_elf(&dbg);
+  unmap_elf(&mod);
 }
 
 // Symbolises every address of addrs[0..n) not yet in g_syms (they may repeat).
@@ -1114,7 +1608,7 @@ void prepare_symbols(void* const* addrs, std::size_t n) {
   for (unsigned m = 0; m < nmodules; ++m) {
     std::size_t nt = 0;
     for (std::size_t i = 0; i < k; ++i)
-      if (results[i].fbase == bases[m]) targets[nt++] = Target{results[i].addr - 1 - bases[m], i, 0, nullptr, false, nullptr, 0};
+      if (results[i].fbase == bases[m]) targets[nt++] = Target{results[i].addr - 1 - bases[m], i, 0, nullptr, false, false, nullptr, 0};
     bool relative = true;
     resolve_module(paths[m], &relative, targets, nt, results);  // targets stay sorted: results are
   }
@@ -1437,6 +1931,7 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
     report_warning("allocation tracking is off: no memory for its tables");
     return;
   }
+  g_unwind_full = mode == TrackMode::full;
   init_skip_ranges();
   g_start_pid = getpid();
   g_sample_bytes = sample_bytes ? sample_bytes : kDefaultSampleBytes;
@@ -1465,6 +1960,8 @@ void track_postfork_parent() {
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
+  int loading = 1;  // a thread of the parent was loading libunwind: the child may try again
+  g_lu_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
@@ -1613,6 +2110,14 @@ TrackTotals track_totals() {
 
 __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, unsigned skip) {
   init_unwinder();
+  // AllocationTracker captures every allocation it is told about, as full
+  // mode does, and outside malloc: libunwind's fast walk from the first one
+  // (loaded here, so that what dlopen keeps for the process is there from the
+  // tracker's first use, not from some later capture).
+  if (tls_gcc_captures < kGccCaptures) {
+    if (g_lu_state.load(std::memory_order_acquire) == 0) load_libunwind_late();
+    tls_gcc_captures = kGccCaptures;
+  }
   void* raw[64];
   unsigned want = max + skip + 2;
   int n = unwind_backtrace(raw, static_cast<int>(want < 64 ? want : 64));

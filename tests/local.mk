@@ -135,8 +135,10 @@ if CALLOC_TRACKING
 if CALLOC_OVERRIDE
 calloc_script_tests += tests/integration/track.sh tests/integration/track-pprof.sh
 calloc_script_tests += tests/integration/track-rss.sh
+calloc_script_tests += tests/integration/track-debuginfo.sh
 endif
 endif
+EXTRA_DIST += tests/integration/track-debuginfo.sh
 EXTRA_DIST += tests/README.md tests/integration/symbols.sh tests/integration/preload.sh \
 	tests/integration/valgrind-user.sh tests/integration/workloads.sh \
 	tests/integration/real-programs.sh tests/integration/preload-common.sh tests/integration/track-common.sh \

@@ -13,7 +13,8 @@
 //            through its plugin_leak
 //   rss      a small program's allocations (5 000 blocks of 16..1 608 bytes, half
 //            freed, and churn() in 4 threads in turn), then prints its RssAnon and
-//            RssFile (kB, from /proc/self/status) as "anon_kb=N file_kb=M"
+//            RssFile (kB, from /proc/self/status) and whether libunwind is mapped
+//            as "anon_kb=N file_kb=M libunwind=0|1"
 //   probe    runs argv[2..] as a child and prints "maxrss_kb=N", the child's
 //            peak RSS (wait4), its exit-time reports included
 // It writes nothing with stdio (stdout's buffer would be a live block at exit).
@@ -118,9 +119,24 @@ int rss_mode() {
   close(fd);
   if (n <= 0) return fail("cannot read /proc/self/status\n");
   text[n] = 0;
+  // Whether libunwind is mapped (the sampler loads it only for a thread that
+  // has sampled 64 times): a line of /proc/self/maps naming it.
+  int unwind_mapped = 0;
+  fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail("cannot open /proc/self/maps\n");
+  static char maps[1 << 16];
+  std::size_t used = 0;
+  while (used < sizeof maps - 1) {
+    ssize_t r = read(fd, maps + used, sizeof maps - 1 - used);
+    if (r <= 0) break;
+    used += static_cast<std::size_t>(r);
+  }
+  close(fd);
+  maps[used] = 0;
+  unwind_mapped = std::strstr(maps, "/libunwind.so") != nullptr;
   char line[128];
-  int len = std::snprintf(line, sizeof line, "anon_kb=%ld file_kb=%ld\n", status_kb(text, "RssAnon:"),
-                          status_kb(text, "RssFile:"));
+  int len = std::snprintf(line, sizeof line, "anon_kb=%ld file_kb=%ld libunwind=%d\n", status_kb(text, "RssAnon:"),
+                          status_kb(text, "RssFile:"), unwind_mapped);
   if (write(1, line, static_cast<std::size_t>(len)) != len) return 1;
   for (int i = 1; i < kBlocks; i += 2) std::free(blocks[i]);
   return 0;
