@@ -1177,18 +1177,22 @@ struct Zlib {
   decltype(&inflateEnd) end = nullptr;
 };
 
+// Loaded once, by pthread_once: a function-local static's guard is in the C++
+// runtime, which a C program does not have (src/cxxrt.h++).
+Zlib g_zlib;
+pthread_once_t g_zlib_once = PTHREAD_ONCE_INIT;
+void load_zlib() {
+  void* lib = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return;
+  g_zlib.init = reinterpret_cast<decltype(&inflateInit_)>(dlsym(lib, "inflateInit_"));
+  g_zlib.run = reinterpret_cast<decltype(&inflate)>(dlsym(lib, "inflate"));
+  g_zlib.end = reinterpret_cast<decltype(&inflateEnd)>(dlsym(lib, "inflateEnd"));
+  if (!g_zlib.run || !g_zlib.end) g_zlib.init = nullptr;
+}
+
 const Zlib* zlib() {
-  static Zlib z = [] {
-    Zlib r;
-    void* lib = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!lib) return r;
-    r.init = reinterpret_cast<decltype(&inflateInit_)>(dlsym(lib, "inflateInit_"));
-    r.run = reinterpret_cast<decltype(&inflate)>(dlsym(lib, "inflate"));
-    r.end = reinterpret_cast<decltype(&inflateEnd)>(dlsym(lib, "inflateEnd"));
-    if (!r.run || !r.end) r.init = nullptr;
-    return r;
-  }();
-  return z.init ? &z : nullptr;
+  pthread_once(&g_zlib_once, load_zlib);
+  return g_zlib.init ? &g_zlib : nullptr;
 }
 
 struct Inflater {

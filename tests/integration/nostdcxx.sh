@@ -11,7 +11,13 @@
 #      (nostdcxx-cxx.c++);
 #   4. a C program that loads a C++ plugin with dlopen(RTLD_LOCAL), under
 #      LD_PRELOAD: the plugin's operator new still throws std::bad_alloc and
-#      calls its new-handler (the runtime is outside the global scope).
+#      calls its new-handler (the runtime is outside the global scope);
+#   5. objdump: no function outside the C++ API (namespace custom_alloc) calls
+#      __cxa_guard_acquire, the guard of a function-local static: the weak
+#      reference is null in a C program, so such a static on a path a C
+#      program reaches (malloc, the lca_ API, LIBCALLOC_OPTIONS's reports)
+#      jumps to address 0.  The tracker's zlib loader did, in leak reports of
+#      programs whose libraries have compressed debug sections.
 # Exit 0 pass, 1 fail, 77 skip.
 set -u
 . "${top_srcdir:-.}/tests/integration/preload-common.sh"
@@ -57,6 +63,20 @@ if test -f "$plugin"; then
   fi
 else
   echo "FAIL: $plugin was not built"; fail=1
+fi
+if command -v objdump >/dev/null 2>&1 && command -v c++filt >/dev/null 2>&1; then
+  guarded=$(objdump -d --no-show-raw-insn "$so" |
+    awk '/^[0-9a-f]+ <.*>:$/ { fn = $2 } /call.*<__cxa_guard_acquire/ { print fn }' |
+    c++filt | grep -v '^<custom_alloc::' || true)
+  if test -n "$guarded"; then
+    echo "FAIL: function-local statics with a C++ runtime guard outside the C++ API (use pthread_once):"
+    echo "$guarded"
+    fail=1
+  else
+    echo "ok: only the C++ API has function-local statics guarded by the C++ runtime"
+  fi
+else
+  echo "note: objdump or c++filt missing: the guard check is not made"
 fi
 rm -f nostdcxx.out
 exit $fail
