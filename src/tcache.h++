@@ -216,6 +216,10 @@ extern constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-e
 // The calling thread's heap in the process domain, or nullptr when it has none.
 extern constinit thread_local Heap* tls_owned_heap __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 inline Heap* thread_heap_if_any() { return tls_owned_heap; }
+// Set when the calling thread's exit handler has abandoned its heap: a free that
+// comes later (another TLS destructor) must not make the thread a new heap, which
+// no exit handler would abandon.
+extern constinit thread_local bool tls_heap_gone __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 
 // Requests above this fail with ENOMEM before any system call (no mapping of
 // 128 TiB can succeed, and rounding a size near SIZE_MAX would wrap).
