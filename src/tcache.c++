@@ -880,7 +880,7 @@ void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
   if (b->span == s) {
     o->next = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(b->head_index) * s->obj_size);
     b->head_index = static_cast<std::uint16_t>(i);
-    if (++b->count == kRemoteBatchMax) remote_batch_flush(b);
+    if (++b->count == kRemoteBatchMax || b->count * s->obj_size >= kRemoteBatchBytes) remote_batch_flush(b);
     return;
   }
   if (b->span) remote_batch_flush(b);
