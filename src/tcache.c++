@@ -883,6 +883,11 @@ void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
     if (++b->count == kRemoteBatchMax || b->count * s->obj_size >= kRemoteBatchBytes) remote_batch_flush(b);
     return;
   }
+  if (s->obj_size >= kRemoteBatchBytes) {
+    // A chain of one would be kRemoteBatchBytes already: straight to the span.
+    span_push_remote_chain(s, i, o, i, 1);
+    return;
+  }
   if (b->span) remote_batch_flush(b);
   o->next = nullptr;
   *b = RemoteBatch{s, o, static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(i), 1};
