@@ -690,6 +690,13 @@ START_TEST(test_thread_exit_handoff) {
   std::vector<Rec> recs;
   recs.reserve(kBlocks);
   test_util::warm_thread_stack_cache();
+  // This thread frees the exited thread's blocks below.  A thread whose first
+  // call is such a free gets a heap as a first malloc does, adopting an
+  // abandoned one -- here (a build without the malloc override, where nothing
+  // gave this thread a heap before) the very heap of the thread that exited,
+  // whose memory the next thread could then not reuse: the test is about that
+  // thread, so this one takes its heap first.
+  lca_free(lca_malloc(16));
   const std::size_t active_before = process_active();
   std::size_t peak_process[2] = {0, 0}, peak_heap[2] = {0, 0};
   std::size_t corrupted = 0, null_blocks = 0;
@@ -1000,6 +1007,13 @@ START_TEST(test_blocks_outlive_their_threads) {
   test_util::warm_thread_stack_cache();
   lca_trim();
   const std::size_t base = process_mapped();
+  auto heap_count = [] {
+    std::size_t n = 0;
+    lca::DomainLock lock(&lca::g_process_domain);
+    for (lca::Heap* h = lca::g_process_domain.heaps; h; h = h->next_in_domain) n++;
+    return n;
+  };
+  const std::size_t heaps_before = heap_count();
   std::vector<Lane> lanes(kLanes);
   auto work = [](Lane& l, std::size_t ops) {
     for (std::size_t i = 0; i < ops; i++) {
@@ -1028,6 +1042,8 @@ START_TEST(test_blocks_outlive_their_threads) {
   std::size_t mapped_early = 0, mapped_peak = 0;
   std::mutex m;
   std::vector<std::vector<std::thread>> threads(kLanes);  // reserved: a thread's address never changes
+  std::vector<lca::Heap*> used_heaps;  // the heaps the threads had (made or adopted)
+  used_heaps.reserve(4 * kLanes * generations);
   for (auto& v : threads) v.reserve(generations);
   std::function<void(unsigned, std::size_t)> run = [&](unsigned lane, std::size_t g) {
     if (g > 0) {
@@ -1044,6 +1060,8 @@ START_TEST(test_blocks_outlive_their_threads) {
     work(lanes[lane], ops_per_thread);
     {
       std::lock_guard<std::mutex> guard(m);
+      if (std::find(used_heaps.begin(), used_heaps.end(), lca::thread_heap_if_any()) == used_heaps.end())
+        used_heaps.push_back(lca::thread_heap_if_any());
       std::size_t now = process_mapped();
       mapped_peak = std::max(mapped_peak, now);
       if (g == 3) mapped_early = std::max(mapped_early, now);
@@ -1088,11 +1106,22 @@ START_TEST(test_blocks_outlive_their_threads) {
   // threads of the last generations needed no more than those of the first
   // (8 MiB: the heaps of up to 8 threads alive at once, a chunk each, and the
   // Valgrind/ASan quarantines), and trim brings it back.
-  ck_assert_msg(mapped_peak <= mapped_early + 8 * MiB,
+  // Heaps are made for threads alive at once, not per thread: 4 x 40 threads came
+  // and went (at most two per lane alive at once, and the main thread).
+  const std::size_t heaps_made = heap_count() - heaps_before;
+  ck_assert_msg(heaps_made <= 3 * kLanes, "%zu heaps made for %zu threads", heaps_made, kLanes * generations);
+  // Each heap the threads used may keep one chunk mapped after the trim: glibc
+  // keeps a calloc'd block (the DTV) with each thread stack it caches, and a
+  // stack made while more threads were alive than warm_thread_stack_cache warmed
+  // has its DTV in one of them (seen on a busy machine: 3 heaps, 12 MiB).
+  const std::size_t pinned = used_heaps.size() * lca::kChunkSize;
+  ck_assert_uint_le(used_heaps.size(), 6 * kLanes);  // bounded by the threads alive at once, not 160
+  ck_assert_msg(mapped_peak <= mapped_early + 8 * MiB + pinned,
                 "mapped memory grew with the threads that came and went: %zu MiB after 4 generations, %zu MiB at the "
                 "peak of %zu",
                 mapped_early / MiB, mapped_peak / MiB, generations);
-  ck_assert_msg(after <= base + 8 * MiB, "lca_trim left %zu MiB mapped (baseline %zu MiB)", after / MiB, base / MiB);
+  ck_assert_msg(after <= base + 8 * MiB + pinned, "lca_trim left %zu MiB mapped (baseline %zu MiB, %zu heaps used)",
+                after / MiB, base / MiB, used_heaps.size());
 }
 END_TEST
 
