@@ -34,9 +34,15 @@
 //   heavy-tail         random-window with heavy-tailed sizes: 90 % 16 B..1 KiB uniform, 10 %
 //                      log-uniform 1..64 KiB (so 5 % of the requests are 8..64 KiB blocks)
 //   heavy-tail-2t      two threads doing heavy-tail on their own blocks at once (as threads-own)
+//   server-sim         4 lanes of 1 000 slots of 8..1000 B, each worked by a chain of threads: a thread
+//                      replaces random slots' blocks 10 000 times, then starts its successor, hands it
+//                      the slots and exits (blocks outlive their thread; "larson"); cpu = process CPU
+//   producer-consumers one producer, 3 consumers freeing, batches of 16 handed over continuously;
+//                      cpu = all threads' CPU time minus their spin-waits, per block
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -238,6 +244,7 @@ struct result {
     double cpu_ns_per_op = 0;  // CPU time per op of the timed threads (see each workload)
     std::uint64_t ops = 0;
     unsigned threads = 1;
+    bool unpinned = false;     // a workload with more threads than cores: never pinned
     double wall_seconds = 0;
     long baseline_rss_kb = -1;  // RSS just before the timed section
     long preemptions = 0;       // involuntary context switches of the timed threads
@@ -661,6 +668,297 @@ result run_large_churn(std::uint64_t ops, std::uint64_t seed) {
     return r;
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Cross-thread workloads with more threads than cores (issue 17). Their threads are not pinned, and
+// their CPU figure is the CPU time of the whole process over the timed section (every thread's,
+// thread creation and exit included: what an allocator does when a thread starts or leaves is part
+// of the pattern) minus the CPU time the harness's threads spent spinning while waiting for another,
+// per op. The main thread sleeps in pthread_join meanwhile.
+
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+long process_context_switches(bool voluntary) {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return voluntary ? usage.ru_nvcsw : usage.ru_nivcsw;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// server-sim: the pattern of a server whose worker threads come and go (that of the classic "larson"
+// benchmark). server_lanes lanes run at once, more than this machine's cores; each owns
+// server_slots slots holding blocks of 8..1000 B. A lane's thread does server_ops_per_thread ops --
+// free a random slot's block, allocate a random size into it -- then starts its successor, hands it
+// the slots and exits: every block outlives the thread that allocated it and is freed by another.
+
+constexpr unsigned server_lanes = 4;
+constexpr std::uint32_t server_slots = 1000;
+constexpr std::uint32_t server_min_size = 8;
+constexpr std::uint32_t server_max_size = 1000;
+constexpr std::uint64_t server_ops_per_thread = 10000;
+// The random steps (and producer-consumers' sizes) are a precomputed table of this many entries used
+// cyclically: a table as long as the run (16 MiB at the default ops) would be most of the process's
+// RSS and drown the allocators' differences in peak RSS, the other figure these workloads are for.
+constexpr std::uint64_t cyclic_table = 1u << 16;
+
+struct server_lane {
+    unsigned char* block[server_slots];
+    std::uint32_t size[server_slots];
+    unsigned char pattern[server_slots];
+    std::uint32_t* steps = nullptr;  // step i is steps[i % cyclic_table]: slot in the low 10 bits, size above
+    std::uint64_t next_step = 0;
+    std::uint64_t end_step = 0;      // of the current phase
+    std::uint64_t serial = 0;
+    // Thread g of the lane (counted over both phases) is ids[g]; it creates ids[g + 1]. Only the
+    // running thread touches the rest of the lane, and it touches nothing once it started the next.
+    pthread_t* ids = nullptr;
+    std::uint64_t gen = 0;
+    check_counters checks;
+};
+
+std::uint64_t server_threads_for(std::uint64_t steps) {
+    return (steps + server_ops_per_thread - 1) / server_ops_per_thread;
+}
+
+void server_steps(server_lane& lane, std::uint64_t count) {
+    for (std::uint64_t i = lane.next_step; i < lane.next_step + count; ++i) {
+        std::uint32_t step = lane.steps[i % cyclic_table];
+        std::uint32_t slot = step & 1023u;
+        std::uint32_t size = step >> 10;
+        verify(lane.block[slot], lane.size[slot], lane.pattern[slot], lane.checks);
+        std::free(lane.block[slot]);
+        unsigned char pattern = pattern_for(lane.serial++);
+        unsigned char* p = checked_malloc(size);
+        stamp(p, size, pattern, lane.checks);
+        lane.block[slot] = p;
+        lane.size[slot] = size;
+        lane.pattern[slot] = pattern;
+    }
+    lane.next_step += count;
+}
+
+void* server_thread(void* arg) {
+    auto& lane = *static_cast<server_lane*>(arg);
+    std::uint64_t g = lane.gen++;
+    std::uint64_t left = lane.end_step - lane.next_step;
+    server_steps(lane, left < server_ops_per_thread ? left : server_ops_per_thread);
+    if (lane.next_step < lane.end_step && pthread_create(&lane.ids[g + 1], nullptr, server_thread, &lane) != 0)
+        die("pthread_create failed");
+    return nullptr;
+}
+
+// Runs each lane's chain of threads to its end_step and waits for every thread of it.
+void server_run_chains(server_lane* lanes) {
+    std::uint64_t first[server_lanes], count[server_lanes];
+    for (unsigned l = 0; l < server_lanes; ++l) {
+        first[l] = lanes[l].gen;
+        count[l] = server_threads_for(lanes[l].end_step - lanes[l].next_step);
+        if (pthread_create(&lanes[l].ids[first[l]], nullptr, server_thread, &lanes[l]) != 0)
+            die("pthread_create failed");
+    }
+    for (unsigned l = 0; l < server_lanes; ++l)
+        for (std::uint64_t g = first[l]; g < first[l] + count[l]; ++g)
+            pthread_join(lanes[l].ids[g], nullptr);  // thread g started g + 1 before it returned
+}
+
+void* server_fill(void* arg) {  // the first thread of a lane: fills its slots (untimed)
+    auto& lane = *static_cast<server_lane*>(arg);
+    for (std::uint32_t s = 0; s < server_slots; ++s) {
+        lane.pattern[s] = pattern_for(lane.serial++);
+        lane.block[s] = checked_malloc(lane.size[s]);
+        stamp(lane.block[s], lane.size[s], lane.pattern[s], lane.checks);
+    }
+    return nullptr;
+}
+
+result run_server_sim(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    r.threads = server_lanes;
+    r.unpinned = true;
+    std::uint64_t per_lane = (ops + server_lanes - 1) / server_lanes;
+    std::uint64_t warmup = per_lane / 10 < 2 * server_ops_per_thread ? per_lane / 10 : 2 * server_ops_per_thread;
+    auto* lanes = harness_array<server_lane>(server_lanes);
+    for (unsigned l = 0; l < server_lanes; ++l) {
+        xorshift64star rng(seed + 0x9E3779B9ull * (l + 1));
+        server_lane& lane = *new (&lanes[l]) server_lane;
+        lane.ids = harness_array<pthread_t>(server_threads_for(warmup) + server_threads_for(per_lane));
+        lane.steps = harness_array<std::uint32_t>(cyclic_table);
+        for (std::uint64_t i = 0; i < cyclic_table; ++i)
+            lane.steps[i] = rng.below(server_slots) |
+                            (server_min_size + rng.below(server_max_size - server_min_size + 1)) << 10;
+        for (std::uint32_t s = 0; s < server_slots; ++s)
+            lane.size[s] = server_min_size + rng.below(server_max_size - server_min_size + 1);
+    }
+    // Warm-up, untimed: a first thread per lane fills the slots, then a chain runs the warm-up steps.
+    pthread_t fill[server_lanes];
+    for (unsigned l = 0; l < server_lanes; ++l)
+        if (pthread_create(&fill[l], nullptr, server_fill, &lanes[l]) != 0) die("pthread_create failed");
+    for (pthread_t t : fill) pthread_join(t, nullptr);
+    for (unsigned l = 0; l < server_lanes; ++l) lanes[l].end_step = warmup;
+    if (warmup) server_run_chains(lanes);
+
+    for (unsigned l = 0; l < server_lanes; ++l) lanes[l].end_step = warmup + per_lane;
+    r.baseline_rss_kb = read_memory_figures().current_rss_kb;
+    long faults_before = minor_faults_now();
+    long preempt_before = process_context_switches(false), sleeps_before = process_context_switches(true);
+    double cpu_before = process_cpu_seconds();
+    auto wall_start = clock_type::now();
+    server_run_chains(lanes);
+    auto wall_end = clock_type::now();
+    double cpu = process_cpu_seconds() - cpu_before;
+    r.minor_faults = minor_faults_now() - faults_before;
+    r.preemptions = process_context_switches(false) - preempt_before;
+    // The joins of the main thread and every thread exit sleep once by design: counted only above that.
+    r.sleeps = process_context_switches(true) - sleeps_before;
+
+    r.ops = per_lane * server_lanes;
+    r.wall_seconds = seconds_between(wall_start, wall_end);
+    r.ns_per_op = r.wall_seconds * 1e9 / static_cast<double>(r.ops);
+    r.cpu_ns_per_op = cpu * 1e9 / static_cast<double>(r.ops);
+    for (unsigned l = 0; l < server_lanes; ++l) {
+        server_lane& lane = lanes[l];
+        for (std::uint32_t s = 0; s < server_slots; ++s) {
+            verify(lane.block[s], lane.size[s], lane.pattern[s], lane.checks);
+            std::free(lane.block[s]);
+        }
+        r.checks.pattern_errors += lane.checks.pattern_errors;
+        r.checks.misaligned += lane.checks.misaligned;
+        munmap(lane.steps, cyclic_table * sizeof(std::uint32_t));
+        munmap(lane.ids, (server_threads_for(warmup) + server_threads_for(per_lane)) * sizeof(pthread_t));
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// producer-consumers: one producer allocates blocks of 16 B..1 KiB and hands them over in batches of
+// pc_batch, round robin, to pc_consumers consumers (each through a lock-free ring of its own), which
+// free them: continuous traffic, every free remote and spread over several freeing threads, with more
+// threads than cores. ns per op = wall time / blocks; cpu = the CPU time of all the threads minus
+// what they spent spinning while waiting for each other, per block.
+
+constexpr unsigned pc_consumers = 3;
+constexpr std::uint32_t pc_batch = 16;
+constexpr std::uint32_t pc_ring_batches = 64;
+
+struct pc_ring {
+    alignas(64) std::atomic<std::uint64_t> produced{0};  // batches published
+    alignas(64) std::atomic<std::uint64_t> consumed{0};  // batches freed
+    alignas(64) unsigned char* blocks[pc_ring_batches][pc_batch];
+};
+
+struct pc_shared {
+    pc_ring ring[pc_consumers];
+    std::uint32_t* sizes = nullptr;  // block n's size is sizes[n % cyclic_table]
+    std::uint64_t warmup_batches = 0, total_batches = 0;
+};
+
+// Batch b goes to consumer b % pc_consumers as that ring's batch b / pc_consumers.
+void pc_produce(pc_shared& sh, std::uint64_t from, std::uint64_t to, check_counters& c, double& waited) {
+    for (std::uint64_t b = from; b < to; ++b) {
+        pc_ring& ring = sh.ring[b % pc_consumers];
+        std::uint64_t k = b / pc_consumers;
+        if (k - ring.consumed.load(std::memory_order_acquire) >= pc_ring_batches) {
+            double since = thread_cpu_seconds();
+            unsigned spins = 0;
+            while (k - ring.consumed.load(std::memory_order_acquire) >= pc_ring_batches) wait_a_little(spins);
+            waited += thread_cpu_seconds() - since;
+        }
+        unsigned char** slot = ring.blocks[k % pc_ring_batches];
+        for (std::uint32_t i = 0; i < pc_batch; ++i) {
+            std::uint64_t n = b * pc_batch + i;
+            std::uint32_t size = sh.sizes[n % cyclic_table];
+            unsigned char* p = checked_malloc(size);
+            stamp(p, size, pattern_for(n), c);
+            slot[i] = p;
+        }
+        ring.produced.store(k + 1, std::memory_order_release);
+    }
+}
+
+// Consumer `who` frees the batches b in [from, to) with b % pc_consumers == who.
+void pc_consume(pc_shared& sh, unsigned who, std::uint64_t from, std::uint64_t to, check_counters& c,
+                double& waited) {
+    pc_ring& ring = sh.ring[who];
+    std::uint64_t b = from + (who + pc_consumers - from % pc_consumers) % pc_consumers;
+    for (; b < to; b += pc_consumers) {
+        std::uint64_t k = b / pc_consumers;
+        if (ring.produced.load(std::memory_order_acquire) <= k) {
+            double since = thread_cpu_seconds();
+            unsigned spins = 0;
+            while (ring.produced.load(std::memory_order_acquire) <= k) wait_a_little(spins);
+            waited += thread_cpu_seconds() - since;
+        }
+        unsigned char** slot = ring.blocks[k % pc_ring_batches];
+        for (std::uint32_t i = 0; i < pc_batch; ++i) {
+            std::uint64_t n = b * pc_batch + i;
+            if (n % 8 == 0) verify(slot[i], sh.sizes[n % cyclic_table], pattern_for(n), c);
+            else verify_first_byte(slot[i], pattern_for(n), c);
+            std::free(slot[i]);
+        }
+        ring.consumed.store(k + 1, std::memory_order_release);
+    }
+}
+
+result run_producer_consumers(std::uint64_t ops, std::uint64_t seed) {
+    result r;
+    r.threads = 1 + pc_consumers;
+    r.unpinned = true;
+    auto* sh = new (harness_array<pc_shared>(1)) pc_shared;
+    std::uint64_t timed = (ops + pc_batch - 1) / pc_batch;
+    sh->warmup_batches = timed / 10 < 6000 ? timed / 10 : 6000;
+    sh->total_batches = sh->warmup_batches + timed;
+    sh->sizes = harness_array<std::uint32_t>(cyclic_table);
+    xorshift64star rng(seed);
+    for (std::uint64_t n = 0; n < cyclic_table; ++n) sh->sizes[n] = rng.block_size();
+
+    constexpr unsigned n_threads = 1 + pc_consumers;
+    spin_barrier barrier(n_threads + 1);  // and the main thread, which takes the process figures
+    check_counters checks[n_threads];
+    thread_meter meter[n_threads];
+    double waited[n_threads] = {};
+    auto body = [&](unsigned t) {
+        double warm_wait = 0;
+        if (t == 0) pc_produce(*sh, 0, sh->warmup_batches, checks[t], warm_wait);
+        else pc_consume(*sh, t - 1, 0, sh->warmup_batches, checks[t], warm_wait);
+        barrier.wait();
+        meter[t].start();
+        if (t == 0) pc_produce(*sh, sh->warmup_batches, sh->total_batches, checks[t], waited[t]);
+        else pc_consume(*sh, t - 1, sh->warmup_batches, sh->total_batches, checks[t], waited[t]);
+        meter[t].stop();
+        barrier.wait();  // no thread exits while another is measured
+    };
+    std::thread workers[n_threads];
+    for (unsigned t = 0; t < n_threads; ++t) workers[t] = std::thread(body, t);
+    barrier.wait();
+    r.baseline_rss_kb = read_memory_figures().current_rss_kb;
+    long faults_before = minor_faults_now();
+    barrier.wait();
+    r.minor_faults = minor_faults_now() - faults_before;
+    for (auto& worker : workers) worker.join();
+
+    auto start = meter[0].wall_start, end = meter[0].wall_end;
+    double busy = 0;
+    for (unsigned t = 0; t < n_threads; ++t) {
+        if (meter[t].wall_start < start) start = meter[t].wall_start;
+        if (meter[t].wall_end > end) end = meter[t].wall_end;
+        busy += meter[t].cpu_seconds - waited[t];
+        r.preemptions += meter[t].preemptions;
+        r.sleeps += meter[t].sleeps;
+        r.checks.pattern_errors += checks[t].pattern_errors;
+        r.checks.misaligned += checks[t].misaligned;
+    }
+    r.ops = timed * pc_batch;
+    r.wall_seconds = seconds_between(start, end);
+    r.ns_per_op = r.wall_seconds * 1e9 / static_cast<double>(r.ops);
+    r.cpu_ns_per_op = busy * 1e9 / static_cast<double>(r.ops);
+    munmap(sh->sizes, cyclic_table * sizeof(std::uint32_t));
+    return r;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // small-objects (issue 17): a small single-threaded program, such as a bignum factoriser or a logic
 // minimiser. A live set of 4096 objects of four sizes (about 300 KiB, built during the timed run)
@@ -747,6 +1045,8 @@ constexpr workload workloads[] = {
     {"small-objects", run_small_objects, 5000000},
     {"heavy-tail", run_heavy_tail, 10000000},
     {"heavy-tail-2t", run_heavy_tail_2t, 10000000},
+    {"server-sim", run_server_sim, 10000000},
+    {"producer-consumers", run_producer_consumers, 2000000},
 };
 
 void usage(FILE* to) {
@@ -833,7 +1133,7 @@ int main(int argc, char** argv) {
                 " baseline_rss_kb=%ld end_rss_kb=%ld requested_kb=%ld misaligned=%" PRIu64
                 " malloc_from=%s verify=%s",
                 chosen->name, alloc_field, r.ns_per_op, r.ops, after.peak_rss_kb, r.cpu_ns_per_op, r.threads,
-                r.threads > 1 && threads_are_pinned() ? 1 : 0, seed, r.wall_seconds, r.preemptions, r.sleeps,
+                r.threads > 1 && !r.unpinned && threads_are_pinned() ? 1 : 0, seed, r.wall_seconds, r.preemptions, r.sleeps,
                 r.minor_faults, r.baseline_rss_kb, after.current_rss_kb, r.requested_kb, r.checks.misaligned,
                 malloc_provider(), ok ? "ok" : "FAIL");
     if (!ok) std::printf(" pattern_errors=%" PRIu64, r.checks.pattern_errors);

@@ -45,6 +45,7 @@ void on_thread_exit(void* value) {
   if (tls_owned_heap == h) {
     tls_owned_heap = nullptr;
     tls_heap = &g_no_heap;
+    tls_heap_gone = true;
   }
   heap_abandon(h);
 }

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <string>
@@ -140,7 +141,9 @@ START_TEST(test_remote_frees_reach_owner) {
 #endif
   constexpr std::size_t kSize = 208;  // a class std::thread's own state (freed by the thread) is not in
   const std::uint32_t kept = static_cast<std::uint32_t>(lca::kForeignClassBytes / kSize);
-  const std::uint32_t chained = lca::kRemoteBatchMax - 1;  // one chain per span, not flushed
+  // One chain per span, not flushed (a chain goes at kRemoteBatchMax objects or kRemoteBatchBytes).
+  const std::uint32_t chained =
+      std::min<std::uint32_t>(lca::kRemoteBatchMax, (lca::kRemoteBatchBytes + kSize - 1) / kSize) - 1;
   std::vector<void*> first(kept + chained), second(chained);
   for (auto* round : {&first, &second})
     for (void*& p : *round) {
@@ -165,7 +168,9 @@ START_TEST(test_remote_frees_reach_owner) {
   // none is longer: nothing reaches a span before the trim either way.
   std::uint32_t before_trim = 0, after_trim = 0;
   std::thread t([&] {
-    void* own = lca_malloc(16);  // the thread has a heap of its own
+    // The thread has a heap of its own, with a span of the class: it keeps
+    // foreign objects only of classes it allocates.
+    void* own = lca_malloc(kSize);
     for (void* p : first) lca_free(p);
     before_trim = delivered();
     lca_trim();
@@ -685,6 +690,13 @@ START_TEST(test_thread_exit_handoff) {
   std::vector<Rec> recs;
   recs.reserve(kBlocks);
   test_util::warm_thread_stack_cache();
+  // This thread frees the exited thread's blocks below.  A thread whose first
+  // call is such a free gets a heap as a first malloc does, adopting an
+  // abandoned one -- here (a build without the malloc override, where nothing
+  // gave this thread a heap before) the very heap of the thread that exited,
+  // whose memory the next thread could then not reuse: the test is about that
+  // thread, so this one takes its heap first.
+  lca_free(lca_malloc(16));
   const std::size_t active_before = process_active();
   std::size_t peak_process[2] = {0, 0}, peak_heap[2] = {0, 0};
   std::size_t corrupted = 0, null_blocks = 0;
@@ -858,6 +870,261 @@ START_TEST(test_trim_releases_abandoned_heaps) {
 }
 END_TEST
 
+
+// issue 17: a thread that frees other threads' blocks without ever allocating (a
+// consumer) gets a heap at its first such free, so that its frees are batched per
+// span like everyone's -- not each a slow path with shared atomic counters -- and,
+// as it allocates none of the class, keeps none of them on foreign lists: they
+// reach the owner's span in chains, all of them by its exit.  The counts stay
+// exact (the frees are counted in its heap).
+START_TEST(test_consumer_gets_heap_and_batches) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans whose remote-free lists this test inspects");
+#endif
+  constexpr std::size_t kSize = 144;
+  const std::uint32_t chain = std::min<std::uint32_t>(lca::kRemoteBatchMax, (lca::kRemoteBatchBytes + kSize - 1) / kSize);
+  const std::uint32_t n = 3 * chain + 1;  // three whole chains (if in one span) and one object waiting
+  test_util::warm_thread_stack_cache();
+  std::vector<void*> blocks(n);
+  const std::size_t active_before = process_active();  // the vector may be a block of the process heap
+  for (void*& p : blocks) {
+    p = lca_malloc(kSize);
+    ck_assert_ptr_nonnull(p);
+    stamp(p, kSize, reinterpret_cast<std::uintptr_t>(p));
+  }
+  lca::Span* span = lca::span_of(lca::span_chunk_of(lca::chunk_base(blocks[0])), blocks[0]);
+  std::uint32_t in_span = 0;
+  for (void* p : blocks) in_span += lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p) == span;
+  // Anchor: the main thread's span stays active (and its remote list unread) while the consumer runs.
+  void* anchor = lca_malloc(kSize);
+  const std::uint32_t waiting_before = lca::remote_word_count(span->remote_free.load());
+  bool heap_before = true, heap_after = false;
+  std::uint32_t foreign_kept = 1, delivered_in_thread = 0;
+  std::size_t bad = 0;
+  std::thread consumer([&] {
+    heap_before = lca::thread_heap_if_any() != nullptr;
+    for (void* p : blocks) {
+      std::size_t size;
+      std::uint64_t seed;
+      if (!verify(p, &size, &seed) || seed != reinterpret_cast<std::uintptr_t>(p)) ++bad;
+      lca_free(p);
+    }
+    lca::Heap* h = lca::thread_heap_if_any();
+    heap_after = h != nullptr;
+    if (h) foreign_kept = h->foreign_count[lca::size_to_class(kSize)];
+    delivered_in_thread = lca::remote_word_count(span->remote_free.load()) - waiting_before;
+  });
+  consumer.join();
+  const std::uint32_t delivered_after_exit = lca::remote_word_count(span->remote_free.load()) - waiting_before;
+  ck_assert_uint_eq(bad, 0);
+  if (!test_util::running_on_valgrind() && !test_util::kAsanBuild) {
+    // (In Valgrind and ASan mode freed blocks wait in a quarantine first.)
+    ck_assert(!heap_before);
+    ck_assert_uint_eq(delivered_after_exit, in_span);
+    ck_assert(heap_after);
+    ck_assert_uint_eq(foreign_kept, 0);
+    // In chains: whole chains are delivered at once, the rest waits for the exit.
+    ck_assert_uint_eq(delivered_in_thread % chain, 0);
+    ck_assert_uint_lt(delivered_in_thread, in_span);
+    ck_assert_uint_ge(delivered_in_thread + chain, in_span);
+  }
+  lca_free(anchor);
+  lca::asan_flush_quarantine();
+  ck_assert_uint_eq(process_active(), active_before);
+}
+END_TEST
+
+// issue 17: what a freeing thread holds back from the blocks' owners is bounded:
+// no chain in its RemoteBatch table reaches kRemoteBatchBytes, so at most
+// kRemoteBatchSlots * kRemoteBatchBytes wait in all, whatever the sizes; and the
+// foreign lists keep at most kForeignClassBytes per class.  3 200 blocks of
+// 112 B-4 KiB of 8 owner threads (more threads than cores) that have exited.
+START_TEST(test_remote_holdings_bounded) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans this test inspects");
+#endif
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path: no RemoteBatch table is used");
+  constexpr unsigned kOwners = 8;
+  constexpr std::size_t kSizes[] = {1024, 768, 112, 4096};
+  std::vector<void*> blocks;
+  std::mutex m;
+  std::vector<std::thread> owners;
+  for (unsigned t = 0; t < kOwners; t++)
+    owners.emplace_back([&, t] {
+      std::vector<void*> mine;
+      for (unsigned i = 0; i < 400; i++) mine.push_back(lca_malloc(kSizes[(i + t) % 4]));
+      std::lock_guard<std::mutex> g(m);
+      blocks.insert(blocks.end(), mine.begin(), mine.end());
+    });
+  for (auto& t : owners) t.join();  // the owners' heaps are abandoned: every free below is remote
+  std::size_t worst_chain = 0, held = 0, worst_foreign = 0;
+  std::thread freer([&] {
+    void* own[4];
+    for (unsigned k = 0; k < 4; k++) own[k] = lca_malloc(kSizes[k]);  // it allocates these classes
+    lca::Heap* h = lca::thread_heap_if_any();
+    for (void* p : blocks) {
+      lca_free(p);
+      std::size_t total = 0;
+      for (const lca::RemoteBatch& b : h->remote_batch) {
+        if (!b.span) continue;
+        std::size_t bytes = std::size_t{b.count} * b.span->obj_size;
+        worst_chain = std::max(worst_chain, bytes);
+        total += bytes;
+      }
+      held = std::max(held, total);
+      for (unsigned c = 0; c < lca::kNumClasses; c++)
+        worst_foreign = std::max(worst_foreign, std::size_t{h->foreign_count[c]} * lca::class_to_size(c));
+    }
+    for (void* p : own) lca_free(p);
+  });
+  freer.join();
+  ck_assert_uint_lt(worst_chain, lca::kRemoteBatchBytes);
+  ck_assert_uint_le(held, lca::kRemoteBatchSlots * lca::kRemoteBatchBytes);
+  ck_assert_uint_le(worst_foreign, lca::kForeignClassBytes);
+}
+END_TEST
+
+// issue 17, the server pattern ("larson"): 4 lanes of slots -- more threads than
+// cores -- each worked by a chain of threads; a thread replaces random slots'
+// blocks (8-1000 B), then starts its successor, hands it the slots and exits, so
+// every block outlives the thread that allocated it and is freed by another.  The
+// heaps of exited threads are adopted and their blocks reused: mapped memory does
+// not grow with the number of threads that came and went, and once every block is
+// freed, trim gives it back.
+START_TEST(test_blocks_outlive_their_threads) {
+  constexpr unsigned kLanes = 4;
+  constexpr unsigned kSlots = 250;
+  const std::size_t generations = std::max<std::size_t>(scaled(40), 8);
+  const std::size_t ops_per_thread = std::max<std::size_t>(scaled(4000), 500);
+  struct Lane {
+    void* block[kSlots];
+    std::size_t size[kSlots];
+    std::uint64_t seed[kSlots];
+    std::mt19937_64 rng;
+    std::size_t bad = 0, nulls = 0;
+  };
+  test_util::warm_thread_stack_cache();
+  lca_trim();
+  const std::size_t base = process_mapped();
+  auto heap_count = [] {
+    std::size_t n = 0;
+    lca::DomainLock lock(&lca::g_process_domain);
+    for (lca::Heap* h = lca::g_process_domain.heaps; h; h = h->next_in_domain) n++;
+    return n;
+  };
+  const std::size_t heaps_before = heap_count();
+  std::vector<Lane> lanes(kLanes);
+  auto work = [](Lane& l, std::size_t ops) {
+    for (std::size_t i = 0; i < ops; i++) {
+      unsigned k = static_cast<unsigned>(l.rng() % kSlots);
+      if (l.block[k]) {
+        std::size_t size;
+        std::uint64_t seed;
+        if (!verify(l.block[k], &size, &seed) || size != l.size[k] || seed != l.seed[k]) l.bad++;
+        lca_free(l.block[k]);
+      }
+      l.size[k] = 16 + l.rng() % 985;  // 16..1000: verify() needs 16 bytes
+      l.seed[k] = l.rng();
+      l.block[k] = lca_malloc(l.size[k]);
+      if (!l.block[k]) {
+        l.nulls++;
+        continue;
+      }
+      stamp(l.block[k], l.size[k], l.seed[k]);
+    }
+  };
+  for (unsigned i = 0; i < kLanes; i++) {
+    lanes[i].rng.seed(1000 + i);
+    std::memset(lanes[i].block, 0, sizeof lanes[i].block);
+  }
+  // Each lane: a chain of `generations` threads, each starting the next before it exits.
+  std::size_t mapped_early = 0, mapped_peak = 0;
+  std::mutex m;
+  std::vector<std::vector<std::thread>> threads(kLanes);  // reserved: a thread's address never changes
+  std::vector<lca::Heap*> used_heaps;  // the heaps the threads had (made or adopted)
+  used_heaps.reserve(4 * kLanes * generations);
+  for (auto& v : threads) v.reserve(generations);
+  std::function<void(unsigned, std::size_t)> run = [&](unsigned lane, std::size_t g) {
+    if (g > 0) {
+      // Join the predecessor (it is exiting): a thread not joined keeps its stack
+      // out of glibc's cache, and a new stack's DTV, a calloc'd block glibc keeps
+      // with the stack, would pin a chunk of some exited thread's heap.
+      std::thread* before;
+      {
+        std::lock_guard<std::mutex> guard(m);
+        before = &threads[lane][g - 1];
+      }
+      before->join();
+    }
+    work(lanes[lane], ops_per_thread);
+    {
+      std::lock_guard<std::mutex> guard(m);
+      if (std::find(used_heaps.begin(), used_heaps.end(), lca::thread_heap_if_any()) == used_heaps.end())
+        used_heaps.push_back(lca::thread_heap_if_any());
+      std::size_t now = process_mapped();
+      mapped_peak = std::max(mapped_peak, now);
+      if (g == 3) mapped_early = std::max(mapped_early, now);
+      if (g + 1 < generations) threads[lane].emplace_back(run, lane, g + 1);
+    }
+  };
+  // After the test's own containers (blocks of the process heap too).
+  const std::size_t active_before = process_active();
+  {
+    std::lock_guard<std::mutex> guard(m);
+    for (unsigned i = 0; i < kLanes; i++) threads[i].emplace_back(run, i, 0);
+  }
+  for (unsigned i = 0; i < kLanes; i++) {
+    // The lane's last thread exists once the one before made it (under m); each
+    // thread joined the one before it.
+    for (;;) {
+      std::unique_lock<std::mutex> guard(m);
+      if (threads[i].size() == generations) break;
+      guard.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::thread* last;
+    {
+      std::lock_guard<std::mutex> guard(m);
+      last = &threads[i][generations - 1];
+    }
+    last->join();
+  }
+  std::size_t bad = 0, nulls = 0;
+  for (Lane& l : lanes) {
+    bad += l.bad;
+    nulls += l.nulls;
+    for (void* p : l.block) lca_free(p);  // the main thread frees the last generation's blocks
+  }
+  lca::asan_flush_quarantine();
+  lca_trim();
+  const std::size_t after = process_mapped();
+  ck_assert_uint_eq(bad, 0);
+  ck_assert_uint_eq(nulls, 0);
+  ck_assert_uint_eq(process_active(), active_before);
+  // 4 lanes x 250 live blocks (~0.5 MiB) and at most a few heaps' spans: the
+  // threads of the last generations needed no more than those of the first
+  // (8 MiB: the heaps of up to 8 threads alive at once, a chunk each, and the
+  // Valgrind/ASan quarantines), and trim brings it back.
+  // Heaps are made for threads alive at once, not per thread: 4 x 40 threads came
+  // and went (at most two per lane alive at once, and the main thread).
+  const std::size_t heaps_made = heap_count() - heaps_before;
+  ck_assert_msg(heaps_made <= 3 * kLanes, "%zu heaps made for %zu threads", heaps_made, kLanes * generations);
+  // Each heap the threads used may keep one chunk mapped after the trim: glibc
+  // keeps a calloc'd block (the DTV) with each thread stack it caches, and a
+  // stack made while more threads were alive than warm_thread_stack_cache warmed
+  // has its DTV in one of them (seen on a busy machine: 3 heaps, 12 MiB).
+  const std::size_t pinned = used_heaps.size() * lca::kChunkSize;
+  ck_assert_uint_le(used_heaps.size(), 6 * kLanes);  // bounded by the threads alive at once, not 160
+  ck_assert_msg(mapped_peak <= mapped_early + 8 * MiB + pinned,
+                "mapped memory grew with the threads that came and went: %zu MiB after 4 generations, %zu MiB at the "
+                "peak of %zu",
+                mapped_early / MiB, mapped_peak / MiB, generations);
+  ck_assert_msg(after <= base + 8 * MiB + pinned, "lca_trim left %zu MiB mapped (baseline %zu MiB, %zu heaps used)",
+                after / MiB, base / MiB, used_heaps.size());
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("threads", &tc);
@@ -870,5 +1137,8 @@ int main() {
   tcase_add_test(tc, test_thread_exit_handoff);
   tcase_add_test(tc, test_fork_child_heaps_consistent);
   tcase_add_test(tc, test_trim_releases_abandoned_heaps);
+  tcase_add_test(tc, test_consumer_gets_heap_and_batches);
+  tcase_add_test(tc, test_remote_holdings_bounded);
+  tcase_add_test(tc, test_blocks_outlive_their_threads);
   return test_util::run_suite(s);
 }
