@@ -38,6 +38,17 @@ constinit thread_local bool tls_heap_gone __attribute__((tls_model("initial-exec
 namespace {
 
 constexpr unsigned kQueueProbe = 4;
+// Hysteresis of the span queues for spans of few objects (classes above 1 KiB:
+// 8-51 objects per 64 KiB span).  A span behind the head becomes the current
+// span only with kRefillMin free objects (a quarter of its objects at most),
+// else the allocator carves a new span: without it a class whose spans are all
+// nearly full took the slow path in malloc and in free for every object
+// (the span goes dry, one free brings it back, the next malloc drains it: 27 000
+// of each per million ops of calloc-bench heavy-tail capped at 8 KiB).
+// Spans of 64 objects or more take any free object (kRefillMin does not apply).
+// docs/design.md, "Span refill hysteresis".
+constexpr std::uint32_t kRefillMin = 4;
+constexpr std::uint32_t kRefillFewObjects = 64;
 // Spans from the tail of a class's queue whose remote frees a slow path collects.
 constexpr unsigned kQueueSweep = 4;
 constexpr std::size_t kMaxDirtySlots = 64;     // 4 MiB of empty spans kept per heap (8 MiB before a purge)
@@ -60,6 +71,19 @@ void init_recursive(pthread_mutex_t* m) {
 namespace {
 
 // --- span queues ------------------------------------------------------------
+// Objects s can still hand out (local, remote-collected or uncarved).
+std::uint32_t span_free_objects(const Span* s) {
+  std::uint32_t capacity = span_index(s, s->end);
+  return capacity > s->used ? capacity - s->used : 0;
+}
+
+std::uint32_t span_refill_min(const Span* s) {
+  std::uint32_t capacity = span_index(s, s->end);
+  if (capacity >= kRefillFewObjects) return 1;
+  std::uint32_t quarter = capacity / 4;
+  return quarter < kRefillMin ? (quarter ? quarter : 1) : kRefillMin;
+}
+
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
 // Every change of a queue's head goes through here, keeping head_mark true.
@@ -670,12 +694,17 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
     sweep_class_tail(h, c);
     for (unsigned probe = 0;; ++probe) {
       if (span_has_remote(s)) collect_span(h, s);
-      if (void* p = span_pop(s)) {
-        if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-        return p;
+      // The head gives what it has; a span behind it becomes the head only with
+      // kRefillMin objects to offer (span_refill_min), else it waits at the back.
+      if (probe == 0 || span_free_objects(s) >= span_refill_min(s)) {
+        if (void* p = span_pop(s)) {
+          if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+          if (probe) h->counters.span_refills.add(1);
+          return p;
+        }
       }
       // A local free into it will bring it back behind the head.
-      span_set_flags(s, s->flags | kSpanExhausted);
+      if (span_free_objects(s) == 0) span_set_flags(s, s->flags | kSpanExhausted);
       if (probe == kQueueProbe || !s->next) break;
       queue_remove(h, c, s);
       queue_push_back(h, c, s);
@@ -684,6 +713,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   }
   s = new_span(h, c);
   if (!s) return nullptr;
+  h->counters.span_refills.add(1);
   queue_push_front(h, c, s);
   return span_pop(s);
 }
@@ -773,8 +803,11 @@ void span_after_local_free(Heap* h, Span* s) {
   if (s->used == 0) {
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {
+    // Its frees take the fast path again from now on.  It goes behind the head
+    // only with span_refill_min objects to offer; else it gathers more where it
+    // is, and the allocator's rotation finds it (heap_alloc_small_slow).
     span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-    queue_insert_after_head(h, c, s);
+    if (span_free_objects(s) >= span_refill_min(s)) queue_insert_after_head(h, c, s);
   }
 }
 

@@ -53,6 +53,9 @@ struct HeapCounters {
   Counter arena_allocs, arena_frees;
   Counter remote_small_frees;     // small frees pushed to another heap (counted here)
   Counter realloc_in_place, realloc_moved, realloc_remapped;
+  // Times a class got a new current span (one behind the old, or a new span):
+  // the slow-path refills of the span queues.
+  Counter span_refills;
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
