@@ -5,7 +5,9 @@
 // When the head runs dry the slow path collects its remote frees, then rotates a
 // bounded number of spans (kQueueProbe) from the head to the tail looking for free
 // objects -- the head after a rotation is the span that has waited longest for
-// frees, the best bet -- and only then carves a new span.  A span whose last object
+// frees, the best bet -- and only then carves a new span.  A span of few objects
+// (classes above 1 KiB) must offer several to become the head (kRefillMin), so a
+// class whose spans are nearly full does not refill for every object.  A span whose last object
 // is freed (and is not the head) is retired at once: its slot returns to its chunk,
 // and a chunk with no span left returns to the domain.  Every path is O(1) apart
 // from system calls and the bounded sweeps of abandoned heaps.
@@ -670,7 +672,7 @@ void domain_destroy(Domain* d) {
 // span left behind while its head kept getting remote frees held every object
 // it got back (producer-consumer: 6 207 of 6 247 "used" 16-byte objects sat on
 // such lists), and new spans were carved instead.  A span that is then empty
-// is retired; one with free objects moves behind the head.
+// is retired; one with free objects (span_refill_min) moves behind the head.
 void sweep_class_tail(Heap* h, unsigned c) {
   Span* s = h->tail[c];
   for (unsigned n = 0; s && s != h->head[c] && n < kQueueSweep; ++n) {
@@ -681,7 +683,7 @@ void sweep_class_tail(Heap* h, unsigned c) {
         retire_span(h, s);
       } else if (s->flags & kSpanExhausted) {
         span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-        queue_insert_after_head(h, c, s);
+        if (span_free_objects(s) >= span_refill_min(s)) queue_insert_after_head(h, c, s);
       }
     }
     s = prev;
@@ -703,8 +705,11 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
           return p;
         }
       }
-      // A local free into it will bring it back behind the head.
-      if (span_free_objects(s) == 0) span_set_flags(s, s->flags | kSpanExhausted);
+      // A dry span waits for a local free to bring it back (span_after_local_free);
+      // one with too few objects to offer gathers more at the back, its frees fast.
+      auto flags = static_cast<std::uint8_t>(span_free_objects(s) ? s->flags & ~kSpanExhausted
+                                                                  : s->flags | kSpanExhausted);
+      if (flags != s->flags) span_set_flags(s, flags);
       if (probe == kQueueProbe || !s->next) break;
       queue_remove(h, c, s);
       queue_push_back(h, c, s);
