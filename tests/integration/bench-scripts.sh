@@ -56,29 +56,28 @@ check() {
   fi
 }
 
-if python3 "$top_srcdir/scripts/bench-compare" --bench "$bench" --libcalloc "$so" \
-     --libcalloc-secure "$tmp/no-such-libcalloc.so" --allocators glibc,libcalloc,libcalloc-secure \
-     --workloads pairs64 --quick --reps 1 --csv "$tmp/compare.csv" \
-     > "$tmp/compare.out" 2>&1; then
-  check bench-compare "$tmp/compare.out" "| pairs64"
-  test -s "$tmp/compare.csv" || { echo "FAIL: bench-compare wrote no CSV"; status=1; }
-else
-  echo "FAIL: scripts/bench-compare exited with $?:"
-  tail -n 20 "$tmp/compare.out"
-  status=1
-fi
+# drive SCRIPT ROW-PREFIX CSV ARGS...: runs scripts/SCRIPT on glibc, libcalloc
+# and a secure build that does not exist, then checks its table (check) and
+# that it wrote CSV.
+drive() {
+  script=$1 row=$2 csv=$3
+  shift 3
+  if python3 "$top_srcdir/scripts/$script" --libcalloc "$so" \
+       --libcalloc-secure "$tmp/no-such-libcalloc.so" --allocators glibc,libcalloc,libcalloc-secure \
+       "$@" > "$tmp/$script.out" 2>&1; then
+    check "$script" "$tmp/$script.out" "$row"
+    test -s "$csv" || { echo "FAIL: $script wrote no $(basename "$csv")"; status=1; }
+  else
+    echo "FAIL: scripts/$script exited with $?:"
+    tail -n 20 "$tmp/$script.out"
+    status=1
+  fi
+}
 
-if python3 "$top_srcdir/scripts/bench-workloads" --bench "$workloads" --libcalloc "$so" \
-     --libcalloc-secure "$tmp/no-such-libcalloc.so" --allocators glibc,libcalloc,libcalloc-secure \
-     --workloads database --scale 0.01 --reps 1 --no-charts --out "$tmp/workloads" \
-     > "$tmp/workloads.out" 2>&1; then
-  check bench-workloads "$tmp/workloads.out" "| database"
-  test -s "$tmp/workloads/runs.csv" || { echo "FAIL: bench-workloads wrote no runs.csv"; status=1; }
-else
-  echo "FAIL: scripts/bench-workloads exited with $?:"
-  tail -n 20 "$tmp/workloads.out"
-  status=1
-fi
+drive bench-compare "| pairs64" "$tmp/compare.csv" \
+  --bench "$bench" --workloads pairs64 --quick --reps 1 --csv "$tmp/compare.csv"
+drive bench-workloads "| database" "$tmp/workloads/runs.csv" \
+  --bench "$workloads" --workloads database --scale 0.01 --reps 1 --no-charts --out "$tmp/workloads"
 
 test "$status" = 0 && echo "PASS: bench-compare and bench-workloads run to their end"
 exit "$status"
