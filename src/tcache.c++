@@ -399,7 +399,7 @@ void drain_arena_remote(Heap* h) {
   }
 }
 
-void medium_cache_flush_locked(Heap* h);
+void medium_cache_flush(Heap* h);
 
 void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
   if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
@@ -407,7 +407,7 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
   if (!p && h->medium.bytes) {
     // The blocks the medium cache holds may merge into room enough: a chunk
     // mapped for want of them would hold them for good.
-    medium_cache_flush_locked(h);
+    medium_cache_flush(h);
     p = arena_alloc(&h->arena, size, alignment);
   }
   if (!p) {
@@ -428,7 +428,7 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
 // --- medium cache (tcache.h++) ------------------------------------------------
 // (No RemoteBusy bracket: the child of a fork never reads the medium cache of
 // another thread's heap -- those heaps are left alone there, lifecycle.c++.)
-void medium_cache_flush_locked(Heap* h) {
+void medium_cache_flush(Heap* h) {
   for (MediumFree*& head : h->medium.bin) {
     while (MediumFree* m = head) {
       head = m->next;
@@ -446,8 +446,6 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 }
 
 }  // namespace
-
-void medium_cache_flush(Heap* h) { medium_cache_flush_locked(h); }
 
 void* heap_alloc_medium(Heap* h, std::size_t size) {
   if (size < kMediumCacheMax) {
@@ -511,7 +509,7 @@ void heap_collect_empty(Heap* h) {
       s = next;
     }
   }
-  medium_cache_flush_locked(h);
+  medium_cache_flush(h);
   drain_arena_remote(h);
   for (ChunkHeader* ch = h->arena.chunks.head; ch;) {
     ChunkHeader* next = ch->next;

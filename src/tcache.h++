@@ -299,9 +299,6 @@ void* heap_alloc_small_slow(Heap* h, unsigned size_class);
 // not &g_no_heap, node-local heaps off): the medium cache, else the arena.
 // nullptr with errno ENOMEM when the OS has no memory.
 void* heap_alloc_medium(Heap* h, std::size_t size);
-// Returns h's medium cache to its arena (h's owner, or under the domain lock for
-// an abandoned heap).
-void medium_cache_flush(Heap* h);
 
 // A dedicated mapping (above the large threshold); on failure the domain's cached
 // memory is returned to the OS and the mapping tried again.
