@@ -436,6 +436,7 @@ void medium_cache_flush(Heap* h) {
     }
   }
   h->medium.bytes = 0;
+  h->medium.nonempty = 0;
 }
 
 // Smallest size class >= the request whose objects are all aligned to alignment.
@@ -450,19 +451,28 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 void* heap_alloc_medium(Heap* h, std::size_t size) {
   if (size < kMediumCacheMax) {
     // The bin of size may hold blocks just short of it: its first fits or not;
-    // every block of the next bin fits.
+    // every block of the bins above fits (tcache.h++, kMediumSearchBins).
     unsigned b = medium_bin(size);
     MediumFree* m = h->medium.bin[b];
     if (!m || m->usable < size) {
+      unsigned top = b + kMediumSearchBins;  // at most 31: the bins b+1..top
+      std::uint32_t above = h->medium.nonempty & ((~std::uint32_t{0} << b) << 1) &
+                            static_cast<std::uint32_t>((std::uint64_t{2} << top) - 1);
       m = nullptr;
-      if (b + 1 < kMediumBins) m = h->medium.bin[++b];
+      if (above) {
+        b = static_cast<unsigned>(__builtin_ctz(above));
+        m = h->medium.bin[b];
+      }
     }
     if (m) {
-      h->medium.bin[b] = m->next;
+      MediumFree* next = m->next;
+      h->medium.bin[b] = next;
+      if (!next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
       std::size_t usable = m->usable;
       h->medium.bytes -= usable;
       arena_unhold(arena_chunk_of(chunk_base(m)), m);
       h->counters.arena_allocs.add(1);
+      h->counters.medium_hits.add(1);
       h->counters.extra_bytes_allocated.add(usable);
       return m;
     }
@@ -489,6 +499,7 @@ bool heap_free_medium(Heap* h, void* p) {
     m->usable = usable;
     m->next = h->medium.bin[b];
     h->medium.bin[b] = m;
+    h->medium.nonempty |= std::uint32_t{1} << b;
     h->medium.bytes += usable;
     return true;
   }

@@ -56,6 +56,7 @@ struct HeapCounters {
   // Times a class got a new current span (one behind the old, or a new span):
   // the slow-path refills of the span queues.
   Counter span_refills;
+  Counter medium_hits;  // medium requests served by the medium cache
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
@@ -95,8 +96,9 @@ constexpr std::size_t kForeignClassBytes = 8 * 1024;
 // A thread keeps the medium blocks of its own arena that it frees -- usable sizes
 // kMediumCacheMin..kMediumCacheMax-1, 8 KiB to 64 KiB -- in bins of eight per
 // doubling, up to kMediumCacheBytes in all, and serves its next medium requests
-// from them: a hit costs a list pop instead of a TLSF search, split and boundary
-// tag updates (docs/design.md, "Medium cache").  A held block stays allocated in
+// from them (its own bin's first block if big enough, else the first block of
+// the nearest non-empty bin up to kMediumSearchBins above, found in a bitmap): a
+// hit costs a list pop instead of a TLSF search, split and boundary tag updates (docs/design.md, "Medium cache").  A held block stays allocated in
 // the arena (arena_hold: live bit clear, marked as freed, so a second free is a
 // double free).  The cache goes back to the arena before the arena maps a chunk,
 // at thread exit, on trim and whenever the heap is collected.
@@ -116,8 +118,16 @@ struct MediumFree {
 
 struct MediumCache {
   MediumFree* bin[kMediumBins];
-  std::size_t bytes;  // usable bytes held, at most kMediumCacheBytes
+  std::size_t bytes;      // usable bytes held, at most kMediumCacheBytes
+  std::uint32_t nonempty;  // bit b: bin[b] holds a block
 };
+static_assert(kMediumBins <= 32, "one bit per bin");
+// A request whose own bin has no block big enough takes the first block of the
+// nearest non-empty bin at most this many bins above (one doubling: the block
+// is less than 2.25 x the request; it goes back to its own bin when freed).
+// heavy-tail: 74 % of medium requests hit instead of 34 % (docs/design.md).
+constexpr unsigned kMediumSearchBins = kMediumBinsPerDoubling;
+static_assert(kMediumBins - 1 + kMediumSearchBins < 64, "the search mask is 64-bit arithmetic");
 
 // The bin of a usable size in [kMediumCacheMin, kMediumCacheMax): its blocks have
 // at least medium_bin_floor(bin) usable bytes.

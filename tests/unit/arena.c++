@@ -316,6 +316,59 @@ START_TEST(test_threads_churn) {
 }
 END_TEST
 
+// A request whose own bin (and the next) holds nothing takes a held block of a
+// bin up to one doubling above it -- found in the bins' bitmap -- and counts a
+// hit; the block keeps its whole usable size and goes back to its own bin when
+// freed.  A held block more than a doubling above the request is left alone.
+START_TEST(test_larger_held_block_serves) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  void* warm = lca_malloc(100);  // the thread's heap exists
+  lca_free(warm);
+  lca_trim();  // nothing held
+  lca::Heap* h = my_heap();
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  auto* big = static_cast<unsigned char*>(lca_malloc(14 * KiB));
+  ck_assert_ptr_nonnull(big);
+  std::size_t big_usable = lca_usable_size(big);
+  unsigned big_bin = lca::medium_bin(big_usable);
+  lca_free(big);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << big_bin);
+  // 9 KiB: bin 1; 14 KiB: bin 6, beyond the old "own bin or the next" rule.
+  ck_assert_uint_gt(big_bin, lca::medium_bin(9 * KiB) + 1);
+  ck_assert_uint_le(big_bin, lca::medium_bin(9 * KiB) + lca::kMediumSearchBins);
+  std::size_t hits = h->counters.medium_hits.get();
+  auto* q = static_cast<unsigned char*>(lca_malloc(9 * KiB));
+  ck_assert_ptr_eq(q, big);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), hits + 1);
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  ck_assert_uint_eq(h->medium.bytes, 0);
+  ck_assert_uint_eq(lca_usable_size(q), big_usable);
+  test_util::fill_pattern(q, big_usable, 7);
+  ck_assert_int_eq(test_util::check_pattern(q, big_usable, 7), -1);
+  lca_free(q);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << big_bin);
+  ck_assert_uint_eq(h->medium.bytes, big_usable);
+  lca_trim();
+  // 40 KiB is more than a doubling above 9 KiB: the arena serves the request.
+  void* far = lca_malloc(40 * KiB);
+  ck_assert_ptr_nonnull(far);
+  unsigned far_bin = lca::medium_bin(lca_usable_size(far));
+  ck_assert_uint_gt(far_bin, lca::medium_bin(9 * KiB) + lca::kMediumSearchBins);
+  lca_free(far);
+  hits = h->counters.medium_hits.get();
+  void* small = lca_malloc(9 * KiB);
+  ck_assert_ptr_ne(small, far);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), hits);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << far_bin);
+  // The held block is still a freed block: a second free of it is reported.
+  auto r = test_util::expect_death([far] { lca_free(far); }, "Double free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+  lca_free(small);
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&h->arena, &why), "arena_verify: %s", why);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("arena", &tc);
@@ -329,5 +382,6 @@ int main() {
   tcase_add_test(tc, test_trim_returns_cache);
   tcase_add_test(tc, test_cache_yields_before_new_chunk);
   tcase_add_test(tc, test_threads_churn);
+  tcase_add_test(tc, test_larger_held_block_serves);
   return test_util::run_suite(s);
 }
