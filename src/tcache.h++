@@ -98,9 +98,10 @@ constexpr std::size_t kForeignClassBytes = 8 * 1024;
 // doubling, up to kMediumCacheBytes in all, and serves its next medium requests
 // from them (its own bin's first block if big enough, else the first block of
 // the nearest non-empty bin up to kMediumSearchBins above, found in a bitmap): a
-// hit costs a list pop instead of a TLSF search, split and boundary tag updates (docs/design.md, "Medium cache").  A held block stays allocated in
-// the arena (arena_hold: live bit clear, marked as freed, so a second free is a
-// double free).  The cache goes back to the arena before the arena maps a chunk,
+// hit costs a list pop instead of a TLSF search, split and boundary tag updates
+// (docs/design.md, "Medium cache").  A held block stays allocated in the arena
+// (arena_hold: live bit clear, marked as freed, so a second free is a double
+// free).  The cache goes back to the arena before the arena maps a chunk,
 // at thread exit, on trim and whenever the heap is collected.
 constexpr std::size_t kMediumCacheMin = 8 * 1024;
 constexpr std::size_t kMediumCacheMax = 64 * 1024;
