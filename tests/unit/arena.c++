@@ -3,7 +3,8 @@
 // medium cache of its heap (src/tcache.c++, tcache.h++).
 //
 // What is checked: a freed medium block is held by the thread's cache and the
-// next request of its size gets it back; the cache never holds more than
+// next request of its size gets it back (a request a doubling or less below a
+// held block's size takes it, and counts a hit); the cache never holds more than
 // kMediumCacheBytes; a held block is still a freed block for every check -- a
 // second free (by the owner or by another thread), a realloc and
 // malloc_usable_size of it are reported as in the arena -- and the arena's
