@@ -504,8 +504,8 @@ END_TEST
 // that the next step faulted in again: 285 000 page faults against tcmalloc's
 // 175 000).  Here 4 x 24 MiB are held (never touched: address space only) and
 // 3 x 32 MiB freed and allocated again: with a quarter (88 MiB allowed) every
-// round unmapped one and mapped it again; now a round calls the OS layer not
-// once.  Once the held blocks go too, the cache keeps kLargeCacheBytes at most.
+// round made 3 calls to the OS layer (the oldest freed mapping unmapped, mapped
+// again); now none.  Once the held blocks go too, the cache keeps kLargeCacheBytes at most.
 static std::size_t os_calls_total();
 
 START_TEST(test_large_cache_holds_what_live_blocks_hold) {
@@ -537,7 +537,7 @@ END_TEST
 // calloc-workloads fragmentation: when the live set moved from 16-64 B blocks to
 // 4-32 KiB ones, 902 empty span slots -- 56 MiB resident -- waited for the
 // once-a-second decay while the arena mapped chunk after chunk: heap peak
-// 101-103 MiB, glibc's 77-79).  Here 120 spans of 64-byte blocks are filled and
+// 99-105 MiB, glibc's 77).  Here 120 spans of 64-byte blocks are filled and
 // emptied but for one block at each end (so both span chunks stay in use and
 // fewer than the 128 empty slots that start a purge on free are left); the first
 // arena block must purge them.
