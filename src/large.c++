@@ -221,8 +221,8 @@ LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::
 // as its live large blocks hold, so that a program churning big buffers reuses
 // resident pages instead of faulting them in again (docs/design.md: large-churn,
 // ml-training).  The bound follows the live bytes down: once the program has
-// freed its big blocks the cache holds kLargeCacheBytes at most, and what it
-// holds expires after kLargeCacheDecayNs.
+// freed its big blocks the cache holds kLargeCacheBytes at most, and entries
+// older than kLargeCacheDecayNs go at the heap's next large allocation or free.
 std::size_t cache_limit(const LargeCache* c) {
   std::size_t live = c->alloc_bytes - c->free_bytes;
   return kLargeCacheBytes + live;
