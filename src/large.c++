@@ -217,12 +217,15 @@ LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::
   return out;
 }
 
-// How many bytes of freed mappings a heap keeps: kLargeCacheBytes, plus a quarter
-// of its live large blocks, so that a program churning big buffers reuses resident
-// pages instead of faulting them in again (docs/design.md: large-churn).
+// How many bytes of freed mappings a heap keeps: kLargeCacheBytes, plus as many
+// as its live large blocks hold, so that a program churning big buffers reuses
+// resident pages instead of faulting them in again (docs/design.md: large-churn,
+// ml-training).  The bound follows the live bytes down: once the program has
+// freed its big blocks the cache holds kLargeCacheBytes at most, and entries
+// older than kLargeCacheDecayNs go at the heap's next large allocation or free.
 std::size_t cache_limit(const LargeCache* c) {
   std::size_t live = c->alloc_bytes - c->free_bytes;
-  return kLargeCacheBytes + live / 4;
+  return kLargeCacheBytes + live;
 }
 
 // Eight mapping sizes per doubling, page granular.

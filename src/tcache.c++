@@ -411,6 +411,12 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
     p = arena_alloc(&h->arena, size, alignment);
   }
   if (!p) {
+    // Empty span slots cannot hold arena blocks: growing the arena while more
+    // than kMaxDirtySlots of them stay resident would keep both (a program whose
+    // sizes move from the slab classes to the arena's; docs/design.md, "Workload
+    // matrix").  The decay's once-a-second rule is for memory that may be
+    // reused; this memory would not be, by this request.
+    if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
