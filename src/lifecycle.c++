@@ -32,6 +32,9 @@ constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 void heap_abandon(Heap* h) {
   Domain* d = h->domain;
   DomainLock lock(d);
+  // Its spans go to the domain's pool, for the running heaps' refills (span
+  // reclaim, tcache.h++): the heap is adopted empty of spans.
+  heap_orphan_spans_locked(h);
   heap_collect_all(h, false);
   h->abandoned = true;
   h->next_abandoned = d->abandoned;
