@@ -67,9 +67,12 @@ constexpr unsigned kOrphanSweep = 256;
 // server-sim, 3 interleaved runs (peak RSS MiB / CPU ns per op; jemalloc
 // 18.7-20.5 / 43-44): no bound 27.9-29.1 / 31.2-32.2; keep 12: 26.2-26.9 /
 // 31.8-33.4; keep 8: 22.3-23.8 / 33.7-34.2; keep 6: 21.3-22.7 / 37.0-38.5
-// (twice the spans made again, their pages faulted in).  docs/design.md, "Span reclaim".
+// (twice the spans made again, their pages faulted in).  Purging from 8 KiB
+// rather than 16: the same server-sim figures (22.2-23.8 MiB, 29-35 ns), and the
+// threads suite's burst test ends with 10.5 MiB resident instead of 14.2 (the
+// smaller retired spans stayed dirty).  docs/design.md, "Span reclaim".
 constexpr std::uint32_t kOrphanKeep = 8;
-constexpr std::size_t kOrphanPurgeMin = 16 * 1024;
+constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 
 }  // namespace
