@@ -827,15 +827,28 @@ void domain_destroy(Domain* d) {
   os_unmap(d, align_up(sizeof(Domain) + sizeof(Heap) + 64, os_page_size()));
 }
 
+namespace {
+// The pool's bound (domain lock held): beyond kOrphanKeep spans of class c, its
+// oldest spans go while they are empty -- the spans a burst of threads alive at
+// once made, once their blocks are freed.
+void orphan_trim_class(Domain* d, unsigned c) {
+  while (d->orphan_class_spans[c] > kOrphanKeep) {
+    Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
+    if (!orphan_collect_empty(s)) break;
+    orphan_retire(d, nullptr, s);
+  }
+}
+
 // Span reclaim: a span of class c from the domain's pool for h's refill, with
 // span_refill_min objects to offer, or nullptr.  A pooled span with fewer is
 // h's from then on too, at the back of its queue, gathering frees (at most
-// kOrphanProbe of them per refill).
-namespace {
+// kOrphanProbe of them per refill).  The oldest first: it has had the longest
+// to get its blocks back.
 Span* take_orphan_span(Heap* h, unsigned c) {
   Domain* d = h->domain;
   if (!d->orphan_head[c].load(std::memory_order_relaxed) || h->node >= 0) return nullptr;
   DomainLock lock(d);
+  orphan_trim_class(d, c);
   for (unsigned n = 0; n < kOrphanProbe; ++n) {
     Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
     if (!s) break;
@@ -878,15 +891,7 @@ void heap_orphan_spans_locked(Heap* h) {
   }
   d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
   h->dirty_slots = 0;
-  // The pool's bound: beyond kOrphanKeep spans of a class, its oldest spans go
-  // while they are empty (the spans a burst of threads alive at once made).
-  for (unsigned c = 0; c < kNumClasses; ++c) {
-    while (d->orphan_class_spans[c] > kOrphanKeep) {
-      Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
-      if (!orphan_collect_empty(s)) break;
-      orphan_retire(d, nullptr, s);
-    }
-  }
+  for (unsigned c = 0; c < kNumClasses; ++c) orphan_trim_class(d, c);
 }
 
 // Collects the remote frees of up to kQueueSweep spans from the tail of class c's

@@ -251,7 +251,7 @@ struct Domain {
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
-  // the heap's spans that still hold blocks go to a pool per class (FIFO,
+  // the heap's spans go to a pool per class (FIFO,
   // linked through Span::next, their heap orphan_span_heap()) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
   // a pooled span before it carves one, and its new_span carves in a free slot
@@ -423,8 +423,9 @@ void init_recursive(pthread_mutex_t* m);
 void heap_collect_all(Heap* h, bool purge);
 // A new heap of d, linked into d->heaps (d's lock held).
 Heap* heap_create_locked(Domain* d);
-// Span reclaim, at thread exit (d's lock held, after heap_collect_all): h's
-// spans go to its domain's pool and its span chunks become orphan chunks.
+// Span reclaim, at thread exit (d's lock held, before heap_collect_all): h's
+// spans go to its domain's pool and its span chunks become orphan chunks (those
+// with no span left go to the domain's free chunks).
 void heap_orphan_spans_locked(Heap* h);
 // The heap of a span in the pool: no heap (and not nullptr, which a thread
 // without a heap has, nor no_fast_heap()).
