@@ -194,7 +194,7 @@ bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) 
   ChunkHeader* ch = chunk_base(o);
   if (ch->domain != &g_process_domain) return false;
   Span* s = span_of(span_chunk_of(ch), o);
-  if ((s->flags & kSpanInactive) || s->heap == h || s->size_class != c || !span_is_object_start(s, o) ||
+  if ((s->flags & kSpanInactive) || span_owner(s) == h || s->size_class != c || !span_is_object_start(s, o) ||
       !is_free_object(o))
     return false;
   *span = s;

@@ -853,7 +853,7 @@ Span* take_orphan_span(Heap* h, unsigned c) {
     Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
     if (!s) break;
     orphan_unlink(d, nullptr, s);
-    s->heap = h;
+    span_set_owner(s, h);
     collect_span(h, s);
     span_set_flags(s, s->flags);  // fast_heap: h
     if (span_free_objects(s) >= span_refill_min(s)) return s;
@@ -871,7 +871,7 @@ void heap_orphan_spans_locked(Heap* h) {
     while (!queue_empty(h, c)) {
       Span* s = h->head[c];
       queue_remove(h, c, s);
-      s->heap = orphan_span_heap();
+      span_set_owner(s, orphan_span_heap());
       span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
       orphan_push(d, s);
     }
@@ -1125,7 +1125,7 @@ void free_now(void* p) {
   Heap* me = thread_heap_if_any();
   switch (r.kind) {
     case BlockRef::Kind::span:
-      if (r.span->heap == me) {
+      if (span_owner(r.span) == me) {
         free_span_local(me, r.span, p, r.index);
       } else {
         // block_lookup found no guard: not freed already (two threads freeing one
@@ -1193,7 +1193,7 @@ inline bool free_remote_batched(void* p) {
   // The owner may change the flags meanwhile, but not the bits that matter for p:
   // the span stays active while p is live, and p grew over several slots (if it
   // did) before the user handed it to this thread.
-  if (s->heap == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
+  if (span_owner(s) == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
   RemoteBusy busy(me);
@@ -1367,7 +1367,7 @@ void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, Res
       Span* s = r.span;
       if (size <= old_usable) {
         in_place = true;
-      } else if (s->heap == h && span_grow_at_frontier(s, p, r.index, size)) {
+      } else if (span_owner(s) == h && span_grow_at_frontier(s, p, r.index, size)) {
         h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
         in_place = true;
       }
