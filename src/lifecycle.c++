@@ -32,6 +32,9 @@ constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 void heap_abandon(Heap* h) {
   Domain* d = h->domain;
   DomainLock lock(d);
+  // Its spans go to the domain's pool, for the running heaps' refills (span
+  // reclaim, tcache.h++): the heap is adopted empty of spans.
+  heap_orphan_spans_locked(h);
   heap_collect_all(h, false);
   h->abandoned = true;
   h->next_abandoned = d->abandoned;
@@ -191,7 +194,7 @@ bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) 
   ChunkHeader* ch = chunk_base(o);
   if (ch->domain != &g_process_domain) return false;
   Span* s = span_of(span_chunk_of(ch), o);
-  if ((s->flags & kSpanInactive) || s->heap == h || s->size_class != c || !span_is_object_start(s, o) ||
+  if ((s->flags & kSpanInactive) || span_owner(s) == h || s->size_class != c || !span_is_object_start(s, o) ||
       !is_free_object(o))
     return false;
   *span = s;

@@ -51,7 +51,7 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
   s->size_class = static_cast<std::uint16_t>(size_class);
   s->multislot_count = 0;
-  s->heap = heap;
+  span_set_owner(s, heap);
   s->next = s->prev = nullptr;
   s->remote_free.store(0, std::memory_order_relaxed);
   span_set_flags(s, 0);

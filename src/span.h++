@@ -110,6 +110,14 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
 
 // A pointer no thread heap equals (and not nullptr, which a thread without a heap has).
 inline Heap* no_fast_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{1}); }
+
+// Span::heap as a thread that may not own s reads it (a free, a realloc): a
+// span of the pool of orphaned spans changes owner under the domain lock while
+// other threads free into it (tcache.h++, span reclaim).  Relaxed atomics (plain
+// moves on x86-64): such a reader only asks "is it mine?", and the answer is no
+// whichever value it sees, unless it is the owner, which wrote the value itself.
+inline Heap* span_owner(const Span* s) { return __atomic_load_n(&s->heap, __ATOMIC_RELAXED); }
+inline void span_set_owner(Span* s, Heap* h) { __atomic_store_n(&s->heap, h, __ATOMIC_RELAXED); }
 inline void span_set_flags(Span* s, std::uint8_t flags) {
   s->flags = flags;
   if (on_valgrind()) {

@@ -261,6 +261,24 @@ struct Domain {
   // (that memory stays first-touch: the documented fallback).
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
+  // Span reclaim (process domain, heaps without a NUMA node): at thread exit
+  // the heap's spans go to a pool per class (FIFO,
+  // linked through Span::next, their heap orphan_span_heap()) and its span
+  // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
+  // a pooled span before it carves one, and its new_span carves in a free slot
+  // of an orphan chunk before it maps one.  The pool, and the slot bookkeeping
+  // of orphan chunks (free_slots, dirty_slots, active_spans), change only under
+  // the domain lock; a span taken from the pool is its taker's like any other.
+  // The heads are atomic for the refill's unlocked peek.  docs/design.md,
+  // "Span reclaim".
+  std::atomic<Span*> orphan_head[kNumClasses]{};
+  Span* orphan_tail[kNumClasses]{};
+  std::size_t orphan_spans = 0;
+  std::uint32_t orphan_class_spans[kNumClasses]{};  // spans in each class's pool
+  ChunkList orphan_chunks;
+  std::size_t orphan_dirty_slots = 0;  // free slots of orphan chunks not yet purged
+  std::uint64_t orphan_purge_ns = 0;    // decay of those
+  std::atomic<std::size_t> orphan_chunk_count{0};  // orphan_chunks.count, for the unlocked peek
 };
 
 extern Domain g_process_domain LCA_HIDDEN;
@@ -416,6 +434,13 @@ void init_recursive(pthread_mutex_t* m);
 void heap_collect_all(Heap* h, bool purge);
 // A new heap of d, linked into d->heaps (d's lock held).
 Heap* heap_create_locked(Domain* d);
+// Span reclaim, at thread exit (d's lock held, before heap_collect_all): h's
+// spans go to its domain's pool and its span chunks become orphan chunks (those
+// with no span left go to the domain's free chunks).
+void heap_orphan_spans_locked(Heap* h);
+// The heap of a span in the pool: no heap (and not nullptr, which a thread
+// without a heap has, nor no_fast_heap()).
+inline Heap* orphan_span_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{2}); }
 
 class DomainLock {
  public:
