@@ -1062,7 +1062,10 @@ struct TcClass {
 };
 
 struct ThreadCache {
-  SecureHeap* heap;
+  SecureHeap* heap;   // set by the owning thread
+  // A SecureAllocator heap's cache whose heap was destroyed (set under g_tc_lock
+  // by secure_heap_destroy): its entries name unmapped memory and are never used.
+  std::atomic<bool> orphaned;
   ThreadCache* next;  // in g_tc_list, or g_tc_pool when no thread has it
   ThreadCache* prev;
   // This thread's operations; written by it only (load and store), read by the
@@ -1073,6 +1076,22 @@ struct ThreadCache {
 
 ThreadCache* const kTcNone = reinterpret_cast<ThreadCache*>(std::uintptr_t{1});  // no cache, do not make one
 constinit thread_local ThreadCache* tls_tc __attribute__((tls_model("initial-exec"))) = nullptr;
+// The caches of SecureAllocator heaps ("instance caches"): a thread keeps one for
+// each of the last kTcInstances heaps it used (the oldest made goes back to its
+// heap when a fifth is needed).  A heap instance can be destroyed while threads
+// that used it still run: secure_heap_destroy marks their caches orphaned under
+// g_tc_lock, and every use of an instance cache that may race with it (thread
+// exit, eviction) holds g_tc_lock, taken before any class lock.  Memory: one
+// ThreadCache mapping (24 KiB, its pages touched as classes are used) per heap per
+// thread, pooled.  docs/design.md ("Secure heap") has the measurement.
+constexpr unsigned kTcInstances = 4;
+constinit thread_local ThreadCache* tls_tc_inst[kTcInstances] __attribute__((tls_model("initial-exec"))) = {};
+constinit thread_local unsigned tls_tc_inst_next __attribute__((tls_model("initial-exec"))) = 0;
+// No instance cache is made: one is being made (pthread_setspecific, os_map), or
+// the thread is exiting.
+constinit thread_local bool tls_tc_inst_off __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local bool tls_tc_inst_keyed __attribute__((tls_model("initial-exec"))) = false;
+constinit pthread_key_t g_tc_inst_key;
 constinit pthread_mutex_t g_tc_lock = PTHREAD_MUTEX_INITIALIZER;  // g_tc_list, g_tc_pool
 constinit ThreadCache* g_tc_list = nullptr;
 constinit ThreadCache* g_tc_pool = nullptr;
@@ -1134,13 +1153,18 @@ void tc_drain_all(SecureHeap* h, ThreadCache* tc) {
   }
 }
 
-// Under g_tc_lock: tc's counts move to its heap, and tc to the pool.
+// Under g_tc_lock: tc's counts move to its heap, and tc to the pool (an orphaned
+// cache's entries are dropped: its heap is gone).
 void tc_retire_locked(ThreadCache* tc) {
-  SecureHeap* h = tc->heap;
-  h->alloc_count.fetch_add(tc->allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->free_count.fetch_add(tc->frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->allocated_bytes.fetch_add(tc->alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->freed_bytes.fetch_add(tc->free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  if (tc->orphaned.load(std::memory_order_relaxed)) {
+    for (TcClass& t : tc->cls) t.n_ready = t.n_freed = 0;
+  } else {
+    SecureHeap* h = tc->heap;
+    h->alloc_count.fetch_add(tc->allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->free_count.fetch_add(tc->frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->allocated_bytes.fetch_add(tc->alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->freed_bytes.fetch_add(tc->free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   if (tc->prev)
     tc->prev->next = tc->next;
   else
@@ -1160,15 +1184,33 @@ void tc_thread_exit(void* value) {
   lca_mutex_unlock(&g_tc_lock);
 }
 
-void tc_make_key() { g_tc_key_ok = pthread_key_create(&g_tc_key, tc_thread_exit) == 0; }
+// Under g_tc_lock: an instance cache goes back to its heap (unless the heap was
+// destroyed) and to the pool.
+void tc_inst_release_locked(ThreadCache* tc) {
+  if (!tc->orphaned.load(std::memory_order_relaxed)) tc_drain_all(tc->heap, tc);
+  tc_retire_locked(tc);
+}
 
-// The calling thread's first operation on the process heap: its cache, or
-// nullptr (kTcNone stays when there cannot be one).
-__attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
-  tls_tc = kTcNone;  // while it is made: pthread_setspecific may call malloc
-  if (on_valgrind()) return nullptr;
-  pthread_once(&g_tc_key_once, tc_make_key);
-  if (!g_tc_key_ok) return nullptr;
+void tc_inst_thread_exit(void*) {
+  tls_tc_inst_off = true;
+  lca_mutex_lock(&g_tc_lock);
+  for (ThreadCache*& tc : tls_tc_inst)
+    if (tc) {
+      tc_inst_release_locked(tc);
+      tc = nullptr;
+    }
+  lca_mutex_unlock(&g_tc_lock);
+}
+
+void tc_make_key() {
+  g_tc_key_ok = pthread_key_create(&g_tc_key, tc_thread_exit) == 0 &&
+                pthread_key_create(&g_tc_inst_key, tc_inst_thread_exit) == 0;
+}
+
+// A cache for heap h, from the pool or mapped, empty, in no list; nullptr when
+// out of memory.  `charge`: its mapping counts in h's statistics (the process
+// heap; instance caches outlive their heaps in the pool).
+ThreadCache* tc_obtain(SecureHeap* h, bool charge) {
   lca_mutex_lock(&g_tc_lock);
   ThreadCache* tc = g_tc_pool;
   if (tc) g_tc_pool = tc->next;
@@ -1181,37 +1223,90 @@ __attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
   } else {
     std::size_t bytes = align_up(sizeof(ThreadCache), os_page_size());
     void* mem = os_map(bytes);
-    if (!mem) {
-      tls_tc = nullptr;  // try again later
-      return nullptr;
-    }
+    if (!mem) return nullptr;
     tc = new (mem) ThreadCache();
-    h->mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    if (charge) h->mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
   }
   tc->heap = h;
-  if (pthread_setspecific(g_tc_key, tc) != 0) {
-    lca_mutex_lock(&g_tc_lock);
-    tc->next = g_tc_pool;
-    g_tc_pool = tc;
-    lca_mutex_unlock(&g_tc_lock);
-    return nullptr;
-  }
-  lca_mutex_lock(&g_tc_lock);
+  tc->orphaned.store(false, std::memory_order_relaxed);
+  return tc;
+}
+
+// Under g_tc_lock: tc joins g_tc_list.
+void tc_link_locked(ThreadCache* tc) {
   tc->prev = nullptr;
   tc->next = g_tc_list;
   if (g_tc_list) g_tc_list->prev = tc;
   g_tc_list = tc;
+}
+
+void tc_pool_put(ThreadCache* tc) {
+  lca_mutex_lock(&g_tc_lock);
+  tc->next = g_tc_pool;
+  g_tc_pool = tc;
+  lca_mutex_unlock(&g_tc_lock);
+}
+
+// The calling thread's first operation on the process heap: its cache, or
+// nullptr (kTcNone stays when there cannot be one).
+__attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
+  tls_tc = kTcNone;  // while it is made: pthread_setspecific may call malloc
+  if (on_valgrind()) return nullptr;
+  pthread_once(&g_tc_key_once, tc_make_key);
+  if (!g_tc_key_ok) return nullptr;
+  ThreadCache* tc = tc_obtain(h, true);
+  if (!tc) {
+    tls_tc = nullptr;  // try again later
+    return nullptr;
+  }
+  if (pthread_setspecific(g_tc_key, tc) != 0) {
+    tc_pool_put(tc);
+    return nullptr;
+  }
+  lca_mutex_lock(&g_tc_lock);
+  tc_link_locked(tc);
   lca_mutex_unlock(&g_tc_lock);
   tls_tc = tc;
   return tc;
 }
 
-// The calling thread's cache for heap h, or nullptr (h is not the process heap).
+// The calling thread's first operation on heap instance h since it last had a
+// cache for it: a new cache (the oldest of the thread's goes back to its heap
+// when all kTcInstances are in use), or nullptr.
+__attribute__((noinline)) ThreadCache* tc_inst_create(SecureHeap* h) {
+  if (on_valgrind() || tls_tc_inst_off) return nullptr;
+  pthread_once(&g_tc_key_once, tc_make_key);
+  if (!g_tc_key_ok) return nullptr;
+  tls_tc_inst_off = true;  // while it is made: os_map, pthread_setspecific
+  ThreadCache* tc = nullptr;
+  if (!tls_tc_inst_keyed && pthread_setspecific(g_tc_inst_key, &tls_tc_inst) == 0) tls_tc_inst_keyed = true;
+  if (tls_tc_inst_keyed) tc = tc_obtain(h, false);
+  if (tc) {
+    unsigned i = 0;
+    while (i < kTcInstances && tls_tc_inst[i]) ++i;
+    if (i == kTcInstances) i = tls_tc_inst_next++ % kTcInstances;
+    lca_mutex_lock(&g_tc_lock);
+    if (tls_tc_inst[i]) tc_inst_release_locked(tls_tc_inst[i]);
+    tc_link_locked(tc);
+    lca_mutex_unlock(&g_tc_lock);
+    tls_tc_inst[i] = tc;
+  }
+  tls_tc_inst_off = false;
+  return tc;
+}
+
+__attribute__((noinline)) ThreadCache* tc_for_slow(SecureHeap* h) {
+  if (h == g_process_heap.load(std::memory_order_relaxed)) return tls_tc ? nullptr : tc_create(h);
+  for (ThreadCache* tc : tls_tc_inst)
+    if (tc && tc->heap == h && !tc->orphaned.load(std::memory_order_relaxed)) return tc;
+  return tc_inst_create(h);
+}
+
+// The calling thread's cache for heap h, or nullptr (none can be made).
 inline ThreadCache* tc_for(SecureHeap* h) {
   ThreadCache* tc = tls_tc;
-  if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1, 1)) return tc->heap == h ? tc : nullptr;
-  if (tc || h != g_process_heap.load(std::memory_order_relaxed)) return nullptr;
-  return tc_create(h);
+  if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1 && tc->heap == h, 1)) return tc;
+  return tc_for_slow(h);
 }
 
 // Under one lock: the class's waiting frees enter the quarantine and the cache
@@ -1383,6 +1478,17 @@ SecureHeap* secure_heap_create() {
 void secure_heap_destroy(SecureHeap* h) {
   if (!h) return;
   VgSerial serial;
+  // Threads' caches of this heap are orphaned (the calling thread's go back to
+  // the pool now; other threads' when they exit or need the place).
+  lca_mutex_lock(&g_tc_lock);
+  for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
+    if (tc->heap == h) tc->orphaned.store(true, std::memory_order_relaxed);
+  for (ThreadCache*& tc : tls_tc_inst)
+    if (tc && tc->heap == h) {
+      tc_retire_locked(tc);
+      tc = nullptr;
+    }
+  lca_mutex_unlock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
   if (h->prev)
     h->prev->next = h->next;
@@ -1660,9 +1766,10 @@ void secure_stats_fill(SecureHeap* h, lca_stats* out) {
     out->allocation_count += cs.allocs.load(std::memory_order_relaxed);
     out->free_count += cs.frees.load(std::memory_order_relaxed);
   }
-  if (h == g_process_heap.load(std::memory_order_relaxed)) {
+  {
     lca_mutex_lock(&g_tc_lock);
     for (ThreadCache* tc = g_tc_list; tc; tc = tc->next) {
+      if (tc->heap != h || tc->orphaned.load(std::memory_order_relaxed)) continue;
       out->total_allocated += tc->alloc_bytes.load(std::memory_order_relaxed);
       out->total_freed += tc->free_bytes.load(std::memory_order_relaxed);
       out->allocation_count += tc->allocs.load(std::memory_order_relaxed);
@@ -1723,30 +1830,38 @@ SecureHeap* secure_process_heap() {
   return expected;
 }
 
+// g_tc_lock first: it is held while instance caches go back to their heaps'
+// class locks (tc_inst_release_locked).
 void secure_prefork() {
+  lca_mutex_lock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_lock_all(h);
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
-  lca_mutex_lock(&g_tc_lock);
 }
 
 void secure_postfork_parent() {
-  lca_mutex_unlock(&g_tc_lock);
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_unlock_all(h);
   lca_mutex_unlock(&g_heaps_lock);
+  lca_mutex_unlock(&g_tc_lock);
 }
 
 // The child has only the thread that forked: the other threads' caches give their
 // slots back (every lock is still held) and go to the pool.
 void secure_postfork_child() {
-  ThreadCache* mine = tls_tc;
+  auto mine = [](const ThreadCache* tc) {
+    if (tc == tls_tc) return true;
+    for (const ThreadCache* t : tls_tc_inst)
+      if (t == tc) return true;
+    return false;
+  };
   for (ThreadCache* tc = g_tc_list; tc;) {
     ThreadCache* next = tc->next;
-    if (tc != mine) {
-      for (unsigned c = 0; c < kNumClasses; ++c) tc_drain_locked(tc->heap, tc, c, true, true);
+    if (!mine(tc)) {
+      if (!tc->orphaned.load(std::memory_order_relaxed))
+        for (unsigned c = 0; c < kNumClasses; ++c) tc_drain_locked(tc->heap, tc, c, true, true);
       tc_retire_locked(tc);
     }
     tc = next;
@@ -1769,8 +1884,9 @@ std::size_t secure_cached_ready(std::size_t size, void** out, std::size_t max) {
 std::size_t secure_cached_elsewhere() {
   std::size_t n = 0;
   lca_mutex_lock(&g_tc_lock);
+  SecureHeap* process = g_process_heap.load(std::memory_order_relaxed);
   for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
-    if (tc != tls_tc)
+    if (tc != tls_tc && tc->heap == process)
       for (const TcClass& t : tc->cls) n += t.n_ready + t.n_freed;
   lca_mutex_unlock(&g_tc_lock);
   return n;

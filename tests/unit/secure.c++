@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -927,6 +928,139 @@ START_TEST(test_write_after_free_process_heap) {
 }
 END_TEST
 
+// --- SecureAllocator heaps' thread caches -----------------------------------------------------
+// A thread keeps a cache for each of the last four SecureAllocator heaps it used
+// (secure.c++, "instance caches"); a heap may be destroyed while threads that used
+// it still run.
+
+START_TEST(test_instance_cache_outlives_its_heap) {
+  // A thread fills its cache of heap A (taken slots, buffered frees) and waits;
+  // A is destroyed; the thread then works on heap B -- perhaps at A's address --
+  // and exits.  Its stale cache of A is never used, B's counts balance, and B's
+  // blocks are sound.
+  std::atomic<int> phase{0};
+  std::atomic<int> failures{0};
+  auto* a = new SecureAllocator;
+  SecureAllocator* b = nullptr;
+  std::atomic<SecureAllocator*> b_ready{nullptr};
+  std::thread t([&] {
+    void* keep[8];
+    for (auto& k : keep) k = a->allocate(48);
+    for (int i = 0; i < 6; ++i) a->deallocate(keep[i]);  // in its free buffer
+    TEST_HAPPENS_BEFORE(&phase);
+    phase.store(1);
+    while (!b_ready.load()) std::this_thread::yield();
+    TEST_HAPPENS_AFTER(&b_ready);
+    SecureAllocator* heap = b_ready.load();
+    std::vector<char*> blocks;
+    for (std::size_t i = 0; i < scaled(3000); ++i) {
+      auto* p = static_cast<char*>(heap->allocate(48));
+      if (!p || !all_zero(p, 48)) failures.fetch_add(1);
+      std::memset(p, 0x61, 48);
+      blocks.push_back(p);
+      if (blocks.size() > 40) {
+        char* q = blocks.front();
+        blocks.erase(blocks.begin());
+        if (q[0] != 0x61 || q[47] != 0x61) failures.fetch_add(1);
+        heap->deallocate(q);
+      }
+    }
+    for (char* q : blocks) heap->deallocate(q);
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  TEST_HAPPENS_AFTER(&phase);
+  delete a;  // keep[6], keep[7] and the thread's cache of it go with it
+  b = new SecureAllocator;
+  TEST_HAPPENS_BEFORE(&b_ready);
+  b_ready.store(b);
+  t.join();
+  ck_assert_int_eq(failures.load(), 0);
+  auto s = b->get_stats();
+  ck_assert_uint_eq(s.allocation_count.load(), scaled(3000));
+  ck_assert_uint_eq(s.free_count.load(), scaled(3000));
+  ck_assert_uint_eq(s.active_allocations.load(), 0);
+  // The thread's cache of b went back at its exit: b's slots are all free again,
+  // so a new block of the class is zero and b can be destroyed cleanly.
+  void* p = b->allocate(48);
+  ck_assert(all_zero(p, 48));
+  b->deallocate(p);
+  delete b;
+}
+END_TEST
+
+START_TEST(test_instance_caches_many_heaps) {
+  // One thread works on six heaps in turn (more than the four caches it keeps):
+  // each cache that makes room goes back to its heap, every count balances, and
+  // a double free is found whichever cache holds the block.
+  constexpr int kHeaps = 6;
+  std::vector<std::unique_ptr<SecureAllocator>> heaps;
+  for (int i = 0; i < kHeaps; ++i) heaps.push_back(std::make_unique<SecureAllocator>());
+  std::vector<void*> live[kHeaps];
+  for (std::size_t round = 0; round < scaled(200); ++round)
+    for (int i = 0; i < kHeaps; ++i) {
+      live[i].push_back(heaps[i]->allocate(16 + round % 200));
+      if (live[i].size() > 10) {
+        heaps[i]->deallocate(live[i].front());
+        live[i].erase(live[i].begin());
+      }
+    }
+  for (int i = 0; i < kHeaps; ++i) {
+    auto s = heaps[i]->get_stats();
+    ck_assert_uint_eq(s.allocation_count.load(), scaled(200));
+    ck_assert_uint_eq(s.active_allocations.load(), live[i].size());
+  }
+  for (int i = 0; i < kHeaps; ++i) {
+    ASSERT_DEATH_MSG(([&] {
+                       void* p = live[i].front();
+                       heaps[i]->deallocate(p);
+                       for (int j = 0; j < kHeaps; ++j) heaps[j]->deallocate(heaps[j]->allocate(64));
+                       heaps[i]->deallocate(p);
+                     }),
+                     "Double free");
+    for (void* p : live[i]) heaps[i]->deallocate(p);
+    ck_assert_uint_eq(heaps[i]->get_stats().active_allocations.load(), 0);
+  }
+}
+END_TEST
+
+START_TEST(test_instance_caches_threads_share_a_heap) {
+  // 8 threads (more than the cores), each with its own cache of one heap, hand
+  // blocks to each other; after they exit every slot is back and the counts of
+  // the heap balance.  (Also in Valgrind mode, where there are no caches.)
+  SecureAllocator alloc;
+  constexpr int kThreads = 8;
+  const std::size_t rounds = scaled(10000);
+  std::vector<std::atomic<void*>> mailbox(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t)
+    ts.emplace_back([&, t] {
+      for (std::size_t i = 0; i < rounds; ++i) {
+        std::size_t size = 1 + (i * 131 + static_cast<std::size_t>(t) * 17) % 700;
+        auto* p = static_cast<unsigned char*>(alloc.allocate(size));
+        if (!p || !all_zero(p, size)) failures.fetch_add(1);
+        std::memset(p, t + 1, size);
+        if (void* old = mailbox[(t + 1) % kThreads].exchange(p, std::memory_order_acq_rel)) {
+          auto* o = static_cast<unsigned char*>(old);
+          if (o[0] == 0 || o[alloc.get_allocation_size(o) - 1] != o[0]) failures.fetch_add(1);
+          alloc.deallocate(old);
+        }
+      }
+      // Mid-run statistics are exact: they read every thread's cache counts.
+      auto s = alloc.get_stats();
+      if (s.allocation_count.load() < rounds || s.active_allocations.load() > kThreads * 2) failures.fetch_add(1);
+    });
+  for (auto& th : ts) th.join();
+  for (auto& m : mailbox)
+    if (void* p = m.load()) alloc.deallocate(p);
+  ck_assert_int_eq(failures.load(), 0);
+  auto s = alloc.get_stats();
+  ck_assert_uint_eq(s.allocation_count.load(), kThreads * rounds);
+  ck_assert_uint_eq(s.active_allocations.load(), 0);
+  ck_assert_uint_eq(s.total_freed.load(), s.total_allocated.load());
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("secure", &tc);
@@ -958,5 +1092,8 @@ int main() {
   tcase_add_test(tc, test_threads_cross_free_process_heap);
   tcase_add_test(tc, test_fork_child_takes_back_other_threads_caches);
   tcase_add_test(tc, test_write_after_free_process_heap);
+  tcase_add_test(tc, test_instance_cache_outlives_its_heap);
+  tcase_add_test(tc, test_instance_caches_many_heaps);
+  tcase_add_test(tc, test_instance_caches_threads_share_a_heap);
   return test_util::run_suite(s);
 }
