@@ -1046,9 +1046,10 @@ START_TEST(test_instance_caches_threads_share_a_heap) {
           alloc.deallocate(old);
         }
       }
-      // Mid-run statistics are exact: they read every thread's cache counts.
-      auto s = alloc.get_stats();
-      if (s.allocation_count.load() < rounds || s.active_allocations.load() > kThreads * 2) failures.fetch_add(1);
+      // Mid-run statistics read every thread's cache counts: at least this
+      // thread's allocations are in them.  (Not an exact balance: the other
+      // threads run on while the counts are summed.)
+      if (alloc.get_stats().allocation_count.load() < rounds) failures.fetch_add(1);
     });
   for (auto& th : ts) th.join();
   for (auto& m : mailbox)
