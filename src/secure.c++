@@ -1153,6 +1153,16 @@ void tc_drain_all(SecureHeap* h, ThreadCache* tc) {
   }
 }
 
+// Under g_tc_lock: tc leaves g_tc_list.
+void tc_unlink_locked(ThreadCache* tc) {
+  if (tc->prev)
+    tc->prev->next = tc->next;
+  else
+    g_tc_list = tc->next;
+  if (tc->next) tc->next->prev = tc->prev;
+  tc->prev = nullptr;
+}
+
 // Under g_tc_lock: tc's counts move to its heap, and tc to the pool (an orphaned
 // cache's entries are dropped: its heap is gone).
 void tc_retire_locked(ThreadCache* tc) {
@@ -1165,12 +1175,7 @@ void tc_retire_locked(ThreadCache* tc) {
     h->allocated_bytes.fetch_add(tc->alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
     h->freed_bytes.fetch_add(tc->free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
-  if (tc->prev)
-    tc->prev->next = tc->next;
-  else
-    g_tc_list = tc->next;
-  if (tc->next) tc->next->prev = tc->prev;
-  tc->prev = nullptr;
+  tc_unlink_locked(tc);
   tc->next = g_tc_pool;
   g_tc_pool = tc;
 }
@@ -1478,14 +1483,16 @@ SecureHeap* secure_heap_create() {
 void secure_heap_destroy(SecureHeap* h) {
   if (!h) return;
   VgSerial serial;
-  // Threads' caches of this heap are orphaned (the calling thread's go back to
-  // the pool now; other threads' when they exit or need the place).
+  // Threads' caches of this heap are orphaned: the calling thread's are unmapped
+  // now, other threads' go to the pool when they exit or need the place.
   lca_mutex_lock(&g_tc_lock);
   for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
     if (tc->heap == h) tc->orphaned.store(true, std::memory_order_relaxed);
   for (ThreadCache*& tc : tls_tc_inst)
     if (tc && tc->heap == h) {
-      tc_retire_locked(tc);
+      tc_unlink_locked(tc);
+      tc->~ThreadCache();
+      os_unmap(tc, align_up(sizeof(ThreadCache), os_page_size()));
       tc = nullptr;
     }
   lca_mutex_unlock(&g_tc_lock);
