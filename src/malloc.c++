@@ -20,6 +20,7 @@
 #include "numa.h++"
 #include "os.h++"
 #include "secure.h++"
+#include "secure_vg.h++"
 #include "stats.h++"
 #include "lifecycle.h++"
 #include "tcache.h++"
@@ -139,7 +140,9 @@ void* calloc_impl(std::size_t count, std::size_t size) {
     return nullptr;
   }
 #if CALLOC_SECURE
-  return secure_malloc(total, 16);  // secure blocks are zero-filled
+  void* z = secure_malloc(total, 16);  // secure blocks are zero-filled
+  if (secure_vg() && z) secure_vg_zeroed(z, total);  // which memcheck learns here
+  return z;
 #endif
 #if CALLOC_TRACKING
   if (track_active() && total > kLargeThreshold) {

@@ -50,6 +50,7 @@
 
 #include "os.h++"
 #include "report.h++"
+#include "secure_vg.h++"
 #include "vg.h++"
 
 namespace lca {
@@ -345,8 +346,11 @@ constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
 
 enum : std::uint8_t { kEmpty = 0, kLive = 1, kQuarantined = 2, kGone = 3 };
 
+// `key` is the block's address xor-ed with the meta secret: no table holds a plain
+// pointer to a live block (a forged entry is useless, and for memcheck's leak
+// check a block whose last pointer is lost is "definitely lost").
 struct LargeEntry {
-  std::uintptr_t user;
+  std::uintptr_t key;
   std::uintptr_t base;
   std::size_t map_size;
   std::size_t size;
@@ -367,14 +371,19 @@ constinit pthread_mutex_t g_large_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit LargeTable g_large{};
 
 inline std::size_t large_hash(std::uintptr_t u) { return static_cast<std::size_t>(mix64(u >> 4)); }
+// The key of the block at u, and the block of a key (a large block exists, so the
+// secrets do: large_find returns before calling it while the table is empty).
+inline std::uintptr_t large_key(std::uintptr_t u) { return u ^ heap_secrets().meta; }
+inline std::uintptr_t large_user(const LargeEntry& e) { return e.key ^ heap_secrets().meta; }
 
 LargeEntry* large_find(std::uintptr_t u) {
   if (!g_large.cap) return nullptr;
   std::size_t mask = g_large.cap - 1;
+  const std::uintptr_t key = large_key(u);
   for (std::size_t i = large_hash(u) & mask;; i = (i + 1) & mask) {
     LargeEntry* e = &g_large.slots[i];
     if (e->state == kEmpty) return nullptr;
-    if (e->state != kGone && e->user == u) return e;
+    if (e->state != kGone && e->key == key) return e;
   }
 }
 
@@ -388,7 +397,7 @@ bool large_reserve() {
   for (std::size_t i = 0; i < g_large.cap; ++i) {
     LargeEntry& e = g_large.slots[i];
     if (e.state != kLive && e.state != kQuarantined) continue;
-    for (std::size_t j = large_hash(e.user) & (cap - 1);; j = (j + 1) & (cap - 1))
+    for (std::size_t j = large_hash(large_user(e)) & (cap - 1);; j = (j + 1) & (cap - 1))
       if (slots[j].state == kEmpty) {
         slots[j] = e;
         break;
@@ -410,16 +419,25 @@ void large_check_slack(const LargeEntry& e) {
   std::size_t page = os_page_size();
   std::uint64_t c = canary_for(e.base);
   auto* data = reinterpret_cast<const unsigned char*>(e.base + page);
-  auto* user = reinterpret_cast<const unsigned char*>(e.user);
+  const std::uintptr_t u = large_user(e);
+  auto* user = reinterpret_cast<const unsigned char*>(u);
+  const unsigned char* end = reinterpret_cast<const unsigned char*>(e.base + e.map_size - page);
+  if (secure_vg()) {
+    secure_vg_own(data, static_cast<std::size_t>(user - data));
+    secure_vg_own(user + e.size, static_cast<std::size_t>(end - (user + e.size)));
+  }
   for (const unsigned char* q = data; q < user; ++q)
     if (*q != slack_byte(c, static_cast<std::size_t>(user - q)))
-      report_fatal("Canary corrupted", reinterpret_cast<const void*>(e.user),
+      report_fatal("Canary corrupted", reinterpret_cast<const void*>(u),
                    "a write before the start of a large block (underflow)");
-  const unsigned char* end = reinterpret_cast<const unsigned char*>(e.base + e.map_size - page);
   for (const unsigned char* q = user + e.size; q < end; ++q)
     if (*q != slack_byte(c, static_cast<std::size_t>(q - (user + e.size))))
-      report_fatal("Canary corrupted", reinterpret_cast<const void*>(e.user),
+      report_fatal("Canary corrupted", reinterpret_cast<const void*>(u),
                    "a write past the end of a large block (overflow)");
+  if (secure_vg()) {
+    secure_vg_disown(data, static_cast<std::size_t>(user - data));
+    secure_vg_disown(user + e.size, static_cast<std::size_t>(end - (user + e.size)));
+  }
 }
 
 void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
@@ -440,7 +458,7 @@ void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
   }
   std::uintptr_t end = reinterpret_cast<std::uintptr_t>(base) + page + data;
   std::uintptr_t user = (end - size) & ~(a - 1);
-  LargeEntry e{user, reinterpret_cast<std::uintptr_t>(base), map_size, size, h,
+  LargeEntry e{large_key(user), reinterpret_cast<std::uintptr_t>(base), map_size, size, h,
                static_cast<std::uint8_t>(a > 16 ? __builtin_ctzll(a) : 0), kLive};
   std::uint64_t c = canary_for(e.base);
   auto* d = reinterpret_cast<unsigned char*>(base + page);
@@ -470,6 +488,10 @@ void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
   h->large_live.fetch_add(1, std::memory_order_relaxed);
   h->allocated_bytes.fetch_add(size, std::memory_order_relaxed);
   h->alloc_count.fetch_add(1, std::memory_order_relaxed);
+  if (secure_vg()) {
+    secure_vg_disown(d, user - reinterpret_cast<std::uintptr_t>(d));  // the leading slack
+    secure_vg_allocated(reinterpret_cast<void*>(user), size, end - user);
+  }
   return reinterpret_cast<void*>(user);
 }
 
@@ -679,6 +701,8 @@ SlabMeta* open_slab(SecureHeap* h, unsigned c) {
     errno = ENOMEM;
     return nullptr;
   }
+  // Valgrind mode: its slots hold no block yet (a mapping is defined to memcheck).
+  if (c != 0 && secure_vg()) secure_vg_disown(slot_addr(m, k, 0), m->slab_bytes);
   s->active = true;
   m->open[k] = 1;
   s->free_slots = m->slots_per_slab;
@@ -752,8 +776,12 @@ inline int slot_of(const ChunkMeta* m, const void* p, std::uint32_t* g) {
 // (perf, 2026-12-04).
 void release_slot(ClassState* cs, ChunkMeta* m, std::uint32_t g, bool check) {
   std::uint32_t slab = div44(g, m->spp_inv), i = g - slab * m->slots_per_slab;
-  if (check && m->cls)
-    check_zero(slot_addr(m, slab, i), m->slot_size, "a freed block was written to while in quarantine");
+  if (check && m->cls) {
+    void* p = slot_addr(m, slab, i);
+    if (secure_vg()) secure_vg_own(p, m->slot_size);
+    check_zero(p, m->slot_size, "a freed block was written to while in quarantine");
+    if (secure_vg()) secure_vg_disown(p, m->slot_size);
+  }
   clear_bit(m->used, g);
   SlabMeta* s = &m->slabs[slab];
   ++s->free_slots;
@@ -885,7 +913,12 @@ void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log
   bump(cs->allocs, 1);
   bump(cs->alloc_bytes, size);
   lca_mutex_unlock(&cs->lock);
-  return hand_out(m, g, p, size, align_log);
+  if (!secure_vg()) return hand_out(m, g, p, size, align_log);
+  // Valgrind mode (no thread caches there: every allocation comes here).
+  if (c) secure_vg_own(p, m->slot_size);
+  hand_out(m, g, p, size, align_log);
+  secure_vg_allocated(p, size, m->slot_size);
+  return p;
 }
 
 // Where p is in chunk m: its global slot index; reports a pointer that is not
@@ -963,9 +996,7 @@ __attribute__((always_inline)) inline std::size_t free_claim(ChunkMeta* m, std::
   if (__builtin_expect(size != kAnySize || alignment != kAnyAlignment, 0))
     check_size_alignment(p, requested, info_align(m, g), size, alignment, what);
   check_canary(m, p, requested);
-  // The slot is the heap's again: out of helgrind's and DRD's race checking (the
-  // heap's lock is invisible to them in Valgrind mode, vg.h++).
-  if (on_valgrind()) vg_hide(p, m->slot_size);
+  // (Valgrind mode hides the slot from helgrind and DRD again: free_small_slow.)
   if (m->cls) wipe(p, requested + kCanary);  // the rest of the slot is zero already
   return requested;
 }
@@ -1031,7 +1062,10 @@ struct TcClass {
 };
 
 struct ThreadCache {
-  SecureHeap* heap;
+  SecureHeap* heap;   // set by the owning thread
+  // A SecureAllocator heap's cache whose heap was destroyed (set under g_tc_lock
+  // by secure_heap_destroy): its entries name unmapped memory and are never used.
+  std::atomic<bool> orphaned;
   ThreadCache* next;  // in g_tc_list, or g_tc_pool when no thread has it
   ThreadCache* prev;
   // This thread's operations; written by it only (load and store), read by the
@@ -1042,6 +1076,22 @@ struct ThreadCache {
 
 ThreadCache* const kTcNone = reinterpret_cast<ThreadCache*>(std::uintptr_t{1});  // no cache, do not make one
 constinit thread_local ThreadCache* tls_tc __attribute__((tls_model("initial-exec"))) = nullptr;
+// The caches of SecureAllocator heaps ("instance caches"): a thread keeps one for
+// each of the last kTcInstances heaps it used (the oldest made goes back to its
+// heap when a fifth is needed).  A heap instance can be destroyed while threads
+// that used it still run: secure_heap_destroy marks their caches orphaned under
+// g_tc_lock, and every use of an instance cache that may race with it (thread
+// exit, eviction) holds g_tc_lock, taken before any class lock.  Memory: one
+// ThreadCache mapping (24 KiB, its pages touched as classes are used) per heap per
+// thread, pooled.  docs/design.md ("Secure heap") has the measurement.
+constexpr unsigned kTcInstances = 4;
+constinit thread_local ThreadCache* tls_tc_inst[kTcInstances] __attribute__((tls_model("initial-exec"))) = {};
+constinit thread_local unsigned tls_tc_inst_next __attribute__((tls_model("initial-exec"))) = 0;
+// No instance cache is made: one is being made (pthread_setspecific, os_map), or
+// the thread is exiting.
+constinit thread_local bool tls_tc_inst_off __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local bool tls_tc_inst_keyed __attribute__((tls_model("initial-exec"))) = false;
+constinit pthread_key_t g_tc_inst_key;
 constinit pthread_mutex_t g_tc_lock = PTHREAD_MUTEX_INITIALIZER;  // g_tc_list, g_tc_pool
 constinit ThreadCache* g_tc_list = nullptr;
 constinit ThreadCache* g_tc_pool = nullptr;
@@ -1103,19 +1153,29 @@ void tc_drain_all(SecureHeap* h, ThreadCache* tc) {
   }
 }
 
-// Under g_tc_lock: tc's counts move to its heap, and tc to the pool.
-void tc_retire_locked(ThreadCache* tc) {
-  SecureHeap* h = tc->heap;
-  h->alloc_count.fetch_add(tc->allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->free_count.fetch_add(tc->frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->allocated_bytes.fetch_add(tc->alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  h->freed_bytes.fetch_add(tc->free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+// Under g_tc_lock: tc leaves g_tc_list.
+void tc_unlink_locked(ThreadCache* tc) {
   if (tc->prev)
     tc->prev->next = tc->next;
   else
     g_tc_list = tc->next;
   if (tc->next) tc->next->prev = tc->prev;
   tc->prev = nullptr;
+}
+
+// Under g_tc_lock: tc's counts move to its heap, and tc to the pool (an orphaned
+// cache's entries are dropped: its heap is gone).
+void tc_retire_locked(ThreadCache* tc) {
+  if (tc->orphaned.load(std::memory_order_relaxed)) {
+    for (TcClass& t : tc->cls) t.n_ready = t.n_freed = 0;
+  } else {
+    SecureHeap* h = tc->heap;
+    h->alloc_count.fetch_add(tc->allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->free_count.fetch_add(tc->frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->allocated_bytes.fetch_add(tc->alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    h->freed_bytes.fetch_add(tc->free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+  tc_unlink_locked(tc);
   tc->next = g_tc_pool;
   g_tc_pool = tc;
 }
@@ -1129,15 +1189,33 @@ void tc_thread_exit(void* value) {
   lca_mutex_unlock(&g_tc_lock);
 }
 
-void tc_make_key() { g_tc_key_ok = pthread_key_create(&g_tc_key, tc_thread_exit) == 0; }
+// Under g_tc_lock: an instance cache goes back to its heap (unless the heap was
+// destroyed) and to the pool.
+void tc_inst_release_locked(ThreadCache* tc) {
+  if (!tc->orphaned.load(std::memory_order_relaxed)) tc_drain_all(tc->heap, tc);
+  tc_retire_locked(tc);
+}
 
-// The calling thread's first operation on the process heap: its cache, or
-// nullptr (kTcNone stays when there cannot be one).
-__attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
-  tls_tc = kTcNone;  // while it is made: pthread_setspecific may call malloc
-  if (on_valgrind()) return nullptr;
-  pthread_once(&g_tc_key_once, tc_make_key);
-  if (!g_tc_key_ok) return nullptr;
+void tc_inst_thread_exit(void*) {
+  tls_tc_inst_off = true;
+  lca_mutex_lock(&g_tc_lock);
+  for (ThreadCache*& tc : tls_tc_inst)
+    if (tc) {
+      tc_inst_release_locked(tc);
+      tc = nullptr;
+    }
+  lca_mutex_unlock(&g_tc_lock);
+}
+
+void tc_make_key() {
+  g_tc_key_ok = pthread_key_create(&g_tc_key, tc_thread_exit) == 0 &&
+                pthread_key_create(&g_tc_inst_key, tc_inst_thread_exit) == 0;
+}
+
+// A cache for heap h, from the pool or mapped, empty, in no list; nullptr when
+// out of memory.  `charge`: its mapping counts in h's statistics (the process
+// heap; instance caches outlive their heaps in the pool).
+ThreadCache* tc_obtain(SecureHeap* h, bool charge) {
   lca_mutex_lock(&g_tc_lock);
   ThreadCache* tc = g_tc_pool;
   if (tc) g_tc_pool = tc->next;
@@ -1150,37 +1228,90 @@ __attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
   } else {
     std::size_t bytes = align_up(sizeof(ThreadCache), os_page_size());
     void* mem = os_map(bytes);
-    if (!mem) {
-      tls_tc = nullptr;  // try again later
-      return nullptr;
-    }
+    if (!mem) return nullptr;
     tc = new (mem) ThreadCache();
-    h->mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    if (charge) h->mapped_bytes.fetch_add(bytes, std::memory_order_relaxed);
   }
   tc->heap = h;
-  if (pthread_setspecific(g_tc_key, tc) != 0) {
-    lca_mutex_lock(&g_tc_lock);
-    tc->next = g_tc_pool;
-    g_tc_pool = tc;
-    lca_mutex_unlock(&g_tc_lock);
-    return nullptr;
-  }
-  lca_mutex_lock(&g_tc_lock);
+  tc->orphaned.store(false, std::memory_order_relaxed);
+  return tc;
+}
+
+// Under g_tc_lock: tc joins g_tc_list.
+void tc_link_locked(ThreadCache* tc) {
   tc->prev = nullptr;
   tc->next = g_tc_list;
   if (g_tc_list) g_tc_list->prev = tc;
   g_tc_list = tc;
+}
+
+void tc_pool_put(ThreadCache* tc) {
+  lca_mutex_lock(&g_tc_lock);
+  tc->next = g_tc_pool;
+  g_tc_pool = tc;
+  lca_mutex_unlock(&g_tc_lock);
+}
+
+// The calling thread's first operation on the process heap: its cache, or
+// nullptr (kTcNone stays when there cannot be one).
+__attribute__((noinline)) ThreadCache* tc_create(SecureHeap* h) {
+  tls_tc = kTcNone;  // while it is made: pthread_setspecific may call malloc
+  if (on_valgrind()) return nullptr;
+  pthread_once(&g_tc_key_once, tc_make_key);
+  if (!g_tc_key_ok) return nullptr;
+  ThreadCache* tc = tc_obtain(h, true);
+  if (!tc) {
+    tls_tc = nullptr;  // try again later
+    return nullptr;
+  }
+  if (pthread_setspecific(g_tc_key, tc) != 0) {
+    tc_pool_put(tc);
+    return nullptr;
+  }
+  lca_mutex_lock(&g_tc_lock);
+  tc_link_locked(tc);
   lca_mutex_unlock(&g_tc_lock);
   tls_tc = tc;
   return tc;
 }
 
-// The calling thread's cache for heap h, or nullptr (h is not the process heap).
+// The calling thread's first operation on heap instance h since it last had a
+// cache for it: a new cache (the oldest of the thread's goes back to its heap
+// when all kTcInstances are in use), or nullptr.
+__attribute__((noinline)) ThreadCache* tc_inst_create(SecureHeap* h) {
+  if (on_valgrind() || tls_tc_inst_off) return nullptr;
+  pthread_once(&g_tc_key_once, tc_make_key);
+  if (!g_tc_key_ok) return nullptr;
+  tls_tc_inst_off = true;  // while it is made: os_map, pthread_setspecific
+  ThreadCache* tc = nullptr;
+  if (!tls_tc_inst_keyed && pthread_setspecific(g_tc_inst_key, &tls_tc_inst) == 0) tls_tc_inst_keyed = true;
+  if (tls_tc_inst_keyed) tc = tc_obtain(h, false);
+  if (tc) {
+    unsigned i = 0;
+    while (i < kTcInstances && tls_tc_inst[i]) ++i;
+    if (i == kTcInstances) i = tls_tc_inst_next++ % kTcInstances;
+    lca_mutex_lock(&g_tc_lock);
+    if (tls_tc_inst[i]) tc_inst_release_locked(tls_tc_inst[i]);
+    tc_link_locked(tc);
+    lca_mutex_unlock(&g_tc_lock);
+    tls_tc_inst[i] = tc;
+  }
+  tls_tc_inst_off = false;
+  return tc;
+}
+
+__attribute__((noinline)) ThreadCache* tc_for_slow(SecureHeap* h) {
+  if (h == g_process_heap.load(std::memory_order_relaxed)) return tls_tc ? nullptr : tc_create(h);
+  for (ThreadCache* tc : tls_tc_inst)
+    if (tc && tc->heap == h && !tc->orphaned.load(std::memory_order_relaxed)) return tc;
+  return tc_inst_create(h);
+}
+
+// The calling thread's cache for heap h, or nullptr (none can be made).
 inline ThreadCache* tc_for(SecureHeap* h) {
   ThreadCache* tc = tls_tc;
-  if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1, 1)) return tc->heap == h ? tc : nullptr;
-  if (tc || h != g_process_heap.load(std::memory_order_relaxed)) return nullptr;
-  return tc_create(h);
+  if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1 && tc->heap == h, 1)) return tc;
+  return tc_for_slow(h);
 }
 
 // Under one lock: the class's waiting frees enter the quarantine and the cache
@@ -1351,6 +1482,20 @@ SecureHeap* secure_heap_create() {
 
 void secure_heap_destroy(SecureHeap* h) {
   if (!h) return;
+  VgSerial serial;
+  // Threads' caches of this heap are orphaned: the calling thread's are unmapped
+  // now, other threads' go to the pool when they exit or need the place.
+  lca_mutex_lock(&g_tc_lock);
+  for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
+    if (tc->heap == h) tc->orphaned.store(true, std::memory_order_relaxed);
+  for (ThreadCache*& tc : tls_tc_inst)
+    if (tc && tc->heap == h) {
+      tc_unlink_locked(tc);
+      tc->~ThreadCache();
+      os_unmap(tc, align_up(sizeof(ThreadCache), os_page_size()));
+      tc = nullptr;
+    }
+  lca_mutex_unlock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
   if (h->prev)
     h->prev->next = h->next;
@@ -1361,6 +1506,12 @@ void secure_heap_destroy(SecureHeap* h) {
   for (auto& cs : h->classes) {
     for (ChunkMeta* m = cs.chunks; m;) {
       ChunkMeta* next = m->next;
+      // Valgrind mode: its live blocks go with it, for memcheck too.
+      if (secure_vg())
+        for (std::uint32_t k = 0; k < m->nslabs; ++k)
+          if (m->slabs[k].active)
+            for (std::uint32_t i = 0; i < m->slots_per_slab; ++i)
+              if (state_of(m, k * m->slots_per_slab + i) == kLiveBlock) secure_vg_forgotten(slot_addr(m, k, i));
       if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
         slot->store(0, std::memory_order_release);
       os_unmap(m->base, kSecChunk);
@@ -1374,6 +1525,7 @@ void secure_heap_destroy(SecureHeap* h) {
   for (std::size_t i = 0; i < g_large.cap; ++i) {
     LargeEntry& e = g_large.slots[i];
     if ((e.state == kLive || e.state == kQuarantined) && e.heap == h) {
+      if (e.state == kLive && secure_vg()) secure_vg_forgotten(reinterpret_cast<void*>(large_user(e)));
       os_unmap(reinterpret_cast<void*>(e.base), e.map_size);
       e.state = kGone;
       --g_large.count;
@@ -1389,6 +1541,7 @@ void secure_heap_destroy(SecureHeap* h) {
 
 void* secure_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
   vg_init();
+  VgSerial serial;
   if (!is_power_of_two(alignment)) {
     errno = EINVAL;
     return nullptr;
@@ -1412,7 +1565,6 @@ void* secure_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
     p = c < kNumClasses ? slab_alloc(h, c, size, align_log) : large_alloc(h, size, alignment);
     if (!p) errno = ENOMEM;
   }
-  if (on_valgrind() && p && size) vg_show_clean(p, size);
   return p;
 }
 
@@ -1428,9 +1580,22 @@ namespace {
 // A free that the calling thread's cache cannot take without a lock: no cache
 // yet (made here), a full list of frees, another heap's block; and large blocks
 // (false when p is not one).  errno is kept (os calls on these paths).
-__attribute__((noinline)) void free_small_slow(ChunkMeta* m, std::uint32_t g, void* p, std::size_t size,
-                                               std::size_t alignment, const char* what) {
+__attribute__((noinline)) void free_small_slow(ChunkMeta* m, void* p, std::size_t size, std::size_t alignment,
+                                               const char* what) {
   int saved = errno;
+  if (secure_vg()) {
+    // Valgrind mode: memcheck's report first, then the heap's checks, which read
+    // the canary and wipe the block as the heap's own accesses.
+    VgSerial serial;
+    secure_vg_freeing(p);
+    std::uint32_t g = slot_index(m, p, true, what);
+    if (m->cls) secure_vg_own(p, m->slot_size);
+    slab_free(m, g, p, size, alignment, what);
+    secure_vg_freed(p, m->slot_size);
+    errno = saved;
+    return;
+  }
+  std::uint32_t g = slot_index(m, p, true, what);
   SecureHeap* h = m->heap;
   if (ThreadCache* tc = tc_for(h))
     tc_free(h, tc, m->cls, p, free_claim(m, g, p, size, alignment, what));
@@ -1440,6 +1605,15 @@ __attribute__((noinline)) void free_small_slow(ChunkMeta* m, std::uint32_t g, vo
 }
 __attribute__((noinline)) bool free_large(void* p, std::size_t size, std::size_t alignment, const char* what) {
   int saved = errno;
+  VgSerial serial;
+  if (secure_vg()) {
+    // memcheck's report first -- of a secure block only: any other pointer goes to
+    // the core heap, which tells memcheck itself.
+    lca_mutex_lock(&g_large_lock);
+    bool ours = large_find(reinterpret_cast<std::uintptr_t>(p)) != nullptr;
+    lca_mutex_unlock(&g_large_lock);
+    if (ours) secure_vg_freeing(p);
+  }
   bool mine = large_free(p, size, alignment, what);
   errno = saved;
   return mine;
@@ -1459,16 +1633,16 @@ __attribute__((noinline)) void* process_alloc_slow(std::size_t size, std::size_t
 // slow cases in noinline functions).
 bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, const char* what) {
   if (ChunkMeta* m = chunk_lookup(p)) {
-    std::uint32_t g = slot_index(m, p, true, what);
-    ThreadCache* tc = tls_tc;
+    ThreadCache* tc = tls_tc;  // never a cache in Valgrind mode
     if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1 && tc->heap == m->heap, 1)) {
       const unsigned c = m->cls;
       if (__builtin_expect(tc->cls[c].n_freed < kTcCaps.cap[c], 1)) {
+        std::uint32_t g = slot_index(m, p, true, what);
         tc_free(m->heap, tc, c, p, free_claim(m, g, p, size, alignment, what));
         return true;
       }
     }
-    free_small_slow(m, g, p, size, alignment, what);
+    free_small_slow(m, p, size, alignment, what);
     return true;
   }
   return free_large(p, size, alignment, what);
@@ -1485,6 +1659,7 @@ void* secure_process_alloc(std::size_t size, std::size_t alignment) {
 }
 
 bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* what) {
+  VgSerial serial;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, what);
     ClassState* cs = &m->heap->classes[m->cls];
@@ -1508,29 +1683,35 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
 
 // In place when the new size needs the same class (the canary moves).
 bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
+  VgSerial serial;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "realloc");
     ClassState* cs = &m->heap->classes[m->cls];
     lca_mutex_lock(&cs->lock);
     require_live(m, g, p, false, "realloc");
     std::size_t old = info_size(m, g);
+    // Valgrind mode: the canary and the rest of the slot are the heap's for the
+    // resize (the block's own bytes keep what memcheck knows of them).
+    const bool vg = secure_vg() && m->cls;
+    if (vg) secure_vg_own(static_cast<char*>(p) + old, m->slot_size - old);
     check_canary(m, p, old);
     unsigned align_log = info_align(m, g);
     if (m->cls == 0 || size == 0 || class_for_request(size, align_log ? std::size_t{1} << align_log : 16) != m->cls) {
+      if (vg) secure_vg_disown(static_cast<char*>(p) + old, m->slot_size - old);
       lca_mutex_unlock(&cs->lock);
       *out = nullptr;
       return true;
     }
     char* c = static_cast<char*>(p);
     std::size_t lo = old < size ? old : size;
-    if (size < old) vg_hide(c + size, old - size);
+    if (vg && size < old) secure_vg_own(c + size, old - size);
     std::memset(c + lo, 0, old + kCanary - lo);
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
     m->info[g].size = static_cast<std::uint16_t>(size);
     lca_mutex_unlock(&cs->lock);
     m->heap->realloc_in_place.fetch_add(1, std::memory_order_relaxed);
-    if (size > old) vg_show_clean(c + old, size - old);
+    if (vg) secure_vg_resized(p, old, size, m->slot_size);
     *out = p;
     return true;
   }
@@ -1550,6 +1731,7 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
 }
 
 bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out) {
+  VgSerial serial;
   void* same;
   if (!secure_resize_in_place_if_secure(p, size, &same)) return false;
   if (same) {
@@ -1591,9 +1773,10 @@ void secure_stats_fill(SecureHeap* h, lca_stats* out) {
     out->allocation_count += cs.allocs.load(std::memory_order_relaxed);
     out->free_count += cs.frees.load(std::memory_order_relaxed);
   }
-  if (h == g_process_heap.load(std::memory_order_relaxed)) {
+  {
     lca_mutex_lock(&g_tc_lock);
     for (ThreadCache* tc = g_tc_list; tc; tc = tc->next) {
+      if (tc->heap != h || tc->orphaned.load(std::memory_order_relaxed)) continue;
       out->total_allocated += tc->alloc_bytes.load(std::memory_order_relaxed);
       out->total_freed += tc->free_bytes.load(std::memory_order_relaxed);
       out->allocation_count += tc->allocs.load(std::memory_order_relaxed);
@@ -1611,6 +1794,7 @@ void secure_stats_fill(SecureHeap* h, lca_stats* out) {
 }
 
 void secure_trim(SecureHeap* h) {
+  VgSerial serial;
   // The caller's cached slots go back first (other threads' caches are theirs).
   if (ThreadCache* tc = tc_for(h)) tc_drain_all(h, tc);
   // Quarantined slots are checked and freed, empty chunks unmapped.
@@ -1653,30 +1837,38 @@ SecureHeap* secure_process_heap() {
   return expected;
 }
 
+// g_tc_lock first: it is held while instance caches go back to their heaps'
+// class locks (tc_inst_release_locked).
 void secure_prefork() {
+  lca_mutex_lock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_lock_all(h);
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
-  lca_mutex_lock(&g_tc_lock);
 }
 
 void secure_postfork_parent() {
-  lca_mutex_unlock(&g_tc_lock);
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_unlock_all(h);
   lca_mutex_unlock(&g_heaps_lock);
+  lca_mutex_unlock(&g_tc_lock);
 }
 
 // The child has only the thread that forked: the other threads' caches give their
 // slots back (every lock is still held) and go to the pool.
 void secure_postfork_child() {
-  ThreadCache* mine = tls_tc;
+  auto mine = [](const ThreadCache* tc) {
+    if (tc == tls_tc) return true;
+    for (const ThreadCache* t : tls_tc_inst)
+      if (t == tc) return true;
+    return false;
+  };
   for (ThreadCache* tc = g_tc_list; tc;) {
     ThreadCache* next = tc->next;
-    if (tc != mine) {
-      for (unsigned c = 0; c < kNumClasses; ++c) tc_drain_locked(tc->heap, tc, c, true, true);
+    if (!mine(tc)) {
+      if (!tc->orphaned.load(std::memory_order_relaxed))
+        for (unsigned c = 0; c < kNumClasses; ++c) tc_drain_locked(tc->heap, tc, c, true, true);
       tc_retire_locked(tc);
     }
     tc = next;
@@ -1699,8 +1891,9 @@ std::size_t secure_cached_ready(std::size_t size, void** out, std::size_t max) {
 std::size_t secure_cached_elsewhere() {
   std::size_t n = 0;
   lca_mutex_lock(&g_tc_lock);
+  SecureHeap* process = g_process_heap.load(std::memory_order_relaxed);
   for (ThreadCache* tc = g_tc_list; tc; tc = tc->next)
-    if (tc != tls_tc)
+    if (tc != tls_tc && tc->heap == process)
       for (const TcClass& t : tc->cls) n += t.n_ready + t.n_freed;
   lca_mutex_unlock(&g_tc_lock);
   return n;

@@ -7,7 +7,8 @@
 # block's size and the user's function in the stack -- and, for a correct program,
 # "ERROR SUMMARY: 0 errors" with no leak.  libcalloc's own malloc runs
 # (--soname-synonyms=somalloc=nouserintercepts: Valgrind must not replace it), so
-# what is tested is libcalloc's Valgrind mode (src/vg.h++).  One run uses
+# what is tested is libcalloc's Valgrind mode (src/vg.h++; the hardened heap's,
+# src/secure_vg.h++, for a SecureAllocator and for malloc in the secure build).  One run uses
 # lca_malloc under plain `valgrind' (no option), as a user would.
 #
 # Skips (77) in ASan and TSan builds, when valgrind is not installed or the
@@ -25,14 +26,9 @@ case " ${CALLOC_SANITIZERS:-} " in
     exit 77 ;;
 esac
 
-# Issue 13: the secure build's malloc is the hardened heap, which does its own
-# checking (tests/integration/secure-malloc.sh) and does not describe its blocks
-# to Valgrind.
-if grep -q '^#define CALLOC_SECURE 1' "$top_builddir/config.h" 2>/dev/null; then
-  echo "SKIP: built with --enable-secure: malloc is the hardened heap, which checks misuse itself (secure-malloc.sh) and registers no blocks with Valgrind"
-  exit 77
-fi
-
+# Issue 13: with --enable-secure, malloc is the hardened heap, which describes
+# its blocks to Valgrind as the core heap does (src/secure_vg.h++): the same
+# checks hold there, and the secure-* runs check a SecureAllocator in every build.
 if test "${CALLOC_VALGRIND_BUILT:-1}" != 1; then
   echo "SKIP: built without --enable-valgrind-annotations"
   exit 77
@@ -132,6 +128,37 @@ expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are pos
 run lca-uaf --leak-check=full
 expect "Invalid read of size 1" "is 39 bytes inside a block of size 40 free'd" "use_after_free_lca"
 expect_not "definitely lost"
+
+# The hardened heap (SecureAllocator; malloc's too with --enable-secure): its own
+# checks abort on the overflow and the double free, after memcheck's report.
+run secure-clean $vg
+expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are possible"
+
+run secure-overflow $vg
+expect "Invalid write of size 1" "is 0 bytes after a block of size 40 alloc'd" "secure_overflow" \
+  "libcalloc: Canary corrupted"
+
+run secure-canary-read $vg
+expect "Invalid read of size 1" "is 1 bytes after a block of size 40 alloc'd" "secure_canary_read"
+
+run secure-uaf $vg
+expect "Invalid read of size 1" "is 10 bytes inside a block of size 72 free'd" "secure_use_after_free"
+
+run secure-uaf-large $vg
+expect "Invalid read of size 1" "is 1,000 bytes inside a block of size 300,000 free'd" \
+  "secure_use_after_free_large"
+
+run secure-leak $vg
+expect "56 bytes in 1 blocks are definitely lost" "250,000 bytes in 1 blocks are definitely lost" "secure_leak"
+
+run secure-uninitialised $vg
+expect "Conditional jump or move depends on uninitialised value" "secure_read_uninitialised"
+
+run secure-double-free $vg
+expect "Invalid free()" "secure_free_twice" "libcalloc: Double free of"
+
+run secure-destroyed $vg
+expect "ERROR SUMMARY: 0 errors" "All heap blocks were freed -- no leaks are possible"
 
 # helgrind: libcalloc serialises itself in Valgrind mode with a lock helgrind
 # does not see and hides its own memory from it, so a correct threaded program

@@ -3,7 +3,11 @@
 //
 //   buggy KIND    KIND: clean, use-after-free, overflow, leak, leak-big, uninitialised,
 //                 double-free, interior-free, heap-uaf, heap-destroyed, lca-uaf,
-//                 threads-clean, race, race-malloc (these three for helgrind)
+//                 threads-clean, race, race-malloc (these three for helgrind),
+//                 secure-clean, secure-overflow, secure-canary-read, secure-uaf,
+//                 secure-uaf-large, secure-leak, secure-uninitialised,
+//                 secure-double-free, secure-destroyed (a SecureAllocator's blocks:
+//                 the hardened heap, in every build)
 //
 // Each bug sits in a function of its own, named after it, so that the script can
 // check that memcheck's report shows the user's function in the stack.  The
@@ -11,6 +15,7 @@
 // malloc and operator new are libcalloc's; without it the plain-malloc cases use
 // lca_malloc/lca_free instead.
 #include <custom_alloc/memory_allocator.h++>
+#include <custom_alloc/secure_allocator.h++>
 #include <libcalloc.h>
 
 #include <pthread.h>
@@ -118,6 +123,102 @@ __attribute__((noinline)) int use_after_free_lca() {
   std::memset(const_cast<char*>(p), 9, 40);
   lca_free(const_cast<char*>(p));
   return p[39];  // BUG: read after free (lca_malloc is never intercepted by Valgrind)
+}
+
+// The same bugs on a SecureAllocator (issue 13): memcheck must see them as on
+// the core heap, although the hardened heap checks misuse itself.  The heap is a
+// global one, never destroyed, so that its leaked blocks stay leaked.
+custom_alloc::SecureAllocator& secure_heap() {
+  static auto* heap = new custom_alloc::SecureAllocator;
+  return *heap;
+}
+
+__attribute__((noinline)) void secure_overflow() {
+  auto* p = opaque(static_cast<volatile char*>(secure_heap().allocate(40)));
+  p[40] = 1;  // BUG: one byte past the end (onto the canary: the free aborts too)
+  secure_heap().deallocate(const_cast<char*>(p));
+}
+
+__attribute__((noinline)) int secure_canary_read() {
+  auto* p = opaque(static_cast<volatile char*>(secure_heap().allocate(40)));
+  std::memset(const_cast<char*>(p), 1, 40);
+  int r = p[41];  // BUG: reads the canary after the block
+  secure_heap().deallocate(const_cast<char*>(p));
+  return r;
+}
+
+__attribute__((noinline)) int secure_use_after_free() {
+  auto* p = opaque(static_cast<volatile char*>(secure_heap().allocate(72)));
+  std::memset(const_cast<char*>(p), 7, 72);
+  secure_heap().deallocate(const_cast<char*>(p));
+  return p[10];  // BUG: read after free (the block waits in the quarantine)
+}
+
+__attribute__((noinline)) int secure_use_after_free_large() {
+  auto* p = opaque(static_cast<volatile char*>(secure_heap().allocate(300000)));
+  std::memset(const_cast<char*>(p), 7, 300000);
+  secure_heap().deallocate(const_cast<char*>(p));
+  return p[1000];  // BUG: read after free (memcheck reports it, then the read faults)
+}
+
+__attribute__((noinline)) void secure_leak() {
+  g_leak_sink = opaque(secure_heap().allocate(56));
+  static_cast<char*>(g_leak_sink)[0] = 1;
+  g_leak_sink = opaque(secure_heap().allocate(250000));
+  static_cast<char*>(g_leak_sink)[0] = 1;
+  g_leak_sink = nullptr;  // BUG: the only pointers to both blocks are gone
+}
+
+__attribute__((noinline)) int secure_read_uninitialised() {
+  auto* p = opaque(static_cast<volatile char*>(secure_heap().allocate(24)));
+  int r = 0;
+  // BUG: p[5] was never written (the hardened heap zeroes fresh blocks, but a
+  // program may not rely on that: memcheck reports it as for malloc)
+  if (p[5] == 42) {
+    std::puts("forty-two");
+    r = 1;
+  }
+  secure_heap().deallocate(const_cast<char*>(p));
+  return r;
+}
+
+__attribute__((noinline)) void secure_free_twice() {
+  void* p = opaque(secure_heap().allocate(24));
+  secure_heap().deallocate(p);
+  secure_heap().deallocate(opaque(p));  // BUG: double free
+}
+
+// Not a bug: a SecureAllocator destroyed with blocks in it frees them all.
+__attribute__((noinline)) void secure_destroyed_with_blocks() {
+  custom_alloc::SecureAllocator heap;
+  for (int i = 0; i < 100; i++) static_cast<char*>(heap.allocate(16 + 37 * i))[0] = 1;
+  static_cast<char*>(heap.allocate(3 << 20))[0] = 1;  // a large block too
+}
+
+// A correct program on a SecureAllocator: every size tier, realloc in place and
+// moving, freed blocks reused.
+__attribute__((noinline)) int secure_correct_program() {
+  custom_alloc::SecureAllocator heap;
+  std::vector<char*> blocks;
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < 200; i++) {
+      std::size_t size = static_cast<std::size_t>(i) * 331 % 70000 + 1;
+      auto* p = static_cast<char*>(heap.allocate(size));
+      if (!p) return 1;
+      std::memset(p, i & 255, size);
+      blocks.push_back(p);
+    }
+    for (std::size_t i = 0; i < blocks.size(); i++) {
+      std::size_t size = i % 200 * 331 % 70000 + 1;
+      auto* q = static_cast<char*>(heap.reallocate(blocks[i], size + 3));  // in place, mostly
+      if (!q || q[size - 1] != static_cast<char>(i % 200 & 255)) return 1;
+      q[size + 2] = 0;
+      blocks[i] = q;
+    }
+    for (char* p : blocks) heap.deallocate(p);
+    blocks.clear();
+  }
+  return 0;
 }
 
 // For helgrind.  Not a bug: six threads (more than the machine's cores) allocate
@@ -267,6 +368,15 @@ int main(int argc, char** argv) {
   if (kind == "heap-destroyed") heap_destroyed_with_blocks();
   if (kind == "lca-uaf") return use_after_free_lca() == 99;
   if (kind == "threads-clean") return threads_handing_blocks_over();
+  if (kind == "secure-clean") return secure_correct_program();
+  if (kind == "secure-overflow") secure_overflow();
+  if (kind == "secure-canary-read") return secure_canary_read();
+  if (kind == "secure-uaf") return secure_use_after_free() == 99;
+  if (kind == "secure-uaf-large") return secure_use_after_free_large() == 99;
+  if (kind == "secure-leak") secure_leak();
+  if (kind == "secure-uninitialised") return secure_read_uninitialised();
+  if (kind == "secure-double-free") secure_free_twice();
+  if (kind == "secure-destroyed") secure_destroyed_with_blocks();
   if (kind == "race") return threads_racing_on_a_block();
   if (kind == "race-malloc") return threads_racing_between_allocations();
   return 0;
