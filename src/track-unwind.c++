@@ -30,6 +30,8 @@
 #include <elf.h>
 #include <link.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define UNW_LOCAL_ONLY
@@ -44,6 +46,8 @@
 #else
 #define LCA_OWN_UNWINDER 0
 #endif
+
+extern "C" void* __libc_stack_end;  // the dynamic loader's: the main thread's stack at start
 
 namespace lca {
 
@@ -115,25 +119,71 @@ Unwinder load_unwinders() {
   return u;
 }
 
-// Loaded once; a thread that asks while another loads waits for it
-// (pthread_once, not a function-local static: its guard is in the C++ runtime,
-// which a C program does not have, src/cxxrt.h++).
+// The fallback, loaded when first needed: at unwind_init when our walker
+// cannot serve (not x86-64; Valgrind mode) or when libgcc_s is mapped already
+// (every C++ program: it costs nothing then), else at the first capture our
+// walker cannot finish -- a C program whose stacks it always walks never maps
+// libgcc_s (128 KiB of file pages).  Loaded from malloc, so never while the
+// thread may be inside the dynamic loader (safe_to_load), and no thread waits
+// for it: g_fb_state 0 (not loaded), 1 (a thread is loading it: the others
+// keep the frames our walker found), 2 (loaded: g_unwinder set), 3 (neither
+// library could be loaded).
 Unwinder g_unwinder;
-pthread_once_t g_unwinder_once = PTHREAD_ONCE_INIT;
-void load_unwinders_once() {
+std::atomic<int> g_fb_state{0};
+
+void load_fallback() {
   g_unwinder = load_unwinders();
+  bool ok = g_unwinder.gcc_backtrace || g_unwinder.step;
 #if CALLOC_VALGRIND
-  // pthread_once orders this before every later use, but helgrind and DRD
-  // do not see its fast path (a plain load of the once word): say it.
-  ANNOTATE_HAPPENS_BEFORE(&g_unwinder_once);
+  ANNOTATE_HAPPENS_BEFORE(&g_fb_state);
 #endif
+  g_fb_state.store(ok ? 2 : 3, std::memory_order_release);
 }
-const Unwinder& unwinder() {
-  pthread_once(&g_unwinder_once, load_unwinders_once);
+
+// True when no frame of the stack is in the dynamic loader or in a libdl
+// function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
+bool safe_to_load(void* const* frames, int n) {
+  for (int i = 0; i < n; ++i) {
+    Dl_info dl;
+    if (!dladdr(frames[i], &dl) || !dl.dli_fname) return false;
+    const char* base = std::strrchr(dl.dli_fname, '/');
+    base = base ? base + 1 : dl.dli_fname;
+    if (std::strncmp(base, "ld-linux", 8) == 0 || std::strncmp(base, "ld.so", 5) == 0) return false;
+    if (!dl.dli_sname) continue;
+    if (std::strncmp(dl.dli_sname, "_dl", 3) == 0 || std::strncmp(dl.dli_sname, "__libc_dl", 9) == 0) return false;
+    for (const char* f : {"dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror",
+                          "dl_iterate_phdr"})
+      if (std::strcmp(dl.dli_sname, f) == 0) return false;
+  }
+  return true;
+}
+
+// The fallback unwinder, loading it if it is safe now (frames: what our
+// walker found of the stack); nullptr when there is none (yet).
+const Unwinder* fallback(void* const* frames, int n) {
+  int state = g_fb_state.load(std::memory_order_acquire);
+  int expected = 0;
+  if (state == 0 && safe_to_load(frames, n) &&
+      g_fb_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+    load_fallback();
+    state = g_fb_state.load(std::memory_order_acquire);
+  }
+  if (state != 2) return nullptr;
 #if CALLOC_VALGRIND
-  ANNOTATE_HAPPENS_AFTER(&g_unwinder_once);
+  ANNOTATE_HAPPENS_AFTER(&g_fb_state);
 #endif
-  return g_unwinder;
+  return &g_unwinder;
+}
+
+pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
+void init_once() {
+  bool now = !LCA_OWN_UNWINDER || vg_serialised();
+  if (void* gcc = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD)) {
+    now = true;
+    dlclose(gcc);  // load_libgcc opens it again
+  }
+  int expected = 0;
+  if (now && g_fb_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) load_fallback();
 }
 
 // libunwind for the test hook, loaded on first use.  Its caches are emptied
@@ -757,18 +807,37 @@ int find_cb(dl_phdr_info* info, std::size_t, void* data) {
 // --- the walk ----------------------------------------------------------------------
 
 // The thread's stack, [lo, hi), read at its first capture (0, 0: not yet;
-// 1, 1: pthread_getattr_np failed, every capture falls back).
+// 1, 1: unknown, every capture falls back).  The main thread's runs from the
+// page holding __libc_stack_end (argv, the environment and the auxiliary
+// vector lie above it, in the same mapping) down by RLIMIT_STACK (8 MiB when
+// unlimited), a range the kernel keeps for it -- without pthread_getattr_np,
+// which for the main thread reads /proc/self/maps with stdio (and pulled 192
+// KiB of libc's pages in); other threads' from pthread_getattr_np.
 constinit thread_local std::uintptr_t tls_stack_lo __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local std::uintptr_t tls_stack_hi __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local bool tls_reading_bounds __attribute__((tls_model("initial-exec"))) = false;
 
-bool stack_bounds(std::uintptr_t* lo, std::uintptr_t* hi) {
+bool main_stack(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
+  if (static_cast<pid_t>(syscall(SYS_gettid)) != getpid() || !__libc_stack_end) return false;
+  auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  std::uintptr_t top = (reinterpret_cast<std::uintptr_t>(__libc_stack_end) | (page - 1)) + 1;
+  rlimit r{};
+  std::uintptr_t size = 8u << 20;
+  if (getrlimit(RLIMIT_STACK, &r) == 0 && r.rlim_cur != RLIM_INFINITY && r.rlim_cur < top) size = r.rlim_cur;
+  if (sp >= top || sp < top - size) return false;  // the main thread on another stack
+  *lo = top - size;
+  *hi = top;
+  return true;
+}
+
+bool stack_bounds(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
   if (tls_stack_hi == 0) {
     if (tls_reading_bounds) return false;  // a malloc from pthread_getattr_np sampled
     tls_reading_bounds = true;
     tls_stack_lo = tls_stack_hi = 1;
     pthread_attr_t a;
-    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    if (main_stack(sp, &tls_stack_lo, &tls_stack_hi)) {
+    } else if (pthread_getattr_np(pthread_self(), &a) == 0) {
       void* addr = nullptr;
       std::size_t size = 0;
       if (pthread_attr_getstack(&a, &addr, &size) == 0 && addr && size) {
@@ -849,7 +918,7 @@ int walk_cb(dl_phdr_info* info, std::size_t size, void* data) {
   return 1;
 }
 
-// Our walk; -1 when it could not finish.  Starts at its own frame (whose rule
+// Our walk; -1 - (the frames it found) when it could not finish.  Starts at its own frame (whose rule
 // at `here` gives its caller's), so its out[0] is the return address into its
 // caller, as with the other walks.
 __attribute__((noinline)) int own_capture(void** out, int max) {
@@ -858,11 +927,11 @@ __attribute__((noinline)) int own_capture(void** out, int max) {
   g_captures.fetch_add(1, std::memory_order_relaxed);
   Walk w{out, max, 0, false, here, sp, bp, 0, 0};
   std::uintptr_t lo, hi;
-  if (!stack_bounds(&lo, &hi) || sp < lo || sp >= hi) return -1;
+  if (!stack_bounds(sp, &lo, &hi) || sp < lo || sp >= hi) return -1;
   w.lo = sp;
   w.hi = hi;
   dl_iterate_phdr(walk_cb, &w);
-  return w.done ? w.n : -1;
+  return w.done ? w.n : -1 - w.n;
 }
 
 #endif  // LCA_OWN_UNWINDER
@@ -876,32 +945,40 @@ int drop_first(void** out, void* const* raw, int n) {
 
 }  // namespace
 
-void unwind_init() { (void)unwinder(); }
+void unwind_init() { pthread_once(&g_init_once, init_once); }
 
 // Each walk called here lists this function's frame first: dropped.
 __attribute__((noinline)) int unwind_capture(void** out, int max) {
-  const Unwinder& u = unwinder();
+  unwind_init();
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
-  int n = -1;
+  int n = -1, partial = 0;
 #if LCA_OWN_UNWINDER
   // Not in Valgrind mode: there the walk would take the loader's lock while
   // holding VgSerial, and a thread in dlopen that mallocs waits for VgSerial.
   if (!vg_serialised()) {
     n = own_capture(raw, max + 1);
-    if (n < 0) g_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    if (n < 0) {
+      partial = -1 - n;
+      g_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 #endif
-  if (n < 0) n = u.gcc_backtrace ? gcc_capture(u, raw, max + 1) : step_capture(u, raw, max + 1);
+  if (n < 0) {
+    if (const Unwinder* u = fallback(raw, partial))
+      n = u->gcc_backtrace ? gcc_capture(*u, raw, max + 1) : step_capture(*u, raw, max + 1);
+    else
+      n = partial;  // the frames our walker found, as far as it could go
+  }
   return drop_first(out, raw, n);
 }
 
 __attribute__((noinline)) int unwind_capture_ours(void** out, int max) {
 #if LCA_OWN_UNWINDER
-  (void)unwinder();
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
-  return drop_first(out, raw, own_capture(raw, max + 1));
+  int n = own_capture(raw, max + 1);
+  return n < 0 ? -1 : drop_first(out, raw, n);
 #else
   (void)out, (void)max;
   return -1;
@@ -918,6 +995,8 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
 }
 
 void unwind_postfork_child() {
+  int loading = 1;  // a thread of the parent was loading the fallback: the child may try again
+  g_fb_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
 #if LCA_OWN_UNWINDER
   pthread_mutex_init(&g_cache_lock, nullptr);
 #endif

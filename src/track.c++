@@ -1641,6 +1641,10 @@ bool write_profile(const char* pattern, int format) {
                  mode_text(mode, sizeof mode));
     std::fprintf(f, "total: %.0f allocations, %.0f bytes; live: %.0f blocks, %.0f bytes; %zu stacks\n", calls, bytes,
                  live_blocks, live_bytes, n);
+    UnwindStats u = unwind_stats();
+    std::fprintf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
+                 static_cast<unsigned long long>(u.captures), static_cast<unsigned long long>(u.fallbacks), u.entries,
+                 u.bytes);
     for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
       std::fprintf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
                    v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);
