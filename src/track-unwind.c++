@@ -5,23 +5,23 @@
 // This module owns the unwinders and what they keep.  Our own walker (x86-64)
 // reads each frame's unwind rule -- CFA = rsp+k or rbp+k, the return address
 // at CFA-8, rbp's save slot if the frame saved it -- from a shared frame cache
-// keyed by the address: one 64-bit word a frame, in tables of the tracker's
-// OS-backed pool (track_pool_alloc) that start at 4 KiB and double at half
-// full.  A miss parses the object's CFI (.eh_frame_hdr's search table, found
-// through dl_iterate_phdr's PT_GNU_EH_FRAME; the CIE and FDE instructions GCC
-// and Clang emit).  Whatever it does not model -- CFA or rbp or return address
-// by expression (PLT entries), signal frames, unknown opcodes, frames whose
-// rule does not fit a cache word are still walked (parsed each time) -- makes
-// the capture fall back to libgcc_s's _Unwind_Backtrace, else libunwind's
-// unw_step (both loaded with dlopen, neither linked: see unwind_init).  Every
-// read of the stack is bounds-checked against the thread's stack (from the
-// capturing frame's rsp to the top, pthread_getattr_np, read once a thread),
-// and each CFA must lie above the last: a wrong or stale rule ends in a
-// fallback, never in a fault.  The whole walk runs inside a dl_iterate_phdr
-// callback, so no object is unloaded meanwhile, and the cache is emptied when
-// dl_iterate_phdr's counters of loaded and unloaded objects change: a rule
-// never outlives the code it describes.  Why not libunwind's unw_backtrace:
-// its 256 KiB frame cache per thread (docs/design.md, "Tracking").
+// keyed by the code address: one 64-bit word a frame, in tables of the
+// tracker's OS-backed pool (track_pool_alloc) that start at 4 KiB and double
+// at half full.  A miss parses the object's CFI (.eh_frame_hdr's search table,
+// found through dl_iterate_phdr's PT_GNU_EH_FRAME; the CIE and FDE
+// instructions GCC and Clang emit).  Whatever it does not model -- CFA, rbp or
+// return address by expression or register (PLT entries, realigned stacks),
+// signal frames, unknown opcodes -- makes the capture fall back to libgcc_s's
+// _Unwind_Backtrace, else libunwind's unw_step (both loaded with dlopen when
+// first needed, neither linked: see fallback); rules that do not fit a cache
+// word are parsed at each use.  Every read of the stack is bounds-checked
+// against the thread's stack (from the capturing frame's rsp to the top, read
+// once a thread: stack_bounds), and each CFA must lie above the last: a wrong
+// or stale rule ends in a fallback, never in a fault.  Each walk begins by
+// reading dl_iterate_phdr's counters of loaded and unloaded objects, and the
+// cache is emptied when they changed: a rule never outlives the code it
+// describes (generation_cb).  Why not libunwind's unw_backtrace: its 256 KiB
+// frame cache per thread (docs/design.md, "Tracking", has the measurements).
 #include "track-unwind.h++"
 
 #include <atomic>
@@ -60,8 +60,7 @@ namespace {
 // _Unwind_Backtrace reads the same tables as our walker and keeps nothing
 // between captures (~2 000 instructions a frame).  libunwind is loaded only
 // without libgcc_s (or by the test hook unwind_capture_step): ~160 KiB of
-// file pages, and its unw_backtrace's 256 KiB frame cache per thread is never
-// used.  Not linked: libunwind also defines the _Unwind_* functions of the
+// file pages; its unw_backtrace (256 KiB frame cache per thread) is not used.  Not linked: libunwind also defines the _Unwind_* functions of the
 // C++ exception ABI, and linked in it came before libgcc_s, so that every
 // exception of the program unwound through it.
 #define UNWIND_STR2(x) #x
@@ -252,6 +251,17 @@ __attribute__((noinline)) int gcc_capture(const Unwinder& u, void** out, int max
 // --- our walker -------------------------------------------------------------------
 
 std::atomic<std::uint64_t> g_captures{0}, g_fallbacks{0}, g_hits{0}, g_misses{0}, g_uncached{0}, g_flushes{0};
+// Captures and cache hits, counted per thread and added to the shared counts
+// every kCountBatch captures (and by unwind_stats for its own thread): a
+// shared increment a frame cost full tracking ~10 % with four threads.
+constexpr unsigned kCountBatch = 64;
+constinit thread_local std::uint32_t tls_captures __attribute__((tls_model("initial-exec"))) = 0;
+constinit thread_local std::uint32_t tls_hits __attribute__((tls_model("initial-exec"))) = 0;
+void publish_counts() {
+  g_captures.fetch_add(tls_captures, std::memory_order_relaxed);
+  g_hits.fetch_add(tls_hits, std::memory_order_relaxed);
+  tls_captures = tls_hits = 0;
+}
 
 #if LCA_OWN_UNWINDER
 
@@ -393,7 +403,8 @@ void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
 }
 
 // Empties the cache when objects were loaded or unloaded since it was last
-// (called with the loader's lock held, inside dl_iterate_phdr).
+// (called with the loader's lock held, inside dl_iterate_phdr, so one thread
+// at a time; g_cache_lock orders it with growth).
 void check_generation(unsigned long long adds, unsigned long long subs) {
   static std::atomic<unsigned long long> seen_adds{0}, seen_subs{0};
   if (seen_adds.load(std::memory_order_relaxed) == adds && seen_subs.load(std::memory_order_relaxed) == subs) return;
@@ -873,7 +884,7 @@ void walk_frames(Walk* w) {
     std::uint64_t bits = cache_find(pc);
     Rule rule;
     if (bits) {
-      g_hits.fetch_add(1, std::memory_order_relaxed);
+      ++tls_hits;
       rule = unpack(bits);
     } else {
       g_misses.fetch_add(1, std::memory_order_relaxed);
@@ -908,14 +919,18 @@ void walk_frames(Walk* w) {
   }
 }
 
-int walk_cb(dl_phdr_info* info, std::size_t size, void* data) {
-  auto* w = static_cast<Walk*>(data);
-  if (size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs)
-    check_generation(info->dlpi_adds, info->dlpi_subs);
-  else
-    return 1;  // no counters: cached rules could be stale, fall back
-  walk_frames(w);
-  return 1;
+// Empties the cache if objects were loaded or unloaded since it was filled:
+// called at the start of every walk, before any rule is used.  The walk itself
+// runs outside the loader's lock (inside it, four threads tracking every
+// allocation spent ~25 % more time, all walks serialised): no object that has
+// a frame on the walking thread's stack can be unloaded meanwhile, and every
+// object that has was loaded before the capture began, so its load is in
+// the counters read here.
+int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
+  bool* ok = static_cast<bool*>(data);
+  *ok = size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs;
+  if (*ok) check_generation(info->dlpi_adds, info->dlpi_subs);
+  return 1;  // the first object has the counters
 }
 
 // Our walk; -1 - (the frames it found) when it could not finish.  Starts at its own frame (whose rule
@@ -924,13 +939,16 @@ int walk_cb(dl_phdr_info* info, std::size_t size, void* data) {
 __attribute__((noinline)) int own_capture(void** out, int max) {
   std::uintptr_t here, sp, bp;
   asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(here), "=r"(sp), "=r"(bp));
-  g_captures.fetch_add(1, std::memory_order_relaxed);
+  if (++tls_captures == kCountBatch) publish_counts();
   Walk w{out, max, 0, false, here, sp, bp, 0, 0};
   std::uintptr_t lo, hi;
   if (!stack_bounds(sp, &lo, &hi) || sp < lo || sp >= hi) return -1;
   w.lo = sp;
   w.hi = hi;
-  dl_iterate_phdr(walk_cb, &w);
+  bool counters = false;
+  dl_iterate_phdr(generation_cb, &counters);
+  if (!counters) return -1;  // cached rules could be stale
+  walk_frames(&w);
   return w.done ? w.n : -1 - w.n;
 }
 
@@ -1003,6 +1021,7 @@ void unwind_postfork_child() {
 }
 
 UnwindStats unwind_stats() {
+  publish_counts();
   UnwindStats s{};
   s.captures = g_captures.load(std::memory_order_relaxed);
   s.fallbacks = g_fallbacks.load(std::memory_order_relaxed);

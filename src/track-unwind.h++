@@ -42,7 +42,7 @@ int unwind_capture_ours(void** out, int max);
 // -1 when libunwind cannot be loaded.
 int unwind_capture_step(void** out, int max);
 struct UnwindStats {
-  std::uint64_t captures;   // by our walker (finished or not)
+  std::uint64_t captures;   // by our walker (finished or not); other threads' last <= 63 not yet counted
   std::uint64_t fallbacks;  // of those, made again by a fallback unwinder
   std::uint64_t hits, misses, uncached;  // frame rules: from the cache, parsed, not representable
   std::uint64_t flushes;    // cache emptied because objects were loaded or unloaded
