@@ -355,17 +355,19 @@ std::uint64_t cache_find(std::uintptr_t pc) {
   return 0;
 }
 
-bool insert_into(std::atomic<std::uint64_t>* t, std::uint64_t word) {
+enum class Insert { added, present, full };
+
+Insert insert_into(std::atomic<std::uint64_t>* t, std::uint64_t word) {
   std::size_t mask = t[0].load(std::memory_order_relaxed);
   std::size_t i = slot_of(static_cast<std::uintptr_t>(word >> kRuleBits), mask);
   for (unsigned k = 0; k < kProbe; ++k) {
     std::uint64_t v = t[i].load(std::memory_order_relaxed);
-    if (v == 0 && t[i].compare_exchange_strong(v, word, std::memory_order_relaxed)) return true;
-    if (v == word) return false;
+    if (v == 0 && t[i].compare_exchange_strong(v, word, std::memory_order_relaxed)) return Insert::added;
+    if ((v >> kRuleBits) == (word >> kRuleBits)) return Insert::present;  // another thread's, or ours
     i = (i + 1) & mask;
     if (i == 0) i = 1;
   }
-  return false;
+  return Insert::full;
 }
 
 void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
@@ -377,29 +379,35 @@ void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
   auto* t = g_table.load(std::memory_order_acquire);
   if (t) {
     std::size_t mask = t[0].load(std::memory_order_relaxed);
-    if (g_entries.load(std::memory_order_relaxed) < mask / 2 && insert_into(t, word)) {
-      g_entries.fetch_add(1, std::memory_order_relaxed);
-      return;
+    if (g_entries.load(std::memory_order_relaxed) < mask / 2) {
+      Insert r = insert_into(t, word);
+      if (r == Insert::added) g_entries.fetch_add(1, std::memory_order_relaxed);
+      if (r != Insert::full) return;
     }
   }
   // First table, or half full (or a long probe): grow under the lock.
   pthread_mutex_lock(&g_cache_lock);
-  t = g_table.load(std::memory_order_relaxed);
-  std::size_t slots = t ? (t[0].load(std::memory_order_relaxed) + 1) * 2 : kInitialSlots;
-  if (slots <= kMaxSlots) {
-    if (auto* n = new_table(slots)) {
-      std::size_t moved = 0;
-      if (t)
-        for (std::size_t i = 1; i < slots / 2; ++i)
-          if (std::uint64_t v = t[i].load(std::memory_order_relaxed); v && insert_into(n, v)) ++moved;
-      if (insert_into(n, word)) ++moved;
-      g_entries.store(moved, std::memory_order_relaxed);
-      g_table.store(n, std::memory_order_release);
-      t = nullptr;
+  auto* cur = g_table.load(std::memory_order_relaxed);
+  bool stored = false;
+  if (cur != t && cur) {
+    stored = insert_into(cur, word) != Insert::full;  // another thread grew it meanwhile
+  } else {
+    std::size_t slots = cur ? (cur[0].load(std::memory_order_relaxed) + 1) * 2 : kInitialSlots;
+    if (slots <= kMaxSlots) {
+      if (auto* n = new_table(slots)) {
+        std::size_t moved = 0;
+        if (cur)
+          for (std::size_t i = 1; i < slots / 2; ++i)
+            if (std::uint64_t v = cur[i].load(std::memory_order_relaxed); v && insert_into(n, v) == Insert::added) ++moved;
+        if (insert_into(n, word) == Insert::added) ++moved;
+        g_entries.store(moved, std::memory_order_relaxed);
+        g_table.store(n, std::memory_order_release);
+        stored = true;
+      }
     }
   }
   pthread_mutex_unlock(&g_cache_lock);
-  if (t) g_uncached.fetch_add(1, std::memory_order_relaxed);  // at its largest: parsed each time
+  if (!stored) g_uncached.fetch_add(1, std::memory_order_relaxed);  // at its largest: parsed each time
 }
 
 // Empties the cache when objects were loaded or unloaded since it was last
@@ -727,7 +735,7 @@ const std::uint8_t* find_fde(const std::uint8_t* hdr, std::size_t hdr_size, std:
   auto base = reinterpret_cast<std::uintptr_t>(hdr);
   (void)r.encoded(hdr[1], base);  // eh_frame_ptr
   std::uintptr_t count = r.encoded(hdr[2], base);
-  if (!r.ok || count == 0) return nullptr;
+  if (!r.ok || count == 0 || count > static_cast<std::size_t>(r.end - r.p) / 8) return nullptr;
   const auto* table = reinterpret_cast<const std::int32_t*>(r.p);
   // Entries: (initial location, FDE), both relative to hdr; the last one whose
   // location is <= pc.
@@ -875,7 +883,9 @@ struct Walk {
 
 // Reads the stack beyond the frames ASan knows of: not instrumented.
 __attribute__((no_sanitize("address"))) std::uintptr_t read_word(std::uintptr_t a) {
-  return *reinterpret_cast<const std::uintptr_t*>(a);
+  std::uintptr_t v;
+  __builtin_memcpy(&v, reinterpret_cast<const void*>(a), sizeof v);
+  return v;
 }
 
 void walk_frames(Walk* w) {

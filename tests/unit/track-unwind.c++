@@ -8,7 +8,8 @@
 // many distinct call sites (the cache grows); threads (more than cores)
 // walking at once through the shared cache.  A frame from a signal handler is
 // one our walker does not model: it must say so (-1), and unwind_capture's
-// fallback must still give the frames above the handler.  After dlclose of a
+// fallback must still give the frames above the handler; so is a stack of its
+// own (makecontext), which lies outside the thread's stack bounds.  After dlclose of a
 // library and dlopen of another at the same address, whose frame at the same
 // return address has another size, the cache must not serve the old rule.
 // The shapes live in tests/track/unwind-shapes.c++, built four ways
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include <dlfcn.h>
+#include <ucontext.h>
 
 #include "track-unwind.h++"
 
@@ -317,6 +319,33 @@ START_TEST(test_signal_frame_falls_back) {
 }
 END_TEST
 
+// --- a stack of its own (ucontext): outside the thread's stack bounds ----------
+
+Both g_co;
+ucontext_t g_main_ctx, g_co_ctx;
+__attribute__((noinline)) void on_own_stack() {
+  capture_both(&g_co);
+  asm volatile("" ::: "memory");
+}
+
+START_TEST(test_foreign_stack_falls_back) {
+  REQUIRE_WALKER();
+  std::vector<char> stack(256 * 1024);  // in the heap: not the thread's stack
+  ck_assert_int_eq(getcontext(&g_co_ctx), 0);
+  g_co_ctx.uc_stack.ss_sp = stack.data();
+  g_co_ctx.uc_stack.ss_size = stack.size();
+  g_co_ctx.uc_link = &g_main_ctx;
+  makecontext(&g_co_ctx, on_own_stack, 0);
+  ck_assert_int_eq(swapcontext(&g_main_ctx, &g_co_ctx), 0);
+  // Our walker reads only the thread's stack: it does not walk this one, and
+  // the capture falls back (libgcc_s is mapped in this C++ program).
+  ck_assert_int_eq(g_co.n_ours, -1);
+  bool saw = false;
+  for (int i = 0; i < g_co.n_full; ++i) saw |= same_function(g_co.full[i], reinterpret_cast<void*>(&on_own_stack));
+  ck_assert_msg(saw, "the fallback's stack (%d frames) does not reach on_own_stack", g_co.n_full);
+}
+END_TEST
+
 // unwind_capture returns frames from its caller's up, with or without fallback.
 __attribute__((noinline)) int capture_here(void** out) {
   int n = lca::unwind_capture(out, kMax);
@@ -345,5 +374,6 @@ int main() {
   tcase_add_test(tc, test_threads_walk_at_once);
   tcase_add_test(tc, test_dlclose_dlopen_same_address_not_stale);
   tcase_add_test(tc, test_signal_frame_falls_back);
+  tcase_add_test(tc, test_foreign_stack_falls_back);
   return test_util::run_suite(s);
 }
