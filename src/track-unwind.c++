@@ -141,7 +141,10 @@ void load_fallback() {
 
 // True when no frame of the stack is in the dynamic loader or in a libdl
 // function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
+// False without frames (our walker could not start: a foreign stack, or a fork
+// under way, when no thread may take the loader's lock).
 bool safe_to_load(void* const* frames, int n) {
+  if (n <= 0) return false;
   for (int i = 0; i < n; ++i) {
     Dl_info dl;
     if (!dladdr(frames[i], &dl) || !dl.dli_fname) return false;
@@ -319,6 +322,14 @@ constexpr std::size_t kMaxSlots = std::size_t{1} << 16;  // 512 KiB: then rules 
 constexpr unsigned kProbe = 16;
 
 std::atomic<std::atomic<std::uint64_t>*> g_table{nullptr};
+// Held shared by every walk, from its generation check to its end (the walk
+// takes the loader's lock in dl_iterate_phdr, and g_cache_lock): fork's
+// prepare handler takes it exclusive, so no thread is inside either when the
+// process forks, else the child's first dl_iterate_phdr (or dlopen) waited
+// forever for a lock its parent's thread held (the track suite's fork test
+// hung so under ASan).  Walks only try it: a walk that meets a waiting fork
+// falls back instead of waiting (writers preferred: forks are not starved).
+pthread_rwlock_t g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 std::atomic<std::size_t> g_entries{0};
 std::atomic<std::size_t> g_table_bytes{0};
 pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -955,10 +966,11 @@ __attribute__((noinline)) int own_capture(void** out, int max) {
   if (!stack_bounds(sp, &lo, &hi) || sp < lo || sp >= hi) return -1;
   w.lo = sp;
   w.hi = hi;
+  if (pthread_rwlock_tryrdlock(&g_fork_rw) != 0) return -1;  // a fork is under way
   bool counters = false;
   dl_iterate_phdr(generation_cb, &counters);
-  if (!counters) return -1;  // cached rules could be stale
-  walk_frames(&w);
+  if (counters) walk_frames(&w);  // else cached rules could be stale
+  pthread_rwlock_unlock(&g_fork_rw);
   return w.done ? w.n : -1 - w.n;
 }
 
@@ -1022,11 +1034,24 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
   return drop_first(out, raw, step_capture(g_step_unwinder, raw, max + 1));
 }
 
+void unwind_prefork() {
+#if LCA_OWN_UNWINDER
+  pthread_rwlock_wrlock(&g_fork_rw);
+#endif
+}
+
+void unwind_postfork_parent() {
+#if LCA_OWN_UNWINDER
+  pthread_rwlock_unlock(&g_fork_rw);
+#endif
+}
+
 void unwind_postfork_child() {
   int loading = 1;  // a thread of the parent was loading the fallback: the child may try again
   g_fb_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
 #if LCA_OWN_UNWINDER
   pthread_mutex_init(&g_cache_lock, nullptr);
+  g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 #endif
 }
 

@@ -28,7 +28,12 @@ void unwind_init();
 constexpr int kUnwindMaxFrames = 64;
 int unwind_capture(void** out, int max);
 
-// The fork handlers of track.c++ call this in the child.
+// fork (lifecycle.c++'s handlers, before the tracker's locks): prefork waits
+// until no thread is inside a walk (which holds the loader's lock, inside
+// dl_iterate_phdr, and this module's cache lock) and keeps new walks out
+// (they fall back meanwhile); the child re-initialises.
+void unwind_prefork();
+void unwind_postfork_parent();
 void unwind_postfork_child();
 
 // Memory for the frame cache: track.c++'s pool of OS-backed pieces (zeroed).

@@ -1716,7 +1716,6 @@ void track_postfork_parent() {
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
-  unwind_postfork_child();
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);

@@ -9,7 +9,8 @@
 // walking at once through the shared cache.  A frame from a signal handler is
 // one our walker does not model: it must say so (-1), and unwind_capture's
 // fallback must still give the frames above the handler; so is a stack of its
-// own (makecontext), which lies outside the thread's stack bounds.  After dlclose of a
+// own (makecontext), which lies outside the thread's stack bounds.  fork
+// while other threads walk leaves the child able to walk.  After dlclose of a
 // library and dlopen of another at the same address, whose frame at the same
 // return address has another size, the cache must not serve the old rule.
 // The shapes live in tests/track/unwind-shapes.c++, built four ways
@@ -25,7 +26,9 @@
 #include <vector>
 
 #include <dlfcn.h>
+#include <sys/wait.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include "track-unwind.h++"
 
@@ -346,6 +349,46 @@ START_TEST(test_foreign_stack_falls_back) {
 }
 END_TEST
 
+// --- fork while other threads walk ----------------------------------------------
+
+// A walk holds the loader's lock (inside dl_iterate_phdr) and the cache's:
+// fork must not happen then, or the child's first walk (or dlopen) waits
+// forever.  Threads walk without pause while the test forks; each child must
+// walk (a 20 s alarm kills a hung one).
+START_TEST(test_fork_while_walking) {
+  REQUIRE_WALKER();
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&] {
+      void* f[16];
+      while (!stop.load(std::memory_order_relaxed)) (void)lca::unwind_capture_ours(f, 16);
+    });
+  std::string failure;
+  for (std::size_t i = 0; i < scaled(40) && failure.empty(); ++i) {
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+      alarm(20);
+      void* f[16];
+      char answer = lca::unwind_capture_ours(f, 16) > 0 ? 'y' : 'n';
+      if (write(fds[1], &answer, 1) != 1) _exit(1);
+      raise(SIGKILL);  // no exit-time leak check of the parent's threads under memcheck
+    }
+    close(fds[1]);
+    char answer = 0;
+    if (read(fds[0], &answer, 1) != 1) answer = 0;
+    close(fds[0]);
+    waitpid(pid, nullptr, 0);
+    if (answer != 'y') failure = answer ? "the child's walk failed" : "the child hung or died";
+  }
+  stop = true;
+  for (auto& t : ts) t.join();
+  ck_assert_msg(failure.empty(), "%s", failure.c_str());
+}
+END_TEST
+
 // unwind_capture returns frames from its caller's up, with or without fallback.
 __attribute__((noinline)) int capture_here(void** out) {
   int n = lca::unwind_capture(out, kMax);
@@ -375,5 +418,6 @@ int main() {
   tcase_add_test(tc, test_dlclose_dlopen_same_address_not_stale);
   tcase_add_test(tc, test_signal_frame_falls_back);
   tcase_add_test(tc, test_foreign_stack_falls_back);
+  tcase_add_test(tc, test_fork_while_walking);
   return test_util::run_suite(s);
 }
