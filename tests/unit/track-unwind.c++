@@ -30,6 +30,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <libcalloc.h>
+
 #include "track-unwind.h++"
 
 #include "../test-util.h++"
@@ -357,6 +359,9 @@ END_TEST
 // walk (a 20 s alarm kills a hung one).
 START_TEST(test_fork_while_walking) {
   REQUIRE_WALKER();
+  // libcalloc's fork handlers come with its constructor, in malloc.c++'s
+  // object: --disable-override builds (ASan's) link it only when referenced.
+  ck_assert_ptr_nonnull(lca_version());
   std::atomic<bool> stop{false};
   std::vector<std::thread> ts;
   for (int t = 0; t < 4; ++t)
