@@ -1034,14 +1034,27 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
   return drop_first(out, raw, step_capture(g_step_unwinder, raw, max + 1));
 }
 
+// Set by the forking thread when its prepare handler took g_fork_rw (not when
+// the process was single-threaded): the parent unlocks it; the child
+// re-initialises it (glibc knows the writer by its thread id, which the
+// child's thread does not have).  g_cache_lock is taken only inside walks, so
+// no thread holds it at the fork.
+bool g_fork_locked;
+
 void unwind_prefork() {
 #if LCA_OWN_UNWINDER
+  // Not in Valgrind mode, where malloc never walks (see unwind_capture), and
+  // DRD cannot follow a rwlock re-initialised in the child.
+  if (vg_serialised()) return;
   pthread_rwlock_wrlock(&g_fork_rw);
+  g_fork_locked = true;
 #endif
 }
 
 void unwind_postfork_parent() {
 #if LCA_OWN_UNWINDER
+  if (!g_fork_locked) return;
+  g_fork_locked = false;
   pthread_rwlock_unlock(&g_fork_rw);
 #endif
 }
@@ -1050,8 +1063,13 @@ void unwind_postfork_child() {
   int loading = 1;  // a thread of the parent was loading the fallback: the child may try again
   g_fb_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
 #if LCA_OWN_UNWINDER
-  pthread_mutex_init(&g_cache_lock, nullptr);
-  g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+  if (!g_fork_locked) return;
+  g_fork_locked = false;
+  pthread_rwlockattr_t a;
+  pthread_rwlockattr_init(&a);
+  pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&g_fork_rw, &a);
+  pthread_rwlockattr_destroy(&a);
 #endif
 }
 

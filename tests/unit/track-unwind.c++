@@ -359,6 +359,8 @@ END_TEST
 // walk (a 20 s alarm kills a hung one).
 START_TEST(test_fork_while_walking) {
   REQUIRE_WALKER();
+  if (test_util::running_on_valgrind())
+    TEST_SKIP("Valgrind mode: malloc does not walk, and fork does not wait for walks (DRD cannot follow the lock)");
   // libcalloc's fork handlers come with its constructor, in malloc.c++'s
   // object: --disable-override builds (ASan's) link it only when referenced.
   ck_assert_ptr_nonnull(lca_version());
