@@ -28,6 +28,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -450,6 +451,7 @@ void check_generation(unsigned long long adds, unsigned long long subs) {
 struct Reader {
   const std::uint8_t* p;
   const std::uint8_t* end;
+  std::uintptr_t bias = 0;  // the address in the object of the byte at p is p + bias
   bool ok = true;
 
   bool has(std::size_t n) {
@@ -492,7 +494,7 @@ struct Reader {
   // (only personality routines use them, and they are skipped).
   std::uintptr_t encoded(std::uint8_t enc, std::uintptr_t data = 0) {
     if (enc == 0xff) return 0;  // DW_EH_PE_omit
-    auto here = reinterpret_cast<std::uintptr_t>(p);
+    auto here = reinterpret_cast<std::uintptr_t>(p) + bias;
     std::uintptr_t v;
     switch (enc & 0x0f) {
       case 0x00: v = fixed<std::uint64_t>(); break;  // absptr
@@ -519,20 +521,74 @@ struct Reader {
   }
 };
 
-// One CFA record's header: [start, end) of the record after its length field.
-bool record_bounds(const std::uint8_t* rec, const std::uint8_t** body, const std::uint8_t** end) {
-  std::uint32_t len32;
-  std::memcpy(&len32, rec, 4);
-  if (len32 == 0) return false;
-  if (len32 == 0xffffffffu) {
-    std::uint64_t len64;
-    std::memcpy(&len64, rec + 4, 8);
-    *body = rec + 12;
-    *end = *body + len64;
-  } else {
-    *body = rec + 4;
-    *end = *body + len32;
+// Where a miss reads an object's tables from: its file, with pread, when it
+// is the file mapped (the same GNU build ID in the mapping's notes and the
+// file's; the main program through /proc/self/exe), else the mapping itself
+// (the vDSO, an object without a build ID, or whose file was replaced).
+// Reading the tables in place made the kernel map up to 64 KiB of file pages
+// around each page read (fault-around): the binary search of a big object's
+// .eh_frame_hdr alone touched several such windows.
+struct Tables {
+  const dl_phdr_info* info;
+  int fd = -1;
+
+  // n bytes at address addr of the object.
+  bool read(std::uintptr_t addr, void* buf, std::size_t n) const {
+    std::uintptr_t rel = addr - info->dlpi_addr;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+      const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+      if (ph.p_type != PT_LOAD || rel < ph.p_vaddr || rel - ph.p_vaddr > ph.p_filesz ||
+          n > ph.p_filesz - (rel - ph.p_vaddr))
+        continue;
+      if (fd < 0) {
+        std::memcpy(buf, reinterpret_cast<const void*>(addr), n);
+        return true;
+      }
+      auto off = static_cast<off_t>(rel - ph.p_vaddr + ph.p_offset);
+      return pread(fd, buf, n, off) == static_cast<ssize_t>(n);
+    }
+    return false;
   }
+};
+
+// True when the object's notes (with a GNU build ID among them) read the same
+// in the mapping and in the file fd.
+bool same_build_id(const dl_phdr_info* info, int fd) {
+  bool build_id = false;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_NOTE || ph.p_filesz == 0) continue;
+    std::uint8_t file[512];
+    if (ph.p_filesz > sizeof file) return false;
+    const auto* mem = reinterpret_cast<const std::uint8_t*>(info->dlpi_addr + ph.p_vaddr);
+    if (pread(fd, file, ph.p_filesz, static_cast<off_t>(ph.p_offset)) != static_cast<ssize_t>(ph.p_filesz) ||
+        std::memcmp(file, mem, ph.p_filesz) != 0)
+      return false;
+    for (std::size_t k = 0; k + 12 <= ph.p_filesz;) {  // namesz, descsz, type, name, desc
+      std::uint32_t namesz, descsz, type;
+      std::memcpy(&namesz, file + k, 4);
+      std::memcpy(&descsz, file + k + 4, 4);
+      std::memcpy(&type, file + k + 8, 4);
+      if (type == NT_GNU_BUILD_ID && namesz == 4 && descsz > 0 && k + 16 <= ph.p_filesz &&
+          std::memcmp(file + k + 12, "GNU", 4) == 0)
+        build_id = true;
+      k += 12 + ((namesz + 3) & ~3u) + ((descsz + 3) & ~3u);
+    }
+  }
+  return build_id;
+}
+
+// A CFA record (CIE or FDE) at addr, read into buf (cap bytes): its body (after
+// the length) in [*body, *end), and the Reader bias of buf.  32-bit lengths
+// only (what GCC and Clang write), at most cap bytes: else false (a fallback).
+bool read_record(const Tables& t, std::uintptr_t addr, std::uint8_t* buf, std::size_t cap, const std::uint8_t** body,
+                 const std::uint8_t** end, std::uintptr_t* bias) {
+  std::uint32_t len;
+  if (!t.read(addr, &len, 4) || len == 0 || len == 0xffffffffu || len > cap || !t.read(addr + 4, buf, len))
+    return false;
+  *body = buf;
+  *end = buf + len;
+  *bias = addr + 4 - reinterpret_cast<std::uintptr_t>(buf);
   return true;
 }
 
@@ -556,12 +612,15 @@ struct Cie {
   bool signal = false;
   const std::uint8_t* insns = nullptr;
   const std::uint8_t* end = nullptr;
+  std::uintptr_t bias = 0;  // of the buffer holding the CIE
 };
 
-bool parse_cie(const std::uint8_t* rec, Cie* c) {
+constexpr std::size_t kMaxCie = 256, kMaxFde = 1024;
+
+bool parse_cie(const Tables& t, std::uintptr_t addr, std::uint8_t (&buf)[kMaxCie], Cie* c) {
   const std::uint8_t *body, *end;
-  if (!record_bounds(rec, &body, &end)) return false;
-  Reader r{body, end};
+  if (!read_record(t, addr, buf, sizeof buf, &body, &end, &c->bias)) return false;
+  Reader r{body, end, c->bias};
   if (r.fixed<std::uint32_t>() != 0) return false;  // not a CIE
   std::uint8_t version = r.u8();
   if (version != 1 && version != 3) return false;
@@ -603,9 +662,9 @@ bool parse_cie(const std::uint8_t* rec, Cie* c) {
 
 // Runs a CFA program up to the row for pc (loc: the program's start address;
 // pc < 0 -- ~0 -- runs it all, for the CIE's initial instructions).
-bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, const Cie& c, std::uintptr_t loc, std::uintptr_t pc,
-             Row* row, const Row& initial) {
-  Reader r{p, end};
+bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, std::uintptr_t bias, const Cie& c, std::uintptr_t loc,
+             std::uintptr_t pc, Row* row, const Row& initial) {
+  Reader r{p, end, bias};
   Row stack[8];
   unsigned depth = 0;
   auto set_reg = [&](std::uint64_t reg, unsigned char how, std::int64_t off) {
@@ -737,46 +796,52 @@ bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, const Cie& c, std::
   return r.ok;
 }
 
-// The FDE covering pc in the object whose .eh_frame_hdr is hdr, through its
-// binary search table; nullptr when none does (or the table is not the
-// sorted datarel|sdata4 one every linker writes).
-const std::uint8_t* find_fde(const std::uint8_t* hdr, std::size_t hdr_size, std::uintptr_t pc) {
-  if (hdr_size < 12 || hdr[0] != 1 || hdr[3] != 0x3b) return nullptr;
-  Reader r{hdr + 4, hdr + hdr_size};
-  auto base = reinterpret_cast<std::uintptr_t>(hdr);
-  (void)r.encoded(hdr[1], base);  // eh_frame_ptr
-  std::uintptr_t count = r.encoded(hdr[2], base);
-  if (!r.ok || count == 0 || count > static_cast<std::size_t>(r.end - r.p) / 8) return nullptr;
-  const auto* table = reinterpret_cast<const std::int32_t*>(r.p);
+// The address of the FDE covering pc in the object whose .eh_frame_hdr is at
+// hdr (hdr_size bytes), through its binary search table; 0 when none does.
+// *searchable: false when the table is not the sorted datarel|sdata4 one
+// every linker writes.
+std::uintptr_t find_fde(const Tables& t, std::uintptr_t hdr, std::size_t hdr_size, std::uintptr_t pc,
+                        bool* searchable) {
+  std::uint8_t head[20];
+  std::size_t n = hdr_size < sizeof head ? hdr_size : sizeof head;
+  *searchable = n >= 12 && t.read(hdr, head, n) && head[0] == 1 && head[3] == 0x3b;
+  if (!*searchable) return 0;
+  Reader r{head + 4, head + n, hdr - reinterpret_cast<std::uintptr_t>(head)};
+  (void)r.encoded(head[1], hdr);  // eh_frame_ptr
+  std::uintptr_t count = r.encoded(head[2], hdr);
+  std::uintptr_t table = hdr + static_cast<std::uintptr_t>(r.p - head);
+  if (!r.ok || count == 0 || count > (hdr_size - (table - hdr)) / 8) return 0;
   // Entries: (initial location, FDE), both relative to hdr; the last one whose
   // location is <= pc.
+  auto loc_of = [&](std::uintptr_t i, std::int32_t* loc) { return t.read(table + 8 * i, loc, 4); };
   std::uintptr_t lo = 0, hi = count;
   while (hi - lo > 1) {
     std::uintptr_t mid = (lo + hi) / 2;
     std::int32_t loc;
-    std::memcpy(&loc, &table[2 * mid], 4);
-    if (base + static_cast<std::intptr_t>(loc) <= pc)
+    if (!loc_of(mid, &loc)) return 0;
+    if (hdr + static_cast<std::intptr_t>(loc) <= pc)
       lo = mid;
     else
       hi = mid;
   }
-  std::int32_t loc, fde;
-  std::memcpy(&loc, &table[2 * lo], 4);
-  std::memcpy(&fde, &table[2 * lo + 1], 4);
-  if (base + static_cast<std::intptr_t>(loc) > pc) return nullptr;
-  return reinterpret_cast<const std::uint8_t*>(base + static_cast<std::intptr_t>(fde));
+  std::int32_t entry[2];
+  if (!t.read(table + 8 * lo, entry, 8) || hdr + static_cast<std::intptr_t>(entry[0]) > pc) return 0;
+  return hdr + static_cast<std::intptr_t>(entry[1]);
 }
 
-// The rule of the frame executing at pc, from the FDE covering it.
-Rule rule_from_fde(const std::uint8_t* fde, std::uintptr_t pc) {
+// The rule of the frame executing at pc, from the FDE at fde.
+Rule rule_from_fde(const Tables& t, std::uintptr_t fde, std::uintptr_t pc) {
   Rule out;  // fallback
+  std::uint8_t buf[kMaxFde];
   const std::uint8_t *body, *end;
-  if (!record_bounds(fde, &body, &end)) return out;
-  Reader r{body, end};
+  std::uintptr_t bias;
+  if (!read_record(t, fde, buf, sizeof buf, &body, &end, &bias)) return out;
+  Reader r{body, end, bias};
   std::uint32_t cie_ptr = r.fixed<std::uint32_t>();
   if (cie_ptr == 0) return out;  // a CIE, not an FDE
   Cie c;
-  if (!parse_cie(body - cie_ptr, &c) || c.signal) return out;
+  std::uint8_t cie_buf[kMaxCie];
+  if (!parse_cie(t, fde + 4 - cie_ptr, cie_buf, &c) || c.signal) return out;
   std::uintptr_t begin = r.encoded(c.fde_enc);
   std::uintptr_t range = r.encoded(c.fde_enc & 0x0f);
   if (!r.ok) return out;
@@ -790,9 +855,9 @@ Rule rule_from_fde(const std::uint8_t* fde, std::uintptr_t pc) {
     r.p += len;
   }
   Row initial;
-  if (!run_cfa(c.insns, c.end, c, begin, ~std::uintptr_t{0}, &initial, initial)) return out;
+  if (!run_cfa(c.insns, c.end, c.bias, c, begin, ~std::uintptr_t{0}, &initial, initial)) return out;
   Row row = initial;
-  if (!run_cfa(r.p, end, c, begin, pc, &row, initial)) return out;
+  if (!run_cfa(r.p, end, bias, c, begin, pc, &row, initial)) return out;
   if (row.ra_how == 3) {
     out.kind = Rule::end;
     return out;
@@ -825,11 +890,19 @@ int find_cb(dl_phdr_info* info, std::size_t, void* data) {
   }
   if (!inside) return 0;
   if (eh) {
-    const auto* hdr = reinterpret_cast<const std::uint8_t*>(info->dlpi_addr + eh->p_vaddr);
-    if (const std::uint8_t* fde = find_fde(hdr, eh->p_memsz, q->pc))
-      q->rule = rule_from_fde(fde, q->pc);
-    else if (hdr[0] != 1 || hdr[3] != 0x3b)
+    Tables t{info};
+    const char* path = info->dlpi_name && info->dlpi_name[0] ? info->dlpi_name : "/proc/self/exe";
+    t.fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (t.fd >= 0 && !same_build_id(info, t.fd)) {
+      close(t.fd);
+      t.fd = -1;
+    }
+    bool searchable;
+    if (std::uintptr_t fde = find_fde(t, info->dlpi_addr + eh->p_vaddr, eh->p_memsz, q->pc, &searchable))
+      q->rule = rule_from_fde(t, fde, q->pc);
+    else if (!searchable)
       q->rule = Rule{};  // a table we cannot search: libgcc can
+    if (t.fd >= 0) close(t.fd);
   }
   return 1;
 }
