@@ -70,6 +70,7 @@ calloc_unit_tests += tests/unit/track-unwind
 tests_unit_track_unwind_SOURCES = tests/unit/track-unwind.c++ tests/test-util.h++
 check_LTLIBRARIES += tests/track/libunwindshape-fp.la tests/track/libunwindshape-nofp.la
 check_LTLIBRARIES += tests/track/libunwindshape-big1.la tests/track/libunwindshape-big2.la
+check_LTLIBRARIES += tests/track/libunwindshape-nobid.la
 unwindshape_ldflags = -module -avoid-version -rpath /nowhere
 tests_track_libunwindshape_fp_la_SOURCES = tests/track/unwind-shapes.c++
 tests_track_libunwindshape_fp_la_CPPFLAGS =
@@ -87,6 +88,11 @@ tests_track_libunwindshape_big2_la_SOURCES = tests/track/unwind-shapes.c++
 tests_track_libunwindshape_big2_la_CPPFLAGS = -DSHAPE_BUF=1024
 tests_track_libunwindshape_big2_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
 tests_track_libunwindshape_big2_la_LDFLAGS = $(unwindshape_ldflags)
+# No GNU build ID: our walker reads its tables in place, not from the file.
+tests_track_libunwindshape_nobid_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_nobid_la_CPPFLAGS =
+tests_track_libunwindshape_nobid_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
+tests_track_libunwindshape_nobid_la_LDFLAGS = $(unwindshape_ldflags) -Wl,--build-id=none
 endif
 EXTRA_DIST += tests/unit/track-unwind.c++ tests/track/unwind-shapes.c++
 

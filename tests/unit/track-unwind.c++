@@ -4,8 +4,9 @@
 // Our frame walker (unwind_capture_ours) must list the same return addresses
 // as libunwind's unw_step loop (unwind_capture_step), captured from the same
 // frame, on every shape of frame: deep recursion; functions built with and
-// without frame pointers; alloca and VLA frames; a dlopen'ed library's frames;
-// many distinct call sites (the cache grows); threads (more than cores)
+// without frame pointers; alloca and VLA frames; a dlopen'ed library's frames
+// (with and without a build ID: tables read from its file, or in place; and
+// a library whose file was replaced on disk after dlopen); many distinct call sites (the cache grows); threads (more than cores)
 // walking at once through the shared cache.  A frame from a signal handler is
 // one our walker does not model: it must say so (-1), and unwind_capture's
 // fallback must still give the frames above the handler; so is a stack of its
@@ -160,7 +161,7 @@ END_TEST
 
 START_TEST(test_matches_unw_step_in_shapes) {
   REQUIRE_WALKER();
-  for (const char* lib : {"fp", "nofp"}) {
+  for (const char* lib : {"fp", "nofp", "nobid"}) {
     Shapes s;
     if (!s.open(lib)) TEST_SKIP("cannot dlopen %s: %s", shape_path(lib).c_str(), dlerror());
     struct Case {
@@ -290,6 +291,36 @@ START_TEST(test_dlclose_dlopen_same_address_not_stale) {
   bool same = reinterpret_cast<std::uintptr_t>(d2.dli_fbase) == base1 && b2.ours[1] == ra1;
   c.close();
   if (!same) TEST_SKIP("big2 was not loaded at big1's address with the same return address (checked only that it walks)");
+}
+END_TEST
+
+// The file of a loaded library replaced on disk (rename, as package managers
+// do): its tables are read from the mapping, not from the new file, whose
+// build ID differs (big2's tables in big1's place would give shape_frame's
+// frame 768 bytes too many).
+START_TEST(test_replaced_file_not_read) {
+  REQUIRE_WALKER();
+  char dir[] = "/tmp/calloc-track-unwind.XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  std::string lib = std::string(dir) + "/libshape.so", next = std::string(dir) + "/next.so";
+  auto copy = [](const std::string& from, const std::string& to) {
+    std::string cmd = "cp '" + from + "' '" + to + "'";
+    return std::system(cmd.c_str()) == 0;
+  };
+  if (!copy(shape_path("big1"), lib) || !copy(shape_path("big2"), next)) TEST_SKIP("cannot copy the shapes");
+  Shapes s;
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+  ck_assert_msg(h, "dlopen %s: %s", lib.c_str(), dlerror());
+  auto frame = reinterpret_cast<int (*)(ShapeCb, void*)>(dlsym(h, "shape_frame"));
+  ck_assert(frame);
+  ck_assert_int_eq(std::rename(next.c_str(), lib.c_str()), 0);
+  Both b;
+  frame(capture_both, &b);
+  std::string why = compare(b);
+  dlclose(h);
+  std::remove(lib.c_str());
+  rmdir(dir);
+  ck_assert_msg(why.empty(), "%s", why.c_str());
 }
 END_TEST
 
@@ -423,6 +454,7 @@ int main() {
   tcase_add_test(tc, test_cache_grows_and_stays_right);
   tcase_add_test(tc, test_threads_walk_at_once);
   tcase_add_test(tc, test_dlclose_dlopen_same_address_not_stale);
+  tcase_add_test(tc, test_replaced_file_not_read);
   tcase_add_test(tc, test_signal_frame_falls_back);
   tcase_add_test(tc, test_foreign_stack_falls_back);
   tcase_add_test(tc, test_fork_while_walking);
