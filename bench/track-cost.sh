@@ -11,8 +11,12 @@
 # out, in-off and sample under callgrind as well (exact, unlike times on a
 # shared machine): the measurement behind --enable-tracking's default.
 #
+# With BEFORE_SO set (another build's libcalloc.so with tracking, e.g. the
+# main branch's), its sample and full rows follow ours, as sample@before and
+# full@before: a change to the tracker measured before and after in one run.
+#
 # usage: bench/track-cost.sh [--ops N] [--callgrind] [WORKLOAD...]
-# env:   CALLOC_BENCH (bench/calloc-bench), LIBCALLOC_SO, NOTRACK_SO
+# env:   CALLOC_BENCH (bench/calloc-bench), LIBCALLOC_SO, NOTRACK_SO, BEFORE_SO
 set -u
 ops=1000000
 callgrind=no
@@ -29,21 +33,27 @@ test -n "$workloads" || workloads="pairs64 random-window threads-own"
 bench=${CALLOC_BENCH:-bench/calloc-bench}
 so=${LIBCALLOC_SO:-src/.libs/libcalloc.so}
 out_so=${NOTRACK_SO:?set NOTRACK_SO to a libcalloc.so built without --enable-tracking}
+before_so=${BEFORE_SO:-}
+before_cfgs=
+test -z "$before_so" || before_cfgs="sample@before full@before"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/track-cost.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" "$2"; }
 
-printf '%-14s %-10s %10s %10s %8s %12s %11s\n' workload config ns/op cpu-ns/op ratio peak-rss-kb data-bytes
+printf '%-14s %-13s %10s %10s %8s %12s %11s\n' workload config ns/op cpu-ns/op ratio peak-rss-kb data-bytes
 for w in $workloads; do
   base=
-  for cfg in out in-off sample full heaptrack; do
+  for cfg in out in-off sample full $before_cfgs heaptrack; do
     rm -f "$tmp"/data*
     case $cfg in
       out) env LD_PRELOAD="$out_so" "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
       in-off) env LD_PRELOAD="$so" "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
       sample) env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="profile=$tmp/data" "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
       full) env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=$tmp/data.leaks,profile=$tmp/data,sample=1" \
+              "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
+      sample@before) env LD_PRELOAD="$before_so" LIBCALLOC_OPTIONS="profile=$tmp/data" "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
+      full@before) env LD_PRELOAD="$before_so" LIBCALLOC_OPTIONS="leak_report=$tmp/data.leaks,profile=$tmp/data,sample=1" \
               "$bench" "$w" --ops "$ops" >"$tmp/line" ;;
       heaptrack)
         command -v heaptrack >/dev/null 2>&1 || { echo "heaptrack not installed"; continue; }
@@ -57,7 +67,7 @@ for w in $workloads; do
     data=$(cat "$tmp"/data* 2>/dev/null | wc -c)
     test -n "$base" || base=$cpu
     ratio=$(awk -v a="$cpu" -v b="$base" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-    printf '%-14s %-10s %10s %10s %8s %12s %11s\n' "$w" "$cfg" "$ns" "$cpu" "$ratio" "$rss" "$data"
+    printf '%-14s %-13s %10s %10s %8s %12s %11s\n' "$w" "$cfg" "$ns" "$cpu" "$ratio" "$rss" "$data"
   done
 done
 
@@ -65,18 +75,19 @@ if test $callgrind = yes; then
   command -v valgrind >/dev/null 2>&1 || { echo "valgrind not installed: no instruction counts"; exit 0; }
   cg_ops=$((ops / 10))
   echo
-  printf '%-14s %-10s %14s %10s\n' workload config instructions ins/op
+  printf '%-14s %-13s %14s %10s\n' workload config instructions ins/op
   for w in $workloads; do
-    for cfg in out in-off sample; do
+    for cfg in out in-off sample ${before_so:+sample@before}; do
       case $cfg in
         out) lib=$out_so; opts= ;;
         in-off) lib=$so; opts= ;;
         sample) lib=$so; opts="profile=$tmp/data" ;;
+        sample@before) lib=$before_so; opts="profile=$tmp/data" ;;
       esac
       env LD_PRELOAD="$lib" LIBCALLOC_OPTIONS="$opts" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         "$bench" "$w" --ops "$cg_ops" --no-pin >/dev/null 2>"$tmp/cg"
       ins=$(sed -n 's/.*Collected : *\([0-9]*\).*/\1/p' "$tmp/cg")
-      printf '%-14s %-10s %14s %10s\n' "$w" "$cfg" "$ins" "$(awk -v i="$ins" -v o="$cg_ops" 'BEGIN { printf "%.1f", i / o }')"
+      printf '%-14s %-13s %14s %10s\n' "$w" "$cfg" "$ins" "$(awk -v i="$ins" -v o="$cg_ops" 'BEGIN { printf "%.1f", i / o }')"
     done
   done
 fi

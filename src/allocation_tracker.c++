@@ -2,7 +2,7 @@
 // --enable-tracking): the request's tracker, usable with any heap.
 //
 // It owns the records of the blocks its user reports, keyed by address, and
-// per-stack totals; stacks come from track.c++'s capture (libunwind) and are
+// per-stack totals; stacks come from track_capture (track-unwind.c++) and are
 // symbolised by track.c++ only when a report is printed.  Unlike the process
 // heap's tracker (track.c++) it is an ordinary C++ object called from user
 // code, outside any allocator, so it keeps its data in standard containers,

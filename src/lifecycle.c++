@@ -13,6 +13,7 @@
 #include "config.h"
 #if CALLOC_TRACKING
 #include "track.h++"
+#include "track-unwind.h++"
 #endif
 #include "huge.h++"
 #include "large.h++"
@@ -265,6 +266,7 @@ void domains_prefork() {
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();
 #if CALLOC_TRACKING
+    unwind_prefork();  // stack captures out of the loader's lock (AllocationTracker's too)
     if (track_active()) track_prefork();
 #endif
     if (!vg_serialised()) {
@@ -293,6 +295,7 @@ void domains_postfork_parent() {
   }
 #if CALLOC_TRACKING
   if (track_active()) track_postfork_parent();
+  unwind_postfork_parent();
 #endif
   if (st.stdio) stdio_list_unlock();
 }
@@ -301,6 +304,7 @@ void domains_postfork_child() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
 #if CALLOC_TRACKING
+  unwind_postfork_child();
   if (track_active()) track_postfork_child();  // also when nothing was locked: reseeds sampling
 #endif
   if (!st.locked) return;  // the same state as the parent, one thread

@@ -5,10 +5,9 @@
 // ("sites", interned, never removed; per site: calls, bytes, live blocks, live
 // bytes) and a table of the live tracked blocks (address -> site, size,
 // weight), both in memory from the OS layer, so the tracker never calls malloc
-// while malloc runs.  Stacks are captured with libgcc_s's _Unwind_Backtrace
-// for a thread's first samples, then libunwind's unw_backtrace and its frame
-// cache (both loaded with dlopen: see load_unwinder) and symbolised only when a
-// report is written, in one batch (dladdr for the module, the module's ELF
+// while malloc runs.  Stacks are captured by track-unwind.c++ (our frame
+// walker and its small shared cache; libgcc_s or libunwind as fallbacks) and
+// symbolised only when a report is written, in one batch (dladdr for the module, the module's ELF
 // symbol table for the function (or its separate debug file's)
 // -- static functions too --, its .debug_line, __cxa_demangle).  The
 // report writers allocate (stdio, demangling) with the thread marked busy, so
@@ -45,9 +44,6 @@
 #include <algorithm>
 #include <vector>
 
-#define UNW_LOCAL_ONLY
-#include <libunwind.h>
-#include <unwind.h>
 #if __has_include(<zlib.h>)
 #include <zlib.h>  // types only: libz.so.1 is loaded with dlopen (see Zlib)
 #define CALLOC_TRACK_ZLIB 1
@@ -60,6 +56,7 @@
 #include "os.h++"
 #include "report.h++"
 #include "tcache.h++"
+#include "track-unwind.h++"
 #include "vg.h++"
 
 namespace lca {
@@ -153,8 +150,8 @@ pid_t g_start_pid;
 Options g_opts;  // a copy of the tracking options
 volatile sig_atomic_t g_dump_pending;
 
-// Text ranges to drop from the top of captured stacks: libunwind's, and
-// libcalloc's own when it is a shared object of its own (else the caller's
+// Text ranges to drop from the top of captured stacks: libcalloc's own when
+// it is a shared object of its own (else the caller's
 // return address marks where the user's frames start).
 struct TextRange {
   std::uintptr_t lo = 0, hi = 0;
@@ -212,255 +209,9 @@ bool in_skipped_text(const void* ip) {
   return false;
 }
 
-// Two unwinders, loaded with dlopen(RTLD_LOCAL), neither linked: libgcc_s
-// when tracking starts (or at AllocationTracker's first capture), libunwind
-// then in full mode (or without libgcc_s), else when a thread first needs it.
-//
-// Sampling uses, for a thread's first kGccCaptures samples (then libunwind:
-// see load_libunwind_late), the compiler's unwinder, libgcc_s's
-// _Unwind_Backtrace: it reads the same .eh_frame tables as libunwind, finds them through glibc's
-// _dl_find_object, and keeps nothing between captures (no allocation, no
-// cache, no lock on the dl_find_object path), ~10 000 instructions a capture.
-// libgcc_s is mapped in every C++ program and in every program that cancels a
-// thread or calls backtrace(), so loading it costs nothing or little; loading
-// libunwind cost ~160 KiB of mapped file pages (itself and liblzma, its
-// dependency) and ~36 KiB of its own data, and its fast path a 256 KiB frame
-// cache per thread (2^14 entries of 16 bytes, filled at a thread's first
-// unw_backtrace; no API sizes it): the bulk of what sampling cost a small
-// program in memory (docs/design.md, "Tracking").
-//
-// Full mode captures every allocation, where libunwind's cached fast path
-// (unw_backtrace, 0.1-0.4 us) is worth its memory: full mode loads libunwind
-// and uses it, per-thread caches (UNW_CACHE_PER_THREAD: no lock shared between
-// allocating threads, and nothing shared for helgrind and DRD to report).
-// libunwind is not linked because it also defines the _Unwind_* functions of
-// the C++ exception ABI (and a weak backtrace()): linked in, it came before
-// libgcc_s among the dependencies of programs linked with libcalloc, so that
-// every exception of the program unwound through libunwind's implementation.
-// When one library is missing, the other serves every mode (libunwind's slow
-// unw_step loop for a thread's first kSlowCaptures samples, as before libgcc
-// was used: see step_backtrace).
-#define TRACK_STR2(x) #x
-#define TRACK_STR(x) TRACK_STR2(x)
-using BacktraceFn = int (*)(void**, int);
-using GetContextFn = int (*)(unw_context_t*);
-using InitLocalFn = int (*)(unw_cursor_t*, unw_context_t*);
-using StepFn = int (*)(unw_cursor_t*);
-using GetRegFn = int (*)(unw_cursor_t*, unw_regnum_t, unw_word_t*);
-using GccBacktraceFn = _Unwind_Reason_Code (*)(_Unwind_Trace_Fn, void*);
-using GccGetIpFn = _Unwind_Ptr (*)(_Unwind_Context*);
-
-struct Unwinder {
-  GccBacktraceFn gcc_backtrace = nullptr;  // null: libgcc_s could not be loaded
-  GccGetIpFn gcc_get_ip = nullptr;
-  BacktraceFn backtrace = nullptr;  // null: libunwind not loaded
-  GetContextFn getcontext = nullptr;
-  InitLocalFn init_local = nullptr;
-  StepFn step = nullptr;
-  GetRegFn get_reg = nullptr;
-};
-
-// Slow (unw_step) captures a thread makes before it switches to unw_backtrace
-// when libunwind serves sampling (libgcc_s missing): at most ~32 x 10 us of
-// extra time per thread, and a thread that allocates less than ~16 MiB at the
-// default rate never pays for the 256 KiB cache.
-constexpr unsigned kSlowCaptures = 32;
-constinit thread_local std::uint32_t tls_slow_captures __attribute__((tls_model("initial-exec"))) = 0;
-
-// Set before the unwinder is loaded: full mode loads libunwind as well.
-bool g_unwind_full;
-
-void load_libgcc(Unwinder& u) {
-  void* lib = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) return;
-  u.gcc_get_ip = reinterpret_cast<GccGetIpFn>(dlsym(lib, "_Unwind_GetIP"));
-  u.gcc_backtrace = u.gcc_get_ip ? reinterpret_cast<GccBacktraceFn>(dlsym(lib, "_Unwind_Backtrace")) : nullptr;
-}
-
-bool load_libunwind(Unwinder& u, bool skip_its_text = true) {
-  void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) lib = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
-  if (!lib) return false;
-  using SetCaching = int (*)(unw_addr_space_t, unw_caching_policy_t);
-  auto set_caching = reinterpret_cast<SetCaching>(dlsym(lib, TRACK_STR(unw_set_caching_policy)));
-  auto* local_as = static_cast<unw_addr_space_t*>(dlsym(lib, TRACK_STR(unw_local_addr_space)));
-  if (set_caching && local_as) set_caching(*local_as, UNW_CACHE_PER_THREAD);
-  u.getcontext = reinterpret_cast<GetContextFn>(dlsym(lib, TRACK_STR(unw_tdep_getcontext)));
-  u.init_local = reinterpret_cast<InitLocalFn>(dlsym(lib, TRACK_STR(unw_init_local)));
-  u.step = reinterpret_cast<StepFn>(dlsym(lib, TRACK_STR(unw_step)));
-  u.get_reg = reinterpret_cast<GetRegFn>(dlsym(lib, TRACK_STR(unw_get_reg)));
-  if (!u.getcontext || !u.init_local || !u.get_reg) u.step = nullptr;
-  u.backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
-  // Its frames (unw_backtrace's own) are dropped from the top of stacks.
-  if (u.backtrace && skip_its_text) skip_object_of(reinterpret_cast<const void*>(u.backtrace));
-  return u.backtrace != nullptr;
-}
-
-// libunwind loaded late, for a thread that has sampled kGccCaptures times
-// (~32 MiB allocated at the default rate): libgcc's walk costs ~10 000
-// instructions a capture (callgrind, calloc-bench 2 M ops, sampling against
-// compiled in but off: random-window +11.9 % with libgcc only, +2.2 % with
-// libunwind), libunwind's cached one ~1 500.  Small programs never get there
-// (python3 -c pass, git status, sort: 1-16 samples) and never map it.  It is
-// loaded from malloc, so never while the thread may be inside the dynamic
-// loader (safe_to_load), and no thread ever waits for it: g_lu_state 0 (not
-// loaded), 1 (a thread is loading it: the others keep libgcc meanwhile),
-// 2 (loaded: g_lu_backtrace set), 3 (could not be loaded).
-constexpr unsigned kGccCaptures = 64;
-constinit thread_local std::uint32_t tls_gcc_captures __attribute__((tls_model("initial-exec"))) = 0;
-std::atomic<int> g_lu_state{0};
-BacktraceFn g_lu_backtrace;
-
-// True when no frame of the stack is in the dynamic loader or in a libdl
-// function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
-bool safe_to_load(void* const* frames, int n) {
-  for (int i = 0; i < n; ++i) {
-    Dl_info dl;
-    if (!dladdr(frames[i], &dl) || !dl.dli_fname) return false;
-    const char* base = std::strrchr(dl.dli_fname, '/');
-    base = base ? base + 1 : dl.dli_fname;
-    if (std::strncmp(base, "ld-linux", 8) == 0 || std::strncmp(base, "ld.so", 5) == 0) return false;
-    if (!dl.dli_sname) continue;
-    if (std::strncmp(dl.dli_sname, "_dl", 3) == 0 || std::strncmp(dl.dli_sname, "__libc_dl", 9) == 0) return false;
-    for (const char* f : {"dlopen", "dlmopen", "dlclose", "dlsym", "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror",
-                          "dl_iterate_phdr"})
-      if (std::strcmp(dl.dli_sname, f) == 0) return false;
-  }
-  return true;
-}
-
-void load_libunwind_late() {
-  int expected = 0;
-  if (!g_lu_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) return;
-  Busy busy;
-  Unwinder u;
-  bool ok = load_libunwind(u, false);
-  g_lu_backtrace = u.backtrace;
-#if CALLOC_VALGRIND
-  ANNOTATE_HAPPENS_BEFORE(&g_lu_state);
-#endif
-  g_lu_state.store(ok ? 2 : 3, std::memory_order_release);
-}
-
-_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg);
-int gcc_backtrace(const Unwinder& u, void** out, int max);
-
-Unwinder load_unwinder() {
-  Busy busy;
-  Unwinder u;
-  load_libgcc(u);
-  // One capture now, inside the one-time initialisation: libgcc fills its
-  // table of register sizes at its first unwind (pthread_once, which helgrind
-  // and DRD do not see), so every later capture happens after that in their
-  // eyes as in fact.
-  if (u.gcc_backtrace) {
-    void* warm[4];
-    (void)gcc_backtrace(u, warm, 4);
-  }
-#if CALLOC_VALGRIND
-  // pthread_once orders this before every later use, but helgrind and DRD
-  // do not see its fast path (a plain load of the once word): say it.
-  ANNOTATE_HAPPENS_BEFORE(&g_unwind_full);
-#endif
-  if ((g_unwind_full || !u.gcc_backtrace) && !load_libunwind(u) && !u.gcc_backtrace)
-    report_warning("allocation tracking: cannot load libgcc_s nor libunwind: ", dlerror());
-  return u;
-}
-
-// Loaded once; a thread that asks while another loads waits for it
-// (pthread_once, not a function-local static: its guard is in the C++ runtime,
-// which a C program does not have, src/cxxrt.h++), so no capture runs before
-// the library is there.
-Unwinder g_unwinder;
-pthread_once_t g_unwinder_once = PTHREAD_ONCE_INIT;
-void load_unwinder_once() { g_unwinder = load_unwinder(); }
-const Unwinder& unwinder() {
-  pthread_once(&g_unwinder_once, load_unwinder_once);
-#if CALLOC_VALGRIND
-  ANNOTATE_HAPPENS_AFTER(&g_unwind_full);
-#endif
-  return g_unwinder;
-}
-
-void init_unwinder() { (void)unwinder(); }
-
-// The unw_step loop, in the shape of unw_backtrace's result: return addresses
-// from this function's caller up (this frame is dropped, as unw_backtrace drops
-// its own).
-__attribute__((noinline)) int step_backtrace(const Unwinder& u, void** out, int max) {
-  unw_context_t uc;
-  unw_cursor_t cursor;
-  if (u.getcontext(&uc) < 0 || u.init_local(&cursor, &uc) < 0) return 0;
-  int n = 0;
-  while (n < max && u.step(&cursor) > 0) {
-    unw_word_t ip = 0;
-    if (u.get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0) break;
-    out[n++] = reinterpret_cast<void*>(ip);
-  }
-  return n;
-}
-
-struct GccTrace {
-  GccGetIpFn get_ip;
-  void** out;
-  int n, max;
-};
-
-_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
-  auto* t = static_cast<GccTrace*>(arg);
-  if (t->n >= t->max) return _URC_END_OF_STACK;
-  _Unwind_Ptr ip = t->get_ip(ctx);
-  if (ip == 0) return _URC_END_OF_STACK;
-  t->out[t->n++] = reinterpret_cast<void*>(ip);
-  return _URC_NO_REASON;
-}
-
-// _Unwind_Backtrace, in the same shape as unw_backtrace: from the return
-// address in its caller up.  Inlined, down to track_malloc (see
-// capture_user_stack): each frame walked costs ~2 000 instructions.
-__attribute__((always_inline)) inline int gcc_backtrace(const Unwinder& u, void** out, int max) {
-  GccTrace t{u.gcc_get_ip, out, 0, max};
-  u.gcc_backtrace(gcc_frame, &t);
-  return t.n;
-}
-
-// A capture through the loaded library (see above for which walk); 0 frames
-// when none could be loaded.
-__attribute__((always_inline)) inline int unwind_backtrace(void** out, int max) {
-  const Unwinder& u = unwinder();
-  bool full = g_track_mode == TrackMode::full;
-  if (u.gcc_backtrace && (!full || !u.backtrace)) {
-    if (tls_gcc_captures < kGccCaptures) {
-      ++tls_gcc_captures;
-      return gcc_backtrace(u, out, max);
-    }
-    int state = g_lu_state.load(std::memory_order_acquire);
-    if (state == 2) {
-#if CALLOC_VALGRIND
-      ANNOTATE_HAPPENS_AFTER(&g_lu_state);
-#endif
-      return g_lu_backtrace(out, max);
-    }
-    int n = gcc_backtrace(u, out, max);
-    if (state == 0) {
-      if (safe_to_load(out, n))
-        load_libunwind_late();
-      else
-        tls_gcc_captures = kGccCaptures - 16;  // tries again 16 captures later
-    }
-    return n;
-  }
-  if (!u.backtrace) return 0;
-  if (u.step && !full && tls_slow_captures < kSlowCaptures) {
-    ++tls_slow_captures;
-    return step_backtrace(u, out, max);
-  }
-  return u.backtrace(out, max);
-}
-
 void init_skip_ranges() {
   Busy busy;
-  init_unwinder();
+  unwind_init();
   Dl_info self;
   link_map* lm_self = nullptr;
   dladdr1(reinterpret_cast<const void*>(&track_init), &self, reinterpret_cast<void**>(&lm_self), RTLD_DL_LINKMAP);
@@ -794,15 +545,13 @@ void reset_countdown() {
 // dropped: that frame is the libcalloc entry point (malloc, operator new) that
 // called track_malloc, or the user's when the entry point tail-called it, so
 // such a stack may begin with one libcalloc frame but never loses a user's.
-// Inlined with record() into track_malloc: libgcc's unwinder walks every frame
-// between it and the user's code, at ~2 000 instructions each.
+// Inlined with record() into track_malloc, so that the walk starts there.
 __attribute__((always_inline)) inline unsigned capture_user_stack(void** out, const void* marker) {
   void* raw[kCaptureFrames];
-  int n = unwind_backtrace(raw, static_cast<int>(kCaptureFrames));
+  int n = unwind_capture(raw, static_cast<int>(kCaptureFrames));
   int i = 0;
   if (!g_lib_is_main) {
-    // libunwind loaded late (its text is not among the skipped): its frames
-    // come before libcalloc's.
+    // Should the first frames be outside libcalloc (none today), they go first.
     while (i < n && !in_skipped_text(raw[i])) ++i;
     if (i == n) i = 0;
     while (i < n && in_skipped_text(raw[i])) ++i;
@@ -1892,6 +1641,10 @@ bool write_profile(const char* pattern, int format) {
                  mode_text(mode, sizeof mode));
     std::fprintf(f, "total: %.0f allocations, %.0f bytes; live: %.0f blocks, %.0f bytes; %zu stacks\n", calls, bytes,
                  live_blocks, live_bytes, n);
+    UnwindStats u = unwind_stats();
+    std::fprintf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
+                 static_cast<unsigned long long>(u.captures), static_cast<unsigned long long>(u.fallbacks), u.entries,
+                 u.bytes);
     for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
       std::fprintf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
                    v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);
@@ -1935,7 +1688,6 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
     report_warning("allocation tracking is off: no memory for its tables");
     return;
   }
-  g_unwind_full = mode == TrackMode::full;
   init_skip_ranges();
   g_start_pid = getpid();
   g_sample_bytes = sample_bytes ? sample_bytes : kDefaultSampleBytes;
@@ -1964,8 +1716,6 @@ void track_postfork_parent() {
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
-  int loading = 1;  // a thread of the parent was loading libunwind: the child may try again
-  g_lu_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
@@ -1975,6 +1725,8 @@ void track_postfork_child() {
 
 
 // --- entry points ----------------------------------------------------------------------
+
+void* track_pool_alloc(std::size_t bytes) { return pool_alloc(bytes); }
 
 void track_init(const Options& o) {
   g_opts = o;
@@ -2113,19 +1865,11 @@ TrackTotals track_totals() {
 }
 
 __attribute__((noinline)) unsigned track_capture(void** frames, unsigned max, unsigned skip) {
-  init_unwinder();
-  // AllocationTracker captures every allocation it is told about, as full
-  // mode does, and outside malloc: libunwind's fast walk from the first one
-  // (loaded here, so that what dlopen keeps for the process is there from the
-  // tracker's first use, not from some later capture).
-  if (tls_gcc_captures < kGccCaptures) {
-    if (g_lu_state.load(std::memory_order_acquire) == 0) load_libunwind_late();
-    tls_gcc_captures = kGccCaptures;
-  }
-  void* raw[64];
+  Busy busy;  // a thread's first capture may allocate (its stack bounds)
+  void* raw[kUnwindMaxFrames];
   unsigned want = max + skip + 2;
-  int n = unwind_backtrace(raw, static_cast<int>(want < 64 ? want : 64));
-  // raw[0] may lie in libunwind; the first frame of ours is this function's.
+  int n = unwind_capture(raw, static_cast<int>(want < kUnwindMaxFrames ? want : kUnwindMaxFrames));
+  // raw[0] lies in this function; its caller's frame is the one returning to `mine`.
   const void* mine = __builtin_return_address(0);
   int i = 0;
   while (i < n && raw[i] != mine) ++i;

@@ -63,6 +63,38 @@ tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 EXTRA_DIST += tests/integration/track-rss.sh
+# Stack capture (src/track-unwind.c++): our walker against libunwind's unw_step
+# on frames of every shape, in the program and in objects it dlopens.
+if CALLOC_TRACKING
+calloc_unit_tests += tests/unit/track-unwind
+tests_unit_track_unwind_SOURCES = tests/unit/track-unwind.c++ tests/test-util.h++
+check_LTLIBRARIES += tests/track/libunwindshape-fp.la tests/track/libunwindshape-nofp.la
+check_LTLIBRARIES += tests/track/libunwindshape-big1.la tests/track/libunwindshape-big2.la
+check_LTLIBRARIES += tests/track/libunwindshape-nobid.la
+unwindshape_ldflags = -module -avoid-version -rpath /nowhere
+tests_track_libunwindshape_fp_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_fp_la_CPPFLAGS =
+tests_track_libunwindshape_fp_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fno-omit-frame-pointer
+tests_track_libunwindshape_fp_la_LDFLAGS = $(unwindshape_ldflags)
+tests_track_libunwindshape_nofp_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_nofp_la_CPPFLAGS =
+tests_track_libunwindshape_nofp_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
+tests_track_libunwindshape_nofp_la_LDFLAGS = $(unwindshape_ldflags)
+tests_track_libunwindshape_big1_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_big1_la_CPPFLAGS = -DSHAPE_BUF=256
+tests_track_libunwindshape_big1_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
+tests_track_libunwindshape_big1_la_LDFLAGS = $(unwindshape_ldflags)
+tests_track_libunwindshape_big2_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_big2_la_CPPFLAGS = -DSHAPE_BUF=1024
+tests_track_libunwindshape_big2_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
+tests_track_libunwindshape_big2_la_LDFLAGS = $(unwindshape_ldflags)
+# No GNU build ID: our walker reads its tables in place, not from the file.
+tests_track_libunwindshape_nobid_la_SOURCES = tests/track/unwind-shapes.c++
+tests_track_libunwindshape_nobid_la_CPPFLAGS =
+tests_track_libunwindshape_nobid_la_CXXFLAGS = $(CALLOC_WARN_CXXFLAGS) -O2 -g -fomit-frame-pointer
+tests_track_libunwindshape_nobid_la_LDFLAGS = $(unwindshape_ldflags) -Wl,--build-id=none
+endif
+EXTRA_DIST += tests/unit/track-unwind.c++ tests/track/unwind-shapes.c++
 
 # Smart pointers and standard-library adapters (issue 16).
 calloc_unit_tests += tests/unit/memory

@@ -2,7 +2,7 @@
 // hot allocation sites (libcalloc configured with --enable-tracking).
 //
 // AllocationTracker records the blocks its user tells it about, with the stack
-// that allocated each one (libunwind), and reports what is still live (leaks)
+// that allocated each one (libcalloc's unwinder), and reports what is still live (leaks)
 // and where allocations come from (hot sites).  It works with any heap: it only
 // sees the addresses and sizes passed to track_allocation / track_deallocation.
 // Its own bookkeeping uses the ordinary C++ containers of this header, so it

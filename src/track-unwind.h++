@@ -1,0 +1,61 @@
+// track-unwind.h++ -- stack capture for allocation tracking (configure
+// --enable-tracking): our own x86-64 frame walker with its shared frame cache,
+// and libgcc_s / libunwind as fallbacks.  See track-unwind.c++.
+#ifndef LCA_TRACK_UNWIND_HXX
+#define LCA_TRACK_UNWIND_HXX
+
+#include <cstddef>
+#include <cstdint>
+
+#include "config.h"
+
+#if !CALLOC_TRACKING
+#error "track-unwind.h++ is part of --enable-tracking builds only"
+#endif
+
+namespace lca {
+
+// Loads the fallback unwinders (libgcc_s; libunwind only when libgcc_s is
+// missing), once; later calls return at once.
+void unwind_init();
+
+// Return addresses from the one into unwind_capture's caller up, at most max
+// (<= kUnwindMaxFrames); returns the count (0 when no unwinder works).  Our
+// walker first; a capture it cannot finish is made again by libgcc_s's
+// _Unwind_Backtrace (or, without libgcc_s, libunwind's unw_step).  Never
+// allocates (but a thread's first capture reads its stack bounds with
+// pthread_getattr_np, which may): call it with the thread marked busy.
+constexpr int kUnwindMaxFrames = 64;
+int unwind_capture(void** out, int max);
+
+// fork (lifecycle.c++'s handlers, before the tracker's locks): prefork waits
+// until no thread is inside a walk (which holds the loader's lock, inside
+// dl_iterate_phdr, and this module's cache lock) and keeps new walks out
+// (they fall back meanwhile); the child re-initialises.
+void unwind_prefork();
+void unwind_postfork_parent();
+void unwind_postfork_child();
+
+// Memory for the frame cache: track.c++'s pool of OS-backed pieces (zeroed).
+void* track_pool_alloc(std::size_t bytes);
+
+// --- test hooks (tests/unit/track-unwind.c++) -----------------------------------
+// Our walker alone, in unwind_capture's shape: -1 when it could not finish
+// (the capture would fall back); 0 frames on other architectures (-1 too).
+int unwind_capture_ours(void** out, int max);
+// libunwind's unw_step loop, the same shape (libunwind loaded on first use);
+// -1 when libunwind cannot be loaded.
+int unwind_capture_step(void** out, int max);
+struct UnwindStats {
+  std::uint64_t captures;   // by our walker (finished or not); other threads' last <= 63 not yet counted
+  std::uint64_t fallbacks;  // of those, made again by a fallback unwinder
+  std::uint64_t hits, misses, uncached;  // frame rules: from the cache, parsed, not representable
+  std::uint64_t flushes;    // cache emptied because objects were loaded or unloaded
+  std::size_t entries;      // rules in the cache now
+  std::size_t bytes;        // cache memory taken from the pool (all tables)
+};
+UnwindStats unwind_stats();
+
+}  // namespace lca
+
+#endif
