@@ -25,6 +25,7 @@
 #include "track-unwind.h++"
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <dlfcn.h>
 #include <elf.h>
@@ -1062,6 +1063,10 @@ void unwind_init() { pthread_once(&g_init_once, init_once); }
 
 // Each walk called here lists this function's frame first: dropped.
 __attribute__((noinline)) int unwind_capture(void** out, int max) {
+  // malloc keeps errno: a walk may fail an open (a library deleted since it
+  // was loaded), a pread or a dlopen's search, and the program's errno must not
+  // change under it (test_capture_keeps_errno).
+  const int saved_errno = errno;
   unwind_init();
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
@@ -1083,6 +1088,7 @@ __attribute__((noinline)) int unwind_capture(void** out, int max) {
     else
       n = partial;  // the frames our walker found, as far as it could go
   }
+  errno = saved_errno;
   return drop_first(out, raw, n);
 }
 

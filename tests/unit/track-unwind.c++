@@ -17,6 +17,7 @@
 // The shapes live in tests/track/unwind-shapes.c++, built four ways
 // (tests/local.mk) and dlopen'ed from $top_builddir/tests/track/.libs.
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -324,6 +325,38 @@ START_TEST(test_replaced_file_not_read) {
 }
 END_TEST
 
+// A library deleted from disk after dlopen: the walker's open of its file
+// fails (ENOENT), and its tables are read from the mapping.  The caller's errno
+// is what it was: malloc must not change it (a program may allocate between a
+// failing call and its use of errno).
+int g_errno_after = 0;
+void capture_with_errno(void*) {
+  void* f[16];
+  errno = EXDEV;
+  (void)lca::unwind_capture(f, 16);
+  g_errno_after = errno;
+}
+
+START_TEST(test_capture_keeps_errno) {
+  REQUIRE_WALKER();
+  char dir[] = "/tmp/calloc-track-unwind.XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  std::string lib = std::string(dir) + "/libgone.so";
+  std::string cmd = "cp '" + shape_path("big1") + "' '" + lib + "'";
+  if (std::system(cmd.c_str()) != 0) TEST_SKIP("cannot copy the shapes");
+  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+  ck_assert_msg(h, "dlopen %s: %s", lib.c_str(), dlerror());
+  auto frame = reinterpret_cast<int (*)(ShapeCb, void*)>(dlsym(h, "shape_frame"));
+  ck_assert(frame);
+  ck_assert_int_eq(std::remove(lib.c_str()), 0);
+  rmdir(dir);
+  frame(capture_with_errno, nullptr);
+  dlclose(h);
+  ck_assert_msg(g_errno_after == EXDEV, "errno %d (%s) after a capture, not EXDEV", g_errno_after,
+                std::strerror(g_errno_after));
+}
+END_TEST
+
 // --- a signal handler's frame: not modelled, the capture falls back ------------
 
 Both g_sig;
@@ -455,6 +488,7 @@ int main() {
   tcase_add_test(tc, test_threads_walk_at_once);
   tcase_add_test(tc, test_dlclose_dlopen_same_address_not_stale);
   tcase_add_test(tc, test_replaced_file_not_read);
+  tcase_add_test(tc, test_capture_keeps_errno);
   tcase_add_test(tc, test_signal_frame_falls_back);
   tcase_add_test(tc, test_foreign_stack_falls_back);
   tcase_add_test(tc, test_fork_while_walking);
