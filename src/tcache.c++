@@ -331,14 +331,15 @@ void purge_dirty_slots(Heap* h) {
   h->dirty_slots = left;
 }
 
-// Span reclaim: a span of class c for h in a free slot of orphan chunk sc (a
-// dirty one if any; domain lock held).
-Span* carve_orphan_slot(Domain* d, Heap* h, SpanChunk* sc, unsigned c) {
+// A span of class c for h in a free slot of sc, a dirty (resident) one if any;
+// taking a dirty slot takes one from *dirty, the count of such slots it was in
+// (the heap's, or the domain's for an orphan chunk, whose lock is then held).
+Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty) {
   std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
   unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
   std::uint64_t bit = std::uint64_t{1} << slot;
-  bool zeroed = !(sc->dirty_slots & bit);
-  if (!zeroed) --d->orphan_dirty_slots;
+  bool zeroed = !(sc->dirty_slots & bit);  // never used since mapped, or purged
+  if (!zeroed && *dirty) --*dirty;
   sc->dirty_slots &= ~bit;
   sc->free_slots &= ~bit;
   ++sc->active_spans;
@@ -359,10 +360,10 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
   unsigned n = 0;
   for (ChunkHeader* ch = d->orphan_chunks.head; ch && n < kOrphanChunkProbe; ch = ch->next, ++n) {
     SpanChunk* sc = span_chunk_of(ch);
-    if (sc->free_slots & sc->dirty_slots) return carve_orphan_slot(d, h, sc, c);
+    if (sc->free_slots & sc->dirty_slots) return carve_slot(sc, h, c, &d->orphan_dirty_slots);
     if (!clean && sc->free_slots) clean = sc;
   }
-  return clean && !dirty_only ? carve_orphan_slot(d, h, clean, c) : nullptr;
+  return clean && !dirty_only ? carve_slot(clean, h, c, &d->orphan_dirty_slots) : nullptr;
 }
 
 Span* new_span(Heap* h, unsigned c) {
@@ -377,22 +378,11 @@ Span* new_span(Heap* h, unsigned c) {
     h->span_chunks_avail.push(ch);
   }
   SpanChunk* sc = span_chunk_of(ch);
-  std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
-  unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
-  std::uint64_t bit = std::uint64_t{1} << slot;
-  bool zeroed = !(sc->dirty_slots & bit);  // never used since mapped, or purged
-  if (!zeroed) {
-    sc->dirty_slots &= ~bit;
-    if (h->dirty_slots) --h->dirty_slots;
-  }
-  sc->free_slots &= ~bit;
-  ++sc->active_spans;
+  Span* s = carve_slot(sc, h, c, &h->dirty_slots);
   if (!sc->free_slots) {
     h->span_chunks_avail.remove(ch);
     h->span_chunks_full.push(ch);
   }
-  Span* s = &sc->spans[slot];
-  span_init(s, sc, slot, c, h, zeroed);
   return s;
 }
 
