@@ -565,16 +565,8 @@ bool same_build_id(const dl_phdr_info* info, int fd) {
     if (pread(fd, file, ph.p_filesz, static_cast<off_t>(ph.p_offset)) != static_cast<ssize_t>(ph.p_filesz) ||
         std::memcmp(file, mem, ph.p_filesz) != 0)
       return false;
-    for (std::size_t k = 0; k + 12 <= ph.p_filesz;) {  // namesz, descsz, type, name, desc
-      std::uint32_t namesz, descsz, type;
-      std::memcpy(&namesz, file + k, 4);
-      std::memcpy(&descsz, file + k + 4, 4);
-      std::memcpy(&type, file + k + 8, 4);
-      if (type == NT_GNU_BUILD_ID && namesz == 4 && descsz > 0 && k + 16 <= ph.p_filesz &&
-          std::memcmp(file + k + 12, "GNU", 4) == 0)
-        build_id = true;
-      k += 12 + ((namesz + 3) & ~3u) + ((descsz + 3) & ~3u);
-    }
+    std::size_t size;
+    if (elf_notes_build_id(file, ph.p_filesz, &size)) build_id = true;
   }
   return build_id;
 }
@@ -1058,6 +1050,23 @@ int drop_first(void** out, void* const* raw, int n) {
 }
 
 }  // namespace
+
+const unsigned char* elf_notes_build_id(const unsigned char* notes, std::size_t n, std::size_t* size) {
+  for (std::size_t k = 0; n - k >= sizeof(ElfW(Nhdr));) {  // a header, the name, the descriptor
+    ElfW(Nhdr) nh;
+    std::memcpy(&nh, notes + k, sizeof nh);
+    std::size_t name = k + sizeof nh, desc = name + ((std::size_t{nh.n_namesz} + 3) & ~std::size_t{3});
+    if (desc > n || nh.n_descsz > n - desc) return nullptr;
+    if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 && std::memcmp(notes + name, "GNU", 4) == 0 &&
+        nh.n_descsz > 0) {
+      *size = nh.n_descsz;
+      return notes + desc;
+    }
+    k = desc + ((std::size_t{nh.n_descsz} + 3) & ~std::size_t{3});
+    if (k > n) return nullptr;
+  }
+  return nullptr;
+}
 
 void unwind_init() { pthread_once(&g_init_once, init_once); }
 

@@ -39,6 +39,12 @@ void unwind_postfork_child();
 // Memory for the frame cache: track.c++'s pool of OS-backed pieces (zeroed).
 void* track_pool_alloc(std::size_t bytes);
 
+// The GNU build ID among the ELF notes in the n bytes at notes (a PT_NOTE
+// segment or an SHT_NOTE section): its bytes, their count in *size; nullptr
+// when there is none or a note runs past the end.  Used here to tell a file
+// from the object mapped, and by track.c++ to find separate debug files.
+const unsigned char* elf_notes_build_id(const unsigned char* notes, std::size_t n, std::size_t* size);
+
 // --- test hooks (tests/unit/track-unwind.c++) -----------------------------------
 // Our walker alone, in unwind_capture's shape: -1 when it could not finish
 // (the capture would fall back); 0 frames on other architectures (-1 too).

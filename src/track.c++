@@ -1196,20 +1196,11 @@ std::size_t build_id(const ElfFile& f, char* hex) {
   for (unsigned i = 0; i < f.eh()->e_shnum; ++i) {
     const ElfW(Shdr)& s = f.sh()[i];
     if (s.sh_type != SHT_NOTE || !f.need(s)) continue;
-    const unsigned char* p = f.base + s.sh_offset;
-    const unsigned char* end = p + s.sh_size;
-    while (end - p >= 12) {
-      ElfW(Nhdr) nh;
-      std::memcpy(&nh, p, sizeof nh);
-      const unsigned char* name = p + sizeof nh;
-      const unsigned char* desc = name + align_up(nh.n_namesz, 4);
-      if (desc > end || nh.n_descsz > static_cast<std::size_t>(end - desc)) break;
-      if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0 && nh.n_descsz > 1 &&
-          nh.n_descsz <= 64) {
-        for (unsigned k = 0; k < nh.n_descsz; ++k) std::snprintf(hex + 2 * k, 3, "%02x", desc[k]);
-        return nh.n_descsz;
-      }
-      p = desc + align_up(nh.n_descsz, 4);
+    std::size_t n;
+    const unsigned char* id = elf_notes_build_id(f.base + s.sh_offset, s.sh_size, &n);
+    if (id && n > 1 && n <= 64) {
+      for (unsigned k = 0; k < n; ++k) std::snprintf(hex + 2 * k, 3, "%02x", id[k]);
+      return n;
     }
   }
   return 0;
