@@ -17,10 +17,12 @@
 // word are parsed at each use.  Every read of the stack is bounds-checked
 // against the thread's stack (from the capturing frame's rsp to the top, read
 // once a thread: stack_bounds), and each CFA must lie above the last: a wrong
-// or stale rule ends in a fallback, never in a fault.  Each walk begins by
-// reading dl_iterate_phdr's counters of loaded and unloaded objects, and the
-// cache is emptied when they changed: a rule never outlives the code it
-// describes (generation_cb).  Why not libunwind's unw_backtrace: its 256 KiB
+// or stale rule ends in a fallback, never in a fault.  A rule never outlives
+// the code it describes: rules of the objects loaded at startup (never
+// unloaded) are used as they are; a walk that needs another rule first reads
+// dl_iterate_phdr's counters of loaded and unloaded objects, once, and the
+// cache is emptied when they changed (walk_frames says why that cannot miss
+// a replaced library).  Why not libunwind's unw_backtrace: its 256 KiB
 // frame cache per thread (docs/design.md, "Tracking", has the measurements).
 #include "track-unwind.h++"
 
@@ -32,6 +34,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
+#include <sys/auxv.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -180,7 +183,13 @@ const Unwinder* fallback(void* const* frames, int n) {
 }
 
 pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
+#if LCA_OWN_UNWINDER
+void init_rtld_base();
+#endif
 void init_once() {
+#if LCA_OWN_UNWINDER
+  init_rtld_base();
+#endif
   bool now = !LCA_OWN_UNWINDER || vg_serialised();
   if (void* gcc = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD)) {
     now = true;
@@ -255,7 +264,8 @@ __attribute__((noinline)) int gcc_capture(const Unwinder& u, void** out, int max
 
 // --- our walker -------------------------------------------------------------------
 
-std::atomic<std::uint64_t> g_captures{0}, g_fallbacks{0}, g_hits{0}, g_misses{0}, g_uncached{0}, g_flushes{0};
+std::atomic<std::uint64_t> g_captures{0}, g_fallbacks{0}, g_hits{0}, g_misses{0}, g_uncached{0}, g_flushes{0},
+    g_checks{0};
 // Captures and cache hits, counted per thread and added to the shared counts
 // every kCountBatch captures (and by unwind_stats for its own thread), not a
 // shared increment a frame: a cache line passed between the threads that walk.
@@ -271,16 +281,21 @@ void publish_counts() {
 #if LCA_OWN_UNWINDER
 
 // A frame's rule in 17 bits: bit 0 the CFA's register (0 rsp, 1 rbp), bits
-// 1-12 the CFA's offset from it in 8-byte units (1-4095), bits 13-16 where rbp
-// was saved, in 8-byte units below the CFA (0: not saved by this frame, so
-// unchanged).  An offset field of 0 marks the special rules: kEnd (the
+// 1-11 the CFA's offset from it in 8-byte units (1-2047: frames up to 16 KiB;
+// larger ones are parsed at each use), bits 12-15 where rbp was saved, in
+// 8-byte units below the CFA (0: not saved by this frame, so unchanged), bit
+// 16 kMayUnload: the rule was read from an object that dlclose could unload
+// (or from no object), so it is used only after the walk's generation check
+// (see walk_frames).  An offset field of 0 marks the special rules: kEnd (the
 // outermost frame: its return address is undefined, or no unwind table covers
 // the address) and kFallback (a rule our walker does not model).  The cache
 // word is the address << 17 | the rule; 0 is an empty slot.
 constexpr unsigned kRuleBits = 17;
 constexpr std::uint64_t kRuleMask = (std::uint64_t{1} << kRuleBits) - 1;
-constexpr std::uint64_t kEnd = std::uint64_t{1} << 13;
-constexpr std::uint64_t kFallback = std::uint64_t{2} << 13;
+constexpr unsigned kRbpShift = 12;
+constexpr std::uint64_t kEnd = std::uint64_t{1} << kRbpShift;
+constexpr std::uint64_t kFallback = std::uint64_t{2} << kRbpShift;
+constexpr std::uint64_t kMayUnload = std::uint64_t{1} << 16;
 constexpr std::uintptr_t kMaxCachedPc = std::uintptr_t{1} << (64 - kRuleBits);
 
 struct Rule {
@@ -291,26 +306,27 @@ struct Rule {
 };
 
 // The rule's cache word bits, or 0 when it does not fit one.
-std::uint64_t pack(const Rule& r) {
-  if (r.kind == Rule::end) return kEnd;
-  if (r.kind == Rule::fallback) return kFallback;
-  if (r.cfa_off <= 0 || r.cfa_off % 8 || r.cfa_off / 8 > 4095) return 0;
+std::uint64_t pack(const Rule& r, bool may_unload) {
+  std::uint64_t unload = may_unload ? kMayUnload : 0;
+  if (r.kind == Rule::end) return kEnd | unload;
+  if (r.kind == Rule::fallback) return kFallback | unload;
+  if (r.cfa_off <= 0 || r.cfa_off % 8 || r.cfa_off / 8 > 2047) return 0;
   if (r.rbp_off > 0 || r.rbp_off % 8 || -r.rbp_off / 8 > 15) return 0;
   return (r.cfa_rbp ? 1u : 0u) | static_cast<std::uint64_t>(r.cfa_off / 8) << 1 |
-         static_cast<std::uint64_t>(-r.rbp_off / 8) << 13;
+         static_cast<std::uint64_t>(-r.rbp_off / 8) << kRbpShift | unload;
 }
 
 Rule unpack(std::uint64_t bits) {
   Rule r;
-  std::uint64_t off = (bits >> 1) & 4095;
+  std::uint64_t off = (bits >> 1) & 2047;
   if (off == 0) {
-    r.kind = (bits & kRuleMask) == kEnd ? Rule::end : Rule::fallback;
+    r.kind = (bits & kRuleMask & ~kMayUnload) == kEnd ? Rule::end : Rule::fallback;
     return r;
   }
   r.kind = Rule::walk;
   r.cfa_rbp = bits & 1;
   r.cfa_off = static_cast<std::int64_t>(off * 8);
-  r.rbp_off = -static_cast<std::int64_t>(((bits >> 13) & 15) * 8);
+  r.rbp_off = -static_cast<std::int64_t>(((bits >> kRbpShift) & 15) * 8);
   return r;
 }
 
@@ -324,13 +340,15 @@ constexpr std::size_t kMaxSlots = std::size_t{1} << 16;  // 512 KiB: then rules 
 constexpr unsigned kProbe = 16;
 
 std::atomic<std::atomic<std::uint64_t>*> g_table{nullptr};
-// Held shared by every walk, from its generation check to its end (the walk
-// takes the loader's lock in dl_iterate_phdr, and g_cache_lock): fork's
-// prepare handler takes it exclusive, so no thread is inside either when the
-// process forks, else the child's first dl_iterate_phdr (or dlopen) waited
-// forever for a lock its parent's thread held (the track suite's fork test
-// hung so under ASan).  Walks only try it: a walk that meets a waiting fork
-// falls back instead of waiting (writers preferred: forks are not starved).
+// Held shared by a walk from its first call of dl_iterate_phdr (a miss, or
+// the generation check) to its end (dl_iterate_phdr takes the loader's lock,
+// and a miss may take g_cache_lock): fork's prepare handler takes it
+// exclusive, so no thread is inside either when the process forks, else the
+// child's first dl_iterate_phdr (or dlopen) waited forever for a lock its
+// parent's thread held (the track suite's fork test hung so under ASan).  A
+// walk served by the cache alone takes no lock and writes no shared line.
+// Walks only try it: a walk that meets a waiting fork falls back instead of
+// waiting (writers preferred: forks are not starved).
 pthread_rwlock_t g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 std::atomic<std::size_t> g_entries{0};
 std::atomic<std::size_t> g_table_bytes{0};
@@ -425,7 +443,8 @@ void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
 
 // Empties the cache when objects were loaded or unloaded since it was last
 // (called with the loader's lock held, inside dl_iterate_phdr, so one thread
-// at a time; g_cache_lock orders it with growth).
+// at a time and the counters cannot change meanwhile; g_cache_lock orders it
+// with growth).
 void check_generation(unsigned long long adds, unsigned long long subs) {
   static std::atomic<unsigned long long> seen_adds{0}, seen_subs{0};
   if (seen_adds.load(std::memory_order_relaxed) == adds && seen_subs.load(std::memory_order_relaxed) == subs) return;
@@ -443,6 +462,32 @@ void check_generation(unsigned long long adds, unsigned long long subs) {
     seen_subs.store(subs, std::memory_order_relaxed);
   }
   pthread_mutex_unlock(&g_cache_lock);
+}
+
+// Objects that can never be unloaded.  glibc unloads only objects dlopen
+// loaded (dl-close.c: l_type == lt_loaded); the program, its DT_NEEDED
+// libraries, LD_PRELOAD's, the vDSO and ld.so itself (lt_executable,
+// lt_library) stay until exit.  They are the objects dl_iterate_phdr lists at
+// or before ld.so: ld.so is placed among them at startup, in its place in the
+// search order, and every object loaded later is appended at the end of the
+// list (_dl_add_to_namespace_list), so nothing before ld.so was loaded after
+// startup, and those objects are never removed.  ld.so is the object whose
+// load address is AT_BASE.  Only in the base namespace (in a dlmopen
+// namespace, its first objects were dlmopen'ed), told by the list's first
+// object being the program (glibc names it ""), and libcalloc's namespace.
+// 0: unknown (static program, ld.so run as a command, another namespace):
+// every rule is checked.
+std::uintptr_t g_rtld_base;
+
+void init_rtld_base() {
+  Dl_info dl;
+  link_map* self = nullptr;
+  Lmid_t ns = -1;
+  if (!dladdr1(reinterpret_cast<const void*>(&init_rtld_base), &dl, reinterpret_cast<void**>(&self),
+               RTLD_DL_LINKMAP) ||
+      !self || dlinfo(self, RTLD_DI_LMID, &ns) != 0 || ns != LM_ID_BASE)
+    return;
+  g_rtld_base = static_cast<std::uintptr_t>(getauxval(AT_BASE));
 }
 
 // --- CFI (DWARF call frame information, as in .eh_frame) ---------------------------
@@ -868,11 +913,24 @@ Rule rule_from_fde(const Tables& t, std::uintptr_t fde, std::uintptr_t pc) {
 
 struct FindQuery {
   std::uintptr_t pc;
-  Rule rule;  // kind end unless an FDE says otherwise
+  Rule rule;               // kind end unless an FDE says otherwise
+  bool may_unload = true;  // false: pc lies in an object that is never unloaded
+  bool counters = false;   // the generation check ran (dl_iterate_phdr gave the counters)
+  bool first = true;
+  bool past_rtld = false;  // ld.so was listed before the object being looked at
+  bool base_ns = false;    // the list began with the program: the base namespace
 };
 
-int find_cb(dl_phdr_info* info, std::size_t, void* data) {
+int find_cb(dl_phdr_info* info, std::size_t size, void* data) {
   auto* q = static_cast<FindQuery*>(data);
+  if (q->first) {
+    // A miss is the walk's generation check too (see walk_frames).
+    q->first = false;
+    q->counters = size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs;
+    if (!q->counters) return 1;
+    check_generation(info->dlpi_adds, info->dlpi_subs);
+    q->base_ns = info->dlpi_name && info->dlpi_name[0] == '\0';
+  }
   bool inside = false;
   const ElfW(Phdr)* eh = nullptr;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
@@ -881,7 +939,13 @@ int find_cb(dl_phdr_info* info, std::size_t, void* data) {
     if (ph.p_type == PT_LOAD && q->pc >= lo && q->pc - lo < ph.p_memsz) inside = true;
     if (ph.p_type == PT_GNU_EH_FRAME) eh = &ph;
   }
-  if (!inside) return 0;
+  bool rtld = g_rtld_base != 0 && info->dlpi_addr == g_rtld_base;
+  if (!inside) {
+    q->past_rtld = q->past_rtld || rtld;
+    return 0;
+  }
+  // At or before ld.so in the list: loaded at startup, never unloaded.
+  q->may_unload = g_rtld_base == 0 || !q->base_ns || q->past_rtld;
   if (eh) {
     Tables t{info};
     const char* path = info->dlpi_name && info->dlpi_name[0] ? info->dlpi_name : "/proc/self/exe";
@@ -956,6 +1020,8 @@ struct Walk {
   bool done;  // finished: the outermost frame, or max frames
   std::uintptr_t pc, sp, bp;  // the frame being unwound: where it executes, its rsp and rbp
   std::uintptr_t lo, hi;      // what may be read
+  bool checked = false;       // the generation check ran in this walk
+  bool fork_locked = false;   // g_fork_rw held shared (from the walk's first dl_iterate_phdr)
 };
 
 // Reads the stack beyond the frames ASan knows of: not instrumented.
@@ -965,21 +1031,75 @@ __attribute__((no_sanitize("address"))) std::uintptr_t read_word(std::uintptr_t 
   return v;
 }
 
+// Before its first call of dl_iterate_phdr, a walk takes g_fork_rw (shared,
+// kept to the walk's end); false when a fork is under way.
+bool enter_loader(Walk* w) {
+  if (!w->fork_locked) {
+    if (pthread_rwlock_tryrdlock(&g_fork_rw) != 0) return false;
+    w->fork_locked = true;
+  }
+  return true;
+}
+
+int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
+  bool* ok = static_cast<bool*>(data);
+  *ok = size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs;
+  if (*ok) check_generation(info->dlpi_adds, info->dlpi_subs);
+  return 1;  // the first object has the counters
+}
+
+// Why a cached rule is never stale.  A rule of an object loaded at startup
+// (kMayUnload clear) is used as it is: that object is never unloaded (see
+// g_rtld_base), so nothing else can ever lie at its addresses.  A rule with
+// kMayUnload is used only after this walk's generation check: one
+// dl_iterate_phdr, under the loader's lock, comparing its counters of
+// objects loaded and unloaded with those at the cache's last flush
+// (check_generation), and emptying the cache when they differ.  A miss's
+// dl_iterate_phdr is that check too.  It runs once a walk, at the walk's
+// first such rule, and holds because:
+//  - the object B holding a frame of this thread's stack was loaded before
+//    the walk began (s) and stays loaded until it ends (a program does not
+//    unload code a thread is running);
+//  - a rule R for that pc was read, under the loader's lock, from the object
+//    A at pc then, by a walk that had a frame in A, so A was still loaded
+//    when R entered the cache (at t);
+//  - if t >= s, A and B were both at pc at t: A is B.  If t < s and A is not
+//    B, A was unloaded and B loaded between t and s, before the check; the
+//    counters (which only grow) then differ from those of every flush before
+//    those events, so the flush whose counters the check matched came after
+//    them, after t, and emptied R from the cache (every slot of the current
+//    table is zeroed under the loader's lock; an older table is never read
+//    again), or the check itself empties it.  Contradiction: R is B's rule.
+// Without the check, a walk served by the cache alone takes no lock: the
+// program's own frames and those of its libraries (the usual stack) cost
+// no dl_iterate_phdr; a stack through a dlopen'ed library costs one.
 void walk_frames(Walk* w) {
   std::uintptr_t pc = w->pc, sp = w->sp, bp = w->bp;
   for (;;) {
     std::uint64_t bits = cache_find(pc);
+    if ((bits & kMayUnload) && !w->checked) {
+      if (!enter_loader(w)) return;
+      bool counters = false;
+      dl_iterate_phdr(generation_cb, &counters);
+      g_checks.fetch_add(1, std::memory_order_relaxed);
+      if (!counters) return;  // cannot tell: the fallback walks
+      w->checked = true;
+      bits = cache_find(pc);  // gone if the cache was emptied
+    }
     Rule rule;
     if (bits) {
       ++tls_hits;
       rule = unpack(bits);
     } else {
+      if (!enter_loader(w)) return;
       g_misses.fetch_add(1, std::memory_order_relaxed);
       FindQuery q{pc, Rule{}};
       q.rule.kind = Rule::end;
       dl_iterate_phdr(find_cb, &q);
+      if (!q.counters) return;
+      w->checked = true;
       rule = q.rule;
-      cache_insert(pc, pack(rule));
+      cache_insert(pc, pack(rule, q.may_unload));
     }
     if (rule.kind == Rule::end) {
       w->done = true;
@@ -1006,20 +1126,6 @@ void walk_frames(Walk* w) {
   }
 }
 
-// Empties the cache if objects were loaded or unloaded since it was filled:
-// called at the start of every walk, before any rule is used.  The walk itself
-// runs outside the loader's lock (inside it, four threads tracking every
-// allocation spent ~25 % more time, all walks serialised): no object that has
-// a frame on the walking thread's stack can be unloaded meanwhile, and every
-// object that has was loaded before the capture began, so its load is in
-// the counters read here.
-int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
-  bool* ok = static_cast<bool*>(data);
-  *ok = size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs;
-  if (*ok) check_generation(info->dlpi_adds, info->dlpi_subs);
-  return 1;  // the first object has the counters
-}
-
 // Our walk; -1 - (the frames it found) when it could not finish.  Starts at its own frame (whose rule
 // at `here` gives its caller's), so its out[0] is the return address into its
 // caller, as with the other walks.
@@ -1027,16 +1133,13 @@ __attribute__((noinline)) int own_capture(void** out, int max) {
   std::uintptr_t here, sp, bp;
   asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(here), "=r"(sp), "=r"(bp));
   if (++tls_captures == kCountBatch) publish_counts();
-  Walk w{out, max, 0, false, here, sp, bp, 0, 0};
+  Walk w{out, max, 0, false, here, sp, bp, 0, 0, false, false};
   std::uintptr_t lo, hi;
   if (!stack_bounds(sp, &lo, &hi) || sp < lo || sp >= hi) return -1;
   w.lo = sp;
   w.hi = hi;
-  if (pthread_rwlock_tryrdlock(&g_fork_rw) != 0) return -1;  // a fork is under way
-  bool counters = false;
-  dl_iterate_phdr(generation_cb, &counters);
-  if (counters) walk_frames(&w);  // else cached rules could be stale
-  pthread_rwlock_unlock(&g_fork_rw);
+  walk_frames(&w);
+  if (w.fork_locked) pthread_rwlock_unlock(&g_fork_rw);
   return w.done ? w.n : -1 - w.n;
 }
 
@@ -1103,6 +1206,7 @@ __attribute__((noinline)) int unwind_capture(void** out, int max) {
 
 __attribute__((noinline)) int unwind_capture_ours(void** out, int max) {
 #if LCA_OWN_UNWINDER
+  unwind_init();
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
   int n = own_capture(raw, max + 1);
@@ -1170,6 +1274,7 @@ UnwindStats unwind_stats() {
   s.misses = g_misses.load(std::memory_order_relaxed);
   s.uncached = g_uncached.load(std::memory_order_relaxed);
   s.flushes = g_flushes.load(std::memory_order_relaxed);
+  s.checks = g_checks.load(std::memory_order_relaxed);
 #if LCA_OWN_UNWINDER
   s.entries = g_entries.load(std::memory_order_relaxed);
   s.bytes = g_table_bytes.load(std::memory_order_relaxed);

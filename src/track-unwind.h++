@@ -57,6 +57,7 @@ struct UnwindStats {
   std::uint64_t fallbacks;  // of those, made again by a fallback unwinder
   std::uint64_t hits, misses, uncached;  // frame rules: from the cache, parsed, not representable
   std::uint64_t flushes;    // cache emptied because objects were loaded or unloaded
+  std::uint64_t checks;     // generation checks on a hit (rules of objects dlopen could unload)
   std::size_t entries;      // rules in the cache now
   std::size_t bytes;        // cache memory taken from the pool (all tables)
 };
