@@ -50,6 +50,12 @@
 #else
 #define CALLOC_TRACK_ZLIB 0
 #endif
+#if CALLOC_TRACK_ZSTD
+#include <zstd.h>  // types only: libzstd.so.1 is loaded with dlopen (see Zstd)
+#endif
+#ifndef ELFCOMPRESS_ZSTD
+#define ELFCOMPRESS_ZSTD 2  // the gABI's value; glibc's elf.h has it from 2.37
+#endif
 
 #include <custom_alloc/allocation_tracker.h++>
 
@@ -910,15 +916,20 @@ bool map_elf(const char* path, ElfFile* f) {
 
 const char* keep_string(const char* s);
 
-// --- compressed debug sections (SHF_COMPRESSED with zlib, or GNU .zdebug_*) ----
+// --- compressed debug sections (SHF_COMPRESSED with zlib or zstd, or GNU .zdebug_*)
 //
-// zlib is not linked: libz.so.1 is loaded with dlopen by the first report that
-// meets a compressed section (it is on every Debian system: dpkg needs it), and
-// only when libcalloc was built with zlib.h at hand.  A compressed .debug_line
-// is inflated as the line-table reader asks for it, into a mapping whose pages
-// are released behind the reader (libc6-dbg's is 1.3 MB inflated); the string
-// sections it refers to are inflated whole.  zstd-compressed sections are not
-// read (their lines are left out; symbols still come from the symbol table).
+// Neither library is linked: libz.so.1 (on every Debian system: dpkg needs
+// it) and libzstd.so.1 (apt, systemd) are loaded with dlopen by the first
+// report that meets a section compressed their way, and only when libcalloc
+// was built with their header at hand (zlib.h; zstd.h, configure's
+// CALLOC_TRACK_ZSTD): a program that never writes a report, or whose debug
+// sections are not compressed, maps neither.  A compressed .debug_line is
+// decompressed as the line-table reader asks for it, into a mapping whose
+// pages are released behind the reader (libc6-dbg's is 1.3 MB inflated); the
+// string sections it refers to are decompressed whole.  A line table this
+// build cannot read (a method without its header or library) is left out,
+// and the leak report says so (notes, below); symbols still come from the
+// symbol table.
 #if CALLOC_TRACK_ZLIB
 struct Zlib {
   decltype(&inflateInit_) init = nullptr;
@@ -943,27 +954,103 @@ const Zlib* zlib() {
   pthread_once(&g_zlib_once, load_zlib);
   return g_zlib.init ? &g_zlib : nullptr;
 }
+#endif
 
+#if CALLOC_TRACK_ZSTD
+struct Zstd {
+  decltype(&ZSTD_createDStream) create = nullptr;
+  decltype(&ZSTD_initDStream) init = nullptr;
+  decltype(&ZSTD_decompressStream) run = nullptr;
+  decltype(&ZSTD_freeDStream) free = nullptr;
+  decltype(&ZSTD_isError) is_error = nullptr;
+};
+
+Zstd g_zstd;
+pthread_once_t g_zstd_once = PTHREAD_ONCE_INIT;
+void load_zstd() {
+  void* lib = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return;
+  g_zstd.init = reinterpret_cast<decltype(&ZSTD_initDStream)>(dlsym(lib, "ZSTD_initDStream"));
+  g_zstd.run = reinterpret_cast<decltype(&ZSTD_decompressStream)>(dlsym(lib, "ZSTD_decompressStream"));
+  g_zstd.free = reinterpret_cast<decltype(&ZSTD_freeDStream)>(dlsym(lib, "ZSTD_freeDStream"));
+  g_zstd.is_error = reinterpret_cast<decltype(&ZSTD_isError)>(dlsym(lib, "ZSTD_isError"));
+  if (g_zstd.init && g_zstd.run && g_zstd.free && g_zstd.is_error)
+    g_zstd.create = reinterpret_cast<decltype(&ZSTD_createDStream)>(dlsym(lib, "ZSTD_createDStream"));
+}
+
+const Zstd* zstd() {
+  pthread_once(&g_zstd_once, load_zstd);
+  return g_zstd.create ? &g_zstd : nullptr;
+}
+#endif
+
+// Why a compressed section cannot be read, for the report's note; nullptr
+// when it can (method: ELFCOMPRESS_*).
+const char* method_unreadable(std::uint32_t method) {
+  switch (method) {
+    case ELFCOMPRESS_ZLIB:
+#if CALLOC_TRACK_ZLIB
+      return zlib() ? nullptr : "compressed with zlib, and libz.so.1 cannot be loaded";
+#else
+      return "compressed with zlib, which this build cannot read (built without zlib.h)";
+#endif
+    case ELFCOMPRESS_ZSTD:
+#if CALLOC_TRACK_ZSTD
+      return zstd() ? nullptr : "compressed with zstd, and libzstd.so.1 cannot be loaded";
+#else
+      return "compressed with zstd, which this build cannot read (built without zstd.h: libzstd-dev)";
+#endif
+    default:
+      return "compressed with an unknown method";
+  }
+}
+
+// One compressed section being decompressed into `out` (size bytes,
+// os_map'ed), as far as `done`.
 struct Inflater {
+  std::uint32_t method = 0;  // ELFCOMPRESS_ZLIB or ELFCOMPRESS_ZSTD
+#if CALLOC_TRACK_ZLIB
   z_stream zs{};
-  unsigned char* out = nullptr;  // size bytes, os_map'ed
+#endif
+#if CALLOC_TRACK_ZSTD
+  ZSTD_DStream* zds = nullptr;
+#endif
+  const unsigned char* in = nullptr;  // the compressed bytes, in_len of them, read up to in_pos
+  std::size_t in_len = 0, in_pos = 0;
+  unsigned char* out = nullptr;
   std::size_t size = 0, done = 0;
   const unsigned char* in_released = nullptr;  // compressed input before this is released
   bool ok = false;
+  bool ended = false;  // the compressed stream ended
 };
 
-// Starts inflating a compressed section's data (zlib stream at in, in_len
-// bytes) whose inflated size is size.
-bool inflater_open(Inflater* z, const unsigned char* in, std::size_t in_len, std::size_t size) {
-  const Zlib* lib = zlib();
-  if (!lib || size == 0 || size > (std::size_t{1} << 32)) return false;
+// Starts decompressing a compressed section's data (method's stream at in,
+// in_len bytes) whose decompressed size is size.
+bool inflater_open(Inflater* z, std::uint32_t method, const unsigned char* in, std::size_t in_len, std::size_t size) {
+  if (method_unreadable(method) || size == 0 || size > (std::size_t{1} << 32)) return false;
   z->out = static_cast<unsigned char*>(os_map(align_up(size, os_page_size())));
   if (!z->out) return false;
+  z->method = method;
   z->size = size;
-  z->zs.next_in = const_cast<unsigned char*>(in);
-  z->in_released = in;
-  z->zs.avail_in = static_cast<uInt>(in_len);
-  z->ok = lib->init(&z->zs, ZLIB_VERSION, static_cast<int>(sizeof(z_stream))) == Z_OK;
+  z->in = z->in_released = in;
+  z->in_len = in_len;
+#if CALLOC_TRACK_ZLIB
+  if (method == ELFCOMPRESS_ZLIB) {
+    z->zs.next_in = const_cast<unsigned char*>(in);
+    z->zs.avail_in = static_cast<uInt>(in_len);
+    z->ok = in_len <= UINT32_MAX && zlib()->init(&z->zs, ZLIB_VERSION, static_cast<int>(sizeof(z_stream))) == Z_OK;
+  }
+#endif
+#if CALLOC_TRACK_ZSTD
+  if (method == ELFCOMPRESS_ZSTD) {
+    z->zds = zstd()->create();
+    z->ok = z->zds && !zstd()->is_error(zstd()->init(z->zds));
+    if (!z->ok && z->zds) {
+      zstd()->free(z->zds);
+      z->zds = nullptr;
+    }
+  }
+#endif
   if (!z->ok) {
     os_unmap(z->out, align_up(size, os_page_size()));
     z->out = nullptr;
@@ -971,68 +1058,111 @@ bool inflater_open(Inflater* z, const unsigned char* in, std::size_t in_len, std
   return z->ok;
 }
 
+// One step: up to `step` more bytes into out + done; false on an error.
+bool inflate_step(Inflater* z, std::size_t step) {
+#if CALLOC_TRACK_ZLIB
+  if (z->method == ELFCOMPRESS_ZLIB) {
+    z->zs.next_out = z->out + z->done;
+    z->zs.avail_out = static_cast<uInt>(step);
+    int rc = zlib()->run(&z->zs, Z_NO_FLUSH);
+    z->done += step - z->zs.avail_out;
+    z->in_pos = static_cast<std::size_t>(z->zs.next_in - z->in);
+    z->ended = rc == Z_STREAM_END;
+    return rc == Z_OK || rc == Z_STREAM_END;
+  }
+#endif
+#if CALLOC_TRACK_ZSTD
+  if (z->method == ELFCOMPRESS_ZSTD) {
+    ZSTD_outBuffer o{z->out + z->done, step, 0};
+    ZSTD_inBuffer i{z->in, z->in_len, z->in_pos};
+    std::size_t rc = zstd()->run(z->zds, &o, &i);
+    bool progress = o.pos > 0 || i.pos > z->in_pos;
+    z->done += o.pos;
+    z->in_pos = i.pos;
+    if (zstd()->is_error(rc)) return false;
+    // 0: a frame ended and was flushed; the section may hold more frames.
+    z->ended = rc == 0 && i.pos == i.size;
+    return progress || z->ended;  // else stuck: the data is truncated
+  }
+#endif
+  (void)step;
+  return false;
+}
+
 bool inflate_upto(Inflater* z, std::size_t upto) {
   if (upto > z->size) upto = z->size;
   while (z->ok && z->done < upto) {
     std::size_t step = z->size - z->done < kLineWindow ? z->size - z->done : kLineWindow;
-    z->zs.next_out = z->out + z->done;
-    z->zs.avail_out = static_cast<uInt>(step);
-    const unsigned char* in = z->zs.next_in;
-    int rc = zlib()->run(&z->zs, Z_NO_FLUSH);
-    z->done += step - z->zs.avail_out;
+    std::size_t before = z->in_pos;
+    if (!inflate_step(z, step)) z->ok = false;
     // The compressed bytes read are not read again: their file pages go.
-    if (z->zs.next_in - z->in_released > static_cast<std::ptrdiff_t>(kLineWindow)) {
-      release_file_pages(z->in_released, in);
-      z->in_released = in;
+    if (z->in_pos - static_cast<std::size_t>(z->in_released - z->in) > kLineWindow) {
+      release_file_pages(z->in_released, z->in + before);
+      z->in_released = z->in + before;
     }
-    if (rc == Z_STREAM_END) {
+    if (z->ended) {
       if (z->done < upto) z->ok = false;
       break;
     }
-    if (rc != Z_OK) z->ok = false;
   }
   return z->done >= upto;
 }
 
 void inflater_close(Inflater* z) {
   if (!z->out) return;
-  zlib()->end(&z->zs);
+#if CALLOC_TRACK_ZLIB
+  if (z->method == ELFCOMPRESS_ZLIB) zlib()->end(&z->zs);
+#endif
+#if CALLOC_TRACK_ZSTD
+  if (z->method == ELFCOMPRESS_ZSTD) zstd()->free(z->zds);
+#endif
   os_unmap(z->out, align_up(z->size, os_page_size()));
   z->out = nullptr;
 }
-#else
-struct Inflater {
-  unsigned char* out = nullptr;
-  std::size_t size = 0;
-};
-bool inflater_open(Inflater*, const unsigned char*, std::size_t, std::size_t) { return false; }
-bool inflate_upto(Inflater*, std::size_t) { return false; }
-void inflater_close(Inflater*) {}
-#endif
 
-// A compressed section's data and inflated size: the ELF compression header
-// (zlib only) or the GNU .zdebug header ("ZLIB", 8-byte big-endian size).
+// A compressed section's data, decompressed size and method: the ELF
+// compression header (ch_type), or the GNU .zdebug header ("ZLIB", 8-byte
+// big-endian size).
 bool compressed_data(const unsigned char* p, std::size_t len, bool gnu, const unsigned char** data,
-                     std::size_t* data_len, std::size_t* size) {
+                     std::size_t* data_len, std::size_t* size, std::uint32_t* method) {
   if (gnu) {
     if (len < 12 || std::memcmp(p, "ZLIB", 4) != 0) return false;
     std::uint64_t v = 0;
     for (int i = 4; i < 12; ++i) v = v << 8 | p[i];
-    *data = p + 12, *data_len = len - 12, *size = static_cast<std::size_t>(v);
+    *data = p + 12, *data_len = len - 12, *size = static_cast<std::size_t>(v), *method = ELFCOMPRESS_ZLIB;
     return true;
   }
   ElfW(Chdr) ch;
   if (len < sizeof ch) return false;
   std::memcpy(&ch, p, sizeof ch);
-  if (ch.ch_type != ELFCOMPRESS_ZLIB) return false;
   *data = p + sizeof ch, *data_len = len - sizeof ch, *size = static_cast<std::size_t>(ch.ch_size);
+  *method = ch.ch_type;
   return true;
+}
+
+// Notes for the leak report: modules whose line table could not be read
+// because of how it is compressed (g_sym_lock).  At most kNotes, each module
+// once.
+constexpr unsigned kNotes = 8;
+struct Note {
+  char module[256];
+  const char* why;  // a static string
+};
+Note g_notes[kNotes];
+unsigned g_nnotes;
+
+void add_note(const char* module, const char* why) {
+  for (unsigned i = 0; i < g_nnotes; ++i)
+    if (std::strcmp(g_notes[i].module, module) == 0) return;
+  if (g_nnotes == kNotes) return;
+  std::snprintf(g_notes[g_nnotes].module, sizeof g_notes[0].module, "%s", module);
+  g_notes[g_nnotes++].why = why;
 }
 
 // The .debug_line pass of one module (its mapping at base, len bytes); false
 // when the file has no line table it can read (none, or compressed with a
 // method it does not know).
-bool module_lines(const ElfFile& f, Target* targets, std::size_t n) {
+bool module_lines(const ElfFile& f, Target* targets, std::size_t n, const char** unreadable) {
   const unsigned char* base = f.base;
   std::size_t len = f.len;
   auto* eh = f.eh();
@@ -1071,9 +1201,14 @@ bool module_lines(const ElfFile& f, Target* targets, std::size_t n) {
     // tables use that one; DWARF 2-4 ones have the names inline).
     if (compressed && is_str && elf_has_line_str) continue;
     if (compressed) {
-      if (!compressed_data(data, size, gnu, &zdata, &zlen, &size)) continue;
+      std::uint32_t method = 0;
+      if (!compressed_data(data, size, gnu, &zdata, &zlen, &size, &method)) continue;
+      if (const char* why = method_unreadable(method)) {
+        if (is_line) *unreadable = why;
+        continue;
+      }
       Inflater* z = is_line ? &zline : nz < 2 ? &zstrs[nz++] : nullptr;
-      if (!z || !inflater_open(z, zdata, zlen, size)) continue;
+      if (!z || !inflater_open(z, method, zdata, zlen, size)) continue;
       // String sections are read at random: inflated whole.
       if (!is_line && !inflate_upto(z, size)) continue;
       data = z->out;
@@ -1283,7 +1418,10 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
   if ((!mod_symtab || !has_line_table(mod)) && g_track_mode != TrackMode::sample) open_debug_file(path, mod, &dbg);
   const ElfFile& syms = !mod_symtab && dbg.base && has_symtab(dbg) ? dbg : mod;
   module_symbols(syms, targets, n);
-  if (!module_lines(mod, targets, n) && dbg.base) module_lines(dbg, targets, n);
+  const char* unreadable = nullptr;
+  bool lines = module_lines(mod, targets, n, &unreadable);
+  if (!lines && dbg.base) lines = module_lines(dbg, targets, n, &unreadable);
+  if (!lines && unreadable) add_note(path, unreadable);
   for (std::size_t i = 0; i < n; ++i) {
     SymResult& r = results[targets[i].result];
     if (targets[i].has_sym) {
@@ -1546,6 +1684,11 @@ bool write_leak_report(const char* pattern) {
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
     std::fprintf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
+  pthread_mutex_lock(&g_sym_lock);
+  for (unsigned i = 0; i < g_nnotes; ++i)
+    std::fprintf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
+                 g_notes[i].why);
+  pthread_mutex_unlock(&g_sym_lock);
   if (k == 0)
     std::fprintf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
   else

@@ -10,7 +10,12 @@
 #   - a debug file whose CRC does not match is not read (no file:line, no crash);
 #   - libc's frames get file:line from /usr/lib/debug/.build-id/ when the
 #     distribution's debug package (Debian libc6-dbg) is installed; that part
-#     skips, saying so, when it is not.
+#     skips, saying so, when it is not;
+#   - a small program built with zstd-compressed debug sections (g++ -gz=zstd,
+#     else the linker's --compress-debug-sections=zstd): its leak gets file:line
+#     when libcalloc was built with zstd.h (CALLOC_TRACK_ZSTD), else the report
+#     says that module's line table is compressed with zstd and not readable;
+#     that part skips, saying why, when neither the compiler nor the linker can.
 # Exits 77 when libcalloc.so, the override, tracking or objcopy is missing.
 
 set -u
@@ -80,5 +85,60 @@ if test -n "$id" && test -f "/usr/lib/debug/.build-id/${id%"$rest"}/$rest.debug"
     { fail "libc by build ID: no file:line for __libc_start_main:"; cat "$tmp/err"; }
 else
   echo "SKIP (part): libc's separate debug file is not installed (Debian: libc6-dbg)"
+fi
+# 5. zstd-compressed debug sections in the program itself.
+make_var() { sed -n "s/^$1 = //p" "$top_builddir/Makefile" | head -n 1; }
+cxx=$(make_var CXX)
+test -n "$cxx" || cxx=c++
+cat >"$tmp/zleak.c++" <<'EOF'
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+namespace zdemo {
+__attribute__((noinline)) void* leak_here(std::size_t n) {
+  void* p = std::malloc(n);  // zleak: the leak
+  return p;
+}
+std::size_t pad() {  // line-table rows enough for the linker to compress them
+  std::map<std::string, std::vector<int>> m;
+  for (int i = 0; i < 10; ++i) m[std::to_string(i)].push_back(i);
+  std::size_t t = 0;
+  for (auto& [k, v] : m) t += k.size() + v.size();
+  return t;
+}
+}  // namespace zdemo
+int main() {
+  void* volatile keep = zdemo::leak_here(4242 + zdemo::pad() * 0);
+  (void)keep;
+  return 0;
+}
+EOF
+zstd_line() { readelf -tW "$1" 2>/dev/null | grep -A3 '\] \.debug_line$' | grep -q ZSTD; }
+how=
+if $cxx -g -O0 -gz=zstd "$tmp/zleak.c++" -o "$tmp/zleak" 2>/dev/null && zstd_line "$tmp/zleak"; then
+  how="-gz=zstd"
+elif $cxx -g -O0 "$tmp/zleak.c++" -o "$tmp/zleak" -Wl,--compress-debug-sections=zstd 2>/dev/null &&
+  zstd_line "$tmp/zleak"; then
+  how="-Wl,--compress-debug-sections=zstd"
+fi
+if test -z "$how"; then
+  echo "SKIP (part): neither $cxx -gz=zstd nor the linker's --compress-debug-sections=zstd gives a zstd-compressed .debug_line"
+else
+  echo "zstd case: built with $how"
+  zline=$(grep -n 'zleak: the leak' "$tmp/zleak.c++" | cut -d: -f1)
+  if ! env LD_PRELOAD="$so" LIBCALLOC_OPTIONS=leak_report=1 "$tmp/zleak" 2>"$tmp/err"; then
+    fail "zstd ($how): the program failed:"
+    cat "$tmp/err"
+  fi
+  grep -q "leak summary: 4242 bytes in 1 block" "$tmp/err" || fail "zstd ($how): no leak summary"
+  if grep -q '^#define CALLOC_TRACK_ZSTD 1' "$top_builddir/config.h"; then
+    grep -q "leak_here.* at zleak.c++:$zline " "$tmp/err" ||
+      { fail "zstd ($how): no zleak.c++:$zline for the leak:"; cat "$tmp/err"; }
+  else
+    grep -qF "note: $tmp/zleak: its line table is compressed with zstd, which this build cannot read" "$tmp/err" ||
+      { fail "zstd ($how), built without zstd.h: no note saying so:"; cat "$tmp/err"; }
+    grep -q "zleak.c++:" "$tmp/err" && fail "zstd ($how), built without zstd.h: a line was read: $(grep zleak.c++ "$tmp/err")"
+  fi
 fi
 exit $status
