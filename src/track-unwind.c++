@@ -346,7 +346,8 @@ std::atomic<std::atomic<std::uint64_t>*> g_table{nullptr};
 // exclusive, so no thread is inside either when the process forks, else the
 // child's first dl_iterate_phdr (or dlopen) waited forever for a lock its
 // parent's thread held (the track suite's fork test hung so under ASan).  A
-// walk served by the cache alone takes no lock and writes no shared line.
+// walk served by the cache alone takes no lock and writes no shared line
+// (but the statistics, every kCountBatch captures).
 // Walks only try it: a walk that meets a waiting fork falls back instead of
 // waiting (writers preferred: forks are not starved).
 pthread_rwlock_t g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
