@@ -94,7 +94,7 @@ class HeapLock {
 
 std::size_t span_capacity(const Span* s) { return static_cast<std::size_t>(s->end - span_base(s)) / s->obj_size; }
 std::size_t span_carved(const Span* s) { return static_cast<std::size_t>(s->bump - span_base(s)) / s->obj_size; }
-bool span_has_room(const Span* s) { return *s->list != nullptr || s->bump < s->end; }
+bool span_has_room(const Span* s) { return s->free != nullptr || s->bump < s->end; }
 
 // Whether object i of s is a live block's start; *slots receives the slots it covers.
 bool span_object_live(const Span* s, std::uint32_t i, std::uint32_t* slots) {

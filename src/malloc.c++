@@ -2,7 +2,7 @@
 // new/delete.
 //
 // These are the only entry points of the process heap.  malloc's fast path is
-// inline here: thread heap -> size class -> list pop, with no lock and no atomic
+// inline here: thread heap -> size class -> span pop, with no lock and no atomic
 // read-modify-write; everything else goes to the slow paths in tcache.c++.
 // With the override on (configure's default), malloc, free, ... are aliases of
 // the lca_* functions, so the two families are one allocator.
@@ -81,16 +81,14 @@ inline void* fast_malloc(std::size_t size) {
   Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
   if (__builtin_expect(size <= kSlabMax, 1)) {
     unsigned c = size_to_class(size);
-    // The current span's free list is in the heap (Heap::free): the object
-    // comes without the span descriptor, whose count is updated beside it.
-    FreeObject* o = h->free[c];
     Span* s = h->head[c];
+    FreeObject* o = s->free;
     if (__builtin_expect(o != nullptr, 1)) {
 #if CALLOC_DEBUG
       span_debug_check_free(s, o);
 #endif
       FreeObject* next = o->next;
-      h->free[c] = next;
+      s->free = next;
       if (next) __builtin_prefetch(next, 1);  // as in span_pop
       o->guard = 0;
     } else if (void* f = heap_pop_foreign(h, c)) {

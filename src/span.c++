@@ -42,7 +42,6 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   std::uint32_t size = static_cast<std::uint32_t>(class_to_size(size_class));
   std::uint32_t count = static_cast<std::uint32_t>(kSpanSize / size);
   s->free = nullptr;
-  s->list = &s->free;
   s->bump = base;
   s->end = base + static_cast<std::size_t>(count) * size;
   s->used = 0;
@@ -93,9 +92,9 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
     // The extra slots go back on the free list as ordinary objects.
     for (std::uint32_t j = 1; j < slots; ++j) {
       auto* o = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(i + j) * s->obj_size);
-      o->next = *s->list;
+      o->next = s->free;
       o->guard = free_guard(o);
-      *s->list = o;
+      s->free = o;
     }
     s->used -= slots - 1;
     s->multislot[k] = s->multislot[--s->multislot_count];
@@ -115,8 +114,8 @@ std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
   if (__builtin_expect(!(s->flags & kSpanMultislot), 1)) {
     // The freeing threads checked the objects and set their guards: splice.
     auto* tail = reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(remote_word_tail(w) - 1) * s->obj_size);
-    tail->next = *s->list;
-    *s->list = head;
+    tail->next = s->free;
+    s->free = head;
     s->used -= n;
     return n;
   }
@@ -156,12 +155,12 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
 void span_sort_free_list(Span* s) {
   FreeObject* objs[kMaxObjectsPerSpan];
   std::uint32_t n = 0;
-  for (FreeObject* o = *s->list; o && n < kMaxObjectsPerSpan; o = o->next) objs[n++] = o;
+  for (FreeObject* o = s->free; o && n < kMaxObjectsPerSpan; o = o->next) objs[n++] = o;
   if (n < 2) return;
   std::sort(objs, objs + n);
   for (std::uint32_t k = 0; k + 1 < n; ++k) objs[k]->next = objs[k + 1];
   objs[n - 1]->next = nullptr;
-  *s->list = objs[0];
+  s->free = objs[0];
 }
 
 std::uint32_t span_trim_tail(Span* s) {
@@ -178,7 +177,7 @@ std::uint32_t span_trim_tail(Span* s) {
   }
   if (keep == carved) return 0;
   char* new_bump = base + static_cast<std::size_t>(keep) * s->obj_size;
-  FreeObject** link = s->list;
+  FreeObject** link = &s->free;
   while (FreeObject* o = *link) {
     if (reinterpret_cast<char*>(o) >= new_bump)
       *link = o->next;

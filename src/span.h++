@@ -55,15 +55,10 @@ constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when
 // 128 bytes: the first cache line holds everything malloc and free touch; the
 // second, what other threads write (the remote list) and rare bookkeeping.
 struct alignas(128) Span {
-  // The local free list is *list: `free` below, except while the span is its
-  // heap's current span of its class, when the list lives in the heap (the
-  // heap layer's set_head moves it and points `list` there), so that malloc
-  // reaches its object without loading the descriptor (tcache.h++, Heap::free).
-  // Every reader and writer of the list goes through `list`.
   FreeObject* free;
   char* bump;  // next uncarved object
   char* end;   // end of the last whole object
-  FreeObject** list;
+  Heap* heap;
   Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
   std::uint32_t used;  // live objects, including remote frees not yet collected
   // Nonzero while the span heads its class's queue (the current span): free's fast
@@ -84,7 +79,6 @@ struct alignas(128) Span {
   // below) naming its head, its tail and its length, so the owner splices the
   // whole list onto its local one in O(1) instead of walking it.
   alignas(64) std::atomic<std::uint64_t> remote_free;
-  Heap* heap;  // the owner (span_owner): no fast path reads it
   Span* next;  // in the heap's queue for this class
   Span* prev;
   struct Multislot {
@@ -173,13 +167,13 @@ void span_debug_check_free(const Span* s, const FreeObject* o);
 
 // Pops an object (owner only); nullptr when the span has nothing local left.
 inline void* span_pop(Span* s) {
-  FreeObject* o = *s->list;
+  FreeObject* o = s->free;
   if (__builtin_expect(o != nullptr, 1)) {
 #if CALLOC_DEBUG
     span_debug_check_free(s, o);
 #endif
     FreeObject* next = o->next;
-    *s->list = next;
+    s->free = next;
     // The next malloc reads next's link: fetch its line now (an object a
     // remote free gave back is in the freeing core's cache).
     if (next) __builtin_prefetch(next, 1);
@@ -215,9 +209,9 @@ inline std::size_t span_push_local(Span* s, void* p, std::uint32_t i) {
   std::size_t bytes = s->obj_size;
   if (__builtin_expect(s->flags & kSpanMultislot, 0)) bytes = span_release_multislot(s, i);
   auto* o = static_cast<FreeObject*>(p);
-  o->next = *s->list;
+  o->next = s->free;
   o->guard = free_guard(o);
-  *s->list = o;
+  s->free = o;
   --s->used;
   return bytes;
 }

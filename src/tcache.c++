@@ -30,12 +30,7 @@
 namespace lca {
 
 constinit Domain g_process_domain{true};
-// Its list is its own (empty) `free`: span_pop finds nothing there.  (The
-// other members are zero.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-constinit Span g_empty_span{.list = &g_empty_span.free};
-#pragma GCC diagnostic pop
+constinit Span g_empty_span{};
 
 constinit Heap g_no_heap{NoHeapTag{}};
 constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = &g_no_heap;
@@ -110,25 +105,11 @@ std::uint32_t span_refill_min(const Span* s) {
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
-// Every change of a queue's head goes through here, keeping head_mark true and
-// the current span's free list in the heap: the old head takes its list back
-// (h->free[c] -> old->free) and the new one hands its list over (s->free ->
-// h->free[c]); each span's `list` says where its list is.  O(1): the objects
-// stay where they are, only the head pointer moves.
+// Every change of a queue's head goes through here, keeping head_mark true.
 void set_head(Heap* h, unsigned c, Span* s) {
   Span* old = h->head[c];
-  if (old != &g_empty_span) {
-    old->head_mark = 0;
-    old->free = h->free[c];
-    old->list = &old->free;
-  }
-  h->free[c] = nullptr;
-  if (s != &g_empty_span) {
-    s->head_mark = 1;
-    h->free[c] = s->free;
-    s->free = nullptr;
-    s->list = &h->free[c];
-  }
+  if (old != &g_empty_span) old->head_mark = 0;
+  if (s != &g_empty_span) s->head_mark = 1;
   h->head[c] = s;
 }
 
@@ -734,7 +715,6 @@ void sweep_abandoned(Domain* d) {
 
 void heap_init(Heap* h, Domain* d) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
-    h->free[c] = nullptr;
     h->head[c] = &g_empty_span;
     h->tail[c] = nullptr;
   }
@@ -986,7 +966,7 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
       // As in fast_malloc: no carving while remote frees wait (the slow path
       // collects them first).
       Span* s = h->head[c];
-      void* p = *s->list ? span_pop(s) : heap_pop_foreign(h, static_cast<unsigned>(c));
+      void* p = s->free ? span_pop(s) : heap_pop_foreign(h, static_cast<unsigned>(c));
       if (!p && !span_has_remote(s)) p = span_pop(s);
       if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
       if (!p) return nullptr;

@@ -148,17 +148,12 @@ struct Heap {
   Heap() = default;
   // g_no_heap (below): every head is the empty span.
   constexpr explicit Heap(NoHeapTag)
-      : free{}, head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
+      : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
         foreign_count{}, remote_busy{}, medium{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
-  // The local free list of each class's current span (head[c]->list points
-  // here; set_head in tcache.c++ moves a list in and out): malloc's pop is
-  // tls_heap -> free[c] -> the object, with no span descriptor on the chain of
-  // dependent loads (docs/design.md, "The current span's free list in the heap").
-  FreeObject* free[kNumClasses];
   Span* head[kNumClasses];  // current span of each class (a sentinel when none)
   Span* tail[kNumClasses];
   Domain* domain;
@@ -389,10 +384,9 @@ inline void block_free(void* p) {
     Heap* h = tls_heap;
     auto* o = static_cast<FreeObject*>(p);
     if (__builtin_expect(s->fast_heap == h && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
-      FreeObject** list = s->list;  // &s->free, or &h->free[class] for the current span
-      o->next = *list;
+      o->next = s->free;
       o->guard = free_guard(p);
-      *list = o;
+      s->free = o;
       h->counters.class_frees[s->size_class].add(1);
       std::uint32_t left = s->used - 1;
       s->used = left;

@@ -219,8 +219,8 @@ START_TEST(test_foreign_free_reused_locally) {
     std::vector<void*> drained{lca_malloc(kSize)};
     lca::Heap* h = lca::thread_heap_if_any();
     const unsigned c = lca::size_to_class(kSize);
-    while (*h->head[c]->list != nullptr) drained.push_back(lca_malloc(kSize));
-    own_span_empty = *h->head[c]->list == nullptr;
+    while (h->head[c]->free != nullptr) drained.push_back(lca_malloc(kSize));
+    own_span_empty = h->head[c]->free == nullptr;
     lca_free(p);
     q = lca_malloc(kSize);
     std::memset(q, 0x3C, kSize);
