@@ -80,10 +80,12 @@ constexpr std::size_t kInitialIndex = 1024;
 // Block table shards: threads freeing and allocating at once rarely meet.
 // Their buckets (kInitialBuckets at first) and nodes (kNodeBatch at a time)
 // come from one pool of small pieces (kPoolChunk mappings, touched as carved),
-// so that a shard holding one sampled block costs ~600 bytes, not pages.
+// so that a shard holding one sampled block costs ~200 bytes, not pages
+// (4 buckets and 4 nodes at first: with 32 and 8, the 64 shards of a program
+// whose samples had reached all of them held ~37 KiB of the pool; now ~12).
 constexpr unsigned kShards = 64;
-constexpr std::size_t kInitialBuckets = 32;
-constexpr unsigned kNodeBatch = 8;
+constexpr std::size_t kInitialBuckets = 4;
+constexpr unsigned kNodeBatch = 4;
 constexpr std::size_t kPoolChunk = 64 * 1024;
 // Weights are fixed-point (1 << kWeightShift is one block), so that live
 // counts add and subtract exactly.
@@ -145,7 +147,7 @@ pthread_mutex_t g_site_lock = PTHREAD_MUTEX_INITIALIZER;
 pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 char* g_pool_cur;
 char* g_pool_end;
-void* g_pool_free[8];  // freed bucket arrays by log2(bytes / 256)
+void* g_pool_free[11];  // freed bucket arrays by log2(bytes / 32) (kBucketClasses)
 Shard g_shards[kShards];
 std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
@@ -318,11 +320,12 @@ Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards
 std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
 
 // A piece of `bytes` (a multiple of 16) from the pool, zero-filled; nullptr
-// when out of memory.  Bucket arrays of 256 bytes to 32 KiB are reused when a
+// when out of memory.  Bucket arrays of 32 bytes to 32 KiB are reused when a
 // shard outgrows them; larger ones are mappings of their own.
+constexpr unsigned kBucketClasses = 11;  // 32 << 10 = 32 KiB
 std::size_t bucket_class(std::size_t bytes) {
   unsigned c = 0;
-  while ((std::size_t{256} << c) < bytes) ++c;
+  while ((std::size_t{32} << c) < bytes) ++c;
   return c;
 }
 
@@ -331,7 +334,7 @@ void* pool_alloc(std::size_t bytes) {
   pthread_mutex_lock(&g_pool_lock);
   void* p = nullptr;
   std::size_t c = bucket_class(bytes);
-  if (bytes == (std::size_t{256} << c) && c < 8 && g_pool_free[c]) {
+  if (bytes == (std::size_t{32} << c) && c < kBucketClasses && g_pool_free[c]) {
     p = g_pool_free[c];
     g_pool_free[c] = *static_cast<void**>(p);
     std::memset(p, 0, bytes);
@@ -1299,8 +1302,15 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
   // by ~0.6 MB, against sampling's budget of 1 % (docs/design.md, "Tracking").
   bool mod_symtab = has_symtab(mod);
   if ((!mod_symtab || !has_line_table(mod)) && g_track_mode != TrackMode::sample) open_debug_file(path, mod, &dbg);
-  const ElfFile& syms = !mod_symtab && dbg.base && has_symtab(dbg) ? dbg : mod;
-  module_symbols(syms, targets, n);
+  // A module with only .dynsym (libc, stripped programs): prepare_symbols
+  // named each address with dladdr already, which reads the same table in
+  // the loaded image; reading it again from the file mapped ~110 KiB of
+  // libc's file pages (.dynsym, .dynstr) at every report's peak.
+  if (mod_symtab) {
+    module_symbols(mod, targets, n);
+  } else if (dbg.base && has_symtab(dbg)) {
+    module_symbols(dbg, targets, n);
+  }
   if (!module_lines(mod, targets, n) && dbg.base) module_lines(dbg, targets, n);
   for (std::size_t i = 0; i < n; ++i) {
     SymResult& r = results[targets[i].result];
