@@ -848,10 +848,17 @@ void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntarget
     std::uintptr_t prev_addr = 0;
     const char* prev_file = nullptr;
     std::uint32_t prev_line = 0;
-    auto emit = [&](bool end) {
+    // The first target at or above prev_addr: rows rise within a sequence, so
+    // it only moves forward there (a binary search a row was most of the
+    // report's time); searched again when the address goes back.
+    std::size_t cursor = 0;
+    auto emit = [&](bool end) __attribute__((always_inline)) {
       if (have_prev && addr > prev_addr) {
-        Target* t = std::lower_bound(targets, targets + ntargets, prev_addr, covers);
-        for (; t < targets + ntargets && t->rel < addr; ++t) t->file = prev_file, t->line = prev_line;
+        if (cursor > 0 && targets[cursor - 1].rel >= prev_addr)
+          cursor = static_cast<std::size_t>(std::lower_bound(targets, targets + ntargets, prev_addr, covers) - targets);
+        while (cursor < ntargets && targets[cursor].rel < prev_addr) ++cursor;
+        for (std::size_t j = cursor; j < ntargets && targets[j].rel < addr; ++j)
+          targets[j].file = prev_file, targets[j].line = prev_line;
       }
       have_prev = !end;
       prev_addr = addr;
