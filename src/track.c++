@@ -1807,7 +1807,27 @@ void track_at_exit() {
     report_warning("cannot write the profile to ", g_opts.profile);
 }
 
-__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+namespace {
+// The block of a tracked allocation: from domain_alloc, or when unpooled from
+// the arena or a mapping (never a span, so that its free reaches free_cold).
+// Zero-filled when `zero` (calloc): a large one straight from the large-block
+// layer, whose fresh mappings are zero already and are left untouched (a
+// memset there made every page of a large calloc resident while sampling).
+void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
+  if (zero && size > kLargeThreshold && !on_valgrind()) {
+    bool fresh = false;
+    void* p = domain_alloc_large(&g_process_domain, size, alignment, &fresh);
+    if (p && !fresh) std::memset(p, 0, size);
+    return p;
+  }
+  void* p = unpooled ? domain_alloc_unpooled(&g_process_domain, size, alignment)
+                     : domain_alloc(&g_process_domain, size, alignment);
+  if (p && zero) std::memset(p, 0, size);
+  return p;
+}
+
+__attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::size_t alignment, bool zero,
+                                                        const void* marker) {
   if (size > kMaxRequest) {
     errno = ENOMEM;
     return nullptr;
@@ -1819,26 +1839,32 @@ __attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t align
   if (tls_track_busy || !sampled) {
     // Busy: the countdown stays as it is, so the next allocation is the sample.
     if (!tls_track_busy) reset_countdown();
-    void* p = domain_alloc(&g_process_domain, size, alignment);
+    void* p = tracked_block(size, alignment, false, zero);
     if (!p) errno = ENOMEM;
     return p;
   }
   Busy busy;
-  // A sampled block comes from the arena (or a mapping), never a span, so its
-  // free always reaches free_cold, where track_free sees it.
-  void* p = mode == TrackMode::full ? domain_alloc(&g_process_domain, size, alignment)
-                                    : domain_alloc_unpooled(&g_process_domain, size, alignment);
+  void* p = tracked_block(size, alignment, mode != TrackMode::full, zero);
   if (!p) {
     errno = ENOMEM;
     return nullptr;
   }
   std::uint64_t w, bytes;
   sample_weight(size, &w, &bytes);
-  record(p, size, w, bytes, __builtin_return_address(0));
+  record(p, size, w, bytes, marker);
   if (mode == TrackMode::sample) tls_track_countdown = next_interval();
   tls_track_busy = busy.was;
   dump_if_requested();
   return p;
+}
+}  // namespace
+
+__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+  return track_alloc(size, alignment, false, __builtin_return_address(0));
+}
+
+__attribute__((noinline)) void* track_calloc(std::size_t size) {
+  return track_alloc(size, 16, true, __builtin_return_address(0));
 }
 
 void track_free(void* p) {
