@@ -145,11 +145,12 @@ void* calloc_impl(std::size_t count, std::size_t size) {
   return z;
 #endif
 #if CALLOC_TRACKING
-  if (track_active() && total > kLargeThreshold) {
-    void* p = fast_malloc(total);
-    if (p) std::memset(p, 0, total);
-    return p;
-  }
+  // Large: counted down like any allocation (the path below bypasses
+  // fast_malloc); an unsampled one takes that path, whose fresh mappings need
+  // no memset (a memset of every large calloc made all its pages resident
+  // whenever sampling was on).
+  if (track_active() && total > kLargeThreshold && (track_full() || track_countdown(total)))
+    return track_calloc(total);
 #endif
   if (total > kLargeThreshold && !on_valgrind()) {
     // A fresh mapping is zero already: skip the memset when the block is one.

@@ -110,11 +110,14 @@ int gcc_capture(const Unwinder& u, void** out, int max);
 Unwinder load_unwinders() {
   Unwinder u;
   load_libgcc(u);
-  // One capture now, inside the one-time initialisation: libgcc fills its
-  // table of register sizes at its first unwind (pthread_once, which helgrind
-  // and DRD do not see), so every later capture happens after that in their
-  // eyes as in fact.
-  if (u.gcc_backtrace) {
+  // Under Valgrind, one capture now, inside the one-time initialisation:
+  // libgcc fills its table of register sizes at its first unwind
+  // (pthread_once, which helgrind and DRD do not see), so every later capture
+  // happens after that in their eyes as in fact.  Not otherwise: that walk
+  // read libc's and libgcc_s's .eh_frame in place and ran libgcc's unwinder,
+  // +172 KiB of file pages in every C++ program that samples (track-demo: libc
+  // +128, libgcc_s +44), for a table that libgcc's own pthread_once guards.
+  if (u.gcc_backtrace && on_valgrind()) {
     void* warm[4];
     (void)gcc_capture(u, warm, 4);
   }

@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -86,10 +87,12 @@ constexpr std::size_t kInitialIndex = 1024;
 // Block table shards: threads freeing and allocating at once rarely meet.
 // Their buckets (kInitialBuckets at first) and nodes (kNodeBatch at a time)
 // come from one pool of small pieces (kPoolChunk mappings, touched as carved),
-// so that a shard holding one sampled block costs ~600 bytes, not pages.
+// so that a shard holding one sampled block costs ~200 bytes, not pages
+// (4 buckets and 4 nodes at first: with 32 and 8, the 64 shards of a program
+// whose samples had reached all of them held ~37 KiB of the pool; now ~12).
 constexpr unsigned kShards = 64;
-constexpr std::size_t kInitialBuckets = 32;
-constexpr unsigned kNodeBatch = 8;
+constexpr std::size_t kInitialBuckets = 4;
+constexpr unsigned kNodeBatch = 4;
 constexpr std::size_t kPoolChunk = 64 * 1024;
 // Weights are fixed-point (1 << kWeightShift is one block), so that live
 // counts add and subtract exactly.
@@ -121,11 +124,39 @@ struct BlockNode {
   std::uint64_t bytes;      // its estimated bytes (size * weight)
 };
 
+// A shard's lock: a spin lock, held for a few dozen instructions (a bucket
+// walk) by the thread recording or forgetting a sampled block.  64 shards
+// make waits rare; pthread_mutex_lock and unlock, taken twice a sample (its
+// record, its free), cost ~270 of the ~2 400 instructions of a sample
+// (callgrind, calloc-bench random-window).  Under Valgrind every caller holds
+// the serialising lock already (the shards are libcalloc's own memory, which
+// the thread checkers do not check), so it is never contended there.
+struct SpinLock {
+  std::atomic<bool> held{false};
+};
+void spin_lock(SpinLock& l) {
+  for (unsigned round = 0; l.held.exchange(true, std::memory_order_acquire); ++round) {
+    while (l.held.load(std::memory_order_relaxed)) {
+      if (round < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        sched_yield();
+      }
+    }
+  }
+}
+void spin_unlock(SpinLock& l) { l.held.store(false, std::memory_order_release); }
+
 struct Shard {
-  pthread_mutex_t lock;
+  SpinLock lock;
   BlockNode** buckets;
   std::size_t nbuckets;
-  std::size_t count;
+  // Blocks recorded; written under lock, read without it by block_take, so
+  // that a free in a shard without samples (most frees that reach free_cold
+  // while sampling) takes no lock: a block's insert happens before its free.
+  std::atomic<std::size_t> count;
   BlockNode* free_nodes;
   char pad[64];
 };
@@ -148,7 +179,7 @@ pthread_mutex_t g_site_lock = PTHREAD_MUTEX_INITIALIZER;
 pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 char* g_pool_cur;
 char* g_pool_end;
-void* g_pool_free[8];  // freed bucket arrays by log2(bytes / 256)
+void* g_pool_free[11];  // freed bucket arrays by log2(bytes / 32) (kBucketClasses)
 Shard g_shards[kShards];
 std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
@@ -321,11 +352,12 @@ Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards
 std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
 
 // A piece of `bytes` (a multiple of 16) from the pool, zero-filled; nullptr
-// when out of memory.  Bucket arrays of 256 bytes to 32 KiB are reused when a
+// when out of memory.  Bucket arrays of 32 bytes to 32 KiB are reused when a
 // shard outgrows them; larger ones are mappings of their own.
+constexpr unsigned kBucketClasses = 11;  // 32 << 10 = 32 KiB
 std::size_t bucket_class(std::size_t bytes) {
   unsigned c = 0;
-  while ((std::size_t{256} << c) < bytes) ++c;
+  while ((std::size_t{32} << c) < bytes) ++c;
   return c;
 }
 
@@ -334,7 +366,7 @@ void* pool_alloc(std::size_t bytes) {
   pthread_mutex_lock(&g_pool_lock);
   void* p = nullptr;
   std::size_t c = bucket_class(bytes);
-  if (bytes == (std::size_t{256} << c) && c < 8 && g_pool_free[c]) {
+  if (bytes == (std::size_t{32} << c) && c < kBucketClasses && g_pool_free[c]) {
     p = g_pool_free[c];
     g_pool_free[c] = *static_cast<void**>(p);
     std::memset(p, 0, bytes);
@@ -416,22 +448,22 @@ void site_release(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t byt
 void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   Shard& s = shard_of(a);
-  pthread_mutex_lock(&s.lock);
-  if (s.count >= s.nbuckets && !shard_grow(s) && s.nbuckets == 0) {
-    pthread_mutex_unlock(&s.lock);
+  spin_lock(s.lock);
+  if (s.count.load(std::memory_order_relaxed) >= s.nbuckets && !shard_grow(s) && s.nbuckets == 0) {
+    spin_unlock(s.lock);
     return;  // no memory for the table: the block goes untracked
   }
   BlockNode* n = node_alloc(s);
   if (!n) {
-    pthread_mutex_unlock(&s.lock);
+    spin_unlock(s.lock);
     return;
   }
   *n = BlockNode{a, nullptr, site, weight_fx, bytes};
   std::size_t b = bucket_of(a, s.nbuckets);
   n->next = s.buckets[b];
   s.buckets[b] = n;
-  ++s.count;
-  pthread_mutex_unlock(&s.lock);
+  s.count.store(s.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  spin_unlock(s.lock);
   site_add(site, weight_fx, bytes);
 }
 
@@ -439,9 +471,10 @@ void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uin
 bool block_take(void* p, BlockNode* out) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   Shard& s = shard_of(a);
-  pthread_mutex_lock(&s.lock);
-  if (s.count == 0) {
-    pthread_mutex_unlock(&s.lock);
+  if (s.count.load(std::memory_order_relaxed) == 0) return false;
+  spin_lock(s.lock);
+  if (s.count.load(std::memory_order_relaxed) == 0) {
+    spin_unlock(s.lock);
     return false;
   }
   BlockNode** link = &s.buckets[bucket_of(a, s.nbuckets)];
@@ -451,14 +484,14 @@ bool block_take(void* p, BlockNode* out) {
       *out = *n;
       n->next = s.free_nodes;
       s.free_nodes = n;
-      --s.count;
-      pthread_mutex_unlock(&s.lock);
+      s.count.store(s.count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+      spin_unlock(s.lock);
       site_release(out->site, out->weight_fx, out->bytes);
       return true;
     }
     link = &n->next;
   }
-  pthread_mutex_unlock(&s.lock);
+  spin_unlock(s.lock);
   return false;
 }
 
@@ -483,7 +516,10 @@ std::uint64_t rng_next() {
 // log and 1 - exp(-x) of our own, without tables: libm's log and expm1 read
 // their lookup tables from libm's .rodata, which faulted ~150 KiB of file
 // pages into every sampled process (the kernel maps 64 KiB around a fault).
-// Both are exact to ~1e-15 relative, far below what sampling needs.
+// Polynomials in Horner form with constant coefficients (no division in a
+// loop: the series with a division a term cost each sample ~360 instructions
+// of the ~2 600 it costs in all); both exact to ~1e-12 relative, far below
+// what sampling needs (its estimates move by percents).
 double split_exponent(double x, int* e) {  // x = m * 2^e, m in [sqrt(1/2), sqrt(2)); x normal, > 0
   std::uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
@@ -495,35 +531,46 @@ double split_exponent(double x, int* e) {  // x = m * 2^e, m in [sqrt(1/2), sqrt
   return m;
 }
 
-// Natural logarithm of x in (0, 1] (interval draws: x >= 2^-53).
+// Natural logarithm of x in (0, 1] (interval draws: x >= 2^-53): 2 atanh(t),
+// t = (m - 1) / (m + 1), |t| <= 0.1716, by its series to t^15 (the next term
+// is under 3e-13 of the sum).
 double ln(double x) {
   int e;
   double m = split_exponent(x, &e);
-  double t = (m - 1) / (m + 1), t2 = t * t;  // |t| <= 0.1716
-  double sum = 0;
-  for (int k = 19; k >= 1; k -= 2) sum = sum * t2 + 1.0 / k;  // atanh series
+  double t = (m - 1) / (m + 1), t2 = t * t;
+  constexpr double kCoef[] = {1.0 / 13, 1.0 / 11, 1.0 / 9, 1.0 / 7, 1.0 / 5, 1.0 / 3, 1.0};
+  double sum = 1.0 / 15;
+  for (double c : kCoef) sum = sum * t2 + c;
   return 2 * t * sum + e * 0.6931471805599453;
+}
+
+// exp(-r) for r in [0, ln 2): its Taylor series to r^14 (next term < 4e-15).
+double exp_neg_reduced(double r) {
+  constexpr double kInvFact[] = {1.0 / 87178291200.0, 1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
+                                 1.0 / 3628800.0,     1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,
+                                 1.0 / 720.0,         1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,
+                                 1.0 / 2.0,           1.0,                1.0};  // 1/14! .. 1/0!
+  double y = -r, sum = 0;
+  for (double c : kInvFact) sum = sum * y + c;
+  return sum;
 }
 
 // 1 - exp(-x) for x >= 0.
 double one_minus_exp_neg(double x) {
-  if (x < 0.5) {  // -(expm1(-x)) by its series, no cancellation
-    double term = x, sum = 0;
-    for (int k = 1; k <= 18; ++k) {
-      sum += term;
-      term *= -x / (k + 1);
-    }
-    return sum;
+  if (x < 0.5) {  // -(expm1(-x)) = x - x^2/2! + x^3/3! ...: no cancellation; to x^14 (next < 2e-14 relative)
+    constexpr double kCoef[] = {-1.0 / 87178291200.0, 1.0 / 6227020800.0, -1.0 / 479001600.0, 1.0 / 39916800.0,
+                                -1.0 / 3628800.0,     1.0 / 362880.0,     -1.0 / 40320.0,    1.0 / 5040.0,
+                                -1.0 / 720.0,         1.0 / 120.0,        -1.0 / 24.0,       1.0 / 6.0,
+                                -1.0 / 2.0,           1.0};  // (-1)^(k+1) / k!, k = 14 .. 1
+    double sum = 0;
+    for (double c : kCoef) sum = sum * x + c;
+    return sum * x;
   }
   if (x > 745) return 1.0;
   // exp(-x) = 2^-k * exp(-r), x = k ln 2 + r, 0 <= r < ln 2.
   int k = static_cast<int>(x / 0.6931471805599453);
   double r = x - k * 0.6931471805599453;
-  double term = 1, e = 0;
-  for (int i = 1; i <= 22; ++i) {
-    e += term;
-    term *= -r / i;
-  }
+  double e = exp_neg_reduced(r);
   std::uint64_t bits = static_cast<std::uint64_t>(1023 - k) << 52;  // 2^-k, k <= 1075: normal for k < 1023
   double scale;
   if (k >= 1022) return 1.0;
@@ -807,10 +854,17 @@ void parse_line_tables(const Sections& sec, Target* targets, std::size_t ntarget
     std::uintptr_t prev_addr = 0;
     const char* prev_file = nullptr;
     std::uint32_t prev_line = 0;
-    auto emit = [&](bool end) {
+    // The first target at or above prev_addr: rows rise within a sequence, so
+    // it only moves forward there (a binary search a row was most of the
+    // report's time); searched again when the address goes back.
+    std::size_t cursor = 0;
+    auto emit = [&](bool end) __attribute__((always_inline)) {
       if (have_prev && addr > prev_addr) {
-        Target* t = std::lower_bound(targets, targets + ntargets, prev_addr, covers);
-        for (; t < targets + ntargets && t->rel < addr; ++t) t->file = prev_file, t->line = prev_line;
+        if (cursor > 0 && targets[cursor - 1].rel >= prev_addr)
+          cursor = static_cast<std::size_t>(std::lower_bound(targets, targets + ntargets, prev_addr, covers) - targets);
+        while (cursor < ntargets && targets[cursor].rel < prev_addr) ++cursor;
+        for (std::size_t j = cursor; j < ntargets && targets[j].rel < addr; ++j)
+          targets[j].file = prev_file, targets[j].line = prev_line;
       }
       have_prev = !end;
       prev_addr = addr;
@@ -1416,8 +1470,15 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
   // by ~0.6 MB, against sampling's budget of 1 % (docs/design.md, "Tracking").
   bool mod_symtab = has_symtab(mod);
   if ((!mod_symtab || !has_line_table(mod)) && g_track_mode != TrackMode::sample) open_debug_file(path, mod, &dbg);
-  const ElfFile& syms = !mod_symtab && dbg.base && has_symtab(dbg) ? dbg : mod;
-  module_symbols(syms, targets, n);
+  // A module with only .dynsym (libc, stripped programs): prepare_symbols
+  // named each address with dladdr already, which reads the same table in
+  // the loaded image; reading it again from the file mapped ~110 KiB of
+  // libc's file pages (.dynsym, .dynstr) at every report's peak.
+  if (mod_symtab) {
+    module_symbols(mod, targets, n);
+  } else if (dbg.base && has_symtab(dbg)) {
+    module_symbols(dbg, targets, n);
+  }
   const char* unreadable = nullptr;
   bool lines = module_lines(mod, targets, n, &unreadable);
   if (!lines && dbg.base) lines = module_lines(dbg, targets, n, &unreadable);
@@ -1813,7 +1874,7 @@ bool tables_ready() {
     return false;
   }
   g_site_index.store(index, std::memory_order_release);
-  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
+  for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
   return true;
 }
 
@@ -1840,19 +1901,19 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
 void track_prefork() {
   pthread_mutex_lock(&g_sym_lock);
   pthread_mutex_lock(&g_site_lock);
-  for (Shard& s : g_shards) pthread_mutex_lock(&s.lock);
+  for (Shard& s : g_shards) spin_lock(s.lock);
   pthread_mutex_lock(&g_pool_lock);
 }
 void track_postfork_parent() {
   pthread_mutex_unlock(&g_pool_lock);
-  for (Shard& s : g_shards) pthread_mutex_unlock(&s.lock);
+  for (Shard& s : g_shards) spin_unlock(s.lock);
   pthread_mutex_unlock(&g_site_lock);
   pthread_mutex_unlock(&g_sym_lock);
 }
 void track_postfork_child() {
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
-  for (Shard& s : g_shards) pthread_mutex_init(&s.lock, nullptr);
+  for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
 }
@@ -1889,7 +1950,27 @@ void track_at_exit() {
     report_warning("cannot write the profile to ", g_opts.profile);
 }
 
-__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+namespace {
+// The block of a tracked allocation: from domain_alloc, or when unpooled from
+// the arena or a mapping (never a span, so that its free reaches free_cold).
+// Zero-filled when `zero` (calloc): a large one straight from the large-block
+// layer, whose fresh mappings are zero already and are left untouched (a
+// memset there made every page of a large calloc resident while sampling).
+void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
+  if (zero && size > kLargeThreshold && !on_valgrind()) {
+    bool fresh = false;
+    void* p = domain_alloc_large(&g_process_domain, size, alignment, &fresh);
+    if (p && !fresh) std::memset(p, 0, size);
+    return p;
+  }
+  void* p = unpooled ? domain_alloc_unpooled(&g_process_domain, size, alignment)
+                     : domain_alloc(&g_process_domain, size, alignment);
+  if (p && zero) std::memset(p, 0, size);
+  return p;
+}
+
+__attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::size_t alignment, bool zero,
+                                                        const void* marker) {
   if (size > kMaxRequest) {
     errno = ENOMEM;
     return nullptr;
@@ -1901,26 +1982,32 @@ __attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t align
   if (tls_track_busy || !sampled) {
     // Busy: the countdown stays as it is, so the next allocation is the sample.
     if (!tls_track_busy) reset_countdown();
-    void* p = domain_alloc(&g_process_domain, size, alignment);
+    void* p = tracked_block(size, alignment, false, zero);
     if (!p) errno = ENOMEM;
     return p;
   }
   Busy busy;
-  // A sampled block comes from the arena (or a mapping), never a span, so its
-  // free always reaches free_cold, where track_free sees it.
-  void* p = mode == TrackMode::full ? domain_alloc(&g_process_domain, size, alignment)
-                                    : domain_alloc_unpooled(&g_process_domain, size, alignment);
+  void* p = tracked_block(size, alignment, mode != TrackMode::full, zero);
   if (!p) {
     errno = ENOMEM;
     return nullptr;
   }
   std::uint64_t w, bytes;
   sample_weight(size, &w, &bytes);
-  record(p, size, w, bytes, __builtin_return_address(0));
+  record(p, size, w, bytes, marker);
   if (mode == TrackMode::sample) tls_track_countdown = next_interval();
   tls_track_busy = busy.was;
   dump_if_requested();
   return p;
+}
+}  // namespace
+
+__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+  return track_alloc(size, alignment, false, __builtin_return_address(0));
+}
+
+__attribute__((noinline)) void* track_calloc(std::size_t size) {
+  return track_alloc(size, 16, true, __builtin_return_address(0));
 }
 
 void track_free(void* p) {

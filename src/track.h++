@@ -61,6 +61,9 @@ void track_postfork_child();
 // An allocation of the process heap that tracking must see (the countdown
 // passed zero, or full mode).  Returns the block, or nullptr with errno ENOMEM.
 void* track_malloc(std::size_t size, std::size_t alignment);
+// calloc of more than kLargeThreshold bytes that tracking must see: as
+// track_malloc, zero-filled, a fresh mapping left untouched.
+void* track_calloc(std::size_t size);
 // A free of any block, before the allocator releases it (free_cold).
 void track_free(void* p);
 // realloc of a live block p of the process heap while tracking is active.

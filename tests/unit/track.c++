@@ -11,7 +11,8 @@
 // full mode sees exactly the bytes a function leaks, among blocks that are freed,
 // from threads too; sampling estimates total calls and bytes of a known workload
 // within 10 %; fork while other threads allocate leaves the child's tracker usable
-// (no lock inherited held), with its own totals.  The LD_PRELOAD tests (leak report
+// (no lock inherited held), with its own totals; a large calloc, sampled or not,
+// leaves a fresh mapping's pages untouched.  The LD_PRELOAD tests (leak report
 // of a real program, python3, pprof) are tests/integration/track*.sh.
 // The request's global tracker, g_allocation_tracker (test_global_tracker).
 #define ENABLE_ALLOCATION_TRACKING 1
@@ -499,6 +500,42 @@ START_TEST(test_sampling_estimates_unbiased) {
 }
 END_TEST
 
+// Sampling keeps calloc's fresh pages untouched: a large calloc, sampled or
+// not, is zero-filled without writing the pages of a fresh mapping (with a
+// memset of every large calloc while sampling, 64 MiB of calloc made 64 MiB
+// resident).  Sampled: one sample per 4 KiB (a 64 MiB block always is);
+// unsampled: one per 2^40 bytes.  The resident size is not checked under
+// Valgrind nor in ASan builds (Valgrind mode and ASan mode, which is Valgrind
+// mode with ASan's shadow, write a calloc's block) nor TSan's (its own
+// allocator state): there only the zeros are.
+START_TEST(test_sampling_keeps_calloc_pages_untouched) {
+  for (std::size_t mean : {std::size_t{4096}, std::size_t{1} << 40}) {
+    std::string err = in_child([mean]() -> std::string {
+      lca::track_start_for_test(lca::TrackMode::sample, mean);
+      constexpr std::size_t kBytes = std::size_t{64} << 20;
+      std::size_t before = test_util::rss_bytes();
+      std::size_t samples = lca::track_totals().samples;
+      auto* p = static_cast<unsigned char*>(lca_calloc(1, kBytes));
+      if (!p) return "calloc failed";
+      std::size_t grown = test_util::rss_bytes() - before;
+      bool sampled = lca::track_totals().samples > samples;
+      for (std::size_t i = 0; i < kBytes; i += 1 << 20)
+        if (p[i] != 0 || p[i + 4095] != 0) return "calloc's block is not zero at " + std::to_string(i);
+      lca_free(p);
+      if (sampled != (mean == 4096))
+        return std::string("the 64 MiB calloc was ") + (sampled ? "" : "not ") + "sampled at one sample per " +
+               std::to_string(mean) + " bytes";
+      bool rss_meaningful = !test_util::running_on_valgrind() && !test_util::kAsanBuild && !test_util::kTsanBuild;
+      if (rss_meaningful && grown > (std::size_t{8} << 20))
+        return "a " + std::string(sampled ? "sampled" : "unsampled") + " 64 MiB calloc made " +
+               std::to_string(grown >> 10) + " KiB resident";
+      return "";
+    });
+    ck_assert_msg(err.empty(), "%s", err.c_str());
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("track", &tc);
@@ -513,5 +550,6 @@ int main() {
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
+  tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
   return test_util::run_suite(s);
 }
