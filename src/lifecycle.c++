@@ -336,7 +336,9 @@ void domains_postfork_child() {
   // the child working on it would corrupt memory.  Their memory stays mapped and
   // unused in the child (frees of their blocks go to their remote lists); heaps
   // that were abandoned before the fork were consistent (the domain lock was
-  // held, and their frees were sent) and stay adoptable.  What the gone threads
+  // held, and their frees were sent) and stay adoptable (a thread exit caught
+  // moving its spans to the pools, heap_orphan_spans, leaves the spans not yet
+  // moved with its heap, mapped and unused likewise).  What the gone threads
   // had freed into other heaps' spans goes back to those spans.
   Heap* mine = thread_heap_if_any();
   for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)

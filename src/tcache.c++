@@ -29,8 +29,8 @@
 
 namespace lca {
 
-constinit OrphanPool g_orphan_pools[kNumClasses]{};
-constinit Domain g_process_domain{true, g_orphan_pools};
+constinit OrphanPools g_orphan_pools{};
+constinit Domain g_process_domain{true, &g_orphan_pools};
 constinit Span g_empty_span{};
 
 constinit Heap g_no_heap{NoHeapTag{}};
@@ -182,7 +182,8 @@ void release_chunk(Domain* d, ChunkHeader* c);
 
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
-// Retires the empty spans of the pool of orphaned spans (domain lock held).
+// Retires the empty spans of the pools of orphaned spans (domain lock held;
+// takes each pool's lock in turn).
 void sweep_orphans(Domain* d, std::size_t limit);
 
 // The node a heap's next chunk goes to: its domain's (a NUMAAllocator node heap)
@@ -473,15 +474,15 @@ void collect_span(Heap* h, Span* s) {
 // domain lock) therefore happens after the pool lock is released: the span is
 // unlinked and marked inactive under it first ("doomed"), so no one else can
 // reach it.  docs/design.md, "Span reclaim".
-class PoolLock {
+class PoolLock {  // class c's pool lock of d
  public:
-  explicit PoolLock(OrphanPool* p) : p_(p) { lca_mutex_lock(&p_->lock); }
-  ~PoolLock() { lca_mutex_unlock(&p_->lock); }
+  PoolLock(Domain* d, unsigned c) : m_(d->orphan_pools->lock_of(c)) { lca_mutex_lock(m_); }
+  ~PoolLock() { lca_mutex_unlock(m_); }
   PoolLock(const PoolLock&) = delete;
   PoolLock& operator=(const PoolLock&) = delete;
 
  private:
-  OrphanPool* p_;
+  pthread_mutex_t* m_;
 };
 
 // Appends the chain first..last (n spans linked through next, last->next
@@ -566,9 +567,9 @@ void orphan_retire_doomed(Domain* d, Span* doomed) {
 void sweep_orphans(Domain* d, std::size_t limit) {
   Span* doomed = nullptr;
   for (unsigned c = 0; c < kNumClasses && limit; ++c) {
-    OrphanPool* p = &d->orphan_pool[c];
+    OrphanPool* p = &d->orphan_pools->pool[c];
     if (!p->head.load(std::memory_order_relaxed)) continue;
-    PoolLock lock(p);
+    PoolLock lock(d, c);
     Span* prev = nullptr;
     for (Span* s = p->head.load(std::memory_order_relaxed); s && limit; --limit) {
       Span* next = s->next;
@@ -894,14 +895,14 @@ namespace {
 // frees (which only grows), and h collects them once the lock is released.
 Span* take_orphan_span(Heap* h, unsigned c) {
   Domain* d = h->domain;
-  if (!d->orphan_pool || h->node >= 0) return nullptr;
-  OrphanPool* p = &d->orphan_pool[c];
+  if (!d->orphan_pools || h->node >= 0) return nullptr;
+  OrphanPool* p = &d->orphan_pools->pool[c];
   if (!p->head.load(std::memory_order_relaxed)) return nullptr;  // no lock for an empty pool
   Span* doomed = nullptr;
   Span* taken = nullptr;  // the spans with too few objects, oldest last
   Span* found = nullptr;
   {
-    PoolLock lock(p);
+    PoolLock lock(d, c);
     orphan_trim_locked(d, p, &doomed);
     for (unsigned n = 0; n < kOrphanProbe; ++n) {
       Span* s = p->head.load(std::memory_order_relaxed);
@@ -942,7 +943,7 @@ Span* take_orphan_span(Heap* h, unsigned c) {
 
 void heap_orphan_spans(Heap* h) {
   Domain* d = h->domain;
-  if (!d->orphan_pool || h->node >= 0) return;  // node-local heaps are adopted whole
+  if (!d->orphan_pools || h->node >= 0) return;  // node-local heaps are adopted whole
   {
     // The chunks first: a span taken from the pool must be in an orphan chunk
     // (its taker retires it into the chunk as an orphan chunk's).
@@ -979,8 +980,8 @@ void heap_orphan_spans(Heap* h) {
     }
     set_head(h, c, &g_empty_span);
     h->tail[c] = nullptr;
-    OrphanPool* p = &d->orphan_pool[c];
-    PoolLock lock(p);
+    OrphanPool* p = &d->orphan_pools->pool[c];
+    PoolLock lock(d, c);
     orphan_push_chain(d, p, first, last, n);
     orphan_trim_locked(d, p, &doomed);
   }
@@ -988,20 +989,20 @@ void heap_orphan_spans(Heap* h) {
 }
 
 void domain_pools_prefork(Domain* d) {
-  if (d->orphan_pool)
-    for (unsigned c = 0; c < kNumClasses; ++c) pthread_mutex_lock(&d->orphan_pool[c].lock);
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
 }
 
 void domain_pools_postfork_parent(Domain* d) {
-  if (d->orphan_pool)
-    for (unsigned c = 0; c < kNumClasses; ++c) pthread_mutex_unlock(&d->orphan_pool[c].lock);
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
 }
 
 void domain_pools_postfork_child(Domain* d) {
-  if (!d->orphan_pool) return;
-  for (unsigned c = 0; c < kNumClasses; ++c) {
-    tsan_released_at_fork(&d->orphan_pool[c].lock);
-    pthread_mutex_init(&d->orphan_pool[c].lock, nullptr);
+  if (!d->orphan_pools) return;
+  for (auto& l : d->orphan_pools->lock) {
+    tsan_released_at_fork(&l.m);
+    pthread_mutex_init(&l.m, nullptr);
   }
 }
 

@@ -213,23 +213,34 @@ inline void* heap_pop_foreign(Heap* h, unsigned c) {
   return o;
 }
 
-// Span reclaim: the pool of one size class's orphaned spans (FIFO, linked
-// through Span::next, their heap orphan_span_heap()), with its own lock so that
-// refills of different classes, and thread exits, do not wait for each other
-// or for the domain lock (docs/design.md, "Span reclaim").  Lock order: the
-// domain lock, then one pool's lock; a pool's lock holder takes no other lock.
-// One cache line per class.
+// Span reclaim: the pools of orphaned spans, one per size class (FIFO, linked
+// through Span::next, their heap orphan_span_heap()), each guarded by one of
+// kOrphanPoolLocks locks (class c by lock c % kOrphanPoolLocks), so that refills
+// of different classes, and thread exits, seldom wait for each other and never
+// for the domain lock (docs/design.md, "Span reclaim").  Not a lock per class:
+// fork's prepare handler holds them all, and TSan's deadlock detector gives up
+// beyond 64 locks held at once.  Lock order: the domain lock, then one pool
+// lock; a pool lock's holder takes no other lock.  One cache line per class and
+// per lock.
+constexpr unsigned kOrphanPoolLocks = 32;
 struct alignas(64) OrphanPool {
-  pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
   std::atomic<Span*> head{nullptr};  // also read without the lock: the refill's peek
   Span* tail = nullptr;
   std::uint32_t count = 0;
 };
+struct OrphanPools {
+  struct alignas(64) Lock {
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  };
+  OrphanPool pool[kNumClasses];
+  Lock lock[kOrphanPoolLocks];
+  pthread_mutex_t* lock_of(unsigned c) { return &lock[c % kOrphanPoolLocks].m; }
+};
 
 struct Domain {
   constexpr Domain() = default;
-  constexpr explicit Domain(bool thread_heaps, OrphanPool* pools = nullptr)
-      : per_thread(thread_heaps), orphan_pool(pools) {}
+  constexpr explicit Domain(bool thread_heaps, OrphanPools* pools = nullptr)
+      : per_thread(thread_heaps), orphan_pools(pools) {}
   Domain(const Domain&) = delete;
   Domain& operator=(const Domain&) = delete;
 
@@ -276,7 +287,7 @@ struct Domain {
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
-  // the heap's spans go to a pool per class (orphan_pool, below) and its span
+  // the heap's spans go to a pool per class (orphan_pools, below) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
   // a pooled span before it carves one, and its new_span carves in a free slot
   // of an orphan chunk before it maps one.  The slot bookkeeping of orphan
@@ -284,7 +295,7 @@ struct Domain {
   // domain lock; a class's pool and the local state of its pooled spans only
   // under that pool's lock; a span taken from the pool is its taker's like any
   // other.  docs/design.md, "Span reclaim".
-  OrphanPool* orphan_pool = nullptr;        // kNumClasses pools: the process domain's only
+  OrphanPools* orphan_pools = nullptr;       // the process domain's only
   std::atomic<std::size_t> orphan_spans{0};  // spans in all its pools (changed under their locks)
   ChunkList orphan_chunks;
   std::size_t orphan_dirty_slots = 0;  // free slots of orphan chunks not yet purged

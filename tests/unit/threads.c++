@@ -1320,13 +1320,13 @@ struct PoolCheck {
 PoolCheck check_pools() {
   PoolCheck r;
   lca::Domain* d = &lca::g_process_domain;
-  if (!d->orphan_pool) {
+  if (!d->orphan_pools) {
     std::snprintf(r.bad, sizeof r.bad, "the process domain has no pools");
     return r;
   }
   for (unsigned c = 0; c < lca::kNumClasses; ++c) {
-    lca::OrphanPool* p = &d->orphan_pool[c];
-    lca::lca_mutex_lock(&p->lock);
+    lca::OrphanPool* p = &d->orphan_pools->pool[c];
+    lca::lca_mutex_lock(d->orphan_pools->lock_of(c));
     std::uint32_t n = 0;
     lca::Span* last = nullptr;
     for (lca::Span* s = p->head.load(); s && n <= p->count; s = s->next, ++n) {
@@ -1345,7 +1345,7 @@ PoolCheck check_pools() {
       std::snprintf(r.bad, sizeof r.bad, "class %u's pool: %u spans linked, count %u, tail %s", c, n, p->count,
                     last == p->tail ? "right" : "wrong");
     r.spans += n;
-    lca::lca_mutex_unlock(&p->lock);
+    lca::lca_mutex_unlock(d->orphan_pools->lock_of(c));
   }
   return r;
 }
