@@ -565,6 +565,7 @@ void orphan_retire_doomed(Domain* d, Span* doomed) {
 
 // Retires the pooled spans that are empty, up to `limit` of them looked at.
 void sweep_orphans(Domain* d, std::size_t limit) {
+  if (!d->orphan_pools) return;  // a private domain
   Span* doomed = nullptr;
   for (unsigned c = 0; c < kNumClasses && limit; ++c) {
     OrphanPool* p = &d->orphan_pools->pool[c];
@@ -1289,6 +1290,12 @@ Heap* heap_for_remote_free() {
   return h == &g_no_heap ? nullptr : h;
 }
 
+// Span::flags as a thread that does not own s reads it (free_remote_batched):
+// the owner may rewrite the byte meanwhile (span_set_flags), by design -- a
+// function of its own so that contrib/tsan.supp can name the reader too (TSan
+// loses the writer's stack when the owner did much since).
+inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
+
 // The remote free of a small object of the process domain by a thread with a
 // heap, with the checks block_lookup makes: false sends p to free_slow, which
 // handles (or reports) everything else.
@@ -1305,7 +1312,9 @@ inline bool free_remote_batched(void* p) {
   // The owner may change the flags meanwhile, but not the bits that matter for p:
   // the span stays active while p is live, and p grew over several slots (if it
   // did) before the user handed it to this thread.
-  if (span_owner(s) == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
+  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot)) ||
+      !span_is_object_start(s, p))
+    return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
   RemoteBusy busy(me);
