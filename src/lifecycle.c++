@@ -32,10 +32,12 @@ constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 
 void heap_abandon(Heap* h) {
   Domain* d = h->domain;
+  // Its spans go to the domain's pools, for the running heaps' refills (span
+  // reclaim, tcache.h++): the heap is adopted empty of spans.  Not under the
+  // domain lock (each class's pool has its own, and a refill takes no other):
+  // the heap is not on the abandoned list yet, so no other thread reaches it.
+  heap_orphan_spans(h);
   DomainLock lock(d);
-  // Its spans go to the domain's pool, for the running heaps' refills (span
-  // reclaim, tcache.h++): the heap is adopted empty of spans.
-  heap_orphan_spans_locked(h);
   heap_collect_all(h, false);
   h->abandoned = true;
   h->next_abandoned = d->abandoned;
@@ -120,8 +122,9 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's, the large-block table's, the huge-page
-//   tables' (list first), the ASan quarantine's.  glibc's fork() takes the list
+//   the domain list's, every domain's (each followed by its span pools'), the
+//   large-block table's, the huge-page tables' (list first), the ASan
+//   quarantine's.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
 //   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
@@ -256,8 +259,8 @@ void send_orphaned_frees(Heap* h) {
 // modules register none of their own, so that their locks too are taken after
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
-// hardened heaps' (secure.c++), then the core's: the domain list, each domain,
-// the large-block table, the huge-page tables.
+// hardened heaps' (secure.c++), then the core's: the domain list, each domain
+// and its span pools, the large-block table, the huge-page tables.
 void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
@@ -272,7 +275,10 @@ void domains_prefork() {
     if (!vg_serialised()) {
       secure_prefork();  // the hardened heaps (SecureAllocator in every build)
       pthread_mutex_lock(&g_domains_lock);
-      for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_lock(&d->lock);
+      for (Domain* d = &g_process_domain; d; d = d->next) {
+        pthread_mutex_lock(&d->lock);
+        domain_pools_prefork(d);
+      }
       large_lock_all();
       huge_lock_all();
     }
@@ -289,7 +295,10 @@ void domains_postfork_parent() {
   if (!vg_serialised()) {
     huge_unlock_all();
     large_unlock_all();
-    for (Domain* d = &g_process_domain; d; d = d->next) pthread_mutex_unlock(&d->lock);
+    for (Domain* d = &g_process_domain; d; d = d->next) {
+      domain_pools_postfork_parent(d);
+      pthread_mutex_unlock(&d->lock);
+    }
     pthread_mutex_unlock(&g_domains_lock);
     secure_postfork_parent();
   }
@@ -315,6 +324,7 @@ void domains_postfork_child() {
     for (Domain* d = &g_process_domain; d; d = d->next) {
       tsan_released_at_fork(&d->lock);
       init_recursive(&d->lock);
+      domain_pools_postfork_child(d);
     }
     tsan_released_at_fork(&g_domains_lock);
     pthread_mutex_init(&g_domains_lock, nullptr);
@@ -326,7 +336,9 @@ void domains_postfork_child() {
   // the child working on it would corrupt memory.  Their memory stays mapped and
   // unused in the child (frees of their blocks go to their remote lists); heaps
   // that were abandoned before the fork were consistent (the domain lock was
-  // held, and their frees were sent) and stay adoptable.  What the gone threads
+  // held, and their frees were sent) and stay adoptable (a thread exit caught
+  // moving its spans to the pools, heap_orphan_spans, leaves the spans not yet
+  // moved with its heap, mapped and unused likewise).  What the gone threads
   // had freed into other heaps' spans goes back to those spans.
   Heap* mine = thread_heap_if_any();
   for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)

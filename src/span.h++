@@ -112,8 +112,9 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
 inline Heap* no_fast_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{1}); }
 
 // Span::heap as a thread that may not own s reads it (a free, a realloc): a
-// span of the pool of orphaned spans changes owner under the domain lock while
-// other threads free into it (tcache.h++, span reclaim).  Relaxed atomics (plain
+// span changes owner when an exiting thread gives it to a pool of orphaned
+// spans and when a refill takes it from there, while other threads free into it
+// (tcache.h++, span reclaim).  Relaxed atomics (plain
 // moves on x86-64): such a reader only asks "is it mine?", and the answer is no
 // whichever value it sees, unless it is the owner, which wrote the value itself.
 inline Heap* span_owner(const Span* s) { return __atomic_load_n(&s->heap, __ATOMIC_RELAXED); }

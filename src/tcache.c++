@@ -29,7 +29,8 @@
 
 namespace lca {
 
-constinit Domain g_process_domain{true};
+constinit OrphanPools g_orphan_pools{};
+constinit Domain g_process_domain{true, &g_orphan_pools};
 constinit Span g_empty_span{};
 
 constinit Heap g_no_heap{NoHeapTag{}};
@@ -181,7 +182,8 @@ void release_chunk(Domain* d, ChunkHeader* c);
 
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
-// Retires the empty spans of the pool of orphaned spans (domain lock held).
+// Retires the empty spans of the pools of orphaned spans (domain lock held;
+// takes each pool's lock in turn).
 void sweep_orphans(Domain* d, std::size_t limit);
 
 // The node a heap's next chunk goes to: its domain's (a NUMAAllocator node heap)
@@ -215,7 +217,7 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       sweep_abandoned(d);
       c = pop_free_chunk(d, where.node);
     }
-    if (!c && d->orphan_spans) {
+    if (!c && d->orphan_spans.load(std::memory_order_relaxed)) {
       sweep_orphans(d, kOrphanSweep);
       c = pop_free_chunk(d, where.node);
     }
@@ -465,35 +467,50 @@ void collect_span(Heap* h, Span* s) {
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
-// --- span reclaim: the pool of orphaned spans (tcache.h++, Domain) ----------
-// Domain lock held for all of these.
-void orphan_push(Domain* d, Span* s) {
-  unsigned c = s->size_class;
-  s->next = s->prev = nullptr;
-  if (Span* tail = d->orphan_tail[c])
-    tail->next = s;
+// --- span reclaim: the pools of orphaned spans (tcache.h++, OrphanPool) ------
+// A class's pool, and the local state of its pooled spans (collecting their
+// remote frees), change only under the pool's lock; its holder takes no other
+// lock.  Retiring a pooled span (its slot back to its orphan chunk, under the
+// domain lock) therefore happens after the pool lock is released: the span is
+// unlinked and marked inactive under it first ("doomed"), so no one else can
+// reach it.  docs/design.md, "Span reclaim".
+class PoolLock {  // class c's pool lock of d
+ public:
+  PoolLock(Domain* d, unsigned c) : m_(d->orphan_pools->lock_of(c)) { lca_mutex_lock(m_); }
+  ~PoolLock() { lca_mutex_unlock(m_); }
+  PoolLock(const PoolLock&) = delete;
+  PoolLock& operator=(const PoolLock&) = delete;
+
+ private:
+  pthread_mutex_t* m_;
+};
+
+// Appends the chain first..last (n spans linked through next, last->next
+// nullptr) to pool p of domain d (pool lock held).
+void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::uint32_t n) {
+  if (p->tail)
+    p->tail->next = first;
   else
-    d->orphan_head[c].store(s, std::memory_order_relaxed);
-  d->orphan_tail[c] = s;
-  ++d->orphan_spans;
-  ++d->orphan_class_spans[c];
+    p->head.store(first, std::memory_order_relaxed);
+  p->tail = last;
+  p->count += n;
+  d->orphan_spans.fetch_add(n, std::memory_order_relaxed);
 }
 
-// Unlinks s, which follows prev (nullptr: s is the head), from its class's pool.
-void orphan_unlink(Domain* d, Span* prev, Span* s) {
-  unsigned c = s->size_class;
+// Unlinks s, which follows prev (nullptr: s is the head), from pool p (its lock held).
+void orphan_unlink(Domain* d, OrphanPool* p, Span* prev, Span* s) {
   if (prev)
     prev->next = s->next;
   else
-    d->orphan_head[c].store(s->next, std::memory_order_relaxed);
-  if (d->orphan_tail[c] == s) d->orphan_tail[c] = prev;
+    p->head.store(s->next, std::memory_order_relaxed);
+  if (p->tail == s) p->tail = prev;
   s->next = nullptr;
-  --d->orphan_spans;
-  --d->orphan_class_spans[c];
+  --p->count;
+  d->orphan_spans.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // Collects the remote frees of pooled span s (it has no owner: its local state
-// changes only under the domain lock).  True when it is then empty.
+// changes only under its pool's lock).  True when it is then empty.
 bool orphan_collect_empty(Span* s) {
   if (span_has_remote(s)) {
     std::size_t extra = 0;
@@ -502,34 +519,69 @@ bool orphan_collect_empty(Span* s) {
   return s->used == 0;
 }
 
-// Retires pooled span s (empty; after prev in its class's pool, nullptr: the
-// head).  A span whose carved objects reach kOrphanPurgeMin bytes has its slot
-// purged now: reused dirty by a span of a smaller class, those pages would stay
+// Unlinks pooled span s (empty) and marks it inactive, onto *doomed (linked
+// through next) for orphan_retire_doomed once the pool lock is released.
+void orphan_doom(Domain* d, OrphanPool* p, Span* prev, Span* s, Span** doomed) {
+  orphan_unlink(d, p, prev, s);
+  span_set_flags(s, kSpanInactive);
+  s->next = *doomed;
+  *doomed = s;
+}
+
+// The pool's bound (pool lock held): beyond kOrphanKeep spans, its oldest go
+// while they are empty -- the spans a burst of threads alive at once made, once
+// their blocks are freed.
+void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
+  while (p->count > kOrphanKeep) {
+    Span* s = p->head.load(std::memory_order_relaxed);
+    if (!orphan_collect_empty(s)) break;
+    orphan_doom(d, p, nullptr, s, doomed);
+  }
+}
+
+// A retired pooled span whose carved objects reach kOrphanPurgeMin bytes has its
+// slot purged: reused dirty by a span of a smaller class, those pages would stay
 // resident under it (measured on server-sim: peak RSS 43-46 MiB against 28-30
 // without retiring at all).
-void orphan_retire(Domain* d, Span* prev, Span* s) {
-  orphan_unlink(d, prev, s);
-  span_set_flags(s, kSpanInactive);
-  SpanChunk* sc = span_chunk_of(chunk_base(s));
-  bool purge = static_cast<std::size_t>(s->bump - span_base(s)) >= kOrphanPurgeMin &&
-               !(sc->header.flags & kChunkMayBeHuge);  // (a huge page is purged whole or not at all)
-  if (purge) os_purge(span_base(s), kSpanSize);
-  release_orphan_slot(d, sc, s, purge);
+bool orphan_purges(const Span* s) {
+  const SpanChunk* sc = span_chunk_of(chunk_base(s));
+  return static_cast<std::size_t>(s->bump - span_base(s)) >= kOrphanPurgeMin &&
+         !(sc->header.flags & kChunkMayBeHuge);  // (a huge page is purged whole or not at all)
+}
+
+// Retires the doomed spans (no pool lock held): the purges first, outside the
+// domain lock, then their slots go back to their orphan chunks under it.
+void orphan_retire_doomed(Domain* d, Span* doomed) {
+  if (!doomed) return;
+  for (Span* s = doomed; s; s = s->next)
+    if (orphan_purges(s)) os_purge(span_base(s), kSpanSize);
+  DomainLock lock(d);
+  while (Span* s = doomed) {
+    doomed = s->next;
+    s->next = nullptr;
+    release_orphan_slot(d, span_chunk_of(chunk_base(s)), s, orphan_purges(s));
+  }
 }
 
 // Retires the pooled spans that are empty, up to `limit` of them looked at.
 void sweep_orphans(Domain* d, std::size_t limit) {
+  if (!d->orphan_pools) return;  // a private domain
+  Span* doomed = nullptr;
   for (unsigned c = 0; c < kNumClasses && limit; ++c) {
+    OrphanPool* p = &d->orphan_pools->pool[c];
+    if (!p->head.load(std::memory_order_relaxed)) continue;
+    PoolLock lock(d, c);
     Span* prev = nullptr;
-    for (Span* s = d->orphan_head[c].load(std::memory_order_relaxed); s && limit; --limit) {
+    for (Span* s = p->head.load(std::memory_order_relaxed); s && limit; --limit) {
       Span* next = s->next;
       if (orphan_collect_empty(s))
-        orphan_retire(d, prev, s);
+        orphan_doom(d, p, prev, s, &doomed);
       else
         prev = s;
       s = next;
     }
   }
+  orphan_retire_doomed(d, doomed);
 }
 
 // --- arena ------------------------------------------------------------------
@@ -835,70 +887,124 @@ void domain_destroy(Domain* d) {
 }
 
 namespace {
-// The pool's bound (domain lock held): beyond kOrphanKeep spans of class c, its
-// oldest spans go while they are empty -- the spans a burst of threads alive at
-// once made, once their blocks are freed.
-void orphan_trim_class(Domain* d, unsigned c) {
-  while (d->orphan_class_spans[c] > kOrphanKeep) {
-    Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
-    if (!orphan_collect_empty(s)) break;
-    orphan_retire(d, nullptr, s);
-  }
-}
-
 // Span reclaim: a span of class c from the domain's pool for h's refill, with
 // span_refill_min objects to offer, or nullptr.  A pooled span with fewer is
 // h's from then on too, at the back of its queue, gathering frees (at most
 // kOrphanProbe of them per refill).  The oldest first: it has had the longest
-// to get its blocks back.
+// to get its blocks back.  Under the pool's lock only the unlinks (and the
+// pool's trim): whether a span has enough is read from its count of remote
+// frees (which only grows), and h collects them once the lock is released.
 Span* take_orphan_span(Heap* h, unsigned c) {
   Domain* d = h->domain;
-  if (!d->orphan_head[c].load(std::memory_order_relaxed) || h->node >= 0) return nullptr;
-  DomainLock lock(d);
-  orphan_trim_class(d, c);
-  for (unsigned n = 0; n < kOrphanProbe; ++n) {
-    Span* s = d->orphan_head[c].load(std::memory_order_relaxed);
-    if (!s) break;
-    orphan_unlink(d, nullptr, s);
-    span_set_owner(s, h);
+  if (!d->orphan_pools || h->node >= 0) return nullptr;
+  OrphanPool* p = &d->orphan_pools->pool[c];
+  if (!p->head.load(std::memory_order_relaxed)) return nullptr;  // no lock for an empty pool
+  Span* doomed = nullptr;
+  Span* taken = nullptr;  // the spans with too few objects, oldest last
+  Span* found = nullptr;
+  {
+    PoolLock lock(d, c);
+    orphan_trim_locked(d, p, &doomed);
+    for (unsigned n = 0; n < kOrphanProbe; ++n) {
+      Span* s = p->head.load(std::memory_order_relaxed);
+      if (!s) break;
+      orphan_unlink(d, p, nullptr, s);
+      span_set_owner(s, h);
+      std::uint32_t pending = remote_word_count(s->remote_free.load(std::memory_order_relaxed));
+      if (span_free_objects(s) + pending >= span_refill_min(s)) {
+        found = s;
+        break;
+      }
+      s->next = taken;
+      taken = s;
+    }
+  }
+  orphan_retire_doomed(d, doomed);
+  Span* back = nullptr;  // in the order taken
+  while (Span* s = taken) {
+    taken = s->next;
+    s->next = back;
+    back = s;
+  }
+  while (Span* s = back) {
+    back = s->next;
+    s->next = nullptr;
     collect_span(h, s);
     span_set_flags(s, s->flags);  // fast_heap: h
-    if (span_free_objects(s) >= span_refill_min(s)) return s;
     queue_push_back(h, c, s);
   }
-  return nullptr;
+  if (found) {
+    collect_span(h, found);
+    span_set_flags(found, found->flags);
+  }
+  return found;
 }
 
 }  // namespace
 
-void heap_orphan_spans_locked(Heap* h) {
+void heap_orphan_spans(Heap* h) {
   Domain* d = h->domain;
-  if (!d->per_thread || h->node >= 0) return;  // node-local heaps are adopted whole
+  if (!d->orphan_pools || h->node >= 0) return;  // node-local heaps are adopted whole
+  {
+    // The chunks first: a span taken from the pool must be in an orphan chunk
+    // (its taker retires it into the chunk as an orphan chunk's).
+    DomainLock lock(d);
+    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full};
+    for (ChunkList* l : lists) {
+      while (ChunkHeader* ch = l->pop()) {
+        const SpanChunk* sc = span_chunk_of(ch);
+        if (sc->active_spans == 0) {
+          release_chunk(d, ch);
+          continue;
+        }
+        ch->heap = nullptr;
+        d->orphan_dirty_slots += static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+        d->orphan_chunks.push(ch);
+      }
+    }
+    d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
+    h->dirty_slots = 0;
+  }
+  // Then each class's queue, whole, to its pool (no one else reaches these
+  // spans meanwhile: other threads only push remote frees onto them).
+  Span* doomed = nullptr;
   for (unsigned c = 0; c < kNumClasses; ++c) {
-    while (!queue_empty(h, c)) {
-      Span* s = h->head[c];
-      queue_remove(h, c, s);
+    if (queue_empty(h, c)) continue;
+    Span* first = h->head[c];
+    Span* last = h->tail[c];
+    std::uint32_t n = 0;
+    for (Span* s = first; s; s = s->next) {
       span_set_owner(s, orphan_span_heap());
       span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-      orphan_push(d, s);
+      s->prev = nullptr;
+      ++n;
     }
+    set_head(h, c, &g_empty_span);
+    h->tail[c] = nullptr;
+    OrphanPool* p = &d->orphan_pools->pool[c];
+    PoolLock lock(d, c);
+    orphan_push_chain(d, p, first, last, n);
+    orphan_trim_locked(d, p, &doomed);
   }
-  ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full};
-  for (ChunkList* l : lists) {
-    while (ChunkHeader* ch = l->pop()) {
-      const SpanChunk* sc = span_chunk_of(ch);
-      if (sc->active_spans == 0) {
-        release_chunk(d, ch);
-        continue;
-      }
-      ch->heap = nullptr;
-      d->orphan_dirty_slots += static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
-      d->orphan_chunks.push(ch);
-    }
+  orphan_retire_doomed(d, doomed);
+}
+
+void domain_pools_prefork(Domain* d) {
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
+}
+
+void domain_pools_postfork_parent(Domain* d) {
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
+}
+
+void domain_pools_postfork_child(Domain* d) {
+  if (!d->orphan_pools) return;
+  for (auto& l : d->orphan_pools->lock) {
+    tsan_released_at_fork(&l.m);
+    pthread_mutex_init(&l.m, nullptr);
   }
-  d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
-  h->dirty_slots = 0;
-  for (unsigned c = 0; c < kNumClasses; ++c) orphan_trim_class(d, c);
 }
 
 // Collects the remote frees of up to kQueueSweep spans from the tail of class c's
@@ -1184,6 +1290,12 @@ Heap* heap_for_remote_free() {
   return h == &g_no_heap ? nullptr : h;
 }
 
+// Span::flags as a thread that does not own s reads it (free_remote_batched):
+// the owner may rewrite the byte meanwhile (span_set_flags), by design -- a
+// function of its own so that contrib/tsan.supp can name the reader too (TSan
+// loses the writer's stack when the owner did much since).
+inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
+
 // The remote free of a small object of the process domain by a thread with a
 // heap, with the checks block_lookup makes: false sends p to free_slow, which
 // handles (or reports) everything else.
@@ -1200,7 +1312,9 @@ inline bool free_remote_batched(void* p) {
   // The owner may change the flags meanwhile, but not the bits that matter for p:
   // the span stays active while p is live, and p grew over several slots (if it
   // did) before the user handed it to this thread.
-  if (span_owner(s) == me || (s->flags & (kSpanInactive | kSpanMultislot)) || !span_is_object_start(s, p)) return false;
+  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot)) ||
+      !span_is_object_start(s, p))
+    return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
   RemoteBusy busy(me);

@@ -213,9 +213,34 @@ inline void* heap_pop_foreign(Heap* h, unsigned c) {
   return o;
 }
 
+// Span reclaim: the pools of orphaned spans, one per size class (FIFO, linked
+// through Span::next, their heap orphan_span_heap()), each guarded by one of
+// kOrphanPoolLocks locks (class c by lock c % kOrphanPoolLocks), so that refills
+// of different classes, and thread exits, seldom wait for each other and never
+// for the domain lock (docs/design.md, "Span reclaim").  Not a lock per class:
+// fork's prepare handler holds them all, and TSan's deadlock detector gives up
+// beyond 64 locks held at once.  Lock order: the domain lock, then one pool
+// lock; a pool lock's holder takes no other lock.  One cache line per class and
+// per lock.
+constexpr unsigned kOrphanPoolLocks = 32;
+struct alignas(64) OrphanPool {
+  std::atomic<Span*> head{nullptr};  // also read without the lock: the refill's peek
+  Span* tail = nullptr;
+  std::uint32_t count = 0;
+};
+struct OrphanPools {
+  struct alignas(64) Lock {
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  };
+  OrphanPool pool[kNumClasses];
+  Lock lock[kOrphanPoolLocks];
+  pthread_mutex_t* lock_of(unsigned c) { return &lock[c % kOrphanPoolLocks].m; }
+};
+
 struct Domain {
   constexpr Domain() = default;
-  constexpr explicit Domain(bool thread_heaps) : per_thread(thread_heaps) {}
+  constexpr explicit Domain(bool thread_heaps, OrphanPools* pools = nullptr)
+      : per_thread(thread_heaps), orphan_pools(pools) {}
   Domain(const Domain&) = delete;
   Domain& operator=(const Domain&) = delete;
 
@@ -262,19 +287,16 @@ struct Domain {
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
-  // the heap's spans go to a pool per class (FIFO,
-  // linked through Span::next, their heap orphan_span_heap()) and its span
+  // the heap's spans go to a pool per class (orphan_pools, below) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
   // a pooled span before it carves one, and its new_span carves in a free slot
-  // of an orphan chunk before it maps one.  The pool, and the slot bookkeeping
-  // of orphan chunks (free_slots, dirty_slots, active_spans), change only under
-  // the domain lock; a span taken from the pool is its taker's like any other.
-  // The heads are atomic for the refill's unlocked peek.  docs/design.md,
-  // "Span reclaim".
-  std::atomic<Span*> orphan_head[kNumClasses]{};
-  Span* orphan_tail[kNumClasses]{};
-  std::size_t orphan_spans = 0;
-  std::uint32_t orphan_class_spans[kNumClasses]{};  // spans in each class's pool
+  // of an orphan chunk before it maps one.  The slot bookkeeping of orphan
+  // chunks (free_slots, dirty_slots, active_spans) changes only under the
+  // domain lock; a class's pool and the local state of its pooled spans only
+  // under that pool's lock; a span taken from the pool is its taker's like any
+  // other.  docs/design.md, "Span reclaim".
+  OrphanPools* orphan_pools = nullptr;       // the process domain's only
+  std::atomic<std::size_t> orphan_spans{0};  // spans in all its pools (changed under their locks)
   ChunkList orphan_chunks;
   std::size_t orphan_dirty_slots = 0;  // free slots of orphan chunks not yet purged
   std::uint64_t orphan_purge_ns = 0;    // decay of those
@@ -434,10 +456,15 @@ void init_recursive(pthread_mutex_t* m);
 void heap_collect_all(Heap* h, bool purge);
 // A new heap of d, linked into d->heaps (d's lock held).
 Heap* heap_create_locked(Domain* d);
-// Span reclaim, at thread exit (d's lock held, before heap_collect_all): h's
-// spans go to its domain's pool and its span chunks become orphan chunks (those
-// with no span left go to the domain's free chunks).
-void heap_orphan_spans_locked(Heap* h);
+// Span reclaim, at thread exit (no lock held, before heap_collect_all): h's
+// span chunks become orphan chunks (those with no span left go to the domain's
+// free chunks; under the domain lock), then its spans go to its domain's pools
+// (under each class's pool lock).
+void heap_orphan_spans(Heap* h);
+// fork(): every pool lock of d (after d's lock), released or re-made after.
+void domain_pools_prefork(Domain* d);
+void domain_pools_postfork_parent(Domain* d);
+void domain_pools_postfork_child(Domain* d);
 // The heap of a span in the pool: no heap (and not nullptr, which a thread
 // without a heap has, nor no_fast_heap()).
 inline Heap* orphan_span_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{2}); }
