@@ -21,8 +21,8 @@
 // the code it describes: rules of the objects loaded at startup (never
 // unloaded) are used as they are; a walk that needs another rule first reads
 // dl_iterate_phdr's counters of loaded and unloaded objects, once, and the
-// cache is emptied when they changed (walk_frames says why that cannot miss
-// a replaced library).  Why not libunwind's unw_backtrace: its 256 KiB
+// cache is emptied of every rule but those of the startup objects when they
+// changed (walk_frames says why that cannot miss a replaced library).  Why not libunwind's unw_backtrace: its 256 KiB
 // frame cache per thread (docs/design.md, "Tracking", has the measurements).
 #include "track-unwind.h++"
 
@@ -445,19 +445,32 @@ void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
   if (!stored) g_uncached.fetch_add(1, std::memory_order_relaxed);  // at its largest: parsed each time
 }
 
-// Empties the cache when objects were loaded or unloaded since it was last
-// (called with the loader's lock held, inside dl_iterate_phdr, so one thread
-// at a time and the counters cannot change meanwhile; g_cache_lock orders it
-// with growth).
+// Empties the cache of every rule that may be stale when objects were loaded
+// or unloaded since it was last (called with the loader's lock held, inside
+// dl_iterate_phdr, so one thread at a time and the counters cannot change
+// meanwhile; g_cache_lock orders it with growth).  Only the rules with
+// kMayUnload go: the others belong to objects that are never unloaded, so a
+// program that dlopens and dlcloses plugins in a loop keeps its own stacks
+// cached (they were all parsed again after each dlclose).  A kept rule probed
+// past an emptied slot is found no more: its next capture misses and enters it
+// again in that slot, a duplicate of a rule that is right, counted in
+// g_entries (the table grows a little sooner), never a stale one.
 void check_generation(unsigned long long adds, unsigned long long subs) {
   static std::atomic<unsigned long long> seen_adds{0}, seen_subs{0};
   if (seen_adds.load(std::memory_order_relaxed) == adds && seen_subs.load(std::memory_order_relaxed) == subs) return;
   pthread_mutex_lock(&g_cache_lock);
   if (g_adds != adds || g_subs != subs) {
     if (auto* t = g_table.load(std::memory_order_relaxed)) {
-      std::size_t mask = t[0].load(std::memory_order_relaxed);
-      for (std::size_t i = 1; i <= mask; ++i) t[i].store(0, std::memory_order_relaxed);
-      g_entries.store(0, std::memory_order_relaxed);
+      std::size_t mask = t[0].load(std::memory_order_relaxed), kept = 0;
+      for (std::size_t i = 1; i <= mask; ++i) {
+        std::uint64_t v = t[i].load(std::memory_order_relaxed);
+        if (v == 0) continue;
+        if (v & kMayUnload)
+          t[i].store(0, std::memory_order_relaxed);
+        else
+          ++kept;
+      }
+      g_entries.store(kept, std::memory_order_relaxed);
       g_flushes.fetch_add(1, std::memory_order_relaxed);
     }
     g_adds = adds;
@@ -1072,7 +1085,8 @@ int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
 //    counters (which only grow) then differ from those of every flush before
 //    those events, so the flush whose counters the check matched came after
 //    them, after t, and emptied R from the cache (every slot of the current
-//    table is zeroed under the loader's lock; an older table is never read
+//    table with kMayUnload is zeroed under the loader's lock, and R has it:
+//    A was unloaded, so dlopen loaded it; an older table is never read
 //    again), or the check itself empties it.  Contradiction: R is B's rule.
 // Without the check, a walk served by the cache alone takes no lock: the
 // program's own frames and those of its libraries (the usual stack) cost
