@@ -153,14 +153,8 @@ void* calloc_impl(std::size_t count, std::size_t size) {
     return track_calloc(total);
 #endif
   if (total > kLargeThreshold && !on_valgrind()) {
-    // A fresh mapping is zero already: skip the memset when the block is one.
-    bool zero = false;
-    void* p = domain_alloc_large(&g_process_domain, total, 16, &zero);
-    if (!p) {
-      errno = ENOMEM;
-      return nullptr;
-    }
-    if (!zero) std::memset(p, 0, total);
+    void* p = domain_calloc_large(&g_process_domain, total, 16);  // a fresh mapping is not written
+    if (!p) errno = ENOMEM;
     return p;
   }
   void* p = fast_malloc(total);

@@ -1095,6 +1095,13 @@ void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, boo
   return p;
 }
 
+void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {
+  bool fresh = false;
+  void* p = domain_alloc_large(d, size, alignment, &fresh);
+  if (p && !fresh) std::memset(p, 0, size);
+  return p;
+}
+
 namespace {
 
 void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {

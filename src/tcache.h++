@@ -354,6 +354,9 @@ void* heap_alloc_medium(Heap* h, std::size_t size);
 // A dedicated mapping (above the large threshold); on failure the domain's cached
 // memory is returned to the OS and the mapping tried again.
 void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero);
+// domain_alloc_large, zero-filled (calloc): a fresh mapping is zero already and
+// is left untouched (its pages stay unmapped until used); a reused one is cleared.
+void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment);
 
 // The whole allocate path of a domain (locks a private domain).
 void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment);

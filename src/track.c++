@@ -1957,12 +1957,7 @@ namespace {
 // layer, whose fresh mappings are zero already and are left untouched (a
 // memset there made every page of a large calloc resident while sampling).
 void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
-  if (zero && size > kLargeThreshold && !on_valgrind()) {
-    bool fresh = false;
-    void* p = domain_alloc_large(&g_process_domain, size, alignment, &fresh);
-    if (p && !fresh) std::memset(p, 0, size);
-    return p;
-  }
+  if (zero && size > kLargeThreshold && !on_valgrind()) return domain_calloc_large(&g_process_domain, size, alignment);
   void* p = unpooled ? domain_alloc_unpooled(&g_process_domain, size, alignment)
                      : domain_alloc(&g_process_domain, size, alignment);
   if (p && zero) std::memset(p, 0, size);
