@@ -86,7 +86,7 @@ struct Unwinder {
   GetRegFn get_reg = nullptr;
 };
 
-void load_libgcc(Unwinder& u) {
+LCA_SAMPLING_TEXT void load_libgcc(Unwinder& u) {
   void* lib = dlopen("libgcc_s.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!lib) return;
   u.gcc_get_ip = reinterpret_cast<GccGetIpFn>(dlsym(lib, "_Unwind_GetIP"));
@@ -107,7 +107,7 @@ bool load_libunwind(Unwinder& u) {
 
 int gcc_capture(const Unwinder& u, void** out, int max);
 
-Unwinder load_unwinders() {
+LCA_SAMPLING_TEXT Unwinder load_unwinders() {
   Unwinder u;
   load_libgcc(u);
   // Under Valgrind, one capture now, inside the one-time initialisation:
@@ -138,7 +138,7 @@ Unwinder load_unwinders() {
 Unwinder g_unwinder;
 std::atomic<int> g_fb_state{0};
 
-void load_fallback() {
+LCA_SAMPLING_TEXT void load_fallback() {
   g_unwinder = load_unwinders();
   bool ok = g_unwinder.gcc_backtrace || g_unwinder.step;
 #if CALLOC_VALGRIND
@@ -151,7 +151,7 @@ void load_fallback() {
 // function (dlopen, dl_iterate_phdr...): a malloc from there must not dlopen.
 // False without frames (our walker could not start: a foreign stack, or a fork
 // under way, when no thread may take the loader's lock).
-bool safe_to_load(void* const* frames, int n) {
+LCA_SAMPLING_TEXT bool safe_to_load(void* const* frames, int n) {
   if (n <= 0) return false;
   for (int i = 0; i < n; ++i) {
     Dl_info dl;
@@ -170,7 +170,7 @@ bool safe_to_load(void* const* frames, int n) {
 
 // The fallback unwinder, loading it if it is safe now (frames: what our
 // walker found of the stack); nullptr when there is none (yet).
-const Unwinder* fallback(void* const* frames, int n) {
+LCA_SAMPLING_TEXT const Unwinder* fallback(void* const* frames, int n) {
   int state = g_fb_state.load(std::memory_order_acquire);
   int expected = 0;
   if (state == 0 && safe_to_load(frames, n) &&
@@ -189,7 +189,7 @@ pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
 #if LCA_OWN_UNWINDER
 void init_rtld_base();
 #endif
-void init_once() {
+LCA_SAMPLING_TEXT void init_once() {
 #if LCA_OWN_UNWINDER
   init_rtld_base();
 #endif
@@ -245,7 +245,7 @@ struct GccTrace {
   int skip;  // gcc_capture's own frame
 };
 
-_Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
+LCA_SAMPLING_TEXT _Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
   auto* t = static_cast<GccTrace*>(arg);
   if (t->n >= t->max) return _URC_END_OF_STACK;
   _Unwind_Ptr ip = t->get_ip(ctx);
@@ -259,7 +259,7 @@ _Unwind_Reason_Code gcc_frame(_Unwind_Context* ctx, void* arg) {
 }
 
 // _Unwind_Backtrace's first frame is its caller's, this function's: skipped.
-__attribute__((noinline)) int gcc_capture(const Unwinder& u, void** out, int max) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) int gcc_capture(const Unwinder& u, void** out, int max) {
   GccTrace t{u.gcc_get_ip, out, 0, max, 1};
   u.gcc_backtrace(gcc_frame, &t);
   return t.n;
@@ -275,7 +275,7 @@ std::atomic<std::uint64_t> g_captures{0}, g_fallbacks{0}, g_hits{0}, g_misses{0}
 constexpr unsigned kCountBatch = 64;
 constinit thread_local std::uint32_t tls_captures __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local std::uint32_t tls_hits __attribute__((tls_model("initial-exec"))) = 0;
-void publish_counts() {
+LCA_SAMPLING_TEXT void publish_counts() {
   g_captures.fetch_add(tls_captures, std::memory_order_relaxed);
   g_hits.fetch_add(tls_hits, std::memory_order_relaxed);
   tls_captures = tls_hits = 0;
@@ -309,7 +309,7 @@ struct Rule {
 };
 
 // The rule's cache word bits, or 0 when it does not fit one.
-std::uint64_t pack(const Rule& r, bool may_unload) {
+LCA_SAMPLING_TEXT std::uint64_t pack(const Rule& r, bool may_unload) {
   std::uint64_t unload = may_unload ? kMayUnload : 0;
   if (r.kind == Rule::end) return kEnd | unload;
   if (r.kind == Rule::fallback) return kFallback | unload;
@@ -319,7 +319,7 @@ std::uint64_t pack(const Rule& r, bool may_unload) {
          static_cast<std::uint64_t>(-r.rbp_off / 8) << kRbpShift | unload;
 }
 
-Rule unpack(std::uint64_t bits) {
+LCA_SAMPLING_TEXT Rule unpack(std::uint64_t bits) {
   Rule r;
   std::uint64_t off = (bits >> 1) & 2047;
   if (off == 0) {
@@ -360,13 +360,13 @@ pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 // dl_iterate_phdr's counters when the cache was last emptied (g_cache_lock).
 unsigned long long g_adds, g_subs;
 
-std::size_t slot_of(std::uintptr_t pc, std::size_t mask) {
+LCA_SAMPLING_TEXT std::size_t slot_of(std::uintptr_t pc, std::size_t mask) {
   std::uint64_t h = pc * 0x9e3779b97f4a7c15ull;
   std::size_t i = static_cast<std::size_t>(h >> 40) & mask;
   return i ? i : 1;
 }
 
-std::atomic<std::uint64_t>* new_table(std::size_t slots) {
+LCA_SAMPLING_TEXT std::atomic<std::uint64_t>* new_table(std::size_t slots) {
   auto* t = static_cast<std::atomic<std::uint64_t>*>(track_pool_alloc(slots * sizeof(std::uint64_t)));
   if (!t) return nullptr;
   t[0].store(slots - 1, std::memory_order_relaxed);
@@ -375,7 +375,7 @@ std::atomic<std::uint64_t>* new_table(std::size_t slots) {
 }
 
 // The rule bits of pc, or 0 when not cached.
-std::uint64_t cache_find(std::uintptr_t pc) {
+LCA_SAMPLING_TEXT std::uint64_t cache_find(std::uintptr_t pc) {
   auto* t = g_table.load(std::memory_order_acquire);
   if (!t || pc >= kMaxCachedPc) return 0;
   std::size_t mask = t[0].load(std::memory_order_relaxed);
@@ -392,7 +392,7 @@ std::uint64_t cache_find(std::uintptr_t pc) {
 
 enum class Insert { added, present, full };
 
-Insert insert_into(std::atomic<std::uint64_t>* t, std::uint64_t word) {
+LCA_SAMPLING_TEXT Insert insert_into(std::atomic<std::uint64_t>* t, std::uint64_t word) {
   std::size_t mask = t[0].load(std::memory_order_relaxed);
   std::size_t i = slot_of(static_cast<std::uintptr_t>(word >> kRuleBits), mask);
   for (unsigned k = 0; k < kProbe; ++k) {
@@ -405,7 +405,7 @@ Insert insert_into(std::atomic<std::uint64_t>* t, std::uint64_t word) {
   return Insert::full;
 }
 
-void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
+LCA_SAMPLING_TEXT void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
   if (pc == 0 || pc >= kMaxCachedPc || bits == 0) {
     g_uncached.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -455,7 +455,7 @@ void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
 // past an emptied slot is found no more: its next capture misses and enters it
 // again in that slot, a duplicate of a rule that is right, counted in
 // g_entries (the table grows a little sooner), never a stale one.
-void check_generation(unsigned long long adds, unsigned long long subs) {
+LCA_SAMPLING_TEXT void check_generation(unsigned long long adds, unsigned long long subs) {
   static std::atomic<unsigned long long> seen_adds{0}, seen_subs{0};
   if (seen_adds.load(std::memory_order_relaxed) == adds && seen_subs.load(std::memory_order_relaxed) == subs) return;
   pthread_mutex_lock(&g_cache_lock);
@@ -496,7 +496,7 @@ void check_generation(unsigned long long adds, unsigned long long subs) {
 // every rule is checked.
 std::uintptr_t g_rtld_base;
 
-void init_rtld_base() {
+LCA_SAMPLING_TEXT void init_rtld_base() {
   Dl_info dl;
   link_map* self = nullptr;
   Lmid_t ns = -1;
@@ -555,7 +555,7 @@ struct Reader {
   // A pointer in DW_EH_PE encoding `enc` (pcrel and datarel supported; datarel
   // is relative to `data`, the .eh_frame_hdr).  Indirect pointers are not read
   // (only personality routines use them, and they are skipped).
-  std::uintptr_t encoded(std::uint8_t enc, std::uintptr_t data = 0) {
+  LCA_SAMPLING_TEXT std::uintptr_t encoded(std::uint8_t enc, std::uintptr_t data = 0) {
     if (enc == 0xff) return 0;  // DW_EH_PE_omit
     auto here = reinterpret_cast<std::uintptr_t>(p) + bias;
     std::uintptr_t v;
@@ -596,7 +596,7 @@ struct Tables {
   int fd = -1;
 
   // n bytes at address addr of the object.
-  bool read(std::uintptr_t addr, void* buf, std::size_t n) const {
+  LCA_SAMPLING_TEXT bool read(std::uintptr_t addr, void* buf, std::size_t n) const {
     std::uintptr_t rel = addr - info->dlpi_addr;
     for (int i = 0; i < info->dlpi_phnum; ++i) {
       const ElfW(Phdr)& ph = info->dlpi_phdr[i];
@@ -616,7 +616,7 @@ struct Tables {
 
 // True when the object's notes (with a GNU build ID among them) read the same
 // in the mapping and in the file fd.
-bool same_build_id(const dl_phdr_info* info, int fd) {
+LCA_SAMPLING_TEXT bool same_build_id(const dl_phdr_info* info, int fd) {
   bool build_id = false;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
     const ElfW(Phdr)& ph = info->dlpi_phdr[i];
@@ -636,7 +636,7 @@ bool same_build_id(const dl_phdr_info* info, int fd) {
 // A CFA record (CIE or FDE) at addr, read into buf (cap bytes): its body (after
 // the length) in [*body, *end), and the Reader bias of buf.  32-bit lengths
 // only (what GCC and Clang write), at most cap bytes: else false (a fallback).
-bool read_record(const Tables& t, std::uintptr_t addr, std::uint8_t* buf, std::size_t cap, const std::uint8_t** body,
+LCA_SAMPLING_TEXT bool read_record(const Tables& t, std::uintptr_t addr, std::uint8_t* buf, std::size_t cap, const std::uint8_t** body,
                  const std::uint8_t** end, std::uintptr_t* bias) {
   std::uint32_t len;
   if (!t.read(addr, &len, 4) || len == 0 || len == 0xffffffffu || len > cap || !t.read(addr + 4, buf, len))
@@ -672,7 +672,7 @@ struct Cie {
 
 constexpr std::size_t kMaxCie = 256, kMaxFde = 1024;
 
-bool parse_cie(const Tables& t, std::uintptr_t addr, std::uint8_t (&buf)[kMaxCie], Cie* c) {
+LCA_SAMPLING_TEXT bool parse_cie(const Tables& t, std::uintptr_t addr, std::uint8_t (&buf)[kMaxCie], Cie* c) {
   const std::uint8_t *body, *end;
   if (!read_record(t, addr, buf, sizeof buf, &body, &end, &c->bias)) return false;
   Reader r{body, end, c->bias};
@@ -717,7 +717,7 @@ bool parse_cie(const Tables& t, std::uintptr_t addr, std::uint8_t (&buf)[kMaxCie
 
 // Runs a CFA program up to the row for pc (loc: the program's start address;
 // pc < 0 -- ~0 -- runs it all, for the CIE's initial instructions).
-bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, std::uintptr_t bias, const Cie& c, std::uintptr_t loc,
+LCA_SAMPLING_TEXT bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, std::uintptr_t bias, const Cie& c, std::uintptr_t loc,
              std::uintptr_t pc, Row* row, const Row& initial) {
   Reader r{p, end, bias};
   Row stack[8];
@@ -855,7 +855,7 @@ bool run_cfa(const std::uint8_t* p, const std::uint8_t* end, std::uintptr_t bias
 // hdr (hdr_size bytes), through its binary search table; 0 when none does.
 // *searchable: false when the table is not the sorted datarel|sdata4 one
 // every linker writes.
-std::uintptr_t find_fde(const Tables& t, std::uintptr_t hdr, std::size_t hdr_size, std::uintptr_t pc,
+LCA_SAMPLING_TEXT std::uintptr_t find_fde(const Tables& t, std::uintptr_t hdr, std::size_t hdr_size, std::uintptr_t pc,
                         bool* searchable) {
   std::uint8_t head[20];
   std::size_t n = hdr_size < sizeof head ? hdr_size : sizeof head;
@@ -885,7 +885,7 @@ std::uintptr_t find_fde(const Tables& t, std::uintptr_t hdr, std::size_t hdr_siz
 }
 
 // The rule of the frame executing at pc, from the FDE at fde.
-Rule rule_from_fde(const Tables& t, std::uintptr_t fde, std::uintptr_t pc) {
+LCA_SAMPLING_TEXT Rule rule_from_fde(const Tables& t, std::uintptr_t fde, std::uintptr_t pc) {
   Rule out;  // fallback
   std::uint8_t buf[kMaxFde];
   const std::uint8_t *body, *end;
@@ -938,7 +938,7 @@ struct FindQuery {
   bool base_ns = false;    // the list began with the program: the base namespace
 };
 
-int find_cb(dl_phdr_info* info, std::size_t size, void* data) {
+LCA_SAMPLING_TEXT int find_cb(dl_phdr_info* info, std::size_t size, void* data) {
   auto* q = static_cast<FindQuery*>(data);
   if (q->first) {
     // A miss is the walk's generation check too (see walk_frames).
@@ -994,7 +994,7 @@ constinit thread_local std::uintptr_t tls_stack_lo __attribute__((tls_model("ini
 constinit thread_local std::uintptr_t tls_stack_hi __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local bool tls_reading_bounds __attribute__((tls_model("initial-exec"))) = false;
 
-bool main_stack(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
+LCA_SAMPLING_TEXT bool main_stack(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
   if (static_cast<pid_t>(syscall(SYS_gettid)) != getpid() || !__libc_stack_end) return false;
   auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
   std::uintptr_t top = (reinterpret_cast<std::uintptr_t>(__libc_stack_end) | (page - 1)) + 1;
@@ -1007,7 +1007,7 @@ bool main_stack(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
   return true;
 }
 
-bool stack_bounds(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
+LCA_SAMPLING_TEXT bool stack_bounds(std::uintptr_t sp, std::uintptr_t* lo, std::uintptr_t* hi) {
   if (tls_stack_hi == 0) {
     if (tls_reading_bounds) return false;  // a malloc from pthread_getattr_np sampled
     tls_reading_bounds = true;
@@ -1042,7 +1042,7 @@ struct Walk {
 };
 
 // Reads the stack beyond the frames ASan knows of: not instrumented.
-__attribute__((no_sanitize("address"))) std::uintptr_t read_word(std::uintptr_t a) {
+LCA_SAMPLING_TEXT __attribute__((no_sanitize("address"))) std::uintptr_t read_word(std::uintptr_t a) {
   std::uintptr_t v;
   __builtin_memcpy(&v, reinterpret_cast<const void*>(a), sizeof v);
   return v;
@@ -1050,7 +1050,7 @@ __attribute__((no_sanitize("address"))) std::uintptr_t read_word(std::uintptr_t 
 
 // Before its first call of dl_iterate_phdr, a walk takes g_fork_rw (shared,
 // kept to the walk's end); false when a fork is under way.
-bool enter_loader(Walk* w) {
+LCA_SAMPLING_TEXT bool enter_loader(Walk* w) {
   if (!w->fork_locked) {
     if (pthread_rwlock_tryrdlock(&g_fork_rw) != 0) return false;
     w->fork_locked = true;
@@ -1058,7 +1058,7 @@ bool enter_loader(Walk* w) {
   return true;
 }
 
-int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
+LCA_SAMPLING_TEXT int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
   bool* ok = static_cast<bool*>(data);
   *ok = size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs;
   if (*ok) check_generation(info->dlpi_adds, info->dlpi_subs);
@@ -1091,7 +1091,7 @@ int generation_cb(dl_phdr_info* info, std::size_t size, void* data) {
 // Without the check, a walk served by the cache alone takes no lock: the
 // program's own frames and those of its libraries (the usual stack) cost
 // no dl_iterate_phdr; a stack through a dlopen'ed library costs one.
-void walk_frames(Walk* w) {
+LCA_SAMPLING_TEXT void walk_frames(Walk* w) {
   std::uintptr_t pc = w->pc, sp = w->sp, bp = w->bp;
   for (;;) {
     std::uint64_t bits = cache_find(pc);
@@ -1147,7 +1147,7 @@ void walk_frames(Walk* w) {
 // Our walk; -1 - (the frames it found) when it could not finish.  Starts at its own frame (whose rule
 // at `here` gives its caller's), so its out[0] is the return address into its
 // caller, as with the other walks.
-__attribute__((noinline)) int own_capture(void** out, int max) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) int own_capture(void** out, int max) {
   std::uintptr_t here, sp, bp;
   asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(here), "=r"(sp), "=r"(bp));
   if (++tls_captures == kCountBatch) publish_counts();
@@ -1164,7 +1164,7 @@ __attribute__((noinline)) int own_capture(void** out, int max) {
 #endif  // LCA_OWN_UNWINDER
 
 // Drops raw[0], the return address into the hook that called the walk.
-int drop_first(void** out, void* const* raw, int n) {
+LCA_SAMPLING_TEXT int drop_first(void** out, void* const* raw, int n) {
   if (n <= 0) return n;
   std::memcpy(out, raw + 1, static_cast<std::size_t>(n - 1) * sizeof(void*));
   return n - 1;
@@ -1172,7 +1172,7 @@ int drop_first(void** out, void* const* raw, int n) {
 
 }  // namespace
 
-const unsigned char* elf_notes_build_id(const unsigned char* notes, std::size_t n, std::size_t* size) {
+LCA_SAMPLING_TEXT const unsigned char* elf_notes_build_id(const unsigned char* notes, std::size_t n, std::size_t* size) {
   for (std::size_t k = 0; n - k >= sizeof(ElfW(Nhdr));) {  // a header, the name, the descriptor
     ElfW(Nhdr) nh;
     std::memcpy(&nh, notes + k, sizeof nh);
@@ -1189,10 +1189,10 @@ const unsigned char* elf_notes_build_id(const unsigned char* notes, std::size_t 
   return nullptr;
 }
 
-void unwind_init() { pthread_once(&g_init_once, init_once); }
+LCA_SAMPLING_TEXT void unwind_init() { pthread_once(&g_init_once, init_once); }
 
 // Each walk called here lists this function's frame first: dropped.
-__attribute__((noinline)) int unwind_capture(void** out, int max) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) int unwind_capture(void** out, int max) {
   // malloc keeps errno: a walk may fail an open (a library deleted since it
   // was loaded), a pread or a dlopen's search, and the program's errno must not
   // change under it (test_capture_keeps_errno).
@@ -1251,7 +1251,7 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
 // no thread holds it at the fork.
 bool g_fork_locked;
 
-void unwind_prefork() {
+LCA_SAMPLING_TEXT void unwind_prefork() {
 #if LCA_OWN_UNWINDER
   // Not in Valgrind mode, where malloc never walks (see unwind_capture), and
   // DRD cannot follow a rwlock re-initialised in the child.
@@ -1261,7 +1261,7 @@ void unwind_prefork() {
 #endif
 }
 
-void unwind_postfork_parent() {
+LCA_SAMPLING_TEXT void unwind_postfork_parent() {
 #if LCA_OWN_UNWINDER
   if (!g_fork_locked) return;
   g_fork_locked = false;
@@ -1269,7 +1269,7 @@ void unwind_postfork_parent() {
 #endif
 }
 
-void unwind_postfork_child() {
+LCA_SAMPLING_TEXT void unwind_postfork_child() {
   int loading = 1;  // a thread of the parent was loading the fallback: the child may try again
   g_fb_state.compare_exchange_strong(loading, 0, std::memory_order_relaxed);
 #if LCA_OWN_UNWINDER

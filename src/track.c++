@@ -134,7 +134,7 @@ struct BlockNode {
 struct SpinLock {
   std::atomic<bool> held{false};
 };
-void spin_lock(SpinLock& l) {
+LCA_SAMPLING_TEXT void spin_lock(SpinLock& l) {
   for (unsigned round = 0; l.held.exchange(true, std::memory_order_acquire); ++round) {
     while (l.held.load(std::memory_order_relaxed)) {
       if (round < 64) {
@@ -147,7 +147,7 @@ void spin_lock(SpinLock& l) {
     }
   }
 }
-void spin_unlock(SpinLock& l) { l.held.store(false, std::memory_order_release); }
+LCA_SAMPLING_TEXT void spin_unlock(SpinLock& l) { l.held.store(false, std::memory_order_release); }
 
 struct Shard {
   SpinLock lock;
@@ -217,7 +217,7 @@ struct RangeQuery {
   unsigned cap;
 };
 
-int collect_text(dl_phdr_info* info, std::size_t, void* data) {
+LCA_SAMPLING_TEXT int collect_text(dl_phdr_info* info, std::size_t, void* data) {
   auto* q = static_cast<RangeQuery*>(data);
   if (info->dlpi_addr != q->base) return 0;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
@@ -231,7 +231,7 @@ int collect_text(dl_phdr_info* info, std::size_t, void* data) {
 }
 
 // Adds the executable segments of the object containing fn.
-void skip_object_of(const void* fn) {
+LCA_SAMPLING_TEXT void skip_object_of(const void* fn) {
   Dl_info dl;
   link_map* lm = nullptr;
   if (!dladdr1(fn, &dl, reinterpret_cast<void**>(&lm), RTLD_DL_LINKMAP) || !lm) return;
@@ -239,14 +239,14 @@ void skip_object_of(const void* fn) {
   dl_iterate_phdr(collect_text, &q);
 }
 
-bool in_skipped_text(const void* ip) {
+LCA_SAMPLING_TEXT bool in_skipped_text(const void* ip) {
   auto a = reinterpret_cast<std::uintptr_t>(ip);
   for (unsigned i = 0; i < g_nskip; ++i)
     if (a >= g_skip_ranges[i].lo && a < g_skip_ranges[i].hi) return true;
   return false;
 }
 
-void init_skip_ranges() {
+LCA_SAMPLING_TEXT void init_skip_ranges() {
   Busy busy;
   unwind_init();
   Dl_info self;
@@ -261,7 +261,7 @@ void init_skip_ranges() {
 
 // --- sites --------------------------------------------------------------------
 
-std::uint64_t hash_stack(void* const* frames, unsigned n) {
+LCA_SAMPLING_TEXT std::uint64_t hash_stack(void* const* frames, unsigned n) {
   std::uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
   for (unsigned i = 0; i < n; ++i) {
     h ^= reinterpret_cast<std::uintptr_t>(frames[i]);
@@ -271,12 +271,12 @@ std::uint64_t hash_stack(void* const* frames, unsigned n) {
   return h | 1;
 }
 
-bool same_stack(const Site& s, void* const* frames, unsigned n) {
+LCA_SAMPLING_TEXT bool same_stack(const Site& s, void* const* frames, unsigned n) {
   return s.depth == n && std::memcmp(s.frames, frames, n * sizeof(void*)) == 0;
 }
 
 // An empty index of nslots (a power of two) slots.
-SiteIndex* index_create(std::size_t nslots) {
+LCA_SAMPLING_TEXT SiteIndex* index_create(std::size_t nslots) {
   auto* t = static_cast<SiteIndex*>(os_map(sizeof(SiteIndex) + nslots * sizeof(std::atomic<std::uint32_t>)));
   if (!t) return nullptr;
   t->mask = nslots - 1;
@@ -286,7 +286,7 @@ SiteIndex* index_create(std::size_t nslots) {
 
 // The slot of a stack with hash h in t: its site, or 0 with *free_slot set to
 // the empty slot where it would go (kMaxProbe collisions: 0 and no slot).
-std::uint32_t index_probe(const SiteIndex* t, std::uint64_t h, void* const* frames, unsigned n, std::size_t* free_slot) {
+LCA_SAMPLING_TEXT std::uint32_t index_probe(const SiteIndex* t, std::uint64_t h, void* const* frames, unsigned n, std::size_t* free_slot) {
   std::size_t i = (h >> 1) & t->mask;
   *free_slot = ~std::size_t{0};
   for (unsigned probe = 0; probe < kMaxProbe; ++probe, i = (i + 1) & t->mask) {
@@ -302,7 +302,7 @@ std::uint32_t index_probe(const SiteIndex* t, std::uint64_t h, void* const* fram
 }
 
 // Doubles the index (under g_site_lock); false when out of memory.
-bool index_grow() {
+LCA_SAMPLING_TEXT bool index_grow() {
   SiteIndex* old = g_site_index.load(std::memory_order_relaxed);
   std::size_t nslots = (old->mask + 1) * 2;
   SiteIndex* t = index_create(nslots);
@@ -319,7 +319,7 @@ bool index_grow() {
 
 // The site of a stack, created on first sight; 0 (the overflow site) when the
 // table has no room for it.  Lookups take no lock.
-std::uint32_t intern_site(void* const* frames, unsigned n) {
+LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
   std::uint64_t h = hash_stack(frames, n);
   std::size_t slot;
   if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
@@ -348,20 +348,20 @@ std::uint32_t intern_site(void* const* frames, unsigned n) {
 
 // --- blocks ---------------------------------------------------------------------
 
-Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards]; }
-std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
+LCA_SAMPLING_TEXT Shard& shard_of(std::uintptr_t a) { return g_shards[(a >> 4 ^ a >> 12) % kShards]; }
+LCA_SAMPLING_TEXT std::size_t bucket_of(std::uintptr_t a, std::size_t n) { return ((a >> 4) * 0x9e3779b97f4a7c15ull >> 20) & (n - 1); }
 
 // A piece of `bytes` (a multiple of 16) from the pool, zero-filled; nullptr
 // when out of memory.  Bucket arrays of 32 bytes to 32 KiB are reused when a
 // shard outgrows them; larger ones are mappings of their own.
 constexpr unsigned kBucketClasses = 11;  // 32 << 10 = 32 KiB
-std::size_t bucket_class(std::size_t bytes) {
+LCA_SAMPLING_TEXT std::size_t bucket_class(std::size_t bytes) {
   unsigned c = 0;
   while ((std::size_t{32} << c) < bytes) ++c;
   return c;
 }
 
-void* pool_alloc(std::size_t bytes) {
+LCA_SAMPLING_TEXT void* pool_alloc(std::size_t bytes) {
   if (bytes > kPoolChunk / 2) return os_map(bytes);
   pthread_mutex_lock(&g_pool_lock);
   void* p = nullptr;
@@ -384,7 +384,7 @@ void* pool_alloc(std::size_t bytes) {
   return p;
 }
 
-void pool_free_buckets(void* p, std::size_t bytes) {
+LCA_SAMPLING_TEXT void pool_free_buckets(void* p, std::size_t bytes) {
   if (bytes > kPoolChunk / 2) {
     os_unmap(p, bytes);
     return;
@@ -396,7 +396,7 @@ void pool_free_buckets(void* p, std::size_t bytes) {
   pthread_mutex_unlock(&g_pool_lock);
 }
 
-bool shard_grow(Shard& s) {
+LCA_SAMPLING_TEXT bool shard_grow(Shard& s) {
   std::size_t n = s.nbuckets ? s.nbuckets * 2 : kInitialBuckets;
   auto** b = static_cast<BlockNode**>(pool_alloc(n * sizeof(BlockNode*)));
   if (!b) return false;
@@ -416,7 +416,7 @@ bool shard_grow(Shard& s) {
   return true;
 }
 
-BlockNode* node_alloc(Shard& s) {
+LCA_SAMPLING_TEXT BlockNode* node_alloc(Shard& s) {
   if (!s.free_nodes) {
     static_assert(sizeof(BlockNode) % 8 == 0);
     auto* batch = static_cast<BlockNode*>(pool_alloc(align_up(kNodeBatch * sizeof(BlockNode), 16)));
@@ -431,7 +431,7 @@ BlockNode* node_alloc(Shard& s) {
   return n;
 }
 
-void site_add(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+LCA_SAMPLING_TEXT void site_add(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
   Site& s = g_sites[site];
   s.calls_fx.fetch_add(weight_fx, std::memory_order_relaxed);
   s.bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -439,13 +439,13 @@ void site_add(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) 
   s.live_bytes.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
 }
 
-void site_release(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+LCA_SAMPLING_TEXT void site_release(std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
   Site& s = g_sites[site];
   s.live_fx.fetch_sub(static_cast<std::int64_t>(weight_fx), std::memory_order_relaxed);
   s.live_bytes.fetch_sub(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
 }
 
-void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
+LCA_SAMPLING_TEXT void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uint64_t bytes) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   Shard& s = shard_of(a);
   spin_lock(s.lock);
@@ -468,7 +468,7 @@ void block_insert(void* p, std::uint32_t site, std::uint64_t weight_fx, std::uin
 }
 
 // Removes p's record; false when p is not tracked.
-bool block_take(void* p, BlockNode* out) {
+LCA_SAMPLING_TEXT bool block_take(void* p, BlockNode* out) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   Shard& s = shard_of(a);
   if (s.count.load(std::memory_order_relaxed) == 0) return false;
@@ -497,12 +497,20 @@ bool block_take(void* p, BlockNode* out) {
 
 // --- sampling ---------------------------------------------------------------------
 
-std::uint64_t rng_next() {
+LCA_SAMPLING_TEXT std::uint64_t rng_next() {
   std::uint64_t x = tls_rng;
   if (x == 0) {
+#if defined(__x86_64__)
+    // The time-stamp counter, not clock_gettime: libc's wrapper sits in a
+    // 64 KiB fault-around window of libc's text that programs seldom touch
+    // otherwise (+64 KiB of file pages in each sampled C program measured).
+    std::uint64_t t = __builtin_ia32_rdtsc();
+#else
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    x = static_cast<std::uint64_t>(ts.tv_nsec) ^ (reinterpret_cast<std::uintptr_t>(&tls_rng) << 16) ^
+    std::uint64_t t = static_cast<std::uint64_t>(ts.tv_nsec);
+#endif
+    x = t ^ (reinterpret_cast<std::uintptr_t>(&tls_rng) << 16) ^
         static_cast<std::uint64_t>(gettid()) * 0x9e3779b97f4a7c15ull;
     if (x == 0) x = 1;
   }
@@ -534,7 +542,7 @@ double split_exponent(double x, int* e) {  // x = m * 2^e, m in [sqrt(1/2), sqrt
 // Natural logarithm of x in (0, 1] (interval draws: x >= 2^-53): 2 atanh(t),
 // t = (m - 1) / (m + 1), |t| <= 0.1716, by its series to t^15 (the next term
 // is under 3e-13 of the sum).
-double ln(double x) {
+LCA_SAMPLING_TEXT double ln(double x) {
   int e;
   double m = split_exponent(x, &e);
   double t = (m - 1) / (m + 1), t2 = t * t;
@@ -545,7 +553,7 @@ double ln(double x) {
 }
 
 // exp(-r) for r in [0, ln 2): its Taylor series to r^14 (next term < 4e-15).
-double exp_neg_reduced(double r) {
+LCA_SAMPLING_TEXT double exp_neg_reduced(double r) {
   constexpr double kInvFact[] = {1.0 / 87178291200.0, 1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
                                  1.0 / 3628800.0,     1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,
                                  1.0 / 720.0,         1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,
@@ -556,7 +564,7 @@ double exp_neg_reduced(double r) {
 }
 
 // 1 - exp(-x) for x >= 0.
-double one_minus_exp_neg(double x) {
+LCA_SAMPLING_TEXT double one_minus_exp_neg(double x) {
   if (x < 0.5) {  // -(expm1(-x)) = x - x^2/2! + x^3/3! ...: no cancellation; to x^14 (next < 2e-14 relative)
     constexpr double kCoef[] = {-1.0 / 87178291200.0, 1.0 / 6227020800.0, -1.0 / 479001600.0, 1.0 / 39916800.0,
                                 -1.0 / 3628800.0,     1.0 / 362880.0,     -1.0 / 40320.0,    1.0 / 5040.0,
@@ -579,14 +587,14 @@ double one_minus_exp_neg(double x) {
 }
 
 // The next interval: exponential with mean g_sample_bytes.
-std::int64_t next_interval() {
+LCA_SAMPLING_TEXT std::int64_t next_interval() {
   double u = (static_cast<double>(rng_next() >> 11) + 1.0) / 9007199254740993.0;  // (0, 1]
   double v = -ln(u) * static_cast<double>(g_sample_bytes);
   if (v > 4e18) v = 4e18;
   return static_cast<std::int64_t>(v);
 }
 
-void reset_countdown() {
+LCA_SAMPLING_TEXT void reset_countdown() {
   tls_track_countdown = g_track_mode == TrackMode::sample ? next_interval() : INT64_MAX;
 }
 
@@ -628,7 +636,7 @@ __attribute__((always_inline)) inline void record(void* p, std::size_t size, std
 }
 
 // Weight of a sampled allocation of `size` bytes: 1 / P(sampled).
-void sample_weight(std::size_t size, std::uint64_t* weight_fx, std::uint64_t* bytes) {
+LCA_SAMPLING_TEXT void sample_weight(std::size_t size, std::uint64_t* weight_fx, std::uint64_t* bytes) {
   if (g_track_mode == TrackMode::full) {
     *weight_fx = 1u << kWeightShift;
     *bytes = size;
@@ -1852,15 +1860,15 @@ bool write_profile(const char* pattern, int format) {
   return std::fclose(f) == 0;
 }
 
-void dump_if_requested() {
+LCA_SAMPLING_TEXT void dump_if_requested() {
   if (__builtin_expect(!g_dump_pending, 1) || tls_track_busy) return;
   g_dump_pending = 0;
   if (!write_profile(g_opts.profile, g_opts.profile_format)) report_warning("cannot write the profile to ", g_opts.profile);
 }
 
-void on_profile_signal(int) { g_dump_pending = 1; }
+LCA_SAMPLING_TEXT void on_profile_signal(int) { g_dump_pending = 1; }
 
-bool tables_ready() {
+LCA_SAMPLING_TEXT bool tables_ready() {
   if (g_sites) return true;
   g_sites = static_cast<Site*>(os_map(kSites * sizeof(Site)));
   if (!g_sites) return false;
@@ -1878,7 +1886,7 @@ bool tables_ready() {
   return true;
 }
 
-void start(TrackMode mode, std::uint64_t sample_bytes) {
+LCA_SAMPLING_TEXT void start(TrackMode mode, std::uint64_t sample_bytes) {
   if (!tables_ready()) {
     report_warning("allocation tracking is off: no memory for its tables");
     return;
@@ -1898,19 +1906,19 @@ void start(TrackMode mode, std::uint64_t sample_bytes) {
 
 // --- fork (called by lifecycle.c++'s handlers) ------------------------------------
 
-void track_prefork() {
+LCA_SAMPLING_TEXT void track_prefork() {
   pthread_mutex_lock(&g_sym_lock);
   pthread_mutex_lock(&g_site_lock);
   for (Shard& s : g_shards) spin_lock(s.lock);
   pthread_mutex_lock(&g_pool_lock);
 }
-void track_postfork_parent() {
+LCA_SAMPLING_TEXT void track_postfork_parent() {
   pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) spin_unlock(s.lock);
   pthread_mutex_unlock(&g_site_lock);
   pthread_mutex_unlock(&g_sym_lock);
 }
-void track_postfork_child() {
+LCA_SAMPLING_TEXT void track_postfork_child() {
   tls_rng = 0;  // the child samples other allocations than its parent
   pthread_mutex_init(&g_pool_lock, nullptr);
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
@@ -1921,9 +1929,9 @@ void track_postfork_child() {
 
 // --- entry points ----------------------------------------------------------------------
 
-void* track_pool_alloc(std::size_t bytes) { return pool_alloc(bytes); }
+LCA_SAMPLING_TEXT void* track_pool_alloc(std::size_t bytes) { return pool_alloc(bytes); }
 
-void track_init(const Options& o) {
+LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;
   bool leaks = o.leak_report[0] != 0;
   bool profile = o.profile[0] != 0;
@@ -1942,12 +1950,18 @@ void track_init(const Options& o) {
   }
 }
 
-void track_at_exit() {
-  if (g_track_mode == TrackMode::off) return;
+namespace {
+// The reports at exit: in .text, away from the code every program runs.
+__attribute__((noinline)) void write_exit_reports() {
   if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
     report_warning("cannot write the leak report to ", g_opts.leak_report);
   if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
     report_warning("cannot write the profile to ", g_opts.profile);
+}
+}  // namespace
+
+LCA_SAMPLING_TEXT void track_at_exit() {
+  if (g_track_mode != TrackMode::off) write_exit_reports();
 }
 
 namespace {
@@ -1956,7 +1970,7 @@ namespace {
 // Zero-filled when `zero` (calloc): a large one straight from the large-block
 // layer, whose fresh mappings are zero already and are left untouched (a
 // memset there made every page of a large calloc resident while sampling).
-void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
+LCA_SAMPLING_TEXT void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
   if (zero && size > kLargeThreshold && !on_valgrind()) return domain_calloc_large(&g_process_domain, size, alignment);
   void* p = unpooled ? domain_alloc_unpooled(&g_process_domain, size, alignment)
                      : domain_alloc(&g_process_domain, size, alignment);
@@ -1997,22 +2011,22 @@ __attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::s
 }
 }  // namespace
 
-__attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_malloc(std::size_t size, std::size_t alignment) {
   return track_alloc(size, alignment, false, __builtin_return_address(0));
 }
 
-__attribute__((noinline)) void* track_calloc(std::size_t size) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_calloc(std::size_t size) {
   return track_alloc(size, 16, true, __builtin_return_address(0));
 }
 
-void track_free(void* p) {
+LCA_SAMPLING_TEXT void track_free(void* p) {
   if (tls_track_busy || g_track_mode == TrackMode::off) return;
   BlockNode old;
   block_take(p, &old);
   dump_if_requested();
 }
 
-__attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
+LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
   ResizeResult how;
   if (tls_track_busy) return block_realloc(&g_process_domain, p, size, true, &how);
   if (size > kMaxRequest) {
