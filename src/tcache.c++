@@ -485,9 +485,11 @@ class PoolLock {  // class c's pool lock of d
   pthread_mutex_t* m_;
 };
 
-// Appends the chain first..last (n spans linked through next, last->next
-// nullptr) to pool p of domain d (pool lock held).
+// Appends the chain first..last (n spans linked both ways, last->next
+// nullptr) to pool p of domain d (pool lock held).  A pool is linked both ways
+// so that a free can take any of its spans (adopt_orphan_span).
 void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::uint32_t n) {
+  first->prev = p->tail;
   if (p->tail)
     p->tail->next = first;
   else
@@ -503,8 +505,11 @@ void orphan_unlink(Domain* d, OrphanPool* p, Span* prev, Span* s) {
     prev->next = s->next;
   else
     p->head.store(s->next, std::memory_order_relaxed);
-  if (p->tail == s) p->tail = prev;
-  s->next = nullptr;
+  if (s->next)
+    s->next->prev = prev;
+  else
+    p->tail = prev;
+  s->next = s->prev = nullptr;
   --p->count;
   d->orphan_spans.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -940,6 +945,42 @@ Span* take_orphan_span(Heap* h, unsigned c) {
   return found;
 }
 
+// Span reclaim, on a free: s, a span of the pool (span_owner(s) was
+// orphan_span_heap()), becomes h's, as if a refill had taken it -- the head of
+// its class's queue when h has none there, else at the back -- and the free,
+// and every later free of its blocks by h, is local.  A thread that frees the
+// blocks an exited thread left (server-sim's successors, larson) so takes that
+// thread's spans instead of making them remote frees and foreign-list entries
+// flushed at its own exit (docs/design.md, "Span reclaim").  False when s left
+// the pool meanwhile (another taker; the pool lock decides) or h does not take
+// pooled spans.
+bool adopt_orphan_span(Heap* h, Span* s) {
+  Domain* d = h->domain;
+  if (!d->orphan_pools || h->node >= 0) return false;
+  // s holds the caller's live object: it cannot be retired, so its class stays.
+  unsigned c = s->size_class;
+  // Only when the pool lock is free: a free that would wait takes the remote
+  // path instead (never in Valgrind or ASan mode: their frees have no heap here).
+  pthread_mutex_t* m = d->orphan_pools->lock_of(c);
+  if (pthread_mutex_trylock(m) != 0) return false;
+  bool pooled = span_owner(s) == orphan_span_heap();
+  if (pooled) {
+    orphan_unlink(d, &d->orphan_pools->pool[c], s->prev, s);
+    span_set_owner(s, h);
+  }
+  pthread_mutex_unlock(m);
+  if (!pooled) return false;
+  collect_span(h, s);
+  span_set_flags(s, s->flags);  // fast_heap: h
+  if (queue_empty(h, c)) {
+    h->counters.span_refills.add(1);
+    queue_push_front(h, c, s);
+  } else {
+    queue_push_back(h, c, s);
+  }
+  return true;
+}
+
 }  // namespace
 
 void heap_orphan_spans(Heap* h) {
@@ -972,17 +1013,19 @@ void heap_orphan_spans(Heap* h) {
     if (queue_empty(h, c)) continue;
     Span* first = h->head[c];
     Span* last = h->tail[c];
-    std::uint32_t n = 0;
-    for (Span* s = first; s; s = s->next) {
-      span_set_owner(s, orphan_span_heap());
-      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-      s->prev = nullptr;
-      ++n;
-    }
     set_head(h, c, &g_empty_span);
     h->tail[c] = nullptr;
     OrphanPool* p = &d->orphan_pools->pool[c];
     PoolLock lock(d, c);
+    // The owner changes under the pool lock: a span is the pool's exactly
+    // while it is in the pool (adopt_orphan_span relies on it).  The queue's
+    // links both ways stay the pool's.
+    std::uint32_t n = 0;
+    for (Span* s = first; s; s = s->next) {
+      span_set_owner(s, orphan_span_heap());
+      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+      ++n;
+    }
     orphan_push_chain(d, p, first, last, n);
     orphan_trim_locked(d, p, &doomed);
   }
@@ -1324,6 +1367,10 @@ inline bool free_remote_batched(void* p) {
     return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
+  if (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s)) {
+    free_span_local(me, s, p, span_index(s, p));
+    return true;
+  }
   RemoteBusy busy(me);
   o->guard = free_guard(p);
   unsigned c = s->size_class;

@@ -214,7 +214,7 @@ inline void* heap_pop_foreign(Heap* h, unsigned c) {
 }
 
 // Span reclaim: the pools of orphaned spans, one per size class (FIFO, linked
-// through Span::next, their heap orphan_span_heap()), each guarded by one of
+// through Span::next and prev, their heap orphan_span_heap()), each guarded by one of
 // kOrphanPoolLocks locks (class c by lock c % kOrphanPoolLocks), so that refills
 // of different classes, and thread exits, seldom wait for each other and never
 // for the domain lock (docs/design.md, "Span reclaim").  Not a lock per class:

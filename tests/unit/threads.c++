@@ -1330,9 +1330,10 @@ PoolCheck check_pools() {
     std::uint32_t n = 0;
     lca::Span* last = nullptr;
     for (lca::Span* s = p->head.load(); s && n <= p->count; s = s->next, ++n) {
-      last = s;
       const char* why = nullptr;
-      if (s->size_class != c)
+      if (s->prev != last)  // linked both ways: a free can take any pooled span
+        why = "a span whose back link is wrong";
+      else if (s->size_class != c)
         why = "a span of another class";
       else if (lca::span_owner(s) != lca::orphan_span_heap())
         why = "a span owned by a heap";
@@ -1340,6 +1341,7 @@ PoolCheck check_pools() {
         why = "a retired span";
       if (why && !r.bad[0]) std::snprintf(r.bad, sizeof r.bad, "class %u's pool holds %s", c, why);
       if (s->used == 0 && !lca::span_has_remote(s)) r.empty++;
+      last = s;
     }
     if ((n != p->count || last != p->tail) && !r.bad[0])
       std::snprintf(r.bad, sizeof r.bad, "class %u's pool: %u spans linked, count %u, tail %s", c, n, p->count,
@@ -1350,6 +1352,73 @@ PoolCheck check_pools() {
   return r;
 }
 }  // namespace
+
+// Span reclaim, on a free (adopt_orphan_span): a thread that frees a block of
+// a pooled span -- the blocks an exited thread left -- and has no span of that
+// class takes the span, so that its frees of the span's blocks are local (the
+// inline fast path) instead of remote frees kept on its foreign list and sent
+// back at its exit (server-sim, larson: docs/design.md, "Span reclaim").  A
+// thread that has a span of the class already leaves the pooled span alone (it
+// would hold two: server-sim's peak RSS 37-40 MiB against 22-23).
+START_TEST(test_free_adopts_pooled_span) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core heaps whose span pools this "
+            "test follows");
+#endif
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path, which leaves spans to the refills");
+  // A class no other test of this process uses, so that the exited thread's span
+  // is the one this test frees into; more blocks than a span of it holds (18).
+  constexpr std::size_t kSize = 3520;
+  constexpr std::size_t kBlocks = 40;
+  const unsigned c = lca::size_to_class(kSize);
+  std::vector<void*> left(kBlocks), left2(kBlocks);
+  auto fill = [](std::vector<void*>& v) {
+    std::thread([&] {
+      for (void*& p : v) {
+        p = lca_malloc(kSize);
+        std::memset(p, 0x6B, kSize);
+      }
+    }).join();  // its spans go to the pool at its exit
+  };
+  auto pooled = [](void* p) {
+    return lca::span_owner(lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p)) == lca::orphan_span_heap();
+  };
+  fill(left);
+  ck_assert_msg(pooled(left[0]), "the exited thread's span is not in the pool");
+  bool adopted = false, fast = false, all_local = true, kept_pooled = false, still_pooled = false;
+  std::thread([&] {
+    lca_free(left[0]);  // the thread's first call: it has no span of the class
+    lca::Heap* me = lca::thread_heap_if_any();
+    lca::Span* s = lca::span_of(lca::span_chunk_of(lca::chunk_base(left[0])), left[0]);
+    adopted = me && lca::span_owner(s) == me && me->head[c] == s;
+    fast = s->fast_heap == me;  // its next frees take free's inline path
+    for (std::size_t i = 1; i < kBlocks; ++i) {
+      lca::Span* t = lca::span_of(lca::span_chunk_of(lca::chunk_base(left[i])), left[i]);
+      bool was_pooled = pooled(left[i]);
+      lca_free(left[i]);
+      // Every span of the class the exited thread made: the first one taken
+      // above, the others behind it only while the thread had none (so pooled still).
+      if (t == s) all_local = all_local && me->foreign_count[c] == 0;
+      if (t != s && was_pooled) kept_pooled = kept_pooled || pooled(left[i]);
+    }
+    // Every block of s freed, and none of them waits on a remote list.
+    all_local = all_local && s->used == 0 && !lca::span_has_remote(s);
+    // A second exited thread's blocks: this thread has a span of the class now.
+    fill(left2);
+    lca_free(left2[0]);
+    still_pooled = pooled(left2[0]);
+    for (std::size_t i = 1; i < kBlocks; ++i) lca_free(left2[i]);
+  }).join();
+  PoolCheck pools = check_pools();
+  ck_assert_msg(adopted, "a free into a pooled span by a thread with no span of its class did not take it");
+  ck_assert_msg(fast, "the taken span's frees do not take the fast path");
+  ck_assert_msg(all_local, "frees into the taken span were remote");
+  ck_assert_msg(kept_pooled, "a thread took a second span of a class it had one of");
+  ck_assert_msg(still_pooled, "a thread with a span of the class took a pooled one");
+  ck_assert_msg(!pools.bad[0], "%s", pools.bad);
+}
+END_TEST
 
 START_TEST(test_pool_refills_race_thread_exits) {
 #if CALLOC_SECURE
@@ -1485,5 +1554,6 @@ int main() {
   tcase_add_test(tc, test_blocks_outlive_their_threads);
   tcase_add_test(tc, test_exited_threads_spans_reclaimed);
   tcase_add_test(tc, test_pool_refills_race_thread_exits);
+  tcase_add_test(tc, test_free_adopts_pooled_span);
   return test_util::run_suite(s);
 }
