@@ -1339,7 +1339,7 @@ PoolCheck check_pools() {
       else if (s->flags & lca::kSpanInactive)
         why = "a retired span";
       if (why && !r.bad[0]) std::snprintf(r.bad, sizeof r.bad, "class %u's pool holds %s", c, why);
-      if (s->used == 0 && !lca::span_has_remote(s)) r.empty++;
+      if (lca::span_used(s) == 0 && !lca::span_has_remote(s)) r.empty++;
     }
     if ((n != p->count || last != p->tail) && !r.bad[0])
       std::snprintf(r.bad, sizeof r.bad, "class %u's pool: %u spans linked, count %u, tail %s", c, n, p->count,
