@@ -106,7 +106,7 @@ std::uint32_t span_refill_min(const Span* s) {
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
-// Every change of a queue's head goes through here, keeping head_mark true.
+// Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
 void set_head(Heap* h, unsigned c, Span* s) {
   Span* old = h->head[c];
   if (old != &g_empty_span) span_use_store(old, span_use(old) & ~kUseHeadMark);
