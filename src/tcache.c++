@@ -1038,8 +1038,13 @@ void domain_pools_postfork_parent(Domain* d) {
 }
 
 void domain_pools_postfork_child(Domain* d) {
-  // A heap's statistics lock, held by a thread the fork did not copy.
+  // A heap's statistics lock, perhaps held by a thread the fork did not copy
+  // (then that heap's queues are not walked again: Heap::stats_torn).
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+    if (pthread_mutex_trylock(&h->stats_lock) == 0)
+      pthread_mutex_unlock(&h->stats_lock);
+    else
+      h->stats_torn = true;
     tsan_released_at_fork(&h->stats_lock);
     pthread_mutex_init(&h->stats_lock, nullptr);
   }
@@ -1679,7 +1684,7 @@ DomainStats domain_stats(Domain* d) {
     StatsLock heap_lock(h);  // the queues and the folds hold still (tcache.h++)
     for (unsigned c = 0; c < kNumClasses; ++c) {
       std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
-      for (const Span* s = h->head[c]; s != &g_empty_span && s; s = s->next) {
+      for (const Span* s = h->stats_torn ? nullptr : h->head[c]; s != &g_empty_span && s; s = s->next) {
         std::uint64_t u = span_use(s);
         std::uint64_t allocs = u >> kUseCountShift;
         a += allocs;

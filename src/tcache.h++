@@ -198,6 +198,9 @@ struct Heap {
   // queue or a span's stat_live, and by a statistics reader walking the queues.
   // A leaf lock (its holder takes no other); never on a fast path.
   pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+  // In a fork() child: the fork caught the heap's thread holding stats_lock, so
+  // a queue may be half changed; readers count its folded counters only.
+  bool stats_torn = false;
 };
 
 class StatsLock {
