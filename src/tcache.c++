@@ -1038,15 +1038,14 @@ void domain_pools_postfork_parent(Domain* d) {
 }
 
 void domain_pools_postfork_child(Domain* d) {
-  // A heap's statistics lock, perhaps held by a thread the fork did not copy
-  // (then that heap's queues are not walked again: Heap::stats_torn).
+  // A heap's statistics lock, perhaps held by a thread the fork did not copy:
+  // that heap is never used in the child (lifecycle.c++), and its lock and
+  // queues are not touched again (Heap::stats_torn).
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
     if (pthread_mutex_trylock(&h->stats_lock) == 0)
       pthread_mutex_unlock(&h->stats_lock);
     else
       h->stats_torn = true;
-    tsan_released_at_fork(&h->stats_lock);
-    pthread_mutex_init(&h->stats_lock, nullptr);
   }
   if (!d->orphan_pools) return;
   for (auto& l : d->orphan_pools->lock) {
@@ -1681,7 +1680,9 @@ DomainStats domain_stats(Domain* d) {
   DomainLock lock(d);
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
     const HeapCounters& k = h->counters;
-    StatsLock heap_lock(h);  // the queues and the folds hold still (tcache.h++)
+    // The queues and the folds hold still (tcache.h++), but for a heap torn
+    // by a fork (Heap::stats_torn), whose lock may never be released.
+    if (!h->stats_torn) lca_mutex_lock(&h->stats_lock);
     for (unsigned c = 0; c < kNumClasses; ++c) {
       std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
       for (const Span* s = h->stats_torn ? nullptr : h->head[c]; s != &g_empty_span && s; s = s->next) {
@@ -1702,6 +1703,7 @@ DomainStats domain_stats(Domain* d) {
     st.realloc_in_place += k.realloc_in_place.get();
     st.realloc_moved += k.realloc_moved.get();
     st.realloc_remapped += k.realloc_remapped.get();
+    if (!h->stats_torn) lca_mutex_unlock(&h->stats_lock);
   }
   st.free_count += d->orphan_frees.load(std::memory_order_relaxed);
   st.total_freed += d->orphan_free_bytes.load(std::memory_order_relaxed);

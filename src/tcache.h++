@@ -199,7 +199,8 @@ struct Heap {
   // A leaf lock (its holder takes no other); never on a fast path.
   pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
   // In a fork() child: the fork caught the heap's thread holding stats_lock, so
-  // a queue may be half changed; readers count its folded counters only.
+  // a queue may be half changed; readers neither take that lock nor walk the
+  // queues, and count its folded counters only.
   bool stats_torn = false;
 };
 
