@@ -149,8 +149,8 @@ custom_alloc::FragmentationReport analyze_locked(Domain* d, bool walk_objects = 
   Heap* h = d->single;
   for_each_span(h, [&](unsigned, Span* s) {
     std::size_t carved = span_carved(s);
-    std::size_t live = static_cast<std::size_t>(s->used) * s->obj_size;
-    if (s->used == 0) return;  // an empty head span holds nothing live: not held
+    std::size_t live = static_cast<std::size_t>(span_used(s)) * s->obj_size;
+    if (span_used(s) == 0) return;  // an empty head span holds nothing live: not held
     ++r.spans_in_use;
     r.held_bytes += carved * s->obj_size;
     r.live_bytes += live;
@@ -241,9 +241,7 @@ class Plan {
     while (k.cursor < k.dests.size() && !span_has_room(k.dests[k.cursor])) ++k.cursor;
     if (k.cursor == k.dests.size()) return nullptr;
     Span* d = k.dests[k.cursor];
-    void* p = span_pop(d);
-    if (p) h_->counters.class_allocs[s->size_class].add(1);
-    return p;
+    return span_pop(d);  // counted by the span
   }
 
   // Arena blocks from the last in (rank, address) order.
@@ -312,8 +310,8 @@ class Plan {
     std::vector<Ranked> spans;
     std::size_t used = 0;
     for (Span* s = h_->head[c]; s; s = s->next) {
-      spans.push_back(Ranked{s, 0, s->used});
-      used += s->used;
+      spans.push_back(Ranked{s, 0, span_used(s)});
+      used += span_used(s);
     }
     if (spans.size() > 1)
       for (Ranked& r : spans) r.chunk = span_chunk_of(chunk_base(r.s))->active_spans;
@@ -333,7 +331,7 @@ class Plan {
     for (std::size_t i = needed; i < spans.size(); ++i)
       if (spans[i].used) sources_.push_back(spans[i].s);
     std::sort(sources_.begin() + static_cast<std::ptrdiff_t>(first), sources_.end(),
-              [](const Span* a, const Span* b) { return a->used < b->used; });
+              [](const Span* a, const Span* b) { return span_used(a) < span_used(b); });
   }
 
   void build_arena() {
@@ -563,9 +561,9 @@ void compact_class(Domain* d, Heap* h, unsigned c, const std::vector<Span*>& spa
       if (!q) break;
     } else {
       if (lows.empty()) {
-        while (void* low = span_pop(src)) {
+        while (void* low = span_pop_uncounted(h, src)) {
           if (span_index(src, low) >= i) {
-            span_push_local(src, low, span_index(src, low));
+            span_push_uncounted(h, src, low, span_index(src, low));
             break;
           }
           // Reads as free to the live finger until it is used.
@@ -577,14 +575,14 @@ void compact_class(Domain* d, Heap* h, unsigned c, const std::vector<Span*>& spa
       if (next_low == lows.size() || span_index(src, lows[next_low]) >= i) break;
       q = lows[next_low++];
       static_cast<FreeObject*>(q)->guard = 0;
+      span_count_alloc(h, src);  // (span_pop counted dst's)
     }
-    h->counters.class_allocs[c].add(1);
-    bool emptied = src != dst && src->used == 1;
+    bool emptied = src != dst && span_used(src) == 1;
     try {
       move_raw(d, p, q, user_size(p, src->obj_size), cb, st, false);
     } catch (...) {
       for (std::size_t k = lows.size(); k-- > next_low;)
-        span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
+        span_push_uncounted(h, spans[di], lows[k], span_index(spans[di], lows[k]));
       throw;
     }
     top = i;
@@ -601,7 +599,7 @@ void compact_class(Domain* d, Heap* h, unsigned c, const std::vector<Span*>& spa
     }
   }
   // Unused low slots go back, the lowest ending at the list's head.
-  for (std::size_t k = lows.size(); k-- > next_low;) span_push_local(spans[di], lows[k], span_index(spans[di], lows[k]));
+  for (std::size_t k = lows.size(); k-- > next_low;) span_push_uncounted(h, spans[di], lows[k], span_index(spans[di], lows[k]));
   *lo = di;
   *hi = si + 1;
 }

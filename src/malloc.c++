@@ -107,8 +107,7 @@ inline void* fast_malloc(std::size_t size) {
     } else {
       return malloc_slow(size, 16);
     }
-    ++s->used;
-    h->counters.class_allocs[c].add(1);
+    span_use_alloc(s);  // counts the allocation (statistics: tcache.h++)
     return o;
   }
   return malloc_slow(size, 16);

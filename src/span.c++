@@ -44,8 +44,8 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->free = nullptr;
   s->bump = base;
   s->end = base + static_cast<std::size_t>(count) * size;
-  s->used = 0;
-  s->head_mark = 0;
+  span_use_store(s, 0);
+  s->stat_live = 0;
   s->zeroed = zeroed;
   s->obj_size = size;
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
@@ -96,7 +96,7 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
       o->guard = free_guard(o);
       s->free = o;
     }
-    s->used -= slots - 1;
+    span_use_add(s, -std::uint64_t{slots - 1});
     s->multislot[k] = s->multislot[--s->multislot_count];
     if (!s->multislot_count) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanMultislot));
     return static_cast<std::size_t>(slots) * s->obj_size;
@@ -116,7 +116,7 @@ std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
     auto* tail = reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(remote_word_tail(w) - 1) * s->obj_size);
     tail->next = s->free;
     s->free = head;
-    s->used -= n;
+    span_use_add(s, -std::uint64_t{n});
     return n;
   }
   // Objects that grew over several slots give their extra slots back one by one.
@@ -146,7 +146,7 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
   }
   s->multislot[k].slots = static_cast<std::uint32_t>(need);
   s->bump += extra;
-  s->used += static_cast<std::uint32_t>(need - slots);
+  span_use_add(s, need - slots);
   return true;
 }
 
@@ -164,7 +164,7 @@ void span_sort_free_list(Span* s) {
 }
 
 std::uint32_t span_trim_tail(Span* s) {
-  if ((s->flags & (kSpanInactive | kSpanMultislot)) || span_has_remote(s) || s->used == 0) return 0;
+  if ((s->flags & (kSpanInactive | kSpanMultislot)) || span_has_remote(s) || span_used(s) == 0) return 0;
   char* base = span_base(s);
   std::uint32_t carved = static_cast<std::uint32_t>((s->bump - base) / s->obj_size);
   std::uint32_t keep = carved;

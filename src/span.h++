@@ -45,6 +45,11 @@ inline bool is_free_object(const void* p) {
 
 constexpr unsigned kMaxObjectsPerSpan = kSpanSize / 16;
 constexpr unsigned kMaxMultislot = 4;
+constexpr std::uint64_t kUseLiveMask = 0x1fff;
+constexpr std::uint64_t kUseHeadMark = 0x2000;
+constexpr unsigned kUseCountShift = 14;
+constexpr std::uint64_t kUseAlloc = (std::uint64_t{1} << kUseCountShift) + 1;  // one allocation: live + 1, count + 1
+static_assert(kMaxObjectsPerSpan <= kUseLiveMask, "the live count fits its bits");
 
 // Span::flags: any bit set sends a free to the slow path (fast_heap is then
 // no_fast_heap(), so the fast path tests one field).
@@ -60,11 +65,15 @@ struct alignas(128) Span {
   char* end;   // end of the last whole object
   Heap* heap;
   Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
-  std::uint32_t used;  // live objects, including remote frees not yet collected
-  // Nonzero while the span heads its class's queue (the current span): free's fast
-  // path tests (used | head_mark) == 0 to find a span to retire, with no branch
-  // taken when the current span empties.
-  std::uint32_t head_mark;
+  // The use word (span_use): bits 0-12 the live objects, including remote
+  // frees not yet collected (at most kMaxObjectsPerSpan); bit 13 set while the
+  // span heads its class's queue (the current span); bits 14-63 the owner's
+  // allocations from the span not yet folded into its heap's statistics
+  // (malloc adds kUseAlloc: one add for both counts; tcache.h++, "Statistics").
+  // Free's fast path subtracts 1 and tests the low 14 bits for zero to find a
+  // span to retire, with no branch taken when the current span empties.
+  // Written by the owner only, read by statistics readers: relaxed atomics.
+  std::uint64_t use;
   std::uint32_t obj_size;
   std::uint32_t reciprocal;  // ceil(2^32 / obj_size): offset -> index without a division
   std::uint16_t size_class;
@@ -85,6 +94,14 @@ struct alignas(128) Span {
     std::uint32_t first;  // object index
     std::uint32_t slots;  // object slots it covers (>= 2)
   } multislot[kMaxMultislot];
+  // Statistics: the live count when the span's counts were last folded into
+  // its heap, moved with every change of the live count that is neither an
+  // allocation nor a local free (remote frees collected, slots of an object
+  // that grew).  The owner's frees not yet folded are then
+  // allocations-not-folded + stat_live - live, modulo 2^64 (stat_live goes
+  // "below zero" while a current span's remote frees are collected).  Changed
+  // under the heap's stats_lock only (tcache.h++).
+  std::uint64_t stat_live;
 };
 static_assert(sizeof(Span) == 128, "span descriptors are 128 bytes");
 
@@ -104,6 +121,22 @@ inline Span* span_of(SpanChunk* c, const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   return reinterpret_cast<Span*>(reinterpret_cast<char*>(c->spans) +
                                  ((a >> (kSpanShift - 7)) & ((kSpansPerChunk - 1) << 7)));
+}
+
+// The use word: the owner's plain moves on x86-64, atomic for the statistics
+// reader that reads it meanwhile.  Only the owner writes it.
+inline std::uint64_t span_use(const Span* s) { return __atomic_load_n(&s->use, __ATOMIC_RELAXED); }
+inline void span_use_store(Span* s, std::uint64_t v) { __atomic_store_n(&s->use, v, __ATOMIC_RELAXED); }
+inline void span_use_add(Span* s, std::uint64_t d) { span_use_store(s, span_use(s) + d); }
+inline std::uint32_t span_used(const Span* s) { return static_cast<std::uint32_t>(span_use(s) & kUseLiveMask); }
+// One allocation from s by its owner: live + 1 and the allocation counted, in
+// one add to memory (malloc's fast path; as Counter::add, no lock prefix).
+inline void span_use_alloc(Span* s) {
+#if defined(__x86_64__)
+  asm("addq %1, %0" : "+m"(s->use) : "i"(kUseAlloc));
+#else
+  span_use_add(s, kUseAlloc);
+#endif
 }
 
 void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed);
@@ -186,7 +219,7 @@ inline void* span_pop(Span* s) {
   } else {
     return nullptr;
   }
-  ++s->used;
+  span_use_alloc(s);
   return o;
 }
 
@@ -213,7 +246,7 @@ inline std::size_t span_push_local(Span* s, void* p, std::uint32_t i) {
   o->next = s->free;
   o->guard = free_guard(o);
   s->free = o;
-  --s->used;
+  span_use_add(s, ~std::uint64_t{0});  // live - 1: a free, counted when folded
   return bytes;
 }
 

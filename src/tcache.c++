@@ -94,7 +94,7 @@ namespace {
 // Objects s can still hand out (local, remote-collected or uncarved).
 std::uint32_t span_free_objects(const Span* s) {
   std::uint32_t capacity = span_index(s, s->end);
-  return capacity > s->used ? capacity - s->used : 0;
+  return capacity > span_used(s) ? capacity - span_used(s) : 0;
 }
 
 std::uint32_t span_refill_min(const Span* s) {
@@ -106,15 +106,32 @@ std::uint32_t span_refill_min(const Span* s) {
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
-// Every change of a queue's head goes through here, keeping head_mark true.
+// Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
 void set_head(Heap* h, unsigned c, Span* s) {
   Span* old = h->head[c];
-  if (old != &g_empty_span) old->head_mark = 0;
-  if (s != &g_empty_span) s->head_mark = 1;
+  if (old != &g_empty_span) span_use_store(old, span_use(old) & ~kUseHeadMark);
+  if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
   h->head[c] = s;
 }
 
-void queue_push_front(Heap* h, unsigned c, Span* s) {
+// Statistics (tcache.h++): moves the counts of s, an active span of h, into
+// h's counters (h's stats_lock held, by its owner).
+void span_stats_fold(Heap* h, Span* s) {
+  std::uint64_t u = span_use(s);
+  std::uint64_t allocs = u >> kUseCountShift;
+  auto live = static_cast<std::uint32_t>(u & kUseLiveMask);
+  if (allocs == 0 && live == s->stat_live) return;
+  unsigned c = s->size_class;
+  h->counters.class_allocs[c].add(allocs);
+  h->counters.class_frees[c].add(allocs + s->stat_live - live);
+  span_use_store(s, u & (kUseLiveMask | kUseHeadMark));
+  s->stat_live = live;
+}
+
+// The queue primitives take h's stats_lock: a span joins a queue with no
+// counts (new, from the pool, or folded when it left one), and leaves it folded.
+void queue_link_front(Heap* h, unsigned c, Span* s) {
+  s->stat_live = span_used(s);
   s->prev = nullptr;
   if (queue_empty(h, c)) {
     s->next = nullptr;
@@ -126,7 +143,14 @@ void queue_push_front(Heap* h, unsigned c, Span* s) {
   set_head(h, c, s);
 }
 
+void queue_push_front(Heap* h, unsigned c, Span* s) {
+  StatsLock lock(h);
+  queue_link_front(h, c, s);
+}
+
 void queue_remove(Heap* h, unsigned c, Span* s) {
+  StatsLock lock(h);
+  span_stats_fold(h, s);
   if (s->prev)
     s->prev->next = s->next;
   else
@@ -139,7 +163,9 @@ void queue_remove(Heap* h, unsigned c, Span* s) {
 }
 
 void queue_push_back(Heap* h, unsigned c, Span* s) {
-  if (queue_empty(h, c)) return queue_push_front(h, c, s);
+  StatsLock lock(h);
+  if (queue_empty(h, c)) return queue_link_front(h, c, s);
+  s->stat_live = span_used(s);
   s->next = nullptr;
   s->prev = h->tail[c];
   h->tail[c]->next = s;
@@ -148,7 +174,9 @@ void queue_push_back(Heap* h, unsigned c, Span* s) {
 
 void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
   queue_remove(h, c, s);
-  if (queue_empty(h, c)) return queue_push_front(h, c, s);
+  StatsLock lock(h);
+  if (queue_empty(h, c)) return queue_link_front(h, c, s);
+  s->stat_live = span_used(s);
   Span* head = h->head[c];
   s->prev = head;
   s->next = head->next;
@@ -463,7 +491,13 @@ void retire_span(Heap* h, Span* s) {
 
 void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
-  span_collect_remote(s, &extra);
+  {
+    // The remote frees were counted by the freeing heaps: stat_live follows live.
+    StatsLock lock(h);
+    std::uint32_t before = span_used(s);
+    span_collect_remote(s, &extra);
+    s->stat_live -= before - span_used(s);
+  }
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
@@ -521,7 +555,7 @@ bool orphan_collect_empty(Span* s) {
     std::size_t extra = 0;
     span_collect_remote(s, &extra);  // (the frees were counted by the freeing heaps)
   }
-  return s->used == 0;
+  return span_used(s) == 0;
 }
 
 // Unlinks pooled span s (empty) and marks it inactive, onto *doomed (linked
@@ -731,7 +765,7 @@ void heap_collect_empty(Heap* h) {
     while (s) {
       Span* next = s->next;
       collect_span(h, s);
-      if (s->used == 0) retire_span(h, s);
+      if (span_used(s) == 0) retire_span(h, s);
       s = next;
     }
   }
@@ -1013,8 +1047,12 @@ void heap_orphan_spans(Heap* h) {
     if (queue_empty(h, c)) continue;
     Span* first = h->head[c];
     Span* last = h->tail[c];
-    set_head(h, c, &g_empty_span);
-    h->tail[c] = nullptr;
+    {
+      StatsLock lock(h);  // the spans leave h with their counts folded into h's
+      for (Span* s = first; s; s = s->next) span_stats_fold(h, s);
+      set_head(h, c, &g_empty_span);
+      h->tail[c] = nullptr;
+    }
     OrphanPool* p = &d->orphan_pools->pool[c];
     PoolLock lock(d, c);
     // The owner changes under the pool lock: a span is the pool's exactly
@@ -1043,6 +1081,15 @@ void domain_pools_postfork_parent(Domain* d) {
 }
 
 void domain_pools_postfork_child(Domain* d) {
+  // A heap's statistics lock, perhaps held by a thread the fork did not copy:
+  // that heap is never used in the child (lifecycle.c++), and its lock and
+  // queues are not touched again (Heap::stats_torn).
+  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+    if (pthread_mutex_trylock(&h->stats_lock) == 0)
+      pthread_mutex_unlock(&h->stats_lock);
+    else
+      h->stats_torn = true;
+  }
   if (!d->orphan_pools) return;
   for (auto& l : d->orphan_pools->lock) {
     tsan_released_at_fork(&l.m);
@@ -1063,7 +1110,7 @@ void sweep_class_tail(Heap* h, unsigned c) {
     Span* prev = s->prev;
     if (span_has_remote(s)) {
       collect_span(h, s);
-      if (s->used == 0) {
+      if (span_used(s) == 0) {
         retire_span(h, s);
       } else if (s->flags & kSpanExhausted) {
         span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
@@ -1114,12 +1161,13 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
     if (c >= 0) {
       // As in fast_malloc: no carving while remote frees wait (the slow path
       // collects them first).
+      // A span's allocation is counted by the span (span_pop), a foreign
+      // object's here.
       Span* s = h->head[c];
-      void* p = s->free ? span_pop(s) : heap_pop_foreign(h, static_cast<unsigned>(c));
+      void* p = s->free ? span_pop(s) : nullptr;
+      if (!p && (p = heap_pop_foreign(h, static_cast<unsigned>(c)))) h->counters.class_allocs[c].add(1);
       if (!p && !span_has_remote(s)) p = span_pop(s);
       if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
-      if (!p) return nullptr;
-      h->counters.class_allocs[c].add(1);
       return p;
     }
   }
@@ -1185,8 +1233,16 @@ std::size_t block_usable_size(const void* p, const char* what) {
 }
 
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
-  std::size_t bytes = span_push_local(s, p, i);
-  h->counters.class_frees[s->size_class].add(1);
+  std::size_t bytes;
+  if (__builtin_expect(s->flags & kSpanMultislot, 0)) {
+    // One free (counted from live); the extra slots of an object that grew are not.
+    StatsLock lock(h);
+    std::uint32_t before = span_used(s);
+    bytes = span_push_local(s, p, i);
+    s->stat_live -= before - span_used(s) - 1;
+  } else {
+    bytes = span_push_local(s, p, i);
+  }
   if (__builtin_expect(bytes != s->obj_size, 0)) h->counters.extra_bytes_freed.add(bytes - s->obj_size);
   span_after_local_free(h, s);
 }
@@ -1197,7 +1253,7 @@ void span_after_local_free(Heap* h, Span* s) {
     if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     return;
   }
-  if (s->used == 0) {
+  if (span_used(s) == 0) {
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {
     // Its frees take the fast path again from now on.  It goes behind the head
@@ -1542,9 +1598,18 @@ void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, Res
       Span* s = r.span;
       if (size <= old_usable) {
         in_place = true;
-      } else if (span_owner(s) == h && span_grow_at_frontier(s, p, r.index, size)) {
-        h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
-        in_place = true;
+      } else if (span_owner(s) == h) {
+        bool grew;
+        {
+          StatsLock lock(h);  // the slots it covers now are no allocation
+          std::uint32_t before = span_used(s);
+          grew = span_grow_at_frontier(s, p, r.index, size);
+          s->stat_live += span_used(s) - before;
+        }
+        if (grew) {
+          h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
+          in_place = true;
+        }
       }
       break;
     }
@@ -1662,8 +1727,17 @@ DomainStats domain_stats(Domain* d) {
   DomainLock lock(d);
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
     const HeapCounters& k = h->counters;
+    // The queues and the folds hold still (tcache.h++), but for a heap torn
+    // by a fork (Heap::stats_torn), whose lock may never be released.
+    if (!h->stats_torn) lca_mutex_lock(&h->stats_lock);
     for (unsigned c = 0; c < kNumClasses; ++c) {
       std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
+      for (const Span* s = h->stats_torn ? nullptr : h->head[c]; s != &g_empty_span && s; s = s->next) {
+        std::uint64_t u = span_use(s);
+        std::uint64_t allocs = u >> kUseCountShift;
+        a += allocs;
+        f += allocs + s->stat_live - (u & kUseLiveMask);
+      }
       st.allocation_count += a;
       st.free_count += f;
       st.total_allocated += a * class_to_size(c);
@@ -1676,6 +1750,7 @@ DomainStats domain_stats(Domain* d) {
     st.realloc_in_place += k.realloc_in_place.get();
     st.realloc_moved += k.realloc_moved.get();
     st.realloc_remapped += k.realloc_remapped.get();
+    if (!h->stats_torn) lca_mutex_unlock(&h->stats_lock);
   }
   st.free_count += d->orphan_frees.load(std::memory_order_relaxed);
   st.total_freed += d->orphan_free_bytes.load(std::memory_order_relaxed);
@@ -1708,6 +1783,29 @@ void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) 
 }
 
 // --- defragmentation support (defrag.c++) -----------------------------------
+
+void* span_pop_uncounted(Heap* h, Span* s) {
+  StatsLock lock(h);
+  void* p = span_pop(s);
+  if (p) {
+    span_use_add(s, -(std::uint64_t{1} << kUseCountShift));
+    ++s->stat_live;
+  }
+  return p;
+}
+
+void span_push_uncounted(Heap* h, Span* s, void* p, std::uint32_t i) {
+  StatsLock lock(h);
+  std::uint32_t before = span_used(s);
+  span_push_local(s, p, i);
+  s->stat_live -= before - span_used(s);
+}
+
+void span_count_alloc(Heap* h, Span* s) {
+  StatsLock lock(h);
+  span_use_add(s, std::uint64_t{1} << kUseCountShift);
+  --s->stat_live;
+}
 
 void heap_queue_to_front(Heap* h, Span* s) {
   unsigned c = s->size_class;

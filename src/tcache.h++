@@ -45,7 +45,24 @@ struct Counter {
   std::size_t get() const { return __atomic_load_n(&v, __ATOMIC_RELAXED); }
 };
 
+// Statistics with no counter on the fast paths.  A small allocation from one of
+// the heap's spans is counted in the span's use word (span_use_alloc: the same
+// add that counts the object live), a local free only by the live count going
+// down; the span's counts not yet in its heap's class_allocs/class_frees are
+//   allocations: use >> kUseCountShift
+//   frees:       allocations + stat_live - live
+// The owner folds them into the heap (span_stats_fold) whenever the span
+// leaves its class's queue (retired, rotated, given to the orphan pools at
+// thread exit), and moves stat_live with every other change of the live count
+// (remote frees collected: the freeing heap counted those; the extra slots of
+// an object that grew).  Every active span of a heap is in one of its queues,
+// so a reader (domain_stats) walks them under the heap's stats_lock, which the
+// owner holds for each queue change and each such move: a reader sees each
+// span's counts whole, each fast-path operation as one store, and no span out
+// of its queue with counts not folded.  The owner's fast paths take no lock.
 struct HeapCounters {
+  // Small objects: folded span counts, plus what bypasses the spans' counts
+  // (objects of other heaps' spans: foreign lists, remote frees).
   Counter class_allocs[kNumClasses];
   Counter class_frees[kNumClasses];
   Counter extra_bytes_allocated;  // multislot growth, arena blocks
@@ -177,6 +194,25 @@ struct Heap {
   // heap carves, -1 when node-local heaps are off.
   std::int32_t node = -1;
   MediumCache medium;  // this thread's freed medium blocks (owner only)
+  // Statistics (above HeapCounters): held by the owner while it changes a class
+  // queue or a span's stat_live, and by a statistics reader walking the queues.
+  // A leaf lock (its holder takes no other); never on a fast path.
+  pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+  // In a fork() child: the fork caught the heap's thread holding stats_lock, so
+  // a queue may be half changed; readers neither take that lock nor walk the
+  // queues, and count its folded counters only.
+  bool stats_torn = false;
+};
+
+class StatsLock {
+ public:
+  explicit StatsLock(Heap* h) : m_(&h->stats_lock) { lca_mutex_lock(m_); }
+  ~StatsLock() { lca_mutex_unlock(m_); }
+  StatsLock(const StatsLock&) = delete;
+  StatsLock& operator=(const StatsLock&) = delete;
+
+ private:
+  pthread_mutex_t* m_;
 };
 
 // Brackets a change of h's foreign lists or RemoteBatch table (h's thread only).
@@ -412,10 +448,9 @@ inline void block_free(void* p) {
       o->next = s->free;
       o->guard = free_guard(p);
       s->free = o;
-      h->counters.class_frees[s->size_class].add(1);
-      std::uint32_t left = s->used - 1;
-      s->used = left;
-      if (__builtin_expect((left | s->head_mark) == 0, 0)) span_after_local_free(h, s);
+      std::uint64_t left = span_use(s) - 1;  // a free: counted from live when folded
+      span_use_store(s, left);
+      if (__builtin_expect((left & (kUseLiveMask | kUseHeadMark)) == 0, 0)) span_after_local_free(h, s);
       return;
     }
   }
@@ -491,6 +526,13 @@ class DomainLock {
 // mapping above the arena's limit); in Valgrind mode a plain domain_alloc.
 void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment);
 // --- defragmentation support (defrag.c++) -----------------------------------
+// Statistics: an object of s, an active span of h, taken (span_pop_uncounted)
+// or given back (span_push_uncounted) by the defragmenter without counting an
+// allocation or a free, and the allocation of such an object counted once it
+// is used (span_count_alloc).  h's owner, or its domain lock held.
+void* span_pop_uncounted(Heap* h, Span* s);
+void span_push_uncounted(Heap* h, Span* s, void* p, std::uint32_t i);
+void span_count_alloc(Heap* h, Span* s);
 // Makes s, an active span of h, the current span of its class (h's owner, under
 // the domain lock for a private heap): allocations then fill it first.
 void heap_queue_to_front(Heap* h, Span* s);

@@ -752,6 +752,225 @@ START_TEST(test_thread_exit_handoff) {
 }
 END_TEST
 
+// Statistics with no counter on the fast paths (tcache.h++, "Statistics"): a
+// span's allocations sit in its use word and its frees are derived from its live
+// count until a slow path folds them into the heap, so lca_get_stats walks every
+// heap's spans.  The counts must stay exact where that is delicate: blocks freed
+// by other threads and not yet collected by their owner, spans an exiting
+// thread leaves (with live blocks) to the orphan pools and a new thread takes,
+// statistics read while the owners run -- more threads than cores, with a
+// reader checking all along that no count ever goes back (a fold seen half done
+// would).  Each worker allocates its own size class (bytes = count x usable
+// size, so a count landing in the wrong class shows in the bytes too) and
+// churns random sizes, which retires and refills spans under the reader.
+START_TEST(test_stats_exact_across_handover) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: lca_malloc is the hardened heap, whose statistics are its own (tests/unit/secure)");
+#endif
+  constexpr unsigned kWorkers = 6;  // and a reader: 7 threads on 2 cores
+  constexpr unsigned kPer = 300;
+  const std::size_t rounds = std::max<std::size_t>(scaled(12), 2);
+  const std::size_t churn = std::max<std::size_t>(scaled(3000), 200);
+  struct Worker {
+    void* block[kPer];
+    std::size_t allocs = 0, frees = 0, bytes_allocated = 0, bytes_freed = 0;
+    std::size_t gen = 0, round = 0;
+  };
+  static Worker w[kWorkers];
+  static pthread_barrier_t barrier;
+  static std::atomic<bool> reading;
+  static std::atomic<std::size_t> went_back, reads;
+  static std::size_t s_rounds, s_churn;
+  s_rounds = rounds;
+  s_churn = churn;
+  reading = true;
+  went_back = 0;
+  reads = 0;
+  test_util::warm_thread_stack_cache(2 * kWorkers + 2);
+  ck_assert_int_eq(pthread_barrier_init(&barrier, nullptr, kWorkers + 1), 0);
+  auto size_of = [](unsigned k) -> std::size_t { return 24 + 40 * k; };
+  auto take = [](Worker& me, void* p) {
+    me.allocs++;
+    me.bytes_allocated += lca_usable_size(p);
+  };
+  auto give = [](Worker& me, void* p) {
+    me.frees++;
+    me.bytes_freed += lca_usable_size(p);
+    lca_free(p);
+  };
+  // One generation of workers: `rounds` rounds of allocate / free half locally /
+  // churn / free the neighbour's other half remotely, the main thread reading
+  // the statistics at each step while the workers wait at the barrier.  The
+  // first generation leaves its last round's other half live as it exits.
+  struct Arg {
+    unsigned k;
+    bool leave_live;
+    decltype(size_of)* size;
+    decltype(take)* t;
+    decltype(give)* g;
+  };
+  auto body = [](void* v) -> void* {
+    Arg* a = static_cast<Arg*>(v);
+    Worker& me = w[a->k];
+    Worker& next = w[(a->k + 1) % kWorkers];
+    std::mt19937_64 rng(a->k + 1000 * me.gen);
+    for (std::size_t r = 0; r < s_rounds; ++r) {
+      for (unsigned i = 0; i < kPer; ++i) {
+        me.block[i] = lca_malloc((*a->size)(a->k));
+        if (me.block[i]) (*a->t)(me, me.block[i]);
+      }
+      for (unsigned i = 0; i < kPer; i += 2) (*a->g)(me, me.block[i]);
+      void* window[64] = {};
+      for (std::size_t i = 0; i < s_churn; ++i) {
+        unsigned slot = static_cast<unsigned>(rng() % 64);
+        if (window[slot]) (*a->g)(me, window[slot]);
+        window[slot] = lca_malloc(16 + rng() % 1000);
+        if (window[slot]) (*a->t)(me, window[slot]);
+      }
+      for (void*& p : window)
+        if (p) (*a->g)(me, p);
+      pthread_barrier_wait(&barrier);  // 1: the main thread reads
+      pthread_barrier_wait(&barrier);  // 2
+      if (!(a->leave_live && r + 1 == s_rounds)) {
+        // The neighbour's odd blocks: remote frees its spans have not collected.
+        for (unsigned i = 1; i < kPer; i += 2) (*a->g)(me, next.block[i]);
+      }
+      pthread_barrier_wait(&barrier);  // 3: the main thread reads
+      pthread_barrier_wait(&barrier);  // 4
+      me.round++;
+    }
+    return nullptr;
+  };
+  auto reader = [](void*) -> void* {
+    lca_stats last{};
+    lca_get_stats(&last);
+    while (reading.load(std::memory_order_relaxed)) {
+      lca_stats s;
+      lca_get_stats(&s);
+      if (s.allocation_count < last.allocation_count || s.free_count < last.free_count ||
+          s.total_allocated < last.total_allocated || s.total_freed < last.total_freed ||
+          s.free_count > s.allocation_count)
+        went_back++;
+      last = s;
+      reads++;
+      sched_yield();
+    }
+    return nullptr;
+  };
+  // What glibc allocates and frees when kWorkers threads are made and when they
+  // exit (the DTVs of the stacks it caches, as with any allocator), measured
+  // the same way before the test proper until two measurements agree.
+  struct Delta {
+    std::size_t allocs, frees, bytes_allocated, bytes_freed;
+    bool operator==(const Delta&) const = default;
+  };
+  struct Lifecycle {
+    Delta made, exit;
+    bool operator==(const Lifecycle&) const = default;
+  } life{};
+  auto measure_lifecycle = [] {
+    lca_stats s0, s1, s2;
+    lca_get_stats(&s0);
+    pthread_t th[kWorkers];
+    for (pthread_t& t : th)
+      ck_assert_int_eq(pthread_create(&t, nullptr, [](void*) -> void* {
+        pthread_barrier_wait(&barrier);
+        pthread_barrier_wait(&barrier);
+        return nullptr;
+      }, nullptr), 0);
+    pthread_barrier_wait(&barrier);
+    lca_get_stats(&s1);
+    pthread_barrier_wait(&barrier);
+    for (pthread_t t : th) pthread_join(t, nullptr);
+    lca_get_stats(&s2);
+    auto delta = [](const lca_stats& x, const lca_stats& y) {
+      return Delta{y.allocation_count - x.allocation_count, y.free_count - x.free_count,
+                   y.total_allocated - x.total_allocated, y.total_freed - x.total_freed};
+    };
+    return Lifecycle{delta(s0, s1), delta(s1, s2)};
+  };
+  std::size_t made = 0, exited = 0;  // generations
+  auto expected = [&](lca_stats& base, const char* when, std::size_t gen, std::size_t r) {
+    std::size_t a = made * life.made.allocs + exited * life.exit.allocs;
+    std::size_t f = made * life.made.frees + exited * life.exit.frees;
+    std::size_t ba = made * life.made.bytes_allocated + exited * life.exit.bytes_allocated;
+    std::size_t bf = made * life.made.bytes_freed + exited * life.exit.bytes_freed;
+    for (const Worker& x : w) {
+      a += x.allocs;
+      f += x.frees;
+      ba += x.bytes_allocated;
+      bf += x.bytes_freed;
+    }
+    lca_stats s;
+    lca_get_stats(&s);
+    if (s.allocation_count - base.allocation_count != a || s.free_count - base.free_count != f ||
+        s.total_allocated - base.total_allocated != ba || s.total_freed - base.total_freed != bf)
+      ck_abort_msg("generation %zu round %zu, %s: allocations %zu (expected %zu), frees %zu (%zu), bytes allocated %zu "
+                   "(%zu), freed %zu (%zu)",
+                   gen, r, when, s.allocation_count - base.allocation_count, a, s.free_count - base.free_count, f,
+                   s.total_allocated - base.total_allocated, ba, s.total_freed - base.total_freed, bf);
+  };
+
+  pthread_t rd;
+  ck_assert_int_eq(pthread_create(&rd, nullptr, reader, nullptr), 0);
+  life = measure_lifecycle();
+  for (int n = 0; n < 8; ++n) {
+    Lifecycle again = measure_lifecycle();
+    if (again == life) break;
+    life = again;
+  }
+  lca_stats base{};
+  lca_get_stats(&base);
+  std::size_t pooled_at_exit = 0, pooled_after_refill = 0;
+  Arg args[kWorkers];
+  for (std::size_t gen = 0; gen < 2; ++gen) {
+    pthread_t th[kWorkers];
+    for (unsigned k = 0; k < kWorkers; ++k) {
+      w[k].gen = gen;
+      args[k] = Arg{k, gen == 0, &size_of, &take, &give};
+      ck_assert_int_eq(pthread_create(&th[k], nullptr, body, &args[k]), 0);
+    }
+    made++;
+    for (std::size_t r = 0; r < rounds; ++r) {
+      pthread_barrier_wait(&barrier);  // 1
+      if (gen == 1 && r == 0) pooled_after_refill = lca::g_process_domain.orphan_spans.load();
+      expected(base, "allocated, half freed locally", gen, r);
+      pthread_barrier_wait(&barrier);  // 2
+      pthread_barrier_wait(&barrier);  // 3
+      expected(base, "the other half freed remotely", gen, r);
+      pthread_barrier_wait(&barrier);  // 4
+    }
+    for (pthread_t t : th) pthread_join(t, nullptr);
+    exited++;
+    expected(base, "the threads exited", gen, rounds);
+    if (gen == 0) {
+      pooled_at_exit = lca::g_process_domain.orphan_spans.load();
+      // The second generation frees what the first left live, remotely.
+      for (unsigned k = 0; k < kWorkers; ++k) {
+        Worker& next = w[(k + 1) % kWorkers];
+        for (unsigned i = 1; i < kPer; i += 2) give(w[k], next.block[i]);
+        for (void*& p : next.block) p = nullptr;
+      }
+      expected(base, "the exited threads' live blocks freed", gen, rounds);
+    }
+  }
+  reading = false;
+  pthread_join(rd, nullptr);
+  pthread_barrier_destroy(&barrier);
+  std::printf("# stats: %zu reads while %u threads ran; %zu spans pooled by the first generation, %zu after the "
+                  "second's first round\n",
+              reads.load(), kWorkers, pooled_at_exit, pooled_after_refill);
+  std::fflush(stdout);
+  ck_assert_uint_eq(went_back.load(), 0);
+  ck_assert_uint_gt(reads.load(), 0);
+  if (!lca::on_valgrind() && !LCA_ASAN) {
+    // The first generation's spans went to the pools and the second took some.
+    ck_assert_uint_gt(pooled_at_exit, 0);
+    ck_assert_uint_lt(pooled_after_refill, pooled_at_exit);
+  }
+}
+END_TEST
+
 // fork() while 2 threads allocate and free arena blocks: a thread of the child
 // that takes a heap (heap_for_thread) must find it consistent.  The heaps of the
 // parent's other threads may have been caught in the middle of an operation by
@@ -1340,7 +1559,7 @@ PoolCheck check_pools() {
       else if (s->flags & lca::kSpanInactive)
         why = "a retired span";
       if (why && !r.bad[0]) std::snprintf(r.bad, sizeof r.bad, "class %u's pool holds %s", c, why);
-      if (s->used == 0 && !lca::span_has_remote(s)) r.empty++;
+      if (lca::span_used(s) == 0 && !lca::span_has_remote(s)) r.empty++;
       last = s;
     }
     if ((n != p->count || last != p->tail) && !r.bad[0])
@@ -1403,7 +1622,7 @@ START_TEST(test_free_adopts_pooled_span) {
       if (t != s && was_pooled) kept_pooled = kept_pooled || pooled(left[i]);
     }
     // Every block of s freed, and none of them waits on a remote list.
-    all_local = all_local && s->used == 0 && !lca::span_has_remote(s);
+    all_local = all_local && lca::span_used(s) == 0 && !lca::span_has_remote(s);
     // A second exited thread's blocks: this thread has a span of the class now.
     fill(left2);
     lca_free(left2[0]);
@@ -1547,6 +1766,7 @@ int main() {
   tcase_add_test(tc, test_short_lived_threads);
   tcase_add_test(tc, test_fork_while_threads_allocate);
   tcase_add_test(tc, test_thread_exit_handoff);
+  tcase_add_test(tc, test_stats_exact_across_handover);
   tcase_add_test(tc, test_fork_child_heaps_consistent);
   tcase_add_test(tc, test_trim_releases_abandoned_heaps);
   tcase_add_test(tc, test_consumer_gets_heap_and_batches);
