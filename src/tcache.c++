@@ -1256,11 +1256,12 @@ void span_after_local_free(Heap* h, Span* s) {
   if (span_used(s) == 0) {
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {
-    // Its frees take the fast path again from now on.  It goes behind the head
-    // only with span_refill_min objects to offer; else it gathers more where it
-    // is, and the allocator's rotation finds it (heap_alloc_small_slow).
+    // Its frees take the fast path again from now on.  It keeps its place in
+    // the queue, gathering more frees until the allocator's rotation reaches it
+    // (heap_alloc_small_slow): moved behind the head with its first free, it
+    // was the next refill and offered that one object, so a churn of random
+    // frees refilled for 3 mallocs in 10 (docs/design.md, "Span queue order").
     span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
-    if (span_free_objects(s) >= span_refill_min(s)) queue_insert_after_head(h, c, s);
   }
 }
 
