@@ -93,15 +93,23 @@ namespace {
 // --- span queues ------------------------------------------------------------
 // Objects s can still hand out (local, remote-collected or uncarved).
 std::uint32_t span_free_objects(const Span* s) {
-  std::uint32_t capacity = span_index(s, s->end);
+  std::uint32_t capacity = s->capacity;
   return capacity > s->used ? capacity - s->used : 0;
 }
 
 std::uint32_t span_refill_min(const Span* s) {
-  std::uint32_t capacity = span_index(s, s->end);
+  std::uint32_t capacity = s->capacity;
   if (capacity >= kRefillFewObjects) return 1;
   std::uint32_t quarter = capacity / 4;
   return quarter < kRefillMin ? (quarter ? quarter : 1) : kRefillMin;
+}
+
+// Whether s (a span behind the head, or nullptr) holds free objects that are
+// resident -- on its local or remote list -- and enough of them to become the
+// head (span_refill_min).
+bool span_offers_resident(const Span* s) {
+  if (!s || (!s->free && !span_has_remote(s))) return false;
+  return span_free_objects(s) >= span_refill_min(s);
 }
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -1040,7 +1048,14 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
       // The head gives what it has; a span behind it becomes the head only with
       // kRefillMin objects to offer (span_refill_min), else it waits at the back.
       if (probe == 0 || span_free_objects(s) >= span_refill_min(s)) {
-        if (void* p = span_pop(s)) {
+        void* p = span_pop(s);
+        // At its carve limit: a new page is touched only when the span behind
+        // has no resident free objects to offer (span.h++, "Carve limit").
+        if (!p && span_can_extend(s) && (probe != 0 || !span_offers_resident(s->next))) {
+          span_extend_carve(s);
+          p = span_pop(s);
+        }
+        if (p) {
           if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
           if (probe) h->counters.span_refills.add(1);
           return p;
