@@ -75,6 +75,11 @@ constexpr unsigned kOrphanSweep = 256;
 constexpr std::uint32_t kOrphanKeep = 8;
 constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
+// First spans on clean slots: the classes whose first span takes a clean slot
+// (new_first_span), and the heap's chunks it looks at for one before it
+// acquires a chunk.  docs/design.md, "First spans on clean slots".
+constexpr std::size_t kCleanFirstSpanMax = 1024;
+constexpr unsigned kCleanSlotProbe = 8;
 
 }  // namespace
 
@@ -344,8 +349,8 @@ void purge_dirty_slots(Heap* h) {
 // A span of class c for h in a free slot of sc, a dirty (resident) one if any;
 // taking a dirty slot takes one from *dirty, the count of such slots it was in
 // (the heap's, or the domain's for an orphan chunk, whose lock is then held).
-Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty) {
-  std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
+Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty, bool clean_first = false) {
+  std::uint64_t reuse = sc->free_slots & (clean_first ? ~sc->dirty_slots : sc->dirty_slots);
   unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
   std::uint64_t bit = std::uint64_t{1} << slot;
   bool zeroed = !(sc->dirty_slots & bit);  // never used since mapped, or purged
@@ -376,7 +381,34 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
   return clean && !dirty_only ? carve_slot(clean, h, c, &d->orphan_dirty_slots) : nullptr;
 }
 
+// A class's first span on a clean slot (never used since mapped, or purged) of
+// the heap's chunks, one acquired if none has one: nullptr when none is found
+// and no chunk can be had.  ("First spans on clean slots", docs/design.md.)
+Span* new_first_span(Heap* h, unsigned c) {
+  ChunkHeader* ch = h->span_chunks_avail.head;
+  for (unsigned n = 0; ch && n < kCleanSlotProbe; ch = ch->next, ++n)
+    if (span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots) break;
+  if (!ch || !(span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots)) {
+    ch = acquire_chunk(h->domain, ChunkKind::spans, h);
+    if (!ch) return nullptr;
+    h->span_chunks_avail.push(ch);
+  }
+  SpanChunk* sc = span_chunk_of(ch);
+  Span* s = carve_slot(sc, h, c, &h->dirty_slots, true);
+  if (!sc->free_slots) {
+    h->span_chunks_avail.remove(ch);
+    h->span_chunks_full.push(ch);
+  }
+  return s;
+}
+
 Span* new_span(Heap* h, unsigned c) {
+  // A class of small objects gets its first span -- for most classes its only
+  // one -- on a clean slot: on a resident one left by a bigger class it would
+  // keep up to 64 KiB resident for the few pages it carves, pages that class
+  // needs again at its next peak.
+  if (class_to_size(c) <= kCleanFirstSpanMax && queue_empty(h, c))
+    if (Span* s = new_first_span(h, c)) return s;
   ChunkHeader* ch = h->span_chunks_avail.head;
   // Resident free slots first: the heap's own, then an orphan chunk's; then
   // untouched ones, the heap's own, an orphan chunk's, a chunk acquired.
