@@ -56,14 +56,22 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->next = s->prev = nullptr;
   s->remote_free.store(0, std::memory_order_relaxed);
   span_set_flags(s, 0);
-  span_extend_carve(s);
+  // A resident slot (a bigger class may have left every page resident): no
+  // limit, carving there touches no new page.
+  if (zeroed)
+    span_extend_carve(s);
+  else
+    s->end = span_full_end(s);
 }
 
 void span_extend_carve(Span* s) {
   char* base = span_base(s);
   auto bump_off = static_cast<std::size_t>(s->bump - base);
-  // The objects that end by the page boundary at or after the next object's end.
-  std::size_t target = (bump_off + s->obj_size + kCarvePage - 1) & ~(kCarvePage - 1);
+  // The objects that end by the page boundary at or after the next object's
+  // end plus the step: a page, or as much as the span carved so far (a class
+  // that keeps growing takes ~5 slow paths per span, not 16).
+  std::size_t step = bump_off > kCarvePage ? bump_off : kCarvePage;
+  std::size_t target = (bump_off + s->obj_size + step - 1) & ~(kCarvePage - 1);
   std::size_t n = target / s->obj_size;
   if (n > s->capacity) n = s->capacity;
   char* limit = base + n * s->obj_size;

@@ -110,11 +110,19 @@ std::uint32_t span_refill_min(const Span* s) {
 }
 
 // Whether s (a span behind the head, or nullptr) holds free objects that are
-// resident -- on its local or remote list -- and enough of them to become the
-// head (span_refill_min).
+// resident -- carved, on its local or remote list -- as many as a page of
+// them at least (and span_refill_min): the head's carve limit stays where it
+// is and s becomes the head.  With fewer, the switch cost more than the page:
+// taking a span's last few free objects one slow path each, the spans flagged
+// exhausted and their frees slow too (calloc-workloads fragmentation: +13 %
+// instructions when any free object sufficed, no RSS gained).
 bool span_offers_resident(const Span* s) {
   if (!s || (!s->free && !span_has_remote(s))) return false;
-  return span_free_objects(s) >= span_refill_min(s);
+  std::uint32_t carved = span_index(s, s->bump);
+  std::uint32_t page = static_cast<std::uint32_t>(kCarvePage / s->obj_size);
+  std::uint32_t want = span_refill_min(s);
+  if (want < page) want = page;
+  return carved > s->used && carved - s->used >= want;
 }
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -1073,6 +1081,14 @@ void sweep_class_tail(Heap* h, unsigned c) {
 
 void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
+  // The head at its carve limit, the span behind it with no resident free
+  // objects: on to the next page at once (the common case of a growing class:
+  // no sweep, no rotation).
+  if (s != &g_empty_span && !s->free && s->bump == s->end && span_can_extend(s) && !span_has_remote(s) &&
+      !span_offers_resident(s->next)) {
+    span_extend_carve(s);
+    if (void* p = span_pop(s)) return p;
+  }
   if (s != &g_empty_span) {
     sweep_class_tail(h, c);
     for (unsigned probe = 0;; ++probe) {
