@@ -1125,7 +1125,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   if (!s) return nullptr;
   h->counters.span_refills.add(1);
   queue_push_front(h, c, s);
-  return span_pop(s);
+  return span_pop_extend(s);  // (a pooled span may have room only past its carve limit)
 }
 
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
