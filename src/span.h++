@@ -3,9 +3,10 @@
 // A span's descriptor lives in its chunk's header, so objects carry no header.
 // The owner thread pops and pushes the local free list without atomics; other
 // threads push onto the atomic remote list, which the owner collects when its local
-// list runs dry.  Objects are carved lazily from a bump pointer, so a fresh span
-// touches only the pages it hands out, and the object just below the bump pointer
-// can grow in place over the uncarved slots after it (realloc).
+// list runs dry.  Objects are carved lazily from a bump pointer, up to a carve
+// limit (below), so a fresh span touches only the pages it hands out, and the
+// object just below the bump pointer can grow in place over the uncarved slots
+// after it (realloc).
 // Frees are checked without any per-object metadata: a pointer must be the start
 // of a carved object (one multiply against the span's reciprocal, one compare with
 // the bump pointer), and a free object carries a guard word -- its address xor a
@@ -45,7 +46,7 @@ inline bool is_free_object(const void* p) {
 
 constexpr unsigned kMaxObjectsPerSpan = kSpanSize / 16;
 constexpr unsigned kMaxMultislot = 4;
-// The carve limit's step (span_extend_carve): one page.
+// The carve limit's unit and least step (span_extend_carve): one page.
 constexpr std::size_t kCarvePage = 4096;
 
 // Span::flags: any bit set sends a free to the slow path (fast_heap is then
@@ -59,8 +60,8 @@ constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when
 struct alignas(128) Span {
   FreeObject* free;
   char* bump;  // next uncarved object
-  // The carve limit: bump stops here (span_extend_carve moves it on, a page at a
-  // time, up to span_full_end).  Not the span's end: see "Carve limit" below.
+  // The carve limit: bump stops here (span_extend_carve moves it on, up to
+  // span_full_end).  Not the span's end: see "Carve limit" below.
   char* end;
   Heap* heap;
   Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
@@ -200,17 +201,19 @@ inline void* span_pop(Span* s) {
   return o;
 }
 
-// Carve limit: the bump pointer carves up to `end`, which starts one page into
-// the slot and moves on a page at a time (span_extend_carve, called by the slow
-// path when the span's free list is dry).  Before it touches a new page the
-// allocator takes the free objects other spans of the class hold, which are
-// resident already (heap_alloc_small_slow): a head span carved to its end
-// while the spans behind it held hundreds of free objects made calloc-bench
-// small-objects' 80- and 144-byte classes touch 1 638 and 1 365 objects' pages
-// for ~1 030 live (docs/design.md, "Carve limit").
+// Carve limit: on a clean slot the bump pointer carves up to `end`, which
+// starts one page into the slot and moves on by a page or by what the span
+// carved so far (span_extend_carve, called by the slow path when the span's
+// free list is dry); on a resident slot `end` is the span's end.  Before it
+// touches a new page the allocator takes a page's worth of free objects that
+// the span behind the head holds, resident already (heap_alloc_small_slow): a
+// head span carved to its end while the spans behind it held hundreds of free
+// objects made calloc-bench small-objects' 80- and 144-byte classes touch
+// 1 638 and 1 365 objects' pages for ~1 030 live (docs/design.md, "Small
+// heaps' peak RSS").
 // True when the span has uncarved objects beyond its carve limit.
 inline bool span_can_extend(const Span* s) { return s->end < span_full_end(s); }
-// Moves the carve limit on by one page (at least one object).  Owner only.
+// Moves the carve limit on (at least one object).  Owner only.
 void span_extend_carve(Span* s);
 // span_pop, moving the carve limit on when that is all that stops it.
 inline void* span_pop_extend(Span* s) {

@@ -77,7 +77,7 @@ constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // First spans on clean slots: the classes whose first span takes a clean slot
 // (new_first_span), and the heap's chunks it looks at for one before it
-// acquires a chunk.  docs/design.md, "First spans on clean slots".
+// acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
 constexpr std::size_t kCleanFirstSpanMax = 1024;
 constexpr unsigned kCleanSlotProbe = 8;
 
@@ -391,7 +391,7 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
 
 // A class's first span on a clean slot (never used since mapped, or purged) of
 // the heap's chunks, one acquired if none has one: nullptr when none is found
-// and no chunk can be had.  ("First spans on clean slots", docs/design.md.)
+// and no chunk can be had.  (docs/design.md, "Small heaps' peak RSS".)
 Span* new_first_span(Heap* h, unsigned c) {
   ChunkHeader* ch = h->span_chunks_avail.head;
   for (unsigned n = 0; ch && n < kCleanSlotProbe; ch = ch->next, ++n)
