@@ -390,13 +390,18 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
 }
 
 // A class's first span on a clean slot (never used since mapped, or purged) of
-// the heap's chunks, one acquired if none has one: nullptr when none is found
-// and no chunk can be had.  (docs/design.md, "Small heaps' peak RSS".)
+// the heap's chunks; a heap of one span chunk without one acquires a second.
+// nullptr (new_span's usual order then) when none is found: a heap of no span
+// chunk of its own (a new or adopted one: the free slots of orphan chunks come
+// first) or of several (a big heap: its resident slots come first, and adopted
+// heaps would each map one more chunk -- ASan mode's short-lived-threads test
+// went from 125 to 333 MiB mapped).  (docs/design.md, "Small heaps' peak RSS".)
 Span* new_first_span(Heap* h, unsigned c) {
   ChunkHeader* ch = h->span_chunks_avail.head;
   for (unsigned n = 0; ch && n < kCleanSlotProbe; ch = ch->next, ++n)
     if (span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots) break;
   if (!ch || !(span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots)) {
+    if (h->span_chunks_avail.count + h->span_chunks_full.count != 1) return nullptr;
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
     if (!ch) return nullptr;
     h->span_chunks_avail.push(ch);
