@@ -92,9 +92,9 @@ class HeapLock {
 
 // --- walking a heap -----------------------------------------------------------
 
-std::size_t span_capacity(const Span* s) { return static_cast<std::size_t>(s->end - span_base(s)) / s->obj_size; }
+std::size_t span_capacity(const Span* s) { return s->capacity; }
 std::size_t span_carved(const Span* s) { return static_cast<std::size_t>(s->bump - span_base(s)) / s->obj_size; }
-bool span_has_room(const Span* s) { return s->free != nullptr || s->bump < s->end; }
+bool span_has_room(const Span* s) { return s->free != nullptr || s->bump < span_full_end(s); }
 
 // Whether object i of s is a live block's start; *slots receives the slots it covers.
 bool span_object_live(const Span* s, std::uint32_t i, std::uint32_t* slots) {
@@ -241,7 +241,7 @@ class Plan {
     while (k.cursor < k.dests.size() && !span_has_room(k.dests[k.cursor])) ++k.cursor;
     if (k.cursor == k.dests.size()) return nullptr;
     Span* d = k.dests[k.cursor];
-    return span_pop(d);  // counted by the span
+    return span_pop_extend(d);  // counted by the span
   }
 
   // Arena blocks from the last in (rank, address) order.
@@ -557,7 +557,7 @@ void compact_class(Domain* d, Heap* h, unsigned c, const std::vector<Span*>& spa
     Span* dst = spans[di];
     void* q;
     if (dst != src) {
-      q = span_pop(dst);
+      q = span_pop_extend(dst);
       if (!q) break;
     } else {
       if (lows.empty()) {

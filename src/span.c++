@@ -43,7 +43,8 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   std::uint32_t count = static_cast<std::uint32_t>(kSpanSize / size);
   s->free = nullptr;
   s->bump = base;
-  s->end = base + static_cast<std::size_t>(count) * size;
+  s->capacity = static_cast<std::uint16_t>(count);
+  s->end = base;
   span_use_store(s, 0);
   s->stat_live = 0;
   s->zeroed = zeroed;
@@ -55,6 +56,26 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
   s->next = s->prev = nullptr;
   s->remote_free.store(0, std::memory_order_relaxed);
   span_set_flags(s, 0);
+  // A resident slot (a bigger class may have left every page resident): no
+  // limit, carving there touches no new page.
+  if (zeroed)
+    span_extend_carve(s);
+  else
+    s->end = span_full_end(s);
+}
+
+void span_extend_carve(Span* s) {
+  char* base = span_base(s);
+  auto bump_off = static_cast<std::size_t>(s->bump - base);
+  // The objects that end by the page boundary at or after the next object's
+  // end plus the step: a page, or as much as the span carved so far (a class
+  // that keeps growing takes ~5 slow paths per span, not 16).
+  std::size_t step = bump_off > kCarvePage ? bump_off : kCarvePage;
+  std::size_t target = (bump_off + s->obj_size + step - 1) & ~(kCarvePage - 1);
+  std::size_t n = target / s->obj_size;
+  if (n > s->capacity) n = s->capacity;
+  char* limit = base + n * s->obj_size;
+  if (limit > s->end) s->end = limit;
 }
 
 SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
@@ -74,7 +95,7 @@ SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
 #if CALLOC_DEBUG
 void span_debug_check_free(const Span* s, const FreeObject* o) {
   std::size_t off = span_offset(s, o);
-  if (off >= static_cast<std::size_t>(s->end - span_base(s)) || off % s->obj_size || !is_free_object(o))
+  if (off >= static_cast<std::size_t>(span_full_end(s) - span_base(s)) || off % s->obj_size || !is_free_object(o))
     report_fatal("Internal error", o, "span free list holds a bad object (heap corrupted by a write after free?)");
 }
 #endif
@@ -135,7 +156,7 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
   std::size_t need = (new_size + s->obj_size - 1) / s->obj_size;
   if (need <= slots) return true;
   std::size_t extra = (need - slots) * s->obj_size;
-  if (static_cast<std::size_t>(s->end - s->bump) < extra) return false;
+  if (static_cast<std::size_t>(span_full_end(s) - s->bump) < extra) return false;
   unsigned k = 0;
   while (k < s->multislot_count && s->multislot[k].first != i) ++k;
   if (k == s->multislot_count) {
@@ -146,6 +167,7 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
   }
   s->multislot[k].slots = static_cast<std::uint32_t>(need);
   s->bump += extra;
+  if (s->end < s->bump) s->end = s->bump;  // (grew past the carve limit)
   span_use_add(s, need - slots);
   return true;
 }

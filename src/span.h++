@@ -3,9 +3,10 @@
 // A span's descriptor lives in its chunk's header, so objects carry no header.
 // The owner thread pops and pushes the local free list without atomics; other
 // threads push onto the atomic remote list, which the owner collects when its local
-// list runs dry.  Objects are carved lazily from a bump pointer, so a fresh span
-// touches only the pages it hands out, and the object just below the bump pointer
-// can grow in place over the uncarved slots after it (realloc).
+// list runs dry.  Objects are carved lazily from a bump pointer, up to a carve
+// limit (below), so a fresh span touches only the pages it hands out, and the
+// object just below the bump pointer can grow in place over the uncarved slots
+// after it (realloc).
 // Frees are checked without any per-object metadata: a pointer must be the start
 // of a carved object (one multiply against the span's reciprocal, one compare with
 // the bump pointer), and a free object carries a guard word -- its address xor a
@@ -50,6 +51,9 @@ constexpr std::uint64_t kUseHeadMark = 0x2000;
 constexpr unsigned kUseCountShift = 14;
 constexpr std::uint64_t kUseAlloc = (std::uint64_t{1} << kUseCountShift) + 1;  // one allocation: live + 1, count + 1
 static_assert(kMaxObjectsPerSpan <= kUseLiveMask, "the live count fits its bits");
+static_assert(kMaxObjectsPerSpan <= 0xffff, "Span::capacity fits 16 bits");
+// The carve limit's unit and least step (span_extend_carve): one page.
+constexpr std::size_t kCarvePage = 4096;
 
 // Span::flags: any bit set sends a free to the slow path (fast_heap is then
 // no_fast_heap(), so the fast path tests one field).
@@ -62,7 +66,9 @@ constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when
 struct alignas(128) Span {
   FreeObject* free;
   char* bump;  // next uncarved object
-  char* end;   // end of the last whole object
+  // The carve limit: bump stops here (span_extend_carve moves it on, up to
+  // span_full_end).  Not the span's end: see "Carve limit" below.
+  char* end;
   Heap* heap;
   Heap* fast_heap;  // heap when flags == 0, else no_fast_heap(): what free's fast path compares
   // The use word (span_use): bits 0-12 the live objects, including remote
@@ -79,11 +85,14 @@ struct alignas(128) Span {
   std::uint16_t size_class;
   std::uint8_t flags;
   std::uint8_t multislot_count;
+  // Objects the slot holds (at most kMaxObjectsPerSpan): span_full_end is
+  // base + capacity * obj_size.  Read on slow paths only.
+  std::uint16_t capacity;
   // The slot's memory was zero when the span was made (a fresh or purged slot):
   // objects carved from it need no guard clearing, so the page faults of a new
   // span happen in the program's first write, not inside malloc.
   std::uint8_t zeroed;
-  std::uint8_t reserved[3];
+  std::uint8_t reserved[1];
   // Written by other threads: the remote-free list, as one word (remote_word_*
   // below) naming its head, its tail and its length, so the owner splices the
   // whole list onto its local one in O(1) instead of walking it.
@@ -175,6 +184,11 @@ inline char* span_base(const Span* s) {
   return reinterpret_cast<char*>(chunk + (slot << kSpanShift));
 }
 
+// End of the span's last whole object (the carve limit `end` may be below it).
+inline char* span_full_end(const Span* s) {
+  return span_base(s) + static_cast<std::size_t>(s->capacity) * s->obj_size;
+}
+
 inline std::uint32_t span_index(const Span* s, const void* p) {
   auto off = static_cast<std::uint64_t>(static_cast<const char*>(p) - span_base(s));
   return static_cast<std::uint32_t>((off * s->reciprocal) >> 32);
@@ -221,6 +235,30 @@ inline void* span_pop(Span* s) {
   }
   span_use_alloc(s);
   return o;
+}
+
+// Carve limit: on a clean slot the bump pointer carves up to `end`, which
+// starts one page into the slot and moves on by a page or by what the span
+// carved so far (span_extend_carve, called by the slow path when the span's
+// free list is dry); on a resident slot `end` is the span's end.  Before it
+// touches a new page the allocator takes a page's worth of free objects that
+// the span behind the head holds, resident already (heap_alloc_small_slow): a
+// head span carved to its end while the spans behind it held hundreds of free
+// objects made calloc-bench small-objects' 80- and 144-byte classes touch
+// 1 638 and 1 365 objects' pages for ~1 030 live (docs/design.md, "Small
+// heaps' peak RSS").
+// True when the span has uncarved objects beyond its carve limit.
+inline bool span_can_extend(const Span* s) { return s->end < span_full_end(s); }
+// Moves the carve limit on (at least one object).  Owner only.
+void span_extend_carve(Span* s);
+// span_pop, moving the carve limit on when that is all that stops it.
+inline void* span_pop_extend(Span* s) {
+  void* p = span_pop(s);
+  if (!p && span_can_extend(s)) {
+    span_extend_carve(s);
+    p = span_pop(s);
+  }
+  return p;
 }
 
 // Why a pointer into a span is not a live object's start.

@@ -75,6 +75,11 @@ constexpr unsigned kOrphanSweep = 256;
 constexpr std::uint32_t kOrphanKeep = 8;
 constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
+// First spans on clean slots: the classes whose first span takes a clean slot
+// (new_first_span), and the heap's chunks it looks at for one before it
+// acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
+constexpr std::size_t kCleanFirstSpanMax = 1024;
+constexpr unsigned kCleanSlotProbe = 8;
 
 }  // namespace
 
@@ -93,15 +98,31 @@ namespace {
 // --- span queues ------------------------------------------------------------
 // Objects s can still hand out (local, remote-collected or uncarved).
 std::uint32_t span_free_objects(const Span* s) {
-  std::uint32_t capacity = span_index(s, s->end);
+  std::uint32_t capacity = s->capacity;
   return capacity > span_used(s) ? capacity - span_used(s) : 0;
 }
 
 std::uint32_t span_refill_min(const Span* s) {
-  std::uint32_t capacity = span_index(s, s->end);
+  std::uint32_t capacity = s->capacity;
   if (capacity >= kRefillFewObjects) return 1;
   std::uint32_t quarter = capacity / 4;
   return quarter < kRefillMin ? (quarter ? quarter : 1) : kRefillMin;
+}
+
+// Whether s (a span behind the head, or nullptr) holds free objects that are
+// resident -- carved, on its local or remote list -- as many as a page of
+// them at least (and span_refill_min): the head's carve limit stays where it
+// is and s becomes the head.  With fewer, the switch cost more than the page:
+// taking a span's last few free objects one slow path each, the spans flagged
+// exhausted and their frees slow too (calloc-workloads fragmentation: +13 %
+// instructions when any free object sufficed, no RSS gained).
+bool span_offers_resident(const Span* s) {
+  if (!s || (!s->free && !span_has_remote(s))) return false;
+  std::uint32_t carved = span_index(s, s->bump);
+  std::uint32_t page = static_cast<std::uint32_t>(kCarvePage / s->obj_size);
+  std::uint32_t want = span_refill_min(s);
+  if (want < page) want = page;
+  return carved > span_used(s) && carved - span_used(s) >= want;
 }
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -364,8 +385,8 @@ void purge_dirty_slots(Heap* h) {
 // A span of class c for h in a free slot of sc, a dirty (resident) one if any;
 // taking a dirty slot takes one from *dirty, the count of such slots it was in
 // (the heap's, or the domain's for an orphan chunk, whose lock is then held).
-Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty) {
-  std::uint64_t reuse = sc->free_slots & sc->dirty_slots;
+Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty, bool clean_first = false) {
+  std::uint64_t reuse = sc->free_slots & (clean_first ? ~sc->dirty_slots : sc->dirty_slots);
   unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
   std::uint64_t bit = std::uint64_t{1} << slot;
   bool zeroed = !(sc->dirty_slots & bit);  // never used since mapped, or purged
@@ -396,7 +417,39 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
   return clean && !dirty_only ? carve_slot(clean, h, c, &d->orphan_dirty_slots) : nullptr;
 }
 
+// A class's first span on a clean slot (never used since mapped, or purged) of
+// the heap's chunks; a heap of one span chunk without one acquires a second.
+// nullptr (new_span's usual order then) when none is found: a heap of no span
+// chunk of its own (a new or adopted one: the free slots of orphan chunks come
+// first) or of several (a big heap: its resident slots come first, and adopted
+// heaps would each map one more chunk -- ASan mode's short-lived-threads test
+// went from 125 to 333 MiB mapped).  (docs/design.md, "Small heaps' peak RSS".)
+Span* new_first_span(Heap* h, unsigned c) {
+  ChunkHeader* ch = h->span_chunks_avail.head;
+  for (unsigned n = 0; ch && n < kCleanSlotProbe; ch = ch->next, ++n)
+    if (span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots) break;
+  if (!ch || !(span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots)) {
+    if (h->span_chunks_avail.count + h->span_chunks_full.count != 1) return nullptr;
+    ch = acquire_chunk(h->domain, ChunkKind::spans, h);
+    if (!ch) return nullptr;
+    h->span_chunks_avail.push(ch);
+  }
+  SpanChunk* sc = span_chunk_of(ch);
+  Span* s = carve_slot(sc, h, c, &h->dirty_slots, true);
+  if (!sc->free_slots) {
+    h->span_chunks_avail.remove(ch);
+    h->span_chunks_full.push(ch);
+  }
+  return s;
+}
+
 Span* new_span(Heap* h, unsigned c) {
+  // A class of small objects gets its first span -- for most classes its only
+  // one -- on a clean slot: on a resident one left by a bigger class it would
+  // keep up to 64 KiB resident for the few pages it carves, pages that class
+  // needs again at its next peak.
+  if (class_to_size(c) <= kCleanFirstSpanMax && queue_empty(h, c))
+    if (Span* s = new_first_span(h, c)) return s;
   ChunkHeader* ch = h->span_chunks_avail.head;
   // Resident free slots first: the heap's own, then an orphan chunk's; then
   // untouched ones, the heap's own, an orphan chunk's, a chunk acquired.
@@ -1123,6 +1176,14 @@ void sweep_class_tail(Heap* h, unsigned c) {
 
 void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
+  // The head at its carve limit, the span behind it with no resident free
+  // objects: on to the next page at once (the common case of a growing class:
+  // no sweep, no rotation).
+  if (s != &g_empty_span && !s->free && s->bump == s->end && span_can_extend(s) && !span_has_remote(s) &&
+      !span_offers_resident(s->next)) {
+    span_extend_carve(s);
+    if (void* p = span_pop(s)) return p;
+  }
   if (s != &g_empty_span) {
     sweep_class_tail(h, c);
     for (unsigned probe = 0;; ++probe) {
@@ -1130,7 +1191,14 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
       // The head gives what it has; a span behind it becomes the head only with
       // kRefillMin objects to offer (span_refill_min), else it waits at the back.
       if (probe == 0 || span_free_objects(s) >= span_refill_min(s)) {
-        if (void* p = span_pop(s)) {
+        void* p = span_pop(s);
+        // At its carve limit: a new page is touched only when the span behind
+        // has no resident free objects to offer (span.h++, "Carve limit").
+        if (!p && span_can_extend(s) && (probe != 0 || !span_offers_resident(s->next))) {
+          span_extend_carve(s);
+          p = span_pop(s);
+        }
+        if (p) {
           if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
           if (probe) h->counters.span_refills.add(1);
           return p;
@@ -1152,7 +1220,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   if (!s) return nullptr;
   h->counters.span_refills.add(1);
   queue_push_front(h, c, s);
-  return span_pop(s);
+  return span_pop_extend(s);  // (a pooled span may have room only past its carve limit)
 }
 
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include "../test-util.h++"
@@ -649,6 +650,124 @@ START_TEST(test_object_start_exact) {
 }
 END_TEST
 
+// First spans on clean slots (src/tcache.c++, new_first_span): a thread whose
+// 7 KiB class needed 12 spans at its peak and then freed them all (11 empty
+// slots, 16 resident pages each) starts using the 64 classes of 16 B-1 KiB
+// lightly, one block each.  Before, the first 11 of those classes got the
+// resident slots and kept 176 pages for 11 blocks (the webserver workload:
+// 0.3 MiB of its heap peak); now each takes a clean slot and touches the page
+// its block is on.
+START_TEST(test_first_spans_on_clean_slots) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span slots");
+#endif
+  constexpr std::size_t kBig = 7168;  // 9 per span
+  constexpr unsigned kBigBlocks = 9 * 12;
+  constexpr unsigned kFine = lca::kFineClassLimit / 16;  // 64 classes
+  std::size_t resident = 0, clean = 0, fine_spans = 0;
+  bool distinct = true;
+  std::thread t([&] {
+    auto span_at = [](void* p) { return lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p); };
+    std::vector<void*> big(kBigBlocks);
+    for (void*& p : big) {
+      p = lca_malloc(kBig);
+      std::memset(p, 0x5a, kBig);
+    }
+    for (void* p : big) lca_free(p);
+    std::vector<void*> fine(kFine);
+    std::vector<lca::Span*> spans(kFine);
+    for (unsigned c = 0; c < kFine; ++c) {
+      fine[c] = lca_malloc((c + 1) * 16);
+      std::memset(fine[c], 0xa5, (c + 1) * 16);
+      spans[c] = span_at(fine[c]);
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    std::vector<unsigned char> v(lca::kSpanSize / static_cast<std::size_t>(page));
+    for (unsigned c = 0; c < kFine; ++c) {
+      for (unsigned d = 0; d < c; ++d) distinct &= spans[d] != spans[c];
+      if (spans[c]->obj_size != (c + 1) * 16) continue;
+      ++fine_spans;
+      clean += spans[c]->zeroed;
+      if (mincore(lca::span_base(spans[c]), lca::kSpanSize, v.data()) == 0)
+        for (unsigned char r : v) resident += r & 1;
+    }
+    for (void* p : fine) lca_free(p);
+  });
+  t.join();
+  ck_assert_msg(distinct, "two classes share a span");
+  ck_assert_uint_eq(fine_spans, kFine);
+  ck_assert_uint_eq(clean, kFine);
+  // One page per block, a second where a block straddles a page boundary.
+  ck_assert_uint_le(resident, 2 * kFine);
+}
+END_TEST
+
+// Carve limit (src/span.h++): a class with two spans, the older one holding
+// free objects (half its blocks freed), the newer one the head with room left.
+// Before, the head carved on through untouched pages -- every one of the next
+// allocations came from fresh memory (calloc-bench small-objects touched the
+// pages of 1 638 80-byte objects for ~1 030 live).  Now the head carves at most
+// the page it is in and the allocations take the older span's free objects.
+START_TEST(test_carve_limit_reuses_free_objects) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span queues");
+#endif
+  constexpr std::size_t kSize = 80;  // 819 per span, 51 per page
+  std::size_t from_old = 0, reused = 0, head_carved = 0, capacity = 0;
+  bool two_spans = false;
+  // A thread of its own: a heap on which no other test used the class.
+  std::thread t([&] {
+    auto span_at = [](void* p) { return lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p); };
+    std::vector<void*> old_blocks;
+    old_blocks.reserve(1024);
+    void* first = lca_malloc(kSize);
+    lca::Span* a = span_at(first);
+    capacity = a->capacity;
+    old_blocks.push_back(first);
+    void* in_b = nullptr;
+    while (old_blocks.size() <= capacity) {
+      void* p = lca_malloc(kSize);
+      if (span_at(p) != a) {
+        in_b = p;
+        break;
+      }
+      old_blocks.push_back(p);
+    }
+    if (!in_b) return;
+    lca::Span* b = span_at(in_b);
+    two_spans = b != a && old_blocks.size() == capacity;
+    // Every second block of the old span goes back.
+    for (std::size_t i = 0; i < old_blocks.size(); i += 2) {
+      lca_free(old_blocks[i]);
+      old_blocks[i] = nullptr;
+    }
+    std::size_t freed = (old_blocks.size() + 1) / 2;
+    std::vector<void*> again;
+    again.reserve(freed);
+    for (std::size_t i = 0; i < freed; ++i) {
+      void* p = lca_malloc(kSize);
+      again.push_back(p);
+      if (span_at(p) == a) ++from_old;
+    }
+    reused = freed;
+    head_carved = static_cast<std::size_t>(b->bump - lca::span_base(b));
+    for (void* p : again) lca_free(p);
+    for (void* p : old_blocks)
+      if (p) lca_free(p);
+    lca_free(in_b);
+  });
+  t.join();
+  ck_assert_msg(two_spans, "the class's first span did not fill before a second was made");
+  // The head's first page holds 51 objects: all but those come from the old span.
+  ck_assert_uint_ge(from_old + lca::kCarvePage / kSize, reused);
+  ck_assert_uint_le(head_carved, 2 * lca::kCarvePage);
+}
+END_TEST
+
 // Span refill hysteresis (src/tcache.c++, kRefillMin): a class of few objects
 // per span -- 8 KiB, 8 per 64 KiB span -- kept nearly full by a window of live
 // blocks, each op freeing a random one and allocating another.  Before, each
@@ -768,5 +887,7 @@ int main() {
   tcase_add_test(tc, test_span_refills_many_objects);
   tcase_add_test(tc, test_large_cache_holds_what_live_blocks_hold);
   tcase_add_test(tc, test_arena_growth_purges_empty_spans);
+  tcase_add_test(tc, test_carve_limit_reuses_free_objects);
+  tcase_add_test(tc, test_first_spans_on_clean_slots);
   return test_util::run_suite(s);
 }
