@@ -33,9 +33,11 @@
 #include <initializer_list>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -242,6 +244,16 @@ inline std::size_t rss_bytes() {
   unsigned long size = 0, resident = 0;
   if (!read_statm(&size, &resident)) return 0;
   return static_cast<std::size_t>(resident) * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// Pages of [p, p + n) resident now (mincore; p page-aligned, n a multiple of
+// the page size); SIZE_MAX when mincore fails.
+inline std::size_t resident_pages(const void* p, std::size_t n) {
+  std::vector<unsigned char> v(n / static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)));
+  if (::mincore(const_cast<void*>(p), n, v.data()) != 0) return SIZE_MAX;
+  std::size_t k = 0;
+  for (unsigned char c : v) k += c & 1;
+  return k;
 }
 
 // Reads a whole (small) file with read(2) into s; false on error.

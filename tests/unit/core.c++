@@ -667,7 +667,7 @@ START_TEST(test_first_spans_on_clean_slots) {
   constexpr unsigned kBigBlocks = 9 * 12;
   constexpr unsigned kFine = lca::kFineClassLimit / 16;  // 64 classes
   std::size_t resident = 0, clean = 0, fine_spans = 0;
-  bool distinct = true;
+  bool distinct = true, mincore_ok = true;
   std::thread t([&] {
     auto span_at = [](void* p) { return lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p); };
     std::vector<void*> big(kBigBlocks);
@@ -683,19 +683,19 @@ START_TEST(test_first_spans_on_clean_slots) {
       std::memset(fine[c], 0xa5, (c + 1) * 16);
       spans[c] = span_at(fine[c]);
     }
-    long page = sysconf(_SC_PAGESIZE);
-    std::vector<unsigned char> v(lca::kSpanSize / static_cast<std::size_t>(page));
     for (unsigned c = 0; c < kFine; ++c) {
       for (unsigned d = 0; d < c; ++d) distinct &= spans[d] != spans[c];
       if (spans[c]->obj_size != (c + 1) * 16) continue;
       ++fine_spans;
       clean += spans[c]->zeroed;
-      if (mincore(lca::span_base(spans[c]), lca::kSpanSize, v.data()) == 0)
-        for (unsigned char r : v) resident += r & 1;
+      std::size_t pages = test_util::resident_pages(lca::span_base(spans[c]), lca::kSpanSize);
+      mincore_ok &= pages != SIZE_MAX;
+      resident += pages;
     }
     for (void* p : fine) lca_free(p);
   });
   t.join();
+  ck_assert_msg(mincore_ok, "mincore failed on a span slot");
   ck_assert_msg(distinct, "two classes share a span");
   ck_assert_uint_eq(fine_spans, kFine);
   ck_assert_uint_eq(clean, kFine);

@@ -58,6 +58,7 @@ using PageSize = HugePageAllocator::HugePageSize;
 using test_util::check_pattern;
 using test_util::expect_death;
 using test_util::fill_pattern;
+using test_util::resident_pages;
 using test_util::running_on_valgrind;
 using test_util::scaled;
 
@@ -748,15 +749,6 @@ END_TEST
 namespace {
 
 std::size_t page_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
-
-// Pages of [p, p + n) resident now (mincore); SIZE_MAX when mincore fails.
-std::size_t resident_pages(const void* p, std::size_t n) {
-  std::vector<unsigned char> v(n / page_bytes());
-  if (mincore(const_cast<void*>(p), n, v.data()) != 0) return SIZE_MAX;
-  std::size_t k = 0;
-  for (unsigned char c : v) k += c & 1;
-  return k;
-}
 
 constexpr std::size_t kSlot = 64 * KiB;  // a span slot (lca::kSpanSize)
 
