@@ -60,6 +60,9 @@ constexpr std::size_t kCarvePage = 4096;
 constexpr std::uint8_t kSpanInactive = 1;   // the slot holds no span
 constexpr std::uint8_t kSpanMultislot = 2;  // an object grew over several slots
 constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when it ran dry
+// A pooled span a free took (adopt_orphan_span) while its owner has allocated
+// nothing from it: retired when it empties, not kept as the head.
+constexpr std::uint8_t kSpanAdopted = 8;
 
 // 128 bytes: the first cache line holds everything malloc and free touch; the
 // second, what other threads write (the remote list) and rare bookkeeping.
@@ -138,6 +141,8 @@ inline std::uint64_t span_use(const Span* s) { return __atomic_load_n(&s->use, _
 inline void span_use_store(Span* s, std::uint64_t v) { __atomic_store_n(&s->use, v, __ATOMIC_RELAXED); }
 inline void span_use_add(Span* s, std::uint64_t d) { span_use_store(s, span_use(s) + d); }
 inline std::uint32_t span_used(const Span* s) { return static_cast<std::uint32_t>(span_use(s) & kUseLiveMask); }
+// Allocations from s not yet folded into its heap's counters (tcache.h++).
+inline std::uint64_t span_use_allocs(const Span* s) { return span_use(s) >> kUseCountShift; }
 // One allocation from s by its owner: live + 1 and the allocation counted, in
 // one add to memory (malloc's fast path; as Counter::add, no lock prefix).
 inline void span_use_alloc(Span* s) {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <new>
 #include <sys/mman.h>
+#include <type_traits>
 
 #include "huge.h++"
 #include "numa.h++"
@@ -133,6 +134,29 @@ void set_head(Heap* h, unsigned c, Span* s) {
   if (old != &g_empty_span) span_use_store(old, span_use(old) & ~kUseHeadMark);
   if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
   h->head[c] = s;
+}
+
+// Statistics (tcache.h++): runs change(), which moves s's live count by
+// something other than an allocation or a free h counts in the use word --
+// remote frees collected (the freeing heaps counted them), the slots an object
+// grew over or gave back, defragmentation's moves -- under h's stats_lock,
+// with stat_live following, so that s's unfolded counts stay what they were.
+// `frees` of the change are frees h does count (from the live count).
+template <class Change>
+auto span_live_change_uncounted(Heap* h, Span* s, Change change, std::int64_t frees = 0) {
+  StatsLock lock(h);
+  auto before = static_cast<std::int64_t>(span_used(s));
+  auto follow = [&] {
+    s->stat_live += static_cast<std::uint64_t>(static_cast<std::int64_t>(span_used(s)) - before + frees);
+  };
+  if constexpr (std::is_void_v<decltype(change())>) {
+    change();
+    follow();
+  } else {
+    auto result = change();
+    follow();
+    return result;
+  }
 }
 
 // Statistics (tcache.h++): moves the counts of s, an active span of h, into
@@ -544,13 +568,8 @@ void retire_span(Heap* h, Span* s) {
 
 void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
-  {
-    // The remote frees were counted by the freeing heaps: stat_live follows live.
-    StatsLock lock(h);
-    std::uint32_t before = span_used(s);
-    span_collect_remote(s, &extra);
-    s->stat_live -= before - span_used(s);
-  }
+  // The remote frees were counted by the freeing heaps.
+  span_live_change_uncounted(h, s, [&] { span_collect_remote(s, &extra); });
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
@@ -1058,11 +1077,15 @@ bool adopt_orphan_span(Heap* h, Span* s) {
   pthread_mutex_unlock(m);
   if (!pooled) return false;
   collect_span(h, s);
-  span_set_flags(s, s->flags);  // fast_heap: h
   if (queue_empty(h, c)) {
+    // The head of a class h may never allocate: until h does (span_use_allocs),
+    // its frees take the slow path, which retires it once empty
+    // (span_after_local_free) -- a thread that only frees keeps no span.
+    span_set_flags(s, s->flags | kSpanAdopted);
     h->counters.span_refills.add(1);
     queue_push_front(h, c, s);
   } else {
+    span_set_flags(s, s->flags);  // fast_heap: h
     queue_push_back(h, c, s);
   }
   return true;
@@ -1114,7 +1137,7 @@ void heap_orphan_spans(Heap* h) {
     std::uint32_t n = 0;
     for (Span* s = first; s; s = s->next) {
       span_set_owner(s, orphan_span_heap());
-      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~(kSpanExhausted | kSpanAdopted)));
       ++n;
     }
     orphan_push_chain(d, p, first, last, n);
@@ -1176,6 +1199,8 @@ void sweep_class_tail(Heap* h, unsigned c) {
 
 void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
+  // h allocates the class: a head a free adopted is h's like any other now.
+  if (s->flags & kSpanAdopted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
   // The head at its carve limit, the span behind it with no resident free
   // objects: on to the next page at once (the common case of a growing class:
   // no sweep, no rotation).
@@ -1304,10 +1329,7 @@ void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
   std::size_t bytes;
   if (__builtin_expect(s->flags & kSpanMultislot, 0)) {
     // One free (counted from live); the extra slots of an object that grew are not.
-    StatsLock lock(h);
-    std::uint32_t before = span_used(s);
-    bytes = span_push_local(s, p, i);
-    s->stat_live -= before - span_used(s) - 1;
+    bytes = span_live_change_uncounted(h, s, [&] { return span_push_local(s, p, i); }, 1);
   } else {
     bytes = span_push_local(s, p, i);
   }
@@ -1318,6 +1340,12 @@ void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
 void span_after_local_free(Heap* h, Span* s) {
   unsigned c = s->size_class;
   if (h->head[c] == s) {
+    if (__builtin_expect(s->flags & kSpanAdopted, 0)) {
+      // Adopted by a free (adopt_orphan_span): h's own once h allocated from
+      // it, else given up as soon as it is empty.
+      if (span_use_allocs(s) == 0 && span_used(s) == 0) return retire_span(h, s);
+      if (span_use_allocs(s) != 0) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
+    }
     if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     return;
   }
@@ -1668,13 +1696,8 @@ void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, Res
       if (size <= old_usable) {
         in_place = true;
       } else if (span_owner(s) == h) {
-        bool grew;
-        {
-          StatsLock lock(h);  // the slots it covers now are no allocation
-          std::uint32_t before = span_used(s);
-          grew = span_grow_at_frontier(s, p, r.index, size);
-          s->stat_live += span_used(s) - before;
-        }
+        // The slots it covers now are no allocation.
+        bool grew = span_live_change_uncounted(h, s, [&] { return span_grow_at_frontier(s, p, r.index, size); });
         if (grew) {
           h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
           in_place = true;
@@ -1854,20 +1877,15 @@ void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) 
 // --- defragmentation support (defrag.c++) -----------------------------------
 
 void* span_pop_uncounted(Heap* h, Span* s) {
-  StatsLock lock(h);
-  void* p = span_pop(s);
-  if (p) {
-    span_use_add(s, -(std::uint64_t{1} << kUseCountShift));
-    ++s->stat_live;
-  }
-  return p;
+  return span_live_change_uncounted(h, s, [&] {
+    void* p = span_pop(s);
+    if (p) span_use_add(s, -(std::uint64_t{1} << kUseCountShift));  // live + 1 only
+    return p;
+  });
 }
 
 void span_push_uncounted(Heap* h, Span* s, void* p, std::uint32_t i) {
-  StatsLock lock(h);
-  std::uint32_t before = span_used(s);
-  span_push_local(s, p, i);
-  s->stat_live -= before - span_used(s);
+  span_live_change_uncounted(h, s, [&] { span_push_local(s, p, i); });
 }
 
 void span_count_alloc(Heap* h, Span* s) {

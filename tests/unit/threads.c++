@@ -1574,11 +1574,14 @@ PoolCheck check_pools() {
 
 // Span reclaim, on a free (adopt_orphan_span): a thread that frees a block of
 // a pooled span -- the blocks an exited thread left -- and has no span of that
-// class takes the span, so that its frees of the span's blocks are local (the
-// inline fast path) instead of remote frees kept on its foreign list and sent
-// back at its exit (server-sim, larson: docs/design.md, "Span reclaim").  A
-// thread that has a span of the class already leaves the pooled span alone (it
-// would hold two: server-sim's peak RSS 37-40 MiB against 22-23).
+// class takes the span, so that its frees of the span's blocks are local
+// instead of remote frees kept on its foreign list and sent back at its exit
+// (server-sim, larson: docs/design.md, "Span reclaim").  Until the thread
+// allocates from it, its frees take the slow path, which gives the span up as
+// soon as it is empty (a thread that only frees keeps no span); then they take
+// the inline fast path.  A thread that has a span of the class already leaves
+// the pooled span alone (it would hold two: server-sim's peak RSS 37-40 MiB
+// against 22-23).
 START_TEST(test_free_adopts_pooled_span) {
 #if CALLOC_SECURE
   TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core heaps whose span pools this "
@@ -1591,7 +1594,7 @@ START_TEST(test_free_adopts_pooled_span) {
   constexpr std::size_t kSize = 3520;
   constexpr std::size_t kBlocks = 40;
   const unsigned c = lca::size_to_class(kSize);
-  std::vector<void*> left(kBlocks), left2(kBlocks);
+  std::vector<void*> left(kBlocks), left2(kBlocks), left3(kBlocks);
   auto fill = [](std::vector<void*>& v) {
     std::thread([&] {
       for (void*& p : v) {
@@ -1600,41 +1603,76 @@ START_TEST(test_free_adopts_pooled_span) {
       }
     }).join();  // its spans go to the pool at its exit
   };
-  auto pooled = [](void* p) {
-    return lca::span_owner(lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p)) == lca::orphan_span_heap();
+  auto span_at = [](void* p) { return lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p); };
+  auto pooled = [&](void* p) { return lca::span_owner(span_at(p)) == lca::orphan_span_heap(); };
+  // Frees p; true when that made p's span the calling thread's.
+  auto free_adopting = [&](void* p) {
+    lca_free(p);
+    return lca::span_owner(span_at(p)) == lca::thread_heap_if_any();
   };
   fill(left);
   ck_assert_msg(pooled(left[0]), "the exited thread's span is not in the pool");
-  bool adopted = false, fast = false, all_local = true, kept_pooled = false, still_pooled = false;
+  bool adopted = false, slow_first = false, fast = false, all_local = true, kept_pooled = false,
+       still_pooled = false;
   std::thread([&] {
-    lca_free(left[0]);  // the thread's first call: it has no span of the class
+    // The thread's first call: it has no span of the class.
+    adopted = free_adopting(left[0]);
     lca::Heap* me = lca::thread_heap_if_any();
-    lca::Span* s = lca::span_of(lca::span_chunk_of(lca::chunk_base(left[0])), left[0]);
-    adopted = me && lca::span_owner(s) == me && me->head[c] == s;
-    fast = s->fast_heap == me;  // its next frees take free's inline path
+    lca::Span* s = span_at(left[0]);
+    adopted = adopted && me && me->head[c] == s;
+    slow_first = s->fast_heap != me;  // until this thread allocates from it
+    void* mine = lca_malloc(kSize);   // from s: its free list holds left[0]
+    ck_assert_ptr_eq(span_at(mine), s);
     for (std::size_t i = 1; i < kBlocks; ++i) {
-      lca::Span* t = lca::span_of(lca::span_chunk_of(lca::chunk_base(left[i])), left[i]);
+      lca::Span* t = span_at(left[i]);
       bool was_pooled = pooled(left[i]);
       lca_free(left[i]);
+      if (t == s) {
+        all_local = all_local && me->foreign_count[c] == 0;
+        fast = s->fast_heap == me;  // its frees take free's inline path now
+      }
       // Every span of the class the exited thread made: the first one taken
-      // above, the others behind it only while the thread had none (so pooled still).
-      if (t == s) all_local = all_local && me->foreign_count[c] == 0;
-      if (t != s && was_pooled) kept_pooled = kept_pooled || pooled(left[i]);
+      // above, the others behind it while the thread has one (so pooled still).
+      if (t != s && was_pooled) kept_pooled = kept_pooled || !pooled(left[i]);
     }
-    // Every block of s freed, and none of them waits on a remote list.
-    all_local = all_local && lca::span_used(s) == 0 && !lca::span_has_remote(s);
+    // Every block of s freed but the thread's own, none waiting on a remote list.
+    all_local = all_local && lca::span_used(s) == 1 && !lca::span_has_remote(s) && me->head[c] == s;
     // A second exited thread's blocks: this thread has a span of the class now.
     fill(left2);
     lca_free(left2[0]);
     still_pooled = pooled(left2[0]);
     for (std::size_t i = 1; i < kBlocks; ++i) lca_free(left2[i]);
+    lca_free(mine);
   }).join();
-  PoolCheck pools = check_pools();
   ck_assert_msg(adopted, "a free into a pooled span by a thread with no span of its class did not take it");
-  ck_assert_msg(fast, "the taken span's frees do not take the fast path");
+  ck_assert_msg(slow_first, "a taken span's frees take the fast path before its taker allocated from it");
+  ck_assert_msg(fast, "the taken span's frees do not take the fast path once its taker allocates from it");
   ck_assert_msg(all_local, "frees into the taken span were remote");
-  ck_assert_msg(kept_pooled, "a thread took a second span of a class it had one of");
+  ck_assert_msg(!kept_pooled, "a thread took a second span of a class it had one of");
   ck_assert_msg(still_pooled, "a thread with a span of the class took a pooled one");
+
+  // A thread that only frees: it takes each span in turn and gives it up as
+  // soon as it is empty, so that it holds no span of the class when done
+  // (before, it kept the last one as its head until it exited: make check-tsan's
+  // test_thread_exit_handoff needed a third more memory for it).
+  fill(left3);
+  bool freer_local = true, freer_holds = true;
+  std::size_t taken = 0;
+  std::thread([&] {
+    for (void* p : left3) taken += free_adopting(p) ? 1 : 0;
+    lca::Heap* me = lca::thread_heap_if_any();
+    freer_local = me && me->foreign_count[c] == 0;
+    freer_holds = false;
+    for (void* p : left3) {
+      lca::Span* t = span_at(p);  // a retired span's slot keeps its last owner, inactive
+      freer_holds = freer_holds || (lca::span_owner(t) == me && !(t->flags & lca::kSpanInactive));
+    }
+    freer_holds = freer_holds || !me || me->head[c] != &lca::g_empty_span;
+  }).join();
+  ck_assert_msg(taken > 0, "a thread that only frees took no pooled span (%zu frees)", kBlocks);
+  ck_assert_msg(freer_local, "a thread that only frees kept blocks on its foreign list");
+  ck_assert_msg(!freer_holds, "a thread that only frees still holds a span it took, emptied");
+  PoolCheck pools = check_pools();
   ck_assert_msg(!pools.bad[0], "%s", pools.bad);
 }
 END_TEST
