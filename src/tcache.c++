@@ -803,6 +803,34 @@ void* heap_alloc_medium(Heap* h, std::size_t size) {
   return p;
 }
 
+namespace {
+// The live bytes fell and the bound with them: the cache gives blocks back to
+// the arena, the largest first, until it holds no more than the bound.
+void medium_cache_shrink(Heap* h) {
+  std::size_t bound = medium_cache_bound(h);
+  while (h->medium.bytes > bound) {
+    unsigned b = 31u - static_cast<unsigned>(__builtin_clz(h->medium.nonempty));
+    MediumFree* m = h->medium.bin[b];
+    h->medium.bin[b] = m->next;
+    if (!m->next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
+    h->medium.bytes -= m->usable;
+    arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
+  }
+}
+}  // namespace
+
+std::size_t medium_cache_bound(const Heap* h) {
+  // The bytes of h's arena blocks live now, as h's counters see them (held
+  // blocks count as freed).  Approximate, and the bound keeps within its two
+  // limits whatever the error: multislot growth counts with them, and a remote
+  // free is counted by the freeing heap (a producer's blocks freed by others
+  // stay "live" for it; a consumer's difference may go below zero).
+  auto live = static_cast<std::ptrdiff_t>(h->counters.extra_bytes_allocated.get() -
+                                          h->counters.extra_bytes_freed.get());
+  std::size_t bound = live > 0 ? static_cast<std::size_t>(live) / 2 : 0;
+  return bound < kMediumCacheBytes ? kMediumCacheBytes : bound > kMediumCacheBytesMax ? kMediumCacheBytesMax : bound;
+}
+
 bool heap_free_medium(Heap* h, void* p) {
   ChunkHeader* ch = chunk_base(p);
   if (ch->heap != h) return false;
@@ -812,7 +840,7 @@ bool heap_free_medium(Heap* h, void* p) {
   h->counters.arena_frees.add(1);
   h->counters.extra_bytes_freed.add(usable);
   // (Node-local heaps allocate through domain_alloc, which does not look here.)
-  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= kMediumCacheBytes &&
+  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= medium_cache_bound(h) &&
       h->node < 0) {
     arena_hold(c, p);
     auto* m = static_cast<MediumFree*>(p);
@@ -825,6 +853,7 @@ bool heap_free_medium(Heap* h, void* p) {
     return true;
   }
   arena_free_owned(h, c, p);
+  if (h->medium.bytes > kMediumCacheBytes) medium_cache_shrink(h);
   return true;
 }
 

@@ -112,7 +112,8 @@ constexpr std::size_t kForeignClassBytes = 8 * 1024;
 
 // A thread keeps the medium blocks of its own arena that it frees -- usable sizes
 // kMediumCacheMin..kMediumCacheMax-1, 8 KiB to 64 KiB -- in bins of eight per
-// doubling, up to kMediumCacheBytes in all, and serves its next medium requests
+// doubling, up to medium_cache_bound() in all (kMediumCacheBytes, more for a
+// thread with many live arena bytes), and serves its next medium requests
 // from them (its own bin's first block if big enough, else the first block of
 // the nearest non-empty bin up to kMediumSearchBins above, found in a bitmap): a
 // hit costs a list pop instead of a TLSF search, split and boundary tag updates
@@ -125,6 +126,9 @@ constexpr std::size_t kMediumCacheMax = 64 * 1024;
 constexpr unsigned kMediumBinsPerDoubling = 8;
 constexpr unsigned kMediumBins = 3 * kMediumBinsPerDoubling;  // 8-16, 16-32, 32-64 KiB
 constexpr std::size_t kMediumCacheBytes = 256 * 1024;
+// A thread whose arena blocks hold more live bytes may hold more: half its live
+// arena bytes, up to kMediumCacheBytesMax (docs/design.md, "Medium cache bound").
+constexpr std::size_t kMediumCacheBytesMax = 512 * 1024;
 static_assert(kMediumCacheMax == kMediumCacheMin << 3, "three doublings of bins");
 
 // A held block's first words (its second is the arena's freed mark).
@@ -136,7 +140,7 @@ struct MediumFree {
 
 struct MediumCache {
   MediumFree* bin[kMediumBins];
-  std::size_t bytes;      // usable bytes held, at most kMediumCacheBytes
+  std::size_t bytes;      // usable bytes held, at most kMediumCacheBytesMax
   std::uint32_t nonempty;  // bit b: bin[b] holds a block
 };
 static_assert(kMediumBins <= 32, "one bit per bin");
@@ -424,6 +428,9 @@ void free_cold(void* p);
 // tls_heap): into the medium cache or the arena.  False when p is not a live
 // block of h's arena (free_slow then frees or reports it).
 bool heap_free_medium(Heap* h, void* p);
+// The most the medium cache of h may hold: kMediumCacheBytes, or half the
+// bytes h's arena blocks hold live, up to kMediumCacheBytesMax.
+std::size_t medium_cache_bound(const Heap* h);
 // Sends h's foreign objects to their owners and pushes every chain waiting in
 // h's RemoteBatch table (h's thread only).
 void remote_batch_flush_all(Heap* h);

@@ -107,9 +107,10 @@ START_TEST(test_freed_block_reused) {
 }
 END_TEST
 
-// However many medium blocks a thread frees, its cache holds at most
-// kMediumCacheBytes; the rest goes to the arena at once.  Every held block is
-// a freed block for arena_check, and the arena stays consistent.
+// However many medium blocks a thread frees, its cache holds at most its bound
+// (kMediumCacheBytes, or half the live arena bytes up to kMediumCacheBytesMax);
+// the rest goes to the arena at once.  Every held block is a freed block for
+// arena_check, and the arena stays consistent.
 START_TEST(test_cache_bounded) {
   if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
   constexpr std::size_t n = 96;
@@ -126,13 +127,16 @@ START_TEST(test_cache_bounded) {
     std::size_t size = 8 * KiB + (i * 7919) % (56 * KiB);
     ck_assert_int_eq(test_util::check_pattern(blocks[i], size, i), -1);
     lca_free(blocks[i]);
-    ck_assert_uint_le(my_heap()->medium.bytes, lca::kMediumCacheBytes);
+    ck_assert_uint_le(my_heap()->medium.bytes, lca::medium_cache_bound(my_heap()));
+    ck_assert_uint_le(my_heap()->medium.bytes, lca::kMediumCacheBytesMax);
   }
   lca::Heap* h = my_heap();
   std::size_t bytes;
   std::size_t held = held_blocks(h, &bytes);
   ck_assert_uint_eq(bytes, h->medium.bytes);
-  // ~3 MiB freed: the cache is full up to less than one block.
+  // ~3 MiB freed, nothing live: the cache is full to kMediumCacheBytes up to
+  // less than one block.
+  ck_assert_uint_le(bytes, lca::kMediumCacheBytes);
   ck_assert_uint_gt(bytes, lca::kMediumCacheBytes - lca::kMediumCacheMax);
   ck_assert_uint_lt(held, n);
   for (const lca::MediumFree* m : h->medium.bin)
@@ -370,6 +374,50 @@ START_TEST(test_larger_held_block_serves) {
 }
 END_TEST
 
+// The bound follows the thread's live arena bytes: with 1.6 MiB live a thread
+// holds 12 freed 40 KiB blocks (480 KiB; a fixed 256 KiB bound held 6), and as
+// its live bytes fall the cache gives blocks back until it holds no more than
+// kMediumCacheBytes.  A thread with little live holds kMediumCacheBytes at most.
+START_TEST(test_cache_bound_follows_live) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  void* warm = lca_malloc(100);  // the thread's heap exists
+  lca_free(warm);
+  lca_trim();  // nothing held
+  lca::Heap* h = my_heap();
+  constexpr std::size_t n = 40, size = 40 * KiB;
+  std::vector<void*> blocks;
+  blocks.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    blocks.push_back(lca_malloc(size));
+    ck_assert_ptr_nonnull(blocks.back());
+  }
+  std::size_t usable = lca_usable_size(blocks[0]);
+  for (std::size_t i = 0; i < 12; ++i) lca_free(blocks[i]);
+  std::size_t bytes;
+  ck_assert_uint_eq(held_blocks(h, &bytes), 12);
+  ck_assert_uint_eq(bytes, 12 * usable);
+  ck_assert_uint_gt(h->medium.bytes, lca::kMediumCacheBytes);
+  ck_assert_uint_le(h->medium.bytes, lca::kMediumCacheBytesMax);
+  for (std::size_t i = 12; i < n; ++i) {
+    lca_free(blocks[i]);
+    ck_assert_uint_le(h->medium.bytes, lca::kMediumCacheBytesMax);
+  }
+  ck_assert_uint_le(h->medium.bytes, lca::kMediumCacheBytes);
+  ck_assert_uint_eq(held_blocks(h, &bytes), h->medium.bytes / usable);
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&h->arena, &why), "arena_verify: %s", why);
+  // Little live (10 blocks, 400 KiB): the fixed bound.
+  lca_trim();
+  for (std::size_t i = 0; i < 10; ++i) blocks[i] = lca_malloc(size);
+  for (std::size_t i = 0; i < 10; ++i) {
+    lca_free(blocks[i]);
+    ck_assert_uint_le(h->medium.bytes, lca::kMediumCacheBytes);
+  }
+  ck_assert_uint_eq(held_blocks(h, &bytes), lca::kMediumCacheBytes / usable);
+  lca_trim();
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("arena", &tc);
@@ -384,5 +432,6 @@ int main() {
   tcase_add_test(tc, test_cache_yields_before_new_chunk);
   tcase_add_test(tc, test_threads_churn);
   tcase_add_test(tc, test_larger_held_block_serves);
+  tcase_add_test(tc, test_cache_bound_follows_live);
   return test_util::run_suite(s);
 }
