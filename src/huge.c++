@@ -11,6 +11,7 @@
 // its allocator's table (see huge.h++).  Reading /sys and /proc uses fixed
 // buffers: nothing here calls malloc.
 #include "huge.h++"
+#include "placement.h++"
 
 #include <atomic>
 #include <cerrno>
@@ -118,7 +119,7 @@ void table_remove(HugeState* s, std::size_t i) {
 }
 
 // Reads a small /sys file into buf (NUL-terminated); false when it cannot.
-bool read_small_file(const char* path, char* buf, std::size_t cap) {
+LCA_CORE_TEXT bool read_small_file(const char* path, char* buf, std::size_t cap) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   std::size_t len = 0;
@@ -534,7 +535,7 @@ HugeCoverage huge_coverage() {
 
 std::size_t huge_total_hugetlb_fallbacks() { return g_hugetlb_fallbacks.load(std::memory_order_relaxed); }
 
-ThpPolicy huge_thp_policy() {
+LCA_CORE_TEXT ThpPolicy huge_thp_policy() {
   unsigned bits = g_thp_policy.load(std::memory_order_relaxed);
   if (__builtin_expect(!(bits & 1), 0)) {
     ThpMode mode = huge_thp_mode();
@@ -557,7 +558,7 @@ HugePurgeCounters huge_purge_counters() {
                            g_kept_bytes.load(std::memory_order_relaxed)};
 }
 
-ThpMode huge_thp_mode() {
+LCA_CORE_TEXT ThpMode huge_thp_mode() {
   char buf[128];
   if (!read_small_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf))
     return ThpMode::unsupported;
@@ -567,7 +568,7 @@ ThpMode huge_thp_mode() {
   return ThpMode::unsupported;
 }
 
-bool huge_thp_disabled_for_process() {
+LCA_CORE_TEXT bool huge_thp_disabled_for_process() {
 #ifdef PR_GET_THP_DISABLE
   return prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1;
 #else

@@ -7,6 +7,7 @@
 // frees to their owners).  fork() is handled here too, so that the rules for
 // which lock is held across it, and what the child inherits, read in one place.
 #include "lifecycle.h++"
+#include "placement.h++"
 
 #include <pthread.h>
 
@@ -30,7 +31,7 @@ namespace {
 constinit pthread_key_t g_heap_key;
 constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 
-void heap_abandon(Heap* h) {
+LCA_CORE_TEXT void heap_abandon(Heap* h) {
   Domain* d = h->domain;
   // Its spans go to the domain's pools, for the running heaps' refills (span
   // reclaim, tcache.h++): the heap is adopted empty of spans.  Not under the
@@ -44,7 +45,7 @@ void heap_abandon(Heap* h) {
   d->abandoned = h;
 }
 
-void on_thread_exit(void* value) {
+LCA_CORE_TEXT void on_thread_exit(void* value) {
   VgSerial serial;
   auto* h = static_cast<Heap*>(value);
   remote_batch_flush_all(h);
@@ -56,11 +57,11 @@ void on_thread_exit(void* value) {
   heap_abandon(h);
 }
 
-void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
+LCA_CORE_TEXT void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
 
 }  // namespace
 
-Heap* heap_for_thread() {
+LCA_CORE_TEXT Heap* heap_for_thread() {
   Heap* h = thread_heap_if_any();
   if (h) return h;
   pthread_once(&g_heap_key_once, make_heap_key);
