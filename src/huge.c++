@@ -311,17 +311,17 @@ void huge_state_destroy(HugeState* s) {
   os_unmap(s, sizeof(HugeState));
 }
 
-void huge_lock_all() {
+LCA_CORE_TEXT void huge_lock_all() {
   lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) lca_mutex_lock(&s->lock);
 }
 
-void huge_unlock_all() {
+LCA_CORE_TEXT void huge_unlock_all() {
   for (HugeState* s = g_states; s; s = s->next) lca_mutex_unlock(&s->lock);
   lca_mutex_unlock(&g_states_lock);
 }
 
-void huge_reinit_after_fork() {
+LCA_CORE_TEXT void huge_reinit_after_fork() {
   for (HugeState* s = g_states; s; s = s->next) {
     tsan_released_at_fork(&s->lock);
     pthread_mutex_init(&s->lock, nullptr);
@@ -562,9 +562,19 @@ LCA_CORE_TEXT ThpMode huge_thp_mode() {
   char buf[128];
   if (!read_small_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf))
     return ThpMode::unsupported;
-  if (std::strstr(buf, "[always]")) return ThpMode::always;
-  if (std::strstr(buf, "[madvise]")) return ThpMode::madvise;
-  if (std::strstr(buf, "[never]")) return ThpMode::never;
+  // The bracketed word, by hand: strstr and its kin are in 64 KiB windows of
+  // libc's text that a C program does not otherwise map (placement.h++).
+  const char* p = buf;
+  while (*p && *p != '[') ++p;
+  auto is = [p](const char* word) {
+    std::size_t i = 0;
+    for (; word[i]; ++i)
+      if (p[i] != word[i]) return false;
+    return true;
+  };
+  if (is("[always]")) return ThpMode::always;
+  if (is("[madvise]")) return ThpMode::madvise;
+  if (is("[never]")) return ThpMode::never;
   return ThpMode::unsupported;
 }
 

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <ctime>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -31,8 +32,12 @@ std::size_t os_calls(OsCall kind) { return g_calls[static_cast<unsigned>(kind)].
 LCA_CORE_TEXT std::size_t os_page_size() {
   std::size_t p = g_page_size.load(std::memory_order_relaxed);
   if (__builtin_expect(p == 0, 0)) {
-    long v = sysconf(_SC_PAGESIZE);
-    p = v > 0 ? static_cast<std::size_t>(v) : 4096;
+    // The auxiliary vector, not sysconf: glibc's sysconf reads a jump table in
+    // libc's rodata, a 64 KiB fault-around window that a C program does not
+    // otherwise map (placement.h++).
+    unsigned long v = getauxval(AT_PAGESZ);
+    if (v == 0) v = static_cast<unsigned long>(sysconf(_SC_PAGESIZE));
+    p = static_cast<long>(v) > 0 ? static_cast<std::size_t>(v) : 4096;
     g_page_size.store(p, std::memory_order_relaxed);
   }
   return p;

@@ -86,7 +86,7 @@ constexpr unsigned kCleanSlotProbe = 8;
 
 constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void init_recursive(pthread_mutex_t* m) {
+LCA_CORE_TEXT void init_recursive(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
   pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
@@ -1124,17 +1124,17 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
   orphan_retire_doomed(d, doomed);
 }
 
-void domain_pools_prefork(Domain* d) {
+LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
 }
 
-void domain_pools_postfork_parent(Domain* d) {
+LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
 }
 
-void domain_pools_postfork_child(Domain* d) {
+LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
   // A heap's statistics lock, perhaps held by a thread the fork did not copy:
   // that heap is never used in the child (lifecycle.c++), and its lock and
   // queues are not touched again (Heap::stats_torn).

@@ -264,14 +264,14 @@ void vg_block_forgotten(const void* p) {
 
 // The serialising lock alone is held across fork() (the quarantine's is the same
 // lock); the child's one thread took it and releases it as the parent does.
-void vg_prefork_first() {
+LCA_CORE_TEXT void vg_prefork_first() {
   if (on_valgrind()) vg_serial_enter();
 }
-void vg_prefork() {}
-void vg_postfork_parent() {
+LCA_CORE_TEXT void vg_prefork() {}
+LCA_CORE_TEXT void vg_postfork_parent() {
   if (on_valgrind()) vg_serial_leave();
 }
-void vg_postfork_child() {
+LCA_CORE_TEXT void vg_postfork_child() {
   if (on_valgrind()) vg_serial_leave();
 }
 
@@ -350,10 +350,10 @@ void vg_free(void* p, void (*release)(void*)) { release(p); }
 void vg_save_vbits(const void*, void*, std::size_t) {}
 void vg_restore_vbits(const void*, const void*, std::size_t) {}
 void vg_block_forgotten(const void*) {}
-void vg_prefork_first() {}
-void vg_prefork() {}
-void vg_postfork_parent() {}
-void vg_postfork_child() {}
+LCA_CORE_TEXT void vg_prefork_first() {}
+LCA_CORE_TEXT void vg_prefork() {}
+LCA_CORE_TEXT void vg_postfork_parent() {}
+LCA_CORE_TEXT void vg_postfork_child() {}
 void vg_domain_created(Domain*) {}
 void vg_domain_destroying(Domain*) {}
 void vg_domain_destroyed(Domain*) {}
