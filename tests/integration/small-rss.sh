@@ -21,7 +21,7 @@
 #      not fit beside the rest), and at most 160 KiB of libcalloc's mappings in
 #      all (--enable-tracking: 240).  The largest of 3 runs each.
 # Measured 2026-12-05: text 64 KiB, all of libcalloc 140 KiB, in both (with the
-# tracker 128 / 212); before this layout 160 KiB of text and 240 in all, in
+# tracker 128 / 224); before this layout 160 KiB of text and 240 in all, in
 # every program (the code they ran was spread over the three windows of the
 # text and .fini, after all of it, mapped the last at exit) -- that fails 2.
 # Exits 77 in sanitizer, --enable-debug (-O0 code, about three times larger)
