@@ -5,6 +5,7 @@
 // search rounds the request up to the next list boundary, so any block of the
 // list found fits: "good fit" in O(1), as in Masmano et al.'s TLSF.
 #include "arena.h++"
+#include "placement.h++"
 
 #include <cstring>
 
@@ -73,7 +74,7 @@ inline void mapping(std::size_t size, unsigned* fl, unsigned* sl) {
   }
 }
 
-void insert_free(Arena* a, BlockTag* b) {
+LCA_CORE_TEXT void insert_free(Arena* a, BlockTag* b) {
   unsigned fl, sl;
   mapping(block_size(b), &fl, &sl);
   FreeLinks* l = links(b);
@@ -85,7 +86,7 @@ void insert_free(Arena* a, BlockTag* b) {
   a->sl_bitmap[fl] |= 1u << sl;
 }
 
-void remove_free(Arena* a, BlockTag* b) {
+LCA_CORE_TEXT void remove_free(Arena* a, BlockTag* b) {
   unsigned fl, sl;
   mapping(block_size(b), &fl, &sl);
   FreeLinks* l = links(b);
@@ -101,7 +102,7 @@ void remove_free(Arena* a, BlockTag* b) {
   }
 }
 
-BlockTag* find_fit(Arena* a, std::size_t size) {
+LCA_CORE_TEXT BlockTag* find_fit(Arena* a, std::size_t size) {
   if (size >= 256) size += (std::size_t{1} << (msb(size) - 4)) - 1;
   unsigned fl, sl;
   mapping(size, &fl, &sl);
@@ -118,7 +119,7 @@ BlockTag* find_fit(Arena* a, std::size_t size) {
 }
 
 // Marks b (size already set) free and tells its successor.
-void mark_free(BlockTag* b) {
+LCA_CORE_TEXT void mark_free(BlockTag* b) {
   b->size_flags |= kFree;
   BlockTag* n = next_block(b);
   n->prev_size = block_size(b);
@@ -126,7 +127,7 @@ void mark_free(BlockTag* b) {
 }
 
 // Splits `size` bytes off the front of allocated block b; the rest becomes free.
-void split_tail(Arena* a, ArenaChunk* c, BlockTag* b, std::size_t size) {
+LCA_CORE_TEXT void split_tail(Arena* a, ArenaChunk* c, BlockTag* b, std::size_t size) {
   std::size_t total = block_size(b);
   if (total - size < kArenaMinBlock) return;
   b->size_flags = size | (b->size_flags & kPrevFree);
@@ -160,7 +161,7 @@ void debug_check_block([[maybe_unused]] BlockTag* b) {
 
 }  // namespace
 
-void arena_add_chunk(Arena* a, ArenaChunk* c) {
+LCA_CORE_TEXT void arena_add_chunk(Arena* a, ArenaChunk* c) {
   char* base = reinterpret_cast<char*>(c);
   auto* first = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
   auto* sentinel = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
@@ -173,15 +174,15 @@ void arena_add_chunk(Arena* a, ArenaChunk* c) {
   a->chunks.push(&c->header);
 }
 
-bool arena_chunk_is_empty(const ArenaChunk* c) { return c->free_bytes == kArenaChunkCapacity; }
+LCA_CORE_TEXT bool arena_chunk_is_empty(const ArenaChunk* c) { return c->free_bytes == kArenaChunkCapacity; }
 
-void arena_remove_chunk(Arena* a, ArenaChunk* c) {
+LCA_CORE_TEXT void arena_remove_chunk(Arena* a, ArenaChunk* c) {
   auto* first = reinterpret_cast<BlockTag*>(reinterpret_cast<char*>(c) + kChunkHeaderSize);
   remove_free(a, first);
   a->chunks.remove(&c->header);
 }
 
-void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
   if (size > kArenaChunkCapacity) return nullptr;
   std::size_t need = block_size_for(size);
   std::size_t search = alignment > 16 ? need + alignment + kArenaMinBlock : need;
@@ -214,7 +215,7 @@ void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
   return payload(b);
 }
 
-ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
+LCA_CORE_TEXT ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
   auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
   if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag)
     return ArenaCheck::not_block_start;
@@ -232,25 +233,25 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
   return ArenaCheck::not_block_start;
 }
 
-bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
+LCA_CORE_TEXT bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
   std::size_t g = granule(p);
   std::uint64_t m = std::uint64_t{1} << (g & 63);
   return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
 }
 
-void arena_hold(ArenaChunk* c, void* p) {
+LCA_CORE_TEXT void arena_hold(ArenaChunk* c, void* p) {
   clear_live(c, p);
   static_cast<std::uintptr_t*>(p)[1] = kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p);
 }
 
-void arena_unhold(ArenaChunk* c, void* p) {
+LCA_CORE_TEXT void arena_unhold(ArenaChunk* c, void* p) {
   static_cast<std::uintptr_t*>(p)[1] = 0;
   set_live(c, p);
 }
 
-std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
+LCA_CORE_TEXT std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
 
-std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
+LCA_CORE_TEXT std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
   BlockTag* b = tag_of(p);
   std::size_t usable = block_size(b) - kArenaTag;
   clear_live(c, p);
@@ -274,7 +275,7 @@ std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
   return usable;
 }
 
-bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size) {
+LCA_CORE_TEXT bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size) {
   if (new_size > kArenaChunkCapacity) return false;
   BlockTag* b = tag_of(p);
   std::size_t need = block_size_for(new_size);

@@ -4,6 +4,7 @@
 // per 4 MiB chunk, in zero-initialised BSS: never allocated, never freed, so a
 // lookup is one load and never races with the table changing shape.
 #include "chunk.h++"
+#include "placement.h++"
 
 #include <cstring>
 
@@ -30,17 +31,17 @@ bool chunk_place(void* addr, std::size_t len, NodePlacement where) {
 }
 
 namespace {
-void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
+LCA_CORE_TEXT void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
   g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift].store(kind, std::memory_order_release);
 }
 }  // namespace
 
-void registry_set_kind(ChunkHeader* chunk, ChunkKind kind) {
+LCA_CORE_TEXT void registry_set_kind(ChunkHeader* chunk, ChunkKind kind) {
   chunk->kind = kind;
   registry_store(chunk, static_cast<std::uint8_t>(kind));
 }
 
-ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where) {
+LCA_CORE_TEXT ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where) {
   void* mem = os_map_aligned(kChunkSize, kChunkSize);
   if (!mem) return nullptr;
   if (reinterpret_cast<std::uintptr_t>(mem) >> kAddressBits) {  // beyond the registry
@@ -74,13 +75,13 @@ ChunkHeader* chunk_map(ChunkKind kind, Domain* domain, NodePlacement where) {
   return chunk;
 }
 
-void chunk_unmap(ChunkHeader* chunk) {
+LCA_CORE_TEXT void chunk_unmap(ChunkHeader* chunk) {
   registry_store(chunk, 0);
   g_chunk_count.fetch_sub(1, std::memory_order_relaxed);
   os_unmap(chunk, kChunkSize);
 }
 
-void chunk_purge_data(ChunkHeader* chunk) {
+LCA_CORE_TEXT void chunk_purge_data(ChunkHeader* chunk) {
   // The header keeps the first 2 MiB range in use: with huge pages, only the
   // second range goes.
   std::size_t from = (chunk->flags & kChunkMayBeHuge) ? kHugePage2M : kChunkHeaderSize;
@@ -88,7 +89,7 @@ void chunk_purge_data(ChunkHeader* chunk) {
   os_purge(reinterpret_cast<char*>(chunk) + from, kChunkSize - from);
 }
 
-void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std::size_t used_bytes) {
+LCA_CORE_TEXT void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std::size_t used_bytes) {
   std::uint32_t flags = chunk->flags;
   std::int32_t node = chunk->node;
   if (flags & kChunkMayBeHuge)
@@ -104,7 +105,7 @@ void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std:
 
 std::size_t registry_chunk_count() { return g_chunk_count.load(std::memory_order_relaxed); }
 
-void ChunkList::push(ChunkHeader* c) {
+LCA_CORE_TEXT void ChunkList::push(ChunkHeader* c) {
   c->prev = nullptr;
   c->next = head;
   if (head) head->prev = c;
@@ -112,7 +113,7 @@ void ChunkList::push(ChunkHeader* c) {
   ++count;
 }
 
-void ChunkList::remove(ChunkHeader* c) {
+LCA_CORE_TEXT void ChunkList::remove(ChunkHeader* c) {
   if (c->prev)
     c->prev->next = c->next;
   else
@@ -122,7 +123,7 @@ void ChunkList::remove(ChunkHeader* c) {
   --count;
 }
 
-ChunkHeader* ChunkList::pop() {
+LCA_CORE_TEXT ChunkHeader* ChunkList::pop() {
   ChunkHeader* c = head;
   if (c) remove(c);
   return c;

@@ -11,6 +11,7 @@
 // its allocator's table (see huge.h++).  Reading /sys and /proc uses fixed
 // buffers: nothing here calls malloc.
 #include "huge.h++"
+#include "placement.h++"
 
 #include <atomic>
 #include <cerrno>
@@ -118,7 +119,7 @@ void table_remove(HugeState* s, std::size_t i) {
 }
 
 // Reads a small /sys file into buf (NUL-terminated); false when it cannot.
-bool read_small_file(const char* path, char* buf, std::size_t cap) {
+LCA_CORE_TEXT bool read_small_file(const char* path, char* buf, std::size_t cap) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   std::size_t len = 0;
@@ -310,17 +311,17 @@ void huge_state_destroy(HugeState* s) {
   os_unmap(s, sizeof(HugeState));
 }
 
-void huge_lock_all() {
+LCA_CORE_TEXT void huge_lock_all() {
   lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) lca_mutex_lock(&s->lock);
 }
 
-void huge_unlock_all() {
+LCA_CORE_TEXT void huge_unlock_all() {
   for (HugeState* s = g_states; s; s = s->next) lca_mutex_unlock(&s->lock);
   lca_mutex_unlock(&g_states_lock);
 }
 
-void huge_reinit_after_fork() {
+LCA_CORE_TEXT void huge_reinit_after_fork() {
   for (HugeState* s = g_states; s; s = s->next) {
     tsan_released_at_fork(&s->lock);
     pthread_mutex_init(&s->lock, nullptr);
@@ -534,7 +535,7 @@ HugeCoverage huge_coverage() {
 
 std::size_t huge_total_hugetlb_fallbacks() { return g_hugetlb_fallbacks.load(std::memory_order_relaxed); }
 
-ThpPolicy huge_thp_policy() {
+LCA_CORE_TEXT ThpPolicy huge_thp_policy() {
   unsigned bits = g_thp_policy.load(std::memory_order_relaxed);
   if (__builtin_expect(!(bits & 1), 0)) {
     ThpMode mode = huge_thp_mode();
@@ -557,17 +558,27 @@ HugePurgeCounters huge_purge_counters() {
                            g_kept_bytes.load(std::memory_order_relaxed)};
 }
 
-ThpMode huge_thp_mode() {
+LCA_CORE_TEXT ThpMode huge_thp_mode() {
   char buf[128];
   if (!read_small_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf))
     return ThpMode::unsupported;
-  if (std::strstr(buf, "[always]")) return ThpMode::always;
-  if (std::strstr(buf, "[madvise]")) return ThpMode::madvise;
-  if (std::strstr(buf, "[never]")) return ThpMode::never;
+  // The bracketed word, by hand: strstr and its kin are in 64 KiB windows of
+  // libc's text that a C program does not otherwise map (placement.h++).
+  const char* p = buf;
+  while (*p && *p != '[') ++p;
+  auto is = [p](const char* word) {
+    std::size_t i = 0;
+    for (; word[i]; ++i)
+      if (p[i] != word[i]) return false;
+    return true;
+  };
+  if (is("[always]")) return ThpMode::always;
+  if (is("[madvise]")) return ThpMode::madvise;
+  if (is("[never]")) return ThpMode::never;
   return ThpMode::unsupported;
 }
 
-bool huge_thp_disabled_for_process() {
+LCA_CORE_TEXT bool huge_thp_disabled_for_process() {
 #ifdef PR_GET_THP_DISABLE
   return prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1;
 #else

@@ -1,5 +1,6 @@
 // large.c++ -- dedicated mappings, their out-of-band table and the mapping cache.
 #include "large.h++"
+#include "placement.h++"
 
 #include <cerrno>
 #include <cstring>
@@ -46,7 +47,7 @@ constinit std::size_t g_capacity = 0;  // power of two
 constinit std::size_t g_used = 0;
 constinit LargeCache* g_caches = nullptr;  // caches that hold or held mappings
 
-void list_cache(LargeCache* c) {
+LCA_CORE_TEXT void list_cache(LargeCache* c) {
   if (c->listed) return;
   c->listed = true;
   c->prev_listed = nullptr;
@@ -55,7 +56,7 @@ void list_cache(LargeCache* c) {
   g_caches = c;
 }
 
-void unlist_cache(LargeCache* c) {
+LCA_CORE_TEXT void unlist_cache(LargeCache* c) {
   if (!c->listed) return;
   if (c->prev_listed)
     c->prev_listed->next_listed = c->next_listed;
@@ -65,7 +66,7 @@ void unlist_cache(LargeCache* c) {
   c->listed = false;
 }
 
-std::size_t ranges_of(const void* base, std::size_t size, std::uintptr_t lo, std::uintptr_t hi) {
+LCA_CORE_TEXT std::size_t ranges_of(const void* base, std::size_t size, std::uintptr_t lo, std::uintptr_t hi) {
   auto b = reinterpret_cast<std::uintptr_t>(base);
   std::uintptr_t a = b > lo ? b : lo, z = b + size < hi ? b + size : hi;
   return a < z ? huge_whole_ranges(a, z) : 0;
@@ -76,7 +77,7 @@ inline std::size_t hash_of(const void* p) {
                                   0x9E3779B97F4A7C15ull >> 17);
 }
 
-Slot* find_slot(const void* p) {
+LCA_CORE_TEXT Slot* find_slot(const void* p) {
   if (!g_capacity) return nullptr;
   std::size_t mask = g_capacity - 1;
   for (std::size_t i = hash_of(p) & mask;; i = (i + 1) & mask) {
@@ -85,7 +86,7 @@ Slot* find_slot(const void* p) {
   }
 }
 
-bool insert_slot(const Slot& s) {
+LCA_CORE_TEXT bool insert_slot(const Slot& s) {
   if ((g_used + 1) * 2 > g_capacity) {
     std::size_t cap = g_capacity ? g_capacity * 2 : 256;
     auto* fresh = static_cast<Slot*>(os_map(cap * sizeof(Slot)));
@@ -111,7 +112,7 @@ bool insert_slot(const Slot& s) {
 }
 
 // Linear-probing deletion by backward shift: no tombstones, lookups stay short.
-void erase_slot(Slot* s) {
+LCA_CORE_TEXT void erase_slot(Slot* s) {
   std::size_t mask = g_capacity - 1;
   std::size_t i = static_cast<std::size_t>(s - g_slots);
   std::size_t j = i;
@@ -129,21 +130,21 @@ void erase_slot(Slot* s) {
   --g_used;
 }
 
-void cache_drop(LargeCache* c, unsigned i) {
+LCA_CORE_TEXT void cache_drop(LargeCache* c, unsigned i) {
   os_unmap(c->entries[i].base, c->entries[i].map_size);
   c->bytes -= c->entries[i].map_size;
   c->mapped_bytes -= c->entries[i].map_size;
   c->entries[i] = c->entries[--c->count];
 }
 
-unsigned oldest_entry(const LargeCache* c) {
+LCA_CORE_TEXT unsigned oldest_entry(const LargeCache* c) {
   unsigned oldest = 0;
   for (unsigned i = 1; i < c->count; ++i)
     if (c->entries[i].freed_at_ns < c->entries[oldest].freed_at_ns) oldest = i;
   return oldest;
 }
 
-void expire(LargeCache* c, std::uint64_t now) {
+LCA_CORE_TEXT void expire(LargeCache* c, std::uint64_t now) {
   for (unsigned i = 0; i < c->count;)
     if (now - c->entries[i].freed_at_ns > kLargeCacheDecayNs)
       cache_drop(c, i);
@@ -156,7 +157,7 @@ void expire(LargeCache* c, std::uint64_t now) {
 // longer one saves faults: the front becomes the block and a tail of an eighth or
 // more stays cached as an entry of its own (a page-granular split of the
 // mapping's range, which costs no system call).  *got receives the bytes taken.
-void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got, bool* huge) {
+LCA_CORE_TEXT void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got, bool* huge) {
   int best = -1;
   for (unsigned i = 0; i < c->count; ++i) {
     const auto& e = c->entries[i];
@@ -183,7 +184,7 @@ void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std
 // together again, so the cache does not crumble into pieces too short to reuse.
 // (Address ranges that touch are normally one kernel mapping; when they are not,
 // the mremap that would grow one fails and large_alloc maps afresh.)
-void cache_put(LargeCache* c, LargeCache::Entry e) {
+LCA_CORE_TEXT void cache_put(LargeCache* c, LargeCache::Entry e) {
   c->bytes += e.map_size;
   for (unsigned i = 0; i < c->count;) {
     LargeCache::Entry& n = c->entries[i];
@@ -223,13 +224,13 @@ LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::
 // ml-training).  The bound follows the live bytes down: once the program has
 // freed its big blocks the cache holds kLargeCacheBytes at most, and entries
 // older than kLargeCacheDecayNs go at the heap's next large allocation or free.
-std::size_t cache_limit(const LargeCache* c) {
+LCA_CORE_TEXT std::size_t cache_limit(const LargeCache* c) {
   std::size_t live = c->alloc_bytes - c->free_bytes;
   return kLargeCacheBytes + live;
 }
 
 // Eight mapping sizes per doubling, page granular.
-std::size_t mapping_size_for(std::size_t size, std::size_t page) {
+LCA_CORE_TEXT std::size_t mapping_size_for(std::size_t size, std::size_t page) {
   unsigned top = 63u - static_cast<unsigned>(__builtin_clzll(size));
   std::size_t step = top >= 3 ? std::size_t{1} << (top - 3) : 1;
   return align_up(size, step > page ? step : page);
@@ -237,7 +238,7 @@ std::size_t mapping_size_for(std::size_t size, std::size_t page) {
 
 }  // namespace
 
-bool large_lookup(const void* p, LargeInfo* out) {
+LCA_CORE_TEXT bool large_lookup(const void* p, LargeInfo* out) {
   lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (s) *out = LargeInfo{s->base, s->map_size, s->map_size - (static_cast<const char*>(p) - s->base.bytes()), s->domain};
@@ -254,7 +255,7 @@ constexpr std::size_t kHugePage = std::size_t{2} << 20;
 // kernel finds free 2 MiB pages (docs/design.md: ml-training 3-4x less CPU time
 // in one session on this VM, 1.3-2.5x more in another, where 97 % of the time
 // went to clearing huge pages the hypervisor had to back again).
-bool huge_large_blocks() {
+LCA_CORE_TEXT bool huge_large_blocks() {
 #ifdef CALLOC_HUGE
   return g_options.huge_heap == 1;
 #else
@@ -263,7 +264,7 @@ bool huge_large_blocks() {
 }
 }  // namespace
 
-void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t alignment,
+LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t alignment,
                   bool* fresh_zero) {
   std::size_t page = os_page_size();
   if (alignment < page) alignment = page;
@@ -322,7 +323,7 @@ void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t al
   return base;
 }
 
-std::size_t large_free(LargeCache* cache, void* p) {
+LCA_CORE_TEXT std::size_t large_free(LargeCache* cache, void* p) {
   lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (!s) {
@@ -456,9 +457,9 @@ std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
   return n;
 }
 
-void large_lock_all() { lca_mutex_lock(&g_lock); }
-void large_unlock_all() { lca_mutex_unlock(&g_lock); }
-void large_reinit_after_fork() {
+LCA_CORE_TEXT void large_lock_all() { lca_mutex_lock(&g_lock); }
+LCA_CORE_TEXT void large_unlock_all() { lca_mutex_unlock(&g_lock); }
+LCA_CORE_TEXT void large_reinit_after_fork() {
   tsan_released_at_fork(&g_lock);
   pthread_mutex_init(&g_lock, nullptr);
 }

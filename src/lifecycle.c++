@@ -7,6 +7,7 @@
 // frees to their owners).  fork() is handled here too, so that the rules for
 // which lock is held across it, and what the child inherits, read in one place.
 #include "lifecycle.h++"
+#include "placement.h++"
 
 #include <pthread.h>
 
@@ -30,7 +31,7 @@ namespace {
 constinit pthread_key_t g_heap_key;
 constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 
-void heap_abandon(Heap* h) {
+LCA_CORE_TEXT void heap_abandon(Heap* h) {
   Domain* d = h->domain;
   // Its spans go to the domain's pools, for the running heaps' refills (span
   // reclaim, tcache.h++): the heap is adopted empty of spans.  Not under the
@@ -44,7 +45,7 @@ void heap_abandon(Heap* h) {
   d->abandoned = h;
 }
 
-void on_thread_exit(void* value) {
+LCA_CORE_TEXT void on_thread_exit(void* value) {
   VgSerial serial;
   auto* h = static_cast<Heap*>(value);
   remote_batch_flush_all(h);
@@ -56,11 +57,11 @@ void on_thread_exit(void* value) {
   heap_abandon(h);
 }
 
-void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
+LCA_CORE_TEXT void make_heap_key() { pthread_key_create(&g_heap_key, on_thread_exit); }
 
 }  // namespace
 
-Heap* heap_for_thread() {
+LCA_CORE_TEXT Heap* heap_for_thread() {
   Heap* h = thread_heap_if_any();
   if (h) return h;
   pthread_once(&g_heap_key_once, make_heap_key);
@@ -143,13 +144,13 @@ Heap* heap_rehome_if_moved(Heap* h) {
 #include <sys/single_threaded.h>
 namespace lca {
 namespace {
-bool process_single_threaded() { return __libc_single_threaded != 0; }
+LCA_CORE_TEXT bool process_single_threaded() { return __libc_single_threaded != 0; }
 }  // namespace
 #else
 namespace {
 // No way to tell: every fork takes the locks (a fork from a signal handler can
 // then wait for a lock the interrupted code holds).
-bool process_single_threaded() { return false; }
+LCA_CORE_TEXT bool process_single_threaded() { return false; }
 }  // namespace
 #endif
 
@@ -162,19 +163,19 @@ extern "C" void _IO_list_unlock() __attribute__((weak));
 extern "C" void _IO_list_resetlock() __attribute__((weak));
 namespace lca {
 namespace {
-bool stdio_list_lock_available() { return _IO_list_lock && _IO_list_unlock && _IO_list_resetlock; }
-void stdio_list_lock() { _IO_list_lock(); }
-void stdio_list_unlock() { _IO_list_unlock(); }
+LCA_CORE_TEXT bool stdio_list_lock_available() { return _IO_list_lock && _IO_list_unlock && _IO_list_resetlock; }
+LCA_CORE_TEXT void stdio_list_lock() { _IO_list_lock(); }
+LCA_CORE_TEXT void stdio_list_unlock() { _IO_list_unlock(); }
 // glibc has reset it in the child already, before the child handlers run, when
 // its fork took it; resetting again is harmless and covers a fork that did not.
-void stdio_list_reset() { _IO_list_resetlock(); }
+LCA_CORE_TEXT void stdio_list_reset() { _IO_list_resetlock(); }
 }  // namespace
 #else
 namespace {
-bool stdio_list_lock_available() { return false; }
-void stdio_list_lock() {}
-void stdio_list_unlock() {}
-void stdio_list_reset() {}
+LCA_CORE_TEXT bool stdio_list_lock_available() { return false; }
+LCA_CORE_TEXT void stdio_list_lock() {}
+LCA_CORE_TEXT void stdio_list_unlock() {}
+LCA_CORE_TEXT void stdio_list_reset() {}
 }  // namespace
 #endif
 
@@ -193,7 +194,7 @@ constinit thread_local ForkState tls_fork __attribute__((tls_model("initial-exec
 // Whether o, found on a list of heap h of class c in the child, is a free object
 // of another heap's span of the process domain, of that class: what
 // free_remote_batched checked before it put o there.
-bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) {
+LCA_CORE_TEXT bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) {
   if (!o || chunk_kind_of(o) != ChunkKind::spans) return false;
   ChunkHeader* ch = chunk_base(o);
   if (ch->domain != &g_process_domain) return false;
@@ -212,7 +213,7 @@ bool orphan_object_valid(const Heap* h, const void* o, unsigned c, Span** span) 
 // counted as used for ever.  Every object is checked first; a list the fork
 // caught in a change (remote_busy) is left alone, and a walk stops at the first
 // object that fails a check: an object lost is better than one freed twice.
-void send_orphaned_frees(Heap* h) {
+LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
   if (__atomic_load_n(&h->remote_busy, __ATOMIC_RELAXED)) return;
   for (unsigned c = 0; c < kNumClasses; ++c) {
     FreeObject* o = h->foreign[c];
@@ -261,7 +262,7 @@ void send_orphaned_frees(Heap* h) {
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
 // and its span pools, the large-block table, the huge-page tables.
-void domains_prefork() {
+LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
     st.locked = true;
@@ -287,7 +288,7 @@ void domains_prefork() {
   tls_fork = st;
 }
 
-void domains_postfork_parent() {
+LCA_CORE_TEXT void domains_postfork_parent() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
   if (!st.locked) return;
@@ -309,7 +310,7 @@ void domains_postfork_parent() {
   if (st.stdio) stdio_list_unlock();
 }
 
-void domains_postfork_child() {
+LCA_CORE_TEXT void domains_postfork_child() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
 #if CALLOC_TRACKING

@@ -16,6 +16,7 @@
 #include <libcalloc.h>
 
 #include "config.h"
+#include "placement.h++"
 #include "options.h++"
 #include "numa.h++"
 #include "os.h++"
@@ -49,7 +50,7 @@ inline void secure_free(void* p, std::size_t size, std::size_t alignment, const 
 }
 #endif
 
-__attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
 #if CALLOC_SECURE
   return secure_malloc(size, alignment);
 #endif
@@ -120,7 +121,7 @@ inline void fast_free(void* p) {
   block_free(p);
 }
 
-void* aligned_malloc(std::size_t alignment, std::size_t size) {
+LCA_CORE_TEXT void* aligned_malloc(std::size_t alignment, std::size_t size) {
   if (!is_power_of_two(alignment)) {
     errno = EINVAL;
     return nullptr;
@@ -132,7 +133,7 @@ void* aligned_malloc(std::size_t alignment, std::size_t size) {
   return malloc_slow(size, alignment);
 }
 
-void* calloc_impl(std::size_t count, std::size_t size) {
+LCA_CORE_TEXT void* calloc_impl(std::size_t count, std::size_t size) {
   std::size_t total;
   if (__builtin_mul_overflow(count, size, &total) || total > kMaxRequest) {
     errno = ENOMEM;
@@ -174,13 +175,13 @@ extern "C" {
 // edit anywhere in the library.
 #if defined(__x86_64__) && defined(__ELF__)
 #define LCA_HOT_SECTION(name, offset)                                                   \
-  asm(".section .text." #name ",\"ax\",@progbits\n.p2align 6\n.skip " #offset ", 0xcc\n" \
+  asm(".section .text.hot." #name ",\"ax\",@progbits\n.p2align 6\n.skip " #offset ", 0xcc\n" \
       ".previous\n")
-#define LCA_HOT(name) __attribute__((section(".text." #name), aligned(16)))
+#define LCA_HOT(name) __attribute__((section(".text.hot." #name), aligned(16)))
 LCA_HOT_SECTION(lca_malloc, 16);
 LCA_HOT_SECTION(lca_free, 32);
 #else
-#define LCA_HOT(name)
+#define LCA_HOT(name) LCA_CORE_TEXT
 #endif
 
 LCA_EXPORT LCA_HOT(lca_malloc) void* lca_malloc(std::size_t size) { return fast_malloc(size); }
@@ -189,9 +190,9 @@ LCA_EXPORT LCA_HOT(lca_free) void lca_free(void* ptr) {
   if (ptr) fast_free(ptr);
 }
 
-LCA_EXPORT void* lca_calloc(std::size_t count, std::size_t size) { return calloc_impl(count, size); }
+LCA_EXPORT LCA_CORE_TEXT void* lca_calloc(std::size_t count, std::size_t size) { return calloc_impl(count, size); }
 
-LCA_EXPORT void* lca_realloc(void* ptr, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void* lca_realloc(void* ptr, std::size_t size) {
   if (!ptr) return fast_malloc(size);
   if (size == 0) {
     fast_free(ptr);
@@ -216,7 +217,7 @@ LCA_EXPORT void* lca_realloc(void* ptr, std::size_t size) {
   return p;
 }
 
-LCA_EXPORT void* lca_reallocarray(void* ptr, std::size_t count, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void* lca_reallocarray(void* ptr, std::size_t count, std::size_t size) {
   std::size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
@@ -225,11 +226,11 @@ LCA_EXPORT void* lca_reallocarray(void* ptr, std::size_t count, std::size_t size
   return lca_realloc(ptr, total);
 }
 
-LCA_EXPORT void* lca_aligned_alloc(std::size_t alignment, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void* lca_aligned_alloc(std::size_t alignment, std::size_t size) {
   return aligned_malloc(alignment, size);
 }
 
-LCA_EXPORT int lca_posix_memalign(void** result, std::size_t alignment, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT int lca_posix_memalign(void** result, std::size_t alignment, std::size_t size) {
   if (!is_power_of_two(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
   int saved = errno;
   void* p = aligned_malloc(alignment, size);
@@ -241,13 +242,13 @@ LCA_EXPORT int lca_posix_memalign(void** result, std::size_t alignment, std::siz
   return 0;
 }
 
-LCA_EXPORT void* lca_memalign(std::size_t alignment, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void* lca_memalign(std::size_t alignment, std::size_t size) {
   // Stricter than glibc, which rounds a bad alignment up: a non-power-of-two
   // alignment is a caller's bug, reported as EINVAL like aligned_alloc's.
   return aligned_malloc(alignment, size);
 }
 
-LCA_EXPORT std::size_t lca_usable_size(const void* ptr) {
+LCA_EXPORT LCA_CORE_TEXT std::size_t lca_usable_size(const void* ptr) {
   if (!ptr) return 0;
 #if CALLOC_SECURE
   if (std::size_t n; secure_usable_size_if_secure(ptr, &n, "malloc_usable_size")) return n;
@@ -278,7 +279,7 @@ LCA_EXPORT void lca_trim(void) {
 // C23 free_sized and free_aligned_sized: the size (and alignment) the block was
 // allocated with.  With --enable-secure they are checked ("Size mismatch",
 // "Alignment mismatch"); otherwise they free like lca_free.
-LCA_EXPORT void lca_free_sized(void* ptr, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void lca_free_sized(void* ptr, std::size_t size) {
   if (!ptr) return;
 #if CALLOC_SECURE
   return secure_free(ptr, size, 16, "free_sized");
@@ -287,7 +288,7 @@ LCA_EXPORT void lca_free_sized(void* ptr, std::size_t size) {
   fast_free(ptr);
 }
 
-LCA_EXPORT void lca_free_aligned_sized(void* ptr, std::size_t alignment, std::size_t size) {
+LCA_EXPORT LCA_CORE_TEXT void lca_free_aligned_sized(void* ptr, std::size_t alignment, std::size_t size) {
   if (!ptr) return;
 #if CALLOC_SECURE
   return secure_free(ptr, size, alignment, "free_aligned_sized");
@@ -304,9 +305,9 @@ LCA_EXPORT const char* lca_version(void) { return PACKAGE_VERSION; }
 namespace {
 
 // Only the override uses these (--disable-override builds with -Werror too).
-[[maybe_unused]] void* valloc_impl(std::size_t size) { return aligned_malloc(os_page_size(), size); }
+[[maybe_unused]] LCA_CORE_TEXT void* valloc_impl(std::size_t size) { return aligned_malloc(os_page_size(), size); }
 
-[[maybe_unused]] void* pvalloc_impl(std::size_t size) {
+[[maybe_unused]] LCA_CORE_TEXT void* pvalloc_impl(std::size_t size) {
   std::size_t page = os_page_size();
   if (size > kMaxRequest) {
     errno = ENOMEM;
@@ -315,22 +316,49 @@ namespace {
   return aligned_malloc(page, size ? align_up(size, page) : page);
 }
 
-__attribute__((constructor)) void libcalloc_init() {
+#if defined(__GLIBC__)
+// pthread_atfork, as glibc's own does it: glibc links pthread_atfork from
+// libc_nonshared.a into each caller, a stub that calls __register_atfork with the
+// caller's __dso_handle (so that dlclose drops the handlers); the link puts that
+// stub at the end of libcalloc's text, in a 64 KiB fault-around window that
+// nothing else at start-up touches (placement.h++).
+extern "C" int __register_atfork(void (*prepare)(), void (*parent)(), void (*child)(), void* dso);
+extern "C" void* __dso_handle __attribute__((visibility("hidden")));
+LCA_CORE_TEXT void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
+  __register_atfork(prepare, parent, child, __dso_handle);
+}
+#else
+void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
+  pthread_atfork(prepare, parent, child);
+}
+#endif
+
+__attribute__((constructor)) LCA_CORE_TEXT void libcalloc_init() {
   options_init();
   if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
   if (g_options.numa) numa_enable_thread_heaps();  // reads the topology: libnuma allocates
-  pthread_atfork(domains_prefork, domains_postfork_parent, domains_postfork_child);
+  register_fork_handlers(domains_prefork, domains_postfork_parent, domains_postfork_child);
 #if CALLOC_TRACKING
   track_init(g_options);
 #endif
 }
 
-__attribute__((destructor)) void libcalloc_fini() {
+__attribute__((destructor)) LCA_CORE_TEXT void libcalloc_fini() {
   if (g_options.stats) lca_print_stats(2);
 #if CALLOC_TRACKING
   track_at_exit();
 #endif
 }
+
+}  // namespace
+
+// DT_FINI of libcalloc.so (-fini, configure's CALLOC_LAYOUT_LDFLAGS): the loader
+// calls it at exit, after the destructors.  Empty, like the _fini it replaces,
+// which the link puts after all of .text: its call mapped a 64 KiB window of text
+// that nothing else touches (placement.h++).
+extern "C" LCA_CORE_TEXT __attribute__((visibility("hidden"), used)) void lca_dt_fini() {}
+
+namespace {
 
 }  // namespace
 
@@ -350,15 +378,15 @@ std::size_t malloc_usable_size(void*) noexcept LCA_ALIAS(lca_usable_size);
 void free_sized(void*, std::size_t) noexcept LCA_ALIAS(lca_free_sized);
 void free_aligned_sized(void*, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_free_aligned_sized);
 
-__attribute__((visibility("default"))) void* valloc(std::size_t size) noexcept { return valloc_impl(size); }
-__attribute__((visibility("default"))) void* pvalloc(std::size_t size) noexcept { return pvalloc_impl(size); }
+__attribute__((visibility("default"))) LCA_CORE_TEXT void* valloc(std::size_t size) noexcept { return valloc_impl(size); }
+__attribute__((visibility("default"))) LCA_CORE_TEXT void* pvalloc(std::size_t size) noexcept { return pvalloc_impl(size); }
 }
 
 // operator new/delete: the new-handler loop of [new.delete.single], then bad_alloc.
 // The new-handler and the throw go through src/cxxrt.c++ (libcalloc.so does not
 // link the C++ runtime); the nothrow forms return null without an exception.
 namespace {
-__attribute__((noinline)) void* new_slow(std::size_t size, std::size_t alignment, bool nothrow) {
+LCA_CORE_TEXT __attribute__((noinline)) void* new_slow(std::size_t size, std::size_t alignment, bool nothrow) {
   for (;;) {
     void* p = alignment <= 16 ? fast_malloc(size) : aligned_malloc(alignment, size);
     if (p) return p;
@@ -384,7 +412,7 @@ inline void* new_aligned(std::size_t size, std::align_val_t al, bool nothrow = f
 }  // namespace
 
 // The nothrow forms still catch: a new-handler may throw bad_alloc.
-#define LCA_NEW_EXPORT __attribute__((visibility("default")))
+#define LCA_NEW_EXPORT __attribute__((visibility("default"))) LCA_CORE_TEXT
 LCA_NEW_EXPORT void* operator new(std::size_t size) { return new_impl(size); }
 LCA_NEW_EXPORT void* operator new[](std::size_t size) { return new_impl(size); }
 LCA_NEW_EXPORT void* operator new(std::size_t size, const std::nothrow_t&) noexcept {

@@ -12,6 +12,7 @@
 // system-call wrappers (numaif.h: mbind, move_pages, get_mempolicy), which
 // allocate nothing, and getcpu() for the caller's node.
 #include "numa.h++"
+#include "placement.h++"
 
 #include <atomic>
 #include <cerrno>
@@ -255,7 +256,7 @@ NumaPlacementCounters numa_placement_counters() {
   return {g_bound.load(std::memory_order_relaxed), g_refused.load(std::memory_order_relaxed)};
 }
 
-bool numa_thread_heaps() { return g_thread_heaps.load(std::memory_order_relaxed); }
+LCA_CORE_TEXT bool numa_thread_heaps() { return g_thread_heaps.load(std::memory_order_relaxed); }
 
 void numa_enable_thread_heaps() {
   numa_init();

@@ -3,6 +3,7 @@
 // Runs from the library constructor, before main; it must not allocate, so it
 // walks the string in place.
 #include "options.h++"
+#include "placement.h++"
 
 #include <cstdlib>
 #include <cstring>
@@ -138,7 +139,7 @@ void options_print(const Options& o, const char* version, int fd) {
   w.flush_to(fd);
 }
 
-void options_init() {
+LCA_CORE_TEXT void options_init() {
   const char* text = std::getenv("LIBCALLOC_OPTIONS");
   if (text) options_parse(text, &g_options);
 }

@@ -5,6 +5,7 @@
 // errno = ENOMEM, never as an abort, so that malloc can return NULL under memory
 // exhaustion (RLIMIT_AS, overcommit limits).
 #include "os.h++"
+#include "placement.h++"
 
 #include "sanitizer.h++"
 #include "vg.h++"
@@ -12,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <ctime>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -27,17 +29,21 @@ inline void count(OsCall kind) { g_calls[static_cast<unsigned>(kind)].fetch_add(
 
 std::size_t os_calls(OsCall kind) { return g_calls[static_cast<unsigned>(kind)].load(std::memory_order_relaxed); }
 
-std::size_t os_page_size() {
+LCA_CORE_TEXT std::size_t os_page_size() {
   std::size_t p = g_page_size.load(std::memory_order_relaxed);
   if (__builtin_expect(p == 0, 0)) {
-    long v = sysconf(_SC_PAGESIZE);
-    p = v > 0 ? static_cast<std::size_t>(v) : 4096;
+    // The auxiliary vector, not sysconf: glibc's sysconf reads a jump table in
+    // libc's rodata, a 64 KiB fault-around window that a C program does not
+    // otherwise map (placement.h++).
+    unsigned long v = getauxval(AT_PAGESZ);
+    if (v == 0) v = static_cast<unsigned long>(sysconf(_SC_PAGESIZE));
+    p = static_cast<long>(v) > 0 ? static_cast<std::size_t>(v) : 4096;
     g_page_size.store(p, std::memory_order_relaxed);
   }
   return p;
 }
 
-void* os_map(std::size_t size) {
+LCA_CORE_TEXT void* os_map(std::size_t size) {
   count(OsCall::map);
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
@@ -49,7 +55,7 @@ void* os_map(std::size_t size) {
   return p;
 }
 
-void* os_map_aligned(std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* os_map_aligned(std::size_t size, std::size_t alignment) {
   if (alignment <= os_page_size()) return os_map(size);
   count(OsCall::map);
   if (size + alignment < size) {
@@ -84,7 +90,7 @@ void* os_map_aligned(std::size_t size, std::size_t alignment) {
   return reinterpret_cast<void*>(aligned);
 }
 
-void os_unmap(void* addr, std::size_t size) {
+LCA_CORE_TEXT void os_unmap(void* addr, std::size_t size) {
   if (!addr || !size) return;
   count(OsCall::unmap);
   // ASan builds: the shadow of unmapped memory keeps its poison, which a later
@@ -94,13 +100,13 @@ void os_unmap(void* addr, std::size_t size) {
   g_mapped.fetch_sub(size, std::memory_order_relaxed);
 }
 
-void os_purge(void* addr, std::size_t size) {
+LCA_CORE_TEXT void os_purge(void* addr, std::size_t size) {
   if (!size) return;
   count(OsCall::purge);
   madvise(addr, size, MADV_DONTNEED);
 }
 
-void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move) {
+LCA_CORE_TEXT void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move) {
   count(OsCall::remap);
   void* p = mremap(addr, old_size, new_size, may_move ? MREMAP_MAYMOVE : 0);
   if (p == MAP_FAILED) {
@@ -211,7 +217,7 @@ bool os_random(void* buf, std::size_t n) {
   return true;
 }
 
-std::uint64_t os_now_ns() {
+LCA_CORE_TEXT std::uint64_t os_now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);

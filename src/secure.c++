@@ -37,6 +37,7 @@
 // docs/design.md ("Secure heap") gives the thresholds and their measurements,
 // docs/SECURITY.md the threat model.
 #include "secure.h++"
+#include "placement.h++"
 
 #include <atomic>
 #include <cerrno>
@@ -1839,7 +1840,7 @@ SecureHeap* secure_process_heap() {
 
 // g_tc_lock first: it is held while instance caches go back to their heaps'
 // class locks (tc_inst_release_locked).
-void secure_prefork() {
+LCA_CORE_TEXT void secure_prefork() {
   lca_mutex_lock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_lock_all(h);
@@ -1847,7 +1848,7 @@ void secure_prefork() {
   lca_mutex_lock(&g_radix_lock);
 }
 
-void secure_postfork_parent() {
+LCA_CORE_TEXT void secure_postfork_parent() {
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_unlock_all(h);
@@ -1857,7 +1858,7 @@ void secure_postfork_parent() {
 
 // The child has only the thread that forked: the other threads' caches give their
 // slots back (every lock is still held) and go to the pool.
-void secure_postfork_child() {
+LCA_CORE_TEXT void secure_postfork_child() {
   auto mine = [](const ThreadCache* tc) {
     if (tc == tls_tc) return true;
     for (const ThreadCache* t : tls_tc_inst)

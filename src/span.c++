@@ -3,6 +3,7 @@
 // The hot operations (pop, local push, remote push) are inline in span.h++;
 // this file holds the rarer ones.
 #include "span.h++"
+#include "placement.h++"
 #include "vg.h++"
 #include "os.h++"
 
@@ -21,7 +22,7 @@ constinit std::uintptr_t g_free_guard_key = std::uintptr_t{1} << 63;
 namespace {
 constinit pthread_once_t g_guard_once = PTHREAD_ONCE_INIT;
 
-void make_guard_key() {
+LCA_CORE_TEXT void make_guard_key() {
   std::uint64_t key = 0;
   if (getrandom(&key, sizeof key, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof key)) {
     // No entropy yet (early boot): mix the clock and an address; still not a
@@ -35,9 +36,9 @@ void make_guard_key() {
 }
 }  // namespace
 
-void free_guard_init() { pthread_once(&g_guard_once, make_guard_key); }
+LCA_CORE_TEXT void free_guard_init() { pthread_once(&g_guard_once, make_guard_key); }
 
-void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed) {
+LCA_CORE_TEXT void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed) {
   char* base = reinterpret_cast<char*>(chunk) + (static_cast<std::size_t>(slot) << kSpanShift);
   std::uint32_t size = static_cast<std::uint32_t>(class_to_size(size_class));
   std::uint32_t count = static_cast<std::uint32_t>(kSpanSize / size);
@@ -64,7 +65,7 @@ void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, He
     s->end = span_full_end(s);
 }
 
-void span_extend_carve(Span* s) {
+LCA_CORE_TEXT void span_extend_carve(Span* s) {
   char* base = span_base(s);
   auto bump_off = static_cast<std::size_t>(s->bump - base);
   // The objects that end by the page boundary at or after the next object's
@@ -78,7 +79,7 @@ void span_extend_carve(Span* s) {
   if (limit > s->end) s->end = limit;
 }
 
-SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
+LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
   if ((s->flags & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
   std::uint32_t i = span_index(s, p);
   // Inside an object that grew over several slots: a slot boundary, not a block.
@@ -100,13 +101,13 @@ void span_debug_check_free(const Span* s, const FreeObject* o) {
 }
 #endif
 
-std::uint32_t span_object_slots(const Span* s, std::uint32_t i) {
+LCA_CORE_TEXT std::uint32_t span_object_slots(const Span* s, std::uint32_t i) {
   for (unsigned k = 0; k < s->multislot_count; ++k)
     if (s->multislot[k].first == i) return s->multislot[k].slots;
   return 1;
 }
 
-std::size_t span_release_multislot(Span* s, std::uint32_t i) {
+LCA_CORE_TEXT std::size_t span_release_multislot(Span* s, std::uint32_t i) {
   for (unsigned k = 0; k < s->multislot_count; ++k) {
     if (s->multislot[k].first != i) continue;
     std::uint32_t slots = s->multislot[k].slots;
@@ -125,7 +126,7 @@ std::size_t span_release_multislot(Span* s, std::uint32_t i) {
   return s->obj_size;
 }
 
-std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
+LCA_CORE_TEXT std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
   std::uint64_t w = s->remote_free.exchange(0, std::memory_order_acquire);
   *extra_bytes = 0;
   std::uint32_t n = remote_word_count(w);
@@ -149,7 +150,7 @@ std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
   return n;
 }
 
-bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_size) {
+LCA_CORE_TEXT bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_size) {
   std::uint32_t slots = span_object_slots(s, i);
   char* obj_end = static_cast<char*>(p) + static_cast<std::size_t>(slots) * s->obj_size;
   if (obj_end != s->bump) return false;

@@ -126,6 +126,21 @@ struct SpanChunk {
 };
 static_assert(sizeof(SpanChunk) <= kChunkHeaderSize, "span descriptors must fit in slot 0");
 
+// The number of slots set in a slot mask.  Not __builtin_popcountll: without
+// -mpopcnt that calls libgcc's __popcountdi2, which the link puts at the end of
+// libcalloc's text, in a 64 KiB fault-around window of its own that a purge
+// then maps (placement.h++).
+inline unsigned slot_count(std::uint64_t bits) {
+#ifdef __POPCNT__
+  return static_cast<unsigned>(__builtin_popcountll(bits));
+#else
+  bits -= (bits >> 1) & 0x5555555555555555ull;
+  bits = (bits & 0x3333333333333333ull) + ((bits >> 2) & 0x3333333333333333ull);
+  bits = (bits + (bits >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return static_cast<unsigned>((bits * 0x0101010101010101ull) >> 56);
+#endif
+}
+
 inline SpanChunk* span_chunk_of(ChunkHeader* c) { return reinterpret_cast<SpanChunk*>(c); }
 inline Span* span_of(SpanChunk* c, const void* p) {
   // &c->spans[slot of p], with the shift and the scaling folded into one shift.

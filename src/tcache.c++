@@ -12,6 +12,7 @@
 // and a chunk with no span left returns to the domain.  Every path is O(1) apart
 // from system calls and the bounded sweeps of abandoned heaps.
 #include "tcache.h++"
+#include "placement.h++"
 
 #include <cerrno>
 #include <cstring>
@@ -86,7 +87,7 @@ constexpr unsigned kCleanSlotProbe = 8;
 
 constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void init_recursive(pthread_mutex_t* m) {
+LCA_CORE_TEXT void init_recursive(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
   pthread_mutexattr_init(&attr);
   pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
@@ -117,7 +118,7 @@ std::uint32_t span_refill_min(const Span* s) {
 // taking a span's last few free objects one slow path each, the spans flagged
 // exhausted and their frees slow too (calloc-workloads fragmentation: +13 %
 // instructions when any free object sufficed, no RSS gained).
-bool span_offers_resident(const Span* s) {
+LCA_CORE_TEXT bool span_offers_resident(const Span* s) {
   if (!s || (!s->free && !span_has_remote(s))) return false;
   std::uint32_t carved = span_index(s, s->bump);
   std::uint32_t page = static_cast<std::uint32_t>(kCarvePage / s->obj_size);
@@ -129,7 +130,7 @@ bool span_offers_resident(const Span* s) {
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
 
 // Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
-void set_head(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
   Span* old = h->head[c];
   if (old != &g_empty_span) span_use_store(old, span_use(old) & ~kUseHeadMark);
   if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
@@ -161,7 +162,7 @@ auto span_live_change_uncounted(Heap* h, Span* s, Change change, std::int64_t fr
 
 // Statistics (tcache.h++): moves the counts of s, an active span of h, into
 // h's counters (h's stats_lock held, by its owner).
-void span_stats_fold(Heap* h, Span* s) {
+LCA_CORE_TEXT void span_stats_fold(Heap* h, Span* s) {
   std::uint64_t u = span_use(s);
   std::uint64_t allocs = u >> kUseCountShift;
   auto live = static_cast<std::uint32_t>(u & kUseLiveMask);
@@ -175,7 +176,7 @@ void span_stats_fold(Heap* h, Span* s) {
 
 // The queue primitives take h's stats_lock: a span joins a queue with no
 // counts (new, from the pool, or folded when it left one), and leaves it folded.
-void queue_link_front(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void queue_link_front(Heap* h, unsigned c, Span* s) {
   s->stat_live = span_used(s);
   s->prev = nullptr;
   if (queue_empty(h, c)) {
@@ -188,12 +189,12 @@ void queue_link_front(Heap* h, unsigned c, Span* s) {
   set_head(h, c, s);
 }
 
-void queue_push_front(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void queue_push_front(Heap* h, unsigned c, Span* s) {
   StatsLock lock(h);
   queue_link_front(h, c, s);
 }
 
-void queue_remove(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
   StatsLock lock(h);
   span_stats_fold(h, s);
   if (s->prev)
@@ -207,7 +208,7 @@ void queue_remove(Heap* h, unsigned c, Span* s) {
   s->next = s->prev = nullptr;
 }
 
-void queue_push_back(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
   StatsLock lock(h);
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
   s->stat_live = span_used(s);
@@ -217,7 +218,7 @@ void queue_push_back(Heap* h, unsigned c, Span* s) {
   h->tail[c] = s;
 }
 
-void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
+LCA_CORE_TEXT void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
   queue_remove(h, c, s);
   StatsLock lock(h);
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
@@ -261,14 +262,14 @@ void sweep_orphans(Domain* d, std::size_t limit);
 
 // The node a heap's next chunk goes to: its domain's (a NUMAAllocator node heap)
 // or, with node-local thread heaps (numa=1), the heap's own.
-NodePlacement chunk_placement_for(const Domain* d, const Heap* h) {
+LCA_CORE_TEXT NodePlacement chunk_placement_for(const Domain* d, const Heap* h) {
   NodePlacement where = d->placement;
   if (where.node < 0 && h && h->node >= 0) where.node = h->node;
   return where;
 }
 
 // A cached free chunk on the wanted node (any when no node is wanted).
-ChunkHeader* pop_free_chunk(Domain* d, int node) {
+LCA_CORE_TEXT ChunkHeader* pop_free_chunk(Domain* d, int node) {
   if (node < 0) return d->free_chunks.pop();
   for (ChunkHeader* c = d->free_chunks.head; c; c = c->next) {
     if (c->node == node) {
@@ -279,7 +280,7 @@ ChunkHeader* pop_free_chunk(Domain* d, int node) {
   return nullptr;
 }
 
-ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
+LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   ChunkHeader* c;
   bool fresh = false;
   NodePlacement where = chunk_placement_for(d, h);
@@ -331,14 +332,14 @@ ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
 // it lasts, and what it left is returned by the first release after the pause.
 // Page faults cost ~10-60 us here, so returning memory that is about to be reused
 // is the expensive mistake.
-bool decay_due(std::uint64_t* last) {
+LCA_CORE_TEXT bool decay_due(std::uint64_t* last) {
   std::uint64_t now = os_now_ns();
   if (now - *last < kDecayNs) return false;
   *last = now;
   return true;
 }
 
-void release_chunk(Domain* d, ChunkHeader* c) {
+LCA_CORE_TEXT void release_chunk(Domain* d, ChunkHeader* c) {
   ChunkList doomed;
   {
     DomainLock lock(d);
@@ -360,7 +361,7 @@ void release_chunk(Domain* d, ChunkHeader* c) {
 // of every chunk) keeps its free slots resident and dirty -- purging them would
 // split the huge page under them while the rest of it stays resident, and
 // khugepaged would fill them in again.  Returns the dirty slots left.
-std::size_t purge_huge_ranges(SpanChunk* sc) {
+LCA_CORE_TEXT std::size_t purge_huge_ranges(SpanChunk* sc) {
   constexpr unsigned kSlotsPerRange = kHugePage2M / kSpanSize;
   static_assert(kSpansPerChunk % kSlotsPerRange == 0);
   std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
@@ -374,7 +375,7 @@ std::size_t purge_huge_ranges(SpanChunk* sc) {
       ++purged;
     } else {
       ++kept;
-      kept_slots += static_cast<std::size_t>(__builtin_popcountll(dirty & range));
+      kept_slots += static_cast<std::size_t>(slot_count(dirty & range));
     }
   }
   sc->dirty_slots = dirty;
@@ -384,7 +385,7 @@ std::size_t purge_huge_ranges(SpanChunk* sc) {
 
 // Purges one span chunk's dirty free slots; returns how many stay dirty (a
 // chunk that may be on huge pages gives back whole free 2 MiB ranges only).
-std::size_t purge_chunk_dirty(ChunkHeader* ch) {
+LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
   SpanChunk* sc = span_chunk_of(ch);
   if (ch->flags & kChunkMayBeHuge) return purge_huge_ranges(sc);
   std::uint64_t dirty = sc->dirty_slots & sc->free_slots;
@@ -400,7 +401,7 @@ std::size_t purge_chunk_dirty(ChunkHeader* ch) {
   return 0;
 }
 
-void purge_dirty_slots(Heap* h) {
+LCA_CORE_TEXT void purge_dirty_slots(Heap* h) {
   std::size_t left = 0;
   for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) left += purge_chunk_dirty(ch);
   h->dirty_slots = left;
@@ -409,7 +410,7 @@ void purge_dirty_slots(Heap* h) {
 // A span of class c for h in a free slot of sc, a dirty (resident) one if any;
 // taking a dirty slot takes one from *dirty, the count of such slots it was in
 // (the heap's, or the domain's for an orphan chunk, whose lock is then held).
-Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty, bool clean_first = false) {
+LCA_CORE_TEXT Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* dirty, bool clean_first = false) {
   std::uint64_t reuse = sc->free_slots & (clean_first ? ~sc->dirty_slots : sc->dirty_slots);
   unsigned slot = static_cast<unsigned>(__builtin_ctzll(reuse ? reuse : sc->free_slots));
   std::uint64_t bit = std::uint64_t{1} << slot;
@@ -448,7 +449,7 @@ Span* new_span_in_orphan_chunk(Heap* h, unsigned c, bool dirty_only) {
 // first) or of several (a big heap: its resident slots come first, and adopted
 // heaps would each map one more chunk -- ASan mode's short-lived-threads test
 // went from 125 to 333 MiB mapped).  (docs/design.md, "Small heaps' peak RSS".)
-Span* new_first_span(Heap* h, unsigned c) {
+LCA_CORE_TEXT Span* new_first_span(Heap* h, unsigned c) {
   ChunkHeader* ch = h->span_chunks_avail.head;
   for (unsigned n = 0; ch && n < kCleanSlotProbe; ch = ch->next, ++n)
     if (span_chunk_of(ch)->free_slots & ~span_chunk_of(ch)->dirty_slots) break;
@@ -467,7 +468,7 @@ Span* new_first_span(Heap* h, unsigned c) {
   return s;
 }
 
-Span* new_span(Heap* h, unsigned c) {
+LCA_CORE_TEXT Span* new_span(Heap* h, unsigned c) {
   // A class of small objects gets its first span -- for most classes its only
   // one -- on a clean slot: on a resident one left by a bigger class it would
   // keep up to 64 KiB resident for the few pages it carves, pages that class
@@ -494,12 +495,12 @@ Span* new_span(Heap* h, unsigned c) {
 }
 
 // Releases the span chunks that hold no active span.
-void release_empty_span_chunks(Heap* h) {
+LCA_CORE_TEXT void release_empty_span_chunks(Heap* h) {
   for (ChunkHeader* ch = h->span_chunks_avail.head; ch;) {
     ChunkHeader* next = ch->next;
     SpanChunk* sc = span_chunk_of(ch);
     if (sc->active_spans == 0) {
-      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+      std::size_t dirty = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
       h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
       h->span_chunks_avail.remove(ch);
       release_chunk(h->domain, ch);
@@ -518,10 +519,10 @@ void purge_orphan_chunks(Domain* d) {
 // chunk -- dirty unless `purged` (its 64 KiB were purged: zero pages) -- and the
 // chunk to the domain's free chunks once it holds no span.  The dirty free
 // slots of orphan chunks are purged as a heap's are (kMaxDirtySlots, kDecayNs).
-void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false) {
+LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false) {
   std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
   DomainLock lock(d);
-  std::size_t dirty_before = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+  std::size_t dirty_before = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
   sc->free_slots |= bit;
   if (purged)
     sc->dirty_slots &= ~bit;
@@ -539,7 +540,7 @@ void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false)
   if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
 }
 
-void retire_span(Heap* h, Span* s) {
+LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
   span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
@@ -557,7 +558,7 @@ void retire_span(Heap* h, Span* s) {
   ++h->dirty_slots;
   --sc->active_spans;
   if (sc->active_spans == 0 && h->span_chunks_avail.count > 1) {
-    std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+    std::size_t dirty = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
     h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
     h->span_chunks_avail.remove(&sc->header);
     release_chunk(h->domain, &sc->header);
@@ -566,7 +567,7 @@ void retire_span(Heap* h, Span* s) {
   }
 }
 
-void collect_span(Heap* h, Span* s) {
+LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
   // The remote frees were counted by the freeing heaps.
   span_live_change_uncounted(h, s, [&] { span_collect_remote(s, &extra); });
@@ -642,7 +643,7 @@ void orphan_doom(Domain* d, OrphanPool* p, Span* prev, Span* s, Span** doomed) {
 // The pool's bound (pool lock held): beyond kOrphanKeep spans, its oldest go
 // while they are empty -- the spans a burst of threads alive at once made, once
 // their blocks are freed.
-void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
+LCA_CORE_TEXT void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
   while (p->count > kOrphanKeep) {
     Span* s = p->head.load(std::memory_order_relaxed);
     if (!orphan_collect_empty(s)) break;
@@ -662,7 +663,7 @@ bool orphan_purges(const Span* s) {
 
 // Retires the doomed spans (no pool lock held): the purges first, outside the
 // domain lock, then their slots go back to their orphan chunks under it.
-void orphan_retire_doomed(Domain* d, Span* doomed) {
+LCA_CORE_TEXT void orphan_retire_doomed(Domain* d, Span* doomed) {
   if (!doomed) return;
   for (Span* s = doomed; s; s = s->next)
     if (orphan_purges(s)) os_purge(span_base(s), kSpanSize);
@@ -704,7 +705,7 @@ void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
   }
 }
 
-void drain_arena_remote(Heap* h) {
+LCA_CORE_TEXT void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
   while (list) {
     FreeObject* next = list->next;
@@ -716,7 +717,7 @@ void drain_arena_remote(Heap* h) {
 
 void medium_cache_flush(Heap* h);
 
-void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
   if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
   void* p = arena_alloc(&h->arena, size, alignment);
   if (!p && h->medium.bytes) {
@@ -749,7 +750,7 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
 // --- medium cache (tcache.h++) ------------------------------------------------
 // (No RemoteBusy bracket: the child of a fork never reads the medium cache of
 // another thread's heap -- those heaps are left alone there, lifecycle.c++.)
-void medium_cache_flush(Heap* h) {
+LCA_CORE_TEXT void medium_cache_flush(Heap* h) {
   for (MediumFree*& head : h->medium.bin) {
     while (MediumFree* m = head) {
       head = m->next;
@@ -761,7 +762,7 @@ void medium_cache_flush(Heap* h) {
 }
 
 // Smallest size class >= the request whose objects are all aligned to alignment.
-int aligned_class(std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT int aligned_class(std::size_t size, std::size_t alignment) {
   for (unsigned c = size_to_class(size); c < kNumClasses; ++c)
     if ((class_to_size(c) & (alignment - 1)) == 0) return static_cast<int>(c);
   return -1;
@@ -769,7 +770,7 @@ int aligned_class(std::size_t size, std::size_t alignment) {
 
 }  // namespace
 
-void* heap_alloc_medium(Heap* h, std::size_t size) {
+LCA_CORE_TEXT void* heap_alloc_medium(Heap* h, std::size_t size) {
   if (size < kMediumCacheMax) {
     // The bin of size may hold blocks just short of it: its first fits or not;
     // every block of the bins above fits (tcache.h++, kMediumSearchBins).
@@ -806,7 +807,7 @@ void* heap_alloc_medium(Heap* h, std::size_t size) {
 namespace {
 // The live bytes fell and the bound with them: the cache gives blocks back to
 // the arena, the largest first, until it holds no more than the bound.
-void medium_cache_shrink(Heap* h) {
+LCA_CORE_TEXT void medium_cache_shrink(Heap* h) {
   std::size_t bound = medium_cache_bound(h);
   while (h->medium.bytes > bound) {
     unsigned b = 31u - static_cast<unsigned>(__builtin_clz(h->medium.nonempty));
@@ -819,7 +820,7 @@ void medium_cache_shrink(Heap* h) {
 }
 }  // namespace
 
-std::size_t medium_cache_bound(const Heap* h) {
+LCA_CORE_TEXT std::size_t medium_cache_bound(const Heap* h) {
   // The bytes of h's arena blocks live now, as h's counters see them (held
   // blocks count as freed).  Approximate, and the bound keeps within its two
   // limits whatever the error: multislot growth counts with them, and a remote
@@ -831,7 +832,7 @@ std::size_t medium_cache_bound(const Heap* h) {
   return bound < kMediumCacheBytes ? kMediumCacheBytes : bound > kMediumCacheBytesMax ? kMediumCacheBytesMax : bound;
 }
 
-bool heap_free_medium(Heap* h, void* p) {
+LCA_CORE_TEXT bool heap_free_medium(Heap* h, void* p) {
   ChunkHeader* ch = chunk_base(p);
   if (ch->heap != h) return false;
   ArenaChunk* c = arena_chunk_of(ch);
@@ -860,7 +861,7 @@ bool heap_free_medium(Heap* h, void* p) {
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
 // heap_collect_all without the purge of dirty span slots.
-void heap_collect_empty(Heap* h) {
+LCA_CORE_TEXT void heap_collect_empty(Heap* h) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     Span* s = queue_empty(h, c) ? nullptr : h->head[c];
     while (s) {
@@ -884,7 +885,7 @@ void heap_collect_empty(Heap* h) {
   release_empty_span_chunks(h);
 }
 
-void heap_collect_all(Heap* h, bool purge) {
+LCA_CORE_TEXT void heap_collect_all(Heap* h, bool purge) {
   heap_collect_empty(h);
   if (purge || h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
 }
@@ -905,7 +906,7 @@ void sweep_abandoned(Domain* d) {
   }
 }
 
-void heap_init(Heap* h, Domain* d) {
+LCA_CORE_TEXT void heap_init(Heap* h, Domain* d) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     h->head[c] = &g_empty_span;
     h->tail[c] = nullptr;
@@ -915,7 +916,7 @@ void heap_init(Heap* h, Domain* d) {
 
 }  // namespace
 
-Heap* heap_create_locked(Domain* d) {
+LCA_CORE_TEXT Heap* heap_create_locked(Domain* d) {
   void* mem = os_map(align_up(sizeof(Heap), os_page_size()));
   if (!mem) return nullptr;
   Heap* h = new (mem) Heap{};
@@ -1122,7 +1123,7 @@ bool adopt_orphan_span(Heap* h, Span* s) {
 
 }  // namespace
 
-void heap_orphan_spans(Heap* h) {
+LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
   Domain* d = h->domain;
   if (!d->orphan_pools || h->node >= 0) return;  // node-local heaps are adopted whole
   {
@@ -1138,7 +1139,7 @@ void heap_orphan_spans(Heap* h) {
           continue;
         }
         ch->heap = nullptr;
-        d->orphan_dirty_slots += static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
+        d->orphan_dirty_slots += static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
         d->orphan_chunks.push(ch);
       }
     }
@@ -1175,17 +1176,17 @@ void heap_orphan_spans(Heap* h) {
   orphan_retire_doomed(d, doomed);
 }
 
-void domain_pools_prefork(Domain* d) {
+LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
 }
 
-void domain_pools_postfork_parent(Domain* d) {
+LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
 }
 
-void domain_pools_postfork_child(Domain* d) {
+LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
   // A heap's statistics lock, perhaps held by a thread the fork did not copy:
   // that heap is never used in the child (lifecycle.c++), and its lock and
   // queues are not touched again (Heap::stats_torn).
@@ -1209,7 +1210,7 @@ void domain_pools_postfork_child(Domain* d) {
 // it got back (producer-consumer: 6 207 of 6 247 "used" 16-byte objects sat on
 // such lists), and new spans were carved instead.  A span that is then empty
 // is retired; one with free objects (span_refill_min) moves behind the head.
-void sweep_class_tail(Heap* h, unsigned c) {
+LCA_CORE_TEXT void sweep_class_tail(Heap* h, unsigned c) {
   Span* s = h->tail[c];
   for (unsigned n = 0; s && s != h->head[c] && n < kQueueSweep; ++n) {
     Span* prev = s->prev;
@@ -1226,7 +1227,7 @@ void sweep_class_tail(Heap* h, unsigned c) {
   }
 }
 
-void* heap_alloc_small_slow(Heap* h, unsigned c) {
+LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
   // h allocates the class: a head a free adopted is h's like any other now.
   if (s->flags & kSpanAdopted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
@@ -1277,7 +1278,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   return span_pop_extend(s);  // (a pooled span may have room only past its carve limit)
 }
 
-void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
+LCA_CORE_TEXT void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
   if (size <= kSlabMax && !grown) {
     int c = alignment <= 16 ? static_cast<int>(size_to_class(size)) : aligned_class(size, alignment);
     if (c >= 0) {
@@ -1299,7 +1300,7 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
   return domain_alloc_large(h->domain, size, alignment, &zero);
 }
 
-void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
+LCA_CORE_TEXT void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
   void* p = large_alloc(d, &d->large, size, alignment, fresh_zero);
   if (!p) {
     release_cached(d);
@@ -1308,7 +1309,7 @@ void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, boo
   return p;
 }
 
-void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {
   bool fresh = false;
   void* p = domain_alloc_large(d, size, alignment, &fresh);
   if (p && !fresh) std::memset(p, 0, size);
@@ -1317,7 +1318,7 @@ void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {
 
 namespace {
 
-void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
   if (d->per_thread) {
     Heap* h = heap_for_thread();
     if (h && h->node >= 0) h = heap_rehome_if_moved(h);
@@ -1332,7 +1333,7 @@ void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t alignment) {
 }
 }  // namespace
 
-void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
   vg_init();
   if (!on_valgrind()) return domain_alloc_raw(d, size, alignment);
   VgSerial serial;
@@ -1347,14 +1348,14 @@ void* domain_alloc(Domain* d, std::size_t size, std::size_t alignment) {
   return p;
 }
 
-std::size_t block_usable_size(const void* p, const char* what) {
+LCA_CORE_TEXT std::size_t block_usable_size(const void* p, const char* what) {
   VgSerial serial;
   BlockRef r;
   block_lookup(p, &r, what);
   return on_valgrind() ? vg_block_size(p, r.usable) : r.usable;
 }
 
-void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
+LCA_CORE_TEXT void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
   std::size_t bytes;
   if (__builtin_expect(s->flags & kSpanMultislot, 0)) {
     // One free (counted from live); the extra slots of an object that grew are not.
@@ -1366,7 +1367,7 @@ void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
   span_after_local_free(h, s);
 }
 
-void span_after_local_free(Heap* h, Span* s) {
+LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
   unsigned c = s->size_class;
   if (h->head[c] == s) {
     if (__builtin_expect(s->flags & kSpanAdopted, 0)) {
@@ -1403,7 +1404,7 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   report_fatal("Invalid free", p, "not the start of a block allocated by libcalloc");
 }
 
-void block_lookup(const void* p, BlockRef* out, const char* what) {
+LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) {
   bool is_free_op = what[0] == 'f';
   ChunkHeader* ch = registry_lookup(p);
   if (ch && ch->kind == ChunkKind::spans) {
@@ -1437,7 +1438,7 @@ void block_lookup(const void* p, BlockRef* out, const char* what) {
                is_free_op ? "not a block allocated by libcalloc" : what);
 }
 
-void free_slow(void* p) {
+LCA_CORE_TEXT void free_slow(void* p) {
   if (on_valgrind()) {
     VgSerial serial;
     return vg_free(p, free_now);
@@ -1445,7 +1446,7 @@ void free_slow(void* p) {
   free_now(p);
 }
 
-void free_now(void* p) {
+LCA_CORE_TEXT void free_now(void* p) {
   BlockRef r;
   block_lookup(p, &r, "free");
   Domain* d = r.domain;
@@ -1571,7 +1572,7 @@ inline bool free_remote_batched(void* p) {
 
 // Adds o (a checked object of s, another heap's span, its guard set) to its
 // span's chain in h's RemoteBatch table.
-void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
+LCA_CORE_TEXT void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
   std::uint32_t i = span_index(s, o);
   RemoteBatch* b = &me->remote_batch[(reinterpret_cast<std::uintptr_t>(s) >> 7) % kRemoteBatchSlots];
   if (b->span == s) {
@@ -1591,7 +1592,7 @@ void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
 }
 }  // namespace
 
-void remote_batch_flush_all(Heap* h) {
+LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
   RemoteBusy busy(h);
   for (unsigned c = 0; c < kNumClasses; ++c) {
     while (FreeObject* o = h->foreign[c]) {
@@ -1604,7 +1605,7 @@ void remote_batch_flush_all(Heap* h) {
     if (b.span) remote_batch_flush(&b);
 }
 
-void free_cold(void* p) {
+LCA_CORE_TEXT void free_cold(void* p) {
   int saved = errno;
 #if CALLOC_TRACKING
   if (track_active()) track_free(p);
@@ -1692,7 +1693,7 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
 }
 }  // namespace
 
-void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
+LCA_CORE_TEXT void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
   if (p && on_valgrind()) {
     VgSerial serial;
     return vg_realloc(d, p, size, may_move, how);
@@ -1700,7 +1701,7 @@ void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeR
   return block_realloc_raw(d, p, size, may_move, how);
 }
 
-void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
+LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
   *how = ResizeResult::failed;
   if (!p) {
     if (!may_move) return nullptr;

@@ -1,5 +1,6 @@
 // vg.c++ -- Valgrind mode (see vg.h++).
 #include "vg.h++"
+#include "placement.h++"
 
 #include <link.h>
 #include <linux/futex.h>
@@ -109,20 +110,20 @@ void vg_serial_unlock() {
   if (__atomic_exchange_n(&g_serial_word, 0, __ATOMIC_RELEASE) == 2) futex(&g_serial_word, FUTEX_WAKE_PRIVATE, 1);
 }
 
-void vg_hide(const void* p, std::size_t n) {
+LCA_CORE_TEXT void vg_hide(const void* p, std::size_t n) {
   if (!on_valgrind() || !n) return;
   VALGRIND_HG_DISABLE_CHECKING(p, n);
   VALGRIND_DO_CLIENT_REQUEST_STMT(kDrdStartSuppression, p, n, 0, 0, 0);
 }
 
-void vg_show_clean(const void* p, std::size_t n) {
+LCA_CORE_TEXT void vg_show_clean(const void* p, std::size_t n) {
   if (!on_valgrind() || !n) return;
   VALGRIND_HG_ENABLE_CHECKING(p, n);
   VALGRIND_DO_CLIENT_REQUEST_STMT(kDrdFinishSuppression, p, n, 0, 0, 0);
   VALGRIND_HG_CLEAN_MEMORY(p, n);  // DRD's ANNOTATE_NEW_MEMORY too
 }
 
-void vg_decide() {
+LCA_CORE_TEXT void vg_decide() {
   bool on = false;
   if (RUNNING_ON_VALGRIND) {
     // Valgrind puts the tool's own preload library (the one that replaces malloc)
@@ -263,14 +264,14 @@ void vg_block_forgotten(const void* p) {
 
 // The serialising lock alone is held across fork() (the quarantine's is the same
 // lock); the child's one thread took it and releases it as the parent does.
-void vg_prefork_first() {
+LCA_CORE_TEXT void vg_prefork_first() {
   if (on_valgrind()) vg_serial_enter();
 }
-void vg_prefork() {}
-void vg_postfork_parent() {
+LCA_CORE_TEXT void vg_prefork() {}
+LCA_CORE_TEXT void vg_postfork_parent() {
   if (on_valgrind()) vg_serial_leave();
 }
-void vg_postfork_child() {
+LCA_CORE_TEXT void vg_postfork_child() {
   if (on_valgrind()) vg_serial_leave();
 }
 
@@ -326,14 +327,14 @@ void vg_quarantine_release_domain(Domain* d) {
   }
 }
 
-void vg_chunk_added(Domain* d, const void* chunk, std::size_t size) {
+LCA_CORE_TEXT void vg_chunk_added(Domain* d, const void* chunk, std::size_t size) {
   if (!on_valgrind()) return;
   if (!d->per_thread) VALGRIND_MEMPOOL_ALLOC(d, chunk, size);
   // libcalloc's memory until a block is handed out (MEMPOOL_ALLOC made it undefined).
   (void)VALGRIND_MAKE_MEM_DEFINED(chunk, size);
 }
 
-void vg_chunk_removed(Domain* d, const void* chunk) {
+LCA_CORE_TEXT void vg_chunk_removed(Domain* d, const void* chunk) {
   if (!on_valgrind()) return;
   if (!d->per_thread) VALGRIND_MEMPOOL_FREE(d, chunk);  // AUTO_FREE: its blocks go too
   (void)VALGRIND_MAKE_MEM_DEFINED(chunk, kChunkSize);
@@ -349,16 +350,16 @@ void vg_free(void* p, void (*release)(void*)) { release(p); }
 void vg_save_vbits(const void*, void*, std::size_t) {}
 void vg_restore_vbits(const void*, const void*, std::size_t) {}
 void vg_block_forgotten(const void*) {}
-void vg_prefork_first() {}
-void vg_prefork() {}
-void vg_postfork_parent() {}
-void vg_postfork_child() {}
+LCA_CORE_TEXT void vg_prefork_first() {}
+LCA_CORE_TEXT void vg_prefork() {}
+LCA_CORE_TEXT void vg_postfork_parent() {}
+LCA_CORE_TEXT void vg_postfork_child() {}
 void vg_domain_created(Domain*) {}
 void vg_domain_destroying(Domain*) {}
 void vg_domain_destroyed(Domain*) {}
 void vg_quarantine_release_domain(Domain*) {}
-void vg_chunk_added(Domain*, const void*, std::size_t) {}
-void vg_chunk_removed(Domain*, const void*) {}
+LCA_CORE_TEXT void vg_chunk_added(Domain*, const void*, std::size_t) {}
+LCA_CORE_TEXT void vg_chunk_removed(Domain*, const void*) {}
 
 #endif
 

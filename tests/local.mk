@@ -359,3 +359,13 @@ EXTRA_DIST += tests/integration/nostdcxx.sh
 # Medium blocks: the arena behind the heap's medium cache (issue 17).
 calloc_unit_tests += tests/unit/arena
 tests_unit_arena_SOURCES = tests/unit/arena.c++ tests/test-util.h++
+
+# A small program's share of libcalloc.so (issue 17, src/placement.h++): the
+# text segment 64 KiB-aligned and one fault-around window of it resident.
+calloc_script_tests += tests/integration/small-rss.sh
+check_PROGRAMS += tests/integration/small-rss
+tests_integration_small_rss_SOURCES = tests/integration/small-rss.c
+tests_integration_small_rss_CPPFLAGS =
+tests_integration_small_rss_CFLAGS = $(PTHREAD_CFLAGS)
+tests_integration_small_rss_LDADD = $(PTHREAD_CFLAGS) $(PTHREAD_LIBS)
+EXTRA_DIST += tests/integration/small-rss.sh

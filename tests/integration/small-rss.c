@@ -1,0 +1,114 @@
+/* tests/integration/small-rss.c -- a small C program for small-rss.sh: what a
+ * small program runs of libcalloc (under LD_PRELOAD), then the resident size
+ * of libcalloc.so's mappings, read from /proc/self/smaps.
+ *
+ *   small-rss none   allocates nothing (a program like true(1))
+ *   small-rss all    small blocks of several classes, a medium and a large
+ *                    one, calloc, realloc, the aligned forms,
+ *                    malloc_usable_size, a thread that allocates and exits,
+ *                    fork, then frees everything
+ *
+ * Prints "text_kb=N lib_kb=M text_start=0xADDR text_offset=0xOFF": the Rss of
+ * libcalloc's executable mapping and of all of its mappings, and where the
+ * executable one starts (address and file offset).  Exit 0, or 1 when
+ * libcalloc is not mapped or a call failed. */
+#define _GNU_SOURCE
+#include <malloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void* thread_main(void* arg) {
+  (void)arg;
+  void* volatile p[64];
+  for (int i = 0; i < 64; ++i) p[i] = malloc(16 + 8 * (size_t)i);
+  for (int i = 0; i < 64; ++i) free(p[i]);
+  return NULL;
+}
+
+static int exercise(void) {
+  void* volatile small[256];
+  for (int i = 0; i < 256; ++i) {
+    small[i] = malloc(8 + 4 * (size_t)i);
+    if (!small[i]) return 1;
+    memset(small[i], i, 8);
+  }
+  char* medium = malloc(20000);
+  char* large = malloc(1 << 20);
+  char* zeroed = calloc(100, 100);
+  char* grown = malloc(10);
+  if (!medium || !large || !zeroed || !grown) return 1;
+  large[0] = medium[0] = 1;
+  for (size_t n = 100; n <= 200000; n *= 3) {
+    grown = realloc(grown, n);
+    if (!grown) return 1;
+  }
+  void* aligned = NULL;
+  if (posix_memalign(&aligned, 4096, 100) != 0) return 1;
+  void* aligned2 = aligned_alloc(64, 640);
+  if (!aligned2 || malloc_usable_size(aligned2) < 640) return 1;
+  pthread_t t;
+  if (pthread_create(&t, NULL, thread_main, NULL) != 0 || pthread_join(t, NULL) != 0) return 1;
+  pid_t child = fork();
+  if (child < 0) return 1;
+  if (child == 0) {
+    free(malloc(100));
+    _exit(0);
+  }
+  int status;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 1;
+  for (int i = 0; i < 256; ++i) free(small[i]);
+  free(medium);
+  free(large);
+  free(zeroed);
+  free(grown);
+  free(aligned);
+  free(aligned2);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2 || (strcmp(argv[1], "none") != 0 && strcmp(argv[1], "all") != 0)) {
+    fprintf(stderr, "usage: small-rss none|all\n");
+    return 1;
+  }
+  if (strcmp(argv[1], "all") == 0 && exercise() != 0) {
+    fprintf(stderr, "small-rss: an allocation call failed\n");
+    return 1;
+  }
+  FILE* f = fopen("/proc/self/smaps", "r");
+  if (!f) return 1;
+  char line[512];
+  int in_lib = 0, in_text = 0;
+  long text_kb = -1, lib_kb = 0;
+  unsigned long text_start = 0, text_offset = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long start, end, offset;
+    char perms[8];
+    if (sscanf(line, "%lx-%lx %7s %lx", &start, &end, perms, &offset) == 4 && strchr(line, '-') < strchr(line, ' ')) {
+      in_lib = strstr(line, "/libcalloc.so") != NULL;
+      in_text = in_lib && perms[2] == 'x';
+      if (in_text) {
+        text_start = start;
+        text_offset = offset;
+        text_kb = 0;
+      }
+      continue;
+    }
+    long kb;
+    if (in_lib && sscanf(line, "Rss: %ld kB", &kb) == 1) {
+      lib_kb += kb;
+      if (in_text) text_kb += kb;
+    }
+  }
+  fclose(f);
+  if (text_kb < 0) {
+    fprintf(stderr, "small-rss: libcalloc.so is not mapped\n");
+    return 1;
+  }
+  printf("text_kb=%ld lib_kb=%ld text_start=0x%lx text_offset=0x%lx\n", text_kb, lib_kb, text_start, text_offset);
+  return 0;
+}
