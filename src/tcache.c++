@@ -80,6 +80,11 @@ constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
 constexpr std::size_t kCleanFirstSpanMax = 1024;
 constexpr unsigned kCleanSlotProbe = 8;
+// Purged pages of partly used spans (heap_purge_span_pages): a span is looked
+// at when it may give back this many pages (16 KiB) at least, when the heap is
+// about to map a chunk or at the decay of its empty slots; trim takes every page.
+// docs/design.md, "Purging the free pages of partly used spans".
+constexpr unsigned kSpanPurgeMinPages = 4;
 
 }  // namespace
 
@@ -122,7 +127,8 @@ bool span_offers_resident(const Span* s) {
   std::uint32_t page = static_cast<std::uint32_t>(kCarvePage / s->obj_size);
   std::uint32_t want = span_refill_min(s);
   if (want < page) want = page;
-  return carved > span_used(s) && carved - span_used(s) >= want;
+  std::uint32_t taken = span_used(s) + ((s->flags & kSpanPurged) ? span_purged_objects(s) : 0);
+  return carved > taken && carved - taken >= want;
 }
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -253,6 +259,13 @@ ChunkHeader* pop_free_chunk(Domain* d, int node) {
     }
   }
   return nullptr;
+}
+
+// Whether the domain's next chunk request would map one (no free chunk cached):
+// the moment to give back what the heap holds unused (a peek; rare path).
+bool domain_will_map(Domain* d) {
+  DomainLock lock(d);
+  return !d->free_chunks.head;
 }
 
 ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
@@ -456,6 +469,7 @@ Span* new_span(Heap* h, unsigned c) {
   if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots))
     if (Span* s = new_span_in_orphan_chunk(h, c, ch != nullptr)) return s;
   if (!ch) {
+    if (domain_will_map(h->domain)) heap_purge_span_pages(h, kSpanPurgeMinPages);
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
     if (!ch) return nullptr;
     h->span_chunks_avail.push(ch);
@@ -515,13 +529,35 @@ void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false)
   if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
 }
 
+// Purges the pages of s (empty, with purged pages) that are not purged yet;
+// true when the whole slot is zero then.
+bool retire_purged_slot(Span* s) {
+  char* base = span_base(s);
+  std::uint16_t purged = s->purged;
+  // The pages above the carved ones may hold an older span's bytes.
+  for (unsigned k = 0; k < kSpanPages;) {
+    if ((purged >> k) & 1) {
+      ++k;
+      continue;
+    }
+    unsigned run = k;
+    while (run < kSpanPages && !((purged >> run) & 1)) ++run;
+    os_purge(base + k * kCarvePage, (run - k) * kCarvePage);
+    k = run;
+  }
+  return true;
+}
+
 void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
+  // A span with purged pages leaves its slot clean (the rest purged too): as a
+  // dirty slot it would be reused with no carve limit over pages not resident.
+  bool clean = (s->flags & kSpanPurged) && retire_purged_slot(s);
   span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
   // A span taken from the pool or carved in an orphan chunk: the chunk is the
   // domain's (its heap is nullptr; a chunk a heap owns holds that heap's spans only).
-  if (sc->header.heap != h) return release_orphan_slot(h->domain, sc, s);
+  if (sc->header.heap != h) return release_orphan_slot(h->domain, sc, s, clean);
   unsigned slot = static_cast<unsigned>(s - sc->spans);
   std::uint64_t bit = std::uint64_t{1} << slot;
   if (!sc->free_slots) {
@@ -529,8 +565,10 @@ void retire_span(Heap* h, Span* s) {
     h->span_chunks_avail.push(&sc->header);
   }
   sc->free_slots |= bit;
-  sc->dirty_slots |= bit;
-  ++h->dirty_slots;
+  if (!clean) {
+    sc->dirty_slots |= bit;
+    ++h->dirty_slots;
+  }
   --sc->active_spans;
   if (sc->active_spans == 0 && h->span_chunks_avail.count > 1) {
     std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(sc->dirty_slots & sc->free_slots));
@@ -539,6 +577,7 @@ void retire_span(Heap* h, Span* s) {
     release_chunk(h->domain, &sc->header);
   } else if (h->dirty_slots > 2 * kMaxDirtySlots && decay_due(&h->last_purge_ns)) {
     purge_dirty_slots(h);
+    heap_purge_span_pages(h, kSpanPurgeMinPages);
   }
 }
 
@@ -713,6 +752,8 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
     // matrix").  The decay's once-a-second rule is for memory that may be
     // reused; this memory would not be, by this request.
     if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
+    // Likewise the free pages of partly used spans, when a chunk is to be mapped.
+    if (domain_will_map(h->domain)) heap_purge_span_pages(h, kSpanPurgeMinPages);
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
@@ -1150,6 +1191,36 @@ void domain_pools_postfork_child(Domain* d) {
   }
 }
 
+namespace {
+std::uint32_t span_recarve_counted(Heap* h, Span* s) {
+  std::uint32_t n = span_recarve(s);
+  h->counters.span_objects_recarved.add(n);
+  return n;
+}
+}  // namespace
+
+std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages) {
+  if (on_valgrind() || !h->domain->per_thread) return 0;  // (module comment of span.h++: Valgrind/ASan, defrag)
+  std::size_t total = 0;
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    if (queue_empty(h, c)) continue;
+    for (Span* s = h->head[c]; s; s = s->next) {
+      if (s->flags & (kSpanInactive | kSpanMultislot)) continue;
+      // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
+      if (chunk_base(s)->flags & kChunkMayBeHuge) continue;
+      // At most this many pages can be purged: the carved ones not purged yet,
+      // less those a live object may overlap (O(1), before any list walk).
+      auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
+      std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
+                         static_cast<std::size_t>(__builtin_popcount(s->purged));
+      if (carved_pages < held + min_pages) continue;
+      total += span_purge_free_pages(s, min_pages);
+    }
+  }
+  h->counters.span_pages_purged.add(total);
+  return total;
+}
+
 // Collects the remote frees of up to kQueueSweep spans from the tail of class c's
 // queue, where the spans the allocator left behind wait.  Other threads free
 // into them, but only the owner can take those objects back: without this a
@@ -1176,6 +1247,9 @@ void sweep_class_tail(Heap* h, unsigned c) {
 
 void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
+  // The head's purged pages come back before any new page is carved.
+  if (s != &g_empty_span && !s->free && (s->flags & kSpanPurged) && !span_has_remote(s) && span_recarve_counted(h, s))
+    if (void* p = span_pop(s)) return p;
   // The head at its carve limit, the span behind it with no resident free
   // objects: on to the next page at once (the common case of a growing class:
   // no sweep, no rotation).
@@ -1192,6 +1266,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
       // kRefillMin objects to offer (span_refill_min), else it waits at the back.
       if (probe == 0 || span_free_objects(s) >= span_refill_min(s)) {
         void* p = span_pop(s);
+        if (!p && (s->flags & kSpanPurged) && span_recarve_counted(h, s)) p = span_pop(s);
         // At its carve limit: a new page is touched only when the span behind
         // has no resident free objects to offer (span.h++, "Carve limit").
         if (!p && span_can_extend(s) && (probe != 0 || !span_offers_resident(s->next))) {
@@ -1220,6 +1295,7 @@ void* heap_alloc_small_slow(Heap* h, unsigned c) {
   if (!s) return nullptr;
   h->counters.span_refills.add(1);
   queue_push_front(h, c, s);
+  if (!s->free && (s->flags & kSpanPurged)) span_recarve_counted(h, s);  // (a pooled span)
   return span_pop_extend(s);  // (a pooled span may have room only past its carve limit)
 }
 
@@ -1486,8 +1562,9 @@ inline bool free_remote_batched(void* p) {
   Span* s = span_of(span_chunk_of(ch), p);
   // The owner may change the flags meanwhile, but not the bits that matter for p:
   // the span stays active while p is live, and p grew over several slots (if it
-  // did) before the user handed it to this thread.
-  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot)) ||
+  // did) before the user handed it to this thread.  A span with purged pages:
+  // free_slow checks the mask (a purged object's guard reads 0).
+  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) ||
       !span_is_object_start(s, p))
     return false;
   auto* o = static_cast<FreeObject*>(p);
@@ -1735,6 +1812,7 @@ void domain_trim(Domain* d) {
       remote_batch_flush_all(h);
       DomainLock lock(d);
       heap_collect_all(h, true);
+      heap_purge_span_pages(h, 1);
     }
   } else {
     DomainLock lock(d);
