@@ -85,6 +85,10 @@ constexpr unsigned kCleanSlotProbe = 8;
 // about to map a chunk or at the decay of its empty slots; trim takes every page.
 // docs/design.md, "Purging the free pages of partly used spans".
 constexpr unsigned kSpanPurgeMinPages = 4;
+// When the chunk comes from the domain's cache (no mapping), only if the spans
+// may give back a chunk's worth at least: a warmed-up program that takes and
+// returns cached chunks makes no system call for the few free pages it has.
+constexpr std::size_t kSpanPurgeBulkPages = kChunkSize / kCarvePage;
 
 }  // namespace
 
@@ -469,7 +473,7 @@ Span* new_span(Heap* h, unsigned c) {
   if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots))
     if (Span* s = new_span_in_orphan_chunk(h, c, ch != nullptr)) return s;
   if (!ch) {
-    if (domain_will_map(h->domain)) heap_purge_span_pages(h, kSpanPurgeMinPages);
+    heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
     if (!ch) return nullptr;
     h->span_chunks_avail.push(ch);
@@ -577,7 +581,7 @@ void retire_span(Heap* h, Span* s) {
     release_chunk(h->domain, &sc->header);
   } else if (h->dirty_slots > 2 * kMaxDirtySlots && decay_due(&h->last_purge_ns)) {
     purge_dirty_slots(h);
-    heap_purge_span_pages(h, kSpanPurgeMinPages);
+    heap_purge_span_pages(h, kSpanPurgeMinPages, 0);
   }
 }
 
@@ -752,8 +756,8 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
     // matrix").  The decay's once-a-second rule is for memory that may be
     // reused; this memory would not be, by this request.
     if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
-    // Likewise the free pages of partly used spans, when a chunk is to be mapped.
-    if (domain_will_map(h->domain)) heap_purge_span_pages(h, kSpanPurgeMinPages);
+    // Likewise the free pages of partly used spans.
+    heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
@@ -1199,24 +1203,33 @@ std::uint32_t span_recarve_counted(Heap* h, Span* s) {
 }
 }  // namespace
 
-std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages) {
+namespace {
+// At most this many pages of s can be purged with min_pages a span: the carved
+// ones not purged yet, less those a live object may overlap (O(1), before any
+// list walk); 0 when s is not a candidate.
+std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
+  if (s->flags & (kSpanInactive | kSpanMultislot)) return 0;
+  // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
+  if (chunk_base(s)->flags & kChunkMayBeHuge) return 0;
+  auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
+  std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
+                     static_cast<std::size_t>(__builtin_popcount(s->purged));
+  return carved_pages >= held + min_pages ? carved_pages - held : 0;
+}
+}  // namespace
+
+std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total) {
   if (on_valgrind() || !h->domain->per_thread) return 0;  // (module comment of span.h++: Valgrind/ASan, defrag)
-  std::size_t total = 0;
-  for (unsigned c = 0; c < kNumClasses; ++c) {
-    if (queue_empty(h, c)) continue;
-    for (Span* s = h->head[c]; s; s = s->next) {
-      if (s->flags & (kSpanInactive | kSpanMultislot)) continue;
-      // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
-      if (chunk_base(s)->flags & kChunkMayBeHuge) continue;
-      // At most this many pages can be purged: the carved ones not purged yet,
-      // less those a live object may overlap (O(1), before any list walk).
-      auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
-      std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
-                         static_cast<std::size_t>(__builtin_popcount(s->purged));
-      if (carved_pages < held + min_pages) continue;
-      total += span_purge_free_pages(s, min_pages);
-    }
+  if (min_total) {
+    std::size_t bound = 0;
+    for (unsigned c = 0; c < kNumClasses && bound < min_total; ++c)
+      for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next) bound += span_purge_bound(s, min_pages);
+    if (bound < min_total) return 0;
   }
+  std::size_t total = 0;
+  for (unsigned c = 0; c < kNumClasses; ++c)
+    for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next)
+      if (span_purge_bound(s, min_pages)) total += span_purge_free_pages(s, min_pages);
   h->counters.span_pages_purged.add(total);
   return total;
 }
@@ -1812,7 +1825,7 @@ void domain_trim(Domain* d) {
       remote_batch_flush_all(h);
       DomainLock lock(d);
       heap_collect_all(h, true);
-      heap_purge_span_pages(h, 1);
+      heap_purge_span_pages(h, 1, 0);
     }
   } else {
     DomainLock lock(d);

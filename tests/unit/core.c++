@@ -921,7 +921,7 @@ START_TEST(test_span_pages_purged_and_recarved) {
   std::size_t counted = h->counters.span_pages_purged.get();
   std::size_t os_purges = lca::os_calls(lca::OsCall::purge);
   lca::DomainStats st0 = lca::domain_stats(&lca::g_process_domain);
-  std::size_t purged = lca::heap_purge_span_pages(h, 1);
+  std::size_t purged = lca::heap_purge_span_pages(h, 1, 0);
   lca::DomainStats st1 = lca::domain_stats(&lca::g_process_domain);
   std::fprintf(stderr, "purged %zu pages; resident %zu -> %zu\n", purged, resident_before, resident_span_pages(spans));
   // 12 pages in each of the 4 spans at least (the class may have had a span of its own).
@@ -942,7 +942,7 @@ START_TEST(test_span_pages_purged_and_recarved) {
   ck_assert_uint_eq(st1.total_allocated, st0.total_allocated);
   ck_assert_uint_eq(st1.total_freed, st0.total_freed);
   // A second purge finds nothing more.
-  ck_assert_uint_eq(lca::heap_purge_span_pages(h, 1), 0);
+  ck_assert_uint_eq(lca::heap_purge_span_pages(h, 1, 0), 0);
 
   // The blocks come back from the purged pages, in the same spans, before any
   // other memory is carved.
@@ -996,7 +996,7 @@ START_TEST(test_double_free_of_purged_block) {
   auto purged_block = [] {
     std::vector<void*> kept;
     sparse_spans(kept);
-    if (lca::heap_purge_span_pages(lca::tls_owned_heap, 1) == 0) std::abort();
+    if (lca::heap_purge_span_pages(lca::tls_owned_heap, 1, 0) == 0) std::abort();
     // kept[0] is a span's object 16 k; 16 k + 5 is on the page after it, purged.
     return static_cast<void*>(static_cast<char*>(kept[0]) + 5 * kPurgeObject);  // page 1 of its span
   };
