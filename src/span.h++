@@ -12,6 +12,11 @@
 // the bump pointer), and a free object carries a guard word -- its address xor a
 // per-process random key -- in its second word, which malloc clears: a free that
 // finds the guard in place is a double free.
+// The pages of a span that hold only free objects can be given back to the OS
+// while the span stays in use (span_purge_free_pages): their objects then sit
+// on no list, a page mask says which, and a flag sends the span's frees to the
+// slow path, where that mask catches a free of such an object; allocation
+// brings the pages back (span_recarve) before it carves new ones.
 #ifndef LCA_SPAN_HXX
 #define LCA_SPAN_HXX
 

@@ -533,22 +533,11 @@ void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false)
   if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
 }
 
-// Purges the pages of s (empty, with purged pages) that are not purged yet;
-// true when the whole slot is zero then.
+// Purges the slot of s (empty, with purged pages) whole: it is zero then.
+// (Not only the pages not yet purged: an object that starts on a page brought
+// back may reach into a purged one, and its user's bytes are there.)
 bool retire_purged_slot(Span* s) {
-  char* base = span_base(s);
-  std::uint16_t purged = s->purged;
-  // The pages above the carved ones may hold an older span's bytes.
-  for (unsigned k = 0; k < kSpanPages;) {
-    if ((purged >> k) & 1) {
-      ++k;
-      continue;
-    }
-    unsigned run = k;
-    while (run < kSpanPages && !((purged >> run) & 1)) ++run;
-    os_purge(base + k * kCarvePage, (run - k) * kCarvePage);
-    k = run;
-  }
+  os_purge(span_base(s), kSpanSize);
   return true;
 }
 
