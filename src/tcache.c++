@@ -272,6 +272,14 @@ bool domain_will_map(Domain* d) {
   return !d->free_chunks.head;
 }
 
+// Before h gets a chunk: the free pages of its partly used spans go back to
+// the OS (all candidates when the chunk is to be mapped; from the domain's
+// cache, only a chunk's worth or more: kSpanPurgeBulkPages).
+void purge_span_pages_before_chunk(Heap* h) {
+  if (on_valgrind() || !h->domain->per_thread) return;
+  heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
+}
+
 ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   ChunkHeader* c;
   bool fresh = false;
@@ -473,7 +481,7 @@ Span* new_span(Heap* h, unsigned c) {
   if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots))
     if (Span* s = new_span_in_orphan_chunk(h, c, ch != nullptr)) return s;
   if (!ch) {
-    heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
+    purge_span_pages_before_chunk(h);
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
     if (!ch) return nullptr;
     h->span_chunks_avail.push(ch);
@@ -746,7 +754,7 @@ void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
     // reused; this memory would not be, by this request.
     if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
     // Likewise the free pages of partly used spans.
-    heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
+    purge_span_pages_before_chunk(h);
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
@@ -1190,9 +1198,7 @@ std::uint32_t span_recarve_counted(Heap* h, Span* s) {
   h->counters.span_objects_recarved.add(n);
   return n;
 }
-}  // namespace
 
-namespace {
 // At most this many pages of s can be purged with min_pages a span: the carved
 // ones not purged yet, less those a live object may overlap (O(1), before any
 // list walk); 0 when s is not a candidate.
@@ -1208,7 +1214,10 @@ std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
 }  // namespace
 
 std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total) {
-  if (on_valgrind() || !h->domain->per_thread) return 0;  // (module comment of span.h++: Valgrind/ASan, defrag)
+  // Not in Valgrind or ASan mode (their quarantines own the freed blocks'
+  // state), nor in private domains (the defragmenter tells free objects from
+  // live ones by their guard words, which read 0 on a purged page).
+  if (on_valgrind() || !h->domain->per_thread) return 0;
   if (min_total) {
     std::size_t bound = 0;
     for (unsigned c = 0; c < kNumClasses && bound < min_total; ++c)
