@@ -53,6 +53,7 @@ LCA_CORE_TEXT void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned 
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
   s->size_class = static_cast<std::uint16_t>(size_class);
   s->multislot_count = 0;
+  __atomic_store_n(&s->purged, std::uint16_t{0}, __ATOMIC_RELAXED);
   span_set_owner(s, heap);
   s->next = s->prev = nullptr;
   s->remote_free.store(0, std::memory_order_relaxed);
@@ -87,6 +88,8 @@ LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* 
     if (i > s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots)
       return SpanCheck::not_object_start;
   *index = i;
+  // An object of a purged page is on no list: freed already (its guard reads 0).
+  if (__builtin_expect(s->flags & kSpanPurged, 0) && span_object_purged(s, p)) return SpanCheck::not_live;
   // Valgrind mode: the guard word of a live block is user data, perhaps undefined.
   std::uintptr_t guard = on_valgrind() ? vg_peek_word(&static_cast<const FreeObject*>(p)->guard)
                                        : static_cast<const FreeObject*>(p)->guard;
@@ -162,15 +165,116 @@ LCA_CORE_TEXT bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std:
   while (k < s->multislot_count && s->multislot[k].first != i) ++k;
   if (k == s->multislot_count) {
     if (k == kMaxMultislot) return false;
-    s->multislot[k].first = i;
+    s->multislot[k].first = static_cast<std::uint16_t>(i);
     ++s->multislot_count;
     span_set_flags(s, s->flags | kSpanMultislot);
   }
-  s->multislot[k].slots = static_cast<std::uint32_t>(need);
+  s->multislot[k].slots = static_cast<std::uint16_t>(need);
   s->bump += extra;
   if (s->end < s->bump) s->end = s->bump;  // (grew past the carve limit)
   span_use_add(s, need - slots);
   return true;
+}
+
+// --- purged pages ------------------------------------------------------------
+namespace {
+using Bits = std::uint64_t[kMaxObjectsPerSpan / 64];
+inline void bit_set(Bits& b, std::uint32_t i) { b[i / 64] |= std::uint64_t{1} << (i % 64); }
+// Whether bits first..last (inclusive) are all set.
+bool bits_all_set(const Bits& b, std::uint32_t first, std::uint32_t last) {
+  for (std::uint32_t i = first; i <= last;) {
+    std::uint32_t w = i / 64, lo = i % 64;
+    std::uint32_t hi = (last / 64 == w) ? last % 64 : 63;
+    std::uint64_t want = (~std::uint64_t{0} >> (63 - hi)) & (~std::uint64_t{0} << lo);
+    if ((b[w] & want) != want) return false;
+    i = w * 64 + hi + 1;
+  }
+  return true;
+}
+// The first object that starts at or after byte offset off.
+inline std::uint32_t first_start_at(const Span* s, std::size_t off) {
+  return static_cast<std::uint32_t>((off + s->obj_size - 1) / s->obj_size);
+}
+}  // namespace
+
+unsigned span_purge_free_pages(Span* s, unsigned min_pages) {
+  if (s->flags & (kSpanInactive | kSpanMultislot)) return 0;
+  char* base = span_base(s);
+  std::size_t carved_bytes = static_cast<std::size_t>(s->bump - base);
+  auto pages = static_cast<unsigned>(carved_bytes / kCarvePage);  // pages wholly below the bump pointer
+  std::uint16_t purged = s->purged;
+  if (pages < min_pages + bit_count(purged)) return 0;
+  std::uint32_t carved = static_cast<std::uint32_t>(carved_bytes / s->obj_size);
+  // The objects that are not live: on the local free list, or starting on a
+  // purged page.  (Objects on the remote list, or on another thread's foreign
+  // list or remote batch, count as live: their pages stay.)
+  Bits notlive = {};
+  std::uint32_t listed = 0;
+  for (FreeObject* o = s->free; o && listed <= kMaxObjectsPerSpan; o = o->next, ++listed)
+    bit_set(notlive, span_index(s, o));
+  for (unsigned k = 0; k < kSpanPages; ++k) {
+    if (!((purged >> k) & 1)) continue;
+    std::uint32_t end = first_start_at(s, (k + 1) * kCarvePage);
+    for (std::uint32_t i = first_start_at(s, k * kCarvePage); i < end && i < carved; ++i) bit_set(notlive, i);
+  }
+  std::uint16_t fresh = 0;
+  for (unsigned k = 0; k < pages; ++k) {
+    if ((purged >> k) & 1) continue;
+    // Every object overlapping page k (all carved: the page is below bump).
+    auto first = static_cast<std::uint32_t>(k * kCarvePage / s->obj_size);
+    auto last = static_cast<std::uint32_t>(((k + 1) * kCarvePage - 1) / s->obj_size);
+    if (bits_all_set(notlive, first, last)) fresh = static_cast<std::uint16_t>(fresh | (1u << k));
+  }
+  auto n = bit_count(fresh);
+  if (n == 0 || n < min_pages) return 0;
+  // The objects that start on those pages leave the free list (read before
+  // the purge zeroes their links).
+  FreeObject** link = &s->free;
+  while (FreeObject* o = *link) {
+    if ((fresh >> (span_offset(s, o) / kCarvePage)) & 1)
+      *link = o->next;
+    else
+      link = &o->next;
+  }
+  __atomic_store_n(&s->purged, static_cast<std::uint16_t>(purged | fresh), __ATOMIC_RELAXED);
+  if (!(s->flags & kSpanPurged)) span_set_flags(s, s->flags | kSpanPurged);
+  if (s->end > s->bump) s->end = s->bump;  // take the purged pages back before carving new ones
+  for (unsigned k = 0; k < kSpanPages;) {
+    if (!((fresh >> k) & 1)) {
+      ++k;
+      continue;
+    }
+    unsigned run = k;
+    while (run < kSpanPages && ((fresh >> run) & 1)) ++run;
+    os_purge(base + k * kCarvePage, (run - k) * kCarvePage);
+    k = run;
+  }
+  return n;
+}
+
+std::uint32_t span_recarve(Span* s) {
+  char* base = span_base(s);
+  std::uint32_t carved = span_index(s, s->bump);
+  std::uint32_t pushed = 0;
+  std::uint16_t purged = s->purged;
+  while (purged && !pushed) {
+    auto k = static_cast<unsigned>(__builtin_ctz(purged));
+    purged = static_cast<std::uint16_t>(purged & ~(1u << k));
+    std::uint32_t first = first_start_at(s, k * kCarvePage);
+    std::uint32_t end = first_start_at(s, (k + 1) * kCarvePage);
+    if (end > carved) end = carved;
+    // Highest first, so that pops go up in address order.
+    for (std::uint32_t i = end; i-- > first;) {
+      auto* o = reinterpret_cast<FreeObject*>(base + static_cast<std::size_t>(i) * s->obj_size);
+      o->next = s->free;
+      o->guard = free_guard(o);
+      s->free = o;
+      ++pushed;
+    }
+  }
+  __atomic_store_n(&s->purged, purged, __ATOMIC_RELAXED);
+  if (!purged) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanPurged));
+  return pushed;
 }
 
 // --- defragmentation support (defrag.c++) -----------------------------------
@@ -187,7 +291,8 @@ void span_sort_free_list(Span* s) {
 }
 
 std::uint32_t span_trim_tail(Span* s) {
-  if ((s->flags & (kSpanInactive | kSpanMultislot)) || span_has_remote(s) || span_used(s) == 0) return 0;
+  // (A purged page's objects read as live here: not below them.)
+  if ((s->flags & (kSpanInactive | kSpanMultislot | kSpanPurged)) || span_has_remote(s) || span_used(s) == 0) return 0;
   char* base = span_base(s);
   std::uint32_t carved = static_cast<std::uint32_t>((s->bump - base) / s->obj_size);
   std::uint32_t keep = carved;

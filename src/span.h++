@@ -12,6 +12,11 @@
 // the bump pointer), and a free object carries a guard word -- its address xor a
 // per-process random key -- in its second word, which malloc clears: a free that
 // finds the guard in place is a double free.
+// The pages of a span that hold only free objects can be given back to the OS
+// while the span stays in use (span_purge_free_pages): their objects then sit
+// on no list, a page mask says which, and a flag sends the span's frees to the
+// slow path, where that mask catches a free of such an object; allocation
+// brings the pages back (span_recarve) before it carves new ones.
 #ifndef LCA_SPAN_HXX
 #define LCA_SPAN_HXX
 
@@ -54,6 +59,10 @@ static_assert(kMaxObjectsPerSpan <= kUseLiveMask, "the live count fits its bits"
 static_assert(kMaxObjectsPerSpan <= 0xffff, "Span::capacity fits 16 bits");
 // The carve limit's unit and least step (span_extend_carve): one page.
 constexpr std::size_t kCarvePage = 4096;
+// Pages of a span, one bit each in Span::purged.
+constexpr unsigned kSpanPages = static_cast<unsigned>(kSpanSize / kCarvePage);
+static_assert(kSpanPages <= 16, "Span::purged has a bit per page");
+static_assert(kMaxObjectsPerSpan <= 0xffff, "multislot indices fit 16 bits");
 
 // Span::flags: any bit set sends a free to the slow path (fast_heap is then
 // no_fast_heap(), so the fast path tests one field).
@@ -63,6 +72,9 @@ constexpr std::uint8_t kSpanExhausted = 4;  // left behind by the allocator when
 // A pooled span a free took (adopt_orphan_span) while its owner has allocated
 // nothing from it: retired when it empties, not kept as the head.
 constexpr std::uint8_t kSpanAdopted = 8;
+// Some pages of the span were purged (Span::purged): frees check the mask on the
+// slow path (span_check), since a purged object's guard word reads zero.
+constexpr std::uint8_t kSpanPurged = 16;
 
 // 128 bytes: the first cache line holds everything malloc and free touch; the
 // second, what other threads write (the remote list) and rare bookkeeping.
@@ -103,9 +115,16 @@ struct alignas(128) Span {
   Span* next;  // in the heap's queue for this class
   Span* prev;
   struct Multislot {
-    std::uint32_t first;  // object index
-    std::uint32_t slots;  // object slots it covers (>= 2)
+    std::uint16_t first;  // object index
+    std::uint16_t slots;  // object slots it covers (>= 2)
   } multislot[kMaxMultislot];
+  // Purged pages (span_purge_free_pages): bit k set when the span's page k
+  // (kCarvePage bytes) was given back to the OS while every object on it was
+  // free; the objects that start on it are then on no list (neither free nor
+  // live) until span_recarve brings the page back.  Written by the owner,
+  // read by any thread's span_check: relaxed atomics.
+  std::uint16_t purged;
+  std::uint8_t reserved2[14];
   // Statistics: the live count when the span's counts were last folded into
   // its heap, moved with every change of the live count that is neither an
   // allocation nor a local free (remote frees collected, slots of an object
@@ -126,11 +145,11 @@ struct SpanChunk {
 };
 static_assert(sizeof(SpanChunk) <= kChunkHeaderSize, "span descriptors must fit in slot 0");
 
-// The number of slots set in a slot mask.  Not __builtin_popcountll: without
+// The number of bits set in a mask (of slots, of pages).  Not __builtin_popcount: without
 // -mpopcnt that calls libgcc's __popcountdi2, which the link puts at the end of
 // libcalloc's text, in a 64 KiB fault-around window of its own that a purge
 // then maps (placement.h++).
-inline unsigned slot_count(std::uint64_t bits) {
+inline unsigned bit_count(std::uint64_t bits) {
 #ifdef __POPCNT__
   return static_cast<unsigned>(__builtin_popcountll(bits));
 #else
@@ -224,6 +243,12 @@ inline bool span_is_object_start(const Span* s, const void* p) {
   auto off = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(p) & (kSpanSize - 1));
   return static_cast<const char*>(p) < s->bump && off * s->reciprocal < (std::uint32_t{1} << 16);
 }
+inline std::uint16_t span_purged_pages(const Span* s) { return __atomic_load_n(&s->purged, __ATOMIC_RELAXED); }
+// Whether p (an object start below the bump pointer) starts on a purged page.
+inline bool span_object_purged(const Span* s, const void* p) {
+  auto off = static_cast<unsigned>(reinterpret_cast<std::uintptr_t>(p) & (kSpanSize - 1));
+  return (span_purged_pages(s) >> (off / kCarvePage)) & 1;
+}
 inline std::size_t span_offset(const Span* s, const void* p) {
   return static_cast<std::size_t>(static_cast<const char*>(p) - span_base(s));
 }
@@ -271,9 +296,29 @@ inline void* span_pop(Span* s) {
 inline bool span_can_extend(const Span* s) { return s->end < span_full_end(s); }
 // Moves the carve limit on (at least one object).  Owner only.
 void span_extend_carve(Span* s);
-// span_pop, moving the carve limit on when that is all that stops it.
+// Purged pages (span.c++, docs/design.md "Purging the free pages of partly
+// used spans"): the owner gives back the pages of s on which every object is
+// free (or purged already) and below the bump pointer, as long as that makes
+// at least min_pages of them; their objects leave the free list, the span gets
+// kSpanPurged (its frees go to the slow path, which checks Span::purged) and
+// its carve limit comes down to the bump pointer, so that allocation takes
+// the purged pages back (span_recarve) before it carves new ones.  Not for a
+// span whose objects grew over several slots.  Returns the pages purged.
+unsigned span_purge_free_pages(Span* s, unsigned min_pages);
+// Brings back s's lowest purged pages, up to the first that holds object
+// starts: its objects go onto the free list (their first words written: the
+// page is faulted in).  Returns the objects brought back (0: no purged page
+// held any).  Owner only.
+std::uint32_t span_recarve(Span* s);
+// Objects that start on purged pages, about (for refill decisions).
+inline std::uint32_t span_purged_objects(const Span* s) {
+  return static_cast<std::uint32_t>(bit_count(s->purged) * kCarvePage / s->obj_size);
+}
+
+// span_pop, then the purged pages, then moving the carve limit on.
 inline void* span_pop_extend(Span* s) {
   void* p = span_pop(s);
+  if (!p && (s->flags & kSpanPurged) && span_recarve(s)) p = span_pop(s);
   if (!p && span_can_extend(s)) {
     span_extend_carve(s);
     p = span_pop(s);

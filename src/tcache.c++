@@ -82,6 +82,15 @@ constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
 constexpr std::size_t kCleanFirstSpanMax = 1024;
 constexpr unsigned kCleanSlotProbe = 8;
+// Purged pages of partly used spans (heap_purge_span_pages): a span is looked
+// at when it may give back this many pages (16 KiB) at least, when the heap is
+// about to map a chunk or at the decay of its empty slots; trim takes every page.
+// docs/design.md, "Purging the free pages of partly used spans".
+constexpr unsigned kSpanPurgeMinPages = 4;
+// When the chunk comes from the domain's cache (no mapping), only if the spans
+// may give back a chunk's worth at least: a warmed-up program that takes and
+// returns cached chunks makes no system call for the few free pages it has.
+constexpr std::size_t kSpanPurgeBulkPages = kChunkSize / kCarvePage;
 
 }  // namespace
 
@@ -124,7 +133,8 @@ LCA_CORE_TEXT bool span_offers_resident(const Span* s) {
   std::uint32_t page = static_cast<std::uint32_t>(kCarvePage / s->obj_size);
   std::uint32_t want = span_refill_min(s);
   if (want < page) want = page;
-  return carved > span_used(s) && carved - span_used(s) >= want;
+  std::uint32_t taken = span_used(s) + ((s->flags & kSpanPurged) ? span_purged_objects(s) : 0);
+  return carved > taken && carved - taken >= want;
 }
 
 bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
@@ -280,6 +290,21 @@ LCA_CORE_TEXT ChunkHeader* pop_free_chunk(Domain* d, int node) {
   return nullptr;
 }
 
+// Whether the domain's next chunk request would map one (no free chunk cached):
+// the moment to give back what the heap holds unused (a peek; rare path).
+LCA_CORE_TEXT bool domain_will_map(Domain* d) {
+  DomainLock lock(d);
+  return !d->free_chunks.head;
+}
+
+// Before h gets a chunk: the free pages of its partly used spans go back to
+// the OS (all candidates when the chunk is to be mapped; from the domain's
+// cache, only a chunk's worth or more: kSpanPurgeBulkPages).
+LCA_CORE_TEXT void purge_span_pages_before_chunk(Heap* h) {
+  if (on_valgrind() || !h->domain->per_thread) return;
+  heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
+}
+
 LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   ChunkHeader* c;
   bool fresh = false;
@@ -375,7 +400,7 @@ LCA_CORE_TEXT std::size_t purge_huge_ranges(SpanChunk* sc) {
       ++purged;
     } else {
       ++kept;
-      kept_slots += static_cast<std::size_t>(slot_count(dirty & range));
+      kept_slots += static_cast<std::size_t>(bit_count(dirty & range));
     }
   }
   sc->dirty_slots = dirty;
@@ -481,6 +506,7 @@ LCA_CORE_TEXT Span* new_span(Heap* h, unsigned c) {
   if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots))
     if (Span* s = new_span_in_orphan_chunk(h, c, ch != nullptr)) return s;
   if (!ch) {
+    purge_span_pages_before_chunk(h);
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
     if (!ch) return nullptr;
     h->span_chunks_avail.push(ch);
@@ -500,7 +526,7 @@ LCA_CORE_TEXT void release_empty_span_chunks(Heap* h) {
     ChunkHeader* next = ch->next;
     SpanChunk* sc = span_chunk_of(ch);
     if (sc->active_spans == 0) {
-      std::size_t dirty = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
+      std::size_t dirty = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
       h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
       h->span_chunks_avail.remove(ch);
       release_chunk(h->domain, ch);
@@ -522,7 +548,7 @@ void purge_orphan_chunks(Domain* d) {
 LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false) {
   std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
   DomainLock lock(d);
-  std::size_t dirty_before = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
+  std::size_t dirty_before = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
   sc->free_slots |= bit;
   if (purged)
     sc->dirty_slots &= ~bit;
@@ -540,13 +566,24 @@ LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool p
   if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
 }
 
+// Purges the slot of s (empty, with purged pages) whole: it is zero then.
+// (Not only the pages not yet purged: an object that starts on a page brought
+// back may reach into a purged one, and its user's bytes are there.)
+bool retire_purged_slot(Span* s) {
+  os_purge(span_base(s), kSpanSize);
+  return true;
+}
+
 LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
+  // A span with purged pages leaves its slot clean (the rest purged too): as a
+  // dirty slot it would be reused with no carve limit over pages not resident.
+  bool clean = (s->flags & kSpanPurged) && retire_purged_slot(s);
   span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
   // A span taken from the pool or carved in an orphan chunk: the chunk is the
   // domain's (its heap is nullptr; a chunk a heap owns holds that heap's spans only).
-  if (sc->header.heap != h) return release_orphan_slot(h->domain, sc, s);
+  if (sc->header.heap != h) return release_orphan_slot(h->domain, sc, s, clean);
   unsigned slot = static_cast<unsigned>(s - sc->spans);
   std::uint64_t bit = std::uint64_t{1} << slot;
   if (!sc->free_slots) {
@@ -554,16 +591,19 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
     h->span_chunks_avail.push(&sc->header);
   }
   sc->free_slots |= bit;
-  sc->dirty_slots |= bit;
-  ++h->dirty_slots;
+  if (!clean) {
+    sc->dirty_slots |= bit;
+    ++h->dirty_slots;
+  }
   --sc->active_spans;
   if (sc->active_spans == 0 && h->span_chunks_avail.count > 1) {
-    std::size_t dirty = static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
+    std::size_t dirty = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
     h->dirty_slots = h->dirty_slots > dirty ? h->dirty_slots - dirty : 0;
     h->span_chunks_avail.remove(&sc->header);
     release_chunk(h->domain, &sc->header);
   } else if (h->dirty_slots > 2 * kMaxDirtySlots && decay_due(&h->last_purge_ns)) {
     purge_dirty_slots(h);
+    heap_purge_span_pages(h, kSpanPurgeMinPages, 0);
   }
 }
 
@@ -733,6 +773,8 @@ LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment
     // matrix").  The decay's once-a-second rule is for memory that may be
     // reused; this memory would not be, by this request.
     if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
+    // Likewise the free pages of partly used spans.
+    purge_span_pages_before_chunk(h);
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
@@ -1139,7 +1181,7 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
           continue;
         }
         ch->heap = nullptr;
-        d->orphan_dirty_slots += static_cast<std::size_t>(slot_count(sc->dirty_slots & sc->free_slots));
+        d->orphan_dirty_slots += static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
         d->orphan_chunks.push(ch);
       }
     }
@@ -1203,6 +1245,46 @@ LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
   }
 }
 
+namespace {
+std::uint32_t span_recarve_counted(Heap* h, Span* s) {
+  std::uint32_t n = span_recarve(s);
+  h->counters.span_objects_recarved.add(n);
+  return n;
+}
+
+// At most this many pages of s can be purged with min_pages a span: the carved
+// ones not purged yet, less those a live object may overlap (O(1), before any
+// list walk); 0 when s is not a candidate.
+std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
+  if (s->flags & (kSpanInactive | kSpanMultislot)) return 0;
+  // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
+  if (chunk_base(s)->flags & kChunkMayBeHuge) return 0;
+  auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
+  std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
+                     static_cast<std::size_t>(bit_count(s->purged));
+  return carved_pages >= held + min_pages ? carved_pages - held : 0;
+}
+}  // namespace
+
+LCA_CORE_TEXT std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total) {
+  // Not in Valgrind or ASan mode (their quarantines own the freed blocks'
+  // state), nor in private domains (the defragmenter tells free objects from
+  // live ones by their guard words, which read 0 on a purged page).
+  if (on_valgrind() || !h->domain->per_thread) return 0;
+  if (min_total) {
+    std::size_t bound = 0;
+    for (unsigned c = 0; c < kNumClasses && bound < min_total; ++c)
+      for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next) bound += span_purge_bound(s, min_pages);
+    if (bound < min_total) return 0;
+  }
+  std::size_t total = 0;
+  for (unsigned c = 0; c < kNumClasses; ++c)
+    for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next)
+      if (span_purge_bound(s, min_pages)) total += span_purge_free_pages(s, min_pages);
+  h->counters.span_pages_purged.add(total);
+  return total;
+}
+
 // Collects the remote frees of up to kQueueSweep spans from the tail of class c's
 // queue, where the spans the allocator left behind wait.  Other threads free
 // into them, but only the owner can take those objects back: without this a
@@ -1231,6 +1313,9 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c) {
   Span* s = h->head[c];
   // h allocates the class: a head a free adopted is h's like any other now.
   if (s->flags & kSpanAdopted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
+  // The head's purged pages come back before any new page is carved.
+  if (s != &g_empty_span && !s->free && (s->flags & kSpanPurged) && !span_has_remote(s) && span_recarve_counted(h, s))
+    if (void* p = span_pop(s)) return p;
   // The head at its carve limit, the span behind it with no resident free
   // objects: on to the next page at once (the common case of a growing class:
   // no sweep, no rotation).
@@ -1247,6 +1332,7 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c) {
       // kRefillMin objects to offer (span_refill_min), else it waits at the back.
       if (probe == 0 || span_free_objects(s) >= span_refill_min(s)) {
         void* p = span_pop(s);
+        if (!p && (s->flags & kSpanPurged) && span_recarve_counted(h, s)) p = span_pop(s);
         // At its carve limit: a new page is touched only when the span behind
         // has no resident free objects to offer (span.h++, "Carve limit").
         if (!p && span_can_extend(s) && (probe != 0 || !span_offers_resident(s->next))) {
@@ -1275,6 +1361,7 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c) {
   if (!s) return nullptr;
   h->counters.span_refills.add(1);
   queue_push_front(h, c, s);
+  if (!s->free && (s->flags & kSpanPurged)) span_recarve_counted(h, s);  // (a pooled span)
   return span_pop_extend(s);  // (a pooled span may have room only past its carve limit)
 }
 
@@ -1544,8 +1631,9 @@ inline bool free_remote_batched(void* p) {
   Span* s = span_of(span_chunk_of(ch), p);
   // The owner may change the flags meanwhile, but not the bits that matter for p:
   // the span stays active while p is live, and p grew over several slots (if it
-  // did) before the user handed it to this thread.
-  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot)) ||
+  // did) before the user handed it to this thread.  A span with purged pages:
+  // free_slow checks the mask (a purged object's guard reads 0).
+  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) ||
       !span_is_object_start(s, p))
     return false;
   auto* o = static_cast<FreeObject*>(p);
@@ -1788,6 +1876,7 @@ void domain_trim(Domain* d) {
       remote_batch_flush_all(h);
       DomainLock lock(d);
       heap_collect_all(h, true);
+      heap_purge_span_pages(h, 1, 0);
     }
   } else {
     DomainLock lock(d);

@@ -74,6 +74,10 @@ struct HeapCounters {
   // the slow-path refills of the span queues.
   Counter span_refills;
   Counter medium_hits;  // medium requests served by the medium cache
+  // Purged pages of partly used spans (span_purge_free_pages), and objects
+  // brought back from them (span_recarve).
+  Counter span_pages_purged;
+  Counter span_objects_recarved;
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
@@ -437,6 +441,11 @@ void remote_batch_flush_all(Heap* h);
 void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i);
 // Queue upkeep after a local free made a span empty or un-exhausted it.
 void span_after_local_free(Heap* h, Span* s);
+// Purges the pages of h's spans that hold only free objects, in spans where
+// min_pages of them at least can be, and only when the spans' bound on such
+// pages reaches min_total (h's owner, the process domain's heaps only; not in
+// Valgrind or ASan mode).  Returns the pages purged.
+std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total);
 [[noreturn]] void report_span_free_error(const Span* s, const void* p, SpanCheck why);
 
 // Frees any libcalloc block, whichever heap or domain it belongs to.  The inline
