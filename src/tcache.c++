@@ -1229,11 +1229,12 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
     if (c >= 0) {
       // As in fast_malloc: no carving while remote frees wait (the slow path
       // collects them first).
-      // A span's allocation is counted by the span (span_pop), a foreign
-      // object's here.
+      // Foreign objects first, as in fast_malloc.  A span's allocation is
+      // counted by the span (span_pop), a foreign object's here.
       Span* s = h->head[c];
-      void* p = s->free ? span_pop(s) : nullptr;
-      if (!p && (p = heap_pop_foreign(h, static_cast<unsigned>(c)))) h->counters.class_allocs[c].add(1);
+      void* p = heap_pop_foreign(h, static_cast<unsigned>(c));
+      if (p) h->counters.class_allocs[c].add(1);
+      if (!p && s->free) p = span_pop(s);
       if (!p && !span_has_remote(s)) p = span_pop(s);
       if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
       return p;
@@ -1502,7 +1503,7 @@ inline bool free_remote_batched(void* p) {
   me->counters.class_frees[c].add(1);
   // Kept for reuse only in a class this thread allocates (it has a span of it):
   // a thread that only frees the class would hold the objects for nothing.
-  if (me->head[c] != &g_empty_span && me->foreign_count[c] < kForeignClassBytes / s->obj_size) {
+  if (me->head[c] != &g_empty_span && me->foreign_count[c] < foreign_class_cap(c)) {
     o->next = me->foreign[c];
     me->foreign[c] = o;
     ++me->foreign_count[c];
