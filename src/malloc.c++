@@ -88,12 +88,12 @@ inline void* fast_malloc(std::size_t size) {
   Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
   if (__builtin_expect(size <= kSlabMax, 1)) {
     unsigned c = size_to_class(size);
-    // Objects of other threads' spans that this thread freed come first: their
-    // lines are in this core's cache, and reused here they never travel back
-    // to their owner (tcache.h++, kForeignClassBytes).  Their spans count them
-    // as used already.  One load and a branch more on the path of a
-    // malloc/free pair, whose foreign list is empty.
-    if (__builtin_expect(h->foreign[c] != nullptr, 0)) return malloc_foreign(h, c);
+    // Above 1 KiB, objects of other threads' spans that this thread freed come
+    // first: their lines are in this core's cache, and reused here they do not
+    // travel back to their owner (tcache.h++, kForeignFirstClass).  Their spans
+    // count them as used already.  A compare of the class on the path of a
+    // malloc/free pair.
+    if (__builtin_expect(c >= kForeignFirstClass, 0) && h->foreign[c] != nullptr) return malloc_foreign(h, c);
     Span* s = h->head[c];
     FreeObject* o = s->free;
     if (__builtin_expect(o != nullptr, 1)) {
@@ -104,6 +104,11 @@ inline void* fast_malloc(std::size_t size) {
       s->free = next;
       if (next) __builtin_prefetch(next, 1);  // as in span_pop
       o->guard = 0;
+    } else if (void* f = heap_pop_foreign(h, c)) {
+      // An object of another thread's span that this thread freed: its span
+      // counts it as used already.
+      h->counters.class_allocs[c].add(1);
+      return f;
     } else if (s->bump < s->end && !span_has_remote(s)) {
       // Carve only when no remote frees wait: else the slow path collects them
       // first, or a span whose objects other threads free would be carved to its

@@ -1232,9 +1232,8 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
       // Foreign objects first, as in fast_malloc.  A span's allocation is
       // counted by the span (span_pop), a foreign object's here.
       Span* s = h->head[c];
-      void* p = heap_pop_foreign(h, static_cast<unsigned>(c));
-      if (p) h->counters.class_allocs[c].add(1);
-      if (!p && s->free) p = span_pop(s);
+      void* p = s->free ? span_pop(s) : nullptr;
+      if (!p && (p = heap_pop_foreign(h, static_cast<unsigned>(c)))) h->counters.class_allocs[c].add(1);
       if (!p && !span_has_remote(s)) p = span_pop(s);
       if (!p) p = heap_alloc_small_slow(h, static_cast<unsigned>(c));
       return p;
