@@ -70,56 +70,6 @@ __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignm
   return p;
 }
 
-// The inline pop of a small object: the current span's free list, else a
-// foreign object (one of another thread's spans that this thread freed: its
-// span counts it as used already), else carving; the rest is malloc_slow.  With
-// kForeignFirst (the classes above 1 KiB, tcache.h++ kForeignFirstClass) a
-// foreign object comes before the span's free list: its lines are in this
-// core's cache, and reused here it does not travel back to its owner.
-template <bool kForeignFirst>
-__attribute__((always_inline)) inline void* small_malloc(Heap* h, std::size_t size) {
-  unsigned c = size_to_class(size);
-  if (kForeignFirst) {
-    if (void* f = heap_pop_foreign(h, c)) {
-      h->counters.class_allocs[c].add(1);
-      return f;
-    }
-  }
-  Span* s = h->head[c];
-  FreeObject* o = s->free;
-  if (__builtin_expect(o != nullptr, 1)) {
-#if CALLOC_DEBUG
-    span_debug_check_free(s, o);
-#endif
-    FreeObject* next = o->next;
-    s->free = next;
-    if (next) __builtin_prefetch(next, 1);  // as in span_pop
-    o->guard = 0;
-  } else if (void* f = kForeignFirst ? nullptr : heap_pop_foreign(h, c)) {
-    h->counters.class_allocs[c].add(1);
-    return f;
-  } else if (s->bump < s->end && !span_has_remote(s)) {
-    // Carve only when no remote frees wait: else the slow path collects them
-    // first, or a span whose objects other threads free would be carved to its
-    // end before any came back (producer-consumer: every class's span fully
-    // carved, 15 MiB of heap for 6 MiB live).
-    o = reinterpret_cast<FreeObject*>(s->bump);
-    s->bump += s->obj_size;
-    if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
-  } else {
-    return malloc_slow(size, 16);
-  }
-  span_use_alloc(s);  // counts the allocation (statistics: tcache.h++)
-  return o;
-}
-
-static_assert(kSizeClasses.of_granule[kFineClassLimit / 16] + 1 == kForeignFirstClass,
-              "requests above kFineClassLimit are exactly the foreign-first classes");
-
-// malloc of 1 KiB < size <= kSlabMax: out of line, so that the path of the
-// smaller sizes (a malloc/free pair) tests nothing more than it did.
-__attribute__((noinline)) void* malloc_above_1k(std::size_t size) { return small_malloc<true>(tls_heap, size); }
-
 inline void* fast_malloc(std::size_t size) {
 #if CALLOC_SECURE
   return secure_malloc(size, 16);
@@ -128,9 +78,38 @@ inline void* fast_malloc(std::size_t size) {
   // Sampling: one per-thread byte countdown (track.h++).
   if (track_countdown(size)) return track_malloc(size, 16);
 #endif
-  // &g_no_heap when the thread has none: nothing to pop there.
-  if (__builtin_expect(size <= kFineClassLimit, 1)) return small_malloc<false>(tls_heap, size);
-  if (size <= kSlabMax) return malloc_above_1k(size);
+  Heap* h = tls_heap;  // &g_no_heap when the thread has none: nothing to pop there
+  if (__builtin_expect(size <= kSlabMax, 1)) {
+    unsigned c = size_to_class(size);
+    Span* s = h->head[c];
+    FreeObject* o = s->free;
+    if (__builtin_expect(o != nullptr, 1)) {
+#if CALLOC_DEBUG
+      span_debug_check_free(s, o);
+#endif
+      FreeObject* next = o->next;
+      s->free = next;
+      if (next) __builtin_prefetch(next, 1);  // as in span_pop
+      o->guard = 0;
+    } else if (void* f = heap_pop_foreign(h, c)) {
+      // An object of another thread's span that this thread freed: its span
+      // counts it as used already.
+      h->counters.class_allocs[c].add(1);
+      return f;
+    } else if (s->bump < s->end && !span_has_remote(s)) {
+      // Carve only when no remote frees wait: else the slow path collects them
+      // first, or a span whose objects other threads free would be carved to its
+      // end before any came back (producer-consumer: every class's span fully
+      // carved, 15 MiB of heap for 6 MiB live).
+      o = reinterpret_cast<FreeObject*>(s->bump);
+      s->bump += s->obj_size;
+      if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
+    } else {
+      return malloc_slow(size, 16);
+    }
+    span_use_alloc(s);  // counts the allocation (statistics: tcache.h++)
+    return o;
+  }
   return malloc_slow(size, 16);
 }
 

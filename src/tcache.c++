@@ -1229,8 +1229,8 @@ void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown) {
     if (c >= 0) {
       // As in fast_malloc: no carving while remote frees wait (the slow path
       // collects them first).
-      // Foreign objects first, as in fast_malloc.  A span's allocation is
-      // counted by the span (span_pop), a foreign object's here.
+      // A span's allocation is counted by the span (span_pop), a foreign
+      // object's here.
       Span* s = h->head[c];
       void* p = s->free ? span_pop(s) : nullptr;
       if (!p && (p = heap_pop_foreign(h, static_cast<unsigned>(c)))) h->counters.class_allocs[c].add(1);

@@ -102,8 +102,7 @@ struct RemoteBatch {
 
 // A thread keeps the small objects of other threads' spans that it frees, up to
 // kForeignClassBytes per class, and reuses them for its own allocations of the
-// class (after its own span's free list; before it above 1 KiB,
-// kForeignFirstClass): a block handed from one thread to
+// class (after its own span's free list): a block handed from one thread to
 // another and freed there is allocated again where its cache lines are, instead
 // of travelling back to its owner first.  The owner's span still counts the
 // object as used all along (it never learns of the round trip), so the
@@ -113,7 +112,7 @@ constexpr std::size_t kForeignClassBytes = 8 * 1024;
 // The limit in objects, per class, from a table: free's remote path divided
 // kForeignClassBytes by the object size, a 64-bit division whose result it
 // waited for (14-16 % of free_cold's samples on the matrix's
-// producer-consumer; docs/design.md, "Foreign objects first").
+// producer-consumer; docs/design.md, "The matrix's producer-consumer, again").
 struct ForeignCaps {
   std::uint32_t cap[kNumClasses];
 };
@@ -125,17 +124,6 @@ constexpr ForeignCaps make_foreign_caps() {
 }
 inline constexpr ForeignCaps kForeignCaps = make_foreign_caps();
 inline std::uint32_t foreign_class_cap(unsigned size_class) { return kForeignCaps.cap[size_class]; }
-// malloc takes a foreign object before its span's free list in the classes
-// from this one on (above 1 KiB), where the byte limit keeps 1-6 objects; below,
-// after.  A ring of threads that allocate blocks and free each other's (the
-// matrix's producer-consumer, 16 B-4 KiB) left these short lists full, and the
-// rest of the stream went back to the owners, whose next allocations found the
-// blocks in the freeing core's cache: of 1 M blocks, 103 000 were last freed by
-// the other thread before, 51 000 now (tcmalloc 12 000).  In every class it was
-// 34 000, but calloc-bench server-sim took 1.74 x the time: blocks reused by
-// the thread that freed them stayed other heaps' blocks, freed remotely again
-// (docs/design.md, "Foreign objects first above 1 KiB").
-constexpr unsigned kForeignFirstClass = kFineClassLimit / 16;
 
 // A thread keeps the medium blocks of its own arena that it frees -- usable sizes
 // kMediumCacheMin..kMediumCacheMax-1, 8 KiB to 64 KiB -- in bins of eight per

@@ -238,55 +238,40 @@ START_TEST(test_foreign_free_reused_locally) {
 }
 END_TEST
 
-// issue 17: in the classes above 1 KiB a thread's foreign objects come before
-// its own span's free list, so a block handed to a thread and freed there is its
-// next block of the class even when its own span has free objects.  In a ring of
-// threads that each allocate and free the others' blocks (bench/calloc-workloads
-// producer-consumer) the foreign list, a few objects of these sizes, was
-// otherwise left full while the rest of the stream went back to the owners,
-// whose next allocations found those blocks in the freeing core's cache.  In the
-// classes up to 1 KiB the span's own free list still comes first: foreign
-// objects first there made every later free of those blocks remote again
-// (calloc-bench server-sim 1.74 x the time; docs/design.md, "Foreign objects
-// first above 1 KiB").  Before, malloc returned the thread's own block in both.
-START_TEST(test_foreign_objects_first_above_1k) {
+// issue 17: the foreign limit of each class comes from a table (free's remote
+// path divided by the object size before: docs/design.md, "The matrix's
+// producer-consumer, again"); it is kForeignClassBytes' worth of objects, and a
+// thread that frees more of another thread's blocks of the class keeps exactly
+// that many.
+START_TEST(test_foreign_limit_per_class) {
 #if CALLOC_SECURE
   TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans whose foreign lists this test inspects");
 #endif
+  for (unsigned c = 0; c < lca::kNumClasses; c++) {
+    const std::size_t size = lca::class_to_size(c);
+    const std::uint32_t cap = lca::foreign_class_cap(c);
+    ck_assert_uint_eq(cap, lca::kForeignClassBytes / size);
+    ck_assert_uint_ge(cap, 1);
+  }
   if (test_util::running_on_valgrind() || test_util::kAsanBuild)
-    TEST_SKIP("in Valgrind and ASan mode a freed block waits in the quarantine, it is not reused at once");
-  for (std::size_t size : {std::size_t{3000}, std::size_t{1100}, std::size_t{464}}) {
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path: no foreign list is used");
+  for (std::size_t size : {std::size_t{16}, std::size_t{208}, std::size_t{1100}, std::size_t{3000}, std::size_t{8192}}) {
     const unsigned c = lca::size_to_class(size);
-    const bool foreign_first = lca::class_to_size(c) > 1024;
-    void* p = lca_malloc(size);
-    ck_assert_ptr_nonnull(p);
-    std::memset(p, 0x5A, size);
-    void* own = nullptr;
-    void* q = nullptr;
-    void* r = nullptr;
-    bool own_free_listed = false, p_foreign = false;
+    const std::uint32_t cap = lca::foreign_class_cap(c);
+    std::vector<void*> blocks(cap + 3);
+    for (void*& p : blocks) {
+      p = lca_malloc(size);
+      ck_assert_ptr_nonnull(p);
+    }
+    std::uint32_t kept = 0;
     std::thread t([&] {
-      own = lca_malloc(size);
-      std::memset(own, 0x11, size);
-      lca_free(own);  // a local free: the thread's current span of the class has it on its free list
-      lca::Heap* h = lca::thread_heap_if_any();
-      own_free_listed = h->head[c]->free == own;
-      lca_free(p);  // the main thread's block: kept on this thread's foreign list
-      p_foreign = h->foreign[c] == p;
-      q = lca_malloc(size);
-      r = lca_malloc(size);
-      std::memset(q, 0x3C, size);
-      std::memset(r, 0x3C, size);
-      lca_free(q);
-      lca_free(r);
+      void* own = lca_malloc(size);  // the thread allocates the class: it keeps foreign objects of it
+      for (void* p : blocks) lca_free(p);
+      kept = lca::thread_heap_if_any()->foreign_count[c];
+      lca_free(own);
     });
     t.join();
-    ck_assert(own_free_listed);
-    ck_assert(p_foreign);
-    void* expected_first = foreign_first ? p : own;
-    void* expected_second = foreign_first ? own : p;
-    ck_assert_ptr_eq(q, expected_first);
-    ck_assert_ptr_eq(r, expected_second);
+    ck_assert_uint_eq(kept, cap);
   }
 }
 END_TEST
@@ -1815,7 +1800,7 @@ int main() {
   tcase_add_test(tc, test_producer_consumer);
   tcase_add_test(tc, test_remote_frees_reach_owner);
   tcase_add_test(tc, test_foreign_free_reused_locally);
-  tcase_add_test(tc, test_foreign_objects_first_above_1k);
+  tcase_add_test(tc, test_foreign_limit_per_class);
   tcase_add_test(tc, test_oversubscribed_threads);
   tcase_add_test(tc, test_short_lived_threads);
   tcase_add_test(tc, test_fork_while_threads_allocate);
