@@ -1648,7 +1648,7 @@ inline bool free_remote_batched(void* p) {
   me->counters.class_frees[c].add(1);
   // Kept for reuse only in a class this thread allocates (it has a span of it):
   // a thread that only frees the class would hold the objects for nothing.
-  if (me->head[c] != &g_empty_span && me->foreign_count[c] < kForeignClassBytes / s->obj_size) {
+  if (me->head[c] != &g_empty_span && me->foreign_count[c] < foreign_class_cap(c)) {
     o->next = me->foreign[c];
     me->foreign[c] = o;
     ++me->foreign_count[c];

@@ -113,6 +113,21 @@ struct RemoteBatch {
 // accounting needs nothing; a free beyond the limit goes to the owner through
 // the RemoteBatch table, and thread exit and trim send the whole list there.
 constexpr std::size_t kForeignClassBytes = 8 * 1024;
+// The limit in objects, per class, from a table: free's remote path divided
+// kForeignClassBytes by the object size, a 64-bit division whose result it
+// waited for (14-16 % of free_cold's samples on the matrix's
+// producer-consumer; docs/design.md, "The matrix's producer-consumer, again").
+struct ForeignCaps {
+  std::uint32_t cap[kNumClasses];
+};
+constexpr ForeignCaps make_foreign_caps() {
+  ForeignCaps t{};
+  for (unsigned c = 0; c < kNumClasses; ++c)
+    t.cap[c] = static_cast<std::uint32_t>(kForeignClassBytes / kSizeClasses.size[c]);
+  return t;
+}
+inline constexpr ForeignCaps kForeignCaps = make_foreign_caps();
+inline std::uint32_t foreign_class_cap(unsigned size_class) { return kForeignCaps.cap[size_class]; }
 
 // A thread keeps the medium blocks of its own arena that it frees -- usable sizes
 // kMediumCacheMin..kMediumCacheMax-1, 8 KiB to 64 KiB -- in bins of eight per

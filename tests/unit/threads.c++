@@ -238,6 +238,44 @@ START_TEST(test_foreign_free_reused_locally) {
 }
 END_TEST
 
+// issue 17: the foreign limit of each class comes from a table (free's remote
+// path divided by the object size before: docs/design.md, "The matrix's
+// producer-consumer, again"); it is kForeignClassBytes' worth of objects, and a
+// thread that frees more of another thread's blocks of the class keeps exactly
+// that many.
+START_TEST(test_foreign_limit_per_class) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans whose foreign lists this test inspects");
+#endif
+  for (unsigned c = 0; c < lca::kNumClasses; c++) {
+    const std::size_t size = lca::class_to_size(c);
+    const std::uint32_t cap = lca::foreign_class_cap(c);
+    ck_assert_uint_eq(cap, lca::kForeignClassBytes / size);
+    ck_assert_uint_ge(cap, 1);
+  }
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path: no foreign list is used");
+  for (std::size_t size : {std::size_t{16}, std::size_t{208}, std::size_t{1100}, std::size_t{3000}, std::size_t{8192}}) {
+    const unsigned c = lca::size_to_class(size);
+    const std::uint32_t cap = lca::foreign_class_cap(c);
+    std::vector<void*> blocks(cap + 3);
+    for (void*& p : blocks) {
+      p = lca_malloc(size);
+      ck_assert_ptr_nonnull(p);
+    }
+    std::uint32_t kept = 0;
+    std::thread t([&] {
+      void* own = lca_malloc(size);  // the thread allocates the class: it keeps foreign objects of it
+      for (void* p : blocks) lca_free(p);
+      kept = lca::thread_heap_if_any()->foreign_count[c];
+      lca_free(own);
+    });
+    t.join();
+    ck_assert_uint_eq(kept, cap);
+  }
+}
+END_TEST
+
 // One producer allocates batches of patterned blocks (16 B - 64 KiB) and hands them
 // through a mutex-protected queue to consumers that verify and free them: every free
 // is remote.
@@ -1800,6 +1838,7 @@ int main() {
   tcase_add_test(tc, test_producer_consumer);
   tcase_add_test(tc, test_remote_frees_reach_owner);
   tcase_add_test(tc, test_foreign_free_reused_locally);
+  tcase_add_test(tc, test_foreign_limit_per_class);
   tcase_add_test(tc, test_oversubscribed_threads);
   tcase_add_test(tc, test_short_lived_threads);
   tcase_add_test(tc, test_fork_while_threads_allocate);
