@@ -74,6 +74,7 @@ struct HeapCounters {
   // the slow-path refills of the span queues.
   Counter span_refills;
   Counter medium_hits;  // medium requests served by the medium cache
+  Counter span_borrows;  // small requests served by a bigger class's span (borrow_above)
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
@@ -167,7 +168,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{}, remote_busy{}, medium{} {
+        foreign_count{}, remote_busy{}, medium{}, borrowed{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -194,6 +195,9 @@ struct Heap {
   // heap carves, -1 when node-local heaps are off.
   std::int32_t node = -1;
   MediumCache medium;  // this thread's freed medium blocks (owner only)
+  // Objects each class took from a bigger class's span since it last carved
+  // new memory itself (borrow_above, tcache.c++).
+  std::uint8_t borrowed[kNumClasses];
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
   // A leaf lock (its holder takes no other); never on a fast path.
@@ -381,7 +385,7 @@ void domain_destroy(Domain* d);
 // Allocation in a heap the caller owns (its thread heap, or a private heap under
 // its domain lock).  `grown` marks a block being made for a realloc that grows.
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
-void* heap_alloc_small_slow(Heap* h, unsigned size_class);
+void* heap_alloc_small_slow(Heap* h, unsigned size_class, std::size_t size, std::size_t alignment);
 // malloc of kSlabMax < size <= kLargeThreshold by a thread with a heap (tls_heap,
 // not &g_no_heap, node-local heaps off): the medium cache, else the arena.
 // nullptr with errno ENOMEM when the OS has no memory.
