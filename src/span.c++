@@ -160,7 +160,7 @@ bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_si
   // Within the carve limit only: a block that grew page after page over a clean
   // slot kept the whole slot resident once it moved on (calloc-workloads
   // webserver's response buffer, 256 B to 32 KiB: 64 KiB of the 256-byte
-  // class's slot; docs/design.md, "Borrowing from the classes above").
+  // class's slot; docs/design.md, "Webserver's heap peak").
   if (static_cast<std::size_t>(s->end - s->bump) < extra) return false;
   unsigned k = 0;
   while (k < s->multislot_count && s->multislot[k].first != i) ++k;

@@ -1176,14 +1176,14 @@ void sweep_class_tail(Heap* h, unsigned c) {
 
 namespace {
 
-// Borrowing (docs/design.md, "Borrowing from the classes above"): a class of
+// Borrowing (docs/design.md, "Webserver's heap peak"): a class of
 // kBorrowMinSize or more about to touch new memory -- the next page of its span
 // past the carve limit, or a new span -- first takes a free object, resident
 // already, from the current span of a bigger class at most kBorrowClasses
 // above whose size is at most 1.25 x the request's (the bound on usable sizes
-// the classes keep; never for a power of two, which gets exactly its size).  Per-class spans keep the pages of each
-// class's own busiest moment; borrowing lets neighbouring classes share their
-// free objects instead.  The object stays its span's: its free is a free into
+// the classes keep; never for a power of two, which gets exactly its size).
+// Per-class spans keep the pages of each class's own busiest moment; borrowing
+// lets neighbouring classes share their free objects instead.  The object stays its span's: its free is a free into
 // that span, malloc_usable_size says the bigger size.  At most kBorrowBudget
 // borrows between two of the class's own carvings (each borrow is a slow
 // path), so a class that keeps needing more grows as before.  Thread heaps

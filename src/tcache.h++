@@ -385,6 +385,8 @@ void domain_destroy(Domain* d);
 // Allocation in a heap the caller owns (its thread heap, or a private heap under
 // its domain lock).  `grown` marks a block being made for a realloc that grows.
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
+// The slow path of a small request of `size` bytes in class size_class
+// (chosen for `alignment`).
 void* heap_alloc_small_slow(Heap* h, unsigned size_class, std::size_t size, std::size_t alignment);
 // malloc of kSlabMax < size <= kLargeThreshold by a thread with a heap (tls_heap,
 // not &g_no_heap, node-local heaps off): the medium cache, else the arena.
