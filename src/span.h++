@@ -6,7 +6,7 @@
 // list runs dry.  Objects are carved lazily from a bump pointer, up to a carve
 // limit (below), so a fresh span touches only the pages it hands out, and the
 // object just below the bump pointer can grow in place over the uncarved slots
-// after it (realloc).
+// after it, below the carve limit (realloc).
 // Frees are checked without any per-object metadata: a pointer must be the start
 // of a carved object (one multiply against the span's reciprocal, one compare with
 // the bump pointer), and a free object carries a guard word -- its address xor a
@@ -399,7 +399,8 @@ inline bool span_has_remote(const Span* s) { return s->remote_free.load(std::mem
 std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes);
 
 // Grows object i (at p, at the carving frontier) in place to cover new_size bytes
-// by claiming uncarved slots.  Owner only.  False when it cannot.
+// by claiming uncarved slots below the carve limit.  Owner only.  False when it
+// cannot.
 bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std::size_t new_size);
 
 // --- defragmentation support (defrag.c++) -----------------------------------

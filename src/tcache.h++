@@ -78,6 +78,7 @@ struct HeapCounters {
   // brought back from them (span_recarve).
   Counter span_pages_purged;
   Counter span_objects_recarved;
+  Counter span_borrows;  // small requests served by a bigger class's span (borrow_above)
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
@@ -190,7 +191,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{}, remote_busy{}, medium{} {
+        foreign_count{}, remote_busy{}, medium{}, borrowed{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -217,6 +218,9 @@ struct Heap {
   // heap carves, -1 when node-local heaps are off.
   std::int32_t node = -1;
   MediumCache medium;  // this thread's freed medium blocks (owner only)
+  // Objects each class took from a bigger class's span since it last carved
+  // new memory itself (borrow_above, tcache.c++).
+  std::uint8_t borrowed[kNumClasses];
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
   // A leaf lock (its holder takes no other); never on a fast path.
@@ -404,7 +408,9 @@ void domain_destroy(Domain* d);
 // Allocation in a heap the caller owns (its thread heap, or a private heap under
 // its domain lock).  `grown` marks a block being made for a realloc that grows.
 void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment, bool grown);
-void* heap_alloc_small_slow(Heap* h, unsigned size_class);
+// The slow path of a small request of `size` bytes in class size_class
+// (chosen for `alignment`).
+void* heap_alloc_small_slow(Heap* h, unsigned size_class, std::size_t size, std::size_t alignment);
 // malloc of kSlabMax < size <= kLargeThreshold by a thread with a heap (tls_heap,
 // not &g_no_heap, node-local heaps off): the medium cache, else the arena.
 // nullptr with errno ENOMEM when the OS has no memory.

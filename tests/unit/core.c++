@@ -709,6 +709,102 @@ START_TEST(test_first_spans_on_clean_slots) {
 }
 END_TEST
 
+// Borrowing (src/tcache.c++ borrow_above): a class of 512 B or more that would
+// touch new memory -- a page past its carve limit or a new span -- first takes
+// a free object that a bigger class's current span holds (at most 8 classes
+// above, twice the size), at most kBorrowBudget (8) times between two of its
+// own carvings.  Here the 1 KiB class holds 64 free objects when 1000-byte
+// blocks (the 1008-byte class) are requested: before, all 48 came from the
+// 1008-byte class's own span, touching its pages; now some are 1 KiB objects,
+// never more than 8 in a row, and they are freed into their own span.
+START_TEST(test_borrow_from_class_above) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span queues");
+#endif
+  constexpr std::size_t kAbove = 1024, kSize = 1000;
+  constexpr unsigned kSpare = 64, kWanted = 48;
+  std::size_t borrowed = 0, own = 0, longest_run = 0, counted = 0, back_in_above = 0;
+  std::thread t([&] {
+    auto span_at = [](void* p) { return lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p); };
+    lca::Heap* h = lca::heap_for_thread();
+    std::size_t borrows_before = h->counters.span_borrows.get();
+    std::vector<void*> spare(kSpare);
+    for (void*& p : spare) p = lca_malloc(kAbove);
+    lca::Span* above = span_at(spare.back());
+    for (void* p : spare) lca_free(p);
+    std::vector<void*> blocks(kWanted);
+    std::size_t run = 0;
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0x3c, kSize);
+      if (lca_usable_size(p) == kAbove) {
+        ++borrowed;
+        longest_run = std::max(longest_run, ++run);
+      } else {
+        own += lca_usable_size(p) == 1008;
+        run = 0;
+      }
+    }
+    counted = h->counters.span_borrows.get() - borrows_before;
+    for (void* p : blocks) lca_free(p);
+    // The borrowed objects went back to the 1 KiB span: it serves them again.
+    for (unsigned i = 0; i < kSpare; ++i) {
+      void* p = lca_malloc(kAbove);
+      back_in_above += span_at(p) == above;
+      spare[i] = p;
+    }
+    for (void* p : spare) lca_free(p);
+  });
+  t.join();
+  ck_assert_uint_gt(borrowed, 0);
+  ck_assert_uint_eq(borrowed + own, kWanted);
+  ck_assert_uint_eq(counted, borrowed);
+  ck_assert_uint_le(longest_run, 8);
+  ck_assert_uint_gt(own, 0);
+  ck_assert_uint_ge(back_in_above, kSpare / 2);
+}
+END_TEST
+
+// Growth in place (realloc at the carving frontier) stays within the carve
+// limit: a block that grew over a clean slot page after page kept every page
+// of the slot resident once it moved on -- the webserver workload's response
+// buffer, 256 B growing to 32 KiB, held 64 KiB of the 256-byte class's slot.
+// Now a realloc past the carve limit moves the block (to the arena here) and
+// the span carves no further than the page it was in; one within the page
+// still grows in place.
+START_TEST(test_growth_in_place_within_carve_limit) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode moves every realloc");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode moves every realloc");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span slots");
+#endif
+  bool clean = false, small_in_place = false, big_moved = false;
+  std::size_t carved = 0, resident = 0;
+  std::thread t([&] {
+    // 272 B: a class no earlier step of this thread used, on a span of its own.
+    void* p = lca_malloc(272);
+    lca::Span* s = lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p);
+    clean = s->zeroed && s->bump == static_cast<char*>(p) + 272;
+    void* q = lca_realloc(p, 2 * 272);
+    small_in_place = q == p;
+    void* r = lca_realloc(q, 30000);
+    big_moved = r != q;
+    std::memset(r, 0x7e, 30000);
+    carved = static_cast<std::size_t>(s->bump - lca::span_base(s));
+    resident = test_util::resident_pages(lca::span_base(s), lca::kSpanSize);
+    lca_free(r);
+  });
+  t.join();
+  if (!clean) TEST_SKIP("the class's span is not on a clean slot in this heap");
+  ck_assert(small_in_place);
+  ck_assert(big_moved);
+  ck_assert_uint_le(carved, lca::kCarvePage);
+  ck_assert_uint_le(resident, 1);
+}
+END_TEST
+
 // Carve limit (src/span.h++): a class with two spans, the older one holding
 // free objects (half its blocks freed), the newer one the head with room left.
 // Before, the head carved on through untouched pages -- every one of the next
@@ -1071,5 +1167,7 @@ int main() {
   tcase_add_test(tc, test_span_pages_purged_and_recarved);
   tcase_add_test(tc, test_double_free_of_purged_block);
   tcase_add_test(tc, test_arena_growth_purges_span_pages);
+  tcase_add_test(tc, test_borrow_from_class_above);
+  tcase_add_test(tc, test_growth_in_place_within_carve_limit);
   return test_util::run_suite(s);
 }
