@@ -358,10 +358,6 @@ __attribute__((destructor)) LCA_CORE_TEXT void libcalloc_fini() {
 // that nothing else touches (placement.h++).
 extern "C" LCA_CORE_TEXT __attribute__((visibility("hidden"), used)) void lca_dt_fini() {}
 
-namespace {
-
-}  // namespace
-
 #if CALLOC_OVERRIDE
 // The malloc family.  Aliases, not wrappers: one symbol, no extra call.
 #define LCA_ALIAS(target) __attribute__((alias(#target), visibility("default"), used))

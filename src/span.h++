@@ -56,13 +56,12 @@ constexpr std::uint64_t kUseHeadMark = 0x2000;
 constexpr unsigned kUseCountShift = 14;
 constexpr std::uint64_t kUseAlloc = (std::uint64_t{1} << kUseCountShift) + 1;  // one allocation: live + 1, count + 1
 static_assert(kMaxObjectsPerSpan <= kUseLiveMask, "the live count fits its bits");
-static_assert(kMaxObjectsPerSpan <= 0xffff, "Span::capacity fits 16 bits");
+static_assert(kMaxObjectsPerSpan <= 0xffff, "Span::capacity and multislot indices fit 16 bits");
 // The carve limit's unit and least step (span_extend_carve): one page.
 constexpr std::size_t kCarvePage = 4096;
 // Pages of a span, one bit each in Span::purged.
 constexpr unsigned kSpanPages = static_cast<unsigned>(kSpanSize / kCarvePage);
 static_assert(kSpanPages <= 16, "Span::purged has a bit per page");
-static_assert(kMaxObjectsPerSpan <= 0xffff, "multislot indices fit 16 bits");
 
 // Span::flags: any bit set sends a free to the slow path (fast_heap is then
 // no_fast_heap(), so the fast path tests one field).

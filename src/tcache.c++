@@ -569,19 +569,14 @@ LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool p
   if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
 }
 
-// Purges the slot of s (empty, with purged pages) whole: it is zero then.
-// (Not only the pages not yet purged: an object that starts on a page brought
-// back may reach into a purged one, and its user's bytes are there.)
-bool retire_purged_slot(Span* s) {
-  os_purge(span_base(s), kSpanSize);
-  return true;
-}
-
 LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
-  // A span with purged pages leaves its slot clean (the rest purged too): as a
-  // dirty slot it would be reused with no carve limit over pages not resident.
-  bool clean = (s->flags & kSpanPurged) && retire_purged_slot(s);
+  // A span with purged pages leaves its slot clean, purged whole: as a dirty
+  // slot it would be reused with no carve limit over pages not resident.  (Not
+  // only the pages not yet purged: an object that starts on a page brought
+  // back may reach into a purged one, and its user's bytes are there.)
+  bool clean = s->flags & kSpanPurged;
+  if (clean) os_purge(span_base(s), kSpanSize);
   span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
   // A span taken from the pool or carved in an orphan chunk: the chunk is the
@@ -1326,9 +1321,10 @@ namespace {
 // lets neighbouring classes share their free objects instead.  The object
 // stays its span's: its free is a free into that span, malloc_usable_size
 // says the bigger size.  At most kBorrowBudget borrows between two of the
-// class's own carvings (each borrow is a slow path), so a class that keeps needing more grows as before.  Thread heaps
-// only (private heaps keep exact classes), and only for requests aligned to
-// 16 (every object is; a bigger alignment chose its class for it).
+// class's own carvings (each borrow is a slow path), so a class that keeps
+// needing more grows as before.  Thread heaps only (private heaps keep exact
+// classes), and only for requests aligned to 16 (every object is; a bigger
+// alignment chose its class for it).
 constexpr std::size_t kBorrowMinSize = 512;
 constexpr unsigned kBorrowClasses = 8;
 constexpr std::uint8_t kBorrowBudget = 8;
@@ -1509,8 +1505,10 @@ LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
     if (__builtin_expect(s->flags & kSpanAdopted, 0)) {
       // Adopted by a free (adopt_orphan_span): h's own once h allocated from
       // it, else given up as soon as it is empty.
-      if (span_use_allocs(s) == 0 && span_used(s) == 0) return retire_span(h, s);
-      if (span_use_allocs(s) != 0) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
+      if (span_use_allocs(s) != 0)
+        span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
+      else if (span_used(s) == 0)
+        return retire_span(h, s);
     }
     if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     return;
