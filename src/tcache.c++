@@ -1366,6 +1366,12 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size,
     if (void* p = span_pop(s)) return p;
   }
   if (s != &g_empty_span) {
+    // The span behind the head is the likely refill: its first free object's
+    // line is read by the pop below, after the sweep and the rotation, and
+    // is cold by then (freed long before: 27 % of this function's samples on
+    // the workload matrix's gameengine were that load).  Fetch it now.
+    if (Span* n = s->next)
+      if (FreeObject* f = n->free) __builtin_prefetch(f, 1);
     sweep_class_tail(h, c);
     for (unsigned probe = 0;; ++probe) {
       if (span_has_remote(s)) collect_span(h, s);
