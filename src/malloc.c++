@@ -64,8 +64,19 @@ LCA_CORE_TEXT __attribute__((noinline)) void* malloc_slow(std::size_t size, std:
   // Medium sizes in a thread that has a heap (never in Valgrind or ASan mode,
   // whose tls_heap is &g_no_heap): straight to the heap's medium cache or arena.
   Heap* h = tls_heap;
-  if (size > kSlabMax && size <= kLargeThreshold && alignment <= 16 && h != &g_no_heap && h->node < 0)
-    return heap_alloc_medium(h, size);
+  if (h != &g_no_heap && h->node < 0 && alignment <= 16) {
+    // Small sizes: fast_malloc found the head span dry (no free object, no
+    // foreign one, nothing to carve or remote frees waiting), which is where
+    // heap_alloc would start too: straight to the span refill, without the
+    // domain_alloc -> heap_for_thread -> heap_alloc chain (~120 instructions
+    // of a ~550-instruction refill; docs/design.md, "The slow path's tail").
+    if (size <= kSlabMax) {
+      void* p = heap_alloc_small_slow(h, size_to_class(size), size, 16);
+      if (!p) errno = ENOMEM;
+      return p;
+    }
+    if (size <= kLargeThreshold) return heap_alloc_medium(h, size);
+  }
   void* p = domain_alloc(&g_process_domain, size, alignment);
   if (!p) errno = ENOMEM;
   return p;

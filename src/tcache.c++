@@ -1348,6 +1348,7 @@ LCA_CORE_TEXT void* borrow_above(Heap* h, unsigned c, std::size_t size, std::siz
 }  // namespace
 
 LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size, std::size_t alignment) {
+  h->counters.small_slow_allocs.add(1);
   Span* s = h->head[c];
   // h allocates the class: a head a free adopted is h's like any other now.
   if (s->flags & kSpanAdopted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanAdopted));
@@ -1365,6 +1366,12 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size,
     if (void* p = span_pop(s)) return p;
   }
   if (s != &g_empty_span) {
+    // The span behind the head is the likely refill: its first free object's
+    // line is read by the pop below, after the sweep and the rotation, and
+    // is cold by then (freed long before: 27 % of this function's samples on
+    // the workload matrix's gameengine were that load).  Fetch it now.
+    if (Span* n = s->next)
+      if (FreeObject* f = n->free) __builtin_prefetch(f, 1);
     sweep_class_tail(h, c);
     for (unsigned probe = 0;; ++probe) {
       if (span_has_remote(s)) collect_span(h, s);
@@ -1488,6 +1495,7 @@ LCA_CORE_TEXT std::size_t block_usable_size(const void* p, const char* what) {
 }
 
 LCA_CORE_TEXT void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
+  h->counters.local_slow_frees.add(1);
   std::size_t bytes;
   if (__builtin_expect(s->flags & kSpanMultislot, 0)) {
     // One free (counted from live); the extra slots of an object that grew are not.
@@ -1680,11 +1688,19 @@ inline bool free_remote_batched(void* p) {
   // the span stays active while p is live, and p grew over several slots (if it
   // did) before the user handed it to this thread.  A span with purged pages:
   // free_slow checks the mask (a purged object's guard reads 0).
-  if (span_owner(s) == me || (span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) ||
-      !span_is_object_start(s, p))
+  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
     return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
+  if (span_owner(s) == me) {
+    // The caller's own span, whose other flags (left behind exhausted,
+    // adopted) sent the free here: block_free's checks hold, as above, so
+    // straight to the local free, not through free_slow's block_lookup
+    // (~100 of a ~250-instruction free that retires a span; docs/design.md,
+    // "The slow path's tail").
+    free_span_local(me, s, p, span_index(s, p));
+    return true;
+  }
   if (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s)) {
     free_span_local(me, s, p, span_index(s, p));
     return true;

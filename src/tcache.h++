@@ -79,6 +79,12 @@ struct HeapCounters {
   Counter span_pages_purged;
   Counter span_objects_recarved;
   Counter span_borrows;  // small requests served by a bigger class's span (borrow_above)
+  // Slow paths of the heap's own small objects: mallocs that found the head
+  // span dry (heap_alloc_small_slow), and frees into its own spans that the
+  // fast path sent on (a span flagged or left behind: free_span_local).
+  // docs/design.md, "The slow path's tail".
+  Counter small_slow_allocs;
+  Counter local_slow_frees;
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span

@@ -919,6 +919,105 @@ START_TEST(test_span_refills_bounded) {
 }
 END_TEST
 
+// The slow paths of a thread's own small objects, counted (docs/design.md,
+// "The slow path's tail"): a warmed-up malloc/free loop of one size takes none;
+// a frame of 30 blocks of 2 500 B (25 a span), all freed at the frame's end --
+// the workload matrix's game engine and web server in one class -- takes one
+// slow malloc a frame (the head runs dry) and one slow free (the first free
+// into the span left behind, which unflags it; the last, which retires it,
+// goes from the fast path to span_after_local_free).  That free takes
+// free_cold's short way now (free_span_local without block_lookup).  The
+// counters are new: the test does not build before them.
+START_TEST(test_slow_paths_per_frame) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind every call takes the slow path");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode takes the slow paths");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span queues");
+#endif
+  std::size_t steady_allocs = 0, steady_frees = 0, frame_allocs = 0, frame_frees = 0;
+  constexpr unsigned kFrames = 200, kPerFrame = 30;
+  std::thread t([&] {
+    lca::Heap* h = lca::heap_for_thread();
+    for (int i = 0; i < 1000; ++i) lca_free(lca_malloc(64));
+    std::size_t a0 = h->counters.small_slow_allocs.get(), f0 = h->counters.local_slow_frees.get();
+    for (int i = 0; i < 100000; ++i) {
+      void* p = lca_malloc(64);
+      static_cast<volatile char*>(p)[0] = 1;
+      lca_free(p);
+    }
+    steady_allocs = h->counters.small_slow_allocs.get() - a0;
+    steady_frees = h->counters.local_slow_frees.get() - f0;
+    void* block[kPerFrame];
+    auto frame = [&] {
+      for (void*& p : block) {
+        p = lca_malloc(2500);
+        static_cast<volatile char*>(p)[0] = 1;
+      }
+      for (void* p : block) lca_free(p);
+    };
+    for (int i = 0; i < 10; ++i) frame();
+    a0 = h->counters.small_slow_allocs.get();
+    f0 = h->counters.local_slow_frees.get();
+    for (unsigned i = 0; i < kFrames; ++i) frame();
+    frame_allocs = h->counters.small_slow_allocs.get() - a0;
+    frame_frees = h->counters.local_slow_frees.get() - f0;
+  });
+  t.join();
+  std::fprintf(stderr, "slow paths: steady %zu mallocs, %zu frees in 100000 pairs; %u frames: %zu mallocs, %zu frees\n",
+               steady_allocs, steady_frees, kFrames, frame_allocs, frame_frees);
+  ck_assert_uint_eq(steady_allocs, 0);
+  ck_assert_uint_eq(steady_frees, 0);
+  ck_assert_uint_ge(frame_allocs, kFrames);
+  ck_assert_uint_le(frame_allocs, 2 * kFrames);
+  ck_assert_uint_ge(frame_frees, kFrames);
+  ck_assert_uint_le(frame_frees, 2 * kFrames);
+}
+END_TEST
+
+// free_cold's short way for the caller's own flagged span (free_remote_batched)
+// keeps block_free's checks: a double free and a free of an object's interior
+// in a span the allocator left behind are still reported.
+START_TEST(test_errors_in_flagged_own_span) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode reports through its own paths");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode reports through its own paths");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span queues");
+#endif
+  // 30 blocks of 2 500 B: the first span (25 objects) is left behind, flagged.
+  auto flagged_block = [](std::vector<void*>& kept) {
+    for (int i = 0; i < 30; ++i) kept.push_back(lca_malloc(2500));
+    lca::Span* s = lca::span_of(lca::span_chunk_of(lca::registry_lookup(kept[0])), kept[0]);
+    if (!(s->flags & lca::kSpanExhausted) || s->heap != lca::tls_owned_heap) std::abort();
+    return kept[0];
+  };
+  auto r = test_util::expect_death(
+      [&] {
+        std::vector<void*> kept;
+        void* p = flagged_block(kept);
+        lca_free(p);  // unflags the span (the short way)
+        lca::Span* s = lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p);
+        lca::span_set_flags(s, s->flags | lca::kSpanExhausted);
+        lca_free(p);
+      },
+      "Double free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+  r = test_util::expect_death(
+      [&] {
+        std::vector<void*> kept;
+        lca_free(static_cast<char*>(flagged_block(kept)) + 16);
+      },
+      "Invalid free");
+  ck_assert_msg(r.died_of_sigabrt && r.matched, "%s", r.description.c_str());
+  // And the free itself works: the block comes back from its span.
+  std::vector<void*> kept;
+  void* p = flagged_block(kept);
+  lca_free(p);
+  lca::Span* s = lca::span_of(lca::span_chunk_of(lca::registry_lookup(p)), p);
+  ck_assert(!(s->flags & lca::kSpanExhausted));
+  for (std::size_t i = 1; i < kept.size(); ++i) lca_free(kept[i]);
+}
+END_TEST
+
 // Span queue order for classes of many objects per span (src/tcache.c++,
 // span_after_local_free): a window of 64-byte blocks filling 8 spans, each op
 // freeing a random one and allocating another (the fragmentation workload's
@@ -1160,6 +1259,8 @@ int main() {
   tcase_add_test(tc, test_steady_state_no_system_calls);
   tcase_add_test(tc, test_span_refills_bounded);
   tcase_add_test(tc, test_span_refills_many_objects);
+  tcase_add_test(tc, test_slow_paths_per_frame);
+  tcase_add_test(tc, test_errors_in_flagged_own_span);
   tcase_add_test(tc, test_large_cache_holds_what_live_blocks_hold);
   tcase_add_test(tc, test_arena_growth_purges_empty_spans);
   tcase_add_test(tc, test_carve_limit_reuses_free_objects);
