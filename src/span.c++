@@ -201,13 +201,23 @@ inline std::uint32_t first_start_at(const Span* s, std::size_t off) {
 }
 }  // namespace
 
-unsigned span_purge_free_pages(Span* s, unsigned min_pages) {
+LCA_CORE_TEXT std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
   if (s->flags & (kSpanInactive | kSpanMultislot)) return 0;
+  // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
+  if (chunk_base(s)->flags & kChunkMayBeHuge) return 0;
+  auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
+  // A live object keeps at most size / 4 KiB + 2 pages.
+  std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
+                     static_cast<std::size_t>(bit_count(s->purged));
+  return carved_pages >= held + min_pages ? carved_pages - held : 0;
+}
+
+unsigned span_purge_free_pages(Span* s, unsigned min_pages) {
+  if (!span_purge_bound(s, min_pages)) return 0;
   char* base = span_base(s);
   std::size_t carved_bytes = static_cast<std::size_t>(s->bump - base);
   auto pages = static_cast<unsigned>(carved_bytes / kCarvePage);  // pages wholly below the bump pointer
   std::uint16_t purged = s->purged;
-  if (pages < min_pages + bit_count(purged)) return 0;
   std::uint32_t carved = static_cast<std::uint32_t>(carved_bytes / s->obj_size);
   // The objects that are not live: on the local free list, or starting on a
   // purged page.  (Objects on the remote list, or on another thread's foreign

@@ -302,8 +302,17 @@ void span_extend_carve(Span* s);
 // kSpanPurged (its frees go to the slow path, which checks Span::purged) and
 // its carve limit comes down to the bump pointer, so that allocation takes
 // the purged pages back (span_recarve) before it carves new ones.  Not for a
-// span whose objects grew over several slots.  Returns the pages purged.
+// span whose objects grew over several slots, nor in a chunk that transparent
+// huge pages may back (whole 2 MiB ranges only), nor when span_purge_bound is
+// 0 (no walk of the free list then).  Returns the pages purged.
 unsigned span_purge_free_pages(Span* s, unsigned min_pages);
+// The candidate test of span_purge_free_pages, O(1), before any list walk: the
+// pages wholly carved and not purged yet, less the most the objects counted
+// live can keep (each overlaps at most size / 4 KiB + 2 pages; remote frees not
+// collected count as live, as in the walk) -- at least as many pages as the
+// walk will find -- or 0 when that is below min_pages or s cannot be purged.
+// heap_purge_span_pages sums it over a heap's spans.
+std::size_t span_purge_bound(const Span* s, unsigned min_pages);
 // Brings back s's lowest purged pages, up to the first that holds object
 // starts: its objects go onto the free list (their first words written: the
 // page is faulted in).  Returns the objects brought back (0: no purged page

@@ -94,6 +94,9 @@ constexpr unsigned kSpanPurgeMinPages = 4;
 // may give back a chunk's worth at least: a warmed-up program that takes and
 // returns cached chunks makes no system call for the few free pages it has.
 constexpr std::size_t kSpanPurgeBulkPages = kChunkSize / kCarvePage;
+// At most this many chunk requests in a row skip the walk while the heap is
+// quiet (purge_span_pages_before_chunk): 32 MiB of span chunks.
+constexpr unsigned kSpanPurgeSkipMax = 8;
 
 }  // namespace
 
@@ -145,7 +148,11 @@ bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span
 // Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
 LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
   Span* old = h->head[c];
-  if (old != &g_empty_span) span_use_store(old, span_use(old) & ~kUseHeadMark);
+  if (old != &g_empty_span) {
+    span_use_store(old, span_use(old) & ~kUseHeadMark);
+    // (A head left behind with free objects: its frees take the fast path.)
+    if (!(old->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
+  }
   if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
   h->head[c] = s;
 }
@@ -222,6 +229,7 @@ LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
 }
 
 LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
+  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
   StatsLock lock(h);
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
   s->stat_live = span_used(s);
@@ -232,6 +240,7 @@ LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
 }
 
 LCA_CORE_TEXT void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
+  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
   queue_remove(h, c, s);
   StatsLock lock(h);
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
@@ -303,9 +312,28 @@ LCA_CORE_TEXT bool domain_will_map(Domain* d) {
 // Before h gets a chunk: the free pages of its partly used spans go back to
 // the OS (all candidates when the chunk is to be mapped; from the domain's
 // cache, only a chunk's worth or more: kSpanPurgeBulkPages).
+// A heap that only grows (every span behind a class head full: calloc-bench
+// peak-rss's build-up) has nothing to give back, and a walk of every span
+// before each chunk made the walks quadratic in the heap's size (4 % of
+// peak-rss's time): after such a fruitless walk (Heap::span_purge_quiet) the
+// next 1, 3, 7, then kSpanPurgeSkipMax chunk requests skip it, until something
+// gives a span behind a head free objects (heap_span_purge_unquiet).  Frees
+// into a head while it is the head are not seen; its free pages are the next
+// ones the class allocates anyway.
 LCA_CORE_TEXT void purge_span_pages_before_chunk(Heap* h) {
   if (on_valgrind() || !h->domain->per_thread) return;
-  heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages);
+  if (h->span_purge_quiet && h->span_purge_skip) {
+    --h->span_purge_skip;
+    return;
+  }
+  bool quiet = false;
+  h->counters.span_purge_walks.add(1);
+  heap_purge_span_pages(h, kSpanPurgeMinPages, domain_will_map(h->domain) ? 0 : kSpanPurgeBulkPages, &quiet);
+  unsigned backoff = !quiet ? 0 : !h->span_purge_quiet ? 1 : 2u * h->span_purge_backoff + 1;
+  if (backoff > kSpanPurgeSkipMax) backoff = kSpanPurgeSkipMax;
+  h->span_purge_quiet = quiet;
+  h->span_purge_backoff = static_cast<std::uint8_t>(backoff);
+  h->span_purge_skip = static_cast<std::uint8_t>(backoff);
 }
 
 LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
@@ -607,7 +635,7 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
 LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
   // The remote frees were counted by the freeing heaps.
-  span_live_change_uncounted(h, s, [&] { span_collect_remote(s, &extra); });
+  if (span_live_change_uncounted(h, s, [&] { return span_collect_remote(s, &extra); })) heap_span_purge_unquiet(h);
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
@@ -1249,36 +1277,39 @@ std::uint32_t span_recarve_counted(Heap* h, Span* s) {
   return n;
 }
 
-// At most this many pages of s can be purged with min_pages a span: the carved
-// ones not purged yet, less those a live object may overlap (O(1), before any
-// list walk); 0 when s is not a candidate.
-std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
-  if (s->flags & (kSpanInactive | kSpanMultislot)) return 0;
-  // (Transparent huge pages: purged in whole 2 MiB ranges only, as for slots.)
-  if (chunk_base(s)->flags & kChunkMayBeHuge) return 0;
-  auto carved_pages = static_cast<std::size_t>(s->bump - span_base(s)) / kCarvePage;
-  std::size_t held = std::size_t{span_used(s)} * (s->obj_size / kCarvePage + 2) +
-                     static_cast<std::size_t>(bit_count(s->purged));
-  return carved_pages >= held + min_pages ? carved_pages - held : 0;
-}
 }  // namespace
 
-LCA_CORE_TEXT std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total) {
+LCA_CORE_TEXT std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total, bool* quiet) {
   // Not in Valgrind or ASan mode (their quarantines own the freed blocks'
   // state), nor in private domains (the defragmenter tells free objects from
   // live ones by their guard words, which read 0 on a purged page).
   if (on_valgrind() || !h->domain->per_thread) return 0;
+  // Whether no span is a candidate and every span behind a head is exhausted
+  // (Heap::span_purge_quiet): known only after a pass over every span.
+  bool calm = true;
+  auto look = [&](unsigned c, const Span* s) {
+    if (s != h->head[c] && !(s->flags & kSpanExhausted)) calm = false;
+  };
   if (min_total) {
     std::size_t bound = 0;
     for (unsigned c = 0; c < kNumClasses && bound < min_total; ++c)
-      for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next) bound += span_purge_bound(s, min_pages);
-    if (bound < min_total) return 0;
+      for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next) {
+        bound += span_purge_bound(s, min_pages);
+        look(c, s);
+      }
+    if (bound < min_total) {
+      if (quiet) *quiet = calm && bound == 0;
+      return 0;
+    }
   }
   std::size_t total = 0;
   for (unsigned c = 0; c < kNumClasses; ++c)
-    for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next)
-      if (span_purge_bound(s, min_pages)) total += span_purge_free_pages(s, min_pages);
+    for (Span* s = queue_empty(h, c) ? nullptr : h->head[c]; s; s = s->next) {
+      total += span_purge_free_pages(s, min_pages);
+      look(c, s);
+    }
   h->counters.span_pages_purged.add(total);
+  if (quiet) *quiet = calm && total == 0;
   return total;
 }
 
@@ -1521,6 +1552,7 @@ LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
     if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
     return;
   }
+  heap_span_purge_unquiet(h);  // (a span behind the head got a free object)
   if (span_used(s) == 0) {
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {

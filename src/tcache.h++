@@ -78,6 +78,9 @@ struct HeapCounters {
   // brought back from them (span_recarve).
   Counter span_pages_purged;
   Counter span_objects_recarved;
+  // Walks of the heap's span queues for such pages before a chunk
+  // (purge_span_pages_before_chunk; skipped ones not counted).
+  Counter span_purge_walks;
   Counter span_borrows;  // small requests served by a bigger class's span (borrow_above)
   // Slow paths of the heap's own small objects: mallocs that found the head
   // span dry (heap_alloc_small_slow), and frees into its own spans that the
@@ -227,6 +230,16 @@ struct Heap {
   // Objects each class took from a bigger class's span since it last carved
   // new memory itself (borrow_above, tcache.c++).
   std::uint8_t borrowed[kNumClasses];
+  // The walk for free pages of partly used spans before a chunk
+  // (purge_span_pages_before_chunk, tcache.c++): set by a walk that found no
+  // candidate span while every span but the class heads was exhausted (a heap
+  // that only grows); cleared by whatever could give a span behind a head free
+  // objects (heap_span_purge_unquiet).  While set, chunk requests skip the
+  // walk, span_purge_skip of them (doubling after each fruitless walk, at most
+  // kSpanPurgeSkipMax).
+  bool span_purge_quiet = false;
+  std::uint8_t span_purge_skip = 0;
+  std::uint8_t span_purge_backoff = 0;
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
   // A leaf lock (its holder takes no other); never on a fast path.
@@ -471,8 +484,14 @@ void span_after_local_free(Heap* h, Span* s);
 // Purges the pages of h's spans that hold only free objects, in spans where
 // min_pages of them at least can be, and only when the spans' bound on such
 // pages reaches min_total (h's owner, the process domain's heaps only; not in
-// Valgrind or ASan mode).  Returns the pages purged.
-std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total);
+// Valgrind or ASan mode).  Returns the pages purged; *quiet (when given) says
+// whether no span was a candidate while every span behind a class head was
+// exhausted (Heap::span_purge_quiet).
+std::size_t heap_purge_span_pages(Heap* h, unsigned min_pages, std::size_t min_total, bool* quiet = nullptr);
+// Something may have given a span behind a class head free objects (a free
+// into an exhausted span, remote frees collected, a span left behind or put
+// back with free objects): the next chunk request walks the spans again.
+inline void heap_span_purge_unquiet(Heap* h) { h->span_purge_quiet = false; }
 [[noreturn]] void report_span_free_error(const Span* s, const void* p, SpanCheck why);
 
 // Frees any libcalloc block, whichever heap or domain it belongs to.  The inline
