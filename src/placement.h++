@@ -51,7 +51,7 @@
 // radix tree, the NUMA topology) go in x86-64's .lbss, which GNU ld puts after
 // all of .bss: the small globals every program writes (locks, once-flags,
 // counters) then share the pages of .bss, the first of them the page .data ends
-// in, instead of being spread between the tables over 4-5 pages.  Elsewhere
+// in, instead of being spread between the tables over 3-4 pages.  Elsewhere
 // plain .bss.
 #if defined(__ELF__) && defined(__x86_64__)
 #define LCA_BIG_BSS(name) __attribute__((section(".lbss.lca." #name)))
