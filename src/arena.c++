@@ -166,8 +166,9 @@ LCA_CORE_TEXT void arena_add_chunk(Arena* a, ArenaChunk* c) {
   auto* first = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
   auto* sentinel = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
   first->prev_size = 0;
-  first->size_flags = kArenaChunkCapacity;
   sentinel->size_flags = 0;  // size 0, allocated: coalescing stops here
+  LCA_SPLIT_STORES();  // no tag gets two constant words in one store (placement.h++)
+  first->size_flags = kArenaChunkCapacity;
   mark_free(first);
   insert_free(a, first);
   c->free_bytes = kArenaChunkCapacity;

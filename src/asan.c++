@@ -34,6 +34,7 @@
 #include "report.h++"
 #include "tcache.h++"
 #include "vg.h++"
+#include "placement.h++"
 
 namespace lca {
 
@@ -52,7 +53,7 @@ struct QuarantineEntry {
   Domain* domain;
 };
 constinit pthread_mutex_t g_quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
-constinit QuarantineEntry g_quarantine[kAsanQuarantine] = {};
+LCA_BIG_BSS(asan_quarantine) constinit QuarantineEntry g_quarantine[kAsanQuarantine] = {};
 constinit std::size_t g_quarantine_head = 0;  // oldest entry
 constinit std::size_t g_quarantine_count = 0;
 constinit std::size_t g_quarantine_bytes = 0;

@@ -15,7 +15,7 @@
 
 namespace lca {
 
-constinit std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] = {};
+LCA_BIG_BSS(chunk_kind) constinit std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] = {};
 
 namespace {
 constinit std::atomic<std::size_t> g_chunk_count{0};

@@ -558,9 +558,21 @@ HugePurgeCounters huge_purge_counters() {
                            g_kept_bytes.load(std::memory_order_relaxed)};
 }
 
+// Read at the first chunk of every program: not literals, which would map
+// libcalloc's .rodata for them (placement.h++).
+struct ThpModeWords {
+  char path[44];
+  char always[9];
+  char madvise[10];
+  char never[8];
+};
+LCA_CORE_RODATA(thp_mode_words)
+constinit const ThpModeWords kThpModeWords{"/sys/kernel/mm/transparent_hugepage/enabled", "[always]", "[madvise]",
+                                           "[never]"};
+
 LCA_CORE_TEXT ThpMode huge_thp_mode() {
   char buf[128];
-  if (!read_small_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf))
+  if (!read_small_file(kThpModeWords.path, buf, sizeof buf))
     return ThpMode::unsupported;
   // The bracketed word, by hand: strstr and its kin are in 64 KiB windows of
   // libc's text that a C program does not otherwise map (placement.h++).
@@ -572,9 +584,9 @@ LCA_CORE_TEXT ThpMode huge_thp_mode() {
       if (p[i] != word[i]) return false;
     return true;
   };
-  if (is("[always]")) return ThpMode::always;
-  if (is("[madvise]")) return ThpMode::madvise;
-  if (is("[never]")) return ThpMode::never;
+  if (is(kThpModeWords.always)) return ThpMode::always;
+  if (is(kThpModeWords.madvise)) return ThpMode::madvise;
+  if (is(kThpModeWords.never)) return ThpMode::never;
   return ThpMode::unsupported;
 }
 

@@ -317,6 +317,7 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     return nullptr;
   }
   ++cache->live_count;
+  LCA_SPLIT_STORES();  // placement.h++
   ++cache->alloc_count;
   cache->alloc_bytes += got;
   lca_mutex_unlock(&g_lock);

@@ -79,7 +79,7 @@ bool load_libnuma() {
   return true;
 }
 
-constinit NumaTopology g_topology{};
+LCA_BIG_BSS(topology) constinit NumaTopology g_topology{};
 constinit pthread_once_t g_topology_once = PTHREAD_ONCE_INIT;
 constinit std::atomic<bool> g_thread_heaps{false};
 constinit std::atomic<std::size_t> g_bound{0};

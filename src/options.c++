@@ -139,8 +139,11 @@ void options_print(const Options& o, const char* version, int fd) {
   w.flush_to(fd);
 }
 
+// Not a literal: .rodata would be mapped at start-up for it (placement.h++).
+LCA_CORE_RODATA(options_variable) constinit const char kOptionsVariable[] = "LIBCALLOC_OPTIONS";
+
 LCA_CORE_TEXT void options_init() {
-  const char* text = std::getenv("LIBCALLOC_OPTIONS");
+  const char* text = std::getenv(kOptionsVariable);
   if (text) options_parse(text, &g_options);
 }
 

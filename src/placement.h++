@@ -26,4 +26,43 @@
 #define LCA_CORE_TEXT
 #endif
 
+// Constant data that every program reads (start-up included) goes in the
+// RELRO page, not in .rodata.  .rodata, .eh_frame_hdr and .eh_frame make one
+// read-only mapping of about 37 KiB, all of it in one fault-around window: the
+// first read of any constant there maps its 10 pages (40 KiB).  The RELRO page
+// (.data.rel.ro, .dynamic, .got) is resident in every program already: the
+// loader reads .dynamic and writes the GOT.  So a constant read on a common
+// path -- a string literal passed to a libc function, a table the fast or slow
+// paths index -- carries this attribute instead of being a literal (the
+// compiler puts literals, and switch jump tables, in .rodata).  A common path
+// that reads .rodata costs each program 40 KiB; tests/integration/small-rss.sh
+// checks that none does.  One section per variable (name): GCC puts an inline
+// variable in a COMDAT group of its section, and a second inline variable given
+// the same section lands in the first one's group (a duplicate definition at
+// the link).
+#if defined(__ELF__)
+#define LCA_CORE_RODATA(name) __attribute__((section(".data.rel.ro.lca_core." #name)))
+#else
+#define LCA_CORE_RODATA(name)
+#endif
+
+// Big zero-initialised tables that a small program touches a page of or none
+// (the chunk registry, the orphan pools, the quarantines, the secure heap's
+// radix tree, the NUMA topology) go in x86-64's .lbss, which GNU ld puts after
+// all of .bss: the small globals every program writes (locks, once-flags,
+// counters) then share the pages of .bss, the first of them the page .data ends
+// in, instead of being spread between the tables over 3-4 pages.  Elsewhere
+// plain .bss.
+#if defined(__ELF__) && defined(__x86_64__)
+#define LCA_BIG_BSS(name) __attribute__((section(".lbss.lca." #name)))
+#else
+#define LCA_BIG_BSS(name)
+#endif
+
+// GCC merges neighbouring constant stores (or increments) into one 16-byte
+// vector store (or add) of a constant it puts in .rodata: on a common path, a
+// read of .rodata like any other.  A compiler barrier between them keeps them
+// scalar (on slow paths only: it also makes the compiler reload what it held).
+#define LCA_SPLIT_STORES() asm volatile("" ::: "memory")
+
 #endif  // LCA_PLACEMENT_HXX

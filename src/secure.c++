@@ -261,7 +261,7 @@ std::uint32_t first_clear(const std::uint64_t* bm, std::uint32_t a, std::uint32_
 constexpr unsigned kRadixTopBits = 14;
 constexpr unsigned kRadixLeafBits = 11;
 using RadixLeaf = std::atomic<std::uintptr_t>[std::size_t{1} << kRadixLeafBits];
-constinit std::atomic<RadixLeaf*> g_radix[std::size_t{1} << kRadixTopBits]{};
+LCA_BIG_BSS(radix) constinit std::atomic<RadixLeaf*> g_radix[std::size_t{1} << kRadixTopBits]{};
 constinit pthread_mutex_t g_radix_lock = PTHREAD_MUTEX_INITIALIZER;
 
 inline std::atomic<std::uintptr_t>* radix_slot(std::uintptr_t addr, bool create) {

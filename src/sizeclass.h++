@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "placement.h++"
+
 namespace lca {
 
 constexpr std::size_t kSlabMax = 8192;
@@ -37,7 +39,8 @@ constexpr SizeClassTables make_size_class_tables() {
   return t;
 }
 
-inline constexpr SizeClassTables kSizeClasses = make_size_class_tables();
+// In the RELRO page, not .rodata: malloc's fast path reads it (placement.h++).
+LCA_CORE_RODATA(size_classes) inline constexpr SizeClassTables kSizeClasses = make_size_class_tables();
 static_assert(kSizeClasses.size[kNumClasses - 1] == kSlabMax, "classes must end at the slab limit");
 
 // size must be <= kSlabMax.  Size 0 maps to the 16-byte class.

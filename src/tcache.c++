@@ -31,7 +31,7 @@
 
 namespace lca {
 
-constinit OrphanPools g_orphan_pools{};
+LCA_BIG_BSS(orphan_pools) constinit OrphanPools g_orphan_pools{};
 constinit Domain g_process_domain{true, &g_orphan_pools};
 constinit Span g_empty_span{};
 
@@ -376,6 +376,7 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   if (kind == ChunkKind::spans) {
     SpanChunk* sc = span_chunk_of(c);
     sc->free_slots = ~std::uint64_t{1};
+    LCA_SPLIT_STORES();  // placement.h++
     sc->dirty_slots = fresh ? 0 : ~std::uint64_t{1};
     sc->active_spans = 0;
     if (!fresh) h->dirty_slots += kSpansPerChunk - 1;
@@ -1579,14 +1580,16 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
 }
 
 LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) {
-  bool is_free_op = what[0] == 'f';
+  // what (a literal, in .rodata) is read only to report an error: reading it
+  // here maps libcalloc's .rodata in every program (placement.h++).
+  auto is_free_op = [what] { return what[0] == 'f'; };
   ChunkHeader* ch = registry_lookup(p);
   if (ch && ch->kind == ChunkKind::spans) {
     Span* s = span_of(span_chunk_of(ch), p);
     std::uint32_t i;
     SpanCheck why = span_check(s, p, &i);
     if (why != SpanCheck::ok) {
-      if (is_free_op) report_span_free_error(s, p, why);
+      if (is_free_op()) report_span_free_error(s, p, why);
       report_fatal(why == SpanCheck::not_live ? "Use after free" : "Invalid pointer", p, what);
     }
     *out = BlockRef{BlockRef::Kind::span, ch, s, i, span_usable_size(s, i), ch->domain};
@@ -1595,11 +1598,11 @@ LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) 
   if (ch && ch->kind == ChunkKind::arena) {
     ArenaCheck why = arena_check(arena_chunk_of(ch), p);
     if (why == ArenaCheck::already_free)
-      report_fatal(is_free_op ? "Double free" : "Use after free", p,
-                   is_free_op ? "the block is not allocated (freed already)" : what);
+      report_fatal(is_free_op() ? "Double free" : "Use after free", p,
+                   is_free_op() ? "the block is not allocated (freed already)" : what);
     if (why != ArenaCheck::ok)
-      report_fatal(is_free_op ? "Invalid free" : "Invalid pointer", p,
-                   is_free_op ? "not the start of a block allocated by libcalloc" : what);
+      report_fatal(is_free_op() ? "Invalid free" : "Invalid pointer", p,
+                   is_free_op() ? "not the start of a block allocated by libcalloc" : what);
     *out = BlockRef{BlockRef::Kind::arena, ch, nullptr, 0, arena_usable_size(p), ch->domain};
     return;
   }
@@ -1608,8 +1611,8 @@ LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) 
     *out = BlockRef{BlockRef::Kind::large, nullptr, nullptr, 0, info.usable, info.domain};
     return;
   }
-  report_fatal(is_free_op ? "Invalid free" : "Invalid pointer", p,
-               is_free_op ? "not a block allocated by libcalloc" : what);
+  report_fatal(is_free_op() ? "Invalid free" : "Invalid pointer", p,
+               is_free_op() ? "not a block allocated by libcalloc" : what);
 }
 
 LCA_CORE_TEXT void free_slow(void* p) {

@@ -136,7 +136,7 @@ constexpr ForeignCaps make_foreign_caps() {
     t.cap[c] = static_cast<std::uint32_t>(kForeignClassBytes / kSizeClasses.size[c]);
   return t;
 }
-inline constexpr ForeignCaps kForeignCaps = make_foreign_caps();
+LCA_CORE_RODATA(foreign_caps) inline constexpr ForeignCaps kForeignCaps = make_foreign_caps();  // placement.h++
 inline std::uint32_t foreign_class_cap(unsigned size_class) { return kForeignCaps.cap[size_class]; }
 
 // A thread keeps the medium blocks of its own arena that it frees -- usable sizes

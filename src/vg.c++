@@ -38,7 +38,7 @@ struct QuarantineEntry {
 };
 
 constinit pthread_mutex_t g_quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
-constinit QuarantineEntry g_quarantine[kVgQuarantine] = {};
+LCA_BIG_BSS(vg_quarantine) constinit QuarantineEntry g_quarantine[kVgQuarantine] = {};
 constinit std::size_t g_quarantine_head = 0;  // oldest entry
 constinit std::size_t g_quarantine_count = 0;
 constinit std::size_t g_quarantine_bytes = 0;

@@ -8,10 +8,11 @@
  *                    malloc_usable_size, a thread that allocates and exits,
  *                    fork, then frees everything
  *
- * Prints "text_kb=N lib_kb=M text_start=0xADDR text_offset=0xOFF": the Rss of
- * libcalloc's executable mapping and of all of its mappings, and where the
- * executable one starts (address and file offset).  Exit 0, or 1 when
- * libcalloc is not mapped or a call failed. */
+ * Prints "text_kb=N lib_kb=M rodata_kb=R text_start=0xADDR text_offset=0xOFF":
+ * the Rss of libcalloc's executable mapping, of all of its mappings and of its
+ * read-only data mapping (the first read-only one after the text: .rodata,
+ * .eh_frame_hdr, .eh_frame), and where the executable one starts (address and
+ * file offset).  Exit 0, or 1 when libcalloc is not mapped or a call failed. */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -82,8 +83,8 @@ int main(int argc, char** argv) {
   FILE* f = fopen("/proc/self/smaps", "r");
   if (!f) return 1;
   char line[512];
-  int in_lib = 0, in_text = 0;
-  long text_kb = -1, lib_kb = 0;
+  int in_lib = 0, in_text = 0, in_rodata = 0, after_text = 0;
+  long text_kb = -1, lib_kb = 0, rodata_kb = -1;
   unsigned long text_start = 0, text_offset = 0;
   while (fgets(line, sizeof line, f)) {
     unsigned long start, end, offset;
@@ -91,6 +92,12 @@ int main(int argc, char** argv) {
     if (sscanf(line, "%lx-%lx %7s %lx", &start, &end, perms, &offset) == 4 && strchr(line, '-') < strchr(line, ' ')) {
       in_lib = strstr(line, "/libcalloc.so") != NULL;
       in_text = in_lib && perms[2] == 'x';
+      in_rodata = in_lib && after_text && perms[0] == 'r' && perms[1] == '-' && perms[2] == '-';
+      if (in_rodata) {
+        rodata_kb = 0;
+        after_text = 0;
+      }
+      if (in_text) after_text = 1;
       if (in_text) {
         text_start = start;
         text_offset = offset;
@@ -102,6 +109,7 @@ int main(int argc, char** argv) {
     if (in_lib && sscanf(line, "Rss: %ld kB", &kb) == 1) {
       lib_kb += kb;
       if (in_text) text_kb += kb;
+      if (in_rodata) rodata_kb += kb;
     }
   }
   fclose(f);
@@ -109,6 +117,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "small-rss: libcalloc.so is not mapped\n");
     return 1;
   }
-  printf("text_kb=%ld lib_kb=%ld text_start=0x%lx text_offset=0x%lx\n", text_kb, lib_kb, text_start, text_offset);
+  printf("text_kb=%ld lib_kb=%ld rodata_kb=%ld text_start=0x%lx text_offset=0x%lx\n", text_kb, lib_kb, rodata_kb,
+         text_start, text_offset);
   return 0;
 }

@@ -1297,6 +1297,27 @@ START_TEST(test_growing_heap_skips_span_walks) {
 }
 END_TEST
 
+// The small globals every program writes sit together in .bss, and the big
+// zero tables (the registry first) after them in .lbss (src/placement.h++): a
+// small program writes one page of .bss besides the one .data ends in.
+// Before, the 64 MiB registry came first and the small globals after it, on 3-4
+// pages between the other tables (docs/design.md, "Read-only data and .bss").
+START_TEST(test_small_globals_before_big_tables) {
+#if defined(__ELF__) && defined(__x86_64__)
+  auto at = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  std::uintptr_t registry = at(&lca::g_chunk_kind[0]);
+  std::uintptr_t empty_span = at(&lca::g_empty_span);
+  std::uintptr_t domains_lock = at(&lca::g_domains_lock);
+  ck_assert_msg(empty_span < registry && domains_lock < registry,
+                "the registry (%#lx) is below g_empty_span (%#lx) or g_domains_lock (%#lx)",
+                static_cast<unsigned long>(registry), static_cast<unsigned long>(empty_span),
+                static_cast<unsigned long>(domains_lock));
+  std::uintptr_t gap = empty_span > domains_lock ? empty_span - domains_lock : domains_lock - empty_span;
+  ck_assert_msg(gap < 8192, "g_empty_span and g_domains_lock are %lu bytes apart", static_cast<unsigned long>(gap));
+#endif
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("core", &tc);
@@ -1327,5 +1348,6 @@ int main() {
   tcase_add_test(tc, test_growing_heap_skips_span_walks);
   tcase_add_test(tc, test_borrow_from_class_above);
   tcase_add_test(tc, test_growth_in_place_within_carve_limit);
+  tcase_add_test(tc, test_small_globals_before_big_tables);
   return test_util::run_suite(s);
 }
