@@ -19,6 +19,7 @@ namespace {
 constexpr std::size_t kFree = 1;
 constexpr std::size_t kPrevFree = 2;
 constexpr std::size_t kFlagMask = 15;
+static_assert(kFlagMask == 15, "arena_usable_size (arena.h++) masks the same 4 bits");
 
 struct FreeLinks {
   BlockTag* next;
@@ -246,8 +247,6 @@ LCA_CORE_TEXT bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
   std::uint64_t m = std::uint64_t{1} << (g & 63);
   return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
 }
-
-LCA_CORE_TEXT std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
 
 LCA_CORE_TEXT std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
   BlockTag* b = tag_of(p);

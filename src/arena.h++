@@ -67,7 +67,10 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p);
 
 // Frees a checked block; returns its usable size.
 std::size_t arena_free(Arena* a, ArenaChunk* c, void* p);
-std::size_t arena_usable_size(const void* p);
+inline std::size_t arena_usable_size(const void* p) {
+  const auto* t = reinterpret_cast<const BlockTag*>(static_cast<const char*>(p) - kArenaTag);
+  return (t->size_flags & ~std::size_t{15}) - kArenaTag;  // the low 4 bits are flags
+}
 
 // Resizes in place: shrinks by splitting, grows into a free successor.
 bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size);
@@ -108,6 +111,17 @@ inline void arena_push_remote(Arena* a, void* p) {
 inline std::uintptr_t arena_held_mark(const void* p) { return free_guard(p) ^ 0x4e1d0b10c4ed11ull; }
 inline void arena_hold(void* p) { static_cast<std::uintptr_t*>(p)[1] = arena_held_mark(p); }
 inline void arena_unhold(void* p) { static_cast<std::uintptr_t*>(p)[1] = 0; }
+// arena_check's `ok`, inline, for the owner's free (heap_free_medium): p is
+// the start of a live block of c that is not held.  False: arena_check says
+// why.  Reads the held mark unconditionally: not for Valgrind or ASan mode
+// (no thread heap owns an arena chunk there).
+inline bool arena_is_live_block(const ArenaChunk* c, const void* p) {
+  auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
+  if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag) return false;
+  std::size_t g = off >> 4;
+  if (!((c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1)) return false;
+  return static_cast<const std::uintptr_t*>(p)[1] != arena_held_mark(p);
+}
 
 // Walks every block of a chunk (for statistics and consistency checks).
 template <class F>

@@ -268,9 +268,14 @@ START_TEST(test_held_block_keeps_live_bit) {
     ck_assert_uint_eq(held_blocks(my_heap(), &bytes), 1);
     ck_assert(live_bit(b));
     ck_assert(lca::arena_check(c, b) == lca::ArenaCheck::already_free);
+    ck_assert(!lca::arena_is_live_block(c, b));  // the owner's inline check agrees
     ck_assert_ptr_eq(lca_malloc(20000), b);  // taken back: live, unmarked
     ck_assert(live_bit(b));
     ck_assert(lca::arena_check(c, b) == lca::ArenaCheck::ok);
+    ck_assert(lca::arena_is_live_block(c, b));
+    ck_assert(!lca::arena_is_live_block(c, static_cast<char*>(b) + 16));
+    ck_assert(!lca::arena_is_live_block(c, static_cast<char*>(b) + 8));
+    ck_assert(lca::arena_usable_size(b) >= 20000 && lca::arena_usable_size(b) < 20000 + 64);
     lca_free(b);
     errno = EILSEQ;
     lca_free(a);
