@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "report.h++"
+#include "sanitizer.h++"
 
 namespace lca {
 namespace {
@@ -18,6 +19,7 @@ namespace {
 constexpr std::size_t kFree = 1;
 constexpr std::size_t kPrevFree = 2;
 constexpr std::size_t kFlagMask = 15;
+static_assert(kFlagMask == 15, "arena_usable_size (arena.h++) masks the same 4 bits");
 
 struct FreeLinks {
   BlockTag* next;
@@ -220,7 +222,14 @@ LCA_CORE_TEXT ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
   auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
   if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag)
     return ArenaCheck::not_block_start;
-  if (is_live(c, p)) return ArenaCheck::ok;
+  if (is_live(c, p)) {
+    // A block held by its owner's medium cache is live in the bitmap and
+    // carries the held mark (arena.h++).  The cache is off in Valgrind and ASan
+    // mode, where the word may be undefined or poisoned: not read there.
+    if (!LCA_ASAN && !on_valgrind() && static_cast<const std::uintptr_t*>(p)[1] == arena_held_mark(p))
+      return ArenaCheck::already_free;
+    return ArenaCheck::ok;
+  }
   // Not a live block's start: in Valgrind and ASan mode the words read below may
   // lie in a block's redzone or in a quarantined block, so they are read unchecked.
   const BlockTag* t = tag_of(p);
@@ -239,18 +248,6 @@ LCA_CORE_TEXT bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
   std::uint64_t m = std::uint64_t{1} << (g & 63);
   return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
 }
-
-LCA_CORE_TEXT void arena_hold(ArenaChunk* c, void* p) {
-  clear_live(c, p);
-  static_cast<std::uintptr_t*>(p)[1] = kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(p);
-}
-
-LCA_CORE_TEXT void arena_unhold(ArenaChunk* c, void* p) {
-  static_cast<std::uintptr_t*>(p)[1] = 0;
-  set_live(c, p);
-}
-
-LCA_CORE_TEXT std::size_t arena_usable_size(const void* p) { return block_size(tag_of(p)) - kArenaTag; }
 
 LCA_CORE_TEXT std::size_t arena_free(Arena* a, ArenaChunk* c, void* p) {
   BlockTag* b = tag_of(p);
@@ -314,8 +311,8 @@ bool arena_verify(const Arena* a, const char** why) {
       } else if (!is_live(c, payload(b)) &&
                  vg_peek_word(static_cast<const std::uintptr_t*>(payload(b)) + 1) !=
                      (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(payload(b)))) {
-        // (A block freed by another thread and not yet collected, or held in the
-        // owner's medium cache, is allocated, not live and marked.)
+        // (A block freed by another thread and not yet collected is allocated,
+        // not live and marked; one held in the owner's medium cache is live.)
         return *why = "allocated block not marked live", false;
       }
       prev_free = is_free(b);

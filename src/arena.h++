@@ -67,7 +67,10 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p);
 
 // Frees a checked block; returns its usable size.
 std::size_t arena_free(Arena* a, ArenaChunk* c, void* p);
-std::size_t arena_usable_size(const void* p);
+inline std::size_t arena_usable_size(const void* p) {
+  const auto* t = reinterpret_cast<const BlockTag*>(static_cast<const char*>(p) - kArenaTag);
+  return (t->size_flags & ~std::size_t{15}) - kArenaTag;  // the low 4 bits are flags
+}
 
 // Resizes in place: shrinks by splitting, grows into a free successor.
 bool arena_resize_in_place(Arena* a, ArenaChunk* c, void* p, std::size_t new_size);
@@ -92,14 +95,33 @@ inline void arena_push_remote(Arena* a, void* p) {
 }
 
 // The heap's medium cache (tcache.h++) keeps freed blocks of its own arena aside,
-// still allocated in the arena's tags, in the state of a block freed by another
-// thread and not yet taken back: live bit clear, kRemoteFreedMark in its second
-// word (so a second free, a realloc or malloc_usable_size of it is reported as a
-// double free or use after free).  arena_hold puts a checked live block p of c
-// in that state; arena_unhold makes it live again for its next owner.  A held
-// block goes back to the arena with arena_free.  Owner only.
-void arena_hold(ArenaChunk* c, void* p);
-void arena_unhold(ArenaChunk* c, void* p);
+// still allocated in the arena's tags and still set in the live bitmap: a held
+// block is told from a live one by the held mark in its second word (freed
+// memory: ours to write), derived from the per-process random key as the slab
+// guards are, so a program cannot forge it without reading freed memory.
+// arena_check reports a block with the mark as freed already (a second free, a
+// realloc or malloc_usable_size of it).  Holding and taking back are plain
+// stores to the block's line: no atomic read-modify-write of the bitmap, whose
+// locked instructions were about a quarter of a cache hit pair's time
+// (docs/design.md, "Held blocks keep their live bit").  arena_hold marks a
+// checked live block p; arena_unhold clears the mark, before the block goes to
+// its next owner or back to the arena with arena_free (a stale mark left inside
+// a merged free block could later sit at the start of a new live block).
+// Owner only.
+inline std::uintptr_t arena_held_mark(const void* p) { return free_guard(p) ^ 0x4e1d0b10c4ed11ull; }
+inline void arena_hold(void* p) { static_cast<std::uintptr_t*>(p)[1] = arena_held_mark(p); }
+inline void arena_unhold(void* p) { static_cast<std::uintptr_t*>(p)[1] = 0; }
+// arena_check's `ok`, inline, for the owner's free (heap_free_medium): p is
+// the start of a live block of c that is not held.  False: arena_check says
+// why.  Reads the held mark unconditionally: not for Valgrind or ASan mode
+// (no thread heap owns an arena chunk there).
+inline bool arena_is_live_block(const ArenaChunk* c, const void* p) {
+  auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
+  if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag) return false;
+  std::size_t g = off >> 4;
+  if (!((c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1)) return false;
+  return static_cast<const std::uintptr_t*>(p)[1] != arena_held_mark(p);
+}
 
 // Walks every block of a chunk (for statistics and consistency checks).
 template <class F>

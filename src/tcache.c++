@@ -822,6 +822,7 @@ LCA_CORE_TEXT void medium_cache_flush(Heap* h) {
   for (MediumFree*& head : h->medium.bin) {
     while (MediumFree* m = head) {
       head = m->next;
+      arena_unhold(m);
       arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
     }
   }
@@ -860,7 +861,7 @@ LCA_CORE_TEXT void* heap_alloc_medium(Heap* h, std::size_t size) {
       if (!next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
       std::size_t usable = m->usable;
       h->medium.bytes -= usable;
-      arena_unhold(arena_chunk_of(chunk_base(m)), m);
+      arena_unhold(m);
       h->counters.arena_allocs.add(1);
       h->counters.medium_hits.add(1);
       h->counters.extra_bytes_allocated.add(usable);
@@ -883,6 +884,7 @@ LCA_CORE_TEXT void medium_cache_shrink(Heap* h) {
     h->medium.bin[b] = m->next;
     if (!m->next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
     h->medium.bytes -= m->usable;
+    arena_unhold(m);
     arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
   }
 }
@@ -904,14 +906,14 @@ LCA_CORE_TEXT bool heap_free_medium(Heap* h, void* p) {
   ChunkHeader* ch = chunk_base(p);
   if (ch->heap != h) return false;
   ArenaChunk* c = arena_chunk_of(ch);
-  if (arena_check(c, p) != ArenaCheck::ok) return false;
+  if (!arena_is_live_block(c, p)) return false;  // free_slow reports it
   std::size_t usable = arena_usable_size(p);
   h->counters.arena_frees.add(1);
   h->counters.extra_bytes_freed.add(usable);
   // (Node-local heaps allocate through domain_alloc, which does not look here.)
   if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= medium_cache_bound(h) &&
       h->node < 0) {
-    arena_hold(c, p);
+    arena_hold(p);
     auto* m = static_cast<MediumFree*>(p);
     unsigned b = medium_bin(usable);
     m->usable = usable;
@@ -921,8 +923,11 @@ LCA_CORE_TEXT bool heap_free_medium(Heap* h, void* p) {
     h->medium.bytes += usable;
     return true;
   }
+  // A chunk that empties goes back to the domain, maybe to the OS: errno kept.
+  int saved = errno;
   arena_free_owned(h, c, p);
   if (h->medium.bytes > kMediumCacheBytes) medium_cache_shrink(h);
+  errno = saved;
   return true;
 }
 
@@ -1792,14 +1797,21 @@ LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
 }
 
 LCA_CORE_TEXT void free_cold(void* p) {
-  int saved = errno;
 #if CALLOC_TRACKING
-  if (track_active()) track_free(p);
+  if (track_active()) {
+    int saved = errno;
+    track_free(p);
+    errno = saved;
+  }
 #endif
   // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
   // ASan mode, and in a thread without a heap: no chunk names it as its heap).
-  bool done = chunk_kind_of(p) == ChunkKind::arena ? heap_free_medium(tls_heap, p) : free_remote_batched(p);
-  if (!done) free_slow(p);
+  // heap_free_medium keeps errno itself, so that a block its medium cache holds
+  // costs no errno save (a call through the PLT and a TLS access).
+  bool arena = chunk_kind_of(p) == ChunkKind::arena;
+  if (arena && heap_free_medium(tls_heap, p)) return;
+  int saved = errno;
+  if (arena || !free_remote_batched(p)) free_slow(p);
   errno = saved;
 }
 

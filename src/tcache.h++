@@ -147,8 +147,8 @@ inline std::uint32_t foreign_class_cap(unsigned size_class) { return kForeignCap
 // the nearest non-empty bin up to kMediumSearchBins above, found in a bitmap): a
 // hit costs a list pop instead of a TLSF search, split and boundary tag updates
 // (docs/design.md, "Medium cache").  A held block stays allocated in the arena
-// (arena_hold: live bit clear, marked as freed, so a second free is a double
-// free).  The cache goes back to the arena before the arena maps a chunk,
+// (arena_hold: its live bit stays set and a held mark in its second word says
+// it is freed, so a second free is a double free).  The cache goes back to the arena before the arena maps a chunk,
 // at thread exit, on trim and whenever the heap is collected.
 constexpr std::size_t kMediumCacheMin = 8 * 1024;
 constexpr std::size_t kMediumCacheMax = 64 * 1024;
@@ -470,7 +470,7 @@ std::size_t block_usable_size(const void* p, const char* what);
 void free_cold(void* p);
 // The part of free_cold for a block of the calling thread's own arena (h is
 // tls_heap): into the medium cache or the arena.  False when p is not a live
-// block of h's arena (free_slow then frees or reports it).
+// block of h's arena (free_slow then frees or reports it).  Keeps errno.
 bool heap_free_medium(Heap* h, void* p);
 // The most the medium cache of h may hold: kMediumCacheBytes, or half the
 // bytes h's arena blocks hold live, up to kMediumCacheBytesMax.

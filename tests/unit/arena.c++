@@ -18,6 +18,7 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -241,6 +242,55 @@ START_TEST(test_trim_returns_cache) {
 }
 END_TEST
 
+// A held block keeps its live bit (holding it and taking it back write only its
+// second word: no locked update of the bitmap) and is told from a live block by
+// its held mark; giving it back to the arena clears the mark, so none is left
+// inside a free block that merged it (where a later block could start).
+START_TEST(test_held_block_keeps_live_bit) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  std::thread([] {
+    lca_free(lca_malloc(64));  // the thread's heap
+    lca_trim();
+    auto live_bit = [](const void* p) {
+      lca::ArenaChunk* c = lca::arena_chunk_of(lca::chunk_base(p));
+      std::size_t g = (reinterpret_cast<std::uintptr_t>(p) & (lca::kChunkSize - 1)) >> 4;
+      return ((c->live[g >> 6].load() >> (g & 63)) & 1) != 0;
+    };
+    void* a = lca_malloc(100000);  // above the cache's sizes: freed to the arena
+    void* b = lca_malloc(20000);
+    void* keep = lca_malloc(20000);
+    ck_assert_ptr_eq(lca::chunk_base(a), lca::chunk_base(b));
+    lca::ArenaChunk* c = lca::arena_chunk_of(lca::chunk_base(b));
+    errno = EILSEQ;
+    lca_free(b);
+    ck_assert_int_eq(errno, EILSEQ);
+    std::size_t bytes;
+    ck_assert_uint_eq(held_blocks(my_heap(), &bytes), 1);
+    ck_assert(live_bit(b));
+    ck_assert(lca::arena_check(c, b) == lca::ArenaCheck::already_free);
+    ck_assert(!lca::arena_is_live_block(c, b));  // the owner's inline check agrees
+    ck_assert_ptr_eq(lca_malloc(20000), b);  // taken back: live, unmarked
+    ck_assert(live_bit(b));
+    ck_assert(lca::arena_check(c, b) == lca::ArenaCheck::ok);
+    ck_assert(lca::arena_is_live_block(c, b));
+    ck_assert(!lca::arena_is_live_block(c, static_cast<char*>(b) + 16));
+    ck_assert(!lca::arena_is_live_block(c, static_cast<char*>(b) + 8));
+    ck_assert(lca::arena_usable_size(b) >= 20000 && lca::arena_usable_size(b) < 20000 + 64);
+    lca_free(b);
+    errno = EILSEQ;
+    lca_free(a);
+    ck_assert_int_eq(errno, EILSEQ);
+    lca_trim();  // b goes back to the arena, merged into a
+    ck_assert_uint_eq(held_blocks(my_heap(), &bytes), 0);
+    ck_assert(!live_bit(b));
+    ck_assert(static_cast<std::uintptr_t*>(b)[1] != lca::arena_held_mark(b));
+    const char* why = "";
+    ck_assert_msg(lca::arena_verify(&my_heap()->arena, &why), "arena_verify: %s", why);
+    lca_free(keep);
+  }).join();
+}
+END_TEST
+
 // A request that fits in the arena only once the held blocks are merged back
 // takes them back before a chunk is mapped.  The thread fills its arena chunk
 // with blocks of 1 MiB and less until what is free beside the held blocks is
@@ -429,6 +479,7 @@ int main() {
   tcase_add_test(tc, test_realloc_of_held_block);
   tcase_add_test(tc, test_thread_exit_returns_cache);
   tcase_add_test(tc, test_trim_returns_cache);
+  tcase_add_test(tc, test_held_block_keeps_live_bit);
   tcase_add_test(tc, test_cache_yields_before_new_chunk);
   tcase_add_test(tc, test_threads_churn);
   tcase_add_test(tc, test_larger_held_block_serves);
