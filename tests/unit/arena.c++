@@ -11,11 +11,15 @@
 // consistency check (arena_verify) accepts held blocks; thread exit and trim
 // hand every held block back to the arena; a request that does not fit in the
 // arena beside the held blocks takes them back before a chunk is mapped.  Blocks
-// are checked for overlap with a pattern.  The cache is off in Valgrind and ASan
+// are checked for overlap with a pattern.  On private arenas: arena_verify
+// checks the free lists (links, bitmaps, every free block listed), and a block
+// that merged into the free block before it is still named freed (a second
+// free of it is a double free).  The cache is off in Valgrind and ASan
 // mode (every call takes the slow paths there, whose quarantine keeps freed
 // blocks): its tests skip there, the reuse and error tests run everywhere.
 #include <libcalloc.h>
 #include <malloc.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <cerrno>
@@ -468,6 +472,89 @@ START_TEST(test_cache_bound_follows_live) {
 }
 END_TEST
 
+// arena_verify checks the free lists as well as the blocks: a listed block's
+// links, the bitmaps, and that every free block is listed.  A private arena in
+// a chunk of our own: A and C free in one list (C at its head, A next); each
+// corruption is named, and undone.
+START_TEST(test_verify_checks_free_lists) {
+  const std::size_t chunk = lca::kChunkSize;
+  void* raw = mmap(nullptr, 2 * chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(raw, MAP_FAILED);
+  auto base = (reinterpret_cast<std::uintptr_t>(raw) + chunk - 1) & ~(chunk - 1);
+  auto* c = reinterpret_cast<lca::ArenaChunk*>(base);
+  lca::Arena a{};
+  lca::arena_add_chunk(&a, c);
+  void* g0 = lca::arena_alloc(&a, 9000, 16);
+  void* blk_a = lca::arena_alloc(&a, 9000, 16);
+  void* x = lca::arena_alloc(&a, 9000, 16);
+  void* blk_c = lca::arena_alloc(&a, 9000, 16);
+  void* d = lca::arena_alloc(&a, 9000, 16);
+  ck_assert(g0 && blk_a && x && blk_c && d);
+  const char* why = nullptr;
+  lca::arena_free(&a, c, blk_a);
+  lca::arena_free(&a, c, blk_c);  // the list: C, then A
+  ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+  // The links of a free block are its first two payload words {next, prev}.
+  auto* links_a = static_cast<lca::BlockTag**>(blk_a);
+  auto* links_c = static_cast<lca::BlockTag**>(blk_c);
+  lca::BlockTag* saved = links_a[1];
+  links_a[1] = static_cast<lca::BlockTag*>(blk_a);  // A's prev no longer names C
+  ck_assert(!lca::arena_verify(&a, &why));
+  ck_assert_str_eq(why, "free list prev link disagrees");
+  links_a[1] = saved;
+  saved = links_c[0];
+  links_c[0] = nullptr;  // A dropped from the list
+  ck_assert(!lca::arena_verify(&a, &why));
+  ck_assert_str_eq(why, "free block missing from the lists");
+  links_c[0] = saved;
+  std::uint32_t fl_bitmap = a.fl_bitmap;
+  a.fl_bitmap = 0;
+  ck_assert(!lca::arena_verify(&a, &why));
+  ck_assert_str_eq(why, "first-level bitmap disagrees");
+  a.fl_bitmap = fl_bitmap;
+  ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+  for (void* b : {g0, x, d}) lca::arena_free(&a, c, b);
+  ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+  munmap(raw, 2 * chunk);
+}
+END_TEST
+
+// A block that merged into a free block before it is still named freed: a
+// second free of it is a double free, as for one that merged with a free block
+// after it (its tag, left inside the merged block, is flagged free).  Under the
+// old code arena_check called it "not a block start" (an invalid free).
+START_TEST(test_double_free_after_backward_merge) {
+  const std::size_t chunk = lca::kChunkSize;
+  void* raw = mmap(nullptr, 2 * chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(raw, MAP_FAILED);
+  auto base = (reinterpret_cast<std::uintptr_t>(raw) + chunk - 1) & ~(chunk - 1);
+  auto* c = reinterpret_cast<lca::ArenaChunk*>(base);
+  lca::Arena a{};
+  lca::arena_add_chunk(&a, c);
+  void* g0 = lca::arena_alloc(&a, 9000, 16);
+  void* blk_a = lca::arena_alloc(&a, 9000, 16);
+  void* blk_b = lca::arena_alloc(&a, 9000, 16);
+  void* g1 = lca::arena_alloc(&a, 9000, 16);
+  ck_assert(g0 && blk_a && blk_b && g1);
+  lca::arena_free(&a, c, blk_a);
+  ck_assert_int_eq(lca::arena_free_neighbours(blk_b), 1);  // A, before it
+  lca::arena_free(&a, c, blk_b);                            // merges into A
+  ck_assert(lca::arena_check(c, blk_b) == lca::ArenaCheck::already_free);
+  ck_assert(lca::arena_check(c, blk_a) == lca::ArenaCheck::already_free);
+  ck_assert(lca::arena_check(c, static_cast<char*>(blk_b) + 16) == lca::ArenaCheck::not_block_start);
+  const char* why = nullptr;
+  ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+  // The merged block is carved again: the new block's start is live, as before.
+  void* p = lca::arena_alloc(&a, 16000, 16);
+  ck_assert_ptr_eq(p, blk_a);
+  ck_assert(lca::arena_check(c, p) == lca::ArenaCheck::ok);
+  for (void* b : {p, g0, g1}) lca::arena_free(&a, c, b);
+  ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+  ck_assert(lca::arena_chunk_is_empty(c));
+  munmap(raw, 2 * chunk);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("arena", &tc);
@@ -484,5 +571,7 @@ int main() {
   tcase_add_test(tc, test_threads_churn);
   tcase_add_test(tc, test_larger_held_block_serves);
   tcase_add_test(tc, test_cache_bound_follows_live);
+  tcase_add_test(tc, test_verify_checks_free_lists);
+  tcase_add_test(tc, test_double_free_after_backward_merge);
   return test_util::run_suite(s);
 }
