@@ -525,13 +525,13 @@ LCA_CORE_TEXT Span* new_first_span(Heap* h, unsigned c) {
   return s;
 }
 
-void give_up_spare(Heap* h);
+void give_up_spares(Heap* h);
 
 LCA_CORE_TEXT Span* new_span(Heap* h, unsigned c) {
   // A class's spare holds a slot another class would reuse (keep_spare): the
   // heap gives them all up before it makes any span.  (Giving up one, and
   // carving in its slot, left webserver's heap peak 32 KiB higher.)
-  while (h->spare_count) give_up_spare(h);
+  if (h->spare_mask) give_up_spares(h);
   // A class of small objects gets its first span -- for most classes its only
   // one -- on a clean slot: on a resident one left by a bigger class it would
   // keep up to 64 KiB resident for the few pages it carves, pages that class
@@ -608,7 +608,7 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   h->counters.spans_retired.add(1);
   if (h->spare[s->size_class] == s) {
     h->spare[s->size_class] = nullptr;
-    --h->spare_count;
+    h->spare_mask &= ~(std::uint64_t{1} << (s->size_class - Heap::kSpareClassBase));
   }
   queue_remove(h, s->size_class, s);
   // A span with purged pages leaves its slot clean, purged whole: as a dirty
@@ -644,15 +644,15 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   }
 }
 
-// Retires the first class's spare still empty and behind its head; entries
-// whose span became a head or got objects back are dropped on the way.
-LCA_CORE_TEXT void give_up_spare(Heap* h) {
-  for (unsigned c = 0; c < kNumClasses && h->spare_count; ++c) {
+// Retires every class's spare still empty and behind its head; entries whose
+// span became a head or got objects back are dropped.
+LCA_CORE_TEXT void give_up_spares(Heap* h) {
+  while (std::uint64_t m = h->spare_mask) {
+    unsigned c = static_cast<unsigned>(__builtin_ctzll(m)) + Heap::kSpareClassBase;
     Span* s = h->spare[c];
-    if (!s) continue;
-    if (s != h->head[c] && span_used(s) == 0 && !span_has_remote(s)) return retire_span(h, s);
     h->spare[c] = nullptr;
-    --h->spare_count;
+    h->spare_mask = m & (m - 1);
+    if (s != h->head[c] && span_used(s) == 0 && !span_has_remote(s)) retire_span(h, s);
   }
 }
 
@@ -1243,7 +1243,7 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
     h->dirty_slots = 0;
   }
   for (Span*& s : h->spare) s = nullptr;  // (the spans go with their queues)
-  h->spare_count = 0;
+  h->spare_mask = 0;
   // Then each class's queue, whole, to its pool (no one else reaches these
   // spans meanwhile: other threads only push remote frees onto them).
   Span* doomed = nullptr;
@@ -1579,24 +1579,21 @@ LCA_CORE_TEXT void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
 // each frame's end and made one in the next.  The slot a retired span frees
 // is the next new span's, whatever its class: spares kept past that
 // (webserver: heap peak +8.7 %) are all given up by new_span
-// (give_up_spare) before the heap makes any span.
+// (give_up_spares) before the heap makes any span.
 LCA_CORE_TEXT bool keep_spare(Heap* h, Span* s) {
   unsigned c = s->size_class;
-  if (s->capacity >= kRefillFewObjects || (s->flags & static_cast<std::uint8_t>(~kSpanExhausted)) ||
-      !h->domain->per_thread)
+  if (s->capacity >= kRefillFewObjects || c < Heap::kSpareClassBase ||
+      (s->flags & static_cast<std::uint8_t>(~kSpanExhausted)) || !h->domain->per_thread)
     return false;
-  if (Span* o = h->spare[c]) {
+  if (Span* o = h->spare[c])
     if (o != h->head[c] && span_used(o) == 0) return false;  // the class has its spare
-    h->spare[c] = nullptr;
-    --h->spare_count;
-  }
   if (s->flags) span_set_flags(s, 0);
   if (h->tail[c] != s) {
     queue_remove(h, c, s);
     queue_push_back(h, c, s);
   }
   h->spare[c] = s;
-  ++h->spare_count;
+  h->spare_mask |= std::uint64_t{1} << (c - Heap::kSpareClassBase);
   h->counters.spares_kept.add(1);
   return true;
 }

@@ -205,7 +205,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{}, remote_busy{}, medium{}, borrowed{}, spare{}, spare_count{} {
+        foreign_count{}, remote_busy{}, medium{}, borrowed{}, spare{}, spare_mask{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -237,10 +237,12 @@ struct Heap {
   std::uint8_t borrowed[kNumClasses];
   // A class's spare (keep_spare, tcache.c++): an emptied span kept in its
   // class's queue instead of being retired, until the class refills from it or
-  // any class of the heap needs a new span.  nullptr when none; spare_count
-  // counts the non-null entries (a spare that became a head may still be one).
+  // the heap makes a new span.  nullptr when none; bit c - kSpareClassBase of
+  // spare_mask is set when spare[c] is not (a spare that became a head may
+  // still be one).  Classes of 64 objects a span or more keep no spare.
+  static constexpr unsigned kSpareClassBase = kNumClasses > 64 ? kNumClasses - 64 : 0;
   Span* spare[kNumClasses];
-  std::uint32_t spare_count;
+  std::uint64_t spare_mask;
   // The walk for free pages of partly used spans before a chunk
   // (purge_span_pages_before_chunk, tcache.c++): set by a walk that found no
   // candidate span while every span but the class heads was exhausted (a heap
