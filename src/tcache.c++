@@ -525,13 +525,7 @@ LCA_CORE_TEXT Span* new_first_span(Heap* h, unsigned c) {
   return s;
 }
 
-void give_up_spares(Heap* h);
-
 LCA_CORE_TEXT Span* new_span(Heap* h, unsigned c) {
-  // A class's spare holds a slot another class would reuse (keep_spare): the
-  // heap gives them all up before it makes any span.  (Giving up one, and
-  // carving in its slot, left webserver's heap peak 32 KiB higher.)
-  if (h->spare_mask) give_up_spares(h);
   // A class of small objects gets its first span -- for most classes its only
   // one -- on a clean slot: on a resident one left by a bigger class it would
   // keep up to 64 KiB resident for the few pages it carves, pages that class
@@ -605,11 +599,6 @@ LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool p
 }
 
 LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
-  h->counters.spans_retired.add(1);
-  if (h->spare[s->size_class] == s) {
-    h->spare[s->size_class] = nullptr;
-    h->spare_mask &= ~(std::uint64_t{1} << (s->size_class - Heap::kSpareClassBase));
-  }
   queue_remove(h, s->size_class, s);
   // A span with purged pages leaves its slot clean, purged whole: as a dirty
   // slot it would be reused with no carve limit over pages not resident.  (Not
@@ -641,18 +630,6 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
     release_chunk(h->domain, &sc->header);
   } else if (h->dirty_slots > 2 * kMaxDirtySlots && decay_due(&h->last_purge_ns)) {
     purge_dirty_slots(h);
-  }
-}
-
-// Retires every class's spare still empty and behind its head; entries whose
-// span became a head or got objects back are dropped.
-LCA_CORE_TEXT void give_up_spares(Heap* h) {
-  while (std::uint64_t m = h->spare_mask) {
-    unsigned c = static_cast<unsigned>(__builtin_ctzll(m)) + Heap::kSpareClassBase;
-    Span* s = h->spare[c];
-    h->spare[c] = nullptr;
-    h->spare_mask = m & (m - 1);
-    if (s != h->head[c] && span_used(s) == 0 && !span_has_remote(s)) retire_span(h, s);
   }
 }
 
@@ -1242,8 +1219,6 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
     d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
     h->dirty_slots = 0;
   }
-  for (Span*& s : h->spare) s = nullptr;  // (the spans go with their queues)
-  h->spare_mask = 0;
   // Then each class's queue, whole, to its pool (no one else reaches these
   // spans meanwhile: other threads only push remote frees onto them).
   Span* doomed = nullptr;
@@ -1471,7 +1446,6 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size,
     if (void* p = queue_empty(h, c) ? nullptr : borrow_above(h, c, size, alignment)) return p;
     h->borrowed[c] = 0;
     s = new_span(h, c);
-    if (s) h->counters.spans_made.add(1);
   }
   if (!s) return nullptr;
   h->counters.span_refills.add(1);
@@ -1570,34 +1544,6 @@ LCA_CORE_TEXT void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
   span_after_local_free(h, s);
 }
 
-// A class's spare span (docs/design.md, "A class's spare span"): a span of
-// few objects (under kRefillFewObjects) that empties behind its class's head
-// stays in the queue, at its back (the spans with objects in use refill
-// first), instead of being retired, when the class has no other spare.  A
-// class whose frames need a little more than a span (the workload matrix's
-// game engine: 30 objects of 2 560 B, 25 a span) otherwise retired a span at
-// each frame's end and made one in the next.  The slot a retired span frees
-// is the next new span's, whatever its class: spares kept past that
-// (webserver: heap peak +8.7 %) are all given up by new_span
-// (give_up_spares) before the heap makes any span.
-LCA_CORE_TEXT bool keep_spare(Heap* h, Span* s) {
-  unsigned c = s->size_class;
-  if (s->capacity >= kRefillFewObjects || c < Heap::kSpareClassBase ||
-      (s->flags & static_cast<std::uint8_t>(~kSpanExhausted)) || !h->domain->per_thread)
-    return false;
-  if (Span* o = h->spare[c])
-    if (o != h->head[c] && span_used(o) == 0) return false;  // the class has its spare
-  if (s->flags) span_set_flags(s, 0);
-  if (h->tail[c] != s) {
-    queue_remove(h, c, s);
-    queue_push_back(h, c, s);
-  }
-  h->spare[c] = s;
-  h->spare_mask |= std::uint64_t{1} << (c - Heap::kSpareClassBase);
-  h->counters.spares_kept.add(1);
-  return true;
-}
-
 LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
   unsigned c = s->size_class;
   if (h->head[c] == s) {
@@ -1614,7 +1560,6 @@ LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
   }
   heap_span_purge_unquiet(h);  // (a span behind the head got a free object)
   if (span_used(s) == 0) {
-    if (keep_spare(h, s)) return;
     retire_span(h, s);
   } else if (s->flags & kSpanExhausted) {
     // Its frees take the fast path again from now on.  It keeps its place in

@@ -88,11 +88,6 @@ struct HeapCounters {
   // docs/design.md, "The slow path's tail".
   Counter small_slow_allocs;
   Counter local_slow_frees;
-  // Spans made (new_span) and retired (retire_span), and emptied spans kept as
-  // their class's spare instead (keep_spare; docs/design.md, "A class's spare span").
-  Counter spans_made;
-  Counter spans_retired;
-  Counter spares_kept;
 };
 
 // A thread's remote frees of small objects wait in a small table keyed by span
@@ -205,7 +200,7 @@ struct Heap {
   constexpr explicit Heap(NoHeapTag)
       : head{}, tail{}, domain{}, arena{}, span_chunks_avail{}, span_chunks_full{}, dirty_slots{},
         last_purge_ns{}, next_in_domain{}, next_abandoned{}, abandoned{}, counters{}, remote_batch{}, foreign{},
-        foreign_count{}, remote_busy{}, medium{}, borrowed{}, spare{}, spare_mask{} {
+        foreign_count{}, remote_busy{}, medium{}, borrowed{} {
     for (Span*& s : head) s = &g_empty_span;
   }
 
@@ -235,14 +230,6 @@ struct Heap {
   // Objects each class took from a bigger class's span since it last carved
   // new memory itself (borrow_above, tcache.c++).
   std::uint8_t borrowed[kNumClasses];
-  // A class's spare (keep_spare, tcache.c++): an emptied span kept in its
-  // class's queue instead of being retired, until the class refills from it or
-  // the heap makes a new span.  nullptr when none; bit c - kSpareClassBase of
-  // spare_mask is set when spare[c] is not (a spare that became a head may
-  // still be one).  Classes of 64 objects a span or more keep no spare.
-  static constexpr unsigned kSpareClassBase = kNumClasses > 64 ? kNumClasses - 64 : 0;
-  Span* spare[kNumClasses];
-  std::uint64_t spare_mask;
   // The walk for free pages of partly used spans before a chunk
   // (purge_span_pages_before_chunk, tcache.c++): set by a walk that found no
   // candidate span while every span but the class heads was exhausted (a heap

@@ -923,11 +923,9 @@ END_TEST
 // "The slow path's tail"): a warmed-up malloc/free loop of one size takes none;
 // a frame of 30 blocks of 2 500 B (25 a span), all freed at the frame's end --
 // the workload matrix's game engine and web server in one class -- takes one
-// slow malloc a frame (the head runs dry) and at most one slow free (the
-// first free into the span left behind, which unflags it; the last, which
-// empties it, goes from the fast path to span_after_local_free; with the
-// class's spare span, a frame whose head stopped at its carve limit leaves
-// it unflagged: 100 slow frees in 200 frames).  That free takes
+// slow malloc a frame (the head runs dry) and one slow free (the first free
+// into the span left behind, which unflags it; the last, which retires it,
+// goes from the fast path to span_after_local_free).  That free takes
 // free_cold's short way now (free_span_local without block_lookup).  The
 // counters are new: the test does not build before them.
 START_TEST(test_slow_paths_per_frame) {
@@ -971,64 +969,8 @@ START_TEST(test_slow_paths_per_frame) {
   ck_assert_uint_eq(steady_frees, 0);
   ck_assert_uint_ge(frame_allocs, kFrames);
   ck_assert_uint_le(frame_allocs, 2 * kFrames);
+  ck_assert_uint_ge(frame_frees, kFrames);
   ck_assert_uint_le(frame_frees, 2 * kFrames);
-}
-END_TEST
-
-// A class's spare span (docs/design.md, "A class's spare span"): frames of
-// 30 blocks of 2 500 B (25 a span), all freed at the frame's end, made a new
-// span in each frame and retired one at its end; the emptied span now stays as
-// the class's spare and the frames make none after warm-up.  A heap that then
-// needs a span of another class gives the spare up first: the slot goes to the
-// new class as a retired span's did.  (The counters are new: the test does not
-// build before them.)
-START_TEST(test_spare_span_per_frame) {
-  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
-  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
-#if CALLOC_SECURE
-  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span queues");
-#endif
-  constexpr unsigned kFrames = 200, kPerFrame = 30;
-  std::size_t made = 0, retired = 0, made_other = 0;
-  bool spare_after_frames = false, spare_given_up = false, slot_reused = false;
-  std::thread t([&] {
-    lca::Heap* h = lca::heap_for_thread();
-    void* block[kPerFrame];
-    auto frame = [&] {
-      for (void*& p : block) {
-        p = lca_malloc(2500);
-        static_cast<volatile char*>(p)[0] = 1;
-      }
-      for (void* p : block) lca_free(p);
-    };
-    for (int i = 0; i < 10; ++i) frame();
-    std::size_t m0 = h->counters.spans_made.get(), r0 = h->counters.spans_retired.get();
-    for (unsigned i = 0; i < kFrames; ++i) frame();
-    made = h->counters.spans_made.get() - m0;
-    retired = h->counters.spans_retired.get() - r0;
-    unsigned c = lca::size_to_class(2500);
-    lca::Span* spare = h->spare[c];
-    spare_after_frames = spare != nullptr && spare != h->head[c] && lca::span_used(spare) == 0;
-    // Another class's first span: the spare's slot is given up for it.
-    unsigned other = lca::size_to_class(6000);
-    bool other_empty = h->head[other] == &lca::g_empty_span;
-    m0 = h->counters.spans_made.get();
-    void* p = lca_malloc(6000);
-    made_other = h->counters.spans_made.get() - m0;
-    spare_given_up = h->spare[c] == nullptr;
-    slot_reused = other_empty && spare && ((spare->flags & lca::kSpanInactive) || spare->size_class == other);
-    lca_free(p);
-  });
-  t.join();
-  std::fprintf(stderr, "spare span: %u frames of %u x 2500 B made %zu spans, retired %zu; another class: %zu made, "
-               "spare given up %d, its slot retired or reused %d\n",
-               kFrames, kPerFrame, made, retired, made_other, spare_given_up, slot_reused);
-  ck_assert_uint_eq(made, 0);
-  ck_assert_uint_eq(retired, 0);
-  ck_assert(spare_after_frames);
-  ck_assert_uint_eq(made_other, 1);
-  ck_assert(spare_given_up);
-  ck_assert(slot_reused);
 }
 END_TEST
 
@@ -1395,7 +1337,6 @@ int main() {
   tcase_add_test(tc, test_span_refills_bounded);
   tcase_add_test(tc, test_span_refills_many_objects);
   tcase_add_test(tc, test_slow_paths_per_frame);
-  tcase_add_test(tc, test_spare_span_per_frame);
   tcase_add_test(tc, test_errors_in_flagged_own_span);
   tcase_add_test(tc, test_large_cache_holds_what_live_blocks_hold);
   tcase_add_test(tc, test_arena_growth_purges_empty_spans);
