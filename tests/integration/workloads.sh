@@ -6,7 +6,8 @@
 # seconds in all) under libcalloc and once on glibc's malloc.  Each run must exit 0
 # with verify=ok (every block's pattern intact), its malloc must come from
 # libcalloc.so (resp. libc), and both runs must make the same number of allocator
-# calls: the workloads are deterministic for a seed, whatever the allocator.
+# calls: the workloads are deterministic for a seed, whatever the allocator.  Each
+# run's count of calls of 50 ns or more must agree with its p99.9.
 #
 # Environment (set by tests/local.mk): top_builddir, CALLOC_OVERRIDE (1/0; read
 # from config.h when unset).  Exit 77 (skip) when the override is not built.
@@ -51,9 +52,22 @@ for workload in $("$bench" --list); do
       "$(field "$line_sys" ops) on glibc (same seed)"
     ok=0
   fi
+  # The tail count agrees with the p99.9: 0.1 % of the samples is 1 000 per million,
+  # so a p99.9 of 50 ns or more means at least about that many calls of 50 ns or more,
+  # and one below it at most about that many.
+  for line in "$line_lib" "$line_sys"; do
+    test "$ok" = 1 || break
+    p999=$(field "$line" lat_p999_ns)
+    ppm=$(field "$line" lat_over50_ppm)
+    if ! awk -v p="$p999" -v c="$ppm" 'BEGIN { exit !(c != "" && c >= 0 && c <= 1000000 &&
+                                                    (p < 50 || c >= 900) && (p > 48 || c <= 1100)) }'; then
+      echo "FAIL: $workload: lat_over50_ppm=$ppm disagrees with lat_p999_ns=$p999 ($(field "$line" malloc_from))"
+      ok=0
+    fi
+  done
   if test "$ok" = 1; then
     echo "ok: $workload: libcalloc $(field "$line_lib" wall_s) s, peak heap $(field "$line_lib" heap_peak_kb) KiB," \
-      "p99.9 $(field "$line_lib" lat_p999_ns) ns; glibc $(field "$line_sys" wall_s) s," \
+      "p99.9 $(field "$line_lib" lat_p999_ns) ns ($(field "$line_lib" lat_over50_ppm) per million over 50 ns); glibc $(field "$line_sys" wall_s) s," \
       "$(field "$line_sys" heap_peak_kb) KiB, $(field "$line_sys" lat_p999_ns) ns"
   else
     status=1
