@@ -18,8 +18,7 @@ namespace {
 
 constexpr std::size_t kFree = 1;
 constexpr std::size_t kPrevFree = 2;
-constexpr std::size_t kFlagMask = 15;
-static_assert(kFlagMask == 15, "arena_usable_size (arena.h++) masks the same 4 bits");
+constexpr std::size_t kFlagMask = kArenaTagFlagMask;
 
 struct FreeLinks {
   BlockTag* next;
@@ -41,9 +40,6 @@ inline void* payload(BlockTag* b) { return reinterpret_cast<char*>(b) + kArenaTa
 inline ArenaChunk* chunk_of(const void* p) {
   return reinterpret_cast<ArenaChunk*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));
 }
-inline std::size_t granule(const void* p) {
-  return (reinterpret_cast<std::uintptr_t>(p) & (kChunkSize - 1)) >> 4;
-}
 // Every write of the bitmap is an atomic read-modify-write: the owner sets and
 // clears bits while other threads clear the bits of blocks they free
 // (arena_clear_live_remote) in the same words, and a plain load + store by the
@@ -51,16 +47,12 @@ inline std::size_t granule(const void* p) {
 // free of that block.  The cost is on the arena's paths only (a locked
 // instruction beside ~170 ns per arena malloc + free pair).
 inline void set_live(ArenaChunk* c, const void* p) {
-  std::size_t g = granule(p);
+  std::size_t g = arena_granule(p);
   c->live[g >> 6].fetch_or(std::uint64_t{1} << (g & 63), std::memory_order_relaxed);
 }
 inline void clear_live(ArenaChunk* c, const void* p) {
-  std::size_t g = granule(p);
+  std::size_t g = arena_granule(p);
   c->live[g >> 6].fetch_and(~(std::uint64_t{1} << (g & 63)), std::memory_order_relaxed);
-}
-inline bool is_live(const ArenaChunk* c, const void* p) {
-  std::size_t g = granule(p);
-  return (c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1;
 }
 
 inline unsigned msb(std::size_t v) { return 63u - static_cast<unsigned>(__builtin_clzll(v)); }
@@ -220,9 +212,8 @@ LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignmen
 
 LCA_CORE_TEXT ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
   auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
-  if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag)
-    return ArenaCheck::not_block_start;
-  if (is_live(c, p)) {
+  if (!arena_offset_may_start_block(off)) return ArenaCheck::not_block_start;
+  if (arena_live_bit(c, p)) {
     // A block held by its owner's medium cache is live in the bitmap and
     // carries the held mark (arena.h++).  The cache is off in Valgrind and ASan
     // mode, where the word may be undefined or poisoned: not read there.
@@ -244,7 +235,7 @@ LCA_CORE_TEXT ArenaCheck arena_check(const ArenaChunk* c, const void* p) {
 }
 
 LCA_CORE_TEXT bool arena_clear_live_remote(ArenaChunk* c, const void* p) {
-  std::size_t g = granule(p);
+  std::size_t g = arena_granule(p);
   std::uint64_t m = std::uint64_t{1} << (g & 63);
   return c->live[g >> 6].fetch_and(~m, std::memory_order_relaxed) & m;
 }
@@ -334,10 +325,10 @@ bool arena_verify(const Arena* a, const char** why) {
       if (is_prev_free(b) != prev_free) return *why = "prev-free flag disagrees", false;
       if (is_free(b)) {
         if (prev_free) return *why = "two adjacent free blocks", false;
-        if (is_live(c, payload(b))) return *why = "free block marked live", false;
+        if (arena_live_bit(c, payload(b))) return *why = "free block marked live", false;
         free_bytes += s;
         ++free_blocks;
-      } else if (!is_live(c, payload(b)) &&
+      } else if (!arena_live_bit(c, payload(b)) &&
                  vg_peek_word(static_cast<const std::uintptr_t*>(payload(b)) + 1) !=
                      (kRemoteFreedMark ^ reinterpret_cast<std::uintptr_t>(payload(b)))) {
         // (A block freed by another thread and not yet collected is allocated,

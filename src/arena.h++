@@ -34,6 +34,8 @@ struct BlockTag {
   std::size_t prev_size;   // valid when this block's kPrevFree flag is set
   std::size_t size_flags;  // block size including the tag | flags
 };
+// The low bits of BlockTag::size_flags that hold flags, not size.
+constexpr std::size_t kArenaTagFlagMask = 15;
 
 struct ArenaChunk {
   ChunkHeader header;
@@ -52,6 +54,18 @@ struct Arena {
 };
 
 inline ArenaChunk* arena_chunk_of(ChunkHeader* c) { return reinterpret_cast<ArenaChunk*>(c); }
+// Whether an offset into an arena chunk can be a block's payload start: 16-byte
+// aligned, past the header and a tag, with room for a tag before the end.
+inline bool arena_offset_may_start_block(std::uintptr_t off) {
+  return !(off & 15) && off >= kChunkHeaderSize + kArenaTag && off < kChunkSize - kArenaTag;
+}
+// The live bitmap's granule (16 bytes) of p, and its bit: set while an
+// allocated block's payload starts there.
+inline std::size_t arena_granule(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & (kChunkSize - 1)) >> 4; }
+inline bool arena_live_bit(const ArenaChunk* c, const void* p) {
+  std::size_t g = arena_granule(p);
+  return (c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1;
+}
 
 void arena_add_chunk(Arena* a, ArenaChunk* c);
 // Detaches an entirely free chunk from the arena.
@@ -69,7 +83,7 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p);
 std::size_t arena_free(Arena* a, ArenaChunk* c, void* p);
 inline std::size_t arena_usable_size(const void* p) {
   const auto* t = reinterpret_cast<const BlockTag*>(static_cast<const char*>(p) - kArenaTag);
-  return (t->size_flags & ~std::size_t{15}) - kArenaTag;  // the low 4 bits are flags
+  return (t->size_flags & ~kArenaTagFlagMask) - kArenaTag;
 }
 
 // Resizes in place: shrinks by splitting, grows into a free successor.
@@ -117,10 +131,8 @@ inline void arena_unhold(void* p) { static_cast<std::uintptr_t*>(p)[1] = 0; }
 // (no thread heap owns an arena chunk there).
 inline bool arena_is_live_block(const ArenaChunk* c, const void* p) {
   auto off = reinterpret_cast<std::uintptr_t>(p) - reinterpret_cast<std::uintptr_t>(c);
-  if ((off & 15) || off < kChunkHeaderSize + kArenaTag || off >= kChunkSize - kArenaTag) return false;
-  std::size_t g = off >> 4;
-  if (!((c->live[g >> 6].load(std::memory_order_relaxed) >> (g & 63)) & 1)) return false;
-  return static_cast<const std::uintptr_t*>(p)[1] != arena_held_mark(p);
+  return arena_offset_may_start_block(off) && arena_live_bit(c, p) &&
+         static_cast<const std::uintptr_t*>(p)[1] != arena_held_mark(p);
 }
 
 // Walks every block of a chunk (for statistics and consistency checks).

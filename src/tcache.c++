@@ -1732,16 +1732,13 @@ inline bool free_remote_batched(void* p) {
     return false;
   auto* o = static_cast<FreeObject*>(p);
   if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
-  if (span_owner(s) == me) {
-    // The caller's own span, whose other flags (left behind exhausted,
-    // adopted) sent the free here: block_free's checks hold, as above, so
-    // straight to the local free, not through free_slow's block_lookup
-    // (~100 of a ~250-instruction free that retires a span; docs/design.md,
-    // "The slow path's tail").
-    free_span_local(me, s, p, span_index(s, p));
-    return true;
-  }
-  if (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s)) {
+  // The caller's own span, whose other flags (left behind exhausted, adopted)
+  // sent the free here, or a pooled span it adopts: block_free's checks hold,
+  // as above, so straight to the local free, not through free_slow's
+  // block_lookup (~100 of a ~250-instruction free that retires a span;
+  // docs/design.md, "The slow path's tail").
+  if (span_owner(s) == me ||
+      (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s))) {
     free_span_local(me, s, p, span_index(s, p));
     return true;
   }

@@ -255,11 +255,7 @@ START_TEST(test_held_block_keeps_live_bit) {
   std::thread([] {
     lca_free(lca_malloc(64));  // the thread's heap
     lca_trim();
-    auto live_bit = [](const void* p) {
-      lca::ArenaChunk* c = lca::arena_chunk_of(lca::chunk_base(p));
-      std::size_t g = (reinterpret_cast<std::uintptr_t>(p) & (lca::kChunkSize - 1)) >> 4;
-      return ((c->live[g >> 6].load() >> (g & 63)) & 1) != 0;
-    };
+    auto live_bit = [](const void* p) { return lca::arena_live_bit(lca::arena_chunk_of(lca::chunk_base(p)), p); };
     void* a = lca_malloc(100000);  // above the cache's sizes: freed to the arena
     void* b = lca_malloc(20000);
     void* keep = lca_malloc(20000);
