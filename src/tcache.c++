@@ -837,28 +837,36 @@ LCA_CORE_TEXT int aligned_class(std::size_t size, std::size_t alignment) {
   return -1;
 }
 
+// heap_alloc_medium's stand-in for an empty bin's first block: fits no request.
+// In the RELRO page with the other constants of the common paths (placement.h++).
+LCA_CORE_RODATA(medium_no_block) constexpr MediumFree kNoMediumBlock{};
 }  // namespace
 
 LCA_CORE_TEXT void* heap_alloc_medium(Heap* h, std::size_t size) {
   if (size < kMediumCacheMax) {
     // The bin of size may hold blocks just short of it: its first fits or not;
-    // every block of the bins above fits (tcache.h++, kMediumSearchBins).
+    // every block of the bins above fits (tcache.h++, kMediumSearchBins).  The
+    // bin is chosen without a branch on what the bins hold: whether the own bin
+    // is empty, whether its first block fits, whether a pop empties it are each
+    // a coin toss on heavy-tail, and mispredicted about once per request
+    // (docs/design.md, "the bin chosen without branches").
     unsigned b = medium_bin(size);
-    MediumFree* m = h->medium.bin[b];
-    if (!m || m->usable < size) {
-      unsigned top = b + kMediumSearchBins;  // at most 31: the bins b+1..top
-      std::uint32_t above = h->medium.nonempty & ((~std::uint32_t{0} << b) << 1) &
-                            static_cast<std::uint32_t>((std::uint64_t{2} << top) - 1);
-      m = nullptr;
-      if (above) {
-        b = static_cast<unsigned>(__builtin_ctz(above));
-        m = h->medium.bin[b];
-      }
-    }
-    if (m) {
+    const MediumFree* own = &kNoMediumBlock;
+#if defined(__x86_64__)
+    asm("test %1, %1\n\tcmovne %1, %0" : "+r"(own) : "r"(h->medium.bin[b]) : "cc");  // GCC branches on it
+#else
+    if (h->medium.bin[b]) own = h->medium.bin[b];
+#endif
+    unsigned top = b + kMediumSearchBins;  // at most 31: the bins b+1..top
+    std::uint32_t fit = (static_cast<std::uint32_t>(own->usable >= size) << b) |
+                        (h->medium.nonempty & ((~std::uint32_t{0} << b) << 1) &
+                         static_cast<std::uint32_t>((std::uint64_t{2} << top) - 1));
+    if (__builtin_expect(fit != 0, 1)) {
+      b = static_cast<unsigned>(__builtin_ctz(fit));  // the own bin if its first block fits
+      MediumFree* m = h->medium.bin[b];
       MediumFree* next = m->next;
       h->medium.bin[b] = next;
-      if (!next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
+      h->medium.nonempty &= ~(static_cast<std::uint32_t>(next == nullptr) << b);
       std::size_t usable = m->usable;
       h->medium.bytes -= usable;
       arena_unhold(m);
@@ -887,6 +895,15 @@ LCA_CORE_TEXT void medium_cache_shrink(Heap* h) {
     arena_unhold(m);
     arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
   }
+}
+// heap_free_medium's way to the arena, out of line: its registers and errno
+// save would otherwise cost the cache's hits a prologue and epilogue of their own.
+LCA_CORE_TEXT __attribute__((noinline)) void heap_free_medium_arena(Heap* h, ArenaChunk* c, void* p) {
+  // A chunk that empties goes back to the domain, maybe to the OS: errno kept.
+  int saved = errno;
+  arena_free_owned(h, c, p);
+  if (h->medium.bytes > kMediumCacheBytes) medium_cache_shrink(h);
+  errno = saved;
 }
 }  // namespace
 
@@ -923,11 +940,7 @@ LCA_CORE_TEXT bool heap_free_medium(Heap* h, void* p) {
     h->medium.bytes += usable;
     return true;
   }
-  // A chunk that empties goes back to the domain, maybe to the OS: errno kept.
-  int saved = errno;
-  arena_free_owned(h, c, p);
-  if (h->medium.bytes > kMediumCacheBytes) medium_cache_shrink(h);
-  errno = saved;
+  heap_free_medium_arena(h, c, p);
   return true;
 }
 
@@ -1793,6 +1806,16 @@ LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
     if (b.span) remote_batch_flush(&b);
 }
 
+namespace {
+// free_cold's frees of other blocks, out of line: their registers and errno
+// save would otherwise cost the medium cache's holds a prologue and epilogue.
+LCA_CORE_TEXT __attribute__((noinline)) void free_cold_rest(void* p, bool arena) {
+  int saved = errno;
+  if (arena || !free_remote_batched(p)) free_slow(p);
+  errno = saved;
+}
+}  // namespace
+
 LCA_CORE_TEXT void free_cold(void* p) {
 #if CALLOC_TRACKING
   if (track_active()) {
@@ -1807,9 +1830,7 @@ LCA_CORE_TEXT void free_cold(void* p) {
   // costs no errno save (a call through the PLT and a TLS access).
   bool arena = chunk_kind_of(p) == ChunkKind::arena;
   if (arena && heap_free_medium(tls_heap, p)) return;
-  int saved = errno;
-  if (arena || !free_remote_batched(p)) free_slow(p);
-  errno = saved;
+  free_cold_rest(p, arena);
 }
 
 namespace {

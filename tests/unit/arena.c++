@@ -424,6 +424,90 @@ START_TEST(test_larger_held_block_serves) {
 }
 END_TEST
 
+// Which held block a request takes, case by case (heap_alloc_medium chooses the
+// bin without branches on the bins' contents since 2026-12-06): the own bin's
+// first block when it fits, even with a block above; else the first block of
+// the nearest bin above within kMediumSearchBins, whether the own bin is empty
+// or its first block is too short (which then stays held); else the arena.  A
+// bin's bit in `nonempty` goes when its last block is taken, not before.
+START_TEST(test_bin_choice_cases) {
+  if (const char* why = cache_off_why()) TEST_SKIP("%s", why);
+  void* warm = lca_malloc(100);
+  lca_free(warm);
+  lca_trim();
+  lca::Heap* h = my_heap();
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  const std::size_t request = 21 * KiB + 512;  // bin 10: 20 KiB .. 22 KiB
+  const unsigned own = lca::medium_bin(request);
+  auto take = [&](std::size_t size) {
+    void* p = lca_malloc(size);
+    ck_assert_ptr_nonnull(p);
+    return p;
+  };
+  // short: in the own bin, too small for the request; fit1, fit2: in the own
+  // bin, big enough; up: five bins above.
+  void* short_block = take(20 * KiB + 16);
+  void* fit1 = take(22 * KiB - 16);
+  void* fit2 = take(22 * KiB - 16);
+  void* up = take(30 * KiB);
+  void* keep = take(8 * KiB + 16);  // keeps the four apart from the arena's top
+  const std::size_t short_usable = lca_usable_size(short_block);
+  ck_assert_uint_eq(lca::medium_bin(short_usable), own);
+  ck_assert_uint_lt(short_usable, request);
+  ck_assert_uint_eq(lca::medium_bin(lca_usable_size(fit1)), own);
+  ck_assert_uint_ge(lca_usable_size(fit1), request);
+  ck_assert_uint_eq(lca::medium_bin(lca_usable_size(fit2)), own);
+  unsigned up_bin = lca::medium_bin(lca_usable_size(up));
+  ck_assert_uint_gt(up_bin, own);
+  ck_assert_uint_le(up_bin, own + lca::kMediumSearchBins);
+  std::size_t hits = h->counters.medium_hits.get();
+
+  // The own bin empty, a block above: the block above.
+  lca_free(up);
+  ck_assert_ptr_eq(lca_malloc(request), up);
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), ++hits);
+
+  // The own bin's first block too short, a block above: the block above; the
+  // short one stays held, its bit with it.
+  lca_free(short_block);
+  lca_free(up);
+  ck_assert_uint_eq(h->medium.nonempty, (1u << own) | (1u << up_bin));
+  ck_assert_ptr_eq(lca_malloc(request), up);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << own);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), ++hits);
+
+  // The own bin's first block too short and nothing above: the arena.
+  void* from_arena = lca_malloc(request);
+  ck_assert_ptr_nonnull(from_arena);
+  ck_assert_ptr_ne(from_arena, short_block);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), hits);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << own);
+  ck_assert_uint_eq(h->medium.bytes, short_usable);
+  short_block = take(20 * KiB + 16);  // the held short block, taken back by its own size
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), ++hits);
+
+  // Two fitting blocks in the own bin and one above: the own bin's, last freed
+  // first; its bit goes with the second; then the block above.
+  lca_free(up);
+  lca_free(fit1);
+  lca_free(fit2);
+  ck_assert_ptr_eq(lca_malloc(request), fit2);
+  ck_assert_uint_eq(h->medium.nonempty, (1u << own) | (1u << up_bin));
+  ck_assert_ptr_eq(lca_malloc(request), fit1);
+  ck_assert_uint_eq(h->medium.nonempty, 1u << up_bin);
+  ck_assert_ptr_eq(lca_malloc(request), up);
+  ck_assert_uint_eq(h->medium.nonempty, 0);
+  ck_assert_uint_eq(h->medium.bytes, 0);
+  ck_assert_uint_eq(h->counters.medium_hits.get(), hits + 3);
+
+  for (void* p : {short_block, fit1, fit2, up, keep, from_arena}) lca_free(p);
+  const char* why = "";
+  ck_assert_msg(lca::arena_verify(&h->arena, &why), "arena_verify: %s", why);
+}
+END_TEST
+
 // The bound follows the thread's live arena bytes: with 1.6 MiB live a thread
 // holds 12 freed 40 KiB blocks (480 KiB; a fixed 256 KiB bound held 6), and as
 // its live bytes fall the cache gives blocks back until it holds no more than
@@ -566,6 +650,7 @@ int main() {
   tcase_add_test(tc, test_cache_yields_before_new_chunk);
   tcase_add_test(tc, test_threads_churn);
   tcase_add_test(tc, test_larger_held_block_serves);
+  tcase_add_test(tc, test_bin_choice_cases);
   tcase_add_test(tc, test_cache_bound_follows_live);
   tcase_add_test(tc, test_verify_checks_free_lists);
   tcase_add_test(tc, test_double_free_after_backward_merge);
