@@ -1794,6 +1794,7 @@ LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
 }
 
 LCA_CORE_TEXT void free_cold(void* p) {
+  if (!p) return;  // free(nullptr): block_free has no null test of its own
 #if CALLOC_TRACKING
   if (track_active()) {
     int saved = errno;
