@@ -90,9 +90,13 @@ constexpr std::size_t kRegistrySlots = std::size_t{1} << (kAddressBits - kChunkS
 extern std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] LCA_HIDDEN;
 
 inline ChunkKind chunk_kind_of(const void* p) {
-  auto a = reinterpret_cast<std::uintptr_t>(p);
-  if (a >> kAddressBits) return ChunkKind{};
-  return static_cast<ChunkKind>(g_chunk_kind[a >> kChunkShift].load(std::memory_order_acquire));
+  // One shift for the range test and the index (an address at or above
+  // 2^kAddressBits has a slot past the table); nullptr reads slot 0, which no
+  // chunk can have (a chunk there would start at address 0, which
+  // os_map_aligned returns only as failure): free's fast path needs no null test.
+  std::uintptr_t slot = reinterpret_cast<std::uintptr_t>(p) >> kChunkShift;
+  if (__builtin_expect(slot >= kRegistrySlots, 0)) return ChunkKind{};
+  return static_cast<ChunkKind>(g_chunk_kind[slot].load(std::memory_order_acquire));
 }
 inline ChunkHeader* chunk_base(const void* p) {
   return reinterpret_cast<ChunkHeader*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));

@@ -127,6 +127,7 @@ inline void* fast_malloc(std::size_t size) {
 
 inline void fast_free(void* p) {
 #if CALLOC_SECURE
+  if (!p) return;
   return secure_free(p, kAnySize, kAnyAlignment, "free");
 #endif
   block_free(p);
@@ -197,9 +198,8 @@ LCA_HOT_SECTION(lca_free, 32);
 
 LCA_EXPORT LCA_HOT(lca_malloc) void* lca_malloc(std::size_t size) { return fast_malloc(size); }
 
-LCA_EXPORT LCA_HOT(lca_free) void lca_free(void* ptr) {
-  if (ptr) fast_free(ptr);
-}
+// No null test: block_free's registry lookup fails for nullptr (free_cold returns).
+LCA_EXPORT LCA_HOT(lca_free) void lca_free(void* ptr) { fast_free(ptr); }
 
 LCA_EXPORT LCA_CORE_TEXT void* lca_calloc(std::size_t count, std::size_t size) { return calloc_impl(count, size); }
 

@@ -186,6 +186,25 @@ inline void span_use_alloc(Span* s) {
 #endif
 }
 
+// A local free by the owner: live - 1 (the free is counted from live when
+// folded).  True when that leaves no live object and no current-span mark
+// (the low 14 bits zero): the span may be retired.  On x86-64 one subtract to
+// memory and a test of the stored word, as span_use_alloc's add; the test
+// reads the store back (forwarded) instead of keeping the word in a register
+// for a 64-bit store and a separate test (two instructions less on free's
+// fast path).
+inline bool span_use_release(Span* s) {
+#if defined(__x86_64__)
+  bool idle;
+  asm("subq $1, %0\n\ttestl %2, %0" : "+m"(s->use), "=@ccz"(idle) : "i"(kUseLiveMask | kUseHeadMark));
+  return idle;
+#else
+  std::uint64_t left = span_use(s) - 1;
+  span_use_store(s, left);
+  return (left & (kUseLiveMask | kUseHeadMark)) == 0;
+#endif
+}
+
 void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned size_class, Heap* heap, bool zeroed);
 
 // A pointer no thread heap equals (and not nullptr, which a thread without a heap has).

@@ -1817,6 +1817,7 @@ LCA_CORE_TEXT __attribute__((noinline)) void free_cold_rest(void* p, bool arena)
 }  // namespace
 
 LCA_CORE_TEXT void free_cold(void* p) {
+  if (!p) return;  // free(nullptr): block_free has no null test of its own
 #if CALLOC_TRACKING
   if (track_active()) {
     int saved = errno;

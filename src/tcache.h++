@@ -464,7 +464,8 @@ void free_now(void* p);
 // The bytes a live block offers its user (the requested size in Valgrind mode);
 // aborts like block_lookup on a bad pointer.
 std::size_t block_usable_size(const void* p, const char* what);
-// free_slow preserving errno: the out-of-line half of every free.  A remote
+// free_slow preserving errno: the out-of-line half of every free (nullptr
+// included: block_free sends it here, and it returns at once).  A remote
 // free of a small object goes to the thread's foreign list of its class, or
 // beyond kForeignClassBytes through its RemoteBatch table.
 void free_cold(void* p);
@@ -498,9 +499,9 @@ inline void heap_span_purge_unquiet(Heap* h) { h->span_purge_quiet = false; }
 // part handles the common case -- a small object of the calling thread's own span
 // with no flag set -- with no atomic and no call; everything else, errors
 // included, goes to free_cold.  The checks: the chunk registry says "spans" (one
-// byte load), the span is the caller's (fast_heap), p is the start of a carved
-// object (span_is_object_start) and does not carry its free guard (not freed
-// already).
+// byte load; nullptr fails it, and free_cold returns), the span is the caller's
+// (fast_heap), p is the start of a carved object (span_is_object_start) and does
+// not carry its free guard (not freed already).
 inline void block_free(void* p) {
   if (__builtin_expect(chunk_kind_of(p) == ChunkKind::spans, 1)) {
     Span* s = span_of(span_chunk_of(chunk_base(p)), p);
@@ -510,9 +511,7 @@ inline void block_free(void* p) {
       o->next = s->free;
       o->guard = free_guard(p);
       s->free = o;
-      std::uint64_t left = span_use(s) - 1;  // a free: counted from live when folded
-      span_use_store(s, left);
-      if (__builtin_expect((left & (kUseLiveMask | kUseHeadMark)) == 0, 0)) span_after_local_free(h, s);
+      if (__builtin_expect(span_use_release(s), 0)) span_after_local_free(h, s);
       return;
     }
   }

@@ -655,6 +655,42 @@ START_TEST(test_object_start_exact) {
 }
 END_TEST
 
+// Free's fast-path shortcuts (docs/design.md, "Small fast path: instructions per
+// call"): the registry's range test (nullptr and addresses from 2^48 up are no
+// chunk), the use word's update, and free(nullptr) through every entry that
+// reaches block_free, with errno kept.
+START_TEST(test_fast_path_shortcuts) {
+  ck_assert(lca::chunk_kind_of(nullptr) == lca::ChunkKind{});
+  for (std::uintptr_t a : {std::uintptr_t{1} << 48, (std::uintptr_t{1} << 48) + (std::uintptr_t{1} << 22),
+                           ~std::uintptr_t{0}, ~std::uintptr_t{0} << 47})
+    ck_assert(lca::chunk_kind_of(reinterpret_cast<void*>(a)) == lca::ChunkKind{});
+  MemoryAllocator own;  // registered chunks in every build (--enable-secure's malloc has none)
+  void* mine = own.allocate(64);
+  ck_assert(lca::chunk_kind_of(mine) != lca::ChunkKind{});
+  own.deallocate(mine);
+
+  lca::Span s{};
+  s.use = (std::uint64_t{7} << lca::kUseCountShift) | lca::kUseHeadMark | 2;
+  ck_assert(!lca::span_use_release(&s));
+  ck_assert_uint_eq(s.use, (std::uint64_t{7} << lca::kUseCountShift) | lca::kUseHeadMark | 1);
+  ck_assert(!lca::span_use_release(&s));  // empty, but still the class's current span
+  ck_assert_uint_eq(s.use, (std::uint64_t{7} << lca::kUseCountShift) | lca::kUseHeadMark);
+  s.use = (std::uint64_t{7} << lca::kUseCountShift) | 1;
+  ck_assert(lca::span_use_release(&s));  // empty and not current: retire it
+  ck_assert_uint_eq(s.use, std::uint64_t{7} << lca::kUseCountShift);
+  s.use = std::uint64_t{1} << lca::kUseCountShift;  // live 0 - 1 borrows from the count
+  ck_assert(!lca::span_use_release(&s));
+  ck_assert_uint_eq(s.use, lca::kUseLiveMask | lca::kUseHeadMark);
+
+  errno = 1234;
+  std::free(nullptr);
+  lca_free(nullptr);
+  ::operator delete(static_cast<void*>(nullptr));
+  ::operator delete[](static_cast<void*>(nullptr));
+  ck_assert_int_eq(errno, 1234);
+}
+END_TEST
+
 // First spans on clean slots (src/tcache.c++, new_first_span): a thread whose
 // 7 KiB class needed 12 spans at its peak and then freed them all (11 empty
 // slots, 16 resident pages each) starts using the 64 classes of 16 B-1 KiB
@@ -1332,6 +1368,7 @@ int main() {
   tcase_add_test(tc, test_alignment_16);
   tcase_add_test(tc, test_stats_accounting);
   tcase_add_test(tc, test_object_start_exact);
+  tcase_add_test(tc, test_fast_path_shortcuts);
   tcase_add_test(tc, test_large_cache_reuses_resident_pages);
   tcase_add_test(tc, test_steady_state_no_system_calls);
   tcase_add_test(tc, test_span_refills_bounded);

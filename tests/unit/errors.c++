@@ -213,6 +213,18 @@ START_TEST(test_invalid_free_one) {
 }
 END_TEST
 
+// Addresses the chunk registry does not cover (2^48 and above): free's fast path
+// tests the registry slot's range instead of the address's top bits and has no
+// null test of its own (docs/design.md, "Small fast path: instructions per
+// call"); 2^48 exactly is the first slot past the table.
+START_TEST(test_invalid_free_beyond_registry) {
+  foreign_case(launder(reinterpret_cast<void*>(std::uintptr_t{1} << 48)));
+  foreign_case(launder(reinterpret_cast<void*>((std::uintptr_t{1} << 48) + 64)));
+  foreign_case(launder(reinterpret_cast<void*>(~std::uintptr_t{0} << 47 | 0x1040)));
+  SKIP_PLAIN_FREE_NOTE();
+}
+END_TEST
+
 // A page of a mapping made by the test, and a 4 MiB-aligned address inside one (where
 // a chunk header would be looked up).
 START_TEST(test_invalid_free_foreign_mapping) {
@@ -475,6 +487,7 @@ int main() {
   tcase_add_test(tc, test_invalid_free_stack);
   tcase_add_test(tc, test_invalid_free_one);
   tcase_add_test(tc, test_invalid_free_foreign_mapping);
+  tcase_add_test(tc, test_invalid_free_beyond_registry);
   tcase_add_test(tc, test_invalid_free_forged_chunk);
   tcase_add_test(tc, test_double_free_small);
   tcase_add_test(tc, test_double_free_page);
