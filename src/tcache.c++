@@ -239,6 +239,25 @@ LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
   h->tail[c] = s;
 }
 
+// queue_remove then queue_push_back of the head s, behind a queue of two spans
+// or more, under one taking of the stats lock instead of two (the refill's
+// rotation: 15 000 per 2 M calls of the matrix's producer-consumer, each
+// pthread_mutex_lock and unlock a locked instruction, which waits for the
+// core's pending stores).
+LCA_CORE_TEXT void queue_rotate(Heap* h, unsigned c, Span* s) {
+  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
+  StatsLock lock(h);
+  span_stats_fold(h, s);
+  Span* next = s->next;
+  set_head(h, c, next);
+  next->prev = nullptr;
+  s->stat_live = span_used(s);
+  s->next = nullptr;
+  s->prev = h->tail[c];
+  h->tail[c]->next = s;
+  h->tail[c] = s;
+}
+
 LCA_CORE_TEXT void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
   if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
   queue_remove(h, c, s);
@@ -1436,8 +1455,7 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size,
                                                                   : s->flags | kSpanExhausted);
       if (flags != s->flags) span_set_flags(s, flags);
       if (probe == kQueueProbe || !s->next) break;
-      queue_remove(h, c, s);
-      queue_push_back(h, c, s);
+      queue_rotate(h, c, s);
       s = h->head[c];
     }
   }
@@ -1720,7 +1738,9 @@ inline bool free_remote_batched(void* p) {
   if (ch->domain != &g_process_domain) return false;
   Heap* me = tls_heap;  // g_no_heap in Valgrind mode and in threads without a heap
   if (__builtin_expect(me == &g_no_heap, 0)) {
+    int saved = errno;  // (making a heap may map memory)
     me = heap_for_remote_free();
+    errno = saved;
     if (!me) return false;
   }
   Span* s = span_of(span_chunk_of(ch), p);
@@ -1739,7 +1759,9 @@ inline bool free_remote_batched(void* p) {
   // docs/design.md, "The slow path's tail").
   if (span_owner(s) == me ||
       (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s))) {
+    int saved = errno;  // (a span that empties may be retired, its chunk released)
     free_span_local(me, s, p, span_index(s, p));
+    errno = saved;
     return true;
   }
   RemoteBusy busy(me);
@@ -1756,6 +1778,55 @@ inline bool free_remote_batched(void* p) {
   }
   remote_batch_add(me, s, o);
   return true;
+}
+
+// The common remote free: the checks of free_remote_batched, with no call
+// (no registers saved, no errno), for a small object of another live heap's
+// span freed by a thread with a heap.  `done` when it went onto the caller's
+// foreign list; `chain` when it passed every check but goes to its owner
+// (*span set: free_to_chain); `other` sends p on to free_remote_batched, which
+// handles everything else (the first free of a thread without a heap, the
+// caller's own or a pooled span, bad pointers).  Such a free was ~100
+// instructions in free_cold; docs/design.md, "The matrix's producer-consumer:
+// the remote free".
+enum class QuickFree { done, chain, other };
+inline QuickFree free_remote_quick(void* p, Span** span) {
+  // First: in Valgrind mode (tls_heap is g_no_heap there) p's guard word may
+  // lie in a redzone, which only the slow path may read.
+  Heap* me = tls_heap;
+  if (me == &g_no_heap) return QuickFree::other;
+  ChunkHeader* ch = chunk_base(p);
+  if (ch->domain != &g_process_domain) return QuickFree::other;
+  Span* s = span_of(span_chunk_of(ch), p);
+  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
+    return QuickFree::other;
+  auto* o = static_cast<FreeObject*>(p);
+  if (o->guard == free_guard(p)) return QuickFree::other;
+  Heap* owner = span_owner(s);
+  if (owner == me || owner == orphan_span_heap()) return QuickFree::other;
+  unsigned c = s->size_class;
+  if (me->head[c] == &g_empty_span || me->foreign_count[c] >= foreign_class_cap(c)) {
+    *span = s;
+    return QuickFree::chain;
+  }
+  RemoteBusy busy(me);
+  o->guard = free_guard(p);
+  me->counters.class_frees[c].add(1);
+  o->next = me->foreign[c];
+  me->foreign[c] = o;
+  ++me->foreign_count[c];
+  return QuickFree::done;
+}
+
+// free_remote_quick's `chain`: p (checked, of s) joins its span's chain in the
+// caller's RemoteBatch table.
+__attribute__((noinline)) LCA_CORE_TEXT void free_to_chain(Span* s, void* p) {
+  Heap* me = tls_heap;
+  RemoteBusy busy(me);
+  auto* o = static_cast<FreeObject*>(p);
+  o->guard = free_guard(p);
+  me->counters.class_frees[s->size_class].add(1);
+  remote_batch_add(me, s, o);
 }
 
 // Adds o (a checked object of s, another heap's span, its guard set) to its
@@ -1793,6 +1864,23 @@ LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
     if (b.span) remote_batch_flush(&b);
 }
 
+namespace {
+// free_cold past the foreign list: a function of its own, so that free_cold's
+// common case saves no registers (it has no call; this is its tail call).
+__attribute__((noinline)) LCA_CORE_TEXT void free_cold_rest(void* p, ChunkKind kind) {
+  // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
+  // ASan mode, and in a thread without a heap: no chunk names it as its heap).
+  // heap_free_medium keeps errno itself, so that a block its medium cache holds
+  // costs no errno save (a call through the PLT and a TLS access); so does
+  // free_remote_batched, whose rare branches alone can make a system call.
+  bool arena = kind == ChunkKind::arena;
+  if (arena ? heap_free_medium(tls_heap, p) : free_remote_batched(p)) return;
+  int saved = errno;
+  free_slow(p);
+  errno = saved;
+}
+}  // namespace
+
 LCA_CORE_TEXT void free_cold(void* p) {
 #if CALLOC_TRACKING
   if (track_active()) {
@@ -1801,15 +1889,16 @@ LCA_CORE_TEXT void free_cold(void* p) {
     errno = saved;
   }
 #endif
-  // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
-  // ASan mode, and in a thread without a heap: no chunk names it as its heap).
-  // heap_free_medium keeps errno itself, so that a block its medium cache holds
-  // costs no errno save (a call through the PLT and a TLS access).
-  bool arena = chunk_kind_of(p) == ChunkKind::arena;
-  if (arena && heap_free_medium(tls_heap, p)) return;
-  int saved = errno;
-  if (arena || !free_remote_batched(p)) free_slow(p);
-  errno = saved;
+  // The common remote free first (docs/design.md, "The matrix's
+  // producer-consumer: the remote free").
+  ChunkKind kind = chunk_kind_of(p);
+  if (kind == ChunkKind::spans) {
+    Span* s = nullptr;
+    QuickFree q = free_remote_quick(p, &s);
+    if (q == QuickFree::done) return;
+    if (q == QuickFree::chain) return free_to_chain(s, p);
+  }
+  free_cold_rest(p, kind);
 }
 
 namespace {
@@ -2126,6 +2215,11 @@ void heap_queue_to_front(Heap* h, Span* s) {
   queue_remove(h, c, s);
   queue_push_front(h, c, s);
   if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+}
+
+void heap_queue_rotate(Heap* h, unsigned c) {
+  Span* s = h->head[c];
+  if (s != &g_empty_span && s->next) queue_rotate(h, c, s);
 }
 
 void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }
