@@ -239,6 +239,25 @@ LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
   h->tail[c] = s;
 }
 
+// queue_remove then queue_push_back of the head s, behind a queue of two spans
+// or more, under one taking of the stats lock instead of two (the refill's
+// rotation: 15 000 per 2 M calls of the matrix's producer-consumer, each
+// pthread_mutex_lock and unlock a locked instruction, which waits for the
+// core's pending stores).
+LCA_CORE_TEXT void queue_rotate(Heap* h, unsigned c, Span* s) {
+  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
+  StatsLock lock(h);
+  span_stats_fold(h, s);
+  Span* next = s->next;
+  set_head(h, c, next);
+  next->prev = nullptr;
+  s->stat_live = span_used(s);
+  s->next = nullptr;
+  s->prev = h->tail[c];
+  h->tail[c]->next = s;
+  h->tail[c] = s;
+}
+
 LCA_CORE_TEXT void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
   if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
   queue_remove(h, c, s);
@@ -1449,8 +1468,7 @@ LCA_CORE_TEXT void* heap_alloc_small_slow(Heap* h, unsigned c, std::size_t size,
                                                                   : s->flags | kSpanExhausted);
       if (flags != s->flags) span_set_flags(s, flags);
       if (probe == kQueueProbe || !s->next) break;
-      queue_remove(h, c, s);
-      queue_push_back(h, c, s);
+      queue_rotate(h, c, s);
       s = h->head[c];
     }
   }
@@ -1727,24 +1745,59 @@ inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
 // The remote free of a small object of the process domain by a thread with a
 // heap, with the checks block_lookup makes: false sends p to free_slow, which
 // handles (or reports) everything else.
+// The checks every free by a thread of an object of another thread's span
+// makes before it touches the object: p's span, active, single-slot and not
+// purged (the owner may change the flags meanwhile, but not these bits for p:
+// the span stays active while p is live, and p grew over several slots, if it
+// did, before the user handed it to this thread; free_slow checks a purged
+// span's mask, whose objects' guards read 0), p an object start and not
+// freed already.  nullptr when any fails: free_slow then reports p or frees it.
+inline Span* remote_free_checked_span(ChunkHeader* ch, void* p) {
+  Span* s = span_of(span_chunk_of(ch), p);
+  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
+    return nullptr;
+  if (static_cast<FreeObject*>(p)->guard == free_guard(p)) return nullptr;
+  return s;
+}
+
+// o, a checked object of s (another heap's span), onto me's foreign list of
+// its class, kept for reuse only in a class me allocates (it has a span of it:
+// a thread that only frees the class would hold the objects for nothing) and
+// up to the class's cap.  False, nothing done, when it must go to its chain.
+inline bool foreign_list_push(Heap* me, Span* s, FreeObject* o) {
+  unsigned c = s->size_class;
+  if (me->head[c] == &g_empty_span || me->foreign_count[c] >= foreign_class_cap(c)) return false;
+  RemoteBusy busy(me);
+  o->guard = free_guard(o);
+  me->counters.class_frees[c].add(1);
+  o->next = me->foreign[c];
+  me->foreign[c] = o;
+  ++me->foreign_count[c];
+  return true;
+}
+
+// o (checked, of s, another heap's span) joins its span's chain in me's
+// RemoteBatch table.
+__attribute__((noinline)) LCA_CORE_TEXT void free_to_chain(Heap* me, Span* s, FreeObject* o) {
+  RemoteBusy busy(me);
+  o->guard = free_guard(o);
+  me->counters.class_frees[s->size_class].add(1);
+  remote_batch_add(me, s, o);
+}
+
 inline bool free_remote_batched(void* p) {
   if (chunk_kind_of(p) != ChunkKind::spans) return false;
   ChunkHeader* ch = chunk_base(p);
   if (ch->domain != &g_process_domain) return false;
   Heap* me = tls_heap;  // g_no_heap in Valgrind mode and in threads without a heap
   if (__builtin_expect(me == &g_no_heap, 0)) {
+    int saved = errno;  // (making a heap may map memory)
     me = heap_for_remote_free();
+    errno = saved;
     if (!me) return false;
   }
-  Span* s = span_of(span_chunk_of(ch), p);
-  // The owner may change the flags meanwhile, but not the bits that matter for p:
-  // the span stays active while p is live, and p grew over several slots (if it
-  // did) before the user handed it to this thread.  A span with purged pages:
-  // free_slow checks the mask (a purged object's guard reads 0).
-  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
-    return false;
-  auto* o = static_cast<FreeObject*>(p);
-  if (o->guard == free_guard(p)) return false;  // freed already: free_slow reports it
+  Span* s = remote_free_checked_span(ch, p);
+  if (!s) return false;
   // The caller's own span, whose other flags (left behind exhausted, adopted)
   // sent the free here, or a pooled span it adopts: block_free's checks hold,
   // as above, so straight to the local free, not through free_slow's
@@ -1752,23 +1805,39 @@ inline bool free_remote_batched(void* p) {
   // docs/design.md, "The slow path's tail").
   if (span_owner(s) == me ||
       (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s))) {
+    int saved = errno;  // (a span that empties may be retired, its chunk released)
     free_span_local(me, s, p, span_index(s, p));
+    errno = saved;
     return true;
   }
-  RemoteBusy busy(me);
-  o->guard = free_guard(p);
-  unsigned c = s->size_class;
-  me->counters.class_frees[c].add(1);
-  // Kept for reuse only in a class this thread allocates (it has a span of it):
-  // a thread that only frees the class would hold the objects for nothing.
-  if (me->head[c] != &g_empty_span && me->foreign_count[c] < foreign_class_cap(c)) {
-    o->next = me->foreign[c];
-    me->foreign[c] = o;
-    ++me->foreign_count[c];
-    return true;
-  }
-  remote_batch_add(me, s, o);
+  auto* o = static_cast<FreeObject*>(p);
+  if (!foreign_list_push(me, s, o)) free_to_chain(me, s, o);
   return true;
+}
+
+// The common remote free, inline in free_cold with no call (no registers
+// saved, no errno): a small object of another live heap's span freed by a
+// thread with a heap, onto its foreign list (`done`) or, past the list's
+// cap, to its chain (`chain`, *span set: free_to_chain, a tail call).
+// `other` sends p on to free_remote_batched, which handles everything else
+// (the first free of a thread without a heap, the caller's own or a pooled
+// span, bad pointers).  Such a free was ~100 instructions in free_cold;
+// docs/design.md, "The matrix's producer-consumer: the remote free".
+enum class QuickFree { done, chain, other };
+inline QuickFree free_remote_quick(void* p, Span** span) {
+  // First: in Valgrind mode (tls_heap is g_no_heap there) p's guard word may
+  // lie in a redzone, which only the slow path may read.
+  Heap* me = tls_heap;
+  if (me == &g_no_heap) return QuickFree::other;
+  ChunkHeader* ch = chunk_base(p);
+  if (ch->domain != &g_process_domain) return QuickFree::other;
+  Span* s = remote_free_checked_span(ch, p);
+  if (!s) return QuickFree::other;
+  Heap* owner = span_owner(s);
+  if (owner == me || owner == orphan_span_heap()) return QuickFree::other;
+  if (foreign_list_push(me, s, static_cast<FreeObject*>(p))) return QuickFree::done;
+  *span = s;
+  return QuickFree::chain;
 }
 
 // Adds o (a checked object of s, another heap's span, its guard set) to its
@@ -1807,11 +1876,14 @@ LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
 }
 
 namespace {
-// free_cold's frees of other blocks, out of line: their registers and errno
-// save would otherwise cost the medium cache's holds a prologue and epilogue.
+// free_cold past the medium cache and the foreign list: a function of its own,
+// so that free_cold's common cases save no registers and no errno (its tail
+// call).  free_remote_batched keeps errno itself (its rare branches alone can
+// make a system call).
 LCA_CORE_TEXT __attribute__((noinline)) void free_cold_rest(void* p, bool arena) {
+  if (!arena && free_remote_batched(p)) return;
   int saved = errno;
-  if (arena || !free_remote_batched(p)) free_slow(p);
+  free_slow(p);
   errno = saved;
 }
 }  // namespace
@@ -1828,10 +1900,19 @@ LCA_CORE_TEXT void free_cold(void* p) {
   // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
   // ASan mode, and in a thread without a heap: no chunk names it as its heap).
   // heap_free_medium keeps errno itself, so that a block its medium cache holds
-  // costs no errno save (a call through the PLT and a TLS access).
-  bool arena = chunk_kind_of(p) == ChunkKind::arena;
-  if (arena && heap_free_medium(tls_heap, p)) return;
-  free_cold_rest(p, arena);
+  // costs no errno save (a call through the PLT and a TLS access).  Then the
+  // common remote free (docs/design.md, "The matrix's producer-consumer: the
+  // remote free").
+  ChunkKind kind = chunk_kind_of(p);
+  if (kind == ChunkKind::arena) {
+    if (heap_free_medium(tls_heap, p)) return;
+  } else if (kind == ChunkKind::spans) {
+    Span* s = nullptr;
+    QuickFree q = free_remote_quick(p, &s);
+    if (q == QuickFree::done) return;
+    if (q == QuickFree::chain) return free_to_chain(tls_heap, s, static_cast<FreeObject*>(p));
+  }
+  free_cold_rest(p, kind == ChunkKind::arena);
 }
 
 namespace {
@@ -2148,6 +2229,11 @@ void heap_queue_to_front(Heap* h, Span* s) {
   queue_remove(h, c, s);
   queue_push_front(h, c, s);
   if (s->flags & kSpanExhausted) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanExhausted));
+}
+
+void heap_queue_rotate(Heap* h, unsigned c) {
+  Span* s = h->head[c];
+  if (s != &g_empty_span && s->next) queue_rotate(h, c, s);
 }
 
 void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }

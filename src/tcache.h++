@@ -597,6 +597,11 @@ void span_count_alloc(Heap* h, Span* s);
 // Makes s, an active span of h, the current span of its class (h's owner, under
 // the domain lock for a private heap): allocations then fill it first.
 void heap_queue_to_front(Heap* h, Span* s);
+// The refill's rotation (heap_alloc_small_slow): the head of h's class c goes
+// to the back of the queue, the span behind it becomes the head, with one
+// taking of h's stats lock.  Nothing when the queue has fewer than two spans.
+// h's owner.
+void heap_queue_rotate(Heap* h, unsigned c);
 // The domain lock of a private domain (the serialising lock in Valgrind mode).
 void domain_lock(Domain* d);
 void domain_unlock(Domain* d);

@@ -1197,6 +1197,109 @@ END_TEST
 // kRemoteBatchSlots * kRemoteBatchBytes wait in all, whatever the sizes; and the
 // foreign lists keep at most kForeignClassBytes per class.  3 200 blocks of
 // 112 B-4 KiB of 8 owner threads (more threads than cores) that have exited.
+// issue 17: the common remote free (free_cold's free_remote_quick and
+// free_to_chain; docs/design.md, "The matrix's producer-consumer: the remote
+// free") keeps errno without saving it, and sends each block where the full
+// path did: a class's foreign list up to its limit, then the RemoteBatch chain
+// of the block's span, and a block of 2 KiB or more straight to its span's
+// remote list; each free counted once by the freeing heap.
+START_TEST(test_remote_free_paths) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans this test inspects");
+#endif
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path: no foreign list or chain is used");
+  for (std::size_t size : {std::size_t{208}, std::size_t{3000}}) {
+    const unsigned c = lca::size_to_class(size);
+    const std::uint32_t cap = lca::foreign_class_cap(c);
+    constexpr std::uint32_t kExtra = 3;
+    std::vector<void*> blocks(cap + kExtra);
+    for (void*& p : blocks) {
+      p = lca_malloc(size);
+      ck_assert_ptr_nonnull(p);
+    }
+    lca::Heap* owner = lca::thread_heap_if_any();
+    std::vector<lca::Span*> extra_spans;
+    for (std::uint32_t i = cap; i < cap + kExtra; ++i) {
+      lca::Span* s = lca::span_of(lca::span_chunk_of(lca::chunk_base(blocks[i])), blocks[i]);
+      ck_assert_ptr_eq(lca::span_owner(s), owner);
+      if (std::find(extra_spans.begin(), extra_spans.end(), s) == extra_spans.end()) extra_spans.push_back(s);
+    }
+    std::uint32_t remote_before = 0;
+    for (lca::Span* s : extra_spans) remote_before += lca::remote_word_count(s->remote_free.load());
+    int errno_after = 0;
+    std::uint32_t kept = 0, waiting = 0;
+    std::size_t frees_counted = 0;
+    std::thread t([&] {
+      void* own = lca_malloc(size);  // the thread allocates the class: it keeps foreign objects of it
+      lca::Heap* h = lca::thread_heap_if_any();
+      const std::size_t frees_before = h->counters.class_frees[c].get();
+      errno = 4242;
+      for (void* p : blocks) lca_free(p);
+      errno_after = errno;
+      frees_counted = h->counters.class_frees[c].get() - frees_before;
+      kept = h->foreign_count[c];
+      // The rest: in this heap's chains for their spans, or on their spans' remote lists.
+      for (const lca::RemoteBatch& b : h->remote_batch)
+        if (b.span && std::find(extra_spans.begin(), extra_spans.end(), b.span) != extra_spans.end())
+          waiting += b.count;
+      for (lca::Span* s : extra_spans) waiting += lca::remote_word_count(s->remote_free.load());
+      waiting -= remote_before;
+      lca_free(own);
+    });
+    t.join();
+    ck_assert_int_eq(errno_after, 4242);
+    ck_assert_uint_eq(kept, cap);
+    ck_assert_uint_eq(waiting, kExtra);
+    ck_assert_uint_eq(frees_counted, cap + kExtra);
+  }
+}
+END_TEST
+
+// issue 17: the refill's rotation of a class queue (heap_queue_rotate, one
+// taking of the stats lock where a queue_remove and a queue_push_back took it
+// twice; docs/design.md, "The matrix's producer-consumer: the remote free")
+// moves the head to the back with every link, head mark and count as the two
+// steps left them.
+START_TEST(test_refill_rotation) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans this test inspects");
+#endif
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode a thread has no heap of its own");
+  std::thread t([] {
+    constexpr std::size_t kSize = 1024;  // 64 objects a span
+    const unsigned c = lca::size_to_class(kSize);
+    std::vector<void*> blocks(64 * 4);
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      ck_assert_ptr_nonnull(p);
+    }
+    lca::Heap* h = lca::thread_heap_if_any();
+    std::vector<lca::Span*> before;
+    for (lca::Span* s = h->head[c]; s; s = s->next) before.push_back(s);
+    ck_assert_uint_ge(before.size(), 3);
+    std::vector<lca::Span*> after, expected(before.begin() + 1, before.end());
+    expected.push_back(before.front());
+    after.reserve(before.size());
+    const std::size_t active = process_active();
+    lca::heap_queue_rotate(h, c);
+    for (lca::Span* s = h->head[c]; s; s = s->next) {
+      ck_assert_ptr_eq(s->prev, after.empty() ? nullptr : after.back());
+      after.push_back(s);
+    }
+    ck_assert_ptr_eq(h->tail[c], after.back());
+    ck_assert(after == expected);
+    for (lca::Span* s : after) ck_assert_uint_eq(lca::span_use(s) & lca::kUseHeadMark, s == h->head[c] ? lca::kUseHeadMark : 0);
+    ck_assert_uint_eq(process_active(), active);
+    ck_assert_int_eq(pthread_mutex_trylock(&h->stats_lock), 0);
+    pthread_mutex_unlock(&h->stats_lock);
+    for (void* p : blocks) lca_free(p);
+  });
+  t.join();
+}
+END_TEST
+
 START_TEST(test_remote_holdings_bounded) {
 #if CALLOC_SECURE
   TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans this test inspects");
@@ -1852,5 +1955,7 @@ int main() {
   tcase_add_test(tc, test_exited_threads_spans_reclaimed);
   tcase_add_test(tc, test_pool_refills_race_thread_exits);
   tcase_add_test(tc, test_free_adopts_pooled_span);
+  tcase_add_test(tc, test_remote_free_paths);
+  tcase_add_test(tc, test_refill_rotation);
   return test_util::run_suite(s);
 }
