@@ -22,7 +22,7 @@
 #     per thread, +112..+132 and +790..+830 KiB at sample=4096;
 #   - the same program's exact RSS at the end of main (smaps_rollup: the
 #     median of the 7 runs; status's and the peak's figures are per-CPU
-#     counters, off by up to ~100 KiB) grows by at most 96 KiB, and
+#     counters, off by up to ~100 KiB) grows by at most 128 KiB, and
 #     libcalloc's resident text (its executable mapping's Rss, smallest of 7)
 #     by at most 32 KiB (half a window: the windows fall elsewhere where the
 #     library is not loaded 2 MiB-aligned), at both rates.  Measured
@@ -30,7 +30,13 @@
 #     tracker's code where the link put it (the unwinder in a 64 KiB
 #     fault-around window of its own) and the sampler seeded by clock_gettime
 #     (a window of libc's text): RSS +150..+180, text +64 -- both fail
-#     (docs/design.md, "Sampling's text");
+#     (docs/design.md, "Sampling's text").  Since the big zero tables moved
+#     to .lbss (e2321d6, 2026-12-05) the run without a profile is ~56 KiB
+#     smaller (7 924 -> 7 864-7 868 KiB: the tracker's tables no longer share
+#     pages with globals every run touches) and the run with one the same
+#     (7 932-7 952), so the growth reads +64..+100 (2026-12-06, 8 runs; the
+#     build before e2321d6 +12..+28): the bound went from 96 to 128 KiB;
+#     the layout before Sampling's text would still fail it;
 #   - python3 -c pass (when installed; the interpreter itself, not a
 #     pyenv-style wrapper script): peak growth at most 512 KiB (measured
 #     48-204 KiB; 2026-12-05 later, this test's smallest-of-7 over 14
@@ -50,7 +56,7 @@ name=track-rss
 status=0
 anon_bound=48
 peak_bound=544
-rss_bound=96
+rss_bound=128
 text_bound=32
 py_peak_bound=512
 
