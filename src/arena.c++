@@ -177,11 +177,12 @@ LCA_CORE_TEXT void arena_remove_chunk(Arena* a, ArenaChunk* c) {
   a->chunks.remove(&c->header);
 }
 
-LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment) {
+LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment, std::size_t room) {
   if (size > kArenaChunkCapacity) return nullptr;
   std::size_t need = block_size_for(size);
   std::size_t search = alignment > 16 ? need + alignment + kArenaMinBlock : need;
-  BlockTag* b = find_fit(a, search);
+  BlockTag* b = room > size && room <= kArenaChunkCapacity ? find_fit(a, block_size_for(room)) : nullptr;
+  if (!b) b = find_fit(a, search);
   if (!b) return nullptr;
   remove_free(a, b);
   ArenaChunk* c = chunk_of(b);
