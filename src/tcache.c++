@@ -1972,8 +1972,9 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
   }
   if (!may_move) return nullptr;
   // A block that grows goes to the arena (where it can grow in place next
-  // time), carved from a free block with room for it to double behind it: a
-  // block that grew once grows again (docs/design.md, "Realloc's room").
+  // time), carved from a free block with room behind it to grow to
+  // kReallocRoom x this size: a block that grew once tends to grow again
+  // (docs/design.md, "Realloc's room").
   bool grown = size > old_usable;
   void* q = grown && size <= kArenaMaxRequest ? alloc_arena(h, size, 16, size * kReallocRoom)
                                               : heap_alloc(h, size, 16, grown);
