@@ -97,6 +97,9 @@ constexpr std::size_t kSpanPurgeBulkPages = kChunkSize / kCarvePage;
 // At most this many chunk requests in a row skip the walk while the heap is
 // quiet (purge_span_pages_before_chunk): 32 MiB of span chunks.
 constexpr unsigned kSpanPurgeSkipMax = 8;
+// A block realloc moves to grow is placed where it could grow to this many
+// times its new size in place (alloc_arena's `room`).
+constexpr std::size_t kReallocRoom = 8;
 
 }  // namespace
 
@@ -802,14 +805,15 @@ LCA_CORE_TEXT void drain_arena_remote(Heap* h) {
 
 void medium_cache_flush(Heap* h);
 
-LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment) {
+// `room`: see arena_alloc (a block realloc moved, placed with room to grow).
+LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment, std::size_t room = 0) {
   if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
-  void* p = arena_alloc(&h->arena, size, alignment);
+  void* p = arena_alloc(&h->arena, size, alignment, room);
   if (!p && h->medium.bytes) {
     // The blocks the medium cache holds may merge into room enough: a chunk
     // mapped for want of them would hold them for good.
     medium_cache_flush(h);
-    p = arena_alloc(&h->arena, size, alignment);
+    p = arena_alloc(&h->arena, size, alignment, room);
   }
   if (!p) {
     // Empty span slots cannot hold arena blocks: growing the arena while more
@@ -823,7 +827,7 @@ LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment
     ChunkHeader* ch = acquire_chunk(h->domain, ChunkKind::arena, h);
     if (!ch) return nullptr;
     arena_add_chunk(&h->arena, arena_chunk_of(ch));
-    p = arena_alloc(&h->arena, size, alignment);
+    p = arena_alloc(&h->arena, size, alignment, room);
     if (!p) {
       errno = ENOMEM;
       return nullptr;
@@ -2070,7 +2074,13 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
     return p;
   }
   if (!may_move) return nullptr;
-  void* q = heap_alloc(h, size, 16, size > old_usable);
+  // A block that grows goes to the arena (where it can grow in place next
+  // time), carved from a free block with room behind it to grow to
+  // kReallocRoom x this size: a block that grew once tends to grow again
+  // (docs/design.md, "Realloc's room").
+  bool grown = size > old_usable;
+  void* q = grown && size <= kArenaMaxRequest ? alloc_arena(h, size, 16, size * kReallocRoom)
+                                              : heap_alloc(h, size, 16, grown);
   if (!q) return nullptr;
   std::memcpy(q, p, size < old_usable ? size : old_usable);
   block_free(p);

@@ -113,6 +113,78 @@ START_TEST(test_vector_growth) {
 }
 END_TEST
 
+// A block realloc moves to grow is placed with room behind it to grow again
+// (docs/design.md, "Realloc's room"): not in the smallest free block that fits,
+// a hole just past it, so the next doubling is in place.  Before, the block
+// went into the hole and its next growth moved it again.
+START_TEST(test_moved_block_grows_in_place_next) {
+  MemoryAllocator alloc;
+  // Arena blocks a, hole, c, wide, d in a row; the hole (24 KiB) is the best fit
+  // for 20 KiB, the wide one (256 KiB) has room for 8 x that.  (Room is never
+  // taken from the free block at the chunk's end: d keeps the wide one off it.)
+  void* a = alloc.allocate(24 * KiB);
+  void* hole = alloc.allocate(24 * KiB);
+  void* c = alloc.allocate(24 * KiB);
+  void* wide = alloc.allocate(256 * KiB);
+  void* d = alloc.allocate(24 * KiB);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(hole);
+  ck_assert_ptr_nonnull(c);
+  ck_assert_ptr_nonnull(wide);
+  ck_assert_ptr_nonnull(d);
+  alloc.deallocate(hole);
+  alloc.deallocate(wide);
+
+  void* p = alloc.allocate(100);
+  ck_assert_ptr_nonnull(p);
+  test_util::fill_pattern(p, 100, 7);
+  const ReallocCounts before = counts_of(alloc);
+  void* q = alloc.reallocate(p, 20 * KiB);  // out of the slab class: moved
+  ck_assert_ptr_nonnull(q);
+  ck_assert_int_eq(test_util::check_pattern(q, 100, 7), -1);
+  test_util::fill_pattern(q, 20 * KiB, 8);
+  ck_assert_ptr_eq(q, wide);
+  void* r = alloc.reallocate(q, 40 * KiB);  // doubles: in place behind it
+  ck_assert_ptr_nonnull(r);
+  ck_assert_ptr_eq(r, q);
+  ck_assert_int_eq(test_util::check_pattern(r, 20 * KiB, 8), -1);
+  const ReallocCounts after = counts_of(alloc);
+  ck_assert_uint_eq(after.moved - before.moved, 1);
+  ck_assert_uint_eq(after.in_place - before.in_place, 1);
+
+  // The room is not held: the hole serves the next request it is the best fit for.
+  void* h2 = alloc.allocate(20 * KiB);
+  ck_assert_ptr_eq(h2, hole);
+  alloc.deallocate(h2);
+  alloc.deallocate(r);
+  alloc.deallocate(a);
+  alloc.deallocate(c);
+  alloc.deallocate(d);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// ... but not from the free block that ends the chunk (the arena's top): with no
+// other free block holding 8 x the size, the move is a good fit, as before.
+START_TEST(test_room_not_from_chunk_top) {
+  MemoryAllocator alloc;
+  void* a = alloc.allocate(24 * KiB);
+  void* hole = alloc.allocate(24 * KiB);
+  void* c = alloc.allocate(24 * KiB);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(hole);
+  ck_assert_ptr_nonnull(c);
+  alloc.deallocate(hole);
+  void* p = alloc.allocate(100);
+  ck_assert_ptr_nonnull(p);
+  void* q = alloc.reallocate(p, 20 * KiB);
+  ck_assert_ptr_eq(q, hole);
+  alloc.deallocate(q);
+  alloc.deallocate(a);
+  alloc.deallocate(c);
+}
+END_TEST
+
 // realloc(NULL, n) allocates.
 START_TEST(test_realloc_null) {
   void* p = lca_realloc(nullptr, 100);
@@ -376,6 +448,8 @@ int main() {
   Suite* s = test_util::make_suite("realloc", &tc);
   tcase_add_test(tc, test_in_place_growth);
   tcase_add_test(tc, test_vector_growth);
+  tcase_add_test(tc, test_moved_block_grows_in_place_next);
+  tcase_add_test(tc, test_room_not_from_chunk_top);
   tcase_add_test(tc, test_realloc_null);
   tcase_add_test(tc, test_realloc_to_zero);
   tcase_add_test(tc, test_shrink_in_place);
