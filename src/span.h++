@@ -337,6 +337,12 @@ std::size_t span_purge_bound(const Span* s, unsigned min_pages);
 // page is faulted in).  Returns the objects brought back (0: no purged page
 // held any).  Owner only.
 std::uint32_t span_recarve(Span* s);
+// Asks for the line of each carved object's first word (every line when the
+// objects are smaller than one) below carved_bytes, on the pages of s not in
+// the mask purged (a read of a purged page would fault the zero page in):
+// span_purge_free_pages's list walk then finds them in the cache instead of
+// waiting for one miss after another.  Returns the lines asked for.
+std::size_t span_prefetch_carved(const Span* s, std::size_t carved_bytes, std::uint16_t purged);
 // Objects that start on purged pages, about (for refill decisions).
 inline std::uint32_t span_purged_objects(const Span* s) {
   return static_cast<std::uint32_t>(bit_count(s->purged) * kCarvePage / s->obj_size);

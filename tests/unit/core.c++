@@ -1219,6 +1219,42 @@ START_TEST(test_span_pages_purged_and_recarved) {
 }
 END_TEST
 
+// span_prefetch_carved, before span_purge_free_pages's list walk: one line per
+// object start (per line for objects smaller than one) on the resident pages
+// below the bump pointer, none on a purged page, and no page made resident.
+START_TEST(test_purge_walk_prefetch_skips_purged_pages) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode does not purge span pages (freed blocks wait in its quarantine)");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode does not purge span pages (freed blocks wait in its quarantine)");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no spans");
+#endif
+  std::vector<void*> kept;
+  std::vector<lca::Span*> spans = sparse_spans(kept);
+  lca::Heap* h = lca::tls_owned_heap;
+  ck_assert_ptr_nonnull(h);
+  ck_assert_uint_ge(lca::heap_purge_span_pages(h, 1, 0), 4 * 12);
+  std::size_t resident = resident_span_pages(spans);
+  for (lca::Span* s : spans) {
+    auto carved = static_cast<std::size_t>(s->bump - lca::span_base(s));
+    std::size_t want = 0;
+    for (std::size_t off = 0; off < carved; off += s->obj_size)
+      if (!((s->purged >> (off / lca::kCarvePage)) & 1)) ++want;
+    ck_assert_uint_ne(s->purged, 0);
+    ck_assert_uint_eq(lca::span_prefetch_carved(s, carved, s->purged), want);
+    ck_assert_uint_eq(lca::span_prefetch_carved(s, carved, 0), carved / s->obj_size);
+  }
+  ck_assert_uint_eq(resident_span_pages(spans), resident);
+  // Objects smaller than a line: each line once.
+  void* p = lca_malloc(16);
+  ck_assert_ptr_nonnull(p);
+  lca::Span* s = lca::span_of(lca::span_chunk_of(lca::chunk_base(p)), p);
+  ck_assert_uint_eq(lca::span_prefetch_carved(s, 4 * lca::kCarvePage, 0x5), 2 * lca::kCarvePage / 64);
+  ck_assert_uint_eq(lca::span_prefetch_carved(s, 4 * lca::kCarvePage, 0), 4 * lca::kCarvePage / 64);
+  lca_free(p);
+  for (void* q : kept) lca_free(q);
+}
+END_TEST
+
 // A free of a block on a purged page is a double free (its guard word reads 0
 // after the purge, so the span's kSpanPurged flag sends every free into it to
 // the slow path, which checks the page mask): by its owner, by another thread,
@@ -1380,6 +1416,7 @@ int main() {
   tcase_add_test(tc, test_carve_limit_reuses_free_objects);
   tcase_add_test(tc, test_first_spans_on_clean_slots);
   tcase_add_test(tc, test_span_pages_purged_and_recarved);
+  tcase_add_test(tc, test_purge_walk_prefetch_skips_purged_pages);
   tcase_add_test(tc, test_double_free_of_purged_block);
   tcase_add_test(tc, test_arena_growth_purges_span_pages);
   tcase_add_test(tc, test_growing_heap_skips_span_walks);
