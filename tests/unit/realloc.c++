@@ -118,9 +118,8 @@ END_TEST
 // a hole just past it, so the next doubling is in place.  Before, the block
 // went into the hole and its next growth moved it again.
 START_TEST(test_moved_block_grows_in_place_next) {
-#if CALLOC_SECURE
-  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, which places blocks by its own rules (randomised, guard pages), not the TLSF arena's");
-#endif
+  // (A MemoryAllocator of its own is a private heap: its arena places the
+  // blocks in the secure build too.)
   if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine: no hole to place a block in");
   if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine: no hole to place a block in");
   MemoryAllocator alloc;
@@ -172,9 +171,8 @@ END_TEST
 // ... but not from the free block that ends the chunk (the arena's top): with no
 // other free block holding 8 x the size, the move is a good fit, as before.
 START_TEST(test_room_not_from_chunk_top) {
-#if CALLOC_SECURE
-  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, which places blocks by its own rules (randomised, guard pages), not the TLSF arena's");
-#endif
+  // (A MemoryAllocator of its own is a private heap: its arena places the
+  // blocks in the secure build too.)
   if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine: no hole to place a block in");
   if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine: no hole to place a block in");
   MemoryAllocator alloc;
