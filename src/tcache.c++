@@ -1746,9 +1746,6 @@ Heap* heap_for_remote_free() {
 // loses the writer's stack when the owner did much since).
 inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
 
-// The remote free of a small object of the process domain by a thread with a
-// heap, with the checks block_lookup makes: false sends p to free_slow, which
-// handles (or reports) everything else.
 // The checks every free by a thread of an object of another thread's span
 // makes before it touches the object: p's span, active, single-slot and not
 // purged (the owner may change the flags meanwhile, but not these bits for p:
@@ -1789,6 +1786,9 @@ __attribute__((noinline)) LCA_CORE_TEXT void free_to_chain(Heap* me, Span* s, Fr
   remote_batch_add(me, s, o);
 }
 
+// The remote free of a small object of the process domain by a thread with a
+// heap, with the checks block_lookup makes: false sends p to free_slow, which
+// handles (or reports) everything else.
 inline bool free_remote_batched(void* p) {
   if (chunk_kind_of(p) != ChunkKind::spans) return false;
   ChunkHeader* ch = chunk_base(p);
