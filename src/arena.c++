@@ -183,7 +183,11 @@ LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignmen
   std::size_t search = alignment > 16 ? need + alignment + kArenaMinBlock : need;
   BlockTag* b = nullptr;
   if (room > size && room <= kArenaChunkCapacity) {
-    b = find_fit(a, block_size_for(room));
+    // At least `search`: with an alignment above 16 the block must hold the
+    // gap before the aligned payload as well (tests/unit/arena,
+    // test_room_with_alignment).
+    std::size_t with_room = block_size_for(room);
+    b = find_fit(a, with_room > search ? with_room : search);
     // Not the free block that ends its chunk (the arena's top): room taken
     // there pushes later blocks further into the chunk (docs/design.md,
     // "Realloc's room": +7-10 % peak RSS on a loop that grows blocks and

@@ -74,10 +74,10 @@ bool arena_chunk_is_empty(const ArenaChunk* c);
 
 // A block of at least `size` usable bytes aligned to `alignment`; nullptr when no
 // chunk of the arena has room (the caller adds a chunk and retries).  With
-// `room` > size (16-byte alignment only), the block is carved from the front of
-// a free block of at least `room` usable bytes when the arena has one (not the
-// one that ends its chunk), so that the rest stays free behind it for a later
-// realloc to grow into; else as without it.
+// `room` > size, the block is carved from the front of a free block of at least
+// `room` usable bytes (and of what the alignment needs) when the arena has one
+// (not the one that ends its chunk), so that the rest stays free behind it for
+// a later realloc to grow into; else as without it.
 void* arena_alloc(Arena* a, std::size_t size, std::size_t alignment, std::size_t room = 0);
 
 enum class ArenaCheck { ok, not_block_start, already_free };

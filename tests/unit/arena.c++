@@ -635,6 +635,45 @@ START_TEST(test_double_free_after_backward_merge) {
 }
 END_TEST
 
+// arena_alloc's room with an alignment above 16: the free block taken for the
+// room must also hold the aligned block (its gap before the aligned payload).
+// A hole of 12 000 bytes between two live blocks has room for 9 000, but not
+// for 8 800 bytes aligned to 4 KiB once the gap is cut: under the old code the
+// block ran past the hole into the live block after it (arena_verify failed).
+START_TEST(test_room_with_alignment) {
+  const std::size_t chunk = lca::kChunkSize;
+  void* raw = mmap(nullptr, 2 * chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ck_assert_ptr_ne(raw, MAP_FAILED);
+  auto base = (reinterpret_cast<std::uintptr_t>(raw) + chunk - 1) & ~(chunk - 1);
+  auto* c = reinterpret_cast<lca::ArenaChunk*>(base);
+  const char* why = nullptr;
+  // Each shift of the hole puts its payload at another offset from a 4 KiB
+  // boundary: at least one needs a gap (all but an aligned payload do).
+  for (std::size_t shift = 0; shift < 4096; shift += 1024) {
+    lca::Arena a{};
+    lca::arena_add_chunk(&a, c);
+    void* g0 = lca::arena_alloc(&a, 9000 + shift, 16);
+    void* hole = lca::arena_alloc(&a, 12000, 16);
+    void* g1 = lca::arena_alloc(&a, 9000, 16);
+    ck_assert(g0 && hole && g1);
+    std::memset(g1, 0x5a, 9000);
+    lca::arena_free(&a, c, hole);
+    void* p = lca::arena_alloc(&a, 8800, 4096, 9000);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % 4096, 0);
+    ck_assert_msg(lca::arena_verify(&a, &why), "shift %zu: %s", shift, why);
+    auto pb = reinterpret_cast<std::uintptr_t>(p), gb = reinterpret_cast<std::uintptr_t>(g1);
+    ck_assert_msg(pb + 8800 <= gb || pb >= gb + 9000, "shift %zu: the aligned block overlaps the live block", shift);
+    std::memset(p, 0xa5, 8800);
+    for (std::size_t i = 0; i < 9000; ++i) ck_assert_uint_eq(static_cast<unsigned char*>(g1)[i], 0x5a);
+    for (void* b : {p, g0, g1}) lca::arena_free(&a, c, b);
+    ck_assert_msg(lca::arena_verify(&a, &why), "%s", why);
+    ck_assert(lca::arena_chunk_is_empty(c));
+  }
+  munmap(raw, 2 * chunk);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("arena", &tc);
@@ -654,5 +693,6 @@ int main() {
   tcase_add_test(tc, test_cache_bound_follows_live);
   tcase_add_test(tc, test_verify_checks_free_lists);
   tcase_add_test(tc, test_double_free_after_backward_merge);
+  tcase_add_test(tc, test_room_with_alignment);
   return test_util::run_suite(s);
 }

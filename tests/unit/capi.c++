@@ -237,13 +237,35 @@ START_TEST(test_malloc_zero) {
 }
 END_TEST
 
-// free(NULL) does nothing, and leaves errno alone.
+// free(NULL) does nothing, and leaves errno alone: every entry point, in a
+// thread with a heap and in one without (issue 17: free's fast path has no null
+// test; nullptr reaches free_cold through the registry's slot 0).
 START_TEST(test_free_null) {
-  errno = ERANGE;
-  lca_free(nullptr);
-  free(launder(static_cast<void*>(nullptr)));
-  MemoryAllocator::instance().deallocate(nullptr);
-  ck_assert_int_eq(errno, ERANGE);
+  auto all_frees = [] {
+    auto null = [] { return launder(static_cast<void*>(nullptr)); };  // (one each: -Wuse-after-free)
+    MemoryAllocator own;
+    errno = ERANGE;
+    lca_free(nullptr);
+    free(null());
+    lca_free_sized(null(), 16);
+    lca_free_aligned_sized(null(), 64, 64);
+    ::operator delete(null());
+    ::operator delete[](null());
+    ::operator delete(null(), std::size_t{16});
+    ::operator delete[](null(), std::size_t{16});
+    ::operator delete(null(), std::align_val_t{64});
+    ::operator delete[](null(), std::align_val_t{64});
+    ::operator delete(null(), std::size_t{64}, std::align_val_t{64});
+    ::operator delete(null(), std::nothrow);
+    ::operator delete(null(), std::align_val_t{64}, std::nothrow);
+    MemoryAllocator::instance().deallocate(nullptr);
+    own.deallocate(nullptr);
+    return errno;
+  };
+  ck_assert_int_eq(all_frees(), ERANGE);
+  int in_thread = 0;
+  std::thread([&] { in_thread = all_frees(); }).join();  // (a thread that may have no heap yet)
+  ck_assert_int_eq(in_thread, ERANGE);
 }
 END_TEST
 
