@@ -40,6 +40,11 @@ inline void* payload(BlockTag* b) { return reinterpret_cast<char*>(b) + kArenaTa
 inline ArenaChunk* chunk_of(const void* p) {
   return reinterpret_cast<ArenaChunk*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));
 }
+// The allocated, size-0 tag at the end of a chunk where coalescing stops; the
+// free block before it is the chunk's top.
+inline BlockTag* end_tag(const void* chunk) {
+  return reinterpret_cast<BlockTag*>(const_cast<char*>(static_cast<const char*>(chunk)) + kChunkSize - kArenaTag);
+}
 // Every write of the bitmap is an atomic read-modify-write: the owner sets and
 // clears bits while other threads clear the bits of blocks they free
 // (arena_clear_live_remote) in the same words, and a plain load + store by the
@@ -158,7 +163,7 @@ void debug_check_block([[maybe_unused]] BlockTag* b) {
 LCA_CORE_TEXT void arena_add_chunk(Arena* a, ArenaChunk* c) {
   char* base = reinterpret_cast<char*>(c);
   auto* first = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
-  auto* sentinel = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+  BlockTag* sentinel = end_tag(c);
   first->prev_size = 0;
   sentinel->size_flags = 0;  // size 0, allocated: coalescing stops here
   LCA_SPLIT_STORES();  // no tag gets two constant words in one store (placement.h++)
@@ -192,7 +197,7 @@ LCA_CORE_TEXT void* arena_alloc(Arena* a, std::size_t size, std::size_t alignmen
     // there pushes later blocks further into the chunk (docs/design.md,
     // "Realloc's room": +7-10 % peak RSS on a loop that grows blocks and
     // keeps them, +3 % without the top).
-    if (b && reinterpret_cast<char*>(next_block(b)) == reinterpret_cast<char*>(chunk_of(b)) + kChunkSize - kArenaTag)
+    if (b && next_block(b) == end_tag(chunk_of(b)))
       b = nullptr;
   }
   if (!b) b = find_fit(a, search);
@@ -330,7 +335,7 @@ bool arena_verify(const Arena* a, const char** why) {
     auto* c = reinterpret_cast<const ArenaChunk*>(h);
     char* base = reinterpret_cast<char*>(h);
     auto* b = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
-    auto* end = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+    BlockTag* end = end_tag(h);
     bool prev_free = false;
     std::size_t free_bytes = 0;
     while (b < end) {
@@ -365,7 +370,7 @@ void arena_walk(const ArenaChunk* c, void (*visit)(void* ctx, void* payload, std
                 void* ctx) {
   char* base = reinterpret_cast<char*>(const_cast<ArenaChunk*>(c));
   auto* b = reinterpret_cast<BlockTag*>(base + kChunkHeaderSize);
-  auto* end = reinterpret_cast<BlockTag*>(base + kChunkSize - kArenaTag);
+  BlockTag* end = end_tag(c);
   while (b < end) {
     BlockTag* next = next_block(b);  // read before visit: it may free or carve b
     visit(ctx, payload(b), block_size(b) - kArenaTag, is_free(b));

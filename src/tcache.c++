@@ -217,8 +217,8 @@ LCA_CORE_TEXT void queue_push_front(Heap* h, unsigned c, Span* s) {
   queue_link_front(h, c, s);
 }
 
-LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
-  StatsLock lock(h);
+// s leaves its queue, its counts folded (h's stats_lock held).
+LCA_CORE_TEXT void queue_unlink(Heap* h, unsigned c, Span* s) {
   span_stats_fold(h, s);
   if (s->prev)
     s->prev->next = s->next;
@@ -231,9 +231,8 @@ LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
   s->next = s->prev = nullptr;
 }
 
-LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
-  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
-  StatsLock lock(h);
+// s joins the back of its queue (h's stats_lock held).
+LCA_CORE_TEXT void queue_link_back(Heap* h, unsigned c, Span* s) {
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
   s->stat_live = span_used(s);
   s->next = nullptr;
@@ -242,29 +241,32 @@ LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
   h->tail[c] = s;
 }
 
-// queue_remove then queue_push_back of the head s, behind a queue of two spans
-// or more, under one taking of the stats lock instead of two (the refill's
-// rotation: 15 000 per 2 M calls of the matrix's producer-consumer, each
-// pthread_mutex_lock and unlock a locked instruction, which waits for the
-// core's pending stores).
+LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
+  StatsLock lock(h);
+  queue_unlink(h, c, s);
+}
+
+LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
+  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
+  StatsLock lock(h);
+  queue_link_back(h, c, s);
+}
+
+// queue_remove then queue_push_back of s under one taking of the stats lock
+// instead of two (the refill's rotation of the head: 15 000 per 2 M calls of
+// the matrix's producer-consumer, each pthread_mutex_lock and unlock a locked
+// instruction, which waits for the core's pending stores).
 LCA_CORE_TEXT void queue_rotate(Heap* h, unsigned c, Span* s) {
   if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
   StatsLock lock(h);
-  span_stats_fold(h, s);
-  Span* next = s->next;
-  set_head(h, c, next);
-  next->prev = nullptr;
-  s->stat_live = span_used(s);
-  s->next = nullptr;
-  s->prev = h->tail[c];
-  h->tail[c]->next = s;
-  h->tail[c] = s;
+  queue_unlink(h, c, s);
+  queue_link_back(h, c, s);
 }
 
 LCA_CORE_TEXT void queue_insert_after_head(Heap* h, unsigned c, Span* s) {
   if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
-  queue_remove(h, c, s);
   StatsLock lock(h);
+  queue_unlink(h, c, s);
   if (queue_empty(h, c)) return queue_link_front(h, c, s);
   s->stat_live = span_used(s);
   Span* head = h->head[c];
