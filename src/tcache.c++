@@ -12,6 +12,7 @@
 // and a chunk with no span left returns to the domain.  Every path is O(1) apart
 // from system calls and the bounded sweeps of abandoned heaps.
 #include "tcache.h++"
+#include "heap.h++"
 #include "placement.h++"
 
 #include <cerrno>
@@ -56,7 +57,6 @@ constexpr std::uint32_t kRefillMin = 4;
 constexpr std::uint32_t kRefillFewObjects = 64;
 // Spans from the tail of a class's queue whose remote frees a slow path collects.
 constexpr unsigned kQueueSweep = 4;
-constexpr std::size_t kMaxDirtySlots = 64;     // 4 MiB of empty spans kept per heap (8 MiB before a purge)
 constexpr std::size_t kDomainCachedChunks = 4;  // free chunks a domain keeps
 constexpr unsigned kAbandonedSweep = 4;
 // Span reclaim: pooled spans a refill looks at before it carves (those with too
@@ -76,7 +76,6 @@ constexpr unsigned kOrphanSweep = 256;
 // smaller retired spans stayed dirty).  docs/design.md, "Span reclaim".
 constexpr std::uint32_t kOrphanKeep = 8;
 constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
-constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // First spans on clean slots: the classes whose first span takes a clean slot
 // (new_first_span), and the heap's chunks it looks at for one before it
 // acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
@@ -146,7 +145,7 @@ LCA_CORE_TEXT bool span_offers_resident(const Span* s) {
   return carved > taken && carved - taken >= want;
 }
 
-bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
+}  // namespace
 
 // Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
 LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
@@ -159,6 +158,8 @@ LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
   if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
   h->head[c] = s;
 }
+
+namespace {
 
 // Statistics (tcache.h++): runs change(), which moves s's live count by
 // something other than an allocation or a free h counts in the use word --
@@ -183,6 +184,8 @@ auto span_live_change_uncounted(Heap* h, Span* s, Change change, std::int64_t fr
   }
 }
 
+}  // namespace
+
 // Statistics (tcache.h++): moves the counts of s, an active span of h, into
 // h's counters (h's stats_lock held, by its owner).
 LCA_CORE_TEXT void span_stats_fold(Heap* h, Span* s) {
@@ -197,25 +200,7 @@ LCA_CORE_TEXT void span_stats_fold(Heap* h, Span* s) {
   s->stat_live = live;
 }
 
-// The queue primitives take h's stats_lock: a span joins a queue with no
-// counts (new, from the pool, or folded when it left one), and leaves it folded.
-LCA_CORE_TEXT void queue_link_front(Heap* h, unsigned c, Span* s) {
-  s->stat_live = span_used(s);
-  s->prev = nullptr;
-  if (queue_empty(h, c)) {
-    s->next = nullptr;
-    h->tail[c] = s;
-  } else {
-    s->next = h->head[c];
-    h->head[c]->prev = s;
-  }
-  set_head(h, c, s);
-}
-
-LCA_CORE_TEXT void queue_push_front(Heap* h, unsigned c, Span* s) {
-  StatsLock lock(h);
-  queue_link_front(h, c, s);
-}
+namespace {
 
 // s leaves its queue, its counts folded (h's stats_lock held).
 LCA_CORE_TEXT void queue_unlink(Heap* h, unsigned c, Span* s) {
@@ -231,25 +216,9 @@ LCA_CORE_TEXT void queue_unlink(Heap* h, unsigned c, Span* s) {
   s->next = s->prev = nullptr;
 }
 
-// s joins the back of its queue (h's stats_lock held).
-LCA_CORE_TEXT void queue_link_back(Heap* h, unsigned c, Span* s) {
-  if (queue_empty(h, c)) return queue_link_front(h, c, s);
-  s->stat_live = span_used(s);
-  s->next = nullptr;
-  s->prev = h->tail[c];
-  h->tail[c]->next = s;
-  h->tail[c] = s;
-}
-
 LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
   StatsLock lock(h);
   queue_unlink(h, c, s);
-}
-
-LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
-  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
-  StatsLock lock(h);
-  queue_link_back(h, c, s);
 }
 
 // queue_remove then queue_push_back of s under one taking of the stats lock
@@ -297,8 +266,6 @@ void release_cached(Domain* d) {
   while (ChunkHeader* c = doomed.pop()) unmap_free_chunk(d, c);
   large_trim(&d->large, true);
 }
-
-void release_chunk(Domain* d, ChunkHeader* c);
 
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
@@ -408,17 +375,7 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   return c;
 }
 
-// Memory goes back to the OS at most once per kDecayNs per heap or domain: a burst
-// of frees (a program tearing down a big structure) costs no system calls while
-// it lasts, and what it left is returned by the first release after the pause.
-// Page faults cost ~10-60 us here, so returning memory that is about to be reused
-// is the expensive mistake.
-LCA_CORE_TEXT bool decay_due(std::uint64_t* last) {
-  std::uint64_t now = os_now_ns();
-  if (now - *last < kDecayNs) return false;
-  *last = now;
-  return true;
-}
+}  // namespace
 
 LCA_CORE_TEXT void release_chunk(Domain* d, ChunkHeader* c) {
   ChunkList doomed;
@@ -435,6 +392,8 @@ LCA_CORE_TEXT void release_chunk(Domain* d, ChunkHeader* c) {
   }
   while (ChunkHeader* victim = doomed.pop()) unmap_free_chunk(d, victim);
 }
+
+namespace {
 
 // A chunk that transparent huge pages may back (kChunkMayBeHuge) is purged in
 // whole 2 MiB ranges: a range all of whose slots are free goes back to the OS
@@ -464,6 +423,8 @@ LCA_CORE_TEXT std::size_t purge_huge_ranges(SpanChunk* sc) {
   return kept_slots;
 }
 
+}  // namespace
+
 // Purges one span chunk's dirty free slots; returns how many stay dirty (a
 // chunk that may be on huge pages gives back whole free 2 MiB ranges only).
 LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
@@ -481,6 +442,8 @@ LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
   sc->dirty_slots = 0;
   return 0;
 }
+
+namespace {
 
 LCA_CORE_TEXT void purge_dirty_slots(Heap* h) {
   std::size_t left = 0;
@@ -657,12 +620,16 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   }
 }
 
+}  // namespace
+
 LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
   // The remote frees were counted by the freeing heaps.
   if (span_live_change_uncounted(h, s, [&] { return span_collect_remote(s, &extra); })) heap_span_purge_unquiet(h);
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
+
+namespace {
 
 // --- span reclaim: the pools of orphaned spans (tcache.h++, OrphanPool) ------
 // A class's pool, and the local state of its pooled spans (collecting their
@@ -787,14 +754,6 @@ void sweep_orphans(Domain* d, std::size_t limit) {
 }
 
 // --- arena ------------------------------------------------------------------
-void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
-  arena_free(&h->arena, c, p);
-  if (arena_chunk_is_empty(c) && h->arena.chunks.count > 1) {
-    arena_remove_chunk(&h->arena, c);
-    release_chunk(h->domain, &c->header);
-  }
-}
-
 LCA_CORE_TEXT void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
   while (list) {
