@@ -111,6 +111,51 @@ namespace {
 }
 }  // namespace
 
+// --- span reclaim: the pools of orphaned spans (pool.c++) --------------------
+namespace {
+
+class PoolLock {  // class c's pool lock of d
+ public:
+  PoolLock(Domain* d, unsigned c) : m_(d->orphan_pools->lock_of(c)) { lca_mutex_lock(m_); }
+  ~PoolLock() { lca_mutex_unlock(m_); }
+  PoolLock(const PoolLock&) = delete;
+  PoolLock& operator=(const PoolLock&) = delete;
+
+ private:
+  pthread_mutex_t* m_;
+};
+
+// Unlinks s, which follows prev (nullptr: s is the head), from pool p (its lock held).
+[[maybe_unused]] void orphan_unlink(Domain* d, OrphanPool* p, Span* prev, Span* s) {
+  if (prev)
+    prev->next = s->next;
+  else
+    p->head.store(s->next, std::memory_order_relaxed);
+  if (s->next)
+    s->next->prev = prev;
+  else
+    p->tail = prev;
+  s->next = s->prev = nullptr;
+  --p->count;
+  d->orphan_spans.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+// The pool's bound (pool lock held): beyond kOrphanKeep spans, its oldest go
+// while they are empty; the spans that go are unlinked onto *doomed.
+void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed);
+// Retires the doomed spans (no pool lock held).
+void orphan_retire_doomed(Domain* d, Span* doomed);
+// Retires the empty spans of the pools of orphaned spans (domain lock held;
+// takes each pool's lock in turn), up to `limit` of them looked at.
+void sweep_orphans(Domain* d, std::size_t limit);
+// Gives the slot of s (inactive, of an orphan chunk) back to its chunk, dirty
+// unless `purged`, and the chunk to the domain once it holds no span.
+void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged);
+// Purges the free slots of the orphan chunks (domain lock held).
+void purge_orphan_chunks(Domain* d);
+
 }  // namespace lca
 
 #endif
