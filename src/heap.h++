@@ -111,6 +111,16 @@ namespace {
 }
 }  // namespace
 
+// The allocation of a block in h's arena (h's owner), after the remote frees
+// of its blocks and, when the arena has no room, the medium cache went back to
+// it; a new arena chunk last.  `room`: see arena_alloc (a block realloc moved,
+// placed with room to grow).  nullptr with errno ENOMEM when the OS has none.
+void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment, std::size_t room = 0);
+
+// --- medium cache (medium.c++) ---------------------------------------------------
+// Gives every block the medium cache of h holds back to h's arena (h's owner).
+void medium_cache_flush(Heap* h);
+
 // --- span reclaim: the pools of orphaned spans (pool.c++) --------------------
 namespace {
 
