@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "os.h++"
 #include "placement.h++"
@@ -59,6 +60,29 @@ void span_stats_fold(Heap* h, Span* s);
 void collect_span(Heap* h, Span* s);
 
 namespace {
+
+// Statistics (tcache.h++): runs change(), which moves s's live count by
+// something other than an allocation or a free h counts in the use word --
+// remote frees collected (the freeing heaps counted them), the slots an object
+// grew over or gave back, defragmentation's moves -- under h's stats_lock,
+// with stat_live following, so that s's unfolded counts stay what they were.
+// `frees` of the change are frees h does count (from the live count).
+template <class Change>
+auto span_live_change_uncounted(Heap* h, Span* s, Change change, std::int64_t frees = 0) {
+  StatsLock lock(h);
+  auto before = static_cast<std::int64_t>(span_used(s));
+  auto follow = [&] {
+    s->stat_live += static_cast<std::uint64_t>(static_cast<std::int64_t>(span_used(s)) - before + frees);
+  };
+  if constexpr (std::is_void_v<decltype(change())>) {
+    change();
+    follow();
+  } else {
+    auto result = change();
+    follow();
+    return result;
+  }
+}
 
 // The queue primitives take h's stats_lock: a span joins a queue with no
 // counts (new, from the pool, or folded when it left one), and leaves it folded.
