@@ -1,5 +1,7 @@
 // tcache.c++ -- thread heaps, span queues and chunk supply (thread exit,
-// adoption and fork: lifecycle.c++).
+// adoption and fork: lifecycle.c++; the pools of orphaned spans: pool.c++; the
+// medium cache: medium.c++; free_cold and the frees of other threads' blocks:
+// remote.c++; realloc: realloc.c++; what these files share: heap.h++).
 //
 // Each heap keeps, per size class, a queue of spans; the head is the current span.
 // When the head runs dry the slow path collects its remote frees, then rotates a
@@ -11,6 +13,11 @@
 // is freed (and is not the head) is retired at once: its slot returns to its chunk,
 // and a chunk with no span left returns to the domain.  Every path is O(1) apart
 // from system calls and the bounded sweeps of abandoned heaps.
+// Also here: the heap's arena (alloc_arena), the allocation entry points
+// (heap_alloc, domain_alloc), the slow free and block lookup (free_slow,
+// block_lookup), the domains, trim and statistics.  The refill's take from the
+// pools (take_orphan_span) and new_span's search of orphan chunks stay here
+// with the slow path that inlines them (there is no LTO).
 #include "tcache.h++"
 #include "heap.h++"
 #include "placement.h++"
@@ -19,16 +26,12 @@
 #include <cstring>
 #include <new>
 #include <sys/mman.h>
-#include <type_traits>
 
 #include "huge.h++"
 #include "numa.h++"
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
-#if CALLOC_TRACKING
-#include "track.h++"
-#endif
 
 namespace lca {
 
