@@ -3,7 +3,8 @@
 //
 // These are the only entry points of the process heap.  malloc's fast path is
 // inline here: thread heap -> size class -> span pop, with no lock and no atomic
-// read-modify-write; everything else goes to the slow paths in tcache.c++.
+// read-modify-write; everything else goes to the slow paths in tcache.c++
+// (and the files split from it: medium.c++, remote.c++, realloc.c++).
 // With the override on (configure's default), malloc, free, ... are aliases of
 // the lca_* functions, so the two families are one allocator.
 #include <cerrno>

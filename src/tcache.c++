@@ -1,5 +1,7 @@
 // tcache.c++ -- thread heaps, span queues and chunk supply (thread exit,
-// adoption and fork: lifecycle.c++).
+// adoption and fork: lifecycle.c++; the pools of orphaned spans: pool.c++; the
+// medium cache: medium.c++; free_cold and the frees of other threads' blocks:
+// remote.c++; realloc: realloc.c++; what these files share: heap.h++).
 //
 // Each heap keeps, per size class, a queue of spans; the head is the current span.
 // When the head runs dry the slow path collects its remote frees, then rotates a
@@ -11,23 +13,25 @@
 // is freed (and is not the head) is retired at once: its slot returns to its chunk,
 // and a chunk with no span left returns to the domain.  Every path is O(1) apart
 // from system calls and the bounded sweeps of abandoned heaps.
+// Also here: the heap's arena (alloc_arena), the allocation entry points
+// (heap_alloc, domain_alloc), the slow free and block lookup (free_slow,
+// block_lookup), the domains, trim and statistics.  The refill's take from the
+// pools (take_orphan_span) and new_span's search of orphan chunks stay here
+// with the slow path that inlines them (there is no LTO).
 #include "tcache.h++"
+#include "heap.h++"
 #include "placement.h++"
 
 #include <cerrno>
 #include <cstring>
 #include <new>
 #include <sys/mman.h>
-#include <type_traits>
 
 #include "huge.h++"
 #include "numa.h++"
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
-#if CALLOC_TRACKING
-#include "track.h++"
-#endif
 
 namespace lca {
 
@@ -56,7 +60,6 @@ constexpr std::uint32_t kRefillMin = 4;
 constexpr std::uint32_t kRefillFewObjects = 64;
 // Spans from the tail of a class's queue whose remote frees a slow path collects.
 constexpr unsigned kQueueSweep = 4;
-constexpr std::size_t kMaxDirtySlots = 64;     // 4 MiB of empty spans kept per heap (8 MiB before a purge)
 constexpr std::size_t kDomainCachedChunks = 4;  // free chunks a domain keeps
 constexpr unsigned kAbandonedSweep = 4;
 // Span reclaim: pooled spans a refill looks at before it carves (those with too
@@ -65,18 +68,6 @@ constexpr unsigned kAbandonedSweep = 4;
 constexpr unsigned kOrphanProbe = 4;
 constexpr unsigned kOrphanChunkProbe = 8;
 constexpr unsigned kOrphanSweep = 256;
-// The pool keeps at most kOrphanKeep spans of a class while its oldest is empty,
-// and purges a retired span's slot when it carved kOrphanPurgeMin bytes or more.
-// server-sim, 3 interleaved runs (peak RSS MiB / CPU ns per op; jemalloc
-// 18.7-20.5 / 43-44): no bound 27.9-29.1 / 31.2-32.2; keep 12: 26.2-26.9 /
-// 31.8-33.4; keep 8: 22.3-23.8 / 33.7-34.2; keep 6: 21.3-22.7 / 37.0-38.5
-// (twice the spans made again, their pages faulted in).  Purging from 8 KiB
-// rather than 16: the same server-sim figures (22.2-23.8 MiB, 29-35 ns), and the
-// threads suite's burst test ends with 10.5 MiB resident instead of 14.2 (the
-// smaller retired spans stayed dirty).  docs/design.md, "Span reclaim".
-constexpr std::uint32_t kOrphanKeep = 8;
-constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
-constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // First spans on clean slots: the classes whose first span takes a clean slot
 // (new_first_span), and the heap's chunks it looks at for one before it
 // acquires a chunk.  docs/design.md, "Small heaps' peak RSS".
@@ -97,9 +88,6 @@ constexpr std::size_t kSpanPurgeBulkPages = kChunkSize / kCarvePage;
 // At most this many chunk requests in a row skip the walk while the heap is
 // quiet (purge_span_pages_before_chunk): 32 MiB of span chunks.
 constexpr unsigned kSpanPurgeSkipMax = 8;
-// A block realloc moves to grow is placed where it could grow to this many
-// times its new size in place (alloc_arena's `room`).
-constexpr std::size_t kReallocRoom = 8;
 
 }  // namespace
 
@@ -146,7 +134,7 @@ LCA_CORE_TEXT bool span_offers_resident(const Span* s) {
   return carved > taken && carved - taken >= want;
 }
 
-bool queue_empty(const Heap* h, unsigned c) { return h->head[c] == &g_empty_span; }
+}  // namespace
 
 // Every change of a queue's head goes through here, keeping the head mark (kUseHeadMark) true.
 LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
@@ -158,29 +146,6 @@ LCA_CORE_TEXT void set_head(Heap* h, unsigned c, Span* s) {
   }
   if (s != &g_empty_span) span_use_store(s, span_use(s) | kUseHeadMark);
   h->head[c] = s;
-}
-
-// Statistics (tcache.h++): runs change(), which moves s's live count by
-// something other than an allocation or a free h counts in the use word --
-// remote frees collected (the freeing heaps counted them), the slots an object
-// grew over or gave back, defragmentation's moves -- under h's stats_lock,
-// with stat_live following, so that s's unfolded counts stay what they were.
-// `frees` of the change are frees h does count (from the live count).
-template <class Change>
-auto span_live_change_uncounted(Heap* h, Span* s, Change change, std::int64_t frees = 0) {
-  StatsLock lock(h);
-  auto before = static_cast<std::int64_t>(span_used(s));
-  auto follow = [&] {
-    s->stat_live += static_cast<std::uint64_t>(static_cast<std::int64_t>(span_used(s)) - before + frees);
-  };
-  if constexpr (std::is_void_v<decltype(change())>) {
-    change();
-    follow();
-  } else {
-    auto result = change();
-    follow();
-    return result;
-  }
 }
 
 // Statistics (tcache.h++): moves the counts of s, an active span of h, into
@@ -197,25 +162,7 @@ LCA_CORE_TEXT void span_stats_fold(Heap* h, Span* s) {
   s->stat_live = live;
 }
 
-// The queue primitives take h's stats_lock: a span joins a queue with no
-// counts (new, from the pool, or folded when it left one), and leaves it folded.
-LCA_CORE_TEXT void queue_link_front(Heap* h, unsigned c, Span* s) {
-  s->stat_live = span_used(s);
-  s->prev = nullptr;
-  if (queue_empty(h, c)) {
-    s->next = nullptr;
-    h->tail[c] = s;
-  } else {
-    s->next = h->head[c];
-    h->head[c]->prev = s;
-  }
-  set_head(h, c, s);
-}
-
-LCA_CORE_TEXT void queue_push_front(Heap* h, unsigned c, Span* s) {
-  StatsLock lock(h);
-  queue_link_front(h, c, s);
-}
+namespace {
 
 // s leaves its queue, its counts folded (h's stats_lock held).
 LCA_CORE_TEXT void queue_unlink(Heap* h, unsigned c, Span* s) {
@@ -231,25 +178,9 @@ LCA_CORE_TEXT void queue_unlink(Heap* h, unsigned c, Span* s) {
   s->next = s->prev = nullptr;
 }
 
-// s joins the back of its queue (h's stats_lock held).
-LCA_CORE_TEXT void queue_link_back(Heap* h, unsigned c, Span* s) {
-  if (queue_empty(h, c)) return queue_link_front(h, c, s);
-  s->stat_live = span_used(s);
-  s->next = nullptr;
-  s->prev = h->tail[c];
-  h->tail[c]->next = s;
-  h->tail[c] = s;
-}
-
 LCA_CORE_TEXT void queue_remove(Heap* h, unsigned c, Span* s) {
   StatsLock lock(h);
   queue_unlink(h, c, s);
-}
-
-LCA_CORE_TEXT void queue_push_back(Heap* h, unsigned c, Span* s) {
-  if (!(s->flags & kSpanExhausted)) heap_span_purge_unquiet(h);
-  StatsLock lock(h);
-  queue_link_back(h, c, s);
 }
 
 // queue_remove then queue_push_back of s under one taking of the stats lock
@@ -298,13 +229,8 @@ void release_cached(Domain* d) {
   large_trim(&d->large, true);
 }
 
-void release_chunk(Domain* d, ChunkHeader* c);
-
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
-// Retires the empty spans of the pools of orphaned spans (domain lock held;
-// takes each pool's lock in turn).
-void sweep_orphans(Domain* d, std::size_t limit);
 
 // The node a heap's next chunk goes to: its domain's (a NUMAAllocator node heap)
 // or, with node-local thread heaps (numa=1), the heap's own.
@@ -408,17 +334,7 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
   return c;
 }
 
-// Memory goes back to the OS at most once per kDecayNs per heap or domain: a burst
-// of frees (a program tearing down a big structure) costs no system calls while
-// it lasts, and what it left is returned by the first release after the pause.
-// Page faults cost ~10-60 us here, so returning memory that is about to be reused
-// is the expensive mistake.
-LCA_CORE_TEXT bool decay_due(std::uint64_t* last) {
-  std::uint64_t now = os_now_ns();
-  if (now - *last < kDecayNs) return false;
-  *last = now;
-  return true;
-}
+}  // namespace
 
 LCA_CORE_TEXT void release_chunk(Domain* d, ChunkHeader* c) {
   ChunkList doomed;
@@ -435,6 +351,8 @@ LCA_CORE_TEXT void release_chunk(Domain* d, ChunkHeader* c) {
   }
   while (ChunkHeader* victim = doomed.pop()) unmap_free_chunk(d, victim);
 }
+
+namespace {
 
 // A chunk that transparent huge pages may back (kChunkMayBeHuge) is purged in
 // whole 2 MiB ranges: a range all of whose slots are free goes back to the OS
@@ -464,6 +382,8 @@ LCA_CORE_TEXT std::size_t purge_huge_ranges(SpanChunk* sc) {
   return kept_slots;
 }
 
+}  // namespace
+
 // Purges one span chunk's dirty free slots; returns how many stay dirty (a
 // chunk that may be on huge pages gives back whole free 2 MiB ranges only).
 LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
@@ -481,6 +401,8 @@ LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
   sc->dirty_slots = 0;
   return 0;
 }
+
+namespace {
 
 LCA_CORE_TEXT void purge_dirty_slots(Heap* h) {
   std::size_t left = 0;
@@ -591,37 +513,6 @@ LCA_CORE_TEXT void release_empty_span_chunks(Heap* h) {
   }
 }
 
-// Span reclaim: purges the free slots of the orphan chunks (domain lock held).
-void purge_orphan_chunks(Domain* d) {
-  d->orphan_dirty_slots = 0;
-  for (ChunkHeader* ch = d->orphan_chunks.head; ch; ch = ch->next) d->orphan_dirty_slots += purge_chunk_dirty(ch);
-}
-
-// Span reclaim: gives the slot of s (inactive, of an orphan chunk) back to its
-// chunk -- dirty unless `purged` (its 64 KiB were purged: zero pages) -- and the
-// chunk to the domain's free chunks once it holds no span.  The dirty free
-// slots of orphan chunks are purged as a heap's are (kMaxDirtySlots, kDecayNs).
-LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged = false) {
-  std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
-  DomainLock lock(d);
-  std::size_t dirty_before = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
-  sc->free_slots |= bit;
-  if (purged)
-    sc->dirty_slots &= ~bit;
-  else
-    sc->dirty_slots |= bit;
-  d->orphan_chunks.remove(&sc->header);
-  if (--sc->active_spans == 0) {
-    d->orphan_dirty_slots -= dirty_before < d->orphan_dirty_slots ? dirty_before : d->orphan_dirty_slots;
-    d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
-    release_chunk(d, &sc->header);
-    return;
-  }
-  d->orphan_chunks.push(&sc->header);  // to the front: new_span looks there first
-  if (!purged) ++d->orphan_dirty_slots;
-  if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
-}
-
 LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   queue_remove(h, s->size_class, s);
   // A span with purged pages leaves its slot clean, purged whole: as a dirty
@@ -657,6 +548,8 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   }
 }
 
+}  // namespace
+
 LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
   // The remote frees were counted by the freeing heaps.
@@ -664,137 +557,9 @@ LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
-// --- span reclaim: the pools of orphaned spans (tcache.h++, OrphanPool) ------
-// A class's pool, and the local state of its pooled spans (collecting their
-// remote frees), change only under the pool's lock; its holder takes no other
-// lock.  Retiring a pooled span (its slot back to its orphan chunk, under the
-// domain lock) therefore happens after the pool lock is released: the span is
-// unlinked and marked inactive under it first ("doomed"), so no one else can
-// reach it.  docs/design.md, "Span reclaim".
-class PoolLock {  // class c's pool lock of d
- public:
-  PoolLock(Domain* d, unsigned c) : m_(d->orphan_pools->lock_of(c)) { lca_mutex_lock(m_); }
-  ~PoolLock() { lca_mutex_unlock(m_); }
-  PoolLock(const PoolLock&) = delete;
-  PoolLock& operator=(const PoolLock&) = delete;
-
- private:
-  pthread_mutex_t* m_;
-};
-
-// Appends the chain first..last (n spans linked both ways, last->next
-// nullptr) to pool p of domain d (pool lock held).  A pool is linked both ways
-// so that a free can take any of its spans (adopt_orphan_span).
-void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::uint32_t n) {
-  first->prev = p->tail;
-  if (p->tail)
-    p->tail->next = first;
-  else
-    p->head.store(first, std::memory_order_relaxed);
-  p->tail = last;
-  p->count += n;
-  d->orphan_spans.fetch_add(n, std::memory_order_relaxed);
-}
-
-// Unlinks s, which follows prev (nullptr: s is the head), from pool p (its lock held).
-void orphan_unlink(Domain* d, OrphanPool* p, Span* prev, Span* s) {
-  if (prev)
-    prev->next = s->next;
-  else
-    p->head.store(s->next, std::memory_order_relaxed);
-  if (s->next)
-    s->next->prev = prev;
-  else
-    p->tail = prev;
-  s->next = s->prev = nullptr;
-  --p->count;
-  d->orphan_spans.fetch_sub(1, std::memory_order_relaxed);
-}
-
-// Collects the remote frees of pooled span s (it has no owner: its local state
-// changes only under its pool's lock).  True when it is then empty.
-bool orphan_collect_empty(Span* s) {
-  if (span_has_remote(s)) {
-    std::size_t extra = 0;
-    span_collect_remote(s, &extra);  // (the frees were counted by the freeing heaps)
-  }
-  return span_used(s) == 0;
-}
-
-// Unlinks pooled span s (empty) and marks it inactive, onto *doomed (linked
-// through next) for orphan_retire_doomed once the pool lock is released.
-void orphan_doom(Domain* d, OrphanPool* p, Span* prev, Span* s, Span** doomed) {
-  orphan_unlink(d, p, prev, s);
-  span_set_flags(s, kSpanInactive);
-  s->next = *doomed;
-  *doomed = s;
-}
-
-// The pool's bound (pool lock held): beyond kOrphanKeep spans, its oldest go
-// while they are empty -- the spans a burst of threads alive at once made, once
-// their blocks are freed.
-LCA_CORE_TEXT void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
-  while (p->count > kOrphanKeep) {
-    Span* s = p->head.load(std::memory_order_relaxed);
-    if (!orphan_collect_empty(s)) break;
-    orphan_doom(d, p, nullptr, s, doomed);
-  }
-}
-
-// A retired pooled span whose carved objects reach kOrphanPurgeMin bytes has its
-// slot purged: reused dirty by a span of a smaller class, those pages would stay
-// resident under it (measured on server-sim: peak RSS 43-46 MiB against 28-30
-// without retiring at all).
-bool orphan_purges(const Span* s) {
-  const SpanChunk* sc = span_chunk_of(chunk_base(s));
-  return static_cast<std::size_t>(s->bump - span_base(s)) >= kOrphanPurgeMin &&
-         !(sc->header.flags & kChunkMayBeHuge);  // (a huge page is purged whole or not at all)
-}
-
-// Retires the doomed spans (no pool lock held): the purges first, outside the
-// domain lock, then their slots go back to their orphan chunks under it.
-LCA_CORE_TEXT void orphan_retire_doomed(Domain* d, Span* doomed) {
-  if (!doomed) return;
-  for (Span* s = doomed; s; s = s->next)
-    if (orphan_purges(s)) os_purge(span_base(s), kSpanSize);
-  DomainLock lock(d);
-  while (Span* s = doomed) {
-    doomed = s->next;
-    s->next = nullptr;
-    release_orphan_slot(d, span_chunk_of(chunk_base(s)), s, orphan_purges(s));
-  }
-}
-
-// Retires the pooled spans that are empty, up to `limit` of them looked at.
-void sweep_orphans(Domain* d, std::size_t limit) {
-  if (!d->orphan_pools) return;  // a private domain
-  Span* doomed = nullptr;
-  for (unsigned c = 0; c < kNumClasses && limit; ++c) {
-    OrphanPool* p = &d->orphan_pools->pool[c];
-    if (!p->head.load(std::memory_order_relaxed)) continue;
-    PoolLock lock(d, c);
-    Span* prev = nullptr;
-    for (Span* s = p->head.load(std::memory_order_relaxed); s && limit; --limit) {
-      Span* next = s->next;
-      if (orphan_collect_empty(s))
-        orphan_doom(d, p, prev, s, &doomed);
-      else
-        prev = s;
-      s = next;
-    }
-  }
-  orphan_retire_doomed(d, doomed);
-}
+namespace {
 
 // --- arena ------------------------------------------------------------------
-void arena_free_owned(Heap* h, ArenaChunk* c, void* p) {
-  arena_free(&h->arena, c, p);
-  if (arena_chunk_is_empty(c) && h->arena.chunks.count > 1) {
-    arena_remove_chunk(&h->arena, c);
-    release_chunk(h->domain, &c->header);
-  }
-}
-
 LCA_CORE_TEXT void drain_arena_remote(Heap* h) {
   FreeObject* list = h->arena.remote_free.exchange(nullptr, std::memory_order_acquire);
   while (list) {
@@ -805,10 +570,10 @@ LCA_CORE_TEXT void drain_arena_remote(Heap* h) {
   }
 }
 
-void medium_cache_flush(Heap* h);
+}  // namespace
 
 // `room`: see arena_alloc (a block realloc moved, placed with room to grow).
-LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment, std::size_t room = 0) {
+LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment, std::size_t room) {
   if (h->arena.remote_free.load(std::memory_order_relaxed)) drain_arena_remote(h);
   void* p = arena_alloc(&h->arena, size, alignment, room);
   if (!p && h->medium.bytes) {
@@ -840,20 +605,7 @@ LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment
   return p;
 }
 
-// --- medium cache (tcache.h++) ------------------------------------------------
-// (No RemoteBusy bracket: the child of a fork never reads the medium cache of
-// another thread's heap -- those heaps are left alone there, lifecycle.c++.)
-LCA_CORE_TEXT void medium_cache_flush(Heap* h) {
-  for (MediumFree*& head : h->medium.bin) {
-    while (MediumFree* m = head) {
-      head = m->next;
-      arena_unhold(m);
-      arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
-    }
-  }
-  h->medium.bytes = 0;
-  h->medium.nonempty = 0;
-}
+namespace {
 
 // Smallest size class >= the request whose objects are all aligned to alignment.
 LCA_CORE_TEXT int aligned_class(std::size_t size, std::size_t alignment) {
@@ -862,112 +614,7 @@ LCA_CORE_TEXT int aligned_class(std::size_t size, std::size_t alignment) {
   return -1;
 }
 
-// heap_alloc_medium's stand-in for an empty bin's first block: fits no request.
-// In the RELRO page with the other constants of the common paths (placement.h++).
-LCA_CORE_RODATA(medium_no_block) constexpr MediumFree kNoMediumBlock{};
 }  // namespace
-
-LCA_CORE_TEXT void* heap_alloc_medium(Heap* h, std::size_t size) {
-  if (size < kMediumCacheMax) {
-    // The bin of size may hold blocks just short of it: its first fits or not;
-    // every block of the bins above fits (tcache.h++, kMediumSearchBins).  The
-    // bin is chosen without a branch on what the bins hold: whether the own bin
-    // is empty, whether its first block fits, whether a pop empties it are each
-    // a coin toss on heavy-tail, and mispredicted about once per request
-    // (docs/design.md, "the bin chosen without branches").
-    unsigned b = medium_bin(size);
-    const MediumFree* own = &kNoMediumBlock;
-#if defined(__x86_64__)
-    asm("test %1, %1\n\tcmovne %1, %0" : "+r"(own) : "r"(h->medium.bin[b]) : "cc");  // GCC branches on it
-#else
-    if (h->medium.bin[b]) own = h->medium.bin[b];
-#endif
-    unsigned top = b + kMediumSearchBins;  // at most 31: the bins b+1..top
-    std::uint32_t fit = (static_cast<std::uint32_t>(own->usable >= size) << b) |
-                        (h->medium.nonempty & ((~std::uint32_t{0} << b) << 1) &
-                         static_cast<std::uint32_t>((std::uint64_t{2} << top) - 1));
-    if (__builtin_expect(fit != 0, 1)) {
-      b = static_cast<unsigned>(__builtin_ctz(fit));  // the own bin if its first block fits
-      MediumFree* m = h->medium.bin[b];
-      MediumFree* next = m->next;
-      h->medium.bin[b] = next;
-      h->medium.nonempty &= ~(static_cast<std::uint32_t>(next == nullptr) << b);
-      std::size_t usable = m->usable;
-      h->medium.bytes -= usable;
-      arena_unhold(m);
-      h->counters.arena_allocs.add(1);
-      h->counters.medium_hits.add(1);
-      h->counters.extra_bytes_allocated.add(usable);
-      return m;
-    }
-  }
-  void* p = alloc_arena(h, size, 16);
-  if (!p) errno = ENOMEM;
-  return p;
-}
-
-namespace {
-// The live bytes fell and the bound with them: the cache gives blocks back to
-// the arena, the largest first, until it holds no more than the bound.
-LCA_CORE_TEXT void medium_cache_shrink(Heap* h) {
-  std::size_t bound = medium_cache_bound(h);
-  while (h->medium.bytes > bound) {
-    unsigned b = 31u - static_cast<unsigned>(__builtin_clz(h->medium.nonempty));
-    MediumFree* m = h->medium.bin[b];
-    h->medium.bin[b] = m->next;
-    if (!m->next) h->medium.nonempty &= ~(std::uint32_t{1} << b);
-    h->medium.bytes -= m->usable;
-    arena_unhold(m);
-    arena_free_owned(h, arena_chunk_of(chunk_base(m)), m);
-  }
-}
-// heap_free_medium's way to the arena, out of line: its registers and errno
-// save would otherwise cost the cache's hits a prologue and epilogue of their own.
-LCA_CORE_TEXT __attribute__((noinline)) void heap_free_medium_arena(Heap* h, ArenaChunk* c, void* p) {
-  // A chunk that empties goes back to the domain, maybe to the OS: errno kept.
-  int saved = errno;
-  arena_free_owned(h, c, p);
-  if (h->medium.bytes > kMediumCacheBytes) medium_cache_shrink(h);
-  errno = saved;
-}
-}  // namespace
-
-LCA_CORE_TEXT std::size_t medium_cache_bound(const Heap* h) {
-  // The bytes of h's arena blocks live now, as h's counters see them (held
-  // blocks count as freed).  Approximate, and the bound keeps within its two
-  // limits whatever the error: multislot growth counts with them, and a remote
-  // free is counted by the freeing heap (a producer's blocks freed by others
-  // stay "live" for it; a consumer's difference may go below zero).
-  auto live = static_cast<std::ptrdiff_t>(h->counters.extra_bytes_allocated.get() -
-                                          h->counters.extra_bytes_freed.get());
-  std::size_t bound = live > 0 ? static_cast<std::size_t>(live) / 2 : 0;
-  return bound < kMediumCacheBytes ? kMediumCacheBytes : bound > kMediumCacheBytesMax ? kMediumCacheBytesMax : bound;
-}
-
-LCA_CORE_TEXT bool heap_free_medium(Heap* h, void* p) {
-  ChunkHeader* ch = chunk_base(p);
-  if (ch->heap != h) return false;
-  ArenaChunk* c = arena_chunk_of(ch);
-  if (!arena_is_live_block(c, p)) return false;  // free_slow reports it
-  std::size_t usable = arena_usable_size(p);
-  h->counters.arena_frees.add(1);
-  h->counters.extra_bytes_freed.add(usable);
-  // (Node-local heaps allocate through domain_alloc, which does not look here.)
-  if (usable >= kMediumCacheMin && usable < kMediumCacheMax && h->medium.bytes + usable <= medium_cache_bound(h) &&
-      h->node < 0) {
-    arena_hold(p);
-    auto* m = static_cast<MediumFree*>(p);
-    unsigned b = medium_bin(usable);
-    m->usable = usable;
-    m->next = h->medium.bin[b];
-    h->medium.bin[b] = m;
-    h->medium.nonempty |= std::uint32_t{1} << b;
-    h->medium.bytes += usable;
-    return true;
-  }
-  heap_free_medium_arena(h, c, p);
-  return true;
-}
 
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks.  Used at thread exit, by sweeps and by trim (which also purges).
@@ -1192,129 +839,6 @@ Span* take_orphan_span(Heap* h, unsigned c) {
   return found;
 }
 
-// Span reclaim, on a free: s, a span of the pool (span_owner(s) was
-// orphan_span_heap()), becomes h's, as if a refill had taken it -- the head of
-// its class's queue when h has none there, else at the back -- and the free,
-// and every later free of its blocks by h, is local.  A thread that frees the
-// blocks an exited thread left (server-sim's successors, larson) so takes that
-// thread's spans instead of making them remote frees and foreign-list entries
-// flushed at its own exit (docs/design.md, "Span reclaim").  False when s left
-// the pool meanwhile (another taker; the pool lock decides) or h does not take
-// pooled spans.
-bool adopt_orphan_span(Heap* h, Span* s) {
-  Domain* d = h->domain;
-  if (!d->orphan_pools || h->node >= 0) return false;
-  // s holds the caller's live object: it cannot be retired, so its class stays.
-  unsigned c = s->size_class;
-  // Only when the pool lock is free: a free that would wait takes the remote
-  // path instead (never in Valgrind or ASan mode: their frees have no heap here).
-  pthread_mutex_t* m = d->orphan_pools->lock_of(c);
-  if (pthread_mutex_trylock(m) != 0) return false;
-  bool pooled = span_owner(s) == orphan_span_heap();
-  if (pooled) {
-    orphan_unlink(d, &d->orphan_pools->pool[c], s->prev, s);
-    span_set_owner(s, h);
-  }
-  pthread_mutex_unlock(m);
-  if (!pooled) return false;
-  collect_span(h, s);
-  if (queue_empty(h, c)) {
-    // The head of a class h may never allocate: until h does (span_use_allocs),
-    // its frees take the slow path, which retires it once empty
-    // (span_after_local_free) -- a thread that only frees keeps no span.
-    span_set_flags(s, s->flags | kSpanAdopted);
-    h->counters.span_refills.add(1);
-    queue_push_front(h, c, s);
-  } else {
-    span_set_flags(s, s->flags);  // fast_heap: h
-    queue_push_back(h, c, s);
-  }
-  return true;
-}
-
-}  // namespace
-
-LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
-  Domain* d = h->domain;
-  if (!d->orphan_pools || h->node >= 0) return;  // node-local heaps are adopted whole
-  {
-    // The chunks first: a span taken from the pool must be in an orphan chunk
-    // (its taker retires it into the chunk as an orphan chunk's).
-    DomainLock lock(d);
-    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full};
-    for (ChunkList* l : lists) {
-      while (ChunkHeader* ch = l->pop()) {
-        const SpanChunk* sc = span_chunk_of(ch);
-        if (sc->active_spans == 0) {
-          release_chunk(d, ch);
-          continue;
-        }
-        ch->heap = nullptr;
-        d->orphan_dirty_slots += static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
-        d->orphan_chunks.push(ch);
-      }
-    }
-    d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
-    h->dirty_slots = 0;
-  }
-  // Then each class's queue, whole, to its pool (no one else reaches these
-  // spans meanwhile: other threads only push remote frees onto them).
-  Span* doomed = nullptr;
-  for (unsigned c = 0; c < kNumClasses; ++c) {
-    if (queue_empty(h, c)) continue;
-    Span* first = h->head[c];
-    Span* last = h->tail[c];
-    {
-      StatsLock lock(h);  // the spans leave h with their counts folded into h's
-      for (Span* s = first; s; s = s->next) span_stats_fold(h, s);
-      set_head(h, c, &g_empty_span);
-      h->tail[c] = nullptr;
-    }
-    OrphanPool* p = &d->orphan_pools->pool[c];
-    PoolLock lock(d, c);
-    // The owner changes under the pool lock: a span is the pool's exactly
-    // while it is in the pool (adopt_orphan_span relies on it).  The queue's
-    // links both ways stay the pool's.
-    std::uint32_t n = 0;
-    for (Span* s = first; s; s = s->next) {
-      span_set_owner(s, orphan_span_heap());
-      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~(kSpanExhausted | kSpanAdopted)));
-      ++n;
-    }
-    orphan_push_chain(d, p, first, last, n);
-    orphan_trim_locked(d, p, &doomed);
-  }
-  orphan_retire_doomed(d, doomed);
-}
-
-LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
-  if (d->orphan_pools)
-    for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
-}
-
-LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
-  if (d->orphan_pools)
-    for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
-}
-
-LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
-  // A heap's statistics lock, perhaps held by a thread the fork did not copy:
-  // that heap is never used in the child (lifecycle.c++), and its lock and
-  // queues are not touched again (Heap::stats_torn).
-  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
-    if (pthread_mutex_trylock(&h->stats_lock) == 0)
-      pthread_mutex_unlock(&h->stats_lock);
-    else
-      h->stats_torn = true;
-  }
-  if (!d->orphan_pools) return;
-  for (auto& l : d->orphan_pools->lock) {
-    tsan_released_at_fork(&l.m);
-    pthread_mutex_init(&l.m, nullptr);
-  }
-}
-
-namespace {
 std::uint32_t span_recarve_counted(Heap* h, Span* s) {
   std::uint32_t n = span_recarve(s);
   h->counters.span_objects_recarved.add(n);
@@ -1717,378 +1241,6 @@ LCA_CORE_TEXT void free_now(void* p) {
       large_free(&d->large, p);
       break;
   }
-}
-
-namespace {
-inline void remote_batch_flush(RemoteBatch* b) {
-  span_push_remote_chain(b->span, b->head_index, b->tail, b->tail_index, b->count);
-  b->span = nullptr;
-}
-
-void remote_batch_add(Heap* me, Span* s, FreeObject* o);
-
-// A thread that frees blocks of other threads without having allocated any (a
-// consumer) gets a heap of its own at its first such free, as at a first malloc:
-// its frees are then batched per span like everyone's, instead of each taking
-// the slow path -- registry lookup, two shared atomic counters, one
-// compare-and-swap per block.  Measured on calloc-bench producer-consumers (one
-// producer, three consumers that never allocate): free_now was 23 % of the
-// profile.  nullptr (the slow path) in Valgrind and full-tracking modes, which
-// keep every call on the slow paths, and after the thread's exit handler ran.
-Heap* heap_for_remote_free() {
-  if (tls_owned_heap || tls_heap_gone || on_valgrind()) return nullptr;
-  heap_for_thread();
-  Heap* h = tls_heap;
-  return h == &g_no_heap ? nullptr : h;
-}
-
-// Span::flags as a thread that does not own s reads it (free_remote_batched):
-// the owner may rewrite the byte meanwhile (span_set_flags), by design -- a
-// function of its own so that contrib/tsan.supp can name the reader too (TSan
-// loses the writer's stack when the owner did much since).
-inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
-
-// The checks every free by a thread of an object of another thread's span
-// makes before it touches the object: p's span, active, single-slot and not
-// purged (the owner may change the flags meanwhile, but not these bits for p:
-// the span stays active while p is live, and p grew over several slots, if it
-// did, before the user handed it to this thread; free_slow checks a purged
-// span's mask, whose objects' guards read 0), p an object start and not
-// freed already.  nullptr when any fails: free_slow then reports p or frees it.
-inline Span* remote_free_checked_span(ChunkHeader* ch, void* p) {
-  Span* s = span_of(span_chunk_of(ch), p);
-  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
-    return nullptr;
-  if (static_cast<FreeObject*>(p)->guard == free_guard(p)) return nullptr;
-  return s;
-}
-
-// o, a checked object of s (another heap's span), onto me's foreign list of
-// its class, kept for reuse only in a class me allocates (it has a span of it:
-// a thread that only frees the class would hold the objects for nothing) and
-// up to the class's cap.  False, nothing done, when it must go to its chain.
-inline bool foreign_list_push(Heap* me, Span* s, FreeObject* o) {
-  unsigned c = s->size_class;
-  if (me->head[c] == &g_empty_span || me->foreign_count[c] >= foreign_class_cap(c)) return false;
-  RemoteBusy busy(me);
-  o->guard = free_guard(o);
-  me->counters.class_frees[c].add(1);
-  o->next = me->foreign[c];
-  me->foreign[c] = o;
-  ++me->foreign_count[c];
-  return true;
-}
-
-// o (checked, of s, another heap's span) joins its span's chain in me's
-// RemoteBatch table.
-__attribute__((noinline)) LCA_CORE_TEXT void free_to_chain(Heap* me, Span* s, FreeObject* o) {
-  RemoteBusy busy(me);
-  o->guard = free_guard(o);
-  me->counters.class_frees[s->size_class].add(1);
-  remote_batch_add(me, s, o);
-}
-
-// The remote free of a small object of the process domain by a thread with a
-// heap, with the checks block_lookup makes: false sends p to free_slow, which
-// handles (or reports) everything else.
-inline bool free_remote_batched(void* p) {
-  if (chunk_kind_of(p) != ChunkKind::spans) return false;
-  ChunkHeader* ch = chunk_base(p);
-  if (ch->domain != &g_process_domain) return false;
-  Heap* me = tls_heap;  // g_no_heap in Valgrind mode and in threads without a heap
-  if (__builtin_expect(me == &g_no_heap, 0)) {
-    int saved = errno;  // (making a heap may map memory)
-    me = heap_for_remote_free();
-    errno = saved;
-    if (!me) return false;
-  }
-  Span* s = remote_free_checked_span(ch, p);
-  if (!s) return false;
-  // The caller's own span, whose other flags (left behind exhausted, adopted)
-  // sent the free here, or a pooled span it adopts: block_free's checks hold,
-  // as above, so straight to the local free, not through free_slow's
-  // block_lookup (~100 of a ~250-instruction free that retires a span;
-  // docs/design.md, "The slow path's tail").
-  if (span_owner(s) == me ||
-      (span_owner(s) == orphan_span_heap() && queue_empty(me, s->size_class) && adopt_orphan_span(me, s))) {
-    int saved = errno;  // (a span that empties may be retired, its chunk released)
-    free_span_local(me, s, p, span_index(s, p));
-    errno = saved;
-    return true;
-  }
-  auto* o = static_cast<FreeObject*>(p);
-  if (!foreign_list_push(me, s, o)) free_to_chain(me, s, o);
-  return true;
-}
-
-// The common remote free, inline in free_cold with no call (no registers
-// saved, no errno): a small object of another live heap's span freed by a
-// thread with a heap, onto its foreign list (`done`) or, past the list's
-// cap, to its chain (`chain`, *span set: free_to_chain, a tail call).
-// `other` sends p on to free_remote_batched, which handles everything else
-// (the first free of a thread without a heap, the caller's own or a pooled
-// span, bad pointers).  Such a free was ~100 instructions in free_cold;
-// docs/design.md, "The matrix's producer-consumer: the remote free".
-enum class QuickFree { done, chain, other };
-inline QuickFree free_remote_quick(void* p, Span** span) {
-  // First: in Valgrind mode (tls_heap is g_no_heap there) p's guard word may
-  // lie in a redzone, which only the slow path may read.
-  Heap* me = tls_heap;
-  if (me == &g_no_heap) return QuickFree::other;
-  ChunkHeader* ch = chunk_base(p);
-  if (ch->domain != &g_process_domain) return QuickFree::other;
-  Span* s = remote_free_checked_span(ch, p);
-  if (!s) return QuickFree::other;
-  Heap* owner = span_owner(s);
-  if (owner == me || owner == orphan_span_heap()) return QuickFree::other;
-  if (foreign_list_push(me, s, static_cast<FreeObject*>(p))) return QuickFree::done;
-  *span = s;
-  return QuickFree::chain;
-}
-
-// Adds o (a checked object of s, another heap's span, its guard set) to its
-// span's chain in h's RemoteBatch table.
-LCA_CORE_TEXT void remote_batch_add(Heap* me, Span* s, FreeObject* o) {
-  std::uint32_t i = span_index(s, o);
-  RemoteBatch* b = &me->remote_batch[(reinterpret_cast<std::uintptr_t>(s) >> 7) % kRemoteBatchSlots];
-  if (b->span == s) {
-    o->next = reinterpret_cast<FreeObject*>(span_base(s) + static_cast<std::size_t>(b->head_index) * s->obj_size);
-    b->head_index = static_cast<std::uint16_t>(i);
-    if (++b->count == kRemoteBatchMax || b->count * s->obj_size >= kRemoteBatchBytes) remote_batch_flush(b);
-    return;
-  }
-  if (s->obj_size >= kRemoteBatchBytes) {
-    // A chain of one would be kRemoteBatchBytes already: straight to the span.
-    span_push_remote_chain(s, i, o, i, 1);
-    return;
-  }
-  if (b->span) remote_batch_flush(b);
-  o->next = nullptr;
-  *b = RemoteBatch{s, o, static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(i), 1};
-}
-}  // namespace
-
-LCA_CORE_TEXT void remote_batch_flush_all(Heap* h) {
-  RemoteBusy busy(h);
-  for (unsigned c = 0; c < kNumClasses; ++c) {
-    while (FreeObject* o = h->foreign[c]) {
-      h->foreign[c] = o->next;
-      remote_batch_add(h, span_of(span_chunk_of(chunk_base(o)), o), o);
-    }
-    h->foreign_count[c] = 0;
-  }
-  for (RemoteBatch& b : h->remote_batch)
-    if (b.span) remote_batch_flush(&b);
-}
-
-namespace {
-// free_cold past the medium cache and the foreign list: a function of its own,
-// so that free_cold's common cases save no registers and no errno (its tail
-// call).  free_remote_batched keeps errno itself (its rare branches alone can
-// make a system call).
-LCA_CORE_TEXT __attribute__((noinline)) void free_cold_rest(void* p, bool arena) {
-  if (!arena && free_remote_batched(p)) return;
-  int saved = errno;
-  free_slow(p);
-  errno = saved;
-}
-}  // namespace
-
-LCA_CORE_TEXT void free_cold(void* p) {
-  if (!p) return;  // free(nullptr): block_free has no null test of its own
-#if CALLOC_TRACKING
-  if (track_active()) {
-    int saved = errno;
-    track_free(p);
-    errno = saved;
-  }
-#endif
-  // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
-  // ASan mode, and in a thread without a heap: no chunk names it as its heap).
-  // heap_free_medium keeps errno itself, so that a block its medium cache holds
-  // costs no errno save (a call through the PLT and a TLS access).  Then the
-  // common remote free (docs/design.md, "The matrix's producer-consumer: the
-  // remote free").
-  ChunkKind kind = chunk_kind_of(p);
-  if (kind == ChunkKind::arena) {
-    if (heap_free_medium(tls_heap, p)) return;
-  } else if (kind == ChunkKind::spans) {
-    Span* s = nullptr;
-    QuickFree q = free_remote_quick(p, &s);
-    if (q == QuickFree::done) return;
-    if (q == QuickFree::chain) return free_to_chain(tls_heap, s, static_cast<FreeObject*>(p));
-  }
-  free_cold_rest(p, kind == ChunkKind::arena);
-}
-
-namespace {
-// Valgrind mode: a resize in place is a VALGRIND_RESIZEINPLACE_BLOCK; a move is
-// malloc, a copy of the requested bytes, free (the order VALGRIND.md gives).
-void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
-  (void)d;
-  BlockRef r;
-  block_lookup(p, &r, "realloc");
-  Domain* bd = r.domain;
-  std::size_t old_size = vg_block_size(p, r.usable);
-  auto count_resize = [&](std::size_t now) {
-    if (now > old_size)
-      bd->vg.bytes_allocated.fetch_add(now - old_size, std::memory_order_relaxed);
-    else
-      bd->vg.bytes_freed.fetch_add(old_size - now, std::memory_order_relaxed);
-  };
-  *how = ResizeResult::failed;
-  // During a resize the bytes after the requested ones are libcalloc's (an arena
-  // split writes a tag there, mremap moves or drops them, and ASan must not keep
-  // their poison at the old address); no-access again if the block stays as it was.
-  char* slack = static_cast<char*>(p) + old_size;
-  std::size_t slack_bytes = r.usable - old_size;
-  if (r.kind == BlockRef::Kind::large && (size + kVgRedzone > kLargeThreshold / 2 || !may_move)) {
-    // mremap keeps the pages and memcheck their V bits; MALLOCLIKE would reset
-    // them, so they are saved and put back (VALGRIND.md).
-    std::size_t keep = size < old_size ? size : old_size;
-    void* vbits = os_map(align_up(keep ? keep : 1, os_page_size()));
-    if (!vbits) return nullptr;
-    vg_save_vbits(p, vbits, keep);
-    void* q = nullptr;
-    vg_defined(slack, slack_bytes);
-    LargeResize lr = large_resize(&bd->large, p, size + kVgRedzone, may_move, &q);
-    if (lr == LargeResize::failed) vg_noaccess(slack, slack_bytes);
-    if (lr != LargeResize::failed) {
-      LargeInfo info;
-      large_lookup(q, &info);
-      if (lr == LargeResize::in_place) {
-        vg_block_resized(q, old_size, size, info.usable, info.usable);
-        bd->vg.in_place.fetch_add(1, std::memory_order_relaxed);
-        *how = ResizeResult::in_place;
-      } else {
-        vg_block_forgotten(p);
-        vg_block_allocated(q, size, info.usable, false);
-        bd->vg.remapped.fetch_add(1, std::memory_order_relaxed);
-        *how = ResizeResult::remapped;
-      }
-      vg_restore_vbits(q, vbits, keep);
-      count_resize(size);
-    }
-    os_unmap(vbits, align_up(keep ? keep : 1, os_page_size()));
-    if (lr != LargeResize::failed) return q;
-  } else {
-    ResizeResult inner;
-    vg_defined(slack, slack_bytes);
-    if (!block_realloc_raw(d, p, size + kVgRedzone, false, &inner)) {
-      vg_noaccess(slack, slack_bytes);
-    } else {
-      BlockRef now;
-      block_lookup(p, &now, "realloc");
-      vg_block_resized(p, old_size, size, r.usable, now.usable);
-      bd->vg.in_place.fetch_add(1, std::memory_order_relaxed);
-      count_resize(size);
-      *how = ResizeResult::in_place;
-      return p;
-    }
-  }
-  if (!may_move) return nullptr;
-  void* q = domain_alloc(bd, size, 16);
-  if (!q) return nullptr;
-  std::memcpy(q, p, size < old_size ? size : old_size);
-  free_slow(p);
-  bd->vg.moved.fetch_add(1, std::memory_order_relaxed);
-  *how = ResizeResult::moved;
-  return q;
-}
-}  // namespace
-
-LCA_CORE_TEXT void* block_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
-  if (p && on_valgrind()) {
-    VgSerial serial;
-    return vg_realloc(d, p, size, may_move, how);
-  }
-  return block_realloc_raw(d, p, size, may_move, how);
-}
-
-LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
-  *how = ResizeResult::failed;
-  if (!p) {
-    if (!may_move) return nullptr;
-    void* q = domain_alloc(d, size, 16);
-    if (q) *how = ResizeResult::moved;
-    return q;
-  }
-  BlockRef r;
-  block_lookup(p, &r, "realloc");
-  Domain* bd = r.domain;
-  DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock
-  Heap* h = bd->per_thread ? heap_for_thread() : bd->single;
-  if (!h) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  std::size_t old_usable = r.usable;
-  bool in_place = false;
-  switch (r.kind) {
-    case BlockRef::Kind::span: {
-      Span* s = r.span;
-      if (size <= old_usable) {
-        in_place = true;
-      } else if (span_owner(s) == h) {
-        // The slots it covers now are no allocation.
-        bool grew = span_live_change_uncounted(h, s, [&] { return span_grow_at_frontier(s, p, r.index, size); });
-        if (grew) {
-          h->counters.extra_bytes_allocated.add(span_usable_size(s, r.index) - old_usable);
-          in_place = true;
-        }
-      }
-      break;
-    }
-    case BlockRef::Kind::arena: {
-      ArenaChunk* c = arena_chunk_of(r.chunk);
-      if (r.chunk->heap == h) {
-        if (arena_resize_in_place(&h->arena, c, p, size)) {
-          std::size_t now = arena_usable_size(p);
-          if (now > old_usable)
-            h->counters.extra_bytes_allocated.add(now - old_usable);
-          else
-            h->counters.extra_bytes_freed.add(old_usable - now);
-          in_place = true;
-        }
-      } else if (size <= old_usable) {
-        in_place = true;
-      }
-      break;
-    }
-    case BlockRef::Kind::large: {
-      if (size > kLargeThreshold / 2 || !may_move) {
-        void* q = nullptr;
-        LargeResize lr = large_resize(&bd->large, p, size, may_move, &q);
-        if (lr == LargeResize::in_place) {
-          in_place = true;
-        } else if (lr == LargeResize::remapped) {
-          h->counters.realloc_remapped.add(1);
-          *how = ResizeResult::remapped;
-          return q;
-        }
-      }
-      break;
-    }
-  }
-  if (in_place) {
-    h->counters.realloc_in_place.add(1);
-    *how = ResizeResult::in_place;
-    return p;
-  }
-  if (!may_move) return nullptr;
-  // A block that grows goes to the arena (where it can grow in place next
-  // time), carved from a free block with room behind it to grow to
-  // kReallocRoom x this size: a block that grew once tends to grow again
-  // (docs/design.md, "Realloc's room").
-  bool grown = size > old_usable;
-  void* q = grown && size <= kArenaMaxRequest ? alloc_arena(h, size, 16, size * kReallocRoom)
-                                              : heap_alloc(h, size, 16, grown);
-  if (!q) return nullptr;
-  std::memcpy(q, p, size < old_usable ? size : old_usable);
-  block_free(p);
-  h->counters.realloc_moved.add(1);
-  *how = ResizeResult::moved;
-  return q;
 }
 
 void domain_trim(Domain* d) {

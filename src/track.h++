@@ -1,7 +1,7 @@
 // track.h++ -- allocation tracking of the process heap (configure --enable-tracking).
 //
 // Included only where CALLOC_TRACKING is defined; the hooks in malloc.c++ and
-// tcache.c++ sit behind #if CALLOC_TRACKING, so a build without the module
+// remote.c++ sit behind #if CALLOC_TRACKING, so a build without the module
 // carries no trace of it.  Two modes, chosen once from LIBCALLOC_OPTIONS:
 //  - full (leak_report, or sample=1): every malloc and free of the process heap
 //    goes through the slow paths, as in Valgrind mode (tls_heap stays

@@ -1,6 +1,6 @@
 // tests/unit/arena.c++ -- the "arena" suite: medium blocks (8 KiB - 1 MiB) of the
 // process heap, served by the thread's TLSF arena (src/arena.c++) behind the
-// medium cache of its heap (src/tcache.c++, tcache.h++).
+// medium cache of its heap (src/medium.c++, tcache.h++).
 //
 // What is checked: a freed medium block is held by the thread's cache and the
 // next request of its size gets it back (a request a doubling or less below a

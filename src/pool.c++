@@ -1,0 +1,246 @@
+// pool.c++ -- span reclaim: the pools of orphaned spans (tcache.h++,
+// OrphanPools; docs/design.md, "Span reclaim").
+//
+// When a thread of the process domain exits, its heap's span chunks become
+// orphan chunks, which no heap owns, and its spans go, class by class, to a
+// pool per class (heap_orphan_spans).  A refill takes a pooled span before it
+// carves one (take_orphan_span, in tcache.c++), new_span carves in a free slot
+// of an orphan chunk before it maps a chunk (tcache.c++ too), and a free of a
+// pooled span's block adopts the span (adopt_orphan_span, remote.c++): those
+// stay with the paths that inline them.  This file owns the pools and the
+// orphan chunks: the pool locks and their fork handlers, the bound on a pool
+// (kOrphanKeep), the sweeps that retire pooled spans once empty, and the slot
+// bookkeeping of orphan chunks, with the decay of their dirty slots.
+//
+// A class's pool, and the local state of its pooled spans (collecting their
+// remote frees), change only under the pool's lock; its holder takes no other
+// lock.  Retiring a pooled span (its slot back to its orphan chunk, under the
+// domain lock) therefore happens after the pool lock is released: the span is
+// unlinked and marked inactive under it first ("doomed"), so no one else can
+// reach it.  docs/design.md, "Span reclaim".
+#include "tcache.h++"
+#include "heap.h++"
+#include "placement.h++"
+
+#include "os.h++"
+#include "sanitizer.h++"
+
+namespace lca {
+
+namespace {
+
+// The pool keeps at most kOrphanKeep spans of a class while its oldest is empty,
+// and purges a retired span's slot when it carved kOrphanPurgeMin bytes or more.
+// server-sim, 3 interleaved runs (peak RSS MiB / CPU ns per op; jemalloc
+// 18.7-20.5 / 43-44): no bound 27.9-29.1 / 31.2-32.2; keep 12: 26.2-26.9 /
+// 31.8-33.4; keep 8: 22.3-23.8 / 33.7-34.2; keep 6: 21.3-22.7 / 37.0-38.5
+// (twice the spans made again, their pages faulted in).  Purging from 8 KiB
+// rather than 16: the same server-sim figures (22.2-23.8 MiB, 29-35 ns), and the
+// threads suite's burst test ends with 10.5 MiB resident instead of 14.2 (the
+// smaller retired spans stayed dirty).  docs/design.md, "Span reclaim".
+constexpr std::uint32_t kOrphanKeep = 8;
+constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
+
+// Appends the chain first..last (n spans linked both ways, last->next
+// nullptr) to pool p of domain d (pool lock held).  A pool is linked both ways
+// so that a free can take any of its spans (adopt_orphan_span).
+void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::uint32_t n) {
+  first->prev = p->tail;
+  if (p->tail)
+    p->tail->next = first;
+  else
+    p->head.store(first, std::memory_order_relaxed);
+  p->tail = last;
+  p->count += n;
+  d->orphan_spans.fetch_add(n, std::memory_order_relaxed);
+}
+
+// Collects the remote frees of pooled span s (it has no owner: its local state
+// changes only under its pool's lock).  True when it is then empty.
+bool orphan_collect_empty(Span* s) {
+  if (span_has_remote(s)) {
+    std::size_t extra = 0;
+    span_collect_remote(s, &extra);  // (the frees were counted by the freeing heaps)
+  }
+  return span_used(s) == 0;
+}
+
+// Unlinks pooled span s (empty) and marks it inactive, onto *doomed (linked
+// through next) for orphan_retire_doomed once the pool lock is released.
+void orphan_doom(Domain* d, OrphanPool* p, Span* prev, Span* s, Span** doomed) {
+  orphan_unlink(d, p, prev, s);
+  span_set_flags(s, kSpanInactive);
+  s->next = *doomed;
+  *doomed = s;
+}
+
+// A retired pooled span whose carved objects reach kOrphanPurgeMin bytes has its
+// slot purged: reused dirty by a span of a smaller class, those pages would stay
+// resident under it (measured on server-sim: peak RSS 43-46 MiB against 28-30
+// without retiring at all).
+bool orphan_purges(const Span* s) {
+  const SpanChunk* sc = span_chunk_of(chunk_base(s));
+  return static_cast<std::size_t>(s->bump - span_base(s)) >= kOrphanPurgeMin &&
+         !(sc->header.flags & kChunkMayBeHuge);  // (a huge page is purged whole or not at all)
+}
+
+}  // namespace
+
+// Span reclaim: purges the free slots of the orphan chunks (domain lock held).
+void purge_orphan_chunks(Domain* d) {
+  d->orphan_dirty_slots = 0;
+  for (ChunkHeader* ch = d->orphan_chunks.head; ch; ch = ch->next) d->orphan_dirty_slots += purge_chunk_dirty(ch);
+}
+
+// Span reclaim: gives the slot of s (inactive, of an orphan chunk) back to its
+// chunk -- dirty unless `purged` (its 64 KiB were purged: zero pages) -- and the
+// chunk to the domain's free chunks once it holds no span.  The dirty free
+// slots of orphan chunks are purged as a heap's are (kMaxDirtySlots, kDecayNs).
+LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged) {
+  std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
+  DomainLock lock(d);
+  std::size_t dirty_before = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
+  sc->free_slots |= bit;
+  if (purged)
+    sc->dirty_slots &= ~bit;
+  else
+    sc->dirty_slots |= bit;
+  d->orphan_chunks.remove(&sc->header);
+  if (--sc->active_spans == 0) {
+    d->orphan_dirty_slots -= dirty_before < d->orphan_dirty_slots ? dirty_before : d->orphan_dirty_slots;
+    d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
+    release_chunk(d, &sc->header);
+    return;
+  }
+  d->orphan_chunks.push(&sc->header);  // to the front: new_span looks there first
+  if (!purged) ++d->orphan_dirty_slots;
+  if (d->orphan_dirty_slots > 2 * kMaxDirtySlots && decay_due(&d->orphan_purge_ns)) purge_orphan_chunks(d);
+}
+
+// The pool's bound (pool lock held): beyond kOrphanKeep spans, its oldest go
+// while they are empty -- the spans a burst of threads alive at once made, once
+// their blocks are freed.
+LCA_CORE_TEXT void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
+  while (p->count > kOrphanKeep) {
+    Span* s = p->head.load(std::memory_order_relaxed);
+    if (!orphan_collect_empty(s)) break;
+    orphan_doom(d, p, nullptr, s, doomed);
+  }
+}
+
+// Retires the doomed spans (no pool lock held): the purges first, outside the
+// domain lock, then their slots go back to their orphan chunks under it.
+LCA_CORE_TEXT void orphan_retire_doomed(Domain* d, Span* doomed) {
+  if (!doomed) return;
+  for (Span* s = doomed; s; s = s->next)
+    if (orphan_purges(s)) os_purge(span_base(s), kSpanSize);
+  DomainLock lock(d);
+  while (Span* s = doomed) {
+    doomed = s->next;
+    s->next = nullptr;
+    release_orphan_slot(d, span_chunk_of(chunk_base(s)), s, orphan_purges(s));
+  }
+}
+
+// Retires the pooled spans that are empty, up to `limit` of them looked at.
+void sweep_orphans(Domain* d, std::size_t limit) {
+  if (!d->orphan_pools) return;  // a private domain
+  Span* doomed = nullptr;
+  for (unsigned c = 0; c < kNumClasses && limit; ++c) {
+    OrphanPool* p = &d->orphan_pools->pool[c];
+    if (!p->head.load(std::memory_order_relaxed)) continue;
+    PoolLock lock(d, c);
+    Span* prev = nullptr;
+    for (Span* s = p->head.load(std::memory_order_relaxed); s && limit; --limit) {
+      Span* next = s->next;
+      if (orphan_collect_empty(s))
+        orphan_doom(d, p, prev, s, &doomed);
+      else
+        prev = s;
+      s = next;
+    }
+  }
+  orphan_retire_doomed(d, doomed);
+}
+
+LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
+  Domain* d = h->domain;
+  if (!d->orphan_pools || h->node >= 0) return;  // node-local heaps are adopted whole
+  {
+    // The chunks first: a span taken from the pool must be in an orphan chunk
+    // (its taker retires it into the chunk as an orphan chunk's).
+    DomainLock lock(d);
+    ChunkList* lists[] = {&h->span_chunks_avail, &h->span_chunks_full};
+    for (ChunkList* l : lists) {
+      while (ChunkHeader* ch = l->pop()) {
+        const SpanChunk* sc = span_chunk_of(ch);
+        if (sc->active_spans == 0) {
+          release_chunk(d, ch);
+          continue;
+        }
+        ch->heap = nullptr;
+        d->orphan_dirty_slots += static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
+        d->orphan_chunks.push(ch);
+      }
+    }
+    d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
+    h->dirty_slots = 0;
+  }
+  // Then each class's queue, whole, to its pool (no one else reaches these
+  // spans meanwhile: other threads only push remote frees onto them).
+  Span* doomed = nullptr;
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    if (queue_empty(h, c)) continue;
+    Span* first = h->head[c];
+    Span* last = h->tail[c];
+    {
+      StatsLock lock(h);  // the spans leave h with their counts folded into h's
+      for (Span* s = first; s; s = s->next) span_stats_fold(h, s);
+      set_head(h, c, &g_empty_span);
+      h->tail[c] = nullptr;
+    }
+    OrphanPool* p = &d->orphan_pools->pool[c];
+    PoolLock lock(d, c);
+    // The owner changes under the pool lock: a span is the pool's exactly
+    // while it is in the pool (adopt_orphan_span relies on it).  The queue's
+    // links both ways stay the pool's.
+    std::uint32_t n = 0;
+    for (Span* s = first; s; s = s->next) {
+      span_set_owner(s, orphan_span_heap());
+      span_set_flags(s, s->flags & static_cast<std::uint8_t>(~(kSpanExhausted | kSpanAdopted)));
+      ++n;
+    }
+    orphan_push_chain(d, p, first, last, n);
+    orphan_trim_locked(d, p, &doomed);
+  }
+  orphan_retire_doomed(d, doomed);
+}
+
+LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
+}
+
+LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
+  if (d->orphan_pools)
+    for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
+}
+
+LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
+  // A heap's statistics lock, perhaps held by a thread the fork did not copy:
+  // that heap is never used in the child (lifecycle.c++), and its lock and
+  // queues are not touched again (Heap::stats_torn).
+  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
+    if (pthread_mutex_trylock(&h->stats_lock) == 0)
+      pthread_mutex_unlock(&h->stats_lock);
+    else
+      h->stats_torn = true;
+  }
+  if (!d->orphan_pools) return;
+  for (auto& l : d->orphan_pools->lock) {
+    tsan_released_at_fork(&l.m);
+    pthread_mutex_init(&l.m, nullptr);
+  }
+}
+
+}  // namespace lca
