@@ -20,6 +20,7 @@
 #include <new>
 #include <pthread.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "chunk.h++"
@@ -118,18 +119,62 @@ void table_remove(HugeState* s, std::size_t i) {
   --s->count;
 }
 
+// The first chunk of every program reads the THP mode (open, read, close) and
+// asks prctl whether THP is off for the process.  libc's open64 and prctl are in
+// 64 KiB windows of its text that a small C program does not otherwise map: at
+// 6 of libc's 16 load offsets mod 64 KiB, one more window of libc resident
+// (docs/design.md, "libc's pages").  On x86-64 Linux these calls are made here
+// as system calls, returning -errno on failure (no errno written, no
+// cancellation point: none of them waits).  Elsewhere, libc's.
+namespace {
+#if defined(__x86_64__) && defined(__linux__)
+[[gnu::always_inline]] inline long raw_syscall(long nr, long a, long b = 0, long c = 0, long d = 0, long e = 0) {
+  register long r10 asm("r10") = d;
+  register long r8 asm("r8") = e;
+  long ret;
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+               : "rcx", "r11", "memory");
+  return ret;
+}
+[[gnu::always_inline]] inline int sys_open_read(const char* path) {
+  return static_cast<int>(raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC));
+}
+[[gnu::always_inline]] inline long sys_read(int fd, void* buf, std::size_t n) {
+  return raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), static_cast<long>(n));
+}
+[[gnu::always_inline]] inline void sys_close(int fd) { raw_syscall(SYS_close, fd); }
+[[gnu::always_inline]] inline long sys_prctl(int option) { return raw_syscall(SYS_prctl, option); }
+#else
+inline int sys_open_read(const char* path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  return fd < 0 ? -errno : fd;
+}
+inline long sys_read(int fd, void* buf, std::size_t n) {
+  ssize_t r = read(fd, buf, n);
+  return r < 0 ? -errno : r;
+}
+inline void sys_close(int fd) { close(fd); }
+inline long sys_prctl(int option) {
+  int r = prctl(option, 0, 0, 0, 0);
+  return r < 0 ? -errno : r;
+}
+#endif
+}  // namespace
+
 // Reads a small /sys file into buf (NUL-terminated); false when it cannot.
 LCA_CORE_TEXT bool read_small_file(const char* path, char* buf, std::size_t cap) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = sys_open_read(path);
   if (fd < 0) return false;
   std::size_t len = 0;
   while (len + 1 < cap) {
-    ssize_t n = read(fd, buf + len, cap - 1 - len);
-    if (n < 0 && errno == EINTR) continue;
+    long n = sys_read(fd, buf + len, cap - 1 - len);
+    if (n == -EINTR) continue;
     if (n <= 0) break;
     len += static_cast<std::size_t>(n);
   }
-  close(fd);
+  sys_close(fd);
   buf[len] = 0;
   return true;
 }
@@ -592,7 +637,7 @@ LCA_CORE_TEXT ThpMode huge_thp_mode() {
 
 LCA_CORE_TEXT bool huge_thp_disabled_for_process() {
 #ifdef PR_GET_THP_DISABLE
-  return prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1;
+  return sys_prctl(PR_GET_THP_DISABLE) == 1;
 #else
   return false;
 #endif

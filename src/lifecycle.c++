@@ -28,8 +28,8 @@ namespace lca {
 
 namespace {
 
-constinit pthread_key_t g_heap_key;
-constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
+LCA_CORE_DATA(heap_key) constinit pthread_key_t g_heap_key{};
+LCA_CORE_DATA(heap_key_once) constinit pthread_once_t g_heap_key_once = PTHREAD_ONCE_INIT;
 
 LCA_CORE_TEXT void heap_abandon(Heap* h) {
   Domain* d = h->domain;

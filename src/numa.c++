@@ -81,7 +81,7 @@ bool load_libnuma() {
 
 LCA_BIG_BSS(topology) constinit NumaTopology g_topology{};
 constinit pthread_once_t g_topology_once = PTHREAD_ONCE_INIT;
-constinit std::atomic<bool> g_thread_heaps{false};
+LCA_CORE_DATA(thread_heaps) constinit std::atomic<bool> g_thread_heaps{false};
 constinit std::atomic<std::size_t> g_bound{0};
 constinit std::atomic<std::size_t> g_refused{0};
 

@@ -59,6 +59,24 @@
 #define LCA_BIG_BSS(name)
 #endif
 
+// Small zero-initialised variables that every program writes or reads at
+// start-up or on its first allocation (once-flags, keys, mode flags) go in
+// .data, not .bss.  libcalloc's writable segment is .data.rel.ro, .dynamic,
+// .got, .data, then .bss and .lbss: the pages of it that are in the file
+// (through the end of .data) come in with the loader's first read of .dynamic
+// (one fault-around window), but .bss runs past the last of them, onto a page
+// that is anonymous and becomes resident only when something on it is touched.
+// A variable of .bss lands there or not by the link order of its object file:
+// those that every program touches carry this attribute, so that the page
+// stays untouched in a program that uses neither large blocks nor the optional
+// modules (tests/integration/small-rss.sh checks it).  One section per variable
+// (name), as for LCA_CORE_RODATA.  Elsewhere (not ELF) plain .bss.
+#if defined(__ELF__)
+#define LCA_CORE_DATA(name) __attribute__((section(".data.lca_core." #name)))
+#else
+#define LCA_CORE_DATA(name)
+#endif
+
 // GCC merges neighbouring constant stores (or increments) into one 16-byte
 // vector store (or add) of a constant it puts in .rodata: on a common path, a
 // read of .rodata like any other.  A compiler barrier between them keeps them

@@ -796,6 +796,9 @@ namespace {
 Span* take_orphan_span(Heap* h, unsigned c) {
   Domain* d = h->domain;
   if (!d->orphan_pools || h->node >= 0) return nullptr;
+  // The domain's count first: a program whose threads never exited has no pooled
+  // span, and the pools (6.8 KiB, two pages of .lbss) stay untouched in it.
+  if (!d->orphan_spans.load(std::memory_order_relaxed)) return nullptr;
   OrphanPool* p = &d->orphan_pools->pool[c];
   if (!p->head.load(std::memory_order_relaxed)) return nullptr;  // no lock for an empty pool
   Span* doomed = nullptr;

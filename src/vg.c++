@@ -21,8 +21,8 @@ namespace lca {
 
 #if CALLOC_VALGRIND
 
-constinit bool g_on_valgrind = false;
-constinit bool g_vg_decided = false;
+LCA_CORE_DATA(on_valgrind) constinit bool g_on_valgrind = false;
+LCA_CORE_DATA(vg_decided) constinit bool g_vg_decided = false;
 constinit thread_local unsigned tls_vg_serial_depth __attribute__((tls_model("initial-exec"))) = 0;
 
 namespace {
