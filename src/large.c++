@@ -360,6 +360,7 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
                          void** result) {
   std::size_t page = os_page_size();
   std::size_t want = mapping_size_for(new_size, page);
+  ThpPolicy thp = huge_thp_policy();  // (read once from /sys: not under the lock)
   lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (!s || s->base != p) {
@@ -368,11 +369,13 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   }
   std::size_t have = s->map_size;
   Slot copy = *s;
-  lca_mutex_unlock(&g_lock);
   *result = p;
   // Within the mapping already, or shrinking by less than a quarter: keep it.
-  if (want == have || (want < have && want >= have - have / 4)) return LargeResize::in_place;
-  if (want < have && huge_may_back(huge_thp_policy(), copy.huge)) {
+  if (want == have || (want < have && want >= have - have / 4)) {
+    lca_mutex_unlock(&g_lock);
+    return LargeResize::in_place;
+  }
+  if (want < have && huge_may_back(thp, copy.huge)) {
     // Transparent huge pages may back it: unmap whole 2 MiB ranges only, keep the
     // rest of the range the block now ends in (it is partly in use).
     auto base = reinterpret_cast<std::uintptr_t>(p);
@@ -380,23 +383,36 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
     if (keep > have) keep = have;
     huge_count_purge(huge_whole_ranges(base + keep, base + have), keep > want ? 1 : 0, keep - want);
     want = keep;
-    if (want == have) return LargeResize::in_place;
+    if (want == have) {
+      lca_mutex_unlock(&g_lock);
+      return LargeResize::in_place;
+    }
   }
-  // The block is live and owned by the caller, so nobody else touches its slot
-  // while the lock is released for the system call.
+  // The block's slot leaves the table while the lock is released for the system
+  // call: a move unmaps p, and another thread's mapping made meanwhile may start
+  // at p, its slot keyed by p too (with both in the table, the wrong one was
+  // erased below and the new block's size read from the stale one: realloc and
+  // malloc_usable_size short by half, frees unmapping the wrong length).  Its
+  // room stays reserved (g_used), so that putting it back cannot fail.
+  erase_slot(s);
+  ++g_used;
+  lca_mutex_unlock(&g_lock);
   void* moved = os_remap(p, have, want, false);
   LargeResize how = LargeResize::in_place;
   if (!moved && may_move) {
     moved = os_remap(p, have, want, true);
     how = LargeResize::remapped;
   }
-  if (!moved) return LargeResize::failed;
   lca_mutex_lock(&g_lock);
-  s = find_slot(p);
-  erase_slot(s);
+  --g_used;
+  if (!moved) {
+    insert_slot(copy);  // cannot fail: its room was reserved
+    lca_mutex_unlock(&g_lock);
+    return LargeResize::failed;
+  }
   copy.user = copy.base = moved;
   copy.map_size = want;
-  insert_slot(copy);  // cannot fail: one slot was just freed
+  insert_slot(copy);  // cannot fail: its room was reserved
   cache->mapped_bytes += want;
   cache->mapped_bytes -= have;
   cache->alloc_bytes += want > have ? want - have : 0;
