@@ -2027,7 +2027,7 @@ START_TEST(test_span_purges_race_remote_frees) {
     }
     lca_free(b.p);
   };
-  const unsigned generations = test_util::running_on_valgrind() ? 1 : 3;
+  const unsigned generations = test_util::running_on_valgrind() ? 1 : 2;
   std::size_t purged_before = 0;
   auto purged_pages = [] {
     std::size_t n = 0;
