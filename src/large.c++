@@ -39,6 +39,11 @@ struct Slot {
   std::size_t map_size;
   Domain* domain;
   bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
+  // large_resize has the table's lock released for an mremap of the block: a
+  // move unmaps `user`, and a new mapping made meanwhile may start there, its
+  // slot keyed by the same address.  Lookups skip such a slot (find_slot), and
+  // the resize finds it again by the flag (find_slot_moving).
+  bool moving;
 };
 
 constinit pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -77,14 +82,17 @@ inline std::size_t hash_of(const void* p) {
                                   0x9E3779B97F4A7C15ull >> 17);
 }
 
-LCA_CORE_TEXT Slot* find_slot(const void* p) {
+LCA_CORE_TEXT Slot* find_slot(const void* p, bool moving = false) {
   if (!g_capacity) return nullptr;
   std::size_t mask = g_capacity - 1;
   for (std::size_t i = hash_of(p) & mask;; i = (i + 1) & mask) {
-    if (g_slots[i].user == p) return &g_slots[i];
+    if (g_slots[i].user == p && g_slots[i].moving == moving) return &g_slots[i];
     if (!g_slots[i].user) return nullptr;
   }
 }
+
+// The slot of p that large_resize marked moving (its caller resizes p: one at most).
+Slot* find_slot_moving(const void* p) { return find_slot(p, true); }
 
 LCA_CORE_TEXT bool insert_slot(const Slot& s) {
   if ((g_used + 1) * 2 > g_capacity) {
@@ -309,7 +317,7 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     cache->mapped_bytes += got;
     cache->bind_fallbacks += fallback;
   }
-  if (!insert_slot(Slot{base, base, got, d, huge})) {
+  if (!insert_slot(Slot{base, base, got, d, huge, false})) {
     cache->mapped_bytes -= got;
     lca_mutex_unlock(&g_lock);
     os_unmap(base, got);
@@ -388,14 +396,14 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
       return LargeResize::in_place;
     }
   }
-  // The block's slot leaves the table while the lock is released for the system
-  // call: a move unmaps p, and another thread's mapping made meanwhile may start
-  // at p, its slot keyed by p too (with both in the table, the wrong one was
-  // erased below and the new block's size read from the stale one: realloc and
-  // malloc_usable_size short by half, frees unmapping the wrong length).  Its
-  // room stays reserved (g_used), so that putting it back cannot fail.
-  erase_slot(s);
-  ++g_used;
+  // The slot stays in the table, marked, while the lock is released for the
+  // system call (the block is live and its caller's, so no one else resizes or
+  // frees it meanwhile): a move unmaps p, and another thread's new mapping may
+  // start at p with a slot of the same key.  Found by that key alone, the stale
+  // slot was erased or read in place of the new one (realloc and
+  // malloc_usable_size of the new block short by half, its free unmapping the
+  // wrong length; issue 17 review).
+  s->moving = true;
   lca_mutex_unlock(&g_lock);
   void* moved = os_remap(p, have, want, false);
   LargeResize how = LargeResize::in_place;
@@ -404,15 +412,16 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
     how = LargeResize::remapped;
   }
   lca_mutex_lock(&g_lock);
-  --g_used;
+  s = find_slot_moving(p);
   if (!moved) {
-    insert_slot(copy);  // cannot fail: its room was reserved
+    s->moving = false;
     lca_mutex_unlock(&g_lock);
     return LargeResize::failed;
   }
+  erase_slot(s);
   copy.user = copy.base = moved;
   copy.map_size = want;
-  insert_slot(copy);  // cannot fail: its room was reserved
+  insert_slot(copy);  // cannot fail: one slot was just freed
   cache->mapped_bytes += want;
   cache->mapped_bytes -= have;
   cache->alloc_bytes += want > have ? want - have : 0;
@@ -479,6 +488,19 @@ LCA_CORE_TEXT void large_unlock_all() { lca_mutex_unlock(&g_lock); }
 LCA_CORE_TEXT void large_reinit_after_fork() {
   tsan_released_at_fork(&g_lock);
   pthread_mutex_init(&g_lock, nullptr);
+  // A resize the fork caught (its thread is gone): the slot is the block's
+  // again, unless a new mapping took its address meanwhile (the block moved).
+  for (std::size_t i = 0; i < g_capacity;) {
+    Slot* s = &g_slots[i];
+    if (!s->user || !s->moving) {
+      ++i;
+    } else if (find_slot(s->user)) {
+      erase_slot(s);  // may shift a later entry into i: look at i again
+    } else {
+      s->moving = false;
+      ++i;
+    }
+  }
 }
 
 }  // namespace lca
