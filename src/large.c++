@@ -413,12 +413,15 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   }
   lca_mutex_lock(&g_lock);
   s = find_slot_moving(p);
+  // (Unmarked already: a signal handler of this thread forked meanwhile, and
+  // this is the child, whose fork handler unmarked it.)
+  if (!s) s = find_slot(p);
   if (!moved) {
-    s->moving = false;
+    if (s) s->moving = false;
     lca_mutex_unlock(&g_lock);
     return LargeResize::failed;
   }
-  erase_slot(s);
+  if (s) erase_slot(s);
   copy.user = copy.base = moved;
   copy.map_size = want;
   insert_slot(copy);  // cannot fail: one slot was just freed

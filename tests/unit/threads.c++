@@ -1960,7 +1960,7 @@ START_TEST(test_grown_block_freed_into_pool_counted) {
     // The block at the bump pointer of its span grows in place; a few tries, as
     // the thread's heap may take a pooled span of the class first.
     std::vector<void*> moved;
-    for (int tries = 0; tries < 64 && !p; ++tries) {
+    for (int tries = 0; tries < 1024 && !p; ++tries) {
       void* q = lca_malloc(kSize);
       void* r = lca_realloc(q, kGrown);
       if (r == q) p = r; else moved.push_back(r);
