@@ -39,6 +39,11 @@ struct Slot {
   std::size_t map_size;
   Domain* domain;
   bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
+  // large_resize has the table's lock released for an mremap of the block: a
+  // move unmaps `user`, and a new mapping made meanwhile may start there, its
+  // slot keyed by the same address.  Lookups skip such a slot (find_slot), and
+  // the resize finds it again by the flag (find_slot_moving).
+  bool moving;
 };
 
 constinit pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -77,14 +82,17 @@ inline std::size_t hash_of(const void* p) {
                                   0x9E3779B97F4A7C15ull >> 17);
 }
 
-LCA_CORE_TEXT Slot* find_slot(const void* p) {
+LCA_CORE_TEXT Slot* find_slot(const void* p, bool moving = false) {
   if (!g_capacity) return nullptr;
   std::size_t mask = g_capacity - 1;
   for (std::size_t i = hash_of(p) & mask;; i = (i + 1) & mask) {
-    if (g_slots[i].user == p) return &g_slots[i];
+    if (g_slots[i].user == p && g_slots[i].moving == moving) return &g_slots[i];
     if (!g_slots[i].user) return nullptr;
   }
 }
+
+// The slot of p that large_resize marked moving (its caller resizes p: one at most).
+Slot* find_slot_moving(const void* p) { return find_slot(p, true); }
 
 LCA_CORE_TEXT bool insert_slot(const Slot& s) {
   if ((g_used + 1) * 2 > g_capacity) {
@@ -309,7 +317,7 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     cache->mapped_bytes += got;
     cache->bind_fallbacks += fallback;
   }
-  if (!insert_slot(Slot{base, base, got, d, huge})) {
+  if (!insert_slot(Slot{base, base, got, d, huge, false})) {
     cache->mapped_bytes -= got;
     lca_mutex_unlock(&g_lock);
     os_unmap(base, got);
@@ -360,6 +368,7 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
                          void** result) {
   std::size_t page = os_page_size();
   std::size_t want = mapping_size_for(new_size, page);
+  ThpPolicy thp = huge_thp_policy();  // (read once from /sys: not under the lock)
   lca_mutex_lock(&g_lock);
   Slot* s = find_slot(p);
   if (!s || s->base != p) {
@@ -368,11 +377,13 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   }
   std::size_t have = s->map_size;
   Slot copy = *s;
-  lca_mutex_unlock(&g_lock);
   *result = p;
   // Within the mapping already, or shrinking by less than a quarter: keep it.
-  if (want == have || (want < have && want >= have - have / 4)) return LargeResize::in_place;
-  if (want < have && huge_may_back(huge_thp_policy(), copy.huge)) {
+  if (want == have || (want < have && want >= have - have / 4)) {
+    lca_mutex_unlock(&g_lock);
+    return LargeResize::in_place;
+  }
+  if (want < have && huge_may_back(thp, copy.huge)) {
     // Transparent huge pages may back it: unmap whole 2 MiB ranges only, keep the
     // rest of the range the block now ends in (it is partly in use).
     auto base = reinterpret_cast<std::uintptr_t>(p);
@@ -380,20 +391,37 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
     if (keep > have) keep = have;
     huge_count_purge(huge_whole_ranges(base + keep, base + have), keep > want ? 1 : 0, keep - want);
     want = keep;
-    if (want == have) return LargeResize::in_place;
+    if (want == have) {
+      lca_mutex_unlock(&g_lock);
+      return LargeResize::in_place;
+    }
   }
-  // The block is live and owned by the caller, so nobody else touches its slot
-  // while the lock is released for the system call.
+  // The slot stays in the table, marked, while the lock is released for the
+  // system call (the block is live and its caller's, so no one else resizes or
+  // frees it meanwhile): a move unmaps p, and another thread's new mapping may
+  // start at p with a slot of the same key.  Found by that key alone, the stale
+  // slot was erased or read in place of the new one (realloc and
+  // malloc_usable_size of the new block short by half, its free unmapping the
+  // wrong length; issue 17 review).
+  s->moving = true;
+  lca_mutex_unlock(&g_lock);
   void* moved = os_remap(p, have, want, false);
   LargeResize how = LargeResize::in_place;
   if (!moved && may_move) {
     moved = os_remap(p, have, want, true);
     how = LargeResize::remapped;
   }
-  if (!moved) return LargeResize::failed;
   lca_mutex_lock(&g_lock);
-  s = find_slot(p);
-  erase_slot(s);
+  s = find_slot_moving(p);
+  // (Unmarked already: a signal handler of this thread forked meanwhile, and
+  // this is the child, whose fork handler unmarked it.)
+  if (!s) s = find_slot(p);
+  if (!moved) {
+    if (s) s->moving = false;
+    lca_mutex_unlock(&g_lock);
+    return LargeResize::failed;
+  }
+  if (s) erase_slot(s);
   copy.user = copy.base = moved;
   copy.map_size = want;
   insert_slot(copy);  // cannot fail: one slot was just freed
@@ -463,6 +491,19 @@ LCA_CORE_TEXT void large_unlock_all() { lca_mutex_unlock(&g_lock); }
 LCA_CORE_TEXT void large_reinit_after_fork() {
   tsan_released_at_fork(&g_lock);
   pthread_mutex_init(&g_lock, nullptr);
+  // A resize the fork caught (its thread is gone): the slot is the block's
+  // again, unless a new mapping took its address meanwhile (the block moved).
+  for (std::size_t i = 0; i < g_capacity;) {
+    Slot* s = &g_slots[i];
+    if (!s->user || !s->moving) {
+      ++i;
+    } else if (find_slot(s->user)) {
+      erase_slot(s);  // may shift a later entry into i: look at i again
+    } else {
+      s->moving = false;
+      ++i;
+    }
+  }
 }
 
 }  // namespace lca

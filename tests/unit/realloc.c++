@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "config.h"
@@ -451,6 +453,57 @@ START_TEST(test_reallocarray_overflow) {
 }
 END_TEST
 
+// Large blocks moved by mremap while other threads map blocks of the same
+// size.  large_resize released the table's lock for the mremap with the
+// block's slot still in it: the move unmapped the old address, another
+// thread's new mapping could start there and put a slot of the same key in
+// the table, and the resize then erased one of the two -- perhaps the new
+// block's, leaving the stale one: malloc_usable_size of the new block said the
+// old size (half), and its free unmapped the wrong length.
+START_TEST(test_large_realloc_races_new_mappings) {
+  constexpr std::size_t kSize = 1536 * KiB;  // a mapping of its own; the realloc doubles it
+  constexpr unsigned kThreads = 4;
+  const std::size_t rounds = test_util::scaled(1000) > 20 ? test_util::scaled(1000) : 20;
+  std::atomic<std::size_t> bad{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t i = 0; i < rounds; ++i) {
+        auto* p = static_cast<unsigned char*>(lca_malloc(kSize));
+        if (!p) {
+          ++failed;
+          continue;
+        }
+        p[0] = 1;
+        p[kSize - 1] = 2;
+        auto* q = static_cast<unsigned char*>(lca_realloc(p, 2 * kSize));
+        if (!q) {
+          ++failed;
+          lca_free(p);
+          continue;
+        }
+        if (lca_usable_size(q) < 2 * kSize || q[0] != 1 || q[kSize - 1] != 2) ++bad;
+        q[2 * kSize - 1] = 3;
+        auto* r = static_cast<unsigned char*>(lca_malloc(kSize));
+        if (r) {
+          if (lca_usable_size(r) < kSize) ++bad;
+          r[kSize - 1] = 4;
+        } else {
+          ++failed;
+        }
+        lca_free(q);
+        lca_free(r);
+        // Cached mappings dropped: the next blocks are mapped afresh.
+        if (t == 0 && i % 4 == 0) lca_trim();
+      }
+    });
+  for (auto& t : threads) t.join();
+  ck_assert_uint_eq(failed.load(), 0);
+  ck_assert_msg(bad.load() == 0, "%zu of %zu large blocks had a short usable size or lost their data", bad.load(),
+                2 * kThreads * rounds);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("realloc", &tc);
@@ -466,5 +519,6 @@ int main() {
   tcase_add_test(tc, test_try_realloc_inplace);
   tcase_add_test(tc, test_realloc_same_size);
   tcase_add_test(tc, test_reallocarray_overflow);
+  tcase_add_test(tc, test_large_realloc_races_new_mappings);
   return test_util::run_suite(s);
 }
