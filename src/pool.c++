@@ -37,8 +37,13 @@ namespace {
 // (twice the spans made again, their pages faulted in).  Purging from 8 KiB
 // rather than 16: the same server-sim figures (22.2-23.8 MiB, 29-35 ns), and the
 // threads suite's burst test ends with 10.5 MiB resident instead of 14.2 (the
-// smaller retired spans stayed dirty).  docs/design.md, "Span reclaim".
-constexpr std::uint32_t kOrphanKeep = 8;
+// smaller retired spans stayed dirty).  Keep 4 rather than 8 since session 15
+// (2026-12-06): at server-sim's peak the pools held 256-440 spans, 7.5-11 MiB
+// (5-8 a class), half of them empty once their remote frees were collected;
+// 21 interleaved runs, peak RSS / jemalloc's 1.10 x (keep 8), 1.01 (6), 0.94
+// (5), 0.92 (4), CPU time 1.0 / 1.05 / 1.10 / 1.19 x keep 8's (the spans made
+// again: 2.4 x the page faults).  docs/design.md, "The pool's bound again".
+constexpr std::uint32_t kOrphanKeep = 4;
 constexpr std::size_t kOrphanPurgeMin = 8 * 1024;
 
 // Appends the chain first..last (n spans linked both ways, last->next
