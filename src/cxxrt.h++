@@ -44,6 +44,22 @@ asm(".weak _ZTVN10__cxxabiv120__si_class_type_infoE");
 asm(".weak _ZTVN10__cxxabiv121__vmi_class_type_infoE");
 asm(".weak _ZTISt9bad_alloc");
 asm(".weak _ZTVSt9bad_alloc");
+// What -O0 (--enable-debug) leaves out of line instead of inlining:
+// std::exception's constructor (its vtable), and in the tracker's report
+// (custom_alloc::AllocationTracker) std::string's allocator, its range checks
+// and the ostream inserters.
+asm(".weak _ZTVSt9exception");
+asm(".weak _ZNSaIcEC1Ev");
+asm(".weak _ZNSaIcEC2ERKS_");
+asm(".weak _ZNSaIcED1Ev");
+asm(".weak _ZNSaIcED2Ev");
+asm(".weak _ZNSolsEl");
+asm(".weak _ZNSolsEm");
+asm(".weak _ZSt19__throw_logic_errorPKc");
+asm(".weak _ZSt24__throw_out_of_range_fmtPKcz");
+asm(".weak _ZStlsISt11char_traitsIcEERSt13basic_ostreamIcT_ES5_PKc");
+asm(".weak _ZStlsISt11char_traitsIcEERSt13basic_ostreamIcT_ES5_c");
+asm(".weak _ZStlsIcSt11char_traitsIcESaIcEERSt13basic_ostreamIT_T0_ES7_RKNSt7__cxx1112basic_stringIS4_S5_T1_EE");
 asm(".weak _ZNSt9bad_allocD1Ev");
 asm(".weak _ZSt15get_new_handlerv");
 // The library's out-of-line helpers (std::map, std::vector, std::chrono,

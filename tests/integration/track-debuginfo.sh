@@ -32,7 +32,9 @@ if ! command -v objcopy >/dev/null 2>&1; then
   exit 77
 fi
 line=$(grep -n 'void\* p = std::malloc(n);' "$top_srcdir/tests/track/track-demo.c++" | head -n 1 | cut -d: -f1)
-want="demo::leak_some_memory(unsigned long)+0x9 at track-demo.c++:$line"
+# (Any offset: the call's return address is +0x9 at -O2, more at -O0.)
+want="demo::leak_some_memory(unsigned long)+0x... at track-demo.c++:$line"
+want_re="demo::leak_some_memory\(unsigned long\)\+0x[0-9a-f]+ at track-demo\.c\+\+:$line\b"
 
 # leak DEMO WHAT: runs DEMO leak with leak_report, the report in $tmp/err
 leak() {
@@ -60,7 +62,7 @@ if objcopy --compress-debug-sections=zlib "$tmp/demo.debug" "$tmp/zbin/demo.debu
   objcopy --strip-all --add-gnu-debuglink="$tmp/zbin/demo.debug" "$demo" "$tmp/zbin/demo" || exit 1
   chmod +x "$tmp/zbin/demo"
   leak "$tmp/zbin/demo" "compressed debug file"
-  grep -qF "$want" "$tmp/err" || { fail "compressed debug file: \"$want\" not in:"; cat "$tmp/err"; }
+  grep -qE "$want_re" "$tmp/err" || { fail "compressed debug file: \"$want\" not in:"; cat "$tmp/err"; }
 else
   echo "objcopy cannot compress debug sections with zlib: the compressed case skipped"
 fi
@@ -69,7 +71,7 @@ fi
 rm -f "$tmp/bin/demo.debug"
 cp "$tmp/demo.debug" "$tmp/bin/.debug/demo.debug"
 leak "$tmp/bin/demo" "debug file in .debug/"
-grep -qF "$want" "$tmp/err" || { fail "debug file in .debug/: \"$want\" not in:"; cat "$tmp/err"; }
+grep -qE "$want_re" "$tmp/err" || { fail "debug file in .debug/: \"$want\" not in:"; cat "$tmp/err"; }
 
 # 3. A debug file with another CRC is not read.
 printf x >>"$tmp/bin/.debug/demo.debug"

@@ -51,7 +51,12 @@ expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocat
 # file:line from the demo's DWARF line table (it is built with -g): the malloc
 # in leak_some_memory.
 line=$(grep -n 'void\* p = std::malloc(n);' "$top_srcdir/tests/track/track-demo.c++" | head -n 1 | cut -d: -f1)
-expect "$tmp/err" "demo::leak_some_memory(unsigned long)+0x9 at track-demo.c++:$line" "leak: file:line"
+# (The offset is the call's return address in the function: +0x9 at -O2, more
+# at -O0 in an --enable-debug build; any offset is taken.)
+if ! grep -qE "demo::leak_some_memory\(unsigned long\)\+0x[0-9a-f]+ at track-demo\.c\+\+:$line\b" "$tmp/err"; then
+  fail "leak: file:line: \"demo::leak_some_memory(unsigned long)+0x... at track-demo.c++:$line\" not in the output:"
+  head -n 40 "$tmp/err"
+fi
 cp "$tmp/err" "$tmp/leak.report"
 
 # 2. No leak; the report in a file.
