@@ -23,7 +23,6 @@ calloc_unit_tests = \
 	tests/unit/huge \
 	tests/unit/asan \
 	tests/unit/fork
-	tests/unit/asan
 # NUMA (issue 15): also run in multi-node QEMU guests by make check-numa-vm.
 calloc_unit_tests += tests/unit/numa
 tests_unit_numa_SOURCES = tests/unit/numa.c++ tests/test-util.h++
