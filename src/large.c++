@@ -291,7 +291,9 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
   LargeCache::Entry shorter;
   if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, &shorter)) {
     lca_mutex_unlock(&g_lock);  // no system call under the lock
+    int saved_errno = errno;  // a failed mremap is no failure of the call: a new mapping follows
     base = os_remap(shorter.base, shorter.map_size, map_size, true);
+    if (!base) errno = saved_errno;
     lca_mutex_lock(&g_lock);
     if (base) {
       got = map_size;
@@ -405,12 +407,17 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   // wrong length; issue 17 review).
   s->moving = true;
   lca_mutex_unlock(&g_lock);
+  // errno is the caller's whatever the outcome: a resize that fails in place
+  // may move, here or in the caller (a new block and a copy), and a call that
+  // succeeds leaves errno as it was; a caller that fails sets ENOMEM itself.
+  int saved_errno = errno;
   void* moved = os_remap(p, have, want, false);
   LargeResize how = LargeResize::in_place;
   if (!moved && may_move) {
     moved = os_remap(p, have, want, true);
     how = LargeResize::remapped;
   }
+  errno = saved_errno;
   lca_mutex_lock(&g_lock);
   s = find_slot_moving(p);
   // (Unmarked already: a signal handler of this thread forked meanwhile, and

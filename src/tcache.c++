@@ -309,12 +309,14 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       chunk_reset_header(c, kind, d, used);
     }
   } else {
+    int saved_errno = errno;
     c = chunk_map(kind, d, where);
     if (!c) {
       // Out of memory or address space (RLIMIT_AS): give back the cached large
-      // mappings and free chunks, then try once more.
+      // mappings and free chunks, then try once more (errno as it was if that works).
       release_cached(d);
       c = chunk_map(kind, d, where);
+      if (c) errno = saved_errno;
     }
     if (!c) return nullptr;
     if (where.node >= 0 && c->node != where.node) d->bind_fallbacks.fetch_add(1, std::memory_order_relaxed);
@@ -1041,10 +1043,12 @@ LCA_CORE_TEXT void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment,
 }
 
 LCA_CORE_TEXT void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
+  int saved_errno = errno;  // a first attempt's ENOMEM is undone if the retry works
   void* p = large_alloc(d, &d->large, size, alignment, fresh_zero);
   if (!p) {
     release_cached(d);
     p = large_alloc(d, &d->large, size, alignment, fresh_zero);
+    if (p) errno = saved_errno;
   }
   return p;
 }
