@@ -1143,9 +1143,11 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   if (why == SpanCheck::not_live) report_fatal("Double free", p, "the block is not allocated (freed already)");
   if (!(s->flags & kSpanInactive) && p < s->bump) {
     // Inside an object that grew over several slots?
-    for (unsigned k = 0; k < s->multislot_count; ++k) {
-      const char* first = span_base(s) + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
-      if (p > first && p < first + static_cast<std::size_t>(s->multislot[k].slots) * s->obj_size)
+    for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
+      Span::Multislot m = span_multislot_at(s, k);
+      if (m.first == kNoMultislot) continue;
+      const char* first = span_base(s) + static_cast<std::size_t>(m.first) * s->obj_size;
+      if (p > first && p < first + static_cast<std::size_t>(m.slots) * s->obj_size)
         report_fatal("Invalid free", p, "pointer into the middle of a block");
     }
   }
