@@ -138,8 +138,27 @@ LCA_CORE_TEXT void erase_slot(Slot* s) {
   --g_used;
 }
 
-LCA_CORE_TEXT void cache_drop(LargeCache* c, unsigned i) {
-  os_unmap(c->entries[i].base, c->entries[i].map_size);
+// Cached mappings taken out of a cache under the lock, unmapped after it is
+// released (unmap_dropped): a munmap under the lock made every thread's large
+// malloc and free wait for it (tens of microseconds for a big mapping).  A call
+// drops at most the kLargeCacheEntries entries the cache holds.
+struct Dropped {
+  struct Range {
+    void* base;
+    std::size_t size;
+  } r[kLargeCacheEntries];
+  unsigned n = 0;
+};
+
+LCA_CORE_TEXT void unmap_dropped(Dropped* d) {
+  for (unsigned i = 0; i < d->n; ++i) os_unmap(d->r[i].base, d->r[i].size);
+  d->n = 0;
+}
+
+// (A fork between the drop and the unmap leaves the range mapped and unused in
+// the child, like large_free's unmap of a block it does not cache.)
+LCA_CORE_TEXT void cache_drop(LargeCache* c, unsigned i, Dropped* d) {
+  d->r[d->n++] = Dropped::Range{c->entries[i].base, c->entries[i].map_size};
   c->bytes -= c->entries[i].map_size;
   c->mapped_bytes -= c->entries[i].map_size;
   c->entries[i] = c->entries[--c->count];
@@ -152,10 +171,10 @@ LCA_CORE_TEXT unsigned oldest_entry(const LargeCache* c) {
   return oldest;
 }
 
-LCA_CORE_TEXT void expire(LargeCache* c, std::uint64_t now) {
+LCA_CORE_TEXT void expire(LargeCache* c, std::uint64_t now, Dropped* d) {
   for (unsigned i = 0; i < c->count;)
     if (now - c->entries[i].freed_at_ns > kLargeCacheDecayNs)
-      cache_drop(c, i);
+      cache_drop(c, i, d);
     else
       ++i;
 }
@@ -281,9 +300,15 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     return nullptr;
   }
   std::size_t map_size = mapping_size_for(size, page);
+  Dropped dropped;
   lca_mutex_lock(&g_lock);
   std::uint64_t now = os_now_ns();
-  expire(cache, now);
+  expire(cache, now, &dropped);
+  if (dropped.n) {
+    lca_mutex_unlock(&g_lock);  // no system call under the lock
+    unmap_dropped(&dropped);
+    lca_mutex_lock(&g_lock);
+  }
   std::size_t got = 0;
   bool huge = false;
   void* base = cache_take(cache, map_size, alignment, &got, &huge);
@@ -291,7 +316,9 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
   LargeCache::Entry shorter;
   if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, &shorter)) {
     lca_mutex_unlock(&g_lock);  // no system call under the lock
+    int saved_errno = errno;  // a failed mremap is no failure of the call: a new mapping follows
     base = os_remap(shorter.base, shorter.map_size, map_size, true);
+    if (!base) errno = saved_errno;
     lca_mutex_lock(&g_lock);
     if (base) {
       got = map_size;
@@ -347,12 +374,13 @@ LCA_CORE_TEXT std::size_t large_free(LargeCache* cache, void* p) {
   ++cache->free_count;
   cache->free_bytes += map_size;
   std::uint64_t now = os_now_ns();
-  expire(cache, now);
+  Dropped dropped;
+  expire(cache, now, &dropped);
   std::size_t limit = cache_limit(cache);
   bool keep = map_size <= limit;
   if (keep) {
     while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > limit))
-      cache_drop(cache, oldest_entry(cache));
+      cache_drop(cache, oldest_entry(cache), &dropped);
     cache_put(cache, LargeCache::Entry{base, map_size, now, huge});
     list_cache(cache);
     lca_mutex_unlock(&g_lock);
@@ -361,6 +389,7 @@ LCA_CORE_TEXT std::size_t large_free(LargeCache* cache, void* p) {
     lca_mutex_unlock(&g_lock);
     os_unmap(base, map_size);
   }
+  unmap_dropped(&dropped);  // no system call under the lock
   return map_size;
 }
 
@@ -405,12 +434,17 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   // wrong length; issue 17 review).
   s->moving = true;
   lca_mutex_unlock(&g_lock);
+  // errno is the caller's whatever the outcome: a resize that fails in place
+  // may move, here or in the caller (a new block and a copy), and a call that
+  // succeeds leaves errno as it was; a caller that fails sets ENOMEM itself.
+  int saved_errno = errno;
   void* moved = os_remap(p, have, want, false);
   LargeResize how = LargeResize::in_place;
   if (!moved && may_move) {
     moved = os_remap(p, have, want, true);
     how = LargeResize::remapped;
   }
+  errno = saved_errno;
   lca_mutex_lock(&g_lock);
   s = find_slot_moving(p);
   // (Unmarked already: a signal handler of this thread forked meanwhile, and
@@ -452,20 +486,25 @@ void large_release_domain(Domain* d, LargeCache* cache) {
       ++i;
     }
   }
-  while (cache->count) cache_drop(cache, 0);
+  Dropped dropped;
+  while (cache->count) cache_drop(cache, 0, &dropped);
   cache->live_count = 0;
   cache->mapped_bytes = 0;
   unlist_cache(cache);
   lca_mutex_unlock(&g_lock);
+  unmap_dropped(&dropped);
 }
 
 void large_trim(LargeCache* cache, bool all) {
+  Dropped dropped;
   lca_mutex_lock(&g_lock);
   if (all)
-    while (cache->count) cache_drop(cache, 0);
+    while (cache->count) cache_drop(cache, 0, &dropped);
   else
-    expire(cache, os_now_ns());
+    expire(cache, os_now_ns(), &dropped);
   lca_mutex_unlock(&g_lock);
+  // Unmapped before the return: the OOM retry (release_cached) maps again next.
+  unmap_dropped(&dropped);
 }
 
 LargeCache large_counters(const LargeCache* cache) {

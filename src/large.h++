@@ -5,7 +5,11 @@
 // and moved by mremap without copying.  Freed mappings wait in a small per-heap
 // cache (bounded in count and bytes, decaying after a few seconds) so that
 // allocate/free cycles of large blocks do not cost a system call each.
-// All of this is the slow path: one global mutex guards it.
+// All of this is the slow path: one global mutex guards it.  No system call is
+// made under it, but for the table's growth (a doubling: os_map of the new
+// table, os_unmap of the old) and large_release_domain (a heap's destruction):
+// mremap and the munmap of a block or of dropped cached mappings wait until the
+// lock is released.
 #ifndef LCA_LARGE_HXX
 #define LCA_LARGE_HXX
 

@@ -338,8 +338,9 @@ LCA_CORE_TEXT void domains_postfork_child() {
   // unused in the child (frees of their blocks go to their remote lists); heaps
   // that were abandoned before the fork were consistent (the domain lock was
   // held, and their frees were sent) and stay adoptable (a thread exit caught
-  // moving its spans to the pools, heap_orphan_spans, leaves the spans not yet
-  // moved with its heap, mapped and unused likewise).  What the gone threads
+  // moving its spans to the pools, heap_orphan_spans, leaves the classes not
+  // yet reached with its heap, mapped and unused likewise, and the class in
+  // flight, off the heap's queue and not in the pool, leaked).  What the gone threads
   // had freed into other heaps' spans goes back to those spans.
   Heap* mine = thread_heap_if_any();
   for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)

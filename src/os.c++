@@ -65,12 +65,14 @@ LCA_CORE_TEXT void* os_map_aligned(std::size_t size, std::size_t alignment) {
   // Over-map by the alignment, then trim both ends: the kernel keeps no trace of
   // the trimmed parts, so only `size` bytes stay mapped.
   std::size_t span = size + alignment;
+  int saved_errno = errno;  // (a success leaves it as it was)
   void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) {
     // Near an address-space limit the over-mapping may not fit where the block
     // itself would: try the exact size, which the kernel may place aligned.
     raw = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw != MAP_FAILED && (reinterpret_cast<std::uintptr_t>(raw) & (alignment - 1)) == 0) {
+      errno = saved_errno;
       g_mapped.fetch_add(size, std::memory_order_relaxed);
       vg_hide(raw, size);
       return raw;
@@ -166,6 +168,7 @@ bool os_protect(void* addr, std::size_t size, bool accessible) {
 
 void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint) {
   const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  int saved_errno = errno;  // a refused hint is no failure of the call
   if (hint) {
 #ifdef MAP_FIXED_NOREPLACE
     void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
@@ -181,6 +184,7 @@ void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint) {
       }
       munmap(p, size);
     }
+    errno = saved_errno;
   }
   if (size + alignment < size) {
     errno = ENOMEM;

@@ -52,7 +52,7 @@ LCA_CORE_TEXT void span_init(Span* s, SpanChunk* chunk, unsigned slot, unsigned 
   s->obj_size = size;
   s->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
   s->size_class = static_cast<std::uint16_t>(size_class);
-  s->multislot_count = 0;
+  __atomic_store_n(&s->multislot_count, std::uint8_t{0}, __ATOMIC_RELAXED);
   __atomic_store_n(&s->purged, std::uint16_t{0}, __ATOMIC_RELAXED);
   span_set_owner(s, heap);
   s->next = s->prev = nullptr;
@@ -84,9 +84,10 @@ LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* 
   if ((s->flags & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
   std::uint32_t i = span_index(s, p);
   // Inside an object that grew over several slots: a slot boundary, not a block.
-  for (unsigned k = 0; k < s->multislot_count; ++k)
-    if (i > s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots)
-      return SpanCheck::not_object_start;
+  for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
+    Span::Multislot m = span_multislot_at(s, k);
+    if (i > m.first && i < static_cast<std::uint32_t>(m.first) + m.slots) return SpanCheck::not_object_start;
+  }
   *index = i;
   // An object of a purged page is on no list: freed already (its guard reads 0).
   if (__builtin_expect(s->flags & kSpanPurged, 0) && span_object_purged(s, p)) return SpanCheck::not_live;
@@ -105,8 +106,10 @@ void span_debug_check_free(const Span* s, const FreeObject* o) {
 #endif
 
 LCA_CORE_TEXT std::uint32_t span_object_slots(const Span* s, std::uint32_t i) {
-  for (unsigned k = 0; k < s->multislot_count; ++k)
-    if (s->multislot[k].first == i) return s->multislot[k].slots;
+  for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
+    Span::Multislot m = span_multislot_at(s, k);
+    if (m.first == i) return m.slots;
+  }
   return 1;
 }
 
@@ -122,8 +125,13 @@ LCA_CORE_TEXT std::size_t span_release_multislot(Span* s, std::uint32_t i) {
       s->free = o;
     }
     span_use_add(s, -std::uint64_t{slots - 1});
-    s->multislot[k] = s->multislot[--s->multislot_count];
-    if (!s->multislot_count) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanMultislot));
+    // A hole, after the guards (other threads' span_check: see Span::multislot).
+    Span::Multislot hole{kNoMultislot, 0};
+    __atomic_store(&s->multislot[k], &hole, __ATOMIC_RELEASE);
+    unsigned n = s->multislot_count;
+    while (n && s->multislot[n - 1].first == kNoMultislot) --n;
+    __atomic_store_n(&s->multislot_count, static_cast<std::uint8_t>(n), __ATOMIC_RELEASE);
+    if (!n) span_set_flags(s, s->flags & static_cast<std::uint8_t>(~kSpanMultislot));
     return static_cast<std::size_t>(slots) * s->obj_size;
   }
   return s->obj_size;
@@ -166,15 +174,18 @@ LCA_CORE_TEXT bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std:
   // webserver's response buffer, 256 B to 32 KiB: 64 KiB of the 256-byte
   // class's slot; docs/design.md, "Webserver's heap peak").
   if (static_cast<std::size_t>(s->end - s->bump) < extra) return false;
-  unsigned k = 0;
-  while (k < s->multislot_count && s->multislot[k].first != i) ++k;
-  if (k == s->multislot_count) {
+  unsigned n = s->multislot_count, k = 0;
+  while (k < n && s->multislot[k].first != i) ++k;
+  if (k == n) {
+    k = 0;
+    while (k < n && s->multislot[k].first != kNoMultislot) ++k;  // a hole
     if (k == kMaxMultislot) return false;
-    s->multislot[k].first = static_cast<std::uint16_t>(i);
-    ++s->multislot_count;
-    span_set_flags(s, s->flags | kSpanMultislot);
   }
-  s->multislot[k].slots = static_cast<std::uint16_t>(need);
+  // One word, before the count: see Span::multislot.
+  Span::Multislot m{static_cast<std::uint16_t>(i), static_cast<std::uint16_t>(need)};
+  __atomic_store(&s->multislot[k], &m, __ATOMIC_RELEASE);
+  if (k == n) __atomic_store_n(&s->multislot_count, static_cast<std::uint8_t>(n + 1), __ATOMIC_RELEASE);
+  span_set_flags(s, s->flags | kSpanMultislot);
   s->bump += extra;
   span_use_add(s, need - slots);
   return true;

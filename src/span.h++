@@ -51,6 +51,8 @@ inline bool is_free_object(const void* p) {
 
 constexpr unsigned kMaxObjectsPerSpan = kSpanSize / 16;
 constexpr unsigned kMaxMultislot = 4;
+// Span::multislot's free entry: no object index (kMaxObjectsPerSpan <= 0xffff).
+constexpr std::uint16_t kNoMultislot = 0xffff;
 constexpr std::uint64_t kUseLiveMask = 0x1fff;
 constexpr std::uint64_t kUseHeadMark = 0x2000;
 constexpr unsigned kUseCountShift = 14;
@@ -113,9 +115,17 @@ struct alignas(128) Span {
   alignas(64) std::atomic<std::uint64_t> remote_free;
   Span* next;  // in the heap's queue for this class
   Span* prev;
-  struct Multislot {
-    std::uint16_t first;  // object index
-    std::uint16_t slots;  // object slots it covers (>= 2)
+  // Objects that grew over several slots.  Written by the owner, read by any
+  // thread's span_check and span_object_slots (a remote free, realloc or
+  // malloc_usable_size): each entry is one 4-byte word, stored with release
+  // after the guards of a release, loaded with acquire (span_multislot_at); an
+  // entry never moves while its object is live -- a release leaves a hole
+  // (first == kNoMultislot), reused by the next growth, and multislot_count
+  // (a high-water mark) drops only over holes at the end.  A reader thus sees
+  // every live grown object that it may touch, whole.
+  struct alignas(4) Multislot {
+    std::uint16_t first;  // object index (kNoMultislot: a hole)
+    std::uint16_t slots;  // object slots it covers (>= 2; 0 in a hole)
   } multislot[kMaxMultislot];
   // Purged pages (span_purge_free_pages): bit k set when the span's page k
   // (kCarvePage bytes) was given back to the OS while every object on it was
@@ -357,6 +367,14 @@ inline void* span_pop_extend(Span* s) {
     p = span_pop(s);
   }
   return p;
+}
+
+// Span::multislot as other threads read it (see there).
+inline unsigned span_multislot_count(const Span* s) { return __atomic_load_n(&s->multislot_count, __ATOMIC_ACQUIRE); }
+inline Span::Multislot span_multislot_at(const Span* s, unsigned k) {
+  Span::Multislot m;
+  __atomic_load(&s->multislot[k], &m, __ATOMIC_ACQUIRE);
+  return m;
 }
 
 // Why a pointer into a span is not a live object's start.

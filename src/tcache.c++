@@ -309,12 +309,14 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       chunk_reset_header(c, kind, d, used);
     }
   } else {
+    int saved_errno = errno;
     c = chunk_map(kind, d, where);
     if (!c) {
       // Out of memory or address space (RLIMIT_AS): give back the cached large
-      // mappings and free chunks, then try once more.
+      // mappings and free chunks, then try once more (errno as it was if that works).
       release_cached(d);
       c = chunk_map(kind, d, where);
+      if (c) errno = saved_errno;
     }
     if (!c) return nullptr;
     if (where.node >= 0 && c->node != where.node) d->bind_fallbacks.fetch_add(1, std::memory_order_relaxed);
@@ -1041,10 +1043,12 @@ LCA_CORE_TEXT void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment,
 }
 
 LCA_CORE_TEXT void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
+  int saved_errno = errno;  // a first attempt's ENOMEM is undone if the retry works
   void* p = large_alloc(d, &d->large, size, alignment, fresh_zero);
   if (!p) {
     release_cached(d);
     p = large_alloc(d, &d->large, size, alignment, fresh_zero);
+    if (p) errno = saved_errno;
   }
   return p;
 }
@@ -1139,9 +1143,11 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   if (why == SpanCheck::not_live) report_fatal("Double free", p, "the block is not allocated (freed already)");
   if (!(s->flags & kSpanInactive) && p < s->bump) {
     // Inside an object that grew over several slots?
-    for (unsigned k = 0; k < s->multislot_count; ++k) {
-      const char* first = span_base(s) + static_cast<std::size_t>(s->multislot[k].first) * s->obj_size;
-      if (p > first && p < first + static_cast<std::size_t>(s->multislot[k].slots) * s->obj_size)
+    for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
+      Span::Multislot m = span_multislot_at(s, k);
+      if (m.first == kNoMultislot) continue;
+      const char* first = span_base(s) + static_cast<std::size_t>(m.first) * s->obj_size;
+      if (p > first && p < first + static_cast<std::size_t>(m.slots) * s->obj_size)
         report_fatal("Invalid free", p, "pointer into the middle of a block");
     }
   }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -18,8 +19,11 @@
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "../test-util.h++"
 #include "config.h"
@@ -536,6 +540,72 @@ START_TEST(test_large_cache_holds_what_live_blocks_hold) {
   ck_assert_uint_eq(alloc.get_stats().large_mappings, 0);
   // The bound followed the live bytes down to kLargeCacheBytes (64 MiB).
   ck_assert_uint_le(alloc.get_stats().os_memory_mapped, 64 * MiB + 8 * MiB);
+}
+END_TEST
+
+// No munmap under the large table's lock (issue 17 review): the cached mappings
+// that a free evicts or a trim drops are unmapped after the lock is released,
+// or every thread's large malloc and free waits for the system call.  The
+// suite's munmap (below: libcalloc's calls reach it, the suite links the library
+// statically) stops, while armed, until a prober thread has taken the lock (by
+// malloc_usable_size of a large block); if the munmapping thread holds the lock
+// the prober cannot, and the munmap gives up waiting after 5 s.
+namespace munmap_probe {
+std::atomic<bool> armed{false}, in_munmap{false}, probed{false};
+std::atomic<unsigned> calls{0}, under_lock{0};
+}  // namespace munmap_probe
+
+extern "C" int munmap(void* addr, std::size_t len) noexcept {
+  using namespace munmap_probe;
+  if (armed.load() && !in_munmap.exchange(true)) {
+    ++calls;
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!probed.load() && std::chrono::steady_clock::now() < until) sched_yield();
+    if (!probed.load()) ++under_lock;
+    probed = false;
+    in_munmap = false;
+  }
+  return static_cast<int>(syscall(SYS_munmap, addr, len));
+}
+
+START_TEST(test_large_cache_unmaps_outside_the_lock) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("under Valgrind freed blocks wait in the quarantine");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+  using namespace munmap_probe;
+  custom_alloc::MemoryAllocator alloc;
+  void* probe_block = lca_malloc(2 * MiB);  // a large block: its usable size takes the lock
+  ck_assert_ptr_nonnull(probe_block);
+  std::atomic<bool> stop{false};
+  std::thread prober([&] {
+    while (!stop.load()) {
+      if (in_munmap.load() && !probed.load()) {
+        ck_assert_uint_ge(lca_usable_size(probe_block), 2 * MiB);
+        probed = true;
+      }
+      sched_yield();
+    }
+  });
+  void* a = alloc.allocate(40 * MiB);
+  void* b = alloc.allocate(40 * MiB);
+  ck_assert_ptr_nonnull(a);
+  ck_assert_ptr_nonnull(b);
+  alloc.deallocate(a);  // cached (limit: 64 MiB and the live 40)
+  armed = true;
+  alloc.deallocate(b);  // cached, a evicted (limit 64 MiB): unmapped
+  unsigned evicted = calls.load();
+  void* c = alloc.allocate(8 * MiB);  // from b's cached mapping, its tail cached
+  ck_assert_ptr_nonnull(c);
+  alloc.deallocate(c);
+  alloc.trim();  // every cached mapping unmapped
+  armed = false;
+  stop = true;
+  prober.join();
+  lca_free(probe_block);
+  ck_assert_uint_ge(evicted, 1);
+  ck_assert_uint_ge(calls.load(), 2);
+  ck_assert_msg(under_lock.load() == 0, "%u of %u munmaps of cached mappings were made under the large table's lock",
+                under_lock.load(), calls.load());
+  ck_assert_uint_eq(alloc.get_stats().large_mappings, 0);
 }
 END_TEST
 
@@ -1423,5 +1493,6 @@ int main() {
   tcase_add_test(tc, test_borrow_from_class_above);
   tcase_add_test(tc, test_growth_in_place_within_carve_limit);
   tcase_add_test(tc, test_small_globals_before_big_tables);
+  tcase_add_test(tc, test_large_cache_unmaps_outside_the_lock);
   return test_util::run_suite(s);
 }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -504,6 +505,40 @@ START_TEST(test_large_realloc_races_new_mappings) {
 }
 END_TEST
 
+// A large block whose mapping cannot grow in place (another mapping right after
+// it) moves by mremap: the realloc succeeds, and errno is as it was.  The
+// failed in-place mremap used to leave ENOMEM there (issue 17 review).
+START_TEST(test_large_realloc_move_keeps_errno) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap (tests/unit/secure)");
+#endif
+  constexpr std::size_t kSize = 1536 * KiB;
+  auto* p = static_cast<unsigned char*>(lca_malloc(kSize));
+  ck_assert_ptr_nonnull(p);
+  std::size_t usable = lca_usable_size(p);
+  p[0] = 7;
+  p[kSize - 1] = 9;
+  // Whatever is mapped there (ours, or something that was there already) stops
+  // the in-place growth.
+  void* want = p + usable;
+  void* wall = mmap(want, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  bool ours = wall == want;
+  if (wall != MAP_FAILED && !ours) munmap(wall, 4096);  // a kernel that took it as a hint
+  errno = EDOM;
+  auto* q = static_cast<unsigned char*>(lca_realloc(p, 4 * kSize));
+  int e = errno;
+  ck_assert_ptr_nonnull(q);
+  ck_assert_msg(e == EDOM, "a successful realloc that moved a large block set errno to %d (%s)", e, strerror(e));
+  ck_assert_int_eq(q[0], 7);
+  ck_assert_int_eq(q[kSize - 1], 9);
+  if (ours) {
+    ck_assert_ptr_ne(q, p);
+    munmap(wall, 4096);
+  }
+  lca_free(q);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("realloc", &tc);
@@ -520,5 +555,6 @@ int main() {
   tcase_add_test(tc, test_realloc_same_size);
   tcase_add_test(tc, test_reallocarray_overflow);
   tcase_add_test(tc, test_large_realloc_races_new_mappings);
+  tcase_add_test(tc, test_large_realloc_move_keeps_errno);
   return test_util::run_suite(s);
 }

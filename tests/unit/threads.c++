@@ -15,6 +15,7 @@
 #include <custom_alloc/memory_allocator.h++>
 #include <libcalloc.h>
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -2185,6 +2186,86 @@ START_TEST(test_span_purges_race_remote_frees) {
 }
 END_TEST
 
+// Objects that grew in place over several slots (span_grow_at_frontier) are
+// listed in their span's Span::multislot, which other threads read
+// (malloc_usable_size, realloc, remote free of a grown block) while the owner
+// changes it.  The owner's release of a grown object X used to move the last
+// entry, Y's, into X's place after lowering the count: a reader between the two
+// stores missed Y and took it for one slot (64 bytes instead of 256; a realloc
+// by that thread then copied 64 bytes).  Here the owner frees X again and again
+// while a reader asks for Y's usable size, Y always the last grown object.
+START_TEST(test_grown_block_read_while_owner_releases) {
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("Valgrind runs one thread at a time, and Valgrind and ASan modes keep freed blocks in a quarantine (X is not released)");
+  constexpr std::size_t kObject = 64, kGrown = 256;
+  const std::size_t rounds = test_util::scaled(20000) > 200 ? test_util::scaled(20000) : 200;
+  std::atomic<void*> watched{nullptr};
+  std::atomic<unsigned> phase{0}, reading{0}, freed{0};
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> short_reads{0}, reads{0};
+  std::thread reader([&] {
+    unsigned seen = 0;
+    while (!stop.load()) {
+      unsigned ph = phase.load();
+      if (ph == seen) {
+        sched_yield();
+        continue;
+      }
+      void* y = watched.load();
+      reading.store(ph);  // the owner frees X now, and waits for the next ack
+      // Until the owner has freed X (it does right after the ack; at most
+      // 20 000 reads, about a round's thousand times 20, if it was preempted).
+      for (unsigned k = 0; y && k < 20000 && freed.load() != ph && !stop.load(); ++k) {
+        if (lca_usable_size(y) < kGrown) ++short_reads;
+        ++reads;
+      }
+      seen = ph;
+    }
+  });
+  // A grown object at the frontier of the 64-byte class's span: the class's
+  // free objects are taken first (kept in `fill`), so the next one is carved.
+  std::vector<void*> fill;
+  auto grown_at_frontier = [&]() -> void* {
+    for (int tries = 0; tries < 4096; ++tries) {
+      void* p = lca_malloc(kObject);
+      ck_assert_ptr_nonnull(p);
+      void* q = lca_realloc(p, kGrown);
+      if (q == p && lca_usable_size(p) >= kGrown) return p;
+      // Moved: its slot went back to the free list, taken again here.
+      fill.push_back(q);
+      fill.push_back(lca_malloc(kObject));
+    }
+    ck_abort_msg("no 64-byte object grew in place");
+    return nullptr;
+  };
+  void* x = grown_at_frontier();
+  std::size_t grew_together = 0;
+  for (std::size_t r = 1; r <= rounds; ++r) {
+    void* y = grown_at_frontier();
+    // Both in one span (a new span starts the pair again).
+    bool same_span = (reinterpret_cast<std::uintptr_t>(x) >> 16) == (reinterpret_cast<std::uintptr_t>(y) >> 16);
+    // (Always a new phase: the reader stops reading the last round's Y, X now.)
+    grew_together += same_span;
+    watched.store(same_span ? y : nullptr);
+    phase.store(static_cast<unsigned>(r));
+    while (reading.load() != r) sched_yield();
+    lca_free(x);  // under the reader's reads
+    freed.store(static_cast<unsigned>(r));
+    x = y;
+  }
+  phase.store(0);
+  stop = true;
+  reader.join();
+  lca_free(x);
+  for (void* p : fill) lca_free(p);
+  std::printf("# grown pairs %zu of %zu, reads %zu, short %zu\n", grew_together, rounds, reads.load(),
+                  short_reads.load());
+  ck_assert_uint_gt(grew_together, rounds / 2);
+  ck_assert_msg(short_reads.load() == 0, "%zu of %zu reads of a grown block's usable size were short",
+                short_reads.load(), reads.load());
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("threads", &tc);
@@ -2210,5 +2291,6 @@ int main() {
   tcase_add_test(tc, test_refill_rotation);
   tcase_add_test(tc, test_grown_block_freed_into_pool_counted);
   tcase_add_test(tc, test_span_purges_race_remote_frees);
+  tcase_add_test(tc, test_grown_block_read_while_owner_releases);
   return test_util::run_suite(s);
 }
