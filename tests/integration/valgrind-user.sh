@@ -149,7 +149,16 @@ expect "Invalid read of size 1" "is 1,000 bytes inside a block of size 300,000 f
   "secure_use_after_free_large"
 
 run secure-leak $vg
-expect "56 bytes in 1 blocks are definitely lost" "250,000 bytes in 1 blocks are definitely lost" "secure_leak"
+if grep -q '^#define CALLOC_DEBUG 1' "$top_builddir/config.h" 2>/dev/null &&
+  grep -F -q "250,000 bytes in 1 blocks are possibly lost" "$report"; then
+  # An --enable-debug build (-O0): memcheck finds a pointer into the large
+  # block (not to its start) somewhere it scans, so the leak is reported as
+  # "possibly lost"; the optimised build leaves none ("definitely lost").
+  # Which word holds it is not known yet (2026-12-06).  Still a leak report.
+  expect "56 bytes in 1 blocks are definitely lost" "secure_leak"
+else
+  expect "56 bytes in 1 blocks are definitely lost" "250,000 bytes in 1 blocks are definitely lost" "secure_leak"
+fi
 
 run secure-uninitialised $vg
 expect "Conditional jump or move depends on uninitialised value" "secure_read_uninitialised"
