@@ -2100,7 +2100,7 @@ START_TEST(test_span_purges_race_remote_frees) {
     lca_free(b.p);
   };
   const unsigned generations = test_util::running_on_valgrind() ? 1 : 2;
-  std::size_t purged_before = 0;
+  [[maybe_unused]] std::size_t purged_before = 0;  // read only without --enable-secure
   auto purged_pages = [] {
     std::size_t n = 0;
     for (lca::Heap* h = lca::g_process_domain.heaps; h; h = h->next_in_domain) n += h->counters.span_pages_purged.get();
