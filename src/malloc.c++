@@ -44,6 +44,16 @@ namespace {
 inline void* secure_malloc(std::size_t size, std::size_t alignment) { return secure_process_alloc(size, alignment); }
 // secure_free_if_secure keeps errno itself.
 inline void secure_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
+#if CALLOC_TRACKING
+  // With --enable-tracking too, the tracker forgets the block before the heap
+  // frees it (as free_cold does for the core heap): once freed, its address may
+  // be another thread's new, recorded block.
+  if (track_active()) {
+    int saved = errno;
+    track_free(p);
+    errno = saved;
+  }
+#endif
   if (__builtin_expect(secure_free_if_secure(p, size, alignment, what), 1)) return;
   int saved = errno;
   block_free(p);
@@ -53,6 +63,9 @@ inline void secure_free(void* p, std::size_t size, std::size_t alignment, const 
 
 LCA_CORE_TEXT __attribute__((noinline)) void* malloc_slow(std::size_t size, std::size_t alignment) {
 #if CALLOC_SECURE
+#if CALLOC_TRACKING
+  if (track_full()) return track_malloc(size, alignment);  // from the secure heap (track.c++)
+#endif
   return secure_malloc(size, alignment);
 #endif
   if (size > kMaxRequest) {
@@ -85,6 +98,12 @@ LCA_CORE_TEXT __attribute__((noinline)) void* malloc_slow(std::size_t size, std:
 
 inline void* fast_malloc(std::size_t size) {
 #if CALLOC_SECURE
+#if CALLOC_TRACKING
+  // --enable-secure with --enable-tracking: the sampling countdown, and in full
+  // mode every call (the secure heap has no slow path to send it to), go to
+  // track_malloc, which takes its block from the secure heap.
+  if (track_countdown(size) || track_full()) return track_malloc(size, 16);
+#endif
   return secure_malloc(size, 16);
 #endif
 #if CALLOC_TRACKING
@@ -153,6 +172,9 @@ LCA_CORE_TEXT void* calloc_impl(std::size_t count, std::size_t size) {
     return nullptr;
   }
 #if CALLOC_SECURE
+#if CALLOC_TRACKING
+  if (track_countdown(total) || track_full()) return track_calloc(total);  // zero-filled, from the secure heap
+#endif
   void* z = secure_malloc(total, 16);  // secure blocks are zero-filled
   if (secure_vg() && z) secure_vg_zeroed(z, total);  // which memcheck learns here
   return z;
@@ -214,6 +236,10 @@ LCA_EXPORT LCA_CORE_TEXT void* lca_realloc(void* ptr, std::size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
+#if CALLOC_SECURE && CALLOC_TRACKING
+  // track_realloc moves secure blocks within the secure heap (track.c++).
+  if (track_active()) return track_realloc(ptr, size);
+#endif
 #if CALLOC_SECURE
   if (void* out; secure_realloc_if_secure(secure_process_heap(), ptr, size, &out)) {
     if (!out) errno = ENOMEM;

@@ -62,6 +62,8 @@
 
 #include "os.h++"
 #include "report.h++"
+#include "secure.h++"
+#include "secure_vg.h++"
 #include "tcache.h++"
 #include "track-unwind.h++"
 #include "vg.h++"
@@ -1971,6 +1973,14 @@ namespace {
 // layer, whose fresh mappings are zero already and are left untouched (a
 // memset there made every page of a large calloc resident while sampling).
 LCA_SAMPLING_TEXT void* tracked_block(std::size_t size, std::size_t alignment, bool unpooled, bool zero) {
+#if CALLOC_SECURE
+  // --enable-secure: the process heap is the secure heap, whose every free
+  // reaches malloc.c++'s secure_free (and track_free); its blocks are zero-filled.
+  (void)unpooled;
+  void* z = secure_process_alloc(size, alignment);
+  if (zero && z && secure_vg()) secure_vg_zeroed(z, size);  // as calloc_impl tells memcheck
+  return z;
+#endif
   if (zero && size > kLargeThreshold && !on_valgrind()) return domain_calloc_large(&g_process_domain, size, alignment);
   void* p = unpooled ? domain_alloc_unpooled(&g_process_domain, size, alignment)
                      : domain_alloc(&g_process_domain, size, alignment);
@@ -2026,9 +2036,24 @@ LCA_SAMPLING_TEXT void track_free(void* p) {
   dump_if_requested();
 }
 
-LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
+namespace {
+// realloc in the process heap, untracked: with --enable-secure a secure block
+// moves within the secure heap (as lca_realloc does), any other goes to the core.
+LCA_SAMPLING_TEXT void* heap_realloc(void* p, std::size_t size) {
+#if CALLOC_SECURE
+  if (void* out; secure_realloc_if_secure(secure_process_heap(), p, size, &out)) return out;
+#endif
   ResizeResult how;
-  if (tls_track_busy) return block_realloc(&g_process_domain, p, size, true, &how);
+  return block_realloc(&g_process_domain, p, size, true, &how);
+}
+}  // namespace
+
+LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
+  if (tls_track_busy) {
+    void* q = heap_realloc(p, size);
+    if (!q) errno = ENOMEM;
+    return q;
+  }
   if (size > kMaxRequest) {
     errno = ENOMEM;
     return nullptr;
@@ -2038,7 +2063,7 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
   bool was_tracked = block_take(p, &old);
   bool sample_now = g_track_mode == TrackMode::full || track_countdown(size);
   if (!sample_now) {
-    void* q = block_realloc(&g_process_domain, p, size, true, &how);
+    void* q = heap_realloc(p, size);
     if (!q) {
       if (was_tracked) block_insert(p, old.site, old.weight_fx, old.bytes);
       errno = ENOMEM;
@@ -2048,14 +2073,18 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
   Busy busy;
   void* q;
   if (g_track_mode == TrackMode::full) {
-    q = block_realloc(&g_process_domain, p, size, true, &how);
+    q = heap_realloc(p, size);
   } else {
+#if CALLOC_SECURE
+    q = heap_realloc(p, size);  // every free of a secure block reaches track_free
+#else
     std::size_t old_size = block_usable_size(p, "realloc");
     q = domain_alloc_unpooled(&g_process_domain, size, 16);
     if (q) {
       std::memcpy(q, p, old_size < size ? old_size : size);
       block_free(p);
     }
+#endif
     tls_track_countdown = next_interval();
   }
   if (!q) {

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "options.h++"
+#include "secure.h++"
 #include "track.h++"
 
 #include "../test-util.h++"
@@ -536,6 +537,80 @@ START_TEST(test_sampling_keeps_calloc_pages_untouched) {
 }
 END_TEST
 
+#if CALLOC_SECURE
+// --enable-secure with --enable-tracking: the process heap is the secure heap,
+// and the tracker sees it.  Every block -- tracked in full mode, sampled or not,
+// aligned, calloc'd, moved by realloc -- is a secure block (secure_owns), and a
+// thread's first aligned allocation with tracking off too (its countdown starts
+// at 0, so it reaches track_malloc, which once took its block from the core
+// heap: no canary, no alignment check on free).  A block freed through
+// MemoryAllocator::instance() leaves the tracker too.  A tracked block keeps the
+// secure heap's checks: an overflow into its canary and a double free abort.
+START_TEST(test_secure_heap_is_tracked) {
+  std::string err = in_child([]() -> std::string {
+    std::string failure;
+    lca::track_start_for_test(lca::TrackMode::off, 0);  // as in a program without LIBCALLOC_OPTIONS
+    std::thread([&] {
+      void* a = lca_aligned_alloc(64, 100);
+      if (!lca::secure_owns(a)) failure = "with tracking off, a thread's first aligned block is not secure";
+      lca_free(a);
+    }).join();
+    if (!failure.empty()) return failure;
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    void* p = process_leak(100);
+    void* a = lca_aligned_alloc(4096, 200);
+    auto* c = static_cast<unsigned char*>(lca_calloc(50, 100));
+    void* q = lca_realloc(lca_malloc(10), 30000);
+    for (void* b : {p, a, static_cast<void*>(c), q})
+      if (!lca::secure_owns(b)) return "full mode: a block is not the secure heap's";
+    for (int i = 0; i < 5000; ++i)
+      if (c[i] != 0) return "calloc's block is not zero";
+    lca::TrackTotals t = lca::track_totals();
+    if (t.live_blocks != 4 || t.live_bytes != 100 + 200 + 5000 + 30000 || t.calls != 5)
+      return "full mode: live " + std::to_string(t.live_blocks) + " blocks, " + std::to_string(t.live_bytes) +
+             " bytes, " + std::to_string(t.calls) + " calls";
+    for (void* b : {p, a, static_cast<void*>(c)}) lca_free(b);
+    MemoryAllocator::instance().deallocate(q);  // the process heap too: the tracker forgets q
+    t = lca::track_totals();
+    if (t.live_blocks != 0 || t.live_bytes != 0) return "full mode: not all freed: " + std::to_string(t.live_bytes);
+    lca::track_start_for_test(lca::TrackMode::sample, 4096);
+    std::size_t samples = lca::track_totals().samples;
+    std::vector<void*> blocks;
+    for (int i = 0; i < 2000; ++i) blocks.push_back(lca_malloc(64 + static_cast<std::size_t>(i % 7) * 100));
+    for (void*& b : blocks) b = lca_realloc(b, 500);
+    bool all_secure = true;
+    for (void* b : blocks) all_secure = all_secure && lca::secure_owns(b);
+    for (void* b : blocks) lca_free(b);
+    std::vector<void*>().swap(blocks);  // its buffer may be a sample too
+    if (!all_secure) return "sample mode: a block is not the secure heap's";
+    t = lca::track_totals();
+    if (t.samples - samples < 50) return "sample mode: " + std::to_string(t.samples - samples) + " samples";
+    if (std::fabs(t.live_bytes) > 0.5) return "sample mode: live bytes after freeing all: " + std::to_string(t.live_bytes);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+  test_util::DeathResult r = test_util::expect_death(
+      [] {
+        lca::track_start_for_test(lca::TrackMode::full, 0);
+        auto* p = static_cast<char*>(process_leak(24));
+        test_util::launder(p)[24] = 'x';  // the canary right after the block
+        lca_free(p);
+      },
+      "Canary corrupted");
+  ck_assert_msg(r.ok(), "overflow of a tracked block: %s", r.description.c_str());
+  r = test_util::expect_death(
+      [] {
+        lca::track_start_for_test(lca::TrackMode::full, 0);
+        void* p = process_leak(24);
+        lca_free(p);
+        lca_free(test_util::launder(p));
+      },
+      "Double free");
+  ck_assert_msg(r.ok(), "double free of a tracked block: %s", r.description.c_str());
+}
+END_TEST
+#endif
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("track", &tc);
@@ -551,5 +626,8 @@ int main() {
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
+#if CALLOC_SECURE
+  tcase_add_test(tc, test_secure_heap_is_tracked);
+#endif
   return test_util::run_suite(s);
 }
