@@ -151,14 +151,25 @@ expect "Invalid read of size 1" "is 1,000 bytes inside a block of size 300,000 f
 run secure-leak $vg
 if grep -q '^#define CALLOC_DEBUG 1' "$top_builddir/config.h" 2>/dev/null &&
   grep -F -q "250,000 bytes in 1 blocks are possibly lost" "$report"; then
-  # An --enable-debug build (-O0): memcheck finds a pointer into the large
-  # block (not to its start) somewhere it scans, so the leak is reported as
-  # "possibly lost"; the optimised build leaves none ("definitely lost").
-  # Which word holds it is not known yet (2026-12-06).  Still a leak report.
+  # Seen once, in the CI's --enable-debug --enable-tracking build (1497b2b,
+  # 2026-12-06): "possibly lost", a word pointing into the large block.  Not
+  # reproduced since (that commit's debug build at the CI's paths and this one's,
+  # 100 runs, environment padded to every size mod 64, other stack limits: all
+  # "definitely lost").  memcheck's gdbserver at _exit (who_points_at over the
+  # block and 64 MiB around it) finds no word in it, and none of libcalloc's:
+  # the large-block table keeps the mapping's start (a page and the leading slack
+  # below the block) and the block's address XOR a secret.  The words near it
+  # that point nowhere are ld.so's 32-bit hashes in 64-bit slots, as for
+  # leak-big: its STB_GNU_UNIQUE table's GNU hash of libstdc++'s
+  # std::__cxx11::numpunct<wchar_t>::id, 0x8fb80d8, 1.1 MiB above the block
+  # (0x8ea3f70 at -O0, 0x8e41f70 at -O2), and symbol version hashes (GCC_3.0,
+  # CXXABI_1.3.1, ...).  Which word it was in the CI run is not known.
   expect "56 bytes in 1 blocks are definitely lost" "secure_leak"
 else
   expect "56 bytes in 1 blocks are definitely lost" "250,000 bytes in 1 blocks are definitely lost" "secure_leak"
 fi
+# Never a pointer to its start (that would be a libcalloc structure keeping it).
+expect_not "still reachable: 250,"
 
 run secure-uninitialised $vg
 expect "Conditional jump or move depends on uninitialised value" "secure_read_uninitialised"
