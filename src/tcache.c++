@@ -229,6 +229,20 @@ void release_cached(Domain* d) {
   large_trim(&d->large, true);
 }
 
+// attempt(), and once more after release_cached when it returns nullptr; a
+// retry that succeeds leaves errno as it was before the first attempt.
+template <class Attempt>
+LCA_CORE_TEXT auto with_retry_after_release(Domain* d, Attempt attempt) {
+  int saved_errno = errno;
+  auto r = attempt();
+  if (!r) {
+    release_cached(d);
+    r = attempt();
+    if (r) errno = saved_errno;
+  }
+  return r;
+}
+
 // Gives the empty spans of abandoned heaps back (domain lock held).
 void sweep_abandoned(Domain* d);
 
@@ -309,15 +323,9 @@ LCA_CORE_TEXT ChunkHeader* acquire_chunk(Domain* d, ChunkKind kind, Heap* h) {
       chunk_reset_header(c, kind, d, used);
     }
   } else {
-    int saved_errno = errno;
-    c = chunk_map(kind, d, where);
-    if (!c) {
-      // Out of memory or address space (RLIMIT_AS): give back the cached large
-      // mappings and free chunks, then try once more (errno as it was if that works).
-      release_cached(d);
-      c = chunk_map(kind, d, where);
-      if (c) errno = saved_errno;
-    }
+    // Out of memory or address space (RLIMIT_AS): the cached large mappings
+    // and free chunks go back, and it tries once more.
+    c = with_retry_after_release(d, [&] { return chunk_map(kind, d, where); });
     if (!c) return nullptr;
     if (where.node >= 0 && c->node != where.node) d->bind_fallbacks.fetch_add(1, std::memory_order_relaxed);
     fresh = true;
@@ -1043,14 +1051,7 @@ LCA_CORE_TEXT void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment,
 }
 
 LCA_CORE_TEXT void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
-  int saved_errno = errno;  // a first attempt's ENOMEM is undone if the retry works
-  void* p = large_alloc(d, &d->large, size, alignment, fresh_zero);
-  if (!p) {
-    release_cached(d);
-    p = large_alloc(d, &d->large, size, alignment, fresh_zero);
-    if (p) errno = saved_errno;
-  }
-  return p;
+  return with_retry_after_release(d, [&] { return large_alloc(d, &d->large, size, alignment, fresh_zero); });
 }
 
 LCA_CORE_TEXT void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {
