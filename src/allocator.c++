@@ -62,23 +62,13 @@ void* MemoryAllocator::allocate(std::size_t size, std::size_t alignment) {
   return p;
 }
 
-#if CALLOC_SECURE && CALLOC_TRACKING
-namespace {
-// With --enable-tracking too: a block of the process heap (malloc's, which the
-// tracker may have recorded) leaves the tracker before the secure heap frees or
-// moves it, as in malloc.c++'s secure_free (free_cold does it for the core heap).
-void forget_tracked(void* ptr) {
-  if (!ptr || !lca::track_active()) return;
-  int saved = errno;
-  lca::track_free(ptr);
-  errno = saved;
-}
-}  // namespace
-#endif
 
 void MemoryAllocator::deallocate(void* ptr) {
 #if CALLOC_SECURE && CALLOC_TRACKING
-  forget_tracked(ptr);
+  // A block of the process heap (malloc's, which the tracker may have
+  // recorded) leaves the tracker before the secure heap frees it, as in
+  // malloc.c++'s secure_free (free_cold does it for the core heap).
+  if (ptr) lca::track_forget(ptr);
 #endif
 #if CALLOC_SECURE
   if (ptr && lca::secure_free_if_secure(ptr, lca::kAnySize, lca::kAnyAlignment, "deallocate")) return;
@@ -105,7 +95,7 @@ void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {
     return nullptr;
   }
 #if CALLOC_SECURE && CALLOC_TRACKING
-  forget_tracked(ptr);  // the block untracked from here, as the core heap's when realloc moves it
+  lca::track_forget(ptr);  // the block untracked from here, as the core heap's when realloc moves it
 #endif
 #if CALLOC_SECURE
   if (void* out; lca::secure_realloc_if_secure(lca::secure_process_heap(), ptr, new_size, &out)) {

@@ -48,11 +48,7 @@ inline void secure_free(void* p, std::size_t size, std::size_t alignment, const 
   // With --enable-tracking too, the tracker forgets the block before the heap
   // frees it (as free_cold does for the core heap): once freed, its address may
   // be another thread's new, recorded block.
-  if (track_active()) {
-    int saved = errno;
-    track_free(p);
-    errno = saved;
-  }
+  track_forget(p);
 #endif
   if (__builtin_expect(secure_free_if_secure(p, size, alignment, what), 1)) return;
   int saved = errno;

@@ -243,11 +243,7 @@ LCA_CORE_TEXT __attribute__((noinline)) void free_cold_rest(void* p, bool arena)
 LCA_CORE_TEXT void free_cold(void* p) {
   if (!p) return;  // free(nullptr): block_free has no null test of its own
 #if CALLOC_TRACKING
-  if (track_active()) {
-    int saved = errno;
-    track_free(p);
-    errno = saved;
-  }
+  track_forget(p);
 #endif
   // A block of the caller's own arena (tls_heap is &g_no_heap in Valgrind and
   // ASan mode, and in a thread without a heap: no chunk names it as its heap).

@@ -13,6 +13,7 @@
 #ifndef LCA_TRACK_HXX
 #define LCA_TRACK_HXX
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
@@ -66,6 +67,15 @@ void* track_malloc(std::size_t size, std::size_t alignment);
 void* track_calloc(std::size_t size);
 // A free of any block, before the allocator releases it (free_cold).
 void track_free(void* p);
+// track_free while tracking is active, errno kept: what every free path of the
+// process heap calls before it releases p (free_cold; with --enable-secure,
+// the secure frees and MemoryAllocator's).
+inline void track_forget(void* p) {
+  if (!track_active()) return;
+  int saved = errno;
+  track_free(p);
+  errno = saved;
+}
 // realloc of a live block p of the process heap while tracking is active.
 void* track_realloc(void* p, std::size_t size);
 
