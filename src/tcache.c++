@@ -1322,12 +1322,11 @@ DomainStats domain_stats(Domain* d) {
   DomainLock lock(d);
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
     const HeapCounters& k = h->counters;
-    // The queues and the folds hold still (tcache.h++), but for a heap torn
-    // by a fork (Heap::stats_torn), whose lock may never be released.
-    if (!h->stats_torn) lca_mutex_lock(&h->stats_lock);
+    // The queues and the folds hold still (tcache.h++).
+    lca_mutex_lock(&h->stats_lock);
     for (unsigned c = 0; c < kNumClasses; ++c) {
       std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
-      for (const Span* s = h->stats_torn ? nullptr : h->head[c]; s != &g_empty_span && s; s = s->next) {
+      for (const Span* s = h->head[c]; s != &g_empty_span && s; s = s->next) {
         std::uint64_t u = span_use(s);
         std::uint64_t allocs = u >> kUseCountShift;
         a += allocs;
@@ -1345,7 +1344,7 @@ DomainStats domain_stats(Domain* d) {
     st.realloc_in_place += k.realloc_in_place.get();
     st.realloc_moved += k.realloc_moved.get();
     st.realloc_remapped += k.realloc_remapped.get();
-    if (!h->stats_torn) lca_mutex_unlock(&h->stats_lock);
+    lca_mutex_unlock(&h->stats_lock);
   }
   st.free_count += d->orphan_frees.load(std::memory_order_relaxed);
   st.total_freed += d->orphan_free_bytes.load(std::memory_order_relaxed);

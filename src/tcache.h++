@@ -242,12 +242,10 @@ struct Heap {
   std::uint8_t span_purge_backoff = 0;
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
-  // A leaf lock (its holder takes no other); never on a fast path.
+  // A leaf lock (its holder takes no other); never on a fast path.  fork()'s
+  // prepare handler holds it for every heap not abandoned (pool.c++), so that
+  // the child finds no queue half changed.
   pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
-  // In a fork() child: the fork caught the heap's thread holding stats_lock, so
-  // a queue may be half changed; readers neither take that lock nor walk the
-  // queues, and count its folded counters only.
-  bool stats_torn = false;
 };
 
 class StatsLock {
