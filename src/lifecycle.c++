@@ -9,6 +9,7 @@
 #include "lifecycle.h++"
 #include "placement.h++"
 
+#include <cerrno>
 #include <pthread.h>
 
 #include "config.h"
@@ -87,6 +88,10 @@ LCA_CORE_TEXT Heap* heap_for_thread() {
   }
   if (!h) return nullptr;
   tls_owned_heap = h;
+  // After the exit handler: for this call only (heap_abandon_after_exit), not
+  // on the fast paths and not under the key, whose destructor glibc may not
+  // call again (at most PTHREAD_DESTRUCTOR_ITERATIONS rounds).
+  if (tls_heap_gone) return h;
 #if CALLOC_TRACKING
   // Full tracking keeps every call on the slow paths, as Valgrind mode does.
   if (!on_valgrind() && !track_full()) tls_heap = h;
@@ -95,6 +100,23 @@ LCA_CORE_TEXT Heap* heap_for_thread() {
 #endif
   pthread_setspecific(g_heap_key, h);
   return h;
+}
+
+// A thread whose exit handler has run allocated (another pthread key's
+// destructor, made after libcalloc's key): the heap it took for that call goes
+// back to the domain at once, as at thread exit.  Before, the heap was set
+// under the key again, and one taken in glibc's last round of key destructors
+// was never abandoned: a heap and its chunk lost per thread
+// (tests/unit/threads, test_allocation_after_exit_handler).
+LCA_CORE_TEXT void heap_abandon_after_exit(Heap* h) {
+  if (h != tls_owned_heap) return;
+  VgSerial serial;
+  int saved = errno;
+  remote_batch_flush_all(h);
+  tls_owned_heap = nullptr;
+  tls_heap = &g_no_heap;
+  heap_abandon(h);
+  errno = saved;
 }
 
 // numa=1: a thread that now runs on another node than its heap's leaves that

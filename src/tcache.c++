@@ -1071,7 +1071,9 @@ LCA_CORE_TEXT void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t al
       errno = ENOMEM;
       return nullptr;
     }
-    return heap_alloc(h, size, alignment, false);
+    void* p = heap_alloc(h, size, alignment, false);
+    heap_done_after_exit(h);  // (a heap for one call after the thread's exit handler)
+    return p;
   }
   DomainLock lock(d);
   return heap_alloc(d->single, size, alignment, false);
@@ -1373,7 +1375,9 @@ void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) 
   if (on_valgrind() || !d->per_thread) return domain_alloc(d, size, alignment);
   Heap* h = heap_for_thread();
   if (!h) return nullptr;
-  return heap_alloc(h, size, alignment, true);
+  void* p = heap_alloc(h, size, alignment, true);
+  heap_done_after_exit(h);
+  return p;
 }
 
 // --- defragmentation support (defrag.c++) -----------------------------------

@@ -405,8 +405,18 @@ extern constinit thread_local bool tls_heap_gone __attribute__((tls_model("initi
 constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
 
 // The calling thread's heap in the process domain, created or adopted on first use;
-// nullptr when the OS has no memory for it (lifecycle.c++).
+// nullptr when the OS has no memory for it (lifecycle.c++).  After the thread's
+// exit handler has run (tls_heap_gone: another pthread key's destructor
+// allocates), a heap for the one call, which the caller gives back with
+// heap_done_after_exit: a heap taken then would otherwise stay the thread's
+// for good when glibc had run the key destructors for the last time.
 Heap* heap_for_thread();
+// Abandons h (as at thread exit) when it is the calling thread's heap for one
+// call after its exit handler (heap_for_thread); errno kept.
+void heap_abandon_after_exit(Heap* h);
+inline void heap_done_after_exit(Heap* h) {
+  if (__builtin_expect(tls_heap_gone, 0) && h) heap_abandon_after_exit(h);
+}
 // numa=1: when the calling thread now runs on another node than its heap h's,
 // abandons h (as at thread exit) and returns a heap of the new node; else h.
 Heap* heap_rehome_if_moved(Heap* h);
