@@ -669,6 +669,14 @@ std::atomic<bool> g_stop{false};
 std::atomic<unsigned> g_bad{0};
 MemoryAllocator* g_heap = nullptr;
 
+// The table's hand-overs, as Helgrind sees them (test-util.h++).
+void* put(unsigned slot, void* p) {
+  TEST_HAPPENS_BEFORE(&g_table[slot]);
+  void* old = g_table[slot].exchange(p);
+  if (old) TEST_HAPPENS_AFTER(&g_table[slot]);
+  return old;
+}
+
 // [size][seed][pattern over up to 48 bytes]; the seed's low bit: which heap.
 void stamp_block(void* p, std::size_t n, std::uint64_t seed) {
   auto* c = static_cast<unsigned char*>(p);
@@ -714,7 +722,7 @@ void free_block(void* p) {
     lca_free(p);
 }
 void realloc_block(std::mt19937_64& rng, unsigned slot) {
-  void* p = g_table[slot].exchange(nullptr);
+  void* p = put(slot, nullptr);
   if (!p) return;
   std::size_t n;
   std::uint64_t seed;
@@ -733,7 +741,7 @@ void realloc_block(std::mt19937_64& rng, unsigned slot) {
   // What survived: the header and pattern, when the new size holds them.
   if (m >= 64 && (!block_ok(q, &n2, &seed2) || seed2 != seed)) g_bad++;
   stamp_block(q, m, seed);
-  if (void* old = g_table[slot].exchange(q)) free_block(old);
+  if (void* old = put(slot, q)) free_block(old);
 }
 // One round of churn on the table: `ops` operations.
 void churn(std::mt19937_64& rng, std::size_t ops) {
@@ -742,11 +750,11 @@ void churn(std::mt19937_64& rng, std::size_t ops) {
     unsigned slot = static_cast<unsigned>(rng() % kSlots);
     if (r < 5) {
       if (void* p = alloc_block(rng))
-        if (void* old = g_table[slot].exchange(p)) free_block(old);
+        if (void* old = put(slot, p)) free_block(old);
     } else if (r < 7) {
       realloc_block(rng, slot);
     } else {
-      if (void* p = g_table[slot].exchange(nullptr)) free_block(p);
+      if (void* p = put(slot, nullptr)) free_block(p);
     }
   }
 }
@@ -756,6 +764,7 @@ void child_sweep(std::mt19937_64& rng, unsigned free_share_pct, bool realloc) {
   for (unsigned s = 0; s < kSlots; ++s) {
     void* p = g_table[s].load();
     if (!p) continue;
+    TEST_HAPPENS_AFTER(&g_table[s]);  // (made by a parent's thread, gone here)
     std::size_t n;
     std::uint64_t seed;
     if (!block_ok(p, &n, &seed)) {
@@ -854,7 +863,7 @@ START_TEST(test_fork_amid_churn_exits_trims) {
           churn(rng, 100);
           for (int k = 0; k < 8; ++k)
             if (void* p = alloc_block(rng))
-              if (void* old = g_table[rng() % kSlots].exchange(p)) free_block(old);
+              if (void* old = put(static_cast<unsigned>(rng() % kSlots), p)) free_block(old);
         });
         t.join();
         breathe();
@@ -893,8 +902,8 @@ START_TEST(test_fork_amid_churn_exits_trims) {
     }
     g_stop = true;
     for (auto& t : threads) t.join();
-    for (auto& s : g_table)
-      if (void* p = s.exchange(nullptr)) free_block(p);
+    for (unsigned i = 0; i < kSlots; ++i)
+      if (void* p = put(i, nullptr)) free_block(p);
     g_heap = nullptr;
     if (bad)
       std::fprintf(stderr, "%d of %u children failed, first status 0x%x (%s %d)\n", bad, forks, first_status,
