@@ -228,13 +228,16 @@ namespace {
 // fork(): the statistics locks held across it -- those of d's thread heaps whose
 // thread may be running (not abandoned: an abandoned heap's lock is taken only
 // under the domain lock, which the prepare handler holds; a private domain's
-// heap likewise).  `abandoned` changes under the domain lock only, so the three
-// handlers see the same heaps.
+// heap likewise), but the forking thread's own: it holds its lock only if a
+// signal handler forks from inside one of its queue changes, and waiting for
+// it there would never end.  `abandoned` changes under the domain lock only,
+// and the three handlers run in the forking thread, so they see the same heaps.
 template <class Fn>
 LCA_CORE_TEXT void for_each_running_heap(Domain* d, Fn fn) {
   if (!d->per_thread) return;
+  Heap* mine = thread_heap_if_any();
   for (Heap* h = d->heaps; h; h = h->next_in_domain)
-    if (!h->abandoned) fn(h);
+    if (!h->abandoned && h != mine) fn(h);
 }
 }  // namespace
 
