@@ -9,6 +9,7 @@
 #include "lifecycle.h++"
 #include "placement.h++"
 
+#include <cerrno>
 #include <pthread.h>
 
 #include "config.h"
@@ -87,6 +88,10 @@ LCA_CORE_TEXT Heap* heap_for_thread() {
   }
   if (!h) return nullptr;
   tls_owned_heap = h;
+  // After the exit handler: for this call only (heap_abandon_after_exit), not
+  // on the fast paths and not under the key, whose destructor glibc may not
+  // call again (at most PTHREAD_DESTRUCTOR_ITERATIONS rounds).
+  if (tls_heap_gone) return h;
 #if CALLOC_TRACKING
   // Full tracking keeps every call on the slow paths, as Valgrind mode does.
   if (!on_valgrind() && !track_full()) tls_heap = h;
@@ -95,6 +100,23 @@ LCA_CORE_TEXT Heap* heap_for_thread() {
 #endif
   pthread_setspecific(g_heap_key, h);
   return h;
+}
+
+// A thread whose exit handler has run allocated (another pthread key's
+// destructor, made after libcalloc's key): the heap it took for that call goes
+// back to the domain at once, as at thread exit.  Before, the heap was set
+// under the key again, and one taken in glibc's last round of key destructors
+// was never abandoned: a heap and its chunk lost per thread
+// (tests/unit/threads, test_allocation_after_exit_handler).
+LCA_CORE_TEXT void heap_abandon_after_exit(Heap* h) {
+  if (h != tls_owned_heap) return;
+  VgSerial serial;
+  int saved = errno;
+  remote_batch_flush_all(h);
+  tls_owned_heap = nullptr;
+  tls_heap = &g_no_heap;
+  heap_abandon(h);
+  errno = saved;
 }
 
 // numa=1: a thread that now runs on another node than its heap's leaves that
@@ -123,7 +145,8 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's (each followed by its span pools'), the
+//   the domain list's, every domain's (each followed by its span pools' and the
+//   statistics locks of its heaps not abandoned), the
 //   large-block table's, the huge-page tables' (list first), the ASan
 //   quarantine's.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
@@ -261,7 +284,8 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// and its span pools, the large-block table, the huge-page tables.
+// and its span pools and running heaps' statistics locks, the large-block
+// table, the huge-page tables.
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {

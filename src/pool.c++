@@ -224,26 +224,51 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
   orphan_retire_doomed(d, doomed);
 }
 
+namespace {
+// fork(): the statistics locks held across it -- those of d's thread heaps whose
+// thread may be running (not abandoned: an abandoned heap's lock is taken only
+// under the domain lock, which the prepare handler holds; a private domain's
+// heap likewise), but the forking thread's own: it holds its lock only if a
+// signal handler forks from inside one of its queue changes, and waiting for
+// it there would never end.  `abandoned` changes under the domain lock only,
+// and the three handlers run in the forking thread, so they see the same heaps.
+template <class Fn>
+LCA_CORE_TEXT void for_each_running_heap(Domain* d, Fn fn) {
+  if (!d->per_thread) return;
+  Heap* mine = thread_heap_if_any();
+  for (Heap* h = d->heaps; h; h = h->next_in_domain)
+    if (!h->abandoned && h != mine) fn(h);
+}
+}  // namespace
+
+// After d's lock: its pool locks, then the statistics lock of each heap whose
+// thread may be inside a change of its class queues (a leaf lock: its holder
+// takes no other, so it lets go).  Without them the fork could catch a thread
+// half way through such a change, and the child could not walk that heap's
+// queues for its statistics (it counted the heap's folded counters only: the
+// allocations of its spans not yet folded were lost, and the frees other heaps
+// made of those blocks still counted -- tests/unit/fork,
+// test_fork_child_counts_every_allocation).
 LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
+  for_each_running_heap(d, [](Heap* h) { pthread_mutex_lock(&h->stats_lock); });
 }
 
 LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
+  for_each_running_heap(d, [](Heap* h) { pthread_mutex_unlock(&h->stats_lock); });
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
 }
 
 LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
-  // A heap's statistics lock, perhaps held by a thread the fork did not copy:
-  // that heap is never used in the child (lifecycle.c++), and its lock and
-  // queues are not touched again (Heap::stats_torn).
-  for (Heap* h = d->heaps; h; h = h->next_in_domain) {
-    if (pthread_mutex_trylock(&h->stats_lock) == 0)
-      pthread_mutex_unlock(&h->stats_lock);
-    else
-      h->stats_torn = true;
-  }
+  // The heaps of the threads the fork did not copy are never used again in the
+  // child (lifecycle.c++), but a statistics reader walks their queues: whole,
+  // as the locks held across the fork kept them.
+  for_each_running_heap(d, [](Heap* h) {
+    tsan_released_at_fork(&h->stats_lock);
+    pthread_mutex_init(&h->stats_lock, nullptr);
+  });
   if (!d->orphan_pools) return;
   for (auto& l : d->orphan_pools->lock) {
     tsan_released_at_fork(&l.m);

@@ -124,6 +124,11 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
   Domain* bd = r.domain;
   DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock
   Heap* h = bd->per_thread ? heap_for_thread() : bd->single;
+  // A heap for this call only, after the thread's exit handler (tcache.h++).
+  struct DoneAfterExit {
+    Heap* h;
+    ~DoneAfterExit() { heap_done_after_exit(h); }
+  } done_after_exit{bd->per_thread ? h : nullptr};
   if (!h) {
     errno = ENOMEM;
     return nullptr;

@@ -239,6 +239,11 @@ inline void span_set_flags(Span* s, std::uint8_t flags) {
   }
   s->fast_heap = flags ? no_fast_heap() : s->heap;
 }
+// Span::fast_heap as free's fast path reads it (block_free), for the span of
+// whatever block is freed: its owner may rewrite it meanwhile (span_set_flags),
+// by design -- a function of its own so that contrib/tsan.supp can name the
+// reader too (TSan loses the writer's stack when the owner did much since).
+inline Heap* span_fast_heap_seen(const Span* s) { return s->fast_heap; }
 
 // The span's first object: the start of its 64 KiB slot, computed from the
 // descriptor's place in the chunk header.  (Not stored: under Valgrind a stored

@@ -1071,7 +1071,9 @@ LCA_CORE_TEXT void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t al
       errno = ENOMEM;
       return nullptr;
     }
-    return heap_alloc(h, size, alignment, false);
+    void* p = heap_alloc(h, size, alignment, false);
+    heap_done_after_exit(h);  // (a heap for one call after the thread's exit handler)
+    return p;
   }
   DomainLock lock(d);
   return heap_alloc(d->single, size, alignment, false);
@@ -1322,12 +1324,11 @@ DomainStats domain_stats(Domain* d) {
   DomainLock lock(d);
   for (Heap* h = d->heaps; h; h = h->next_in_domain) {
     const HeapCounters& k = h->counters;
-    // The queues and the folds hold still (tcache.h++), but for a heap torn
-    // by a fork (Heap::stats_torn), whose lock may never be released.
-    if (!h->stats_torn) lca_mutex_lock(&h->stats_lock);
+    // The queues and the folds hold still (tcache.h++).
+    lca_mutex_lock(&h->stats_lock);
     for (unsigned c = 0; c < kNumClasses; ++c) {
       std::size_t a = k.class_allocs[c].get(), f = k.class_frees[c].get();
-      for (const Span* s = h->stats_torn ? nullptr : h->head[c]; s != &g_empty_span && s; s = s->next) {
+      for (const Span* s = h->head[c]; s != &g_empty_span && s; s = s->next) {
         std::uint64_t u = span_use(s);
         std::uint64_t allocs = u >> kUseCountShift;
         a += allocs;
@@ -1345,7 +1346,7 @@ DomainStats domain_stats(Domain* d) {
     st.realloc_in_place += k.realloc_in_place.get();
     st.realloc_moved += k.realloc_moved.get();
     st.realloc_remapped += k.realloc_remapped.get();
-    if (!h->stats_torn) lca_mutex_unlock(&h->stats_lock);
+    lca_mutex_unlock(&h->stats_lock);
   }
   st.free_count += d->orphan_frees.load(std::memory_order_relaxed);
   st.total_freed += d->orphan_free_bytes.load(std::memory_order_relaxed);
@@ -1374,7 +1375,9 @@ void* domain_alloc_unpooled(Domain* d, std::size_t size, std::size_t alignment) 
   if (on_valgrind() || !d->per_thread) return domain_alloc(d, size, alignment);
   Heap* h = heap_for_thread();
   if (!h) return nullptr;
-  return heap_alloc(h, size, alignment, true);
+  void* p = heap_alloc(h, size, alignment, true);
+  heap_done_after_exit(h);
+  return p;
 }
 
 // --- defragmentation support (defrag.c++) -----------------------------------

@@ -242,12 +242,10 @@ struct Heap {
   std::uint8_t span_purge_backoff = 0;
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
-  // A leaf lock (its holder takes no other); never on a fast path.
+  // A leaf lock (its holder takes no other); never on a fast path.  fork()'s
+  // prepare handler holds it for every heap not abandoned (pool.c++), so that
+  // the child finds no queue half changed.
   pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
-  // In a fork() child: the fork caught the heap's thread holding stats_lock, so
-  // a queue may be half changed; readers neither take that lock nor walk the
-  // queues, and count its folded counters only.
-  bool stats_torn = false;
 };
 
 class StatsLock {
@@ -407,8 +405,18 @@ extern constinit thread_local bool tls_heap_gone __attribute__((tls_model("initi
 constexpr std::size_t kMaxRequest = std::size_t{1} << 47;
 
 // The calling thread's heap in the process domain, created or adopted on first use;
-// nullptr when the OS has no memory for it (lifecycle.c++).
+// nullptr when the OS has no memory for it (lifecycle.c++).  After the thread's
+// exit handler has run (tls_heap_gone: another pthread key's destructor
+// allocates), a heap for the one call, which the caller gives back with
+// heap_done_after_exit: a heap taken then would otherwise stay the thread's
+// for good when glibc had run the key destructors for the last time.
 Heap* heap_for_thread();
+// Abandons h (as at thread exit) when it is the calling thread's heap for one
+// call after its exit handler (heap_for_thread); errno kept.
+void heap_abandon_after_exit(Heap* h);
+inline void heap_done_after_exit(Heap* h) {
+  if (__builtin_expect(tls_heap_gone, 0) && h) heap_abandon_after_exit(h);
+}
 // numa=1: when the calling thread now runs on another node than its heap h's,
 // abandons h (as at thread exit) and returns a heap of the new node; else h.
 Heap* heap_rehome_if_moved(Heap* h);
@@ -507,7 +515,7 @@ inline void block_free(void* p) {
     Span* s = span_of(span_chunk_of(chunk_base(p)), p);
     Heap* h = tls_heap;
     auto* o = static_cast<FreeObject*>(p);
-    if (__builtin_expect(s->fast_heap == h && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
+    if (__builtin_expect(span_fast_heap_seen(s) == h && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
       o->next = s->free;
       o->guard = free_guard(p);
       s->free = o;
