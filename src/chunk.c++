@@ -15,7 +15,7 @@
 
 namespace lca {
 
-LCA_BIG_BSS(chunk_kind) constinit std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] = {};
+LCA_BIG_BSS(chunk_kind) constinit std::uint8_t g_chunk_kind[kRegistrySlots] = {};
 
 namespace {
 constinit std::atomic<std::size_t> g_chunk_count{0};
@@ -32,7 +32,8 @@ bool chunk_place(void* addr, std::size_t len, NodePlacement where) {
 
 namespace {
 LCA_CORE_TEXT void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
-  g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift].store(kind, std::memory_order_release);
+  std::atomic_ref<std::uint8_t>(g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift])
+      .store(kind, std::memory_order_release);
 }
 }  // namespace
 

@@ -87,7 +87,11 @@ void chunk_reset_header(ChunkHeader* chunk, ChunkKind kind, Domain* domain, std:
 // A lookup is one load, and a foreign pointer is never dereferenced.
 constexpr unsigned kAddressBits = 48;
 constexpr std::size_t kRegistrySlots = std::size_t{1} << (kAddressBits - kChunkShift);
-extern std::atomic<std::uint8_t> g_chunk_kind[kRegistrySlots] LCA_HIDDEN;
+// Plain bytes read and written through std::atomic_ref: an array of std::atomic
+// this long is value-initialised element by element in Clang's constant
+// evaluator (constinit fails at its step limit, or takes gigabytes with the limit
+// raised); a byte array is zero-filled BSS for every compiler.
+extern std::uint8_t g_chunk_kind[kRegistrySlots] LCA_HIDDEN;
 
 inline ChunkKind chunk_kind_of(const void* p) {
   // One shift for the range test and the index (an address at or above
@@ -96,7 +100,7 @@ inline ChunkKind chunk_kind_of(const void* p) {
   // os_map_aligned returns only as failure): free's fast path needs no null test.
   std::uintptr_t slot = reinterpret_cast<std::uintptr_t>(p) >> kChunkShift;
   if (__builtin_expect(slot >= kRegistrySlots, 0)) return ChunkKind{};
-  return static_cast<ChunkKind>(g_chunk_kind[slot].load(std::memory_order_acquire));
+  return static_cast<ChunkKind>(std::atomic_ref<std::uint8_t>(g_chunk_kind[slot]).load(std::memory_order_acquire));
 }
 inline ChunkHeader* chunk_base(const void* p) {
   return reinterpret_cast<ChunkHeader*>(reinterpret_cast<std::uintptr_t>(p) & ~(kChunkSize - 1));

@@ -256,8 +256,12 @@ LCA_CORE_TEXT std::size_t cache_limit(const LargeCache* c) {
   return kLargeCacheBytes + live;
 }
 
-// Eight mapping sizes per doubling, page granular.
+// Eight mapping sizes per doubling, page granular.  A request of a page or less
+// maps one page: size 0 (aligned_alloc(alignment > kSpanSize, 0) comes here) made
+// __builtin_clzll(0) undefined and the mapping 0 bytes long -- every such block
+// had the same address, inside whatever mapping followed.
 LCA_CORE_TEXT std::size_t mapping_size_for(std::size_t size, std::size_t page) {
+  if (size <= page) return page;
   unsigned top = 63u - static_cast<unsigned>(__builtin_clzll(size));
   std::size_t step = top >= 3 ? std::size_t{1} << (top - 3) : 1;
   return align_up(size, step > page ? step : page);

@@ -371,6 +371,51 @@ START_TEST(test_alignment_too_large) {
 }
 END_TEST
 
+// aligned_alloc(alignment, 0) with an alignment above a span (64 KiB) takes the
+// large path.  The fuzzer (tests/fuzz) found that it mapped 0 bytes there
+// (mapping_size_for(0): __builtin_clzll(0), undefined): every such block had
+// the same address, one inside the next mapping -- here the 3 MiB block's --
+// and its free freed that address again.  Each must be a distinct block of its
+// own, not inside another live block.
+START_TEST(test_zero_size_large_alignment) {
+  constexpr int kBlocks = 6;
+  MemoryAllocator heap;
+  for (std::size_t align : {128 * KiB, MiB, 4 * MiB}) {
+    void* zero[2 * kBlocks];
+    for (int i = 0; i < kBlocks; i++) {
+      zero[i] = lca_aligned_alloc(align, 0);
+      zero[kBlocks + i] = heap.allocate(0, align);
+    }
+    auto* big = static_cast<unsigned char*>(lca_malloc(3 * MiB));
+    auto* heap_big = static_cast<unsigned char*>(heap.allocate(3 * MiB));
+    ck_assert_ptr_nonnull(big);
+    ck_assert_ptr_nonnull(heap_big);
+    std::memset(big, 0xa5, 3 * MiB);
+    std::memset(heap_big, 0x5a, 3 * MiB);
+    for (int i = 0; i < 2 * kBlocks; i++) {
+      ck_assert_msg(zero[i] != nullptr, "a zero-size block aligned to %zu failed", align);
+      ck_assert_msg(aligned_to(zero[i], align), "%p not aligned to %zu", zero[i], align);
+      for (int j = 0; j < i; j++)
+        ck_assert_msg(zero[i] != zero[j], "two live zero-size blocks aligned to %zu share %p", align, zero[i]);
+      for (unsigned char* b : {big, heap_big}) {
+        auto* z = static_cast<unsigned char*>(zero[i]);
+        ck_assert_msg(z < b || z >= b + 3 * MiB, "the zero-size block %p lies inside the 3 MiB block %p", z, b);
+      }
+    }
+    for (int i = 0; i < kBlocks; i++) {
+      lca_free(zero[i]);
+      heap.deallocate(zero[kBlocks + i]);
+    }
+    for (std::size_t i = 0; i < 3 * MiB; i += 4096) {
+      ck_assert_uint_eq(big[i], 0xa5);
+      ck_assert_uint_eq(heap_big[i], 0x5a);
+    }
+    lca_free(big);
+    heap.deallocate(heap_big);
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("alignment", &tc);
@@ -380,5 +425,6 @@ int main() {
   tcase_add_test(tc, test_alignment_not_power_of_two);
   tcase_add_test(tc, test_small_alignment);
   tcase_add_test(tc, test_alignment_too_large);
+  tcase_add_test(tc, test_zero_size_large_alignment);
   return test_util::run_suite(s);
 }
