@@ -908,6 +908,7 @@ START_TEST(test_concurrent_relocates_all_succeed) {
   HandleAllocator alloc;
   constexpr int kThreads = 6;
   std::atomic<bool> stop{false};
+  std::atomic<int> ready{0}, done{0};
   TEST_BENIGN_RACE(&stop, "the stop flag");
   std::size_t tries[kThreads] = {}, failed[kThreads] = {};
   test_util::Failure failures[kThreads];
@@ -916,10 +917,17 @@ START_TEST(test_concurrent_relocates_all_succeed) {
     threads[i] = std::thread([&, i] {
       Handle h = alloc.allocate_handle(200);
       fill_pattern(alloc.resolve(h), 200, 70 + i);
+      alloc.offline();
+      // No thread holds a pointer from resolve while any moves (one descheduled
+      // then would hold the movers up for the grace timeout, as the rule says).
+      ready.fetch_add(1);
+      while (ready.load() < kThreads) std::this_thread::yield();
       while (!stop.load(std::memory_order_relaxed)) {
         ++tries[i];
         if (!alloc.relocate(h)) ++failed[i];
       }
+      done.fetch_add(1);
+      while (done.load() < kThreads) std::this_thread::yield();
       long bad = check_pattern(alloc.resolve(h), 200, 70 + i);
       if (bad >= 0) failures[i].note("object %d differs at byte %ld", i, bad);
       alloc.deallocate_handle(h);
