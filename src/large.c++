@@ -456,8 +456,9 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   if (!moved) {
     // Not unmarked in place: s may be another resize's slot (see Slot::moving),
     // whose block would then be named by this one's marked slot, left to that
-    // resize to erase (test_large_resize_fails_beside_a_move).
-    if (s) {
+    // resize to erase (test_large_resize_fails_beside_a_move).  (Unmarked: the
+    // fork's child, where it is this block's, as it was.)
+    if (s && s->moving) {
       erase_slot(s);
       insert_slot(copy);  // cannot fail: one slot was just freed
     }
