@@ -885,6 +885,17 @@ inline ThreadRecord* enter(HandleTable* t) {
   return rec;
 }
 
+// The record of a thread about to move objects (relocate, defragment), left
+// offline: a mover holds no pointer of the heap, and it may wait for the mover
+// lock behind another mover, or trim and measure the heap after its moves; an
+// online record with an old epoch made the other mover wait the whole grace
+// timeout for it and give its batch up (test_concurrent_relocates_all_succeed).
+inline ThreadRecord* mover_record(HandleTable* t) {
+  ThreadRecord* rec = thread_record(t);
+  leave(rec);
+  return rec;
+}
+
 inline HandleSlot* slot_at(HandleTable* t, std::uint32_t i) {
   HandleSlot* seg = t->segments[i >> kSegmentShift].load(std::memory_order_acquire);
   return &seg[i & (kSegmentSlots - 1)];
@@ -1345,7 +1356,7 @@ void HandleAllocator::offline() noexcept {
 
 bool HandleAllocator::relocate(Handle h) {
   lca::HandleTable* t = table_;
-  lca::ThreadRecord* rec = lca::enter(t);
+  lca::ThreadRecord* rec = lca::mover_record(t);
   lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
   pthread_mutex_lock(&t->mover_lock);
   std::uint64_t w = s->word.load(std::memory_order_acquire);
@@ -1370,7 +1381,7 @@ void HandleAllocator::defragment() { defragment(DefragBudget{}); }
 
 DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudget& budget) {
   lca::HandleTable* t = table_;
-  lca::ThreadRecord* rec = lca::enter(t);
+  lca::ThreadRecord* rec = lca::mover_record(t);
   lca::Domain* d = t->domain;
   Clock::time_point start = Clock::now();
   DefragmentationEngine::DefragStats stats = empty_stats();

@@ -42,7 +42,10 @@ struct Slot {
   // large_resize has the table's lock released for an mremap of the block: a
   // move unmaps `user`, and a new mapping made meanwhile may start there, its
   // slot keyed by the same address.  Lookups skip such a slot (find_slot), and
-  // the resize finds it again by the flag (find_slot_moving).
+  // the resize finds it again by the flag (find_slot_moving) -- or the marked
+  // slot of another resize of a block mapped at that address since: each
+  // resize erases one marked slot of its address and inserts its block's own,
+  // so which of the two it finds does not matter.
   bool moving;
 };
 
@@ -455,7 +458,14 @@ LargeResize large_resize(LargeCache* cache, void* p, std::size_t new_size, bool 
   // this is the child, whose fork handler unmarked it.)
   if (!s) s = find_slot(p);
   if (!moved) {
-    if (s) s->moving = false;
+    // Not unmarked in place: s may be another resize's slot (see Slot::moving),
+    // whose block would then be named by this one's marked slot, left to that
+    // resize to erase (test_large_resize_fails_beside_a_move).  (Unmarked: the
+    // fork's child, where it is this block's, as it was.)
+    if (s && s->moving) {
+      erase_slot(s);
+      insert_slot(copy);  // cannot fail: one slot was just freed
+    }
     lca_mutex_unlock(&g_lock);
     return LargeResize::failed;
   }

@@ -7,7 +7,9 @@
 // allocate/free cycles of large blocks do not cost a system call each.
 // All of this is the slow path: one global mutex guards it.  No system call is
 // made under it, but for the table's growth (a doubling: os_map of the new
-// table, os_unmap of the old) and large_release_domain (a heap's destruction):
+// table, os_unmap of the old), large_release_domain (a heap's destruction) and
+// what large_for_each_block's callback makes (get_numa_stats: move_pages for
+// every 256 pages of every large block of the heap):
 // mremap and the munmap of a block or of dropped cached mappings wait until the
 // lock is released.
 #ifndef LCA_LARGE_HXX

@@ -1521,8 +1521,20 @@ void secure_heap_destroy(SecureHeap* h) {
     }
     pthread_mutex_destroy(&cs.lock);
   }
-  // Large blocks, live or quarantined: unmapped; their table entries go.
+  // Large blocks, live or quarantined: unmapped; their table entries go, and
+  // the quarantined ones' places in the ring.  (Left there, such a place named
+  // only an address: once the oldest, it evicted -- unmapped -- whatever block
+  // was quarantined at that address by then, before its time, or while its
+  // free was still protecting its pages.)
   lca_mutex_lock(&g_large_lock);
+  unsigned kept = 0;
+  for (unsigned k = 0; k < g_large.ring_count; ++k) {
+    std::uintptr_t u = g_large.ring[(g_large.ring_head + k) % kLargeQuarantine];
+    const LargeEntry* e = large_find(u);
+    if (e && e->state == kQuarantined && e->heap == h) continue;
+    g_large.ring[(g_large.ring_head + kept++) % kLargeQuarantine] = u;
+  }
+  g_large.ring_count = kept;
   for (std::size_t i = 0; i < g_large.cap; ++i) {
     LargeEntry& e = g_large.slots[i];
     if ((e.state == kLive || e.state == kQuarantined) && e.heap == h) {
@@ -1811,7 +1823,8 @@ void secure_trim(SecureHeap* h) {
             os_purge(slot_addr(m, k, 0), m->slab_bytes);
     lca_mutex_unlock(&cs.lock);
   }
-  // Quarantined large blocks of this heap: unmapped now.
+  // Quarantined large blocks: unmapped now (the ring is process-wide: every
+  // heap's go).
   for (;;) {
     std::uintptr_t base = 0;
     std::size_t size = 0;

@@ -76,6 +76,8 @@ struct DefragBudget {
   std::chrono::microseconds max_time = std::chrono::microseconds::max();  // wall time of the pass
   // Fill fragmentation_before/after (two walks of the heap's objects, outside
   // the time budget but under the heap's lock); false leaves them at -1.
+  // (DefragmentationEngine only: HandleAllocator::defragment always fills
+  // them, from the heap's spans and arena chunks without walking objects.)
   bool measure = true;
 };
 
@@ -160,7 +162,8 @@ class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
     std::size_t live_handles;
     std::size_t moves;             // objects moved since the heap was made
     std::size_t moves_abandoned;   // marked but given up (readers too slow or a reader took it back)
-    std::size_t reader_waits;      // resolves that waited for a copy in progress
+    std::size_t reader_waits;      // resolve, pin and deallocate_handle calls that found their object
+                                   // marked or being copied (and waited; try_resolve is not counted)
   };
 
   HandleAllocator();

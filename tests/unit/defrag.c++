@@ -896,6 +896,58 @@ START_TEST(test_concurrent_defragmentation) {
 }
 END_TEST
 
+// Movers one after another.  relocate() and defragment() take the heap's mover
+// lock; a thread that waits for it holds no pointer of the heap, but it used to
+// wait online (announced at its call's start), so the mover in front of it
+// waited the whole grace timeout (5 ms) for it and gave its move up: relocate
+// returned false for an unpinned object.  6 threads (more than the 2 cores)
+// each move their own object again and again, for 200 ms: every relocate must
+// succeed.  On the old code 10 runs of 10 failed, 16-46 relocates false in
+// each (each one a 5 ms wait: 13 000-31 000 relocates in all, or barely 20).
+START_TEST(test_concurrent_relocates_all_succeed) {
+  HandleAllocator alloc;
+  constexpr int kThreads = 6;
+  std::atomic<bool> stop{false};
+  std::atomic<int> ready{0}, done{0};
+  TEST_BENIGN_RACE(&stop, "the stop flag");
+  std::size_t tries[kThreads] = {}, failed[kThreads] = {};
+  test_util::Failure failures[kThreads];
+  std::thread threads[kThreads];
+  for (int i = 0; i < kThreads; ++i)
+    threads[i] = std::thread([&, i] {
+      Handle h = alloc.allocate_handle(200);
+      fill_pattern(alloc.resolve(h), 200, 70 + i);
+      alloc.offline();
+      // No thread holds a pointer from resolve while any moves (one descheduled
+      // then would hold the movers up for the grace timeout, as the rule says).
+      ready.fetch_add(1);
+      while (ready.load() < kThreads) std::this_thread::yield();
+      while (!stop.load(std::memory_order_relaxed)) {
+        ++tries[i];
+        if (!alloc.relocate(h)) ++failed[i];
+      }
+      done.fetch_add(1);
+      while (done.load() < kThreads) std::this_thread::yield();
+      long bad = check_pattern(alloc.resolve(h), 200, 70 + i);
+      if (bad >= 0) failures[i].note("object %d differs at byte %ld", i, bad);
+      alloc.deallocate_handle(h);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(scaled(200) + 20));
+  stop = true;
+  for (auto& t : threads) t.join();
+  std::size_t all = 0, bad = 0;
+  for (int i = 0; i < kThreads; ++i) {
+    all += tries[i];
+    bad += failed[i];
+    ASSERT_NO_FAILURE(failures[i]);
+  }
+  std::printf("# %zu relocates, %zu false, %zu abandoned\n", all, bad, alloc.handle_stats().moves_abandoned);
+  std::fflush(stdout);
+  ck_assert_uint_gt(all, 0);
+  ck_assert_uint_eq(bad, 0);
+}
+END_TEST
+
 // Valgrind: the old place of a moved object is a freed block to memcheck, so a
 // stale pointer into it is reported.  Run in a child; memcheck's report and its
 // error exit status (--error-exitcode=1) are what the test looks for.
@@ -1327,6 +1379,7 @@ int main() {
   tcase_add_test(tc, test_rule_broken_loses_writes);
   tcase_add_test(tc, test_rule_kept_loses_nothing);
   tcase_add_test(tc, test_concurrent_defragmentation);
+  tcase_add_test(tc, test_concurrent_relocates_all_succeed);
   tcase_add_test(tc, test_quarantine_holds_during_pass);
   tcase_add_test(tc, test_stale_pointer_reported);
   tcase_add_test(tc, test_unique_handle_owns_across_moves);
