@@ -372,3 +372,6 @@ tests_integration_small_rss_shim_la_SOURCES = tests/integration/small-rss-shim.c
 tests_integration_small_rss_shim_la_CPPFLAGS =
 tests_integration_small_rss_shim_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 EXTRA_DIST += tests/integration/small-rss.sh
+
+# The libFuzzer harness and its seed corpus (scripts/fuzz; not run by make check).
+EXTRA_DIST += tests/fuzz
