@@ -64,14 +64,15 @@ void* MemoryAllocator::allocate(std::size_t size, std::size_t alignment) {
 
 
 void MemoryAllocator::deallocate(void* ptr) {
-#if CALLOC_SECURE && CALLOC_TRACKING
-  // A block of the process heap (malloc's, which the tracker may have
-  // recorded) leaves the tracker before the secure heap frees it, as in
-  // malloc.c++'s secure_free (free_cold does it for the core heap).
-  if (ptr) lca::track_forget(ptr);
-#endif
 #if CALLOC_SECURE
+  // A secure block the tracker recorded (malloc's) leaves it in the secure
+  // heap's free (secure_set_tracked), as in malloc.c++'s secure_free.
   if (ptr && lca::secure_free_if_secure(ptr, lca::kAnySize, lca::kAnyAlignment, "deallocate")) return;
+#endif
+#if CALLOC_SECURE && CALLOC_TRACKING
+  // Any other: before the core heap frees it (whose fast free does not reach
+  // free_cold, where the core heap's own blocks leave the tracker).
+  if (ptr) lca::track_forget(ptr);
 #endif
   if (ptr) lca::block_free(ptr);
 }
@@ -95,7 +96,7 @@ void* MemoryAllocator::reallocate(void* ptr, std::size_t new_size) {
     return nullptr;
   }
 #if CALLOC_SECURE && CALLOC_TRACKING
-  lca::track_forget(ptr);  // the block untracked from here, as the core heap's when realloc moves it
+  lca::track_forget_live(ptr);  // the block untracked from here, as the core heap's when realloc moves it
 #endif
 #if CALLOC_SECURE
   if (void* out; lca::secure_realloc_if_secure(lca::secure_process_heap(), ptr, new_size, &out)) {

@@ -42,16 +42,20 @@ namespace {
 // they were.  A pointer the secure heap does not own (a block of an independent
 // MemoryAllocator, or garbage) goes to the core heap, which frees or reports it.
 inline void* secure_malloc(std::size_t size, std::size_t alignment) { return secure_process_alloc(size, alignment); }
-// secure_free_if_secure keeps errno itself.
+// secure_free_if_secure keeps errno itself.  With --enable-tracking too, the
+// secure heap's free calls the tracker itself for a block the tracker marked
+// (secure.c++'s free_tracked), between its claim and its release: a free of an
+// untracked block never asks the tracker (docs/design.md, "Secure and tracking
+// together").
 inline void secure_free(void* p, std::size_t size, std::size_t alignment, const char* what) {
-#if CALLOC_TRACKING
-  // With --enable-tracking too, the tracker forgets the block before the heap
-  // frees it (as free_cold does for the core heap): once freed, its address may
-  // be another thread's new, recorded block.
-  track_forget(p);
-#endif
   if (__builtin_expect(secure_free_if_secure(p, size, alignment, what), 1)) return;
   int saved = errno;
+#if CALLOC_TRACKING
+  // Not a secure block (the core heap's: realloc may have made one, and the
+  // tracker recorded it): forgotten before the core heap frees it, whose fast
+  // free does not reach free_cold.
+  track_forget(p);
+#endif
   block_free(p);
   errno = saved;
 }

@@ -53,6 +53,9 @@
 #include "report.h++"
 #include "secure_vg.h++"
 #include "vg.h++"
+#if CALLOC_SECURE && CALLOC_TRACKING
+#include "track.h++"
+#endif
 
 namespace lca {
 namespace {
@@ -210,7 +213,13 @@ struct ChunkMeta {
 // may touch a taken slot), and a free claims the block with one exchange, so of
 // two frees of a block, from any threads, exactly one sees kLiveBlock and the
 // other is reported; a slot a thread's cache holds is not live.
-enum : std::uint8_t { kNever = 0, kLiveBlock = 1, kFreed = 2 };
+// kLiveTracked (--enable-secure --enable-tracking): a live block that the
+// process heap's tracker has recorded (secure_set_tracked).  The free's exchange
+// returns it, so that only the frees of such blocks call the tracker; any other
+// free finds kLiveBlock and never looks (docs/design.md, "Secure and tracking
+// together").  In other builds no slot is ever kLiveTracked.
+enum : std::uint8_t { kNever = 0, kLiveBlock = 1, kFreed = 2, kLiveTracked = kLiveBlock | 4 };
+inline bool is_live(std::uint8_t state) { return state & kLiveBlock; }
 struct SlotInfo {
   std::uint16_t size;
   std::uint8_t align_log;  // log2 of a requested alignment > 16, else 0
@@ -358,6 +367,7 @@ struct LargeEntry {
   SecureHeap* heap;
   std::uint8_t align_log;
   std::uint8_t state;
+  bool tracked;  // recorded by the process heap's tracker (kLiveTracked's twin)
 };
 
 struct LargeTable {
@@ -460,7 +470,7 @@ void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
   std::uintptr_t end = reinterpret_cast<std::uintptr_t>(base) + page + data;
   std::uintptr_t user = (end - size) & ~(a - 1);
   LargeEntry e{large_key(user), reinterpret_cast<std::uintptr_t>(base), map_size, size, h,
-               static_cast<std::uint8_t>(a > 16 ? __builtin_ctzll(a) : 0), kLive};
+               static_cast<std::uint8_t>(a > 16 ? __builtin_ctzll(a) : 0), kLive, false};
   std::uint64_t c = canary_for(e.base);
   auto* d = reinterpret_cast<unsigned char*>(base + page);
   auto* u = reinterpret_cast<unsigned char*>(user);
@@ -554,6 +564,11 @@ bool large_free(void* p, std::size_t size, std::size_t alignment, const char* wh
   e->state = kQuarantined;
   LargeEntry copy = *e;
   lca_mutex_unlock(&g_large_lock);
+#if CALLOC_SECURE && CALLOC_TRACKING
+  // Quarantined: its address is no one's until it leaves the ring below, 64
+  // large frees later at the soonest.
+  if (copy.tracked) track_forget(p);
+#endif
 
   std::size_t page = os_page_size();
   void* data = reinterpret_cast<void*>(copy.base + page);
@@ -804,7 +819,7 @@ inline bool entry_slot(SecureHeap* h, unsigned c, const void* slot, ChunkMeta** 
   ChunkMeta* cm = chunk_lookup(slot);
   if (!cm || cm->heap != h || cm->cls != c || slot_of(cm, slot, g) != 0) return false;
   *m = cm;
-  return bit(cm->used, *g) && state_of(cm, *g) != kLiveBlock;
+  return bit(cm->used, *g) && !is_live(state_of(cm, *g));
 }
 
 // The slot in quarantine entry i, checked (a forged entry is corruption, never
@@ -881,7 +896,7 @@ char* take_slot(SecureHeap* h, ClassState* cs, unsigned c, ChunkMeta** mo = null
 __attribute__((always_inline)) inline void* hand_out(ChunkMeta* m, std::uint32_t g, char* p, std::size_t size, unsigned align_log) {
   SlotInfo& si = m->info[g];
   std::uint8_t state = si.state.load(std::memory_order_relaxed);
-  if (__builtin_expect(state == kLiveBlock, 0))
+  if (__builtin_expect(is_live(state), 0))
     report_fatal("Corrupted heap metadata", p, "a slot taken for an allocation is live");
   if (m->cls) {
     std::size_t last = si.size;
@@ -964,7 +979,7 @@ __attribute__((always_inline)) inline std::uint32_t slot_index(const ChunkMeta* 
 // Reports unless slot g holds a live block.
 inline void require_live(const ChunkMeta* m, std::uint32_t g, const void* p, bool is_free, const char* what) {
   std::uint8_t st = state_of(m, g);
-  if (st != kLiveBlock) report_not_live(st, p, is_free, what);
+  if (!is_live(st)) report_not_live(st, p, is_free, what);
 }
 
 inline std::size_t info_size(const ChunkMeta* m, std::uint32_t g) { return m->info[g].size; }
@@ -985,6 +1000,18 @@ inline void check_canary(const ChunkMeta* m, const void* p, std::size_t size) {
   if (__builtin_expect(have != canary_for(reinterpret_cast<std::uintptr_t>(p)), 0)) report_canary(p, size);
 }
 
+#if CALLOC_SECURE && CALLOC_TRACKING
+// A free whose claim found no plain live block: a block the tracker recorded,
+// which the tracker forgets now -- after the claim, before the slot enters a
+// cache or the quarantine, so that no other thread can have it again yet, and
+// errno kept (track_forget) -- or misuse, reported.  (A large block's tracked
+// flag is read by large_free.)
+__attribute__((noinline)) void free_tracked(std::uint8_t before, void* p, const char* what) {
+  if (before != kLiveTracked) report_not_live(before, p, true, what);
+  track_forget(p);
+}
+#endif
+
 // The checks of a free, without the class lock: the live slot is claimed (its
 // live bit cleared atomically, so of two frees of one block, from any threads,
 // exactly one succeeds and the other is reported), the size, alignment and canary
@@ -992,7 +1019,11 @@ inline void check_canary(const ChunkMeta* m, const void* p, std::size_t size) {
 __attribute__((always_inline)) inline std::size_t free_claim(ChunkMeta* m, std::uint32_t g, void* p, std::size_t size, std::size_t alignment,
                               const char* what) {
   std::uint8_t before = m->info[g].state.exchange(kFreed, std::memory_order_acq_rel);
+#if CALLOC_SECURE && CALLOC_TRACKING
+  if (__builtin_expect(before != kLiveBlock, 0)) free_tracked(before, p, what);
+#else
   if (__builtin_expect(before != kLiveBlock, 0)) report_not_live(before, p, true, what);
+#endif
   std::size_t requested = info_size(m, g);
   if (__builtin_expect(size != kAnySize || alignment != kAnyAlignment, 0))
     check_size_alignment(p, requested, info_align(m, g), size, alignment, what);
@@ -1512,7 +1543,7 @@ void secure_heap_destroy(SecureHeap* h) {
         for (std::uint32_t k = 0; k < m->nslabs; ++k)
           if (m->slabs[k].active)
             for (std::uint32_t i = 0; i < m->slots_per_slab; ++i)
-              if (state_of(m, k * m->slots_per_slab + i) == kLiveBlock) secure_vg_forgotten(slot_addr(m, k, i));
+              if (is_live(state_of(m, k * m->slots_per_slab + i))) secure_vg_forgotten(slot_addr(m, k, i));
       if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
         slot->store(0, std::memory_order_release);
       os_unmap(m->base, kSecChunk);
@@ -1912,6 +1943,45 @@ std::size_t secure_cached_elsewhere() {
   lca_mutex_unlock(&g_tc_lock);
   return n;
 }
+
+#if CALLOC_SECURE && CALLOC_TRACKING
+// The tracked mark of a live block: kLiveBlock <-> kLiveTracked with one
+// compare-exchange (a block that is not live, or marked already, is left as it
+// is), a large block's flag under the large-block lock.  The tracker calls it for
+// a block no other thread knows of yet (just allocated), or one the caller is
+// reallocating.
+bool secure_set_tracked(void* p, bool tracked) {
+  VgSerial serial;
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    std::uint32_t g;
+    if (slot_of(m, p, &g) != 0) return false;
+    std::uint8_t from = tracked ? kLiveBlock : kLiveTracked;
+    return m->info[g].state.compare_exchange_strong(from, tracked ? kLiveTracked : kLiveBlock,
+                                                    std::memory_order_acq_rel);
+  }
+  lca_mutex_lock(&g_large_lock);
+  LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
+  bool done = e && e->state == kLive;
+  if (done) e->tracked = tracked;
+  lca_mutex_unlock(&g_large_lock);
+  return done;
+}
+
+int secure_tracked(const void* p) {
+  VgSerial serial;
+  if (ChunkMeta* m = chunk_lookup(p)) {
+    std::uint32_t g;
+    if (slot_of(m, p, &g) != 0) return -1;
+    std::uint8_t st = state_of(m, g);
+    return st == kLiveTracked ? 1 : st == kLiveBlock ? 0 : -1;
+  }
+  lca_mutex_lock(&g_large_lock);
+  LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
+  int mark = e && e->state == kLive ? e->tracked : -1;
+  lca_mutex_unlock(&g_large_lock);
+  return mark;
+}
+#endif
 
 bool secure_block_info(const void* p, SecureBlockInfo* out) {
   if (ChunkMeta* m = chunk_lookup(p)) {

@@ -69,6 +69,18 @@ void secure_prefork();
 void secure_postfork_parent();
 void secure_postfork_child();
 
+#if CALLOC_SECURE && CALLOC_TRACKING
+// The mark a live secure block carries while the process heap's tracker holds
+// a record of it (track.c++ sets it when it records the block and clears it
+// when it forgets a block that stays live, as realloc's): a free of a marked
+// block calls track_forget after claiming it, a free of any other never calls
+// the tracker.  False when p is not a live secure block or the mark was so
+// already.  secure_tracked reads it: 1 marked, 0 a live secure block without
+// the mark, -1 anything else (not a secure block, or not live).
+bool secure_set_tracked(void* p, bool tracked);
+int secure_tracked(const void* p);
+#endif
+
 // For the tests: the slot size and chunk of a live small block, the canary that
 // follows it, and whether free slots are handed out in random order.
 struct SecureBlockInfo {

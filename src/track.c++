@@ -200,6 +200,9 @@ unsigned g_nskip;
 bool g_lib_is_main;
 
 constinit thread_local bool tls_track_busy __attribute__((tls_model("initial-exec"))) = false;
+// The calling thread's lookups in the block table (block_take): the tests' view
+// of which frees ask the tracker (track_lookups_for_test).
+constinit thread_local std::uint64_t tls_track_lookups __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local std::uint64_t tls_rng __attribute__((tls_model("initial-exec"))) = 0;
 
 // Marks the thread busy in the tracker for a scope: allocations made meanwhile
@@ -467,10 +470,17 @@ LCA_SAMPLING_TEXT void block_insert(void* p, std::uint32_t site, std::uint64_t w
   s.count.store(s.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   spin_unlock(s.lock);
   site_add(site, weight_fx, bytes);
+#if CALLOC_SECURE
+  // The secure heap's mark: the block's free calls track_free, no other does.
+  // (A block that is not a secure one -- the core heap's, reached by realloc --
+  // has none: its free reaches track_forget in secure_free or free_cold.)
+  secure_set_tracked(p, true);
+#endif
 }
 
 // Removes p's record; false when p is not tracked.
 LCA_SAMPLING_TEXT bool block_take(void* p, BlockNode* out) {
+  ++tls_track_lookups;
   auto a = reinterpret_cast<std::uintptr_t>(p);
   Shard& s = shard_of(a);
   if (s.count.load(std::memory_order_relaxed) == 0) return false;
@@ -495,6 +505,21 @@ LCA_SAMPLING_TEXT bool block_take(void* p, BlockNode* out) {
   }
   spin_unlock(s.lock);
   return false;
+}
+
+// Removes the record of p, a live block that stays live for now (realloc); false
+// when p is not tracked.  A secure block without the mark has no record: the
+// table is not read.
+LCA_SAMPLING_TEXT bool block_take_live(void* p, BlockNode* out) {
+#if CALLOC_SECURE
+  int mark = secure_tracked(p);
+  if (mark == 0) return false;
+  bool was = block_take(p, out);
+  if (mark > 0) secure_set_tracked(p, false);
+  return was;
+#else
+  return block_take(p, out);
+#endif
 }
 
 // --- sampling ---------------------------------------------------------------------
@@ -2036,6 +2061,16 @@ LCA_SAMPLING_TEXT void track_free(void* p) {
   dump_if_requested();
 }
 
+LCA_SAMPLING_TEXT void track_forget_live(void* p) {
+  if (tls_track_busy || g_track_mode == TrackMode::off) return;
+  int saved = errno;
+  BlockNode old;
+  block_take_live(p, &old);
+  errno = saved;
+}
+
+std::uint64_t track_lookups_for_test() { return tls_track_lookups; }
+
 namespace {
 // realloc in the process heap, untracked: with --enable-secure a secure block
 // moves within the secure heap (as lca_realloc does), any other goes to the core.
@@ -2060,7 +2095,7 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
   }
   const void* marker = __builtin_return_address(0);
   BlockNode old;
-  bool was_tracked = block_take(p, &old);
+  bool was_tracked = block_take_live(p, &old);
   bool sample_now = g_track_mode == TrackMode::full || track_countdown(size);
   if (!sample_now) {
     void* q = heap_realloc(p, size);

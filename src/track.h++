@@ -69,13 +69,18 @@ void* track_calloc(std::size_t size);
 void track_free(void* p);
 // track_free while tracking is active, errno kept: what every free path of the
 // process heap calls before it releases p (free_cold; with --enable-secure,
-// the secure frees and MemoryAllocator's).
+// the secure heap's free once it has claimed a block marked tracked -- see
+// secure_set_tracked -- and the frees of blocks that are not secure ones).
 inline void track_forget(void* p) {
   if (!track_active()) return;
   int saved = errno;
   track_free(p);
   errno = saved;
 }
+// As track_forget, for a block that stays live for now (MemoryAllocator's
+// reallocate, which may resize it in place): with --enable-secure its tracked
+// mark goes too, and a block without the mark is not looked up.
+void track_forget_live(void* p);
 // realloc of a live block p of the process heap while tracking is active.
 void* track_realloc(void* p, std::size_t size);
 
@@ -88,6 +93,10 @@ struct TrackTotals {
   std::size_t stacks;                            // distinct stacks interned
 };
 TrackTotals track_totals();
+// The calling thread's lookups in the tracker's block table so far (one per
+// track_free or realloc that reads it): with --enable-secure, a free of a block
+// the tracker did not record makes none.
+std::uint64_t track_lookups_for_test();
 
 // Stack capture and symbolisation, shared with AllocationTracker
 // (allocation_tracker.c++).  track_capture fills up to max frames (return

@@ -609,6 +609,104 @@ START_TEST(test_secure_heap_is_tracked) {
   ck_assert_msg(r.ok(), "double free of a tracked block: %s", r.description.c_str());
 }
 END_TEST
+
+// With --enable-secure: a free asks the tracker (a lookup in its block table)
+// only when the secure heap's slot carries the tracked mark, which the tracker
+// sets when it records a block and clears when it forgets a live one (realloc);
+// frees of tracked blocks from another thread, after realloc (in place, moved,
+// MemoryAllocator's) and of large blocks still leave the totals exact.
+START_TEST(test_secure_free_asks_only_for_tracked_blocks) {
+  std::string err = in_child([]() -> std::string {
+    constexpr int kN = 2000;
+    static void* blocks[kN];  // not a vector: its buffer could be a sample too
+    auto lookups = [] { return lca::track_lookups_for_test(); };
+    // Sampling: the marked blocks are the samples, and only their frees look.
+    lca::track_start_for_test(lca::TrackMode::sample, 4096);
+    std::size_t samples = lca::track_totals().samples;
+    for (int i = 0; i < kN; ++i) blocks[i] = lca_malloc(64 + static_cast<std::size_t>(i % 7) * 100);
+    std::size_t marked = 0;
+    for (void* b : blocks) {
+      int m = lca::secure_tracked(b);
+      if (m < 0) return "sampling: a block is not a live secure block";
+      marked += static_cast<std::size_t>(m);
+    }
+    if (marked != lca::track_totals().samples - samples || marked < 50)
+      return "sampling: " + std::to_string(marked) + " blocks marked, " +
+             std::to_string(lca::track_totals().samples - samples) + " samples";
+    std::uint64_t before = lookups();
+    for (void* b : blocks) lca_free(b);
+    if (lookups() - before != marked)
+      return "sampling: " + std::to_string(kN) + " frees made " + std::to_string(lookups() - before) +
+             " lookups for " + std::to_string(marked) + " tracked blocks";
+    if (std::fabs(lca::track_totals().live_bytes) > 0.5) return "sampling: live bytes left";
+
+    // Full mode: every block marked; freed by another thread, each free looks once.
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    constexpr int kT = 200;
+    std::atomic<int> phase{0};
+    std::uint64_t their_lookups = 0;
+    std::thread t([&] {
+      while (phase.load() != 1) std::this_thread::yield();
+      std::uint64_t l0 = lookups();
+      for (int i = 0; i < kT; ++i) lca_free(blocks[i]);
+      their_lookups = lookups() - l0;
+      phase.store(2);
+      while (phase.load() != 3) std::this_thread::yield();
+    });
+    double bytes = 0;
+    for (int i = 0; i < kT; ++i) {
+      blocks[i] = lca_malloc(100 + static_cast<std::size_t>(i));
+      bytes += 100 + i;
+      if (lca::secure_tracked(blocks[i]) != 1) return "full mode: a block is not marked";
+    }
+    lca::TrackTotals t1 = lca::track_totals();
+    phase.store(1);
+    while (phase.load() != 2) std::this_thread::yield();
+    lca::TrackTotals t2 = lca::track_totals();
+    phase.store(3);
+    t.join();
+    if (their_lookups != kT || t1.live_blocks - t2.live_blocks != kT || t1.live_bytes - t2.live_bytes != bytes)
+      return "full mode, freed by another thread: " + std::to_string(their_lookups) + " lookups, " +
+             std::to_string(t1.live_blocks - t2.live_blocks) + " blocks and " +
+             std::to_string(t1.live_bytes - t2.live_bytes) + " bytes forgotten";
+
+    // realloc in full mode: in place (104 and 100 bytes share a class) and moved,
+    // both recorded and marked; a large block too.
+    void* p = lca_malloc(100);
+    void* q = lca_realloc(p, 104);
+    if (q != p || lca::secure_tracked(q) != 1) return "full mode: realloc in place lost the mark";
+    void* r = lca_realloc(q, 5000);
+    if (r == q || lca::secure_tracked(r) != 1 || lca::secure_tracked(q) != -1) return "full mode: realloc that moves";
+    void* big = lca_malloc(200000);
+    if (lca::secure_tracked(big) != 1) return "full mode: a large block is not marked";
+    t1 = lca::track_totals();
+    before = lookups();
+    lca_free(big);
+    t2 = lca::track_totals();
+    if (lookups() - before != 1 || t1.live_bytes - t2.live_bytes != 200000) return "full mode: a large block's free";
+
+    // Then sampling with an interval out of reach: a realloc in place forgets
+    // the block (record and mark), whose free then asks nothing; the same for
+    // MemoryAllocator::reallocate.
+    void* m = lca_malloc(100);
+    lca::track_start_for_test(lca::TrackMode::sample, std::size_t{1} << 50);
+    t1 = lca::track_totals();
+    void* r2 = lca_realloc(r, 5008);
+    void* m2 = MemoryAllocator::instance().reallocate(m, 104);
+    t2 = lca::track_totals();
+    if (r2 != r || m2 != m) return "realloc did not stay in place";
+    if (lca::secure_tracked(r2) != 0 || lca::secure_tracked(m2) != 0) return "realloc in place kept the mark";
+    if (t1.live_bytes - t2.live_bytes != 5000 + 100) return "realloc in place: the records stay";
+    before = lookups();
+    lca_free(r2);
+    lca_free(m2);
+    if (lookups() != before) return "frees of forgotten blocks looked";
+    if (std::fabs(lca::track_totals().live_bytes - t2.live_bytes) > 0.5) return "live bytes changed";
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
 #endif
 
 int main() {
@@ -628,6 +726,7 @@ int main() {
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
+  tcase_add_test(tc, test_secure_free_asks_only_for_tracked_blocks);
 #endif
   return test_util::run_suite(s);
 }
