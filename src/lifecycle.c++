@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <pthread.h>
 
+#include <libcalloc.h>
+
 #include "config.h"
 #if CALLOC_TRACKING
 #include "track.h++"
@@ -20,6 +22,7 @@
 #include "huge.h++"
 #include "large.h++"
 #include "numa.h++"
+#include "options.h++"
 #include "secure.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
@@ -371,5 +374,51 @@ LCA_CORE_TEXT void domains_postfork_child() {
     if (h != mine && !h->abandoned) send_orphaned_frees(h);
   vg_postfork_child();
 }
+
+// --- the process: start, exit and the fork handlers' registration -----------
+//
+// Here, not in malloc.c++: this object is linked into every program that
+// allocates, also from the static library with --disable-override, where a
+// program using only the C++ API (SecureAllocator, MemoryAllocator) or the unit
+// suites leave malloc.c++'s object out; its constructor never ran there, and
+// such a program forked without libcalloc's handlers (tests/unit/secure,
+// test_fork_child_takes_back_other_threads_caches, failed in the UBSan build).
+namespace {
+
+#if defined(__GLIBC__)
+// pthread_atfork, as glibc's own does it: glibc links pthread_atfork from
+// libc_nonshared.a into each caller, a stub that calls __register_atfork with the
+// caller's __dso_handle (so that dlclose drops the handlers); the link puts that
+// stub at the end of libcalloc's text, in a 64 KiB fault-around window that
+// nothing else at start-up touches (placement.h++).
+extern "C" int __register_atfork(void (*prepare)(), void (*parent)(), void (*child)(), void* dso);
+extern "C" void* __dso_handle __attribute__((visibility("hidden")));
+LCA_CORE_TEXT void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
+  __register_atfork(prepare, parent, child, __dso_handle);
+}
+#else
+void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
+  pthread_atfork(prepare, parent, child);
+}
+#endif
+
+__attribute__((constructor)) LCA_CORE_TEXT void libcalloc_init() {
+  options_init();
+  if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
+  if (g_options.numa) numa_enable_thread_heaps();  // reads the topology: libnuma allocates
+  register_fork_handlers(domains_prefork, domains_postfork_parent, domains_postfork_child);
+#if CALLOC_TRACKING
+  track_init(g_options);
+#endif
+}
+
+__attribute__((destructor)) LCA_CORE_TEXT void libcalloc_fini() {
+  if (g_options.stats) lca_print_stats(2);
+#if CALLOC_TRACKING
+  track_at_exit();
+#endif
+}
+
+}  // namespace
 
 }  // namespace lca

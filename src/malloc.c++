@@ -354,40 +354,6 @@ namespace {
   return aligned_malloc(page, size ? align_up(size, page) : page);
 }
 
-#if defined(__GLIBC__)
-// pthread_atfork, as glibc's own does it: glibc links pthread_atfork from
-// libc_nonshared.a into each caller, a stub that calls __register_atfork with the
-// caller's __dso_handle (so that dlclose drops the handlers); the link puts that
-// stub at the end of libcalloc's text, in a 64 KiB fault-around window that
-// nothing else at start-up touches (placement.h++).
-extern "C" int __register_atfork(void (*prepare)(), void (*parent)(), void (*child)(), void* dso);
-extern "C" void* __dso_handle __attribute__((visibility("hidden")));
-LCA_CORE_TEXT void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
-  __register_atfork(prepare, parent, child, __dso_handle);
-}
-#else
-void register_fork_handlers(void (*prepare)(), void (*parent)(), void (*child)()) {
-  pthread_atfork(prepare, parent, child);
-}
-#endif
-
-__attribute__((constructor)) LCA_CORE_TEXT void libcalloc_init() {
-  options_init();
-  if (g_options.verbose) options_print(g_options, PACKAGE_VERSION, 2);
-  if (g_options.numa) numa_enable_thread_heaps();  // reads the topology: libnuma allocates
-  register_fork_handlers(domains_prefork, domains_postfork_parent, domains_postfork_child);
-#if CALLOC_TRACKING
-  track_init(g_options);
-#endif
-}
-
-__attribute__((destructor)) LCA_CORE_TEXT void libcalloc_fini() {
-  if (g_options.stats) lca_print_stats(2);
-#if CALLOC_TRACKING
-  track_at_exit();
-#endif
-}
-
 }  // namespace
 
 // DT_FINI of libcalloc.so (-fini, configure's CALLOC_LAYOUT_LDFLAGS): the loader
