@@ -479,6 +479,13 @@ void move_raw(Domain* d, void* p, void* q, std::size_t n, const custom_alloc::De
   std::memcpy(q, p, n);
   if (cb) {
     try {
+      // The callback may not use the heap (its lock is held, and recursive):
+      // the heap's allocation and free paths check this mark.
+      struct Mark {
+        Domain* prev;
+        explicit Mark(Domain* d) : prev(tls_relocating) { tls_relocating = d; }
+        ~Mark() { tls_relocating = prev; }
+      } mark{d};
       cb(p, q, n);
     } catch (...) {
       free_slow(q);

@@ -31,6 +31,7 @@
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -550,6 +551,55 @@ START_TEST(test_process_heap_refused) {
       },
       "libcalloc: Defragmentation refused of ");
   ck_assert_msg(r2.ok(), "%s", r2.description.c_str());
+}
+END_TEST
+
+// A relocation callback that allocates, frees or resizes in the heap being
+// defragmented is caught with one line (the heap's lock is recursive: the old
+// code let it change the heap under the pass).
+START_TEST(test_callback_using_heap_dies) {
+  struct Case {
+    const char* what;
+    int op;
+  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}};
+  std::string failures;
+  for (const Case& c : cases) {
+    int op = c.op;
+    auto r = expect_death(
+        [op] {
+          MemoryAllocator alloc;
+          std::vector<void*> all;
+          for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+          for (std::size_t i = 0; i < all.size(); ++i)
+            if (i % 10 != 0) alloc.deallocate(all[i]);
+          void* spare = alloc.allocate(128);
+          DefragmentationEngine engine;
+          engine.defragment(alloc, [&](void*, void* q, std::size_t) {
+            if (op == 0) alloc.deallocate(alloc.allocate(32));
+            if (op == 1 && spare) {
+              alloc.deallocate(spare);
+              spare = nullptr;
+            }
+            if (op == 2) (void)alloc.reallocate(q, 4096);
+          });
+        },
+        "libcalloc: Heap used during its defragmentation of ");
+    if (!r.ok()) failures += std::string(c.what) + ": " + r.description + "\n";
+  }
+  ck_assert_msg(failures.empty(), "%s", failures.c_str());
+  // Another heap is fine, and the mark ends with the pass.
+  MemoryAllocator alloc, other;
+  std::vector<void*> all;
+  for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (i % 10 != 0) alloc.deallocate(all[i]);
+  std::vector<void*> others;
+  DefragmentationEngine engine;
+  auto stats = engine.defragment(alloc, [&](void*, void*, std::size_t) { others.push_back(other.allocate(32)); });
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  ck_assert_uint_eq(others.size(), stats.objects_relocated);
+  for (void* p : others) other.deallocate(p);
+  alloc.deallocate(alloc.allocate(32));
 }
 END_TEST
 
@@ -1373,6 +1423,7 @@ int main() {
   tcase_add_test(tc, test_round_survives_changes_between_passes);
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
+  tcase_add_test(tc, test_callback_using_heap_dies);
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
