@@ -756,6 +756,8 @@ namespace {
 constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HandleTable* g_tables = nullptr;
 constinit std::atomic<std::uint64_t> g_next_table_id{1};
+// Tables destroyed so far: a thread prunes its entries only after one was.
+constinit std::atomic<std::uint64_t> g_tables_destroyed{0};
 
 // A thread's records, one per table it used.
 struct TlsEntry {
@@ -765,6 +767,7 @@ struct TlsEntry {
 struct TlsRecords {
   std::size_t count, cap;
   TlsEntry* entries;
+  std::uint64_t destroyed_seen;  // g_tables_destroyed at the last pruning
 };
 constinit thread_local std::uint64_t tls_last_id __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local ThreadRecord* tls_last_rec __attribute__((tls_model("initial-exec"))) = nullptr;
@@ -793,6 +796,12 @@ void records_thread_exit(void* value) {
   std::free(tr);
 }
 
+}  // namespace
+
+std::size_t defrag_thread_entries() { return tls_records ? tls_records->count : 0; }
+
+namespace {
+
 void make_records_key() { pthread_key_create(&g_records_key, records_thread_exit); }
 
 void pause_briefly(unsigned round) {
@@ -810,6 +819,38 @@ void pause_briefly(unsigned round) {
   // thread that yields: sleep instead.
   timespec ts{0, 20'000};
   nanosleep(&ts, nullptr);
+}
+
+// Drops the thread's entries of destroyed tables (their records died with
+// them) when its array is full and a table was destroyed since the last time.
+// The array doubles only when more than half of it is still in use, so the
+// entries stay fewer than twice (plus 4) the live tables the thread used, and
+// a pruning (O(n log n) for n entries, plus a walk of the live tables under
+// their lock) comes once per n/2 registrations at most.  No allocation: the
+// entries are sorted by id and the live ones tagged in their record pointer's
+// low bit (records are 64-byte aligned).  (Before, a long-lived thread kept one
+// entry per table it ever used.)
+void prune_records(TlsRecords* tr) {
+  std::uint64_t destroyed = g_tables_destroyed.load(std::memory_order_relaxed);
+  if (destroyed == tr->destroyed_seen) return;
+  tr->destroyed_seen = destroyed;
+  TlsEntry* e = tr->entries;
+  std::sort(e, e + tr->count, [](const TlsEntry& a, const TlsEntry& b) { return a.id < b.id; });
+  auto tag = [](ThreadRecord* r, std::uintptr_t bit) {
+    return reinterpret_cast<ThreadRecord*>((reinterpret_cast<std::uintptr_t>(r) & ~std::uintptr_t{1}) | bit);
+  };
+  pthread_mutex_lock(&g_tables_lock);
+  for (HandleTable* t = g_tables; t; t = t->next_live) {
+    TlsEntry* it = std::lower_bound(e, e + tr->count, t->id, [](const TlsEntry& a, std::uint64_t id) { return a.id < id; });
+    if (it != e + tr->count && it->id == t->id) it->rec = tag(it->rec, 1);
+  }
+  pthread_mutex_unlock(&g_tables_lock);
+  // A table destroyed meanwhile is dropped at a later pruning; ids are never
+  // reused, so a kept entry of a dead table is never found again.
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < tr->count; ++i)
+    if (reinterpret_cast<std::uintptr_t>(e[i].rec) & 1) e[kept++] = TlsEntry{e[i].id, tag(e[i].rec, 0)};
+  tr->count = kept;
 }
 
 ThreadRecord* register_thread(HandleTable* t) {
@@ -845,11 +886,14 @@ ThreadRecord* register_thread(HandleTable* t) {
   rec->in_use.store(1, std::memory_order_release);
   pthread_mutex_unlock(&t->table_lock);
   if (tr->count == tr->cap) {
-    std::size_t cap = tr->cap ? tr->cap * 2 : 4;
-    auto* e = static_cast<TlsEntry*>(std::realloc(tr->entries, cap * sizeof(TlsEntry)));
-    if (!e) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
-    tr->entries = e;
-    tr->cap = cap;
+    prune_records(tr);
+    if (tr->cap == 0 || tr->count > tr->cap / 2) {
+      std::size_t cap = tr->cap ? tr->cap * 2 : 4;
+      auto* e = static_cast<TlsEntry*>(std::realloc(tr->entries, cap * sizeof(TlsEntry)));
+      if (!e) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
+      tr->entries = e;
+      tr->cap = cap;
+    }
   }
   tr->entries[tr->count++] = TlsEntry{t->id, rec};
   return rec;
@@ -1199,6 +1243,7 @@ HandleAllocator::~HandleAllocator() {
   else
     lca::g_tables = t->next_live;
   if (t->next_live) t->next_live->prev_live = t->prev_live;
+  lca::g_tables_destroyed.fetch_add(1, std::memory_order_relaxed);
   pthread_mutex_unlock(&lca::g_tables_lock);
   // The objects go with the heap (~MemoryAllocator); the table and records here.
   for (lca::ThreadRecord* r = t->records.load(std::memory_order_relaxed); r;) {

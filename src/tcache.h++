@@ -545,6 +545,9 @@ bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx);
 #if CALLOC_DEFRAG
 // Frees the defragmentation engine's state of a domain being destroyed (defrag.c++).
 void defrag_domain_destroyed(Domain* d);
+// The calling thread's entries of handle tables (one per HandleAllocator it
+// used and has not dropped; for tests).
+std::size_t defrag_thread_entries();
 #endif
 
 struct DomainStats {

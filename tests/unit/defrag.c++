@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -1373,6 +1374,59 @@ START_TEST(test_shared_handles_under_mover) {
 }
 END_TEST
 
+// A thread's entries of HandleAllocators (its per-heap records of the grace
+// period protocol) go when the heaps do: a long-lived thread that uses many
+// heaps in turn keeps a bounded number (the old code kept one per heap ever used).
+START_TEST(test_thread_entries_bounded) {
+  const int kHeaps = static_cast<int>(scaled(3000));
+  HandleAllocator keep;
+  Handle kept = keep.allocate_handle(16);
+  for (int i = 0; i < kHeaps; ++i) {
+    HandleAllocator heap;
+    Handle h = heap.allocate_handle(32);
+    std::memset(heap.resolve(h), i & 0xff, 32);
+    heap.deallocate_handle(h);
+    ck_assert_ptr_nonnull(keep.resolve(kept));
+  }
+  std::size_t mine = lca::defrag_thread_entries();
+  // A thread that outlives the heaps it used: batches of 8 heaps made and
+  // destroyed by this thread, each used by the worker in turn.
+  const int kRounds = static_cast<int>(scaled(300));
+  std::atomic<int> round{0}, done{0}, bad{0};
+  std::vector<std::unique_ptr<HandleAllocator>> batch;
+  std::vector<Handle> handles;
+  std::size_t worker_entries = 0;
+  std::thread worker([&] {
+    for (int r = 1; r <= kRounds; ++r) {
+      while (round.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      for (std::size_t k = 0; k < batch.size(); ++k) std::memset(batch[k]->resolve(handles[k]), r & 0xff, 32);
+      if (!keep.resolve(kept)) bad.fetch_add(1);
+      done.store(r, std::memory_order_release);
+    }
+    worker_entries = lca::defrag_thread_entries();
+  });
+  for (int r = 1; r <= kRounds; ++r) {
+    batch.clear();
+    handles.clear();
+    for (int k = 0; k < 8; ++k) {
+      batch.push_back(std::make_unique<HandleAllocator>());
+      handles.push_back(batch.back()->allocate_handle(32));
+    }
+    round.store(r, std::memory_order_release);
+    while (done.load(std::memory_order_acquire) != r) std::this_thread::yield();
+  }
+  worker.join();
+  batch.clear();
+  std::printf("# entries after %d heaps: this thread %zu, the worker (after %d) %zu\n", kHeaps, mine, kRounds * 8,
+              worker_entries);
+  // Fewer than twice the live heaps the thread used, plus 4.
+  ck_assert_uint_le(mine, 2 * 2 + 4);
+  ck_assert_uint_le(worker_entries, 2 * 9 + 4);
+  ck_assert_int_eq(bad.load(), 0);
+  keep.deallocate_handle(kept);
+}
+END_TEST
+
 // Bad use is caught by the heap: a handle freed behind its owner's back is
 // stale when the owner uses or destroys it.
 START_TEST(test_handle_ptr_stale_dies) {
@@ -1439,5 +1493,6 @@ int main() {
   tcase_add_test(tc, test_shared_handle_counts);
   tcase_add_test(tc, test_shared_handles_under_mover);
   tcase_add_test(tc, test_handle_ptr_stale_dies);
+  tcase_add_test(tc, test_thread_entries_bounded);
   return test_util::run_suite(s);
 }
