@@ -941,6 +941,7 @@ inline ThreadRecord* enter(HandleTable* t) {
 // lock behind another mover, or trim and measure the heap after its moves; an
 // online record with an old epoch made the other mover wait the whole grace
 // timeout for it and give its batch up (test_concurrent_relocates_all_succeed).
+// allocate_handle and deallocate_handle take it too: they hold no pointer.
 inline ThreadRecord* mover_record(HandleTable* t) {
   ThreadRecord* rec = thread_record(t);
   leave(rec);
@@ -1261,10 +1262,11 @@ HandleAllocator::~HandleAllocator() {
 
 Handle HandleAllocator::allocate_handle(std::size_t size) {
   lca::HandleTable* t = table_;
-  struct Leave {
-    lca::ThreadRecord* rec;
-    ~Leave() { lca::leave(rec); }
-  } leave{lca::enter(t)};
+  // Offline from the start: the call is a quiescent point and touches no
+  // object of the heap (the new slot is not live until its last store), so a
+  // mover need not wait for it while allocate() takes the heap's lock or maps
+  // memory.
+  lca::mover_record(t);
   void* p = allocate(size);
   if (!p) return 0;
   pthread_mutex_lock(&t->table_lock);
@@ -1307,7 +1309,12 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
 
 void HandleAllocator::deallocate_handle(Handle h) {
   lca::HandleTable* t = table_;
-  lca::ThreadRecord* rec = lca::enter(t);
+  // Offline from the start too: the thread reads no object, the CAS that ends
+  // the handle excludes a move (a mover marks and commits with CASes on the
+  // same word) and the address is read after it, so the free needs no grace
+  // period; waiting for a marked or copied object (stable_word) announces the
+  // thread as before.
+  lca::ThreadRecord* rec = lca::mover_record(t);
   struct Leave {
     lca::ThreadRecord* rec;
     ~Leave() { lca::leave(rec); }
@@ -1319,9 +1326,13 @@ void HandleAllocator::deallocate_handle(Handle h) {
     if (w & lca::kPinMask) lca::report_fatal("Invalid free", reinterpret_cast<const void*>(h), "the handle is pinned");
     std::uint64_t next_gen = (w >> 32) + 1;
     if (next_gen > 0xffffffffull) next_gen = 0xffffffffull;  // retired below
-    p = s->ptr.load(std::memory_order_acquire);
     if (s->word.compare_exchange_strong(w, next_gen << 32, std::memory_order_acq_rel)) break;
   }
+  // The address after the CAS: a move that ended between a load before it and
+  // the CAS would leave the word as it was (ABA) and the loaded address old.
+  // Once the CAS succeeded no move can begin (a mark expects the live word),
+  // and any that ended published its address before its word.
+  p = s->ptr.load(std::memory_order_acquire);
   deallocate(p);
   t->live.fetch_sub(1, std::memory_order_relaxed);
   if ((s->word.load(std::memory_order_relaxed) >> 32) == 0xffffffffull) return;  // worn out: never reused

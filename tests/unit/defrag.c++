@@ -1427,6 +1427,65 @@ START_TEST(test_thread_entries_bounded) {
 }
 END_TEST
 
+// allocate_handle and deallocate_handle hold no pointer of the heap: a thread
+// inside them (here held in the heap's allocate or deallocate, which the
+// subclass makes wait) does not hold a move up.  The old code kept such a
+// thread online: relocate waited the grace timeout for it and gave up.
+START_TEST(test_handle_calls_offline_inside) {
+  struct Held : HandleAllocator {
+    std::atomic<int> hold{0};  // 1: allocate waits, 2: deallocate waits
+    std::atomic<bool> inside{false}, release{false};
+    void wait_here() {
+      inside.store(true);
+      while (!release.load()) std::this_thread::yield();
+    }
+    void* allocate(std::size_t size, std::size_t alignment) override {
+      if (hold.load() == 1) wait_here();
+      return HandleAllocator::allocate(size, alignment);
+    }
+    void deallocate(void* p) override {
+      if (hold.load() == 2) wait_here();
+      HandleAllocator::deallocate(p);
+    }
+  };
+  for (int which = 1; which <= 2; ++which) {
+    Held heap;
+    std::vector<Handle> hs;
+    for (int i = 0; i < 64; ++i) {
+      hs.push_back(heap.allocate_handle(48));
+      std::memset(heap.resolve(hs.back()), i, 48);
+    }
+    heap.offline();
+    heap.hold.store(which);
+    std::thread t([&] {
+      if (which == 1)
+        heap.deallocate_handle(heap.allocate_handle(48));
+      else
+        heap.deallocate_handle(hs[0]);
+    });
+    while (!heap.inside.load()) std::this_thread::yield();
+    heap.hold.store(0);
+    int moved = 0;
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 1; i < 11; ++i) moved += heap.relocate(hs[static_cast<std::size_t>(i)]) ? 1 : 0;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+    heap.release.store(true);
+    t.join();
+    std::printf("# a thread held in %s: %d of 10 relocates, %lld us, %zu abandoned\n",
+                which == 1 ? "allocate_handle" : "deallocate_handle", moved, static_cast<long long>(us),
+                heap.handle_stats().moves_abandoned);
+    ck_assert_int_eq(moved, 10);
+    ck_assert_uint_eq(heap.handle_stats().moves_abandoned, 0);
+    for (int i = 1; i < 64; ++i) {
+      auto* b = static_cast<unsigned char*>(heap.resolve(hs[static_cast<std::size_t>(i)]));
+      for (int k = 0; k < 48; ++k) ck_assert_int_eq(b[k], i);
+      heap.deallocate_handle(hs[static_cast<std::size_t>(i)]);
+    }
+    if (which == 1) heap.deallocate_handle(hs[0]);
+  }
+}
+END_TEST
+
 // Bad use is caught by the heap: a handle freed behind its owner's back is
 // stale when the owner uses or destroys it.
 START_TEST(test_handle_ptr_stale_dies) {
@@ -1494,5 +1553,6 @@ int main() {
   tcase_add_test(tc, test_shared_handles_under_mover);
   tcase_add_test(tc, test_handle_ptr_stale_dies);
   tcase_add_test(tc, test_thread_entries_bounded);
+  tcase_add_test(tc, test_handle_calls_offline_inside);
   return test_util::run_suite(s);
 }
