@@ -479,6 +479,13 @@ void move_raw(Domain* d, void* p, void* q, std::size_t n, const custom_alloc::De
   std::memcpy(q, p, n);
   if (cb) {
     try {
+      // The callback may not use the heap (its lock is held, and recursive):
+      // the heap's allocation and free paths check this mark.
+      struct Mark {
+        Domain* prev;
+        explicit Mark(Domain* d) : prev(tls_relocating) { tls_relocating = d; }
+        ~Mark() { tls_relocating = prev; }
+      } mark{d};
       cb(p, q, n);
     } catch (...) {
       free_slow(q);
@@ -749,6 +756,8 @@ namespace {
 constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HandleTable* g_tables = nullptr;
 constinit std::atomic<std::uint64_t> g_next_table_id{1};
+// Tables destroyed so far: a thread prunes its entries only after one was.
+constinit std::atomic<std::uint64_t> g_tables_destroyed{0};
 
 // A thread's records, one per table it used.
 struct TlsEntry {
@@ -758,6 +767,7 @@ struct TlsEntry {
 struct TlsRecords {
   std::size_t count, cap;
   TlsEntry* entries;
+  std::uint64_t destroyed_seen;  // g_tables_destroyed at the last pruning
 };
 constinit thread_local std::uint64_t tls_last_id __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local ThreadRecord* tls_last_rec __attribute__((tls_model("initial-exec"))) = nullptr;
@@ -786,6 +796,12 @@ void records_thread_exit(void* value) {
   std::free(tr);
 }
 
+}  // namespace
+
+std::size_t defrag_thread_entries() { return tls_records ? tls_records->count : 0; }
+
+namespace {
+
 void make_records_key() { pthread_key_create(&g_records_key, records_thread_exit); }
 
 void pause_briefly(unsigned round) {
@@ -803,6 +819,38 @@ void pause_briefly(unsigned round) {
   // thread that yields: sleep instead.
   timespec ts{0, 20'000};
   nanosleep(&ts, nullptr);
+}
+
+// Drops the thread's entries of destroyed tables (their records died with
+// them) when its array is full and a table was destroyed since the last time.
+// The array doubles only when more than half of it is still in use, so the
+// entries stay fewer than twice (plus 4) the live tables the thread used, and
+// a pruning (O(n log n) for n entries, plus a walk of the live tables under
+// their lock) comes once per n/2 registrations at most.  No allocation: the
+// entries are sorted by id and the live ones tagged in their record pointer's
+// low bit (records are 64-byte aligned).  (Before, a long-lived thread kept one
+// entry per table it ever used.)
+void prune_records(TlsRecords* tr) {
+  std::uint64_t destroyed = g_tables_destroyed.load(std::memory_order_relaxed);
+  if (destroyed == tr->destroyed_seen) return;
+  tr->destroyed_seen = destroyed;
+  TlsEntry* e = tr->entries;
+  std::sort(e, e + tr->count, [](const TlsEntry& a, const TlsEntry& b) { return a.id < b.id; });
+  auto tag = [](ThreadRecord* r, std::uintptr_t bit) {
+    return reinterpret_cast<ThreadRecord*>((reinterpret_cast<std::uintptr_t>(r) & ~std::uintptr_t{1}) | bit);
+  };
+  pthread_mutex_lock(&g_tables_lock);
+  for (HandleTable* t = g_tables; t; t = t->next_live) {
+    TlsEntry* it = std::lower_bound(e, e + tr->count, t->id, [](const TlsEntry& a, std::uint64_t id) { return a.id < id; });
+    if (it != e + tr->count && it->id == t->id) it->rec = tag(it->rec, 1);
+  }
+  pthread_mutex_unlock(&g_tables_lock);
+  // A table destroyed meanwhile is dropped at a later pruning; ids are never
+  // reused, so a kept entry of a dead table is never found again.
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < tr->count; ++i)
+    if (reinterpret_cast<std::uintptr_t>(e[i].rec) & 1) e[kept++] = TlsEntry{e[i].id, tag(e[i].rec, 0)};
+  tr->count = kept;
 }
 
 ThreadRecord* register_thread(HandleTable* t) {
@@ -838,11 +886,14 @@ ThreadRecord* register_thread(HandleTable* t) {
   rec->in_use.store(1, std::memory_order_release);
   pthread_mutex_unlock(&t->table_lock);
   if (tr->count == tr->cap) {
-    std::size_t cap = tr->cap ? tr->cap * 2 : 4;
-    auto* e = static_cast<TlsEntry*>(std::realloc(tr->entries, cap * sizeof(TlsEntry)));
-    if (!e) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
-    tr->entries = e;
-    tr->cap = cap;
+    prune_records(tr);
+    if (tr->cap == 0 || tr->count > tr->cap / 2) {
+      std::size_t cap = tr->cap ? tr->cap * 2 : 4;
+      auto* e = static_cast<TlsEntry*>(std::realloc(tr->entries, cap * sizeof(TlsEntry)));
+      if (!e) report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
+      tr->entries = e;
+      tr->cap = cap;
+    }
   }
   tr->entries[tr->count++] = TlsEntry{t->id, rec};
   return rec;
@@ -890,6 +941,7 @@ inline ThreadRecord* enter(HandleTable* t) {
 // lock behind another mover, or trim and measure the heap after its moves; an
 // online record with an old epoch made the other mover wait the whole grace
 // timeout for it and give its batch up (test_concurrent_relocates_all_succeed).
+// allocate_handle and deallocate_handle take it too: they hold no pointer.
 inline ThreadRecord* mover_record(HandleTable* t) {
   ThreadRecord* rec = thread_record(t);
   leave(rec);
@@ -1192,6 +1244,7 @@ HandleAllocator::~HandleAllocator() {
   else
     lca::g_tables = t->next_live;
   if (t->next_live) t->next_live->prev_live = t->prev_live;
+  lca::g_tables_destroyed.fetch_add(1, std::memory_order_relaxed);
   pthread_mutex_unlock(&lca::g_tables_lock);
   // The objects go with the heap (~MemoryAllocator); the table and records here.
   for (lca::ThreadRecord* r = t->records.load(std::memory_order_relaxed); r;) {
@@ -1209,10 +1262,11 @@ HandleAllocator::~HandleAllocator() {
 
 Handle HandleAllocator::allocate_handle(std::size_t size) {
   lca::HandleTable* t = table_;
-  struct Leave {
-    lca::ThreadRecord* rec;
-    ~Leave() { lca::leave(rec); }
-  } leave{lca::enter(t)};
+  // Offline from the start: the call is a quiescent point and touches no
+  // object of the heap (the new slot is not live until its last store), so a
+  // mover need not wait for it while allocate() takes the heap's lock or maps
+  // memory.
+  lca::mover_record(t);
   void* p = allocate(size);
   if (!p) return 0;
   pthread_mutex_lock(&t->table_lock);
@@ -1255,7 +1309,12 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
 
 void HandleAllocator::deallocate_handle(Handle h) {
   lca::HandleTable* t = table_;
-  lca::ThreadRecord* rec = lca::enter(t);
+  // Offline from the start too: the thread reads no object, the CAS that ends
+  // the handle excludes a move (a mover marks and commits with CASes on the
+  // same word) and the address is read after it, so the free needs no grace
+  // period; waiting for a marked or copied object (stable_word) announces the
+  // thread as before.
+  lca::ThreadRecord* rec = lca::mover_record(t);
   struct Leave {
     lca::ThreadRecord* rec;
     ~Leave() { lca::leave(rec); }
@@ -1267,9 +1326,13 @@ void HandleAllocator::deallocate_handle(Handle h) {
     if (w & lca::kPinMask) lca::report_fatal("Invalid free", reinterpret_cast<const void*>(h), "the handle is pinned");
     std::uint64_t next_gen = (w >> 32) + 1;
     if (next_gen > 0xffffffffull) next_gen = 0xffffffffull;  // retired below
-    p = s->ptr.load(std::memory_order_acquire);
     if (s->word.compare_exchange_strong(w, next_gen << 32, std::memory_order_acq_rel)) break;
   }
+  // The address after the CAS: a move that ended between a load before it and
+  // the CAS would leave the word as it was (ABA) and the loaded address old.
+  // Once the CAS succeeded no move can begin (a mark expects the live word),
+  // and any that ended published its address before its word.
+  p = s->ptr.load(std::memory_order_acquire);
   deallocate(p);
   t->live.fetch_sub(1, std::memory_order_relaxed);
   if ((s->word.load(std::memory_order_relaxed) >> 32) == 0xffffffffull) return;  // worn out: never reused

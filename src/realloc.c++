@@ -122,6 +122,7 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
   BlockRef r;
   block_lookup(p, &r, "realloc");
   Domain* bd = r.domain;
+  if (!bd->per_thread) relocating_check(bd);
   DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock
   Heap* h = bd->per_thread ? heap_for_thread() : bd->single;
   // A heap for this call only, after the thread's exit handler (tcache.h++).

@@ -1075,6 +1075,7 @@ LCA_CORE_TEXT void* domain_alloc_raw(Domain* d, std::size_t size, std::size_t al
     heap_done_after_exit(h);  // (a heap for one call after the thread's exit handler)
     return p;
   }
+  relocating_check(d);
   DomainLock lock(d);
   return heap_alloc(d->single, size, alignment, false);
 }
@@ -1206,6 +1207,7 @@ LCA_CORE_TEXT void free_now(void* p) {
   block_lookup(p, &r, "free");
   Domain* d = r.domain;
   if (!d->per_thread) {
+    relocating_check(d);
     DomainLock lock(d);
     Heap* h = d->single;
     switch (r.kind) {
@@ -1411,6 +1413,14 @@ void heap_queue_to_front(Heap* h, Span* s) {
 void heap_queue_rotate(Heap* h, unsigned c) {
   Span* s = h->head[c];
   if (s != &g_empty_span && s->next) queue_rotate(h, c, s);
+}
+
+constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-exec"))) = nullptr;
+
+void relocating_reentered(Domain* d) {
+  report_fatal("Heap used during its defragmentation", d,
+               "a relocation callback allocated, freed or resized a block of the heap being defragmented "
+               "(DefragmentationEngine::defragment forbids it)");
 }
 
 void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }

@@ -545,6 +545,9 @@ bool domain_trim_some(Domain* d, bool (*stop)(void*), void* ctx);
 #if CALLOC_DEFRAG
 // Frees the defragmentation engine's state of a domain being destroyed (defrag.c++).
 void defrag_domain_destroyed(Domain* d);
+// The calling thread's entries of handle tables (one per HandleAllocator it
+// used and has not dropped; for tests).
+std::size_t defrag_thread_entries();
 #endif
 
 struct DomainStats {
@@ -613,6 +616,16 @@ void heap_queue_rotate(Heap* h, unsigned c);
 // The domain lock of a private domain (the serialising lock in Valgrind mode).
 void domain_lock(Domain* d);
 void domain_unlock(Domain* d);
+// The private domain whose defragmentation pass is calling its relocation
+// callback on this thread (defrag.c++), or nullptr.  The callback must not
+// allocate or free in that heap: its lock is recursive, so such a call would
+// change the heap under the pass.  The private heap's allocation, free and
+// resize paths (never the process heap's) check it with relocating_check.
+extern constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+[[noreturn]] void relocating_reentered(Domain* d);
+inline void relocating_check(Domain* d) {
+  if (__builtin_expect(tls_relocating == d, 0)) relocating_reentered(d);
+}
 
 // fork() support for every domain.
 void domains_prefork();

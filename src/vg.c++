@@ -201,6 +201,7 @@ void vg_free(void* p, void (*release)(void*)) {
   VALGRIND_FREELIKE_BLOCK(p, 0);
   BlockRef r;
   block_lookup(p, &r, "free");
+  if (!r.domain->per_thread) relocating_check(r.domain);  // (free_now's check, before the quarantine)
   vg_hide(p, r.usable);  // libcalloc's memory again, for helgrind and DRD
   r.domain->vg.frees.fetch_add(1, std::memory_order_relaxed);
   r.domain->vg.bytes_freed.fetch_add(vg_block_size(p, r.usable), std::memory_order_relaxed);

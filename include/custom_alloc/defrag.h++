@@ -15,7 +15,9 @@
 // blocks (above 1 MiB, one mapping each) never move.
 //
 // THE CALLER'S CONTRACT: the callback is where the owner updates its references;
-// it must not allocate or free in the heap being defragmented; no other thread
+// it must not allocate, free or resize in the heap being defragmented (such a
+// call aborts with "libcalloc: Heap used during its defragmentation of ADDR:
+// ..."; the heap's lock is recursive and would let it through); no other thread
 // may use the heap's raw pointers while a pass runs (allocate and deallocate
 // from other threads are safe: they wait for the pass's lock).  A callback that
 // throws stops the pass cleanly: the block it was told of stays at its old

@@ -28,9 +28,11 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -550,6 +552,55 @@ START_TEST(test_process_heap_refused) {
       },
       "libcalloc: Defragmentation refused of ");
   ck_assert_msg(r2.ok(), "%s", r2.description.c_str());
+}
+END_TEST
+
+// A relocation callback that allocates, frees or resizes in the heap being
+// defragmented is caught with one line (the heap's lock is recursive: the old
+// code let it change the heap under the pass).
+START_TEST(test_callback_using_heap_dies) {
+  struct Case {
+    const char* what;
+    int op;
+  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}};
+  std::string failures;
+  for (const Case& c : cases) {
+    int op = c.op;
+    auto r = expect_death(
+        [op] {
+          MemoryAllocator alloc;
+          std::vector<void*> all;
+          for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+          for (std::size_t i = 0; i < all.size(); ++i)
+            if (i % 10 != 0) alloc.deallocate(all[i]);
+          void* spare = alloc.allocate(128);
+          DefragmentationEngine engine;
+          engine.defragment(alloc, [&](void*, void* q, std::size_t) {
+            if (op == 0) alloc.deallocate(alloc.allocate(32));
+            if (op == 1 && spare) {
+              alloc.deallocate(spare);
+              spare = nullptr;
+            }
+            if (op == 2) (void)alloc.reallocate(q, 4096);
+          });
+        },
+        "libcalloc: Heap used during its defragmentation of ");
+    if (!r.ok()) failures += std::string(c.what) + ": " + r.description + "\n";
+  }
+  ck_assert_msg(failures.empty(), "%s", failures.c_str());
+  // Another heap is fine, and the mark ends with the pass.
+  MemoryAllocator alloc, other;
+  std::vector<void*> all;
+  for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+  for (std::size_t i = 0; i < all.size(); ++i)
+    if (i % 10 != 0) alloc.deallocate(all[i]);
+  std::vector<void*> others;
+  DefragmentationEngine engine;
+  auto stats = engine.defragment(alloc, [&](void*, void*, std::size_t) { others.push_back(other.allocate(32)); });
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  ck_assert_uint_eq(others.size(), stats.objects_relocated);
+  for (void* p : others) other.deallocate(p);
+  alloc.deallocate(alloc.allocate(32));
 }
 END_TEST
 
@@ -1323,6 +1374,118 @@ START_TEST(test_shared_handles_under_mover) {
 }
 END_TEST
 
+// A thread's entries of HandleAllocators (its per-heap records of the grace
+// period protocol) go when the heaps do: a long-lived thread that uses many
+// heaps in turn keeps a bounded number (the old code kept one per heap ever used).
+START_TEST(test_thread_entries_bounded) {
+  const int kHeaps = static_cast<int>(scaled(3000));
+  HandleAllocator keep;
+  Handle kept = keep.allocate_handle(16);
+  for (int i = 0; i < kHeaps; ++i) {
+    HandleAllocator heap;
+    Handle h = heap.allocate_handle(32);
+    std::memset(heap.resolve(h), i & 0xff, 32);
+    heap.deallocate_handle(h);
+    ck_assert_ptr_nonnull(keep.resolve(kept));
+  }
+  std::size_t mine = lca::defrag_thread_entries();
+  // A thread that outlives the heaps it used: batches of 8 heaps made and
+  // destroyed by this thread, each used by the worker in turn.
+  const int kRounds = static_cast<int>(scaled(300));
+  std::atomic<int> round{0}, done{0}, bad{0};
+  std::vector<std::unique_ptr<HandleAllocator>> batch;
+  std::vector<Handle> handles;
+  std::size_t worker_entries = 0;
+  std::thread worker([&] {
+    for (int r = 1; r <= kRounds; ++r) {
+      while (round.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      for (std::size_t k = 0; k < batch.size(); ++k) std::memset(batch[k]->resolve(handles[k]), r & 0xff, 32);
+      if (!keep.resolve(kept)) bad.fetch_add(1);
+      done.store(r, std::memory_order_release);
+    }
+    worker_entries = lca::defrag_thread_entries();
+  });
+  for (int r = 1; r <= kRounds; ++r) {
+    batch.clear();
+    handles.clear();
+    for (int k = 0; k < 8; ++k) {
+      batch.push_back(std::make_unique<HandleAllocator>());
+      handles.push_back(batch.back()->allocate_handle(32));
+    }
+    round.store(r, std::memory_order_release);
+    while (done.load(std::memory_order_acquire) != r) std::this_thread::yield();
+  }
+  worker.join();
+  batch.clear();
+  std::printf("# entries after %d heaps: this thread %zu, the worker (after %d) %zu\n", kHeaps, mine, kRounds * 8,
+              worker_entries);
+  // Fewer than twice the live heaps the thread used, plus 4.
+  ck_assert_uint_le(mine, 2 * 2 + 4);
+  ck_assert_uint_le(worker_entries, 2 * 9 + 4);
+  ck_assert_int_eq(bad.load(), 0);
+  keep.deallocate_handle(kept);
+}
+END_TEST
+
+// allocate_handle and deallocate_handle hold no pointer of the heap: a thread
+// inside them (here held in the heap's allocate or deallocate, which the
+// subclass makes wait) does not hold a move up.  The old code kept such a
+// thread online: relocate waited the grace timeout for it and gave up.
+START_TEST(test_handle_calls_offline_inside) {
+  struct Held : HandleAllocator {
+    std::atomic<int> hold{0};  // 1: allocate waits, 2: deallocate waits
+    std::atomic<bool> inside{false}, release{false};
+    void wait_here() {
+      inside.store(true);
+      while (!release.load()) std::this_thread::yield();
+    }
+    void* allocate(std::size_t size, std::size_t alignment) override {
+      if (hold.load() == 1) wait_here();
+      return HandleAllocator::allocate(size, alignment);
+    }
+    void deallocate(void* p) override {
+      if (hold.load() == 2) wait_here();
+      HandleAllocator::deallocate(p);
+    }
+  };
+  for (int which = 1; which <= 2; ++which) {
+    Held heap;
+    std::vector<Handle> hs;
+    for (int i = 0; i < 64; ++i) {
+      hs.push_back(heap.allocate_handle(48));
+      std::memset(heap.resolve(hs.back()), i, 48);
+    }
+    heap.offline();
+    heap.hold.store(which);
+    std::thread t([&] {
+      if (which == 1)
+        heap.deallocate_handle(heap.allocate_handle(48));
+      else
+        heap.deallocate_handle(hs[0]);
+    });
+    while (!heap.inside.load()) std::this_thread::yield();
+    heap.hold.store(0);
+    int moved = 0;
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 1; i < 11; ++i) moved += heap.relocate(hs[static_cast<std::size_t>(i)]) ? 1 : 0;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+    heap.release.store(true);
+    t.join();
+    std::printf("# a thread held in %s: %d of 10 relocates, %lld us, %zu abandoned\n",
+                which == 1 ? "allocate_handle" : "deallocate_handle", moved, static_cast<long long>(us),
+                heap.handle_stats().moves_abandoned);
+    ck_assert_int_eq(moved, 10);
+    ck_assert_uint_eq(heap.handle_stats().moves_abandoned, 0);
+    for (int i = 1; i < 64; ++i) {
+      auto* b = static_cast<unsigned char*>(heap.resolve(hs[static_cast<std::size_t>(i)]));
+      for (int k = 0; k < 48; ++k) ck_assert_int_eq(b[k], i);
+      heap.deallocate_handle(hs[static_cast<std::size_t>(i)]);
+    }
+    if (which == 1) heap.deallocate_handle(hs[0]);
+  }
+}
+END_TEST
+
 // Bad use is caught by the heap: a handle freed behind its owner's back is
 // stale when the owner uses or destroys it.
 START_TEST(test_handle_ptr_stale_dies) {
@@ -1373,6 +1536,7 @@ int main() {
   tcase_add_test(tc, test_round_survives_changes_between_passes);
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
+  tcase_add_test(tc, test_callback_using_heap_dies);
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
@@ -1388,5 +1552,7 @@ int main() {
   tcase_add_test(tc, test_shared_handle_counts);
   tcase_add_test(tc, test_shared_handles_under_mover);
   tcase_add_test(tc, test_handle_ptr_stale_dies);
+  tcase_add_test(tc, test_thread_entries_bounded);
+  tcase_add_test(tc, test_handle_calls_offline_inside);
   return test_util::run_suite(s);
 }
