@@ -1415,6 +1415,7 @@ void heap_queue_rotate(Heap* h, unsigned c) {
   if (s != &g_empty_span && s->next) queue_rotate(h, c, s);
 }
 
+#if CALLOC_DEFRAG
 constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-exec"))) = nullptr;
 
 void relocating_reentered(Domain* d) {
@@ -1422,6 +1423,7 @@ void relocating_reentered(Domain* d) {
                "a relocation callback allocated, freed or resized a block of the heap being defragmented "
                "(DefragmentationEngine::defragment forbids it)");
 }
+#endif
 
 void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }
 void domain_unlock(Domain* d) { lca_mutex_unlock(&d->lock); }

@@ -621,11 +621,15 @@ void domain_unlock(Domain* d);
 // allocate or free in that heap: its lock is recursive, so such a call would
 // change the heap under the pass.  The private heap's allocation, free and
 // resize paths (never the process heap's) check it with relocating_check.
+#if CALLOC_DEFRAG
 extern constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 [[noreturn]] void relocating_reentered(Domain* d);
 inline void relocating_check(Domain* d) {
   if (__builtin_expect(tls_relocating == d, 0)) relocating_reentered(d);
 }
+#else
+inline void relocating_check(Domain*) {}  // no defragmentation engine
+#endif
 
 // fork() support for every domain.
 void domains_prefork();
