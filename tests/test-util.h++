@@ -286,6 +286,20 @@ inline bool running_on_valgrind() {
   return on;
 }
 
+// True under Valgrind's helgrind (its preload object is mapped).
+inline bool running_on_helgrind() {
+  static const bool on = [] {
+    if (!running_on_valgrind()) return false;
+    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    std::string maps;
+    bool ok = slurp_fd(fd, maps);
+    ::close(fd);
+    return ok && maps.find("vgpreload_helgrind") != std::string::npos;
+  }();
+  return on;
+}
+
 // VmSize (mapped_bytes) says something about the allocator only outside Valgrind
 // and the ASan and TSan builds: Valgrind's shadow memory grows and never shrinks,
 // and the sanitizers reserve terabytes of shadow and map memory of their own

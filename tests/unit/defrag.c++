@@ -24,11 +24,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -1392,16 +1394,28 @@ START_TEST(test_thread_entries_bounded) {
   // A thread that outlives the heaps it used: batches of 8 heaps made and
   // destroyed by this thread, each used by the worker in turn.
   const int kRounds = static_cast<int>(scaled(300));
-  std::atomic<int> round{0}, done{0}, bad{0};
+  // The rounds are handed over under a mutex (helgrind sees it; it does not
+  // see a hand-over through atomics).
+  std::mutex m;
+  std::condition_variable cv;
+  int round = 0, done = 0;
+  std::atomic<int> bad{0};
   std::vector<std::unique_ptr<HandleAllocator>> batch;
   std::vector<Handle> handles;
   std::size_t worker_entries = 0;
   std::thread worker([&] {
     for (int r = 1; r <= kRounds; ++r) {
-      while (round.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      {
+        std::unique_lock<std::mutex> lock(m);
+        cv.wait(lock, [&] { return round == r; });
+      }
       for (std::size_t k = 0; k < batch.size(); ++k) std::memset(batch[k]->resolve(handles[k]), r & 0xff, 32);
       if (!keep.resolve(kept)) bad.fetch_add(1);
-      done.store(r, std::memory_order_release);
+      {
+        std::lock_guard<std::mutex> lock(m);
+        done = r;
+        cv.notify_all();  // (under the lock: helgrind calls a signal without it dubious)
+      }
     }
     worker_entries = lca::defrag_thread_entries();
   });
@@ -1412,8 +1426,13 @@ START_TEST(test_thread_entries_bounded) {
       batch.push_back(std::make_unique<HandleAllocator>());
       handles.push_back(batch.back()->allocate_handle(32));
     }
-    round.store(r, std::memory_order_release);
-    while (done.load(std::memory_order_acquire) != r) std::this_thread::yield();
+    {
+      std::lock_guard<std::mutex> lock(m);
+      round = r;
+      cv.notify_all();
+    }
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return done == r; });
   }
   worker.join();
   batch.clear();
