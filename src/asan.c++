@@ -186,6 +186,7 @@ void vg_block_resized(void* p, std::size_t, std::size_t size, std::size_t old_us
 void vg_free(void* p, void (*release)(void*)) {
   BlockRef r;
   block_lookup(p, &r, "free");  // aborts on anything but a block libcalloc considers live
+  if (!r.domain->per_thread) relocating_check(r.domain);  // (free_now's check, before the quarantine)
   std::size_t word = load_size_word(p, r.usable);
   if (word & kFreedBit) report_fatal("Double free", p, "the block is not allocated (freed already)");
   r.domain->vg.frees.fetch_add(1, std::memory_order_relaxed);
