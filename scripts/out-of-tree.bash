@@ -1,5 +1,5 @@
 # scripts/out-of-tree.bash -- sourced (not run) by scripts/check-config,
-# scripts/check-secure and scripts/check-sanitizers: what each needs before it
+# scripts/check-secure, scripts/check-sanitizers and scripts/fuzz: what each needs before it
 # configures a build of the source tree in a directory of its own.
 #
 #   out_of_tree_bootstrap TOP
