@@ -273,30 +273,25 @@ inline bool slurp_fd(int fd, std::string& s) {
   }
 }
 
+// Whether /proc/self/maps names an object containing `name`.
+inline bool maps_mention(const char* name) {
+  int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::string maps;
+  bool ok = slurp_fd(fd, maps);
+  ::close(fd);
+  return ok && maps.find(name) != std::string::npos;
+}
+
 // True when the process runs under Valgrind (its preload objects are mapped).
 inline bool running_on_valgrind() {
-  static const bool on = [] {
-    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    std::string maps;
-    bool ok = slurp_fd(fd, maps);
-    ::close(fd);
-    return ok && maps.find("vgpreload") != std::string::npos;
-  }();
+  static const bool on = maps_mention("vgpreload");
   return on;
 }
 
 // True under Valgrind's helgrind (its preload object is mapped).
 inline bool running_on_helgrind() {
-  static const bool on = [] {
-    if (!running_on_valgrind()) return false;
-    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    std::string maps;
-    bool ok = slurp_fd(fd, maps);
-    ::close(fd);
-    return ok && maps.find("vgpreload_helgrind") != std::string::npos;
-  }();
+  static const bool on = running_on_valgrind() && maps_mention("vgpreload_helgrind");
   return on;
 }
 
