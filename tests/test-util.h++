@@ -289,12 +289,6 @@ inline bool running_on_valgrind() {
   return on;
 }
 
-// True under Valgrind's helgrind (its preload object is mapped).
-inline bool running_on_helgrind() {
-  static const bool on = running_on_valgrind() && maps_mention("vgpreload_helgrind");
-  return on;
-}
-
 // VmSize (mapped_bytes) says something about the allocator only outside Valgrind
 // and the ASan and TSan builds: Valgrind's shadow memory grows and never shrinks,
 // and the sanitizers reserve terabytes of shadow and map memory of their own
