@@ -1145,7 +1145,9 @@ DefragmentationEngine::DefragStats empty_stats() {
 FragmentationReport analyze_domain(lca::Domain* d) {
   lca::VgSerial serial;
   lca::HeapLock lock(d);
-  lca::vg_quarantine_release_domain(d);
+  // (Not from a relocation callback of this heap: the pass released the heap's
+  // quarantined blocks before it began, and frees none into it meanwhile.)
+  if (lca::tls_relocating != d) lca::vg_quarantine_release_domain(d);
   return lca::analyze_locked(d);
 }
 

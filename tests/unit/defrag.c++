@@ -557,14 +557,14 @@ START_TEST(test_process_heap_refused) {
 }
 END_TEST
 
-// A relocation callback that allocates, frees or resizes in the heap being
-// defragmented is caught with one line (the heap's lock is recursive: the old
-// code let it change the heap under the pass).
+// A relocation callback that allocates, frees, resizes or trims in the heap
+// being defragmented is caught with one line (the heap's lock is recursive: the
+// old code let it change the heap under the pass; trim since session 17).
 START_TEST(test_callback_using_heap_dies) {
   struct Case {
     const char* what;
     int op;
-  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}};
+  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}, {"trim", 3}};
   std::string failures;
   for (const Case& c : cases) {
     int op = c.op;
@@ -584,6 +584,7 @@ START_TEST(test_callback_using_heap_dies) {
               spare = nullptr;
             }
             if (op == 2) (void)alloc.reallocate(q, 4096);
+            if (op == 3) alloc.trim();
           });
         },
         "libcalloc: Heap used during its defragmentation of ");
@@ -603,6 +604,51 @@ START_TEST(test_callback_using_heap_dies) {
   ck_assert_uint_eq(others.size(), stats.objects_relocated);
   for (void* p : others) other.deallocate(p);
   alloc.deallocate(alloc.allocate(32));
+}
+END_TEST
+
+// Reading the heap from a relocation callback is allowed (defrag.h++): the
+// usable size of the old and the new place (both live blocks then), the
+// statistics, the fragmentation report.  The counts include the new place and
+// not yet the free of the old one; the pass goes on as without the reads.
+START_TEST(test_callback_reads_heap) {
+  MemoryAllocator alloc;
+  std::vector<void*> all;
+  for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+  for (int i = 0; i < 40; ++i) all.push_back(alloc.allocate(3000 + static_cast<std::size_t>(i) * 100));  // arena
+  std::set<void*> live;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i % 10 != 0)
+      alloc.deallocate(all[i]);
+    else
+      live.insert(all[i]);
+  }
+  const std::size_t active = alloc.get_stats().active_allocations;
+  std::size_t calls = 0, bad = 0;
+  double frag_seen = -1;
+  DefragmentationEngine engine;
+  auto stats = engine.defragment(alloc, [&](void* p, void* q, std::size_t n) {
+    ++calls;
+    if (live.erase(p) != 1) ++bad;
+    live.insert(q);
+    if (alloc.get_allocation_size(p) < n || alloc.get_allocation_size(q) < n) ++bad;
+    auto st = alloc.get_stats();
+    if (st.active_allocations != active + 1) ++bad;  // the new place, the old not freed yet
+    if (calls % 50 == 1) {
+      auto r = engine.analyze(alloc);
+      frag_seen = r.fragmentation;
+      if (r.live_bytes == 0 || r.held_bytes < r.live_bytes) ++bad;
+      float f = engine.calculate_fragmentation(alloc);
+      if (f < 0 || f > 1) ++bad;
+    }
+  });
+  std::printf("# callback reads: %zu moves, fragmentation %.3f -> %.3f, seen mid-pass %.3f\n", stats.objects_relocated,
+              stats.fragmentation_before, stats.fragmentation_after, frag_seen);
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  ck_assert_uint_eq(calls, stats.objects_relocated);
+  ck_assert_uint_eq(bad, 0);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, active);
+  for (void* p : live) alloc.deallocate(p);
 }
 END_TEST
 
@@ -1671,6 +1717,7 @@ int main() {
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
   tcase_add_test(tc, test_callback_using_heap_dies);
+  tcase_add_test(tc, test_callback_reads_heap);
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
