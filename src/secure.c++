@@ -330,6 +330,10 @@ struct ClassState {
   std::uint32_t q_count;
   std::uint32_t q_cap;
   std::uintptr_t quarantine[kQuarantineMax];  // slot address ^ meta secret ^ &entry
+  // The metadata of chunks that release_reserves unmapped (linked by `next`):
+  // kept mapped, because a free racing with the release may still read it, and
+  // used again by the class's next new chunk (retire_chunk, new_chunk).
+  ChunkMeta* retired;
 };
 
 }  // namespace
@@ -608,6 +612,15 @@ std::uintptr_t secure_window() {
   return lo + (mix64(secrets().seed) % ((hi - lo) / kWindow)) * kWindow;
 }
 
+// The bytes at the start of a retired chunk's metadata that its purge keeps: the
+// pages up to the first whole page of the `used` and `info` arrays (the
+// descriptor, the slabs, the arrays' start).
+inline std::size_t retired_keep_bytes(const ChunkMeta* m, std::size_t meta_bytes, std::size_t page) {
+  std::size_t keep = align_up(static_cast<std::size_t>(reinterpret_cast<const char*>(m->used) -
+                                                       reinterpret_cast<const char*>(m)), page);
+  return keep < meta_bytes ? keep : meta_bytes;
+}
+
 // A new chunk for class c of h (under the class lock); nullptr when out of memory.
 ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   const std::size_t page = os_page_size();
@@ -626,8 +639,18 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   std::size_t meta_bytes = align_up(sizeof(ChunkMeta), 16) + align_up(nslabs * sizeof(SlabMeta), 16) +
                            words * 8 + total * sizeof(SlotInfo);
   meta_bytes = align_up(meta_bytes, page);
-  char* meta_mem = static_cast<char*>(os_map(meta_bytes));
-  if (!meta_mem) return nullptr;
+  // The metadata of a released chunk of the class if there is one (retire_chunk:
+  // the same layout; its arrays were purged, so read as zero past their first
+  // page), else a new mapping.
+  ClassState* cs = &h->classes[c];
+  ChunkMeta* reused = cs->retired;
+  char* meta_mem;
+  if (reused) {
+    meta_mem = reinterpret_cast<char*>(reused);
+  } else {
+    meta_mem = static_cast<char*>(os_map(meta_bytes));
+    if (!meta_mem) return nullptr;
+  }
 
   // Random placement: a 4 MiB-aligned address in the process's window when the kernel
   // takes it, else where the kernel puts it.  (Not under Valgrind or ASan, whose
@@ -641,21 +664,36 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   }
   char* base = static_cast<char*>(os_reserve(kSecChunk, kSecChunk, hint));
   if (!base) {
-    os_unmap(meta_mem, meta_bytes);
+    if (!reused) os_unmap(meta_mem, meta_bytes);
     return nullptr;
   }
   std::atomic<std::uintptr_t>* rslot = radix_slot(reinterpret_cast<std::uintptr_t>(base), true);
   if (!rslot) {
     os_unmap(base, kSecChunk);
-    os_unmap(meta_mem, meta_bytes);
+    if (!reused) os_unmap(meta_mem, meta_bytes);
     return nullptr;
   }
   auto* m = reinterpret_cast<ChunkMeta*>(meta_mem);
   char* q = meta_mem + align_up(sizeof(ChunkMeta), 16);
+  // (A reused descriptor gets the same pointers again: a free that still reads
+  // it from before its release never sees a null one.)
   m->slabs = reinterpret_cast<SlabMeta*>(q);
   q += align_up(nslabs * sizeof(SlabMeta), 16);
   m->used = reinterpret_cast<std::uint64_t*>(q);
-  m->info = reinterpret_cast<SlotInfo*>(m->used + words);  // zero (kNever): os_map
+  m->info = reinterpret_cast<SlotInfo*>(m->used + words);  // zero (kNever): os_map, or purged
+  if (reused) {
+    cs->retired = reused->next;
+    // The arrays' bytes in the pages the purge kept, and the slabs' state.
+    char* arrays = reinterpret_cast<char*>(m->used);
+    char* purged = meta_mem + retired_keep_bytes(m, meta_bytes, page);
+    if (purged > arrays) std::memset(arrays, 0, static_cast<std::size_t>(purged - arrays));
+    std::memset(m->open, 0, sizeof m->open);
+    for (std::uint32_t i = 0; i < nslabs; ++i) {
+      m->slabs[i].next = m->slabs[i].prev = nullptr;
+      m->slabs[i].free_slots = 0;
+      m->slabs[i].active = m->slabs[i].in_partial = false;
+    }
+  }
   m->base = base;
   m->heap = h;
   m->cls = c;
@@ -680,7 +718,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   rslot->store(encode_meta(m, reinterpret_cast<std::uintptr_t>(base)), std::memory_order_release);
   m->next = h->classes[c].chunks;
   h->classes[c].chunks = m;
-  h->mapped_bytes.fetch_add(kSecChunk + meta_bytes, std::memory_order_relaxed);
+  h->mapped_bytes.fetch_add(reused ? kSecChunk : kSecChunk + meta_bytes, std::memory_order_relaxed);
   return m;
 }
 
@@ -772,7 +810,10 @@ inline void touch_for_write(char* p, std::size_t n, std::uintptr_t page) {
 // open slab, 1 when it is no block (a guard page, an unopened slab, the tail of a
 // slab), 2 when it points into the middle of a slot.  Divisions by multiplication.
 inline int slot_of(const ChunkMeta* m, const void* p, std::uint32_t* g) {
-  auto off = static_cast<std::uint32_t>(static_cast<const char*>(p) - m->base);  // p is in the chunk
+  // p's offset in its 4 MiB-aligned chunk: p - m->base, since chunk_lookup checked
+  // m->base, but within the chunk's bounds even for a descriptor reused since
+  // (retire_chunk): every index below stays inside the metadata.
+  auto off = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(p) & (kSecChunk - 1));
   if (off < m->page) return 1;
   off -= m->page;
   std::uint32_t slab = div44(off, m->stride_inv);
@@ -1424,6 +1465,27 @@ inline unsigned class_for_request(std::size_t size, std::size_t alignment) {
   return c;
 }
 
+// Under the class lock: an empty chunk leaves its class (its slabs out of the
+// partial list already).  Its radix entry is cleared and its 4 MiB unmapped, but
+// its metadata stays mapped, on the class's `retired` list, for the class's next
+// new chunk: a free or lookup of a pointer into the chunk (a double or invalid
+// free: the chunk has no block) that read the radix entry before it was cleared
+// reads the metadata without the lock -- or waits for the lock and reads it
+// afterwards (usable size, realloc) -- and must find it mapped, and every slot not
+// live, to report the misuse (it was a segfault: test_release_races_invalid_use).
+// The metadata's arrays are purged (they read as zero: never handed out); its
+// first page and the descriptor stay as they were.
+void retire_chunk(SecureHeap* h, ClassState* cs, ChunkMeta* m) {
+  if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
+    slot->store(0, std::memory_order_release);
+  h->mapped_bytes.fetch_sub(kSecChunk, std::memory_order_relaxed);
+  os_unmap(m->base, kSecChunk);
+  const std::size_t page = os_page_size(), keep = retired_keep_bytes(m, m->meta_bytes, page);
+  if (keep < m->meta_bytes) os_purge(reinterpret_cast<char*>(m) + keep, m->meta_bytes - keep);
+  m->next = cs->retired;
+  cs->retired = m;
+}
+
 // Out of memory (RLIMIT_AS, overcommit): give back what the heap holds in reserve
 // -- every quarantined slot (checked as it leaves), every chunk with no slot in
 // use, every quarantined large block -- so that the allocation can be retried.
@@ -1445,11 +1507,7 @@ void release_reserves(SecureHeap* h) {
       *link = m->next;
       for (std::uint32_t k = 0; k < m->nslabs; ++k)
         if (m->slabs[k].in_partial) partial_remove(cs, &m->slabs[k]);
-      if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
-        slot->store(0, std::memory_order_release);
-      h->mapped_bytes.fetch_sub(kSecChunk + m->meta_bytes, std::memory_order_relaxed);
-      os_unmap(m->base, kSecChunk);
-      os_unmap(m, m->meta_bytes);
+      retire_chunk(h, cs, m);
     }
     lca_mutex_unlock(&cs->lock);
   }
@@ -1547,6 +1605,11 @@ void secure_heap_destroy(SecureHeap* h) {
       if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
         slot->store(0, std::memory_order_release);
       os_unmap(m->base, kSecChunk);
+      os_unmap(m, m->meta_bytes);
+      m = next;
+    }
+    for (ChunkMeta* m = cs.retired; m;) {
+      ChunkMeta* next = m->next;
       os_unmap(m, m->meta_bytes);
       m = next;
     }

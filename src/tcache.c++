@@ -1258,6 +1258,9 @@ LCA_CORE_TEXT void free_now(void* p) {
 }
 
 void domain_trim(Domain* d) {
+  // A relocation callback may not trim the heap it is told of: the pass's plan
+  // names spans and chunks that a trim releases.
+  relocating_check(d);
   VgSerial serial;
   if (d->per_thread) {
     if (Heap* h = thread_heap_if_any()) {
@@ -1420,7 +1423,7 @@ constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-
 
 void relocating_reentered(Domain* d) {
   report_fatal("Heap used during its defragmentation", d,
-               "a relocation callback allocated, freed or resized a block of the heap being defragmented "
+               "a relocation callback allocated, freed or resized a block of, or trimmed, the heap being defragmented "
                "(DefragmentationEngine::defragment forbids it)");
 }
 #endif

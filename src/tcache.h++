@@ -618,9 +618,11 @@ void domain_lock(Domain* d);
 void domain_unlock(Domain* d);
 // The private domain whose defragmentation pass is calling its relocation
 // callback on this thread (defrag.c++), or nullptr.  The callback must not
-// allocate or free in that heap: its lock is recursive, so such a call would
-// change the heap under the pass.  The private heap's allocation, free and
-// resize paths (never the process heap's) check it with relocating_check.
+// allocate, free or trim in that heap: its lock is recursive, so such a call
+// would change the heap under the pass.  The private heap's allocation, free
+// and resize paths (never the process heap's) and domain_trim check it with
+// relocating_check; reading the heap (usable size, statistics, analyze) is
+// allowed.
 #if CALLOC_DEFRAG
 extern constinit thread_local Domain* tls_relocating __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 [[noreturn]] void relocating_reentered(Domain* d);

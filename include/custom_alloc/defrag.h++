@@ -15,9 +15,13 @@
 // blocks (above 1 MiB, one mapping each) never move.
 //
 // THE CALLER'S CONTRACT: the callback is where the owner updates its references;
-// it must not allocate, free or resize in the heap being defragmented (such a
-// call aborts with "libcalloc: Heap used during its defragmentation of ADDR:
-// ..."; the heap's lock is recursive and would let it through); no other thread
+// it must not allocate, free, resize or trim in the heap being defragmented
+// (such a call aborts with "libcalloc: Heap used during its defragmentation of
+// ADDR: ..."; the heap's lock is recursive and would let it through).  It may
+// read the heap: get_allocation_size of the old or the new place (both are live
+// blocks during the callback) or of any other block, get_stats (which counts
+// the new place and not yet the free of the old), analyze and
+// calculate_fragmentation; and it may use other heaps.  No other thread
 // may use the heap's raw pointers while a pass runs (allocate and deallocate
 // from other threads are safe: they wait for the pass's lock).  A callback that
 // throws stops the pass cleanly: the block it was told of stays at its old

@@ -557,14 +557,14 @@ START_TEST(test_process_heap_refused) {
 }
 END_TEST
 
-// A relocation callback that allocates, frees or resizes in the heap being
-// defragmented is caught with one line (the heap's lock is recursive: the old
-// code let it change the heap under the pass).
+// A relocation callback that allocates, frees, resizes or trims in the heap
+// being defragmented is caught with one line (the heap's lock is recursive: the
+// old code let it change the heap under the pass; trim since session 17).
 START_TEST(test_callback_using_heap_dies) {
   struct Case {
     const char* what;
     int op;
-  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}};
+  } cases[] = {{"allocate", 0}, {"deallocate", 1}, {"reallocate", 2}, {"trim", 3}};
   std::string failures;
   for (const Case& c : cases) {
     int op = c.op;
@@ -584,6 +584,7 @@ START_TEST(test_callback_using_heap_dies) {
               spare = nullptr;
             }
             if (op == 2) (void)alloc.reallocate(q, 4096);
+            if (op == 3) alloc.trim();
           });
         },
         "libcalloc: Heap used during its defragmentation of ");
@@ -603,6 +604,51 @@ START_TEST(test_callback_using_heap_dies) {
   ck_assert_uint_eq(others.size(), stats.objects_relocated);
   for (void* p : others) other.deallocate(p);
   alloc.deallocate(alloc.allocate(32));
+}
+END_TEST
+
+// Reading the heap from a relocation callback is allowed (defrag.h++): the
+// usable size of the old and the new place (both live blocks then), the
+// statistics, the fragmentation report.  The counts include the new place and
+// not yet the free of the old one; the pass goes on as without the reads.
+START_TEST(test_callback_reads_heap) {
+  MemoryAllocator alloc;
+  std::vector<void*> all;
+  for (int i = 0; i < 4000; ++i) all.push_back(alloc.allocate(64));
+  for (int i = 0; i < 40; ++i) all.push_back(alloc.allocate(3000 + static_cast<std::size_t>(i) * 100));  // arena
+  std::set<void*> live;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i % 10 != 0)
+      alloc.deallocate(all[i]);
+    else
+      live.insert(all[i]);
+  }
+  const std::size_t active = alloc.get_stats().active_allocations;
+  std::size_t calls = 0, bad = 0;
+  double frag_seen = -1;
+  DefragmentationEngine engine;
+  auto stats = engine.defragment(alloc, [&](void* p, void* q, std::size_t n) {
+    ++calls;
+    if (live.erase(p) != 1) ++bad;
+    live.insert(q);
+    if (alloc.get_allocation_size(p) < n || alloc.get_allocation_size(q) < n) ++bad;
+    auto st = alloc.get_stats();
+    if (st.active_allocations != active + 1) ++bad;  // the new place, the old not freed yet
+    if (calls % 50 == 1) {
+      auto r = engine.analyze(alloc);
+      frag_seen = r.fragmentation;
+      if (r.live_bytes == 0 || r.held_bytes < r.live_bytes) ++bad;
+      float f = engine.calculate_fragmentation(alloc);
+      if (f < 0 || f > 1) ++bad;
+    }
+  });
+  std::printf("# callback reads: %zu moves, fragmentation %.3f -> %.3f, seen mid-pass %.3f\n", stats.objects_relocated,
+              stats.fragmentation_before, stats.fragmentation_after, frag_seen);
+  ck_assert_uint_gt(stats.objects_relocated, 0);
+  ck_assert_uint_eq(calls, stats.objects_relocated);
+  ck_assert_uint_eq(bad, 0);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, active);
+  for (void* p : live) alloc.deallocate(p);
 }
 END_TEST
 
@@ -1505,6 +1551,121 @@ START_TEST(test_handle_calls_offline_inside) {
 }
 END_TEST
 
+// handle_size holds no pointer either: a thread stopped inside it (here by a
+// signal whose handler waits, delivered while the thread calls handle_size in a
+// loop) does not hold a move up.  The old code announced the thread online for
+// the call: a relocate made while the thread was stopped between its announce
+// and its leave waited the grace timeout and gave up -- most of the 20 tries.
+std::atomic<bool> g_size_held{false}, g_size_release{false};
+void size_hold_handler(int) {
+  g_size_held.store(true);
+  while (!g_size_release.load()) {
+  }
+  g_size_held.store(false);
+}
+
+START_TEST(test_handle_size_offline_inside) {
+  HandleAllocator heap;
+  std::vector<Handle> hs;
+  for (int i = 0; i < 32; ++i) {
+    hs.push_back(heap.allocate_handle(48));
+    std::memset(heap.resolve(hs.back()), i, 48);
+  }
+  heap.offline();
+  struct sigaction sa{}, old{};
+  sa.sa_handler = size_hold_handler;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR1, &sa, &old);
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> sizes{0};
+  std::thread t([&] {
+    while (!stop.load(std::memory_order_relaxed)) sizes.fetch_add(heap.handle_size(hs[0]), std::memory_order_relaxed);
+  });
+  while (sizes.load() == 0) std::this_thread::yield();
+  const int tries = running_on_valgrind() ? 4 : 20;
+  int moved = 0;
+  for (int i = 0; i < tries; ++i) {
+    g_size_release.store(false);
+    pthread_kill(t.native_handle(), SIGUSR1);
+    while (!g_size_held.load()) std::this_thread::yield();
+    moved += heap.relocate(hs[1 + static_cast<std::size_t>(i) % 31]) ? 1 : 0;
+    g_size_release.store(true);
+    while (g_size_held.load()) std::this_thread::yield();
+  }
+  stop.store(true);
+  t.join();
+  sigaction(SIGUSR1, &old, nullptr);
+  std::printf("# a thread stopped in a handle_size loop: %d of %d relocates, %zu abandoned\n", moved, tries,
+              heap.handle_stats().moves_abandoned);
+  ck_assert_int_eq(moved, tries);
+  ck_assert_uint_eq(heap.handle_stats().moves_abandoned, 0);
+  for (int i = 0; i < 32; ++i) {
+    auto* b = static_cast<unsigned char*>(heap.resolve(hs[static_cast<std::size_t>(i)]));
+    for (int k = 0; k < 48; ++k) ck_assert_int_eq(b[k], i);
+    ck_assert_uint_eq(heap.handle_size(hs[static_cast<std::size_t>(i)]), 48);
+    heap.deallocate_handle(hs[static_cast<std::size_t>(i)]);
+  }
+}
+END_TEST
+
+// Movers read a slot's size without a lock while other threads free handles
+// and allocate new ones into the same slots (HandleSlot::size, a relaxed atomic
+// now): under TSan (TSAN_TESTS=tests/unit/defrag scripts/check-sanitizers tsan)
+// no report; everywhere, each live handle keeps its size and contents.
+START_TEST(test_handle_size_read_while_slot_reused) {
+  HandleAllocator heap;
+  constexpr int kSlots = 64;
+  std::vector<Handle> hs(kSlots);
+  for (int i = 0; i < kSlots; ++i) {
+    hs[static_cast<std::size_t>(i)] = heap.allocate_handle(16 + static_cast<std::size_t>(i));
+    std::memset(heap.resolve(hs[static_cast<std::size_t>(i)]), i, 16 + static_cast<std::size_t>(i));
+  }
+  heap.offline();
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  const std::size_t rounds = scaled(20000);
+  std::thread churn([&] {
+    // Frees and reallocates every handle in turn, each time at another size:
+    // the freed slot is the next one allocated (the free list's head).
+    for (std::size_t r = 0; r < rounds; ++r) {
+      auto i = static_cast<std::size_t>(r % kSlots);
+      heap.deallocate_handle(hs[i]);
+      std::size_t n = 16 + (r * 37 + i) % 400;
+      hs[i] = heap.allocate_handle(n);
+      auto* p = static_cast<unsigned char*>(heap.resolve(hs[i]));
+      std::memset(p, static_cast<int>(n & 0xff), n);
+      if (heap.handle_size(hs[i]) != n) bad.fetch_add(1);
+      heap.offline();
+    }
+    stop.store(true);
+  });
+  // This thread moves objects the whole time: passes over the heap, reading
+  // every live slot's size.
+  std::size_t passes = 0;
+  while (!stop.load()) {
+    DefragBudget b;
+    b.max_objects = 16;
+    heap.defragment(b);
+    ++passes;
+  }
+  churn.join();
+  for (int i = 0; i < kSlots; ++i) {
+    Handle h = hs[static_cast<std::size_t>(i)];
+    std::size_t n = heap.handle_size(h);
+    auto* p = static_cast<unsigned char*>(heap.resolve(h));
+    for (std::size_t k = 0; k < n; ++k)
+      if (p[k] != static_cast<unsigned char>(rounds >= kSlots ? (n & 0xff) : i)) {
+        bad.fetch_add(1);
+        break;
+      }
+    heap.deallocate_handle(h);
+  }
+  std::printf("# %zu handle reallocations beside %zu defragment passes, %zu moves\n", rounds, passes,
+              heap.handle_stats().moves);
+  ck_assert_int_eq(bad.load(), 0);
+}
+END_TEST
+
 // Bad use is caught by the heap: a handle freed behind its owner's back is
 // stale when the owner uses or destroys it.
 START_TEST(test_handle_ptr_stale_dies) {
@@ -1556,6 +1717,7 @@ int main() {
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
   tcase_add_test(tc, test_callback_using_heap_dies);
+  tcase_add_test(tc, test_callback_reads_heap);
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
@@ -1573,5 +1735,7 @@ int main() {
   tcase_add_test(tc, test_handle_ptr_stale_dies);
   tcase_add_test(tc, test_thread_entries_bounded);
   tcase_add_test(tc, test_handle_calls_offline_inside);
+  tcase_add_test(tc, test_handle_size_offline_inside);
+  tcase_add_test(tc, test_handle_size_read_while_slot_reused);
   return test_util::run_suite(s);
 }

@@ -24,6 +24,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -1116,6 +1118,132 @@ START_TEST(test_instance_caches_threads_share_a_heap) {
 }
 END_TEST
 
+// The heap's release of what it holds in reserve (trim; out of memory runs the
+// same code, release_reserves) unmaps a chunk left empty.  A misuse of a freed
+// block of that chunk by another thread at the same moment -- here
+// get_allocation_size, which looks the chunk up, then waits for the class lock
+// that the release holds -- must be reported (use after free, or invalid
+// pointer once the chunk is gone), never a segfault: the chunk's metadata stays
+// mapped (secure.c++ retire_chunk).  It was a SIGSEGV in ~1 of 5 tries with
+// the timing below, measured from a dry run of the same trim.
+struct Clock {
+  static std::int64_t now() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+void fill_and_free(SecureAllocator& a, std::vector<void*>& v) {
+  // 256 blocks of one class: a chunk, its quarantine full (256 slots).
+  for (int i = 0; i < 256; ++i) v.push_back(a.allocate(1000));
+  for (void* q : v) a.deallocate(q);
+}
+
+START_TEST(test_release_races_invalid_use) {
+  const int trials = static_cast<int>(scaled(40) ? scaled(40) : 1);
+  for (int trial = 0; trial < trials; ++trial) {
+    std::int64_t dry;
+    {
+      SecureAllocator b;
+      std::vector<void*> v;
+      fill_and_free(b, v);
+      std::int64_t t0 = Clock::now();
+      b.trim();
+      dry = Clock::now() - t0;
+    }
+    SecureAllocator a;
+    std::vector<void*> v;
+    fill_and_free(a, v);
+    void* p = v[0];
+    // The use starts 2 to 14 % into the trim: the class's lock is held then.
+    const std::int64_t delay = dry * (2 + trial % 13) / 100;
+    DeathResult r = expect_death(
+        [&] {
+          std::mutex mu;
+          std::condition_variable cv;
+          bool ready = false;
+          std::atomic<bool> go{false};
+          std::thread user([&] {
+            a.deallocate(a.allocate(8));  // this thread's cache exists
+            {
+              std::lock_guard<std::mutex> l(mu);
+              ready = true;
+            }
+            cv.notify_one();
+            while (!go.load(std::memory_order_acquire)) {
+            }
+            TEST_HAPPENS_AFTER(&go);
+            for (std::int64_t until = Clock::now() + delay; Clock::now() < until;) {
+            }
+            g_sink = static_cast<char>(a.get_allocation_size(p));
+          });
+          {
+            std::unique_lock<std::mutex> l(mu);
+            cv.wait(l, [&] { return ready; });
+          }
+          TEST_HAPPENS_BEFORE(&go);
+          go.store(true, std::memory_order_release);
+          a.trim();
+          user.join();
+        },
+        test_util::address_text(p).c_str());
+    ck_assert_msg(r.ok(), "trial %d: %s", trial, r.description.c_str());
+  }
+}
+END_TEST
+
+// A chunk released by trim gives its metadata to the class's next chunk: slots
+// there start never handed out (an invalid free of one is named as such), a
+// double free is still exact, and the mapped bytes fall by the chunk and come
+// back with it.
+START_TEST(test_released_chunk_metadata_reused) {
+  SecureAllocator a;
+  std::vector<void*> v;
+  fill_and_free(a, v);
+  std::size_t mapped = a.get_stats().os_memory_mapped.load();
+  a.trim();
+  std::size_t trimmed = a.get_stats().os_memory_mapped.load();
+  ck_assert_msg(trimmed + 4 * MiB <= mapped, "trim: %zu -> %zu bytes mapped", mapped, trimmed);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<void*> w;
+    for (int i = 0; i < 300; ++i) {
+      auto* q = static_cast<unsigned char*>(a.allocate(1000));
+      ck_assert_ptr_nonnull(q);
+      Peek peek;
+      ck_assert(all_zero(q, 1000));
+      w.push_back(q);
+    }
+    ck_assert_uint_eq(a.get_allocation_size(w[5]), 1000);
+    ASSERT_DEATH_MSG([&] { a.deallocate(w[7]); a.deallocate(w[7]); }, "Double free");
+    // A slot of the new chunk at the offset of a block freed in the released one,
+    // in a slab the new chunk has open (one of w's), not handed out: never used
+    // in this chunk (its state from before the release was cleared).
+    const std::uintptr_t chunk_mask = 4 * MiB - 1;
+    std::set<std::uintptr_t> handed;
+    for (void* q : w) handed.insert(reinterpret_cast<std::uintptr_t>(q));
+    std::uintptr_t base = reinterpret_cast<std::uintptr_t>(w[0]) & ~chunk_mask;
+    void* never = nullptr;
+    for (void* old : v) {
+      std::uintptr_t c = base + (reinterpret_cast<std::uintptr_t>(old) & chunk_mask);
+      if (handed.count(c)) continue;
+      // Open in the new chunk when a block of w is in the same slab: slabs are
+      // 64 KiB plus a guard page apart, after the chunk's first page.
+      std::uintptr_t slab = (c - base - 4 * KiB) / (68 * KiB);
+      for (void* q : w)
+        if ((reinterpret_cast<std::uintptr_t>(q) - base - 4 * KiB) / (68 * KiB) == slab) never = reinterpret_cast<void*>(c);
+      if (never) break;
+    }
+    if (never && ::sysconf(_SC_PAGESIZE) == 4096)
+      ASSERT_DEATH_MSG([&] { a.deallocate(never); }, "no block was allocated there");
+    for (void* q : w)
+      if (q != w[7]) a.deallocate(q);
+    a.deallocate(w[7]);  // the death was the child's: here it is still live
+    a.trim();
+    ck_assert_uint_eq(a.get_stats().os_memory_mapped.load(), trimmed);
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("secure", &tc);
@@ -1151,5 +1279,7 @@ int main() {
   tcase_add_test(tc, test_instance_cache_outlives_its_heap);
   tcase_add_test(tc, test_instance_caches_many_heaps);
   tcase_add_test(tc, test_instance_caches_threads_share_a_heap);
+  tcase_add_test(tc, test_release_races_invalid_use);
+  tcase_add_test(tc, test_released_chunk_metadata_reused);
   return test_util::run_suite(s);
 }
