@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <sys/auxv.h>
 
 #include "config.h"
 #include "report.h++"
@@ -142,9 +143,18 @@ void options_print(const Options& o, const char* version, int fd) {
 // Not a literal: .rodata would be mapped at start-up for it (placement.h++).
 LCA_CORE_RODATA(options_variable) constinit const char kOptionsVariable[] = "LIBCALLOC_OPTIONS";
 
+// Not in secure-execution mode (a set-user-ID or set-group-ID program, or one
+// with file capabilities: AT_SECURE), as glibc's malloc ignores its MALLOC_
+// variables there: the variable is the invoking user's, the rights the
+// program's owner's, and leak_report=PATH and profile=PATH made a set-user-ID
+// root program linked with a tracking build create or truncate any file at
+// exit (tests/unit/capi, test_options_ignored_when_setuid).  getauxval only
+// when the variable is set: not secure_getenv, whose code lies in a 64 KiB
+// window of libc's text that a program without the variable never maps
+// (placement.h++).
 LCA_CORE_TEXT void options_init() {
   const char* text = std::getenv(kOptionsVariable);
-  if (text) options_parse(text, &g_options);
+  if (text && getauxval(AT_SECURE) == 0) options_parse(text, &g_options);
 }
 
 }  // namespace lca
