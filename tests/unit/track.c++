@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -288,6 +289,30 @@ START_TEST(test_options_parse_tracking) {
   ck_assert_uint_eq(q.profile_format, 0);
   ck_assert_uint_eq(q.sample, 0);
   ck_assert_int_eq(q.profile_signal, -1);
+}
+END_TEST
+
+// profile_signal names a signal whose handler only sets a flag.  A signal that
+// cannot be caught (SIGKILL, SIGSTOP) or that the C library keeps for itself
+// (glibc: 32 and 33, below SIGRTMIN) got no handler and no warning: no profile
+// was ever written, silently.  A fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE)
+// got the handler: it returns to the faulting instruction, which faults again,
+// so a crashing program looped for ever instead of dying.  Both are refused.
+START_TEST(test_options_refuse_unusable_profile_signals) {
+  const int refused[] = {SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL, SIGFPE, 32, SIGRTMIN - 1, SIGRTMAX + 1};
+  for (int sig : refused) {
+    lca::Options o{};
+    std::string text = "profile=-,profile_signal=" + std::to_string(sig);
+    ck_assert_msg(lca::options_parse(text.c_str(), &o) == 1, "profile_signal=%d was accepted", sig);
+    ck_assert_int_eq(o.profile_signal, -1);
+  }
+  const int accepted[] = {0, SIGUSR1, SIGUSR2, SIGPROF, SIGRTMIN, SIGRTMAX};
+  for (int sig : accepted) {
+    lca::Options o{};
+    std::string text = "profile_signal=" + std::to_string(sig);
+    ck_assert_msg(lca::options_parse(text.c_str(), &o) == 0, "profile_signal=%d was refused", sig);
+    ck_assert_int_eq(o.profile_signal, sig);
+  }
 }
 END_TEST
 
@@ -719,6 +744,7 @@ int main() {
   tcase_add_test(tc, test_threads_keep_exact_totals);
   tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_options_parse_tracking);
+  tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
