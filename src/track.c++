@@ -188,6 +188,20 @@ std::atomic<std::uint64_t> g_samples{0};
 pid_t g_start_pid;
 Options g_opts;  // a copy of the tracking options
 volatile sig_atomic_t g_dump_pending;
+// One report at a time: each opened its file and wrote it, so two at once (the
+// profile signal twice in a row, a signal's dump during the report at exit,
+// dump_process_profile meanwhile) wrote one file of two interleaved profiles
+// (tests/unit/track, test_profile_dumps_do_not_overlap).  Held for a whole
+// report, outside any other lock of the tracker's; not taken before fork (the
+// writer takes stdio's list lock, which the fork handler holds first), but
+// re-initialised in the child.  A dump the signal asked for only tries it.
+pthread_mutex_t g_report_lock = PTHREAD_MUTEX_INITIALIZER;
+struct ReportLock {
+  ReportLock() { pthread_mutex_lock(&g_report_lock); }
+  ~ReportLock() { pthread_mutex_unlock(&g_report_lock); }
+  ReportLock(const ReportLock&) = delete;
+  ReportLock& operator=(const ReportLock&) = delete;
+};
 
 // Text ranges to drop from the top of captured stacks: libcalloc's own when
 // it is a shared object of its own (else the caller's
@@ -1889,8 +1903,15 @@ bool write_profile(const char* pattern, int format) {
 
 LCA_SAMPLING_TEXT void dump_if_requested() {
   if (__builtin_expect(!g_dump_pending, 1) || tls_track_busy) return;
-  g_dump_pending = 0;
-  if (!write_profile(g_opts.profile, g_opts.profile_format)) report_warning("cannot write the profile to ", g_opts.profile);
+  // A report under way: the request waits for an allocation after it.  Read
+  // again under the lock, so that of two threads that saw it one writes.
+  if (pthread_mutex_trylock(&g_report_lock) != 0) return;
+  if (g_dump_pending) {
+    g_dump_pending = 0;
+    if (!write_profile(g_opts.profile, g_opts.profile_format))
+      report_warning("cannot write the profile to ", g_opts.profile);
+  }
+  pthread_mutex_unlock(&g_report_lock);
 }
 
 LCA_SAMPLING_TEXT void on_profile_signal(int) { g_dump_pending = 1; }
@@ -1951,6 +1972,7 @@ LCA_SAMPLING_TEXT void track_postfork_child() {
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
+  pthread_mutex_init(&g_report_lock, nullptr);  // a parent's thread may have been writing a report
 }
 
 
@@ -1980,6 +2002,7 @@ LCA_SAMPLING_TEXT void track_init(const Options& o) {
 namespace {
 // The reports at exit: in .text, away from the code every program runs.
 __attribute__((noinline)) void write_exit_reports() {
+  ReportLock lock;
   if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
     report_warning("cannot write the leak report to ", g_opts.leak_report);
   if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
@@ -2198,6 +2221,7 @@ bool dump_process_profile(const char* path, ProfileFormat format) {
     errno = ENOTSUP;
     return false;
   }
+  lca::ReportLock lock;
   return lca::write_profile(path ? path : "-", static_cast<int>(format));
 }
 

@@ -22,17 +22,22 @@
 #include <libcalloc.h>
 
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -526,6 +531,96 @@ START_TEST(test_sampling_estimates_unbiased) {
 }
 END_TEST
 
+namespace {
+// Writers of path open in this process now: descriptors naming it, less `reader`.
+int writers_open(const std::string& path, int reader) {
+  int n = 0;
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  while (dirent* e = readdir(dir)) {
+    char link[PATH_MAX];
+    std::string fd_path = std::string("/proc/self/fd/") + e->d_name;
+    ssize_t len = readlink(fd_path.c_str(), link, sizeof link - 1);
+    if (len <= 0 || std::atoi(e->d_name) == reader) continue;
+    link[len] = 0;
+    n += path == link;
+  }
+  closedir(dir);
+  return n;
+}
+}  // namespace
+
+// Two profile dumps at once (the profile signal twice in a row, a signal's dump
+// during the one at exit, dump_process_profile meanwhile) each opened the file
+// and wrote into it: one file of two interleaved profiles.  A dump now waits
+// for the one under way.  Seen through a FIFO that nobody reads: the first
+// dump fills it and waits with the file open, and the second must not open it
+// too; then both profiles come out whole, one after the other.
+START_TEST(test_profile_dumps_do_not_overlap) {
+  std::string err = in_child([]() -> std::string {
+    static void* blocks[64];
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    // 64 stacks of 32 frames: a text profile of ~200 KB, more than a pipe holds.
+    for (unsigned i = 0; i < 64; ++i) blocks[i] = walk(i, 16);
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-fifo-%d", static_cast<int>(getpid()));
+    unlink(path);
+    if (mkfifo(path, 0600) != 0) return "mkfifo failed";
+    int reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (reader < 0) return "cannot open the FIFO";
+    std::mutex m;
+    int finished = 0;
+    bool ok[2] = {false, false};
+    auto dump = [&](int k) {
+      bool r = custom_alloc::dump_process_profile(path, custom_alloc::ProfileFormat::text);
+      std::lock_guard<std::mutex> g(m);
+      ok[k] = r;
+      ++finished;
+    };
+    std::thread first(dump, 0);
+    int open_now = 0;
+    for (int i = 0; i < 10000 && open_now == 0; ++i) {
+      usleep(1000);
+      open_now = writers_open(path, reader);
+    }
+    std::thread second(dump, 1);
+    int most = open_now;
+    for (int i = 0; i < (test_util::running_on_valgrind() ? 250 : 50); ++i) {
+      usleep(20000);
+      int n = writers_open(path, reader);
+      if (n > most) most = n;
+    }
+    std::string out;
+    for (;;) {
+      char buf[65536];
+      ssize_t n = read(reader, buf, sizeof buf);
+      if (n > 0) {
+        out.append(buf, static_cast<std::size_t>(n));
+        continue;
+      }
+      std::lock_guard<std::mutex> g(m);
+      if (finished == 2 && n == 0) break;
+      usleep(1000);  // (0 between two writers: no writer at that moment)
+    }
+    first.join();
+    second.join();
+    close(reader);
+    unlink(path);
+    for (void* p : blocks) lca_free(p);
+    if (open_now != 1) return "the first dump did not open the FIFO";
+    if (most != 1) return std::to_string(most) + " dumps had the file open at once";
+    if (!ok[0] || !ok[1]) return "a dump failed";
+    const std::string head = "libcalloc allocation profile";
+    std::size_t second_head = out.find(head, 1);
+    if (out.rfind(head, 0) != 0 || second_head == std::string::npos || out[second_head - 1] != '\n' ||
+        out.find(head, second_head + 1) != std::string::npos)
+      return "not two whole profiles one after the other";
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
 // Sampling keeps calloc's fresh pages untouched: a large calloc, sampled or
 // not, is zero-filled without writing the pages of a fresh mapping (with a
 // memset of every large calloc while sampling, 64 MiB of calloc made 64 MiB
@@ -749,6 +844,7 @@ int main() {
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
+  tcase_add_test(tc, test_profile_dumps_do_not_overlap);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
