@@ -1723,7 +1723,9 @@ FILE* open_output(const char* pattern, bool* is_stderr) {
   if (*is_stderr) return stderr;
   char path[512];
   expand_path(pattern, path, sizeof path);
-  return std::fopen(path, "w");
+  // "e": close-on-exec, as every other file libcalloc opens (a program that
+  // runs another while a report is written gave it the report's descriptor).
+  return std::fopen(path, "we");
 }
 
 void print_frame(FILE* f, unsigned i, const void* ip) {

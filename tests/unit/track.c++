@@ -532,8 +532,9 @@ START_TEST(test_sampling_estimates_unbiased) {
 END_TEST
 
 namespace {
-// Writers of path open in this process now: descriptors naming it, less `reader`.
-int writers_open(const std::string& path, int reader) {
+// Writers of path open in this process now: descriptors naming it, less
+// `reader`; *last is set to the last one found.
+int writers_open(const std::string& path, int reader, int* last = nullptr) {
   int n = 0;
   DIR* dir = opendir("/proc/self/fd");
   if (!dir) return -1;
@@ -543,10 +544,30 @@ int writers_open(const std::string& path, int reader) {
     ssize_t len = readlink(fd_path.c_str(), link, sizeof link - 1);
     if (len <= 0 || std::atoi(e->d_name) == reader) continue;
     link[len] = 0;
-    n += path == link;
+    if (path != link) continue;
+    ++n;
+    if (last) *last = std::atoi(e->d_name);
   }
   closedir(dir);
   return n;
+}
+
+// Reads what the writers put into the FIFO `reader` until `done` says they all
+// finished and the FIFO has no writer left.
+std::string drain_fifo(int reader, std::mutex& m, const int& finished, int writers) {
+  std::string out;
+  for (;;) {
+    char buf[65536];
+    ssize_t n = read(reader, buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    std::lock_guard<std::mutex> g(m);
+    if (finished == writers && n == 0) break;
+    usleep(1000);  // (0 between two writers: no writer at that moment)
+  }
+  return out;
 }
 }  // namespace
 
@@ -590,18 +611,7 @@ START_TEST(test_profile_dumps_do_not_overlap) {
       int n = writers_open(path, reader);
       if (n > most) most = n;
     }
-    std::string out;
-    for (;;) {
-      char buf[65536];
-      ssize_t n = read(reader, buf, sizeof buf);
-      if (n > 0) {
-        out.append(buf, static_cast<std::size_t>(n));
-        continue;
-      }
-      std::lock_guard<std::mutex> g(m);
-      if (finished == 2 && n == 0) break;
-      usleep(1000);  // (0 between two writers: no writer at that moment)
-    }
+    std::string out = drain_fifo(reader, m, finished, 2);
     first.join();
     second.join();
     close(reader);
@@ -615,6 +625,53 @@ START_TEST(test_profile_dumps_do_not_overlap) {
     if (out.rfind(head, 0) != 0 || second_head == std::string::npos || out[second_head - 1] != '\n' ||
         out.find(head, second_head + 1) != std::string::npos)
       return "not two whole profiles one after the other";
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// A report's file is opened close-on-exec, as every other file libcalloc
+// opens: a program that runs another (fork and exec, posix_spawn, system) while
+// a thread writes a report gave it the report's descriptor.  The dump is held
+// in the middle by a FIFO that nobody reads, and its descriptor's flags read.
+START_TEST(test_report_file_is_close_on_exec) {
+  std::string err = in_child([]() -> std::string {
+    static void* blocks[64];
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    for (unsigned i = 0; i < 64; ++i) blocks[i] = walk(i, 16);  // a profile larger than a pipe holds
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-cloexec-%d", static_cast<int>(getpid()));
+    unlink(path);
+    if (mkfifo(path, 0600) != 0) return "mkfifo failed";
+    int reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (reader < 0) return "cannot open the FIFO";
+    std::mutex m;
+    int finished = 0;
+    std::thread writer([&] {
+      custom_alloc::dump_process_profile(path, custom_alloc::ProfileFormat::text);
+      std::lock_guard<std::mutex> g(m);
+      ++finished;
+    });
+    int fd = -1;
+    for (int i = 0; i < 10000 && fd < 0; ++i) {
+      usleep(1000);
+      writers_open(path, reader, &fd);
+    }
+    std::string flags;
+    if (fd >= 0) {
+      std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd));
+      for (std::string line; std::getline(info, line);)
+        if (line.rfind("flags:", 0) == 0) flags = line.substr(6);
+    }
+    drain_fifo(reader, m, finished, 1);
+    writer.join();
+    close(reader);
+    unlink(path);
+    for (void* p : blocks) lca_free(p);
+    if (fd < 0) return "the dump did not open the FIFO";
+    if (flags.empty()) return "no flags in /proc/self/fdinfo";
+    if (!(std::stoul(flags, nullptr, 8) & O_CLOEXEC)) return "the report's descriptor is not close-on-exec: flags" + flags;
     return "";
   });
   ck_assert_msg(err.empty(), "%s", err.c_str());
@@ -845,6 +902,7 @@ int main() {
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
   tcase_add_test(tc, test_profile_dumps_do_not_overlap);
+  tcase_add_test(tc, test_report_file_is_close_on_exec);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
