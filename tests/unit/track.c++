@@ -24,6 +24,7 @@
 #include <atomic>
 #include <climits>
 #include <cmath>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -631,6 +632,77 @@ START_TEST(test_profile_dumps_do_not_overlap) {
 }
 END_TEST
 
+// glibc exports stdio's list lock (GLIBC_2.2.5) without declaring it since 2.28.
+extern "C" void _IO_list_lock() __attribute__((weak));
+extern "C" void _IO_list_unlock() __attribute__((weak));
+
+// The profile the signal asks for is written by the next allocation, which
+// stdio may make holding a FILE's lock (a stream's buffer, printf's work
+// space).  The writer used fopen and fclose, which take stdio's list lock;
+// fflush(NULL) takes that lock, then each FILE's: a thread in fflush(NULL) and
+// one whose fprintf allocated waited for each other for ever (a program whose
+// threads print and flush hung at the 40th SIGUSR2 or so, every run).  Built
+// here step by step: B holds the list lock and waits for f's, A holds f's and
+// allocates with a profile requested.  Before, the child hung until its alarm
+// (killed by signal 14).
+START_TEST(test_profile_dump_inside_stdio_does_not_deadlock) {
+  if (!_IO_list_lock || !_IO_list_unlock) TEST_SKIP("no _IO_list_lock in this C library");
+  std::string err = in_child([]() -> std::string {
+    std::signal(SIGALRM, SIG_DFL);  // (Check's handler would kill the test's process group)
+    alarm(test_util::running_on_valgrind() ? 600 : 8);  // the deadlock: killed by SIGALRM
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-stdio-%d.txt", static_cast<int>(getpid()));
+    lca::Options o{};
+    std::snprintf(o.profile, sizeof o.profile, "%s", path);
+    o.sample = 1;  // every allocation
+    o.profile_signal = SIGUSR2;
+    lca::track_init(o);
+    FILE* f = std::fopen("/dev/null", "w");
+    if (!f) return "cannot open /dev/null";
+    std::mutex m;
+    std::condition_variable cv;
+    int stage = 0;
+    std::thread b([&] {  // as fflush(NULL) does: the list lock, then each FILE's
+      {
+        std::unique_lock<std::mutex> g(m);
+        cv.wait(g, [&] { return stage == 1; });
+      }
+      _IO_list_lock();
+      {
+        std::lock_guard<std::mutex> g(m);
+        stage = 2;
+        cv.notify_all();  // (under the lock: DRD and helgrind ask for it)
+      }
+      flockfile(f);  // waits for A
+      funlockfile(f);
+      _IO_list_unlock();
+    });
+    flockfile(f);  // A: f's lock, as fprintf holds it
+    {
+      std::lock_guard<std::mutex> g(m);
+      stage = 1;
+      cv.notify_all();
+    }
+    {
+      std::unique_lock<std::mutex> g(m);
+      cv.wait(g, [&] { return stage == 2; });
+    }
+    usleep(100000);  // B waits for f's lock by now
+    raise(SIGUSR2);
+    void* p = lca_malloc(100);  // writes the profile
+    funlockfile(f);
+    b.join();
+    lca_free(p);
+    std::fclose(f);
+    std::string text = read_file(path);
+    unlink(path);
+    if (text.find("libcalloc allocation profile") != 0) return "no profile written: " + text;
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
 // A report's file is opened close-on-exec, as every other file libcalloc
 // opens: a program that runs another (fork and exec, posix_spawn, system) while
 // a thread writes a report gave it the report's descriptor.  The dump is held
@@ -903,6 +975,7 @@ int main() {
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
   tcase_add_test(tc, test_profile_dumps_do_not_overlap);
   tcase_add_test(tc, test_report_file_is_close_on_exec);
+  tcase_add_test(tc, test_profile_dump_inside_stdio_does_not_deadlock);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
