@@ -106,9 +106,26 @@ void* NUMAAllocator::allocate_on_node(std::size_t size, int node) {
   return p;
 }
 
+namespace {
+// Whether the whole pages of [ptr, ptr + size) lie below the end of the address
+// space: the page rounding of a range past it wrapped to a page or none
+// (tests/unit/numa, test_ranges_that_wrap_are_refused).  Else counted in
+// `invalid`, errno EINVAL.  Not a member: an exported one is called through
+// the PLT, and its slot moved .data and .bss (tests/integration/small-rss.sh).
+bool check_range(const void* ptr, std::size_t size, std::atomic<std::size_t>& invalid) {
+  std::uintptr_t end;
+  if (!__builtin_add_overflow(reinterpret_cast<std::uintptr_t>(ptr), size, &end) &&
+      !__builtin_add_overflow(end, lca::os_page_size() - 1, &end))
+    return true;
+  invalid.fetch_add(1, std::memory_order_relaxed);
+  errno = EINVAL;
+  return false;
+}
+}  // namespace
+
 void NUMAAllocator::migrate_to_node(void* ptr, std::size_t size, int target_node) {
   if (!ptr || !size) return;
-  if (!check_node(target_node, "migrate_to_node")) return;
+  if (!check_node(target_node, "migrate_to_node") || !check_range(ptr, size, invalid_)) return;
   std::size_t moved = 0, failed = 0;
   int err = lca::numa_move(ptr, size, target_node, &moved, &failed);
   if (err) {
@@ -122,7 +139,7 @@ void NUMAAllocator::migrate_to_node(void* ptr, std::size_t size, int target_node
 }
 
 bool NUMAAllocator::bind_memory_to_node(void* ptr, std::size_t size, int node) {
-  if (!check_node(node, "bind_memory_to_node")) return false;
+  if (!check_node(node, "bind_memory_to_node") || !check_range(ptr, size, invalid_)) return false;
   std::size_t page = lca::os_page_size();
   auto lo = reinterpret_cast<std::uintptr_t>(ptr) & ~(page - 1);
   auto hi = (reinterpret_cast<std::uintptr_t>(ptr) + size + page - 1) & ~(page - 1);

@@ -5,8 +5,10 @@
 #include "options.h++"
 #include "placement.h++"
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <sys/auxv.h>
 
 #include "config.h"
 #include "report.h++"
@@ -22,6 +24,28 @@ bool parse_bool(const char* v, std::size_t n, bool* out) {
   if (n == 0 || is("1") || is("true") || is("yes") || is("on")) return *out = true, true;
   if (is("0") || is("false") || is("no") || is("off")) return *out = false, true;
   return false;
+}
+
+// Whether profile_signal may name sig (0: none).  Not SIGKILL or SIGSTOP, which
+// cannot be caught, nor the C library's own signals below SIGRTMIN (glibc: 32
+// and 33), for which sigaction fails: either way no profile was ever written,
+// and nothing said so.  Not a fault (SIGSEGV, SIGBUS, SIGILL, SIGFPE) either:
+// the handler only sets a flag and returns to the faulting instruction, which
+// faults again, so a crash became an endless loop (tests/unit/track,
+// test_options_refuse_unusable_profile_signals).
+// Constants, not SIGRTMIN and SIGRTMAX, which are calls into glibc: each call
+// through the PLT is one more .got.plt slot, which ends at a 64-byte boundary of
+// .data today, so one more slot moves .data and .bss and puts g_empty_span,
+// which every program reads, on a page of .bss a small program never touches
+// otherwise (tests/integration/small-rss.sh failed: 0 -> 4 KiB).  glibc's
+// threads keep 32 and 33 (SIGRTMIN is 34); the last signal is 64.
+constexpr int kFirstRealtimeSignal = 34;
+constexpr int kLastSignal = 64;
+bool usable_profile_signal(int sig) {
+  if (sig == 0) return true;
+  if (sig == SIGKILL || sig == SIGSTOP || sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE)
+    return false;
+  return sig < 32 || (sig >= kFirstRealtimeSignal && sig <= kLastSignal);
 }
 
 // Tracking options (values that are not booleans).  True when key is one of
@@ -71,11 +95,15 @@ bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, 
   } else if (key_is("profile_signal")) {
     unsigned long long sig = 0;
     if (number(&sig, "profile_signal")) {
-      if (sig < 65) {
-        out->profile_signal = static_cast<int>(sig);
-      } else {
+      if (sig > static_cast<unsigned long long>(kLastSignal)) {
         report_warning("LIBCALLOC_OPTIONS: no such signal for ", "profile_signal");
         ++*problems;
+      } else if (!usable_profile_signal(static_cast<int>(sig))) {
+        report_warning("LIBCALLOC_OPTIONS: a signal that cannot be caught, the C library's own or a fault for ",
+                       "profile_signal");
+        ++*problems;
+      } else {
+        out->profile_signal = static_cast<int>(sig);
       }
     }
   } else {
@@ -142,9 +170,18 @@ void options_print(const Options& o, const char* version, int fd) {
 // Not a literal: .rodata would be mapped at start-up for it (placement.h++).
 LCA_CORE_RODATA(options_variable) constinit const char kOptionsVariable[] = "LIBCALLOC_OPTIONS";
 
+// Not in secure-execution mode (a set-user-ID or set-group-ID program, or one
+// with file capabilities: AT_SECURE), as glibc's malloc ignores its MALLOC_
+// variables there: the variable is the invoking user's, the rights the
+// program's owner's, and leak_report=PATH and profile=PATH made a set-user-ID
+// root program linked with a tracking build create or truncate any file at
+// exit (tests/unit/capi, test_options_ignored_when_setuid).  getauxval only
+// when the variable is set: not secure_getenv, whose code lies in a 64 KiB
+// window of libc's text that a program without the variable never maps
+// (placement.h++).
 LCA_CORE_TEXT void options_init() {
   const char* text = std::getenv(kOptionsVariable);
-  if (text) options_parse(text, &g_options);
+  if (text && getauxval(AT_SECURE) == 0) options_parse(text, &g_options);
 }
 
 }  // namespace lca

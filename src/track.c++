@@ -28,6 +28,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -188,6 +189,20 @@ std::atomic<std::uint64_t> g_samples{0};
 pid_t g_start_pid;
 Options g_opts;  // a copy of the tracking options
 volatile sig_atomic_t g_dump_pending;
+// One report at a time: each opened its file and wrote it, so two at once (the
+// profile signal twice in a row, a signal's dump during the report at exit,
+// dump_process_profile meanwhile) wrote one file of two interleaved profiles
+// (tests/unit/track, test_profile_dumps_do_not_overlap).  Held for a whole
+// report, outside any other lock of the tracker's; not taken before fork (the
+// writer takes stdio's list lock, which the fork handler holds first), but
+// re-initialised in the child.  A dump the signal asked for only tries it.
+pthread_mutex_t g_report_lock = PTHREAD_MUTEX_INITIALIZER;
+struct ReportLock {
+  ReportLock() { pthread_mutex_lock(&g_report_lock); }
+  ~ReportLock() { pthread_mutex_unlock(&g_report_lock); }
+  ReportLock(const ReportLock&) = delete;
+  ReportLock& operator=(const ReportLock&) = delete;
+};
 
 // Text ranges to drop from the top of captured stacks: libcalloc's own when
 // it is a shared object of its own (else the caller's
@@ -1704,34 +1719,118 @@ void expand_path(const char* pattern, char* out, std::size_t cap) {
     std::snprintf(out + k, cap - k, ".%d", static_cast<int>(getpid()));
 }
 
-FILE* open_output(const char* pattern, bool* is_stderr) {
-  *is_stderr = !pattern || !*pattern || std::strcmp(pattern, "-") == 0;
-  if (*is_stderr) return stderr;
-  char path[512];
-  expand_path(pattern, path, sizeof path);
-  return std::fopen(path, "w");
+// A report's output: a descriptor written through a buffer of our own, not a
+// stdio FILE.  The profile the signal asks for is written from inside malloc
+// or free, which a thread may call holding a FILE's lock (stdio allocates a
+// stream's buffer, printf its work space); fopen and fclose take stdio's list
+// lock, and fflush(NULL) takes that lock, then each FILE's: a thread in
+// fflush(NULL) and one in fprintf whose buffer allocation wrote the profile
+// waited for each other for ever (tests/unit/track,
+// test_profile_dump_inside_stdio_does_not_deadlock).  vsnprintf takes no lock.
+// The file is close-on-exec, as every other file libcalloc opens (a program
+// that runs another while a report is written gave it the descriptor).
+struct Out {
+  int fd = -1;
+  bool own = false;  // opened here: closed by out_close
+  bool ok = true;    // every write so far succeeded (errno: the first failure's)
+  int error = 0;
+  std::size_t len = 0;
+  char buf[4096];
+};
+
+void out_flush(Out* o) {
+  for (std::size_t done = 0; done < o->len && o->ok;) {
+    ssize_t n = write(o->fd, o->buf + done, o->len - done);
+    if (n > 0) {
+      done += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      o->ok = false;
+      o->error = n < 0 ? errno : EIO;
+    }
+  }
+  o->len = 0;
 }
 
-void print_frame(FILE* f, unsigned i, const void* ip) {
+void out_write(Out* o, const char* p, std::size_t n) {
+  while (n > 0) {
+    if (o->len == sizeof o->buf) out_flush(o);
+    std::size_t k = n < sizeof o->buf - o->len ? n : sizeof o->buf - o->len;
+    std::memcpy(o->buf + o->len, p, k);
+    o->len += k, p += k, n -= k;
+  }
+}
+
+// A line (of at most sizeof buf bytes: longer is cut) into the buffer.
+__attribute__((format(printf, 2, 3))) void out_printf(Out* o, const char* format, ...) {
+  for (int pass = 0; pass < 2; ++pass) {
+    std::va_list args;
+    va_start(args, format);
+    std::size_t room = sizeof o->buf - o->len;
+    int n = std::vsnprintf(o->buf + o->len, room, format, args);
+    va_end(args);
+    if (n < 0) return;
+    if (static_cast<std::size_t>(n) < room) {
+      o->len += static_cast<std::size_t>(n);
+      return;
+    }
+    if (pass == 1 || o->len == 0) {  // longer than the buffer: cut
+      o->len = sizeof o->buf - 1;
+      return;
+    }
+    out_flush(o);  // (the partial line written is overwritten)
+  }
+}
+
+// Opens the output of pattern ("", "-": stderr); false (errno set) when the
+// file cannot be opened.
+bool out_open(Out* o, const char* pattern) {
+  if (!pattern || !*pattern || std::strcmp(pattern, "-") == 0) {
+    o->fd = 2;
+    return true;
+  }
+  char path[512];
+  expand_path(pattern, path, sizeof path);
+  int fd;
+  do fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return false;
+  o->fd = fd;
+  o->own = true;
+  return true;
+}
+
+// Writes what is buffered and closes a file opened here; false (errno set)
+// when a write or the close failed.
+bool out_close(Out* o) {
+  out_flush(o);
+  if (o->own && close(o->fd) != 0 && o->ok && errno != EINTR) o->ok = false, o->error = errno;
+  o->fd = -1;
+  if (!o->ok) errno = o->error;
+  return o->ok;
+}
+
+void print_frame(Out* f, unsigned i, const void* ip) {
   Symbol s;
   symbolize(ip, &s);
   char where[320] = "";
   if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
-    std::fprintf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
+    out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
                  where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
   else
-    std::fprintf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
+    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
                  static_cast<unsigned long>(s.module_offset));
 }
 
-void print_stack(FILE* f, std::uint32_t site) {
+void print_stack(Out* f, std::uint32_t site) {
   if (site == 0) {
-    std::fprintf(f, "    [stack table full: stacks not kept]\n");
+    out_printf(f, "    [stack table full: stacks not kept]\n");
     return;
   }
   const Site& s = g_sites[site];
-  if (s.depth == 0) std::fprintf(f, "    [no stack]\n");
+  if (s.depth == 0) out_printf(f, "    [no stack]\n");
   for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i]);
 }
 
@@ -1746,13 +1845,14 @@ const char* mode_text(char* buf, std::size_t cap) {
 
 bool write_leak_report(const char* pattern) {
   Busy busy;
-  bool is_stderr;
-  FILE* f = open_output(pattern, &is_stderr);
-  if (!f) return false;
+  Out out;
+  Out* f = &out;
+  if (!out_open(f, pattern)) return false;
   std::size_t n, map_bytes;
   SiteView* v = snapshot_sites(&n, &map_bytes);
   if (!v) {
-    if (!is_stderr) std::fclose(f);
+    out_close(f);
+    errno = ENOMEM;
     return false;
   }
   std::size_t k = 0;
@@ -1769,30 +1869,29 @@ bool write_leak_report(const char* pattern) {
   });
   prepare_sites(v, k < kReportStacks ? k : kReportStacks);
   char mode[128];
-  std::fprintf(f, "libcalloc leak report (pid %d; %s)\n", static_cast<int>(getpid()), mode_text(mode, sizeof mode));
+  out_printf(f, "libcalloc leak report (pid %d; %s)\n", static_cast<int>(getpid()), mode_text(mode, sizeof mode));
   for (std::size_t i = 0; i < k && i < kReportStacks; ++i) {
-    std::fprintf(f, "%.0f bytes in %.0f block%s allocated at:\n", v[i].live_bytes, v[i].live_blocks,
+    out_printf(f, "%.0f bytes in %.0f block%s allocated at:\n", v[i].live_bytes, v[i].live_blocks,
                  v[i].live_blocks >= 0.5 && v[i].live_blocks < 1.5 ? "" : "s");
     print_stack(f, v[i].index);
   }
   if (k > kReportStacks) {
     double rest = 0;
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
-    std::fprintf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
+    out_printf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
-    std::fprintf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
+    out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
                  g_notes[i].why);
   pthread_mutex_unlock(&g_sym_lock);
   if (k == 0)
-    std::fprintf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
+    out_printf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
   else
-    std::fprintf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
+    out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
                  bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", calls);
   os_unmap(v, map_bytes);
-  if (is_stderr) return std::fflush(f) == 0;
-  return std::fclose(f) == 0;
+  return out_close(f);
 }
 
 // The name of a frame for collapsed stacks: the function, or module+offset.
@@ -1812,13 +1911,14 @@ void frame_name(const void* ip, char* buf, std::size_t cap) {
 
 bool write_profile(const char* pattern, int format) {
   Busy busy;
-  bool is_stderr;
-  FILE* f = open_output(pattern, &is_stderr);
-  if (!f) return false;
+  Out out;
+  Out* f = &out;
+  if (!out_open(f, pattern)) return false;
   std::size_t n, map_bytes;
   SiteView* v = snapshot_sites(&n, &map_bytes);
   if (!v) {
-    if (!is_stderr) std::fclose(f);
+    out_close(f);
+    errno = ENOMEM;
     return false;
   }
   std::sort(v, v + n, [](const SiteView& a, const SiteView& b) {
@@ -1837,60 +1937,66 @@ bool write_profile(const char* pattern, int format) {
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
       if (v[i].index == 0) {
-        std::fprintf(f, "[stack table full]");
+        out_printf(f, "[stack table full]");
       } else {
         for (unsigned j = s.depth; j-- > 0;) {
           frame_name(s.frames[j], name, sizeof name);
-          std::fprintf(f, "%s%s", name, j ? ";" : "");
+          out_printf(f, "%s%s", name, j ? ";" : "");
         }
-        if (s.depth == 0) std::fprintf(f, "[no stack]");
+        if (s.depth == 0) out_printf(f, "[no stack]");
       }
-      std::fprintf(f, " %.0f\n", v[i].bytes);
+      out_printf(f, " %.0f\n", v[i].bytes);
     }
   } else if (format == 2) {  // gperftools heap profile (legacy text format)
-    std::fprintf(f, "heap profile: %6.0f: %8.0f [%6.0f: %8.0f] @ heapprofile\n", live_blocks, live_bytes, calls, bytes);
+    out_printf(f, "heap profile: %6.0f: %8.0f [%6.0f: %8.0f] @ heapprofile\n", live_blocks, live_bytes, calls, bytes);
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
-      std::fprintf(f, "%6.0f: %8.0f [%6.0f: %8.0f] @", v[i].live_blocks > 0 ? v[i].live_blocks : 0,
+      out_printf(f, "%6.0f: %8.0f [%6.0f: %8.0f] @", v[i].live_blocks > 0 ? v[i].live_blocks : 0,
                    v[i].live_bytes > 0 ? v[i].live_bytes : 0, v[i].calls, v[i].bytes);
-      for (unsigned j = 0; j < s.depth; ++j) std::fprintf(f, " %p", s.frames[j]);
-      std::fprintf(f, "\n");
+      for (unsigned j = 0; j < s.depth; ++j) out_printf(f, " %p", s.frames[j]);
+      out_printf(f, "\n");
     }
-    std::fprintf(f, "\nMAPPED_LIBRARIES:\n");
+    out_printf(f, "\nMAPPED_LIBRARIES:\n");
     int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     if (maps >= 0) {
       char buf[4096];
       ssize_t r;
-      while ((r = read(maps, buf, sizeof buf)) > 0) std::fwrite(buf, 1, static_cast<std::size_t>(r), f);
+      while ((r = read(maps, buf, sizeof buf)) > 0) out_write(f, buf, static_cast<std::size_t>(r));
       close(maps);
     }
   } else {
     prepare_sites(v, n < kReportStacks ? n : kReportStacks);
     char mode[128];
-    std::fprintf(f, "libcalloc allocation profile (pid %d; %s)\n", static_cast<int>(getpid()),
+    out_printf(f, "libcalloc allocation profile (pid %d; %s)\n", static_cast<int>(getpid()),
                  mode_text(mode, sizeof mode));
-    std::fprintf(f, "total: %.0f allocations, %.0f bytes; live: %.0f blocks, %.0f bytes; %zu stacks\n", calls, bytes,
+    out_printf(f, "total: %.0f allocations, %.0f bytes; live: %.0f blocks, %.0f bytes; %zu stacks\n", calls, bytes,
                  live_blocks, live_bytes, n);
     UnwindStats u = unwind_stats();
-    std::fprintf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
+    out_printf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
                  static_cast<unsigned long long>(u.captures), static_cast<unsigned long long>(u.fallbacks), u.entries,
                  u.bytes);
     for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
-      std::fprintf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
+      out_printf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
                    v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);
       print_stack(f, v[i].index);
     }
-    if (n > kReportStacks) std::fprintf(f, "... and %zu more stacks\n", n - kReportStacks);
+    if (n > kReportStacks) out_printf(f, "... and %zu more stacks\n", n - kReportStacks);
   }
   os_unmap(v, map_bytes);
-  if (is_stderr) return std::fflush(f) == 0;
-  return std::fclose(f) == 0;
+  return out_close(f);
 }
 
 LCA_SAMPLING_TEXT void dump_if_requested() {
   if (__builtin_expect(!g_dump_pending, 1) || tls_track_busy) return;
-  g_dump_pending = 0;
-  if (!write_profile(g_opts.profile, g_opts.profile_format)) report_warning("cannot write the profile to ", g_opts.profile);
+  // A report under way: the request waits for an allocation after it.  Read
+  // again under the lock, so that of two threads that saw it one writes.
+  if (pthread_mutex_trylock(&g_report_lock) != 0) return;
+  if (g_dump_pending) {
+    g_dump_pending = 0;
+    if (!write_profile(g_opts.profile, g_opts.profile_format))
+      report_warning("cannot write the profile to ", g_opts.profile);
+  }
+  pthread_mutex_unlock(&g_report_lock);
 }
 
 LCA_SAMPLING_TEXT void on_profile_signal(int) { g_dump_pending = 1; }
@@ -1951,6 +2057,7 @@ LCA_SAMPLING_TEXT void track_postfork_child() {
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
   pthread_mutex_init(&g_site_lock, nullptr);
   pthread_mutex_init(&g_sym_lock, nullptr);
+  pthread_mutex_init(&g_report_lock, nullptr);  // a parent's thread may have been writing a report
 }
 
 
@@ -1980,6 +2087,7 @@ LCA_SAMPLING_TEXT void track_init(const Options& o) {
 namespace {
 // The reports at exit: in .text, away from the code every program runs.
 __attribute__((noinline)) void write_exit_reports() {
+  ReportLock lock;
   if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
     report_warning("cannot write the leak report to ", g_opts.leak_report);
   if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
@@ -2198,6 +2306,7 @@ bool dump_process_profile(const char* path, ProfileFormat format) {
     errno = ENOTSUP;
     return false;
   }
+  lca::ReportLock lock;
   return lca::write_profile(path ? path : "-", static_cast<int>(format));
 }
 

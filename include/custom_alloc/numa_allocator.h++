@@ -48,7 +48,7 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
     std::size_t migrated_pages;      // pages move_pages moved
     std::size_t migration_failures;  // pages it could not move (shared, locked...)
     std::size_t bind_fallbacks;      // chunks and mappings mbind was refused for
-    std::size_t invalid_requests;    // calls refused with EINVAL (bad node)
+    std::size_t invalid_requests;    // calls refused with EINVAL (bad node or range)
   };
 
   explicit NUMAAllocator(Binding binding = Binding::preferred);
@@ -65,7 +65,8 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
   void* allocate_on_node(std::size_t size, int node);
   // Moves the resident pages of [ptr, ptr + size) to target_node (the whole pages
   // they lie on: neighbours on those pages move too).  Pages never touched have
-  // nothing to move.  errno = EINVAL and nothing moved for a bad node.
+  // nothing to move.  errno = EINVAL and nothing moved for a bad node, or for a
+  // range that runs past the end of the address space.
   void migrate_to_node(void* ptr, std::size_t size, int target_node);
 
   NUMAStats get_numa_stats() const;
@@ -81,7 +82,8 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
   int get_current_node() const;
   // Binds the pages of [ptr, ptr + size) to node and moves those resident
   // (mbind MPOL_MF_MOVE), with this allocator's Binding.  Returns false (errno
-  // set: EINVAL bad node, else the kernel's refusal, counted in bind_fallbacks).
+  // set: EINVAL bad node or a range past the end of the address space, else the
+  // kernel's refusal, counted in bind_fallbacks).
   bool bind_memory_to_node(void* ptr, std::size_t size, int node);
 
   // Topology, read once: highest node + 1; whether node exists, has memory and

@@ -12,13 +12,18 @@
 #include <custom_alloc/memory_allocator.h++>
 #include <libcalloc.h>
 
+#include <fcntl.h>
 #include <malloc.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -698,6 +703,73 @@ START_TEST(test_options_parse) {
 }
 END_TEST
 
+// A set-user-ID program (secure-execution mode, AT_SECURE) ignores
+// LIBCALLOC_OPTIONS, as glibc's malloc ignores its MALLOC_ variables there: the
+// variable belongs to the user who runs the program, the program's rights to
+// its owner.  Before, a user could have a set-user-ID root program linked with a
+// --enable-tracking libcalloc write (create or truncate) any file it named in
+// leak_report or profile at exit, as root.  Checked with a set-user-ID copy of
+// this program owned by `nobody` (euid != uid), which reads the options in its
+// constructor and exits at once (main, CALLOC_TEST_SECURE_CHILD): it must print
+// nothing of libcalloc's (verbose, or a warning that tracking is not built in)
+// and write no leak report.
+START_TEST(test_options_ignored_when_setuid) {
+  if (geteuid() != 0) TEST_SKIP("not root: cannot make a set-user-ID copy owned by another user");
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind does not run set-user-ID programs");
+  if (test_util::kAsanBuild || test_util::kTsanBuild)
+    TEST_SKIP("sanitizer build: its runtime refuses to run set-user-ID (LeakSanitizer: fatal error)");
+  char dir[] = "/tmp/calloc-setuid-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  ck_assert_int_eq(chmod(dir, 01777), 0);  // the copy writes its report as nobody
+  std::string copy = std::string(dir) + "/capi", report = std::string(dir) + "/leaks.txt";
+  {
+    int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    int out = open(copy.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+    ck_assert_int_ge(in, 0);
+    ck_assert_int_ge(out, 0);
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof buf)) > 0) ck_assert_int_eq(write(out, buf, static_cast<std::size_t>(n)), n);
+    close(in);
+    close(out);
+  }
+  ck_assert_int_eq(chown(copy.c_str(), 65534, 65534), 0);
+  ck_assert_int_eq(chmod(copy.c_str(), 04755), 0);
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    dup2(fds[1], 2);
+    close(fds[0]);
+    close(fds[1]);
+    std::string opts = "verbose=1,leak_report=" + report;
+    setenv("LIBCALLOC_OPTIONS", opts.c_str(), 1);
+    setenv("CALLOC_TEST_SECURE_CHILD", "1", 1);
+    execl(copy.c_str(), copy.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string out;
+  test_util::slurp_fd(fds[0], out);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  bool wrote = access(report.c_str(), F_OK) == 0;
+  unlink(report.c_str());
+  unlink(copy.c_str());
+  rmdir(dir);
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the set-user-ID copy failed: status %d: %s", status,
+                out.c_str());
+  if (out == "S0") TEST_SKIP("the copy did not run set-user-ID (a nosuid file system?)");
+  ck_assert_msg(out == "S1", "the set-user-ID copy read LIBCALLOC_OPTIONS: \"%s\"", out.c_str());
+  ck_assert_msg(!wrote, "the set-user-ID copy wrote the leak report it was asked for");
+}
+END_TEST
+
 START_TEST(test_version) {
   const char* v = lca_version();
   ck_assert_ptr_nonnull(v);
@@ -747,6 +819,12 @@ START_TEST(test_trim) {
 END_TEST
 
 int main() {
+  // The set-user-ID copy of test_options_ignored_when_setuid: whether it runs
+  // in secure-execution mode, then exit (libcalloc's destructor runs).
+  if (std::getenv("CALLOC_TEST_SECURE_CHILD")) {
+    std::printf("S%lu", getauxval(AT_SECURE));
+    return 0;
+  }
   TCase* tc;
   Suite* s = test_util::make_suite("capi", &tc);
   tcase_add_test(tc, test_malloc_free_basic);
@@ -763,6 +841,7 @@ int main() {
   tcase_add_test(tc, test_rlimit_as_operator_new);
   tcase_add_test(tc, test_stats_reflect_malloc);
   tcase_add_test(tc, test_options_parse);
+  tcase_add_test(tc, test_options_ignored_when_setuid);
   tcase_add_test(tc, test_version);
   tcase_add_test(tc, test_print_stats);
   tcase_add_test(tc, test_trim);

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -482,6 +483,35 @@ START_TEST(test_invalid_nodes) {
 }
 END_TEST
 
+// A range that runs past the end of the address space (ptr + size wraps):
+// refused with EINVAL and counted as invalid, the block untouched.  Before,
+// the page rounding wrapped too: bind_memory_to_node bound the block's first
+// page (or nothing) and returned true, migrate_to_node did nothing and set no
+// errno, and neither counted anything.
+START_TEST(test_ranges_that_wrap_are_refused) {
+  NUMAAllocator alloc;
+  void* p = alloc.allocate_on_node(64 * 1024, 0);
+  ck_assert_ptr_nonnull(p);
+  test_util::fill_pattern(p, 64 * 1024, 21);
+  errno = 0;
+  ck_assert(!alloc.bind_memory_to_node(p, SIZE_MAX - 100, 0));
+  ck_assert_int_eq(errno, EINVAL);
+  errno = 0;
+  alloc.migrate_to_node(p, SIZE_MAX, 0);
+  ck_assert_int_eq(errno, EINVAL);
+  errno = 0;
+  alloc.migrate_to_node(p, SIZE_MAX - reinterpret_cast<std::uintptr_t>(p) + 1, 0);  // ends exactly at 2^64
+  ck_assert_int_eq(errno, EINVAL);
+  NUMAAllocator::NUMAStats s = alloc.get_numa_stats();
+  ck_assert_uint_eq(s.invalid_requests, 3);
+  ck_assert_uint_eq(s.bind_fallbacks, 0);
+  ck_assert_uint_eq(s.migrations, 0);
+  ck_assert_uint_eq(s.migration_failures, 0);
+  ck_assert_int_eq(test_util::check_pattern(p, 64 * 1024, 21), -1);
+  alloc.deallocate(p);
+}
+END_TEST
+
 // mbind refused by the system (here a seccomp filter answering EPERM, as a
 // container policy would): allocations still succeed on first-touch memory,
 // bind_fallbacks counts every chunk and mapping concerned, and
@@ -660,6 +690,7 @@ int main() {
   tcase_add_test(tc, test_per_node_usage_matches_kernel);
   tcase_add_test(tc, test_moved_thread_rehomes);
   tcase_add_test(tc, test_invalid_nodes);
+  tcase_add_test(tc, test_ranges_that_wrap_are_refused);
   tcase_add_test(tc, test_refused_bind_falls_back);
   tcase_add_test(tc, test_stats_cover_node_heaps);
   tcase_add_test(tc, test_topology_matches_sys);

@@ -22,16 +22,23 @@
 #include <libcalloc.h>
 
 #include <atomic>
+#include <climits>
 #include <cmath>
+#include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -291,6 +298,30 @@ START_TEST(test_options_parse_tracking) {
 }
 END_TEST
 
+// profile_signal names a signal whose handler only sets a flag.  A signal that
+// cannot be caught (SIGKILL, SIGSTOP) or that the C library keeps for itself
+// (glibc: 32 and 33, below SIGRTMIN) got no handler and no warning: no profile
+// was ever written, silently.  A fault signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE)
+// got the handler: it returns to the faulting instruction, which faults again,
+// so a crashing program looped for ever instead of dying.  Both are refused.
+START_TEST(test_options_refuse_unusable_profile_signals) {
+  const int refused[] = {SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL, SIGFPE, 32, SIGRTMIN - 1, SIGRTMAX + 1};
+  for (int sig : refused) {
+    lca::Options o{};
+    std::string text = "profile=-,profile_signal=" + std::to_string(sig);
+    ck_assert_msg(lca::options_parse(text.c_str(), &o) == 1, "profile_signal=%d was accepted", sig);
+    ck_assert_int_eq(o.profile_signal, -1);
+  }
+  const int accepted[] = {0, SIGUSR1, SIGUSR2, SIGPROF, SIGRTMIN, SIGRTMAX};
+  for (int sig : accepted) {
+    lca::Options o{};
+    std::string text = "profile_signal=" + std::to_string(sig);
+    ck_assert_msg(lca::options_parse(text.c_str(), &o) == 0, "profile_signal=%d was refused", sig);
+    ck_assert_int_eq(o.profile_signal, sig);
+  }
+}
+END_TEST
+
 START_TEST(test_global_tracker) {
   void* p = lca_malloc(77);
   g_allocation_tracker.track_allocation(p, 77);
@@ -495,6 +526,224 @@ START_TEST(test_sampling_estimates_unbiased) {
     if (t.samples < 500) return std::string("too few samples: ") + msg;
     lca::TrackTotals after = lca::track_totals();
     if (std::fabs(after.live_bytes) > 0.5) return "live bytes after freeing everything: " + std::to_string(after.live_bytes);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+namespace {
+// Writers of path open in this process now: descriptors naming it, less
+// `reader`; *last is set to the last one found.
+int writers_open(const std::string& path, int reader, int* last = nullptr) {
+  int n = 0;
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return -1;
+  while (dirent* e = readdir(dir)) {
+    char link[PATH_MAX];
+    std::string fd_path = std::string("/proc/self/fd/") + e->d_name;
+    ssize_t len = readlink(fd_path.c_str(), link, sizeof link - 1);
+    if (len <= 0 || std::atoi(e->d_name) == reader) continue;
+    link[len] = 0;
+    if (path != link) continue;
+    ++n;
+    if (last) *last = std::atoi(e->d_name);
+  }
+  closedir(dir);
+  return n;
+}
+
+// Reads what the writers put into the FIFO `reader` until `done` says they all
+// finished and the FIFO has no writer left.
+std::string drain_fifo(int reader, std::mutex& m, const int& finished, int writers) {
+  std::string out;
+  for (;;) {
+    char buf[65536];
+    ssize_t n = read(reader, buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    std::lock_guard<std::mutex> g(m);
+    if (finished == writers && n == 0) break;
+    usleep(1000);  // (0 between two writers: no writer at that moment)
+  }
+  return out;
+}
+}  // namespace
+
+// Two profile dumps at once (the profile signal twice in a row, a signal's dump
+// during the one at exit, dump_process_profile meanwhile) each opened the file
+// and wrote into it: one file of two interleaved profiles.  A dump now waits
+// for the one under way.  Seen through a FIFO that nobody reads: the first
+// dump fills it and waits with the file open, and the second must not open it
+// too; then both profiles come out whole, one after the other.
+START_TEST(test_profile_dumps_do_not_overlap) {
+  std::string err = in_child([]() -> std::string {
+    static void* blocks[64];
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    // 64 stacks of 32 frames: a text profile of ~200 KB, more than a pipe holds.
+    for (unsigned i = 0; i < 64; ++i) blocks[i] = walk(i, 16);
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-fifo-%d", static_cast<int>(getpid()));
+    unlink(path);
+    if (mkfifo(path, 0600) != 0) return "mkfifo failed";
+    int reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (reader < 0) return "cannot open the FIFO";
+    std::mutex m;
+    int finished = 0;
+    bool ok[2] = {false, false};
+    auto dump = [&](int k) {
+      bool r = custom_alloc::dump_process_profile(path, custom_alloc::ProfileFormat::text);
+      std::lock_guard<std::mutex> g(m);
+      ok[k] = r;
+      ++finished;
+    };
+    std::thread first(dump, 0);
+    int open_now = 0;
+    for (int i = 0; i < 10000 && open_now == 0; ++i) {
+      usleep(1000);
+      open_now = writers_open(path, reader);
+    }
+    std::thread second(dump, 1);
+    int most = open_now;
+    for (int i = 0; i < (test_util::running_on_valgrind() ? 250 : 50); ++i) {
+      usleep(20000);
+      int n = writers_open(path, reader);
+      if (n > most) most = n;
+    }
+    std::string out = drain_fifo(reader, m, finished, 2);
+    first.join();
+    second.join();
+    close(reader);
+    unlink(path);
+    for (void* p : blocks) lca_free(p);
+    if (open_now != 1) return "the first dump did not open the FIFO";
+    if (most != 1) return std::to_string(most) + " dumps had the file open at once";
+    if (!ok[0] || !ok[1]) return "a dump failed";
+    const std::string head = "libcalloc allocation profile";
+    std::size_t second_head = out.find(head, 1);
+    if (out.rfind(head, 0) != 0 || second_head == std::string::npos || out[second_head - 1] != '\n' ||
+        out.find(head, second_head + 1) != std::string::npos)
+      return "not two whole profiles one after the other";
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// glibc exports stdio's list lock (GLIBC_2.2.5) without declaring it since 2.28.
+extern "C" void _IO_list_lock() __attribute__((weak));
+extern "C" void _IO_list_unlock() __attribute__((weak));
+
+// The profile the signal asks for is written by the next allocation, which
+// stdio may make holding a FILE's lock (a stream's buffer, printf's work
+// space).  The writer used fopen and fclose, which take stdio's list lock;
+// fflush(NULL) takes that lock, then each FILE's: a thread in fflush(NULL) and
+// one whose fprintf allocated waited for each other for ever (a program whose
+// threads print and flush hung at the 40th SIGUSR2 or so, every run).  Built
+// here step by step: B holds the list lock and waits for f's, A holds f's and
+// allocates with a profile requested.  Before, the child hung until its alarm
+// (killed by signal 14).
+START_TEST(test_profile_dump_inside_stdio_does_not_deadlock) {
+  if (!_IO_list_lock || !_IO_list_unlock) TEST_SKIP("no _IO_list_lock in this C library");
+  std::string err = in_child([]() -> std::string {
+    std::signal(SIGALRM, SIG_DFL);  // (Check's handler would kill the test's process group)
+    alarm(test_util::running_on_valgrind() ? 600 : 8);  // the deadlock: killed by SIGALRM
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-stdio-%d.txt", static_cast<int>(getpid()));
+    lca::Options o{};
+    std::snprintf(o.profile, sizeof o.profile, "%s", path);
+    o.sample = 1;  // every allocation
+    o.profile_signal = SIGUSR2;
+    lca::track_init(o);
+    FILE* f = std::fopen("/dev/null", "w");
+    if (!f) return "cannot open /dev/null";
+    std::mutex m;
+    std::condition_variable cv;
+    int stage = 0;
+    std::thread b([&] {  // as fflush(NULL) does: the list lock, then each FILE's
+      {
+        std::unique_lock<std::mutex> g(m);
+        cv.wait(g, [&] { return stage == 1; });
+      }
+      _IO_list_lock();
+      {
+        std::lock_guard<std::mutex> g(m);
+        stage = 2;
+        cv.notify_all();  // (under the lock: DRD and helgrind ask for it)
+      }
+      flockfile(f);  // waits for A
+      funlockfile(f);
+      _IO_list_unlock();
+    });
+    flockfile(f);  // A: f's lock, as fprintf holds it
+    {
+      std::lock_guard<std::mutex> g(m);
+      stage = 1;
+      cv.notify_all();
+    }
+    {
+      std::unique_lock<std::mutex> g(m);
+      cv.wait(g, [&] { return stage == 2; });
+    }
+    usleep(100000);  // B waits for f's lock by now
+    raise(SIGUSR2);
+    void* p = lca_malloc(100);  // writes the profile
+    funlockfile(f);
+    b.join();
+    lca_free(p);
+    std::fclose(f);
+    std::string text = read_file(path);
+    unlink(path);
+    if (text.find("libcalloc allocation profile") != 0) return "no profile written: " + text;
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// A report's file is opened close-on-exec, as every other file libcalloc
+// opens: a program that runs another (fork and exec, posix_spawn, system) while
+// a thread writes a report gave it the report's descriptor.  The dump is held
+// in the middle by a FIFO that nobody reads, and its descriptor's flags read.
+START_TEST(test_report_file_is_close_on_exec) {
+  std::string err = in_child([]() -> std::string {
+    static void* blocks[64];
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    for (unsigned i = 0; i < 64; ++i) blocks[i] = walk(i, 16);  // a profile larger than a pipe holds
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-cloexec-%d", static_cast<int>(getpid()));
+    unlink(path);
+    if (mkfifo(path, 0600) != 0) return "mkfifo failed";
+    int reader = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (reader < 0) return "cannot open the FIFO";
+    std::mutex m;
+    int finished = 0;
+    std::thread writer([&] {
+      custom_alloc::dump_process_profile(path, custom_alloc::ProfileFormat::text);
+      std::lock_guard<std::mutex> g(m);
+      ++finished;
+    });
+    int fd = -1;
+    for (int i = 0; i < 10000 && fd < 0; ++i) {
+      usleep(1000);
+      writers_open(path, reader, &fd);
+    }
+    std::string flags;
+    if (fd >= 0) {
+      std::ifstream info("/proc/self/fdinfo/" + std::to_string(fd));
+      for (std::string line; std::getline(info, line);)
+        if (line.rfind("flags:", 0) == 0) flags = line.substr(6);
+    }
+    drain_fifo(reader, m, finished, 1);
+    writer.join();
+    close(reader);
+    unlink(path);
+    for (void* p : blocks) lca_free(p);
+    if (fd < 0) return "the dump did not open the FIFO";
+    if (flags.empty()) return "no flags in /proc/self/fdinfo";
+    if (!(std::stoul(flags, nullptr, 8) & O_CLOEXEC)) return "the report's descriptor is not close-on-exec: flags" + flags;
     return "";
   });
   ck_assert_msg(err.empty(), "%s", err.c_str());
@@ -719,10 +968,14 @@ int main() {
   tcase_add_test(tc, test_threads_keep_exact_totals);
   tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_options_parse_tracking);
+  tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
+  tcase_add_test(tc, test_profile_dumps_do_not_overlap);
+  tcase_add_test(tc, test_report_file_is_close_on_exec);
+  tcase_add_test(tc, test_profile_dump_inside_stdio_does_not_deadlock);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
