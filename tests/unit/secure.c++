@@ -1140,7 +1140,7 @@ START_TEST(test_realloc_in_place_counts_bytes) {
                   static_cast<std::size_t>(s.active_allocations.load()));
   };
   // Within a 16-byte class: 1..8 bytes (and the canary); a 112-byte class:
-  // 97..104; a 40 KiB class: 32761..40952.
+  // 89..104; a 40 KiB class: 32761..40952.
   struct Step {
     std::size_t from, to;
     const char* name;
