@@ -1816,6 +1816,15 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
     m->info[g].size = static_cast<std::uint16_t>(size);
+    // The statistics count requested sizes, and the free counts the size the
+    // block has then: the change is counted here (growth as bytes allocated, a
+    // shrink as bytes freed), so that the totals balance once it is freed.
+    // Before, a block grown in place counted more bytes freed than allocated
+    // (docs/design.md, "Secure heap": statistics across realloc in place).
+    if (size > old)
+      bump(cs->alloc_bytes, size - old);
+    else
+      bump(cs->free_bytes, old - size);
     lca_mutex_unlock(&cs->lock);
     m->heap->realloc_in_place.fetch_add(1, std::memory_order_relaxed);
     if (vg) secure_vg_resized(p, old, size, m->slot_size);

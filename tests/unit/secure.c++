@@ -23,14 +23,16 @@
 #include <libcalloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -1244,6 +1246,245 @@ START_TEST(test_released_chunk_metadata_reused) {
 }
 END_TEST
 
+// --- byte totals: realloc in place, thread caches, fork (session 17) ----------------
+//
+// The statistics count requested sizes.  A block that grew in place within its
+// class was counted at its first size when allocated and at its new one when
+// freed: more bytes freed than allocated.  Found as test_fork_amid_churn_exits_trims
+// failing (tests/unit/fork, grandchild's stats_sane) in the --enable-secure
+// --enable-tracking build; docs/design.md, "Secure heap", has the figures.
+
+START_TEST(test_realloc_in_place_counts_bytes) {
+  // Before the fix it failed in every run (20 of 20) at its first step: "after
+  // 1 -> 8 in place: 8 bytes live in 1 blocks, the totals say 1 in 1"; after, 0 of 20.
+  SecureAllocator alloc;
+  auto expect_live = [&](std::size_t live, std::size_t blocks, const char* when) {
+    auto s = alloc.get_stats();
+    auto diff = static_cast<long long>(s.total_allocated.load()) - static_cast<long long>(s.total_freed.load());
+    ck_assert_msg(diff == static_cast<long long>(live) && s.active_allocations.load() == blocks,
+                  "after %s: %zu bytes live in %zu blocks, the totals say %lld in %zu", when, live, blocks, diff,
+                  static_cast<std::size_t>(s.active_allocations.load()));
+  };
+  // Within a 16-byte class: 1..8 bytes (and the canary); a 112-byte class:
+  // 89..104; a 40 KiB class: 32761..40952.
+  struct Step {
+    std::size_t from, to;
+    const char* name;
+  } steps[] = {{1, 8, "1 -> 8 in place"},             {8, 3, "8 -> 3 in place"},
+               {100, 104, "100 -> 104 in place"},     {104, 97, "104 -> 97 in place"},
+               {33000, 40000, "33000 -> 40000 in place"}, {40000, 32761, "40000 -> 32761 in place"},
+               {32761, 40952, "32761 -> 40952 in place"}};
+  for (const Step& st : steps) {
+    void* p = alloc.allocate(st.from);
+    expect_live(st.from, 1, "the allocation");
+    ck_assert_ptr_eq(alloc.reallocate(p, st.to), p);
+    expect_live(st.to, 1, st.name);
+    ck_assert_ptr_eq(alloc.try_realloc_inplace(p, st.from), p);
+    expect_live(st.from, 1, "the way back (try_realloc_inplace)");
+    ck_assert_ptr_eq(alloc.try_realloc_inplace(p, st.to), p);
+    void* q = alloc.reallocate(p, 70000);  // moves (a large block)
+    ck_assert_ptr_ne(q, p);
+    expect_live(70000, 1, "the move to a large block");
+    alloc.deallocate(q);
+    expect_live(0, 0, "the free");
+  }
+  auto s = alloc.get_stats();
+  ck_assert_uint_eq(s.realloc_in_place.load(), 3 * (sizeof steps / sizeof steps[0]));
+}
+END_TEST
+
+namespace totals {
+
+// Workers on the process heap (its thread caches, in every build) reallocate
+// their blocks within and across classes, tiers included; between steps they
+// wait, so that the main thread reads exact totals and forks.  Plain arrays:
+// with --enable-secure a std::vector's malloc would count too.
+constexpr int kWorkers = 2;
+constexpr unsigned kBlocks = 128;
+struct Worker {
+  void* block[kBlocks];
+  std::size_t size[kBlocks];
+  std::uint64_t rng;
+  std::size_t live_bytes, live_blocks;
+};
+Worker g_worker[kWorkers + 1];  // the last: the child's own
+
+std::uint64_t next(std::uint64_t* x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+// Mostly near the old size (in place when the class stays the same), sometimes
+// any small or medium size, rarely a large one.
+std::size_t new_size(std::uint64_t* x, std::size_t old) {
+  std::uint64_t r = next(x);
+  if (old && r % 8 < 6) {
+    std::size_t span = old / 8 + 16;
+    std::size_t n = old + (r >> 8) % span;
+    n = n > span / 2 ? n - span / 2 : 1;
+    return n > 65528 && old <= 65528 ? 65528 : n;
+  }
+  if (r % 64 == 63) return 65536 + (r >> 8) % (256 * KiB);
+  return 1 + (r >> 8) % (r % 2 ? 1024 : 65528);
+}
+bool realloc_block(void* p, std::size_t n, void** out) {
+  return lca::secure_realloc_if_secure(lca::secure_process_heap(), p, n, out) && *out;
+}
+// `ops` operations on w's blocks; false when an operation failed.
+bool work(Worker& w, std::size_t ops) {
+  for (std::size_t i = 0; i < ops; ++i) {
+    unsigned k = static_cast<unsigned>(next(&w.rng) % kBlocks);
+    std::size_t old = w.size[k];
+    if (!w.block[k]) {
+      std::size_t n = new_size(&w.rng, 0);
+      if (!(w.block[k] = ph_alloc(n))) return false;
+      w.size[k] = n;
+      w.live_bytes += n;
+      w.live_blocks++;
+    } else if (next(&w.rng) % 8 == 0) {
+      ph_free(w.block[k]);
+      w.block[k] = nullptr;
+      w.live_bytes -= old;
+      w.live_blocks--;
+    } else {
+      std::size_t n = new_size(&w.rng, old);
+      void* q;
+      if (!realloc_block(w.block[k], n, &q)) return false;
+      w.block[k] = q;
+      w.size[k] = n;
+      w.live_bytes += n - old;  // (unsigned: wraps, and back)
+    }
+  }
+  return true;
+}
+void free_all(Worker& w) {
+  for (unsigned k = 0; k < kBlocks; ++k)
+    if (w.block[k]) {
+      ph_free(w.block[k]);
+      w.block[k] = nullptr;
+      w.live_bytes -= w.size[k];
+      w.live_blocks--;
+    }
+}
+
+lca_stats read() {
+  lca_stats s{};
+  lca::secure_stats_fill(lca::secure_process_heap(), &s);
+  return s;
+}
+// The totals against `base` (read before the workers began) and what the
+// workers hold: 0 when exact, else a bit for what is off.
+int check(const lca_stats& base, int workers) {
+  std::size_t bytes = 0, blocks = 0;
+  for (int t = 0; t < workers; ++t) {
+    bytes += g_worker[t].live_bytes;
+    blocks += g_worker[t].live_blocks;
+  }
+  lca_stats s = read();
+  int bad = 0;
+  if ((s.total_allocated - base.total_allocated) - (s.total_freed - base.total_freed) != bytes) bad |= 1;
+  if ((s.allocation_count - base.allocation_count) - (s.free_count - base.free_count) != blocks) bad |= 2;
+  if (bad)
+    std::fprintf(stderr, "%zu bytes live in %zu blocks, the totals say %lld in %lld\n", bytes, blocks,
+                 static_cast<long long>((s.total_allocated - base.total_allocated) - (s.total_freed - base.total_freed)),
+                 static_cast<long long>((s.allocation_count - base.allocation_count) - (s.free_count - base.free_count)));
+  return bad;
+}
+bool same(const lca_stats& a, const lca_stats& b) {
+  return a.total_allocated == b.total_allocated && a.total_freed == b.total_freed &&
+         a.allocation_count == b.allocation_count && a.free_count == b.free_count;
+}
+
+}  // namespace totals
+
+START_TEST(test_fork_realloc_mix_totals_exact) {
+  // Two threads with caches on the process heap reallocate their blocks (most
+  // within their class, in place), step by step; after each step the main thread
+  // checks that the totals say exactly the bytes and blocks the threads hold, and
+  // forks.  The child (the threads gone, their caches' counts folded into the
+  // heap) must read the parent's totals, free the gone threads' blocks, churn on
+  // its own and come back to the totals of before.  Before the fix (realloc in
+  // place not counted) every run failed at its first check (20 of 20, e.g.
+  // "6528821 bytes live in 222 blocks, the totals say 6655381 in 222"); after,
+  // 0 of 20.
+  using namespace totals;
+  const int steps = 4;
+  const std::size_t ops = std::max<std::size_t>(scaled(4000), 200);
+  std::mutex mu;
+  std::condition_variable cv;
+  int go = 0, done = 0;
+  bool failed = false;
+  lca_stats base{};
+  std::vector<std::thread> ts;  // (made before the base is read: its blocks and the threads' states stay live)
+  ts.reserve(kWorkers);
+  for (int t = 0; t < kWorkers; ++t) g_worker[t] = Worker{{}, {}, 0x9e3779b97f4a7c15ull * (t + 1), 0, 0};
+  for (int t = 0; t < kWorkers; ++t)
+    ts.emplace_back([&, t] {
+      for (int step = 1;; ++step) {
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return go >= step; });
+        }
+        // (A thread's std::thread state is freed as it returns: only once the
+        // main thread has read the last totals.)
+        if (step == steps + 2) return;
+        bool ok = true;
+        if (step <= steps)
+          ok = work(g_worker[t], ops);
+        else if (step == steps + 1)
+          free_all(g_worker[t]);
+        std::lock_guard<std::mutex> lock(mu);
+        if (!ok) failed = true;
+        ++done;
+        cv.notify_all();
+      }
+    });
+  base = read();
+  for (int step = 1; step <= steps + 1; ++step) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      go = step;
+      cv.notify_all();
+      cv.wait(lock, [&] { return done == kWorkers * step; });
+      ck_assert_msg(!failed, "an allocation failed");
+    }
+    // (The workers wait for the next step: the totals hold still.)
+    ck_assert_msg(check(base, kWorkers) == 0, "step %d: the totals are off", step);
+    if (step > steps) break;  // (the workers wait for step steps + 2: they return then)
+    lca_stats before = read();
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = ::fork();
+    if (pid < 0) ck_abort_msg("fork failed");
+    if (pid == 0) {
+      int bad = same(read(), before) ? 0 : 4;
+      Worker& own = g_worker[kWorkers];
+      own = Worker{{}, {}, 4242u + static_cast<unsigned>(step), 0, 0};
+      if (!work(own, ops)) bad |= 8;
+      bad |= check(base, kWorkers + 1) << 4;
+      for (int t = 0; t < kWorkers; ++t) free_all(g_worker[t]);
+      free_all(own);
+      bad |= check(base, kWorkers + 1) << 6;
+      ::_exit(bad);
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "step %d: child status %#x (4: its totals differ from the parent's; 8: an allocation failed; "
+                  "16/32, 64/128: bytes/blocks off after its own churn, after freeing everything)",
+                  step, status);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    go = steps + 2;
+    cv.notify_all();
+  }
+  for (auto& th : ts) th.join();
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("secure", &tc);
@@ -1281,5 +1522,7 @@ int main() {
   tcase_add_test(tc, test_instance_caches_threads_share_a_heap);
   tcase_add_test(tc, test_release_races_invalid_use);
   tcase_add_test(tc, test_released_chunk_metadata_reused);
+  tcase_add_test(tc, test_realloc_in_place_counts_bytes);
+  tcase_add_test(tc, test_fork_realloc_mix_totals_exact);
   return test_util::run_suite(s);
 }
