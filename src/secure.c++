@@ -1726,7 +1726,7 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
 }
 
 // In place when the new size needs the same class (the canary moves).
-bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
+bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, bool c_realloc) {
   VgSerial serial;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "realloc");
@@ -1753,6 +1753,13 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
     m->info[g].size = static_cast<std::uint16_t>(size);
+    if (c_realloc) m->info[g].align_log = 0;  // realloc's block now (secure.h++)
+    // The block's bytes in the statistics are its request, which its free will
+    // count as freed: the difference now (else live bytes drift by it for good).
+    if (size > old)
+      bump(cs->alloc_bytes, size - old);
+    else
+      bump(cs->free_bytes, old - size);
     lca_mutex_unlock(&cs->lock);
     m->heap->realloc_in_place.fetch_add(1, std::memory_order_relaxed);
     if (vg) secure_vg_resized(p, old, size, m->slot_size);
@@ -1768,16 +1775,17 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
   if (e->state != kLive) report_fatal("Use after free", p, "realloc: the large block was freed");
   large_check_slack(*e);
   bool same = size == e->size;
+  if (same && c_realloc) e->align_log = 0;
   lca_mutex_unlock(&g_large_lock);
   // Any other size moves: the block ends at its guard page.
   *out = same ? p : nullptr;
   return true;
 }
 
-bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out) {
+bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out, bool c_realloc) {
   VgSerial serial;
   void* same;
-  if (!secure_resize_in_place_if_secure(p, size, &same)) return false;
+  if (!secure_resize_in_place_if_secure(p, size, &same, c_realloc)) return false;
   if (same) {
     *out = same;
     return true;

@@ -737,6 +737,64 @@ START_TEST(test_stats_and_destroy_unmaps) {
 }
 END_TEST
 
+// A block resized in place (the same class: the canary moves) keeps the bytes of
+// its new size in the statistics: its free counts that size as freed.  The
+// resize changed the recorded size and not the counters, so total_allocated -
+// total_freed drifted by the difference for good (found by tests/fuzz/fuzz-ops.c++
+// on an --enable-secure build: realloc(p, 2) of a 5-byte block, then free, left
+// 3 bytes counted live).
+START_TEST(test_resize_in_place_counted) {
+  SecureAllocator alloc;
+  static const std::size_t kSizes[][2] = {{5, 2}, {2, 5}, {100, 90}, {90, 100}, {1000, 1001}};
+  for (auto& sz : kSizes) {
+    void* p = alloc.allocate(sz[0]);
+    auto s = alloc.get_stats();
+    ck_assert_uint_eq(s.total_allocated - s.total_freed, sz[0]);
+    void* q = alloc.try_realloc_inplace(p, sz[1]);
+    ck_assert_ptr_eq(q, p);
+    s = alloc.get_stats();
+    ck_assert_msg(s.total_allocated - s.total_freed == sz[1], "%zu bytes live after resizing %zu to %zu in place",
+                  static_cast<std::size_t>(s.total_allocated - s.total_freed), sz[0], sz[1]);
+    q = alloc.reallocate(p, sz[0]);
+    ck_assert_ptr_eq(q, p);
+    alloc.deallocate(q);
+    s = alloc.get_stats();
+    ck_assert_uint_eq(s.active_allocations.load(), 0);
+    ck_assert_uint_eq(s.total_freed.load(), s.total_allocated.load());
+  }
+}
+END_TEST
+
+// realloc's result is realloc's block wherever it lies (C23: freed with
+// free_sized, never free_aligned_sized).  A block of aligned_alloc that realloc
+// resized in place kept its alignment in the record, so free_sized(q, size)
+// aborted with "Alignment mismatch" in an --enable-secure build -- a correct
+// program killed (found by tests/fuzz/fuzz-ops.c++: aligned_alloc(1024, 24),
+// realloc to 1 byte, free_sized).  SecureAllocator keeps the alignment of a
+// block resized in place: its deallocate(p, size, alignment) is given it.
+START_TEST(test_realloc_in_place_is_reallocs_block) {
+#if !CALLOC_SECURE
+  TEST_SKIP("lca_realloc is the secure heap's only with --enable-secure");
+#endif
+  void* p = lca_aligned_alloc(1024, 24);
+  ck_assert_ptr_nonnull(p);
+  void* q = lca_realloc(p, 1);
+  ck_assert_ptr_eq(q, p);  // the same class: in place
+  lca_free_sized(q, 1);
+  // A large block: in place only at the same size.
+  p = lca_aligned_alloc(8192, 100000);
+  ck_assert_ptr_nonnull(p);
+  q = lca_realloc(p, 100000);
+  ck_assert_ptr_eq(q, p);
+  lca_free_sized(q, 100000);
+  SecureAllocator alloc;
+  p = alloc.allocate(24, 1024);
+  q = alloc.reallocate(p, 1);
+  ck_assert_ptr_eq(q, p);
+  alloc.deallocate(q, 1, 1024);
+}
+END_TEST
+
 START_TEST(test_threads_cross_free) {
   // 8 threads (more than the cores) allocate, check, and free blocks made by their
   // neighbour, all on one SecureAllocator.
@@ -1141,6 +1199,8 @@ int main() {
   tcase_add_test(tc, test_chunk_placement_randomised);
   tcase_add_test(tc, test_realloc_keeps_data);
   tcase_add_test(tc, test_stats_and_destroy_unmaps);
+  tcase_add_test(tc, test_resize_in_place_counted);
+  tcase_add_test(tc, test_realloc_in_place_is_reallocs_block);
   tcase_add_test(tc, test_threads_cross_free);
   tcase_add_test(tc, test_foreign_blocks_routed);
   tcase_add_test(tc, test_double_free_in_other_threads_cache);
