@@ -241,7 +241,7 @@ LCA_EXPORT LCA_CORE_TEXT void* lca_realloc(void* ptr, std::size_t size) {
   if (track_active()) return track_realloc(ptr, size);
 #endif
 #if CALLOC_SECURE
-  if (void* out; secure_realloc_if_secure(secure_process_heap(), ptr, size, &out)) {
+  if (void* out; secure_realloc_if_secure(secure_process_heap(), ptr, size, &out, true)) {
     if (!out) errno = ENOMEM;
     return out;
   }

@@ -62,13 +62,12 @@ void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::u
 
 // Collects the remote frees of pooled span s (it has no owner: its local state
 // changes only under its pool's lock).  True when it is then empty.
-bool orphan_collect_empty(Domain* d, Span* s) {
+bool orphan_collect_empty(Span* s) {
   if (span_has_remote(s)) {
     std::size_t extra = 0;
-    span_collect_remote(s, &extra);  // (the frees were counted by the freeing heaps)
-    // The slots beyond the first of blocks that grew in place (the freeing
-    // heaps counted one slot each), counted as a taker's collect_span does.
-    if (extra) d->orphan_free_bytes.fetch_add(extra, std::memory_order_relaxed);
+    // The frees were counted by the freeing heaps, the extra slots of blocks
+    // grown in place included (count_foreign_free).
+    span_collect_remote(s, &extra);
   }
   return span_used(s) == 0;
 }
@@ -131,7 +130,7 @@ LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool p
 LCA_CORE_TEXT void orphan_trim_locked(Domain* d, OrphanPool* p, Span** doomed) {
   while (p->count > kOrphanKeep) {
     Span* s = p->head.load(std::memory_order_relaxed);
-    if (!orphan_collect_empty(d, s)) break;
+    if (!orphan_collect_empty(s)) break;
     orphan_doom(d, p, nullptr, s, doomed);
   }
 }
@@ -161,7 +160,7 @@ void sweep_orphans(Domain* d, std::size_t limit) {
     Span* prev = nullptr;
     for (Span* s = p->head.load(std::memory_order_relaxed); s && limit; --limit) {
       Span* next = s->next;
-      if (orphan_collect_empty(d, s))
+      if (orphan_collect_empty(s))
         orphan_doom(d, p, prev, s, &doomed);
       else
         prev = s;

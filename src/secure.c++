@@ -1789,7 +1789,7 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
 }
 
 // In place when the new size needs the same class (the canary moves).
-bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
+bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, bool c_realloc) {
   VgSerial serial;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "realloc");
@@ -1816,6 +1816,7 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
     std::uint64_t canary = canary_for(reinterpret_cast<std::uintptr_t>(p));
     std::memcpy(c + size, &canary, kCanary);
     m->info[g].size = static_cast<std::uint16_t>(size);
+    if (c_realloc) m->info[g].align_log = 0;  // realloc's block now (secure.h++)
     // The statistics count requested sizes, and the free counts the size the
     // block has then: the change is counted here (growth as bytes allocated, a
     // shrink as bytes freed), so that the totals balance once it is freed.
@@ -1840,16 +1841,17 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out) {
   if (e->state != kLive) report_fatal("Use after free", p, "realloc: the large block was freed");
   large_check_slack(*e);
   bool same = size == e->size;
+  if (same && c_realloc) e->align_log = 0;
   lca_mutex_unlock(&g_large_lock);
   // Any other size moves: the block ends at its guard page.
   *out = same ? p : nullptr;
   return true;
 }
 
-bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out) {
+bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out, bool c_realloc) {
   VgSerial serial;
   void* same;
-  if (!secure_resize_in_place_if_secure(p, size, &same)) return false;
+  if (!secure_resize_in_place_if_secure(p, size, &same, c_realloc)) return false;
   if (same) {
     *out = same;
     return true;

@@ -45,9 +45,13 @@ bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, con
 bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* what);
 // realloc of a secure block (h allocates the new block when it moves); false when
 // p is not a secure heap's.  *out is nullptr (errno ENOMEM, p intact) on failure.
-bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out);
+// c_realloc: the C function's, whose result is realloc's block wherever it is
+// (C23: freed with free_sized, never free_aligned_sized), so a block resized in
+// place loses the alignment it was allocated with; SecureAllocator's and
+// MemoryAllocator's keep it (deallocate(p, size, alignment)).
+bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out, bool c_realloc = false);
 // Resize without moving: *out is p or nullptr.  False when p is not secure.
-bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out);
+bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, bool c_realloc = false);
 // Whether p lies in any secure heap's memory (a slab chunk, or a large block,
 // live or quarantined).
 bool secure_owns(const void* p);

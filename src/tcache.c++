@@ -562,9 +562,9 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
 
 LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
   std::size_t extra = 0;
-  // The remote frees were counted by the freeing heaps.
+  // The remote frees were counted by the freeing heaps, the extra slots of
+  // blocks grown in place included (count_foreign_free).
   if (span_live_change_uncounted(h, s, [&] { return span_collect_remote(s, &extra); })) heap_span_purge_unquiet(h);
-  if (extra) h->counters.extra_bytes_freed.add(extra);
 }
 
 namespace {
@@ -712,11 +712,16 @@ void unlink_domain(Domain* d) {
   lca_mutex_unlock(&g_domains_lock);
 }
 
-void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t bytes) {
+// A free of a block another heap owns, counted by the freeing heap, all of its
+// bytes: for a small block, its class's slot and `bytes` beyond it (the slots of
+// a block that grew in place, which its span's owner collects later, perhaps
+// never: statistics that waited for the collection were off by them meanwhile).
+void count_foreign_free(Domain* d, unsigned size_class, bool small, std::size_t bytes, std::size_t slot = 0) {
   Heap* me = thread_heap_if_any();
   if (me && me->domain == d) {
     if (small) {
       me->counters.class_frees[size_class].add(1);
+      if (bytes > slot) me->counters.extra_bytes_freed.add(bytes - slot);
     } else {
       me->counters.arena_frees.add(1);
       me->counters.extra_bytes_freed.add(bytes);
@@ -1233,7 +1238,7 @@ LCA_CORE_TEXT void free_now(void* p) {
       } else {
         // block_lookup found no guard: not freed already (two threads freeing one
         // block at the same instant is the one double free this cannot see).
-        count_foreign_free(d, r.span->size_class, true, r.span->obj_size);
+        count_foreign_free(d, r.span->size_class, true, r.usable, r.span->obj_size);
         span_push_remote(r.span, p, r.index);
       }
       break;

@@ -2184,7 +2184,7 @@ namespace {
 // moves within the secure heap (as lca_realloc does), any other goes to the core.
 LCA_SAMPLING_TEXT void* heap_realloc(void* p, std::size_t size) {
 #if CALLOC_SECURE
-  if (void* out; secure_realloc_if_secure(secure_process_heap(), p, size, &out)) return out;
+  if (void* out; secure_realloc_if_secure(secure_process_heap(), p, size, &out, true)) return out;
 #endif
   ResizeResult how;
   return block_realloc(&g_process_domain, p, size, true, &how);

@@ -23,13 +23,22 @@
 // the main thread hands it (cross-thread frees); see Worker.
 #include <fuzzer/FuzzedDataProvider.h>
 
+#ifdef FUZZ_HAVE_CONFIG_H
+#include "config.h"  // the build's CALLOC_SECURE, CALLOC_TRACKING (scripts/fuzz passes -I BUILD)
+#endif
 #include <libcalloc.h>
 #include <custom_alloc/defrag.h++>
+#include <custom_alloc/huge_page_allocator.h++>
 #include <custom_alloc/memory_allocator.h++>
+#include <custom_alloc/numa_allocator.h++>
 #include <custom_alloc/secure_allocator.h++>
+#if CALLOC_TRACKING
+#include <custom_alloc/allocation_tracker.h++>
+#endif
 
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -43,11 +52,15 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+
 using custom_alloc::DefragBudget;
 using custom_alloc::DefragmentationEngine;
 using custom_alloc::Handle;
 using custom_alloc::HandleAllocator;
+using custom_alloc::HugePageAllocator;
 using custom_alloc::MemoryAllocator;
+using custom_alloc::NUMAAllocator;
 using custom_alloc::SecureAllocator;
 
 namespace {
@@ -98,7 +111,9 @@ void verify_zero(const void* p, std::size_t n, const char* what) {
   if (n && std::memcmp(p, kZeros, n) != 0) mismatch(p, kZeros, n, what);
 }
 
-enum class Owner : std::uint8_t { capi, heap0, heap1, handle_raw, secure };
+// numa: a NUMAAllocator's block; huge_heap: a HugePageAllocator's ordinary
+// (MemoryAllocator) block; huge_block: its allocate_huge block.
+enum class Owner : std::uint8_t { capi, heap0, heap1, handle_raw, secure, numa, huge_heap, huge_block };
 
 struct Block {
   void* p;
@@ -138,6 +153,11 @@ std::size_t pick_align(FuzzedDataProvider& in, unsigned min_shift) {
   return std::size_t{1} << in.ConsumeIntegralInRange<unsigned>(min_shift, 22);  // up to 4 MiB
 }
 
+// Debugging a report: FUZZ_TRACE=1 prints each operation's number and the
+// model's block count; FUZZ_CHECK_EVERY=1 checks the counters after every one.
+const bool kTrace = std::getenv("FUZZ_TRACE");
+const bool kCheckEvery = std::getenv("FUZZ_CHECK_EVERY");
+
 struct State {
   std::vector<Block> blocks;
   std::map<std::uintptr_t, std::size_t> intervals;  // start -> length (at least 1) of each raw block
@@ -155,7 +175,13 @@ struct State {
   std::vector<void*> pinned_at;  // the address of each pin's object, in pins' order
   std::vector<Handle> pinned_handle;
   std::unique_ptr<SecureAllocator> secure;
+  std::unique_ptr<NUMAAllocator> numa;
+  std::unique_ptr<HugePageAllocator> huge;
   std::uint32_t next_seed = 1;
+#if CALLOC_TRACKING
+  std::unique_ptr<custom_alloc::AllocationTracker> tracker;
+  std::map<void*, std::size_t> tracked;  // what the tracker was told is live
+#endif
 
   MemoryAllocator* heap_of(Owner o) {
     switch (o) {
@@ -165,6 +191,10 @@ struct State {
         return heaps[1].get();
       case Owner::handle_raw:
         return handles.get();
+      case Owner::numa:
+        return numa.get();
+      case Owner::huge_heap:
+        return huge.get();
       default:
         return nullptr;
     }
@@ -186,8 +216,9 @@ struct State {
     if (it == intervals.end()) fail("model: no interval", b.p, b.size, 0);
     intervals.erase(it);
   }
-  void add(void* p, std::size_t size, std::size_t align, Owner owner, bool fill_it = true) {
-    Block b{p, size, align, next_seed++, owner};
+  void add(void* p, std::size_t size, std::size_t align, Owner owner, bool fill_it = true, std::uint32_t seed = 0) {
+    Block b{p, size, align, seed ? seed : next_seed++, owner};
+    if (kTrace) std::fprintf(stderr, "fuzz-ops:   + %p size %zu align %zu owner %d\n", p, size, align, static_cast<int>(owner));
     CHECK(reinterpret_cast<std::uintptr_t>(p) % align == 0, "misaligned block", p, size, align);
     add_interval(b);
     if (fill_it) fill(p, 0, size, b.seed);
@@ -197,6 +228,7 @@ struct State {
   Block take(std::size_t i) {
     Block b = blocks[i];
     blocks[i] = blocks.back();
+    if (kTrace) std::fprintf(stderr, "fuzz-ops:   - %p size %zu owner %d\n", b.p, b.size, static_cast<int>(b.owner));
     blocks.pop_back();
     remove_interval(b);
     live_bytes -= b.size;
@@ -205,7 +237,11 @@ struct State {
   bool room(std::size_t size) const { return blocks.size() < kMaxBlocks && live_bytes + size <= kMaxLive; }
 };
 
+int open_null() { return ::open("/dev/null", O_WRONLY | O_CLOEXEC); }
+
 void drain();  // FUZZ_THREADS: waits until the worker freed every block handed to it
+void destroy_numa(State& s);
+void destroy_huge(State& s);
 
 // --- the lca_* C functions ------------------------------------------------
 
@@ -271,10 +307,12 @@ void op_capi_alloc(State& s, FuzzedDataProvider& in) {
 void op_capi_free(State& s, std::size_t i, FuzzedDataProvider& in) {
   Block b = s.take(i);
   verify(b.p, b.size, b.seed, "C block corrupted before free");
+  errno = 1234;
   switch (in.ConsumeIntegralInRange<int>(0, 3)) {
     case 0:
     case 1:
       lca_free(b.p);
+      CHECK(errno == 1234, "lca_free changed errno", b.p, static_cast<std::size_t>(errno), 0);
       break;
     case 2:
     case 3:
@@ -357,7 +395,12 @@ void op_heap_alloc(State& s, FuzzedDataProvider& in, Owner o) {
   MemoryAllocator* h = s.heap_of(o);
   if (!h) {
     if (o == Owner::handle_raw) return;
-    s.heaps[o == Owner::heap0 ? 0 : 1] = std::make_unique<MemoryAllocator>();
+    if (o == Owner::numa)
+      s.numa = std::make_unique<NUMAAllocator>();
+    else if (o == Owner::huge_heap)
+      s.huge = std::make_unique<HugePageAllocator>();
+    else
+      s.heaps[o == Owner::heap0 ? 0 : 1] = std::make_unique<MemoryAllocator>();
     h = s.heap_of(o);
   }
   std::size_t size = pick_size(in);
@@ -377,8 +420,8 @@ void op_heap_free(State& s, std::size_t i, FuzzedDataProvider& in) {
   // Any heap's deallocate routes a block to its own heap.
   MemoryAllocator* via = s.heap_of(o);
   if (in.ConsumeBool()) {
-    Owner other[] = {Owner::heap0, Owner::heap1, Owner::handle_raw};
-    if (MemoryAllocator* x = s.heap_of(other[in.ConsumeIntegralInRange<int>(0, 2)])) via = x;
+    Owner other[] = {Owner::heap0, Owner::heap1, Owner::handle_raw, Owner::numa, Owner::huge_heap};
+    if (MemoryAllocator* x = s.heap_of(other[in.ConsumeIntegralInRange<int>(0, 4)])) via = x;
   }
   via->deallocate(b.p);
 }
@@ -695,6 +738,8 @@ void teardown(State& s) {
   check_handles(s);
   destroy_handles(s);
   destroy_secure(s);
+  destroy_numa(s);
+  destroy_huge(s);
   drop_owner(s, Owner::heap0);
   drop_owner(s, Owner::heap1);
   s.heaps[0].reset();
@@ -715,7 +760,7 @@ void teardown(State& s) {
 
 struct Handoff {
   Block b;
-  MemoryAllocator* heap;    // heap0, heap1, handle_raw (nullptr for capi, secure)
+  MemoryAllocator* heap;    // heap0, heap1, handle_raw, numa, huge_heap, huge_block (nullptr for capi, secure)
   SecureAllocator* secure;  // secure
 };
 
@@ -802,17 +847,467 @@ void op_handoff(State& s, std::size_t i) {
   if (!w) return;
   Owner o = s.blocks[i].owner;
   Block b = s.take(i);
-  w->push({b, s.heap_of(o), o == Owner::secure ? s.secure.get() : nullptr});
+  w->push({b, o == Owner::huge_block ? s.huge.get() : s.heap_of(o), o == Owner::secure ? s.secure.get() : nullptr});
 }
 
 std::size_t pick_block(State& s, FuzzedDataProvider& in) {
   return in.ConsumeIntegralInRange<std::size_t>(0, s.blocks.size() - 1);
 }
 
+// --- NUMAAllocator (one node here) and HugePageAllocator ----------------------------
+
+void destroy_numa(State& s) {
+  drain();
+  drop_owner(s, Owner::numa);
+  s.numa.reset();
+}
+
+void op_numa(State& s, FuzzedDataProvider& in) {
+  if (!s.numa) s.numa = std::make_unique<NUMAAllocator>();
+  NUMAAllocator& na = *s.numa;
+  int nodes = NUMAAllocator::node_count();
+  switch (in.ConsumeIntegralInRange<int>(0, 5)) {
+    case 0:
+    case 1: {  // on a node: one that exists and is allowed, or a bad one (EINVAL)
+      std::size_t size = pick_size(in);
+      if (!s.room(size)) return;
+      int node = in.ConsumeIntegralInRange<int>(-2, nodes + 1);
+      errno = 0;
+      void* p = na.allocate_on_node(size, node);
+      if (node < 0 || node >= nodes || !NUMAAllocator::node_usable(node)) {
+        CHECK(!p && errno == EINVAL, "allocate_on_node accepted a bad node", p, static_cast<std::size_t>(node), size);
+        return;
+      }
+      CHECK(p, "allocate_on_node failed", p, size, static_cast<std::size_t>(node));
+      CHECK(na.get_allocation_size(p) >= size, "NUMA get_allocation_size below the request", p, na.get_allocation_size(p), size);
+      s.add(p, size, 16, Owner::numa);
+      break;
+    }
+    case 2: {  // migrate a block's pages (to the one node, or a bad node: nothing moves)
+      std::vector<std::size_t> mine;
+      for (std::size_t i = 0; i < s.blocks.size(); i++)
+        if (s.blocks[i].owner == Owner::numa) mine.push_back(i);
+      if (mine.empty()) return;
+      Block& b = s.blocks[mine[in.ConsumeIntegralInRange<std::size_t>(0, mine.size() - 1)]];
+      int node = in.ConsumeIntegralInRange<int>(-1, nodes);
+      na.migrate_to_node(b.p, b.size, node);
+      verify(b.p, b.size, b.seed, "migrate_to_node changed the contents");
+      break;
+    }
+    case 3: {
+      drain();
+      std::size_t n = 0, bytes = 0;
+      for (auto& b : s.blocks)
+        if (b.owner == Owner::numa) n++, bytes += na.get_allocation_size(b.p);
+      auto st = na.get_stats();
+      CHECK(st.active_allocations == n, "NUMAAllocator active_allocations differs from the model", &na, st.active_allocations, n);
+      CHECK(st.total_allocated - st.total_freed == bytes, "NUMAAllocator live bytes differ from the model", &na,
+            st.total_allocated - st.total_freed, bytes);
+      auto ns = na.get_numa_stats();
+      CHECK(ns.migration_failures <= ns.migrated_pages + ns.migration_failures, "numa stats", &na, 0, 0);
+      break;
+    }
+    case 4:
+      na.trim();
+      break;
+    case 5:
+      destroy_numa(s);
+      break;
+  }
+}
+
+void destroy_huge(State& s) {
+  drain();
+  drop_owner(s, Owner::huge_heap);
+  drop_owner(s, Owner::huge_block);
+  s.huge.reset();
+}
+
+void op_huge(State& s, FuzzedDataProvider& in) {
+  if (!s.huge) s.huge = std::make_unique<HugePageAllocator>();
+  HugePageAllocator& ha = *s.huge;
+  std::vector<std::size_t> mine;
+  for (std::size_t i = 0; i < s.blocks.size(); i++)
+    if (s.blocks[i].owner == Owner::huge_block) mine.push_back(i);
+  switch (in.ConsumeIntegralInRange<int>(0, 5)) {
+    case 0:
+    case 1: {  // a huge block: hugetlb, else THP, else normal pages (this machine: the fallbacks)
+      std::size_t size = pick_size(in);
+      if (!s.room(size) || mine.size() >= 16) return;
+      int kind = in.ConsumeIntegralInRange<int>(0, 7);
+      auto page = kind == 7 ? static_cast<HugePageAllocator::HugePageSize>(in.ConsumeIntegralInRange<std::size_t>(1, 1u << 22))
+                  : kind == 6 ? HugePageAllocator::HugePageSize::Size_1GB
+                              : HugePageAllocator::HugePageSize::Size_2MB;
+      std::size_t page_bytes = static_cast<std::size_t>(page);
+      bool valid = page == HugePageAllocator::HugePageSize::Size_2MB || page == HugePageAllocator::HugePageSize::Size_1GB;
+      errno = 0;
+      void* p = ha.allocate_huge(size, page);
+      if (!valid) {
+        CHECK(!p && errno == EINVAL, "allocate_huge accepted a bad page size", p, page_bytes, size);
+        return;
+      }
+      if (!p && page == HugePageAllocator::HugePageSize::Size_1GB) return;  // 1 GiB of address space refused
+      CHECK(p, "allocate_huge failed", p, size, page_bytes);
+      std::size_t mapped = ha.huge_allocation_size(p);
+      CHECK(mapped >= (size ? size : 1) && mapped % page_bytes == 0, "huge_allocation_size", p, mapped, size);
+      CHECK(ha.backing_of(p) != HugePageAllocator::Backing::none, "backing_of a live huge block is none", p, mapped, 0);
+      verify_zero(p, size, "huge block not zero-filled");
+      s.add(p, size, page_bytes, Owner::huge_block);
+      break;
+    }
+    case 2: {
+      if (mine.empty()) return;
+      Block b = s.take(mine[in.ConsumeIntegralInRange<std::size_t>(0, mine.size() - 1)]);
+      verify(b.p, b.size, b.seed, "huge block corrupted before free");
+      if (in.ConsumeBool())
+        ha.deallocate_huge(b.p);
+      else
+        ha.deallocate(b.p);
+      CHECK(ha.backing_of(b.p) == HugePageAllocator::Backing::none || ha.huge_allocation_size(b.p) != 0,
+            "a freed huge block still has a backing", b.p, 0, 0);
+      break;
+    }
+    case 3: {
+      drain();  // (mine was counted before: the worker may hold a huge block still)
+      mine.clear();
+      for (std::size_t i = 0; i < s.blocks.size(); i++)
+        if (s.blocks[i].owner == Owner::huge_block) mine.push_back(i);
+      auto hs = ha.huge_stats();
+      std::size_t live = hs.live_blocks[0] + hs.live_blocks[1] + hs.live_blocks[2];
+      CHECK(live == mine.size(), "huge_stats live blocks differ from the model", &ha, live, mine.size());
+      CHECK(hs.allocations - hs.deallocations == live, "huge_stats allocations - deallocations", &ha, hs.allocations - hs.deallocations, live);
+      break;
+    }
+    case 4:
+      ha.trim();
+      break;
+    case 5:
+      destroy_huge(s);
+      break;
+  }
+}
+
+// --- error paths: NULL with errno, and nothing lost -------------------------------------
+
+std::size_t pick_huge(FuzzedDataProvider& in) {
+  switch (in.ConsumeIntegralInRange<int>(0, 3)) {
+    case 0:
+      return SIZE_MAX - in.ConsumeIntegralInRange<std::size_t>(0, 1u << 16);
+    case 1:
+      return (SIZE_MAX >> 1) + in.ConsumeIntegralInRange<std::size_t>(0, 1u << 16);  // above PTRDIFF_MAX
+    case 2:
+      return (std::size_t{1} << 47) + 1 + in.ConsumeIntegralInRange<std::size_t>(0, 1u << 16);  // above kMaxRequest
+    default:
+      return std::size_t{1} << in.ConsumeIntegralInRange<int>(48, 63);
+  }
+}
+
+struct Counts {
+  lca_stats c;
+  MemoryAllocator::Stats h;
+};
+
+// Every call here must fail: NULL (or an error number) with errno ENOMEM or
+// EINVAL, and the heaps' counters and every live block as they were.
+void op_errors(State& s, FuzzedDataProvider& in) {
+  drain();
+  MemoryAllocator* heap = s.heaps[in.ConsumeBool()].get();
+  lca_stats before;
+  lca_get_stats(&before);
+  MemoryAllocator::Stats hbefore{};
+  if (heap) hbefore = heap->get_stats();
+  std::size_t huge = pick_huge(in);
+  std::size_t i = s.blocks.empty() ? 0 : pick_block(s, in);
+  int op = in.ConsumeIntegralInRange<int>(0, 11);
+  void* q = reinterpret_cast<void*>(std::uintptr_t{0x5a5a5a50});
+  int want = ENOMEM;
+  errno = 0;
+  void* r = nullptr;
+  switch (op) {
+    case 0:
+      r = lca_malloc(huge);
+      break;
+    case 1: {  // a product that overflows, or one too large
+      std::size_t a = in.ConsumeIntegralInRange<std::size_t>(2, 1u << 20);
+      r = in.ConsumeBool() ? lca_calloc(a, SIZE_MAX / a + 1) : lca_calloc(huge, 1);
+      break;
+    }
+    case 2:
+    case 3: {
+      if (s.blocks.empty() || s.blocks[i].owner != Owner::capi) return;
+      Block& b = s.blocks[i];
+      if (op == 2) {
+        r = lca_realloc(b.p, huge);
+      } else {
+        std::size_t a = in.ConsumeIntegralInRange<std::size_t>(2, 1u << 20);
+        r = lca_reallocarray(b.p, a, SIZE_MAX / a + 1);
+      }
+      CHECK(lca_usable_size(b.p) >= b.size, "a failed realloc shrank the block", b.p, lca_usable_size(b.p), b.size);
+      break;
+    }
+    case 4:
+      r = lca_aligned_alloc(pick_align(in, 0), huge);
+      break;
+    case 5: {
+      int rc = lca_posix_memalign(&q, pick_align(in, 3), huge);
+      CHECK(rc == ENOMEM && errno == 0, "posix_memalign of a huge size: not ENOMEM, or errno set", q, rc, huge);
+      CHECK(q == reinterpret_cast<void*>(std::uintptr_t{0x5a5a5a50}), "failed posix_memalign wrote *result", q, rc, huge);
+      want = 0;
+      break;
+    }
+    case 6: {  // bad alignments: not a power of two (0 too), or one of sizeof(void*)'s divisors for posix_memalign
+      std::size_t bad = in.ConsumeBool() ? 0 : in.ConsumeIntegralInRange<std::size_t>(3, SIZE_MAX);
+      if (bad && (bad & (bad - 1)) == 0) bad += 1;
+      std::size_t size = in.ConsumeBool() ? huge : in.ConsumeIntegralInRange<std::size_t>(0, 4096);
+      want = EINVAL;
+      if (in.ConsumeBool()) {
+        r = lca_memalign(bad, size);
+      } else {
+        std::size_t small = std::size_t{1} << in.ConsumeIntegralInRange<int>(0, 2);  // 1, 2, 4
+        int rc = lca_posix_memalign(&q, in.ConsumeBool() ? bad : small, size);
+        CHECK(rc == EINVAL && errno == 0, "posix_memalign of a bad alignment: not EINVAL, or errno set", q, rc, size);
+        CHECK(q == reinterpret_cast<void*>(std::uintptr_t{0x5a5a5a50}), "failed posix_memalign wrote *result", q, rc, size);
+        want = 0;
+      }
+      break;
+    }
+    case 7:  // a huge alignment
+      r = lca_aligned_alloc(std::size_t{1} << in.ConsumeIntegralInRange<int>(48, 63), in.ConsumeIntegralInRange<std::size_t>(0, 64));
+      break;
+    case 8:
+    case 9: {  // a MemoryAllocator: a huge size, a bad alignment, a huge reallocate
+      if (!heap) return;
+      int what = in.ConsumeIntegralInRange<int>(0, 2);
+      if (what == 0) {
+        r = heap->allocate(huge, pick_align(in, 4));
+      } else if (what == 1) {
+        std::size_t bad = in.ConsumeIntegralInRange<std::size_t>(0, SIZE_MAX);
+        if (bad && (bad & (bad - 1)) == 0) bad += 1;
+        r = heap->allocate(in.ConsumeIntegralInRange<std::size_t>(0, 4096), bad);
+        want = EINVAL;
+      } else {
+        std::size_t j = SIZE_MAX;
+        for (std::size_t k = 0; k < s.blocks.size(); k++)
+          if (s.heap_of(s.blocks[k].owner) == heap) j = k;
+        if (j == SIZE_MAX) return;
+        r = in.ConsumeBool() ? heap->reallocate(s.blocks[j].p, huge) : heap->try_realloc_inplace(s.blocks[j].p, huge);
+        if (!r && errno == 0) want = 0;  // try_realloc_inplace need not set errno
+        i = j;
+      }
+      break;
+    }
+    case 10: {  // the SecureAllocator
+      if (!s.secure) return;
+      r = s.secure->allocate(huge, 16);
+      break;
+    }
+    case 11: {  // huge count times size for reallocarray(NULL, ...): malloc's failure
+      std::size_t a = in.ConsumeIntegralInRange<std::size_t>(2, 1u << 20);
+      r = lca_reallocarray(nullptr, a, SIZE_MAX / a + 1);
+      break;
+    }
+  }
+  CHECK(!r, "an impossible request returned a block", r, huge, static_cast<std::size_t>(op));
+  if (want) CHECK(errno == want, "an impossible request: wrong errno", nullptr, static_cast<std::size_t>(errno), static_cast<std::size_t>(op));
+  if (!s.blocks.empty()) verify(s.blocks[i].p, s.blocks[i].size, s.blocks[i].seed, "a failed call changed a live block");
+  lca_stats after;
+  lca_get_stats(&after);
+  CHECK(after.allocation_count == before.allocation_count && after.free_count == before.free_count &&
+            after.total_allocated == before.total_allocated && after.total_freed == before.total_freed,
+        "a failed call changed the process heap's counters", nullptr, after.allocation_count - before.allocation_count,
+        after.free_count - before.free_count);
+  if (heap) {
+    auto h = heap->get_stats();
+    CHECK(h.allocation_count == hbefore.allocation_count && h.free_count == hbefore.free_count &&
+              h.total_allocated == hbefore.total_allocated && h.total_freed == hbefore.total_freed,
+          "a failed call changed a heap's counters", heap, h.allocation_count - hbefore.allocation_count,
+          h.free_count - hbefore.free_count);
+  }
+}
+
+// --- tracking (--enable-tracking): the user-level AllocationTracker ---------------------
+//
+// The process heap's own tracker runs when LIBCALLOC_OPTIONS asks for it (e.g.
+// sample=4096 or leak_report in scripts/fuzz's environment): every op above then
+// goes through it.  Here: AllocationTracker told about live C API blocks, its
+// leaks and profile against the model's record of what it was told.
+
+void op_tracking(State& s, FuzzedDataProvider& in) {
+  int what = in.ConsumeIntegralInRange<int>(0, 3);
+  if (what == 3) {  // the statistics report, written to /dev/null
+    static int null_fd = open_null();
+    if (null_fd >= 0) lca_print_stats(null_fd);
+    return;
+  }
+#if CALLOC_TRACKING
+  if (!s.tracker) s.tracker = std::make_unique<custom_alloc::AllocationTracker>();
+  auto& t = *s.tracker;
+  switch (what) {
+    case 0: {
+      if (s.blocks.empty()) return;
+      Block& b = s.blocks[pick_block(s, in)];
+      t.track_allocation(b.p, b.size);
+      s.tracked[b.p] = b.size;
+      break;
+    }
+    case 1: {
+      if (s.tracked.empty()) return;
+      auto it = s.tracked.begin();
+      std::advance(it, in.ConsumeIntegralInRange<std::size_t>(0, s.tracked.size() - 1));
+      t.track_deallocation(it->first);
+      s.tracked.erase(it);
+      break;
+    }
+    case 2: {
+      auto leaks = t.get_leaks();
+      CHECK(leaks.size() == s.tracked.size(), "AllocationTracker leaks differ from the model", nullptr, leaks.size(), s.tracked.size());
+      std::size_t bytes = 0;
+      for (auto& [p, n] : s.tracked) bytes += n;
+      auto prof = t.generate_profile();
+      CHECK(prof.live_allocations == s.tracked.size() && prof.live_bytes == bytes, "AllocationTracker profile differs from the model",
+            nullptr, prof.live_bytes, bytes);
+      break;
+    }
+  }
+#else
+  (void)s;
+#endif
+}
+
+// --- statistics against the model ----------------------------------------------------
+
+// After drain(): the process heap's and each MemoryAllocator's counters agree with
+// the model: live blocks, and live bytes = the usable sizes of the live blocks.
+void check_counters(State& s) {
+  drain();
+  std::size_t n = 0, bytes = 0;
+  for (auto& b : s.blocks)
+    if (b.owner == Owner::capi) n++, bytes += lca_usable_size(b.p);
+  lca_stats st;
+  lca_get_stats(&st);
+  CHECK(st.active_allocations == n, "lca_get_stats: active_allocations differs from the model", nullptr, st.active_allocations, n);
+  CHECK(st.allocation_count - st.free_count == n, "lca_get_stats: allocations - frees differs from the model", nullptr,
+        st.allocation_count - st.free_count, n);
+  CHECK(st.total_allocated - st.total_freed == bytes, "lca_get_stats: live bytes differ from the model", nullptr,
+        st.total_allocated - st.total_freed, bytes);
+  for (Owner o : {Owner::heap0, Owner::heap1}) {
+    MemoryAllocator* h = s.heap_of(o);
+    if (!h) continue;
+    n = bytes = 0;
+    for (auto& b : s.blocks)
+      if (b.owner == o) n++, bytes += h->get_allocation_size(b.p);
+    auto hs = h->get_stats();
+    CHECK(hs.active_allocations == n, "MemoryAllocator active_allocations differs from the model", h, hs.active_allocations, n);
+    CHECK(hs.total_allocated - hs.total_freed == bytes, "MemoryAllocator live bytes differ from the model", h,
+          hs.total_allocated - hs.total_freed, bytes);
+  }
+}
+
+// --- threads that exit holding blocks ------------------------------------------------------
+//
+// A thread allocates blocks (the C API's, heap0's, heap1's), writes them, churns
+// small blocks of its own, frees some of the model's blocks (remote frees from a
+// thread about to exit), and exits; its heaps go to the pool.  The main thread
+// takes its blocks into the model: later ops free, realloc and check them.
+
+void op_thread_exit(State& s, FuzzedDataProvider& in) {
+  struct Plan {
+    Owner owner;
+    std::size_t size, align;
+    int kind;  // capi: 0 malloc, 1 calloc, 2 aligned_alloc
+    std::uint32_t seed;
+    void* p = nullptr;
+  };
+  std::vector<Plan> plan;
+  std::size_t total = 0;
+  int n = in.ConsumeIntegralInRange<int>(0, 12);
+  for (int k = 0; k < n; k++) {
+    Plan pl{};
+    int who = in.ConsumeIntegralInRange<int>(0, 3);
+    pl.owner = who <= 1 ? Owner::capi : who == 2 ? Owner::heap0 : Owner::heap1;
+    pl.size = pick_size(in);
+    pl.kind = in.ConsumeIntegralInRange<int>(0, 2);
+    pl.align = pl.kind == 2 ? pick_align(in, 4) : 16;
+    pl.seed = s.next_seed++;
+    if (!s.room(total + pl.size) || s.blocks.size() + plan.size() >= kMaxBlocks) break;
+    if (pl.owner != Owner::capi && !s.heap_of(pl.owner)) s.heaps[pl.owner == Owner::heap0 ? 0 : 1] = std::make_unique<MemoryAllocator>();
+    total += pl.size;
+    plan.push_back(pl);
+  }
+  // Blocks it frees: the model's (raw heaps and the C API's), checked first.
+  std::vector<Block> frees;
+  int nf = s.blocks.empty() ? 0 : in.ConsumeIntegralInRange<int>(0, 6);
+  for (int k = 0; k < nf && !s.blocks.empty(); k++) {
+    std::size_t i = pick_block(s, in);
+    Owner o = s.blocks[i].owner;
+    if (o == Owner::secure || o == Owner::huge_block) continue;
+    frees.push_back(s.take(i));
+  }
+  int churn = in.ConsumeIntegralInRange<int>(0, 3) ? in.ConsumeIntegralInRange<int>(0, 300) : 0;
+  std::size_t churn_max = in.ConsumeBool() ? 256 : 8192;
+  bool trim = in.ConsumeIntegralInRange<int>(0, 7) == 0;
+  std::uint32_t x = static_cast<std::uint32_t>(churn * 2654435761u + 1);
+  if (kTrace) {
+    for (auto& pl : plan)
+      std::fprintf(stderr, "fuzz-ops:   thread allocates owner %d size %zu align %zu kind %d\n", static_cast<int>(pl.owner), pl.size, pl.align, pl.kind);
+    for (auto& b : frees) std::fprintf(stderr, "fuzz-ops:   thread frees owner %d size %zu %p\n", static_cast<int>(b.owner), b.size, b.p);
+    std::fprintf(stderr, "fuzz-ops:   churn %d max %zu trim %d\n", churn, churn_max, trim);
+  }
+  std::thread t([&] {
+    for (auto& b : frees) {
+      verify(b.p, b.size, b.seed, "block corrupted before an exiting thread's free");
+      if (MemoryAllocator* h = s.heap_of(b.owner))
+        h->deallocate(b.p);
+      else
+        lca_free(b.p);
+    }
+    // Churn: keep every other block until the end, so spans are partly used at exit.
+    std::vector<void*> keep;
+    for (int k = 0; k < churn; k++) {
+      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+      void* p = lca_malloc(x % churn_max);
+      CHECK(p, "exiting thread: malloc failed", nullptr, x % churn_max, 0);
+      if (k & 1)
+        keep.push_back(p);
+      else
+        lca_free(p);
+    }
+    for (auto& pl : plan) {
+      MemoryAllocator* h = s.heap_of(pl.owner);
+      if (h)
+        pl.p = h->allocate(pl.size, pl.align);
+      else if (pl.kind == 1)
+        pl.p = lca_calloc(1, pl.size);
+      else if (pl.kind == 2)
+        pl.p = lca_aligned_alloc(pl.align, pl.size);
+      else
+        pl.p = lca_malloc(pl.size);
+      CHECK(pl.p, "exiting thread: allocation failed", nullptr, pl.size, pl.align);
+      if (pl.kind == 1 && !h) verify_zero(pl.p, pl.size, "exiting thread: calloc block not zeroed");
+      fill(pl.p, 0, pl.size, pl.seed);
+    }
+    for (std::size_t k = 0; k < keep.size(); k += 2) lca_free(keep[k]);  // half of them stay live past the exit
+    for (std::size_t k = 1; k < keep.size(); k += 2) keep[k / 2] = keep[k];
+    keep.resize(keep.size() / 2);
+    if (trim) lca_trim();
+    // Those the main thread frees after the exit: handed over as C API blocks.
+    for (void* p : keep) plan.push_back({Owner::capi, 0, 16, 0, 0, p});
+  });
+  t.join();
+  for (auto& pl : plan) {
+    s.add(pl.p, pl.size, pl.align, pl.owner, false, pl.seed ? pl.seed : s.next_seed++);
+    s.blocks.back().aligned = pl.owner == Owner::capi && pl.kind == 2;
+    s.blocks.back().extended = !pl.seed;  // a churn block: its request is not the model's size (free, not free_sized)
+  }
+}
+
+
 void run(State& s, FuzzedDataProvider& in) {
   int steps = 0;
   while (in.remaining_bytes() && steps++ < 2000) {
-    int op = in.ConsumeIntegralInRange<int>(0, 19);
+    if (kCheckEvery) check_counters(s);
+    int op = in.ConsumeIntegralInRange<int>(0, 25);
+    if (kTrace) std::fprintf(stderr, "fuzz-ops: step %d op %d, %zu blocks\n", steps, op, s.blocks.size());
     switch (op) {
       case 0:
       case 1:
@@ -831,6 +1326,12 @@ void run(State& s, FuzzedDataProvider& in) {
               break;
             case Owner::secure:
               break;
+            case Owner::huge_block: {
+              Block b = s.take(i);
+              verify(b.p, b.size, b.seed, "huge block corrupted before free");
+              s.huge->deallocate_huge(b.p);
+              break;
+            }
             default:
               op_heap_free(s, i, in);
           }
@@ -843,7 +1344,7 @@ void run(State& s, FuzzedDataProvider& in) {
           std::size_t i = pick_block(s, in);
           if (s.blocks[i].owner == Owner::capi)
             op_capi_realloc(s, i, in);
-          else if (s.blocks[i].owner != Owner::secure)
+          else if (s.blocks[i].owner != Owner::secure && s.blocks[i].owner != Owner::huge_block)
             op_heap_realloc(s, i, in);
         }
         break;
@@ -876,26 +1377,18 @@ void run(State& s, FuzzedDataProvider& in) {
           case 0:
             lca_trim();
             break;
-          case 1:
-            if (s.heaps[0]) s.heaps[0]->trim();
-            break;
-          case 2: {
-            drain();
-            lca_stats st;
-            lca_get_stats(&st);
-            std::size_t n = 0;
-            for (auto& b : s.blocks) n += b.owner == Owner::capi;
-            CHECK(st.active_allocations == n, "lca_get_stats: active_allocations differs from the model", nullptr, st.active_allocations, n);
+          case 1: {  // trim one heap, or all of them
+            int which = in.ConsumeIntegralInRange<int>(0, 5);
+            if ((which == 0 || which == 5) && s.heaps[0]) s.heaps[0]->trim();
+            if ((which == 1 || which == 5) && s.heaps[1]) s.heaps[1]->trim();
+            if ((which == 2 || which == 5) && s.handles) s.handles->trim();
+            if ((which == 3 || which == 5) && s.secure) s.secure->trim();
+            if (which == 4 || which == 5) MemoryAllocator::instance().trim();
             break;
           }
+          case 2:
           case 3:
-            if (s.heaps[1]) {
-              drain();
-              std::size_t n = 0;
-              for (auto& b : s.blocks) n += b.owner == Owner::heap1;
-              auto st = s.heaps[1]->get_stats();
-              CHECK(st.active_allocations == n, "MemoryAllocator active_allocations differs from the model", s.heaps[1].get(), st.active_allocations, n);
-            }
+            check_counters(s);
             break;
         }
         break;
@@ -911,6 +1404,35 @@ void run(State& s, FuzzedDataProvider& in) {
         break;
       case 19:  // FUZZ_THREADS: a block to the worker
         if (!s.blocks.empty()) op_handoff(s, pick_block(s, in));
+        break;
+      case 20:
+        op_thread_exit(s, in);
+        break;
+      case 21:
+        op_errors(s, in);
+        break;
+      case 22:
+        if (in.ConsumeBool())
+          op_numa(s, in);
+        else
+          op_heap_alloc(s, in, Owner::numa);
+        break;
+      case 23:
+        if (in.ConsumeBool())
+          op_huge(s, in);
+        else
+          op_heap_alloc(s, in, Owner::huge_heap);
+        break;
+      case 24:
+        op_tracking(s, in);
+        break;
+      case 25:  // trim everything between ops, then check the counters
+        lca_trim();
+        for (auto& h : s.heaps)
+          if (h) h->trim();
+        if (s.numa) s.numa->trim();
+        if (s.huge) s.huge->trim();
+        check_counters(s);
         break;
     }
   }

@@ -741,6 +741,36 @@ START_TEST(test_stats_and_destroy_unmaps) {
 }
 END_TEST
 
+// realloc's result is realloc's block wherever it lies (C23: freed with
+// free_sized, never free_aligned_sized).  A block of aligned_alloc that realloc
+// resized in place kept its alignment in the record, so free_sized(q, size)
+// aborted with "Alignment mismatch" in an --enable-secure build -- a correct
+// program killed (found by tests/fuzz/fuzz-ops.c++: aligned_alloc(1024, 24),
+// realloc to 1 byte, free_sized).  SecureAllocator keeps the alignment of a
+// block resized in place: its deallocate(p, size, alignment) is given it.
+START_TEST(test_realloc_in_place_is_reallocs_block) {
+#if !CALLOC_SECURE
+  TEST_SKIP("lca_realloc is the secure heap's only with --enable-secure");
+#endif
+  void* p = lca_aligned_alloc(1024, 24);
+  ck_assert_ptr_nonnull(p);
+  void* q = lca_realloc(p, 1);
+  ck_assert_ptr_eq(q, p);  // the same class: in place
+  lca_free_sized(q, 1);
+  // A large block: in place only at the same size.
+  p = lca_aligned_alloc(8192, 100000);
+  ck_assert_ptr_nonnull(p);
+  q = lca_realloc(p, 100000);
+  ck_assert_ptr_eq(q, p);
+  lca_free_sized(q, 100000);
+  SecureAllocator alloc;
+  p = alloc.allocate(24, 1024);
+  q = alloc.reallocate(p, 1);
+  ck_assert_ptr_eq(q, p);
+  alloc.deallocate(q, 1, 1024);
+}
+END_TEST
+
 START_TEST(test_threads_cross_free) {
   // 8 threads (more than the cores) allocate, check, and free blocks made by their
   // neighbour, all on one SecureAllocator.
@@ -1252,7 +1282,9 @@ END_TEST
 // class was counted at its first size when allocated and at its new one when
 // freed: more bytes freed than allocated.  Found as test_fork_amid_churn_exits_trims
 // failing (tests/unit/fork, grandchild's stats_sane) in the --enable-secure
-// --enable-tracking build; docs/design.md, "Secure heap", has the figures.
+// --enable-tracking build, and by the fuzzer in the same session (realloc of a
+// 5-byte block to 2, then free, left 3 bytes live); docs/design.md, "Secure
+// heap", has the figures.
 
 START_TEST(test_realloc_in_place_counts_bytes) {
   // Before the fix it failed in every run (20 of 20) at its first step: "after
@@ -1510,6 +1542,7 @@ int main() {
   tcase_add_test(tc, test_chunk_placement_randomised);
   tcase_add_test(tc, test_realloc_keeps_data);
   tcase_add_test(tc, test_stats_and_destroy_unmaps);
+  tcase_add_test(tc, test_realloc_in_place_is_reallocs_block);
   tcase_add_test(tc, test_threads_cross_free);
   tcase_add_test(tc, test_foreign_blocks_routed);
   tcase_add_test(tc, test_double_free_in_other_threads_cache);
