@@ -849,11 +849,13 @@ START_TEST(test_double_free_in_other_threads_cache) {
                      std::thread t([&] {
                        for (auto& b : blocks) b = ph_alloc(200);
                        for (auto& b : blocks) ph_free(b);
+                       TEST_HAPPENS_BEFORE(&freed);  // (the hand-over, as helgrind and DRD see it)
                        freed.store(true);
                        for (;;) ::pause();  // alive, its cache intact, until the child aborts
                      });
                      t.detach();
                      while (!freed.load()) std::this_thread::yield();
+                     TEST_HAPPENS_AFTER(&freed);
                      ph_free(blocks[5]);
                    }),
                    "Double free");
@@ -1195,6 +1197,7 @@ START_TEST(test_release_races_invalid_use) {
           std::condition_variable cv;
           bool ready = false;
           std::atomic<bool> go{false};
+          TEST_BENIGN_RACE(&go, "a spin flag (the hand-over is annotated)");
           std::thread user([&] {
             a.deallocate(a.allocate(8));  // this thread's cache exists
             {
