@@ -5,7 +5,7 @@
 // every other free comes to free_cold: a block of the caller's own arena goes
 // to the medium cache (heap_free_medium, medium.c++), and a small object of
 // another live heap's span is kept on the freeing thread's foreign list of its
-// class, for reuse (kForeignClassBytes), or beyond that joins its span's chain
+// class, for reuse (foreign_class_bytes), or beyond that joins its span's chain
 // in the thread's RemoteBatch table, pushed to the span's remote list one
 // chain at a time (tcache.h++).  A free of a pooled span's block adopts the
 // span (adopt_orphan_span, under the pool's lock taken with trylock: pool.c++

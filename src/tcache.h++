@@ -115,16 +115,31 @@ struct RemoteBatch {
 };
 
 // A thread keeps the small objects of other threads' spans that it frees, up to
-// kForeignClassBytes per class, and reuses them for its own allocations of the
-// class (after its own span's free list): a block handed from one thread to
+// foreign_class_bytes() per class, and reuses them for its own allocations of
+// the class (after its own span's free list): a block handed from one thread to
 // another and freed there is allocated again where its cache lines are, instead
 // of travelling back to its owner first.  The owner's span still counts the
 // object as used all along (it never learns of the round trip), so the
 // accounting needs nothing; a free beyond the limit goes to the owner through
 // the RemoteBatch table, and thread exit and trim send the whole list there.
-constexpr std::size_t kForeignClassBytes = 8 * 1024;
+// The limit is 4 KiB a class up to 1 KiB and 16 KiB above (8 KiB each before
+// session 17): 8 KiB is 2-6 objects of 1.25-4 KiB, so the ring of the matrix's
+// producer-consumer sent most of its large blocks home in chains, and their
+// owners allocated them again from the other core's cache or carved new ones;
+// the small classes' lists seldom fill there, and a smaller list keeps fewer
+// blocks away from their owner: heap peak -5 %, server-sim's instructions
+// -2 % (docs/design.md, "The matrix's producer-consumer (session 17)").  An
+// idle thread holds at most 64 x 4 + 12 x 16 = 448 KiB so (608 KiB before).
+constexpr std::size_t kForeignSmallClassBytes = 4 * 1024;
+constexpr std::size_t kForeignLargeClassBytes = 16 * 1024;
+constexpr std::size_t kForeignSmallClassMax = 1024;  // the classes of kForeignSmallClassBytes
+constexpr std::size_t foreign_class_bytes(std::size_t class_size) {
+  return class_size <= kForeignSmallClassMax ? kForeignSmallClassBytes : kForeignLargeClassBytes;
+}
+// The most any class's foreign list holds, in bytes.
+constexpr std::size_t kForeignClassBytesMax = kForeignLargeClassBytes;
 // The limit in objects, per class, from a table: free's remote path divided
-// kForeignClassBytes by the object size, a 64-bit division whose result it
+// the byte limit by the object size, a 64-bit division whose result it
 // waited for (14-16 % of free_cold's samples on the matrix's
 // producer-consumer; docs/design.md, "The matrix's producer-consumer, again").
 struct ForeignCaps {
@@ -133,7 +148,7 @@ struct ForeignCaps {
 constexpr ForeignCaps make_foreign_caps() {
   ForeignCaps t{};
   for (unsigned c = 0; c < kNumClasses; ++c)
-    t.cap[c] = static_cast<std::uint32_t>(kForeignClassBytes / kSizeClasses.size[c]);
+    t.cap[c] = static_cast<std::uint32_t>(foreign_class_bytes(kSizeClasses.size[c]) / kSizeClasses.size[c]);
   return t;
 }
 LCA_CORE_RODATA(foreign_caps) inline constexpr ForeignCaps kForeignCaps = make_foreign_caps();  // placement.h++
@@ -475,7 +490,7 @@ std::size_t block_usable_size(const void* p, const char* what);
 // free_slow preserving errno: the out-of-line half of every free (nullptr
 // included: block_free sends it here, and it returns at once).  A remote
 // free of a small object goes to the thread's foreign list of its class, or
-// beyond kForeignClassBytes through its RemoteBatch table.
+// beyond foreign_class_bytes() through its RemoteBatch table.
 void free_cold(void* p);
 // The part of free_cold for a block of the calling thread's own arena (h is
 // tls_heap): into the medium cache or the arena.  False when p is not a live

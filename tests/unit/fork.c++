@@ -519,8 +519,10 @@ END_TEST
 // --- the parent's other threads' pending frees ------------------------------------
 
 // The main thread allocates N objects; another thread frees them all and waits:
-// kForeignClassBytes / 64 = 128 of them wait on its foreign list, the rest in its
-// RemoteBatch table (fewer than kRemoteBatchMax: not flushed).  The child must
+// kForeignSmallClassBytes / 64 = 64 of them wait on its foreign list, the rest go
+// to its RemoteBatch table, in chains of kRemoteBatchMax pushed to their span, the
+// last 5 waiting in the table (128 and none pushed before session 17's limits,
+// 8 KiB a class).  The child must
 // get every one back (before the fix they stayed counted as used, and the child
 // carved new objects instead).
 START_TEST(test_pending_remote_frees_reach_child) {

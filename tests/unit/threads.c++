@@ -135,7 +135,7 @@ std::size_t process_mapped() {
 }  // namespace
 
 // A thread keeps the small blocks of other threads that it frees, up to
-// kForeignClassBytes per class, and sends the rest to their owners in chains
+// foreign_class_bytes() per class, and sends the rest to their owners in chains
 // (its RemoteBatch table); trim and thread exit send everything.  The owner's
 // spans see nothing before that.  (In Valgrind and ASan mode every free takes the
 // slow path and the quarantine, so only the end state is checked there.)
@@ -144,7 +144,7 @@ START_TEST(test_remote_frees_reach_owner) {
   TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans whose remote-free lists this test inspects");
 #endif
   constexpr std::size_t kSize = 208;  // a class std::thread's own state (freed by the thread) is not in
-  const std::uint32_t kept = static_cast<std::uint32_t>(lca::kForeignClassBytes / kSize);
+  const std::uint32_t kept = lca::foreign_class_cap(lca::size_to_class(kSize));
   // One chain per span, not flushed (a chain goes at kRemoteBatchMax objects or kRemoteBatchBytes).
   const std::uint32_t chained =
       std::min<std::uint32_t>(lca::kRemoteBatchMax, (lca::kRemoteBatchBytes + kSize - 1) / kSize) - 1;
@@ -243,7 +243,7 @@ END_TEST
 
 // issue 17: the foreign limit of each class comes from a table (free's remote
 // path divided by the object size before: docs/design.md, "The matrix's
-// producer-consumer, again"); it is kForeignClassBytes' worth of objects, and a
+// producer-consumer, again"); it is foreign_class_bytes()' worth of objects, and a
 // thread that frees more of another thread's blocks of the class keeps exactly
 // that many.
 START_TEST(test_foreign_limit_per_class) {
@@ -253,7 +253,7 @@ START_TEST(test_foreign_limit_per_class) {
   for (unsigned c = 0; c < lca::kNumClasses; c++) {
     const std::size_t size = lca::class_to_size(c);
     const std::uint32_t cap = lca::foreign_class_cap(c);
-    ck_assert_uint_eq(cap, lca::kForeignClassBytes / size);
+    ck_assert_uint_eq(cap, lca::foreign_class_bytes(size) / size);
     ck_assert_uint_ge(cap, 1);
   }
   if (test_util::running_on_valgrind() || test_util::kAsanBuild)
@@ -276,6 +276,46 @@ START_TEST(test_foreign_limit_per_class) {
     t.join();
     ck_assert_uint_eq(kept, cap);
   }
+}
+END_TEST
+
+// issue 17, session 17: the foreign limit is 4 KiB a class up to 1 KiB and
+// 16 KiB above (8 KiB for every class before), so a thread that frees another
+// thread's blocks of 1.25-4 KiB keeps 4-12 of them for reuse instead of 2-6: the
+// matrix's producer-consumer sent most of those home in chains, and their owner
+// allocated them again from the other core's cache (docs/design.md, "The
+// matrix's producer-consumer (session 17)").
+START_TEST(test_foreign_limit_by_size) {
+#if CALLOC_SECURE
+  TEST_SKIP("built with --enable-secure: malloc is the hardened heap, not the core spans whose foreign lists this test inspects");
+#endif
+  struct Expected {
+    std::size_t size;
+    std::uint32_t cap;
+  };
+  // 3 000 B is the 3 072 B class; 1 100 B the 1 280 B class.
+  for (Expected e : {Expected{16, 256}, Expected{64, 64}, Expected{512, 8}, Expected{1024, 4}, Expected{1100, 12},
+                     Expected{3000, 5}, Expected{4096, 4}, Expected{8192, 2}})
+    ck_assert_uint_eq(lca::foreign_class_cap(lca::size_to_class(e.size)), e.cap);
+  if (test_util::running_on_valgrind() || test_util::kAsanBuild)
+    TEST_SKIP("in Valgrind and ASan mode every free takes the slow path: no foreign list is used");
+  // A second thread that allocates the class keeps 5 of another thread's
+  // 3 000 B blocks (2 before) and sends the rest to their span.
+  constexpr std::size_t kSize = 3000;
+  std::vector<void*> blocks(12);
+  for (void*& p : blocks) {
+    p = lca_malloc(kSize);
+    ck_assert_ptr_nonnull(p);
+  }
+  std::uint32_t kept = 0;
+  std::thread t([&] {
+    void* own = lca_malloc(kSize);
+    for (void* p : blocks) lca_free(p);
+    kept = lca::thread_heap_if_any()->foreign_count[lca::size_to_class(kSize)];
+    lca_free(own);
+  });
+  t.join();
+  ck_assert_uint_eq(kept, 5);
 }
 END_TEST
 
@@ -1206,7 +1246,7 @@ END_TEST
 // issue 17: what a freeing thread holds back from the blocks' owners is bounded:
 // no chain in its RemoteBatch table reaches kRemoteBatchBytes, so at most
 // kRemoteBatchSlots * kRemoteBatchBytes wait in all, whatever the sizes; and the
-// foreign lists keep at most kForeignClassBytes per class.  3 200 blocks of
+// foreign lists keep at most foreign_class_bytes() per class.  3 200 blocks of
 // 112 B-4 KiB of 8 owner threads (more threads than cores) that have exited.
 // issue 17: the common remote free (free_cold's free_remote_quick and
 // free_to_chain; docs/design.md, "The matrix's producer-consumer: the remote
@@ -1330,7 +1370,7 @@ START_TEST(test_remote_holdings_bounded) {
       blocks.insert(blocks.end(), mine.begin(), mine.end());
     });
   for (auto& t : owners) t.join();  // the owners' heaps are abandoned: every free below is remote
-  std::size_t worst_chain = 0, held = 0, worst_foreign = 0;
+  std::size_t worst_chain = 0, held = 0, worst_foreign = 0, foreign_over = 0;
   std::thread freer([&] {
     void* own[4];
     for (unsigned k = 0; k < 4; k++) own[k] = lca_malloc(kSizes[k]);  // it allocates these classes
@@ -1345,15 +1385,19 @@ START_TEST(test_remote_holdings_bounded) {
         total += bytes;
       }
       held = std::max(held, total);
-      for (unsigned c = 0; c < lca::kNumClasses; c++)
-        worst_foreign = std::max(worst_foreign, std::size_t{h->foreign_count[c]} * lca::class_to_size(c));
+      for (unsigned c = 0; c < lca::kNumClasses; c++) {
+        const std::size_t bytes = std::size_t{h->foreign_count[c]} * lca::class_to_size(c);
+        if (bytes > lca::foreign_class_bytes(lca::class_to_size(c))) ++foreign_over;
+        worst_foreign = std::max(worst_foreign, bytes);
+      }
     }
     for (void* p : own) lca_free(p);
   });
   freer.join();
   ck_assert_uint_lt(worst_chain, lca::kRemoteBatchBytes);
   ck_assert_uint_le(held, lca::kRemoteBatchSlots * lca::kRemoteBatchBytes);
-  ck_assert_uint_le(worst_foreign, lca::kForeignClassBytes);
+  ck_assert_uint_le(worst_foreign, lca::kForeignClassBytesMax);
+  ck_assert_uint_eq(foreign_over, 0);
 }
 END_TEST
 
@@ -2767,6 +2811,7 @@ int main() {
   tcase_add_test(tc, test_remote_frees_reach_owner);
   tcase_add_test(tc, test_foreign_free_reused_locally);
   tcase_add_test(tc, test_foreign_limit_per_class);
+  tcase_add_test(tc, test_foreign_limit_by_size);
   tcase_add_test(tc, test_oversubscribed_threads);
   tcase_add_test(tc, test_short_lived_threads);
   tcase_add_test(tc, test_fork_while_threads_allocate);
