@@ -40,6 +40,7 @@ bool parse_bool(const char* v, std::size_t n, bool* out) {
 // otherwise (tests/integration/small-rss.sh failed: 0 -> 4 KiB).  glibc's
 // threads keep 32 and 33 (SIGRTMIN is 34); the last signal is 64.
 constexpr int kFirstRealtimeSignal = 34;
+constexpr unsigned long long kSampleMax = 1ull << 40;  // the largest sample= (bytes)
 constexpr int kLastSignal = 64;
 bool usable_profile_signal(int sig) {
   if (sig == 0) return true;
@@ -91,7 +92,18 @@ bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, 
       ++*problems;
     }
   } else if (key_is("sample")) {
-    number(&out->sample, "sample");
+    // At most 1 TiB: a block's weight is about 2^16 x sample / size in a
+    // 64-bit integer (track.c++, sample_weight), which a mean interval above
+    // ~2^48 bytes overflowed for small blocks (undefined behaviour).
+    unsigned long long bytes = 0;
+    if (number(&bytes, "sample")) {
+      if (bytes > kSampleMax) {
+        report_warning("LIBCALLOC_OPTIONS: more than 1 TiB (1099511627776) for ", "sample");
+        ++*problems;
+      } else {
+        out->sample = bytes;
+      }
+    }
   } else if (key_is("profile_signal")) {
     unsigned long long sig = 0;
     if (number(&sig, "profile_signal")) {

@@ -295,6 +295,16 @@ START_TEST(test_options_parse_tracking) {
   ck_assert_uint_eq(q.profile_format, 0);
   ck_assert_uint_eq(q.sample, 0);
   ck_assert_int_eq(q.profile_signal, -1);
+  // A mean interval above 1 TiB is refused: a small block's weight (about
+  // 2^16 x sample / size) overflowed its 64-bit integer from ~2^48 bytes on
+  // (undefined behaviour in sample_weight); the old parser took up to ~10^16.
+  lca::Options r{};
+  ck_assert_int_eq(lca::options_parse("sample=1099511627776", &r), 0);
+  ck_assert_uint_eq(r.sample, 1ull << 40);
+  lca::Options big{};
+  ck_assert_int_eq(lca::options_parse("sample=1099511627777", &big), 1);
+  ck_assert_int_eq(lca::options_parse("sample=1000000000000000", &big), 1);
+  ck_assert_uint_eq(big.sample, 0);
 }
 END_TEST
 
