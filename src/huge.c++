@@ -403,6 +403,9 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
   }
   if (size == 0) size = 1;
   size = align_up(size, page_size);
+  // A backing refused on the way (an empty hugetlb pool: ENOMEM) leaves errno
+  // set; a block that fell back is a success, which changes no errno.
+  const int saved_errno = errno;
   lca_mutex_lock(&s->lock);
   unsigned try_mask = s->try_mask;
   lca_mutex_unlock(&s->lock);
@@ -432,6 +435,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
     return nullptr;
   }
   vg_show_clean(p, size);  // the user's memory (the OS layer hid the mapping)
+  errno = saved_errno;
   return p;
 }
 

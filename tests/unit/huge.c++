@@ -323,8 +323,12 @@ START_TEST(test_hugetlb_exhaustion_falls_back) {
   HugePageAllocator alloc;
   std::size_t size = static_cast<std::size_t>(avail + 1) * 2 * MiB;
   std::size_t process_fallbacks = custom_alloc::MemoryAllocator::huge_page_coverage().hugetlb_fallbacks;
+  errno = 0;
   void* p = alloc.allocate_huge(size);
   ck_assert_msg(p != nullptr, "allocate_huge(%zu) failed instead of falling back", size);
+  // A success leaves errno alone (the refused hugetlb mapping's ENOMEM was left
+  // in it before session 17).
+  ck_assert_msg(errno == 0, "errno %d (%s) after a successful fallback", errno, std::strerror(errno));
   ck_assert(alloc.backing_of(p) == expected_fallback());
   ck_assert(aligned_to(p, 2 * MiB));
   HugePageAllocator::HugeStats st = alloc.huge_stats();
