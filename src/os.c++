@@ -110,17 +110,24 @@ LCA_CORE_TEXT void os_purge(void* addr, std::size_t size) {
 
 LCA_CORE_TEXT void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move) {
   count(OsCall::remap);
+  // ASan builds: the range the mapping may leave (all of it when it may move,
+  // the tail when it shrinks) is unpoisoned before the call, as in os_unmap: the
+  // shadow of unmapped memory keeps its poison, and once mremap has unmapped the
+  // range another thread's new mapping may start there.  Unpoisoned after the
+  // call, that mapping was poisoned in between (a 2 MiB huge-page block mapped
+  // where a cached large mapping had grown away from: "use-after-poison" on its
+  // first write in tests/stress/full_system).  A mapping that stays where it was
+  // keeps no poison then: its callers poison it again (vg_block_allocated) or
+  // had unpoisoned it already (vg_realloc).
+  if (may_move)
+    asan_unpoison(addr, old_size);
+  else if (new_size < old_size)
+    asan_unpoison(static_cast<char*>(addr) + new_size, old_size - new_size);
   void* p = mremap(addr, old_size, new_size, may_move ? MREMAP_MAYMOVE : 0);
   if (p == MAP_FAILED) {
     errno = ENOMEM;
     return nullptr;
   }
-  // ASan builds: the range the mapping left keeps its shadow, poisoned or not,
-  // for whatever is mapped there next (as in os_unmap).
-  if (p != addr)
-    asan_unpoison(addr, old_size);
-  else if (new_size < old_size)
-    asan_unpoison(static_cast<char*>(addr) + new_size, old_size - new_size);
   if (new_size >= old_size)
     g_mapped.fetch_add(new_size - old_size, std::memory_order_relaxed);
   else

@@ -18,7 +18,9 @@ void os_unmap(void* addr, std::size_t size);
 // Gives the pages back to the kernel; the range stays mapped and reads as zero.
 void os_purge(void* addr, std::size_t size);
 // Resizes a mapping: in place only, or allowed to move (the data moves with the
-// pages, nothing is copied).  nullptr on failure, the old mapping intact.
+// pages, nothing is copied).  nullptr on failure, the old mapping intact.  ASan
+// builds: the range it may leave loses its poison first (all of it when it may
+// move), whatever the outcome.
 void* os_remap(void* addr, std::size_t old_size, std::size_t new_size, bool may_move);
 // Huge pages (used by huge.c++).  os_map_hugetlb maps size bytes (a multiple of
 // the page size 1 << page_shift) from the hugetlbfs pool of that page size; the
