@@ -63,12 +63,9 @@ void orphan_push_chain(Domain* d, OrphanPool* p, Span* first, Span* last, std::u
 // Collects the remote frees of pooled span s (it has no owner: its local state
 // changes only under its pool's lock).  True when it is then empty.
 bool orphan_collect_empty(Span* s) {
-  if (span_has_remote(s)) {
-    std::size_t extra = 0;
-    // The frees were counted by the freeing heaps, the extra slots of blocks
-    // grown in place included (count_foreign_free).
-    span_collect_remote(s, &extra);
-  }
+  // (The frees were counted by the freeing heaps, the extra slots of blocks
+  // grown in place included: count_foreign_free.)
+  if (span_has_remote(s)) span_collect_remote(s);
   return span_used(s) == 0;
 }
 

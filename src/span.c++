@@ -137,9 +137,8 @@ LCA_CORE_TEXT std::size_t span_release_multislot(Span* s, std::uint32_t i) {
   return s->obj_size;
 }
 
-LCA_CORE_TEXT std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes) {
+LCA_CORE_TEXT std::uint32_t span_collect_remote(Span* s) {
   std::uint64_t w = s->remote_free.exchange(0, std::memory_order_acquire);
-  *extra_bytes = 0;
   std::uint32_t n = remote_word_count(w);
   if (n == 0) return 0;
   char* base = span_base(s);
@@ -152,10 +151,11 @@ LCA_CORE_TEXT std::uint32_t span_collect_remote(Span* s, std::size_t* extra_byte
     span_use_add(s, -std::uint64_t{n});
     return n;
   }
-  // Objects that grew over several slots give their extra slots back one by one.
+  // Objects that grew over several slots give their extra slots back one by one
+  // (their bytes were counted by the freeing heaps: count_foreign_free).
   for (FreeObject* o = head; o;) {
     FreeObject* next = o->next;
-    *extra_bytes += span_push_local(s, o, span_index(s, o)) - s->obj_size;
+    span_push_local(s, o, span_index(s, o));
     o = next;
   }
   return n;

@@ -450,9 +450,8 @@ inline void span_push_remote(Span* s, void* p, std::uint32_t i) {
 inline bool span_has_remote(const Span* s) { return s->remote_free.load(std::memory_order_relaxed) != 0; }
 
 // Moves the remote frees onto the local list (owner only).  The freeing threads
-// checked them and set their guards.  Returns the number collected; *extra_bytes receives the
-// bytes freed beyond one slot per object (objects that grew in place).
-std::uint32_t span_collect_remote(Span* s, std::size_t* extra_bytes);
+// checked them and set their guards.  Returns the number collected.
+std::uint32_t span_collect_remote(Span* s);
 
 // Grows object i (at p, at the carving frontier) in place to cover new_size bytes
 // by claiming uncarved slots below the carve limit.  Owner only.  False when it

@@ -561,10 +561,9 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
 }  // namespace
 
 LCA_CORE_TEXT void collect_span(Heap* h, Span* s) {
-  std::size_t extra = 0;
   // The remote frees were counted by the freeing heaps, the extra slots of
   // blocks grown in place included (count_foreign_free).
-  if (span_live_change_uncounted(h, s, [&] { return span_collect_remote(s, &extra); })) heap_span_purge_unquiet(h);
+  if (span_live_change_uncounted(h, s, [&] { return span_collect_remote(s); })) heap_span_purge_unquiet(h);
 }
 
 namespace {
