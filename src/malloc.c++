@@ -8,8 +8,10 @@
 // With the override on (configure's default), malloc, free, ... are aliases of
 // the lca_* functions, so the two families are one allocator.
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstring>
+#include <malloc.h>
 #include <new>
 #include <pthread.h>
 #include <unistd.h>
@@ -354,6 +356,45 @@ namespace {
   return aligned_malloc(page, size ? align_up(size, page) : page);
 }
 
+// mallinfo2's fields as they fit an allocator without sbrk or glibc's bins:
+// arena the bytes mapped from the OS for the process heap, uordblks the bytes
+// of the blocks in use (usable sizes), fordblks the mapped bytes not in use
+// (free objects, cached spans and blocks, metadata), hblks the live dedicated
+// mappings of large blocks; ordblks, smblks, hblkhd, usmblks, fsmblks and
+// keepcost have no counterpart and read 0.
+[[maybe_unused]] struct mallinfo2 mallinfo2_impl() {
+  lca_stats s{};
+  lca_get_stats(&s);
+  struct mallinfo2 m{};
+  m.arena = s.os_memory_mapped;
+  m.uordblks = s.total_allocated > s.total_freed ? s.total_allocated - s.total_freed : 0;
+  m.fordblks = s.fragmentation_bytes;
+  m.hblks = s.large_mappings;
+  return m;
+}
+
+// The old mallinfo has int fields: each figure is capped at INT_MAX (glibc's
+// wraps around past 2 GiB).
+[[maybe_unused]] struct mallinfo mallinfo_impl() {
+  const struct mallinfo2 m2 = mallinfo2_impl();
+  auto cap = [](std::size_t v) { return v > static_cast<std::size_t>(INT_MAX) ? INT_MAX : static_cast<int>(v); };
+  struct mallinfo m{};
+  m.arena = cap(m2.arena);
+  m.uordblks = cap(m2.uordblks);
+  m.fordblks = cap(m2.fordblks);
+  m.hblks = cap(m2.hblks);
+  return m;
+}
+
+// malloc_trim(pad): lca_trim; 1 when the trim gave memory back to the OS (an
+// unmap or a page purge happened meanwhile), else 0, as glibc's.  libcalloc
+// keeps no top of heap, so pad has nothing to keep.
+[[maybe_unused]] int malloc_trim_impl(std::size_t) {
+  const std::size_t before = os_calls(OsCall::unmap) + os_calls(OsCall::purge);
+  lca_trim();
+  return os_calls(OsCall::unmap) + os_calls(OsCall::purge) != before ? 1 : 0;
+}
+
 }  // namespace
 
 // DT_FINI of libcalloc.so (-fini, configure's CALLOC_LAYOUT_LDFLAGS): the loader
@@ -380,6 +421,15 @@ void free_aligned_sized(void*, std::size_t, std::size_t) noexcept LCA_ALIAS(lca_
 
 __attribute__((visibility("default"))) LCA_CORE_TEXT void* valloc(std::size_t size) noexcept { return valloc_impl(size); }
 __attribute__((visibility("default"))) LCA_CORE_TEXT void* pvalloc(std::size_t size) noexcept { return pvalloc_impl(size); }
+
+// glibc's heap introspection (<malloc.h>).  A program that calls these would
+// otherwise get glibc's own, which describe glibc's heap -- unused under
+// libcalloc: mallinfo2 read 0 bytes in use and malloc_trim returned nothing.
+// Not on any allocation path (plain .text).
+__attribute__((visibility("default"))) struct mallinfo2 mallinfo2(void) noexcept { return mallinfo2_impl(); }
+__attribute__((visibility("default"))) struct mallinfo mallinfo(void) noexcept { return mallinfo_impl(); }
+__attribute__((visibility("default"))) int malloc_trim(std::size_t pad) noexcept { return malloc_trim_impl(pad); }
+__attribute__((visibility("default"))) void malloc_stats(void) noexcept { lca_print_stats(STDERR_FILENO); }
 }
 
 // operator new/delete: the new-handler loop of [new.delete.single], then bad_alloc.

@@ -41,8 +41,9 @@ for page in libcalloc.3 libcalloc.7 calloc-run.1; do
         echo "$text" | grep -q "$fn" || fail "libcalloc(3) does not mention $fn"
         echo "$names" | grep -q "$fn -" || fail "libcalloc(3) NAME does not list $fn"
       done
-      for word in malloc_usable_size 'operator new' LD_PRELOAD LIBCALLOC_OPTIONS 'Double free'; do
-        echo "$text" | grep -q "$word" || fail "libcalloc(3) does not mention $word"
+      # (blanks squeezed: man justifies its lines with runs of spaces and tabs)
+      for word in malloc_usable_size 'operator new' LD_PRELOAD LIBCALLOC_OPTIONS 'Double free' mallinfo2 malloc_trim; do
+        echo "$text" | tr -s ' \t' '  ' | grep -q "$word" || fail "libcalloc(3) does not mention $word"
       done ;;
     libcalloc.7)
       for opt in $(grep -o 'key_is("[a-z_]*")' "$top_srcdir/src/options.c++" | sed 's/key_is("\(.*\)")/\1/' | sort -u); do

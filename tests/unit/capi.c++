@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -818,6 +819,98 @@ START_TEST(test_trim) {
 }
 END_TEST
 
+// glibc's introspection functions (<malloc.h>) describe libcalloc's heap when
+// the override is on: before, a program got glibc's own, which saw none of the
+// blocks (mallinfo2's uordblks did not move, malloc_trim gave nothing back).
+START_TEST(test_mallinfo_describes_heap) {
+  if (!kOverride) {
+    TEST_SKIP("built with --disable-override: mallinfo and malloc_trim are glibc's, describing glibc's heap");
+    return;
+  }
+  std::vector<void*> ps;
+  ps.reserve(65);  // no allocation of the vector's own between the readings
+  const struct mallinfo2 m0 = mallinfo2();
+  const lca_stats s0 = stats_now();
+  std::size_t usable = 0;
+  for (int i = 0; i < 64; i++) {
+    ps.push_back(plain_malloc(1000));
+    usable += malloc_usable_size(ps.back());
+  }
+  ps.push_back(plain_malloc(4 * MiB));  // a dedicated mapping
+  usable += malloc_usable_size(ps.back());
+  const struct mallinfo2 m1 = mallinfo2();
+  const lca_stats s1 = stats_now();
+  ck_assert_msg(m1.uordblks - m0.uordblks == usable, "mallinfo2: uordblks moved by %zu for %zu bytes allocated",
+                m1.uordblks - m0.uordblks, usable);
+  ck_assert_uint_eq(m1.uordblks, s1.total_allocated - s1.total_freed);
+  ck_assert_uint_eq(m1.arena, s1.os_memory_mapped);
+  ck_assert_uint_eq(m1.fordblks, s1.fragmentation_bytes);
+  ck_assert_uint_eq(m1.hblks - m0.hblks, 1);
+  ck_assert_uint_ge(m1.arena, m1.uordblks);
+  ck_assert_uint_eq(s1.total_allocated - s0.total_allocated, usable);
+  // The old int form: the same figures while they fit an int.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // mallinfo is deprecated in glibc 2.33
+  const struct mallinfo m = mallinfo();
+#pragma GCC diagnostic pop
+  const struct mallinfo2 m2 = mallinfo2();
+  if (m2.uordblks <= INT_MAX) ck_assert_int_eq(m.uordblks, static_cast<int>(m2.uordblks));
+  if (m2.arena <= INT_MAX) ck_assert_int_eq(m.arena, static_cast<int>(m2.arena));
+  ck_assert_int_eq(m.hblks, static_cast<int>(m2.hblks));
+  for (void* p : ps) plain_free(p);
+  const struct mallinfo2 m3 = mallinfo2();
+  ck_assert_uint_eq(m3.uordblks, m0.uordblks);
+  ck_assert_uint_eq(m3.hblks, m0.hblks);
+}
+END_TEST
+
+START_TEST(test_malloc_trim_returns_memory) {
+  if (!kOverride) {
+    TEST_SKIP("built with --disable-override: malloc_trim is glibc's, trimming glibc's heap");
+    return;
+  }
+  std::vector<void*> ps;
+  for (int i = 0; i < 20000; i++) ps.push_back(plain_malloc(1000));
+  for (int i = 0; i < 8; i++) ps.push_back(plain_malloc(2 * MiB));
+  for (void* p : ps) plain_free(p);
+  const lca_stats before = stats_now();
+  ck_assert_int_eq(malloc_trim(0), 1);
+  const lca_stats after = stats_now();
+  ck_assert_msg(after.os_memory_mapped < before.os_memory_mapped, "malloc_trim left %zu bytes mapped of %zu",
+                after.os_memory_mapped, before.os_memory_mapped);
+  // Nothing left to give back: the second trim says so.
+  ck_assert_int_eq(malloc_trim(0), 0);
+  void* p = plain_malloc(1000);
+  ck_assert_ptr_nonnull(p);
+  std::memset(p, 1, 1000);
+  plain_free(p);
+}
+END_TEST
+
+// malloc_stats writes libcalloc's report to standard error.
+START_TEST(test_malloc_stats_reports) {
+  if (!kOverride) {
+    TEST_SKIP("built with --disable-override: malloc_stats is glibc's");
+    return;
+  }
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  std::string report;
+  std::thread reader([&] { test_util::slurp_fd(fds[0], report); });
+  const int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_ge(dup2(fds[1], STDERR_FILENO), 0);
+  malloc_stats();
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(fds[1]);
+  reader.join();
+  close(fds[0]);
+  ck_assert_msg(report.find("libcalloc: statistics of the process heap") != std::string::npos,
+                "malloc_stats wrote \"%s\"", report.c_str());
+}
+END_TEST
+
 int main() {
   // The set-user-ID copy of test_options_ignored_when_setuid: whether it runs
   // in secure-execution mode, then exit (libcalloc's destructor runs).
@@ -845,5 +938,8 @@ int main() {
   tcase_add_test(tc, test_version);
   tcase_add_test(tc, test_print_stats);
   tcase_add_test(tc, test_trim);
+  tcase_add_test(tc, test_mallinfo_describes_heap);
+  tcase_add_test(tc, test_malloc_trim_returns_memory);
+  tcase_add_test(tc, test_malloc_stats_reports);
   return test_util::run_suite(s);
 }
