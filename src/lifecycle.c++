@@ -148,9 +148,10 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's (each followed by its span pools' and the
-//   statistics locks of its heaps not abandoned), the
-//   large-block table's, the huge-page tables' (list first), the ASan
+//   the domain list's, every domain's (each followed by its span pools'; the
+//   statistics locks of its running heaps are taken and released at once, with
+//   Domain::forking set: the queue changes wait for the fork instead, pool.c++),
+//   the large-block table's, the huge-page tables' (list first), the ASan
 //   quarantine's.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
@@ -287,8 +288,10 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// and its span pools and running heaps' statistics locks, the large-block
-// table, the huge-page tables.
+// and its span pools (its running heaps' queue changes wait), the large-block
+// table, the huge-page tables.  How many locks are held does not depend on the
+// number of threads (it does on the number of private heaps, one lock each):
+// TSan's deadlock detector allows 64 held at once.
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
