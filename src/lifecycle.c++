@@ -215,6 +215,7 @@ namespace {
 struct ForkState {
   bool locked;  // libcalloc's locks were taken
   bool stdio;   // and stdio's list lock before them
+  bool tracker;  // and the tracker's (track_prefork)
 };
 constinit thread_local ForkState tls_fork __attribute__((tls_model("initial-exec"))) = {};
 
@@ -301,7 +302,8 @@ LCA_CORE_TEXT void domains_prefork() {
     vg_prefork_first();
 #if CALLOC_TRACKING
     unwind_prefork();  // stack captures out of the loader's lock (AllocationTracker's too)
-    if (track_active()) track_prefork();
+    st.tracker = track_active();
+    if (st.tracker) track_prefork();
 #endif
     if (!vg_serialised()) {
       secure_prefork();  // the hardened heaps (SecureAllocator in every build)
@@ -334,7 +336,7 @@ LCA_CORE_TEXT void domains_postfork_parent() {
     secure_postfork_parent();
   }
 #if CALLOC_TRACKING
-  if (track_active()) track_postfork_parent();
+  if (st.tracker) track_postfork_parent();
   unwind_postfork_parent();
 #endif
   if (st.stdio) stdio_list_unlock();
@@ -345,7 +347,7 @@ LCA_CORE_TEXT void domains_postfork_child() {
   tls_fork = ForkState{};
 #if CALLOC_TRACKING
   unwind_postfork_child();
-  if (track_active()) track_postfork_child();  // also when nothing was locked: reseeds sampling
+  if (track_active()) track_postfork_child(st.tracker);  // also when nothing was locked: reseeds sampling
 #endif
   if (!st.locked) return;  // the same state as the parent, one thread
   if (st.stdio) stdio_list_reset();
