@@ -388,6 +388,12 @@ struct Domain {
   // (that memory stays first-touch: the documented fallback).
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
+  // fork() (pool.c++): while a thread forks, its fork_token(), set by the
+  // prepare handler with the domain lock held and cleared by the parent and child
+  // handlers before they release it; nullptr otherwise.  Thread-heap domains
+  // only.  A thread that finds it set (another thread's token) once it holds a
+  // heap's stats_lock lets go and waits for the domain lock (StatsLock).
+  std::atomic<const void*> forking{nullptr};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
   // the heap's spans go to a pool per class (orphan_pools, below) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
@@ -397,12 +403,6 @@ struct Domain {
   // domain lock; a class's pool and the local state of its pooled spans only
   // under that pool's lock; a span taken from the pool is its taker's like any
   // other.  docs/design.md, "Span reclaim".
-  // fork() (lifecycle.c++): while a thread forks, its fork_token(), set by the
-  // prepare handler with the domain lock held and cleared by the parent and child
-  // handlers before they release it; nullptr otherwise.  Thread-heap domains
-  // only.  A thread that finds it set (another thread's token) once it holds a
-  // heap's stats_lock lets go and waits for the domain lock (StatsLock).
-  std::atomic<const void*> forking{nullptr};
   OrphanPools* orphan_pools = nullptr;       // the process domain's only
   std::atomic<std::size_t> orphan_spans{0};  // spans in all its pools (changed under their locks)
   ChunkList orphan_chunks;
