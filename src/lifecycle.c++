@@ -148,9 +148,10 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's (each followed by its span pools' and the
-//   statistics locks of its heaps not abandoned), the
-//   large-block table's, the huge-page tables' (list first), the ASan
+//   the domain list's, every domain's (each followed by its span pools'; the
+//   statistics locks of its running heaps are taken and released at once, with
+//   Domain::forking set: the queue changes wait for the fork instead, pool.c++),
+//   the large-block table's, the huge-page tables' (list first), the ASan
 //   quarantine's.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
@@ -214,6 +215,7 @@ namespace {
 struct ForkState {
   bool locked;  // libcalloc's locks were taken
   bool stdio;   // and stdio's list lock before them
+  bool tracker;  // and the tracker's (track_prefork)
 };
 constinit thread_local ForkState tls_fork __attribute__((tls_model("initial-exec"))) = {};
 
@@ -287,8 +289,10 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// and its span pools and running heaps' statistics locks, the large-block
-// table, the huge-page tables.
+// and its span pools (its running heaps' queue changes wait), the large-block
+// table, the huge-page tables.  How many locks are held does not depend on the
+// number of threads (it does on the number of private heaps, one lock each):
+// TSan's deadlock detector allows 64 held at once.
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
@@ -298,7 +302,8 @@ LCA_CORE_TEXT void domains_prefork() {
     vg_prefork_first();
 #if CALLOC_TRACKING
     unwind_prefork();  // stack captures out of the loader's lock (AllocationTracker's too)
-    if (track_active()) track_prefork();
+    st.tracker = track_active();
+    if (st.tracker) track_prefork();
 #endif
     if (!vg_serialised()) {
       secure_prefork();  // the hardened heaps (SecureAllocator in every build)
@@ -331,7 +336,7 @@ LCA_CORE_TEXT void domains_postfork_parent() {
     secure_postfork_parent();
   }
 #if CALLOC_TRACKING
-  if (track_active()) track_postfork_parent();
+  if (st.tracker) track_postfork_parent();
   unwind_postfork_parent();
 #endif
   if (st.stdio) stdio_list_unlock();
@@ -342,7 +347,7 @@ LCA_CORE_TEXT void domains_postfork_child() {
   tls_fork = ForkState{};
 #if CALLOC_TRACKING
   unwind_postfork_child();
-  if (track_active()) track_postfork_child();  // also when nothing was locked: reseeds sampling
+  if (track_active()) track_postfork_child(st.tracker);  // also when nothing was locked: reseeds sampling
 #endif
   if (!st.locked) return;  // the same state as the parent, one thread
   if (st.stdio) stdio_list_reset();

@@ -221,13 +221,14 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
 }
 
 namespace {
-// fork(): the statistics locks held across it -- those of d's thread heaps whose
-// thread may be running (not abandoned: an abandoned heap's lock is taken only
-// under the domain lock, which the prepare handler holds; a private domain's
-// heap likewise), but the forking thread's own: it holds its lock only if a
-// signal handler forks from inside one of its queue changes, and waiting for
-// it there would never end.  `abandoned` changes under the domain lock only,
-// and the three handlers run in the forking thread, so they see the same heaps.
+// fork(): the heaps of d whose thread may be inside a change of its class
+// queues -- d's thread heaps that are not abandoned (an abandoned heap's
+// stats_lock is taken only under the domain lock, which the prepare handler
+// holds; a private domain's heap likewise) -- but the forking thread's own: a
+// signal handler may fork from inside one of its queue changes, and waiting
+// for that change to end would never end.  `abandoned` changes under the
+// domain lock only, and the three handlers run in the forking thread, so they
+// see the same heaps.
 template <class Fn>
 LCA_CORE_TEXT void for_each_running_heap(Domain* d, Fn fn) {
   if (!d->per_thread) return;
@@ -237,38 +238,74 @@ LCA_CORE_TEXT void for_each_running_heap(Domain* d, Fn fn) {
 }
 }  // namespace
 
-// After d's lock: its pool locks, then the statistics lock of each heap whose
-// thread may be inside a change of its class queues (a leaf lock: its holder
-// takes no other, so it lets go).  Without them the fork could catch a thread
-// half way through such a change, and the child could not walk that heap's
-// queues for its statistics (it counted the heap's folded counters only: the
-// allocations of its spans not yet folded were lost, and the frees other heaps
-// made of those blocks still counted -- tests/unit/fork,
-// test_fork_child_counts_every_allocation).
+// After d's lock: its pool locks; then no queue change of a running heap may
+// be in progress across the fork, or the child could not walk that heap's
+// queues for its statistics (before session 16 it counted the heap's folded
+// counters only: the allocations of its spans not yet folded were lost, and
+// the frees other heaps made of those blocks still counted --
+// tests/unit/fork, test_fork_child_counts_every_allocation).  Sessions 16-17
+// held every running heap's statistics lock across the fork: as many locks as
+// threads, and TSan's deadlock detector, which allows 64 held at once, stopped
+// the program at its first fork from 26 running threads (test_fork_with_many_
+// running_threads).  Now d->forking says a fork is under way, and each running
+// heap's statistics lock is taken and released once: a queue change in
+// progress ends first (a leaf lock: its holder takes no other), and one that
+// takes the lock later finds the flag (set before this thread's unlock) and
+// waits for the domain lock (StatsLock).  The locks held across the fork are
+// then the same few whatever the number of threads.
 LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
-  for_each_running_heap(d, [](Heap* h) { pthread_mutex_lock(&h->stats_lock); });
+  if (!d->per_thread) return;
+  d->forking.store(fork_token(), std::memory_order_relaxed);
+  for_each_running_heap(d, [](Heap* h) {
+    pthread_mutex_lock(&h->stats_lock);
+    pthread_mutex_unlock(&h->stats_lock);
+  });
 }
 
 LCA_CORE_TEXT void domain_pools_postfork_parent(Domain* d) {
-  for_each_running_heap(d, [](Heap* h) { pthread_mutex_unlock(&h->stats_lock); });
+  // Before the domain lock goes: a queue change waiting for it tests the flag
+  // again.
+  d->forking.store(nullptr, std::memory_order_relaxed);
   if (d->orphan_pools)
     for (auto& l : d->orphan_pools->lock) pthread_mutex_unlock(&l.m);
 }
 
 LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
-  // The heaps of the threads the fork did not copy are never used again in the
-  // child (lifecycle.c++), but a statistics reader walks their queues: whole,
-  // as the locks held across the fork kept them.
-  for_each_running_heap(d, [](Heap* h) {
-    tsan_released_at_fork(&h->stats_lock);
-    pthread_mutex_init(&h->stats_lock, nullptr);
-  });
+  d->forking.store(nullptr, std::memory_order_relaxed);
+  // A thread the fork did not copy may have held its heap's statistics lock
+  // for the instant between taking it and finding the flag: made again, or a
+  // statistics reader in the child would wait for it for ever.  Those heaps
+  // are never used again in the child (lifecycle.c++), but a reader walks
+  // their queues, whole: no change was in progress at the fork.  (No TSan
+  // release here, unlike the locks this thread held: TSan does not follow the
+  // child of a multi-threaded fork.)
+  for_each_running_heap(d, [](Heap* h) { pthread_mutex_init(&h->stats_lock, nullptr); });
   if (!d->orphan_pools) return;
   for (auto& l : d->orphan_pools->lock) {
     tsan_released_at_fork(&l.m);
     pthread_mutex_init(&l.m, nullptr);
+  }
+}
+
+// StatsLock found d->forking set, h's stats_lock held.  The forking thread
+// itself goes on (a pthread_atfork handler of another library, run between
+// libcalloc's, may allocate; its own heap is not in the prepare handler's
+// walk).  Another thread waits for the domain lock, which the forking thread
+// holds from before it set the flag until after it cleared it, so this thread
+// sleeps rather than spins; it holds no lock of libcalloc while it waits (its
+// stats_lock is a leaf lock, and a thread holding the domain lock or any lock
+// the prepare handler takes before it cannot find the flag set).
+LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
+  Domain* d = h->domain;
+  for (;;) {
+    const void* forking = d->forking.load(std::memory_order_relaxed);
+    if (!forking || forking == fork_token()) return;
+    lca_mutex_unlock(&h->stats_lock);
+    lca_mutex_lock(&d->lock);
+    lca_mutex_unlock(&d->lock);
+    lca_mutex_lock(&h->stats_lock);
   }
 }
 

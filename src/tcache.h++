@@ -257,15 +257,22 @@ struct Heap {
   std::uint8_t span_purge_backoff = 0;
   // Statistics (above HeapCounters): held by the owner while it changes a class
   // queue or a span's stat_live, and by a statistics reader walking the queues.
-  // A leaf lock (its holder takes no other); never on a fast path.  fork()'s
-  // prepare handler holds it for every heap not abandoned (pool.c++), so that
-  // the child finds no queue half changed.
+  // A leaf lock (its holder takes no other); never on a fast path.  fork()
+  // holds none of them across the fork: its prepare handler waits for the
+  // changes in progress to end, and the changes that begin later wait for the
+  // fork (StatsLock, Domain::forking), so that the child finds no queue half
+  // changed.
   pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
 };
 
+// Held while the owner changes h's class queues or a span's stat_live (and by
+// whoever else takes h's stats_lock for such a change).  Taken while a fork()
+// is under way in another thread (Domain::forking), it lets go and waits for
+// that fork to end, then takes the lock again: the forking thread holds none
+// of the statistics locks across the fork.
 class StatsLock {
  public:
-  explicit StatsLock(Heap* h) : m_(&h->stats_lock) { lca_mutex_lock(m_); }
+  explicit StatsLock(Heap* h);
   ~StatsLock() { lca_mutex_unlock(m_); }
   StatsLock(const StatsLock&) = delete;
   StatsLock& operator=(const StatsLock&) = delete;
@@ -381,6 +388,12 @@ struct Domain {
   // (that memory stays first-touch: the documented fallback).
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
+  // fork() (pool.c++): while a thread forks, its fork_token(), set by the
+  // prepare handler with the domain lock held and cleared by the parent and child
+  // handlers before they release it; nullptr otherwise.  Thread-heap domains
+  // only.  A thread that finds it set (another thread's token) once it holds a
+  // heap's stats_lock lets go and waits for the domain lock (StatsLock).
+  std::atomic<const void*> forking{nullptr};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
   // the heap's spans go to a pool per class (orphan_pools, below) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
@@ -414,6 +427,19 @@ inline Heap* thread_heap_if_any() { return tls_owned_heap; }
 // comes later (another TLS destructor) must not make the thread a new heap, which
 // no exit handler would abandon.
 extern constinit thread_local bool tls_heap_gone __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+
+// fork(): what identifies the calling thread in Domain::forking (any address of
+// its own will do).
+inline const void* fork_token() { return &tls_heap; }
+// StatsLock, with h's stats_lock held, found a fork under way in h's domain:
+// unless the calling thread is the forking one, lets go of the lock, waits for
+// the fork to end (the domain lock, which the forking thread holds across it)
+// and takes the lock again, until no other thread forks.
+void stats_lock_wait_fork(Heap* h);
+inline StatsLock::StatsLock(Heap* h) : m_(&h->stats_lock) {
+  lca_mutex_lock(m_);
+  if (__builtin_expect(h->domain->forking.load(std::memory_order_relaxed) != nullptr, 0)) stats_lock_wait_fork(h);
+}
 
 // Requests above this fail with ENOMEM before any system call (no mapping of
 // 128 TiB can succeed, and rounding a size near SIZE_MAX would wrap).

@@ -195,7 +195,8 @@ volatile sig_atomic_t g_dump_pending;
 // (tests/unit/track, test_profile_dumps_do_not_overlap).  Held for a whole
 // report, outside any other lock of the tracker's; not taken before fork (the
 // writer takes stdio's list lock, which the fork handler holds first), but
-// re-initialised in the child.  A dump the signal asked for only tries it.
+// re-initialised in the child when a parent's thread held it
+// (track_postfork_child).  A dump the signal asked for only tries it.
 pthread_mutex_t g_report_lock = PTHREAD_MUTEX_INITIALIZER;
 struct ReportLock {
   ReportLock() { pthread_mutex_lock(&g_report_lock); }
@@ -2051,13 +2052,24 @@ LCA_SAMPLING_TEXT void track_postfork_parent() {
   pthread_mutex_unlock(&g_site_lock);
   pthread_mutex_unlock(&g_sym_lock);
 }
-LCA_SAMPLING_TEXT void track_postfork_child() {
+// The locks track_prefork took, this thread's in the child too, are released as
+// the parent releases them (plain mutexes: glibc checks no owner).  Before
+// session 18 the child re-initialised them while held, which DRD reports as
+// "Mutex reinitialization" (and helgrind and DRD then still took them for the
+// parent's: tests/unit/track, test_process_heap_threads_and_fork, under DRD).
+// The report lock is not taken before fork: a parent's thread may have been
+// writing a report; its lock is re-made only then.
+LCA_SAMPLING_TEXT void track_postfork_child(bool locked) {
   tls_rng = 0;  // the child samples other allocations than its parent
-  pthread_mutex_init(&g_pool_lock, nullptr);
+  if (!locked) return;
+  pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
-  pthread_mutex_init(&g_site_lock, nullptr);
-  pthread_mutex_init(&g_sym_lock, nullptr);
-  pthread_mutex_init(&g_report_lock, nullptr);  // a parent's thread may have been writing a report
+  pthread_mutex_unlock(&g_site_lock);
+  pthread_mutex_unlock(&g_sym_lock);
+  if (pthread_mutex_trylock(&g_report_lock) == 0)
+    pthread_mutex_unlock(&g_report_lock);
+  else
+    pthread_mutex_init(&g_report_lock, nullptr);
 }
 
 

@@ -54,10 +54,11 @@ void track_init(const Options& o);
 void track_at_exit();
 // fork(): called by lifecycle.c++'s handlers (in the lock order they set), not
 // registered with pthread_atfork of their own: prefork takes the tracker's locks,
-// the parent releases them, the child re-initialises them and reseeds sampling.
+// the parent and the child release them (the child only when `locked`: prefork
+// ran), and the child reseeds sampling.
 void track_prefork();
 void track_postfork_parent();
-void track_postfork_child();
+void track_postfork_child(bool locked);
 
 // An allocation of the process heap that tracking must see (the countdown
 // passed zero, or full mode).  Returns the block, or nullptr with errno ENOMEM.

@@ -922,6 +922,114 @@ START_TEST(test_fork_amid_churn_exits_trims) {
 }
 END_TEST
 
+// --- fork with many running threads (session 18) -----------------------------------
+//
+// N threads (40 at scale 100, more than the 26 at which the old prepare
+// handler's locks overflowed TSan's deadlock detector) each keep 16 blocks of
+// every size tier and churn them, with bursts of 2 KiB blocks (a span every 32:
+// the class queue changes, under the heap's statistics lock); the main thread
+// forks.  Before session 18 the prepare handler held the statistics lock of
+// every running heap across the fork, 32 pool locks and a few more besides: 26
+// threads or more made TSan stop at the first fork ("sanitizer_deadlock_detector.h:67
+// ... n_all_locks_ < ...", exit 66).  Each child reads its statistics (no fewer
+// allocations and frees than the parent read before the fork, no more frees than
+// allocations), allocates and frees 4 x 50 blocks of every tier and must count
+// exactly those, and says how it went through a pipe (under Valgrind it ends by
+// SIGKILL).
+START_TEST(test_fork_with_many_running_threads) {
+  run_with_deadline("fork with many running threads", 120, [] {
+    const unsigned nthreads = static_cast<unsigned>(std::max<std::size_t>(scaled(40), 4));
+    const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(20), 4));
+    static constexpr std::size_t kSizes[] = {48, 2048, 3000, 20000, 600000};
+    std::mutex m;
+    std::condition_variable cv;
+    unsigned ready = 0;
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < nthreads; ++t)
+      threads.emplace_back([&, t] {
+        void* keep[16] = {};
+        std::vector<void*> burst;
+        burst.reserve(64);
+        for (unsigned round = 0; round == 0 || !stop.load(std::memory_order_relaxed); ++round) {
+          for (unsigned k = 0; k < 16; ++k) {
+            lca_free(keep[k]);
+            keep[k] = lca_malloc(kSizes[(k + round + t) % 5]);
+            if (keep[k]) static_cast<char*>(keep[k])[0] = 1;
+          }
+          for (int i = 0; i < 64; ++i) burst.push_back(lca_malloc(2048));
+          for (void* p : burst) lca_free(p);
+          burst.clear();
+          if (round == 0) {
+            std::lock_guard<std::mutex> lock(m);
+            if (++ready == nthreads) cv.notify_all();
+          }
+          usleep(running_on_valgrind() ? 2000 : 100);  // the forking thread gets its turn
+        }
+        for (void* p : keep) lca_free(p);
+      });
+    {
+      std::unique_lock<std::mutex> lock(m);
+      cv.wait(lock, [&] { return ready == nthreads; });
+    }
+    unsigned bad = 0;
+    int first = 0;
+    for (unsigned i = 0; i < forks; ++i) {
+      usleep(2000);
+      lca_stats before;
+      lca_get_stats(&before);
+      int pipefd[2];
+      if (pipe(pipefd) != 0) return 110;
+      std::fflush(stdout);
+      std::fflush(stderr);
+      pid_t pid = fork();
+      if (pid < 0) return 111;
+      if (pid == 0) {
+        close(pipefd[0]);
+        int rc = 0;
+        lca_stats now;
+        lca_get_stats(&now);
+        if (now.allocation_count < before.allocation_count || now.free_count < before.free_count)
+          rc = 1;
+        else if (now.free_count > now.allocation_count)
+          rc = 2;
+        void* blocks[200];
+        for (unsigned j = 0; j < 200; ++j) {
+          blocks[j] = lca_malloc(kSizes[j % 5]);
+          if (!blocks[j]) rc = 3;
+          else std::memset(blocks[j], 5, 48);
+        }
+        for (void* p : blocks) lca_free(p);
+        lca_stats after;
+        lca_get_stats(&after);
+        if (!rc && (after.allocation_count - now.allocation_count != 200 || after.free_count - now.free_count != 200))
+          rc = 4;
+        if (rc)
+          std::fprintf(stderr, "child %u (code %d): %zu allocations and %zu frees, %zu and %zu before the fork, %zu and %zu after 200 of each\n", i, rc,
+                       now.allocation_count, now.free_count, before.allocation_count, before.free_count,
+                       after.allocation_count, after.free_count);
+        if (write(pipefd[1], &rc, sizeof rc) != sizeof rc) _exit(99);
+        if (running_on_valgrind()) kill(getpid(), SIGKILL);
+        _exit(rc);
+      }
+      close(pipefd[1]);
+      int rc = -1;
+      if (read(pipefd[0], &rc, sizeof rc) != sizeof rc) rc = -1;
+      close(pipefd[0]);
+      int status = 0;
+      while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return 112;
+      if ((rc != 0 || !child_ok(status)) && bad++ == 0) first = rc ? rc : status;
+    }
+    stop = true;
+    for (auto& t : threads) t.join();
+    std::printf("# %u threads, %u forks, %u children failed\n", nthreads, forks, bad);
+    if (bad) std::fprintf(stderr, "%u of %u children failed, the first with 0x%x\n", bad, forks, first);
+    return bad ? 113 : 0;
+  });
+}
+END_TEST
+
 // --- glibc's thread-stack cache under helgrind (session 17) ----------------------
 //
 // What the scenario above met once under helgrind (CI, 2026-12-06), made
@@ -990,5 +1098,6 @@ int main() {
   tcase_add_test(tc, test_fork_amid_churn_exits_trims);
   tcase_add_test(tc, test_thread_takes_stack_another_thread_cached);
   tcase_add_test(tc, test_fork_child_counts_every_allocation);
+  tcase_add_test(tc, test_fork_with_many_running_threads);
   return test_util::run_suite(s);
 }
