@@ -175,8 +175,30 @@ int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move) {
   return 0;
 }
 
+namespace {
+
+// The resident pages of [lo, hi), page-aligned (mincore; page by page over a
+// batch that has a hole in the mapping).
+std::size_t resident_pages(std::uintptr_t lo, std::uintptr_t hi, std::size_t page) {
+  unsigned char vec[256];
+  std::size_t count = 0;
+  while (lo < hi) {
+    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
+    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0)
+      for (std::size_t i = 0; i < n; ++i)
+        if (mincore(reinterpret_cast<void*>(lo + i * page), page, &vec[i]) != 0) vec[i] = 0;
+    for (std::size_t i = 0; i < n; ++i) count += vec[i] & 1;
+    lo += n * page;
+  }
+  return count;
+}
+
+}  // namespace
+
 int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::size_t* failed) {
   *moved = *failed = 0;
+  // One node (or no NUMA, or no libnuma): every page is on it already.
+  if (g_topology.node_count <= 1) return 0;
   if (!g_lib.move_pages) return ENOSYS;
   std::size_t page = os_page_size();
   auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
@@ -185,13 +207,20 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
   void* pages[kBatch];
   int nodes[kBatch];
   int status[kBatch];
+  int err = 0;
   while (lo < hi) {
     // First ask where the pages are: only resident pages on another node move
     // (and count as moved).
     std::size_t n = 0;
     void* query[kBatch];
     for (std::size_t k = 0; k < kBatch && lo < hi; ++k, lo += page) query[k] = reinterpret_cast<void*>(lo), ++n;
-    if (g_lib.move_pages(0, n, query, nullptr, status, 0) < 0) return errno;
+    if (g_lib.move_pages(0, n, query, nullptr, status, 0) < 0) {
+      // Where the pages are is not known: every resident page of the rest of
+      // the range counts as one that could not be moved.
+      err = err ? err : errno;
+      *failed += resident_pages(reinterpret_cast<std::uintptr_t>(query[0]), hi, page);
+      break;
+    }
     std::size_t queried = n;
     n = 0;
     for (std::size_t k = 0; k < queried; ++k) {
@@ -203,19 +232,31 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
       }
     }
     if (!n) continue;
-    if (g_lib.move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) return errno;
-    // -EBUSY: the page was held for a moment (fresh pages wait in a per-CPU list
-    // before they reach the LRU, where migration finds them): try those again.
-    for (int retry = 0; retry < 3; ++retry) {
-      std::size_t busy = 0;
-      for (std::size_t i = 0; i < n; ++i)
-        if (status[i] == -EBUSY) ++busy;
-      if (!busy) break;
-      sched_yield();
-      for (std::size_t i = 0; i < n; ++i) {
-        if (status[i] != -EBUSY) continue;
-        int one_status = 0;
-        if (g_lib.move_pages(0, 1, &pages[i], &nodes[i], &one_status, MPOL_MF_MOVE) == 0) status[i] = one_status;
+    if (g_lib.move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) {
+      // Refused (EPERM from a seccomp policy, ENOMEM...): the statuses are not
+      // written, and some pages may have moved before the error.  Ask where
+      // they are now; the count below sees each page on the target as moved,
+      // any other as failed.  Nothing known: all of them failed.
+      err = err ? err : errno;
+      if (g_lib.move_pages(0, n, pages, nullptr, status, 0) < 0) {
+        *failed += n;
+        continue;
+      }
+    } else {
+      // -EBUSY: the page was held for a moment (fresh pages wait in a per-CPU
+      // list before they reach the LRU, where migration finds them): try those
+      // again.
+      for (int retry = 0; retry < 3; ++retry) {
+        std::size_t busy = 0;
+        for (std::size_t i = 0; i < n; ++i)
+          if (status[i] == -EBUSY) ++busy;
+        if (!busy) break;
+        sched_yield();
+        for (std::size_t i = 0; i < n; ++i) {
+          if (status[i] != -EBUSY) continue;
+          int one_status = 0;
+          if (g_lib.move_pages(0, 1, &pages[i], &nodes[i], &one_status, MPOL_MF_MOVE) == 0) status[i] = one_status;
+        }
       }
     }
     for (std::size_t i = 0; i < n; ++i) {
@@ -225,7 +266,7 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
         ++*failed;
     }
   }
-  return 0;
+  return err;
 }
 
 int numa_node_of_address(const void* p) {

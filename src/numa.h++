@@ -75,8 +75,12 @@ int numa_nearest_usable(int node);
 // mbind: MPOL_BIND (strict) or MPOL_PREFERRED.  0, or the errno of the refusal.
 int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move);
 // move_pages of the pages of [addr, addr + len) that are resident on another
-// node to node: counts the pages moved and those that could not be.  0, or the
-// errno of a refused call.
+// node to node: counts the pages moved and those that could not be (their
+// per-page status; after a refused move call, those not on node when asked
+// again, or all of them when that is refused too; after a refused query, every
+// resident page, mincore, of the rest of the range).  With one node nothing
+// moves.  0, or the errno of the first refused call (the counts are still
+// right: later batches are tried).
 int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::size_t* failed);
 // The node of the page holding p (get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR): the
 // kernel faults the page in to answer); -1 on error.

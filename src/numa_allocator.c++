@@ -127,12 +127,10 @@ void NUMAAllocator::migrate_to_node(void* ptr, std::size_t size, int target_node
   if (!ptr || !size) return;
   if (!check_node(target_node, "migrate_to_node") || !check_range(ptr, size, invalid_)) return;
   std::size_t moved = 0, failed = 0;
+  // A refused call counts the pages it left where they were, not 1 (the
+  // pages moved before it count too).
   int err = lca::numa_move(ptr, size, target_node, &moved, &failed);
-  if (err) {
-    errno = err;
-    migration_failures_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  if (err) errno = err;
   if (moved) migrations_.fetch_add(1, std::memory_order_relaxed);
   migrated_pages_.fetch_add(moved, std::memory_order_relaxed);
   migration_failures_.fetch_add(failed, std::memory_order_relaxed);

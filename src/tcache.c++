@@ -37,7 +37,12 @@ namespace lca {
 
 LCA_BIG_BSS(orphan_pools) constinit OrphanPools g_orphan_pools{};
 constinit Domain g_process_domain{true, &g_orphan_pools};
-constinit Span g_empty_span{};
+// Read by every program's first allocation of each class: in .data
+// (LCA_CORE_DATA), beside the other variables every program touches, not in
+// .bss, where it sat near the end of the page .data ends in and one more PLT
+// slot moved it onto the anonymous page past the file (docs/design.md,
+// "Tracking", the profile signal's bounds; tests/integration/small-rss.sh).
+LCA_CORE_DATA(empty_span) constinit Span g_empty_span{};
 
 constinit Heap g_no_heap{NoHeapTag{}};
 constinit thread_local Heap* tls_heap __attribute__((tls_model("initial-exec"))) = &g_no_heap;

@@ -98,6 +98,13 @@ TrackTotals track_totals();
 // track_free or realloc that reads it): with --enable-secure, a free of a block
 // the tracker did not record makes none.
 std::uint64_t track_lookups_for_test();
+// The file and line the .debug_line bytes [line, line + len) give the
+// module-relative address rel (one uncompressed section, no string sections:
+// DW_FORM_string names); false, and nothing written, when no row covers it.
+// For crafted tables under 64 KiB (past that the reader gives the pages it
+// has read back to the kernel: MADV_DONTNEED).
+bool track_line_for_test(const unsigned char* line, std::size_t len, std::uintptr_t rel, const char** file,
+                         std::uint32_t* line_no);
 
 // Stack capture and symbolisation, shared with AllocationTracker
 // (allocation_tracker.c++).  track_capture fills up to max frames (return

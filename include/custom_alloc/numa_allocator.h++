@@ -46,7 +46,11 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
     // count kept by libcalloc.  Nodes with none are absent.
     std::map<int, std::size_t> per_node_usage;
     std::size_t migrated_pages;      // pages move_pages moved
-    std::size_t migration_failures;  // pages it could not move (shared, locked...)
+    // Resident pages on another node that migrate_to_node could not move
+    // (shared, locked, or move_pages refused: EPERM under a seccomp policy,
+    // ENOMEM...), one per page, not per call.  When the kernel refuses to say
+    // where the pages are, every resident page left of the range counts.
+    std::size_t migration_failures;
     std::size_t bind_fallbacks;      // chunks and mappings mbind was refused for
     std::size_t invalid_requests;    // calls refused with EINVAL (bad node or range)
   };
@@ -65,8 +69,10 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
   void* allocate_on_node(std::size_t size, int node);
   // Moves the resident pages of [ptr, ptr + size) to target_node (the whole pages
   // they lie on: neighbours on those pages move too).  Pages never touched have
-  // nothing to move.  errno = EINVAL and nothing moved for a bad node, or for a
-  // range that runs past the end of the address space.
+  // nothing to move; with one node nothing moves.  errno = EINVAL and nothing
+  // moved for a bad node, or for a range that runs past the end of the address
+  // space; the kernel's errno when it refused a move_pages call (the pages it
+  // did not move count in migration_failures).
   void migrate_to_node(void* ptr, std::size_t size, int target_node);
 
   NUMAStats get_numa_stats() const;

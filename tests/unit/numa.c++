@@ -566,6 +566,96 @@ START_TEST(test_refused_bind_falls_back) {
 }
 END_TEST
 
+// migration_failures counts pages, as its documentation says, not failed calls
+// (it added 1 for a refused move_pages call, and dropped the pages moved by
+// earlier batches of the call).  move_pages is refused by a seccomp filter
+// (EPERM, as a container policy answers): only the calls that move (a nodes
+// array), or every call (the query of where the pages are too).  In a child
+// process.  Child's exit status: 0 passed, 77 no filter, else what failed.
+int migrate_refused(bool refuse_queries, std::size_t* failures, std::size_t* expected) {
+  std::fflush(stdout);
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    NUMAAllocator alloc;
+    const bool two_nodes = NUMAAllocator::node_usable(1);
+    constexpr std::size_t kSize = 1 * MiB;
+    auto* p = static_cast<unsigned char*>(alloc.allocate_on_node(kSize, 0));
+    if (!p) _exit(1);
+    std::memset(p, 0x5a, kSize);
+    // The pages the range lies on, all touched: every one is resident on node 0.
+    std::size_t pages = ((reinterpret_cast<std::uintptr_t>(p) + kSize + 4095) >> 12) -
+                        (reinterpret_cast<std::uintptr_t>(p) >> 12);
+    struct sock_filter refuse_moves[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_move_pages, 0, 4),
+        // move_pages(pid, count, pages, nodes, status, flags): nodes is args[3].
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[3])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[3]) + 4),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_filter refuse_all[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_move_pages, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = refuse_queries
+                                 ? sock_fprog{static_cast<unsigned short>(sizeof refuse_all / sizeof refuse_all[0]),
+                                              refuse_all}
+                                 : sock_fprog{static_cast<unsigned short>(sizeof refuse_moves / sizeof refuse_moves[0]),
+                                              refuse_moves};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      _exit(77);
+    errno = 0;
+    alloc.migrate_to_node(p, kSize, two_nodes ? 1 : 0);
+    int err = errno;
+    NUMAAllocator::NUMAStats s = alloc.get_numa_stats();
+    std::size_t out[2] = {s.migration_failures, two_nodes ? pages : 0};
+    if (write(fds[1], out, sizeof out) != static_cast<ssize_t>(sizeof out)) _exit(2);
+    if (s.migrations != 0 || s.migrated_pages != 0) _exit(3);
+    if (err != (two_nodes ? EPERM : 0)) _exit(4);  // one node: no call made, nothing refused
+    for (std::size_t i = 0; i < kSize; ++i)
+      if (p[i] != 0x5a) _exit(5);
+    alloc.deallocate(p);
+    _exit(0);
+  }
+  close(fds[1]);
+  std::size_t in[2] = {~std::size_t{0}, 0};
+  ssize_t got = read(fds[0], in, sizeof in);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ck_assert(WIFEXITED(status));
+  if (got == static_cast<ssize_t>(sizeof in)) *failures = in[0], *expected = in[1];
+  return WEXITSTATUS(status);
+}
+
+START_TEST(test_migration_failures_count_pages) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("seccomp filters are not installed under Valgrind");
+  for (bool refuse_queries : {false, true}) {
+    const char* what = refuse_queries ? "every move_pages call refused" : "the moving move_pages calls refused";
+    std::size_t failures = ~std::size_t{0}, expected = 0;
+    int code = migrate_refused(refuse_queries, &failures, &expected);
+    if (code == 77) TEST_SKIP("this kernel refused the seccomp filter (prctl)");
+    ck_assert_msg(failures == expected, "%s: migration_failures %zu, not %zu (the pages left on node 0)", what,
+                  failures, expected);
+    ck_assert_msg(code == 0, "%s: child exit status %d (3: something counted as moved; 4: errno; 5: data)", what,
+                  code);
+  }
+  if (!NUMAAllocator::node_usable(1))
+    TEST_SKIP("one usable NUMA node here (%s): nothing to move, no failure counted with move_pages refused; "
+              "the refused 0 -> 1 migration runs in make check-numa-vm",
+              nodes_text().c_str());
+}
+END_TEST
+
 // get_stats() and trim() of a NUMAAllocator cover its node heaps.
 START_TEST(test_stats_cover_node_heaps) {
   NUMAAllocator alloc;
@@ -695,6 +785,7 @@ int main() {
   tcase_add_test(tc, test_invalid_nodes);
   tcase_add_test(tc, test_ranges_that_wrap_are_refused);
   tcase_add_test(tc, test_refused_bind_falls_back);
+  tcase_add_test(tc, test_migration_failures_count_pages);
   tcase_add_test(tc, test_stats_cover_node_heaps);
   tcase_add_test(tc, test_topology_matches_sys);
   tcase_add_test(tc, test_threads_cross_node_handoff);

@@ -2309,6 +2309,15 @@ END_TEST
 // stores missed Y and took it for one slot (64 bytes instead of 256; a realloc
 // by that thread then copied 64 bytes).  Here the owner frees X again and again
 // while a reader asks for Y's usable size, Y always the last grown object.
+//
+// Each round is a hand-over both ways (the reader must stop reading Y before
+// the owner frees it the next round).  Waits spin a little before they yield:
+// with only sched_yield, on a loaded machine every wait gave the CPU to another
+// process for a time slice, a round took several slices, and 20 000 rounds ran
+// over Check's 120 s (three helpers at load ~30; taskset -c 0 here: 44 s), while
+// the owner's free mostly came after the reader's 20 000 reads, not during them.
+// The rounds also stop after kBudget seconds (at least kMinRounds of them), and
+// the test says how many frees fell inside a read loop ("raced").
 START_TEST(test_grown_block_read_while_owner_releases) {
 #if CALLOC_SECURE
   TEST_SKIP("built with --enable-secure: malloc is the hardened heap, which has no spans (nothing grows in place)");
@@ -2321,26 +2330,42 @@ START_TEST(test_grown_block_read_while_owner_releases) {
   // reached the frontier within the tries below.  3 slots when grown.
   constexpr std::size_t kObject = 304, kGrown = 912;
   const std::size_t rounds = test_util::scaled(20000) > 200 ? test_util::scaled(20000) : 200;
+  constexpr std::size_t kMinRounds = 200;
+  constexpr auto kBudget = std::chrono::seconds(10);
+  // Spins (about 10-50 us) before each yield: the other thread, when it runs
+  // on the other CPU, answers within that, and the waiter keeps its CPU.
+  auto wait_for = [](auto done) {
+    for (unsigned spin = 0; !done(); ++spin) {
+      if (spin < 2000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        sched_yield();
+        spin = 0;
+      }
+    }
+  };
   std::atomic<void*> watched{nullptr};
   std::atomic<unsigned> phase{0}, reading{0}, freed{0};
   std::atomic<bool> stop{false};
-  std::atomic<std::size_t> short_reads{0}, reads{0};
+  std::atomic<std::size_t> short_reads{0}, reads{0}, raced{0};
   std::thread reader([&] {
     unsigned seen = 0;
-    while (!stop.load()) {
+    for (;;) {
+      wait_for([&] { return stop.load() || phase.load() != seen; });
+      if (stop.load()) break;
       unsigned ph = phase.load();
-      if (ph == seen) {
-        sched_yield();
-        continue;
-      }
       void* y = watched.load();
       reading.store(ph);  // the owner frees X now, and waits for the next ack
       // Until the owner has freed X (it does right after the ack; at most
       // 20 000 reads, about a round's thousand times 20, if it was preempted).
-      for (unsigned k = 0; y && k < 20000 && freed.load() != ph && !stop.load(); ++k) {
+      unsigned k = 0;
+      for (; y && k < 20000 && freed.load() != ph && !stop.load(); ++k) {
         if (lca_usable_size(y) < kGrown) ++short_reads;
         ++reads;
       }
+      if (y && k < 20000 && freed.load() == ph) ++raced;
       seen = ph;
     }
   });
@@ -2360,9 +2385,11 @@ START_TEST(test_grown_block_read_while_owner_releases) {
     ck_abort_msg("no %zu-byte object grew in place", kObject);
     return nullptr;
   };
+  const auto start = std::chrono::steady_clock::now();
   void* x = grown_at_frontier();
-  std::size_t grew_together = 0;
+  std::size_t grew_together = 0, done = 0;
   for (std::size_t r = 1; r <= rounds; ++r) {
+    if (r > kMinRounds && std::chrono::steady_clock::now() - start > kBudget) break;
     void* y = grown_at_frontier();
     // Both in one span (a new span starts the pair again).
     bool same_span = (reinterpret_cast<std::uintptr_t>(x) >> 16) == (reinterpret_cast<std::uintptr_t>(y) >> 16);
@@ -2370,19 +2397,21 @@ START_TEST(test_grown_block_read_while_owner_releases) {
     grew_together += same_span;
     watched.store(same_span ? y : nullptr);
     phase.store(static_cast<unsigned>(r));
-    while (reading.load() != r) sched_yield();
+    wait_for([&] { return reading.load() == r; });
     lca_free(x);  // under the reader's reads
     freed.store(static_cast<unsigned>(r));
     x = y;
+    done = r;
   }
-  phase.store(0);
   stop = true;
   reader.join();
   lca_free(x);
   for (void* p : fill) lca_free(p);
-  std::printf("# grown pairs %zu of %zu, reads %zu, short %zu\n", grew_together, rounds, reads.load(),
-                  short_reads.load());
-  ck_assert_uint_gt(grew_together, rounds / 2);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("# grown pairs %zu of %zu rounds (of %zu) in %.1f s, raced %zu, reads %zu, short %zu\n", grew_together,
+              done, rounds, seconds, raced.load(), reads.load(), short_reads.load());
+  ck_assert_uint_ge(done, kMinRounds);
+  ck_assert_uint_gt(grew_together, done / 2);
   ck_assert_msg(short_reads.load() == 0, "%zu of %zu reads of a grown block's usable size were short",
                 short_reads.load(), reads.load());
 }

@@ -988,6 +988,75 @@ START_TEST(test_secure_free_asks_only_for_tracked_blocks) {
 END_TEST
 #endif
 
+// The leak report's line tables (parse_line_tables): a DWARF 5 unit whose header
+// names an address size over 8 bytes is rejected -- no file or line from it --
+// and the units after it still read.  Before, DW_LNE_set_address read the
+// address with shifts by 64 and more (undefined; x86-64 masks the count, so the
+// 16-byte address below read as its low 8 bytes and the unit was used).  A
+// crafted .debug_line: one unit for [0x1000, 0x1010) at line 42 of crafted.c,
+// address size `asize` (its set_address operand asize bytes, the value in the
+// low 8), then one for [0x2000, 0x2010) at line 7 with 8-byte addresses.
+namespace dwarf {
+
+void put_unit(std::vector<unsigned char>& out, unsigned asize, std::uint64_t addr, int line) {
+  std::vector<unsigned char> hdr = {
+      1,           // minimum_instruction_length
+      1,           // maximum_operations_per_instruction
+      1,           // default_is_stmt
+      0xfb,        // line_base -5
+      14,          // line_range
+      13,          // opcode_base
+      0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1,  // standard_opcode_lengths
+      1, 1, 0x08,  // directory entry format: DW_LNCT_path, DW_FORM_string
+      1, '/', 's', 'r', 'c', 0,  // one directory
+      1, 1, 0x08,  // file entry format: DW_LNCT_path, DW_FORM_string
+      2, 'a', '.', 'c', 0, 'c', 'r', 'a', 'f', 't', 'e', 'd', '.', 'c', 0,  // files 0 and 1
+  };
+  std::vector<unsigned char> prog = {0, static_cast<unsigned char>(1 + asize), 2};  // DW_LNE_set_address
+  for (unsigned i = 0; i < asize; ++i) prog.push_back(i < 8 ? static_cast<unsigned char>(addr >> (8 * i)) : 0);
+  prog.push_back(3);  // advance_line (sleb, < 64)
+  prog.push_back(static_cast<unsigned char>(line - 1));
+  prog.push_back(1);  // copy
+  prog.push_back(2);  // advance_pc 16
+  prog.push_back(16);
+  prog.insert(prog.end(), {0, 1, 1});  // DW_LNE_end_sequence
+  std::vector<unsigned char> unit = {5, 0, static_cast<unsigned char>(asize), 0};  // version 5, sizes
+  auto le32 = [](std::vector<unsigned char>& v, std::size_t n) {
+    for (int i = 0; i < 4; ++i) v.push_back(static_cast<unsigned char>(n >> (8 * i)));
+  };
+  le32(unit, hdr.size());  // header_length
+  unit.insert(unit.end(), hdr.begin(), hdr.end());
+  unit.insert(unit.end(), prog.begin(), prog.end());
+  le32(out, unit.size());  // unit_length
+  out.insert(out.end(), unit.begin(), unit.end());
+}
+
+}  // namespace dwarf
+
+START_TEST(test_line_table_address_size_over_8) {
+  for (unsigned asize : {4u, 8u, 9u, 16u, 255u}) {
+    std::vector<unsigned char> sec;
+    dwarf::put_unit(sec, asize, 0x1000, 42);
+    dwarf::put_unit(sec, 8, 0x2000, 7);
+    const char* file = nullptr;
+    std::uint32_t line = 0;
+    bool found = lca::track_line_for_test(sec.data(), sec.size(), 0x1004, &file, &line);
+    if (asize <= 8) {
+      ck_assert_msg(found, "address size %u: 0x1004 has no line", asize);
+      ck_assert_str_eq(file, "crafted.c");
+      ck_assert_uint_eq(line, 42);
+    } else {
+      ck_assert_msg(!found, "address size %u: the unit was read (0x1004 at %s:%u)", asize, file, line);
+    }
+    file = nullptr, line = 0;
+    ck_assert_msg(lca::track_line_for_test(sec.data(), sec.size(), 0x2008, &file, &line),
+                  "address size %u: the next unit was not read", asize);
+    ck_assert_str_eq(file, "crafted.c");
+    ck_assert_uint_eq(line, 7);
+  }
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("track", &tc);
@@ -1007,6 +1076,7 @@ int main() {
   tcase_add_test(tc, test_report_file_is_close_on_exec);
   tcase_add_test(tc, test_profile_dump_inside_stdio_does_not_deadlock);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
+  tcase_add_test(tc, test_line_table_address_size_over_8);
 #if CALLOC_SECURE
   tcase_add_test(tc, test_secure_heap_is_tracked);
   tcase_add_test(tc, test_secure_free_asks_only_for_tracked_blocks);
