@@ -44,6 +44,7 @@
 #include <unwind.h>
 
 #include "report.h++"
+#include "sanitizer.h++"
 #include "vg.h++"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -1275,6 +1276,12 @@ LCA_SAMPLING_TEXT void unwind_postfork_child() {
 #if LCA_OWN_UNWINDER
   if (!g_fork_locked) return;
   g_fork_locked = false;
+  // Made again, not unlocked: glibc's unlock of a write lock compares the
+  // writer's thread id, which the child's thread does not have.  TSan must be
+  // told of the release, or the child's next fork reports a double lock
+  // (tests/unit/fork under TSan with --enable-tracking: the scenario's child
+  // forks again).
+  tsan_released_at_fork(&g_fork_rw);
   pthread_rwlockattr_t a;
   pthread_rwlockattr_init(&a);
   pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
