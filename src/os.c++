@@ -177,13 +177,14 @@ void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint) {
   const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
   int saved_errno = errno;  // a refused hint is no failure of the call
   if (hint) {
-#ifdef MAP_FIXED_NOREPLACE
-    void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
-#else
+    // A plain hint, not MAP_FIXED_NOREPLACE: the kernel takes a hint whose range
+    // is free, and that is all this needs.  An mmap interposer may move an
+    // address it does not accept to 0 and keep the flag: ThreadSanitizer's does
+    // (it knows MAP_FIXED only), and the kernel then mapped page 0 for a root
+    // process, where TSan died ("mmap at bad address"): a TSan-built program's
+    // first SecureAllocator::allocate (tests/integration/tsan-user.sh).
     void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_NONE, flags, -1, 0);
-#endif
     if (p != MAP_FAILED) {
-      // A kernel older than MAP_FIXED_NOREPLACE takes the address as a mere hint.
       if (reinterpret_cast<std::uintptr_t>(p) == hint) {
         g_mapped.fetch_add(size, std::memory_order_relaxed);
         vg_hide(p, size);

@@ -36,8 +36,8 @@ bool os_protect(void* addr, std::size_t size, bool accessible);
 // Secure heap (secure.c++): reserves size bytes of no-access address space (no
 // memory is committed until os_protect opens parts of it), aligned to `alignment`.
 // A nonzero `hint` (a multiple of the alignment) is tried first and taken only if
-// the kernel places the reservation exactly there (MAP_FIXED_NOREPLACE: nothing
-// already mapped is replaced); otherwise the kernel chooses.  nullptr on failure.
+// the kernel places the reservation exactly there (a plain hint: nothing already
+// mapped is replaced); otherwise the kernel chooses.  nullptr on failure.
 void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint);
 // Fills buf with n bytes from the kernel's random source (getrandom); false when
 // it cannot (the caller falls back to weaker entropy).

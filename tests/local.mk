@@ -135,6 +135,10 @@ endif
 # shared libcalloc like a user's program (-no-install: a real binary, not a
 # libtool wrapper script, so that valgrind runs the program itself).
 calloc_script_tests += tests/integration/valgrind-user.sh
+# A user's program built with -fsanitize=thread uses SecureAllocator and an
+# independent heap (TSan intercepts libcalloc's mmap calls too).
+calloc_script_tests += tests/integration/tsan-user.sh
+EXTRA_DIST += tests/integration/tsan-user.sh
 check_PROGRAMS += tests/valgrind/buggy
 tests_valgrind_buggy_SOURCES = tests/valgrind/buggy.c++
 tests_valgrind_buggy_CPPFLAGS = -I$(top_srcdir)/include -I$(top_builddir)
