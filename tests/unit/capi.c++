@@ -878,8 +878,13 @@ START_TEST(test_malloc_trim_returns_memory) {
   const lca_stats after = stats_now();
   ck_assert_msg(after.os_memory_mapped < before.os_memory_mapped, "malloc_trim left %zu bytes mapped of %zu",
                 after.os_memory_mapped, before.os_memory_mapped);
-  // Nothing left to give back: the second trim says so.
-  ck_assert_int_eq(malloc_trim(0), 0);
+  // Nothing left to give back: a later trim says so.  (Not always the second:
+  // in CI's --enable-secure --enable-tracking build the second trim unmapped a
+  // hardened-heap chunk that had emptied only after the first trim had passed
+  // its class -- release_reserves walks the classes once.)
+  int trims = 1;
+  while (malloc_trim(0) != 0 && trims < 4) trims++;
+  ck_assert_msg(trims < 4, "malloc_trim still returned memory after %d calls with nothing allocated between", trims);
   void* p = plain_malloc(1000);
   ck_assert_ptr_nonnull(p);
   std::memset(p, 1, 1000);
