@@ -175,26 +175,6 @@ int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move) {
   return 0;
 }
 
-namespace {
-
-// The resident pages of [lo, hi), page-aligned (mincore; page by page over a
-// batch that has a hole in the mapping).
-std::size_t resident_pages(std::uintptr_t lo, std::uintptr_t hi, std::size_t page) {
-  unsigned char vec[256];
-  std::size_t count = 0;
-  while (lo < hi) {
-    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
-    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0)
-      for (std::size_t i = 0; i < n; ++i)
-        if (mincore(reinterpret_cast<void*>(lo + i * page), page, &vec[i]) != 0) vec[i] = 0;
-    for (std::size_t i = 0; i < n; ++i) count += vec[i] & 1;
-    lo += n * page;
-  }
-  return count;
-}
-
-}  // namespace
-
 int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::size_t* failed) {
   *moved = *failed = 0;
   // One node (or no NUMA, or no libnuma): every page is on it already.
@@ -218,7 +198,7 @@ int numa_move(void* addr, std::size_t len, int node, std::size_t* moved, std::si
       // Where the pages are is not known: every resident page of the rest of
       // the range counts as one that could not be moved.
       err = err ? err : errno;
-      *failed += resident_pages(reinterpret_cast<std::uintptr_t>(query[0]), hi, page);
+      *failed += numa_resident_pages(reinterpret_cast<std::uintptr_t>(query[0]), hi, page);
       break;
     }
     std::size_t queried = n;

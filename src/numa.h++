@@ -43,19 +43,28 @@ struct NumaPlacementCounters {
   std::size_t refused;  // mbind calls the kernel refused (memory left first-touch)
 };
 
+// The resident pages of [lo, hi), page-aligned (mincore; page by page over a
+// batch that has a hole in the mapping: a hole's pages count as not resident).
+inline std::size_t numa_resident_pages(std::uintptr_t lo, std::uintptr_t hi, std::size_t page) {
+  unsigned char vec[256];
+  std::size_t count = 0;
+  while (lo < hi) {
+    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
+    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0)
+      for (std::size_t i = 0; i < n; ++i)
+        if (mincore(reinterpret_cast<void*>(lo + i * page), page, &vec[i]) != 0) vec[i] = 0;
+    for (std::size_t i = 0; i < n; ++i) count += vec[i] & 1;
+    lo += n * page;
+  }
+  return count;
+}
+
 // Without libnuma everything is on node 0: mincore says what is resident.
 inline void numa_resident_on_node0(const void* addr, std::size_t len, std::size_t* per_node) {
   std::size_t page = os_page_size();
   auto lo = reinterpret_cast<std::uintptr_t>(addr) & ~(page - 1);
   auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
-  unsigned char vec[256];
-  while (lo < hi) {
-    std::size_t n = (hi - lo) / page < sizeof vec ? (hi - lo) / page : sizeof vec;
-    if (mincore(reinterpret_cast<void*>(lo), n * page, vec) != 0) return;
-    for (std::size_t i = 0; i < n; ++i)
-      if (vec[i] & 1) per_node[0] += page;
-    lo += n * page;
-  }
+  per_node[0] += numa_resident_pages(lo, hi, page) * page;
 }
 
 #ifdef CALLOC_NUMA
