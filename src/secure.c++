@@ -178,6 +178,7 @@ struct SlabMeta {
   std::uint32_t free_slots;  // neither live nor quarantined
   bool active;               // opened (read-write)
   bool in_partial;
+  bool purged;  // given back by trim, no slot handed out since: the next trim skips it
 };
 
 struct ChunkMeta {
@@ -691,7 +692,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
     for (std::uint32_t i = 0; i < nslabs; ++i) {
       m->slabs[i].next = m->slabs[i].prev = nullptr;
       m->slabs[i].free_slots = 0;
-      m->slabs[i].active = m->slabs[i].in_partial = false;
+      m->slabs[i].active = m->slabs[i].in_partial = m->slabs[i].purged = false;
     }
   }
   m->base = base;
@@ -922,6 +923,7 @@ char* take_slot(SecureHeap* h, ClassState* cs, unsigned c, ChunkMeta** mo = null
   std::uint32_t g = first_clear(m->used, g0 + r, g0 + spp);
   if (g == g0 + spp) g = first_clear(m->used, g0, g0 + r);
   set_bit(m->used, g);
+  s->purged = false;
   if (--s->free_slots == 0) partial_remove(cs, s);
   if (mo) {
     *mo = m;
@@ -1918,14 +1920,19 @@ void secure_trim(SecureHeap* h) {
   // Quarantined slots are checked and freed, empty chunks unmapped.
   release_reserves(h);
   // Slabs with no live and no quarantined slot give their pages back (they read
-  // as zero afterwards, which is what a free slot holds).
+  // as zero afterwards, which is what a free slot holds), once: a slab no slot
+  // has left since its purge has no page to give.
   for (auto& cs : h->classes) {
     lca_mutex_lock(&cs.lock);
     for (ChunkMeta* m = cs.chunks; m; m = m->next)
       if (m->cls)
-        for (std::uint32_t k = 0; k < m->nslabs; ++k)
-          if (m->slabs[k].active && m->slabs[k].free_slots == m->slots_per_slab)
+        for (std::uint32_t k = 0; k < m->nslabs; ++k) {
+          SlabMeta* s = &m->slabs[k];
+          if (s->active && !s->purged && s->free_slots == m->slots_per_slab) {
             os_purge(slot_addr(m, k, 0), m->slab_bytes);
+            s->purged = true;
+          }
+        }
     lca_mutex_unlock(&cs.lock);
   }
   // Quarantined large blocks: unmapped now (the ring is process-wide: every

@@ -1279,6 +1279,41 @@ START_TEST(test_released_chunk_metadata_reused) {
 }
 END_TEST
 
+// trim gives an empty slab's pages back once: a second trim with nothing handed
+// out between finds nothing to give (it used to purge every such slab again, a
+// madvise each, and malloc_trim reported memory released every time), and a slab
+// that held a block since is purged again.  One block stays live, so its chunk
+// stays and its other slabs are the empty ones.
+START_TEST(test_trim_purges_an_empty_slab_once) {
+  SecureAllocator a;
+  std::vector<void*> v;
+  for (int i = 0; i < 2000; ++i) v.push_back(a.allocate(200));
+  for (std::size_t i = 1; i < v.size(); ++i) a.deallocate(v[i]);
+  // No Check assertion between the trims: its own malloc and free (in an
+  // --enable-secure build, on a hardened heap) could touch a slab.
+  std::size_t p0 = lca::os_calls(lca::OsCall::purge);
+  a.trim();
+  std::size_t p1 = lca::os_calls(lca::OsCall::purge);
+  a.trim();
+  std::size_t p2 = lca::os_calls(lca::OsCall::purge);
+  ck_assert_msg(p1 > p0, "the first trim purged no empty slab");
+  ck_assert_msg(p2 == p1, "the second trim purged %zu slabs again", p2 - p1);
+  // Blocks in the purged slabs (some of these land there), freed: purged again.
+  std::vector<void*> w;
+  for (int i = 0; i < 1000; ++i) w.push_back(a.allocate(200));
+  for (void* q : w) {
+    Peek peek;
+    ck_assert(all_zero(static_cast<unsigned char*>(q), 200));
+  }
+  for (void* q : w) a.deallocate(q);
+  std::size_t p3 = lca::os_calls(lca::OsCall::purge);
+  a.trim();
+  std::size_t p4 = lca::os_calls(lca::OsCall::purge);
+  ck_assert_msg(p4 > p3, "slabs used again after their purge were not purged");
+  a.deallocate(v[0]);
+}
+END_TEST
+
 // --- byte totals: realloc in place, thread caches, fork (session 17) ----------------
 //
 // The statistics count requested sizes.  A block that grew in place within its
@@ -1558,6 +1593,7 @@ int main() {
   tcase_add_test(tc, test_instance_caches_threads_share_a_heap);
   tcase_add_test(tc, test_release_races_invalid_use);
   tcase_add_test(tc, test_released_chunk_metadata_reused);
+  tcase_add_test(tc, test_trim_purges_an_empty_slab_once);
   tcase_add_test(tc, test_realloc_in_place_counts_bytes);
   tcase_add_test(tc, test_fork_realloc_mix_totals_exact);
   return test_util::run_suite(s);
