@@ -24,6 +24,12 @@ SecureAllocator::SecureAllocator() : MemoryAllocator(ProcessHeapTag{}), heap_(lc
 SecureAllocator::~SecureAllocator() { lca::secure_heap_destroy(heap_); }
 
 void* SecureAllocator::allocate(std::size_t size, std::size_t alignment) {
+  // A bad alignment (0, not a power of two) is refused before the smaller ones
+  // are raised to 16, as MemoryAllocator::allocate does (alignment 3 gave a block).
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
   return lca::secure_alloc(heap_, size, alignment < ALIGNMENT ? ALIGNMENT : alignment);
 }
 

@@ -603,6 +603,50 @@ START_TEST(test_sized_deallocation_mismatch) {
 }
 END_TEST
 
+// A bad alignment is refused as MemoryAllocator::allocate refuses it (EINVAL):
+// alignments below 16 were raised to 16 before the check, so 0 and 3 gave a block.
+START_TEST(test_bad_alignment_refused) {
+  SecureAllocator alloc;
+  for (std::size_t a : {std::size_t{0}, std::size_t{3}, std::size_t{12}, std::size_t{24}, std::size_t{4097}}) {
+    errno = 0;
+    void* p = alloc.allocate(10, a);
+    ck_assert_msg(p == nullptr, "alignment %zu gave a block", a);
+    ck_assert_int_eq(errno, EINVAL);
+  }
+  for (std::size_t a : {std::size_t{1}, std::size_t{2}, std::size_t{8}, std::size_t{16}}) {
+    void* p = alloc.allocate(10, a);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % 16, 0);
+    alloc.deallocate(p);
+  }
+}
+END_TEST
+
+// An alignment above a page costs address space while the block is placed, not
+// memory: the pages before the one the block starts on are given back.  They
+// were opened and filled with canary bytes (allocate(1, 1 GiB) made 1 GiB
+// resident; 1 TiB had the OOM killer stop the program).
+START_TEST(test_large_alignment_maps_no_slack) {
+  SecureAllocator alloc;
+  const std::size_t a = std::size_t{64} << 20;
+  std::size_t before = alloc.get_stats().os_memory_mapped;
+  char* p = static_cast<char*>(alloc.allocate(100, a));
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % a, 0);
+  std::size_t grown = alloc.get_stats().os_memory_mapped - before;
+  ck_assert_msg(grown <= 4 * 4096, "a 100-byte block aligned to 64 MiB maps %zu bytes", grown);
+  std::memset(p, 7, 100);
+  // The page before the block is its leading guard; the slack after it is checked.
+  ASSERT_FAULT([&] { launder(p)[-1] = 1; });
+  ASSERT_DEATH_MSG([&] {
+    launder(p)[100] = 1;
+    alloc.deallocate(p);
+  }, "Canary corrupted");
+  alloc.deallocate(p, 100, a);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
 // --- layout -----------------------------------------------------------------------------------
 
 START_TEST(test_no_plain_pointers_in_freed_memory_or_tables) {
@@ -1540,6 +1584,8 @@ int main() {
   tcase_add_test(tc, test_large_use_after_free_faults);
   tcase_add_test(tc, test_zero_size_no_access);
   tcase_add_test(tc, test_sized_deallocation_mismatch);
+  tcase_add_test(tc, test_bad_alignment_refused);
+  tcase_add_test(tc, test_large_alignment_maps_no_slack);
   tcase_add_test(tc, test_no_plain_pointers_in_freed_memory_or_tables);
   tcase_add_test(tc, test_slot_order_randomised);
   tcase_add_test(tc, test_chunk_placement_randomised);
