@@ -19,6 +19,11 @@ namespace custom_alloc {
 
 SecureAllocator::SecureAllocator() : MemoryAllocator(ProcessHeapTag{}), heap_(lca::secure_heap_create()) {
   if (!heap_) throw std::bad_alloc();
+  // free, lca_free and every heap's deallocate route this heap's blocks here
+  // (they aborted with "not a block allocated by libcalloc").
+  lca::register_module_free(lca::ModuleHeap::secure, [](void* p) {
+    return lca::secure_free_if_secure(p, lca::kAnySize, lca::kAnyAlignment, "free");
+  });
 }
 
 SecureAllocator::~SecureAllocator() { lca::secure_heap_destroy(heap_); }

@@ -15,6 +15,7 @@
 // that destroying the allocator unmaps everything.  Every death runs in a forked
 // child: SIGABRT with the message for a report, SIGSEGV/SIGBUS where a fault is
 // the design.
+#include <custom_alloc/memory.h++>
 #include <custom_alloc/secure_allocator.h++>
 
 #include <fcntl.h>
@@ -869,6 +870,42 @@ START_TEST(test_foreign_blocks_routed) {
 }
 END_TEST
 
+// The other way round: a SecureAllocator's block given to lca_free (free with the
+// override), to the process heap's or another plain heap's deallocate, or to a
+// smart pointer that adopted it goes to its SecureAllocator, checked as its own
+// deallocate checks it.  They aborted with "Invalid free ...: not a block
+// allocated by libcalloc", against MemoryAllocator::deallocate's and the smart
+// pointers' word that a block goes back to the heap that owns it.
+START_TEST(test_secure_blocks_routed_from_other_frees) {
+  custom_alloc::MemoryAllocator plain;
+  SecureAllocator a;
+  lca_free(a.allocate(100));
+  custom_alloc::MemoryAllocator::instance().deallocate(a.allocate(3000));
+  plain.deallocate(a.allocate(200 * KiB));  // a large block: its own mapping
+  {
+    custom_alloc::unique_ptr<std::uint64_t> u(::new (a.allocate(sizeof(std::uint64_t))) std::uint64_t(7));
+    custom_alloc::shared_ptr<std::uint64_t> s(::new (a.allocate(sizeof(std::uint64_t))) std::uint64_t(8));
+  }
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 0);
+  // Still checked on the way: a double free, an overflow.
+  ASSERT_DEATH_MSG([&] {
+    void* p = a.allocate(64);
+    lca_free(p);
+    lca_free(p);
+  }, "Double free");
+  ASSERT_DEATH_MSG([&] {
+    char* p = static_cast<char*>(a.allocate(64));
+    launder(p)[64] = 1;
+    custom_alloc::MemoryAllocator::instance().deallocate(p);
+  }, "Canary corrupted");
+  // A pointer of nobody's is still an invalid free.
+  ASSERT_DEATH_MSG([&] {
+    static char not_a_block[64] __attribute__((aligned(64)));
+    lca_free(launder(not_a_block));
+  }, "Invalid free");
+}
+END_TEST
+
 // --- the process heap's thread caches ---------------------------------------------------------
 // The process heap (malloc's with --enable-secure; secure_process_heap() in every
 // build) hands out slots from per-thread caches and buffers each thread's frees
@@ -1594,6 +1631,7 @@ int main() {
   tcase_add_test(tc, test_realloc_in_place_is_reallocs_block);
   tcase_add_test(tc, test_threads_cross_free);
   tcase_add_test(tc, test_foreign_blocks_routed);
+  tcase_add_test(tc, test_secure_blocks_routed_from_other_frees);
   tcase_add_test(tc, test_double_free_in_other_threads_cache);
   tcase_add_test(tc, test_cached_slot_is_not_live);
   tcase_add_test(tc, test_threads_cross_free_process_heap);
