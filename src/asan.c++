@@ -185,7 +185,9 @@ void vg_block_resized(void* p, std::size_t, std::size_t size, std::size_t old_us
 
 void vg_free(void* p, void (*release)(void*)) {
   BlockRef r;
-  block_lookup(p, &r, "free");  // aborts on anything but a block libcalloc considers live
+  // Aborts on anything but a block libcalloc considers live; a module heap's
+  // block (SecureAllocator, HugePageAllocator) goes to its heap.
+  if (!block_lookup(p, &r, "free", true)) return;
   if (!r.domain->per_thread) relocating_check(r.domain);  // (free_now's check, before the quarantine)
   std::size_t word = load_size_word(p, r.usable);
   if (word & kFreedBit) report_fatal("Double free", p, "the block is not allocated (freed already)");

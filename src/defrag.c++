@@ -743,6 +743,14 @@ struct alignas(64) ThreadRecord {
 
 struct HandleTable {
   std::uint64_t id;  // unique, never reused: threads' caches key on it
+  // The generation of a new slot: ((id - 1) % 0x7fff + 1) << 16 | 1, different
+  // for 32 767 heaps made one after the other, so that a handle of another heap
+  // (or of a destroyed one) names a generation this heap's slot never had and
+  // is reported as not a handle of this heap.  (Every heap started at 1: the
+  // first handle of every heap was 0x100000000, and another heap's handle
+  // resolved to, or freed, this heap's object of the same slot.)  A slot still
+  // has 2^31 generations or more before it wears out.
+  std::uint32_t first_gen;
   Domain* domain;
   std::atomic<std::uint64_t> epoch;
   std::atomic<std::uint32_t> slot_count;
@@ -972,8 +980,9 @@ HandleSlot* find_slot(HandleTable* t, custom_alloc::Handle h, bool* stale) {
   HandleSlot* s = slot_at(t, i);
   std::uint64_t w = s->word.load(std::memory_order_acquire);
   if (gen_of(w) == gen && (w & kLive)) return s;
-  // A generation this slot has had (or, retired, reached): freed; a later one: forged.
-  *stale = gen < gen_of(w);
+  // A generation this slot has had (or, retired, reached): freed; a later one,
+  // or one before this heap's first: forged or another heap's.
+  *stale = gen >= t->first_gen && gen < gen_of(w);
   return nullptr;
 }
 
@@ -1232,6 +1241,7 @@ HandleAllocator::HandleAllocator() : MemoryAllocator() {
   if (!mem) throw std::bad_alloc();
   auto* t = new (mem) lca::HandleTable{};
   t->id = lca::g_next_table_id.fetch_add(1, std::memory_order_relaxed);
+  t->first_gen = static_cast<std::uint32_t>((t->id - 1) % 0x7fff + 1) << 16 | 1;
   t->domain = domain();
   t->epoch.store(1, std::memory_order_relaxed);
   pthread_mutex_init(&t->table_lock, nullptr);
@@ -1301,7 +1311,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
       t->segments[i >> lca::kSegmentShift].store(static_cast<lca::HandleSlot*>(seg), std::memory_order_release);
     }
     lca::HandleSlot* s = lca::slot_at(t, i);
-    s->word.store(std::uint64_t{1} << 32, std::memory_order_relaxed);
+    s->word.store(std::uint64_t{t->first_gen} << 32, std::memory_order_relaxed);
     t->slot_count.store(i + 1, std::memory_order_release);
   }
   lca::HandleSlot* s = lca::slot_at(t, i);

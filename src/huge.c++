@@ -457,6 +457,16 @@ bool huge_free(HugeState* s, void* p) {
   return true;
 }
 
+bool huge_free_any(void* p) {
+  // Huge blocks start at least 2 MiB-aligned.
+  if ((reinterpret_cast<std::uintptr_t>(p) & (kHugePage2M - 1)) != 0) return false;
+  bool freed = false;
+  lca_mutex_lock(&g_states_lock);  // then a state's lock, as the fork handler takes them
+  for (HugeState* s = g_states; s && !freed; s = s->next) freed = huge_free(s, p);
+  lca_mutex_unlock(&g_states_lock);
+  return freed;
+}
+
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
   lca_mutex_lock(m);

@@ -65,6 +65,8 @@ void huge_reinit_after_fork();
 void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size);
 // Unmaps a live block of s; false (nothing done) when p is not the start of one.
 bool huge_free(HugeState* s, void* p);
+// Frees p if it is a live huge block of any HugePageAllocator (false otherwise).
+bool huge_free_any(void* p);
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out);
 HugeCounters huge_counters(const HugeState* s);
 void huge_set_backings(HugeState* s, unsigned try_mask);

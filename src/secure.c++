@@ -467,13 +467,30 @@ void* large_alloc(SecureHeap* h, std::size_t size, std::size_t alignment) {
   }
   char* base = static_cast<char*>(os_reserve(map_size, page, 0));
   if (!base) return nullptr;
+  std::uintptr_t end = reinterpret_cast<std::uintptr_t>(base) + page + data;
+  std::uintptr_t user = (end - size) & ~(a - 1);
+  if (a > page) {
+    // The reservation holds `a` bytes more than the block to find an aligned
+    // place in: keep the pages the block lies on and one guard page either side,
+    // give the rest back, so that the slack on either side stays under a page.
+    // (All of it was opened and filled with canary bytes: allocate(1, 1 GiB)
+    // made 1 GiB resident, and 1 TiB had the OOM killer end the program.)
+    std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(base);
+    std::uintptr_t hi = lo + map_size;
+    std::uintptr_t keep_lo = (user & ~(page - 1)) - page;
+    std::uintptr_t new_end = align_up(user + (size ? size : 1), page);
+    if (new_end + page < hi) os_unmap(reinterpret_cast<void*>(new_end + page), hi - (new_end + page));
+    if (keep_lo > lo) os_unmap(base, keep_lo - lo);
+    base = reinterpret_cast<char*>(keep_lo);
+    end = new_end;
+    map_size = new_end + page - keep_lo;
+    data = map_size - 2 * page;
+  }
   if (!os_protect(base + page, data, true)) {
     os_unmap(base, map_size);
     errno = ENOMEM;
     return nullptr;
   }
-  std::uintptr_t end = reinterpret_cast<std::uintptr_t>(base) + page + data;
-  std::uintptr_t user = (end - size) & ~(a - 1);
   LargeEntry e{large_key(user), reinterpret_cast<std::uintptr_t>(base), map_size, size, h,
                static_cast<std::uint8_t>(a > 16 ? __builtin_ctzll(a) : 0), kLive, false};
   std::uint64_t c = canary_for(e.base);

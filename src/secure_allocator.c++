@@ -19,11 +19,22 @@ namespace custom_alloc {
 
 SecureAllocator::SecureAllocator() : MemoryAllocator(ProcessHeapTag{}), heap_(lca::secure_heap_create()) {
   if (!heap_) throw std::bad_alloc();
+  // free, lca_free and every heap's deallocate route this heap's blocks here
+  // (they aborted with "not a block allocated by libcalloc").
+  lca::register_module_free(lca::ModuleHeap::secure, [](void* p) {
+    return lca::secure_free_if_secure(p, lca::kAnySize, lca::kAnyAlignment, "free");
+  });
 }
 
 SecureAllocator::~SecureAllocator() { lca::secure_heap_destroy(heap_); }
 
 void* SecureAllocator::allocate(std::size_t size, std::size_t alignment) {
+  // A bad alignment (0, not a power of two) is refused before the smaller ones
+  // are raised to 16, as MemoryAllocator::allocate does (alignment 3 gave a block).
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
   return lca::secure_alloc(heap_, size, alignment < ALIGNMENT ? ALIGNMENT : alignment);
 }
 

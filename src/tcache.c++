@@ -1167,7 +1167,21 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   report_fatal("Invalid free", p, "not the start of a block allocated by libcalloc");
 }
 
-LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) {
+namespace {
+constinit std::atomic<ModuleFree> g_module_frees[static_cast<int>(ModuleHeap::count)] = {};
+}  // namespace
+
+void register_module_free(ModuleHeap m, ModuleFree f) noexcept {
+  g_module_frees[static_cast<int>(m)].store(f, std::memory_order_release);
+}
+
+__attribute__((noinline, cold)) bool free_module_block(void* p) {
+  for (auto& slot : g_module_frees)
+    if (ModuleFree f = slot.load(std::memory_order_acquire); f && f(p)) return true;
+  return false;
+}
+
+LCA_CORE_TEXT bool block_lookup(const void* p, BlockRef* out, const char* what, bool route) {
   // what (a literal, in .rodata) is read only to report an error: reading it
   // here maps libcalloc's .rodata in every program (placement.h++).
   auto is_free_op = [what] { return what[0] == 'f'; };
@@ -1181,7 +1195,7 @@ LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) 
       report_fatal(why == SpanCheck::not_live ? "Use after free" : "Invalid pointer", p, what);
     }
     *out = BlockRef{BlockRef::Kind::span, ch, s, i, span_usable_size(s, i), ch->domain};
-    return;
+    return true;
   }
   if (ch && ch->kind == ChunkKind::arena) {
     ArenaCheck why = arena_check(arena_chunk_of(ch), p);
@@ -1192,13 +1206,14 @@ LCA_CORE_TEXT void block_lookup(const void* p, BlockRef* out, const char* what) 
       report_fatal(is_free_op() ? "Invalid free" : "Invalid pointer", p,
                    is_free_op() ? "not the start of a block allocated by libcalloc" : what);
     *out = BlockRef{BlockRef::Kind::arena, ch, nullptr, 0, arena_usable_size(p), ch->domain};
-    return;
+    return true;
   }
   LargeInfo info;
   if (!ch && large_lookup(p, &info)) {
     *out = BlockRef{BlockRef::Kind::large, nullptr, nullptr, 0, info.usable, info.domain};
-    return;
+    return true;
   }
+  if (route && !ch && free_module_block(const_cast<void*>(p))) return false;
   report_fatal(is_free_op() ? "Invalid free" : "Invalid pointer", p,
                is_free_op() ? "not a block allocated by libcalloc" : what);
 }
@@ -1213,7 +1228,7 @@ LCA_CORE_TEXT void free_slow(void* p) {
 
 LCA_CORE_TEXT void free_now(void* p) {
   BlockRef r;
-  block_lookup(p, &r, "free");
+  if (!block_lookup(p, &r, "free", true)) return;  // a module heap's block, freed by it
   Domain* d = r.domain;
   if (!d->per_thread) {
     relocating_check(d);

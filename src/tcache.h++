@@ -505,8 +505,21 @@ struct BlockRef {
 };
 
 // Finds the block that starts at p; reports and aborts on an invalid pointer or a
-// block already freed.  `what` names the operation in the message.
-void block_lookup(const void* p, BlockRef* out, const char* what);
+// block already freed.  `what` names the operation in the message.  With
+// `route` (free_now), a pointer no core heap owns is first offered to the module
+// heaps (free_module_block): false when one of them took and freed it.
+bool block_lookup(const void* p, BlockRef* out, const char* what, bool route = false);
+
+// The heaps outside the core -- SecureAllocator's and HugePageAllocator's --
+// register a free function at their first construction.  free, lca_free and
+// MemoryAllocator::deallocate of a block that no core heap owns offer it to
+// them (free_module_block: true when one freed it) before reporting an invalid
+// free: every libcalloc block goes to its owner whichever free it is given to.
+// Only a free that is already an error for the core heaps takes this way.
+enum class ModuleHeap { secure, huge, count };
+using ModuleFree = bool (*)(void* p);
+void register_module_free(ModuleHeap m, ModuleFree f) noexcept;
+bool free_module_block(void* p);
 void free_slow(void* p);
 // free_slow without the Valgrind-mode quarantine.
 void free_now(void* p);

@@ -196,6 +196,10 @@ void vg_free(void* p, void (*release)(void*)) {
     }
   }
   lca_mutex_unlock(&g_quarantine_lock);
+  // A block of no core heap may be a module heap's (SecureAllocator,
+  // HugePageAllocator): it goes to its heap, which tells memcheck itself.
+  LargeInfo info;
+  if (!registry_lookup(p) && !large_lookup(p, &info) && free_module_block(p)) return;
   // memcheck's own report first ("Invalid free()" for anything but a live block),
   // then libcalloc's check, which aborts with its message on a bad pointer.
   VALGRIND_FREELIKE_BLOCK(p, 0);

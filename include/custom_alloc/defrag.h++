@@ -46,7 +46,9 @@
 // pass a quiescent point in time (5 ms) is left where it is and counted
 // (objects_skipped); a reader that finds an object about to move takes it back
 // after 50 us, and one that finds it being copied waits for that one copy.
-// A freed, stale or forged handle is detected (a slot index and a generation):
+// A freed, stale or forged handle is detected (a slot index and a generation;
+// each heap starts its generations at a value of its own, so a handle of another
+// heap, or of a destroyed one, is "Invalid" here too):
 // resolve, pin, handle_size and deallocate_handle abort with "libcalloc: Stale
 // handle of 0x...: ..." or "libcalloc: Invalid handle of 0x...: ..."
 // (deallocate_handle of a pinned handle: "Invalid free"); try_resolve returns

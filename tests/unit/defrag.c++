@@ -722,6 +722,62 @@ START_TEST(test_pins_keep_objects_in_place) {
 }
 END_TEST
 
+// A handle names a slot and a generation of its own heap.  Every heap's slots
+// started at generation 1, so the first handle of every heap was the same
+// number: another heap's handle (or a destroyed heap's) resolved to this heap's
+// object of the same slot, and deallocate_handle freed it, without a word.
+START_TEST(test_handle_of_another_heap_refused) {
+  struct Case {
+    const char* what;
+    void (*fn)();
+  } cases[] = {
+      {"resolve another heap's handle",
+       [] {
+         HandleAllocator a, b;
+         Handle ha = a.allocate_handle(32);
+         b.allocate_handle(32);
+         b.resolve(ha);
+       }},
+      {"deallocate another heap's handle",
+       [] {
+         HandleAllocator a, b;
+         Handle ha = a.allocate_handle(32);
+         b.allocate_handle(32);
+         b.deallocate_handle(ha);
+       }},
+      {"pin a destroyed heap's handle",
+       [] {
+         Handle old;
+         {
+           HandleAllocator a;
+           old = a.allocate_handle(32);
+         }
+         HandleAllocator b;
+         b.allocate_handle(32);
+         b.pin(old);
+       }},
+  };
+  for (const Case& c : cases) {
+    auto r = expect_death(c.fn, "libcalloc: Invalid handle of ");
+    ck_assert_msg(r.ok(), "%s: %s", c.what, r.description.c_str());
+  }
+  HandleAllocator a, b;
+  Handle ha = a.allocate_handle(32), hb = b.allocate_handle(32);
+  ck_assert_uint_ne(ha, hb);
+  ck_assert_ptr_null(b.try_resolve(ha));
+  ck_assert_ptr_null(a.try_resolve(hb));
+  // A slot reused within one heap still tells freed from forged.
+  a.deallocate_handle(ha);
+  Handle again = a.allocate_handle(32);
+  ck_assert_uint_eq(static_cast<std::uint32_t>(again), static_cast<std::uint32_t>(ha));
+  ck_assert_uint_eq(again >> 32, (ha >> 32) + 1);
+  auto r = expect_death([&] { a.resolve(ha); }, "libcalloc: Stale handle of ");
+  ck_assert_msg(r.ok(), "reused slot: %s", r.description.c_str());
+  a.deallocate_handle(again);
+  b.deallocate_handle(hb);
+}
+END_TEST
+
 START_TEST(test_bad_handles_die) {
   struct Case {
     const char* what;
@@ -1721,6 +1777,7 @@ int main() {
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
+  tcase_add_test(tc, test_handle_of_another_heap_refused);
   tcase_add_test(tc, test_rule_broken_loses_writes);
   tcase_add_test(tc, test_rule_kept_loses_nothing);
   tcase_add_test(tc, test_concurrent_defragmentation);

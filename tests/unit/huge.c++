@@ -24,6 +24,7 @@
 // system-wide setting for a moment: two runs of this suite at once on one machine
 // (as root) can disturb each other's pool counts.
 #include <custom_alloc/huge_page_allocator.h++>
+#include <custom_alloc/memory.h++>
 
 #include <libcalloc.h>
 
@@ -546,6 +547,36 @@ START_TEST(test_deallocate_routes_huge_blocks) {
   alloc.deallocate(s);
   ck_assert(alloc.backing_of(h) == Backing::none);
   ck_assert_uint_eq(alloc.huge_stats().deallocations, 1);
+}
+END_TEST
+
+// A huge block given to lca_free (free with the override), to another heap's
+// deallocate (the process heap's, a plain one's, another HugePageAllocator's)
+// or to a smart pointer that adopted it goes to its HugePageAllocator.  They
+// aborted with "Invalid free ...: not a block allocated by libcalloc", against
+// MemoryAllocator::deallocate's and the smart pointers' word that a block goes
+// back to the heap that owns it.
+START_TEST(test_huge_blocks_routed_from_other_frees) {
+  HugePageAllocator a, other;
+  custom_alloc::MemoryAllocator plain;
+  lca_free(a.allocate_huge(2 * MiB));
+  custom_alloc::MemoryAllocator::instance().deallocate(a.allocate_huge(100));
+  plain.deallocate(a.allocate_huge(3 * MiB));
+  other.deallocate(a.allocate_huge(2 * MiB));
+  { custom_alloc::unique_ptr<std::uint64_t> u(::new (a.allocate_huge(8)) std::uint64_t(7)); }
+  HugePageAllocator::HugeStats st = a.huge_stats();
+  ck_assert_uint_eq(st.deallocations, 5);
+  ck_assert_uint_eq(st.live_blocks[0] + st.live_blocks[1] + st.live_blocks[2], 0);
+  ck_assert_uint_eq(other.huge_stats().deallocations, 0);
+  // Freed twice: nobody's block the second time.
+  test_util::DeathResult r = expect_death(
+      [&] {
+        void* p = a.allocate_huge(2 * MiB);
+        lca_free(p);
+        lca_free(p);
+      },
+      "Invalid free of ");
+  ck_assert_msg(r.ok(), "double free: %s", r.description.c_str());
 }
 END_TEST
 
@@ -1134,6 +1165,7 @@ int main() {
   tcase_add_test(tc, test_deallocate_huge_returns_memory);
   tcase_add_test(tc, test_destructor_unmaps_live_blocks);
   tcase_add_test(tc, test_deallocate_routes_huge_blocks);
+  tcase_add_test(tc, test_huge_blocks_routed_from_other_frees);
   tcase_add_test(tc, test_table_grows);
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_deallocate_huge_invalid_dies);

@@ -15,6 +15,7 @@
 // that destroying the allocator unmaps everything.  Every death runs in a forked
 // child: SIGABRT with the message for a report, SIGSEGV/SIGBUS where a fault is
 // the design.
+#include <custom_alloc/memory.h++>
 #include <custom_alloc/secure_allocator.h++>
 
 #include <fcntl.h>
@@ -603,6 +604,50 @@ START_TEST(test_sized_deallocation_mismatch) {
 }
 END_TEST
 
+// A bad alignment is refused as MemoryAllocator::allocate refuses it (EINVAL):
+// alignments below 16 were raised to 16 before the check, so 0 and 3 gave a block.
+START_TEST(test_bad_alignment_refused) {
+  SecureAllocator alloc;
+  for (std::size_t a : {std::size_t{0}, std::size_t{3}, std::size_t{12}, std::size_t{24}, std::size_t{4097}}) {
+    errno = 0;
+    void* p = alloc.allocate(10, a);
+    ck_assert_msg(p == nullptr, "alignment %zu gave a block", a);
+    ck_assert_int_eq(errno, EINVAL);
+  }
+  for (std::size_t a : {std::size_t{1}, std::size_t{2}, std::size_t{8}, std::size_t{16}}) {
+    void* p = alloc.allocate(10, a);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % 16, 0);
+    alloc.deallocate(p);
+  }
+}
+END_TEST
+
+// An alignment above a page costs address space while the block is placed, not
+// memory: the pages before the one the block starts on are given back.  They
+// were opened and filled with canary bytes (allocate(1, 1 GiB) made 1 GiB
+// resident; 1 TiB had the OOM killer stop the program).
+START_TEST(test_large_alignment_maps_no_slack) {
+  SecureAllocator alloc;
+  const std::size_t a = std::size_t{64} << 20;
+  std::size_t before = alloc.get_stats().os_memory_mapped;
+  char* p = static_cast<char*>(alloc.allocate(100, a));
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % a, 0);
+  std::size_t grown = alloc.get_stats().os_memory_mapped - before;
+  ck_assert_msg(grown <= 4 * 4096, "a 100-byte block aligned to 64 MiB maps %zu bytes", grown);
+  std::memset(p, 7, 100);
+  // The page before the block is its leading guard; the slack after it is checked.
+  ASSERT_FAULT([&] { launder(p)[-1] = 1; });
+  ASSERT_DEATH_MSG([&] {
+    launder(p)[100] = 1;
+    alloc.deallocate(p);
+  }, "Canary corrupted");
+  alloc.deallocate(p, 100, a);
+  ck_assert_uint_eq(alloc.get_stats().active_allocations, 0);
+}
+END_TEST
+
 // --- layout -----------------------------------------------------------------------------------
 
 START_TEST(test_no_plain_pointers_in_freed_memory_or_tables) {
@@ -822,6 +867,42 @@ START_TEST(test_foreign_blocks_routed) {
   void* q = b.allocate(100);
   a.deallocate(q);
   ck_assert_uint_eq(b.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// The other way round: a SecureAllocator's block given to lca_free (free with the
+// override), to the process heap's or another plain heap's deallocate, or to a
+// smart pointer that adopted it goes to its SecureAllocator, checked as its own
+// deallocate checks it.  They aborted with "Invalid free ...: not a block
+// allocated by libcalloc", against MemoryAllocator::deallocate's and the smart
+// pointers' word that a block goes back to the heap that owns it.
+START_TEST(test_secure_blocks_routed_from_other_frees) {
+  custom_alloc::MemoryAllocator plain;
+  SecureAllocator a;
+  lca_free(a.allocate(100));
+  custom_alloc::MemoryAllocator::instance().deallocate(a.allocate(3000));
+  plain.deallocate(a.allocate(200 * KiB));  // a large block: its own mapping
+  {
+    custom_alloc::unique_ptr<std::uint64_t> u(::new (a.allocate(sizeof(std::uint64_t))) std::uint64_t(7));
+    custom_alloc::shared_ptr<std::uint64_t> s(::new (a.allocate(sizeof(std::uint64_t))) std::uint64_t(8));
+  }
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 0);
+  // Still checked on the way: a double free, an overflow.
+  ASSERT_DEATH_MSG([&] {
+    void* p = a.allocate(64);
+    lca_free(p);
+    lca_free(p);
+  }, "Double free");
+  ASSERT_DEATH_MSG([&] {
+    char* p = static_cast<char*>(a.allocate(64));
+    launder(p)[64] = 1;
+    custom_alloc::MemoryAllocator::instance().deallocate(p);
+  }, "Canary corrupted");
+  // A pointer of nobody's is still an invalid free.
+  ASSERT_DEATH_MSG([&] {
+    static char not_a_block[64] __attribute__((aligned(64)));
+    lca_free(launder(not_a_block));
+  }, "Invalid free");
 }
 END_TEST
 
@@ -1575,6 +1656,8 @@ int main() {
   tcase_add_test(tc, test_large_use_after_free_faults);
   tcase_add_test(tc, test_zero_size_no_access);
   tcase_add_test(tc, test_sized_deallocation_mismatch);
+  tcase_add_test(tc, test_bad_alignment_refused);
+  tcase_add_test(tc, test_large_alignment_maps_no_slack);
   tcase_add_test(tc, test_no_plain_pointers_in_freed_memory_or_tables);
   tcase_add_test(tc, test_slot_order_randomised);
   tcase_add_test(tc, test_chunk_placement_randomised);
@@ -1583,6 +1666,7 @@ int main() {
   tcase_add_test(tc, test_realloc_in_place_is_reallocs_block);
   tcase_add_test(tc, test_threads_cross_free);
   tcase_add_test(tc, test_foreign_blocks_routed);
+  tcase_add_test(tc, test_secure_blocks_routed_from_other_frees);
   tcase_add_test(tc, test_double_free_in_other_threads_cache);
   tcase_add_test(tc, test_cached_slot_is_not_live);
   tcase_add_test(tc, test_threads_cross_free_process_heap);
