@@ -38,6 +38,7 @@
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -188,7 +189,16 @@ std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
 pid_t g_start_pid;
 Options g_opts;  // a copy of the tracking options
-volatile sig_atomic_t g_dump_pending;
+// The profile signal (see "the profile thread" below): the handler sets
+// g_dump_pending and posts g_dump_sem; the profile thread waits on it.
+std::atomic<int> g_dump_pending{0};
+static_assert(std::atomic<int>::is_always_lock_free, "set from a signal handler");
+sem_t g_dump_sem;
+// The profile thread: kDumpThreadNone (no profile signal, or it could not be
+// started), kDumpThreadWanted (to start at the next allocation that reaches
+// the tracker: a forked child's), kDumpThreadStarted.
+enum : int { kDumpThreadNone, kDumpThreadWanted, kDumpThreadStarted };
+std::atomic<int> g_dump_thread{kDumpThreadNone};
 // One report at a time: each opened its file and wrote it, so two at once (the
 // profile signal twice in a row, a signal's dump during the report at exit,
 // dump_process_profile meanwhile) wrote one file of two interleaved profiles
@@ -196,8 +206,12 @@ volatile sig_atomic_t g_dump_pending;
 // report, outside any other lock of the tracker's; not taken before fork (the
 // writer takes stdio's list lock, which the fork handler holds first), but
 // re-initialised in the child when a parent's thread held it
-// (track_postfork_child).  A dump the signal asked for only tries it.
+// (track_postfork_child).
 pthread_mutex_t g_report_lock = PTHREAD_MUTEX_INITIALIZER;
+// Under g_report_lock: the profiles written for the signal (a test's view), and
+// whether the reports at exit were written (the profile thread writes no more).
+std::uint64_t g_signal_dumps;
+bool g_exit_reported;
 struct ReportLock {
   ReportLock() { pthread_mutex_lock(&g_report_lock); }
   ~ReportLock() { pthread_mutex_unlock(&g_report_lock); }
@@ -691,7 +705,7 @@ LCA_SAMPLING_TEXT void sample_weight(std::size_t size, std::uint64_t* weight_fx,
   *bytes = static_cast<std::uint64_t>(s / p + 0.5);
 }
 
-void dump_if_requested();
+void start_dump_thread();
 
 // --- symbolisation --------------------------------------------------------------
 
@@ -1992,20 +2006,81 @@ bool write_profile(const char* pattern, int format) {
   return out_close(f);
 }
 
-LCA_SAMPLING_TEXT void dump_if_requested() {
-  if (__builtin_expect(!g_dump_pending, 1) || tls_track_busy) return;
-  // A report under way: the request waits for an allocation after it.  Read
-  // again under the lock, so that of two threads that saw it one writes.
-  if (pthread_mutex_trylock(&g_report_lock) != 0) return;
-  if (g_dump_pending) {
-    g_dump_pending = 0;
+// --- the profile thread ---------------------------------------------------------
+//
+// The profile the signal asks for is written by a thread of the tracker's, which
+// waits on g_dump_sem.  It was written inside the next malloc or free of
+// whichever thread made it, under whatever locks that call's caller held; the
+// writer symbolises (dladdr) and so takes the dynamic loader's lock: a thread
+// holding stdout's lock (printf allocating its buffer) or inside a
+// dl_iterate_phdr callback (the loader's list lock) waited there for a thread
+// in dlopen, whose library's constructor waited for stdout's lock, or dlopen
+// itself for the list lock -- for ever (tests/unit/track,
+// test_profile_signal_while_a_constructor_waits_for_stdio,
+// test_profile_signal_inside_dl_iterate_phdr).  And a program that made no
+// allocation after the signal never had its profile
+// (test_profile_signal_without_further_allocation).  The thread holds no lock
+// of anyone else's when it writes; its own allocations (demangling) are not
+// tracked (tls_track_busy for its life).  It is started by track_init (the
+// library's constructor), not in a signal handler, which cannot; a forked child
+// starts its own at its first allocation that reaches the tracker (see
+// track_postfork_child), not in the fork handler, so that a child that execs
+// at once never makes one.  Every signal is blocked in it.  Its two functions
+// are in the sampler's section: in .text they mapped a 64 KiB window of
+// libcalloc's text of their own (tests/integration/track-rss.sh failed).
+
+LCA_SAMPLING_TEXT void* dump_thread_main(void*) {
+  tls_track_busy = true;
+  pthread_setname_np(pthread_self(), "libcalloc-prof");
+  for (;;) {
+    while (sem_wait(&g_dump_sem) != 0) {  // EINTR
+    }
+    if (!g_dump_pending.load(std::memory_order_acquire)) continue;  // a request already answered
+    ReportLock lock;
+    // After the reports at exit, which answer any request made until then,
+    // nothing more is written.
+    if (g_exit_reported || !g_dump_pending.exchange(0, std::memory_order_acq_rel)) continue;
     if (!write_profile(g_opts.profile, g_opts.profile_format))
       report_warning("cannot write the profile to ", g_opts.profile);
+    ++g_signal_dumps;
   }
-  pthread_mutex_unlock(&g_report_lock);
+  return nullptr;
 }
 
-LCA_SAMPLING_TEXT void on_profile_signal(int) { g_dump_pending = 1; }
+// Starts the profile thread when it is wanted and not started yet.
+LCA_SAMPLING_TEXT __attribute__((noinline)) void start_dump_thread() {
+  int expected = kDumpThreadWanted;
+  if (!g_dump_thread.compare_exchange_strong(expected, kDumpThreadStarted, std::memory_order_acq_rel)) return;
+  Busy busy;  // pthread_create allocates (the thread's TLS)
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);  // the thread inherits it
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  // 1 MiB, not the default (RLIMIT_STACK, 8 MiB): under transparent huge pages
+  // "always", the kernel may back a thread stack of 2 MiB or more with a huge
+  // page at its first touch (2 MiB resident for the few KiB this thread
+  // uses).  The writer's frames take ~25 KiB; __cxa_demangle keeps its work
+  // arrays on the stack, ~64 bytes a character of the mangled name.
+  pthread_attr_setstacksize(&attr, std::size_t{1} << 20);
+  pthread_t thread;
+  int err = pthread_create(&thread, &attr, dump_thread_main, nullptr);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (err != 0) {
+    g_dump_thread.store(kDumpThreadNone, std::memory_order_relaxed);
+    report_warning("cannot start the profile thread: the profile signal writes no profile");
+  }
+}
+
+// Async-signal-safe: an atomic store and sem_post.
+LCA_SAMPLING_TEXT void on_profile_signal(int) {
+  int saved = errno;
+  g_dump_pending.store(1, std::memory_order_release);
+  sem_post(&g_dump_sem);
+  errno = saved;
+}
 
 LCA_SAMPLING_TEXT bool tables_ready() {
   if (g_sites) return true;
@@ -2066,6 +2141,16 @@ LCA_SAMPLING_TEXT void track_postfork_parent() {
 // writing a report; its lock is re-made only then.
 LCA_SAMPLING_TEXT void track_postfork_child(bool locked) {
   tls_rng = 0;  // the child samples other allocations than its parent
+  // The parent's profile thread is not in the child: the child starts its own
+  // at its next allocation, which the zero countdown sends to the tracker.  A
+  // request the parent had not answered yet was the parent's.  g_dump_sem is
+  // left as it is (the parent's thread counted as a waiter costs a futex wake
+  // a post; its count, at most a wake-up that finds no request).
+  g_dump_pending.store(0, std::memory_order_relaxed);
+  if (g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadStarted) {
+    g_dump_thread.store(kDumpThreadWanted, std::memory_order_relaxed);
+    tls_track_countdown = 0;
+  }
   if (!locked) return;
   pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
@@ -2092,7 +2177,10 @@ LCA_SAMPLING_TEXT void track_init(const Options& o) {
   start(mode, o.sample);
   if (g_track_mode == TrackMode::off) return;
   int sig = o.profile_signal < 0 ? SIGUSR2 : o.profile_signal;
-  if (profile && sig > 0) {
+  int none = kDumpThreadNone;
+  if (profile && sig > 0 && g_dump_thread.compare_exchange_strong(none, kDumpThreadWanted)) {
+    sem_init(&g_dump_sem, 0, 0);
+    start_dump_thread();
     struct sigaction sa{};
     sa.sa_handler = on_profile_signal;
     sa.sa_flags = SA_RESTART;
@@ -2105,6 +2193,7 @@ namespace {
 // The reports at exit: in .text, away from the code every program runs.
 __attribute__((noinline)) void write_exit_reports() {
   ReportLock lock;
+  g_exit_reported = true;  // the profile thread writes no more: this profile answers its requests
   if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
     report_warning("cannot write the leak report to ", g_opts.leak_report);
   if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
@@ -2144,6 +2233,8 @@ __attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::s
     errno = ENOMEM;
     return nullptr;
   }
+  if (__builtin_expect(g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadWanted, 0) && !tls_track_busy)
+    start_dump_thread();  // a forked child's first allocation
   TrackMode mode = g_track_mode;
   // A thread's first allocation in sample mode sets its countdown up (its
   // generator is not seeded yet) and is not a sample.
@@ -2165,8 +2256,6 @@ __attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::s
   sample_weight(size, &w, &bytes);
   record(p, size, w, bytes, marker);
   if (mode == TrackMode::sample) tls_track_countdown = next_interval();
-  tls_track_busy = busy.was;
-  dump_if_requested();
   return p;
 }
 }  // namespace
@@ -2183,7 +2272,6 @@ LCA_SAMPLING_TEXT void track_free(void* p) {
   if (tls_track_busy || g_track_mode == TrackMode::off) return;
   BlockNode old;
   block_take(p, &old);
-  dump_if_requested();
 }
 
 LCA_SAMPLING_TEXT void track_forget_live(void* p) {
@@ -2278,6 +2366,17 @@ void track_start_for_test(TrackMode mode, std::size_t sample_bytes) {
     return;
   }
   start(mode, sample_bytes);
+}
+
+bool track_wait_signal_dumps_for_test(std::uint64_t n, double seconds) {
+  for (double waited = 0;; waited += 0.001) {
+    pthread_mutex_lock(&g_report_lock);
+    bool done = g_signal_dumps >= n;
+    pthread_mutex_unlock(&g_report_lock);
+    if (done) return true;
+    if (waited >= seconds) return false;
+    usleep(1000);
+  }
 }
 
 TrackTotals track_totals() {

@@ -94,6 +94,10 @@ struct TrackTotals {
   std::size_t stacks;                            // distinct stacks interned
 };
 TrackTotals track_totals();
+// Waits up to `seconds` until the profile signal has had `n` profiles written
+// (since the process started, a forked child counting its parent's); true when
+// it has.  Allocates nothing while it waits.
+bool track_wait_signal_dumps_for_test(std::uint64_t n, double seconds);
 // The calling thread's lookups in the tracker's block table so far (one per
 // track_free or realloc that reads it): with --enable-secure, a free of a block
 // the tracker did not record makes none.

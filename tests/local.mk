@@ -59,6 +59,13 @@ tests_track_libtrackplugin_la_SOURCES = tests/track/plugin.c++
 tests_track_libtrackplugin_la_CPPFLAGS =
 tests_track_libtrackplugin_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
 tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+# The shared object tests/unit/track dlopens to hold the loader's lock in a
+# constructor (the profile signal's dump tests).
+check_LTLIBRARIES += tests/track/libtrackctor.la
+tests_track_libtrackctor_la_SOURCES = tests/track/ctor.c++
+tests_track_libtrackctor_la_CPPFLAGS =
+tests_track_libtrackctor_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackctor_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 EXTRA_DIST += tests/integration/track-rss.sh

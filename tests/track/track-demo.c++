@@ -6,8 +6,8 @@
 //   noleak   frees everything it allocates
 //   hot      hot_allocator: 20 000 blocks of 1 000 bytes, cold_allocator: 100 of 100
 //   fork     the parent leaks 2222 bytes (demo::parent_leak), its child 1111 (demo::child_leak)
-//   signal   raises SIGUSR2 (profile dump request), allocates, checks that the
-//            profile file named in argv[2] exists before exit
+//   signal   allocates, raises SIGUSR2 (profile dump request), then waits
+//            without allocating until the profile file named in argv[2] exists
 //   threads  8 threads each leak 100 bytes from demo::thread_leak, free the rest
 //   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
 //            through its plugin_leak
@@ -229,10 +229,17 @@ int main(int argc, char** argv) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return fail("child failed\n");
   } else if (mode == "signal") {
     if (argc < 3) return fail("signal: give the profile path\n");
+    for (int i = 0; i < 2000; ++i) std::free(hot_allocator(4096));
     std::raise(SIGUSR2);
-    for (int i = 0; i < 2000; ++i) std::free(hot_allocator(4096));  // the dump happens on an allocation
+    // libcalloc's profile thread writes it: no allocation is needed after the
+    // signal, and none is made while waiting (stat and nanosleep).
     struct stat st;
-    if (stat(argv[2], &st) != 0 || st.st_size == 0) return fail("no profile written on SIGUSR2\n");
+    bool written = false;
+    for (int i = 0; i < 3000 && !written; ++i) {
+      written = stat(argv[2], &st) == 0 && st.st_size > 0;
+      if (!written) usleep(10000);
+    }
+    if (!written) return fail("no profile written on SIGUSR2\n");
   } else if (mode == "threads") {
     pthread_t t[8];
     for (auto& th : t)

@@ -12,8 +12,12 @@
 // from threads too; sampling estimates total calls and bytes of a known workload
 // within 10 %; fork while other threads allocate leaves the child's tracker usable
 // (no lock inherited held), with its own totals; a large calloc, sampled or not,
-// leaves a fresh mapping's pages untouched.  The LD_PRELOAD tests (leak report
-// of a real program, python3, pprof) are tests/integration/track*.sh.
+// leaves a fresh mapping's pages untouched.  The profile signal's profile is
+// written by the tracker's thread: without an allocation after the signal,
+// while a thread in dlopen holds the loader's lock in a constructor
+// (tests/track/ctor.c++), in a forked child, and not after the reports at exit.
+// The LD_PRELOAD tests (leak report of a real program, python3, pprof) are
+// tests/integration/track*.sh.
 // The request's global tracker, g_allocation_tracker (test_global_tracker).
 #define ENABLE_ALLOCATION_TRACKING 1
 #include <custom_alloc/allocation_tracker.h++>
@@ -37,7 +41,9 @@
 #include <vector>
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <link.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -662,19 +668,71 @@ START_TEST(test_profile_dumps_do_not_overlap) {
 }
 END_TEST
 
+namespace {
+// Tracking of the process heap as LIBCALLOC_OPTIONS=profile=PATH,sample=N
+// sets it up (the profile signal SIGUSR2 included), in a forked child.
+void start_profile_signal(const char* path, unsigned long long sample) {
+  lca::Options o{};
+  std::snprintf(o.profile, sizeof o.profile, "%s", path);
+  o.sample = sample;
+  o.profile_signal = SIGUSR2;
+  lca::track_init(o);
+}
+
+double dump_wait_seconds() { return test_util::running_on_valgrind() ? 300 : 20; }
+
+std::string profile_in(const std::string& path) {
+  std::string text = read_file(path);
+  unlink(path.c_str());
+  if (text.rfind("libcalloc allocation profile", 0) != 0) return "no profile in " + path + ": \"" + text.substr(0, 80) + "\"";
+  return "";
+}
+
+// tests/track/ctor.c++, whose constructor does what CALLOC_TEST_CTOR says.
+std::string ctor_path() {
+  const char* top = std::getenv("top_builddir");
+  return std::string(top && *top ? top : ".") + "/tests/track/.libs/libtrackctor.so";
+}
+
+// dlopens the constructor's object in a thread of its own, which writes 'f' to
+// `entered` when dlopen fails (the constructor writes 'c' when it starts).
+struct Loader {
+  std::thread thread;
+  void* handle = nullptr;
+  std::string error;
+  void start(int entered) {
+    thread = std::thread([this, entered] {
+      handle = dlopen(ctor_path().c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!handle) {
+        const char* e = dlerror();
+        error = e ? e : "dlopen failed";
+        char f = 'f';
+        if (write(entered, &f, 1) != 1) std::abort();
+      }
+    });
+  }
+  std::string finish() {
+    thread.join();
+    if (handle) dlclose(handle);
+    return error;
+  }
+};
+}  // namespace
+
 // glibc exports stdio's list lock (GLIBC_2.2.5) without declaring it since 2.28.
 extern "C" void _IO_list_lock() __attribute__((weak));
 extern "C" void _IO_list_unlock() __attribute__((weak));
 
-// The profile the signal asks for is written by the next allocation, which
+// The profile the signal asked for was written by the next allocation, which
 // stdio may make holding a FILE's lock (a stream's buffer, printf's work
 // space).  The writer used fopen and fclose, which take stdio's list lock;
 // fflush(NULL) takes that lock, then each FILE's: a thread in fflush(NULL) and
 // one whose fprintf allocated waited for each other for ever (a program whose
 // threads print and flush hung at the 40th SIGUSR2 or so, every run).  Built
 // here step by step: B holds the list lock and waits for f's, A holds f's and
-// allocates with a profile requested.  Before, the child hung until its alarm
-// (killed by signal 14).
+// allocates with a profile requested.  Before session 17, the child hung until
+// its alarm (killed by signal 14).  The profile thread (session 19) writes it
+// now, without stdio still, while A and B wait for each other's locks.
 START_TEST(test_profile_dump_inside_stdio_does_not_deadlock) {
   if (!_IO_list_lock || !_IO_list_unlock) TEST_SKIP("no _IO_list_lock in this C library");
   std::string err = in_child([]() -> std::string {
@@ -719,14 +777,208 @@ START_TEST(test_profile_dump_inside_stdio_does_not_deadlock) {
     }
     usleep(100000);  // B waits for f's lock by now
     raise(SIGUSR2);
-    void* p = lca_malloc(100);  // writes the profile
+    bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+    void* p = lca_malloc(100);  // (before session 19, this wrote the profile)
     funlockfile(f);
     b.join();
     lca_free(p);
     std::fclose(f);
-    std::string text = read_file(path);
+    std::string bad = profile_in(path);
+    if (!written) return "no profile written after the signal";
+    return bad;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// The profile the signal asks for is written by a thread of the tracker's, not
+// by the next allocation: a program that makes no allocation after the signal
+// gets it too (before, it never did: the request waited for a malloc or free).
+START_TEST(test_profile_signal_without_further_allocation) {
+  std::string err = in_child([]() -> std::string {
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-noalloc-%d.txt", static_cast<int>(getpid()));
+    start_profile_signal(path, 1);
+    lca_free(lca_malloc(100));
+    raise(SIGUSR2);
+    // From here to the check, nothing allocates (the wait takes a mutex and sleeps).
+    bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+    std::string bad = profile_in(path);
+    if (!written) return "no profile written after the signal";
+    return bad;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// The dump symbolises (dladdr), so it takes the dynamic loader's lock.  Run
+// inside the next malloc, it did so under whatever lock that malloc's caller
+// held: a thread holding stdout's lock (printf allocating its buffer) waited
+// for the loader's lock, held by a thread in dlopen whose library's
+// constructor printed, waiting for stdout's lock -- for ever.  Built step by
+// step with tests/track/ctor.c++: the loader thread's constructor starts
+// (dlopen holds the loader's lock), this thread holds stdout's lock, the
+// constructor waits for it, the signal comes and this thread allocates.
+// Before, the child hung until its alarm (killed by signal 14).
+START_TEST(test_profile_signal_while_a_constructor_waits_for_stdio) {
+  std::string err = in_child([]() -> std::string {
+    std::signal(SIGALRM, SIG_DFL);  // (Check's handler would kill the test's process group)
+    alarm(test_util::running_on_valgrind() ? 600 : 30);  // the deadlock: killed by SIGALRM
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-ctor-stdio-%d.txt", static_cast<int>(getpid()));
+    start_profile_signal(path, 1);
+    int entered[2];
+    if (pipe(entered) != 0) return "pipe failed";
+    setenv("CALLOC_TEST_CTOR", "stdio", 1);
+    setenv("CALLOC_TEST_CTOR_FD", std::to_string(entered[1]).c_str(), 1);
+    flockfile(stdout);
+    Loader loader;
+    loader.start(entered[1]);
+    char c = 0;
+    if (read(entered[0], &c, 1) != 1 || c != 'c') {
+      funlockfile(stdout);
+      return "cannot dlopen " + ctor_path() + ": " + loader.finish();
+    }
+    usleep(200000);  // the constructor waits for stdout's lock by now, holding the loader's
+    raise(SIGUSR2);
+    void* p = lca_malloc(100);  // (before: the dump ran here and waited for the loader's lock)
+    funlockfile(stdout);
+    std::string dl = loader.finish();
+    lca_free(p);
+    close(entered[0]);
+    close(entered[1]);
+    bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+    std::string bad = profile_in(path);
+    if (!dl.empty()) return "dlopen failed: " + dl;
+    if (!written) return "no profile written after the signal";
+    return bad;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+namespace {
+struct PhdrStep {
+  int go;
+  void* block = nullptr;
+  bool ran = false;
+};
+// dl_iterate_phdr's callback, with the loader's list lock held: lets the
+// constructor go on, waits for it to wait for that lock, then allocates with
+// a profile requested.
+int allocate_in_phdr_callback(dl_phdr_info*, std::size_t, void* data) {
+  auto* step = static_cast<PhdrStep*>(data);
+  if (step->ran) return 1;
+  step->ran = true;
+  char g = 'g';
+  if (write(step->go, &g, 1) != 1) std::abort();
+  usleep(200000);  // the constructor waits in dl_iterate_phdr by now
+  raise(SIGUSR2);
+  step->block = lca_malloc(100);  // (before: the dump ran here and waited for the loader's lock)
+  return 1;
+}
+}  // namespace
+
+// The same with nothing but allocation on the program's side: a malloc inside
+// a dl_iterate_phdr callback (which holds the loader's list lock) while another
+// thread's dlopen runs a constructor that calls dl_iterate_phdr (libunwind
+// does, and libgcc's unwinder did before glibc 2.35).  dlopen holds the
+// loader's main lock and waits for the list lock; the dump inside the callback's
+// malloc held the list lock and waited for the main lock (dladdr).  Before, the
+// child hung until its alarm.
+START_TEST(test_profile_signal_inside_dl_iterate_phdr) {
+  std::string err = in_child([]() -> std::string {
+    std::signal(SIGALRM, SIG_DFL);
+    alarm(test_util::running_on_valgrind() ? 600 : 30);
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-ctor-phdr-%d.txt", static_cast<int>(getpid()));
+    start_profile_signal(path, 1);
+    int entered[2], go[2];
+    if (pipe(entered) != 0 || pipe(go) != 0) return "pipe failed";
+    setenv("CALLOC_TEST_CTOR", "phdr", 1);
+    setenv("CALLOC_TEST_CTOR_FD", std::to_string(entered[1]).c_str(), 1);
+    setenv("CALLOC_TEST_CTOR_GO_FD", std::to_string(go[0]).c_str(), 1);
+    Loader loader;
+    loader.start(entered[1]);
+    char c = 0;
+    if (read(entered[0], &c, 1) != 1 || c != 'c') return "cannot dlopen " + ctor_path() + ": " + loader.finish();
+    PhdrStep step{go[1]};
+    dl_iterate_phdr(allocate_in_phdr_callback, &step);
+    std::string dl = loader.finish();
+    lca_free(step.block);
+    for (int fd : {entered[0], entered[1], go[0], go[1]}) close(fd);
+    bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+    std::string bad = profile_in(path);
+    if (!dl.empty()) return "dlopen failed: " + dl;
+    if (!step.block) return "the callback's malloc failed";
+    if (!written) return "no profile written after the signal";
+    return bad;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// A forked child has no thread of its parent's: it starts its own at its first
+// allocation, and the signal sent to the child writes the child's profile
+// (PATH.PID); the parent's signal still writes the parent's.  Sampling, so
+// that the child's first allocation reaches the tracker only because the fork
+// sent it there.
+START_TEST(test_profile_signal_in_forked_child) {
+  std::string err = in_child([]() -> std::string {
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-forksig-%d.txt", static_cast<int>(getpid()));
+    start_profile_signal(path, 1 << 20);
+    for (int i = 0; i < 100; ++i) lca_free(lca_malloc(64 << 10));
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) return "fork failed";
+    if (pid == 0) {
+      alarm(test_util::running_on_valgrind() ? 600 : 60);
+      lca_free(lca_malloc(16));
+      raise(SIGUSR2);
+      bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+      std::string bad = profile_in(std::string(path) + "." + std::to_string(getpid()));
+      _exit(!written ? 2 : !bad.empty() ? 3 : 0);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    raise(SIGUSR2);
+    bool written = lca::track_wait_signal_dumps_for_test(1, dump_wait_seconds());
+    std::string bad = profile_in(path);
+    unlink((std::string(path) + "." + std::to_string(pid)).c_str());
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      return "the child: " + std::string(WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                          : WEXITSTATUS(status) == 2 ? "no profile written after the signal"
+                                                                     : "exit " + std::to_string(WEXITSTATUS(status)));
+    if (!written) return "the parent: no profile written after the signal";
+    return bad;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// The reports at exit answer every request made until then: after them, the
+// signal writes nothing (the profile thread may still run while the rest of
+// the process's destructors do).  Before, a signal after the exit reports had
+// the next allocation write the profile again.
+START_TEST(test_profile_signal_after_exit_reports_writes_nothing) {
+  std::string err = in_child([]() -> std::string {
+    char path[64];
+    std::snprintf(path, sizeof path, "/tmp/calloc-track-exitsig-%d.txt", static_cast<int>(getpid()));
+    start_profile_signal(path, 1);
+    lca_free(lca_malloc(100));
+    lca::track_at_exit();  // what the library's destructor does
+    std::string bad = profile_in(path);
+    if (!bad.empty()) return "the exit report: " + bad;
+    raise(SIGUSR2);
+    lca_free(lca_malloc(100));  // (before: the profile was written here)
+    bool written = lca::track_wait_signal_dumps_for_test(1, test_util::running_on_valgrind() ? 5 : 1);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
     unlink(path);
-    if (text.find("libcalloc allocation profile") != 0) return "no profile written: " + text;
+    if (written || exists) return "a profile was written after the reports at exit";
     return "";
   });
   ck_assert_msg(err.empty(), "%s", err.c_str());
@@ -1075,6 +1327,11 @@ int main() {
   tcase_add_test(tc, test_profile_dumps_do_not_overlap);
   tcase_add_test(tc, test_report_file_is_close_on_exec);
   tcase_add_test(tc, test_profile_dump_inside_stdio_does_not_deadlock);
+  tcase_add_test(tc, test_profile_signal_without_further_allocation);
+  tcase_add_test(tc, test_profile_signal_while_a_constructor_waits_for_stdio);
+  tcase_add_test(tc, test_profile_signal_inside_dl_iterate_phdr);
+  tcase_add_test(tc, test_profile_signal_in_forked_child);
+  tcase_add_test(tc, test_profile_signal_after_exit_reports_writes_nothing);
   tcase_add_test(tc, test_sampling_keeps_calloc_pages_untouched);
   tcase_add_test(tc, test_line_table_address_size_over_8);
 #if CALLOC_SECURE
