@@ -310,7 +310,14 @@ LCA_CORE_TEXT void domains_prefork() {
       pthread_mutex_lock(&g_domains_lock);
       for (Domain* d = &g_process_domain; d; d = d->next) {
         pthread_mutex_lock(&d->lock);
-        domain_pools_prefork(d);
+        if (d->per_thread) {
+          domain_pools_prefork(d);  // held across the fork
+        } else {
+          // A private heap: an operation in progress has ended; the next
+          // waits for the fork (DomainLock, domain_lock_wait_fork).
+          d->forking.store(fork_token(), std::memory_order_relaxed);
+          pthread_mutex_unlock(&d->lock);
+        }
       }
       large_lock_all();
       huge_lock_all();
@@ -329,8 +336,14 @@ LCA_CORE_TEXT void domains_postfork_parent() {
     huge_unlock_all();
     large_unlock_all();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      domain_pools_postfork_parent(d);
-      pthread_mutex_unlock(&d->lock);
+      if (d->per_thread) {
+        domain_pools_postfork_parent(d);
+        pthread_mutex_unlock(&d->lock);
+      } else {
+        // Before the domain list's lock goes: a thread waiting for it tests
+        // the flag again.
+        d->forking.store(nullptr, std::memory_order_relaxed);
+      }
     }
     pthread_mutex_unlock(&g_domains_lock);
     secure_postfork_parent();
@@ -355,9 +368,17 @@ LCA_CORE_TEXT void domains_postfork_child() {
     huge_reinit_after_fork();
     large_reinit_after_fork();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      tsan_released_at_fork(&d->lock);
-      init_recursive(&d->lock);
-      domain_pools_postfork_child(d);
+      if (d->per_thread) {
+        tsan_released_at_fork(&d->lock);
+        init_recursive(&d->lock);
+        domain_pools_postfork_child(d);
+      } else {
+        // Not held by this thread; made again all the same: a thread the fork
+        // did not copy may have held it for the instant between taking it and
+        // finding the flag (no change of the heap was in progress).
+        d->forking.store(nullptr, std::memory_order_relaxed);
+        init_recursive(&d->lock);
+      }
     }
     tsan_released_at_fork(&g_domains_lock);
     pthread_mutex_init(&g_domains_lock, nullptr);

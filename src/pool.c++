@@ -309,4 +309,27 @@ LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
   }
 }
 
+// DomainLock (tcache.h++) found d->forking set, d's lock held: a private
+// domain, whose lock the prepare handler of another thread's fork took and
+// released once (lifecycle.c++), or any domain whose fork is this thread's own
+// (a pthread_atfork handler of another library, run between libcalloc's, may
+// allocate).  Another thread's fork: this thread lets go and waits for the
+// domain list's lock, which the forking thread holds from before it set the
+// flag until after it cleared it, so this thread sleeps rather than spins.  It
+// held the domain lock once only (the flag was stored under that lock: a thread
+// holding it deeper took it before, and the prepare handler waited for it), and
+// holds no lock that the prepare handler takes after the domains' (none is
+// taken before a domain lock).  The process domain's flag is only ever found
+// by the forking thread: its lock is held across the fork.
+LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) {
+  for (;;) {
+    const void* forking = d->forking.load(std::memory_order_relaxed);
+    if (!forking || forking == fork_token()) return;
+    lca_mutex_unlock(&d->lock);
+    lca_mutex_lock(&g_domains_lock);
+    lca_mutex_unlock(&g_domains_lock);
+    lca_mutex_lock(&d->lock);
+  }
+}
+
 }  // namespace lca
