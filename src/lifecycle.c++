@@ -148,11 +148,14 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's (each followed by its span pools'; the
+//   the domain list's, the process domain's (followed by its span pools'; the
 //   statistics locks of its running heaps are taken and released at once, with
 //   Domain::forking set: the queue changes wait for the fork instead, pool.c++),
-//   the large-block table's, the huge-page tables' (list first), the ASan
-//   quarantine's.  glibc's fork() takes the list
+//   the large-block table's, the huge-page table list's, the ASan quarantine's.
+//   A private domain's lock, each hardened heap's class and placement locks and
+//   each huge-page table's are taken and released once, a flag set under each:
+//   a later taker waits for the fork (DomainLock, secure.c++'s class_lock,
+//   huge.c++'s state_lock).  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
 //   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
@@ -289,10 +292,18 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// and its span pools (its running heaps' queue changes wait), the large-block
-// table, the huge-page tables.  How many locks are held does not depend on the
-// number of threads (it does on the number of private heaps, one lock each):
-// TSan's deadlock detector allows 64 held at once.
+// (the process domain and its span pools held, its running heaps' queue changes
+// waiting; a private domain taken and released), the large-block table, the
+// huge-page tables.  The locks held across the fork are the same few whatever
+// the number of threads (session 18) and of private heaps, hardened heaps and
+// HugePageAllocators (session 19): TSan's deadlock detector allows 64 held at
+// once, and before, some 25 MemoryAllocators, or one SecureAllocator, passed it
+// (tests/unit/fork, test_fork_with_many_private_heaps,
+// test_fork_with_secure_allocators_in_use).  Such a heap's lock is taken once:
+// the change of the heap in progress ends first, and `forking`, stored under
+// the lock, makes the next taker let go and wait for a lock that this thread
+// holds across the fork (the domain list's, g_heaps_lock, the huge-page table
+// list's); so the child finds each heap whole.  docs/design.md, fork().
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
