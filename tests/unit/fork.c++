@@ -1125,7 +1125,10 @@ class Slots {
 // live blocks their difference).  Then `free_kept` frees the blocks the
 // parent's threads had recorded in a, after which at most `in_flight` blocks
 // are live (allocated, not yet recorded); then `n` allocations of each size in
-// `sizes`, all freed, count exactly that.  0 when so.
+// `sizes`, all freed, count exactly that.  0 when so.  (Not the recorded
+// blocks under Valgrind: helgrind and DRD do not see the fork order the
+// parent's threads' writes before the child's, and would report each of
+// them.)
 template <class Alloc, std::size_t N, class FreeKept>
 int child_checks_heap(Alloc& a, const std::size_t (&sizes)[N], unsigned n, std::size_t in_flight,
                       FreeKept free_kept) {
@@ -1135,7 +1138,8 @@ int child_checks_heap(Alloc& a, const std::size_t (&sizes)[N], unsigned n, std::
     std::fprintf(stderr, "a heap counts %zu allocations, %zu frees and %zu live blocks\n", allocs, frees, live);
     return 1;
   }
-  free_kept();
+  if (running_on_valgrind()) in_flight = live;
+  else free_kept();
   s = a.get_stats();
   allocs = s.allocation_count;
   frees = s.free_count;
@@ -1214,9 +1218,12 @@ START_TEST(test_fork_with_many_private_heaps) {
                 }))
               return r;
           for (unsigned h = 0; h < kHuge; ++h) {
-            for (unsigned t = 0; t < nthreads; ++t) huge(h)->deallocate_huge(kept.take(huge_slot(t, h)));
+            if (!running_on_valgrind()) {
+              for (unsigned t = 0; t < nthreads; ++t) huge(h)->deallocate_huge(kept.take(huge_slot(t, h)));
+              auto left = huge(h)->huge_stats();
+              if (left.live_blocks[0] + left.live_blocks[1] + left.live_blocks[2] > nthreads) return 5;
+            }
             auto before = huge(h)->huge_stats();
-            if (before.live_blocks[0] + before.live_blocks[1] + before.live_blocks[2] > nthreads) return 5;
             void* p = huge(h)->allocate_huge(std::size_t{2} << 20);
             if (!p) return 6;
             static_cast<char*>(p)[4096] = 1;
