@@ -1567,7 +1567,7 @@ void release_reserves(SecureHeap* h) {
 // fork(): each class lock of h is taken and released once, the flag set under
 // it (secure_prefork).  Then the placement lock, taken only under a class lock:
 // no thread is inside it any more.
-LCA_CORE_TEXT __attribute__((noinline)) void heap_fork_gate(SecureHeap* h) {
+LCA_CORE_TEXT void heap_fork_gate(SecureHeap* h) {
   const std::uintptr_t me = fork_token();
   for (unsigned c = 0; c < kNumClasses; ++c) {
     ClassState* cs = &h->classes[c];
