@@ -34,6 +34,10 @@ namespace lca {
 
 struct HugeState {
   pthread_mutex_t lock;
+  // fork(): the forking thread's token while another thread forks, stored under
+  // the lock by the prepare handler, which then releases the lock
+  // (huge_lock_all); nullptr otherwise.  Beside the lock: state_lock reads it.
+  std::atomic<const void*> forking;
   HugeBlock* slots;      // capacity entries; base == nullptr marks a free slot
   std::size_t capacity;  // a power of two
   std::size_t count;
@@ -56,6 +60,33 @@ int backing_slot(HugeBacking b) { return static_cast<int>(b) - 1; }
 // Every live HugeState (huge_coverage walks them), and what outlives them.
 constinit pthread_mutex_t g_states_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HugeState* g_states = nullptr;
+
+// fork(): what identifies the calling thread in HugeState::forking.
+const void* fork_token() { return reinterpret_cast<const void*>(pthread_self()); }
+
+// state_lock found s->forking set, s's lock held: unless this thread is the
+// forking one, it lets go and waits for g_states_lock, which the forking thread
+// holds from before it set the flag until after it cleared it, then takes the
+// lock again.  (A thread holding g_states_lock cannot find the flag set: the
+// forking thread set it holding g_states_lock.)
+__attribute__((noinline, cold)) void state_lock_wait_fork(HugeState* s) {
+  for (;;) {
+    const void* forking = s->forking.load(std::memory_order_relaxed);
+    if (!forking || forking == fork_token()) return;
+    lca_mutex_unlock(&s->lock);
+    lca_mutex_lock(&g_states_lock);
+    lca_mutex_unlock(&g_states_lock);
+    lca_mutex_lock(&s->lock);
+  }
+}
+
+// Takes s's lock; waits while another thread forks (the prepare handler holds
+// no HugeState's lock across the fork: huge_lock_all).
+inline void state_lock(const HugeState* cs) {
+  auto* s = const_cast<HugeState*>(cs);
+  lca_mutex_lock(&s->lock);
+  if (__builtin_expect(s->forking.load(std::memory_order_relaxed) != nullptr, 0)) state_lock_wait_fork(s);
+}
 constinit std::atomic<std::size_t> g_hugetlb_fallbacks{0};
 
 // huge_thp_policy(), once read: bit 0 valid, bit 1 usable, bit 2 always.
@@ -373,19 +404,32 @@ void huge_state_destroy(HugeState* s) {
   os_unmap(s, sizeof(HugeState));
 }
 
+// fork(): g_states_lock is held across it; each HugeState's lock is taken and
+// released once, its flag set under it: an operation in progress ends first,
+// one that takes the lock later waits for the fork (state_lock).  Before
+// session 19 every HugeState's lock was held, one a HugePageAllocator.
 LCA_CORE_TEXT void huge_lock_all() {
   lca_mutex_lock(&g_states_lock);
-  for (HugeState* s = g_states; s; s = s->next) lca_mutex_lock(&s->lock);
+  const void* me = fork_token();
+  for (HugeState* s = g_states; s; s = s->next) {
+    lca_mutex_lock(&s->lock);
+    s->forking.store(me, std::memory_order_relaxed);
+    lca_mutex_unlock(&s->lock);
+  }
 }
 
 LCA_CORE_TEXT void huge_unlock_all() {
-  for (HugeState* s = g_states; s; s = s->next) lca_mutex_unlock(&s->lock);
+  // Before g_states_lock goes: a thread waiting for it tests the flag again.
+  for (HugeState* s = g_states; s; s = s->next) s->forking.store(nullptr, std::memory_order_relaxed);
   lca_mutex_unlock(&g_states_lock);
 }
 
+// A HugeState's lock is made again although this thread does not hold it: a
+// thread the fork did not copy may have held it for the instant between taking
+// it and finding the flag (no operation was in progress).
 LCA_CORE_TEXT void huge_reinit_after_fork() {
   for (HugeState* s = g_states; s; s = s->next) {
-    tsan_released_at_fork(&s->lock);
+    s->forking.store(nullptr, std::memory_order_relaxed);
     pthread_mutex_init(&s->lock, nullptr);
   }
   tsan_released_at_fork(&g_states_lock);
@@ -406,7 +450,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
   // A backing refused on the way (an empty hugetlb pool: ENOMEM) leaves errno
   // set; a block that fell back is a success, which changes no errno.
   const int saved_errno = errno;
-  lca_mutex_lock(&s->lock);
+  state_lock(s);
   unsigned try_mask = s->try_mask;
   lca_mutex_unlock(&s->lock);
 
@@ -418,7 +462,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
     return nullptr;
   }
   HugeBlock b{p, size, page_size, backing};
-  lca_mutex_lock(&s->lock);
+  state_lock(s);
   bool recorded = table_insert(s, b);
   if (recorded) {
     HugeCounters& c = s->counters;
@@ -440,7 +484,7 @@ void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size) {
 }
 
 bool huge_free(HugeState* s, void* p) {
-  lca_mutex_lock(&s->lock);
+  state_lock(s);
   std::size_t i = find_slot(s, p);
   if (!p || s->slots[i].base != p) {
     lca_mutex_unlock(&s->lock);
@@ -469,7 +513,7 @@ bool huge_free_any(void* p) {
 
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  lca_mutex_lock(m);
+  state_lock(s);
   std::size_t i = find_slot(s, p);
   bool found = p && s->slots[i].base == p;
   if (found) *out = s->slots[i];
@@ -479,21 +523,21 @@ bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
 
 HugeCounters huge_counters(const HugeState* s) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  lca_mutex_lock(m);
+  state_lock(s);
   HugeCounters c = s->counters;
   lca_mutex_unlock(m);
   return c;
 }
 
 void huge_set_backings(HugeState* s, unsigned try_mask) {
-  lca_mutex_lock(&s->lock);
+  state_lock(s);
   s->try_mask = try_mask & kBuiltBackings;
   lca_mutex_unlock(&s->lock);
 }
 
 unsigned huge_backings(const HugeState* s) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
-  lca_mutex_lock(m);
+  state_lock(s);
   unsigned mask = s->try_mask;
   lca_mutex_unlock(m);
   return mask;
@@ -503,7 +547,7 @@ std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);
   std::size_t total = 0;
   if (of == HugeBacking::none || of == HugeBacking::hugetlb) {
-    lca_mutex_lock(m);
+    state_lock(s);
     total += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
     lca_mutex_unlock(m);
   }
@@ -514,7 +558,7 @@ std::size_t huge_resident_huge_bytes(const HugeState* s, HugeBacking of) {
   // which then starts in the first of them and is counted once).
   smaps_for_each([&](std::uintptr_t start, std::uintptr_t, std::size_t anon_huge) {
     if (anon_huge == 0) return;
-    lca_mutex_lock(m);
+    state_lock(s);
     for (std::size_t i = 0; i < s->capacity; ++i) {
       const HugeBlock& b = s->slots[i];
       if (!b.base || b.backing == HugeBacking::hugetlb) continue;
@@ -561,7 +605,7 @@ std::size_t block_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
   std::size_t n = 0;
   lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) {
-    lca_mutex_lock(&s->lock);
+    state_lock(s);
     for (std::size_t i = 0; i < s->capacity; ++i) {
       const HugeBlock& b = s->slots[i];
       if (!b.base || b.backing == HugeBacking::hugetlb) continue;
@@ -601,7 +645,7 @@ HugeCoverage huge_coverage() {
   });
   lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s; s = s->next) {
-    lca_mutex_lock(&s->lock);
+    state_lock(s);
     cov.hugetlb += s->counters.live_bytes[backing_slot(HugeBacking::hugetlb)];
     lca_mutex_unlock(&s->lock);
   }

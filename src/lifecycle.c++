@@ -148,11 +148,14 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
 //   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, every domain's (each followed by its span pools'; the
+//   the domain list's, the process domain's (followed by its span pools'; the
 //   statistics locks of its running heaps are taken and released at once, with
 //   Domain::forking set: the queue changes wait for the fork instead, pool.c++),
-//   the large-block table's, the huge-page tables' (list first), the ASan
-//   quarantine's.  glibc's fork() takes the list
+//   the large-block table's, the huge-page table list's, the ASan quarantine's.
+//   A private domain's lock, each hardened heap's class and placement locks and
+//   each huge-page table's are taken and released once, a flag set under each:
+//   a later taker waits for the fork (DomainLock, secure.c++'s class_lock,
+//   huge.c++'s state_lock).  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
 //   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
@@ -289,10 +292,18 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
 // list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
 // hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// and its span pools (its running heaps' queue changes wait), the large-block
-// table, the huge-page tables.  How many locks are held does not depend on the
-// number of threads (it does on the number of private heaps, one lock each):
-// TSan's deadlock detector allows 64 held at once.
+// (the process domain and its span pools held, its running heaps' queue changes
+// waiting; a private domain taken and released), the large-block table, the
+// huge-page tables.  The locks held across the fork are the same few whatever
+// the number of threads (session 18) and of private heaps, hardened heaps and
+// HugePageAllocators (session 19): TSan's deadlock detector allows 64 held at
+// once, and before, some 25 MemoryAllocators, or one SecureAllocator, passed it
+// (tests/unit/fork, test_fork_with_many_private_heaps,
+// test_fork_with_secure_allocators_in_use).  Such a heap's lock is taken once:
+// the change of the heap in progress ends first, and `forking`, stored under
+// the lock, makes the next taker let go and wait for a lock that this thread
+// holds across the fork (the domain list's, g_heaps_lock, the huge-page table
+// list's); so the child finds each heap whole.  docs/design.md, fork().
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
@@ -310,7 +321,14 @@ LCA_CORE_TEXT void domains_prefork() {
       pthread_mutex_lock(&g_domains_lock);
       for (Domain* d = &g_process_domain; d; d = d->next) {
         pthread_mutex_lock(&d->lock);
-        domain_pools_prefork(d);
+        if (d->per_thread) {
+          domain_pools_prefork(d);  // held across the fork
+        } else {
+          // A private heap: an operation in progress has ended; the next
+          // waits for the fork (DomainLock, domain_lock_wait_fork).
+          d->forking.store(fork_token(), std::memory_order_relaxed);
+          pthread_mutex_unlock(&d->lock);
+        }
       }
       large_lock_all();
       huge_lock_all();
@@ -329,8 +347,14 @@ LCA_CORE_TEXT void domains_postfork_parent() {
     huge_unlock_all();
     large_unlock_all();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      domain_pools_postfork_parent(d);
-      pthread_mutex_unlock(&d->lock);
+      if (d->per_thread) {
+        domain_pools_postfork_parent(d);
+        pthread_mutex_unlock(&d->lock);
+      } else {
+        // Before the domain list's lock goes: a thread waiting for it tests
+        // the flag again.
+        d->forking.store(nullptr, std::memory_order_relaxed);
+      }
     }
     pthread_mutex_unlock(&g_domains_lock);
     secure_postfork_parent();
@@ -355,9 +379,17 @@ LCA_CORE_TEXT void domains_postfork_child() {
     huge_reinit_after_fork();
     large_reinit_after_fork();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      tsan_released_at_fork(&d->lock);
-      init_recursive(&d->lock);
-      domain_pools_postfork_child(d);
+      if (d->per_thread) {
+        tsan_released_at_fork(&d->lock);
+        init_recursive(&d->lock);
+        domain_pools_postfork_child(d);
+      } else {
+        // Not held by this thread; made again all the same: a thread the fork
+        // did not copy may have held it for the instant between taking it and
+        // finding the flag (no change of the heap was in progress).
+        d->forking.store(nullptr, std::memory_order_relaxed);
+        init_recursive(&d->lock);
+      }
     }
     tsan_released_at_fork(&g_domains_lock);
     pthread_mutex_init(&g_domains_lock, nullptr);

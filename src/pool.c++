@@ -309,4 +309,33 @@ LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
   }
 }
 
+// DomainLock (tcache.h++) found d->forking set, d's lock held: a private
+// domain, whose lock the prepare handler of another thread's fork took and
+// released once (lifecycle.c++), or any domain whose fork is this thread's own
+// (a pthread_atfork handler of another library, run between libcalloc's, may
+// allocate).  Another thread's fork: this thread lets go and waits for the
+// domain list's lock, which the forking thread holds from before it set the
+// flag until after it cleared it, so this thread sleeps rather than spins.  It
+// held the domain lock once only: the flag was stored under that lock, so a
+// thread holding it deeper took it before, and the prepare handler waited for
+// it.  Nor does it hold a lock the forking thread waits for: the locks the
+// prepare handler holds before this domain's (the domain list's, the process
+// domain's, its pools') no other thread holds now, and an earlier private
+// domain's lock held since before the handler's pass would have stopped the
+// handler there, before it set this flag.  (A lock the handler takes later,
+// the large-block table's or a huge-page table's, held while taking a domain
+// lock would have deadlocked the old handler, which held every domain lock,
+// as well.)  The process domain's flag is only ever found by the forking
+// thread: its lock is held across the fork.
+LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) {
+  for (;;) {
+    const void* forking = d->forking.load(std::memory_order_relaxed);
+    if (!forking || forking == fork_token()) return;
+    lca_mutex_unlock(&d->lock);
+    lca_mutex_lock(&g_domains_lock);
+    lca_mutex_unlock(&g_domains_lock);
+    lca_mutex_lock(&d->lock);
+  }
+}
+
 }  // namespace lca

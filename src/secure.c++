@@ -321,6 +321,13 @@ inline void bump(std::atomic<std::size_t>& c, std::size_t n) {
 }
 
 struct ClassState {
+  // fork(): the forking thread's token (fork_token) while another thread forks,
+  // stored under the lock by the prepare handler, which then releases the lock
+  // (secure_prefork); 0 otherwise.  Beside the lock: class_lock reads it once
+  // it holds the lock.  (Before it, not after: GCC 12 with
+  // -fsanitize=address,undefined takes an access just past the mutex for an
+  // overflow of it, a bogus -Wstringop-overflow.)
+  std::atomic<std::uintptr_t> forking;
   pthread_mutex_t lock;
   ChunkMeta* chunks;
   SlabMeta* partial;  // active slabs with free slots
@@ -355,6 +362,37 @@ namespace {
 
 constinit pthread_mutex_t g_heaps_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit SecureHeap* g_heaps = nullptr;
+
+// fork(): what identifies the calling thread in ClassState::forking.
+inline std::uintptr_t fork_token() { return static_cast<std::uintptr_t>(pthread_self()); }
+
+// class_lock found cs->forking set, cs's lock held.  Another thread's fork: this
+// thread lets go and waits for g_heaps_lock, which the forking thread holds from
+// before it set the flag until after it cleared it (so it sleeps rather than
+// spins), then takes the lock again.  It held no other class lock (class locks
+// are taken one at a time), nor any lock the prepare handler takes before the
+// class locks (g_tc_lock, g_heaps_lock: held by the forking thread, which set
+// the flag after taking them).  The forking thread itself goes on: a
+// pthread_atfork handler of another library, run between libcalloc's, may
+// allocate.
+__attribute__((noinline, cold)) void class_lock_wait_fork(ClassState* cs) {
+  for (;;) {
+    std::uintptr_t forking = cs->forking.load(std::memory_order_relaxed);
+    if (!forking || forking == fork_token()) return;
+    lca_mutex_unlock(&cs->lock);
+    lca_mutex_lock(&g_heaps_lock);
+    lca_mutex_unlock(&g_heaps_lock);
+    lca_mutex_lock(&cs->lock);
+  }
+}
+
+// Takes the lock of a class; waits while another thread forks (the prepare
+// handler holds no class lock across the fork: secure_prefork).  One load and a
+// branch not taken beside the lock.
+inline void class_lock(ClassState* cs) {
+  lca_mutex_lock(&cs->lock);
+  if (__builtin_expect(cs->forking.load(std::memory_order_relaxed) != 0, 0)) class_lock_wait_fork(cs);
+}
 constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
 
 // --- large blocks (process-wide table) -----------------------------------------------
@@ -977,7 +1015,7 @@ __attribute__((always_inline)) inline void* hand_out(ChunkMeta* m, std::uint32_t
 
 void* slab_alloc(SecureHeap* h, unsigned c, std::size_t size, unsigned align_log) {
   ClassState* cs = &h->classes[c];
-  lca_mutex_lock(&cs->lock);
+  class_lock(cs);
   ChunkMeta* m = nullptr;
   std::uint32_t g = 0;
   char* p = take_slot(h, cs, c, &m, &g);
@@ -1098,7 +1136,7 @@ void slab_free(ChunkMeta* m, std::uint32_t g, void* p, std::size_t size, std::si
   const unsigned c = m->cls;
   ClassState* cs = &h->classes[c];
   std::size_t requested = free_claim(m, g, p, size, alignment, what);
-  lca_mutex_lock(&cs->lock);
+  class_lock(cs);
   quarantine_put(h, cs, c, p);
   bump(cs->frees, 1);
   bump(cs->free_bytes, requested);
@@ -1239,7 +1277,7 @@ void tc_drain_all(SecureHeap* h, ThreadCache* tc) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     TcClass& t = tc->cls[c];
     if (!t.n_freed && !t.n_ready) continue;
-    lca_mutex_lock(&h->classes[c].lock);
+    class_lock(&h->classes[c]);
     tc_drain_locked(h, tc, c, true, false);
     lca_mutex_unlock(&h->classes[c].lock);
   }
@@ -1412,7 +1450,7 @@ __attribute__((noinline)) bool tc_refill(SecureHeap* h, ThreadCache* tc, unsigne
   ClassState* cs = &h->classes[c];
   TcClass& t = tc->cls[c];
   const std::uint32_t cap = kTcCaps.cap[c];
-  lca_mutex_lock(&cs->lock);
+  class_lock(cs);
   tc_drain_locked(h, tc, c, false, false, true);
   while (t.n_ready < cap) {
     char* p = take_slot(h, cs, c);
@@ -1425,7 +1463,7 @@ __attribute__((noinline)) bool tc_refill(SecureHeap* h, ThreadCache* tc, unsigne
 }
 
 __attribute__((noinline)) void tc_flush_freed(SecureHeap* h, ThreadCache* tc, unsigned c) {
-  lca_mutex_lock(&h->classes[c].lock);
+  class_lock(&h->classes[c]);
   tc_drain_locked(h, tc, c, false, false, true);
   lca_mutex_unlock(&h->classes[c].lock);
 }
@@ -1512,7 +1550,7 @@ void retire_chunk(SecureHeap* h, ClassState* cs, ChunkMeta* m) {
 void release_reserves(SecureHeap* h) {
   for (unsigned c = 0; c < kNumClasses; ++c) {
     ClassState* cs = &h->classes[c];
-    lca_mutex_lock(&cs->lock);
+    class_lock(cs);
     while (cs->q_count) quarantine_release(h, cs, c, --cs->q_count, true);
     for (ChunkMeta** link = &cs->chunks; *link;) {
       ChunkMeta* m = *link;
@@ -1545,13 +1583,19 @@ void release_reserves(SecureHeap* h) {
   }
 }
 
-void heap_lock_all(SecureHeap* h) {
-  for (auto& cs : h->classes) lca_mutex_lock(&cs.lock);
+// fork(): each class lock of h is taken and released once, the flag set under
+// it (secure_prefork).  Then the placement lock, taken only under a class lock:
+// no thread is inside it any more.
+LCA_CORE_TEXT void heap_fork_gate(SecureHeap* h) {
+  const std::uintptr_t me = fork_token();
+  for (unsigned c = 0; c < kNumClasses; ++c) {
+    ClassState* cs = &h->classes[c];
+    lca_mutex_lock(&cs->lock);
+    cs->forking.store(me, std::memory_order_relaxed);
+    lca_mutex_unlock(&cs->lock);
+  }
   lca_mutex_lock(&h->placement_lock);
-}
-void heap_unlock_all(SecureHeap* h) {
   lca_mutex_unlock(&h->placement_lock);
-  for (unsigned c = kNumClasses; c-- > 0;) lca_mutex_unlock(&h->classes[c].lock);
 }
 
 }  // namespace
@@ -1789,7 +1833,7 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, what);
     ClassState* cs = &m->heap->classes[m->cls];
-    lca_mutex_lock(&cs->lock);
+    class_lock(cs);
     require_live(m, g, p, false, what);
     *out = info_size(m, g);
     lca_mutex_unlock(&cs->lock);
@@ -1813,7 +1857,7 @@ bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, boo
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "realloc");
     ClassState* cs = &m->heap->classes[m->cls];
-    lca_mutex_lock(&cs->lock);
+    class_lock(cs);
     require_live(m, g, p, false, "realloc");
     std::size_t old = info_size(m, g);
     // Valgrind mode: the canary and the rest of the slot are the heap's for the
@@ -1940,7 +1984,7 @@ void secure_trim(SecureHeap* h) {
   // as zero afterwards, which is what a free slot holds), once: a slab no slot
   // has left since its purge has no page to give.
   for (auto& cs : h->classes) {
-    lca_mutex_lock(&cs.lock);
+    class_lock(&cs);
     for (ChunkMeta* m = cs.chunks; m; m = m->next)
       if (m->cls)
         for (std::uint32_t k = 0; k < m->nslabs; ++k) {
@@ -1980,27 +2024,53 @@ SecureHeap* secure_process_heap() {
   return expected;
 }
 
-// g_tc_lock first: it is held while instance caches go back to their heaps'
-// class locks (tc_inst_release_locked).
+// fork().  g_tc_lock first: it is held while instance caches go back to their
+// heaps' class locks (tc_inst_release_locked).  Held across the fork: g_tc_lock
+// (the thread caches' list), g_heaps_lock (the heaps' list, and what the class
+// locks' waiters wait for), the large-block table and ring's lock and the chunk
+// map's: four locks whatever the number of heaps.  Not the class locks: before
+// session 19 every heap's 45 and its placement lock were held, 46 a heap, and
+// TSan's deadlock detector, which allows 64 held at once, stopped a program with
+// one SecureAllocator at its first fork (tests/unit/fork,
+// test_fork_with_secure_allocators_in_use).  Now each is taken and released
+// once with its `forking` flag set under it: a change of the class in progress
+// (its slabs, chunk list, quarantine, the thread caches' refills and flushes)
+// ends first, and one that takes the lock later finds the flag and waits for
+// g_heaps_lock (class_lock), so that the child finds every class whole.
 LCA_CORE_TEXT void secure_prefork() {
   lca_mutex_lock(&g_tc_lock);
   lca_mutex_lock(&g_heaps_lock);
-  for (SecureHeap* h = g_heaps; h; h = h->next) heap_lock_all(h);
+  for (SecureHeap* h = g_heaps; h; h = h->next) heap_fork_gate(h);
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
 }
 
-LCA_CORE_TEXT void secure_postfork_parent() {
+namespace {
+// The locks secure_prefork holds, released (also in the child: plain mutexes,
+// whose unlock checks no owner).  The flags are cleared first, before
+// g_heaps_lock goes: a thread waiting for it tests its class's flag again.
+LCA_CORE_TEXT void secure_fork_release() {
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
-  for (SecureHeap* h = g_heaps; h; h = h->next) heap_unlock_all(h);
+  for (SecureHeap* h = g_heaps; h; h = h->next)
+    for (auto& cs : h->classes) cs.forking.store(0, std::memory_order_relaxed);
   lca_mutex_unlock(&g_heaps_lock);
   lca_mutex_unlock(&g_tc_lock);
 }
+}  // namespace
 
-// The child has only the thread that forked: the other threads' caches give their
-// slots back (every lock is still held) and go to the pool.
+LCA_CORE_TEXT void secure_postfork_parent() { secure_fork_release(); }
+
+// The child has only the thread that forked.  The class locks are made again: a
+// thread the fork did not copy may have held one for the instant between taking
+// it and finding the flag (no change of the class was in progress); likewise the
+// placement locks.  Then the other threads' caches give their slots back (as
+// under their class locks: no other thread can take them) and go to the pool.
 LCA_CORE_TEXT void secure_postfork_child() {
+  for (SecureHeap* h = g_heaps; h; h = h->next) {
+    for (auto& cs : h->classes) pthread_mutex_init(&cs.lock, nullptr);
+    pthread_mutex_init(&h->placement_lock, nullptr);
+  }
   auto mine = [](const ThreadCache* tc) {
     if (tc == tls_tc) return true;
     for (const ThreadCache* t : tls_tc_inst)
@@ -2016,7 +2086,7 @@ LCA_CORE_TEXT void secure_postfork_child() {
     }
     tc = next;
   }
-  secure_postfork_parent();
+  secure_fork_release();
 }
 
 std::size_t secure_heap_footprint(const SecureHeap* h) { return h->self_bytes; }
@@ -2085,7 +2155,7 @@ bool secure_block_info(const void* p, SecureBlockInfo* out) {
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "secure_block_info");
     ClassState* cs = &m->heap->classes[m->cls];
-    lca_mutex_lock(&cs->lock);
+    class_lock(cs);
     require_live(m, g, p, false, "secure_block_info");
     out->slot_size = m->cls ? m->slot_size : 0;
     out->requested = info_size(m, g);

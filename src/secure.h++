@@ -68,7 +68,9 @@ SecureHeap* secure_process_heap();
 // whose cache holds a slot of the class) in one call; nullptr with errno set.
 void* secure_process_alloc(std::size_t size, std::size_t alignment);
 
-// fork(): every secure heap's locks are held across it.
+// fork(): a few process-wide locks are held across it; each class lock of each
+// heap is taken and released once, and a change that takes one later waits for
+// the fork (secure.c++, class_lock).
 void secure_prefork();
 void secure_postfork_parent();
 void secure_postfork_child();

@@ -1452,7 +1452,7 @@ void relocating_reentered(Domain* d) {
 }
 #endif
 
-void domain_lock(Domain* d) { lca_mutex_lock(&d->lock); }
+void domain_lock(Domain* d) { domain_lock_taken(d); }
 void domain_unlock(Domain* d) { lca_mutex_unlock(&d->lock); }
 
 }  // namespace lca

@@ -347,6 +347,19 @@ struct Domain {
   Domain& operator=(const Domain&) = delete;
 
   pthread_mutex_t lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+  // fork(): while a thread forks, its fork_token(); nullptr otherwise.  Set by
+  // the prepare handler with the domain lock held (lifecycle.c++):
+  // - a thread-heap domain (the process domain) stays locked across the fork,
+  //   and the flag is cleared before its lock is released; a thread that finds
+  //   it set (another thread's token) once it holds a heap's stats_lock lets go
+  //   and waits for the domain lock (StatsLock, pool.c++);
+  // - a private domain's lock is released at once: a thread that then takes it
+  //   finds the flag (another thread's token), lets go and waits for the domain
+  //   list's lock, which the forking thread holds until it has cleared the flag
+  //   (DomainLock, domain_lock_wait_fork).  No other thread can hold the lock
+  //   deeper when it finds the flag: the flag was stored under it.
+  // Beside the lock: the domain lock's taker reads it at once.
+  std::atomic<const void*> forking{nullptr};
   bool per_thread = false;
   ChunkList free_chunks;
   std::uint64_t last_release_ns = 0;  // decay of free chunks
@@ -388,12 +401,6 @@ struct Domain {
   // (that memory stays first-touch: the documented fallback).
   NodePlacement placement{};
   std::atomic<std::size_t> bind_fallbacks{0};
-  // fork() (pool.c++): while a thread forks, its fork_token(), set by the
-  // prepare handler with the domain lock held and cleared by the parent and child
-  // handlers before they release it; nullptr otherwise.  Thread-heap domains
-  // only.  A thread that finds it set (another thread's token) once it holds a
-  // heap's stats_lock lets go and waits for the domain lock (StatsLock).
-  std::atomic<const void*> forking{nullptr};
   // Span reclaim (process domain, heaps without a NUMA node): at thread exit
   // the heap's spans go to a pool per class (orphan_pools, below) and its span
   // chunks to orphan_chunks, which no heap owns; a running heap's refill takes
@@ -633,10 +640,20 @@ void domain_pools_postfork_child(Domain* d);
 // without a heap has, nor no_fast_heap()).
 inline Heap* orphan_span_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{2}); }
 
+// The lock of d, taken: when a fork is under way in another thread (d->forking,
+// set under the lock), lets go of it, waits for the fork to end (the domain
+// list's lock, which the forking thread holds across it) and takes it again
+// (pool.c++).  One load and a branch not taken beside the lock.
+void domain_lock_wait_fork(Domain* d);
+inline void domain_lock_taken(Domain* d) {
+  lca_mutex_lock(&d->lock);
+  if (__builtin_expect(d->forking.load(std::memory_order_relaxed) != nullptr, 0)) domain_lock_wait_fork(d);
+}
+
 class DomainLock {
  public:
   explicit DomainLock(Domain* d, bool take = true) : d_(take ? d : nullptr) {
-    if (d_) lca_mutex_lock(&d_->lock);
+    if (d_) domain_lock_taken(d_);
   }
   ~DomainLock() {
     if (d_) lca_mutex_unlock(&d_->lock);

@@ -23,6 +23,7 @@
 // entry points only (ASan's own malloc is not fork-safe in GCC 12's libasan).
 #include <custom_alloc/huge_page_allocator.h++>
 #include <custom_alloc/memory_allocator.h++>
+#include <custom_alloc/secure_allocator.h++>
 
 #include <libcalloc.h>
 
@@ -37,6 +38,7 @@
 
 #include <atomic>
 #include <climits>
+#include <memory>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -60,6 +62,7 @@
 
 using custom_alloc::HugePageAllocator;
 using custom_alloc::MemoryAllocator;
+using custom_alloc::SecureAllocator;
 using test_util::running_on_valgrind;
 using test_util::scaled;
 
@@ -1030,6 +1033,278 @@ START_TEST(test_fork_with_many_running_threads) {
 }
 END_TEST
 
+// --- many private and hardened heaps (session 19) -----------------------------
+//
+// Before session 19 the prepare handler held one lock per private heap (its
+// domain's) and every lock of every hardened heap (45 class locks and a
+// placement lock each) across the fork; TSan's deadlock detector allows 64 held
+// at once, so 40 MemoryAllocators, or one SecureAllocator, made a TSan build
+// stop at the first fork ("sanitizer_deadlock_detector.h:67 ... (0x40, 0x40)",
+// exit 66).  Now each of those locks is taken and released once, with a flag
+// set under it that makes later takers wait for the fork (docs/design.md,
+// fork()).  The child must find each heap whole: its statistics add up, and
+// it allocates and frees in each heap and counts exactly that.
+
+// Runs `nthreads` threads calling churn(t, round) until told to stop (the first
+// round of each before the first fork), and forks `forks` times meanwhile; each
+// child runs child() -- 0 when all went well -- and says how it went through a
+// pipe.  0 when every child did well.
+template <class Churn, class Child>
+int fork_while_churning(unsigned nthreads, unsigned forks, Churn churn, Child child) {
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned ready = 0;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < nthreads; ++t)
+    threads.emplace_back([&, t] {
+      for (unsigned round = 0; round == 0 || !stop.load(std::memory_order_relaxed); ++round) {
+        churn(t, round);
+        if (round == 0) {
+          std::lock_guard<std::mutex> lock(m);
+          if (++ready == nthreads) cv.notify_all();
+        }
+        usleep(running_on_valgrind() ? 2000 : 50);  // the forking thread gets its turn
+      }
+    });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return ready == nthreads; });
+  }
+  unsigned bad = 0;
+  int first = 0;
+  for (unsigned i = 0; i < forks; ++i) {
+    usleep(2000);
+    int pipefd[2];
+    if (pipe(pipefd) != 0) return 110;
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) return 111;
+    if (pid == 0) {
+      close(pipefd[0]);
+      int rc = child();
+      if (rc) std::fprintf(stderr, "child %u: code %d\n", i, rc);
+      if (write(pipefd[1], &rc, sizeof rc) != sizeof rc) _exit(99);
+      if (running_on_valgrind()) kill(getpid(), SIGKILL);
+      _exit(rc);
+    }
+    close(pipefd[1]);
+    int rc = -1;
+    if (read(pipefd[0], &rc, sizeof rc) != sizeof rc) rc = -1;
+    close(pipefd[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+      if (errno != EINTR) return 112;
+    if ((rc != 0 || !child_ok(status)) && bad++ == 0) first = rc ? rc : status;
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  std::printf("# %u threads, %u forks, %u children failed\n", nthreads, forks, bad);
+  if (bad) std::fprintf(stderr, "%u of %u children failed, the first with 0x%x\n", bad, forks, first);
+  return bad ? 113 : 0;
+}
+
+// The blocks the churn threads of the scenarios below keep: one slot a block,
+// cleared before the block is freed and set once it is allocated, so that a
+// child, which has a copy of the table as the fork found it, finds in it only
+// blocks that were live (one a thread may be in flight, in no slot).
+class Slots {
+ public:
+  explicit Slots(std::size_t n) : n_(n), v_(new std::atomic<void*>[n]()) {}
+  std::size_t size() const { return n_; }
+  void* take(std::size_t i) { return v_[i].exchange(nullptr, std::memory_order_relaxed); }
+  void put(std::size_t i, void* p) { v_[i].store(p, std::memory_order_relaxed); }
+
+ private:
+  std::size_t n_;
+  std::unique_ptr<std::atomic<void*>[]> v_;
+};
+
+// In a child: heap a's statistics add up (no more frees than allocations, the
+// live blocks their difference).  Then `free_kept` frees the blocks the
+// parent's threads had recorded in a, after which at most `in_flight` blocks
+// are live (allocated, not yet recorded); then `n` allocations of each size in
+// `sizes`, all freed, count exactly that.  0 when so.  (Not the recorded
+// blocks under Valgrind: helgrind and DRD do not see the fork order the
+// parent's threads' writes before the child's, and would report each of
+// them.)
+template <class Alloc, std::size_t N, class FreeKept>
+int child_checks_heap(Alloc& a, const std::size_t (&sizes)[N], unsigned n, std::size_t in_flight,
+                      FreeKept free_kept) {
+  auto s = a.get_stats();
+  std::size_t allocs = s.allocation_count, frees = s.free_count, live = s.active_allocations;
+  if (frees > allocs || live != allocs - frees) {
+    std::fprintf(stderr, "a heap counts %zu allocations, %zu frees and %zu live blocks\n", allocs, frees, live);
+    return 1;
+  }
+  if (running_on_valgrind()) in_flight = live;
+  else free_kept();
+  s = a.get_stats();
+  allocs = s.allocation_count;
+  frees = s.free_count;
+  live = s.active_allocations;
+  if (frees > allocs || live != allocs - frees || live > in_flight) {
+    std::fprintf(stderr, "once its recorded blocks are freed, a heap counts %zu allocations, %zu frees and %zu live blocks\n",
+                 allocs, frees, live);
+    return 2;
+  }
+  void* blocks[64];
+  if (n > 64) n = 64;
+  for (std::size_t size : sizes) {
+    for (unsigned j = 0; j < n; ++j) {
+      blocks[j] = a.allocate(size);
+      if (!blocks[j]) return 3;
+      std::memset(blocks[j], 0x5a, size < 64 ? size : 64);
+    }
+    for (unsigned j = 0; j < n; ++j) a.deallocate(blocks[j]);
+  }
+  auto t = a.get_stats();
+  if (t.allocation_count - allocs != n * N || t.free_count - frees != n * N || t.active_allocations != live) {
+    std::fprintf(stderr, "a heap counts %zu allocations and %zu frees more, %zu live blocks (%zu before)\n",
+                 t.allocation_count - allocs, t.free_count - frees, static_cast<std::size_t>(t.active_allocations),
+                 live);
+    return 4;
+  }
+  return 0;
+}
+
+// 40 private heaps alive -- 32 MemoryAllocators and 8 HugePageAllocators (a
+// private heap and a table of huge-page blocks each) -- threads allocating and
+// freeing in each of them in turn, huge-page blocks too, while the main thread
+// forks; each child checks every one of them, frees the blocks the threads had
+// recorded, and uses it.
+START_TEST(test_fork_with_many_private_heaps) {
+  run_with_deadline("fork with many private heaps", 120, [] {
+    constexpr unsigned kHeaps = 40, kHuge = 8;  // the first kHuge are HugePageAllocators
+    constexpr unsigned kKeep = 4, kPerThread = kHeaps * kKeep + kHuge;
+    static constexpr std::size_t kSizes[] = {48, 2048, 20000, 600000};
+    const unsigned nthreads = static_cast<unsigned>(std::max<std::size_t>(scaled(8), 2));
+    const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(20), 4));
+    std::vector<std::unique_ptr<MemoryAllocator>> heaps;
+    for (unsigned i = 0; i < kHeaps; ++i)
+      heaps.push_back(i < kHuge ? std::make_unique<HugePageAllocator>() : std::make_unique<MemoryAllocator>());
+    auto huge = [&](unsigned i) { return static_cast<HugePageAllocator*>(heaps[i].get()); };
+    // Thread t's slots: kKeep blocks in each heap (slot t * kPerThread + h * kKeep + k),
+    // then one huge-page block in each HugePageAllocator.
+    Slots kept(std::size_t{nthreads} * kPerThread);
+    auto slot = [&](unsigned t, unsigned h, unsigned k) { return std::size_t{t} * kPerThread + h * kKeep + k; };
+    auto huge_slot = [&](unsigned t, unsigned h) { return std::size_t{t} * kPerThread + kHeaps * kKeep + h; };
+    int rc = fork_while_churning(
+        nthreads, forks,
+        [&](unsigned t, unsigned round) {
+          for (unsigned j = 0; j < kHeaps; ++j) {
+            unsigned h = (j + t) % kHeaps;
+            MemoryAllocator& a = *heaps[h];
+            for (unsigned k = 0; k < kKeep; ++k) {
+              a.deallocate(kept.take(slot(t, h, k)));
+              void* p = a.allocate(kSizes[(k + round + t) % 4]);
+              if (p) static_cast<char*>(p)[0] = 1;
+              kept.put(slot(t, h, k), p);
+            }
+            if (h < kHuge && (round + t) % 4 == 0) {
+              huge(h)->deallocate_huge(kept.take(huge_slot(t, h)));
+              void* p = huge(h)->allocate_huge(std::size_t{2} << 20);
+              if (p) static_cast<char*>(p)[0] = 1;
+              kept.put(huge_slot(t, h), p);
+            }
+          }
+        },
+        [&] {
+          for (unsigned h = 0; h < kHeaps; ++h)
+            if (int r = child_checks_heap(*heaps[h], kSizes, 8, nthreads, [&] {
+                  for (unsigned t = 0; t < nthreads; ++t)
+                    for (unsigned k = 0; k < kKeep; ++k) heaps[h]->deallocate(kept.take(slot(t, h, k)));
+                }))
+              return r;
+          for (unsigned h = 0; h < kHuge; ++h) {
+            if (!running_on_valgrind()) {
+              for (unsigned t = 0; t < nthreads; ++t) huge(h)->deallocate_huge(kept.take(huge_slot(t, h)));
+              auto left = huge(h)->huge_stats();
+              if (left.live_blocks[0] + left.live_blocks[1] + left.live_blocks[2] > nthreads) return 5;
+            }
+            auto before = huge(h)->huge_stats();
+            void* p = huge(h)->allocate_huge(std::size_t{2} << 20);
+            if (!p) return 6;
+            static_cast<char*>(p)[4096] = 1;
+            huge(h)->deallocate_huge(p);
+            auto after = huge(h)->huge_stats();
+            if (after.allocations != before.allocations + 1 || after.deallocations != before.deallocations + 1)
+              return 7;
+          }
+          void* p = lca_malloc(100);
+          if (!p) return 8;
+          lca_free(p);
+          return 0;
+        });
+    for (unsigned t = 0; t < nthreads; ++t) {
+      for (unsigned h = 0; h < kHeaps; ++h)
+        for (unsigned k = 0; k < kKeep; ++k) heaps[h]->deallocate(kept.take(slot(t, h, k)));
+      for (unsigned h = 0; h < kHuge; ++h) huge(h)->deallocate_huge(kept.take(huge_slot(t, h)));
+    }
+    for (auto& a : heaps)
+      if (a->get_stats().active_allocations != 0) return 114;
+    return rc;
+  });
+}
+END_TEST
+
+// Two hardened heaps (SecureAllocator) used by several threads -- every size
+// class up to 64 KiB, large blocks, reallocation, a trim now and then -- across
+// forks; each child checks both, frees the blocks the threads had recorded, and
+// uses them, and the process heap.
+START_TEST(test_fork_with_secure_allocators_in_use) {
+  run_with_deadline("fork with secure allocators in use", 120, [] {
+    static constexpr std::size_t kSizes[] = {0, 16, 100, 1000, 5000, 30000, 65528, 100000, 300000};
+    constexpr unsigned kKeep = 12;  // blocks a thread keeps in each heap
+    const unsigned nthreads = static_cast<unsigned>(std::max<std::size_t>(scaled(6), 2));
+    const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(20), 4));
+    SecureAllocator a, b;
+    SecureAllocator* heaps[] = {&a, &b};
+    Slots kept(std::size_t{nthreads} * 2 * kKeep);  // thread t, heap h, block k: (t * 2 + h) * kKeep + k
+    int rc = fork_while_churning(
+        nthreads, forks,
+        [&](unsigned t, unsigned round) {
+          for (unsigned k = 0; k < 2 * kKeep; ++k) {
+            SecureAllocator& h = *heaps[k / kKeep];
+            std::size_t i = std::size_t{t} * 2 * kKeep + k;
+            std::size_t size = kSizes[(k + round + t) % (sizeof kSizes / sizeof kSizes[0])];
+            void* p = kept.take(i);
+            if (p && (k + round) % 3 == 0) {
+              void* q = h.reallocate(p, size + 8);
+              kept.put(i, q ? q : p);
+              continue;
+            }
+            h.deallocate(p);
+            p = h.allocate(size);
+            if (p && size) static_cast<char*>(p)[0] = 1;
+            kept.put(i, p);
+          }
+          if (t == 0 && round % 16 == 15) heaps[round / 16 % 2]->trim();
+        },
+        [&] {
+          for (unsigned h = 0; h < 2; ++h) {
+            if (int r = child_checks_heap(*heaps[h], kSizes, 6, nthreads, [&] {
+                  for (unsigned t = 0; t < nthreads; ++t)
+                    for (unsigned k = 0; k < kKeep; ++k)
+                      heaps[h]->deallocate(kept.take((std::size_t{t} * 2 + h) * kKeep + k));
+                }))
+              return r;
+            heaps[h]->trim();
+          }
+          void* p = lca_malloc(100);
+          if (!p) return 8;
+          lca_free(p);
+          return 0;
+        });
+    for (std::size_t i = 0; i < kept.size(); ++i) heaps[i / kKeep % 2]->deallocate(kept.take(i));
+    for (SecureAllocator* h : heaps)
+      if (h->get_stats().active_allocations != 0) return 114;
+    return rc;
+  });
+}
+END_TEST
+
 // --- glibc's thread-stack cache under helgrind (session 17) ----------------------
 //
 // What the scenario above met once under helgrind (CI, 2026-12-06), made
@@ -1099,5 +1374,7 @@ int main() {
   tcase_add_test(tc, test_thread_takes_stack_another_thread_cached);
   tcase_add_test(tc, test_fork_child_counts_every_allocation);
   tcase_add_test(tc, test_fork_with_many_running_threads);
+  tcase_add_test(tc, test_fork_with_many_private_heaps);
+  tcase_add_test(tc, test_fork_with_secure_allocators_in_use);
   return test_util::run_suite(s);
 }
