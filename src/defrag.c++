@@ -1326,6 +1326,9 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
 }
 
 void HandleAllocator::deallocate_handle(Handle h) {
+  // 0, what allocate_handle returns when it fails, is no handle: nothing to
+  // free, as free(NULL).
+  if (h == 0) return;
   lca::HandleTable* t = table_;
   // Offline from the start too: the thread reads no object, the CAS that ends
   // the handle excludes a move (a mover marks and commits with CASes on the

@@ -179,6 +179,7 @@ class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
 
   // A handle to `size` bytes (16-byte aligned); 0 with errno = ENOMEM.
   Handle allocate_handle(std::size_t size);
+  // Frees h's object; 0 (no handle) does nothing, as free(NULL).
   void deallocate_handle(Handle h);
   // The object's current address: valid by the rule above.
   void* resolve(Handle h);

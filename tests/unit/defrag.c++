@@ -778,6 +778,27 @@ START_TEST(test_handle_of_another_heap_refused) {
 }
 END_TEST
 
+// 0 is no handle (what a failed allocate_handle returns): deallocate_handle(0)
+// does nothing, as free(NULL), where it aborted with "Invalid handle of (nil)";
+// resolve(0) is still an error (test_bad_handles_die).
+START_TEST(test_deallocate_null_handle_does_nothing) {
+  HandleAllocator a;
+  Handle keep = a.allocate_handle(64);
+  errno = 0;
+  Handle failed = a.allocate_handle(SIZE_MAX / 2);
+  ck_assert_uint_eq(failed, 0);
+  ck_assert_int_eq(errno, ENOMEM);
+  auto before = a.handle_stats();
+  a.deallocate_handle(failed);
+  a.deallocate_handle(0);
+  auto after = a.handle_stats();
+  ck_assert_uint_eq(after.live_handles, before.live_handles);
+  ck_assert_uint_eq(a.handle_size(keep), 64);
+  a.deallocate_handle(keep);
+  ck_assert_uint_eq(a.handle_stats().live_handles, before.live_handles - 1);
+}
+END_TEST
+
 START_TEST(test_bad_handles_die) {
   struct Case {
     const char* what;
@@ -1777,6 +1798,7 @@ int main() {
   tcase_add_test(tc, test_handle_heap_compacts);
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
+  tcase_add_test(tc, test_deallocate_null_handle_does_nothing);
   tcase_add_test(tc, test_handle_of_another_heap_refused);
   tcase_add_test(tc, test_rule_broken_loses_writes);
   tcase_add_test(tc, test_rule_kept_loses_nothing);
