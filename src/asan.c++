@@ -188,7 +188,11 @@ void vg_free(void* p, void (*release)(void*)) {
   // Aborts on anything but a block libcalloc considers live; a module heap's
   // block (SecureAllocator, HugePageAllocator) goes to its heap.
   if (!block_lookup(p, &r, "free", true)) return;
-  if (!r.domain->per_thread) relocating_check(r.domain);  // (free_now's check, before the quarantine)
+  if (!r.domain->per_thread) {
+    // free_now's checks, before the quarantine.
+    relocating_check(r.domain);
+    handle_object_check_unlocked(r.domain, p, "free");
+  }
   std::size_t word = load_size_word(p, r.usable);
   if (word & kFreedBit) report_fatal("Double free", p, "the block is not allocated (freed already)");
   r.domain->vg.frees.fetch_add(1, std::memory_order_relaxed);

@@ -735,6 +735,87 @@ struct HandleSlot {
 };
 static_assert(sizeof(HandleSlot) == 32);
 
+// The addresses of a handle heap's handle objects, and of the new places a
+// mover is about to fill: the free and realloc paths of the heap ask it whether
+// a block is a handle's object (handle_object_of), which only deallocate_handle
+// may free.  There is no way from a block to its slot otherwise (no header, no
+// bit: a span object or arena block carries only the user's bytes), and a walk
+// of the slots is O(handles) per free.  Open addressing, linear probing,
+// deletion by backward shift, at most half full; the keys array is mapped
+// (4 KiB at first) and doubles as the heap's handles do, never shrinks (no
+// system call in steady state).  The heap's domain lock guards it.
+struct ObjectSet {
+  std::uintptr_t* keys = nullptr;  // 0: empty entry
+  std::size_t mask = 0;            // capacity - 1
+  unsigned bits = 0;               // log2(capacity)
+  std::size_t count = 0;
+
+  std::size_t home(std::uintptr_t k) const {
+    return static_cast<std::size_t>((k * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+  }
+  static constexpr std::size_t npos = ~std::size_t{0};
+  // p's entry, or npos.
+  std::size_t find(const void* p) const {
+    if (!keys) return npos;
+    auto k = reinterpret_cast<std::uintptr_t>(p);
+    for (std::size_t i = home(k);; i = (i + 1) & mask) {
+      if (keys[i] == k) return i;
+      if (keys[i] == 0) return npos;
+    }
+  }
+  bool grow() {
+    unsigned nbits = keys ? bits + 1 : 9;  // 512 entries: one page
+    std::size_t cap = std::size_t{1} << nbits;
+    auto* nk = static_cast<std::uintptr_t*>(os_map(cap * sizeof(std::uintptr_t)));
+    if (!nk) return false;
+    std::uintptr_t* old = keys;
+    std::size_t old_cap = keys ? mask + 1 : 0;
+    keys = nk;
+    bits = nbits;
+    mask = cap - 1;
+    for (std::size_t i = 0; i < old_cap; ++i)
+      if (old[i]) {
+        std::size_t j = home(old[i]);
+        while (keys[j]) j = (j + 1) & mask;
+        keys[j] = old[i];
+      }
+    if (old) os_unmap(old, old_cap * sizeof(std::uintptr_t));
+    return true;
+  }
+  // False when the set cannot grow (no memory).
+  bool insert(const void* p) {
+    if (!keys || (count + 1) * 2 > mask + 1) {
+      if (!grow()) return false;
+    }
+    auto k = reinterpret_cast<std::uintptr_t>(p);
+    std::size_t i = home(k);
+    while (keys[i] && keys[i] != k) i = (i + 1) & mask;
+    if (keys[i] == 0) ++count;
+    keys[i] = k;
+    return true;
+  }
+  void erase(const void* p) {
+    if (std::size_t i = find(p); i != npos) erase_at(i);
+  }
+  void erase_at(std::size_t i) {
+    // Backward shift: an entry after the hole moves into it unless its home
+    // lies cyclically in (hole, entry].
+    for (std::size_t j = (i + 1) & mask; keys[j]; j = (j + 1) & mask) {
+      std::size_t h = home(keys[j]);
+      if (((j - h) & mask) >= ((j - i) & mask)) {
+        keys[i] = keys[j];
+        i = j;
+      }
+    }
+    keys[i] = 0;
+    --count;
+  }
+  void release() {
+    if (keys) os_unmap(keys, (mask + 1) * sizeof(std::uintptr_t));
+    keys = nullptr;
+  }
+};
+
 struct alignas(64) ThreadRecord {
   std::atomic<std::uint64_t> seen;  // the epoch at the thread's last quiescent point, or kOffline
   std::atomic<std::uint32_t> in_use;
@@ -759,12 +840,68 @@ struct HandleTable {
   std::uint32_t free_head;     // index + 1
   std::atomic<ThreadRecord*> records;
   std::atomic<std::size_t> live, moves, abandoned, reader_waits;
+  ObjectSet objects;  // the handles' objects (domain lock)
   HandleTable* next_live;
   HandleTable* prev_live;
   std::atomic<HandleSlot*> segments[kMaxSegments];
 };
 
+// The free paths' question (tcache.h++): is p a handle's object?  Under the
+// domain lock, which every change of the set holds too: allocate_handle adds
+// its object before the handle exists, deallocate_handle takes it out after
+// the handle died and before the block is freed, and a mover adds a new place
+// before it copies into it and takes the old place out as it frees it -- so a
+// handle's live object, wherever a move has got to, is in the set whenever its
+// holder can free it.
+//
+// deallocate_handle's own free names its block in tls_freeing_handle_object:
+// the check takes it out of the set then, under the lock it holds anyway (a
+// separate take-out under its own lock cost 60 more instructions a free).
+constinit thread_local const void* tls_freeing_handle_object __attribute__((tls_model("initial-exec"))) = nullptr;
+
+void handle_object_free_check(Domain* d, const void* p, const char* what) {
+  ObjectSet& set = d->handles->objects;
+  std::size_t i = set.find(p);
+  if (i == ObjectSet::npos) return;
+  if (p == tls_freeing_handle_object && what[0] == 'f') {
+    set.erase_at(i);
+    tls_freeing_handle_object = nullptr;
+    return;
+  }
+  if (what[0] == 'r')
+    report_fatal("Invalid realloc", p,
+                 "the block is a handle's object (HandleAllocator): its size is fixed and it moves only with "
+                 "defragment; allocate a new handle and copy");
+  report_fatal("Invalid free", p, "the block is a handle's object (HandleAllocator): free it with deallocate_handle");
+}
+
+void handle_object_check_unlocked(Domain* d, const void* p, const char* what) {
+  if (!d->handles) return;
+  VgSerial serial;
+  domain_lock(d);
+  handle_object_free_check(d, p, what);  // (a report keeps the lock: it aborts)
+  domain_unlock(d);
+}
+
 namespace {
+
+// Adds p, a live block of t's heap, to t's objects; false when the set cannot
+// grow.
+bool objects_add(HandleTable* t, const void* p) {
+  VgSerial serial;
+  domain_lock(t->domain);
+  bool ok = t->objects.insert(p);
+  domain_unlock(t->domain);
+  return ok;
+}
+
+// Takes p out of t's objects: it may be freed as a plain block now.
+void objects_forget(HandleTable* t, const void* p) {
+  VgSerial serial;
+  domain_lock(t->domain);
+  t->objects.erase(p);
+  domain_unlock(t->domain);
+}
 
 // Every live table, for thread exit (a thread's records die with their table).
 constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -1064,10 +1201,20 @@ struct Move {
 // Returns false when the grace period timed out.
 bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* self,
                 custom_alloc::DefragmentationEngine::DefragStats* st) {
+  // The new places are handle objects from before their copy on (a holder
+  // of the new address may free it wrongly as soon as it is published); one
+  // the set cannot take is not moved to.
+  std::vector<bool> tracked(batch.size());
+  {
+    VgSerial serial;
+    HeapLock lock(t->domain);
+    for (std::size_t i = 0; i < batch.size(); ++i) tracked[i] = t->objects.insert(batch[i].to);
+  }
   std::size_t marked = 0;
-  for (Move& m : batch) {
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    Move& m = batch[i];
     std::uint64_t w = m.word;
-    m.marked = m.slot->word.compare_exchange_strong(w, w | kMarked, std::memory_order_acq_rel);
+    m.marked = tracked[i] && m.slot->word.compare_exchange_strong(w, w | kMarked, std::memory_order_acq_rel);
     if (m.marked) ++marked;
   }
   bool in_time = true;
@@ -1104,6 +1251,9 @@ bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* se
   }
   HeapLock lock(t->domain);
   for (Move& m : batch) {
+    // The old place of a moved object, or an unused new place: no handle's
+    // object any more (under the lock, as the free).
+    t->objects.erase(m.from);
     if (!m.to) {
       // An unused new place: raw memory, never announced as a block.
       if (on_valgrind()) announce_block(t->domain, m.from, m.size, raw_usable(m.from));
@@ -1243,6 +1393,7 @@ HandleAllocator::HandleAllocator() : MemoryAllocator() {
   t->id = lca::g_next_table_id.fetch_add(1, std::memory_order_relaxed);
   t->first_gen = static_cast<std::uint32_t>((t->id - 1) % 0x7fff + 1) << 16 | 1;
   t->domain = domain();
+  t->domain->handles = t;  // its free paths check for handle objects from now on
   t->epoch.store(1, std::memory_order_relaxed);
   pthread_mutex_init(&t->table_lock, nullptr);
   pthread_mutex_init(&t->mover_lock, nullptr);
@@ -1265,6 +1416,13 @@ HandleAllocator::~HandleAllocator() {
   lca::g_tables_destroyed.fetch_add(1, std::memory_order_relaxed);
   pthread_mutex_unlock(&lca::g_tables_lock);
   // The objects go with the heap (~MemoryAllocator); the table and records here.
+  {
+    lca::VgSerial serial;
+    lca::domain_lock(t->domain);
+    t->domain->handles = nullptr;
+    t->objects.release();
+    lca::domain_unlock(t->domain);
+  }
   for (lca::ThreadRecord* r = t->records.load(std::memory_order_relaxed); r;) {
     lca::ThreadRecord* next = r->next;
     lca::os_unmap(r, lca::os_page_size());
@@ -1287,6 +1445,15 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
   lca::mover_record(t);
   void* p = allocate(size);
   if (!p) return 0;
+  // A handle's object from before its handle exists: only deallocate_handle
+  // frees it (the failures below take it out again).  (Not under the lock
+  // of the allocation: allocate is virtual, and a subclass's may wait --
+  // test_handle_calls_offline_inside.)
+  if (!lca::objects_add(t, p)) {
+    deallocate(p);
+    errno = ENOMEM;
+    return 0;
+  }
   pthread_mutex_lock(&t->table_lock);
   std::uint32_t i;
   if (t->free_head) {
@@ -1296,6 +1463,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
     i = t->slot_count.load(std::memory_order_relaxed);
     if (i == lca::kMaxSegments * lca::kSegmentSlots) {
       pthread_mutex_unlock(&t->table_lock);
+      lca::objects_forget(t, p);
       deallocate(p);
       errno = ENOMEM;
       return 0;
@@ -1304,6 +1472,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
       void* seg = lca::os_map(lca::kSegmentSlots * sizeof(lca::HandleSlot));
       if (!seg) {
         pthread_mutex_unlock(&t->table_lock);
+        lca::objects_forget(t, p);
         deallocate(p);
         errno = ENOMEM;
         return 0;
@@ -1354,7 +1523,10 @@ void HandleAllocator::deallocate_handle(Handle h) {
   // Once the CAS succeeded no move can begin (a mark expects the live word),
   // and any that ended published its address before its word.
   p = s->ptr.load(std::memory_order_acquire);
+  // The free takes it out of the handle objects (handle_object_free_check).
+  lca::tls_freeing_handle_object = p;
   deallocate(p);
+  lca::tls_freeing_handle_object = nullptr;
   t->live.fetch_sub(1, std::memory_order_relaxed);
   if ((s->word.load(std::memory_order_relaxed) >> 32) == 0xffffffffull) return;  // worn out: never reused
   pthread_mutex_lock(&t->table_lock);

@@ -35,6 +35,7 @@ void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResu
   BlockRef r;
   block_lookup(p, &r, "realloc");
   Domain* bd = r.domain;
+  if (!bd->per_thread) handle_object_check_unlocked(bd, p, "realloc");  // before anything changes
   std::size_t old_size = vg_block_size(p, r.usable);
   auto count_resize = [&](std::size_t now) {
     if (now > old_size)
@@ -124,6 +125,9 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
   Domain* bd = r.domain;
   if (!bd->per_thread) relocating_check(bd);
   DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock
+  // A handle's object keeps the size its handle was given, and a move would
+  // leave the handle naming the freed old place: refused.
+  if (!bd->per_thread) handle_object_check(bd, p, "realloc");
   Heap* h = bd->per_thread ? heap_for_thread() : bd->single;
   // A heap for this call only, after the thread's exit handler (tcache.h++).
   struct DoneAfterExit {

@@ -1233,6 +1233,7 @@ LCA_CORE_TEXT void free_now(void* p) {
   if (!d->per_thread) {
     relocating_check(d);
     DomainLock lock(d);
+    handle_object_check(d, p, "free");  // a HandleAllocator's handle's object: refused
     Heap* h = d->single;
     switch (r.kind) {
       case BlockRef::Kind::span:

@@ -28,6 +28,8 @@
 
 namespace lca {
 
+struct HandleTable;  // a HandleAllocator's handles (defrag.c++)
+
 // Per-thread counters: written only by the owning thread, read by anyone summing
 // statistics.  The owner's add is a single plain add to memory (on x86-64 one
 // instruction, no lock prefix: a reader sees the old or the new value, never a
@@ -387,6 +389,12 @@ struct Domain {
   // and the plan of the class it is in (freed with the domain).
   unsigned defrag_resume = 0;
   void* defrag_round = nullptr;
+  // The handle table of the HandleAllocator that owns this (private) heap, or
+  // nullptr: its free and realloc paths then check that the block is not one of
+  // the handles' objects (handle_object_check, defrag.c++).  Set by the
+  // HandleAllocator's constructor and cleared by its destructor, when no other
+  // thread uses the heap.
+  HandleTable* handles = nullptr;
 #endif
   // Valgrind mode (vg.h++): the statistics as the user sees them -- requested
   // sizes, and a free counted when the block enters the quarantine.
@@ -700,8 +708,23 @@ extern constinit thread_local Domain* tls_relocating __attribute__((tls_model("i
 inline void relocating_check(Domain* d) {
   if (__builtin_expect(tls_relocating == d, 0)) relocating_reentered(d);
 }
+// A free or resize (what: "free" or "realloc") of p, a live block of the
+// private domain d, with d's lock held: when p is the object of one of the
+// handles of d's HandleAllocator, which only deallocate_handle frees, aborts
+// with "Invalid free" ("Invalid realloc") before anything changes -- unless
+// this is deallocate_handle's own free of it, which takes it out of the
+// handle objects (defrag.c++).  One load and branch for other private heaps.
+void handle_object_free_check(Domain* d, const void* p, const char* what);
+inline void handle_object_check(Domain* d, const void* p, const char* what) {
+  if (__builtin_expect(d->handles != nullptr, 0)) handle_object_free_check(d, p, what);
+}
+// The same without d's lock held (the Valgrind and ASan modes' frees, before
+// the quarantine): takes it.
+void handle_object_check_unlocked(Domain* d, const void* p, const char* what);
 #else
 inline void relocating_check(Domain*) {}  // no defragmentation engine
+inline void handle_object_check(Domain*, const void*, const char*) {}
+inline void handle_object_check_unlocked(Domain*, const void*, const char*) {}
 #endif
 
 // fork() support for every domain.

@@ -199,7 +199,13 @@ void vg_free(void* p, void (*release)(void*)) {
   // A block of no core heap may be a module heap's (SecureAllocator,
   // HugePageAllocator): it goes to its heap, which tells memcheck itself.
   LargeInfo info;
-  if (!registry_lookup(p) && !large_lookup(p, &info) && free_module_block(p)) return;
+  ChunkHeader* ch = registry_lookup(p);
+  bool large = !ch && large_lookup(p, &info);
+  if (!ch && !large && free_module_block(p)) return;
+  // A HandleAllocator's handle's object (a live block, then): refused before
+  // memcheck is told of a free, so that the object stays as it was.
+  if (Domain* hd = ch ? ch->domain : large ? info.domain : nullptr; hd && !hd->per_thread)
+    handle_object_check_unlocked(hd, p, "free");
   // memcheck's own report first ("Invalid free()" for anything but a live block),
   // then libcalloc's check, which aborts with its message on a bad pointer.
   VALGRIND_FREELIKE_BLOCK(p, 0);

@@ -52,7 +52,13 @@
 // resolve, pin, handle_size and deallocate_handle abort with "libcalloc: Stale
 // handle of 0x...: ..." or "libcalloc: Invalid handle of 0x...: ..."
 // (deallocate_handle of a pinned handle: "Invalid free"); try_resolve returns
-// nullptr instead.  Under Valgrind the old place of a moved object is a freed
+// nullptr instead.  A handle's object is freed by deallocate_handle only:
+// deallocate(resolve(h)), free, lca_free or another heap's deallocate of it
+// aborts with "libcalloc: Invalid free of ADDR: the block is a handle's object
+// (HandleAllocator): free it with deallocate_handle", and realloc, reallocate
+// or try_realloc_inplace of it with "libcalloc: Invalid realloc of ADDR: ..."
+// (its size is fixed, and a moved block would leave the handle naming the
+// freed place) -- before anything changes.  Under Valgrind the old place of a moved object is a freed
 // block to memcheck, so a stale pointer into it is reported.
 #ifndef CUSTOM_ALLOC_DEFRAG_HXX
 #define CUSTOM_ALLOC_DEFRAG_HXX
@@ -201,7 +207,7 @@ class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
   float fragmentation() const;
 
   // Raw-pointer members of MemoryAllocator still work, but their blocks are not
-  // handles and never move.
+  // handles and never move.  They refuse a handle's object (see above).
 
  private:
   ::lca::HandleTable* table_;

@@ -38,6 +38,8 @@
 #include <thread>
 #include <vector>
 
+#include <libcalloc.h>
+
 #include "../test-util.h++"
 #include "arena.h++"
 #include "tcache.h++"
@@ -1780,6 +1782,152 @@ START_TEST(test_handle_ptr_stale_dies) {
 }
 END_TEST
 
+// A handle's object freed or resized as a plain block -- deallocate(resolve(h)),
+// free, lca_free, another heap's deallocate (which routes the block to its
+// heap), realloc, reallocate, try_realloc_inplace -- was accepted: the handle
+// then named whatever block reused the address, and deallocate_handle freed
+// that one.  Each now dies with "Invalid free" / "Invalid realloc" before
+// anything changes: a SIGABRT handler in the dying child finds the handle
+// still resolving to its intact object, still counted live.  Span, arena and
+// large objects.
+struct AbortProbe {
+  HandleAllocator* a;
+  Handle h;
+  void* p;
+  std::size_t n;
+  std::size_t live;
+};
+AbortProbe g_probe;
+
+void probe_on_abort(int) {
+  // (A test child about to die: not async-signal-safe, but nothing else runs.)
+  const AbortProbe& pr = g_probe;
+  bool intact = pr.a->try_resolve(pr.h) == pr.p && pr.a->handle_stats().live_handles == pr.live &&
+                check_pattern(pr.p, pr.n, 0x5eed) < 0;
+  const char* msg = intact ? "[object intact]\n" : "[object CHANGED]\n";
+  ssize_t ignored = ::write(2, msg, std::strlen(msg));
+  (void)ignored;
+}
+
+START_TEST(test_handle_object_freed_as_block_dies) {
+  struct Case {
+    const char* what;
+    const char* expected;
+    void (*op)(HandleAllocator& a, void* p);
+  };
+  static MemoryAllocator other;
+  const Case cases[] = {
+      {"deallocate", "libcalloc: Invalid free of ", [](HandleAllocator& a, void* p) { a.deallocate(p); }},
+      {"free", "libcalloc: Invalid free of ", [](HandleAllocator&, void* p) { std::free(test_util::launder(p)); }},
+      {"lca_free", "libcalloc: Invalid free of ", [](HandleAllocator&, void* p) { lca_free(p); }},
+      {"lca_realloc", "libcalloc: Invalid realloc of ",
+       [](HandleAllocator&, void* p) { test_util::escape(lca_realloc(p, 64)); }},
+      {"lca_realloc to 0", "libcalloc: Invalid free of ", [](HandleAllocator&, void* p) { lca_realloc(p, 0); }},
+      {"another heap's deallocate", "libcalloc: Invalid free of ",
+       [](HandleAllocator&, void* p) { other.deallocate(p); }},
+      {"realloc", "libcalloc: Invalid realloc of ",
+       [](HandleAllocator&, void* p) { test_util::escape(std::realloc(test_util::launder(p), 4 << 20)); }},
+      {"realloc smaller", "libcalloc: Invalid realloc of ",
+       [](HandleAllocator&, void* p) { test_util::escape(std::realloc(test_util::launder(p), 16)); }},
+      {"reallocate", "libcalloc: Invalid realloc of ",
+       [](HandleAllocator& a, void* p) { test_util::escape(a.reallocate(p, 100)); }},
+      {"try_realloc_inplace", "libcalloc: Invalid realloc of ",
+       [](HandleAllocator& a, void* p) { test_util::escape(a.try_realloc_inplace(p, 24)); }},
+  };
+  const std::size_t sizes[] = {48, 3000, 2u << 20};  // span, arena, large
+  for (std::size_t n : sizes) {
+    HandleAllocator a;
+    Handle keep = a.allocate_handle(n);  // a neighbour
+    Handle h = a.allocate_handle(n);
+    void* p = a.resolve(h);
+    fill_pattern(p, n, 0x5eed);
+    for (const Case& c : cases) {
+      // The sanitizer builds do not override free and realloc (the sanitizer's
+      // own take them): lca_free and lca_realloc stand for them there.
+      if (test_util::kAsanBuild && (c.op == cases[1].op || std::strncmp(c.what, "realloc", 7) == 0)) continue;
+      auto r = expect_death(
+          [&] {
+            g_probe = AbortProbe{&a, h, p, n, a.handle_stats().live_handles};
+            ::signal(SIGABRT, probe_on_abort);  // glibc's abort() then dies of SIGABRT anyway
+            c.op(a, p);
+          },
+          c.expected);
+      ck_assert_msg(r.ok(), "%s, %zu bytes: %s", c.what, n, r.description.c_str());
+      ck_assert_msg(r.output_contains("handle's object"), "%s, %zu bytes: %s", c.what, n, r.output.c_str());
+      ck_assert_msg(r.output_contains("[object intact]"), "%s, %zu bytes: %s", c.what, n, r.output.c_str());
+    }
+    // The parent's handle is as it was, and frees normally.
+    ck_assert_ptr_eq(a.resolve(h), p);
+    ck_assert_int_lt(check_pattern(p, n, 0x5eed), 0);
+    a.deallocate_handle(h);
+    a.deallocate_handle(keep);
+  }
+}
+END_TEST
+
+// What still frees normally: deallocate_handle (also of a moved object), plain
+// blocks of a HandleAllocator (allocate, then free, deallocate, realloc), a
+// plain block that reuses a freed handle's address; and a moved object is
+// refused at its new address (its old place is freed: a double or invalid free).
+START_TEST(test_handle_heap_plain_blocks_free) {
+  HandleAllocator a;
+  // Plain blocks.
+  void* b1 = a.allocate(64);
+  void* b2 = a.allocate(5000);
+  ck_assert_ptr_nonnull(b1);
+  ck_assert_ptr_nonnull(b2);
+  b1 = a.reallocate(b1, 200);
+  ck_assert_ptr_nonnull(b1);
+  a.deallocate(b1);
+  lca_free(b2);  // (free itself in a build that overrides it: test_handle_object_freed_as_block_dies)
+  // A freed handle's address, reused by a plain block.
+  Handle h = a.allocate_handle(64);
+  void* p = a.resolve(h);
+  a.deallocate_handle(h);
+  void* q = a.allocate(64);
+  if (!checked_mode()) ck_assert_ptr_eq(q, p);  // the slot just freed (the heap's LIFO; no quarantine)
+  a.deallocate(q);
+  // Moved objects: a sparse heap, compacted.
+  std::vector<Handle> hs;
+  for (int i = 0; i < 2000; ++i) hs.push_back(a.allocate_handle(48));
+  for (std::size_t i = 0; i < hs.size(); ++i)
+    if (i % 10 != 0) {
+      a.deallocate_handle(hs[i]);
+      hs[i] = 0;
+    }
+  std::map<Handle, void*> before;
+  for (Handle x : hs)
+    if (x) before[x] = a.resolve(x);
+  a.defragment();  // (no move in Valgrind and ASan modes: the quarantine keeps the freed blocks)
+  Handle moved = 0;
+  for (auto& [x, old] : before)
+    if (a.resolve(x) != old) {
+      moved = x;
+      break;
+    }
+  if (!moved) {
+    moved = before.begin()->first;
+    a.offline();
+    ck_assert(a.relocate(moved));
+  }
+  ck_assert_ptr_ne(a.resolve(moved), before[moved]);
+  void* now = a.resolve(moved);
+  auto r = expect_death([&] { a.deallocate(now); }, "libcalloc: Invalid free of ");
+  ck_assert_msg(r.ok(), "moved object: %s", r.description.c_str());
+  // (A double free, or an invalid free once the emptied span went back to the OS.)
+  r = expect_death([&] { a.deallocate(before[moved]); }, "libcalloc: ");
+  ck_assert_msg(r.ok() && !r.output_contains("handle's object"), "old place of a moved object: %s",
+                r.description.c_str());
+  for (Handle x : hs)
+    if (x) a.deallocate_handle(x);
+  ck_assert_uint_eq(a.handle_stats().live_handles, 0);
+  // Every object address is a plain block's again.
+  std::vector<void*> plain;
+  for (int i = 0; i < 300; ++i) plain.push_back(a.allocate(48));
+  for (void* x : plain) a.deallocate(x);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("defrag", &tc);
@@ -1799,6 +1947,8 @@ int main() {
   tcase_add_test(tc, test_pins_keep_objects_in_place);
   tcase_add_test(tc, test_bad_handles_die);
   tcase_add_test(tc, test_deallocate_null_handle_does_nothing);
+  tcase_add_test(tc, test_handle_object_freed_as_block_dies);
+  tcase_add_test(tc, test_handle_heap_plain_blocks_free);
   tcase_add_test(tc, test_handle_of_another_heap_refused);
   tcase_add_test(tc, test_rule_broken_loses_writes);
   tcase_add_test(tc, test_rule_kept_loses_nothing);
