@@ -480,7 +480,7 @@ LCA_CORE_TEXT Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* 
 
 // Shared span slots (Domain::shared_slots): in the process domain's thread
 // heaps, not node-local ones (a slot of another node's chunk), nor in Valgrind
-// mode (a span's memory is described per heap there).
+// or ASan mode (on_valgrind(): their quarantines own the freed blocks' state).
 LCA_CORE_TEXT bool slot_sharing(const Heap* h) { return h->domain->per_thread && h->node < 0 && !on_valgrind(); }
 
 // retire_span of a dirty slot of h's own chunk, when h keeps kPrivateDirtySlots

@@ -2915,6 +2915,39 @@ START_TEST(test_shared_span_slots) {
 }
 END_TEST
 
+// Shared span slots at thread exit (src/pool.c++ heap_orphan_spans): a thread's
+// chunks become orphan chunks and its slots on the domain's stack go back to
+// them, so that those chunks can be released; none is left on the stack.
+START_TEST(test_shared_slots_of_exited_thread) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode shares no span slot");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span slots");
+#endif
+  constexpr std::size_t kSize = 4096;
+  constexpr unsigned kBlocks = 20 * (lca::kSpanSize / kSize);
+  std::size_t shared_before_exit = 0;
+  std::thread a([&] {
+    std::vector<void*> blocks(kBlocks);
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0x5a, kSize);
+    }
+    for (void* p : blocks) lca_free(p);
+    shared_before_exit = lca::g_process_domain.shared_slot_count.load(std::memory_order_relaxed);
+  });
+  a.join();
+  std::size_t orphaned = 0;
+  {
+    lca::DomainLock lock(&lca::g_process_domain);
+    for (lca::Span* s = lca::g_process_domain.shared_slots; s; s = s->next)
+      orphaned += lca::span_chunk_of(lca::chunk_base(s))->header.heap == nullptr;
+  }
+  ck_assert_uint_ge(shared_before_exit, 12);
+  ck_assert_uint_eq(orphaned, 0);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("threads", &tc);
@@ -2947,5 +2980,6 @@ int main() {
   tcase_add_test(tc, test_cancelled_threads_leave_nothing);
   tcase_add_test(tc, test_allocation_after_exit_handler);
   tcase_add_test(tc, test_shared_span_slots);
+  tcase_add_test(tc, test_shared_slots_of_exited_thread);
   return test_util::run_suite(s);
 }
