@@ -104,14 +104,9 @@ LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool p
   std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
   DomainLock lock(d);
   // A slot of a running heap's chunk (taken from the shared slots): back to
-  // them, purged first when they hold kMaxSharedSlots.
-  if (__atomic_load_n(&sc->header.heap, __ATOMIC_RELAXED)) {
-    if (!purged && d->shared_slot_count.load(std::memory_order_relaxed) >= kMaxSharedSlots) {
-      os_purge(span_base(s), kSpanSize);
-      purged = true;
-    }
-    return push_shared_slot(d, s, purged);
-  }
+  // them, whatever their number (no system call off the decay schedule; the
+  // slots beyond kMaxSharedSlots are ones taken from there before).
+  if (__atomic_load_n(&sc->header.heap, __ATOMIC_RELAXED)) return push_shared_slot(d, s, purged);
   std::size_t dirty_before = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
   sc->free_slots |= bit;
   if (purged)
