@@ -27,8 +27,9 @@ namespace lca {
 constexpr std::size_t kMaxDirtySlots = 64;  // 4 MiB of empty spans kept per heap (8 MiB before a purge)
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
 // Shared span slots: a heap keeps this many empty dirty slots for itself and
-// gives the rest to its domain's stack (Domain::shared_slots), which holds at
-// most kMaxSharedSlots resident ones (docs/design.md, "Shared span slots").
+// gives the rest to its domain's stack (Domain::shared_slots) while that holds
+// fewer than kMaxSharedSlots (a slot taken from the stack comes back to it
+// whatever its size).  docs/design.md, "Shared span slots".
 constexpr std::size_t kPrivateDirtySlots = 4;
 constexpr std::size_t kMaxSharedSlots = 32;
 
