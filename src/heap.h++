@@ -26,6 +26,12 @@ namespace lca {
 // --- chunk supply (tcache.c++) ----------------------------------------------
 constexpr std::size_t kMaxDirtySlots = 64;  // 4 MiB of empty spans kept per heap (8 MiB before a purge)
 constexpr std::uint64_t kDecayNs = 1'000'000'000ull;
+// Shared span slots: a heap keeps this many empty dirty slots for itself and
+// gives the rest to its domain's stack (Domain::shared_slots) while that holds
+// fewer than kMaxSharedSlots (a slot taken from the stack comes back to it
+// whatever its size).  docs/design.md, "Shared span slots".
+constexpr std::size_t kPrivateDirtySlots = 4;
+constexpr std::size_t kMaxSharedSlots = 32;
 
 // Memory goes back to the OS at most once per kDecayNs per heap or domain: a burst
 // of frees (a program tearing down a big structure) costs no system calls while
@@ -46,6 +52,11 @@ namespace {
 void release_chunk(Domain* d, ChunkHeader* c);
 // Purges one span chunk's dirty free slots; returns how many stay dirty.
 std::size_t purge_chunk_dirty(ChunkHeader* ch);
+// Shared span slots (domain lock held): s, empty and inactive, onto the stack.
+void push_shared_slot(Domain* d, Span* s, bool purged);
+// Gives the stack's slots of orphan chunks back to them; purges the others
+// when `purge`.
+void purge_shared_slots(Domain* d, bool purge);
 
 // --- span queues (tcache.c++) ------------------------------------------------
 namespace {

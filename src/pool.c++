@@ -103,6 +103,10 @@ void purge_orphan_chunks(Domain* d) {
 LCA_CORE_TEXT void release_orphan_slot(Domain* d, SpanChunk* sc, Span* s, bool purged) {
   std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
   DomainLock lock(d);
+  // A slot of a running heap's chunk (taken from the shared slots): back to
+  // them, whatever their number (no system call off the decay schedule; the
+  // slots beyond kMaxSharedSlots are ones taken from there before).
+  if (__atomic_load_n(&sc->header.heap, __ATOMIC_RELAXED)) return push_shared_slot(d, s, purged);
   std::size_t dirty_before = static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
   sc->free_slots |= bit;
   if (purged)
@@ -182,13 +186,15 @@ LCA_CORE_TEXT void heap_orphan_spans(Heap* h) {
           release_chunk(d, ch);
           continue;
         }
-        ch->heap = nullptr;
+        __atomic_store_n(&ch->heap, nullptr, __ATOMIC_RELAXED);  // read unlocked by retire_span
         d->orphan_dirty_slots += static_cast<std::size_t>(bit_count(sc->dirty_slots & sc->free_slots));
         d->orphan_chunks.push(ch);
       }
     }
     d->orphan_chunk_count.store(d->orphan_chunks.count, std::memory_order_relaxed);
     h->dirty_slots = 0;
+    // The shared slots of h's chunks go back to them, now orphan chunks.
+    if (d->shared_slots) purge_shared_slots(d, false);
   }
   // Then each class's queue, whole, to its pool (no one else reaches these
   // spans meanwhile: other threads only push remote frees onto them).

@@ -417,9 +417,45 @@ LCA_CORE_TEXT std::size_t purge_chunk_dirty(ChunkHeader* ch) {
   return 0;
 }
 
+// Shared span slots (domain lock held).
+LCA_CORE_TEXT void push_shared_slot(Domain* d, Span* s, bool purged) {
+  s->zeroed = purged;
+  s->next = d->shared_slots;
+  d->shared_slots = s;
+  d->shared_slot_count.store(d->shared_slot_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+// Trim, and a heap's chunks made orphan chunks (domain lock held): the slots of
+// orphan chunks go back to them (their chunks may be released), the others stay
+// for the next new_span, purged first when `purge`.
+void purge_shared_slots(Domain* d, bool purge) {
+  Span* list = d->shared_slots;
+  d->shared_slots = nullptr;
+  d->shared_slot_count.store(0, std::memory_order_relaxed);
+  while (Span* s = list) {
+    list = s->next;
+    SpanChunk* sc = span_chunk_of(chunk_base(s));
+    bool purged = s->zeroed;
+    if (!__atomic_load_n(&sc->header.heap, __ATOMIC_RELAXED)) {
+      s->next = nullptr;
+      release_orphan_slot(d, sc, s, purged);
+      continue;
+    }
+    if (purge && !purged) {
+      os_purge(span_base(s), kSpanSize);
+      purged = true;
+    }
+    push_shared_slot(d, s, purged);
+  }
+}
+
 namespace {
 
+LCA_CORE_TEXT bool reclaim_shared_slots(Heap* h);
+
 LCA_CORE_TEXT void purge_dirty_slots(Heap* h) {
+  // h's shared span slots are among its empty ones (reclaim_shared_slots).
+  if (h->domain->shared_slot_count.load(std::memory_order_relaxed)) reclaim_shared_slots(h);
   std::size_t left = 0;
   for (ChunkHeader* ch = h->span_chunks_avail.head; ch; ch = ch->next) left += purge_chunk_dirty(ch);
   h->dirty_slots = left;
@@ -440,6 +476,71 @@ LCA_CORE_TEXT Span* carve_slot(SpanChunk* sc, Heap* h, unsigned c, std::size_t* 
   Span* s = &sc->spans[slot];
   span_init(s, sc, slot, c, h, zeroed);
   return s;
+}
+
+// Shared span slots (Domain::shared_slots): in the process domain's thread
+// heaps, not node-local ones (a slot of another node's chunk), nor in Valgrind
+// or ASan mode (on_valgrind(): their quarantines own the freed blocks' state).
+LCA_CORE_TEXT bool slot_sharing(const Heap* h) { return h->domain->per_thread && h->node < 0 && !on_valgrind(); }
+
+// retire_span of a dirty slot of h's own chunk, when h keeps kPrivateDirtySlots
+// already: the slot goes to the domain's stack, still counted active in its
+// chunk, unless the stack holds kMaxSharedSlots.
+LCA_CORE_TEXT bool share_slot(Heap* h, Span* s) {
+  Domain* d = h->domain;
+  if (d->shared_slot_count.load(std::memory_order_relaxed) >= kMaxSharedSlots) return false;
+  DomainLock lock(d);
+  if (d->shared_slot_count.load(std::memory_order_relaxed) >= kMaxSharedSlots) return false;
+  push_shared_slot(d, s, false);
+  return true;
+}
+
+// new_span: a slot from the domain's stack (another heap's chunk, an orphan
+// chunk or h's own), or nullptr.
+LCA_CORE_TEXT Span* take_shared_slot(Heap* h, unsigned c) {
+  Domain* d = h->domain;
+  Span* s;
+  {
+    DomainLock lock(d);
+    s = d->shared_slots;
+    if (!s) return nullptr;
+    d->shared_slots = s->next;
+    d->shared_slot_count.store(d->shared_slot_count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  }
+  SpanChunk* sc = span_chunk_of(chunk_base(s));
+  span_init(s, sc, static_cast<unsigned>(s - sc->spans), c, h, s->zeroed);
+  return s;
+}
+
+// The shared slots of h's own chunks back to them (free, dirty unless purged);
+// returns whether any came back.
+LCA_CORE_TEXT bool reclaim_shared_slots(Heap* h) {
+  Domain* d = h->domain;
+  bool any = false;
+  DomainLock lock(d);
+  for (Span** link = &d->shared_slots; Span* s = *link;) {
+    SpanChunk* sc = span_chunk_of(chunk_base(s));
+    if (sc->header.heap != h) {
+      link = &s->next;
+      continue;
+    }
+    *link = s->next;
+    s->next = nullptr;
+    d->shared_slot_count.store(d->shared_slot_count.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    std::uint64_t bit = std::uint64_t{1} << static_cast<unsigned>(s - sc->spans);
+    if (!sc->free_slots) {
+      h->span_chunks_full.remove(&sc->header);
+      h->span_chunks_avail.push(&sc->header);
+    }
+    sc->free_slots |= bit;
+    if (!s->zeroed) {
+      sc->dirty_slots |= bit;
+      ++h->dirty_slots;
+    }
+    --sc->active_spans;
+    any = true;
+  }
+  return any;
 }
 
 // Span reclaim: a span of h in a free slot of an orphan chunk (a dirty one
@@ -496,8 +597,11 @@ LCA_CORE_TEXT Span* new_span(Heap* h, unsigned c) {
   ChunkHeader* ch = h->span_chunks_avail.head;
   // Resident free slots first: the heap's own, then an orphan chunk's; then
   // untouched ones, the heap's own, an orphan chunk's, a chunk acquired.
-  if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots))
+  if (!ch || !(span_chunk_of(ch)->free_slots & span_chunk_of(ch)->dirty_slots)) {
+    if (h->domain->shared_slot_count.load(std::memory_order_relaxed) && slot_sharing(h))
+      if (Span* s = take_shared_slot(h, c)) return s;
     if (Span* s = new_span_in_orphan_chunk(h, c, ch != nullptr)) return s;
+  }
   if (!ch) {
     purge_span_pages_before_chunk(h);
     ch = acquire_chunk(h->domain, ChunkKind::spans, h);
@@ -538,9 +642,12 @@ LCA_CORE_TEXT void retire_span(Heap* h, Span* s) {
   if (clean) os_purge(span_base(s), kSpanSize);
   span_set_flags(s, kSpanInactive);
   auto* sc = reinterpret_cast<SpanChunk*>(reinterpret_cast<std::uintptr_t>(s) & ~(kChunkSize - 1));
-  // A span taken from the pool or carved in an orphan chunk: the chunk is the
-  // domain's (its heap is nullptr; a chunk a heap owns holds that heap's spans only).
-  if (sc->header.heap != h) return release_orphan_slot(h->domain, sc, s, clean);
+  // A span taken from the pool, carved in an orphan chunk or taken from the
+  // shared slots: the chunk is the domain's (its heap is nullptr) or another
+  // heap's, whose slot goes back to the shared slots (release_orphan_slot).
+  if (__atomic_load_n(&sc->header.heap, __ATOMIC_RELAXED) != h) return release_orphan_slot(h->domain, sc, s, clean);
+  // Beyond kPrivateDirtySlots of its own, h gives the slot to the other heaps.
+  if (!clean && h->dirty_slots >= kPrivateDirtySlots && slot_sharing(h) && share_slot(h, s)) return;
   unsigned slot = static_cast<unsigned>(s - sc->spans);
   std::uint64_t bit = std::uint64_t{1} << slot;
   if (!sc->free_slots) {
@@ -602,6 +709,10 @@ LCA_CORE_TEXT void* alloc_arena(Heap* h, std::size_t size, std::size_t alignment
     // sizes move from the slab classes to the arena's; docs/design.md, "Workload
     // matrix").  The decay's once-a-second rule is for memory that may be
     // reused; this memory would not be, by this request.
+    // h's shared span slots come back first: a chunk they alone kept may go
+    // to the arena (release_empty_span_chunks).
+    if (h->domain->shared_slot_count.load(std::memory_order_relaxed) && reclaim_shared_slots(h))
+      release_empty_span_chunks(h);
     if (h->dirty_slots > kMaxDirtySlots) purge_dirty_slots(h);
     // Likewise the free pages of partly used spans.
     purge_span_pages_before_chunk(h);
@@ -1307,6 +1418,7 @@ void domain_trim(Domain* d) {
     for (Heap* h = d->abandoned; h; h = h->next_abandoned) heap_collect_all(h, true);
     // The pool of orphaned spans and their chunks, likewise.
     sweep_orphans(d, ~std::size_t{0});
+    purge_shared_slots(d, true);
     purge_orphan_chunks(d);
   }
   release_cached(d);

@@ -424,6 +424,14 @@ struct Domain {
   std::size_t orphan_dirty_slots = 0;  // free slots of orphan chunks not yet purged
   std::uint64_t orphan_purge_ns = 0;    // decay of those
   std::atomic<std::size_t> orphan_chunk_count{0};  // orphan_chunks.count, for the unlocked peek
+  // Shared span slots (tcache.c++ share_slot, take_shared_slot): empty slots of
+  // running heaps' chunks that their heap gave up (beyond kPrivateDirtySlots of
+  // its own), for any heap's new_span.  A slot here counts as an active span of
+  // its chunk (not in free_slots), so its chunk stays mapped and its owner never
+  // touches it; the stack, linked through Span::next, changes under the domain
+  // lock.  Span::zeroed tells a purged slot.  docs/design.md, "Shared span slots".
+  Span* shared_slots = nullptr;
+  std::atomic<std::size_t> shared_slot_count{0};  // entries (written under the lock)
 };
 
 extern Domain g_process_domain LCA_HIDDEN;

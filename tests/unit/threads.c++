@@ -2833,6 +2833,121 @@ START_TEST(test_allocation_after_exit_handler) {
 }
 END_TEST
 
+// Shared span slots (src/tcache.c++ share_slot, take_shared_slot; docs/design.md
+// "Shared span slots"): a heap keeps kPrivateDirtySlots of its emptied span
+// slots and gives the rest to the domain, whose other heaps' new spans take
+// them before a clean slot.  Thread A fills 20 spans of 4 KiB blocks and frees
+// them, then waits, alive, while thread B allocates as many blocks: before, all
+// of B's spans were on slots of its own chunk (clean ones: A's stayed resident
+// for A alone); now most are on A's slots.  B's frees give those back to the
+// domain, and A's next spans take them again.
+START_TEST(test_shared_span_slots) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode shares no span slot");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span slots");
+#endif
+  constexpr std::size_t kSize = 4096;
+  constexpr unsigned kPerSpan = lca::kSpanSize / kSize;
+  constexpr unsigned kBlocks = 20 * kPerSpan;
+  auto chunk_heap = [](void* p) { return lca::span_chunk_of(lca::chunk_base(p))->header.heap; };
+  std::mutex m;
+  std::condition_variable cv;
+  int phase = 0;  // 1: A freed its blocks; 2: B is done
+  lca::Heap* heap_a = nullptr;
+  unsigned b_on_a = 0, a_again_own = 0;
+  std::size_t shared_after_b = 0;
+  std::thread a([&] {
+    std::vector<void*> blocks(kBlocks);
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0x5a, kSize);
+    }
+    lca::Heap* mine = chunk_heap(blocks[0]);
+    for (void* p : blocks) lca_free(p);
+    {
+      std::unique_lock<std::mutex> lock(m);
+      heap_a = mine;
+      phase = 1;
+      cv.notify_all();
+      cv.wait(lock, [&] { return phase == 2; });
+    }
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0xa5, kSize);
+    }
+    unsigned own = 0;
+    for (unsigned i = 0; i < kBlocks; i += kPerSpan) own += chunk_heap(blocks[i]) == mine;
+    for (void* p : blocks) lca_free(p);
+    std::lock_guard<std::mutex> lock(m);
+    a_again_own = own;
+  });
+  std::thread b([&] {
+    lca::Heap* a_heap;
+    {
+      std::unique_lock<std::mutex> lock(m);
+      cv.wait(lock, [&] { return phase == 1; });
+      a_heap = heap_a;
+    }
+    std::vector<void*> blocks(kBlocks);
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0x3c, kSize);
+    }
+    unsigned on_a = 0;
+    for (unsigned i = 0; i < kBlocks; i += kPerSpan) on_a += chunk_heap(blocks[i]) == a_heap;
+    for (void* p : blocks) lca_free(p);
+    std::size_t shared = lca::g_process_domain.shared_slot_count.load(std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(m);
+    b_on_a = on_a;
+    shared_after_b = shared;
+    phase = 2;
+    cv.notify_all();
+  });
+  b.join();
+  a.join();
+  // A keeps 4 of its 19-20 emptied slots; B's first 15-16 spans take the others.
+  ck_assert_uint_ge(b_on_a, 12);
+  // B's emptied spans on A's slots went back to the domain, not into B's chunks.
+  ck_assert_uint_ge(shared_after_b, 12);
+  // And A's next spans are on its own chunk's slots again.
+  ck_assert_uint_ge(a_again_own, 15);
+}
+END_TEST
+
+// Shared span slots at thread exit (src/pool.c++ heap_orphan_spans): a thread's
+// chunks become orphan chunks and its slots on the domain's stack go back to
+// them, so that those chunks can be released; none is left on the stack.
+START_TEST(test_shared_slots_of_exited_thread) {
+  if (test_util::running_on_valgrind()) TEST_SKIP("Valgrind mode shares no span slot");
+  if (test_util::kAsanBuild) TEST_SKIP("ASan mode holds freed blocks in its quarantine");
+#if CALLOC_SECURE
+  TEST_SKIP("--enable-secure: malloc is the hardened heap, which has no span slots");
+#endif
+  constexpr std::size_t kSize = 4096;
+  constexpr unsigned kBlocks = 20 * (lca::kSpanSize / kSize);
+  std::size_t shared_before_exit = 0;
+  std::thread a([&] {
+    std::vector<void*> blocks(kBlocks);
+    for (void*& p : blocks) {
+      p = lca_malloc(kSize);
+      std::memset(p, 0x5a, kSize);
+    }
+    for (void* p : blocks) lca_free(p);
+    shared_before_exit = lca::g_process_domain.shared_slot_count.load(std::memory_order_relaxed);
+  });
+  a.join();
+  std::size_t orphaned = 0;
+  {
+    lca::DomainLock lock(&lca::g_process_domain);
+    for (lca::Span* s = lca::g_process_domain.shared_slots; s; s = s->next)
+      orphaned += lca::span_chunk_of(lca::chunk_base(s))->header.heap == nullptr;
+  }
+  ck_assert_uint_ge(shared_before_exit, 12);
+  ck_assert_uint_eq(orphaned, 0);
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("threads", &tc);
@@ -2864,5 +2979,7 @@ int main() {
   tcase_add_test(tc, test_churn_exits_trim_stats);
   tcase_add_test(tc, test_cancelled_threads_leave_nothing);
   tcase_add_test(tc, test_allocation_after_exit_handler);
+  tcase_add_test(tc, test_shared_span_slots);
+  tcase_add_test(tc, test_shared_slots_of_exited_thread);
   return test_util::run_suite(s);
 }
