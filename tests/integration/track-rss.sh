@@ -11,7 +11,7 @@
 #     the default rate and at sample=4096 (~5 000 samples, over 1 000 a
 #     thread): the growth of RssAnon at the end of main is at most 56 KiB
 #     and the growth of the peak RSS (file pages and the exit-time report
-#     included) at most 672 KiB.  Measured 2026-12-05, 20 repetitions of this
+#     included) at most 736 KiB.  Measured 2026-12-05, 20 repetitions of this
 #     test's smallest-of-7 at both rates: RssAnon +0..+32 KiB, peak
 #     +120..+440 KiB, most +250..+290 (bound 544).  Session 18
 #     (2026-12-06), the default rate, builds interleaved with one track-demo,
@@ -89,7 +89,11 @@ anon_bound=56
 if grep -q '^#define CALLOC_SECURE 1' "$top_builddir/config.h" 2>/dev/null; then
   anon_bound=128
 fi
-peak_bound=672
+# 736 since the profile thread (session 19): 10 runs of this test here
+# +256..+568 at both rates, but a CI run under `make -j2 check` read +524 and
+# +692 (the thread is one more CPU's per-CPU RSS counter); libunwind's frame
+# cache (+790..+830) still fails it.
+peak_bound=736
 rss_bound=144  # 128 before the profile thread: same runs, exact RSS +68..+84 -> +80..+112
 text_bound=32
 py_peak_bound=512
