@@ -26,6 +26,7 @@
 #include "chunk.h++"
 #include "config.h"
 #include "large.h++"
+#include "lifecycle.h++"
 #include "os.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
@@ -61,23 +62,13 @@ int backing_slot(HugeBacking b) { return static_cast<int>(b) - 1; }
 constinit pthread_mutex_t g_states_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HugeState* g_states = nullptr;
 
-// fork(): what identifies the calling thread in HugeState::forking.
-const void* fork_token() { return reinterpret_cast<const void*>(pthread_self()); }
-
 // state_lock found s->forking set, s's lock held: unless this thread is the
 // forking one, it lets go and waits for g_states_lock, which the forking thread
 // holds from before it set the flag until after it cleared it, then takes the
 // lock again.  (A thread holding g_states_lock cannot find the flag set: the
 // forking thread set it holding g_states_lock.)
 __attribute__((noinline, cold)) void state_lock_wait_fork(HugeState* s) {
-  for (;;) {
-    const void* forking = s->forking.load(std::memory_order_relaxed);
-    if (!forking || forking == fork_token()) return;
-    lca_mutex_unlock(&s->lock);
-    lca_mutex_lock(&g_states_lock);
-    lca_mutex_unlock(&g_states_lock);
-    lca_mutex_lock(&s->lock);
-  }
+  fork_wait(s->forking, &s->lock, &g_states_lock);
 }
 
 // Takes s's lock; waits while another thread forks (the prepare handler holds

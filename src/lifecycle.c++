@@ -287,6 +287,19 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 
 }  // namespace
 
+LCA_CORE_TEXT const void* fork_token() { return &tls_heap; }
+
+LCA_CORE_TEXT void fork_wait(const std::atomic<const void*>& forking, pthread_mutex_t* held, pthread_mutex_t* gate) {
+  for (;;) {
+    const void* f = forking.load(std::memory_order_relaxed);
+    if (!f || f == fork_token()) return;
+    lca_mutex_unlock(held);
+    lca_mutex_lock(gate);
+    lca_mutex_unlock(gate);
+    lca_mutex_lock(held);
+  }
+}
+
 // The one set of fork handlers of libcalloc (malloc.c++ registers them; the
 // modules register none of their own, so that their locks too are taken after
 // stdio's and never when the process is single-threaded).  Lock order: stdio's

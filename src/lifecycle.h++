@@ -4,12 +4,30 @@
 #ifndef LCA_LIFECYCLE_HXX
 #define LCA_LIFECYCLE_HXX
 
+#include <atomic>
+#include <pthread.h>
+
 namespace lca {
 
 // pthread_atfork handlers, registered once by malloc.c++.
 void domains_prefork();
 void domains_postfork_parent();
 void domains_postfork_child();
+
+// fork(): the prepare handler takes some locks only once, storing its
+// fork_token() in a `forking` word beside each (under it) and releasing it;
+// whoever takes such a lock later finds the word set.  fork_token: what
+// identifies the calling thread there (any address of its own will do).
+const void* fork_token();
+// With `held` taken and `forking` found set: unless the fork is the calling
+// thread's own (a pthread_atfork handler of another library, run between
+// libcalloc's, may allocate), lets go of `held`, waits for `gate` -- a lock the
+// forking thread holds from before it set the word until after it cleared it,
+// so the waiter sleeps rather than spins -- and takes `held` again, until the
+// word is clear.  Used for the heaps' statistics locks (gate: their domain's
+// lock), the private domains' locks (the domain list's), the hardened heaps'
+// class locks (their heap list's) and the huge-page tables' (their list's).
+void fork_wait(const std::atomic<const void*>& forking, pthread_mutex_t* held, pthread_mutex_t* gate);
 
 }  // namespace lca
 

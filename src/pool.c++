@@ -20,6 +20,7 @@
 // reach it.  docs/design.md, "Span reclaim".
 #include "tcache.h++"
 #include "heap.h++"
+#include "lifecycle.h++"
 #include "placement.h++"
 
 #include "os.h++"
@@ -304,15 +305,7 @@ LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
 // stats_lock is a leaf lock, and a thread holding the domain lock or any lock
 // the prepare handler takes before it cannot find the flag set).
 LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
-  Domain* d = h->domain;
-  for (;;) {
-    const void* forking = d->forking.load(std::memory_order_relaxed);
-    if (!forking || forking == fork_token()) return;
-    lca_mutex_unlock(&h->stats_lock);
-    lca_mutex_lock(&d->lock);
-    lca_mutex_unlock(&d->lock);
-    lca_mutex_lock(&h->stats_lock);
-  }
+  fork_wait(h->domain->forking, &h->stats_lock, &h->domain->lock);
 }
 
 // DomainLock (tcache.h++) found d->forking set, d's lock held: a private
@@ -333,15 +326,6 @@ LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
 // lock would have deadlocked the old handler, which held every domain lock,
 // as well.)  The process domain's flag is only ever found by the forking
 // thread: its lock is held across the fork.
-LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) {
-  for (;;) {
-    const void* forking = d->forking.load(std::memory_order_relaxed);
-    if (!forking || forking == fork_token()) return;
-    lca_mutex_unlock(&d->lock);
-    lca_mutex_lock(&g_domains_lock);
-    lca_mutex_unlock(&g_domains_lock);
-    lca_mutex_lock(&d->lock);
-  }
-}
+LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) { fork_wait(d->forking, &d->lock, &g_domains_lock); }
 
 }  // namespace lca

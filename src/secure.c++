@@ -38,6 +38,7 @@
 // docs/SECURITY.md the threat model.
 #include "secure.h++"
 #include "placement.h++"
+#include "lifecycle.h++"
 
 #include <atomic>
 #include <cerrno>
@@ -323,11 +324,11 @@ inline void bump(std::atomic<std::size_t>& c, std::size_t n) {
 struct ClassState {
   // fork(): the forking thread's token (fork_token) while another thread forks,
   // stored under the lock by the prepare handler, which then releases the lock
-  // (secure_prefork); 0 otherwise.  Beside the lock: class_lock reads it once
+  // (secure_prefork); nullptr otherwise.  Beside the lock: class_lock reads it once
   // it holds the lock.  (Before it, not after: GCC 12 with
   // -fsanitize=address,undefined takes an access just past the mutex for an
   // overflow of it, a bogus -Wstringop-overflow.)
-  std::atomic<std::uintptr_t> forking;
+  std::atomic<const void*> forking;
   pthread_mutex_t lock;
   ChunkMeta* chunks;
   SlabMeta* partial;  // active slabs with free slots
@@ -363,8 +364,6 @@ namespace {
 constinit pthread_mutex_t g_heaps_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit SecureHeap* g_heaps = nullptr;
 
-// fork(): what identifies the calling thread in ClassState::forking.
-inline std::uintptr_t fork_token() { return static_cast<std::uintptr_t>(pthread_self()); }
 
 // class_lock found cs->forking set, cs's lock held.  Another thread's fork: this
 // thread lets go and waits for g_heaps_lock, which the forking thread holds from
@@ -376,14 +375,7 @@ inline std::uintptr_t fork_token() { return static_cast<std::uintptr_t>(pthread_
 // pthread_atfork handler of another library, run between libcalloc's, may
 // allocate.
 __attribute__((noinline, cold)) void class_lock_wait_fork(ClassState* cs) {
-  for (;;) {
-    std::uintptr_t forking = cs->forking.load(std::memory_order_relaxed);
-    if (!forking || forking == fork_token()) return;
-    lca_mutex_unlock(&cs->lock);
-    lca_mutex_lock(&g_heaps_lock);
-    lca_mutex_unlock(&g_heaps_lock);
-    lca_mutex_lock(&cs->lock);
-  }
+  fork_wait(cs->forking, &cs->lock, &g_heaps_lock);
 }
 
 // Takes the lock of a class; waits while another thread forks (the prepare
@@ -391,7 +383,7 @@ __attribute__((noinline, cold)) void class_lock_wait_fork(ClassState* cs) {
 // branch not taken beside the lock.
 inline void class_lock(ClassState* cs) {
   lca_mutex_lock(&cs->lock);
-  if (__builtin_expect(cs->forking.load(std::memory_order_relaxed) != 0, 0)) class_lock_wait_fork(cs);
+  if (__builtin_expect(cs->forking.load(std::memory_order_relaxed) != nullptr, 0)) class_lock_wait_fork(cs);
 }
 constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
 
@@ -1587,7 +1579,7 @@ void release_reserves(SecureHeap* h) {
 // it (secure_prefork).  Then the placement lock, taken only under a class lock:
 // no thread is inside it any more.
 LCA_CORE_TEXT void heap_fork_gate(SecureHeap* h) {
-  const std::uintptr_t me = fork_token();
+  const void* me = fork_token();
   for (unsigned c = 0; c < kNumClasses; ++c) {
     ClassState* cs = &h->classes[c];
     lca_mutex_lock(&cs->lock);
@@ -2053,7 +2045,7 @@ LCA_CORE_TEXT void secure_fork_release() {
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next)
-    for (auto& cs : h->classes) cs.forking.store(0, std::memory_order_relaxed);
+    for (auto& cs : h->classes) cs.forking.store(nullptr, std::memory_order_relaxed);
   lca_mutex_unlock(&g_heaps_lock);
   lca_mutex_unlock(&g_tc_lock);
 }

@@ -451,9 +451,6 @@ inline Heap* thread_heap_if_any() { return tls_owned_heap; }
 // no exit handler would abandon.
 extern constinit thread_local bool tls_heap_gone __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 
-// fork(): what identifies the calling thread in Domain::forking (any address of
-// its own will do).
-inline const void* fork_token() { return &tls_heap; }
 // StatsLock, with h's stats_lock held, found a fork under way in h's domain:
 // unless the calling thread is the forking one, lets go of the lock, waits for
 // the fork to end (the domain lock, which the forking thread holds across it)
