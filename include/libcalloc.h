@@ -22,7 +22,15 @@ extern "C" {
 /* The malloc family.  Failures return NULL with errno = ENOMEM (EINVAL for a
    non-power-of-two alignment); lca_free preserves errno.  Freeing a pointer that
    libcalloc never returned, or freeing a block twice, prints one line naming the
-   problem and the address on stderr and aborts.  */
+   problem and the address on stderr and aborts.
+   lca_free, lca_realloc, lca_reallocarray and lca_usable_size also take the
+   blocks of libcalloc's C++ heaps (<custom_alloc/...>) and act on each in the
+   heap that owns it: a block of a custom_alloc::SecureAllocator is checked,
+   resized and measured there (a realloc that moves gets its new block from that
+   SecureAllocator: it stays hardened; its usable size is the size requested),
+   a HugePageAllocator's huge block likewise (its usable size is its mapped
+   size, and it stays a huge block of its allocator).  A block of an allocator
+   destroyed since is nobody's.  */
 LCA_EXPORT void *lca_malloc(size_t size);
 LCA_EXPORT void *lca_calloc(size_t count, size_t size);
 LCA_EXPORT void *lca_realloc(void *ptr, size_t size);

@@ -33,6 +33,7 @@
 #include "arena.h++"
 #include "report.h++"
 #include "tcache.h++"
+#include "module.h++"
 #include "vg.h++"
 #include "placement.h++"
 
@@ -187,7 +188,7 @@ void vg_free(void* p, void (*release)(void*)) {
   BlockRef r;
   // Aborts on anything but a block libcalloc considers live; a module heap's
   // block (SecureAllocator, HugePageAllocator) goes to its heap.
-  if (!block_lookup(p, &r, "free", true)) return;
+  if (!block_lookup(p, &r, "free", true)) return free_unowned(p);
   if (!r.domain->per_thread) {
     // free_now's checks, before the quarantine.
     relocating_check(r.domain);

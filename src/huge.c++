@@ -27,7 +27,9 @@
 #include "config.h"
 #include "large.h++"
 #include "lifecycle.h++"
+#include "module.h++"
 #include "os.h++"
+#include "report.h++"
 #include "sanitizer.h++"
 #include "vg.h++"
 
@@ -492,15 +494,87 @@ bool huge_free(HugeState* s, void* p) {
   return true;
 }
 
-bool huge_free_any(void* p) {
+// The HugePageAllocators' functions for their huge blocks given to the core's
+// entry points (module.h++).  Each walks the live allocators under g_states_lock
+// (then a table's lock, as the fork handler takes them), which it holds to the
+// end: the allocator that owns the block is not destroyed meanwhile.  A block
+// of a destroyed allocator is in no table: nobody's.
+namespace {
+// The allocator whose live block starts at p (its entry in *b), g_states_lock held.
+HugeState* owner_locked(const void* p, HugeBlock* b) {
   // Huge blocks start at least 2 MiB-aligned.
+  if (!p || (reinterpret_cast<std::uintptr_t>(p) & (kHugePage2M - 1)) != 0) return nullptr;
+  for (HugeState* s = g_states; s; s = s->next)
+    if (huge_lookup(s, p, b)) return s;
+  return nullptr;
+}
+
+bool module_free(void* p, const char*) {
   if ((reinterpret_cast<std::uintptr_t>(p) & (kHugePage2M - 1)) != 0) return false;
   bool freed = false;
-  lca_mutex_lock(&g_states_lock);  // then a state's lock, as the fork handler takes them
+  lca_mutex_lock(&g_states_lock);
   for (HugeState* s = g_states; s && !freed; s = s->next) freed = huge_free(s, p);
   lca_mutex_unlock(&g_states_lock);
   return freed;
 }
+
+// The block's mapped size, as huge_allocation_size says.
+bool module_usable_size(const void* p, std::size_t* out, const char*) {
+  HugeBlock b;
+  lca_mutex_lock(&g_states_lock);
+  bool found = owner_locked(p, &b) != nullptr;
+  lca_mutex_unlock(&g_states_lock);
+  if (found) *out = b.size;
+  return found;
+}
+
+// The sizes round up to the block's page size as allocate_huge's do.  The same
+// rounded size: p.  Smaller: the tail's pages are unmapped, p stays (with its
+// backing; no copy, no new mapping that could fail).  Larger: a new block of the
+// same allocator and page size (its backing chosen anew), the old bytes copied,
+// the old block freed; counted as one allocate_huge and one deallocate_huge.
+bool module_resize(void* p, std::size_t size, bool may_move, void** out) {
+  HugeBlock b;
+  lca_mutex_lock(&g_states_lock);
+  HugeState* s = owner_locked(p, &b);
+  if (!s) {
+    lca_mutex_unlock(&g_states_lock);
+    return false;
+  }
+  void* q = p;
+  std::size_t want = size > kHugeMaxRequest ? 0 : align_up(size ? size : 1, b.page_size);
+  if (want == 0) {
+    q = nullptr;
+    errno = ENOMEM;
+  } else if (want < b.size) {
+    state_lock(s);
+    std::size_t i = find_slot(s, p);
+    bool same = s->slots[i].base == p && s->slots[i].size == b.size;  // (not freed meanwhile)
+    if (same) {
+      s->slots[i].size = want;
+      s->counters.live_bytes[backing_slot(b.backing)] -= b.size - want;
+    }
+    lca_mutex_unlock(&s->lock);
+    if (!same) report_fatal("Use after free", p, "realloc: the huge block was freed");
+    os_unmap(static_cast<char*>(p) + want, b.size - want);
+  } else if (want > b.size) {
+    q = may_move ? huge_alloc(s, want, b.page_size) : nullptr;
+    if (q) {
+      std::memcpy(q, p, b.size);
+      huge_free(s, p);
+    } else if (may_move) {
+      errno = ENOMEM;
+    }
+  }
+  lca_mutex_unlock(&g_states_lock);
+  *out = q;
+  return true;
+}
+
+constinit const ModuleOps kHugeModule{module_free, module_usable_size, module_resize};
+}  // namespace
+
+const ModuleOps* huge_module() { return &kHugeModule; }
 
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out) {
   auto* m = const_cast<pthread_mutex_t*>(&s->lock);

@@ -15,6 +15,8 @@
 
 namespace lca {
 
+struct ModuleOps;
+
 constexpr std::size_t kHugePage2M = std::size_t{1} << 21;
 constexpr std::size_t kHugePage1G = std::size_t{1} << 30;
 // Larger requests fail with ENOMEM before any rounding can overflow.
@@ -65,8 +67,11 @@ void huge_reinit_after_fork();
 void* huge_alloc(HugeState* s, std::size_t size, std::size_t page_size);
 // Unmaps a live block of s; false (nothing done) when p is not the start of one.
 bool huge_free(HugeState* s, void* p);
-// Frees p if it is a live huge block of any HugePageAllocator (false otherwise).
-bool huge_free_any(void* p);
+// The HugePageAllocators' table for the core's entry points (module.h++), which
+// HugePageAllocator registers: a huge block given to free, realloc,
+// malloc_usable_size or another heap's calls is freed, resized (within its
+// allocator) or measured (its mapped size) there.
+const ModuleOps* huge_module();
 bool huge_lookup(const HugeState* s, const void* p, HugeBlock* out);
 HugeCounters huge_counters(const HugeState* s);
 void huge_set_backings(HugeState* s, unsigned try_mask);

@@ -8,7 +8,7 @@
 #include <custom_alloc/huge_page_allocator.h++>
 
 #include "huge.h++"
-#include "tcache.h++"
+#include "module.h++"
 #include "report.h++"
 
 namespace custom_alloc {
@@ -44,9 +44,10 @@ HugePageAllocator::ThpMode to_public(lca::ThpMode m) {
 HugePageAllocator::HugePageAllocator() : MemoryAllocator(), huge_(lca::huge_state_create()) {
   // The base class's destructor releases its heap when this throws.
   if (!huge_) throw std::bad_alloc();
-  // free, lca_free and every heap's deallocate route huge blocks to their
-  // allocator (they aborted with "not a block allocated by libcalloc").
-  lca::register_module_free(lca::ModuleHeap::huge, lca::huge_free_any);
+  // free, realloc, malloc_usable_size and every heap's deallocate, reallocate,
+  // try_realloc_inplace and get_allocation_size route huge blocks to their
+  // allocator (module.h++).
+  lca::register_module(lca::ModuleHeap::huge, lca::huge_module());
 }
 
 HugePageAllocator::~HugePageAllocator() { lca::huge_state_destroy(huge_); }

@@ -12,6 +12,7 @@
 // malloc, copy and free, as VALGRIND.md says.
 #include "tcache.h++"
 #include "heap.h++"
+#include "module.h++"
 #include "placement.h++"
 
 #include <cerrno>
@@ -33,7 +34,8 @@ constexpr std::size_t kReallocRoom = 8;
 void* vg_realloc(Domain* d, void* p, std::size_t size, bool may_move, ResizeResult* how) {
   (void)d;
   BlockRef r;
-  block_lookup(p, &r, "realloc");
+  // A module heap's block is resized by its heap, which tells memcheck itself.
+  if (!block_lookup(p, &r, "realloc", true)) return resize_unowned(p, size, may_move, how);
   Domain* bd = r.domain;
   if (!bd->per_thread) handle_object_check_unlocked(bd, p, "realloc");  // before anything changes
   std::size_t old_size = vg_block_size(p, r.usable);
@@ -121,7 +123,8 @@ LCA_CORE_TEXT void* block_realloc_raw(Domain* d, void* p, std::size_t size, bool
     return q;
   }
   BlockRef r;
-  block_lookup(p, &r, "realloc");
+  // A block of no core heap: a module heap's (resized in that heap), or nobody's.
+  if (!block_lookup(p, &r, "realloc", true)) return resize_unowned(p, size, may_move, how);
   Domain* bd = r.domain;
   if (!bd->per_thread) relocating_check(bd);
   DomainLock lock(bd, !bd->per_thread);  // a thread heap needs no lock

@@ -50,6 +50,7 @@
 
 #include <libcalloc.h>
 
+#include "module.h++"
 #include "os.h++"
 #include "report.h++"
 #include "secure_vg.h++"
@@ -1918,8 +1919,12 @@ bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** o
     h = m->heap;
   } else {
     lca_mutex_lock(&g_large_lock);
-    if (LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p))) h = e->heap;
+    LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
+    h = e ? e->heap : nullptr;
     lca_mutex_unlock(&g_large_lock);
+    // Freed by another thread since the in-place attempt found it (a bug of the
+    // caller's): the routed realloc (secure_module) has no heap to fall back on.
+    if (!h) report_fatal("Use after free", p, "realloc: the large block was freed");
   }
   void* q = secure_alloc(h, size, 16);
   if (!q) {
@@ -1932,6 +1937,25 @@ bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** o
   *out = q;
   return true;
 }
+
+// The secure heaps' functions for their blocks given to the core's entry points
+// (module.h++): each call as the owning SecureAllocator's own (its deallocate,
+// get_allocation_size, reallocate, try_realloc_inplace) does it, whichever heap
+// the block is in.
+namespace {
+bool module_free(void* p, const char* what) { return secure_free_if_secure(p, kAnySize, kAnyAlignment, what); }
+bool module_usable_size(const void* p, std::size_t* out, const char* what) {
+  return secure_usable_size_if_secure(p, out, what);
+}
+bool module_resize(void* p, std::size_t size, bool may_move, void** out) {
+  bool mine = may_move ? secure_realloc_if_secure(nullptr, p, size, out) : secure_resize_in_place_if_secure(p, size, out);
+  if (mine && !*out && may_move) errno = ENOMEM;
+  return mine;
+}
+constinit const ModuleOps kSecureModule{module_free, module_usable_size, module_resize};
+}  // namespace
+
+const ModuleOps* secure_module() { return &kSecureModule; }
 
 void secure_stats_fill(SecureHeap* h, lca_stats* out) {
   *out = lca_stats{};

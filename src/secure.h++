@@ -19,6 +19,8 @@ struct lca_stats;
 
 namespace lca {
 
+struct ModuleOps;
+
 struct SecureHeap;
 
 // A heap of its own (SecureAllocator); nullptr with errno = ENOMEM.
@@ -49,9 +51,15 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
 // (C23: freed with free_sized, never free_aligned_sized), so a block resized in
 // place loses the alignment it was allocated with; SecureAllocator's and
 // MemoryAllocator's keep it (deallocate(p, size, alignment)).
+// A block moves within its own heap: h is not used (nullptr is fine).
 bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** out, bool c_realloc = false);
 // Resize without moving: *out is p or nullptr.  False when p is not secure.
 bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, bool c_realloc = false);
+// The secure heaps' table for the core's entry points (module.h++), which
+// SecureAllocator registers: a secure block given to free, realloc,
+// malloc_usable_size or another heap's calls is freed, resized (within its own
+// heap) or measured as its SecureAllocator's own calls do it.
+const ModuleOps* secure_module();
 // Whether p lies in any secure heap's memory (a slab chunk, or a large block,
 // live or quarantined).
 bool secure_owns(const void* p);

@@ -13,17 +13,17 @@
 #include <libcalloc.h>
 
 #include "secure.h++"
+#include "module.h++"
 #include "tcache.h++"
 
 namespace custom_alloc {
 
 SecureAllocator::SecureAllocator() : MemoryAllocator(ProcessHeapTag{}), heap_(lca::secure_heap_create()) {
   if (!heap_) throw std::bad_alloc();
-  // free, lca_free and every heap's deallocate route this heap's blocks here
-  // (they aborted with "not a block allocated by libcalloc").
-  lca::register_module_free(lca::ModuleHeap::secure, [](void* p) {
-    return lca::secure_free_if_secure(p, lca::kAnySize, lca::kAnyAlignment, "free");
-  });
+  // free, realloc, malloc_usable_size and every heap's deallocate, reallocate,
+  // try_realloc_inplace and get_allocation_size route this heap's blocks here
+  // (module.h++).
+  lca::register_module(lca::ModuleHeap::secure, lca::secure_module());
 }
 
 SecureAllocator::~SecureAllocator() { lca::secure_heap_destroy(heap_); }

@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 
 #include "huge.h++"
+#include "module.h++"
 #include "numa.h++"
 #include "os.h++"
 #include "sanitizer.h++"
@@ -1216,11 +1217,23 @@ LCA_CORE_TEXT void* domain_alloc(Domain* d, std::size_t size, std::size_t alignm
   return p;
 }
 
+namespace {
+// Valgrind and ASan mode: under the serial lock, the requested size.
+__attribute__((noinline)) std::size_t vg_usable_size(const void* p, const char* what) {
+  {
+    VgSerial serial;
+    BlockRef r;
+    if (block_lookup(p, &r, what, true)) return vg_block_size(p, r.usable);
+  }
+  return usable_size_unowned(p, what);  // a module heap's block (which serialises itself), or nobody's
+}
+}  // namespace
+
 LCA_CORE_TEXT std::size_t block_usable_size(const void* p, const char* what) {
-  VgSerial serial;
+  if (on_valgrind()) return vg_usable_size(p, what);
   BlockRef r;
-  block_lookup(p, &r, what);
-  return on_valgrind() ? vg_block_size(p, r.usable) : r.usable;
+  if (!block_lookup(p, &r, what, true)) return usable_size_unowned(p, what);  // a module heap's block, or nobody's
+  return r.usable;
 }
 
 LCA_CORE_TEXT void free_span_local(Heap* h, Span* s, void* p, std::uint32_t i) {
@@ -1278,18 +1291,10 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   report_fatal("Invalid free", p, "not the start of a block allocated by libcalloc");
 }
 
-namespace {
-constinit std::atomic<ModuleFree> g_module_frees[static_cast<int>(ModuleHeap::count)] = {};
-}  // namespace
-
-void register_module_free(ModuleHeap m, ModuleFree f) noexcept {
-  g_module_frees[static_cast<int>(m)].store(f, std::memory_order_release);
-}
-
-__attribute__((noinline, cold)) bool free_module_block(void* p) {
-  for (auto& slot : g_module_frees)
-    if (ModuleFree f = slot.load(std::memory_order_acquire); f && f(p)) return true;
-  return false;
+__attribute__((noinline, cold)) void report_unowned(const void* p, const char* what) {
+  bool is_free_op = what[0] == 'f';
+  report_fatal(is_free_op ? "Invalid free" : "Invalid pointer", p,
+               is_free_op ? "not a block allocated by libcalloc" : what);
 }
 
 LCA_CORE_TEXT bool block_lookup(const void* p, BlockRef* out, const char* what, bool route) {
@@ -1324,9 +1329,10 @@ LCA_CORE_TEXT bool block_lookup(const void* p, BlockRef* out, const char* what, 
     *out = BlockRef{BlockRef::Kind::large, nullptr, nullptr, 0, info.usable, info.domain};
     return true;
   }
-  if (route && !ch && free_module_block(const_cast<void*>(p))) return false;
-  report_fatal(is_free_op() ? "Invalid free" : "Invalid pointer", p,
-               is_free_op() ? "not a block allocated by libcalloc" : what);
+  // Nobody's, or a module heap's block (module.h++): the caller offers it to
+  // the module heaps, which report it as below if none owns it either.
+  if (route && !ch) return false;
+  report_unowned(p, what);
 }
 
 LCA_CORE_TEXT void free_slow(void* p) {
@@ -1339,7 +1345,7 @@ LCA_CORE_TEXT void free_slow(void* p) {
 
 LCA_CORE_TEXT void free_now(void* p) {
   BlockRef r;
-  if (!block_lookup(p, &r, "free", true)) return;  // a module heap's block, freed by it
+  if (!block_lookup(p, &r, "free", true)) return free_unowned(p);  // a module heap's block, or nobody's
   Domain* d = r.domain;
   if (!d->per_thread) {
     relocating_check(d);

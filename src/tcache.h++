@@ -526,20 +526,15 @@ struct BlockRef {
 
 // Finds the block that starts at p; reports and aborts on an invalid pointer or a
 // block already freed.  `what` names the operation in the message.  With
-// `route` (free_now), a pointer no core heap owns is first offered to the module
-// heaps (free_module_block): false when one of them took and freed it.
+// `route`, a pointer that no core heap owns is not reported: false, for the
+// caller to offer it to the module heaps -- SecureAllocator's, HugePageAllocator's
+// -- through free_unowned, usable_size_unowned or resize_unowned (module.h++),
+// which report it if none of them owns it either.
 bool block_lookup(const void* p, BlockRef* out, const char* what, bool route = false);
-
-// The heaps outside the core -- SecureAllocator's and HugePageAllocator's --
-// register a free function at their first construction.  free, lca_free and
-// MemoryAllocator::deallocate of a block that no core heap owns offer it to
-// them (free_module_block: true when one freed it) before reporting an invalid
-// free: every libcalloc block goes to its owner whichever free it is given to.
-// Only a free that is already an error for the core heaps takes this way.
-enum class ModuleHeap { secure, huge, count };
-using ModuleFree = bool (*)(void* p);
-void register_module_free(ModuleHeap m, ModuleFree f) noexcept;
-bool free_module_block(void* p);
+// block_lookup's report of a pointer that no heap owns: "Invalid free ...: not a
+// block allocated by libcalloc" for a free (`what` starting with 'f'), "Invalid
+// pointer ...: `what`" otherwise.
+[[noreturn]] void report_unowned(const void* p, const char* what);
 void free_slow(void* p);
 // free_slow without the Valgrind-mode quarantine.
 void free_now(void* p);

@@ -2307,6 +2307,19 @@ LCA_SAMPLING_TEXT void* heap_realloc(void* p, std::size_t size) {
   ResizeResult how;
   return block_realloc(&g_process_domain, p, size, true, &how);
 }
+
+// A block of a module heap (a SecureAllocator's -- in a build without
+// --enable-secure --, a HugePageAllocator's), or nobody's: not the process
+// heap's, so never recorded; heap_realloc resizes it in its own heap (or reports
+// it).  The sampled realloc below moved it to the process heap otherwise.
+bool module_block(const void* p) {
+  LargeInfo info;
+  if (registry_lookup(p) || large_lookup(p, &info)) return false;
+#if CALLOC_SECURE
+  if (secure_owns(p)) return false;  // the process heap's (a SecureAllocator's is recorded, as before)
+#endif
+  return true;
+}
 }  // namespace
 
 LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::size_t size) {
@@ -2329,6 +2342,11 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
       if (was_tracked) block_insert(p, old.site, old.weight_fx, old.bytes);
       errno = ENOMEM;
     }
+    return q;
+  }
+  if (module_block(p)) {
+    void* q = heap_realloc(p, size);
+    if (!q) errno = ENOMEM;
     return q;
   }
   Busy busy;

@@ -12,6 +12,7 @@
 
 #include "report.h++"
 #include "tcache.h++"
+#include "module.h++"
 
 #if CALLOC_VALGRIND
 #include <valgrind/helgrind.h>
@@ -201,7 +202,7 @@ void vg_free(void* p, void (*release)(void*)) {
   LargeInfo info;
   ChunkHeader* ch = registry_lookup(p);
   bool large = !ch && large_lookup(p, &info);
-  if (!ch && !large && free_module_block(p)) return;
+  if (!ch && !large && module_free(p)) return;
   // A HandleAllocator's handle's object (a live block, then): refused before
   // memcheck is told of a free, so that the object stays as it was.
   if (Domain* hd = ch ? ch->domain : large ? info.domain : nullptr; hd && !hd->per_thread)

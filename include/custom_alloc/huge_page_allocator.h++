@@ -16,6 +16,17 @@
 //
 // Blocks are recorded out of band (nothing is written into them).  Destroying the
 // allocator unmaps the blocks still live in it.  Every member is thread-safe.
+//
+// A huge block may also be given to free, realloc, malloc_usable_size (and
+// their lca_* names) and to any heap's deallocate, reallocate,
+// try_realloc_inplace and get_allocation_size (this allocator's included): each
+// goes to the allocator that owns it.  Its size there is its mapped size
+// (huge_allocation_size).  A resize rounds the new size up to the block's page
+// size: the same size keeps the block; a smaller one unmaps the tail in place
+// (same address, same backing); a larger one moves to a new huge block of the
+// same allocator and page size (its backing chosen anew, the old bytes copied:
+// counted as one allocation and one deallocation).  A block of a destroyed
+// allocator, or one freed already, is nobody's: "Invalid free" / "Invalid pointer".
 #ifndef CUSTOM_ALLOC_HUGE_PAGE_ALLOCATOR_HXX
 #define CUSTOM_ALLOC_HUGE_PAGE_ALLOCATOR_HXX
 

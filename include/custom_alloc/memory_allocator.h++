@@ -91,13 +91,26 @@ class CUSTOM_ALLOC_EXPORT MemoryAllocator {
   virtual void* allocate(std::size_t size, std::size_t alignment = ALIGNMENT);
   // Releases a block of this heap (blocks of another libcalloc heap are routed to
   // it).  nullptr is ignored; an invalid or double free aborts with a message.
+  //
+  // Routing: deallocate, get_allocation_size, reallocate and try_realloc_inplace
+  // (and free, realloc, malloc_usable_size) accept a block of any libcalloc heap
+  // and act on it in the heap that owns it, as that heap's own call does:
+  // another MemoryAllocator's block, a SecureAllocator's (checked as its own
+  // calls check it: canary, double free, ...) or a HugePageAllocator's huge block
+  // (allocate_huge).  A block never changes heaps: a reallocate that moves it
+  // takes the new block from the owner (a secure block stays hardened, a huge
+  // block stays huge-page backed).  A pointer that no live heap owns -- a block
+  // of a destroyed allocator included -- aborts with "Invalid free" /
+  // "Invalid pointer".
   virtual void deallocate(void* ptr);
-  // The usable size of a live block (>= the size requested).
+  // The usable size of a live block (>= the size requested; for a SecureAllocator's
+  // block the size requested, for a huge block its mapped size).
   std::size_t get_allocation_size(void* ptr) const;
 
   // realloc semantics: nullptr -> allocate, size 0 -> deallocate and nullptr.
   // Grows in place into free space when it can, shrinks in place, moves large
   // blocks with mremap.  On failure returns nullptr and ptr stays valid.
+  // Another heap's block is resized in that heap (routing, above).
   void* reallocate(void* ptr, std::size_t new_size);
   // Resizes without moving; nullptr (ptr untouched) when that is impossible.
   void* try_realloc_inplace(void* ptr, std::size_t new_size);

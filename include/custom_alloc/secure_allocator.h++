@@ -23,9 +23,15 @@
 // has the threat model and the costs; docs/guide/secure.md an example.
 //
 // Destroying the allocator unmaps all its memory.  Every member is thread-safe.
-// Its members that MemoryAllocator does not declare virtual (get_allocation_size,
-// reallocate, try_realloc_inplace, get_stats, trim) are redeclared here: call
-// them through a SecureAllocator, not a MemoryAllocator reference.
+// Its blocks may also be given to free, realloc, malloc_usable_size (and their
+// lca_* names) and to any other heap's deallocate, reallocate,
+// try_realloc_inplace and get_allocation_size: each goes to this allocator and
+// does what its own call does, with the same checks and messages -- a realloc
+// that moves takes the new block from this allocator, which keeps it hardened.
+// A block of a destroyed SecureAllocator is nobody's: "Invalid free" / "Invalid
+// pointer".  get_stats and trim, which MemoryAllocator does not declare virtual,
+// are redeclared here: call them through a SecureAllocator, not a
+// MemoryAllocator reference (which gives the process heap's).
 #ifndef CUSTOM_ALLOC_SECURE_ALLOCATOR_HXX
 #define CUSTOM_ALLOC_SECURE_ALLOCATOR_HXX
 

@@ -32,6 +32,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -577,6 +578,153 @@ START_TEST(test_huge_blocks_routed_from_other_frees) {
       },
       "Invalid free of ");
   ck_assert_msg(r.ok(), "double free: %s", r.description.c_str());
+}
+END_TEST
+
+// realloc, lca_usable_size (malloc_usable_size with the override) and any
+// heap's reallocate, try_realloc_inplace and get_allocation_size of a huge block
+// go to its HugePageAllocator, as its frees do: they aborted with "Invalid
+// pointer ...".  The size is the block's mapped size (huge_allocation_size); a
+// resize rounds up to the block's page size: the same size keeps the block, a
+// smaller one unmaps its tail in place, a larger one moves to a new block of
+// the same allocator; the bytes are kept.
+START_TEST(test_huge_blocks_routed_realloc_and_size) {
+  HugePageAllocator a, other;
+  custom_alloc::MemoryAllocator plain;
+  custom_alloc::MemoryAllocator& proc = custom_alloc::MemoryAllocator::instance();
+  lca::huge_set_backings(a.huge_state(), 0);  // normal pages: any machine
+  void* p = a.allocate_huge(3 * MiB);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_uint_eq(lca_usable_size(p), 4 * MiB);
+  ck_assert_uint_eq(proc.get_allocation_size(p), 4 * MiB);
+  ck_assert_uint_eq(plain.get_allocation_size(p), 4 * MiB);
+  ck_assert_uint_eq(other.get_allocation_size(p), 4 * MiB);
+  ck_assert_uint_eq(a.get_allocation_size(p), 4 * MiB);
+  // A few bytes of every page (the whole block costs too much under Valgrind).
+  auto mark = [](void* b, std::size_t n, unsigned char seed) {
+    for (std::size_t i = 0; i < n; i += 4096) static_cast<unsigned char*>(b)[i + (i / 4096) % 4000] = static_cast<unsigned char>(seed + i / 4096);
+  };
+  auto marked = [](const void* b, std::size_t n, unsigned char seed) {
+    for (std::size_t i = 0; i < n; i += 4096)
+      if (static_cast<const unsigned char*>(b)[i + (i / 4096) % 4000] != static_cast<unsigned char>(seed + i / 4096)) return false;
+    return true;
+  };
+  mark(p, 4 * MiB, 1);
+  // The same rounded size: the same block.
+  ck_assert_ptr_eq(lca_realloc(p, 4 * MiB - 100), p);
+  ck_assert_ptr_eq(plain.try_realloc_inplace(p, 4 * MiB), p);
+  ck_assert_ptr_null(proc.try_realloc_inplace(p, 5 * MiB));  // would move: p as it was
+  ck_assert_uint_eq(a.huge_allocation_size(p), 4 * MiB);
+  // Growth: a new block of a's, the bytes copied, p freed.
+  void* q = lca_realloc(p, 5 * MiB);
+  ck_assert_ptr_nonnull(q);
+  ck_assert(marked(q, 4 * MiB, 1));
+  ck_assert_uint_eq(a.huge_allocation_size(q), 6 * MiB);
+  ck_assert(a.backing_of(p) == Backing::none);
+  HugePageAllocator::HugeStats st = a.huge_stats();
+  ck_assert_uint_eq(st.allocations, 2);
+  ck_assert_uint_eq(st.deallocations, 1);
+  // Another HugePageAllocator's reallocate: still a's block.
+  mark(q, 6 * MiB, 2);
+  void* r = other.reallocate(q, 7 * MiB);
+  ck_assert_ptr_nonnull(r);
+  ck_assert(marked(r, 6 * MiB, 2));
+  ck_assert_uint_eq(a.huge_allocation_size(r), 8 * MiB);
+  ck_assert_uint_eq(other.huge_stats().allocations, 0);
+  // Shrink: in place, the tail unmapped.
+  std::size_t mapped = lca::os_mapped_bytes();
+  ck_assert_ptr_eq(proc.reallocate(r, 2 * MiB + 1), r);
+  std::size_t unmapped = mapped - lca::os_mapped_bytes();
+  ck_assert_uint_eq(unmapped, 4 * MiB);
+  ck_assert_uint_eq(a.huge_allocation_size(r), 4 * MiB);
+  ck_assert(marked(r, 4 * MiB, 2));
+  st = a.huge_stats();
+  ck_assert_uint_eq(st.live_bytes[HugePageAllocator::backing_index(Backing::normal)], 4 * MiB);
+  ck_assert_uint_eq(st.live_blocks[HugePageAllocator::backing_index(Backing::normal)], 1);
+  // a's own deallocate_huge takes the result.
+  a.deallocate_huge(r);
+  st = a.huge_stats();
+  ck_assert_uint_eq(st.live_blocks[0] + st.live_blocks[1] + st.live_blocks[2], 0);
+  ck_assert_uint_eq(st.live_bytes[0] + st.live_bytes[1] + st.live_bytes[2], 0);
+}
+END_TEST
+
+// The errors on those routes: a block freed already, or a destroyed allocator's,
+// is nobody's ("Invalid pointer", never followed).
+START_TEST(test_huge_blocks_routed_realloc_errors) {
+  auto dies = [](auto fn, const char* text) {
+    test_util::DeathResult r = expect_death(fn, text);
+    ck_assert_msg(r.ok(), "expected \"%s\": %s", text, r.description.c_str());
+  };
+  dies([] {
+    HugePageAllocator a;
+    void* p = a.allocate_huge(2 * MiB);
+    if (!lca_realloc(p, 3 * MiB)) std::_Exit(3);
+    if (lca_realloc(p, 100)) std::_Exit(4);  // moved: p is gone
+  }, "Invalid pointer");
+  dies([] {
+    HugePageAllocator a;
+    void* p = a.allocate_huge(2 * MiB);
+    void* q = lca_realloc(p, 3 * MiB);
+    (void)q;
+    lca_free(p);
+  }, "Invalid free");
+  dies([] {
+    HugePageAllocator a;
+    void* p = a.allocate_huge(2 * MiB);
+    a.deallocate_huge(p);
+    std::printf("%zu\n", lca_usable_size(p));
+  }, "Invalid pointer");
+  dies([] {
+    void* p;
+    {
+      HugePageAllocator gone;
+      p = gone.allocate_huge(2 * MiB);
+    }
+    if (custom_alloc::MemoryAllocator::instance().reallocate(p, 100)) std::_Exit(4);
+  }, "Invalid pointer");
+  dies([] {
+    void* p;
+    {
+      HugePageAllocator gone;
+      p = gone.allocate_huge(2 * MiB);
+    }
+    std::printf("%zu\n", custom_alloc::MemoryAllocator::instance().get_allocation_size(p));
+  }, "Invalid pointer");
+}
+END_TEST
+
+// Threads resize and measure huge blocks of one allocator through the C API
+// while others allocate and free in it through its own calls.
+START_TEST(test_huge_blocks_routed_realloc_threads) {
+  HugePageAllocator a;
+  lca::huge_set_backings(a.huge_state(), 0);
+  const int rounds = scaled(40);
+  std::atomic<int> bad{0};
+  auto worker = [&](int id) {
+    for (int i = 0; i < rounds; ++i) {
+      void* p = a.allocate_huge(2 * MiB);
+      if (!p) {
+        bad.fetch_add(1);
+        continue;
+      }
+      static_cast<unsigned char*>(p)[4096] = static_cast<unsigned char>(id + i);
+      void* q = (id % 2) ? lca_realloc(p, (i % 2) ? 3 * MiB : 1) : custom_alloc::MemoryAllocator::instance().reallocate(p, 3 * MiB);
+      std::size_t want = ((id % 2) && !(i % 2)) ? 2 * MiB : 4 * MiB;
+      if (!q || lca_usable_size(q) != want || static_cast<unsigned char*>(q)[4096] != static_cast<unsigned char>(id + i))
+        bad.fetch_add(1);
+      if (i % 2)
+        lca_free(q);
+      else
+        a.deallocate_huge(q);
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) ts.emplace_back(worker, t);
+  for (auto& t : ts) t.join();
+  ck_assert_int_eq(bad.load(), 0);
+  HugePageAllocator::HugeStats st = a.huge_stats();
+  ck_assert_uint_eq(st.live_blocks[0] + st.live_blocks[1] + st.live_blocks[2], 0);
 }
 END_TEST
 
@@ -1166,6 +1314,9 @@ int main() {
   tcase_add_test(tc, test_destructor_unmaps_live_blocks);
   tcase_add_test(tc, test_deallocate_routes_huge_blocks);
   tcase_add_test(tc, test_huge_blocks_routed_from_other_frees);
+  tcase_add_test(tc, test_huge_blocks_routed_realloc_and_size);
+  tcase_add_test(tc, test_huge_blocks_routed_realloc_errors);
+  tcase_add_test(tc, test_huge_blocks_routed_realloc_threads);
   tcase_add_test(tc, test_table_grows);
   tcase_add_test(tc, test_threads);
   tcase_add_test(tc, test_deallocate_huge_invalid_dies);

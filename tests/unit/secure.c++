@@ -906,6 +906,164 @@ START_TEST(test_secure_blocks_routed_from_other_frees) {
 }
 END_TEST
 
+// realloc, lca_usable_size (malloc_usable_size with the override) and another
+// heap's reallocate, try_realloc_inplace and get_allocation_size of a
+// SecureAllocator's block go to its heap, as its frees do: they aborted with
+// "Invalid pointer ...: realloc" / "...: malloc_usable_size" /
+// "...: get_allocation_size" (without --enable-secure, whose process heap is a
+// secure heap).  The block stays in its SecureAllocator (its counters move, its
+// own deallocate takes the result) and keeps its bytes through growth and shrink.
+START_TEST(test_secure_blocks_routed_realloc_and_size) {
+  custom_alloc::MemoryAllocator plain;
+  custom_alloc::MemoryAllocator& proc = custom_alloc::MemoryAllocator::instance();
+  SecureAllocator a;
+  void* p = a.allocate(100);
+  ck_assert_ptr_nonnull(p);
+  // The size: the secure heap's answer (the requested size) by every route.
+  ck_assert_uint_eq(lca_usable_size(p), 100);
+  ck_assert_uint_eq(proc.get_allocation_size(p), 100);
+  ck_assert_uint_eq(plain.get_allocation_size(p), 100);
+  test_util::fill_pattern(p, 100, 1);
+  SecureAllocator::Stats before = a.get_stats();
+  // Growth out of the class (a move within a's heap), by lca_realloc.
+  void* q = lca_realloc(p, 5000);
+  ck_assert_ptr_nonnull(q);
+  ck_assert_int_eq(test_util::check_pattern(q, 100, 1), -1);
+  ck_assert_uint_eq(a.get_allocation_size(q), 5000);
+  ck_assert_uint_eq(a.get_stats().realloc_moved - before.realloc_moved, 1);
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 1);
+  // Within the class (in place), by the process heap's reallocate.
+  test_util::fill_pattern(q, 5000, 2);
+  ck_assert_ptr_eq(proc.reallocate(q, 4990), q);
+  ck_assert_uint_eq(a.get_stats().realloc_in_place - before.realloc_in_place, 1);
+  ck_assert_int_eq(test_util::check_pattern(q, 4990 / 8 * 8, 2), -1);
+  // To a large block (its own mapping) and back down, by another heap's reallocate.
+  q = plain.reallocate(q, 300 * KiB);
+  ck_assert_ptr_nonnull(q);
+  ck_assert_int_eq(test_util::check_pattern(q, 4990 / 8 * 8, 2), -1);
+  ck_assert_uint_eq(plain.get_allocation_size(q), 300 * KiB);
+  test_util::fill_pattern(q, 300 * KiB, 3);
+  q = lca_realloc(q, 40);
+  ck_assert_ptr_nonnull(q);
+  ck_assert_int_eq(test_util::check_pattern(q, 40, 3), -1);
+  ck_assert_uint_eq(lca_usable_size(q), 40);
+  // try_realloc_inplace through another heap: in the class only.
+  ck_assert_ptr_eq(plain.try_realloc_inplace(q, 36), q);
+  ck_assert_ptr_null(proc.try_realloc_inplace(q, 4000));
+  ck_assert_uint_eq(a.get_allocation_size(q), 36);
+  ck_assert_uint_eq(a.get_stats().realloc_moved - before.realloc_moved, 3);
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 1);
+  // Still a's: its own deallocate, with the size checked.
+  a.deallocate(q, 36, 16);
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
+// The errors on those routes: the secure heap's own messages for its blocks, and
+// "Invalid pointer" for a pointer of nobody's -- a block of a SecureAllocator
+// destroyed since included (its memory is gone: never followed).
+START_TEST(test_secure_blocks_routed_realloc_errors) {
+  // The old block of a routed realloc that moved was freed: a second free is
+  // a double free, a second realloc a use after free.
+  ASSERT_DEATH_MSG([&] {
+    SecureAllocator a;
+    void* p = a.allocate(64);
+    g_sink = static_cast<char>(lca_realloc(p, 5000) != nullptr);
+    lca_free(p);
+  }, "Double free");
+  ASSERT_DEATH_MSG([&] {
+    SecureAllocator a;
+    void* p = a.allocate(64);
+    g_sink = static_cast<char>(custom_alloc::MemoryAllocator::instance().reallocate(p, 5000) != nullptr);
+    g_sink = static_cast<char>(lca_realloc(p, 10) != nullptr);
+  }, "Use after free");
+  ASSERT_DEATH_MSG([&] {
+    SecureAllocator a;
+    void* p = a.allocate(300 * KiB);
+    lca_free(p);
+    g_sink = static_cast<char>(lca_realloc(p, 10) != nullptr);
+  }, "Use after free");
+  ASSERT_DEATH_MSG([&] {
+    SecureAllocator a;
+    void* p = a.allocate(64);
+    a.deallocate(p);
+    g_sink = static_cast<char>(lca_usable_size(p));
+  }, "Use after free");
+  // The canary is checked on the way.
+  ASSERT_DEATH_MSG([&] {
+    SecureAllocator a;
+    char* p = static_cast<char*>(a.allocate(64));
+    launder(p)[64] = 1;
+    g_sink = static_cast<char>(lca_realloc(p, 70) != nullptr);
+  }, "Canary corrupted");
+  // Nobody's.
+  ASSERT_DEATH_MSG([&] {
+    static char not_a_block[64] __attribute__((aligned(64)));
+    g_sink = static_cast<char>(lca_realloc(launder(not_a_block), 10) != nullptr);
+  }, "Invalid pointer");
+  ASSERT_DEATH_MSG([&] {
+    static char not_a_block[64] __attribute__((aligned(64)));
+    g_sink = static_cast<char>(lca_usable_size(launder(not_a_block)));
+  }, "Invalid pointer");
+  // A destroyed SecureAllocator's small and large blocks.
+  for (std::size_t size : {std::size_t{64}, 300 * KiB}) {
+    ASSERT_DEATH_MSG([&] {
+      void* p;
+      {
+        SecureAllocator gone;
+        p = gone.allocate(size);
+      }
+      g_sink = static_cast<char>(lca_realloc(launder(p), 10) != nullptr);
+    }, "Invalid pointer");
+    ASSERT_DEATH_MSG([&] {
+      void* p;
+      {
+        SecureAllocator gone;
+        p = gone.allocate(size);
+      }
+      g_sink = static_cast<char>(custom_alloc::MemoryAllocator::instance().get_allocation_size(launder(p)));
+    }, "Invalid pointer");
+  }
+}
+END_TEST
+
+// Threads resize and measure blocks of one SecureAllocator through the C API and
+// the process heap while others allocate and free in it through its own calls.
+START_TEST(test_secure_blocks_routed_realloc_threads) {
+  SecureAllocator a;
+  const int rounds = scaled(400);
+  std::atomic<int> bad{0};
+  auto worker = [&](int id) {
+    std::vector<void*> mine;
+    for (int i = 0; i < rounds; ++i) {
+      std::size_t n = 16 + static_cast<std::size_t>((i * 37 + id * 11) % 3000);
+      void* p = a.allocate(n);
+      if (!p) {
+        bad.fetch_add(1);
+        continue;
+      }
+      test_util::fill_pattern(p, n / 8 * 8, static_cast<std::uint64_t>(id * 100000 + i));
+      std::size_t m = (i % 3 == 0) ? n / 2 + 8 : n * 3;
+      void* q = (id % 2) ? lca_realloc(p, m) : custom_alloc::MemoryAllocator::instance().reallocate(p, m);
+      std::size_t kept = (n < m ? n : m) / 8 * 8;
+      if (!q || lca_usable_size(q) != m ||
+          test_util::check_pattern(q, kept, static_cast<std::uint64_t>(id * 100000 + i)) != -1)
+        bad.fetch_add(1);
+      if (i % 2)
+        lca_free(q);
+      else
+        mine.push_back(q);
+    }
+    for (void* q : mine) a.deallocate(q);
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) ts.emplace_back(worker, t);
+  for (auto& t : ts) t.join();
+  ck_assert_int_eq(bad.load(), 0);
+  ck_assert_uint_eq(a.get_stats().active_allocations.load(), 0);
+}
+END_TEST
+
 // --- the process heap's thread caches ---------------------------------------------------------
 // The process heap (malloc's with --enable-secure; secure_process_heap() in every
 // build) hands out slots from per-thread caches and buffers each thread's frees
@@ -1667,6 +1825,9 @@ int main() {
   tcase_add_test(tc, test_threads_cross_free);
   tcase_add_test(tc, test_foreign_blocks_routed);
   tcase_add_test(tc, test_secure_blocks_routed_from_other_frees);
+  tcase_add_test(tc, test_secure_blocks_routed_realloc_and_size);
+  tcase_add_test(tc, test_secure_blocks_routed_realloc_errors);
+  tcase_add_test(tc, test_secure_blocks_routed_realloc_threads);
   tcase_add_test(tc, test_double_free_in_other_threads_cache);
   tcase_add_test(tc, test_cached_slot_is_not_live);
   tcase_add_test(tc, test_threads_cross_free_process_heap);

@@ -21,7 +21,9 @@
 // The request's global tracker, g_allocation_tracker (test_global_tracker).
 #define ENABLE_ALLOCATION_TRACKING 1
 #include <custom_alloc/allocation_tracker.h++>
+#include <custom_alloc/huge_page_allocator.h++>
 #include <custom_alloc/memory_allocator.h++>
+#include <custom_alloc/secure_allocator.h++>
 
 #include <libcalloc.h>
 
@@ -49,6 +51,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "huge.h++"
 #include "options.h++"
 #include "secure.h++"
 #include "track.h++"
@@ -398,6 +401,44 @@ START_TEST(test_process_heap_full_tracking) {
     return "";
   });
   ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+// A SecureAllocator's or a HugePageAllocator's block given to lca_realloc while
+// the process heap's tracker runs is resized in its own heap and never recorded
+// (the tracker's blocks are the process heap's).  A sampled realloc took the old
+// size, allocated in the process heap and freed the old block (after routing
+// made that possible, a secure block would have left its hardened heap); before
+// routing every such realloc aborted with "Invalid pointer".  With
+// --enable-secure the process heap is a secure heap: a SecureAllocator's block
+// is recorded there as before, so only the huge block is checked.
+START_TEST(test_module_blocks_realloc_untracked) {
+  for (lca::TrackMode mode : {lca::TrackMode::full, lca::TrackMode::sample}) {
+    std::string err = in_child([mode]() -> std::string {
+      custom_alloc::SecureAllocator secure;
+      custom_alloc::HugePageAllocator huge;
+      lca::huge_set_backings(huge.huge_state(), 0);
+      void* s = secure.allocate(100);
+      void* h = huge.allocate_huge(2 << 20);
+      if (!s || !h) return "no blocks";
+      lca::track_start_for_test(mode, 1);  // sampling: every allocation
+      lca::TrackTotals before = lca::track_totals();
+#if !CALLOC_SECURE
+      s = lca_realloc(s, 5000);
+      if (!s || !lca::secure_owns(s)) return "the secure block left its heap";
+#endif
+      h = lca_realloc(h, 3 << 20);
+      if (!h || huge.huge_allocation_size(h) != 4 << 20) return "the huge block left its allocator";
+      lca::TrackTotals after = lca::track_totals();
+      if (after.live_blocks != before.live_blocks || after.calls != before.calls)
+        return "recorded: live " + std::to_string(before.live_blocks) + " -> " + std::to_string(after.live_blocks) +
+               ", calls " + std::to_string(before.calls) + " -> " + std::to_string(after.calls);
+      secure.deallocate(s);
+      huge.deallocate_huge(h);
+      return "";
+    });
+    ck_assert_msg(err.empty(), "%s mode: %s", mode == lca::TrackMode::full ? "full" : "sample", err.c_str());
+  }
 }
 END_TEST
 
@@ -1321,6 +1362,7 @@ int main() {
   tcase_add_test(tc, test_options_parse_tracking);
   tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
+  tcase_add_test(tc, test_module_blocks_realloc_untracked);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
