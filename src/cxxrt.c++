@@ -20,18 +20,24 @@
 namespace {
 
 // Weak (src/cxxrt.h++): null when no C++ runtime is in the global scope.
+// Strong in libcalloc.a (LCA_CXXRT_STRONG).
+#ifdef LCA_CXXRT_STRONG
+#define LCA_CXXRT_WEAK
+#else
+#define LCA_CXXRT_WEAK __attribute__((weak))
+#endif
 using AllocExceptionFn = void* (*)(std::size_t);
 using ThrowFn = void (*)(void*, void*, void (*)(void*));
 using DtorFn = void (*)(void*);
 using GetHandlerFn = lca::CxxNewHandler (*)();
 using DemangleFn = char* (*)(const char*, char*, std::size_t*, int*);
-extern "C" void* weak_cxa_allocate_exception(std::size_t) asm("__cxa_allocate_exception") __attribute__((weak));
-extern "C" void weak_cxa_throw(void*, void*, void (*)(void*)) asm("__cxa_throw") __attribute__((weak));
-extern "C" char weak_bad_alloc_typeinfo[] asm("_ZTISt9bad_alloc") __attribute__((weak));
-extern "C" void* weak_bad_alloc_vtable[] asm("_ZTVSt9bad_alloc") __attribute__((weak));
-extern "C" void weak_bad_alloc_dtor(void*) asm("_ZNSt9bad_allocD1Ev") __attribute__((weak));
-extern "C" lca::CxxNewHandler weak_get_new_handler() asm("_ZSt15get_new_handlerv") __attribute__((weak));
-extern "C" char* weak_cxa_demangle(const char*, char*, std::size_t*, int*) asm("__cxa_demangle") __attribute__((weak));
+extern "C" void* weak_cxa_allocate_exception(std::size_t) asm("__cxa_allocate_exception") LCA_CXXRT_WEAK;
+extern "C" void weak_cxa_throw(void*, void*, void (*)(void*)) asm("__cxa_throw") LCA_CXXRT_WEAK;
+extern "C" char weak_bad_alloc_typeinfo[] asm("_ZTISt9bad_alloc") LCA_CXXRT_WEAK;
+extern "C" void* weak_bad_alloc_vtable[] asm("_ZTVSt9bad_alloc") LCA_CXXRT_WEAK;
+extern "C" void weak_bad_alloc_dtor(void*) asm("_ZNSt9bad_allocD1Ev") LCA_CXXRT_WEAK;
+extern "C" lca::CxxNewHandler weak_get_new_handler() asm("_ZSt15get_new_handlerv") LCA_CXXRT_WEAK;
+extern "C" char* weak_cxa_demangle(const char*, char*, std::size_t*, int*) asm("__cxa_demangle") LCA_CXXRT_WEAK;
 
 struct Runtime {
   AllocExceptionFn allocate_exception = nullptr;
@@ -88,7 +94,8 @@ Runtime runtime() {
 namespace lca {
 
 CxxNewHandler cxx_get_new_handler() noexcept {
-  if (weak_get_new_handler) return weak_get_new_handler();
+  GetHandlerFn get = weak_get_new_handler;
+  if (get) return get();
   Runtime r = from_loaded_library();
   return r.get_new_handler ? r.get_new_handler() : nullptr;
 }

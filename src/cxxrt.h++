@@ -18,10 +18,18 @@
 // __popcountdi2 is not here: it comes from the static libgcc.a that the C
 // driver links, and a weak reference would not pull it in.  Symbols libcalloc
 // defines (operator new and delete) are not here either.
+//
+// Not in libcalloc.a (LCA_CXXRT_STRONG, Makefile.am): in a static link a weak
+// reference does not pull its member out of libstdc++.a, so it stayed null
+// unless the program happened to use the symbol too, and the C++ API called
+// address 0 (MemoryAllocator::instance()'s __cxa_guard_acquire, from
+// make_unique).  There every reference is strong, and pkg-config --static
+// lists -lstdc++.
 #ifndef LCA_CXXRT_HXX
 #define LCA_CXXRT_HXX
 
 #ifdef __cplusplus
+#ifndef LCA_CXXRT_STRONG
 // Unwinding and exceptions (libgcc_s, libsupc++).
 asm(".weak _Unwind_Resume");
 asm(".weak __gxx_personality_v0");
@@ -79,6 +87,7 @@ asm(".weak _ZNSo3putEc");
 asm(".weak _ZNSo9_M_insertIlEERSoT_");
 asm(".weak _ZNSo9_M_insertImEERSoT_");
 asm(".weak _ZSt16__ostream_insertIcSt11char_traitsIcEERSt13basic_ostreamIT_T0_ES6_PKS3_l");
+#endif  // LCA_CXXRT_STRONG
 
 namespace lca {
 

@@ -51,8 +51,9 @@ bool usable_profile_signal(int sig) {
 
 // Tracking options (values that are not booleans).  True when key is one of
 // them; problems are counted in *problems.
-bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, std::size_t n, Options* out,
-                           int* problems) {
+// name: the key as a string, for the warning of a build without tracking.
+bool parse_tracking_option(const char* key, std::size_t key_len, [[maybe_unused]] const char* name, const char* v,
+                           std::size_t n, Options* out, int* problems) {
   auto key_is = [&](const char* k) { return std::strlen(k) == key_len && std::strncmp(key, k, key_len) == 0; };
   auto is = [&](const char* word) { return std::strlen(word) == n && std::strncmp(v, word, n) == 0; };
   auto copy_path = [&](char* dst, std::size_t cap) {
@@ -123,7 +124,7 @@ bool parse_tracking_option(const char* key, std::size_t key_len, const char* v, 
   }
 #if !CALLOC_TRACKING
   report_warning("LIBCALLOC_OPTIONS: allocation tracking is not built in (configure --enable-tracking), ignored: ",
-                 key_len == 6 ? "sample" : "tracking option");
+                 name);
 #endif
   return true;
 }
@@ -149,7 +150,7 @@ int options_parse(const char* text, Options* out) {
     std::size_t copy = key_len < sizeof name - 1 ? key_len : sizeof name - 1;
     std::memcpy(name, p, copy);
     name[copy] = 0;
-    if (parse_tracking_option(p, key_len, value, value_len, out, &problems)) {
+    if (parse_tracking_option(p, key_len, name, value, value_len, out, &problems)) {
       // done
     } else if (key_len == 0) {
       // empty item, e.g. a trailing comma
@@ -157,7 +158,9 @@ int options_parse(const char* text, Options* out) {
       report_warning("LIBCALLOC_OPTIONS: unknown option ", name);
       ++problems;
     } else if (!parse_bool(value, value_len, target)) {
-      report_warning("LIBCALLOC_OPTIONS: expected 0 or 1 for ", name);
+      // The words parse_bool takes (libcalloc(7)); "0 or 1" read as if true,
+      // yes and on were refused.
+      report_warning("LIBCALLOC_OPTIONS: expected 1, true, yes, on, 0, false, no or off for ", name);
       ++problems;
     } else if (target == &huge_heap_value) {
       out->huge_heap = huge_heap_value ? 1 : 0;

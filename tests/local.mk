@@ -121,6 +121,10 @@ calloc_stress_tests += tests/stress/full_system
 tests_stress_full_system_SOURCES = tests/stress/full_system.c++ tests/test-util.h++
 
 calloc_script_tests = tests/integration/symbols.sh
+# Each public header alone with strict warnings (C and C++, g++ and clang++), and
+# C++17's one clear error.
+calloc_script_tests += tests/integration/headers.sh
+EXTRA_DIST += tests/integration/headers.sh
 if CALLOC_OVERRIDE
 # LD_PRELOAD only means something when libcalloc.so provides malloc.
 calloc_script_tests += tests/integration/preload.sh

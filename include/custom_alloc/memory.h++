@@ -32,6 +32,11 @@
 #ifndef CUSTOM_ALLOC_MEMORY_HXX
 #define CUSTOM_ALLOC_MEMORY_HXX
 
+// One line instead of dozens of errors about operator<=> and concepts.
+#if __cplusplus < 201709L
+#error "<custom_alloc/memory.h++> (and <custom_alloc.h++>) need C++20: compile with -std=c++20"
+#else
+
 #include <custom_alloc/memory_allocator.h++>
 #include <libcalloc.h>
 
@@ -1129,4 +1134,5 @@ struct hash<custom_alloc::shared_ptr<T>> {
 }  // namespace std
 /// @endcond
 
+#endif  // C++20
 #endif

@@ -704,6 +704,36 @@ START_TEST(test_options_parse) {
 }
 END_TEST
 
+// The warnings name what was wrong: a bad boolean lists the words taken (it
+// said "expected 0 or 1" while true, yes and on were taken too), and a tracking
+// option in a build without tracking names the key (it said "tracking option"
+// for every key but sample).
+START_TEST(test_options_warnings_name_the_problem) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  std::string text;
+  std::thread reader([&] { test_util::slurp_fd(fds[0], text); });
+  const int saved = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved, 0);
+  ck_assert_int_ge(dup2(fds[1], STDERR_FILENO), 0);
+  lca::Options o{};
+  const int problems = lca::options_parse("verbose=2,profile_format=text", &o);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(fds[1]);
+  reader.join();
+  close(fds[0]);
+  ck_assert_int_eq(problems, 1);
+  ck_assert_msg(text.find("libcalloc: warning: LIBCALLOC_OPTIONS: expected 1, true, yes, on, 0, false, no or off "
+                          "for verbose\n") != std::string::npos,
+                "stderr: %s", text.c_str());
+#if !CALLOC_TRACKING
+  ck_assert_msg(text.find("(configure --enable-tracking), ignored: profile_format\n") != std::string::npos,
+                "stderr: %s", text.c_str());
+#endif
+}
+END_TEST
+
 // A set-user-ID program (secure-execution mode, AT_SECURE) ignores
 // LIBCALLOC_OPTIONS, as glibc's malloc ignores its MALLOC_ variables there: the
 // variable belongs to the user who runs the program, the program's rights to
@@ -940,6 +970,7 @@ int main() {
   tcase_add_test(tc, test_rlimit_as_operator_new);
   tcase_add_test(tc, test_stats_reflect_malloc);
   tcase_add_test(tc, test_options_parse);
+  tcase_add_test(tc, test_options_warnings_name_the_problem);
   tcase_add_test(tc, test_options_ignored_when_setuid);
   tcase_add_test(tc, test_version);
   tcase_add_test(tc, test_print_stats);
