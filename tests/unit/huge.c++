@@ -28,6 +28,8 @@
 
 #include <libcalloc.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -139,12 +141,38 @@ Backing expected_fallback() { return thp_usable_here() ? Backing::transparent : 
 
 bool aligned_to(const void* p, std::size_t a) { return (reinterpret_cast<std::uintptr_t>(p) & (a - 1)) == 0; }
 
+// The hugetlb pools are the machine's, not the process's: two test processes
+// that size or count one at the same time (two builds checked side by side, as
+// a developer or a CI job may run them) see each other's pages -- a CI run
+// read "the pool did not get its pages back (2, was 3)" while another build's
+// huge suite held a page.  Every test that sizes or counts a pool holds this
+// lock (flock on a file in /tmp, shared by every build) while it does; it is
+// released when the test's process exits.  Without the file (read-only /tmp)
+// the test runs unlocked, as before.
+class PoolLock {
+ public:
+  PoolLock() : fd_(open("/tmp/libcalloc-test-hugetlb.lock", O_RDONLY | O_CREAT | O_CLOEXEC, 0666)) {
+    if (fd_ >= 0)
+      while (flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+      }
+  }
+  ~PoolLock() {
+    if (fd_ >= 0) close(fd_);
+  }
+  PoolLock(const PoolLock&) = delete;
+  PoolLock& operator=(const PoolLock&) = delete;
+
+ private:
+  int fd_;
+};
+
 // Makes at least `pages` pages of page_size available in the hugetlb pool by raising
 // its nr_hugepages (root only); the destructor puts the old value back.  ok() tells
 // whether the pages are there; why() says why not.
 class PoolReservation {
  public:
   PoolReservation(std::size_t page_size, long pages) : path_(pool_dir(page_size) + "nr_hugepages") {
+    // (lock_, the first member, is held from here to the destructor's end.)
     original_ = read_long(path_);
     if (original_ < 0) {
       why_ = "the kernel has no hugetlb pool of " + std::to_string(page_size / KiB) + " KiB pages";
@@ -181,6 +209,7 @@ class PoolReservation {
   }
 
  private:
+  PoolLock lock_;
   bool write(long value) {
     std::ofstream out(path_);
     out << value << "\n";
@@ -248,6 +277,7 @@ void check_forced_path(unsigned try_mask, Backing expected, const char* what) {
 // --- what the system offers ---------------------------------------------------------
 
 START_TEST(test_huge_pages_available_matches_sys) {
+  PoolLock lock;  // the pool's counts must not move between the two readings
   std::string mode = thp_mode_word();
   HugePageAllocator::ThpMode expected_mode = mode == "always"    ? HugePageAllocator::ThpMode::always
                                              : mode == "madvise" ? HugePageAllocator::ThpMode::madvise
@@ -316,6 +346,7 @@ END_TEST
 
 START_TEST(test_hugetlb_exhaustion_falls_back) {
   if (!kBuiltHuge) TEST_SKIP("built with --disable-huge: hugetlb is never tried");
+  PoolLock lock;  // avail + 1 pages must still be one more than the pool has
   long avail = pool_available(2 * MiB);
   long overcommit = read_long("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_overcommit_hugepages");
   if (avail < 0) TEST_SKIP("the kernel has no 2 MiB hugetlb pool");
