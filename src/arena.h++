@@ -85,9 +85,13 @@ ArenaCheck arena_check(const ArenaChunk* c, const void* p);
 
 // Frees a checked block; returns its usable size.
 std::size_t arena_free(Arena* a, ArenaChunk* c, void* p);
+// The size bits of a live block's tag do not change; its owner may flip the
+// kPrevFree flag in the same word while another thread frees the block, so the
+// word is read with a relaxed atomic load (a plain move), as the owner writes
+// the flag (arena.c++, set_prev_free_flag).
 inline std::size_t arena_usable_size(const void* p) {
   const auto* t = reinterpret_cast<const BlockTag*>(static_cast<const char*>(p) - kArenaTag);
-  return (t->size_flags & ~kArenaTagFlagMask) - kArenaTag;
+  return (__atomic_load_n(&t->size_flags, __ATOMIC_RELAXED) & ~kArenaTagFlagMask) - kArenaTag;
 }
 
 // Resizes in place: shrinks by splitting, grows into a free successor.

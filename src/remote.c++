@@ -48,12 +48,6 @@ Heap* heap_for_remote_free() {
   return h == &g_no_heap ? nullptr : h;
 }
 
-// Span::flags as a thread that does not own s reads it (free_remote_batched):
-// the owner may rewrite the byte meanwhile (span_set_flags), by design -- a
-// function of its own so that contrib/tsan.supp can name the reader too (TSan
-// loses the writer's stack when the owner did much since).
-inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
-
 // The checks every free by a thread of an object of another thread's span
 // makes before it touches the object: p's span, active, single-slot and not
 // purged (the owner may change the flags meanwhile, but not these bits for p:

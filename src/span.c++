@@ -81,7 +81,7 @@ LCA_CORE_TEXT void span_extend_carve(Span* s) {
 }
 
 LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
-  if ((s->flags & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
+  if ((span_flags_seen_remotely(s) & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
   std::uint32_t i = span_index(s, p);
   // Inside an object that grew over several slots: a slot boundary, not a block.
   for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
@@ -90,7 +90,8 @@ LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* 
   }
   *index = i;
   // An object of a purged page is on no list: freed already (its guard reads 0).
-  if (__builtin_expect(s->flags & kSpanPurged, 0) && span_object_purged(s, p)) return SpanCheck::not_live;
+  if (__builtin_expect(span_flags_seen_remotely(s) & kSpanPurged, 0) && span_object_purged(s, p))
+    return SpanCheck::not_live;
   // Valgrind mode: the guard word of a live block is user data, perhaps undefined.
   std::uintptr_t guard = on_valgrind() ? vg_peek_word(&static_cast<const FreeObject*>(p)->guard)
                                        : static_cast<const FreeObject*>(p)->guard;

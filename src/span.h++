@@ -245,6 +245,14 @@ inline void span_set_flags(Span* s, std::uint8_t flags) {
 // reader too (TSan loses the writer's stack when the owner did much since).
 inline Heap* span_fast_heap_seen(const Span* s) { return s->fast_heap; }
 
+// Span::flags as a thread that does not own s may read it (free_remote_batched;
+// span_check, from block_lookup in a free by another thread): the owner may
+// rewrite the byte meanwhile (span_set_flags), by design -- a function of its own
+// so that contrib/tsan.supp can name the reader too (TSan loses the writer's
+// stack when the owner did much since).  (In remote.c++ until session 20, when a
+// TSan run reported span_check's read against a writer whose stack it lost.)
+inline std::uint8_t span_flags_seen_remotely(const Span* s) { return s->flags; }
+
 // The span's first object: the start of its 64 KiB slot, computed from the
 // descriptor's place in the chunk header.  (Not stored: under Valgrind a stored
 // pointer to the first object would make a leaked first object look reachable.)

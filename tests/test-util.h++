@@ -2,7 +2,8 @@
 //
 // Header-only; every suite includes it as "../test-util.h++".  It provides:
 //  - scaled(n): heavy loop counts scaled by the CALLOC_TEST_SCALE percentage (the
-//    Valgrind run uses 5); assertions never depend on the scale;
+//    Valgrind run uses 5); assertions never depend on the scale; tsan_scaled(n):
+//    a tenth of that in a TSan build, for loops that touch many kilobytes a round;
 //  - launder(p), escape(p): hide a pointer from the optimiser, so GCC cannot fold a
 //    malloc/free pair away, assume two malloc results differ, or assume calloc
 //    memory reads as zero -- the very properties the tests check;
@@ -111,6 +112,14 @@ inline std::size_t scaled(std::size_t n) {
       (static_cast<unsigned long long>(n) * static_cast<unsigned long long>(scale_percent())) / 100);
   return v < 1 ? 1 : v;
 }
+
+// scaled(n) for a test whose every round reads or writes many kilobytes (each
+// byte of big blocks, or the tables of a heap it makes): a tenth of it in a
+// TSan build, where each of those accesses is checked against TSan's shadow
+// memory (at full scale, on a loaded machine: secure's test_threads_cross_free
+// 100 s of that suite's 140 s, defrag's test_thread_entries_bounded 77 s of
+// 137 s).  As with scaled(), assertions never depend on it.
+inline std::size_t tsan_scaled(std::size_t n) { return kTsanBuild ? scaled(n / 10) : scaled(n); }
 
 // --- optimiser barriers -------------------------------------------------------
 
@@ -447,9 +456,12 @@ inline std::string address_text(const void* p) {
 
 // --- suites ---------------------------------------------------------------------------
 
-// Per-test timeout: generous natively, far more under Valgrind (~30x slower).  Check
-// multiplies it by CK_TIMEOUT_MULTIPLIER when that is set.
-inline double test_timeout() { return running_on_valgrind() ? 3600.0 : 120.0; }
+// Per-test timeout: generous natively, far more under Valgrind (~30x slower), and
+// under TSan, where every load and store is checked and CI's step shares two cores
+// with other builds (capi's test_calloc_zeroes took more than 120 s at full scale
+// with the load average at 20).  Check multiplies it by CK_TIMEOUT_MULTIPLIER when
+// that is set.
+inline double test_timeout() { return running_on_valgrind() ? 3600.0 : kTsanBuild ? 600.0 : 120.0; }
 
 // A suite with one test case of the same name and the common timeout.
 inline Suite* make_suite(const char* name, TCase** tc) {
