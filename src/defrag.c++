@@ -878,9 +878,8 @@ void handle_object_free_check(Domain* d, const void* p, const char* what) {
 void handle_object_check_unlocked(Domain* d, const void* p, const char* what) {
   if (!d->handles) return;
   VgSerial serial;
-  domain_lock(d);
+  DomainLock lock(d);
   handle_object_free_check(d, p, what);  // (a report keeps the lock: it aborts)
-  domain_unlock(d);
 }
 
 namespace {
@@ -889,18 +888,15 @@ namespace {
 // grow.
 bool objects_add(HandleTable* t, const void* p) {
   VgSerial serial;
-  domain_lock(t->domain);
-  bool ok = t->objects.insert(p);
-  domain_unlock(t->domain);
-  return ok;
+  DomainLock lock(t->domain);
+  return t->objects.insert(p);
 }
 
 // Takes p out of t's objects: it may be freed as a plain block now.
 void objects_forget(HandleTable* t, const void* p) {
   VgSerial serial;
-  domain_lock(t->domain);
+  DomainLock lock(t->domain);
   t->objects.erase(p);
-  domain_unlock(t->domain);
 }
 
 // Every live table, for thread exit (a thread's records die with their table).
@@ -1418,10 +1414,9 @@ HandleAllocator::~HandleAllocator() {
   // The objects go with the heap (~MemoryAllocator); the table and records here.
   {
     lca::VgSerial serial;
-    lca::domain_lock(t->domain);
+    lca::DomainLock lock(t->domain);
     t->domain->handles = nullptr;
     t->objects.release();
-    lca::domain_unlock(t->domain);
   }
   for (lca::ThreadRecord* r = t->records.load(std::memory_order_relaxed); r;) {
     lca::ThreadRecord* next = r->next;
