@@ -1959,7 +1959,12 @@ const ModuleOps* secure_module() { return &kSecureModule; }
 
 void secure_stats_fill(SecureHeap* h, lca_stats* out) {
   *out = lca_stats{};
-  // Large blocks count in the heap's atomics, small ones per class.
+  // Large blocks count in the heap's atomics, small ones per class, and a live
+  // thread's cache in its own until the thread exits, when tc_retire_locked moves
+  // them to the heap's under g_tc_lock.  The heap's are read under that lock too:
+  // read before the move and the list after it, an exiting thread's counts were
+  // in neither, and a reader saw allocation_count go back.
+  lca_mutex_lock(&g_tc_lock);
   out->total_allocated = h->allocated_bytes.load(std::memory_order_relaxed);
   out->total_freed = h->freed_bytes.load(std::memory_order_relaxed);
   out->allocation_count = h->alloc_count.load(std::memory_order_relaxed);
@@ -1970,17 +1975,14 @@ void secure_stats_fill(SecureHeap* h, lca_stats* out) {
     out->allocation_count += cs.allocs.load(std::memory_order_relaxed);
     out->free_count += cs.frees.load(std::memory_order_relaxed);
   }
-  {
-    lca_mutex_lock(&g_tc_lock);
-    for (ThreadCache* tc = g_tc_list; tc; tc = tc->next) {
-      if (tc->heap != h || tc->orphaned.load(std::memory_order_relaxed)) continue;
-      out->total_allocated += tc->alloc_bytes.load(std::memory_order_relaxed);
-      out->total_freed += tc->free_bytes.load(std::memory_order_relaxed);
-      out->allocation_count += tc->allocs.load(std::memory_order_relaxed);
-      out->free_count += tc->frees.load(std::memory_order_relaxed);
-    }
-    lca_mutex_unlock(&g_tc_lock);
+  for (ThreadCache* tc = g_tc_list; tc; tc = tc->next) {
+    if (tc->heap != h || tc->orphaned.load(std::memory_order_relaxed)) continue;
+    out->total_allocated += tc->alloc_bytes.load(std::memory_order_relaxed);
+    out->total_freed += tc->free_bytes.load(std::memory_order_relaxed);
+    out->allocation_count += tc->allocs.load(std::memory_order_relaxed);
+    out->free_count += tc->frees.load(std::memory_order_relaxed);
   }
+  lca_mutex_unlock(&g_tc_lock);
   out->active_allocations = out->allocation_count - out->free_count;
   out->os_memory_mapped = h->mapped_bytes.load(std::memory_order_relaxed);
   std::size_t live = out->total_allocated - out->total_freed;

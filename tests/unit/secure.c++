@@ -1395,6 +1395,55 @@ START_TEST(test_instance_caches_threads_share_a_heap) {
 }
 END_TEST
 
+// Statistics read while threads exit never go back.  A thread's exit moves its
+// cache's counts into the heap's (under the cache list's lock); a reader that
+// took the heap's counts before that move and the list after it counted the
+// exiting thread's blocks nowhere, and allocation_count went back (CI's secure
+// build, threads: test_churn_exits_trim_stats, stop 32).  Here threads are
+// short-lived on purpose, and one reader reads with no pause but a yield.
+START_TEST(test_stats_never_go_back_across_thread_exits) {
+  SecureAllocator alloc;
+  constexpr int kSpawners = 3;
+  constexpr std::size_t per_life = 40;
+  const std::size_t lives = std::max<std::size_t>(scaled(600), 20);
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> went_back{0}, reads{0};
+  std::thread reader([&] {
+    SecureAllocator::Stats last = alloc.get_stats();
+    while (!stop.load(std::memory_order_relaxed)) {
+      SecureAllocator::Stats s = alloc.get_stats();
+      if (s.allocation_count < last.allocation_count || s.free_count < last.free_count ||
+          s.total_allocated < last.total_allocated || s.total_freed < last.total_freed)
+        went_back.fetch_add(1);
+      last = s;
+      reads.fetch_add(1, std::memory_order_relaxed);
+      // Others run between two reads (under Valgrind, which runs one thread at a
+      // time, a reader that never yields takes every other time slice).
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> spawners;
+  for (int t = 0; t < kSpawners; ++t)
+    spawners.emplace_back([&, t] {
+      for (std::size_t life = 0; life < lives; ++life)
+        std::thread([&, t] {
+          void* v[per_life];
+          for (std::size_t i = 0; i < per_life; ++i) v[i] = alloc.allocate(16 + (i * 37 + t) % 500);
+          for (void* p : v) alloc.deallocate(p);
+        }).join();
+    });
+  for (auto& th : spawners) th.join();
+  stop = true;
+  reader.join();
+  std::printf("# %zu thread lives, %zu statistics reads\n", kSpawners * lives, reads.load());
+  ck_assert_uint_eq(went_back.load(), 0);
+  SecureAllocator::Stats s = alloc.get_stats();
+  ck_assert_uint_eq(s.allocation_count.load(), kSpawners * lives * per_life);
+  ck_assert_uint_eq(s.free_count.load(), kSpawners * lives * per_life);
+  ck_assert_uint_eq(s.total_freed.load(), s.total_allocated.load());
+}
+END_TEST
+
 // The heap's release of what it holds in reserve (trim; out of memory runs the
 // same code, release_reserves) unmaps a chunk left empty.  A misuse of a freed
 // block of that chunk by another thread at the same moment -- here
@@ -1840,6 +1889,7 @@ int main() {
   tcase_add_test(tc, test_instance_cache_outlives_its_heap);
   tcase_add_test(tc, test_instance_caches_many_heaps);
   tcase_add_test(tc, test_instance_caches_threads_share_a_heap);
+  tcase_add_test(tc, test_stats_never_go_back_across_thread_exits);
   tcase_add_test(tc, test_release_races_invalid_use);
   tcase_add_test(tc, test_released_chunk_metadata_reused);
   tcase_add_test(tc, test_trim_purges_an_empty_slab_once);
