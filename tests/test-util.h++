@@ -233,6 +233,16 @@ inline bool touched_range_ok(const void* p, std::size_t n, unsigned char value, 
   return b[n - 1] == value;
 }
 
+// --- statistics ------------------------------------------------------------------------
+
+// Whether a later snapshot of cumulative counters (lca_stats, MemoryAllocator::Stats)
+// reads lower than an earlier one: allocations, frees and their bytes only grow.
+template <class Stats>
+inline bool counts_went_back(const Stats& before, const Stats& after) {
+  return after.allocation_count < before.allocation_count || after.free_count < before.free_count ||
+         after.total_allocated < before.total_allocated || after.total_freed < before.total_freed;
+}
+
 // --- /proc ---------------------------------------------------------------------------
 
 inline bool read_statm(unsigned long* size_pages, unsigned long* resident_pages) {
