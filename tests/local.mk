@@ -203,6 +203,14 @@ EXTRA_DIST += tests/integration/guide-examples.sh tests/integration/man-pages.sh
 if HAVE_CHECK
 check_PROGRAMS += $(calloc_unit_tests) $(calloc_stress_tests)
 TESTS += $(calloc_unit_tests) $(calloc_stress_tests)
+# The longest suites first: `make -j2 check-valgrind-*' (.ci/run) starts them
+# in this order, so the short ones fill the other core at the end instead of a
+# long one running alone.  Seconds each, one at a time on the 2-core machine
+# (2026-12-07; DRD at CALLOC_TEST_SCALE=1, helgrind and memcheck at 5): threads
+# 237 / 48 / 49, fork 195 / 24 / 38, defrag 88 / 54 / 60, realloc 6 / 77 / 14;
+# every other suite under 50 with each tool.
+# (calloc_valgrind_ordered, CALLOC_VALGRIND_RUN_RULES in configure.ac)
+calloc_valgrind_first = tests/unit/threads tests/unit/fork tests/unit/defrag tests/unit/realloc
 calloc_valgrind_tests = $(calloc_unit_tests)
 else
 calloc_valgrind_tests =
@@ -340,7 +348,7 @@ VALGRIND_drd_FLAGS = --fair-sched=yes
 # each under memcheck on the loaded 2-core machine, 10 for the rest together.
 check-secure-memcheck:
 	$(MAKE) $(AM_MAKEFLAGS) check-valgrind-memcheck \
-	  TESTS='$(filter-out tests/unit/alignment tests/unit/defrag,$(calloc_unit_tests))'
+	  TESTS='$(filter-out tests/unit/alignment tests/unit/defrag,$(calloc_valgrind_ordered))'
 .PHONY: check-secure-memcheck
 
 # No C++ runtime in C programs (issue 17): libcalloc.so's NEEDED, a C program's
