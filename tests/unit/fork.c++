@@ -1463,8 +1463,11 @@ int fork_during_relocation_callback(CallbackUse use) {
       inside.store(true);
       // The fork's prepare handlers have begun; libcalloc's gets to this
       // heap's lock well within 50 ms.  (Not waited for ever: a fork that does
-      // not come fails the scenario below.)
-      if (wait_for_flag(g_fork_preparing, 10)) usleep(50000);
+      // not come fails the scenario below.  Under Valgrind, 0.5 s: every lock
+      // of libcalloc is one there, which this thread holds, and the main
+      // thread may be waiting for it in a call of its own before it forks --
+      // the cycle this scenario builds cannot close there.)
+      if (wait_for_flag(g_fork_preparing, running_on_valgrind() ? 0.5 : 10)) usleep(50000);
       use_rc = callback_uses(use, other.get(), secure.get(), huge.get());
     });
   });
