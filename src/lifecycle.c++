@@ -147,21 +147,34 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   the interrupted code holds would wait forever.  The child goes on from the
 //   same state as the parent, as with glibc's malloc.
 // - Otherwise stdio's list lock comes first (glibc: _IO_list_lock, detected by
-//   configure), then the Valgrind-mode serialising lock, then libcalloc's own:
-//   the domain list's, the process domain's (followed by its span pools'; the
-//   statistics locks of its running heaps are taken and released at once, with
-//   Domain::forking set: the queue changes wait for the fork instead, pool.c++),
-//   the large-block table's, the huge-page table list's, the ASan quarantine's.
-//   A private domain's lock, each hardened heap's class and placement locks and
-//   each huge-page table's are taken and released once, a flag set under each:
-//   a later taker waits for the fork (DomainLock, secure.c++'s class_lock,
-//   huge.c++'s state_lock).  glibc's fork() takes the list
+//   configure), then the Valgrind-mode serialising lock, then libcalloc's own.
+//   First the private heaps: with the domain list's fork gate held, each
+//   private domain's lock is taken and released once, its `forking` flag set
+//   under it -- a later taker waits for the fork (DomainLock) -- holding
+//   nothing else of libcalloc's while it waits for one (the domain list's lock
+//   is let go meanwhile).  A private heap's lock is held while its holder uses
+//   other heaps: a relocation callback runs under it and may allocate from the
+//   process heap (the pass's own vectors do too), another private heap, a new
+//   one (the domain list's lock), a hardened heap or a HugePageAllocator, and
+//   its thread must not wait for a lock the forking thread holds while that
+//   thread waits for the private heap (tests/unit/fork,
+//   test_fork_during_relocation_callback).  Then, with the domain list's lock
+//   held: the tracker's, the hardened heaps' (their class locks taken and
+//   released with a flag), the process domain's (followed by its span pools';
+//   the statistics locks of its running heaps are taken and released at once,
+//   with Domain::forking set: the queue changes wait for the fork instead,
+//   pool.c++), the large-block table's, the huge-page table list's (each
+//   table's lock taken and released with a flag, huge.c++'s state_lock), the
+//   ASan quarantine's.  None of these is held while a private domain's lock is
+//   taken.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
 //   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
 //   for that FILE lock.  Taken first (it is recursive: fork takes it again),
 //   the forking thread waits for stdio holding nothing of libcalloc's, as
-//   glibc's fork does for its own malloc's locks.
+//   glibc's fork does for its own malloc's locks.  (So a relocation callback
+//   that takes the list lock itself -- fopen, fclose, fflush(NULL) -- while
+//   another thread forks still deadlocks: docs/design.md, fork().)
 //
 // In Valgrind mode the serialising lock alone is held of libcalloc's: every
 // other lock of libcalloc is that lock there (vg.h++), and the child, whose one
@@ -300,23 +313,97 @@ LCA_CORE_TEXT void fork_wait(const std::atomic<const void*>& forking, pthread_mu
   }
 }
 
+namespace {
+
+// The prepare handler's first pass: every private domain's lock taken and
+// released once, its `forking` word set under it, with g_domains_fork_gate
+// held (what a later taker waits for: domain_lock_wait_fork); then the domain
+// list's lock stays held, until the parent handler has cleared the words.  A
+// lock found taken is waited for with the list's lock released (a callback
+// under it may make or destroy a heap), d pinned (unlink_domain waits), and
+// the walk starts again from the list's head: the list may have changed
+// meanwhile.  Each wait ends with one more domain flagged, and the flagged
+// ones are skipped, so the walk ends.  (A recursive lock that this thread
+// holds itself -- it forks from a relocation callback -- is taken all the
+// same.)
+LCA_CORE_TEXT void private_domains_prefork() {
+  pthread_mutex_lock(&g_domains_fork_gate);
+  pthread_mutex_lock(&g_domains_lock);
+  const void* me = fork_token();
+  for (Domain* d = &g_process_domain; d;) {
+    if (d->per_thread || d->forking.load(std::memory_order_relaxed) == me) {
+      d = d->next;
+      continue;
+    }
+    bool busy = pthread_mutex_trylock(&d->lock) != 0;
+    if (busy) {
+      d->fork_pinned = true;
+      pthread_mutex_unlock(&g_domains_lock);
+      pthread_mutex_lock(&d->lock);
+    }
+    // An operation in progress has ended; the next waits for the fork.
+    d->forking.store(me, std::memory_order_relaxed);
+    pthread_mutex_unlock(&d->lock);
+    if (busy) {
+      pthread_mutex_lock(&g_domains_lock);
+      d->fork_pinned = false;
+      d = &g_process_domain;
+    } else {
+      d = d->next;
+    }
+  }
+}
+
+LCA_CORE_TEXT void private_domains_postfork_parent() {
+  // Before the gate goes: a thread waiting for it tests the flag again.
+  for (Domain* d = &g_process_domain; d; d = d->next)
+    if (!d->per_thread) d->forking.store(nullptr, std::memory_order_relaxed);
+  pthread_mutex_unlock(&g_domains_lock);
+  pthread_mutex_unlock(&g_domains_fork_gate);
+}
+
+// Not held by this thread; made again all the same: a thread the fork did not
+// copy may have held one for the instant between taking it and finding the
+// flag (no change of the heap was in progress -- nor by a thread that holds
+// another private domain's lock and went on: the fork waited for that lock).
+LCA_CORE_TEXT void private_domains_postfork_child() {
+  for (Domain* d = &g_process_domain; d; d = d->next) {
+    if (d->per_thread) continue;
+    d->forking.store(nullptr, std::memory_order_relaxed);
+    d->fork_pinned = false;
+    init_recursive(&d->lock);
+  }
+  tsan_released_at_fork(&g_domains_lock);
+  pthread_mutex_init(&g_domains_lock, nullptr);
+  tsan_released_at_fork(&g_domains_fork_gate);
+  pthread_mutex_init(&g_domains_fork_gate, nullptr);
+}
+
+}  // namespace
+
 // The one set of fork handlers of libcalloc (malloc.c++ registers them; the
 // modules register none of their own, so that their locks too are taken after
 // stdio's and never when the process is single-threaded).  Lock order: stdio's
-// list lock, Valgrind mode's serialising lock, the tracker's (track.c++), the
-// hardened heaps' (secure.c++), then the core's: the domain list, each domain
-// (the process domain and its span pools held, its running heaps' queue changes
-// waiting; a private domain taken and released), the large-block table, the
-// huge-page tables.  The locks held across the fork are the same few whatever
-// the number of threads (session 18) and of private heaps, hardened heaps and
-// HugePageAllocators (session 19): TSan's deadlock detector allows 64 held at
-// once, and before, some 25 MemoryAllocators, or one SecureAllocator, passed it
-// (tests/unit/fork, test_fork_with_many_private_heaps,
+// list lock, Valgrind mode's serialising lock, the private domains (the fork
+// gate and the domain list's lock held, each private domain's lock taken and
+// released), the tracker's (track.c++), the hardened heaps' (secure.c++), the
+// process domain (held, with its span pools; its running heaps' queue changes
+// waiting), the large-block table, the huge-page tables.  The private domains
+// come first (2026-12-07): their locks are held while a relocation
+// callback, or the defragmentation pass's own vectors, allocate from the
+// process heap, and the old handler, which took them after the process
+// domain's lock, then waited for the pass while the pass waited for it
+// (docs/design.md, fork()).  The locks held across the fork are the same few
+// whatever the number of threads (session 18) and of private heaps, hardened
+// heaps and HugePageAllocators (session 19): TSan's deadlock detector allows
+// 64 held at once, and before, some 25 MemoryAllocators, or one
+// SecureAllocator, passed it (tests/unit/fork,
+// test_fork_with_many_private_heaps,
 // test_fork_with_secure_allocators_in_use).  Such a heap's lock is taken once:
 // the change of the heap in progress ends first, and `forking`, stored under
 // the lock, makes the next taker let go and wait for a lock that this thread
-// holds across the fork (the domain list's, g_heaps_lock, the huge-page table
-// list's); so the child finds each heap whole.  docs/design.md, fork().
+// holds across the fork (the domains' fork gate, g_heaps_lock, the huge-page
+// table list's); so the child finds each heap whole.  docs/design.md, fork().
 LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
@@ -324,6 +411,7 @@ LCA_CORE_TEXT void domains_prefork() {
     st.stdio = stdio_list_lock_available();
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();
+    if (!vg_serialised()) private_domains_prefork();
 #if CALLOC_TRACKING
     unwind_prefork();  // stack captures out of the loader's lock (AllocationTracker's too)
     st.tracker = track_active();
@@ -331,17 +419,10 @@ LCA_CORE_TEXT void domains_prefork() {
 #endif
     if (!vg_serialised()) {
       secure_prefork();  // the hardened heaps (SecureAllocator in every build)
-      pthread_mutex_lock(&g_domains_lock);
       for (Domain* d = &g_process_domain; d; d = d->next) {
+        if (!d->per_thread) continue;
         pthread_mutex_lock(&d->lock);
-        if (d->per_thread) {
-          domain_pools_prefork(d);  // held across the fork
-        } else {
-          // A private heap: an operation in progress has ended; the next
-          // waits for the fork (DomainLock, domain_lock_wait_fork).
-          d->forking.store(fork_token(), std::memory_order_relaxed);
-          pthread_mutex_unlock(&d->lock);
-        }
+        domain_pools_prefork(d);  // held across the fork
       }
       large_lock_all();
       huge_lock_all();
@@ -360,22 +441,17 @@ LCA_CORE_TEXT void domains_postfork_parent() {
     huge_unlock_all();
     large_unlock_all();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      if (d->per_thread) {
-        domain_pools_postfork_parent(d);
-        pthread_mutex_unlock(&d->lock);
-      } else {
-        // Before the domain list's lock goes: a thread waiting for it tests
-        // the flag again.
-        d->forking.store(nullptr, std::memory_order_relaxed);
-      }
+      if (!d->per_thread) continue;
+      domain_pools_postfork_parent(d);
+      pthread_mutex_unlock(&d->lock);
     }
-    pthread_mutex_unlock(&g_domains_lock);
     secure_postfork_parent();
   }
 #if CALLOC_TRACKING
   if (st.tracker) track_postfork_parent();
   unwind_postfork_parent();
 #endif
+  if (!vg_serialised()) private_domains_postfork_parent();
   if (st.stdio) stdio_list_unlock();
 }
 
@@ -392,21 +468,13 @@ LCA_CORE_TEXT void domains_postfork_child() {
     huge_reinit_after_fork();
     large_reinit_after_fork();
     for (Domain* d = &g_process_domain; d; d = d->next) {
-      if (d->per_thread) {
-        tsan_released_at_fork(&d->lock);
-        init_recursive(&d->lock);
-        domain_pools_postfork_child(d);
-      } else {
-        // Not held by this thread; made again all the same: a thread the fork
-        // did not copy may have held it for the instant between taking it and
-        // finding the flag (no change of the heap was in progress).
-        d->forking.store(nullptr, std::memory_order_relaxed);
-        init_recursive(&d->lock);
-      }
+      if (!d->per_thread) continue;
+      tsan_released_at_fork(&d->lock);
+      init_recursive(&d->lock);
+      domain_pools_postfork_child(d);
     }
-    tsan_released_at_fork(&g_domains_lock);
-    pthread_mutex_init(&g_domains_lock, nullptr);
     secure_postfork_child();
+    private_domains_postfork_child();
   }
   // The other threads are gone in the child, but their heaps are not adopted: a
   // thread heap changes without a lock, so the fork may have caught one in the

@@ -25,8 +25,9 @@ const void* fork_token();
 // forking thread holds from before it set the word until after it cleared it,
 // so the waiter sleeps rather than spins -- and takes `held` again, until the
 // word is clear.  Used for the heaps' statistics locks (gate: their domain's
-// lock), the private domains' locks (the domain list's), the hardened heaps'
-// class locks (their heap list's) and the huge-page tables' (their list's).
+// lock), the private domains' locks and the domain list's lock when a flagged
+// domain leaves it (the domains' fork gate), the hardened heaps' class locks
+// (their heap list's) and the huge-page tables' (their list's).
 void fork_wait(const std::atomic<const void*>& forking, pthread_mutex_t* held, pthread_mutex_t* gate);
 
 }  // namespace lca

@@ -303,8 +303,14 @@ LCA_CORE_TEXT void domain_pools_postfork_child(Domain* d) {
 // holds from before it set the flag until after it cleared it, so this thread
 // sleeps rather than spins; it holds no lock of libcalloc while it waits (its
 // stats_lock is a leaf lock, and a thread holding the domain lock or any lock
-// the prepare handler takes before it cannot find the flag set).
+// the prepare handler takes before it cannot find the flag set).  A private
+// domain's heap goes on: its stats_lock is taken only under its domain lock,
+// which this thread holds, and the flag it found is that lock's (set by the
+// prepare handler's first pass, which takes no statistics lock), met by a
+// thread that holds another private domain's lock too and went on past it
+// (domain_lock_wait_fork): its domain lock was the one to wait for.
 LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
+  if (!h->domain->per_thread) return;
   fork_wait(h->domain->forking, &h->stats_lock, &h->domain->lock);
 }
 
@@ -313,19 +319,25 @@ LCA_CORE_TEXT void stats_lock_wait_fork(Heap* h) {
 // released once (lifecycle.c++), or any domain whose fork is this thread's own
 // (a pthread_atfork handler of another library, run between libcalloc's, may
 // allocate).  Another thread's fork: this thread lets go and waits for the
-// domain list's lock, which the forking thread holds from before it set the
-// flag until after it cleared it, so this thread sleeps rather than spins.  It
-// held the domain lock once only: the flag was stored under that lock, so a
+// domain list's fork gate, which the forking thread holds from before it set
+// the flag until after it cleared it, so this thread sleeps rather than spins.
+// It held the domain lock once only: the flag was stored under that lock, so a
 // thread holding it deeper took it before, and the prepare handler waited for
-// it.  Nor does it hold a lock the forking thread waits for: the locks the
-// prepare handler holds before this domain's (the domain list's, the process
-// domain's, its pools') no other thread holds now, and an earlier private
-// domain's lock held since before the handler's pass would have stopped the
-// handler there, before it set this flag.  (A lock the handler takes later,
-// the large-block table's or a huge-page table's, held while taking a domain
-// lock would have deadlocked the old handler, which held every domain lock,
-// as well.)  The process domain's flag is only ever found by the forking
-// thread: its lock is held across the fork.
-LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) { fork_wait(d->forking, &d->lock, &g_domains_lock); }
+// it.  Nor does it hold a lock the forking thread waits for: the prepare
+// handler flags the private domains first, holding only the gate while it
+// waits for one's lock (lifecycle.c++), and the locks it takes after them
+// (the tracker's, the hardened heaps', the process domain's and its pools',
+// the large-block and huge-page tables') are never held while a private
+// domain's lock is taken -- but for one case: a thread that holds another
+// private domain's lock (a relocation callback of that heap using this one; the
+// first such lock it took was not flagged, or it would have waited there)
+// holds a lock the handler has not passed yet and will wait for.  That thread
+// goes on without waiting: the fork cannot happen before it lets go of that
+// lock, by when it has done with this domain too.  The process domain's flag
+// is only ever found by the forking thread: its lock is held across the fork.
+LCA_CORE_TEXT void domain_lock_wait_fork(Domain* d) {
+  if (tls_private_domain_locks) return;
+  fork_wait(d->forking, &d->lock, &g_domains_fork_gate);
+}
 
 }  // namespace lca

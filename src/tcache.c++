@@ -25,9 +25,11 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <sched.h>
 #include <sys/mman.h>
 
 #include "huge.h++"
+#include "lifecycle.h++"
 #include "module.h++"
 #include "numa.h++"
 #include "os.h++"
@@ -98,6 +100,8 @@ constexpr unsigned kSpanPurgeSkipMax = 8;
 }  // namespace
 
 constinit pthread_mutex_t g_domains_lock = PTHREAD_MUTEX_INITIALIZER;
+constinit pthread_mutex_t g_domains_fork_gate = PTHREAD_MUTEX_INITIALIZER;
+constinit thread_local unsigned tls_private_domain_locks __attribute__((tls_model("initial-exec"))) = 0;
 
 LCA_CORE_TEXT void init_recursive(pthread_mutex_t* m) {
   pthread_mutexattr_t attr;
@@ -821,8 +825,23 @@ void link_domain(Domain* d) {
   lca_mutex_unlock(&g_domains_lock);
 }
 
+// Off the list, for domain_destroy -- not while a fork's prepare handler waits
+// for d's lock with the list's lock released (d->fork_pinned: d would be
+// unmapped under it; the wait is short, as no other thread may use a heap that
+// is being destroyed), nor while a fork that has set d's `forking` word is under
+// way (the parent's handler clears the words of the domains on the list only),
+// unless this thread holds another private domain's lock: that fork then waits
+// for this thread (domain_lock_wait_fork), which destroys d before it.
 void unlink_domain(Domain* d) {
-  lca_mutex_lock(&g_domains_lock);
+  for (;;) {
+    lca_mutex_lock(&g_domains_lock);
+    if (!d->fork_pinned) {
+      if (!tls_private_domain_locks) fork_wait(d->forking, &g_domains_lock, &g_domains_fork_gate);
+      if (!d->fork_pinned) break;
+    }
+    lca_mutex_unlock(&g_domains_lock);
+    sched_yield();
+  }
   d->prev->next = d->next;
   if (d->next) d->next->prev = d->prev;
   lca_mutex_unlock(&g_domains_lock);
@@ -1572,6 +1591,6 @@ void relocating_reentered(Domain* d) {
 #endif
 
 void domain_lock(Domain* d) { domain_lock_taken(d); }
-void domain_unlock(Domain* d) { lca_mutex_unlock(&d->lock); }
+void domain_unlock(Domain* d) { domain_lock_release(d); }
 
 }  // namespace lca

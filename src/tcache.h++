@@ -357,12 +357,19 @@ struct Domain {
   //   and waits for the domain lock (StatsLock, pool.c++);
   // - a private domain's lock is released at once: a thread that then takes it
   //   finds the flag (another thread's token), lets go and waits for the domain
-  //   list's lock, which the forking thread holds until it has cleared the flag
-  //   (DomainLock, domain_lock_wait_fork).  No other thread can hold the lock
-  //   deeper when it finds the flag: the flag was stored under it.
+  //   list's fork gate, which the forking thread holds until it has cleared
+  //   the flag (DomainLock, domain_lock_wait_fork) -- unless it holds another
+  //   private domain's lock, which the fork has not passed yet: it goes on.
+  //   No other thread can hold the lock deeper when it finds the flag: the
+  //   flag was stored under it.
   // Beside the lock: the domain lock's taker reads it at once.
   std::atomic<const void*> forking{nullptr};
   bool per_thread = false;
+  // fork(): set while the prepare handler, which found this private domain's
+  // lock taken, waits for it with the domain list's lock released
+  // (lifecycle.c++): unlink_domain waits until it is clear, so that the domain
+  // is not unmapped under the waiter.  Under g_domains_lock.
+  bool fork_pinned = false;
   ChunkList free_chunks;
   std::uint64_t last_release_ns = 0;  // decay of free chunks
   Heap* heaps = nullptr;
@@ -629,6 +636,14 @@ DomainStats domain_stats(Domain* d);
 // --- heap-layer internals shared with lifecycle.c++ ------------------------
 // Guards the list of domains (g_process_domain.next ...).
 extern pthread_mutex_t g_domains_lock LCA_HIDDEN;
+// fork(): held by the forking thread from before it sets the first private
+// domain's `forking` word until after it has cleared the last; what a thread
+// that finds such a word set waits for (domain_lock_wait_fork, unlink_domain).
+// Nothing else takes it.
+extern pthread_mutex_t g_domains_fork_gate LCA_HIDDEN;
+// How many private domains' locks this thread holds (its first taking of each:
+// DomainLock, domain_lock), for domain_lock_wait_fork.
+extern constinit thread_local unsigned tls_private_domain_locks __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 void init_recursive(pthread_mutex_t* m);
 // Collects everything a heap can give back: remote frees, empty spans, empty
 // chunks (under the domain lock for a heap that is not the caller's own).
@@ -650,12 +665,19 @@ inline Heap* orphan_span_heap() { return reinterpret_cast<Heap*>(std::uintptr_t{
 
 // The lock of d, taken: when a fork is under way in another thread (d->forking,
 // set under the lock), lets go of it, waits for the fork to end (the domain
-// list's lock, which the forking thread holds across it) and takes it again
-// (pool.c++).  One load and a branch not taken beside the lock.
+// list's fork gate, which the forking thread holds across it) and takes it
+// again (pool.c++) -- unless this thread holds another private domain's lock.
+// One load and a branch not taken beside the lock, and for a private domain
+// the count of its locks this thread holds.
 void domain_lock_wait_fork(Domain* d);
 inline void domain_lock_taken(Domain* d) {
   lca_mutex_lock(&d->lock);
   if (__builtin_expect(d->forking.load(std::memory_order_relaxed) != nullptr, 0)) domain_lock_wait_fork(d);
+  if (!d->per_thread) ++tls_private_domain_locks;
+}
+inline void domain_lock_release(Domain* d) {
+  if (!d->per_thread) --tls_private_domain_locks;
+  lca_mutex_unlock(&d->lock);
 }
 
 class DomainLock {
@@ -664,7 +686,7 @@ class DomainLock {
     if (d_) domain_lock_taken(d_);
   }
   ~DomainLock() {
-    if (d_) lca_mutex_unlock(&d_->lock);
+    if (d_) domain_lock_release(d_);
   }
   DomainLock(const DomainLock&) = delete;
   DomainLock& operator=(const DomainLock&) = delete;
