@@ -136,7 +136,7 @@ inline void* fast_malloc(std::size_t size) {
       // end before any came back (producer-consumer: every class's span fully
       // carved, 15 MiB of heap for 6 MiB live).
       o = reinterpret_cast<FreeObject*>(s->bump);
-      s->bump += s->obj_size;
+      span_set_bump(s, s->bump + s->obj_size);
       if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
     } else {
       return malloc_slow(size, 16);

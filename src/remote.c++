@@ -57,7 +57,8 @@ Heap* heap_for_remote_free() {
 // freed already.  nullptr when any fails: free_slow then reports p or frees it.
 inline Span* remote_free_checked_span(ChunkHeader* ch, void* p) {
   Span* s = span_of(span_chunk_of(ch), p);
-  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) || !span_is_object_start(s, p))
+  if ((span_flags_seen_remotely(s) & (kSpanInactive | kSpanMultislot | kSpanPurged)) ||
+      !span_is_object_start_remote(s, p))
     return nullptr;
   if (static_cast<FreeObject*>(p)->guard == free_guard(p)) return nullptr;
   return s;

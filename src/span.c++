@@ -81,7 +81,8 @@ LCA_CORE_TEXT void span_extend_carve(Span* s) {
 }
 
 LCA_CORE_TEXT SpanCheck span_check(const Span* s, const void* p, std::uint32_t* index) {
-  if ((span_flags_seen_remotely(s) & kSpanInactive) || !span_is_object_start(s, p)) return SpanCheck::not_object_start;
+  if ((span_flags_seen_remotely(s) & kSpanInactive) || !span_is_object_start_remote(s, p))
+    return SpanCheck::not_object_start;
   std::uint32_t i = span_index(s, p);
   // Inside an object that grew over several slots: a slot boundary, not a block.
   for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
@@ -187,7 +188,7 @@ LCA_CORE_TEXT bool span_grow_at_frontier(Span* s, void* p, std::uint32_t i, std:
   __atomic_store(&s->multislot[k], &m, __ATOMIC_RELEASE);
   if (k == n) __atomic_store_n(&s->multislot_count, static_cast<std::uint8_t>(n + 1), __ATOMIC_RELEASE);
   span_set_flags(s, s->flags | kSpanMultislot);
-  s->bump += extra;
+  span_set_bump(s, s->bump + extra);
   span_use_add(s, need - slots);
   return true;
 }
@@ -357,7 +358,7 @@ std::uint32_t span_trim_tail(Span* s) {
     else
       link = &o->next;
   }
-  s->bump = new_bump;
+  span_set_bump(s, new_bump);
   s->zeroed = 0;  // the uncarved slots hold old bytes: carving clears guards again
   std::uintptr_t page = os_page_size();
   std::uintptr_t from = (reinterpret_cast<std::uintptr_t>(new_bump) + page - 1) & ~(page - 1);

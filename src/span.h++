@@ -81,7 +81,12 @@ constexpr std::uint8_t kSpanPurged = 16;
 // second, what other threads write (the remote list) and rare bookkeeping.
 struct alignas(128) Span {
   FreeObject* free;
-  char* bump;  // next uncarved object
+  // Next uncarved object.  Written by the owner only; a thread freeing one of
+  // the span's objects reads it without a lock (span_is_object_start_remote,
+  // from span_check and remote_free_checked_span), by design: the owner's
+  // stores that may meet that read (span_set_bump: carving, growth at the
+  // frontier, trimming) and the read are relaxed atomics -- plain moves on x86-64.
+  char* bump;
   // The carve limit: bump stops here (span_extend_carve moves it on, up to
   // span_full_end).  Not the span's end: see "Carve limit" below.
   char* end;
@@ -274,16 +279,37 @@ inline std::uint32_t span_index(const Span* s, const void* p) {
   return static_cast<std::uint32_t>((off * s->reciprocal) >> 32);
 }
 
-// Whether p is the start of an object carved from s: below the bump pointer, and
-// its offset in the span a multiple of the object size.  The multiple test needs
-// no division: with r = ceil(2^32 / size), the low 32 bits of offset * r are below
-// 2^16 exactly when size divides offset, for every offset in a 64 KiB span and
-// every class (checked exhaustively in tests/unit/core).  Says nothing about
-// inactive spans (bump is then nullptr or stale: callers check flags first).
-inline bool span_is_object_start(const Span* s, const void* p) {
+// Whether p is the start of an object carved from s, given s's bump pointer:
+// below it, and its offset in the span a multiple of the object size.  The
+// multiple test needs no division: with r = ceil(2^32 / size), the low 32 bits of
+// offset * r are below 2^16 exactly when size divides offset, for every offset in
+// a 64 KiB span and every class (checked exhaustively in tests/unit/core).  Says
+// nothing about inactive spans (bump is then nullptr or stale: callers check
+// flags first).
+inline bool span_object_start_below(const Span* s, const void* p, const char* bump) {
   auto off = static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(p) & (kSpanSize - 1));
-  return static_cast<const char*>(p) < s->bump && off * s->reciprocal < (std::uint32_t{1} << 16);
+  return static_cast<const char*>(p) < bump && off * s->reciprocal < (std::uint32_t{1} << 16);
 }
+// The test by s's owner (free's fast path, block_free: the span's fast_heap is
+// the caller's heap), or with no other thread about (a forked child): a plain
+// read of Span::bump, which only the owner writes.
+inline bool span_is_object_start(const Span* s, const void* p) { return span_object_start_below(s, p, s->bump); }
+// The test by any thread (span_check, from block_lookup; the remote free's
+// remote_free_checked_span), while the owner may be carving: Span::bump is read
+// as a relaxed atomic, against the owner's span_set_bump.  A live p was carved
+// before it was handed to the caller, and the owner's later stores move bump up,
+// or down no lower than the span's last live object (span_trim_tail): every
+// value read is above p, the answer the same.  (contrib/tsan.supp named the
+// reader, span_is_object_start then, until 2026-12-07: a TSan run lost the
+// reader's stack and reported the owner's carve in fast_malloc, which no entry
+// could name: tests/unit/threads, test_oversubscribed_threads.)
+inline bool span_is_object_start_remote(const Span* s, const void* p) {
+  return span_object_start_below(s, p, __atomic_load_n(&s->bump, __ATOMIC_RELAXED));
+}
+// The owner's store of Span::bump where another thread may be reading it
+// (span_is_object_start_remote): a relaxed atomic store, not a read-modify-write
+// (only the owner writes the word).
+inline void span_set_bump(Span* s, char* bump) { __atomic_store_n(&s->bump, bump, __ATOMIC_RELAXED); }
 inline std::uint16_t span_purged_pages(const Span* s) { return __atomic_load_n(&s->purged, __ATOMIC_RELAXED); }
 // Whether p (an object start below the bump pointer) starts on a purged page.
 inline bool span_object_purged(const Span* s, const void* p) {
@@ -314,7 +340,7 @@ inline void* span_pop(Span* s) {
     o->guard = 0;
   } else if (s->bump < s->end) {
     o = reinterpret_cast<FreeObject*>(s->bump);
-    s->bump += s->obj_size;
+    span_set_bump(s, s->bump + s->obj_size);
     if (!s->zeroed) o->guard = 0;  // a reused slot may hold an old guard there
   } else {
     return nullptr;
