@@ -205,8 +205,8 @@ check_PROGRAMS += $(calloc_unit_tests) $(calloc_stress_tests)
 TESTS += $(calloc_unit_tests) $(calloc_stress_tests)
 # The longest suites first: `make -j2 check-valgrind-*' (.ci/run) starts them
 # in this order, so the short ones fill the other core at the end instead of a
-# long one running alone.  Seconds each, one at a time on the 2-core machine
-# (2026-12-07; DRD at CALLOC_TEST_SCALE=1, helgrind and memcheck at 5): threads
+# long one running alone.  Seconds each, two suites at a time on the 2-core
+# machine (2026-12-07; DRD at CALLOC_TEST_SCALE=1, helgrind and memcheck at 5): threads
 # 237 / 48 / 49, fork 195 / 24 / 38, defrag 88 / 54 / 60, realloc 6 / 77 / 14;
 # every other suite under 50 with each tool.
 # (calloc_valgrind_ordered, CALLOC_VALGRIND_RUN_RULES in configure.ac)
