@@ -324,6 +324,26 @@ START_TEST(test_options_parse_tracking) {
 }
 END_TEST
 
+// leak_report=PATH and profile=PATH naming the same file: the profile, written
+// second at exit, truncated the file and the leak report was lost without a
+// word.  Now a warning at start-up, and the leak report goes to stderr.
+START_TEST(test_options_leak_report_and_profile_in_one_file) {
+  lca::Options o{};
+  ck_assert_int_eq(lca::options_parse("leak_report=/tmp/same.txt,profile=/tmp/same.txt", &o), 1);
+  ck_assert_str_eq(o.leak_report, "-");
+  ck_assert_str_eq(o.profile, "/tmp/same.txt");
+  // The last item wins before the two are compared.
+  lca::Options p{};
+  ck_assert_int_eq(lca::options_parse("profile=/tmp/a-%p,leak_report=/tmp/a-%p,leak_report=/tmp/b", &p), 0);
+  ck_assert_str_eq(p.leak_report, "/tmp/b");
+  // Both on stderr is no conflict.
+  lca::Options q{};
+  ck_assert_int_eq(lca::options_parse("leak_report=1,profile=-", &q), 0);
+  ck_assert_str_eq(q.leak_report, "-");
+  ck_assert_str_eq(q.profile, "-");
+}
+END_TEST
+
 // profile_signal names a signal whose handler only sets a flag.  A signal that
 // cannot be caught (SIGKILL, SIGSTOP) or that the C library keeps for itself
 // (glibc: 32 and 33, below SIGRTMIN) got no handler and no warning: no profile
@@ -1444,6 +1464,7 @@ int main() {
   tcase_add_test(tc, test_threads_keep_exact_totals);
   tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_options_parse_tracking);
+  tcase_add_test(tc, test_options_leak_report_and_profile_in_one_file);
   tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_module_blocks_realloc_untracked);
