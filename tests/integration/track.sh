@@ -68,6 +68,12 @@ else
   fail "noleak: leak_report=PATH wrote no file"
 fi
 
+# 2b. leak_report with sample=: a sampled report, which says so (the
+# documents said leak_report tracks every allocation, whatever sample= says).
+run leak_report=1,sample=4096 leak
+expect "$tmp/err" "libcalloc leak report (pid" "sampled leak report"
+expect "$tmp/err" "sampled, one per 4096 bytes on average: figures are estimates" "sampled leak report: its mode"
+
 # 3. Threads.
 run leak_report=1 threads
 expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"
