@@ -167,6 +167,18 @@ int options_parse(const char* text, Options* out) {
     }
     p = end ? end + 1 : nullptr;
   }
+#if CALLOC_TRACKING
+  // leak_report and profile naming one file: the profile, written second at
+  // exit, truncated it and the leak report was lost without a word
+  // (tests/unit/track, test_options_leak_report_and_profile_in_one_file).
+  if (out->leak_report[0] && std::strcmp(out->leak_report, "-") != 0 &&
+      std::strcmp(out->leak_report, out->profile) == 0) {
+    report_warning("LIBCALLOC_OPTIONS: leak_report and profile name the same file, the leak report goes to stderr: ",
+                   out->profile);
+    std::strcpy(out->leak_report, "-");
+    ++problems;
+  }
+#endif
   return problems;
 }
 

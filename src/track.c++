@@ -189,6 +189,11 @@ std::uint64_t g_sample_bytes;
 std::atomic<std::uint64_t> g_samples{0};
 pid_t g_start_pid;
 Options g_opts;  // a copy of the tracking options
+// Where the reports at exit and the signal's profiles go: leak_report= and
+// profile= made absolute against the working directory at start-up (in a
+// mapping of their own, see resolve_paths), else g_opts's own strings.
+const char* g_leak_path = g_opts.leak_report;
+const char* g_profile_path = g_opts.profile;
 // The profile signal (see "the profile thread" below): the handler sets
 // g_dump_pending and posts g_dump_sem; the profile thread waits on it.
 std::atomic<int> g_dump_pending{0};
@@ -1810,7 +1815,7 @@ bool out_open(Out* o, const char* pattern) {
     o->fd = 2;
     return true;
   }
-  char path[512];
+  char path[4096 + 512];  // g_leak_path and g_profile_path may be absolute, and %p expanded
   expand_path(pattern, path, sizeof path);
   int fd;
   do fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
@@ -2040,8 +2045,8 @@ LCA_SAMPLING_TEXT void* dump_thread_main(void*) {
     // After the reports at exit, which answer any request made until then,
     // nothing more is written.
     if (g_exit_reported || !g_dump_pending.exchange(0, std::memory_order_acq_rel)) continue;
-    if (!write_profile(g_opts.profile, g_opts.profile_format))
-      report_warning("cannot write the profile to ", g_opts.profile);
+    if (!write_profile(g_profile_path, g_opts.profile_format))
+      report_warning("cannot write the profile to ", g_profile_path);
     ++g_signal_dumps;
   }
   return nullptr;
@@ -2167,11 +2172,36 @@ LCA_SAMPLING_TEXT void track_postfork_child(bool locked) {
 
 LCA_SAMPLING_TEXT void* track_pool_alloc(std::size_t bytes) { return pool_alloc(bytes); }
 
+namespace {
+// Relative report paths are taken from the working directory at start-up, not
+// at exit: a program that changed directory (git -C DIR, make -C DIR, a
+// daemon's chdir("/")) wrote its reports into that directory, or nowhere
+// (tests/integration/track.sh, "chdir").  The absolute paths live in a
+// mapping of their own, made only when a path is relative.
+LCA_SAMPLING_TEXT void resolve_paths() {
+  const char* in[2] = {g_opts.leak_report, g_opts.profile};
+  const char** out[2] = {&g_leak_path, &g_profile_path};
+  char cwd[4096];
+  bool have_cwd = false;
+  char* room = nullptr;
+  constexpr std::size_t kCap = sizeof cwd + sizeof g_opts.profile + 1;
+  for (int i = 0; i < 2; ++i) {
+    if (!in[i][0] || in[i][0] == '/' || std::strcmp(in[i], "-") == 0) continue;
+    if (!have_cwd && !(have_cwd = getcwd(cwd, sizeof cwd) != nullptr)) return;  // relative it stays
+    if (!room && !(room = static_cast<char*>(os_map(align_up(2 * kCap, os_page_size()))))) return;
+    char* dst = room + i * kCap;
+    std::snprintf(dst, kCap, "%s%s%s", cwd, cwd[1] ? "/" : "", in[i]);
+    *out[i] = dst;
+  }
+}
+}  // namespace
+
 LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;
   bool leaks = o.leak_report[0] != 0;
   bool profile = o.profile[0] != 0;
   if (!leaks && !profile && o.sample == 0) return;
+  resolve_paths();
   // leak_report needs every block; so does sample=1.  profile alone samples.
   TrackMode mode = (leaks && o.sample == 0) || o.sample == 1 ? TrackMode::full : TrackMode::sample;
   start(mode, o.sample);
@@ -2194,10 +2224,10 @@ namespace {
 __attribute__((noinline)) void write_exit_reports() {
   ReportLock lock;
   g_exit_reported = true;  // the profile thread writes no more: this profile answers its requests
-  if (g_opts.leak_report[0] && !write_leak_report(g_opts.leak_report))
-    report_warning("cannot write the leak report to ", g_opts.leak_report);
-  if (g_opts.profile[0] && !write_profile(g_opts.profile, g_opts.profile_format))
-    report_warning("cannot write the profile to ", g_opts.profile);
+  if (g_opts.leak_report[0] && !write_leak_report(g_leak_path))
+    report_warning("cannot write the leak report to ", g_leak_path);
+  if (g_opts.profile[0] && !write_profile(g_profile_path, g_opts.profile_format))
+    report_warning("cannot write the profile to ", g_profile_path);
 }
 }  // namespace
 

@@ -76,7 +76,11 @@ class CUSTOM_ALLOC_EXPORT AllocationTracker {
   void print_report(std::ostream& out) const;
 
   // The function containing addr, demangled ("ns::f(int)+0x1c"), followed by
-  // " (module)"; "0xADDR (module+0xOFF)" when no symbol is known.
+  // " (module)"; "0xADDR (module+0xOFF)" when no symbol is known.  addr is
+  // read as a return address, as in stack_trace: the function is the one
+  // holding addr - 1 (the call), so a call at the very end of a function names
+  // that function.  For a function's own entry address pass addr + 1: the
+  // entry itself names the code before it, or nothing.
   static std::string symbol_name(void* addr);
 
   // The program-wide tracker (the request's g_allocation_tracker): made on

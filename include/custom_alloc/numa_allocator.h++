@@ -34,7 +34,10 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
  public:
   enum class Binding {
     preferred,  // MPOL_PREFERRED: the node first, another one when it is full
-    strict,     // MPOL_BIND: that node only (allocation fails when it is full)
+    // MPOL_BIND: that node only.  Pages come at first touch, so the allocation
+    // does not fail when the node is full: touching a page the node cannot
+    // supply wakes the kernel's OOM killer (the process gets SIGKILL).
+    strict,
   };
 
   struct NUMAStats {

@@ -68,6 +68,23 @@ else
   fail "noleak: leak_report=PATH wrote no file"
 fi
 
+# 2b. leak_report with sample=: a sampled report, which says so (the
+# documents said leak_report tracks every allocation, whatever sample= says).
+run leak_report=1,sample=4096 leak
+expect "$tmp/err" "libcalloc leak report (pid" "sampled leak report"
+expect "$tmp/err" "sampled, one per 4096 bytes on average: figures are estimates" "sampled leak report: its mode"
+
+# 2c. Relative paths are the start-up directory's: a program that changed
+# directory before exit wrote its reports into the new one.
+mkdir "$tmp/start" "$tmp/elsewhere"
+demo_abs=$(cd "$(dirname "$demo")" && pwd)/$(basename "$demo")
+(cd "$tmp/start" && env LD_PRELOAD="$so" LIBCALLOC_OPTIONS=leak_report=leaks.txt,profile=prof.txt \
+  "$demo_abs" chdir "$tmp/elsewhere") 2>"$tmp/err" || fail "chdir: the demo failed: $(cat "$tmp/err")"
+for f in leaks.txt prof.txt; do
+  test -s "$tmp/start/$f" || fail "chdir: no $f where the program started (elsewhere: $(ls "$tmp/elsewhere"))"
+done
+test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1 block allocated at:" "chdir: leak report"
+
 # 3. Threads.
 run leak_report=1 threads
 expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"

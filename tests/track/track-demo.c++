@@ -9,6 +9,7 @@
 //   signal   allocates, raises SIGUSR2 (profile dump request), then waits
 //            without allocating until the profile file named in argv[2] exists
 //   threads  8 threads each leak 100 bytes from demo::thread_leak, free the rest
+//   chdir    leaks 4242 bytes like leak, then changes directory to argv[2]
 //   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
 //            through its plugin_leak
 //   rss      a small program's allocations (5 000 blocks of 16..1 608 bytes, half
@@ -206,6 +207,10 @@ int main(int argc, char** argv) {
   churn();
   if (mode == "leak") {
     g_sink = demo::leak_some_memory(4242);
+  } else if (mode == "chdir") {
+    if (argc < 3) return fail("chdir: give a directory\n");
+    g_sink = demo::leak_some_memory(4242);
+    if (chdir(argv[2]) != 0) return fail("chdir failed\n");
   } else if (mode == "noleak") {
   } else if (mode == "hot") {
     std::vector<void*> keep;

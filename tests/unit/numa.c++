@@ -772,6 +772,55 @@ START_TEST(test_threads_cross_node_handoff) {
 }
 END_TEST
 
+// Binding::strict is MPOL_BIND, and mbind places pages at their first touch:
+// the allocation of more than the node holds succeeds (address space), and the
+// page fault the node cannot serve ends the process (the kernel's OOM killer,
+// SIGKILL), where Binding::preferred spills to another node.  The guide and the
+// header said strict "fails the allocation" when the node is full; in the
+// 2-node guest, allocate_on_node(600 MiB, 1) returned a block and the memset
+// was killed.  The child runs with oom_score_adj 1000, so that it is the one
+// killed.
+START_TEST(test_strict_binding_on_a_full_node) {
+#ifndef CALLOC_NUMA
+  TEST_SKIP("built with --disable-numa: nothing is bound");
+#else
+  if (test_util::running_on_valgrind()) TEST_SKIP("a child killed by the OOM killer is not run under Valgrind");
+  std::vector<int> nodes = usable_nodes();
+  if (nodes.size() < 2)
+    TEST_SKIP("one usable NUMA node here (%s): a full node is filled in make check-numa-vm", nodes_text().c_str());
+  const int node = nodes.back();
+  const long long total = numa_node_size64(node, nullptr);
+  ck_assert_int_gt(total, 0);
+  const std::size_t size = static_cast<std::size_t>(total) + 64 * MiB;
+  for (int strict = 0; strict < 2; ++strict) {
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      int fd = open("/proc/self/oom_score_adj", O_WRONLY);
+      if (fd < 0 || write(fd, "1000", 4) != 4) _exit(4);
+      close(fd);
+      NUMAAllocator alloc(strict ? NUMAAllocator::Binding::strict : NUMAAllocator::Binding::preferred);
+      auto* p = static_cast<char*>(alloc.allocate_on_node(size, node));
+      if (!p) _exit(3);
+      for (std::size_t i = 0; i < size; i += 4096) p[i] = 1;
+      // Preferred: the node's pages first, the rest elsewhere.
+      _exit(NUMAAllocator::node_of_address(p) == node ? 0 : 5);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    if (strict)
+      ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                    "strict, %zu MiB on node %d (%lld MiB): status %#x, not killed", size / MiB, node, total >> 20,
+                    status);
+    else
+      ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                    "preferred, %zu MiB on node %d (%lld MiB): status %#x", size / MiB, node, total >> 20, status);
+  }
+#endif
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("numa", &tc);
@@ -789,5 +838,6 @@ int main() {
   tcase_add_test(tc, test_stats_cover_node_heaps);
   tcase_add_test(tc, test_topology_matches_sys);
   tcase_add_test(tc, test_threads_cross_node_handoff);
+  tcase_add_test(tc, test_strict_binding_on_a_full_node);
   return test_util::run_suite(s);
 }

@@ -324,6 +324,39 @@ START_TEST(test_options_parse_tracking) {
 }
 END_TEST
 
+// symbol_name reads its address as a return address (a stack_trace entry):
+// the function is the one holding addr - 1.  Its header said "the function
+// containing addr", which a function's entry address is not named by (the
+// lookup lands in the code or padding before it); the header and the guide
+// now say to pass an entry address plus one, which this checks.
+START_TEST(test_symbol_name_of_function_entry_plus_one) {
+  auto* entry = reinterpret_cast<char*>(&leak_from_here);
+  std::string name = AllocationTracker::symbol_name(entry + 1);
+  ck_assert_msg(name.find("leak_from_here") != std::string::npos && name.find("+0x1") != std::string::npos,
+                "symbol_name(entry + 1) is \"%s\"", name.c_str());
+}
+END_TEST
+
+// leak_report=PATH and profile=PATH naming the same file: the profile, written
+// second at exit, truncated the file and the leak report was lost without a
+// word.  Now a warning at start-up, and the leak report goes to stderr.
+START_TEST(test_options_leak_report_and_profile_in_one_file) {
+  lca::Options o{};
+  ck_assert_int_eq(lca::options_parse("leak_report=/tmp/same.txt,profile=/tmp/same.txt", &o), 1);
+  ck_assert_str_eq(o.leak_report, "-");
+  ck_assert_str_eq(o.profile, "/tmp/same.txt");
+  // The last item wins before the two are compared.
+  lca::Options p{};
+  ck_assert_int_eq(lca::options_parse("profile=/tmp/a-%p,leak_report=/tmp/a-%p,leak_report=/tmp/b", &p), 0);
+  ck_assert_str_eq(p.leak_report, "/tmp/b");
+  // Both on stderr is no conflict.
+  lca::Options q{};
+  ck_assert_int_eq(lca::options_parse("leak_report=1,profile=-", &q), 0);
+  ck_assert_str_eq(q.leak_report, "-");
+  ck_assert_str_eq(q.profile, "-");
+}
+END_TEST
+
 // profile_signal names a signal whose handler only sets a flag.  A signal that
 // cannot be caught (SIGKILL, SIGSTOP) or that the C library keeps for itself
 // (glibc: 32 and 33, below SIGRTMIN) got no handler and no warning: no profile
@@ -1444,6 +1477,8 @@ int main() {
   tcase_add_test(tc, test_threads_keep_exact_totals);
   tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_options_parse_tracking);
+  tcase_add_test(tc, test_options_leak_report_and_profile_in_one_file);
+  tcase_add_test(tc, test_symbol_name_of_function_entry_plus_one);
   tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
   tcase_add_test(tc, test_module_blocks_realloc_untracked);
