@@ -7,6 +7,7 @@
 // errors, fallbacks); `make check-numa-vm` (scripts/numa-vm) runs this same
 // program in QEMU guests with two and four nodes, where every part runs.
 #include <custom_alloc/numa_allocator.h++>
+#include <libcalloc.h>
 
 #include <atomic>
 #include <cerrno>
@@ -107,6 +108,32 @@ bool all_pages_on(const void* p, std::size_t n, int node, std::size_t* bad, int*
     }
   }
   return true;
+}
+
+// The node the memory policy of the mapping at p names: what mbind gave the
+// range (MPOL_PREFERRED or MPOL_BIND of one node), asked of the kernel with
+// get_mempolicy(MPOL_F_ADDR), which faults nothing in.  -1 for the default
+// policy (first touch) or any other; -2 when the kernel refuses the question.
+// Only a binding satisfies a check of it: first touch from the right thread
+// leaves the policy the default.
+int policy_node_of(const void* p) {
+#ifdef CALLOC_NUMA
+  int mode = -1;
+  unsigned long mask[1024 / 64] = {};  // MAX_NUMNODES of Debian's x86-64 kernels
+  if (syscall(SYS_get_mempolicy, &mode, mask, 1024ul, p, MPOL_F_ADDR) != 0) return -2;
+  mode &= 0xff;  // the mode flags (linux/mempolicy.h's MPOL_MODE_FLAGS) are bits 13-15
+  if (mode != MPOL_PREFERRED && mode != MPOL_BIND) return -1;
+  int node = -1;
+  for (int n = 0; n < 1024; ++n) {
+    if (!((mask[n / 64] >> (n % 64)) & 1)) continue;
+    if (node >= 0) return -1;  // several nodes: not one node's binding
+    node = n;
+  }
+  return node;
+#else
+  (void)p;
+  return -1;  // no libnuma: nothing is bound (the tests that ask skip)
+#endif
 }
 
 // Runs fn in a thread pinned to cpu (and waits for it).
@@ -400,7 +427,10 @@ END_TEST
 // A thread moved from one node to another allocates on the new node from its
 // next call (NUMAAllocator), and the process heap (LIBCALLOC_OPTIONS=numa=1) does
 // so from its next slow-path allocation: its old heap is left to the domain and
-// a heap of the new node takes over, small objects included.
+// a heap of the new node takes over, small objects included.  Placement by first
+// touch alone cannot pass: the memory's policy must name the node (the kernel's
+// answer to get_mempolicy(MPOL_F_ADDR)), and the blocks' untouched pages are
+// touched by a thread on the other node before the kernel is asked where they are.
 START_TEST(test_moved_thread_rehomes) {
   std::vector<int> nodes = usable_nodes();
   if (nodes.size() < 2) {
@@ -420,27 +450,32 @@ START_TEST(test_moved_thread_rehomes) {
     int got;
     for (int step = 0; step < 2; ++step) {
       int node = step == 0 ? nodes.front() : nodes.back();
+      int other_cpu = step == 0 ? cpu_b : cpu_a;  // a CPU of the other node
       if (step == 1) ck_assert(pin_to_cpu(cpu_b));
       ck_assert_int_eq(alloc.get_current_node(), node);
       void* q = alloc.allocate(5000);
-      touch_pages(q, 5000);
+      ck_assert_int_eq(policy_node_of(q), node);
+      run_pinned(other_cpu, [&] { touch_pages(q, 5000); });
       ck_assert_msg(all_pages_on(q, 5000, node, &bad, &got), "NUMAAllocator: step %d on node %d, not %d", step, got,
                     node);
-#if CALLOC_OVERRIDE
       // The process heap: a slow-path allocation first (re-homes), then small ones.
-      void* big = std::malloc(200 * 1024);
-      touch_pages(big, 200 * 1024);
-      ck_assert_msg(all_pages_on(big, 200 * 1024, node, &bad, &got), "malloc: step %d on node %d, not %d", step,
+      void* big = lca_malloc(200 * 1024);
+      ck_assert_msg(policy_node_of(big) == node, "lca_malloc(200 KiB): step %d, policy names node %d, not %d", step,
+                    policy_node_of(big), node);
+      run_pinned(other_cpu, [&] { touch_pages(big, 200 * 1024); });
+      ck_assert_msg(all_pages_on(big, 200 * 1024, node, &bad, &got),
+                    "lca_malloc(200 KiB) touched from the other node: step %d, page %zu on node %d, not %d", step, bad,
                     got, node);
       for (int i = 0; i < 64; ++i) {
-        void* small = std::malloc(96);
+        void* small = lca_malloc(96);
+        ck_assert_msg(policy_node_of(small) == node, "lca_malloc(96): step %d, policy names node %d, not %d", step,
+                      policy_node_of(small), node);
         std::memset(small, 1, 96);
-        ck_assert_msg(all_pages_on(small, 96, node, &bad, &got), "malloc(96): step %d on node %d, not %d", step,
+        ck_assert_msg(all_pages_on(small, 96, node, &bad, &got), "lca_malloc(96): step %d on node %d, not %d", step,
                       got, node);
-        std::free(small);
+        lca_free(small);
       }
-      std::free(big);
-#endif
+      lca_free(big);
       alloc.deallocate(q);
     }
   });
