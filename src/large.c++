@@ -39,6 +39,7 @@ struct Slot {
   std::size_t map_size;
   Domain* domain;
   bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
+  std::int16_t node;  // the node the mapping is bound to; -1: not bound
   // large_resize has the table's lock released for an mremap of the block: a
   // move unmaps `user`, and a new mapping made meanwhile may start there, its
   // slot keyed by the same address.  Lookups skip such a slot (find_slot), and
@@ -182,26 +183,42 @@ LCA_CORE_TEXT void expire(LargeCache* c, std::uint64_t now, Dropped* d) {
       ++i;
 }
 
-// A cached mapping for a block of map_size bytes, aligned to alignment: the
-// smallest that holds it.  Its pages are resident already, so reusing even a much
-// longer one saves faults: the front becomes the block and a tail of an eighth or
-// more stays cached as an entry of its own (a page-granular split of the
-// mapping's range, which costs no system call).  *got receives the bytes taken.
-LCA_CORE_TEXT void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, std::size_t* got, bool* huge) {
+// The smallest cached mapping that holds map_size bytes aligned to alignment,
+// among those bound to node when kByNode (-1 when none).  Two loops, so that the
+// search of a cache that no request binds (numa=1 off, no NUMAAllocator) reads
+// no node.
+template <bool kByNode>
+inline int best_fit(const LargeCache* c, std::size_t map_size, std::size_t alignment, int node) {
   int best = -1;
   for (unsigned i = 0; i < c->count; ++i) {
     const auto& e = c->entries[i];
     if (e.map_size < map_size) continue;
     if (reinterpret_cast<std::uintptr_t>(e.base) & (alignment - 1)) continue;
+    if (kByNode && e.node != node) continue;
     if (best < 0 || e.map_size < c->entries[best].map_size) best = static_cast<int>(i);
   }
+  return best;
+}
+
+// A cached mapping for a block of map_size bytes, aligned to alignment: the
+// smallest that holds it.  Its pages are resident already, so reusing even a much
+// longer one saves faults: the front becomes the block and a tail of an eighth or
+// more stays cached as an entry of its own (a page-granular split of the
+// mapping's range, which costs no system call).  *got receives the bytes taken.
+// A request for a node (node >= 0) takes only a mapping bound to that node: one
+// of another node holds pages there, which the binding would not move
+// (docs/design.md, "Large blocks under numa=1").
+LCA_CORE_TEXT void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, int node, std::size_t* got,
+                               bool* huge) {
+  int best = node < 0 ? best_fit<false>(c, map_size, alignment, node) : best_fit<true>(c, map_size, alignment, node);
   if (best < 0) return nullptr;
   LargeCache::Entry e = c->entries[best];
   c->entries[best] = c->entries[--c->count];
   std::size_t excess = e.map_size - map_size;
   *got = e.map_size;
   if (excess >= map_size / 8 && c->count < kLargeCacheEntries) {
-    c->entries[c->count++] = LargeCache::Entry{static_cast<char*>(e.base) + map_size, excess, e.freed_at_ns, e.huge};
+    c->entries[c->count++] =
+        LargeCache::Entry{static_cast<char*>(e.base) + map_size, excess, e.freed_at_ns, e.huge, e.node};
     *got = map_size;
   }
   c->bytes -= *got;
@@ -213,17 +230,19 @@ LCA_CORE_TEXT void* cache_take(LargeCache* c, std::size_t map_size, std::size_t 
 // neighbours it touches: the pieces of a mapping that cache_take split come
 // together again, so the cache does not crumble into pieces too short to reuse.
 // (Address ranges that touch are normally one kernel mapping; when they are not,
-// the mremap that would grow one fails and large_alloc maps afresh.)
+// the mremap that would grow one fails and large_alloc maps afresh.)  Mappings
+// bound to different nodes stay apart: they are different kernel mappings, and
+// one entry has one node.
 LCA_CORE_TEXT void cache_put(LargeCache* c, LargeCache::Entry e) {
   c->bytes += e.map_size;
   for (unsigned i = 0; i < c->count;) {
     LargeCache::Entry& n = c->entries[i];
-    if (static_cast<char*>(n.base) + n.map_size == e.base) {
-      e.base = n.base;
-    } else if (static_cast<char*>(e.base) + e.map_size != n.base) {
+    bool before = static_cast<char*>(n.base) + n.map_size == e.base;
+    if ((!before && static_cast<char*>(e.base) + e.map_size != n.base) || n.node != e.node) {
       ++i;
       continue;
     }
+    if (before) e.base = n.base;
     e.map_size += n.map_size;
     e.huge = e.huge && n.huge;
     c->entries[i] = c->entries[--c->count];
@@ -233,13 +252,16 @@ LCA_CORE_TEXT void cache_put(LargeCache* c, LargeCache::Entry e) {
 
 // The longest cached mapping shorter than map_size, taken out of the cache for
 // growing with mremap (its resident pages kept, only the new tail faults in);
-// nullptr when there is none or the block needs more than page alignment.
-LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::size_t alignment,
+// nullptr when there is none or the block needs more than page alignment.  For
+// a node (node >= 0), only a mapping bound to it: the pages mremap adds are
+// bound as the rest of the mapping is.
+LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::size_t alignment, int node,
                                       LargeCache::Entry* out) {
   if (alignment > os_page_size()) return nullptr;
   int best = -1;
   for (unsigned i = 0; i < c->count; ++i)
-    if (c->entries[i].map_size < map_size && (best < 0 || c->entries[i].map_size > c->entries[best].map_size))
+    if (c->entries[i].map_size < map_size && (node < 0 || c->entries[i].node == node) &&
+        (best < 0 || c->entries[i].map_size > c->entries[best].map_size))
       best = static_cast<int>(i);
   if (best < 0) return nullptr;
   *out = c->entries[best];
@@ -299,7 +321,7 @@ LCA_CORE_TEXT bool huge_large_blocks() {
 }  // namespace
 
 LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t alignment,
-                  bool* fresh_zero) {
+                  bool* fresh_zero, NodePlacement where) {
   std::size_t page = os_page_size();
   if (alignment < page) alignment = page;
   if (size > (std::size_t{1} << 47)) {
@@ -318,10 +340,13 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
   }
   std::size_t got = 0;
   bool huge = false;
-  void* base = cache_take(cache, map_size, alignment, &got, &huge);
+  // The node the block is bound to: a cached mapping's is where.node (or -1,
+  // with where.node < 0); a fresh one's where.node when the kernel bound it.
+  int node = where.node;
+  void* base = cache_take(cache, map_size, alignment, where.node, &got, &huge);
   *fresh_zero = false;
   LargeCache::Entry shorter;
-  if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, &shorter)) {
+  if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, where.node, &shorter)) {
     lca_mutex_unlock(&g_lock);  // no system call under the lock
     int saved_errno = errno;  // a failed mremap is no failure of the call: a new mapping follows
     base = os_remap(shorter.base, shorter.map_size, map_size, true);
@@ -344,14 +369,15 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     base = os_map_aligned(map_size, huge && alignment < kHugePage ? kHugePage : alignment);
     if (!base) return nullptr;
     if (huge) os_advise_huge(base, map_size, true);
-    bool fallback = cache->placement.node >= 0 && !chunk_place(base, map_size, cache->placement);
+    bool fallback = where.node >= 0 && !chunk_place(base, map_size, where);
+    if (fallback) node = -1;
     got = map_size;
     *fresh_zero = true;
     lca_mutex_lock(&g_lock);
     cache->mapped_bytes += got;
     cache->bind_fallbacks += fallback;
   }
-  if (!insert_slot(Slot{base, base, got, d, huge, false})) {
+  if (!insert_slot(Slot{base, base, got, d, huge, static_cast<std::int16_t>(node), false})) {
     cache->mapped_bytes -= got;
     lca_mutex_unlock(&g_lock);
     os_unmap(base, got);
@@ -376,6 +402,7 @@ LCA_CORE_TEXT std::size_t large_free(LargeCache* cache, void* p) {
   void* base = s->base;
   std::size_t map_size = s->map_size;
   bool huge = s->huge;
+  std::int16_t node = s->node;
   erase_slot(s);
   --cache->live_count;
   ++cache->free_count;
@@ -388,7 +415,7 @@ LCA_CORE_TEXT std::size_t large_free(LargeCache* cache, void* p) {
   if (keep) {
     while (cache->count && (cache->count == kLargeCacheEntries || cache->bytes + map_size > limit))
       cache_drop(cache, oldest_entry(cache), &dropped);
-    cache_put(cache, LargeCache::Entry{base, map_size, now, huge});
+    cache_put(cache, LargeCache::Entry{base, map_size, now, huge, node});
     list_cache(cache);
     lca_mutex_unlock(&g_lock);
   } else {

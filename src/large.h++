@@ -5,6 +5,12 @@
 // and moved by mremap without copying.  Freed mappings wait in a small per-heap
 // cache (bounded in count and bytes, decaying after a few seconds) so that
 // allocate/free cycles of large blocks do not cost a system call each.
+// NUMA: a mapping is bound (chunk_place) to the node its caller asks for -- a
+// NUMAAllocator node heap's, or with LIBCALLOC_OPTIONS=numa=1 the calling
+// thread's -- and remembers that node through the cache: a request for a node
+// reuses only mappings bound to it (docs/design.md, "Large blocks under
+// numa=1").  mremap keeps a mapping's policy, so a block realloc grows or
+// moves, and a cached mapping grown for a request, stay bound.
 // All of this is the slow path: one global mutex guards it.  No system call is
 // made under it, but for the table's growth (a doubling: os_map of the new
 // table, os_unmap of the old), large_release_domain (a heap's destruction) and
@@ -39,6 +45,7 @@ struct LargeCache {
     std::size_t map_size;
     std::uint64_t freed_at_ns;
     bool huge;  // advised MADV_HUGEPAGE (and 2 MiB-aligned)
+    std::int16_t node;  // the node the mapping is bound to; -1: not bound
   } entries[kLargeCacheEntries];
   unsigned count;
   std::size_t bytes;
@@ -49,9 +56,8 @@ struct LargeCache {
   // Counters of this heap's large blocks (guarded by the large lock).
   std::size_t live_count, alloc_count, free_count;
   std::size_t alloc_bytes, free_bytes, mapped_bytes;
-  // NUMA: the node fresh mappings are bound to (chunk_place), and the bindings
-  // the kernel refused.
-  NodePlacement placement;
+  // NUMA: the bindings of fresh mappings the kernel refused (those mappings
+  // stay first-touch).
   std::size_t bind_fallbacks;
 };
 
@@ -66,9 +72,12 @@ struct LargeInfo {
 bool large_lookup(const void* p, LargeInfo* out);
 
 // A block of at least size bytes aligned to alignment.  *fresh_zero tells whether
-// its memory is known to be zero (a new mapping).
+// its memory is known to be zero (a new mapping).  With where.node >= 0 the block
+// is bound there: a cached mapping bound to that node, else a fresh mapping
+// bound by chunk_place (a refusal counts in bind_fallbacks).  With where.node < 0
+// any cached mapping serves (nothing is bound then: all of them are unbound).
 void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, std::size_t alignment,
-                  bool* fresh_zero);
+                  bool* fresh_zero, NodePlacement where);
 // Frees a live large block (p must be one: check with large_lookup first).
 // Returns its usable size.
 std::size_t large_free(LargeCache* cache, void* p);

@@ -81,7 +81,6 @@ bool load_libnuma() {
 
 LCA_BIG_BSS(topology) constinit NumaTopology g_topology{};
 constinit pthread_once_t g_topology_once = PTHREAD_ONCE_INIT;
-LCA_CORE_DATA(thread_heaps) constinit std::atomic<bool> g_thread_heaps{false};
 constinit std::atomic<std::size_t> g_bound{0};
 constinit std::atomic<std::size_t> g_refused{0};
 
@@ -137,6 +136,8 @@ void init_once() {
 }
 
 }  // namespace
+
+LCA_CORE_DATA(thread_heaps) constinit std::atomic<bool> g_numa_thread_heaps{false};
 
 void numa_init() { pthread_once(&g_topology_once, init_once); }
 
@@ -277,11 +278,9 @@ NumaPlacementCounters numa_placement_counters() {
   return {g_bound.load(std::memory_order_relaxed), g_refused.load(std::memory_order_relaxed)};
 }
 
-LCA_CORE_TEXT bool numa_thread_heaps() { return g_thread_heaps.load(std::memory_order_relaxed); }
-
 void numa_enable_thread_heaps() {
   numa_init();
-  if (__builtin_popcountll(g_topology.usable) > 1) g_thread_heaps.store(true, std::memory_order_relaxed);
+  if (__builtin_popcountll(g_topology.usable) > 1) g_numa_thread_heaps.store(true, std::memory_order_relaxed);
 }
 
 }  // namespace lca

@@ -16,6 +16,7 @@
 #ifndef LCA_NUMA_HXX
 #define LCA_NUMA_HXX
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <sys/mman.h>
@@ -99,8 +100,10 @@ int numa_node_of_address(const void* p);
 void numa_resident_by_node(const void* addr, std::size_t len, std::size_t* per_node);
 NumaPlacementCounters numa_placement_counters();
 // LIBCALLOC_OPTIONS=numa=1: true once node-local thread heaps are on (more than
-// one usable node); the process heap's slow paths ask it.
-bool numa_thread_heaps();
+// one usable node); the process heap's slow paths ask it (inline: a load, on
+// every large allocation).
+extern std::atomic<bool> g_numa_thread_heaps;
+inline bool numa_thread_heaps() { return g_numa_thread_heaps.load(std::memory_order_relaxed); }
 void numa_enable_thread_heaps();
 #else
 inline void numa_init() {}

@@ -892,8 +892,7 @@ Domain* domain_create() {
 
 void domain_set_placement(Domain* d, NodePlacement where) {
   DomainLock lock(d);
-  d->placement = where;
-  d->large.placement = where;  // read by large_alloc outside its lock: set before any allocation
+  d->placement = where;  // read by domain_alloc_large outside the lock: set before any allocation
 }
 
 void domain_for_each_range(Domain* d, void (*fn)(void* ctx, const void* addr, std::size_t len), void* ctx) {
@@ -1190,8 +1189,21 @@ LCA_CORE_TEXT void* heap_alloc(Heap* h, std::size_t size, std::size_t alignment,
   return domain_alloc_large(h->domain, size, alignment, &zero);
 }
 
+namespace {
+// The node a large block is bound to: its domain's (a NUMAAllocator node heap),
+// or with node-local thread heaps (numa=1) the node of the calling thread, whose
+// heap's chunks are bound there too (heap_rehome_if_moved follows the same
+// node).  numa=1 off, it costs the load of a flag; --disable-numa, nothing.
+LCA_CORE_TEXT NodePlacement large_placement_for(const Domain* d) {
+  NodePlacement where = d->placement;
+  if (numa_thread_heaps() && where.node < 0 && d->per_thread) where.node = numa_nearest_usable(numa_current_node());
+  return where;
+}
+}  // namespace
+
 LCA_CORE_TEXT void* domain_alloc_large(Domain* d, std::size_t size, std::size_t alignment, bool* fresh_zero) {
-  return with_retry_after_release(d, [&] { return large_alloc(d, &d->large, size, alignment, fresh_zero); });
+  NodePlacement where = large_placement_for(d);
+  return with_retry_after_release(d, [&] { return large_alloc(d, &d->large, size, alignment, fresh_zero, where); });
 }
 
 LCA_CORE_TEXT void* domain_calloc_large(Domain* d, std::size_t size, std::size_t alignment) {

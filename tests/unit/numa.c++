@@ -7,6 +7,7 @@
 // errors, fallbacks); `make check-numa-vm` (scripts/numa-vm) runs this same
 // program in QEMU guests with two and four nodes, where every part runs.
 #include <custom_alloc/numa_allocator.h++>
+#include <libcalloc.h>
 
 #include <atomic>
 #include <cerrno>
@@ -107,6 +108,32 @@ bool all_pages_on(const void* p, std::size_t n, int node, std::size_t* bad, int*
     }
   }
   return true;
+}
+
+// The node the memory policy of the mapping at p names: what mbind gave the
+// range (MPOL_PREFERRED or MPOL_BIND of one node), asked of the kernel with
+// get_mempolicy(MPOL_F_ADDR), which faults nothing in.  -1 for the default
+// policy (first touch) or any other; -2 when the kernel refuses the question.
+// Only a binding satisfies a check of it: first touch from the right thread
+// leaves the policy the default.
+int policy_node_of(const void* p) {
+#ifdef CALLOC_NUMA
+  int mode = -1;
+  unsigned long mask[1024 / 64] = {};  // MAX_NUMNODES of Debian's x86-64 kernels
+  if (syscall(SYS_get_mempolicy, &mode, mask, 1024ul, p, MPOL_F_ADDR) != 0) return -2;
+  mode &= 0xff;  // the mode flags (linux/mempolicy.h's MPOL_MODE_FLAGS) are bits 13-15
+  if (mode != MPOL_PREFERRED && mode != MPOL_BIND) return -1;
+  int node = -1;
+  for (int n = 0; n < 1024; ++n) {
+    if (!((mask[n / 64] >> (n % 64)) & 1)) continue;
+    if (node >= 0) return -1;  // several nodes: not one node's binding
+    node = n;
+  }
+  return node;
+#else
+  (void)p;
+  return -1;  // no libnuma: nothing is bound (the tests that ask skip)
+#endif
 }
 
 // Runs fn in a thread pinned to cpu (and waits for it).
@@ -400,7 +427,10 @@ END_TEST
 // A thread moved from one node to another allocates on the new node from its
 // next call (NUMAAllocator), and the process heap (LIBCALLOC_OPTIONS=numa=1) does
 // so from its next slow-path allocation: its old heap is left to the domain and
-// a heap of the new node takes over, small objects included.
+// a heap of the new node takes over, small objects included.  Placement by first
+// touch alone cannot pass: the memory's policy must name the node (the kernel's
+// answer to get_mempolicy(MPOL_F_ADDR)), and the blocks' untouched pages are
+// touched by a thread on the other node before the kernel is asked where they are.
 START_TEST(test_moved_thread_rehomes) {
   std::vector<int> nodes = usable_nodes();
   if (nodes.size() < 2) {
@@ -420,30 +450,114 @@ START_TEST(test_moved_thread_rehomes) {
     int got;
     for (int step = 0; step < 2; ++step) {
       int node = step == 0 ? nodes.front() : nodes.back();
+      int other_cpu = step == 0 ? cpu_b : cpu_a;  // a CPU of the other node
       if (step == 1) ck_assert(pin_to_cpu(cpu_b));
       ck_assert_int_eq(alloc.get_current_node(), node);
       void* q = alloc.allocate(5000);
-      touch_pages(q, 5000);
+      ck_assert_int_eq(policy_node_of(q), node);
+      run_pinned(other_cpu, [&] { touch_pages(q, 5000); });
       ck_assert_msg(all_pages_on(q, 5000, node, &bad, &got), "NUMAAllocator: step %d on node %d, not %d", step, got,
                     node);
-#if CALLOC_OVERRIDE
       // The process heap: a slow-path allocation first (re-homes), then small ones.
-      void* big = std::malloc(200 * 1024);
-      touch_pages(big, 200 * 1024);
-      ck_assert_msg(all_pages_on(big, 200 * 1024, node, &bad, &got), "malloc: step %d on node %d, not %d", step,
+      void* big = lca_malloc(200 * 1024);
+      ck_assert_msg(policy_node_of(big) == node, "lca_malloc(200 KiB): step %d, policy names node %d, not %d", step,
+                    policy_node_of(big), node);
+      run_pinned(other_cpu, [&] { touch_pages(big, 200 * 1024); });
+      ck_assert_msg(all_pages_on(big, 200 * 1024, node, &bad, &got),
+                    "lca_malloc(200 KiB) touched from the other node: step %d, page %zu on node %d, not %d", step, bad,
                     got, node);
       for (int i = 0; i < 64; ++i) {
-        void* small = std::malloc(96);
+        void* small = lca_malloc(96);
+        ck_assert_msg(policy_node_of(small) == node, "lca_malloc(96): step %d, policy names node %d, not %d", step,
+                      policy_node_of(small), node);
         std::memset(small, 1, 96);
-        ck_assert_msg(all_pages_on(small, 96, node, &bad, &got), "malloc(96): step %d on node %d, not %d", step,
+        ck_assert_msg(all_pages_on(small, 96, node, &bad, &got), "lca_malloc(96): step %d on node %d, not %d", step,
                       got, node);
-        std::free(small);
+        lca_free(small);
       }
-      std::free(big);
-#endif
+      lca_free(big);
       alloc.deallocate(q);
     }
   });
+}
+END_TEST
+
+// LIBCALLOC_OPTIONS=numa=1 binds a thread's large blocks (dedicated mappings,
+// above kLargeThreshold) to its node, as its chunks: malloc, calloc, a block
+// realloc grows by mremap (the pages added), a mapping reused from the large
+// cache (only one of the thread's node: the cache holds mappings of both nodes
+// here) and a shorter cached mapping grown for a request.  Every block's policy
+// names the node, and its pages, touched by a thread on the other node, are on
+// the allocating thread's node -- first touch would put them on the other one.
+START_TEST(test_thread_heaps_bind_large_blocks) {
+  std::vector<int> nodes = usable_nodes();
+  if (nodes.size() < 2) {
+    lca::numa_enable_thread_heaps();
+    ck_assert_msg(!lca::numa_thread_heaps(), "node-local thread heaps switched on with one node");
+    TEST_SKIP("one usable NUMA node here (%s): numa=1 binds nothing (checked); large blocks bound to a thread's "
+              "node run in make check-numa-vm", nodes_text().c_str());
+  }
+  const int home = nodes.back(), away = nodes.front();
+  const int cpu_home = first_cpu_of_node(home), cpu_away = first_cpu_of_node(away);
+  ck_assert_int_ge(cpu_home, 0);
+  ck_assert_int_ge(cpu_away, 0);
+  lca::numa_enable_thread_heaps();
+  ck_assert(lca::numa_thread_heaps());
+  // The block's policy names node, and every page is on node after a thread of
+  // the other node touched [from, to).
+  auto check_bound = [&](const char* what, void* p, std::size_t from, std::size_t to, int node) {
+    char* b = static_cast<char*>(p);
+    ck_assert_msg(policy_node_of(b) == node && policy_node_of(b + to - 1) == node,
+                  "%s: the policy names node %d (first page) / %d (last), not %d", what, policy_node_of(b),
+                  policy_node_of(b + to - 1), node);
+    run_pinned(node == home ? cpu_away : cpu_home, [&] { touch_pages(b + from, to - from); });
+    std::size_t bad;
+    int got;
+    ck_assert_msg(all_pages_on(b, to, node, &bad, &got), "%s: page at %zu on node %d, not %d", what, bad, got, node);
+  };
+  constexpr std::size_t kBlock = 3 * MiB;
+  void *p = nullptr, *c = nullptr;
+  run_pinned(cpu_home, [&] {
+    p = lca_malloc(kBlock);
+    ck_assert_ptr_nonnull(p);
+    check_bound("lca_malloc(3 MiB)", p, 0, kBlock, home);
+    test_util::fill_pattern(p, kBlock, 7);
+    c = lca_calloc(1, kBlock);
+    ck_assert_ptr_nonnull(c);
+    check_bound("lca_calloc(3 MiB)", c, 0, kBlock, home);
+    // Grown by mremap: the pages added are bound as the rest.
+    void* r = lca_realloc(p, 3 * kBlock);
+    ck_assert_ptr_nonnull(r);
+    p = r;
+    ck_assert_int_eq(test_util::check_pattern(p, kBlock, 7), -1);
+    check_bound("lca_realloc(3 MiB -> 9 MiB)", p, kBlock, 3 * kBlock, home);
+    lca_free(p);  // both into the large cache: mappings of home, resident there
+    lca_free(c);
+  });
+  void* a = nullptr;
+  run_pinned(cpu_away, [&] {
+    // The cache holds home's 3 and 9 MiB mappings: not for this thread.
+    a = lca_malloc(kBlock);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_msg(a != c, "a thread of node %d reused node %d's cached mapping", away, home);
+    check_bound("lca_malloc(3 MiB) on the other node, home's mappings cached", a, 0, kBlock, away);
+    lca_free(a);
+    // Longer than any cached mapping: the longest shorter one of this node (a's)
+    // would be grown by mremap, never home's 9 MiB one.
+    void* g = lca_malloc(4 * kBlock);
+    ck_assert_ptr_nonnull(g);
+    check_bound("lca_malloc(12 MiB) on the other node, grown from a cached mapping", g, 0, 4 * kBlock, away);
+    lca_free(g);
+  });
+  run_pinned(cpu_home, [&] {
+    // Home's own cached mapping serves home (a cache hit, unless the 2 s decay
+    // dropped it: the emulated guest is slow), bound as before.
+    void* b = lca_malloc(kBlock);
+    ck_assert_ptr_nonnull(b);
+    check_bound("lca_malloc(3 MiB) again on its node", b, 0, kBlock, home);
+    lca_free(b);
+  });
+  ck_assert_uint_eq(lca::large_counters(&lca::g_process_domain.large).bind_fallbacks, 0);
 }
 END_TEST
 
@@ -831,6 +945,7 @@ int main() {
   tcase_add_test(tc, test_remote_frees_go_home);
   tcase_add_test(tc, test_per_node_usage_matches_kernel);
   tcase_add_test(tc, test_moved_thread_rehomes);
+  tcase_add_test(tc, test_thread_heaps_bind_large_blocks);
   tcase_add_test(tc, test_invalid_nodes);
   tcase_add_test(tc, test_ranges_that_wrap_are_refused);
   tcase_add_test(tc, test_refused_bind_falls_back);
