@@ -40,6 +40,7 @@
 #include <sched.h>
 #include <semaphore.h>
 #include <sys/mman.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1868,6 +1869,65 @@ const char* mode_text(char* buf, std::size_t cap) {
   return buf;
 }
 
+// glibc's thread storage: blocks the dynamic loader allocates for threads'
+// TLS -- a thread's DTV (allocate_dtv, called by _dl_allocate_tls from
+// pthread_create), the blocks of dlopen'ed modules' TLS (__tls_get_addr's
+// tls_get_addr_tail, allocate_and_init, allocate_dtv_entry) and a DTV grown
+// for them (_dl_update_slotinfo, _dl_resize_dtv).  glibc frees a thread's DTV
+// only when its stack leaves glibc's stack cache (up to 40 MiB of stacks are
+// kept for reuse), and the main thread's never: a program that joined all its
+// threads still holds them at exit.  Valgrind's default suppressions name the
+// same functions.  With glibc's separate debug file (libc6-dbg) the static
+// ones are named; without it, the exported _dl_allocate_tls and
+// __tls_get_addr are among the frames (the stack holds the loader's frames
+// from the allocation up to them: glibc 2.36's ld.so, checked by
+// tests/integration/track.sh's "threads-own").  Names are compared up to a
+// '.' (GCC's .isra, .constprop clones).
+bool loader_tls_function(const char* name) {
+  static const char* const kNames[] = {"_dl_allocate_tls", "_dl_allocate_tls_init", "allocate_dtv",
+                                       "allocate_dtv_entry", "__tls_get_addr", "__tls_get_addr_slow",
+                                       "tls_get_addr_tail", "allocate_and_init", "update_get_addr",
+                                       "_dl_update_slotinfo", "_dl_resize_dtv"};
+  std::size_t n = std::strcspn(name, ".");
+  for (const char* k : kNames)
+    if (std::strlen(k) == n && std::strncmp(name, k, n) == 0) return true;
+  return false;
+}
+
+// Whether the frames of site, from the allocation up, run in the dynamic
+// loader (the object at AT_BASE) into one of its TLS functions.  Symbolises
+// them: prepare_sites must have seen the site.
+bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0 || rtld == 0) return false;
+  const Site& s = g_sites[site];
+  for (unsigned j = 0; j < s.depth; ++j) {
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (!sym.module[0] || reinterpret_cast<std::uintptr_t>(s.frames[j]) - sym.module_offset != rtld) return false;
+    if (loader_tls_function(sym.function)) return true;
+  }
+  return false;
+}
+
+// Moves the sites of v[0..n) that are glibc's thread storage to its end; the
+// count of the others (the program's).  Only stacks whose first frame is in
+// the loader are symbolised for it.
+std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
+  auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
+  if (rtld == 0) return n;  // a static program: no loader of its own
+  SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
+    if (x.index == 0 || g_sites[x.index].depth == 0) return true;
+    Dl_info dl;
+    auto ip = reinterpret_cast<std::uintptr_t>(g_sites[x.index].frames[0]);
+    return !(dladdr(reinterpret_cast<void*>(ip - 1), &dl) && reinterpret_cast<std::uintptr_t>(dl.dli_fbase) == rtld);
+  });
+  std::size_t ncand = static_cast<std::size_t>(v + n - cand);
+  if (ncand == 0) return n;
+  prepare_sites(cand, ncand);
+  SiteView* glibc = std::partition(cand, v + n, [rtld](const SiteView& x) { return !glibc_thread_storage(x.index, rtld); });
+  return static_cast<std::size_t>(glibc - v);
+}
+
 bool write_leak_report(const char* pattern) {
   Busy busy;
   Out out;
@@ -1889,6 +1949,12 @@ bool write_leak_report(const char* pattern) {
     bytes += v[i].live_bytes;
     v[k++] = v[i];
   }
+  // Not the program's leaks: glibc's thread storage, counted apart.
+  std::size_t live = k;
+  k = set_apart_glibc_thread_storage(v, live);
+  double glibc_blocks = 0, glibc_bytes = 0;
+  for (std::size_t i = k; i < live; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks, bytes -= glibc_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -1905,13 +1971,20 @@ bool write_leak_report(const char* pattern) {
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
     out_printf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
+  if (live > k)
+    out_printf(f, "libcalloc: not leaks of the program: glibc's thread storage (thread TLS the dynamic loader "
+                  "allocated, freed when glibc drops a cached thread stack, or never): %.0f bytes in %.0f block%s "
+                  "from %zu stack%s\n",
+               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s", live - k,
+               live - k == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
                  g_notes[i].why);
   pthread_mutex_unlock(&g_sym_lock);
   if (k == 0)
-    out_printf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
+    out_printf(f, "libcalloc: no leaks: every tracked block was freed%s (%.0f allocations tracked)\n",
+               live > k ? ", glibc's thread storage aside" : "", calls);
   else
     out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
                  bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", calls);

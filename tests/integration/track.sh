@@ -6,6 +6,8 @@
 #     demangled), the file:line of its malloc and a summary line with the exact bytes;
 #   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
 #   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
+#   - threads-own: threads started and joined, one leak of the program's: that
+#     leak alone is reported, glibc's thread storage (DTVs) counted apart;
 #   - dlopen: a leak in a dlopen'ed library names its function and module;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
 #     (PATH.PID) its 1111 bytes and not the parent's;
@@ -89,6 +91,21 @@ test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1
 run leak_report=1 threads
 expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"
 expect "$tmp/err" "demo::thread_leak(unsigned long)" "threads: function name"
+
+# 3a. glibc's thread storage is not the program's leak: threads started and
+# joined leave their DTVs (allocate_dtv from _dl_allocate_tls, in ld.so) live
+# in glibc's stack cache; the report names exactly the program's one leak and
+# counts glibc's blocks apart -- full mode (names from libc6-dbg's file when
+# installed) and sampled (the loader's exported names only).
+for opts in leak_report=1 leak_report=1,sample=16; do
+  run "$opts" threads-own
+  expect "$tmp/err" "4242 bytes in 1 block allocated at:" "threads-own ($opts)"
+  expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack" "threads-own ($opts): summary"
+  expect "$tmp/err" "libcalloc: not leaks of the program: glibc's thread storage" "threads-own ($opts): glibc's blocks"
+  n=$(grep -c "allocated at:" "$tmp/err")
+  test "$n" = 1 || fail "threads-own ($opts): $n stacks reported as leaks, not 1: $(cat "$tmp/err")"
+  if grep -q "ld-linux" "$tmp/err"; then fail "threads-own ($opts): a loader frame in a leak: $(cat "$tmp/err")"; fi
+done
 
 # 3b. dlopen'ed code: its function and module are named.
 plugin=$top_builddir/tests/track/.libs/libtrackplugin.so
