@@ -2084,6 +2084,35 @@ bool write_profile(const char* pattern, int format) {
   return out_close(f);
 }
 
+// "libcalloc: warning: cannot write WHAT to PATH: REASON (ENAME)" on stderr,
+// REASON for err from glibc's table (strerrordesc_np: no locale, no
+// allocation, no lock -- strerror may load a message catalogue, and the
+// profile thread must take no lock another thread may hold), else "error N".
+// PATH is the file tried: pattern with %p expanded and, in a forked child,
+// ".PID" appended (out_open's expand_path).  The line is as long as the path
+// needs (report_warning's 256 bytes cut a long path and then the reason).
+void warn_cannot_write(const char* what, const char* pattern, int err) {
+  char path[4096 + 512];
+  if (!pattern || !*pattern || std::strcmp(pattern, "-") == 0)
+    std::snprintf(path, sizeof path, "standard error");
+  else
+    expand_path(pattern, path, sizeof path);
+  char line[sizeof path + 256];
+  Writer w{line, sizeof line};
+  w.str("libcalloc: warning: cannot write ").str(what).str(" to ").str(path).str(": ");
+  const char* desc = nullptr;
+  const char* name = nullptr;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  desc = strerrordesc_np(err);
+  name = strerrorname_np(err);
+#endif
+  if (desc) w.str(desc);
+  else w.str("error ").num(static_cast<unsigned long long>(err));
+  if (name) w.str(" (").str(name).str(")");
+  w.str("\n");
+  w.flush_to(2);
+}
+
 // --- the profile thread ---------------------------------------------------------
 //
 // The profile the signal asks for is written by a thread of the tracker's, which
@@ -2118,8 +2147,7 @@ LCA_SAMPLING_TEXT void* dump_thread_main(void*) {
     // After the reports at exit, which answer any request made until then,
     // nothing more is written.
     if (g_exit_reported || !g_dump_pending.exchange(0, std::memory_order_acq_rel)) continue;
-    if (!write_profile(g_profile_path, g_opts.profile_format))
-      report_warning("cannot write the profile to ", g_profile_path);
+    if (!write_profile(g_profile_path, g_opts.profile_format)) warn_cannot_write("the profile", g_profile_path, errno);
     ++g_signal_dumps;
   }
   return nullptr;
@@ -2298,9 +2326,9 @@ __attribute__((noinline)) void write_exit_reports() {
   ReportLock lock;
   g_exit_reported = true;  // the profile thread writes no more: this profile answers its requests
   if (g_opts.leak_report[0] && !write_leak_report(g_leak_path))
-    report_warning("cannot write the leak report to ", g_leak_path);
+    warn_cannot_write("the leak report", g_leak_path, errno);
   if (g_opts.profile[0] && !write_profile(g_profile_path, g_opts.profile_format))
-    report_warning("cannot write the profile to ", g_profile_path);
+    warn_cannot_write("the profile", g_profile_path, errno);
 }
 }  // namespace
 

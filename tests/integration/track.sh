@@ -5,6 +5,7 @@
 #     leaked 4242 bytes with the leaking function's name (demo::leak_some_memory,
 #     demangled), the file:line of its malloc and a summary line with the exact bytes;
 #   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
+#   - a report that cannot be written: the warning names the file tried and why;
 #   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
 #   - threads-own: threads started and joined, one leak of the program's: that
 #     leak alone is reported, glibc's thread storage (DTVs) counted apart;
@@ -86,6 +87,31 @@ for f in leaks.txt prof.txt; do
   test -s "$tmp/start/$f" || fail "chdir: no $f where the program started (elsewhere: $(ls "$tmp/elsewhere"))"
 done
 test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1 block allocated at:" "chdir: leak report"
+
+# 2d. A report that cannot be written says why: the file tried and the
+# reason (before: "cannot write the leak report to PATH" and nothing more).
+# An unwritable directory: mode 555 for a user; root writes there anyway, so
+# for root sysfs, which refuses new files to root too (EACCES).
+if test "$(id -u)" = 0; then
+  ro=/sys
+else
+  mkdir "$tmp/ro" && chmod 555 "$tmp/ro"
+  ro=$tmp/ro
+fi
+if ( : >"$ro/calloc-leaks.txt" ) 2>/dev/null; then
+  rm -f "$ro/calloc-leaks.txt"
+  fail "write failure: $ro/calloc-leaks.txt could be created: no unwritable directory to test with"
+else
+  env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=$ro/calloc-leaks.txt,profile=$tmp/none/prof-%p.txt" \
+    "$demo" leak 2>"$tmp/err"
+  expect "$tmp/err" "libcalloc: warning: cannot write the leak report to $ro/calloc-leaks.txt: Permission denied (EACCES)" \
+    "write failure: leak report"
+  # The path as tried: %p expanded.
+  expect "$tmp/err" "libcalloc: warning: cannot write the profile to $tmp/none/prof-" "write failure: profile"
+  if ! grep -qE "cannot write the profile to .*/none/prof-[0-9]+\.txt: No such file or directory \(ENOENT\)$" "$tmp/err"; then
+    fail "write failure: the profile's line has no expanded path or no reason: $(cat "$tmp/err")"
+  fi
+fi
 
 # 3. Threads.
 run leak_report=1 threads
