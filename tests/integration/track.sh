@@ -77,6 +77,12 @@ run leak_report=1,sample=4096 leak
 expect "$tmp/err" "libcalloc leak report (pid" "sampled leak report"
 expect "$tmp/err" "sampled, one per 4096 bytes on average: figures are estimates" "sampled leak report: its mode"
 
+# 2b'. sample=0 is no rate: warned about and ignored (it silently meant
+# "unset"): the report tracks every allocation, as leak_report alone does.
+env LD_PRELOAD="$so" LIBCALLOC_OPTIONS=leak_report=1,sample=0 "$demo" leak 2>"$tmp/err"
+expect "$tmp/err" "libcalloc: warning: LIBCALLOC_OPTIONS: 0 is no rate, ignored (sample=1 records every allocation" "sample=0: warning"
+expect "$tmp/err" "every allocation tracked" "sample=0: full mode"
+
 # 2c. Relative paths are the start-up directory's: a program that changed
 # directory before exit wrote its reports into the new one.
 mkdir "$tmp/start" "$tmp/elsewhere"

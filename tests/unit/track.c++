@@ -321,6 +321,13 @@ START_TEST(test_options_parse_tracking) {
   ck_assert_int_eq(lca::options_parse("sample=1099511627777", &big), 1);
   ck_assert_int_eq(lca::options_parse("sample=1000000000000000", &big), 1);
   ck_assert_uint_eq(big.sample, 0);
+  // sample=0 is no rate: warned about (it silently meant "unset", which is
+  // neither "every allocation" nor "none") and ignored like any bad value.
+  lca::Options zero{};
+  ck_assert_int_eq(lca::options_parse("sample=0", &zero), 1);
+  ck_assert_uint_eq(zero.sample, 0);
+  ck_assert_int_eq(lca::options_parse("sample=4096,sample=0", &zero), 1);
+  ck_assert_uint_eq(zero.sample, 4096);  // the earlier value stays
 }
 END_TEST
 
