@@ -1895,12 +1895,21 @@ bool loader_tls_function(const char* name) {
 }
 
 // Whether the frames of site, from the allocation up, run in the dynamic
-// loader (the object at AT_BASE) into one of its TLS functions.  Symbolises
-// them: prepare_sites must have seen the site.
+// loader (the object at AT_BASE) into one of its TLS functions: from frame 0,
+// or frame 1 when frame 0 is the allocator's entry (libcalloc.a linked into
+// the program: its malloc's frame is the program's).  Symbolises them:
+// prepare_sites must have seen the site.
+bool in_loader(const void* ip, std::uintptr_t rtld) {
+  Dl_info dl;
+  auto a = reinterpret_cast<std::uintptr_t>(ip);
+  return a && dladdr(reinterpret_cast<void*>(a - 1), &dl) && reinterpret_cast<std::uintptr_t>(dl.dli_fbase) == rtld;
+}
+
 bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
   if (site == 0 || rtld == 0) return false;
   const Site& s = g_sites[site];
-  for (unsigned j = 0; j < s.depth; ++j) {
+  unsigned first = s.depth > 1 && !in_loader(s.frames[0], rtld) ? 1 : 0;
+  for (unsigned j = first; j < s.depth; ++j) {
     Symbol sym;
     symbolize(s.frames[j], &sym);
     if (!sym.module[0] || reinterpret_cast<std::uintptr_t>(s.frames[j]) - sym.module_offset != rtld) return false;
@@ -1910,16 +1919,15 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
 }
 
 // Moves the sites of v[0..n) that are glibc's thread storage to its end; the
-// count of the others (the program's).  Only stacks whose first frame is in
-// the loader are symbolised for it.
+// count of the others (the program's).  Only stacks with one of their first
+// two frames in the loader are symbolised for it.
 std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
   auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
   if (rtld == 0) return n;  // a static program: no loader of its own
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
     if (x.index == 0 || g_sites[x.index].depth == 0) return true;
-    Dl_info dl;
-    auto ip = reinterpret_cast<std::uintptr_t>(g_sites[x.index].frames[0]);
-    return !(dladdr(reinterpret_cast<void*>(ip - 1), &dl) && reinterpret_cast<std::uintptr_t>(dl.dli_fbase) == rtld);
+    const Site& s = g_sites[x.index];
+    return !(in_loader(s.frames[0], rtld) || (s.depth > 1 && in_loader(s.frames[1], rtld)));
   });
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
@@ -2526,6 +2534,11 @@ bool track_wait_signal_dumps_for_test(std::uint64_t n, double seconds) {
     if (waited >= seconds) return false;
     usleep(1000);
   }
+}
+
+bool track_write_leak_report_for_test(const char* path) {
+  ReportLock lock;
+  return write_leak_report(path);
 }
 
 TrackTotals track_totals() {
