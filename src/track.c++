@@ -1990,12 +1990,25 @@ bool write_leak_report(const char* pattern) {
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
                  g_notes[i].why);
   pthread_mutex_unlock(&g_sym_lock);
-  if (k == 0)
-    out_printf(f, "libcalloc: no leaks: every tracked block was freed%s (%.0f allocations tracked)\n",
-               live > k ? ", glibc's thread storage aside" : "", calls);
+  // The count of allocations: exact in full mode; sampled, an estimate (the
+  // sum of the samples' weights), with the number of samples it rests on.
+  // It said "(1 allocations tracked)", and the same in sampled mode, where
+  // it reads as a count.
+  char counted[160];
+  bool one = calls >= 0.5 && calls < 1.5;
+  if (g_track_mode == TrackMode::full)
+    std::snprintf(counted, sizeof counted, "%.0f allocation%s tracked", calls, one ? "" : "s");
   else
-    out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
-                 bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", calls);
+    std::snprintf(counted, sizeof counted, "an estimated %.0f allocation%s from %llu sample%s", calls, one ? "" : "s",
+                  static_cast<unsigned long long>(g_samples.load(std::memory_order_relaxed)),
+                  g_samples.load(std::memory_order_relaxed) == 1 ? "" : "s");
+  if (k == 0)
+    out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
+               g_track_mode == TrackMode::full ? "tracked" : "sampled",
+               live > k ? ", glibc's thread storage aside" : "", counted);
+  else
+    out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",
+                 bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", counted);
   os_unmap(v, map_bytes);
   return out_close(f);
 }

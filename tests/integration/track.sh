@@ -76,6 +76,11 @@ fi
 run leak_report=1,sample=4096 leak
 expect "$tmp/err" "libcalloc leak report (pid" "sampled leak report"
 expect "$tmp/err" "sampled, one per 4096 bytes on average: figures are estimates" "sampled leak report: its mode"
+# Its summary says the count of allocations is an estimate, and from how many
+# samples (it said "(N allocations tracked)", as in full mode).
+if ! grep -qE "^libcalloc: leak summary: .* \(an estimated [0-9]+ allocations from [0-9]+ samples\)$" "$tmp/err"; then
+  fail "sampled leak report: the summary does not say its count is an estimate: $(tail -n 1 "$tmp/err")"
+fi
 
 # 2b'. sample=0 is no rate: warned about and ignored (it silently meant
 # "unset"): the report tracks every allocation, as leak_report alone does.

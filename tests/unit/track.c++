@@ -456,6 +456,54 @@ std::string leak_report_text(const char* tag) {
   return text;
 }
 
+// The leak report's summary counts allocations in the right words: "1
+// allocation tracked" (it said "1 allocations tracked"), and when sampling
+// "an estimated N allocations from S samples" (it said "N allocations
+// tracked", which read as a count).
+START_TEST(test_leak_summary_words) {
+  std::string err = in_child([]() -> std::string {
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    void* leaked = process_leak(777);  // the only allocation tracked
+    std::string text = leak_report_text("one");
+    lca_free(leaked);
+    if (text.find("libcalloc: leak summary: 777 bytes in 1 block from 1 allocation stack (1 allocation tracked)\n") ==
+        std::string::npos)
+      return "full mode, one allocation: " + text;
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+  err = in_child([]() -> std::string {
+    lca::track_start_for_test(lca::TrackMode::sample, 4096);
+    std::vector<void*> blocks;
+    blocks.reserve(64);
+    for (int i = 0; i < 64; ++i) blocks.push_back(lca_malloc(64 << 10));  // 64 KiB: all but the first sampled
+    void* leaked = process_leak(100 << 10);
+    for (void* p : blocks) lca_free(p);
+    lca::TrackTotals t = lca::track_totals();  // what the report counts (it allocates untracked)
+    std::string text = leak_report_text("sampled");
+    lca_free(leaked);
+    std::string want = "(an estimated " + std::to_string(static_cast<long long>(std::llround(t.calls))) +
+                       " allocations from " + std::to_string(t.samples) + " samples)\n";
+    if (text.find("libcalloc: leak summary: ") == std::string::npos || text.find(want) == std::string::npos)
+      return "sampled: no \"" + want + "\" in: " + text;
+    if (text.find("tracked)") != std::string::npos) return "sampled: a count of allocations tracked: " + text;
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+  AllocationTracker tracker;
+  void* p = lca_malloc(16);
+  tracker.track_allocation(p, 16);
+  tracker.track_deallocation(p);
+  lca_free(p);
+  std::ostringstream out;
+  tracker.print_report(out);
+  ck_assert_msg(out.str().find("SUMMARY: no leaks (1 allocation tracked)\n") != std::string::npos, "%s",
+                out.str().c_str());
+  ck_assert_msg(out.str().find("Hot allocation sites (1 allocation, 16 bytes") != std::string::npos, "%s",
+                out.str().c_str());
+}
+END_TEST
+
 // A program that starts and joins threads, and leaks one block of its own,
 // has exactly that leak reported: glibc's thread storage (the DTV the loader
 // allocates in pthread_create, kept with the cached stack) is counted apart.
@@ -1528,6 +1576,7 @@ int main() {
   tcase_add_test(tc, test_global_tracker);
   tcase_add_test(tc, test_options_parse_tracking);
   tcase_add_test(tc, test_options_leak_report_and_profile_in_one_file);
+  tcase_add_test(tc, test_leak_summary_words);
   tcase_add_test(tc, test_leak_report_sets_glibc_thread_storage_apart);
   tcase_add_test(tc, test_symbol_name_of_function_entry_plus_one);
   tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
