@@ -1837,6 +1837,11 @@ bool out_close(Out* o) {
   return o->ok;
 }
 
+// A frame in no module mapped when the report is written: a library closed
+// with dlclose since (or code outside any module).  It printed "unknown
+// module+0x0", an offset that is none.
+constexpr const char* kNoModule = "in no module loaded now: a library unloaded with dlclose?";
+
 void print_frame(Out* f, unsigned i, const void* ip) {
   Symbol s;
   symbolize(ip, &s);
@@ -1845,9 +1850,10 @@ void print_frame(Out* f, unsigned i, const void* ip) {
   if (s.function[0])
     out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
                  where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
-  else
-    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
-                 static_cast<unsigned long>(s.module_offset));
+  else if (s.module[0])
+    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset));
+  else  // names are looked up now: the module of an unloaded library is not known (docs/design.md)
+    out_printf(f, "    #%u %p (%s)\n", i, ip, kNoModule);
 }
 
 void print_stack(Out* f, std::uint32_t site) {
@@ -2021,8 +2027,10 @@ void frame_name(const void* ip, char* buf, std::size_t cap) {
     std::snprintf(buf, cap, "%s", s.function);
   } else {
     const char* base = std::strrchr(s.module, '/');
-    std::snprintf(buf, cap, "%s+0x%lx", base ? base + 1 : (s.module[0] ? s.module : "?"),
-                  static_cast<unsigned long>(s.module_offset));
+    if (s.module[0])
+      std::snprintf(buf, cap, "%s+0x%lx", base ? base + 1 : s.module, static_cast<unsigned long>(s.module_offset));
+    else  // in no module now (see kNoModule): the address itself
+      std::snprintf(buf, cap, "[no module] %p", ip);
   }
   for (char* c = buf; *c; ++c)
     if (*c == ';' || *c == '\n') *c = ',';
@@ -2596,9 +2604,10 @@ void track_symbolize(const void* addr, char* buf, std::size_t cap) {
   if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
     std::snprintf(buf, cap, "%s+0x%lx%s (%s)", s.function, static_cast<unsigned long>(s.offset), where, s.module);
+  else if (s.module[0])
+    std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module, static_cast<unsigned long>(s.module_offset));
   else
-    std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module[0] ? s.module : "unknown module",
-                  static_cast<unsigned long>(s.module_offset));
+    std::snprintf(buf, cap, "%p (%s)", addr, kNoModule);
 }
 
 }  // namespace lca

@@ -155,6 +155,17 @@ else
   fail "dlopen: $plugin was not built"
 fi
 
+# 3c. A library closed before the report: its frames are in no module then,
+# and say so (they printed "unknown module+0x0", an offset that was none).
+if test -f "$plugin"; then
+  run leak_report=1 dlclose "$plugin"
+  expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlclose"
+  expect "$tmp/err" "(in no module loaded now: a library unloaded with dlclose?)" "dlclose: the unloaded frame"
+  if grep -q "unknown module" "$tmp/err"; then fail "dlclose: \"unknown module\" in the report: $(cat "$tmp/err")"; fi
+  # The caller, in the program, is still named.
+  expect "$tmp/err" "in main+" "dlclose: the program's frames"
+fi
+
 # 4. fork: each process reports its own blocks.
 run leak_report="$tmp/fork.txt" fork
 expect "$tmp/fork.txt" "2222 bytes in 1 block" "fork: parent"

@@ -12,6 +12,8 @@
 //   threads-own  starts and joins 8 threads that free all they allocate, 8
 //            times over, and leaks 4242 bytes from demo::leak_some_memory in
 //            main: its only leak (glibc keeps the threads' TLS: not a leak)
+//   dlclose  as dlopen, then closes the library before exit (its frames are in
+//            no module when the report is written)
 //   chdir    leaks 4242 bytes like leak, then changes directory to argv[2]
 //   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
 //            through its plugin_leak
@@ -258,6 +260,14 @@ int main(int argc, char** argv) {
     for (auto& th : t)
       if (pthread_create(&th, nullptr, thread_main, nullptr) != 0) return fail("pthread_create\n");
     for (auto& th : t) pthread_join(th, nullptr);
+  } else if (mode == "dlclose") {
+    if (argc < 3) return fail("dlclose: give the plugin's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    g_sink = leak(3333);
+    if (dlclose(lib) != 0) return fail("dlclose failed\n");  // unloaded before the report
   } else if (mode == "threads-own") {
     for (int round = 0; round < 8; ++round) {
       pthread_t t[8];
