@@ -151,14 +151,16 @@ void AllocationTracker::print_report(std::ostream& out) const {
     leaked_blocks += g.blocks;
     leaked_bytes += g.bytes;
   }
-  out << "Hot allocation sites (" << profile.total_allocations << " allocations, " << profile.total_bytes_allocated
+  out << "Hot allocation sites (" << profile.total_allocations
+      << (profile.total_allocations == 1 ? " allocation, " : " allocations, ") << profile.total_bytes_allocated
       << " bytes, " << profile.total_allocation_time.count() << " us spent tracking):\n";
   for (std::size_t i = 0; i < hot.size() && i < 10; ++i) {
     out << "  " << hot[i].first << " allocations, " << profile.bytes_per_site[*hot[i].second] << " bytes at:\n";
     print_stack(*hot[i].second);
   }
   if (leaked_blocks == 0)
-    out << "SUMMARY: no leaks (" << profile.total_allocations << " allocations tracked)\n";
+    out << "SUMMARY: no leaks (" << profile.total_allocations
+        << (profile.total_allocations == 1 ? " allocation tracked)\n" : " allocations tracked)\n");
   else
     out << "SUMMARY: " << leaked_bytes << " bytes leaked in " << leaked_blocks
         << (leaked_blocks == 1 ? " block from " : " blocks from ") << sorted.size()

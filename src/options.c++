@@ -98,7 +98,17 @@ bool parse_tracking_option(const char* key, std::size_t key_len, [[maybe_unused]
     // ~2^48 bytes overflowed for small blocks (undefined behaviour).
     unsigned long long bytes = 0;
     if (number(&bytes, "sample")) {
-      if (bytes > kSampleMax) {
+      // 0 meant "unset" without a word: leak_report then tracked every
+      // allocation and profile sampled one per 512 KiB, where one reading
+      // of 0 is "no sampling" (every allocation: jemalloc's lg_prof_sample:0)
+      // and another "no profile" (tcmalloc's sample parameter 0).  Refused,
+      // as other bad values are: the default applies, and the warning says
+      // how to ask for every allocation.
+      if (bytes == 0) {
+        report_warning("LIBCALLOC_OPTIONS: 0 is no rate, ignored (sample=1 records every allocation; "
+                       "without sample= the default applies): ", "sample");
+        ++*problems;
+      } else if (bytes > kSampleMax) {
         report_warning("LIBCALLOC_OPTIONS: more than 1 TiB (1099511627776) for ", "sample");
         ++*problems;
       } else {

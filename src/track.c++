@@ -40,6 +40,7 @@
 #include <sched.h>
 #include <semaphore.h>
 #include <sys/mman.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1836,6 +1837,11 @@ bool out_close(Out* o) {
   return o->ok;
 }
 
+// A frame in no module mapped when the report is written: a library closed
+// with dlclose since (or code outside any module).  It printed "unknown
+// module+0x0", an offset that is none.
+constexpr const char* kNoModule = "in no module loaded now: a library unloaded with dlclose?";
+
 void print_frame(Out* f, unsigned i, const void* ip) {
   Symbol s;
   symbolize(ip, &s);
@@ -1844,9 +1850,10 @@ void print_frame(Out* f, unsigned i, const void* ip) {
   if (s.function[0])
     out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
                  where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
-  else
-    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module[0] ? s.module : "unknown module",
-                 static_cast<unsigned long>(s.module_offset));
+  else if (s.module[0])
+    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset));
+  else  // names are looked up now: the module of an unloaded library is not known (docs/design.md)
+    out_printf(f, "    #%u %p (%s)\n", i, ip, kNoModule);
 }
 
 void print_stack(Out* f, std::uint32_t site) {
@@ -1866,6 +1873,73 @@ const char* mode_text(char* buf, std::size_t cap) {
     std::snprintf(buf, cap, "sampled, one per %llu bytes on average: figures are estimates",
                   static_cast<unsigned long long>(g_sample_bytes));
   return buf;
+}
+
+// glibc's thread storage: blocks the dynamic loader allocates for threads'
+// TLS -- a thread's DTV (allocate_dtv, called by _dl_allocate_tls from
+// pthread_create), the blocks of dlopen'ed modules' TLS (__tls_get_addr's
+// tls_get_addr_tail, allocate_and_init, allocate_dtv_entry) and a DTV grown
+// for them (_dl_update_slotinfo, _dl_resize_dtv).  glibc frees a thread's DTV
+// only when its stack leaves glibc's stack cache (up to 40 MiB of stacks are
+// kept for reuse), and the main thread's never: a program that joined all its
+// threads still holds them at exit.  Valgrind's default suppressions name the
+// same functions.  With glibc's separate debug file (libc6-dbg) the static
+// ones are named; without it, the exported _dl_allocate_tls and
+// __tls_get_addr are among the frames (the stack holds the loader's frames
+// from the allocation up to them: glibc 2.36's ld.so, checked by
+// tests/integration/track.sh's "threads-own").  Names are compared up to a
+// '.' (GCC's .isra, .constprop clones).
+bool loader_tls_function(const char* name) {
+  static const char* const kNames[] = {"_dl_allocate_tls", "_dl_allocate_tls_init", "allocate_dtv",
+                                       "allocate_dtv_entry", "__tls_get_addr", "__tls_get_addr_slow",
+                                       "tls_get_addr_tail", "allocate_and_init", "update_get_addr",
+                                       "_dl_update_slotinfo", "_dl_resize_dtv"};
+  std::size_t n = std::strcspn(name, ".");
+  for (const char* k : kNames)
+    if (std::strlen(k) == n && std::strncmp(name, k, n) == 0) return true;
+  return false;
+}
+
+// Whether the frames of site, from the allocation up, run in the dynamic
+// loader (the object at AT_BASE) into one of its TLS functions: from frame 0,
+// or frame 1 when frame 0 is the allocator's entry (libcalloc.a linked into
+// the program: its malloc's frame is the program's).  Symbolises them:
+// prepare_sites must have seen the site.
+bool in_loader(const void* ip, std::uintptr_t rtld) {
+  Dl_info dl;
+  auto a = reinterpret_cast<std::uintptr_t>(ip);
+  return a && dladdr(reinterpret_cast<void*>(a - 1), &dl) && reinterpret_cast<std::uintptr_t>(dl.dli_fbase) == rtld;
+}
+
+bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0 || rtld == 0) return false;
+  const Site& s = g_sites[site];
+  unsigned first = s.depth > 1 && !in_loader(s.frames[0], rtld) ? 1 : 0;
+  for (unsigned j = first; j < s.depth; ++j) {
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (!sym.module[0] || reinterpret_cast<std::uintptr_t>(s.frames[j]) - sym.module_offset != rtld) return false;
+    if (loader_tls_function(sym.function)) return true;
+  }
+  return false;
+}
+
+// Moves the sites of v[0..n) that are glibc's thread storage to its end; the
+// count of the others (the program's).  Only stacks with one of their first
+// two frames in the loader are symbolised for it.
+std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
+  auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
+  if (rtld == 0) return n;  // a static program: no loader of its own
+  SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
+    if (x.index == 0 || g_sites[x.index].depth == 0) return true;
+    const Site& s = g_sites[x.index];
+    return !(in_loader(s.frames[0], rtld) || (s.depth > 1 && in_loader(s.frames[1], rtld)));
+  });
+  std::size_t ncand = static_cast<std::size_t>(v + n - cand);
+  if (ncand == 0) return n;
+  prepare_sites(cand, ncand);
+  SiteView* glibc = std::partition(cand, v + n, [rtld](const SiteView& x) { return !glibc_thread_storage(x.index, rtld); });
+  return static_cast<std::size_t>(glibc - v);
 }
 
 bool write_leak_report(const char* pattern) {
@@ -1889,6 +1963,12 @@ bool write_leak_report(const char* pattern) {
     bytes += v[i].live_bytes;
     v[k++] = v[i];
   }
+  // Not the program's leaks: glibc's thread storage, counted apart.
+  std::size_t live = k;
+  k = set_apart_glibc_thread_storage(v, live);
+  double glibc_blocks = 0, glibc_bytes = 0;
+  for (std::size_t i = k; i < live; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks, bytes -= glibc_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -1905,16 +1985,36 @@ bool write_leak_report(const char* pattern) {
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
     out_printf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
+  if (live > k)
+    out_printf(f, "libcalloc: not leaks of the program: glibc's thread storage (thread TLS the dynamic loader "
+                  "allocated, freed when glibc drops a cached thread stack, or never): %.0f bytes in %.0f block%s "
+                  "from %zu stack%s\n",
+               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s", live - k,
+               live - k == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
                  g_notes[i].why);
   pthread_mutex_unlock(&g_sym_lock);
-  if (k == 0)
-    out_printf(f, "libcalloc: no leaks: every tracked block was freed (%.0f allocations tracked)\n", calls);
+  // The count of allocations: exact in full mode; sampled, an estimate (the
+  // sum of the samples' weights), with the number of samples it rests on.
+  // It said "(1 allocations tracked)", and the same in sampled mode, where
+  // it reads as a count.
+  char counted[160];
+  bool one = calls >= 0.5 && calls < 1.5;
+  if (g_track_mode == TrackMode::full)
+    std::snprintf(counted, sizeof counted, "%.0f allocation%s tracked", calls, one ? "" : "s");
   else
-    out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%.0f allocations tracked)\n",
-                 bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", calls);
+    std::snprintf(counted, sizeof counted, "an estimated %.0f allocation%s from %llu sample%s", calls, one ? "" : "s",
+                  static_cast<unsigned long long>(g_samples.load(std::memory_order_relaxed)),
+                  g_samples.load(std::memory_order_relaxed) == 1 ? "" : "s");
+  if (k == 0)
+    out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
+               g_track_mode == TrackMode::full ? "tracked" : "sampled",
+               live > k ? ", glibc's thread storage aside" : "", counted);
+  else
+    out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",
+                 bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", counted);
   os_unmap(v, map_bytes);
   return out_close(f);
 }
@@ -1927,8 +2027,10 @@ void frame_name(const void* ip, char* buf, std::size_t cap) {
     std::snprintf(buf, cap, "%s", s.function);
   } else {
     const char* base = std::strrchr(s.module, '/');
-    std::snprintf(buf, cap, "%s+0x%lx", base ? base + 1 : (s.module[0] ? s.module : "?"),
-                  static_cast<unsigned long>(s.module_offset));
+    if (s.module[0])
+      std::snprintf(buf, cap, "%s+0x%lx", base ? base + 1 : s.module, static_cast<unsigned long>(s.module_offset));
+    else  // in no module now (see kNoModule): the address itself
+      std::snprintf(buf, cap, "[no module] %p", ip);
   }
   for (char* c = buf; *c; ++c)
     if (*c == ';' || *c == '\n') *c = ',';
@@ -2011,6 +2113,35 @@ bool write_profile(const char* pattern, int format) {
   return out_close(f);
 }
 
+// "libcalloc: warning: cannot write WHAT to PATH: REASON (ENAME)" on stderr,
+// REASON for err from glibc's table (strerrordesc_np: no locale, no
+// allocation, no lock -- strerror may load a message catalogue, and the
+// profile thread must take no lock another thread may hold), else "error N".
+// PATH is the file tried: pattern with %p expanded and, in a forked child,
+// ".PID" appended (out_open's expand_path).  The line is as long as the path
+// needs (report_warning's 256 bytes cut a long path and then the reason).
+void warn_cannot_write(const char* what, const char* pattern, int err) {
+  char path[4096 + 512];
+  if (!pattern || !*pattern || std::strcmp(pattern, "-") == 0)
+    std::snprintf(path, sizeof path, "standard error");
+  else
+    expand_path(pattern, path, sizeof path);
+  char line[sizeof path + 256];
+  Writer w{line, sizeof line};
+  w.str("libcalloc: warning: cannot write ").str(what).str(" to ").str(path).str(": ");
+  const char* desc = nullptr;
+  const char* name = nullptr;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  desc = strerrordesc_np(err);
+  name = strerrorname_np(err);
+#endif
+  if (desc) w.str(desc);
+  else w.str("error ").num(static_cast<unsigned long long>(err));
+  if (name) w.str(" (").str(name).str(")");
+  w.str("\n");
+  w.flush_to(2);
+}
+
 // --- the profile thread ---------------------------------------------------------
 //
 // The profile the signal asks for is written by a thread of the tracker's, which
@@ -2045,8 +2176,7 @@ LCA_SAMPLING_TEXT void* dump_thread_main(void*) {
     // After the reports at exit, which answer any request made until then,
     // nothing more is written.
     if (g_exit_reported || !g_dump_pending.exchange(0, std::memory_order_acq_rel)) continue;
-    if (!write_profile(g_profile_path, g_opts.profile_format))
-      report_warning("cannot write the profile to ", g_profile_path);
+    if (!write_profile(g_profile_path, g_opts.profile_format)) warn_cannot_write("the profile", g_profile_path, errno);
     ++g_signal_dumps;
   }
   return nullptr;
@@ -2225,9 +2355,9 @@ __attribute__((noinline)) void write_exit_reports() {
   ReportLock lock;
   g_exit_reported = true;  // the profile thread writes no more: this profile answers its requests
   if (g_opts.leak_report[0] && !write_leak_report(g_leak_path))
-    report_warning("cannot write the leak report to ", g_leak_path);
+    warn_cannot_write("the leak report", g_leak_path, errno);
   if (g_opts.profile[0] && !write_profile(g_profile_path, g_opts.profile_format))
-    report_warning("cannot write the profile to ", g_profile_path);
+    warn_cannot_write("the profile", g_profile_path, errno);
 }
 }  // namespace
 
@@ -2427,6 +2557,11 @@ bool track_wait_signal_dumps_for_test(std::uint64_t n, double seconds) {
   }
 }
 
+bool track_write_leak_report_for_test(const char* path) {
+  ReportLock lock;
+  return write_leak_report(path);
+}
+
 TrackTotals track_totals() {
   TrackTotals t{};
   if (!g_sites) return t;
@@ -2469,9 +2604,10 @@ void track_symbolize(const void* addr, char* buf, std::size_t cap) {
   if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
     std::snprintf(buf, cap, "%s+0x%lx%s (%s)", s.function, static_cast<unsigned long>(s.offset), where, s.module);
+  else if (s.module[0])
+    std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module, static_cast<unsigned long>(s.module_offset));
   else
-    std::snprintf(buf, cap, "%p (%s+0x%lx)", addr, s.module[0] ? s.module : "unknown module",
-                  static_cast<unsigned long>(s.module_offset));
+    std::snprintf(buf, cap, "%p (%s)", addr, kNoModule);
 }
 
 }  // namespace lca

@@ -94,6 +94,9 @@ struct TrackTotals {
   std::size_t stacks;                            // distinct stacks interned
 };
 TrackTotals track_totals();
+// Writes the leak report to path now, as the exit handler does; false (errno
+// set) when it cannot.
+bool track_write_leak_report_for_test(const char* path);
 // Waits up to `seconds` until the profile signal has had `n` profiles written
 // (since the process started, a forked child counting its parent's); true when
 // it has.  Allocates nothing while it waits.

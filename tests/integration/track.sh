@@ -5,7 +5,10 @@
 #     leaked 4242 bytes with the leaking function's name (demo::leak_some_memory,
 #     demangled), the file:line of its malloc and a summary line with the exact bytes;
 #   - noleak: "no leaks"; leak_report=PATH writes the report to PATH instead;
+#   - a report that cannot be written: the warning names the file tried and why;
 #   - threads: the 8 x 100 bytes leaked by demo::thread_leak in 8 threads;
+#   - threads-own: threads started and joined, one leak of the program's: that
+#     leak alone is reported, glibc's thread storage (DTVs) counted apart;
 #   - dlopen: a leak in a dlopen'ed library names its function and module;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
 #     (PATH.PID) its 1111 bytes and not the parent's;
@@ -73,6 +76,17 @@ fi
 run leak_report=1,sample=4096 leak
 expect "$tmp/err" "libcalloc leak report (pid" "sampled leak report"
 expect "$tmp/err" "sampled, one per 4096 bytes on average: figures are estimates" "sampled leak report: its mode"
+# Its summary says the count of allocations is an estimate, and from how many
+# samples (it said "(N allocations tracked)", as in full mode).
+if ! grep -qE "^libcalloc: leak summary: .* \(an estimated [0-9]+ allocations from [0-9]+ samples\)$" "$tmp/err"; then
+  fail "sampled leak report: the summary does not say its count is an estimate: $(tail -n 1 "$tmp/err")"
+fi
+
+# 2b'. sample=0 is no rate: warned about and ignored (it silently meant
+# "unset"): the report tracks every allocation, as leak_report alone does.
+env LD_PRELOAD="$so" LIBCALLOC_OPTIONS=leak_report=1,sample=0 "$demo" leak 2>"$tmp/err"
+expect "$tmp/err" "libcalloc: warning: LIBCALLOC_OPTIONS: 0 is no rate, ignored (sample=1 records every allocation" "sample=0: warning"
+expect "$tmp/err" "every allocation tracked" "sample=0: full mode"
 
 # 2c. Relative paths are the start-up directory's: a program that changed
 # directory before exit wrote its reports into the new one.
@@ -85,10 +99,50 @@ for f in leaks.txt prof.txt; do
 done
 test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1 block allocated at:" "chdir: leak report"
 
+# 2d. A report that cannot be written says why: the file tried and the
+# reason (before: "cannot write the leak report to PATH" and nothing more).
+# An unwritable directory: mode 555 for a user; root writes there anyway, so
+# for root sysfs, which refuses new files to root too (EACCES).
+if test "$(id -u)" = 0; then
+  ro=/sys
+else
+  mkdir "$tmp/ro" && chmod 555 "$tmp/ro"
+  ro=$tmp/ro
+fi
+if ( : >"$ro/calloc-leaks.txt" ) 2>/dev/null; then
+  rm -f "$ro/calloc-leaks.txt"
+  fail "write failure: $ro/calloc-leaks.txt could be created: no unwritable directory to test with"
+else
+  env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=$ro/calloc-leaks.txt,profile=$tmp/none/prof-%p.txt" \
+    "$demo" leak 2>"$tmp/err"
+  expect "$tmp/err" "libcalloc: warning: cannot write the leak report to $ro/calloc-leaks.txt: Permission denied (EACCES)" \
+    "write failure: leak report"
+  # The path as tried: %p expanded.
+  expect "$tmp/err" "libcalloc: warning: cannot write the profile to $tmp/none/prof-" "write failure: profile"
+  if ! grep -qE "cannot write the profile to .*/none/prof-[0-9]+\.txt: No such file or directory \(ENOENT\)$" "$tmp/err"; then
+    fail "write failure: the profile's line has no expanded path or no reason: $(cat "$tmp/err")"
+  fi
+fi
+
 # 3. Threads.
 run leak_report=1 threads
 expect "$tmp/err" "800 bytes in 8 blocks allocated at:" "threads"
 expect "$tmp/err" "demo::thread_leak(unsigned long)" "threads: function name"
+
+# 3a. glibc's thread storage is not the program's leak: threads started and
+# joined leave their DTVs (allocate_dtv from _dl_allocate_tls, in ld.so) live
+# in glibc's stack cache; the report names exactly the program's one leak and
+# counts glibc's blocks apart -- full mode (names from libc6-dbg's file when
+# installed) and sampled (the loader's exported names only).
+for opts in leak_report=1 leak_report=1,sample=16; do
+  run "$opts" threads-own
+  expect "$tmp/err" "4242 bytes in 1 block allocated at:" "threads-own ($opts)"
+  expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack" "threads-own ($opts): summary"
+  expect "$tmp/err" "libcalloc: not leaks of the program: glibc's thread storage" "threads-own ($opts): glibc's blocks"
+  n=$(grep -c "allocated at:" "$tmp/err")
+  test "$n" = 1 || fail "threads-own ($opts): $n stacks reported as leaks, not 1: $(cat "$tmp/err")"
+  if grep -q "ld-linux" "$tmp/err"; then fail "threads-own ($opts): a loader frame in a leak: $(cat "$tmp/err")"; fi
+done
 
 # 3b. dlopen'ed code: its function and module are named.
 plugin=$top_builddir/tests/track/.libs/libtrackplugin.so
@@ -99,6 +153,17 @@ if test -f "$plugin"; then
   expect "$tmp/err" "libtrackplugin.so+" "dlopen: module"
 else
   fail "dlopen: $plugin was not built"
+fi
+
+# 3c. A library closed before the report: its frames are in no module then,
+# and say so (they printed "unknown module+0x0", an offset that was none).
+if test -f "$plugin"; then
+  run leak_report=1 dlclose "$plugin"
+  expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlclose"
+  expect "$tmp/err" "(in no module loaded now: a library unloaded with dlclose?)" "dlclose: the unloaded frame"
+  if grep -q "unknown module" "$tmp/err"; then fail "dlclose: \"unknown module\" in the report: $(cat "$tmp/err")"; fi
+  # The caller, in the program, is still named.
+  expect "$tmp/err" "in main+" "dlclose: the program's frames"
 fi
 
 # 4. fork: each process reports its own blocks.

@@ -9,6 +9,11 @@
 //   signal   allocates, raises SIGUSR2 (profile dump request), then waits
 //            without allocating until the profile file named in argv[2] exists
 //   threads  8 threads each leak 100 bytes from demo::thread_leak, free the rest
+//   threads-own  starts and joins 8 threads that free all they allocate, 8
+//            times over, and leaks 4242 bytes from demo::leak_some_memory in
+//            main: its only leak (glibc keeps the threads' TLS: not a leak)
+//   dlclose  as dlopen, then closes the library before exit (its frames are in
+//            no module when the report is written)
 //   chdir    leaks 4242 bytes like leak, then changes directory to argv[2]
 //   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
 //            through its plugin_leak
@@ -83,6 +88,11 @@ __attribute__((noinline)) void churn() {
 void* thread_main(void*) {
   churn();
   g_sink = demo::thread_leak(100);
+  return nullptr;
+}
+
+void* churn_main(void*) {
+  churn();
   return nullptr;
 }
 
@@ -250,6 +260,22 @@ int main(int argc, char** argv) {
     for (auto& th : t)
       if (pthread_create(&th, nullptr, thread_main, nullptr) != 0) return fail("pthread_create\n");
     for (auto& th : t) pthread_join(th, nullptr);
+  } else if (mode == "dlclose") {
+    if (argc < 3) return fail("dlclose: give the plugin's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    g_sink = leak(3333);
+    if (dlclose(lib) != 0) return fail("dlclose failed\n");  // unloaded before the report
+  } else if (mode == "threads-own") {
+    for (int round = 0; round < 8; ++round) {
+      pthread_t t[8];
+      for (auto& th : t)
+        if (pthread_create(&th, nullptr, churn_main, nullptr) != 0) return fail("pthread_create\n");
+      for (auto& th : t) pthread_join(th, nullptr);
+    }
+    g_sink = demo::leak_some_memory(4242);
   } else if (mode == "dlopen") {
     if (argc < 3) return fail("dlopen: give the plugin's path\n");
     void* lib = dlopen(argv[2], RTLD_NOW);
