@@ -38,8 +38,10 @@
 #include "arena.h++"
 #include "defrag.h++"
 #include "large.h++"
+#include "lifecycle.h++"
 #include "os.h++"
 #include "report.h++"
+#include "sanitizer.h++"
 #include "span.h++"
 #include "tcache.h++"
 #include "vg.h++"
@@ -182,6 +184,20 @@ struct alignas(64) ThreadRecord {
   ThreadRecord* next;  // every record of the table
 };
 
+// One object of a mover's batch.
+struct Move {
+  HandleSlot* slot;
+  std::uint64_t word;  // live, unpinned, unmarked: what the mark expects
+  void* from;
+  void* to;
+  std::size_t size;
+  bool marked;
+  // The copy is whole: stored (release) after it and before the new address
+  // is published, so the child of a fork can tell a move to finish from one
+  // to undo (handles_postfork_child).
+  bool copied;
+};
+
 struct HandleTable {
   std::uint64_t id;  // unique, never reused: threads' caches key on it
   // The generation of a new slot: ((id - 1) % 0x7fff + 1) << 16 | 1, different
@@ -195,8 +211,20 @@ struct HandleTable {
   Domain* domain;
   std::atomic<std::uint64_t> epoch;
   std::atomic<std::uint32_t> slot_count;
-  pthread_mutex_t table_lock;  // free slots, growth, records
-  pthread_mutex_t mover_lock;  // one mover at a time
+  pthread_mutex_t table_lock;  // free slots, growth, records, live handles (table_lock())
+  pthread_mutex_t mover_lock;  // one mover at a time (mover_lock())
+  // fork(): the forking thread's fork_token() from the prepare handler's pass
+  // on (stored under table_lock) until its parent or child handler: a later
+  // taker of table_lock lets go and waits for the fork (table_lock()).
+  std::atomic<const void*> forking;
+  // The fork_token() of the thread holding mover_lock, or nullptr: the child
+  // of a fork makes the lock again unless the forking thread is the mover.
+  std::atomic<const void*> mover;
+  // The batch the mover is moving, from the section that allocated its new
+  // places to the one that frees what it left (both under the domain lock):
+  // the child of a fork finishes or undoes each move of it (handles_postfork_child).
+  Move* batch;
+  std::size_t batch_size;
   std::uint32_t free_head;     // index + 1
   std::atomic<ThreadRecord*> records;
   std::atomic<std::size_t> live, moves, abandoned, reader_waits;
@@ -259,9 +287,43 @@ void objects_forget(HandleTable* t, const void* p) {
   t->objects.erase(p);
 }
 
-// Every live table, for thread exit (a thread's records die with their table).
+// Every live table, for thread exit (a thread's records die with their table)
+// and fork().  The fork's prepare handler holds the lock across the fork.
 constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HandleTable* g_tables = nullptr;
+
+// t's table lock, taken.  Found flagged by a fork under way in another thread
+// (t->forking, stored under the lock by handles_prefork), it lets go and waits
+// for the table list's lock, which the forking thread holds from before it set
+// the flag until after it cleared it, then takes it again: so no change of the
+// slots or records is in progress at the fork.  (Not lifecycle's fork_wait: in
+// Valgrind mode that waits with the serialising lock, and this is a plain
+// mutex there too.)  One load and a branch not taken when no fork is under way.
+__attribute__((noinline)) void table_lock_wait_fork(HandleTable* t) {
+  for (;;) {
+    const void* f = t->forking.load(std::memory_order_relaxed);
+    if (f == nullptr || f == fork_token()) return;
+    pthread_mutex_unlock(&t->table_lock);
+    pthread_mutex_lock(&g_tables_lock);
+    pthread_mutex_unlock(&g_tables_lock);
+    pthread_mutex_lock(&t->table_lock);
+  }
+}
+inline void table_lock(HandleTable* t) {
+  pthread_mutex_lock(&t->table_lock);
+  if (__builtin_expect(t->forking.load(std::memory_order_relaxed) != nullptr, 0)) table_lock_wait_fork(t);
+}
+inline void table_unlock(HandleTable* t) { pthread_mutex_unlock(&t->table_lock); }
+
+// The mover lock, with its holder named for the child of a fork.
+void mover_lock(HandleTable* t) {
+  pthread_mutex_lock(&t->mover_lock);
+  t->mover.store(fork_token(), std::memory_order_relaxed);
+}
+void mover_unlock(HandleTable* t) {
+  t->mover.store(nullptr, std::memory_order_relaxed);
+  pthread_mutex_unlock(&t->mover_lock);
+}
 constinit std::atomic<std::uint64_t> g_next_table_id{1};
 // Tables destroyed so far: a thread prunes its entries only after one was.
 constinit std::atomic<std::uint64_t> g_tables_destroyed{0};
@@ -372,7 +434,7 @@ ThreadRecord* register_thread(HandleTable* t) {
   for (std::size_t i = 0; i < tr->count; ++i)
     if (tr->entries[i].id == t->id) return tr->entries[i].rec;
   ThreadRecord* rec = nullptr;
-  pthread_mutex_lock(&t->table_lock);
+  table_lock(t);
   for (ThreadRecord* r = t->records.load(std::memory_order_relaxed); r; r = r->next)
     if (r->in_use.load(std::memory_order_relaxed) == 0) {
       rec = r;
@@ -381,7 +443,7 @@ ThreadRecord* register_thread(HandleTable* t) {
   if (!rec) {
     void* mem = os_map(os_page_size());
     if (!mem) {
-      pthread_mutex_unlock(&t->table_lock);
+      table_unlock(t);
       report_fatal("Out of memory", t, "cannot register the thread with the handle heap");
     }
     rec = new (mem) ThreadRecord{};
@@ -391,7 +453,7 @@ ThreadRecord* register_thread(HandleTable* t) {
   }
   rec->seen.store(kOffline, std::memory_order_relaxed);
   rec->in_use.store(1, std::memory_order_release);
-  pthread_mutex_unlock(&t->table_lock);
+  table_unlock(t);
   if (tr->count == tr->cap) {
     prune_records(tr);
     if (tr->cap == 0 || tr->count > tr->cap / 2) {
@@ -543,18 +605,49 @@ bool wait_for_readers(HandleTable* t, std::uint64_t target, const ThreadRecord* 
   return true;
 }
 
-struct Move {
-  HandleSlot* slot;
-  std::uint64_t word;  // live, unpinned, unmarked: what the mark expects
-  void* from;
-  void* to;
-  std::size_t size;
-  bool marked;
-};
+// The mover's batch, from the section under the domain lock that allocated its
+// new places (held now) to finish_batch: a fork in between finds it there.
+void record_batch(HandleTable* t, std::vector<Move>& batch) {
+  t->batch = batch.data();
+  t->batch_size = batch.size();
+}
 
-// Moves a batch: mark, one grace period, then each object: commit, copy,
-// publish; frees the old places (and the new places of abandoned moves).
-// Returns false when the grace period timed out.
+// The end of a batch, with the domain lock held: frees the old place of each
+// object moved and the new place of each move that did not happen (taking them
+// out of the handles' objects first), counts them, and forgets the batch.
+void finish_batch(HandleTable* t, Move* batch, std::size_t n, custom_alloc::DefragmentationEngine::DefragStats* st) {
+  std::size_t moved = 0, abandoned = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    Move& m = batch[i];
+    bool copied = std::atomic_ref<bool>(m.copied).load(std::memory_order_acquire);
+    // The old place of a moved object, or an unused new place: no handle's
+    // object any more (under the lock, as the free).
+    void* unused = copied ? m.from : m.to;
+    t->objects.erase(unused);
+    if (!copied) {
+      if (m.marked) ++abandoned;
+      // An unused new place: raw memory, never announced as a block.
+      if (on_valgrind()) announce_block(t->domain, unused, m.size, raw_usable(unused));
+      free_slow(unused);
+      continue;
+    }
+    ++moved;
+    if (st) {
+      BlockRef r;
+      block_lookup(unused, &r, "defragment");
+      if (r.kind == BlockRef::Kind::arena) st->free_blocks_merged += arena_free_neighbours(unused);
+    }
+    free_slow(unused);
+  }
+  t->moves.fetch_add(moved, std::memory_order_relaxed);
+  t->abandoned.fetch_add(abandoned, std::memory_order_relaxed);
+  t->batch = nullptr;
+  t->batch_size = 0;
+}
+
+// Moves a batch (recorded: record_batch): mark, one grace period, then each
+// object: commit, copy, publish; frees the old places (and the new places of
+// abandoned moves).  Returns false when the grace period timed out.
 bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* self,
                 custom_alloc::DefragmentationEngine::DefragStats* st) {
   // The new places are handle objects from before their copy on (a holder
@@ -584,10 +677,10 @@ bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* se
       if (in_time && m.slot->word.compare_exchange_strong(w, m.word | kCopying, std::memory_order_acq_rel)) {
         announce_block(t->domain, m.to, m.size, raw_usable(m.to));
         std::memcpy(m.to, m.from, m.size);
+        std::atomic_ref<bool>(m.copied).store(true, std::memory_order_release);
         m.slot->ptr.store(m.to, std::memory_order_release);
         LCA_HB_BEFORE(m.slot);
         m.slot->word.store(m.word, std::memory_order_release);
-        t->moves.fetch_add(1, std::memory_order_relaxed);
         if (st) {
           ++st->objects_relocated;
           st->bytes_moved += m.size;
@@ -599,38 +692,127 @@ bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* se
         w = m.word | kMarked;
         m.slot->word.compare_exchange_strong(w, m.word, std::memory_order_acq_rel);
       }
-      t->abandoned.fetch_add(1, std::memory_order_relaxed);
     }
     if (st) ++st->objects_skipped;
-    m.from = m.to;  // free the unused new place instead
-    m.to = nullptr;
   }
   HeapLock lock(t->domain);
-  for (Move& m : batch) {
-    // The old place of a moved object, or an unused new place: no handle's
-    // object any more (under the lock, as the free).
-    t->objects.erase(m.from);
-    if (!m.to) {
-      // An unused new place: raw memory, never announced as a block.
-      if (on_valgrind()) announce_block(t->domain, m.from, m.size, raw_usable(m.from));
-      free_slow(m.from);
-      continue;
-    }
-    if (st) {
-      BlockRef r;
-      block_lookup(m.from, &r, "defragment");
-      if (r.kind == BlockRef::Kind::arena) st->free_blocks_merged += arena_free_neighbours(m.from);
-    }
-    free_slow(m.from);
-  }
+  finish_batch(t, batch.data(), batch.size(), st);
   return in_time;
 }
 
-// A raw new place for a block of n user bytes, anywhere in the heap.
-void* raw_place(Domain* d, std::size_t n) {
-  HeapLock lock(d);
-  return heap_alloc(d->single, inner_size(n), 16, false);
+// --- fork() ---------------------------------------------------------------------
+//
+// The handle heaps' part of libcalloc's fork handlers (lifecycle.c++ calls
+// these last in its prepare handler, first in its parent handler and last in
+// its child handler; not in a single-threaded process).  docs/design.md, fork(),
+// "The handle heap".
+//
+// - The table list's lock is held across the fork; each table's lock is taken
+//   and released once, its `forking` word set under it (table_lock() then
+//   waits for the fork): the child finds no slot, free list, record list or
+//   live count half changed.  Both locks are leaves (their holders take no
+//   other lock and wait for nothing but mmap), so taking them last is
+//   consistent with every other lock's order; a thread that holds a private
+//   heap's lock and takes a table's cannot be running by then (the private
+//   heaps' pass waited for every such lock).
+// - The mover lock is not taken: a pass holds it across its grace periods
+//   (up to 5 ms a batch) and all its batches, and fork must not wait for that.
+//   The child makes it again when another thread held it, and finishes or
+//   undoes each move of that thread's batch: a move whose copy was whole is
+//   published, any other is taken back (its object never left its old place,
+//   which the mover frees only after publishing), and the places no longer
+//   needed are freed.  The batch changes only under the domain lock, which
+//   lifecycle's private-heap pass makes whole at the fork.
+// - The records of the threads the fork did not copy are made offline and free
+//   in the child: a mover of the child would otherwise wait for each of them
+//   the whole grace timeout and give every batch up.
+
+bool record_is_forking_threads(const HandleTable* t, const ThreadRecord* r) {
+  if (tls_last_id == t->id && tls_last_rec == r) return true;
+  if (!tls_records) return false;
+  for (std::size_t i = 0; i < tls_records->count; ++i)
+    if (tls_records->entries[i].id == t->id && tls_records->entries[i].rec == r) return true;
+  return false;
 }
+
+// A lock a thread the fork did not copy may hold: made again if it is held
+// (not when it is free, which spares the Valgrind tools a re-made lock).
+void remake_if_held(pthread_mutex_t* m) {
+  if (pthread_mutex_trylock(m) == 0) {
+    pthread_mutex_unlock(m);
+    return;
+  }
+  tsan_released_at_fork(m);
+  pthread_mutex_init(m, nullptr);
+}
+
+// The child's end of another thread's batch (the domain lock held).
+void undo_batch_after_fork(HandleTable* t) {
+  // A gone thread's vector (nobody frees it in the child): helgrind and DRD do
+  // not see that the fork orders its writes before these reads.
+  vg_hide(t->batch, t->batch_size * sizeof(Move));
+  for (std::size_t i = 0; i < t->batch_size; ++i) {
+    Move& m = t->batch[i];
+    std::uint64_t w = m.slot->word.load(std::memory_order_relaxed);
+    bool copied = std::atomic_ref<bool>(m.copied).load(std::memory_order_acquire);
+    if (w == (m.word | kCopying)) {
+      // Committed: published if the copy was whole; else the object is still
+      // at its old place, the slot's address (stored after `copied`).
+      if (copied) m.slot->ptr.store(m.to, std::memory_order_relaxed);
+      m.slot->word.store(m.word, std::memory_order_release);
+      m.marked = true;
+    } else if (w == (m.word | kMarked)) {
+      m.slot->word.store(m.word, std::memory_order_release);
+      m.marked = true;
+    }
+  }
+  finish_batch(t, t->batch, t->batch_size, nullptr);
+}
+
+}  // namespace
+
+void handles_prefork() {
+  pthread_mutex_lock(&g_tables_lock);
+  const void* me = fork_token();
+  for (HandleTable* t = g_tables; t; t = t->next_live) {
+    pthread_mutex_lock(&t->table_lock);  // a change in progress ends first
+    t->forking.store(me, std::memory_order_relaxed);
+    pthread_mutex_unlock(&t->table_lock);
+  }
+}
+
+void handles_postfork_parent() {
+  // Before the list's lock goes: a thread waiting for it tests the flag again.
+  for (HandleTable* t = g_tables; t; t = t->next_live) t->forking.store(nullptr, std::memory_order_relaxed);
+  pthread_mutex_unlock(&g_tables_lock);
+}
+
+void handles_postfork_child() {
+  const void* me = fork_token();
+  for (HandleTable* t = g_tables; t; t = t->next_live) {
+    t->forking.store(nullptr, std::memory_order_relaxed);
+    // Held by a gone thread at most for the instant between taking it and
+    // finding the flag: no change was in progress.
+    remake_if_held(&t->table_lock);
+    for (ThreadRecord* r = t->records.load(std::memory_order_relaxed); r; r = r->next) {
+      if (record_is_forking_threads(t, r)) continue;
+      r->seen.store(kOffline, std::memory_order_relaxed);
+      r->in_use.store(0, std::memory_order_relaxed);
+    }
+    // A mover of this thread's own (a signal handler forked inside it) goes on.
+    if (t->mover.load(std::memory_order_relaxed) == me) continue;
+    if (t->batch) {
+      VgSerial serial;
+      HeapLock lock(t->domain);
+      undo_batch_after_fork(t);
+    }
+    t->mover.store(nullptr, std::memory_order_relaxed);
+    remake_if_held(&t->mover_lock);
+  }
+  pthread_mutex_unlock(&g_tables_lock);  // this thread's, from handles_prefork
+}
+
+namespace {
 
 }  // namespace
 }  // namespace lca
@@ -729,7 +911,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
     errno = ENOMEM;
     return 0;
   }
-  pthread_mutex_lock(&t->table_lock);
+  lca::table_lock(t);
   std::uint32_t i;
   if (t->free_head) {
     i = t->free_head - 1;
@@ -737,7 +919,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
   } else {
     i = t->slot_count.load(std::memory_order_relaxed);
     if (i == lca::kMaxSegments * lca::kSegmentSlots) {
-      pthread_mutex_unlock(&t->table_lock);
+      lca::table_unlock(t);
       lca::objects_forget(t, p);
       deallocate(p);
       errno = ENOMEM;
@@ -746,7 +928,7 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
     if ((i & (lca::kSegmentSlots - 1)) == 0) {
       void* seg = lca::os_map(lca::kSegmentSlots * sizeof(lca::HandleSlot));
       if (!seg) {
-        pthread_mutex_unlock(&t->table_lock);
+        lca::table_unlock(t);
         lca::objects_forget(t, p);
         deallocate(p);
         errno = ENOMEM;
@@ -764,8 +946,9 @@ Handle HandleAllocator::allocate_handle(std::size_t size) {
   s->next_free = 0;
   s->ptr.store(p, std::memory_order_relaxed);
   s->word.store(gen << 32 | lca::kLive, std::memory_order_release);
-  pthread_mutex_unlock(&t->table_lock);
+  // Counted with the slot's change, under the lock: a fork never separates them.
   t->live.fetch_add(1, std::memory_order_relaxed);
+  lca::table_unlock(t);
   return gen << 32 | i;
 }
 
@@ -785,29 +968,36 @@ void HandleAllocator::deallocate_handle(Handle h) {
     ~Leave() { lca::leave(rec); }
   } leave{rec};
   lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
-  void* p;
+  std::uint64_t next_gen;
   for (;;) {
     std::uint64_t w = lca::stable_word(t, rec, s, h);
     if (w & lca::kPinMask) lca::report_fatal("Invalid free", reinterpret_cast<const void*>(h), "the handle is pinned");
-    std::uint64_t next_gen = (w >> 32) + 1;
+    next_gen = (w >> 32) + 1;
     if (next_gen > 0xffffffffull) next_gen = 0xffffffffull;  // retired below
+    // The handle dies, is counted and its slot freed in one section under the
+    // table lock (a fork never separates them: the child's live count is its
+    // live slots); the wait above is outside it.
+    lca::table_lock(t);
     if (s->word.compare_exchange_strong(w, next_gen << 32, std::memory_order_acq_rel)) break;
+    lca::table_unlock(t);
   }
   // The address after the CAS: a move that ended between a load before it and
   // the CAS would leave the word as it was (ABA) and the loaded address old.
   // Once the CAS succeeded no move can begin (a mark expects the live word),
-  // and any that ended published its address before its word.
-  p = s->ptr.load(std::memory_order_acquire);
+  // and any that ended published its address before its word.  Read before
+  // the slot goes back to the free list, where another allocate_handle may
+  // take it; the block cannot be handed out again before the free below.
+  void* p = s->ptr.load(std::memory_order_acquire);
+  t->live.fetch_sub(1, std::memory_order_relaxed);
+  if (next_gen != 0xffffffffull) {  // else worn out: never reused
+    s->next_free = t->free_head;
+    t->free_head = static_cast<std::uint32_t>(h) + 1;
+  }
+  lca::table_unlock(t);
   // The free takes it out of the handle objects (handle_object_free_check).
   lca::tls_freeing_handle_object = p;
   deallocate(p);
   lca::tls_freeing_handle_object = nullptr;
-  t->live.fetch_sub(1, std::memory_order_relaxed);
-  if ((s->word.load(std::memory_order_relaxed) >> 32) == 0xffffffffull) return;  // worn out: never reused
-  pthread_mutex_lock(&t->table_lock);
-  s->next_free = t->free_head;
-  t->free_head = static_cast<std::uint32_t>(h) + 1;
-  pthread_mutex_unlock(&t->table_lock);
 }
 
 void* HandleAllocator::resolve(Handle h) {
@@ -891,21 +1081,31 @@ bool HandleAllocator::relocate(Handle h) {
   lca::HandleTable* t = table_;
   lca::ThreadRecord* rec = lca::mover_record(t);
   lca::HandleSlot* s = lca::checked_slot(t, h, "not a handle of this heap");
-  pthread_mutex_lock(&t->mover_lock);
+  std::vector<lca::Move> batch(1);
+  lca::mover_lock(t);
   std::uint64_t w = s->word.load(std::memory_order_acquire);
   bool moved = false;
   if (lca::gen_of(w) == static_cast<std::uint32_t>(h >> 32) && (w & lca::kLive) &&
       !(w & (lca::kPinMask | lca::kMarked | lca::kCopying))) {
     std::size_t size = s->size.load(std::memory_order_relaxed);
-    void* q = lca::raw_place(t->domain, size);
+    void* q;
+    {
+      // A raw new place for the block, anywhere in the heap, and the batch
+      // recorded in the same section: a fork finds the place in the batch.
+      lca::HeapLock lock(t->domain);
+      q = lca::heap_alloc(t->domain->single, lca::inner_size(size), 16, false);
+      if (q) {
+        batch[0] = lca::Move{s, w, s->ptr.load(std::memory_order_acquire), q, size, false, false};
+        lca::record_batch(t, batch);
+      }
+    }
     if (q) {
-      std::vector<lca::Move> batch{lca::Move{s, w, s->ptr.load(std::memory_order_acquire), q, size, false}};
       std::size_t before = t->moves.load(std::memory_order_relaxed);
       lca::move_batch(t, batch, rec, nullptr);
       moved = t->moves.load(std::memory_order_relaxed) != before;
     }
   }
-  pthread_mutex_unlock(&t->mover_lock);
+  lca::mover_unlock(t);
   lca::leave(rec);
   return moved;
 }
@@ -919,7 +1119,7 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
   Clock::time_point start = Clock::now();
   DefragmentationEngine::DefragStats stats = lca::empty_stats();
   lca::PassState st{&budget, lca::deadline_of(start, budget.max_time), &stats};
-  pthread_mutex_lock(&t->mover_lock);
+  lca::mover_lock(t);
   FragmentationReport before;
   {
     lca::VgSerial serial;
@@ -960,14 +1160,16 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
           q = plan.arena_dest(static_cast<char*>(p), lca::inner_size(size));
         }
         if (!q) continue;
-        batch.push_back(lca::Move{s, w, p, q, size, false});
+        batch.push_back(lca::Move{s, w, p, q, size, false, false});
         batch_bytes += size;
       }
+      // With the new places just allocated: a fork finds them in the batch.
+      if (!batch.empty()) lca::record_batch(t, batch);
     }
     if (batch.empty()) break;
     in_time = lca::move_batch(t, batch, rec, &stats);
   }
-  pthread_mutex_unlock(&t->mover_lock);
+  lca::mover_unlock(t);
   if (!in_time || next < n) stats.work_remaining = true;
   lca::domain_trim(d);
   {

@@ -428,6 +428,9 @@ LCA_CORE_TEXT void domains_prefork() {
       huge_lock_all();
     }
     vg_prefork();
+#if CALLOC_DEFRAG
+    handles_prefork();  // leaf locks, plain mutexes in Valgrind mode too
+#endif
   }
   tls_fork = st;
 }
@@ -436,6 +439,9 @@ LCA_CORE_TEXT void domains_postfork_parent() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
   if (!st.locked) return;
+#if CALLOC_DEFRAG
+  handles_postfork_parent();
+#endif
   vg_postfork_parent();
   if (!vg_serialised()) {
     huge_unlock_all();
@@ -491,6 +497,9 @@ LCA_CORE_TEXT void domains_postfork_child() {
   for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)
     if (h != mine && !h->abandoned) send_orphaned_frees(h);
   vg_postfork_child();
+#if CALLOC_DEFRAG
+  handles_postfork_child();  // last: it frees a gone mover's places in its heap
+#endif
 }
 
 // --- the process: start, exit and the fork handlers' registration -----------
