@@ -41,7 +41,6 @@
 #include "lifecycle.h++"
 #include "os.h++"
 #include "report.h++"
-#include "sanitizer.h++"
 #include "span.h++"
 #include "tcache.h++"
 #include "vg.h++"
@@ -607,7 +606,12 @@ bool wait_for_readers(HandleTable* t, std::uint64_t target, const ThreadRecord* 
 
 // The mover's batch, from the section under the domain lock that allocated its
 // new places (held now) to finish_batch: a fork in between finds it there.
+// In Valgrind mode each new place becomes a block here (memcheck sees it
+// allocated, the heap's counts too), in the same section: so a fork never
+// leaves the child unsure whether a place was announced.
 void record_batch(HandleTable* t, std::vector<Move>& batch) {
+  if (on_valgrind())
+    for (Move& m : batch) announce_block(t->domain, m.to, m.size, raw_usable(m.to));
   t->batch = batch.data();
   t->batch_size = batch.size();
 }
@@ -626,9 +630,7 @@ void finish_batch(HandleTable* t, Move* batch, std::size_t n, custom_alloc::Defr
     t->objects.erase(unused);
     if (!copied) {
       if (m.marked) ++abandoned;
-      // An unused new place: raw memory, never announced as a block.
-      if (on_valgrind()) announce_block(t->domain, unused, m.size, raw_usable(unused));
-      free_slow(unused);
+      free_slow(unused);  // an unused new place (a block since record_batch)
       continue;
     }
     ++moved;
@@ -675,7 +677,6 @@ bool move_batch(HandleTable* t, std::vector<Move>& batch, const ThreadRecord* se
     if (m.marked) {
       std::uint64_t w = m.word | kMarked;
       if (in_time && m.slot->word.compare_exchange_strong(w, m.word | kCopying, std::memory_order_acq_rel)) {
-        announce_block(t->domain, m.to, m.size, raw_usable(m.to));
         std::memcpy(m.to, m.from, m.size);
         std::atomic_ref<bool>(m.copied).store(true, std::memory_order_release);
         m.slot->ptr.store(m.to, std::memory_order_release);
@@ -736,13 +737,21 @@ bool record_is_forking_threads(const HandleTable* t, const ThreadRecord* r) {
 }
 
 // A lock a thread the fork did not copy may hold: made again if it is held
-// (not when it is free, which spares the Valgrind tools a re-made lock).
-void remake_if_held(pthread_mutex_t* m) {
+// (a free one is left alone).  Helgrind and DRD would go on believing that the
+// gone thread holds a re-made lock (and report the child's next lock of it):
+// under Valgrind it is destroyed first, which makes them forget it -- each
+// reports the destruction of a held mutex, which contrib/libcalloc.supp
+// suppresses for this function alone.  (Natively not destroyed: glibc's
+// destroy of a held mutex fails with EBUSY and changes nothing anyway.)
+__attribute__((noinline)) void remake_if_held(pthread_mutex_t* m) {
   if (pthread_mutex_trylock(m) == 0) {
     pthread_mutex_unlock(m);
     return;
   }
-  tsan_released_at_fork(m);
+  // (Not tsan_released_at_fork, which speaks for the forking thread's own
+  // locks: TSan reports an unlock by the wrong thread.  Its pthread_mutex_init
+  // makes the lock anew.)
+  if (on_valgrind()) pthread_mutex_destroy(m);
   pthread_mutex_init(m, nullptr);
 }
 

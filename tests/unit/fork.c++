@@ -1568,24 +1568,30 @@ bool handle_stamped(HandleAllocator& a, Handle h, std::size_t bytes) {
 // The child's part: the forking thread's handles (kept, of `bytes` each) are
 // intact; new handles work; a defragmentation pass runs, moves objects when
 // `expect_moves` (the heap is fragmented) and keeps every handle's contents;
-// then every kept handle is freed.  Exit code 0 or the failure.
+// then every kept handle is freed.  Exit code 0 or the failure.  (Moves are
+// not expected in Valgrind and ASan mode, where the freed blocks wait in the
+// quarantine, still used: the heap does not look fragmented there.  No
+// std::vector here: the sanitizer builds' operator new is the sanitizer's, not
+// fork-safe.)
 int child_uses_handle_heap(HandleAllocator& a, const std::vector<Handle>& kept, std::size_t bytes,
                            bool expect_moves) {
   for (Handle h : kept)
     if (!handle_stamped(a, h, bytes)) return 70;
-  std::vector<Handle> mine;
-  for (unsigned i = 0; i < 200; ++i) {
+  constexpr std::size_t kMine = 200;
+  Handle mine[kMine];
+  for (std::size_t i = 0; i < kMine; ++i) {
     Handle h = a.allocate_handle(96);
     if (!h) return 71;
     stamp_handle(a, h, 96);
-    mine.push_back(h);
+    mine[i] = h;
   }
-  for (std::size_t i = 0; i < mine.size(); i += 2) a.deallocate_handle(mine[i]);
+  for (std::size_t i = 0; i < kMine; i += 2) a.deallocate_handle(mine[i]);
   auto stats = a.defragment(custom_alloc::DefragBudget{});
-  if (expect_moves && stats.objects_relocated == 0) return 72;
+  bool checked_mode = running_on_valgrind() || test_util::kAsanBuild;
+  if (expect_moves && !checked_mode && stats.objects_relocated == 0) return 72;
   for (Handle h : kept)
     if (!handle_stamped(a, h, bytes)) return 73;
-  for (std::size_t i = 1; i < mine.size(); i += 2) {
+  for (std::size_t i = 1; i < kMine; i += 2) {
     if (!handle_stamped(a, mine[i], 96)) return 74;
     a.deallocate_handle(mine[i]);
   }
