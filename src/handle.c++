@@ -40,6 +40,7 @@
 #include "large.h++"
 #include "lifecycle.h++"
 #include "os.h++"
+#include "placement.h++"
 #include "report.h++"
 #include "span.h++"
 #include "tcache.h++"
@@ -780,7 +781,9 @@ void undo_batch_after_fork(HandleTable* t) {
 
 }  // namespace
 
-void handles_prefork() {
+// In the core text (placement.h++): every fork of a multithreaded program runs
+// them, with or without a HandleAllocator (then they walk an empty list).
+LCA_CORE_TEXT void handles_prefork() {
   pthread_mutex_lock(&g_tables_lock);
   const void* me = fork_token();
   for (HandleTable* t = g_tables; t; t = t->next_live) {
@@ -790,13 +793,13 @@ void handles_prefork() {
   }
 }
 
-void handles_postfork_parent() {
+LCA_CORE_TEXT void handles_postfork_parent() {
   // Before the list's lock goes: a thread waiting for it tests the flag again.
   for (HandleTable* t = g_tables; t; t = t->next_live) t->forking.store(nullptr, std::memory_order_relaxed);
   pthread_mutex_unlock(&g_tables_lock);
 }
 
-void handles_postfork_child() {
+LCA_CORE_TEXT void handles_postfork_child() {
   const void* me = fork_token();
   for (HandleTable* t = g_tables; t; t = t->next_live) {
     t->forking.store(nullptr, std::memory_order_relaxed);
