@@ -165,8 +165,10 @@ Heap* heap_rehome_if_moved(Heap* h) {
 //   with Domain::forking set: the queue changes wait for the fork instead,
 //   pool.c++), the large-block table's, the huge-page table list's (each
 //   table's lock taken and released with a flag, huge.c++'s state_lock), the
-//   ASan quarantine's.  None of these is held while a private domain's lock is
-//   taken.  glibc's fork() takes the list
+//   ASan quarantine's; last the handle heaps' (handle.c++: the table list's
+//   lock held, each table's lock taken and released with a flag -- leaf locks,
+//   plain mutexes in Valgrind mode too, so taken there as well).  None of these
+//   is held while a private domain's lock is taken.  glibc's fork() takes the list
 //   lock itself only after the pthread_atfork prepare handlers ran; taken
 //   there, it closes a cycle: a thread in getline() holds a FILE lock and waits
 //   in realloc for a libcalloc lock, fflush(NULL) holds the list lock and waits
@@ -388,7 +390,8 @@ LCA_CORE_TEXT void private_domains_postfork_child() {
 // gate and the domain list's lock held, each private domain's lock taken and
 // released), the tracker's (track.c++), the hardened heaps' (secure.c++), the
 // process domain (held, with its span pools; its running heaps' queue changes
-// waiting), the large-block table, the huge-page tables.  The private domains
+// waiting), the large-block table, the huge-page tables, the handle heaps'
+// tables (handles_prefork).  The private domains
 // come first (2026-12-07): their locks are held while a relocation
 // callback, or the defragmentation pass's own vectors, allocate from the
 // process heap, and the old handler, which took them after the process
@@ -428,6 +431,9 @@ LCA_CORE_TEXT void domains_prefork() {
       huge_lock_all();
     }
     vg_prefork();
+#if CALLOC_DEFRAG
+    handles_prefork();  // leaf locks, plain mutexes in Valgrind mode too
+#endif
   }
   tls_fork = st;
 }
@@ -436,6 +442,9 @@ LCA_CORE_TEXT void domains_postfork_parent() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
   if (!st.locked) return;
+#if CALLOC_DEFRAG
+  handles_postfork_parent();
+#endif
   vg_postfork_parent();
   if (!vg_serialised()) {
     huge_unlock_all();
@@ -491,6 +500,9 @@ LCA_CORE_TEXT void domains_postfork_child() {
   for (Heap* h = g_process_domain.heaps; h; h = h->next_in_domain)
     if (h != mine && !h->abandoned) send_orphaned_frees(h);
   vg_postfork_child();
+#if CALLOC_DEFRAG
+  handles_postfork_child();  // last: it frees a gone mover's places in its heap
+#endif
 }
 
 // --- the process: start, exit and the fork handlers' registration -----------

@@ -14,6 +14,15 @@ void domains_prefork();
 void domains_postfork_parent();
 void domains_postfork_child();
 
+// The handle heaps' part of them (handle.c++, built with --enable-defrag):
+// called last by the prepare handler (the table list's lock held across the
+// fork, each table's lock passed with a flag), first by the parent handler,
+// last by the child handler (the other threads' records, locks and batch in
+// flight).
+void handles_prefork();
+void handles_postfork_parent();
+void handles_postfork_child();
+
 // fork(): the prepare handler takes some locks only once, storing its
 // fork_token() in a `forking` word beside each (under it) and releasing it;
 // whoever takes such a lock later finds the word set.  fork_token: what

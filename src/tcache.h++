@@ -28,7 +28,7 @@
 
 namespace lca {
 
-struct HandleTable;  // a HandleAllocator's handles (defrag.c++)
+struct HandleTable;  // a HandleAllocator's handles (handle.c++)
 
 // Per-thread counters: written only by the owning thread, read by anyone summing
 // statistics.  The owner's add is a single plain add to memory (on x86-64 one
@@ -398,7 +398,7 @@ struct Domain {
   void* defrag_round = nullptr;
   // The handle table of the HandleAllocator that owns this (private) heap, or
   // nullptr: its free and realloc paths then check that the block is not one of
-  // the handles' objects (handle_object_check, defrag.c++).  Set by the
+  // the handles' objects (handle_object_check, handle.c++).  Set by the
   // HandleAllocator's constructor and cleared by its destructor, when no other
   // thread uses the heap.
   HandleTable* handles = nullptr;
@@ -735,7 +735,7 @@ inline void relocating_check(Domain* d) {
 // handles of d's HandleAllocator, which only deallocate_handle frees, aborts
 // with "Invalid free" ("Invalid realloc") before anything changes -- unless
 // this is deallocate_handle's own free of it, which takes it out of the
-// handle objects (defrag.c++).  One load and branch for other private heaps.
+// handle objects (handle.c++).  One load and branch for other private heaps.
 void handle_object_free_check(Domain* d, const void* p, const char* what);
 inline void handle_object_check(Domain* d, const void* p, const char* what) {
   if (__builtin_expect(d->handles != nullptr, 0)) handle_object_free_check(d, p, what);

@@ -146,6 +146,25 @@ bool fork_and_reap(int* status, HugePageAllocator* huge = nullptr) {
   return child_ok(*status);
 }
 
+// Waits at most `limit` seconds for the child pid; false when it had not ended
+// by then (it is killed and reaped: a deadlock or a livelock).  *status: how it
+// ended.
+bool reap_within(pid_t pid, double limit, int* status) {
+  double start = now_s();
+  for (;;) {
+    pid_t r = waitpid(pid, status, WNOHANG);
+    if (r == pid) return true;
+    if (r < 0 && errno != EINTR) return false;
+    if (now_s() - start > limit) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, status, 0) < 0 && errno == EINTR) {
+      }
+      return false;
+    }
+    usleep(20000);
+  }
+}
+
 // Runs fn in a process of its own and waits for it at most `seconds` (much
 // longer under Valgrind).  Fails the test when it does not end in time (a
 // deadlock: the process is killed) or ends with a nonzero status.
@@ -182,18 +201,10 @@ void run_with_deadline(const char* what, double seconds, Fn&& fn) {
   }
   close(result[1]);
   double limit = running_on_valgrind() ? seconds * 20 + 120 : seconds;
-  double start = now_s();
   int status = 0;
-  for (;;) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (now_s() - start > limit) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      close(result[0]);
-      ck_abort_msg("%s: no end after %.0f s: a deadlock (the process was killed)", what, limit);
-    }
-    usleep(20000);
+  if (!reap_within(pid, limit, &status)) {
+    close(result[0]);
+    ck_abort_msg("%s: no end after %.0f s: a deadlock (the process was killed)", what, limit);
   }
   int rc = -1;
   if (read(result[0], &rc, sizeof rc) != sizeof rc) rc = -1;
@@ -1080,7 +1091,7 @@ int fork_while_churning(unsigned nthreads, unsigned forks, Churn churn, Child ch
   unsigned bad = 0;
   int first = 0;
   for (unsigned i = 0; i < forks; ++i) {
-    usleep(2000);
+    usleep(20000);
     int pipefd[2];
     if (pipe(pipefd) != 0) return 110;
     std::fflush(stdout);
@@ -1510,6 +1521,315 @@ START_TEST(test_fork_during_relocation_callback) {
   run_with_deadline(kCallbackUseName[_i], 30, [use] { return fork_during_relocation_callback(use); });
 }
 END_TEST
+
+// --- fork() and the handle heap (HandleAllocator) --------------------------------
+//
+// A child forked while other threads of the parent use or defragment a
+// HandleAllocator, then using the same HandleAllocator: every handle the
+// parent's forking thread holds must resolve to its object with its contents,
+// and the child allocates, resolves and frees handles and defragments the heap,
+// within a deadline.  Three ways the old code left a child that hung or could
+// not move: (1) a table's lock (slots, records) or the table list's lock held by
+// another thread (threads churning handles, growing the table, making and
+// destroying HandleAllocators, starting threads that use the heap and exit);
+// (2) a mover waiting for a reader's quiescent point (a thread that resolved a
+// handle and holds its pointer): the mover lock held and objects marked, and in
+// the child the reader's record still online, so that every move of the child
+// would wait for a thread that does not exist and give up; (3) a mover copying
+// large objects (relocate): an object left "copying", whose resolve in the child
+// waited for ever.  Each scenario forks many times and counts the children that
+// did not end within their deadline (killed).
+
+namespace {
+
+using custom_alloc::Handle;
+using custom_alloc::HandleAllocator;
+
+enum class HandleForkCase { table_churn, mover_waits_for_reader, mover_copying, count };
+const char* const kHandleForkName[] = {
+    "fork while threads churn, grow and list handle tables",
+    "fork while a handle heap's mover waits for a reader",
+    "fork while a handle heap's mover copies objects",
+};
+
+// Every 8-byte word of h's object (bytes bytes) holds h ^ its index.
+void stamp_handle(HandleAllocator& a, Handle h, std::size_t bytes) {
+  auto* w = static_cast<std::uint64_t*>(a.resolve(h));
+  for (std::size_t i = 0; i < bytes / 8; ++i) w[i] = h ^ i;
+}
+
+bool handle_stamped(HandleAllocator& a, Handle h, std::size_t bytes) {
+  const auto* w = static_cast<const std::uint64_t*>(a.resolve(h));
+  for (std::size_t i = 0; i < bytes / 8; ++i)
+    if (w[i] != (h ^ i)) return false;
+  return true;
+}
+
+// The child's part: the forking thread's handles (kept, of `bytes` each) are
+// intact; new handles work; a defragmentation pass runs, moves objects when
+// `expect_moves` (the heap is fragmented) and keeps every handle's contents;
+// then every kept handle is freed.  Exit code 0 or the failure.  (Moves are
+// not expected in Valgrind and ASan mode, where the freed blocks wait in the
+// quarantine, still used: the heap does not look fragmented there.  No
+// std::vector here: the sanitizer builds' operator new is the sanitizer's, not
+// fork-safe.)
+int child_uses_handle_heap(HandleAllocator& a, const std::vector<Handle>& kept, std::size_t bytes,
+                           bool expect_moves) {
+  for (Handle h : kept)
+    if (!handle_stamped(a, h, bytes)) return 70;
+  constexpr std::size_t kMine = 200;
+  Handle mine[kMine];
+  for (std::size_t i = 0; i < kMine; ++i) {
+    Handle h = a.allocate_handle(96);
+    if (!h) return 71;
+    stamp_handle(a, h, 96);
+    mine[i] = h;
+  }
+  for (std::size_t i = 0; i < kMine; i += 2) a.deallocate_handle(mine[i]);
+  auto stats = a.defragment(custom_alloc::DefragBudget{});
+  bool checked_mode = running_on_valgrind() || test_util::kAsanBuild;
+  if (expect_moves && !checked_mode && stats.objects_relocated == 0) return 72;
+  for (Handle h : kept)
+    if (!handle_stamped(a, h, bytes)) return 73;
+  for (std::size_t i = 1; i < kMine; i += 2) {
+    if (!handle_stamped(a, mine[i], 96)) return 74;
+    a.deallocate_handle(mine[i]);
+  }
+  for (Handle h : kept) a.deallocate_handle(h);
+  return 0;
+}
+
+// Forks `forks` times, one every `gap_us`; each child runs child(), then
+// allocates through every size path (child_allocates_and_exits) and must end
+// within its deadline (2 s; its work takes milliseconds).  0, or 80 + the
+// number of children that hung (the forking stops at the third), or the first
+// failed child's exit code.
+template <class Child>
+int fork_children(unsigned forks, unsigned gap_us, Child child) {
+  unsigned hung = 0;
+  int failed = 0;
+  for (unsigned i = 0; i < forks; ++i) {
+    usleep(gap_us);
+    pid_t pid = fork();
+    if (pid < 0) return 60;
+    if (pid == 0) {
+      int rc = child();
+      if (rc != 0) _exit(rc);
+      child_allocates_and_exits();
+    }
+    int status = 0;
+    if (!reap_within(pid, running_on_valgrind() ? 120 : 2, &status)) {
+      if (++hung == 3) break;
+    } else if (!child_ok(status) && !failed) {
+      failed = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+  }
+  if (hung) std::fprintf(stderr, "%u children hung (killed after their deadline)\n", hung);
+  return hung ? 80 + static_cast<int>(hung) : failed;
+}
+
+// The forking thread's handles: n of `bytes`, stamped, and as many freed
+// between them (the heap is fragmented: a pass has objects to move).
+std::vector<Handle> kept_handles(HandleAllocator& a, std::size_t n, std::size_t bytes) {
+  std::vector<Handle> kept, gaps;
+  for (std::size_t i = 0; i < n; ++i) {
+    Handle h = a.allocate_handle(bytes);
+    Handle g = a.allocate_handle(bytes);
+    if (!h || !g) return {};
+    stamp_handle(a, h, bytes);
+    kept.push_back(h);
+    gaps.push_back(g);
+  }
+  for (Handle g : gaps) a.deallocate_handle(g);
+  a.offline();  // this thread holds no pointer: movers need not wait for it
+  return kept;
+}
+
+// (1) Threads churn handles (each keeps up to 1 500, recorded in a table the
+// child checks: set after the handle is stamped, cleared before it is freed),
+// so that the table grows to several segments and its lock is taken all the
+// time; one thread makes and destroys HandleAllocators (the table list's lock)
+// and starts threads that resolve a handle and exit (their records leave under
+// that lock).
+int fork_amid_table_churn() {
+  HandleAllocator a;
+  std::vector<Handle> kept = kept_handles(a, std::max<std::size_t>(scaled(2000), 200), 64);
+  if (kept.empty()) return 61;
+  const unsigned nthreads = 4;
+  const std::size_t per_thread = std::max<std::size_t>(scaled(1500), 150);
+  std::vector<std::unique_ptr<std::atomic<Handle>[]>> recorded;
+  for (unsigned t = 0; t < nthreads; ++t) {
+    recorded.emplace_back(new std::atomic<Handle>[per_thread]);
+    for (std::size_t i = 0; i < per_thread; ++i) recorded[t][i].store(0);
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < nthreads; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t + 1);
+      while (!stop.load(std::memory_order_relaxed)) {
+        std::size_t i = rng() % per_thread;
+        Handle h = recorded[t][i].exchange(0);
+        if (h) {
+          if (!handle_stamped(a, h, 48)) failed.store(62);
+          a.deallocate_handle(h);
+        }
+        h = a.allocate_handle(48);
+        if (!h) {
+          failed.store(63);
+          continue;
+        }
+        stamp_handle(a, h, 48);
+        recorded[t][i].store(h);
+      }
+      for (std::size_t i = 0; i < per_thread; ++i)
+        if (Handle h = recorded[t][i].exchange(0)) a.deallocate_handle(h);
+    });
+  threads.emplace_back([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      {
+        HandleAllocator other;
+        Handle h = other.allocate_handle(32);
+        if (!h) failed.store(64);
+        other.deallocate_handle(h);
+      }
+      std::thread([&] {
+        if (!handle_stamped(a, kept[0], 64)) failed.store(65);
+      }).join();
+    }
+  });
+  const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(20), 4));
+  int rc = fork_children(forks, 20000, [&] {
+    int r = child_uses_handle_heap(a, kept, 64, true);
+    if (r) return r;
+    // The gone threads' recorded handles (left alone under Valgrind, whose
+    // tools do not see the fork order their stamps before the child's reads).
+    std::size_t theirs = 0;
+    for (unsigned t = 0; t < nthreads; ++t)
+      for (std::size_t i = 0; i < per_thread; ++i)
+        if (Handle h = recorded[t][i].load()) {
+          if (!running_on_valgrind() && !handle_stamped(a, h, 48)) return 66;
+          a.deallocate_handle(h);
+          ++theirs;
+        }
+    // Left: the handles the gone threads were allocating or freeing at the
+    // fork, at most one each.
+    if (a.handle_stats().live_handles > nthreads) return 67;
+    return 0;
+  });
+  stop.store(true);
+  for (auto& th : threads) th.join();
+  if (failed.load()) return failed.load();
+  if (rc) return rc;
+  for (Handle h : kept) {
+    if (!handle_stamped(a, h, 64)) return 68;
+    a.deallocate_handle(h);
+  }
+  return a.handle_stats().live_handles == 0 ? 0 : 69;
+}
+
+// (2) A reader resolves a handle and keeps its pointer (it makes no other
+// call), so a mover defragmenting the heap waits for it the whole grace
+// timeout in each pass, holding the mover lock with a batch marked, and gives
+// up; the main thread forks meanwhile.  In the child the reader is gone: its
+// record must not hold the child's moves up.
+int fork_while_mover_waits_for_reader() {
+  HandleAllocator a;
+  std::vector<Handle> kept = kept_handles(a, std::max<std::size_t>(scaled(3000), 300), 64);
+  if (kept.empty()) return 61;
+  std::atomic<bool> stop{false}, reading{false};
+  std::atomic<unsigned long> passes{0};
+  std::thread reader([&] {
+    volatile std::uint64_t sink = *static_cast<std::uint64_t*>(a.resolve(kept[0]));
+    (void)sink;
+    reading.store(true);
+    while (!stop.load()) usleep(1000);
+  });
+  while (!reading.load()) usleep(100);
+  std::thread mover([&] {
+    while (!stop.load()) {
+      a.defragment(custom_alloc::DefragBudget{});
+      passes.fetch_add(1);
+    }
+  });
+  while (passes.load() == 0) usleep(100);
+  const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(10), 4));
+  int rc = fork_children(forks, 3000, [&] {
+    if (a.handle_stats().live_handles != kept.size()) return 75;
+    int r = child_uses_handle_heap(a, kept, 64, true);
+    if (r) return r;
+    if (a.handle_stats().live_handles != 0) return 76;
+    // The parent's mover's batch at the fork: its new places were given back.
+    if (a.get_stats().active_allocations != 0) return 77;
+    return 0;
+  });
+  stop.store(true);
+  mover.join();
+  reader.join();
+  if (rc) return rc;
+  for (Handle h : kept) {
+    if (!handle_stamped(a, h, 64)) return 68;
+    a.deallocate_handle(h);
+  }
+  return 0;
+}
+
+// (3) A mover relocates large arena objects (768 KiB, one at a time: most of a
+// relocation is the copy) while the main thread forks.  In the child an object
+// the fork caught being copied must resolve, intact, without waiting for a copy
+// that nobody finishes, and the new place of that move must not stay allocated.
+int fork_while_mover_copies() {
+  HandleAllocator a;
+  constexpr std::size_t kBytes = 768 * 1024;
+  std::vector<Handle> kept;
+  for (unsigned i = 0; i < 4; ++i) {
+    Handle h = a.allocate_handle(kBytes);
+    if (!h) return 61;
+    stamp_handle(a, h, kBytes);
+    kept.push_back(h);
+  }
+  a.offline();
+  std::atomic<bool> stop{false};
+  std::atomic<unsigned long> moved{0};
+  std::thread mover([&] {
+    for (unsigned i = 0; !stop.load(); ++i)
+      if (a.relocate(kept[i % kept.size()])) moved.fetch_add(1);
+  });
+  while (moved.load() == 0) usleep(100);
+  const unsigned forks = static_cast<unsigned>(std::max<std::size_t>(scaled(20), 4));
+  int rc = fork_children(forks, 2000, [&] {
+    int r = child_uses_handle_heap(a, kept, kBytes, false);
+    if (r) return r;
+    if (a.handle_stats().live_handles != 0) return 76;
+    if (a.get_stats().active_allocations != 0) return 77;
+    return 0;
+  });
+  stop.store(true);
+  mover.join();
+  if (rc) return rc;
+  for (Handle h : kept) {
+    if (!handle_stamped(a, h, kBytes)) return 68;
+    a.deallocate_handle(h);
+  }
+  return 0;
+}
+
+}  // namespace
+
+START_TEST(test_fork_amid_handle_heap_use) {
+  auto which = static_cast<HandleForkCase>(_i);
+  run_with_deadline(kHandleForkName[_i], 100, [which] {
+    switch (which) {
+      case HandleForkCase::table_churn: return fork_amid_table_churn();
+      case HandleForkCase::mover_waits_for_reader: return fork_while_mover_waits_for_reader();
+      case HandleForkCase::mover_copying: return fork_while_mover_copies();
+      case HandleForkCase::count: break;
+    }
+    return 1;
+  });
+}
+END_TEST
 #endif  // CALLOC_DEFRAG
 
 // --- glibc's thread-stack cache under helgrind (session 17) ----------------------
@@ -1585,6 +1905,11 @@ int main() {
   tcase_add_test(tc, test_fork_with_secure_allocators_in_use);
 #if CALLOC_DEFRAG
   tcase_add_loop_test(tc, test_fork_during_relocation_callback, 0, static_cast<int>(CallbackUse::count));
+  // A case of their own, so that they can run alone (CK_RUN_CASE=handles).
+  TCase* handles = tcase_create("handles");
+  tcase_set_timeout(handles, test_util::test_timeout());
+  suite_add_tcase(s, handles);
+  tcase_add_loop_test(handles, test_fork_amid_handle_heap_use, 0, static_cast<int>(HandleForkCase::count));
 #endif
   return test_util::run_suite(s);
 }
