@@ -1091,7 +1091,7 @@ int fork_while_churning(unsigned nthreads, unsigned forks, Churn churn, Child ch
   unsigned bad = 0;
   int first = 0;
   for (unsigned i = 0; i < forks; ++i) {
-    usleep(20000);
+    usleep(2000);
     int pipefd[2];
     if (pipe(pipefd) != 0) return 110;
     std::fflush(stdout);
