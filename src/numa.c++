@@ -104,8 +104,10 @@ void read_topology() {
   struct bitmask* allowed = g_lib.get_mems_allowed();
   for (int n = 0; n <= max; ++n) {
     long long free_bytes = 0;
-    bool has_memory = g_lib.bitmask_isbitset(*g_lib.nodes_ptr, static_cast<unsigned>(n)) &&
-                      g_lib.node_size64(n, &free_bytes) > 0;
+    long long bytes =
+        g_lib.bitmask_isbitset(*g_lib.nodes_ptr, static_cast<unsigned>(n)) ? g_lib.node_size64(n, &free_bytes) : 0;
+    bool has_memory = bytes > 0;
+    t.node_bytes[n] = has_memory ? static_cast<std::uint64_t>(bytes) : 0;
     bool is_allowed = allowed && g_lib.bitmask_isbitset(allowed, static_cast<unsigned>(n));
     if (has_memory && is_allowed) t.usable |= std::uint64_t{1} << n;
     for (int m = 0; m <= max; ++m) {

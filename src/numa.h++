@@ -36,6 +36,9 @@ struct NumaTopology {
   bool numa_available;   // the kernel has NUMA (libnuma's numa_available() >= 0)
   std::uint64_t usable;  // bit n: node n exists, has memory and is in mems_allowed
   std::uint8_t distance[kNumaMaxNodes][kNumaMaxNodes];  // SLIT distances (10: local)
+  // The memory of node n in bytes (libnuma's numa_node_size64 at start-up), 0
+  // when unknown: a strict binding refuses a request larger than its node's.
+  std::uint64_t node_bytes[kNumaMaxNodes];
 };
 
 // Counters of the placement policy, process-wide.

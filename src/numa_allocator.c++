@@ -19,7 +19,7 @@
 namespace lca {
 #ifndef CALLOC_NUMA
 const NumaTopology& numa_topology() {
-  static constinit NumaTopology one{1, false, 1, {{10}}};
+  static constinit NumaTopology one{1, false, 1, {{10}}, {}};  // node_bytes 0: unknown
   return one;
 }
 
@@ -51,6 +51,29 @@ bool NUMAAllocator::check_node(int node, const char* what) {
   return false;
 }
 
+namespace {
+// Binding::strict keeps a block to its node (MPOL_BIND) and the kernel places
+// pages at their first touch, so a block larger than all of the node's memory
+// would be handed out and the process OOM-killed at its touch (SIGKILL, no
+// word).  Such a request is refused: errno ENOMEM and one line naming it.  One
+// that fits the node's memory but not what is free now is not refused (the
+// kernel may reclaim; else its OOM killer acts at the touch: docs/guide/numa.md).
+// Not a member: see check_range below.
+bool fits_node(std::size_t size, int node, const char* what) {
+  std::uint64_t bytes = lca::numa_topology().node_bytes[node];
+  if (bytes == 0 || size <= bytes) return true;  // 0: unknown (no libnuma)
+  char line[200];
+  lca::Writer w{line, sizeof line};
+  w.str("NUMAAllocator: ").str(what).str(" of ").num(static_cast<unsigned long long>(size));
+  w.str(" bytes with Binding::strict: more than node ").num(static_cast<unsigned>(node)).str(" has (");
+  w.num(static_cast<unsigned long long>(bytes)).str(" bytes)");
+  line[w.len < sizeof line ? w.len : sizeof line - 1] = 0;
+  lca::report_warning(line);
+  errno = ENOMEM;
+  return false;
+}
+}  // namespace
+
 lca::Domain* NUMAAllocator::node_domain(int node) {
   // Made once, then read without the lock -- except in Valgrind mode: helgrind
   // and DRD do not see an acquire load as synchronisation.
@@ -69,6 +92,7 @@ lca::Domain* NUMAAllocator::node_domain(int node) {
 
 void* NUMAAllocator::allocate(std::size_t size, std::size_t alignment) {
   int node = lca::numa_nearest_usable(get_current_node());
+  if (binding_ == Binding::strict && !fits_node(size, node, "allocate")) return nullptr;
   lca::Domain* d = node_domain(node);
   if (!d) return MemoryAllocator::allocate(size, alignment);
   if (!lca::is_power_of_two(alignment)) {
@@ -92,6 +116,7 @@ void NUMAAllocator::deallocate(void* ptr) { MemoryAllocator::deallocate(ptr); }
 
 void* NUMAAllocator::allocate_on_node(std::size_t size, int node) {
   if (!check_node(node, "allocate_on_node")) return nullptr;
+  if (binding_ == Binding::strict && !fits_node(size, node, "allocate_on_node")) return nullptr;
   lca::Domain* d = node_domain(node);
   if (!d || size > lca::kMaxRequest) {
     errno = ENOMEM;

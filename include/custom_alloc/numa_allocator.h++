@@ -34,9 +34,10 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
  public:
   enum class Binding {
     preferred,  // MPOL_PREFERRED: the node first, another one when it is full
-    // MPOL_BIND: that node only.  Pages come at first touch, so the allocation
-    // does not fail when the node is full: touching a page the node cannot
-    // supply wakes the kernel's OOM killer (the process gets SIGKILL).
+    // MPOL_BIND: that node only.  A request larger than the node's memory
+    // fails (nullptr, errno ENOMEM, a warning).  Pages come at first touch, so
+    // one that fits the node but not its free memory does not fail: touching a
+    // page the node cannot supply wakes the kernel's OOM killer (SIGKILL).
     strict,
   };
 
