@@ -799,8 +799,20 @@ LCA_CORE_TEXT void handles_postfork_parent() {
   pthread_mutex_unlock(&g_tables_lock);
 }
 
+// First in the child handler: the table list's lock, held across the fork,
+// goes before the other modules' child handlers take or try any lock, so that
+// no lock is taken under it there.  (Held through them, it ordered the
+// tracker's report lock after it, and through it after the tracker's symbol
+// lock that the prepare handler takes first: helgrind then reported the
+// child's profile thread, which takes the report lock and then the symbol
+// lock, as a lock-order violation -- tests/unit/track,
+// test_profile_signal_in_forked_child.)  The child is one thread: the list
+// cannot change before handles_postfork_child takes the lock again.
+LCA_CORE_TEXT void handles_postfork_child_unlock() { pthread_mutex_unlock(&g_tables_lock); }
+
 LCA_CORE_TEXT void handles_postfork_child() {
   const void* me = fork_token();
+  pthread_mutex_lock(&g_tables_lock);
   for (HandleTable* t = g_tables; t; t = t->next_live) {
     t->forking.store(nullptr, std::memory_order_relaxed);
     // Held by a gone thread at most for the instant between taking it and
@@ -821,12 +833,9 @@ LCA_CORE_TEXT void handles_postfork_child() {
     t->mover.store(nullptr, std::memory_order_relaxed);
     remake_if_held(&t->mover_lock);
   }
-  pthread_mutex_unlock(&g_tables_lock);  // this thread's, from handles_prefork
+  pthread_mutex_unlock(&g_tables_lock);
 }
 
-namespace {
-
-}  // namespace
 }  // namespace lca
 
 namespace custom_alloc {

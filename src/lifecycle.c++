@@ -467,6 +467,9 @@ LCA_CORE_TEXT void domains_postfork_parent() {
 LCA_CORE_TEXT void domains_postfork_child() {
   ForkState st = tls_fork;
   tls_fork = ForkState{};
+#if CALLOC_DEFRAG
+  if (st.locked) handles_postfork_child_unlock();  // first: no lock is taken under it in the child
+#endif
 #if CALLOC_TRACKING
   unwind_postfork_child();
   if (track_active()) track_postfork_child(st.tracker);  // also when nothing was locked: reseeds sampling

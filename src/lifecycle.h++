@@ -17,10 +17,11 @@ void domains_postfork_child();
 // The handle heaps' part of them (handle.c++, built with --enable-defrag):
 // called last by the prepare handler (the table list's lock held across the
 // fork, each table's lock passed with a flag), first by the parent handler,
-// last by the child handler (the other threads' records, locks and batch in
-// flight).
+// first (the list's lock let go) and last by the child handler (the other
+// threads' records, locks and batch in flight).
 void handles_prefork();
 void handles_postfork_parent();
+void handles_postfork_child_unlock();
 void handles_postfork_child();
 
 // fork(): the prepare handler takes some locks only once, storing its
