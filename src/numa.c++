@@ -80,6 +80,7 @@ bool load_libnuma() {
 }
 
 LCA_BIG_BSS(topology) constinit NumaTopology g_topology{};
+LCA_BIG_BSS(node_bytes) constinit std::uint64_t g_node_bytes[kNumaMaxNodes]{};  // numa_node_bytes
 constinit pthread_once_t g_topology_once = PTHREAD_ONCE_INIT;
 constinit std::atomic<std::size_t> g_bound{0};
 constinit std::atomic<std::size_t> g_refused{0};
@@ -107,7 +108,7 @@ void read_topology() {
     long long bytes =
         g_lib.bitmask_isbitset(*g_lib.nodes_ptr, static_cast<unsigned>(n)) ? g_lib.node_size64(n, &free_bytes) : 0;
     bool has_memory = bytes > 0;
-    t.node_bytes[n] = has_memory ? static_cast<std::uint64_t>(bytes) : 0;
+    g_node_bytes[n] = has_memory ? static_cast<std::uint64_t>(bytes) : 0;
     bool is_allowed = allowed && g_lib.bitmask_isbitset(allowed, static_cast<unsigned>(n));
     if (has_memory && is_allowed) t.usable |= std::uint64_t{1} << n;
     for (int m = 0; m <= max; ++m) {
@@ -147,6 +148,8 @@ const NumaTopology& numa_topology() {
   numa_init();
   return g_topology;
 }
+
+std::uint64_t numa_node_bytes(int node) { return numa_node_usable(node) ? g_node_bytes[node] : 0; }
 
 bool numa_node_usable(int node) {
   return node >= 0 && node < g_topology.node_count && ((g_topology.usable >> node) & 1);

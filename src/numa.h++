@@ -36,9 +36,6 @@ struct NumaTopology {
   bool numa_available;   // the kernel has NUMA (libnuma's numa_available() >= 0)
   std::uint64_t usable;  // bit n: node n exists, has memory and is in mems_allowed
   std::uint8_t distance[kNumaMaxNodes][kNumaMaxNodes];  // SLIT distances (10: local)
-  // The memory of node n in bytes (libnuma's numa_node_size64 at start-up), 0
-  // when unknown: a strict binding refuses a request larger than its node's.
-  std::uint64_t node_bytes[kNumaMaxNodes];
 };
 
 // Counters of the placement policy, process-wide.
@@ -80,6 +77,12 @@ void numa_init();
 const NumaTopology& numa_topology();
 inline bool numa_built() { return true; }
 bool numa_node_usable(int node);
+// The memory of a usable node in bytes (libnuma's numa_node_size64 at start-up),
+// 0 when unknown: a strict binding refuses a request larger than its node's.
+// (Not in NumaTopology: the --disable-numa build's constant copy of it is in
+// .data, and 512 bytes more there moved a variable every program touches past
+// the file's last page -- tests/integration/small-rss.sh, CI's minimal build.)
+std::uint64_t numa_node_bytes(int node);
 // The node of the CPU the caller runs on (getcpu); 0 when unknown.
 int numa_current_node();
 // The usable node nearest to `node` (itself when usable): a CPU-only node's
@@ -113,6 +116,7 @@ inline void numa_init() {}
 const NumaTopology& numa_topology();
 inline bool numa_built() { return false; }
 inline bool numa_node_usable(int node) { return node == 0; }
+inline std::uint64_t numa_node_bytes(int) { return 0; }
 inline int numa_current_node() { return 0; }
 inline int numa_nearest_usable(int) { return 0; }
 inline int numa_bind(void*, std::size_t, int, bool, bool) { return 38; /* ENOSYS */ }

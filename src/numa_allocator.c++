@@ -19,7 +19,7 @@
 namespace lca {
 #ifndef CALLOC_NUMA
 const NumaTopology& numa_topology() {
-  static constinit NumaTopology one{1, false, 1, {{10}}, {}};  // node_bytes 0: unknown
+  static constinit NumaTopology one{1, false, 1, {{10}}};
   return one;
 }
 
@@ -60,7 +60,7 @@ namespace {
 // kernel may reclaim; else its OOM killer acts at the touch: docs/guide/numa.md).
 // Not a member: see check_range below.
 bool fits_node(std::size_t size, int node, const char* what) {
-  std::uint64_t bytes = lca::numa_topology().node_bytes[node];
+  std::uint64_t bytes = lca::numa_node_bytes(node);
   if (bytes == 0 || size <= bytes) return true;  // 0: unknown (no libnuma)
   char line[200];
   lca::Writer w{line, sizeof line};

@@ -1900,22 +1900,37 @@ bool loader_tls_function(const char* name) {
   return false;
 }
 
-// Whether the frames of site, from the allocation up, run in the dynamic
-// loader (the object at AT_BASE) into one of its TLS functions: from frame 0,
-// or frame 1 when frame 0 is the allocator's entry (libcalloc.a linked into
-// the program: its malloc's frame is the program's).  Symbolises them:
-// prepare_sites must have seen the site.
 bool in_loader(const void* ip, std::uintptr_t rtld) {
   Dl_info dl;
   auto a = reinterpret_cast<std::uintptr_t>(ip);
   return a && dladdr(reinterpret_cast<void*>(a - 1), &dl) && reinterpret_cast<std::uintptr_t>(dl.dli_fbase) == rtld;
 }
 
+// The allocator's own frames that may come before the loader's: none when the
+// stack starts in the loader, the entry (malloc, calloc) when libcalloc.a is
+// linked into the program (its frames are the program's), four at -O0
+// (--enable-debug: malloc_slow, fast_malloc, calloc_impl, calloc; CI's debug
+// build, where a rule of "frame 0 or 1" found none of glibc's blocks).
+constexpr unsigned kAllocatorFramesMax = 6;
+
+// The first frame of s in the loader (the object at AT_BASE) among its first
+// kAllocatorFramesMax + 1; s.depth when there is none.
+unsigned first_loader_frame(const Site& s, std::uintptr_t rtld) {
+  unsigned limit = s.depth < kAllocatorFramesMax + 1 ? s.depth : kAllocatorFramesMax + 1;
+  for (unsigned j = 0; j < limit; ++j)
+    if (in_loader(s.frames[j], rtld)) return j;
+  return s.depth;
+}
+
+// Whether the frames of site run, from its first frame in the loader on,
+// through the loader into one of its TLS functions.  (A frame of the program's
+// before them -- a constructor that dlopen's _dl_init runs -- leads through
+// loader frames that are no TLS function, and out of the loader: not set
+// apart.)  Symbolises them: prepare_sites must have seen the site.
 bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
   if (site == 0 || rtld == 0) return false;
   const Site& s = g_sites[site];
-  unsigned first = s.depth > 1 && !in_loader(s.frames[0], rtld) ? 1 : 0;
-  for (unsigned j = first; j < s.depth; ++j) {
+  for (unsigned j = first_loader_frame(s, rtld); j < s.depth; ++j) {
     Symbol sym;
     symbolize(s.frames[j], &sym);
     if (!sym.module[0] || reinterpret_cast<std::uintptr_t>(s.frames[j]) - sym.module_offset != rtld) return false;
@@ -1925,15 +1940,15 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
 }
 
 // Moves the sites of v[0..n) that are glibc's thread storage to its end; the
-// count of the others (the program's).  Only stacks with one of their first
-// two frames in the loader are symbolised for it.
+// count of the others (the program's).  Only stacks with a frame in the loader
+// among their first few (first_loader_frame) are symbolised for it.
 std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
   auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
   if (rtld == 0) return n;  // a static program: no loader of its own
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
     if (x.index == 0 || g_sites[x.index].depth == 0) return true;
     const Site& s = g_sites[x.index];
-    return !(in_loader(s.frames[0], rtld) || (s.depth > 1 && in_loader(s.frames[1], rtld)));
+    return first_loader_frame(s, rtld) == s.depth;
   });
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
