@@ -701,6 +701,13 @@ START_TEST(test_options_parse) {
   ck_assert_int_eq(lca::options_parse("stats=yes,bogus=3,verbose=maybe,,verbose=off", &p), 2);
   ck_assert(p.stats);
   ck_assert(!p.verbose);
+  // "key=" (a script's empty variable) is no value, not a bare key: it
+  // switched stats on without a word.  Counted, warned about, ignored.
+  lca::Options q{};
+  ck_assert_int_eq(lca::options_parse("stats=,verbose=,numa", &q), 2);
+  ck_assert(!q.stats);
+  ck_assert(!q.verbose);
+  ck_assert(q.numa);
 }
 END_TEST
 
@@ -717,15 +724,18 @@ START_TEST(test_options_warnings_name_the_problem) {
   ck_assert_int_ge(saved, 0);
   ck_assert_int_ge(dup2(fds[1], STDERR_FILENO), 0);
   lca::Options o{};
-  const int problems = lca::options_parse("verbose=2,profile_format=text", &o);
+  const int problems = lca::options_parse("verbose=2,profile_format=text,stats=", &o);
   dup2(saved, STDERR_FILENO);
   close(saved);
   close(fds[1]);
   reader.join();
   close(fds[0]);
-  ck_assert_int_eq(problems, 1);
+  ck_assert_int_eq(problems, 2);
   ck_assert_msg(text.find("libcalloc: warning: LIBCALLOC_OPTIONS: expected 1, true, yes, on, 0, false, no or off "
                           "for verbose\n") != std::string::npos,
+                "stderr: %s", text.c_str());
+  ck_assert_msg(text.find("LIBCALLOC_OPTIONS: no value after '=', ignored (a key alone means 1): stats\n") !=
+                    std::string::npos,
                 "stderr: %s", text.c_str());
 #if !CALLOC_TRACKING
   ck_assert_msg(text.find("(configure --enable-tracking), ignored: profile_format\n") != std::string::npos,
