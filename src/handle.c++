@@ -104,8 +104,12 @@ static_assert(sizeof(HandleSlot) == 32);
 // bit: a span object or arena block carries only the user's bytes), and a walk
 // of the slots is O(handles) per free.  Open addressing, linear probing,
 // deletion by backward shift, at most half full; the keys array is mapped
-// (4 KiB at first) and doubles as the heap's handles do, never shrinks (no
-// system call in steady state).  The heap's domain lock guards it.
+// (4 KiB at first) and doubles as the heap's handles do, and halves when an
+// erase leaves it less than 1/16 full (then under 1/8: after a shrink, the
+// next resize needs four times the handles or half of them, so a count that
+// swings between N and 2N resizes once, and a steady one makes no system
+// call).  It never shrank: a heap that once held a million handles kept
+// 16 MiB of keys with none left.  The heap's domain lock guards it.
 struct ObjectSet {
   std::uintptr_t* keys = nullptr;  // 0: empty entry
   std::size_t mask = 0;            // capacity - 1
@@ -125,8 +129,11 @@ struct ObjectSet {
       if (keys[i] == 0) return npos;
     }
   }
-  bool grow() {
-    unsigned nbits = keys ? bits + 1 : 9;  // 512 entries: one page
+  static constexpr unsigned kMinBits = 9;  // 512 entries: one page
+  bool grow() { return resize(keys ? bits + 1 : kMinBits); }
+  // Moves the keys to a new array of 2^nbits entries (which holds them all);
+  // false when it cannot be mapped (the old one stays).
+  bool resize(unsigned nbits) {
     std::size_t cap = std::size_t{1} << nbits;
     auto* nk = static_cast<std::uintptr_t*>(os_map(cap * sizeof(std::uintptr_t)));
     if (!nk) return false;
@@ -171,6 +178,7 @@ struct ObjectSet {
     }
     keys[i] = 0;
     --count;
+    if (bits > kMinBits && count * 16 < mask + 1) resize(bits - 1);
   }
   void release() {
     if (keys) os_unmap(keys, (mask + 1) * sizeof(std::uintptr_t));
