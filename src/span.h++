@@ -108,9 +108,9 @@ struct alignas(128) Span {
   std::uint32_t obj_size;
   std::uint32_t reciprocal;  // ceil(2^32 / obj_size): offset -> index without a division
   std::uint16_t size_class;
-  // kSpan* bits.  Written by the owner only (span_set_flags, a relaxed atomic
-  // store); read plainly by the owner, as a relaxed atomic by a thread that may
-  // not own the span (span_flags_seen_remotely).
+  // kSpan* bits.  Written by the span's holder only (span_set_flags, a relaxed
+  // atomic store); read plainly by the holder, as a relaxed atomic by a thread
+  // that may not hold the span (span_flags_seen_remotely).
   std::uint8_t flags;
   std::uint8_t multislot_count;
   // Objects the slot holds (at most kMaxObjectsPerSpan): span_full_end is
@@ -284,7 +284,7 @@ inline void span_set_flags(Span* s, std::uint8_t flags) {
 //   On x86-64 (but in TSan builds, which must see an atomic) the load is cmp's
 // memory operand, in asm: GCC does not fold an atomic load into another
 // instruction, and the separate mov made free's fast path one instruction
-// longer (callgrind: 36 instead of 35 per free of a 64-byte block).  An
+// longer (callgrind: 37 instead of 36 per free of a small block).  An
 // aligned 8-byte operand is read in one access, as by __atomic_load_n's mov,
 // and the compiler sees the asm read the field.
 inline bool span_fast_heap_is(const Span* s, const Heap* h) {
@@ -309,8 +309,9 @@ inline bool span_fast_heap_is(const Span* s, const Heap* h) {
 // while p is live).  kSpanMultislot is set in all of them when p grew over
 // several slots (its entry stays while p is live, and the flag is cleared only
 // with the last entry); when p did not grow, either value is right (set only
-// sends the free the slow way).  kSpanPurged only sends the check to the purge
-// mask, where p's page is never marked while p is live.  The other bits
+// sends the free the slow way).  kSpanPurged only sends the free the slow way
+// (remote_free_checked_span) or the check to the purge mask (span_check),
+// where p's page is never marked while p is live.  The other bits
 // (kSpanExhausted, kSpanAdopted) these readers do not use.
 inline std::uint8_t span_flags_seen_remotely(const Span* s) { return __atomic_load_n(&s->flags, __ATOMIC_RELAXED); }
 
