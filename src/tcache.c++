@@ -1309,7 +1309,9 @@ LCA_CORE_TEXT void span_after_local_free(Heap* h, Span* s) {
 
 void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   if (why == SpanCheck::not_live) report_fatal("Double free", p, "the block is not allocated (freed already)");
-  if (!(s->flags & kSpanInactive) && p < s->bump) {
+  // Any thread's free may land here, while s's owner changes its flags or
+  // carves: the unlocked reads of a remote free (span.h++).
+  if (!(span_flags_seen_remotely(s) & kSpanInactive) && p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED)) {
     // Inside an object that grew over several slots?
     for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
       Span::Multislot m = span_multislot_at(s, k);

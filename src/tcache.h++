@@ -591,7 +591,7 @@ inline void block_free(void* p) {
     Span* s = span_of(span_chunk_of(chunk_base(p)), p);
     Heap* h = tls_heap;
     auto* o = static_cast<FreeObject*>(p);
-    if (__builtin_expect(span_fast_heap_seen(s) == h && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
+    if (__builtin_expect(span_fast_heap_is(s, h) && span_is_object_start(s, p) && o->guard != free_guard(p), 1)) {
       o->next = s->free;
       o->guard = free_guard(p);
       s->free = o;

@@ -245,7 +245,7 @@ SH_LOG_COMPILER = $(SHELL)
 # absolute top_builddir/top_srcdir, whether the malloc override is built and the
 # sanitizers of the build (CALLOC_SANITIZERS: address, thread, undefined); a UBSan
 # or TSan report fails the test unless UBSAN_OPTIONS / TSAN_OPTIONS say otherwise
-# (TSan: with the suppressions of contrib/tsan.supp, libcalloc's by-design races).
+# (TSan: with the suppressions of contrib/tsan.supp, none at present).
 calloc_default_test_scale = 100
 if CALLOC_VALGRIND
 calloc_valgrind_built = 1

@@ -1999,12 +1999,9 @@ START_TEST(test_pool_refills_race_thread_exits) {
           }
           for (const Block& b : batch) release(b);
           batch.clear();
-          // TSan keeps a bounded history per thread: a refiller that runs flat
-          // out loses the stack of its by-design racy writes (span_set_flags,
-          // contrib/tsan.supp) before a churner's free races with them, and the
-          // report can then not be suppressed.  Paced, it still refills while
-          // the churners exit.
-          if (test_util::kTsanBuild) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          // (Flat out in every build: until 2026-12-07 a TSan build paced it,
+          // since TSan then lost the stacks of its span_set_flags writes, which
+          // contrib/tsan.supp had to name; they are relaxed atomics now.)
         }
       });
     }
