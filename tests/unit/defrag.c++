@@ -707,6 +707,51 @@ START_TEST(test_handle_heap_compacts) {
 }
 END_TEST
 
+// One pass of HandleAllocator::defragment() does the whole heap: every 10th of
+// many equal objects kept, in slot (and address) order.  The pass sweeps the
+// handles in slot order and re-plans each batch; the moves turn spans whose
+// handles were passed as destinations' into sources, and the old code swept
+// once: 0.90 -> 0.51 with work_remaining false, and the next passes moved 2 912
+// and 1 126 more objects (review 24).
+START_TEST(test_handle_defragment_one_pass_whole) {
+  HandleAllocator alloc;
+  std::size_t n = scaled(100000) < 40000 ? 40000 : scaled(100000);
+  std::vector<Handle> all, kept;
+  for (std::size_t i = 0; i < n; ++i) {
+    Handle h = alloc.allocate_handle(64);
+    ck_assert_uint_ne(h, 0);
+    all.push_back(h);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i % 10 == 0) {
+      kept.push_back(all[i]);
+      fill_pattern(alloc.resolve(all[i]), 64, all[i]);
+    } else {
+      alloc.deallocate_handle(all[i]);
+    }
+  }
+  auto first = alloc.defragment(DefragBudget{});
+  auto second = alloc.defragment(DefragBudget{});
+  std::printf("# one pass: %.3f -> %.3f (%zu moved, work_remaining %d); a second pass moved %zu\n",
+              first.fragmentation_before, first.fragmentation_after, first.objects_relocated,
+              first.work_remaining, second.objects_relocated);
+  ck_assert(!first.work_remaining);
+  ck_assert_uint_gt(first.objects_relocated, 0);
+  if (!checked_mode()) {  // (there the freed blocks wait in the quarantine, counted as live)
+    ck_assert_float_gt(first.fragmentation_before, 0.8);
+    ck_assert_float_lt(first.fragmentation_after, 0.10);
+    ck_assert_uint_eq(second.objects_relocated, 0);
+  }
+  test_util::Failure f;
+  for (Handle h : kept) {
+    long bad = check_pattern(alloc.resolve(h), 64, h);
+    if (bad >= 0) f.note("handle %llx differs at byte %ld", static_cast<unsigned long long>(h), bad);
+  }
+  ASSERT_NO_FAILURE(f);
+  for (Handle h : kept) alloc.deallocate_handle(h);
+}
+END_TEST
+
 START_TEST(test_pins_keep_objects_in_place) {
   HandleAllocator alloc;
   Handle h = alloc.allocate_handle(256);
@@ -1959,6 +2004,7 @@ int main() {
   tcase_add_test(tc, test_handle_object_freed_as_block_dies);
   tcase_add_test(tc, test_handle_heap_plain_blocks_free);
   tcase_add_test(tc, test_handle_of_another_heap_refused);
+  tcase_add_test(tc, test_handle_defragment_one_pass_whole);
   tcase_add_test(tc, test_rule_broken_loses_writes);
   tcase_add_test(tc, test_rule_kept_loses_nothing);
   tcase_add_test(tc, test_concurrent_defragmentation);
