@@ -29,7 +29,12 @@
 // places, and the exception reaches the caller.  The process heap
 // (MemoryAllocator::instance(), the one behind malloc) is refused with
 // "libcalloc: Defragmentation refused of ADDR: ..." and abort(): its pointers
-// are not ours to move; so is a HandleAllocator (it moves its objects itself).
+// are not ours to move; so is a HandleAllocator (it moves its objects itself;
+// analyze and calculate_fragmentation measure it) and a SecureAllocator (its
+// blocks never move).  analyze and calculate_fragmentation of the process heap
+// or of a SecureAllocator abort with "libcalloc: Fragmentation analysis refused
+// of ADDR: ...": the engine walks independent heaps only (get_stats and
+// lca_get_stats have the others' counters).
 //
 // HandleAllocator hands out handles instead of pointers.  resolve(h) costs a few
 // loads and a store; defragment() moves objects while other threads allocate,

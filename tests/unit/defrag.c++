@@ -6,7 +6,8 @@
 // moved byte intact and the callback called once per move with the addresses it
 // reports; emptied memory goes back to the OS; budgets (objects, bytes, time) are
 // respected per pass and repeated passes converge; a throwing callback loses
-// nothing; the process heap and handle heaps are refused by the raw engine;
+// nothing; the process heap, handle heaps and SecureAllocators are refused by
+// the raw engine (and measuring the first and last), each by its name;
 // freed, stale, forged and pinned handles are rejected with their messages; a
 // handle heap compacts with handles and bytes intact; the failure of TURN 3 shown
 // and prevented (a raw pointer kept across moves against the rule loses writes, the
@@ -21,6 +22,7 @@
 // behind its owner's back is reported stale.
 #include <custom_alloc/defrag.h++>
 #include <custom_alloc/handle_ptr.h++>
+#include <custom_alloc/secure_allocator.h++>
 
 #include <atomic>
 #include <chrono>
@@ -562,6 +564,53 @@ START_TEST(test_process_heap_refused) {
       },
       "libcalloc: Defragmentation refused of ");
   ck_assert_msg(r2.ok(), "%s", r2.description.c_str());
+}
+END_TEST
+
+// What the engine refuses, each by its name: a SecureAllocator (a MemoryAllocator
+// over the process domain, its blocks in a hardened heap of its own) was
+// refused as "the process heap", and a measurement of the process heap
+// (calculate_fragmentation, analyze) as a "Defragmentation" to be done on
+// another heap (review 24).
+START_TEST(test_refusals_name_the_heap_and_the_call) {
+  auto secure_defrag = expect_death(
+      [] {
+        custom_alloc::SecureAllocator heap;
+        void* p = heap.allocate(64);
+        DefragmentationEngine engine;
+        engine.defragment(heap, nullptr);
+        heap.deallocate(p);
+      },
+      "libcalloc: Defragmentation refused of ");
+  ck_assert_msg(secure_defrag.ok(), "%s", secure_defrag.description.c_str());
+  ck_assert_msg(secure_defrag.output_contains("a SecureAllocator's blocks never move"), "%s",
+                secure_defrag.output.c_str());
+  ck_assert(!secure_defrag.output_contains("process heap"));
+  auto secure_measure = expect_death(
+      [] {
+        custom_alloc::SecureAllocator heap;
+        DefragmentationEngine engine;
+        std::printf("%f\n", engine.calculate_fragmentation(heap));
+      },
+      "libcalloc: Fragmentation analysis refused of ");
+  ck_assert_msg(secure_measure.ok(), "%s", secure_measure.description.c_str());
+  ck_assert(secure_measure.output_contains("SecureAllocator"));
+  auto process_measure = expect_death(
+      [] {
+        DefragmentationEngine engine;
+        std::printf("%f\n", engine.calculate_fragmentation(MemoryAllocator::instance()));
+      },
+      "libcalloc: Fragmentation analysis refused of ");
+  ck_assert_msg(process_measure.ok(), "%s", process_measure.description.c_str());
+  ck_assert(process_measure.output_contains("process heap"));
+  ck_assert(process_measure.output_contains("measure an independent MemoryAllocator"));
+  auto process_analyze = expect_death(
+      [] {
+        DefragmentationEngine engine;
+        std::printf("%zu\n", engine.analyze(MemoryAllocator::instance()).live_bytes);
+      },
+      "libcalloc: Fragmentation analysis refused of ");
+  ck_assert_msg(process_analyze.ok(), "%s", process_analyze.description.c_str());
 }
 END_TEST
 
@@ -1995,6 +2044,7 @@ int main() {
   tcase_add_test(tc, test_round_survives_changes_between_passes);
   tcase_add_test(tc, test_callback_throws);
   tcase_add_test(tc, test_process_heap_refused);
+  tcase_add_test(tc, test_refusals_name_the_heap_and_the_call);
   tcase_add_test(tc, test_callback_using_heap_dies);
   tcase_add_test(tc, test_callback_reads_heap);
   tcase_add_test(tc, test_handle_heap_compacts);
