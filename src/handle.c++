@@ -1184,8 +1184,9 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
       lca::HeapLock lock(d);
       lca::Plan plan(d->single, lca::Plan::Build::whole);
       for (; next < n && batch.size() < lca::kBatchObjects && batch_bytes < lca::kBatchBytes; ++next) {
-        if (stats.objects_relocated + batch.size() >= budget.max_objects ||
-            stats.bytes_moved + batch_bytes >= budget.max_bytes)
+        // (A limit of 0 lets the pass move one object, as PassState's do.)
+        if (stats.objects_relocated + batch.size() >= std::max<std::size_t>(budget.max_objects, 1) ||
+            stats.bytes_moved + batch_bytes >= std::max<std::size_t>(budget.max_bytes, 1))
           break;
         lca::HandleSlot* s = lca::slot_at(t, next);
         std::uint64_t w = s->word.load(std::memory_order_acquire);

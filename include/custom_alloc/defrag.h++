@@ -80,8 +80,9 @@ namespace lca { struct HandleTable; }  // the handle heap's state (src/defrag.c+
 namespace custom_alloc {
 
 // What one pass may do before it returns (a pass stops at the first limit it
-// reaches and says whether work remains; the time limit lets it move one object
-// or finish one piece of work at least, so that passes converge).  The
+// reaches and says whether work remains; every limit lets it move one object
+// or finish one piece of work at least, so that passes converge: a max_objects
+// or max_bytes of 0 counts as 1 object).  The
 // defaults: no limit.  Budgeted passes of the raw engine make a round: each
 // resumes where the previous one stopped -- the size classes in order, the
 // arena blocks, then returning the emptied memory to the OS, itself a piece

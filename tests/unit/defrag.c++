@@ -372,6 +372,73 @@ START_TEST(test_budgets_respected_and_converge) {
 }
 END_TEST
 
+// A budget of 0 objects or 0 bytes lets each pass move one object (or finish a
+// stage), as a time budget of 0 does, so that passes converge: the old code
+// moved nothing and said work_remaining, pass after pass, in both engines
+// (review 24).
+START_TEST(test_zero_budgets_converge) {
+  for (int which = 0; which < 2; ++which) {
+    MemoryAllocator alloc;
+    Tracked t;
+    fragment(alloc, t, 3000, 64, 10, 7);
+    DefragmentationEngine engine;
+    DefragBudget zero;
+    zero.measure = false;
+    if (which == 0)
+      zero.max_objects = 0;
+    else
+      zero.max_bytes = 0;
+    unsigned passes = 0;
+    bool remaining = true;
+    while (remaining && passes < 5000) {
+      auto s = engine.defragment(alloc, t.callback(), zero);
+      ck_assert_uint_le(s.objects_relocated, 1);
+      remaining = s.work_remaining;
+      ++passes;
+    }
+    float frag = engine.calculate_fragmentation(alloc);
+    std::printf("# raw engine, max_%s 0: %u passes, fragmentation %.3f\n", which == 0 ? "objects" : "bytes",
+                passes, frag);
+    ck_assert_msg(!remaining, "%u passes with max_%s = 0 and still work_remaining", passes,
+                  which == 0 ? "objects" : "bytes");
+    if (!checked_mode()) ck_assert_float_lt(frag, 0.10f);
+    t.verify_all();
+    ASSERT_NO_FAILURE(t.f);
+    for (auto& [p, seed] : t.seed_of) alloc.deallocate(p);
+  }
+  HandleAllocator handles;
+  std::vector<Handle> all, kept;
+  for (int i = 0; i < 3000; ++i) all.push_back(handles.allocate_handle(64));
+  for (int i = 0; i < 3000; ++i) {
+    if (i % 10 == 0) {
+      kept.push_back(all[i]);
+      fill_pattern(handles.resolve(all[i]), 64, all[i]);
+    } else {
+      handles.deallocate_handle(all[i]);
+    }
+  }
+  DefragBudget zero;
+  zero.max_objects = 0;
+  unsigned passes = 0;
+  bool remaining = true;
+  while (remaining && passes < 5000) {
+    auto s = handles.defragment(zero);
+    ck_assert_uint_le(s.objects_relocated, 1);
+    remaining = s.work_remaining;
+    ++passes;
+  }
+  std::printf("# handle heap, max_objects 0: %u passes, fragmentation %.3f\n", passes, handles.fragmentation());
+  ck_assert_msg(!remaining, "%u passes of the handle heap with max_objects = 0 and still work_remaining", passes);
+  test_util::Failure f;
+  for (Handle h : kept) {
+    long bad = check_pattern(handles.resolve(h), 64, h);
+    if (bad >= 0) f.note("handle %llx differs at byte %ld", static_cast<unsigned long long>(h), bad);
+    handles.deallocate_handle(h);
+  }
+  ASSERT_NO_FAILURE(f);
+}
+END_TEST
+
 // Budgeted passes make a round: each resumes where the last one stopped (the
 // size classes in order, the arena, then the trim that returns memory, itself
 // a piece per pass), and the round ends with the heap as compact and as small
@@ -2040,6 +2107,7 @@ int main() {
   tcase_add_test(tc, test_slab_ninety_to_ten);
   tcase_add_test(tc, test_arena_ninety_to_ten);
   tcase_add_test(tc, test_budgets_respected_and_converge);
+  tcase_add_test(tc, test_zero_budgets_converge);
   tcase_add_test(tc, test_budgeted_round_resumes_and_trims);
   tcase_add_test(tc, test_round_survives_changes_between_passes);
   tcase_add_test(tc, test_callback_throws);
