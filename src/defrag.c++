@@ -23,6 +23,7 @@
 #include "config.h"
 
 #include <custom_alloc/defrag.h++>
+#include <custom_alloc/numa_allocator.h++>
 #include <custom_alloc/secure_allocator.h++>
 
 #include <algorithm>
@@ -426,6 +427,13 @@ lca::Domain* private_domain(const MemoryAllocator& a, bool measuring) {
                                   "engine does not walk (its get_stats has the counters)"
                                 : "a SecureAllocator's blocks never move (its hardened heap keeps each block in "
                                   "its slot)");
+  // A NUMAAllocator's blocks are in its per-node heaps; its own domain (the
+  // base heap) serves only their failures, so the engine found it empty: 0.0
+  // for a heap 90 % fragmented, and a pass that moved nothing (review 24).
+  if (dynamic_cast<const NUMAAllocator*>(&a))
+    lca::report_fatal(problem, &a,
+                      "a NUMAAllocator keeps its blocks in one heap per node, which the engine does not walk "
+                      "(it would find none); compact an independent MemoryAllocator");
   lca::Domain* d = a.domain();
   if (d == &lca::g_process_domain)
     lca::report_fatal(problem, &a,

@@ -22,6 +22,7 @@
 // behind its owner's back is reported stale.
 #include <custom_alloc/defrag.h++>
 #include <custom_alloc/handle_ptr.h++>
+#include <custom_alloc/numa_allocator.h++>
 #include <custom_alloc/secure_allocator.h++>
 
 #include <atomic>
@@ -634,7 +635,9 @@ START_TEST(test_process_heap_refused) {
 }
 END_TEST
 
-// What the engine refuses, each by its name: a SecureAllocator (a MemoryAllocator
+// What the engine refuses, each by its name: a NUMAAllocator (its blocks are in
+// per-node heaps the engine does not walk: it measured 0.0 and moved nothing);
+// a SecureAllocator (a MemoryAllocator
 // over the process domain, its blocks in a hardened heap of its own) was
 // refused as "the process heap", and a measurement of the process heap
 // (calculate_fragmentation, analyze) as a "Defragmentation" to be done on
@@ -671,6 +674,30 @@ START_TEST(test_refusals_name_the_heap_and_the_call) {
   ck_assert_msg(process_measure.ok(), "%s", process_measure.description.c_str());
   ck_assert(process_measure.output_contains("process heap"));
   ck_assert(process_measure.output_contains("measure an independent MemoryAllocator"));
+  // A NUMAAllocator's blocks are in its per-node heaps: the engine measured
+  // 0.0 and moved nothing in a heap 90 % fragmented.
+  auto numa_measure = expect_death(
+      [] {
+        custom_alloc::NUMAAllocator heap;
+        std::vector<void*> all;
+        for (int i = 0; i < 2000; ++i) all.push_back(heap.allocate(64));
+        for (int i = 0; i < 2000; ++i)
+          if (i % 10) heap.deallocate(all[i]);
+        DefragmentationEngine engine;
+        std::printf("%f\n", engine.calculate_fragmentation(heap));
+      },
+      "libcalloc: Fragmentation analysis refused of ");
+  ck_assert_msg(numa_measure.ok(), "%s", numa_measure.description.c_str());
+  ck_assert(numa_measure.output_contains("NUMAAllocator"));
+  auto numa_defrag = expect_death(
+      [] {
+        custom_alloc::NUMAAllocator heap;
+        DefragmentationEngine engine;
+        engine.defragment(heap, nullptr);
+      },
+      "libcalloc: Defragmentation refused of ");
+  ck_assert_msg(numa_defrag.ok(), "%s", numa_defrag.description.c_str());
+  ck_assert(numa_defrag.output_contains("NUMAAllocator"));
   auto process_analyze = expect_death(
       [] {
         DefragmentationEngine engine;
