@@ -23,6 +23,8 @@
 #include "config.h"
 
 #include <custom_alloc/defrag.h++>
+#include <custom_alloc/numa_allocator.h++>
+#include <custom_alloc/secure_allocator.h++>
 
 #include <algorithm>
 #include <atomic>
@@ -412,13 +414,34 @@ using lca::Clock;
 
 namespace {
 
-lca::Domain* private_domain(const MemoryAllocator& a, const char* what) {
+// The heap the engine works on, or an abort naming what `a` is instead.  A
+// SecureAllocator is a MemoryAllocator over the process domain (its blocks are
+// in its own hardened heap), so it is told apart first: it was reported as "the
+// process heap" (review 24).  `measuring`: analyze or calculate_fragmentation,
+// which were refused as a "Defragmentation" although they move nothing.
+lca::Domain* private_domain(const MemoryAllocator& a, bool measuring) {
+  const char* problem = measuring ? "Fragmentation analysis refused" : "Defragmentation refused";
+  if (dynamic_cast<const SecureAllocator*>(&a))
+    lca::report_fatal(problem, &a,
+                      measuring ? "a SecureAllocator keeps its blocks in a hardened heap of its own, which the "
+                                  "engine does not walk (its get_stats has the counters)"
+                                : "a SecureAllocator's blocks never move (its hardened heap keeps each block in "
+                                  "its slot)");
+  // A NUMAAllocator's blocks are in its per-node heaps; its own domain (the
+  // base heap) serves only their failures, so the engine found it empty: 0.0
+  // for a heap 90 % fragmented, and a pass that moved nothing (review 24).
+  if (dynamic_cast<const NUMAAllocator*>(&a))
+    lca::report_fatal(problem, &a,
+                      "a NUMAAllocator keeps its blocks in one heap per node, which the engine does not walk "
+                      "(it would find none); compact an independent MemoryAllocator");
   lca::Domain* d = a.domain();
   if (d == &lca::g_process_domain)
-    lca::report_fatal("Defragmentation refused", &a,
-                      "this is the process heap (the one behind malloc), whose pointers libcalloc cannot update; "
-                      "defragment an independent MemoryAllocator");
-  (void)what;
+    lca::report_fatal(problem, &a,
+                      measuring ? "this is the process heap (the one behind malloc), whose blocks live in its "
+                                  "threads' heaps, which the engine does not walk; measure an independent "
+                                  "MemoryAllocator (lca_get_stats has the process heap's counters)"
+                                : "this is the process heap (the one behind malloc), whose pointers libcalloc "
+                                  "cannot update; defragment an independent MemoryAllocator");
   return d;
 }
 
@@ -434,7 +457,7 @@ FragmentationReport analyze_domain(lca::Domain* d) {
 }  // namespace
 
 FragmentationReport DefragmentationEngine::analyze(const MemoryAllocator& allocator) {
-  return analyze_domain(private_domain(allocator, "analyze"));
+  return analyze_domain(private_domain(allocator, true));
 }
 
 float DefragmentationEngine::calculate_fragmentation(const MemoryAllocator& allocator) {
@@ -449,7 +472,7 @@ DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAlloc
 DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAllocator& allocator,
                                                                      RelocationCallback callback,
                                                                      const DefragBudget& budget) {
-  lca::Domain* d = private_domain(allocator, "defragment");
+  lca::Domain* d = private_domain(allocator, false);
   if (dynamic_cast<HandleAllocator*>(&allocator))
     lca::report_fatal("Defragmentation refused", &allocator,
                       "a HandleAllocator moves its objects itself: call its defragment()");

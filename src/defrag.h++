@@ -265,11 +265,14 @@ struct PassState {
   bool stopped = false;
   bool advanced = false;  // the pass got to a later stage than it began in
 
-  // The time budget lets every pass move one object or finish a stage, so that
-  // passes converge however small it is (under Valgrind planning alone can take
-  // a millisecond).
+  // Every budget lets every pass move one object or finish a stage, so that
+  // passes converge however small it is: the time budget (under Valgrind
+  // planning alone can take a millisecond), and a max_objects or max_bytes of 0,
+  // with which a pass moved nothing and said work_remaining, forever (review
+  // 24; any other value stops a pass only after a move, as before).
   bool over_budget() {
-    if (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes ||
+    if (((stats->objects_relocated > 0 || advanced) &&
+         (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes)) ||
         ((stats->objects_relocated > 0 || advanced) && Clock::now() >= deadline)) {
       stopped = true;
       return true;

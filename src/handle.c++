@@ -77,6 +77,9 @@ constexpr std::uint32_t kMaxSegments = 1u << 16;
 // A batch of marked objects shares one grace period.
 constexpr std::size_t kBatchObjects = 64;
 constexpr std::size_t kBatchBytes = 256 * 1024;
+// Sweeps of the handles one pass makes at most (each after one that moved
+// something; 3 take every 10th of 100 000 objects from 90 % to 2 %).
+constexpr unsigned kMaxSweeps = 8;
 
 inline std::uint32_t gen_of(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
 
@@ -1158,11 +1161,30 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
   stats.fragmentation_before = before.fragmentation;
   // Candidates: live, unpinned handles, in slot order; each batch re-plans under
   // the lock and takes those whose block lies in a source span or has an arena
-  // hole before it.
+  // hole before it.  The moves change the plan: a span that was a destination
+  // when the sweep passed its handles can be a source a few batches later (its
+  // chunk lost spans), so one sweep can leave half the work (90 % fragmentation
+  // went to 51 % with every 10th of 100 000 objects kept).  The pass sweeps again
+  // while the last sweep moved something, up to kMaxSweeps.
   std::uint32_t n = t->slot_count.load(std::memory_order_acquire);
   std::uint32_t next = 0;
+  unsigned sweeps = 1;
+  std::size_t moved_before_sweep = 0;
+  bool sweeps_capped = false;
   bool in_time = true;
-  while (next < n && in_time && !st.over_budget()) {
+  for (;;) {
+    if (next >= n) {
+      if (stats.objects_relocated == moved_before_sweep) break;  // nothing left to gain
+      if (sweeps == lca::kMaxSweeps) {
+        sweeps_capped = true;
+        break;
+      }
+      ++sweeps;
+      moved_before_sweep = stats.objects_relocated;
+      next = 0;
+      n = t->slot_count.load(std::memory_order_acquire);
+    }
+    if (!in_time || st.over_budget()) break;
     std::vector<lca::Move> batch;
     std::size_t batch_bytes = 0;
     {
@@ -1170,8 +1192,9 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
       lca::HeapLock lock(d);
       lca::Plan plan(d->single, lca::Plan::Build::whole);
       for (; next < n && batch.size() < lca::kBatchObjects && batch_bytes < lca::kBatchBytes; ++next) {
-        if (stats.objects_relocated + batch.size() >= budget.max_objects ||
-            stats.bytes_moved + batch_bytes >= budget.max_bytes)
+        // (A limit of 0 lets the pass move one object, as PassState's do.)
+        if (stats.objects_relocated + batch.size() >= std::max<std::size_t>(budget.max_objects, 1) ||
+            stats.bytes_moved + batch_bytes >= std::max<std::size_t>(budget.max_bytes, 1))
           break;
         lca::HandleSlot* s = lca::slot_at(t, next);
         std::uint64_t w = s->word.load(std::memory_order_acquire);
@@ -1195,11 +1218,14 @@ DefragmentationEngine::DefragStats HandleAllocator::defragment(const DefragBudge
       // With the new places just allocated: a fork finds them in the batch.
       if (!batch.empty()) lca::record_batch(t, batch);
     }
-    if (batch.empty()) break;
+    if (batch.empty()) {
+      if (next >= n) continue;  // the sweep is done: another one?
+      break;                    // the budget
+    }
     in_time = lca::move_batch(t, batch, rec, &stats);
   }
   lca::mover_unlock(t);
-  if (!in_time || next < n) stats.work_remaining = true;
+  if (!in_time || next < n || sweeps_capped) stats.work_remaining = true;
   lca::domain_trim(d);
   {
     lca::VgSerial serial;

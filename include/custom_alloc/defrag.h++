@@ -29,7 +29,13 @@
 // places, and the exception reaches the caller.  The process heap
 // (MemoryAllocator::instance(), the one behind malloc) is refused with
 // "libcalloc: Defragmentation refused of ADDR: ..." and abort(): its pointers
-// are not ours to move; so is a HandleAllocator (it moves its objects itself).
+// are not ours to move; so is a HandleAllocator (it moves its objects itself;
+// analyze and calculate_fragmentation measure it), a SecureAllocator (its
+// blocks never move) and a NUMAAllocator (its blocks are in per-node heaps the
+// engine does not walk).  analyze and calculate_fragmentation of the process
+// heap, a SecureAllocator or a NUMAAllocator abort with "libcalloc:
+// Fragmentation analysis refused of ADDR: ...": the engine walks independent
+// heaps only (get_stats and lca_get_stats have the others' counters).
 //
 // HandleAllocator hands out handles instead of pointers.  resolve(h) costs a few
 // loads and a store; defragment() moves objects while other threads allocate,
@@ -75,8 +81,9 @@ namespace lca { struct HandleTable; }  // the handle heap's state (src/defrag.c+
 namespace custom_alloc {
 
 // What one pass may do before it returns (a pass stops at the first limit it
-// reaches and says whether work remains; the time limit lets it move one object
-// or finish one piece of work at least, so that passes converge).  The
+// reaches and says whether work remains; every limit lets it move one object
+// or finish one piece of work at least, so that passes converge: a max_objects
+// or max_bytes of 0 counts as 1 object).  The
 // defaults: no limit.  Budgeted passes of the raw engine make a round: each
 // resumes where the previous one stopped -- the size classes in order, the
 // arena blocks, then returning the emptied memory to the OS, itself a piece
@@ -147,7 +154,9 @@ using Handle = std::uint64_t;
 class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
  public:
   // Keeps an object in place (the mover skips it) and its pointer valid until
-  // the guard is destroyed or released.
+  // the guard is destroyed or released.  A guard must not outlive its heap:
+  // releasing or destroying it after the HandleAllocator is gone touches the
+  // heap's unmapped table (SIGSEGV, no message).
   class CUSTOM_ALLOC_EXPORT PinGuard {
    public:
     PinGuard() = default;

@@ -43,6 +43,7 @@
 #include <atomic>
 #include <compare>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -364,44 +365,63 @@ namespace detail {
 /// The shared state: strong count (owners), weak count (weak_ptrs, plus one for
 /// all the owners together, so the block lives until the last of either goes).
 /// Lives in a libcalloc heap; destroy_self returns it there.
+///
+/// Both counts are one atomic word (strong in the low 32 bits, weak in the high
+/// 32, as many owners as libstdc++'s int counts allow), so that one load sees
+/// both at the same instant: the last owner's shortcut below needs that.  Each
+/// half only ever changes by adding or taking 1 from a count that is at least 1
+/// before a decrement, so no carry or borrow crosses from one half to the other.
 class control_block {
+  static constexpr std::uint64_t kStrong = 1;
+  static constexpr std::uint64_t kWeak = std::uint64_t{1} << 32;
+  static constexpr std::uint64_t strong_of(std::uint64_t c) noexcept { return c & 0xffffffffu; }
+  static constexpr std::uint64_t weak_of(std::uint64_t c) noexcept { return c >> 32; }
+
  public:
   explicit control_block(MemoryAllocator& heap) noexcept : heap_(&heap) {}
   control_block(const control_block&) = delete;
   control_block& operator=(const control_block&) = delete;
 
-  void add_strong() noexcept { increment(strong_); }
+  void add_strong() noexcept { add(kStrong); }
   // weak_ptr::lock: a new owner unless the object is already gone.
   bool add_strong_if_alive() noexcept {
-    long n = strong_.load(std::memory_order_relaxed);
-    while (n != 0)
-      if (strong_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel, std::memory_order_relaxed))
+    std::uint64_t c = counts_.load(std::memory_order_relaxed);
+    while (strong_of(c) != 0)
+      if (counts_.compare_exchange_weak(c, c + kStrong, std::memory_order_acq_rel, std::memory_order_relaxed))
         return true;
     return false;
   }
   void release_strong() noexcept {
     // The sole reference (one owner, no weak_ptr): nobody else can add one, so
-    // two loads replace two locked decrements (as libstdc++ does; the decrements
-    // were 84 % of a make_shared<int> + drop loop).
-    if (strong_.load(std::memory_order_acquire) == 1 && weak_.load(std::memory_order_acquire) == 1) {
+    // a load replaces two locked decrements (as libstdc++ does; the decrements
+    // were 84 % of a make_shared<int> + drop loop).  The two counts must be read
+    // in one load: read one after the other (as they were, two atomics), a
+    // weak_ptr's lock() and its destruction in another thread could fall
+    // between the reads -- strong read as 1 before the lock, weak as 1 after
+    // the weak_ptr went -- and the object and block were destroyed under the
+    // new owner (review 24).
+    if (counts_.load(std::memory_order_acquire) == (kStrong | kWeak)) {
       dispose();
       destroy_self();
       return;
     }
-    if (decrement(strong_) == 0) {
+    if (strong_of(take(kStrong)) == 0) {
       dispose();
       release_weak();
     }
   }
-  void add_weak() noexcept { increment(weak_); }
+  void add_weak() noexcept { add(kWeak); }
   void release_weak() noexcept {
-    if (decrement(weak_) == 0) destroy_self();
+    if (weak_of(take(kWeak)) == 0) destroy_self();
   }
-  long use_count() const noexcept { return strong_.load(std::memory_order_relaxed); }
+  long use_count() const noexcept {
+    return static_cast<long>(strong_of(counts_.load(std::memory_order_relaxed)));
+  }
   /// weak_ptrs alive (the owners' shared reference is not counted).
   long weak_count() const noexcept {
-    long w = weak_.load(std::memory_order_relaxed);
-    return use_count() > 0 ? w - 1 : w;
+    std::uint64_t c = counts_.load(std::memory_order_relaxed);
+    long w = static_cast<long>(weak_of(c));
+    return strong_of(c) > 0 ? w - 1 : w;
   }
   virtual void* get_deleter(const std::type_info&) noexcept { return nullptr; }
 
@@ -424,24 +444,23 @@ class control_block {
     return false;
 #endif
   }
-  static void increment(std::atomic<long>& c) noexcept {
+  void add(std::uint64_t unit) noexcept {
     if (single_threaded())
-      c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      counts_.store(counts_.load(std::memory_order_relaxed) + unit, std::memory_order_relaxed);
     else
-      c.fetch_add(1, std::memory_order_relaxed);
+      counts_.fetch_add(unit, std::memory_order_relaxed);
   }
-  // Returns the new value.
-  static long decrement(std::atomic<long>& c) noexcept {
+  // Returns the new value of both counts.
+  std::uint64_t take(std::uint64_t unit) noexcept {
     if (single_threaded()) {
-      long v = c.load(std::memory_order_relaxed) - 1;
-      c.store(v, std::memory_order_relaxed);
-      return v;
+      std::uint64_t c = counts_.load(std::memory_order_relaxed) - unit;
+      counts_.store(c, std::memory_order_relaxed);
+      return c;
     }
-    return c.fetch_sub(1, std::memory_order_acq_rel) - 1;
+    return counts_.fetch_sub(unit, std::memory_order_acq_rel) - unit;
   }
 
-  std::atomic<long> strong_{1};
-  std::atomic<long> weak_{1};
+  std::atomic<std::uint64_t> counts_{kStrong | kWeak};
   MemoryAllocator* heap_;
 };
 

@@ -44,6 +44,12 @@ for page in libcalloc.3 libcalloc.7 calloc-run.1; do
       # (blanks squeezed: man justifies its lines with runs of spaces and tabs)
       for word in malloc_usable_size 'operator new' LD_PRELOAD LIBCALLOC_OPTIONS 'Double free' mallinfo2 malloc_trim; do
         echo "$text" | tr -s ' \t' '  ' | grep -q "$word" || fail "libcalloc(3) does not mention $word"
+      done
+      # Its C++ section names every exported class of the installed headers (it
+      # named 3 of 8: no DefragmentationEngine, HandleAllocator, NUMAAllocator,
+      # AllocationTracker; review 24).
+      for class in $(sed -n 's/^class CUSTOM_ALLOC_EXPORT \([A-Za-z]*\).*/\1/p' "$top_srcdir"/include/custom_alloc/*.h++ | sort -u); do
+        echo "$text" | grep -q "$class" || fail "libcalloc(3) does not mention the C++ class $class"
       done ;;
     libcalloc.7)
       for opt in $(grep -o 'key_is("[a-z_]*")' "$top_srcdir/src/options.c++" | sed 's/key_is("\(.*\)")/\1/' | sort -u); do

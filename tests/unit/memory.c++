@@ -623,6 +623,78 @@ START_TEST(test_weak_lock_races_last_owner) {
 }
 END_TEST
 
+// The last owner dropped while another thread locks the object's only weak_ptr
+// and drops the weak_ptr: the lock gets a live object (kept alive until that
+// new owner goes) or nothing.  The last owner's shortcut ("one owner, no
+// weak_ptr: destroy at once") read the two counts one after the other, so a
+// lock() and the weak_ptr's end between the two reads (strong read as 1 before
+// the lock, weak as 1 after the weak_ptr went) destroyed the object, and freed
+// its block, under the new owner (review 24).  The window is the time between
+// two loads: the old code failed this test with the loads 20 us apart (a
+// mutation), not in runs of this length without it.
+START_TEST(test_lock_and_weak_drop_race_last_owner) {
+  MemoryAllocator heap;
+  struct Probe {
+    std::atomic<int>* destroyed;
+    std::atomic<int> alive{1};
+    explicit Probe(std::atomic<int>* d) : destroyed(d) {}
+    ~Probe() {
+      alive.store(0);
+      destroyed->fetch_add(1);
+    }
+  };
+  const int n = 256;
+  const std::size_t rounds = scaled(200);
+  std::atomic<int> destroyed{0}, dead_seen{0}, locked{0};
+  std::vector<custom_alloc::shared_ptr<Probe>> owners(n);
+  std::vector<custom_alloc::weak_ptr<Probe>> weaks(n);
+  std::atomic<int> b_at{-1};
+  std::atomic<std::size_t> round_ready{0}, round_done{0};
+  std::thread b([&] {
+    for (std::size_t r = 1; r <= rounds; ++r) {
+      while (round_ready.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      for (int i = 0; i < n; ++i) {
+        custom_alloc::weak_ptr<Probe> w = std::move(weaks[i]);
+        b_at.store(i, std::memory_order_release);
+        // The owner's release starts now: lock at a varying moment after it.
+        for (int k = 0; k < (i % 32) * 8; ++k) asm volatile("" ::: "memory");
+        custom_alloc::shared_ptr<Probe> s = w.lock();
+        w.reset();
+        if (s) {
+          locked.fetch_add(1, std::memory_order_relaxed);
+          for (int k = 0; k < 100; ++k)
+            if (s->alive.load(std::memory_order_relaxed) != 1) {
+              dead_seen.fetch_add(1);
+              break;
+            }
+        }
+      }
+      round_done.store(r, std::memory_order_release);
+    }
+  });
+  for (std::size_t r = 1; r <= rounds; ++r) {
+    for (int i = 0; i < n; ++i) {
+      owners[i] = custom_alloc::make_shared_in<Probe>(heap, &destroyed);
+      weaks[i] = owners[i];
+    }
+    b_at.store(-1, std::memory_order_relaxed);
+    round_ready.store(r, std::memory_order_release);
+    for (int i = 0; i < n; ++i) {
+      for (unsigned spins = 0; b_at.load(std::memory_order_acquire) < i;)
+        if (++spins % 1024 == 0) std::this_thread::yield();  // (Valgrind runs one thread at a time)
+      owners[i].reset();
+    }
+    while (round_done.load(std::memory_order_acquire) != r) std::this_thread::yield();
+  }
+  b.join();
+  std::printf("# %zu objects: %d locked by the other thread as their last owner went, %d seen destroyed\n",
+              rounds * n, locked.load(), dead_seen.load());
+  ck_assert_int_eq(dead_seen.load(), 0);
+  ck_assert_int_eq(destroyed.load(), static_cast<int>(rounds * n));
+  ck_assert_uint_eq(live(heap), 0);
+}
+END_TEST
+
 // Every standard container with custom_alloc::allocator on an independent heap:
 // all their memory comes from it, and all of it goes back.
 START_TEST(test_allocator_std_containers) {
@@ -1239,6 +1311,7 @@ int main() {
   tcase_add_test(tc, test_enable_shared_from_this);
   tcase_add_test(tc, test_shared_ptr_thread_safe_counts);
   tcase_add_test(tc, test_weak_lock_races_last_owner);
+  tcase_add_test(tc, test_lock_and_weak_drop_race_last_owner);
   tcase_add_test(tc, test_allocator_std_containers);
   tcase_add_test(tc, test_allocator_requirements);
   tcase_add_test(tc, test_std_allocate_shared);
