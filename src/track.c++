@@ -1684,6 +1684,7 @@ void symbolize(const void* addr, Symbol* out) {
 struct SiteView {
   std::uint32_t index;
   double calls, bytes, live_blocks, live_bytes;
+  unsigned char owner = 0;  // a leak report's: 0 the program, 1 glibc's thread storage, 2 dlopen's records
 };
 
 // Symbolises the frames of the sites v[0..n) in one batch (see prepare_symbols).
@@ -1939,10 +1940,103 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
   return false;
 }
 
-// Moves the sites of v[0..n) that are glibc's thread storage to its end; the
-// count of the others (the program's).  Only stacks with a frame in the loader
-// among their first few (first_loader_frame) are symbolised for it.
-std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
+// Names compared up to a '.' (GCC's clones) or '@' (a symbol version).
+bool same_function(const char* name, const char* want) {
+  std::size_t n = std::strcspn(name, ".@");
+  return std::strlen(want) == n && std::strncmp(name, want, n) == 0;
+}
+
+// Whether frame ip lies in the object loaded at base (a Symbol of it, from
+// symbolize: its module offset is ip less the object's load address).
+bool frame_in(const void* ip, const Symbol& sym, std::uintptr_t base) {
+  return sym.module[0] && reinterpret_cast<std::uintptr_t>(ip) - sym.module_offset == base;
+}
+
+// The load address of the object libcalloc's code is in (the program itself
+// when libcalloc.a is linked into it).
+std::uintptr_t own_base() {
+  Dl_info dl;
+  if (!dladdr(reinterpret_cast<const void*>(&track_init), &dl)) return 0;
+  return reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
+}
+
+// Whether the frames of s before its first loader frame j are the
+// allocator's alone: none (libcalloc.so's frames are dropped at capture), or
+// -- libcalloc linked into the program -- its own calls, whose last (frame
+// j - 1, the one the loader called) is the malloc, calloc or realloc that the
+// loader calls through __rtld_malloc and friends.  A constructor that dlopen
+// runs (the loader's call_init calls it) is frame j - 1 of its allocations,
+// and is neither: its leaks are the program's.
+bool loader_called_allocator(const Site& s, unsigned j) {
+  if (j == 0) return true;
+  Symbol sym;
+  symbolize(s.frames[j - 1], &sym);
+  if (!frame_in(s.frames[j - 1], sym, own_base())) return false;
+  return same_function(sym.function, "malloc") || same_function(sym.function, "calloc") ||
+         same_function(sym.function, "realloc");
+}
+
+// The C library's entry points that load objects: dlopen, dlmopen, and the
+// one glibc itself loads NSS modules, gconv modules and libgcc_s with.  All
+// exported, so named without libc6-dbg's file too (sampled reports).
+bool dlopen_function(const char* name) {
+  return same_function(name, "dlopen") || same_function(name, "dlmopen") ||
+         same_function(name, "__libc_dlopen_mode");
+}
+
+// Whether a module's path names the C library or libdl (glibc before 2.34
+// had dlopen there), whose frames lie between dlopen and the loader's:
+// _dlerror_run, dlopen_doit, _dl_catch_error, _dl_catch_exception.
+bool dl_module(const char* path) {
+  const char* base = std::strrchr(path, '/');
+  base = base ? base + 1 : path;
+  return std::strncmp(base, "libc.so.", 8) == 0 || std::strncmp(base, "libdl.so.", 9) == 0;
+}
+
+// The dynamic loader's records of objects loaded with dlopen: blocks whose
+// stack runs from the allocator (loader_called_allocator) into the loader,
+// and from there through frames of the loader and of the C library's dl
+// functions only, up to dlopen (dlopen_function).  glibc 2.36 allocates them
+// in _dl_new_object (the link map, its names and scope array),
+// _dl_map_object (the name), _dl_map_object_deps (the search list and
+// init order), _dl_check_map_versions (the version table),
+// _dl_find_object_update (the lookup table of _dl_find_object),
+// add_to_global_resize (the global scope, RTLD_GLOBAL) and more; the loader
+// frees them in dlclose, and never when the object stays loaded until exit
+// (checked by tests/integration/track.sh's "dlopen-keep").  Their stacks are
+// recognised by their shape, not by those names: without libc6-dbg's file the
+// loader's static functions have no name (sampled reports).  A frame of any
+// other object on the way -- a constructor dlopen runs, and what it calls,
+// an IFUNC resolver, an audit module -- makes it the program's.
+bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0 || rtld == 0) return false;
+  const Site& s = g_sites[site];
+  unsigned j = first_loader_frame(s, rtld);
+  if (j == s.depth || !loader_called_allocator(s, j)) return false;
+  for (; j < s.depth; ++j) {
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (frame_in(s.frames[j], sym, rtld)) continue;
+    if (!sym.module[0] || !dl_module(sym.module)) return false;
+    if (dlopen_function(sym.function)) return true;
+  }
+  return false;  // (no dlopen among the frames kept)
+}
+
+// Blocks that are not the program's leaks: the C library's own, alive until
+// exit by its design.
+struct NotLeaks {
+  std::size_t thread_storage = 0;  // stacks of glibc's thread storage
+  std::size_t dlopen = 0;          // stacks of the loader's records of dlopen'ed objects
+};
+
+// Moves the sites of v[0..n) that are not the program's leaks to its end:
+// glibc's thread storage first, then the loader's records of dlopen'ed
+// objects (counts in *apart); returns the count of the others (the
+// program's).  Only stacks with a frame in the loader among their first few
+// (first_loader_frame) are symbolised for it.
+std::size_t set_apart_glibc_blocks(SiteView* v, std::size_t n, NotLeaks* apart) {
+  *apart = NotLeaks{};
   auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
   if (rtld == 0) return n;  // a static program: no loader of its own
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
@@ -1953,7 +2047,13 @@ std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
   prepare_sites(cand, ncand);
-  SiteView* glibc = std::partition(cand, v + n, [rtld](const SiteView& x) { return !glibc_thread_storage(x.index, rtld); });
+  // Each candidate's owner, once (the second partition must not symbolise again).
+  for (SiteView* x = cand; x < v + n; ++x)
+    x->owner = glibc_thread_storage(x->index, rtld) ? 1 : dlopen_records(x->index, rtld) ? 2 : 0;
+  SiteView* glibc = std::partition(cand, v + n, [](const SiteView& x) { return x.owner == 0; });
+  SiteView* dl = std::partition(glibc, v + n, [](const SiteView& x) { return x.owner == 1; });
+  apart->thread_storage = static_cast<std::size_t>(dl - glibc);
+  apart->dlopen = static_cast<std::size_t>(v + n - dl);
   return static_cast<std::size_t>(glibc - v);
 }
 
@@ -1978,12 +2078,16 @@ bool write_leak_report(const char* pattern) {
     bytes += v[i].live_bytes;
     v[k++] = v[i];
   }
-  // Not the program's leaks: glibc's thread storage, counted apart.
+  // Not the program's leaks: glibc's thread storage and the loader's records
+  // of dlopen'ed objects, counted apart.
   std::size_t live = k;
-  k = set_apart_glibc_thread_storage(v, live);
-  double glibc_blocks = 0, glibc_bytes = 0;
-  for (std::size_t i = k; i < live; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
-  blocks -= glibc_blocks, bytes -= glibc_bytes;
+  NotLeaks apart;
+  k = set_apart_glibc_blocks(v, live, &apart);
+  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0;
+  std::size_t dl_from = k + apart.thread_storage;
+  for (std::size_t i = k; i < dl_from; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
+  for (std::size_t i = dl_from; i < live; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks + dl_blocks, bytes -= glibc_bytes + dl_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -2000,12 +2104,17 @@ bool write_leak_report(const char* pattern) {
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
     out_printf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
-  if (live > k)
+  if (apart.thread_storage)
     out_printf(f, "libcalloc: not leaks of the program: glibc's thread storage (thread TLS the dynamic loader "
                   "allocated, freed when glibc drops a cached thread stack, or never): %.0f bytes in %.0f block%s "
                   "from %zu stack%s\n",
-               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s", live - k,
-               live - k == 1 ? "" : "s");
+               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s",
+               apart.thread_storage, apart.thread_storage == 1 ? "" : "s");
+  if (apart.dlopen)
+    out_printf(f, "libcalloc: not leaks of the program: the dynamic loader's records of libraries loaded with "
+                  "dlopen and still loaded at exit (freed by dlclose): %.0f bytes in %.0f block%s from %zu stack%s\n",
+               dl_bytes, dl_blocks, dl_blocks >= 0.5 && dl_blocks < 1.5 ? "" : "s", apart.dlopen,
+               apart.dlopen == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
@@ -2026,7 +2135,11 @@ bool write_leak_report(const char* pattern) {
   if (k == 0)
     out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
                g_track_mode == TrackMode::full ? "tracked" : "sampled",
-               live > k ? ", glibc's thread storage aside" : "", counted);
+               apart.thread_storage && apart.dlopen ? ", glibc's thread storage and the loader's records of dlopen'ed libraries aside"
+               : apart.thread_storage             ? ", glibc's thread storage aside"
+               : apart.dlopen                     ? ", the loader's records of dlopen'ed libraries aside"
+                                                  : "",
+               counted);
   else
     out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",
                  bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", counted);
