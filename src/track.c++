@@ -661,6 +661,17 @@ LCA_SAMPLING_TEXT void reset_countdown() {
   tls_track_countdown = g_track_mode == TrackMode::sample ? next_interval() : INT64_MAX;
 }
 
+// The countdown of a thread whose generator is not seeded yet -- its first
+// allocation while sampling, or a forked child's first (track_postfork_child)
+// --, which has just counted down `size` bytes from 0: an interval drawn now,
+// less those bytes.  The allocation is then a sample with the probability
+// 1 - exp(-size / sample) that the weights assume.  It was never one (the
+// countdown was set up and the allocation passed over): a thread's first
+// block, often its own thread-local storage, was never in a profile.
+LCA_SAMPLING_TEXT void first_countdown(std::size_t size) {
+  tls_track_countdown = next_interval() - static_cast<std::int64_t>(size);
+}
+
 // --- capture ---------------------------------------------------------------------
 
 // The stack above the allocator: frames in skipped text are dropped from the
@@ -2410,10 +2421,13 @@ LCA_SAMPLING_TEXT void track_postfork_child(bool locked) {
   // left as it is (the parent's thread counted as a waiter costs a futex wake
   // a post; its count, at most a wake-up that finds no request).
   g_dump_pending.store(0, std::memory_order_relaxed);
-  if (g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadStarted) {
+  if (g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadStarted)
     g_dump_thread.store(kDumpThreadWanted, std::memory_order_relaxed);
-    tls_track_countdown = 0;
-  }
+  // The child's first allocation draws its countdown afresh (first_countdown)
+  // and is judged by it: had the parent's count been left, the allocation
+  // where it ran out would have been drawn for again, and sampled with the
+  // square of its probability.
+  tls_track_countdown = 0;
   if (!locked) return;
   pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
@@ -2524,12 +2538,18 @@ __attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::s
   if (__builtin_expect(g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadWanted, 0) && !tls_track_busy)
     start_dump_thread();  // a forked child's first allocation
   TrackMode mode = g_track_mode;
-  // A thread's first allocation in sample mode sets its countdown up (its
-  // generator is not seeded yet) and is not a sample.
-  bool sampled = mode == TrackMode::full || (mode == TrackMode::sample && tls_track_countdown < 0 && tls_rng != 0);
+  bool sampled = mode == TrackMode::full;
+  if (mode == TrackMode::sample && !tls_track_busy) {
+    // A thread's first allocation (its countdown starts at 0 and its
+    // generator is not seeded: first_countdown) is counted down from an
+    // interval drawn now, like any other.
+    if (tls_rng == 0) first_countdown(size);
+    sampled = tls_track_countdown < 0;
+  }
   if (tls_track_busy || !sampled) {
-    // Busy: the countdown stays as it is, so the next allocation is the sample.
-    if (!tls_track_busy) reset_countdown();
+    // Busy: the countdown stays as it is, so the next allocation is the
+    // sample.  Sampling, it is the count left after the first draw.
+    if (!tls_track_busy && mode != TrackMode::sample) reset_countdown();
     void* p = tracked_block(size, alignment, false, zero);
     if (!p) errno = ENOMEM;
     return p;
@@ -2623,6 +2643,9 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
   const void* marker = __builtin_return_address(0);
   BlockNode old;
   bool was_tracked = block_take_live(p, &old);
+  // A thread's first allocation a realloc: drawn as in track_alloc (it was
+  // always a sample, the countdown's 0 less size being negative).
+  if (g_track_mode == TrackMode::sample && tls_rng == 0) first_countdown(0);
   bool sample_now = g_track_mode == TrackMode::full || track_countdown(size);
   if (!sample_now) {
     void* q = heap_realloc(p, size);

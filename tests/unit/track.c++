@@ -872,6 +872,67 @@ START_TEST(test_sampling_estimates_unbiased) {
 END_TEST
 
 namespace {
+// A thread whose first allocation is a malloc (or a realloc of `block`) of
+// kFirstSize bytes: whether it was a sample (the tracker's count of samples
+// grew; no other thread allocates meanwhile).
+constexpr std::size_t kFirstSize = 4096;
+struct FirstAllocation {
+  void* block = nullptr;  // realloc this one, else malloc
+  bool sampled = false;
+};
+__attribute__((noipa)) void* first_allocation(void* arg) {
+  auto* a = static_cast<FirstAllocation*>(arg);
+  std::size_t before = lca::track_totals().samples;
+  void* p = a->block ? lca_realloc(a->block, kFirstSize) : lca_malloc(kFirstSize);
+  a->sampled = lca::track_totals().samples > before;
+  a->block = p;
+  return nullptr;
+}
+}  // namespace
+
+// Sampling from a thread's first allocation on: with one sample per S bytes
+// on average, an allocation of S bytes is a sample with probability
+// p = 1 - 1/e = 0.632, the first of a thread too.  It never was (the first
+// allocation only set the thread's countdown up: a thread's first block,
+// often its __thread storage, was missed), and a first realloc always was.
+// 128 threads, one at a time, each starting with a malloc of S bytes, then
+// 128 with a realloc: the samples among each 128 are Binomial(128, p), mean
+// 80.9, standard deviation 5.5.  Accepted: 30 to 120 -- the old code's 0 (malloc)
+// and 128 (realloc) are not.  On correct code, P(X < 30) = 9.5e-21 and
+// P(X > 120) = 7.5e-17 (sums of the binomial terms, computed exactly): the
+// test fails by chance once in 10^16 runs.
+START_TEST(test_sampling_counts_a_threads_first_allocation) {
+  std::string err = in_child([]() -> std::string {
+    constexpr int kThreads = 128;
+    std::vector<void*> old_blocks;
+    for (int i = 0; i < kThreads; ++i) old_blocks.push_back(lca_malloc(64));
+    lca::track_start_for_test(lca::TrackMode::sample, kFirstSize);
+    std::string out;
+    for (bool realloc_first : {false, true}) {
+      int sampled = 0;
+      for (int i = 0; i < kThreads; ++i) {
+        FirstAllocation a;
+        if (realloc_first) a.block = old_blocks[static_cast<std::size_t>(i)];
+        pthread_t th;
+        if (pthread_create(&th, nullptr, first_allocation, &a) != 0) return "pthread_create failed";
+        pthread_join(th, nullptr);
+        sampled += a.sampled;
+        lca_free(a.block);
+      }
+      std::printf("# first %s of %d threads: %d samples\n", realloc_first ? "realloc" : "malloc", kThreads, sampled);
+      std::fflush(stdout);
+      if (sampled < 30 || sampled > 120)
+        out += std::string(out.empty() ? "" : "; ") + "a thread's first " + (realloc_first ? "realloc" : "malloc") +
+               " of " + std::to_string(kFirstSize) + " bytes sampled in " + std::to_string(sampled) + " of " +
+               std::to_string(kThreads) + " threads (expected 30 to 120, about 81)";
+    }
+    return out;
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
+namespace {
 // Writers of path open in this process now: descriptors naming it, less
 // `reader`; *last is set to the last one found.
 int writers_open(const std::string& path, int reader, int* last = nullptr) {
@@ -1635,6 +1696,7 @@ int main() {
   tcase_add_test(tc, test_module_blocks_realloc_untracked);
   tcase_add_test(tc, test_process_heap_threads_and_fork);
   tcase_add_test(tc, test_sampling_estimates_unbiased);
+  tcase_add_test(tc, test_sampling_counts_a_threads_first_allocation);
   tcase_add_test(tc, test_many_stacks_grow_the_site_index);
   tcase_add_test(tc, test_threads_intern_stacks_at_once);
   tcase_add_test(tc, test_profile_dumps_do_not_overlap);
