@@ -2468,6 +2468,61 @@ LCA_SAMPLING_TEXT void resolve_paths() {
 }
 }  // namespace
 
+namespace {
+// path (absolute) without "." and empty components, each ".." taking the one
+// before it back, into out; false when it does not fit (out is then path).
+bool normalize_path(const char* path, char* out, std::size_t cap) {
+  std::size_t len = std::strlen(path);
+  if (len >= cap) return false;
+  std::memcpy(out, path, len + 1);
+  if (path[0] != '/') return false;
+  std::size_t k = 1;  // out[0, k): "/" or "/a/b"
+  for (const char* p = path; *p;) {
+    while (*p == '/') ++p;
+    const char* e = p;
+    while (*e && *e != '/') ++e;
+    std::size_t n = static_cast<std::size_t>(e - p);
+    if (n == 0 || (n == 1 && p[0] == '.')) {
+      // nothing
+    } else if (n == 2 && p[0] == '.' && p[1] == '.') {
+      while (k > 1 && out[k - 1] != '/') --k;
+      if (k > 1) --k;
+    } else {
+      if (k > 1) out[k++] = '/';
+      std::memmove(out + k, p, n);
+      k += n;
+    }
+    p = e;
+  }
+  out[k] = 0;
+  return true;
+}
+
+// Whether the reports' paths (resolve_paths' absolute ones, %p in them
+// expanded) name one file: the same path once normalised; or two paths of a
+// file that exists (device and inode: a symbolic or hard link); or the same
+// name in a directory reached by two paths (a link to a directory), for a
+// file not made yet.  Compared as strings before (options_parse), "x" and
+// "./x" passed as two files: the profile, written second at exit, truncated
+// the leak report.  (".." is taken lexically: through a linked directory it
+// may name another, which the checks by inode catch where the files exist.)
+bool same_report_file(const char* a, const char* b) {
+  char ea[4096 + 512], eb[4096 + 512], na[sizeof ea], nb[sizeof eb];
+  expand_path(a, ea, sizeof ea);
+  expand_path(b, eb, sizeof eb);
+  normalize_path(ea, na, sizeof na);
+  normalize_path(eb, nb, sizeof nb);
+  if (std::strcmp(na, nb) == 0) return true;
+  struct stat sa, sb;
+  if (stat(na, &sa) == 0 && stat(nb, &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  char* ba = std::strrchr(na, '/');
+  char* bb = std::strrchr(nb, '/');
+  if (!ba || !bb || std::strcmp(ba, bb) != 0) return false;
+  ba[ba == na ? 1 : 0] = 0, bb[bb == nb ? 1 : 0] = 0;  // their directories ("/" for the root)
+  return stat(na, &sa) == 0 && stat(nb, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+}  // namespace
+
 LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;
   bool leaks = o.leak_report[0] != 0;
@@ -2478,6 +2533,15 @@ LCA_SAMPLING_TEXT void track_init(const Options& o) {
   TrackMode mode = (leaks && o.sample == 0) || o.sample == 1 ? TrackMode::full : TrackMode::sample;
   start(mode, o.sample);
   if (g_track_mode == TrackMode::off) return;
+  // leak_report and profile naming one file (options_parse compares the
+  // strings only): as there, a warning, and the leak report on stderr.  (After
+  // start: expand_path reads g_start_pid.)
+  if (leaks && profile && std::strcmp(o.leak_report, "-") != 0 && std::strcmp(o.profile, "-") != 0 &&
+      same_report_file(g_leak_path, g_profile_path)) {
+    report_warning("LIBCALLOC_OPTIONS: leak_report and profile name the same file, the leak report goes to stderr: ",
+                   g_profile_path);
+    g_leak_path = "-";
+  }
   int sig = o.profile_signal < 0 ? SIGUSR2 : o.profile_signal;
   int none = kDumpThreadNone;
   if (profile && sig > 0 && g_dump_thread.compare_exchange_strong(none, kDumpThreadWanted)) {

@@ -103,6 +103,31 @@ for f in leaks.txt prof.txt; do
 done
 test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1 block allocated at:" "chdir: leak report"
 
+# 2c'. leak_report and profile naming one file by two paths: "x" and "./x",
+# a symbolic link to an existing file, the same name through a linked
+# directory.  The strings were compared: the profile, written second at exit,
+# truncated the leak report.  Now, as for the same string, a warning at
+# start-up and the leak report on stderr; the file holds the profile.
+mkdir "$tmp/same" "$tmp/same/dir"
+ln -s dir "$tmp/same/dirlink"
+: >"$tmp/same/target.txt"
+ln -s target.txt "$tmp/same/link.txt"
+for pair in "x.txt ./x.txt" "link.txt target.txt" "dirlink/r.txt dir/./r.txt" "dir/../y.txt y.txt"; do
+  set -- $pair
+  (cd "$tmp/same" && env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=$1,profile=$2" "$demo_abs" leak) \
+    2>"$tmp/err" || fail "same file ($pair): the demo failed: $(cat "$tmp/err")"
+  expect "$tmp/err" "libcalloc: warning: LIBCALLOC_OPTIONS: leak_report and profile name the same file, the leak report goes to stderr" \
+    "same file ($pair): warning"
+  expect "$tmp/err" "4242 bytes in 1 block allocated at:" "same file ($pair): the leak report on stderr"
+  expect "$tmp/same/$2" "libcalloc allocation profile" "same file ($pair): the profile"
+done
+# Two files are two files: both written.
+(cd "$tmp/same" && env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=dir/a.txt,profile=dirlink/b.txt" "$demo_abs" leak) \
+  2>"$tmp/err" || fail "two files: the demo failed: $(cat "$tmp/err")"
+if grep -q "same file" "$tmp/err"; then fail "two files taken for one: $(cat "$tmp/err")"; fi
+expect "$tmp/same/dir/a.txt" "4242 bytes in 1 block allocated at:" "two files: the leak report"
+expect "$tmp/same/dir/b.txt" "libcalloc allocation profile" "two files: the profile"
+
 # 2d. A report that cannot be written says why: the file tried and the
 # reason (before: "cannot write the leak report to PATH" and nothing more).
 # An unwritable directory: mode 555 for a user; root writes there anyway, so
