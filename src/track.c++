@@ -1973,18 +1973,23 @@ std::uintptr_t own_base() {
 
 // Whether the frames of s before its first loader frame j are the
 // allocator's alone: none (libcalloc.so's frames are dropped at capture), or
-// -- libcalloc linked into the program -- its own calls, whose last (frame
-// j - 1, the one the loader called) is the malloc, calloc or realloc that the
-// loader calls through __rtld_malloc and friends.  A constructor that dlopen
-// runs (the loader's call_init calls it) is frame j - 1 of its allocations,
-// and is neither: its leaks are the program's.
+// -- libcalloc linked into the program -- libcalloc's own functions: in its
+// object, and named malloc, calloc or realloc (what the loader calls through
+// __rtld_malloc and friends) or lca::... (calloc_impl, fast_malloc at -O0,
+// or where the entry tail-called them and left no frame).  A constructor that
+// dlopen runs (the loader's call_init calls it) is frame j - 1 of its
+// allocations, and is neither: its leaks are the program's.
 bool loader_called_allocator(const Site& s, unsigned j) {
-  if (j == 0) return true;
-  Symbol sym;
-  symbolize(s.frames[j - 1], &sym);
-  if (!frame_in(s.frames[j - 1], sym, own_base())) return false;
-  return same_function(sym.function, "malloc") || same_function(sym.function, "calloc") ||
-         same_function(sym.function, "realloc");
+  std::uintptr_t own = own_base();
+  for (unsigned i = 0; i < j; ++i) {
+    Symbol sym;
+    symbolize(s.frames[i], &sym);
+    if (!frame_in(s.frames[i], sym, own)) return false;
+    if (!same_function(sym.function, "malloc") && !same_function(sym.function, "calloc") &&
+        !same_function(sym.function, "realloc") && std::strncmp(sym.function, "lca::", 5) != 0)
+      return false;
+  }
+  return true;
 }
 
 // The C library's entry points that load objects: dlopen, dlmopen, and the
