@@ -1971,23 +1971,20 @@ std::uintptr_t own_base() {
   return reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
 }
 
-// Whether the frames of s before its first loader frame j are the
+// Whether the frames of s before its first loader frame j can be the
 // allocator's alone: none (libcalloc.so's frames are dropped at capture), or
-// -- libcalloc linked into the program -- libcalloc's own functions: in its
-// object, and named malloc, calloc or realloc (what the loader calls through
-// __rtld_malloc and friends) or lca::... (calloc_impl, fast_malloc at -O0,
-// or where the entry tail-called them and left no frame).  A constructor that
-// dlopen runs (the loader's call_init calls it) is frame j - 1 of its
-// allocations, and is neither: its leaks are the program's.
+// -- libcalloc linked into the program -- frames of the object libcalloc is
+// in (the entry the loader called through __rtld_malloc and friends, and at
+// -O0 its callees: lca_calloc, fast_malloc, malloc_slow, names that vary with
+// the build, so not compared).  A constructor that dlopen runs (the loader's
+// call_init calls it) is in the library dlopen loaded, and is frame j - 1 of
+// its allocations: its leaks are the program's.
 bool loader_called_allocator(const Site& s, unsigned j) {
-  std::uintptr_t own = own_base();
+  std::uintptr_t own = j ? own_base() : 0;
   for (unsigned i = 0; i < j; ++i) {
     Symbol sym;
     symbolize(s.frames[i], &sym);
     if (!frame_in(s.frames[i], sym, own)) return false;
-    if (!same_function(sym.function, "malloc") && !same_function(sym.function, "calloc") &&
-        !same_function(sym.function, "realloc") && std::strncmp(sym.function, "lca::", 5) != 0)
-      return false;
   }
   return true;
 }
