@@ -661,6 +661,17 @@ LCA_SAMPLING_TEXT void reset_countdown() {
   tls_track_countdown = g_track_mode == TrackMode::sample ? next_interval() : INT64_MAX;
 }
 
+// The countdown of a thread whose generator is not seeded yet -- its first
+// allocation while sampling, or a forked child's first (track_postfork_child)
+// --, which has just counted down `size` bytes from 0: an interval drawn now,
+// less those bytes.  The allocation is then a sample with the probability
+// 1 - exp(-size / sample) that the weights assume.  It was never one (the
+// countdown was set up and the allocation passed over): a thread's first
+// block, often its own thread-local storage, was never in a profile.
+LCA_SAMPLING_TEXT void first_countdown(std::size_t size) {
+  tls_track_countdown = next_interval() - static_cast<std::int64_t>(size);
+}
+
 // --- capture ---------------------------------------------------------------------
 
 // The stack above the allocator: frames in skipped text are dropped from the
@@ -1684,6 +1695,7 @@ void symbolize(const void* addr, Symbol* out) {
 struct SiteView {
   std::uint32_t index;
   double calls, bytes, live_blocks, live_bytes;
+  unsigned char owner = 0;  // a leak report's: 0 the program, 1 glibc's thread storage, 2 dlopen's records
 };
 
 // Symbolises the frames of the sites v[0..n) in one batch (see prepare_symbols).
@@ -1939,10 +1951,105 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
   return false;
 }
 
-// Moves the sites of v[0..n) that are glibc's thread storage to its end; the
-// count of the others (the program's).  Only stacks with a frame in the loader
-// among their first few (first_loader_frame) are symbolised for it.
-std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
+// Names compared up to a '.' (GCC's clones) or '@' (a symbol version).
+bool same_function(const char* name, const char* want) {
+  std::size_t n = std::strcspn(name, ".@");
+  return std::strlen(want) == n && std::strncmp(name, want, n) == 0;
+}
+
+// Whether frame ip lies in the object loaded at base (a Symbol of it, from
+// symbolize: its module offset is ip less the object's load address).
+bool frame_in(const void* ip, const Symbol& sym, std::uintptr_t base) {
+  return sym.module[0] && reinterpret_cast<std::uintptr_t>(ip) - sym.module_offset == base;
+}
+
+// The load address of the object libcalloc's code is in (the program itself
+// when libcalloc.a is linked into it).
+std::uintptr_t own_base() {
+  Dl_info dl;
+  if (!dladdr(reinterpret_cast<const void*>(&track_init), &dl)) return 0;
+  return reinterpret_cast<std::uintptr_t>(dl.dli_fbase);
+}
+
+// Whether the frames of s before its first loader frame j can be the
+// allocator's alone: none (libcalloc.so's frames are dropped at capture), or
+// -- libcalloc linked into the program -- frames of the object libcalloc is
+// in (the entry the loader called through __rtld_malloc and friends, and at
+// -O0 its callees: lca_calloc, fast_malloc, malloc_slow, names that vary with
+// the build, so not compared).  A constructor that dlopen runs (the loader's
+// call_init calls it) is in the library dlopen loaded, and is frame j - 1 of
+// its allocations: its leaks are the program's.
+bool loader_called_allocator(const Site& s, unsigned j) {
+  std::uintptr_t own = j ? own_base() : 0;
+  for (unsigned i = 0; i < j; ++i) {
+    Symbol sym;
+    symbolize(s.frames[i], &sym);
+    if (!frame_in(s.frames[i], sym, own)) return false;
+  }
+  return true;
+}
+
+// The C library's entry points that load objects: dlopen, dlmopen, and the
+// one glibc itself loads NSS modules, gconv modules and libgcc_s with.  All
+// exported, so named without libc6-dbg's file too (sampled reports).
+bool dlopen_function(const char* name) {
+  return same_function(name, "dlopen") || same_function(name, "dlmopen") ||
+         same_function(name, "__libc_dlopen_mode");
+}
+
+// Whether a module's path names the C library or libdl (glibc before 2.34
+// had dlopen there), whose frames lie between dlopen and the loader's:
+// _dlerror_run, dlopen_doit, _dl_catch_error, _dl_catch_exception.
+bool dl_module(const char* path) {
+  const char* base = std::strrchr(path, '/');
+  base = base ? base + 1 : path;
+  return std::strncmp(base, "libc.so.", 8) == 0 || std::strncmp(base, "libdl.so.", 9) == 0;
+}
+
+// The dynamic loader's records of objects loaded with dlopen: blocks whose
+// stack runs from the allocator (loader_called_allocator) into the loader,
+// and from there through frames of the loader and of the C library's dl
+// functions only, up to dlopen (dlopen_function).  glibc 2.36 allocates them
+// in _dl_new_object (the link map, its names and scope array),
+// _dl_map_object (the name), _dl_map_object_deps (the search list and
+// init order), _dl_check_map_versions (the version table),
+// _dl_find_object_update (the lookup table of _dl_find_object),
+// add_to_global_resize (the global scope, RTLD_GLOBAL) and more; the loader
+// frees them in dlclose, and never when the object stays loaded until exit
+// (checked by tests/integration/track.sh's "dlopen-keep").  Their stacks are
+// recognised by their shape, not by those names: without libc6-dbg's file the
+// loader's static functions have no name (sampled reports).  A frame of any
+// other object on the way -- a constructor dlopen runs, and what it calls,
+// an IFUNC resolver, an audit module -- makes it the program's.
+bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0 || rtld == 0) return false;
+  const Site& s = g_sites[site];
+  unsigned j = first_loader_frame(s, rtld);
+  if (j == s.depth || !loader_called_allocator(s, j)) return false;
+  for (; j < s.depth; ++j) {
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (frame_in(s.frames[j], sym, rtld)) continue;
+    if (!sym.module[0] || !dl_module(sym.module)) return false;
+    if (dlopen_function(sym.function)) return true;
+  }
+  return false;  // (no dlopen among the frames kept)
+}
+
+// Blocks that are not the program's leaks: the C library's own, alive until
+// exit by its design.
+struct NotLeaks {
+  std::size_t thread_storage = 0;  // stacks of glibc's thread storage
+  std::size_t dlopen = 0;          // stacks of the loader's records of dlopen'ed objects
+};
+
+// Moves the sites of v[0..n) that are not the program's leaks to its end:
+// glibc's thread storage first, then the loader's records of dlopen'ed
+// objects (counts in *apart); returns the count of the others (the
+// program's).  Only stacks with a frame in the loader among their first few
+// (first_loader_frame) are symbolised for it.
+std::size_t set_apart_glibc_blocks(SiteView* v, std::size_t n, NotLeaks* apart) {
+  *apart = NotLeaks{};
   auto rtld = static_cast<std::uintptr_t>(getauxval(AT_BASE));
   if (rtld == 0) return n;  // a static program: no loader of its own
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
@@ -1953,7 +2060,13 @@ std::size_t set_apart_glibc_thread_storage(SiteView* v, std::size_t n) {
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
   prepare_sites(cand, ncand);
-  SiteView* glibc = std::partition(cand, v + n, [rtld](const SiteView& x) { return !glibc_thread_storage(x.index, rtld); });
+  // Each candidate's owner, once (the second partition must not symbolise again).
+  for (SiteView* x = cand; x < v + n; ++x)
+    x->owner = glibc_thread_storage(x->index, rtld) ? 1 : dlopen_records(x->index, rtld) ? 2 : 0;
+  SiteView* glibc = std::partition(cand, v + n, [](const SiteView& x) { return x.owner == 0; });
+  SiteView* dl = std::partition(glibc, v + n, [](const SiteView& x) { return x.owner == 1; });
+  apart->thread_storage = static_cast<std::size_t>(dl - glibc);
+  apart->dlopen = static_cast<std::size_t>(v + n - dl);
   return static_cast<std::size_t>(glibc - v);
 }
 
@@ -1978,12 +2091,16 @@ bool write_leak_report(const char* pattern) {
     bytes += v[i].live_bytes;
     v[k++] = v[i];
   }
-  // Not the program's leaks: glibc's thread storage, counted apart.
+  // Not the program's leaks: glibc's thread storage and the loader's records
+  // of dlopen'ed objects, counted apart.
   std::size_t live = k;
-  k = set_apart_glibc_thread_storage(v, live);
-  double glibc_blocks = 0, glibc_bytes = 0;
-  for (std::size_t i = k; i < live; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
-  blocks -= glibc_blocks, bytes -= glibc_bytes;
+  NotLeaks apart;
+  k = set_apart_glibc_blocks(v, live, &apart);
+  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0;
+  std::size_t dl_from = k + apart.thread_storage;
+  for (std::size_t i = k; i < dl_from; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
+  for (std::size_t i = dl_from; i < live; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks + dl_blocks, bytes -= glibc_bytes + dl_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -2000,12 +2117,17 @@ bool write_leak_report(const char* pattern) {
     for (std::size_t i = kReportStacks; i < k; ++i) rest += v[i].live_bytes;
     out_printf(f, "... and %zu more stacks (%.0f bytes)\n", k - kReportStacks, rest);
   }
-  if (live > k)
+  if (apart.thread_storage)
     out_printf(f, "libcalloc: not leaks of the program: glibc's thread storage (thread TLS the dynamic loader "
                   "allocated, freed when glibc drops a cached thread stack, or never): %.0f bytes in %.0f block%s "
                   "from %zu stack%s\n",
-               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s", live - k,
-               live - k == 1 ? "" : "s");
+               glibc_bytes, glibc_blocks, glibc_blocks >= 0.5 && glibc_blocks < 1.5 ? "" : "s",
+               apart.thread_storage, apart.thread_storage == 1 ? "" : "s");
+  if (apart.dlopen)
+    out_printf(f, "libcalloc: not leaks of the program: the dynamic loader's records of libraries loaded with "
+                  "dlopen and still loaded at exit (freed by dlclose): %.0f bytes in %.0f block%s from %zu stack%s\n",
+               dl_bytes, dl_blocks, dl_blocks >= 0.5 && dl_blocks < 1.5 ? "" : "s", apart.dlopen,
+               apart.dlopen == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
@@ -2026,7 +2148,11 @@ bool write_leak_report(const char* pattern) {
   if (k == 0)
     out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
                g_track_mode == TrackMode::full ? "tracked" : "sampled",
-               live > k ? ", glibc's thread storage aside" : "", counted);
+               apart.thread_storage && apart.dlopen ? ", glibc's thread storage and the loader's records of dlopen'ed libraries aside"
+               : apart.thread_storage             ? ", glibc's thread storage aside"
+               : apart.dlopen                     ? ", the loader's records of dlopen'ed libraries aside"
+                                                  : "",
+               counted);
   else
     out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",
                  bytes, blocks, blocks >= 0.5 && blocks < 1.5 ? "" : "s", k, k == 1 ? "" : "s", counted);
@@ -2297,10 +2423,13 @@ LCA_SAMPLING_TEXT void track_postfork_child(bool locked) {
   // left as it is (the parent's thread counted as a waiter costs a futex wake
   // a post; its count, at most a wake-up that finds no request).
   g_dump_pending.store(0, std::memory_order_relaxed);
-  if (g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadStarted) {
+  if (g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadStarted)
     g_dump_thread.store(kDumpThreadWanted, std::memory_order_relaxed);
-    tls_track_countdown = 0;
-  }
+  // The child's first allocation draws its countdown afresh (first_countdown)
+  // and is judged by it: had the parent's count been left, the allocation
+  // where it ran out would have been drawn for again, and sampled with the
+  // square of its probability.
+  tls_track_countdown = 0;
   if (!locked) return;
   pthread_mutex_unlock(&g_pool_lock);
   for (Shard& s : g_shards) s.lock.held.store(false, std::memory_order_relaxed);
@@ -2341,6 +2470,61 @@ LCA_SAMPLING_TEXT void resolve_paths() {
 }
 }  // namespace
 
+namespace {
+// path (absolute) without "." and empty components, each ".." taking the one
+// before it back, into out; false when it does not fit (out is then path).
+bool normalize_path(const char* path, char* out, std::size_t cap) {
+  std::size_t len = std::strlen(path);
+  if (len >= cap) return false;
+  std::memcpy(out, path, len + 1);
+  if (path[0] != '/') return false;
+  std::size_t k = 1;  // out[0, k): "/" or "/a/b"
+  for (const char* p = path; *p;) {
+    while (*p == '/') ++p;
+    const char* e = p;
+    while (*e && *e != '/') ++e;
+    std::size_t n = static_cast<std::size_t>(e - p);
+    if (n == 0 || (n == 1 && p[0] == '.')) {
+      // nothing
+    } else if (n == 2 && p[0] == '.' && p[1] == '.') {
+      while (k > 1 && out[k - 1] != '/') --k;
+      if (k > 1) --k;
+    } else {
+      if (k > 1) out[k++] = '/';
+      std::memmove(out + k, p, n);
+      k += n;
+    }
+    p = e;
+  }
+  out[k] = 0;
+  return true;
+}
+
+// Whether the reports' paths (resolve_paths' absolute ones, %p in them
+// expanded) name one file: the same path once normalised; or two paths of a
+// file that exists (device and inode: a symbolic or hard link); or the same
+// name in a directory reached by two paths (a link to a directory), for a
+// file not made yet.  Compared as strings before (options_parse), "x" and
+// "./x" passed as two files: the profile, written second at exit, truncated
+// the leak report.  (".." is taken lexically: through a linked directory it
+// may name another, which the checks by inode catch where the files exist.)
+bool same_report_file(const char* a, const char* b) {
+  char ea[4096 + 512], eb[4096 + 512], na[sizeof ea], nb[sizeof eb];
+  expand_path(a, ea, sizeof ea);
+  expand_path(b, eb, sizeof eb);
+  normalize_path(ea, na, sizeof na);
+  normalize_path(eb, nb, sizeof nb);
+  if (std::strcmp(na, nb) == 0) return true;
+  struct stat sa, sb;
+  if (stat(na, &sa) == 0 && stat(nb, &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  char* ba = std::strrchr(na, '/');
+  char* bb = std::strrchr(nb, '/');
+  if (!ba || !bb || std::strcmp(ba, bb) != 0) return false;
+  ba[ba == na ? 1 : 0] = 0, bb[bb == nb ? 1 : 0] = 0;  // their directories ("/" for the root)
+  return stat(na, &sa) == 0 && stat(nb, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+}  // namespace
+
 LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;
   bool leaks = o.leak_report[0] != 0;
@@ -2351,6 +2535,15 @@ LCA_SAMPLING_TEXT void track_init(const Options& o) {
   TrackMode mode = (leaks && o.sample == 0) || o.sample == 1 ? TrackMode::full : TrackMode::sample;
   start(mode, o.sample);
   if (g_track_mode == TrackMode::off) return;
+  // leak_report and profile naming one file (options_parse compares the
+  // strings only): as there, a warning, and the leak report on stderr.  (After
+  // start: expand_path reads g_start_pid.)
+  if (leaks && profile && std::strcmp(o.leak_report, "-") != 0 && std::strcmp(o.profile, "-") != 0 &&
+      same_report_file(g_leak_path, g_profile_path)) {
+    report_warning("LIBCALLOC_OPTIONS: leak_report and profile name the same file, the leak report goes to stderr: ",
+                   g_profile_path);
+    g_leak_path = "-";
+  }
   int sig = o.profile_signal < 0 ? SIGUSR2 : o.profile_signal;
   int none = kDumpThreadNone;
   if (profile && sig > 0 && g_dump_thread.compare_exchange_strong(none, kDumpThreadWanted)) {
@@ -2411,12 +2604,18 @@ __attribute__((always_inline)) inline void* track_alloc(std::size_t size, std::s
   if (__builtin_expect(g_dump_thread.load(std::memory_order_relaxed) == kDumpThreadWanted, 0) && !tls_track_busy)
     start_dump_thread();  // a forked child's first allocation
   TrackMode mode = g_track_mode;
-  // A thread's first allocation in sample mode sets its countdown up (its
-  // generator is not seeded yet) and is not a sample.
-  bool sampled = mode == TrackMode::full || (mode == TrackMode::sample && tls_track_countdown < 0 && tls_rng != 0);
+  bool sampled = mode == TrackMode::full;
+  if (mode == TrackMode::sample && !tls_track_busy) {
+    // A thread's first allocation (its countdown starts at 0 and its
+    // generator is not seeded: first_countdown) is counted down from an
+    // interval drawn now, like any other.
+    if (tls_rng == 0) first_countdown(size);
+    sampled = tls_track_countdown < 0;
+  }
   if (tls_track_busy || !sampled) {
-    // Busy: the countdown stays as it is, so the next allocation is the sample.
-    if (!tls_track_busy) reset_countdown();
+    // Busy: the countdown stays as it is, so the next allocation is the
+    // sample.  Sampling, it is the count left after the first draw.
+    if (!tls_track_busy && mode != TrackMode::sample) reset_countdown();
     void* p = tracked_block(size, alignment, false, zero);
     if (!p) errno = ENOMEM;
     return p;
@@ -2510,6 +2709,9 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) void* track_realloc(void* p, std::si
   const void* marker = __builtin_return_address(0);
   BlockNode old;
   bool was_tracked = block_take_live(p, &old);
+  // A thread's first allocation a realloc: drawn as in track_alloc (it was
+  // always a sample, the countdown's 0 less size being negative).
+  if (g_track_mode == TrackMode::sample && tls_rng == 0) first_countdown(0);
   bool sample_now = g_track_mode == TrackMode::full || track_countdown(size);
   if (!sample_now) {
     void* q = heap_realloc(p, size);

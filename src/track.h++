@@ -33,7 +33,8 @@ extern TrackMode g_track_mode;
 
 // Bytes the calling thread may still allocate before its next sample.  Starts
 // at 0, so a thread's first allocation reaches track_malloc, which sets it up:
-// to the next sampling interval, or out of reach when sampling is off.
+// when sampling, to an interval drawn then, less that allocation's bytes (a
+// sample when that is negative); out of reach when sampling is off.
 extern constinit thread_local std::int64_t tls_track_countdown __attribute__((tls_model("initial-exec")));
 
 // The fast path's test: true when this allocation of `size` bytes must go to

@@ -66,6 +66,13 @@ tests_track_libtrackctor_la_SOURCES = tests/track/ctor.c++
 tests_track_libtrackctor_la_CPPFLAGS =
 tests_track_libtrackctor_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
 tests_track_libtrackctor_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+# A shared object whose constructor leaks (the dlopen leak reports' tests):
+# its leak is the program's, the loader's records of it are not.
+check_LTLIBRARIES += tests/track/libtrackctorleak.la
+tests_track_libtrackctorleak_la_SOURCES = tests/track/ctor-leak.c++
+tests_track_libtrackctorleak_la_CPPFLAGS =
+tests_track_libtrackctorleak_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackctorleak_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 endif
 EXTRA_DIST += tests/unit/track.c++ tests/integration/track.sh tests/integration/track-pprof.sh
 EXTRA_DIST += tests/integration/track-rss.sh

@@ -10,6 +10,8 @@
 #   - threads-own: threads started and joined, one leak of the program's: that
 #     leak alone is reported, glibc's thread storage (DTVs) counted apart;
 #   - dlopen: a leak in a dlopen'ed library names its function and module;
+#   - dlopen-keep: libraries dlopen'ed and never closed: the loader's records
+#     of them are counted apart, a leak of a library's constructor is reported;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
 #     (PATH.PID) its 1111 bytes and not the parent's;
 #   - hot: profile=PATH (text) names hot_allocator first; profile_format=collapsed
@@ -101,6 +103,31 @@ for f in leaks.txt prof.txt; do
 done
 test -s "$tmp/start/leaks.txt" && expect "$tmp/start/leaks.txt" "4242 bytes in 1 block allocated at:" "chdir: leak report"
 
+# 2c'. leak_report and profile naming one file by two paths: "x" and "./x",
+# a symbolic link to an existing file, the same name through a linked
+# directory.  The strings were compared: the profile, written second at exit,
+# truncated the leak report.  Now, as for the same string, a warning at
+# start-up and the leak report on stderr; the file holds the profile.
+mkdir "$tmp/same" "$tmp/same/dir"
+ln -s dir "$tmp/same/dirlink"
+: >"$tmp/same/target.txt"
+ln -s target.txt "$tmp/same/link.txt"
+for pair in "x.txt ./x.txt" "link.txt target.txt" "dirlink/r.txt dir/./r.txt" "dir/../y.txt y.txt"; do
+  set -- $pair
+  (cd "$tmp/same" && env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=$1,profile=$2" "$demo_abs" leak) \
+    2>"$tmp/err" || fail "same file ($pair): the demo failed: $(cat "$tmp/err")"
+  expect "$tmp/err" "libcalloc: warning: LIBCALLOC_OPTIONS: leak_report and profile name the same file, the leak report goes to stderr" \
+    "same file ($pair): warning"
+  expect "$tmp/err" "4242 bytes in 1 block allocated at:" "same file ($pair): the leak report on stderr"
+  expect "$tmp/same/$2" "libcalloc allocation profile" "same file ($pair): the profile"
+done
+# Two files are two files: both written.
+(cd "$tmp/same" && env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="leak_report=dir/a.txt,profile=dirlink/b.txt" "$demo_abs" leak) \
+  2>"$tmp/err" || fail "two files: the demo failed: $(cat "$tmp/err")"
+if grep -q "same file" "$tmp/err"; then fail "two files taken for one: $(cat "$tmp/err")"; fi
+expect "$tmp/same/dir/a.txt" "4242 bytes in 1 block allocated at:" "two files: the leak report"
+expect "$tmp/same/dir/b.txt" "libcalloc allocation profile" "two files: the profile"
+
 # 2d. A report that cannot be written says why: the file tried and the
 # reason (before: "cannot write the leak report to PATH" and nothing more).
 # An unwritable directory: mode 555 for a user; root writes there anyway, so
@@ -166,6 +193,35 @@ if test -f "$plugin"; then
   if grep -q "unknown module" "$tmp/err"; then fail "dlclose: \"unknown module\" in the report: $(cat "$tmp/err")"; fi
   # The caller, in the program, is still named.
   expect "$tmp/err" "in main+" "dlclose: the program's frames"
+fi
+
+# 3d. The dynamic loader's records of libraries loaded with dlopen and never
+# closed (link maps, names, scope and version tables, _dl_find_object's
+# table: 7 stacks here) are not the program's leaks: counted on a line of
+# their own.  A leak of a library's constructor, which dlopen runs, is the
+# program's all the same (its stack runs through the loader too).  Full mode
+# (loader functions named from libc6-dbg's file when installed) and sampled
+# (unnamed: the rule goes by the stack's shape).
+ctorleak=$top_builddir/tests/track/.libs/libtrackctorleak.so
+if test -f "$plugin" && test -f "$ctorleak"; then
+  for opts in leak_report=1 leak_report=1,sample=16; do
+    run "$opts" dlopen-keep "$plugin"
+    expect "$tmp/err" "libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack" "dlopen-keep ($opts): summary"
+    expect "$tmp/err" "libcalloc: not leaks of the program: the dynamic loader's records of libraries loaded with dlopen" \
+      "dlopen-keep ($opts): the loader's blocks"
+    n=$(grep -c "allocated at:" "$tmp/err")
+    test "$n" = 1 || fail "dlopen-keep ($opts): $n stacks reported as leaks, not 1: $(cat "$tmp/err")"
+    if grep -q "ld-linux" "$tmp/err"; then fail "dlopen-keep ($opts): a loader frame in a leak: $(cat "$tmp/err")"; fi
+    run "$opts" dlopen-keep "$plugin" "$ctorleak"
+    expect "$tmp/err" "5555 bytes in 1 block allocated at:" "dlopen-keep, constructor's leak ($opts)"
+    expect "$tmp/err" "in ctorleak_constructor+" "dlopen-keep, constructor's leak ($opts): its function"
+    expect "$tmp/err" "libcalloc: leak summary: 9797 bytes in 2 blocks from 2 allocation stacks" \
+      "dlopen-keep, constructor's leak ($opts): summary"
+    expect "$tmp/err" "libcalloc: not leaks of the program: the dynamic loader's records of libraries loaded with dlopen" \
+      "dlopen-keep, constructor's leak ($opts): the loader's blocks"
+  done
+else
+  fail "dlopen-keep: $plugin or $ctorleak was not built"
 fi
 
 # 4. fork: each process reports its own blocks.

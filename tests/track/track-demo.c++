@@ -14,6 +14,12 @@
 //            main: its only leak (glibc keeps the threads' TLS: not a leak)
 //   dlclose  as dlopen, then closes the library before exit (its frames are in
 //            no module when the report is written)
+//   dlopen-keep  dlopens each of argv[2..] (RTLD_LAZY | RTLD_GLOBAL) and never
+//            closes them, frees what their plugin_leak (if any) returns, and
+//            leaks 4242 bytes from demo::leak_some_memory in main: the program's
+//            leaks are that block and what the libraries' constructors leak
+//            (tests/track/ctor-leak.c++); the loader's records of the libraries,
+//            alive until exit, are not
 //   chdir    leaks 4242 bytes like leak, then changes directory to argv[2]
 //   dlopen   dlopens argv[2] (tests/track/plugin.c++) and leaks 3333 bytes
 //            through its plugin_leak
@@ -268,6 +274,17 @@ int main(int argc, char** argv) {
     if (!leak) return fail("no plugin_leak\n");
     g_sink = leak(3333);
     if (dlclose(lib) != 0) return fail("dlclose failed\n");  // unloaded before the report
+  } else if (mode == "dlopen-keep") {
+    if (argc < 3) return fail("dlopen-keep: give the libraries' paths\n");
+    for (int i = 2; i < argc; ++i) {
+      void* lib = dlopen(argv[i], RTLD_LAZY | RTLD_GLOBAL);
+      if (!lib) return fail("dlopen failed\n");
+      // (dlsym only where the symbol is: a failed one leaves its message for
+      // dlerror, glibc's blocks of another kind, reported as the program's.)
+      if (std::strstr(argv[i], "plugin"))
+        if (auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"))) std::free(leak(3333));
+    }
+    g_sink = demo::leak_some_memory(4242);  // the libraries stay loaded until exit
   } else if (mode == "threads-own") {
     for (int round = 0; round < 8; ++round) {
       pthread_t t[8];
