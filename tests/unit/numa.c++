@@ -21,6 +21,7 @@
 #include <set>
 #include <stddef.h>
 #include <string>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <vector>
@@ -561,6 +562,69 @@ START_TEST(test_thread_heaps_bind_large_blocks) {
 }
 END_TEST
 
+// A thread on a CPU-only node (a memory-less node with CPUs) allocates where
+// the kernel itself puts that CPU's pages: the first node of the node's fallback
+// list (numa_mem_id()), which the distances alone do not tell -- among nodes at
+// the same distance the kernel prefers the next higher-numbered one, then the
+// less loaded.  The kernel's answer here is a plain page first touched from
+// the CPU (default policy); NUMAAllocator::allocate() and, with numa=1, the
+// process heap must bind to that node (the policy names it, and the pages are
+// there).  Before, they took the lowest-numbered nearest node: in the 4-node
+// guest with node 2 memory-less (all distances 20) node 0, where the kernel
+// uses node 3.
+START_TEST(test_cpu_only_node_allocates_where_the_kernel_does) {
+#ifndef CALLOC_NUMA
+  TEST_SKIP("built with --disable-numa: one node, 0");
+#else
+  std::vector<std::pair<int, int>> cpu_only;  // (node, its first CPU)
+  for (int n = 0; n < NUMAAllocator::node_count(); ++n) {
+    int cpu = first_cpu_of_node(n);
+    if (!NUMAAllocator::node_usable(n) && cpu >= 0) cpu_only.emplace_back(n, cpu);
+  }
+  if (cpu_only.empty())
+    TEST_SKIP("no node with CPUs and no usable memory here (usable: %s); runs in make check-numa-vm's 4-node "
+              "guest with node 2 memory-less", nodes_text().c_str());
+  NUMAAllocator alloc;
+  lca::numa_enable_thread_heaps();  // what LIBCALLOC_OPTIONS=numa=1 does at start-up
+  for (auto [node, cpu] : cpu_only) {
+    run_pinned(cpu, [&, node = node, cpu = cpu] {
+      ck_assert_int_eq(alloc.get_current_node(), node);
+      // The kernel's choice: a page of a plain mapping, first touched here.
+      void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      ck_assert_ptr_ne(probe, MAP_FAILED);
+      touch_pages(probe, 4096);
+      const int kernel = NUMAAllocator::node_of_address(probe);
+      munmap(probe, 4096);
+      ck_assert_msg(NUMAAllocator::node_usable(kernel), "CPU %d (node %d): first touch put a page on node %d", cpu,
+                    node, kernel);
+      std::printf("# CPU %d, on memory-less node %d: the kernel puts its pages on node %d\n", cpu, node, kernel);
+      for (std::size_t size : {std::size_t{48}, std::size_t{100 * 1024}, 3 * MiB}) {
+        void* p = alloc.allocate(size);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_msg(policy_node_of(p) == kernel, "allocate(%zu) on CPU %d (node %d): bound to node %d, the kernel "
+                      "uses node %d", size, cpu, node, policy_node_of(p), kernel);
+        touch_pages(p, size);
+        std::size_t bad;
+        int got;
+        ck_assert_msg(all_pages_on(p, size, kernel, &bad, &got), "allocate(%zu) on CPU %d: page at +%zu on node %d, "
+                      "not %d", size, cpu, bad, got, kernel);
+        alloc.deallocate(p);
+      }
+      if (lca::numa_thread_heaps()) {  // (more than one usable node)
+        for (std::size_t size : {std::size_t{200 * 1024}, 3 * MiB}) {
+          void* p = lca_malloc(size);
+          ck_assert_ptr_nonnull(p);
+          ck_assert_msg(policy_node_of(p) == kernel, "numa=1: lca_malloc(%zu) on CPU %d (node %d): bound to node %d, "
+                        "the kernel uses node %d", size, cpu, node, policy_node_of(p), kernel);
+          lca_free(p);
+        }
+      }
+    });
+  }
+#endif
+}
+END_TEST
+
 // Invalid nodes: NULL / nothing moved, errno EINVAL, one clear line on stderr,
 // counted; the block a refused migration names keeps its data.
 START_TEST(test_invalid_nodes) {
@@ -971,6 +1035,7 @@ int main() {
   tcase_add_test(tc, test_per_node_usage_matches_kernel);
   tcase_add_test(tc, test_moved_thread_rehomes);
   tcase_add_test(tc, test_thread_heaps_bind_large_blocks);
+  tcase_add_test(tc, test_cpu_only_node_allocates_where_the_kernel_does);
   tcase_add_test(tc, test_invalid_nodes);
   tcase_add_test(tc, test_ranges_that_wrap_are_refused);
   tcase_add_test(tc, test_refused_bind_falls_back);
