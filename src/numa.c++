@@ -121,13 +121,28 @@ void read_topology() {
   if (!t.usable) t.usable = 1;  // nothing readable: behave as one node
 }
 
+constinit std::atomic<bool> g_binding_withdrawn{false};
+
 bool place_range(void* addr, std::size_t len, NodePlacement where) {
   if (!numa_node_usable(where.node)) {
     g_refused.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
-  if (numa_bind(addr, len, where.node, where.strict, false) != 0) {
+  if (int err = numa_bind(addr, len, where.node, where.strict, false)) {
     g_refused.fetch_add(1, std::memory_order_relaxed);
+    // EPERM (mbind is never asked to move others' pages here, so this is a
+    // seccomp or LSM policy: Docker's default profile refuses it without
+    // CAP_SYS_NICE) or ENOSYS: every binding of this process would be refused.
+    // Said once; the policy is withdrawn, so that chunk and large stop calling
+    // mbind and take unbound memory for node requests (chunk_can_place).  Other
+    // errors (ENOMEM, EFAULT...) are about one call.
+    if ((err == EPERM || err == ENOSYS) && !g_binding_withdrawn.exchange(true)) {
+      chunk_set_placement(nullptr);
+      report_warning(err == EPERM ? "NUMA: mbind refused (EPERM: a seccomp or container policy?): nothing is bound "
+                                    "to a node in this process; memory goes where first touched"
+                                  : "NUMA: mbind refused (ENOSYS): nothing is bound to a node in this process; "
+                                    "memory goes where first touched");
+    }
     return false;
   }
   g_bound.fetch_add(1, std::memory_order_relaxed);
@@ -136,7 +151,9 @@ bool place_range(void* addr, std::size_t len, NodePlacement where) {
 
 void init_once() {
   read_topology();
-  chunk_set_placement(place_range);
+  // Without NUMA in the kernel (or without libnuma) there is nothing to bind:
+  // no policy, and node requests take any memory (chunk_can_place).
+  if (g_topology.numa_available) chunk_set_placement(place_range);
 }
 
 }  // namespace
