@@ -30,6 +30,8 @@ bool chunk_place(void* addr, std::size_t len, NodePlacement where) {
   return bind && bind(addr, len, where);
 }
 
+bool chunk_can_place() { return g_place.load(std::memory_order_acquire) != nullptr; }
+
 namespace {
 LCA_CORE_TEXT void registry_store(const ChunkHeader* chunk, std::uint8_t kind) {
   std::atomic_ref<std::uint8_t>(g_chunk_kind[reinterpret_cast<std::uintptr_t>(chunk) >> kChunkShift])

@@ -50,11 +50,20 @@ struct NodePlacement {
   bool strict = false;
 };
 using PlaceFunction = bool (*)(void* addr, std::size_t len, NodePlacement where);
+// Installs the binding policy; nullptr withdraws it (numa.c++ does when the
+// kernel refuses every binding: mbind EPERM under a seccomp or container
+// policy, or ENOSYS).
 void chunk_set_placement(PlaceFunction bind);
 // Binds [addr, addr + len) as `where` says.  True when bound; false (the memory
 // stays first-touch) when where.node < 0, no policy is installed, or the kernel
 // refused (the caller counts that as a fallback).
 bool chunk_place(void* addr, std::size_t len, NodePlacement where);
+// Whether memory can be bound at all in this process (a policy is installed).
+// When not, a request for a node takes unbound memory -- a cached free chunk or
+// large mapping of node -1 -- as well as one bound to the node: fresh memory
+// would be unbound too, and refusing the cached kind only grows the cache
+// (docs/design.md, "Binding impossible").
+bool chunk_can_place();
 
 struct ChunkHeader {
   std::uint64_t magic;

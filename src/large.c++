@@ -184,19 +184,25 @@ LCA_CORE_TEXT void expire(LargeCache* c, std::uint64_t now, Dropped* d) {
 }
 
 // The smallest cached mapping that holds map_size bytes aligned to alignment,
-// among those bound to node when kByNode (-1 when none).  Two loops, so that the
-// search of a cache that no request binds (numa=1 off, no NUMAAllocator) reads
-// no node.
+// among those bound to node when kByNode (-1 when none) -- or, when nothing can
+// be bound in this process (chunk_can_place), among the unbound ones if none is
+// bound to node: a fresh mapping would be unbound too (docs/design.md,
+// "Binding impossible").  Two loops, so that the search of a cache that no
+// request binds (numa=1 off, no NUMAAllocator) reads no node.
 template <bool kByNode>
 inline int best_fit(const LargeCache* c, std::size_t map_size, std::size_t alignment, int node) {
-  int best = -1;
+  int best = -1, unbound = -1;
   for (unsigned i = 0; i < c->count; ++i) {
     const auto& e = c->entries[i];
     if (e.map_size < map_size) continue;
     if (reinterpret_cast<std::uintptr_t>(e.base) & (alignment - 1)) continue;
-    if (kByNode && e.node != node) continue;
+    if (kByNode && e.node != node) {
+      if (e.node < 0 && (unbound < 0 || e.map_size < c->entries[unbound].map_size)) unbound = static_cast<int>(i);
+      continue;
+    }
     if (best < 0 || e.map_size < c->entries[best].map_size) best = static_cast<int>(i);
   }
+  if (kByNode && best < 0 && unbound >= 0 && !chunk_can_place()) best = unbound;
   return best;
 }
 
@@ -204,15 +210,18 @@ inline int best_fit(const LargeCache* c, std::size_t map_size, std::size_t align
 // smallest that holds it.  Its pages are resident already, so reusing even a much
 // longer one saves faults: the front becomes the block and a tail of an eighth or
 // more stays cached as an entry of its own (a page-granular split of the
-// mapping's range, which costs no system call).  *got receives the bytes taken.
+// mapping's range, which costs no system call).  *got receives the bytes taken,
+// *bound_to the node the mapping is bound to (-1: unbound).
 // A request for a node (node >= 0) takes only a mapping bound to that node: one
 // of another node holds pages there, which the binding would not move
-// (docs/design.md, "Large blocks under numa=1").
+// (docs/design.md, "Large blocks under numa=1"); or, when nothing can be bound
+// in this process, an unbound one (best_fit).
 LCA_CORE_TEXT void* cache_take(LargeCache* c, std::size_t map_size, std::size_t alignment, int node, std::size_t* got,
-                               bool* huge) {
+                               bool* huge, int* bound_to) {
   int best = node < 0 ? best_fit<false>(c, map_size, alignment, node) : best_fit<true>(c, map_size, alignment, node);
   if (best < 0) return nullptr;
   LargeCache::Entry e = c->entries[best];
+  *bound_to = e.node;
   c->entries[best] = c->entries[--c->count];
   std::size_t excess = e.map_size - map_size;
   *got = e.map_size;
@@ -254,15 +263,22 @@ LCA_CORE_TEXT void cache_put(LargeCache* c, LargeCache::Entry e) {
 // growing with mremap (its resident pages kept, only the new tail faults in);
 // nullptr when there is none or the block needs more than page alignment.  For
 // a node (node >= 0), only a mapping bound to it: the pages mremap adds are
-// bound as the rest of the mapping is.
+// bound as the rest of the mapping is -- or, when nothing can be bound in this
+// process, an unbound one if none is bound to the node (as best_fit).
 LargeCache::Entry* cache_take_to_grow(LargeCache* c, std::size_t map_size, std::size_t alignment, int node,
                                       LargeCache::Entry* out) {
   if (alignment > os_page_size()) return nullptr;
-  int best = -1;
-  for (unsigned i = 0; i < c->count; ++i)
-    if (c->entries[i].map_size < map_size && (node < 0 || c->entries[i].node == node) &&
-        (best < 0 || c->entries[i].map_size > c->entries[best].map_size))
-      best = static_cast<int>(i);
+  int best = -1, unbound = -1;
+  for (unsigned i = 0; i < c->count; ++i) {
+    const auto& e = c->entries[i];
+    if (e.map_size >= map_size) continue;
+    if (node < 0 || e.node == node) {
+      if (best < 0 || e.map_size > c->entries[best].map_size) best = static_cast<int>(i);
+    } else if (e.node < 0 && (unbound < 0 || e.map_size > c->entries[unbound].map_size)) {
+      unbound = static_cast<int>(i);
+    }
+  }
+  if (best < 0 && unbound >= 0 && !chunk_can_place()) best = unbound;
   if (best < 0) return nullptr;
   *out = c->entries[best];
   c->entries[best] = c->entries[--c->count];
@@ -340,10 +356,11 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
   }
   std::size_t got = 0;
   bool huge = false;
-  // The node the block is bound to: a cached mapping's is where.node (or -1,
-  // with where.node < 0); a fresh one's where.node when the kernel bound it.
+  // The node the block is bound to: a cached mapping's own (where.node, or -1
+  // when nothing can be bound or where.node < 0); a fresh one's where.node when
+  // the kernel bound it.
   int node = where.node;
-  void* base = cache_take(cache, map_size, alignment, where.node, &got, &huge);
+  void* base = cache_take(cache, map_size, alignment, where.node, &got, &huge, &node);
   *fresh_zero = false;
   LargeCache::Entry shorter;
   if (!base && !huge_large_blocks() && cache_take_to_grow(cache, map_size, alignment, where.node, &shorter)) {
@@ -355,6 +372,7 @@ LCA_CORE_TEXT void* large_alloc(Domain* d, LargeCache* cache, std::size_t size, 
     if (base) {
       got = map_size;
       huge = shorter.huge;
+      node = shorter.node;
       cache->mapped_bytes += map_size - shorter.map_size;
     } else {
       cache->mapped_bytes -= shorter.map_size;

@@ -23,6 +23,7 @@
 #include <numaif.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "chunk.h++"
@@ -120,13 +121,28 @@ void read_topology() {
   if (!t.usable) t.usable = 1;  // nothing readable: behave as one node
 }
 
+constinit std::atomic<bool> g_binding_withdrawn{false};
+
 bool place_range(void* addr, std::size_t len, NodePlacement where) {
   if (!numa_node_usable(where.node)) {
     g_refused.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
-  if (numa_bind(addr, len, where.node, where.strict, false) != 0) {
+  if (int err = numa_bind(addr, len, where.node, where.strict, false)) {
     g_refused.fetch_add(1, std::memory_order_relaxed);
+    // EPERM (mbind is never asked to move others' pages here, so this is a
+    // seccomp or LSM policy: Docker's default profile refuses it without
+    // CAP_SYS_NICE) or ENOSYS: every binding of this process would be refused.
+    // Said once; the policy is withdrawn, so that chunk and large stop calling
+    // mbind and take unbound memory for node requests (chunk_can_place).  Other
+    // errors (ENOMEM, EFAULT...) are about one call.
+    if ((err == EPERM || err == ENOSYS) && !g_binding_withdrawn.exchange(true)) {
+      chunk_set_placement(nullptr);
+      report_warning(err == EPERM ? "NUMA: mbind refused (EPERM: a seccomp or container policy?): nothing is bound "
+                                    "to a node in this process; memory goes where first touched"
+                                  : "NUMA: mbind refused (ENOSYS): nothing is bound to a node in this process; "
+                                    "memory goes where first touched");
+    }
     return false;
   }
   g_bound.fetch_add(1, std::memory_order_relaxed);
@@ -135,7 +151,9 @@ bool place_range(void* addr, std::size_t len, NodePlacement where) {
 
 void init_once() {
   read_topology();
-  chunk_set_placement(place_range);
+  // Without NUMA in the kernel (or without libnuma) there is nothing to bind:
+  // no policy, and node requests take any memory (chunk_can_place).
+  if (g_topology.numa_available) chunk_set_placement(place_range);
 }
 
 }  // namespace
@@ -161,8 +179,15 @@ int numa_current_node() {
   return static_cast<int>(node);
 }
 
-int numa_nearest_usable(int node) {
-  if (numa_node_usable(node)) return node;
+namespace {
+// The memory node of each CPU-only node, as the kernel answered it: node + 1, 0
+// while not asked yet (numa_nearest_usable).
+LCA_BIG_BSS(memory_node) constinit std::atomic<std::uint8_t> g_memory_node[kNumaMaxNodes]{};
+
+// The usable node nearest to node by the SLIT distances, the lowest-numbered of
+// those at the least distance: what numa_nearest_usable answers when the
+// kernel cannot be asked.
+int nearest_by_distance(int node) {
   int best = 0, best_distance = 1 << 30;
   for (int n = 0; n < g_topology.node_count; ++n) {
     if (!numa_node_usable(n)) continue;
@@ -170,6 +195,61 @@ int numa_nearest_usable(int node) {
     if (d < best_distance) best = n, best_distance = d;
   }
   return best;
+}
+
+// Where the kernel puts a page first touched by the calling thread on the
+// CPU-only node `node`: a fresh private page with the local policy (MPOL_LOCAL
+// on the range, so that a task policy -- numactl --membind, --interleave --
+// does not decide it; without that mbind, only under the default task policy),
+// written, then get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR).  That is the first
+// node of the CPU's node's fallback list (numa_mem_id()) that has a free page
+// and is allowed.  -1 when it cannot be asked, or the thread ran on another
+// node meanwhile.  System calls only: nothing is allocated.
+int ask_kernel_memory_node(int node) {
+  if (!g_lib.get_mempolicy || !g_lib.mbind) return -1;
+  std::size_t page = os_page_size();
+  void* p = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return -1;
+  int answer = -1;
+  int mode = -1;
+  bool local = g_lib.mbind(p, page, MPOL_LOCAL, nullptr, 0, 0) == 0 ||
+               (g_lib.get_mempolicy(&mode, nullptr, 0, nullptr, 0) == 0 && mode == MPOL_DEFAULT);
+  if (local && numa_current_node() == node) {
+    *static_cast<volatile char*>(p) = 1;  // a read would map the shared zero page
+    if (numa_current_node() != node ||
+        g_lib.get_mempolicy(&answer, nullptr, 0, p, MPOL_F_NODE | MPOL_F_ADDR) != 0)
+      answer = -1;
+  }
+  munmap(p, page);
+  return answer;
+}
+}  // namespace
+
+// A CPU-only node's threads allocate where the kernel's own fallback puts their
+// pages: the first node of the node's zonelist (Linux's build_zonelists /
+// find_next_best_node; numa_mem_id()).  Among nodes at the same distance the
+// kernel prefers the next higher-numbered one, then the less loaded (a count it
+// keeps while it builds every node's list), so the distances alone do not tell
+// it (4-node guest, all distances 20: CPU-only node 2 -> node 3, node 1 -> 3,
+// node 3 -> 0): the kernel is asked, once per node, from a thread running on
+// it.  An answer farther than the nearest usable node (that one was full at
+// the time) or none (get_mempolicy refused, the thread moved) gives the
+// nearest by distance.
+int numa_nearest_usable(int node) {
+  if (numa_node_usable(node)) return node;
+  if (node < 0 || node >= g_topology.node_count) return nearest_by_distance(node);
+  if (int known = g_memory_node[node].load(std::memory_order_relaxed)) return known - 1;
+  int fallback = nearest_by_distance(node);
+  if (numa_current_node() != node) return fallback;  // asked for another CPU's node: not cached
+  int answer = ask_kernel_memory_node(node);
+  if (answer < 0) {
+    if (numa_current_node() != node) return fallback;  // moved meanwhile: asked again next time
+    answer = fallback;
+  } else if (!numa_node_usable(answer) || g_topology.distance[node][answer] > g_topology.distance[node][fallback]) {
+    answer = fallback;
+  }
+  g_memory_node[node].store(static_cast<std::uint8_t>(answer + 1), std::memory_order_relaxed);
+  return answer;
 }
 
 int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move) {

@@ -85,8 +85,11 @@ bool numa_node_usable(int node);
 std::uint64_t numa_node_bytes(int node);
 // The node of the CPU the caller runs on (getcpu); 0 when unknown.
 int numa_current_node();
-// The usable node nearest to `node` (itself when usable): a CPU-only node's
-// threads allocate there.
+// The usable node `node`'s threads allocate on: itself when usable; for a
+// CPU-only node, the node where the kernel's own fallback puts a page its CPU
+// first touches (asked of the kernel once, from a thread on that node: the
+// caller's node is the case that counts), else the nearest by distance.  System
+// calls only (a probe page: mmap, mbind, get_mempolicy, munmap), no allocation.
 int numa_nearest_usable(int node);
 // mbind: MPOL_BIND (strict) or MPOL_PREFERRED.  0, or the errno of the refusal.
 int numa_bind(void* addr, std::size_t len, int node, bool strict, bool move);

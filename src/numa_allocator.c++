@@ -35,20 +35,33 @@ NUMAAllocator::~NUMAAllocator() {
     if (lca::Domain* d = slot.exchange(nullptr)) lca::domain_destroy(d);
 }
 
+namespace {
+// One warning line "libcalloc: warning: NUMAAllocator: ..." that fill writes
+// into a Writer (no malloc), with errno set to err; false, for the callers'
+// refusals.  Not a member: see check_range below.
+template <class Fill>
+bool refuse(int err, Fill fill) {
+  char line[200];
+  lca::Writer w{line, sizeof line};
+  w.str("NUMAAllocator: ");
+  fill(w);
+  line[w.len < sizeof line ? w.len : sizeof line - 1] = 0;
+  lca::report_warning(line);
+  errno = err;
+  return false;
+}
+}  // namespace
+
 bool NUMAAllocator::check_node(int node, const char* what) {
   if (lca::numa_node_usable(node)) return true;
   invalid_.fetch_add(1, std::memory_order_relaxed);
-  char line[160];
-  lca::Writer w{line, sizeof line};
-  w.str("NUMAAllocator: invalid node ");
-  if (node < 0) w.str("-").num(static_cast<unsigned long long>(-static_cast<long long>(node)));
-  else w.num(static_cast<unsigned>(node));
-  w.str(" for ").str(what).str(" (not a node with memory this process may use; nodes: 0-");
-  w.num(static_cast<unsigned>(lca::numa_topology().node_count - 1)).str(")");
-  line[w.len < sizeof line ? w.len : sizeof line - 1] = 0;
-  lca::report_warning(line);
-  errno = EINVAL;
-  return false;
+  return refuse(EINVAL, [&](lca::Writer& w) {
+    w.str("invalid node ");
+    if (node < 0) w.str("-").num(static_cast<unsigned long long>(-static_cast<long long>(node)));
+    else w.num(static_cast<unsigned>(node));
+    w.str(" for ").str(what).str(" (not a node with memory this process may use; nodes: 0-");
+    w.num(static_cast<unsigned>(lca::numa_topology().node_count - 1)).str(")");
+  });
 }
 
 namespace {
@@ -62,15 +75,11 @@ namespace {
 bool fits_node(std::size_t size, int node, const char* what) {
   std::uint64_t bytes = lca::numa_node_bytes(node);
   if (bytes == 0 || size <= bytes) return true;  // 0: unknown (no libnuma)
-  char line[200];
-  lca::Writer w{line, sizeof line};
-  w.str("NUMAAllocator: ").str(what).str(" of ").num(static_cast<unsigned long long>(size));
-  w.str(" bytes with Binding::strict: more than node ").num(static_cast<unsigned>(node)).str(" has (");
-  w.num(static_cast<unsigned long long>(bytes)).str(" bytes)");
-  line[w.len < sizeof line ? w.len : sizeof line - 1] = 0;
-  lca::report_warning(line);
-  errno = ENOMEM;
-  return false;
+  return refuse(ENOMEM, [&](lca::Writer& w) {
+    w.str(what).str(" of ").num(static_cast<unsigned long long>(size));
+    w.str(" bytes with Binding::strict: more than node ").num(static_cast<unsigned>(node)).str(" has (");
+    w.num(static_cast<unsigned long long>(bytes)).str(" bytes)");
+  });
 }
 }  // namespace
 

@@ -264,16 +264,22 @@ LCA_CORE_TEXT NodePlacement chunk_placement_for(const Domain* d, const Heap* h) 
   return where;
 }
 
-// A cached free chunk on the wanted node (any when no node is wanted).
+// A cached free chunk on the wanted node (any when no node is wanted).  When
+// nothing can be bound in this process (chunk_can_place), an unbound one if
+// none is bound to the node: a fresh chunk would be unbound too.
 LCA_CORE_TEXT ChunkHeader* pop_free_chunk(Domain* d, int node) {
   if (node < 0) return d->free_chunks.pop();
+  ChunkHeader* unbound = nullptr;
   for (ChunkHeader* c = d->free_chunks.head; c; c = c->next) {
     if (c->node == node) {
       d->free_chunks.remove(c);
       return c;
     }
+    if (c->node < 0 && !unbound) unbound = c;
   }
-  return nullptr;
+  if (!unbound || chunk_can_place()) return nullptr;
+  d->free_chunks.remove(unbound);
+  return unbound;
 }
 
 // Whether the domain's next chunk request would map one (no free chunk cached):

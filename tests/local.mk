@@ -311,10 +311,11 @@ check-sanitizers:
 .PHONY: check-asan check-ubsan check-asan-ubsan check-tsan check-sanitizers
 
 # make check-numa-vm (issue 15): tests/unit/numa on real NUMA nodes, in QEMU
-# guests with 2 and 4 nodes (scripts/numa-vm: Debian's kernel, fetched once with
-# apt-get download into numa-vm/ or $NUMA_VM_CACHE; busybox-static; cpio), the
-# TAP of each guest read by tap-driver.sh; results in test-suite-numa-vm.log.
-calloc_numa_vm_tests = tests/numa-vm/nodes-2.numavm tests/numa-vm/nodes-4.numavm
+# guests with 2 and 4 nodes, and 4 with node 2 memory-less (scripts/numa-vm:
+# Debian's kernel, fetched once with apt-get download into numa-vm/ or
+# $NUMA_VM_CACHE; busybox-static; cpio), the TAP of each guest read by tap-driver.sh; results in test-suite-numa-vm.log.
+calloc_numa_vm_tests = tests/numa-vm/nodes-2.numavm tests/numa-vm/nodes-4.numavm \
+  tests/numa-vm/nodes-4-memoryless.numavm
 TEST_EXTENSIONS += .numavm
 NUMAVM_LOG_DRIVER = $(LOG_DRIVER)
 NUMAVM_LOG_COMPILER = $(SHELL)

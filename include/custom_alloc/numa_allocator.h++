@@ -14,7 +14,9 @@
 // allowed set (cpuset) gives nullptr / no migration, errno = EINVAL and one
 // warning line "libcalloc: warning: NUMAAllocator: invalid node N ...".  When the
 // kernel refuses mbind (a seccomp or container policy), the memory stays
-// first-touch (the kernel's default) and bind_fallbacks counts it.
+// first-touch (the kernel's default) and bind_fallbacks counts it; a refusal
+// for the whole process (EPERM, ENOSYS) is reported once, and node requests
+// then reuse cached unbound memory.
 //
 // Built with --disable-numa (or without libnuma) the class exists and describes
 // one node, 0.  Every member is thread-safe.
@@ -55,7 +57,7 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
     // ENOMEM...), one per page, not per call.  When the kernel refuses to say
     // where the pages are, every resident page left of the range counts.
     std::size_t migration_failures;
-    std::size_t bind_fallbacks;      // chunks and mappings mbind was refused for
+    std::size_t bind_fallbacks;      // fresh chunks and mappings left unbound (mbind refused)
     std::size_t invalid_requests;    // calls refused with EINVAL (bad node or range)
   };
 

@@ -21,6 +21,7 @@
 #include <set>
 #include <stddef.h>
 #include <string>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <vector>
@@ -185,7 +186,7 @@ std::string capture_stderr(Fn fn) {
 // NUMA.LocalAllocation: the request pins the thread to CPU 0 and expects the
 // block on node 0.  CPU 0 is node 0's on every machine this runs on (the host and
 // the guests of scripts/numa-vm); the node is asked of the kernel for the first
-// and the last page (get_mempolicy faults the page in, like the request's call).
+// and the last page of the block, written first.
 START_TEST(test_local_allocation) {
 #ifdef CALLOC_NUMA
   if (numa_available() < 0) TEST_SKIP("NUMA not available (numa_available() < 0)");
@@ -204,6 +205,11 @@ START_TEST(test_local_allocation) {
 
   void* ptr = alloc.allocate(1024 * 1024);  // 1MB
   ck_assert_ptr_nonnull(ptr);
+  // Written first: get_mempolicy's read fault of a page never touched maps the
+  // shared zero page and answers its node, which is wherever the kernel image
+  // was loaded (node 1 in some boots of the 2-node guest; ASan mode makes this
+  // block a fresh large mapping, where nothing else touches it).
+  std::memset(ptr, 0x5a, 1024 * 1024);
 
   int allocated_node = -1;
   ck_assert_int_eq(get_mempolicy(&allocated_node, nullptr, 0, ptr, MPOL_F_NODE | MPOL_F_ADDR), 0);
@@ -561,6 +567,69 @@ START_TEST(test_thread_heaps_bind_large_blocks) {
 }
 END_TEST
 
+// A thread on a CPU-only node (a memory-less node with CPUs) allocates where
+// the kernel itself puts that CPU's pages: the first node of the node's fallback
+// list (numa_mem_id()), which the distances alone do not tell -- among nodes at
+// the same distance the kernel prefers the next higher-numbered one, then the
+// less loaded.  The kernel's answer here is a plain page first touched from
+// the CPU (default policy); NUMAAllocator::allocate() and, with numa=1, the
+// process heap must bind to that node (the policy names it, and the pages are
+// there).  Before, they took the lowest-numbered nearest node: in the 4-node
+// guest with node 2 memory-less (all distances 20) node 0, where the kernel
+// uses node 3.
+START_TEST(test_cpu_only_node_allocates_where_the_kernel_does) {
+#ifndef CALLOC_NUMA
+  TEST_SKIP("built with --disable-numa: one node, 0");
+#else
+  std::vector<std::pair<int, int>> cpu_only;  // (node, its first CPU)
+  for (int n = 0; n < NUMAAllocator::node_count(); ++n) {
+    int cpu = first_cpu_of_node(n);
+    if (!NUMAAllocator::node_usable(n) && cpu >= 0) cpu_only.emplace_back(n, cpu);
+  }
+  if (cpu_only.empty())
+    TEST_SKIP("no node with CPUs and no usable memory here (usable: %s); runs in make check-numa-vm's 4-node "
+              "guest with node 2 memory-less", nodes_text().c_str());
+  NUMAAllocator alloc;
+  lca::numa_enable_thread_heaps();  // what LIBCALLOC_OPTIONS=numa=1 does at start-up
+  for (auto [node, cpu] : cpu_only) {
+    run_pinned(cpu, [&, node = node, cpu = cpu] {
+      ck_assert_int_eq(alloc.get_current_node(), node);
+      // The kernel's choice: a page of a plain mapping, first touched here.
+      void* probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      ck_assert_ptr_ne(probe, MAP_FAILED);
+      touch_pages(probe, 4096);
+      const int kernel = NUMAAllocator::node_of_address(probe);
+      munmap(probe, 4096);
+      ck_assert_msg(NUMAAllocator::node_usable(kernel), "CPU %d (node %d): first touch put a page on node %d", cpu,
+                    node, kernel);
+      std::printf("# CPU %d, on memory-less node %d: the kernel puts its pages on node %d\n", cpu, node, kernel);
+      for (std::size_t size : {std::size_t{48}, std::size_t{100 * 1024}, 3 * MiB}) {
+        void* p = alloc.allocate(size);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_msg(policy_node_of(p) == kernel, "allocate(%zu) on CPU %d (node %d): bound to node %d, the kernel "
+                      "uses node %d", size, cpu, node, policy_node_of(p), kernel);
+        touch_pages(p, size);
+        std::size_t bad;
+        int got;
+        ck_assert_msg(all_pages_on(p, size, kernel, &bad, &got), "allocate(%zu) on CPU %d: page at +%zu on node %d, "
+                      "not %d", size, cpu, bad, got, kernel);
+        alloc.deallocate(p);
+      }
+      if (lca::numa_thread_heaps()) {  // (more than one usable node)
+        for (std::size_t size : {std::size_t{200 * 1024}, 3 * MiB}) {
+          void* p = lca_malloc(size);
+          ck_assert_ptr_nonnull(p);
+          ck_assert_msg(policy_node_of(p) == kernel, "numa=1: lca_malloc(%zu) on CPU %d (node %d): bound to node %d, "
+                        "the kernel uses node %d", size, cpu, node, policy_node_of(p), kernel);
+          lca_free(p);
+        }
+      }
+    });
+  }
+#endif
+}
+END_TEST
+
 // Invalid nodes: NULL / nothing moved, errno EINVAL, one clear line on stderr,
 // counted; the block a refused migration names keeps its data.
 START_TEST(test_invalid_nodes) {
@@ -680,6 +749,140 @@ START_TEST(test_refused_bind_falls_back) {
 }
 END_TEST
 
+// mbind refused for the whole process (a seccomp filter answering EPERM, as
+// Docker's default profile does without CAP_SYS_NICE): binding is impossible,
+// so libcalloc says so once and node requests reuse unbound memory -- the large
+// cache's mappings and the domain's free chunks -- instead of mapping fresh
+// memory at every request while the cache fills with mappings no request
+// takes.  Before, each allocate_on_node(3 MiB) after a free mapped 3 MiB more
+// (16 rounds: 16 addresses, 48 MiB mapped).  Also the process heap's large
+// blocks with numa=1 where there are several nodes.  In a child process; its
+// numbers come back through a pipe, its standard error through another.
+START_TEST(test_refused_bind_reuses_unbound_memory) {
+#ifndef CALLOC_NUMA
+  TEST_SKIP("built with --disable-numa: nothing is bound, so nothing can be refused");
+#else
+  if (test_util::running_on_valgrind()) TEST_SKIP("seccomp filters are not installed under Valgrind");
+  constexpr int kRounds = 16;
+  struct Result {
+    int status;                   // 0, 77 (no filter), else what failed
+    int large_addresses;          // distinct addresses of the NUMAAllocator's 3 MiB blocks
+    std::size_t mapped_large;     // its os_memory_mapped after the large rounds
+    std::size_t mapped_arena[2];  // after the first and the last round of arena blocks
+    std::size_t bind_fallbacks;
+    int heap_addresses;           // numa=1: distinct addresses of lca_malloc(3 MiB); -1 not run
+  } r{};
+  std::fflush(nullptr);
+  int out[2], err[2];
+  ck_assert_int_eq(pipe(out), 0);
+  ck_assert_int_eq(pipe(err), 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(out[0]);
+    close(err[0]);
+    dup2(err[1], STDERR_FILENO);
+    auto finish = [&](int status) {
+      r.status = status;
+      if (write(out[1], &r, sizeof r) != static_cast<ssize_t>(sizeof r)) _exit(2);
+      _exit(0);
+    };
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mbind, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      finish(77);
+    NUMAAllocator alloc;
+    std::set<void*> seen;
+    for (int i = 0; i < kRounds; ++i) {
+      void* p = alloc.allocate_on_node(3 * MiB, 0);
+      if (!p) finish(3);
+      std::memset(p, i, 3 * MiB);
+      seen.insert(p);
+      alloc.deallocate(p);
+      lca::asan_flush_quarantine();
+    }
+    r.large_addresses = static_cast<int>(seen.size());
+    r.mapped_large = alloc.get_stats().os_memory_mapped;
+    // Arena blocks: 12 x 600 KiB fill two 4 MiB chunks, which go back to the
+    // domain's free chunks when emptied.
+    for (int i = 0; i < kRounds; ++i) {
+      void* blocks[12];
+      for (void*& b : blocks) {
+        b = alloc.allocate_on_node(600 * 1024, 0);
+        if (!b) finish(4);
+        std::memset(b, i, 600 * 1024);
+      }
+      for (void* b : blocks) alloc.deallocate(b);
+      lca::asan_flush_quarantine();  // ASan mode holds freed blocks back from reuse
+      if (i == 0) r.mapped_arena[0] = alloc.get_stats().os_memory_mapped;
+    }
+    r.mapped_arena[1] = alloc.get_stats().os_memory_mapped;
+    r.bind_fallbacks = alloc.get_numa_stats().bind_fallbacks;
+    r.heap_addresses = -1;
+    lca::numa_enable_thread_heaps();  // what LIBCALLOC_OPTIONS=numa=1 does at start-up
+    if (lca::numa_thread_heaps()) {
+      seen.clear();
+      for (int i = 0; i < kRounds; ++i) {
+        void* p = lca_malloc(3 * MiB);
+        if (!p) finish(5);
+        std::memset(p, i, 3 * MiB);
+        seen.insert(p);
+        lca_free(p);
+        lca::asan_flush_quarantine();
+      }
+      r.heap_addresses = static_cast<int>(seen.size());
+    }
+    finish(0);
+  }
+  close(out[1]);
+  close(err[1]);
+  ssize_t got = read(out[0], &r, sizeof r);
+  close(out[0]);
+  std::string text;
+  char buf[512];
+  for (ssize_t k; (k = read(err[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(k));
+  close(err[0]);
+  int status = 0;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && got == static_cast<ssize_t>(sizeof r),
+                "child: status %#x, %zd bytes of results; stderr: %s", status, got, text.c_str());
+  if (r.status == 77) TEST_SKIP("this kernel refused the seccomp filter (prctl)");
+  ck_assert_msg(r.status == 0, "child failed at step %d (3: large, 4: arena, 5: lca_malloc)", r.status);
+  std::printf("# mbind refused: %d address(es) for %d allocate_on_node(3 MiB), %zu KiB mapped; arena rounds: %zu -> "
+              "%zu KiB mapped; %zu bind fallbacks\n", r.large_addresses, kRounds, r.mapped_large >> 10,
+              r.mapped_arena[0] >> 10, r.mapped_arena[1] >> 10, r.bind_fallbacks);
+  std::fflush(stdout);  // (a failed check ends the test process)
+  ck_assert_msg(r.large_addresses == 1, "%d of %d allocate_on_node(3 MiB) got a fresh mapping (the freed one, unbound, "
+                "was not reused)", r.large_addresses, kRounds);
+  // One 3 MiB mapping and the first chunk; never a mapping per round.
+  ck_assert_msg(r.mapped_large <= 3 * MiB + 4 * MiB, "%zu KiB mapped after %d rounds of 3 MiB", r.mapped_large >> 10,
+                kRounds);
+  ck_assert_msg(r.mapped_arena[1] == r.mapped_arena[0], "arena rounds: %zu KiB mapped after the first, %zu after %d",
+                r.mapped_arena[0] >> 10, r.mapped_arena[1] >> 10, kRounds);
+  // Said once, and said what it means.
+  const std::string want = "libcalloc: warning: NUMA: mbind refused (EPERM";
+  std::size_t at = text.find(want);
+  ck_assert_msg(at != std::string::npos, "stderr lacks \"%s\": \"%s\"", want.c_str(), text.c_str());
+  ck_assert_msg(text.find(want, at + 1) == std::string::npos, "the refusal was reported more than once: %s",
+                text.c_str());
+  // Each fresh chunk and mapping is unbound, and counted so: the 3 MiB mapping
+  // and 1 + 2 chunks (the first, small-heap one; the two of the arena blocks).
+  ck_assert_uint_ge(r.bind_fallbacks, 2);
+  ck_assert_uint_le(r.bind_fallbacks, (r.mapped_arena[1] - 3 * MiB) / (4 * MiB) + 1);
+  if (r.heap_addresses < 0)
+    TEST_SKIP("one usable NUMA node here (%s): numa=1 is off, so the process heap binds nothing; its large blocks "
+              "with mbind refused run in make check-numa-vm", nodes_text().c_str());
+  ck_assert_msg(r.heap_addresses == 1, "numa=1: %d of %d lca_malloc(3 MiB) got a fresh mapping", r.heap_addresses,
+                kRounds);
+#endif
+}
+END_TEST
+
 // migration_failures counts pages, as its documentation says, not failed calls
 // (it added 1 for a refused move_pages call, and dropped the pages moved by
 // earlier batches of the call).  move_pages is refused by a seccomp filter
@@ -695,7 +898,10 @@ int migrate_refused(bool refuse_queries, std::size_t* failures, std::size_t* exp
   if (pid == 0) {
     close(fds[0]);
     NUMAAllocator alloc;
-    const bool two_nodes = NUMAAllocator::node_usable(1);
+    // (The second usable node: node 1 may have no memory, scripts/numa-vm --memoryless 1.)
+    const std::vector<int> nodes = usable_nodes();
+    const bool two_nodes = nodes.size() >= 2;
+    const int target = two_nodes ? nodes[1] : 0;
     constexpr std::size_t kSize = 1 * MiB;
     auto* p = static_cast<unsigned char*>(alloc.allocate_on_node(kSize, 0));
     if (!p) _exit(1);
@@ -728,7 +934,7 @@ int migrate_refused(bool refuse_queries, std::size_t* failures, std::size_t* exp
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
       _exit(77);
     errno = 0;
-    alloc.migrate_to_node(p, kSize, two_nodes ? 1 : 0);
+    alloc.migrate_to_node(p, kSize, target);
     int err = errno;
     NUMAAllocator::NUMAStats s = alloc.get_numa_stats();
     std::size_t out[2] = {s.migration_failures, two_nodes ? pages : 0};
@@ -763,7 +969,7 @@ START_TEST(test_migration_failures_count_pages) {
     ck_assert_msg(code == 0, "%s: child exit status %d (3: something counted as moved; 4: errno; 5: data)", what,
                   code);
   }
-  if (!NUMAAllocator::node_usable(1))
+  if (usable_nodes().size() < 2)
     TEST_SKIP("one usable NUMA node here (%s): nothing to move, no failure counted with move_pages refused; "
               "the refused 0 -> 1 migration runs in make check-numa-vm",
               nodes_text().c_str());
@@ -971,9 +1177,11 @@ int main() {
   tcase_add_test(tc, test_per_node_usage_matches_kernel);
   tcase_add_test(tc, test_moved_thread_rehomes);
   tcase_add_test(tc, test_thread_heaps_bind_large_blocks);
+  tcase_add_test(tc, test_cpu_only_node_allocates_where_the_kernel_does);
   tcase_add_test(tc, test_invalid_nodes);
   tcase_add_test(tc, test_ranges_that_wrap_are_refused);
   tcase_add_test(tc, test_refused_bind_falls_back);
+  tcase_add_test(tc, test_refused_bind_reuses_unbound_memory);
   tcase_add_test(tc, test_migration_failures_count_pages);
   tcase_add_test(tc, test_stats_cover_node_heaps);
   tcase_add_test(tc, test_topology_matches_sys);
