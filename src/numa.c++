@@ -23,7 +23,6 @@
 #include <numaif.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "chunk.h++"
@@ -208,8 +207,8 @@ int nearest_by_distance(int node) {
 int ask_kernel_memory_node(int node) {
   if (!g_lib.get_mempolicy || !g_lib.mbind) return -1;
   std::size_t page = os_page_size();
-  void* p = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return -1;
+  void* p = os_map(page);  // os.c++ makes every mmap (the steady-state count)
+  if (!p) return -1;
   int answer = -1;
   int mode = -1;
   bool local = g_lib.mbind(p, page, MPOL_LOCAL, nullptr, 0, 0) == 0 ||
@@ -220,7 +219,7 @@ int ask_kernel_memory_node(int node) {
         g_lib.get_mempolicy(&answer, nullptr, 0, p, MPOL_F_NODE | MPOL_F_ADDR) != 0)
       answer = -1;
   }
-  munmap(p, page);
+  os_unmap(p, page);
   return answer;
 }
 }  // namespace
