@@ -650,11 +650,19 @@ START_TEST(test_lock_and_weak_drop_race_last_owner) {
   std::vector<custom_alloc::weak_ptr<Probe>> weaks(n);
   std::atomic<int> b_at{-1};
   std::atomic<std::size_t> round_ready{0}, round_done{0};
+  // The hand-over flags (release stores and acquire loads are plain moves,
+  // which helgrind and DRD take for races; the edges they carry are annotated
+  // where they are waited for).
+  TEST_BENIGN_RACE(&b_at, "the other thread's position");
+  TEST_BENIGN_RACE(&round_ready, "the round's start");
+  TEST_BENIGN_RACE(&round_done, "the round's end");
   std::thread b([&] {
     for (std::size_t r = 1; r <= rounds; ++r) {
       while (round_ready.load(std::memory_order_acquire) != r) std::this_thread::yield();
+      TEST_HAPPENS_AFTER(&round_ready);  // (helgrind and DRD see no atomics: the round's weaks)
       for (int i = 0; i < n; ++i) {
         custom_alloc::weak_ptr<Probe> w = std::move(weaks[i]);
+        TEST_HAPPENS_BEFORE(&b_at);
         b_at.store(i, std::memory_order_release);
         // The owner's release starts now: lock at a varying moment after it.
         for (int k = 0; k < (i % 32) * 8; ++k) asm volatile("" ::: "memory");
@@ -669,6 +677,7 @@ START_TEST(test_lock_and_weak_drop_race_last_owner) {
             }
         }
       }
+      TEST_HAPPENS_BEFORE(&round_done);
       round_done.store(r, std::memory_order_release);
     }
   });
@@ -678,13 +687,16 @@ START_TEST(test_lock_and_weak_drop_race_last_owner) {
       weaks[i] = owners[i];
     }
     b_at.store(-1, std::memory_order_relaxed);
+    TEST_HAPPENS_BEFORE(&round_ready);
     round_ready.store(r, std::memory_order_release);
     for (int i = 0; i < n; ++i) {
       for (unsigned spins = 0; b_at.load(std::memory_order_acquire) < i;)
         if (++spins % 1024 == 0) std::this_thread::yield();  // (Valgrind runs one thread at a time)
+      TEST_HAPPENS_AFTER(&b_at);
       owners[i].reset();
     }
     while (round_done.load(std::memory_order_acquire) != r) std::this_thread::yield();
+    TEST_HAPPENS_AFTER(&round_done);
   }
   b.join();
   std::printf("# %zu objects: %d locked by the other thread as their last owner went, %d seen destroyed\n",
