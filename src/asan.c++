@@ -103,7 +103,7 @@ bool find_block(const char* addr, const char** start, std::size_t* usable) {
     // (Any thread's report: the unlocked reads of a remote free, span.h++.)
     if (span_flags_seen_remotely(s) & kSpanInactive) return false;
     const char* base = span_base(s);
-    if (addr < base || addr >= __atomic_load_n(&s->bump, __ATOMIC_RELAXED)) return false;
+    if (addr < base || addr >= span_bump_seen_remotely(s)) return false;
     std::uint32_t i = span_index(s, addr);
     for (unsigned k = 0; k < s->multislot_count; ++k)
       if (i >= s->multislot[k].first && i < s->multislot[k].first + s->multislot[k].slots) i = s->multislot[k].first;

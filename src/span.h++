@@ -360,8 +360,12 @@ inline bool span_is_object_start(const Span* s, const void* p) { return span_obj
 // reader, span_is_object_start then, until 2026-12-07: a TSan run lost the
 // reader's stack and reported the owner's carve in fast_malloc, which no entry
 // could name: tests/unit/threads, test_oversubscribed_threads.)
+// Span::bump as a thread that may not own s reads it: a relaxed atomic load
+// (also report_span_free_error's and ASan's find_block's test of a pointer
+// against the carved part).
+inline char* span_bump_seen_remotely(const Span* s) { return __atomic_load_n(&s->bump, __ATOMIC_RELAXED); }
 inline bool span_is_object_start_remote(const Span* s, const void* p) {
-  return span_object_start_below(s, p, __atomic_load_n(&s->bump, __ATOMIC_RELAXED));
+  return span_object_start_below(s, p, span_bump_seen_remotely(s));
 }
 // The owner's store of Span::bump where another thread may be reading it
 // (span_is_object_start_remote): a relaxed atomic store, not a read-modify-write

@@ -1317,7 +1317,7 @@ void report_span_free_error(const Span* s, const void* p, SpanCheck why) {
   if (why == SpanCheck::not_live) report_fatal("Double free", p, "the block is not allocated (freed already)");
   // Any thread's free may land here, while s's owner changes its flags or
   // carves: the unlocked reads of a remote free (span.h++).
-  if (!(span_flags_seen_remotely(s) & kSpanInactive) && p < __atomic_load_n(&s->bump, __ATOMIC_RELAXED)) {
+  if (!(span_flags_seen_remotely(s) & kSpanInactive) && p < span_bump_seen_remotely(s)) {
     // Inside an object that grew over several slots?
     for (unsigned k = 0, n = span_multislot_count(s); k < n; ++k) {
       Span::Multislot m = span_multislot_at(s, k);
