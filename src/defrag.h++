@@ -271,9 +271,9 @@ struct PassState {
   // with which a pass moved nothing and said work_remaining, forever (review
   // 24; any other value stops a pass only after a move, as before).
   bool over_budget() {
-    if (((stats->objects_relocated > 0 || advanced) &&
-         (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes)) ||
-        ((stats->objects_relocated > 0 || advanced) && Clock::now() >= deadline)) {
+    if ((stats->objects_relocated > 0 || advanced) &&
+        (stats->objects_relocated >= budget->max_objects || stats->bytes_moved >= budget->max_bytes ||
+         Clock::now() >= deadline)) {
       stopped = true;
       return true;
     }
