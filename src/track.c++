@@ -1934,6 +1934,12 @@ unsigned first_loader_frame(const Site& s, std::uintptr_t rtld) {
   return s.depth;
 }
 
+// Whether frame ip lies in the object loaded at base (a Symbol of it, from
+// symbolize: its module offset is ip less the object's load address).
+bool frame_in(const void* ip, const Symbol& sym, std::uintptr_t base) {
+  return sym.module[0] && reinterpret_cast<std::uintptr_t>(ip) - sym.module_offset == base;
+}
+
 // Whether the frames of site run, from its first frame in the loader on,
 // through the loader into one of its TLS functions.  (A frame of the program's
 // before them -- a constructor that dlopen's _dl_init runs -- leads through
@@ -1945,7 +1951,7 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
   for (unsigned j = first_loader_frame(s, rtld); j < s.depth; ++j) {
     Symbol sym;
     symbolize(s.frames[j], &sym);
-    if (!sym.module[0] || reinterpret_cast<std::uintptr_t>(s.frames[j]) - sym.module_offset != rtld) return false;
+    if (!frame_in(s.frames[j], sym, rtld)) return false;
     if (loader_tls_function(sym.function)) return true;
   }
   return false;
@@ -1955,12 +1961,6 @@ bool glibc_thread_storage(std::uint32_t site, std::uintptr_t rtld) {
 bool same_function(const char* name, const char* want) {
   std::size_t n = std::strcspn(name, ".@");
   return std::strlen(want) == n && std::strncmp(name, want, n) == 0;
-}
-
-// Whether frame ip lies in the object loaded at base (a Symbol of it, from
-// symbolize: its module offset is ip less the object's load address).
-bool frame_in(const void* ip, const Symbol& sym, std::uintptr_t base) {
-  return sym.module[0] && reinterpret_cast<std::uintptr_t>(ip) - sym.module_offset == base;
 }
 
 // The load address of the object libcalloc's code is in (the program itself
