@@ -171,8 +171,10 @@ class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
  public:
   // Keeps an object in place (the mover skips it) and its pointer valid until
   // the guard is destroyed or released.  A guard must not outlive its heap:
-  // releasing or destroying it after the HandleAllocator is gone touches the
-  // heap's unmapped table (SIGSEGV, no message).
+  // releasing or destroying it after the HandleAllocator is gone aborts with
+  // "libcalloc: Invalid pin release of 0x...: the PinGuard outlived its
+  // HandleAllocator ..." (a destroyed heap's table is kept, without slots,
+  // and reused by the next HandleAllocator).
   class CUSTOM_ALLOC_EXPORT PinGuard {
    public:
     PinGuard() = default;

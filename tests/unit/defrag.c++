@@ -2049,6 +2049,63 @@ START_TEST(test_handle_size_read_while_slot_reused) {
 }
 END_TEST
 
+// A PinGuard released (or destroyed) after its HandleAllocator is gone names
+// the problem: the heap's table is kept (no slot, marked destroyed, reused by
+// the next heap) instead of unmapped, and the release finds no live slot for a
+// handle it pinned.  The old code read the unmapped table: SIGSEGV, no
+// message.  A unique_handle destroyed after its heap is caught the same way
+// (best effort: it calls into the destroyed object, whose memory is intact
+// here).
+START_TEST(test_pin_outliving_heap_dies) {
+  struct Case {
+    const char* what;
+    const char* says;
+    void (*fn)();
+  } cases[] = {
+      {"a guard released after its heap was destroyed", "outlived its HandleAllocator",
+       [] {
+         HandleAllocator::PinGuard g;
+         {
+           HandleAllocator heap;
+           g = heap.pin(heap.allocate_handle(64));
+         }
+         g.release();
+       }},
+      {"a guard released after its heap, the table reused by another heap", "has been reused by another heap",
+       [] {
+         HandleAllocator::PinGuard g;
+         {
+           HandleAllocator heap;
+           for (int i = 0; i < 3; ++i) (void)heap.allocate_handle(64);
+           g = heap.pin(heap.allocate_handle(64));
+         }
+         HandleAllocator next;  // takes the retired table
+         for (int i = 0; i < 10; ++i) (void)next.allocate_handle(64);
+         g.release();
+       }},
+  };
+  for (const Case& c : cases) {
+    auto r = expect_death(c.fn, "libcalloc: Invalid pin release of ");
+    ck_assert_msg(r.ok(), "%s: %s", c.what, r.description.c_str());
+    ck_assert_msg(r.output_contains(c.says), "%s: %s", c.what, r.output.c_str());
+  }
+  auto owner = expect_death(
+      [] {
+        alignas(HandleAllocator) unsigned char storage[sizeof(HandleAllocator)];
+        custom_alloc::unique_handle<std::uint64_t> p;
+        {
+          auto* heap = new (storage) HandleAllocator;
+          p = custom_alloc::make_unique_handle<std::uint64_t>(*heap, 1);
+          heap->~HandleAllocator();
+        }
+        p.reset();
+      },
+      "libcalloc: Invalid handle heap of ");
+  ck_assert_msg(owner.ok(), "a unique_handle destroyed after its heap: %s", owner.description.c_str());
+  ck_assert_msg(owner.output_contains("its HandleAllocator was destroyed"), "%s", owner.output.c_str());
+}
+END_TEST
+
 // Bad use is caught by the heap: a handle freed behind its owner's back is
 // stale when the owner uses or destroys it.
 START_TEST(test_handle_ptr_stale_dies) {
@@ -2306,6 +2363,7 @@ int main() {
   tcase_add_test(tc, test_shared_handle_counts);
   tcase_add_test(tc, test_shared_handles_under_mover);
   tcase_add_test(tc, test_handle_ptr_stale_dies);
+  tcase_add_test(tc, test_pin_outliving_heap_dies);
   tcase_add_test(tc, test_thread_entries_bounded);
   tcase_add_test(tc, test_handle_calls_offline_inside);
   tcase_add_test(tc, test_handle_size_offline_inside);
