@@ -479,7 +479,11 @@ HeapSet heaps_of(const MemoryAllocator& a, bool measuring) {
   if (auto* numa = dynamic_cast<const NUMAAllocator*>(&a)) {
     set.numa = true;
     lca::Domain* nodes[lca::kNumaMaxNodes];
-    lca::NumaNodeHeaps::get(*numa, nodes);
+    // Not under the allocator's creation lock from a relocation callback (an
+    // analyze there): the pass holds heap locks, and a lock taken inside them
+    // would add a lock order nothing else has (the allocator's statistics
+    // take the creation lock after the base heap's, outside any node's).
+    lca::NumaNodeHeaps::get(*numa, nodes, lca::tls_relocating == nullptr);
     for (int n = 0; n < lca::kNumaMaxNodes; ++n)
       if (nodes[n]) set.add(nodes[n], static_cast<unsigned>(n) + 1);
   }

@@ -75,9 +75,11 @@ inline void numa_resident_on_node0(const void* addr, std::size_t len, std::size_
 // The node heaps of a NUMAAllocator (numa_allocator.c++; in every build, as the
 // class is): heaps[n] is node n's, nullptr where none was made yet.  A node
 // heap, once made, lives as long as its allocator.  For the defragmentation
-// engine (defrag.c++), which walks each of them.
+// engine (defrag.c++), which walks each of them.  `take_lock`: read under the
+// allocator's creation lock (for helgrind and DRD, as node_domain does);
+// false from a relocation callback, which holds the pass's heap locks.
 struct NumaNodeHeaps {
-  static void get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes]);
+  static void get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes], bool take_lock);
 };
 
 #ifdef CALLOC_NUMA

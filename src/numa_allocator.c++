@@ -267,10 +267,11 @@ void NUMAAllocator::trim() {
 }  // namespace custom_alloc
 
 namespace lca {
-void NumaNodeHeaps::get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes]) {
+void NumaNodeHeaps::get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes], bool take_lock) {
   static_assert(sizeof a.nodes_ / sizeof a.nodes_[0] == kNumaMaxNodes);
-  std::lock_guard<std::mutex> guard(a.lock_);  // (helgrind and DRD: see node_domain)
+  if (take_lock) a.lock_.lock();  // (helgrind and DRD: see node_domain)
   for (int n = 0; n < kNumaMaxNodes; ++n) heaps[n] = a.nodes_[n].load(std::memory_order_acquire);
+  if (take_lock) a.lock_.unlock();
 }
 }  // namespace lca
 
