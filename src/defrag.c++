@@ -41,6 +41,7 @@
 #include "arena.h++"
 #include "defrag.h++"
 #include "large.h++"
+#include "numa.h++"
 #include "os.h++"
 #include "report.h++"
 #include "span.h++"
@@ -331,7 +332,17 @@ struct RoundPlan {
   unsigned cls = kNoClass;
   std::vector<Span*> order;
   std::size_t lo = 0, hi = 0;
+  // In a NUMAAllocator's base heap: the heap of the allocator that its round
+  // of budgeted passes is in (0 this one, n + 1 node n's); read and written
+  // with the base heap's lock held, which the engine holds for the whole pass
+  // over the allocator (custom_alloc::pass_set).
+  unsigned heap_key = 0;
 };
+
+RoundPlan& round_of(Domain* d) {
+  if (!d->defrag_round) d->defrag_round = new RoundPlan;
+  return *static_cast<RoundPlan*>(d->defrag_round);
+}
 
 // The moving stages, from d->defrag_resume (0 with `from_start`) on.
 void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::RelocationCallback& cb, PassState* st,
@@ -341,8 +352,7 @@ void engine_pass(Domain* d, const custom_alloc::DefragmentationEngine::Relocatio
   // Blocks freed by the user wait in the quarantine in Valgrind and ASan mode:
   // free them for good, so that every block the walk finds is live.
   vg_quarantine_release_domain(d);
-  if (!d->defrag_round) d->defrag_round = new RoundPlan;
-  RoundPlan& round = *static_cast<RoundPlan*>(d->defrag_round);
+  RoundPlan& round = round_of(d);
   if (from_start || d->defrag_resume > kStageTrim) {
     d->defrag_resume = 0;
     round.cls = kNoClass;
@@ -414,12 +424,38 @@ using lca::Clock;
 
 namespace {
 
-// The heap the engine works on, or an abort naming what `a` is instead.  A
+// The heaps the engine works on for one allocator: its own, and for a
+// NUMAAllocator also each node's heap that exists (key: 0 the allocator's own
+// heap, n + 1 node n's), in key order.
+struct HeapSet {
+  lca::Domain* heap[1 + lca::kNumaMaxNodes];
+  unsigned key[1 + lca::kNumaMaxNodes];
+  unsigned count = 0;
+  bool numa = false;
+  void add(lca::Domain* d, unsigned k) {
+    heap[count] = d;
+    key[count++] = k;
+  }
+};
+
+[[noreturn]] void refuse_numa_node(const NUMAAllocator& a, int node) {
+  char why[160];
+  lca::Writer w{why, sizeof why};
+  w.str("node ");
+  if (node < 0) w.str("-").num(static_cast<unsigned long long>(-static_cast<long long>(node)));
+  else w.num(static_cast<unsigned>(node));
+  w.str(" is not a node of this machine (nodes: 0-").num(static_cast<unsigned>(NUMAAllocator::node_count() - 1));
+  w.str(")");
+  why[w.len < sizeof why ? w.len : sizeof why - 1] = 0;
+  lca::report_fatal("Fragmentation analysis refused", &a, why);
+}
+
+// The heaps the engine works on, or an abort naming what `a` is instead.  A
 // SecureAllocator is a MemoryAllocator over the process domain (its blocks are
 // in its own hardened heap), so it is told apart first: it was reported as "the
 // process heap" (review 24).  `measuring`: analyze or calculate_fragmentation,
 // which were refused as a "Defragmentation" although they move nothing.
-lca::Domain* private_domain(const MemoryAllocator& a, bool measuring) {
+HeapSet heaps_of(const MemoryAllocator& a, bool measuring) {
   const char* problem = measuring ? "Fragmentation analysis refused" : "Defragmentation refused";
   if (dynamic_cast<const SecureAllocator*>(&a))
     lca::report_fatal(problem, &a,
@@ -427,13 +463,6 @@ lca::Domain* private_domain(const MemoryAllocator& a, bool measuring) {
                                   "engine does not walk (its get_stats has the counters)"
                                 : "a SecureAllocator's blocks never move (its hardened heap keeps each block in "
                                   "its slot)");
-  // A NUMAAllocator's blocks are in its per-node heaps; its own domain (the
-  // base heap) serves only their failures, so the engine found it empty: 0.0
-  // for a heap 90 % fragmented, and a pass that moved nothing (review 24).
-  if (dynamic_cast<const NUMAAllocator*>(&a))
-    lca::report_fatal(problem, &a,
-                      "a NUMAAllocator keeps its blocks in one heap per node, which the engine does not walk "
-                      "(it would find none); compact an independent MemoryAllocator");
   lca::Domain* d = a.domain();
   if (d == &lca::g_process_domain)
     lca::report_fatal(problem, &a,
@@ -442,7 +471,23 @@ lca::Domain* private_domain(const MemoryAllocator& a, bool measuring) {
                                   "MemoryAllocator (lca_get_stats has the process heap's counters)"
                                 : "this is the process heap (the one behind malloc), whose pointers libcalloc "
                                   "cannot update; defragment an independent MemoryAllocator");
-  return d;
+  HeapSet set;
+  set.add(d, 0);
+  // A NUMAAllocator's blocks are in its node heaps; its own (the base heap)
+  // serves only what they could not.  Walking the base heap alone measured
+  // 0.0 for a heap 90 % fragmented, and a pass moved nothing (review 24).
+  if (auto* numa = dynamic_cast<const NUMAAllocator*>(&a)) {
+    set.numa = true;
+    lca::Domain* nodes[lca::kNumaMaxNodes];
+    // Not under the allocator's creation lock from a relocation callback (an
+    // analyze there): the pass holds heap locks, and a lock taken inside them
+    // would add a lock order nothing else has (the allocator's statistics
+    // take the creation lock after the base heap's, outside any node's).
+    lca::NumaNodeHeaps::get(*numa, nodes, lca::tls_relocating == nullptr);
+    for (int n = 0; n < lca::kNumaMaxNodes; ++n)
+      if (nodes[n]) set.add(nodes[n], static_cast<unsigned>(n) + 1);
+  }
+  return set;
 }
 
 FragmentationReport analyze_domain(lca::Domain* d) {
@@ -454,10 +499,98 @@ FragmentationReport analyze_domain(lca::Domain* d) {
   return lca::analyze_locked(d);
 }
 
+// The report of several heaps: the sums, the largest free run of any, and
+// the fragmentation of the whole.
+void add_report(FragmentationReport* sum, const FragmentationReport& r) {
+  sum->live_bytes += r.live_bytes;
+  sum->held_bytes += r.held_bytes;
+  sum->trapped_bytes += r.trapped_bytes;
+  sum->largest_free_run = std::max(sum->largest_free_run, r.largest_free_run);
+  sum->spans_in_use += r.spans_in_use;
+  sum->arena_chunks_in_use += r.arena_chunks_in_use;
+  sum->os_memory_mapped += r.os_memory_mapped;
+  sum->fragmentation = sum->held_bytes
+                           ? 1.0 - static_cast<double>(sum->live_bytes) / static_cast<double>(sum->held_bytes)
+                           : 0.0;
+}
+
+// Holds the first heap of a set (a NUMAAllocator's base heap) for the whole of
+// a measurement or a pass over several heaps: passes over one allocator do not
+// interleave (as over a plain heap, whose lock a pass holds), a measurement
+// sees the node heaps between two passes, and the round's cursor
+// (RoundPlan::heap_key of the base heap) is read and written under it.  Node heaps are locked
+// one at a time inside it, so the order is always base, then a node.
+class SetLock {
+ public:
+  explicit SetLock(const HeapSet& set) : d_(set.count > 1 ? set.heap[0] : nullptr) {
+    if (d_) lca::domain_lock(d_);
+  }
+  ~SetLock() {
+    if (d_) lca::domain_unlock(d_);
+  }
+  SetLock(const SetLock&) = delete;
+  SetLock& operator=(const SetLock&) = delete;
+
+ private:
+  lca::Domain* d_;
+};
+
+FragmentationReport analyze_set(const HeapSet& set) {
+  if (set.count == 1) return analyze_domain(set.heap[0]);
+  lca::VgSerial serial;
+  SetLock lock(set);
+  FragmentationReport sum{};
+  for (unsigned i = 0; i < set.count; ++i) add_report(&sum, analyze_domain(set.heap[i]));
+  return sum;
+}
+
+FragmentationReport cheap_set_report(const HeapSet& set) {
+  FragmentationReport r{};
+  for (unsigned i = 0; i < set.count; ++i) r.os_memory_mapped += lca::cheap_report(set.heap[i]).os_memory_mapped;
+  r.fragmentation = -1;
+  return r;
+}
+
+// One pass over the heaps of `set`: each heap's stages (engine_pass) and trim
+// (engine_trim) in turn, within one budget.  A budgeted pass starts at the
+// heap where the last one stopped; the round ends when the last heap's does.
+void pass_set(const HeapSet& set, const DefragmentationEngine::RelocationCallback& callback, lca::PassState* st,
+              bool unlimited) {
+  SetLock lock(set);
+  unsigned& cursor = lca::round_of(set.heap[0]).heap_key;
+  if (unlimited || set.count == 1) cursor = 0;
+  for (unsigned i = 0; i < set.count; ++i) {
+    if (set.key[i] < cursor) continue;
+    lca::Domain* d = set.heap[i];
+    cursor = set.key[i];  // kept current: a callback may throw
+    {
+      lca::VgSerial serial;
+      struct Finish {
+        lca::Domain* d;
+        ~Finish() { lca::vg_quarantine_release_domain(d); }  // also when the callback threw
+      } finish{d};
+      lca::engine_pass(d, callback, st, unlimited);  // may throw (the callback's exception)
+    }
+    // Purging and unmapping cost system calls: the trim ends a heap's round,
+    // a piece per pass within the budget.
+    if (!st->stopped) lca::engine_trim(d, st);
+    if (st->stopped) return;
+  }
+  cursor = 0;
+}
+
 }  // namespace
 
 FragmentationReport DefragmentationEngine::analyze(const MemoryAllocator& allocator) {
-  return analyze_domain(private_domain(allocator, true));
+  return analyze_set(heaps_of(allocator, true));
+}
+
+FragmentationReport DefragmentationEngine::analyze_node(const NUMAAllocator& allocator, int node) {
+  if (node < 0 || node >= NUMAAllocator::node_count() || node >= lca::kNumaMaxNodes) refuse_numa_node(allocator, node);
+  HeapSet set = heaps_of(allocator, true);
+  for (unsigned i = 1; i < set.count; ++i)
+    if (set.key[i] == static_cast<unsigned>(node) + 1) return analyze_domain(set.heap[i]);
+  return FragmentationReport{};  // no heap on that node: nothing held
 }
 
 float DefragmentationEngine::calculate_fragmentation(const MemoryAllocator& allocator) {
@@ -472,13 +605,13 @@ DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAlloc
 DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAllocator& allocator,
                                                                      RelocationCallback callback,
                                                                      const DefragBudget& budget) {
-  lca::Domain* d = private_domain(allocator, false);
+  HeapSet set = heaps_of(allocator, false);
   if (dynamic_cast<HandleAllocator*>(&allocator))
     lca::report_fatal("Defragmentation refused", &allocator,
                       "a HandleAllocator moves its objects itself: call its defragment()");
   Clock::time_point start = Clock::now();
   DefragStats stats = lca::empty_stats();
-  FragmentationReport before = budget.measure ? analyze_domain(d) : lca::cheap_report(d);
+  FragmentationReport before = budget.measure ? analyze_set(set) : cheap_set_report(set);
   stats.fragmentation_before = before.fragmentation;
   // The time budget bounds the pass itself (planning and moving, under the
   // heap's lock), not the two measurements around it.
@@ -487,18 +620,8 @@ DefragmentationEngine::DefragStats DefragmentationEngine::defragment(MemoryAlloc
   // round where the last one stopped.
   bool unlimited = budget.max_bytes == SIZE_MAX && budget.max_objects == SIZE_MAX &&
                    budget.max_time == std::chrono::microseconds::max();
-  {
-    lca::VgSerial serial;
-    struct Finish {
-      lca::Domain* d;
-      ~Finish() { lca::vg_quarantine_release_domain(d); }  // also when the callback threw
-    } finish{d};
-    lca::engine_pass(d, callback, &st, unlimited);  // may throw (the callback's exception)
-  }
-  // Purging and unmapping cost system calls: the trim ends a round, a piece
-  // per pass within the budget.
-  if (!st.stopped) lca::engine_trim(d, &st);
-  FragmentationReport after = budget.measure ? analyze_domain(d) : lca::cheap_report(d);
+  pass_set(set, callback, &st, unlimited);
+  FragmentationReport after = budget.measure ? analyze_set(set) : cheap_set_report(set);
   stats.fragmentation_after = after.fragmentation;
   stats.bytes_released =
       before.os_memory_mapped > after.os_memory_mapped ? before.os_memory_mapped - after.os_memory_mapped : 0;

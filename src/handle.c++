@@ -240,8 +240,11 @@ struct HandleTable {
   std::atomic<ThreadRecord*> records;
   std::atomic<std::size_t> live, moves, abandoned, reader_waits;
   ObjectSet objects;  // the handles' objects (domain lock)
-  HandleTable* next_live;
+  HandleTable* next_live;  // (a retired table: the next spare one)
   HandleTable* prev_live;
+  // Set when its HandleAllocator is destroyed: the table is kept, with no slot,
+  // for a PinGuard released late to find (retire_table).
+  std::atomic<bool> destroyed;
   std::atomic<HandleSlot*> segments[kMaxSegments];
 };
 
@@ -302,6 +305,13 @@ void objects_forget(HandleTable* t, const void* p) {
 // and fork().  The fork's prepare handler holds the lock across the fork.
 constinit pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
 constinit HandleTable* g_tables = nullptr;
+// The tables of destroyed HandleAllocators, kept mapped for the next one
+// (g_tables_lock): a PinGuard that outlives its heap reads its table at its
+// release, so the table stays readable -- no slot, `destroyed` set -- and the
+// release reports the misuse instead of faulting on an unmapped page.  Reused
+// (new id, new generations), a table holds at most as many as there were heaps
+// alive at once.
+constinit HandleTable* g_spare_tables = nullptr;
 
 // t's table lock, taken.  Found flagged by a fork under way in another thread
 // (t->forking, stored under the lock by handles_prefork), it lets go and waits
@@ -434,6 +444,9 @@ void prune_records(TlsRecords* tr) {
 }
 
 ThreadRecord* register_thread(HandleTable* t) {
+  if (__builtin_expect(t->destroyed.load(std::memory_order_acquire), 0))
+    report_fatal("Invalid handle heap", t,
+                 "its HandleAllocator was destroyed (a unique_handle, shared_handle or PinGuard outlived it?)");
   pthread_once(&g_records_once, make_records_key);
   if (!tls_records) {
     auto* tr = static_cast<TlsRecords*>(std::calloc(1, sizeof(TlsRecords)));
@@ -550,6 +563,47 @@ HandleSlot* find_slot(HandleTable* t, custom_alloc::Handle h, bool* stale) {
   // or one before this heap's first: forged or another heap's.
   *stale = gen >= t->first_gen && gen < gen_of(w);
   return nullptr;
+}
+
+std::size_t table_bytes() { return align_up(sizeof(HandleTable), os_page_size()); }
+
+// A destroyed heap's table: no slot any more (find_slot finds none), marked,
+// its segments' pointers purged, kept on the spare list.
+void retire_table(HandleTable* t) {
+  t->slot_count.store(0, std::memory_order_release);
+  t->destroyed.store(true, std::memory_order_release);
+  // An id no thread has cached: a call on the destroyed object (a typed owner
+  // that outlived its heap: its pin, resolve or deallocate_handle) misses
+  // thread_record's cache and reaches register_thread, which reports it.
+  // (Counted apart from the live tables' ids, whose count sets first_gen.)
+  static constinit std::atomic<std::uint64_t> retired_ids{std::uint64_t{1} << 63};
+  t->id = retired_ids.fetch_add(1, std::memory_order_relaxed);
+  std::size_t page = os_page_size();
+  os_purge(reinterpret_cast<char*>(t) + page, table_bytes() - page);
+  pthread_mutex_lock(&g_tables_lock);
+  t->next_live = g_spare_tables;
+  g_spare_tables = t;
+  pthread_mutex_unlock(&g_tables_lock);
+}
+
+HandleTable* take_spare_table() {
+  pthread_mutex_lock(&g_tables_lock);
+  HandleTable* t = g_spare_tables;
+  if (t) g_spare_tables = t->next_live;
+  pthread_mutex_unlock(&g_tables_lock);
+  return t;
+}
+
+// A PinGuard's release found no live slot for its handle: a pin keeps its
+// handle live (deallocate_handle of a pinned handle aborts), so the heap the
+// guard was pinned in is gone -- its table retired, or since reused by another
+// HandleAllocator, whose generations the handle's is not.
+[[noreturn]] void pin_outlived_heap(HandleTable* t, custom_alloc::Handle h) {
+  report_fatal("Invalid pin release", reinterpret_cast<const void*>(h),
+               t->destroyed.load(std::memory_order_acquire)
+                   ? "the PinGuard outlived its HandleAllocator (destroyed while the guard held the pin)"
+                   : "the handle is not live in the PinGuard's heap: its HandleAllocator was destroyed while the "
+                     "guard held the pin (the table has been reused by another heap since)");
 }
 
 HandleSlot* checked_slot(HandleTable* t, custom_alloc::Handle h, const char* what) {
@@ -870,14 +924,15 @@ void HandleAllocator::PinGuard::release() noexcept {
   if (!table_) return;
   bool stale;
   lca::HandleSlot* s = lca::find_slot(table_, handle_, &stale);
-  if (s) s->word.fetch_sub(lca::kPinUnit, std::memory_order_release);
+  if (__builtin_expect(!s, 0)) lca::pin_outlived_heap(table_, handle_);
+  s->word.fetch_sub(lca::kPinUnit, std::memory_order_release);
   table_ = nullptr;
   ptr_ = nullptr;
 }
 
 HandleAllocator::HandleAllocator() : MemoryAllocator() {
-  std::size_t bytes = lca::align_up(sizeof(lca::HandleTable), lca::os_page_size());
-  void* mem = lca::os_map(bytes);
+  void* mem = lca::take_spare_table();
+  if (!mem) mem = lca::os_map(lca::table_bytes());
   if (!mem) throw std::bad_alloc();
   auto* t = new (mem) lca::HandleTable{};
   t->id = lca::g_next_table_id.fetch_add(1, std::memory_order_relaxed);
@@ -922,7 +977,7 @@ HandleAllocator::~HandleAllocator() {
     lca::os_unmap(t->segments[i].load(std::memory_order_relaxed), lca::kSegmentSlots * sizeof(lca::HandleSlot));
   pthread_mutex_destroy(&t->table_lock);
   pthread_mutex_destroy(&t->mover_lock);
-  lca::os_unmap(t, lca::align_up(sizeof(lca::HandleTable), lca::os_page_size()));
+  lca::retire_table(t);
 }
 
 Handle HandleAllocator::allocate_handle(std::size_t size) {

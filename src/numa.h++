@@ -24,7 +24,11 @@
 #include "config.h"
 #include "os.h++"
 
+namespace custom_alloc { class NUMAAllocator; }
+
 namespace lca {
+
+struct Domain;
 
 // Nodes beyond this are not supported (the kernel's default MAX_NUMNODES on
 // x86-64 Debian kernels is 1024; a machine with more than 64 memory nodes is not
@@ -67,6 +71,16 @@ inline void numa_resident_on_node0(const void* addr, std::size_t len, std::size_
   auto hi = (reinterpret_cast<std::uintptr_t>(addr) + len + page - 1) & ~(page - 1);
   per_node[0] += numa_resident_pages(lo, hi, page) * page;
 }
+
+// The node heaps of a NUMAAllocator (numa_allocator.c++; in every build, as the
+// class is): heaps[n] is node n's, nullptr where none was made yet.  A node
+// heap, once made, lives as long as its allocator.  For the defragmentation
+// engine (defrag.c++), which walks each of them.  `take_lock`: read under the
+// allocator's creation lock (for helgrind and DRD, as node_domain does);
+// false from a relocation callback, which holds the pass's heap locks.
+struct NumaNodeHeaps {
+  static void get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes], bool take_lock);
+};
 
 #ifdef CALLOC_NUMA
 // Loads libnuma (dlopen), reads the topology (once; later calls return at once)

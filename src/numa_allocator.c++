@@ -264,6 +264,19 @@ void NUMAAllocator::trim() {
     if (lca::Domain* d = slot.load(std::memory_order_acquire)) lca::domain_trim(d);
 }
 
+}  // namespace custom_alloc
+
+namespace lca {
+void NumaNodeHeaps::get(const custom_alloc::NUMAAllocator& a, Domain* heaps[kNumaMaxNodes], bool take_lock) {
+  static_assert(sizeof a.nodes_ / sizeof a.nodes_[0] == kNumaMaxNodes);
+  if (take_lock) a.lock_.lock();  // (helgrind and DRD: see node_domain)
+  for (int n = 0; n < kNumaMaxNodes; ++n) heaps[n] = a.nodes_[n].load(std::memory_order_acquire);
+  if (take_lock) a.lock_.unlock();
+}
+}  // namespace lca
+
+namespace custom_alloc {
+
 int NUMAAllocator::get_current_node() const { return lca::numa_current_node(); }
 
 int NUMAAllocator::node_count() { return lca::numa_topology().node_count; }

@@ -30,12 +30,22 @@
 // (MemoryAllocator::instance(), the one behind malloc) is refused with
 // "libcalloc: Defragmentation refused of ADDR: ..." and abort(): its pointers
 // are not ours to move; so is a HandleAllocator (it moves its objects itself;
-// analyze and calculate_fragmentation measure it), a SecureAllocator (its
-// blocks never move) and a NUMAAllocator (its blocks are in per-node heaps the
-// engine does not walk).  analyze and calculate_fragmentation of the process
-// heap, a SecureAllocator or a NUMAAllocator abort with "libcalloc:
-// Fragmentation analysis refused of ADDR: ...": the engine walks independent
-// heaps only (get_stats and lca_get_stats have the others' counters).
+// analyze and calculate_fragmentation measure it) and a SecureAllocator (its
+// blocks never move).  analyze and calculate_fragmentation of the process
+// heap or a SecureAllocator abort with "libcalloc: Fragmentation analysis
+// refused of ADDR: ...": the engine walks independent heaps only (get_stats and
+// lca_get_stats have the others' counters).
+//
+// A NUMAAllocator is one heap per node (and a base heap that serves only what
+// a node heap could not): analyze and calculate_fragmentation measure them all
+// together, analyze_node one node's; defragment compacts each node heap in
+// turn and moves every block within its own node heap, so its new place is
+// memory bound to the same node (a block from allocate_on_node(n) stays on n;
+// pages that migrate_to_node moved elsewhere are not followed: the block goes
+// back to its heap's node).  One budget covers the whole pass, and a round of
+// budgeted passes goes through the heaps in turn, each resuming where the last
+// pass stopped.  The callback must not use the NUMAAllocator at all; the check
+// above catches uses of the node heap being compacted.
 //
 // HandleAllocator hands out handles instead of pointers.  resolve(h) costs a few
 // loads and a store; defragment() moves objects while other threads allocate,
@@ -79,6 +89,8 @@
 namespace lca { struct HandleTable; }  // the handle heap's state (src/defrag.c++)
 
 namespace custom_alloc {
+
+class NUMAAllocator;
 
 // What one pass may do before it returns (a pass stops at the first limit it
 // reaches and says whether work remains; every limit lets it move one object
@@ -145,6 +157,10 @@ class CUSTOM_ALLOC_EXPORT DefragmentationEngine {
 
   float calculate_fragmentation(const MemoryAllocator& allocator);
   FragmentationReport analyze(const MemoryAllocator& allocator);
+  // The heap of one node of a NUMAAllocator (all zero when no block was ever
+  // allocated on it).  A node outside 0 .. NUMAAllocator::node_count() - 1
+  // aborts with "libcalloc: Fragmentation analysis refused of ADDR: ...".
+  FragmentationReport analyze_node(const NUMAAllocator& allocator, int node);
 };
 
 // A handle: slot index (low 32 bits) and generation (high 32 bits); 0 is never a
@@ -155,8 +171,10 @@ class CUSTOM_ALLOC_EXPORT HandleAllocator : public MemoryAllocator {
  public:
   // Keeps an object in place (the mover skips it) and its pointer valid until
   // the guard is destroyed or released.  A guard must not outlive its heap:
-  // releasing or destroying it after the HandleAllocator is gone touches the
-  // heap's unmapped table (SIGSEGV, no message).
+  // releasing or destroying it after the HandleAllocator is gone aborts with
+  // "libcalloc: Invalid pin release of 0x...: the PinGuard outlived its
+  // HandleAllocator ..." (a destroyed heap's table is kept, without slots,
+  // and reused by the next HandleAllocator).
   class CUSTOM_ALLOC_EXPORT PinGuard {
    public:
     PinGuard() = default;

@@ -39,7 +39,9 @@
 /// to learn whether the object is still alive.  A stale handle (used after its
 /// owner freed it, e.g. through release()) aborts as the heap's calls do
 /// ("libcalloc: Stale handle of 0x...").  Like every smart pointer of
-/// libcalloc, these must not outlive their heap.
+/// libcalloc, these must not outlive their heap (one that does, used or
+/// destroyed while the heap object's memory is still intact, aborts with
+/// "libcalloc: Invalid handle heap of 0x...: its HandleAllocator was destroyed").
 #ifndef CUSTOM_ALLOC_HANDLE_PTR_HXX
 #define CUSTOM_ALLOC_HANDLE_PTR_HXX
 

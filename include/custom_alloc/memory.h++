@@ -41,6 +41,7 @@
 #include <libcalloc.h>
 
 #include <atomic>
+#include <cerrno>
 #include <compare>
 #include <cstddef>
 #include <cstdint>
@@ -1104,10 +1105,39 @@ class allocator {
 
 // --- std::pmr ----------------------------------------------------------------------
 
+/// What heap_resource::allocate throws for an alignment that is not a power of
+/// two (std::pmr::memory_resource::allocate requires one): a std::bad_alloc,
+/// as the standard resources throw, whose what() names the alignment --
+/// "custom_alloc::heap_resource: alignment 24 is not a power of two" -- and
+/// errno is EINVAL, as MemoryAllocator::allocate reports a bad alignment.
+class bad_alignment : public std::bad_alloc {
+ public:
+  explicit bad_alignment(std::size_t alignment) noexcept : alignment_(alignment) {
+    static constexpr char head[] = "custom_alloc::heap_resource: alignment ";
+    static constexpr char tail[] = " is not a power of two";
+    char digits[24];
+    std::size_t n = 0;
+    do digits[n++] = static_cast<char>('0' + alignment % 10);
+    while ((alignment /= 10) != 0);
+    std::size_t len = 0;
+    for (char c : head)
+      if (c) text_[len++] = c;
+    while (n) text_[len++] = digits[--n];
+    for (char c : tail) text_[len++] = c;  // with its terminating zero
+  }
+  const char* what() const noexcept override { return text_; }
+  std::size_t alignment() const noexcept { return alignment_; }
+
+ private:
+  std::size_t alignment_;
+  char text_[96];
+};
+
 /// A std::pmr::memory_resource over a libcalloc heap: std::pmr containers and
 /// std::pmr::polymorphic_allocator take their memory from it.  Any power-of-two
-/// alignment is honoured.  Two heap_resources are equal when they use the same
-/// heap.  The resource does not own the heap.
+/// alignment is honoured; any other (3, 12, 24, 0...) throws bad_alignment, a
+/// std::bad_alloc naming it.  Two heap_resources are equal when they use the
+/// same heap.  The resource does not own the heap.
 class heap_resource : public std::pmr::memory_resource {
  public:
   heap_resource() noexcept : heap_(&detail::process_heap()) {}
@@ -1116,6 +1146,12 @@ class heap_resource : public std::pmr::memory_resource {
 
  private:
   void* do_allocate(std::size_t bytes, std::size_t alignment) override {
+    // (Below 16 a bad alignment was rounded up to 16 and served; above, the
+    // heap's EINVAL became a std::bad_alloc that did not say why.)
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+      errno = EINVAL;
+      throw bad_alignment(alignment);
+    }
     return detail::allocate_or_throw(*heap_, bytes, alignment);
   }
   void do_deallocate(void* p, std::size_t, std::size_t) override { detail::release(*heap_, p); }

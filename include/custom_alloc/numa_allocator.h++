@@ -30,6 +30,8 @@
 
 #include <custom_alloc/memory_allocator.h++>
 
+namespace lca { struct NumaNodeHeaps; }  // the node heaps, for the defragmentation engine (src/numa.h++)
+
 namespace custom_alloc {
 
 class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
@@ -108,6 +110,7 @@ class CUSTOM_ALLOC_EXPORT NUMAAllocator : public MemoryAllocator {
   static bool numa_supported();
 
  private:
+  friend struct ::lca::NumaNodeHeaps;
   ::lca::Domain* node_domain(int node);
   bool check_node(int node, const char* what);
 

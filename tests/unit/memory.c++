@@ -13,6 +13,7 @@
 
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <list>
@@ -846,6 +847,40 @@ START_TEST(test_pmr_resource) {
 }
 END_TEST
 
+// An alignment that is not a power of two (std::pmr::memory_resource::allocate
+// requires one) is refused with a std::bad_alloc whose what() names it, errno
+// EINVAL as MemoryAllocator::allocate sets, and nothing allocated.  The old
+// code served 3, 5 and 12 with a 16-aligned block and threw a plain
+// std::bad_alloc ("std::bad_alloc") for 24 and above.
+START_TEST(test_pmr_bad_alignment) {
+  MemoryAllocator heap;
+  custom_alloc::heap_resource resource(heap), process;
+  for (custom_alloc::heap_resource* r : {&resource, &process}) {
+    for (std::size_t align : {3ul, 5ul, 12ul, 24ul, 48ul, 96ul, 1000ul, 3ul * 4096, 65537ul, 0ul}) {
+      const std::size_t before = live(heap);
+      std::string what = "(nothing thrown)";
+      errno = 0;
+      try {
+        void* p = r->allocate(100, align);
+        r->deallocate(p, 100, align);
+      } catch (const std::bad_alloc& e) {
+        what = e.what();
+      }
+      std::string want = "custom_alloc::heap_resource: alignment " + std::to_string(align) + " is not a power of two";
+      ck_assert_msg(what == want, "allocate(100, %zu): %s", align, what.c_str());
+      ck_assert_int_eq(errno, EINVAL);
+      ck_assert_uint_eq(live(heap), before);
+    }
+  }
+  // Powers of two below 16 are served 16-aligned, as before.
+  for (std::size_t align : {1ul, 2ul, 4ul, 8ul}) {
+    void* p = resource.allocate(24, align);
+    ck_assert_uint_eq(reinterpret_cast<std::uintptr_t>(p) % 16, 0);
+    resource.deallocate(p, 24, align);
+  }
+}
+END_TEST
+
 // Smart pointers on the process heap interoperate with malloc's memory: a
 // unique_ptr frees a block of the process heap, a shared_ptr's memory shows in
 // the process heap's counters.
@@ -1328,6 +1363,7 @@ int main() {
   tcase_add_test(tc, test_allocator_requirements);
   tcase_add_test(tc, test_std_allocate_shared);
   tcase_add_test(tc, test_pmr_resource);
+  tcase_add_test(tc, test_pmr_bad_alignment);
   tcase_add_test(tc, test_process_heap_default);
   tcase_add_test(tc, test_shared_array_construction_order);
   tcase_add_test(tc, test_shared_array_value_fill);
