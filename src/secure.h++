@@ -106,6 +106,12 @@ struct SecureBlockInfo {
 bool secure_block_info(const void* p, SecureBlockInfo* out);
 // The bytes of the heap's own descriptor (its quarantines), which start at h.
 std::size_t secure_heap_footprint(const SecureHeap* h);
+// Test hook (tests/unit/secure): fn(p) is called inside the read section of a
+// free that takes the slow path (every SecureAllocator instance's free) or of a
+// usable-size call, after p's chunk was looked up and before its slot is
+// claimed or read; nullptr turns it off.  One relaxed load and a branch on
+// those paths, none on the process heap's lock-free free.
+void secure_set_read_stall_for_test(void (*fn)(const void* p));
 // The process heap's thread caches (none in Valgrind mode): the slots the calling
 // thread's cache holds ready for requests of `size` bytes (taken from the class,
 // not handed out yet), up to max of them in out; and how many slots (ready or
