@@ -34,6 +34,10 @@
 // is unmapped.  Locks: one per size class per heap, one for large blocks.  The
 // process heap adds per-thread caches ("thread caches" below): a few taken slots
 // and a few freed blocks per class, moved under one lock acquisition per batch.
+// A chunk left empty is released (trim, out of memory); its metadata goes to the
+// class's next chunk only once no thread can still be reading it from a lookup
+// made before the release ("readers of chunk metadata" below: read sections and
+// membarrier).
 // docs/design.md ("Secure heap") gives the thresholds and their measurements,
 // docs/SECURITY.md the threat model.
 #include "secure.h++"
@@ -393,7 +397,7 @@ inline void class_lock(ClassState* cs) {
 constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
 
 // --- readers of chunk metadata and the release's wait ---------------------------------
-// A free (and realloc, usable size, the tracked mark) looks a chunk up in the
+// A free (and realloc, usable size, secure_block_info) looks a chunk up in the
 // radix map and reads its ChunkMeta without the class lock.  A release (trim, out
 // of memory: release_reserves) clears a chunk's radix entry and unmaps it; its
 // ChunkMeta is given to the class's next new chunk only once no thread can still
@@ -583,8 +587,9 @@ inline void read_stall_for_test(const void* p) {
 // that cannot be known: no membarrier, the caller is inside a read section
 // itself, or a reader stayed inside for kReaderWaitNs.
 bool readers_quiesce() {
-  // Valgrind runs one thread at a time: each switch is a full barrier.
-  if (!on_valgrind() && !os_barrier_all_threads()) return false;
+  // Valgrind runs one thread at a time: each switch is a full barrier.  (Not
+  // ASan mode, which is Valgrind mode's hooks without the serialisation.)
+  if (!vg_serialised() && !os_barrier_all_threads()) return false;
   ReaderSlot* me = tls_reader;
   if (reinterpret_cast<std::uintptr_t>(me) > 1 && (me->seq.load(std::memory_order_relaxed) & 1)) return false;
   if (tls_counted_reads) return false;
@@ -2366,17 +2371,6 @@ LCA_CORE_TEXT void secure_postfork_child() {
       if (t == tc) return true;
     return false;
   };
-  // The other threads' read sections end with them: their slots are free, a
-  // counter left odd (a thread inside a free at the fork) made even -- a release
-  // in the child would otherwise wait for it in vain -- and the counted ones are
-  // this thread's alone.
-  for (ReaderSlot* r = g_readers.load(std::memory_order_relaxed); r; r = r->next) {
-    if (r == tls_reader) continue;
-    std::uint64_t v = r->seq.load(std::memory_order_relaxed);
-    if (v & 1) r->seq.store(v + 1, std::memory_order_relaxed);
-    r->taken.store(false, std::memory_order_relaxed);
-  }
-  g_counted_readers.store(tls_counted_reads, std::memory_order_relaxed);
   for (ThreadCache* tc = g_tc_list; tc;) {
     ThreadCache* next = tc->next;
     if (!mine(tc)) {
@@ -2390,6 +2384,21 @@ LCA_CORE_TEXT void secure_postfork_child() {
 }
 
 std::size_t secure_heap_footprint(const SecureHeap* h) { return h->self_bytes; }
+
+// The other threads' read sections end with them: their slots are free, a
+// counter left odd (a thread inside a free at the fork) made even -- a release
+// in the child would otherwise wait for it in vain -- and the counted ones are
+// this thread's alone.  (The slot list's lock: held across the fork by
+// secure_prefork, or Valgrind mode's serialising lock.)
+LCA_CORE_TEXT void secure_readers_postfork_child() {
+  for (ReaderSlot* r = g_readers.load(std::memory_order_relaxed); r; r = r->next) {
+    if (r == tls_reader) continue;
+    std::uint64_t v = r->seq.load(std::memory_order_relaxed);
+    if (v & 1) r->seq.store(v + 1, std::memory_order_relaxed);
+    r->taken.store(false, std::memory_order_relaxed);
+  }
+  g_counted_readers.store(tls_counted_reads, std::memory_order_relaxed);
+}
 
 void secure_set_read_stall_for_test(void (*fn)(const void* p)) {
   g_read_stall_for_test.store(fn, std::memory_order_relaxed);
@@ -2422,9 +2431,10 @@ std::size_t secure_cached_elsewhere() {
 // is), a large block's flag under the large-block lock.  The tracker calls it for
 // a block no other thread knows of yet (just allocated), or one the caller is
 // reallocating.
+// (No read section: the block is live and the caller's, so its chunk cannot be
+// released meanwhile.)
 bool secure_set_tracked(void* p, bool tracked) {
   VgSerial serial;
-  ReadScope reading;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g;
     if (slot_of(m, p, &g) != 0) return false;
@@ -2442,7 +2452,6 @@ bool secure_set_tracked(void* p, bool tracked) {
 
 int secure_tracked(const void* p) {
   VgSerial serial;
-  ReadScope reading;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g;
     if (slot_of(m, p, &g) != 0) return -1;

@@ -82,6 +82,11 @@ void* secure_process_alloc(std::size_t size, std::size_t alignment);
 void secure_prefork();
 void secure_postfork_parent();
 void secure_postfork_child();
+// The child of a fork from a process with other threads, in every mode (also in
+// Valgrind mode, which skips the three above): the other threads' read sections
+// of chunk metadata end with them (secure.c++, "readers of chunk metadata"), so
+// that a release in the child does not wait for them.
+void secure_readers_postfork_child();
 
 #if CALLOC_SECURE && CALLOC_TRACKING
 // The mark a live secure block carries while the process heap's tracker holds
