@@ -242,7 +242,8 @@ bool os_barrier_all_threads() {
 #ifdef SYS_membarrier
   const int saved_errno = errno;
   bool done = syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0) == 0;
-  // Not registered yet (the first call, or a fork's child): register, then again.
+  // Not registered (the first call; a fork's child, should the kernel not carry
+  // the registration over): register, then again.
   // Registration is idempotent and process-wide.
   if (!done && errno == EPERM && syscall(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0)
     done = syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0) == 0;

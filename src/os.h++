@@ -45,8 +45,9 @@ bool os_random(void* buf, std::size_t n);
 
 // A full memory barrier on every thread of the process that is running at the
 // time (membarrier(2), MEMBARRIER_CMD_PRIVATE_EXPEDITED; the process is
-// registered for it on the first call, again after a fork, whose child the
-// kernel does not keep registered).  The secure heap's release of a chunk
+// registered for it whenever the command answers EPERM, "not registered": on
+// the first call, and in a fork's child should the kernel not carry the
+// registration over).  The secure heap's release of a chunk
 // (secure.c++, "readers") pairs it with plain stores of the threads that read
 // chunk metadata, which thus need no fence of their own.  False when the kernel
 // refuses (ENOSYS before Linux 4.14, EPERM or ENOSYS from a seccomp filter):

@@ -511,12 +511,14 @@ __attribute__((noinline)) ReadSection reader_enter_slow() {
     std::uint64_t v = r->seq.load(std::memory_order_relaxed);
     if (v & 1) return {nullptr, 0};
     r->seq.store(v + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // (the fast path has none: see reader_enter)
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // as in reader_enter
     return {r, v + 2};
   }
   ++tls_counted_reads;
+  // (Ordered before the chunk map's load by the releaser's membarrier, like a
+  // slot's store; the locked add is there because the counter is shared.)
   g_counted_readers.fetch_add(1, std::memory_order_seq_cst);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   return {nullptr, 1};
 }
 
