@@ -476,6 +476,7 @@ LCA_CORE_TEXT void domains_postfork_child() {
 #endif
   if (!st.locked) return;  // the same state as the parent, one thread
   if (st.stdio) stdio_list_reset();
+  secure_readers_postfork_child();  // (before any secure heap call: also in Valgrind mode)
   if (!vg_serialised()) {
     huge_reinit_after_fork();
     large_reinit_after_fork();

@@ -1,5 +1,6 @@
-// os.c++ -- every mmap, munmap, madvise, mremap and mprotect of libcalloc, and the
-// coarse clock that times the return of cached memory to the OS.
+// os.c++ -- every mmap, munmap, madvise, mremap and mprotect of libcalloc, the
+// membarrier that the secure heap's chunk release issues, and the coarse clock
+// that times the return of cached memory to the OS.
 //
 // Nothing here allocates; failures are reported to the caller as nullptr with
 // errno = ENOMEM, never as an abort, so that malloc can return NULL under memory
@@ -16,6 +17,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace lca {
@@ -227,6 +229,29 @@ bool os_random(void* buf, std::size_t n) {
     n -= static_cast<std::size_t>(got);
   }
   return true;
+}
+
+namespace {
+// <linux/membarrier.h>'s values, written here: the header is missing from some
+// older C libraries' kernel headers, and these are the kernel's ABI.
+constexpr int kMembarrierPrivateExpedited = 1 << 3;
+constexpr int kMembarrierRegisterPrivateExpedited = 1 << 4;
+}  // namespace
+
+bool os_barrier_all_threads() {
+#ifdef SYS_membarrier
+  const int saved_errno = errno;
+  bool done = syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0) == 0;
+  // Not registered (the first call; a fork's child, should the kernel not carry
+  // the registration over): register, then again.
+  // Registration is idempotent and process-wide.
+  if (!done && errno == EPERM && syscall(SYS_membarrier, kMembarrierRegisterPrivateExpedited, 0, 0) == 0)
+    done = syscall(SYS_membarrier, kMembarrierPrivateExpedited, 0, 0) == 0;
+  errno = saved_errno;
+  return done;
+#else
+  return false;
+#endif
 }
 
 LCA_CORE_TEXT std::uint64_t os_now_ns() {

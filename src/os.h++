@@ -43,6 +43,17 @@ void* os_reserve(std::size_t size, std::size_t alignment, std::uintptr_t hint);
 // it cannot (the caller falls back to weaker entropy).
 bool os_random(void* buf, std::size_t n);
 
+// A full memory barrier on every thread of the process that is running at the
+// time (membarrier(2), MEMBARRIER_CMD_PRIVATE_EXPEDITED; the process is
+// registered for it whenever the command answers EPERM, "not registered": on
+// the first call, and in a fork's child should the kernel not carry the
+// registration over).  The secure heap's release of a chunk
+// (secure.c++, "readers") pairs it with plain stores of the threads that read
+// chunk metadata, which thus need no fence of their own.  False when the kernel
+// refuses (ENOSYS before Linux 4.14, EPERM or ENOSYS from a seccomp filter):
+// the caller must then do without it.
+bool os_barrier_all_threads();
+
 // A cheap monotonic clock (CLOCK_MONOTONIC_COARSE, vDSO) in nanoseconds, for the
 // decay of cached memory.
 std::uint64_t os_now_ns();

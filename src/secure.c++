@@ -34,6 +34,10 @@
 // is unmapped.  Locks: one per size class per heap, one for large blocks.  The
 // process heap adds per-thread caches ("thread caches" below): a few taken slots
 // and a few freed blocks per class, moved under one lock acquisition per batch.
+// A chunk left empty is released (trim, out of memory); its metadata goes to the
+// class's next chunk only once no thread can still be reading it from a lookup
+// made before the release ("readers of chunk metadata" below: read sections and
+// membarrier).
 // docs/design.md ("Secure heap") gives the thresholds and their measurements,
 // docs/SECURITY.md the threat model.
 #include "secure.h++"
@@ -46,6 +50,7 @@
 #include <ctime>
 #include <new>
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <libcalloc.h>
@@ -342,8 +347,11 @@ struct ClassState {
   std::uintptr_t quarantine[kQuarantineMax];  // slot address ^ meta secret ^ &entry
   // The metadata of chunks that release_reserves unmapped (linked by `next`):
   // kept mapped, because a free racing with the release may still read it, and
-  // used again by the class's next new chunk (retire_chunk, new_chunk).
+  // used again by the class's next new chunk (retire_chunk, new_chunk) -- once
+  // no such free can be reading it any more (readers_quiesce).  Until then, on
+  // `pending`, as it was at the release (not purged).
   ChunkMeta* retired;
+  ChunkMeta* pending;
 };
 
 }  // namespace
@@ -387,6 +395,222 @@ inline void class_lock(ClassState* cs) {
   if (__builtin_expect(cs->forking.load(std::memory_order_relaxed) != nullptr, 0)) class_lock_wait_fork(cs);
 }
 constinit std::atomic<SecureHeap*> g_process_heap{nullptr};
+
+// --- readers of chunk metadata and the release's wait ---------------------------------
+// A free (and realloc, usable size, secure_block_info) looks a chunk up in the
+// radix map and reads its ChunkMeta without the class lock.  A release (trim, out
+// of memory: release_reserves) clears a chunk's radix entry and unmaps it; its
+// ChunkMeta is given to the class's next new chunk only once no thread can still
+// be reading it from before the clear.  Each such reader runs inside a "read
+// section": its thread's ReaderSlot counter is odd meanwhile, made so by a plain
+// store before the radix map is read (no locked instruction, no fence: the
+// counter is the thread's own).  The releaser, after clearing the entries, issues
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) (os_barrier_all_threads): every
+// running thread executes a full barrier, so that either the releaser sees a
+// reader's odd counter, or that reader's radix read comes after the barrier and
+// finds the entry cleared.  It then waits until every counter it saw odd has
+// moved on (readers_quiesce); a reader entering later cannot find the chunk.
+// The same scheme as userspace RCU's QSBR flavour and the asymmetric fences
+// of folly and Linux's own sys_membarrier users, reduced to what one release
+// needs.  Without membarrier (ENOSYS before Linux 4.14, a seccomp filter), a
+// stalled reader that never leaves (a thread stopped inside a free), or a wait
+// longer than kReaderWaitNs, the released metadata is not reused (yet): it
+// stays on the class's `pending` list, and a later release tries again.  Threads
+// without a slot (while one is made, after the thread's key destructor ran, out
+// of memory) count themselves in g_counted_readers with locked instructions:
+// slow paths only.  docs/design.md ("Secure heap", "Released chunks keep their
+// metadata") has the costs.
+struct alignas(64) ReaderSlot {
+  std::atomic<std::uint64_t> seq;  // odd: its thread is inside a read section
+  std::atomic<bool> taken;         // a thread owns it (changed under g_reader_lock)
+  ReaderSlot* next;                // in g_readers: pushed once, never removed or unmapped
+};
+ReaderSlot* const kReaderCounted = reinterpret_cast<ReaderSlot*>(std::uintptr_t{1});  // no slot: count
+constinit thread_local ReaderSlot* tls_reader __attribute__((tls_model("initial-exec"))) = nullptr;
+// The calling thread's counted sections still open (fork's child keeps its own).
+constinit thread_local unsigned tls_counted_reads __attribute__((tls_model("initial-exec"))) = 0;
+constinit std::atomic<ReaderSlot*> g_readers{nullptr};
+constinit std::atomic<std::size_t> g_counted_readers{0};
+constinit pthread_mutex_t g_reader_lock = PTHREAD_MUTEX_INITIALIZER;  // slots taken and given back, carving
+constinit ReaderSlot* g_reader_carve = nullptr;  // the rest of the last page mapped for slots
+constinit std::size_t g_reader_carve_left = 0;
+constinit pthread_key_t g_reader_key;
+constinit bool g_reader_key_ok = false;
+constinit pthread_once_t g_reader_key_once = PTHREAD_ONCE_INIT;
+constexpr std::uint64_t kReaderWaitNs = 20'000'000;  // then the metadata waits for a later release
+
+struct ReadSection {
+  ReaderSlot* slot;     // the thread's slot, or nullptr: counted (leave == 1) or nested (leave == 0)
+  std::uint64_t leave;  // the slot's counter after the section
+};
+
+// A thread's slot goes back at its exit.  Its counter is made even if the thread
+// exits inside a section (pthread_exit from a signal handler that interrupted a
+// free: the section never resumes); later frees by the thread (other key
+// destructors) are counted.
+void reader_thread_exit(void* value) {
+  auto* r = static_cast<ReaderSlot*>(value);
+  tls_reader = kReaderCounted;
+  std::uint64_t v = r->seq.load(std::memory_order_relaxed);
+  if (v & 1) r->seq.store(v + 1, std::memory_order_release);
+  if (tls_counted_reads) {
+    g_counted_readers.fetch_sub(tls_counted_reads, std::memory_order_release);
+    tls_counted_reads = 0;
+  }
+  lca_mutex_lock(&g_reader_lock);
+  r->taken.store(false, std::memory_order_relaxed);
+  lca_mutex_unlock(&g_reader_lock);
+}
+
+void reader_make_key() { g_reader_key_ok = pthread_key_create(&g_reader_key, reader_thread_exit) == 0; }
+
+// The calling thread's first read section: a slot (a free one of the list, or a
+// new one), or nullptr (the section is counted).
+__attribute__((noinline)) ReaderSlot* reader_create() {
+  tls_reader = kReaderCounted;  // meanwhile (pthread_setspecific may allocate)
+  pthread_once(&g_reader_key_once, reader_make_key);
+  if (!g_reader_key_ok) return nullptr;  // counted for good
+  lca_mutex_lock(&g_reader_lock);
+  ReaderSlot* r = g_readers.load(std::memory_order_relaxed);
+  while (r && r->taken.load(std::memory_order_relaxed)) r = r->next;
+  if (!r) {
+    if (!g_reader_carve_left) {
+      const std::size_t page = os_page_size();
+      if (void* mem = os_map(page)) {
+        g_reader_carve = static_cast<ReaderSlot*>(mem);
+        g_reader_carve_left = page / sizeof(ReaderSlot);
+      }
+    }
+    if (g_reader_carve_left) {
+      r = new (g_reader_carve++) ReaderSlot();
+      --g_reader_carve_left;
+      r->next = g_readers.load(std::memory_order_relaxed);
+      g_readers.store(r, std::memory_order_release);
+    }
+  }
+  if (r) r->taken.store(true, std::memory_order_relaxed);
+  lca_mutex_unlock(&g_reader_lock);
+  if (!r) {
+    tls_reader = nullptr;  // out of memory: try again next time
+    return nullptr;
+  }
+  if (pthread_setspecific(g_reader_key, r) != 0) {
+    lca_mutex_lock(&g_reader_lock);
+    r->taken.store(false, std::memory_order_relaxed);
+    lca_mutex_unlock(&g_reader_lock);
+    return nullptr;  // no exit hook: counted for good
+  }
+  tls_reader = r;
+  return r;
+}
+
+__attribute__((noinline)) ReadSection reader_enter_slow() {
+  ReaderSlot* r = tls_reader;
+  if (!r) r = reader_create();
+  if (r && r != kReaderCounted) {
+    std::uint64_t v = r->seq.load(std::memory_order_relaxed);
+    if (v & 1) return {nullptr, 0};
+    r->seq.store(v + 1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // as in reader_enter
+    return {r, v + 2};
+  }
+  ++tls_counted_reads;
+  // (Ordered before the chunk map's load by the releaser's membarrier, like a
+  // slot's store; the locked add is there because the counter is shared.)
+  g_counted_readers.fetch_add(1, std::memory_order_seq_cst);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  return {nullptr, 1};
+}
+
+__attribute__((noinline)) void reader_leave_counted() {
+  --tls_counted_reads;
+  g_counted_readers.fetch_sub(1, std::memory_order_release);
+}
+
+// Opens a read section: before the chunk map is read.  A plain load and store of
+// the thread's own counter; a section opened inside another (a signal handler
+// that frees inside a free) leaves the outer one's mark alone.
+__attribute__((always_inline)) inline ReadSection reader_enter() {
+  ReaderSlot* r = tls_reader;
+  if (__builtin_expect(reinterpret_cast<std::uintptr_t>(r) > 1, 1)) {
+    std::uint64_t v = r->seq.load(std::memory_order_relaxed);
+    if (__builtin_expect(v & 1, 0)) return {nullptr, 0};
+    r->seq.store(v + 1, std::memory_order_relaxed);
+    // Only the compiler is kept from moving the chunk map's load above the
+    // store: the releaser's membarrier orders the two for the CPU.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return {r, v + 2};
+  }
+  return reader_enter_slow();
+}
+
+// Closes it, once the chunk's metadata is read no more -- or once the section
+// claimed a live block of the chunk, which keeps the chunk from being released.
+__attribute__((always_inline)) inline void reader_leave(ReadSection rs) {
+  if (__builtin_expect(rs.slot != nullptr, 1))
+    rs.slot->seq.store(rs.leave, std::memory_order_release);
+  else if (rs.leave)
+    reader_leave_counted();
+}
+
+struct ReadScope {
+  ReadSection rs;
+  ReadScope() : rs(reader_enter()) {}
+  ~ReadScope() { reader_leave(rs); }
+  ReadScope(const ReadScope&) = delete;
+  ReadScope& operator=(const ReadScope&) = delete;
+};
+
+void reader_pause(unsigned round) {
+  if (!on_valgrind() && round < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    return;
+  }
+  if (!on_valgrind() && round < 128) {
+    sched_yield();
+    return;
+  }
+  timespec ts{0, 20'000};
+  nanosleep(&ts, nullptr);
+}
+
+// tests/unit/secure: a function called by a read section of a free or usable-size
+// call after its lookup (not on the process heap's lock-free free), to hold it
+// there while the test releases and reuses the chunk.
+constinit std::atomic<void (*)(const void*)> g_read_stall_for_test{nullptr};
+inline void read_stall_for_test(const void* p) {
+  if (auto fn = g_read_stall_for_test.load(std::memory_order_relaxed); __builtin_expect(fn != nullptr, 0)) fn(p);
+}
+
+// With no lock held, after chunks' radix entries were cleared: true when no
+// thread can still be reading their metadata from before (above).  False when
+// that cannot be known: no membarrier, the caller is inside a read section
+// itself, or a reader stayed inside for kReaderWaitNs.
+bool readers_quiesce() {
+  // Valgrind runs one thread at a time: each switch is a full barrier.  (Not
+  // ASan mode, which is Valgrind mode's hooks without the serialisation.)
+  if (!vg_serialised() && !os_barrier_all_threads()) return false;
+  ReaderSlot* me = tls_reader;
+  if (reinterpret_cast<std::uintptr_t>(me) > 1 && (me->seq.load(std::memory_order_relaxed) & 1)) return false;
+  if (tls_counted_reads) return false;
+  const std::uint64_t deadline = os_now_ns() + kReaderWaitNs;
+  auto wait = [&](unsigned& round) {
+    reader_pause(round);
+    return ++round < 128 || os_now_ns() < deadline;
+  };
+  for (ReaderSlot* s = g_readers.load(std::memory_order_acquire); s; s = s->next) {
+    if (s == me) continue;
+    std::uint64_t v = s->seq.load(std::memory_order_acquire);
+    if (!(v & 1)) continue;
+    for (unsigned round = 0; s->seq.load(std::memory_order_acquire) == v;)
+      if (!wait(round)) return false;
+  }
+  for (unsigned round = 0; g_counted_readers.load(std::memory_order_acquire) != 0;)
+    if (!wait(round)) return false;
+  return true;
+}
 
 // --- large blocks (process-wide table) -----------------------------------------------
 
@@ -724,8 +948,7 @@ ChunkMeta* new_chunk(SecureHeap* h, unsigned c) {
   }
   auto* m = reinterpret_cast<ChunkMeta*>(meta_mem);
   char* q = meta_mem + align_up(sizeof(ChunkMeta), 16);
-  // (A reused descriptor gets the same pointers again: a free that still reads
-  // it from before its release never sees a null one.)
+  // (A reused descriptor gets the same pointers again, as it had them.)
   m->slabs = reinterpret_cast<SlabMeta*>(q);
   q += align_up(nslabs * sizeof(SlabMeta), 16);
   m->used = reinterpret_cast<std::uint64_t*>(q);
@@ -1517,23 +1740,29 @@ inline unsigned class_for_request(std::size_t size, std::size_t alignment) {
 
 // Under the class lock: an empty chunk leaves its class (its slabs out of the
 // partial list already).  Its radix entry is cleared and its 4 MiB unmapped, but
-// its metadata stays mapped, on the class's `retired` list, for the class's next
-// new chunk: a free or lookup of a pointer into the chunk (a double or invalid
-// free: the chunk has no block) that read the radix entry before it was cleared
-// reads the metadata without the lock -- or waits for the lock and reads it
-// afterwards (usable size, realloc) -- and must find it mapped, and every slot not
-// live, to report the misuse (it was a segfault: test_release_races_invalid_use).
-// The metadata's arrays are purged (they read as zero: never handed out); its
-// first page and the descriptor stay as they were.
+// its metadata stays mapped, on the class's `pending` list: a free or lookup of
+// a pointer into the chunk (a double or invalid free: the chunk has no block)
+// that read the radix entry before it was cleared reads the metadata in a read
+// section -- without the lock, or waiting for it (usable size, realloc) -- and
+// must find it mapped, and no slot live, to report the misuse (it was a
+// segfault: test_release_races_invalid_use).  release_reserves moves it on to
+// `retired` (purged, for the class's next new chunk) once readers_quiesce says
+// no such reader is left (test_stalled_free_across_release_and_reuse).
 void retire_chunk(SecureHeap* h, ClassState* cs, ChunkMeta* m) {
   if (auto* slot = radix_slot(reinterpret_cast<std::uintptr_t>(m->base), false))
     slot->store(0, std::memory_order_release);
   h->mapped_bytes.fetch_sub(kSecChunk, std::memory_order_relaxed);
   os_unmap(m->base, kSecChunk);
+  m->next = cs->pending;
+  cs->pending = m;
+}
+
+// A released chunk's metadata that no reader can reach any more: its arrays are
+// purged (they read as zero: never handed out); its first page and the
+// descriptor stay as they were.  No lock: nothing else knows of it.
+void purge_retired(ChunkMeta* m) {
   const std::size_t page = os_page_size(), keep = retired_keep_bytes(m, m->meta_bytes, page);
   if (keep < m->meta_bytes) os_purge(reinterpret_cast<char*>(m) + keep, m->meta_bytes - keep);
-  m->next = cs->retired;
-  cs->retired = m;
 }
 
 // Out of memory (RLIMIT_AS, overcommit): give back what the heap holds in reserve
@@ -1541,6 +1770,8 @@ void retire_chunk(SecureHeap* h, ClassState* cs, ChunkMeta* m) {
 // use, every quarantined large block -- so that the allocation can be retried.
 // Delayed reuse is the price, paid only when memory has run out.
 void release_reserves(SecureHeap* h) {
+  ChunkMeta* released[kNumClasses];
+  bool any = false;
   for (unsigned c = 0; c < kNumClasses; ++c) {
     ClassState* cs = &h->classes[c];
     class_lock(cs);
@@ -1559,7 +1790,30 @@ void release_reserves(SecureHeap* h) {
         if (m->slabs[k].in_partial) partial_remove(cs, &m->slabs[k]);
       retire_chunk(h, cs, m);
     }
+    // This release's chunks, and any an earlier one could not hand on: their
+    // radix entries were cleared before this thread's barrier below.
+    released[c] = cs->pending;
+    cs->pending = nullptr;
+    any = any || released[c];
     lca_mutex_unlock(&cs->lock);
+  }
+  if (any) {
+    // No lock held: a reader may be waiting for one inside its section.
+    const bool quiet = readers_quiesce();
+    for (unsigned c = 0; c < kNumClasses; ++c) {
+      ChunkMeta* list = released[c];
+      if (!list) continue;
+      ChunkMeta* last = list;
+      if (quiet) purge_retired(last);
+      for (; last->next; last = last->next)
+        if (quiet) purge_retired(last->next);
+      ClassState* cs = &h->classes[c];
+      class_lock(cs);
+      ChunkMeta*& to = quiet ? cs->retired : cs->pending;
+      last->next = to;
+      to = list;
+      lca_mutex_unlock(&cs->lock);
+    }
   }
   for (;;) {
     std::uintptr_t base = 0;
@@ -1664,11 +1918,12 @@ void secure_heap_destroy(SecureHeap* h) {
       os_unmap(m, m->meta_bytes);
       m = next;
     }
-    for (ChunkMeta* m = cs.retired; m;) {
-      ChunkMeta* next = m->next;
-      os_unmap(m, m->meta_bytes);
-      m = next;
-    }
+    for (ChunkMeta* list : {cs.retired, cs.pending})
+      for (ChunkMeta* m = list; m;) {
+        ChunkMeta* next = m->next;
+        os_unmap(m, m->meta_bytes);
+        m = next;
+      }
     pthread_mutex_destroy(&cs.lock);
   }
   // Large blocks, live or quarantined: unmapped; their table entries go, and
@@ -1743,9 +1998,11 @@ namespace {
 // A free that the calling thread's cache cannot take without a lock: no cache
 // yet (made here), a full list of frees, another heap's block; and large blocks
 // (false when p is not one).  errno is kept (os calls on these paths).
+// Inside the read section rs (secure_free_if_secure), which it closes.
 __attribute__((noinline)) void free_small_slow(ChunkMeta* m, void* p, std::size_t size, std::size_t alignment,
-                                               const char* what) {
+                                               const char* what, ReadSection rs) {
   int saved = errno;
+  read_stall_for_test(p);
   if (secure_vg()) {
     // Valgrind mode: memcheck's report first, then the heap's checks, which read
     // the canary and wipe the block as the heap's own accesses.
@@ -1754,16 +2011,22 @@ __attribute__((noinline)) void free_small_slow(ChunkMeta* m, void* p, std::size_
     std::uint32_t g = slot_index(m, p, true, what);
     if (m->cls) secure_vg_own(p, m->slot_size);
     slab_free(m, g, p, size, alignment, what);
+    reader_leave(rs);
     secure_vg_freed(p, m->slot_size);
     errno = saved;
     return;
   }
   std::uint32_t g = slot_index(m, p, true, what);
   SecureHeap* h = m->heap;
-  if (ThreadCache* tc = tc_for(h))
-    tc_free(h, tc, m->cls, p, free_claim(m, g, p, size, alignment, what));
-  else
+  const unsigned c = m->cls;
+  if (ThreadCache* tc = tc_for(h)) {
+    std::size_t requested = free_claim(m, g, p, size, alignment, what);
+    reader_leave(rs);
+    tc_free(h, tc, c, p, requested);
+  } else {
     slab_free(m, g, p, size, alignment, what);
+    reader_leave(rs);
+  }
   errno = saved;
 }
 __attribute__((noinline)) bool free_large(void* p, std::size_t size, std::size_t alignment, const char* what) {
@@ -1794,20 +2057,26 @@ __attribute__((noinline)) void* process_alloc_slow(std::size_t size, std::size_t
 
 // The whole of a free of a small block by a thread with a cache: one call (the
 // slow cases in noinline functions).
+// The chunk's metadata is read inside a read section, closed once the block is
+// claimed (its chunk can then not be released).
 bool secure_free_if_secure(void* p, std::size_t size, std::size_t alignment, const char* what) {
+  ReadSection rs = reader_enter();
   if (ChunkMeta* m = chunk_lookup(p)) {
     ThreadCache* tc = tls_tc;  // never a cache in Valgrind mode
     if (__builtin_expect(reinterpret_cast<std::uintptr_t>(tc) > 1 && tc->heap == m->heap, 1)) {
       const unsigned c = m->cls;
       if (__builtin_expect(tc->cls[c].n_freed < kTcCaps.cap[c], 1)) {
         std::uint32_t g = slot_index(m, p, true, what);
-        tc_free(m->heap, tc, c, p, free_claim(m, g, p, size, alignment, what));
+        std::size_t requested = free_claim(m, g, p, size, alignment, what);
+        reader_leave(rs);
+        tc_free(tc->heap, tc, c, p, requested);
         return true;
       }
     }
-    free_small_slow(m, p, size, alignment, what);
+    free_small_slow(m, p, size, alignment, what, rs);
     return true;
   }
+  reader_leave(rs);
   return free_large(p, size, alignment, what);
 }
 
@@ -1823,8 +2092,10 @@ void* secure_process_alloc(std::size_t size, std::size_t alignment) {
 
 bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* what) {
   VgSerial serial;
+  ReadScope reading;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, what);
+    read_stall_for_test(p);
     ClassState* cs = &m->heap->classes[m->cls];
     class_lock(cs);
     require_live(m, g, p, false, what);
@@ -1847,6 +2118,7 @@ bool secure_usable_size_if_secure(const void* p, std::size_t* out, const char* w
 // In place when the new size needs the same class (the canary moves).
 bool secure_resize_in_place_if_secure(void* p, std::size_t size, void** out, bool c_realloc) {
   VgSerial serial;
+  ReadScope reading;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "realloc");
     ClassState* cs = &m->heap->classes[m->cls];
@@ -1915,8 +2187,12 @@ bool secure_realloc_if_secure(SecureHeap* h, void* p, std::size_t size, void** o
   std::size_t old = 0;
   secure_usable_size_if_secure(p, &old, "realloc");
   // A block moves within its own heap.
-  if (ChunkMeta* m = chunk_lookup(p)) {
-    h = m->heap;
+  if (SecureHeap* owner = [p] {
+        ReadScope reading;
+        ChunkMeta* m = chunk_lookup(p);
+        return m ? m->heap : nullptr;
+      }()) {
+    h = owner;
   } else {
     lca_mutex_lock(&g_large_lock);
     LargeEntry* e = large_find(reinterpret_cast<std::uintptr_t>(p));
@@ -2061,6 +2337,7 @@ LCA_CORE_TEXT void secure_prefork() {
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_fork_gate(h);
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
+  lca_mutex_lock(&g_reader_lock);
 }
 
 namespace {
@@ -2068,6 +2345,7 @@ namespace {
 // whose unlock checks no owner).  The flags are cleared first, before
 // g_heaps_lock goes: a thread waiting for it tests its class's flag again.
 LCA_CORE_TEXT void secure_fork_release() {
+  lca_mutex_unlock(&g_reader_lock);
   lca_mutex_unlock(&g_radix_lock);
   lca_mutex_unlock(&g_large_lock);
   for (SecureHeap* h = g_heaps; h; h = h->next)
@@ -2109,6 +2387,25 @@ LCA_CORE_TEXT void secure_postfork_child() {
 
 std::size_t secure_heap_footprint(const SecureHeap* h) { return h->self_bytes; }
 
+// The other threads' read sections end with them: their slots are free, a
+// counter left odd (a thread inside a free at the fork) made even -- a release
+// in the child would otherwise wait for it in vain -- and the counted ones are
+// this thread's alone.  (The slot list's lock: held across the fork by
+// secure_prefork, or Valgrind mode's serialising lock.)
+LCA_CORE_TEXT void secure_readers_postfork_child() {
+  for (ReaderSlot* r = g_readers.load(std::memory_order_relaxed); r; r = r->next) {
+    if (r == tls_reader) continue;
+    std::uint64_t v = r->seq.load(std::memory_order_relaxed);
+    if (v & 1) r->seq.store(v + 1, std::memory_order_relaxed);
+    r->taken.store(false, std::memory_order_relaxed);
+  }
+  g_counted_readers.store(tls_counted_reads, std::memory_order_relaxed);
+}
+
+void secure_set_read_stall_for_test(void (*fn)(const void* p)) {
+  g_read_stall_for_test.store(fn, std::memory_order_relaxed);
+}
+
 std::size_t secure_cached_ready(std::size_t size, void** out, std::size_t max) {
   ThreadCache* tc = tls_tc;
   unsigned c = class_for_request(size, 16);
@@ -2136,6 +2433,8 @@ std::size_t secure_cached_elsewhere() {
 // is), a large block's flag under the large-block lock.  The tracker calls it for
 // a block no other thread knows of yet (just allocated), or one the caller is
 // reallocating.
+// (No read section: the block is live and the caller's, so its chunk cannot be
+// released meanwhile.)
 bool secure_set_tracked(void* p, bool tracked) {
   VgSerial serial;
   if (ChunkMeta* m = chunk_lookup(p)) {
@@ -2170,6 +2469,7 @@ int secure_tracked(const void* p) {
 #endif
 
 bool secure_block_info(const void* p, SecureBlockInfo* out) {
+  ReadScope reading;
   if (ChunkMeta* m = chunk_lookup(p)) {
     std::uint32_t g = slot_index(m, p, false, "secure_block_info");
     ClassState* cs = &m->heap->classes[m->cls];

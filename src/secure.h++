@@ -82,6 +82,11 @@ void* secure_process_alloc(std::size_t size, std::size_t alignment);
 void secure_prefork();
 void secure_postfork_parent();
 void secure_postfork_child();
+// The child of a fork from a process with other threads, in every mode (also in
+// Valgrind mode, which skips the three above): the other threads' read sections
+// of chunk metadata end with them (secure.c++, "readers of chunk metadata"), so
+// that a release in the child does not wait for them.
+void secure_readers_postfork_child();
 
 #if CALLOC_SECURE && CALLOC_TRACKING
 // The mark a live secure block carries while the process heap's tracker holds
@@ -106,6 +111,12 @@ struct SecureBlockInfo {
 bool secure_block_info(const void* p, SecureBlockInfo* out);
 // The bytes of the heap's own descriptor (its quarantines), which start at h.
 std::size_t secure_heap_footprint(const SecureHeap* h);
+// Test hook (tests/unit/secure): fn(p) is called inside the read section of a
+// free that takes the slow path (every SecureAllocator instance's free) or of a
+// usable-size call, after p's chunk was looked up and before its slot is
+// claimed or read; nullptr turns it off.  One relaxed load and a branch on
+// those paths, none on the process heap's lock-free free.
+void secure_set_read_stall_for_test(void (*fn)(const void* p));
 // The process heap's thread caches (none in Valgrind mode): the slots the calling
 // thread's cache holds ready for requests of `size` bytes (taken from the class,
 // not handed out yet), up to max of them in out; and how many slots (ready or
