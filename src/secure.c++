@@ -349,7 +349,7 @@ struct ClassState {
   // kept mapped, because a free racing with the release may still read it, and
   // used again by the class's next new chunk (retire_chunk, new_chunk) -- once
   // no such free can be reading it any more (readers_quiesce).  Until then, on
-  // `pending`, as it was at the release (not purged).
+  // `pending`, as it was at the release (purged once the release's wait gave up).
   ChunkMeta* retired;
   ChunkMeta* pending;
 };
@@ -1757,9 +1757,9 @@ void retire_chunk(SecureHeap* h, ClassState* cs, ChunkMeta* m) {
   cs->pending = m;
 }
 
-// A released chunk's metadata that no reader can reach any more: its arrays are
-// purged (they read as zero: never handed out); its first page and the
-// descriptor stay as they were.  No lock: nothing else knows of it.
+// A released chunk's metadata, off every list: its arrays are purged (they read
+// as zero: never handed out); its first page and the descriptor stay as they
+// were.  No lock: no allocation can reach it (a late reader reads zeros).
 void purge_retired(ChunkMeta* m) {
   const std::size_t page = os_page_size(), keep = retired_keep_bytes(m, m->meta_bytes, page);
   if (keep < m->meta_bytes) os_purge(reinterpret_cast<char*>(m) + keep, m->meta_bytes - keep);
@@ -1771,10 +1771,12 @@ void purge_retired(ChunkMeta* m) {
 // Delayed reuse is the price, paid only when memory has run out.
 void release_reserves(SecureHeap* h) {
   ChunkMeta* released[kNumClasses];
+  ChunkMeta* earlier[kNumClasses];  // the first of released[c] that an earlier release purged
   bool any = false;
   for (unsigned c = 0; c < kNumClasses; ++c) {
     ClassState* cs = &h->classes[c];
     class_lock(cs);
+    earlier[c] = cs->pending;
     while (cs->q_count) quarantine_release(h, cs, c, --cs->q_count, true);
     for (ChunkMeta** link = &cs->chunks; *link;) {
       ChunkMeta* m = *link;
@@ -1803,10 +1805,17 @@ void release_reserves(SecureHeap* h) {
     for (unsigned c = 0; c < kNumClasses; ++c) {
       ChunkMeta* list = released[c];
       if (!list) continue;
+      // Purged now where no reader can be left, and where one may be and the
+      // metadata waits on `pending` (for good without membarrier): a late reader
+      // then reads zeros, "never handed out", and still reports; the wait holds
+      // address space and one page, not the arrays' memory.  This release's own
+      // chunks only: the rest were purged by the release that left them.
       ChunkMeta* last = list;
-      if (quiet) purge_retired(last);
-      for (; last->next; last = last->next)
-        if (quiet) purge_retired(last->next);
+      for (bool fresh = true;; last = last->next) {
+        fresh = fresh && last != earlier[c];
+        if (fresh) purge_retired(last);
+        if (!last->next) break;
+      }
       ClassState* cs = &h->classes[c];
       class_lock(cs);
       ChunkMeta*& to = quiet ? cs->retired : cs->pending;
