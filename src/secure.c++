@@ -349,7 +349,7 @@ struct ClassState {
   // kept mapped, because a free racing with the release may still read it, and
   // used again by the class's next new chunk (retire_chunk, new_chunk) -- once
   // no such free can be reading it any more (readers_quiesce).  Until then, on
-  // `pending`, as it was at the release (purged once the release's wait gave up).
+  // `pending`, as it was at the release (purged at once where membarrier is refused).
   ChunkMeta* retired;
   ChunkMeta* pending;
 };
@@ -584,17 +584,23 @@ inline void read_stall_for_test(const void* p) {
   if (auto fn = g_read_stall_for_test.load(std::memory_order_relaxed); __builtin_expect(fn != nullptr, 0)) fn(p);
 }
 
-// With no lock held, after chunks' radix entries were cleared: true when no
-// thread can still be reading their metadata from before (above).  False when
-// that cannot be known: no membarrier, the caller is inside a read section
-// itself, or a reader stayed inside for kReaderWaitNs.
-bool readers_quiesce() {
+// What readers_quiesce found.
+enum class Quiesce {
+  quiet,      // no thread can still be reading the metadata from before
+  waiting,    // one may (a reader stayed inside for kReaderWaitNs, or the caller is inside a section): try later
+  no_barrier  // cannot be known: membarrier refused (ENOSYS, a seccomp filter); it will be no better later
+};
+
+// With no lock held, after chunks' radix entries were cleared: whether a thread
+// can still be reading their metadata from before (above).
+Quiesce readers_quiesce() {
   // Valgrind runs one thread at a time: each switch is a full barrier.  (Not
   // ASan mode, which is Valgrind mode's hooks without the serialisation.)
-  if (!vg_serialised() && !os_barrier_all_threads()) return false;
+  if (!vg_serialised() && !os_barrier_all_threads()) return Quiesce::no_barrier;
   ReaderSlot* me = tls_reader;
-  if (reinterpret_cast<std::uintptr_t>(me) > 1 && (me->seq.load(std::memory_order_relaxed) & 1)) return false;
-  if (tls_counted_reads) return false;
+  if (reinterpret_cast<std::uintptr_t>(me) > 1 && (me->seq.load(std::memory_order_relaxed) & 1))
+    return Quiesce::waiting;
+  if (tls_counted_reads) return Quiesce::waiting;
   const std::uint64_t deadline = os_now_ns() + kReaderWaitNs;
   auto wait = [&](unsigned& round) {
     reader_pause(round);
@@ -605,11 +611,11 @@ bool readers_quiesce() {
     std::uint64_t v = s->seq.load(std::memory_order_acquire);
     if (!(v & 1)) continue;
     for (unsigned round = 0; s->seq.load(std::memory_order_acquire) == v;)
-      if (!wait(round)) return false;
+      if (!wait(round)) return Quiesce::waiting;
   }
   for (unsigned round = 0; g_counted_readers.load(std::memory_order_acquire) != 0;)
-    if (!wait(round)) return false;
-  return true;
+    if (!wait(round)) return Quiesce::waiting;
+  return Quiesce::quiet;
 }
 
 // --- large blocks (process-wide table) -----------------------------------------------
@@ -1801,24 +1807,27 @@ void release_reserves(SecureHeap* h) {
   }
   if (any) {
     // No lock held: a reader may be waiting for one inside its section.
-    const bool quiet = readers_quiesce();
+    const Quiesce q = readers_quiesce();
     for (unsigned c = 0; c < kNumClasses; ++c) {
       ChunkMeta* list = released[c];
       if (!list) continue;
-      // Purged now where no reader can be left, and where one may be and the
-      // metadata waits on `pending` (for good without membarrier): a late reader
-      // then reads zeros, "never handed out", and still reports; the wait holds
-      // address space and one page, not the arrays' memory.  This release's own
-      // chunks only: the rest were purged by the release that left them.
+      // Purged once no reader can be left.  A reader still inside reads the
+      // states of the release ("Double free" for a block freed before it);
+      // without membarrier the metadata waits on `pending` for good, so this
+      // release's own are purged at once: a late reader reads zeros, "no block
+      // was allocated there", and still reports, and they hold address space
+      // and one page each, not their arrays' memory (unpurged, a program
+      // trimming after each phase piled up to ~1 MiB a chunk).  Purging twice
+      // costs a madvise: `earlier` marks where those of earlier releases begin.
       ChunkMeta* last = list;
       for (bool fresh = true;; last = last->next) {
         fresh = fresh && last != earlier[c];
-        if (fresh) purge_retired(last);
+        if (q == Quiesce::quiet || (q == Quiesce::no_barrier && fresh)) purge_retired(last);
         if (!last->next) break;
       }
       ClassState* cs = &h->classes[c];
       class_lock(cs);
-      ChunkMeta*& to = quiet ? cs->retired : cs->pending;
+      ChunkMeta*& to = q == Quiesce::quiet ? cs->retired : cs->pending;
       last->next = to;
       to = list;
       lca_mutex_unlock(&cs->lock);
