@@ -1245,6 +1245,20 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
   return drop_first(out, raw, step_capture(g_step_unwinder, raw, max + 1));
 }
 
+LCA_SAMPLING_TEXT bool unwind_enter_loader() {
+#if LCA_OWN_UNWINDER
+  return pthread_rwlock_tryrdlock(&g_fork_rw) == 0;
+#else
+  return true;
+#endif
+}
+
+LCA_SAMPLING_TEXT void unwind_leave_loader() {
+#if LCA_OWN_UNWINDER
+  pthread_rwlock_unlock(&g_fork_rw);
+#endif
+}
+
 // Set by the forking thread when its prepare handler took g_fork_rw (not when
 // the process was single-threaded): the parent unlocks it; the child
 // re-initialises it (glibc knows the writer by its thread id, which the

@@ -47,6 +47,14 @@ void unwind_prefork();
 void unwind_postfork_parent();
 void unwind_postfork_child();
 
+// Around a dl_iterate_phdr of the tracker's outside a walk (track-modules.c++'s
+// log): unwind_enter_loader takes the lock fork's prepare handler takes, shared,
+// so that no thread is inside the loader's list lock when the process forks;
+// false (and nothing taken) when a fork is under way.  unwind_leave_loader
+// releases it.  Outside the own walker's builds: always true, nothing taken.
+bool unwind_enter_loader();
+void unwind_leave_loader();
+
 // Memory for the frame cache: track.c++'s pool of OS-backed pieces (zeroed).
 void* track_pool_alloc(std::size_t bytes);
 

@@ -68,6 +68,7 @@
 #include "secure.h++"
 #include "secure_vg.h++"
 #include "tcache.h++"
+#include "track-modules.h++"
 #include "track-unwind.h++"
 #include "vg.h++"
 
@@ -114,12 +115,18 @@ constexpr std::uint64_t kDefaultSampleBytes = 512 * 1024;
 struct Site {
   std::atomic<std::uint64_t> key;  // 0: empty; else the stack's hash | 1, set once the frames are written
   std::uint32_t depth;
+  // The generation of the loaded-object log the stack was interned in
+  // (track-modules.c++; 0: unknown, its frames named by what is loaded at the
+  // report).  In the padding before frames: a site is 304 bytes still.
+  std::uint32_t generation;
   void* frames[kMaxFrames];
   std::atomic<std::uint64_t> calls_fx;  // estimated allocations, fixed-point
   std::atomic<std::uint64_t> bytes;     // estimated bytes allocated
   std::atomic<std::int64_t> live_fx;    // estimated live blocks, fixed-point
   std::atomic<std::int64_t> live_bytes;
 };
+
+static_assert(sizeof(Site) == 304, "a site's size is documented (kSites; docs/design.md)");
 
 struct BlockNode {
   std::uintptr_t addr;
@@ -364,6 +371,10 @@ LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
   std::uint64_t h = hash_stack(frames, n);
   std::size_t slot;
   if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
+  // A new stack (or one interned meanwhile): the objects loaded now, before
+  // g_site_lock (dl_iterate_phdr takes the loader's lock, which a thread may
+  // hold while it allocates: inside a dl_iterate_phdr callback of its own).
+  std::uint32_t generation = modules_generation();
   pthread_mutex_lock(&g_site_lock);
   SiteIndex* t = g_site_index.load(std::memory_order_relaxed);
   std::uint32_t k = index_probe(t, h, frames, n, &slot);
@@ -376,6 +387,7 @@ LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
     if (slot != ~std::size_t{0}) {
       Site& s = g_sites[used];
       s.depth = n;
+      s.generation = generation;
       std::memcpy(s.frames, frames, n * sizeof(void*));
       s.key.store(h, std::memory_order_relaxed);
       g_nsites.store(used + 1, std::memory_order_release);
@@ -1546,7 +1558,10 @@ bool open_debug_file(const char* path, const ElfFile& module, ElfFile* out) {
 // Resolves one module's targets: maps its file (and its separate debug file
 // when the module has no symbol table or no line table of its own), runs the
 // two passes, copies what they found, unmaps them.
-void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
+// `loaded`: the module is loaded now, and dladdr has named its addresses from
+// its dynamic symbols already (a module unloaded since has only its file).
+void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results,
+                    bool loaded = true) {
   ElfFile mod, dbg;
   if (!map_elf(path, &mod)) return;
   *relative = mod.eh()->e_type == ET_DYN;
@@ -1565,6 +1580,8 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
     module_symbols(mod, targets, n);
   } else if (dbg.base && has_symtab(dbg)) {
     module_symbols(dbg, targets, n);
+  } else if (!loaded) {
+    module_symbols(mod, targets, n);  // its .dynsym
   }
   const char* unreadable = nullptr;
   bool lines = module_lines(mod, targets, n, &unreadable);
@@ -1663,7 +1680,103 @@ struct Symbol {
   std::uintptr_t offset;
   char module[256];
   std::uintptr_t module_offset;
+  bool unloaded = false;  // the module was unloaded before the report (named from its file)
+  bool gone = false;      // ... and its file could not be read
 };
+
+// --- frames of objects unloaded before the report -----------------------------------
+//
+// A site's frames are named through the objects of its generation
+// (track-modules.c++): one that is not loaded now (a library closed with
+// dlclose; another may lie at its addresses) is named from its file, by path
+// and offset, and kept apart from g_syms (whose keys are addresses, which the
+// object loaded there now owns).  Under g_sym_lock, sorted by (object, addr).
+struct StaleResult {
+  const LoadedObject* obj;
+  SymResult r;
+  bool gone;  // the file could not be read
+};
+StaleResult* g_stale;
+std::size_t g_nstale, g_stale_bytes;
+// The log's generation when the report began (modules_generation, under
+// g_report_lock): an object whose last generation is older is not loaded now.
+// 0: unknown (Valgrind mode, the log empty): every frame is named by what is
+// loaded now.
+std::uint32_t g_report_generation;
+
+bool stale_less(const StaleResult& x, const StaleResult& y) {
+  return x.obj != y.obj ? std::less<const LoadedObject*>()(x.obj, y.obj) : x.r.addr < y.r.addr;
+}
+
+// The object that held a frame of a site of generation gen, when it is not
+// loaded now (nullptr: the frame is named by what is loaded at its address).
+const LoadedObject* unloaded_object(std::uint32_t gen, const void* ip) {
+  if (g_report_generation == 0 || gen == 0 || gen >= g_report_generation) return nullptr;
+  const LoadedObject* o = modules_object_at(gen, reinterpret_cast<std::uintptr_t>(ip));
+  if (!o || o->path[0] == 0 || o->last.load(std::memory_order_relaxed) >= g_report_generation) return nullptr;
+  return o;
+}
+
+const StaleResult* find_stale(const LoadedObject* o, std::uintptr_t a) {
+  StaleResult key{};
+  key.obj = o;
+  key.r.addr = a;
+  const StaleResult* it = std::lower_bound(g_stale, g_stale + g_nstale, key, stale_less);
+  return it < g_stale + g_nstale && it->obj == o && it->r.addr == a ? it : nullptr;
+}
+
+// Names the frames fr[0..n) of unloaded objects that g_stale lacks, each
+// object's from its file (a copy of prepare_symbols' merge).
+void prepare_stale(StaleResult* fr, std::size_t n) {
+  if (n == 0) return;
+  pthread_mutex_lock(&g_sym_lock);
+  std::sort(fr, fr + n, stale_less);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (find_stale(fr[i].obj, fr[i].r.addr)) continue;
+    if (k && fr[k - 1].obj == fr[i].obj && fr[k - 1].r.addr == fr[i].r.addr) continue;
+    fr[k++] = fr[i];
+  }
+  std::size_t tbytes = align_up(k * sizeof(Target) + k * sizeof(SymResult), os_page_size());
+  auto* results = static_cast<SymResult*>(os_map(tbytes));
+  if (!results) {
+    pthread_mutex_unlock(&g_sym_lock);
+    return;
+  }
+  auto* targets = reinterpret_cast<Target*>(results + k);
+  for (std::size_t i = 0; i < k;) {
+    const LoadedObject* o = fr[i].obj;
+    std::size_t j = i;
+    const char* module = keep_string(o->path);
+    for (; j < k && fr[j].obj == o; ++j) {
+      results[j] = SymResult{};
+      results[j].addr = fr[j].r.addr;
+      results[j].fbase = o->base;
+      results[j].module = module;
+      targets[j - i] = Target{fr[j].r.addr - 1 - o->base, j, 0, nullptr, false, false, nullptr, 0};
+    }
+    int fd = open(o->path, O_RDONLY | O_CLOEXEC);
+    bool gone = fd < 0;
+    if (fd >= 0) close(fd);
+    bool relative = true;
+    if (!gone) resolve_module(o->path, &relative, targets, j - i, results, false);
+    for (std::size_t m = i; m < j; ++m) {
+      fr[m].r = results[m];
+      fr[m].gone = gone;
+    }
+    i = j;
+  }
+  os_unmap(results, tbytes);
+  std::size_t total = g_nstale + k;
+  std::size_t merged_bytes = align_up(total * sizeof(StaleResult), os_page_size());
+  auto* merged = static_cast<StaleResult*>(os_map(merged_bytes));
+  if (merged) {
+    std::merge(g_stale, g_stale + g_nstale, fr, fr + k, merged, stale_less);
+    if (g_stale) os_unmap(g_stale, g_stale_bytes);
+    g_stale = merged, g_nstale = total, g_stale_bytes = merged_bytes;
+  }
+  pthread_mutex_unlock(&g_sym_lock);
+}
 
 // What prepare_symbols found for addr (which it must have been given).
 void symbolize(const void* addr, Symbol* out) {
@@ -1690,6 +1803,35 @@ void symbolize(const void* addr, Symbol* out) {
   out->offset = a - copy.start;
 }
 
+// A frame of a site of generation gen: through its unloaded object's file
+// when prepare_stale named it, else symbolize.
+void symbolize_frame(std::uint32_t gen, const void* addr, Symbol* out) {
+  const LoadedObject* o = unloaded_object(gen, addr);
+  if (!o) return symbolize(addr, out);
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  pthread_mutex_lock(&g_sym_lock);
+  const StaleResult* r = find_stale(o, a);
+  StaleResult copy{};
+  if (r) copy = *r;
+  pthread_mutex_unlock(&g_sym_lock);
+  out->function[0] = 0;
+  out->file = nullptr;
+  out->line = 0;
+  out->offset = 0;
+  std::snprintf(out->module, sizeof out->module, "%s", o->path);
+  out->module_offset = a - o->base;
+  out->unloaded = true;
+  out->gone = r && copy.gone;
+  if (!r) return;
+  out->file = copy.r.file;
+  out->line = copy.r.line;
+  if (!copy.r.raw_name) return;
+  char* demangled = cxx_demangle(copy.r.raw_name);
+  std::snprintf(out->function, sizeof out->function, "%s", demangled ? demangled : copy.r.raw_name);
+  std::free(demangled);
+  out->offset = a - copy.r.start;
+}
+
 // --- report writing ---------------------------------------------------------------
 
 struct SiteView {
@@ -1706,16 +1848,36 @@ void prepare_sites(const SiteView* v, std::size_t n) {
   std::size_t bytes = align_up(nframes * sizeof(void*), os_page_size());
   auto* frames = static_cast<void**>(os_map(bytes));
   if (!frames) return;
-  std::size_t k = 0;
+  std::size_t k = 0, nstale = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const Site& s = g_sites[v[i].index];
-    for (unsigned j = 0; j < s.depth; ++j) frames[k++] = s.frames[j];
+    for (unsigned j = 0; j < s.depth; ++j)
+      if (unloaded_object(s.generation, s.frames[j]))
+        ++nstale;
+      else
+        frames[k++] = s.frames[j];
   }
   // Stacks share most frames: the batch is sized by the distinct ones.
   std::sort(frames, frames + k);
   k = static_cast<std::size_t>(std::unique(frames, frames + k) - frames);
   prepare_symbols(frames, k);
   os_unmap(frames, bytes);
+  if (nstale == 0) return;
+  std::size_t sbytes = align_up(nstale * sizeof(StaleResult), os_page_size());
+  auto* stale = static_cast<StaleResult*>(os_map(sbytes));
+  if (!stale) return;
+  std::size_t m = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Site& s = g_sites[v[i].index];
+    for (unsigned j = 0; j < s.depth; ++j)
+      if (const LoadedObject* o = unloaded_object(s.generation, s.frames[j])) {
+        stale[m] = StaleResult{};
+        stale[m].obj = o;
+        stale[m++].r.addr = reinterpret_cast<std::uintptr_t>(s.frames[j]);
+      }
+  }
+  prepare_stale(stale, m);
+  os_unmap(stale, sbytes);
 }
 
 // A snapshot of every site with something to report, in memory of its own
@@ -1854,16 +2016,23 @@ bool out_close(Out* o) {
 // module+0x0", an offset that is none.
 constexpr const char* kNoModule = "in no module loaded now: a library unloaded with dlclose?";
 
-void print_frame(Out* f, unsigned i, const void* ip) {
+// After the module of a frame whose object was unloaded before the report
+// (named from its file), or whose file could not be read then.
+const char* unloaded_note(const Symbol& s) {
+  return s.gone ? "; unloaded, and its file is gone" : s.unloaded ? "; unloaded" : "";
+}
+
+void print_frame(Out* f, unsigned i, const void* ip, std::uint32_t gen) {
   Symbol s;
-  symbolize(ip, &s);
+  symbolize_frame(gen, ip, &s);
   char where[320] = "";
   if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
-    out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
-                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
+    out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx%s)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
+                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset), unloaded_note(s));
   else if (s.module[0])
-    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset));
+    out_printf(f, "    #%u %p (%s+0x%lx%s)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset),
+               unloaded_note(s));
   else  // names are looked up now: the module of an unloaded library is not known (docs/design.md)
     out_printf(f, "    #%u %p (%s)\n", i, ip, kNoModule);
 }
@@ -1875,7 +2044,7 @@ void print_stack(Out* f, std::uint32_t site) {
   }
   const Site& s = g_sites[site];
   if (s.depth == 0) out_printf(f, "    [no stack]\n");
-  for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i]);
+  for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i], s.generation);
 }
 
 const char* mode_text(char* buf, std::size_t cap) {
@@ -2072,6 +2241,7 @@ std::size_t set_apart_glibc_blocks(SiteView* v, std::size_t n, NotLeaks* apart) 
 
 bool write_leak_report(const char* pattern) {
   Busy busy;
+  g_report_generation = modules_generation();  // objects loaded now (sites name the rest)
   Out out;
   Out* f = &out;
   if (!out_open(f, pattern)) return false;
@@ -2161,9 +2331,9 @@ bool write_leak_report(const char* pattern) {
 }
 
 // The name of a frame for collapsed stacks: the function, or module+offset.
-void frame_name(const void* ip, char* buf, std::size_t cap) {
+void frame_name(const void* ip, std::uint32_t gen, char* buf, std::size_t cap) {
   Symbol s;
-  symbolize(ip, &s);
+  symbolize_frame(gen, ip, &s);
   if (s.function[0]) {
     std::snprintf(buf, cap, "%s", s.function);
   } else {
@@ -2179,6 +2349,7 @@ void frame_name(const void* ip, char* buf, std::size_t cap) {
 
 bool write_profile(const char* pattern, int format) {
   Busy busy;
+  g_report_generation = modules_generation();  // objects loaded now (sites name the rest)
   Out out;
   Out* f = &out;
   if (!out_open(f, pattern)) return false;
@@ -2208,7 +2379,7 @@ bool write_profile(const char* pattern, int format) {
         out_printf(f, "[stack table full]");
       } else {
         for (unsigned j = s.depth; j-- > 0;) {
-          frame_name(s.frames[j], name, sizeof name);
+          frame_name(s.frames[j], s.generation, name, sizeof name);
           out_printf(f, "%s%s", name, j ? ";" : "");
         }
         if (s.depth == 0) out_printf(f, "[no stack]");
@@ -2217,11 +2388,29 @@ bool write_profile(const char* pattern, int format) {
     }
   } else if (format == 2) {  // gperftools heap profile (legacy text format)
     out_printf(f, "heap profile: %6.0f: %8.0f [%6.0f: %8.0f] @ heapprofile\n", live_blocks, live_bytes, calls, bytes);
+    // pprof names the addresses itself, through the mappings listed after
+    // them: a frame of an object unloaded before now is given an address in
+    // a range of its own past user space (kGoneBase, 4 GiB an object), listed
+    // as that object's file mapped there (at an object's address now there
+    // may be another's, or nothing).
+    constexpr std::uintptr_t kGoneBase = std::uintptr_t{1} << 56;
+    constexpr unsigned kGoneObjects = 256;  // more: their frames keep their addresses
+    const LoadedObject* gone[kGoneObjects];
+    unsigned ngone = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
       out_printf(f, "%6.0f: %8.0f [%6.0f: %8.0f] @", v[i].live_blocks > 0 ? v[i].live_blocks : 0,
                    v[i].live_bytes > 0 ? v[i].live_bytes : 0, v[i].calls, v[i].bytes);
-      for (unsigned j = 0; j < s.depth; ++j) out_printf(f, " %p", s.frames[j]);
+      for (unsigned j = 0; j < s.depth; ++j) {
+        auto a = reinterpret_cast<std::uintptr_t>(s.frames[j]);
+        if (const LoadedObject* o = unloaded_object(s.generation, s.frames[j])) {
+          unsigned g = 0;
+          while (g < ngone && gone[g] != o) ++g;
+          if (g == ngone && ngone < kGoneObjects) gone[ngone++] = o;
+          if (g < ngone) a = kGoneBase + (std::uintptr_t{g} << 32) + (a - o->base);
+        }
+        out_printf(f, " 0x%lx", static_cast<unsigned long>(a));
+      }
       out_printf(f, "\n");
     }
     out_printf(f, "\nMAPPED_LIBRARIES:\n");
@@ -2231,6 +2420,12 @@ bool write_profile(const char* pattern, int format) {
       ssize_t r;
       while ((r = read(maps, buf, sizeof buf)) > 0) out_write(f, buf, static_cast<std::size_t>(r));
       close(maps);
+    }
+    for (unsigned g = 0; g < ngone; ++g) {  // as /proc/self/maps would list them (offset = segment's address)
+      std::uintptr_t at = kGoneBase + (std::uintptr_t{g} << 32);
+      out_printf(f, "%lx-%lx r-xp %08lx 00:00 0 %s\n", static_cast<unsigned long>(at + gone[g]->lo - gone[g]->base),
+                 static_cast<unsigned long>(at + gone[g]->hi - gone[g]->base),
+                 static_cast<unsigned long>(gone[g]->lo - gone[g]->base), gone[g]->path);
     }
   } else {
     prepare_sites(v, n < kReportStacks ? n : kReportStacks);
@@ -2243,6 +2438,9 @@ bool write_profile(const char* pattern, int format) {
     out_printf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
                  static_cast<unsigned long long>(u.captures), static_cast<unsigned long long>(u.fallbacks), u.entries,
                  u.bytes);
+    ModulesStats m = modules_stats();
+    out_printf(f, "loaded objects: %zu records over %u generations, %zu bytes\n", m.objects,
+               static_cast<unsigned>(m.generations), m.bytes);
     for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
       out_printf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
                    v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);

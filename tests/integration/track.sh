@@ -10,6 +10,9 @@
 #   - threads-own: threads started and joined, one leak of the program's: that
 #     leak alone is reported, glibc's thread storage (DTVs) counted apart;
 #   - dlopen: a leak in a dlopen'ed library names its function and module;
+#   - dlclose, dlclose-reload: a library's leak, the library closed (and
+#     another loaded at its address): its frame names its own function and
+#     file, in leak reports and collapsed and pprof profiles;
 #   - dlopen-keep: libraries dlopen'ed and never closed: the loader's records
 #     of them are counted apart, a leak of a library's constructor is reported;
 #   - fork: the parent's report (PATH) has its own 2222-byte leak, the child's
@@ -184,15 +187,79 @@ else
   fail "dlopen: $plugin was not built"
 fi
 
-# 3c. A library closed before the report: its frames are in no module then,
-# and say so (they printed "unknown module+0x0", an offset that was none).
+# 3c. A library closed before the report: its frames are in no module then;
+# they are named from its file, and say it was unloaded (they printed
+# "unknown module+0x0", an offset that was none, then "in no module loaded
+# now", which frames of stacks with no recorded objects still print).
 if test -f "$plugin"; then
   run leak_report=1 dlclose "$plugin"
   expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlclose"
-  expect "$tmp/err" "(in no module loaded now: a library unloaded with dlclose?)" "dlclose: the unloaded frame"
+  expect "$tmp/err" "in plugin_leak+" "dlclose: the unloaded frame's function"
+  expect "$tmp/err" "libtrackplugin.so+0x1" "dlclose: the unloaded frame's file"
+  expect "$tmp/err" "; unloaded)" "dlclose: the unloaded frame says so"
   if grep -q "unknown module" "$tmp/err"; then fail "dlclose: \"unknown module\" in the report: $(cat "$tmp/err")"; fi
   # The caller, in the program, is still named.
   expect "$tmp/err" "in main+" "dlclose: the program's frames"
+fi
+
+# 3c'. A library closed, and another loaded where it lay: the leak's frame in
+# the first still names the first's function and file (it named the other's:
+# a report looked a frame up by its address when written).  Frames are named
+# through the objects loaded when their stack was first seen (src/track-
+# modules.c++), from the file when the object is unloaded; full and sampled,
+# the leak report, collapsed and pprof profiles, and the file deleted.
+other=$top_builddir/tests/track/.libs/libtrackother.so
+if test -f "$plugin" && test -f "$other"; then
+  reload() { # reload OPTIONS PLUGIN [remove]: track-demo dlclose-reload; 1 when B landed elsewhere
+    env LD_PRELOAD="$so" LIBCALLOC_OPTIONS="$1" "$demo" dlclose-reload "$2" "$other" ${3:-} 2>"$tmp/err"
+    rc=$?
+    if test $rc = 3; then
+      echo "note: dlclose-reload: the other library did not land where the plugin lay: not checked ($1)"
+      return 1
+    fi
+    if test $rc != 0; then
+      fail "track-demo dlclose-reload with $1 exited $rc:"
+      cat "$tmp/err"
+      return 1
+    fi
+    return 0
+  }
+  for opts in leak_report=1 leak_report=1,sample=16; do
+    if reload "$opts" "$plugin"; then
+      expect "$tmp/err" "3333 bytes in 1 block allocated at:" "dlclose-reload ($opts)"
+      expect "$tmp/err" "in plugin_leak+" "dlclose-reload ($opts): the unloaded library's function"
+      expect "$tmp/err" "libtrackplugin.so+0x" "dlclose-reload ($opts): the unloaded library's file"
+      expect "$tmp/err" "; unloaded)" "dlclose-reload ($opts): the frame says its library was unloaded"
+      if grep -q "other_function\|libtrackother" "$tmp/err"; then
+        fail "dlclose-reload ($opts): the leak named by the library loaded later: $(cat "$tmp/err")"
+      fi
+    fi
+  done
+  # The file deleted after dlclose: the frame says so.
+  cp "$plugin" "$tmp/libtrackgone.so"
+  if reload leak_report=1 "$tmp/libtrackgone.so" remove; then
+    expect "$tmp/err" "libtrackgone.so+0x" "dlclose-reload, file removed: the file"
+    expect "$tmp/err" "unloaded, and its file is gone" "dlclose-reload, file removed: said so"
+    if grep -q "other_function" "$tmp/err"; then fail "dlclose-reload, file removed: named other_function"; fi
+  fi
+  if reload profile="$tmp/reload.folded",profile_format=collapsed,sample=1 "$plugin"; then
+    if ! grep -q ";main;plugin_leak 3333\$" "$tmp/reload.folded"; then
+      fail "dlclose-reload, collapsed: no '...;main;plugin_leak 3333' line:"
+      grep -v "^_start;__libc_start_main;__libc_start_call_main;main;[a-z_]*dl" "$tmp/reload.folded" | head -n 20
+    fi
+    if grep -q other_function "$tmp/reload.folded"; then fail "dlclose-reload, collapsed: named other_function"; fi
+  fi
+  pprof=$(command -v google-pprof || command -v pprof || true)
+  if test -n "$pprof" && reload profile="$tmp/reload.heap",profile_format=pprof,sample=1 "$plugin"; then
+    "$pprof" --text "$demo" "$tmp/reload.heap" >"$tmp/pprof.out" 2>&1
+    if ! grep -qE '^ +[0-9.]+ +[0-9.]+% +[0-9.]+% +[0-9.]+ +[0-9.]+% plugin_leak$' "$tmp/pprof.out" ||
+      grep -q other_function "$tmp/pprof.out"; then
+      fail "dlclose-reload, pprof: google-pprof does not name plugin_leak (alone):"
+      cat "$tmp/pprof.out"
+    fi
+  fi
+else
+  fail "dlclose-reload: $plugin or $other was not built"
 fi
 
 # 3d. The dynamic loader's records of libraries loaded with dlopen and never

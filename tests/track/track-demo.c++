@@ -14,6 +14,14 @@
 //            main: its only leak (glibc keeps the threads' TLS: not a leak)
 //   dlclose  as dlopen, then closes the library before exit (its frames are in
 //            no module when the report is written)
+//   dlclose-reload  as dlclose with argv[2], then dlopens argv[3] (tests/track/
+//            other.c++), which must land where argv[2] lay (exit 3 when it does
+//            not), and keeps it until exit: the leak's frame in argv[2] lies in
+//            argv[3]'s other_function now; with argv[4] "remove", argv[2] is
+//            deleted after its dlclose
+//   dlopen-loop  dlopens argv[2] (tests/track/plugin.c++), frees what its
+//            plugin_leak(100) returns and dlcloses it, argv[3] times (default
+//            1000): a workload for the cost of following loaded objects
 //   dlopen-keep  dlopens each of argv[2..] (RTLD_LAZY | RTLD_GLOBAL) and never
 //            closes them, frees what their plugin_leak (if any) returns, and
 //            leaks 4242 bytes from demo::leak_some_memory in main: the program's
@@ -274,6 +282,37 @@ int main(int argc, char** argv) {
     if (!leak) return fail("no plugin_leak\n");
     g_sink = leak(3333);
     if (dlclose(lib) != 0) return fail("dlclose failed\n");  // unloaded before the report
+  } else if (mode == "dlclose-reload") {
+    if (argc < 4) return fail("dlclose-reload: give the plugin's and the other library's paths\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    Dl_info a{}, b{};
+    if (!dladdr(reinterpret_cast<void*>(leak), &a)) return fail("dladdr failed\n");
+    g_sink = leak(3333);
+    if (dlclose(lib) != 0) return fail("dlclose failed\n");
+    if (argc > 4 && std::strcmp(argv[4], "remove") == 0 && unlink(argv[2]) != 0) return fail("unlink failed\n");
+    void* other = dlopen(argv[3], RTLD_NOW);  // kept until exit
+    if (!other) return fail("dlopen of the other library failed\n");
+    auto fn = reinterpret_cast<int (*)(int)>(dlsym(other, "other_function"));
+    if (!fn || !dladdr(reinterpret_cast<void*>(fn), &b)) return fail("no other_function\n");
+    if (a.dli_fbase != b.dli_fbase) {
+      fail("the other library was not loaded where the plugin was\n");
+      return 3;
+    }
+    if (fn(1) != 2) return fail("other_function\n");
+  } else if (mode == "dlopen-loop") {
+    if (argc < 3) return fail("dlopen-loop: give the plugin's path\n");
+    int rounds = argc > 3 ? std::atoi(argv[3]) : 1000;
+    for (int i = 0; i < rounds; ++i) {
+      void* lib = dlopen(argv[2], RTLD_NOW);
+      if (!lib) return fail("dlopen failed\n");
+      auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+      if (!leak) return fail("no plugin_leak\n");
+      std::free(leak(100));
+      if (dlclose(lib) != 0) return fail("dlclose failed\n");
+    }
   } else if (mode == "dlopen-keep") {
     if (argc < 3) return fail("dlopen-keep: give the libraries' paths\n");
     for (int i = 2; i < argc; ++i) {
