@@ -2205,11 +2205,83 @@ bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
   return false;  // (no dlopen among the frames kept)
 }
 
+// The C library's dl functions that keep their failure's message for dlerror
+// (through _dlerror_run): all exported, named without libc6-dbg's file too;
+// __libc_dlopen_mode and its kin (NSS, gconv, libgcc_s) catch the error
+// themselves and keep nothing, but their frames may lead there.
+bool dlerror_function(const char* name) {
+  for (const char* f : {"dlopen", "dlmopen", "dlsym", "dlvsym", "dlclose", "dlinfo"})
+    if (same_function(name, f)) return true;
+  return false;
+}
+
+// The object of frame ip is the C library or libdl (by dladdr's path).
+bool in_dl_module(const void* ip) {
+  Dl_info dl;
+  auto a = reinterpret_cast<std::uintptr_t>(ip);
+  return a && dladdr(reinterpret_cast<void*>(a - 1), &dl) && dl.dli_fname && dl_module(dl.dli_fname);
+}
+
+// The first frame of s among its first kAllocatorFramesMax + 1 in the C
+// library or libdl (in_dl_module); s.depth when there is none.
+unsigned first_dl_module_frame(const Site& s) {
+  unsigned limit = s.depth < kAllocatorFramesMax + 1 ? s.depth : kAllocatorFramesMax + 1;
+  for (unsigned j = 0; j < limit; ++j)
+    if (in_dl_module(s.frames[j])) return j;
+  return s.depth;
+}
+
+// What glibc keeps for dlerror after a dl function failed (dlsym of a symbol
+// that is not there, dlopen of a file that cannot be loaded), until the next
+// dl call of the thread, or its exit: the message, and the thread's record
+// of it.  glibc 2.36 (with libc6-dbg):
+//  - the message: _dl_exception_create_format (or _dl_exception_create),
+//    ld.so, the allocator's caller, under the loader's or the C library's dl
+//    frames only (_dl_lookup_symbol_x, do_sym, dlsym_doit,
+//    _dl_catch_exception, _dl_catch_error, _dlerror_run) up to a dl function
+//    (dlerror_function); dlerror() frees it;
+//  - the record (struct dl_action_result, 24 bytes): _dlerror_run, in the C
+//    library, the allocator's caller, called by the dl function itself;
+//    kept in a thread-specific slot until the thread exits (the main
+//    thread's until exit: dlerror() frees the message only).
+// Without the debug file _dlerror_run has no name (it is not exported): a
+// frame of the C library without a name is taken for it there.  The frames
+// before must be the allocator's (loader_called_allocator), as for dlopen's
+// records.  Symbolises them: prepare_sites must have seen the site.
+bool dlerror_buffers(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0) return false;
+  const Site& s = g_sites[site];
+  unsigned j = rtld ? first_loader_frame(s, rtld) : s.depth;
+  unsigned k = first_dl_module_frame(s);
+  if (j < k) {  // the allocator called from the loader: the message?
+    if (!loader_called_allocator(s, j)) return false;
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (!same_function(sym.function, "_dl_exception_create") &&
+        !same_function(sym.function, "_dl_exception_create_format"))
+      return false;
+    for (++j; j < s.depth; ++j) {
+      symbolize(s.frames[j], &sym);
+      if (frame_in(s.frames[j], sym, rtld)) continue;
+      if (!sym.module[0] || !dl_module(sym.module)) return false;
+      if (dlerror_function(sym.function)) return true;
+    }
+    return false;
+  }
+  if (k + 1 >= s.depth || !loader_called_allocator(s, k)) return false;  // the record?
+  Symbol sym;
+  symbolize(s.frames[k], &sym);
+  if (sym.function[0] && !same_function(sym.function, "_dlerror_run")) return false;
+  symbolize(s.frames[k + 1], &sym);
+  return sym.module[0] && dl_module(sym.module) && dlerror_function(sym.function);
+}
+
 // Blocks that are not the program's leaks: the C library's own, alive until
 // exit by its design.
 struct NotLeaks {
   std::size_t thread_storage = 0;  // stacks of glibc's thread storage
   std::size_t dlopen = 0;          // stacks of the loader's records of dlopen'ed objects
+  std::size_t dlerror = 0;         // stacks of what glibc keeps for dlerror
 };
 
 // Moves the sites of v[0..n) that are not the program's leaks to its end:
@@ -2224,19 +2296,27 @@ std::size_t set_apart_glibc_blocks(SiteView* v, std::size_t n, NotLeaks* apart) 
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
     if (x.index == 0 || g_sites[x.index].depth == 0) return true;
     const Site& s = g_sites[x.index];
-    return first_loader_frame(s, rtld) == s.depth;
+    return first_loader_frame(s, rtld) == s.depth && first_dl_module_frame(s) == s.depth;
   });
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
   prepare_sites(cand, ncand);
-  // Each candidate's owner, once (the second partition must not symbolise again).
+  // Each candidate's owner, once (the partitions must not symbolise again).
+  // dlerror's first: a failed dlopen's message lies under dlopen too.
   for (SiteView* x = cand; x < v + n; ++x)
-    x->owner = glibc_thread_storage(x->index, rtld) ? 1 : dlopen_records(x->index, rtld) ? 2 : 0;
-  SiteView* glibc = std::partition(cand, v + n, [](const SiteView& x) { return x.owner == 0; });
-  SiteView* dl = std::partition(glibc, v + n, [](const SiteView& x) { return x.owner == 1; });
-  apart->thread_storage = static_cast<std::size_t>(dl - glibc);
-  apart->dlopen = static_cast<std::size_t>(v + n - dl);
-  return static_cast<std::size_t>(glibc - v);
+    x->owner = glibc_thread_storage(x->index, rtld) ? 1
+               : dlerror_buffers(x->index, rtld)    ? 3
+               : dlopen_records(x->index, rtld)     ? 2
+                                                    : 0;
+  SiteView* at = cand;  // by owner (std::stable_sort's buffer comes from operator new: not in libcalloc)
+  for (unsigned char o = 0; o < 3; ++o)
+    at = std::partition(at, v + n, [o](const SiteView& x) { return x.owner == o; });
+  std::size_t counts[4] = {};
+  for (SiteView* x = cand; x < v + n; ++x) ++counts[x->owner];
+  apart->thread_storage = counts[1];
+  apart->dlopen = counts[2];
+  apart->dlerror = counts[3];
+  return static_cast<std::size_t>(cand - v) + counts[0];
 }
 
 bool write_leak_report(const char* pattern) {
@@ -2266,11 +2346,13 @@ bool write_leak_report(const char* pattern) {
   std::size_t live = k;
   NotLeaks apart;
   k = set_apart_glibc_blocks(v, live, &apart);
-  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0;
-  std::size_t dl_from = k + apart.thread_storage;
+  // After the program's: thread storage, dlopen's records, dlerror's (by owner).
+  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0, err_blocks = 0, err_bytes = 0;
+  std::size_t dl_from = k + apart.thread_storage, err_from = dl_from + apart.dlopen;
   for (std::size_t i = k; i < dl_from; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
-  for (std::size_t i = dl_from; i < live; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
-  blocks -= glibc_blocks + dl_blocks, bytes -= glibc_bytes + dl_bytes;
+  for (std::size_t i = dl_from; i < err_from; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
+  for (std::size_t i = err_from; i < live; ++i) err_blocks += v[i].live_blocks, err_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks + dl_blocks + err_blocks, bytes -= glibc_bytes + dl_bytes + err_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -2298,6 +2380,12 @@ bool write_leak_report(const char* pattern) {
                   "dlopen and still loaded at exit (freed by dlclose): %.0f bytes in %.0f block%s from %zu stack%s\n",
                dl_bytes, dl_blocks, dl_blocks >= 0.5 && dl_blocks < 1.5 ? "" : "s", apart.dlopen,
                apart.dlopen == 1 ? "" : "s");
+  if (apart.dlerror)
+    out_printf(f, "libcalloc: not leaks of the program: what glibc keeps for dlerror after a failed dlopen or dlsym "
+                  "(the message, freed by dlerror, and the thread's record of it): %.0f bytes in %.0f block%s from "
+                  "%zu stack%s\n",
+               err_bytes, err_blocks, err_blocks >= 0.5 && err_blocks < 1.5 ? "" : "s", apart.dlerror,
+               apart.dlerror == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
@@ -2315,13 +2403,20 @@ bool write_leak_report(const char* pattern) {
     std::snprintf(counted, sizeof counted, "an estimated %.0f allocation%s from %llu sample%s", calls, one ? "" : "s",
                   static_cast<unsigned long long>(g_samples.load(std::memory_order_relaxed)),
                   g_samples.load(std::memory_order_relaxed) == 1 ? "" : "s");
+  // ", A, B and C aside" of the kinds set apart.
+  char aside[200] = "";
+  const char* kinds[3];
+  unsigned nkinds = 0;
+  if (apart.thread_storage) kinds[nkinds++] = "glibc's thread storage";
+  if (apart.dlopen) kinds[nkinds++] = "the loader's records of dlopen'ed libraries";
+  if (apart.dlerror) kinds[nkinds++] = "what glibc keeps for dlerror";
+  for (unsigned i = 0; i < nkinds; ++i)
+    std::snprintf(aside + std::strlen(aside), sizeof aside - std::strlen(aside), "%s%s%s",
+                  i == 0 ? ", " : i + 1 == nkinds ? " and " : ", ", kinds[i], i + 1 == nkinds ? " aside" : "");
   if (k == 0)
     out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
                g_track_mode == TrackMode::full ? "tracked" : "sampled",
-               apart.thread_storage && apart.dlopen ? ", glibc's thread storage and the loader's records of dlopen'ed libraries aside"
-               : apart.thread_storage             ? ", glibc's thread storage aside"
-               : apart.dlopen                     ? ", the loader's records of dlopen'ed libraries aside"
-                                                  : "",
+               aside,
                counted);
   else
     out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",

@@ -19,6 +19,11 @@
 //            not), and keeps it until exit: the leak's frame in argv[2] lies in
 //            argv[3]'s other_function now; with argv[4] "remove", argv[2] is
 //            deleted after its dlclose
+//   dlsym-fail  dlopens argv[2] and keeps it, looks up a symbol it lacks
+//            (dlsym fails; dlerror is not called, so glibc keeps the message
+//            until exit), argv[3] "open" also dlopens a file that is not
+//            there (dlopen fails likewise), and leaks 4242 bytes from
+//            demo::leak_some_memory: the program's only leak
 //   dlopen-loop  dlopens argv[2] (tests/track/plugin.c++), frees what its
 //            plugin_leak(100) returns and dlcloses it, argv[3] times (default
 //            1000): a workload for the cost of following loaded objects
@@ -302,6 +307,14 @@ int main(int argc, char** argv) {
       return 3;
     }
     if (fn(1) != 2) return fail("other_function\n");
+  } else if (mode == "dlsym-fail") {
+    if (argc < 3) return fail("dlsym-fail: give a library's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);  // kept until exit
+    if (!lib) return fail("dlopen failed\n");
+    if (dlsym(lib, "no_such_symbol_in_this_library")) return fail("dlsym found a symbol that is not there\n");
+    if (argc > 3 && std::strcmp(argv[3], "open") == 0 && dlopen("/nonexistent/libnothere.so", RTLD_NOW))
+      return fail("dlopen of a missing file succeeded\n");
+    g_sink = demo::leak_some_memory(4242);
   } else if (mode == "dlopen-loop") {
     if (argc < 3) return fail("dlopen-loop: give the plugin's path\n");
     int rounds = argc > 3 ? std::atoi(argv[3]) : 1000;
@@ -319,7 +332,7 @@ int main(int argc, char** argv) {
       void* lib = dlopen(argv[i], RTLD_LAZY | RTLD_GLOBAL);
       if (!lib) return fail("dlopen failed\n");
       // (dlsym only where the symbol is: a failed one leaves its message for
-      // dlerror, glibc's blocks of another kind, reported as the program's.)
+      // dlerror, glibc's blocks of another kind: mode dlsym-fail.)
       if (std::strstr(argv[i], "plugin"))
         if (auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"))) std::free(leak(3333));
     }
