@@ -2158,6 +2158,26 @@ bool loader_called_allocator(const Site& s, unsigned j) {
   return true;
 }
 
+// Where the loader calls a library's constructors (call_init, in ld.so's
+// _dl_init): libcalloc's constructor's return address (libcalloc.so's
+// constructor is called there like any library's: the init_array call site);
+// nullptr before libcalloc_init ran.
+const void* g_constructor_caller;
+
+// Whether return address ip is where the loader called a constructor (the
+// frame above an allocation of a constructor that tail-calls malloc, which
+// leaves no frame of its own): the init_array call site libcalloc's own
+// constructor returned to, or -- with names (full mode with glibc's debug
+// file; libcalloc.a linked into a program, whose constructors libc runs) --
+// a frame of call_init or _dl_init, which allocate nothing themselves.
+// Symbolises ip: prepare_sites must have seen its site.
+bool constructor_call(const void* ip) {
+  if (ip == g_constructor_caller) return true;
+  Symbol sym;
+  symbolize(ip, &sym);
+  return same_function(sym.function, "call_init") || same_function(sym.function, "_dl_init");
+}
+
 // The C library's entry points that load objects: dlopen, dlmopen, and the
 // one glibc itself loads NSS modules, gconv modules and libgcc_s with.  All
 // exported, so named without libc6-dbg's file too (sampled reports).
@@ -2194,7 +2214,7 @@ bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
   if (site == 0 || rtld == 0) return false;
   const Site& s = g_sites[site];
   unsigned j = first_loader_frame(s, rtld);
-  if (j == s.depth || !loader_called_allocator(s, j)) return false;
+  if (j == s.depth || !loader_called_allocator(s, j) || constructor_call(s.frames[j])) return false;
   for (; j < s.depth; ++j) {
     Symbol sym;
     symbolize(s.frames[j], &sym);
@@ -2254,7 +2274,7 @@ bool dlerror_buffers(std::uint32_t site, std::uintptr_t rtld) {
   unsigned j = rtld ? first_loader_frame(s, rtld) : s.depth;
   unsigned k = first_dl_module_frame(s);
   if (j < k) {  // the allocator called from the loader: the message?
-    if (!loader_called_allocator(s, j)) return false;
+    if (!loader_called_allocator(s, j) || constructor_call(s.frames[j])) return false;
     Symbol sym;
     symbolize(s.frames[j], &sym);
     if (!same_function(sym.function, "_dl_exception_create") &&
@@ -2817,6 +2837,8 @@ bool same_report_file(const char* a, const char* b) {
   return stat(na, &sa) == 0 && stat(nb, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 }  // namespace
+
+LCA_SAMPLING_TEXT void track_note_constructor_caller(const void* ra) { g_constructor_caller = ra; }
 
 LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;
