@@ -115,7 +115,7 @@ LCA_SAMPLING_TEXT int update_cb(dl_phdr_info* info, std::size_t size, void* data
       u->gen = gen;
       return 1;
     }
-    if (gen == ~std::uint32_t{0}) return 1;  // (never in practice) no numbers left: 0
+    if (gen >= kMaxGeneration) return 1;  // no numbers left: 0
     u->logging = true;
     u->gen = gen + 1;
     g_adds = info->dlpi_adds;
@@ -138,12 +138,33 @@ LCA_SAMPLING_TEXT std::uint32_t modules_generation() {
   return u.gen;
 }
 
-const LoadedObject* modules_object_at(std::uint32_t gen, std::uintptr_t addr) {
+LCA_SAMPLING_TEXT const LoadedObject* modules_object_at(std::uint32_t gen, std::uintptr_t addr) {
   if (gen == 0 || addr == 0) return nullptr;
   std::uintptr_t a = addr - 1;  // a return address: the call is the byte before it
   for (const LoadedObject* o = g_log.load(std::memory_order_acquire); o; o = o->next)
     if (o->first <= gen && gen <= o->last.load(std::memory_order_relaxed) && a >= o->lo && a < o->hi) return o;
   return nullptr;
+}
+
+LCA_SAMPLING_TEXT std::uint32_t modules_generation_if(unsigned long long adds, unsigned long long subs) {
+  pthread_mutex_lock(&g_log_lock);
+  std::uint32_t gen = g_generation.load(std::memory_order_relaxed);
+  if (g_adds != adds || g_subs != subs) gen = 0;
+  pthread_mutex_unlock(&g_log_lock);
+  return gen;
+}
+
+LCA_SAMPLING_TEXT bool modules_same_objects(std::uint32_t then, std::uint32_t now, void* const* frames, unsigned n) {
+  for (unsigned i = 0; i < n; ++i) {
+    auto a = reinterpret_cast<std::uintptr_t>(frames[i]);
+    const LoadedObject* o = modules_object_at(then, a);
+    if (o && o->last.load(std::memory_order_relaxed) >= now) continue;  // loaded throughout
+    const LoadedObject* m = modules_object_at(now, a);
+    if (!o && !m) continue;
+    if (!o || !m || o->base != m->base || o->lo != m->lo || o->hi != m->hi || std::strcmp(o->path, m->path) != 0)
+      return false;
+  }
+  return true;
 }
 
 ModulesStats modules_stats() {

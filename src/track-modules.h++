@@ -39,6 +39,20 @@ struct LoadedObject {
 // before 2.4), or out of memory.
 std::uint32_t modules_generation();
 
+// Generations are below 1 << 24 (a site keeps one in 24 bits): past that,
+// modules_generation answers 0.
+constexpr std::uint32_t kMaxGeneration = (std::uint32_t{1} << 24) - 1;
+
+// The newest logged generation when its counters are adds and subs (those
+// of dl_iterate_phdr now, as a walk's generation check read them); else 0.
+std::uint32_t modules_generation_if(unsigned long long adds, unsigned long long subs);
+
+// Whether each of the return addresses frames[0..n) lies, in generation now,
+// in the same load of the same object as in generation then (the same base,
+// range and path: a library reloaded where it was is the same), or in no
+// object in either.
+bool modules_same_objects(std::uint32_t then, std::uint32_t now, void* const* frames, unsigned n);
+
 // The object that held addr (a return address) in generation gen; nullptr
 // when gen is 0 or no object of that generation held it.  The object is
 // loaded now when its last generation is the newest (modules_generation's

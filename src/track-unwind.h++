@@ -39,6 +39,16 @@ void unwind_init();
 constexpr int kUnwindMaxFrames = 64;
 int unwind_capture(void** out, int max);
 
+// What the calling thread's last unwind_capture knows of the objects its
+// frames lie in: all in objects never unloaded (the program, its startup
+// libraries, ld.so); checked: some may be in objects dlopen loaded (or the
+// walk parsed a rule), and the walk's generation check read dl_iterate_phdr's
+// counters of objects added and removed (unwind_last_counters); or unknown (a
+// fallback unwinder walked, or another architecture).
+enum class CaptureObjects : unsigned char { permanent, checked, unknown };
+extern constinit thread_local CaptureObjects tls_objects __attribute__((tls_model("initial-exec")));
+void unwind_last_counters(unsigned long long* adds, unsigned long long* subs);
+
 // fork (lifecycle.c++'s handlers, before the tracker's locks): prefork waits
 // until no thread is inside a walk (which holds the loader's lock, inside
 // dl_iterate_phdr, and this module's cache lock) and keeps new walks out

@@ -114,11 +114,14 @@ constexpr std::uint64_t kDefaultSampleBytes = 512 * 1024;
 
 struct Site {
   std::atomic<std::uint64_t> key;  // 0: empty; else the stack's hash | 1, set once the frames are written
-  std::uint32_t depth;
+  std::uint32_t depth : 8;
   // The generation of the loaded-object log the stack was interned in
   // (track-modules.c++; 0: unknown, its frames named by what is loaded at the
-  // report).  In the padding before frames: a site is 304 bytes still.
-  std::uint32_t generation;
+  // report), and the last generation the site was found right in (its
+  // frames' objects the same: see intern_site).  In what was the padding
+  // before frames: a site is 304 bytes still.
+  std::uint32_t generation : 24;
+  std::atomic<std::uint32_t> checked;
   void* frames[kMaxFrames];
   std::atomic<std::uint64_t> calls_fx;  // estimated allocations, fixed-point
   std::atomic<std::uint64_t> bytes;     // estimated bytes allocated
@@ -365,12 +368,55 @@ LCA_SAMPLING_TEXT bool index_grow() {
   return true;
 }
 
+// Whether site k, found by the addresses of a stack just captured, holds
+// that stack: the objects at its addresses are those the site was interned
+// with.  They are when the capture's frames all lie in objects never
+// unloaded, or the capture cannot tell (a fallback unwinder: as before the
+// log), or the site's generation (or the last one it was checked in) is the
+// one now; else (a library was unloaded and loaded since) the log answers,
+// once a generation (`checked`).  A stack through a dlopen'ed library costs
+// its walk a dl_iterate_phdr already (the generation check, whose counters
+// give the generation now): this adds the log's lock, and a pass over the
+// frames when the generation changed.
+LCA_SAMPLING_TEXT bool site_holds(std::uint32_t k) {
+  Site& s = g_sites[k];
+  if (tls_objects != CaptureObjects::checked || s.generation == 0) return true;  // (see intern_site)
+  unsigned long long adds, subs;
+  unwind_last_counters(&adds, &subs);
+  std::uint32_t now = modules_generation_if(adds, subs);
+  if (now == 0) now = modules_generation();  // the log is behind: log the objects now (rare)
+  if (now == 0 || now == s.generation || now == s.checked.load(std::memory_order_relaxed)) return true;
+  if (!modules_same_objects(s.generation, now, s.frames, s.depth)) return false;
+  s.checked.store(now, std::memory_order_relaxed);
+  return true;
+}
+
+// A stack's incarnations: sites of the same addresses in other objects (a
+// library unloaded, another loaded at its addresses) are interned under the
+// hashes h ^ i * kIncarnation | 1, i = 1 .. kIncarnations - 1, the first
+// free one taken; past them the last one found is used.
+constexpr unsigned kIncarnations = 8;
+constexpr std::uint64_t kIncarnation = 0xc2b2ae3d27d4eb4full;
+
 // The site of a stack, created on first sight; 0 (the overflow site) when the
 // table has no room for it.  Lookups take no lock.
 LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
-  std::uint64_t h = hash_stack(frames, n);
+  std::uint64_t h0 = hash_stack(frames, n), h = h0;
   std::size_t slot;
-  if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
+  std::uint32_t last = index_probe(g_site_index.load(std::memory_order_acquire), h0, frames, n, &slot);
+  // The usual case: found, and the stack in objects never unloaded.
+  if (last && (tls_objects != CaptureObjects::checked || site_holds(last))) return last;
+  if (last) {
+    unsigned i = 1;
+    for (; i < kIncarnations; ++i) {
+      h = (h0 ^ i * kIncarnation) | 1;
+      std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot);
+      if (k == 0) break;  // h: the first incarnation not interned
+      if (site_holds(k)) return k;
+      last = k;
+    }
+    if (i == kIncarnations) return last;  // every incarnation taken, none holds: the last
+  }
   // A new stack (or one interned meanwhile): the objects loaded now, before
   // g_site_lock (dl_iterate_phdr takes the loader's lock, which a thread may
   // hold while it allocates: inside a dl_iterate_phdr callback of its own).

@@ -251,6 +251,30 @@ if test -f "$plugin" && test -f "$other"; then
     fi
     if grep -q other_function "$tmp/reload.folded"; then fail "dlclose-reload, collapsed: named other_function"; fi
   fi
+  # Two stacks of the same addresses: the plugin leaks, is closed, and a copy
+  # of it (another file) is loaded at its address and leaks from the same
+  # call.  Two sites, each naming its file (the second was counted on the
+  # first's stack, named by the first's file: one stack of 7777 bytes).
+  cp "$plugin" "$tmp/libtrackcopy.so"
+  for opts in leak_report=1 leak_report=1,sample=16; do
+    env LD_PRELOAD="$so" LIBCALLOC_OPTIONS=$opts "$demo" dlclose-same-site "$plugin" "$tmp/libtrackcopy.so" 2>"$tmp/err"
+    rc=$?
+    if test $rc = 3; then
+      echo "note: dlclose-same-site: the copy did not land where the plugin lay: not checked ($opts)"
+    elif test $rc != 0; then
+      fail "track-demo dlclose-same-site ($opts) exited $rc: $(cat "$tmp/err")"
+    else
+      for want in "3333 bytes in 1 block allocated at:" "4444 bytes in 1 block allocated at:" \
+        "libtrackplugin.so+0x" "libtrackcopy.so+0x" "libcalloc: leak summary: 7777 bytes in 2 blocks from 2 allocation stacks"; do
+        expect "$tmp/err" "$want" "dlclose-same-site ($opts)"
+      done
+      # Each leak's first frame names its own file.
+      if ! grep -A1 "^3333 bytes" "$tmp/err" | grep -q "libtrackplugin.so+0x.*; unloaded)" ||
+        ! grep -A1 "^4444 bytes" "$tmp/err" | grep -q "libtrackcopy.so+0x"; then
+        fail "dlclose-same-site ($opts): a leak named by the other file: $(cat "$tmp/err")"
+      fi
+    fi
+  done
   pprof=$(command -v google-pprof || command -v pprof || true)
   if test -n "$pprof" && reload profile="$tmp/reload.heap",profile_format=pprof,sample=1 "$plugin"; then
     "$pprof" --text "$demo" "$tmp/reload.heap" >"$tmp/pprof.out" 2>&1

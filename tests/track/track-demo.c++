@@ -19,6 +19,12 @@
 //            not), and keeps it until exit: the leak's frame in argv[2] lies in
 //            argv[3]'s other_function now; with argv[4] "remove", argv[2] is
 //            deleted after its dlclose
+//   dlclose-same-site  dlopens argv[2] (tests/track/plugin.c++) and leaks
+//            3333 bytes through its plugin_leak, dlcloses it, then dlopens
+//            argv[3] (a copy of it under another name), which must land where
+//            argv[2] lay (exit 3 when it does not), and leaks 4444 bytes the
+//            same way, from the same call: two stacks of the same addresses
+//            in two libraries
 //   dlsym-fail  dlopens argv[2] and keeps it, looks up a symbol it lacks
 //            (dlsym fails; dlerror is not called, so glibc keeps the message
 //            until exit), argv[3] "open" also dlopens a file that is not
@@ -93,6 +99,33 @@ __attribute__((noinline)) void* cold_allocator(std::size_t n) {
 
 namespace {
 void* volatile g_sink;
+void* volatile g_sinks[2];  // dlclose-same-site's two leaks
+
+int fail(const char* why);
+
+// dlclose-same-site's step i: dlopens path, leaks 3333 (i = 0) or 4444 bytes
+// through its plugin_leak, dlcloses it (i = 0); 3 when the second library is
+// not where the first was, 1 on another failure.
+void* g_first_base;
+__attribute__((noinline)) int load_and_leak(const char* path, int i) {
+  void* lib = dlopen(path, RTLD_NOW);  // the second kept until exit
+  if (!lib) return fail("dlopen failed\n");
+  auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+  Dl_info dl{};
+  if (!leak || !dladdr(reinterpret_cast<void*>(leak), &dl)) return fail("no plugin_leak\n");
+  if (i == 0) g_first_base = dl.dli_fbase;
+  if (i == 1 && dl.dli_fbase != g_first_base) {
+    fail("the second copy was not loaded where the first was\n");
+    return 3;
+  }
+  // i laundered: the compiler must not copy the call into paths it knows i
+  // on (one call: the same return address for both libraries).
+  asm volatile("" : "+r"(i));
+  g_sinks[i] = leak(i ? 4444 : 3333);
+  asm volatile("" : "+r"(i));
+  if (i == 0 && dlclose(lib) != 0) return fail("dlclose failed\n");
+  return 0;
+}
 
 __attribute__((noinline)) void churn() {
   for (int i = 0; i < 1000; ++i) {
@@ -307,6 +340,11 @@ int main(int argc, char** argv) {
       return 3;
     }
     if (fn(1) != 2) return fail("other_function\n");
+  } else if (mode == "dlclose-same-site") {
+    if (argc < 4) return fail("dlclose-same-site: give two copies of the plugin\n");
+    static volatile int two = 2;  // not unrolled: one call of load_and_leak, the same stack twice
+    for (int i = 0; i < two; ++i)
+      if (int rc = load_and_leak(argv[2 + i], i)) return rc;
   } else if (mode == "dlsym-fail") {
     if (argc < 3) return fail("dlsym-fail: give a library's path\n");
     void* lib = dlopen(argv[2], RTLD_NOW);  // kept until exit
