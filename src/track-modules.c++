@@ -29,9 +29,10 @@
 // Locks: the log is written inside dl_iterate_phdr (the loader's list lock,
 // which serialises the callbacks) under g_log_lock, taken in the first
 // callback and released after dl_iterate_phdr returns: the loader's lock is
-// always taken first.  Readers (report writers) follow the list without a
-// lock: records are published with release stores and never change but for
-// `last`.
+// always taken first.  g_log_lock is only ever held inside g_fork_rw
+// (unwind_enter_loader, shared): a fork waits until no thread holds it.
+// Readers (report writers) follow the list without a lock: records are
+// published with release stores and never change but for `last`.
 #include "track-modules.h++"
 
 #include <atomic>
@@ -50,7 +51,7 @@ pthread_mutex_t g_log_lock = PTHREAD_MUTEX_INITIALIZER;
 std::atomic<const LoadedObject*> g_log{nullptr};      // newest first
 std::atomic<std::uint32_t> g_generation{0};           // the newest logged; 0: none yet
 unsigned long long g_adds, g_subs;                    // its counters (g_log_lock)
-std::size_t g_objects, g_bytes;                       // (g_log_lock)
+std::atomic<std::size_t> g_objects{0}, g_bytes{0};    // written under g_log_lock
 
 struct Update {
   bool first = true;
@@ -99,8 +100,8 @@ LCA_SAMPLING_TEXT void log_object(const dl_phdr_info* info, std::uint32_t gen) {
   o->last.store(gen, std::memory_order_relaxed);
   o->next = g_log.load(std::memory_order_relaxed);
   g_log.store(o, std::memory_order_release);
-  ++g_objects;
-  g_bytes += bytes;
+  g_objects.store(g_objects.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  g_bytes.store(g_bytes.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
 }
 
 LCA_SAMPLING_TEXT int update_cb(dl_phdr_info* info, std::size_t size, void* data) {
@@ -147,10 +148,14 @@ LCA_SAMPLING_TEXT const LoadedObject* modules_object_at(std::uint32_t gen, std::
 }
 
 LCA_SAMPLING_TEXT std::uint32_t modules_generation_if(unsigned long long adds, unsigned long long subs) {
+  // Inside g_fork_rw as modules_generation: no thread holds g_log_lock when
+  // the process forks (the child would wait for it forever).
+  if (!unwind_enter_loader()) return 0;
   pthread_mutex_lock(&g_log_lock);
   std::uint32_t gen = g_generation.load(std::memory_order_relaxed);
   if (g_adds != adds || g_subs != subs) gen = 0;
   pthread_mutex_unlock(&g_log_lock);
+  unwind_leave_loader();
   return gen;
 }
 
@@ -167,11 +172,9 @@ LCA_SAMPLING_TEXT bool modules_same_objects(std::uint32_t then, std::uint32_t no
   return true;
 }
 
-ModulesStats modules_stats() {
-  pthread_mutex_lock(&g_log_lock);
-  ModulesStats s{g_generation.load(std::memory_order_relaxed), g_objects, g_bytes};
-  pthread_mutex_unlock(&g_log_lock);
-  return s;
+ModulesStats modules_stats() {  // (no lock: the profile thread may ask while another thread forks)
+  return ModulesStats{g_generation.load(std::memory_order_relaxed), g_objects.load(std::memory_order_relaxed),
+                      g_bytes.load(std::memory_order_relaxed)};
 }
 
 }  // namespace lca
