@@ -6,8 +6,10 @@
 // dlopen, the shape of the loader's own records (tests/integration/track.sh,
 // "dlopen-keep").  A leak of the program's all the same.
 #if defined(__x86_64__)
+// (pushsection/popsection: the compiler's own output after this, a
+// sanitizer's module constructor, stays in the section it expects.)
 asm(R"(
-  .text
+  .pushsection .text
   .globl ctortail_constructor
   .type ctortail_constructor, @function
 ctortail_constructor:
@@ -16,10 +18,11 @@ ctortail_constructor:
   jmp malloc@PLT
   .cfi_endproc
   .size ctortail_constructor, .-ctortail_constructor
-  .section .init_array, "aw"
+  .popsection
+  .pushsection .init_array, "aw"
   .p2align 3
   .quad ctortail_constructor
-  .section .note.GNU-stack, "", @progbits
+  .popsection
 )");
 #else
 #include <cstdlib>
