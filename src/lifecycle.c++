@@ -542,6 +542,7 @@ __attribute__((constructor)) LCA_CORE_TEXT void libcalloc_init() {
   if (g_options.numa) numa_enable_thread_heaps();  // reads the topology: libnuma allocates
   register_fork_handlers(domains_prefork, domains_postfork_parent, domains_postfork_child);
 #if CALLOC_TRACKING
+  track_note_constructor_caller(__builtin_return_address(0));
   track_init(g_options);
 #endif
 }

@@ -276,6 +276,9 @@ std::atomic<std::uint64_t> g_captures{0}, g_fallbacks{0}, g_hits{0}, g_misses{0}
 constexpr unsigned kCountBatch = 64;
 constinit thread_local std::uint32_t tls_captures __attribute__((tls_model("initial-exec"))) = 0;
 constinit thread_local std::uint32_t tls_hits __attribute__((tls_model("initial-exec"))) = 0;
+// The counters the thread's last generation check read.
+constinit thread_local unsigned long long tls_seen_adds __attribute__((tls_model("initial-exec"))) = 0;
+constinit thread_local unsigned long long tls_seen_subs __attribute__((tls_model("initial-exec"))) = 0;
 LCA_SAMPLING_TEXT void publish_counts() {
   g_captures.fetch_add(tls_captures, std::memory_order_relaxed);
   g_hits.fetch_add(tls_hits, std::memory_order_relaxed);
@@ -457,6 +460,8 @@ LCA_SAMPLING_TEXT void cache_insert(std::uintptr_t pc, std::uint64_t bits) {
 // again in that slot, a duplicate of a rule that is right, counted in
 // g_entries (the table grows a little sooner), never a stale one.
 LCA_SAMPLING_TEXT void check_generation(unsigned long long adds, unsigned long long subs) {
+  tls_seen_adds = adds;
+  tls_seen_subs = subs;
   static std::atomic<unsigned long long> seen_adds{0}, seen_subs{0};
   if (seen_adds.load(std::memory_order_relaxed) == adds && seen_subs.load(std::memory_order_relaxed) == subs) return;
   pthread_mutex_lock(&g_cache_lock);
@@ -1159,6 +1164,11 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) int own_capture(void** out, int max)
   w.hi = hi;
   walk_frames(&w);
   if (w.fork_locked) pthread_rwlock_unlock(&g_fork_rw);
+  // A rule with kMayUnload is used only after the walk's check, and a walk
+  // whose rules were all cached without it has frames in objects never
+  // unloaded; a checked walk may have had a miss only (told apart by no
+  // more than the cost of site_holds' look at the log).
+  tls_objects = !w.done ? CaptureObjects::unknown : w.checked ? CaptureObjects::checked : CaptureObjects::permanent;
   return w.done ? w.n : -1 - w.n;
 }
 
@@ -1202,6 +1212,7 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) int unwind_capture(void** out, int m
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
   int n = -1, partial = 0;
+  tls_objects = CaptureObjects::unknown;
 #if LCA_OWN_UNWINDER
   // Not in Valgrind mode: there the walk would take the loader's lock while
   // holding VgSerial, and a thread in dlopen that mallocs waits for VgSerial.
@@ -1214,6 +1225,7 @@ LCA_SAMPLING_TEXT __attribute__((noinline)) int unwind_capture(void** out, int m
   }
 #endif
   if (n < 0) {
+    tls_objects = CaptureObjects::unknown;
     if (const Unwinder* u = fallback(raw, partial))
       n = u->gcc_backtrace ? gcc_capture(*u, raw, max + 1) : step_capture(*u, raw, max + 1);
     else
@@ -1243,6 +1255,27 @@ __attribute__((noinline)) int unwind_capture_step(void** out, int max) {
   void* raw[kUnwindMaxFrames + 1];
   if (max > kUnwindMaxFrames) max = kUnwindMaxFrames;
   return drop_first(out, raw, step_capture(g_step_unwinder, raw, max + 1));
+}
+
+constinit thread_local CaptureObjects tls_objects __attribute__((tls_model("initial-exec"))) = CaptureObjects::unknown;
+
+LCA_SAMPLING_TEXT void unwind_last_counters(unsigned long long* adds, unsigned long long* subs) {
+  *adds = tls_seen_adds;
+  *subs = tls_seen_subs;
+}
+
+LCA_SAMPLING_TEXT bool unwind_enter_loader() {
+#if LCA_OWN_UNWINDER
+  return pthread_rwlock_tryrdlock(&g_fork_rw) == 0;
+#else
+  return true;
+#endif
+}
+
+LCA_SAMPLING_TEXT void unwind_leave_loader() {
+#if LCA_OWN_UNWINDER
+  pthread_rwlock_unlock(&g_fork_rw);
+#endif
 }
 
 // Set by the forking thread when its prepare handler took g_fork_rw (not when

@@ -39,6 +39,16 @@ void unwind_init();
 constexpr int kUnwindMaxFrames = 64;
 int unwind_capture(void** out, int max);
 
+// What the calling thread's last unwind_capture knows of the objects its
+// frames lie in: all in objects never unloaded (the program, its startup
+// libraries, ld.so); checked: some may be in objects dlopen loaded (or the
+// walk parsed a rule), and the walk's generation check read dl_iterate_phdr's
+// counters of objects added and removed (unwind_last_counters); or unknown (a
+// fallback unwinder walked, or another architecture).
+enum class CaptureObjects : unsigned char { permanent, checked, unknown };
+extern constinit thread_local CaptureObjects tls_objects __attribute__((tls_model("initial-exec")));
+void unwind_last_counters(unsigned long long* adds, unsigned long long* subs);
+
 // fork (lifecycle.c++'s handlers, before the tracker's locks): prefork waits
 // until no thread is inside a walk (which holds the loader's lock, inside
 // dl_iterate_phdr, and this module's cache lock) and keeps new walks out
@@ -46,6 +56,14 @@ int unwind_capture(void** out, int max);
 void unwind_prefork();
 void unwind_postfork_parent();
 void unwind_postfork_child();
+
+// Around a dl_iterate_phdr of the tracker's outside a walk (track-modules.c++'s
+// log): unwind_enter_loader takes the lock fork's prepare handler takes, shared,
+// so that no thread is inside the loader's list lock when the process forks;
+// false (and nothing taken) when a fork is under way.  unwind_leave_loader
+// releases it.  Outside the own walker's builds: always true, nothing taken.
+bool unwind_enter_loader();
+void unwind_leave_loader();
 
 // Memory for the frame cache: track.c++'s pool of OS-backed pieces (zeroed).
 void* track_pool_alloc(std::size_t bytes);

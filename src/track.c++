@@ -68,6 +68,7 @@
 #include "secure.h++"
 #include "secure_vg.h++"
 #include "tcache.h++"
+#include "track-modules.h++"
 #include "track-unwind.h++"
 #include "vg.h++"
 
@@ -113,13 +114,22 @@ constexpr std::uint64_t kDefaultSampleBytes = 512 * 1024;
 
 struct Site {
   std::atomic<std::uint64_t> key;  // 0: empty; else the stack's hash | 1, set once the frames are written
-  std::uint32_t depth;
+  std::uint32_t depth : 8;
+  // The generation of the loaded-object log the stack was interned in
+  // (track-modules.c++; 0: unknown, its frames named by what is loaded at the
+  // report), and the last generation the site was found right in (its
+  // frames' objects the same: see intern_site).  In what was the padding
+  // before frames: a site is 304 bytes still.
+  std::uint32_t generation : 24;
+  std::atomic<std::uint32_t> checked;
   void* frames[kMaxFrames];
   std::atomic<std::uint64_t> calls_fx;  // estimated allocations, fixed-point
   std::atomic<std::uint64_t> bytes;     // estimated bytes allocated
   std::atomic<std::int64_t> live_fx;    // estimated live blocks, fixed-point
   std::atomic<std::int64_t> live_bytes;
 };
+
+static_assert(sizeof(Site) == 304, "a site's size is documented (kSites; docs/design.md)");
 
 struct BlockNode {
   std::uintptr_t addr;
@@ -358,12 +368,59 @@ LCA_SAMPLING_TEXT bool index_grow() {
   return true;
 }
 
+// Whether site k, found by the addresses of a stack just captured, holds
+// that stack: the objects at its addresses are those the site was interned
+// with.  They are when the capture's frames all lie in objects never
+// unloaded, or the capture cannot tell (a fallback unwinder: as before the
+// log), or the site's generation (or the last one it was checked in) is the
+// one now; else (a library was unloaded and loaded since) the log answers,
+// once a generation (`checked`).  A stack through a dlopen'ed library costs
+// its walk a dl_iterate_phdr already (the generation check, whose counters
+// give the generation now): this adds the log's lock, and a pass over the
+// frames when the generation changed.
+LCA_SAMPLING_TEXT bool site_holds(std::uint32_t k) {
+  Site& s = g_sites[k];
+  if (tls_objects != CaptureObjects::checked || s.generation == 0) return true;  // (see intern_site)
+  unsigned long long adds, subs;
+  unwind_last_counters(&adds, &subs);
+  std::uint32_t now = modules_generation_if(adds, subs);
+  if (now == 0) now = modules_generation();  // the log is behind: log the objects now (rare)
+  if (now == 0 || now == s.generation || now == s.checked.load(std::memory_order_relaxed)) return true;
+  if (!modules_same_objects(s.generation, now, s.frames, s.depth)) return false;
+  s.checked.store(now, std::memory_order_relaxed);
+  return true;
+}
+
+// A stack's incarnations: sites of the same addresses in other objects (a
+// library unloaded, another loaded at its addresses) are interned under the
+// hashes h ^ i * kIncarnation | 1, i = 1 .. kIncarnations - 1, the first
+// free one taken; past them the last one found is used.
+constexpr unsigned kIncarnations = 8;
+constexpr std::uint64_t kIncarnation = 0xc2b2ae3d27d4eb4full;
+
 // The site of a stack, created on first sight; 0 (the overflow site) when the
 // table has no room for it.  Lookups take no lock.
 LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
-  std::uint64_t h = hash_stack(frames, n);
+  std::uint64_t h0 = hash_stack(frames, n), h = h0;
   std::size_t slot;
-  if (std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot)) return k;
+  std::uint32_t last = index_probe(g_site_index.load(std::memory_order_acquire), h0, frames, n, &slot);
+  // The usual case: found, and the stack in objects never unloaded.
+  if (last && (tls_objects != CaptureObjects::checked || site_holds(last))) return last;
+  if (last) {
+    unsigned i = 1;
+    for (; i < kIncarnations; ++i) {
+      h = (h0 ^ i * kIncarnation) | 1;
+      std::uint32_t k = index_probe(g_site_index.load(std::memory_order_acquire), h, frames, n, &slot);
+      if (k == 0) break;  // h: the first incarnation not interned
+      if (site_holds(k)) return k;
+      last = k;
+    }
+    if (i == kIncarnations) return last;  // every incarnation taken, none holds: the last
+  }
+  // A new stack (or one interned meanwhile): the objects loaded now, before
+  // g_site_lock (dl_iterate_phdr takes the loader's lock, which a thread may
+  // hold while it allocates: inside a dl_iterate_phdr callback of its own).
+  std::uint32_t generation = modules_generation();
   pthread_mutex_lock(&g_site_lock);
   SiteIndex* t = g_site_index.load(std::memory_order_relaxed);
   std::uint32_t k = index_probe(t, h, frames, n, &slot);
@@ -376,6 +433,7 @@ LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
     if (slot != ~std::size_t{0}) {
       Site& s = g_sites[used];
       s.depth = n;
+      s.generation = generation;
       std::memcpy(s.frames, frames, n * sizeof(void*));
       s.key.store(h, std::memory_order_relaxed);
       g_nsites.store(used + 1, std::memory_order_release);
@@ -1546,7 +1604,10 @@ bool open_debug_file(const char* path, const ElfFile& module, ElfFile* out) {
 // Resolves one module's targets: maps its file (and its separate debug file
 // when the module has no symbol table or no line table of its own), runs the
 // two passes, copies what they found, unmaps them.
-void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results) {
+// `loaded`: the module is loaded now, and dladdr has named its addresses from
+// its dynamic symbols already (a module unloaded since has only its file).
+void resolve_module(const char* path, bool* relative, Target* targets, std::size_t n, SymResult* results,
+                    bool loaded = true) {
   ElfFile mod, dbg;
   if (!map_elf(path, &mod)) return;
   *relative = mod.eh()->e_type == ET_DYN;
@@ -1565,6 +1626,8 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
     module_symbols(mod, targets, n);
   } else if (dbg.base && has_symtab(dbg)) {
     module_symbols(dbg, targets, n);
+  } else if (!loaded) {
+    module_symbols(mod, targets, n);  // its .dynsym
   }
   const char* unreadable = nullptr;
   bool lines = module_lines(mod, targets, n, &unreadable);
@@ -1663,7 +1726,103 @@ struct Symbol {
   std::uintptr_t offset;
   char module[256];
   std::uintptr_t module_offset;
+  bool unloaded = false;  // the module was unloaded before the report (named from its file)
+  bool gone = false;      // ... and its file could not be read
 };
+
+// --- frames of objects unloaded before the report -----------------------------------
+//
+// A site's frames are named through the objects of its generation
+// (track-modules.c++): one that is not loaded now (a library closed with
+// dlclose; another may lie at its addresses) is named from its file, by path
+// and offset, and kept apart from g_syms (whose keys are addresses, which the
+// object loaded there now owns).  Under g_sym_lock, sorted by (object, addr).
+struct StaleResult {
+  const LoadedObject* obj;
+  SymResult r;
+  bool gone;  // the file could not be read
+};
+StaleResult* g_stale;
+std::size_t g_nstale, g_stale_bytes;
+// The log's generation when the report began (modules_generation, under
+// g_report_lock): an object whose last generation is older is not loaded now.
+// 0: unknown (Valgrind mode, the log empty): every frame is named by what is
+// loaded now.
+std::uint32_t g_report_generation;
+
+bool stale_less(const StaleResult& x, const StaleResult& y) {
+  return x.obj != y.obj ? std::less<const LoadedObject*>()(x.obj, y.obj) : x.r.addr < y.r.addr;
+}
+
+// The object that held a frame of a site of generation gen, when it is not
+// loaded now (nullptr: the frame is named by what is loaded at its address).
+const LoadedObject* unloaded_object(std::uint32_t gen, const void* ip) {
+  if (g_report_generation == 0 || gen == 0 || gen >= g_report_generation) return nullptr;
+  const LoadedObject* o = modules_object_at(gen, reinterpret_cast<std::uintptr_t>(ip));
+  if (!o || o->path[0] == 0 || o->last.load(std::memory_order_relaxed) >= g_report_generation) return nullptr;
+  return o;
+}
+
+const StaleResult* find_stale(const LoadedObject* o, std::uintptr_t a) {
+  StaleResult key{};
+  key.obj = o;
+  key.r.addr = a;
+  const StaleResult* it = std::lower_bound(g_stale, g_stale + g_nstale, key, stale_less);
+  return it < g_stale + g_nstale && it->obj == o && it->r.addr == a ? it : nullptr;
+}
+
+// Names the frames fr[0..n) of unloaded objects that g_stale lacks, each
+// object's from its file (a copy of prepare_symbols' merge).
+void prepare_stale(StaleResult* fr, std::size_t n) {
+  if (n == 0) return;
+  pthread_mutex_lock(&g_sym_lock);
+  std::sort(fr, fr + n, stale_less);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (find_stale(fr[i].obj, fr[i].r.addr)) continue;
+    if (k && fr[k - 1].obj == fr[i].obj && fr[k - 1].r.addr == fr[i].r.addr) continue;
+    fr[k++] = fr[i];
+  }
+  std::size_t tbytes = align_up(k * sizeof(Target) + k * sizeof(SymResult), os_page_size());
+  auto* results = static_cast<SymResult*>(os_map(tbytes));
+  if (!results) {
+    pthread_mutex_unlock(&g_sym_lock);
+    return;
+  }
+  auto* targets = reinterpret_cast<Target*>(results + k);
+  for (std::size_t i = 0; i < k;) {
+    const LoadedObject* o = fr[i].obj;
+    std::size_t j = i;
+    const char* module = keep_string(o->path);
+    for (; j < k && fr[j].obj == o; ++j) {
+      results[j] = SymResult{};
+      results[j].addr = fr[j].r.addr;
+      results[j].fbase = o->base;
+      results[j].module = module;
+      targets[j - i] = Target{fr[j].r.addr - 1 - o->base, j, 0, nullptr, false, false, nullptr, 0};
+    }
+    int fd = open(o->path, O_RDONLY | O_CLOEXEC);
+    bool gone = fd < 0;
+    if (fd >= 0) close(fd);
+    bool relative = true;
+    if (!gone) resolve_module(o->path, &relative, targets, j - i, results, false);
+    for (std::size_t m = i; m < j; ++m) {
+      fr[m].r = results[m];
+      fr[m].gone = gone;
+    }
+    i = j;
+  }
+  os_unmap(results, tbytes);
+  std::size_t total = g_nstale + k;
+  std::size_t merged_bytes = align_up(total * sizeof(StaleResult), os_page_size());
+  auto* merged = static_cast<StaleResult*>(os_map(merged_bytes));
+  if (merged) {
+    std::merge(g_stale, g_stale + g_nstale, fr, fr + k, merged, stale_less);
+    if (g_stale) os_unmap(g_stale, g_stale_bytes);
+    g_stale = merged, g_nstale = total, g_stale_bytes = merged_bytes;
+  }
+  pthread_mutex_unlock(&g_sym_lock);
+}
 
 // What prepare_symbols found for addr (which it must have been given).
 void symbolize(const void* addr, Symbol* out) {
@@ -1690,6 +1849,35 @@ void symbolize(const void* addr, Symbol* out) {
   out->offset = a - copy.start;
 }
 
+// A frame of a site of generation gen: through its unloaded object's file
+// when prepare_stale named it, else symbolize.
+void symbolize_frame(std::uint32_t gen, const void* addr, Symbol* out) {
+  const LoadedObject* o = unloaded_object(gen, addr);
+  if (!o) return symbolize(addr, out);
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  pthread_mutex_lock(&g_sym_lock);
+  const StaleResult* r = find_stale(o, a);
+  StaleResult copy{};
+  if (r) copy = *r;
+  pthread_mutex_unlock(&g_sym_lock);
+  out->function[0] = 0;
+  out->file = nullptr;
+  out->line = 0;
+  out->offset = 0;
+  std::snprintf(out->module, sizeof out->module, "%s", o->path);
+  out->module_offset = a - o->base;
+  out->unloaded = true;
+  out->gone = r && copy.gone;
+  if (!r) return;
+  out->file = copy.r.file;
+  out->line = copy.r.line;
+  if (!copy.r.raw_name) return;
+  char* demangled = cxx_demangle(copy.r.raw_name);
+  std::snprintf(out->function, sizeof out->function, "%s", demangled ? demangled : copy.r.raw_name);
+  std::free(demangled);
+  out->offset = a - copy.r.start;
+}
+
 // --- report writing ---------------------------------------------------------------
 
 struct SiteView {
@@ -1706,16 +1894,36 @@ void prepare_sites(const SiteView* v, std::size_t n) {
   std::size_t bytes = align_up(nframes * sizeof(void*), os_page_size());
   auto* frames = static_cast<void**>(os_map(bytes));
   if (!frames) return;
-  std::size_t k = 0;
+  std::size_t k = 0, nstale = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const Site& s = g_sites[v[i].index];
-    for (unsigned j = 0; j < s.depth; ++j) frames[k++] = s.frames[j];
+    for (unsigned j = 0; j < s.depth; ++j)
+      if (unloaded_object(s.generation, s.frames[j]))
+        ++nstale;
+      else
+        frames[k++] = s.frames[j];
   }
   // Stacks share most frames: the batch is sized by the distinct ones.
   std::sort(frames, frames + k);
   k = static_cast<std::size_t>(std::unique(frames, frames + k) - frames);
   prepare_symbols(frames, k);
   os_unmap(frames, bytes);
+  if (nstale == 0) return;
+  std::size_t sbytes = align_up(nstale * sizeof(StaleResult), os_page_size());
+  auto* stale = static_cast<StaleResult*>(os_map(sbytes));
+  if (!stale) return;
+  std::size_t m = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Site& s = g_sites[v[i].index];
+    for (unsigned j = 0; j < s.depth; ++j)
+      if (const LoadedObject* o = unloaded_object(s.generation, s.frames[j])) {
+        stale[m] = StaleResult{};
+        stale[m].obj = o;
+        stale[m++].r.addr = reinterpret_cast<std::uintptr_t>(s.frames[j]);
+      }
+  }
+  prepare_stale(stale, m);
+  os_unmap(stale, sbytes);
 }
 
 // A snapshot of every site with something to report, in memory of its own
@@ -1854,16 +2062,23 @@ bool out_close(Out* o) {
 // module+0x0", an offset that is none.
 constexpr const char* kNoModule = "in no module loaded now: a library unloaded with dlclose?";
 
-void print_frame(Out* f, unsigned i, const void* ip) {
+// After the module of a frame whose object was unloaded before the report
+// (named from its file), or whose file could not be read then.
+const char* unloaded_note(const Symbol& s) {
+  return s.gone ? "; unloaded, and its file is gone" : s.unloaded ? "; unloaded" : "";
+}
+
+void print_frame(Out* f, unsigned i, const void* ip, std::uint32_t gen) {
   Symbol s;
-  symbolize(ip, &s);
+  symbolize_frame(gen, ip, &s);
   char where[320] = "";
   if (s.file) std::snprintf(where, sizeof where, " at %s:%u", s.file, s.line);
   if (s.function[0])
-    out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
-                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset));
+    out_printf(f, "    #%u %p in %s+0x%lx%s (%s+0x%lx%s)\n", i, ip, s.function, static_cast<unsigned long>(s.offset),
+                 where, s.module[0] ? s.module : "?", static_cast<unsigned long>(s.module_offset), unloaded_note(s));
   else if (s.module[0])
-    out_printf(f, "    #%u %p (%s+0x%lx)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset));
+    out_printf(f, "    #%u %p (%s+0x%lx%s)\n", i, ip, s.module, static_cast<unsigned long>(s.module_offset),
+               unloaded_note(s));
   else  // names are looked up now: the module of an unloaded library is not known (docs/design.md)
     out_printf(f, "    #%u %p (%s)\n", i, ip, kNoModule);
 }
@@ -1875,7 +2090,7 @@ void print_stack(Out* f, std::uint32_t site) {
   }
   const Site& s = g_sites[site];
   if (s.depth == 0) out_printf(f, "    [no stack]\n");
-  for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i]);
+  for (unsigned i = 0; i < s.depth; ++i) print_frame(f, i, s.frames[i], s.generation);
 }
 
 const char* mode_text(char* buf, std::size_t cap) {
@@ -1989,6 +2204,26 @@ bool loader_called_allocator(const Site& s, unsigned j) {
   return true;
 }
 
+// Where the loader calls a library's constructors (call_init, in ld.so's
+// _dl_init): libcalloc's constructor's return address (libcalloc.so's
+// constructor is called there like any library's: the init_array call site);
+// nullptr before libcalloc_init ran.
+const void* g_constructor_caller;
+
+// Whether return address ip is where the loader called a constructor (the
+// frame above an allocation of a constructor that tail-calls malloc, which
+// leaves no frame of its own): the init_array call site libcalloc's own
+// constructor returned to, or -- with names (full mode with glibc's debug
+// file; libcalloc.a linked into a program, whose constructors libc runs) --
+// a frame of call_init or _dl_init, which allocate nothing themselves.
+// Symbolises ip: prepare_sites must have seen its site.
+bool constructor_call(const void* ip) {
+  if (ip == g_constructor_caller) return true;
+  Symbol sym;
+  symbolize(ip, &sym);
+  return same_function(sym.function, "call_init") || same_function(sym.function, "_dl_init");
+}
+
 // The C library's entry points that load objects: dlopen, dlmopen, and the
 // one glibc itself loads NSS modules, gconv modules and libgcc_s with.  All
 // exported, so named without libc6-dbg's file too (sampled reports).
@@ -2025,7 +2260,7 @@ bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
   if (site == 0 || rtld == 0) return false;
   const Site& s = g_sites[site];
   unsigned j = first_loader_frame(s, rtld);
-  if (j == s.depth || !loader_called_allocator(s, j)) return false;
+  if (j == s.depth || !loader_called_allocator(s, j) || constructor_call(s.frames[j])) return false;
   for (; j < s.depth; ++j) {
     Symbol sym;
     symbolize(s.frames[j], &sym);
@@ -2036,11 +2271,83 @@ bool dlopen_records(std::uint32_t site, std::uintptr_t rtld) {
   return false;  // (no dlopen among the frames kept)
 }
 
+// The C library's dl functions that keep their failure's message for dlerror
+// (through _dlerror_run): all exported, named without libc6-dbg's file too;
+// __libc_dlopen_mode and its kin (NSS, gconv, libgcc_s) catch the error
+// themselves and keep nothing, but their frames may lead there.
+bool dlerror_function(const char* name) {
+  for (const char* f : {"dlopen", "dlmopen", "dlsym", "dlvsym", "dlclose", "dlinfo"})
+    if (same_function(name, f)) return true;
+  return false;
+}
+
+// The object of frame ip is the C library or libdl (by dladdr's path).
+bool in_dl_module(const void* ip) {
+  Dl_info dl;
+  auto a = reinterpret_cast<std::uintptr_t>(ip);
+  return a && dladdr(reinterpret_cast<void*>(a - 1), &dl) && dl.dli_fname && dl_module(dl.dli_fname);
+}
+
+// The first frame of s among its first kAllocatorFramesMax + 1 in the C
+// library or libdl (in_dl_module); s.depth when there is none.
+unsigned first_dl_module_frame(const Site& s) {
+  unsigned limit = s.depth < kAllocatorFramesMax + 1 ? s.depth : kAllocatorFramesMax + 1;
+  for (unsigned j = 0; j < limit; ++j)
+    if (in_dl_module(s.frames[j])) return j;
+  return s.depth;
+}
+
+// What glibc keeps for dlerror after a dl function failed (dlsym of a symbol
+// that is not there, dlopen of a file that cannot be loaded), until the next
+// dl call of the thread, or its exit: the message, and the thread's record
+// of it.  glibc 2.36 (with libc6-dbg):
+//  - the message: _dl_exception_create_format (or _dl_exception_create),
+//    ld.so, the allocator's caller, under the loader's or the C library's dl
+//    frames only (_dl_lookup_symbol_x, do_sym, dlsym_doit,
+//    _dl_catch_exception, _dl_catch_error, _dlerror_run) up to a dl function
+//    (dlerror_function); dlerror() frees it;
+//  - the record (struct dl_action_result, 24 bytes): _dlerror_run, in the C
+//    library, the allocator's caller, called by the dl function itself;
+//    kept in a thread-specific slot until the thread exits (the main
+//    thread's until exit: dlerror() frees the message only).
+// Without the debug file _dlerror_run has no name (it is not exported): a
+// frame of the C library without a name is taken for it there.  The frames
+// before must be the allocator's (loader_called_allocator), as for dlopen's
+// records.  Symbolises them: prepare_sites must have seen the site.
+bool dlerror_buffers(std::uint32_t site, std::uintptr_t rtld) {
+  if (site == 0) return false;
+  const Site& s = g_sites[site];
+  unsigned j = rtld ? first_loader_frame(s, rtld) : s.depth;
+  unsigned k = first_dl_module_frame(s);
+  if (j < k) {  // the allocator called from the loader: the message?
+    if (!loader_called_allocator(s, j) || constructor_call(s.frames[j])) return false;
+    Symbol sym;
+    symbolize(s.frames[j], &sym);
+    if (!same_function(sym.function, "_dl_exception_create") &&
+        !same_function(sym.function, "_dl_exception_create_format"))
+      return false;
+    for (++j; j < s.depth; ++j) {
+      symbolize(s.frames[j], &sym);
+      if (frame_in(s.frames[j], sym, rtld)) continue;
+      if (!sym.module[0] || !dl_module(sym.module)) return false;
+      if (dlerror_function(sym.function)) return true;
+    }
+    return false;
+  }
+  if (k + 1 >= s.depth || !loader_called_allocator(s, k)) return false;  // the record?
+  Symbol sym;
+  symbolize(s.frames[k], &sym);
+  if (sym.function[0] && !same_function(sym.function, "_dlerror_run")) return false;
+  symbolize(s.frames[k + 1], &sym);
+  return sym.module[0] && dl_module(sym.module) && dlerror_function(sym.function);
+}
+
 // Blocks that are not the program's leaks: the C library's own, alive until
 // exit by its design.
 struct NotLeaks {
   std::size_t thread_storage = 0;  // stacks of glibc's thread storage
   std::size_t dlopen = 0;          // stacks of the loader's records of dlopen'ed objects
+  std::size_t dlerror = 0;         // stacks of what glibc keeps for dlerror
 };
 
 // Moves the sites of v[0..n) that are not the program's leaks to its end:
@@ -2055,23 +2362,32 @@ std::size_t set_apart_glibc_blocks(SiteView* v, std::size_t n, NotLeaks* apart) 
   SiteView* cand = std::partition(v, v + n, [rtld](const SiteView& x) {
     if (x.index == 0 || g_sites[x.index].depth == 0) return true;
     const Site& s = g_sites[x.index];
-    return first_loader_frame(s, rtld) == s.depth;
+    return first_loader_frame(s, rtld) == s.depth && first_dl_module_frame(s) == s.depth;
   });
   std::size_t ncand = static_cast<std::size_t>(v + n - cand);
   if (ncand == 0) return n;
   prepare_sites(cand, ncand);
-  // Each candidate's owner, once (the second partition must not symbolise again).
+  // Each candidate's owner, once (the partitions must not symbolise again).
+  // dlerror's first: a failed dlopen's message lies under dlopen too.
   for (SiteView* x = cand; x < v + n; ++x)
-    x->owner = glibc_thread_storage(x->index, rtld) ? 1 : dlopen_records(x->index, rtld) ? 2 : 0;
-  SiteView* glibc = std::partition(cand, v + n, [](const SiteView& x) { return x.owner == 0; });
-  SiteView* dl = std::partition(glibc, v + n, [](const SiteView& x) { return x.owner == 1; });
-  apart->thread_storage = static_cast<std::size_t>(dl - glibc);
-  apart->dlopen = static_cast<std::size_t>(v + n - dl);
-  return static_cast<std::size_t>(glibc - v);
+    x->owner = glibc_thread_storage(x->index, rtld) ? 1
+               : dlerror_buffers(x->index, rtld)    ? 3
+               : dlopen_records(x->index, rtld)     ? 2
+                                                    : 0;
+  SiteView* at = cand;  // by owner (std::stable_sort's buffer comes from operator new: not in libcalloc)
+  for (unsigned char o = 0; o < 3; ++o)
+    at = std::partition(at, v + n, [o](const SiteView& x) { return x.owner == o; });
+  std::size_t counts[4] = {};
+  for (SiteView* x = cand; x < v + n; ++x) ++counts[x->owner];
+  apart->thread_storage = counts[1];
+  apart->dlopen = counts[2];
+  apart->dlerror = counts[3];
+  return static_cast<std::size_t>(cand - v) + counts[0];
 }
 
 bool write_leak_report(const char* pattern) {
   Busy busy;
+  g_report_generation = modules_generation();  // objects loaded now (sites name the rest)
   Out out;
   Out* f = &out;
   if (!out_open(f, pattern)) return false;
@@ -2096,11 +2412,13 @@ bool write_leak_report(const char* pattern) {
   std::size_t live = k;
   NotLeaks apart;
   k = set_apart_glibc_blocks(v, live, &apart);
-  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0;
-  std::size_t dl_from = k + apart.thread_storage;
+  // After the program's: thread storage, dlopen's records, dlerror's (by owner).
+  double glibc_blocks = 0, glibc_bytes = 0, dl_blocks = 0, dl_bytes = 0, err_blocks = 0, err_bytes = 0;
+  std::size_t dl_from = k + apart.thread_storage, err_from = dl_from + apart.dlopen;
   for (std::size_t i = k; i < dl_from; ++i) glibc_blocks += v[i].live_blocks, glibc_bytes += v[i].live_bytes;
-  for (std::size_t i = dl_from; i < live; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
-  blocks -= glibc_blocks + dl_blocks, bytes -= glibc_bytes + dl_bytes;
+  for (std::size_t i = dl_from; i < err_from; ++i) dl_blocks += v[i].live_blocks, dl_bytes += v[i].live_bytes;
+  for (std::size_t i = err_from; i < live; ++i) err_blocks += v[i].live_blocks, err_bytes += v[i].live_bytes;
+  blocks -= glibc_blocks + dl_blocks + err_blocks, bytes -= glibc_bytes + dl_bytes + err_bytes;
   std::sort(v, v + k, [](const SiteView& a, const SiteView& b) {
     return a.live_bytes != b.live_bytes ? a.live_bytes > b.live_bytes : a.index < b.index;
   });
@@ -2128,6 +2446,12 @@ bool write_leak_report(const char* pattern) {
                   "dlopen and still loaded at exit (freed by dlclose): %.0f bytes in %.0f block%s from %zu stack%s\n",
                dl_bytes, dl_blocks, dl_blocks >= 0.5 && dl_blocks < 1.5 ? "" : "s", apart.dlopen,
                apart.dlopen == 1 ? "" : "s");
+  if (apart.dlerror)
+    out_printf(f, "libcalloc: not leaks of the program: what glibc keeps for dlerror after a failed dlopen or dlsym "
+                  "(the message, freed by dlerror, and the thread's record of it): %.0f bytes in %.0f block%s from "
+                  "%zu stack%s\n",
+               err_bytes, err_blocks, err_blocks >= 0.5 && err_blocks < 1.5 ? "" : "s", apart.dlerror,
+               apart.dlerror == 1 ? "" : "s");
   pthread_mutex_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
@@ -2145,13 +2469,20 @@ bool write_leak_report(const char* pattern) {
     std::snprintf(counted, sizeof counted, "an estimated %.0f allocation%s from %llu sample%s", calls, one ? "" : "s",
                   static_cast<unsigned long long>(g_samples.load(std::memory_order_relaxed)),
                   g_samples.load(std::memory_order_relaxed) == 1 ? "" : "s");
+  // ", A, B and C aside" of the kinds set apart.
+  char aside[200] = "";
+  const char* kinds[3];
+  unsigned nkinds = 0;
+  if (apart.thread_storage) kinds[nkinds++] = "glibc's thread storage";
+  if (apart.dlopen) kinds[nkinds++] = "the loader's records of dlopen'ed libraries";
+  if (apart.dlerror) kinds[nkinds++] = "what glibc keeps for dlerror";
+  for (unsigned i = 0; i < nkinds; ++i)
+    std::snprintf(aside + std::strlen(aside), sizeof aside - std::strlen(aside), "%s%s%s",
+                  i == 0 ? ", " : i + 1 == nkinds ? " and " : ", ", kinds[i], i + 1 == nkinds ? " aside" : "");
   if (k == 0)
     out_printf(f, "libcalloc: no leaks: every %s block was freed%s (%s)\n",
                g_track_mode == TrackMode::full ? "tracked" : "sampled",
-               apart.thread_storage && apart.dlopen ? ", glibc's thread storage and the loader's records of dlopen'ed libraries aside"
-               : apart.thread_storage             ? ", glibc's thread storage aside"
-               : apart.dlopen                     ? ", the loader's records of dlopen'ed libraries aside"
-                                                  : "",
+               aside,
                counted);
   else
     out_printf(f, "libcalloc: leak summary: %.0f bytes in %.0f block%s from %zu allocation stack%s (%s)\n",
@@ -2161,9 +2492,9 @@ bool write_leak_report(const char* pattern) {
 }
 
 // The name of a frame for collapsed stacks: the function, or module+offset.
-void frame_name(const void* ip, char* buf, std::size_t cap) {
+void frame_name(const void* ip, std::uint32_t gen, char* buf, std::size_t cap) {
   Symbol s;
-  symbolize(ip, &s);
+  symbolize_frame(gen, ip, &s);
   if (s.function[0]) {
     std::snprintf(buf, cap, "%s", s.function);
   } else {
@@ -2179,6 +2510,7 @@ void frame_name(const void* ip, char* buf, std::size_t cap) {
 
 bool write_profile(const char* pattern, int format) {
   Busy busy;
+  g_report_generation = modules_generation();  // objects loaded now (sites name the rest)
   Out out;
   Out* f = &out;
   if (!out_open(f, pattern)) return false;
@@ -2208,7 +2540,7 @@ bool write_profile(const char* pattern, int format) {
         out_printf(f, "[stack table full]");
       } else {
         for (unsigned j = s.depth; j-- > 0;) {
-          frame_name(s.frames[j], name, sizeof name);
+          frame_name(s.frames[j], s.generation, name, sizeof name);
           out_printf(f, "%s%s", name, j ? ";" : "");
         }
         if (s.depth == 0) out_printf(f, "[no stack]");
@@ -2217,11 +2549,29 @@ bool write_profile(const char* pattern, int format) {
     }
   } else if (format == 2) {  // gperftools heap profile (legacy text format)
     out_printf(f, "heap profile: %6.0f: %8.0f [%6.0f: %8.0f] @ heapprofile\n", live_blocks, live_bytes, calls, bytes);
+    // pprof names the addresses itself, through the mappings listed after
+    // them: a frame of an object unloaded before now is given an address in
+    // a range of its own past user space (kGoneBase, 4 GiB an object), listed
+    // as that object's file mapped there (at an object's address now there
+    // may be another's, or nothing).
+    constexpr std::uintptr_t kGoneBase = std::uintptr_t{1} << 56;
+    constexpr unsigned kGoneObjects = 256;  // more: their frames keep their addresses
+    const LoadedObject* gone[kGoneObjects];
+    unsigned ngone = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const Site& s = g_sites[v[i].index];
       out_printf(f, "%6.0f: %8.0f [%6.0f: %8.0f] @", v[i].live_blocks > 0 ? v[i].live_blocks : 0,
                    v[i].live_bytes > 0 ? v[i].live_bytes : 0, v[i].calls, v[i].bytes);
-      for (unsigned j = 0; j < s.depth; ++j) out_printf(f, " %p", s.frames[j]);
+      for (unsigned j = 0; j < s.depth; ++j) {
+        auto a = reinterpret_cast<std::uintptr_t>(s.frames[j]);
+        if (const LoadedObject* o = unloaded_object(s.generation, s.frames[j])) {
+          unsigned g = 0;
+          while (g < ngone && gone[g] != o) ++g;
+          if (g == ngone && ngone < kGoneObjects) gone[ngone++] = o;
+          if (g < ngone) a = kGoneBase + (std::uintptr_t{g} << 32) + (a - o->base);
+        }
+        out_printf(f, " 0x%lx", static_cast<unsigned long>(a));
+      }
       out_printf(f, "\n");
     }
     out_printf(f, "\nMAPPED_LIBRARIES:\n");
@@ -2231,6 +2581,12 @@ bool write_profile(const char* pattern, int format) {
       ssize_t r;
       while ((r = read(maps, buf, sizeof buf)) > 0) out_write(f, buf, static_cast<std::size_t>(r));
       close(maps);
+    }
+    for (unsigned g = 0; g < ngone; ++g) {  // as /proc/self/maps would list them (offset = segment's address)
+      std::uintptr_t at = kGoneBase + (std::uintptr_t{g} << 32);
+      out_printf(f, "%lx-%lx r-xp %08lx 00:00 0 %s\n", static_cast<unsigned long>(at + gone[g]->lo - gone[g]->base),
+                 static_cast<unsigned long>(at + gone[g]->hi - gone[g]->base),
+                 static_cast<unsigned long>(gone[g]->lo - gone[g]->base), gone[g]->path);
     }
   } else {
     prepare_sites(v, n < kReportStacks ? n : kReportStacks);
@@ -2243,6 +2599,9 @@ bool write_profile(const char* pattern, int format) {
     out_printf(f, "capture: %llu stacks walked by libcalloc's unwinder, %llu of them again by a fallback; frame cache %zu rules, %zu bytes\n",
                  static_cast<unsigned long long>(u.captures), static_cast<unsigned long long>(u.fallbacks), u.entries,
                  u.bytes);
+    ModulesStats m = modules_stats();
+    out_printf(f, "loaded objects: %zu records over %u generations, %zu bytes\n", m.objects,
+               static_cast<unsigned>(m.generations), m.bytes);
     for (std::size_t i = 0; i < n && i < kReportStacks; ++i) {
       out_printf(f, "site %zu: %.0f calls, %.0f bytes (%.1f%%), live %.0f blocks, %.0f bytes\n", i + 1, v[i].calls,
                    v[i].bytes, bytes > 0 ? 100.0 * v[i].bytes / bytes : 0.0, v[i].live_blocks, v[i].live_bytes);
@@ -2524,6 +2883,8 @@ bool same_report_file(const char* a, const char* b) {
   return stat(na, &sa) == 0 && stat(nb, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 }  // namespace
+
+LCA_SAMPLING_TEXT void track_note_constructor_caller(const void* ra) { g_constructor_caller = ra; }
 
 LCA_SAMPLING_TEXT void track_init(const Options& o) {
   g_opts = o;

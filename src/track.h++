@@ -51,6 +51,11 @@ inline bool track_active() { return g_track_mode != TrackMode::off; }
 
 // Reads the tracking options and starts tracking (the library constructor).
 void track_init(const Options& o);
+// The return address of libcalloc's constructor (the library's, run from
+// the dynamic loader's call_init when libcalloc.so is loaded): where the
+// loader calls every library's constructors, and where a constructor that
+// tail-calls malloc leaves its allocation's first frame (see dlopen_records).
+void track_note_constructor_caller(const void* ra);
 // Writes the reports that the options ask for (the library destructor).
 void track_at_exit();
 // fork(): called by lifecycle.c++'s handlers (in the lock order they set), not

@@ -59,6 +59,18 @@ tests_track_libtrackplugin_la_SOURCES = tests/track/plugin.c++
 tests_track_libtrackplugin_la_CPPFLAGS =
 tests_track_libtrackplugin_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
 tests_track_libtrackplugin_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+# A shared object whose constructor tail-calls malloc and leaks (x86-64).
+check_LTLIBRARIES += tests/track/libtrackctortail.la
+tests_track_libtrackctortail_la_SOURCES = tests/track/ctor-tail.c++
+tests_track_libtrackctortail_la_CPPFLAGS =
+tests_track_libtrackctortail_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackctortail_la_LDFLAGS = -module -avoid-version -rpath /nowhere
+# The shared object track-demo dlclose-reload loads where libtrackplugin.so lay.
+check_LTLIBRARIES += tests/track/libtrackother.la
+tests_track_libtrackother_la_SOURCES = tests/track/other.c++
+tests_track_libtrackother_la_CPPFLAGS =
+tests_track_libtrackother_la_CXXFLAGS = -O1 -g $(CALLOC_WARN_CXXFLAGS)
+tests_track_libtrackother_la_LDFLAGS = -module -avoid-version -rpath /nowhere
 # The shared object tests/unit/track dlopens to hold the loader's lock in a
 # constructor (the profile signal's dump tests).
 check_LTLIBRARIES += tests/track/libtrackctor.la

@@ -14,6 +14,25 @@
 //            main: its only leak (glibc keeps the threads' TLS: not a leak)
 //   dlclose  as dlopen, then closes the library before exit (its frames are in
 //            no module when the report is written)
+//   dlclose-reload  as dlclose with argv[2], then dlopens argv[3] (tests/track/
+//            other.c++), which must land where argv[2] lay (exit 3 when it does
+//            not), and keeps it until exit: the leak's frame in argv[2] lies in
+//            argv[3]'s other_function now; with argv[4] "remove", argv[2] is
+//            deleted after its dlclose
+//   dlclose-same-site  dlopens argv[2] (tests/track/plugin.c++) and leaks
+//            3333 bytes through its plugin_leak, dlcloses it, then dlopens
+//            argv[3] (a copy of it under another name), which must land where
+//            argv[2] lay (exit 3 when it does not), and leaks 4444 bytes the
+//            same way, from the same call: two stacks of the same addresses
+//            in two libraries
+//   dlsym-fail  dlopens argv[2] and keeps it, looks up a symbol it lacks
+//            (dlsym fails; dlerror is not called, so glibc keeps the message
+//            until exit), argv[3] "open" also dlopens a file that is not
+//            there (dlopen fails likewise), and leaks 4242 bytes from
+//            demo::leak_some_memory: the program's only leak
+//   dlopen-loop  dlopens argv[2] (tests/track/plugin.c++), frees what its
+//            plugin_leak(100) returns and dlcloses it, argv[3] times (default
+//            1000): a workload for the cost of following loaded objects
 //   dlopen-keep  dlopens each of argv[2..] (RTLD_LAZY | RTLD_GLOBAL) and never
 //            closes them, frees what their plugin_leak (if any) returns, and
 //            leaks 4242 bytes from demo::leak_some_memory in main: the program's
@@ -80,6 +99,33 @@ __attribute__((noinline)) void* cold_allocator(std::size_t n) {
 
 namespace {
 void* volatile g_sink;
+void* volatile g_sinks[2];  // dlclose-same-site's two leaks
+
+int fail(const char* why);
+
+// dlclose-same-site's step i: dlopens path, leaks 3333 (i = 0) or 4444 bytes
+// through its plugin_leak, dlcloses it (i = 0); 3 when the second library is
+// not where the first was, 1 on another failure.
+void* g_first_base;
+__attribute__((noinline)) int load_and_leak(const char* path, int i) {
+  void* lib = dlopen(path, RTLD_NOW);  // the second kept until exit
+  if (!lib) return fail("dlopen failed\n");
+  auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+  Dl_info dl{};
+  if (!leak || !dladdr(reinterpret_cast<void*>(leak), &dl)) return fail("no plugin_leak\n");
+  if (i == 0) g_first_base = dl.dli_fbase;
+  if (i == 1 && dl.dli_fbase != g_first_base) {
+    fail("the second copy was not loaded where the first was\n");
+    return 3;
+  }
+  // i laundered: the compiler must not copy the call into paths it knows i
+  // on (one call: the same return address for both libraries).
+  asm volatile("" : "+r"(i));
+  g_sinks[i] = leak(i ? 4444 : 3333);
+  asm volatile("" : "+r"(i));
+  if (i == 0 && dlclose(lib) != 0) return fail("dlclose failed\n");
+  return 0;
+}
 
 __attribute__((noinline)) void churn() {
   for (int i = 0; i < 1000; ++i) {
@@ -274,13 +320,57 @@ int main(int argc, char** argv) {
     if (!leak) return fail("no plugin_leak\n");
     g_sink = leak(3333);
     if (dlclose(lib) != 0) return fail("dlclose failed\n");  // unloaded before the report
+  } else if (mode == "dlclose-reload") {
+    if (argc < 4) return fail("dlclose-reload: give the plugin's and the other library's paths\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);
+    if (!lib) return fail("dlopen failed\n");
+    auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+    if (!leak) return fail("no plugin_leak\n");
+    Dl_info a{}, b{};
+    if (!dladdr(reinterpret_cast<void*>(leak), &a)) return fail("dladdr failed\n");
+    g_sink = leak(3333);
+    if (dlclose(lib) != 0) return fail("dlclose failed\n");
+    if (argc > 4 && std::strcmp(argv[4], "remove") == 0 && unlink(argv[2]) != 0) return fail("unlink failed\n");
+    void* other = dlopen(argv[3], RTLD_NOW);  // kept until exit
+    if (!other) return fail("dlopen of the other library failed\n");
+    auto fn = reinterpret_cast<int (*)(int)>(dlsym(other, "other_function"));
+    if (!fn || !dladdr(reinterpret_cast<void*>(fn), &b)) return fail("no other_function\n");
+    if (a.dli_fbase != b.dli_fbase) {
+      fail("the other library was not loaded where the plugin was\n");
+      return 3;
+    }
+    if (fn(1) != 2) return fail("other_function\n");
+  } else if (mode == "dlclose-same-site") {
+    if (argc < 4) return fail("dlclose-same-site: give two copies of the plugin\n");
+    static volatile int two = 2;  // not unrolled: one call of load_and_leak, the same stack twice
+    for (int i = 0; i < two; ++i)
+      if (int rc = load_and_leak(argv[2 + i], i)) return rc;
+  } else if (mode == "dlsym-fail") {
+    if (argc < 3) return fail("dlsym-fail: give a library's path\n");
+    void* lib = dlopen(argv[2], RTLD_NOW);  // kept until exit
+    if (!lib) return fail("dlopen failed\n");
+    if (dlsym(lib, "no_such_symbol_in_this_library")) return fail("dlsym found a symbol that is not there\n");
+    if (argc > 3 && std::strcmp(argv[3], "open") == 0 && dlopen("/nonexistent/libnothere.so", RTLD_NOW))
+      return fail("dlopen of a missing file succeeded\n");
+    g_sink = demo::leak_some_memory(4242);
+  } else if (mode == "dlopen-loop") {
+    if (argc < 3) return fail("dlopen-loop: give the plugin's path\n");
+    int rounds = argc > 3 ? std::atoi(argv[3]) : 1000;
+    for (int i = 0; i < rounds; ++i) {
+      void* lib = dlopen(argv[2], RTLD_NOW);
+      if (!lib) return fail("dlopen failed\n");
+      auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"));
+      if (!leak) return fail("no plugin_leak\n");
+      std::free(leak(100));
+      if (dlclose(lib) != 0) return fail("dlclose failed\n");
+    }
   } else if (mode == "dlopen-keep") {
     if (argc < 3) return fail("dlopen-keep: give the libraries' paths\n");
     for (int i = 2; i < argc; ++i) {
       void* lib = dlopen(argv[i], RTLD_LAZY | RTLD_GLOBAL);
       if (!lib) return fail("dlopen failed\n");
       // (dlsym only where the symbol is: a failed one leaves its message for
-      // dlerror, glibc's blocks of another kind, reported as the program's.)
+      // dlerror, glibc's blocks of another kind: mode dlsym-fail.)
       if (std::strstr(argv[i], "plugin"))
         if (auto leak = reinterpret_cast<void* (*)(std::size_t)>(dlsym(lib, "plugin_leak"))) std::free(leak(3333));
     }

@@ -587,6 +587,33 @@ START_TEST(test_leak_report_sets_dlopen_records_apart) {
 }
 END_TEST
 
+// What glibc keeps for dlerror after a failed dlsym and a failed dlopen (the
+// message and _dlerror_run's record of it) is counted apart, not reported as
+// the program's leak: with libcalloc.a linked in, the allocator's entry is a
+// frame of the program's before _dlerror_run's and _dl_exception_create's.
+START_TEST(test_leak_report_sets_dlerror_buffers_apart) {
+  std::string err = in_child([]() -> std::string {
+    lca::track_start_for_test(lca::TrackMode::full, 0);
+    void* lib = dlopen(test_library("libtrackplugin.so").c_str(), RTLD_NOW);
+    if (!lib) return std::string("dlopen: ") + dlerror();
+    if (dlsym(lib, "no_such_symbol_in_this_library")) return "dlsym found a symbol that is not there";
+    if (dlopen("/nonexistent/libnothere.so", RTLD_NOW)) return "dlopen of a missing file succeeded";
+    void* leaked = process_leak(4242);
+    std::string text = leak_report_text("dlerror");
+    lca_free(leaked);
+    if (text.find("4242 bytes in 1 block allocated at:") == std::string::npos)
+      return "no own leak: " + text.substr(0, 3000);
+    if (!kOverrideBuilt || test_util::running_on_valgrind()) return "";
+    if (text.find("libcalloc: leak summary: 4242 bytes in 1 block from 1 allocation stack") == std::string::npos)
+      return "not exactly the program's leak: " + text.substr(0, 3000);
+    if (text.find("libcalloc: not leaks of the program: what glibc keeps for dlerror") == std::string::npos)
+      return "no line for dlerror's blocks: " + text.substr(0, 3000);
+    return "";
+  });
+  ck_assert_msg(err.empty(), "%s", err.c_str());
+}
+END_TEST
+
 // A SecureAllocator's or a HugePageAllocator's block given to lca_realloc while
 // the process heap's tracker runs is resized in its own heap and never recorded
 // (the tracker's blocks are the process heap's).  A sampled realloc took the old
@@ -1690,6 +1717,7 @@ int main() {
   tcase_add_test(tc, test_leak_summary_words);
   tcase_add_test(tc, test_leak_report_sets_glibc_thread_storage_apart);
   tcase_add_test(tc, test_leak_report_sets_dlopen_records_apart);
+  tcase_add_test(tc, test_leak_report_sets_dlerror_buffers_apart);
   tcase_add_test(tc, test_symbol_name_of_function_entry_plus_one);
   tcase_add_test(tc, test_options_refuse_unusable_profile_signals);
   tcase_add_test(tc, test_process_heap_full_tracking);
