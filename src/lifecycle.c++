@@ -23,6 +23,7 @@
 #include "large.h++"
 #include "numa.h++"
 #include "options.h++"
+#include "report.h++"
 #include "secure.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
@@ -302,6 +303,26 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 
 }  // namespace
 
+constinit thread_local ForkHeldLocks tls_fork_held __attribute__((tls_model("initial-exec"))) = {};
+
+LCA_CORE_TEXT void fork_hold_range(const void* begin, const void* end) {
+  ForkHeldLocks& f = tls_fork_held;
+  // More ranges than this are a change of the prepare handler's that forgot
+  // to raise the bound: an error at the first fork of every test.
+  if (f.count == kForkHeldRanges)
+    report_fatal("Internal error", begin, "more lock ranges held across fork() than kForkHeldRanges");
+  f.ranges[f.count].begin = begin;
+  f.ranges[f.count].end = end;
+  ++f.count;
+}
+
+LCA_CORE_TEXT bool fork_held(const void* m) {
+  const ForkHeldLocks& f = tls_fork_held;
+  for (unsigned i = 0; i < f.count; ++i)
+    if (m >= f.ranges[i].begin && m < f.ranges[i].end) return true;
+  return false;
+}
+
 LCA_CORE_TEXT const void* fork_token() { return &tls_heap; }
 
 LCA_CORE_TEXT void fork_wait(const std::atomic<const void*>& forking, pthread_mutex_t* held, pthread_mutex_t* gate) {
@@ -354,6 +375,8 @@ LCA_CORE_TEXT void private_domains_prefork() {
       d = d->next;
     }
   }
+  fork_hold(&g_domains_fork_gate);
+  fork_hold(&g_domains_lock);
 }
 
 LCA_CORE_TEXT void private_domains_postfork_parent() {
@@ -425,6 +448,7 @@ LCA_CORE_TEXT void domains_prefork() {
       for (Domain* d = &g_process_domain; d; d = d->next) {
         if (!d->per_thread) continue;
         pthread_mutex_lock(&d->lock);
+        fork_hold(&d->lock);
         domain_pools_prefork(d);  // held across the fork
       }
       large_lock_all();
@@ -436,9 +460,21 @@ LCA_CORE_TEXT void domains_prefork() {
 #endif
   }
   tls_fork = st;
+  // From here to the parent or child handler this thread passes through the
+  // locks recorded (vg.h++, ForkHeldLocks): the fork handlers of libraries
+  // that registered before libcalloc run meanwhile, and may allocate.
+  tls_fork_held.active = st.locked;
+}
+
+// The window ends: this thread takes and lets go of those locks again (first
+// thing in the parent and child handlers, before they let go of them).
+LCA_CORE_TEXT void fork_window_end() {
+  tls_fork_held.active = false;
+  tls_fork_held.count = 0;
 }
 
 LCA_CORE_TEXT void domains_postfork_parent() {
+  fork_window_end();
   ForkState st = tls_fork;
   tls_fork = ForkState{};
   if (!st.locked) return;
@@ -465,6 +501,7 @@ LCA_CORE_TEXT void domains_postfork_parent() {
 }
 
 LCA_CORE_TEXT void domains_postfork_child() {
+  fork_window_end();
   ForkState st = tls_fork;
   tls_fork = ForkState{};
 #if CALLOC_DEFRAG

@@ -2061,6 +2061,7 @@ LCA_CORE_TEXT void secure_prefork() {
   for (SecureHeap* h = g_heaps; h; h = h->next) heap_fork_gate(h);
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
+  for (const pthread_mutex_t* m : {&g_tc_lock, &g_heaps_lock, &g_large_lock, &g_radix_lock}) fork_hold(m);
 }
 
 namespace {
