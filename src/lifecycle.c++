@@ -303,10 +303,11 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 
 }  // namespace
 
-constinit thread_local ForkHeldLocks tls_fork_held __attribute__((tls_model("initial-exec"))) = {};
+constinit ForkHeldLocks g_fork_held = {};
+constinit thread_local bool tls_fork_window __attribute__((tls_model("initial-exec"))) = false;
 
 LCA_CORE_TEXT void fork_hold_range(const void* begin, const void* end) {
-  ForkHeldLocks& f = tls_fork_held;
+  ForkHeldLocks& f = g_fork_held;
   // More ranges than this are a change of the prepare handler's that forgot
   // to raise the bound: an error at the first fork of every test.
   if (f.count == kForkHeldRanges)
@@ -317,10 +318,18 @@ LCA_CORE_TEXT void fork_hold_range(const void* begin, const void* end) {
 }
 
 LCA_CORE_TEXT bool fork_held(const void* m) {
-  const ForkHeldLocks& f = tls_fork_held;
+  const ForkHeldLocks& f = g_fork_held;
   for (unsigned i = 0; i < f.count; ++i)
     if (m >= f.ranges[i].begin && m < f.ranges[i].end) return true;
   return false;
+}
+
+// Cold (plain .text): reached in the fork window only.
+void fork_window_lock(pthread_mutex_t* m) {
+  if (!fork_held(m)) pthread_mutex_lock(m);
+}
+void fork_window_unlock(pthread_mutex_t* m) {
+  if (!fork_held(m)) pthread_mutex_unlock(m);
 }
 
 LCA_CORE_TEXT const void* fork_token() { return &tls_heap; }
@@ -434,6 +443,7 @@ LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
     st.locked = true;
+    g_fork_held.count = 0;  // (glibc runs one fork's handlers at a time when there are threads)
     st.stdio = stdio_list_lock_available();
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();
@@ -463,14 +473,14 @@ LCA_CORE_TEXT void domains_prefork() {
   // From here to the parent or child handler this thread passes through the
   // locks recorded (vg.h++, ForkHeldLocks): the fork handlers of libraries
   // that registered before libcalloc run meanwhile, and may allocate.
-  tls_fork_held.active = st.locked;
+  tls_fork_window = st.locked;
 }
 
 // The window ends: this thread takes and lets go of those locks again (first
 // thing in the parent and child handlers, before they let go of them).
 LCA_CORE_TEXT void fork_window_end() {
-  tls_fork_held.active = false;
-  tls_fork_held.count = 0;
+  tls_fork_window = false;
+  g_fork_held.count = 0;
 }
 
 LCA_CORE_TEXT void domains_postfork_parent() {

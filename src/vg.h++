@@ -98,18 +98,21 @@ inline void vg_defined(const void* p, std::size_t n) { asan_unpoison(p, n); }
 // the forking thread passes through the locks it holds (it alone may touch what
 // they guard: every other thread waits for them), in the parent and in the
 // child, where the copied locks' owner is a thread of the parent.  Recorded by
-// the prefork functions (fork_hold), each lock or array of locks a range;
-// `active` only in the forking thread, and only in the window.
+// the prefork functions (fork_hold), each lock or array of locks a range.  The
+// list is global: only the forking thread writes or reads it, holding
+// libcalloc's locks, and glibc runs one fork's handlers at a time (its atfork
+// lock); the thread-local flag is all a thread carries (set only in the
+// forking thread, in the window).
 constexpr unsigned kForkHeldRanges = 32;
 struct ForkHeldLocks {
-  bool active;
   unsigned count;
   struct {
     const void* begin;
     const void* end;
   } ranges[kForkHeldRanges];
 };
-extern constinit thread_local ForkHeldLocks tls_fork_held __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+extern ForkHeldLocks g_fork_held LCA_HIDDEN;
+extern constinit thread_local bool tls_fork_window __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
 // Records the locks in [begin, end) (an array of them, or of structures that
 // hold one each), held now by this thread until after the fork; fork_hold(m):
 // m alone.
@@ -118,7 +121,11 @@ inline void fork_hold(const pthread_mutex_t* m) { fork_hold_range(m, m + 1); }
 // Whether the lock at m is one of the recorded ones (out of line: the window is
 // rare).  Any kind of lock: the tracker's spin locks too.
 bool fork_held(const void* m);
-inline bool fork_passes(const void* m) { return __builtin_expect(tls_fork_held.active, false) && fork_held(m); }
+inline bool fork_passes(const void* m) { return __builtin_expect(tls_fork_window, false) && fork_held(m); }
+// pthread_mutex_lock/unlock(m) unless fork_held(m): lca_mutex_lock's way in the
+// window, out of line so that each lock site adds one test of the flag only.
+void fork_window_lock(pthread_mutex_t* m);
+void fork_window_unlock(pthread_mutex_t* m);
 
 // Valgrind mode serialises libcalloc: every entry point that reaches shared state
 // (allocation, free, realloc, usable size, trim, statistics, heap creation and
@@ -168,13 +175,17 @@ class VgSerial {
 inline void lca_mutex_lock(pthread_mutex_t* m) {
   if (vg_serialised())
     vg_serial_enter();
-  else if (!fork_passes(m))
+  else if (__builtin_expect(tls_fork_window, false))
+    fork_window_lock(m);
+  else
     pthread_mutex_lock(m);
 }
 inline void lca_mutex_unlock(pthread_mutex_t* m) {
   if (vg_serialised())
     vg_serial_leave();
-  else if (!fork_passes(m))
+  else if (__builtin_expect(tls_fork_window, false))
+    fork_window_unlock(m);
+  else
     pthread_mutex_unlock(m);
 }
 // libcalloc's own memory, n bytes at p: no race checking by helgrind and DRD.
@@ -191,10 +202,16 @@ class VgSerial {
   VgSerial& operator=(const VgSerial&) = delete;
 };
 inline void lca_mutex_lock(pthread_mutex_t* m) {
-  if (!fork_passes(m)) pthread_mutex_lock(m);
+  if (__builtin_expect(tls_fork_window, false))
+    fork_window_lock(m);
+  else
+    pthread_mutex_lock(m);
 }
 inline void lca_mutex_unlock(pthread_mutex_t* m) {
-  if (!fork_passes(m)) pthread_mutex_unlock(m);
+  if (__builtin_expect(tls_fork_window, false))
+    fork_window_unlock(m);
+  else
+    pthread_mutex_unlock(m);
 }
 inline void vg_hide(const void*, std::size_t) {}
 inline void vg_show_clean(const void*, std::size_t) {}
