@@ -209,12 +209,12 @@ void vg_free(void* p, void (*release)(void*)) {
   store_size(p, word | kFreedBit, r.usable);
   void* due[kMaxDuePerFree];
   std::size_t n_due = 0;
-  pthread_mutex_lock(&g_quarantine_lock);
+  lca_mutex_lock(&g_quarantine_lock);
   if (g_quarantine_count == kAsanQuarantine) {
     if (!head_may_leave() && !r.domain->quarantine_held()) {
       // Full, and its oldest block belongs to a heap being defragmented: this
       // block skips the quarantine instead.
-      pthread_mutex_unlock(&g_quarantine_lock);
+      lca_mutex_unlock(&g_quarantine_lock);
       release_from_quarantine(p, release);
       return;
     }
@@ -239,7 +239,7 @@ void vg_free(void* p, void (*release)(void*)) {
     g_quarantine_head = (g_quarantine_head + 1) % kAsanQuarantine;
     --g_quarantine_count;
   }
-  pthread_mutex_unlock(&g_quarantine_lock);
+  lca_mutex_unlock(&g_quarantine_lock);
   for (std::size_t k = 0; k < n_due; ++k) release_from_quarantine(due[k], release);
 }
 
@@ -247,7 +247,7 @@ void asan_flush_quarantine() {
   for (;;) {
     void* due[kMaxDuePerFree];
     std::size_t n_due = 0;
-    pthread_mutex_lock(&g_quarantine_lock);
+    lca_mutex_lock(&g_quarantine_lock);
     while (g_quarantine_count && n_due < kMaxDuePerFree) {
       QuarantineEntry& e = g_quarantine[g_quarantine_head];
       due[n_due++] = e.p;
@@ -255,7 +255,7 @@ void asan_flush_quarantine() {
       g_quarantine_head = (g_quarantine_head + 1) % kAsanQuarantine;
       --g_quarantine_count;
     }
-    pthread_mutex_unlock(&g_quarantine_lock);
+    lca_mutex_unlock(&g_quarantine_lock);
     if (!n_due) return;
     for (std::size_t k = 0; k < n_due; ++k) release_from_quarantine(due[k], free_now);
   }
@@ -267,7 +267,10 @@ void vg_restore_vbits(const void*, const void*, std::size_t) {}
 void vg_block_forgotten(const void*) {}
 
 void vg_prefork_first() {}
-void vg_prefork() { pthread_mutex_lock(&g_quarantine_lock); }
+void vg_prefork() {
+  pthread_mutex_lock(&g_quarantine_lock);
+  fork_hold(&g_quarantine_lock);  // a fork handler run after libcalloc's may free (vg.h++)
+}
 void vg_postfork_parent() { pthread_mutex_unlock(&g_quarantine_lock); }
 void vg_postfork_child() { pthread_mutex_init(&g_quarantine_lock, nullptr); }
 
@@ -276,7 +279,7 @@ void vg_domain_created(Domain*) {}
 void vg_domain_destroying(Domain* d) {
   // Blocks of this heap still in the quarantine go with it (its chunks are
   // unmapped, os_unmap clears their shadow).
-  pthread_mutex_lock(&g_quarantine_lock);
+  lca_mutex_lock(&g_quarantine_lock);
   std::size_t kept = 0;
   for (std::size_t k = 0; k < g_quarantine_count; ++k) {
     QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kAsanQuarantine];
@@ -288,7 +291,7 @@ void vg_domain_destroying(Domain* d) {
     g_quarantine[(g_quarantine_head + kept++) % kAsanQuarantine] = e;
   }
   g_quarantine_count = kept;
-  pthread_mutex_unlock(&g_quarantine_lock);
+  lca_mutex_unlock(&g_quarantine_lock);
 }
 
 void vg_domain_destroyed(Domain*) {}
@@ -297,7 +300,7 @@ void vg_quarantine_release_domain(Domain* d) {
   for (;;) {
     void* due[kMaxDuePerFree];
     std::size_t n_due = 0;
-    pthread_mutex_lock(&g_quarantine_lock);
+    lca_mutex_lock(&g_quarantine_lock);
     std::size_t kept = 0, k = 0;
     for (; k < g_quarantine_count; ++k) {
       QuarantineEntry e = g_quarantine[(g_quarantine_head + k) % kAsanQuarantine];
@@ -310,7 +313,7 @@ void vg_quarantine_release_domain(Domain* d) {
       g_quarantine[(g_quarantine_head + kept++) % kAsanQuarantine] = e;
     }
     g_quarantine_count = kept;
-    pthread_mutex_unlock(&g_quarantine_lock);
+    lca_mutex_unlock(&g_quarantine_lock);
     if (!n_due) return;
     for (std::size_t i = 0; i < n_due; ++i) release_from_quarantine(due[i], free_now);
   }

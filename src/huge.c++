@@ -403,6 +403,7 @@ void huge_state_destroy(HugeState* s) {
 // session 19 every HugeState's lock was held, one a HugePageAllocator.
 LCA_CORE_TEXT void huge_lock_all() {
   lca_mutex_lock(&g_states_lock);
+  fork_hold(&g_states_lock);
   const void* me = fork_token();
   for (HugeState* s = g_states; s; s = s->next) {
     lca_mutex_lock(&s->lock);

@@ -584,7 +584,10 @@ std::size_t large_huge_ranges_in(std::uintptr_t lo, std::uintptr_t hi) {
   return n;
 }
 
-LCA_CORE_TEXT void large_lock_all() { lca_mutex_lock(&g_lock); }
+LCA_CORE_TEXT void large_lock_all() {
+  lca_mutex_lock(&g_lock);
+  fork_hold(&g_lock);
+}
 LCA_CORE_TEXT void large_unlock_all() { lca_mutex_unlock(&g_lock); }
 LCA_CORE_TEXT void large_reinit_after_fork() {
   tsan_released_at_fork(&g_lock);

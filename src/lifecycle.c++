@@ -23,6 +23,7 @@
 #include "large.h++"
 #include "numa.h++"
 #include "options.h++"
+#include "report.h++"
 #include "secure.h++"
 #include "sanitizer.h++"
 #include "tcache.h++"
@@ -302,6 +303,35 @@ LCA_CORE_TEXT void send_orphaned_frees(Heap* h) {
 
 }  // namespace
 
+constinit ForkHeldLocks g_fork_held = {};
+constinit thread_local bool tls_fork_window __attribute__((tls_model("initial-exec"))) = false;
+
+LCA_CORE_TEXT void fork_hold_range(const void* begin, const void* end) {
+  ForkHeldLocks& f = g_fork_held;
+  // More ranges than this are a change of the prepare handler's that forgot
+  // to raise the bound: an error at the first fork of every test.
+  if (f.count == kForkHeldRanges)
+    report_fatal("Internal error", begin, "more lock ranges held across fork() than kForkHeldRanges");
+  f.ranges[f.count].begin = begin;
+  f.ranges[f.count].end = end;
+  ++f.count;
+}
+
+LCA_CORE_TEXT bool fork_held(const void* m) {
+  const ForkHeldLocks& f = g_fork_held;
+  for (unsigned i = 0; i < f.count; ++i)
+    if (m >= f.ranges[i].begin && m < f.ranges[i].end) return true;
+  return false;
+}
+
+// Cold (plain .text): reached in the fork window only.
+void fork_window_lock(pthread_mutex_t* m) {
+  if (!fork_held(m)) pthread_mutex_lock(m);
+}
+void fork_window_unlock(pthread_mutex_t* m) {
+  if (!fork_held(m)) pthread_mutex_unlock(m);
+}
+
 LCA_CORE_TEXT const void* fork_token() { return &tls_heap; }
 
 LCA_CORE_TEXT void fork_wait(const std::atomic<const void*>& forking, pthread_mutex_t* held, pthread_mutex_t* gate) {
@@ -354,6 +384,8 @@ LCA_CORE_TEXT void private_domains_prefork() {
       d = d->next;
     }
   }
+  fork_hold(&g_domains_fork_gate);
+  fork_hold(&g_domains_lock);
 }
 
 LCA_CORE_TEXT void private_domains_postfork_parent() {
@@ -411,6 +443,7 @@ LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
     st.locked = true;
+    g_fork_held.count = 0;  // (glibc runs one fork's handlers at a time when there are threads)
     st.stdio = stdio_list_lock_available();
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();
@@ -425,6 +458,7 @@ LCA_CORE_TEXT void domains_prefork() {
       for (Domain* d = &g_process_domain; d; d = d->next) {
         if (!d->per_thread) continue;
         pthread_mutex_lock(&d->lock);
+        fork_hold(&d->lock);
         domain_pools_prefork(d);  // held across the fork
       }
       large_lock_all();
@@ -436,9 +470,21 @@ LCA_CORE_TEXT void domains_prefork() {
 #endif
   }
   tls_fork = st;
+  // From here to the parent or child handler this thread passes through the
+  // locks recorded (vg.h++, ForkHeldLocks): the fork handlers of libraries
+  // that registered before libcalloc run meanwhile, and may allocate.
+  tls_fork_window = st.locked;
+}
+
+// The window ends: this thread takes and lets go of those locks again (first
+// thing in the parent and child handlers, before they let go of them).
+LCA_CORE_TEXT void fork_window_end() {
+  tls_fork_window = false;
+  g_fork_held.count = 0;
 }
 
 LCA_CORE_TEXT void domains_postfork_parent() {
+  fork_window_end();
   ForkState st = tls_fork;
   tls_fork = ForkState{};
   if (!st.locked) return;
@@ -465,6 +511,7 @@ LCA_CORE_TEXT void domains_postfork_parent() {
 }
 
 LCA_CORE_TEXT void domains_postfork_child() {
+  fork_window_end();
   ForkState st = tls_fork;
   tls_fork = ForkState{};
 #if CALLOC_DEFRAG

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <malloc.h>
 #include <new>
@@ -386,6 +387,42 @@ namespace {
   return m;
 }
 
+// malloc_info(options, fp): glibc's XML document (<malloc version="1">, as its
+// malloc_info writes it) with mallinfo2's figures: one heap, whose "rest" total
+// is the mapped bytes not in use (fordblks), "system current" and "aspace
+// total" the bytes mapped from the OS (arena), and the "mmap" total's count the
+// live dedicated mappings (hblks).  What has no counterpart (glibc's bins and
+// fast bins, the peak, mprotect'ed bytes, the mappings' bytes) reads 0.  An
+// options other than 0 is EINVAL (-1, as the man page says; glibc itself
+// returns EINVAL).  Not on any allocation path: stdio may allocate here.
+[[maybe_unused]] int malloc_info_impl(int options, FILE* fp) {
+  if (options != 0 || !fp) {
+    errno = EINVAL;
+    return -1;
+  }
+  const struct mallinfo2 m = mallinfo2_impl();
+  int n = std::fprintf(fp,
+                       "<malloc version=\"1\">\n"
+                       "<heap nr=\"0\">\n<sizes>\n</sizes>\n"
+                       "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
+                       "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n"
+                       "<system type=\"current\" size=\"%zu\"/>\n"
+                       "<system type=\"max\" size=\"0\"/>\n"
+                       "<aspace type=\"total\" size=\"%zu\"/>\n"
+                       "<aspace type=\"mprotect\" size=\"0\"/>\n"
+                       "</heap>\n"
+                       "<total type=\"fast\" count=\"0\" size=\"0\"/>\n"
+                       "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n"
+                       "<total type=\"mmap\" count=\"%zu\" size=\"0\"/>\n"
+                       "<system type=\"current\" size=\"%zu\"/>\n"
+                       "<system type=\"max\" size=\"0\"/>\n"
+                       "<aspace type=\"total\" size=\"%zu\"/>\n"
+                       "<aspace type=\"mprotect\" size=\"0\"/>\n"
+                       "</malloc>\n",
+                       m.fordblks, m.arena, m.arena, m.fordblks, m.hblks, m.arena, m.arena);
+  return n < 0 ? -1 : 0;
+}
+
 // malloc_trim(pad): lca_trim; 1 when the trim gave memory back to the OS (an
 // unmap or a page purge happened meanwhile), else 0, as glibc's.  libcalloc
 // keeps no top of heap, so pad has nothing to keep.
@@ -430,6 +467,9 @@ __attribute__((visibility("default"))) struct mallinfo2 mallinfo2(void) noexcept
 __attribute__((visibility("default"))) struct mallinfo mallinfo(void) noexcept { return mallinfo_impl(); }
 __attribute__((visibility("default"))) int malloc_trim(std::size_t pad) noexcept { return malloc_trim_impl(pad); }
 __attribute__((visibility("default"))) void malloc_stats(void) noexcept { lca_print_stats(STDERR_FILENO); }
+__attribute__((visibility("default"))) int malloc_info(int options, FILE* fp) noexcept {
+  return malloc_info_impl(options, fp);
+}
 }
 
 // operator new/delete: the new-handler loop of [new.delete.single], then bad_alloc.

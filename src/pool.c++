@@ -26,6 +26,8 @@
 #include "os.h++"
 #include "sanitizer.h++"
 
+#include <iterator>
+
 namespace lca {
 
 namespace {
@@ -261,8 +263,10 @@ LCA_CORE_TEXT void for_each_running_heap(Domain* d, Fn fn) {
 // waits for the domain lock (StatsLock).  The locks held across the fork are
 // then the same few whatever the number of threads.
 LCA_CORE_TEXT void domain_pools_prefork(Domain* d) {
-  if (d->orphan_pools)
+  if (d->orphan_pools) {
     for (auto& l : d->orphan_pools->lock) pthread_mutex_lock(&l.m);
+    fork_hold_range(std::begin(d->orphan_pools->lock), std::end(d->orphan_pools->lock));
+  }
   if (!d->per_thread) return;
   d->forking.store(fork_token(), std::memory_order_relaxed);
   for_each_running_heap(d, [](Heap* h) {

@@ -2356,6 +2356,8 @@ LCA_CORE_TEXT void secure_prefork() {
   lca_mutex_lock(&g_large_lock);
   lca_mutex_lock(&g_radix_lock);
   lca_mutex_lock(&g_reader_lock);
+  for (const pthread_mutex_t* m : {&g_tc_lock, &g_heaps_lock, &g_large_lock, &g_radix_lock, &g_reader_lock})
+    fork_hold(m);
 }
 
 namespace {

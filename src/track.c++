@@ -150,6 +150,7 @@ struct SpinLock {
   std::atomic<bool> held{false};
 };
 LCA_SAMPLING_TEXT void spin_lock(SpinLock& l) {
+  if (fork_passes(&l)) return;
   for (unsigned round = 0; l.held.exchange(true, std::memory_order_acquire); ++round) {
     while (l.held.load(std::memory_order_relaxed)) {
       if (round < 64) {
@@ -162,7 +163,20 @@ LCA_SAMPLING_TEXT void spin_lock(SpinLock& l) {
     }
   }
 }
-LCA_SAMPLING_TEXT void spin_unlock(SpinLock& l) { l.held.store(false, std::memory_order_release); }
+LCA_SAMPLING_TEXT void spin_unlock(SpinLock& l) {
+  if (fork_passes(&l)) return;
+  l.held.store(false, std::memory_order_release);
+}
+// The tracker's mutexes (plain ones, in Valgrind mode too), passed through by the
+// forking thread while it holds them across a fork (vg.h++, ForkHeldLocks): a
+// fork handler of another library, run between libcalloc's, may allocate, and
+// its allocation may be sampled.
+LCA_SAMPLING_TEXT void track_lock(pthread_mutex_t* m) {
+  if (!fork_passes(m)) pthread_mutex_lock(m);
+}
+LCA_SAMPLING_TEXT void track_unlock(pthread_mutex_t* m) {
+  if (!fork_passes(m)) pthread_mutex_unlock(m);
+}
 
 struct Shard {
   SpinLock lock;
@@ -421,7 +435,7 @@ LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
   // g_site_lock (dl_iterate_phdr takes the loader's lock, which a thread may
   // hold while it allocates: inside a dl_iterate_phdr callback of its own).
   std::uint32_t generation = modules_generation();
-  pthread_mutex_lock(&g_site_lock);
+  track_lock(&g_site_lock);
   SiteIndex* t = g_site_index.load(std::memory_order_relaxed);
   std::uint32_t k = index_probe(t, h, frames, n, &slot);
   std::uint32_t used = g_nsites.load(std::memory_order_relaxed);
@@ -441,7 +455,7 @@ LCA_SAMPLING_TEXT std::uint32_t intern_site(void* const* frames, unsigned n) {
       k = used;
     }
   }
-  pthread_mutex_unlock(&g_site_lock);
+  track_unlock(&g_site_lock);
   return k;
 }
 
@@ -462,7 +476,7 @@ LCA_SAMPLING_TEXT std::size_t bucket_class(std::size_t bytes) {
 
 LCA_SAMPLING_TEXT void* pool_alloc(std::size_t bytes) {
   if (bytes > kPoolChunk / 2) return os_map(bytes);
-  pthread_mutex_lock(&g_pool_lock);
+  track_lock(&g_pool_lock);
   void* p = nullptr;
   std::size_t c = bucket_class(bytes);
   if (bytes == (std::size_t{32} << c) && c < kBucketClasses && g_pool_free[c]) {
@@ -479,7 +493,7 @@ LCA_SAMPLING_TEXT void* pool_alloc(std::size_t bytes) {
       g_pool_cur += bytes;
     }
   }
-  pthread_mutex_unlock(&g_pool_lock);
+  track_unlock(&g_pool_lock);
   return p;
 }
 
@@ -489,10 +503,10 @@ LCA_SAMPLING_TEXT void pool_free_buckets(void* p, std::size_t bytes) {
     return;
   }
   std::size_t c = bucket_class(bytes);
-  pthread_mutex_lock(&g_pool_lock);
+  track_lock(&g_pool_lock);
   *static_cast<void**>(p) = g_pool_free[c];
   g_pool_free[c] = p;
-  pthread_mutex_unlock(&g_pool_lock);
+  track_unlock(&g_pool_lock);
 }
 
 LCA_SAMPLING_TEXT bool shard_grow(Shard& s) {
@@ -1657,11 +1671,11 @@ void resolve_module(const char* path, bool* relative, Target* targets, std::size
 // never from malloc: report writers and AllocationTracker only.
 void prepare_symbols(void* const* addrs, std::size_t n) {
   if (n == 0) return;
-  pthread_mutex_lock(&g_sym_lock);
+  track_lock(&g_sym_lock);
   std::size_t bytes = align_up(n * (sizeof(SymResult) + sizeof(Target)), os_page_size());
   auto* results = static_cast<SymResult*>(os_map(bytes));
   if (!results) {
-    pthread_mutex_unlock(&g_sym_lock);
+    track_unlock(&g_sym_lock);
     return;
   }
   auto* targets = reinterpret_cast<Target*>(results + n);
@@ -1716,7 +1730,7 @@ void prepare_symbols(void* const* addrs, std::size_t n) {
     g_syms = merged, g_nsyms = total, g_syms_bytes = merged_bytes;
   }
   os_unmap(results, bytes);
-  pthread_mutex_unlock(&g_sym_lock);
+  track_unlock(&g_sym_lock);
 }
 
 struct Symbol {
@@ -1775,7 +1789,7 @@ const StaleResult* find_stale(const LoadedObject* o, std::uintptr_t a) {
 // object's from its file (a copy of prepare_symbols' merge).
 void prepare_stale(StaleResult* fr, std::size_t n) {
   if (n == 0) return;
-  pthread_mutex_lock(&g_sym_lock);
+  track_lock(&g_sym_lock);
   std::sort(fr, fr + n, stale_less);
   std::size_t k = 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -1786,7 +1800,7 @@ void prepare_stale(StaleResult* fr, std::size_t n) {
   std::size_t tbytes = align_up(k * sizeof(Target) + k * sizeof(SymResult), os_page_size());
   auto* results = static_cast<SymResult*>(os_map(tbytes));
   if (!results) {
-    pthread_mutex_unlock(&g_sym_lock);
+    track_unlock(&g_sym_lock);
     return;
   }
   auto* targets = reinterpret_cast<Target*>(results + k);
@@ -1821,7 +1835,7 @@ void prepare_stale(StaleResult* fr, std::size_t n) {
     if (g_stale) os_unmap(g_stale, g_stale_bytes);
     g_stale = merged, g_nstale = total, g_stale_bytes = merged_bytes;
   }
-  pthread_mutex_unlock(&g_sym_lock);
+  track_unlock(&g_sym_lock);
 }
 
 // What prepare_symbols found for addr (which it must have been given).
@@ -1832,11 +1846,11 @@ void symbolize(const void* addr, Symbol* out) {
   out->module[0] = 0;
   out->offset = out->module_offset = 0;
   auto a = reinterpret_cast<std::uintptr_t>(addr);
-  pthread_mutex_lock(&g_sym_lock);
+  track_lock(&g_sym_lock);
   const SymResult* r = find_result(a);
   SymResult copy{};
   if (r) copy = *r;
-  pthread_mutex_unlock(&g_sym_lock);
+  track_unlock(&g_sym_lock);
   if (!r || !copy.fbase) return;
   std::snprintf(out->module, sizeof out->module, "%s", copy.module ? copy.module : "?");
   out->module_offset = a - copy.fbase;
@@ -1855,11 +1869,11 @@ void symbolize_frame(std::uint32_t gen, const void* addr, Symbol* out) {
   const LoadedObject* o = unloaded_object(gen, addr);
   if (!o) return symbolize(addr, out);
   auto a = reinterpret_cast<std::uintptr_t>(addr);
-  pthread_mutex_lock(&g_sym_lock);
+  track_lock(&g_sym_lock);
   const StaleResult* r = find_stale(o, a);
   StaleResult copy{};
   if (r) copy = *r;
-  pthread_mutex_unlock(&g_sym_lock);
+  track_unlock(&g_sym_lock);
   out->function[0] = 0;
   out->file = nullptr;
   out->line = 0;
@@ -2452,11 +2466,11 @@ bool write_leak_report(const char* pattern) {
                   "%zu stack%s\n",
                err_bytes, err_blocks, err_blocks >= 0.5 && err_blocks < 1.5 ? "" : "s", apart.dlerror,
                apart.dlerror == 1 ? "" : "s");
-  pthread_mutex_lock(&g_sym_lock);
+  track_lock(&g_sym_lock);
   for (unsigned i = 0; i < g_nnotes; ++i)
     out_printf(f, "libcalloc: note: %s: its line table is %s: no file:line from it\n", g_notes[i].module,
                  g_notes[i].why);
-  pthread_mutex_unlock(&g_sym_lock);
+  track_unlock(&g_sym_lock);
   // The count of allocations: exact in full mode; sampled, an estimate (the
   // sum of the samples' weights), with the number of samples it rests on.
   // It said "(1 allocations tracked)", and the same in sampled mode, where
@@ -2760,6 +2774,10 @@ LCA_SAMPLING_TEXT void track_prefork() {
   pthread_mutex_lock(&g_site_lock);
   for (Shard& s : g_shards) spin_lock(s.lock);
   pthread_mutex_lock(&g_pool_lock);
+  fork_hold(&g_sym_lock);
+  fork_hold(&g_site_lock);
+  fork_hold_range(std::begin(g_shards), std::end(g_shards));
+  fork_hold(&g_pool_lock);
 }
 LCA_SAMPLING_TEXT void track_postfork_parent() {
   pthread_mutex_unlock(&g_pool_lock);

@@ -87,6 +87,46 @@ inline void vg_undefined(const void* p, std::size_t n) { asan_unpoison(p, n); }
 inline void vg_defined(const void* p, std::size_t n) { asan_unpoison(p, n); }
 #endif
 
+// fork(): the locks that the forking thread holds across the fork, from the end
+// of libcalloc's prepare handler to the start of its parent or child handler
+// (lifecycle.c++).  pthread_atfork runs the prepare handlers last-registered
+// first and the others first-registered first, so the handlers of a library
+// that registered before libcalloc -- its constructor ran first: under
+// LD_PRELOAD every other library's does -- run inside that window, and glibc's
+// fork lets them allocate ("fork handlers may use malloc", posix/fork.c: its own
+// malloc's locks are taken after them and let go before them).  In the window
+// the forking thread passes through the locks it holds (it alone may touch what
+// they guard: every other thread waits for them), in the parent and in the
+// child, where the copied locks' owner is a thread of the parent.  Recorded by
+// the prefork functions (fork_hold), each lock or array of locks a range.  The
+// list is global: only the forking thread writes or reads it, holding
+// libcalloc's locks, and glibc runs one fork's handlers at a time (its atfork
+// lock); the thread-local flag is all a thread carries (set only in the
+// forking thread, in the window).
+constexpr unsigned kForkHeldRanges = 32;
+struct ForkHeldLocks {
+  unsigned count;
+  struct {
+    const void* begin;
+    const void* end;
+  } ranges[kForkHeldRanges];
+};
+extern ForkHeldLocks g_fork_held LCA_HIDDEN;
+extern constinit thread_local bool tls_fork_window __attribute__((tls_model("initial-exec"))) LCA_HIDDEN;
+// Records the locks in [begin, end) (an array of them, or of structures that
+// hold one each), held now by this thread until after the fork; fork_hold(m):
+// m alone.
+void fork_hold_range(const void* begin, const void* end);
+inline void fork_hold(const pthread_mutex_t* m) { fork_hold_range(m, m + 1); }
+// Whether the lock at m is one of the recorded ones (out of line: the window is
+// rare).  Any kind of lock: the tracker's spin locks too.
+bool fork_held(const void* m);
+inline bool fork_passes(const void* m) { return __builtin_expect(tls_fork_window, false) && fork_held(m); }
+// pthread_mutex_lock/unlock(m) unless fork_held(m): lca_mutex_lock's way in the
+// window, out of line so that each lock site adds one test of the flag only.
+void fork_window_lock(pthread_mutex_t* m);
+void fork_window_unlock(pthread_mutex_t* m);
+
 // Valgrind mode serialises libcalloc: every entry point that reaches shared state
 // (allocation, free, realloc, usable size, trim, statistics, heap creation and
 // destruction, thread exit, fork) holds one recursive lock, outermost, for its
@@ -135,12 +175,16 @@ class VgSerial {
 inline void lca_mutex_lock(pthread_mutex_t* m) {
   if (vg_serialised())
     vg_serial_enter();
+  else if (__builtin_expect(tls_fork_window, false))
+    fork_window_lock(m);
   else
     pthread_mutex_lock(m);
 }
 inline void lca_mutex_unlock(pthread_mutex_t* m) {
   if (vg_serialised())
     vg_serial_leave();
+  else if (__builtin_expect(tls_fork_window, false))
+    fork_window_unlock(m);
   else
     pthread_mutex_unlock(m);
 }
@@ -157,8 +201,18 @@ class VgSerial {
   VgSerial(const VgSerial&) = delete;
   VgSerial& operator=(const VgSerial&) = delete;
 };
-inline void lca_mutex_lock(pthread_mutex_t* m) { pthread_mutex_lock(m); }
-inline void lca_mutex_unlock(pthread_mutex_t* m) { pthread_mutex_unlock(m); }
+inline void lca_mutex_lock(pthread_mutex_t* m) {
+  if (__builtin_expect(tls_fork_window, false))
+    fork_window_lock(m);
+  else
+    pthread_mutex_lock(m);
+}
+inline void lca_mutex_unlock(pthread_mutex_t* m) {
+  if (__builtin_expect(tls_fork_window, false))
+    fork_window_unlock(m);
+  else
+    pthread_mutex_unlock(m);
+}
 inline void vg_hide(const void*, std::size_t) {}
 inline void vg_show_clean(const void*, std::size_t) {}
 #endif

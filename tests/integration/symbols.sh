@@ -56,8 +56,8 @@ awk '{ print $2 }' "$tmp/syms" | sort -u >"$tmp/names"
 malloc_family="malloc free calloc realloc reallocarray posix_memalign aligned_alloc memalign valloc pvalloc malloc_usable_size"
 # C23 (issue 13): in every build with the override.
 malloc_family="$malloc_family free_sized free_aligned_sized"
-# glibc's introspection, describing libcalloc's heap (session 18).
-malloc_family="$malloc_family mallinfo mallinfo2 malloc_trim malloc_stats"
+# glibc's introspection, describing libcalloc's heap (session 18; malloc_info review 25).
+malloc_family="$malloc_family mallinfo mallinfo2 malloc_trim malloc_stats malloc_info"
 # operator new/delete: plain, array, nothrow, sized, aligned, aligned nothrow, sized aligned
 operators="_Znwm _Znam _ZdlPv _ZdaPv _ZdlPvm _ZdaPvm
 _ZnwmRKSt9nothrow_t _ZnamRKSt9nothrow_t _ZdlPvRKSt9nothrow_t _ZdaPvRKSt9nothrow_t

@@ -933,6 +933,52 @@ START_TEST(test_malloc_trim_returns_memory) {
 }
 END_TEST
 
+// malloc_info writes glibc's XML document with libcalloc's figures (before, a
+// program got glibc's, describing glibc's unused heap: every size 0).
+START_TEST(test_malloc_info_describes_heap) {
+  if (!kOverride) {
+    TEST_SKIP("built with --disable-override: malloc_info is glibc's");
+    return;
+  }
+  void* big = plain_malloc(4 * MiB);  // a dedicated mapping
+  ck_assert_ptr_nonnull(big);
+  static char text[4096];
+  static char stdio_buffer[4096];  // so that stdio allocates no buffer of its own in malloc_info
+  FILE* f = fmemopen(text, sizeof text - 1, "w");
+  ck_assert_ptr_nonnull(f);
+  std::setvbuf(f, stdio_buffer, _IOFBF, sizeof stdio_buffer);
+  const int rc = malloc_info(0, f);
+  const struct mallinfo2 m = mallinfo2();  // nothing allocated or freed since malloc_info read them
+  std::fclose(f);
+  ck_assert_int_eq(rc, 0);
+  auto attribute = [](const char* after, const char* name) -> long long {
+    const char* at = std::strstr(text, after);
+    if (!at) return -1;
+    at = std::strstr(at, name);
+    return at ? std::strtoll(at + std::strlen(name), nullptr, 10) : -1;
+  };
+  ck_assert_msg(std::strncmp(text, "<malloc version=\"1\">\n", 21) == 0 && std::strstr(text, "</malloc>"),
+                "malloc_info wrote \"%s\"", text);
+  const long long current = attribute("</heap>", "<system type=\"current\" size=\"");
+  const long long rest = attribute("</heap>", "<total type=\"rest\" count=\"0\" size=\"");
+  const long long mmaps = attribute("</heap>", "<total type=\"mmap\" count=\"");
+  ck_assert_msg(current > 0 && static_cast<std::size_t>(current) == m.arena,
+                "malloc_info: system current %lld, mallinfo2's arena %zu: \"%s\"", current, m.arena, text);
+  ck_assert_msg(rest >= 0 && static_cast<std::size_t>(rest) == m.fordblks, "malloc_info: rest %lld, fordblks %zu", rest,
+                m.fordblks);
+  ck_assert_msg(mmaps >= 1 && static_cast<std::size_t>(mmaps) == m.hblks, "malloc_info: mmap count %lld, hblks %zu",
+                mmaps, m.hblks);
+  plain_free(big);
+  // Options are reserved: EINVAL.
+  errno = 0;
+  FILE* g = fmemopen(text, sizeof text - 1, "w");
+  ck_assert_ptr_nonnull(g);
+  ck_assert_int_eq(malloc_info(1, g), -1);
+  ck_assert_int_eq(errno, EINVAL);
+  std::fclose(g);
+}
+END_TEST
+
 // malloc_stats writes libcalloc's report to standard error.
 START_TEST(test_malloc_stats_reports) {
   if (!kOverride) {
@@ -988,5 +1034,6 @@ int main() {
   tcase_add_test(tc, test_mallinfo_describes_heap);
   tcase_add_test(tc, test_malloc_trim_returns_memory);
   tcase_add_test(tc, test_malloc_stats_reports);
+  tcase_add_test(tc, test_malloc_info_describes_heap);
   return test_util::run_suite(s);
 }

@@ -1894,6 +1894,124 @@ START_TEST(test_thread_takes_stack_another_thread_cached) {
 }
 END_TEST
 
+// --- fork handlers registered before libcalloc's ----------------------------
+//
+// A library whose constructor runs before libcalloc's -- under LD_PRELOAD every
+// other library's does, and a library linked after libcalloc's -- and registers
+// fork handlers there: pthread_atfork runs prepare handlers last-registered
+// first and the parent and child handlers first-registered first, so that
+// library's prepare handler runs after libcalloc's, and its parent and child
+// handlers before libcalloc's, while libcalloc's locks are held across the fork.
+// glibc's fork takes its own malloc's locks after every prepare handler and
+// lets them go before the parent and child handlers ("fork handlers may use
+// malloc", posix/fork.c): such handlers may allocate.  Here the test's own
+// handlers, registered by a constructor of priority 101 (before libcalloc_init,
+// src/lifecycle.c++, in this program), allocate and free through every size
+// path -- span refills, medium and arena blocks, large mappings, a realloc by
+// mremap, a large calloc, an aligned block -- while another thread allocates;
+// the old libcalloc deadlocked in the prepare handler (the large-block table's
+// lock, held by the same thread) and in the child handler.
+namespace {
+std::atomic<bool> g_early_handlers_on{false};
+std::atomic<int> g_early_handler_runs{0};
+std::atomic<int> g_early_handler_failures{0};
+
+// Every size path of the process heap, allocated and freed; false when any
+// allocation failed.
+bool allocate_every_path() {
+  constexpr int kSmall = 1500;
+  static void* small[kSmall];
+  bool ok = true;
+  for (int i = 0; i < kSmall; ++i) {
+    small[i] = lca_malloc(16 + static_cast<std::size_t>(i % 48) * 16);  // span refills in many classes
+    ok = ok && small[i];
+  }
+  void* medium = lca_malloc(20000);
+  void* arena = lca_malloc(300000);
+  void* large = lca_malloc(3 << 20);
+  void* aligned = lca_aligned_alloc(1 << 20, 1 << 20);
+  void* zeroed = lca_calloc(1, 2 << 20);
+  ok = ok && medium && arena && large && aligned && zeroed;
+  if (large) {
+    std::memset(large, 5, 3 << 20);
+    void* grown = lca_realloc(large, 9 << 20);
+    if (grown)
+      large = grown;
+    else
+      ok = false;
+  }
+  void* plain = kOverride ? std::malloc(5 << 20) : nullptr;
+  ok = ok && (!kOverride || plain);
+  std::free(plain);
+  lca_free(large);
+  lca_free(zeroed);
+  lca_free(aligned);
+  lca_free(arena);
+  lca_free(medium);
+  for (void* p : small) lca_free(p);
+  return ok;
+}
+
+void early_handler() {
+  if (!g_early_handlers_on.load(std::memory_order_relaxed)) return;
+  g_early_handler_runs.fetch_add(1, std::memory_order_relaxed);
+  if (!allocate_every_path()) g_early_handler_failures.fetch_add(1, std::memory_order_relaxed);
+}
+
+__attribute__((constructor(101))) void register_early_fork_handlers() {
+  pthread_atfork(early_handler, early_handler, early_handler);
+}
+}  // namespace
+
+START_TEST(test_fork_handlers_registered_first_allocate) {
+  const int forks = static_cast<int>(scaled(20)) < 3 ? 3 : static_cast<int>(scaled(20));
+  run_with_deadline("fork handlers registered before libcalloc's allocate", 60, [forks] {
+    std::atomic<bool> stop{false};
+    std::thread churn([&stop] {
+      std::vector<void*> v(256, nullptr);
+      for (unsigned i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        void*& slot = v[i % v.size()];
+        lca_free(slot);
+        slot = lca_malloc(i % 7 == 0 ? 1500000 : 16 + i % 3000);
+      }
+      for (void* p : v) lca_free(p);
+    });
+    g_early_handlers_on.store(true);
+    int failed = 0;
+    for (int i = 0; i < forks && !failed; ++i) {
+      pid_t pid = fork();
+      if (pid < 0) {
+        failed = 1;
+        break;
+      }
+      if (pid == 0) {
+        // The child handler ran before libcalloc's: it counted itself.
+        if (g_early_handler_failures.load() != 0) _exit(20);
+        child_allocates_and_exits();
+      }
+      int status = 0;
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      if (!child_ok(status)) {
+        std::fprintf(stderr, "fork %d: the child failed (status 0x%x)\n", i, status);
+        failed = 2;
+      }
+    }
+    g_early_handlers_on.store(false);
+    stop.store(true);
+    churn.join();
+    // prepare and parent handler per fork, in the parent
+    if (!failed && g_early_handler_runs.load() != 2 * forks) {
+      std::fprintf(stderr, "the handlers ran %d times in the parent, expected %d\n", g_early_handler_runs.load(),
+                   2 * forks);
+      failed = 3;
+    }
+    if (!failed && g_early_handler_failures.load() != 0) failed = 4;
+    return failed;
+  });
+}
+END_TEST
+
 int main() {
   TCase* tc;
   Suite* s = test_util::make_suite("fork", &tc);
@@ -1909,6 +2027,7 @@ int main() {
   tcase_add_test(tc, test_fork_with_many_running_threads);
   tcase_add_test(tc, test_fork_with_many_private_heaps);
   tcase_add_test(tc, test_fork_with_secure_allocators_in_use);
+  tcase_add_test(tc, test_fork_handlers_registered_first_allocate);
 #if CALLOC_DEFRAG
   tcase_add_loop_test(tc, test_fork_during_relocation_callback, 0, static_cast<int>(CallbackUse::count));
   // A case of their own, so that they can run alone (CK_RUN_CASE=handles).
