@@ -443,7 +443,12 @@ LCA_CORE_TEXT void domains_prefork() {
   ForkState st{};
   if (!process_single_threaded()) {
     st.locked = true;
-    g_fork_held.count = 0;  // (glibc runs one fork's handlers at a time when there are threads)
+    // g_fork_held is empty here: the parent and child handlers empty it
+    // (fork_window_end) while they still hold the locks that serialise forks.
+    // Not emptied here: glibc lets go of its atfork lock around each prepare
+    // handler, so two threads' forks run this function at once until one waits
+    // for the locks the other holds (TSan saw the reset race with a fork
+    // under way).
     st.stdio = stdio_list_lock_available();
     if (st.stdio) stdio_list_lock();
     vg_prefork_first();

@@ -2099,6 +2099,11 @@ START_TEST(test_pin_outliving_heap_dies) {
     ck_assert_msg(r.ok(), "%s: %s", c.what, r.description.c_str());
     ck_assert_msg(r.output_contains(c.says), "%s: %s", c.what, r.output.c_str());
   }
+  // A call on the destroyed heap object is undefined behaviour on purpose:
+  // UBSan's vptr check, which CI builds together with ASan, reports it first.
+  if (test_util::kAsanBuild)
+    TEST_SKIP("a unique_handle used after its heap: UBSan (built with ASan here) reports the call on the destroyed "
+              "heap object before libcalloc can");
   auto owner = expect_death(
       [] {
         alignas(HandleAllocator) unsigned char storage[sizeof(HandleAllocator)];
