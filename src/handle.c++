@@ -394,23 +394,6 @@ namespace {
 
 void make_records_key() { pthread_key_create(&g_records_key, records_thread_exit); }
 
-void pause_briefly(unsigned round) {
-  if (!on_valgrind() && round < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    return;
-  }
-  if (!on_valgrind() && round < 128) {
-    sched_yield();
-    return;
-  }
-  // Valgrind runs one thread at a time and hands the CPU straight back to a
-  // thread that yields: sleep instead.
-  timespec ts{0, 20'000};
-  nanosleep(&ts, nullptr);
-}
-
 // Drops the thread's entries of destroyed tables (their records died with
 // them) when its array is full and a table was destroyed since the last time.
 // The array doubles only when more than half of it is still in use, so the

@@ -561,20 +561,6 @@ struct ReadScope {
   ReadScope& operator=(const ReadScope&) = delete;
 };
 
-void reader_pause(unsigned round) {
-  if (!on_valgrind() && round < 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    return;
-  }
-  if (!on_valgrind() && round < 128) {
-    sched_yield();
-    return;
-  }
-  timespec ts{0, 20'000};
-  nanosleep(&ts, nullptr);
-}
 
 // tests/unit/secure: a function called by a read section of a free or usable-size
 // call after its lookup (not on the process heap's lock-free free), to hold it
@@ -603,7 +589,7 @@ Quiesce readers_quiesce() {
   if (tls_counted_reads) return Quiesce::waiting;
   const std::uint64_t deadline = os_now_ns() + kReaderWaitNs;
   auto wait = [&](unsigned& round) {
-    reader_pause(round);
+    pause_briefly(round);
     return ++round < 128 || os_now_ns() < deadline;
   };
   for (ReaderSlot* s = g_readers.load(std::memory_order_acquire); s; s = s->next) {

@@ -5,9 +5,11 @@
 #include <link.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <cstdlib>
+#include <ctime>
 #include <cstring>
 
 #include "report.h++"
@@ -374,5 +376,21 @@ LCA_CORE_TEXT void vg_chunk_added(Domain*, const void*, std::size_t) {}
 LCA_CORE_TEXT void vg_chunk_removed(Domain*, const void*) {}
 
 #endif
+
+// (vg.h++)
+void pause_briefly(unsigned round) {
+  if (!on_valgrind() && round < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    return;
+  }
+  if (!on_valgrind() && round < 128) {
+    sched_yield();
+    return;
+  }
+  timespec ts{0, 20'000};
+  nanosleep(&ts, nullptr);
+}
 
 }  // namespace lca

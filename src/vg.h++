@@ -70,6 +70,12 @@ constexpr bool on_valgrind() { return LCA_ASAN; }
 inline void vg_init() {}
 #endif
 
+// One round of a wait for another thread: spins, then yields, then 20 us
+// sleeps (Valgrind runs one thread at a time and hands the CPU straight back
+// to a thread that yields: it sleeps there from the first round).  Slow paths
+// only: the handle heap's movers and readers, the secure heap's release.
+void pause_briefly(unsigned round);
+
 #if CALLOC_VALGRIND
 inline void vg_noaccess(const void* p, std::size_t n) {
   if (on_valgrind()) (void)VALGRIND_MAKE_MEM_NOACCESS(p, n);
